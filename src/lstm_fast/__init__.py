@@ -1,2 +1,18 @@
-"""lstm_fast: a fast, complete LSTM for Python on the CPU."""
+"""lstm_fast: a fast, complete LSTM for Python on the CPU.
+
+Backends: "c" (fused C kernel), "numba" (JIT), "numpy" (reference); "auto"
+picks the fastest available, or the one named by LSTM_FAST_BACKEND.
+"""
+
 __version__ = "0.1.0"
+
+from ._backends import (BackendUnavailableError, available_backends, backend_status,
+                        get_num_threads, set_num_threads)
+from .functional import LSTMCache, LSTMGrads, LSTMResult, lstm_backward, lstm_forward
+from .layer import LSTM
+
+__all__ = [
+    "LSTM", "lstm_forward", "lstm_backward", "LSTMResult", "LSTMGrads", "LSTMCache",
+    "available_backends", "backend_status", "set_num_threads", "get_num_threads",
+    "BackendUnavailableError", "__version__",
+]

@@ -1,0 +1,113 @@
+"""All argument checking lives here: the kernels trust what passes.
+
+Policy (documented in README "Input rules"):
+* The weights decide the dtype: ``w_ih`` must be float32 or float64.
+* Every other array must have that dtype. Integer and bool arrays (and Python
+  lists of numbers) are converted to it; a float array of another precision is
+  a ``TypeError`` (convert it explicitly: silent down-casting loses precision).
+* Non-contiguous, negatively strided or non-native byte-order arrays are copied
+  to C-contiguous native order; read-only inputs are fine (they are only read).
+* Wrong shapes are a ``ValueError`` naming the argument, the shape received
+  and the shape expected.
+* NaN and inf in the values propagate as in torch.nn.LSTM; they are not errors.
+"""
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype, name="dtype"):
+    """Normalize a dtype argument to np.float32 or np.float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_size(value, name, minimum=1):
+    """A size argument: an int (not bool) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _fmt(shape):
+    return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def _to_numpy(a):
+    if hasattr(a, "detach") and hasattr(a, "numpy"):   # a torch tensor
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def as_array(a, name, dtype, shape=None, expected=None):
+    """``a`` as a C-contiguous native array of ``dtype`` with ``shape``.
+
+    ``shape`` entries may be None (any size). ``expected`` is the shape text
+    used in messages, e.g. "(T, B, I=3)".
+    """
+    if type(a) is not np.ndarray:
+        if a is None:
+            raise TypeError(f"{name} must be an array, got None")
+        a = _to_numpy(a)
+    if a.dtype is not dtype and a.dtype != dtype:
+        kind = a.dtype.kind
+        if kind in "biu":
+            a = a.astype(dtype)
+        elif kind == "f" and a.dtype.newbyteorder("=") == dtype:
+            a = a.astype(dtype)          # same precision, other byte order
+        else:
+            raise TypeError(
+                f"{name} must have dtype {dtype} (the dtype of the weights), got {a.dtype}; "
+                f"convert it with .astype(np.{dtype})")
+    if shape is not None:
+        ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
+        if not ok:
+            raise ValueError(f"{name} must have shape {expected or _fmt(shape)}, got {_fmt(a.shape)}")
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def weights(w_ih, w_hh, b_ih, b_hh):
+    """Validate the weights; returns (w_ih, w_hh, b, dtype, I, H) with b = b_ih + b_hh or None."""
+    if type(w_ih) is not np.ndarray:
+        w_ih = _to_numpy(w_ih)
+    dtype = w_ih.dtype.newbyteorder("=")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"w_ih must be float32 or float64, got {w_ih.dtype}")
+    if w_ih.ndim != 2 or w_ih.shape[0] % 4 or w_ih.shape[0] == 0:
+        raise ValueError(f"w_ih must have shape (4*H, I) with H >= 1, got {_fmt(w_ih.shape)}")
+    H = w_ih.shape[0] // 4
+    I = w_ih.shape[1]
+    w_ih = as_array(w_ih, "w_ih", dtype)
+    w_hh = as_array(w_hh, "w_hh", dtype, (4 * H, H), f"(4*H, H) = ({4 * H}, {H})")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih and b_hh must both be given or both be None")
+    b = None
+    if b_ih is not None:
+        b_ih = as_array(b_ih, "b_ih", dtype, (4 * H,), f"(4*H,) = ({4 * H},)")
+        b_hh = as_array(b_hh, "b_hh", dtype, (4 * H,), f"(4*H,) = ({4 * H},)")
+        b = b_ih + b_hh
+    return w_ih, w_hh, b, dtype, I, H
+
+
+def sequence(x, name, dtype, I):
+    """x of shape (T, B, I)."""
+    return as_array(x, name, dtype, (None, None, I), f"(T, B, I={I})")
+
+
+def state(s, name, dtype, B, H):
+    """An initial state or state gradient of shape (B, H); None means zeros."""
+    if s is None:
+        return np.zeros((B, H), dtype)
+    return as_array(s, name, dtype, (B, H), f"(B, H) = ({B}, {H})")

@@ -1,0 +1,322 @@
+"""``LSTM``: a multi-layer, optionally bidirectional LSTM with torch.nn.LSTM's conventions.
+
+Parameters live in a dict keyed by torch's names (``weight_ih_l0``,
+``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse``) and are
+exposed read-only: backends keep weights packed in their own layout between
+calls, and a packed copy must never be used after the weights changed. Every
+route that changes weights (``load_state_dict``, ``set_parameter``, the
+``unlocked_parameters()`` context) drops the packed copies; writing into an
+exposed array outside those routes raises numpy's read-only error.
+"""
+
+import contextlib
+import math
+
+import numpy as np
+
+from . import _backends, _validation
+
+
+class LSTM:
+    """Multi-layer LSTM over NumPy arrays, numerically equal to torch.nn.LSTM.
+
+    ``layer(x, hx=None)`` returns ``(output, (h_n, c_n))``: x is (T, B, I)
+    ((B, T, I) if ``batch_first``, (T, I) unbatched); output (T, B, D*H);
+    h_n, c_n (num_layers*D, B, H) with D = 2 if bidirectional else 1.
+    ``layer.backward(grad_output, grad_hx=None)`` returns
+    ``(grad_x, (grad_h0, grad_c0))`` for the last forward call and stores the
+    parameter gradients in ``layer.grads`` under the ``state_dict()`` names
+    (overwritten by each backward call, not accumulated).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
+                 backend="auto", seed=None):
+        self.input_size = _validation.check_size(input_size, "input_size")
+        self.hidden_size = _validation.check_size(hidden_size, "hidden_size")
+        self.num_layers = _validation.check_size(num_layers, "num_layers")
+        self.bias = _check_bool(bias, "bias")
+        self.batch_first = _check_bool(batch_first, "batch_first")
+        self.bidirectional = _check_bool(bidirectional, "bidirectional")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+                or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        self.dropout = float(dropout)
+        if self.dropout > 0.0:
+            raise NotImplementedError("dropout > 0 is not implemented yet; use dropout=0.0")
+        self.proj_size = _validation.check_size(proj_size, "proj_size", minimum=0)
+        if self.proj_size:
+            raise NotImplementedError("proj_size > 0 is not implemented yet; use proj_size=0")
+        self.dtype = _validation.check_dtype(dtype)
+        self.backend = backend
+        self.training = True
+        self.grads = {}
+        self._cache = None
+        self._params = {}
+        rng = np.random.default_rng(seed)
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for name, shape in self._param_shapes():
+            arr = rng.uniform(-k, k, size=shape).astype(self.dtype)
+            arr.flags.writeable = False
+            self._params[name] = arr
+
+    # --- structure -------------------------------------------------------
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def backend(self):
+        """The backend this layer runs on (resolved from "auto" at assignment)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name):
+        self._backend = _backends.resolve(name)
+        self._packed = {}
+
+    def _param_shapes(self):
+        H, D = self.hidden_size, self.num_directions
+        for layer in range(self.num_layers):
+            I = self.input_size if layer == 0 else H * D
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                yield "weight_ih" + sfx, (4 * H, I)
+                yield "weight_hh" + sfx, (4 * H, H)
+                if self.bias:
+                    yield "bias_ih" + sfx, (4 * H,)
+                    yield "bias_hh" + sfx, (4 * H,)
+
+    @staticmethod
+    def _suffix(layer, d):
+        return f"_l{layer}" + ("_reverse" if d else "")
+
+    # --- parameters ------------------------------------------------------
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def named_parameters(self):
+        """(name, array) pairs in torch's order; the arrays are read-only views."""
+        return list(self._params.items())
+
+    def parameters(self):
+        return list(self._params.values())
+
+    def state_dict(self):
+        """Copies of the parameters under torch's names."""
+        return {name: arr.copy() for name, arr in self._params.items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load parameters (NumPy arrays or torch tensors) by torch's names."""
+        missing = [n for n in self._params if n not in state_dict]
+        unexpected = [n for n in state_dict if n not in self._params]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict does not match the layer: missing {missing}, unexpected {unexpected}")
+        new = {}
+        for name, arr in self._params.items():
+            if name in state_dict:
+                new[name] = self._checked_param(name, state_dict[name])
+        for name, value in new.items():
+            self._params[name] = value
+        self._packed = {}
+
+    def set_parameter(self, name, value):
+        """Replace one parameter (copied, cast to the layer's dtype)."""
+        if name not in self._params:
+            raise KeyError(f"no parameter named {name!r}; parameters are {list(self._params)}")
+        self._params[name] = self._checked_param(name, value)
+        self._packed = {}
+
+    @contextlib.contextmanager
+    def unlocked_parameters(self):
+        """Context in which the parameter arrays are writable, e.g. for an optimizer step::
+
+            with layer.unlocked_parameters() as params:
+                for name, g in layer.grads.items():
+                    params[name] -= lr * g
+
+        Packed copies are dropped on exit, so the next call sees the new values.
+        """
+        for arr in self._params.values():
+            arr.flags.writeable = True
+        try:
+            yield self._params
+        finally:
+            for arr in self._params.values():
+                arr.flags.writeable = False
+            self._packed = {}
+
+    def _checked_param(self, name, value):
+        shape = self._params[name].shape
+        value = _validation._to_numpy(value)
+        if value.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be a real array, got dtype {value.dtype}")
+        arr = np.array(value, dtype=self.dtype, order="C", copy=True)
+        arr.flags.writeable = False
+        return arr
+
+    def _weights(self, layer, d):
+        key = (layer, d)
+        packed = self._packed.get(key)
+        if packed is None:
+            sfx = self._suffix(layer, d)
+            p = self._params
+            b = p["bias_ih" + sfx] + p["bias_hh" + sfx] if self.bias else None
+            packed = _backends.get(self._backend).pack(p["weight_ih" + sfx], p["weight_hh" + sfx], b)
+            self._packed[key] = packed
+        return packed
+
+    # --- modes -----------------------------------------------------------
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # --- forward / backward ----------------------------------------------
+
+    def __call__(self, x, hx=None):
+        return self.forward(x, hx)
+
+    def forward(self, x, hx=None):
+        dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
+        x = _validation._to_numpy(x) if type(x) is not np.ndarray else x
+        if x.ndim not in (2, 3):
+            raise ValueError(
+                f"x must be 3-D {'(B, T, I)' if self.batch_first else '(T, B, I)'} or 2-D (T, I) "
+                f"with I={self.input_size}, got shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        x = _validation.sequence(x, "x", dtype, self.input_size)
+        T, B, _ = x.shape
+        h0, c0 = self._initial_state(hx, B, unbatched)
+        impl = _backends.get(self._backend)
+        nthreads = _backends.get_num_threads()
+        h_n = np.empty((L * D, B, H), dtype)
+        c_n = np.empty((L * D, B, H), dtype)
+        caches = []
+        inp = x
+        for layer in range(L):
+            outs = []
+            for d in range(D):
+                idx = layer * D + d
+                xin = inp if d == 0 else np.ascontiguousarray(inp[::-1])
+                packed = self._weights(layer, d)
+                y, h_n[idx], c_n[idx], gates, c = impl.forward(packed, xin, h0[idx], c0[idx], nthreads)
+                caches.append((packed, xin, h0[idx], c0[idx], y, gates, c))
+                outs.append(y if d == 0 else y[::-1])
+            inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+        self._cache = (caches, T, B, unbatched)
+        out = inp
+        if unbatched:
+            return out[:, 0], (h_n[:, 0], c_n[:, 0])
+        if self.batch_first:
+            out = out.transpose(1, 0, 2)
+        return out, (h_n, c_n)
+
+    def _initial_state(self, hx, B, unbatched):
+        n, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
+        if hx is None:
+            z = np.zeros((n, B, H), dtype)
+            return z, z
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx must be a tuple (h0, c0)")
+        out = []
+        for name, s in zip(("h0", "c0"), hx):
+            if unbatched:
+                s = _validation.as_array(s, f"hx[{len(out)}] ({name})", dtype, (n, H),
+                                         f"(num_layers*num_directions, H) = ({n}, {H})")[:, None]
+            else:
+                s = _validation.as_array(s, f"hx[{len(out)}] ({name})", dtype, (n, B, H),
+                                         f"(num_layers*num_directions, B, H) = ({n}, {B}, {H})")
+            out.append(s)
+        return out
+
+    def backward(self, grad_output=None, grad_hx=None):
+        """Gradients for the last forward call.
+
+        ``grad_output`` has the shape of ``output`` (None = zeros); ``grad_hx`` is
+        ``(grad_h_n, grad_c_n)`` shaped like ``(h_n, c_n)``, or None. Returns
+        ``(grad_x, (grad_h0, grad_c0))`` shaped like ``x`` and ``hx``.
+        """
+        if self._cache is None:
+            raise RuntimeError("backward() called before a forward call")
+        caches, T, B, unbatched = self._cache
+        dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
+        n = L * D
+        out_shape = (T, B, D * H)
+        if grad_output is None:
+            dout = np.zeros(out_shape, dtype)
+        else:
+            g = _validation._to_numpy(grad_output)
+            if unbatched:
+                g = _validation.as_array(g, "grad_output", dtype, (T, D * H))[:, None]
+            elif self.batch_first:
+                g = _validation.as_array(g, "grad_output", dtype, (B, T, D * H)).transpose(1, 0, 2)
+            else:
+                g = _validation.as_array(g, "grad_output", dtype, out_shape)
+            dout = g
+        if grad_hx is None:
+            dh_n = dc_n = np.zeros((n, B, H), dtype)
+        else:
+            if not isinstance(grad_hx, (tuple, list)) or len(grad_hx) != 2:
+                raise TypeError("grad_hx must be a tuple (grad_h_n, grad_c_n)")
+            shp = (n, H) if unbatched else (n, B, H)
+            dh_n, dc_n = (_validation.as_array(s, f"grad_hx[{k}]", dtype, shp).reshape(n, B, H)
+                          for k, s in enumerate(grad_hx))
+        impl = _backends.get(self._backend)
+        nthreads = _backends.get_num_threads()
+        dh0 = np.empty((n, B, H), dtype)
+        dc0 = np.empty((n, B, H), dtype)
+        grads = {}
+        for layer in reversed(range(L)):
+            dinp = None
+            for d in range(D):
+                idx = layer * D + d
+                packed, xin, h0, c0, y, gates, c = caches[idx]
+                dy = dout[:, :, d * H:(d + 1) * H]
+                dy = np.ascontiguousarray(dy if d == 0 else dy[::-1])
+                dx, dw_ih, dw_hh, db, dh0[idx], dc0[idx] = impl.backward(
+                    packed, xin, h0, c0, y, gates, c, dy, dh_n[idx], dc_n[idx], nthreads)
+                sfx = self._suffix(layer, d)
+                grads["weight_ih" + sfx] = dw_ih
+                grads["weight_hh" + sfx] = dw_hh
+                if self.bias:
+                    grads["bias_ih" + sfx] = db
+                    grads["bias_hh" + sfx] = db.copy()
+                if d == 1:
+                    dx = dx[::-1]
+                dinp = dx if dinp is None else dinp + dx
+            dout = dinp
+        self.grads = {name: grads[name] for name in self._params}
+        dx = dout
+        if unbatched:
+            return dx[:, 0], (dh0[:, 0], dc0[:, 0])
+        if self.batch_first:
+            dx = dx.transpose(1, 0, 2)
+        return dx, (dh0, dc0)
+
+    def __repr__(self):
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k, default in
+                        (("num_layers", 1), ("bias", True), ("batch_first", False),
+                         ("bidirectional", False)) if getattr(self, k) != default)
+        return (f"LSTM({self.input_size}, {self.hidden_size}{extra}, "
+                f"dtype={self.dtype.name}, backend={self.backend!r})")
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
