@@ -37,7 +37,7 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0):
     T, B, _ = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
-    gates = (x.reshape(T * B, -1) @ w_ih.T).reshape(T, B, 4 * H)
+    gates = (x.reshape(T * B, x.shape[2]) @ w_ih.T).reshape(T, B, 4 * H)
     if b is not None:
         gates += b
     y = np.empty((T, B, H), dtype)
