@@ -7,7 +7,7 @@ import pytest
 import lstm_fast
 from lstm_fast import _reference as ref
 
-from conftest import BACKENDS, DTYPES, assert_close, make_problem
+from _support import BACKENDS, DTYPES, assert_close, make_problem
 
 SHAPES = [  # (T, B, I, H)
     (1, 1, 1, 1),

@@ -5,7 +5,7 @@ import pytest
 
 from lstm_fast import _reference as ref
 
-from conftest import make_problem
+from _support import make_problem
 
 
 def _loss(p, g):

@@ -11,8 +11,8 @@ import torch
 x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64).reshape(3, 1, 1)
 m = torch.nn.LSTM(1, 1).double()
 with torch.no_grad():
-    m.weight_ih_l0.copy_(torch.tensor([[0.6], [0.5], [0.7], [0.8]]))
-    m.weight_hh_l0.copy_(torch.tensor([[0.2], [0.1], [0.3], [0.4]]))
+    m.weight_ih_l0.copy_(torch.tensor([[0.6], [0.5], [0.7], [0.8]], dtype=torch.float64))
+    m.weight_hh_l0.copy_(torch.tensor([[0.2], [0.1], [0.3], [0.4]], dtype=torch.float64))
     m.bias_ih_l0.zero_()
     m.bias_hh_l0.zero_()
 x.requires_grad_(True)
