@@ -74,7 +74,20 @@ class LSTM:
     @backend.setter
     def backend(self, name):
         self._backend = _backends.resolve(name)
+        self._requested_backend = name
         self._packed = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_packed"] = {}        # packed weights are rebuilt, not pickled
+        state["_cache"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for arr in self._params.values():
+            arr.flags.writeable = False
+        self.backend = self._requested_backend   # "auto" resolves on the new machine
 
     def _param_shapes(self):
         H, D = self.hidden_size, self.num_directions
