@@ -193,3 +193,147 @@ def generate(n_customers=20000, n_months=6, seed=0, p_gap=0.4, p_dip=0.4, p_rece
     ids = np.array([f"C{k + 1:0{width}d}" for k in range(N)], dtype=object)
     data = ChurnData(X, lengths, y, ids)
     return (data, logit) if return_logit else data
+
+
+# --- CSV --------------------------------------------------------------------
+
+def write_csv(data, path, first_month=1):
+    """Write ``data`` in the long CSV format. Month numbers are calendar months:
+    the current month is ``first_month + T - 1`` for everyone, so a customer
+    with L < T months has months ``first_month + T - L`` .. ``first_month + T - 1``."""
+    T = data.n_months
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(REQUIRED_COLUMNS) + ([LABEL_COL] if data.y is not None else []))
+        for k in range(len(data)):
+            L = int(data.lengths[k])
+            for j in range(L):
+                m, s, d = data.X[k, j]
+                row = [data.ids[k], first_month + T - L + j, _fmt(m), _fmt(s), _fmt(d)]
+                if data.y is not None:
+                    row.append(int(data.y[k]))
+                w.writerow(row)
+
+
+def _fmt(v):
+    v = float(v)
+    return str(int(v)) if v.is_integer() else repr(round(v, 6))
+
+
+def _parse_float(text, col, line):
+    t = text.strip()
+    if t == "":
+        raise DataError(f"line {line}: column '{col}' is empty (missing value)")
+    try:
+        v = float(t)
+    except ValueError:
+        raise DataError(f"line {line}: column '{col}' has a non-numeric value {text!r}") from None
+    if math.isnan(v):
+        raise DataError(f"line {line}: column '{col}' is NaN (missing value)")
+    if math.isinf(v):
+        raise DataError(f"line {line}: column '{col}' is infinite ({text!r})")
+    return v
+
+
+def read_csv(path, require_labels=True, max_months=None):
+    """Load and validate a long-format churn CSV into :class:`ChurnData`.
+
+    Raises :class:`DataError` with a message naming the problem (and the line)
+    for: a missing file or header, missing columns, empty/non-numeric/NaN/
+    infinite values, a non-integer month, duplicate (customer_id, month) rows,
+    labels other than 0/1, labels that differ between a customer's rows, and
+    (if ``require_labels``) a missing ``churned`` column. Customers with fewer
+    months are kept (variable lengths). ``max_months`` keeps only each
+    customer's most recent months if given.
+    """
+    try:
+        f = open(path, newline="")
+    except OSError as e:
+        raise DataError(f"cannot open {path}: {e.strerror or e}") from None
+    with f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path} is empty: expected a header line with columns "
+                            f"{', '.join(REQUIRED_COLUMNS + (LABEL_COL,))}") from None
+        except csv.Error as e:
+            raise DataError(f"{path}: not a readable CSV file ({e})") from None
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing required column(s): {', '.join(missing)} "
+                            f"(found: {', '.join(header) or 'none'}; required: "
+                            f"{', '.join(REQUIRED_COLUMNS)}" + (f", {LABEL_COL}" if require_labels else "")
+                            + ")")
+        has_label = LABEL_COL in header
+        if require_labels and not has_label:
+            raise DataError(f"{path}: column '{LABEL_COL}' (0/1 label per customer) is required "
+                            f"for training; it is optional only for 'churn predict'")
+        col = {c: header.index(c) for c in REQUIRED_COLUMNS + ((LABEL_COL,) if has_label else ())}
+        ncols = len(header)
+        rows = {}      # customer -> {month: (features, line)}
+        labels = {}    # customer -> (label, line)
+        order = []
+        try:
+            for line, rec in enumerate(reader, start=2):
+                if not rec or all(not c.strip() for c in rec):
+                    continue
+                if len(rec) != ncols:
+                    raise DataError(f"line {line}: expected {ncols} fields like the header, got {len(rec)}")
+                cid = rec[col[ID_COL]].strip()
+                if not cid:
+                    raise DataError(f"line {line}: column '{ID_COL}' is empty")
+                mv = _parse_float(rec[col[MONTH_COL]], MONTH_COL, line)
+                if not mv.is_integer():
+                    raise DataError(f"line {line}: column '{MONTH_COL}' must be an integer, got "
+                                    f"{rec[col[MONTH_COL]]!r}")
+                month = int(mv)
+                feats = tuple(_parse_float(rec[col[c]], c, line) for c in FEATURES)
+                if cid not in rows:
+                    rows[cid] = {}
+                    order.append(cid)
+                elif month in rows[cid]:
+                    raise DataError(f"line {line}: duplicate row for customer_id {cid!r} month {month} "
+                                    f"(first seen on line {rows[cid][month][1]})")
+                rows[cid][month] = (feats, line)
+                if has_label:
+                    lt = rec[col[LABEL_COL]].strip()
+                    if lt == "" and not require_labels:
+                        lab = None
+                    else:
+                        lv = _parse_float(lt, LABEL_COL, line)
+                        if lv not in (0.0, 1.0):
+                            raise DataError(f"line {line}: column '{LABEL_COL}' must be 0 or 1, got {lt!r}")
+                        lab = lv
+                    if cid in labels and labels[cid][0] != lab:
+                        raise DataError(f"line {line}: inconsistent '{LABEL_COL}' labels for customer_id "
+                                        f"{cid!r}: {_lab(labels[cid][0])} on line {labels[cid][1]} but "
+                                        f"{_lab(lab)} here (one label per customer)")
+                    labels.setdefault(cid, (lab, line))
+        except csv.Error as e:
+            raise DataError(f"{path}: malformed CSV ({e})") from None
+    if not order:
+        raise DataError(f"{path} has a header but no data rows")
+    lengths = np.array([len(rows[c]) for c in order], dtype=np.int64)
+    if max_months:
+        lengths = np.minimum(lengths, max_months)
+    T = int(lengths.max())
+    X = np.zeros((len(order), T, len(FEATURES)))
+    for k, cid in enumerate(order):
+        months = sorted(rows[cid])[-lengths[k]:]
+        X[k, :lengths[k]] = [rows[cid][m][0] for m in months]
+    y = None
+    if has_label:
+        labs = [labels[c][0] for c in order]
+        if all(v is not None for v in labs):
+            y = np.array(labs, dtype=np.float64)
+        elif any(v is not None for v in labs):
+            missing = [c for c, v in zip(order, labs) if v is None]
+            raise DataError(f"{path}: column '{LABEL_COL}' is empty for some customers "
+                            f"(e.g. {missing[0]!r}) but set for others")
+    return ChurnData(X, lengths, y, np.array(order, dtype=object))
+
+
+def _lab(v):
+    return "empty" if v is None else str(int(v))

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from . import metrics
+from .figures import gate_summary, save_figure
 from .model import Adam, ChurnModel, bce_from_probs
 
 
@@ -99,3 +100,77 @@ def train_model(model, train, val, *, epochs=30, batch_size=128, lr=1e-2, patien
     if best is not None:
         model.set_state(best)
     return history
+
+
+def _fmt_metric(v):
+    return "   n/a" if v != v else f"{v:6.3f}"
+
+
+def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128, lr=1e-2,
+        patience=5, seed=0, backend="auto", quiet=False, figure=True, data_source="synthetic",
+        stream=None):
+    """Train + evaluate + save (see the module docstring). Returns a results dict."""
+    out = stream or sys.stdout
+    say = (lambda *a: None) if quiet else (lambda s: print(s, file=out, flush=True))
+    t_start = time.perf_counter()
+    if data.y is None:
+        raise ValueError("training needs labels (the 'churned' column)")
+    if len(np.unique(data.y)) < 2:
+        raise ValueError("training needs both churners and stayers in the data (all labels are "
+                         f"{int(data.y[0])})")
+    tr_idx, va_idx, te_idx = split_indices(len(data), seed=seed)
+    train, val, test = data.subset(tr_idx), data.subset(va_idx), data.subset(te_idx)
+    model = ChurnModel(hidden_size, backend=backend, seed=seed)
+    model.normalizer.fit(train.X, train.lengths)
+    ragged = int(np.sum(data.lengths < data.n_months))
+    say(f"data: {len(data)} customers ({data_source}), up to {data.n_months} months x "
+        f"{data.X.shape[2]} features, {ragged} with shorter histories, "
+        f"{100 * data.y.mean():.1f}% churned")
+    say(f"split: train {len(train)} / validation {len(val)} / test {len(test)}  (seed {seed})")
+    say(f"model: LSTM(3 -> {hidden_size}) + logistic head, backend {model.backend!r}, "
+        f"Adam lr {lr}, batch {batch_size}, up to {epochs} epochs (early stopping patience {patience})")
+    t0 = time.perf_counter()
+    history = train_model(model, train, val, epochs=epochs, batch_size=batch_size, lr=lr,
+                          patience=patience, seed=seed, progress=Progress(out, quiet))
+    train_seconds = time.perf_counter() - t0
+
+    p_lstm = model.predict_proba(test)
+    m_lstm = metrics.classification_metrics(test.y, p_lstm)
+    base = metrics.LogisticRegression().fit(train.averages(), train.y)
+    p_base = base.predict_proba(test.averages())
+    m_base = metrics.classification_metrics(test.y, p_base)
+
+    os.makedirs(out_dir, exist_ok=True)
+    model_path = os.path.join(out_dir, "churn_model.npz")
+    model.save(model_path, {"trained_on": data_source, "n_months": data.n_months, "seed": seed,
+                            "test_auc": m_lstm["auc"], "baseline_test_auc": m_base["auc"]})
+    summary = gate_summary(model, test)
+    fig_path, fig_msg = None, "figure disabled (--no-figure)"
+    if figure:
+        fig_path, fig_msg = save_figure(os.path.join(out_dir, "churn_figure.png"), history, summary)
+    total = time.perf_counter() - t_start
+    results = {
+        "n_customers": len(data), "n_train": len(train), "n_val": len(val), "n_test": len(test),
+        "backend": model.backend, "hidden_size": hidden_size, "epochs_run": len(history),
+        "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
+        "train_seconds": train_seconds, "total_seconds": total,
+        "lstm": m_lstm, "baseline": m_base, "history": history, "gates": summary,
+        "model_path": model_path, "figure_path": fig_path,
+    }
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=1, default=float)
+
+    print(f"\ntest set: {len(test)} customers ({100 * test.y.mean():.1f}% churned), threshold 0.5", file=out)
+    print(f"{'':22}{'accuracy':>9}{'ROC AUC':>9}{'precision':>10}{'recall':>8}", file=out)
+    for name, m in (("LSTM (order in time)", m_lstm), ("baseline (averages)", m_base)):
+        print(f"{name:22}{_fmt_metric(m['accuracy']):>9}{_fmt_metric(m['auc']):>9}"
+              f"{_fmt_metric(m['precision']):>10}{_fmt_metric(m['recall']):>8}", file=out)
+    print(f"ROC AUC gain of the sequence model over the order-blind baseline: "
+          f"{m_lstm['auc'] - m_base['auc']:+.3f}", file=out)
+    print(f"time: training {train_seconds:.1f}s ({len(history)} epochs, "
+          f"{train_seconds / max(len(history), 1):.2f}s/epoch), total {total:.1f}s, "
+          f"backend {model.backend!r}", file=out)
+    print(f"model:   {model_path}", file=out)
+    print(f"figure:  {fig_path}" if fig_path else f"figure:  skipped - {fig_msg}", file=out)
+    print(f"metrics: {os.path.join(out_dir, 'metrics.json')}", file=out)
+    return results
