@@ -8,9 +8,20 @@ validated (C-contiguous, native byte order, one float dtype, shapes as in
         Weights in whatever layout the backend's kernels want. ``b`` is
         ``b_ih + b_hh`` or None. Built once per weight version by the caller and
         reused for every forward/backward call with those weights.
-    forward(packed, x, h0, c0, num_threads) -> (y, h_n, c_n, gates, c)
-    backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)
+    forward(packed, x, h0, c0, num_threads, batch_sizes=None) -> (y, h_n, c_n, gates, c)
+    backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None)
         -> (dx, dw_ih, dw_hh, db, dh0, dc0)
+
+Variable lengths: with ``batch_sizes`` (int64, shape (T,), non-increasing,
+batch_sizes[0] <= B) the sequences arrive sorted by length, longest first,
+and packed step-major like torch's PackedSequence.data: x is (N, I) with
+N = sum(batch_sizes), the rows of step t starting at sum(batch_sizes[:t]);
+only the first batch_sizes[t] sequences advance at step t, the others keep
+their state (so h_n, c_n (B, H) hold each sequence's last valid step, and a
+sequence of length 0 keeps h0, c0). y, gates, c, dy and dx are packed the same
+way. Work then scales with the sum of lengths. Without ``batch_sizes`` the
+layout is the padded (T, B, .) one, which is the same memory as
+batch_sizes = [B] * T.
 
 Backends are imported lazily, on first use: ``import lstm_fast`` never compiles
 or imports Numba. ``"auto"`` picks the first available of ``PREFERENCE`` unless

@@ -32,62 +32,95 @@ def sigmoid(z):
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
 
 
-def lstm_forward(x, w_ih, w_hh, b, h0, c0):
-    """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes."""
-    T, B, _ = x.shape
+def _steps(x, batch_sizes):
+    """Packed (N, F) view of x and the per-step (offset, active rows) list."""
+    if batch_sizes is None:
+        T, B = x.shape[:2]
+        batch_sizes = [B] * T
+        x = x.reshape(T * B, x.shape[2])
+    steps, offset = [], 0
+    for n in batch_sizes:
+        steps.append((offset, int(n)))
+        offset += int(n)
+    return x, steps
+
+
+def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
+    """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes.
+
+    With ``batch_sizes`` (T,) non-increasing, ``x`` is packed step-major like
+    torch's PackedSequence.data: (N, I) with N = sum(batch_sizes), the rows of
+    step t at offset sum(batch_sizes[:t]); only the first batch_sizes[t]
+    sequences advance at step t, the others keep their state. y, gates and c
+    are then packed the same way.
+    """
+    xp, steps = _steps(x, batch_sizes)
     H = w_hh.shape[1]
-    dtype = x.dtype
-    gates = (x.reshape(T * B, x.shape[2]) @ w_ih.T).reshape(T, B, 4 * H)
+    gates = xp @ w_ih.T                       # hoisted input projection, all steps at once
     if b is not None:
         gates += b
-    y = np.empty((T, B, H), dtype)
-    c = np.empty((T, B, H), dtype)
-    h_prev, c_prev = h0, c0
-    for t in range(T):
-        a = gates[t]
-        a += h_prev @ w_hh.T
+    y = np.empty((xp.shape[0], H), x.dtype)
+    c = np.empty((xp.shape[0], H), x.dtype)
+    h_state, c_state = h0.copy(), c0.copy()
+    for off, n in steps:
+        a = gates[off:off + n]
+        a += h_state[:n] @ w_hh.T             # recurrent product, accumulated
         a[:, 0 * H:2 * H] = sigmoid(a[:, 0 * H:2 * H])   # i, f
         a[:, 2 * H:3 * H] = np.tanh(a[:, 2 * H:3 * H])   # g
         a[:, 3 * H:4 * H] = sigmoid(a[:, 3 * H:4 * H])   # o
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        c[t] = f * c_prev + i * g
-        y[t] = o * np.tanh(c[t])
-        h_prev, c_prev = y[t], c[t]
-    h_n = h_prev.copy()
-    c_n = c_prev.copy()
-    return y, h_n, c_n, gates, c
+        c_state[:n] = f * c_state[:n] + i * g
+        h_state[:n] = o * np.tanh(c_state[:n])
+        c[off:off + n] = c_state[:n]
+        y[off:off + n] = h_state[:n]
+    if batch_sizes is None:
+        T, B = x.shape[:2]
+        y, gates, c = y.reshape(T, B, H), gates.reshape(T, B, 4 * H), c.reshape(T, B, H)
+    return y, h_state, c_state, gates, c
 
 
-def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n):
+def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None):
     """Returns ``(dx, dw_ih, dw_hh, db, dh0, dc0)``.
 
-    ``dy`` (T, B, H) is the gradient of the loss with respect to ``y``;
-    ``dh_n`` and ``dc_n`` (B, H) with respect to the final states.
+    ``dy`` (shaped like ``y``) is the gradient of the loss with respect to
+    ``y``; ``dh_n`` and ``dc_n`` (B, H) with respect to the final states.
+    ``batch_sizes`` as in ``lstm_forward``.
     """
-    T, B, I = x.shape
+    xp, steps = _steps(x, batch_sizes)
     H = w_hh.shape[1]
-    dtype = x.dtype
-    dgates = np.empty((T, B, 4 * H), dtype)
+    N = xp.shape[0]
+    y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
+    dgates = np.empty((N, 4 * H), x.dtype)
+    h_prev = np.empty((N, H), x.dtype)
     dh = dh_n.copy()
     dc = dc_n.copy()
-    for t in range(T - 1, -1, -1):
-        i, f, g, o = (gates[t, :, k * H:(k + 1) * H] for k in range(4))
-        c_prev = c[t - 1] if t > 0 else c0
-        dh = dh + dy[t]
-        tanh_c = np.tanh(c[t])
-        dc = dc + dh * o * (1 - tanh_c * tanh_c)
-        dgates[t, :, 0 * H:1 * H] = dc * g * i * (1 - i)
-        dgates[t, :, 1 * H:2 * H] = dc * c_prev * f * (1 - f)
-        dgates[t, :, 2 * H:3 * H] = dc * i * (1 - g * g)
-        dgates[t, :, 3 * H:4 * H] = dh * tanh_c * o * (1 - o)
-        dc = dc * f
-        dh = dgates[t] @ w_hh
-    h_prev = np.concatenate([h0[None], y[:-1]], axis=0) if T > 0 else h0[None]
-    dg2 = dgates.reshape(T * B, 4 * H)
-    dx = (dg2 @ w_ih).reshape(T, B, I)
-    dw_ih = dg2.T @ x.reshape(T * B, I)
-    dw_hh = dg2.T @ h_prev[:T].reshape(T * B, H)
-    db = dg2.sum(axis=0)
+    for t in range(len(steps) - 1, -1, -1):
+        off, n = steps[t]
+        if t > 0:
+            prev = steps[t - 1][0]
+            c_prev = c[prev:prev + n]
+            h_prev[off:off + n] = y[prev:prev + n]
+        else:
+            c_prev = c0[:n]
+            h_prev[off:off + n] = h0[:n]
+        i, f, g, o = (gates[off:off + n, k * H:(k + 1) * H] for k in range(4))
+        dh[:n] += dy[off:off + n]
+        tanh_c = np.tanh(c[off:off + n])
+        dc[:n] += dh[:n] * o * (1 - tanh_c * tanh_c)
+        d = dgates[off:off + n]
+        d[:, 0 * H:1 * H] = dc[:n] * g * i * (1 - i)
+        d[:, 1 * H:2 * H] = dc[:n] * c_prev * f * (1 - f)
+        d[:, 2 * H:3 * H] = dc[:n] * i * (1 - g * g)
+        d[:, 3 * H:4 * H] = dh[:n] * tanh_c * o * (1 - o)
+        dc[:n] *= f
+        dh[:n] = d @ w_hh
+    # whole-sequence products, after the loop
+    dx = dgates @ w_ih
+    dw_ih = dgates.T @ xp
+    dw_hh = dgates.T @ h_prev
+    db = dgates.sum(axis=0)
+    if batch_sizes is None:
+        dx = dx.reshape(x.shape)
     return dx, dw_ih, dw_hh, db, dh, dc
 
 
@@ -97,11 +130,11 @@ def pack(w_ih, w_hh, b):
     return (w_ih, w_hh, b)
 
 
-def forward(packed, x, h0, c0, num_threads):
+def forward(packed, x, h0, c0, num_threads, batch_sizes=None):
     w_ih, w_hh, b = packed
-    return lstm_forward(x, w_ih, w_hh, b, h0, c0)
+    return lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes)
 
 
-def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads):
+def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None):
     w_ih, w_hh, _ = packed
-    return lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n)
+    return lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes)
