@@ -111,3 +111,17 @@ def state(s, name, dtype, B, H):
     if s is None:
         return np.zeros((B, H), dtype)
     return as_array(s, name, dtype, (B, H), f"(B, H) = ({B}, {H})")
+
+
+def lengths(value, B, T):
+    """Per-sequence lengths: B integers in [0, T]; None means all T."""
+    if value is None:
+        return None
+    a = _to_numpy(value)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {a.dtype}")
+    if a.shape != (B,):
+        raise ValueError(f"lengths must have shape (B,) = ({B},), got {_fmt(a.shape)}")
+    if B and (a.min() < 0 or a.max() > T):
+        raise ValueError(f"lengths must lie in [0, T={T}], got values from {a.min()} to {a.max()}")
+    return a.astype(np.int64)

@@ -12,24 +12,71 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _backends, _validation
+from ._lengths import LengthPlan
 
 
 class LSTMCache:
     """What ``lstm_backward`` needs from a forward call. Treat as opaque."""
 
-    __slots__ = ("backend", "packed", "dtype", "has_bias", "x", "h0", "c0", "y", "gates", "c")
+    __slots__ = ("backend", "packed", "dtype", "has_bias", "shape", "saved", "plan")
 
-    def __init__(self, backend, packed, dtype, has_bias, x, h0, c0, y, gates, c):
+    def __init__(self, backend, packed, dtype, has_bias, shape, saved, plan):
         self.backend = backend
         self.packed = packed
         self.dtype = dtype
         self.has_bias = has_bias
-        self.x = x
-        self.h0 = h0
-        self.c0 = c0
-        self.y = y
-        self.gates = gates
-        self.c = c
+        self.shape = shape        # (T, B, H)
+        self.saved = saved        # (x, h0, c0, y, gates, c) as the backend saw them
+        self.plan = plan          # LengthPlan or None
+
+    @property
+    def gates(self):
+        """Activated gates i, f, g, o, (T, B, 4H); zero at padded positions."""
+        g = self.saved[4]
+        return g if self.plan is None else self.plan.scatter(g)
+
+    @property
+    def c(self):
+        """Cell state after every step, (T, B, H); zero at padded positions."""
+        c = self.saved[5]
+        return c if self.plan is None else self.plan.scatter(c)
+
+
+def _forward_direction(impl, packed, x, h0, c0, nthreads, plan=None, reverse=False):
+    """One direction over padded x (T, B, I): returns (y (T, B, H), h_n, c_n, saved).
+
+    ``reverse`` reads every sequence backwards (from its own last valid step
+    when ``plan`` holds lengths); y is returned in the original time order.
+    """
+    if plan is None:
+        xin = np.ascontiguousarray(x[::-1]) if reverse else x
+        y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, nthreads)
+        return (y[::-1] if reverse else y), h_n, c_n, (xin, h0, c0, y, gates, c)
+    xin, h0s, c0s = plan.gather(x, reverse), plan.sort(h0), plan.sort(c0)
+    y, h_n, c_n, gates, c = impl.forward(packed, xin, h0s, c0s, nthreads, plan.batch_sizes)
+    return (plan.scatter(y, reverse), plan.unsort(h_n), plan.unsort(c_n),
+            (xin, h0s, c0s, y, gates, c))
+
+
+def _backward_direction(impl, packed, saved, dy, dh_n, dc_n, nthreads, plan=None, reverse=False):
+    """Backward of ``_forward_direction``: returns (dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0)."""
+    xin, h0, c0, y, gates, c = saved
+    if plan is None:
+        dyin = np.ascontiguousarray(dy[::-1] if reverse else dy)
+        dx, dw_ih, dw_hh, db, dh0, dc0 = impl.backward(
+            packed, xin, h0, c0, y, gates, c, dyin, dh_n, dc_n, nthreads)
+        return (dx[::-1] if reverse else dx), dw_ih, dw_hh, db, dh0, dc0
+    dx, dw_ih, dw_hh, db, dh0, dc0 = impl.backward(
+        packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse),
+        plan.sort(dh_n), plan.sort(dc_n), nthreads, plan.batch_sizes)
+    return plan.scatter(dx, reverse), dw_ih, dw_hh, db, plan.unsort(dh0), plan.unsort(dc0)
+
+
+def make_plan(lengths, T, B):
+    """A LengthPlan for validated lengths, or None when every sequence is full."""
+    if lengths is None or np.all(lengths == T):
+        return None
+    return LengthPlan(lengths, T, B)
 
 
 class LSTMResult(NamedTuple):
@@ -51,13 +98,18 @@ class LSTMGrads(NamedTuple):
     dc0: np.ndarray               #: (B, H)
 
 
-def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, backend="auto"):
+def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None,
+                 backend="auto"):
     """Run one LSTM layer over a sequence.
 
     Parameters follow torch.nn.LSTM (gate order i, f, g, o):
     x (T, B, I); w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or both None;
     h0, c0 (B, H) or None for zeros. The dtype (float32 or float64) is that of
     ``w_ih``; see ``lstm_fast._validation`` for the conversion rules.
+
+    ``lengths`` (B,) integers in [0, T], any order: sequence b is
+    ``x[:lengths[b], b]``; its h_n, c_n come from its own last valid step and y
+    is exactly zero past it. Work scales with the sum of lengths.
 
     Returns ``LSTMResult(y, h_n, c_n, cache)``; pass ``cache`` to
     ``lstm_backward``. T = 0 is allowed: y is empty and h_n, c_n equal h0, c0.
@@ -68,10 +120,11 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, backe
     B = x.shape[1]
     h0 = _validation.state(h0, "h0", dtype, B, H)
     c0 = _validation.state(c0, "c0", dtype, B, H)
+    plan = make_plan(_validation.lengths(lengths, B, x.shape[0]), x.shape[0], B)
     impl = _backends.get(name)
     packed = impl.pack(w_ih, w_hh, b)
-    y, h_n, c_n, gates, c = impl.forward(packed, x, h0, c0, _backends.get_num_threads())
-    cache = LSTMCache(name, packed, dtype, b is not None, x, h0, c0, y, gates, c)
+    y, h_n, c_n, saved = _forward_direction(impl, packed, x, h0, c0, _backends.get_num_threads(), plan)
+    cache = LSTMCache(name, packed, dtype, b is not None, (x.shape[0], B, H), saved, plan)
     return LSTMResult(y, h_n, c_n, cache)
 
 
@@ -84,7 +137,7 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     """
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, got {type(cache).__name__}")
-    T, B, H = cache.y.shape
+    T, B, H = cache.shape
     dtype = cache.dtype
     if dy is None:
         dy = np.zeros((T, B, H), dtype)
@@ -93,9 +146,8 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     dh_n = _validation.state(dh_n, "dh_n", dtype, B, H)
     dc_n = _validation.state(dc_n, "dc_n", dtype, B, H)
     impl = _backends.get(cache.backend)
-    dx, dw_ih, dw_hh, db, dh0, dc0 = impl.backward(
-        cache.packed, cache.x, cache.h0, cache.c0, cache.y, cache.gates, cache.c,
-        dy, dh_n, dc_n, _backends.get_num_threads())
+    dx, dw_ih, dw_hh, db, dh0, dc0 = _backward_direction(
+        impl, cache.packed, cache.saved, dy, dh_n, dc_n, _backends.get_num_threads(), cache.plan)
     db_ih = db if cache.has_bias else None
     db_hh = db.copy() if cache.has_bias else None
     return LSTMGrads(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)

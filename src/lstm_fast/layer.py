@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from . import _backends, _validation
+from .functional import _backward_direction, _forward_direction, make_plan
 
 
 class LSTM:
@@ -197,10 +198,13 @@ class LSTM:
 
     # --- forward / backward ----------------------------------------------
 
-    def __call__(self, x, hx=None):
-        return self.forward(x, hx)
+    def __call__(self, x, hx=None, lengths=None):
+        return self.forward(x, hx, lengths)
 
-    def forward(self, x, hx=None):
+    def forward(self, x, hx=None, lengths=None):
+        """``(output, (h_n, c_n))`` for x; ``lengths`` (B,) in any order gives each
+        sequence's valid steps: h_n, c_n come from each sequence's own last valid
+        step (the reverse direction starts there), padded outputs are zero."""
         dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
         x = _validation._to_numpy(x) if type(x) is not np.ndarray else x
         if x.ndim not in (2, 3):
@@ -214,6 +218,7 @@ class LSTM:
             x = x.transpose(1, 0, 2)
         x = _validation.sequence(x, "x", dtype, self.input_size)
         T, B, _ = x.shape
+        plan = make_plan(_validation.lengths(lengths, B, T), T, B)
         h0, c0 = self._initial_state(hx, B, unbatched)
         impl = _backends.get(self._backend)
         nthreads = _backends.get_num_threads()
@@ -225,13 +230,13 @@ class LSTM:
             outs = []
             for d in range(D):
                 idx = layer * D + d
-                xin = inp if d == 0 else np.ascontiguousarray(inp[::-1])
                 packed = self._weights(layer, d)
-                y, h_n[idx], c_n[idx], gates, c = impl.forward(packed, xin, h0[idx], c0[idx], nthreads)
-                caches.append((packed, xin, h0[idx], c0[idx], y, gates, c))
-                outs.append(y if d == 0 else y[::-1])
+                y, h_n[idx], c_n[idx], saved = _forward_direction(
+                    impl, packed, inp, h0[idx], c0[idx], nthreads, plan, reverse=d == 1)
+                caches.append((packed, saved))
+                outs.append(y)
             inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        self._cache = (caches, T, B, unbatched)
+        self._cache = (caches, T, B, unbatched, plan)
         out = inp
         if unbatched:
             return out[:, 0], (h_n[:, 0], c_n[:, 0])
@@ -266,7 +271,7 @@ class LSTM:
         """
         if self._cache is None:
             raise RuntimeError("backward() called before a forward call")
-        caches, T, B, unbatched = self._cache
+        caches, T, B, unbatched, plan = self._cache
         dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
         n = L * D
         out_shape = (T, B, D * H)
@@ -298,19 +303,16 @@ class LSTM:
             dinp = None
             for d in range(D):
                 idx = layer * D + d
-                packed, xin, h0, c0, y, gates, c = caches[idx]
-                dy = dout[:, :, d * H:(d + 1) * H]
-                dy = np.ascontiguousarray(dy if d == 0 else dy[::-1])
-                dx, dw_ih, dw_hh, db, dh0[idx], dc0[idx] = impl.backward(
-                    packed, xin, h0, c0, y, gates, c, dy, dh_n[idx], dc_n[idx], nthreads)
+                packed, saved = caches[idx]
+                dy = dout[:, :, d * H:(d + 1) * H] if D == 2 else dout
+                dx, dw_ih, dw_hh, db, dh0[idx], dc0[idx] = _backward_direction(
+                    impl, packed, saved, dy, dh_n[idx], dc_n[idx], nthreads, plan, reverse=d == 1)
                 sfx = self._suffix(layer, d)
                 grads["weight_ih" + sfx] = dw_ih
                 grads["weight_hh" + sfx] = dw_hh
                 if self.bias:
                     grads["bias_ih" + sfx] = db
                     grads["bias_hh" + sfx] = db.copy()
-                if d == 1:
-                    dx = dx[::-1]
                 dinp = dx if dinp is None else dinp + dx
             dout = dinp
         self.grads = {name: grads[name] for name in self._params}
