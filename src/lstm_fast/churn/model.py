@@ -134,10 +134,11 @@ class ChurnModel:
     """LSTM(3 -> hidden_size) + logistic head; NumPy arrays in, probabilities out."""
 
     def __init__(self, hidden_size=32, backend="auto", seed=0, input_size=len(FEATURES),
-                 ragged="auto"):
+                 ragged="auto", dtype=np.float32):
         self.hidden_size = int(hidden_size)
         self.input_size = int(input_size)
-        self.lstm = lstm_fast.LSTM(self.input_size, self.hidden_size, backend=backend, seed=seed)
+        self.lstm = lstm_fast.LSTM(self.input_size, self.hidden_size, backend=backend, seed=seed,
+                                   dtype=dtype)
         # forget-gate bias 1 (a common LSTM initialization; helps keep memory early on)
         H = self.hidden_size
         with self.lstm.unlocked_parameters() as p:
@@ -149,6 +150,7 @@ class ChurnModel:
         if ragged not in ("auto", "lengths", "groups"):
             raise ValueError("ragged must be 'auto', 'lengths' or 'groups'")
         self.ragged = ragged
+        self.lengths_error = None  # why layer(x, lengths=...) could not be used, if it failed
 
     @property
     def backend(self):
@@ -159,9 +161,17 @@ class ChurnModel:
     def _mode(self, lengths, T):
         if np.all(lengths == T):
             return "full"
-        if self.ragged == "lengths" or (self.ragged == "auto" and layer_supports_lengths()):
+        if self.ragged == "lengths" or (self.ragged == "auto" and layer_supports_lengths()
+                                        and self.lengths_error is None):
             return "lengths"
         return "groups"
+
+    @property
+    def ragged_path(self):
+        """How ragged batches are run: "lengths" (layer(x, lengths=...)) or "groups"."""
+        if self.ragged != "auto":
+            return self.ragged
+        return "lengths" if layer_supports_lengths() and self.lengths_error is None else "groups"
 
     def _hlast(self, x, lengths, need_grad):
         """x (T, B, I) float32 time-major. Returns (h_last (B, H) float64, ctx)."""
@@ -171,8 +181,16 @@ class ChurnModel:
             _, (h_n, _) = self.lstm(x)
             return h_n[0].astype(np.float64), (mode, None)
         if mode == "lengths":
-            _, (h_n, _) = self.lstm(x, lengths=lengths)
-            return h_n[0].astype(np.float64), (mode, None)
+            try:
+                _, (h_n, _) = self.lstm(x, lengths=lengths)
+                return h_n[0].astype(np.float64), (mode, None)
+            except (TypeError, NotImplementedError) as e:
+                # the backend does not support variable lengths (yet): use the
+                # exact per-length groups from now on (ragged="auto" only)
+                if self.ragged != "auto":
+                    raise
+                self.lengths_error = f"{type(e).__name__}: {e}"
+                mode = "groups"
         p = self.lstm
         w = (p.weight_ih_l0, p.weight_hh_l0, p.bias_ih_l0, p.bias_hh_l0)
         h = np.empty((B, self.hidden_size))
@@ -295,7 +313,7 @@ class ChurnModel:
             if config.get("format_version") != FORMAT_VERSION:
                 raise ValueError(f"{path}: unsupported model format version {config.get('format_version')}")
             model = cls(config["hidden_size"], backend=backend, seed=0,
-                        input_size=config["input_size"])
+                        input_size=config["input_size"], dtype=np.dtype(config.get("dtype", "float32")))
             model.lstm.load_state_dict({k[5:]: z[k] for k in z.files if k.startswith("lstm.")})
             model.head = {"w": z["head.w"].astype(np.float64), "b": z["head.b"].astype(np.float64)}
             model.normalizer = Normalizer(z["norm.mean"], z["norm.std"], z["norm.log_mask"])

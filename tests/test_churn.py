@@ -1,0 +1,359 @@
+"""Tests of the churn job (lstm_fast.churn): end to end through main(), CSV
+validation (one test per message), gradients of head + BCE and of the whole
+model on ragged batches, metrics. Small sizes: the whole file runs in seconds."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast.churn import cli, data as D, metrics
+from lstm_fast.churn.model import ChurnModel, head_bce, layer_supports_lengths
+
+HEADER = "customer_id,month,movies_watched,satisfaction,days_since_login,churned\n"
+
+
+def _write(tmp_path, text, name="c.csv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+# --- end to end -------------------------------------------------------------
+
+def test_end_to_end_train_save_figure_predict(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["--customers", "1500", "--epochs", "12", "--hidden-size", "16",
+                   "--batch-size", "64", "--seed", "1", "--out-dir", str(out), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "LSTM (order in time)" in text and "baseline (averages)" in text
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["n_train"] + res["n_val"] + res["n_test"] == 1500
+    for m in ("lstm", "baseline"):
+        assert set(res[m]) == {"accuracy", "auc", "precision", "recall"}
+    # learnable at this size: the order-aware model beats the order-blind baseline clearly
+    assert res["lstm"]["auc"] > res["baseline"]["auc"] + 0.1, res
+    assert res["lstm"]["auc"] > 0.8
+    assert (out / "churn_model.npz").is_file()
+    g = res["gates"]
+    assert len(g["forget_churners"]) == 6 and len(g["input_stayers"]) == 6
+    assert all(0 < v < 1 for v in g["forget_churners"] + g["input_stayers"])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert res["figure_path"] is None and "skipped" in text
+    else:
+        png = out / "churn_figure.png"
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --write-data writes the format --data and predict read
+    new = tmp_path / "new.csv"
+    assert cli.main(["--write-data", str(new), "--customers", "300", "--seed", "7"]) == 0
+    with open(new) as f:
+        assert f.readline() == HEADER
+    probs = tmp_path / "probs.csv"
+    rc = cli.main(["predict", "--model", str(out / "churn_model.npz"), "--data", str(new),
+                   "--out", str(probs)])
+    assert rc == 0
+    assert "ROC AUC" in capsys.readouterr().err  # labels present in new.csv
+    with open(probs) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["customer_id", "churn_probability"]
+    assert len(rows) == 301
+    p = np.array([float(r[1]) for r in rows[1:]])
+    assert np.all((p >= 0) & (p <= 1))
+    ref = D.read_csv(str(new))
+    assert [r[0] for r in rows[1:]] == list(ref.ids)
+    # the saved model reproduces the probabilities, and predict works without labels
+    model = ChurnModel.load(str(out / "churn_model.npz"))
+    np.testing.assert_allclose(model.predict_proba(ref), p, atol=1e-6)
+    nolab = tmp_path / "nolab.csv"
+    with open(new) as f, open(nolab, "w") as g_:
+        for line in f:
+            g_.write(line.rsplit(",", 1)[0] + "\n")
+    assert cli.main(["predict", "--model", str(out / "churn_model.npz"), "--data", str(nolab)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [",".join(r) for r in rows[1:]]
+
+
+def test_train_on_csv_with_ragged_histories(tmp_path, capsys):
+    ds = D.generate(600, seed=3)
+    path = str(tmp_path / "c.csv")
+    D.write_csv(ds, path)
+    out = tmp_path / "o"
+    assert cli.main(["--data", path, "--epochs", "2", "--hidden-size", "8", "--out-dir", str(out),
+                     "--no-figure"]) == 0
+    text = capsys.readouterr().out
+    assert f"{int(np.sum(ds.lengths < 6))} with shorter histories" in text
+    assert "epoch   1/2" in text  # per-epoch line
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["n_customers"] == 600 and res["figure_path"] is None
+
+
+def test_cli_reports_bad_backend_and_data_errors(tmp_path, capsys):
+    assert cli.main(["--backend", "nope", "--customers", "50"]) == 2
+    assert "error" in capsys.readouterr().err
+    bad = _write(tmp_path, "customer_id,month\nA,1\n")
+    assert cli.main(["--data", bad]) == 2
+    err = capsys.readouterr().err
+    assert "missing required column(s): movies_watched, satisfaction, days_since_login" in err
+    assert cli.main(["predict", "--model", str(tmp_path / "none.npz"), "--data", bad]) == 2
+    assert "cannot read model file" in capsys.readouterr().err
+
+
+# --- CSV validation: one test per message ---------------------------------------
+
+GOOD = HEADER + "A,1,3,7.5,2,0\nA,2,4,7.0,3,0\nB,1,0,5.0,30,1\n"
+
+
+def _err(tmp_path, text, require_labels=True):
+    with pytest.raises(D.DataError) as e:
+        D.read_csv(_write(tmp_path, text), require_labels=require_labels)
+    return str(e.value)
+
+
+def test_csv_good_and_ragged(tmp_path):
+    text = HEADER + "A,3,4,7.0,3,0\nB,5,0,5.0,30,1\nA,1,3,7.5,2,0\nA,2,5,6.5,1,0\n"
+    ds = D.read_csv(_write(tmp_path, text))
+    assert list(ds.ids) == ["A", "B"]
+    assert list(ds.lengths) == [3, 1]           # ragged: B kept with one month
+    np.testing.assert_array_equal(ds.X[0, :, 0], [3, 5, 4])  # ordered by month
+    np.testing.assert_array_equal(ds.X[1], [[0, 5, 30], [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(ds.y, [0, 1])
+
+
+def test_csv_missing_file(tmp_path):
+    with pytest.raises(D.DataError, match="cannot open"):
+        D.read_csv(str(tmp_path / "nope.csv"))
+
+
+def test_csv_empty_file(tmp_path):
+    assert "is empty" in _err(tmp_path, "")
+
+
+def test_csv_header_only(tmp_path):
+    assert "no data rows" in _err(tmp_path, HEADER)
+
+
+def test_csv_missing_columns(tmp_path):
+    msg = _err(tmp_path, "customer_id,month,movies_watched,churned\nA,1,3,0\n")
+    assert "missing required column(s): satisfaction, days_since_login" in msg
+
+
+def test_csv_label_required_for_training(tmp_path):
+    text = GOOD.replace(",churned", "").replace(",0\n", "\n").replace(",1\n", "\n")
+    assert "'churned' (0/1 label per customer) is required for training" in _err(tmp_path, text)
+    ds = D.read_csv(_write(tmp_path, text), require_labels=False)  # fine for predict
+    assert ds.y is None and len(ds) == 2
+
+
+def test_csv_non_numeric(tmp_path):
+    msg = _err(tmp_path, GOOD + "C,1,three,7,2,0\n")
+    assert msg == "line 5: column 'movies_watched' has a non-numeric value 'three'"
+
+
+def test_csv_nan(tmp_path):
+    assert "line 5: column 'satisfaction' is NaN" in _err(tmp_path, GOOD + "C,1,3,nan,2,0\n")
+
+
+def test_csv_empty_value(tmp_path):
+    assert "line 5: column 'days_since_login' is empty" in _err(tmp_path, GOOD + "C,1,3,7,,0\n")
+
+
+def test_csv_infinite(tmp_path):
+    assert "infinite" in _err(tmp_path, GOOD + "C,1,inf,7,2,0\n")
+
+
+def test_csv_non_integer_month(tmp_path):
+    assert "'month' must be an integer" in _err(tmp_path, GOOD + "C,1.5,3,7,2,0\n")
+
+
+def test_csv_wrong_field_count(tmp_path):
+    assert "line 5: expected 6 fields" in _err(tmp_path, GOOD + "C,1,3,7,2\n")
+
+
+def test_csv_duplicate_customer_month(tmp_path):
+    msg = _err(tmp_path, GOOD + "A,2,9,9,9,0\n")
+    assert msg == "line 5: duplicate row for customer_id 'A' month 2 (first seen on line 3)"
+
+
+def test_csv_inconsistent_labels(tmp_path):
+    msg = _err(tmp_path, GOOD + "B,2,0,5,31,0\n")
+    assert "inconsistent 'churned' labels for customer_id 'B': 1 on line 4 but 0 here" in msg
+
+
+def test_csv_label_not_binary(tmp_path):
+    assert "'churned' must be 0 or 1, got '2'" in _err(tmp_path, GOOD + "C,1,3,7,2,2\n")
+
+
+def test_csv_partly_missing_labels(tmp_path):
+    msg = _err(tmp_path, GOOD + "C,1,3,7,2,\n", require_labels=False)
+    assert "'churned' is empty for some customers" in msg
+
+
+def test_training_needs_both_classes(tmp_path, capsys):
+    path = _write(tmp_path, HEADER + "".join(f"C{k},1,3,7,2,0\n" for k in range(40)))
+    assert cli.main(["--data", path, "--out-dir", str(tmp_path / "o")]) == 2
+    assert "both churners and stayers" in capsys.readouterr().err
+
+
+def test_write_read_roundtrip(tmp_path):
+    ds = D.generate(200, seed=5)
+    path = str(tmp_path / "rt.csv")
+    D.write_csv(ds, path)
+    back = D.read_csv(path)
+    np.testing.assert_array_equal(back.X, ds.X)
+    np.testing.assert_array_equal(back.lengths, ds.lengths)
+    np.testing.assert_array_equal(back.y, ds.y)
+    assert list(back.ids) == list(ds.ids)
+
+
+# --- generator --------------------------------------------------------------------
+
+def test_generator_seeded_ragged_and_order_dependent():
+    a, logit = D.generate(6000, seed=11, return_logit=True)
+    b = D.generate(6000, seed=11)
+    np.testing.assert_array_equal(a.X, b.X)
+    np.testing.assert_array_equal(a.y, b.y)
+    frac = np.mean(a.lengths < 6)
+    assert 0.07 < frac < 0.13 and a.lengths.min() >= 2
+    assert 0.2 < a.y.mean() < 0.3
+    # padding is zero
+    mask = np.arange(6)[None, :] >= a.lengths[:, None]
+    assert np.all(a.X[mask] == 0)
+    # order matters: the averages leave much of the (Bayes) signal unused
+    n = 4000
+    base = metrics.LogisticRegression().fit(a.averages()[:n], a.y[:n])
+    auc_base = metrics.roc_auc(a.y[n:], base.predict_proba(a.averages()[n:]))
+    auc_bayes = metrics.roc_auc(a.y[n:], logit[n:])
+    assert auc_bayes > 0.88 and auc_base < 0.75 and auc_bayes - auc_base > 0.15
+
+
+# --- gradients ----------------------------------------------------------------------
+
+def test_head_bce_gradient_finite_differences():
+    rng = np.random.default_rng(0)
+    B, H = 7, 5
+    h = rng.normal(size=(B, H))
+    w = rng.normal(size=H)
+    b = 0.3
+    y = (rng.random(B) < 0.5).astype(np.float64)
+    loss, z, dh, dw, db = head_bce(h, w, b, y)
+    p = 1 / (1 + np.exp(-z))
+    assert np.isclose(loss, -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    eps = 1e-6
+
+    def num(f, x):
+        g = np.zeros_like(x)
+        for i in np.ndindex(x.shape):
+            old = x[i]
+            x[i] = old + eps
+            lp = f()
+            x[i] = old - eps
+            lm = f()
+            x[i] = old
+            g[i] = (lp - lm) / (2 * eps)
+        return g
+
+    np.testing.assert_allclose(dh, num(lambda: head_bce(h, w, b, y)[0], h), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(dw, num(lambda: head_bce(h, w, b, y)[0], w), rtol=1e-6, atol=1e-9)
+    bb = np.array([b])
+    np.testing.assert_allclose(db, num(lambda: head_bce(h, w, bb[0], y)[0], bb)[0], rtol=1e-6)
+    # extreme logits: finite loss, gradient in [-1/B, 1/B]
+    loss, _, _, dw2, db2 = head_bce(np.full((2, 1), 1e3), np.ones(1), 0.0, np.array([0.0, 1.0]))
+    assert np.isfinite(loss) and abs(db2) <= 1.0
+
+
+RAGGED_MODES = ["groups"] + (["lengths"] if layer_supports_lengths() else [])
+
+
+@pytest.mark.parametrize("mode", RAGGED_MODES)
+def test_model_gradient_ragged_batch_finite_differences(mode):
+    """Whole model (LSTM + head + BCE) on a ragged batch, float64, numpy backend."""
+    rng = np.random.default_rng(1)
+    B, T, I, H = 5, 4, 3, 3
+    lengths = np.array([4, 2, 3, 4, 1])
+    X = rng.normal(size=(B, T, I))
+    X[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
+    y = np.array([1.0, 0.0, 1.0, 0.0, 1.0])
+    m = ChurnModel(H, backend="numpy", seed=0, ragged=mode, dtype=np.float64)
+    loss, grads = m.loss_and_grads(X, lengths, y)
+    eps = 1e-6
+    for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0"):
+        num = np.zeros_like(grads["lstm." + name])
+        for i in np.ndindex(num.shape):
+            vals = []
+            for s in (eps, -eps):
+                with m.lstm.unlocked_parameters() as p:
+                    p[name][i] += s
+                vals.append(m.loss_and_grads(X, lengths, y)[0])
+                with m.lstm.unlocked_parameters() as p:
+                    p[name][i] -= s
+            num[i] = (vals[0] - vals[1]) / (2 * eps)
+        np.testing.assert_allclose(grads["lstm." + name], num, rtol=1e-5, atol=1e-8, err_msg=name)
+    # the ragged result equals running each customer alone on its own months
+    logits = m.logits_normalized(X, lengths)
+    for k in range(B):
+        alone = m.logits_normalized(X[k:k + 1, :lengths[k]], lengths[k:k + 1])
+        np.testing.assert_allclose(logits[k], alone[0], rtol=1e-12)
+
+
+@pytest.mark.skipif(not layer_supports_lengths(), reason="LSTM.forward has no lengths argument yet")
+def test_lengths_path_equals_groups_path():
+    rng = np.random.default_rng(2)
+    B, T = 9, 6
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    X = rng.normal(size=(B, T, 3))
+    X[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
+    y = (rng.random(B) < 0.5).astype(float)
+    a = ChurnModel(4, backend="numpy", seed=0, ragged="lengths", dtype=np.float64)
+    b = ChurnModel(4, backend="numpy", seed=0, ragged="groups", dtype=np.float64)
+    la, ga = a.loss_and_grads(X, lengths, y)
+    lb, gb = b.loss_and_grads(X, lengths, y)
+    assert np.isclose(la, lb, rtol=1e-12)
+    for k in ga:
+        np.testing.assert_allclose(ga[k], gb[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_adam_step_decreases_loss_and_keeps_params_readonly():
+    ds = D.generate(400, seed=4)
+    m = ChurnModel(8, backend="numpy", seed=0)
+    m.normalizer.fit(ds.X, ds.lengths)
+    Xn = m.normalizer.transform(ds.X, ds.lengths)
+    from lstm_fast.churn.model import Adam
+    opt = Adam(lr=1e-2)
+    first, _ = m.loss_and_grads(Xn, ds.lengths, ds.y)
+    for _ in range(30):
+        _, g = m.loss_and_grads(Xn, ds.lengths, ds.y)
+        m.apply_step(opt, g)
+    last, _ = m.loss_and_grads(Xn, ds.lengths, ds.y)
+    assert last < first - 0.05
+    assert not m.lstm.weight_ih_l0.flags.writeable
+
+
+# --- metrics ------------------------------------------------------------------------
+
+def test_roc_auc_matches_pairwise_definition_with_ties():
+    rng = np.random.default_rng(3)
+    y = rng.random(200) < 0.3
+    s = np.round(rng.normal(size=200) + y, 1)  # many ties
+    pos, neg = s[y], s[~y]
+    brute = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
+    assert np.isclose(metrics.roc_auc(y, s), brute)
+    assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert np.isnan(metrics.roc_auc([1, 1], [0.2, 0.3]))
+    m = metrics.classification_metrics([1, 0, 1, 0], [0.9, 0.6, 0.4, 0.1])
+    assert m == {"accuracy": 0.5, "auc": 0.75, "precision": 0.5, "recall": 0.5}
+
+
+def test_logistic_regression_recovers_separable_direction():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 3))
+    y = (rng.random(2000) < 1 / (1 + np.exp(-(2 * X[:, 0] - X[:, 2])))).astype(float)
+    lr = metrics.LogisticRegression(l2=0.0).fit(X, y)
+    coef = lr.coef_ / lr.std_
+    np.testing.assert_allclose(coef, [2, 0, -1], atol=0.25)
