@@ -11,6 +11,7 @@ exposed array outside those routes raises numpy's read-only error.
 
 import contextlib
 import math
+import warnings
 
 import numpy as np
 
@@ -43,8 +44,10 @@ class LSTM:
                 or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         self.dropout = float(dropout)
-        if self.dropout > 0.0:
-            raise NotImplementedError("dropout > 0 is not implemented yet; use dropout=0.0")
+        if self.dropout > 0.0 and self.num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          f"non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={self.dropout} and num_layers=1", UserWarning, stacklevel=2)
         self.proj_size = _validation.check_size(proj_size, "proj_size", minimum=0)
         if self.proj_size:
             raise NotImplementedError("proj_size > 0 is not implemented yet; use proj_size=0")
@@ -55,6 +58,8 @@ class LSTM:
         self._cache = None
         self._params = {}
         rng = np.random.default_rng(seed)
+        # dropout masks: a stream of their own, reproducible from the same seed
+        self._dropout_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         k = 1.0 / math.sqrt(self.hidden_size)
         for name, shape in self._param_shapes():
             arr = rng.uniform(-k, k, size=shape).astype(self.dtype)
@@ -225,8 +230,12 @@ class LSTM:
         h_n = np.empty((L * D, B, H), dtype)
         c_n = np.empty((L * D, B, H), dtype)
         caches = []
+        masks = []
         inp = x
         for layer in range(L):
+            if layer and self.training and self.dropout > 0.0:
+                masks.append(self._dropout_mask(inp.shape))
+                inp = inp * masks[-1]
             outs = []
             for d in range(D):
                 idx = layer * D + d
@@ -236,13 +245,21 @@ class LSTM:
                 caches.append((packed, saved))
                 outs.append(y)
             inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        self._cache = (caches, T, B, unbatched, plan)
+        self._cache = (caches, masks, T, B, unbatched, plan)
         out = inp
         if unbatched:
             return out[:, 0], (h_n[:, 0], c_n[:, 0])
         if self.batch_first:
             out = out.transpose(1, 0, 2)
         return out, (h_n, c_n)
+
+    def _dropout_mask(self, shape):
+        """Inverted dropout as in torch: keep with probability 1-p, scale by 1/(1-p)."""
+        p = self.dropout
+        if p >= 1.0:
+            return np.zeros(shape, self.dtype)
+        keep = self._dropout_rng.random(shape) >= p
+        return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
 
     def _initial_state(self, hx, B, unbatched):
         n, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
@@ -271,7 +288,7 @@ class LSTM:
         """
         if self._cache is None:
             raise RuntimeError("backward() called before a forward call")
-        caches, T, B, unbatched, plan = self._cache
+        caches, masks, T, B, unbatched, plan = self._cache
         dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
         n = L * D
         out_shape = (T, B, D * H)
@@ -314,7 +331,7 @@ class LSTM:
                     grads["bias_ih" + sfx] = db
                     grads["bias_hh" + sfx] = db.copy()
                 dinp = dx if dinp is None else dinp + dx
-            dout = dinp
+            dout = dinp * masks[layer - 1] if layer and masks else dinp
         self.grads = {name: grads[name] for name in self._params}
         dx = dout
         if unbatched:
