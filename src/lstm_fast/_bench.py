@@ -96,11 +96,14 @@ def _openblas_setters():
 
 
 _blas_setters = None
+_torch_default_threads = None
 
 
 def set_threads(n):
     """The same thread count for our kernels, torch and NumPy's OpenBLAS."""
-    global _blas_setters
+    global _blas_setters, _torch_default_threads
+    if "torch" in sys.modules and _torch_default_threads is None:
+        _torch_default_threads = sys.modules["torch"].get_num_threads()
     lstm_fast.set_num_threads(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
@@ -113,6 +116,15 @@ def set_threads(n):
             fn(n)
     else:
         threadpool_limits(n, user_api="blas")
+
+
+def reset_threads():
+    """Undo ``set_threads``: our default (0, per shape), torch's and OpenBLAS's defaults."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    set_threads(n)
+    lstm_fast.set_num_threads(0)
+    if "torch" in sys.modules and _torch_default_threads is not None:
+        sys.modules["torch"].set_num_threads(_torch_default_threads)
 
 
 # --- competitors -----------------------------------------------------------
