@@ -10,9 +10,10 @@ from ._backends import (BackendUnavailableError, available_backends, backend_sta
                         get_num_threads, set_num_threads)
 from .functional import LSTMCache, LSTMGrads, LSTMResult, lstm_backward, lstm_forward
 from .layer import LSTM
+from .streaming import Stream
 
 __all__ = [
-    "LSTM", "lstm_forward", "lstm_backward", "LSTMResult", "LSTMGrads", "LSTMCache",
+    "LSTM", "Stream", "lstm_forward", "lstm_backward", "LSTMResult", "LSTMGrads", "LSTMCache",
     "available_backends", "backend_status", "set_num_threads", "get_num_threads",
     "BackendUnavailableError", "__version__",
 ]

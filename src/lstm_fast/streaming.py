@@ -1,0 +1,77 @@
+"""``Stream``: advance an LSTM one step (or one chunk of steps) per call.
+
+For data that arrives over time, e.g. scoring every customer each month as the
+month's numbers come in. The stream keeps the state (h, c) for a fixed batch
+size between calls and uses the layer's packed weights, so a call does no
+validation of the weights and no repacking. On the "c" backend chunked calls
+give the same bits as one call over the whole sequence: its products compute
+every row with the same instruction sequence whatever the number of rows. The
+"numpy" and "numba" backends hand the input projection to BLAS, whose last bit
+can depend on the number of rows, so there a chunk agrees with the full call
+to rounding (for a single layer, whose first product sees the same rows, they
+are usually equal too). Streaming is inference: dropout is not applied,
+whatever the layer's mode. Bidirectional layers cannot stream (the reverse
+direction needs the future) and are rejected.
+"""
+
+import numpy as np
+
+from . import _backends, _validation
+
+
+class Stream:
+    """Streaming state for ``layer`` and a fixed ``batch_size``.
+
+    ``stream.step(x_t)`` takes x_t (B, I) and returns the top layer's h (B, H);
+    ``stream.run(x)`` takes a chunk (T, B, I) and returns (T, B, H).
+    ``stream.state`` is ``(h, c)``, each (num_layers, B, H) (copies);
+    ``stream.reset(hx=None)`` starts over from ``hx`` or zeros.
+    """
+
+    def __init__(self, layer, batch_size=1, hx=None):
+        if layer.bidirectional:
+            raise ValueError("a bidirectional layer cannot stream: its reverse direction needs the whole sequence")
+        self.layer = layer
+        self.batch_size = _validation.check_size(batch_size, "batch_size")
+        self.reset(hx)
+
+    def reset(self, hx=None):
+        """Start over from hx = (h0, c0), each (num_layers, B, H), or from zeros."""
+        L, B, H, dtype = self.layer.num_layers, self.batch_size, self.layer.hidden_size, self.layer.dtype
+        if hx is None:
+            self._h = [np.zeros((B, H), dtype) for _ in range(L)]
+            self._c = [np.zeros((B, H), dtype) for _ in range(L)]
+            return
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx must be a tuple (h0, c0)")
+        h0, c0 = (_validation.as_array(s, name, dtype, (L, B, H), f"(num_layers, B, H) = ({L}, {B}, {H})")
+                  for name, s in zip(("h0", "c0"), hx))
+        self._h = [h0[k].copy() for k in range(L)]
+        self._c = [c0[k].copy() for k in range(L)]
+
+    @property
+    def state(self):
+        return np.stack(self._h), np.stack(self._c)
+
+    def step(self, x_t):
+        """One step: x_t (B, I) -> h (B, H) of the top layer."""
+        x = _validation.as_array(x_t, "x_t", self.layer.dtype, (self.batch_size, self.layer.input_size),
+                                 f"(B, I) = ({self.batch_size}, {self.layer.input_size})")
+        return self._advance(x[None])[0]
+
+    def run(self, x):
+        """A chunk of steps: x (T, B, I) -> (T, B, H)."""
+        x = _validation.as_array(x, "x", self.layer.dtype, (None, self.batch_size, self.layer.input_size),
+                                 f"(T, B, I) = (T, {self.batch_size}, {self.layer.input_size})")
+        return self._advance(x)
+
+    def _advance(self, x):
+        layer = self.layer
+        impl = _backends.get(layer.backend)
+        nthreads = _backends.get_num_threads()
+        inp = x
+        for k in range(layer.num_layers):
+            y, self._h[k], self._c[k], _, _ = impl.forward(
+                layer._weights(k, 0), inp, self._h[k], self._c[k], nthreads)
+            inp = y
+        return inp
