@@ -176,6 +176,13 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
     if model.lengths_error:
         print(f"note: layer(x, lengths=...) failed on backend {model.backend!r} "
               f"({model.lengths_error}); used exact per-length groups instead", file=out)
+    if summary is not None:
+        T = len(summary["months"])
+        print(f"gates (test customers with all {T} months; mean activation per month 1..{T}):", file=out)
+        for gate in ("forget", "input"):
+            for grp in ("churners", "stayers"):
+                vals = " ".join(f"{v:.3f}" for v in summary[f"{gate}_{grp}"])
+                print(f"  {gate:6} gate  {grp:8}  {vals}", file=out)
     print(f"model:   {model_path}", file=out)
     print(f"figure:  {fig_path}" if fig_path else f"figure:  skipped - {fig_msg}", file=out)
     print(f"metrics: {os.path.join(out_dir, 'metrics.json')}", file=out)
