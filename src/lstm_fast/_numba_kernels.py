@@ -30,11 +30,16 @@ Design:
   to disk (``cache=True``): a second process loads machine code from
   ``__pycache__`` instead of recompiling. The module imports Numba, so the
   registry imports it only when the backend is first used.
-* Threads: the kernels' own loops run on the calling thread (every result is
-  then independent of the thread count); ``num_threads`` sets how many
-  threads BLAS may use for the whole-sequence products, where a second
-  thread pays off (see ``_blas_threads``).
+* Threads: everything runs on the calling thread, BLAS included (its thread
+  count is set to 1, thread-locally, for the duration of each call), whatever
+  ``num_threads`` says. Measured: OpenBLAS's threaded sgemm is not bitwise
+  equal to its single-threaded one (differences ~1e-6 relative from M ~ 512
+  up), and the project promises the same bits for every thread count. A
+  second thread would need products split at thread-count-independent
+  boundaries; not done yet.
 """
+
+import os
 
 import numpy as np
 from llvmlite import ir
@@ -88,6 +93,42 @@ def _xxgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, 
     return sig, codegen
 
 
+@intrinsic
+def _xxgemv(typingctx, trans, m, n, alpha, a, x, beta, y):
+    """Column-major ``y = alpha * op(a) @ x + beta * y`` with lda = m, unit strides."""
+    dtype = y.dtype
+    kind = {types.float32: "s", types.float64: "d"}[dtype]
+    sig = types.int32(trans, m, n, alpha, a, x, beta, y)
+
+    def codegen(context, builder, signature, args):
+        (tr, m_, n_, al, a_, x_, be, y_) = args
+        ll_char = ir.IntType(8)
+        ll_voidp = ir.IntType(8).as_pointer()
+        intp = context.get_value_type(types.intp)
+        fnty = ir.FunctionType(ir.IntType(32), [
+            ll_char, ll_char, intp, intp, ll_voidp, ll_voidp, intp, ll_voidp, ll_voidp, ll_voidp])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemv")
+        lltype = context.get_value_type(dtype)
+        sty = signature.args
+
+        def slot(val, ty):
+            p = cgutils.alloca_once(builder, lltype)
+            builder.store(context.cast(builder, val, ty, dtype), p)
+            return builder.bitcast(p, ll_voidp)
+
+        def data(val, ty):
+            return builder.bitcast(context.make_array(ty)(context, builder, val).data, ll_voidp)
+
+        mm = context.cast(builder, m_, sty[1], types.intp)
+        return builder.call(fn, [
+            ir.Constant(ll_char, ord(kind)),
+            builder.trunc(context.cast(builder, tr, sty[0], types.intp), ll_char),
+            mm, context.cast(builder, n_, sty[2], types.intp),
+            slot(al, sty[3]), data(a_, sty[4]), mm, data(x_, sty[5]), slot(be, sty[6]), data(y_, sty[7])])
+
+    return sig, codegen
+
+
 _N = ord("n")
 _T = ord("t")
 
@@ -106,6 +147,10 @@ def _gemm(ta, tb, m, n, k, alpha, a, b, beta, c):
             c[:m, :n] = 0
         else:
             c[:m, :n] *= beta
+        return
+    if m == 1 and ta == _N:
+        # one row: a matrix-vector product, c^T = op(b)^T a^T (gemm is ~3x slower here)
+        _xxgemv(tb, b.shape[1], b.shape[0], alpha, b, a, beta, c)
         return
     _xxgemm(tb, ta, n, m, k, alpha, b, max(b.shape[1], 1), a, max(a.shape[1], 1),
             beta, c, max(c.shape[1], 1))
@@ -360,6 +405,55 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n,
             db[j] += dr[j]
 
 
+# --- threads -------------------------------------------------------------------
+
+
+def _find_blas_threads_setter():
+    """OpenBLAS's thread-local ``openblas_set_num_threads_local`` from SciPy's BLAS, or None.
+
+    Thread-local, so setting it around a kernel call (and restoring it) leaves
+    other threads' BLAS settings alone.
+    """
+    import ctypes
+    import glob
+
+    try:
+        import scipy
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+    except ImportError:
+        return None
+    pattern = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs", "*openblas*.so*")
+    for path in sorted(glob.glob(pattern)):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_int]
+        return fn
+    return None
+
+
+_set_blas_threads = _find_blas_threads_setter()
+
+
+class _blas_threads:
+    """Context manager: BLAS threads of the calling thread set to ``n`` for the duration."""
+
+    __slots__ = ("n", "old")
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        if _set_blas_threads is not None:
+            self.old = _set_blas_threads(self.n)
+
+    def __exit__(self, *exc):
+        if _set_blas_threads is not None:
+            _set_blas_threads(self.old)
+
+
 # --- backend contract (see _backends.py) ---------------------------------------
 
 
@@ -379,7 +473,8 @@ def forward(packed, x, h0, c0, num_threads):
     c_n = np.empty((B, H), dt)
     gates = np.empty((T, B, 4 * H), dt)
     c = np.empty((T, B, H), dt)
-    lstm_forward(x, w_ih, w_hh, b, h0, c0, y, h_n, c_n, gates, c)
+    with _blas_threads(1):
+        lstm_forward(x, w_ih, w_hh, b, h0, c0, y, h_n, c_n, gates, c)
     return y, h_n, c_n, gates, c
 
 
@@ -395,6 +490,7 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads):
     db = np.empty(4 * H, dt)
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
-    lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n,
-                  dgates, dx, dw_ih, dw_hh, db, dh0, dc0)
+    with _blas_threads(1):
+        lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n,
+                      dgates, dx, dw_ih, dw_hh, db, dh0, dc0)
     return dx, dw_ih, dw_hh, db, dh0, dc0
