@@ -1,0 +1,289 @@
+"""Numba backend specifics: the kernels themselves against the NumPy reference,
+activations at extreme arguments, NaN/inf propagation, thread-count
+independence, lazy import and the on-disk compilation cache.
+
+The cross-backend body (public API, every backend) lives in test_backends.py.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+pytest.importorskip("scipy")  # Numba's BLAS
+
+import lstm_fast  # noqa: E402
+from lstm_fast import _numba_kernels as nk  # noqa: E402
+from lstm_fast import _reference as ref  # noqa: E402
+
+DTYPES = (np.float32, np.float64)
+# Relative to the magnitude of each array: float64 near round-off, float32 a few ulp accumulated.
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
+
+
+def make_problem(T, B, I, H, dtype=np.float64, seed=0, bias=True, scale=0.5):
+    rng = np.random.default_rng(seed)
+    r = lambda *s: rng.uniform(-scale, scale, size=s).astype(dtype)
+    p = dict(x=r(T, B, I), w_ih=r(4 * H, I), w_hh=r(4 * H, H),
+             b_ih=r(4 * H) if bias else None, b_hh=r(4 * H) if bias else None,
+             h0=r(B, H), c0=r(B, H))
+    g = dict(dy=r(T, B, H), dh_n=r(B, H), dc_n=r(B, H))
+    return p, g
+
+
+def assert_close(actual, expected, dtype, name=""):
+    tol = TOL[np.dtype(dtype).type]
+    scale = max(1.0, float(np.max(np.abs(expected)))) if np.size(expected) else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale,
+                               err_msg=name)
+
+SHAPES = [  # (T, B, I, H)
+    (1, 1, 1, 1),
+    (0, 2, 3, 4),       # empty sequence
+    (1, 3, 5, 4),       # T = 1
+    (3, 1, 4, 6),       # B = 1: matrix-vector path
+    (4, 2, 5, 1),       # H = 1
+    (5, 3, 7, 17),      # odd H, I != H
+    (6, 32, 3, 32),
+    (9, 1, 20, 33),
+    (2, 4, 64, 64),
+]
+FWD = ("y", "h_n", "c_n", "gates", "c")
+BWD = ("dx", "dw_ih", "dw_hh", "db", "dh0", "dc0")
+
+
+def _b(p):
+    return None if p["b_ih"] is None else p["b_ih"] + p["b_hh"]
+
+
+def _reference(p, g, dtype):
+    """Reference forward and backward evaluated in ``dtype``."""
+    q = {k: (None if v is None else np.asarray(v, dtype)) for k, v in p.items()}
+    h = {k: np.asarray(v, dtype) for k, v in g.items()}
+    b = None if q["b_ih"] is None else q["b_ih"] + q["b_hh"]
+    out = ref.lstm_forward(q["x"], q["w_ih"], q["w_hh"], b, q["h0"], q["c0"])
+    y, _, _, gates, c = out
+    grads = ref.lstm_backward(q["x"], q["w_ih"], q["w_hh"], q["h0"], q["c0"], y, gates, c,
+                              h["dy"], h["dh_n"], h["dc_n"])
+    return out, grads
+
+
+def _run_kernels(p, g):
+    """Call the kernels directly, into NaN-filled outputs (every element must be written)."""
+    x, w_ih, w_hh, h0, c0 = p["x"], p["w_ih"], p["w_hh"], p["h0"], p["c0"]
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    dt = x.dtype
+    b = nk.pack(w_ih, w_hh, _b(p))[2]
+    full = lambda *s: np.full(s, np.nan, dt)
+    fwd = (full(T, B, H), full(B, H), full(B, H), full(T, B, 4 * H), full(T, B, H))
+    assert nk.lstm_forward(x, w_ih, w_hh, b, h0, c0, *fwd) is None
+    y, _, _, gates, c = fwd
+    bwd = (full(T, B, I), full(4 * H, I), full(4 * H, H), full(4 * H), full(B, H), full(B, H))
+    dgates = full(T, B, 4 * H)
+    assert nk.lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, g["dy"], g["dh_n"], g["dc_n"],
+                            dgates, *bwd) is None
+    return fwd, bwd
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+def test_kernels_match_reference(shape, dtype):
+    p, g = make_problem(*shape, dtype=dtype, seed=sum(shape))
+    fwd, bwd = _run_kernels(p, g)
+    efwd, ebwd = _reference(p, g, np.float64)
+    for name, a, e in zip(FWD + BWD, fwd + bwd, efwd + ebwd):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        assert_close(a, e, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+def test_adapters_without_bias(dtype):
+    p, g = make_problem(5, 3, 4, 6, dtype=dtype, bias=False)
+    packed = nk.pack(p["w_ih"], p["w_hh"], None)
+    out = nk.forward(packed, p["x"], p["h0"], p["c0"], 0)
+    grads = nk.backward(packed, p["x"], p["h0"], p["c0"], out[0], out[3], out[4],
+                        g["dy"], g["dh_n"], g["dc_n"], 0)
+    efwd, ebwd = _reference(p, g, np.float64)
+    for name, a, e in zip(FWD + BWD, out + grads, efwd + ebwd):
+        assert a.dtype == dtype, name
+        assert_close(a, e, dtype, name)
+
+
+# Pre-activations placed in the bias with zero weights, so that every gate sees
+# exactly these values: the kernel's own sigmoid/tanh against NumPy's.
+EXTREME = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.3, -0.3, 0.6249, -0.6249, 0.625, -0.625,
+           1.0, -1.0, 4.5, -4.5, 9.0, -9.0, 17.0, -17.0, 44.0, -44.0, 87.0, -87.0, 88.5, -88.5,
+           100.0, -100.0, 709.0, -709.0, 800.0, -800.0, 1e30, -1e30]
+NONFINITE = [np.inf, -np.inf, np.nan]
+
+
+def _bias_problem(values, dtype, T=2, B=2, I=3):
+    H = len(values)
+    rng = np.random.default_rng(1)
+    v = np.asarray(values, np.float64)
+    p = dict(x=rng.uniform(-1, 1, (T, B, I)).astype(dtype),
+             w_ih=np.zeros((4 * H, I), dtype), w_hh=np.zeros((4 * H, H), dtype),
+             b_ih=np.tile(v, 4).astype(dtype), b_hh=np.zeros(4 * H, dtype),
+             h0=rng.uniform(-1, 1, (B, H)).astype(dtype), c0=rng.uniform(-1, 1, (B, H)).astype(dtype))
+    g = dict(dy=rng.uniform(-1, 1, (T, B, H)).astype(dtype),
+             dh_n=rng.uniform(-1, 1, (B, H)).astype(dtype), dc_n=rng.uniform(-1, 1, (B, H)).astype(dtype))
+    return p, g
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+def test_activations_at_extreme_arguments(dtype):
+    """|z| up to 1e30: no warnings, values within a few ulp of NumPy's exp/tanh."""
+    p, g = _bias_problem(EXTREME, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fwd, bwd = _run_kernels(p, g)
+        efwd, ebwd = _reference(p, g, np.float64)
+    gates, egates = fwd[3], efwd[3]
+    assert np.all(np.isfinite(gates))
+    tiny = np.finfo(dtype).tiny
+    rtol = 4 * np.finfo(dtype).eps
+    np.testing.assert_allclose(gates, egates, rtol=rtol, atol=tiny)
+    for name, a, e in zip(FWD + BWD, fwd + bwd, efwd + ebwd):
+        assert np.all(np.isfinite(a)), name
+        assert_close(a, e, dtype, name)
+
+
+def _same_nonfinite(a, e, name):
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=name + " NaN positions")
+    np.testing.assert_array_equal(np.isposinf(a), np.isposinf(e), err_msg=name + " +inf positions")
+    np.testing.assert_array_equal(np.isneginf(a), np.isneginf(e), err_msg=name + " -inf positions")
+    fin = np.isfinite(e)
+    tol = 1e-5 if a.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(a[fin], e[fin], rtol=tol, atol=tol, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+def test_nonfinite_preactivations_like_reference(dtype):
+    """inf/NaN reaching the activations: saturate or propagate exactly as the reference."""
+    p, g = _bias_problem(EXTREME[:6] + NONFINITE, dtype)
+    fwd, bwd = _run_kernels(p, g)
+    with np.errstate(all="ignore"):
+        efwd, ebwd = _reference(p, g, dtype)
+    for name, a, e in zip(FWD + BWD, fwd + bwd, efwd + ebwd):
+        _same_nonfinite(a, e, name)
+    assert np.isnan(fwd[0]).any() and np.isfinite(fwd[0]).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("where", ["x", "h0", "c0", "dy"])
+def test_nonfinite_inputs_like_reference(dtype, where):
+    p, g = make_problem(4, 3, 5, 7, dtype=dtype, seed=3)
+    arrays = {**p, **g}
+    a = arrays[where]
+    a.reshape(-1)[1] = np.nan
+    a.reshape(-1)[-1] = np.inf
+    if a.size > 4:
+        a.reshape(-1)[3] = -np.inf
+    fwd, bwd = _run_kernels(p, g)
+    with np.errstate(all="ignore"):
+        efwd, ebwd = _reference(p, g, dtype)
+    for name, x, e in zip(FWD + BWD, fwd + bwd, efwd + ebwd):
+        _same_nonfinite(x, e, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+def test_huge_inputs_no_warnings(dtype):
+    p, g = make_problem(3, 2, 4, 5, dtype=dtype, seed=4)
+    p["x"] *= dtype(1e30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fwd, bwd = _run_kernels(p, g)
+    efwd, _ = _reference(p, g, np.float64)
+    for name, a, e in zip(FWD, fwd, efwd):
+        assert np.all(np.isfinite(a)), name
+        assert_close(a, e, dtype, name)
+
+
+def test_public_api_bits_do_not_depend_on_thread_count():
+    p, g = make_problem(8, 64, 48, 96, dtype=np.float32, seed=5)
+    results = []
+    for n in (1, 2, 0):
+        lstm_fast.set_num_threads(n)
+        y, h_n, c_n, cache = lstm_fast.lstm_forward(**p, backend="numba")
+        grads = lstm_fast.lstm_backward(cache, **g)
+        results.append((y, h_n, c_n, cache.gates, cache.c) + tuple(grads))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_blas_thread_setting_restored():
+    if nk._set_blas_threads is None:
+        pytest.skip("SciPy's OpenBLAS thread control not found")
+    before = nk._set_blas_threads(3)
+    try:
+        p, _ = make_problem(2, 2, 3, 4, dtype=np.float32)
+        nk.forward(nk.pack(p["w_ih"], p["w_hh"], None), p["x"], p["h0"], p["c0"], 0)
+        assert nk._set_blas_threads(3) == 3
+    finally:
+        nk._set_blas_threads(before)
+
+
+def _python(code):
+    env = dict(os.environ)
+    env.pop("NUMBA_DISABLE_JIT", None)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_import_lstm_fast_does_not_import_numba():
+    out = _python("""
+        import sys, lstm_fast
+        lstm_fast.backend_status()
+        print(sorted(m for m in sys.modules if m == "numba" or m.startswith(("numba.", "llvmlite"))))
+    """)
+    assert out.strip() == "[]"
+
+
+def test_module_import_does_not_compile():
+    out = _python("""
+        from lstm_fast import _numba_kernels as nk
+        print(len(nk.lstm_forward.signatures), len(nk.lstm_backward.signatures),
+              len(nk._gemm.signatures))
+    """)
+    assert out.split() == ["0", "0", "0"]
+
+
+def test_fresh_process_loads_from_cache():
+    # Compile (or load) here first: this process writes the cache if it is cold.
+    for dtype in DTYPES:
+        _run_kernels(*make_problem(2, 2, 3, 4, dtype=dtype))
+    for disp in (nk.lstm_forward, nk.lstm_backward):
+        index = disp._cache._cache_file._index_path
+        assert os.path.exists(index), index
+    out = _python("""
+        import time
+        import numpy as np
+        t0 = time.perf_counter()
+        import lstm_fast
+        from lstm_fast import _numba_kernels as nk
+        for dt in (np.float32, np.float64):
+            x = np.ones((2, 2, 3), dt); w_ih = np.ones((16, 3), dt); w_hh = np.ones((16, 4), dt)
+            h = np.zeros((2, 4), dt)
+            packed = nk.pack(w_ih, w_hh, None)
+            y, h_n, c_n, gates, c = nk.forward(packed, x, h, h, 0)
+            nk.backward(packed, x, h, h, y, gates, c, y, h, h, 0)
+        print(time.perf_counter() - t0)
+        for d in (nk.lstm_forward, nk.lstm_backward):  # inner kernels are linked in, not dispatched
+            print(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
+    """)
+    lines = out.split("\n")
+    first_use = float(lines[0])
+    for line in lines[1:]:
+        if line.strip():
+            hits, misses = map(int, line.split())
+            assert misses == 0 and hits >= 1, out
+    assert first_use < 10.0, f"import + first calls from cache took {first_use:.2f} s"
