@@ -1,4 +1,5 @@
 # Declarations of the C kernel (csrc/). Only nogil extern declarations live here.
+from libc.stdint cimport int64_t
 
 cdef extern from "cpu.h" nogil:
     ctypedef enum lstm_simd_level:
@@ -7,3 +8,52 @@ cdef extern from "cpu.h" nogil:
         LSTM_SIMD_AVX512
     lstm_simd_level lstm_cpu_simd_level()
     const char *lstm_simd_name(lstm_simd_level level)
+
+cdef extern from "lstm.h" nogil:
+    enum:
+        LSTM_OK
+        LSTM_ERR_ARG
+        LSTM_ERR_PACKED
+        LSTM_ERR_SIMD
+        LSTM_MAX_THREADS
+    int lstm_set_simd_level(int level)
+    int lstm_get_simd_level()
+    int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int requested,
+                             int elem_size)
+    const char *lstm_build_info()
+
+    size_t lstm_packed_size_f32(int64_t I, int64_t H)
+    int lstm_pack_f32(int64_t I, int64_t H, const float *w_ih, const float *w_hh,
+                      const float *b, void *packed)
+    size_t lstm_forward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H,
+                                           int nthreads)
+    int lstm_forward_f32(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                         const float *x, const float *h0, const float *c0, float *y,
+                         float *h_n, float *c_n, float *gates, float *c, void *workspace,
+                         int nthreads)
+    size_t lstm_backward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H,
+                                            int nthreads)
+    int lstm_backward_f32(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                          const float *x, const float *h0, const float *c0, const float *y,
+                          const float *gates, const float *c, const float *dy,
+                          const float *dh_n, const float *dc_n, float *dx, float *dw_ih,
+                          float *dw_hh, float *db, float *dh0, float *dc0, void *workspace,
+                          int nthreads)
+
+    size_t lstm_packed_size_f64(int64_t I, int64_t H)
+    int lstm_pack_f64(int64_t I, int64_t H, const double *w_ih, const double *w_hh,
+                      const double *b, void *packed)
+    size_t lstm_forward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H,
+                                           int nthreads)
+    int lstm_forward_f64(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                         const double *x, const double *h0, const double *c0, double *y,
+                         double *h_n, double *c_n, double *gates, double *c, void *workspace,
+                         int nthreads)
+    size_t lstm_backward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H,
+                                            int nthreads)
+    int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                          const double *x, const double *h0, const double *c0,
+                          const double *y, const double *gates, const double *c,
+                          const double *dy, const double *dh_n, const double *dc_n,
+                          double *dx, double *dw_ih, double *dw_hh, double *db, double *dh0,
+                          double *dc0, void *workspace, int nthreads)

@@ -1,0 +1,206 @@
+/* lstm.c: instantiates lstm.template.c for float/double x portable/AVX2/AVX-512
+ * and dispatches the public functions of lstm.h.
+ *
+ * Design: the kernel is hand-written rather than built on the BLAS numpy or
+ * torch ship because, on this class of machine (AMD Zen 5, AVX-512 with full
+ * 512-bit FMA), those libraries run AVX2 code: numpy's OpenBLAS is pinned to
+ * AVX2 by OPENBLAS_CORETYPE=Haswell and MKL picks AVX2 on AMD CPUs, i.e. half
+ * the machine. The recurrent part also wants what no BLAS call offers: the
+ * gate activations and the cell update applied while the h.w_hh^T tile is
+ * still in registers, and (backward) the gate gradients applied to the
+ * dgates.w_hh tile of the previous step. So: our own packed GEMM and fused
+ * step micro-kernels, compiled per instruction set with target attributes
+ * (no -march=native: the binary runs on any x86-64) and chosen at run time. */
+#include "lstm.h"
+#include "cpu.h"
+#include "pool.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#else
+#define HAVE_X86 0
+#endif
+
+#define TYPE float
+#define IS_F64 0
+#define ISA 0
+#define SFX f32_portable
+#include "lstm.template.c"
+#undef ISA
+#undef SFX
+#if HAVE_X86
+#define ISA 1
+#define SFX f32_avx2
+#include "lstm.template.c"
+#undef ISA
+#undef SFX
+#define ISA 2
+#define SFX f32_avx512
+#include "lstm.template.c"
+#undef ISA
+#undef SFX
+#endif
+#undef TYPE
+#undef IS_F64
+
+#define TYPE double
+#define IS_F64 1
+#define ISA 0
+#define SFX f64_portable
+#include "lstm.template.c"
+#undef ISA
+#undef SFX
+#if HAVE_X86
+#define ISA 1
+#define SFX f64_avx2
+#include "lstm.template.c"
+#undef ISA
+#undef SFX
+#define ISA 2
+#define SFX f64_avx512
+#include "lstm.template.c"
+#undef ISA
+#undef SFX
+#endif
+#undef TYPE
+#undef IS_F64
+
+static int simd_level = -1;
+
+int lstm_get_simd_level(void)
+{
+    if (simd_level < 0)
+        simd_level = (int)lstm_cpu_simd_level();
+    return simd_level;
+}
+
+int lstm_set_simd_level(int level)
+{
+    if (level < LSTM_SIMD_PORTABLE || level > LSTM_SIMD_AVX512 ||
+        level > (int)lstm_cpu_simd_level())
+        return LSTM_ERR_SIMD;
+    simd_level = level;
+    return LSTM_OK;
+}
+
+int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int requested,
+                         int elem_size)
+{
+    int ncpu = lstm_online_cpus();
+    if (requested > 0)
+        return requested < ncpu ? requested : ncpu;
+    /* Measured on 2-core Zen 5: a second thread pays once a step does about
+     * 2e5 multiply-adds and the sequence is long enough to amortise waking it. */
+    double step = (double)B * 4 * H * H;
+    double total = (double)T * B * 4 * H * (H + I);
+    (void)elem_size;
+    if (step < 2.0e5 || total < 4.0e6)
+        return 1;
+    return ncpu < 2 ? ncpu : 2;
+}
+
+#ifndef LSTM_COMPILE_FLAGS
+#define LSTM_COMPILE_FLAGS "?"
+#endif
+#ifndef LSTM_COMPILER_ID
+#define LSTM_COMPILER_ID "?"
+#endif
+
+const char *lstm_build_info(void)
+{
+    return "compiler=" LSTM_COMPILER_ID " (" __VERSION__ ")"
+           ";flags=" LSTM_COMPILE_FLAGS
+#if HAVE_X86
+           ";levels=portable,avx2,avx512"
+#else
+           ";levels=portable"
+#endif
+           ";threads=pthreads";
+}
+
+/* All packed headers start like this (see packed_hdr in the template). */
+typedef struct {
+    uint32_t magic;
+    int32_t level, elem_size, has_bias;
+} packed_prefix;
+
+static int packed_level(const void *packed)
+{
+    const packed_prefix *h = (const packed_prefix *)(((uintptr_t)packed + 63) & ~(uintptr_t)63);
+    return h->level;
+}
+
+#if HAVE_X86
+#define DISPATCH(level, SFXT, call, args)                                                    \
+    switch (level) {                                                                        \
+    case LSTM_SIMD_AVX512: return call##_##SFXT##_avx512 args;                              \
+    case LSTM_SIMD_AVX2: return call##_##SFXT##_avx2 args;                                  \
+    default: return call##_##SFXT##_portable args;                                          \
+    }
+#else
+#define DISPATCH(level, SFXT, call, args) return call##_##SFXT##_portable args;
+#endif
+
+#define MAX3(a, b, c) ((a) > (b) ? ((a) > (c) ? (a) : (c)) : ((b) > (c) ? (b) : (c)))
+
+#if HAVE_X86
+#define WS_MAX(SFXT, name, args)                                                           \
+    MAX3(name##_##SFXT##_portable args, name##_##SFXT##_avx2 args, name##_##SFXT##_avx512 args)
+#else
+#define WS_MAX(SFXT, name, args) name##_##SFXT##_portable args
+#endif
+
+#define DEFINE_PUBLIC(SFXT, TYPE)                                                            \
+    size_t lstm_packed_size_##SFXT(int64_t I, int64_t H)                                     \
+    {                                                                                        \
+        if (I < 0 || H < 0)                                                                  \
+            return 0;                                                                        \
+        DISPATCH(lstm_get_simd_level(), SFXT, packed_size, (I, H))                            \
+    }                                                                                        \
+    int lstm_pack_##SFXT(int64_t I, int64_t H, const TYPE *w_ih, const TYPE *w_hh,           \
+                         const TYPE *b, void *packed)                                        \
+    {                                                                                        \
+        if (I < 0 || H < 1 || !w_ih || !w_hh || !packed)                                     \
+            return LSTM_ERR_ARG;                                                             \
+        DISPATCH(lstm_get_simd_level(), SFXT, pack, (I, H, w_ih, w_hh, b, packed))            \
+    }                                                                                        \
+    size_t lstm_forward_workspace_size_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H,    \
+                                              int nthreads)                                  \
+    {                                                                                        \
+        return WS_MAX(SFXT, fwd_ws_size, (T, B, I, H, nthreads));                            \
+    }                                                                                        \
+    size_t lstm_backward_workspace_size_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H,   \
+                                               int nthreads)                                 \
+    {                                                                                        \
+        return WS_MAX(SFXT, bwd_ws_size, (T, B, I, H, nthreads));                            \
+    }                                                                                        \
+    int lstm_forward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed, \
+                            const TYPE *x, const TYPE *h0, const TYPE *c0, TYPE *y,          \
+                            TYPE *h_n, TYPE *c_n, TYPE *gates, TYPE *c, void *workspace,     \
+                            int nthreads)                                                    \
+    {                                                                                        \
+        if (T < 0 || B < 0 || I < 0 || H < 1 || !packed || !workspace)                       \
+            return LSTM_ERR_ARG;                                                             \
+        DISPATCH(packed_level(packed), SFXT, forward,                                        \
+                 (T, B, I, H, packed, x, h0, c0, y, h_n, c_n, gates, c, workspace, nthreads))  \
+    }                                                                                        \
+    int lstm_backward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,\
+                             const TYPE *x, const TYPE *h0, const TYPE *c0, const TYPE *y,   \
+                             const TYPE *gates, const TYPE *c, const TYPE *dy,               \
+                             const TYPE *dh_n, const TYPE *dc_n, TYPE *dx, TYPE *dw_ih,      \
+                             TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0, void *workspace,   \
+                             int nthreads)                                                   \
+    {                                                                                        \
+        if (T < 0 || B < 0 || I < 0 || H < 1 || !packed || !workspace)                       \
+            return LSTM_ERR_ARG;                                                             \
+        DISPATCH(packed_level(packed), SFXT, backward,                                       \
+                 (T, B, I, H, packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, dx, dw_ih,     \
+                  dw_hh, db, dh0, dc0, workspace, nthreads))                                 \
+    }
+
+DEFINE_PUBLIC(f32, float)
+DEFINE_PUBLIC(f64, double)

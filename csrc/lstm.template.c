@@ -1,0 +1,952 @@
+/* lstm.template.c: the LSTM kernel, written once over the element type and the
+ * instruction set. Included by lstm.c once per (TYPE, ISA):
+ *   TYPE    float | double        IS_F64  0 | 1
+ *   ISA     0 portable (GCC vector extensions, baseline target)
+ *           1 AVX2 + FMA          2 AVX-512 F/DQ/VL
+ *   SFX     name suffix, e.g. f32_avx512
+ * Every function carries __attribute__((target(...))) for its ISA, so one
+ * binary holds all levels and the caller picks one at run time (cpu.c).
+ *
+ * Layers, each a few dozen lines:
+ *   vector layer   GCC vector types + the few ops operators cannot express
+ *                  (FMA, masked tail load/store), per ISA.
+ *   activations    exp via Cody-Waite reduction + Taylor polynomial, giving
+ *                  2^n and expm1(r) separately, so that sigmoid = 1/(1+e^-|z|)
+ *                  and tanh = -expm1(-2|z|)/(2+expm1(-2|z|)) are both accurate
+ *                  to a few ulp over the whole range (no cancellation near 0),
+ *                  saturate without overflow for |z| up to inf, propagate NaN.
+ *   GEMM           packed, blocked (KC x NC block of B in L2, MR x KC sliver
+ *                  of A in L1), MR x 2V register tile, C = A.B (+bias) or
+ *                  C += A.B per K block. Threads split output tiles only.
+ *   forward step   w_hh packed so one tile computes the i, f, g, o columns of
+ *                  the same V hidden units: [block][k][gate][V]. A tile of
+ *                  rows x blocks accumulates h.w_hh^T in registers, then one
+ *                  elementwise pass adds the input projection, activates,
+ *                  updates c and h and stores gates, c, y.
+ *   backward step  dh = dgates[t+1].w_hh (w_hh packed [block][k][V]) fused with
+ *                  the elementwise gate gradients of step t for the same
+ *                  units; dw_ih, dw_hh, dx, db are whole-sequence GEMMs after
+ *                  the loop.
+ * Thread partition: hidden blocks for the steps (one spin barrier per step),
+ * output tiles for the GEMMs. Each output element is always computed by the
+ * same sequence of operations (the elementwise pass is one shared function,
+ * FP contraction is off, FMAs are explicit), so results do not depend on the
+ * thread count.
+ */
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+
+#if ISA == 2
+#define ATTR __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma")))
+#define VBYTES 64
+#define MR 12
+#define FR 6      /* forward step tile: up to FR rows x 1 block (4 gates) */
+#define BR 6      /* backward step tile: up to BR rows x BNB blocks */
+#define BNB 4
+#define NB1 4     /* blocks per tile when a tile has a single row */
+#elif ISA == 1
+#define ATTR __attribute__((target("avx2,fma")))
+#define VBYTES 32
+#define MR 6
+#define FR 2
+#define BR 2
+#define BNB 4
+#define NB1 2
+#else
+#define ATTR
+#define VBYTES 16
+#define MR 4
+#define FR 2
+#define BR 2
+#define BNB 4
+#define NB1 2
+#endif
+
+#if IS_F64
+#define ITYPE int64_t
+#define KC 256
+#define NC 256
+#else
+#define ITYPE int32_t
+#define KC 256
+#define NC 512
+#endif
+
+#define V ((int)(VBYTES / sizeof(TYPE)))
+#define NV 2
+#define NR (NV * V)
+#define MAXACC 24   /* register accumulators per step tile */
+
+#define INLINE static inline __attribute__((always_inline)) ATTR
+#define KERNEL static ATTR
+
+typedef TYPE FN(vec) __attribute__((vector_size(VBYTES)));
+typedef TYPE FN(uvec) __attribute__((vector_size(VBYTES), aligned(sizeof(TYPE)), may_alias));
+typedef ITYPE FN(ivec) __attribute__((vector_size(VBYTES)));
+#define vec FN(vec)
+#define uvec FN(uvec)
+#define ivec FN(ivec)
+
+/* ---- vector layer ------------------------------------------------------- */
+
+INLINE vec FN(vload)(const TYPE *p) { return *(const uvec *)p; }
+INLINE void FN(vstore)(TYPE *p, vec v) { *(uvec *)p = v; }
+INLINE vec FN(vset1)(TYPE s)
+{
+    vec v;
+    for (int l = 0; l < V; l++)
+        v[l] = s;   /* not (vec){0} + s: that turns -0.0 into +0.0 */
+    return v;
+}
+
+#if ISA == 2 && IS_F64
+#define VFMA(a, b, c) ((vec)_mm512_fmadd_pd((__m512d)(a), (__m512d)(b), (__m512d)(c)))
+#elif ISA == 2
+#define VFMA(a, b, c) ((vec)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+#elif ISA == 1 && IS_F64
+#define VFMA(a, b, c) ((vec)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+#elif ISA == 1
+#define VFMA(a, b, c) ((vec)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+#else
+#define VFMA(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* Load / store the first n lanes (0 < n <= V); the other lanes load as 0. */
+INLINE vec FN(vload_n)(const TYPE *p, int n)
+{
+    if (n >= V)
+        return FN(vload)(p);
+#if ISA == 2 && IS_F64
+    return (vec)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p);
+#elif ISA == 2
+    return (vec)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+#elif ISA == 1
+    ivec iota, m;
+    for (int l = 0; l < V; l++)
+        iota[l] = l;
+    m = iota < (ITYPE)n;
+#if IS_F64
+    return (vec)_mm256_maskload_pd(p, (__m256i)m);
+#else
+    return (vec)_mm256_maskload_ps(p, (__m256i)m);
+#endif
+#else
+    vec v = {0};
+    for (int l = 0; l < n; l++)
+        v[l] = p[l];
+    return v;
+#endif
+}
+
+INLINE void FN(vstore_n)(TYPE *p, vec v, int n)
+{
+    if (n >= V) {
+        FN(vstore)(p, v);
+        return;
+    }
+#if ISA == 2 && IS_F64
+    _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), (__m512d)v);
+#elif ISA == 2
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+#elif ISA == 1
+    ivec iota, m;
+    for (int l = 0; l < V; l++)
+        iota[l] = l;
+    m = iota < (ITYPE)n;
+#if IS_F64
+    _mm256_maskstore_pd(p, (__m256i)m, (__m256d)v);
+#else
+    _mm256_maskstore_ps(p, (__m256i)m, (__m256)v);
+#endif
+#else
+    for (int l = 0; l < n; l++)
+        p[l] = v[l];
+#endif
+}
+
+INLINE vec FN(vselect)(ivec m, vec a, vec b)
+{
+    return (vec)(((ivec)a & m) | ((ivec)b & ~m));
+}
+
+/* ---- activations --------------------------------------------------------- */
+
+#if IS_F64
+#define EXP_XMIN (-708.0)                 /* exp(-708) is still a normal number */
+#define EXP_MAGIC 6755399441055744.0      /* 1.5 * 2^52: adding it rounds to integer */
+#define EXP_MANT 52
+#define EXP_BIAS 1023
+#define LN2_HI 6.93145751953125E-1        /* few mantissa bits: n * LN2_HI is exact */
+#define LN2_LO 1.42860682030941723212E-6
+#else
+#define EXP_XMIN (-87.0f)
+#define EXP_MAGIC 12582912.0f             /* 1.5 * 2^23 */
+#define EXP_MANT 23
+#define EXP_BIAS 127
+#define LN2_HI 0.693359375f
+#define LN2_LO (-2.12194440054690583e-4f)
+#endif
+#define LOG2E ((TYPE)1.44269504088896340736)
+
+/* For x <= 0 (or NaN): *scale = 2^n and *p = expm1(r) with x = n ln2 + r,
+ * so exp(x) = scale + scale*p and expm1(x) = scale*p + (scale - 1).
+ * Below EXP_XMIN, scale = 0 (exp flushes to 0, expm1 to -1). */
+INLINE void FN(exp_parts)(vec x, vec *scale, vec *p)
+{
+    const vec xmin = FN(vset1)(EXP_XMIN), magic = FN(vset1)(EXP_MAGIC);
+    ivec under = x < xmin;
+    x = FN(vselect)(under, xmin, x);
+    vec t = x * LOG2E + magic;
+    vec n = t - magic;
+    ivec e = ((ivec)t - (ivec)magic + (ITYPE)EXP_BIAS) << EXP_MANT;
+    *scale = FN(vselect)(under, (vec){0}, (vec)e);
+    vec r = VFMA(n, FN(vset1)(-LN2_HI), x);
+    r = VFMA(n, FN(vset1)(-LN2_LO), r);
+#if IS_F64
+    vec q = FN(vset1)(1.6059043836821613e-10);
+    q = VFMA(q, r, FN(vset1)(2.08767569878681e-09));
+    q = VFMA(q, r, FN(vset1)(2.505210838544172e-08));
+    q = VFMA(q, r, FN(vset1)(2.755731922398589e-07));
+    q = VFMA(q, r, FN(vset1)(2.7557319223985893e-06));
+    q = VFMA(q, r, FN(vset1)(2.48015873015873e-05));
+    q = VFMA(q, r, FN(vset1)(0.0001984126984126984));
+    q = VFMA(q, r, FN(vset1)(0.001388888888888889));
+    q = VFMA(q, r, FN(vset1)(0.008333333333333333));
+    q = VFMA(q, r, FN(vset1)(0.041666666666666664));
+    q = VFMA(q, r, FN(vset1)(0.16666666666666666));
+    q = VFMA(q, r, FN(vset1)(0.5));
+#else
+    vec q = FN(vset1)(1.98412698e-4f);
+    q = VFMA(q, r, FN(vset1)(1.38888889e-3f));
+    q = VFMA(q, r, FN(vset1)(8.33333333e-3f));
+    q = VFMA(q, r, FN(vset1)(4.16666667e-2f));
+    q = VFMA(q, r, FN(vset1)(1.66666667e-1f));
+    q = VFMA(q, r, FN(vset1)(0.5f));
+#endif
+    *p = VFMA(r * r, q, r);
+}
+
+INLINE vec FN(vabs)(vec z)
+{
+    const ivec sign = (ivec)FN(vset1)((TYPE)-0.0);
+    return (vec)((ivec)z & ~sign);
+}
+
+/* 1/(1+e^-z) as e^-|z| based formula, exact 0/1 saturation, NaN in -> NaN out */
+INLINE vec FN(vsigmoid)(vec z)
+{
+    vec s, p;
+    FN(exp_parts)(-FN(vabs)(z), &s, &p);
+    vec e = VFMA(s, p, s);
+    vec r = 1 / (1 + e);
+    return FN(vselect)(z >= (vec){0}, r, e * r);
+}
+
+INLINE vec FN(vtanh)(vec z)
+{
+    const ivec sign = (ivec)FN(vset1)((TYPE)-0.0);
+    vec s, p;
+    FN(exp_parts)(FN(vabs)(z) * (TYPE)-2, &s, &p);
+    vec em = VFMA(s, p, s - 1);
+    vec t = -em / (2 + em);
+    return (vec)((ivec)t | ((ivec)z & sign));
+}
+
+/* ---- GEMM ------------------------------------------------------------------ */
+
+/* Operands. A is M x K: element (m, k) at a[m*lda + k], or a[k*lda + m] if
+ * a_trans. B is K x N: either prepacked panels [N/NR][K][NR] (bpacked), or
+ * row-major b[k*ldb + n], rows k >= b_split taken from b2[(k-b_split)*ldb + n].
+ * C (M x N, ldc) = A.B + bias[n] (bias may be NULL). */
+typedef struct {
+    int64_t M, N, K;
+    const TYPE *a;
+    int64_t lda;
+    int a_trans;
+    const TYPE *bpacked;
+    const TYPE *b, *b2;
+    int64_t ldb, b_split;
+    const TYPE *bias;
+    TYPE *c;
+    int64_t ldc;
+} FN(gemm_args);
+
+KERNEL void FN(pack_a)(const FN(gemm_args) *g, int64_t m0, int64_t kb, int64_t kc, TYPE *ap)
+{
+    int64_t mr = g->M - m0 < MR ? g->M - m0 : MR;
+    if (g->a_trans) {
+        for (int64_t k = 0; k < kc; k++) {
+            const TYPE *src = g->a + (kb + k) * g->lda + m0;
+            int64_t r = 0;
+            for (; r < mr; r++)
+                ap[k * MR + r] = src[r];
+            for (; r < MR; r++)
+                ap[k * MR + r] = 0;
+        }
+    } else {
+        for (int64_t r = 0; r < MR; r++) {
+            if (r < mr) {
+                const TYPE *src = g->a + (m0 + r) * g->lda + kb;
+                for (int64_t k = 0; k < kc; k++)
+                    ap[k * MR + r] = src[k];
+            } else {
+                for (int64_t k = 0; k < kc; k++)
+                    ap[k * MR + r] = 0;
+            }
+        }
+    }
+}
+
+/* Pack rows kb..kb+kc of raw B, panels p0..p1, into bp[p-p0][k][NR]. */
+KERNEL void FN(pack_b)(const FN(gemm_args) *g, int64_t kb, int64_t kc, int64_t p0, int64_t p1,
+                       TYPE *bp)
+{
+    for (int64_t p = p0; p < p1; p++) {
+        int64_t n0 = p * NR, nn = g->N - n0 < NR ? g->N - n0 : NR;
+        TYPE *dst = bp + (p - p0) * kc * NR;
+        for (int64_t k = 0; k < kc; k++) {
+            int64_t row = kb + k;
+            const TYPE *src = row < g->b_split ? g->b + row * g->ldb
+                                               : g->b2 + (row - g->b_split) * g->ldb;
+            src += n0;
+            int64_t n = 0;
+            for (; n < nn; n++)
+                dst[k * NR + n] = src[n];
+            for (; n < NR; n++)
+                dst[k * NR + n] = 0;
+        }
+    }
+}
+
+/* MR x NR register tile over kc: C = acc + bias (first) or C += acc. */
+KERNEL void FN(gemm_ukr)(int64_t kc, const TYPE *restrict ap, const TYPE *restrict bp,
+                         TYPE *restrict c, int64_t ldc, int64_t mr, int64_t nn, int first,
+                         const TYPE *bias)
+{
+    vec acc[MR][NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++)
+            acc[r][j] = (vec){0};
+    for (int64_t k = 0; k < kc; k++) {
+        vec b[NV];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++)
+            b[j] = FN(vload)(bp + j * V);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++) {
+            vec a = FN(vset1)(ap[r]);
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; j++)
+                acc[r][j] = VFMA(a, b[j], acc[r][j]);
+        }
+        ap += MR;
+        bp += NR;
+    }
+    for (int64_t r = 0; r < mr; r++) {
+        for (int j = 0; j < NV; j++) {
+            int64_t n = nn - j * V;
+            if (n <= 0)
+                break;
+            int nv = n < V ? (int)n : V;
+            TYPE *cp = c + r * ldc + j * V;
+            vec v = acc[r][j];
+            if (!first)
+                v = v + FN(vload_n)(cp, nv);
+            else if (bias)
+                v = v + FN(vload_n)(bias + j * V, nv);
+            FN(vstore_n)(cp, v, nv);
+        }
+    }
+}
+
+static inline int64_t FN(split)(int64_t n, int tid, int nth) { return n * tid / nth; }
+
+/* Per-thread workspace: A sliver MR x KC, B block KC x NC (raw B only). */
+#define GEMM_WS_ELEMS ((int64_t)MR * KC + (int64_t)KC * NC + 64)
+
+KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
+{
+    int64_t mtiles = (g->M + MR - 1) / MR, npan = (g->N + NR - 1) / NR;
+    int64_t mt0 = 0, mt1 = mtiles, p0 = 0, p1 = npan;
+    if (npan >= mtiles) {
+        p0 = FN(split)(npan, tid, nth);
+        p1 = FN(split)(npan, tid + 1, nth);
+    } else {
+        mt0 = FN(split)(mtiles, tid, nth);
+        mt1 = FN(split)(mtiles, tid + 1, nth);
+    }
+    if (p0 >= p1 || mt0 >= mt1)
+        return;
+    TYPE *ap = ws, *bpk = ws + (int64_t)MR * KC;
+    if (g->K == 0) {
+        for (int64_t m = mt0 * MR; m < g->M && m < mt1 * MR; m++)
+            for (int64_t n = p0 * NR; n < g->N && n < p1 * NR; n++)
+                g->c[m * g->ldc + n] = g->bias ? g->bias[n] : 0;
+        return;
+    }
+    for (int64_t kb = 0; kb < g->K; kb += KC) {
+        int64_t kc = g->K - kb < KC ? g->K - kb : KC;
+        for (int64_t pb = p0; pb < p1; pb += NC / NR) {
+            int64_t pe = pb + NC / NR < p1 ? pb + NC / NR : p1;
+            const TYPE *bblk;
+            int64_t pstride;
+            if (g->bpacked) {
+                bblk = g->bpacked + pb * g->K * NR + kb * NR;
+                pstride = g->K * NR;
+            } else {
+                FN(pack_b)(g, kb, kc, pb, pe, bpk);
+                bblk = bpk;
+                pstride = kc * NR;
+            }
+            for (int64_t mt = mt0; mt < mt1; mt++) {
+                int64_t m0 = mt * MR;
+                FN(pack_a)(g, m0, kb, kc, ap);
+                for (int64_t p = pb; p < pe; p++)
+                    FN(gemm_ukr)(kc, ap, bblk + (p - pb) * pstride,
+                                 g->c + m0 * g->ldc + p * NR, g->ldc,
+                                 g->M - m0 < MR ? g->M - m0 : MR, g->N - p * NR, kb == 0,
+                                 g->bias ? g->bias + p * NR : NULL);
+            }
+        }
+    }
+}
+
+/* ---- packed weights ----------------------------------------------------------
+ * header, then (64-byte aligned):
+ *   wih_t  [ceil(4H/NR)][I][NR]   B = w_ih^T for gates = x.w_ih^T
+ *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih
+ *   whh_f  [nblk][H][4][V]        forward step: i,f,g,o of V units together
+ *   whh_b  [nblk][4H][V]          backward step: dh = dgates.w_hh
+ *   b      [4H]
+ */
+typedef struct {
+    uint32_t magic;
+    int32_t level, elem_size, has_bias;
+    int64_t I, H;
+    int64_t off_wih_t, off_wih, off_whh_f, off_whh_b, off_b, total;
+} FN(packed_hdr);
+
+#define PACK_MAGIC 0x4c53544du
+#define ALIGN64(n) (((n) + 63) & ~(int64_t)63)
+
+static void FN(packed_layout)(int64_t I, int64_t H, FN(packed_hdr) *h)
+{
+    int64_t nblk = (H + V - 1) / V, s = (int64_t)sizeof(TYPE);
+    h->magic = PACK_MAGIC;
+    h->level = ISA;
+    h->elem_size = (int32_t)sizeof(TYPE);
+    h->I = I;
+    h->H = H;
+    int64_t off = ALIGN64((int64_t)sizeof(FN(packed_hdr)));
+    h->off_wih_t = off;
+    off = ALIGN64(off + (4 * H + NR - 1) / NR * I * NR * s);
+    h->off_wih = off;
+    off = ALIGN64(off + (I + NR - 1) / NR * 4 * H * NR * s);
+    h->off_whh_f = off;
+    off = ALIGN64(off + nblk * H * 4 * V * s);
+    h->off_whh_b = off;
+    off = ALIGN64(off + nblk * 4 * H * V * s);
+    h->off_b = off;
+    off = ALIGN64(off + 4 * H * s);
+    h->total = off;
+}
+
+static size_t FN(packed_size)(int64_t I, int64_t H)
+{
+    FN(packed_hdr) h;
+    FN(packed_layout)(I, H, &h);
+    return (size_t)h.total + 64;
+}
+
+static unsigned char *FN(align_ptr)(void *p)
+{
+    return (unsigned char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+
+static int FN(pack)(int64_t I, int64_t H, const TYPE *w_ih, const TYPE *w_hh, const TYPE *b,
+                    void *packed)
+{
+    unsigned char *base = FN(align_ptr)(packed);
+    FN(packed_hdr) *h = (FN(packed_hdr) *)base;
+    FN(packed_layout)(I, H, h);
+    h->has_bias = b != NULL;
+    int64_t G = 4 * H, nblk = (H + V - 1) / V;
+    TYPE *wih_t = (TYPE *)(base + h->off_wih_t), *wih = (TYPE *)(base + h->off_wih);
+    TYPE *whh_f = (TYPE *)(base + h->off_whh_f), *whh_b = (TYPE *)(base + h->off_whh_b);
+    TYPE *bb = (TYPE *)(base + h->off_b);
+    for (int64_t p = 0; p < (G + NR - 1) / NR; p++)
+        for (int64_t k = 0; k < I; k++)
+            for (int64_t n = 0; n < NR; n++) {
+                int64_t col = p * NR + n;
+                wih_t[(p * I + k) * NR + n] = col < G ? w_ih[col * I + k] : 0;
+            }
+    for (int64_t p = 0; p < (I + NR - 1) / NR; p++)
+        for (int64_t k = 0; k < G; k++)
+            for (int64_t n = 0; n < NR; n++) {
+                int64_t col = p * NR + n;
+                wih[(p * G + k) * NR + n] = col < I ? w_ih[k * I + col] : 0;
+            }
+    for (int64_t j = 0; j < nblk; j++)
+        for (int64_t k = 0; k < H; k++)
+            for (int g = 0; g < 4; g++)
+                for (int l = 0; l < V; l++) {
+                    int64_t u = j * V + l;
+                    whh_f[((j * H + k) * 4 + g) * V + l] = u < H ? w_hh[(g * H + u) * H + k] : 0;
+                }
+    for (int64_t j = 0; j < nblk; j++)
+        for (int64_t k = 0; k < G; k++)
+            for (int l = 0; l < V; l++) {
+                int64_t u = j * V + l;
+                whh_b[(j * G + k) * V + l] = u < H ? w_hh[k * H + u] : 0;
+            }
+    for (int64_t k = 0; k < G; k++)
+        bb[k] = b ? b[k] : 0;
+    return LSTM_OK;
+}
+
+static const FN(packed_hdr) *FN(check_packed)(const void *packed, int64_t I, int64_t H)
+{
+    const FN(packed_hdr) *h = (const FN(packed_hdr) *)FN(align_ptr)((void *)packed);
+    if (h->magic != PACK_MAGIC || h->level != ISA || h->elem_size != (int)sizeof(TYPE) ||
+        h->I != I || h->H != H)
+        return NULL;
+    return h;
+}
+
+/* ---- forward ---------------------------------------------------------------- */
+
+typedef struct {
+    int64_t T, B, I, H;
+    const FN(packed_hdr) *hdr;
+    const TYPE *x, *h0, *c0;
+    TYPE *y, *h_n, *c_n, *gates, *c;
+    TYPE *ws;
+    int64_t ws_per_thread;
+} FN(fwd_ctx);
+
+/* acc [mr][nb][4][V] = h_prev[rows] . w_hh^T for nb blocks from blk0 */
+INLINE void FN(fwd_dot)(const int mr, const int nb, int64_t H, const TYPE *restrict hp,
+                        const TYPE *restrict w, TYPE *restrict out)
+{
+    vec acc[MAXACC];
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * nb * 4; q++)
+        acc[q] = (vec){0};
+    const int64_t bstride = H * 4 * V;
+    for (int64_t k = 0; k < H; k++) {
+        const TYPE *wk = w + k * 4 * V;
+#pragma GCC unroll 24
+        for (int r = 0; r < mr; r++) {
+            vec a = FN(vset1)(hp[r * H + k]);
+#pragma GCC unroll 16
+            for (int q = 0; q < nb * 4; q++)
+                acc[r * nb * 4 + q] = VFMA(a, FN(vload)(wk + (q / 4) * bstride + (q % 4) * V),
+                                           acc[r * nb * 4 + q]);
+        }
+    }
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * nb * 4; q++)
+        FN(vstore)(out + q * V, acc[q]);
+}
+
+/* Elementwise LSTM update of rows r0..r0+mr, blocks j0..j0+nb at one step. */
+KERNEL void FN(fwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0, const TYPE *acc,
+                         const TYPE *cprev, TYPE *gates_t, TYPE *c_t, TYPE *y_t)
+{
+    for (int r = 0; r < mr; r++) {
+        for (int jb = 0; jb < nb; jb++) {
+            int64_t row = r0 + r, off = (j0 + jb) * V;
+            int n = H - off < V ? (int)(H - off) : V;
+            const TYPE *a = acc + (r * nb + jb) * 4 * V;
+            TYPE *gr = gates_t + row * 4 * H + off;
+            vec i = FN(vsigmoid)(FN(vload)(a) + FN(vload_n)(gr, n));
+            vec f = FN(vsigmoid)(FN(vload)(a + V) + FN(vload_n)(gr + H, n));
+            vec g = FN(vtanh)(FN(vload)(a + 2 * V) + FN(vload_n)(gr + 2 * H, n));
+            vec o = FN(vsigmoid)(FN(vload)(a + 3 * V) + FN(vload_n)(gr + 3 * H, n));
+            vec cn = VFMA(f, FN(vload_n)(cprev + row * H + off, n), i * g);
+            vec h = o * FN(vtanh)(cn);
+            FN(vstore_n)(gr, i, n);
+            FN(vstore_n)(gr + H, f, n);
+            FN(vstore_n)(gr + 2 * H, g, n);
+            FN(vstore_n)(gr + 3 * H, o, n);
+            FN(vstore_n)(c_t + row * H + off, cn, n);
+            FN(vstore_n)(y_t + row * H + off, h, n);
+        }
+    }
+}
+
+#define FWD_TILE(MRV, NBV)                                                                   \
+    case (MRV) * 16 + (NBV):                                                                 \
+        FN(fwd_dot)(MRV, NBV, H, hp + r0 * H, w + j * H * 4 * V, acc);                       \
+        break;
+
+KERNEL void FN(fwd_step)(int64_t B, int64_t H, int64_t j0, int64_t j1, const TYPE *w,
+                         const TYPE *hp, const TYPE *cp, TYPE *gates_t, TYPE *c_t, TYPE *y_t)
+{
+    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
+    int64_t jstep = B == 1 ? NB1 : 1;
+    for (int64_t j = j0; j < j1; j += jstep) {
+        int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
+        for (int64_t r0 = 0; r0 < B; r0 += FR) {
+            int mr = B - r0 < FR ? (int)(B - r0) : FR;
+            switch (mr * 16 + nb) {
+                FWD_TILE(1, 1)
+                FWD_TILE(1, 2)
+#if NB1 >= 4
+                FWD_TILE(1, 3)
+                FWD_TILE(1, 4)
+#endif
+                FWD_TILE(2, 1)
+#if FR >= 6
+                FWD_TILE(3, 1)
+                FWD_TILE(4, 1)
+                FWD_TILE(5, 1)
+                FWD_TILE(6, 1)
+#endif
+            default:
+                break;
+            }
+            FN(fwd_cell)(mr, nb, H, r0, j, acc, cp, gates_t, c_t, y_t);
+        }
+    }
+}
+
+KERNEL void FN(fwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
+{
+    const FN(fwd_ctx) *ctx = (const FN(fwd_ctx) *)arg;
+    int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, G = 4 * H;
+    const unsigned char *base = (const unsigned char *)ctx->hdr;
+    TYPE *ws = ctx->ws + tid * ctx->ws_per_thread;
+    FN(gemm_args) g = {0};
+    g.M = T * B;
+    g.N = G;
+    g.K = I;
+    g.a = ctx->x;
+    g.lda = I;
+    g.bpacked = (const TYPE *)(base + ctx->hdr->off_wih_t);
+    g.bias = ctx->hdr->has_bias ? (const TYPE *)(base + ctx->hdr->off_b) : NULL;
+    g.c = ctx->gates;
+    g.ldc = G;
+    if (T > 0)
+        FN(gemm)(&g, ws, tid, nth);
+    lstm_barrier_wait(bar, nth);
+    int64_t nblk = (H + V - 1) / V;
+    int64_t j0 = FN(split)(nblk, tid, nth), j1 = FN(split)(nblk, tid + 1, nth);
+    const TYPE *w = (const TYPE *)(base + ctx->hdr->off_whh_f);
+    for (int64_t t = 0; t < T; t++) {
+        const TYPE *hp = t ? ctx->y + (t - 1) * B * H : ctx->h0;
+        const TYPE *cp = t ? ctx->c + (t - 1) * B * H : ctx->c0;
+        FN(fwd_step)(B, H, j0, j1, w, hp, cp, ctx->gates + t * B * G, ctx->c + t * B * H,
+                     ctx->y + t * B * H);
+        lstm_barrier_wait(bar, nth);
+    }
+    if (tid == 0) {
+        const TYPE *hs = T ? ctx->y + (T - 1) * B * H : ctx->h0;
+        const TYPE *cs = T ? ctx->c + (T - 1) * B * H : ctx->c0;
+        for (int64_t q = 0; q < B * H; q++) {
+            ctx->h_n[q] = hs[q];
+            ctx->c_n[q] = cs[q];
+        }
+    }
+}
+
+static size_t FN(fwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int nth)
+{
+    (void)T; (void)B; (void)I; (void)H;
+    return (size_t)(nth < 1 ? 1 : nth) * ((int64_t)MR * KC + 64) * sizeof(TYPE) + 64;
+}
+
+static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                       const TYPE *x, const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n,
+                       TYPE *c_n, TYPE *gates, TYPE *c, void *workspace, int nthreads)
+{
+    const FN(packed_hdr) *hdr = FN(check_packed)(packed, I, H);
+    if (!hdr)
+        return LSTM_ERR_PACKED;
+    FN(fwd_ctx) ctx = {T, B, I, H, hdr, x, h0, c0, y, h_n, c_n, gates, c,
+                       (TYPE *)FN(align_ptr)(workspace), (int64_t)MR * KC + 64};
+    if (nthreads < 1)
+        nthreads = 1;
+    lstm_pool_run(FN(fwd_job), &ctx, nthreads);
+    return LSTM_OK;
+}
+
+/* ---- backward --------------------------------------------------------------- */
+
+typedef struct {
+    int64_t T, B, I, H;
+    const FN(packed_hdr) *hdr;
+    const TYPE *x, *h0, *c0, *y, *gates, *c, *dy, *dh_n, *dc_n;
+    TYPE *dx, *dw_ih, *dw_hh, *db, *dh0, *dc0;
+    TYPE *dgates;
+    TYPE *ws;
+    int64_t ws_per_thread;
+} FN(bwd_ctx);
+
+/* out [mr][nb][V] = dg[rows] . w_hh for nb blocks (K = 4H) */
+INLINE void FN(bwd_dot)(const int mr, const int nb, int64_t H, const TYPE *restrict dg,
+                        const TYPE *restrict w, TYPE *restrict out)
+{
+    vec acc[MAXACC];
+    const int64_t G = 4 * H, bstride = G * V;
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * nb; q++)
+        acc[q] = (vec){0};
+    for (int64_t k = 0; k < G; k++) {
+        const TYPE *wk = w + k * V;
+#pragma GCC unroll 24
+        for (int r = 0; r < mr; r++) {
+            vec a = FN(vset1)(dg[r * G + k]);
+#pragma GCC unroll 8
+            for (int q = 0; q < nb; q++)
+                acc[r * nb + q] = VFMA(a, FN(vload)(wk + q * bstride), acc[r * nb + q]);
+        }
+    }
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * nb; q++)
+        FN(vstore)(out + q * V, acc[q]);
+}
+
+/* Gate gradients of step t for rows r0.., blocks j0..; dh_rec [mr][nb][V] is the
+ * recurrent part of dh (or NULL at t = T-1, where dh_n is used). */
+KERNEL void FN(bwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0,
+                         const TYPE *dh_rec, const TYPE *dh_n, const TYPE *dy_t,
+                         const TYPE *gates_t, const TYPE *c_t, const TYPE *cprev,
+                         const TYPE *dc_in, TYPE *dc_out, TYPE *dg_t)
+{
+    for (int r = 0; r < mr; r++) {
+        for (int jb = 0; jb < nb; jb++) {
+            int64_t row = r0 + r, off = (j0 + jb) * V, ro = row * H + off;
+            int n = H - off < V ? (int)(H - off) : V;
+            vec dh = dh_rec ? FN(vload)(dh_rec + (r * nb + jb) * V) : FN(vload_n)(dh_n + ro, n);
+            dh = dh + FN(vload_n)(dy_t + ro, n);
+            const TYPE *gr = gates_t + row * 4 * H + off;
+            vec i = FN(vload_n)(gr, n), f = FN(vload_n)(gr + H, n);
+            vec g = FN(vload_n)(gr + 2 * H, n), o = FN(vload_n)(gr + 3 * H, n);
+            vec tc = FN(vtanh)(FN(vload_n)(c_t + ro, n));
+            vec dc = FN(vload_n)(dc_in + ro, n);
+            dc = dc + dh * o * (1 - tc * tc);
+            TYPE *dgr = dg_t + row * 4 * H + off;
+            FN(vstore_n)(dgr, dc * g * i * (1 - i), n);
+            FN(vstore_n)(dgr + H, dc * FN(vload_n)(cprev + ro, n) * f * (1 - f), n);
+            FN(vstore_n)(dgr + 2 * H, dc * i * (1 - g * g), n);
+            FN(vstore_n)(dgr + 3 * H, dh * tc * o * (1 - o), n);
+            FN(vstore_n)(dc_out + ro, dc * f, n);
+        }
+    }
+}
+
+#define BWD_TILE(MRV, NBV)                                                                   \
+    case (MRV) * 16 + (NBV):                                                                 \
+        FN(bwd_dot)(MRV, NBV, H, dg_next + r0 * 4 * H, w + j * 4 * H * V, acc);              \
+        break;
+
+/* One backward step over blocks j0..j1 of all rows. dg_next = dgates[t+1] (NULL at
+ * t = T-1). If dh_out is set, only store dh = dg_next.w_hh there (for dh0). */
+KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1,
+                         const TYPE *dg_next, TYPE *dh_out)
+{
+    int64_t T = ctx->T, B = ctx->B, H = ctx->H, BH = B * H;
+    const TYPE *w = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
+    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
+    int64_t jstep = B == 1 ? 2 * BNB : BNB;
+    for (int64_t j = j0; j < j1; j += jstep) {
+        int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
+        for (int64_t r0 = 0; r0 < B; r0 += BR) {
+            int mr = B - r0 < BR ? (int)(B - r0) : BR;
+            if (dg_next) {
+                switch (mr * 16 + nb) {
+                    BWD_TILE(1, 1)
+                    BWD_TILE(1, 2)
+                    BWD_TILE(1, 3)
+                    BWD_TILE(1, 4)
+                    BWD_TILE(1, 5)
+                    BWD_TILE(1, 6)
+                    BWD_TILE(1, 7)
+                    BWD_TILE(1, 8)
+                    BWD_TILE(2, 1)
+                    BWD_TILE(2, 2)
+                    BWD_TILE(2, 3)
+                    BWD_TILE(2, 4)
+#if BR >= 6
+                    BWD_TILE(3, 1)
+                    BWD_TILE(3, 2)
+                    BWD_TILE(3, 3)
+                    BWD_TILE(3, 4)
+                    BWD_TILE(4, 1)
+                    BWD_TILE(4, 2)
+                    BWD_TILE(4, 3)
+                    BWD_TILE(4, 4)
+                    BWD_TILE(5, 1)
+                    BWD_TILE(5, 2)
+                    BWD_TILE(5, 3)
+                    BWD_TILE(5, 4)
+                    BWD_TILE(6, 1)
+                    BWD_TILE(6, 2)
+                    BWD_TILE(6, 3)
+                    BWD_TILE(6, 4)
+#endif
+                default:
+                    break;
+                }
+            }
+            if (dh_out) {
+                for (int r = 0; r < mr; r++)
+                    for (int jb = 0; jb < nb; jb++) {
+                        int64_t off = (j + jb) * V;
+                        int n = H - off < V ? (int)(H - off) : V;
+                        FN(vstore_n)(dh_out + (r0 + r) * H + off,
+                                     FN(vload)(acc + (r * nb + jb) * V), n);
+                    }
+                continue;
+            }
+            FN(bwd_cell)(mr, nb, H, r0, j, dg_next ? acc : NULL, ctx->dh_n,
+                         ctx->dy + t * BH, ctx->gates + t * B * 4 * H, ctx->c + t * BH,
+                         t ? ctx->c + (t - 1) * BH : ctx->c0,
+                         t == T - 1 ? ctx->dc_n : ctx->dc0, ctx->dc0,
+                         ctx->dgates + t * B * 4 * H);
+        }
+    }
+}
+
+KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
+{
+    const FN(bwd_ctx) *ctx = (const FN(bwd_ctx) *)arg;
+    int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, G = 4 * H, BH = B * H;
+    const unsigned char *base = (const unsigned char *)ctx->hdr;
+    TYPE *ws = ctx->ws + tid * ctx->ws_per_thread;
+    int64_t nblk = (H + V - 1) / V;
+    int64_t j0 = FN(split)(nblk, tid, nth), j1 = FN(split)(nblk, tid + 1, nth);
+
+    FN(bwd_step)(ctx, T - 1, j0, j1, NULL, NULL);
+    lstm_barrier_wait(bar, nth);
+    for (int64_t t = T - 2; t >= 0; t--) {
+        FN(bwd_step)(ctx, t, j0, j1, ctx->dgates + (t + 1) * B * G, NULL);
+        lstm_barrier_wait(bar, nth);
+    }
+    FN(bwd_step)(ctx, 0, j0, j1, ctx->dgates, ctx->dh0);
+
+    FN(gemm_args) g = {0};
+    g.M = G;
+    g.K = T * B;
+    g.a = ctx->dgates;
+    g.lda = G;
+    g.a_trans = 1;
+    g.N = I;
+    g.b = g.b2 = ctx->x;
+    g.ldb = I;
+    g.b_split = T * B;
+    g.c = ctx->dw_ih;
+    g.ldc = I;
+    FN(gemm)(&g, ws, tid, nth);
+
+    g.N = H;
+    g.b = ctx->h0;
+    g.b2 = ctx->y;
+    g.ldb = H;
+    g.b_split = B;
+    g.c = ctx->dw_hh;
+    g.ldc = H;
+    FN(gemm)(&g, ws, tid, nth);
+
+    FN(gemm_args) gx = {0};
+    gx.M = T * B;
+    gx.N = I;
+    gx.K = G;
+    gx.a = ctx->dgates;
+    gx.lda = G;
+    gx.bpacked = (const TYPE *)(base + ctx->hdr->off_wih);
+    gx.c = ctx->dx;
+    gx.ldc = I;
+    FN(gemm)(&gx, ws, tid, nth);
+
+    int64_t nvec = (G + V - 1) / V;
+    int64_t v0 = FN(split)(nvec, tid, nth), v1 = FN(split)(nvec, tid + 1, nth);
+    for (int64_t q = v0; q < v1; q++) {
+        int n = G - q * V < V ? (int)(G - q * V) : V;
+        vec s = (vec){0};
+        for (int64_t m = 0; m < T * B; m++)
+            s = s + FN(vload_n)(ctx->dgates + m * G + q * V, n);
+        FN(vstore_n)(ctx->db + q * V, s, n);
+    }
+    (void)BH;
+}
+
+static size_t FN(bwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int nth)
+{
+    (void)I;
+    return (size_t)(T * B * 4 * H + 64) * sizeof(TYPE) +
+           (size_t)(nth < 1 ? 1 : nth) * GEMM_WS_ELEMS * sizeof(TYPE) + 64;
+}
+
+static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                        const TYPE *x, const TYPE *h0, const TYPE *c0, const TYPE *y,
+                        const TYPE *gates, const TYPE *c, const TYPE *dy, const TYPE *dh_n,
+                        const TYPE *dc_n, TYPE *dx, TYPE *dw_ih, TYPE *dw_hh, TYPE *db,
+                        TYPE *dh0, TYPE *dc0, void *workspace, int nthreads)
+{
+    const FN(packed_hdr) *hdr = FN(check_packed)(packed, I, H);
+    if (!hdr)
+        return LSTM_ERR_PACKED;
+    if (T == 0) {
+        for (int64_t q = 0; q < B * H; q++) {
+            dh0[q] = dh_n[q];
+            dc0[q] = dc_n[q];
+        }
+        for (int64_t q = 0; q < 4 * H * I; q++)
+            dw_ih[q] = 0;
+        for (int64_t q = 0; q < 4 * H * H; q++)
+            dw_hh[q] = 0;
+        for (int64_t q = 0; q < 4 * H; q++)
+            db[q] = 0;
+        return LSTM_OK;
+    }
+    TYPE *ws = (TYPE *)FN(align_ptr)(workspace);
+    int64_t dg_elems = (T * B * 4 * H + 63) / 64 * 64;
+    FN(bwd_ctx) ctx = {T, B, I, H, hdr, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
+                       dx, dw_ih, dw_hh, db, dh0, dc0, ws, ws + dg_elems, GEMM_WS_ELEMS};
+    if (nthreads < 1)
+        nthreads = 1;
+    lstm_pool_run(FN(bwd_job), &ctx, nthreads);
+    return LSTM_OK;
+}
+
+#undef CAT_
+#undef CAT
+#undef FN
+#undef ATTR
+#undef VBYTES
+#undef MR
+#undef FR
+#undef BR
+#undef BNB
+#undef NB1
+#undef ITYPE
+#undef KC
+#undef NC
+#undef V
+#undef NV
+#undef NR
+#undef MAXACC
+#undef INLINE
+#undef KERNEL
+#undef vec
+#undef uvec
+#undef ivec
+#undef VFMA
+#undef EXP_XMIN
+#undef EXP_MAGIC
+#undef EXP_MANT
+#undef EXP_BIAS
+#undef LN2_HI
+#undef LN2_LO
+#undef LOG2E
+#undef GEMM_WS_ELEMS
+#undef PACK_MAGIC
+#undef ALIGN64
+#undef FWD_TILE
+#undef BWD_TILE
