@@ -15,8 +15,12 @@ Design:
 * Matrix products go to BLAS (``sgemm``/``dgemm`` from SciPy's
   ``cython_blas``, the library Numba's own ``np.dot`` uses) through Numba's
   ``numba_xxgemm`` helper, called directly so that products accumulate into
-  existing buffers (beta = 1) and slices need no copies. Measured against
-  hand-written loops: BLAS wins from H = 32 up and costs < 1 us per call below.
+  existing buffers (beta = 1) and slices need no copies; one-row products
+  (B = 1) use gemv, ~3x faster than gemm there. Measured per-step product,
+  1 thread: hand loops over a packed W^T are within 0.1 us of BLAS for
+  H <= 16 and 1.3-2x slower from B*H = 32*32 up, so BLAS is used throughout.
+  Its cost: numpy/scipy's OpenBLAS is pinned to AVX2 here (see
+  performance.md), about half the machine's sgemm peak.
 * Activations are branch-free polynomial ``exp``/``tanh`` (Cephes
   coefficients) written so that LLVM vectorises the fused gate loop: the libm
   calls Numba would otherwise emit are scalar and cost 7-17 ns per element,
