@@ -1,0 +1,336 @@
+"""lstm_fast.torch.LSTM against torch.nn.LSTM with the same weights: outputs, final
+states, every gradient, PackedSequence, gradcheck, training, state_dict, dropout, fallback."""
+
+import inspect
+import io
+import itertools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
+
+import lstm_fast  # noqa: E402
+from lstm_fast import _backends  # noqa: E402
+from lstm_fast import torch as ltorch  # noqa: E402
+
+from _support import assert_close  # noqa: E402
+
+TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny shapes: torch's intra-op threads only add spin-waiting (seconds on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _lengths_backend():
+    """The auto backend if it takes lengths, else the first one that does."""
+    for name in (_backends.resolve("auto"),) + lstm_fast.available_backends():
+        if _supports_lengths(name):
+            return name
+
+
+def _supports_lengths(backend):
+    return "batch_sizes" in inspect.signature(_backends.get(backend).forward).parameters
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls that went through our kernels (not torch's fallback)."""
+    calls = []
+    apply = ltorch._Direction.apply
+
+    def counting(*args):
+        calls.append(args[7])
+        return apply(*args)
+
+    monkeypatch.setattr(ltorch._Direction, "apply", counting)
+    return calls
+
+
+def _pair(dtype, backend="auto", seed=0, **kw):
+    torch.manual_seed(seed)
+    ref = torch.nn.LSTM(**kw).to(dtype)
+    ours = ltorch.LSTM(**kw, backend=backend).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _forward_backward(module, x, hx, lengths, batch_first, enforce_sorted, grads):
+    """Run module, backprop a fixed random functional of all outputs; return values and grads."""
+    x = x.clone().requires_grad_(True)
+    hx = tuple(s.clone().requires_grad_(True) for s in hx)
+    inp = x if lengths is None else pack_padded_sequence(
+        x, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
+    out, (h, c) = module(inp, hx)
+    data = out.data if isinstance(out, PackedSequence) else out
+    loss = (data * grads[0]).sum() + (h * grads[1]).sum() + (c * grads[2]).sum()
+    module.zero_grad()
+    loss.backward()
+    res = {"output": data, "h_n": h, "c_n": c, "grad_x": x.grad, "grad_h0": hx[0].grad,
+           "grad_c0": hx[1].grad}
+    res.update({"grad_" + n: p.grad for n, p in module.named_parameters()})
+    return out, {k: v.detach().numpy() for k, v in res.items()}
+
+
+CONFIGS = list(itertools.product((1, 2), (False, True), (False, True), ("tensor", "sorted", "unsorted")))
+
+
+@pytest.mark.parametrize("num_layers,bidirectional,batch_first,kind", CONFIGS, ids=[
+    f"L{a}-{'bi' if b else 'uni'}-{'bf' if c else 'tm'}-{d}" for a, b, c, d in CONFIGS])
+def test_matches_torch(backend, dtype, num_layers, bidirectional, batch_first, kind, kernel_calls):
+    if kind != "tensor" and not _supports_lengths(backend):
+        pytest.xfail(f"backend {backend!r} does not take batch_sizes (lengths) yet")
+    T, B, I, H = 6, 4, 3, 5
+    D = 2 if bidirectional else 1
+    tdt = TORCH_DTYPE[dtype]
+    ref, ours = _pair(tdt, backend, input_size=I, hidden_size=H, num_layers=num_layers,
+                      bidirectional=bidirectional, batch_first=batch_first)
+    g = torch.Generator().manual_seed(1)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=tdt)  # noqa: E731
+    x = rnd(*((B, T, I) if batch_first else (T, B, I)))
+    hx = (rnd(num_layers * D, B, H), rnd(num_layers * D, B, H))
+    lengths = None
+    if kind == "sorted":
+        lengths = torch.tensor([T, 5, 3, 1])
+    elif kind == "unsorted":
+        lengths = torch.tensor([3, T, 1, 5])
+    n_out = T * B if lengths is None else int(lengths.sum())
+    out_shape = (n_out, D * H) if lengths is not None else x.shape[:2] + (D * H,)
+    grads = (rnd(*out_shape), rnd(num_layers * D, B, H), rnd(num_layers * D, B, H))
+    args = (x, hx, lengths, batch_first, kind == "sorted", grads)
+    t_out, expected = _forward_backward(ref, *args)
+    o_out, actual = _forward_backward(ours, *args)
+    assert len(kernel_calls) == num_layers * D and set(kernel_calls) == {_backends.resolve(backend)}
+    if lengths is not None:
+        assert isinstance(o_out, PackedSequence)
+        for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+            a, e = getattr(o_out, field), getattr(t_out, field)
+            assert (a is None and e is None) or torch.equal(a, e), field
+    assert expected.keys() == actual.keys()
+    for name, e in expected.items():
+        assert actual[name].shape == e.shape, name
+        assert actual[name].dtype == e.dtype, name
+        assert_close(actual[name], e, dtype, name)
+
+
+@pytest.mark.parametrize("batch_first", (False, True))
+@pytest.mark.parametrize("with_hx", (False, True))
+def test_unbatched_matches_torch(batch_first, with_hx, kernel_calls):
+    ref, ours = _pair(torch.float64, input_size=3, hidden_size=4, num_layers=2, bidirectional=True,
+                      batch_first=batch_first)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    hx = tuple(torch.randn(4, 4, dtype=torch.float64) for _ in range(2)) if with_hx else None
+    (o1, (h1, c1)), (o2, (h2, c2)) = ref(x, hx), ours(x, hx)
+    assert kernel_calls
+    for a, e in ((o2, o1), (h2, h1), (c2, c1)):
+        assert a.shape == e.shape
+        assert_close(a.detach().numpy(), e.detach().numpy(), np.float64)
+
+
+def test_no_bias_and_hx_none(kernel_calls):
+    ref, ours = _pair(torch.float64, input_size=3, hidden_size=4, num_layers=2, bias=False)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    for m in (ref, ours):
+        out, (h, c) = m(x)
+        (out.sum() + c.sum()).backward()
+    assert kernel_calls
+    assert_close(ours.weight_hh_l1.grad.numpy(), ref.weight_hh_l1.grad.numpy(), np.float64)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+
+
+def test_gradcheck_all_inputs_and_parameters(kernel_calls):
+    torch.manual_seed(0)
+    m = ltorch.LSTM(2, 2, num_layers=2, bidirectional=True).double()
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_(True) for p in m.parameters()]
+
+    def f(x, h0, c0, *params):
+        out, (h, c) = torch.func.functional_call(m, dict(zip(names, params)), (x, (h0, c0)))
+        return out, h, c
+
+    assert torch.autograd.gradcheck(f, (x, h0, c0, *params))
+    assert kernel_calls
+
+
+def test_gradcheck_packed(kernel_calls):
+    torch.manual_seed(0)
+    m = ltorch.LSTM(2, 3, bidirectional=True, backend=_lengths_backend()).double()
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([2, 4, 1])
+
+    def f(x, h0):
+        out, (h, c) = m(pack_padded_sequence(x, lengths, enforce_sorted=False), (h0, h0 * 0.5))
+        return out.data, h, c
+
+    assert torch.autograd.gradcheck(f, (x, h0))
+    assert kernel_calls
+
+
+@pytest.mark.parametrize("optimizer", ("sgd", "adam"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=("f32", "f64"))
+def test_training_losses_match_torch(optimizer, dtype):
+    def model(cls):
+        torch.manual_seed(0)
+        lstm = cls(3, 8, num_layers=2, batch_first=True).to(dtype)
+        return lstm, torch.nn.Linear(8, 1).to(dtype)
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 7, 3, generator=g, dtype=dtype)
+    target = torch.randn(16, 1, generator=g, dtype=dtype)
+    losses = {}
+    for cls in (torch.nn.LSTM, ltorch.LSTM):
+        lstm, head = model(cls)
+        params = list(lstm.parameters()) + list(head.parameters())
+        opt = torch.optim.SGD(params, lr=0.5) if optimizer == "sgd" else torch.optim.Adam(params, lr=0.05)
+        run = []
+        for _ in range(5):
+            opt.zero_grad()
+            out, _ = lstm(x)
+            loss = torch.nn.functional.mse_loss(head(out[:, -1]), target)
+            loss.backward()
+            opt.step()
+            run.append(loss.item())
+        losses[cls] = run
+    ref, ours = losses[torch.nn.LSTM], losses[ltorch.LSTM]
+    assert ref[-1] < ref[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-11 if dtype == torch.float64 else 1e-5)
+
+
+def test_state_dict_and_save_load_both_ways(tmp_path):
+    kw = dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(**kw)
+    ours = ltorch.LSTM(**kw)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert repr(ours) == repr(ref)
+    buf = io.BytesIO()
+    torch.save(ref.state_dict(), buf)
+    buf.seek(0)
+    ours.load_state_dict(torch.load(buf))
+    x = torch.randn(5, 2, 3)
+    assert torch.allclose(ours(x)[0], ref(x)[0], atol=1e-6)
+    ours2 = ltorch.LSTM(**kw)
+    ref2 = torch.nn.LSTM(**kw)
+    buf = io.BytesIO()
+    torch.save(ours2.state_dict(), buf)
+    buf.seek(0)
+    ref2.load_state_dict(torch.load(buf))
+    for (n1, p1), (n2, p2) in zip(ours2.state_dict().items(), ref2.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    # the whole module pickles, keeping its backend
+    path = tmp_path / "m.pt"
+    ours3 = ltorch.LSTM(**kw, backend="numpy")
+    torch.save(ours3, path)
+    loaded = torch.load(path, weights_only=False)
+    assert isinstance(loaded, ltorch.LSTM) and loaded.backend == "numpy"
+    assert torch.equal(loaded(x)[0], ours3(x)[0])
+
+
+@pytest.mark.parametrize("kind", ("tensor", "packed"))
+def test_dropout_seeded_like_torch_and_off_in_eval(kind, kernel_calls):
+    ref, ours = _pair(torch.float64, _lengths_backend(), input_size=3, hidden_size=5, num_layers=3, dropout=0.5,
+                      bidirectional=True)
+    x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    data = lambda out: out.data if kind == "packed" else out  # noqa: E731
+
+    def run(m, seed):
+        inp = x if kind == "tensor" else pack_padded_sequence(x, torch.tensor([3, 6, 1, 5]),
+                                                               enforce_sorted=False)
+        torch.manual_seed(seed)
+        out, (h, c) = m(inp)
+        gx, = torch.autograd.grad(data(out).sum() + h.sum(), x)
+        return data(out).detach(), gx
+
+    o1, g1 = run(ours, 7)
+    o2, g2 = run(ours, 7)
+    assert torch.equal(o1, o2) and torch.equal(g1, g2)
+    o3, _ = run(ours, 8)
+    assert not torch.allclose(o1, o3)
+    o_ref, g_ref = run(ref, 7)                  # same masks as torch.nn.LSTM under the same seed
+    assert_close(o1.numpy(), o_ref.numpy(), np.float64)
+    assert_close(g1.numpy(), g_ref.numpy(), np.float64)
+    ours.eval()
+    ref.eval()
+    e1, _ = run(ours, 7)
+    e2, _ = run(ours, 8)
+    assert torch.equal(e1, e2)
+    assert_close(e1.numpy(), run(ref, 9)[0].numpy(), np.float64)
+
+
+def test_projection_falls_back_to_torch(kernel_calls):
+    ref, ours = _pair(torch.float32, input_size=3, hidden_size=6, proj_size=2, num_layers=2,
+                      bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    (o1, (h1, c1)), (o2, (h2, c2)) = ref(x), ours(x)
+    assert torch.equal(o1, o2) and torch.equal(h1, h2) and torch.equal(c1, c2)
+    assert kernel_calls == []
+
+
+def test_other_fallbacks_and_errors(kernel_calls):
+    ref, ours = _pair(torch.float32, input_size=3, hidden_size=4)
+    # dtype mismatch between input and weights: torch's own error
+    x64 = torch.randn(5, 2, 3, dtype=torch.float64)
+    with pytest.raises(Exception) as e_ref:
+        ref(x64)
+    with pytest.raises(Exception) as e_ours:
+        ours(x64)
+    assert type(e_ours.value) is type(e_ref.value) and str(e_ours.value) == str(e_ref.value)
+    # backend="torch": torch's implementation, bit for bit
+    ours.backend = "torch"
+    x = torch.randn(5, 2, 3)
+    assert torch.equal(ours(x)[0], ref(x)[0])
+    assert kernel_calls == []
+    ours.backend = "auto"
+    # wrong hx shape: torch's message
+    bad = (torch.zeros(1, 3, 4), torch.zeros(1, 3, 4))
+    with pytest.raises(RuntimeError) as e_ref:
+        ref(x, bad)
+    with pytest.raises(RuntimeError) as e_ours:
+        ours(x, bad)
+    assert str(e_ours.value) == str(e_ref.value)
+    with pytest.raises(ValueError, match="Expected input to be 2D or 3D"):
+        ours(torch.zeros(1, 2, 3, 3))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ltorch.LSTM(3, 4, backend="fortran")
+
+
+def test_inplace_change_of_output_is_caught(kernel_calls):
+    m = ltorch.LSTM(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    out, _ = m(x)
+    out.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_retain_graph_twice_and_double_backward_error(kernel_calls):
+    m = ltorch.LSTM(3, 4, num_layers=2).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = m(x)
+    g1, = torch.autograd.grad(out.sum(), x, retain_graph=True)
+    g2, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    assert torch.equal(g1, g2)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|does not require grad"):
+        g2.sum().backward()
+    m.backend = "torch"          # the documented route for double backward
+    out, _ = m(x)
+    g, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    g.sum().backward()
+
+
+def test_module_is_a_torch_lstm_and_imports_real_torch():
+    assert issubclass(ltorch.LSTM, torch.nn.LSTM)
+    assert ltorch.torch is torch
+    assert lstm_fast.torch is ltorch
