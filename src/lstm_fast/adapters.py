@@ -1,0 +1,372 @@
+"""Weight adapters: lstm_fast / torch state_dicts <-> Keras 3 and ONNX LSTM weights.
+
+The hub format is the state_dict of ``lstm_fast.LSTM``, which is torch.nn.LSTM's:
+``weight_ih_l{k}`` (4H, I_k), ``weight_hh_l{k}`` (4H, H), ``bias_ih_l{k}``,
+``bias_hh_l{k}`` (4H,), ``_reverse`` for the second direction, gate order
+i, f, g, o (and ``weight_hr_l{k}`` (P, H) with a projection).
+
+=========  ================================  ==========================  ======================
+format     per layer                         gate order                  bias
+=========  ================================  ==========================  ======================
+torch      the state_dict above              i, f, g, o                  b_ih and b_hh
+Keras 3    [kernel (I, 4H),                  i, f, c, o (= i, f, g, o)   one bias (4H,) = b_ih + b_hh;
+           recurrent_kernel (H, 4H),                                     back as b_ih = bias, b_hh = 0
+           bias (4H,)], forward then
+           backward for Bidirectional
+ONNX       {"W": (D, 4H, I), "R": (D, 4H, H),  i, o, f, c                  B (D, 8H) = [Wb, Rb] =
+           "B": (D, 8H)}, D = 2 for                                      [b_ih, b_hh] reordered
+           bidirectional: forward, reverse
+=========  ================================  ==========================  ======================
+
+Keras lists are what ``layer.get_weights()`` returns and ``layer.set_weights()``
+takes (``keras.layers.Bidirectional(LSTM)`` concatenates the forward and the
+backward layer's lists); one list per stacked layer. ONNX dicts are the
+initializers of one ``LSTM`` node per layer with the default attributes
+(activations sigmoid/tanh/tanh, no clip, input_forget = 0, layout = 0, no
+peepholes); ``to_onnx_model`` builds the whole stack as an ONNX model.
+
+All functions accept NumPy arrays or torch tensors, return NumPy arrays (copies,
+dtype kept) and check the structure first: missing or unexpected keys are a
+``KeyError``, inconsistent shapes a ``ValueError``, both naming the offender.
+Projections (``proj_size > 0``) exist only in torch's format.
+"""
+
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["LSTMConfig", "describe", "from_torch", "to_torch", "to_keras", "from_keras",
+           "to_onnx", "from_onnx", "to_onnx_model"]
+
+_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+
+# Row blocks of a (4H, .) torch matrix in ONNX's order i, o, f, c, and back.
+_TORCH_TO_ONNX = (0, 3, 1, 2)
+_ONNX_TO_TORCH = (0, 2, 3, 1)
+
+
+class LSTMConfig(NamedTuple):
+    """The architecture a state_dict describes (torch.nn.LSTM's arguments)."""
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    bias: bool
+    proj_size: int
+
+
+def _array(value, name):
+    if hasattr(value, "detach") and hasattr(value, "numpy"):     # a torch tensor
+        value = value.detach().cpu().numpy()
+    a = np.asarray(value)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
+    return a
+
+
+def _sfx(layer, d):
+    return f"_l{layer}" + ("_reverse" if d else "")
+
+
+def _keys(cfg):
+    """The state_dict keys of ``cfg`` in torch's order."""
+    for layer in range(cfg.num_layers):
+        for d in range(2 if cfg.bidirectional else 1):
+            s = _sfx(layer, d)
+            yield "weight_ih" + s
+            yield "weight_hh" + s
+            if cfg.bias:
+                yield "bias_ih" + s
+                yield "bias_hh" + s
+            if cfg.proj_size:
+                yield "weight_hr" + s
+
+
+def _shapes(cfg):
+    H, P, D = cfg.hidden_size, cfg.proj_size, 2 if cfg.bidirectional else 1
+    R = P or H
+    for key in _keys(cfg):
+        kind, layer = _KEY.match(key).group(1, 2)
+        I = cfg.input_size if layer == "0" else D * R
+        yield key, {"weight_ih": (4 * H, I), "weight_hh": (4 * H, R), "bias_ih": (4 * H,),
+                    "bias_hh": (4 * H,), "weight_hr": (P, H)}[kind]
+
+
+def describe(state_dict):
+    """The ``LSTMConfig`` of a torch-named state_dict, after checking every key and shape."""
+    parsed = {}
+    for key in state_dict:
+        m = _KEY.match(key) if isinstance(key, str) else None
+        if m is None:
+            raise KeyError(f"unexpected key {key!r}: LSTM state_dict keys are weight_ih_l{{k}}, "
+                           f"weight_hh_l{{k}}, bias_ih_l{{k}}, bias_hh_l{{k}} (weight_hr_l{{k}}), "
+                           f"with _reverse for the second direction")
+        parsed[key] = m
+    if "weight_hh_l0" not in state_dict or "weight_ih_l0" not in state_dict:
+        raise KeyError("state_dict has no weight_ih_l0 / weight_hh_l0: not an LSTM state_dict")
+    w_hh = _array(state_dict["weight_hh_l0"], "weight_hh_l0")
+    w_ih = _array(state_dict["weight_ih_l0"], "weight_ih_l0")
+    if w_hh.ndim != 2 or w_hh.shape[0] % 4 or w_hh.shape[0] == 0:
+        raise ValueError(f"weight_hh_l0 must have shape (4*hidden_size, hidden_size or proj_size), "
+                         f"got {w_hh.shape}")
+    if w_ih.ndim != 2:
+        raise ValueError(f"weight_ih_l0 must have shape (4*hidden_size, input_size), got {w_ih.shape}")
+    H = w_hh.shape[0] // 4
+    P = 0
+    if "weight_hr_l0" in state_dict:
+        P = _array(state_dict["weight_hr_l0"], "weight_hr_l0").shape[0]
+    cfg = LSTMConfig(
+        input_size=w_ih.shape[1], hidden_size=H,
+        num_layers=1 + max(int(m.group(2)) for m in parsed.values()),
+        bidirectional=any(m.group(3) for m in parsed.values()),
+        bias="bias_ih_l0" in state_dict or "bias_hh_l0" in state_dict, proj_size=P)
+    expected = dict(_shapes(cfg))
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise KeyError(f"state_dict is not a consistent LSTM ({cfg}): missing {missing}, "
+                       f"unexpected {unexpected}")
+    for key, shape in expected.items():
+        got = _array(state_dict[key], key).shape
+        if got != shape:
+            raise ValueError(f"{key} must have shape {shape} for {cfg}, got {got}")
+    return cfg
+
+
+def _check(cfg, num_layers, bidirectional, fmt):
+    if num_layers is not None and num_layers != cfg.num_layers:
+        raise ValueError(f"num_layers={num_layers} given, but the state_dict has {cfg.num_layers} layers")
+    if bidirectional is not None and bool(bidirectional) != cfg.bidirectional:
+        raise ValueError(f"bidirectional={bidirectional} given, but the state_dict is "
+                         f"{'bi' if cfg.bidirectional else 'uni'}directional")
+    if cfg.proj_size:
+        raise ValueError(f"proj_size={cfg.proj_size}: {fmt} LSTMs have no projection")
+
+
+# --- torch --------------------------------------------------------------------
+
+def from_torch(state_dict):
+    """A torch.nn.LSTM state_dict (tensors) as NumPy copies, in torch's key order.
+
+    Projection keys ``weight_hr_l{k}`` pass through."""
+    cfg = describe(state_dict)
+    return {k: np.array(_array(state_dict[k], k), order="C", copy=True) for k in _keys(cfg)}
+
+
+def to_torch(state_dict, dtype=None):
+    """A torch-loadable state_dict (CPU tensors, copies) from arrays by torch's names.
+
+    ``dtype`` (a torch dtype) converts; None keeps each array's dtype."""
+    import torch
+
+    cfg = describe(state_dict)
+    out = {}
+    for k in _keys(cfg):
+        t = torch.from_numpy(np.array(_array(state_dict[k], k), order="C", copy=True))
+        out[k] = t if dtype is None else t.to(dtype)
+    return out
+
+
+# --- Keras 3 ----------------------------------------------------------------------
+
+def to_keras(state_dict, num_layers=None, bidirectional=None):
+    """Keras LSTM weights, one ``get_weights()``-style list per layer.
+
+    Per direction: kernel = weight_ih.T (I, 4H), recurrent_kernel = weight_hh.T
+    (H, 4H), bias = bias_ih + bias_hh (4H,) (omitted when the LSTM has no bias);
+    a bidirectional layer lists the forward direction, then the backward one.
+    ``num_layers`` and ``bidirectional``, when given, are checked against the state_dict.
+    """
+    cfg = describe(state_dict)
+    _check(cfg, num_layers, bidirectional, "Keras")
+    layers = []
+    for layer in range(cfg.num_layers):
+        weights = []
+        for d in range(2 if cfg.bidirectional else 1):
+            s = _sfx(layer, d)
+            weights.append(np.ascontiguousarray(_array(state_dict["weight_ih" + s], "weight_ih" + s).T))
+            weights.append(np.ascontiguousarray(_array(state_dict["weight_hh" + s], "weight_hh" + s).T))
+            if cfg.bias:
+                weights.append(_array(state_dict["bias_ih" + s], "bias_ih" + s)
+                               + _array(state_dict["bias_hh" + s], "bias_hh" + s))
+        layers.append(weights)
+    return layers
+
+
+def from_keras(layers, bidirectional=False):
+    """A torch-named state_dict from Keras LSTM weights (one list per layer, as
+    ``to_keras`` returns). bias_ih = the Keras bias, bias_hh = 0; a list of 2
+    arrays per direction (``use_bias=False``) gives a state_dict without biases."""
+    if isinstance(layers, dict) or not isinstance(layers, (list, tuple)) or not layers:
+        raise TypeError("layers must be a non-empty list with one list of Keras weights per layer")
+    D = 2 if bidirectional else 1
+    out = {}
+    for layer, weights in enumerate(layers):
+        if not isinstance(weights, (list, tuple)) or len(weights) not in (2 * D, 3 * D):
+            n = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
+            raise ValueError(
+                f"layer {layer}: expected {3 * D} arrays ([kernel, recurrent_kernel, bias]"
+                f"{' for the forward then the backward direction' if D == 2 else ''}) "
+                f"or {2 * D} without bias, got {n}")
+        per = len(weights) // D
+        for d in range(D):
+            s = _sfx(layer, d)
+            where = f"layer {layer}{' backward' if d else ''}"
+            kernel = _array(weights[d * per], f"{where} kernel")
+            recurrent = _array(weights[d * per + 1], f"{where} recurrent_kernel")
+            if recurrent.ndim != 2 or recurrent.shape[1] != 4 * recurrent.shape[0]:
+                raise ValueError(f"{where} recurrent_kernel must have shape (H, 4H), got {recurrent.shape}")
+            H = recurrent.shape[0]
+            if kernel.ndim != 2 or kernel.shape[1] != 4 * H:
+                raise ValueError(f"{where} kernel must have shape (input_size, 4H={4 * H}), got {kernel.shape}")
+            out["weight_ih" + s] = np.ascontiguousarray(kernel.T)
+            out["weight_hh" + s] = np.ascontiguousarray(recurrent.T)
+            if per == 3:
+                bias = _array(weights[d * per + 2], f"{where} bias")
+                if bias.shape != (4 * H,):
+                    raise ValueError(f"{where} bias must have shape ({4 * H},), got {bias.shape}")
+                out["bias_ih" + s] = bias.copy()
+                out["bias_hh" + s] = np.zeros_like(bias)
+    describe(out)
+    return out
+
+
+# --- ONNX ---------------------------------------------------------------------------
+
+def _gates(a, order):
+    """Reorder the four H-row blocks of a (4H, ...) array."""
+    H = a.shape[0] // 4
+    return np.concatenate([a[k * H:(k + 1) * H] for k in order])
+
+
+def to_onnx(state_dict, num_layers=None, bidirectional=None):
+    """ONNX LSTM initializers, one dict {"W", "R", "B"} per layer (one node per layer).
+
+    W (D, 4H, I), R (D, 4H, H), B (D, 8H) = [input biases, recurrent biases],
+    gates in ONNX's order i, o, f, c; D = 2 (forward, reverse) if bidirectional.
+    Without biases there is no "B" (ONNX then uses zeros).
+    """
+    cfg = describe(state_dict)
+    _check(cfg, num_layers, bidirectional, "ONNX")
+    layers = []
+    for layer in range(cfg.num_layers):
+        W, R, B = [], [], []
+        for d in range(2 if cfg.bidirectional else 1):
+            s = _sfx(layer, d)
+            W.append(_gates(_array(state_dict["weight_ih" + s], "weight_ih" + s), _TORCH_TO_ONNX))
+            R.append(_gates(_array(state_dict["weight_hh" + s], "weight_hh" + s), _TORCH_TO_ONNX))
+            if cfg.bias:
+                B.append(np.concatenate(
+                    [_gates(_array(state_dict[k + s], k + s), _TORCH_TO_ONNX) for k in ("bias_ih", "bias_hh")]))
+        node = {"W": np.stack(W), "R": np.stack(R)}
+        if cfg.bias:
+            node["B"] = np.stack(B)
+        layers.append(node)
+    return layers
+
+
+def from_onnx(layers):
+    """A torch-named state_dict from ONNX LSTM initializers (as ``to_onnx`` returns).
+
+    Each layer is a dict with "W", "R" and optionally "B" (and "P", which must
+    be absent or zero: peepholes have no torch equivalent), or a sequence
+    (W, R[, B]). D = W.shape[0] must be the same for every layer. Without "B"
+    the state_dict has no biases.
+    """
+    if isinstance(layers, dict) or not isinstance(layers, (list, tuple)) or not layers:
+        raise TypeError("layers must be a non-empty list with one {'W', 'R', 'B'} dict per layer")
+    out = {}
+    D0 = None
+    for layer, node in enumerate(layers):
+        if isinstance(node, dict):
+            unknown = set(node) - {"W", "R", "B", "P"}
+            if unknown or "W" not in node or "R" not in node:
+                raise KeyError(f"layer {layer}: expected keys W, R and optionally B, got {sorted(node)}")
+            if node.get("P") is not None and np.any(_array(node["P"], "P")):
+                raise ValueError(f"layer {layer}: peephole weights P are not supported (torch has none)")
+            W, R, B = node["W"], node["R"], node.get("B")
+        elif isinstance(node, (list, tuple)) and len(node) in (2, 3):
+            W, R, B = (tuple(node) + (None,))[:3]
+        else:
+            raise TypeError(f"layer {layer}: expected a dict {{'W', 'R', 'B'}} or a tuple (W, R[, B])")
+        W, R = _array(W, f"layer {layer} W"), _array(R, f"layer {layer} R")
+        if R.ndim != 3 or R.shape[0] not in (1, 2) or R.shape[1] != 4 * R.shape[2]:
+            raise ValueError(f"layer {layer}: R must have shape (D, 4H, H) with D in (1, 2), got {R.shape}")
+        D, H = R.shape[0], R.shape[2]
+        if D0 is None:
+            D0 = D
+        elif D != D0:
+            raise ValueError(f"layer {layer}: {D} directions, layer 0 has {D0}")
+        if W.ndim != 3 or W.shape[:2] != (D, 4 * H):
+            raise ValueError(f"layer {layer}: W must have shape (D={D}, 4H={4 * H}, input_size), got {W.shape}")
+        if B is not None:
+            B = _array(B, f"layer {layer} B")
+            if B.shape != (D, 8 * H):
+                raise ValueError(f"layer {layer}: B must have shape ({D}, {8 * H}), got {B.shape}")
+        for d in range(D):
+            s = _sfx(layer, d)
+            out["weight_ih" + s] = _gates(W[d], _ONNX_TO_TORCH)
+            out["weight_hh" + s] = _gates(R[d], _ONNX_TO_TORCH)
+            if B is not None:
+                out["bias_ih" + s] = _gates(B[d, :4 * H], _ONNX_TO_TORCH)
+                out["bias_hh" + s] = _gates(B[d, 4 * H:], _ONNX_TO_TORCH)
+    describe(out)
+    return out
+
+
+def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="lstm"):
+    """An ``onnx.ModelProto`` computing the whole (multi-layer) LSTM like torch.nn.LSTM.
+
+    Inputs: X (T, B, I) time-major; with ``lengths``, sequence_lens (B,) int32;
+    with ``initial_state``, initial_h and initial_c (num_layers*D, B, H) in
+    torch's layout (zeros otherwise). Outputs: Y (T, B, D*H), Y_h and Y_c
+    (num_layers*D, B, H). One LSTM node per layer; between layers Y (T, D, B, H)
+    is transposed and reshaped to (T, B, D*H). Needs the ``onnx`` package.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cfg = describe(state_dict)
+    layers = to_onnx(state_dict)
+    D = 2 if cfg.bidirectional else 1
+    n, H = cfg.num_layers * D, cfg.hidden_size
+    elem = helper.np_dtype_to_tensor_dtype(_array(state_dict["weight_ih_l0"], "weight_ih_l0").dtype)
+    const = lambda a, nm: numpy_helper.from_array(np.asarray(a, np.int64), nm)  # noqa: E731
+    inits = [const([0, 0, -1], "TB_shape"), const([0], "axis0")]
+    inputs = [helper.make_tensor_value_info("X", elem, ["T", "B", cfg.input_size])]
+    if lengths:
+        inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["B"]))
+    if initial_state:
+        inputs += [helper.make_tensor_value_info(s, elem, [n, "B", H]) for s in ("initial_h", "initial_c")]
+    nodes, hs, cs = [], [], []
+    x = "X"
+    for layer, node in enumerate(layers):
+        p = f"l{layer}_"
+        inits += [numpy_helper.from_array(np.ascontiguousarray(v), p + k) for k, v in node.items()]
+        states = ["", ""]
+        if initial_state:
+            inits += [const([layer * D], p + "start"), const([layer * D + D], p + "end")]
+            states = [p + "initial_h", p + "initial_c"]
+            for state in ("initial_h", "initial_c"):
+                nodes.append(helper.make_node(
+                    "Slice", [state, p + "start", p + "end", "axis0"], [p + state]))
+        nodes.append(helper.make_node(
+            "LSTM", [x, p + "W", p + "R", p + "B" if "B" in node else "",
+                     "sequence_lens" if lengths else ""] + states,
+            [p + "Y", p + "Y_h", p + "Y_c"], hidden_size=H,
+            direction="bidirectional" if D == 2 else "forward", name=p + "lstm"))
+        nodes.append(helper.make_node("Transpose", [p + "Y"], [p + "Yt"], perm=[0, 2, 1, 3]))
+        x = "Y" if layer == cfg.num_layers - 1 else p + "out"
+        nodes.append(helper.make_node("Reshape", [p + "Yt", "TB_shape"], [x]))
+        hs.append(p + "Y_h")
+        cs.append(p + "Y_c")
+    nodes.append(helper.make_node("Concat", hs, ["Y_h"], axis=0))
+    nodes.append(helper.make_node("Concat", cs, ["Y_c"], axis=0))
+    outputs = [helper.make_tensor_value_info("Y", elem, ["T", "B", D * H]),
+               helper.make_tensor_value_info("Y_h", elem, [n, "B", H]),
+               helper.make_tensor_value_info("Y_c", elem, [n, "B", H])]
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    return model
