@@ -109,3 +109,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     info["dtypes"] = list(DTYPES)
     info["large_shapes"] = sorted(LARGE)
     machine_info["lstm_fast"] = info
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    # Keep the statistics, drop every round's raw time (megabytes for the grid).
+    for b in output_json.get("benchmarks", []):
+        b.get("stats", {}).pop("data", None)

@@ -13,7 +13,8 @@ and this command, so both time exactly the same callables:
 Cases: ``forward`` (inference over a whole sequence), ``train`` (forward, then
 backward of sum(output * fixed gradient) with gradients for the parameters and
 the input), ``stream`` (inference one step at a time, the state carried from
-call to call, as in real-time use; T calls of T = 1).
+call to call, as in real-time use; T calls of T = 1; ours through
+``lstm_fast.Stream``, which keeps the state and the packed weights).
 
 ``set_threads(n)`` gives every library the same thread budget: our kernels,
 torch's intra-op pool and the OpenBLAS that NumPy (and so the reference
@@ -181,6 +182,19 @@ def _ours(name, backend, case, p):
         layer.eval()
         fn = lambda: layer(x, hx)
         return Runner(name, fn, lambda r: dict(y=r[0], h_n=r[1][0][0], c_n=r[1][1][0]))
+    if case == "stream" and hasattr(lstm_fast, "Stream"):
+        layer.eval()
+        stream = lstm_fast.Stream(layer, p["B"], hx)
+        steps = list(x)
+
+        def fn():
+            stream.reset(hx)
+            return [stream.step(xt) for xt in steps]
+
+        def extract(ys):
+            h, c = stream.state
+            return dict(y=np.stack(ys), h_n=h[0], c_n=c[0])
+        return Runner(name, fn, extract)
     if case == "stream":
         layer.eval()
         steps = [x[t:t + 1] for t in range(p["T"])]
