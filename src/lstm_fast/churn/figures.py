@@ -35,25 +35,27 @@ def gate_summary(model, data, max_customers=4000):
     return out
 
 
-def save_figure(path, history, summary, title="LSTM churn model"):
-    """Write the PNG; returns the path, or None (with the reason) if it cannot."""
+def save_figure(path, history, summary, title="LSTM churn model", results_text=None):
+    """Write the PNG; returns ``(path, None)``, or ``(None, reason)`` if it cannot."""
     try:
         import matplotlib
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None, ("matplotlib is not installed, so the figure was skipped "
                       "(pip install 'lstm-fast[bench]' or pip install matplotlib)")
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     ax = axes[0, 0]
     ep = [h["epoch"] for h in history]
     ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss")
     ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation loss")
     if history:
         best = min(history, key=lambda h: h["val_loss"])["epoch"]
-        ax.axvline(best, color="gray", ls=":", label=f"best epoch ({best})")
+        ax.axvline(best, color="gray", ls=":", label=f"best epoch ({best}, restored)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("binary cross-entropy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2 = ax.twinx()
     ax2.plot(ep, [h["val_auc"] for h in history], "^--", color="tab:green", alpha=0.7,
              label="validation AUC")
@@ -61,12 +63,16 @@ def save_figure(path, history, summary, title="LSTM churn model"):
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper center")
-    from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Training curves")
 
+    txt = axes[1, 2]
+    txt.set_axis_off()
+    if results_text:
+        txt.text(0.0, 1.0, results_text, va="top", ha="left", family="monospace", fontsize=9,
+                 transform=txt.transAxes)
+
     if summary is None:
-        for a in (axes[0, 1], axes[1, 0], axes[1, 1]):
+        for a in (axes[0, 1], axes[0, 2], axes[1, 0], axes[1, 1]):
             a.text(0.5, 0.5, "no labeled full-length customers\nto summarize", ha="center",
                    va="center", transform=a.transAxes)
             a.set_axis_off()
@@ -74,8 +80,8 @@ def save_figure(path, history, summary, title="LSTM churn model"):
         months = summary["months"]
         T = len(months)
         lab = [f"{m}" if m < T else f"{m}\n(now)" for m in months]
-        for a, name, desc in ((axes[0, 1], "forget", "forget gate f: how much of the memory is kept"),
-                              (axes[1, 0], "input", "input gate i: how much new information is stored")):
+        for a, name, desc in ((axes[0, 1], "forget", "forget gate f: share of the memory kept"),
+                              (axes[0, 2], "input", "input gate i: share of the new month stored")):
             a.plot(months, summary[f"{name}_churners"], "o-", color="tab:red",
                    label=f"churners (n={summary['n_churners']})")
             a.plot(months, summary[f"{name}_stayers"], "o-", color="tab:blue",
@@ -83,24 +89,25 @@ def save_figure(path, history, summary, title="LSTM churn model"):
             a.set_xticks(months)
             a.set_xticklabels(lab)
             a.set_xlabel("month")
-            a.set_ylabel(f"mean {name}-gate activation")
+            a.set_ylabel(f"mean {name}-gate activation (all units)")
             a.set_title(desc, fontsize=10)
             a.legend(fontsize=8)
             a.grid(alpha=0.3)
-        a = axes[1, 1]
-        d = np.asarray(summary["forget_unit_diff"])
-        lim = max(float(np.abs(d).max()), 1e-6)
-        im = a.imshow(d, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim,
-                      extent=(0.5, T + 0.5, d.shape[0] - 0.5, -0.5))
-        a.set_xticks(months)
-        a.set_xticklabels(lab)
-        a.set_xlabel("month")
-        a.set_ylabel("hidden unit")
-        a.set_title("forget gate per unit: churners minus stayers\n"
-                    "(red: churners keep more, blue: churners forget more)", fontsize=10)
-        fig.colorbar(im, ax=a, fraction=0.046)
+        for a, name in ((axes[1, 0], "forget"), (axes[1, 1], "input")):
+            d = np.asarray(summary[f"{name}_unit_diff"])
+            lim = max(float(np.abs(d).max()), 1e-6)
+            im = a.imshow(d, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim,
+                          extent=(0.5, T + 0.5, d.shape[0] - 0.5, -0.5))
+            a.set_xticks(months)
+            a.set_xticklabels(lab)
+            a.set_xlabel("month")
+            a.set_ylabel("hidden unit")
+            verb = ("keep more", "forget more") if name == "forget" else ("store more", "store less")
+            a.set_title(f"{name} gate per unit: churners minus stayers\n"
+                        f"(red: churners {verb[0]}, blue: churners {verb[1]})", fontsize=10)
+            fig.colorbar(im, ax=a, fraction=0.046)
     fig.suptitle(f"{title}: what does the LSTM keep and what does it discard?")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path, None

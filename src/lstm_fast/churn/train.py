@@ -102,6 +102,11 @@ def train_model(model, train, val, *, epochs=30, batch_size=128, lr=1e-2, patien
     return history
 
 
+def _wrap(line, width=46):
+    import textwrap
+    return "\n".join(textwrap.wrap(line, width, subsequent_indent="  ")) if len(line) > width else line
+
+
 def _fmt_metric(v):
     return "   n/a" if v != v else f"{v:6.3f}"
 
@@ -147,7 +152,17 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
     summary = gate_summary(model, test)
     fig_path, fig_msg = None, "figure disabled (--no-figure)"
     if figure:
-        fig_path, fig_msg = save_figure(os.path.join(out_dir, "churn_figure.png"), history, summary)
+        rows = [f"held-out test set: {len(test)} customers",
+                f"({100 * test.y.mean():.1f}% churned), threshold 0.5", "",
+                f"{'':11}{'AUC':>6}{'acc':>6}{'prec':>6}{'rec':>6}"]
+        for name, m in (("LSTM", m_lstm), ("baseline*", m_base)):
+            rows.append(f"{name:11}" + "".join(f"{m[k]:6.3f}" for k in
+                                              ("auc", "accuracy", "precision", "recall")))
+        rows += ["", "* logistic regression on per-customer", "  averages (order-blind)", "",
+                 f"data: {data_source}", f"LSTM(3 -> {hidden_size}), backend {model.backend!r}",
+                 f"{len(history)} epochs, {train_seconds:.1f}s training"]
+        fig_path, fig_msg = save_figure(os.path.join(out_dir, "churn_figure.png"), history, summary,
+                                        results_text="\n".join(_wrap(r) for r in rows))
     total = time.perf_counter() - t_start
     results = {
         "n_customers": len(data), "n_train": len(train), "n_val": len(val), "n_test": len(test),
