@@ -333,7 +333,7 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
     n, H = cfg.num_layers * D, cfg.hidden_size
     elem = helper.np_dtype_to_tensor_dtype(_array(state_dict["weight_ih_l0"], "weight_ih_l0").dtype)
     const = lambda a, nm: numpy_helper.from_array(np.asarray(a, np.int64), nm)  # noqa: E731
-    inits = [const([0, 0, -1], "TB_shape"), const([0], "axis0")]
+    inits = [const([0, 0, -1], "TB_shape")] + ([const([0], "axis0")] if initial_state else [])
     inputs = [helper.make_tensor_value_info("X", elem, ["T", "B", cfg.input_size])]
     if lengths:
         inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["B"]))
