@@ -300,6 +300,18 @@ def test_other_fallbacks_and_errors(kernel_calls):
     with pytest.raises(RuntimeError) as e_ours:
         ours(x, bad)
     assert str(e_ours.value) == str(e_ref.value)
+    for wrong in (torch.randn(5, 2, 7), torch.randn(5, 7)):
+        with pytest.raises(RuntimeError) as e_ref:
+            ref(wrong)
+        with pytest.raises(RuntimeError) as e_ours:
+            ours(wrong)
+        assert str(e_ours.value) == str(e_ref.value)
+    # (torch itself fails later here, in a matrix product; we check first)
+    with pytest.raises(RuntimeError, match="must be equal to input_size. Expected 3, got 7"):
+        ours(pack_padded_sequence(torch.randn(5, 2, 7), torch.tensor([5, 2])))
+    with torch.autocast("cpu", dtype=torch.bfloat16):      # autocast: torch's implementation
+        assert torch.equal(ours(x)[0], ref(x)[0])
+    assert kernel_calls == []
     with pytest.raises(ValueError, match="Expected input to be 2D or 3D"):
         ours(torch.zeros(1, 2, 3, 3))
     with pytest.raises(ValueError, match="backend must be one of"):

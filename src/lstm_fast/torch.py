@@ -16,8 +16,9 @@ input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices``.
 Falls back to ``torch.nn.LSTM.forward`` (torch's numbers, torch's errors) for
 everything the kernels do not cover: ``proj_size > 0``, tensors not on the CPU,
 dtypes other than float32/float64, inputs whose dtype differs from the weights
-(torch then raises its own error), empty inputs (T = 0 or B = 0), TorchScript
-scripting/tracing, torch.compile and functorch transforms (vmap, grad).
+(torch then raises its own error), empty inputs (T = 0 or B = 0), autocast,
+TorchScript scripting/tracing, torch.compile and functorch transforms (vmap, grad).
+Shape errors are torch's own (``check_forward_args``), raised before any kernel runs.
 ``backend="torch"`` always uses torch's implementation.
 
 Not covered by the fallback, because it cannot be known at forward time:
@@ -101,7 +102,8 @@ class LSTM(torch.nn.LSTM):
         backend = getattr(self, "backend", "auto")
         if backend == "torch" or self.proj_size > 0:
             return None
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling() \
+                or torch._C._is_any_autocast_enabled():
             return None
         data = input.data if isinstance(input, PackedSequence) else input
         if not isinstance(data, torch.Tensor) or data.device.type != "cpu" \
@@ -131,9 +133,8 @@ class LSTM(torch.nn.LSTM):
             B = int(batch_sizes[0])
             if hx is None:
                 hx = (data.new_zeros(n, B, self.hidden_size), data.new_zeros(n, B, self.hidden_size))
-            else:
-                self.check_forward_args(data, hx, batch_sizes)
-                hx = self.permute_hidden(hx, sorted_indices)
+            self.check_forward_args(data, hx, batch_sizes)
+            hx = self.permute_hidden(hx, sorted_indices)
             # padded in sorted order (longest first), as torch's kernels see it
             x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
             out, h_n, c_n = self._run(x, hx, backend, lengths.numpy(), batch_sizes)
@@ -149,6 +150,7 @@ class LSTM(torch.nn.LSTM):
         B = input.size(batch_dim)
         if hx is None:
             hx = (input.new_zeros(n, B, self.hidden_size), input.new_zeros(n, B, self.hidden_size))
+            self.check_forward_args(input, hx, None)
         else:
             want = 3 if batched else 2
             if hx[0].dim() != want or hx[1].dim() != want:
