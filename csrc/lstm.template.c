@@ -95,10 +95,17 @@ INLINE vec FN(vload)(const TYPE *p) { return *(const uvec *)p; }
 INLINE void FN(vstore)(TYPE *p, vec v) { *(uvec *)p = v; }
 INLINE vec FN(vset1)(TYPE s)
 {
-    vec v;
-    for (int l = 0; l < V; l++)
-        v[l] = s;   /* not (vec){0} + s: that turns -0.0 into +0.0 */
-    return v;
+#if ISA == 2 && IS_F64
+    return (vec)_mm512_set1_pd(s);
+#elif ISA == 2
+    return (vec)_mm512_set1_ps(s);
+#elif ISA == 1 && IS_F64
+    return (vec)_mm256_set1_pd(s);
+#elif ISA == 1
+    return (vec)_mm256_set1_ps(s);
+#else
+    return s - (vec){0};   /* not (vec){0} + s: that turns -0.0 into +0.0 */
+#endif
 }
 
 #if ISA == 2 && IS_F64
@@ -273,28 +280,39 @@ typedef struct {
     int64_t ldc;
 } FN(gemm_args);
 
+/* Pack A rows m0..m0+MR (zero padded), columns kb..kb+kc, into ap[k][MR]. */
 KERNEL void FN(pack_a)(const FN(gemm_args) *g, int64_t m0, int64_t kb, int64_t kc, TYPE *ap)
 {
     int64_t mr = g->M - m0 < MR ? g->M - m0 : MR;
-    if (g->a_trans) {
-        for (int64_t k = 0; k < kc; k++) {
-            const TYPE *src = g->a + (kb + k) * g->lda + m0;
-            int64_t r = 0;
-            for (; r < mr; r++)
-                ap[k * MR + r] = src[r];
-            for (; r < MR; r++)
+    for (int64_t r = 0; r < MR; r++) {
+        if (r < mr) {
+            const TYPE *src = g->a + (m0 + r) * g->lda + kb;
+            for (int64_t k = 0; k < kc; k++)
+                ap[k * MR + r] = src[k];
+        } else {
+            for (int64_t k = 0; k < kc; k++)
                 ap[k * MR + r] = 0;
         }
-    } else {
-        for (int64_t r = 0; r < MR; r++) {
-            if (r < mr) {
-                const TYPE *src = g->a + (m0 + r) * g->lda + kb;
-                for (int64_t k = 0; k < kc; k++)
-                    ap[k * MR + r] = src[k];
-            } else {
-                for (int64_t k = 0; k < kc; k++)
-                    ap[k * MR + r] = 0;
-            }
+    }
+}
+
+/* Transposed A: pack tiles mt0..mt1 at once, sweeping each stored row of A
+ * once (a per-tile sweep would stride through memory by lda per element).
+ * Tile mt goes to ap[(mt-mt0)*kc*MR + k*MR + r]. */
+KERNEL void FN(pack_at)(const FN(gemm_args) *g, int64_t mt0, int64_t mt1, int64_t kb,
+                        int64_t kc, TYPE *ap)
+{
+    int64_t m0 = mt0 * MR, m1 = mt1 * MR < g->M ? mt1 * MR : g->M;
+    for (int64_t k = 0; k < kc; k++) {
+        const TYPE *src = g->a + (kb + k) * g->lda;
+        TYPE *dst = ap + k * MR;
+        int64_t m = m0;
+        for (int64_t mt = mt0; mt < mt1; mt++, dst += kc * MR) {
+            int64_t r = 0;
+            for (; r < MR && m < m1; r++, m++)
+                dst[r] = src[m];
+            for (; r < MR; r++)
+                dst[r] = 0;
         }
     }
 }
@@ -365,8 +383,24 @@ KERNEL void FN(gemm_ukr)(int64_t kc, const TYPE *restrict ap, const TYPE *restri
 
 static inline int64_t FN(split)(int64_t n, int tid, int nth) { return n * tid / nth; }
 
-/* Per-thread workspace: A sliver MR x KC, B block KC x NC (raw B only). */
-#define GEMM_WS_ELEMS ((int64_t)MR * KC + (int64_t)KC * NC + 64)
+/* Per-thread workspace: B block KC x NC (raw B only), then the A slivers:
+ * MR x KC, or for transposed A all the thread's tiles of an M x KC block. */
+static int64_t FN(gemm_ws_elems)(int64_t M_at, int nth, int raw_b)
+{
+    int64_t mt = ((M_at + MR - 1) / MR + nth - 1) / nth + 1;
+    return (raw_b ? (int64_t)KC * NC : 0) + mt * MR * KC + 64;
+}
+
+/* Room for any thread count up to nth (the pool may run fewer threads). */
+static int64_t FN(gemm_ws_total)(int64_t M_at, int nth, int raw_b)
+{
+    int64_t best = 0;
+    for (int n = 1; n <= nth; n++) {
+        int64_t e = n * FN(gemm_ws_elems)(M_at, n, raw_b);
+        best = e > best ? e : best;
+    }
+    return best;
+}
 
 KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
 {
@@ -381,7 +415,7 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
     }
     if (p0 >= p1 || mt0 >= mt1)
         return;
-    TYPE *ap = ws, *bpk = ws + (int64_t)MR * KC;
+    TYPE *bpk = ws, *ap = ws + (g->bpacked ? 0 : (int64_t)KC * NC);
     if (g->K == 0) {
         for (int64_t m = mt0 * MR; m < g->M && m < mt1 * MR; m++)
             for (int64_t n = p0 * NR; n < g->N && n < p1 * NR; n++)
@@ -402,11 +436,17 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
                 bblk = bpk;
                 pstride = kc * NR;
             }
+            if (g->a_trans && pb == p0)
+                FN(pack_at)(g, mt0, mt1, kb, kc, ap);
             for (int64_t mt = mt0; mt < mt1; mt++) {
                 int64_t m0 = mt * MR;
-                FN(pack_a)(g, m0, kb, kc, ap);
+                const TYPE *apt = ap + (mt - mt0) * kc * MR;
+                if (!g->a_trans) {
+                    FN(pack_a)(g, m0, kb, kc, ap);
+                    apt = ap;
+                }
                 for (int64_t p = pb; p < pe; p++)
-                    FN(gemm_ukr)(kc, ap, bblk + (p - pb) * pstride,
+                    FN(gemm_ukr)(kc, apt, bblk + (p - pb) * pstride,
                                  g->c + m0 * g->ldc + p * NR, g->ldc,
                                  g->M - m0 < MR ? g->M - m0 : MR, g->N - p * NR, kb == 0,
                                  g->bias ? g->bias + p * NR : NULL);
@@ -620,7 +660,7 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     const FN(fwd_ctx) *ctx = (const FN(fwd_ctx) *)arg;
     int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, G = 4 * H;
     const unsigned char *base = (const unsigned char *)ctx->hdr;
-    TYPE *ws = ctx->ws + tid * ctx->ws_per_thread;
+    TYPE *ws = ctx->ws + tid * FN(gemm_ws_elems)(0, nth, 0);
     FN(gemm_args) g = {0};
     g.M = T * B;
     g.N = G;
@@ -657,7 +697,7 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
 static size_t FN(fwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int nth)
 {
     (void)T; (void)B; (void)I; (void)H;
-    return (size_t)(nth < 1 ? 1 : nth) * ((int64_t)MR * KC + 64) * sizeof(TYPE) + 64;
+    return (size_t)FN(gemm_ws_total)(0, nth, 0) * sizeof(TYPE) + 64;
 }
 
 static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
@@ -668,7 +708,7 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *p
     if (!hdr)
         return LSTM_ERR_PACKED;
     FN(fwd_ctx) ctx = {T, B, I, H, hdr, x, h0, c0, y, h_n, c_n, gates, c,
-                       (TYPE *)FN(align_ptr)(workspace), (int64_t)MR * KC + 64};
+                       (TYPE *)FN(align_ptr)(workspace), 0};
     if (nthreads < 1)
         nthreads = 1;
     lstm_pool_run(FN(fwd_job), &ctx, nthreads);
@@ -818,7 +858,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     const FN(bwd_ctx) *ctx = (const FN(bwd_ctx) *)arg;
     int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, G = 4 * H, BH = B * H;
     const unsigned char *base = (const unsigned char *)ctx->hdr;
-    TYPE *ws = ctx->ws + tid * ctx->ws_per_thread;
+    TYPE *ws = ctx->ws + tid * FN(gemm_ws_elems)(G, nth, 1);
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, nth), j1 = FN(split)(nblk, tid + 1, nth);
 
@@ -880,7 +920,7 @@ static size_t FN(bwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int nt
 {
     (void)I;
     return (size_t)(T * B * 4 * H + 64) * sizeof(TYPE) +
-           (size_t)(nth < 1 ? 1 : nth) * GEMM_WS_ELEMS * sizeof(TYPE) + 64;
+           (size_t)FN(gemm_ws_total)(4 * H, nth, 1) * sizeof(TYPE) + 64;
 }
 
 static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
@@ -908,7 +948,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *
     TYPE *ws = (TYPE *)FN(align_ptr)(workspace);
     int64_t dg_elems = (T * B * 4 * H + 63) / 64 * 64;
     FN(bwd_ctx) ctx = {T, B, I, H, hdr, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
-                       dx, dw_ih, dw_hh, db, dh0, dc0, ws, ws + dg_elems, GEMM_WS_ELEMS};
+                       dx, dw_ih, dw_hh, db, dh0, dc0, ws, ws + dg_elems, 0};
     if (nthreads < 1)
         nthreads = 1;
     lstm_pool_run(FN(bwd_job), &ctx, nthreads);
@@ -945,7 +985,6 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *
 #undef LN2_HI
 #undef LN2_LO
 #undef LOG2E
-#undef GEMM_WS_ELEMS
 #undef PACK_MAGIC
 #undef ALIGN64
 #undef FWD_TILE
