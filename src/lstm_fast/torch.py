@@ -62,17 +62,19 @@ class _Direction(torch.autograd.Function):
         y, h_n, c_n, saved = _forward_direction(
             impl, packed, _np(x), _np(h0), _np(c0), _backends.get_num_threads(), plan, reverse)
         y, h_n, c_n = _t(y), _t(h_n), _t(c_n)
-        # The kernel's saved arrays share memory with these tensors: saving them
-        # makes autograd's version check catch in-place changes before backward.
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, h_n, c_n)
-        ctx.kernel = (impl, packed, saved, plan, reverse, b_ih is not None)
+        # Inputs and outputs are saved for autograd's check against in-place
+        # changes (the kernel's arrays share their memory); the kernel's own
+        # arrays go through save_for_backward too, so autograd frees them after
+        # backward like any saved tensor.
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, h_n, c_n, *map(_t, saved))
+        ctx.kernel = (impl, packed, plan, reverse, b_ih is not None)
         return y, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
-        ctx.saved_tensors  # noqa: B018 -- raises if a saved tensor was modified in place
-        impl, packed, saved, plan, reverse, has_bias = ctx.kernel
+        saved = tuple(t.numpy() for t in ctx.saved_tensors[10:])
+        impl, packed, plan, reverse, has_bias = ctx.kernel
         dx, dw_ih, dw_hh, db, dh0, dc0 = _backward_direction(
             impl, packed, saved, _np(dy), _np(dh_n), _np(dc_n), _backends.get_num_threads(),
             plan, reverse)
