@@ -1,0 +1,258 @@
+"""The C kernel (lstm_fast._ckernel) called directly, against the NumPy reference.
+
+Every SIMD level the CPU supports is exercised in-process through
+``_set_simd_level``; the environment variable LSTM_FAST_SIMD is checked in a
+subprocess. Thread counts must give identical bits.
+"""
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from lstm_fast import _reference as ref
+
+ck = pytest.importorskip("lstm_fast._ckernel")
+
+_ORDER = ("portable", "avx2", "avx512")
+LEVELS = _ORDER[:_ORDER.index(ck.cpu_simd_level()) + 1]
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    ck._set_simd_level(request.param)
+    yield request.param
+    ck._set_simd_level(ck.cpu_simd_level())
+
+
+def make(T, B, I, H, dtype, seed=0, bias=True, scale=1.0):
+    rng = np.random.default_rng(seed)
+    s = scale / np.sqrt(H)
+    w = dict(
+        w_ih=rng.uniform(-s, s, (4 * H, I)).astype(dtype),
+        w_hh=rng.uniform(-s, s, (4 * H, H)).astype(dtype),
+        b=rng.uniform(-s, s, 4 * H).astype(dtype) if bias else None,
+    )
+    data = dict(
+        x=rng.standard_normal((T, B, I)).astype(dtype),
+        h0=rng.standard_normal((B, H)).astype(dtype),
+        c0=rng.standard_normal((B, H)).astype(dtype),
+        dy=rng.standard_normal((T, B, H)).astype(dtype),
+        dh_n=rng.standard_normal((B, H)).astype(dtype),
+        dc_n=rng.standard_normal((B, H)).astype(dtype),
+    )
+    return w, data
+
+
+def run_c(w, d, num_threads=1):
+    p = ck.pack(w["w_ih"], w["w_hh"], w["b"])
+    fwd = ck.forward(p, d["x"], d["h0"], d["c0"], num_threads)
+    y, _, _, gates, c = fwd
+    bwd = ck.backward(p, d["x"], d["h0"], d["c0"], y, gates, c, d["dy"], d["dh_n"], d["dc_n"],
+                      num_threads)
+    return fwd, bwd
+
+
+def run_ref(w, d):
+    fwd = ref.lstm_forward(d["x"], w["w_ih"], w["w_hh"], w["b"], d["h0"], d["c0"])
+    y, _, _, gates, c = fwd
+    bwd = ref.lstm_backward(d["x"], w["w_ih"], w["w_hh"], d["h0"], d["c0"], y, gates, c,
+                            d["dy"], d["dh_n"], d["dc_n"])
+    return fwd, bwd
+
+
+FWD_NAMES = ("y", "h_n", "c_n", "gates", "c")
+BWD_NAMES = ("dx", "dw_ih", "dw_hh", "db", "dh0", "dc0")
+
+
+def assert_close(got, want, names, dtype):
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        scale = float(np.max(np.abs(b))) if b.size else 1.0
+        np.testing.assert_allclose(a, b, rtol=RTOL[dtype], atol=RTOL[dtype] * max(scale, 1.0),
+                                   err_msg=name)
+
+
+SHAPES = [
+    (1, 1, 1, 1), (3, 1, 1, 1), (1, 4, 3, 5), (5, 3, 7, 17), (4, 7, 5, 33), (3, 2, 40, 9),
+    (6, 32, 3, 32), (9, 1, 16, 16), (512, 2, 3, 4), (32, 16, 64, 64), (5, 13, 100, 130),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_reference(level, shape, dtype):
+    w, d = make(*shape, dtype)
+    fwd, bwd = run_c(w, d)
+    want_fwd, want_bwd = run_ref(w, d)
+    assert_close(fwd, want_fwd, FWD_NAMES, dtype)
+    assert_close(bwd, want_bwd, BWD_NAMES, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_larger_shape(dtype):
+    w, d = make(16, 24, 96, 160, dtype, seed=3)
+    fwd, bwd = run_c(w, d, num_threads=0)
+    want_fwd, want_bwd = run_ref(w, d)
+    assert_close(fwd, want_fwd, FWD_NAMES, dtype)
+    assert_close(bwd, want_bwd, BWD_NAMES, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_no_bias_and_b1(dtype):
+    w, d = make(7, 1, 6, 21, dtype, bias=False)
+    fwd, bwd = run_c(w, d)
+    want_fwd, want_bwd = run_ref(w, d)
+    assert_close(fwd, want_fwd, FWD_NAMES, dtype)
+    assert_close(bwd, want_bwd, BWD_NAMES, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_empty_sequence(dtype):
+    w, d = make(0, 3, 4, 5, dtype)
+    (y, h_n, c_n, gates, c), (dx, dw_ih, dw_hh, db, dh0, dc0) = run_c(w, d)
+    assert y.shape == (0, 3, 5) and gates.shape == (0, 3, 20) and c.shape == (0, 3, 5)
+    assert np.array_equal(h_n, d["h0"]) and np.array_equal(c_n, d["c0"])
+    assert h_n is not d["h0"] and not np.shares_memory(h_n, d["h0"])
+    assert dx.shape == (0, 3, 4)
+    assert not dw_ih.any() and not dw_hh.any() and not db.any() and db.shape == (20,)
+    assert np.array_equal(dh0, d["dh_n"]) and np.array_equal(dc0, d["dc_n"])
+
+
+def _two_thread_shape(dtype):
+    shape = (12, 24, 48, 96)
+    if ck._threads_for(*shape, 2, np.dtype(dtype).itemsize) < 2:
+        pytest.skip("this machine has a single CPU")
+    return shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_threads_bitwise_identical(level, dtype):
+    shape = _two_thread_shape(dtype)
+    w, d = make(*shape, dtype, seed=5)
+    one = run_c(w, d, num_threads=1)
+    two = run_c(w, d, num_threads=2)
+    auto = run_c(w, d, num_threads=0)
+    for a, b, c in zip(one[0] + one[1], two[0] + two[1], auto[0] + auto[1]):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+    assert_close(one[0], run_ref(w, d)[0], FWD_NAMES, dtype)
+
+
+def test_threads_bitwise_identical_odd_sizes():
+    shape = (5, 7, 13, 45)   # tails in every dimension, blocks split unevenly
+    w, d = make(*shape, np.float64, seed=9)
+    one = run_c(w, d, 1)
+    for n in (2, 3):
+        other = run_c(w, d, n)
+        for a, b in zip(one[0] + one[1], other[0] + other[1]):
+            assert np.array_equal(a, b)
+
+
+def test_auto_threads_small_shape_is_single():
+    assert ck._threads_for(3, 1, 1, 1, 0) == 1
+    assert ck._threads_for(6, 32, 3, 32, 0) == 1
+    assert ck._threads_for(3, 1, 1, 1, 1) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_huge_preactivations_saturate(level, dtype):
+    w, d = make(6, 3, 5, 19, dtype, seed=2, scale=1e30)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        fwd, bwd = run_c(w, d)
+    for a in fwd + bwd[:1] + bwd[4:]:
+        assert np.all(np.isfinite(a))
+    gates = fwd[3]
+    assert np.all((gates >= -1) & (gates <= 1))
+    assert np.isin(gates, [-1, 0, 1]).mean() > 0.9
+    want_fwd, _ = run_ref(w, d)
+    for name, a, b in zip(FWD_NAMES, fwd, want_fwd):
+        np.testing.assert_allclose(a, b, rtol=RTOL[dtype], atol=RTOL[dtype], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_activations_accuracy(level, dtype):
+    """Gates of a 1-unit LSTM with w_ih = 1: the activations themselves, to a few ulp."""
+    z = np.concatenate([np.linspace(-30, 30, 4001), np.geomspace(1e-30, 1, 200),
+                        -np.geomspace(1e-30, 1, 200), [0.0, -0.0, 1e30, -1e30, 88.0, -88.0,
+                                                       700.0, -700.0, 1e-300]]).astype(dtype)
+    T = z.size
+    w_ih = np.ones((4, 1), dtype)
+    w_hh = np.zeros((4, 1), dtype)
+    p = ck.pack(w_ih, w_hh, None)
+    x = z.reshape(T, 1, 1)
+    zeros = np.zeros((1, 1), dtype)
+    _, _, _, gates, _ = ck.forward(p, x, zeros, zeros, 1)
+    zz = z.astype(np.float64)
+    with np.errstate(over="ignore"):
+        sig = 1 / (1 + np.exp(-zz))
+    eps = np.finfo(dtype).eps
+    tiny = np.finfo(dtype).tiny
+    for k, want in ((0, sig), (1, sig), (2, np.tanh(zz)), (3, sig)):
+        got = gates[:, 0, k].astype(np.float64)
+        err = np.abs(got - want) / np.maximum(np.abs(want), tiny)
+        assert np.all(err[np.abs(want) > 1e3 * tiny] < 8 * eps), (k, np.max(err))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_nan_propagates(level, dtype):
+    w, d = make(4, 3, 5, 6, dtype)
+    d["x"][1, 1, 2] = np.nan
+    fwd, _ = run_c(w, d)
+    y = fwd[0]
+    assert not np.isnan(y[0]).any() and not np.isnan(y[:, [0, 2]]).any()
+    assert np.isnan(y[1:, 1]).all()
+    assert np.isnan(fwd[1][1]).all() and np.isnan(fwd[2][1]).all()
+
+
+def test_errors():
+    w, d = make(2, 2, 3, 4, np.float64)
+    p = ck.pack(w["w_ih"], w["w_hh"], w["b"])
+    with pytest.raises(ValueError):
+        ck.forward(p, d["x"].astype(np.float32), d["h0"], d["c0"], 1)
+    with pytest.raises(ValueError):
+        ck.forward(p, d["x"][:, :, :2].copy(), d["h0"], d["c0"], 1)
+    with pytest.raises(ValueError):
+        ck.forward(p, np.asfortranarray(d["x"]), d["h0"], d["c0"], 1)
+    with pytest.raises(TypeError):
+        ck.pack(w["w_ih"].astype(np.int64), w["w_hh"], None)
+    with pytest.raises(ValueError):
+        ck._set_simd_level("sse9")
+    before = ck.forward(p, d["x"], d["h0"], d["c0"], 1)
+    ck._set_simd_level(LEVELS[0])
+    try:   # a pack keeps the level it was made for
+        after = ck.forward(p, d["x"], d["h0"], d["c0"], 1)
+    finally:
+        ck._set_simd_level(ck.cpu_simd_level())
+    for a, b in zip(before, after):
+        assert np.array_equal(a, b)
+
+
+def test_info():
+    info = ck.build_info()
+    assert {"compiler", "flags", "simd_levels_compiled", "threading"} <= set(info)
+    assert "-march=native" not in info["flags"]
+    assert ck.simd_level() in info["simd_levels_compiled"]
+    assert ck.cpu_simd_level() in info["simd_levels_compiled"]
+
+
+def _in_subprocess(level, code):
+    env = dict(os.environ, LSTM_FAST_SIMD=level)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_env_var_forces_level():
+    code = ("import numpy as np, lstm_fast._ckernel as ck; print(ck.simd_level());"
+            "w=np.ones((4,1)); p=ck.pack(w,w,None); z=np.zeros((1,1));"
+            "print(ck.forward(p, np.ones((2,1,1)), z, z, 1)[0].ravel())")
+    for level in LEVELS:
+        r = _in_subprocess(level, code)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[0] == level
+    r = _in_subprocess("avx1024", code)
+    assert r.returncode != 0
+    assert "RuntimeError" in r.stderr and "LSTM_FAST_SIMD" in r.stderr
