@@ -175,9 +175,17 @@ def test_layer_call_errors():
         layer.backward(np.zeros((5, 2, 4), np.float32))
 
 
-def test_not_yet_implemented_options_say_so():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        lstm_fast.LSTM(3, 4, proj_size=2)
+def test_projection_needs_a_backend_that_has_it(backend):
+    from lstm_fast import _backends
+    layer = lstm_fast.LSTM(3, 4, proj_size=2, backend=backend)
+    x = np.zeros((2, 1, 3), np.float32)
+    if getattr(_backends.get(backend), "SUPPORTS_PROJECTION", False):
+        assert layer(x)[0].shape == (2, 1, 2)
+    else:
+        with pytest.raises(NotImplementedError, match=f"backend '{backend}' does not support a projection"):
+            layer(x)
+    with pytest.raises(ValueError, match="proj_size must be smaller than hidden_size=4, got 4"):
+        lstm_fast.LSTM(3, 4, proj_size=4)
 
 
 # --- parameters: a packed copy is never used stale -----------------------------

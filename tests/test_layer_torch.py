@@ -109,3 +109,47 @@ def test_pickle_preserves_results(backend):
     clone = pickle.loads(pickle.dumps(layer))
     out2, _ = clone(x)
     np.testing.assert_array_equal(out, out2)
+
+
+PROJ_CONFIGS = [(1, False, False), (2, True, False), (2, False, True)]
+
+
+@pytest.mark.parametrize("num_layers,bidirectional,with_lengths", PROJ_CONFIGS)
+def test_projection_matches_torch(dtype, num_layers, bidirectional, with_lengths):
+    """proj_size (LSTMP) on every backend that has it (today: numpy)."""
+    from lstm_fast import _backends
+    backends = [b for b in lstm_fast.available_backends()
+                if getattr(_backends.get(b), "SUPPORTS_PROJECTION", False)]
+    assert "numpy" in backends
+    T, B, I, H, P = 5, 3, 4, 6, 3
+    D = 2 if bidirectional else 1
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional, proj_size=P).to(TORCH_DTYPE[dtype])
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    hx = (rng.standard_normal((num_layers * D, B, P)).astype(dtype),
+          rng.standard_normal((num_layers * D, B, H)).astype(dtype))
+    lengths = np.array([5, 2, 4]) if with_lengths else None
+    xt = torch.tensor(x, requires_grad=True)
+    hxt = tuple(torch.tensor(s, requires_grad=True) for s in hx)
+    if with_lengths:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        out_p, (ht, ct) = ref(pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False), hxt)
+        outt = pad_packed_sequence(out_p, total_length=T)[0]
+    else:
+        outt, (ht, ct) = ref(xt, hxt)
+    gout = rng.standard_normal(outt.shape).astype(dtype)
+    ghx = (rng.standard_normal(ht.shape).astype(dtype), rng.standard_normal(ct.shape).astype(dtype))
+    ((outt * torch.tensor(gout)).sum() + (ht * torch.tensor(ghx[0])).sum() + (ct * torch.tensor(ghx[1])).sum()).backward()
+    for backend in backends:
+        ours = lstm_fast.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional, proj_size=P,
+                              dtype=dtype, backend=backend)
+        assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+        ours.load_state_dict(ref.state_dict())
+        out, (h, c) = ours(x, hx, lengths=lengths)
+        dx, (dh0, dc0) = ours.backward(gout, ghx)
+        for name, a, e in (("output", out, outt), ("h_n", h, ht), ("c_n", c, ct), ("grad_x", dx, xt.grad),
+                           ("grad_h0", dh0, hxt[0].grad), ("grad_c0", dc0, hxt[1].grad)):
+            assert_close(a, e.detach().numpy(), dtype, f"{backend} {name}")
+        for name, p in ref.named_parameters():
+            assert_close(ours.grads[name], p.grad.numpy(), dtype, f"{backend} {name}")

@@ -62,3 +62,32 @@ def test_sigmoid_is_safe_for_huge_arguments():
     np.testing.assert_array_equal(s[[0, 1, 5, 6, 7, 8, 9]], [0.0, 0.0, 1.0, 1.0, np.nan, 0.0, 1.0])
     np.testing.assert_allclose(s[2], 1 / (1 + np.exp(30.0)), rtol=1e-15)
     assert s[3] == 0.5
+
+
+def test_projection_gradients_match_finite_differences():
+    rng = np.random.default_rng(5)
+    T, B, I, H, P = 4, 2, 3, 5, 2
+    p = dict(x=rng.standard_normal((T, B, I)), w_ih=rng.standard_normal((4 * H, I)) * 0.5,
+             w_hh=rng.standard_normal((4 * H, P)) * 0.5, b=rng.standard_normal(4 * H) * 0.5,
+             h0=rng.standard_normal((B, P)), c0=rng.standard_normal((B, H)),
+             w_hr=rng.standard_normal((P, H)) * 0.5)
+    g = dict(dy=rng.standard_normal((T, B, P)), dh_n=rng.standard_normal((B, P)), dc_n=rng.standard_normal((B, H)))
+
+    def loss():
+        y, h_n, c_n, _, _ = ref.lstm_forward(p["x"], p["w_ih"], p["w_hh"], p["b"], p["h0"], p["c0"], w_hr=p["w_hr"])
+        return np.sum(y * g["dy"]) + np.sum(h_n * g["dh_n"]) + np.sum(c_n * g["dc_n"])
+
+    y, h_n, c_n, gates, c = ref.lstm_forward(p["x"], p["w_ih"], p["w_hh"], p["b"], p["h0"], p["c0"], w_hr=p["w_hr"])
+    grads = ref.lstm_backward(p["x"], p["w_ih"], p["w_hh"], p["h0"], p["c0"], y, gates, c,
+                              g["dy"], g["dh_n"], g["dc_n"], w_hr=p["w_hr"])
+    for name, analytic in zip(("x", "w_ih", "w_hh", "b", "h0", "c0", "w_hr"), grads):
+        arr, fd = p[name], np.empty_like(p[name])
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + 1e-6
+            lp = loss()
+            arr[idx] = old - 1e-6
+            lm = loss()
+            arr[idx] = old
+            fd[idx] = (lp - lm) / 2e-6
+        np.testing.assert_allclose(analytic, fd, rtol=1e-7, atol=1e-9, err_msg=name)

@@ -23,6 +23,11 @@ way. Work then scales with the sum of lengths. Without ``batch_sizes`` the
 layout is the padded (T, B, .) one, which is the same memory as
 batch_sizes = [B] * T.
 
+Projection (torch's proj_size = P): a backend that sets
+``SUPPORTS_PROJECTION = True`` accepts ``pack(w_ih, w_hh, b, w_hr)`` with
+w_hr (P, H) and w_hh (4H, P); h0, h_n, y and dy then have P columns, and
+backward returns a 7th element, dw_hr (P, H).
+
 Backends are imported lazily, on first use: ``import lstm_fast`` never compiles
 or imports Numba. ``"auto"`` picks the first available of ``PREFERENCE`` unless
 the environment variable ``LSTM_FAST_BACKEND`` names one. Asking for a backend

@@ -19,6 +19,11 @@ Shapes (time-major, PyTorch conventions, gate order i, f, g, o)::
 
 Backward takes derivatives from the saved activations (sigmoid' = s(1-s),
 tanh' = 1-t^2) and recomputes only tanh(c_t).
+
+Projection (LSTMP, torch's ``proj_size`` = P): with ``w_hr`` (P, H) the
+hidden state is projected, h_t = (o * tanh(c_t)) @ w_hr.T, so h0, h_n and y
+have P columns and ``w_hh`` is (4H, P). Backward then also returns
+``dw_hr`` (P, H), a whole-sequence product after the loop.
 """
 
 import numpy as np
@@ -45,7 +50,7 @@ def _steps(x, batch_sizes):
     return x, steps
 
 
-def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
+def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None):
     """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes.
 
     With ``batch_sizes`` (T,) non-increasing, ``x`` is packed step-major like
@@ -55,11 +60,12 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
     are then packed the same way.
     """
     xp, steps = _steps(x, batch_sizes)
-    H = w_hh.shape[1]
+    H = w_ih.shape[0] // 4
+    P = H if w_hr is None else w_hr.shape[0]
     gates = xp @ w_ih.T                       # hoisted input projection, all steps at once
     if b is not None:
         gates += b
-    y = np.empty((xp.shape[0], H), x.dtype)
+    y = np.empty((xp.shape[0], P), x.dtype)
     c = np.empty((xp.shape[0], H), x.dtype)
     h_state, c_state = h0.copy(), c0.copy()
     for off, n in steps:
@@ -70,28 +76,32 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
         a[:, 3 * H:4 * H] = sigmoid(a[:, 3 * H:4 * H])   # o
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
         c_state[:n] = f * c_state[:n] + i * g
-        h_state[:n] = o * np.tanh(c_state[:n])
+        h_state[:n] = o * np.tanh(c_state[:n]) if w_hr is None else (o * np.tanh(c_state[:n])) @ w_hr.T
         c[off:off + n] = c_state[:n]
         y[off:off + n] = h_state[:n]
     if batch_sizes is None:
         T, B = x.shape[:2]
-        y, gates, c = y.reshape(T, B, H), gates.reshape(T, B, 4 * H), c.reshape(T, B, H)
+        y, gates, c = y.reshape(T, B, P), gates.reshape(T, B, 4 * H), c.reshape(T, B, H)
     return y, h_state, c_state, gates, c
 
 
-def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None):
-    """Returns ``(dx, dw_ih, dw_hh, db, dh0, dc0)``.
+def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None, w_hr=None):
+    """Returns ``(dx, dw_ih, dw_hh, db, dh0, dc0)``, plus ``dw_hr`` with a projection.
 
     ``dy`` (shaped like ``y``) is the gradient of the loss with respect to
-    ``y``; ``dh_n`` and ``dc_n`` (B, H) with respect to the final states.
-    ``batch_sizes`` as in ``lstm_forward``.
+    ``y``; ``dh_n`` and ``dc_n`` with respect to the final states.
+    ``batch_sizes`` and ``w_hr`` as in ``lstm_forward``.
     """
     xp, steps = _steps(x, batch_sizes)
-    H = w_hh.shape[1]
+    H = w_ih.shape[0] // 4
+    P = H if w_hr is None else w_hr.shape[0]
     N = xp.shape[0]
     y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
     dgates = np.empty((N, 4 * H), x.dtype)
-    h_prev = np.empty((N, H), x.dtype)
+    h_prev = np.empty((N, P), x.dtype)
+    if w_hr is not None:
+        dh_all = np.empty((N, P), x.dtype)    # gradient reaching each projected h_t
+        m_all = np.empty((N, H), x.dtype)     # the unprojected o * tanh(c_t)
     dh = dh_n.copy()
     dc = dc_n.copy()
     for t in range(len(steps) - 1, -1, -1):
@@ -106,12 +116,18 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
         i, f, g, o = (gates[off:off + n, k * H:(k + 1) * H] for k in range(4))
         dh[:n] += dy[off:off + n]
         tanh_c = np.tanh(c[off:off + n])
-        dc[:n] += dh[:n] * o * (1 - tanh_c * tanh_c)
+        if w_hr is None:
+            dm = dh[:n]
+        else:
+            dh_all[off:off + n] = dh[:n]
+            m_all[off:off + n] = o * tanh_c
+            dm = dh[:n] @ w_hr
+        dc[:n] += dm * o * (1 - tanh_c * tanh_c)
         d = dgates[off:off + n]
         d[:, 0 * H:1 * H] = dc[:n] * g * i * (1 - i)
         d[:, 1 * H:2 * H] = dc[:n] * c_prev * f * (1 - f)
         d[:, 2 * H:3 * H] = dc[:n] * i * (1 - g * g)
-        d[:, 3 * H:4 * H] = dh[:n] * tanh_c * o * (1 - o)
+        d[:, 3 * H:4 * H] = dm * tanh_c * o * (1 - o)
         dc[:n] *= f
         dh[:n] = d @ w_hh
     # whole-sequence products, after the loop
@@ -121,20 +137,25 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
     db = dgates.sum(axis=0)
     if batch_sizes is None:
         dx = dx.reshape(x.shape)
+    if w_hr is not None:
+        return dx, dw_ih, dw_hh, db, dh, dc, dh_all.T @ m_all
     return dx, dw_ih, dw_hh, db, dh, dc
 
 
 # --- backend contract (see _backends.py) -----------------------------------
 
-def pack(w_ih, w_hh, b):
-    return (w_ih, w_hh, b)
+SUPPORTS_PROJECTION = True
+
+
+def pack(w_ih, w_hh, b, w_hr=None):
+    return (w_ih, w_hh, b, w_hr)
 
 
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None):
-    w_ih, w_hh, b = packed
-    return lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes)
+    w_ih, w_hh, b, w_hr = packed
+    return lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, w_hr)
 
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None):
-    w_ih, w_hh, _ = packed
-    return lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes)
+    w_ih, w_hh, _, w_hr = packed
+    return lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, w_hr)

@@ -78,8 +78,9 @@ def as_array(a, name, dtype, shape=None, expected=None):
     return a
 
 
-def weights(w_ih, w_hh, b_ih, b_hh):
-    """Validate the weights; returns (w_ih, w_hh, b, dtype, I, H) with b = b_ih + b_hh or None."""
+def weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
+    """Validate the weights; returns (w_ih, w_hh, b, w_hr, dtype, I, H, P) with
+    b = b_ih + b_hh or None, and P the projection size (H without w_hr)."""
     if type(w_ih) is not np.ndarray:
         w_ih = _to_numpy(w_ih)
     dtype = w_ih.dtype.newbyteorder("=")
@@ -90,7 +91,14 @@ def weights(w_ih, w_hh, b_ih, b_hh):
     H = w_ih.shape[0] // 4
     I = w_ih.shape[1]
     w_ih = as_array(w_ih, "w_ih", dtype)
-    w_hh = as_array(w_hh, "w_hh", dtype, (4 * H, H), f"(4*H, H) = ({4 * H}, {H})")
+    P = H
+    if w_hr is not None:
+        w_hr = as_array(w_hr, "w_hr", dtype)
+        if w_hr.ndim != 2 or w_hr.shape[1] != H or not 0 < w_hr.shape[0] < H:
+            raise ValueError(f"w_hr must have shape (P, H={H}) with 0 < P < H, got {_fmt(w_hr.shape)}")
+        P = w_hr.shape[0]
+    w_hh = as_array(w_hh, "w_hh", dtype, (4 * H, P),
+                    f"(4*H, H) = ({4 * H}, {H})" if w_hr is None else f"(4*H, P) = ({4 * H}, {P})")
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih and b_hh must both be given or both be None")
     b = None
@@ -98,7 +106,7 @@ def weights(w_ih, w_hh, b_ih, b_hh):
         b_ih = as_array(b_ih, "b_ih", dtype, (4 * H,), f"(4*H,) = ({4 * H},)")
         b_hh = as_array(b_hh, "b_hh", dtype, (4 * H,), f"(4*H,) = ({4 * H},)")
         b = b_ih + b_hh
-    return w_ih, w_hh, b, dtype, I, H
+    return w_ih, w_hh, b, w_hr, dtype, I, H, P
 
 
 def sequence(x, name, dtype, I):

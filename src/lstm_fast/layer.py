@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from . import _backends, _validation
-from .functional import _backward_direction, _forward_direction, make_plan
+from .functional import _backward_direction, _forward_direction, make_plan, pack_weights
 
 
 class LSTM:
@@ -49,8 +49,9 @@ class LSTM:
                           f"non-zero dropout expects num_layers greater than 1, but got "
                           f"dropout={self.dropout} and num_layers=1", UserWarning, stacklevel=2)
         self.proj_size = _validation.check_size(proj_size, "proj_size", minimum=0)
-        if self.proj_size:
-            raise NotImplementedError("proj_size > 0 is not implemented yet; use proj_size=0")
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size={self.hidden_size}, "
+                             f"got {self.proj_size}")
         self.dtype = _validation.check_dtype(dtype)
         self.backend = backend
         self.training = True
@@ -95,17 +96,24 @@ class LSTM:
             arr.flags.writeable = False
         self.backend = self._requested_backend   # "auto" resolves on the new machine
 
+    @property
+    def _out_size(self):
+        """Columns of h per direction: proj_size if set, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
     def _param_shapes(self):
-        H, D = self.hidden_size, self.num_directions
+        H, P, D = self.hidden_size, self._out_size, self.num_directions
         for layer in range(self.num_layers):
-            I = self.input_size if layer == 0 else H * D
+            I = self.input_size if layer == 0 else P * D
             for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                sfx = self._suffix(layer, d)
                 yield "weight_ih" + sfx, (4 * H, I)
-                yield "weight_hh" + sfx, (4 * H, H)
+                yield "weight_hh" + sfx, (4 * H, P)
                 if self.bias:
                     yield "bias_ih" + sfx, (4 * H,)
                     yield "bias_hh" + sfx, (4 * H,)
+                if self.proj_size:
+                    yield "weight_hr" + sfx, (P, H)
 
     @staticmethod
     def _suffix(layer, d):
@@ -188,7 +196,8 @@ class LSTM:
             sfx = self._suffix(layer, d)
             p = self._params
             b = p["bias_ih" + sfx] + p["bias_hh" + sfx] if self.bias else None
-            packed = _backends.get(self._backend).pack(p["weight_ih" + sfx], p["weight_hh" + sfx], b)
+            packed = pack_weights(_backends.get(self._backend), self._backend, p["weight_ih" + sfx],
+                                  p["weight_hh" + sfx], b, p.get("weight_hr" + sfx))
             self._packed[key] = packed
         return packed
 
@@ -211,6 +220,7 @@ class LSTM:
         sequence's valid steps: h_n, c_n come from each sequence's own last valid
         step (the reverse direction starts there), padded outputs are zero."""
         dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
+        P = self._out_size
         x = _validation._to_numpy(x) if type(x) is not np.ndarray else x
         if x.ndim not in (2, 3):
             raise ValueError(
@@ -227,7 +237,7 @@ class LSTM:
         h0, c0 = self._initial_state(hx, B, unbatched)
         impl = _backends.get(self._backend)
         nthreads = _backends.get_num_threads()
-        h_n = np.empty((L * D, B, H), dtype)
+        h_n = np.empty((L * D, B, P), dtype)
         c_n = np.empty((L * D, B, H), dtype)
         caches = []
         masks = []
@@ -262,14 +272,13 @@ class LSTM:
         return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
 
     def _initial_state(self, hx, B, unbatched):
-        n, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
+        n, dtype = self.num_layers * self.num_directions, self.dtype
         if hx is None:
-            z = np.zeros((n, B, H), dtype)
-            return z, z
+            return np.zeros((n, B, self._out_size), dtype), np.zeros((n, B, self.hidden_size), dtype)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("hx must be a tuple (h0, c0)")
         out = []
-        for name, s in zip(("h0", "c0"), hx):
+        for name, s, H in zip(("h0", "c0"), hx, (self._out_size, self.hidden_size)):
             if unbatched:
                 s = _validation.as_array(s, f"hx[{len(out)}] ({name})", dtype, (n, H),
                                          f"(num_layers*num_directions, H) = ({n}, {H})")[:, None]
@@ -290,30 +299,31 @@ class LSTM:
             raise RuntimeError("backward() called before a forward call")
         caches, masks, T, B, unbatched, plan = self._cache
         dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
+        P = self._out_size
         n = L * D
-        out_shape = (T, B, D * H)
+        out_shape = (T, B, D * P)
         if grad_output is None:
             dout = np.zeros(out_shape, dtype)
         else:
             g = _validation._to_numpy(grad_output)
             if unbatched:
-                g = _validation.as_array(g, "grad_output", dtype, (T, D * H))[:, None]
+                g = _validation.as_array(g, "grad_output", dtype, (T, D * P))[:, None]
             elif self.batch_first:
-                g = _validation.as_array(g, "grad_output", dtype, (B, T, D * H)).transpose(1, 0, 2)
+                g = _validation.as_array(g, "grad_output", dtype, (B, T, D * P)).transpose(1, 0, 2)
             else:
                 g = _validation.as_array(g, "grad_output", dtype, out_shape)
             dout = g
         if grad_hx is None:
-            dh_n = dc_n = np.zeros((n, B, H), dtype)
+            dh_n, dc_n = np.zeros((n, B, P), dtype), np.zeros((n, B, H), dtype)
         else:
             if not isinstance(grad_hx, (tuple, list)) or len(grad_hx) != 2:
                 raise TypeError("grad_hx must be a tuple (grad_h_n, grad_c_n)")
-            shp = (n, H) if unbatched else (n, B, H)
-            dh_n, dc_n = (_validation.as_array(s, f"grad_hx[{k}]", dtype, shp).reshape(n, B, H)
-                          for k, s in enumerate(grad_hx))
+            dh_n, dc_n = (_validation.as_array(s, f"grad_hx[{k}]", dtype,
+                                               (n, C) if unbatched else (n, B, C)).reshape(n, B, C)
+                          for k, (s, C) in enumerate(zip(grad_hx, (P, H))))
         impl = _backends.get(self._backend)
         nthreads = _backends.get_num_threads()
-        dh0 = np.empty((n, B, H), dtype)
+        dh0 = np.empty((n, B, P), dtype)
         dc0 = np.empty((n, B, H), dtype)
         grads = {}
         for layer in reversed(range(L)):
@@ -321,8 +331,8 @@ class LSTM:
             for d in range(D):
                 idx = layer * D + d
                 packed, saved = caches[idx]
-                dy = dout[:, :, d * H:(d + 1) * H] if D == 2 else dout
-                dx, dw_ih, dw_hh, db, dh0[idx], dc0[idx] = _backward_direction(
+                dy = dout[:, :, d * P:(d + 1) * P] if D == 2 else dout
+                dx, dw_ih, dw_hh, db, dh0[idx], dc0[idx], dw_hr = _backward_direction(
                     impl, packed, saved, dy, dh_n[idx], dc_n[idx], nthreads, plan, reverse=d == 1)
                 sfx = self._suffix(layer, d)
                 grads["weight_ih" + sfx] = dw_ih
@@ -330,6 +340,8 @@ class LSTM:
                 if self.bias:
                     grads["bias_ih" + sfx] = db
                     grads["bias_hh" + sfx] = db.copy()
+                if self.proj_size:
+                    grads["weight_hr" + sfx] = dw_hr
                 dinp = dx if dinp is None else dinp + dx
             dout = dinp * masks[layer - 1] if layer and masks else dinp
         self.grads = {name: grads[name] for name in self._params}
@@ -343,7 +355,8 @@ class LSTM:
     def __repr__(self):
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, default in
                         (("num_layers", 1), ("bias", True), ("batch_first", False),
-                         ("bidirectional", False)) if getattr(self, k) != default)
+                         ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0))
+                        if getattr(self, k) != default)
         return (f"LSTM({self.input_size}, {self.hidden_size}{extra}, "
                 f"dtype={self.dtype.name}, backend={self.backend!r})")
 

@@ -37,15 +37,16 @@ class Stream:
 
     def reset(self, hx=None):
         """Start over from hx = (h0, c0), each (num_layers, B, H), or from zeros."""
-        L, B, H, dtype = self.layer.num_layers, self.batch_size, self.layer.hidden_size, self.layer.dtype
+        L, B, dtype = self.layer.num_layers, self.batch_size, self.layer.dtype
+        sizes = (self.layer.proj_size or self.layer.hidden_size, self.layer.hidden_size)
         if hx is None:
-            self._h = [np.zeros((B, H), dtype) for _ in range(L)]
-            self._c = [np.zeros((B, H), dtype) for _ in range(L)]
+            self._h = [np.zeros((B, sizes[0]), dtype) for _ in range(L)]
+            self._c = [np.zeros((B, sizes[1]), dtype) for _ in range(L)]
             return
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("hx must be a tuple (h0, c0)")
         h0, c0 = (_validation.as_array(s, name, dtype, (L, B, H), f"(num_layers, B, H) = ({L}, {B}, {H})")
-                  for name, s in zip(("h0", "c0"), hx))
+                  for name, s, H in zip(("h0", "c0"), hx, sizes))
         self._h = [h0[k].copy() for k in range(L)]
         self._c = [c0[k].copy() for k in range(L)]
 
