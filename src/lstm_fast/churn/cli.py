@@ -63,7 +63,8 @@ def _train_parser():
     p.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, split, init and shuffling (default 0)")
     p.add_argument("--backend", default="auto", help="LSTM backend: auto, c, numba, numpy (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="threads for the LSTM kernels (default: library's choice)")
+    p.add_argument("--threads", type=int, default=None, help="threads for the LSTM kernels of the c/numba backends (default: the library's "
+                   "choice); NumPy's BLAS runs on 1 thread in this job (small matrices)")
     p.add_argument("--out-dir", default="churn_out", help="where model, figure and metrics go (default ./churn_out)")
     p.add_argument("--no-figure", action="store_true", help="do not write the PNG figure")
     p.add_argument("--quiet", action="store_true", help="no progress output; print only the results")
@@ -80,7 +81,8 @@ def _predict_parser():
                    "the ROC AUC is reported)")
     p.add_argument("--out", help="output CSV (default: standard output)")
     p.add_argument("--backend", default="auto", help="LSTM backend (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="threads for the LSTM kernels")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for the LSTM kernels (default: the library's choice)")
     p.add_argument("--quiet", action="store_true", help="no summary on standard error")
     return p
 
@@ -100,8 +102,18 @@ def _setup(args):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "predict":
-        return predict_main(argv[1:])
-    args = _train_parser().parse_args(argv)
+        args = _predict_parser().parse_args(argv[1:])
+        run_job = _predict
+    else:
+        args = _train_parser().parse_args(argv)
+        run_job = _train
+    from ._threads import blas_threads
+    # small matrices: NumPy's BLAS on one thread (see _threads); --threads is for the kernels
+    with blas_threads(1):
+        return run_job(args)
+
+
+def _train(args):
     from lstm_fast import BackendUnavailableError
 
     from . import data as D
@@ -132,7 +144,10 @@ def main(argv=None):
 
 
 def predict_main(argv):
-    args = _predict_parser().parse_args(argv)
+    return main(["predict"] + list(argv))
+
+
+def _predict(args):
     import csv
 
     from lstm_fast import BackendUnavailableError
