@@ -48,7 +48,7 @@ def kernel_calls(monkeypatch):
     apply = ltorch._Direction.apply
 
     def counting(*args):
-        calls.append(args[7])
+        calls.append(args[-3])
         return apply(*args)
 
     monkeypatch.setattr(ltorch._Direction, "apply", counting)
@@ -269,13 +269,31 @@ def test_dropout_seeded_like_torch_and_off_in_eval(kind, kernel_calls):
     assert_close(e1.numpy(), run(ref, 9)[0].numpy(), np.float64)
 
 
-def test_projection_falls_back_to_torch(kernel_calls):
-    ref, ours = _pair(torch.float32, input_size=3, hidden_size=6, proj_size=2, num_layers=2,
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("kind", ("tensor", "unsorted"))
+def test_projection_kernels_or_torch_fallback(backend, dtype, kind, kernel_calls):
+    """proj_size > 0 runs on backends with SUPPORTS_PROJECTION, on torch's implementation otherwise."""
+    if kind != "tensor" and not _supports_lengths(backend):
+        pytest.xfail(f"backend {backend!r} does not take batch_sizes (lengths) yet")
+    T, B, I, H, P, L = 5, 3, 3, 6, 2, 2
+    tdt = TORCH_DTYPE[dtype]
+    ref, ours = _pair(tdt, backend, input_size=I, hidden_size=H, proj_size=P, num_layers=L,
                       bidirectional=True)
-    x = torch.randn(5, 2, 3)
-    (o1, (h1, c1)), (o2, (h2, c2)) = ref(x), ours(x)
-    assert torch.equal(o1, o2) and torch.equal(h1, h2) and torch.equal(c1, c2)
-    assert kernel_calls == []
+    g = torch.Generator().manual_seed(3)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=tdt)  # noqa: E731
+    x, hx = rnd(T, B, I), (rnd(2 * L, B, P), rnd(2 * L, B, H))
+    lengths = None if kind == "tensor" else torch.tensor([3, T, 1])
+    n_out = T * B if lengths is None else int(lengths.sum())
+    grads = (rnd(*((n_out, 2 * P) if lengths is not None else (T, B, 2 * P))),
+             rnd(2 * L, B, P), rnd(2 * L, B, H))
+    args = (x, hx, lengths, False, False, grads)
+    _, expected = _forward_backward(ref, *args)
+    _, actual = _forward_backward(ours, *args)
+    supported = getattr(_backends.get(backend), "SUPPORTS_PROJECTION", False)
+    assert len(kernel_calls) == (2 * L if supported else 0)
+    for name, e in expected.items():
+        assert actual[name].shape == e.shape, name
+        assert_close(actual[name], e, dtype, name)
 
 
 def test_other_fallbacks_and_errors(kernel_calls):

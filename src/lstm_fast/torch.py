@@ -14,7 +14,8 @@ direction starts at each sequence's own last step) and repacked with the
 input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices``.
 
 Falls back to ``torch.nn.LSTM.forward`` (torch's numbers, torch's errors) for
-everything the kernels do not cover: ``proj_size > 0``, tensors not on the CPU,
+everything the kernels do not cover: ``proj_size > 0`` on a backend without
+projection support (``SUPPORTS_PROJECTION``; the NumPy reference has it), tensors not on the CPU,
 dtypes other than float32/float64, inputs whose dtype differs from the weights
 (torch then raises its own error), empty inputs (T = 0 or B = 0), autocast,
 TorchScript scripting/tracing, torch.compile and functorch transforms (vmap, grad).
@@ -34,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _backends
-from .functional import _backward_direction, _forward_direction, make_plan
+from .functional import _backward_direction, _forward_direction, make_plan, pack_weights
 
 __all__ = ["LSTM"]
 
@@ -52,13 +53,15 @@ def _t(a):
 
 
 class _Direction(torch.autograd.Function):
-    """One layer, one direction: (x (T, B, I), h0, c0 (B, H), weights) -> (y (T, B, H), h_n, c_n)."""
+    """One layer, one direction: (x (T, B, I), h0 (B, R), c0 (B, H), weights) -> (y (T, B, R), h_n, c_n),
+    R = proj_size or H."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend, plan, reverse):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, backend, plan, reverse):
         impl = _backends.get(backend)
         b = None if b_ih is None else _np(b_ih) + _np(b_hh)
-        packed = impl.pack(_np(w_ih), _np(w_hh), b)
+        packed = pack_weights(impl, backend, _np(w_ih), _np(w_hh), b,
+                              None if w_hr is None else _np(w_hr))
         y, h_n, c_n, saved = _forward_direction(
             impl, packed, _np(x), _np(h0), _np(c0), _backends.get_num_threads(), plan, reverse)
         y, h_n, c_n = _t(y), _t(h_n), _t(c_n)
@@ -66,21 +69,22 @@ class _Direction(torch.autograd.Function):
         # changes (the kernel's arrays share their memory); the kernel's own
         # arrays go through save_for_backward too, so autograd frees them after
         # backward like any saved tensor.
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, h_n, c_n, *map(_t, saved))
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, h_n, c_n, *map(_t, saved))
         ctx.kernel = (impl, packed, plan, reverse, b_ih is not None)
         return y, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
-        saved = tuple(t.numpy() for t in ctx.saved_tensors[10:])
+        saved = tuple(t.numpy() for t in ctx.saved_tensors[11:])
         impl, packed, plan, reverse, has_bias = ctx.kernel
-        dx, dw_ih, dw_hh, db, dh0, dc0 = _backward_direction(
+        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = _backward_direction(
             impl, packed, saved, _np(dy), _np(dh_n), _np(dc_n), _backends.get_num_threads(),
             plan, reverse)
         db_ih = _t(db) if has_bias else None
         db_hh = db_ih.clone() if has_bias else None
-        return _t(dx), _t(dh0), _t(dc0), _t(dw_ih), _t(dw_hh), db_ih, db_hh, None, None, None
+        return (_t(dx), _t(dh0), _t(dc0), _t(dw_ih), _t(dw_hh), db_ih, db_hh,
+                None if dw_hr is None else _t(dw_hr), None, None, None)
 
 
 class LSTM(torch.nn.LSTM):
@@ -102,7 +106,7 @@ class LSTM(torch.nn.LSTM):
     def _kernel_backend(self, input, hx):
         """The resolved backend name if our kernels can run this call, else None."""
         backend = getattr(self, "backend", "auto")
-        if backend == "torch" or self.proj_size > 0:
+        if backend == "torch":
             return None
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling() \
                 or torch._C._is_any_autocast_enabled():
@@ -122,19 +126,22 @@ class LSTM(torch.nn.LSTM):
         wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
         if wrapped is not None and any(wrapped(t) for t in [data] + tensors):
             return None
-        return _backends.resolve(backend)
+        name = _backends.resolve(backend)
+        if self.proj_size > 0 and not getattr(_backends.get(name), "SUPPORTS_PROJECTION", False):
+            return None
+        return name
 
     def forward(self, input, hx=None):
         backend = self._kernel_backend(input, hx)
         if backend is None:
             return super().forward(input, hx)
         D = 2 if self.bidirectional else 1
-        n = self.num_layers * D
+        n, R = self.num_layers * D, self.proj_size or self.hidden_size
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             B = int(batch_sizes[0])
             if hx is None:
-                hx = (data.new_zeros(n, B, self.hidden_size), data.new_zeros(n, B, self.hidden_size))
+                hx = (data.new_zeros(n, B, R), data.new_zeros(n, B, self.hidden_size))
             self.check_forward_args(data, hx, batch_sizes)
             hx = self.permute_hidden(hx, sorted_indices)
             # padded in sorted order (longest first), as torch's kernels see it
@@ -151,7 +158,7 @@ class LSTM(torch.nn.LSTM):
             input = input.unsqueeze(batch_dim)
         B = input.size(batch_dim)
         if hx is None:
-            hx = (input.new_zeros(n, B, self.hidden_size), input.new_zeros(n, B, self.hidden_size))
+            hx = (input.new_zeros(n, B, R), input.new_zeros(n, B, self.hidden_size))
             self.check_forward_args(input, hx, None)
         else:
             want = 3 if batched else 2
@@ -185,9 +192,10 @@ class LSTM(torch.nn.LSTM):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
+                w_hr = getattr(self, "weight_hr" + sfx) if self.proj_size else None
                 y, h, c = _Direction.apply(
                     inp, h0[idx], c0[idx], getattr(self, "weight_ih" + sfx),
-                    getattr(self, "weight_hh" + sfx), b_ih, b_hh, backend, plan, d == 1)
+                    getattr(self, "weight_hh" + sfx), b_ih, b_hh, w_hr, backend, plan, d == 1)
                 outs.append(y)
                 hs.append(h)
                 cs.append(c)
