@@ -343,6 +343,13 @@ def test_inplace_change_of_output_is_caught(kernel_calls):
     out.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+    out, _ = m(x)                    # an optimizer step between forward and backward
+    with torch.no_grad():
+        m.weight_hh_l0.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    with torch.inference_mode():     # no graph: runs, no saved state needed
+        assert m(x)[0].shape == (5, 2, 4)
 
 
 def test_retain_graph_twice_and_double_backward_error(kernel_calls):
