@@ -280,22 +280,6 @@ typedef struct {
     int64_t ldc;
 } FN(gemm_args);
 
-/* Pack A rows m0..m0+MR (zero padded), columns kb..kb+kc, into ap[k][MR]. */
-KERNEL void FN(pack_a)(const FN(gemm_args) *g, int64_t m0, int64_t kb, int64_t kc, TYPE *ap)
-{
-    int64_t mr = g->M - m0 < MR ? g->M - m0 : MR;
-    for (int64_t r = 0; r < MR; r++) {
-        if (r < mr) {
-            const TYPE *src = g->a + (m0 + r) * g->lda + kb;
-            for (int64_t k = 0; k < kc; k++)
-                ap[k * MR + r] = src[k];
-        } else {
-            for (int64_t k = 0; k < kc; k++)
-                ap[k * MR + r] = 0;
-        }
-    }
-}
-
 /* Transposed A: pack tiles mt0..mt1 at once, sweeping each stored row of A
  * once (a per-tile sweep would stride through memory by lda per element).
  * Tile mt goes to ap[(mt-mt0)*kc*MR + k*MR + r]. */
@@ -308,6 +292,11 @@ KERNEL void FN(pack_at)(const FN(gemm_args) *g, int64_t mt0, int64_t mt1, int64_
         TYPE *dst = ap + k * MR;
         int64_t m = m0;
         for (int64_t mt = mt0; mt < mt1; mt++, dst += kc * MR) {
+            if (m + MR <= m1) {
+                memcpy(dst, src + m, MR * sizeof(TYPE));
+                m += MR;
+                continue;
+            }
             int64_t r = 0;
             for (; r < MR && m < m1; r++, m++)
                 dst[r] = src[m];
@@ -329,6 +318,10 @@ KERNEL void FN(pack_b)(const FN(gemm_args) *g, int64_t kb, int64_t kc, int64_t p
             const TYPE *src = row < g->b_split ? g->b + row * g->ldb
                                                : g->b2 + (row - g->b_split) * g->ldb;
             src += n0;
+            if (nn == NR) {
+                memcpy(dst + k * NR, src, NR * sizeof(TYPE));
+                continue;
+            }
             int64_t n = 0;
             for (; n < nn; n++)
                 dst[k * NR + n] = src[n];
@@ -338,17 +331,22 @@ KERNEL void FN(pack_b)(const FN(gemm_args) *g, int64_t kb, int64_t kc, int64_t p
     }
 }
 
-/* MR x NR register tile over kc: C = acc + bias (first) or C += acc. */
-KERNEL void FN(gemm_ukr)(int64_t kc, const TYPE *restrict ap, const TYPE *restrict bp,
-                         TYPE *restrict c, int64_t ldc, int64_t mr, int64_t nn, int first,
-                         const TYPE *bias)
+/* MR x NR register tile over kc: C = acc + bias (first) or C += acc.
+ * A packed (ap[k*MR + r]) or, if direct, read in place from row-major A
+ * (ap[r*lda + k]; rows past mr re-read row mr-1, their results are dropped). */
+INLINE void FN(gemm_ukr_body)(int64_t kc, const TYPE *restrict ap, int64_t lda, const int direct,
+                              const TYPE *restrict bp, TYPE *restrict c, int64_t ldc, int64_t mr,
+                              int64_t nn, int first, const TYPE *bias)
 {
     vec acc[MR][NV];
+    const TYPE *arow[MR];
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; r++)
+    for (int r = 0; r < MR; r++) {
+        arow[r] = ap + (r < mr ? r : mr - 1) * lda;
 #pragma GCC unroll 4
         for (int j = 0; j < NV; j++)
             acc[r][j] = (vec){0};
+    }
     for (int64_t k = 0; k < kc; k++) {
         vec b[NV];
 #pragma GCC unroll 4
@@ -356,12 +354,13 @@ KERNEL void FN(gemm_ukr)(int64_t kc, const TYPE *restrict ap, const TYPE *restri
             b[j] = FN(vload)(bp + j * V);
 #pragma GCC unroll 16
         for (int r = 0; r < MR; r++) {
-            vec a = FN(vset1)(ap[r]);
+            vec a = FN(vset1)(direct ? arow[r][k] : ap[r]);
 #pragma GCC unroll 4
             for (int j = 0; j < NV; j++)
                 acc[r][j] = VFMA(a, b[j], acc[r][j]);
         }
-        ap += MR;
+        if (!direct)
+            ap += MR;
         bp += NR;
     }
     for (int64_t r = 0; r < mr; r++) {
@@ -379,6 +378,20 @@ KERNEL void FN(gemm_ukr)(int64_t kc, const TYPE *restrict ap, const TYPE *restri
             FN(vstore_n)(cp, v, nv);
         }
     }
+}
+
+KERNEL void FN(gemm_ukr_packed)(int64_t kc, const TYPE *ap, const TYPE *bp, TYPE *c,
+                                int64_t ldc, int64_t mr, int64_t nn, int first,
+                                const TYPE *bias)
+{
+    FN(gemm_ukr_body)(kc, ap, 0, 0, bp, c, ldc, mr, nn, first, bias);
+}
+
+KERNEL void FN(gemm_ukr_direct)(int64_t kc, const TYPE *ap, int64_t lda, const TYPE *bp,
+                                TYPE *c, int64_t ldc, int64_t mr, int64_t nn, int first,
+                                const TYPE *bias)
+{
+    FN(gemm_ukr_body)(kc, ap, lda, 1, bp, c, ldc, mr, nn, first, bias);
 }
 
 static inline int64_t FN(split)(int64_t n, int tid, int nth) { return n * tid / nth; }
@@ -439,17 +452,19 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
             if (g->a_trans && pb == p0)
                 FN(pack_at)(g, mt0, mt1, kb, kc, ap);
             for (int64_t mt = mt0; mt < mt1; mt++) {
-                int64_t m0 = mt * MR;
-                const TYPE *apt = ap + (mt - mt0) * kc * MR;
-                if (!g->a_trans) {
-                    FN(pack_a)(g, m0, kb, kc, ap);
-                    apt = ap;
+                int64_t m0 = mt * MR, mr = g->M - m0 < MR ? g->M - m0 : MR;
+                for (int64_t p = pb; p < pe; p++) {
+                    TYPE *cp = g->c + m0 * g->ldc + p * NR;
+                    const TYPE *bias = g->bias ? g->bias + p * NR : NULL;
+                    if (g->a_trans)
+                        FN(gemm_ukr_packed)(kc, ap + (mt - mt0) * kc * MR,
+                                            bblk + (p - pb) * pstride, cp, g->ldc, mr,
+                                            g->N - p * NR, kb == 0, bias);
+                    else
+                        FN(gemm_ukr_direct)(kc, g->a + m0 * g->lda + kb, g->lda,
+                                            bblk + (p - pb) * pstride, cp, g->ldc, mr,
+                                            g->N - p * NR, kb == 0, bias);
                 }
-                for (int64_t p = pb; p < pe; p++)
-                    FN(gemm_ukr)(kc, apt, bblk + (p - pb) * pstride,
-                                 g->c + m0 * g->ldc + p * NR, g->ldc,
-                                 g->M - m0 < MR ? g->M - m0 : MR, g->N - p * NR, kb == 0,
-                                 g->bias ? g->bias + p * NR : NULL);
             }
         }
     }
