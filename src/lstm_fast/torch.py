@@ -15,12 +15,16 @@ input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices``.
 
 Falls back to ``torch.nn.LSTM.forward`` (torch's numbers, torch's errors) for
 everything the kernels do not cover: ``proj_size > 0`` on a backend without
-projection support (``SUPPORTS_PROJECTION``; the NumPy reference has it), tensors not on the CPU,
-dtypes other than float32/float64, inputs whose dtype differs from the weights
+projection support (``SUPPORTS_PROJECTION``; the NumPy reference has it),
+tensors not on the CPU, dtypes other than float32/float64, inputs whose dtype differs from the weights
 (torch then raises its own error), empty inputs (T = 0 or B = 0), autocast,
 TorchScript scripting/tracing, torch.compile and functorch transforms (vmap, grad).
 Shape errors are torch's own (``check_forward_args``), raised before any kernel runs.
 ``backend="torch"`` always uses torch's implementation.
+
+Weights are packed for the kernels at every forward call: parameters may change
+in place at any time (optimizers, ``.data`` writes) and torch offers no
+reliable signal for it; packing costs O(weights), small next to the sequence.
 
 Not covered by the fallback, because it cannot be known at forward time:
 double backward (``create_graph=True`` then differentiating the gradients, e.g.
@@ -53,8 +57,8 @@ def _t(a):
 
 
 class _Direction(torch.autograd.Function):
-    """One layer, one direction: (x (T, B, I), h0 (B, R), c0 (B, H), weights) -> (y (T, B, R), h_n, c_n),
-    R = proj_size or H."""
+    """One layer, one direction: (x (T, B, I), h0 (B, R), c0 (B, H), weights)
+    -> (y (T, B, R), h_n (B, R), c_n (B, H)), R = proj_size or H."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, backend, plan, reverse):
