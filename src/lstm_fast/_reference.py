@@ -50,6 +50,12 @@ def _steps(x, batch_sizes):
     return x, steps
 
 
+# NaN and inf in the inputs propagate as in torch.nn.LSTM, silently: NumPy's
+# "invalid value" / "overflow" warnings for them (inf - inf, 0 * inf) are off.
+_QUIET = dict(invalid="ignore", over="ignore")
+
+
+@np.errstate(**_QUIET)
 def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None):
     """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes.
 
@@ -85,6 +91,7 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None):
     return y, h_state, c_state, gates, c
 
 
+@np.errstate(**_QUIET)
 def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None, w_hr=None):
     """Returns ``(dx, dw_ih, dw_hh, db, dh0, dc0)``, plus ``dw_hr`` with a projection.
 
