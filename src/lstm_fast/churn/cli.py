@@ -63,7 +63,8 @@ def _train_parser():
     p.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, split, init and shuffling (default 0)")
     p.add_argument("--backend", default="auto", help="LSTM backend: auto, c, numba, numpy (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="threads for the LSTM kernels of the c/numba backends (default: the library's "
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for the LSTM kernels of the c/numba backends (default: the library's "
                    "choice); NumPy's BLAS runs on 1 thread in this job (small matrices)")
     p.add_argument("--out-dir", default="churn_out", help="where model, figure and metrics go (default ./churn_out)")
     p.add_argument("--no-figure", action="store_true", help="do not write the PNG figure")
@@ -171,6 +172,13 @@ def _predict(args):
         finally:
             if args.out:
                 f.close()
+    except BrokenPipeError:  # e.g. `... predict ... | head`: the reader left; not an error
+        try:
+            import os
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 0
     except (D.DataError, BackendUnavailableError, ValueError, OSError) as e:
         return _err(str(e))
     if not args.quiet:

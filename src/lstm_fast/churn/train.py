@@ -181,8 +181,12 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
     for name, m in (("LSTM (order in time)", m_lstm), ("baseline (averages)", m_base)):
         print(f"{name:22}{_fmt_metric(m['accuracy']):>9}{_fmt_metric(m['auc']):>9}"
               f"{_fmt_metric(m['precision']):>10}{_fmt_metric(m['recall']):>8}", file=out)
-    print(f"ROC AUC gain of the sequence model over the order-blind baseline: "
-          f"{m_lstm['auc'] - m_base['auc']:+.3f}", file=out)
+    if m_lstm["auc"] == m_lstm["auc"]:
+        print(f"ROC AUC gain of the sequence model over the order-blind baseline: "
+              f"{m_lstm['auc'] - m_base['auc']:+.3f}", file=out)
+    else:
+        print("ROC AUC undefined: the test split has only churners or only stayers "
+              "(use more customers)", file=out)
     print(f"time: training {train_seconds:.1f}s ({len(history)} epochs, "
           f"{train_seconds / max(len(history), 1):.2f}s/epoch), total {total:.1f}s, "
           f"backend {model.backend!r}, ragged histories via "
