@@ -1,3 +1,11 @@
+import os
+
+# Tests compare numbers, not speed: one BLAS/OpenMP thread for NumPy and torch
+# keeps tiny problems from fighting over the 2 cores (our kernels' own thread
+# pool is exercised explicitly by the thread tests).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 
