@@ -298,10 +298,11 @@ def _sigmoid_impl(x):
 
 @njit(**_JIT)
 def _gate_step(a, b, c_prev, c_t, h_t):
-    """Gate pass for one step; a (B, 4H) pre-activations -> activated gates in place.
+    """Gate pass for one step; a (n, 4H) pre-activations -> activated gates in place.
 
-    Separate sweeps per gate, then one for cell and hidden, all over
-    ``range(H)``: a single sweep that reads and writes ``a`` at offsets H
+    Writes c_t and h_t = o * tanh(c_t) (the unprojected hidden state m_t with
+    a projection). Separate sweeps per gate, then one for cell and hidden, all
+    over ``range(H)``: a single sweep that reads and writes ``a`` at offsets H
     apart, or a loop over ``range(2H, 3H)``, is not vectorised by LLVM and
     runs 5-15x slower.
     """
@@ -322,47 +323,92 @@ def _gate_step(a, b, c_prev, c_t, h_t):
 
 
 @njit(**_JIT)
-def lstm_forward(x, w_ih, w_hh, b, h0, c0, y, h_n, c_n, gates, c):
-    """Forward pass into caller-provided outputs (shapes as in ``_reference``).
-
-    ``b`` is (4H,) (zeros when the layer has no bias). Returns nothing.
-    """
-    T, B, I = x.shape
-    H = h0.shape[1]
-    G = 4 * H
-    g2 = gates.reshape(T * B, G)
-    _gemm(_N, _T, T * B, G, I, 1.0, x.reshape(T * B, I), w_ih, 0.0, g2)
-    for t in range(T):
-        a = gates[t]
-        h_prev = h0 if t == 0 else y[t - 1]
-        c_prev = c0 if t == 0 else c[t - 1]
-        _gemm(_N, _T, B, G, H, 1.0, h_prev, w_hh, 1.0, a)
-        _gate_step(a, b, c_prev, c[t], y[t])
-    if T == 0:
-        h_n[:] = h0
-        c_n[:] = c0
-    else:
-        h_n[:] = y[T - 1]
-        c_n[:] = c[T - 1]
+def _check_steps(batch_sizes, N, B):
+    """batch_sizes must be non-increasing in [0, B] and sum to N (a wrong one would
+    index out of bounds: Numba does not check)."""
+    total = 0
+    prev = B
+    for t in range(batch_sizes.shape[0]):
+        n = batch_sizes[t]
+        if n < 0 or n > prev:
+            raise ValueError("batch_sizes must be non-increasing, in [0, B]")
+        total += n
+        prev = n
+    if total != N:
+        raise ValueError("sum(batch_sizes) must equal the number of packed rows")
 
 
 @njit(**_JIT)
-def _gate_grad_step(g, c_prev, c_t, dy_t, dh, dc, dg):
-    """Elementwise backward for one step: dh += dy, dgates, dc <- dc_prev-side.
+def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, w_hr, y, h_n, c_n, gates, c, m):
+    """Forward pass into caller-provided outputs, packed layout (see module docstring).
 
-    One short sweep per output segment, for the same vectorisation reason as
-    ``_gate_step``.
+    x (N, I), y (N, P), gates (N, 4H), c (N, H) with N = sum(batch_sizes);
+    step t's rows start at sum(batch_sizes[:t]) and only its first
+    batch_sizes[t] sequences advance. ``b`` is (4H,) (zeros when the layer has
+    no bias). ``w_hr`` (P, H) or None; ``m`` (B, H) is workspace for the
+    unprojected hidden state when ``w_hr`` is given, else None. Returns nothing.
+    """
+    N, I = x.shape
+    B, P = h0.shape
+    H = c0.shape[1]
+    G = 4 * H
+    T = batch_sizes.shape[0]
+    _check_steps(batch_sizes, N, B)
+    _gemm(_N, _T, N, G, I, 1.0, x, w_ih, 0.0, gates)   # hoisted input projection
+    off = 0
+    prev = 0
+    for t in range(T):
+        n = batch_sizes[t]
+        a = gates[off:off + n]
+        # the n active sequences were all active at t - 1 (non-increasing sizes)
+        h_prev = h0[:n] if t == 0 else y[prev:prev + n]
+        c_prev = c0[:n] if t == 0 else c[prev:prev + n]
+        _gemm(_N, _T, n, G, P, 1.0, h_prev, w_hh, 1.0, a)
+        if w_hr is None:
+            _gate_step(a, b, c_prev, c[off:off + n], y[off:off + n])
+        else:
+            _gate_step(a, b, c_prev, c[off:off + n], m[:n])
+            _gemm(_N, _T, n, P, H, 1.0, m[:n], w_hr, 0.0, y[off:off + n])
+        prev = off
+        off += n
+    # final states: sequence r's last step is the last t with batch_sizes[t] > r
+    n0 = batch_sizes[0] if T > 0 else 0
+    h_n[n0:] = h0[n0:]
+    c_n[n0:] = c0[n0:]
+    off = 0
+    for t in range(T):
+        n = batch_sizes[t]
+        nn = batch_sizes[t + 1] if t + 1 < T else 0
+        h_n[nn:n] = y[off + nn:off + n]
+        c_n[nn:n] = c[off + nn:off + n]
+        off += n
+
+
+@njit(**_JIT)
+def _gate_grad_step(g, c_prev, c_t, dy_t, dm, dc, dg, m):
+    """Elementwise backward for one step (n active rows).
+
+    ``dm`` is the gradient reaching m_t = o * tanh(c_t): without a projection
+    that is dh, and ``dy_t`` is added to it here first; with one the caller
+    has formed it (dh @ w_hr) and passes ``dy_t`` None. Writes dgates ``dg``,
+    turns ``dc`` into the gradient reaching c_{t-1}, and stores m_t into ``m``
+    unless it is None. One short sweep per output segment, for the same
+    vectorisation reason as ``_gate_step``.
     """
     B, H = c_t.shape
     one = _one(c_t)
     for r in range(B):
-        for j in range(H):
-            dh[r, j] += dy_t[r, j]
+        if dy_t is not None:
+            for j in range(H):
+                dm[r, j] += dy_t[r, j]
         for j in range(H):
             tc = _tanh(c_t[r, j])
             og = g[r, 3 * H + j]
-            dc[r, j] += dh[r, j] * og * (one - tc * tc)
-            dg[r, 3 * H + j] = dh[r, j] * tc * og * (one - og)
+            dc[r, j] += dm[r, j] * og * (one - tc * tc)
+            dg[r, 3 * H + j] = dm[r, j] * tc * og * (one - og)
+        if m is not None:
+            for j in range(H):
+                m[r, j] = g[r, 3 * H + j] * _tanh(c_t[r, j])
         for j in range(H):
             ig = g[r, j]
             dg[r, j] = dc[r, j] * g[r, 2 * H + j] * ig * (one - ig)
@@ -377,36 +423,84 @@ def _gate_grad_step(g, c_prev, c_t, dy_t, dh, dc, dg):
 
 
 @njit(**_JIT)
-def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n,
-                  dgates, dx, dw_ih, dw_hh, db, dh0, dc0):
-    """Backpropagation through time into caller-provided outputs.
+def _aligned(batch_sizes):
+    """True if the rows of steps 1..T-1 follow those of their previous steps
+    contiguously (row r of step t <-> row r of step t-1), so that the h_{t-1}
+    rows for dw_hh are y[:N - batch_sizes[0]] itself: every size but the last
+    equals the first (always so without variable lengths)."""
+    T = batch_sizes.shape[0]
+    for t in range(1, T - 1):
+        if batch_sizes[t] != batch_sizes[0]:
+            return False
+    return True
 
-    ``dgates`` (T, B, 4H) is workspace; ``dh0``/``dc0`` double as the running
-    dh/dc. Returns nothing.
+
+@njit(**_JIT)
+def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, w_hr,
+                  dgates, h_prev, dm, dh_all, m_all, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr):
+    """Backpropagation through time into caller-provided outputs, packed layout.
+
+    Workspace: ``dgates`` (N, 4H); ``h_prev`` (N - batch_sizes[0], P), the
+    gathered h_{t-1} rows for dw_hh, used only when the steps are not
+    ``_aligned`` (else it may have 0 rows); with ``w_hr`` (P, H): ``dm``
+    (B, H), ``dh_all`` (N, P), ``m_all`` (N, H) and output ``dw_hr`` (P, H),
+    all None without. ``dh0``/``dc0`` double as the running dh/dc (rows of
+    inactive sequences pass through). Returns nothing.
     """
-    T, B, I = x.shape
-    H = h0.shape[1]
+    N, I = x.shape
+    B, P = h0.shape
+    H = c0.shape[1]
     G = 4 * H
+    T = batch_sizes.shape[0]
+    _check_steps(batch_sizes, N, B)
     dh0[:] = dh_n
     dc0[:] = dc_n
+    off = N
     for t in range(T - 1, -1, -1):
-        c_prev = c0 if t == 0 else c[t - 1]
-        _gate_grad_step(gates[t], c_prev, c[t], dy[t], dh0, dc0, dgates[t])
-        _gemm(_N, _N, B, H, G, 1.0, dgates[t], w_hh, 0.0, dh0)
-    dg2 = dgates.reshape(T * B, G)
-    _gemm(_N, _N, T * B, I, G, 1.0, dg2, w_ih, 0.0, dx.reshape(T * B, I))
-    _gemm(_T, _N, G, I, T * B, 1.0, dg2, x.reshape(T * B, I), 0.0, dw_ih)
-    if T == 0:
-        dw_hh[:] = 0
-    else:
-        _gemm(_T, _N, G, H, B, 1.0, dgates[0], h0, 0.0, dw_hh)
-    if T > 1:
-        _gemm(_T, _N, G, H, (T - 1) * B, 1.0, dg2[B:], y[:T - 1].reshape((T - 1) * B, H), 1.0, dw_hh)
+        n = batch_sizes[t]
+        off -= n
+        prev = off - batch_sizes[t - 1] if t > 0 else 0
+        c_prev = c0[:n] if t == 0 else c[prev:prev + n]
+        g = gates[off:off + n]
+        dg = dgates[off:off + n]
+        if w_hr is None:
+            _gate_grad_step(g, c_prev, c[off:off + n], dy[off:off + n], dh0[:n], dc0[:n], dg, None)
+        else:
+            dha = dh_all[off:off + n]
+            for r in range(n):
+                for j in range(P):
+                    dha[r, j] = dh0[r, j] + dy[off + r, j]
+            _gemm(_N, _N, n, H, P, 1.0, dha, w_hr, 0.0, dm[:n])
+            _gate_grad_step(g, c_prev, c[off:off + n], None, dm[:n], dc0[:n], dg, m_all[off:off + n])
+        _gemm(_N, _N, n, P, G, 1.0, dg, w_hh, 0.0, dh0[:n])
+    # whole-sequence products over all N rows, after the loop
+    _gemm(_N, _N, N, I, G, 1.0, dgates, w_ih, 0.0, dx)
+    _gemm(_T, _N, G, I, N, 1.0, dgates, x, 0.0, dw_ih)
+    n0 = batch_sizes[0] if T > 0 else 0
+    _gemm(_T, _N, G, P, n0, 1.0, dgates[:n0], h0[:n0], 0.0, dw_hh)   # zeros when n0 = 0
+    N1 = N - n0
+    if N1 > 0:
+        if _aligned(batch_sizes):
+            src = y[:N1]
+        else:
+            if h_prev.shape[0] < N1:
+                raise ValueError("h_prev workspace too small for these batch_sizes")
+            off = n0
+            prev = 0
+            for t in range(1, T):
+                n = batch_sizes[t]
+                h_prev[off - n0:off - n0 + n] = y[prev:prev + n]
+                prev = off
+                off += n
+            src = h_prev[:N1]
+        _gemm(_T, _N, G, P, N1, 1.0, dgates[n0:], src, 1.0, dw_hh)
     db[:] = 0
-    for r in range(T * B):
-        dr = dg2[r]
+    for r in range(N):
+        dr = dgates[r]
         for j in range(G):
             db[j] += dr[j]
+    if w_hr is not None:
+        _gemm(_T, _N, P, H, N, 1.0, dh_all, m_all, 0.0, dw_hr)
 
 
 # --- threads -------------------------------------------------------------------
@@ -460,41 +554,73 @@ class _blas_threads:
 
 # --- backend contract (see _backends.py) ---------------------------------------
 
+SUPPORTS_PROJECTION = True
 
-def pack(w_ih, w_hh, b):
+
+def pack(w_ih, w_hh, b, w_hr=None):
     if b is None:
         b = np.zeros(w_hh.shape[0], w_hh.dtype)
-    return (w_ih, w_hh, b)
+    return (w_ih, w_hh, b, w_hr)
 
 
-def forward(packed, x, h0, c0, num_threads):
-    w_ih, w_hh, b = packed
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
+def _packed_steps(x, batch_sizes):
+    """(N, I) view of x, int64 batch_sizes ([B] * T for the padded layout) and
+    the padded (T, B) to reshape outputs to, or None."""
+    if batch_sizes is None:
+        T, B, I = x.shape
+        return x.reshape(T * B, I), np.full(T, B, np.int64), (T, B)
+    return x, np.ascontiguousarray(batch_sizes, dtype=np.int64), None
+
+
+def forward(packed, x, h0, c0, num_threads, batch_sizes=None):
+    w_ih, w_hh, b, w_hr = packed
+    xp, bs, padded = _packed_steps(x, batch_sizes)
+    N = xp.shape[0]
+    B, P = h0.shape
+    H = w_hh.shape[0] // 4
     dt = x.dtype
-    y = np.empty((T, B, H), dt)
-    h_n = np.empty((B, H), dt)
+    y = np.empty((N, P), dt)
+    h_n = np.empty((B, P), dt)
     c_n = np.empty((B, H), dt)
-    gates = np.empty((T, B, 4 * H), dt)
-    c = np.empty((T, B, H), dt)
+    gates = np.empty((N, 4 * H), dt)
+    c = np.empty((N, H), dt)
+    m = None if w_hr is None else np.empty((B, H), dt)
     with _blas_threads(1):
-        lstm_forward(x, w_ih, w_hh, b, h0, c0, y, h_n, c_n, gates, c)
+        lstm_forward(xp, w_ih, w_hh, b, h0, c0, bs, w_hr, y, h_n, c_n, gates, c, m)
+    if padded is not None:
+        T, B = padded
+        y, gates, c = y.reshape(T, B, P), gates.reshape(T, B, 4 * H), c.reshape(T, B, H)
     return y, h_n, c_n, gates, c
 
 
-def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads):
-    w_ih, w_hh, _ = packed
-    T, B, I = x.shape
-    H = w_hh.shape[1]
+def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None):
+    w_ih, w_hh, _, w_hr = packed
+    xp, bs, padded = _packed_steps(x, batch_sizes)
+    N, I = xp.shape
+    B, P = h0.shape
+    H = w_hh.shape[0] // 4
     dt = x.dtype
-    dgates = np.empty((T, B, 4 * H), dt)
-    dx = np.empty((T, B, I), dt)
+    y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
+    dgates = np.empty((N, 4 * H), dt)
+    n0 = int(bs[0]) if len(bs) else 0
+    aligned = len(bs) < 3 or bool(np.all(bs[1:-1] == bs[0]))   # as _aligned
+    h_prev = np.empty((0 if aligned else N - n0, P), dt)
+    dx = np.empty((N, I), dt)
     dw_ih = np.empty((4 * H, I), dt)
-    dw_hh = np.empty((4 * H, H), dt)
+    dw_hh = np.empty((4 * H, P), dt)
     db = np.empty(4 * H, dt)
-    dh0 = np.empty((B, H), dt)
+    dh0 = np.empty((B, P), dt)
     dc0 = np.empty((B, H), dt)
+    if w_hr is None:
+        dm = dh_all = m_all = dw_hr = None
+    else:
+        dm, dh_all, m_all = np.empty((B, H), dt), np.empty((N, P), dt), np.empty((N, H), dt)
+        dw_hr = np.empty((P, H), dt)
     with _blas_threads(1):
-        lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n,
-                      dgates, dx, dw_ih, dw_hh, db, dh0, dc0)
-    return dx, dw_ih, dw_hh, db, dh0, dc0
+        lstm_backward(xp, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, bs, w_hr,
+                      dgates, h_prev, dm, dh_all, m_all, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr)
+    if padded is not None:
+        dx = dx.reshape(x.shape)
+    if w_hr is None:
+        return dx, dw_ih, dw_hh, db, dh0, dc0
+    return dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr
