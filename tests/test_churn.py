@@ -39,6 +39,9 @@ def test_end_to_end_train_save_figure_predict(tmp_path, capsys):
     assert res["lstm"]["auc"] > res["baseline"]["auc"] + 0.1, res
     assert res["lstm"]["auc"] > 0.8
     assert (out / "churn_model.npz").is_file()
+    sc = res["scenarios"]  # synthetic patterns: the LSTM separates what the averages cannot
+    assert sc["inactive this month"]["lstm"] > sc["inactive 2+ months ago, active again"]["lstm"] + 0.2
+    assert sc["satisfaction drop this month"]["lstm"] > sc["satisfaction drop earlier, recovered"]["lstm"]
     g = res["gates"]
     assert len(g["forget_churners"]) == 6 and len(g["input_stayers"]) == 6
     assert all(0 < v < 1 for v in g["forget_churners"] + g["input_stayers"])

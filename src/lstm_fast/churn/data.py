@@ -92,6 +92,7 @@ class ChurnData:
     lengths: np.ndarray
     y: object  # np.ndarray or None
     ids: np.ndarray
+    scenarios: object = None  # synthetic data only: dict name -> (N,) bool, see SCENARIOS
 
     def __len__(self):
         return len(self.lengths)
@@ -102,7 +103,9 @@ class ChurnData:
 
     def subset(self, idx):
         return ChurnData(self.X[idx], self.lengths[idx],
-                         None if self.y is None else self.y[idx], self.ids[idx])
+                         None if self.y is None else self.y[idx], self.ids[idx],
+                         None if self.scenarios is None
+                         else {k: v[idx] for k, v in self.scenarios.items()})
 
     def averages(self):
         """(N, 3) per-customer averages over the valid months (the static baseline's input)."""
@@ -197,7 +200,16 @@ def generate(n_customers=20000, n_months=6, seed=0, p_gap=0.4, p_dip=0.4, p_rece
             X[sel, :L] = Xs
     width = max(5, len(str(N)))
     ids = np.array([f"C{k + 1:0{width}d}" for k in range(N)], dtype=object)
-    data = ChurnData(X, lengths, y, ids)
+    full = lengths == T
+    scenarios = {
+        "inactive this month": full & (gap_now > 0),
+        "inactive 2+ months ago, active again": full & has_gap & (gap_end <= T - 2),
+        "satisfaction drop this month": full & (dip_now > 0),
+        "satisfaction drop earlier, recovered": full & (dip_earlier > 0),
+        "days since login rising": full & (slope > 1.0),
+        "days since login falling": full & (slope < -1.0),
+    }
+    data = ChurnData(X, lengths, y, ids, scenarios)
     return (data, logit) if return_logit else data
 
 

@@ -102,6 +102,18 @@ def train_model(model, train, val, *, epochs=30, batch_size=128, lr=1e-2, patien
     return history
 
 
+def scenario_table(data, p_lstm, p_base):
+    """Per synthetic pattern: count, actual churn rate, mean LSTM and baseline probability."""
+    if data.scenarios is None or data.y is None:
+        return None
+    table = {}
+    for name, sel in data.scenarios.items():
+        if sel.sum() >= 5:
+            table[name] = {"n": int(sel.sum()), "churn_rate": float(data.y[sel].mean()),
+                           "lstm": float(p_lstm[sel].mean()), "baseline": float(p_base[sel].mean())}
+    return table or None
+
+
 def _wrap(line, width=46):
     import textwrap
     return "\n".join(textwrap.wrap(line, width, subsequent_indent="  ")) if len(line) > width else line
@@ -150,6 +162,7 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
     model.save(model_path, {"trained_on": data_source, "n_months": data.n_months, "seed": seed,
                             "test_auc": m_lstm["auc"], "baseline_test_auc": m_base["auc"]})
     summary = gate_summary(model, test)
+    scen = scenario_table(test, p_lstm, p_base)
     fig_path, fig_msg = None, "figure disabled (--no-figure)"
     if figure:
         rows = [f"held-out test set: {len(test)} customers",
@@ -161,6 +174,18 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
         rows += ["", "* logistic regression on per-customer", "  averages (order-blind)", "",
                  f"data: {data_source}", f"LSTM(3 -> {hidden_size}), backend {model.backend!r}",
                  f"{len(history)} epochs, {train_seconds:.1f}s training"]
+        if scen:
+            rows += ["", "mean churn probability (synthetic patterns)",
+                     f"{'':27}{'true':>5}{'LSTM':>6}{'base':>6}"]
+            short = {"inactive this month": "inactive now",
+                     "inactive 2+ months ago, active again": "inactive earlier, back",
+                     "satisfaction drop this month": "satisf. drop now",
+                     "satisfaction drop earlier, recovered": "satisf. drop earlier",
+                     "days since login rising": "login gaps rising",
+                     "days since login falling": "login gaps falling"}
+            for name, r in scen.items():
+                rows.append(f"{short.get(name, name)[:27]:27}{r['churn_rate']:5.2f}"
+                            f"{r['lstm']:6.2f}{r['baseline']:6.2f}")
         fig_path, fig_msg = save_figure(os.path.join(out_dir, "churn_figure.png"), history, summary,
                                         results_text="\n".join(_wrap(r) for r in rows))
     total = time.perf_counter() - t_start
@@ -172,6 +197,7 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
         "lstm": m_lstm, "baseline": m_base, "history": history, "gates": summary,
         "model_path": model_path, "figure_path": fig_path,
         "ragged_path": model.ragged_path, "lengths_error": model.lengths_error,
+        "scenarios": scen,
     }
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
@@ -195,6 +221,13 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
     if model.lengths_error:
         print(f"note: layer(x, lengths=...) failed on backend {model.backend!r} "
               f"({model.lengths_error}); used exact per-length groups instead", file=out)
+    if scen:
+        print("order in time (synthetic test customers with full history; mean predicted churn "
+              "probability):", file=out)
+        print(f"  {'pattern':38}{'n':>5}{'churned':>9}{'LSTM':>7}{'baseline':>10}", file=out)
+        for name, r in scen.items():
+            print(f"  {name:38}{r['n']:>5}{r['churn_rate']:>9.2f}{r['lstm']:>7.2f}"
+                  f"{r['baseline']:>10.2f}", file=out)
     if summary is not None:
         T = len(summary["months"])
         print(f"gates (test customers with all {T} months; mean activation per month 1..{T}):", file=out)
