@@ -4,7 +4,6 @@ model on ragged batches, metrics. Small sizes: the whole file runs in seconds.""
 
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
@@ -87,8 +86,10 @@ def test_train_on_csv_with_ragged_histories(tmp_path, capsys):
     path = str(tmp_path / "c.csv")
     D.write_csv(ds, path)
     out = tmp_path / "o"
+    before = lstm_fast.get_num_threads()
     assert cli.main(["--data", path, "--epochs", "2", "--hidden-size", "8", "--out-dir", str(out),
-                     "--no-figure"]) == 0
+                     "--no-figure", "--threads", "1"]) == 0
+    assert lstm_fast.get_num_threads() == before  # --threads does not leak out of main()
     text = capsys.readouterr().out
     assert f"{int(np.sum(ds.lengths < 6))} with shorter histories" in text
     assert "epoch   1/2" in text  # per-epoch line

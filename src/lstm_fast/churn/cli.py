@@ -108,10 +108,16 @@ def main(argv=None):
     else:
         args = _train_parser().parse_args(argv)
         run_job = _train
+    import lstm_fast
+
     from ._threads import blas_threads
+    threads_before = lstm_fast.get_num_threads()
     # small matrices: NumPy's BLAS on one thread (see _threads); --threads is for the kernels
-    with blas_threads(1):
-        return run_job(args)
+    try:
+        with blas_threads(1):
+            return run_job(args)
+    finally:
+        lstm_fast.set_num_threads(threads_before)
 
 
 def _train(args):
