@@ -241,13 +241,35 @@ INLINE vec FN(vabs)(vec z)
     return (vec)((ivec)z & ~sign);
 }
 
+/* 1/d for d in [1, 2] (or NaN). AVX-512: 14-bit reciprocal estimate refined by
+ * Newton steps (one for float, two for double), faster than vdiv and within
+ * an ulp; elsewhere a division. */
+INLINE vec FN(vrecip12)(vec d)
+{
+#if ISA == 2
+#if IS_F64
+    vec r = (vec)_mm512_rcp14_pd((__m512d)d);
+#else
+    vec r = (vec)_mm512_rcp14_ps((__m512)d);
+#endif
+    const vec one = FN(vset1)(1);
+    r = VFMA(r, VFMA(-d, r, one), r);
+#if IS_F64
+    r = VFMA(r, VFMA(-d, r, one), r);
+#endif
+    return r;
+#else
+    return 1 / d;
+#endif
+}
+
 /* 1/(1+e^-z) as e^-|z| based formula, exact 0/1 saturation, NaN in -> NaN out */
 INLINE vec FN(vsigmoid)(vec z)
 {
     vec s, p;
     FN(exp_parts)(-FN(vabs)(z), &s, &p);
     vec e = VFMA(s, p, s);
-    vec r = 1 / (1 + e);
+    vec r = FN(vrecip12)(1 + e);
     return FN(vselect)(z >= (vec){0}, r, e * r);
 }
 
@@ -257,7 +279,7 @@ INLINE vec FN(vtanh)(vec z)
     vec s, p;
     FN(exp_parts)(FN(vabs)(z) * (TYPE)-2, &s, &p);
     vec em = VFMA(s, p, s - 1);
-    vec t = -em / (2 + em);
+    vec t = -em * FN(vrecip12)(2 + em);
     return (vec)((ivec)t | ((ivec)z & sign));
 }
 
@@ -286,23 +308,37 @@ typedef struct {
 KERNEL void FN(pack_at)(const FN(gemm_args) *g, int64_t mt0, int64_t mt1, int64_t kb,
                         int64_t kc, TYPE *ap)
 {
-    int64_t m0 = mt0 * MR, m1 = mt1 * MR < g->M ? mt1 * MR : g->M;
-    for (int64_t k = 0; k < kc; k++) {
-        const TYPE *src = g->a + (kb + k) * g->lda;
-        TYPE *dst = ap + k * MR;
-        int64_t m = m0;
-        for (int64_t mt = mt0; mt < mt1; mt++, dst += kc * MR) {
-            if (m + MR <= m1) {
-                memcpy(dst, src + m, MR * sizeof(TYPE));
-                m += MR;
-                continue;
+    int64_t m1 = mt1 * MR < g->M ? mt1 * MR : g->M;
+    for (int64_t k0 = 0; k0 < kc; k0 += 8) {   /* 8 source rows at a time: few write streams */
+        int64_t k1 = k0 + 8 < kc ? k0 + 8 : kc;
+        for (int64_t mt = mt0; mt < mt1; mt++) {
+            int64_t m = mt * MR;
+            TYPE *dst = ap + (mt - mt0) * kc * MR;
+            for (int64_t k = k0; k < k1; k++) {
+                const TYPE *src = g->a + (kb + k) * g->lda + m;
+                if (m + MR <= m1) {
+                    memcpy(dst + k * MR, src, MR * sizeof(TYPE));
+                    continue;
+                }
+                int64_t r = 0;
+                for (; r < m1 - m; r++)
+                    dst[k * MR + r] = src[r];
+                for (; r < MR; r++)
+                    dst[k * MR + r] = 0;
             }
-            int64_t r = 0;
-            for (; r < MR && m < m1; r++, m++)
-                dst[r] = src[m];
-            for (; r < MR; r++)
-                dst[r] = 0;
         }
+    }
+}
+
+/* Row-major A, one tile: ap[k*MR + r] = A[m0+r][kb+k], zero padded. Used when
+ * lda is a large power of two, where reading MR rows in place thrashes L1 sets. */
+KERNEL void FN(pack_a)(const FN(gemm_args) *g, int64_t m0, int64_t kb, int64_t kc, TYPE *ap)
+{
+    int64_t mr = g->M - m0 < MR ? g->M - m0 : MR;
+    for (int64_t r = 0; r < MR; r++) {
+        const TYPE *src = g->a + (m0 + (r < mr ? r : mr - 1)) * g->lda + kb;
+        for (int64_t k = 0; k < kc; k++)
+            ap[k * MR + r] = src[k];
     }
 }
 
@@ -429,6 +465,8 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
     if (p0 >= p1 || mt0 >= mt1)
         return;
     TYPE *bpk = ws, *ap = ws + (g->bpacked ? 0 : (int64_t)KC * NC);
+    int pack_rows = !g->a_trans && (g->lda * (int64_t)sizeof(TYPE)) % 2048 == 0 &&
+                    p1 - p0 >= 4;
     if (g->K == 0) {
         for (int64_t m = mt0 * MR; m < g->M && m < mt1 * MR; m++)
             for (int64_t n = p0 * NR; n < g->N && n < p1 * NR; n++)
@@ -453,10 +491,15 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
                 FN(pack_at)(g, mt0, mt1, kb, kc, ap);
             for (int64_t mt = mt0; mt < mt1; mt++) {
                 int64_t m0 = mt * MR, mr = g->M - m0 < MR ? g->M - m0 : MR;
+                if (pack_rows)
+                    FN(pack_a)(g, m0, kb, kc, ap);
                 for (int64_t p = pb; p < pe; p++) {
                     TYPE *cp = g->c + m0 * g->ldc + p * NR;
                     const TYPE *bias = g->bias ? g->bias + p * NR : NULL;
-                    if (g->a_trans)
+                    if (pack_rows)
+                        FN(gemm_ukr_packed)(kc, ap, bblk + (p - pb) * pstride, cp, g->ldc, mr,
+                                            g->N - p * NR, kb == 0, bias);
+                    else if (g->a_trans)
                         FN(gemm_ukr_packed)(kc, ap + (mt - mt0) * kc * MR,
                                             bblk + (p - pb) * pstride, cp, g->ldc, mr,
                                             g->N - p * NR, kb == 0, bias);
