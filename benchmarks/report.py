@@ -25,6 +25,7 @@ from shapes import CASES, SHAPES  # noqa: E402
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"
 SHORT = {"onnxruntime": "ORT", "torch": "torch"}
+NOISY, NOISE = "†", 0.5
 
 
 def short(name):
@@ -46,8 +47,11 @@ def load(paths):
             if "competitor" not in e:
                 continue
             key = (e["case"], e["shape"], e["dtype"], int(e["threads"]), e["competitor"])
-            medians[key].append((b["stats"]["median"], e["flops"], (e["T"], e["B"], e["I"], e["H"])))
-    table = {k: (statistics.median(m for m, _, _ in v), v[0][1], v[0][2]) for k, v in medians.items()}
+            st = b["stats"]
+            spread = st.get("iqr", 0.0) / st["median"] if st["median"] else 0.0
+            medians[key].append((st["median"], e["flops"], (e["T"], e["B"], e["I"], e["H"]), spread))
+    table = {k: (statistics.median(x[0] for x in v), v[0][1], v[0][2], max(x[3] for x in v))
+             for k, v in medians.items()}
     return table, meta.get("machine_info", {}), meta.get("commit_info", {}), meta.get("datetime", "?")
 
 
@@ -101,6 +105,17 @@ def machine_section(mi, commit, when, paths):
         lines.append("- " + "; ".join(extra))
     lines.append(f"- Load average at start / end: {li.get('loadavg_at_start', '?')} / {li.get('loadavg', '?')} "
                  "(a shared machine: figures drift ±15–40 % between runs)")
+    try:
+        load = max(float(str(li.get(k)).split()[0]) for k in ("loadavg_at_start", "loadavg"))
+        ncpu = int(cpu.get("usable_cpus") or cpu.get("logical_cpus"))
+    except (TypeError, ValueError):
+        load = ncpu = None
+    if load is not None and load > ncpu - 0.5:
+        lines += ["", f"**Warning: the machine was busy with other work during this run (load {load:.1f} on "
+                      f"{ncpu} CPUs).** Multi-threaded figures then measure how each library's threads "
+                      "wait for a CPU (spin barriers stall for whole scheduler time slices), not the "
+                      "code; single-thread figures are slowed too. Re-run on a quiet machine before "
+                      "drawing conclusions."]
     return lines
 
 
@@ -127,8 +142,8 @@ def tables(table):
             if has_ort:
                 head.append(f"{short(n)} ×ORT")
         lines += [f"### {dtype}, {threads} thread{'s' if threads > 1 else ''}", "",
-                  "Median time per call (GFLOP/s); ×torch, ×ORT = speedup of our backend "
-                  "(> 1: ours is faster).", "",
+                  f"Median time per call (GFLOP/s); {NOISY} = interquartile range over {NOISE:.0%} of the "
+                  "median (noisy); ×torch, ×ORT = speedup of our backend (> 1: ours is faster).", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for case in CASES:
             for shape in SHAPES:
@@ -139,7 +154,8 @@ def tables(table):
                 row = [case, shape, ",".join(map(str, dims))]
                 for n in names:
                     v = table.get(rest + (n,))
-                    row.append(f"{fmt_time(v[0])} ({fmt_gflops(v[1] / v[0] / 1e9)})" if v else "—")
+                    row.append(f"{fmt_time(v[0])} ({fmt_gflops(v[1] / v[0] / 1e9)}){NOISY if v[3] > NOISE else ''}"
+                               if v else "—")
                 for n in ours:
                     for other in (("torch", "onnxruntime") if has_ort else ("torch",)):
                         s = speedups(table, n, other, rest)
@@ -227,7 +243,7 @@ def main(argv=None):
     if args.csv:
         with open(args.csv, "w") as f:
             f.write("case,shape,T,B,I,H,dtype,threads,competitor,median_s,gflops\n")
-            for (case, shape, dtype, threads, comp), (med, fl, dims) in sorted(table.items()):
+            for (case, shape, dtype, threads, comp), (med, fl, dims, _) in sorted(table.items()):
                 f.write(f"{case},{shape},{','.join(map(str, dims))},{dtype},{threads},{comp},"
                         f"{med:.6e},{fl / med / 1e9:.4g}\n")
 
