@@ -12,7 +12,9 @@ numbers; ``ragged="auto"`` picks the first that applies):
 * every sequence in the batch has full length: one ``layer(x)`` call;
 * the layer accepts ``lengths`` (``LSTM.forward(x, hx, lengths)``): one call
   with ``lengths``; backward through ``layer.backward(None, (dh_n, 0))``;
-* otherwise ("groups"): the batch is split by length and each group runs
+* otherwise, or when the backend rejects ``lengths`` (TypeError /
+  NotImplementedError; then for the rest of the model's life, recorded in
+  ``model.lengths_error``) ("groups"): the batch is split by length and each group runs
   through ``lstm_fast.lstm_forward``/``lstm_backward`` with the layer's
   weights; the loss is a mean over customers, so gradients simply add.
 
