@@ -74,20 +74,27 @@ def _reference(p, g, dtype):
 
 
 def _run_kernels(p, g):
-    """Call the kernels directly, into NaN-filled outputs (every element must be written)."""
+    """Call the kernels directly, into NaN-filled outputs (every element must be written).
+
+    Padded (T, B, .) problem, handed to the kernels packed as batch_sizes = [B] * T.
+    """
     x, w_ih, w_hh, h0, c0 = p["x"], p["w_ih"], p["w_hh"], p["h0"], p["c0"]
     T, B, I = x.shape
     H = w_hh.shape[1]
+    N = T * B
     dt = x.dtype
+    bs = np.full(T, B, np.int64)
     b = nk.pack(w_ih, w_hh, _b(p))[2]
     full = lambda *s: np.full(s, np.nan, dt)
-    fwd = (full(T, B, H), full(B, H), full(B, H), full(T, B, 4 * H), full(T, B, H))
-    assert nk.lstm_forward(x, w_ih, w_hh, b, h0, c0, *fwd) is None
+    fwd = (full(N, H), full(B, H), full(B, H), full(N, 4 * H), full(N, H))
+    assert nk.lstm_forward(x.reshape(N, I), w_ih, w_hh, b, h0, c0, bs, None, *fwd, None) is None
     y, _, _, gates, c = fwd
-    bwd = (full(T, B, I), full(4 * H, I), full(4 * H, H), full(4 * H), full(B, H), full(B, H))
-    dgates = full(T, B, 4 * H)
-    assert nk.lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, g["dy"], g["dh_n"], g["dc_n"],
-                            dgates, *bwd) is None
+    bwd = (full(N, I), full(4 * H, I), full(4 * H, H), full(4 * H), full(B, H), full(B, H))
+    ws = (full(N, 4 * H), full(0, H), None, None, None)   # dgates, h_prev (unused: aligned)
+    assert nk.lstm_backward(x.reshape(N, I), w_ih, w_hh, h0, c0, y, gates, c, g["dy"].reshape(N, H),
+                            g["dh_n"], g["dc_n"], bs, None, *ws, *bwd, None) is None
+    fwd = (y.reshape(T, B, H), fwd[1], fwd[2], gates.reshape(T, B, 4 * H), c.reshape(T, B, H))
+    bwd = (bwd[0].reshape(T, B, I),) + bwd[1:]
     return fwd, bwd
 
 
@@ -113,6 +120,159 @@ def test_adapters_without_bias(dtype):
     for name, a, e in zip(FWD + BWD, out + grads, efwd + ebwd):
         assert a.dtype == dtype, name
         assert_close(a, e, dtype, name)
+
+
+# --- variable lengths (packed batch_sizes) and projection (w_hr) -------------
+
+def _batch_sizes(lengths):
+    lengths = np.sort(np.asarray(lengths))[::-1]
+    T = int(lengths.max()) if lengths.size else 0
+    return np.array([np.count_nonzero(lengths > t) for t in range(T)], np.int64)
+
+
+def make_packed_problem(lengths, I, H, P=0, dtype=np.float64, seed=0, scale=0.5):
+    """Packed step-major problem: x, dy (N, .), h0 (B, P or H), w_hr (P, H) or None."""
+    rng = np.random.default_rng(seed)
+    r = lambda *s: rng.uniform(-scale, scale, size=s).astype(dtype)
+    bs = _batch_sizes(lengths)
+    B, N, Ph = len(lengths), int(bs.sum()), P or H
+    p = dict(x=r(N, I), w_ih=r(4 * H, I), w_hh=r(4 * H, Ph), b=r(4 * H), w_hr=r(P, H) if P else None,
+             h0=r(B, Ph), c0=r(B, H))
+    g = dict(dy=r(N, Ph), dh_n=r(B, Ph), dc_n=r(B, H))
+    return p, g, bs
+
+
+def _packed_reference(p, g, bs):
+    f = lambda a: None if a is None else np.asarray(a, np.float64)
+    q, h = {k: f(v) for k, v in p.items()}, {k: f(v) for k, v in g.items()}
+    out = ref.lstm_forward(q["x"], q["w_ih"], q["w_hh"], q["b"], q["h0"], q["c0"], bs, q["w_hr"])
+    grads = ref.lstm_backward(q["x"], q["w_ih"], q["w_hh"], q["h0"], q["c0"], out[0], out[3], out[4],
+                              h["dy"], h["dh_n"], h["dc_n"], bs, q["w_hr"])
+    return out, grads
+
+
+def _run_packed_kernels(p, g, bs):
+    """The kernels on a packed problem, into NaN-filled outputs and workspace."""
+    x, w_ih, w_hh, w_hr, h0, c0 = p["x"], p["w_ih"], p["w_hh"], p["w_hr"], p["h0"], p["c0"]
+    (N, I), (B, Ph), H = x.shape, h0.shape, c0.shape[1]
+    dt = x.dtype
+    full = lambda *s: np.full(s, np.nan, dt)
+    proj = w_hr is not None
+    fwd = (full(N, Ph), full(B, Ph), full(B, H), full(N, 4 * H), full(N, H))
+    nk.lstm_forward(x, w_ih, w_hh, p["b"], h0, c0, bs, w_hr, *fwd, full(B, H) if proj else None)
+    y, _, _, gates, c = fwd
+    n0 = int(bs[0]) if len(bs) else 0
+    ws = (full(N, 4 * H), full(N - n0, Ph)) + ((full(B, H), full(N, Ph), full(N, H)) if proj else (None,) * 3)
+    bwd = (full(N, I), full(4 * H, I), full(4 * H, Ph), full(4 * H), full(B, Ph), full(B, H))
+    dw_hr = full(*w_hr.shape) if proj else None
+    nk.lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, g["dy"], g["dh_n"], g["dc_n"], bs, w_hr,
+                     *ws, *bwd, dw_hr)
+    return fwd, bwd + ((dw_hr,) if proj else ())
+
+
+PACKED = [  # (lengths, I, H, P); lengths sorted longest first as the contract wants
+    ([5, 3, 3, 1, 0], 3, 4, 0),        # a length-1 and a length-0 sequence
+    ([5, 3, 3, 1, 0], 3, 4, 1),        # ... with P = 1
+    ([4, 4, 1], 2, 5, 3),              # sizes [3, 2, 2, 2]: not aligned -> gathered h_prev
+    ([4, 4, 4, 3], 3, 6, 0),           # sizes [4, 4, 4, 3]: aligned, only the last step smaller
+    ([4, 4, 4, 2], 3, 6, 0),           # sizes [4, 4, 3, 3]: not aligned
+    ([3, 3, 3, 3], 3, 6, 0),           # every size the first: aligned, no gather
+    ([3, 3, 2], 4, 5, 2),              # [3, 3, 2]: aligned (only the last step smaller)
+    ([1], 3, 4, 2),                    # B = 1, T = 1
+    ([6], 5, 7, 3),                    # B = 1: gemv everywhere
+    ([0, 0], 3, 4, 2),                 # N = 0, T = 0: states pass through
+    ([9, 7, 7, 4, 2, 1, 1, 0], 6, 17, 5),
+    ([12, 11, 3, 1], 8, 33, 1),
+]
+PACKED_IDS = ["L{}-I{}H{}P{}".format("_".join(map(str, c[0])), *c[1:]) for c in PACKED]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("case", PACKED, ids=PACKED_IDS)
+def test_packed_kernels_match_reference(case, dtype):
+    lengths, I, H, P = case
+    p, g, bs = make_packed_problem(lengths, I, H, P, dtype=dtype, seed=len(lengths) + H)
+    fwd, bwd = _run_packed_kernels(p, g, bs)
+    efwd, ebwd = _packed_reference(p, g, bs)
+    names = FWD + BWD + (("dw_hr",) if P else ())
+    assert len(bwd) == len(ebwd)
+    for name, a, e in zip(names, fwd + bwd, efwd + ebwd):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        assert_close(a, e, dtype, name)
+    # never-active rows keep h0/c0 bit for bit, and their gradients pass through
+    n0 = int(bs[0]) if len(bs) else 0
+    h_n, c_n, dh0, dc0 = fwd[1], fwd[2], bwd[4], bwd[5]
+    np.testing.assert_array_equal(h_n[n0:], p["h0"][n0:])
+    np.testing.assert_array_equal(c_n[n0:], p["c0"][n0:])
+    np.testing.assert_array_equal(dh0[n0:], g["dh_n"][n0:])
+    np.testing.assert_array_equal(dc0[n0:], g["dc_n"][n0:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("P", [0, 1, 3])
+def test_contract_with_batch_sizes_and_projection(dtype, P):
+    """forward/backward of the backend contract: packed in, 7 gradients exactly with w_hr."""
+    lengths, I, H = [6, 4, 1, 1, 0], 3, 5
+    p, g, bs = make_packed_problem(lengths, I, H, P, dtype=dtype, seed=7)
+    packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"]) if P else nk.pack(p["w_ih"], p["w_hh"], p["b"])
+    out = nk.forward(packed, p["x"], p["h0"], p["c0"], 0, bs)
+    grads = nk.backward(packed, p["x"], p["h0"], p["c0"], out[0], out[3], out[4],
+                        g["dy"], g["dh_n"], g["dc_n"], 0, bs)
+    assert len(grads) == (7 if P else 6)
+    efwd, ebwd = _packed_reference(p, g, bs)
+    for name, a, e in zip(FWD + BWD + ("dw_hr",), out + grads, efwd + ebwd):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        assert_close(a, e, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("P", [0, 2])
+def test_padded_equals_full_batch_sizes_bitwise(dtype, P):
+    """batch_sizes = [B] * T is the padded layout: the same kernel path, the same bits."""
+    T, B, I, H = 4, 3, 5, 6
+    p, g, bs = make_packed_problem([T] * B, I, H, P, dtype=dtype, seed=9)
+    packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
+    out_p = nk.forward(packed, p["x"], p["h0"], p["c0"], 0, bs)
+    gr_p = nk.backward(packed, p["x"], p["h0"], p["c0"], out_p[0], out_p[3], out_p[4],
+                       g["dy"], g["dh_n"], g["dc_n"], 0, bs)
+    pad = lambda a: a.reshape(T, B, a.shape[-1])
+    out = nk.forward(packed, pad(p["x"]), p["h0"], p["c0"], 0)
+    gr = nk.backward(packed, pad(p["x"]), p["h0"], p["c0"], out[0], out[3], out[4],
+                     pad(g["dy"]), g["dh_n"], g["dc_n"], 0)
+    assert out[0].shape == (T, B, P or H) and gr[0].shape == (T, B, I)
+    for a, e in zip(out + gr, out_p + gr_p):
+        np.testing.assert_array_equal(a.reshape(e.shape), e)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+def test_projection_matches_reference_padded(dtype):
+    """Projection with the padded layout against the reference (T=0 included)."""
+    for T, B, I, H, P in ((5, 3, 4, 6, 1), (3, 1, 2, 5, 4), (0, 2, 3, 4, 2)):
+        p, g, _ = make_packed_problem([T] * B, I, H, P, dtype=dtype, seed=T + H)
+        x, dy = p["x"].reshape(T, B, I), g["dy"].reshape(T, B, P)
+        packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
+        out = nk.forward(packed, x, p["h0"], p["c0"], 0)
+        grads = nk.backward(packed, x, p["h0"], p["c0"], out[0], out[3], out[4], dy, g["dh_n"], g["dc_n"], 0)
+        f = lambda a: np.asarray(a, np.float64)
+        eo = ref.lstm_forward(f(x), f(p["w_ih"]), f(p["w_hh"]), f(p["b"]), f(p["h0"]), f(p["c0"]), w_hr=f(p["w_hr"]))
+        eg = ref.lstm_backward(f(x), f(p["w_ih"]), f(p["w_hh"]), f(p["h0"]), f(p["c0"]), eo[0], eo[3], eo[4],
+                               f(dy), f(g["dh_n"]), f(g["dc_n"]), w_hr=f(p["w_hr"]))
+        for name, a, e in zip(FWD + BWD + ("dw_hr",), out + grads, eo + eg):
+            assert a.dtype == dtype and a.shape == e.shape, name
+            assert_close(a, e, dtype, f"T{T} {name}")
+
+
+@pytest.mark.parametrize("bad", [[2, 3], [3, 1, 2], [4, 1], [-1, 1], [2, 1, 1], [1]])
+def test_kernel_rejects_bad_batch_sizes(bad):
+    """A direct kernel call with inconsistent sizes raises instead of indexing out of bounds."""
+    bs = np.array(bad, np.int64)
+    p, g, _ = make_packed_problem([1, 1, 1], 2, 3)    # B = 3, N = 3
+    packed = nk.pack(p["w_ih"], p["w_hh"], p["b"])
+    with pytest.raises(ValueError, match="batch_sizes"):
+        nk.forward(packed, p["x"], p["h0"], p["c0"], 0, bs)
+    y = np.zeros((3, 3)); gates = np.zeros((3, 12))
+    with pytest.raises(ValueError, match="batch_sizes"):
+        nk.backward(packed, p["x"], p["h0"], p["c0"], y, gates, y, y, g["dh_n"], g["dc_n"], 0, bs)
 
 
 # Pre-activations placed in the bias with zero weights, so that every gate sees

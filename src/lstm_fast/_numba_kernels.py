@@ -1,22 +1,43 @@
 """Numba backend "numba": fused LSTM kernels, JIT-compiled on first use.
 
 Mirrors the C kernel (csrc/, ``lstm_forward_f32/_f64``, ``lstm_backward_...``)
-and ``_reference`` by name and argument order; one Python function serves both
+and ``_reference`` by name, and ``_reference`` by the order of the inputs (then
+outputs and workspace follow); one Python function serves both
 dtypes (Numba specialises it per dtype).
 
 Design:
 
-* ``lstm_forward(x, w_ih, w_hh, b, h0, c0, y, h_n, c_n, gates, c)`` and
-  ``lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, dgates,
-  dx, dw_ih, dw_hh, db, dh0, dc0)`` write into caller-provided arrays and never
-  allocate (``dgates`` (T, B, 4H) is backward's workspace). ``forward`` and
-  ``backward`` at the bottom are the backend contract of ``_backends``: they
-  allocate outputs and call the kernels.
+* ``lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, w_hr, y, h_n, c_n,
+  gates, c, m)`` and ``lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy,
+  dh_n, dc_n, batch_sizes, w_hr, dgates, h_prev, dm, dh_all, m_all, dx, dw_ih,
+  dw_hh, db, dh0, dc0, dw_hr)`` write into caller-provided arrays and never
+  allocate (``dgates``, ``h_prev``, ``m``, ``dm``, ``dh_all``, ``m_all`` are
+  workspace). ``forward`` and ``backward`` at the bottom are the backend
+  contract of ``_backends``: they allocate outputs and workspace and call the
+  kernels.
+* One code path for fixed and variable lengths: the kernels only see the
+  packed step-major layout, x (N, I), y/dy (N, P), gates/dgates (N, 4H),
+  c (N, H), and ``batch_sizes`` (T,) int64, non-increasing; step t is rows
+  [sum(batch_sizes[:t]), +batch_sizes[t]). The padded (T, B, .) case is a
+  reshape plus batch_sizes = [B] * T. Since the sizes never increase, the n
+  active rows of step t are the first n rows of step t-1: h_{t-1}/c_{t-1} are
+  read straight from y/c (no state copies), and h_n/c_n are filled after the
+  loop from each sequence's last step (h0/c0 for rows never active). The
+  input projection, dx, dw_ih, dw_hh, db (and dw_hr) are products over all N
+  rows; per step only the n active rows. dw_hh's h_{t-1} rows are y[:N-n0]
+  itself when every step size but the last equals the first (always without
+  lengths), else gathered into ``h_prev`` first.
+* Projection (``w_hr`` (P, H), torch's proj_size): ``w_hr`` and its
+  workspace/outputs are None without one, and Numba compiles a separate
+  specialisation with the ``is None`` branches pruned, so the plain LSTM pays
+  nothing. Forward writes m = o * tanh(c) of the step into ``m`` and projects
+  it into y; backward forms dm = dh @ w_hr per step, keeps dh (``dh_all``) and
+  m (``m_all``) for dw_hr = dh_all^T m_all after the loop, as ``_reference``.
 * Matrix products go to BLAS (``sgemm``/``dgemm`` from SciPy's
   ``cython_blas``, the library Numba's own ``np.dot`` uses) through Numba's
   ``numba_xxgemm`` helper, called directly so that products accumulate into
-  existing buffers (beta = 1) and slices need no copies; one-row products
-  (B = 1) use gemv, ~3x faster than gemm there. Measured per-step product,
+  existing buffers (beta = 1) and row slices need no copies; one-row products
+  (one active row) use gemv, ~3x faster than gemm there. Measured per-step product,
   1 thread: hand loops over a packed W^T are within 0.1 us of BLAS for
   H <= 16 and 1.3-2x slower from B*H = 32*32 up, so BLAS is used throughout.
   Its cost: numpy/scipy's OpenBLAS is pinned to AVX2 here (see
@@ -604,7 +625,7 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
     dgates = np.empty((N, 4 * H), dt)
     n0 = int(bs[0]) if len(bs) else 0
     aligned = len(bs) < 3 or bool(np.all(bs[1:-1] == bs[0]))   # as _aligned
-    h_prev = np.empty((0 if aligned else N - n0, P), dt)
+    h_prev = np.empty((0 if aligned else max(N - n0, 0), P), dt)
     dx = np.empty((N, I), dt)
     dw_ih = np.empty((4 * H, I), dt)
     dw_hh = np.empty((4 * H, P), dt)
