@@ -434,10 +434,11 @@ static inline int64_t FN(split)(int64_t n, int tid, int nth) { return n * tid / 
 
 /* Per-thread workspace: B block KC x NC (raw B only), then the A slivers:
  * MR x KC, or for transposed A all the thread's tiles of an M x KC block. */
+#define ATB 8   /* transposed A is packed ATB tiles at a time (stays in L2 with B) */
 static int64_t FN(gemm_ws_elems)(int64_t M_at, int nth, int raw_b)
 {
-    int64_t mt = ((M_at + MR - 1) / MR + nth - 1) / nth + 1;
-    return (raw_b ? (int64_t)KC * NC : 0) + mt * MR * KC + 64;
+    (void)M_at; (void)nth;
+    return (raw_b ? (int64_t)KC * NC : 0) + (int64_t)ATB * MR * KC + 64;
 }
 
 /* Room for any thread count up to nth (the pool may run fewer threads). */
@@ -487,10 +488,10 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
                 bblk = bpk;
                 pstride = kc * NR;
             }
-            if (g->a_trans && pb == p0)
-                FN(pack_at)(g, mt0, mt1, kb, kc, ap);
             for (int64_t mt = mt0; mt < mt1; mt++) {
                 int64_t m0 = mt * MR, mr = g->M - m0 < MR ? g->M - m0 : MR;
+                if (g->a_trans && (mt - mt0) % ATB == 0)
+                    FN(pack_at)(g, mt, mt + ATB < mt1 ? mt + ATB : mt1, kb, kc, ap);
                 if (pack_rows)
                     FN(pack_a)(g, m0, kb, kc, ap);
                 for (int64_t p = pb; p < pe; p++) {
@@ -500,7 +501,7 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
                         FN(gemm_ukr_packed)(kc, ap, bblk + (p - pb) * pstride, cp, g->ldc, mr,
                                             g->N - p * NR, kb == 0, bias);
                     else if (g->a_trans)
-                        FN(gemm_ukr_packed)(kc, ap + (mt - mt0) * kc * MR,
+                        FN(gemm_ukr_packed)(kc, ap + (mt - mt0) % ATB * kc * MR,
                                             bblk + (p - pb) * pstride, cp, g->ldc, mr,
                                             g->N - p * NR, kb == 0, bias);
                     else
@@ -780,14 +781,22 @@ typedef struct {
     const FN(packed_hdr) *hdr;
     const TYPE *x, *h0, *c0, *y, *gates, *c, *dy, *dh_n, *dc_n;
     TYPE *dx, *dw_ih, *dw_hh, *db, *dh0, *dc0;
-    TYPE *dgates;
+    TYPE *dgates;       /* [T*B][ldg] */
+    int64_t ldg;
     TYPE *ws;
-    int64_t ws_per_thread;
 } FN(bwd_ctx);
+
+/* Row stride of dgates: 4H, plus a cache line when 4H elements are a multiple
+ * of 512 bytes, so that MR consecutive rows do not all map to one L1 set. */
+static int64_t FN(dg_ld)(int64_t H)
+{
+    int64_t G = 4 * H;
+    return (G * (int64_t)sizeof(TYPE)) % 512 == 0 ? G + 64 / (int64_t)sizeof(TYPE) : G;
+}
 
 /* out [mr][nb][V] = dg[rows] . w_hh for nb blocks (K = 4H) */
 INLINE void FN(bwd_dot)(const int mr, const int nb, int64_t H, const TYPE *restrict dg,
-                        const TYPE *restrict w, TYPE *restrict out)
+                        int64_t ldg, const TYPE *restrict w, TYPE *restrict out)
 {
     vec acc[MAXACC];
     const int64_t G = 4 * H, bstride = G * V;
@@ -798,7 +807,7 @@ INLINE void FN(bwd_dot)(const int mr, const int nb, int64_t H, const TYPE *restr
         const TYPE *wk = w + k * V;
 #pragma GCC unroll 24
         for (int r = 0; r < mr; r++) {
-            vec a = FN(vset1)(dg[r * G + k]);
+            vec a = FN(vset1)(dg[r * ldg + k]);
 #pragma GCC unroll 8
             for (int q = 0; q < nb; q++)
                 acc[r * nb + q] = VFMA(a, FN(vload)(wk + q * bstride), acc[r * nb + q]);
@@ -814,7 +823,7 @@ INLINE void FN(bwd_dot)(const int mr, const int nb, int64_t H, const TYPE *restr
 KERNEL void FN(bwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0,
                          const TYPE *dh_rec, const TYPE *dh_n, const TYPE *dy_t,
                          const TYPE *gates_t, const TYPE *c_t, const TYPE *cprev,
-                         const TYPE *dc_in, TYPE *dc_out, TYPE *dg_t)
+                         const TYPE *dc_in, TYPE *dc_out, TYPE *dg_t, int64_t ldg)
 {
     for (int r = 0; r < mr; r++) {
         for (int jb = 0; jb < nb; jb++) {
@@ -828,7 +837,7 @@ KERNEL void FN(bwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0,
             vec tc = FN(vtanh)(FN(vload_n)(c_t + ro, n));
             vec dc = FN(vload_n)(dc_in + ro, n);
             dc = dc + dh * o * (1 - tc * tc);
-            TYPE *dgr = dg_t + row * 4 * H + off;
+            TYPE *dgr = dg_t + row * ldg + off;
             FN(vstore_n)(dgr, dc * g * i * (1 - i), n);
             FN(vstore_n)(dgr + H, dc * FN(vload_n)(cprev + ro, n) * f * (1 - f), n);
             FN(vstore_n)(dgr + 2 * H, dc * i * (1 - g * g), n);
@@ -840,7 +849,7 @@ KERNEL void FN(bwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0,
 
 #define BWD_TILE(MRV, NBV)                                                                   \
     case (MRV) * 16 + (NBV):                                                                 \
-        FN(bwd_dot)(MRV, NBV, H, dg_next + r0 * 4 * H, w + j * 4 * H * V, acc);              \
+        FN(bwd_dot)(MRV, NBV, H, dg_next + r0 * ldg, ldg, w + j * 4 * H * V, acc);          \
         break;
 
 /* One backward step over blocks j0..j1 of all rows. dg_next = dgates[t+1] (NULL at
@@ -848,7 +857,7 @@ KERNEL void FN(bwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0,
 KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1,
                          const TYPE *dg_next, TYPE *dh_out)
 {
-    int64_t T = ctx->T, B = ctx->B, H = ctx->H, BH = B * H;
+    int64_t T = ctx->T, B = ctx->B, H = ctx->H, BH = B * H, ldg = ctx->ldg;
     const TYPE *w = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
     TYPE acc[MAXACC * V] __attribute__((aligned(64)));
     int64_t jstep = B == 1 ? 2 * BNB : BNB;
@@ -906,7 +915,7 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
                          ctx->dy + t * BH, ctx->gates + t * B * 4 * H, ctx->c + t * BH,
                          t ? ctx->c + (t - 1) * BH : ctx->c0,
                          t == T - 1 ? ctx->dc_n : ctx->dc0, ctx->dc0,
-                         ctx->dgates + t * B * 4 * H);
+                         ctx->dgates + t * B * ldg, ldg);
         }
     }
 }
@@ -923,7 +932,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     FN(bwd_step)(ctx, T - 1, j0, j1, NULL, NULL);
     lstm_barrier_wait(bar, nth);
     for (int64_t t = T - 2; t >= 0; t--) {
-        FN(bwd_step)(ctx, t, j0, j1, ctx->dgates + (t + 1) * B * G, NULL);
+        FN(bwd_step)(ctx, t, j0, j1, ctx->dgates + (t + 1) * B * ctx->ldg, NULL);
         lstm_barrier_wait(bar, nth);
     }
     FN(bwd_step)(ctx, 0, j0, j1, ctx->dgates, ctx->dh0);
@@ -932,7 +941,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     g.M = G;
     g.K = T * B;
     g.a = ctx->dgates;
-    g.lda = G;
+    g.lda = ctx->ldg;
     g.a_trans = 1;
     g.N = I;
     g.b = g.b2 = ctx->x;
@@ -956,7 +965,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     gx.N = I;
     gx.K = G;
     gx.a = ctx->dgates;
-    gx.lda = G;
+    gx.lda = ctx->ldg;
     gx.bpacked = (const TYPE *)(base + ctx->hdr->off_wih);
     gx.c = ctx->dx;
     gx.ldc = I;
@@ -968,7 +977,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
         int n = G - q * V < V ? (int)(G - q * V) : V;
         vec s = (vec){0};
         for (int64_t m = 0; m < T * B; m++)
-            s = s + FN(vload_n)(ctx->dgates + m * G + q * V, n);
+            s = s + FN(vload_n)(ctx->dgates + m * ctx->ldg + q * V, n);
         FN(vstore_n)(ctx->db + q * V, s, n);
     }
     (void)BH;
@@ -977,7 +986,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
 static size_t FN(bwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int nth)
 {
     (void)I;
-    return (size_t)(T * B * 4 * H + 64) * sizeof(TYPE) +
+    return (size_t)(T * B * FN(dg_ld)(H) + 64) * sizeof(TYPE) +
            (size_t)FN(gemm_ws_total)(4 * H, nth, 1) * sizeof(TYPE) + 64;
 }
 
@@ -1004,9 +1013,9 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *
         return LSTM_OK;
     }
     TYPE *ws = (TYPE *)FN(align_ptr)(workspace);
-    int64_t dg_elems = (T * B * 4 * H + 63) / 64 * 64;
+    int64_t ldg = FN(dg_ld)(H), dg_elems = (T * B * ldg + 63) / 64 * 64;
     FN(bwd_ctx) ctx = {T, B, I, H, hdr, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
-                       dx, dw_ih, dw_hh, db, dh0, dc0, ws, ws + dg_elems, 0};
+                       dx, dw_ih, dw_hh, db, dh0, dc0, ws, ldg, ws + dg_elems};
     if (nthreads < 1)
         nthreads = 1;
     lstm_pool_run(FN(bwd_job), &ctx, nthreads);
@@ -1044,6 +1053,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *
 #undef LN2_LO
 #undef LOG2E
 #undef PACK_MAGIC
+#undef ATB
 #undef ALIGN64
 #undef FWD_TILE
 #undef BWD_TILE
