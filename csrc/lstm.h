@@ -53,52 +53,81 @@ int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int request
 /* Compiler, flags, SIMD levels compiled, threading library. */
 const char *lstm_build_info(void);
 
-/* ---- per dtype ------------------------------------------------------------
- * _f32: TYPE = float, _f64: TYPE = double.
- *
- * lstm_packed_size_X(I, H)             bytes of the packed-weights buffer
- * lstm_pack_X(I, H, w_ih, w_hh, b, packed)
- *     w_ih [4H,I], w_hh [4H,H], b [4H] or NULL: inputs.
- *     packed: output, lstm_packed_size_X bytes, any alignment. Layout private,
- *     tied to the current SIMD level.
- *
- * lstm_forward_workspace_size_X(T, B, I, H, nthreads)   bytes of scratch
- * lstm_forward_X(T, B, I, H, packed, x, h0, c0, y, h_n, c_n, gates, c,
- *                workspace, nthreads)
- *     inputs:  packed, x [T,B,I], h0 [B,H], c0 [B,H]
- *     outputs: y [T,B,H], h_n [B,H], c_n [B,H], gates [T,B,4H], c [T,B,H]
- *     scratch: workspace (lstm_forward_workspace_size_X bytes, any alignment)
- *
- * lstm_backward_workspace_size_X(T, B, I, H, nthreads)
- * lstm_backward_X(T, B, I, H, packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
- *                 dx, dw_ih, dw_hh, db, dh0, dc0, workspace, nthreads)
- *     inputs:  packed, x, h0, c0, and y, gates, c as returned by lstm_forward_X,
- *              dy [T,B,H], dh_n [B,H], dc_n [B,H] (gradients of the loss)
- *     outputs: dx [T,B,I], dw_ih [4H,I], dw_hh [4H,H], db [4H], dh0 [B,H], dc0 [B,H]
- *     scratch: workspace (holds dgates [T,B,4H] and GEMM packing buffers)
- */
-#define LSTM_DECLARE(SFX, TYPE)                                                        \
-    size_t lstm_packed_size_##SFX(int64_t I, int64_t H);                               \
-    int lstm_pack_##SFX(int64_t I, int64_t H, const TYPE *w_ih, const TYPE *w_hh,      \
-                        const TYPE *b, void *packed);                                  \
-    size_t lstm_forward_workspace_size_##SFX(int64_t T, int64_t B, int64_t I,          \
-                                             int64_t H, int nthreads);                 \
-    int lstm_forward_##SFX(int64_t T, int64_t B, int64_t I, int64_t H,                 \
-                           const void *packed, const TYPE *x, const TYPE *h0,          \
-                           const TYPE *c0, TYPE *y, TYPE *h_n, TYPE *c_n,              \
-                           TYPE *gates, TYPE *c, void *workspace, int nthreads);       \
-    size_t lstm_backward_workspace_size_##SFX(int64_t T, int64_t B, int64_t I,         \
-                                              int64_t H, int nthreads);                \
-    int lstm_backward_##SFX(int64_t T, int64_t B, int64_t I, int64_t H,                \
-                            const void *packed, const TYPE *x, const TYPE *h0,         \
-                            const TYPE *c0, const TYPE *y, const TYPE *gates,          \
-                            const TYPE *c, const TYPE *dy, const TYPE *dh_n,           \
-                            const TYPE *dc_n, TYPE *dx, TYPE *dw_ih, TYPE *dw_hh,      \
-                            TYPE *db, TYPE *dh0, TYPE *dc0, void *workspace,           \
-                            int nthreads);
+/* ---- per dtype: _f32 (float) and _f64 (double), identical contracts ------ */
 
-LSTM_DECLARE(f32, float)
-LSTM_DECLARE(f64, double)
+/* Bytes of the packed-weights buffer for input size I, hidden size H. */
+size_t lstm_packed_size_f32(int64_t I, int64_t H);
+size_t lstm_packed_size_f64(int64_t I, int64_t H);
+
+/* Pack the weights once per weight version.
+ *   w_ih   [4H,I]   in
+ *   w_hh   [4H,H]   in
+ *   b      [4H]     in, b_ih + b_hh, or NULL for no bias
+ *   packed [lstm_packed_size_X(I,H) bytes]  out, any alignment; layout private,
+ *          built for the current SIMD level (lstm_set_simd_level) and usable
+ *          by every later call whatever the level is then set to. */
+int lstm_pack_f32(int64_t I, int64_t H, const float *w_ih, const float *w_hh,
+                  const float *b, void *packed);
+int lstm_pack_f64(int64_t I, int64_t H, const double *w_ih, const double *w_hh,
+                  const double *b, void *packed);
+
+/* Bytes of scratch lstm_forward_X needs with up to nthreads threads. */
+size_t lstm_forward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H,
+                                       int nthreads);
+size_t lstm_forward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H,
+                                       int nthreads);
+
+/* Forward pass.
+ *   packed    from lstm_pack_X with the same I, H          in
+ *   x         [T,B,I]                                      in
+ *   h0, c0    [B,H]                                        in
+ *   y         [T,B,H]   hidden state after every step      out
+ *   h_n, c_n  [B,H]     final states                       out
+ *   gates     [T,B,4H]  activated i, f, g, o (for backward) out
+ *   c         [T,B,H]   cell state after every step        out
+ *   workspace lstm_forward_workspace_size_X bytes          scratch
+ *   nthreads  threads to use (>= 1; see lstm_resolve_threads)
+ * T may be 0 (h_n, c_n are then copies of h0, c0). */
+int lstm_forward_f32(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                     const float *x, const float *h0, const float *c0,
+                     float *y, float *h_n, float *c_n, float *gates, float *c,
+                     void *workspace, int nthreads);
+int lstm_forward_f64(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                     const double *x, const double *h0, const double *c0,
+                     double *y, double *h_n, double *c_n, double *gates, double *c,
+                     void *workspace, int nthreads);
+
+/* Bytes of scratch lstm_backward_X needs with up to nthreads threads
+ * (dgates [T,B,4H] with padded rows plus GEMM packing buffers). */
+size_t lstm_backward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H,
+                                        int nthreads);
+size_t lstm_backward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H,
+                                        int nthreads);
+
+/* Backward pass (BPTT through the whole sequence).
+ *   packed, x, h0, c0   as given to lstm_forward_X              in
+ *   y, gates, c         as returned by lstm_forward_X           in
+ *   dy        [T,B,H]   dLoss/dy                                in
+ *   dh_n, dc_n [B,H]    dLoss/dh_n, dLoss/dc_n                  in
+ *   dx        [T,B,I]                                           out
+ *   dw_ih     [4H,I]                                            out
+ *   dw_hh     [4H,H]                                            out
+ *   db        [4H]      gradient of b_ih (= of b_hh)            out
+ *   dh0, dc0  [B,H]                                             out
+ *   workspace lstm_backward_workspace_size_X bytes              scratch
+ *   nthreads  threads to use (>= 1) */
+int lstm_backward_f32(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                      const float *x, const float *h0, const float *c0, const float *y,
+                      const float *gates, const float *c, const float *dy,
+                      const float *dh_n, const float *dc_n,
+                      float *dx, float *dw_ih, float *dw_hh, float *db, float *dh0,
+                      float *dc0, void *workspace, int nthreads);
+int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                      const double *x, const double *h0, const double *c0, const double *y,
+                      const double *gates, const double *c, const double *dy,
+                      const double *dh_n, const double *dc_n,
+                      double *dx, double *dw_ih, double *dw_hh, double *db, double *dh0,
+                      double *dc0, void *workspace, int nthreads);
 
 #ifdef __cplusplus
 }

@@ -48,7 +48,7 @@ void lstm_barrier_wait(lstm_barrier *bar, int nthreads)
     }
     for (unsigned spins = 0; __atomic_load_n(&bar->phase, __ATOMIC_ACQUIRE) == phase; spins++) {
         CPU_RELAX();
-        if (spins > (1u << 16))
+        if (spins > (1u << 12))
             sched_yield();   /* more threads than free cores: let the others run */
     }
 }
@@ -143,7 +143,7 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
     fn(arg, 0, nthreads, &pool.bar);
     for (unsigned spins = 0; __atomic_load_n(&pool.done, __ATOMIC_ACQUIRE) < nworkers; spins++) {
         CPU_RELAX();
-        if (spins > (1u << 16))
+        if (spins > (1u << 12))
             sched_yield();
     }
     pthread_mutex_unlock(&pool.run_lock);
