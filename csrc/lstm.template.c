@@ -634,7 +634,6 @@ typedef struct {
     const TYPE *x, *h0, *c0;
     TYPE *y, *h_n, *c_n, *gates, *c;
     TYPE *ws;
-    int64_t ws_per_thread;
 } FN(fwd_ctx);
 
 /* acc [mr][nb][4][V] = h_prev[rows] . w_hh^T for nb blocks from blk0 */
@@ -777,7 +776,7 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *p
     if (!hdr)
         return LSTM_ERR_PACKED;
     FN(fwd_ctx) ctx = {T, B, I, H, hdr, x, h0, c0, y, h_n, c_n, gates, c,
-                       (TYPE *)FN(align_ptr)(workspace), 0};
+                       (TYPE *)FN(align_ptr)(workspace)};
     if (nthreads < 1)
         nthreads = 1;
     lstm_pool_run(FN(fwd_job), &ctx, nthreads);
