@@ -1,4 +1,5 @@
-"""Numba backend specifics: the kernels themselves against the NumPy reference,
+"""Numba backend specifics: the kernels themselves against the NumPy reference
+(padded and packed with batch_sizes, with and without a projection),
 activations at extreme arguments, NaN/inf propagation, thread-count
 independence, lazy import and the on-disk compilation cache.
 
