@@ -16,7 +16,8 @@ import numbers
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+FLOAT_DTYPES = (F32, F64)
 
 
 def check_dtype(dtype, name="dtype"):
@@ -49,17 +50,30 @@ def _to_numpy(a):
     return np.asarray(a)
 
 
+def _shape_ok(actual, shape):
+    if len(actual) != len(shape):
+        return False
+    for s, d in zip(shape, actual):
+        if s is not None and s != d:
+            return False
+    return True
+
+
 def as_array(a, name, dtype, shape=None, expected=None):
     """``a`` as a C-contiguous native array of ``dtype`` with ``shape``.
 
-    ``shape`` entries may be None (any size). ``expected`` is the shape text
-    used in messages, e.g. "(T, B, I=3)".
+    ``shape`` entries may be None (any size). ``expected`` is a template for
+    the expected shape in messages, filled with ``shape`` only on error, e.g.
+    "(T, B, I={2})" or "(B, H) = ({}, {})"; without it the shape itself is shown.
     """
-    if type(a) is not np.ndarray:
+    if type(a) is np.ndarray and a.dtype is dtype and a.flags.c_contiguous:
+        if shape is None or a.shape == shape or _shape_ok(a.shape, shape):   # the common case, kept lean
+            return a
+    elif type(a) is not np.ndarray:
         if a is None:
             raise TypeError(f"{name} must be an array, got None")
         a = _to_numpy(a)
-    if a.dtype is not dtype and a.dtype != dtype:
+    if a.dtype != dtype:
         kind = a.dtype.kind
         if kind in "biu":
             a = a.astype(dtype)
@@ -69,10 +83,9 @@ def as_array(a, name, dtype, shape=None, expected=None):
             raise TypeError(
                 f"{name} must have dtype {dtype} (the dtype of the weights), got {a.dtype}; "
                 f"convert it with .astype(np.{dtype})")
-    if shape is not None:
-        ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
-        if not ok:
-            raise ValueError(f"{name} must have shape {expected or _fmt(shape)}, got {_fmt(a.shape)}")
+    if shape is not None and not _shape_ok(a.shape, shape):
+        text = expected.format(*shape) if expected else _fmt(shape)
+        raise ValueError(f"{name} must have shape {text}, got {_fmt(a.shape)}")
     if not a.flags.c_contiguous:
         a = np.ascontiguousarray(a)
     return a
@@ -83,9 +96,12 @@ def weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     b = b_ih + b_hh or None, and P the projection size (H without w_hr)."""
     if type(w_ih) is not np.ndarray:
         w_ih = _to_numpy(w_ih)
-    dtype = w_ih.dtype.newbyteorder("=")
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"w_ih must be float32 or float64, got {w_ih.dtype}")
+    dtype = w_ih.dtype
+    if dtype is not F32 and dtype is not F64:       # canonical singletons keep as_array lean
+        native = dtype.newbyteorder("=")
+        if native not in FLOAT_DTYPES:
+            raise TypeError(f"w_ih must be float32 or float64, got {w_ih.dtype}")
+        dtype = F32 if native == F32 else F64
     if w_ih.ndim != 2 or w_ih.shape[0] % 4 or w_ih.shape[0] == 0:
         raise ValueError(f"w_ih must have shape (4*H, I) with H >= 1, got {_fmt(w_ih.shape)}")
     H = w_ih.shape[0] // 4
@@ -98,27 +114,27 @@ def weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
             raise ValueError(f"w_hr must have shape (P, H={H}) with 0 < P < H, got {_fmt(w_hr.shape)}")
         P = w_hr.shape[0]
     w_hh = as_array(w_hh, "w_hh", dtype, (4 * H, P),
-                    f"(4*H, H) = ({4 * H}, {H})" if w_hr is None else f"(4*H, P) = ({4 * H}, {P})")
+                    "(4*H, H) = ({}, {})" if w_hr is None else "(4*H, P) = ({}, {})")
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih and b_hh must both be given or both be None")
     b = None
     if b_ih is not None:
-        b_ih = as_array(b_ih, "b_ih", dtype, (4 * H,), f"(4*H,) = ({4 * H},)")
-        b_hh = as_array(b_hh, "b_hh", dtype, (4 * H,), f"(4*H,) = ({4 * H},)")
+        b_ih = as_array(b_ih, "b_ih", dtype, (4 * H,), "(4*H,) = ({},)")
+        b_hh = as_array(b_hh, "b_hh", dtype, (4 * H,), "(4*H,) = ({},)")
         b = b_ih + b_hh
     return w_ih, w_hh, b, w_hr, dtype, I, H, P
 
 
 def sequence(x, name, dtype, I):
     """x of shape (T, B, I)."""
-    return as_array(x, name, dtype, (None, None, I), f"(T, B, I={I})")
+    return as_array(x, name, dtype, (None, None, I), "(T, B, I={2})")
 
 
 def state(s, name, dtype, B, H):
     """An initial state or state gradient of shape (B, H); None means zeros."""
     if s is None:
         return np.zeros((B, H), dtype)
-    return as_array(s, name, dtype, (B, H), f"(B, H) = ({B}, {H})")
+    return as_array(s, name, dtype, (B, H), "(B, H) = ({}, {})")
 
 
 def lengths(value, B, T):

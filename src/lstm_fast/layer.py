@@ -281,10 +281,10 @@ class LSTM:
         for name, s, H in zip(("h0", "c0"), hx, (self._out_size, self.hidden_size)):
             if unbatched:
                 s = _validation.as_array(s, f"hx[{len(out)}] ({name})", dtype, (n, H),
-                                         f"(num_layers*num_directions, H) = ({n}, {H})")[:, None]
+                                         "(num_layers*num_directions, H) = ({}, {})")[:, None]
             else:
                 s = _validation.as_array(s, f"hx[{len(out)}] ({name})", dtype, (n, B, H),
-                                         f"(num_layers*num_directions, B, H) = ({n}, {B}, {H})")
+                                         "(num_layers*num_directions, B, H) = ({}, {}, {})")
             out.append(s)
         return out
 

@@ -45,7 +45,7 @@ class Stream:
             return
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("hx must be a tuple (h0, c0)")
-        h0, c0 = (_validation.as_array(s, name, dtype, (L, B, H), f"(num_layers, B, H) = ({L}, {B}, {H})")
+        h0, c0 = (_validation.as_array(s, name, dtype, (L, B, H), "(num_layers, B, H) = ({}, {}, {})")
                   for name, s, H in zip(("h0", "c0"), hx, sizes))
         self._h = [h0[k].copy() for k in range(L)]
         self._c = [c0[k].copy() for k in range(L)]
@@ -57,13 +57,13 @@ class Stream:
     def step(self, x_t):
         """One step: x_t (B, I) -> h (B, H) of the top layer."""
         x = _validation.as_array(x_t, "x_t", self.layer.dtype, (self.batch_size, self.layer.input_size),
-                                 f"(B, I) = ({self.batch_size}, {self.layer.input_size})")
+                                 "(B, I) = ({}, {})")
         return self._advance(x[None])[0]
 
     def run(self, x):
         """A chunk of steps: x (T, B, I) -> (T, B, H)."""
         x = _validation.as_array(x, "x", self.layer.dtype, (None, self.batch_size, self.layer.input_size),
-                                 f"(T, B, I) = (T, {self.batch_size}, {self.layer.input_size})")
+                                 "(T, B, I) = (T, {1}, {2})")
         return self._advance(x)
 
     def _advance(self, x):
