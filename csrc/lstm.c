@@ -155,51 +155,53 @@ static int packed_level(const void *packed)
 #endif
 
 #define DEFINE_PUBLIC(SFXT, TYPE)                                                            \
-    size_t lstm_packed_size_##SFXT(int64_t I, int64_t H)                                     \
+    size_t lstm_packed_size_##SFXT(int64_t I, int64_t H, int64_t P)                          \
     {                                                                                        \
-        if (I < 0 || H < 0)                                                                  \
+        if (I < 0 || H < 0 || P < 0)                                                         \
             return 0;                                                                        \
-        DISPATCH(lstm_get_simd_level(), SFXT, packed_size, (I, H))                            \
+        DISPATCH(lstm_get_simd_level(), SFXT, packed_size, (I, H, P))                         \
     }                                                                                        \
-    int lstm_pack_##SFXT(int64_t I, int64_t H, const TYPE *w_ih, const TYPE *w_hh,           \
-                         const TYPE *b, void *packed)                                        \
+    int lstm_pack_##SFXT(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYPE *w_hh,\
+                         const TYPE *b, const TYPE *w_hr, void *packed)                      \
     {                                                                                        \
-        if (I < 0 || H < 1 || !w_ih || !w_hh || !packed)                                     \
+        if (I < 0 || H < 1 || P < 0 || !w_ih || !w_hh || !packed || (P && !w_hr))            \
             return LSTM_ERR_ARG;                                                             \
-        DISPATCH(lstm_get_simd_level(), SFXT, pack, (I, H, w_ih, w_hh, b, packed))            \
+        DISPATCH(lstm_get_simd_level(), SFXT, pack, (I, H, P, w_ih, w_hh, b, w_hr, packed))   \
     }                                                                                        \
     size_t lstm_forward_workspace_size_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H,    \
-                                              int nthreads)                                  \
+                                              int64_t P, int nthreads)                       \
     {                                                                                        \
-        return WS_MAX(SFXT, fwd_ws_size, (T, B, I, H, nthreads));                            \
+        return WS_MAX(SFXT, fwd_ws_size, (T, B, I, H, P, nthreads));                         \
     }                                                                                        \
-    size_t lstm_backward_workspace_size_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H,   \
-                                               int nthreads)                                 \
+    size_t lstm_backward_workspace_size_##SFXT(int64_t T, int64_t N, int64_t B, int64_t I,   \
+                                               int64_t H, int64_t P, int nthreads)           \
     {                                                                                        \
-        return WS_MAX(SFXT, bwd_ws_size, (T, B, I, H, nthreads));                            \
+        return WS_MAX(SFXT, bwd_ws_size, (T, N, B, I, H, P, nthreads));                      \
     }                                                                                        \
-    int lstm_forward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed, \
-                            const TYPE *x, const TYPE *h0, const TYPE *c0, TYPE *y,          \
-                            TYPE *h_n, TYPE *c_n, TYPE *gates, TYPE *c, void *workspace,     \
-                            int nthreads)                                                    \
+    int lstm_forward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,          \
+                            const void *packed, const int64_t *batch_sizes, const TYPE *x,   \
+                            const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n, TYPE *c_n,   \
+                            TYPE *gates, TYPE *c, void *workspace, int nthreads)             \
     {                                                                                        \
-        if (T < 0 || B < 0 || I < 0 || H < 1 || !packed || !workspace)                       \
+        if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace)              \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, forward,                                        \
-                 (T, B, I, H, packed, x, h0, c0, y, h_n, c_n, gates, c, workspace, nthreads))  \
+                 (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c,      \
+                  workspace, nthreads))                                                      \
     }                                                                                        \
-    int lstm_backward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,\
-                             const TYPE *x, const TYPE *h0, const TYPE *c0, const TYPE *y,   \
+    int lstm_backward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,         \
+                             const void *packed, const int64_t *batch_sizes, const TYPE *x,  \
+                             const TYPE *h0, const TYPE *c0, const TYPE *y,                  \
                              const TYPE *gates, const TYPE *c, const TYPE *dy,               \
                              const TYPE *dh_n, const TYPE *dc_n, TYPE *dx, TYPE *dw_ih,      \
-                             TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0, void *workspace,   \
-                             int nthreads)                                                   \
+                             TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0, TYPE *dw_hr,       \
+                             void *workspace, int nthreads)                                  \
     {                                                                                        \
-        if (T < 0 || B < 0 || I < 0 || H < 1 || !packed || !workspace)                       \
+        if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace)              \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, backward,                                       \
-                 (T, B, I, H, packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, dx, dw_ih,     \
-                  dw_hh, db, dh0, dc0, workspace, nthreads))                                 \
+                 (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n,      \
+                  dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, workspace, nthreads))         \
     }
 
 DEFINE_PUBLIC(f32, float)

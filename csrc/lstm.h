@@ -1,24 +1,39 @@
 /* lstm.h: the contract of the fused LSTM kernel (one layer, one direction).
  *
- * Shapes (time-major, PyTorch conventions, gate order i, f, g, o; all arrays
- * C-contiguous, element type float (_f32) or double (_f64)):
+ * Shapes (PyTorch conventions, gate order i, f, g, o; all arrays C-contiguous,
+ * element type float (_f32) or double (_f64)). R is the width of h: P with a
+ * projection (torch's proj_size, P > 0), else H (pass P = 0).
  *
- *   x      [T,B,I]    input sequence
- *   w_ih   [4H,I]     input weights          w_hh [4H,H] recurrent weights
+ *   w_ih   [4H,I]     input weights          w_hh [4H,R] recurrent weights
  *   b      [4H]       b_ih + b_hh, or NULL
- *   h0, c0 [B,H]      initial hidden and cell state
- *   y      [T,B,H]    hidden state after every step
- *   h_n, c_n [B,H]    final hidden and cell state (copies of y[T-1], c[T-1];
- *                     of h0, c0 when T == 0)
- *   gates  [T,B,4H]   activated gates sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
- *   c      [T,B,H]    cell state after every step
+ *   w_hr   [P,H]      projection, h_t = (o * tanh(c_t)) . w_hr^T (P > 0 only)
+ *   h0     [B,R]      initial hidden state   c0 [B,H] initial cell state
+ *   x      [N,I]      input rows, packed step-major (see batch_sizes)
+ *   y      [N,R]      hidden state after every step
+ *   gates  [N,4H]     activated gates sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+ *   c      [N,H]      cell state after every step
+ *   h_n    [B,R]      final hidden state     c_n [B,H] final cell state
+ *
+ * Variable lengths: batch_sizes [T] (int64, non-increasing, batch_sizes[0] <= B)
+ * gives the rows of each step, N = sum(batch_sizes); the rows of step t start at
+ * sum(batch_sizes[:t]) and are the first batch_sizes[t] sequences, which alone
+ * advance at step t (sequences sorted longest first, as torch's PackedSequence).
+ * h_n, c_n hold each sequence's state after its last step (h0, c0 for a sequence
+ * of length 0). batch_sizes == NULL means B rows at every step: the padded
+ * [T,B,.] layout, N = T*B. Both are one code path; the work is proportional to N.
  *
  * The kernel never allocates. The caller owns every output, the packed weights
- * and the workspace; none of them may alias each other or an input.
+ * and the workspace. Aliasing: outputs may not alias each other, the workspace
+ * or an input, with two exceptions (useful to keep a running state in place):
+ *   - h_n may be h0 and c_n may be c0 (they are written after the last step,
+ *     from y and c, or left as they are for rows never active);
+ *   - nothing else: in particular y and c may not alias h0 / c0.
  *
  * Every function returns LSTM_OK or an LSTM_ERR_* status.
  * Results are bitwise identical for any nthreads: the work is split over
- * output tiles only, never over a reduction.
+ * output tiles only, never over a reduction. Each row is computed by the same
+ * operations whatever the number of rows, so a sequence run in chunks (h_n, c_n
+ * of one call as h0, c0 of the next) gives the same bits as one call.
  */
 #ifndef LSTM_FAST_LSTM_H
 #define LSTM_FAST_LSTM_H
@@ -32,8 +47,8 @@ extern "C" {
 
 enum {
     LSTM_OK = 0,
-    LSTM_ERR_ARG = 1,        /* negative dimension, NULL pointer, H == 0 */
-    LSTM_ERR_PACKED = 2,     /* packed weights do not match dtype, I, H or were built for
+    LSTM_ERR_ARG = 1,        /* negative dimension, NULL pointer, H == 0, bad batch_sizes */
+    LSTM_ERR_PACKED = 2,     /* packed weights do not match dtype, I, H, P or were built for
                                 a SIMD level other than the current one */
     LSTM_ERR_SIMD = 3        /* requested SIMD level not supported by this CPU */
 };
@@ -55,79 +70,87 @@ const char *lstm_build_info(void);
 
 /* ---- per dtype: _f32 (float) and _f64 (double), identical contracts ------ */
 
-/* Bytes of the packed-weights buffer for input size I, hidden size H. */
-size_t lstm_packed_size_f32(int64_t I, int64_t H);
-size_t lstm_packed_size_f64(int64_t I, int64_t H);
+/* Bytes of the packed-weights buffer for input size I, hidden size H, projection
+ * size P (0: none). */
+size_t lstm_packed_size_f32(int64_t I, int64_t H, int64_t P);
+size_t lstm_packed_size_f64(int64_t I, int64_t H, int64_t P);
 
 /* Pack the weights once per weight version.
  *   w_ih   [4H,I]   in
- *   w_hh   [4H,H]   in
+ *   w_hh   [4H,R]   in
  *   b      [4H]     in, b_ih + b_hh, or NULL for no bias
- *   packed [lstm_packed_size_X(I,H) bytes]  out, any alignment; layout private,
+ *   w_hr   [P,H]    in, projection (P > 0), else ignored (may be NULL)
+ *   packed [lstm_packed_size_X(I,H,P) bytes]  out, any alignment; layout private,
  *          built for the current SIMD level (lstm_set_simd_level) and usable
  *          by every later call whatever the level is then set to. */
-int lstm_pack_f32(int64_t I, int64_t H, const float *w_ih, const float *w_hh,
-                  const float *b, void *packed);
-int lstm_pack_f64(int64_t I, int64_t H, const double *w_ih, const double *w_hh,
-                  const double *b, void *packed);
+int lstm_pack_f32(int64_t I, int64_t H, int64_t P, const float *w_ih, const float *w_hh,
+                  const float *b, const float *w_hr, void *packed);
+int lstm_pack_f64(int64_t I, int64_t H, int64_t P, const double *w_ih, const double *w_hh,
+                  const double *b, const double *w_hr, void *packed);
 
-/* Bytes of scratch lstm_forward_X needs with up to nthreads threads. */
-size_t lstm_forward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H,
+/* Bytes of scratch lstm_forward_X needs with up to nthreads threads (T steps,
+ * B sequences). */
+size_t lstm_forward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                                        int nthreads);
-size_t lstm_forward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H,
+size_t lstm_forward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                                        int nthreads);
 
 /* Forward pass.
- *   packed    from lstm_pack_X with the same I, H          in
- *   x         [T,B,I]                                      in
- *   h0, c0    [B,H]                                        in
- *   y         [T,B,H]   hidden state after every step      out
- *   h_n, c_n  [B,H]     final states                       out
- *   gates     [T,B,4H]  activated i, f, g, o (for backward) out
- *   c         [T,B,H]   cell state after every step        out
- *   workspace lstm_forward_workspace_size_X bytes          scratch
- *   nthreads  threads to use (>= 1; see lstm_resolve_threads)
- * T may be 0 (h_n, c_n are then copies of h0, c0). */
-int lstm_forward_f32(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
-                     const float *x, const float *h0, const float *c0,
-                     float *y, float *h_n, float *c_n, float *gates, float *c,
+ *   packed      from lstm_pack_X with the same I, H, P                 in
+ *   batch_sizes [T] rows per step, or NULL for B at every step         in
+ *   x           [N,I]                                                  in
+ *   h0 [B,R], c0 [B,H]                                                 in
+ *   y           [N,R]   hidden state after every step                  out
+ *   h_n [B,R], c_n [B,H]  final states (may be h0, c0: see above)      out
+ *   gates       [N,4H]  activated i, f, g, o (for backward)            out
+ *   c           [N,H]   cell state after every step                    out
+ *   workspace   lstm_forward_workspace_size_X bytes                    scratch
+ *   nthreads    threads to use (>= 1; see lstm_resolve_threads)
+ * T and N may be 0 (h_n, c_n are then copies of h0, c0).
+ * LSTM_ERR_ARG if batch_sizes is not non-increasing in [0, B]. */
+int lstm_forward_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, const void *packed,
+                     const int64_t *batch_sizes, const float *x, const float *h0,
+                     const float *c0, float *y, float *h_n, float *c_n, float *gates, float *c,
                      void *workspace, int nthreads);
-int lstm_forward_f64(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
-                     const double *x, const double *h0, const double *c0,
-                     double *y, double *h_n, double *c_n, double *gates, double *c,
-                     void *workspace, int nthreads);
+int lstm_forward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, const void *packed,
+                     const int64_t *batch_sizes, const double *x, const double *h0,
+                     const double *c0, double *y, double *h_n, double *c_n, double *gates,
+                     double *c, void *workspace, int nthreads);
 
-/* Bytes of scratch lstm_backward_X needs with up to nthreads threads
- * (dgates [T,B,4H] with padded rows plus GEMM packing buffers). */
-size_t lstm_backward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H,
-                                        int nthreads);
-size_t lstm_backward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H,
-                                        int nthreads);
+/* Bytes of scratch lstm_backward_X needs with up to nthreads threads for T steps
+ * of N rows in all (dgates [N,4H] with padded rows, with a projection also
+ * dh [N,P] and m [N,H], plus GEMM packing buffers). */
+size_t lstm_backward_workspace_size_f32(int64_t T, int64_t N, int64_t B, int64_t I, int64_t H,
+                                        int64_t P, int nthreads);
+size_t lstm_backward_workspace_size_f64(int64_t T, int64_t N, int64_t B, int64_t I, int64_t H,
+                                        int64_t P, int nthreads);
 
 /* Backward pass (BPTT through the whole sequence).
- *   packed, x, h0, c0   as given to lstm_forward_X              in
- *   y, gates, c         as returned by lstm_forward_X           in
- *   dy        [T,B,H]   dLoss/dy                                in
- *   dh_n, dc_n [B,H]    dLoss/dh_n, dLoss/dc_n                  in
- *   dx        [T,B,I]                                           out
- *   dw_ih     [4H,I]                                            out
- *   dw_hh     [4H,H]                                            out
- *   db        [4H]      gradient of b_ih (= of b_hh)            out
- *   dh0, dc0  [B,H]                                             out
- *   workspace lstm_backward_workspace_size_X bytes              scratch
- *   nthreads  threads to use (>= 1) */
-int lstm_backward_f32(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
-                      const float *x, const float *h0, const float *c0, const float *y,
-                      const float *gates, const float *c, const float *dy,
-                      const float *dh_n, const float *dc_n,
-                      float *dx, float *dw_ih, float *dw_hh, float *db, float *dh0,
-                      float *dc0, void *workspace, int nthreads);
-int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
-                      const double *x, const double *h0, const double *c0, const double *y,
-                      const double *gates, const double *c, const double *dy,
-                      const double *dh_n, const double *dc_n,
-                      double *dx, double *dw_ih, double *dw_hh, double *db, double *dh0,
-                      double *dc0, void *workspace, int nthreads);
+ *   packed, batch_sizes, x, h0, c0   as given to lstm_forward_X         in
+ *   y, gates, c          as returned by lstm_forward_X                  in
+ *   dy         [N,R]     dLoss/dy                                       in
+ *   dh_n [B,R], dc_n [B,H]  dLoss/dh_n, dLoss/dc_n                      in
+ *   dx         [N,I]                                                    out
+ *   dw_ih      [4H,I]                                                   out
+ *   dw_hh      [4H,R]                                                   out
+ *   db         [4H]      gradient of b_ih (= of b_hh)                   out
+ *   dh0 [B,R], dc0 [B,H]                                                out
+ *   dw_hr      [P,H]     projection only (P > 0), else ignored          out
+ *   workspace  lstm_backward_workspace_size_X bytes                     scratch
+ *   nthreads   threads to use (>= 1)
+ * No output may alias an input here. */
+int lstm_backward_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, const void *packed,
+                      const int64_t *batch_sizes, const float *x, const float *h0,
+                      const float *c0, const float *y, const float *gates, const float *c,
+                      const float *dy, const float *dh_n, const float *dc_n, float *dx,
+                      float *dw_ih, float *dw_hh, float *db, float *dh0, float *dc0,
+                      float *dw_hr, void *workspace, int nthreads);
+int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, const void *packed,
+                      const int64_t *batch_sizes, const double *x, const double *h0,
+                      const double *c0, const double *y, const double *gates, const double *c,
+                      const double *dy, const double *dh_n, const double *dc_n, double *dx,
+                      double *dw_ih, double *dw_hh, double *db, double *dh0, double *dc0,
+                      double *dw_hr, void *workspace, int nthreads);
 
 #ifdef __cplusplus
 }

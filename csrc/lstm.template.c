@@ -297,7 +297,9 @@ INLINE vec FN(vtanh)(vec z)
 
 /* Operands. A is M x K: element (m, k) at a[m*lda + k], or a[k*lda + m] if
  * a_trans. B is K x N: either prepacked panels [N/NR][K][NR] (bpacked), or
- * row-major b[k*ldb + n], rows k >= b_split taken from b2[(k-b_split)*ldb + n].
+ * row-major b[k*ldb + n]; or, if offs is set (K = offs[nsteps] packed rows of
+ * variable-length steps), the h_{t-1} rows of row k = offs[t] + r: b0[r*ldb + n]
+ * at t = 0, else b[(offs[t-1] + r)*ldb + n].
  * C (M x N, ldc) = A.B + bias[n] (bias may be NULL). */
 typedef struct {
     int64_t M, N, K;
@@ -305,8 +307,10 @@ typedef struct {
     int64_t lda;
     int a_trans;
     const TYPE *bpacked;
-    const TYPE *b, *b2;
-    int64_t ldb, b_split;
+    const TYPE *b, *b0;
+    int64_t ldb;
+    const int64_t *offs;
+    int64_t nsteps;
     const TYPE *bias;
     TYPE *c;
     int64_t ldc;
@@ -356,13 +360,31 @@ KERNEL void FN(pack_a)(const FN(gemm_args) *g, int64_t m0, int64_t kb, int64_t k
 KERNEL void FN(pack_b)(const FN(gemm_args) *g, int64_t kb, int64_t kc, int64_t p0, int64_t p1,
                        TYPE *bp)
 {
+    int64_t t0 = 0;
+    if (g->offs) {   /* step of row kb: last t with offs[t] <= kb */
+        int64_t lo = 0, hi = g->nsteps - 1;
+        while (lo < hi) {
+            int64_t mid = (lo + hi + 1) / 2;
+            if (g->offs[mid] <= kb)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        t0 = lo;
+    }
     for (int64_t p = p0; p < p1; p++) {
         int64_t n0 = p * NR, nn = g->N - n0 < NR ? g->N - n0 : NR;
         TYPE *dst = bp + (p - p0) * kc * NR;
+        int64_t t = t0;
         for (int64_t k = 0; k < kc; k++) {
             int64_t row = kb + k;
-            const TYPE *src = row < g->b_split ? g->b + row * g->ldb
-                                               : g->b2 + (row - g->b_split) * g->ldb;
+            const TYPE *src = g->b + row * g->ldb;
+            if (g->offs) {
+                while (row >= g->offs[t + 1])
+                    t++;
+                int64_t r = row - g->offs[t];
+                src = t ? g->b + (g->offs[t - 1] + r) * g->ldb : g->b0 + r * g->ldb;
+            }
             src += n0;
             if (nn == NR) {
                 memcpy(dst + k * NR, src, NR * sizeof(TYPE));
@@ -525,49 +547,56 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
 }
 
 /* ---- packed weights ----------------------------------------------------------
- * header, then (64-byte aligned):
+ * R = P with a projection, else H: the width of h. header, then (64-byte aligned):
  *   wih_t  [ceil(4H/NR)][I][NR]   B = w_ih^T for gates = x.w_ih^T
  *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih
- *   whh_f  [nblk][H][4][V]        forward step: i,f,g,o of V units together
- *   whh_b  [nblk][4H][V]          backward step: dh = dgates.w_hh
+ *   whh_f  [ceil(H/V)][R][4][V]   forward step: i,f,g,o of V units together
+ *   whh_b  [ceil(R/V)][4H][V]     backward step: dh = dgates.w_hh
  *   b      [4H]
+ *   whr_t  [ceil(P/NR)][H][NR]    B = w_hr^T for h = m.w_hr^T   (projection only)
+ *   whr    [ceil(H/NR)][P][NR]    B = w_hr   for dm = dh.w_hr    (projection only)
  */
 typedef struct {
     uint32_t magic;
     int32_t level, elem_size, has_bias;
-    int64_t I, H;
-    int64_t off_wih_t, off_wih, off_whh_f, off_whh_b, off_b, total;
+    int64_t I, H, P;
+    int64_t off_wih_t, off_wih, off_whh_f, off_whh_b, off_b, off_whr_t, off_whr, total;
 } FN(packed_hdr);
 
 #define PACK_MAGIC 0x4c53544du
 #define ALIGN64(n) (((n) + 63) & ~(int64_t)63)
 
-static void FN(packed_layout)(int64_t I, int64_t H, FN(packed_hdr) *h)
+static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h)
 {
-    int64_t nblk = (H + V - 1) / V, s = (int64_t)sizeof(TYPE);
+    int64_t R = P ? P : H, s = (int64_t)sizeof(TYPE);
     h->magic = PACK_MAGIC;
     h->level = ISA;
     h->elem_size = (int32_t)sizeof(TYPE);
     h->I = I;
     h->H = H;
+    h->P = P;
     int64_t off = ALIGN64((int64_t)sizeof(FN(packed_hdr)));
     h->off_wih_t = off;
     off = ALIGN64(off + (4 * H + NR - 1) / NR * I * NR * s);
     h->off_wih = off;
     off = ALIGN64(off + (I + NR - 1) / NR * 4 * H * NR * s);
     h->off_whh_f = off;
-    off = ALIGN64(off + nblk * H * 4 * V * s);
+    off = ALIGN64(off + (H + V - 1) / V * R * 4 * V * s);
     h->off_whh_b = off;
-    off = ALIGN64(off + nblk * 4 * H * V * s);
+    off = ALIGN64(off + (R + V - 1) / V * 4 * H * V * s);
     h->off_b = off;
     off = ALIGN64(off + 4 * H * s);
+    h->off_whr_t = off;
+    off = ALIGN64(off + (P + NR - 1) / NR * H * NR * s);
+    h->off_whr = off;
+    off = ALIGN64(off + (H + NR - 1) / NR * P * NR * s);
     h->total = off;
 }
 
-static size_t FN(packed_size)(int64_t I, int64_t H)
+static size_t FN(packed_size)(int64_t I, int64_t H, int64_t P)
 {
     FN(packed_hdr) h;
-    FN(packed_layout)(I, H, &h);
+    FN(packed_layout)(I, H, P, &h);
     return (size_t)h.total + 64;
 }
 
@@ -576,80 +605,104 @@ static unsigned char *FN(align_ptr)(void *p)
     return (unsigned char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
 }
 
-static int FN(pack)(int64_t I, int64_t H, const TYPE *w_ih, const TYPE *w_hh, const TYPE *b,
-                    void *packed)
+/* dst [ceil(N/NR)][K][NR] = panels of the K x N matrix (k, n) -> src[k*sk + n*sn] */
+static void FN(pack_panels)(int64_t K, int64_t N, const TYPE *src, int64_t sk, int64_t sn,
+                            TYPE *dst)
+{
+    for (int64_t p = 0; p < (N + NR - 1) / NR; p++)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t n = 0; n < NR; n++) {
+                int64_t col = p * NR + n;
+                dst[(p * K + k) * NR + n] = col < N ? src[k * sk + col * sn] : 0;
+            }
+}
+
+static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYPE *w_hh,
+                    const TYPE *b, const TYPE *w_hr, void *packed)
 {
     unsigned char *base = FN(align_ptr)(packed);
     FN(packed_hdr) *h = (FN(packed_hdr) *)base;
-    FN(packed_layout)(I, H, h);
+    FN(packed_layout)(I, H, P, h);
     h->has_bias = b != NULL;
-    int64_t G = 4 * H, nblk = (H + V - 1) / V;
-    TYPE *wih_t = (TYPE *)(base + h->off_wih_t), *wih = (TYPE *)(base + h->off_wih);
+    int64_t G = 4 * H, R = P ? P : H;
     TYPE *whh_f = (TYPE *)(base + h->off_whh_f), *whh_b = (TYPE *)(base + h->off_whh_b);
     TYPE *bb = (TYPE *)(base + h->off_b);
-    for (int64_t p = 0; p < (G + NR - 1) / NR; p++)
-        for (int64_t k = 0; k < I; k++)
-            for (int64_t n = 0; n < NR; n++) {
-                int64_t col = p * NR + n;
-                wih_t[(p * I + k) * NR + n] = col < G ? w_ih[col * I + k] : 0;
-            }
-    for (int64_t p = 0; p < (I + NR - 1) / NR; p++)
-        for (int64_t k = 0; k < G; k++)
-            for (int64_t n = 0; n < NR; n++) {
-                int64_t col = p * NR + n;
-                wih[(p * G + k) * NR + n] = col < I ? w_ih[k * I + col] : 0;
-            }
-    for (int64_t j = 0; j < nblk; j++)
-        for (int64_t k = 0; k < H; k++)
+    FN(pack_panels)(I, G, w_ih, 1, I, (TYPE *)(base + h->off_wih_t));
+    FN(pack_panels)(G, I, w_ih, I, 1, (TYPE *)(base + h->off_wih));
+    for (int64_t j = 0; j < (H + V - 1) / V; j++)
+        for (int64_t k = 0; k < R; k++)
             for (int g = 0; g < 4; g++)
                 for (int l = 0; l < V; l++) {
                     int64_t u = j * V + l;
-                    whh_f[((j * H + k) * 4 + g) * V + l] = u < H ? w_hh[(g * H + u) * H + k] : 0;
+                    whh_f[((j * R + k) * 4 + g) * V + l] = u < H ? w_hh[(g * H + u) * R + k] : 0;
                 }
-    for (int64_t j = 0; j < nblk; j++)
+    for (int64_t j = 0; j < (R + V - 1) / V; j++)
         for (int64_t k = 0; k < G; k++)
             for (int l = 0; l < V; l++) {
                 int64_t u = j * V + l;
-                whh_b[(j * G + k) * V + l] = u < H ? w_hh[k * H + u] : 0;
+                whh_b[(j * G + k) * V + l] = u < R ? w_hh[k * R + u] : 0;
             }
     for (int64_t k = 0; k < G; k++)
         bb[k] = b ? b[k] : 0;
+    if (P) {
+        FN(pack_panels)(H, P, w_hr, 1, H, (TYPE *)(base + h->off_whr_t));
+        FN(pack_panels)(P, H, w_hr, H, 1, (TYPE *)(base + h->off_whr));
+    }
     return LSTM_OK;
 }
 
-static const FN(packed_hdr) *FN(check_packed)(const void *packed, int64_t I, int64_t H)
+static const FN(packed_hdr) *FN(check_packed)(const void *packed, int64_t I, int64_t H,
+                                              int64_t P)
 {
     const FN(packed_hdr) *h = (const FN(packed_hdr) *)FN(align_ptr)((void *)packed);
     if (h->magic != PACK_MAGIC || h->level != ISA || h->elem_size != (int)sizeof(TYPE) ||
-        h->I != I || h->H != H)
+        h->I != I || h->H != H || h->P != P)
         return NULL;
     return h;
+}
+
+/* Row offsets of the steps: offs[t] = sum(batch_sizes[:t]), t = 0..T; batch_sizes
+ * NULL means B rows per step. 0 if the sizes are not non-increasing in [0, B]. */
+static int FN(step_offsets)(int64_t T, int64_t B, const int64_t *bs, int64_t *offs)
+{
+    int64_t prev = B;
+    offs[0] = 0;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t n = bs ? bs[t] : B;
+        if (n < 0 || n > prev)
+            return 0;
+        offs[t + 1] = offs[t] + n;
+        prev = n;
+    }
+    return 1;
 }
 
 /* ---- forward ---------------------------------------------------------------- */
 
 typedef struct {
-    int64_t T, B, I, H;
+    int64_t T, B, I, H, P;
     const FN(packed_hdr) *hdr;
+    const int64_t *offs;     /* [T+1] step row offsets */
     const TYPE *x, *h0, *c0;
     TYPE *y, *h_n, *c_n, *gates, *c;
+    TYPE *m;                 /* [B,H] unprojected h of the step (projection only) */
     TYPE *ws;
 } FN(fwd_ctx);
 
-/* acc [mr][nb][4][V] = h_prev[rows] . w_hh^T for nb blocks from blk0 */
-INLINE void FN(fwd_dot)(const int mr, const int nb, int64_t H, const TYPE *restrict hp,
+/* acc [mr][nb][4][V] = h_prev[rows] . w_hh^T for nb blocks from blk0; K = width of h */
+INLINE void FN(fwd_dot)(const int mr, const int nb, int64_t K, const TYPE *restrict hp,
                         const TYPE *restrict w, TYPE *restrict out)
 {
     vec acc[MAXACC];
 #pragma GCC unroll 24
     for (int q = 0; q < mr * nb * 4; q++)
         acc[q] = (vec){0};
-    const int64_t bstride = H * 4 * V;
-    for (int64_t k = 0; k < H; k++) {
+    const int64_t bstride = K * 4 * V;
+    for (int64_t k = 0; k < K; k++) {
         const TYPE *wk = w + k * 4 * V;
 #pragma GCC unroll 24
         for (int r = 0; r < mr; r++) {
-            vec a = FN(vset1)(hp[r * H + k]);
+            vec a = FN(vset1)(hp[r * K + k]);
 #pragma GCC unroll 16
             for (int q = 0; q < nb * 4; q++)
                 acc[r * nb * 4 + q] = VFMA(a, FN(vload)(wk + (q / 4) * bstride + (q % 4) * V),
@@ -689,11 +742,14 @@ KERNEL void FN(fwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0, cons
 
 #define FWD_TILE(MRV, NBV)                                                                   \
     case (MRV) * 16 + (NBV):                                                                 \
-        FN(fwd_dot)(MRV, NBV, H, hp + r0 * H, w + j * H * 4 * V, acc);                       \
+        FN(fwd_dot)(MRV, NBV, R, hp + r0 * R, w + j * R * 4 * V, acc);                       \
         break;
 
-KERNEL void FN(fwd_step)(int64_t B, int64_t H, int64_t j0, int64_t j1, const TYPE *w,
-                         const TYPE *hp, const TYPE *cp, TYPE *gates_t, TYPE *c_t, TYPE *y_t)
+/* One step for rows 0..B-1 (the active ones), hidden blocks j0..j1: h_prev [B,R],
+ * y_t [B,H] gets o*tanh(c) (h, or m before the projection). */
+KERNEL void FN(fwd_step)(int64_t B, int64_t H, int64_t R, int64_t j0, int64_t j1,
+                         const TYPE *w, const TYPE *hp, const TYPE *cp, TYPE *gates_t,
+                         TYPE *c_t, TYPE *y_t)
 {
     TYPE acc[MAXACC * V] __attribute__((aligned(64)));
     int64_t jstep = B == 1 ? NB1 : 1;
@@ -726,11 +782,13 @@ KERNEL void FN(fwd_step)(int64_t B, int64_t H, int64_t j0, int64_t j1, const TYP
 KERNEL void FN(fwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
 {
     const FN(fwd_ctx) *ctx = (const FN(fwd_ctx) *)arg;
-    int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, G = 4 * H;
+    int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, P = ctx->P, G = 4 * H;
+    int64_t R = P ? P : H;
+    const int64_t *offs = ctx->offs;
     const unsigned char *base = (const unsigned char *)ctx->hdr;
     TYPE *ws = ctx->ws + tid * FN(gemm_ws_elems)(0, nth, 0);
     FN(gemm_args) g = {0};
-    g.M = T * B;
+    g.M = offs[T];
     g.N = G;
     g.K = I;
     g.a = ctx->x;
@@ -739,44 +797,83 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     g.bias = ctx->hdr->has_bias ? (const TYPE *)(base + ctx->hdr->off_b) : NULL;
     g.c = ctx->gates;
     g.ldc = G;
-    if (T > 0)
-        FN(gemm)(&g, ws, tid, nth);
+    FN(gemm)(&g, ws, tid, nth);
     lstm_barrier_wait(bar, nth);
+    FN(gemm_args) gp = {0};   /* projection: y_t = m . w_hr^T */
+    gp.N = P;
+    gp.K = H;
+    gp.a = ctx->m;
+    gp.lda = H;
+    gp.bpacked = (const TYPE *)(base + ctx->hdr->off_whr_t);
+    gp.ldc = P;
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, nth), j1 = FN(split)(nblk, tid + 1, nth);
     const TYPE *w = (const TYPE *)(base + ctx->hdr->off_whh_f);
     for (int64_t t = 0; t < T; t++) {
-        const TYPE *hp = t ? ctx->y + (t - 1) * B * H : ctx->h0;
-        const TYPE *cp = t ? ctx->c + (t - 1) * B * H : ctx->c0;
-        FN(fwd_step)(B, H, j0, j1, w, hp, cp, ctx->gates + t * B * G, ctx->c + t * B * H,
-                     ctx->y + t * B * H);
+        int64_t n = offs[t + 1] - offs[t];
+        if (n == 0)
+            break;
+        const TYPE *hp = t ? ctx->y + offs[t - 1] * R : ctx->h0;
+        const TYPE *cp = t ? ctx->c + offs[t - 1] * H : ctx->c0;
+        TYPE *yt = ctx->y + offs[t] * R;
+        FN(fwd_step)(n, H, R, j0, j1, w, hp, cp, ctx->gates + offs[t] * G,
+                     ctx->c + offs[t] * H, P ? ctx->m : yt);
         lstm_barrier_wait(bar, nth);
+        if (P) {
+            gp.M = n;
+            gp.c = yt;
+            FN(gemm)(&gp, ws, tid, nth);
+            lstm_barrier_wait(bar, nth);
+        }
     }
     if (tid == 0) {
-        const TYPE *hs = T ? ctx->y + (T - 1) * B * H : ctx->h0;
-        const TYPE *cs = T ? ctx->c + (T - 1) * B * H : ctx->c0;
-        for (int64_t q = 0; q < B * H; q++) {
-            ctx->h_n[q] = hs[q];
-            ctx->c_n[q] = cs[q];
+        /* sequence r's last step is the last t with batch_sizes[t] > r */
+        int64_t n0 = T ? offs[1] : 0;
+        if (ctx->h_n != ctx->h0)
+            memcpy(ctx->h_n + n0 * R, ctx->h0 + n0 * R, (size_t)((B - n0) * R) * sizeof(TYPE));
+        if (ctx->c_n != ctx->c0)
+            memcpy(ctx->c_n + n0 * H, ctx->c0 + n0 * H, (size_t)((B - n0) * H) * sizeof(TYPE));
+        for (int64_t t = 0; t < T; t++) {
+            int64_t n = offs[t + 1] - offs[t];
+            int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+            memcpy(ctx->h_n + nn * R, ctx->y + (offs[t] + nn) * R,
+                   (size_t)((n - nn) * R) * sizeof(TYPE));
+            memcpy(ctx->c_n + nn * H, ctx->c + (offs[t] + nn) * H,
+                   (size_t)((n - nn) * H) * sizeof(TYPE));
         }
     }
 }
 
-static size_t FN(fwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int nth)
+/* Workspace: step offsets, m (projection), per-thread GEMM buffers. */
+static int64_t FN(offs_bytes)(int64_t T) { return ALIGN64((T + 1) * (int64_t)sizeof(int64_t)); }
+
+static size_t FN(fwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int nth)
 {
-    (void)T; (void)B; (void)I; (void)H;
-    return (size_t)FN(gemm_ws_total)(0, nth, 0) * sizeof(TYPE) + 64;
+    (void)I;
+    return (size_t)(FN(offs_bytes)(T) + (P ? ALIGN64(B * H * (int64_t)sizeof(TYPE)) : 0)) +
+           (size_t)FN(gemm_ws_total)(0, nth, 0) * sizeof(TYPE) + 64;
 }
 
-static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
-                       const TYPE *x, const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n,
-                       TYPE *c_n, TYPE *gates, TYPE *c, void *workspace, int nthreads)
+static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                       const void *packed, const int64_t *batch_sizes, const TYPE *x,
+                       const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n, TYPE *c_n,
+                       TYPE *gates, TYPE *c, void *workspace, int nthreads)
 {
-    const FN(packed_hdr) *hdr = FN(check_packed)(packed, I, H);
+    const FN(packed_hdr) *hdr = FN(check_packed)(packed, I, H, P);
     if (!hdr)
         return LSTM_ERR_PACKED;
-    FN(fwd_ctx) ctx = {T, B, I, H, hdr, x, h0, c0, y, h_n, c_n, gates, c,
-                       (TYPE *)FN(align_ptr)(workspace)};
+    unsigned char *wsb = FN(align_ptr)(workspace);
+    int64_t *offs = (int64_t *)wsb;
+    if (!FN(step_offsets)(T, B, batch_sizes, offs))
+        return LSTM_ERR_ARG;
+    wsb += FN(offs_bytes)(T);
+    TYPE *m = NULL;
+    if (P) {
+        m = (TYPE *)wsb;
+        wsb += ALIGN64(B * H * (int64_t)sizeof(TYPE));
+    }
+    FN(fwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, h_n, c_n, gates, c, m,
+                       (TYPE *)wsb};
     if (nthreads < 1)
         nthreads = 1;
     lstm_pool_run(FN(fwd_job), &ctx, nthreads);
@@ -786,12 +883,16 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *p
 /* ---- backward --------------------------------------------------------------- */
 
 typedef struct {
-    int64_t T, B, I, H;
+    int64_t T, B, I, H, P;
     const FN(packed_hdr) *hdr;
+    const int64_t *offs;     /* [T+1] step row offsets */
     const TYPE *x, *h0, *c0, *y, *gates, *c, *dy, *dh_n, *dc_n;
-    TYPE *dx, *dw_ih, *dw_hh, *db, *dh0, *dc0;
-    TYPE *dgates;       /* [T*B][ldg] */
+    TYPE *dx, *dw_ih, *dw_hh, *db, *dh0, *dc0, *dw_hr;
+    TYPE *dgates;       /* [N][ldg] */
     int64_t ldg;
+    TYPE *dm;           /* [B,H]  projection: dLoss/dm of the step */
+    TYPE *dh_all;       /* [N,P]  projection: dLoss/dh of every step */
+    TYPE *m_all;        /* [N,H]  projection: m = o*tanh(c) of every step */
     TYPE *ws;
 } FN(bwd_ctx);
 
@@ -827,104 +928,166 @@ INLINE void FN(bwd_dot)(const int mr, const int nb, int64_t H, const TYPE *restr
         FN(vstore)(out + q * V, acc[q]);
 }
 
-/* Gate gradients of step t for rows r0.., blocks j0..; dh_rec [mr][nb][V] is the
- * recurrent part of dh (or NULL at t = T-1, where dh_n is used). */
+#define BWD_TILE(MRV, NBV)                                                                   \
+    case (MRV) * 16 + (NBV):                                                                 \
+        FN(bwd_dot)(MRV, NBV, H, dg, ldg, w, acc);                                          \
+        break;
+
+/* acc [mr][nb][V] = dg[0..mr) . w_hh for nb output blocks starting at w */
+KERNEL void FN(bwd_tile)(int mr, int nb, int64_t H, const TYPE *dg, int64_t ldg, const TYPE *w,
+                         TYPE *acc)
+{
+    switch (mr * 16 + nb) {
+        BWD_TILE(1, 1)
+        BWD_TILE(1, 2)
+        BWD_TILE(1, 3)
+        BWD_TILE(1, 4)
+        BWD_TILE(1, 5)
+        BWD_TILE(1, 6)
+        BWD_TILE(1, 7)
+        BWD_TILE(1, 8)
+        BWD_TILE(2, 1)
+        BWD_TILE(2, 2)
+        BWD_TILE(2, 3)
+        BWD_TILE(2, 4)
+#if BR >= 6
+        BWD_TILE(3, 1)
+        BWD_TILE(3, 2)
+        BWD_TILE(3, 3)
+        BWD_TILE(3, 4)
+        BWD_TILE(4, 1)
+        BWD_TILE(4, 2)
+        BWD_TILE(4, 3)
+        BWD_TILE(4, 4)
+        BWD_TILE(5, 1)
+        BWD_TILE(5, 2)
+        BWD_TILE(5, 3)
+        BWD_TILE(5, 4)
+        BWD_TILE(6, 1)
+        BWD_TILE(6, 2)
+        BWD_TILE(6, 3)
+        BWD_TILE(6, 4)
+#endif
+    default:
+        break;
+    }
+}
+
+/* Gate gradients of rows r0.., blocks j0.. of one step. dh of m = o*tanh(c) is the
+ * tile dh_rec [mr][nb][V] or, if NULL, the rows of dh_src [.,H]; dy_t is added if
+ * set. dc (running, [.,H]) is read and replaced by the gradient reaching c_{t-1}.
+ * m_out, if set, receives o*tanh(c). */
 KERNEL void FN(bwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0,
-                         const TYPE *dh_rec, const TYPE *dh_n, const TYPE *dy_t,
-                         const TYPE *gates_t, const TYPE *c_t, const TYPE *cprev,
-                         const TYPE *dc_in, TYPE *dc_out, TYPE *dg_t, int64_t ldg)
+                         const TYPE *dh_rec, const TYPE *dh_src, const TYPE *dy_t,
+                         const TYPE *gates_t, const TYPE *c_t, const TYPE *cprev, TYPE *dc,
+                         TYPE *dg_t, int64_t ldg, TYPE *m_out)
 {
     for (int r = 0; r < mr; r++) {
         for (int jb = 0; jb < nb; jb++) {
             int64_t row = r0 + r, off = (j0 + jb) * V, ro = row * H + off;
             int n = H - off < V ? (int)(H - off) : V;
-            vec dh = dh_rec ? FN(vload)(dh_rec + (r * nb + jb) * V) : FN(vload_n)(dh_n + ro, n);
-            dh = dh + FN(vload_n)(dy_t + ro, n);
+            vec dh = dh_rec ? FN(vload)(dh_rec + (r * nb + jb) * V) : FN(vload_n)(dh_src + ro, n);
+            if (dy_t)
+                dh = dh + FN(vload_n)(dy_t + ro, n);
             const TYPE *gr = gates_t + row * 4 * H + off;
             vec i = FN(vload_n)(gr, n), f = FN(vload_n)(gr + H, n);
             vec g = FN(vload_n)(gr + 2 * H, n), o = FN(vload_n)(gr + 3 * H, n);
             vec tc = FN(vtanh)(FN(vload_n)(c_t + ro, n));
-            vec dc = FN(vload_n)(dc_in + ro, n);
-            dc = dc + dh * o * (1 - tc * tc);
+            vec dcv = FN(vload_n)(dc + ro, n);
+            dcv = dcv + dh * o * (1 - tc * tc);
             TYPE *dgr = dg_t + row * ldg + off;
-            FN(vstore_n)(dgr, dc * g * i * (1 - i), n);
-            FN(vstore_n)(dgr + H, dc * FN(vload_n)(cprev + ro, n) * f * (1 - f), n);
-            FN(vstore_n)(dgr + 2 * H, dc * i * (1 - g * g), n);
+            FN(vstore_n)(dgr, dcv * g * i * (1 - i), n);
+            FN(vstore_n)(dgr + H, dcv * FN(vload_n)(cprev + ro, n) * f * (1 - f), n);
+            FN(vstore_n)(dgr + 2 * H, dcv * i * (1 - g * g), n);
             FN(vstore_n)(dgr + 3 * H, dh * tc * o * (1 - o), n);
-            FN(vstore_n)(dc_out + ro, dc * f, n);
+            FN(vstore_n)(dc + ro, dcv * f, n);
+            if (m_out)
+                FN(vstore_n)(m_out + ro, o * tc, n);
         }
     }
 }
 
-#define BWD_TILE(MRV, NBV)                                                                   \
-    case (MRV) * 16 + (NBV):                                                                 \
-        FN(bwd_dot)(MRV, NBV, H, dg_next + r0 * ldg, ldg, w + j * 4 * H * V, acc);          \
-        break;
-
-/* One backward step over blocks j0..j1 of all rows. dg_next = dgates[t+1] (NULL at
- * t = T-1). If dh_out is set, only store dh = dg_next.w_hh there (for dh0). */
-KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1,
-                         const TYPE *dg_next, TYPE *dh_out)
+/* dh of rows 0..n, output blocks p0..p1 of R (the width of h), into out [n,R]:
+ * rows < nn get dg_next . w_hh, rows nn..n get dh_n; plus dy_t if set. */
+KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYPE *dg_next,
+                       int64_t nn, int64_t n, const TYPE *dy_t, TYPE *out)
 {
-    int64_t T = ctx->T, B = ctx->B, H = ctx->H, BH = B * H, ldg = ctx->ldg;
-    const TYPE *w = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
+    int64_t H = ctx->H, R = ctx->P ? ctx->P : H, ldg = ctx->ldg, G = 4 * H;
+    const TYPE *wb = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
     TYPE acc[MAXACC * V] __attribute__((aligned(64)));
-    int64_t jstep = B == 1 ? 2 * BNB : BNB;
+    int64_t jstep = nn == 1 ? 2 * BNB : BNB;
+    for (int64_t j = p0; j < p1; j += jstep) {
+        int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
+        for (int64_t r0 = 0; r0 < nn; r0 += BR) {
+            int mr = nn - r0 < BR ? (int)(nn - r0) : BR;
+            FN(bwd_tile)(mr, nb, H, dg_next + r0 * ldg, ldg, wb + j * G * V, acc);
+            for (int r = 0; r < mr; r++)
+                for (int jb = 0; jb < nb; jb++) {
+                    int64_t off = (j + jb) * V, ro = (r0 + r) * R + off;
+                    int cnt = R - off < V ? (int)(R - off) : V;
+                    vec v = FN(vload)(acc + (r * nb + jb) * V);
+                    if (dy_t)
+                        v = v + FN(vload_n)(dy_t + ro, cnt);
+                    FN(vstore_n)(out + ro, v, cnt);
+                }
+        }
+    }
+    for (int64_t r = nn; r < n; r++)
+        for (int64_t j = p0; j < p1; j++) {
+            int64_t off = j * V, ro = r * R + off;
+            int cnt = R - off < V ? (int)(R - off) : V;
+            vec v = FN(vload_n)(ctx->dh_n + ro, cnt);
+            if (dy_t)
+                v = v + FN(vload_n)(dy_t + ro, cnt);
+            FN(vstore_n)(out + ro, v, cnt);
+        }
+}
+
+/* One backward step t without a projection, hidden blocks j0..j1, fused: rows
+ * below nn (active at t+1) take dh = dgates[t+1] . w_hh from the register tile,
+ * the others (whose last step is t) take dh_n. */
+KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1)
+{
+    int64_t T = ctx->T, H = ctx->H, ldg = ctx->ldg;
+    const int64_t *offs = ctx->offs;
+    int64_t n = offs[t + 1] - offs[t], nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+    const TYPE *w = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
+    const TYPE *dg_next = nn ? ctx->dgates + offs[t + 1] * ldg : NULL;
+    const TYPE *dy_t = ctx->dy + offs[t] * H, *gates_t = ctx->gates + offs[t] * 4 * H;
+    const TYPE *c_t = ctx->c + offs[t] * H, *cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
+    TYPE *dg_t = ctx->dgates + offs[t] * ldg;
+    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
+    int64_t jstep = nn == 1 ? 2 * BNB : BNB;
     for (int64_t j = j0; j < j1; j += jstep) {
         int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
-        for (int64_t r0 = 0; r0 < B; r0 += BR) {
-            int mr = B - r0 < BR ? (int)(B - r0) : BR;
-            if (dg_next) {
-                switch (mr * 16 + nb) {
-                    BWD_TILE(1, 1)
-                    BWD_TILE(1, 2)
-                    BWD_TILE(1, 3)
-                    BWD_TILE(1, 4)
-                    BWD_TILE(1, 5)
-                    BWD_TILE(1, 6)
-                    BWD_TILE(1, 7)
-                    BWD_TILE(1, 8)
-                    BWD_TILE(2, 1)
-                    BWD_TILE(2, 2)
-                    BWD_TILE(2, 3)
-                    BWD_TILE(2, 4)
-#if BR >= 6
-                    BWD_TILE(3, 1)
-                    BWD_TILE(3, 2)
-                    BWD_TILE(3, 3)
-                    BWD_TILE(3, 4)
-                    BWD_TILE(4, 1)
-                    BWD_TILE(4, 2)
-                    BWD_TILE(4, 3)
-                    BWD_TILE(4, 4)
-                    BWD_TILE(5, 1)
-                    BWD_TILE(5, 2)
-                    BWD_TILE(5, 3)
-                    BWD_TILE(5, 4)
-                    BWD_TILE(6, 1)
-                    BWD_TILE(6, 2)
-                    BWD_TILE(6, 3)
-                    BWD_TILE(6, 4)
-#endif
-                default:
-                    break;
-                }
-            }
-            if (dh_out) {
-                for (int r = 0; r < mr; r++)
-                    for (int jb = 0; jb < nb; jb++) {
-                        int64_t off = (j + jb) * V;
-                        int n = H - off < V ? (int)(H - off) : V;
-                        FN(vstore_n)(dh_out + (r0 + r) * H + off,
-                                     FN(vload)(acc + (r * nb + jb) * V), n);
-                    }
-                continue;
-            }
-            FN(bwd_cell)(mr, nb, H, r0, j, dg_next ? acc : NULL, ctx->dh_n,
-                         ctx->dy + t * BH, ctx->gates + t * B * 4 * H, ctx->c + t * BH,
-                         t ? ctx->c + (t - 1) * BH : ctx->c0,
-                         t == T - 1 ? ctx->dc_n : ctx->dc0, ctx->dc0,
-                         ctx->dgates + t * B * ldg, ldg);
+        for (int64_t r0 = 0; r0 < nn; r0 += BR) {
+            int mr = nn - r0 < BR ? (int)(nn - r0) : BR;
+            FN(bwd_tile)(mr, nb, H, dg_next + r0 * ldg, ldg, w + j * 4 * H * V, acc);
+            FN(bwd_cell)(mr, nb, H, r0, j, acc, NULL, dy_t, gates_t, c_t, cprev, ctx->dc0, dg_t,
+                         ldg, NULL);
+        }
+        for (int64_t r0 = nn; r0 < n; r0 += BR) {
+            int mr = n - r0 < BR ? (int)(n - r0) : BR;
+            FN(bwd_cell)(mr, nb, H, r0, j, NULL, ctx->dh_n, dy_t, gates_t, c_t, cprev,
+                         ctx->dc0, dg_t, ldg, NULL);
+        }
+    }
+}
+
+/* Projection: the cell part of step t, hidden blocks j0..j1, dh of m from dm. */
+KERNEL void FN(bwd_step_proj_cell)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1)
+{
+    int64_t H = ctx->H, ldg = ctx->ldg;
+    const int64_t *offs = ctx->offs;
+    int64_t n = offs[t + 1] - offs[t];
+    const TYPE *gates_t = ctx->gates + offs[t] * 4 * H, *c_t = ctx->c + offs[t] * H;
+    const TYPE *cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
+    for (int64_t j = j0; j < j1; j += BNB) {
+        int nb = j1 - j < BNB ? (int)(j1 - j) : BNB;
+        for (int64_t r0 = 0; r0 < n; r0 += BR) {
+            int mr = n - r0 < BR ? (int)(n - r0) : BR;
+            FN(bwd_cell)(mr, nb, H, r0, j, NULL, ctx->dm, NULL, gates_t, c_t, cprev, ctx->dc0,
+                         ctx->dgates + offs[t] * ldg, ldg, ctx->m_all + offs[t] * H);
         }
     }
 }
@@ -932,49 +1095,96 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
 KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
 {
     const FN(bwd_ctx) *ctx = (const FN(bwd_ctx) *)arg;
-    int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, G = 4 * H, BH = B * H;
+    int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, P = ctx->P, G = 4 * H;
+    int64_t R = P ? P : H, ldg = ctx->ldg;
+    const int64_t *offs = ctx->offs;
+    int64_t N = offs[T];
     const unsigned char *base = (const unsigned char *)ctx->hdr;
     TYPE *ws = ctx->ws + tid * FN(gemm_ws_elems)(G, nth, 1);
-    int64_t nblk = (H + V - 1) / V;
+    int64_t nblk = (H + V - 1) / V, rblk = (R + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, nth), j1 = FN(split)(nblk, tid + 1, nth);
+    int64_t q0 = FN(split)(rblk, tid, nth), q1 = FN(split)(rblk, tid + 1, nth);
 
-    FN(bwd_step)(ctx, T - 1, j0, j1, NULL, NULL);
-    lstm_barrier_wait(bar, nth);
-    for (int64_t t = T - 2; t >= 0; t--) {
-        FN(bwd_step)(ctx, t, j0, j1, ctx->dgates + (t + 1) * B * ctx->ldg, NULL);
+    /* running dc starts as dc_n; each thread owns the columns of its blocks */
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t j = j0; j < j1; j++) {
+            int64_t off = j * V;
+            int cnt = H - off < V ? (int)(H - off) : V;
+            FN(vstore_n)(ctx->dc0 + r * H + off, FN(vload_n)(ctx->dc_n + r * H + off, cnt), cnt);
+        }
+    FN(gemm_args) gm = {0};   /* projection: dm = dh . w_hr */
+    gm.N = H;
+    gm.K = P;
+    gm.lda = P;
+    gm.bpacked = (const TYPE *)(base + ctx->hdr->off_whr);
+    gm.c = ctx->dm;
+    gm.ldc = H;
+    for (int64_t t = T - 1; t >= 0; t--) {
+        int64_t n = offs[t + 1] - offs[t];
+        if (n == 0)
+            continue;
+        if (!P) {
+            FN(bwd_step)(ctx, t, j0, j1);
+            lstm_barrier_wait(bar, nth);
+            continue;
+        }
+        int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+        FN(bwd_dh)(ctx, q0, q1, ctx->dgates + offs[t + 1] * ldg, nn, n, ctx->dy + offs[t] * P,
+                   ctx->dh_all + offs[t] * P);
+        lstm_barrier_wait(bar, nth);
+        gm.M = n;
+        gm.a = ctx->dh_all + offs[t] * P;
+        FN(gemm)(&gm, ws, tid, nth);
+        lstm_barrier_wait(bar, nth);
+        FN(bwd_step_proj_cell)(ctx, t, j0, j1);
         lstm_barrier_wait(bar, nth);
     }
-    FN(bwd_step)(ctx, 0, j0, j1, ctx->dgates, ctx->dh0);
+    FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, NULL, ctx->dh0);
 
     FN(gemm_args) g = {0};
     g.M = G;
-    g.K = T * B;
+    g.K = N;
     g.a = ctx->dgates;
-    g.lda = ctx->ldg;
+    g.lda = ldg;
     g.a_trans = 1;
     g.N = I;
-    g.b = g.b2 = ctx->x;
+    g.b = ctx->x;
     g.ldb = I;
-    g.b_split = T * B;
     g.c = ctx->dw_ih;
     g.ldc = I;
     FN(gemm)(&g, ws, tid, nth);
 
-    g.N = H;
-    g.b = ctx->h0;
-    g.b2 = ctx->y;
-    g.ldb = H;
-    g.b_split = B;
+    g.N = R;
+    g.b = ctx->y;
+    g.b0 = ctx->h0;
+    g.offs = offs;
+    g.nsteps = T;
+    g.ldb = R;
     g.c = ctx->dw_hh;
-    g.ldc = H;
+    g.ldc = R;
     FN(gemm)(&g, ws, tid, nth);
 
+    if (P) {
+        FN(gemm_args) gr = {0};
+        gr.M = P;
+        gr.K = N;
+        gr.a = ctx->dh_all;
+        gr.lda = P;
+        gr.a_trans = 1;
+        gr.N = H;
+        gr.b = ctx->m_all;
+        gr.ldb = H;
+        gr.c = ctx->dw_hr;
+        gr.ldc = H;
+        FN(gemm)(&gr, ws, tid, nth);
+    }
+
     FN(gemm_args) gx = {0};
-    gx.M = T * B;
+    gx.M = N;
     gx.N = I;
     gx.K = G;
     gx.a = ctx->dgates;
-    gx.lda = ctx->ldg;
+    gx.lda = ldg;
     gx.bpacked = (const TYPE *)(base + ctx->hdr->off_wih);
     gx.c = ctx->dx;
     gx.ldc = I;
@@ -985,46 +1195,57 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     for (int64_t q = v0; q < v1; q++) {
         int n = G - q * V < V ? (int)(G - q * V) : V;
         vec s = (vec){0};
-        for (int64_t m = 0; m < T * B; m++)
-            s = s + FN(vload_n)(ctx->dgates + m * ctx->ldg + q * V, n);
+        for (int64_t m = 0; m < N; m++)
+            s = s + FN(vload_n)(ctx->dgates + m * ldg + q * V, n);
         FN(vstore_n)(ctx->db + q * V, s, n);
     }
-    (void)BH;
 }
 
-static size_t FN(bwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int nth)
+/* Workspace: step offsets, dgates [N][ldg], with a projection dm [B,H],
+ * dh_all [N,P], m_all [N,H], then per-thread GEMM buffers. */
+static size_t FN(bwd_ws_size)(int64_t T, int64_t N, int64_t B, int64_t I, int64_t H, int64_t P,
+                              int nth)
 {
     (void)I;
-    return (size_t)(T * B * FN(dg_ld)(H) + 64) * sizeof(TYPE) +
-           (size_t)FN(gemm_ws_total)(4 * H, nth, 1) * sizeof(TYPE) + 64;
+    int64_t s = (int64_t)sizeof(TYPE);
+    int64_t bytes = FN(offs_bytes)(T) + ALIGN64(N * FN(dg_ld)(H) * s);
+    if (P)
+        bytes += ALIGN64(B * H * s) + ALIGN64(N * P * s) + ALIGN64(N * H * s);
+    return (size_t)bytes + (size_t)FN(gemm_ws_total)(4 * H, nth, 1) * sizeof(TYPE) + 64;
 }
 
-static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
-                        const TYPE *x, const TYPE *h0, const TYPE *c0, const TYPE *y,
-                        const TYPE *gates, const TYPE *c, const TYPE *dy, const TYPE *dh_n,
-                        const TYPE *dc_n, TYPE *dx, TYPE *dw_ih, TYPE *dw_hh, TYPE *db,
-                        TYPE *dh0, TYPE *dc0, void *workspace, int nthreads)
+static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                        const void *packed, const int64_t *batch_sizes, const TYPE *x,
+                        const TYPE *h0, const TYPE *c0, const TYPE *y, const TYPE *gates,
+                        const TYPE *c, const TYPE *dy, const TYPE *dh_n, const TYPE *dc_n,
+                        TYPE *dx, TYPE *dw_ih, TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0,
+                        TYPE *dw_hr, void *workspace, int nthreads)
 {
-    const FN(packed_hdr) *hdr = FN(check_packed)(packed, I, H);
+    const FN(packed_hdr) *hdr = FN(check_packed)(packed, I, H, P);
     if (!hdr)
         return LSTM_ERR_PACKED;
-    if (T == 0) {
-        for (int64_t q = 0; q < B * H; q++) {
-            dh0[q] = dh_n[q];
-            dc0[q] = dc_n[q];
-        }
-        for (int64_t q = 0; q < 4 * H * I; q++)
-            dw_ih[q] = 0;
-        for (int64_t q = 0; q < 4 * H * H; q++)
-            dw_hh[q] = 0;
-        for (int64_t q = 0; q < 4 * H; q++)
-            db[q] = 0;
-        return LSTM_OK;
+    if (P && !dw_hr)
+        return LSTM_ERR_ARG;
+    unsigned char *wsb = FN(align_ptr)(workspace);
+    int64_t *offs = (int64_t *)wsb;
+    if (!FN(step_offsets)(T, B, batch_sizes, offs))
+        return LSTM_ERR_ARG;
+    int64_t N = offs[T], s = (int64_t)sizeof(TYPE), ldg = FN(dg_ld)(H);
+    wsb += FN(offs_bytes)(T);
+    TYPE *dgates = (TYPE *)wsb;
+    wsb += ALIGN64(N * ldg * s);
+    TYPE *dm = NULL, *dh_all = NULL, *m_all = NULL;
+    if (P) {
+        dm = (TYPE *)wsb;
+        wsb += ALIGN64(B * H * s);
+        dh_all = (TYPE *)wsb;
+        wsb += ALIGN64(N * P * s);
+        m_all = (TYPE *)wsb;
+        wsb += ALIGN64(N * H * s);
     }
-    TYPE *ws = (TYPE *)FN(align_ptr)(workspace);
-    int64_t ldg = FN(dg_ld)(H), dg_elems = (T * B * ldg + 63) / 64 * 64;
-    FN(bwd_ctx) ctx = {T, B, I, H, hdr, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
-                       dx, dw_ih, dw_hh, db, dh0, dc0, ws, ldg, ws + dg_elems};
+    FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
+                       dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
+                       (TYPE *)wsb};
     if (nthreads < 1)
         nthreads = 1;
     lstm_pool_run(FN(bwd_job), &ctx, nthreads);

@@ -2,12 +2,18 @@
 """Binding of the C kernel (csrc/): arrays to pointers, GIL released, status to exception.
 
 Backend "c" of ``_backends``: ``pack``, ``forward``, ``backward`` with the
-arguments of ``_reference``. Arrays arrive validated by the caller; the checks
-here are only the cheap ones that keep a wrong call from touching memory it
-does not own. All outputs and the scratch space are NumPy arrays allocated here;
-the kernel itself never allocates.
+arguments of ``_reference``, including variable lengths (``batch_sizes``) and a
+projection (``w_hr``). Arrays arrive validated by the caller; the checks here
+are only the cheap ones that keep a wrong call from touching memory it does not
+own (shapes, dtypes, contiguity, ``batch_sizes``). Outputs and the scratch space
+are NumPy arrays allocated here; the kernel itself never allocates.
+
+``forward_into`` is the allocation-free entry point for streaming: the caller
+provides every output and may update its state (h, c) in place.
 """
 import os
+
+import numpy as np
 
 cimport numpy as cnp
 from libc.stdint cimport int64_t
@@ -94,15 +100,24 @@ cdef int _raise_status(int status) except -1:
 cdef class Packed:
     """Weights in the kernel's layout (tied to the SIMD level at packing time)."""
     cdef readonly object buf
-    cdef readonly int64_t input_size, hidden_size
+    cdef readonly int64_t input_size, hidden_size, proj_size   # proj_size 0: no projection
     cdef readonly int typenum
     cdef readonly bint has_bias
     cdef object _ws            # cached workspace, reused while not in use
     cdef bint _ws_busy
 
+    @property
+    def out_size(self):
+        """Width of h: proj_size with a projection, else hidden_size."""
+        return self.proj_size if self.proj_size else self.hidden_size
+
     def __repr__(self):
         dt = "float32" if self.typenum == cnp.NPY_FLOAT32 else "float64"
-        return f"<lstm_fast._ckernel.Packed I={self.input_size} H={self.hidden_size} {dt}>"
+        return (f"<lstm_fast._ckernel.Packed I={self.input_size} H={self.hidden_size} "
+                f"P={self.proj_size} {dt}>")
+
+
+SUPPORTS_PROJECTION = True
 
 
 cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
@@ -121,22 +136,48 @@ cdef inline int _check(cnp.ndarray a, int nd, int typenum, cnp.npy_intp d0, cnp.
     return 0
 
 
-def pack(cnp.ndarray w_ih not None, cnp.ndarray w_hh not None, b):
-    """Pack (w_ih (4H, I), w_hh (4H, H), b (4H,) or None) for the current SIMD level."""
+cdef inline int _check_rows(cnp.ndarray a, bint padded, int typenum, int64_t T, int64_t B,
+                            int64_t N, int64_t F, str name) except -1:
+    """(T, B, F) in the padded layout, else packed (N, F)."""
+    if padded:
+        return _check(a, 3, typenum, T, B, F, name)
+    return _check(a, 2, typenum, N, F, 0, name)
+
+
+cdef inline cnp.ndarray _rows(bint padded, int64_t T, int64_t B, int64_t N, int64_t F, int tn):
+    cdef cnp.npy_intp d[3]
+    if padded:
+        d[0] = T; d[1] = B; d[2] = F
+        return _empty(3, d, tn)
+    d[0] = N; d[1] = F
+    return _empty(2, d, tn)
+
+
+def pack(cnp.ndarray w_ih not None, cnp.ndarray w_hh not None, b, w_hr=None):
+    """Pack (w_ih (4H, I), w_hh (4H, R), b (4H,) or None, w_hr (P, H) or None) for the
+    current SIMD level; R = P with a projection, else H."""
     _check_level()
     cdef int typenum = cnp.PyArray_TYPE(w_ih)
     if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
         raise TypeError("weights must be float32 or float64")
-    if cnp.PyArray_NDIM(w_hh) != 2:
-        raise ValueError("w_hh must be 2-d (4H, H)")
-    cdef int64_t H = cnp.PyArray_DIMS(w_hh)[1]
+    if cnp.PyArray_NDIM(w_ih) != 2 or cnp.PyArray_DIMS(w_ih)[0] % 4:
+        raise ValueError("w_ih must be 2-d (4H, I)")
+    cdef int64_t H = cnp.PyArray_DIMS(w_ih)[0] // 4
+    cdef int64_t I = cnp.PyArray_DIMS(w_ih)[1]
     if H < 1:
         raise ValueError("hidden size must be at least 1")
-    if cnp.PyArray_NDIM(w_ih) != 2:
-        raise ValueError("w_ih must be 2-d (4H, I)")
-    cdef int64_t I = cnp.PyArray_DIMS(w_ih)[1]
+    cdef int64_t P = 0
+    cdef cnp.ndarray hr = None
+    cdef void *hrp = NULL
+    if w_hr is not None:
+        hr = <cnp.ndarray?>w_hr
+        if cnp.PyArray_NDIM(hr) != 2 or cnp.PyArray_DIMS(hr)[0] < 1:
+            raise ValueError("w_hr must be 2-d (P, H) with P >= 1")
+        P = cnp.PyArray_DIMS(hr)[0]
+        _check(hr, 2, typenum, P, H, 0, "w_hr")
+        hrp = cnp.PyArray_DATA(hr)
     _check(w_ih, 2, typenum, 4 * H, I, 0, "w_ih")
-    _check(w_hh, 2, typenum, 4 * H, H, 0, "w_hh")
+    _check(w_hh, 2, typenum, 4 * H, P if P else H, 0, "w_hh")
     cdef cnp.ndarray barr = None
     cdef void *bp = NULL
     if b is not None:
@@ -146,9 +187,9 @@ def pack(cnp.ndarray w_ih not None, cnp.ndarray w_hh not None, b):
     cdef Packed p = Packed.__new__(Packed)
     cdef size_t size
     if typenum == cnp.NPY_FLOAT32:
-        size = lstm_packed_size_f32(I, H)
+        size = lstm_packed_size_f32(I, H, P)
     else:
-        size = lstm_packed_size_f64(I, H)
+        size = lstm_packed_size_f64(I, H, P)
     cdef cnp.npy_intp n = <cnp.npy_intp>size
     p.buf = _empty(1, &n, cnp.NPY_UINT8)
     cdef void *dst = cnp.PyArray_DATA(<cnp.ndarray>p.buf)
@@ -157,13 +198,16 @@ def pack(cnp.ndarray w_ih not None, cnp.ndarray w_hh not None, b):
     cdef int status
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            status = lstm_pack_f32(I, H, <float *>wi, <float *>wh, <float *>bp, dst)
+            status = lstm_pack_f32(I, H, P, <float *>wi, <float *>wh, <float *>bp,
+                                   <float *>hrp, dst)
         else:
-            status = lstm_pack_f64(I, H, <double *>wi, <double *>wh, <double *>bp, dst)
+            status = lstm_pack_f64(I, H, P, <double *>wi, <double *>wh, <double *>bp,
+                                   <double *>hrp, dst)
     if status != LSTM_OK:
         _raise_status(status)
     p.input_size = I
     p.hidden_size = H
+    p.proj_size = P
     p.typenum = typenum
     p.has_bias = b is not None
     p._ws = None
@@ -189,36 +233,52 @@ cdef inline void _give_ws(Packed p, cnp.ndarray ws):
         p._ws_busy = False
 
 
-def forward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not None,
-            cnp.ndarray c0 not None, int num_threads):
-    """(y, h_n, c_n, gates, c) of one LSTM layer; see ``_reference.lstm_forward``."""
-    _check_level()
+cdef cnp.ndarray _steps(object batch_sizes, int64_t N, int64_t B):
+    """batch_sizes as a contiguous int64 array, checked: 1-d, integers,
+    non-increasing, in [0, B], summing to N (the rows of x)."""
+    arr = np.asarray(batch_sizes)
+    if arr.ndim != 1:
+        raise ValueError(f"batch_sizes must be 1-d (T,), got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"batch_sizes must hold integers, got dtype {arr.dtype}")
+    cdef cnp.ndarray bs = np.ascontiguousarray(arr, dtype=np.int64)
+    cdef const int64_t *v = <const int64_t *>cnp.PyArray_DATA(bs)
+    cdef int64_t T = cnp.PyArray_DIMS(bs)[0], t, total = 0, prev = B
+    for t in range(T):
+        if v[t] < 0:
+            raise ValueError(f"batch_sizes must be >= 0, got {v[t]} at step {t}")
+        if v[t] > prev:
+            if t == 0:
+                raise ValueError(f"batch_sizes[0] = {v[0]} exceeds the batch size B = {B} "
+                                 f"(rows of h0)")
+            raise ValueError(f"batch_sizes must be non-increasing, got {v[t - 1]} then {v[t]} "
+                             f"at step {t}")
+        total += v[t]
+        prev = v[t]
+    if total != N:
+        raise ValueError(f"sum(batch_sizes) = {total} does not match the {N} packed rows of x")
+    return bs
+
+
+cdef inline int _nthreads(int64_t T, int64_t N, int64_t B, int64_t I, int64_t H, int num_threads,
+                          int tn):
+    cdef int64_t rows = N // T if T > 0 else B
+    return lstm_resolve_threads(T, rows, I, H, num_threads, 4 if tn == cnp.NPY_FLOAT32 else 8)
+
+
+cdef int _forward_call(Packed packed, int64_t T, int64_t B, cnp.ndarray bs, cnp.ndarray x,
+                       cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y, cnp.ndarray h_n,
+                       cnp.ndarray c_n, cnp.ndarray gates, cnp.ndarray c, int nth) except -1:
     cdef int tn = packed.typenum
-    cdef int64_t H = packed.hidden_size, I = packed.input_size
-    if cnp.PyArray_NDIM(x) != 3:
-        raise ValueError("x must be 3-d (T, B, I)")
-    cdef int64_t T = cnp.PyArray_DIMS(x)[0], B = cnp.PyArray_DIMS(x)[1]
-    _check(x, 3, tn, T, B, I, "x")
-    _check(h0, 2, tn, B, H, 0, "h0")
-    _check(c0, 2, tn, B, H, 0, "c0")
-    cdef int nth = lstm_resolve_threads(T, B, I, H, num_threads, 4 if tn == cnp.NPY_FLOAT32 else 8)
-    cdef cnp.npy_intp d3[3]
-    cdef cnp.npy_intp d2[2]
-    d3[0] = T; d3[1] = B; d3[2] = H
-    d2[0] = B; d2[1] = H
-    cdef cnp.ndarray y = _empty(3, d3, tn)
-    cdef cnp.ndarray c = _empty(3, d3, tn)
-    cdef cnp.ndarray h_n = _empty(2, d2, tn)
-    cdef cnp.ndarray c_n = _empty(2, d2, tn)
-    d3[2] = 4 * H
-    cdef cnp.ndarray gates = _empty(3, d3, tn)
+    cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef size_t wsize
     if tn == cnp.NPY_FLOAT32:
-        wsize = lstm_forward_workspace_size_f32(T, B, I, H, nth)
+        wsize = lstm_forward_workspace_size_f32(T, B, I, H, P, nth)
     else:
-        wsize = lstm_forward_workspace_size_f64(T, B, I, H, nth)
+        wsize = lstm_forward_workspace_size_f64(T, B, I, H, P, nth)
     cdef cnp.ndarray ws = _take_ws(packed, wsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
+    cdef const int64_t *bsp = NULL if bs is None else <const int64_t *>cnp.PyArray_DATA(bs)
     cdef void *xp = cnp.PyArray_DATA(x)
     cdef void *h0p = cnp.PyArray_DATA(h0)
     cdef void *c0p = cnp.PyArray_DATA(c0)
@@ -231,58 +291,126 @@ def forward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not N
     cdef int status
     with nogil:
         if tn == cnp.NPY_FLOAT32:
-            status = lstm_forward_f32(T, B, I, H, pk, <float *>xp, <float *>h0p, <float *>c0p,
-                                      <float *>yp, <float *>hnp, <float *>cnp_, <float *>gp,
-                                      <float *>cp, wp, nth)
+            status = lstm_forward_f32(T, B, I, H, P, pk, bsp, <float *>xp, <float *>h0p,
+                                      <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
+                                      <float *>gp, <float *>cp, wp, nth)
         else:
-            status = lstm_forward_f64(T, B, I, H, pk, <double *>xp, <double *>h0p,
+            status = lstm_forward_f64(T, B, I, H, P, pk, bsp, <double *>xp, <double *>h0p,
                                       <double *>c0p, <double *>yp, <double *>hnp,
                                       <double *>cnp_, <double *>gp, <double *>cp, wp, nth)
     _give_ws(packed, ws)
     if status != LSTM_OK:
         _raise_status(status)
+    return 0
+
+
+def forward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not None,
+            cnp.ndarray c0 not None, int num_threads, batch_sizes=None):
+    """(y, h_n, c_n, gates, c) of one LSTM layer; see ``_reference.lstm_forward``.
+
+    Padded: x (T, B, I) -> y (T, B, R), gates (T, B, 4H), c (T, B, H). With
+    ``batch_sizes`` (T,): x (N, I) packed step-major -> y (N, R), gates (N, 4H),
+    c (N, H). R = P with a projection, else H; h0, h_n (B, R); c0, c_n (B, H).
+    """
+    _check_level()
+    cdef int tn = packed.typenum
+    cdef int64_t H = packed.hidden_size, I = packed.input_size
+    cdef int64_t R = packed.proj_size if packed.proj_size else H
+    cdef bint padded = batch_sizes is None
+    cdef int64_t T, B, N
+    cdef cnp.ndarray bs = None
+    if cnp.PyArray_NDIM(h0) != 2:
+        raise ValueError("h0 must be 2-d (B, R)")
+    B = cnp.PyArray_DIMS(h0)[0]
+    if padded:
+        if cnp.PyArray_NDIM(x) != 3:
+            raise ValueError("x must be 3-d (T, B, I) (or 2-d (N, I) with batch_sizes)")
+        T = cnp.PyArray_DIMS(x)[0]
+        N = T * B
+    else:
+        if cnp.PyArray_NDIM(x) != 2:
+            raise ValueError("with batch_sizes, x must be packed 2-d (N, I)")
+        N = cnp.PyArray_DIMS(x)[0]
+        bs = _steps(batch_sizes, N, B)
+        T = cnp.PyArray_DIMS(bs)[0]
+    _check_rows(x, padded, tn, T, B, N, I, "x")
+    _check(h0, 2, tn, B, R, 0, "h0")
+    _check(c0, 2, tn, B, H, 0, "c0")
+    cdef int nth = _nthreads(T, N, B, I, H, num_threads, tn)
+    cdef cnp.ndarray y = _rows(padded, T, B, N, R, tn)
+    cdef cnp.ndarray c = _rows(padded, T, B, N, H, tn)
+    cdef cnp.ndarray gates = _rows(padded, T, B, N, 4 * H, tn)
+    cdef cnp.npy_intp d2[2]
+    d2[0] = B; d2[1] = R
+    cdef cnp.ndarray h_n = _empty(2, d2, tn)
+    d2[1] = H
+    cdef cnp.ndarray c_n = _empty(2, d2, tn)
+    _forward_call(packed, T, B, bs, x, h0, c0, y, h_n, c_n, gates, c, nth)
     return y, h_n, c_n, gates, c
 
 
 def backward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not None,
              cnp.ndarray c0 not None, cnp.ndarray y not None, cnp.ndarray gates not None,
              cnp.ndarray c not None, cnp.ndarray dy not None, cnp.ndarray dh_n not None,
-             cnp.ndarray dc_n not None, int num_threads):
-    """(dx, dw_ih, dw_hh, db, dh0, dc0); see ``_reference.lstm_backward``."""
+             cnp.ndarray dc_n not None, int num_threads, batch_sizes=None):
+    """(dx, dw_ih, dw_hh, db, dh0, dc0), plus dw_hr (P, H) with a projection; see
+    ``_reference.lstm_backward``. Layouts as in ``forward``."""
     _check_level()
     cdef int tn = packed.typenum
-    cdef int64_t H = packed.hidden_size, I = packed.input_size
-    if cnp.PyArray_NDIM(x) != 3:
-        raise ValueError("x must be 3-d (T, B, I)")
-    cdef int64_t T = cnp.PyArray_DIMS(x)[0], B = cnp.PyArray_DIMS(x)[1]
-    _check(x, 3, tn, T, B, I, "x")
-    _check(h0, 2, tn, B, H, 0, "h0")
+    cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
+    cdef int64_t R = P if P else H
+    cdef bint padded = batch_sizes is None
+    cdef int64_t T, B, N
+    cdef cnp.ndarray bs = None
+    if cnp.PyArray_NDIM(h0) != 2:
+        raise ValueError("h0 must be 2-d (B, R)")
+    B = cnp.PyArray_DIMS(h0)[0]
+    if padded:
+        if cnp.PyArray_NDIM(x) != 3:
+            raise ValueError("x must be 3-d (T, B, I) (or 2-d (N, I) with batch_sizes)")
+        T = cnp.PyArray_DIMS(x)[0]
+        N = T * B
+    else:
+        if cnp.PyArray_NDIM(x) != 2:
+            raise ValueError("with batch_sizes, x must be packed 2-d (N, I)")
+        N = cnp.PyArray_DIMS(x)[0]
+        bs = _steps(batch_sizes, N, B)
+        T = cnp.PyArray_DIMS(bs)[0]
+    _check_rows(x, padded, tn, T, B, N, I, "x")
+    _check(h0, 2, tn, B, R, 0, "h0")
     _check(c0, 2, tn, B, H, 0, "c0")
-    _check(y, 3, tn, T, B, H, "y")
-    _check(gates, 3, tn, T, B, 4 * H, "gates")
-    _check(c, 3, tn, T, B, H, "c")
-    _check(dy, 3, tn, T, B, H, "dy")
-    _check(dh_n, 2, tn, B, H, 0, "dh_n")
+    _check_rows(y, padded, tn, T, B, N, R, "y")
+    _check_rows(gates, padded, tn, T, B, N, 4 * H, "gates")
+    _check_rows(c, padded, tn, T, B, N, H, "c")
+    _check_rows(dy, padded, tn, T, B, N, R, "dy")
+    _check(dh_n, 2, tn, B, R, 0, "dh_n")
     _check(dc_n, 2, tn, B, H, 0, "dc_n")
-    cdef int nth = lstm_resolve_threads(T, B, I, H, num_threads, 4 if tn == cnp.NPY_FLOAT32 else 8)
-    cdef cnp.npy_intp d[3]
-    d[0] = T; d[1] = B; d[2] = I
-    cdef cnp.ndarray dx = _empty(3, d, tn)
+    cdef int nth = _nthreads(T, N, B, I, H, num_threads, tn)
+    cdef cnp.ndarray dx = _rows(padded, T, B, N, I, tn)
+    cdef cnp.npy_intp d[2]
     d[0] = 4 * H; d[1] = I
     cdef cnp.ndarray dw_ih = _empty(2, d, tn)
-    d[1] = H
+    d[1] = R
     cdef cnp.ndarray dw_hh = _empty(2, d, tn)
     cdef cnp.ndarray db = _empty(1, d, tn)
-    d[0] = B; d[1] = H
+    d[0] = B; d[1] = R
     cdef cnp.ndarray dh0 = _empty(2, d, tn)
+    d[1] = H
     cdef cnp.ndarray dc0 = _empty(2, d, tn)
+    cdef cnp.ndarray dw_hr = None
+    cdef void *p_dwr = NULL
+    if P:
+        d[0] = P; d[1] = H
+        dw_hr = _empty(2, d, tn)
+        p_dwr = cnp.PyArray_DATA(dw_hr)
     cdef size_t wsize
     if tn == cnp.NPY_FLOAT32:
-        wsize = lstm_backward_workspace_size_f32(T, B, I, H, nth)
+        wsize = lstm_backward_workspace_size_f32(T, N, B, I, H, P, nth)
     else:
-        wsize = lstm_backward_workspace_size_f64(T, B, I, H, nth)
+        wsize = lstm_backward_workspace_size_f64(T, N, B, I, H, P, nth)
     cdef cnp.ndarray ws = _take_ws(packed, wsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
+    cdef const int64_t *bsp = NULL if bs is None else <const int64_t *>cnp.PyArray_DATA(bs)
     cdef void *p_x = cnp.PyArray_DATA(x)
     cdef void *p_h0 = cnp.PyArray_DATA(h0)
     cdef void *p_c0 = cnp.PyArray_DATA(c0)
@@ -303,17 +431,19 @@ def backward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not 
     with nogil:
         if tn == cnp.NPY_FLOAT32:
             status = lstm_backward_f32(
-                T, B, I, H, pk, <float *>p_x, <float *>p_h0, <float *>p_c0, <float *>p_y,
-                <float *>p_g, <float *>p_c, <float *>p_dy, <float *>p_dhn, <float *>p_dcn,
-                <float *>p_dx, <float *>p_dwi, <float *>p_dwh, <float *>p_db, <float *>p_dh0,
-                <float *>p_dc0, p_ws, nth)
+                T, B, I, H, P, pk, bsp, <float *>p_x, <float *>p_h0, <float *>p_c0,
+                <float *>p_y, <float *>p_g, <float *>p_c, <float *>p_dy, <float *>p_dhn,
+                <float *>p_dcn, <float *>p_dx, <float *>p_dwi, <float *>p_dwh, <float *>p_db,
+                <float *>p_dh0, <float *>p_dc0, <float *>p_dwr, p_ws, nth)
         else:
             status = lstm_backward_f64(
-                T, B, I, H, pk, <double *>p_x, <double *>p_h0, <double *>p_c0, <double *>p_y,
-                <double *>p_g, <double *>p_c, <double *>p_dy, <double *>p_dhn,
+                T, B, I, H, P, pk, bsp, <double *>p_x, <double *>p_h0, <double *>p_c0,
+                <double *>p_y, <double *>p_g, <double *>p_c, <double *>p_dy, <double *>p_dhn,
                 <double *>p_dcn, <double *>p_dx, <double *>p_dwi, <double *>p_dwh,
-                <double *>p_db, <double *>p_dh0, <double *>p_dc0, p_ws, nth)
+                <double *>p_db, <double *>p_dh0, <double *>p_dc0, <double *>p_dwr, p_ws, nth)
     _give_ws(packed, ws)
     if status != LSTM_OK:
         _raise_status(status)
+    if P:
+        return dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr
     return dx, dw_ih, dw_hh, db, dh0, dc0
