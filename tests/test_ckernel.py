@@ -256,3 +256,146 @@ def test_env_var_forces_level():
     r = _in_subprocess("avx1024", code)
     assert r.returncode != 0
     assert "RuntimeError" in r.stderr and "LSTM_FAST_SIMD" in r.stderr
+
+
+# --- variable lengths (batch_sizes) and projection (w_hr) ---------------------
+
+def make_packed(batch_sizes, B, I, H, P, dtype, seed=0, bias=True):
+    """Weights and packed step-major data for ``batch_sizes``; P = 0: no projection."""
+    rng = np.random.default_rng(seed)
+    bs = np.asarray(batch_sizes, np.int64)
+    N, R, s = int(bs.sum()), P or H, 1 / np.sqrt(H)
+    w = dict(
+        w_ih=rng.uniform(-s, s, (4 * H, I)).astype(dtype),
+        w_hh=rng.uniform(-s, s, (4 * H, R)).astype(dtype),
+        b=rng.uniform(-s, s, 4 * H).astype(dtype) if bias else None,
+        w_hr=rng.uniform(-s, s, (P, H)).astype(dtype) if P else None,
+    )
+    data = dict(
+        x=rng.standard_normal((N, I)).astype(dtype),
+        h0=rng.standard_normal((B, R)).astype(dtype),
+        c0=rng.standard_normal((B, H)).astype(dtype),
+        dy=rng.standard_normal((N, R)).astype(dtype),
+        dh_n=rng.standard_normal((B, R)).astype(dtype),
+        dc_n=rng.standard_normal((B, H)).astype(dtype),
+    )
+    return w, data, bs
+
+
+def run_c_bs(w, d, bs, num_threads=1):
+    p = ck.pack(w["w_ih"], w["w_hh"], w["b"], w["w_hr"])
+    fwd = ck.forward(p, d["x"], d["h0"], d["c0"], num_threads, bs)
+    y, _, _, gates, c = fwd
+    bwd = ck.backward(p, d["x"], d["h0"], d["c0"], y, gates, c, d["dy"], d["dh_n"], d["dc_n"],
+                      num_threads, bs)
+    return fwd, bwd
+
+
+def run_ref_bs(w, d, bs):
+    fwd = ref.lstm_forward(d["x"], w["w_ih"], w["w_hh"], w["b"], d["h0"], d["c0"], bs, w["w_hr"])
+    y, _, _, gates, c = fwd
+    bwd = ref.lstm_backward(d["x"], w["w_ih"], w["w_hh"], d["h0"], d["c0"], y, gates, c,
+                            d["dy"], d["dh_n"], d["dc_n"], bs, w["w_hr"])
+    return fwd, bwd
+
+
+BWD_NAMES_P = BWD_NAMES + ("dw_hr",)
+
+# (batch_sizes, B, I, H); each runs without a projection and with P in PROJ
+LENGTH_CASES = [
+    ([4, 3, 3, 1], 5, 3, 9),              # a length-0 (row 4) and a length-1 (row 3) sequence
+    ([2, 2, 1], 2, 4, 7),
+    ([1] * 6, 1, 3, 33),                  # B = 1
+    ([3, 3, 3], 3, 2, 17),                # full lengths through batch_sizes
+    ([0, 0, 0], 3, 4, 5),                 # N = 0, T > 0
+    ([], 2, 3, 5),                        # T = 0
+    ([16, 16, 12, 7, 7, 3, 1], 17, 40, 70),   # tails in every dimension
+    ([9, 6, 6, 6, 2], 9, 1, 1),           # H = 1
+]
+PROJ = (0, 1, 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("P", PROJ, ids=lambda p: f"P{p}")
+@pytest.mark.parametrize("case", LENGTH_CASES, ids=lambda c: f"bs{len(c[0])}-B{c[1]}-H{c[3]}")
+def test_lengths_projection_match_reference(level, case, P, dtype):
+    bs, B, I, H = case
+    w, d, bs = make_packed(bs, B, I, H, P, dtype, seed=len(bs) + P)
+    fwd, bwd = run_c_bs(w, d, bs)
+    want_fwd, want_bwd = run_ref_bs(w, d, bs)
+    assert len(bwd) == (7 if P else 6)
+    assert_close(fwd, want_fwd, FWD_NAMES, dtype)
+    assert_close(bwd, want_bwd, BWD_NAMES_P, dtype)
+    y, h_n, c_n = fwd[:3]
+    n0 = int(bs[0]) if len(bs) else 0
+    # rows never active keep h0, c0 exactly; a length-1 sequence ends at step 0
+    assert np.array_equal(h_n[n0:], d["h0"][n0:]) and np.array_equal(c_n[n0:], d["c0"][n0:])
+    if len(bs) > 1 and bs[1] < bs[0]:
+        assert np.array_equal(h_n[bs[1]:n0], y[bs[1]:n0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("P", (0, 3), ids=lambda p: f"P{p}")
+def test_padded_is_batch_sizes_full(level, P, dtype):
+    """No batch_sizes == batch_sizes [B]*T on the same memory, bitwise."""
+    T, B, I, H = 5, 4, 6, 19
+    w, d, bs = make_packed([B] * T, B, I, H, P, dtype, seed=11)
+    fwd, bwd = run_c_bs(w, d, bs)
+    p = ck.pack(w["w_ih"], w["w_hh"], w["b"], w["w_hr"])
+    R = P or H
+    x3 = d["x"].reshape(T, B, I)
+    pf = ck.forward(p, x3, d["h0"], d["c0"], 1)
+    pb = ck.backward(p, x3, d["h0"], d["c0"], pf[0], pf[3], pf[4], d["dy"].reshape(T, B, R),
+                     d["dh_n"], d["dc_n"], 1)
+    assert pf[0].shape == (T, B, R) and pb[0].shape == (T, B, I)
+    for a, b in zip(fwd + bwd, pf + pb):
+        assert np.array_equal(a.reshape(b.shape), b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("P", (0, 5), ids=lambda p: f"P{p}")
+def test_lengths_threads_bitwise_identical(level, P, dtype):
+    if ck._threads_for(8, 24, 16, 96, 2, np.dtype(dtype).itemsize) < 2:
+        pytest.skip("this machine has a single CPU")
+    bs = [24, 24, 20, 13, 13, 13, 5, 1]
+    w, d, bs = make_packed(bs, 26, 16, 45, P, dtype, seed=4)
+    one = run_c_bs(w, d, bs, 1)
+    for n in (2, 3):
+        other = run_c_bs(w, d, bs, n)
+        for a, b in zip(one[0] + one[1], other[0] + other[1]):
+            assert np.array_equal(a, b)
+    assert_close(one[1], run_ref_bs(w, d, bs)[1], BWD_NAMES_P, dtype)
+
+
+def test_projection_pack_shapes():
+    w, _, _ = make_packed([2], 2, 3, 8, 3, np.float64)
+    p = ck.pack(w["w_ih"], w["w_hh"], w["b"], w["w_hr"])
+    assert (p.input_size, p.hidden_size, p.proj_size, p.out_size) == (3, 8, 3, 3)
+    assert ck.SUPPORTS_PROJECTION
+    with pytest.raises(ValueError):      # w_hh must be (4H, P) with a projection
+        ck.pack(w["w_ih"], np.zeros((32, 8)), w["b"], w["w_hr"])
+    with pytest.raises(ValueError):      # w_hr must be (P, H)
+        ck.pack(w["w_ih"], w["w_hh"], w["b"], np.zeros((3, 7)))
+    with pytest.raises(ValueError):      # packed for P = 3: h0 has 3 columns
+        ck.forward(p, np.zeros((1, 2, 3)), np.zeros((2, 8)), np.zeros((2, 8)), 1)
+
+
+@pytest.mark.parametrize("bad, err", [
+    ([2, 3], ValueError),                # increasing
+    ([4, 1], ValueError),                # batch_sizes[0] > B
+    ([2, -1, 0], ValueError),            # negative
+    ([2, 2], ValueError),                # sum != N
+    ([[2, 1]], ValueError),              # not 1-d
+    ([2.0, 1.0], TypeError),             # not integers
+])
+def test_bad_batch_sizes_rejected(bad, err):
+    w, d, bs = make_packed([2, 1], 3, 4, 5, 0, np.float64)
+    p = ck.pack(w["w_ih"], w["w_hh"], w["b"])
+    with pytest.raises(err, match="batch_sizes"):
+        ck.forward(p, d["x"], d["h0"], d["c0"], 1, bad)
+    fwd = ck.forward(p, d["x"], d["h0"], d["c0"], 1, bs)
+    with pytest.raises(err, match="batch_sizes"):
+        ck.backward(p, d["x"], d["h0"], d["c0"], fwd[0], fwd[3], fwd[4], d["dy"], d["dh_n"],
+                    d["dc_n"], 1, bad)
+    with pytest.raises(ValueError):      # packed x must be 2-d with batch_sizes
+        ck.forward(p, d["x"][None], d["h0"], d["c0"], 1, bs)
