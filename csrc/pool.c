@@ -2,10 +2,16 @@
 #include "pool.h"
 #include "lstm.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdint.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CPU_RELAX() __builtin_ia32_pause()
@@ -13,21 +19,26 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define SPIN_NS 200000L   /* idle workers spin 0.2 ms before sleeping */
+/* How long a waiter spins before it sleeps. Idle workers spin longer between
+ * jobs (back-to-back calls then pay no wake-up); a barrier waiter spins about
+ * as long as a small recurrent step takes: if its partner has not arrived by
+ * then it has most likely lost its core, and spinning on would only keep it
+ * from getting one back. */
+#ifndef IDLE_SPIN_NS
+#define IDLE_SPIN_NS 100000L
+#endif
+#ifndef BARRIER_SPIN_NS
+#define BARRIER_SPIN_NS 30000L
+#endif
+#define DONE_SPIN_NS BARRIER_SPIN_NS
 
-static struct {
-    pthread_mutex_t run_lock;    /* held by the caller running a job */
-    pthread_mutex_t sleep_lock;
-    pthread_cond_t wake;
-    unsigned gen;                /* job generation, bumped per job */
-    int nworkers;                /* workers created (tids 1..nworkers) */
-    lstm_job_fn fn;
-    void *arg;
-    int nthreads;
-    int done;                    /* workers finished with the current job */
-    lstm_barrier bar;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-          0, 0, 0, 0, 0, 0, {0, 0}};
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define INC(p) __atomic_add_fetch((p), 1, __ATOMIC_SEQ_CST)
+#define DEC(p) __atomic_sub_fetch((p), 1, __ATOMIC_SEQ_CST)
+#define COUNT(p) __atomic_add_fetch((p), 1, __ATOMIC_RELAXED)
+
+static long stats[4];
 
 static long now_ns(void)
 {
@@ -36,88 +47,206 @@ static long now_ns(void)
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
+/* ---- sleeping on an int: futex on Linux, a condition variable elsewhere ---- */
+
+#ifdef __linux__
+static void os_wait(int *word, int old)
+{
+    /* Returns at once if *word != old (checked atomically with the sleep in
+     * the kernel); may also return spuriously: callers loop. */
+    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, old, NULL, NULL, 0);
+}
+
+static void os_wake_all(int *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+static void os_after_fork(void) {}
+#else
+static pthread_mutex_t park_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t park_cond = PTHREAD_COND_INITIALIZER;
+
+static void os_wait(int *word, int old)
+{
+    pthread_mutex_lock(&park_lock);
+    if (LOAD(word) == old)
+        pthread_cond_wait(&park_cond, &park_lock);
+    pthread_mutex_unlock(&park_lock);
+}
+
+static void os_wake_all(int *word)
+{
+    (void)word;
+    /* Taking the lock orders this wake after any waiter's re-check. */
+    pthread_mutex_lock(&park_lock);
+    pthread_cond_broadcast(&park_cond);
+    pthread_mutex_unlock(&park_lock);
+}
+
+static void os_after_fork(void)
+{
+    pthread_mutex_init(&park_lock, NULL);
+    pthread_cond_init(&park_cond, NULL);
+}
+#endif
+
+/* Wait until *word != old: spin for spin_ns, then sleep.
+ *
+ * No lost wake-up: the sleeper does  sleepers++ ; read *word ; sleep if == old,
+ * the waker does                     write *word ; read sleepers ; wake if > 0,
+ * all sequentially consistent. In the single total order either the waker's
+ * read of sleepers comes after sleepers++ (it wakes), or the sleeper's read of
+ * *word comes after the write (it does not sleep). A wake between the
+ * sleeper's check and its futex call is not lost either: FUTEX_WAIT itself
+ * re-checks *word == old atomically. Returns 1 if it slept. */
+static int wait_change(int *word, int old, int *sleepers, long spin_ns)
+{
+    if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != old)
+        return 0;
+    long t0 = now_ns();
+    for (unsigned spins = 1;; spins++) {
+        CPU_RELAX();
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != old)
+            return 0;
+        if ((spins & 31) == 0 && now_ns() - t0 > spin_ns)
+            break;
+    }
+    INC(sleepers);
+    while (LOAD(word) == old)
+        os_wait(word, old);
+    DEC(sleepers);
+    return 1;
+}
+
+static void wake(int *sleepers, int *word)
+{
+    if (LOAD(sleepers) > 0)
+        os_wake_all(word);
+}
+
+/* ---- barrier ----------------------------------------------------------------- */
+
 void lstm_barrier_wait(lstm_barrier *bar, int nthreads)
 {
     if (nthreads <= 1)
         return;
+    /* The phase cannot move before this thread arrives, so this read is the
+     * phase this thread waits to end. */
     int phase = __atomic_load_n(&bar->phase, __ATOMIC_ACQUIRE);
     if (__atomic_add_fetch(&bar->count, 1, __ATOMIC_ACQ_REL) == nthreads) {
+        /* Last one: reset for the next phase (the others re-arrive only after
+         * seeing the new phase), then release them. */
         __atomic_store_n(&bar->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&bar->phase, phase + 1, __ATOMIC_RELEASE);
+        STORE(&bar->phase, (int)((unsigned)phase + 1u));   /* wraps */
+        wake(&bar->sleepers, &bar->phase);
         return;
     }
-    for (unsigned spins = 0; __atomic_load_n(&bar->phase, __ATOMIC_ACQUIRE) == phase; spins++) {
-        CPU_RELAX();
-        if (spins > (1u << 12))
-            sched_yield();   /* more threads than free cores: let the others run */
-    }
+    if (wait_change(&bar->phase, phase, &bar->sleepers, BARRIER_SPIN_NS))
+        COUNT(&stats[2]);
 }
+
+/* ---- pool -------------------------------------------------------------------- */
+
+static struct {
+    pthread_mutex_t run_lock;    /* held by the caller running a job */
+    int gen;                     /* job generation, bumped per job (futex word) */
+    int gen_sleepers;            /* workers asleep on gen */
+    int done;                    /* workers finished with the current job (futex word) */
+    int done_sleepers;           /* the caller, while asleep on done */
+    int nworkers;                /* workers created (tids 1..nworkers) */
+    int start_gen[LSTM_MAX_THREADS];   /* gen when worker tid was created */
+    lstm_job_fn fn;
+    void *arg;
+    int nthreads;
+    lstm_barrier bar;
+} pool = {.run_lock = PTHREAD_MUTEX_INITIALIZER};
 
 static void *worker(void *p)
 {
-    /* p = tid | generation at creation << 8: a job posted before this thread
-     * first runs must not be missed. */
-    int tid = (int)((unsigned long)p & 255);
-    unsigned seen = (unsigned)((unsigned long)p >> 8);
+    int tid = (int)(intptr_t)p;
+    /* A job posted before this thread first runs must not be missed: start
+     * from the generation current when the thread was created (written
+     * before pthread_create, which orders it before this read). */
+    int seen = pool.start_gen[tid];
     for (;;) {
-        long t0 = now_ns();
-        unsigned spins = 0;
-        while (__atomic_load_n(&pool.gen, __ATOMIC_ACQUIRE) == seen) {
-            CPU_RELAX();
-            if ((++spins & 255) == 0 && now_ns() - t0 > SPIN_NS) {
-                pthread_mutex_lock(&pool.sleep_lock);
-                while (__atomic_load_n(&pool.gen, __ATOMIC_ACQUIRE) == seen)
-                    pthread_cond_wait(&pool.wake, &pool.sleep_lock);
-                pthread_mutex_unlock(&pool.sleep_lock);
-            }
-        }
-        seen = __atomic_load_n(&pool.gen, __ATOMIC_ACQUIRE);
+        if (wait_change(&pool.gen, seen, &pool.gen_sleepers, IDLE_SPIN_NS))
+            COUNT(&stats[3]);
+        /* The caller posts the next job only after every worker has counted
+         * itself done with this one, so gen is now exactly seen + 1. */
+        seen = LOAD(&pool.gen);
         if (tid < pool.nthreads)
             pool.fn(pool.arg, tid, pool.nthreads, &pool.bar);
-        __atomic_add_fetch(&pool.done, 1, __ATOMIC_ACQ_REL);
+        /* Last access to the job: after this the caller may return and post
+         * another one (pool is static, so the wake below is always safe; at
+         * worst it is spurious). */
+        INC(&pool.done);
+        wake(&pool.done_sleepers, &pool.done);
     }
     return NULL;
 }
 
 static void after_fork_child(void)
 {
-    /* The child has no workers: start from scratch. */
+    /* The child has only the forking thread, which was not inside
+     * lstm_pool_run: no workers, nobody asleep; start from scratch. */
     pthread_mutex_init(&pool.run_lock, NULL);
-    pthread_mutex_init(&pool.sleep_lock, NULL);
-    pthread_cond_init(&pool.wake, NULL);
     pool.nworkers = 0;
+    pool.gen_sleepers = 0;
+    pool.done_sleepers = 0;
     pool.bar.count = 0;
+    pool.bar.sleepers = 0;
+    os_after_fork();
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_child);
 }
 
 int lstm_online_cpus(void)
 {
     static int n = 0;
-    if (n == 0) {
-        long v = sysconf(_SC_NPROCESSORS_ONLN);
-        n = v < 1 ? 1 : (v > LSTM_MAX_THREADS ? LSTM_MAX_THREADS : (int)v);
+    int v = __atomic_load_n(&n, __ATOMIC_RELAXED);
+    if (v == 0) {
+        long s = sysconf(_SC_NPROCESSORS_ONLN);
+        v = s < 1 ? 1 : (s > LSTM_MAX_THREADS ? LSTM_MAX_THREADS : (int)s);
+        __atomic_store_n(&n, v, __ATOMIC_RELAXED);
     }
-    return n;
+    return v;
+}
+
+void lstm_pool_stats(long out[4])
+{
+    for (int k = 0; k < 4; k++)
+        out[k] = __atomic_load_n(&stats[k], __ATOMIC_RELAXED);
 }
 
 void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
 {
-    static lstm_barrier solo = {0, 0};
-    if (nthreads <= 1 || pthread_mutex_trylock(&pool.run_lock) != 0) {
+    lstm_barrier solo = {0, 0, 0};
+    if (nthreads <= 1) {
         fn(arg, 0, 1, &solo);
         return;
     }
-    static int atfork_done = 0;
-    if (!atfork_done) {
-        pthread_atfork(NULL, NULL, after_fork_child);
-        atfork_done = 1;
+    if (pthread_mutex_trylock(&pool.run_lock) != 0) {
+        COUNT(&stats[1]);
+        fn(arg, 0, 1, &solo);
+        return;
     }
+    pthread_once(&atfork_once, register_atfork);
+    if (nthreads > LSTM_MAX_THREADS)
+        nthreads = LSTM_MAX_THREADS;
     while (pool.nworkers < nthreads - 1) {
+        int tid = pool.nworkers + 1;
+        pool.start_gen[tid] = pool.gen;   /* only this thread writes gen */
         pthread_t th;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        unsigned long code = (unsigned long)(pool.nworkers + 1) | ((unsigned long)pool.gen << 8);
-        int rc = pthread_create(&th, &attr, worker, (void *)code);
+        int rc = pthread_create(&th, &attr, worker, (void *)(intptr_t)tid);
         pthread_attr_destroy(&attr);
         if (rc != 0)
             break;
@@ -130,21 +259,19 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
         fn(arg, 0, 1, &solo);
         return;
     }
+    COUNT(&stats[0]);
     pool.fn = fn;
     pool.arg = arg;
     pool.nthreads = nthreads;
     pool.bar.count = 0;
-    __atomic_store_n(&pool.done, 0, __ATOMIC_RELAXED);
+    STORE(&pool.done, 0);
     int nworkers = pool.nworkers;
-    pthread_mutex_lock(&pool.sleep_lock);
-    __atomic_add_fetch(&pool.gen, 1, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&pool.wake);
-    pthread_mutex_unlock(&pool.sleep_lock);
+    /* Post: everything above is published by this seq_cst store, which
+     * workers read with a seq_cst/acquire load. */
+    STORE(&pool.gen, (int)((unsigned)pool.gen + 1u));
+    wake(&pool.gen_sleepers, &pool.gen);
     fn(arg, 0, nthreads, &pool.bar);
-    for (unsigned spins = 0; __atomic_load_n(&pool.done, __ATOMIC_ACQUIRE) < nworkers; spins++) {
-        CPU_RELAX();
-        if (spins > (1u << 12))
-            sched_yield();
-    }
+    for (int d; (d = LOAD(&pool.done)) < nworkers;)
+        wait_change(&pool.done, d, &pool.done_sleepers, DONE_SPIN_NS);
     pthread_mutex_unlock(&pool.run_lock);
 }
