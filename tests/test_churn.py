@@ -10,7 +10,7 @@ import pytest
 
 import lstm_fast
 from lstm_fast.churn import cli, data as D, metrics
-from lstm_fast.churn.model import ChurnModel, head_bce, layer_supports_lengths
+from lstm_fast.churn.model import ChurnModel, head_bce
 
 HEADER = "customer_id,month,movies_watched,satisfaction,days_since_login,churned\n"
 
@@ -271,11 +271,7 @@ def test_head_bce_gradient_finite_differences():
     assert np.isfinite(loss) and abs(db2) <= 1.0
 
 
-RAGGED_MODES = ["groups"] + (["lengths"] if layer_supports_lengths() else [])
-
-
-@pytest.mark.parametrize("mode", RAGGED_MODES)
-def test_model_gradient_ragged_batch_finite_differences(mode):
+def test_model_gradient_ragged_batch_finite_differences():
     """Whole model (LSTM + head + BCE) on a ragged batch, float64, numpy backend."""
     rng = np.random.default_rng(1)
     B, T, I, H = 5, 4, 3, 3
@@ -283,7 +279,7 @@ def test_model_gradient_ragged_batch_finite_differences(mode):
     X = rng.normal(size=(B, T, I))
     X[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
     y = np.array([1.0, 0.0, 1.0, 0.0, 1.0])
-    m = ChurnModel(H, backend="numpy", seed=0, ragged=mode, dtype=np.float64)
+    m = ChurnModel(H, backend="numpy", seed=0, dtype=np.float64)
     loss, grads = m.loss_and_grads(X, lengths, y)
     eps = 1e-6
     for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0"):
@@ -305,9 +301,9 @@ def test_model_gradient_ragged_batch_finite_differences(mode):
         np.testing.assert_allclose(logits[k], alone[0], rtol=1e-12)
 
 
-@pytest.mark.skipif(not layer_supports_lengths(), reason="LSTM.forward has no lengths argument yet")
 @pytest.mark.parametrize("backend", lstm_fast.available_backends())
-def test_lengths_path_equals_groups_path(backend):
+def test_ragged_model_same_on_every_backend(backend):
+    """Loss and gradients of the ragged model equal the NumPy reference's on every backend."""
     rng = np.random.default_rng(2)
     B, T = 9, 6
     lengths = rng.integers(1, T + 1, B)
@@ -315,12 +311,9 @@ def test_lengths_path_equals_groups_path(backend):
     X = rng.normal(size=(B, T, 3))
     X[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
     y = (rng.random(B) < 0.5).astype(float)
-    a = ChurnModel(4, backend=backend, seed=0, ragged="lengths", dtype=np.float64)
-    b = ChurnModel(4, backend=backend, seed=0, ragged="groups", dtype=np.float64)
-    try:
-        la, ga = a.loss_and_grads(X, lengths, y)
-    except (TypeError, NotImplementedError) as e:
-        pytest.skip(f"backend {backend!r} does not support lengths yet: {e}")
+    a = ChurnModel(4, backend=backend, seed=0, dtype=np.float64)
+    b = ChurnModel(4, backend="numpy", seed=0, dtype=np.float64)
+    la, ga = a.loss_and_grads(X, lengths, y)
     lb, gb = b.loss_and_grads(X, lengths, y)
     assert np.isclose(la, lb, rtol=1e-12)
     for k in ga:

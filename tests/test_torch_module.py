@@ -1,7 +1,6 @@
 """lstm_fast.torch.LSTM against torch.nn.LSTM with the same weights: outputs, final
 states, every gradient, PackedSequence, gradcheck, training, state_dict, dropout, fallback."""
 
-import inspect
 import io
 import itertools
 
@@ -28,17 +27,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def _lengths_backend():
-    """The auto backend if it takes lengths, else the first one that does."""
-    for name in (_backends.resolve("auto"),) + lstm_fast.available_backends():
-        if _supports_lengths(name):
-            return name
-
-
-def _supports_lengths(backend):
-    return "batch_sizes" in inspect.signature(_backends.get(backend).forward).parameters
 
 
 @pytest.fixture
@@ -86,8 +74,6 @@ CONFIGS = list(itertools.product((1, 2), (False, True), (False, True), ("tensor"
 @pytest.mark.parametrize("num_layers,bidirectional,batch_first,kind", CONFIGS, ids=[
     f"L{a}-{'bi' if b else 'uni'}-{'bf' if c else 'tm'}-{d}" for a, b, c, d in CONFIGS])
 def test_matches_torch(backend, dtype, num_layers, bidirectional, batch_first, kind, kernel_calls):
-    if kind != "tensor" and not _supports_lengths(backend):
-        pytest.xfail(f"backend {backend!r} does not take batch_sizes (lengths) yet")
     T, B, I, H = 6, 4, 3, 5
     D = 2 if bidirectional else 1
     tdt = TORCH_DTYPE[dtype]
@@ -165,7 +151,7 @@ def test_gradcheck_all_inputs_and_parameters(kernel_calls):
 
 def test_gradcheck_packed(kernel_calls):
     torch.manual_seed(0)
-    m = ltorch.LSTM(2, 3, bidirectional=True, backend=_lengths_backend()).double()
+    m = ltorch.LSTM(2, 3, bidirectional=True, backend=_backends.resolve("auto")).double()
     x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([2, 4, 1])
@@ -240,7 +226,7 @@ def test_state_dict_and_save_load_both_ways(tmp_path):
 
 @pytest.mark.parametrize("kind", ("tensor", "packed"))
 def test_dropout_seeded_like_torch_and_off_in_eval(kind, kernel_calls):
-    ref, ours = _pair(torch.float64, _lengths_backend(), input_size=3, hidden_size=5, num_layers=3, dropout=0.5,
+    ref, ours = _pair(torch.float64, _backends.resolve("auto"), input_size=3, hidden_size=5, num_layers=3, dropout=0.5,
                       bidirectional=True)
     x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
     data = lambda out: out.data if kind == "packed" else out  # noqa: E731
@@ -273,8 +259,6 @@ def test_dropout_seeded_like_torch_and_off_in_eval(kind, kernel_calls):
 @pytest.mark.parametrize("kind", ("tensor", "unsorted"))
 def test_projection_kernels_or_torch_fallback(backend, dtype, kind, kernel_calls):
     """proj_size > 0 runs on backends with SUPPORTS_PROJECTION, on torch's implementation otherwise."""
-    if kind != "tensor" and not _supports_lengths(backend):
-        pytest.xfail(f"backend {backend!r} does not take batch_sizes (lengths) yet")
     T, B, I, H, P, L = 5, 3, 3, 6, 2, 2
     tdt = TORCH_DTYPE[dtype]
     ref, ours = _pair(tdt, backend, input_size=I, hidden_size=H, proj_size=P, num_layers=L,

@@ -6,24 +6,15 @@ state, binary cross-entropy, and a small NumPy Adam.
     loss    = mean_b BCE(p_b, y_b)      (computed from logits, numerically stable)
 
 Ragged histories (customers with fewer months) are handled with variable
-lengths, never dropped. Three exact ways to get ``h_last`` (all give the same
-numbers; ``ragged="auto"`` picks the first that applies):
-
-* every sequence in the batch has full length: one ``layer(x)`` call;
-* the layer accepts ``lengths`` (``LSTM.forward(x, hx, lengths)``): one call
-  with ``lengths``; backward through ``layer.backward(None, (dh_n, 0))``;
-* otherwise, or when the backend rejects ``lengths`` (TypeError /
-  NotImplementedError; then for the rest of the model's life, recorded in
-  ``model.lengths_error``) ("groups"): the batch is split by length and each group runs
-  through ``lstm_fast.lstm_forward``/``lstm_backward`` with the layer's
-  weights; the loss is a mean over customers, so gradients simply add.
+lengths, never dropped: one ``layer(x, lengths=...)`` call, whose ``h_n``
+holds each customer's last valid month, and backward through
+``layer.backward(None, (dh_n, 0))``.
 
 Features are normalized with statistics fitted on the training split:
 ``movies_watched`` and ``days_since_login`` (counts, skewed) go through
 ``log1p`` first, then every feature is z-scored over the valid months.
 """
 
-import inspect
 import json
 
 import numpy as np
@@ -34,14 +25,6 @@ from .data import FEATURES
 
 FORMAT_VERSION = 1
 LOG_FEATURES = ("movies_watched", "days_since_login")
-
-
-def layer_supports_lengths():
-    """True if ``lstm_fast.LSTM.forward`` accepts ``lengths`` (variable-length sequences)."""
-    try:
-        return "lengths" in inspect.signature(lstm_fast.LSTM.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 # --- head + loss ----------------------------------------------------------
@@ -136,7 +119,7 @@ class ChurnModel:
     """LSTM(3 -> hidden_size) + logistic head; NumPy arrays in, probabilities out."""
 
     def __init__(self, hidden_size=32, backend="auto", seed=0, input_size=len(FEATURES),
-                 ragged="auto", dtype=np.float32):
+                 dtype=np.float32):
         self.hidden_size = int(hidden_size)
         self.input_size = int(input_size)
         self.lstm = lstm_fast.LSTM(self.input_size, self.hidden_size, backend=backend, seed=seed,
@@ -149,10 +132,6 @@ class ChurnModel:
         rng = np.random.default_rng(None if seed is None else seed + 1)
         self.head = {"w": rng.normal(0, 1 / np.sqrt(H), H), "b": np.zeros(1)}
         self.normalizer = Normalizer()
-        if ragged not in ("auto", "lengths", "groups"):
-            raise ValueError("ragged must be 'auto', 'lengths' or 'groups'")
-        self.ragged = ragged
-        self.lengths_error = None  # why layer(x, lengths=...) could not be used, if it failed
 
     @property
     def backend(self):
@@ -160,68 +139,15 @@ class ChurnModel:
 
     # --- LSTM part: h at each customer's last valid month ----------------
 
-    def _mode(self, lengths, T):
-        if np.all(lengths == T):
-            return "full"
-        if self.ragged == "lengths" or (self.ragged == "auto" and layer_supports_lengths()
-                                        and self.lengths_error is None):
-            return "lengths"
-        return "groups"
+    def _hlast(self, x, lengths):
+        """x (T, B, I) time-major. Returns h_last (B, H) float64."""
+        _, (h_n, _) = self.lstm(x, lengths=lengths)
+        return h_n[0].astype(np.float64)
 
-    @property
-    def ragged_path(self):
-        """How ragged batches are run: "lengths" (layer(x, lengths=...)) or "groups"."""
-        if self.ragged != "auto":
-            return self.ragged
-        return "lengths" if layer_supports_lengths() and self.lengths_error is None else "groups"
-
-    def _hlast(self, x, lengths, need_grad):
-        """x (T, B, I) float32 time-major. Returns (h_last (B, H) float64, ctx)."""
-        T, B, _ = x.shape
-        mode = self._mode(lengths, T)
-        if mode == "full":
-            _, (h_n, _) = self.lstm(x)
-            return h_n[0].astype(np.float64), (mode, None)
-        if mode == "lengths":
-            try:
-                _, (h_n, _) = self.lstm(x, lengths=lengths)
-                return h_n[0].astype(np.float64), (mode, None)
-            except (TypeError, NotImplementedError) as e:
-                # the backend does not support variable lengths (yet): use the
-                # exact per-length groups from now on (ragged="auto" only)
-                if self.ragged != "auto":
-                    raise
-                self.lengths_error = f"{type(e).__name__}: {e}"
-                mode = "groups"
-        p = self.lstm
-        w = (p.weight_ih_l0, p.weight_hh_l0, p.bias_ih_l0, p.bias_hh_l0)
-        h = np.empty((B, self.hidden_size))
-        groups = []
-        for L in np.unique(lengths):
-            idx = np.flatnonzero(lengths == L)
-            res = lstm_fast.lstm_forward(np.ascontiguousarray(x[:L, idx]), *w, backend=p.backend)
-            h[idx] = res.h_n
-            groups.append((idx, res.cache if need_grad else None))
-        return h, (mode, groups)
-
-    def _lstm_backward(self, ctx, dh):
-        mode, groups = ctx
-        dtype = self.lstm.dtype
-        if mode in ("full", "lengths"):
-            dh_n = dh[None].astype(dtype)
-            self.lstm.backward(None, (dh_n, np.zeros_like(dh_n)))
-            return dict(self.lstm.grads)
-        grads = None
-        for idx, cache in groups:
-            g = lstm_fast.lstm_backward(cache, None, dh[idx].astype(dtype), None)
-            part = {"weight_ih_l0": g.dw_ih, "weight_hh_l0": g.dw_hh,
-                    "bias_ih_l0": g.db_ih, "bias_hh_l0": g.db_hh}
-            if grads is None:
-                grads = {k: v.copy() for k, v in part.items()}
-            else:
-                for k in grads:
-                    grads[k] += part[k]
-        return grads
+    def _lstm_backward(self, dh):
+        dh_n = dh[None].astype(self.lstm.dtype)
+        self.lstm.backward(None, (dh_n, np.zeros_like(dh_n)))
+        return dict(self.lstm.grads)
 
     @staticmethod
     def _time_major(Xn, lengths, dtype):
@@ -233,9 +159,9 @@ class ChurnModel:
     def loss_and_grads(self, Xn, lengths, y):
         """Mean BCE and gradients for a normalized batch Xn (B, T, I)."""
         x = self._time_major(Xn, lengths, self.lstm.dtype)
-        h, ctx = self._hlast(x, lengths, need_grad=True)
+        h = self._hlast(x, lengths)
         loss, _, dh, dw, db = head_bce(h, self.head["w"], self.head["b"][0], y)
-        grads = {"lstm." + k: v for k, v in self._lstm_backward(ctx, dh).items()}
+        grads = {"lstm." + k: v for k, v in self._lstm_backward(dh).items()}
         grads["head.w"] = dw
         grads["head.b"] = np.array([db])
         return loss, grads
@@ -259,7 +185,7 @@ class ChurnModel:
         for s in range(0, len(lengths), batch_size):
             sl = slice(s, s + batch_size)
             x = self._time_major(Xn[sl], lengths[sl], self.lstm.dtype)
-            h, _ = self._hlast(x, lengths[sl], need_grad=False)
+            h = self._hlast(x, lengths[sl])
             out[sl] = h @ self.head["w"] + self.head["b"][0]
         return out
 

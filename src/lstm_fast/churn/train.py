@@ -196,7 +196,6 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
         "train_seconds": train_seconds, "total_seconds": total,
         "lstm": m_lstm, "baseline": m_base, "history": history, "gates": summary,
         "model_path": model_path, "figure_path": fig_path,
-        "ragged_path": model.ragged_path, "lengths_error": model.lengths_error,
         "scenarios": scen,
     }
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
@@ -215,12 +214,7 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
               "(use more customers)", file=out)
     print(f"time: training {train_seconds:.1f}s ({len(history)} epochs, "
           f"{train_seconds / max(len(history), 1):.2f}s/epoch), total {total:.1f}s, "
-          f"backend {model.backend!r}, ragged histories via "
-          f"{'layer(x, lengths=...)' if model.ragged_path == 'lengths' else 'per-length groups'}",
-          file=out)
-    if model.lengths_error:
-        print(f"note: layer(x, lengths=...) failed on backend {model.backend!r} "
-              f"({model.lengths_error}); used exact per-length groups instead", file=out)
+          f"backend {model.backend!r}", file=out)
     if scen:
         print("order in time (synthetic test customers with full history; mean predicted churn "
               "probability):", file=out)
