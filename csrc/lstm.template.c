@@ -87,6 +87,7 @@
 #define V ((int)(VBYTES / sizeof(TYPE)))
 #define NV 2
 #define NR (NV * V)
+#define WP 4      /* panels per tile of a 1- or 2-row GEMM tile */
 #define MAXACC 24   /* register accumulators per step tile */
 
 #define INLINE static inline __attribute__((always_inline)) ATTR
@@ -402,37 +403,38 @@ KERNEL void FN(pack_b)(const FN(gemm_args) *g, int64_t kb, int64_t kc, int64_t p
 /* MR x NR register tile over kc: C = acc + bias (first) or C += acc.
  * A packed (ap[k*MR + r]) or, if direct, read in place from row-major A
  * (ap[r*lda + k]; rows past mr re-read row mr-1, their results are dropped). */
-INLINE void FN(gemm_ukr_body)(int64_t kc, const TYPE *restrict ap, int64_t lda, const int direct,
-                              const TYPE *restrict bp, TYPE *restrict c, int64_t ldc, int64_t mr,
+INLINE void FN(gemm_ukr_body)(const int rows, const int np, int64_t kc, const TYPE *restrict ap,
+                              int64_t lda, const int direct, const TYPE *restrict bp,
+                              int64_t pstride, TYPE *restrict c, int64_t ldc, int64_t mr,
                               int64_t nn, int first, const TYPE *bias)
 {
-    vec acc[MR][NV];
+    vec acc[MR][NV * WP];
     const TYPE *arow[MR];
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; r++) {
+    for (int r = 0; r < rows; r++) {
         arow[r] = ap + (r < mr ? r : mr - 1) * lda;
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; j++)
+#pragma GCC unroll 8
+        for (int j = 0; j < NV * np; j++)
             acc[r][j] = (vec){0};
     }
     for (int64_t k = 0; k < kc; k++) {
-        vec b[NV];
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; j++)
-            b[j] = FN(vload)(bp + j * V);
+        vec b[NV * WP];
+#pragma GCC unroll 8
+        for (int j = 0; j < NV * np; j++)
+            b[j] = FN(vload)(bp + (j / NV) * pstride + (j % NV) * V);
 #pragma GCC unroll 16
-        for (int r = 0; r < MR; r++) {
+        for (int r = 0; r < rows; r++) {
             vec a = FN(vset1)(direct ? arow[r][k] : ap[r]);
-#pragma GCC unroll 4
-            for (int j = 0; j < NV; j++)
+#pragma GCC unroll 8
+            for (int j = 0; j < NV * np; j++)
                 acc[r][j] = VFMA(a, b[j], acc[r][j]);
         }
         if (!direct)
             ap += MR;
         bp += NR;
     }
-    for (int64_t r = 0; r < mr; r++) {
-        for (int j = 0; j < NV; j++) {
+    for (int r = 0; r < rows && r < mr; r++) {
+        for (int j = 0; j < NV * np; j++) {
             int64_t n = nn - j * V;
             if (n <= 0)
                 break;
@@ -448,18 +450,57 @@ INLINE void FN(gemm_ukr_body)(int64_t kc, const TYPE *restrict ap, int64_t lda, 
     }
 }
 
-KERNEL void FN(gemm_ukr_packed)(int64_t kc, const TYPE *ap, const TYPE *bp, TYPE *c,
-                                int64_t ldc, int64_t mr, int64_t nn, int first,
-                                const TYPE *bias)
+/* The register tile has `rows` rows, a compile-time count >= mr: a 1-row product
+ * (B = 1 streaming) must not pay for MR rows. Each output element sees the same
+ * FMA sequence whatever the variant. */
+#if MR >= 12
+#define UKR_ROWS(mr) ((mr) <= 4 ? (int)(mr) : (mr) <= 6 ? 6 : (mr) <= 8 ? 8 : MR)
+#elif MR >= 6
+#define UKR_ROWS(mr) ((mr) <= 4 ? (int)(mr) : MR)
+#else
+#define UKR_ROWS(mr) ((int)(mr) < MR ? (int)(mr) : MR)
+#endif
+#define UKR_CASE(n, direct)                                                                   \
+    case n:                                                                                   \
+        FN(gemm_ukr_body)(n < MR ? n : MR, 1, kc, ap, lda, direct, bp, 0, c, ldc, mr, nn,    \
+                          first, bias);                                                       \
+        return;
+/* wide: 1 or 2 rows over WP panels (pstride apart), enough independent
+ * accumulators to hide the FMA latency */
+#define UKR_SWITCH(direct)                                                                    \
+    if (wide) {                                                                               \
+        if (mr == 1)                                                                          \
+            FN(gemm_ukr_body)(1, WP, kc, ap, lda, direct, bp, pstride, c, ldc, mr, nn, first, \
+                              bias);                                                          \
+        else                                                                                  \
+            FN(gemm_ukr_body)(2, WP, kc, ap, lda, direct, bp, pstride, c, ldc, mr, nn, first, \
+                              bias);                                                          \
+        return;                                                                               \
+    }                                                                                         \
+    switch (UKR_ROWS(mr)) {                                                                   \
+        UKR_CASE(1, direct)                                                                   \
+        UKR_CASE(2, direct)                                                                   \
+        UKR_CASE(3, direct)                                                                   \
+        UKR_CASE(4, direct)                                                                   \
+        UKR_CASE(6, direct)                                                                   \
+        UKR_CASE(8, direct)                                                                   \
+    default:                                                                                  \
+        FN(gemm_ukr_body)(MR, 1, kc, ap, lda, direct, bp, 0, c, ldc, mr, nn, first, bias);   \
+    }
+
+KERNEL void FN(gemm_ukr_packed)(int64_t kc, const TYPE *ap, const TYPE *bp, int wide,
+                                int64_t pstride, TYPE *c, int64_t ldc, int64_t mr, int64_t nn,
+                                int first, const TYPE *bias)
 {
-    FN(gemm_ukr_body)(kc, ap, 0, 0, bp, c, ldc, mr, nn, first, bias);
+    const int64_t lda = 0;
+    UKR_SWITCH(0)
 }
 
 KERNEL void FN(gemm_ukr_direct)(int64_t kc, const TYPE *ap, int64_t lda, const TYPE *bp,
-                                TYPE *c, int64_t ldc, int64_t mr, int64_t nn, int first,
-                                const TYPE *bias)
+                                int wide, int64_t pstride, TYPE *c, int64_t ldc, int64_t mr,
+                                int64_t nn, int first, const TYPE *bias)
 {
-    FN(gemm_ukr_body)(kc, ap, lda, 1, bp, c, ldc, mr, nn, first, bias);
+    UKR_SWITCH(1)
 }
 
 static inline int64_t FN(split)(int64_t n, int tid, int nth) { return n * tid / nth; }
@@ -526,20 +567,23 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
                     FN(pack_at)(g, mt, mt + ATB < mt1 ? mt + ATB : mt1, kb, kc, ap);
                 if (pack_rows)
                     FN(pack_a)(g, m0, kb, kc, ap);
-                for (int64_t p = pb; p < pe; p++) {
+                for (int64_t p = pb; p < pe;) {
+                    int wide = mr <= 2 && pe - p >= WP;
                     TYPE *cp = g->c + m0 * g->ldc + p * NR;
                     const TYPE *bias = g->bias ? g->bias + p * NR : NULL;
+                    const TYPE *bpp = bblk + (p - pb) * pstride;
                     if (pack_rows)
-                        FN(gemm_ukr_packed)(kc, ap, bblk + (p - pb) * pstride, cp, g->ldc, mr,
+                        FN(gemm_ukr_packed)(kc, ap, bpp, wide, pstride, cp, g->ldc, mr,
                                             g->N - p * NR, kb == 0, bias);
                     else if (g->a_trans)
-                        FN(gemm_ukr_packed)(kc, ap + (mt - mt0) % ATB * kc * MR,
-                                            bblk + (p - pb) * pstride, cp, g->ldc, mr,
-                                            g->N - p * NR, kb == 0, bias);
+                        FN(gemm_ukr_packed)(kc, ap + (mt - mt0) % ATB * kc * MR, bpp, wide,
+                                            pstride, cp, g->ldc, mr, g->N - p * NR, kb == 0,
+                                            bias);
                     else
-                        FN(gemm_ukr_direct)(kc, g->a + m0 * g->lda + kb, g->lda,
-                                            bblk + (p - pb) * pstride, cp, g->ldc, mr,
-                                            g->N - p * NR, kb == 0, bias);
+                        FN(gemm_ukr_direct)(kc, g->a + m0 * g->lda + kb, g->lda, bpp, wide,
+                                            pstride, cp, g->ldc, mr, g->N - p * NR, kb == 0,
+                                            bias);
+                    p += wide ? WP : 1;
                 }
             }
         }
@@ -1268,6 +1312,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #undef V
 #undef NV
 #undef NR
+#undef WP
 #undef MAXACC
 #undef INLINE
 #undef KERNEL
@@ -1286,4 +1331,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #undef ATB
 #undef ALIGN64
 #undef FWD_TILE
+#undef UKR_ROWS
+#undef UKR_CASE
+#undef UKR_SWITCH
 #undef BWD_TILE

@@ -399,3 +399,61 @@ def test_bad_batch_sizes_rejected(bad, err):
                     d["dc_n"], 1, bad)
     with pytest.raises(ValueError):      # packed x must be 2-d with batch_sizes
         ck.forward(p, d["x"][None], d["h0"], d["c0"], 1, bs)
+
+
+# --- streaming entry points: forward_into, step ---------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("P", (0, 3), ids=lambda p: f"P{p}")
+@pytest.mark.parametrize("B", (1, 5))
+def test_step_and_chunks_bitwise_equal_full_call(level, B, P, dtype):
+    """One step at a time (state in place) and uneven chunks give the bits of one call."""
+    T, I, H = 11, 64, 64
+    w, d, _ = make_packed([B] * T, B, I, H, P, dtype, seed=B + P)
+    R = P or H
+    p = ck.pack(w["w_ih"], w["w_hh"], w["b"], w["w_hr"])
+    x = d["x"].reshape(T, B, I)
+    y, h_n, c_n, _, _ = ck.forward(p, x, d["h0"], d["c0"], 1)
+    h, c = d["h0"].copy(), d["c0"].copy()
+    gws, cws, out = np.empty((B, 4 * H), dtype), np.empty((B, H), dtype), np.empty((B, R), dtype)
+    for t in range(T):
+        yt = ck.step(p, x[t], h, c, gws, cws, 1, out if t % 2 else None)
+        assert np.array_equal(yt, y[t]) and (yt is out) == bool(t % 2)
+    assert np.array_equal(h, h_n) and np.array_equal(c, c_n)
+    h, c = d["h0"].copy(), d["c0"].copy()
+    t0 = 0
+    for n in (3, 1, 0, 7):
+        yc, gc, cc = (np.empty((n, B, F), dtype) for F in (R, 4 * H, H))
+        assert ck.forward_into(p, x[t0:t0 + n], h, c, yc, h, c, gc, cc, 2) is None
+        assert np.array_equal(yc, y[t0:t0 + n])
+        t0 += n
+    assert np.array_equal(h, h_n) and np.array_equal(c, c_n)
+
+
+def test_streaming_entry_points_reject_overlap_and_shapes():
+    w, d, _ = make_packed([2] * 3, 2, 4, 6, 0, np.float64)
+    p = ck.pack(w["w_ih"], w["w_hh"], w["b"])
+    x = d["x"].reshape(3, 2, 4)
+    h, c = d["h0"].copy(), d["c0"].copy()
+    y, g, cs = np.empty((3, 2, 6)), np.empty((3, 2, 24)), np.empty((3, 2, 6))
+    ck.forward_into(p, x, h, c, y, np.empty((2, 6)), np.empty((2, 6)), g, cs, 1)
+    with pytest.raises(ValueError, match="overlap"):       # y is h0
+        ck.forward_into(p, x[:1], h, c, h[None], np.empty((2, 6)), c, g[:1], cs[:1], 1)
+    with pytest.raises(ValueError, match="overlap"):       # c is c_n
+        ck.forward_into(p, x[:1], h, c, y[:1], h, cs[0], g[:1], cs[:1], 1)
+    buf = np.empty(100)
+    with pytest.raises(ValueError, match="overlap"):       # gates partly over y
+        ck.forward_into(p, x[:1], h, c, buf[:12].reshape(1, 2, 6), h, c,
+                        buf[6:54].reshape(1, 2, 24), cs[:1], 1)
+    ck.forward_into(p, x[:1], h, c, y[:1], h, c, g[:1], cs[:1], 1)   # state in place: fine
+    gws, cws = np.empty((2, 24)), np.empty((2, 6))
+    with pytest.raises(ValueError, match="overlap"):       # y is h
+        ck.step(p, x[0], h, c, gws, cws, 1, h)
+    with pytest.raises(ValueError, match="overlap"):       # scratch c_ws is c
+        ck.step(p, x[0], h, c, gws, c, 1)
+    with pytest.raises(ValueError, match="overlap"):       # h and c overlap
+        ck.step(p, x[0], h, h, gws, cws, 1)
+    with pytest.raises(ValueError):                        # x must be (B, I)
+        ck.step(p, x, h, c, gws, cws, 1)
+    with pytest.raises(ValueError):                        # y must be (B, R)
+        ck.step(p, x[0], h, c, gws, cws, 1, np.empty((2, 5)))

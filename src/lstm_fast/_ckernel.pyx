@@ -447,3 +447,113 @@ def backward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not 
     if P:
         return dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr
     return dx, dw_ih, dw_hh, db, dh0, dc0
+
+
+cdef inline void _span(cnp.ndarray a, char **lo, char **hi):
+    lo[0] = <char *>cnp.PyArray_DATA(a)
+    hi[0] = lo[0] + cnp.PyArray_NBYTES(a)
+
+
+cdef inline bint _overlap_hc(cnp.ndarray a, cnp.ndarray b):
+    cdef char *la
+    cdef char *ha
+    cdef char *lb
+    cdef char *hb
+    _span(a, &la, &ha)
+    _span(b, &lb, &hb)
+    return la < ha and lb < hb and la < hb and lb < ha
+
+
+def forward_into(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not None,
+                 cnp.ndarray c0 not None, cnp.ndarray y not None, cnp.ndarray h_n not None,
+                 cnp.ndarray c_n not None, cnp.ndarray gates not None, cnp.ndarray c not None,
+                 int num_threads):
+    """``forward`` (padded layout) into caller-provided arrays; allocates nothing.
+
+    x (T, B, I), h0 (B, R), c0 (B, H) in; y (T, B, R), h_n (B, R), c_n (B, H),
+    gates (T, B, 4H), c (T, B, H) out, all C-contiguous of the weights' dtype.
+    For streaming: ``h_n`` may be ``h0`` and ``c_n`` may be ``c0`` (the state is
+    then updated in place); no other output may share memory with another
+    output or an input (ValueError). Returns None. Running a sequence in chunks,
+    each call's h_n, c_n feeding the next, gives the same bits as one call.
+    """
+    _check_level()
+    cdef int tn = packed.typenum
+    cdef int64_t H = packed.hidden_size, I = packed.input_size
+    cdef int64_t R = packed.proj_size if packed.proj_size else H
+    if cnp.PyArray_NDIM(x) != 3:
+        raise ValueError("x must be 3-d (T, B, I)")
+    cdef int64_t T = cnp.PyArray_DIMS(x)[0], B = cnp.PyArray_DIMS(x)[1]
+    _check(x, 3, tn, T, B, I, "x")
+    _check(h0, 2, tn, B, R, 0, "h0")
+    _check(c0, 2, tn, B, H, 0, "c0")
+    _check(y, 3, tn, T, B, R, "y")
+    _check(h_n, 2, tn, B, R, 0, "h_n")
+    _check(c_n, 2, tn, B, H, 0, "c_n")
+    _check(gates, 3, tn, T, B, 4 * H, "gates")
+    _check(c, 3, tn, T, B, H, "c")
+    # byte spans: outputs y, gates, c, h_n, c_n (0..4), inputs x, h0, c0 (5..7)
+    cdef char *lo[8]
+    cdef char *hi[8]
+    _span(y, &lo[0], &hi[0]); _span(gates, &lo[1], &hi[1]); _span(c, &lo[2], &hi[2])
+    _span(h_n, &lo[3], &hi[3]); _span(c_n, &lo[4], &hi[4])
+    _span(x, &lo[5], &hi[5]); _span(h0, &lo[6], &hi[6]); _span(c0, &lo[7], &hi[7])
+    cdef int i, j
+    for i in range(5):
+        for j in range(i + 1, 8):
+            if lo[i] < hi[i] and lo[j] < hi[j] and lo[i] < hi[j] and lo[j] < hi[i]:
+                if (i == 3 and j == 6 or i == 4 and j == 7) and lo[i] == lo[j]:
+                    continue   # h_n is h0, c_n is c0: in-place state
+                raise ValueError("forward_into: outputs must not overlap each other or an "
+                                 "input, except h_n is h0 and c_n is c0")
+    cdef int nth = _nthreads(T, T * B, B, I, H, num_threads, tn)
+    _forward_call(packed, T, B, None, x, h0, c0, y, h_n, c_n, gates, c, nth)
+
+
+def step(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h not None,
+         cnp.ndarray c not None, cnp.ndarray gates_ws not None, cnp.ndarray c_ws not None,
+         int num_threads, y=None):
+    """One step for streaming: x (B, I) -> y (B, R), state (h (B, R), c (B, H)) updated
+    in place; allocates at most y.
+
+    ``gates_ws`` (B, 4H) and ``c_ws`` (B, H) are scratch the caller keeps between
+    calls; ``y`` (B, R) is written and returned if given, else a new array is.
+    All C-contiguous of the weights' dtype; y, gates_ws, c_ws must not overlap
+    each other, x, h or c (ValueError). Same bits as ``forward`` over the whole
+    sequence (see ``forward_into``).
+    """
+    _check_level()
+    cdef int tn = packed.typenum
+    cdef int64_t H = packed.hidden_size, I = packed.input_size
+    cdef int64_t R = packed.proj_size if packed.proj_size else H
+    if cnp.PyArray_NDIM(x) != 2:
+        raise ValueError("x must be 2-d (B, I)")
+    cdef int64_t B = cnp.PyArray_DIMS(x)[0]
+    _check(x, 2, tn, B, I, 0, "x")
+    _check(h, 2, tn, B, R, 0, "h")
+    _check(c, 2, tn, B, H, 0, "c")
+    _check(gates_ws, 2, tn, B, 4 * H, 0, "gates_ws")
+    _check(c_ws, 2, tn, B, H, 0, "c_ws")
+    cdef cnp.ndarray yarr
+    cdef cnp.npy_intp d2[2]
+    if y is None:
+        d2[0] = B; d2[1] = R
+        yarr = _empty(2, d2, tn)
+    else:
+        yarr = <cnp.ndarray?>y
+        _check(yarr, 2, tn, B, R, 0, "y")
+    # byte spans: outputs y, gates_ws, c_ws (0..2), then x, h, c (3..5)
+    cdef char *lo[6]
+    cdef char *hi[6]
+    _span(yarr, &lo[0], &hi[0]); _span(gates_ws, &lo[1], &hi[1]); _span(c_ws, &lo[2], &hi[2])
+    _span(x, &lo[3], &hi[3]); _span(h, &lo[4], &hi[4]); _span(c, &lo[5], &hi[5])
+    cdef int i, j
+    for i in range(3):
+        for j in range(i + 1, 6):
+            if lo[i] < hi[i] and lo[j] < hi[j] and lo[i] < hi[j] and lo[j] < hi[i]:
+                raise ValueError("step: y, gates_ws, c_ws must not overlap each other, x, h or c")
+    if _overlap_hc(h, c):
+        raise ValueError("step: h and c must not overlap")
+    cdef int nth = _nthreads(1, B, B, I, H, num_threads, tn)
+    _forward_call(packed, 1, B, None, x, h, c, yarr, h, c, gates_ws, c_ws, nth)
+    return yarr
