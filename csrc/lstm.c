@@ -93,14 +93,21 @@ int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int request
     int ncpu = lstm_online_cpus();
     if (requested > 0)
         return requested < ncpu ? requested : ncpu;
-    /* Measured on 2-core Zen 5: a second thread pays once a step does about
-     * 2e5 multiply-adds and the sequence is long enough to amortise waking it. */
+    /* Conservative: every step ends in a barrier, and on a shared 2-core
+     * machine a second thread often has to wait for a core. Measured (loaded
+     * 2-core Zen 5 VM, tools in the pool commit): a second thread only won
+     * clearly once a step does ~4e6 multiply-adds (B=16,H=256; B=64,H=128) and
+     * lost up to 2.7x below (B=16,H=64: 0.75 vs 1.97 ms; before the
+     * spin-then-sleep barrier 0.2 vs 4.2 ms). On top, the pool reports when
+     * recent 2-thread jobs spent >40% of their time waiting (another process
+     * holds the other core): then 1 thread until a later probe runs well.
+     * f64 uses the same multiply-add bound (twice the time: more margin). */
     double step = (double)B * 4 * H * H;
     double total = (double)T * B * 4 * H * (H + I);
     (void)elem_size;
-    if (step < 2.0e5 || total < 4.0e6)
+    if (ncpu < 2 || step < 4.0e6 || total < 1.0e8 || lstm_pool_contended())
         return 1;
-    return ncpu < 2 ? ncpu : 2;
+    return 2;
 }
 
 #ifndef LSTM_COMPILE_FLAGS

@@ -38,7 +38,15 @@
 #define DEC(p) __atomic_sub_fetch((p), 1, __ATOMIC_SEQ_CST)
 #define COUNT(p) __atomic_add_fetch((p), 1, __ATOMIC_RELAXED)
 
-static long stats[4];
+static long stats[LSTM_POOL_NSTATS];
+
+/* Efficiency of multi-thread jobs: waiting fraction above BAD_WAIT marks the
+ * pool contended (see lstm_pool_contended), below GOOD_WAIT clears it. */
+#define BAD_WAIT 0.40
+#define GOOD_WAIT 0.25
+#define BACKOFF_MIN_NS 10000000L     /* 10 ms */
+#define BACKOFF_MAX_NS 1000000000L   /* 1 s */
+static long contended_until;   /* now_ns() deadline; atomic */
 
 static long now_ns(void)
 {
@@ -142,8 +150,10 @@ void lstm_barrier_wait(lstm_barrier *bar, int nthreads)
         wake(&bar->sleepers, &bar->phase);
         return;
     }
+    long t0 = now_ns();
     if (wait_change(&bar->phase, phase, &bar->sleepers, BARRIER_SPIN_NS))
         COUNT(&stats[2]);
+    __atomic_add_fetch(&bar->wait_ns, now_ns() - t0, __ATOMIC_RELAXED);
 }
 
 /* ---- pool -------------------------------------------------------------------- */
@@ -218,15 +228,40 @@ int lstm_online_cpus(void)
     return v;
 }
 
-void lstm_pool_stats(long out[4])
+int lstm_pool_contended(void)
 {
-    for (int k = 0; k < 4; k++)
+    long until = __atomic_load_n(&contended_until, __ATOMIC_RELAXED);
+    return until != 0 && now_ns() < until;
+}
+
+/* Called by the run_lock holder after each multi-thread job. */
+static void judge_job(long wait_ns, long wall_ns, int nthreads)
+{
+    static long backoff;   /* guarded by run_lock */
+    if (wall_ns <= 0)
+        return;
+    double loss = (double)wait_ns / ((double)wall_ns * nthreads);
+    __atomic_store_n(&stats[5], (long)(loss * 1000), __ATOMIC_RELAXED);
+    if (loss > BAD_WAIT) {
+        backoff = backoff ? (backoff < BACKOFF_MAX_NS / 2 ? 2 * backoff : BACKOFF_MAX_NS)
+                          : BACKOFF_MIN_NS;
+        __atomic_store_n(&contended_until, now_ns() + backoff, __ATOMIC_RELAXED);
+        COUNT(&stats[4]);
+    } else if (loss < GOOD_WAIT) {
+        backoff = 0;
+        __atomic_store_n(&contended_until, 0, __ATOMIC_RELAXED);
+    }
+}
+
+void lstm_pool_stats(long out[LSTM_POOL_NSTATS])
+{
+    for (int k = 0; k < LSTM_POOL_NSTATS; k++)
         out[k] = __atomic_load_n(&stats[k], __ATOMIC_RELAXED);
 }
 
 void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
 {
-    lstm_barrier solo = {0, 0, 0};
+    lstm_barrier solo = {0};
     if (nthreads <= 1) {
         fn(arg, 0, 1, &solo);
         return;
@@ -264,14 +299,23 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
     pool.arg = arg;
     pool.nthreads = nthreads;
     pool.bar.count = 0;
+    pool.bar.wait_ns = 0;
     STORE(&pool.done, 0);
     int nworkers = pool.nworkers;
     /* Post: everything above is published by this seq_cst store, which
      * workers read with a seq_cst/acquire load. */
+    long t_start = now_ns();
     STORE(&pool.gen, (int)((unsigned)pool.gen + 1u));
     wake(&pool.gen_sleepers, &pool.gen);
     fn(arg, 0, nthreads, &pool.bar);
+    long t_fn = now_ns();
     for (int d; (d = LOAD(&pool.done)) < nworkers;)
         wait_change(&pool.done, d, &pool.done_sleepers, DONE_SPIN_NS);
+    long t_end = now_ns();
+    /* Waiting: at the barriers (all threads) and for the workers at the end;
+     * the workers' own idle time after their last barrier is not seen, so
+     * this underestimates the loss for jobs with a long unsynchronised tail. */
+    judge_job(__atomic_load_n(&pool.bar.wait_ns, __ATOMIC_RELAXED) + (t_end - t_fn),
+              t_end - t_start, nthreads);
     pthread_mutex_unlock(&pool.run_lock);
 }

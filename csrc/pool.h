@@ -21,6 +21,7 @@ typedef struct {
     int count;        /* threads arrived in the current phase */
     int phase;        /* bumped when the last one arrives (futex word) */
     int sleepers;     /* threads asleep, or about to sleep, on phase */
+    long wait_ns;     /* time spent waiting here in the current job, all threads */
 } lstm_barrier;
 
 typedef void (*lstm_job_fn)(void *arg, int tid, int nthreads, lstm_barrier *bar);
@@ -36,10 +37,22 @@ void lstm_barrier_wait(lstm_barrier *bar, int nthreads);
 
 int lstm_online_cpus(void);
 
-/* Counters for tests and tuning (not thread-safe snapshots; approximate):
+/* 1 while recent multi-thread jobs were inefficient: their threads spent more
+ * than ~40% of the job waiting for each other, i.e. a second thread bought
+ * less than ~1.2x, typically because another process holds the other core.
+ * Set after such a job for 10 ms, doubling while it persists (up to 1 s, so
+ * the auto choice re-probes at least once a second); cleared by an efficient
+ * job. For the automatic thread choice (lstm_resolve_threads, requested 0);
+ * an explicit thread count is always honoured. */
+int lstm_pool_contended(void);
+
+/* Counters for tests and tuning (relaxed, so approximate while jobs run):
  * out[0] jobs run on >1 thread, out[1] jobs run on 1 thread because the pool
  * was busy, out[2] barrier waits that went to sleep, out[3] worker wake-ups
- * from sleep. */
-void lstm_pool_stats(long out[4]);
+ * from sleep, out[4] multi-thread jobs found inefficient (see
+ * lstm_pool_contended), out[5] permille of waiting in the last multi-thread
+ * job. */
+#define LSTM_POOL_NSTATS 6
+void lstm_pool_stats(long out[LSTM_POOL_NSTATS]);
 
 #endif

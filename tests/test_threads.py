@@ -38,7 +38,7 @@ def _pool_stats():
         fn = ctypes.CDLL(ck.__file__).lstm_pool_stats
     except (OSError, AttributeError):
         return None
-    out = (ctypes.c_long * 4)()
+    out = (ctypes.c_long * 6)()
     fn(out)
     return list(out)
 
