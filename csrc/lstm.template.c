@@ -403,7 +403,7 @@ KERNEL void FN(pack_b)(const FN(gemm_args) *g, int64_t kb, int64_t kc, int64_t p
 /* MR x NR register tile over kc: C = acc + bias (first) or C += acc.
  * A packed (ap[k*MR + r]) or, if direct, read in place from row-major A
  * (ap[r*lda + k]; rows past mr re-read row mr-1, their results are dropped). */
-INLINE void FN(gemm_ukr_body)(const int rows, const int np, int64_t kc, const TYPE *restrict ap,
+INLINE void FN(gemm_ukr_body)(const int rows, const int nvec, int64_t kc, const TYPE *restrict ap,
                               int64_t lda, const int direct, const TYPE *restrict bp,
                               int64_t pstride, TYPE *restrict c, int64_t ldc, int64_t mr,
                               int64_t nn, int first, const TYPE *bias)
@@ -414,19 +414,19 @@ INLINE void FN(gemm_ukr_body)(const int rows, const int np, int64_t kc, const TY
     for (int r = 0; r < rows; r++) {
         arow[r] = ap + (r < mr ? r : mr - 1) * lda;
 #pragma GCC unroll 8
-        for (int j = 0; j < NV * np; j++)
+        for (int j = 0; j < nvec; j++)
             acc[r][j] = (vec){0};
     }
     for (int64_t k = 0; k < kc; k++) {
         vec b[NV * WP];
 #pragma GCC unroll 8
-        for (int j = 0; j < NV * np; j++)
+        for (int j = 0; j < nvec; j++)
             b[j] = FN(vload)(bp + (j / NV) * pstride + (j % NV) * V);
 #pragma GCC unroll 16
         for (int r = 0; r < rows; r++) {
             vec a = FN(vset1)(direct ? arow[r][k] : ap[r]);
 #pragma GCC unroll 8
-            for (int j = 0; j < NV * np; j++)
+            for (int j = 0; j < nvec; j++)
                 acc[r][j] = VFMA(a, b[j], acc[r][j]);
         }
         if (!direct)
@@ -434,7 +434,7 @@ INLINE void FN(gemm_ukr_body)(const int rows, const int np, int64_t kc, const TY
         bp += NR;
     }
     for (int r = 0; r < rows && r < mr; r++) {
-        for (int j = 0; j < NV * np; j++) {
+        for (int j = 0; j < nvec; j++) {
             int64_t n = nn - j * V;
             if (n <= 0)
                 break;
@@ -462,19 +462,24 @@ INLINE void FN(gemm_ukr_body)(const int rows, const int np, int64_t kc, const TY
 #endif
 #define UKR_CASE(n, direct)                                                                   \
     case n:                                                                                   \
-        FN(gemm_ukr_body)(n < MR ? n : MR, 1, kc, ap, lda, direct, bp, 0, c, ldc, mr, nn,    \
+        FN(gemm_ukr_body)(n < MR ? n : MR, NV, kc, ap, lda, direct, bp, 0, c, ldc, mr, nn,   \
                           first, bias);                                                       \
         return;
 /* wide: 1 or 2 rows over WP panels (pstride apart), enough independent
- * accumulators to hide the FMA latency */
+ * accumulators to hide the FMA latency; narrow: a full-height tile of a panel
+ * with at most V columns (small I in dx, dw_ih) computes one vector, not NV */
 #define UKR_SWITCH(direct)                                                                    \
     if (wide) {                                                                               \
         if (mr == 1)                                                                          \
-            FN(gemm_ukr_body)(1, WP, kc, ap, lda, direct, bp, pstride, c, ldc, mr, nn, first, \
-                              bias);                                                          \
+            FN(gemm_ukr_body)(1, NV * WP, kc, ap, lda, direct, bp, pstride, c, ldc, mr, nn,   \
+                              first, bias);                                                   \
         else                                                                                  \
-            FN(gemm_ukr_body)(2, WP, kc, ap, lda, direct, bp, pstride, c, ldc, mr, nn, first, \
-                              bias);                                                          \
+            FN(gemm_ukr_body)(2, NV * WP, kc, ap, lda, direct, bp, pstride, c, ldc, mr, nn,   \
+                              first, bias);                                                   \
+        return;                                                                               \
+    }                                                                                         \
+    if (NV > 1 && nn <= V && UKR_ROWS(mr) == MR) {                                            \
+        FN(gemm_ukr_body)(MR, 1, kc, ap, lda, direct, bp, 0, c, ldc, mr, nn, first, bias);    \
         return;                                                                               \
     }                                                                                         \
     switch (UKR_ROWS(mr)) {                                                                   \
@@ -485,7 +490,7 @@ INLINE void FN(gemm_ukr_body)(const int rows, const int np, int64_t kc, const TY
         UKR_CASE(6, direct)                                                                   \
         UKR_CASE(8, direct)                                                                   \
     default:                                                                                  \
-        FN(gemm_ukr_body)(MR, 1, kc, ap, lda, direct, bp, 0, c, ldc, mr, nn, first, bias);   \
+        FN(gemm_ukr_body)(MR, NV, kc, ap, lda, direct, bp, 0, c, ldc, mr, nn, first, bias);  \
     }
 
 KERNEL void FN(gemm_ukr_packed)(int64_t kc, const TYPE *ap, const TYPE *bp, int wide,
