@@ -37,6 +37,17 @@
  *                  the elementwise gate gradients of step t for the same
  *                  units; dw_ih, dw_hh, dx, db are whole-sequence GEMMs after
  *                  the loop.
+ *   lengths        one code path for padded and variable-length batches: the
+ *                  kernels see packed step-major rows and per-step row offsets
+ *                  (offs[t] = sum(batch_sizes[:t]), NULL sizes = B per step);
+ *                  sizes never increase, so step t's n rows read h/c of t-1
+ *                  from the first n rows of step t-1 in y/c, with no copies.
+ *                  dw_hh's h_{t-1} rows are mapped through offs in pack_b.
+ *   projection     (P > 0) forward: the cell writes m = o*tanh(c) to scratch,
+ *                  then y_t = m.w_hr^T is a GEMM per step (second barrier);
+ *                  backward: dh (P wide) per step, dm = dh.w_hr GEMM, then the
+ *                  cell; dw_hr = dh_all^T.m_all after the loop. Not fused: the
+ *                  step tile widths differ (P vs H), and correctness came first.
  * Thread partition: hidden blocks for the steps (one spin barrier per step),
  * output tiles for the GEMMs. Each output element is always computed by the
  * same sequence of operations (the elementwise pass is one shared function,
