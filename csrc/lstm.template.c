@@ -412,8 +412,9 @@ KERNEL void FN(pack_b)(const FN(gemm_args) *g, int64_t kb, int64_t kc, int64_t p
 }
 
 /* MR x NR register tile over kc: C = acc + bias (first) or C += acc.
- * A packed (ap[k*MR + r]) or, if direct, read in place from row-major A
- * (ap[r*lda + k]; rows past mr re-read row mr-1, their results are dropped). */
+ * A packed (ap[k*MR + r], direct 0) or read in place: row-major A (ap[r*lda + k],
+ * direct 1) or transposed A (ap[k*lda + r], direct 2); in place, rows past mr
+ * re-read row mr-1 and their results are dropped. */
 INLINE void FN(gemm_ukr_body)(const int rows, const int nvec, int64_t kc, const TYPE *restrict ap,
                               int64_t lda, const int direct, const TYPE *restrict bp,
                               int64_t pstride, TYPE *restrict c, int64_t ldc, int64_t mr,
@@ -423,7 +424,7 @@ INLINE void FN(gemm_ukr_body)(const int rows, const int nvec, int64_t kc, const 
     const TYPE *arow[MR];
 #pragma GCC unroll 16
     for (int r = 0; r < rows; r++) {
-        arow[r] = ap + (r < mr ? r : mr - 1) * lda;
+        arow[r] = ap + (r < mr ? r : mr - 1) * (direct == 2 ? 1 : lda);
 #pragma GCC unroll 8
         for (int j = 0; j < nvec; j++)
             acc[r][j] = (vec){0};
@@ -435,7 +436,7 @@ INLINE void FN(gemm_ukr_body)(const int rows, const int nvec, int64_t kc, const 
             b[j] = FN(vload)(bp + (j / NV) * pstride + (j % NV) * V);
 #pragma GCC unroll 16
         for (int r = 0; r < rows; r++) {
-            vec a = FN(vset1)(direct ? arow[r][k] : ap[r]);
+            vec a = FN(vset1)(direct == 2 ? arow[r][k * lda] : direct ? arow[r][k] : ap[r]);
 #pragma GCC unroll 8
             for (int j = 0; j < nvec; j++)
                 acc[r][j] = VFMA(a, b[j], acc[r][j]);
@@ -519,6 +520,13 @@ KERNEL void FN(gemm_ukr_direct)(int64_t kc, const TYPE *ap, int64_t lda, const T
     UKR_SWITCH(1)
 }
 
+KERNEL void FN(gemm_ukr_direct_t)(int64_t kc, const TYPE *ap, int64_t lda, const TYPE *bp,
+                                  int wide, int64_t pstride, TYPE *c, int64_t ldc, int64_t mr,
+                                  int64_t nn, int first, const TYPE *bias)
+{
+    UKR_SWITCH(2)
+}
+
 static inline int64_t FN(split)(int64_t n, int tid, int nth) { return n * tid / nth; }
 
 /* Per-thread workspace: B block KC x NC (raw B only), then the A slivers:
@@ -557,6 +565,11 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
     TYPE *bpk = ws, *ap = ws + (g->bpacked ? 0 : (int64_t)KC * NC);
     int pack_rows = !g->a_trans && (g->lda * (int64_t)sizeof(TYPE)) % 2048 == 0 &&
                     p1 - p0 >= 4;
+    /* a small transposed A (dgates^T of a short sequence) is read in place: its
+     * MR values per k are contiguous, and packing would cost as much as the
+     * product when N is small (dw_ih with small I) */
+    int at_direct = g->a_trans && g->K * g->lda * (int64_t)sizeof(TYPE) <= (256 << 10) &&
+                    (g->lda * (int64_t)sizeof(TYPE)) % 2048 != 0;
     if (g->K == 0) {
         for (int64_t m = mt0 * MR; m < g->M && m < mt1 * MR; m++)
             for (int64_t n = p0 * NR; n < g->N && n < p1 * NR; n++)
@@ -579,7 +592,7 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
             }
             for (int64_t mt = mt0; mt < mt1; mt++) {
                 int64_t m0 = mt * MR, mr = g->M - m0 < MR ? g->M - m0 : MR;
-                if (g->a_trans && (mt - mt0) % ATB == 0)
+                if (g->a_trans && !at_direct && (mt - mt0) % ATB == 0)
                     FN(pack_at)(g, mt, mt + ATB < mt1 ? mt + ATB : mt1, kb, kc, ap);
                 if (pack_rows)
                     FN(pack_a)(g, m0, kb, kc, ap);
@@ -591,6 +604,10 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
                     if (pack_rows)
                         FN(gemm_ukr_packed)(kc, ap, bpp, wide, pstride, cp, g->ldc, mr,
                                             g->N - p * NR, kb == 0, bias);
+                    else if (at_direct)
+                        FN(gemm_ukr_direct_t)(kc, g->a + kb * g->lda + m0, g->lda, bpp, wide,
+                                              pstride, cp, g->ldc, mr, g->N - p * NR,
+                                              kb == 0, bias);
                     else if (g->a_trans)
                         FN(gemm_ukr_packed)(kc, ap + (mt - mt0) % ATB * kc * MR, bpp, wide,
                                             pstride, cp, g->ldc, mr, g->N - p * NR, kb == 0,
