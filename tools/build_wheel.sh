@@ -25,7 +25,8 @@
 #
 # Environment:
 #   PYTHON             interpreter to build for (default python3)
-#   LSTM_FAST_WORK     scratch directory (default: a new mktemp -d under $TMPDIR)
+#   LSTM_FAST_WORK     scratch directory, kept (default: a new mktemp -d under $TMPDIR,
+#                      removed after a successful run unless LSTM_FAST_KEEP=1)
 #   WHEELHOUSE         where the repaired wheel and the sdist go (default <repo>/wheelhouse)
 #   LSTM_FAST_FORCED_SUITE  "full" (default: the whole suite takes ~70 s here) to run
 #                      it at every forced level, "kernel" for the kernel-related files only
@@ -36,7 +37,8 @@ set -euo pipefail
 unset LSTM_FAST_SIMD LSTM_FAST_BACKEND   # the default run must use the CPU's own level
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
-WORK="${LSTM_FAST_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/lstm-fast-wheel.XXXXXX")}"
+if [ -n "${LSTM_FAST_WORK:-}" ]; then WORK="$LSTM_FAST_WORK"; OWN_WORK=0
+else WORK="$(mktemp -d "${TMPDIR:-/tmp}/lstm-fast-wheel.XXXXXX")"; OWN_WORK=1; fi
 WHEELHOUSE="${WHEELHOUSE:-$ROOT/wheelhouse}"
 FORCED_SUITE="${LSTM_FAST_FORCED_SUITE:-full}"
 RUN_TESTS=1
@@ -57,7 +59,18 @@ T0=$SECONDS
 declare -a TIMES=()
 step() { echo; echo "=== [$(( SECONDS - T0 ))s] $*"; }
 took() { TIMES+=("$(printf '%-44s %4ds' "$1" "$(( SECONDS - $2 ))")"); }
-trap 'rc=$?; [ $rc -ne 0 ] && echo "build_wheel.sh: FAILED (exit $rc) after $(( SECONDS - T0 ))s; scratch in $WORK" >&2' EXIT
+# On failure the scratch directory stays for a look; on success a mktemp one (two
+# venvs with torch, ~2 GB) is removed unless LSTM_FAST_KEEP=1.
+finish() {
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "build_wheel.sh: FAILED (exit $rc) after $(( SECONDS - T0 ))s; scratch in $WORK" >&2
+  elif [ "$OWN_WORK" = 1 ] && [ "${LSTM_FAST_KEEP:-0}" != 1 ]; then
+    cd / && rm -rf "$WORK"
+  fi
+  return $rc
+}
+trap finish EXIT
 
 # ---------------------------------------------------------------- 1. tools
 step "tools venv in $WORK/tools-venv"
@@ -98,7 +111,7 @@ rm -rf "$WORK/raw" && mkdir -p "$WORK/raw"
 "$TPY" -m zipfile -e "$RAW_WHEEL" "$WORK/raw"
 SO="$(ls "$WORK"/raw/lstm_fast/_ckernel*.so)"
 "$TPY" "$ROOT/tools/check_isa.py" "$SO"
-echo "  compile flags recorded in the binary: $(strings "$SO" | grep -m1 -- '-O3' || echo '?')"
+echo "  compile flags recorded in the binary: $(strings "$SO" | grep -o -m1 'flags=[^;]*' || echo '?')"
 if strings "$SO" | grep -q -- '-march=native'; then echo "-march=native in the binary's flags" >&2; exit 1; fi
 echo "  dynamic dependencies:"; readelf -d "$SO" | grep NEEDED | sed 's/^/   /'
 
