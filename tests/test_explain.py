@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from lstm_fast import available_backends as lstm_fast_available
 from lstm_fast import cli
 from lstm_fast.explain import worked_example
 
@@ -72,6 +74,14 @@ def test_console_entry_points():
     out = subprocess.run([sys.executable, "-m", "lstm_fast", "explain"], capture_output=True, text=True, check=True)
     assert "Parameter gradients" in out.stdout
     out = subprocess.run([sys.executable, "-m", "lstm_fast", "info"], capture_output=True, text=True, check=True)
-    assert "backends" in out.stdout and "numpy  available" in out.stdout
+    assert "backends" in out.stdout and "numpy  available, self-check ok" in out.stdout
+    for name in lstm_fast_available():
+        if name != "numba":
+            assert f"{name:<6} available, self-check ok" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "lstm_fast", "info"], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, LSTM_FAST_SIMD="bogus"))
+    assert "LSTM_FAST_SIMD=bogus" in bad.stdout
+    if "c" in lstm_fast_available():
+        assert "self-check error: RuntimeError" in bad.stdout and "got 'bogus'" in bad.stdout
     out = subprocess.run([sys.executable, "-m", "lstm_fast", "nope"], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown command" in out.stderr

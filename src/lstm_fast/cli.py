@@ -13,7 +13,29 @@ commands:
 'lstm-fast COMMAND --help' describes each command."""
 
 
+def _self_check(name):
+    """A tiny forward+backward on backend ``name`` against the NumPy reference."""
+    import numpy as np
+
+    from lstm_fast import lstm_backward, lstm_forward
+
+    rng = np.random.default_rng(0)
+    args = [rng.uniform(-0.5, 0.5, s) for s in ((3, 2, 3), (16, 3), (16, 4), (16,), (16,))]
+    try:
+        ours = lstm_forward(*args, backend=name)
+        ref = lstm_forward(*args, backend="numpy")
+        g_ours = lstm_backward(ours.cache, np.ones_like(ours.y))
+        g_ref = lstm_backward(ref.cache, np.ones_like(ref.y))
+    except Exception as e:      # report, don't crash: this is a diagnostic
+        return f"error: {type(e).__name__}: {e}"
+    ok = np.allclose(ours.y, ref.y, rtol=1e-12, atol=1e-13) and \
+        np.allclose(g_ours.dw_hh, g_ref.dw_hh, rtol=1e-12, atol=1e-13)
+    return "ok (float64 forward+backward match the reference)" if ok else "MISMATCH with the reference"
+
+
 def info(argv=None):
+    import argparse
+    import os
     import platform
 
     import numpy as np
@@ -21,13 +43,27 @@ def info(argv=None):
     import lstm_fast
     from lstm_fast import _backends
 
+    ap = argparse.ArgumentParser(prog="lstm-fast info", description="What this installation has.")
+    ap.add_argument("--check", action="store_true",
+                    help="also self-check the numba backend (compiles it on first use, ~20 s)")
+    args = ap.parse_args(argv)
     print(f"lstm_fast {lstm_fast.__version__}  (Python {platform.python_version()}, numpy {np.__version__})")
+    for var in (_backends.ENV_VAR, "LSTM_FAST_SIMD"):
+        print(f"{var}={os.environ.get(var, '(unset)')}")
     print("backends (auto prefers them in this order):")
     for name, reason in _backends.backend_status().items():
-        print(f"  {name:<6} {'available' if reason is None else 'missing: ' + reason}")
+        if reason is not None:
+            state = "missing: " + reason
+        elif name == "numba" and not args.check:
+            state = "available (self-check with --check: compiles on first use)"
+        else:
+            state = f"available, self-check {_self_check(name)}"
+        print(f"  {name:<6} {state}")
     print(f"auto resolves to: {_backends.resolve('auto')}")
     n = _backends.get_num_threads()
-    print(f"threads: {n if n else 'chosen per shape'} (set with lstm_fast.set_num_threads)")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"threads: {n if n else 'chosen per shape'} (set with lstm_fast.set_num_threads); "
+          f"{cpus} CPUs usable by this process")
     try:
         from lstm_fast import _ckernel
     except ImportError:
@@ -38,7 +74,8 @@ def info(argv=None):
             print(f"SIMD level used: {_ckernel.simd_level()}")
         if hasattr(_ckernel, "build_info"):
             for k, v in _ckernel.build_info().items():
-                print(f"build {k}: {v}")
+                if k not in ("simd_level", "cpu_simd_level"):
+                    print(f"build {k}: {v}")
     return 0
 
 
