@@ -42,6 +42,7 @@ class Stream:
         if hx is None:
             self._h = [np.zeros((B, sizes[0]), dtype) for _ in range(L)]
             self._c = [np.zeros((B, sizes[1]), dtype) for _ in range(L)]
+            self._workspaces()
             return
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("hx must be a tuple (h0, c0)")
@@ -49,6 +50,19 @@ class Stream:
                   for name, s, H in zip(("h0", "c0"), hx, sizes))
         self._h = [h0[k].copy() for k in range(L)]
         self._c = [c0[k].copy() for k in range(L)]
+        self._workspaces()
+
+    def _workspaces(self):
+        """Buffers for a backend's allocation-free ``step``: (B, 4H) gates, (B, H)
+        cell scratch per layer, and the outputs of every layer but the top one
+        (the top layer's output is a fresh array the caller may keep)."""
+        L, B, dt = self.layer.num_layers, self.batch_size, self.layer.dtype
+        H = self.layer.hidden_size
+        R = self.layer.proj_size or H
+        self._xshape = (B, self.layer.input_size)
+        self._gates_ws = [np.empty((B, 4 * H), dt) for _ in range(L)]
+        self._c_ws = [np.empty((B, H), dt) for _ in range(L)]
+        self._y = [np.empty((B, R), dt) for _ in range(L - 1)] + [None]
 
     @property
     def state(self):
@@ -56,9 +70,17 @@ class Stream:
 
     def step(self, x_t):
         """One step: x_t (B, I) -> h (B, H) of the top layer."""
-        x = _validation.as_array(x_t, "x_t", self.layer.dtype, (self.batch_size, self.layer.input_size),
-                                 "(B, I) = ({}, {})")
-        return self._advance(x[None])[0]
+        layer = self.layer
+        x = _validation.as_array(x_t, "x_t", layer.dtype, self._xshape, "(B, I) = ({}, {})")
+        impl = _backends.get(layer.backend)
+        step = getattr(impl, "step", None)      # allocation-free single step (the C backend)
+        if step is None:
+            return self._advance(x[None])[0]
+        nthreads = _backends.get_num_threads()
+        for k in range(layer.num_layers):
+            x = step(layer._weights(k, 0), x, self._h[k], self._c[k],
+                     self._gates_ws[k], self._c_ws[k], nthreads, self._y[k])
+        return x
 
     def run(self, x):
         """A chunk of steps: x (T, B, I) -> (T, B, H)."""
