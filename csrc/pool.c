@@ -243,10 +243,19 @@ static void register_atfork(void)
 
 int lstm_online_cpus(void)
 {
+    /* CPUs this process may run on (taskset, cpusets), else online CPUs;
+     * taken once, at the first call. More threads than usable CPUs would
+     * only take turns on one CPU at every barrier. */
     static int n = 0;
     int v = __atomic_load_n(&n, __ATOMIC_RELAXED);
     if (v == 0) {
         long s = sysconf(_SC_NPROCESSORS_ONLN);
+#ifdef __linux__
+        cpu_set_t set;
+        if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0 &&
+            (s < 1 || CPU_COUNT(&set) < s))
+            s = CPU_COUNT(&set);
+#endif
         v = s < 1 ? 1 : (s > LSTM_MAX_THREADS ? LSTM_MAX_THREADS : (int)s);
         __atomic_store_n(&n, v, __ATOMIC_RELAXED);
     }
