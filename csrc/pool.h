@@ -35,6 +35,8 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads);
 /* Wait until all nthreads threads of the job have arrived. */
 void lstm_barrier_wait(lstm_barrier *bar, int nthreads);
 
+/* CPUs usable by this process (affinity mask, else online), capped at
+ * LSTM_MAX_THREADS; determined once. */
 int lstm_online_cpus(void);
 
 /* 1 while recent multi-thread jobs were inefficient: their threads spent more
