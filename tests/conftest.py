@@ -8,6 +8,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI replays a fixed set of hypothesis examples (reproducible verdicts);
+# local runs draw new ones each time, which is how new bugs are found.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    settings.load_profile("ci")
 
 import lstm_fast
 from lstm_fast import _backends
