@@ -22,26 +22,7 @@ import lstm_fast  # noqa: E402
 from lstm_fast import _numba_kernels as nk  # noqa: E402
 from lstm_fast import _reference as ref  # noqa: E402
 
-DTYPES = (np.float32, np.float64)
-# Relative to the magnitude of each array: float64 near round-off, float32 a few ulp accumulated.
-TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
-
-
-def make_problem(T, B, I, H, dtype=np.float64, seed=0, bias=True, scale=0.5):
-    rng = np.random.default_rng(seed)
-    r = lambda *s: rng.uniform(-scale, scale, size=s).astype(dtype)
-    p = dict(x=r(T, B, I), w_ih=r(4 * H, I), w_hh=r(4 * H, H),
-             b_ih=r(4 * H) if bias else None, b_hh=r(4 * H) if bias else None,
-             h0=r(B, H), c0=r(B, H))
-    g = dict(dy=r(T, B, H), dh_n=r(B, H), dc_n=r(B, H))
-    return p, g
-
-
-def assert_close(actual, expected, dtype, name=""):
-    tol = TOL[np.dtype(dtype).type]
-    scale = max(1.0, float(np.max(np.abs(expected)))) if np.size(expected) else 1.0
-    np.testing.assert_allclose(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale,
-                               err_msg=name)
+from _support import DTYPES, TOL, assert_close, make_problem  # noqa: E402
 
 SHAPES = [  # (T, B, I, H)
     (1, 1, 1, 1),
