@@ -249,3 +249,47 @@ def test_deepcopy_and_pickle_keep_parameters_locked(backend):
     np.testing.assert_array_equal(_out(clone, x), out)
     with pytest.raises(ValueError, match="read-only"):
         clone.weight_ih_l0[0, 0] = 0
+
+
+# --- the remaining messages, one test each ------------------------------------------
+
+def test_missing_array_is_named(prob):
+    p, _ = prob
+    with pytest.raises(TypeError, match="x must be an array, got None"):
+        lstm_fast.lstm_forward(**dict(p, x=None))
+
+
+def test_projection_shape_errors(prob):
+    p, _ = prob          # H = 5, I = 4
+    with pytest.raises(ValueError, match=r"w_hr must have shape \(P, H=5\) with 0 < P < H, got \(5, 5\)"):
+        lstm_fast.lstm_forward(**p, w_hr=np.zeros((5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"w_hh must have shape \(4\*H, P\) = \(20, 2\), got \(20, 5\)"):
+        lstm_fast.lstm_forward(**p, w_hr=np.zeros((2, 5), np.float32))
+
+
+def test_backend_without_projection_says_so(monkeypatch):
+    from lstm_fast import _reference
+    monkeypatch.setattr(_reference, "SUPPORTS_PROJECTION", False)
+    with pytest.raises(NotImplementedError, match="backend 'numpy' does not support a projection"):
+        lstm_fast.LSTM(3, 4, proj_size=2, backend="numpy")(np.zeros((2, 1, 3), np.float32))
+
+
+def test_load_state_dict_rejects_non_real_values():
+    layer = lstm_fast.LSTM(3, 4)
+    sd = layer.state_dict()
+    with pytest.raises(TypeError, match="bias_ih_l0 must be a real array, got dtype complex128"):
+        layer.load_state_dict(dict(sd, bias_ih_l0=np.zeros(16, complex)))
+
+
+def test_grad_hx_must_be_a_pair():
+    layer = lstm_fast.LSTM(3, 4)
+    out, (h, c) = layer(np.zeros((2, 1, 3), np.float32))
+    with pytest.raises(TypeError, match=r"grad_hx must be a tuple \(grad_h_n, grad_c_n\)"):
+        layer.backward(np.ones_like(out), h)
+    with pytest.raises(ValueError, match=r"grad_hx\[1\] must have shape \(1, 1, 4\), got \(1, 4\)"):
+        layer.backward(np.ones_like(out), (h, c[0]))
+
+
+def test_stream_hx_must_be_a_pair():
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h0, c0\)"):
+        lstm_fast.Stream(lstm_fast.LSTM(3, 4), hx=np.zeros((1, 1, 4), np.float32))
