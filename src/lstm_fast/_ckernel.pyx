@@ -260,6 +260,28 @@ cdef cnp.ndarray _steps(object batch_sizes, int64_t N, int64_t B):
     return bs
 
 
+cdef cnp.ndarray _layout(cnp.ndarray x, cnp.ndarray h0, object batch_sizes,
+                         int64_t *T, int64_t *B, int64_t *N):
+    """The sizes of a forward/backward call: B from h0; T and N from x, padded
+    (T, B, I), or from the checked batch_sizes, packed (N, I). Returns the
+    checked batch_sizes, or None for the padded layout."""
+    if cnp.PyArray_NDIM(h0) != 2:
+        raise ValueError("h0 must be 2-d (B, R)")
+    B[0] = cnp.PyArray_DIMS(h0)[0]
+    if batch_sizes is None:
+        if cnp.PyArray_NDIM(x) != 3:
+            raise ValueError("x must be 3-d (T, B, I) (or 2-d (N, I) with batch_sizes)")
+        T[0] = cnp.PyArray_DIMS(x)[0]
+        N[0] = T[0] * B[0]
+        return None
+    if cnp.PyArray_NDIM(x) != 2:
+        raise ValueError("with batch_sizes, x must be packed 2-d (N, I)")
+    N[0] = cnp.PyArray_DIMS(x)[0]
+    cdef cnp.ndarray bs = _steps(batch_sizes, N[0], B[0])
+    T[0] = cnp.PyArray_DIMS(bs)[0]
+    return bs
+
+
 cdef inline int _nthreads(int64_t T, int64_t N, int64_t B, int64_t I, int64_t H, int num_threads,
                           int tn):
     cdef int64_t rows = N // T if T > 0 else B
@@ -316,23 +338,9 @@ def forward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not N
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size
     cdef int64_t R = packed.proj_size if packed.proj_size else H
-    cdef bint padded = batch_sizes is None
     cdef int64_t T, B, N
-    cdef cnp.ndarray bs = None
-    if cnp.PyArray_NDIM(h0) != 2:
-        raise ValueError("h0 must be 2-d (B, R)")
-    B = cnp.PyArray_DIMS(h0)[0]
-    if padded:
-        if cnp.PyArray_NDIM(x) != 3:
-            raise ValueError("x must be 3-d (T, B, I) (or 2-d (N, I) with batch_sizes)")
-        T = cnp.PyArray_DIMS(x)[0]
-        N = T * B
-    else:
-        if cnp.PyArray_NDIM(x) != 2:
-            raise ValueError("with batch_sizes, x must be packed 2-d (N, I)")
-        N = cnp.PyArray_DIMS(x)[0]
-        bs = _steps(batch_sizes, N, B)
-        T = cnp.PyArray_DIMS(bs)[0]
+    cdef cnp.ndarray bs = _layout(x, h0, batch_sizes, &T, &B, &N)
+    cdef bint padded = bs is None
     _check_rows(x, padded, tn, T, B, N, I, "x")
     _check(h0, 2, tn, B, R, 0, "h0")
     _check(c0, 2, tn, B, H, 0, "c0")
@@ -359,23 +367,9 @@ def backward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not 
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef int64_t R = P if P else H
-    cdef bint padded = batch_sizes is None
     cdef int64_t T, B, N
-    cdef cnp.ndarray bs = None
-    if cnp.PyArray_NDIM(h0) != 2:
-        raise ValueError("h0 must be 2-d (B, R)")
-    B = cnp.PyArray_DIMS(h0)[0]
-    if padded:
-        if cnp.PyArray_NDIM(x) != 3:
-            raise ValueError("x must be 3-d (T, B, I) (or 2-d (N, I) with batch_sizes)")
-        T = cnp.PyArray_DIMS(x)[0]
-        N = T * B
-    else:
-        if cnp.PyArray_NDIM(x) != 2:
-            raise ValueError("with batch_sizes, x must be packed 2-d (N, I)")
-        N = cnp.PyArray_DIMS(x)[0]
-        bs = _steps(batch_sizes, N, B)
-        T = cnp.PyArray_DIMS(bs)[0]
+    cdef cnp.ndarray bs = _layout(x, h0, batch_sizes, &T, &B, &N)
+    cdef bint padded = bs is None
     _check_rows(x, padded, tn, T, B, N, I, "x")
     _check(h0, 2, tn, B, R, 0, "h0")
     _check(c0, 2, tn, B, H, 0, "c0")
