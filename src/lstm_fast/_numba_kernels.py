@@ -77,6 +77,23 @@ _JIT = dict(nogil=True, cache=True, error_model="numpy")
 # --- BLAS --------------------------------------------------------------------
 
 
+def _arg_helpers(context, builder, dtype):
+    """Codegen helpers for the BLAS calls: ``slot`` passes a scalar by pointer
+    (BLAS takes alpha/beta by reference), ``data`` an array's data pointer."""
+    ll_voidp = ir.IntType(8).as_pointer()
+    lltype = context.get_value_type(dtype)
+
+    def slot(val, ty):
+        p = cgutils.alloca_once(builder, lltype)
+        builder.store(context.cast(builder, val, ty, dtype), p)
+        return builder.bitcast(p, ll_voidp)
+
+    def data(val, ty):
+        return builder.bitcast(context.make_array(ty)(context, builder, val).data, ll_voidp)
+
+    return slot, data
+
+
 @intrinsic
 def _xxgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """Column-major ``c = alpha * op(a) @ op(b) + beta * c`` (Numba's BLAS helper)."""
@@ -93,15 +110,7 @@ def _xxgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, 
             ll_char, ll_char, ll_char, intp, intp, intp,
             ll_voidp, ll_voidp, intp, ll_voidp, intp, ll_voidp, ll_voidp, intp])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
-        lltype = context.get_value_type(dtype)
-
-        def slot(val, ty):
-            p = cgutils.alloca_once(builder, lltype)
-            builder.store(context.cast(builder, val, ty, dtype), p)
-            return builder.bitcast(p, ll_voidp)
-
-        def data(val, ty):
-            return builder.bitcast(context.make_array(ty)(context, builder, val).data, ll_voidp)
+        slot, data = _arg_helpers(context, builder, dtype)
 
         def as_intp(val, ty):
             return context.cast(builder, val, ty, types.intp)
@@ -133,16 +142,8 @@ def _xxgemv(typingctx, trans, m, n, alpha, a, x, beta, y):
         fnty = ir.FunctionType(ir.IntType(32), [
             ll_char, ll_char, intp, intp, ll_voidp, ll_voidp, intp, ll_voidp, ll_voidp, ll_voidp])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemv")
-        lltype = context.get_value_type(dtype)
         sty = signature.args
-
-        def slot(val, ty):
-            p = cgutils.alloca_once(builder, lltype)
-            builder.store(context.cast(builder, val, ty, dtype), p)
-            return builder.bitcast(p, ll_voidp)
-
-        def data(val, ty):
-            return builder.bitcast(context.make_array(ty)(context, builder, val).data, ll_voidp)
+        slot, data = _arg_helpers(context, builder, dtype)
 
         mm = context.cast(builder, m_, sty[1], types.intp)
         return builder.call(fn, [
