@@ -326,6 +326,61 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, cnp.ndarray bs, cnp.
     return 0
 
 
+cdef int _backward_call(Packed packed, int64_t T, int64_t N, int64_t B, cnp.ndarray bs,
+                        cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y,
+                        cnp.ndarray gates, cnp.ndarray c, cnp.ndarray dy, cnp.ndarray dh_n,
+                        cnp.ndarray dc_n, cnp.ndarray dx, cnp.ndarray dw_ih, cnp.ndarray dw_hh,
+                        cnp.ndarray db, cnp.ndarray dh0, cnp.ndarray dc0, cnp.ndarray dw_hr,
+                        int nth) except -1:
+    """The kernel's backward on checked arrays (dw_hr None without a projection)."""
+    cdef int tn = packed.typenum
+    cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
+    cdef size_t wsize
+    if tn == cnp.NPY_FLOAT32:
+        wsize = lstm_backward_workspace_size_f32(T, N, B, I, H, P, nth)
+    else:
+        wsize = lstm_backward_workspace_size_f64(T, N, B, I, H, P, nth)
+    cdef cnp.ndarray ws = _take_ws(packed, wsize)
+    cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
+    cdef const int64_t *bsp = NULL if bs is None else <const int64_t *>cnp.PyArray_DATA(bs)
+    cdef void *p_x = cnp.PyArray_DATA(x)
+    cdef void *p_h0 = cnp.PyArray_DATA(h0)
+    cdef void *p_c0 = cnp.PyArray_DATA(c0)
+    cdef void *p_y = cnp.PyArray_DATA(y)
+    cdef void *p_g = cnp.PyArray_DATA(gates)
+    cdef void *p_c = cnp.PyArray_DATA(c)
+    cdef void *p_dy = cnp.PyArray_DATA(dy)
+    cdef void *p_dhn = cnp.PyArray_DATA(dh_n)
+    cdef void *p_dcn = cnp.PyArray_DATA(dc_n)
+    cdef void *p_dx = cnp.PyArray_DATA(dx)
+    cdef void *p_dwi = cnp.PyArray_DATA(dw_ih)
+    cdef void *p_dwh = cnp.PyArray_DATA(dw_hh)
+    cdef void *p_db = cnp.PyArray_DATA(db)
+    cdef void *p_dh0 = cnp.PyArray_DATA(dh0)
+    cdef void *p_dc0 = cnp.PyArray_DATA(dc0)
+    cdef void *p_dwr = NULL if dw_hr is None else cnp.PyArray_DATA(dw_hr)
+    cdef void *p_ws = cnp.PyArray_DATA(ws)
+    cdef int status
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            status = lstm_backward_f32(
+                T, B, I, H, P, pk, bsp, <float *>p_x, <float *>p_h0, <float *>p_c0,
+                <float *>p_y, <float *>p_g, <float *>p_c, <float *>p_dy, <float *>p_dhn,
+                <float *>p_dcn, <float *>p_dx, <float *>p_dwi, <float *>p_dwh, <float *>p_db,
+                <float *>p_dh0, <float *>p_dc0, <float *>p_dwr, p_ws, nth)
+        else:
+            status = lstm_backward_f64(
+                T, B, I, H, P, pk, bsp, <double *>p_x, <double *>p_h0, <double *>p_c0,
+                <double *>p_y, <double *>p_g, <double *>p_c, <double *>p_dy, <double *>p_dhn,
+                <double *>p_dcn, <double *>p_dx, <double *>p_dwi, <double *>p_dwh,
+                <double *>p_db, <double *>p_dh0, <double *>p_dc0, <double *>p_dwr, p_ws, nth)
+    _give_ws(packed, ws)
+    if status != LSTM_OK:
+        _raise_status(status)
+    return 0
+
+
+
 def forward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not None,
             cnp.ndarray c0 not None, int num_threads, batch_sizes=None):
     """(y, h_n, c_n, gates, c) of one LSTM layer; see ``_reference.lstm_forward``.
@@ -392,52 +447,11 @@ def backward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not 
     d[1] = H
     cdef cnp.ndarray dc0 = _empty(2, d, tn)
     cdef cnp.ndarray dw_hr = None
-    cdef void *p_dwr = NULL
     if P:
         d[0] = P; d[1] = H
         dw_hr = _empty(2, d, tn)
-        p_dwr = cnp.PyArray_DATA(dw_hr)
-    cdef size_t wsize
-    if tn == cnp.NPY_FLOAT32:
-        wsize = lstm_backward_workspace_size_f32(T, N, B, I, H, P, nth)
-    else:
-        wsize = lstm_backward_workspace_size_f64(T, N, B, I, H, P, nth)
-    cdef cnp.ndarray ws = _take_ws(packed, wsize)
-    cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
-    cdef const int64_t *bsp = NULL if bs is None else <const int64_t *>cnp.PyArray_DATA(bs)
-    cdef void *p_x = cnp.PyArray_DATA(x)
-    cdef void *p_h0 = cnp.PyArray_DATA(h0)
-    cdef void *p_c0 = cnp.PyArray_DATA(c0)
-    cdef void *p_y = cnp.PyArray_DATA(y)
-    cdef void *p_g = cnp.PyArray_DATA(gates)
-    cdef void *p_c = cnp.PyArray_DATA(c)
-    cdef void *p_dy = cnp.PyArray_DATA(dy)
-    cdef void *p_dhn = cnp.PyArray_DATA(dh_n)
-    cdef void *p_dcn = cnp.PyArray_DATA(dc_n)
-    cdef void *p_dx = cnp.PyArray_DATA(dx)
-    cdef void *p_dwi = cnp.PyArray_DATA(dw_ih)
-    cdef void *p_dwh = cnp.PyArray_DATA(dw_hh)
-    cdef void *p_db = cnp.PyArray_DATA(db)
-    cdef void *p_dh0 = cnp.PyArray_DATA(dh0)
-    cdef void *p_dc0 = cnp.PyArray_DATA(dc0)
-    cdef void *p_ws = cnp.PyArray_DATA(ws)
-    cdef int status
-    with nogil:
-        if tn == cnp.NPY_FLOAT32:
-            status = lstm_backward_f32(
-                T, B, I, H, P, pk, bsp, <float *>p_x, <float *>p_h0, <float *>p_c0,
-                <float *>p_y, <float *>p_g, <float *>p_c, <float *>p_dy, <float *>p_dhn,
-                <float *>p_dcn, <float *>p_dx, <float *>p_dwi, <float *>p_dwh, <float *>p_db,
-                <float *>p_dh0, <float *>p_dc0, <float *>p_dwr, p_ws, nth)
-        else:
-            status = lstm_backward_f64(
-                T, B, I, H, P, pk, bsp, <double *>p_x, <double *>p_h0, <double *>p_c0,
-                <double *>p_y, <double *>p_g, <double *>p_c, <double *>p_dy, <double *>p_dhn,
-                <double *>p_dcn, <double *>p_dx, <double *>p_dwi, <double *>p_dwh,
-                <double *>p_db, <double *>p_dh0, <double *>p_dc0, <double *>p_dwr, p_ws, nth)
-    _give_ws(packed, ws)
-    if status != LSTM_OK:
-        _raise_status(status)
+    _backward_call(packed, T, N, B, bs, x, h0, c0, y, gates, c, dy, dh_n, dc_n, dx, dw_ih,
+                   dw_hh, db, dh0, dc0, dw_hr, nth)
     if P:
         return dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr
     return dx, dw_ih, dw_hh, db, dh0, dc0
@@ -551,3 +565,149 @@ def step(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h not None,
     cdef int nth = _nthreads(1, B, B, I, H, num_threads, tn)
     _forward_call(packed, 1, B, None, x, h, c, yarr, h, c, gates_ws, c_ws, nth)
     return yarr
+
+
+# --- the fast path of LSTM.forward / LSTM.backward -------------------------------
+# One layer, one direction, padded and time-major: the whole call in one C
+# function. It only takes arguments that need nothing from ``_validation``
+# (exact ndarrays of the weights' dtype, native byte order, C-contiguous, of the
+# expected shape) and returns None for anything else, so that the general path
+# converts the argument or raises its error message. It never raises for an
+# argument the general path would accept.
+
+cdef inline bint _fits(object o, int tn, int nd, cnp.npy_intp d0, cnp.npy_intp d1,
+                       cnp.npy_intp d2) noexcept:
+    """``o`` is exactly an ndarray: nd-d, of type ``tn`` in native byte order,
+    C-contiguous, shape (d0, d1, d2)[:nd]."""
+    if not cnp.PyArray_CheckExact(o):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>o
+    if (cnp.PyArray_NDIM(a) != nd or cnp.PyArray_TYPE(a) != tn
+            or not cnp.PyArray_ISNOTSWAPPED(a) or not cnp.PyArray_IS_C_CONTIGUOUS(a)):
+        return False
+    cdef cnp.npy_intp *s = cnp.PyArray_DIMS(a)
+    return s[0] == d0 and (nd < 2 or s[1] == d1) and (nd < 3 or s[2] == d2)
+
+
+cdef inline bint _fits_state(object o, int tn, cnp.npy_intp B, cnp.npy_intp F) noexcept:
+    """A state (B, F), or (1, B, F) as the layer takes it."""
+    return _fits(o, tn, 3, 1, B, F) or _fits(o, tn, 2, B, F, 0)
+
+
+cdef inline bint _pair(object o) noexcept:
+    return (type(o) is tuple or type(o) is list) and len(o) == 2
+
+
+def layer_forward(Packed packed not None, x, hx, int num_threads):
+    """``LSTM.forward`` for one layer and direction: x (T, B, I) with T, B >= 1,
+    hx None or (h0 (1, B, R), c0 (1, B, H)).
+
+    Returns (y (T, B, R), h_n (1, B, R), c_n (1, B, H), saved) with saved =
+    (x, h0, c0, y, gates, c) for ``layer_backward`` (h0, c0 as given, or new
+    (B, .) zeros), or None when an argument needs the general path.
+    """
+    if _level_error is not None:
+        return None                     # the general path raises it
+    cdef int tn = packed.typenum
+    cdef int64_t H = packed.hidden_size, I = packed.input_size
+    cdef int64_t R = packed.proj_size if packed.proj_size else H
+    if not cnp.PyArray_CheckExact(x) or cnp.PyArray_NDIM(<cnp.ndarray>x) != 3:
+        return None
+    cdef cnp.npy_intp *s = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    cdef int64_t T = s[0], B = s[1]
+    if T < 1 or B < 1 or not _fits(x, tn, 3, T, B, I):
+        return None
+    cdef cnp.npy_intp d[3]
+    cdef object h0, c0
+    if hx is None:
+        d[0] = B; d[1] = R
+        h0 = cnp.PyArray_ZEROS(2, d, tn, 0)
+        d[1] = H
+        c0 = cnp.PyArray_ZEROS(2, d, tn, 0)
+    elif _pair(hx):
+        h0 = hx[0]
+        c0 = hx[1]
+        if not _fits(h0, tn, 3, 1, B, R) or not _fits(c0, tn, 3, 1, B, H):
+            return None
+    else:
+        return None
+    cdef int nth = _nthreads(T, T * B, B, I, H, num_threads, tn)
+    d[0] = T; d[1] = B; d[2] = R
+    cdef cnp.ndarray y = _empty(3, d, tn)
+    d[2] = H
+    cdef cnp.ndarray c = _empty(3, d, tn)
+    d[2] = 4 * H
+    cdef cnp.ndarray gates = _empty(3, d, tn)
+    d[0] = 1; d[2] = R
+    cdef cnp.ndarray h_n = _empty(3, d, tn)
+    d[2] = H
+    cdef cnp.ndarray c_n = _empty(3, d, tn)
+    _forward_call(packed, T, B, None, <cnp.ndarray>x, <cnp.ndarray>h0, <cnp.ndarray>c0, y, h_n,
+                  c_n, gates, c, nth)
+    return y, h_n, c_n, (x, h0, c0, y, gates, c)
+
+
+def layer_backward(Packed packed not None, tuple saved not None, dy, grad_hx, int num_threads):
+    """Backward of ``layer_forward``: dy (T, B, R) or None (zeros), grad_hx None
+    (zeros) or (dh_n (1, B, R), dc_n (1, B, H)).
+
+    Returns (dx (T, B, I), dh0 (1, B, R), dc0 (1, B, H), dw_ih, dw_hh, db_ih,
+    db_hh, dw_hr): db_ih, db_hh equal (a copy) or both None without a bias;
+    dw_hr None without a projection. None when an argument needs the general path.
+    """
+    if _level_error is not None or len(saved) != 6:
+        return None
+    cdef int tn = packed.typenum
+    cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
+    cdef int64_t R = P if P else H
+    x, h0, c0, y, gates, c = saved
+    if not cnp.PyArray_CheckExact(x) or cnp.PyArray_NDIM(<cnp.ndarray>x) != 3:
+        return None
+    cdef cnp.npy_intp *s = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    cdef int64_t T = s[0], B = s[1]
+    if (T < 1 or B < 1 or not _fits(x, tn, 3, T, B, I) or not _fits_state(h0, tn, B, R)
+            or not _fits_state(c0, tn, B, H) or not _fits(y, tn, 3, T, B, R)
+            or not _fits(gates, tn, 3, T, B, 4 * H) or not _fits(c, tn, 3, T, B, H)):
+        return None
+    cdef cnp.npy_intp d[3]
+    if dy is None:
+        d[0] = T; d[1] = B; d[2] = R
+        dy = cnp.PyArray_ZEROS(3, d, tn, 0)
+    elif not _fits(dy, tn, 3, T, B, R):
+        return None
+    cdef object dh_n, dc_n
+    if grad_hx is None:
+        d[0] = B; d[1] = R
+        dh_n = cnp.PyArray_ZEROS(2, d, tn, 0)
+        d[1] = H
+        dc_n = cnp.PyArray_ZEROS(2, d, tn, 0)
+    elif _pair(grad_hx):
+        dh_n = grad_hx[0]
+        dc_n = grad_hx[1]
+        if not _fits(dh_n, tn, 3, 1, B, R) or not _fits(dc_n, tn, 3, 1, B, H):
+            return None
+    else:
+        return None
+    cdef int nth = _nthreads(T, T * B, B, I, H, num_threads, tn)
+    d[0] = T; d[1] = B; d[2] = I
+    cdef cnp.ndarray dx = _empty(3, d, tn)
+    d[0] = 1; d[2] = R
+    cdef cnp.ndarray dh0 = _empty(3, d, tn)
+    d[2] = H
+    cdef cnp.ndarray dc0 = _empty(3, d, tn)
+    d[0] = 4 * H; d[1] = I
+    cdef cnp.ndarray dw_ih = _empty(2, d, tn)
+    d[1] = R
+    cdef cnp.ndarray dw_hh = _empty(2, d, tn)
+    cdef cnp.ndarray db = _empty(1, d, tn)
+    cdef cnp.ndarray dw_hr = None
+    if P:
+        d[0] = P; d[1] = H
+        dw_hr = _empty(2, d, tn)
+    _backward_call(packed, T, T * B, B, None, <cnp.ndarray>x, <cnp.ndarray>h0, <cnp.ndarray>c0,
+                   <cnp.ndarray>y, <cnp.ndarray>gates, <cnp.ndarray>c, <cnp.ndarray>dy,
+                   <cnp.ndarray>dh_n, <cnp.ndarray>dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr,
+                   nth)
+    if not packed.has_bias:
+        return dx, dh0, dc0, dw_ih, dw_hh, None, None, dw_hr
+    return dx, dh0, dc0, dw_ih, dw_hh, db, cnp.PyArray_NewCopy(db, cnp.NPY_CORDER), dw_hr

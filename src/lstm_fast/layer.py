@@ -83,11 +83,16 @@ class LSTM:
         self._backend = _backends.resolve(name)
         self._requested_backend = name
         self._packed = {}
+        # The C backend's one-call path for a single layer and direction (see forward).
+        impl = _backends.get("c") if self._backend == "c" else None
+        self._fast = (impl.layer_forward, impl.layer_backward) \
+            if hasattr(impl, "layer_forward") else None
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_packed"] = {}        # packed weights are rebuilt, not pickled
         state["_cache"] = None
+        state.pop("_fast", None)     # set again by the backend setter in __setstate__
         return state
 
     def __setstate__(self, state):
@@ -219,6 +224,19 @@ class LSTM:
         """``(output, (h_n, c_n))`` for x; ``lengths`` (B,) in any order gives each
         sequence's valid steps: h_n, c_n come from each sequence's own last valid
         step (the reverse direction starts there), padded outputs are zero."""
+        fast = self._fast
+        if (fast is not None and lengths is None and self.num_layers == 1
+                and not self.bidirectional and not self.batch_first):
+            # One call into the C backend when x and hx need no conversion; it
+            # returns None for anything else (the general path below converts
+            # or raises).
+            packed = self._packed.get((0, 0))
+            if packed is None:
+                packed = self._weights(0, 0)
+            r = fast[0](packed, x, hx, _backends._num_threads)
+            if r is not None:
+                self._cache = (packed, r[3])
+                return r[0], (r[1], r[2])
         dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
         P = self._out_size
         x = _validation._to_numpy(x) if type(x) is not np.ndarray else x
@@ -295,9 +313,28 @@ class LSTM:
         ``(grad_h_n, grad_c_n)`` shaped like ``(h_n, c_n)``, or None. Returns
         ``(grad_x, (grad_h0, grad_c0))`` shaped like ``x`` and ``hx``.
         """
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             raise RuntimeError("backward() called before a forward call")
-        caches, masks, T, B, unbatched, plan = self._cache
+        if len(cache) == 2:
+            # From forward's one-call path: one layer, one direction, time-major.
+            packed, saved = cache
+            fast = self._fast
+            if fast is not None and not self.batch_first:
+                r = fast[1](packed, saved, grad_output, grad_hx, _backends._num_threads)
+                if r is not None:
+                    grads = {"weight_ih_l0": r[3], "weight_hh_l0": r[4]}   # _params' order
+                    if self.bias:
+                        grads["bias_ih_l0"] = r[5]
+                        grads["bias_hh_l0"] = r[6]
+                    if self.proj_size:
+                        grads["weight_hr_l0"] = r[7]
+                    self.grads = grads
+                    return r[0], (r[1], r[2])
+            x, h0, c0 = saved[:3]
+            saved = (x, h0.reshape(h0.shape[-2:]), c0.reshape(c0.shape[-2:])) + saved[3:]
+            cache = ([(packed, saved)], [], x.shape[0], x.shape[1], False, None)
+        caches, masks, T, B, unbatched, plan = cache
         dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
         P = self._out_size
         n = L * D
