@@ -28,11 +28,13 @@
  *   GEMM           packed, blocked (KC x NC block of B in L2, MR x KC sliver
  *                  of A in L1), MR x 2V register tile, C = A.B (+bias) or
  *                  C += A.B per K block. Threads split output tiles only.
- *   forward step   w_hh packed so one tile computes the i, f, g, o columns of
- *                  the same V hidden units: [block][k][gate][V]. A tile of
- *                  rows x blocks accumulates h.w_hh^T in registers, then one
- *                  elementwise pass adds the input projection, activates,
- *                  updates c and h and stores gates, c, y.
+ *   forward step   [w_ih | w_hh] packed so one tile computes the i, f, g, o
+ *                  columns of the same V hidden units: [block][k][gate][V]. A
+ *                  tile of rows x blocks accumulates h.w_hh^T in registers (and
+ *                  x_t.w_ih^T too where fwd_fuse_x says so, else that came from
+ *                  one hoisted GEMM), then one elementwise pass adds the rest of
+ *                  the pre-activation, activates, updates c and h and stores
+ *                  gates, c, y.
  *   backward step  dh = dgates[t+1].w_hh (w_hh packed [block][k][V]) fused with
  *                  the elementwise gate gradients of step t for the same
  *                  units; dw_ih, dw_hh, dx, db are whole-sequence GEMMs after
@@ -204,6 +206,7 @@ INLINE vec FN(vselect)(ivec m, vec a, vec b)
 
 #if IS_F64
 #define EXP_XMIN (-708.0)                 /* exp(-708) is still a normal number */
+#define EXP_XCLAMP (-750.0)               /* 2^round(-750 log2 e) = 2^-1082 underflows to 0 */
 #define EXP_MAGIC 6755399441055744.0      /* 1.5 * 2^52: adding it rounds to integer */
 #define EXP_MANT 52
 #define EXP_BIAS 1023
@@ -211,6 +214,7 @@ INLINE vec FN(vselect)(ivec m, vec a, vec b)
 #define LN2_LO 1.42860682030941723212E-6
 #else
 #define EXP_XMIN (-87.0f)
+#define EXP_XCLAMP (-110.0f)              /* 2^-159 underflows to 0 */
 #define EXP_MAGIC 12582912.0f             /* 1.5 * 2^23 */
 #define EXP_MANT 23
 #define EXP_BIAS 127
@@ -221,9 +225,26 @@ INLINE vec FN(vselect)(ivec m, vec a, vec b)
 
 /* For x <= 0 (or NaN): *scale = 2^n and *p = expm1(r) with x = n ln2 + r,
  * so exp(x) = scale + scale*p and expm1(x) = scale*p + (scale - 1).
- * Below EXP_XMIN, scale = 0 (exp flushes to 0, expm1 to -1). */
+ * Portable/AVX2: below EXP_XMIN, scale = 0 (exp flushes to 0, expm1 to -1).
+ * AVX-512: x is clamped at EXP_XCLAMP, where 2^n already underflows to 0, and
+ * vrndscale/vscalef give n and 2^n (subnormal below EXP_XMIN, as exp's true
+ * value) in 3 instructions instead of about 8; n is the same round-to-nearest
+ * value, so both give the same bits wherever exp(x) is a normal number. */
 INLINE void FN(exp_parts)(vec x, vec *scale, vec *p)
 {
+#if ISA == 2
+#if IS_F64
+    x = (vec)_mm512_max_pd((__m512d)FN(vset1)(EXP_XCLAMP), (__m512d)x);   /* NaN x stays */
+    vec n = (vec)_mm512_roundscale_pd((__m512d)(x * LOG2E),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    *scale = (vec)_mm512_scalef_pd((__m512d)FN(vset1)(1), (__m512d)n);
+#else
+    x = (vec)_mm512_max_ps((__m512)FN(vset1)(EXP_XCLAMP), (__m512)x);
+    vec n = (vec)_mm512_roundscale_ps((__m512)(x * LOG2E),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    *scale = (vec)_mm512_scalef_ps((__m512)FN(vset1)(1), (__m512)n);
+#endif
+#else
     const vec xmin = FN(vset1)(EXP_XMIN), magic = FN(vset1)(EXP_MAGIC);
     ivec under = x < xmin;
     x = FN(vselect)(under, xmin, x);
@@ -231,6 +252,7 @@ INLINE void FN(exp_parts)(vec x, vec *scale, vec *p)
     vec n = t - magic;
     ivec e = ((ivec)t - (ivec)magic + (ITYPE)EXP_BIAS) << EXP_MANT;
     *scale = FN(vselect)(under, (vec){0}, (vec)e);
+#endif
     vec r = VFMA(n, FN(vset1)(-LN2_HI), x);
     r = VFMA(n, FN(vset1)(-LN2_LO), r);
 #if IS_F64
@@ -288,11 +310,20 @@ INLINE vec FN(vrecip12)(vec d)
 /* 1/(1+e^-z) as e^-|z| based formula, exact 0/1 saturation, NaN in -> NaN out */
 INLINE vec FN(vsigmoid)(vec z)
 {
+    const ivec sign = (ivec)FN(vset1)((TYPE)-0.0);
     vec s, p;
-    FN(exp_parts)(-FN(vabs)(z), &s, &p);
+    FN(exp_parts)((vec)((ivec)z | sign), &s, &p);   /* -|z| */
     vec e = VFMA(s, p, s);
     vec r = FN(vrecip12)(1 + e);
+#if ISA == 2 && IS_F64
+    return (vec)_mm512_mask_mul_pd((__m512d)r, _mm512_cmp_pd_mask((__m512d)z, (__m512d){0}, _CMP_NGE_UQ),
+                                   (__m512d)e, (__m512d)r);
+#elif ISA == 2
+    return (vec)_mm512_mask_mul_ps((__m512)r, _mm512_cmp_ps_mask((__m512)z, (__m512){0}, _CMP_NGE_UQ),
+                                   (__m512)e, (__m512)r);
+#else
     return FN(vselect)(z >= (vec){0}, r, e * r);
+#endif
 }
 
 INLINE vec FN(vtanh)(vec z)
@@ -301,8 +332,8 @@ INLINE vec FN(vtanh)(vec z)
     vec s, p;
     FN(exp_parts)(FN(vabs)(z) * (TYPE)-2, &s, &p);
     vec em = VFMA(s, p, s - 1);
-    vec t = -em * FN(vrecip12)(2 + em);
-    return (vec)((ivec)t | ((ivec)z & sign));
+    vec t = em * FN(vrecip12)(2 + em);     /* -tanh|z| (<= 0) */
+    return (vec)((ivec)t ^ (~(ivec)z & sign));   /* one vpternlog */
 }
 
 /* ---- GEMM ------------------------------------------------------------------ */
@@ -627,7 +658,9 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
  * R = P with a projection, else H: the width of h. header, then (64-byte aligned):
  *   wih_t  [ceil(4H/NR)][I][NR]   B = w_ih^T for gates = x.w_ih^T
  *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih
- *   whh_f  [ceil(H/V)][R][4][V]   forward step: i,f,g,o of V units together
+ *   whh_f  [ceil(H/V)][I+R][4][V] forward step: i,f,g,o of V units together;
+ *                                 the block's first I rows hold w_ih^T, for
+ *                                 steps that do x_t.w_ih^T themselves (fwd_fuse_x)
  *   whh_b  [ceil(R/V)][4H][V]     backward step: dh = dgates.w_hh
  *   b      [4H]
  *   whr_t  [ceil(P/NR)][H][NR]    B = w_hr^T for h = m.w_hr^T   (projection only)
@@ -658,7 +691,7 @@ static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h
     h->off_wih = off;
     off = ALIGN64(off + (I + NR - 1) / NR * 4 * H * NR * s);
     h->off_whh_f = off;
-    off = ALIGN64(off + (H + V - 1) / V * R * 4 * V * s);
+    off = ALIGN64(off + (H + V - 1) / V * (I + R) * 4 * V * s);
     h->off_whh_b = off;
     off = ALIGN64(off + (R + V - 1) / V * 4 * H * V * s);
     h->off_b = off;
@@ -706,12 +739,16 @@ static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYP
     TYPE *bb = (TYPE *)(base + h->off_b);
     FN(pack_panels)(I, G, w_ih, 1, I, (TYPE *)(base + h->off_wih_t));
     FN(pack_panels)(G, I, w_ih, I, 1, (TYPE *)(base + h->off_wih));
+    int64_t XF = I, KF = I + R;
     for (int64_t j = 0; j < (H + V - 1) / V; j++)
-        for (int64_t k = 0; k < R; k++)
+        for (int64_t k = 0; k < KF; k++)
             for (int g = 0; g < 4; g++)
                 for (int l = 0; l < V; l++) {
                     int64_t u = j * V + l;
-                    whh_f[((j * R + k) * 4 + g) * V + l] = u < H ? w_hh[(g * H + u) * R + k] : 0;
+                    TYPE w = 0;
+                    if (u < H)
+                        w = k < XF ? w_ih[(g * H + u) * I + k] : w_hh[(g * H + u) * R + k - XF];
+                    whh_f[((j * KF + k) * 4 + g) * V + l] = w;
                 }
     for (int64_t j = 0; j < (R + V - 1) / V; j++)
         for (int64_t k = 0; k < G; k++)
@@ -766,15 +803,30 @@ typedef struct {
     TYPE *ws;
 } FN(fwd_ctx);
 
-/* acc [mr][nb][4][V] = h_prev[rows] . w_hh^T for nb blocks from blk0; K = width of h */
-INLINE void FN(fwd_dot)(const int mr, const int nb, int64_t K, const TYPE *restrict hp,
-                        const TYPE *restrict w, TYPE *restrict out)
+/* acc [mr][nb][4][V] = x_t[rows] . w_ih^T (XF = I > 0 only) + h_prev[rows] . w_hh^T
+ * for nb blocks (w: packed whh_f at the first block, I + K rows per block); K = width
+ * of h */
+INLINE void FN(fwd_dot)(const int mr, const int nb, int64_t XF, const TYPE *restrict xp,
+                        int64_t I, int64_t K, const TYPE *restrict hp, const TYPE *restrict w,
+                        TYPE *restrict out)
 {
     vec acc[MAXACC];
 #pragma GCC unroll 24
     for (int q = 0; q < mr * nb * 4; q++)
         acc[q] = (vec){0};
-    const int64_t bstride = K * 4 * V;
+    const int64_t bstride = (I + K) * 4 * V;
+    for (int64_t k = 0; k < XF; k++) {
+        const TYPE *wk = w + k * 4 * V;
+#pragma GCC unroll 24
+        for (int r = 0; r < mr; r++) {
+            vec a = FN(vset1)(xp[r * I + k]);
+#pragma GCC unroll 16
+            for (int q = 0; q < nb * 4; q++)
+                acc[r * nb * 4 + q] = VFMA(a, FN(vload)(wk + (q / 4) * bstride + (q % 4) * V),
+                                           acc[r * nb * 4 + q]);
+        }
+    }
+    w += I * 4 * V;
     for (int64_t k = 0; k < K; k++) {
         const TYPE *wk = w + k * 4 * V;
 #pragma GCC unroll 24
@@ -795,8 +847,12 @@ INLINE void FN(fwd_dot)(const int mr, const int nb, int64_t K, const TYPE *restr
  * Two passes of independent iterations (activations, then cell and h) rather
  * than one long dependency chain per unit block: measured 1.4x faster at
  * (6,32,3,32), where this pass is most of the forward time. */
+/* The pre-activation is acc + pre[row*pre_ld + gate*H + unit]: the hoisted
+ * x.w_ih^T + b in gates_t itself (pre_ld = 4H), or the bias alone (pre_ld = 0)
+ * when the step already did x_t.w_ih^T (XF > 0). */
 KERNEL void FN(fwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0, const TYPE *acc,
-                         const TYPE *cprev, TYPE *gates_t, TYPE *c_t, TYPE *y_t)
+                         const TYPE *pre, int64_t pre_ld, const TYPE *cprev, TYPE *gates_t,
+                         TYPE *c_t, TYPE *y_t)
 {
     TYPE act[MAXACC * V] __attribute__((aligned(64)));
     for (int q = 0; q < mr * nb; q++) {
@@ -804,10 +860,11 @@ KERNEL void FN(fwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0, cons
         int n = H - off < V ? (int)(H - off) : V;
         const TYPE *a = acc + q * 4 * V;
         TYPE *gr = gates_t + row * 4 * H + off, *ac = act + q * 4 * V;
-        vec i = FN(vsigmoid)(FN(vload)(a) + FN(vload_n)(gr, n));
-        vec f = FN(vsigmoid)(FN(vload)(a + V) + FN(vload_n)(gr + H, n));
-        vec g = FN(vtanh)(FN(vload)(a + 2 * V) + FN(vload_n)(gr + 2 * H, n));
-        vec o = FN(vsigmoid)(FN(vload)(a + 3 * V) + FN(vload_n)(gr + 3 * H, n));
+        const TYPE *pr = pre + row * pre_ld + off;
+        vec i = FN(vsigmoid)(FN(vload)(a) + FN(vload_n)(pr, n));
+        vec f = FN(vsigmoid)(FN(vload)(a + V) + FN(vload_n)(pr + H, n));
+        vec g = FN(vtanh)(FN(vload)(a + 2 * V) + FN(vload_n)(pr + 2 * H, n));
+        vec o = FN(vsigmoid)(FN(vload)(a + 3 * V) + FN(vload_n)(pr + 3 * H, n));
         FN(vstore)(ac, i);
         FN(vstore)(ac + V, f);
         FN(vstore)(ac + 2 * V, g);
@@ -832,7 +889,8 @@ KERNEL void FN(fwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0, cons
 
 #define FWD_TILE(MRV, NBV)                                                                   \
     case (MRV) * 16 + (NBV):                                                                 \
-        FN(fwd_dot)(MRV, NBV, R, hp + r0 * R, w + j * R * 4 * V, acc);                       \
+        FN(fwd_dot)(MRV, NBV, XF, xt + r0 * I, I, R, hp + r0 * R, w + j * (I + R) * 4 * V,   \
+                    acc);                                                                    \
         break;
 
 /* One step for rows 0..B-1 (the active ones), hidden blocks j0..j1: h_prev [B,R],
@@ -840,10 +898,13 @@ KERNEL void FN(fwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0, cons
  * last to first (odd steps): tiles are independent, so the values do not change,
  * but each step then starts on the w_hh lines the previous one used last, which
  * are still in L2 when w_hh is about the L2 size (H = 256 f32: 1 MiB). */
-KERNEL void FN(fwd_step)(int64_t B, int64_t H, int64_t R, int64_t j0, int64_t j1,
-                         const TYPE *w, const TYPE *hp, const TYPE *cp, TYPE *gates_t,
-                         TYPE *c_t, TYPE *y_t, int rev)
+KERNEL void FN(fwd_step)(int64_t B, int64_t I, int64_t H, int64_t R, int64_t j0, int64_t j1,
+                         const TYPE *w, int64_t XF, const TYPE *xt, const TYPE *bias,
+                         const TYPE *hp, const TYPE *cp, TYPE *gates_t, TYPE *c_t, TYPE *y_t,
+                         int rev)
 {
+    const TYPE *pre = XF ? bias : gates_t;
+    int64_t pre_ld = XF ? 0 : 4 * H;
     TYPE acc[MAXACC * V] __attribute__((aligned(64)));
     int64_t jstep = B == 1 ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
     for (int64_t it = 0; it < ntile; it++) {
@@ -868,9 +929,26 @@ KERNEL void FN(fwd_step)(int64_t B, int64_t H, int64_t R, int64_t j0, int64_t j1
             default:
                 break;
             }
-            FN(fwd_cell)(mr, nb, H, r0, j, acc, cp, gates_t, c_t, y_t);
+            FN(fwd_cell)(mr, nb, H, r0, j, acc, pre, pre_ld, cp, gates_t, c_t, y_t);
         }
     }
+}
+
+/* Whether the steps do x_t.w_ih^T themselves, in the same register tile as
+ * h.w_hh^T (1), or one GEMM over all T*B rows does it before the loop (0).
+ * Fusing saves writing and re-reading 4H pre-activations per row, and with a
+ * tiny I the hoisted GEMM is nothing but that traffic; the hoisted GEMM reads
+ * w_ih once for all rows, the fused step once per step and row tile. Measured
+ * (f32, 1 thread, ms, hoisted/fused): (6,32,3,32) .0153/.0130; (32,16,64,64)
+ * .173/.165; (128,64,64,64) 3.41/2.95; (32,64,256,256) 10.9/9.45; (32,1,64,64)
+ * .018/.026; (32,1,256,256) .28/.50; (32,8,256,256) 1.26/1.44. Depends on the
+ * shape only (not T or threads): a streamed step gives the same bits as a
+ * whole-sequence call. */
+static int FN(fwd_fuse_x)(int64_t B, int64_t I, int64_t H, int64_t R)
+{
+    (void)H;
+    (void)R;
+    return I <= 16 || B >= 16;
 }
 
 KERNEL void FN(fwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
@@ -891,8 +969,12 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     g.bias = ctx->hdr->has_bias ? (const TYPE *)(base + ctx->hdr->off_b) : NULL;
     g.c = ctx->gates;
     g.ldc = G;
-    FN(gemm)(&g, ws, tid, nth);
-    lstm_barrier_wait(bar, nth);
+    int64_t XF = FN(fwd_fuse_x)(B, I, H, R) ? I : 0;
+    if (!XF) {
+        FN(gemm)(&g, ws, tid, nth);
+        lstm_barrier_wait(bar, nth);
+    }
+    const TYPE *bias = (const TYPE *)(base + ctx->hdr->off_b);
     FN(gemm_args) gp = {0};   /* projection: y_t = m . w_hr^T */
     gp.N = P;
     gp.K = H;
@@ -910,7 +992,8 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
         const TYPE *hp = t ? ctx->y + offs[t - 1] * R : ctx->h0;
         const TYPE *cp = t ? ctx->c + offs[t - 1] * H : ctx->c0;
         TYPE *yt = ctx->y + offs[t] * R;
-        FN(fwd_step)(n, H, R, j0, j1, w, hp, cp, ctx->gates + offs[t] * G,
+        FN(fwd_step)(n, I, H, R, j0, j1, w, XF, ctx->x + offs[t] * I, bias, hp, cp,
+                     ctx->gates + offs[t] * G,
                      ctx->c + offs[t] * H, P ? ctx->m : yt, (int)(t & 1));
         lstm_barrier_wait(bar, nth);
         if (P) {
@@ -1371,6 +1454,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #undef ivec
 #undef VFMA
 #undef EXP_XMIN
+#undef EXP_XCLAMP
 #undef EXP_MAGIC
 #undef EXP_MANT
 #undef EXP_BIAS

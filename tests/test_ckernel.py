@@ -79,6 +79,9 @@ def assert_close(got, want, names, dtype):
 SHAPES = [
     (1, 1, 1, 1), (3, 1, 1, 1), (1, 4, 3, 5), (5, 3, 7, 17), (4, 7, 5, 33), (3, 2, 40, 9),
     (6, 32, 3, 32), (9, 1, 16, 16), (512, 2, 3, 4), (32, 16, 64, 64), (5, 13, 100, 130),
+    # either side of the rule for doing x_t.w_ih^T inside the step (fwd_fuse_x in
+    # csrc/lstm.template.c: I <= 16 or B >= 16) instead of one GEMM before the loop
+    (4, 15, 17, 19), (4, 16, 17, 19), (3, 17, 16, 18), (3, 15, 16, 18), (2, 16, 200, 9),
 ]
 
 
@@ -141,8 +144,10 @@ def test_threads_bitwise_identical(level, dtype):
     assert_close(one[0], run_ref(w, d)[0], FWD_NAMES, dtype)
 
 
-def test_threads_bitwise_identical_odd_sizes():
-    shape = (5, 7, 13, 45)   # tails in every dimension, blocks split unevenly
+@pytest.mark.parametrize("shape", [(5, 7, 13, 45), (5, 17, 33, 45)],
+                         ids=["hoisted-x", "fused-x"])
+def test_threads_bitwise_identical_odd_sizes(shape):
+    # tails in every dimension, blocks split unevenly
     w, d = make(*shape, np.float64, seed=9)
     one = run_c(w, d, 1)
     for n in (2, 3):
@@ -405,7 +410,7 @@ def test_bad_batch_sizes_rejected(bad, err):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("P", (0, 3), ids=lambda p: f"P{p}")
-@pytest.mark.parametrize("B", (1, 5))
+@pytest.mark.parametrize("B", (1, 5, 16))   # 16: the step does x_t.w_ih^T (fwd_fuse_x)
 def test_step_and_chunks_bitwise_equal_full_call(level, B, P, dtype):
     """One step at a time (state in place) and uneven chunks give the bits of one call."""
     T, I, H = 11, 64, 64
