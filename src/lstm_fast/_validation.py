@@ -66,10 +66,16 @@ def as_array(a, name, dtype, shape=None, expected=None):
     the expected shape in messages, filled with ``shape`` only on error, e.g.
     "(T, B, I={2})" or "(B, H) = ({}, {})"; without it the shape itself is shown.
     """
-    if type(a) is np.ndarray and a.dtype is dtype and a.flags.c_contiguous:
-        if shape is None or a.shape == shape or _shape_ok(a.shape, shape):   # the common case, kept lean
-            return a
-    elif type(a) is not np.ndarray:
+    # the common case, kept lean: already right (dtype is the canonical F32/F64)
+    if type(a) is np.ndarray and a.dtype is dtype and (shape is None or a.shape == shape) \
+            and a.flags.c_contiguous:
+        return a
+    return _convert(a, name, dtype, shape, expected)
+
+
+def _convert(a, name, dtype, shape, expected):
+    """``as_array`` for everything but the common case: convert, or raise."""
+    if type(a) is not np.ndarray:
         if a is None:
             raise TypeError(f"{name} must be an array, got None")
         a = _to_numpy(a)
@@ -127,7 +133,10 @@ def weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
 
 def sequence(x, name, dtype, I):
     """x of shape (T, B, I)."""
-    return as_array(x, name, dtype, (None, None, I), "(T, B, I={2})")
+    if type(x) is np.ndarray and x.dtype is dtype and x.ndim == 3 and x.shape[2] == I \
+            and x.flags.c_contiguous:
+        return x
+    return _convert(x, name, dtype, (None, None, I), "(T, B, I={2})")
 
 
 def state(s, name, dtype, B, H):
