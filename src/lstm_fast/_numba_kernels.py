@@ -1,224 +1,338 @@
-"""Numba backend "numba": fused LSTM kernels, JIT-compiled on first use.
+"""Numba backend "numba": the C kernel's design (csrc/lstm.template.c) in Numba, JIT-compiled on first use.
 
-Mirrors the C kernel (csrc/, ``lstm_forward_f32/_f64``, ``lstm_backward_...``)
-and ``_reference`` by name, and ``_reference`` by the order of the inputs (then
-outputs and workspace follow); one Python function serves both
-dtypes (Numba specialises it per dtype).
+Why hand-written loops and not BLAS: the BLAS Numba can reach (SciPy's
+OpenBLAS, the one ``np.dot`` uses) runs AVX2 kernels on this AVX-512 machine
+(OPENBLAS_CORETYPE=Haswell; MKL also picks AVX2 on AMD), about half its
+multiply-add rate; per-step BLAS calls also cost a few microseconds each at
+small shapes, and cannot apply the gate activations while a tile of h.w_hh^T
+is still in registers. The products here are register-tiled loops on explicit
+64-byte SIMD vectors (``_Vec``: an LLVM ``<16 x float>`` / ``<8 x double>``
+value, so LLVM keeps a tile's accumulators in zmm registers and emits
+``vfmadd231ps zmm``; check with ``fn.inspect_asm(sig)``). Measured against the
+previous BLAS-based version of this module (benchmarks, 1 thread, float32):
+see the module's git history; no product is left on BLAS, none measured faster.
 
-Design:
+Names mirror the C kernel (``lstm_forward``/``lstm_backward``, ``gemm``,
+``fwd_step``, ``fwd_cell``, ``bwd_dot``, ``bwd_cell``, ``pack``); argument
+order follows ``_reference`` (inputs, then outputs and workspace). One Python
+function serves both dtypes (Numba specialises it per dtype).
 
-* ``lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, w_hr, y, h_n, c_n,
-  gates, c, m)`` and ``lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy,
-  dh_n, dc_n, batch_sizes, w_hr, dgates, h_prev, dm, dh_all, m_all, dx, dw_ih,
-  dw_hh, db, dh0, dc0, dw_hr)`` write into caller-provided arrays and never
-  allocate (``dgates``, ``h_prev``, ``m``, ``dm``, ``dh_all``, ``m_all`` are
-  workspace). ``forward`` and ``backward`` at the bottom are the backend
-  contract of ``_backends``: they allocate outputs and workspace and call the
-  kernels.
-* One code path for fixed and variable lengths: the kernels only see the
-  packed step-major layout, x (N, I), y/dy (N, P), gates/dgates (N, 4H),
-  c (N, H), and ``batch_sizes`` (T,) int64, non-increasing; step t is rows
-  [sum(batch_sizes[:t]), +batch_sizes[t]). The padded (T, B, .) case is a
-  reshape plus batch_sizes = [B] * T. Since the sizes never increase, the n
-  active rows of step t are the first n rows of step t-1: h_{t-1}/c_{t-1} are
-  read straight from y/c (no state copies), and h_n/c_n are filled after the
-  loop from each sequence's last step (h0/c0 for rows never active). The
-  input projection, dx, dw_ih, dw_hh, db (and dw_hr) are products over all N
-  rows; per step only the n active rows. dw_hh's h_{t-1} rows are y[:N-n0]
-  itself when every step size but the last equals the first (always without
-  lengths), else gathered into ``h_prev`` first.
-* Projection (``w_hr`` (P, H), torch's proj_size): ``w_hr`` and its
-  workspace/outputs are None without one, and Numba compiles a separate
-  specialisation with the ``is None`` branches pruned, so the plain LSTM pays
-  nothing. Forward writes m = o * tanh(c) of the step into ``m`` and projects
-  it into y; backward forms dm = dh @ w_hr per step, keeps dh (``dh_all``) and
-  m (``m_all``) for dw_hr = dh_all^T m_all after the loop, as ``_reference``.
-* Matrix products go to BLAS (``sgemm``/``dgemm`` from SciPy's
-  ``cython_blas``, the library Numba's own ``np.dot`` uses) through Numba's
-  ``numba_xxgemm`` helper, called directly so that products accumulate into
-  existing buffers (beta = 1) and row slices need no copies; one-row products
-  (one active row) use gemv, ~3x faster than gemm there. Measured per-step product,
-  1 thread: hand loops over a packed W^T are within 0.1 us of BLAS for
-  H <= 16 and 1.3-2x slower from B*H = 32*32 up, so BLAS is used throughout.
-  Its cost: numpy/scipy's OpenBLAS is pinned to AVX2 here (see
-  performance.md), about half the machine's sgemm peak.
-* Activations are branch-free polynomial ``exp``/``tanh`` (Cephes
-  coefficients) written so that LLVM vectorises the fused gate loop: the libm
-  calls Numba would otherwise emit are scalar and cost 7-17 ns per element,
-  more than the matrix products at large shapes. Accuracy: float32 within a
-  few ulp, float64 within ~2 ulp. Sigmoid takes ``exp(-|z|)``, tanh
-  ``exp(-2|z|)``, so nothing overflows for any |z|; NaN propagates through
-  explicit selects, +-inf saturate to the same values as the reference.
-  No fastmath: 'nnan'/'ninf' would break NaN/inf propagation and the loops
-  already vectorise without reassociation.
-* Compilation is lazy (nothing is compiled or called at import) and cached
-  to disk (``cache=True``): a second process loads machine code from
-  ``__pycache__`` instead of recompiling. The module imports Numba, so the
-  registry imports it only when the backend is first used.
-* Threads: everything runs on the calling thread, BLAS included (its thread
-  count is set to 1, thread-locally, for the duration of each call), whatever
-  ``num_threads`` says. Measured: OpenBLAS's threaded sgemm is not bitwise
-  equal to its single-threaded one (differences ~1e-6 relative from M ~ 512
-  up), and the project promises the same bits for every thread count. A
-  second thread would need products split at thread-count-independent
-  boundaries; not done yet.
+* Packed weights (``pack``, built once per weight version; NR = 2 vectors):
+  ``wih_t`` panels [ceil(4H/NR)][I][NR] of w_ih^T (gates = x.w_ih^T),
+  ``wih`` panels [ceil(I/NR)][4H][NR] of w_ih (dx = dgates.w_ih),
+  ``whh_f`` [ceil(H/W)][R][4][W]: one forward tile holds the i, f, g, o
+  columns of the same W hidden units (R = P with a projection, else H),
+  ``whh_b`` [ceil(R/W)][4H][W] for dh = dgates.w_hh, ``b`` (4H,), and with a
+  projection ``whr_t``/``whr`` panels of w_hr^T / w_hr.
+* GEMM (``_gemm``): C = A.B (+ bias) with B in packed panels, A row-major or
+  transposed, read in place; blocked KC x (MC rows) so that the B sliver
+  (KC x NR) stays in L1 and the A block in L2; an 8 x 2-vector register tile.
+* Forward step (``_fwd_blocks``): per hidden block (W units) and 4 rows, the
+  16 accumulators of h_{t-1}.w_hh^T for the 4 gates are added to the input
+  projection in ``gates`` (x.w_ih^T + b, one GEMM for all steps before the
+  loop), then the elementwise pass of that tile (activations, c, h), while
+  the tile is in L1.
+* Backward step (``_bwd_blocks``): dh = dgates[t+1].w_hh for 4 rows x 4
+  blocks (+ dy), then the gate gradients of step t for the same units; dx,
+  dw_ih, dw_hh, db (and dw_hr) are whole-sequence GEMMs after the loop.
+* Lengths: one code path, the packed step-major layout (x (N, I), step t's
+  rows at sum(batch_sizes[:t]), only the first batch_sizes[t] sequences
+  advance); sizes never increase, so h_{t-1}/c_{t-1} are the first n rows of
+  step t-1 in y/c. Padded (T, B, .) input is batch_sizes = [B] * T.
+* Projection (w_hr (P, H)): forward writes m = o*tanh(c) to ``m`` and y_t =
+  m.w_hr^T is a GEMM per step; backward forms dh (P wide), dm = dh.w_hr, then
+  the cell; dw_hr = dh_all^T.m_all after the loop. Without one the arrays are
+  None and Numba compiles a specialisation with those branches pruned.
+* Threads: ``num_threads`` (``lstm_fast.set_num_threads``, 0 = per shape as
+  the C kernel decides) becomes ``numba.set_num_threads(n)`` for the call
+  (thread-local, restored after) and ``nth`` in the kernels. With nth > 1 the
+  GEMMs split output panels (or row tiles) and the steps split hidden blocks
+  over ``prange(nth)``; K is never split, and every output element is computed
+  by the same sequence of operations (same tile kernel, same k order, the
+  same elementwise code) whatever the partition, so the bits do not depend on
+  the thread count. nth = 1 runs on the calling thread, no parallel region.
+* Activations: branch-free polynomial exp/tanh (Cephes), written so LLVM
+  vectorises the elementwise loops; NaN propagates through explicit selects,
+  +-inf saturate like the reference. No fastmath ('nnan'/'ninf' would break
+  NaN/inf propagation; no contraction: FMAs only where written).
+* Compilation is lazy (nothing compiles at import) and cached to disk
+  (``cache=True``); the module imports Numba, so the registry imports it only
+  when the backend is first used.
 """
 
+import operator
 import os
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic, models, overload, register_model
 
 _JIT = dict(nogil=True, cache=True, error_model="numpy")
+_PJIT = dict(_JIT, parallel=True)
 
-# --- BLAS --------------------------------------------------------------------
-
-
-def _arg_helpers(context, builder, dtype):
-    """Codegen helpers for the BLAS calls: ``slot`` passes a scalar by pointer
-    (BLAS takes alpha/beta by reference), ``data`` an array's data pointer."""
-    ll_voidp = ir.IntType(8).as_pointer()
-    lltype = context.get_value_type(dtype)
-
-    def slot(val, ty):
-        p = cgutils.alloca_once(builder, lltype)
-        builder.store(context.cast(builder, val, ty, dtype), p)
-        return builder.bitcast(p, ll_voidp)
-
-    def data(val, ty):
-        return builder.bitcast(context.make_array(ty)(context, builder, val).data, ll_voidp)
-
-    return slot, data
+# --- SIMD vectors ----------------------------------------------------------------
 
 
-@intrinsic
-def _xxgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """Column-major ``c = alpha * op(a) @ op(b) + beta * c`` (Numba's BLAS helper)."""
-    dtype = c.dtype
-    kind = {types.float32: "s", types.float64: "d"}[dtype]
-    sig = types.int32(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+class _Vec(types.Type):
+    """A 64-byte SIMD vector of ``dtype`` (16 float32 / 8 float64), an LLVM vector value."""
 
-    def codegen(context, builder, signature, args):
-        (ta, tb, m_, n_, k_, al, a_, lda_, b_, ldb_, be, c_, ldc_) = args
-        ll_char = ir.IntType(8)
-        ll_voidp = ir.IntType(8).as_pointer()
-        intp = context.get_value_type(types.intp)
-        fnty = ir.FunctionType(ir.IntType(32), [
-            ll_char, ll_char, ll_char, intp, intp, intp,
-            ll_voidp, ll_voidp, intp, ll_voidp, intp, ll_voidp, ll_voidp, intp])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
-        slot, data = _arg_helpers(context, builder, dtype)
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.width = 64 // (dtype.bitwidth // 8)
+        super().__init__(name=f"_Vec{self.width}x{dtype}")
 
-        def as_intp(val, ty):
-            return context.cast(builder, val, ty, types.intp)
 
-        sty = signature.args
-        return builder.call(fn, [
-            ir.Constant(ll_char, ord(kind)),
-            builder.trunc(as_intp(ta, sty[0]), ll_char), builder.trunc(as_intp(tb, sty[1]), ll_char),
-            as_intp(m_, sty[2]), as_intp(n_, sty[3]), as_intp(k_, sty[4]),
-            slot(al, sty[5]), data(a_, sty[6]), as_intp(lda_, sty[7]),
-            data(b_, sty[8]), as_intp(ldb_, sty[9]), slot(be, sty[10]),
-            data(c_, sty[11]), as_intp(ldc_, sty[12])])
+@register_model(_Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        elt = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(elt, fe_type.width))
 
-    return sig, codegen
+
+def _sfx(vt):
+    return "v%d%s" % (vt.width, "f32" if vt.dtype == types.float32 else "f64")
+
+
+def _elem_ptr(context, builder, aryty, ary, idx, idxty):
+    """Pointer to element ``idx`` of the array's data, counted flat from its first element."""
+    a = context.make_array(aryty)(context, builder, ary)
+    return builder.gep(a.data, [context.cast(builder, idx, idxty, types.intp)])
+
+
+def _lane_mask(context, builder, n, nty, width):
+    """<width x i1>: lane < n."""
+    i32 = ir.IntType(32)
+    vi = ir.VectorType(i32, width)
+    nn = context.cast(builder, n, nty, types.int32)
+    splat = builder.insert_element(ir.Constant(vi, None), nn, ir.Constant(i32, 0))
+    splat = builder.shuffle_vector(splat, splat, ir.Constant(vi, [0] * width))
+    return builder.icmp_signed("<", ir.Constant(vi, list(range(width))), splat)
 
 
 @intrinsic
-def _xxgemv(typingctx, trans, m, n, alpha, a, x, beta, y):
-    """Column-major ``y = alpha * op(a) @ x + beta * y`` with lda = m, unit strides."""
-    dtype = y.dtype
-    kind = {types.float32: "s", types.float64: "d"}[dtype]
-    sig = types.int32(trans, m, n, alpha, a, x, beta, y)
+def _vzero(typingctx, a):
+    """Zero vector of array ``a``'s dtype."""
+    vt = _Vec(a.dtype)
 
-    def codegen(context, builder, signature, args):
-        (tr, m_, n_, al, a_, x_, be, y_) = args
-        ll_char = ir.IntType(8)
-        ll_voidp = ir.IntType(8).as_pointer()
-        intp = context.get_value_type(types.intp)
-        fnty = ir.FunctionType(ir.IntType(32), [
-            ll_char, ll_char, intp, intp, ll_voidp, ll_voidp, intp, ll_voidp, ll_voidp, ll_voidp])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemv")
-        sty = signature.args
-        slot, data = _arg_helpers(context, builder, dtype)
-
-        mm = context.cast(builder, m_, sty[1], types.intp)
-        return builder.call(fn, [
-            ir.Constant(ll_char, ord(kind)),
-            builder.trunc(context.cast(builder, tr, sty[0], types.intp), ll_char),
-            mm, context.cast(builder, n_, sty[2], types.intp),
-            slot(al, sty[3]), data(a_, sty[4]), mm, data(x_, sty[5]), slot(be, sty[6]), data(y_, sty[7])])
-
-    return sig, codegen
+    def cg(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+    return vt(a), cg
 
 
-_N = ord("n")
-_T = ord("t")
+@intrinsic
+def _vload(typingctx, a, i):
+    """Vector at flat element index i of C-contiguous array a (unaligned)."""
+    vt = _Vec(a.dtype)
+
+    def cg(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        vty = context.get_value_type(vt)
+        return builder.load(builder.bitcast(p, vty.as_pointer()), align=a.dtype.bitwidth // 8)
+    return vt(a, i), cg
 
 
-@njit(**_JIT)
-def _gemm(ta, tb, m, n, k, alpha, a, b, beta, c):
-    """Row-major ``c[:m, :n] = alpha * op(a) @ op(b) + beta * c`` on C-contiguous 2-D arrays.
+@intrinsic
+def _vload_n(typingctx, a, i, n):
+    """The first n lanes from flat index i (0 < n <= width), other lanes 0 (masked: no access)."""
+    vt = _Vec(a.dtype)
 
-    ``ta``/``tb`` are ord('n') or ord('t'); ``op(a)`` is (m, k), ``op(b)`` (k, n).
-    Row-major C = A B is column-major C^T = B^T A^T, hence the swapped operands.
-    """
-    if m == 0 or n == 0:
-        return
-    if k == 0:
-        if beta == 0:
-            c[:m, :n] = 0
+    def cg(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        vty = context.get_value_type(vt)
+        m = _lane_mask(context, builder, args[2], sig.args[2], vt.width)
+        fnty = ir.FunctionType(vty, [p.type, ir.IntType(32), m.type, vty])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_sfx(vt)}.p0")
+        return builder.call(fn, [p, ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8), m,
+                                 ir.Constant(vty, None)])
+    return vt(a, i, n), cg
+
+
+@intrinsic
+def _vstore_n(typingctx, a, i, v, n):
+    """Store the first n lanes of v at flat index i of a (masked)."""
+    def cg(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        vty = context.get_value_type(v)
+        m = _lane_mask(context, builder, args[3], sig.args[3], v.width)
+        fnty = ir.FunctionType(ir.VoidType(), [vty, p.type, ir.IntType(32), m.type])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.{_sfx(v)}.p0")
+        builder.call(fn, [args[2], p, ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8), m])
+        return context.get_dummy_value()
+    return types.none(a, i, v, n), cg
+
+
+@intrinsic
+def _ld(typingctx, a, i):
+    """Scalar at flat element index i of C-contiguous array a."""
+    def cg(context, builder, sig, args):
+        return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1]))
+    return a.dtype(a, i), cg
+
+
+@intrinsic
+def _vset1(typingctx, x):
+    """Vector with every lane x."""
+    vt = _Vec(x)
+
+    def cg(context, builder, sig, args):
+        vty = context.get_value_type(vt)
+        i32 = ir.IntType(32)
+        v = builder.insert_element(ir.Constant(vty, None), args[0], ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, vt.width), [0] * vt.width))
+    return vt(x), cg
+
+
+@intrinsic
+def _vfma(typingctx, a, b, c):
+    """a * b + c, one rounding (llvm.fma)."""
+    def cg(context, builder, sig, args):
+        vty = context.get_value_type(a)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                            f"llvm.fma.{_sfx(a)}")
+        return builder.call(fn, args)
+    return a(a, b, c), cg
+
+
+def _width(a):
+    """Lanes of a 64-byte vector of array a's dtype (a compile-time constant)."""
+
+
+@overload(_width, jit_options=_JIT)
+def _width_impl(a):
+    w = 64 // a.dtype.bitwidth * 8
+    return lambda a: w
+
+
+def _binop(op, doc):
+    @intrinsic
+    def vop(typingctx, a, b):
+        def cg(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+        return a(a, b), cg
+    vop.__doc__ = doc
+    return vop
+
+
+_vadd = _binop("fadd", "a + b")
+_vsub = _binop("fsub", "a - b")
+_vmul = _binop("fmul", "a * b")
+_vdiv = _binop("fdiv", "a / b")
+
+
+@intrinsic
+def _vsplat(typingctx, v, x):
+    """Vector like v with every lane x (cast to v's dtype)."""
+    def cg(context, builder, sig, args):
+        vty = context.get_value_type(v)
+        i32 = ir.IntType(32)
+        s = context.cast(builder, args[1], sig.args[1], v.dtype)
+        s = builder.insert_element(ir.Constant(vty, None), s, ir.Constant(i32, 0))
+        return builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(i32, v.width), [0] * v.width))
+    return v(v, x), cg
+
+
+def _vec_operator(vop):
+    """Overload of a binary operator for ``_Vec`` (a scalar operand is broadcast)."""
+    def typer(a, b):
+        if isinstance(a, _Vec) and isinstance(b, _Vec):
+            return lambda a, b: vop(a, b)
+        if isinstance(a, _Vec) and isinstance(b, types.Number):
+            return lambda a, b: vop(a, _vsplat(a, b))
+        if isinstance(a, types.Number) and isinstance(b, _Vec):
+            return lambda a, b: vop(_vsplat(b, a), b)
+    return typer
+
+
+for _op, _vop in ((operator.add, _vadd), (operator.sub, _vsub), (operator.mul, _vmul),
+                  (operator.truediv, _vdiv)):
+    overload(_op, jit_options=_JIT)(_vec_operator(_vop))
+
+
+def _unary(name, doc):
+    @intrinsic
+    def vop(typingctx, a):
+        def cg(context, builder, sig, args):
+            vty = context.get_value_type(a)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]),
+                                                f"llvm.{name}.{_sfx(a)}")
+            return builder.call(fn, args)
+        return a(a), cg
+    vop.__doc__ = doc
+    return vop
+
+
+_vabs = _unary("fabs", "|a|")
+_vfloor = _unary("floor", "floor(a)")
+
+
+@intrinsic
+def _vneg(typingctx, a):
+    """-a (sign flip, also of 0 and NaN)."""
+    def cg(context, builder, sig, args):
+        return builder.fneg(args[0])
+    return a(a), cg
+
+
+def _select(pred, doc):
+    @intrinsic
+    def vsel(typingctx, a, b, x, y):
+        def cg(context, builder, sig, args):
+            return builder.select(builder.fcmp_ordered(pred, args[0], args[1]), args[2], args[3])
+        return x(a, b, x, y), cg
+    vsel.__doc__ = doc
+    return vsel
+
+
+_vsel_gt = _select(">", "a > b ? x : y per lane (false for NaN)")
+_vsel_ge = _select(">=", "a >= b ? x : y per lane (false for NaN)")
+_vsel_eq = _select("==", "a == b ? x : y per lane (false for NaN)")
+
+
+@intrinsic
+def _vpow2i(typingctx, n):
+    """2**n per lane, n holding integers in the normal exponent range (bit construction)."""
+    def cg(context, builder, sig, args):
+        if n.dtype == types.float32:
+            bits, bias, shift = 32, 127, 23
         else:
-            c[:m, :n] *= beta
-        return
-    if m == 1 and ta == _N:
-        # one row: a matrix-vector product, c^T = op(b)^T a^T (gemm is ~3x slower here)
-        _xxgemv(tb, b.shape[1], b.shape[0], alpha, b, a, beta, c)
-        return
-    _xxgemm(tb, ta, n, m, k, alpha, b, max(b.shape[1], 1), a, max(a.shape[1], 1),
-            beta, c, max(c.shape[1], 1))
+            bits, bias, shift = 64, 1023, 52
+        ity = ir.VectorType(ir.IntType(bits), n.width)
+        i = builder.fptosi(args[0], ity)
+        i = builder.add(i, ir.Constant(ity, [bias] * n.width))
+        i = builder.shl(i, ir.Constant(ity, [shift] * n.width))
+        return builder.bitcast(i, context.get_value_type(n))
+    return n(n), cg
 
 
-# --- activations -------------------------------------------------------------
+# --- activations ---------------------------------------------------------------------
+# Branch-free, on whole vectors: exp(x) for x <= 0 (Cephes), sigmoid from exp(-|x|), tanh from
+# exp(-2|x|) (a polynomial below 0.625): nothing overflows for any |x|, NaN propagates through
+# explicit selects, +-inf saturate to the reference's values.
 
 
-@intrinsic
-def _pow2i(typingctx, n):
-    """2**n for a float holding an integer in the normal exponent range (bit construction)."""
-    sig = n(n)
-
-    def codegen(context, builder, signature, args):
-        (v,) = args
-        if signature.args[0] == types.float32:
-            ity, bias, shift, fty = ir.IntType(32), 127, 23, ir.FloatType()
-        else:
-            ity, bias, shift, fty = ir.IntType(64), 1023, 52, ir.DoubleType()
-        i = builder.fptosi(v, ity)
-        i = builder.add(i, ir.Constant(ity, bias))
-        i = builder.shl(i, ir.Constant(ity, shift))
-        return builder.bitcast(i, fty)
-
-    return sig, codegen
+def _vexp_neg(x):
+    """exp(x) for x <= 0 per lane (NaN propagates, -inf and x below the normal range give 0)."""
 
 
-def _exp_neg(x):
-    """exp(x) for x <= 0 (NaN propagates, -inf and x below the normal range give 0)."""
+def _vtanh(x):
+    """tanh(x) per lane, any x."""
 
 
-def _tanh(x):
-    """tanh(x), branch-free, for any x."""
+def _vsigmoid(x):
+    """1 / (1 + exp(-x)) per lane from exp(-|x|): no overflow for any x."""
 
 
 _f32 = np.float32
-_f64 = np.float64
 
 
-@overload(_exp_neg, jit_options=_JIT)
-def _exp_neg_impl(x):
-    if x == types.float32:
+@overload(_vexp_neg, jit_options=_JIT)
+def _vexp_neg_impl(x):
+    if not isinstance(x, _Vec):
+        return None
+    if x.dtype == types.float32:
         # Cephes expf: n = round(x / ln2), r = x - n ln2, 2^n e^r.
         lo, log2e, c1, c2 = _f32(-87.33), _f32(1.44269504088896341), _f32(0.693359375), _f32(-2.12194440e-4)
         p0, p1, p2, p3, p4, p5 = (_f32(1.9875691500e-4), _f32(1.3981999507e-3), _f32(8.3334519073e-3),
@@ -226,122 +340,455 @@ def _exp_neg_impl(x):
         half, one, zero = _f32(0.5), _f32(1.0), _f32(0.0)
 
         def impl(x):
-            xc = x if x > lo else lo
-            n = np.floor(xc * log2e + half)
+            vlo = _vsplat(x, lo)
+            xc = _vsel_gt(x, vlo, x, vlo)
+            n = _vfloor(xc * log2e + half)
             r = xc - n * c1
             r = r - n * c2
             y = (((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5) * (r * r) + r + one
-            y = y * _pow2i(n)
-            y = y if x > lo else zero
-            return y if x == x else x
+            y = y * _vpow2i(n)
+            y = _vsel_gt(x, vlo, y, _vsplat(x, zero))
+            return _vsel_eq(x, x, y, x)
         return impl
-    if x == types.float64:
-        # Cephes exp: Pade form 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)).
-        lo, log2e, c1, c2 = -708.39, 1.4426950408889634073599, 6.93145751953125e-1, 1.42860682030941723212e-6
-        P0, P1, P2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1
-        Q0, Q1, Q2, Q3 = (3.00198505138664455042e-6, 2.52448340349684104192e-3,
-                          2.27265548208155028766e-1, 2.00000000000000000009e0)
+    # Cephes exp: Pade form 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)).
+    lo, log2e, c1, c2 = -708.39, 1.4426950408889634073599, 6.93145751953125e-1, 1.42860682030941723212e-6
+    P0, P1, P2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1
+    Q0, Q1, Q2, Q3 = (3.00198505138664455042e-6, 2.52448340349684104192e-3,
+                      2.27265548208155028766e-1, 2.00000000000000000009e0)
 
-        def impl(x):
-            xc = x if x > lo else lo
-            n = np.floor(xc * log2e + 0.5)
-            r = xc - n * c1
-            r = r - n * c2
-            rr = r * r
-            px = r * ((P0 * rr + P1) * rr + P2)
-            qx = ((Q0 * rr + Q1) * rr + Q2) * rr + Q3
-            y = 1.0 + 2.0 * (px / (qx - px))
-            y = y * _pow2i(n)
-            y = y if x > lo else 0.0
-            return y if x == x else x
-        return impl
+    def impl(x):
+        vlo = _vsplat(x, lo)
+        xc = _vsel_gt(x, vlo, x, vlo)
+        n = _vfloor(xc * log2e + 0.5)
+        r = xc - n * c1
+        r = r - n * c2
+        rr = r * r
+        px = r * ((P0 * rr + P1) * rr + P2)
+        qx = ((Q0 * rr + Q1) * rr + Q2) * rr + Q3
+        y = 1.0 + 2.0 * (px / (qx - px))
+        y = y * _vpow2i(n)
+        y = _vsel_gt(x, vlo, y, _vsplat(x, 0.0))
+        return _vsel_eq(x, x, y, x)
+    return impl
 
 
-@overload(_tanh, jit_options=_JIT)
-def _tanh_impl(x):
+@overload(_vtanh, jit_options=_JIT)
+def _vtanh_impl(x):
     # |x| < 0.625: odd polynomial / rational (Cephes), else (1 - e) / (1 + e), e = exp(-2|x|).
-    if x == types.float32:
+    if not isinstance(x, _Vec):
+        return None
+    if x.dtype == types.float32:
         q0, q1, q2, q3, q4 = (_f32(-5.70498872745e-3), _f32(2.06390887954e-2), _f32(-5.37397155531e-2),
                               _f32(1.33314422036e-1), _f32(-3.33332819422e-1))
-        small, one, mtwo = _f32(0.625), _f32(1.0), _f32(-2.0)
+        small, one, mtwo, zero = _f32(0.625), _f32(1.0), _f32(-2.0), _f32(0.0)
 
         def impl(x):
-            a = abs(x)
+            a = _vabs(x)
             z = x * x
             ps = ((((q0 * z + q1) * z + q2) * z + q3) * z + q4) * z * x + x
-            e = _exp_neg(mtwo * a)
+            e = _vexp_neg(mtwo * a)
             pl = (one - e) / (one + e)
-            pl = pl if x >= 0 else -pl
-            return ps if a < small else pl
+            pl = _vsel_ge(x, _vsplat(x, zero), pl, _vneg(pl))
+            return _vsel_gt(_vsplat(x, small), a, ps, pl)
         return impl
-    if x == types.float64:
-        P0, P1, P2 = -9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3
-        Q0, Q1, Q2 = 1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3
+    P0, P1, P2 = -9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3
+    Q0, Q1, Q2 = 1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3
 
-        def impl(x):
-            a = abs(x)
-            z = x * x
-            ps = x + x * z * (((P0 * z + P1) * z + P2) / (((z + Q0) * z + Q1) * z + Q2))
-            e = _exp_neg(-2.0 * a)
-            pl = (1.0 - e) / (1.0 + e)
-            pl = pl if x >= 0 else -pl
-            return ps if a < 0.625 else pl
-        return impl
-
-
-def _one(a):
-    """1 in the dtype of array ``a``."""
+    def impl(x):
+        a = _vabs(x)
+        z = x * x
+        ps = x + x * z * (((P0 * z + P1) * z + P2) / (((z + Q0) * z + Q1) * z + Q2))
+        e = _vexp_neg(-2.0 * a)
+        pl = (1.0 - e) / (1.0 + e)
+        pl = _vsel_ge(x, _vsplat(x, 0.0), pl, _vneg(pl))
+        return _vsel_gt(_vsplat(x, 0.625), a, ps, pl)
+    return impl
 
 
-@overload(_one, jit_options=_JIT)
-def _one_impl(a):
-    one = np.float32(1.0) if a.dtype == types.float32 else 1.0
-    return lambda a: one
+@overload(_vsigmoid, jit_options=_JIT)
+def _vsigmoid_impl(x):
+    if not isinstance(x, _Vec):
+        return None
+    one = np.float32(1.0) if x.dtype == types.float32 else 1.0
+    zero = np.float32(0.0) if x.dtype == types.float32 else 0.0
+
+    def impl(x):
+        e = _vexp_neg(_vneg(_vabs(x)))
+        s = one / (one + e)
+        return _vsel_ge(x, _vsplat(x, zero), s, e * s)
+    return impl
 
 
-def _sigmoid(x):
-    """Logistic function from exp(-|x|): no overflow for any x."""
-
-
-@overload(_sigmoid, jit_options=_JIT)
-def _sigmoid_impl(x):
-    if isinstance(x, types.Float):
-        one = np.float32(1.0) if x == types.float32 else 1.0
-
-        def impl(x):
-            e = _exp_neg(-abs(x))
-            s = one / (one + e)
-            return s if x >= 0 else e * s
-        return impl
-
-
-# --- kernels -----------------------------------------------------------------
+# --- tile kernels (register tiles; generated once by hand-unrolling, see the docstrings) ------
 
 
 @njit(**_JIT)
-def _gate_step(a, b, c_prev, c_t, h_t):
-    """Gate pass for one step; a (n, 4H) pre-activations -> activated gates in place.
+def _ukr_store(c, ci, v0, v1, nn, first, bias, bo):
+    """Store a 2-vector row of a GEMM tile at flat index ci: acc (+ bias) if first, else C + acc."""
+    W = _width(c)
+    n0 = min(nn, W)
+    if first:
+        if bias is not None:
+            v0 = _vadd(v0, _vload_n(bias, bo, n0))
+    else:
+        v0 = _vadd(v0, _vload_n(c, ci, n0))
+    _vstore_n(c, ci, v0, n0)
+    if nn > W:
+        n1 = min(nn - W, W)
+        if first:
+            if bias is not None:
+                v1 = _vadd(v1, _vload_n(bias, bo + W, n1))
+        else:
+            v1 = _vadd(v1, _vload_n(c, ci + W, n1))
+        _vstore_n(c, ci + W, v1, n1)
 
-    Writes c_t and h_t = o * tanh(c_t) (the unprojected hidden state m_t with
-    a projection). Separate sweeps per gate, then one for cell and hidden, all
-    over ``range(H)``: a single sweep that reads and writes ``a`` at offsets H
-    apart, or a loop over ``range(2H, 3H)``, is not vectorised by LLVM and
-    runs 5-15x slower.
+
+@njit(**_JIT)
+def _add_gates(gates, gi, H, nv, a0, a1, a2, a3):
+    """gates[gi + g*H:][:nv] += a_g for the 4 gates (pre-activation = input projection + h.w_hh^T)."""
+    _vstore_n(gates, gi, _vadd(_vload_n(gates, gi, nv), a0), nv)
+    _vstore_n(gates, gi + H, _vadd(_vload_n(gates, gi + H, nv), a1), nv)
+    _vstore_n(gates, gi + 2 * H, _vadd(_vload_n(gates, gi + 2 * H, nv), a2), nv)
+    _vstore_n(gates, gi + 3 * H, _vadd(_vload_n(gates, gi + 3 * H, nv), a3), nv)
+
+
+@njit(**_JIT)
+def _store_dh(out, oi, col, R, v, dy, dyi):
+    """out[oi + col:][:n] = v (+ dy[dyi + col:][:n]), n = min(W, R - col)."""
+    n = min(_width(out), R - col)
+    if dy is not None:
+        v = _vadd(v, _vload_n(dy, dyi + col, n))
+    _vstore_n(out, oi + col, v, n)
+
+
+@njit(**_JIT)
+def _gemm_ukr(kc, a, ai, sr, sk, bp, bi, c, ci, ldc, mr, nn, first, bias, bo):
+    """MR x NR register tile (MR = 8 rows, NR = 2 vectors) over kc steps of k:
+    A(r, k) = a.flat[ai + r*sr + k*sk], B(k, :) = bp.flat[bi + k*NR:][:NR] (packed panel);
+    C rows ci + r*ldc get acc (+ bias[bo:] if first and bias is not None) if first, else C += acc.
+    Rows past mr re-read row mr - 1 and are dropped; columns past nn are masked."""
+    W = _width(c)
+    NR = 2 * W
+    a0 = ai + min(0, mr - 1) * sr
+    a1 = ai + min(1, mr - 1) * sr
+    a2 = ai + min(2, mr - 1) * sr
+    a3 = ai + min(3, mr - 1) * sr
+    a4 = ai + min(4, mr - 1) * sr
+    a5 = ai + min(5, mr - 1) * sr
+    a6 = ai + min(6, mr - 1) * sr
+    a7 = ai + min(7, mr - 1) * sr
+    z = _vzero(c)
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = z
+    for k in range(kc):
+        b0 = _vload(bp, bi + k * NR)
+        b1 = _vload(bp, bi + k * NR + W)
+        o = k * sk
+        s = _vset1(_ld(a, a0 + o))
+        c00 = _vfma(s, b0, c00)
+        c01 = _vfma(s, b1, c01)
+        s = _vset1(_ld(a, a1 + o))
+        c10 = _vfma(s, b0, c10)
+        c11 = _vfma(s, b1, c11)
+        s = _vset1(_ld(a, a2 + o))
+        c20 = _vfma(s, b0, c20)
+        c21 = _vfma(s, b1, c21)
+        s = _vset1(_ld(a, a3 + o))
+        c30 = _vfma(s, b0, c30)
+        c31 = _vfma(s, b1, c31)
+        s = _vset1(_ld(a, a4 + o))
+        c40 = _vfma(s, b0, c40)
+        c41 = _vfma(s, b1, c41)
+        s = _vset1(_ld(a, a5 + o))
+        c50 = _vfma(s, b0, c50)
+        c51 = _vfma(s, b1, c51)
+        s = _vset1(_ld(a, a6 + o))
+        c60 = _vfma(s, b0, c60)
+        c61 = _vfma(s, b1, c61)
+        s = _vset1(_ld(a, a7 + o))
+        c70 = _vfma(s, b0, c70)
+        c71 = _vfma(s, b1, c71)
+    _ukr_store(c, ci + 0 * ldc, c00, c01, nn, first, bias, bo)
+    if mr > 1:
+        _ukr_store(c, ci + 1 * ldc, c10, c11, nn, first, bias, bo)
+    if mr > 2:
+        _ukr_store(c, ci + 2 * ldc, c20, c21, nn, first, bias, bo)
+    if mr > 3:
+        _ukr_store(c, ci + 3 * ldc, c30, c31, nn, first, bias, bo)
+    if mr > 4:
+        _ukr_store(c, ci + 4 * ldc, c40, c41, nn, first, bias, bo)
+    if mr > 5:
+        _ukr_store(c, ci + 5 * ldc, c50, c51, nn, first, bias, bo)
+    if mr > 6:
+        _ukr_store(c, ci + 6 * ldc, c60, c61, nn, first, bias, bo)
+    if mr > 7:
+        _ukr_store(c, ci + 7 * ldc, c70, c71, nn, first, bias, bo)
+
+
+@njit(**_JIT)
+def _fwd_dot4(K, hp, hi, w, wi, gates, gi, G, H, mr, nv):
+    """gates[rows, g*H + off:][:nv] += h_prev[rows] . w_hh^T for one block of W hidden units and
+    its 4 gates, up to 4 rows: h rows at hp.flat[hi + r*K], w_hh block at w.flat[wi:] as [k][4][W],
+    gates rows at gates.flat[gi + r*G]. Rows past mr re-read row mr - 1 and are dropped."""
+    W = _width(gates)
+    h0 = hi + min(0, mr - 1) * K
+    h1 = hi + min(1, mr - 1) * K
+    h2 = hi + min(2, mr - 1) * K
+    h3 = hi + min(3, mr - 1) * K
+    z = _vzero(gates)
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = z
+    for k in range(K):
+        o = wi + k * 4 * W
+        w0 = _vload(w, o + 0 * W)
+        w1 = _vload(w, o + 1 * W)
+        w2 = _vload(w, o + 2 * W)
+        w3 = _vload(w, o + 3 * W)
+        s = _vset1(_ld(hp, h0 + k))
+        a00 = _vfma(s, w0, a00)
+        a01 = _vfma(s, w1, a01)
+        a02 = _vfma(s, w2, a02)
+        a03 = _vfma(s, w3, a03)
+        s = _vset1(_ld(hp, h1 + k))
+        a10 = _vfma(s, w0, a10)
+        a11 = _vfma(s, w1, a11)
+        a12 = _vfma(s, w2, a12)
+        a13 = _vfma(s, w3, a13)
+        s = _vset1(_ld(hp, h2 + k))
+        a20 = _vfma(s, w0, a20)
+        a21 = _vfma(s, w1, a21)
+        a22 = _vfma(s, w2, a22)
+        a23 = _vfma(s, w3, a23)
+        s = _vset1(_ld(hp, h3 + k))
+        a30 = _vfma(s, w0, a30)
+        a31 = _vfma(s, w1, a31)
+        a32 = _vfma(s, w2, a32)
+        a33 = _vfma(s, w3, a33)
+    _add_gates(gates, gi + 0 * G, H, nv, a00, a01, a02, a03)
+    if mr > 1:
+        _add_gates(gates, gi + 1 * G, H, nv, a10, a11, a12, a13)
+    if mr > 2:
+        _add_gates(gates, gi + 2 * G, H, nv, a20, a21, a22, a23)
+    if mr > 3:
+        _add_gates(gates, gi + 3 * G, H, nv, a30, a31, a32, a33)
+
+
+@njit(**_JIT)
+def _fwd_dot1(K, hp, hi, w, wi, nb, gates, gi, H, off):
+    """One row (B = 1 or a tail row): gates[g*H + off + q*W:] += h . w_hh^T for nb <= 4 blocks of
+    W units from block offset wi (blocks K*4*W apart) and unit offset off. Blocks past nb
+    re-read block nb - 1 and are dropped."""
+    W = _width(gates)
+    bs = K * 4 * W
+    q0 = wi + min(0, nb - 1) * bs
+    q1 = wi + min(1, nb - 1) * bs
+    q2 = wi + min(2, nb - 1) * bs
+    q3 = wi + min(3, nb - 1) * bs
+    z = _vzero(gates)
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = z
+    for k in range(K):
+        s = _vset1(_ld(hp, hi + k))
+        o = k * 4 * W
+        a00 = _vfma(s, _vload(w, q0 + o + 0 * W), a00)
+        a01 = _vfma(s, _vload(w, q0 + o + 1 * W), a01)
+        a02 = _vfma(s, _vload(w, q0 + o + 2 * W), a02)
+        a03 = _vfma(s, _vload(w, q0 + o + 3 * W), a03)
+        a10 = _vfma(s, _vload(w, q1 + o + 0 * W), a10)
+        a11 = _vfma(s, _vload(w, q1 + o + 1 * W), a11)
+        a12 = _vfma(s, _vload(w, q1 + o + 2 * W), a12)
+        a13 = _vfma(s, _vload(w, q1 + o + 3 * W), a13)
+        a20 = _vfma(s, _vload(w, q2 + o + 0 * W), a20)
+        a21 = _vfma(s, _vload(w, q2 + o + 1 * W), a21)
+        a22 = _vfma(s, _vload(w, q2 + o + 2 * W), a22)
+        a23 = _vfma(s, _vload(w, q2 + o + 3 * W), a23)
+        a30 = _vfma(s, _vload(w, q3 + o + 0 * W), a30)
+        a31 = _vfma(s, _vload(w, q3 + o + 1 * W), a31)
+        a32 = _vfma(s, _vload(w, q3 + o + 2 * W), a32)
+        a33 = _vfma(s, _vload(w, q3 + o + 3 * W), a33)
+    _add_gates(gates, gi + off + 0 * W, H, min(W, H - off - 0 * W), a00, a01, a02, a03)
+    if nb > 1:
+        _add_gates(gates, gi + off + 1 * W, H, min(W, H - off - 1 * W), a10, a11, a12, a13)
+    if nb > 2:
+        _add_gates(gates, gi + off + 2 * W, H, min(W, H - off - 2 * W), a20, a21, a22, a23)
+    if nb > 3:
+        _add_gates(gates, gi + off + 3 * W, H, min(W, H - off - 3 * W), a30, a31, a32, a33)
+
+
+@njit(**_JIT)
+def _bwd_dot(G, dg, di, w, wi, mr, nb, out, oi, ldo, R, off, dy, dyi):
+    """out[rows, off + q*W:] = dg[rows] . w_hh (+ dy) for up to 4 rows x 4 blocks of W columns of
+    h (width R): dg rows at dg.flat[di + r*G], w_hh blocks [k][W] at w.flat[wi + q*G*W:], out rows
+    at out.flat[oi + r*ldo], dy (None or same layout as out) at dy.flat[dyi + r*ldo]. Rows past
+    mr and blocks past nb re-read the last one and are dropped."""
+    W = _width(out)
+    bs = G * W
+    d0 = di + min(0, mr - 1) * G
+    d1 = di + min(1, mr - 1) * G
+    d2 = di + min(2, mr - 1) * G
+    d3 = di + min(3, mr - 1) * G
+    q0 = wi + min(0, nb - 1) * bs
+    q1 = wi + min(1, nb - 1) * bs
+    q2 = wi + min(2, nb - 1) * bs
+    q3 = wi + min(3, nb - 1) * bs
+    z = _vzero(out)
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = z
+    for k in range(G):
+        o = k * W
+        w0 = _vload(w, q0 + o)
+        w1 = _vload(w, q1 + o)
+        w2 = _vload(w, q2 + o)
+        w3 = _vload(w, q3 + o)
+        s = _vset1(_ld(dg, d0 + k))
+        a00 = _vfma(s, w0, a00)
+        a01 = _vfma(s, w1, a01)
+        a02 = _vfma(s, w2, a02)
+        a03 = _vfma(s, w3, a03)
+        s = _vset1(_ld(dg, d1 + k))
+        a10 = _vfma(s, w0, a10)
+        a11 = _vfma(s, w1, a11)
+        a12 = _vfma(s, w2, a12)
+        a13 = _vfma(s, w3, a13)
+        s = _vset1(_ld(dg, d2 + k))
+        a20 = _vfma(s, w0, a20)
+        a21 = _vfma(s, w1, a21)
+        a22 = _vfma(s, w2, a22)
+        a23 = _vfma(s, w3, a23)
+        s = _vset1(_ld(dg, d3 + k))
+        a30 = _vfma(s, w0, a30)
+        a31 = _vfma(s, w1, a31)
+        a32 = _vfma(s, w2, a32)
+        a33 = _vfma(s, w3, a33)
+    _store_dh(out, oi + 0 * ldo, off + 0 * W, R, a00, dy, dyi + 0 * ldo)
+    if nb > 1:
+        _store_dh(out, oi + 0 * ldo, off + 1 * W, R, a01, dy, dyi + 0 * ldo)
+    if nb > 2:
+        _store_dh(out, oi + 0 * ldo, off + 2 * W, R, a02, dy, dyi + 0 * ldo)
+    if nb > 3:
+        _store_dh(out, oi + 0 * ldo, off + 3 * W, R, a03, dy, dyi + 0 * ldo)
+    if mr > 1:
+        _store_dh(out, oi + 1 * ldo, off + 0 * W, R, a10, dy, dyi + 1 * ldo)
+    if mr > 1 and nb > 1:
+        _store_dh(out, oi + 1 * ldo, off + 1 * W, R, a11, dy, dyi + 1 * ldo)
+    if mr > 1 and nb > 2:
+        _store_dh(out, oi + 1 * ldo, off + 2 * W, R, a12, dy, dyi + 1 * ldo)
+    if mr > 1 and nb > 3:
+        _store_dh(out, oi + 1 * ldo, off + 3 * W, R, a13, dy, dyi + 1 * ldo)
+    if mr > 2:
+        _store_dh(out, oi + 2 * ldo, off + 0 * W, R, a20, dy, dyi + 2 * ldo)
+    if mr > 2 and nb > 1:
+        _store_dh(out, oi + 2 * ldo, off + 1 * W, R, a21, dy, dyi + 2 * ldo)
+    if mr > 2 and nb > 2:
+        _store_dh(out, oi + 2 * ldo, off + 2 * W, R, a22, dy, dyi + 2 * ldo)
+    if mr > 2 and nb > 3:
+        _store_dh(out, oi + 2 * ldo, off + 3 * W, R, a23, dy, dyi + 2 * ldo)
+    if mr > 3:
+        _store_dh(out, oi + 3 * ldo, off + 0 * W, R, a30, dy, dyi + 3 * ldo)
+    if mr > 3 and nb > 1:
+        _store_dh(out, oi + 3 * ldo, off + 1 * W, R, a31, dy, dyi + 3 * ldo)
+    if mr > 3 and nb > 2:
+        _store_dh(out, oi + 3 * ldo, off + 2 * W, R, a32, dy, dyi + 3 * ldo)
+    if mr > 3 and nb > 3:
+        _store_dh(out, oi + 3 * ldo, off + 3 * W, R, a33, dy, dyi + 3 * ldo)
+
+
+# --- GEMM ----------------------------------------------------------------------------
+
+_MR = 8       # rows of the GEMM register tile (columns: NR = 2 vectors)
+_KC = 256     # k block: the B sliver KC x NR (32 KiB) stays in L1
+_MCT = 12     # row tiles per A block (96 rows x KC: ~96 KiB f32, in L2)
+
+
+@njit(**_JIT)
+def _split(n, q, nth):
+    """Start of part q of n items cut into nth contiguous parts."""
+    return n * q // nth
+
+
+@njit(**_JIT)
+def _gemm_part(M, N, K, a, sr, sk, bp, c, bias, p0, p1, mt0, mt1):
+    """C = A.B (+ bias[n]) for row tiles mt0..mt1 (of _MR rows) and column panels p0..p1.
+
+    A(m, k) = a.flat[m*sr + k*sk] (row-major: sr = lda, sk = 1; transposed: sr = 1, sk = lda);
+    B packed panels bp [ceil(N/NR)][K][NR]; C = c (M, N) C-contiguous; bias (N,) or None.
+    Each element of C: the k-ordered FMA chain of each KC block, blocks added in k order.
     """
-    B, H = c_t.shape
-    for r in range(B):
-        for j in range(H):
-            a[r, j] = _sigmoid(a[r, j] + b[j])
-        for j in range(H):
-            a[r, H + j] = _sigmoid(a[r, H + j] + b[H + j])
-        for j in range(H):
-            a[r, 2 * H + j] = _tanh(a[r, 2 * H + j] + b[2 * H + j])
-        for j in range(H):
-            a[r, 3 * H + j] = _sigmoid(a[r, 3 * H + j] + b[3 * H + j])
-        for j in range(H):
-            cv = a[r, H + j] * c_prev[r, j] + a[r, j] * a[r, 2 * H + j]
-            c_t[r, j] = cv
-            h_t[r, j] = a[r, 3 * H + j] * _tanh(cv)
+    W = _width(c)
+    NR = 2 * W
+    ldc = c.shape[1]
+    if K == 0:
+        for m in range(mt0 * _MR, min(M, mt1 * _MR)):
+            for n in range(p0 * NR, min(N, p1 * NR)):
+                c[m, n] = 0 if bias is None else bias[n]
+        return
+    for kb in range(0, K, _KC):
+        kc = min(_KC, K - kb)
+        for mb in range(mt0, mt1, _MCT):
+            me = min(mb + _MCT, mt1)
+            for p in range(p0, p1):
+                bi = (p * K + kb) * NR
+                nn = min(NR, N - p * NR)
+                for mt in range(mb, me):
+                    m0 = mt * _MR
+                    _gemm_ukr(kc, a, m0 * sr + kb * sk, sr, sk, bp, bi, c, m0 * ldc + p * NR, ldc,
+                              min(_MR, M - m0), nn, kb == 0, bias, p * NR)
+
+
+@njit(**_PJIT)
+def _gemm_par(M, N, K, a, sr, sk, bp, c, bias, nth):
+    """``_gemm_part`` over nth threads: output panels (or row tiles, whichever are more) split."""
+    W = _width(c)
+    NR = 2 * W
+    mtiles = (M + _MR - 1) // _MR
+    npan = (N + NR - 1) // NR
+    by_panels = npan >= mtiles
+    for q in prange(nth):
+        if by_panels:
+            _gemm_part(M, N, K, a, sr, sk, bp, c, bias, _split(npan, q, nth), _split(npan, q + 1, nth),
+                       0, mtiles)
+        else:
+            _gemm_part(M, N, K, a, sr, sk, bp, c, bias, 0, npan, _split(mtiles, q, nth),
+                       _split(mtiles, q + 1, nth))
+
+
+@njit(**_JIT)
+def _gemm(M, N, K, a, a_trans, bp, c, bias, nth):
+    """c[:M, :N] = op(a) @ B (+ bias): op(a) = a (M, K) or a^T (a (K, M)); B panels bp; nth threads."""
+    if M == 0 or N == 0:
+        return
+    ld = a.shape[1]
+    sr, sk = (1, ld) if a_trans else (ld, 1)
+    if nth > 1 and M * N * K >= 1 << 18:
+        _gemm_par(M, N, K, a, sr, sk, bp, c, bias, nth)
+    else:
+        NR = 2 * _width(c)
+        _gemm_part(M, N, K, a, sr, sk, bp, c, bias, 0, (N + NR - 1) // NR, 0, (M + _MR - 1) // _MR)
+
+
+@njit(**_JIT)
+def _pack_rows(src, r0, nrows, dst, k0):
+    """Rows r0.. of src (., Nc) into packed panels dst [ceil(Nc/NR)][K][NR] at rows k0.. (zero padded)."""
+    NR = dst.shape[2]
+    Nc = src.shape[1]
+    for p in range(dst.shape[0]):
+        n0 = p * NR
+        nn = min(NR, Nc - n0)
+        for r in range(nrows):
+            s = src[r0 + r]
+            d = dst[p, k0 + r]
+            for l in range(nn):
+                d[l] = s[n0 + l]
+            for l in range(nn, NR):
+                d[l] = 0
+
+
+def _panels(w, NR):
+    """Packed B panels [ceil(N/NR)][K][NR] of the K x N matrix w (NumPy, at pack time)."""
+    K, N = w.shape
+    npan = (N + NR - 1) // NR
+    pad = np.zeros((K, npan * NR), w.dtype)
+    pad[:, :N] = w
+    return np.ascontiguousarray(pad.reshape(K, npan, NR).transpose(1, 0, 2))
+
+
+# --- forward -------------------------------------------------------------------------
 
 
 @njit(**_JIT)
@@ -361,36 +808,102 @@ def _check_steps(batch_sizes, N, B):
 
 
 @njit(**_JIT)
-def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, w_hr, y, h_n, c_n, gates, c, m):
+def _fwd_cell(gates_t, cp, c_t, h_t, r0, mr, H, u0, nu):
+    """Elementwise update of rows r0..r0+mr, units u0..u0+nu, one vector at a time: activate
+    the pre-activations in gates_t in place, c_t = f*c_prev + i*g, h_t = o*tanh(c_t)."""
+    W = _width(gates_t)
+    G = 4 * H
+    for r in range(r0, r0 + mr):
+        for u in range(u0, u0 + nu, W):
+            k = min(W, u0 + nu - u)
+            gi = r * G + u
+            i = _vsigmoid(_vload_n(gates_t, gi, k))
+            f = _vsigmoid(_vload_n(gates_t, gi + H, k))
+            g = _vtanh(_vload_n(gates_t, gi + 2 * H, k))
+            o = _vsigmoid(_vload_n(gates_t, gi + 3 * H, k))
+            _vstore_n(gates_t, gi, i, k)
+            _vstore_n(gates_t, gi + H, f, k)
+            _vstore_n(gates_t, gi + 2 * H, g, k)
+            _vstore_n(gates_t, gi + 3 * H, o, k)
+            ci = r * H + u
+            cv = f * _vload_n(cp, ci, k) + i * g
+            _vstore_n(c_t, ci, cv, k)
+            _vstore_n(h_t, ci, o * _vtanh(cv), k)
+
+
+@njit(**_JIT)
+def _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, j0, j1, rev):
+    """One step for rows 0..n, hidden blocks j0..j1 (W units each): h_prev hp (n, R), c_prev cp,
+    gates_t (n, 4H) holding the input projection, c_t, h_t (n, H) written. ``rev`` sweeps the
+    blocks last to first (odd steps: the next step starts on the w_hh lines last used, as the
+    C kernel); blocks are independent, so the values do not change."""
+    W = _width(gates_t)
+    G = 4 * H
+    bs = R * 4 * W
+    if n == 1:   # one row: 1 x 4-block tiles (16 accumulators)
+        for j in range(j0, j1, 4):
+            nb = min(4, j1 - j)
+            off = j * W
+            _fwd_dot1(R, hp, 0, w, j * bs, nb, gates_t, 0, H, off)
+            _fwd_cell(gates_t, cp, c_t, h_t, 0, 1, H, off, min(nb * W, H - off))
+        return
+    nblk = j1 - j0
+    for it in range(nblk):
+        j = j0 + (nblk - 1 - it if rev else it)
+        off = j * W
+        nv = min(W, H - off)
+        for r0 in range(0, n, 4):
+            mr = min(4, n - r0)
+            _fwd_dot4(R, hp, r0 * R, w, j * bs, gates_t, r0 * G + off, G, H, mr, nv)
+            _fwd_cell(gates_t, cp, c_t, h_t, r0, mr, H, off, nv)
+
+
+@njit(**_PJIT)
+def _fwd_step_par(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, nth):
+    nblk = (H + _width(gates_t) - 1) // _width(gates_t)
+    for q in prange(nth):
+        _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, _split(nblk, q, nth), _split(nblk, q + 1, nth), rev)
+
+
+@njit(**_JIT)
+def _fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, nth):
+    """Step t on nth threads (hidden blocks split)."""
+    if nth > 1:
+        _fwd_step_par(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, nth)
+    else:
+        _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, 0, (H + _width(gates_t) - 1) // _width(gates_t), rev)
+
+
+@njit(**_JIT)
+def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, gates, c, m, nth):
     """Forward pass into caller-provided outputs, packed layout (see module docstring).
 
-    x (N, I), y (N, P), gates (N, 4H), c (N, H) with N = sum(batch_sizes);
-    step t's rows start at sum(batch_sizes[:t]) and only its first
-    batch_sizes[t] sequences advance. ``b`` is (4H,) (zeros when the layer has
-    no bias). ``w_hr`` (P, H) or None; ``m`` (B, H) is workspace for the
-    unprojected hidden state when ``w_hr`` is given, else None. Returns nothing.
+    x (N, I), y (N, R), gates (N, 4H), c (N, H) with N = sum(batch_sizes); step t's rows
+    start at sum(batch_sizes[:t]) and only its first batch_sizes[t] sequences advance.
+    Weights as ``pack`` makes them: ``wih_t`` panels, ``whh_f``, ``b`` (4H,), ``whr_t``
+    panels or None; ``m`` (B, H) workspace with a projection, else None. ``nth`` threads.
     """
     N, I = x.shape
-    B, P = h0.shape
+    B, R = h0.shape
     H = c0.shape[1]
     G = 4 * H
     T = batch_sizes.shape[0]
     _check_steps(batch_sizes, N, B)
-    _gemm(_N, _T, N, G, I, 1.0, x, w_ih, 0.0, gates)   # hoisted input projection
+    _gemm(N, G, I, x, False, wih_t, gates, b, nth)   # hoisted input projection + bias
     off = 0
     prev = 0
     for t in range(T):
         n = batch_sizes[t]
-        a = gates[off:off + n]
+        if n == 0:
+            break
         # the n active sequences were all active at t - 1 (non-increasing sizes)
-        h_prev = h0[:n] if t == 0 else y[prev:prev + n]
-        c_prev = c0[:n] if t == 0 else c[prev:prev + n]
-        _gemm(_N, _T, n, G, P, 1.0, h_prev, w_hh, 1.0, a)
-        if w_hr is None:
-            _gate_step(a, b, c_prev, c[off:off + n], y[off:off + n])
+        hp = h0[:n] if t == 0 else y[prev:prev + n]
+        cp = c0[:n] if t == 0 else c[prev:prev + n]
+        if whr_t is None:
+            _fwd_step(n, H, R, whh_f, hp, cp, gates[off:off + n], c[off:off + n], y[off:off + n], t & 1, nth)
         else:
-            _gate_step(a, b, c_prev, c[off:off + n], m[:n])
-            _gemm(_N, _T, n, P, H, 1.0, m[:n], w_hr, 0.0, y[off:off + n])
+            _fwd_step(n, H, R, whh_f, hp, cp, gates[off:off + n], c[off:off + n], m[:n], t & 1, nth)
+            _gemm(n, R, H, m[:n], False, whr_t, y[off:off + n], None, nth)
         prev = off
         off += n
     # final states: sequence r's last step is the last t with batch_sizes[t] > r
@@ -406,159 +919,204 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, w_hr, y, h_n, c_n, gates
         off += n
 
 
-@njit(**_JIT)
-def _gate_grad_step(g, c_prev, c_t, dy_t, dm, dc, dg, m):
-    """Elementwise backward for one step (n active rows).
-
-    ``dm`` is the gradient reaching m_t = o * tanh(c_t): without a projection
-    that is dh, and ``dy_t`` is added to it here first; with one the caller
-    has formed it (dh @ w_hr) and passes ``dy_t`` None. Writes dgates ``dg``,
-    turns ``dc`` into the gradient reaching c_{t-1}, and stores m_t into ``m``
-    unless it is None. One short sweep per output segment, for the same
-    vectorisation reason as ``_gate_step``.
-    """
-    B, H = c_t.shape
-    one = _one(c_t)
-    for r in range(B):
-        if dy_t is not None:
-            for j in range(H):
-                dm[r, j] += dy_t[r, j]
-        for j in range(H):
-            tc = _tanh(c_t[r, j])
-            og = g[r, 3 * H + j]
-            dc[r, j] += dm[r, j] * og * (one - tc * tc)
-            dg[r, 3 * H + j] = dm[r, j] * tc * og * (one - og)
-        if m is not None:
-            for j in range(H):
-                m[r, j] = g[r, 3 * H + j] * _tanh(c_t[r, j])
-        for j in range(H):
-            ig = g[r, j]
-            dg[r, j] = dc[r, j] * g[r, 2 * H + j] * ig * (one - ig)
-        for j in range(H):
-            fg = g[r, H + j]
-            dg[r, H + j] = dc[r, j] * c_prev[r, j] * fg * (one - fg)
-        for j in range(H):
-            gg = g[r, 2 * H + j]
-            dg[r, 2 * H + j] = dc[r, j] * g[r, j] * (one - gg * gg)
-        for j in range(H):
-            dc[r, j] *= g[r, H + j]
+# --- backward ------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def _aligned(batch_sizes):
-    """True if the rows of steps 1..T-1 follow those of their previous steps
-    contiguously (row r of step t <-> row r of step t-1), so that the h_{t-1}
-    rows for dw_hh are y[:N - batch_sizes[0]] itself: every size but the last
-    equals the first (always so without variable lengths)."""
-    T = batch_sizes.shape[0]
-    for t in range(1, T - 1):
-        if batch_sizes[t] != batch_sizes[0]:
-            return False
-    return True
+def _bwd_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu):
+    """Gate gradients of rows 0..n, units u0..u0+nu, of one step, one vector at a time. ``dm``
+    (., H) is the gradient reaching m_t = o*tanh(c_t) (dh without a projection, dy included).
+    Writes dg_t, turns ``dc`` into the gradient reaching c_{t-1}, and stores m_t into
+    ``m_out`` unless None."""
+    W = _width(dm)
+    G = 4 * H
+    for r in range(n):
+        for u in range(u0, u0 + nu, W):
+            k = min(W, u0 + nu - u)
+            gi = r * G + u
+            ci = r * H + u
+            i = _vload_n(gates_t, gi, k)
+            f = _vload_n(gates_t, gi + H, k)
+            g = _vload_n(gates_t, gi + 2 * H, k)
+            o = _vload_n(gates_t, gi + 3 * H, k)
+            tc = _vtanh(_vload_n(c_t, ci, k))
+            d = _vload_n(dm, ci, k)
+            dcv = _vload_n(dc, ci, k) + d * o * (1.0 - tc * tc)
+            _vstore_n(dg_t, gi + 3 * H, d * tc * o * (1.0 - o), k)
+            if m_out is not None:
+                _vstore_n(m_out, ci, o * tc, k)
+            _vstore_n(dg_t, gi, dcv * g * i * (1.0 - i), k)
+            _vstore_n(dg_t, gi + H, dcv * _vload_n(cprev, ci, k) * f * (1.0 - f), k)
+            _vstore_n(dg_t, gi + 2 * H, dcv * i * (1.0 - g * g), k)
+            _vstore_n(dc, ci, dcv * f, k)
 
 
 @njit(**_JIT)
-def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, w_hr,
-                  dgates, h_prev, dm, dh_all, m_all, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr):
+def _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
+    """dh of rows 0..n, column blocks q0..q1 (W wide) of h (width R), into out (., R): rows
+    below nn (active at t+1) get dg_next . w_hh, rows nn..n (last step t) dh_n; plus dy_t
+    unless None."""
+    W = _width(out)
+    for j in range(q0, q1, 4):
+        nb = min(4, q1 - j)
+        for r0 in range(0, nn, 4):
+            _bwd_dot(G, dg_next, r0 * G, whh_b, j * G * W, min(4, nn - r0), nb, out, r0 * R, R, R, j * W,
+                     dy_t, r0 * R)
+        u1 = min(R, (j + nb) * W)
+        for r in range(nn, n):
+            o = out[r]
+            s = dh_n[r]
+            if dy_t is None:
+                for u in range(j * W, u1):
+                    o[u] = s[u]
+            else:
+                d = dy_t[r]
+                for u in range(j * W, u1):
+                    o[u] = s[u] + d[u]
+
+
+@njit(**_PJIT)
+def _bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, nth):
+    nblk = (R + _width(out) - 1) // _width(out)
+    for q in prange(nth):
+        _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, _split(nblk, q, nth), _split(nblk, q + 1, nth))
+
+
+@njit(**_JIT)
+def _bwd_dh_step(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, nth):
+    if nth > 1:
+        _bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, nth)
+    else:
+        _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, 0, (R + _width(out) - 1) // _width(out))
+
+
+@njit(**_JIT)
+def _bwd_blocks(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, j0, j1):
+    """One backward step without a projection, hidden blocks j0..j1, fused per 4 blocks: the dh
+    tile (dg_next . w_hh + dy) into dhs, then the gate gradients of the same units."""
+    W = _width(dhs)
+    for j in range(j0, j1, 4):
+        j2 = min(j + 4, j1)
+        _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2)
+        _bwd_cell(n, H, dhs, gates_t, c_t, cprev, dc, dg_t, None, j * W, min(H, j2 * W) - j * W)
+
+
+@njit(**_PJIT)
+def _bwd_step_par(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, nth):
+    nblk = (H + _width(dhs) - 1) // _width(dhs)
+    for q in prange(nth):
+        _bwd_blocks(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t,
+                    _split(nblk, q, nth), _split(nblk, q + 1, nth))
+
+
+@njit(**_PJIT)
+def _bwd_cell_par(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, nth):
+    W = _width(dm)
+    nblk = (H + W - 1) // W
+    for q in prange(nth):
+        u0 = _split(nblk, q, nth) * W
+        u1 = min(H, _split(nblk, q + 1, nth) * W)
+        if u1 > u0:
+            _bwd_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, u1 - u0)
+
+
+@njit(**_JIT)
+def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes,
+                  dgates, dhs, xpan, hpan, dm, dh_all, m_all, mpan,
+                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, nth):
     """Backpropagation through time into caller-provided outputs, packed layout.
 
-    Workspace: ``dgates`` (N, 4H); ``h_prev`` (N - batch_sizes[0], P), the
-    gathered h_{t-1} rows for dw_hh, used only when the steps are not
-    ``_aligned`` (else it may have 0 rows); with ``w_hr`` (P, H): ``dm``
-    (B, H), ``dh_all`` (N, P), ``m_all`` (N, H) and output ``dw_hr`` (P, H),
-    all None without. ``dh0``/``dc0`` double as the running dh/dc (rows of
-    inactive sequences pass through). Returns nothing.
+    Weights as ``pack`` makes them (``wih``, ``whh_b`` and ``whr`` or None). Workspace:
+    ``dgates`` (N, 4H), ``dhs`` (B, H) the dh of a step, ``xpan``/``hpan`` panels
+    [ceil(I/NR)][N][NR] / [ceil(R/NR)][N][NR] for x and the h_{t-1} rows; with a
+    projection ``dm`` (B, H), ``dh_all`` (N, R), ``m_all`` (N, H), ``mpan``
+    [ceil(H/NR)][N][NR] and output ``dw_hr`` (R, H), all None without. ``dc0`` doubles
+    as the running dc (rows of inactive sequences pass through). ``nth`` threads.
     """
     N, I = x.shape
-    B, P = h0.shape
+    B, R = h0.shape
     H = c0.shape[1]
     G = 4 * H
     T = batch_sizes.shape[0]
     _check_steps(batch_sizes, N, B)
-    dh0[:] = dh_n
     dc0[:] = dc_n
     off = N
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         off -= n
+        if n == 0:
+            continue
+        nn = batch_sizes[t + 1] if t + 1 < T else 0
         prev = off - batch_sizes[t - 1] if t > 0 else 0
-        c_prev = c0[:n] if t == 0 else c[prev:prev + n]
-        g = gates[off:off + n]
-        dg = dgates[off:off + n]
-        if w_hr is None:
-            _gate_grad_step(g, c_prev, c[off:off + n], dy[off:off + n], dh0[:n], dc0[:n], dg, None)
+        cprev = c0[:n] if t == 0 else c[prev:prev + n]
+        dg_next = dgates[off + n:off + n + nn]
+        g_t = gates[off:off + n]
+        c_t = c[off:off + n]
+        dg_t = dgates[off:off + n]
+        dy_t = dy[off:off + n]
+        if whr is None:
+            if nth > 1:
+                _bwd_step_par(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, g_t, c_t, cprev, dc0, dg_t, nth)
+            else:
+                _bwd_blocks(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, g_t, c_t, cprev, dc0, dg_t,
+                            0, (H + _width(dhs) - 1) // _width(dhs))
         else:
             dha = dh_all[off:off + n]
-            for r in range(n):
-                for j in range(P):
-                    dha[r, j] = dh0[r, j] + dy[off + r, j]
-            _gemm(_N, _N, n, H, P, 1.0, dha, w_hr, 0.0, dm[:n])
-            _gate_grad_step(g, c_prev, c[off:off + n], None, dm[:n], dc0[:n], dg, m_all[off:off + n])
-        _gemm(_N, _N, n, P, G, 1.0, dg, w_hh, 0.0, dh0[:n])
-    # whole-sequence products over all N rows, after the loop
-    _gemm(_N, _N, N, I, G, 1.0, dgates, w_ih, 0.0, dx)
-    _gemm(_T, _N, G, I, N, 1.0, dgates, x, 0.0, dw_ih)
+            _bwd_dh_step(G, dg_next, nn, n, whh_b, dh_n, dy_t, dha, R, nth)
+            _gemm(n, H, R, dha, False, whr, dm[:n], None, nth)
+            if nth > 1:
+                _bwd_cell_par(n, H, dm, g_t, c_t, cprev, dc0, dg_t, m_all[off:off + n], nth)
+            else:
+                _bwd_cell(n, H, dm, g_t, c_t, cprev, dc0, dg_t, m_all[off:off + n], 0, H)
     n0 = batch_sizes[0] if T > 0 else 0
-    _gemm(_T, _N, G, P, n0, 1.0, dgates[:n0], h0[:n0], 0.0, dw_hh)   # zeros when n0 = 0
-    N1 = N - n0
-    if N1 > 0:
-        if _aligned(batch_sizes):
-            src = y[:N1]
-        else:
-            if h_prev.shape[0] < N1:
-                raise ValueError("h_prev workspace too small for these batch_sizes")
-            off = n0
-            prev = 0
-            for t in range(1, T):
-                n = batch_sizes[t]
-                h_prev[off - n0:off - n0 + n] = y[prev:prev + n]
-                prev = off
-                off += n
-            src = h_prev[:N1]
-        _gemm(_T, _N, G, P, N1, 1.0, dgates[n0:], src, 1.0, dw_hh)
+    _bwd_dh_step(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, nth)
+    # whole-sequence products over all N rows, after the loop
+    _gemm(N, I, G, dgates, False, wih, dx, None, nth)
+    _pack_rows(x, 0, N, xpan, 0)
+    _gemm(G, I, N, dgates, True, xpan, dw_ih, None, nth)
+    _pack_rows(h0, 0, n0, hpan, 0)            # h_{t-1} of row k: h0 at t = 0, else y of step t-1
+    off = n0
+    prev = 0
+    for t in range(1, T):
+        n = batch_sizes[t]
+        _pack_rows(y, prev, n, hpan, off)
+        prev = off
+        off += n
+    _gemm(G, R, N, dgates, True, hpan, dw_hh, None, nth)
     db[:] = 0
     for r in range(N):
         dr = dgates[r]
         for j in range(G):
             db[j] += dr[j]
-    if w_hr is not None:
-        _gemm(_T, _N, P, H, N, 1.0, dh_all, m_all, 0.0, dw_hr)
+    if whr is not None:
+        _pack_rows(m_all, 0, N, mpan, 0)
+        _gemm(R, H, N, dh_all, True, mpan, dw_hr, None, nth)
 
 
-# --- threads -------------------------------------------------------------------
+# --- threads -------------------------------------------------------------------------
 
 
-def _find_blas_threads_setter():
-    """OpenBLAS's thread-local ``openblas_set_num_threads_local`` from SciPy's BLAS, or None.
-
-    Thread-local, so setting it around a kernel call (and restoring it) leaves
-    other threads' BLAS settings alone.
-    """
-    import ctypes
-    import glob
-
+def _usable_cpus():
     try:
-        import scipy
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
-    except ImportError:
-        return None
-    pattern = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs", "*openblas*.so*")
-    for path in sorted(glob.glob(pattern)):
-        try:
-            fn = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int]
-        return fn
-    return None
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
-_set_blas_threads = _find_blas_threads_setter()
+def threads_for(T, B, I, H, num_threads):
+    """Threads the kernels use: ``num_threads`` clamped to the usable CPUs (and Numba's pool),
+    or for 0 the C kernel's per-shape rule (lstm_resolve_threads): a second thread only once a
+    step does >= 4e6 multiply-adds and the whole pass >= 1e8."""
+    cap = max(1, min(_usable_cpus(), numba.config.NUMBA_NUM_THREADS))
+    if num_threads and num_threads > 0:
+        return min(int(num_threads), cap)
+    step = B * 4 * H * H
+    total = T * B * 4 * H * (H + I)
+    return 2 if cap >= 2 and step >= 4.0e6 and total >= 1.0e8 else 1
 
 
-class _blas_threads:
-    """Context manager: BLAS threads of the calling thread set to ``n`` for the duration."""
+class _numba_threads:
+    """``numba.set_num_threads(n)`` for the duration of a call (thread-local), then restored."""
 
     __slots__ = ("n", "old")
 
@@ -566,23 +1124,41 @@ class _blas_threads:
         self.n = n
 
     def __enter__(self):
-        if _set_blas_threads is not None:
-            self.old = _set_blas_threads(self.n)
+        self.old = numba.get_num_threads()
+        if self.old != self.n:
+            numba.set_num_threads(self.n)
 
     def __exit__(self, *exc):
-        if _set_blas_threads is not None:
-            _set_blas_threads(self.old)
+        if self.old != self.n:
+            numba.set_num_threads(self.old)
 
 
-# --- backend contract (see _backends.py) ---------------------------------------
+# --- backend contract (see _backends.py) -----------------------------------------------
 
 SUPPORTS_PROJECTION = True
 
 
 def pack(w_ih, w_hh, b, w_hr=None):
-    if b is None:
-        b = np.zeros(w_hh.shape[0], w_hh.dtype)
-    return (w_ih, w_hh, b, w_hr)
+    """Weights in the kernels' layout (module docstring): a tuple
+    (wih_t, wih, whh_f, whh_b, b, whr_t, whr), the last two None without a projection."""
+    dt = w_hh.dtype
+    W = 64 // dt.itemsize
+    NR = 2 * W
+    G, R = w_hh.shape
+    H = G // 4
+    nblk = (H + W - 1) // W
+    wf = np.zeros((4, nblk * W, R), dt)
+    wf[:, :H] = w_hh.reshape(4, H, R)
+    whh_f = np.ascontiguousarray(wf.reshape(4, nblk, W, R).transpose(1, 3, 0, 2))   # [blk][k][g][W]
+    rblk = (R + W - 1) // W
+    wb = np.zeros((G, rblk * W), dt)
+    wb[:, :R] = w_hh
+    whh_b = np.ascontiguousarray(wb.reshape(G, rblk, W).transpose(1, 0, 2))         # [blk][k][W]
+    b = np.zeros(G, dt) if b is None else np.ascontiguousarray(b, dt)
+    whr_t = whr = None
+    if w_hr is not None:
+        whr_t, whr = _panels(w_hr.T, NR), _panels(w_hr, NR)
+    return (_panels(w_ih.T, NR), _panels(w_ih, NR), whh_f, whh_b, b, whr_t, whr)
 
 
 def _packed_steps(x, batch_sizes):
@@ -594,55 +1170,63 @@ def _packed_steps(x, batch_sizes):
     return x, np.ascontiguousarray(batch_sizes, dtype=np.int64), None
 
 
+def _nth(num_threads, bs, I, H):
+    return threads_for(len(bs), int(bs[0]) if len(bs) else 0, I, H, num_threads)
+
+
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None):
-    w_ih, w_hh, b, w_hr = packed
+    wih_t, _, whh_f, _, b, whr_t, _ = packed
     xp, bs, padded = _packed_steps(x, batch_sizes)
-    N = xp.shape[0]
-    B, P = h0.shape
-    H = w_hh.shape[0] // 4
+    N, I = xp.shape
+    B, R = h0.shape
+    H = c0.shape[1]
     dt = x.dtype
-    y = np.empty((N, P), dt)
-    h_n = np.empty((B, P), dt)
+    y = np.empty((N, R), dt)
+    h_n = np.empty((B, R), dt)
     c_n = np.empty((B, H), dt)
     gates = np.empty((N, 4 * H), dt)
     c = np.empty((N, H), dt)
-    m = None if w_hr is None else np.empty((B, H), dt)
-    with _blas_threads(1):
-        lstm_forward(xp, w_ih, w_hh, b, h0, c0, bs, w_hr, y, h_n, c_n, gates, c, m)
+    m = None if whr_t is None else np.empty((B, H), dt)
+    nth = _nth(num_threads, bs, I, H)
+    with _numba_threads(nth):
+        lstm_forward(xp, wih_t, whh_f, b, whr_t, h0, c0, bs, y, h_n, c_n, gates, c, m, nth)
     if padded is not None:
         T, B = padded
-        y, gates, c = y.reshape(T, B, P), gates.reshape(T, B, 4 * H), c.reshape(T, B, H)
+        y, gates, c = y.reshape(T, B, R), gates.reshape(T, B, 4 * H), c.reshape(T, B, H)
     return y, h_n, c_n, gates, c
 
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None):
-    w_ih, w_hh, _, w_hr = packed
+    _, wih, _, whh_b, _, _, whr = packed
     xp, bs, padded = _packed_steps(x, batch_sizes)
     N, I = xp.shape
-    B, P = h0.shape
-    H = w_hh.shape[0] // 4
+    B, R = h0.shape
+    H = c0.shape[1]
     dt = x.dtype
+    NR = 2 * (64 // dt.itemsize)
     y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
+    pan = lambda cols: np.empty(((cols + NR - 1) // NR, N, NR), dt)
     dgates = np.empty((N, 4 * H), dt)
-    n0 = int(bs[0]) if len(bs) else 0
-    aligned = len(bs) < 3 or bool(np.all(bs[1:-1] == bs[0]))   # as _aligned
-    h_prev = np.empty((0 if aligned else max(N - n0, 0), P), dt)
     dx = np.empty((N, I), dt)
     dw_ih = np.empty((4 * H, I), dt)
-    dw_hh = np.empty((4 * H, P), dt)
+    dw_hh = np.empty((4 * H, R), dt)
     db = np.empty(4 * H, dt)
-    dh0 = np.empty((B, P), dt)
+    dh0 = np.empty((B, R), dt)
     dc0 = np.empty((B, H), dt)
-    if w_hr is None:
-        dm = dh_all = m_all = dw_hr = None
+    if whr is None:
+        dhs = np.empty((B, H), dt)
+        dm = dh_all = m_all = mpan = dw_hr = None
     else:
-        dm, dh_all, m_all = np.empty((B, H), dt), np.empty((N, P), dt), np.empty((N, H), dt)
-        dw_hr = np.empty((P, H), dt)
-    with _blas_threads(1):
-        lstm_backward(xp, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, bs, w_hr,
-                      dgates, h_prev, dm, dh_all, m_all, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr)
+        dhs = np.empty((0, H), dt)
+        dm, dh_all, m_all = np.empty((B, H), dt), np.empty((N, R), dt), np.empty((N, H), dt)
+        mpan, dw_hr = pan(H), np.empty((R, H), dt)
+    nth = _nth(num_threads, bs, I, H)
+    with _numba_threads(nth):
+        lstm_backward(xp, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, bs,
+                      dgates, dhs, pan(I), pan(R), dm, dh_all, m_all, mpan,
+                      dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, nth)
     if padded is not None:
         dx = dx.reshape(x.shape)
-    if w_hr is None:
+    if whr is None:
         return dx, dw_ih, dw_hh, db, dh0, dc0
     return dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr
