@@ -342,7 +342,9 @@ INLINE vec FN(vtanh)(vec z)
  * a_trans. B is K x N: either prepacked panels [N/NR][K][NR] (bpacked), or
  * row-major b[k*ldb + n]; or, if offs is set (K = offs[nsteps] packed rows of
  * variable-length steps), the h_{t-1} rows of row k = offs[t] + r: b0[r*ldb + n]
- * at t = 0, else b[(offs[t-1] + r)*ldb + n].
+ * at t = 0, else b[(offs[t-1] + r)*ldb + n]. With bx set, columns n < nx of raw B
+ * are bx[k*ldbx + n] instead, and the sources above give columns nx..N-1 (as
+ * their n - nx): B = [x | h_prev] for dw_ih and dw_hh in one product.
  * C (M x N, ldc) = A.B + bias[n] (bias may be NULL). */
 typedef struct {
     int64_t M, N, K;
@@ -354,6 +356,8 @@ typedef struct {
     int64_t ldb;
     const int64_t *offs;
     int64_t nsteps;
+    const TYPE *bx;
+    int64_t ldbx, nx;
     const TYPE *bias;
     TYPE *c;
     int64_t ldc;
@@ -427,6 +431,17 @@ KERNEL void FN(pack_b)(const FN(gemm_args) *g, int64_t kb, int64_t kc, int64_t p
                     t++;
                 int64_t r = row - g->offs[t];
                 src = t ? g->b + (g->offs[t - 1] + r) * g->ldb : g->b0 + r * g->ldb;
+            }
+            if (g->bx) {
+                if (n0 < g->nx) {   /* columns from x, then maybe from the other source */
+                    int64_t nxp = g->nx - n0 < nn ? g->nx - n0 : nn;
+                    memcpy(dst + k * NR, g->bx + row * g->ldbx + n0, (size_t)nxp * sizeof(TYPE));
+                    memcpy(dst + k * NR + nxp, src, (size_t)(nn - nxp) * sizeof(TYPE));
+                    for (int64_t n = nn; n < NR; n++)
+                        dst[k * NR + n] = 0;
+                    continue;
+                }
+                src -= g->nx;
             }
             src += n0;
             if (nn == NR) {
@@ -1070,6 +1085,7 @@ typedef struct {
     TYPE *dm;           /* [B,H]  projection: dLoss/dm of the step */
     TYPE *dh_all;       /* [N,P]  projection: dLoss/dh of every step */
     TYPE *m_all;        /* [N,H]  projection: m = o*tanh(c) of every step */
+    TYPE *dw_cat;       /* [4H, I+R]  [dw_ih | dw_hh] as one product */
     TYPE *ws;
 } FN(bwd_ctx);
 
@@ -1318,28 +1334,54 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     }
     FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, NULL, ctx->dh0);
 
+    /* [dw_ih | dw_hh] = dgates^T . [x | h_prev]. When dgates^T is packed (a large
+     * N * 4H), as one product, so that it is packed once, then split into the
+     * two outputs (measured at (32,64,256,256) f32: two products spent 14% of
+     * the backward packing; one: 22.0 -> 21.1 ms); else as two products, which
+     * read it in place (one costs a barrier and a copy: 26.3 -> 27.6 us at
+     * (6,32,3,32)). Either way each element is the same sum in the same order. */
     FN(gemm_args) g = {0};
     g.M = G;
     g.K = N;
     g.a = ctx->dgates;
     g.lda = ldg;
     g.a_trans = 1;
-    g.N = I;
-    g.b = ctx->x;
-    g.ldb = I;
-    g.c = ctx->dw_ih;
-    g.ldc = I;
-    FN(gemm)(&g, ws, tid, nth);
-
-    g.N = R;
-    g.b = ctx->y;
-    g.b0 = ctx->h0;
-    g.offs = offs;
-    g.nsteps = T;
-    g.ldb = R;
-    g.c = ctx->dw_hh;
-    g.ldc = R;
-    FN(gemm)(&g, ws, tid, nth);
+    if (N * ldg * (int64_t)sizeof(TYPE) > (256 << 10)) {
+        g.N = I + R;
+        g.bx = ctx->x;
+        g.ldbx = I;
+        g.nx = I;
+        g.b = ctx->y;
+        g.b0 = ctx->h0;
+        g.offs = offs;
+        g.nsteps = T;
+        g.ldb = R;
+        g.c = ctx->dw_cat;
+        g.ldc = I + R;
+        FN(gemm)(&g, ws, tid, nth);
+        lstm_barrier_wait(bar, nth);
+        for (int64_t m = FN(split)(G, tid, nth); m < FN(split)(G, tid + 1, nth); m++) {
+            memcpy(ctx->dw_ih + m * I, ctx->dw_cat + m * (I + R), (size_t)I * sizeof(TYPE));
+            memcpy(ctx->dw_hh + m * R, ctx->dw_cat + m * (I + R) + I,
+                   (size_t)R * sizeof(TYPE));
+        }
+    } else {
+        g.N = I;
+        g.b = ctx->x;
+        g.ldb = I;
+        g.c = ctx->dw_ih;
+        g.ldc = I;
+        FN(gemm)(&g, ws, tid, nth);
+        g.N = R;
+        g.b = ctx->y;
+        g.b0 = ctx->h0;
+        g.offs = offs;
+        g.nsteps = T;
+        g.ldb = R;
+        g.c = ctx->dw_hh;
+        g.ldc = R;
+        FN(gemm)(&g, ws, tid, nth);
+    }
 
     if (P) {
         FN(gemm_args) gr = {0};
@@ -1369,12 +1411,35 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
 
     int64_t nvec = (G + V - 1) / V;
     int64_t v0 = FN(split)(nvec, tid, nth), v1 = FN(split)(nvec, tid + 1, nth);
-    for (int64_t q = v0; q < v1; q++) {
-        int n = G - q * V < V ? (int)(G - q * V) : V;
-        vec s = (vec){0};
-        for (int64_t m = 0; m < N; m++)
-            s = s + FN(vload_n)(ctx->dgates + m * ldg + q * V, n);
-        FN(vstore_n)(ctx->db + q * V, s, n);
+    /* db = column sums of dgates, each in row order, DBQ vectors (DBQ*V columns)
+     * per sweep over the rows: a sweep of one vector column strides by ldg and
+     * cost 5% of the backward at (32,64,256,256). */
+    enum { DBQ = 8 };
+    for (int64_t q0 = v0; q0 < v1; q0 += DBQ) {
+        int nq = v1 - q0 < DBQ ? (int)(v1 - q0) : DBQ;
+        vec s[DBQ];
+        int cnt[DBQ];
+        for (int i = 0; i < DBQ; i++) {
+            int64_t left = G - (q0 + i) * V;
+            cnt[i] = i < nq ? (left < V ? (int)left : V) : 0;
+            s[i] = (vec){0};
+        }
+        if (nq == DBQ && cnt[DBQ - 1] == V) {
+            for (int64_t m = 0; m < N; m++) {
+                const TYPE *row = ctx->dgates + m * ldg + q0 * V;
+#pragma GCC unroll 8
+                for (int i = 0; i < DBQ; i++)
+                    s[i] = s[i] + FN(vload)(row + i * V);
+            }
+        } else {
+            for (int64_t m = 0; m < N; m++) {
+                const TYPE *row = ctx->dgates + m * ldg + q0 * V;
+                for (int i = 0; i < nq; i++)
+                    s[i] = s[i] + FN(vload_n)(row + i * V, cnt[i]);
+            }
+        }
+        for (int i = 0; i < nq; i++)
+            FN(vstore_n)(ctx->db + (q0 + i) * V, s[i], cnt[i]);
     }
 }
 
@@ -1383,9 +1448,9 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
 static size_t FN(bwd_ws_size)(int64_t T, int64_t N, int64_t B, int64_t I, int64_t H, int64_t P,
                               int nth)
 {
-    (void)I;
     int64_t s = (int64_t)sizeof(TYPE);
-    int64_t bytes = FN(offs_bytes)(T) + ALIGN64(N * FN(dg_ld)(H) * s);
+    int64_t bytes = FN(offs_bytes)(T) + ALIGN64(N * FN(dg_ld)(H) * s) +
+                    ALIGN64(4 * H * (I + (P ? P : H)) * s);
     if (P)
         bytes += ALIGN64(B * H * s) + ALIGN64(N * P * s) + ALIGN64(N * H * s);
     return (size_t)bytes + (size_t)FN(gemm_ws_total)(4 * H, nth, 1) * sizeof(TYPE) + 64;
@@ -1411,6 +1476,8 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     wsb += FN(offs_bytes)(T);
     TYPE *dgates = (TYPE *)wsb;
     wsb += ALIGN64(N * ldg * s);
+    TYPE *dw_cat = (TYPE *)wsb;
+    wsb += ALIGN64(4 * H * (I + (P ? P : H)) * s);
     TYPE *dm = NULL, *dh_all = NULL, *m_all = NULL;
     if (P) {
         dm = (TYPE *)wsb;
@@ -1422,7 +1489,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     }
     FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
-                       (TYPE *)wsb};
+                       dw_cat, (TYPE *)wsb};
     if (nthreads < 1)
         nthreads = 1;
     lstm_pool_run(FN(bwd_job), &ctx, nthreads);

@@ -316,6 +316,9 @@ LENGTH_CASES = [
     ([], 2, 3, 5),                        # T = 0
     ([16, 16, 12, 7, 7, 3, 1], 17, 40, 70),   # tails in every dimension
     ([9, 6, 6, 6, 2], 9, 1, 1),           # H = 1
+    # N * 4H large enough that dw_ih and dw_hh are one product over [x | h_prev]
+    # (csrc: bwd_job), with h_prev mapped through the step offsets
+    ([30] * 4 + [25] * 4 + [20] * 4 + [9] * 2 + [3] * 2, 30, 19, 70),
 ]
 PROJ = (0, 1, 4)
 
