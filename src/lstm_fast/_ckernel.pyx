@@ -594,6 +594,25 @@ cdef inline bint _fits_state(object o, int tn, cnp.npy_intp B, cnp.npy_intp F) n
     return _fits(o, tn, 3, 1, B, F) or _fits(o, tn, 2, B, F, 0)
 
 
+cdef cnp.ndarray _zero_buf = None     # read-only zeros shared by calls (inputs only)
+cdef enum:
+    _ZERO_BUF_MAX = 65536
+
+
+cdef cnp.ndarray _zeros(size_t nbytes):
+    """At least ``nbytes`` zero bytes for an input the kernel only reads (a gradient
+    given as None): small ones from a shared read-only buffer, no allocation."""
+    global _zero_buf
+    cdef cnp.npy_intp n = <cnp.npy_intp>nbytes
+    if nbytes > _ZERO_BUF_MAX:
+        return <cnp.ndarray>cnp.PyArray_ZEROS(1, &n, cnp.NPY_UINT8, 0)
+    if _zero_buf is None:
+        n = _ZERO_BUF_MAX
+        _zero_buf = <cnp.ndarray>cnp.PyArray_ZEROS(1, &n, cnp.NPY_UINT8, 0)
+        cnp.PyArray_CLEARFLAGS(_zero_buf, cnp.NPY_ARRAY_WRITEABLE)
+    return _zero_buf
+
+
 cdef inline bint _pair(object o) noexcept:
     return (type(o) is tuple or type(o) is list) and len(o) == 2
 
@@ -602,9 +621,9 @@ def layer_forward(Packed packed not None, x, hx, int num_threads):
     """``LSTM.forward`` for one layer and direction: x (T, B, I) with T, B >= 1,
     hx None or (h0 (1, B, R), c0 (1, B, H)).
 
-    Returns (y (T, B, R), h_n (1, B, R), c_n (1, B, H), saved) with saved =
-    (x, h0, c0, y, gates, c) for ``layer_backward`` (h0, c0 as given, or new
-    (B, .) zeros), or None when an argument needs the general path.
+    Returns ((y (T, B, R), (h_n (1, B, R), c_n (1, B, H))), cache), cache =
+    (packed, (x, h0, c0, y, gates, c)) for ``layer_backward`` (h0, c0 as given,
+    or new (B, .) zeros); or None when an argument needs the general path.
     """
     if _level_error is not None:
         return None                     # the general path raises it
@@ -644,18 +663,24 @@ def layer_forward(Packed packed not None, x, hx, int num_threads):
     cdef cnp.ndarray c_n = _empty(3, d, tn)
     _forward_call(packed, T, B, None, <cnp.ndarray>x, <cnp.ndarray>h0, <cnp.ndarray>c0, y, h_n,
                   c_n, gates, c, nth)
-    return y, h_n, c_n, (x, h0, c0, y, gates, c)
+    return (y, (h_n, c_n)), (packed, (x, h0, c0, y, gates, c))
 
 
-def layer_backward(Packed packed not None, tuple saved not None, dy, grad_hx, int num_threads):
-    """Backward of ``layer_forward``: dy (T, B, R) or None (zeros), grad_hx None
-    (zeros) or (dh_n (1, B, R), dc_n (1, B, H)).
+def layer_backward(tuple cache not None, dy, grad_hx, int num_threads):
+    """Backward of ``layer_forward`` for its ``cache``: dy (T, B, R) or None
+    (zeros), grad_hx None (zeros) or (dh_n (1, B, R), dc_n (1, B, H)).
 
-    Returns (dx (T, B, I), dh0 (1, B, R), dc0 (1, B, H), dw_ih, dw_hh, db_ih,
-    db_hh, dw_hr): db_ih, db_hh equal (a copy) or both None without a bias;
-    dw_hr None without a projection. None when an argument needs the general path.
+    Returns ((dx (T, B, I), (dh0 (1, B, R), dc0 (1, B, H))), grads), grads the
+    parameter gradients under torch's names for layer 0 in its order
+    (weight_ih_l0, weight_hh_l0, bias_ih_l0 and bias_hh_l0 (equal, separate
+    arrays) with a bias, weight_hr_l0 with a projection); or None when an
+    argument needs the general path.
     """
-    if _level_error is not None or len(saved) != 6:
+    if _level_error is not None or len(cache) != 2:
+        return None
+    cdef Packed packed = cache[0]
+    cdef tuple saved = cache[1]
+    if len(saved) != 6:
         return None
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
@@ -670,17 +695,14 @@ def layer_backward(Packed packed not None, tuple saved not None, dy, grad_hx, in
             or not _fits(gates, tn, 3, T, B, 4 * H) or not _fits(c, tn, 3, T, B, H)):
         return None
     cdef cnp.npy_intp d[3]
+    cdef size_t itemsize = 4 if tn == cnp.NPY_FLOAT32 else 8
     if dy is None:
-        d[0] = T; d[1] = B; d[2] = R
-        dy = cnp.PyArray_ZEROS(3, d, tn, 0)
+        dy = _zeros(T * B * R * itemsize)
     elif not _fits(dy, tn, 3, T, B, R):
         return None
     cdef object dh_n, dc_n
     if grad_hx is None:
-        d[0] = B; d[1] = R
-        dh_n = cnp.PyArray_ZEROS(2, d, tn, 0)
-        d[1] = H
-        dc_n = cnp.PyArray_ZEROS(2, d, tn, 0)
+        dh_n = dc_n = _zeros(B * (R if R > H else H) * itemsize)
     elif _pair(grad_hx):
         dh_n = grad_hx[0]
         dc_n = grad_hx[1]
@@ -708,6 +730,10 @@ def layer_backward(Packed packed not None, tuple saved not None, dy, grad_hx, in
                    <cnp.ndarray>y, <cnp.ndarray>gates, <cnp.ndarray>c, <cnp.ndarray>dy,
                    <cnp.ndarray>dh_n, <cnp.ndarray>dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr,
                    nth)
-    if not packed.has_bias:
-        return dx, dh0, dc0, dw_ih, dw_hh, None, None, dw_hr
-    return dx, dh0, dc0, dw_ih, dw_hh, db, cnp.PyArray_NewCopy(db, cnp.NPY_CORDER), dw_hr
+    grads = {"weight_ih_l0": dw_ih, "weight_hh_l0": dw_hh}
+    if packed.has_bias:
+        grads["bias_ih_l0"] = db
+        grads["bias_hh_l0"] = cnp.PyArray_NewCopy(db, cnp.NPY_CORDER)
+    if P:
+        grads["weight_hr_l0"] = dw_hr
+    return (dx, (dh0, dc0)), grads

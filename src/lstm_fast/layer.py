@@ -235,8 +235,8 @@ class LSTM:
                 packed = self._weights(0, 0)
             r = fast[0](packed, x, hx, _backends._num_threads)
             if r is not None:
-                self._cache = (packed, r[3])
-                return r[0], (r[1], r[2])
+                self._cache = r[1]          # (packed, saved)
+                return r[0]
         dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
         P = self._out_size
         x = _validation._to_numpy(x) if type(x) is not np.ndarray else x
@@ -318,19 +318,13 @@ class LSTM:
             raise RuntimeError("backward() called before a forward call")
         if len(cache) == 2:
             # From forward's one-call path: one layer, one direction, time-major.
-            packed, saved = cache
             fast = self._fast
             if fast is not None and not self.batch_first:
-                r = fast[1](packed, saved, grad_output, grad_hx, _backends._num_threads)
+                r = fast[1](cache, grad_output, grad_hx, _backends._num_threads)
                 if r is not None:
-                    grads = {"weight_ih_l0": r[3], "weight_hh_l0": r[4]}   # _params' order
-                    if self.bias:
-                        grads["bias_ih_l0"] = r[5]
-                        grads["bias_hh_l0"] = r[6]
-                    if self.proj_size:
-                        grads["weight_hr_l0"] = r[7]
-                    self.grads = grads
-                    return r[0], (r[1], r[2])
+                    self.grads = r[1]       # the names and order of _params
+                    return r[0]
+            packed, saved = cache
             x, h0, c0 = saved[:3]
             saved = (x, h0.reshape(h0.shape[-2:]), c0.reshape(c0.shape[-2:])) + saved[3:]
             cache = ([(packed, saved)], [], x.shape[0], x.shape[1], False, None)
