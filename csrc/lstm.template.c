@@ -677,6 +677,7 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
  *                                 the block's first I rows hold w_ih^T, for
  *                                 steps that do x_t.w_ih^T themselves (fwd_fuse_x)
  *   whh_b  [ceil(R/V)][4H][V]     backward step: dh = dgates.w_hh
+ *   wih_b  [ceil(I/V)][4H][V]     backward step: dx = dgates.w_ih (no projection)
  *   b      [4H]
  *   whr_t  [ceil(P/NR)][H][NR]    B = w_hr^T for h = m.w_hr^T   (projection only)
  *   whr    [ceil(H/NR)][P][NR]    B = w_hr   for dm = dh.w_hr    (projection only)
@@ -685,7 +686,8 @@ typedef struct {
     uint32_t magic;
     int32_t level, elem_size, has_bias;
     int64_t I, H, P;
-    int64_t off_wih_t, off_wih, off_whh_f, off_whh_b, off_b, off_whr_t, off_whr, total;
+    int64_t off_wih_t, off_wih, off_whh_f, off_whh_b, off_wih_b, off_b, off_whr_t, off_whr;
+    int64_t total;
 } FN(packed_hdr);
 
 #define PACK_MAGIC 0x4c53544du
@@ -709,6 +711,8 @@ static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h
     off = ALIGN64(off + (H + V - 1) / V * (I + R) * 4 * V * s);
     h->off_whh_b = off;
     off = ALIGN64(off + (R + V - 1) / V * 4 * H * V * s);
+    h->off_wih_b = off;
+    off = ALIGN64(off + (I + V - 1) / V * 4 * H * V * s);
     h->off_b = off;
     off = ALIGN64(off + 4 * H * s);
     h->off_whr_t = off;
@@ -770,6 +774,13 @@ static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYP
             for (int l = 0; l < V; l++) {
                 int64_t u = j * V + l;
                 whh_b[(j * G + k) * V + l] = u < R ? w_hh[k * R + u] : 0;
+            }
+    TYPE *wih_b = (TYPE *)(base + h->off_wih_b);
+    for (int64_t j = 0; j < (I + V - 1) / V; j++)
+        for (int64_t k = 0; k < G; k++)
+            for (int l = 0; l < V; l++) {
+                int64_t u = j * V + l;
+                wih_b[(j * G + k) * V + l] = u < I ? w_ih[k * I + u] : 0;
             }
     for (int64_t k = 0; k < G; k++)
         bb[k] = b ? b[k] : 0;
@@ -1236,6 +1247,38 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
         }
 }
 
+/* dx of the n rows of one step, input blocks p0..p1: out [n,I] = dg . w_ih, as
+ * register tiles like dh, in the step after dg's, while dg is still in cache.
+ * Used without a projection and for I > 16 (bwd_dx_in_steps); measured (f32, 1
+ * thread, CPU time of the backward, one GEMM after the loop / this):
+ * (32,64,256,256) 21.1/20.0 ms, (32,16,64,64) .327/.312 ms; but (6,32,3,32)
+ * 26.4/27.7 us: with I = 3 a tile of V columns is mostly padding, where the
+ * GEMM's narrow tile has twice the rows. */
+static int FN(bwd_dx_in_steps)(int64_t I, int64_t P) { return !P && I > 16; }
+
+KERNEL void FN(bwd_dx)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYPE *dg,
+                       int64_t n, TYPE *out)
+{
+    int64_t H = ctx->H, I = ctx->I, ldg = ctx->ldg, G = 4 * H;
+    const TYPE *wb = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_wih_b);
+    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
+    int64_t jstep = n == 1 ? 2 * BNB : BNB;
+    for (int64_t j = p0; j < p1; j += jstep) {
+        int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
+        for (int64_t r0 = 0; r0 < n; r0 += BR) {
+            int mr = n - r0 < BR ? (int)(n - r0) : BR;
+            FN(bwd_tile)(mr, nb, H, dg + r0 * ldg, ldg, wb + j * G * V, acc);
+            for (int r = 0; r < mr; r++)
+                for (int jb = 0; jb < nb; jb++) {
+                    int64_t off = (j + jb) * V;
+                    int cnt = I - off < V ? (int)(I - off) : V;
+                    FN(vstore_n)(out + (r0 + r) * I + off, FN(vload)(acc + (r * nb + jb) * V),
+                                 cnt);
+                }
+        }
+    }
+}
+
 /* One backward step t without a projection, hidden blocks j0..j1, fused: rows
  * below nn (active at t+1) take dh = dgates[t+1] . w_hh from the register tile,
  * the others (whose last step is t) take dh_n. */
@@ -1297,6 +1340,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     int64_t nblk = (H + V - 1) / V, rblk = (R + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, nth), j1 = FN(split)(nblk, tid + 1, nth);
     int64_t q0 = FN(split)(rblk, tid, nth), q1 = FN(split)(rblk, tid + 1, nth);
+    int64_t iblk = (I + V - 1) / V, dx_steps = FN(bwd_dx_in_steps)(I, P);
+    int64_t x0 = FN(split)(iblk, tid, nth), x1 = FN(split)(iblk, tid + 1, nth);
 
     /* running dc starts as dc_n; each thread owns the columns of its blocks */
     for (int64_t r = 0; r < B; r++)
@@ -1318,6 +1363,9 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
             continue;
         if (!P) {
             FN(bwd_step)(ctx, t, j0, j1);
+            if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
+                FN(bwd_dx)(ctx, x0, x1, ctx->dgates + offs[t + 1] * ldg, offs[t + 2] - offs[t + 1],
+                           ctx->dx + offs[t + 1] * I);
             lstm_barrier_wait(bar, nth);
             continue;
         }
@@ -1333,6 +1381,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
         lstm_barrier_wait(bar, nth);
     }
     FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, NULL, ctx->dh0);
+    if (dx_steps && T && offs[1])
+        FN(bwd_dx)(ctx, x0, x1, ctx->dgates, offs[1], ctx->dx);
 
     /* [dw_ih | dw_hh] = dgates^T . [x | h_prev]. When dgates^T is packed (a large
      * N * 4H), as one product, so that it is packed once, then split into the
@@ -1398,16 +1448,18 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
         FN(gemm)(&gr, ws, tid, nth);
     }
 
-    FN(gemm_args) gx = {0};
-    gx.M = N;
-    gx.N = I;
-    gx.K = G;
-    gx.a = ctx->dgates;
-    gx.lda = ldg;
-    gx.bpacked = (const TYPE *)(base + ctx->hdr->off_wih);
-    gx.c = ctx->dx;
-    gx.ldc = I;
-    FN(gemm)(&gx, ws, tid, nth);
+    if (!dx_steps) {
+        FN(gemm_args) gx = {0};
+        gx.M = N;
+        gx.N = I;
+        gx.K = G;
+        gx.a = ctx->dgates;
+        gx.lda = ldg;
+        gx.bpacked = (const TYPE *)(base + ctx->hdr->off_wih);
+        gx.c = ctx->dx;
+        gx.ldc = I;
+        FN(gemm)(&gx, ws, tid, nth);
+    }
 
     int64_t nvec = (G + V - 1) / V;
     int64_t v0 = FN(split)(nvec, tid, nth), v1 = FN(split)(nvec, tid + 1, nth);
