@@ -73,6 +73,12 @@ from numba.extending import intrinsic, models, overload, register_model
 _JIT = dict(nogil=True, cache=True, error_model="numpy")
 _PJIT = dict(_JIT, parallel=True)
 
+# The kernels call parallel (prange) functions. Code loaded from the disk cache references
+# the threading layer's entry points, which are only bound once the layer is launched; a
+# kernel called first from the cache would jump to a null address (seen: a segfault in a
+# fresh process calling a GEMM directly). get_num_threads() launches the layer (no compiling).
+numba.get_num_threads()
+
 # --- SIMD vectors ----------------------------------------------------------------
 
 
@@ -97,9 +103,30 @@ def _sfx(vt):
 
 
 def _elem_ptr(context, builder, aryty, ary, idx, idxty):
-    """Pointer to element ``idx`` of the array's data, counted flat from its first element."""
-    a = context.make_array(aryty)(context, builder, ary)
-    return builder.gep(a.data, [context.cast(builder, idx, idxty, types.intp)])
+    """Pointer to element ``idx`` of an array's data (counted flat from its first element) or
+    of a raw pointer."""
+    base = ary if isinstance(aryty, types.CPointer) else context.make_array(aryty)(context, builder, ary).data
+    return builder.gep(base, [context.cast(builder, idx, idxty, types.intp)])
+
+
+@intrinsic
+def _ptr(typingctx, a):
+    """Raw data pointer of a C-contiguous array. The tile kernels take pointers, not arrays:
+    every array passed to a Numba function costs an atomic incref/decref pair of its meminfo
+    that LLVM cannot always remove (measured: half the time of a GEMM with a bias)."""
+    def cg(context, builder, sig, args):
+        return context.make_array(a)(context, builder, args[0]).data
+    return types.CPointer(a.dtype)(a), cg
+
+
+@intrinsic
+def _st(typingctx, a, i, v):
+    """Store scalar v at flat element index i of a (array or pointer)."""
+    def cg(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        builder.store(context.cast(builder, args[2], sig.args[2], a.dtype), p)
+        return context.get_dummy_value()
+    return types.none(a, i, v), cg
 
 
 def _lane_mask(context, builder, n, nty, width):
@@ -166,7 +193,7 @@ def _vstore_n(typingctx, a, i, v, n):
 
 @intrinsic
 def _ld(typingctx, a, i):
-    """Scalar at flat element index i of C-contiguous array a."""
+    """Scalar at flat element index i of a (C-contiguous array or pointer)."""
     def cg(context, builder, sig, args):
         return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1]))
     return a.dtype(a, i), cg
@@ -422,7 +449,7 @@ def _vsigmoid_impl(x):
 # --- tile kernels (register tiles; generated once by hand-unrolling, see the docstrings) ------
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _ukr_store(c, ci, v0, v1, nn, first, bias, bo):
     """Store a 2-vector row of a GEMM tile at flat index ci: acc (+ bias) if first, else C + acc."""
     W = _width(c)
@@ -443,7 +470,7 @@ def _ukr_store(c, ci, v0, v1, nn, first, bias, bo):
         _vstore_n(c, ci + W, v1, n1)
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _add_gates(gates, gi, H, nv, a0, a1, a2, a3):
     """gates[gi + g*H:][:nv] += a_g for the 4 gates (pre-activation = input projection + h.w_hh^T)."""
     _vstore_n(gates, gi, _vadd(_vload_n(gates, gi, nv), a0), nv)
@@ -452,7 +479,7 @@ def _add_gates(gates, gi, H, nv, a0, a1, a2, a3):
     _vstore_n(gates, gi + 3 * H, _vadd(_vload_n(gates, gi + 3 * H, nv), a3), nv)
 
 
-@njit(**_JIT)
+@njit(inline="always", **_JIT)
 def _store_dh(out, oi, col, R, v, dy, dyi):
     """out[oi + col:][:n] = v (+ dy[dyi + col:][:n]), n = min(W, R - col)."""
     n = min(_width(out), R - col)
@@ -718,6 +745,7 @@ def _gemm_part(M, N, K, a, sr, sk, bp, c, bias, p0, p1, mt0, mt1):
             for n in range(p0 * NR, min(N, p1 * NR)):
                 c[m, n] = 0 if bias is None else bias[n]
         return
+    ap, bpp, cp = _ptr(a), _ptr(bp), _ptr(c)
     for kb in range(0, K, _KC):
         kc = min(_KC, K - kb)
         for mb in range(mt0, mt1, _MCT):
@@ -727,8 +755,12 @@ def _gemm_part(M, N, K, a, sr, sk, bp, c, bias, p0, p1, mt0, mt1):
                 nn = min(NR, N - p * NR)
                 for mt in range(mb, me):
                     m0 = mt * _MR
-                    _gemm_ukr(kc, a, m0 * sr + kb * sk, sr, sk, bp, bi, c, m0 * ldc + p * NR, ldc,
-                              min(_MR, M - m0), nn, kb == 0, bias, p * NR)
+                    if bias is None:
+                        _gemm_ukr(kc, ap, m0 * sr + kb * sk, sr, sk, bpp, bi, cp, m0 * ldc + p * NR, ldc,
+                                  min(_MR, M - m0), nn, kb == 0, None, p * NR)
+                    else:
+                        _gemm_ukr(kc, ap, m0 * sr + kb * sk, sr, sk, bpp, bi, cp, m0 * ldc + p * NR, ldc,
+                                  min(_MR, M - m0), nn, kb == 0, _ptr(bias), p * NR)
 
 
 @njit(**_PJIT)
@@ -840,6 +872,7 @@ def _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, j0, j1, rev):
     W = _width(gates_t)
     G = 4 * H
     bs = R * 4 * W
+    hp, w, cp, gates_t, c_t, h_t = _ptr(hp), _ptr(w), _ptr(cp), _ptr(gates_t), _ptr(c_t), _ptr(h_t)
     if n == 1:   # one row: 1 x 4-block tiles (16 accumulators)
         for j in range(j0, j1, 4):
             nb = min(4, j1 - j)
@@ -923,7 +956,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
 
 
 @njit(**_JIT)
-def _bwd_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu):
+def _bwd_cell_p(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu):
     """Gate gradients of rows 0..n, units u0..u0+nu, of one step, one vector at a time. ``dm``
     (., H) is the gradient reaching m_t = o*tanh(c_t) (dh without a projection, dy included).
     Writes dg_t, turns ``dc`` into the gradient reaching c_{t-1}, and stores m_t into
@@ -952,10 +985,20 @@ def _bwd_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu):
 
 
 @njit(**_JIT)
-def _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
+def _bwd_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu):
+    """``_bwd_cell_p`` on arrays."""
+    if m_out is None:
+        _bwd_cell_p(n, H, _ptr(dm), _ptr(gates_t), _ptr(c_t), _ptr(cprev), _ptr(dc), _ptr(dg_t), None, u0, nu)
+    else:
+        _bwd_cell_p(n, H, _ptr(dm), _ptr(gates_t), _ptr(c_t), _ptr(cprev), _ptr(dc), _ptr(dg_t), _ptr(m_out),
+                    u0, nu)
+
+
+@njit(**_JIT)
+def _bwd_dh_p(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
     """dh of rows 0..n, column blocks q0..q1 (W wide) of h (width R), into out (., R): rows
     below nn (active at t+1) get dg_next . w_hh, rows nn..n (last step t) dh_n; plus dy_t
-    unless None."""
+    unless None. Pointers (row strides 4H for dg_next, R for the others)."""
     W = _width(out)
     for j in range(q0, q1, 4):
         nb = min(4, q1 - j)
@@ -964,15 +1007,20 @@ def _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
                      dy_t, r0 * R)
         u1 = min(R, (j + nb) * W)
         for r in range(nn, n):
-            o = out[r]
-            s = dh_n[r]
-            if dy_t is None:
-                for u in range(j * W, u1):
-                    o[u] = s[u]
-            else:
-                d = dy_t[r]
-                for u in range(j * W, u1):
-                    o[u] = s[u] + d[u]
+            for u in range(j * W, u1):
+                if dy_t is None:
+                    _st(out, r * R + u, _ld(dh_n, r * R + u))
+                else:
+                    _st(out, r * R + u, _ld(dh_n, r * R + u) + _ld(dy_t, r * R + u))
+
+
+@njit(**_JIT)
+def _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
+    """``_bwd_dh_p`` on arrays."""
+    if dy_t is None:
+        _bwd_dh_p(G, _ptr(dg_next), nn, n, _ptr(whh_b), _ptr(dh_n), None, _ptr(out), R, q0, q1)
+    else:
+        _bwd_dh_p(G, _ptr(dg_next), nn, n, _ptr(whh_b), _ptr(dh_n), _ptr(dy_t), _ptr(out), R, q0, q1)
 
 
 @njit(**_PJIT)
@@ -995,10 +1043,12 @@ def _bwd_blocks(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cpre
     """One backward step without a projection, hidden blocks j0..j1, fused per 4 blocks: the dh
     tile (dg_next . w_hh + dy) into dhs, then the gate gradients of the same units."""
     W = _width(dhs)
+    dg_next, whh_b, dh_n, dy_t, dhs = _ptr(dg_next), _ptr(whh_b), _ptr(dh_n), _ptr(dy_t), _ptr(dhs)
+    gates_t, c_t, cprev, dc, dg_t = _ptr(gates_t), _ptr(c_t), _ptr(cprev), _ptr(dc), _ptr(dg_t)
     for j in range(j0, j1, 4):
         j2 = min(j + 4, j1)
-        _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2)
-        _bwd_cell(n, H, dhs, gates_t, c_t, cprev, dc, dg_t, None, j * W, min(H, j2 * W) - j * W)
+        _bwd_dh_p(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2)
+        _bwd_cell_p(n, H, dhs, gates_t, c_t, cprev, dc, dg_t, None, j * W, min(H, j2 * W) - j * W)
 
 
 @njit(**_PJIT)
