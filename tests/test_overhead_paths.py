@@ -100,10 +100,11 @@ def test_gradients_that_need_conversion_give_the_same_results():
     x, hx, gout, ghx = _inputs(np.float32, H)
     for g, gh in [(np.asfortranarray(gout), ghx), (np.round(gout * 4).astype(int).tolist(), ghx), (gout.astype(np.int64), None),
                   (gout, [ghx[0], np.asfortranarray(ghx[1])]), (None, ghx), (None, None)]:
-        fast(x, hx)
-        slow(x, hx)
-        _same(fast.backward(g, gh), slow.backward(g, gh))
-        _same(fast.grads, slow.grads)
+        for h in (hx, None):
+            fast(x, h)
+            slow(x, h)
+            _same(fast.backward(g, gh), slow.backward(g, gh))
+            _same(fast.grads, slow.grads)
 
 
 def test_other_structures_take_the_general_path():
@@ -180,3 +181,14 @@ def test_pickled_layer_takes_the_one_call_path_again():
     clone.backend = "numpy"
     np.testing.assert_allclose(clone(x, hx)[0], out[0], rtol=2e-5, atol=2e-6)
     assert len(clone._cache) == 6
+
+
+def test_large_zero_states_and_gradients():
+    """hx, dy and grad_hx given as None beyond the shared zero buffer (64 KiB)."""
+    fast = lstm_fast.LSTM(2, 300, backend="c", seed=0, dtype=np.float64)
+    slow = copy.deepcopy(fast)
+    slow._fast = None
+    x = np.random.default_rng(0).standard_normal((5, 40, 2))
+    _same(fast(x), slow(x))
+    _same(fast.backward(), slow.backward())
+    _same(fast.grads, slow.grads)

@@ -640,7 +640,7 @@ def layer_forward(Packed packed not None, x, hx, int num_threads):
 
     Returns ((y (T, B, R), (h_n (1, B, R), c_n (1, B, H))), cache), cache =
     (packed, (x, h0, c0, y, gates, c)) for ``layer_backward`` (h0, c0 as given,
-    or new (B, .) zeros); or None when an argument needs the general path.
+    or both None for zeros); or None when an argument needs the general path.
     """
     if _level_error is not None:
         return None                     # the general path raises it
@@ -655,11 +655,9 @@ def layer_forward(Packed packed not None, x, hx, int num_threads):
         return None
     cdef cnp.npy_intp d[3]
     cdef object h0, c0
+    cdef size_t itemsize = 4 if tn == cnp.NPY_FLOAT32 else 8
     if hx is None:
-        d[0] = B; d[1] = R
-        h0 = cnp.PyArray_ZEROS(2, d, tn, 0)
-        d[1] = H
-        c0 = cnp.PyArray_ZEROS(2, d, tn, 0)
+        h0 = c0 = _zeros(B * (R if R > H else H) * itemsize)
     elif _pair(hx):
         h0 = hx[0]
         c0 = hx[1]
@@ -680,6 +678,8 @@ def layer_forward(Packed packed not None, x, hx, int num_threads):
     cdef cnp.ndarray c_n = _empty(3, d, tn)
     _forward_call(packed, T, B, None, <cnp.ndarray>x, <cnp.ndarray>h0, <cnp.ndarray>c0, y, h_n,
                   c_n, gates, c, nth)
+    if hx is None:
+        h0 = c0 = None
     return (y, (h_n, c_n)), (packed, (x, h0, c0, y, gates, c))
 
 
@@ -707,12 +707,15 @@ def layer_backward(tuple cache not None, dy, grad_hx, int num_threads):
         return None
     cdef cnp.npy_intp *s = cnp.PyArray_DIMS(<cnp.ndarray>x)
     cdef int64_t T = s[0], B = s[1]
-    if (T < 1 or B < 1 or not _fits(x, tn, 3, T, B, I) or not _fits_state(h0, tn, B, R)
-            or not _fits_state(c0, tn, B, H) or not _fits(y, tn, 3, T, B, R)
+    cdef size_t itemsize = 4 if tn == cnp.NPY_FLOAT32 else 8
+    if h0 is None and c0 is None:       # zeros
+        h0 = c0 = _zeros(B * (R if R > H else H) * itemsize)
+    elif not _fits_state(h0, tn, B, R) or not _fits_state(c0, tn, B, H):
+        return None
+    if (T < 1 or B < 1 or not _fits(x, tn, 3, T, B, I) or not _fits(y, tn, 3, T, B, R)
             or not _fits(gates, tn, 3, T, B, 4 * H) or not _fits(c, tn, 3, T, B, H)):
         return None
     cdef cnp.npy_intp d[3]
-    cdef size_t itemsize = 4 if tn == cnp.NPY_FLOAT32 else 8
     if dy is None:
         dy = _zeros(T * B * R * itemsize)
     elif not _fits(dy, tn, 3, T, B, R):

@@ -326,6 +326,9 @@ class LSTM:
                     return r[0]
             packed, saved = cache
             x, h0, c0 = saved[:3]
+            if h0 is None:          # hx was None
+                h0 = np.zeros((x.shape[1], self._out_size), self.dtype)
+                c0 = np.zeros((x.shape[1], self.hidden_size), self.dtype)
             saved = (x, h0.reshape(h0.shape[-2:]), c0.reshape(c0.shape[-2:])) + saved[3:]
             cache = ([(packed, saved)], [], x.shape[0], x.shape[1], False, None)
         caches, masks, T, B, unbatched, plan = cache
