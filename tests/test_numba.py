@@ -15,8 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
-pytest.importorskip("scipy")  # Numba's BLAS
+numba = pytest.importorskip("numba")
 
 import lstm_fast  # noqa: E402
 from lstm_fast import _numba_kernels as nk  # noqa: E402
@@ -55,27 +54,39 @@ def _reference(p, g, dtype):
     return out, grads
 
 
-def _run_kernels(p, g):
-    """Call the kernels directly, into NaN-filled outputs (every element must be written).
-
-    Padded (T, B, .) problem, handed to the kernels packed as batch_sizes = [B] * T.
-    """
-    x, w_ih, w_hh, h0, c0 = p["x"], p["w_ih"], p["w_hh"], p["h0"], p["c0"]
-    T, B, I = x.shape
-    H = w_hh.shape[1]
-    N = T * B
+def _kernel_calls(x, w_ih, w_hh, b, w_hr, h0, c0, bs, dy, dh_n, dc_n, nth=1):
+    """The two kernels on a packed problem (x, dy (N, .)), into NaN-filled outputs and
+    workspace: every element the kernels promise must be written."""
+    (N, I), (B, R), H = x.shape, h0.shape, c0.shape[1]
     dt = x.dtype
-    bs = np.full(T, B, np.int64)
-    b = nk.pack(w_ih, w_hh, _b(p))[2]
+    NR = 2 * (64 // dt.itemsize)
     full = lambda *s: np.full(s, np.nan, dt)
-    fwd = (full(N, H), full(B, H), full(B, H), full(N, 4 * H), full(N, H))
-    assert nk.lstm_forward(x.reshape(N, I), w_ih, w_hh, b, h0, c0, bs, None, *fwd, None) is None
+    pan = lambda cols: full((cols + NR - 1) // NR, N, NR)
+    wih_t, wih, whh_f, whh_b, bb, whr_t, whr = nk.pack(w_ih, w_hh, b, w_hr)
+    proj = w_hr is not None
+    fwd = (full(N, R), full(B, R), full(B, H), full(N, 4 * H), full(N, H))
+    assert nk.lstm_forward(x, wih_t, whh_f, bb, whr_t, h0, c0, bs, *fwd, full(B, H) if proj else None, nth) is None
     y, _, _, gates, c = fwd
-    bwd = (full(N, I), full(4 * H, I), full(4 * H, H), full(4 * H), full(B, H), full(B, H))
-    ws = (full(N, 4 * H), full(0, H), None, None, None)   # dgates, h_prev (unused: aligned)
-    assert nk.lstm_backward(x.reshape(N, I), w_ih, w_hh, h0, c0, y, gates, c, g["dy"].reshape(N, H),
-                            g["dh_n"], g["dc_n"], bs, None, *ws, *bwd, None) is None
-    fwd = (y.reshape(T, B, H), fwd[1], fwd[2], gates.reshape(T, B, 4 * H), c.reshape(T, B, H))
+    ws = (full(N, 4 * H), full(0 if proj else B, H), pan(I), pan(R))
+    ws += (full(B, H), full(N, R), full(N, H), pan(H)) if proj else (None,) * 4
+    bwd = (full(N, I), full(4 * H, I), full(4 * H, R), full(4 * H), full(B, R), full(B, H))
+    dw_hr = full(*w_hr.shape) if proj else None
+    assert nk.lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, bs,
+                            *ws, *bwd, dw_hr, nth) is None
+    return fwd, bwd + ((dw_hr,) if proj else ())
+
+
+def _run_kernels(p, g, nth=1):
+    """Padded (T, B, .) problem, handed to the kernels packed as batch_sizes = [B] * T."""
+    x = p["x"]
+    T, B, I = x.shape
+    H = p["w_hh"].shape[1]
+    N = T * B
+    bs = np.full(T, B, np.int64)
+    fwd, bwd = _kernel_calls(x.reshape(N, I), p["w_ih"], p["w_hh"], _b(p), None, p["h0"], p["c0"], bs,
+                             g["dy"].reshape(N, H), g["dh_n"], g["dc_n"], nth)
+    y, h_n, c_n, gates, c = fwd
+    fwd = (y.reshape(T, B, H), h_n, c_n, gates.reshape(T, B, 4 * H), c.reshape(T, B, H))
     bwd = (bwd[0].reshape(T, B, I),) + bwd[1:]
     return fwd, bwd
 
@@ -133,38 +144,27 @@ def _packed_reference(p, g, bs):
     return out, grads
 
 
-def _run_packed_kernels(p, g, bs):
+def _run_packed_kernels(p, g, bs, nth=1):
     """The kernels on a packed problem, into NaN-filled outputs and workspace."""
-    x, w_ih, w_hh, w_hr, h0, c0 = p["x"], p["w_ih"], p["w_hh"], p["w_hr"], p["h0"], p["c0"]
-    (N, I), (B, Ph), H = x.shape, h0.shape, c0.shape[1]
-    dt = x.dtype
-    full = lambda *s: np.full(s, np.nan, dt)
-    proj = w_hr is not None
-    fwd = (full(N, Ph), full(B, Ph), full(B, H), full(N, 4 * H), full(N, H))
-    nk.lstm_forward(x, w_ih, w_hh, p["b"], h0, c0, bs, w_hr, *fwd, full(B, H) if proj else None)
-    y, _, _, gates, c = fwd
-    n0 = int(bs[0]) if len(bs) else 0
-    ws = (full(N, 4 * H), full(N - n0, Ph)) + ((full(B, H), full(N, Ph), full(N, H)) if proj else (None,) * 3)
-    bwd = (full(N, I), full(4 * H, I), full(4 * H, Ph), full(4 * H), full(B, Ph), full(B, H))
-    dw_hr = full(*w_hr.shape) if proj else None
-    nk.lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, g["dy"], g["dh_n"], g["dc_n"], bs, w_hr,
-                     *ws, *bwd, dw_hr)
-    return fwd, bwd + ((dw_hr,) if proj else ())
+    return _kernel_calls(p["x"], p["w_ih"], p["w_hh"], p["b"], p["w_hr"], p["h0"], p["c0"], bs,
+                         g["dy"], g["dh_n"], g["dc_n"], nth)
 
 
 PACKED = [  # (lengths, I, H, P); lengths sorted longest first as the contract wants
     ([5, 3, 3, 1, 0], 3, 4, 0),        # a length-1 and a length-0 sequence
     ([5, 3, 3, 1, 0], 3, 4, 1),        # ... with P = 1
-    ([4, 4, 1], 2, 5, 3),              # sizes [3, 2, 2, 2]: not aligned -> gathered h_prev
-    ([4, 4, 4, 3], 3, 6, 0),           # sizes [4, 4, 4, 3]: aligned, only the last step smaller
-    ([4, 4, 4, 2], 3, 6, 0),           # sizes [4, 4, 3, 3]: not aligned
-    ([3, 3, 3, 3], 3, 6, 0),           # every size the first: aligned, no gather
-    ([3, 3, 2], 4, 5, 2),              # [3, 3, 2]: aligned (only the last step smaller)
+    ([4, 4, 1], 2, 5, 3),              # sizes [3, 2, 2, 2]
+    ([4, 4, 4, 3], 3, 6, 0),           # sizes [4, 4, 4, 3]: only the last step smaller
+    ([4, 4, 4, 2], 3, 6, 0),           # sizes [4, 4, 3, 3]
+    ([3, 3, 3, 3], 3, 6, 0),           # every size the first
+    ([3, 3, 2], 4, 5, 2),              # [3, 3, 2]
     ([1], 3, 4, 2),                    # B = 1, T = 1
-    ([6], 5, 7, 3),                    # B = 1: gemv everywhere
+    ([6], 5, 7, 3),                    # B = 1: one-row tiles
     ([0, 0], 3, 4, 2),                 # N = 0, T = 0: states pass through
     ([9, 7, 7, 4, 2, 1, 1, 0], 6, 17, 5),
     ([12, 11, 3, 1], 8, 33, 1),
+    ([7, 7, 6, 5, 5, 2, 1, 1, 1], 40, 37, 20),   # several tiles, ragged blocks (H, P not multiples of W)
+    ([3, 2], 70, 40, 0),               # I > NR: several GEMM panels
 ]
 PACKED_IDS = ["L{}-I{}H{}P{}".format("_".join(map(str, c[0])), *c[1:]) for c in PACKED]
 
@@ -350,26 +350,112 @@ def test_huge_inputs_no_warnings(dtype):
 def test_public_api_bits_do_not_depend_on_thread_count():
     p, g = make_problem(8, 64, 48, 96, dtype=np.float32, seed=5)
     results = []
-    for n in (1, 2, 0):
-        lstm_fast.set_num_threads(n)
-        y, h_n, c_n, cache = lstm_fast.lstm_forward(**p, backend="numba")
-        grads = lstm_fast.lstm_backward(cache, **g)
-        results.append((y, h_n, c_n, cache.gates, cache.c) + tuple(grads))
+    try:
+        for n in (1, 2, 3, 0):
+            lstm_fast.set_num_threads(n)
+            y, h_n, c_n, cache = lstm_fast.lstm_forward(**p, backend="numba")
+            grads = lstm_fast.lstm_backward(cache, **g)
+            results.append((y, h_n, c_n, cache.gates, cache.c) + tuple(grads))
+    finally:
+        lstm_fast.set_num_threads(0)
     for other in results[1:]:
         for a, b in zip(results[0], other):
-            assert np.array_equal(a, b)
+            assert (a is None and b is None) or np.array_equal(a, b)
 
 
-def test_blas_thread_setting_restored():
-    if nk._set_blas_threads is None:
-        pytest.skip("SciPy's OpenBLAS thread control not found")
-    before = nk._set_blas_threads(3)
+# Bits per thread count: shapes with several hidden blocks and row tiles per thread, ragged
+# blocks, one-row steps, lengths, projection; (lengths, I, H, P).
+THREAD_CASES = [
+    ([6] * 9, 40, 70, 0),                 # padded-like, ragged H
+    ([6] * 20, 64, 200, 0),               # 13 blocks (f32): split 7/6 or 5/4/4
+    ([9, 7, 7, 4, 2, 1, 1, 0], 33, 50, 0),  # lengths, one-row steps
+    ([9, 7, 7, 4, 2, 1, 1, 0], 33, 50, 20),  # ... with a projection
+    ([5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5], 70, 96, 40),
+    ([4], 300, 160, 0),                   # B = 1: one-row tiles, several K blocks in the GEMMs
+    ([12] * 3 + [5] * 5, 24, 130, 0),     # M*N*K large enough for the parallel GEMMs
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("case", THREAD_CASES, ids=lambda c: "B{}T{}I{}H{}P{}".format(len(c[0]), max(c[0]), *c[1:]))
+def test_kernel_bits_do_not_depend_on_thread_count(case, dtype):
+    """Forward outputs and every gradient bit-identical for nth = 1, 2, 3 (kernels called
+    directly, so nth = 3 really runs 3 partitions even on 2 CPUs), and close to the reference."""
+    lengths, I, H, P = case
+    p, g, bs = make_packed_problem(lengths, I, H, P, dtype=dtype, seed=len(lengths) + I)
+    old = numba.get_num_threads()
+    runs = {}
     try:
-        p, _ = make_problem(2, 2, 3, 4, dtype=np.float32)
-        nk.forward(nk.pack(p["w_ih"], p["w_hh"], None), p["x"], p["h0"], p["c0"], 0)
-        assert nk._set_blas_threads(3) == 3
+        for nth in (1, 2, 3):
+            numba.set_num_threads(min(nth, numba.config.NUMBA_NUM_THREADS))
+            runs[nth] = _run_packed_kernels(p, g, bs, nth)
     finally:
-        nk._set_blas_threads(before)
+        numba.set_num_threads(old)
+    names = FWD + BWD + (("dw_hr",) if P else ())
+    for nth in (2, 3):
+        for name, a, e in zip(names, runs[nth][0] + runs[nth][1], runs[1][0] + runs[1][1]):
+            assert a.tobytes() == e.tobytes(), f"{name}: nth={nth} differs from nth=1"
+    efwd, ebwd = _packed_reference(p, g, bs)
+    for name, a, e in zip(names, runs[1][0] + runs[1][1], efwd + ebwd):
+        assert_close(a, e, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("P", [0, 3])
+def test_contract_bits_do_not_depend_on_num_threads(dtype, P):
+    """The backend contract (what lstm_fast calls) with num_threads 1, 2, 3, 0: same bits."""
+    p, g, bs = make_packed_problem([7, 7, 5, 5, 3, 1], 20, 40, P, dtype=dtype, seed=11)
+    packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
+    res = []
+    for n in (1, 2, 3, 0):
+        out = nk.forward(packed, p["x"], p["h0"], p["c0"], n, bs)
+        grads = nk.backward(packed, p["x"], p["h0"], p["c0"], out[0], out[3], out[4],
+                            g["dy"], g["dh_n"], g["dc_n"], n, bs)
+        res.append(out + grads)
+    for other in res[1:]:
+        for a, e in zip(other, res[0]):
+            assert a.tobytes() == e.tobytes()
+
+
+def _cap():
+    return min(len(os.sched_getaffinity(0)), numba.config.NUMBA_NUM_THREADS)
+
+
+@pytest.mark.parametrize("requested", [1, 2, 3, 0])
+def test_thread_setting_is_honoured(monkeypatch, requested):
+    """lstm_fast.set_num_threads reaches the kernels: numba.get_num_threads() observed at the
+    kernel call and the kernels' nth equal the request (clamped to the usable CPUs), for
+    forward and backward; the caller's Numba setting is restored afterwards."""
+    seen = []
+
+    def spy(kernel):
+        def call(*args):
+            seen.append((kernel.__name__, numba.get_num_threads(), args[-1]))
+            return kernel(*args)
+        return call
+
+    monkeypatch.setattr(nk, "lstm_forward", spy(nk.lstm_forward))
+    monkeypatch.setattr(nk, "lstm_backward", spy(nk.lstm_backward))
+    p, g = make_problem(3, 4, 5, 6, dtype=np.float32)
+    before = numba.get_num_threads()
+    try:
+        lstm_fast.set_num_threads(requested)
+        y, h_n, c_n, cache = lstm_fast.lstm_forward(**p, backend="numba")
+        lstm_fast.lstm_backward(cache, **g)
+    finally:
+        lstm_fast.set_num_threads(0)
+    expected = min(requested, _cap()) if requested else 1    # 0: this small shape gets 1
+    assert [s[0] for s in seen] == ["lstm_forward", "lstm_backward"]
+    assert all(s[1] == expected and s[2] == expected for s in seen), seen
+    assert numba.get_num_threads() == before
+
+
+def test_auto_threads_follow_the_c_rule():
+    """num_threads = 0: one thread for small per-step work, two (if usable) from ~4e6
+    multiply-adds per step and 1e8 per pass, as lstm_resolve_threads."""
+    assert nk.threads_for(32, 16, 64, 64, 0) == 1
+    assert nk.threads_for(32, 64, 256, 256, 0) == min(2, _cap())
+    assert nk.threads_for(32, 16, 64, 64, 5) == _cap()
 
 
 def _python(code):
@@ -394,9 +480,9 @@ def test_module_import_does_not_compile():
     out = _python("""
         from lstm_fast import _numba_kernels as nk
         print(len(nk.lstm_forward.signatures), len(nk.lstm_backward.signatures),
-              len(nk._gemm.signatures))
+              len(nk._gemm.signatures), len(nk._fwd_step_par.signatures))
     """)
-    assert out.split() == ["0", "0", "0"]
+    assert out.split() == ["0", "0", "0", "0"]
 
 
 def test_fresh_process_loads_from_cache():
