@@ -192,3 +192,22 @@ def test_large_zero_states_and_gradients():
     _same(fast(x), slow(x))
     _same(fast.backward(), slow.backward())
     _same(fast.grads, slow.grads)
+
+
+def test_unusable_simd_level_is_reported_after_the_checks_of_x():
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np, lstm_fast\n"
+            "layer = lstm_fast.LSTM(3, 4, backend='c')\n"
+            "for x in (np.zeros((2, 1, 5), np.float32), np.zeros((2, 1, 3), np.float32)):\n"
+            "    try:\n"
+            "        layer(x)\n"
+            "    except Exception as e:\n"
+            "        print(type(e).__name__, e)\n")
+    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, LSTM_FAST_SIMD="avx1024"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    first, second = r.stdout.splitlines()
+    assert first.startswith("ValueError x must have shape (T, B, I=3), got (2, 1, 5)")
+    assert second.startswith("RuntimeError") and "LSTM_FAST_SIMD" in second

@@ -232,11 +232,15 @@ class LSTM:
             # or raises).
             packed = self._packed.get((0, 0))
             if packed is None:
-                packed = self._weights(0, 0)
-            r = fast[0](packed, x, hx, _backends._num_threads)
-            if r is not None:
-                self._cache = r[1]          # (packed, saved)
-                return r[0]
+                try:
+                    packed = self._weights(0, 0)
+                except Exception:       # raised again by the general path, after x's checks
+                    packed = None
+            if packed is not None:
+                r = fast[0](packed, x, hx, _backends._num_threads)
+                if r is not None:
+                    self._cache = r[1]      # (packed, saved)
+                    return r[0]
         dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
         P = self._out_size
         x = _validation._to_numpy(x) if type(x) is not np.ndarray else x
