@@ -19,7 +19,8 @@ class LengthPlan:
         self.T, self.B = T, B
         self.lengths = lengths
         self.order = np.argsort(-lengths, kind="stable")
-        self.batch_sizes = np.array([np.count_nonzero(lengths > t) for t in range(T)], np.int64)
+        # batch_sizes[t] = number of sequences longer than t (lengths in [0, T])
+        self.batch_sizes = (B - np.cumsum(np.bincount(lengths, minlength=T + 1))[:T]).astype(np.int64)
         self.N = int(self.batch_sizes.sum())
         self._rows = {}
 
