@@ -237,7 +237,7 @@ class LSTM:
                 except Exception:       # raised again by the general path, after x's checks
                     packed = None
             if packed is not None:
-                r = fast[0](packed, x, hx, _backends._num_threads)
+                r = fast[0](packed, x, hx, _backends.get_num_threads())
                 if r is not None:
                     self._cache = r[1]      # (packed, saved)
                     return r[0]
@@ -324,7 +324,7 @@ class LSTM:
             # From forward's one-call path: one layer, one direction, time-major.
             fast = self._fast
             if fast is not None and not self.batch_first:
-                r = fast[1](cache, grad_output, grad_hx, _backends._num_threads)
+                r = fast[1](cache, grad_output, grad_hx, _backends.get_num_threads())
                 if r is not None:
                     self.grads = r[1]       # the names and order of _params
                     return r[0]
