@@ -373,6 +373,8 @@ THREAD_CASES = [
     ([5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5], 70, 96, 40),
     ([4], 300, 160, 0),                   # B = 1: one-row tiles, several K blocks in the GEMMs
     ([12] * 3 + [5] * 5, 24, 130, 0),     # M*N*K large enough for the parallel GEMMs
+    ([9] * 10 + [7] * 8 + [3] * 8 + [1] * 4 + [0] * 2, 20, 37, 0),   # >= 8 sequences per thread:
+    ([9] * 10 + [7] * 8 + [3] * 8 + [1] * 4 + [0] * 2, 20, 37, 11),  # the sequences are split
 ]
 
 
@@ -404,7 +406,7 @@ def test_kernel_bits_do_not_depend_on_thread_count(case, dtype):
 @pytest.mark.parametrize("P", [0, 3])
 def test_contract_bits_do_not_depend_on_num_threads(dtype, P):
     """The backend contract (what lstm_fast calls) with num_threads 1, 2, 3, 0: same bits."""
-    p, g, bs = make_packed_problem([7, 7, 5, 5, 3, 1], 20, 40, P, dtype=dtype, seed=11)
+    p, g, bs = make_packed_problem([7, 7, 5, 5, 3, 1] * 5, 20, 40, P, dtype=dtype, seed=11)
     packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
     res = []
     for n in (1, 2, 3, 0):

@@ -908,13 +908,61 @@ def _fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, nth):
 
 
 @njit(**_JIT)
+def _rsplit(n, q, nth):
+    """Start of part q of n batch rows cut into nth contiguous parts of whole 4-row tiles."""
+    return n if q >= nth else min(n, (n * q // nth + 3) // 4 * 4)
+
+
+_ROWS_PER_THREAD = 8   # below this many sequences per thread the steps split hidden blocks instead
+
+
+@njit(**_JIT)
+def _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, nth):
+    """The time loop for sequences r0..r1 (rows r0.. of every step). Sequences are
+    independent, so a thread can run its own range through all steps without waiting for
+    the others; ``nth`` > 1 instead splits each step's hidden blocks (small batches)."""
+    B, R = h0.shape
+    H = c0.shape[1]
+    off = 0
+    prev = 0
+    for t in range(batch_sizes.shape[0]):
+        nt = batch_sizes[t]
+        n = min(nt, r1) - r0
+        if n <= 0:
+            break
+        # the n active sequences were all active at t - 1 (non-increasing sizes)
+        a = off + r0
+        p = prev + r0
+        hp = h0[r0:r0 + n] if t == 0 else y[p:p + n]
+        cp = c0[r0:r0 + n] if t == 0 else c[p:p + n]
+        if whr_t is None:
+            _fwd_step(n, H, R, whh_f, hp, cp, gates[a:a + n], c[a:a + n], y[a:a + n], t & 1, nth)
+        else:
+            _fwd_step(n, H, R, whh_f, hp, cp, gates[a:a + n], c[a:a + n], m[r0:r0 + n], t & 1, nth)
+            _gemm(n, R, H, m[r0:r0 + n], False, whr_t, y[a:a + n], None, nth)
+        prev = off
+        off += nt
+
+
+@njit(**_PJIT)
+def _fwd_seq_par(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, n0, nth):
+    for q in prange(nth):
+        r0 = _rsplit(n0, q, nth)
+        r1 = _rsplit(n0, q + 1, nth)
+        if r1 > r0:
+            _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, 1)
+
+
+@njit(**_JIT)
 def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, gates, c, m, nth):
     """Forward pass into caller-provided outputs, packed layout (see module docstring).
 
     x (N, I), y (N, R), gates (N, 4H), c (N, H) with N = sum(batch_sizes); step t's rows
     start at sum(batch_sizes[:t]) and only its first batch_sizes[t] sequences advance.
     Weights as ``pack`` makes them: ``wih_t`` panels, ``whh_f``, ``b`` (4H,), ``whr_t``
-    panels or None; ``m`` (B, H) workspace with a projection, else None. ``nth`` threads.
+    panels or None; ``m`` (B, H) workspace with a projection, else None. ``nth`` threads:
+    the input projection splits output tiles; the time loop splits sequences (one parallel
+    region for all steps), or for fewer than 8 sequences per thread each step's hidden blocks.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -923,24 +971,12 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     T = batch_sizes.shape[0]
     _check_steps(batch_sizes, N, B)
     _gemm(N, G, I, x, False, wih_t, gates, b, nth)   # hoisted input projection + bias
-    off = 0
-    prev = 0
-    for t in range(T):
-        n = batch_sizes[t]
-        if n == 0:
-            break
-        # the n active sequences were all active at t - 1 (non-increasing sizes)
-        hp = h0[:n] if t == 0 else y[prev:prev + n]
-        cp = c0[:n] if t == 0 else c[prev:prev + n]
-        if whr_t is None:
-            _fwd_step(n, H, R, whh_f, hp, cp, gates[off:off + n], c[off:off + n], y[off:off + n], t & 1, nth)
-        else:
-            _fwd_step(n, H, R, whh_f, hp, cp, gates[off:off + n], c[off:off + n], m[:n], t & 1, nth)
-            _gemm(n, R, H, m[:n], False, whr_t, y[off:off + n], None, nth)
-        prev = off
-        off += n
-    # final states: sequence r's last step is the last t with batch_sizes[t] > r
     n0 = batch_sizes[0] if T > 0 else 0
+    if nth > 1 and n0 >= _ROWS_PER_THREAD * nth:
+        _fwd_seq_par(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, n0, nth)
+    else:
+        _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, 0, n0, nth)
+    # final states: sequence r's last step is the last t with batch_sizes[t] > r
     h_n[n0:] = h0[n0:]
     c_n[n0:] = c0[n0:]
     off = 0
@@ -1071,6 +1107,62 @@ def _bwd_cell_par(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, nth):
 
 
 @njit(**_JIT)
+def _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
+             dc0, r0, r1, nth):
+    """The backward time loop for sequences r0..r1 (see ``_fwd_seq``); ``dc0`` rows hold the
+    running dc."""
+    B, R = h0.shape
+    H = c0.shape[1]
+    G = 4 * H
+    T = batch_sizes.shape[0]
+    N = dgates.shape[0]
+    off = N
+    for t in range(T - 1, -1, -1):
+        nt = batch_sizes[t]
+        off -= nt
+        n = min(nt, r1) - r0
+        if n <= 0:
+            continue
+        nn = max(0, min(batch_sizes[t + 1], r1) - r0) if t + 1 < T else 0
+        a = off + r0
+        p = off - batch_sizes[t - 1] + r0 if t > 0 else 0
+        cprev = c0[r0:r0 + n] if t == 0 else c[p:p + n]
+        dg_next = dgates[off + nt + r0:off + nt + r0 + nn]
+        g_t = gates[a:a + n]
+        c_t = c[a:a + n]
+        dg_t = dgates[a:a + n]
+        dy_t = dy[a:a + n]
+        dhn = dh_n[r0:r0 + n]
+        dc = dc0[r0:r0 + n]
+        if whr is None:
+            if nth > 1:
+                _bwd_step_par(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc,
+                              dg_t, nth)
+            else:
+                _bwd_blocks(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc, dg_t,
+                            0, (H + _width(dhs) - 1) // _width(dhs))
+        else:
+            dha = dh_all[a:a + n]
+            _bwd_dh_step(G, dg_next, nn, n, whh_b, dhn, dy_t, dha, R, nth)
+            _gemm(n, H, R, dha, False, whr, dm[r0:r0 + n], None, nth)
+            if nth > 1:
+                _bwd_cell_par(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n], nth)
+            else:
+                _bwd_cell(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n], 0, H)
+
+
+@njit(**_PJIT)
+def _bwd_seq_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
+                 dc0, n0, nth):
+    for q in prange(nth):
+        r0 = _rsplit(n0, q, nth)
+        r1 = _rsplit(n0, q + 1, nth)
+        if r1 > r0:
+            _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
+                     dc0, r0, r1, 1)
+
+
+@njit(**_JIT)
 def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes,
                   dgates, dhs, xpan, hpan, dm, dh_all, m_all, mpan,
                   dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, nth):
@@ -1081,7 +1173,8 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     [ceil(I/NR)][N][NR] / [ceil(R/NR)][N][NR] for x and the h_{t-1} rows; with a
     projection ``dm`` (B, H), ``dh_all`` (N, R), ``m_all`` (N, H), ``mpan``
     [ceil(H/NR)][N][NR] and output ``dw_hr`` (R, H), all None without. ``dc0`` doubles
-    as the running dc (rows of inactive sequences pass through). ``nth`` threads.
+    as the running dc (rows of inactive sequences pass through). ``nth`` threads, split
+    as in ``lstm_forward``; the whole-sequence GEMMs split output tiles.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -1090,35 +1183,13 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     T = batch_sizes.shape[0]
     _check_steps(batch_sizes, N, B)
     dc0[:] = dc_n
-    off = N
-    for t in range(T - 1, -1, -1):
-        n = batch_sizes[t]
-        off -= n
-        if n == 0:
-            continue
-        nn = batch_sizes[t + 1] if t + 1 < T else 0
-        prev = off - batch_sizes[t - 1] if t > 0 else 0
-        cprev = c0[:n] if t == 0 else c[prev:prev + n]
-        dg_next = dgates[off + n:off + n + nn]
-        g_t = gates[off:off + n]
-        c_t = c[off:off + n]
-        dg_t = dgates[off:off + n]
-        dy_t = dy[off:off + n]
-        if whr is None:
-            if nth > 1:
-                _bwd_step_par(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, g_t, c_t, cprev, dc0, dg_t, nth)
-            else:
-                _bwd_blocks(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, g_t, c_t, cprev, dc0, dg_t,
-                            0, (H + _width(dhs) - 1) // _width(dhs))
-        else:
-            dha = dh_all[off:off + n]
-            _bwd_dh_step(G, dg_next, nn, n, whh_b, dh_n, dy_t, dha, R, nth)
-            _gemm(n, H, R, dha, False, whr, dm[:n], None, nth)
-            if nth > 1:
-                _bwd_cell_par(n, H, dm, g_t, c_t, cprev, dc0, dg_t, m_all[off:off + n], nth)
-            else:
-                _bwd_cell(n, H, dm, g_t, c_t, cprev, dc0, dg_t, m_all[off:off + n], 0, H)
     n0 = batch_sizes[0] if T > 0 else 0
+    if nth > 1 and n0 >= _ROWS_PER_THREAD * nth:
+        _bwd_seq_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
+                     dc0, n0, nth)
+    else:
+        _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
+                 dc0, 0, n0, nth)
     _bwd_dh_step(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, nth)
     # whole-sequence products over all N rows, after the loop
     _gemm(N, I, G, dgates, False, wih, dx, None, nth)
