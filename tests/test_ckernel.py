@@ -465,3 +465,36 @@ def test_streaming_entry_points_reject_overlap_and_shapes():
         ck.step(p, x, h, c, gws, cws, 1)
     with pytest.raises(ValueError):                        # y must be (B, R)
         ck.step(p, x[0], h, c, gws, cws, 1, np.empty((2, 5)))
+
+
+def test_gil_released_during_kernel_calls():
+    """Another Python thread runs while a kernel call is in progress (forward and
+    backward): the binding releases the GIL around every call."""
+    import threading
+    T, B, I, H = 200, 64, 128, 128          # ~10-20 ms per call
+    w, d = make(T, B, I, H, np.float32, seed=4)
+    p = ck.pack(w["w_ih"], w["w_hh"], w["b"])
+    x = d["x"].reshape(T, B, I)
+    y, _, _, gates, c = ck.forward(p, x, d["h0"], d["c0"], 1)
+    dy, z = np.ones_like(y), np.zeros_like(d["h0"])
+    calls = {
+        "forward": lambda: ck.forward(p, x, d["h0"], d["c0"], 1),
+        "backward": lambda: ck.backward(p, x, d["h0"], d["c0"], y, gates, c, dy, z, z, 1),
+    }
+    for name, call in calls.items():
+        started, done = threading.Event(), threading.Event()
+
+        def worker():
+            started.set()
+            call()
+            done.set()
+
+        t = threading.Thread(target=worker)
+        t.start()
+        started.wait()
+        ticks = 0
+        while not done.is_set():
+            ticks += 1
+        t.join()
+        # with the GIL held, this loop could not run until the call returned
+        assert ticks > 1000, (name, ticks)
