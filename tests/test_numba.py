@@ -370,8 +370,8 @@ THREAD_CASES = [
     ([6] * 20, 64, 200, 0),               # 13 blocks (f32): split 7/6 or 5/4/4
     ([9, 7, 7, 4, 2, 1, 1, 0], 33, 50, 0),  # lengths, one-row steps
     ([9, 7, 7, 4, 2, 1, 1, 0], 33, 50, 20),  # ... with a projection
-    ([5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5], 70, 96, 40),
-    ([4], 300, 160, 0),                   # B = 1: one-row tiles, several K blocks in the GEMMs
+    ([5] * 12, 70, 160, 100),             # projection, steps worth splitting (n*4H*P >= 2^18)
+    ([4], 300, 400, 0),                   # B = 1: one-row tiles, several K blocks in the GEMMs
     ([12] * 3 + [5] * 5, 24, 130, 0),     # M*N*K large enough for the parallel GEMMs
     ([9] * 10 + [7] * 8 + [3] * 8 + [1] * 4 + [0] * 2, 20, 37, 0),   # >= 8 sequences per thread:
     ([9] * 10 + [7] * 8 + [3] * 8 + [1] * 4 + [0] * 2, 20, 37, 11),  # the sequences are split
@@ -384,7 +384,9 @@ def test_kernel_bits_do_not_depend_on_thread_count(case, dtype):
     """Forward outputs and every gradient bit-identical for nth = 1, 2, 3 (kernels called
     directly, so nth = 3 really runs 3 partitions even on 2 CPUs), and close to the reference."""
     lengths, I, H, P = case
-    p, g, bs = make_packed_problem(lengths, I, H, P, dtype=dtype, seed=len(lengths) + I)
+    # weights at torch's init scale 1/sqrt(H): with 0.5 and H >= 130 the f32 recurrence itself
+    # is ill-conditioned (NumPy's own f32 reference misses the f64 one by more than TOL)
+    p, g, bs = make_packed_problem(lengths, I, H, P, dtype=dtype, seed=len(lengths) + I, scale=H ** -0.5)
     old = numba.get_num_threads()
     runs = {}
     try:

@@ -721,6 +721,7 @@ def _bwd_dot(G, dg, di, w, wi, mr, nb, out, oi, ldo, R, off, dy, dyi):
 _MR = 8       # rows of the GEMM register tile (columns: NR = 2 vectors)
 _KC = 256     # k block: the B sliver KC x NR (32 KiB) stays in L1
 _MCT = 12     # row tiles per A block (96 rows x KC: ~96 KiB f32, in L2)
+_PAR_MIN = 1 << 18   # multiply-adds below which a product or step stays on one thread (~20 us)
 
 
 @njit(**_JIT)
@@ -787,7 +788,7 @@ def _gemm(M, N, K, a, a_trans, bp, c, bias, nth):
         return
     ld = a.shape[1]
     sr, sk = (1, ld) if a_trans else (ld, 1)
-    if nth > 1 and M * N * K >= 1 << 18:
+    if nth > 1 and M * N * K >= _PAR_MIN:
         _gemm_par(M, N, K, a, sr, sk, bp, c, bias, nth)
     else:
         NR = 2 * _width(c)
@@ -900,8 +901,8 @@ def _fwd_step_par(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, nth):
 
 @njit(**_JIT)
 def _fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, nth):
-    """Step t on nth threads (hidden blocks split)."""
-    if nth > 1:
+    """Step t on nth threads (hidden blocks split) if it is worth a parallel region."""
+    if nth > 1 and n * 4 * H * R >= _PAR_MIN:
         _fwd_step_par(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, nth)
     else:
         _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, 0, (H + _width(gates_t) - 1) // _width(gates_t), rev)
@@ -1134,8 +1135,9 @@ def _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, d
         dy_t = dy[a:a + n]
         dhn = dh_n[r0:r0 + n]
         dc = dc0[r0:r0 + n]
+        par = nth > 1 and n * G * R >= _PAR_MIN
         if whr is None:
-            if nth > 1:
+            if par:
                 _bwd_step_par(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc,
                               dg_t, nth)
             else:
@@ -1143,9 +1145,9 @@ def _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, d
                             0, (H + _width(dhs) - 1) // _width(dhs))
         else:
             dha = dh_all[a:a + n]
-            _bwd_dh_step(G, dg_next, nn, n, whh_b, dhn, dy_t, dha, R, nth)
+            _bwd_dh_step(G, dg_next, nn, n, whh_b, dhn, dy_t, dha, R, nth if par else 1)
             _gemm(n, H, R, dha, False, whr, dm[r0:r0 + n], None, nth)
-            if nth > 1:
+            if par:
                 _bwd_cell_par(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n], nth)
             else:
                 _bwd_cell(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n], 0, H)
@@ -1190,7 +1192,7 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     else:
         _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
                  dc0, 0, n0, nth)
-    _bwd_dh_step(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, nth)
+    _bwd_dh_step(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, nth if B * G * R >= _PAR_MIN else 1)
     # whole-sequence products over all N rows, after the loop
     _gemm(N, I, G, dgates, False, wih, dx, None, nth)
     _pack_rows(x, 0, N, xpan, 0)
