@@ -372,6 +372,7 @@ THREAD_CASES = [
     ([9, 7, 7, 4, 2, 1, 1, 0], 33, 50, 20),  # ... with a projection
     ([5] * 12, 70, 160, 100),             # projection, steps worth splitting (n*4H*P >= 2^18)
     ([4], 300, 400, 0),                   # B = 1: one-row tiles, several K blocks in the GEMMs
+    ([1], 300, 400, 130),                 # T = B = 1: one-row GEMMs (input, projection), K > KC
     ([12] * 3 + [5] * 5, 24, 130, 0),     # M*N*K large enough for the parallel GEMMs
     ([9] * 10 + [7] * 8 + [3] * 8 + [1] * 4 + [0] * 2, 20, 37, 0),   # >= 8 sequences per thread:
     ([9] * 10 + [7] * 8 + [3] * 8 + [1] * 4 + [0] * 2, 20, 37, 11),  # the sequences are split

@@ -716,6 +716,40 @@ def _bwd_dot(G, dg, di, w, wi, mr, nb, out, oi, ldo, R, off, dy, dyi):
         _store_dh(out, oi + 3 * ldo, off + 3 * W, R, a33, dy, dyi + 3 * ldo)
 
 
+@njit(**_JIT)
+def _gemm_ukr1(kc, a, ai, sk, bp, bi, ps, npan, c, ci, nn, first, bias, bo):
+    """One-row GEMM tile over up to 4 panels (8 vectors): A(0, k) = a.flat[ai + k*sk], panel q
+    of B at bp.flat[bi + q*ps:] ([k][NR]), C at c.flat[ci + q*NR:], nn columns left from the first
+    panel. Panels past npan re-read the last one and are dropped. Each element gets the same
+    FMA chain as in the 8-row tile (a single row, e.g. B = 1 streaming, pays for one row)."""
+    W = _width(c)
+    NR = 2 * W
+    b0 = bi + min(0, npan - 1) * ps
+    b1 = bi + min(1, npan - 1) * ps
+    b2 = bi + min(2, npan - 1) * ps
+    b3 = bi + min(3, npan - 1) * ps
+    z = _vzero(c)
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
+    for k in range(kc):
+        s = _vset1(_ld(a, ai + k * sk))
+        o = k * NR
+        c00 = _vfma(s, _vload(bp, b0 + o), c00)
+        c01 = _vfma(s, _vload(bp, b0 + o + W), c01)
+        c10 = _vfma(s, _vload(bp, b1 + o), c10)
+        c11 = _vfma(s, _vload(bp, b1 + o + W), c11)
+        c20 = _vfma(s, _vload(bp, b2 + o), c20)
+        c21 = _vfma(s, _vload(bp, b2 + o + W), c21)
+        c30 = _vfma(s, _vload(bp, b3 + o), c30)
+        c31 = _vfma(s, _vload(bp, b3 + o + W), c31)
+    _ukr_store(c, ci + 0 * NR, c00, c01, nn - 0 * NR, first, bias, bo + 0 * NR)
+    if npan > 1:
+        _ukr_store(c, ci + 1 * NR, c10, c11, nn - 1 * NR, first, bias, bo + 1 * NR)
+    if npan > 2:
+        _ukr_store(c, ci + 2 * NR, c20, c21, nn - 2 * NR, first, bias, bo + 2 * NR)
+    if npan > 3:
+        _ukr_store(c, ci + 3 * NR, c30, c31, nn - 3 * NR, first, bias, bo + 3 * NR)
+
+
 # --- GEMM ----------------------------------------------------------------------------
 
 _MR = 8       # rows of the GEMM register tile (columns: NR = 2 vectors)
@@ -747,6 +781,18 @@ def _gemm_part(M, N, K, a, sr, sk, bp, c, bias, p0, p1, mt0, mt1):
                 c[m, n] = 0 if bias is None else bias[n]
         return
     ap, bpp, cp = _ptr(a), _ptr(bp), _ptr(c)
+    if M == 1:   # one row (B = 1): 1 x 4-panel tiles
+        for kb in range(0, K, _KC):
+            kc = min(_KC, K - kb)
+            for p in range(p0, p1, 4):
+                npn = min(4, p1 - p)
+                if bias is None:
+                    _gemm_ukr1(kc, ap, kb * sk, sk, bpp, (p * K + kb) * NR, K * NR, npn, cp, p * NR, N - p * NR,
+                               kb == 0, None, p * NR)
+                else:
+                    _gemm_ukr1(kc, ap, kb * sk, sk, bpp, (p * K + kb) * NR, K * NR, npn, cp, p * NR, N - p * NR,
+                               kb == 0, _ptr(bias), p * NR)
+        return
     for kb in range(0, K, _KC):
         kc = min(_KC, K - kb)
         for mb in range(mt0, mt1, _MCT):
