@@ -750,6 +750,50 @@ def _gemm_ukr1(kc, a, ai, sk, bp, bi, ps, npan, c, ci, nn, first, bias, bo):
         _ukr_store(c, ci + 3 * NR, c30, c31, nn - 3 * NR, first, bias, bo + 3 * NR)
 
 
+@njit(**_JIT)
+def _bwd_dot1(G, dg, di, w, wi, nb, out, oi, R, off, dy, dyi):
+    """One row of ``_bwd_dot`` over up to 8 blocks (8 accumulators; the 4 x 4 tile would
+    compute 3 dropped rows for B = 1). Blocks past nb re-read the last one and are dropped."""
+    W = _width(out)
+    bs = G * W
+    q0 = wi + min(0, nb - 1) * bs
+    q1 = wi + min(1, nb - 1) * bs
+    q2 = wi + min(2, nb - 1) * bs
+    q3 = wi + min(3, nb - 1) * bs
+    q4 = wi + min(4, nb - 1) * bs
+    q5 = wi + min(5, nb - 1) * bs
+    q6 = wi + min(6, nb - 1) * bs
+    q7 = wi + min(7, nb - 1) * bs
+    z = _vzero(out)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = z
+    for k in range(G):
+        s = _vset1(_ld(dg, di + k))
+        o = k * W
+        a0 = _vfma(s, _vload(w, q0 + o), a0)
+        a1 = _vfma(s, _vload(w, q1 + o), a1)
+        a2 = _vfma(s, _vload(w, q2 + o), a2)
+        a3 = _vfma(s, _vload(w, q3 + o), a3)
+        a4 = _vfma(s, _vload(w, q4 + o), a4)
+        a5 = _vfma(s, _vload(w, q5 + o), a5)
+        a6 = _vfma(s, _vload(w, q6 + o), a6)
+        a7 = _vfma(s, _vload(w, q7 + o), a7)
+    _store_dh(out, oi, off + 0 * W, R, a0, dy, dyi)
+    if nb > 1:
+        _store_dh(out, oi, off + 1 * W, R, a1, dy, dyi)
+    if nb > 2:
+        _store_dh(out, oi, off + 2 * W, R, a2, dy, dyi)
+    if nb > 3:
+        _store_dh(out, oi, off + 3 * W, R, a3, dy, dyi)
+    if nb > 4:
+        _store_dh(out, oi, off + 4 * W, R, a4, dy, dyi)
+    if nb > 5:
+        _store_dh(out, oi, off + 5 * W, R, a5, dy, dyi)
+    if nb > 6:
+        _store_dh(out, oi, off + 6 * W, R, a6, dy, dyi)
+    if nb > 7:
+        _store_dh(out, oi, off + 7 * W, R, a7, dy, dyi)
+
+
 # --- GEMM ----------------------------------------------------------------------------
 
 _MR = 8       # rows of the GEMM register tile (columns: NR = 2 vectors)
@@ -1083,9 +1127,12 @@ def _bwd_dh_p(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
     below nn (active at t+1) get dg_next . w_hh, rows nn..n (last step t) dh_n; plus dy_t
     unless None. Pointers (row strides 4H for dg_next, R for the others)."""
     W = _width(out)
-    for j in range(q0, q1, 4):
-        nb = min(4, q1 - j)
-        for r0 in range(0, nn, 4):
+    jstep = 8 if nn == 1 else 4
+    for j in range(q0, q1, jstep):
+        nb = min(jstep, q1 - j)
+        if nn == 1:
+            _bwd_dot1(G, dg_next, 0, whh_b, j * G * W, nb, out, 0, R, j * W, dy_t, 0)
+        for r0 in range(0, nn if nn > 1 else 0, 4):
             _bwd_dot(G, dg_next, r0 * G, whh_b, j * G * W, min(4, nn - r0), nb, out, r0 * R, R, R, j * W,
                      dy_t, r0 * R)
         u1 = min(R, (j + nb) * W)
