@@ -829,6 +829,23 @@ typedef struct {
     TYPE *ws;
 } FN(fwd_ctx);
 
+/* acc [mr][nb][4][V] += src[rows] . (K rows of the packed whh_f from w), rows ld apart */
+INLINE void FN(fwd_dot_add)(const int mr, const int nb, int64_t K, const TYPE *restrict src,
+                            int64_t ld, const TYPE *restrict w, int64_t bstride, vec *acc)
+{
+    for (int64_t k = 0; k < K; k++) {
+        const TYPE *wk = w + k * 4 * V;
+#pragma GCC unroll 24
+        for (int r = 0; r < mr; r++) {
+            vec a = FN(vset1)(src[r * ld + k]);
+#pragma GCC unroll 16
+            for (int q = 0; q < nb * 4; q++)
+                acc[r * nb * 4 + q] = VFMA(a, FN(vload)(wk + (q / 4) * bstride + (q % 4) * V),
+                                           acc[r * nb * 4 + q]);
+        }
+    }
+}
+
 /* acc [mr][nb][4][V] = x_t[rows] . w_ih^T (XF = I > 0 only) + h_prev[rows] . w_hh^T
  * for nb blocks (w: packed whh_f at the first block, I + K rows per block); K = width
  * of h */
@@ -841,29 +858,8 @@ INLINE void FN(fwd_dot)(const int mr, const int nb, int64_t XF, const TYPE *rest
     for (int q = 0; q < mr * nb * 4; q++)
         acc[q] = (vec){0};
     const int64_t bstride = (I + K) * 4 * V;
-    for (int64_t k = 0; k < XF; k++) {
-        const TYPE *wk = w + k * 4 * V;
-#pragma GCC unroll 24
-        for (int r = 0; r < mr; r++) {
-            vec a = FN(vset1)(xp[r * I + k]);
-#pragma GCC unroll 16
-            for (int q = 0; q < nb * 4; q++)
-                acc[r * nb * 4 + q] = VFMA(a, FN(vload)(wk + (q / 4) * bstride + (q % 4) * V),
-                                           acc[r * nb * 4 + q]);
-        }
-    }
-    w += I * 4 * V;
-    for (int64_t k = 0; k < K; k++) {
-        const TYPE *wk = w + k * 4 * V;
-#pragma GCC unroll 24
-        for (int r = 0; r < mr; r++) {
-            vec a = FN(vset1)(hp[r * K + k]);
-#pragma GCC unroll 16
-            for (int q = 0; q < nb * 4; q++)
-                acc[r * nb * 4 + q] = VFMA(a, FN(vload)(wk + (q / 4) * bstride + (q % 4) * V),
-                                           acc[r * nb * 4 + q]);
-        }
-    }
+    FN(fwd_dot_add)(mr, nb, XF, xp, I, w, bstride, acc);
+    FN(fwd_dot_add)(mr, nb, K, hp, K, w + I * 4 * V, bstride, acc);
 #pragma GCC unroll 24
     for (int q = 0; q < mr * nb * 4; q++)
         FN(vstore)(out + q * V, acc[q]);
@@ -1211,31 +1207,41 @@ KERNEL void FN(bwd_cell)(int mr, int nb, int64_t H, int64_t r0, int64_t j0,
     }
 }
 
+/* out [n,W] = dg [n rows, ldg apart] . w for output blocks p0..p1 of W, as register
+ * tiles; w packed [ceil(W/V)][4H][V] (whh_b: W = R, wih_b: W = I); plus add [n,W]
+ * if set. */
+KERNEL void FN(bwd_rows)(int64_t H, int64_t W, const TYPE *w, int64_t p0, int64_t p1,
+                         const TYPE *dg, int64_t ldg, int64_t n, const TYPE *add, TYPE *out)
+{
+    int64_t G = 4 * H;
+    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
+    int64_t jstep = n == 1 ? 2 * BNB : BNB;
+    for (int64_t j = p0; j < p1; j += jstep) {
+        int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
+        for (int64_t r0 = 0; r0 < n; r0 += BR) {
+            int mr = n - r0 < BR ? (int)(n - r0) : BR;
+            FN(bwd_tile)(mr, nb, H, dg + r0 * ldg, ldg, w + j * G * V, acc);
+            for (int r = 0; r < mr; r++)
+                for (int jb = 0; jb < nb; jb++) {
+                    int64_t off = (j + jb) * V, ro = (r0 + r) * W + off;
+                    int cnt = W - off < V ? (int)(W - off) : V;
+                    vec v = FN(vload)(acc + (r * nb + jb) * V);
+                    if (add)
+                        v = v + FN(vload_n)(add + ro, cnt);
+                    FN(vstore_n)(out + ro, v, cnt);
+                }
+        }
+    }
+}
+
 /* dh of rows 0..n, output blocks p0..p1 of R (the width of h), into out [n,R]:
  * rows < nn get dg_next . w_hh, rows nn..n get dh_n; plus dy_t if set. */
 KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYPE *dg_next,
                        int64_t nn, int64_t n, const TYPE *dy_t, TYPE *out)
 {
-    int64_t H = ctx->H, R = ctx->P ? ctx->P : H, ldg = ctx->ldg, G = 4 * H;
+    int64_t H = ctx->H, R = ctx->P ? ctx->P : H;
     const TYPE *wb = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
-    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
-    int64_t jstep = nn == 1 ? 2 * BNB : BNB;
-    for (int64_t j = p0; j < p1; j += jstep) {
-        int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
-        for (int64_t r0 = 0; r0 < nn; r0 += BR) {
-            int mr = nn - r0 < BR ? (int)(nn - r0) : BR;
-            FN(bwd_tile)(mr, nb, H, dg_next + r0 * ldg, ldg, wb + j * G * V, acc);
-            for (int r = 0; r < mr; r++)
-                for (int jb = 0; jb < nb; jb++) {
-                    int64_t off = (j + jb) * V, ro = (r0 + r) * R + off;
-                    int cnt = R - off < V ? (int)(R - off) : V;
-                    vec v = FN(vload)(acc + (r * nb + jb) * V);
-                    if (dy_t)
-                        v = v + FN(vload_n)(dy_t + ro, cnt);
-                    FN(vstore_n)(out + ro, v, cnt);
-                }
-        }
-    }
+    FN(bwd_rows)(H, R, wb, p0, p1, dg_next, ctx->ldg, nn, dy_t, out);
     for (int64_t r = nn; r < n; r++)
         for (int64_t j = p0; j < p1; j++) {
             int64_t off = j * V, ro = r * R + off;
@@ -1247,37 +1253,14 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
         }
 }
 
-/* dx of the n rows of one step, input blocks p0..p1: out [n,I] = dg . w_ih, as
- * register tiles like dh, in the step after dg's, while dg is still in cache.
- * Used without a projection and for I > 16 (bwd_dx_in_steps); measured (f32, 1
- * thread, CPU time of the backward, one GEMM after the loop / this):
+/* Whether dx is computed step by step: the n rows of step t+1, out [n,I] =
+ * dg . w_ih (bwd_rows with wih_b), in step t, while dg is still in cache;
+ * otherwise one GEMM after the loop. Used without a projection and for I > 16;
+ * measured (f32, 1 thread, CPU time of the backward, GEMM / steps):
  * (32,64,256,256) 21.1/20.0 ms, (32,16,64,64) .327/.312 ms; but (6,32,3,32)
  * 26.4/27.7 us: with I = 3 a tile of V columns is mostly padding, where the
  * GEMM's narrow tile has twice the rows. */
 static int FN(bwd_dx_in_steps)(int64_t I, int64_t P) { return !P && I > 16; }
-
-KERNEL void FN(bwd_dx)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYPE *dg,
-                       int64_t n, TYPE *out)
-{
-    int64_t H = ctx->H, I = ctx->I, ldg = ctx->ldg, G = 4 * H;
-    const TYPE *wb = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_wih_b);
-    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
-    int64_t jstep = n == 1 ? 2 * BNB : BNB;
-    for (int64_t j = p0; j < p1; j += jstep) {
-        int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
-        for (int64_t r0 = 0; r0 < n; r0 += BR) {
-            int mr = n - r0 < BR ? (int)(n - r0) : BR;
-            FN(bwd_tile)(mr, nb, H, dg + r0 * ldg, ldg, wb + j * G * V, acc);
-            for (int r = 0; r < mr; r++)
-                for (int jb = 0; jb < nb; jb++) {
-                    int64_t off = (j + jb) * V;
-                    int cnt = I - off < V ? (int)(I - off) : V;
-                    FN(vstore_n)(out + (r0 + r) * I + off, FN(vload)(acc + (r * nb + jb) * V),
-                                 cnt);
-                }
-        }
-    }
-}
 
 /* One backward step t without a projection, hidden blocks j0..j1, fused: rows
  * below nn (active at t+1) take dh = dgates[t+1] . w_hh from the register tile,
@@ -1341,6 +1324,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     int64_t j0 = FN(split)(nblk, tid, nth), j1 = FN(split)(nblk, tid + 1, nth);
     int64_t q0 = FN(split)(rblk, tid, nth), q1 = FN(split)(rblk, tid + 1, nth);
     int64_t iblk = (I + V - 1) / V, dx_steps = FN(bwd_dx_in_steps)(I, P);
+    const TYPE *wih_b = (const TYPE *)(base + ctx->hdr->off_wih_b);
     int64_t x0 = FN(split)(iblk, tid, nth), x1 = FN(split)(iblk, tid + 1, nth);
 
     /* running dc starts as dc_n; each thread owns the columns of its blocks */
@@ -1364,8 +1348,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
         if (!P) {
             FN(bwd_step)(ctx, t, j0, j1);
             if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
-                FN(bwd_dx)(ctx, x0, x1, ctx->dgates + offs[t + 1] * ldg, offs[t + 2] - offs[t + 1],
-                           ctx->dx + offs[t + 1] * I);
+                FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates + offs[t + 1] * ldg, ldg,
+                             offs[t + 2] - offs[t + 1], NULL, ctx->dx + offs[t + 1] * I);
             lstm_barrier_wait(bar, nth);
             continue;
         }
@@ -1382,7 +1366,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     }
     FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, NULL, ctx->dh0);
     if (dx_steps && T && offs[1])
-        FN(bwd_dx)(ctx, x0, x1, ctx->dgates, offs[1], ctx->dx);
+        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, ctx->dx);
 
     /* [dw_ih | dw_hh] = dgates^T . [x | h_prev]. When dgates^T is packed (a large
      * N * 4H), as one product, so that it is packed once, then split into the
