@@ -619,6 +619,18 @@ cdef inline bint _pair(object o) noexcept:
     return (type(o) is tuple or type(o) is list) and len(o) == 2
 
 
+cdef tuple _layer_states(object pair, int tn, int64_t B, int64_t R, int64_t H):
+    """(h, c), (1, B, R) and (1, B, H), from ``pair``, or the shared zeros for None;
+    None if ``pair`` needs the general path."""
+    cdef size_t itemsize = 4 if tn == cnp.NPY_FLOAT32 else 8
+    if pair is None:
+        z = _zeros(B * (R if R > H else H) * itemsize)
+        return (z, z)
+    if _pair(pair) and _fits(pair[0], tn, 3, 1, B, R) and _fits(pair[1], tn, 3, 1, B, H):
+        return (pair[0], pair[1])
+    return None
+
+
 def layer_forward(Packed packed not None, x, hx, int num_threads):
     """``LSTM.forward`` for one layer and direction: x (T, B, I) with T, B >= 1,
     hx None or (h0 (1, B, R), c0 (1, B, H)).
@@ -639,17 +651,10 @@ def layer_forward(Packed packed not None, x, hx, int num_threads):
     if T < 1 or B < 1 or not _fits(x, tn, 3, T, B, I):
         return None
     cdef cnp.npy_intp d[3]
-    cdef object h0, c0
-    cdef size_t itemsize = 4 if tn == cnp.NPY_FLOAT32 else 8
-    if hx is None:
-        h0 = c0 = _zeros(B * (R if R > H else H) * itemsize)
-    elif _pair(hx):
-        h0 = hx[0]
-        c0 = hx[1]
-        if not _fits(h0, tn, 3, 1, B, R) or not _fits(c0, tn, 3, 1, B, H):
-            return None
-    else:
+    cdef tuple states = _layer_states(hx, tn, B, R, H)
+    if states is None:
         return None
+    h0, c0 = states
     cdef int nth = _nthreads(T, T * B, B, I, H, num_threads, tn)
     d[0] = T; d[1] = B; d[2] = R
     cdef cnp.ndarray y = _empty(3, d, tn)
@@ -705,16 +710,10 @@ def layer_backward(tuple cache not None, dy, grad_hx, int num_threads):
         dy = _zeros(T * B * R * itemsize)
     elif not _fits(dy, tn, 3, T, B, R):
         return None
-    cdef object dh_n, dc_n
-    if grad_hx is None:
-        dh_n = dc_n = _zeros(B * (R if R > H else H) * itemsize)
-    elif _pair(grad_hx):
-        dh_n = grad_hx[0]
-        dc_n = grad_hx[1]
-        if not _fits(dh_n, tn, 3, 1, B, R) or not _fits(dc_n, tn, 3, 1, B, H):
-            return None
-    else:
+    cdef tuple states = _layer_states(grad_hx, tn, B, R, H)
+    if states is None:
         return None
+    dh_n, dc_n = states
     cdef int nth = _nthreads(T, T * B, B, I, H, num_threads, tn)
     d[0] = T; d[1] = B; d[2] = I
     cdef cnp.ndarray dx = _empty(3, d, tn)
