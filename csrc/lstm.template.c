@@ -37,8 +37,10 @@
  *                  gates, c, y.
  *   backward step  dh = dgates[t+1].w_hh (w_hh packed [block][k][V]) fused with
  *                  the elementwise gate gradients of step t for the same
- *                  units; dw_ih, dw_hh, dx, db are whole-sequence GEMMs after
- *                  the loop.
+ *                  units, and (bwd_dx_in_steps) dx of step t+1 = dgates[t+1].w_ih
+ *                  as the same kind of tile; [dw_ih | dw_hh] (one product over
+ *                  [x | h_prev]), db, and otherwise dx are whole-sequence GEMMs
+ *                  after the loop.
  *   lengths        one code path for padded and variable-length batches: the
  *                  kernels see packed step-major rows and per-step row offsets
  *                  (offs[t] = sum(batch_sizes[:t]), NULL sizes = B per step);
