@@ -488,28 +488,93 @@ def _store_dh(out, oi, col, R, v, dy, dyi):
     _vstore_n(out, oi + col, v, n)
 
 
-@njit(inline="always", **_JIT)
-def _gemm_ukr(kc, a, ai, sr, sk, bp, bi, c, ci, ldc, mr, nn, first, bias, bo):
-    """MR x NR register tile (MR = 8 rows, NR = 2 vectors) over kc steps of k:
-    A(r, k) = a.flat[ai + r*sr + k*sk], B(k, :) = bp.flat[bi + k*NR:][:NR] (packed panel);
-    C rows ci + r*ldc get acc (+ bias[bo:] if first and bias is not None) if first, else C += acc.
-    Rows past mr re-read row mr - 1 and are dropped; columns past nn are masked."""
+@njit(**_JIT)
+def _gemm_ukr_n(kc, a, ai, lda, bp, bi, c, ci, ldc, mr, nn, first, bias, bo):
+    """MR x NR register tile (MR = 8 rows, NR = 2 vectors) over kc steps of k, row-major A:
+    A(r, k) = a.flat[ai + r*lda + k]; B(k, :) = bp.flat[bi + k*NR:][:NR] (packed panel);
+    C rows ci + r*ldc get acc (+ bias[bo:] if bias is not None) if first, else C += acc.
+    Rows past mr re-read row mr - 1 and are dropped; columns past nn are masked. Each element
+    of C is the k-ordered FMA chain, whatever the tile (same bits for any partition)."""
     W = _width(c)
     NR = 2 * W
-    a0 = ai + min(0, mr - 1) * sr
-    a1 = ai + min(1, mr - 1) * sr
-    a2 = ai + min(2, mr - 1) * sr
-    a3 = ai + min(3, mr - 1) * sr
-    a4 = ai + min(4, mr - 1) * sr
-    a5 = ai + min(5, mr - 1) * sr
-    a6 = ai + min(6, mr - 1) * sr
-    a7 = ai + min(7, mr - 1) * sr
+    a0 = ai + min(0, mr - 1) * lda
+    a1 = ai + min(1, mr - 1) * lda
+    a2 = ai + min(2, mr - 1) * lda
+    a3 = ai + min(3, mr - 1) * lda
+    a4 = ai + min(4, mr - 1) * lda
+    a5 = ai + min(5, mr - 1) * lda
+    a6 = ai + min(6, mr - 1) * lda
+    a7 = ai + min(7, mr - 1) * lda
     z = _vzero(c)
     c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = z
     for k in range(kc):
         b0 = _vload(bp, bi + k * NR)
         b1 = _vload(bp, bi + k * NR + W)
-        o = k * sk
+        o = k
+        s = _vset1(_ld(a, a0 + o))
+        c00 = _vfma(s, b0, c00)
+        c01 = _vfma(s, b1, c01)
+        s = _vset1(_ld(a, a1 + o))
+        c10 = _vfma(s, b0, c10)
+        c11 = _vfma(s, b1, c11)
+        s = _vset1(_ld(a, a2 + o))
+        c20 = _vfma(s, b0, c20)
+        c21 = _vfma(s, b1, c21)
+        s = _vset1(_ld(a, a3 + o))
+        c30 = _vfma(s, b0, c30)
+        c31 = _vfma(s, b1, c31)
+        s = _vset1(_ld(a, a4 + o))
+        c40 = _vfma(s, b0, c40)
+        c41 = _vfma(s, b1, c41)
+        s = _vset1(_ld(a, a5 + o))
+        c50 = _vfma(s, b0, c50)
+        c51 = _vfma(s, b1, c51)
+        s = _vset1(_ld(a, a6 + o))
+        c60 = _vfma(s, b0, c60)
+        c61 = _vfma(s, b1, c61)
+        s = _vset1(_ld(a, a7 + o))
+        c70 = _vfma(s, b0, c70)
+        c71 = _vfma(s, b1, c71)
+    _ukr_store(c, ci + 0 * ldc, c00, c01, nn, first, bias, bo)
+    if mr > 1:
+        _ukr_store(c, ci + 1 * ldc, c10, c11, nn, first, bias, bo)
+    if mr > 2:
+        _ukr_store(c, ci + 2 * ldc, c20, c21, nn, first, bias, bo)
+    if mr > 3:
+        _ukr_store(c, ci + 3 * ldc, c30, c31, nn, first, bias, bo)
+    if mr > 4:
+        _ukr_store(c, ci + 4 * ldc, c40, c41, nn, first, bias, bo)
+    if mr > 5:
+        _ukr_store(c, ci + 5 * ldc, c50, c51, nn, first, bias, bo)
+    if mr > 6:
+        _ukr_store(c, ci + 6 * ldc, c60, c61, nn, first, bias, bo)
+    if mr > 7:
+        _ukr_store(c, ci + 7 * ldc, c70, c71, nn, first, bias, bo)
+
+
+@njit(**_JIT)
+def _gemm_ukr_t(kc, a, ai, lda, bp, bi, c, ci, ldc, mr, nn, first, bias, bo):
+    """``_gemm_ukr_n`` for transposed A (the dW products): A(r, k) = a.flat[ai + r + k*lda];
+    B(k, :) = bp.flat[bi + k*NR:][:NR] (packed panel);
+    C rows ci + r*ldc get acc (+ bias[bo:] if bias is not None) if first, else C += acc.
+    Rows past mr re-read row mr - 1 and are dropped; columns past nn are masked. Each element
+    of C is the k-ordered FMA chain, whatever the tile (same bits for any partition)."""
+    W = _width(c)
+    NR = 2 * W
+    a0 = ai + min(0, mr - 1)
+    a1 = ai + min(1, mr - 1)
+    a2 = ai + min(2, mr - 1)
+    a3 = ai + min(3, mr - 1)
+    a4 = ai + min(4, mr - 1)
+    a5 = ai + min(5, mr - 1)
+    a6 = ai + min(6, mr - 1)
+    a7 = ai + min(7, mr - 1)
+    z = _vzero(c)
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = z
+    for k in range(kc):
+        b0 = _vload(bp, bi + k * NR)
+        b1 = _vload(bp, bi + k * NR + W)
+        o = k * lda
         s = _vset1(_ld(a, a0 + o))
         c00 = _vfma(s, b0, c00)
         c01 = _vfma(s, b1, c01)
@@ -818,6 +883,17 @@ _MCT = 12     # row tiles per A block (96 rows x KC: ~96 KiB f32, in L2)
 _PAR_MIN = 1 << 18   # multiply-adds below which a product or step stays on one thread (~20 us)
 
 
+@intrinsic
+def _nl(typingctx, x):
+    """x as a plain (non-literal) intp. Numba compiles a callee once more for every literal
+    argument (``f(..., 0)`` and ``f(..., j0)`` are two specialisations, each with the tiles
+    inlined; an njit identity keeps the literal type): constants handed to the kernels, and
+    prange's unsigned index, go through this."""
+    def cg(context, builder, sig, args):
+        return context.cast(builder, args[0], sig.args[0], types.intp)
+    return types.intp(x), cg
+
+
 @njit(**_JIT)
 def _split(n, q, nth):
     """Start of part q of n items cut into nth contiguous parts."""
@@ -865,17 +941,17 @@ def _gemm_part(M, N, K, a, sr, sk, bp, c, bias, p0, p1, mt0, mt1):
                     ai = m0 * sr + kb * sk
                     ci = m0 * ldc + p * NR
                     mr = min(_MR, M - m0)
-                    # literal unit strides: the tile is inlined, so LLVM addresses A without spills
-                    # (transposed A, the dW products: 120 -> 240 GFLOP/s f32)
-                    if bias is None:
-                        if sk == 1:
-                            _gemm_ukr(kc, ap, ai, sr, 1, bpp, bi, cp, ci, ldc, mr, nn, kb == 0, None, p * NR)
+                    # one tile per A layout, unit stride literal (transposed A, the dW products:
+                    # 120 -> 240 GFLOP/s f32 against a generic-stride tile)
+                    if sk == 1:
+                        if bias is None:
+                            _gemm_ukr_n(kc, ap, ai, sr, bpp, bi, cp, ci, ldc, mr, nn, kb == 0, None, p * NR)
                         else:
-                            _gemm_ukr(kc, ap, ai, 1, sk, bpp, bi, cp, ci, ldc, mr, nn, kb == 0, None, p * NR)
-                    elif sk == 1:
-                        _gemm_ukr(kc, ap, ai, sr, 1, bpp, bi, cp, ci, ldc, mr, nn, kb == 0, _ptr(bias), p * NR)
+                            _gemm_ukr_n(kc, ap, ai, sr, bpp, bi, cp, ci, ldc, mr, nn, kb == 0, _ptr(bias), p * NR)
+                    elif bias is None:
+                        _gemm_ukr_t(kc, ap, ai, sk, bpp, bi, cp, ci, ldc, mr, nn, kb == 0, None, p * NR)
                     else:
-                        _gemm_ukr(kc, ap, ai, sr, sk, bpp, bi, cp, ci, ldc, mr, nn, kb == 0, _ptr(bias), p * NR)
+                        _gemm_ukr_t(kc, ap, ai, sk, bpp, bi, cp, ci, ldc, mr, nn, kb == 0, _ptr(bias), p * NR)
 
 
 @njit(**_PJIT)
@@ -888,11 +964,11 @@ def _gemm_par(M, N, K, a, sr, sk, bp, c, bias, nth):
     by_panels = npan >= mtiles
     for q in prange(nth):
         if by_panels:
-            _gemm_part(M, N, K, a, sr, sk, bp, c, bias, _split(npan, q, nth), _split(npan, q + 1, nth),
-                       0, mtiles)
+            _gemm_part(M, N, K, a, sr, sk, bp, c, bias, _split(npan, _nl(q), nth), _split(npan, _nl(q) + 1, nth),
+                       _nl(0), mtiles)
         else:
-            _gemm_part(M, N, K, a, sr, sk, bp, c, bias, 0, npan, _split(mtiles, q, nth),
-                       _split(mtiles, q + 1, nth))
+            _gemm_part(M, N, K, a, sr, sk, bp, c, bias, _nl(0), npan, _split(mtiles, _nl(q), nth),
+                       _split(mtiles, _nl(q) + 1, nth))
 
 
 @njit(**_JIT)
@@ -906,7 +982,7 @@ def _gemm(M, N, K, a, a_trans, bp, c, bias, nth):
         _gemm_par(M, N, K, a, sr, sk, bp, c, bias, nth)
     else:
         NR = 2 * _width(c)
-        _gemm_part(M, N, K, a, sr, sk, bp, c, bias, 0, (N + NR - 1) // NR, 0, (M + _MR - 1) // _MR)
+        _gemm_part(M, N, K, a, sr, sk, bp, c, bias, _nl(0), (N + NR - 1) // NR, _nl(0), (M + _MR - 1) // _MR)
 
 
 @njit(**_JIT)
@@ -996,7 +1072,7 @@ def _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, j0, j1, rev):
             nb = min(4, j1 - j)
             off = j * W
             _fwd_dot1(R, hp, 0, w, j * bs, nb, gates_t, 0, H, off)
-            _fwd_cell(gates_t, cp, c_t, h_t, 0, 1, H, off, min(nb * W, H - off))
+            _fwd_cell(gates_t, cp, c_t, h_t, _nl(0), _nl(1), H, off, min(nb * W, H - off))
         return
     nblk = j1 - j0
     for it in range(nblk):
@@ -1013,7 +1089,7 @@ def _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, j0, j1, rev):
 def _fwd_step_par(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, nth):
     nblk = (H + _width(gates_t) - 1) // _width(gates_t)
     for q in prange(nth):
-        _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, _split(nblk, q, nth), _split(nblk, q + 1, nth), rev)
+        _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, _split(nblk, _nl(q), nth), _split(nblk, _nl(q) + 1, nth), rev)
 
 
 @njit(**_JIT)
@@ -1022,7 +1098,7 @@ def _fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, nth):
     if nth > 1 and n * 4 * H * R >= _PAR_MIN:
         _fwd_step_par(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, nth)
     else:
-        _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, 0, (H + _width(gates_t) - 1) // _width(gates_t), rev)
+        _fwd_blocks(n, H, R, w, hp, cp, gates_t, c_t, h_t, _nl(0), (H + _width(gates_t) - 1) // _width(gates_t), rev)
 
 
 @njit(**_JIT)
@@ -1065,10 +1141,10 @@ def _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, nth):
 @njit(**_PJIT)
 def _fwd_seq_par(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, n0, nth):
     for q in prange(nth):
-        r0 = _rsplit(n0, q, nth)
-        r1 = _rsplit(n0, q + 1, nth)
+        r0 = _rsplit(n0, _nl(q), nth)
+        r1 = _rsplit(n0, _nl(q) + 1, nth)
         if r1 > r0:
-            _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, 1)
+            _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, _nl(1))
 
 
 @njit(**_JIT)
@@ -1093,7 +1169,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     if nth > 1 and n0 >= _ROWS_PER_THREAD * nth:
         _fwd_seq_par(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, n0, nth)
     else:
-        _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, 0, n0, nth)
+        _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, _nl(0), n0, nth)
     # final states: sequence r's last step is the last t with batch_sizes[t] > r
     h_n[n0:] = h0[n0:]
     c_n[n0:] = c0[n0:]
@@ -1158,7 +1234,7 @@ def _bwd_dh_p(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
     for j in range(q0, q1, jstep):
         nb = min(jstep, q1 - j)
         if nn == 1:
-            _bwd_dot1(G, dg_next, 0, whh_b, j * G * W, nb, out, 0, R, j * W, dy_t, 0)
+            _bwd_dot1(G, dg_next, _nl(0), whh_b, j * G * W, nb, out, _nl(0), R, j * W, dy_t, _nl(0))
         for r0 in range(0, nn if nn > 1 else 0, 4):
             _bwd_dot(G, dg_next, r0 * G, whh_b, j * G * W, min(4, nn - r0), nb, out, r0 * R, R, R, j * W,
                      dy_t, r0 * R)
@@ -1184,7 +1260,7 @@ def _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
 def _bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, nth):
     nblk = (R + _width(out) - 1) // _width(out)
     for q in prange(nth):
-        _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, _split(nblk, q, nth), _split(nblk, q + 1, nth))
+        _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, _split(nblk, _nl(q), nth), _split(nblk, _nl(q) + 1, nth))
 
 
 @njit(**_JIT)
@@ -1192,7 +1268,7 @@ def _bwd_dh_step(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, nth):
     if nth > 1:
         _bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, nth)
     else:
-        _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, 0, (R + _width(out) - 1) // _width(out))
+        _bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, _nl(0), (R + _width(out) - 1) // _width(out))
 
 
 @njit(**_JIT)
@@ -1213,7 +1289,7 @@ def _bwd_step_par(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cp
     nblk = (H + _width(dhs) - 1) // _width(dhs)
     for q in prange(nth):
         _bwd_blocks(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t,
-                    _split(nblk, q, nth), _split(nblk, q + 1, nth))
+                    _split(nblk, _nl(q), nth), _split(nblk, _nl(q) + 1, nth))
 
 
 @njit(**_PJIT)
@@ -1221,8 +1297,8 @@ def _bwd_cell_par(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, nth):
     W = _width(dm)
     nblk = (H + W - 1) // W
     for q in prange(nth):
-        u0 = _split(nblk, q, nth) * W
-        u1 = min(H, _split(nblk, q + 1, nth) * W)
+        u0 = _split(nblk, _nl(q), nth) * W
+        u1 = min(H, _split(nblk, _nl(q) + 1, nth) * W)
         if u1 > u0:
             _bwd_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, u1 - u0)
 
@@ -1262,7 +1338,7 @@ def _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, d
                               dg_t, nth)
             else:
                 _bwd_blocks(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc, dg_t,
-                            0, (H + _width(dhs) - 1) // _width(dhs))
+                            _nl(0), (H + _width(dhs) - 1) // _width(dhs))
         else:
             dha = dh_all[a:a + n]
             _bwd_dh_step(G, dg_next, nn, n, whh_b, dhn, dy_t, dha, R, nth if par else 1)
@@ -1270,18 +1346,18 @@ def _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, d
             if par:
                 _bwd_cell_par(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n], nth)
             else:
-                _bwd_cell(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n], 0, H)
+                _bwd_cell(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n], _nl(0), H)
 
 
 @njit(**_PJIT)
 def _bwd_seq_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
                  dc0, n0, nth):
     for q in prange(nth):
-        r0 = _rsplit(n0, q, nth)
-        r1 = _rsplit(n0, q + 1, nth)
+        r0 = _rsplit(n0, _nl(q), nth)
+        r1 = _rsplit(n0, _nl(q) + 1, nth)
         if r1 > r0:
             _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                     dc0, r0, r1, 1)
+                     dc0, r0, r1, _nl(1))
 
 
 @njit(**_JIT)
@@ -1311,13 +1387,13 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
                      dc0, n0, nth)
     else:
         _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                 dc0, 0, n0, nth)
+                 dc0, _nl(0), n0, nth)
     _bwd_dh_step(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, nth if B * G * R >= _PAR_MIN else 1)
     # whole-sequence products over all N rows, after the loop
     _gemm(N, I, G, dgates, False, wih, dx, None, nth)
-    _pack_rows(x, 0, N, xpan, 0)
+    _pack_rows(x, _nl(0), N, xpan, _nl(0))
     _gemm(G, I, N, dgates, True, xpan, dw_ih, None, nth)
-    _pack_rows(h0, 0, n0, hpan, 0)            # h_{t-1} of row k: h0 at t = 0, else y of step t-1
+    _pack_rows(h0, _nl(0), n0, hpan, _nl(0))            # h_{t-1} of row k: h0 at t = 0, else y of step t-1
     off = n0
     prev = 0
     for t in range(1, T):
@@ -1332,7 +1408,7 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
         for j in range(G):
             db[j] += dr[j]
     if whr is not None:
-        _pack_rows(m_all, 0, N, mpan, 0)
+        _pack_rows(m_all, _nl(0), N, mpan, _nl(0))
         _gemm(R, H, N, dh_all, True, mpan, dw_hr, None, nth)
 
 
