@@ -3,38 +3,42 @@
 Why hand-written loops and not BLAS: the BLAS Numba can reach (SciPy's
 OpenBLAS, the one ``np.dot`` uses) runs AVX2 kernels on this AVX-512 machine
 (OPENBLAS_CORETYPE=Haswell; MKL also picks AVX2 on AMD), about half its
-multiply-add rate; per-step BLAS calls also cost a few microseconds each at
-small shapes, and cannot apply the gate activations while a tile of h.w_hh^T
-is still in registers. The products here are register-tiled loops on explicit
+multiply-add rate; per-step BLAS calls also cost microseconds each at small
+shapes, and cannot apply the gate activations while a tile of h.w_hh^T is
+still in registers. The products here are register-tiled loops on explicit
 64-byte SIMD vectors (``_Vec``: an LLVM ``<16 x float>`` / ``<8 x double>``
 value, so LLVM keeps a tile's accumulators in zmm registers and emits
-``vfmadd231ps zmm``; check with ``fn.inspect_asm(sig)``). Measured against the
-previous BLAS-based version of this module (benchmarks, 1 thread, float32):
-see the module's git history; no product is left on BLAS, none measured faster.
+``vfmadd231ps zmm``; check with ``fn.inspect_asm(sig)``). Measured, one
+thread, this module's ``_gemm`` against NumPy's matmul (OpenBLAS, 1 thread):
+f32 2048x256 . 256x1024 253 vs 125 GFLOP/s, the transposed dW shape
+(1024x2048 . 2048x256) 211 vs 120, 512x64 . 64x256 256 vs 122; f64 about
+111 vs 60. No product was faster on BLAS, so none is left there.
 
-Names mirror the C kernel (``lstm_forward``/``lstm_backward``, ``gemm``,
-``fwd_step``, ``fwd_cell``, ``bwd_dot``, ``bwd_cell``, ``pack``); argument
+Names mirror the C kernel (``lstm_forward``/``lstm_backward``, ``_gemm``,
+``_fwd_dot``/``_fwd_cell``, ``_bwd_dot``/``_bwd_cell``, ``pack``); argument
 order follows ``_reference`` (inputs, then outputs and workspace). One Python
 function serves both dtypes (Numba specialises it per dtype).
 
-* Packed weights (``pack``, built once per weight version; NR = 2 vectors):
-  ``wih_t`` panels [ceil(4H/NR)][I][NR] of w_ih^T (gates = x.w_ih^T),
-  ``wih`` panels [ceil(I/NR)][4H][NR] of w_ih (dx = dgates.w_ih),
+* Packed weights (``pack``, built once per weight version; W lanes per
+  vector, NR = 2W): ``wih_t`` panels [ceil(4H/NR)][I][NR] of w_ih^T (gates =
+  x.w_ih^T), ``wih`` panels [ceil(I/NR)][4H][NR] of w_ih (dx = dgates.w_ih),
   ``whh_f`` [ceil(H/W)][R][4][W]: one forward tile holds the i, f, g, o
   columns of the same W hidden units (R = P with a projection, else H),
   ``whh_b`` [ceil(R/W)][4H][W] for dh = dgates.w_hh, ``b`` (4H,), and with a
   projection ``whr_t``/``whr`` panels of w_hr^T / w_hr.
 * GEMM (``_gemm``): C = A.B (+ bias) with B in packed panels, A row-major or
   transposed, read in place; blocked KC x (MC rows) so that the B sliver
-  (KC x NR) stays in L1 and the A block in L2; an 8 x 2-vector register tile.
-* Forward step (``_fwd_blocks``): per hidden block (W units) and 4 rows, the
-  16 accumulators of h_{t-1}.w_hh^T for the 4 gates are added to the input
+  (KC x NR) stays in L1 and the A block in L2; an 8-row x 2-vector register
+  tile (a 1-row x 4-panel tile for one-row products).
+* Forward step (``_fwd_blocks``): per hidden block (W units) and 6 rows, the
+  24 accumulators of h_{t-1}.w_hh^T for the 4 gates are added to the input
   projection in ``gates`` (x.w_ih^T + b, one GEMM for all steps before the
-  loop), then the elementwise pass of that tile (activations, c, h), while
-  the tile is in L1.
+  loop), then the elementwise pass of that tile (activations, c, h) while it
+  is in L1. One row (B = 1): 1 row x 4 blocks.
 * Backward step (``_bwd_blocks``): dh = dgates[t+1].w_hh for 4 rows x 4
-  blocks (+ dy), then the gate gradients of step t for the same units; dx,
-  dw_ih, dw_hh, db (and dw_hr) are whole-sequence GEMMs after the loop.
+  blocks (+ dy; 1 row x 8 blocks for one row), then the gate gradients of
+  step t for the same units; dx, dw_ih, dw_hh, db (and dw_hr) are
+  whole-sequence GEMMs after the loop.
 * Lengths: one code path, the packed step-major layout (x (N, I), step t's
   rows at sum(batch_sizes[:t]), only the first batch_sizes[t] sequences
   advance); sizes never increase, so h_{t-1}/c_{t-1} are the first n rows of
@@ -43,21 +47,26 @@ function serves both dtypes (Numba specialises it per dtype).
   m.w_hr^T is a GEMM per step; backward forms dh (P wide), dm = dh.w_hr, then
   the cell; dw_hr = dh_all^T.m_all after the loop. Without one the arrays are
   None and Numba compiles a specialisation with those branches pruned.
-* Threads: ``num_threads`` (``lstm_fast.set_num_threads``, 0 = per shape as
-  the C kernel decides) becomes ``numba.set_num_threads(n)`` for the call
-  (thread-local, restored after) and ``nth`` in the kernels. With nth > 1 the
-  GEMMs split output panels (or row tiles) and the steps split hidden blocks
-  over ``prange(nth)``; K is never split, and every output element is computed
-  by the same sequence of operations (same tile kernel, same k order, the
-  same elementwise code) whatever the partition, so the bits do not depend on
-  the thread count. nth = 1 runs on the calling thread, no parallel region.
-* Activations: branch-free polynomial exp/tanh (Cephes), written so LLVM
-  vectorises the elementwise loops; NaN propagates through explicit selects,
-  +-inf saturate like the reference. No fastmath ('nnan'/'ninf' would break
-  NaN/inf propagation; no contraction: FMAs only where written).
+* Threads: ``num_threads`` (``lstm_fast.set_num_threads``; 0 = per shape, the
+  C kernel's rule) becomes ``numba.set_num_threads(n)`` for the call
+  (thread-local, restored after) and ``nth`` in the kernels, over
+  ``prange(nth)`` with a fixed partition: the GEMMs split output panels (or
+  row tiles); the time loops split sequences (independent: one parallel
+  region for all steps) when there are >= 8 per thread, else each step's
+  hidden blocks; products and steps under 2^18 multiply-adds stay on the
+  calling thread. K is never split and every output element is computed by
+  the same sequence of operations (same tile kernel chain over k, the same
+  elementwise code) whatever the partition, so the bits do not depend on the
+  thread count. nth = 1 runs on the calling thread, no parallel region.
+* Activations: branch-free polynomial exp/tanh (Cephes) on whole vectors; NaN
+  propagates through explicit selects, +-inf saturate like the reference. No
+  fastmath ('nnan'/'ninf' would break NaN/inf propagation; no contraction:
+  FMAs only where written).
 * Compilation is lazy (nothing compiles at import) and cached to disk
   (``cache=True``); the module imports Numba, so the registry imports it only
-  when the backend is first used.
+  when the backend is first used. Cold first use compiles for ~30 s per
+  dtype (forward 14 s + backward 16 s, f32; benchmarks/numba_first_use.py);
+  from the cache the first call takes ~0.45 s (importing Numba included).
 """
 
 import operator
