@@ -344,9 +344,11 @@ INLINE vec FN(vtanh)(vec z)
  * a_trans. B is K x N: either prepacked panels [N/NR][K][NR] (bpacked), or
  * row-major b[k*ldb + n]; or, if offs is set (K = offs[nsteps] packed rows of
  * variable-length steps), the h_{t-1} rows of row k = offs[t] + r: b0[r*ldb + n]
- * at t = 0, else b[(offs[t-1] + r)*ldb + n]. With bx set, columns n < nx of raw B
- * are bx[k*ldbx + n] instead, and the sources above give columns nx..N-1 (as
- * their n - nx): B = [x | h_prev] for dw_ih and dw_hh in one product.
+ * at t = 0, else b[(offs[t-1] + r)*ldb + n]. With bx set, B = [x | 0 | h_prev]
+ * for dw_ih and dw_hh in one product: the first px panels (px*NR >= nx columns)
+ * hold bx[k*ldbx + n] for n < nx and zeros after, the panels from px the
+ * sources above (column n is their n - px*NR); C of the first px panels goes to
+ * c (nx columns, ldc), of the others to c2 (ldc2), and the zero columns nowhere.
  * C (M x N, ldc) = A.B + bias[n] (bias may be NULL). */
 typedef struct {
     int64_t M, N, K;
@@ -359,7 +361,9 @@ typedef struct {
     const int64_t *offs;
     int64_t nsteps;
     const TYPE *bx;
-    int64_t ldbx, nx;
+    int64_t ldbx, nx, px;
+    TYPE *c2;
+    int64_t ldc2;
     const TYPE *bias;
     TYPE *c;
     int64_t ldc;
@@ -435,15 +439,14 @@ KERNEL void FN(pack_b)(const FN(gemm_args) *g, int64_t kb, int64_t kc, int64_t p
                 src = t ? g->b + (g->offs[t - 1] + r) * g->ldb : g->b0 + r * g->ldb;
             }
             if (g->bx) {
-                if (n0 < g->nx) {   /* columns from x, then maybe from the other source */
-                    int64_t nxp = g->nx - n0 < nn ? g->nx - n0 : nn;
+                if (p < g->px) {   /* x columns, zero padded to the panel */
+                    int64_t nxp = g->nx - n0 < NR ? g->nx - n0 : NR;
                     memcpy(dst + k * NR, g->bx + row * g->ldbx + n0, (size_t)nxp * sizeof(TYPE));
-                    memcpy(dst + k * NR + nxp, src, (size_t)(nn - nxp) * sizeof(TYPE));
-                    for (int64_t n = nn; n < NR; n++)
+                    for (int64_t n = nxp; n < NR; n++)
                         dst[k * NR + n] = 0;
                     continue;
                 }
-                src -= g->nx;
+                src -= g->px * NR;
             }
             src += n0;
             if (nn == NR) {
@@ -645,24 +648,32 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
                 if (pack_rows)
                     FN(pack_a)(g, m0, kb, kc, ap);
                 for (int64_t p = pb; p < pe;) {
-                    int wide = mr <= 2 && pe - p >= WP;
+                    int wide = mr <= 2 && pe - p >= WP &&
+                               (!g->c2 || p + WP <= g->px || p >= g->px);
                     TYPE *cp = g->c + m0 * g->ldc + p * NR;
+                    int64_t ldc = g->ldc, nn = g->N - p * NR;
+                    if (g->c2 && p >= g->px) {
+                        cp = g->c2 + m0 * g->ldc2 + (p - g->px) * NR;
+                        ldc = g->ldc2;
+                    } else if (g->c2) {
+                        nn = g->nx - p * NR;
+                    }
                     const TYPE *bias = g->bias ? g->bias + p * NR : NULL;
                     const TYPE *bpp = bblk + (p - pb) * pstride;
                     if (pack_rows)
-                        FN(gemm_ukr_packed)(kc, ap, bpp, wide, pstride, cp, g->ldc, mr,
-                                            g->N - p * NR, kb == 0, bias);
+                        FN(gemm_ukr_packed)(kc, ap, bpp, wide, pstride, cp, ldc, mr,
+                                            nn, kb == 0, bias);
                     else if (at_direct)
                         FN(gemm_ukr_direct_t)(kc, g->a + kb * g->lda + m0, g->lda, bpp, wide,
-                                              pstride, cp, g->ldc, mr, g->N - p * NR,
+                                              pstride, cp, ldc, mr, nn,
                                               kb == 0, bias);
                     else if (g->a_trans)
                         FN(gemm_ukr_packed)(kc, ap + (mt - mt0) % ATB * kc * MR, bpp, wide,
-                                            pstride, cp, g->ldc, mr, g->N - p * NR, kb == 0,
+                                            pstride, cp, ldc, mr, nn, kb == 0,
                                             bias);
                     else
                         FN(gemm_ukr_direct)(kc, g->a + m0 * g->lda + kb, g->lda, bpp, wide,
-                                            pstride, cp, g->ldc, mr, g->N - p * NR, kb == 0,
+                                            pstride, cp, ldc, mr, nn, kb == 0,
                                             bias);
                     p += wide ? WP : 1;
                 }
@@ -1094,7 +1105,6 @@ typedef struct {
     TYPE *dm;           /* [B,H]  projection: dLoss/dm of the step */
     TYPE *dh_all;       /* [N,P]  projection: dLoss/dh of every step */
     TYPE *m_all;        /* [N,H]  projection: m = o*tanh(c) of every step */
-    TYPE *dw_cat;       /* [4H, I+R]  [dw_ih | dw_hh] as one product */
     TYPE *ws;
 } FN(bwd_ctx);
 
@@ -1390,24 +1400,21 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     g.lda = ldg;
     g.a_trans = 1;
     if (N * ldg * (int64_t)sizeof(TYPE) > (256 << 10)) {
-        g.N = I + R;
         g.bx = ctx->x;
         g.ldbx = I;
         g.nx = I;
+        g.px = (I + NR - 1) / NR;
+        g.N = g.px * NR + R;
         g.b = ctx->y;
         g.b0 = ctx->h0;
         g.offs = offs;
         g.nsteps = T;
         g.ldb = R;
-        g.c = ctx->dw_cat;
-        g.ldc = I + R;
+        g.c = ctx->dw_ih;
+        g.ldc = I;
+        g.c2 = ctx->dw_hh;
+        g.ldc2 = R;
         FN(gemm)(&g, ws, tid, nth);
-        lstm_barrier_wait(bar, nth);
-        for (int64_t m = FN(split)(G, tid, nth); m < FN(split)(G, tid + 1, nth); m++) {
-            memcpy(ctx->dw_ih + m * I, ctx->dw_cat + m * (I + R), (size_t)I * sizeof(TYPE));
-            memcpy(ctx->dw_hh + m * R, ctx->dw_cat + m * (I + R) + I,
-                   (size_t)R * sizeof(TYPE));
-        }
     } else {
         g.N = I;
         g.b = ctx->x;
@@ -1460,9 +1467,9 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
 static size_t FN(bwd_ws_size)(int64_t T, int64_t N, int64_t B, int64_t I, int64_t H, int64_t P,
                               int nth)
 {
+    (void)I;
     int64_t s = (int64_t)sizeof(TYPE);
-    int64_t bytes = FN(offs_bytes)(T) + ALIGN64(N * FN(dg_ld)(H) * s) +
-                    ALIGN64(4 * H * (I + (P ? P : H)) * s);
+    int64_t bytes = FN(offs_bytes)(T) + ALIGN64(N * FN(dg_ld)(H) * s);
     if (P)
         bytes += ALIGN64(B * H * s) + ALIGN64(N * P * s) + ALIGN64(N * H * s);
     return (size_t)bytes + (size_t)FN(gemm_ws_total)(4 * H, nth, 1) * sizeof(TYPE) + 64;
@@ -1488,8 +1495,6 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     wsb += FN(offs_bytes)(T);
     TYPE *dgates = (TYPE *)wsb;
     wsb += ALIGN64(N * ldg * s);
-    TYPE *dw_cat = (TYPE *)wsb;
-    wsb += ALIGN64(4 * H * (I + (P ? P : H)) * s);
     TYPE *dm = NULL, *dh_all = NULL, *m_all = NULL;
     if (P) {
         dm = (TYPE *)wsb;
@@ -1501,7 +1506,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     }
     FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
-                       dw_cat, (TYPE *)wsb};
+                       (TYPE *)wsb};
     if (nthreads < 1)
         nthreads = 1;
     lstm_pool_run(FN(bwd_job), &ctx, nthreads);
