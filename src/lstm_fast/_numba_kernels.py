@@ -963,21 +963,26 @@ def _gemm_part(M, N, K, a, sr, sk, bp, c, bias, p0, p1, mt0, mt1):
                         _gemm_ukr_t(kc, ap, ai, sk, bpp, bi, cp, ci, ldc, mr, nn, kb == 0, _ptr(bias), p * NR)
 
 
-@njit(**_PJIT)
-def _gemm_par(M, N, K, a, sr, sk, bp, c, bias, nth):
-    """``_gemm_part`` over nth threads: output panels (or row tiles, whichever are more) split."""
-    W = _width(c)
-    NR = 2 * W
+@njit(**_JIT)
+def _gemm_share(M, N, K, a, a_trans, bp, c, bias, q, nth):
+    """Part q of nth of ``_gemm``: output panels (or row tiles, whichever are more) split."""
+    NR = 2 * _width(c)
+    ld = a.shape[1]
+    sr, sk = (1, ld) if a_trans else (ld, 1)
     mtiles = (M + _MR - 1) // _MR
     npan = (N + NR - 1) // NR
-    by_panels = npan >= mtiles
+    if npan >= mtiles:
+        _gemm_part(M, N, K, a, sr, sk, bp, c, bias, _split(npan, q, nth), _split(npan, q + 1, nth),
+                   _nl(0), mtiles)
+    else:
+        _gemm_part(M, N, K, a, sr, sk, bp, c, bias, _nl(0), npan, _split(mtiles, q, nth),
+                   _split(mtiles, q + 1, nth))
+
+
+@njit(**_PJIT)
+def _gemm_par(M, N, K, a, a_trans, bp, c, bias, nth):
     for q in prange(nth):
-        if by_panels:
-            _gemm_part(M, N, K, a, sr, sk, bp, c, bias, _split(npan, _nl(q), nth), _split(npan, _nl(q) + 1, nth),
-                       _nl(0), mtiles)
-        else:
-            _gemm_part(M, N, K, a, sr, sk, bp, c, bias, _nl(0), npan, _split(mtiles, _nl(q), nth),
-                       _split(mtiles, _nl(q) + 1, nth))
+        _gemm_share(M, N, K, a, a_trans, bp, c, bias, _nl(q), nth)
 
 
 @njit(**_JIT)
@@ -985,13 +990,10 @@ def _gemm(M, N, K, a, a_trans, bp, c, bias, nth):
     """c[:M, :N] = op(a) @ B (+ bias): op(a) = a (M, K) or a^T (a (K, M)); B panels bp; nth threads."""
     if M == 0 or N == 0:
         return
-    ld = a.shape[1]
-    sr, sk = (1, ld) if a_trans else (ld, 1)
     if nth > 1 and M * N * K >= _PAR_MIN:
-        _gemm_par(M, N, K, a, sr, sk, bp, c, bias, nth)
+        _gemm_par(M, N, K, a, a_trans, bp, c, bias, nth)
     else:
-        NR = 2 * _width(c)
-        _gemm_part(M, N, K, a, sr, sk, bp, c, bias, _nl(0), (N + NR - 1) // NR, _nl(0), (M + _MR - 1) // _MR)
+        _gemm_share(M, N, K, a, a_trans, bp, c, bias, _nl(0), _nl(1))
 
 
 @njit(**_JIT)
@@ -1120,12 +1122,17 @@ _ROWS_PER_THREAD = 8   # below this many sequences per thread the steps split hi
 
 
 @njit(**_JIT)
-def _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, nth):
+def _fwd_seq(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, nth):
     """The time loop for sequences r0..r1 (rows r0.. of every step). Sequences are
     independent, so a thread can run its own range through all steps without waiting for
-    the others; ``nth`` > 1 instead splits each step's hidden blocks (small batches)."""
+    the others; ``nth`` > 1 instead splits each step's hidden blocks (small batches). With
+    ``inproj`` each step first computes its rows of the input projection (same bits as the
+    whole GEMM: row tiles never change an element's operations), so that a thread's whole
+    forward is one parallel region."""
     B, R = h0.shape
     H = c0.shape[1]
+    G = 4 * H
+    I = x.shape[1]
     off = 0
     prev = 0
     for t in range(batch_sizes.shape[0]):
@@ -1138,6 +1145,8 @@ def _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, nth):
         p = prev + r0
         hp = h0[r0:r0 + n] if t == 0 else y[p:p + n]
         cp = c0[r0:r0 + n] if t == 0 else c[p:p + n]
+        if inproj:
+            _gemm(n, G, I, x[a:a + n], False, wih_t, gates[a:a + n], b, _nl(1))
         if whr_t is None:
             _fwd_step(n, H, R, whh_f, hp, cp, gates[a:a + n], c[a:a + n], y[a:a + n], t & 1, nth)
         else:
@@ -1148,12 +1157,12 @@ def _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, nth):
 
 
 @njit(**_PJIT)
-def _fwd_seq_par(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, n0, nth):
+def _fwd_seq_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, n0, nth):
     for q in prange(nth):
         r0 = _rsplit(n0, _nl(q), nth)
         r1 = _rsplit(n0, _nl(q) + 1, nth)
         if r1 > r0:
-            _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, _nl(1))
+            _fwd_seq(x, wih_t, b, True, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, r0, r1, _nl(1))
 
 
 @njit(**_JIT)
@@ -1164,8 +1173,10 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     start at sum(batch_sizes[:t]) and only its first batch_sizes[t] sequences advance.
     Weights as ``pack`` makes them: ``wih_t`` panels, ``whh_f``, ``b`` (4H,), ``whr_t``
     panels or None; ``m`` (B, H) workspace with a projection, else None. ``nth`` threads:
-    the input projection splits output tiles; the time loop splits sequences (one parallel
-    region for all steps), or for fewer than 8 sequences per thread each step's hidden blocks.
+    with >= 8 sequences per thread each thread runs its sequences through all steps, input
+    projection included (one parallel region per pass: on a shared machine every region can
+    wait a scheduler tick for the second thread); else the input projection splits output
+    tiles and each step its hidden blocks.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -1173,12 +1184,12 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     G = 4 * H
     T = batch_sizes.shape[0]
     _check_steps(batch_sizes, N, B)
-    _gemm(N, G, I, x, False, wih_t, gates, b, nth)   # hoisted input projection + bias
     n0 = batch_sizes[0] if T > 0 else 0
-    if nth > 1 and n0 >= _ROWS_PER_THREAD * nth:
-        _fwd_seq_par(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, n0, nth)
+    if nth > 1 and n0 >= _ROWS_PER_THREAD * nth:   # one parallel region for the whole pass
+        _fwd_seq_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, n0, nth)
     else:
-        _fwd_seq(whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, _nl(0), n0, nth)
+        _gemm(N, G, I, x, False, wih_t, gates, b, nth)   # hoisted input projection + bias
+        _fwd_seq(x, wih_t, b, False, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, _nl(0), n0, nth)
     # final states: sequence r's last step is the last t with batch_sizes[t] > r
     h_n[n0:] = h0[n0:]
     c_n[n0:] = c0[n0:]
@@ -1360,13 +1371,36 @@ def _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, d
 
 @njit(**_PJIT)
 def _bwd_seq_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                 dc0, n0, nth):
+                 dc0, dh0, n0, nth):
     for q in prange(nth):
         r0 = _rsplit(n0, _nl(q), nth)
         r1 = _rsplit(n0, _nl(q) + 1, nth)
         if r1 > r0:
             _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
                      dc0, r0, r1, _nl(1))
+            # dh0 of these sequences (all active at t = 0): dgates[0] . w_hh
+            _bwd_dh(4 * c0.shape[1], dgates[r0:r1], r1 - r0, r1 - r0, whh_b, dh_n[r0:r1], None, dh0[r0:r1],
+                    h0.shape[1], _nl(0), (h0.shape[1] + _width(dh0) - 1) // _width(dh0))
+
+
+@njit(**_JIT)
+def _bwd_gemms(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr, q, nth):
+    """Part q of nth of the whole-sequence products: dx = dgates.w_ih, dw_ih = dgates^T.x,
+    dw_hh = dgates^T.h_prev, with a projection dw_hr = dh_all^T.m_all."""
+    N, G = dgates.shape
+    I = dx.shape[1]
+    R = dw_hh.shape[1]
+    _gemm_share(N, I, G, dgates, False, wih, dx, None, q, nth)
+    _gemm_share(G, I, N, dgates, True, xpan, dw_ih, None, q, nth)
+    _gemm_share(G, R, N, dgates, True, hpan, dw_hh, None, q, nth)
+    if dw_hr is not None:
+        _gemm_share(R, dw_hr.shape[1], N, dh_all, True, mpan, dw_hr, None, q, nth)
+
+
+@njit(**_PJIT)
+def _bwd_gemms_par(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr, nth):
+    for q in prange(nth):
+        _bwd_gemms(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr, _nl(q), nth)
 
 
 @njit(**_JIT)
@@ -1391,17 +1425,16 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     _check_steps(batch_sizes, N, B)
     dc0[:] = dc_n
     n0 = batch_sizes[0] if T > 0 else 0
-    if nth > 1 and n0 >= _ROWS_PER_THREAD * nth:
+    if nth > 1 and n0 >= _ROWS_PER_THREAD * nth:   # one parallel region for the time loop and dh0
         _bwd_seq_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                     dc0, n0, nth)
+                     dc0, dh0, n0, nth)
+        dh0[n0:] = dh_n[n0:]
     else:
         _bwd_seq(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
                  dc0, _nl(0), n0, nth)
-    _bwd_dh_step(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, nth if B * G * R >= _PAR_MIN else 1)
+        _bwd_dh_step(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, nth if B * G * R >= _PAR_MIN else 1)
     # whole-sequence products over all N rows, after the loop
-    _gemm(N, I, G, dgates, False, wih, dx, None, nth)
     _pack_rows(x, _nl(0), N, xpan, _nl(0))
-    _gemm(G, I, N, dgates, True, xpan, dw_ih, None, nth)
     _pack_rows(h0, _nl(0), n0, hpan, _nl(0))            # h_{t-1} of row k: h0 at t = 0, else y of step t-1
     off = n0
     prev = 0
@@ -1410,15 +1443,17 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
         _pack_rows(y, prev, n, hpan, off)
         prev = off
         off += n
-    _gemm(G, R, N, dgates, True, hpan, dw_hh, None, nth)
+    if whr is not None:
+        _pack_rows(m_all, _nl(0), N, mpan, _nl(0))
+    if nth > 1 and N * G * (I + R) >= _PAR_MIN:   # dx, dw_ih, dw_hh (dw_hr) in one parallel region
+        _bwd_gemms_par(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr, nth)
+    else:
+        _bwd_gemms(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr, _nl(0), _nl(1))
     db[:] = 0
     for r in range(N):
         dr = dgates[r]
         for j in range(G):
             db[j] += dr[j]
-    if whr is not None:
-        _pack_rows(m_all, _nl(0), N, mpan, _nl(0))
-        _gemm(R, H, N, dh_all, True, mpan, dw_hr, None, nth)
 
 
 # --- threads -------------------------------------------------------------------------
