@@ -64,8 +64,8 @@ function serves both dtypes (Numba specialises it per dtype).
   FMAs only where written).
 * Compilation is lazy (nothing compiles at import) and cached to disk
   (``cache=True``); the module imports Numba, so the registry imports it only
-  when the backend is first used. Cold first use compiles for ~30 s per
-  dtype (forward 14 s + backward 16 s, f32; benchmarks/numba_first_use.py);
+  when the backend is first used. Cold first use compiles for ~35 s per
+  dtype (forward 17.5 s + backward 18.7 s, f32; benchmarks/numba_first_use.py);
   from the cache the first call takes ~0.45 s (importing Numba included).
 """
 
