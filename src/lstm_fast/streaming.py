@@ -3,13 +3,13 @@
 For data that arrives over time, e.g. scoring every customer each month as the
 month's numbers come in. The stream keeps the state (h, c) for a fixed batch
 size between calls and uses the layer's packed weights, so a call does no
-validation of the weights and no repacking. On the "c" backend chunked calls
-give the same bits as one call over the whole sequence: its products compute
-every row with the same instruction sequence whatever the number of rows. The
-"numpy" and "numba" backends hand the input projection to BLAS, whose last bit
-can depend on the number of rows, so there a chunk agrees with the full call
-to rounding (for a single layer, whose first product sees the same rows, they
-are usually equal too). Streaming is inference: dropout is not applied,
+validation of the weights and no repacking. On the "c" and "numba" backends
+chunked calls give the same bits as one call over the whole sequence: their
+products compute every row with the same instruction sequence whatever the
+number of rows. The "numpy" reference hands the input projection to BLAS, whose
+last bit can depend on the number of rows, so there a chunk agrees with the
+full call to rounding (for a single layer, whose first product sees the same
+rows, they are usually equal too). Streaming is inference: dropout is not applied,
 whatever the layer's mode. Bidirectional layers cannot stream (the reverse
 direction needs the future) and are rejected.
 """
