@@ -22,6 +22,7 @@
 #  8. if qemu-x86_64 is installed (Debian: qemu-user): the wheel on an emulated CPU
 #     without AVX (Nehalem): detects "portable", matches the reference, refuses a
 #     forced avx2 with an error, and passes tests/test_ckernel.py + test_backends.py
+#     (their C and NumPy cases; numba's cold compile is too slow under emulation)
 #
 # Environment:
 #   PYTHON             interpreter to build for (default python3)
