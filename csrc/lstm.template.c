@@ -318,11 +318,11 @@ INLINE vec FN(vsigmoid)(vec z)
     vec e = VFMA(s, p, s);
     vec r = FN(vrecip12)(1 + e);
 #if ISA == 2 && IS_F64
-    return (vec)_mm512_mask_mul_pd((__m512d)r, _mm512_cmp_pd_mask((__m512d)z, (__m512d){0}, _CMP_NGE_UQ),
-                                   (__m512d)e, (__m512d)r);
+    __mmask8 neg = _mm512_cmp_pd_mask((__m512d)z, (__m512d){0}, _CMP_NGE_UQ);
+    return (vec)_mm512_mask_mul_pd((__m512d)r, neg, (__m512d)e, (__m512d)r);
 #elif ISA == 2
-    return (vec)_mm512_mask_mul_ps((__m512)r, _mm512_cmp_ps_mask((__m512)z, (__m512){0}, _CMP_NGE_UQ),
-                                   (__m512)e, (__m512)r);
+    __mmask16 neg = _mm512_cmp_ps_mask((__m512)z, (__m512){0}, _CMP_NGE_UQ);
+    return (vec)_mm512_mask_mul_ps((__m512)r, neg, (__m512)e, (__m512)r);
 #else
     return FN(vselect)(z >= (vec){0}, r, e * r);
 #endif
@@ -682,15 +682,26 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int nth)
     }
 }
 
+/* Whether dx is computed step by step: the n rows of step t+1, out [n,I] =
+ * dg . w_ih (bwd_rows with wih_b), in step t, while dg is still in cache;
+ * otherwise one GEMM after the loop (wih). Used without a projection and for I > 16;
+ * measured (f32, 1 thread, CPU time of the backward, GEMM / steps):
+ * (32,64,256,256) 21.1/20.0 ms, (32,16,64,64) .327/.312 ms; but (6,32,3,32)
+ * 26.4/27.7 us: with I = 3 a tile of V columns is mostly padding, where the
+ * GEMM's narrow tile has twice the rows. */
+static int FN(bwd_dx_in_steps)(int64_t I, int64_t P) { return !P && I > 16; }
+
 /* ---- packed weights ----------------------------------------------------------
  * R = P with a projection, else H: the width of h. header, then (64-byte aligned):
  *   wih_t  [ceil(4H/NR)][I][NR]   B = w_ih^T for gates = x.w_ih^T
- *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih
+ *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih (a GEMM; empty if
+ *                                 bwd_dx_in_steps)
  *   whh_f  [ceil(H/V)][I+R][4][V] forward step: i,f,g,o of V units together;
  *                                 the block's first I rows hold w_ih^T, for
  *                                 steps that do x_t.w_ih^T themselves (fwd_fuse_x)
  *   whh_b  [ceil(R/V)][4H][V]     backward step: dh = dgates.w_hh
- *   wih_b  [ceil(I/V)][4H][V]     backward step: dx = dgates.w_ih (no projection)
+ *   wih_b  [ceil(I/V)][4H][V]     backward step: dx = dgates.w_ih (only if
+ *                                 bwd_dx_in_steps)
  *   b      [4H]
  *   whr_t  [ceil(P/NR)][H][NR]    B = w_hr^T for h = m.w_hr^T   (projection only)
  *   whr    [ceil(H/NR)][P][NR]    B = w_hr   for dm = dh.w_hr    (projection only)
@@ -708,7 +719,7 @@ typedef struct {
 
 static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h)
 {
-    int64_t R = P ? P : H, s = (int64_t)sizeof(TYPE);
+    int64_t R = P ? P : H, s = (int64_t)sizeof(TYPE), dx_steps = FN(bwd_dx_in_steps)(I, P);
     h->magic = PACK_MAGIC;
     h->level = ISA;
     h->elem_size = (int32_t)sizeof(TYPE);
@@ -719,13 +730,13 @@ static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h
     h->off_wih_t = off;
     off = ALIGN64(off + (4 * H + NR - 1) / NR * I * NR * s);
     h->off_wih = off;
-    off = ALIGN64(off + (I + NR - 1) / NR * 4 * H * NR * s);
+    off = ALIGN64(off + (dx_steps ? 0 : (I + NR - 1) / NR * 4 * H * NR * s));
     h->off_whh_f = off;
     off = ALIGN64(off + (H + V - 1) / V * (I + R) * 4 * V * s);
     h->off_whh_b = off;
     off = ALIGN64(off + (R + V - 1) / V * 4 * H * V * s);
     h->off_wih_b = off;
-    off = ALIGN64(off + (I + V - 1) / V * 4 * H * V * s);
+    off = ALIGN64(off + (dx_steps ? (I + V - 1) / V * 4 * H * V * s : 0));
     h->off_b = off;
     off = ALIGN64(off + 4 * H * s);
     h->off_whr_t = off;
@@ -770,8 +781,9 @@ static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYP
     TYPE *whh_f = (TYPE *)(base + h->off_whh_f), *whh_b = (TYPE *)(base + h->off_whh_b);
     TYPE *bb = (TYPE *)(base + h->off_b);
     FN(pack_panels)(I, G, w_ih, 1, I, (TYPE *)(base + h->off_wih_t));
-    FN(pack_panels)(G, I, w_ih, I, 1, (TYPE *)(base + h->off_wih));
-    int64_t XF = I, KF = I + R;
+    int64_t KF = I + R, dx_steps = FN(bwd_dx_in_steps)(I, P);
+    if (!dx_steps)
+        FN(pack_panels)(G, I, w_ih, I, 1, (TYPE *)(base + h->off_wih));
     for (int64_t j = 0; j < (H + V - 1) / V; j++)
         for (int64_t k = 0; k < KF; k++)
             for (int g = 0; g < 4; g++)
@@ -779,7 +791,7 @@ static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYP
                     int64_t u = j * V + l;
                     TYPE w = 0;
                     if (u < H)
-                        w = k < XF ? w_ih[(g * H + u) * I + k] : w_hh[(g * H + u) * R + k - XF];
+                        w = k < I ? w_ih[(g * H + u) * I + k] : w_hh[(g * H + u) * R + k - I];
                     whh_f[((j * KF + k) * 4 + g) * V + l] = w;
                 }
     for (int64_t j = 0; j < (R + V - 1) / V; j++)
@@ -789,7 +801,7 @@ static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYP
                 whh_b[(j * G + k) * V + l] = u < R ? w_hh[k * R + u] : 0;
             }
     TYPE *wih_b = (TYPE *)(base + h->off_wih_b);
-    for (int64_t j = 0; j < (I + V - 1) / V; j++)
+    for (int64_t j = 0; j < (dx_steps ? (I + V - 1) / V : 0); j++)
         for (int64_t k = 0; k < G; k++)
             for (int l = 0; l < V; l++) {
                 int64_t u = j * V + l;
@@ -979,12 +991,7 @@ KERNEL void FN(fwd_step)(int64_t B, int64_t I, int64_t H, int64_t R, int64_t j0,
  * .018/.026; (32,1,256,256) .28/.50; (32,8,256,256) 1.26/1.44. Depends on the
  * shape only (not T or threads): a streamed step gives the same bits as a
  * whole-sequence call. */
-static int FN(fwd_fuse_x)(int64_t B, int64_t I, int64_t H, int64_t R)
-{
-    (void)H;
-    (void)R;
-    return I <= 16 || B >= 16;
-}
+static int FN(fwd_fuse_x)(int64_t B, int64_t I) { return I <= 16 || B >= 16; }
 
 KERNEL void FN(fwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
 {
@@ -1004,7 +1011,7 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
     g.bias = ctx->hdr->has_bias ? (const TYPE *)(base + ctx->hdr->off_b) : NULL;
     g.c = ctx->gates;
     g.ldc = G;
-    int64_t XF = FN(fwd_fuse_x)(B, I, H, R) ? I : 0;
+    int64_t XF = FN(fwd_fuse_x)(B, I) ? I : 0;
     if (!XF) {
         FN(gemm)(&g, ws, tid, nth);
         lstm_barrier_wait(bar, nth);
@@ -1267,15 +1274,6 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
         }
 }
 
-/* Whether dx is computed step by step: the n rows of step t+1, out [n,I] =
- * dg . w_ih (bwd_rows with wih_b), in step t, while dg is still in cache;
- * otherwise one GEMM after the loop. Used without a projection and for I > 16;
- * measured (f32, 1 thread, CPU time of the backward, GEMM / steps):
- * (32,64,256,256) 21.1/20.0 ms, (32,16,64,64) .327/.312 ms; but (6,32,3,32)
- * 26.4/27.7 us: with I = 3 a tile of V columns is mostly padding, where the
- * GEMM's narrow tile has twice the rows. */
-static int FN(bwd_dx_in_steps)(int64_t I, int64_t P) { return !P && I > 16; }
-
 /* One backward step t without a projection, hidden blocks j0..j1, fused: rows
  * below nn (active at t+1) take dh = dgates[t+1] . w_hh from the register tile,
  * the others (whose last step is t) take dh_n. */
@@ -1388,50 +1386,47 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int nth, lstm_barrier *bar)
         FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, ctx->dx);
 
     /* [dw_ih | dw_hh] = dgates^T . [x | h_prev]. When dgates^T is packed (a large
-     * N * 4H), as one product, so that it is packed once, then split into the
-     * two outputs (measured at (32,64,256,256) f32: two products spent 14% of
-     * the backward packing; one: 22.0 -> 21.1 ms); else as two products, which
-     * read it in place (one costs a barrier and a copy: 26.3 -> 27.6 us at
-     * (6,32,3,32)). Either way each element is the same sum in the same order. */
-    FN(gemm_args) g = {0};
+     * N * 4H), as one product writing both outputs, so that it is packed once
+     * (measured at (32,64,256,256) f32: two products spent 14% of the backward
+     * packing; one: 22.0 -> 21.1 ms); else as two products, which read it in
+     * place (one product cost 26.3 -> 27.6 us at (6,32,3,32)). Either way each
+     * element is the same sum in the same order. */
+    FN(gemm_args) g = {0};   /* dw_hh = dgates^T . h_prev */
     g.M = G;
     g.K = N;
     g.a = ctx->dgates;
     g.lda = ldg;
     g.a_trans = 1;
-    if (N * ldg * (int64_t)sizeof(TYPE) > (256 << 10)) {
+    g.N = R;
+    g.b = ctx->y;
+    g.b0 = ctx->h0;
+    g.offs = offs;
+    g.nsteps = T;
+    g.ldb = R;
+    g.c = ctx->dw_hh;
+    g.ldc = R;
+    if (N * ldg * (int64_t)sizeof(TYPE) > (256 << 10)) {   /* with dw_ih in front */
         g.bx = ctx->x;
         g.ldbx = I;
         g.nx = I;
         g.px = (I + NR - 1) / NR;
         g.N = g.px * NR + R;
-        g.b = ctx->y;
-        g.b0 = ctx->h0;
-        g.offs = offs;
-        g.nsteps = T;
-        g.ldb = R;
-        g.c = ctx->dw_ih;
-        g.ldc = I;
         g.c2 = ctx->dw_hh;
         g.ldc2 = R;
-        FN(gemm)(&g, ws, tid, nth);
-    } else {
-        g.N = I;
-        g.b = ctx->x;
-        g.ldb = I;
         g.c = ctx->dw_ih;
         g.ldc = I;
-        FN(gemm)(&g, ws, tid, nth);
-        g.N = R;
-        g.b = ctx->y;
-        g.b0 = ctx->h0;
-        g.offs = offs;
-        g.nsteps = T;
-        g.ldb = R;
-        g.c = ctx->dw_hh;
-        g.ldc = R;
-        FN(gemm)(&g, ws, tid, nth);
+    } else {
+        FN(gemm_args) gi = g;   /* dw_ih = dgates^T . x */
+        gi.N = I;
+        gi.b = ctx->x;
+        gi.b0 = NULL;
+        gi.offs = NULL;
+        gi.ldb = I;
+        gi.c = ctx->dw_ih;
+        gi.ldc = I;
+        FN(gemm)(&gi, ws, tid, nth);
     }
+    FN(gemm)(&g, ws, tid, nth);
 
     if (P) {
         FN(gemm_args) gr = {0};
