@@ -497,6 +497,27 @@ def _store_dh(out, oi, col, R, v, dy, dyi):
     _vstore_n(out, oi + col, v, n)
 
 
+@njit(inline="always", **_JIT)
+def _ukr_store8(c, ci, ldc, mr, nn, first, bias, bo,
+                c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71):
+    """Store the first mr rows (ldc apart from ci) of an 8-row GEMM tile with ``_ukr_store``."""
+    _ukr_store(c, ci + 0 * ldc, c00, c01, nn, first, bias, bo)
+    if mr > 1:
+        _ukr_store(c, ci + 1 * ldc, c10, c11, nn, first, bias, bo)
+    if mr > 2:
+        _ukr_store(c, ci + 2 * ldc, c20, c21, nn, first, bias, bo)
+    if mr > 3:
+        _ukr_store(c, ci + 3 * ldc, c30, c31, nn, first, bias, bo)
+    if mr > 4:
+        _ukr_store(c, ci + 4 * ldc, c40, c41, nn, first, bias, bo)
+    if mr > 5:
+        _ukr_store(c, ci + 5 * ldc, c50, c51, nn, first, bias, bo)
+    if mr > 6:
+        _ukr_store(c, ci + 6 * ldc, c60, c61, nn, first, bias, bo)
+    if mr > 7:
+        _ukr_store(c, ci + 7 * ldc, c70, c71, nn, first, bias, bo)
+
+
 @njit(**_JIT)
 def _gemm_ukr_n(kc, a, ai, lda, bp, bi, c, ci, ldc, mr, nn, first, bias, bo):
     """MR x NR register tile (MR = 8 rows, NR = 2 vectors) over kc steps of k, row-major A:
@@ -544,21 +565,8 @@ def _gemm_ukr_n(kc, a, ai, lda, bp, bi, c, ci, ldc, mr, nn, first, bias, bo):
         s = _vset1(_ld(a, a7 + o))
         c70 = _vfma(s, b0, c70)
         c71 = _vfma(s, b1, c71)
-    _ukr_store(c, ci + 0 * ldc, c00, c01, nn, first, bias, bo)
-    if mr > 1:
-        _ukr_store(c, ci + 1 * ldc, c10, c11, nn, first, bias, bo)
-    if mr > 2:
-        _ukr_store(c, ci + 2 * ldc, c20, c21, nn, first, bias, bo)
-    if mr > 3:
-        _ukr_store(c, ci + 3 * ldc, c30, c31, nn, first, bias, bo)
-    if mr > 4:
-        _ukr_store(c, ci + 4 * ldc, c40, c41, nn, first, bias, bo)
-    if mr > 5:
-        _ukr_store(c, ci + 5 * ldc, c50, c51, nn, first, bias, bo)
-    if mr > 6:
-        _ukr_store(c, ci + 6 * ldc, c60, c61, nn, first, bias, bo)
-    if mr > 7:
-        _ukr_store(c, ci + 7 * ldc, c70, c71, nn, first, bias, bo)
+    _ukr_store8(c, ci, ldc, mr, nn, first, bias, bo,
+                c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71)
 
 
 @njit(**_JIT)
@@ -608,21 +616,8 @@ def _gemm_ukr_t(kc, a, ai, lda, bp, bi, c, ci, ldc, mr, nn, first, bias, bo):
         s = _vset1(_ld(a, a7 + o))
         c70 = _vfma(s, b0, c70)
         c71 = _vfma(s, b1, c71)
-    _ukr_store(c, ci + 0 * ldc, c00, c01, nn, first, bias, bo)
-    if mr > 1:
-        _ukr_store(c, ci + 1 * ldc, c10, c11, nn, first, bias, bo)
-    if mr > 2:
-        _ukr_store(c, ci + 2 * ldc, c20, c21, nn, first, bias, bo)
-    if mr > 3:
-        _ukr_store(c, ci + 3 * ldc, c30, c31, nn, first, bias, bo)
-    if mr > 4:
-        _ukr_store(c, ci + 4 * ldc, c40, c41, nn, first, bias, bo)
-    if mr > 5:
-        _ukr_store(c, ci + 5 * ldc, c50, c51, nn, first, bias, bo)
-    if mr > 6:
-        _ukr_store(c, ci + 6 * ldc, c60, c61, nn, first, bias, bo)
-    if mr > 7:
-        _ukr_store(c, ci + 7 * ldc, c70, c71, nn, first, bias, bo)
+    _ukr_store8(c, ci, ldc, mr, nn, first, bias, bo,
+                c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71)
 
 
 @njit(**_JIT)
