@@ -16,6 +16,7 @@
 #include "pool.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -119,14 +120,19 @@ int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int request
 
 const char *lstm_build_info(void)
 {
-    return "compiler=" LSTM_COMPILER_ID " (" __VERSION__ ")"
-           ";flags=" LSTM_COMPILE_FLAGS
+    /* threads= is what runs multi-thread jobs at this moment (the host's
+     * OpenMP runtime once one is loaded, else our pool), hence built per call. */
+    static _Thread_local char buf[1024];
+    snprintf(buf, sizeof buf, "%s;threads=%s",
+             "compiler=" LSTM_COMPILER_ID " (" __VERSION__ ")"
+             ";flags=" LSTM_COMPILE_FLAGS
 #if HAVE_X86
-           ";levels=portable,avx2,avx512"
+             ";levels=portable,avx2,avx512",
 #else
-           ";levels=portable"
+             ";levels=portable",
 #endif
-           ";threads=pthreads";
+             lstm_pool_runtime());
+    return buf;
 }
 
 /* All packed headers start like this (see packed_hdr in the template). */

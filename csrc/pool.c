@@ -2,8 +2,12 @@
 #include "pool.h"
 #include "lstm.h"
 
+#include <dlfcn.h>
 #include <limits.h>
+#include <link.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sched.h>
 #include <stdint.h>
 #include <time.h>
@@ -181,6 +185,81 @@ void lstm_barrier_wait(lstm_barrier *bar, int nthreads)
     __atomic_add_fetch(&bar->wait_ns, now_ns() - t0, __ATOMIC_RELAXED);
 }
 
+/* ---- the host process's OpenMP runtime ----------------------------------------- */
+
+/* GOMP_parallel and the omp_get_* calls of an OpenMP runtime already loaded
+ * into the process (torch's libgomp), looked up with dlopen(RTLD_NOLOAD): we
+ * never load one and have no link-time dependency. Set once by the run_lock
+ * holder; host.parallel is published last (release) and read with acquire. */
+#define HOST_OMP_LIB "libgomp.so.1"
+static struct {
+    void (*parallel)(void (*)(void *), void *, unsigned, unsigned);
+    int (*thread_num)(void);
+    int (*num_threads)(void);
+    unsigned long long adds;   /* objects loaded at the last failed look-up (run_lock) */
+    int looked;                /* a look-up was made (run_lock) */
+    int off;                   /* LSTM_FAST_THREADING=pool, or a forked child */
+} host;
+
+static int count_adds(struct dl_phdr_info *info, size_t size, void *out)
+{
+    *(unsigned long long *)out =
+        size >= offsetof(struct dl_phdr_info, dlpi_subs) ? info->dlpi_adds : 0;
+    return 1;   /* the counter is the same in every entry: stop at the first */
+}
+
+/* Under run_lock. 1 if the host's OpenMP runtime runs this job. */
+static int host_omp(void)
+{
+    int off = __atomic_load_n(&host.off, __ATOMIC_RELAXED);
+    if (off || __atomic_load_n(&host.parallel, __ATOMIC_ACQUIRE))
+        return !off;
+    /* A failed dlopen(RTLD_NOLOAD) searches the library path (~10 us): look
+     * again only after new objects were loaded (dl_iterate_phdr's counter). */
+    unsigned long long adds = 0;
+    dl_iterate_phdr(count_adds, &adds);
+    if (host.looked && adds == host.adds)
+        return 0;
+    host.looked = 1;
+    host.adds = adds;
+    void *h = dlopen(HOST_OMP_LIB, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+    if (!h)
+        return 0;
+    void *par = dlsym(h, "GOMP_parallel");
+    void *tnum = dlsym(h, "omp_get_thread_num");
+    void *nth = dlsym(h, "omp_get_num_threads");
+    if (!par || !tnum || !nth) {
+        dlclose(h);
+        return 0;
+    }
+    /* h stays open: the runtime cannot be unloaded under us. */
+    *(void **)&host.thread_num = tnum;
+    *(void **)&host.num_threads = nth;
+    __atomic_store_n((void **)&host.parallel, par, __ATOMIC_RELEASE);
+    return 1;
+}
+
+typedef struct {
+    lstm_job_fn fn;
+    void *arg;
+    lstm_barrier bar;
+    int team;     /* threads the runtime gave (tid 0 writes it) */
+    long t_fn;    /* when tid 0 finished fn */
+} omp_job;
+
+static void omp_body(void *p)
+{
+    omp_job *job = (omp_job *)p;
+    /* The real team, which may be smaller than asked (nested region, thread
+     * limit, OMP_DYNAMIC): the kernels partition by it and the barriers count it. */
+    int n = host.num_threads(), tid = host.thread_num();
+    job->fn(job->arg, tid, n, &job->bar);
+    if (tid == 0) {
+        job->team = n;
+        job->t_fn = now_ns();
+    }
+}
+
 /* ---- pool -------------------------------------------------------------------- */
 
 static struct {
@@ -232,13 +311,33 @@ static void after_fork_child(void)
     pool.bar.count = 0;
     pool.bar.sleepers = 0;
     os_after_fork();
+    /* libgomp's team of the forking thread did not survive the fork (its next
+     * parallel region in the child hangs): the child uses its own pool. */
+    __atomic_store_n(&host.off, 1, __ATOMIC_RELAXED);
 }
 
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
-static void register_atfork(void)
+static void init(void)
 {
     pthread_atfork(NULL, NULL, after_fork_child);
+    const char *mode = getenv("LSTM_FAST_THREADING");
+    if (mode && strcmp(mode, "pool") == 0)
+        __atomic_store_n(&host.off, 1, __ATOMIC_RELAXED);
+}
+
+const char *lstm_pool_runtime(void)
+{
+    pthread_once(&init_once, init);
+    pthread_mutex_lock(&pool.run_lock);
+    int use_host = host_omp();
+    pthread_mutex_unlock(&pool.run_lock);
+    if (use_host)
+        return "host OpenMP (GOMP_parallel of the process's " HOST_OMP_LIB ")";
+    if (__atomic_load_n(&host.off, __ATOMIC_RELAXED))
+        return "own pthread pool (LSTM_FAST_THREADING=pool or a forked child)";
+    return "own pthread pool (no " HOST_OMP_LIB " in the process: the host OpenMP runtime "
+           "is used once one is loaded)";
 }
 
 int lstm_online_cpus(void)
@@ -306,9 +405,23 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
         fn(arg, 0, 1, &solo);
         return;
     }
-    pthread_once(&atfork_once, register_atfork);
+    pthread_once(&init_once, init);
     if (nthreads > LSTM_MAX_THREADS)
         nthreads = LSTM_MAX_THREADS;
+    if (host_omp()) {
+        omp_job job = {fn, arg, {0}, 1, 0};
+        __atomic_store_n(&barrier_spin.budget, barrier_spin.max, __ATOMIC_RELAXED);
+        long t_start = now_ns();
+        host.parallel(omp_body, &job, (unsigned)nthreads, 0);
+        long t_end = now_ns();
+        if (job.team > 1) {
+            COUNT(&stats[0]);
+            judge_job(__atomic_load_n(&job.bar.wait_ns, __ATOMIC_RELAXED) + (t_end - job.t_fn),
+                      t_end - t_start, job.team);
+        }
+        pthread_mutex_unlock(&pool.run_lock);
+        return;
+    }
     while (pool.nworkers < nthreads - 1) {
         int tid = pool.nworkers + 1;
         pool.start_gen[tid] = pool.gen;   /* only this thread writes gen */

@@ -57,4 +57,8 @@ int lstm_pool_contended(void);
 #define LSTM_POOL_NSTATS 6
 void lstm_pool_stats(long out[LSTM_POOL_NSTATS]);
 
+/* Which threads run multi-thread jobs now: the host process's OpenMP runtime
+ * or our own pool (a constant string, for build info and `lstm-fast info`). */
+const char *lstm_pool_runtime(void);
+
 #endif
