@@ -168,6 +168,12 @@ void lstm_barrier_wait(lstm_barrier *bar, int nthreads)
 {
     if (nthreads <= 1)
         return;
+    if (bar->host_wait) {
+        long t0 = now_ns();
+        bar->host_wait();
+        __atomic_add_fetch(&bar->wait_ns, now_ns() - t0, __ATOMIC_RELAXED);
+        return;
+    }
     /* The phase cannot move before this thread arrives, so this read is the
      * phase this thread waits to end. */
     int phase = __atomic_load_n(&bar->phase, __ATOMIC_ACQUIRE);
@@ -196,6 +202,7 @@ static struct {
     void (*parallel)(void (*)(void *), void *, unsigned, unsigned);
     int (*thread_num)(void);
     int (*num_threads)(void);
+    void (*barrier)(void);
     unsigned long long adds;   /* objects loaded at the last failed look-up (run_lock) */
     int looked;                /* a look-up was made (run_lock) */
     int off;                   /* LSTM_FAST_THREADING=pool, or a forked child */
@@ -228,13 +235,15 @@ static int host_omp(void)
     void *par = dlsym(h, "GOMP_parallel");
     void *tnum = dlsym(h, "omp_get_thread_num");
     void *nth = dlsym(h, "omp_get_num_threads");
-    if (!par || !tnum || !nth) {
+    void *bar = dlsym(h, "GOMP_barrier");
+    if (!par || !tnum || !nth || !bar) {
         dlclose(h);
         return 0;
     }
     /* h stays open: the runtime cannot be unloaded under us. */
     *(void **)&host.thread_num = tnum;
     *(void **)&host.num_threads = nth;
+    *(void **)&host.barrier = bar;
     __atomic_store_n((void **)&host.parallel, par, __ATOMIC_RELEASE);
     return 1;
 }
@@ -409,8 +418,7 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
     if (nthreads > LSTM_MAX_THREADS)
         nthreads = LSTM_MAX_THREADS;
     if (host_omp()) {
-        omp_job job = {fn, arg, {0}, 1, 0};
-        __atomic_store_n(&barrier_spin.budget, barrier_spin.max, __ATOMIC_RELAXED);
+        omp_job job = {fn, arg, {.host_wait = host.barrier}, 1, 0};
         long t_start = now_ns();
         host.parallel(omp_body, &job, (unsigned)nthreads, 0);
         long t_end = now_ns();

@@ -22,6 +22,7 @@ typedef struct {
     int phase;        /* bumped when the last one arrives (futex word) */
     int sleepers;     /* threads asleep, or about to sleep, on phase */
     long wait_ns;     /* time spent waiting here in the current job, all threads */
+    void (*host_wait)(void);   /* the host OpenMP runtime's team barrier, or NULL */
 } lstm_barrier;
 
 typedef void (*lstm_job_fn)(void *arg, int tid, int nthreads, lstm_barrier *bar);
