@@ -2,19 +2,22 @@
 #include "pool.h"
 #include "lstm.h"
 
-#include <dlfcn.h>
 #include <limits.h>
-#include <link.h>
 #include <pthread.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
+#include <dlfcn.h>
+#include <link.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
+#define HAVE_HOST_OMP 1
+#else
+#define HAVE_HOST_OMP 0
 #endif
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -30,16 +33,26 @@
  * budget, one that has to sleep halves it; every job starts with the full
  * barrier budget, and an efficient job (see judge_job) restores the full idle
  * budget, so a transient disturbance does not leave it low. The halving
- * matters on a loaded
- * machine: when another process holds the other core, both our threads share
- * one, and the partner cannot even run while we spin (measured at
- * (T,B,I,H)=(32,16,64,64): 2 threads took 0.78/1.5/3.8/10.5 ms with a fixed
- * 10/30/100/300 us spin, 1 thread 0.21 ms). */
+ * matters on a loaded machine: when another process holds the other core,
+ * both our threads share one, and the partner cannot even run while we spin
+ * (measured at (T,B,I,H)=(32,16,64,64): 2 threads took 0.78/1.5/3.8/10.5 ms
+ * with a fixed 10/30/100/300 us spin, 1 thread 0.21 ms; libgomp's own barrier,
+ * a fixed ~300000-pause spin, made a 2-thread forward at (32,64,256,256) take
+ * 63-113 ms instead of 14 ms on 1 thread while another process held a core).
+ *
+ * In the host's OpenMP team the barrier may spin longer (HOST_BARRIER_SPIN_NS):
+ * between our jobs that team also runs torch's ops, and with 30 us the budget
+ * collapsed to sleeping at most barriers (a futex wake per step); with 300 us
+ * a torch-process 2-thread train step at (35,20,200,200)x2 took 12.1 ms
+ * instead of 12.7 (forward 3.8 vs 4.3, Intel Xeon, figures in the commit log). */
 #ifndef IDLE_SPIN_NS
 #define IDLE_SPIN_NS 100000
 #endif
 #ifndef BARRIER_SPIN_NS
 #define BARRIER_SPIN_NS 30000
+#endif
+#ifndef HOST_BARRIER_SPIN_NS
+#define HOST_BARRIER_SPIN_NS 300000
 #endif
 #ifndef MIN_SPIN_NS
 #define MIN_SPIN_NS 1000
@@ -51,6 +64,7 @@ typedef struct {
 } spin_policy;
 
 static spin_policy barrier_spin = {BARRIER_SPIN_NS, BARRIER_SPIN_NS};
+static spin_policy host_barrier_spin = {HOST_BARRIER_SPIN_NS, HOST_BARRIER_SPIN_NS};
 static spin_policy idle_spin = {IDLE_SPIN_NS, IDLE_SPIN_NS};
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
@@ -58,13 +72,14 @@ static spin_policy idle_spin = {IDLE_SPIN_NS, IDLE_SPIN_NS};
 #define INC(p) __atomic_add_fetch((p), 1, __ATOMIC_SEQ_CST)
 #define DEC(p) __atomic_sub_fetch((p), 1, __ATOMIC_SEQ_CST)
 #define COUNT(p) __atomic_add_fetch((p), 1, __ATOMIC_RELAXED)
+#define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
 
 static long stats[LSTM_POOL_NSTATS];
 
-/* Efficiency of multi-thread jobs: waiting fraction above BAD_WAIT marks the
- * pool contended (see lstm_pool_contended), below GOOD_WAIT clears it. */
-#define BAD_WAIT 0.40
-#define GOOD_WAIT 0.25
+/* Efficiency of multi-thread jobs (see judge_job): a loss above BAD_LOSS marks
+ * the pool contended (see lstm_pool_contended), below GOOD_LOSS clears it. */
+#define BAD_LOSS 0.40
+#define GOOD_LOSS 0.25
 #define BACKOFF_MIN_NS 10000000L     /* 10 ms */
 #define BACKOFF_MAX_NS 1000000000L   /* 1 s */
 static long contended_until;   /* now_ns() deadline; atomic */
@@ -73,6 +88,15 @@ static long now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+/* CPU time of the calling thread (a system call, ~0.3 us: twice per thread
+ * and job). */
+static long cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
@@ -128,24 +152,29 @@ static void os_after_fork(void)
  * read of sleepers comes after sleepers++ (it wakes), or the sleeper's read of
  * *word comes after the write (it does not sleep). A wake between the
  * sleeper's check and its futex call is not lost either: FUTEX_WAIT itself
- * re-checks *word == old atomically. Returns 1 if it slept. */
-static int wait_change(int *word, int old, int *sleepers, spin_policy *sp)
+ * re-checks *word == old atomically. Returns 1 if it slept; *spun (if not
+ * NULL) is the time spent spinning. */
+static int wait_change(int *word, int old, int *sleepers, spin_policy *sp, long *spun)
 {
     if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != old)
         return 0;
     int budget = __atomic_load_n(&sp->budget, __ATOMIC_RELAXED);
-    long t0 = now_ns();
+    long t0 = now_ns(), t = t0;
     for (unsigned spins = 1;; spins++) {
         CPU_RELAX();
         if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != old) {
             if (budget < sp->max)
                 __atomic_store_n(&sp->budget, budget < sp->max / 2 ? 2 * budget : sp->max,
                                  __ATOMIC_RELAXED);
+            if (spun)
+                *spun = now_ns() - t0;
             return 0;
         }
-        if ((spins & 31) == 0 && now_ns() - t0 > budget)
+        if ((spins & 31) == 0 && (t = now_ns()) - t0 > budget)
             break;
     }
+    if (spun)
+        *spun = t - t0;
     if (budget > MIN_SPIN_NS)
         __atomic_store_n(&sp->budget, budget / 2 > MIN_SPIN_NS ? budget / 2 : MIN_SPIN_NS,
                          __ATOMIC_RELAXED);
@@ -168,12 +197,6 @@ void lstm_barrier_wait(lstm_barrier *bar, int nthreads)
 {
     if (nthreads <= 1)
         return;
-    if (bar->host_wait) {
-        long t0 = now_ns();
-        bar->host_wait();
-        __atomic_add_fetch(&bar->wait_ns, now_ns() - t0, __ATOMIC_RELAXED);
-        return;
-    }
     /* The phase cannot move before this thread arrives, so this read is the
      * phase this thread waits to end. */
     int phase = __atomic_load_n(&bar->phase, __ATOMIC_ACQUIRE);
@@ -185,44 +208,61 @@ void lstm_barrier_wait(lstm_barrier *bar, int nthreads)
         wake(&bar->sleepers, &bar->phase);
         return;
     }
-    long t0 = now_ns();
-    if (wait_change(&bar->phase, phase, &bar->sleepers, &barrier_spin))
+    long spun = 0;
+    if (wait_change(&bar->phase, phase, &bar->sleepers,
+                    bar->host_team ? &host_barrier_spin : &barrier_spin, &spun))
         COUNT(&stats[2]);
-    __atomic_add_fetch(&bar->wait_ns, now_ns() - t0, __ATOMIC_RELAXED);
+    ADD(&bar->spin_ns, spun);
+}
+
+/* Runs one thread's part of a job and adds its CPU time to bar->cpu_ns. */
+static void run_part(lstm_job_fn fn, void *arg, int tid, int nthreads, lstm_barrier *bar)
+{
+    long c0 = cpu_ns();
+    fn(arg, tid, nthreads, bar);
+    ADD(&bar->cpu_ns, cpu_ns() - c0);
 }
 
 /* ---- the host process's OpenMP runtime ----------------------------------------- */
 
-/* GOMP_parallel and the omp_get_* calls of an OpenMP runtime already loaded
- * into the process (torch's libgomp), looked up with dlopen(RTLD_NOLOAD): we
- * never load one and have no link-time dependency. Set once by the run_lock
- * holder; host.parallel is published last (release) and read with acquire. */
+/* GOMP_parallel and omp_get_thread_num/omp_get_num_threads of the GNU OpenMP
+ * runtime when the process has already loaded it (torch's CPU wheel ships its
+ * own libgomp.so.1; numba's OpenMP layer loads the system one), looked up with
+ * dlopen(RTLD_NOLOAD): we never load it and have no link-time dependency.
+ * glibc matches the name against every loaded object's soname, so this is the
+ * copy torch itself resolved, whichever was loaded first. The pointers are set
+ * once by the run_lock holder; host.parallel is published last (release). */
 #define HOST_OMP_LIB "libgomp.so.1"
 static struct {
     void (*parallel)(void (*)(void *), void *, unsigned, unsigned);
     int (*thread_num)(void);
     int (*num_threads)(void);
-    void (*barrier)(void);
     unsigned long long adds;   /* objects loaded at the last failed look-up (run_lock) */
     int looked;                /* a look-up was made (run_lock) */
-    int off;                   /* LSTM_FAST_THREADING=pool, or a forked child */
+    int off;                   /* LSTM_FAST_THREADING=pool or lstm_pool_allow_host(0) */
+    int forked;                /* a forked child: never */
 } host;
 
+#if HAVE_HOST_OMP
 static int count_adds(struct dl_phdr_info *info, size_t size, void *out)
 {
     *(unsigned long long *)out =
         size >= offsetof(struct dl_phdr_info, dlpi_subs) ? info->dlpi_adds : 0;
     return 1;   /* the counter is the same in every entry: stop at the first */
 }
+#endif
 
-/* Under run_lock. 1 if the host's OpenMP runtime runs this job. */
+/* Under run_lock: 1 if the host's OpenMP runtime is to run this job. */
 static int host_omp(void)
 {
-    int off = __atomic_load_n(&host.off, __ATOMIC_RELAXED);
+    int off = __atomic_load_n(&host.off, __ATOMIC_RELAXED) |
+              __atomic_load_n(&host.forked, __ATOMIC_RELAXED);
     if (off || __atomic_load_n(&host.parallel, __ATOMIC_ACQUIRE))
         return !off;
+#if HAVE_HOST_OMP
     /* A failed dlopen(RTLD_NOLOAD) searches the library path (~10 us): look
-     * again only after new objects were loaded (dl_iterate_phdr's counter). */
+     * again only after the process loaded new objects (dl_iterate_phdr's
+     * counter, ~0.1 us to read). */
     unsigned long long adds = 0;
     dl_iterate_phdr(count_adds, &adds);
     if (host.looked && adds == host.adds)
@@ -235,17 +275,18 @@ static int host_omp(void)
     void *par = dlsym(h, "GOMP_parallel");
     void *tnum = dlsym(h, "omp_get_thread_num");
     void *nth = dlsym(h, "omp_get_num_threads");
-    void *bar = dlsym(h, "GOMP_barrier");
-    if (!par || !tnum || !nth || !bar) {
+    if (!par || !tnum || !nth) {
         dlclose(h);
         return 0;
     }
     /* h stays open: the runtime cannot be unloaded under us. */
     *(void **)&host.thread_num = tnum;
     *(void **)&host.num_threads = nth;
-    *(void **)&host.barrier = bar;
     __atomic_store_n((void **)&host.parallel, par, __ATOMIC_RELEASE);
     return 1;
+#else
+    return 0;
+#endif
 }
 
 typedef struct {
@@ -253,7 +294,6 @@ typedef struct {
     void *arg;
     lstm_barrier bar;
     int team;     /* threads the runtime gave (tid 0 writes it) */
-    long t_fn;    /* when tid 0 finished fn */
 } omp_job;
 
 static void omp_body(void *p)
@@ -262,11 +302,9 @@ static void omp_body(void *p)
     /* The real team, which may be smaller than asked (nested region, thread
      * limit, OMP_DYNAMIC): the kernels partition by it and the barriers count it. */
     int n = host.num_threads(), tid = host.thread_num();
-    job->fn(job->arg, tid, n, &job->bar);
-    if (tid == 0) {
+    if (tid == 0)
         job->team = n;
-        job->t_fn = now_ns();
-    }
+    run_part(job->fn, job->arg, tid, n, &job->bar);
 }
 
 /* ---- pool -------------------------------------------------------------------- */
@@ -293,13 +331,13 @@ static void *worker(void *p)
      * before pthread_create, which orders it before this read). */
     int seen = pool.start_gen[tid];
     for (;;) {
-        if (wait_change(&pool.gen, seen, &pool.gen_sleepers, &idle_spin))
+        if (wait_change(&pool.gen, seen, &pool.gen_sleepers, &idle_spin, NULL))
             COUNT(&stats[3]);
         /* The caller posts the next job only after every worker has counted
          * itself done with this one, so gen is now exactly seen + 1. */
         seen = LOAD(&pool.gen);
         if (tid < pool.nthreads)
-            pool.fn(pool.arg, tid, pool.nthreads, &pool.bar);
+            run_part(pool.fn, pool.arg, tid, pool.nthreads, &pool.bar);
         /* Last access to the job: after this the caller may return and post
          * another one (pool is static, so the wake below is always safe; at
          * worst it is spurious). */
@@ -322,7 +360,7 @@ static void after_fork_child(void)
     os_after_fork();
     /* libgomp's team of the forking thread did not survive the fork (its next
      * parallel region in the child hangs): the child uses its own pool. */
-    __atomic_store_n(&host.off, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&host.forked, 1, __ATOMIC_RELAXED);
 }
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -335,6 +373,12 @@ static void init(void)
         __atomic_store_n(&host.off, 1, __ATOMIC_RELAXED);
 }
 
+int lstm_pool_allow_host(int allow)
+{
+    pthread_once(&init_once, init);
+    return !__atomic_exchange_n(&host.off, !allow, __ATOMIC_RELAXED);
+}
+
 const char *lstm_pool_runtime(void)
 {
     pthread_once(&init_once, init);
@@ -343,8 +387,10 @@ const char *lstm_pool_runtime(void)
     pthread_mutex_unlock(&pool.run_lock);
     if (use_host)
         return "host OpenMP (GOMP_parallel of the process's " HOST_OMP_LIB ")";
+    if (__atomic_load_n(&host.forked, __ATOMIC_RELAXED))
+        return "own pthread pool (a forked child: the parent's OpenMP team is gone)";
     if (__atomic_load_n(&host.off, __ATOMIC_RELAXED))
-        return "own pthread pool (LSTM_FAST_THREADING=pool or a forked child)";
+        return "own pthread pool (LSTM_FAST_THREADING=pool)";
     return "own pthread pool (no " HOST_OMP_LIB " in the process: the host OpenMP runtime "
            "is used once one is loaded)";
 }
@@ -376,20 +422,29 @@ int lstm_pool_contended(void)
     return until != 0 && now_ns() < until;
 }
 
-/* Called by the run_lock holder after each multi-thread job. */
-static void judge_job(long wait_ns, long wall_ns, int nthreads)
+/* Called by the run_lock holder after each multi-thread job. The loss is the
+ * share of the team's capacity (n threads x wall time) not spent computing:
+ * 1 - (CPU time of the job's threads - their barrier spinning) / (n x wall).
+ * CPU time, not wall time, so that a thread sharing its core with another
+ * process counts for what it got: with a busy loop on one of 2 cores, one of
+ * our threads runs at half speed and the other waits for it, a 2-thread job
+ * is no faster than 1 thread, and the loss is ~50%. (The former measure,
+ * wall time waiting at barriers, read 25% there, under BAD_LOSS.) */
+static void judge_job(const lstm_barrier *bar, long wall_ns, int nthreads)
 {
     static long backoff;   /* guarded by run_lock */
     if (wall_ns <= 0)
         return;
-    double loss = (double)wait_ns / ((double)wall_ns * nthreads);
+    long busy = __atomic_load_n(&bar->cpu_ns, __ATOMIC_RELAXED) -
+                __atomic_load_n(&bar->spin_ns, __ATOMIC_RELAXED);
+    double loss = 1.0 - (double)(busy > 0 ? busy : 0) / ((double)wall_ns * nthreads);
     __atomic_store_n(&stats[5], (long)(loss * 1000), __ATOMIC_RELAXED);
-    if (loss > BAD_WAIT) {
+    if (loss > BAD_LOSS) {
         backoff = backoff ? (backoff < BACKOFF_MAX_NS / 2 ? 2 * backoff : BACKOFF_MAX_NS)
                           : BACKOFF_MIN_NS;
         __atomic_store_n(&contended_until, now_ns() + backoff, __ATOMIC_RELAXED);
         COUNT(&stats[4]);
-    } else if (loss < GOOD_WAIT) {
+    } else if (loss < GOOD_LOSS) {
         backoff = 0;
         __atomic_store_n(&contended_until, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&idle_spin.budget, idle_spin.max, __ATOMIC_RELAXED);
@@ -418,14 +473,14 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
     if (nthreads > LSTM_MAX_THREADS)
         nthreads = LSTM_MAX_THREADS;
     if (host_omp()) {
-        omp_job job = {fn, arg, {.host_wait = host.barrier}, 1, 0};
+        omp_job job = {fn, arg, {.host_team = 1}, 1};
+        __atomic_store_n(&host_barrier_spin.budget, host_barrier_spin.max, __ATOMIC_RELAXED);
         long t_start = now_ns();
         host.parallel(omp_body, &job, (unsigned)nthreads, 0);
         long t_end = now_ns();
         if (job.team > 1) {
             COUNT(&stats[0]);
-            judge_job(__atomic_load_n(&job.bar.wait_ns, __ATOMIC_RELAXED) + (t_end - job.t_fn),
-                      t_end - t_start, job.team);
+            judge_job(&job.bar, t_end - t_start, job.team);
         }
         pthread_mutex_unlock(&pool.run_lock);
         return;
@@ -455,7 +510,8 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
     pool.arg = arg;
     pool.nthreads = nthreads;
     pool.bar.count = 0;
-    pool.bar.wait_ns = 0;
+    pool.bar.spin_ns = 0;
+    pool.bar.cpu_ns = 0;
     STORE(&pool.done, 0);
     int nworkers = pool.nworkers;
     /* Post: everything above is published by this seq_cst store, which
@@ -464,15 +520,9 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
     long t_start = now_ns();
     STORE(&pool.gen, (int)((unsigned)pool.gen + 1u));
     wake(&pool.gen_sleepers, &pool.gen);
-    fn(arg, 0, nthreads, &pool.bar);
-    long t_fn = now_ns();
+    run_part(fn, arg, 0, nthreads, &pool.bar);
     for (int d; (d = LOAD(&pool.done)) < nworkers;)
-        wait_change(&pool.done, d, &pool.done_sleepers, &barrier_spin);
-    long t_end = now_ns();
-    /* Waiting: at the barriers (all threads) and for the workers at the end;
-     * the workers' own idle time after their last barrier is not seen, so
-     * this underestimates the loss for jobs with a long unsynchronised tail. */
-    judge_job(__atomic_load_n(&pool.bar.wait_ns, __ATOMIC_RELAXED) + (t_end - t_fn),
-              t_end - t_start, nthreads);
+        wait_change(&pool.done, d, &pool.done_sleepers, &barrier_spin, NULL);
+    judge_job(&pool.bar, now_ns() - t_start, nthreads);
     pthread_mutex_unlock(&pool.run_lock);
 }

@@ -1,14 +1,30 @@
-/* A persistent thread pool with a spin-then-sleep barrier, for the per-step
- * synchronisation of the recurrent loop.
+/* Threads for the kernels' jobs, with a spin-then-sleep barrier for the
+ * per-step synchronisation of the recurrent loop.
  *
- * Workers are created on first use and kept; between jobs they spin for a
- * short while (so back-to-back calls pay no wake-up) and then sleep (futex on
- * Linux). A thread waiting at a barrier also spins only briefly and then
- * sleeps, so a thread that lost its core to another process gets it back
- * instead of being starved by its partner spinning. Only one job runs at a
- * time: a caller that finds the pool busy (another Python thread, GIL
- * released) runs its job on 1 thread, which gives the same bits because the
- * kernels never split a reduction.
+ * Which threads. When the process has already loaded the GNU OpenMP runtime
+ * (torch's CPU wheel ships its own libgomp.so.1), a job runs on that
+ * runtime's team (GOMP_parallel, found at run time with
+ * dlopen(RTLD_NOLOAD)/dlsym: no link-time dependency, no -fopenmp): torch's
+ * threads and ours are then the same threads. A second pool of our own there
+ * competed with torch's OpenMP workers, which spin after each of torch's
+ * parallel regions: on a 2-core Intel Xeon a 2-thread training step of a
+ * 2-layer (35,20,200,200) model through lstm_fast.torch.LSTM took 32.6 ms on
+ * our own pool, 25.6 ms on 1 thread and 17.4 ms on torch's team. The job
+ * learns the team it got (omp_get_num_threads, possibly fewer than asked) and
+ * partitions by it. Otherwise (no OpenMP runtime loaded, LSTM_FAST_THREADING=pool,
+ * or a child forked after the parent used the runtime, whose team does not
+ * survive fork) the job runs on our own pool of pthreads.
+ *
+ * Own pool: workers are created on first use and kept; between jobs they spin
+ * for a short while (so back-to-back calls pay no wake-up) and then sleep
+ * (futex on Linux). A thread waiting at a barrier also spins only for an
+ * adaptive while and then sleeps, so a thread that lost its core to another
+ * process gets it back instead of being starved by its partner spinning
+ * (our barrier is used in the host's team too, for that reason).
+ *
+ * Either way only one job runs at a time: a caller that finds a job running
+ * (another Python thread, GIL released) runs its job on 1 thread, which gives
+ * the same bits because the kernels never split a reduction.
  *
  * Every sleep follows one protocol (see wait_change in pool.c): the sleeper
  * announces itself (sleepers++) and then re-checks the word; the waker changes
@@ -21,16 +37,18 @@ typedef struct {
     int count;        /* threads arrived in the current phase */
     int phase;        /* bumped when the last one arrives (futex word) */
     int sleepers;     /* threads asleep, or about to sleep, on phase */
-    long wait_ns;     /* time spent waiting here in the current job, all threads */
-    void (*host_wait)(void);   /* the host OpenMP runtime's team barrier, or NULL */
+    int host_team;    /* 1: the job runs on the host's OpenMP team (longer spin) */
+    long spin_ns;     /* time spent spinning here in the current job, all threads */
+    long cpu_ns;      /* CPU time of the current job's threads, added as each finishes */
 } lstm_barrier;
 
 typedef void (*lstm_job_fn)(void *arg, int tid, int nthreads, lstm_barrier *bar);
 
 /* Run fn(arg, tid, n, bar) for tid = 0..n-1 (tid 0 on the calling thread) and
- * return when all are done; n <= nthreads (fewer if the pool is busy or threads
- * cannot be created). Every one of the n threads must call lstm_barrier_wait
- * on bar the same number of times. */
+ * return when all are done; n <= nthreads (fewer if a job is already running,
+ * threads cannot be created, or the OpenMP runtime gives a smaller team).
+ * Every one of the n threads must call lstm_barrier_wait(bar, n) the same
+ * number of times. */
 void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads);
 
 /* Wait until all nthreads threads of the job have arrived. */
@@ -40,9 +58,10 @@ void lstm_barrier_wait(lstm_barrier *bar, int nthreads);
  * LSTM_MAX_THREADS; determined once. */
 int lstm_online_cpus(void);
 
-/* 1 while recent multi-thread jobs were inefficient: their threads spent more
- * than ~40% of the job waiting for each other, i.e. a second thread bought
- * less than ~1.2x, typically because another process holds the other core.
+/* 1 while recent multi-thread jobs were inefficient: more than ~40% of the
+ * team's capacity (threads x wall time) was not spent computing (their CPU
+ * time less barrier spinning), i.e. a second thread bought less than ~1.2x,
+ * typically because another process holds the other core.
  * Set after such a job for 10 ms, doubling while it persists (up to 1 s, so
  * the auto choice re-probes at least once a second); cleared by an efficient
  * job. For the automatic thread choice (lstm_resolve_threads, requested 0);
@@ -53,13 +72,19 @@ int lstm_pool_contended(void);
  * out[0] jobs run on >1 thread, out[1] jobs run on 1 thread because the pool
  * was busy, out[2] barrier waits that went to sleep, out[3] worker wake-ups
  * from sleep, out[4] multi-thread jobs found inefficient (see
- * lstm_pool_contended), out[5] permille of waiting in the last multi-thread
- * job. */
+ * lstm_pool_contended), out[5] permille of the team's capacity lost in the
+ * last multi-thread job. */
 #define LSTM_POOL_NSTATS 6
 void lstm_pool_stats(long out[LSTM_POOL_NSTATS]);
 
 /* Which threads run multi-thread jobs now: the host process's OpenMP runtime
  * or our own pool (a constant string, for build info and `lstm-fast info`). */
 const char *lstm_pool_runtime(void);
+
+/* 1 (default, unless LSTM_FAST_THREADING=pool): jobs run on the host's OpenMP
+ * runtime when the process has one; 0: always on our own pool (tests, A/B
+ * measurements). A forked child never uses the host's runtime. Returns the
+ * previous setting. */
+int lstm_pool_allow_host(int allow);
 
 #endif

@@ -1,4 +1,6 @@
-"""The C kernel's thread pool (csrc/pool.c) under stress.
+"""The C kernel's thread pool (csrc/pool.c) under stress, on both runtimes it
+runs jobs on: its own pthread pool and, when the process has loaded one (torch
+does), the host's OpenMP runtime (the ``runtime`` fixture).
 
 * thousands of short 2-thread calls in a row (every call posts a job, every
   step crosses a barrier: the places where a lost wake-up would hang);
@@ -41,6 +43,32 @@ def _pool_stats():
     out = (ctypes.c_long * 6)()
     fn(out)
     return list(out)
+
+
+def _allow_host(allow):
+    """lstm_pool_allow_host(allow) -> previous setting, or None if not exported."""
+    try:
+        fn = ctypes.CDLL(ck.__file__).lstm_pool_allow_host
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    return fn(int(allow))
+
+
+@pytest.fixture(params=["own", "host"])
+def runtime(request):
+    """Jobs on our own pool, or on the host's OpenMP runtime (torch loads libgomp)."""
+    if request.param == "host":
+        pytest.importorskip("torch")
+        if not ck.build_info()["threading"].startswith("host OpenMP"):
+            pytest.skip(f"no host OpenMP runtime: {ck.build_info()['threading']}")
+    old = _allow_host(request.param == "host")
+    if old is None:
+        pytest.skip("lstm_pool_allow_host not exported")
+    runtime_now = ck.build_info()["threading"]
+    assert runtime_now.startswith("host OpenMP" if request.param == "host" else "own"), runtime_now
+    yield request.param
+    _allow_host(old)
 
 
 def _delta(before):
@@ -100,7 +128,7 @@ SHORT = [(1, 1, 1, 1, np.float32), (2, 3, 5, 17, np.float32), (3, 4, 8, 33, np.f
 
 
 @needs_two
-def test_thousands_of_short_two_thread_calls():
+def test_thousands_of_short_two_thread_calls(runtime):
     cases = [(_problem(*shape, seed=k), shape) for k, shape in enumerate(SHORT)]
     want = [_fwd_bwd(p, d, 1) for (p, d), _ in cases]
     before = _pool_stats()
@@ -122,8 +150,10 @@ def test_thousands_of_short_two_thread_calls():
 
 
 @needs_two
-def test_wake_from_sleep():
-    """Calls spaced out so the idle worker is asleep (futex) when the job is posted."""
+@pytest.mark.parametrize("runtime", ["own"], indirect=True)
+def test_wake_from_sleep(runtime):
+    """Calls spaced out so the idle worker of our own pool is asleep (futex) when
+    the job is posted."""
     (p, d) = _problem(5, 8, 8, 32, np.float32, seed=7)
     want = _fwd_bwd(p, d, 1)
     before = _pool_stats()
@@ -141,7 +171,7 @@ def test_wake_from_sleep():
 
 @needs_two
 @pytest.mark.parametrize("n_callers", [2, 4])
-def test_concurrent_python_threads_two_thread_kernels(n_callers):
+def test_concurrent_python_threads_two_thread_kernels(n_callers, runtime):
     """Python threads call 2-thread kernels at once through the public API: one
     job at a time runs on the pool, the others alone; all give the serial bits."""
     shapes = [(6, 16, 16, 64), (3, 5, 4, 24), (9, 2, 3, 8)]
@@ -197,8 +227,9 @@ def test_concurrent_python_threads_two_thread_kernels(n_callers):
 
 @needs_two
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_pool_in_forked_child():
-    """A child forked after the pool started has no workers: it makes its own."""
+def test_pool_in_forked_child(runtime):
+    """A child forked after the pool (or the host's OpenMP team) started has no
+    workers: it makes its own."""
     p, d = _problem(4, 8, 8, 32, np.float32, seed=11)
     want = _fwd_bwd(p, d, 1)
     assert _same(_fwd_bwd(p, d, 2), want)          # parent's pool is up
