@@ -8,8 +8,8 @@
  * threads and ours are then the same threads. A second pool of our own there
  * competed with torch's OpenMP workers, which spin after each of torch's
  * parallel regions: on a 2-core Intel Xeon a 2-thread training step of a
- * 2-layer (35,20,200,200) model through lstm_fast.torch.LSTM took 32.6 ms on
- * our own pool, 25.6 ms on 1 thread and 17.4 ms on torch's team. The job
+ * 2-layer (35,20,200,200) model through lstm_fast.torch.LSTM took 28.1 ms on
+ * our own pool, 25.8 ms on 1 thread and 15.9 ms on torch's team. The job
  * learns the team it got (omp_get_num_threads, possibly fewer than asked) and
  * partitions by it. Otherwise (no OpenMP runtime loaded, LSTM_FAST_THREADING=pool,
  * or a child forked after the parent used the runtime, whose team does not

@@ -6,11 +6,12 @@
 #      its own venv and build dir under $SAN_DIR; the main (editable) install of
 #      the checkout is not touched;
 #   2. runs the kernel tests (tests/test_ckernel.py, the "c-" cases of
-#      tests/test_backends.py, tests/test_threads.py) with the ASan runtime
-#      preloaded; any ASan or UBSan report fails the run;
+#      tests/test_backends.py, tests/test_threads.py, tests/test_threads_torch.py)
+#      with the ASan runtime preloaded; any ASan or UBSan report fails the run;
 #   3. builds the extension without sanitizers into a second venv and runs a
 #      small forward/backward (every SIMD level valgrind can run, f32/f64,
-#      1 and 2 threads, padded and packed lengths) under valgrind memcheck.
+#      1 and 2 threads, padded and packed lengths, 2-thread jobs on our own pool
+#      and on a loaded libgomp's team) under valgrind memcheck.
 #
 # The venvs reuse the packages of the base interpreter (numpy, pytest, cython,
 # scikit-build-core, ...) through a plain path entry, so the base's .pth files,
@@ -83,7 +84,7 @@ if [ "$DO_ASAN" = 1 ]; then
       UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "$ASAN_VENV/bin/python" -m pytest -p no:cacheprovider -q \
       tests/test_ckernel.py tests/test_backends.py tests/test_threads.py \
-      -k "test_ckernel or test_threads or c-" "$@") || status=1
+      tests/test_threads_torch.py -k "test_ckernel or test_threads or c-" "$@") || status=1
   log "ASan+UBSan pytest: $([ $status = 0 ] && echo clean || echo FAILED)"
 fi
 
@@ -125,6 +126,23 @@ for level in levels:
                     ck.forward(p, xp, h0, c0, 2, bs)
                 except TypeError:
                     pass
+# 2-thread jobs on the host's OpenMP team (pool.c uses a libgomp the process has
+# loaded; torch would load its own, too slow to import under valgrind)
+import ctypes
+ctypes.CDLL("libgomp.so.1")
+assert ck.build_info()["threading"].startswith("host OpenMP"), ck.build_info()["threading"]
+for dtype in (np.float32, np.float64):
+    rng = np.random.default_rng(5)
+    r = lambda *s: rng.uniform(-0.5, 0.5, s).astype(dtype)
+    T, B, I, H = 4, 5, 3, 33
+    p = ck.pack(r(4 * H, I), r(4 * H, H), r(4 * H))
+    x, h0, c0, dy, dh, dc = r(T, B, I), r(B, H), r(B, H), r(T, B, H), r(B, H), r(B, H)
+    outs = []
+    for nth in (1, 2):
+        f = ck.forward(p, x, h0, c0, nth)
+        g = ck.backward(p, x, h0, c0, f[0], f[3], f[4], dy, dh, dc, nth)
+        outs.append(b"".join(a.tobytes() for a in tuple(f) + tuple(g)))
+    assert outs[0] == outs[1], "host-team 2-thread bits differ from 1 thread"
 print("valgrind small forward/backward: ok", flush=True)
 EOF
   # Suppressed: reports whose innermost frame is in the interpreter (this
