@@ -363,11 +363,17 @@ static void after_fork_child(void)
     __atomic_store_n(&host.forked, 1, __ATOMIC_RELAXED);
 }
 
+/* At load time, not at the first job: a child forked after torch used its
+ * OpenMP team but before our first job must not use that team either. */
+__attribute__((constructor)) static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_child);
+}
+
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 static void init(void)
 {
-    pthread_atfork(NULL, NULL, after_fork_child);
     const char *mode = getenv("LSTM_FAST_THREADING");
     if (mode && strcmp(mode, "pool") == 0)
         __atomic_store_n(&host.off, 1, __ATOMIC_RELAXED);

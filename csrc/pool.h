@@ -12,8 +12,10 @@
  * our own pool, 25.8 ms on 1 thread and 15.9 ms on torch's team. The job
  * learns the team it got (omp_get_num_threads, possibly fewer than asked) and
  * partitions by it. Otherwise (no OpenMP runtime loaded, LSTM_FAST_THREADING=pool,
- * or a child forked after the parent used the runtime, whose team does not
- * survive fork) the job runs on our own pool of pthreads.
+ * or a forked child: libgomp's team does not survive fork, and its next
+ * parallel region in the child hangs) the job runs on our own pool of pthreads.
+ * (A child forked before this library was loaded cannot know; torch's own ops
+ * at 2 threads hang in such a child as well.)
  *
  * Own pool: workers are created on first use and kept; between jobs they spin
  * for a short while (so back-to-back calls pay no wake-up) and then sleep

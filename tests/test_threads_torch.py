@@ -224,6 +224,37 @@ def test_team_smaller_than_asked():
     assert out.stdout.strip().endswith("multi-thread jobs: 0"), out.stdout
 
 
+_FORK_BEFORE_FIRST_JOB = r"""
+import os, signal, numpy as np, torch, lstm_fast, lstm_fast._ckernel as ck
+torch.set_num_threads(2)
+torch.randn(2000, 2000).exp().sum()        # torch's OpenMP team is up; ours never ran a job
+layer = lstm_fast.LSTM(16, 64, 1, backend="c", seed=2)
+x = np.random.default_rng(1).standard_normal((6, 16, 16)).astype(np.float32)
+lstm_fast.set_num_threads(1)
+want = layer(x)[0].tobytes()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(60)
+    lstm_fast.set_num_threads(2)
+    ok = layer(x)[0].tobytes() == want
+    os._exit(0 if ok and ck.build_info()["threading"].startswith("own pthread pool") else 2)
+_, status = os.waitpid(pid, 0)
+print("child status", status)
+"""
+
+
+@needs_two
+@needs_gomp
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_before_our_first_job_uses_own_pool():
+    """torch used its team, we had not run a job yet, then fork: the child must
+    not use the parent's (dead) team either."""
+    out = subprocess.run([sys.executable, "-c", _FORK_BEFORE_FIRST_JOB], capture_output=True,
+                         text=True, timeout=HANG_S)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "child status 0", out.stdout
+
+
 @needs_two
 @needs_gomp
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
