@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lstm_fast
-from lstm_fast import _backends
+from lstm_fast import backends
 
 from _support import BACKENDS, in_ci, make_problem
 
@@ -33,7 +33,7 @@ def test_import_does_not_import_numba_or_torch():
 def test_available_backends_and_auto():
     avail = lstm_fast.available_backends()
     assert "numpy" in avail
-    assert _backends.resolve("auto") == avail[0]
+    assert backends.resolve("auto") == avail[0]
     status = lstm_fast.backend_status()
     assert set(status) == {"c", "numba", "numpy"}
     for name in avail:
@@ -49,7 +49,7 @@ def test_unknown_backend_is_a_clear_error():
 
 
 def test_unavailable_backend_is_an_error_not_a_fallback(monkeypatch):
-    monkeypatch.setitem(_backends._status, "numba", "numba is not installed (pip install numba)")
+    monkeypatch.setitem(backends._status, "numba", "numba is not installed (pip install numba)")
     with pytest.raises(lstm_fast.BackendUnavailableError, match="'numba' is not available: numba is not installed"):
         lstm_fast.LSTM(2, 3, backend="numba")
 
@@ -176,10 +176,10 @@ def test_layer_call_errors():
 
 
 def test_projection_needs_a_backend_that_has_it(backend):
-    from lstm_fast import _backends
+    from lstm_fast import backends
     layer = lstm_fast.LSTM(3, 4, proj_size=2, backend=backend)
     x = np.zeros((2, 1, 3), np.float32)
-    if getattr(_backends.get(backend), "SUPPORTS_PROJECTION", False):
+    if getattr(backends.get(backend), "SUPPORTS_PROJECTION", False):
         assert layer(x)[0].shape == (2, 1, 2)
     else:
         with pytest.raises(NotImplementedError, match=f"backend '{backend}' does not support a projection"):
@@ -268,7 +268,7 @@ def test_projection_shape_errors(prob):
 
 
 def test_backend_without_projection_says_so(monkeypatch):
-    from lstm_fast import _reference
+    from lstm_fast.backends import reference as _reference
     monkeypatch.setattr(_reference, "SUPPORTS_PROJECTION", False)
     with pytest.raises(NotImplementedError, match="backend 'numpy' does not support a projection"):
         lstm_fast.LSTM(3, 4, proj_size=2, backend="numpy")(np.zeros((2, 1, 3), np.float32))

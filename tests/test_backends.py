@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import lstm_fast
-from lstm_fast import _reference as ref
+from lstm_fast.backends import reference as ref
 
 from _support import BACKENDS, DTYPES, assert_close, make_problem
 

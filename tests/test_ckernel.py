@@ -1,4 +1,4 @@
-"""The C kernel (lstm_fast._ckernel) called directly, against the NumPy reference.
+"""The C kernel (lstm_fast.backends._c) called directly, against the NumPy reference.
 
 Every SIMD level the CPU supports is exercised in-process through
 ``_set_simd_level``; the environment variable LSTM_FAST_SIMD is checked in a
@@ -12,9 +12,9 @@ import warnings
 import numpy as np
 import pytest
 
-from lstm_fast import _reference as ref
+from lstm_fast.backends import reference as ref
 
-ck = pytest.importorskip("lstm_fast._ckernel")
+ck = pytest.importorskip("lstm_fast.backends._c")
 
 _ORDER = ("portable", "avx2", "avx512")
 LEVELS = _ORDER[:_ORDER.index(ck.cpu_simd_level()) + 1]
@@ -251,7 +251,7 @@ def _in_subprocess(level, code):
 
 
 def test_env_var_forces_level():
-    code = ("import numpy as np, lstm_fast._ckernel as ck; print(ck.simd_level());"
+    code = ("import numpy as np, lstm_fast.backends._c as ck; print(ck.simd_level());"
             "w=np.ones((4,1)); p=ck.pack(w,w,None); z=np.zeros((1,1));"
             "print(ck.forward(p, np.ones((2,1,1)), z, z, 1)[0].ravel())")
     for level in LEVELS:

@@ -87,7 +87,7 @@ def test_functional_lengths_equal_separate_runs(backend, dtype):
 
 def test_work_scales_with_sum_of_lengths(monkeypatch):
     """The backend sees only sum(lengths) rows, never B * T."""
-    from lstm_fast import _reference
+    from lstm_fast.backends import reference as _reference
     seen = []
     real = _reference.forward
 

@@ -18,8 +18,8 @@ import pytest
 numba = pytest.importorskip("numba")
 
 import lstm_fast  # noqa: E402
-from lstm_fast import _numba_kernels as nk  # noqa: E402
-from lstm_fast import _reference as ref  # noqa: E402
+from lstm_fast.backends import numba as nk  # noqa: E402
+from lstm_fast.backends import reference as ref  # noqa: E402
 
 from _support import DTYPES, TOL, assert_close, make_problem  # noqa: E402
 
@@ -483,7 +483,7 @@ def test_import_lstm_fast_does_not_import_numba():
 
 def test_module_import_does_not_compile():
     out = _python("""
-        from lstm_fast import _numba_kernels as nk
+        from lstm_fast.backends import numba as nk
         print(len(nk.lstm_forward.signatures), len(nk.lstm_backward.signatures),
               len(nk._gemm.signatures), len(nk._fwd_step_par.signatures))
     """)
@@ -502,7 +502,7 @@ def test_fresh_process_loads_from_cache():
         import numpy as np
         t0 = time.perf_counter()
         import lstm_fast
-        from lstm_fast import _numba_kernels as nk
+        from lstm_fast.backends import numba as nk
         for dt in (np.float32, np.float64):
             x = np.ones((2, 2, 3), dt); w_ih = np.ones((16, 3), dt); w_hh = np.ones((16, 4), dt)
             h = np.zeros((2, 4), dt)

@@ -24,7 +24,7 @@ import pytest
 
 import lstm_fast
 
-ck = pytest.importorskip("lstm_fast._ckernel")
+ck = pytest.importorskip("lstm_fast.backends._c")
 
 HANG_S = float(os.environ.get("LSTM_FAST_TEST_HANG_S", "300"))
 TWO = ck._threads_for(8, 16, 8, 16, 2) == 2

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
 import lstm_fast  # noqa: E402
-from lstm_fast import _backends  # noqa: E402
+from lstm_fast import backends  # noqa: E402
 from lstm_fast import torch as ltorch  # noqa: E402
 
 from _support import assert_close  # noqa: E402
@@ -94,7 +94,7 @@ def test_matches_torch(backend, dtype, num_layers, bidirectional, batch_first, k
     args = (x, hx, lengths, batch_first, kind == "sorted", grads)
     t_out, expected = _forward_backward(ref, *args)
     o_out, actual = _forward_backward(ours, *args)
-    assert len(kernel_calls) == num_layers * D and set(kernel_calls) == {_backends.resolve(backend)}
+    assert len(kernel_calls) == num_layers * D and set(kernel_calls) == {backends.resolve(backend)}
     if lengths is not None:
         assert isinstance(o_out, PackedSequence)
         for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
@@ -151,7 +151,7 @@ def test_gradcheck_all_inputs_and_parameters(kernel_calls):
 
 def test_gradcheck_packed(kernel_calls):
     torch.manual_seed(0)
-    m = ltorch.LSTM(2, 3, bidirectional=True, backend=_backends.resolve("auto")).double()
+    m = ltorch.LSTM(2, 3, bidirectional=True, backend=backends.resolve("auto")).double()
     x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([2, 4, 1])
@@ -226,7 +226,7 @@ def test_state_dict_and_save_load_both_ways(tmp_path):
 
 @pytest.mark.parametrize("kind", ("tensor", "packed"))
 def test_dropout_seeded_like_torch_and_off_in_eval(kind, kernel_calls):
-    ref, ours = _pair(torch.float64, _backends.resolve("auto"), input_size=3, hidden_size=5, num_layers=3, dropout=0.5,
+    ref, ours = _pair(torch.float64, backends.resolve("auto"), input_size=3, hidden_size=5, num_layers=3, dropout=0.5,
                       bidirectional=True)
     x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
     data = lambda out: out.data if kind == "packed" else out  # noqa: E731
@@ -273,7 +273,7 @@ def test_projection_kernels_or_torch_fallback(backend, dtype, kind, kernel_calls
     args = (x, hx, lengths, False, False, grads)
     _, expected = _forward_backward(ref, *args)
     _, actual = _forward_backward(ours, *args)
-    supported = getattr(_backends.get(backend), "SUPPORTS_PROJECTION", False)
+    supported = getattr(backends.get(backend), "SUPPORTS_PROJECTION", False)
     assert len(kernel_calls) == (2 * L if supported else 0)
     for name, e in expected.items():
         assert actual[name].shape == e.shape, name

@@ -59,7 +59,7 @@ build() {   # build VENV BUILD_DIR SANITIZE(ON/OFF)
       "$venv/bin/python" - "$venv" "$san" <<'EOF'
 import sys
 venv, san = sys.argv[1], sys.argv[2]
-import lstm_fast._ckernel as k
+import lstm_fast.backends._c as k
 assert k.__file__.startswith(venv), f"imported {k.__file__}, not the build in {venv}"
 flags = k.build_info()["flags"]
 assert ("-fsanitize=address" in flags) == (san == "ON"), flags
@@ -96,7 +96,7 @@ if [ "$DO_VG" = 1 ]; then
 the NumPy reference (valgrind reports no AVX-512, so the CPU level seen here is
 at most avx2)."""
 import numpy as np
-from lstm_fast import _ckernel as ck, _reference as ref
+from lstm_fast.backends import _c as ck, reference as ref
 
 order = ("portable", "avx2", "avx512")
 levels = order[:order.index(ck.cpu_simd_level()) + 1]

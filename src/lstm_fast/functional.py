@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import _backends, _validation
+from . import _validation, backends
 from ._lengths import LengthPlan
 
 
@@ -131,16 +131,16 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     Returns ``LSTMResult(y, h_n, c_n, cache)``; pass ``cache`` to
     ``lstm_backward``. T = 0 is allowed: y is empty and h_n, c_n equal h0, c0.
     """
-    name = _backends.resolve(backend)
+    name = backends.resolve(backend)
     w_ih, w_hh, b, w_hr, dtype, I, H, P = _validation.weights(w_ih, w_hh, b_ih, b_hh, w_hr)
     x = _validation.sequence(x, "x", dtype, I)
     B = x.shape[1]
     h0 = _validation.state(h0, "h0", dtype, B, P)
     c0 = _validation.state(c0, "c0", dtype, B, H)
     plan = make_plan(_validation.lengths(lengths, B, x.shape[0]), x.shape[0], B)
-    impl = _backends.get(name)
+    impl = backends.get(name)
     packed = pack_weights(impl, name, w_ih, w_hh, b, w_hr)
-    y, h_n, c_n, saved = _forward_direction(impl, packed, x, h0, c0, _backends.get_num_threads(), plan)
+    y, h_n, c_n, saved = _forward_direction(impl, packed, x, h0, c0, backends.get_num_threads(), plan)
     cache = LSTMCache(name, packed, dtype, b is not None, (x.shape[0], B, H, P), saved, plan)
     return LSTMResult(y, h_n, c_n, cache)
 
@@ -162,9 +162,9 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
         dy = _validation.as_array(dy, "dy", dtype, (T, B, P))
     dh_n = _validation.state(dh_n, "dh_n", dtype, B, P)
     dc_n = _validation.state(dc_n, "dc_n", dtype, B, H)
-    impl = _backends.get(cache.backend)
+    impl = backends.get(cache.backend)
     dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = _backward_direction(
-        impl, cache.packed, cache.saved, dy, dh_n, dc_n, _backends.get_num_threads(), cache.plan)
+        impl, cache.packed, cache.saved, dy, dh_n, dc_n, backends.get_num_threads(), cache.plan)
     db_ih = db if cache.has_bias else None
     db_hh = db.copy() if cache.has_bias else None
     return LSTMGrads(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr)

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from . import _backends, _validation
+from . import _validation, backends
 from .functional import _backward_direction, _forward_direction, make_plan, pack_weights
 
 
@@ -80,11 +80,11 @@ class LSTM:
 
     @backend.setter
     def backend(self, name):
-        self._backend = _backends.resolve(name)
+        self._backend = backends.resolve(name)
         self._requested_backend = name
         self._packed = {}
         # The C backend's one-call path for a single layer and direction (see forward).
-        impl = _backends.get("c") if self._backend == "c" else None
+        impl = backends.get("c") if self._backend == "c" else None
         self._fast = (impl.layer_forward, impl.layer_backward) \
             if hasattr(impl, "layer_forward") else None
 
@@ -201,7 +201,7 @@ class LSTM:
             sfx = self._suffix(layer, d)
             p = self._params
             b = p["bias_ih" + sfx] + p["bias_hh" + sfx] if self.bias else None
-            packed = pack_weights(_backends.get(self._backend), self._backend, p["weight_ih" + sfx],
+            packed = pack_weights(backends.get(self._backend), self._backend, p["weight_ih" + sfx],
                                   p["weight_hh" + sfx], b, p.get("weight_hr" + sfx))
             self._packed[key] = packed
         return packed
@@ -237,7 +237,7 @@ class LSTM:
                 except Exception:       # raised again by the general path, after x's checks
                     packed = None
             if packed is not None:
-                r = fast[0](packed, x, hx, _backends.get_num_threads())
+                r = fast[0](packed, x, hx, backends.get_num_threads())
                 if r is not None:
                     self._cache = r[1]      # (packed, saved)
                     return r[0]
@@ -257,8 +257,8 @@ class LSTM:
         T, B, _ = x.shape
         plan = make_plan(_validation.lengths(lengths, B, T), T, B)
         h0, c0 = self._initial_state(hx, B, unbatched)
-        impl = _backends.get(self._backend)
-        nthreads = _backends.get_num_threads()
+        impl = backends.get(self._backend)
+        nthreads = backends.get_num_threads()
         h_n = np.empty((L * D, B, P), dtype)
         c_n = np.empty((L * D, B, H), dtype)
         caches = []
@@ -324,7 +324,7 @@ class LSTM:
             # From forward's one-call path: one layer, one direction, time-major.
             fast = self._fast
             if fast is not None and not self.batch_first:
-                r = fast[1](cache, grad_output, grad_hx, _backends.get_num_threads())
+                r = fast[1](cache, grad_output, grad_hx, backends.get_num_threads())
                 if r is not None:
                     self.grads = r[1]       # the names and order of _params
                     return r[0]
@@ -359,8 +359,8 @@ class LSTM:
             dh_n, dc_n = (_validation.as_array(s, f"grad_hx[{k}]", dtype,
                                                (n, C) if unbatched else (n, B, C)).reshape(n, B, C)
                           for k, (s, C) in enumerate(zip(grad_hx, (P, H))))
-        impl = _backends.get(self._backend)
-        nthreads = _backends.get_num_threads()
+        impl = backends.get(self._backend)
+        nthreads = backends.get_num_threads()
         dh0 = np.empty((n, B, P), dtype)
         dc0 = np.empty((n, B, H), dtype)
         grads = {}

@@ -16,7 +16,7 @@ direction needs the future) and are rejected.
 
 import numpy as np
 
-from . import _backends, _validation
+from . import _validation, backends
 
 
 class Stream:
@@ -72,11 +72,11 @@ class Stream:
         """One step: x_t (B, I) -> h (B, H) of the top layer."""
         layer = self.layer
         x = _validation.as_array(x_t, "x_t", layer.dtype, self._xshape, "(B, I) = ({}, {})")
-        impl = _backends.get(layer.backend)
+        impl = backends.get(layer.backend)
         step = getattr(impl, "step", None)      # allocation-free single step (the C backend)
         if step is None:
             return self._advance(x[None])[0]
-        nthreads = _backends.get_num_threads()
+        nthreads = backends.get_num_threads()
         for k in range(layer.num_layers):
             x = step(layer._weights(k, 0), x, self._h[k], self._c[k],
                      self._gates_ws[k], self._c_ws[k], nthreads, self._y[k])
@@ -90,8 +90,8 @@ class Stream:
 
     def _advance(self, x):
         layer = self.layer
-        impl = _backends.get(layer.backend)
-        nthreads = _backends.get_num_threads()
+        impl = backends.get(layer.backend)
+        nthreads = backends.get_num_threads()
         inp = x
         for k in range(layer.num_layers):
             y, self._h[k], self._c[k], _, _ = impl.forward(

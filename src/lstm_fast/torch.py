@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _backends
+from . import backends
 from .functional import _backward_direction, _forward_direction, make_plan, pack_weights
 
 __all__ = ["LSTM"]
@@ -62,12 +62,12 @@ class _Direction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, backend, plan, reverse):
-        impl = _backends.get(backend)
+        impl = backends.get(backend)
         b = None if b_ih is None else _np(b_ih) + _np(b_hh)
         packed = pack_weights(impl, backend, _np(w_ih), _np(w_hh), b,
                               None if w_hr is None else _np(w_hr))
         y, h_n, c_n, saved = _forward_direction(
-            impl, packed, _np(x), _np(h0), _np(c0), _backends.get_num_threads(), plan, reverse)
+            impl, packed, _np(x), _np(h0), _np(c0), backends.get_num_threads(), plan, reverse)
         y, h_n, c_n = _t(y), _t(h_n), _t(c_n)
         # Inputs and outputs are saved for autograd's check against in-place
         # changes (the kernel's arrays share their memory); the kernel's own
@@ -83,7 +83,7 @@ class _Direction(torch.autograd.Function):
         saved = tuple(t.numpy() for t in ctx.saved_tensors[11:])
         impl, packed, plan, reverse, has_bias = ctx.kernel
         dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = _backward_direction(
-            impl, packed, saved, _np(dy), _np(dh_n), _np(dc_n), _backends.get_num_threads(),
+            impl, packed, saved, _np(dy), _np(dh_n), _np(dc_n), backends.get_num_threads(),
             plan, reverse)
         db_ih = _t(db) if has_bias else None
         db_hh = db_ih.clone() if has_bias else None
@@ -105,7 +105,7 @@ class LSTM(torch.nn.LSTM):
         super().__init__(*args, **kwargs)
         self.backend = backend
         if backend != "torch":
-            _backends.resolve(backend)
+            backends.resolve(backend)
 
     def _kernel_backend(self, input, hx):
         """The resolved backend name if our kernels can run this call, else None."""
@@ -130,8 +130,8 @@ class LSTM(torch.nn.LSTM):
         wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
         if wrapped is not None and any(wrapped(t) for t in [data] + tensors):
             return None
-        name = _backends.resolve(backend)
-        if self.proj_size > 0 and not getattr(_backends.get(name), "SUPPORTS_PROJECTION", False):
+        name = backends.resolve(backend)
+        if self.proj_size > 0 and not getattr(backends.get(name), "SUPPORTS_PROJECTION", False):
             return None
         return name
 

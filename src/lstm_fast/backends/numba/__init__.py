@@ -1491,7 +1491,7 @@ class _numba_threads:
             numba.set_num_threads(self.old)
 
 
-# --- backend contract (see _backends.py) -----------------------------------------------
+# --- backend contract (see backends.py) -----------------------------------------------
 
 SUPPORTS_PROJECTION = True
 

@@ -40,9 +40,9 @@ import importlib.util
 import os
 
 BACKENDS = {
-    "c": "lstm_fast._ckernel",
-    "numba": "lstm_fast._numba_kernels",
-    "numpy": "lstm_fast._reference",
+    "c": "lstm_fast.backends._c",
+    "numba": "lstm_fast.backends.numba",
+    "numpy": "lstm_fast.backends.reference",
 }
 PREFERENCE = ("c", "numba", "numpy")
 ENV_VAR = "LSTM_FAST_BACKEND"

@@ -149,7 +149,7 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
     return dx, dw_ih, dw_hh, db, dh, dc
 
 
-# --- backend contract (see _backends.py) -----------------------------------
+# --- backend contract (see backends.py) -----------------------------------
 
 SUPPORTS_PROJECTION = True
 

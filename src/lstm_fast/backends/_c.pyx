@@ -113,7 +113,7 @@ cdef class Packed:
 
     def __repr__(self):
         dt = "float32" if self.typenum == cnp.NPY_FLOAT32 else "float64"
-        return (f"<lstm_fast._ckernel.Packed I={self.input_size} H={self.hidden_size} "
+        return (f"<lstm_fast.backends._c.Packed I={self.input_size} H={self.hidden_size} "
                 f"P={self.proj_size} {dt}>")
 
 
