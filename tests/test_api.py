@@ -175,15 +175,10 @@ def test_layer_call_errors():
         layer.backward(np.zeros((5, 2, 4), np.float32))
 
 
-def test_projection_needs_a_backend_that_has_it(backend):
-    from lstm_fast import backends
+def test_projection_runs_on_every_backend(backend):
     layer = lstm_fast.LSTM(3, 4, proj_size=2, backend=backend)
     x = np.zeros((2, 1, 3), np.float32)
-    if getattr(backends.get(backend), "SUPPORTS_PROJECTION", False):
-        assert layer(x)[0].shape == (2, 1, 2)
-    else:
-        with pytest.raises(NotImplementedError, match=f"backend '{backend}' does not support a projection"):
-            layer(x)
+    assert layer(x)[0].shape == (2, 1, 2)
     with pytest.raises(ValueError, match="proj_size must be smaller than hidden_size=4, got 4"):
         lstm_fast.LSTM(3, 4, proj_size=4)
 
@@ -265,13 +260,6 @@ def test_projection_shape_errors(prob):
         lstm_fast.lstm_forward(**p, w_hr=np.zeros((5, 5), np.float32))
     with pytest.raises(ValueError, match=r"w_hh must have shape \(4\*H, P\) = \(20, 2\), got \(20, 5\)"):
         lstm_fast.lstm_forward(**p, w_hr=np.zeros((2, 5), np.float32))
-
-
-def test_backend_without_projection_says_so(monkeypatch):
-    from lstm_fast.backends import reference as _reference
-    monkeypatch.setattr(_reference, "SUPPORTS_PROJECTION", False)
-    with pytest.raises(NotImplementedError, match="backend 'numpy' does not support a projection"):
-        lstm_fast.LSTM(3, 4, proj_size=2, backend="numpy")(np.zeros((2, 1, 3), np.float32))
 
 
 def test_load_state_dict_rejects_non_real_values():

@@ -33,13 +33,13 @@ def _one_torch_thread():
 def kernel_calls(monkeypatch):
     """Counts the calls that went through our kernels (not torch's fallback)."""
     calls = []
-    apply = ltorch._Direction.apply
+    run_forward = ltorch.run_forward
 
-    def counting(*args):
-        calls.append(args[-3])
-        return apply(*args)
+    def counting(impl, *args):
+        calls.append(backends.name_of(impl))
+        return run_forward(impl, *args)
 
-    monkeypatch.setattr(ltorch._Direction, "apply", counting)
+    monkeypatch.setattr(ltorch, "run_forward", counting)
     return calls
 
 
@@ -257,8 +257,8 @@ def test_dropout_seeded_like_torch_and_off_in_eval(kind, kernel_calls):
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("kind", ("tensor", "unsorted"))
-def test_projection_kernels_or_torch_fallback(backend, dtype, kind, kernel_calls):
-    """proj_size > 0 runs on backends with SUPPORTS_PROJECTION, on torch's implementation otherwise."""
+def test_projection_runs_on_our_kernels(backend, dtype, kind, kernel_calls):
+    """proj_size > 0 runs on our kernels, every backend."""
     T, B, I, H, P, L = 5, 3, 3, 6, 2, 2
     tdt = TORCH_DTYPE[dtype]
     ref, ours = _pair(tdt, backend, input_size=I, hidden_size=H, proj_size=P, num_layers=L,
@@ -273,8 +273,7 @@ def test_projection_kernels_or_torch_fallback(backend, dtype, kind, kernel_calls
     args = (x, hx, lengths, False, False, grads)
     _, expected = _forward_backward(ref, *args)
     _, actual = _forward_backward(ours, *args)
-    supported = getattr(backends.get(backend), "SUPPORTS_PROJECTION", False)
-    assert len(kernel_calls) == (2 * L if supported else 0)
+    assert len(kernel_calls) == 2 * L
     for name, e in expected.items():
         assert actual[name].shape == e.shape, name
         assert_close(actual[name], e, dtype, name)

@@ -9,6 +9,9 @@ cdef extern from "cpu.h" nogil:
     lstm_simd_level lstm_cpu_simd_level()
     const char *lstm_simd_name(lstm_simd_level level)
 
+cdef extern from "pool.h" nogil:
+    int lstm_pool_contended()
+
 cdef extern from "lstm.h" nogil:
     enum:
         LSTM_OK
@@ -18,8 +21,6 @@ cdef extern from "lstm.h" nogil:
         LSTM_MAX_THREADS
     int lstm_set_simd_level(int level)
     int lstm_get_simd_level()
-    int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int requested,
-                             int elem_size)
     const char *lstm_build_info()
 
     size_t lstm_packed_size_f32(int64_t I, int64_t H, int64_t P)
