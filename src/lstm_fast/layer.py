@@ -223,7 +223,11 @@ class LSTM:
             x, unbatched = self._input(x)
         T, B = x.shape[0], x.shape[1]
         plan = None if lengths is None else make_plan(_validation.lengths(lengths, B, T), T, B)
-        h0, c0 = self._initial_state(hx, B, unbatched)
+        zs = self._zero_states
+        if hx is None and zs[0] == B:
+            h0, c0 = zs[1], zs[2]
+        else:
+            h0, c0 = self._initial_state(hx, B, unbatched)
         if save is None:
             save = self.training
         impl, n = self._impl, len(self._names)
@@ -287,12 +291,10 @@ class LSTM:
     def _initial_state(self, hx, B, unbatched):
         """(h0, c0) as (L*D, B, R) and (L*D, B, H) arrays; zeros (shared, read-only) for None."""
         if hx is None:
-            zs = self._zero_states
-            if zs[0] != B:
-                zs = self._zero_states = (B, _validation.zeros((len(self._names), B,
-                                                                self._out_size), self.dtype),
-                                          _validation.zeros((len(self._names), B,
-                                                             self.hidden_size), self.dtype))
+            zs = self._zero_states = (B, _validation.zeros((len(self._names), B, self._out_size),
+                                                           self.dtype),
+                                      _validation.zeros((len(self._names), B, self.hidden_size),
+                                                        self.dtype))
             return zs[1], zs[2]
         n, dtype = len(self._names), self.dtype
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -323,11 +325,12 @@ class LSTM:
             raise RuntimeError("the last forward call kept nothing for backward (eval mode or "
                                "save=False): call layer.train() first, or forward(..., save=True)")
         caches, masks, T, B, unbatched = cache
-        dtype, H, R, D = self.dtype, self.hidden_size, self._out_size, self.num_directions
-        n = len(self._names)
+        dtype, H, n = self.dtype, self.hidden_size, len(self._names)
+        R = self.proj_size or H
         dout = self._grad_output(grad_output, T, B, unbatched)
-        if grad_hx is None:
-            dh_n, dc_n = _validation.zeros((n, B, R), dtype), _validation.zeros((n, B, H), dtype)
+        zs = self._zero_states
+        if grad_hx is None:                   # zeros of the states' shapes, shared
+            dh_n, dc_n = (zs[1], zs[2]) if zs[0] == B else self._initial_state(None, B, False)
         else:
             if not isinstance(grad_hx, (tuple, list)) or len(grad_hx) != 2:
                 raise TypeError("grad_hx must be a tuple (grad_h_n, grad_c_n)")
@@ -341,6 +344,7 @@ class LSTM:
             self.grads = _params.grads_by_name(self._names[0], dw_ih, dw_hh, db, dw_hr)
             dout, dh0, dc0 = dx, dh0[None], dc0[None]
         else:
+            D = self.num_directions
             dh0, dc0 = np.empty((n, B, R), dtype), np.empty((n, B, H), dtype)
             grads = {}
             for layer in reversed(range(self.num_layers)):
@@ -362,7 +366,7 @@ class LSTM:
 
     def _grad_output(self, g, T, B, unbatched):
         """grad_output as (T, B, D*R), zeros for None."""
-        shape = (T, B, self.num_directions * self._out_size)
+        shape = (T, B, (2 if self.bidirectional else 1) * (self.proj_size or self.hidden_size))
         if g is None:
             return _validation.zeros(shape, self.dtype)
         if unbatched:
