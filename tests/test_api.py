@@ -281,3 +281,31 @@ def test_grad_hx_must_be_a_pair():
 def test_stream_hx_must_be_a_pair():
     with pytest.raises(TypeError, match=r"hx must be a tuple \(h0, c0\)"):
         lstm_fast.Stream(lstm_fast.LSTM(3, 4), hx=np.zeros((1, 1, 4), np.float32))
+
+
+def test_eval_mode_keeps_nothing_for_backward_unless_asked(backend):
+    layer = lstm_fast.LSTM(3, 4, num_layers=2, backend=backend, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    out_train, _ = layer(x)
+    layer.eval()
+    out_eval, _ = layer(x)
+    np.testing.assert_array_equal(out_eval, out_train)
+    with pytest.raises(RuntimeError, match="kept nothing for backward"):
+        layer.backward(np.ones_like(out_eval))
+    out, _ = layer(x, save=True)                 # eval-mode gradients when asked
+    dx, _ = layer.backward(np.ones_like(out))
+    layer.train()
+    layer(x, save=False)
+    with pytest.raises(RuntimeError, match="kept nothing for backward"):
+        layer.backward(np.ones_like(out))
+    layer(x)
+    dx2, _ = layer.backward(np.ones_like(out))
+    np.testing.assert_array_equal(dx, dx2)
+
+
+def test_functional_save_false_returns_no_cache(backend):
+    p = dict(x=np.ones((3, 2, 4), np.float32), w_ih=np.full((20, 4), 0.1, np.float32),
+             w_hh=np.full((20, 5), 0.1, np.float32))
+    y, h_n, c_n, cache = lstm_fast.lstm_forward(**p, backend=backend, save=False)
+    assert cache is None
+    np.testing.assert_array_equal(y, lstm_fast.lstm_forward(**p, backend=backend).y)

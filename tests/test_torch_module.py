@@ -354,3 +354,129 @@ def test_module_is_a_torch_lstm_and_imports_real_torch():
     assert issubclass(ltorch.LSTM, torch.nn.LSTM)
     assert ltorch.torch is torch
     assert lstm_fast.torch is ltorch
+
+
+# --- packed weights kept between calls, packed again after every kind of change -----
+
+@pytest.fixture
+def pack_calls(monkeypatch):
+    """Counts how often the module packs weights (per layer-direction)."""
+    calls = []
+    real = ltorch.LSTM._packed_weights
+
+    def counting(self, impl, k, weights):
+        before = dict(self._packed)
+        packed = real(self, impl, k, weights)
+        if before.get(k) is None or before[k][3] is not packed:
+            calls.append(k)
+        return packed
+
+    monkeypatch.setattr(ltorch.LSTM, "_packed_weights", counting)
+    return calls
+
+
+def _eval_pair(**kw):
+    ref, ours = _pair(torch.float32, input_size=3, hidden_size=5, **kw)
+    ref.eval()
+    ours.eval()
+    return ref, ours
+
+
+def _agree(ref, ours, x):
+    with torch.no_grad():
+        a, (ha, ca) = ref(x)
+        b, (hb, cb) = ours(x)
+    for e, g in ((a, b), (ha, hb), (ca, cb)):
+        assert_close(g.numpy(), e.numpy(), np.float32)
+
+
+MUTATIONS = {
+    "optimizer_step": lambda m: torch.optim.SGD(m.parameters(), lr=0.1).step(),
+    "data_write": lambda m: m.weight_hh_l0.data.mul_(0.5),
+    "data_element": lambda m: m.weight_ih_l0.data.__setitem__((2, 1), 3.0),
+    "data_assign": lambda m: setattr(m.weight_hh_l0, "data", m.weight_hh_l0.detach() * 2),
+    "no_grad_inplace": lambda m: torch.no_grad()(lambda: m.bias_ih_l0.add_(1.0))(),
+    "load_state_dict": lambda m: m.load_state_dict(
+        {k: v * 0.9 for k, v in m.state_dict().items()}),
+    "to_double_and_back": lambda m: m.double().float(),
+    "parameter_replaced": lambda m: setattr(m, "weight_ih_l0", torch.nn.Parameter(
+        m.weight_ih_l0.detach() + 1)),
+}
+
+
+@pytest.mark.parametrize("route", list(MUTATIONS))
+def test_every_weight_change_is_seen(route, pack_calls):
+    ref, ours = _eval_pair(num_layers=2)
+    x = torch.randn(4, 3, 3)
+    _agree(ref, ours, x)
+    _agree(ref, ours, x)
+    assert sorted(pack_calls) == [0, 1]          # packed once per layer, then kept
+    for m in (ref, ours):
+        if route == "optimizer_step":
+            for p in m.parameters():
+                p.grad = torch.full_like(p, 0.1)
+        MUTATIONS[route](m)
+    _agree(ref, ours, x)                         # the packed copy followed the change
+    assert len(pack_calls) > 2
+
+
+def test_training_step_with_data_updates_like_word_language_model(pack_calls):
+    """pytorch/examples word_language_model updates with p.data.add_(p.grad, alpha=-lr)."""
+    ref, ours = _pair(torch.float32, input_size=3, hidden_size=5, num_layers=2)
+    x = torch.randn(6, 2, 3)
+    for _ in range(3):
+        outs = []
+        for m in (ref, ours):
+            m.train()
+            m.zero_grad()
+            out, _ = m(x)
+            out.pow(2).sum().backward()
+            for p in m.parameters():
+                p.data.add_(p.grad, alpha=-0.1)
+            m.eval()
+            with torch.no_grad():
+                outs.append(m(x)[0].numpy())
+        assert_close(outs[1], outs[0], np.float32)
+
+
+def test_no_grad_keeps_nothing_for_backward(monkeypatch, kernel_calls):
+    ref, ours = _pair(torch.float32, input_size=3, hidden_size=5, num_layers=2, bidirectional=True)
+    saves = []
+    real = ltorch.run_forward
+
+    def spy(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True, out=None):
+        saves.append(save)
+        return real(impl, packed, x, h0, c0, num_threads, plan, reverse, save, out)
+
+    monkeypatch.setattr(ltorch, "run_forward", spy)
+    x = torch.randn(5, 2, 3)
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            out, (h, c) = ours(x)
+            want, (hw, cw) = ref(x)
+        assert not out.requires_grad and out.grad_fn is None
+        for a, e in ((out, want), (h, hw), (c, cw)):
+            assert_close(a.numpy(), e.numpy(), np.float32)
+    assert saves == [False] * 8
+    ours.requires_grad_(False)                    # nothing requires grad: nothing saved either
+    ours(x)
+    assert saves == [False] * 12
+    ours.requires_grad_(True)
+    out, _ = ours(x)
+    assert saves[-4:] == [True] * 4 and out.requires_grad
+
+
+def test_parameters_are_tracked_parameters_and_survive_pickling(tmp_path):
+    ours = ltorch.LSTM(3, 4, num_layers=2)
+    assert all(type(p) is ltorch._Parameter for p in ours.parameters())
+    assert all(isinstance(p, torch.nn.Parameter) for p in ours.parameters())
+    path = tmp_path / "m.pt"
+    torch.save(ours, path)
+    loaded = torch.load(path, weights_only=False)
+    assert all(type(p) is ltorch._Parameter for p in loaded.parameters())
+    import copy
+    clone = copy.deepcopy(ours)
+    assert all(type(p) is ltorch._Parameter for p in clone.parameters())
+    v = ours.weight_hh_l0._version
+    ours.weight_hh_l0.data.add_(1)
+    assert ours.weight_hh_l0._version > v
