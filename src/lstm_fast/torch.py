@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _params, backends
+from . import _validation, backends
 from .functional import LSTMCache, make_plan, run_backward, run_forward
 
 __all__ = ["LSTM"]
@@ -49,9 +49,15 @@ __all__ = ["LSTM"]
 _DTYPES = (torch.float32, torch.float64)
 
 
+_NP = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
+
+
 def _np(t):
     """Zero-copy NumPy view of a CPU tensor (contiguous copy first if needed)."""
-    return t.detach().contiguous().numpy()
+    if t.requires_grad:
+        t = t.detach()
+    return (t if t.is_contiguous() else t.contiguous()).numpy()
 
 
 def _t(a):
@@ -130,66 +136,61 @@ class LSTM(torch.nn.LSTM):
             p = getattr(self, name)
             if type(p) is torch.nn.Parameter:
                 setattr(self, name, _Parameter(p.detach(), p.requires_grad))
-        self._packed = {}     # layer-direction k -> (parameters, versions, packed)
+        self._packed = None     # (key, packed weights per layer-direction, parameters)
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self._wrap_parameters()
 
     def _kernel_backend(self, input, hx):
-        """The resolved backend name if our kernels can run this call, else None."""
-        backend = getattr(self, "backend", "auto")
-        if backend == "torch":
-            return None
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling() \
-                or torch._C._is_any_autocast_enabled():
+        """The resolved backend name if our kernels can run this call, else None. The
+        weights are checked where they are packed (``_packed_weights``)."""
+        backend = self.backend
+        if backend == "torch" or torch.jit.is_scripting() or torch.jit.is_tracing() \
+                or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
             return None
         data = input.data if isinstance(input, PackedSequence) else input
-        if not isinstance(data, torch.Tensor) or data.device.type != "cpu" \
-                or data.dtype not in _DTYPES or data.numel() == 0:
+        if not isinstance(data, torch.Tensor) or not data.is_cpu or data.dtype not in _DTYPES \
+                or data.numel() == 0 or _wrapped(data):
             return None
-        tensors = [getattr(self, name) for name in self._flat_weights_names]
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 return None
-            tensors += list(hx)
-        for t in tensors:
-            if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.dtype != data.dtype:
-                return None
-        wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-        if wrapped is not None and any(wrapped(t) for t in [data] + tensors):
-            return None
+            for t in hx:
+                if not isinstance(t, torch.Tensor) or not t.is_cpu or t.dtype != data.dtype \
+                        or _wrapped(t):
+                    return None
         return backends.resolve(backend)
 
     def forward(self, input, hx=None):
         backend = self._kernel_backend(input, hx)
-        if backend is None:
+        packed = None
+        if backend is not None:
+            impl = backends.get(backend)
+            data = input.data if isinstance(input, PackedSequence) else input
+            packed = self._packed_weights(impl, data.dtype)
+        if packed is None:
             return super().forward(input, hx)
-        D = 2 if self.bidirectional else 1
-        n, R = self.num_layers * D, self.proj_size or self.hidden_size
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            B = int(batch_sizes[0])
             if hx is None:
-                hx = (data.new_zeros(n, B, R), data.new_zeros(n, B, self.hidden_size))
-            self.check_forward_args(data, hx, batch_sizes)
-            hx = self.permute_hidden(hx, sorted_indices)
+                self.check_input(data, batch_sizes)
+            else:
+                self.check_forward_args(data, hx, batch_sizes)
+                hx = self.permute_hidden(hx, sorted_indices)
             # padded in sorted order (longest first), as torch's kernels see it
             x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            out, h_n, c_n = self._run(x, hx, backend, lengths.numpy(), batch_sizes)
+            out, h_n, c_n = self._run(x, hx, impl, packed, lengths.numpy(), batch_sizes)
             out = pack_padded_sequence(out, lengths).data
             return (PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden((h_n, c_n), unsorted_indices))
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
         if not batched:
-            input = input.unsqueeze(batch_dim)
-        B = input.size(batch_dim)
+            input = input.unsqueeze(0 if self.batch_first else 1)
         if hx is None:
-            hx = (input.new_zeros(n, B, R), input.new_zeros(n, B, self.hidden_size))
-            self.check_forward_args(input, hx, None)
+            self.check_input(input, None)
         else:
             want = 3 if batched else 2
             if hx[0].dim() != want or hx[1].dim() != want:
@@ -200,71 +201,88 @@ class LSTM(torch.nn.LSTM):
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
             self.check_forward_args(input, hx, None)     # torch's shape checks and messages
         x = input.transpose(0, 1) if self.batch_first else input
-        out, h_n, c_n = self._run(x, hx, backend)
+        out, h_n, c_n = self._run(x, hx, impl, packed)
         if not batched:
             return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
 
-    def _packed_weights(self, impl, k, weights):
-        """The packed weights of layer-direction k, packed again only when a parameter
-        changed (another tensor, another storage, or a write that bumped its version)."""
-        versions = tuple((t._version, t.data_ptr()) for t in weights if t is not None)
-        entry = self._packed.get(k)
-        if entry is not None and entry[0] is impl and entry[2] == versions \
-                and all(a is b for a, b in zip(entry[1], weights)):
-            return entry[3]
-        w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t) for t in weights)
-        packed = impl.pack(w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr)
-        if all(t is None or type(t) is _Parameter for t in weights):
-            self._packed[k] = (impl, weights, versions, packed)
+    def _direction(self, weights):
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) from one layer-direction's parameters in torch's
+        order, None where absent."""
+        w_ih, w_hh, *rest = weights
+        b_ih, b_hh = (rest[0], rest[1]) if self.bias else (None, None)
+        return w_ih, w_hh, b_ih, b_hh, (rest[-1] if self.proj_size else None)
+
+    def _packed_weights(self, impl, dtype):
+        """The packed weights of every layer-direction, or None if the parameters cannot run
+        on our kernels (another device or dtype than the input, functorch-wrapped). Packed
+        again only after a parameter changed: another tensor, another storage, or a write
+        that bumped its version counter (see the module docstring)."""
+        flat = self._flat_weights
+        key = (impl, dtype, tuple((id(t), t._version, t.data_ptr()) for t in flat))
+        entry = self._packed
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        if any(not t.is_cpu or t.dtype != dtype or _wrapped(t) for t in flat):
+            return None
+        n = len(self._all_weights)
+        per = len(flat) // n
+        packed = []
+        for k in range(n):
+            w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t)
+                                            for t in self._direction(flat[k * per:(k + 1) * per]))
+            packed.append(impl.pack(w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr))
+        # kept only while every parameter is one whose .data writes are seen
+        self._packed = (key, packed, flat[:]) if all(type(t) is _Parameter for t in flat) \
+            else None
         return packed
 
-    def _run(self, x, hx, backend, lengths=None, batch_sizes=None):
+    def _run(self, x, hx, impl, packed, lengths=None, batch_sizes=None):
         """All layers over time-major padded x (T, B, I): (output, h_n, c_n)."""
         T, B = x.shape[:2]
-        impl = backends.get(backend)
         plan = None if lengths is None else make_plan(lengths.astype(np.int64), T, B)
-        D = 2 if self.bidirectional else 1
-        h0, c0 = hx
-        num_threads = backends.threads_for(T, B, self.input_size, self.hidden_size)
-        grad = torch.is_grad_enabled() and (
-            x.requires_grad or h0.requires_grad or c0.requires_grad
-            or any(p.requires_grad for p in self._flat_weights))
-        if not grad:
-            h_n, c_n = h0.new_empty(h0.shape), c0.new_empty(c0.shape)
-            hn_np, cn_np = h_n.numpy(), c_n.numpy()
-            h0_np, c0_np = _np(h0), _np(c0)
-        hs, cs = [], []
-        inp = x
+        D, n = 2 if self.bidirectional else 1, len(packed)
+        R, H = self.proj_size or self.hidden_size, self.hidden_size
+        num_threads = backends.threads_for(T, B, self.input_size, H)
+        flat = self._flat_weights
+        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in flat) or (
+                hx is not None and (hx[0].requires_grad or hx[1].requires_grad))):
+            h0, c0 = (x.new_zeros(n, B, R), x.new_zeros(n, B, H)) if hx is None else hx
+            per = len(flat) // n
+            hs, cs = [], []
+            inp = x
+            for layer in range(self.num_layers):
+                if layer and self.training and self.dropout > 0.0:
+                    inp = self._dropout(inp, lengths, batch_sizes)
+                outs = []
+                for d in range(D):
+                    k = layer * D + d
+                    y, h, c = _Direction.apply(inp, h0[k], c0[k],
+                                               *self._direction(flat[k * per:(k + 1) * per]),
+                                               (impl, packed[k], num_threads, plan, d == 1))
+                    outs.append(y)
+                    hs.append(h)
+                    cs.append(c)
+                inp = outs[0] if D == 1 else torch.cat(outs, 2)
+            return inp, torch.stack(hs), torch.stack(cs)
+        # no gradient needed: nothing is kept for backward, the states are written in place
+        dtype = _NP[x.dtype]
+        h_n, c_n = np.empty((n, B, R), dtype), np.empty((n, B, H), dtype)
+        if hx is None:
+            h0, c0 = _validation.zeros((n, B, R), dtype), _validation.zeros((n, B, H), dtype)
+        else:
+            h0, c0 = _np(hx[0]), _np(hx[1])
+        inp = _np(x)
         for layer in range(self.num_layers):
             if layer and self.training and self.dropout > 0.0:
-                inp = self._dropout(inp, lengths, batch_sizes)
+                inp = _np(self._dropout(torch.from_numpy(inp), lengths, batch_sizes))
             outs = []
             for d in range(D):
                 k = layer * D + d
-                weights = tuple(getattr(self, name) if name else None
-                                for name in self._direction_names(layer, d))
-                run = (impl, self._packed_weights(impl, k, weights), num_threads, plan, d == 1)
-                if grad:
-                    y, h, c = _Direction.apply(inp, h0[k], c0[k], *weights, run)
-                    hs.append(h)
-                    cs.append(c)
-                else:
-                    y = run_forward(impl, run[1], _np(inp), h0_np[k], c0_np[k], num_threads,
-                                    plan, d == 1, False, (hn_np[k], cn_np[k]))[0]
-                    y = _t(y)
-                outs.append(y)
-            inp = outs[0] if D == 1 else torch.cat(outs, 2)
-        if grad:
-            return inp, torch.stack(hs), torch.stack(cs)
-        return inp, h_n, c_n
-
-    def _direction_names(self, layer, d):
-        """(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) names, None where absent."""
-        sfx = _params.suffix(layer, d)
-        return ("weight_ih" + sfx, "weight_hh" + sfx,
-                "bias_ih" + sfx if self.bias else None, "bias_hh" + sfx if self.bias else None,
-                "weight_hr" + sfx if self.proj_size else None)
+                outs.append(run_forward(impl, packed[k], inp, h0[k], c0[k], num_threads, plan,
+                                        d == 1, False, (h_n[k], c_n[k]))[0])
+            inp = outs[0] if D == 1 else np.concatenate(outs, 2)
+        return _t(inp), torch.from_numpy(h_n), torch.from_numpy(c_n)
 
     def _dropout(self, inp, lengths, batch_sizes):
         """torch.nn.LSTM's inter-layer dropout, drawn on the same elements in the same order."""
