@@ -51,7 +51,8 @@ esac
 KERNEL_TESTS=(tests/test_ckernel.py tests/test_backends.py tests/test_layer_torch.py
               tests/test_lengths.py tests/test_streaming.py)
 SDIST_MUST_HAVE=(CMakeLists.txt pyproject.toml csrc/cpu.c csrc/cpu.h csrc/lstm.c csrc/lstm.h
-                 csrc/lstm.template.c csrc/pool.c csrc/pool.h
+                 csrc/lstm.template.c csrc/simd.template.h csrc/gemm.template.c
+                 csrc/cell.template.c csrc/pack.template.c csrc/pool.c csrc/pool.h
                  src/lstm_fast/_ckernel.pyx src/lstm_fast/_ckernel.pxd src/lstm_fast/__init__.py)
 
 case "$WORK" in "$ROOT"|"$ROOT"/*) echo "LSTM_FAST_WORK must be outside the source tree" >&2; exit 2 ;; esac
