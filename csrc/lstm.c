@@ -8,7 +8,9 @@
 #include "cpu.h"
 #include "pool.h"
 
+#include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -110,16 +112,32 @@ int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int request
 #define LSTM_COMPILER_ID "?"
 #endif
 
+static char build_info[512];
+static pthread_once_t build_info_once = PTHREAD_ONCE_INIT;
+
+static void make_build_info(void)
+{
+    const lstm_cpu_info *cpu = lstm_cpu();
+    snprintf(build_info, sizeof build_info,
+             "compiler=" LSTM_COMPILER_ID " (" __VERSION__ ")"
+             ";flags=" LSTM_COMPILE_FLAGS
+#if HAVE_X86
+             ";levels=portable,avx2,avx512"
+#else
+             ";levels=portable"
+#endif
+             ";threads=pthreads"
+             ";cpu=%s family %d model %d;l1d=%lld;l2=%lld;l3=%lld;l2_shared_by=%d"
+             ";l3_shared_by=%d;caches_from=%s",
+             cpu->vendor[0] ? cpu->vendor : "unknown", cpu->family, cpu->model,
+             (long long)cpu->l1d, (long long)cpu->l2, (long long)cpu->l3, cpu->l2_shared_by,
+             cpu->l3_shared_by, cpu->source);
+}
+
 const char *lstm_build_info(void)
 {
-    return "compiler=" LSTM_COMPILER_ID " (" __VERSION__ ")"
-           ";flags=" LSTM_COMPILE_FLAGS
-#if HAVE_X86
-           ";levels=portable,avx2,avx512"
-#else
-           ";levels=portable"
-#endif
-           ";threads=pthreads";
+    pthread_once(&build_info_once, make_build_info);
+    return build_info;
 }
 
 /* All packed headers start like this (see packed_hdr in the template). */

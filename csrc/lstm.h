@@ -75,7 +75,10 @@ int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int request
  * rule. See pool.h. */
 int lstm_pool_contended(void);
 
-/* Compiler, flags, SIMD levels compiled, threading library. */
+/* "key=value;..." : compiler, flags, SIMD levels compiled (levels), threading
+ * library (threads), and the running CPU as cpu.h reports it: cpu (vendor,
+ * family, model), l1d, l2, l3 (bytes), l2_shared_by, l3_shared_by (logical
+ * CPUs), caches_from (cpuid, sysfs, ...). */
 const char *lstm_build_info(void);
 
 /* ---- per dtype: _f32 (float) and _f64 (double), identical contracts ------ */

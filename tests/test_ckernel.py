@@ -242,6 +242,11 @@ def test_info():
     assert "-march=native" not in info["flags"]
     assert ck.simd_level() in info["simd_levels_compiled"]
     assert ck.cpu_simd_level() in info["simd_levels_compiled"]
+    caches = info["caches"]
+    assert caches["l1d"] >= 4096 and caches["l2"] >= caches["l1d"] and caches["l3"] >= 0
+    assert caches["l2_shared_by"] >= 1 and caches["l3_shared_by"] >= 1
+    assert info["caches_from"] in ("cpuid", "sysfs", "cpuid+sysfs", "cpuid (sysfs differs)",
+                                   "default")
 
 
 def _in_subprocess(level, code):

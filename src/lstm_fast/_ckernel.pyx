@@ -62,7 +62,8 @@ _init_from_env()
 
 
 def build_info():
-    """Dict: compiler, flags, SIMD levels compiled, threading library, levels in use."""
+    """Dict: compiler, flags, SIMD levels compiled, threading library, levels in use, the
+    running CPU (vendor, family, model) and its caches (bytes; logical CPUs sharing)."""
     info = {}
     for item in lstm_build_info().decode().split(";"):
         key, _, value = item.partition("=")
@@ -74,6 +75,10 @@ def build_info():
         "threading": info.get("threads"),
         "simd_level": simd_level(),
         "cpu_simd_level": cpu_simd_level(),
+        "cpu": info.get("cpu"),
+        "caches": {k: int(info[k]) for k in ("l1d", "l2", "l3", "l2_shared_by", "l3_shared_by")
+                   if k in info},
+        "caches_from": info.get("caches_from"),
     }
 
 
