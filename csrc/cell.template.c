@@ -21,9 +21,9 @@ typedef struct {
     int64_t pre_ld;     /* 4H: the hoisted x.w_ih^T + b of each row; 0: the bias alone
                            (the step did x_t.w_ih^T itself) */
     const TYPE *cprev;  /* [.,H] c_{t-1} */
-    TYPE *gates;        /* [.,4H] activated gates; may be pre (pre_ld 4H): each element
-                           is read before it is written */
-    TYPE *c;            /* [.,H] c_t */
+    TYPE *gates;        /* [.,4H] activated gates, or NULL (inference: nothing saved); may
+                           be pre (pre_ld 4H): each element is read before it is written */
+    TYPE *c;            /* [.,H] c_t; may be cprev (the running state kept in place) */
     TYPE *h;            /* [.,H] o*tanh(c_t): h_t, or m before the projection */
 } FN(fwd_cell_args);
 
@@ -51,11 +51,13 @@ KERNEL void FN(fwd_cell)(const FN(fwd_cell_args) *a, int mr, int nb, int64_t r0,
         vstore(ac + V, f);
         vstore(ac + 2 * V, g);
         vstore(ac + 3 * V, o);
-        TYPE *gr = a->gates + row * 4 * H + off;
-        vstore_n(gr, i, n);
-        vstore_n(gr + H, f, n);
-        vstore_n(gr + 2 * H, g, n);
-        vstore_n(gr + 3 * H, o, n);
+        if (a->gates) {
+            TYPE *gr = a->gates + row * 4 * H + off;
+            vstore_n(gr, i, n);
+            vstore_n(gr + H, f, n);
+            vstore_n(gr + 2 * H, g, n);
+            vstore_n(gr + 3 * H, o, n);
+        }
     }
     for (int q = 0; q < mr * nb; q++) {
         int64_t row = r0 + q / nb, off = (j0 + q % nb) * V;

@@ -187,9 +187,9 @@ static int packed_level(const void *packed)
         DISPATCH(lstm_get_simd_level(), SFXT, pack, (I, H, P, w_ih, w_hh, b, w_hr, packed))  \
     }                                                                                        \
     size_t lstm_forward_workspace_size_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H,    \
-                                              int64_t P, int num_threads)                    \
+                                              int64_t P, int num_threads, int save)          \
     {                                                                                        \
-        return WS_MAX(SFXT, fwd_ws_size, (T, B, I, H, P, num_threads));                      \
+        return WS_MAX(SFXT, fwd_ws_size, (T, B, I, H, P, num_threads, save));                \
     }                                                                                        \
     size_t lstm_backward_workspace_size_##SFXT(int64_t T, int64_t N, int64_t B, int64_t I,   \
                                                int64_t H, int64_t P, int num_threads)        \

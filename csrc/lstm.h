@@ -12,6 +12,8 @@
  *   y      [N,R]      hidden state after every step
  *   gates  [N,4H]     activated gates sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
  *   c      [N,H]      cell state after every step
+ *                     (gates and c are what backward needs; a forward for inference
+ *                     passes both NULL and saves nothing)
  *   h_n    [B,R]      final hidden state     c_n [B,H] final cell state
  *
  * Variable lengths: batch_sizes [T] (int64, non-increasing, batch_sizes[0] <= B)
@@ -25,15 +27,18 @@
  * The kernel never allocates. The caller owns every output, the packed weights
  * and the workspace. Aliasing: outputs may not alias each other, the workspace
  * or an input, with two exceptions (useful to keep a running state in place):
- *   - h_n may be h0 and c_n may be c0 (they are written after the last step,
- *     from y and c, or left as they are for rows never active);
+ *   - h_n may be h0 and c_n may be c0 (h_n is written after the last step,
+ *     from y; c_n too, from c, or, with nothing saved, it is the running cell
+ *     state, each element read before it is written; rows never active are
+ *     left as they are);
  *   - nothing else: in particular y and c may not alias h0 / c0.
  *
  * Every function returns LSTM_OK or an LSTM_ERR_* status.
  * Results are bitwise identical for any num_threads: the work is split over
  * output tiles only, never over a reduction. Each row is computed by the same
  * operations whatever the number of rows, so a sequence run in chunks (h_n, c_n
- * of one call as h0, c0 of the next) gives the same bits as one call.
+ * of one call as h0, c0 of the next) gives the same bits as one call, and a
+ * forward without saving (gates, c NULL) the same y, h_n, c_n as one with.
  *
  * Glossary: T steps, B sequences, I input size, H hidden size, P projection
  * size (0: none), R width of h (P or H), G = 4H, N packed rows, num_threads
@@ -101,12 +106,13 @@ int lstm_pack_f32(int64_t I, int64_t H, int64_t P, const float *w_ih, const floa
 int lstm_pack_f64(int64_t I, int64_t H, int64_t P, const double *w_ih, const double *w_hh,
                   const double *b, const double *w_hr, void *packed);
 
-/* Bytes of scratch lstm_forward_X needs with up to num_threads threads (T steps,
- * B sequences). */
+/* Bytes of scratch lstm_forward_X needs with up to num_threads threads (T
+ * steps, B sequences); save: 1 if gates and c will be given, 0 if they will be
+ * NULL (the workspace may then hold the input projections of all rows). */
 size_t lstm_forward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
-                                       int num_threads);
+                                       int num_threads, int save);
 size_t lstm_forward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
-                                       int num_threads);
+                                       int num_threads, int save);
 
 /* Forward pass.
  *   packed      from lstm_pack_X with the same I, H, P                 in
@@ -115,12 +121,17 @@ size_t lstm_forward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t 
  *   h0 [B,R], c0 [B,H]                                                 in
  *   y           [N,R]   hidden state after every step                  out
  *   h_n [B,R], c_n [B,H]  final states (may be h0, c0: see above)      out
- *   gates       [N,4H]  activated i, f, g, o (for backward)            out
- *   c           [N,H]   cell state after every step                    out
+ *   gates       [N,4H]  activated i, f, g, o (for backward), or NULL   out
+ *   c           [N,H]   cell state after every step, or NULL           out
  *   workspace   lstm_forward_workspace_size_X bytes                    scratch
+ *               (its save argument 0 if gates and c are NULL)
  *   num_threads threads to use (>= 1)
- * T and N may be 0 (h_n, c_n are then copies of h0, c0).
- * LSTM_ERR_ARG if batch_sizes is not non-increasing in [0, B]. */
+ * gates and c are both given (training: what backward needs) or both NULL
+ * (inference: nothing is saved; the running cell state is kept in c_n, which
+ * starts as a copy of c0 unless c_n is c0); y, h_n, c_n are the same bits
+ * either way. T and N may be 0 (h_n, c_n are then copies of h0, c0).
+ * LSTM_ERR_ARG if batch_sizes is not non-increasing in [0, B], or only one of
+ * gates and c is NULL. */
 int lstm_forward_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, const void *packed,
                      const int64_t *batch_sizes, const float *x, const float *h0,
                      const float *c0, float *y, float *h_n, float *c_n, float *gates, float *c,

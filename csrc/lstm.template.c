@@ -14,6 +14,9 @@
  *   before the loop), then fwd_cell adds the rest of the pre-activation,
  *   activates, updates c and h and stores them. fwd_step is one step over a
  *   range of hidden blocks, fwd_job what a thread does for the whole call.
+ *   Without gates and c (inference, save = 0) nothing is kept for backward:
+ *   the running cell state lives in c_n, and the hoisted x.w_ih^T + b (if that
+ *   path is taken) in the workspace.
  * Backward: dh = dgates_{t+1}.w_hh (w_hh packed [block][k][V]) as register
  *   tiles (bwd_tile) fused with the gate gradients of step t for the same units
  *   (bwd_cell), and, where bwd_dx_in_steps says so, dx of step t+1 =
@@ -66,7 +69,8 @@ typedef struct {
     const int64_t *offs;     /* [T+1] step row offsets */
     const TYPE *x, *h0, *c0;
     TYPE *y, *h_n, *c_n;
-    TYPE *gates, *c;         /* [N,4H], [N,H] */
+    TYPE *gates, *c;         /* [N,4H], [N,H]; both NULL: nothing saved (inference) */
+    TYPE *xw;                /* [N,4H] hoisted x.w_ih^T + b when gates is NULL, else NULL */
     TYPE *m;                 /* [B,H] unprojected h of the step (projection only) */
     TYPE *ws;
 } FN(fwd_ctx);
@@ -172,10 +176,16 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t R = P ? P : H;
     const int64_t *offs = ctx->offs;
     const unsigned char *base = (const unsigned char *)ctx->hdr;
+    int save = ctx->gates != NULL;
     TYPE *ws = ctx->ws + tid * FN(gemm_ws_elems)(0);
-    TYPE *pre = ctx->gates;   /* hoisted pre-activations, [N,4H] */
+    TYPE *pre = save ? ctx->gates : ctx->xw;   /* hoisted pre-activations, [N,4H] */
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
+    if (!save && ctx->c_n != ctx->c0) {   /* the running c starts as c0 (this thread's units) */
+        int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H;
+        for (int64_t r = 0; r < B && u0 < u1; r++)
+            memcpy(ctx->c_n + r * H + u0, ctx->c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(TYPE));
+    }
     int64_t XF = FN(fwd_fuse_x)(B, I) ? I : 0;
     if (!XF) {
         FN(gemm_args) g = {0};
@@ -211,9 +221,13 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         TYPE *yt = ctx->y + offs[t] * R;
         if (!XF)
             ca.pre = pre + offs[t] * G;
-        ca.gates = ctx->gates + offs[t] * G;
-        ca.cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
-        ca.c = ctx->c + offs[t] * H;
+        if (save) {
+            ca.gates = ctx->gates + offs[t] * G;
+            ca.cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
+            ca.c = ctx->c + offs[t] * H;
+        } else {
+            ca.cprev = ca.c = ctx->c_n;
+        }
         ca.h = P ? ctx->m : yt;
         FN(fwd_step)(&ca, n, I, R, j0, j1, w, XF, ctx->x + offs[t] * I, hp, (int)(t & 1));
         lstm_barrier_wait(bar, num_threads);
@@ -225,31 +239,39 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         }
     }
     if (tid == 0) {
-        /* sequence r's last step is the last t with batch_sizes[t] > r */
+        /* sequence r's last step is the last t with batch_sizes[t] > r; with
+         * nothing saved, c_n already holds every sequence's last c */
         int64_t n0 = T ? offs[1] : 0;
         if (ctx->h_n != ctx->h0)
             memcpy(ctx->h_n + n0 * R, ctx->h0 + n0 * R, (size_t)((B - n0) * R) * sizeof(TYPE));
-        if (ctx->c_n != ctx->c0)
+        if (save && ctx->c_n != ctx->c0)
             memcpy(ctx->c_n + n0 * H, ctx->c0 + n0 * H, (size_t)((B - n0) * H) * sizeof(TYPE));
         for (int64_t t = 0; t < T; t++) {
             int64_t n = offs[t + 1] - offs[t];
             int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
             memcpy(ctx->h_n + nn * R, ctx->y + (offs[t] + nn) * R,
                    (size_t)((n - nn) * R) * sizeof(TYPE));
-            memcpy(ctx->c_n + nn * H, ctx->c + (offs[t] + nn) * H,
-                   (size_t)((n - nn) * H) * sizeof(TYPE));
+            if (save)
+                memcpy(ctx->c_n + nn * H, ctx->c + (offs[t] + nn) * H,
+                       (size_t)((n - nn) * H) * sizeof(TYPE));
         }
     }
 }
 
-/* Workspace: step offsets, m (projection), per-thread GEMM buffers. */
+/* Workspace: step offsets, m (projection), the hoisted pre-activations when
+ * nothing is saved and the input product is hoisted, per-thread GEMM buffers. */
 static int64_t FN(offs_bytes)(int64_t T) { return ALIGN64((T + 1) * (int64_t)sizeof(int64_t)); }
 
-static size_t FN(fwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
-                              int num_threads)
+static int64_t FN(fwd_xw_bytes)(int64_t T, int64_t B, int64_t I, int64_t H, int save)
 {
-    (void)I;
-    return (size_t)(FN(offs_bytes)(T) + (P ? ALIGN64(B * H * (int64_t)sizeof(TYPE)) : 0)) +
+    return save || FN(fwd_fuse_x)(B, I) ? 0 : ALIGN64(T * B * 4 * H * (int64_t)sizeof(TYPE));
+}
+
+static size_t FN(fwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                              int num_threads, int save)
+{
+    return (size_t)(FN(offs_bytes)(T) + (P ? ALIGN64(B * H * (int64_t)sizeof(TYPE)) : 0) +
+                    FN(fwd_xw_bytes)(T, B, I, H, save)) +
            (size_t)num_threads * (size_t)FN(gemm_ws_elems)(0) * sizeof(TYPE) + 64;
 }
 
@@ -261,17 +283,23 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     const FN(packed_hdr) *hdr = FN(check_packed)(packed, I, H, P);
     if (!hdr)
         return LSTM_ERR_PACKED;
+    if ((gates == NULL) != (c == NULL))
+        return LSTM_ERR_ARG;
     unsigned char *wsb = FN(align_ptr)(workspace);
     int64_t *offs = (int64_t *)wsb;
     if (!FN(step_offsets)(T, B, batch_sizes, offs))
         return LSTM_ERR_ARG;
     wsb += FN(offs_bytes)(T);
-    TYPE *m = NULL;
+    TYPE *m = NULL, *xw = NULL;
     if (P) {
         m = (TYPE *)wsb;
         wsb += ALIGN64(B * H * (int64_t)sizeof(TYPE));
     }
-    FN(fwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, h_n, c_n, gates, c, m,
+    if (FN(fwd_xw_bytes)(T, B, I, H, gates != NULL)) {
+        xw = (TYPE *)wsb;
+        wsb += FN(fwd_xw_bytes)(T, B, I, H, 0);
+    }
+    FN(fwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, h_n, c_n, gates, c, xw, m,
                        (TYPE *)wsb};
     if (num_threads < 1)
         num_threads = 1;

@@ -380,6 +380,38 @@ def test_lengths_threads_bitwise_identical(level, P, dtype):
     assert_close(one[1], run_ref_bs(w, d, bs)[1], BWD_NAMES_P, dtype)
 
 
+# (batch_sizes or None for padded, B, I, H): both sides of fwd_fuse_x (B = 1 with
+# I = 64 hoists x.w_ih^T, into the workspace when nothing is saved; B = 16 or
+# I <= 16 fuse it into the step), tails, lengths with rows that end early or never start
+SAVE_CASES = [
+    (None, 1, 64, 40), (None, 16, 24, 33), (None, 5, 3, 17), (None, 7, 70, 70),
+    ([6, 6, 4, 4, 1], 6, 40, 45), ([5, 3, 3, 1], 7, 12, 9), ([2, 1, 1], 2, 64, 20), ([], 3, 4, 5),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("P", (0, 4), ids=lambda p: f"P{p}")
+@pytest.mark.parametrize("case", SAVE_CASES, ids=lambda c: f"{'pad' if c[0] is None else 'bs'}"
+                         f"{'' if c[0] is None else len(c[0])}-B{c[1]}-I{c[2]}-H{c[3]}")
+def test_forward_without_saving_is_bitwise_equal(level, case, P, dtype):
+    """save=False: gates and c are None, y, h_n, c_n the bits of save=True (1 and 2
+    threads); the inputs are not touched."""
+    bs, B, I, H = case
+    T = 5 if bs is None else len(bs)
+    w, d, bsa = make_packed([B] * T if bs is None else bs, B, I, H, P, dtype, seed=B + I + P)
+    x = d["x"].reshape(T, B, I) if bs is None else d["x"]
+    bsa = None if bs is None else bsa
+    p = ck.pack(w["w_ih"], w["w_hh"], w["b"], w["w_hr"])
+    want = ck.forward(p, x, d["h0"], d["c0"], 1, bsa)
+    h0, c0, x0 = d["h0"].copy(), d["c0"].copy(), x.copy()
+    for n in (1, 2):
+        got = ck.forward(p, x, d["h0"], d["c0"], n, bsa, save=False)
+        assert got[3] is None and got[4] is None
+        for a, b in zip(got[:3], want[:3]):
+            assert np.array_equal(a, b)
+    assert np.array_equal(h0, d["h0"]) and np.array_equal(c0, d["c0"]) and np.array_equal(x0, x)
+
+
 def test_projection_pack_shapes():
     w, _, _ = make_packed([2], 2, 3, 8, 3, np.float64)
     p = ck.pack(w["w_ih"], w["w_hh"], w["b"], w["w_hr"])

@@ -27,7 +27,7 @@ cdef extern from "lstm.h" nogil:
     int lstm_pack_f32(int64_t I, int64_t H, int64_t P, const float *w_ih, const float *w_hh,
                       const float *b, const float *w_hr, void *packed)
     size_t lstm_forward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H,
-                                           int64_t P, int num_threads)
+                                           int64_t P, int num_threads, int save)
     int lstm_forward_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                          const void *packed, const int64_t *batch_sizes, const float *x,
                          const float *h0, const float *c0, float *y, float *h_n, float *c_n,
@@ -46,7 +46,7 @@ cdef extern from "lstm.h" nogil:
     int lstm_pack_f64(int64_t I, int64_t H, int64_t P, const double *w_ih,
                       const double *w_hh, const double *b, const double *w_hr, void *packed)
     size_t lstm_forward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H,
-                                           int64_t P, int num_threads)
+                                           int64_t P, int num_threads, int save)
     int lstm_forward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                          const void *packed, const int64_t *batch_sizes, const double *x,
                          const double *h0, const double *c0, double *y, double *h_n,

@@ -300,9 +300,9 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, cnp.ndarray bs, cnp.
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef size_t wsize
     if tn == cnp.NPY_FLOAT32:
-        wsize = lstm_forward_workspace_size_f32(T, B, I, H, P, nth)
+        wsize = lstm_forward_workspace_size_f32(T, B, I, H, P, nth, gates is not None)
     else:
-        wsize = lstm_forward_workspace_size_f64(T, B, I, H, P, nth)
+        wsize = lstm_forward_workspace_size_f64(T, B, I, H, P, nth, gates is not None)
     cdef cnp.ndarray ws = _take_ws(packed, wsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
     cdef const int64_t *bsp = NULL if bs is None else <const int64_t *>cnp.PyArray_DATA(bs)
@@ -312,8 +312,8 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, cnp.ndarray bs, cnp.
     cdef void *yp = cnp.PyArray_DATA(y)
     cdef void *hnp = cnp.PyArray_DATA(h_n)
     cdef void *cnp_ = cnp.PyArray_DATA(c_n)
-    cdef void *gp = cnp.PyArray_DATA(gates)
-    cdef void *cp = cnp.PyArray_DATA(c)
+    cdef void *gp = NULL if gates is None else cnp.PyArray_DATA(gates)
+    cdef void *cp = NULL if c is None else cnp.PyArray_DATA(c)
     cdef void *wp = cnp.PyArray_DATA(ws)
     cdef int status
     # The GIL is released even around sub-microsecond calls (about 40 ns of a
@@ -389,8 +389,9 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t N, int64_t B, cnp.ndar
 
 
 def forward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not None,
-            cnp.ndarray c0 not None, int num_threads, batch_sizes=None):
+            cnp.ndarray c0 not None, int num_threads, batch_sizes=None, save=True):
     """(y, h_n, c_n, gates, c) of one LSTM layer; see ``_reference.lstm_forward``.
+    save=False: nothing is kept for backward, gates and c are returned as None.
 
     Padded: x (T, B, I) -> y (T, B, R), gates (T, B, 4H), c (T, B, H). With
     ``batch_sizes`` (T,): x (N, I) packed step-major -> y (N, R), gates (N, 4H),
@@ -408,8 +409,8 @@ def forward(Packed packed not None, cnp.ndarray x not None, cnp.ndarray h0 not N
     _check(c0, 2, tn, B, H, 0, "c0")
     cdef int nth = _nthreads(T, N, B, I, H, num_threads, tn)
     cdef cnp.ndarray y = _rows(padded, T, B, N, R, tn)
-    cdef cnp.ndarray c = _rows(padded, T, B, N, H, tn)
-    cdef cnp.ndarray gates = _rows(padded, T, B, N, 4 * H, tn)
+    cdef cnp.ndarray c = _rows(padded, T, B, N, H, tn) if save else None
+    cdef cnp.ndarray gates = _rows(padded, T, B, N, 4 * H, tn) if save else None
     cdef cnp.npy_intp d2[2]
     d2[0] = B; d2[1] = R
     cdef cnp.ndarray h_n = _empty(2, d2, tn)
