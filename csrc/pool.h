@@ -24,16 +24,16 @@ typedef struct {
     long wait_ns;     /* time spent waiting here in the current job, all threads */
 } lstm_barrier;
 
-typedef void (*lstm_job_fn)(void *arg, int tid, int nthreads, lstm_barrier *bar);
+typedef void (*lstm_job_fn)(void *arg, int tid, int num_threads, lstm_barrier *bar);
 
 /* Run fn(arg, tid, n, bar) for tid = 0..n-1 (tid 0 on the calling thread) and
- * return when all are done; n <= nthreads (fewer if the pool is busy or threads
+ * return when all are done; n <= num_threads (fewer if the pool is busy or threads
  * cannot be created). Every one of the n threads must call lstm_barrier_wait
  * on bar the same number of times. */
-void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads);
+void lstm_pool_run(lstm_job_fn fn, void *arg, int num_threads);
 
-/* Wait until all nthreads threads of the job have arrived. */
-void lstm_barrier_wait(lstm_barrier *bar, int nthreads);
+/* Wait until all num_threads threads of the job have arrived. */
+void lstm_barrier_wait(lstm_barrier *bar, int num_threads);
 
 /* CPUs usable by this process (affinity mask, else online), capped at
  * LSTM_MAX_THREADS; determined once. */

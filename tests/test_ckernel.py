@@ -106,6 +106,34 @@ def test_nan_propagates_at_every_level(level, dtype):
     assert np.isnan(h_n[1]).all() and np.isnan(c_n[1]).all()
 
 
+# (T, B, I, H, lengths): both sides of fwd_fuse_x (B = 1 with I = 64 hoists x.w_ih^T, into
+# the workspace when nothing is saved; B = 16 or I <= 16 fuse it into the step), tails,
+# lengths with rows that end early or never start
+SAVE_CASES = [
+    (5, 1, 64, 40, None), (5, 16, 24, 33, None), (5, 5, 3, 17, None), (5, 7, 70, 70, None),
+    (5, 6, 40, 45, [5, 4, 2, 2, 1, 1]), (4, 7, 12, 9, [4, 3, 1, 1, 0, 0, 0]),
+    (3, 2, 64, 20, [3, 1]), (0, 3, 4, 5, None),
+]
+
+
+@pytest.mark.parametrize("P", (0, 4), ids=lambda p: f"P{p}")
+@pytest.mark.parametrize("case", SAVE_CASES, ids=lambda c: "T{}B{}I{}H{}{}".format(
+    *c[:4], "" if c[4] is None else "-lengths"))
+def test_forward_without_saving_is_bitwise_equal_at_every_level(level, dtype, case, P):
+    """save=False (gates and c NULL in the kernel, hoisted products in the workspace):
+    y, h_n, c_n are the bits of save=True at 1 and 2 threads; the inputs are untouched."""
+    p = contract_problem(*case[:4], P, case[4], dtype, seed=sum(case[:4]) + P)
+    packed = ck.pack(*p["w"])
+    args = (p["x"], p["h0"], p["c0"])
+    want = ck.forward(packed, *args, 1, p["batch_sizes"])
+    copies = [a.copy() for a in args]
+    for n in (1, 2):
+        got = ck.forward(packed, *args, n, p["batch_sizes"], False)
+        assert got[3] is None and got[4] is None
+        assert same_bits(got[:3], want[:3])
+    assert same_bits(args, copies)
+
+
 def test_a_pack_keeps_its_level_and_status_codes_become_exceptions():
     p = contract_problem(2, 2, 3, 4)
     packed = ck.pack(*p["w"])
@@ -131,6 +159,11 @@ def test_info():
     assert "-march=native" not in info["flags"]
     assert ck.simd_level() in info["simd_levels_compiled"]
     assert ck.cpu_simd_level() in info["simd_levels_compiled"]
+    caches = info["caches"]
+    assert caches["l1d"] >= 4096 and caches["l2"] >= caches["l1d"] and caches["l3"] >= 0
+    assert caches["l2_shared_by"] >= 1 and caches["l3_shared_by"] >= 1
+    assert info["caches_from"] in ("cpuid", "sysfs", "cpuid+sysfs", "cpuid (sysfs differs)",
+                                   "default")
 
 
 def _in_subprocess(level, code):

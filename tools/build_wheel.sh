@@ -21,7 +21,7 @@
 #     kernel subset) with LSTM_FAST_SIMD forced to avx512, avx2, portable
 #  8. if qemu-x86_64 is installed (Debian: qemu-user): the wheel on an emulated CPU
 #     without AVX (Nehalem): detects "portable", matches the reference, refuses a
-#     forced avx2 with an error, and passes tests/test_ckernel.py + test_backends.py
+#     forced avx2 with an error, and passes tests/test_ckernel.py + test_contract.py
 #     (their C and NumPy cases; numba's cold compile is too slow under emulation)
 #
 # Environment:
@@ -48,10 +48,11 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: $0 [--no-tests]" >&2; exit 2 ;;
 esac
-KERNEL_TESTS=(tests/test_ckernel.py tests/test_backends.py tests/test_layer_torch.py
+KERNEL_TESTS=(tests/test_ckernel.py tests/test_contract.py tests/test_layer_torch.py
               tests/test_lengths.py tests/test_streaming.py)
 SDIST_MUST_HAVE=(CMakeLists.txt pyproject.toml csrc/cpu.c csrc/cpu.h csrc/lstm.c csrc/lstm.h
-                 csrc/lstm.template.c csrc/pool.c csrc/pool.h
+                 csrc/lstm.template.c csrc/simd.template.h csrc/gemm.template.c
+                 csrc/cell.template.c csrc/pack.template.c csrc/pool.c csrc/pool.h
                  src/lstm_fast/backends/_c.pyx src/lstm_fast/backends/_c.pxd src/lstm_fast/__init__.py)
 
 case "$WORK" in "$ROOT"|"$ROOT"/*) echo "LSTM_FAST_WORK must be outside the source tree" >&2; exit 2 ;; esac
@@ -218,8 +219,8 @@ if command -v qemu-x86_64 >/dev/null; then
   ts=$SECONDS
   # No numba: it compiles for whatever CPU it runs on, and its cold compile (about
   # 35 s per dtype natively) takes far too long under emulation; that includes
-  # test_backends_agree_with_each_other, which runs every backend.
-  old_cpu -m pytest -p no:cacheprovider -q tests/test_ckernel.py tests/test_backends.py \
+  # test_backends_agree_with_each_other (test_contract.py), which runs every backend.
+  old_cpu -m pytest -p no:cacheprovider -q tests/test_ckernel.py tests/test_contract.py \
     -k "not numba and not agree_with_each_other" 2>&1 | tee "$WORK/pytest-qemu.log"
   summary="$(grep -E '(passed|failed|error|no tests ran)' "$WORK/pytest-qemu.log" | tail -1 | tr -d '=' | sed 's/^ *//; s/ *$//')"
   grep -qE '[0-9]+ passed' <<<"$summary" || { echo "no test passed under qemu" >&2; exit 1; }

@@ -6,7 +6,7 @@
 #      its own venv and build dir under $SAN_DIR; the main (editable) install of
 #      the checkout is not touched;
 #   2. runs the kernel tests (tests/test_ckernel.py, the "c-" cases of
-#      tests/test_backends.py, tests/test_threads.py) with the ASan runtime
+#      tests/test_contract.py, tests/test_threads.py) with the ASan runtime
 #      preloaded; any ASan or UBSan report fails the run;
 #   3. builds the extension without sanitizers into a second venv and runs a
 #      small forward/backward (every SIMD level valgrind can run, f32/f64,
@@ -82,7 +82,7 @@ if [ "$DO_ASAN" = 1 ]; then
       ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=1 \
       UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "$ASAN_VENV/bin/python" -m pytest -p no:cacheprovider -q \
-      tests/test_ckernel.py tests/test_backends.py tests/test_threads.py \
+      tests/test_ckernel.py tests/test_contract.py tests/test_threads.py \
       -k "test_ckernel or test_threads or c-" "$@") || status=1
   log "ASan+UBSan pytest: $([ $status = 0 ] && echo clean || echo FAILED)"
 fi

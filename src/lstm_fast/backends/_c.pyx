@@ -59,7 +59,8 @@ _init_from_env()
 
 
 def build_info():
-    """Dict: compiler, flags, SIMD levels compiled, threading library, levels in use."""
+    """Dict: compiler, flags, SIMD levels compiled, threading library, levels in use, the
+    running CPU (vendor, family, model) and its caches (bytes; logical CPUs sharing)."""
     info = dict(item.partition("=")[::2] for item in lstm_build_info().decode().split(";"))
     return {
         "compiler": info.get("compiler"),
@@ -68,6 +69,10 @@ def build_info():
         "threading": info.get("threads"),
         "simd_level": simd_level(),
         "cpu_simd_level": cpu_simd_level(),
+        "cpu": info.get("cpu"),
+        "caches": {k: int(info[k]) for k in ("l1d", "l2", "l3", "l2_shared_by", "l3_shared_by")
+                   if k in info},
+        "caches_from": info.get("caches_from"),
     }
 
 
@@ -180,9 +185,10 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     """The kernel's forward on these arrays (gates and c None: nothing saved)."""
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
-    cdef size_t wsize = (lstm_forward_workspace_size_f32(T, B, I, H, P, num_threads)
+    cdef int save = gates is not None
+    cdef size_t wsize = (lstm_forward_workspace_size_f32(T, B, I, H, P, num_threads, save)
                          if tn == cnp.NPY_FLOAT32 else
-                         lstm_forward_workspace_size_f64(T, B, I, H, P, num_threads))
+                         lstm_forward_workspace_size_f64(T, B, I, H, P, num_threads, save))
     cdef cnp.ndarray ws = _take_ws(packed, wsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
     cdef const int64_t *bsp = <const int64_t *>_p(bs)
@@ -232,12 +238,11 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
         h_n = _mat(B, R, tn)
     if c_n is None:
         c_n = _mat(B, H, tn)
-    # TODO(kernel split): save=False passes NULL gates and c once the kernel takes them
-    gates = _rows(padded, T, B, N, 4 * H, tn)
-    c = _rows(padded, T, B, N, H, tn)
+    gates = c = None
+    if save:
+        gates = _rows(padded, T, B, N, 4 * H, tn)
+        c = _rows(padded, T, B, N, H, tn)
     _forward_call(packed, T, B, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, num_threads)
-    if not save:
-        return y, h_n, c_n, None, None
     return y, h_n, c_n, gates, c
 
 
@@ -310,7 +315,5 @@ def step(Packed packed, cnp.ndarray x, cnp.ndarray h, cnp.ndarray c, int num_thr
     cdef int64_t B = cnp.PyArray_DIMS(x)[0], H = packed.hidden_size
     if y is None:
         y = _mat(B, packed.proj_size if packed.proj_size else H, packed.typenum)
-    # TODO(kernel split): no gates/c scratch once the kernel takes NULL
-    _forward_call(packed, 1, B, None, x, h, c, y, h, c, _mat(B, 4 * H, packed.typenum),
-                  _mat(B, H, packed.typenum), num_threads)
+    _forward_call(packed, 1, B, None, x, h, c, y, h, c, None, None, num_threads)
     return y
