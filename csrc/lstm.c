@@ -82,29 +82,6 @@ int lstm_set_simd_level(int level)
     return LSTM_OK;
 }
 
-int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int requested,
-                         int elem_size)
-{
-    int ncpu = lstm_online_cpus();
-    if (requested > 0)
-        return requested < ncpu ? requested : ncpu;
-    /* Conservative: every step ends in a barrier, and on a shared 2-core
-     * machine a second thread often has to wait for a core. Measured (loaded
-     * 2-core Zen 5 VM, tools in the pool commit): a second thread only won
-     * clearly once a step does ~4e6 multiply-adds (B=16,H=256; B=64,H=128) and
-     * lost up to 2.7x below (B=16,H=64: 0.75 vs 1.97 ms; before the
-     * spin-then-sleep barrier 0.2 vs 4.2 ms). On top, the pool reports when
-     * recent 2-thread jobs spent >40% of their time waiting (another process
-     * holds the other core): then 1 thread until a later probe runs well.
-     * f64 uses the same multiply-add bound (twice the time: more margin). */
-    double step = (double)B * 4 * H * H;
-    double total = (double)T * B * 4 * H * (H + I);
-    (void)elem_size;
-    if (ncpu < 2 || step < 4.0e6 || total < 1.0e8 || lstm_pool_contended())
-        return 1;
-    return 2;
-}
-
 #ifndef LSTM_COMPILE_FLAGS
 #define LSTM_COMPILE_FLAGS "?"
 #endif
@@ -172,6 +149,14 @@ static int packed_level(const void *packed)
 #define WS_MAX(SFXT, name, args) name##_##SFXT##_portable args
 #endif
 
+/* num_threads as run: at least 1, at most the CPUs this process may use (more would
+ * only take turns on a CPU at every barrier). */
+static int usable_threads(int num_threads)
+{
+    int cpus = lstm_online_cpus();
+    return num_threads < 1 ? 1 : num_threads > cpus ? cpus : num_threads;
+}
+
 #define DEFINE_PUBLIC(SFXT, TYPE)                                                            \
     size_t lstm_packed_size_##SFXT(int64_t I, int64_t H, int64_t P)                          \
     {                                                                                        \
@@ -205,7 +190,7 @@ static int packed_level(const void *packed)
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, forward,                                        \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c,      \
-                  workspace, num_threads))                                                   \
+                  workspace, usable_threads(num_threads)))                                   \
     }                                                                                        \
     int lstm_backward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,          \
                              const void *packed, const int64_t *batch_sizes, const TYPE *x,  \
@@ -219,7 +204,8 @@ static int packed_level(const void *packed)
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, backward,                                       \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n,      \
-                  dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, workspace, num_threads))      \
+                  dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, workspace,                    \
+                  usable_threads(num_threads)))                                              \
     }
 
 DEFINE_PUBLIC(f32, float)

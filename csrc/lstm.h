@@ -67,13 +67,10 @@ enum {
 int lstm_set_simd_level(int level);   /* LSTM_ERR_SIMD if the CPU lacks it */
 int lstm_get_simd_level(void);
 
-/* Threads to use for a shape (kept for the binding until the rule lives in
- * Python): requested > 0 is capped at the number of online
- * CPUs and at LSTM_MAX_THREADS; requested == 0 chooses from the per-step work
- * (a second thread only pays off when B*4H*H is large). */
+/* Threads: every call takes a count num_threads >= 1, capped at the CPUs this
+ * process may use and at LSTM_MAX_THREADS. The automatic choice of a count is
+ * the caller's (lstm_fast.backends.threads_for in Python). */
 #define LSTM_MAX_THREADS 64
-int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int requested,
-                         int elem_size);
 
 /* 1 while recent multi-thread jobs of the pool were inefficient (another
  * process holds the other core): the contention signal for an automatic thread

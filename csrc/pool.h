@@ -44,7 +44,7 @@ int lstm_online_cpus(void);
  * less than ~1.2x, typically because another process holds the other core.
  * Set after such a job for 10 ms, doubling while it persists (up to 1 s, so
  * the auto choice re-probes at least once a second); cleared by an efficient
- * job. For the automatic thread choice (lstm_resolve_threads, requested 0);
+ * job. For an automatic thread choice (lstm_fast.backends.threads_for);
  * an explicit thread count is always honoured. */
 int lstm_pool_contended(void);
 
