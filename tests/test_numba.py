@@ -582,7 +582,7 @@ VOCABULARY = {
     "simd": (("simd.template.h",), ("vload", "vload_n", "vstore", "vstore_n", "vset1", "vfma", "vsigmoid", "vtanh")),
     "gemm": (("gemm.template.c",), ("gemm", "gemm_tile")),
     "cell": (("cell.template.c",), ("fwd_cell", "bwd_cell")),
-    "pack": (("pack.template.c",), ("pack",)),
+    "packed": (("pack.template.c",), ("pack",)),
     "lstm": (("lstm.template.c", "lstm.c", "lstm.h"),
              ("fwd_tile", "fwd_step", "fwd_job", "lstm_forward", "bwd_tile", "bwd_rows", "bwd_step", "bwd_job",
               "lstm_backward")),
@@ -635,7 +635,7 @@ def test_cache_stamp_covers_every_kernel_file():
         assert isinstance(loc, nk.simd.KernelSourcesLocator), disp
         assert loc.get_source_stamp() == h.hexdigest()
     assert sorted(nk.simd.KERNEL_FILES) == sorted(
-        f for f in os.listdir(os.path.dirname(nk.simd.__file__)) if f.endswith(".py") and f not in ("__init__.py", "pack.py"))
+        f for f in os.listdir(os.path.dirname(nk.simd.__file__)) if f.endswith(".py") and f not in ("__init__.py", "packed.py"))
 
 
 def _cap():

@@ -5,21 +5,25 @@ This file is the backend contract (``lstm_fast.backends``: ``pack``, ``forward``
 The kernels mirror csrc/ file by file and function by function (tests/test_numba.py checks the
 names of the kernel vocabulary on both sides):
 
-    simd.py   vector layer and activations    vload, vload_n, vstore, vstore_n, vset1, vfma,
-              (simd.template.h)               vsigmoid, vtanh
-    gemm.py   packed GEMM (gemm.template.c)   gemm, gemm_tile (_t, 1), pack_b
-    cell.py   the only gate math              fwd_cell, bwd_cell
-              (cell.template.c)
-    lstm.py   packed weights, forward and     pack, fwd_tile, fwd_step, fwd_job, lstm_forward,
-              backward (lstm.template.c)      bwd_tile, bwd_rows, bwd_step, bwd_job, lstm_backward
+    simd.py    vector layer and activations   vload, vload_n, vstore, vstore_n, vset1, vfma,
+               (simd.template.h)              vsigmoid, vtanh
+    gemm.py    packed GEMM (gemm.template.c)  gemm, gemm_tile (_t, 1), pack_b
+    cell.py    the only gate math             fwd_cell, bwd_cell
+               (cell.template.c)
+    packed.py  packed weights                 Packed, pack
+               (pack.template.c)
+    lstm.py    forward and backward           fwd_tile, fwd_step, fwd_job, lstm_forward,
+               (lstm.template.c)              bwd_tile, bwd_rows, bwd_step, bwd_job, lstm_backward
 
 Why hand-written loops and not BLAS: a BLAS call cannot apply the gate activations while a
 tile of h.w_hh^T is still in registers, and per-step calls cost microseconds each at small
 shapes; the BLAS Numba reaches (SciPy's OpenBLAS, behind ``np.dot``) also ran AVX2 kernels on
 the AMD Zen 5 machines (OPENBLAS_CORETYPE=Haswell), half their rate. The products here are
-register tiles on explicit 64-byte vectors (simd.py). Measured, one thread, ``gemm.gemm`` against
-NumPy's matmul on AMD Zen 5: f32 2048x256 . 256x1024 253 vs 125 GFLOP/s, the transposed dW
-shape (1024x2048 . 2048x256) 211 vs 120; f64 about 111 vs 60.
+register tiles on explicit 64-byte vectors (simd.py). Measured, one thread, ``gemm.gemm``
+against NumPy's matmul: AMD Zen 5, f32 2048x256 . 256x1024 253 vs 125 GFLOP/s, the transposed
+dW shape (1024x2048 . 2048x256) 211 vs 120, f64 about 111 vs 60; Intel Xeon (family 6 model
+167, OpenBLAS on its AVX-512 kernels), f32 2048x256 . 256x1024 177 vs 171, 512x64 . 64x256
+182 vs 150, f64 77 vs 80 and 107 vs 80.
 
 Threads: ``num_threads`` (resolved by ``backends.threads_for``) becomes
 ``numba.set_num_threads(n)`` for the call (thread-local, restored after; capped at Numba's pool,
@@ -27,17 +31,17 @@ NUMBA_NUM_THREADS) and the kernels' partition (lstm.py); the bits do not depend 
 
 Compilation is lazy (nothing compiles at import) and cached to disk (``cache=True``; the cache
 of every kernel file is invalidated by an edit of any of them, see simd.py). The registry
-imports this package only when the backend is first used. The first forward and backward
-compile for tens of seconds per dtype; from the cache the first call takes under a second,
-importing Numba included (benchmarks/numba_first_use.py). Inference (save=False) and ``step``
-run the same compiled forward.
+imports this package only when the backend is first used. Cold first use compiles for ~31 s
+per dtype (forward 15.6 s + backward 15.6 s, f32, Intel Xeon); from the cache the first call
+takes ~0.45 s, importing Numba included (benchmarks/numba_first_use.py). Inference
+(save=False) and ``step`` run the same compiled forward (``save`` is a runtime flag).
 """
 
 import numba
 import numpy as np
 
 from .lstm import FWD_CHUNK_BYTES, lstm_backward, lstm_forward
-from .pack import Packed, pack
+from .packed import Packed, pack
 
 __all__ = ["Packed", "pack", "forward", "backward", "step"]
 

@@ -2,7 +2,7 @@
 packed panels, for the hoisted input projection, the projection and the backward's
 whole-sequence products.
 
-* B packed as panels [ceil(N/NR)][K][NR], NR = 2 vectors (``pack_b``; ``pack.panels`` for the
+* B packed as panels [ceil(N/NR)][K][NR], NR = 2 vectors (``pack_b``; ``packed.panels`` for the
   weights); A row-major or transposed (the dW products), read in place.
 * Blocked KC x (MCT tiles of MR rows): the B sliver (KC x NR) stays in L1 and the A block in
   L2. Register tiles: ``gemm_tile`` MR = 8 rows x 2 vectors, row-major A (C's gemm_tile as

@@ -11,6 +11,8 @@ compilation settings every kernel module shares.
 * Activations: ``vsigmoid``, ``vtanh`` from ``vexp_neg`` (exp of x <= 0). C builds both from
   ``vexp_parts`` (2^n and expm1(r) apart); Numba uses the Cephes polynomials below.
 * ``nl``: a constant or prange index as a plain int (see there).
+* Compilation, for every kernel module: ``JIT``/``PJIT`` options, the threading layer launched
+  at import, and one disk-cache stamp over all kernel files (``KernelSourcesLocator``).
 """
 
 import hashlib

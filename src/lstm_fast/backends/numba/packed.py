@@ -1,6 +1,7 @@
-"""Packed weights of the Numba backend (csrc/pack.template.c in C): ``pack`` lays the weights
-out once per weight version, in NumPy (nothing compiles before the first forward), as the
-kernels stream through them (V lanes per vector, NR = 2V, R the width of h):
+"""Packed weights of the Numba backend (csrc/pack.template.c in C; the module is not named
+pack.py because the package exports the function ``pack``): ``pack`` lays the weights out once
+per weight version, in NumPy (nothing compiles before the first forward), as the kernels
+stream through them (V lanes per vector, NR = 2V, R the width of h):
 
     wih_t  [ceil(4H/NR)][I][NR]   GEMM panels of w_ih^T: gates = x.w_ih^T
     wih    [ceil(I/NR)][4H][NR]   GEMM panels of w_ih: dx = dgates.w_ih
