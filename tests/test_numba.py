@@ -1,8 +1,8 @@
 """Numba backend specifics: the kernels themselves against the NumPy reference
 (padded and packed with batch_sizes, with and without a projection),
 activations at extreme arguments, NaN/inf propagation, thread-count
-independence, inference (save=False), caller-provided outputs, step, the
-packed weights' fields, the names shared with csrc/, lazy import and the
+independence, inference (save=False) and step on every kernel path, the
+packed weights' layouts, the names shared with csrc/, lazy import and the
 on-disk compilation cache.
 
 The cross-backend body (public API, every backend) lives in test_backends.py.
@@ -432,7 +432,8 @@ def test_contract_bits_do_not_depend_on_num_threads(dtype, P):
             assert (a is None and e is None) or a.tobytes() == e.tobytes()
 
 
-# --- inference (save=False), caller-provided outputs, step --------------------
+# --- inference (save=False), step and Packed on Numba's kernel paths ------------
+# (test_contract.py has the contract's own cases for every backend)
 
 INFER_CASES = [  # (lengths, I, H, P)
     ([6] * 4, 5, 7, 0),                          # padded-like
@@ -448,9 +449,11 @@ INFER_CASES = [  # (lengths, I, H, P)
 @pytest.mark.parametrize("case", INFER_CASES, ids=lambda c: "B{}I{}H{}P{}".format(len(c[0]), *c[1:]))
 @pytest.mark.parametrize("chunk", ["default", "one_step"])
 def test_forward_without_saving_gives_the_same_bits(monkeypatch, case, dtype, chunk):
-    """save=False: gates and c are None, y, h_n, c_n the bits of save=True, for 1 and 2 threads,
-    with the input projection hoisted a chunk of steps at a time (one_step: a workspace of
-    batch_sizes[0] rows, so chunk boundaries fall on every change of size)."""
+    """save=False: gates and c are None, y, h_n, c_n the bits of save=True, on both paths (1
+    thread: the input projection hoisted a chunk of steps at a time, one_step: a workspace of
+    batch_sizes[0] rows, so chunk boundaries fall on every change of size; 2 threads: the
+    sequences split, each step's rows projected by their thread), also with the state updated
+    in place (out=(y, h0, c0))."""
     lengths, I, H, P = case
     p, g, bs = make_packed_problem(lengths, I, H, P, dtype=dtype, seed=len(lengths) + I, scale=H ** -0.5)
     packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
@@ -462,6 +465,11 @@ def test_forward_without_saving_gives_the_same_bits(monkeypatch, case, dtype, ch
         assert out[3] is None and out[4] is None
         for name, a, e in zip(FWD[:3], out[:3], full[:3]):
             assert a.shape == e.shape and a.tobytes() == e.tobytes(), f"{name}, {n} threads"
+        y, h, c = np.full_like(full[0], np.nan), p["h0"].copy(), p["c0"].copy()
+        out = nk.forward(packed, p["x"], h, c, n, bs, save=False, out=(y, h, c))
+        assert out[0] is y and out[1] is h and out[2] is c
+        for name, a, e in zip(FWD[:3], (y, h, c), full[:3]):
+            assert a.tobytes() == e.tobytes(), f"{name} in place, {n} threads"
 
 
 def test_forward_without_saving_keeps_no_per_row_arrays(monkeypatch):
@@ -488,43 +496,6 @@ def test_forward_without_saving_keeps_no_per_row_arrays(monkeypatch):
         assert a.tobytes() == e.tobytes()
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
-@pytest.mark.parametrize("P", [0, 3])
-@pytest.mark.parametrize("save", [True, False])
-def test_forward_into_caller_outputs(dtype, P, save):
-    """out=(y, h_n, c_n): the outputs are written into (and returned as) the caller's arrays;
-    h_n may be h0 and c_n c0 (the state updated in place), and a sequence run in chunks that
-    way gives the bits of one call; any of the three may be None (allocated)."""
-    lengths, I, H = [5, 5, 4, 2, 0], 6, 9
-    p, _, bs = make_packed_problem(lengths, I, H, P, dtype=dtype, seed=3)
-    packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
-    full = nk.forward(packed, p["x"], p["h0"], p["c0"], 1, bs)
-    y, h, c = np.full_like(full[0], np.nan), p["h0"].copy(), p["c0"].copy()
-    out = nk.forward(packed, p["x"], h, c, 1, bs, save=save, out=(y, h, c))
-    assert out[0] is y and out[1] is h and out[2] is c
-    for a, e in zip((y, h, c), full[:3]):
-        assert a.tobytes() == e.tobytes()
-    assert (out[3] is None) == (not save) and (out[4] is None) == (not save)
-    if save:
-        assert out[3].tobytes() == full[3].tobytes() and out[4].tobytes() == full[4].tobytes()
-    h_n = np.full_like(p["h0"], np.nan)
-    out = nk.forward(packed, p["x"], p["h0"], p["c0"], 1, bs, save=save, out=(None, h_n, None))
-    assert out[1] is h_n and h_n.tobytes() == full[1].tobytes()
-    assert out[0].tobytes() == full[0].tobytes() and out[2].tobytes() == full[2].tobytes()
-    # padded, in chunks of steps: h, c carried in place, y written into the caller's chunk
-    T, B = 4, 3
-    p, _, _ = make_packed_problem([T] * B, I, H, P, dtype=dtype, seed=4)
-    x = p["x"].reshape(T, B, I)
-    full = nk.forward(packed, x, p["h0"], p["c0"], 1)
-    y = np.empty_like(full[0])
-    h, c = p["h0"].copy(), p["c0"].copy()
-    for t0, t1 in ((0, 1), (1, 3), (3, 4)):
-        ychunk = y[t0:t1]
-        assert nk.forward(packed, x[t0:t1], h, c, 1, save=save, out=(ychunk, h, c))[0] is ychunk
-    for a, e in zip((y, h, c), full[:3]):
-        assert a.tobytes() == e.tobytes()
-
-
 STEP_CASES = [  # (B, I, H, P, num_threads)
     (1, 3, 7, 0, 1),          # one-row tiles
     (3, 5, 17, 0, 1),
@@ -539,7 +510,8 @@ STEP_CASES = [  # (B, I, H, P, num_threads)
 @pytest.mark.parametrize("case", STEP_CASES, ids=lambda c: "B{}I{}H{}P{}n{}".format(*c))
 def test_step_gives_the_bits_of_the_whole_sequence(case, dtype):
     """step(packed, x_t, h, c, n, y=None): y_t and the in-place h, c are the bits of step t of
-    one forward over the whole sequence; y is written into the caller's array when given."""
+    one forward over the whole sequence, on the kernel paths a step can take (one-row tiles,
+    hidden blocks or sequences split over 2 threads, I > KC); y is the caller's when given."""
     B, I, H, P, n = case
     T = 5
     p, _, _ = make_packed_problem([T] * B, I, H, P, dtype=dtype, seed=B + I, scale=H ** -0.5)
@@ -559,7 +531,8 @@ def test_step_gives_the_bits_of_the_whole_sequence(case, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
 @pytest.mark.parametrize("bias, P", [(True, 0), (False, 0), (True, 3), (False, 2)])
 def test_packed_fields(dtype, bias, P):
-    """pack returns a Packed with the contract's fields (not a positional tuple of arrays)."""
+    """pack returns a Packed: the contract's fields as plain Python/NumPy values, then the
+    kernels' arrays in the layouts of packed.py (V lanes, NR = 2V)."""
     I, H = 5, 7
     rng = np.random.default_rng(0)
     r = lambda *s: rng.standard_normal(s).astype(dtype)
@@ -570,6 +543,13 @@ def test_packed_fields(dtype, bias, P):
     assert isinstance(pk.dtype, np.dtype) and type(pk.has_bias) is bool
     assert (pk.whr_t is None) == (pk.whr is None) == (P == 0)
     assert all(a.dtype == dtype and a.flags.c_contiguous for a in (pk.wih_t, pk.wih, pk.whh_f, pk.whh_b, pk.b))
+    V = 64 // np.dtype(dtype).itemsize
+    up = lambda n, k: -(-n // k)
+    R = P or H
+    assert pk.wih_t.shape == (up(4 * H, 2 * V), I, 2 * V) and pk.wih.shape == (up(I, 2 * V), 4 * H, 2 * V)
+    assert pk.whh_f.shape == (up(H, V), R, 4, V) and pk.whh_b.shape == (up(R, V), 4 * H, V)
+    if P:
+        assert pk.whr_t.shape == (up(P, 2 * V), H, 2 * V) and pk.whr.shape == (up(H, 2 * V), P, 2 * V)
     if not bias:
         assert not pk.b.any()
 
