@@ -5,7 +5,7 @@ independence, inference (save=False) and step on every kernel path, the
 packed weights' layouts, the names shared with csrc/, lazy import and the
 on-disk compilation cache.
 
-The cross-backend body (public API, every backend) lives in test_backends.py.
+The cross-backend body (the backend contract, every backend) lives in test_contract.py.
 """
 
 import os
