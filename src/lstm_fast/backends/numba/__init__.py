@@ -31,10 +31,11 @@ NUMBA_NUM_THREADS) and the kernels' partition (lstm.py); the bits do not depend 
 
 Compilation is lazy (nothing compiles at import) and cached to disk (``cache=True``; the cache
 of every kernel file is invalidated by an edit of any of them, see simd.py). The registry
-imports this package only when the backend is first used. Cold first use compiles for ~31 s
-per dtype (forward 15.6 s + backward 15.6 s, f32, Intel Xeon); from the cache the first call
-takes ~0.45 s, importing Numba included (benchmarks/numba_first_use.py). Inference
-(save=False) and ``step`` run the same compiled forward (``save`` is a runtime flag).
+imports this package only when the backend is first used. Cold first use compiles for 31-35 s
+per dtype (forward 15.6-17.3 s + backward 15.6-17.6 s, f32, Intel Xeon, by the machine's load);
+from the cache the first call takes 0.45-0.55 s, importing Numba included
+(benchmarks/numba_first_use.py). Inference (save=False) and ``step`` run the same compiled
+forward (``save`` is a runtime flag).
 """
 
 import numba
