@@ -526,7 +526,7 @@ def bwd_dh_all(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads):
 def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, j0, j1):
     """One backward step without a projection, hidden blocks j0..j1, fused per 4 blocks: the dh
     tile (dg_next . w_hh + dy) into dhs, then the gate gradients of the same units.
-    C keeps the dh tile in registers for bwd_cell; here it goes through dhs (L1)."""
+    C hands bwd_cell the tile in a small stack scratch; here dh goes through the rows of dhs."""
     V = lanes(dhs)
     dg_next, whh_b, dh_n, dy_t, dhs = ptr(dg_next), ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(dhs)
     gates_t, c_t, cprev, dc, dg_t = ptr(gates_t), ptr(c_t), ptr(cprev), ptr(dc), ptr(dg_t)
