@@ -1,7 +1,7 @@
 """NumPy reference LSTM: the oracle every backend is tested against.
 
 Written for clarity, with the structure of the fused kernels (csrc/lstm.h and
-_numba_kernels.py mirror these names and arguments):
+backends/numba/ use these names and arguments):
 
 * forward: one product ``x @ w_ih.T`` for all T*B rows (hoisted out of the time
   loop); per step the recurrent product ``h @ w_hh.T`` accumulated into the same

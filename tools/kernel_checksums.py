@@ -1,8 +1,8 @@
 """Bit-for-bit checksums of a backend's forward and backward, for refactors that must not
 change a single bit (e.g. moving kernel code between files).
 
-    python benchmarks/kernel_checksums.py numba > before.json     # before the change
-    python benchmarks/kernel_checksums.py numba --compare before.json   # after: exit 1 on a difference
+    python tools/kernel_checksums.py numba > before.json     # before the change
+    python tools/kernel_checksums.py numba --compare before.json   # after: exit 1 on a difference
 
 Every case (padded and packed lengths, with and without a projection and a bias, float32
 and float64, shapes that take every tile and thread path) runs through the backend
