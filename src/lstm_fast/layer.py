@@ -233,9 +233,8 @@ class LSTM:
         impl, n = self._impl, len(self._names)
         num_threads = backends.threads_for(T, B, self.input_size, self.hidden_size)
         if n == 1:       # one layer-direction: the backend's own state arrays, no copies
-            packed = self._packed[0]
-            y, h_n, c_n, cache = run_forward(impl, self._pack(0) if packed is None else packed,
-                                             x, h0[0], c0[0], num_threads, plan, False, save)
+            y, h_n, c_n, cache = run_forward(impl, self._pack(0), x, h0[0], c0[0], num_threads,
+                                             plan, False, save)
             caches, masks, h_n, c_n = [cache], (), h_n[None], c_n[None]
         else:
             D = self.num_directions
