@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import lstm_fast
-import lstm_fast._ckernel as ck
+import lstm_fast.backends._c as ck
 from lstm_fast.torch import LSTM as FastLSTM
 
 MODELS = {  # (T, B, I, H), layers, dropout

@@ -1,8 +1,18 @@
 #include "cpu.h"
 
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#define HAVE_CPUID 1
+#else
+#define HAVE_CPUID 0
+#endif
+
 lstm_simd_level lstm_cpu_simd_level(void)
 {
-#if defined(__x86_64__) || defined(__i386__)
+#if HAVE_CPUID
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl"))
@@ -20,4 +30,176 @@ const char *lstm_simd_name(lstm_simd_level level)
     case LSTM_SIMD_AVX2: return "avx2";
     default: return "portable";
     }
+}
+
+/* One cache level as found: size in bytes and logical CPUs sharing it. */
+typedef struct {
+    int64_t size[4];   /* index: level 1 (data or unified), 2, 3 */
+    int shared[4];
+} caches;
+
+#if HAVE_CPUID
+/* Deterministic cache parameters: leaf 4 (Intel) and 0x8000001D (AMD) share the
+ * format. EAX[4:0] type (0 none, 1 data, 2 instruction, 3 unified), EAX[7:5]
+ * level, EAX[25:14] logical CPUs sharing - 1; EBX line size, partitions and
+ * ways, each - 1; ECX sets - 1. */
+static int cpuid_leaf_caches(unsigned leaf, caches *out)
+{
+    int found = 0;
+    for (unsigned sub = 0; sub < 16; sub++) {
+        unsigned a, b, c, d;
+        if (!__get_cpuid_count(leaf, sub, &a, &b, &c, &d))
+            return found;
+        unsigned type = a & 31, level = (a >> 5) & 7;
+        if (type == 0)
+            break;
+        if (type == 2 || level < 1 || level > 3)
+            continue;
+        int64_t size = (int64_t)(((b >> 22) & 1023) + 1) * (((b >> 12) & 1023) + 1) *
+                       ((b & 4095) + 1) * ((int64_t)c + 1);
+        out->size[level] = size;
+        out->shared[level] = (int)((a >> 14) & 4095) + 1;
+        found = 1;
+    }
+    return found;
+}
+
+static int cpuid_caches(const char *vendor, caches *out)
+{
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!strcmp(vendor, "GenuineIntel"))
+        return __get_cpuid_max(0, NULL) >= 4 && cpuid_leaf_caches(4, out);
+    if (strcmp(vendor, "AuthenticAMD") && strcmp(vendor, "HygonGenuine"))
+        return 0;
+    unsigned ext = __get_cpuid_max(0x80000000u, NULL);
+    if (ext >= 0x8000001Du && __get_cpuid(0x80000001u, &a, &b, &c, &d) && (c >> 22) & 1)
+        if (cpuid_leaf_caches(0x8000001Du, out))   /* topology extensions */
+            return 1;
+    if (ext < 0x80000006u)
+        return 0;
+    __get_cpuid(0x80000005u, &a, &b, &c, &d);
+    out->size[1] = (int64_t)(c >> 24) << 10;
+    __get_cpuid(0x80000006u, &a, &b, &c, &d);
+    out->size[2] = (int64_t)(c >> 16) << 10;
+    out->size[3] = (int64_t)(d >> 18) << 19;
+    return out->size[1] > 0;
+}
+#endif
+
+static int64_t read_size(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long long v = 0;
+    char unit = 0;
+    int n = fscanf(f, "%lld%c", &v, &unit);
+    fclose(f);
+    if (n < 1)
+        return -1;
+    if (unit == 'K')
+        v <<= 10;
+    else if (unit == 'M')
+        v <<= 20;
+    return (int64_t)v;
+}
+
+static int read_text(const char *path, char *buf, int len)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int ok = fgets(buf, len, f) != NULL;
+    fclose(f);
+    return ok;
+}
+
+/* CPUs in a list like "0-1,4,6-7". */
+static int count_cpus(const char *list)
+{
+    int n = 0, a, b, used;
+    while (*list && *list != '\n') {
+        if (sscanf(list, "%d-%d%n", &a, &b, &used) == 2)
+            n += b - a + 1;
+        else if (sscanf(list, "%d%n", &a, &used) == 1)
+            n += 1;
+        else
+            break;
+        list += used;
+        if (*list == ',')
+            list++;
+    }
+    return n;
+}
+
+static int sysfs_caches(caches *out)
+{
+    int found = 0;
+    for (int i = 0; i < 16; i++) {
+        char path[128], text[256];
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
+        int64_t level = read_size(path);
+        if (level < 0)
+            break;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/type", i);
+        if (!read_text(path, text, sizeof text) || !strncmp(text, "Instruction", 11) ||
+            level < 1 || level > 3)
+            continue;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+        int64_t size = read_size(path);
+        if (size <= 0)
+            continue;
+        out->size[level] = size;
+        snprintf(path, sizeof path,
+                 "/sys/devices/system/cpu/cpu0/cache/index%d/shared_cpu_list", i);
+        out->shared[level] = read_text(path, text, sizeof text) ? count_cpus(text) : 1;
+        found = 1;
+    }
+    return found;
+}
+
+static lstm_cpu_info info;
+static pthread_once_t info_once = PTHREAD_ONCE_INIT;
+
+static void detect(void)
+{
+    caches cc = {{0}, {0}}, sc = {{0}, {0}};
+    int from_cpuid = 0;
+#if HAVE_CPUID
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid(0, &a, &b, &c, &d)) {
+        memcpy(info.vendor, &b, 4);
+        memcpy(info.vendor + 4, &d, 4);
+        memcpy(info.vendor + 8, &c, 4);
+        info.vendor[12] = 0;
+    }
+    if (__get_cpuid(1, &a, &b, &c, &d)) {
+        int fam = (a >> 8) & 15, mod = (a >> 4) & 15;
+        if (fam == 15)
+            fam += (a >> 20) & 255;
+        if (fam == 6 || fam >= 15)
+            mod += ((a >> 16) & 15) << 4;
+        info.family = fam;
+        info.model = mod;
+    }
+    from_cpuid = cpuid_caches(info.vendor, &cc);
+#endif
+    int from_sysfs = sysfs_caches(&sc);
+    const caches *use = from_cpuid ? &cc : &sc;
+    if (from_cpuid && from_sysfs)
+        info.source = memcmp(cc.size, sc.size, sizeof cc.size) ? "cpuid (sysfs differs)"
+                                                                 : "cpuid+sysfs";
+    else
+        info.source = from_cpuid ? "cpuid" : from_sysfs ? "sysfs" : "default";
+    info.l1d = use->size[1] > 0 ? use->size[1] : 32 << 10;
+    info.l2 = use->size[2] > 0 ? use->size[2] : 256 << 10;
+    info.l3 = use->size[3];
+    info.l2_shared_by = use->shared[2] > 0 ? use->shared[2] : 1;
+    info.l3_shared_by = use->shared[3] > 0 ? use->shared[3] : 1;
+}
+
+const lstm_cpu_info *lstm_cpu(void)
+{
+    pthread_once(&info_once, detect);
+    return &info;
 }

@@ -1,10 +1,21 @@
-/* CPU feature detection for run-time SIMD dispatch.
+/* The running CPU: SIMD level for run-time dispatch, vendor and cache sizes for
+ * the kernels' blocking decisions.
  *
  * The kernels are compiled for several instruction sets in one binary; the
  * widest level the CPU supports is chosen once, and LSTM_FAST_SIMD
- * ("avx512", "avx2", "portable") can force a lower one for testing. */
+ * ("avx512", "avx2", "portable") can force a lower one for testing.
+ *
+ * Cache sizes come from cpuid (leaf 4 on Intel, 0x8000001D on AMD, the legacy
+ * AMD leaves 0x80000005/6 before that), cross-checked against Linux's
+ * /sys/devices/system/cpu/cpu0/cache (which the kernel derives from the same
+ * leaves), which is also the fallback on other CPUs. Under a hypervisor both
+ * report what the host chose to expose: the L3 in particular can be far off
+ * (a 2-vCPU guest has been seen reporting a 480 MiB L3), so blocking should
+ * lean on L1d and L2, which are per core. */
 #ifndef LSTM_FAST_CPU_H
 #define LSTM_FAST_CPU_H
+
+#include <stdint.h>
 
 typedef enum {
     LSTM_SIMD_PORTABLE = 0,
@@ -17,5 +28,20 @@ lstm_simd_level lstm_cpu_simd_level(void);
 
 /* Name of a level: "portable", "avx2", "avx512". */
 const char *lstm_simd_name(lstm_simd_level level);
+
+typedef struct {
+    char vendor[16];      /* cpuid vendor: "GenuineIntel", "AuthenticAMD", ...; "" if unknown */
+    int family, model;    /* display family and model (cpuid leaf 1); 0 if unknown */
+    int64_t l1d, l2, l3;  /* bytes of the L1 data cache, the L2 and the L3 that the first
+                             CPU sees (0: none or unknown) */
+    int l2_shared_by;     /* logical CPUs sharing that L2 (hyperthreads of one core: 2) */
+    int l3_shared_by;     /* logical CPUs sharing that L3 */
+    const char *source;   /* where the sizes come from: "cpuid", "sysfs", "cpuid+sysfs"
+                             (both agree), "cpuid (sysfs differs)", or "default" */
+} lstm_cpu_info;
+
+/* The running CPU, determined once (thread-safe). Never NULL; when nothing can
+ * be read the sizes are conservative defaults (32 KiB L1d, 256 KiB L2, no L3). */
+const lstm_cpu_info *lstm_cpu(void);
 
 #endif

@@ -1,20 +1,14 @@
-/* lstm.c: instantiates lstm.template.c for float/double x portable/AVX2/AVX-512
- * and dispatches the public functions of lstm.h.
- *
- * Design: the kernel is hand-written rather than built on the BLAS numpy or
- * torch ship because, on this class of machine (AMD Zen 5, AVX-512 with full
- * 512-bit FMA), those libraries run AVX2 code: numpy's OpenBLAS is pinned to
- * AVX2 by OPENBLAS_CORETYPE=Haswell and MKL picks AVX2 on AMD CPUs, i.e. half
- * the machine. The recurrent part also wants what no BLAS call offers: the
- * gate activations and the cell update applied while the h.w_hh^T tile is
- * still in registers, and (backward) the gate gradients applied to the
- * dgates.w_hh tile of the previous step. So: our own packed GEMM and fused
- * step micro-kernels, compiled per instruction set with target attributes
- * (no -march=native: the binary runs on any x86-64) and chosen at run time. */
+/* lstm.c: instantiates the kernel templates (lstm.template.c and the layers it
+ * includes) for float/double x portable/AVX2/AVX-512 and dispatches the public
+ * functions of lstm.h to the level the packed weights were built for. Why the
+ * kernel is hand-written rather than built on a BLAS: see gemm.template.c. No
+ * -march=native: the binary runs on any x86-64, the AVX2 and AVX-512 code is
+ * compiled per function with target attributes and chosen at run time (cpu.c). */
 #include "lstm.h"
 #include "cpu.h"
 #include "pool.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,29 +82,6 @@ int lstm_set_simd_level(int level)
     return LSTM_OK;
 }
 
-int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int requested,
-                         int elem_size)
-{
-    int ncpu = lstm_online_cpus();
-    if (requested > 0)
-        return requested < ncpu ? requested : ncpu;
-    /* Conservative: every step ends in a barrier, and on a shared 2-core
-     * machine a second thread often has to wait for a core. Measured (loaded
-     * 2-core Zen 5 VM, tools in the pool commit): a second thread only won
-     * clearly once a step does ~4e6 multiply-adds (B=16,H=256; B=64,H=128) and
-     * lost up to 2.7x below (B=16,H=64: 0.75 vs 1.97 ms; before the
-     * spin-then-sleep barrier 0.2 vs 4.2 ms). On top, the pool reports when
-     * recent 2-thread jobs spent >40% of their time waiting (another process
-     * holds the other core): then 1 thread until a later probe runs well.
-     * f64 uses the same multiply-add bound (twice the time: more margin). */
-    double step = (double)B * 4 * H * H;
-    double total = (double)T * B * 4 * H * (H + I);
-    (void)elem_size;
-    if (ncpu < 2 || step < 4.0e6 || total < 1.0e8 || lstm_pool_contended())
-        return 1;
-    return 2;
-}
-
 #ifndef LSTM_COMPILE_FLAGS
 #define LSTM_COMPILE_FLAGS "?"
 #endif
@@ -118,20 +89,34 @@ int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int request
 #define LSTM_COMPILER_ID "?"
 #endif
 
-const char *lstm_build_info(void)
+static char build_info[512];
+static pthread_once_t build_info_once = PTHREAD_ONCE_INIT;
+
+static void make_build_info(void)
 {
-    /* threads= is what runs multi-thread jobs at this moment (the host's
-     * OpenMP runtime once one is loaded, else our pool), hence built per call. */
-    static _Thread_local char buf[1024];
-    snprintf(buf, sizeof buf, "%s;threads=%s",
+    const lstm_cpu_info *cpu = lstm_cpu();
+    snprintf(build_info, sizeof build_info,
              "compiler=" LSTM_COMPILER_ID " (" __VERSION__ ")"
              ";flags=" LSTM_COMPILE_FLAGS
 #if HAVE_X86
-             ";levels=portable,avx2,avx512",
+             ";levels=portable,avx2,avx512"
 #else
-             ";levels=portable",
+             ";levels=portable"
 #endif
-             lstm_pool_runtime());
+             ";cpu=%s family %d model %d;l1d=%lld;l2=%lld;l3=%lld;l2_shared_by=%d"
+             ";l3_shared_by=%d;caches_from=%s",
+             cpu->vendor[0] ? cpu->vendor : "unknown", cpu->family, cpu->model,
+             (long long)cpu->l1d, (long long)cpu->l2, (long long)cpu->l3, cpu->l2_shared_by,
+             cpu->l3_shared_by, cpu->source);
+}
+
+const char *lstm_build_info(void)
+{
+    /* threads= is what runs multi-thread jobs at this moment (the host's
+     * OpenMP runtime once one is loaded, else our pool), hence added per call. */
+    static _Thread_local char buf[sizeof build_info + 256];
+    pthread_once(&build_info_once, make_build_info);
+    snprintf(buf, sizeof buf, "%s;threads=%s", build_info, lstm_pool_runtime());
     return buf;
 }
 
@@ -167,54 +152,63 @@ static int packed_level(const void *packed)
 #define WS_MAX(SFXT, name, args) name##_##SFXT##_portable args
 #endif
 
+/* num_threads as run: at least 1, at most the CPUs this process may use (more would
+ * only take turns on a CPU at every barrier). */
+static int usable_threads(int num_threads)
+{
+    int cpus = lstm_online_cpus();
+    return num_threads < 1 ? 1 : num_threads > cpus ? cpus : num_threads;
+}
+
 #define DEFINE_PUBLIC(SFXT, TYPE)                                                            \
     size_t lstm_packed_size_##SFXT(int64_t I, int64_t H, int64_t P)                          \
     {                                                                                        \
         if (I < 0 || H < 0 || P < 0)                                                         \
             return 0;                                                                        \
-        DISPATCH(lstm_get_simd_level(), SFXT, packed_size, (I, H, P))                         \
+        DISPATCH(lstm_get_simd_level(), SFXT, packed_size, (I, H, P))                        \
     }                                                                                        \
-    int lstm_pack_##SFXT(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYPE *w_hh,\
+    int lstm_pack_##SFXT(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYPE *w_hh, \
                          const TYPE *b, const TYPE *w_hr, void *packed)                      \
     {                                                                                        \
         if (I < 0 || H < 1 || P < 0 || !w_ih || !w_hh || !packed || (P && !w_hr))            \
             return LSTM_ERR_ARG;                                                             \
-        DISPATCH(lstm_get_simd_level(), SFXT, pack, (I, H, P, w_ih, w_hh, b, w_hr, packed))   \
+        DISPATCH(lstm_get_simd_level(), SFXT, pack, (I, H, P, w_ih, w_hh, b, w_hr, packed))  \
     }                                                                                        \
     size_t lstm_forward_workspace_size_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H,    \
-                                              int64_t P, int nthreads)                       \
+                                              int64_t P, int num_threads, int save)          \
     {                                                                                        \
-        return WS_MAX(SFXT, fwd_ws_size, (T, B, I, H, P, nthreads));                         \
+        return WS_MAX(SFXT, fwd_ws_size, (T, B, I, H, P, num_threads, save));                \
     }                                                                                        \
     size_t lstm_backward_workspace_size_##SFXT(int64_t T, int64_t N, int64_t B, int64_t I,   \
-                                               int64_t H, int64_t P, int nthreads)           \
+                                               int64_t H, int64_t P, int num_threads)        \
     {                                                                                        \
-        return WS_MAX(SFXT, bwd_ws_size, (T, N, B, I, H, P, nthreads));                      \
+        return WS_MAX(SFXT, bwd_ws_size, (T, N, B, I, H, P, num_threads));                   \
     }                                                                                        \
-    int lstm_forward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,          \
+    int lstm_forward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,           \
                             const void *packed, const int64_t *batch_sizes, const TYPE *x,   \
                             const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n, TYPE *c_n,   \
-                            TYPE *gates, TYPE *c, void *workspace, int nthreads)             \
+                            TYPE *gates, TYPE *c, void *workspace, int num_threads)          \
     {                                                                                        \
         if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace)              \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, forward,                                        \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c,      \
-                  workspace, nthreads))                                                      \
+                  workspace, usable_threads(num_threads)))                                   \
     }                                                                                        \
-    int lstm_backward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,         \
+    int lstm_backward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,          \
                              const void *packed, const int64_t *batch_sizes, const TYPE *x,  \
                              const TYPE *h0, const TYPE *c0, const TYPE *y,                  \
                              const TYPE *gates, const TYPE *c, const TYPE *dy,               \
                              const TYPE *dh_n, const TYPE *dc_n, TYPE *dx, TYPE *dw_ih,      \
                              TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0, TYPE *dw_hr,       \
-                             void *workspace, int nthreads)                                  \
+                             void *workspace, int num_threads)                               \
     {                                                                                        \
         if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace)              \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, backward,                                       \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n,      \
-                  dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, workspace, nthreads))         \
+                  dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, workspace,                    \
+                  usable_threads(num_threads)))                                              \
     }
 
 DEFINE_PUBLIC(f32, float)

@@ -12,6 +12,8 @@
  *   y      [N,R]      hidden state after every step
  *   gates  [N,4H]     activated gates sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
  *   c      [N,H]      cell state after every step
+ *                     (gates and c are what backward needs; a forward for inference
+ *                     passes both NULL and saves nothing)
  *   h_n    [B,R]      final hidden state     c_n [B,H] final cell state
  *
  * Variable lengths: batch_sizes [T] (int64, non-increasing, batch_sizes[0] <= B)
@@ -25,15 +27,22 @@
  * The kernel never allocates. The caller owns every output, the packed weights
  * and the workspace. Aliasing: outputs may not alias each other, the workspace
  * or an input, with two exceptions (useful to keep a running state in place):
- *   - h_n may be h0 and c_n may be c0 (they are written after the last step,
- *     from y and c, or left as they are for rows never active);
+ *   - h_n may be h0 and c_n may be c0 (h_n is written after the last step,
+ *     from y; c_n too, from c, or, with nothing saved, it is the running cell
+ *     state, each element read before it is written; rows never active are
+ *     left as they are);
  *   - nothing else: in particular y and c may not alias h0 / c0.
  *
  * Every function returns LSTM_OK or an LSTM_ERR_* status.
- * Results are bitwise identical for any nthreads: the work is split over
+ * Results are bitwise identical for any num_threads: the work is split over
  * output tiles only, never over a reduction. Each row is computed by the same
  * operations whatever the number of rows, so a sequence run in chunks (h_n, c_n
- * of one call as h0, c0 of the next) gives the same bits as one call.
+ * of one call as h0, c0 of the next) gives the same bits as one call, and a
+ * forward without saving (gates, c NULL) the same y, h_n, c_n as one with.
+ *
+ * Glossary: T steps, B sequences, I input size, H hidden size, P projection
+ * size (0: none), R width of h (P or H), G = 4H, N packed rows, num_threads
+ * threads of a call (>= 1; the thread rule is the caller's).
  */
 #ifndef LSTM_FAST_LSTM_H
 #define LSTM_FAST_LSTM_H
@@ -58,14 +67,20 @@ enum {
 int lstm_set_simd_level(int level);   /* LSTM_ERR_SIMD if the CPU lacks it */
 int lstm_get_simd_level(void);
 
-/* Threads to use for a shape: requested > 0 is capped at the number of online
- * CPUs and at LSTM_MAX_THREADS; requested == 0 chooses from the per-step work
- * (a second thread only pays off when B*4H*H is large). */
+/* Threads: every call takes a count num_threads >= 1, capped at the CPUs this
+ * process may use and at LSTM_MAX_THREADS. The automatic choice of a count is
+ * the caller's (lstm_fast.backends.threads_for in Python). */
 #define LSTM_MAX_THREADS 64
-int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int requested,
-                         int elem_size);
 
-/* Compiler, flags, SIMD levels compiled, threading library. */
+/* 1 while recent multi-thread jobs of the pool were inefficient (another
+ * process holds the other core): the contention signal for an automatic thread
+ * rule. See pool.h. */
+int lstm_pool_contended(void);
+
+/* "key=value;..." : compiler, flags, SIMD levels compiled (levels), threading
+ * library (threads), and the running CPU as cpu.h reports it: cpu (vendor,
+ * family, model), l1d, l2, l3 (bytes), l2_shared_by, l3_shared_by (logical
+ * CPUs), caches_from (cpuid, sysfs, ...). */
 const char *lstm_build_info(void);
 
 /* ---- per dtype: _f32 (float) and _f64 (double), identical contracts ------ */
@@ -88,12 +103,13 @@ int lstm_pack_f32(int64_t I, int64_t H, int64_t P, const float *w_ih, const floa
 int lstm_pack_f64(int64_t I, int64_t H, int64_t P, const double *w_ih, const double *w_hh,
                   const double *b, const double *w_hr, void *packed);
 
-/* Bytes of scratch lstm_forward_X needs with up to nthreads threads (T steps,
- * B sequences). */
+/* Bytes of scratch lstm_forward_X needs with up to num_threads threads (T
+ * steps, B sequences); save: 1 if gates and c will be given, 0 if they will be
+ * NULL (the workspace may then hold the input projections of all rows). */
 size_t lstm_forward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
-                                       int nthreads);
+                                       int num_threads, int save);
 size_t lstm_forward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
-                                       int nthreads);
+                                       int num_threads, int save);
 
 /* Forward pass.
  *   packed      from lstm_pack_X with the same I, H, P                 in
@@ -102,28 +118,33 @@ size_t lstm_forward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t 
  *   h0 [B,R], c0 [B,H]                                                 in
  *   y           [N,R]   hidden state after every step                  out
  *   h_n [B,R], c_n [B,H]  final states (may be h0, c0: see above)      out
- *   gates       [N,4H]  activated i, f, g, o (for backward)            out
- *   c           [N,H]   cell state after every step                    out
+ *   gates       [N,4H]  activated i, f, g, o (for backward), or NULL   out
+ *   c           [N,H]   cell state after every step, or NULL           out
  *   workspace   lstm_forward_workspace_size_X bytes                    scratch
- *   nthreads    threads to use (>= 1; see lstm_resolve_threads)
- * T and N may be 0 (h_n, c_n are then copies of h0, c0).
- * LSTM_ERR_ARG if batch_sizes is not non-increasing in [0, B]. */
+ *               (its save argument 0 if gates and c are NULL)
+ *   num_threads threads to use (>= 1)
+ * gates and c are both given (training: what backward needs) or both NULL
+ * (inference: nothing is saved; the running cell state is kept in c_n, which
+ * starts as a copy of c0 unless c_n is c0); y, h_n, c_n are the same bits
+ * either way. T and N may be 0 (h_n, c_n are then copies of h0, c0).
+ * LSTM_ERR_ARG if batch_sizes is not non-increasing in [0, B], or only one of
+ * gates and c is NULL. */
 int lstm_forward_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, const void *packed,
                      const int64_t *batch_sizes, const float *x, const float *h0,
                      const float *c0, float *y, float *h_n, float *c_n, float *gates, float *c,
-                     void *workspace, int nthreads);
+                     void *workspace, int num_threads);
 int lstm_forward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, const void *packed,
                      const int64_t *batch_sizes, const double *x, const double *h0,
                      const double *c0, double *y, double *h_n, double *c_n, double *gates,
-                     double *c, void *workspace, int nthreads);
+                     double *c, void *workspace, int num_threads);
 
-/* Bytes of scratch lstm_backward_X needs with up to nthreads threads for T steps
+/* Bytes of scratch lstm_backward_X needs with up to num_threads threads for T steps
  * of N rows in all (dgates [N,4H] with padded rows, with a projection also
  * dh [N,P] and m [N,H], plus GEMM packing buffers). */
 size_t lstm_backward_workspace_size_f32(int64_t T, int64_t N, int64_t B, int64_t I, int64_t H,
-                                        int64_t P, int nthreads);
+                                        int64_t P, int num_threads);
 size_t lstm_backward_workspace_size_f64(int64_t T, int64_t N, int64_t B, int64_t I, int64_t H,
-                                        int64_t P, int nthreads);
+                                        int64_t P, int num_threads);
 
 /* Backward pass (BPTT through the whole sequence).
  *   packed, batch_sizes, x, h0, c0   as given to lstm_forward_X         in
@@ -137,20 +158,20 @@ size_t lstm_backward_workspace_size_f64(int64_t T, int64_t N, int64_t B, int64_t
  *   dh0 [B,R], dc0 [B,H]                                                out
  *   dw_hr      [P,H]     projection only (P > 0), else ignored          out
  *   workspace  lstm_backward_workspace_size_X bytes                     scratch
- *   nthreads   threads to use (>= 1)
+ *   num_threads threads to use (>= 1)
  * No output may alias an input here. */
 int lstm_backward_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, const void *packed,
                       const int64_t *batch_sizes, const float *x, const float *h0,
                       const float *c0, const float *y, const float *gates, const float *c,
                       const float *dy, const float *dh_n, const float *dc_n, float *dx,
                       float *dw_ih, float *dw_hh, float *db, float *dh0, float *dc0,
-                      float *dw_hr, void *workspace, int nthreads);
+                      float *dw_hr, void *workspace, int num_threads);
 int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, const void *packed,
                       const int64_t *batch_sizes, const double *x, const double *h0,
                       const double *c0, const double *y, const double *gates, const double *c,
                       const double *dy, const double *dh_n, const double *dc_n, double *dx,
                       double *dw_ih, double *dw_hh, double *db, double *dh0, double *dc0,
-                      double *dw_hr, void *workspace, int nthreads);
+                      double *dw_hr, void *workspace, int num_threads);
 
 #ifdef __cplusplus
 }

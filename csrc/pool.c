@@ -193,14 +193,14 @@ static void wake(int *sleepers, int *word)
 
 /* ---- barrier ----------------------------------------------------------------- */
 
-void lstm_barrier_wait(lstm_barrier *bar, int nthreads)
+void lstm_barrier_wait(lstm_barrier *bar, int num_threads)
 {
-    if (nthreads <= 1)
+    if (num_threads <= 1)
         return;
     /* The phase cannot move before this thread arrives, so this read is the
      * phase this thread waits to end. */
     int phase = __atomic_load_n(&bar->phase, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&bar->count, 1, __ATOMIC_ACQ_REL) == nthreads) {
+    if (__atomic_add_fetch(&bar->count, 1, __ATOMIC_ACQ_REL) == num_threads) {
         /* Last one: reset for the next phase (the others re-arrive only after
          * seeing the new phase), then release them. */
         __atomic_store_n(&bar->count, 0, __ATOMIC_RELAXED);
@@ -216,10 +216,10 @@ void lstm_barrier_wait(lstm_barrier *bar, int nthreads)
 }
 
 /* Runs one thread's part of a job and adds its CPU time to bar->cpu_ns. */
-static void run_part(lstm_job_fn fn, void *arg, int tid, int nthreads, lstm_barrier *bar)
+static void run_part(lstm_job_fn fn, void *arg, int tid, int num_threads, lstm_barrier *bar)
 {
     long c0 = cpu_ns();
-    fn(arg, tid, nthreads, bar);
+    fn(arg, tid, num_threads, bar);
     ADD(&bar->cpu_ns, cpu_ns() - c0);
 }
 
@@ -319,7 +319,7 @@ static struct {
     int start_gen[LSTM_MAX_THREADS];   /* gen when worker tid was created */
     lstm_job_fn fn;
     void *arg;
-    int nthreads;
+    int num_threads;
     lstm_barrier bar;
 } pool = {.run_lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -336,8 +336,8 @@ static void *worker(void *p)
         /* The caller posts the next job only after every worker has counted
          * itself done with this one, so gen is now exactly seen + 1. */
         seen = LOAD(&pool.gen);
-        if (tid < pool.nthreads)
-            run_part(pool.fn, pool.arg, tid, pool.nthreads, &pool.bar);
+        if (tid < pool.num_threads)
+            run_part(pool.fn, pool.arg, tid, pool.num_threads, &pool.bar);
         /* Last access to the job: after this the caller may return and post
          * another one (pool is static, so the wake below is always safe; at
          * worst it is spurious). */
@@ -436,14 +436,14 @@ int lstm_pool_contended(void)
  * our threads runs at half speed and the other waits for it, a 2-thread job
  * is no faster than 1 thread, and the loss is ~50%. (The former measure,
  * wall time waiting at barriers, read 25% there, under BAD_LOSS.) */
-static void judge_job(const lstm_barrier *bar, long wall_ns, int nthreads)
+static void judge_job(const lstm_barrier *bar, long wall_ns, int num_threads)
 {
     static long backoff;   /* guarded by run_lock */
     if (wall_ns <= 0)
         return;
     long busy = __atomic_load_n(&bar->cpu_ns, __ATOMIC_RELAXED) -
                 __atomic_load_n(&bar->spin_ns, __ATOMIC_RELAXED);
-    double loss = 1.0 - (double)(busy > 0 ? busy : 0) / ((double)wall_ns * nthreads);
+    double loss = 1.0 - (double)(busy > 0 ? busy : 0) / ((double)wall_ns * num_threads);
     __atomic_store_n(&stats[5], (long)(loss * 1000), __ATOMIC_RELAXED);
     if (loss > BAD_LOSS) {
         backoff = backoff ? (backoff < BACKOFF_MAX_NS / 2 ? 2 * backoff : BACKOFF_MAX_NS)
@@ -463,10 +463,10 @@ void lstm_pool_stats(long out[LSTM_POOL_NSTATS])
         out[k] = __atomic_load_n(&stats[k], __ATOMIC_RELAXED);
 }
 
-void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
+void lstm_pool_run(lstm_job_fn fn, void *arg, int num_threads)
 {
     lstm_barrier solo = {0};
-    if (nthreads <= 1) {
+    if (num_threads <= 1) {
         fn(arg, 0, 1, &solo);
         return;
     }
@@ -476,13 +476,13 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
         return;
     }
     pthread_once(&init_once, init);
-    if (nthreads > LSTM_MAX_THREADS)
-        nthreads = LSTM_MAX_THREADS;
+    if (num_threads > LSTM_MAX_THREADS)
+        num_threads = LSTM_MAX_THREADS;
     if (host_omp()) {
         omp_job job = {fn, arg, {.host_team = 1}, 1};
         __atomic_store_n(&host_barrier_spin.budget, host_barrier_spin.max, __ATOMIC_RELAXED);
         long t_start = now_ns();
-        host.parallel(omp_body, &job, (unsigned)nthreads, 0);
+        host.parallel(omp_body, &job, (unsigned)num_threads, 0);
         long t_end = now_ns();
         if (job.team > 1) {
             COUNT(&stats[0]);
@@ -491,7 +491,7 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
         pthread_mutex_unlock(&pool.run_lock);
         return;
     }
-    while (pool.nworkers < nthreads - 1) {
+    while (pool.nworkers < num_threads - 1) {
         int tid = pool.nworkers + 1;
         pool.start_gen[tid] = pool.gen;   /* only this thread writes gen */
         pthread_t th;
@@ -504,9 +504,9 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
             break;
         pool.nworkers++;
     }
-    if (nthreads > pool.nworkers + 1)
-        nthreads = pool.nworkers + 1;
-    if (nthreads <= 1) {
+    if (num_threads > pool.nworkers + 1)
+        num_threads = pool.nworkers + 1;
+    if (num_threads <= 1) {
         pthread_mutex_unlock(&pool.run_lock);
         fn(arg, 0, 1, &solo);
         return;
@@ -514,7 +514,7 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
     COUNT(&stats[0]);
     pool.fn = fn;
     pool.arg = arg;
-    pool.nthreads = nthreads;
+    pool.num_threads = num_threads;
     pool.bar.count = 0;
     pool.bar.spin_ns = 0;
     pool.bar.cpu_ns = 0;
@@ -526,9 +526,9 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads)
     long t_start = now_ns();
     STORE(&pool.gen, (int)((unsigned)pool.gen + 1u));
     wake(&pool.gen_sleepers, &pool.gen);
-    run_part(fn, arg, 0, nthreads, &pool.bar);
+    run_part(fn, arg, 0, num_threads, &pool.bar);
     for (int d; (d = LOAD(&pool.done)) < nworkers;)
         wait_change(&pool.done, d, &pool.done_sleepers, &barrier_spin, NULL);
-    judge_job(&pool.bar, now_ns() - t_start, nthreads);
+    judge_job(&pool.bar, now_ns() - t_start, num_threads);
     pthread_mutex_unlock(&pool.run_lock);
 }

@@ -44,17 +44,17 @@ typedef struct {
     long cpu_ns;      /* CPU time of the current job's threads, added as each finishes */
 } lstm_barrier;
 
-typedef void (*lstm_job_fn)(void *arg, int tid, int nthreads, lstm_barrier *bar);
+typedef void (*lstm_job_fn)(void *arg, int tid, int num_threads, lstm_barrier *bar);
 
 /* Run fn(arg, tid, n, bar) for tid = 0..n-1 (tid 0 on the calling thread) and
- * return when all are done; n <= nthreads (fewer if a job is already running,
+ * return when all are done; n <= num_threads (fewer if a job is already running,
  * threads cannot be created, or the OpenMP runtime gives a smaller team).
  * Every one of the n threads must call lstm_barrier_wait(bar, n) the same
  * number of times. */
-void lstm_pool_run(lstm_job_fn fn, void *arg, int nthreads);
+void lstm_pool_run(lstm_job_fn fn, void *arg, int num_threads);
 
-/* Wait until all nthreads threads of the job have arrived. */
-void lstm_barrier_wait(lstm_barrier *bar, int nthreads);
+/* Wait until all num_threads threads of the job have arrived. */
+void lstm_barrier_wait(lstm_barrier *bar, int num_threads);
 
 /* CPUs usable by this process (affinity mask, else online), capped at
  * LSTM_MAX_THREADS; determined once. */
@@ -66,7 +66,7 @@ int lstm_online_cpus(void);
  * typically because another process holds the other core.
  * Set after such a job for 10 ms, doubling while it persists (up to 1 s, so
  * the auto choice re-probes at least once a second); cleared by an efficient
- * job. For the automatic thread choice (lstm_resolve_threads, requested 0);
+ * job. For an automatic thread choice (lstm_fast.backends.threads_for);
  * an explicit thread count is always honoured. */
 int lstm_pool_contended(void);
 

@@ -5,12 +5,14 @@ import os
 import numpy as np
 
 import lstm_fast
+from lstm_fast.backends import reference as ref
 
 # Every backend that is registered and available here joins the shared test
 # bodies by registration alone. In CI all of them must be present (see
 # test_api.py::test_all_backends_present_in_ci), so nothing is skipped there.
 BACKENDS = lstm_fast.available_backends()
 FAST_BACKENDS = tuple(b for b in BACKENDS if b != "numpy")
+BITWISE_BACKENDS = {"c", "numba"}   # same bits for any thread count and any chunking
 DTYPES = (np.float32, np.float64)
 
 # Tolerances for comparing a backend with the NumPy reference (relative to the
@@ -36,7 +38,70 @@ def assert_close(actual, expected, dtype, name=""):
                                err_msg=name)
 
 
-
-
 def in_ci():
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# --- the backend contract (lstm_fast.backends), called directly ------------------------
+
+FWD = ("y", "h_n", "c_n", "gates", "c")
+BWD = ("dx", "dw_ih", "dw_hh", "db", "dh0", "dc0", "dw_hr")
+
+
+def contract_problem(T, B, I, H, P=0, lengths=None, dtype=np.float64, seed=0, bias=True):
+    """Arguments of the contract's pack/forward/backward: weights at torch's scale
+    (1/sqrt(H)), inputs and gradients of order 1. ``lengths`` (B,) sorted longest
+    first gives batch_sizes and the packed (N, .) layout; None the padded one."""
+    rng = np.random.default_rng(seed)
+    R = P or H
+    s = 1 / np.sqrt(H)
+    u = lambda lim, *shape: rng.uniform(-lim, lim, shape).astype(dtype)
+    bs = None
+    rows = (T, B)
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        assert len(lengths) == B and np.all(np.diff(lengths) <= 0) and lengths.max(initial=0) <= T
+        bs = np.array([(lengths > t).sum() for t in range(T)], np.int64)
+        rows = (int(bs.sum()),)
+    return dict(
+        w=(u(s, 4 * H, I), u(s, 4 * H, R), u(s, 4 * H) if bias else None,
+           u(s, P, H) if P else None),
+        x=u(1, *rows, I), h0=u(1, B, R), c0=u(1, B, H), batch_sizes=bs,
+        dy=u(1, *rows, R), dh_n=u(1, B, R), dc_n=u(1, B, H))
+
+
+def run_contract(impl, p, num_threads=1):
+    """(forward outputs, backward outputs) of a backend module for a contract_problem."""
+    packed = impl.pack(*p["w"])
+    fwd = impl.forward(packed, p["x"], p["h0"], p["c0"], num_threads, p["batch_sizes"])
+    y, _, _, gates, c = fwd
+    bwd = impl.backward(packed, p["x"], p["h0"], p["c0"], y, gates, c, p["dy"], p["dh_n"],
+                        p["dc_n"], num_threads, p["batch_sizes"])
+    return tuple(fwd), tuple(bwd)
+
+
+def reference64(p):
+    """The NumPy reference's forward and backward in float64 on the same values."""
+    f64 = lambda a: None if a is None else np.asarray(a, np.float64)
+    q = {k: (tuple(map(f64, v)) if k == "w" else v if k == "batch_sizes" else f64(v))
+         for k, v in p.items()}
+    return run_contract(ref, q)
+
+
+def assert_matches(got, want, names, dtype):
+    """Each array of ``got`` has ``dtype`` and the shape of ``want`` and is close to it;
+    None where ``want`` is None."""
+    for name, a, e in zip(names, got, want):
+        if e is None:
+            assert a is None, name
+            continue
+        assert a.dtype == dtype and a.shape == e.shape, (name, a.dtype, a.shape, e.shape)
+        assert_close(a, e, dtype, name)
+
+
+def same_bits(got, want):
+    """Tuples of arrays (or None) identical bit for bit."""
+    return len(got) == len(want) and all(
+        a is b if a is None or b is None else
+        a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+        for a, b in zip(got, want))

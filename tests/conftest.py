@@ -17,7 +17,7 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     settings.load_profile("ci")
 
 import lstm_fast
-from lstm_fast import _backends
+from lstm_fast import backends
 
 from _support import BACKENDS, DTYPES
 
@@ -34,6 +34,6 @@ def dtype(request):
 
 @pytest.fixture(autouse=True)
 def _clean_backend_env(monkeypatch):
-    monkeypatch.delenv(_backends.ENV_VAR, raising=False)
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
     yield
     lstm_fast.set_num_threads(0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lstm_fast
-from lstm_fast import _backends
+from lstm_fast import backends
 
 from _support import BACKENDS, in_ci, make_problem
 
@@ -33,7 +33,7 @@ def test_import_does_not_import_numba_or_torch():
 def test_available_backends_and_auto():
     avail = lstm_fast.available_backends()
     assert "numpy" in avail
-    assert _backends.resolve("auto") == avail[0]
+    assert backends.resolve("auto") == avail[0]
     status = lstm_fast.backend_status()
     assert set(status) == {"c", "numba", "numpy"}
     for name in avail:
@@ -49,7 +49,7 @@ def test_unknown_backend_is_a_clear_error():
 
 
 def test_unavailable_backend_is_an_error_not_a_fallback(monkeypatch):
-    monkeypatch.setitem(_backends._status, "numba", "numba is not installed (pip install numba)")
+    monkeypatch.setitem(backends._status, "numba", "numba is not installed (pip install numba)")
     with pytest.raises(lstm_fast.BackendUnavailableError, match="'numba' is not available: numba is not installed"):
         lstm_fast.LSTM(2, 3, backend="numba")
 
@@ -175,15 +175,10 @@ def test_layer_call_errors():
         layer.backward(np.zeros((5, 2, 4), np.float32))
 
 
-def test_projection_needs_a_backend_that_has_it(backend):
-    from lstm_fast import _backends
+def test_projection_runs_on_every_backend(backend):
     layer = lstm_fast.LSTM(3, 4, proj_size=2, backend=backend)
     x = np.zeros((2, 1, 3), np.float32)
-    if getattr(_backends.get(backend), "SUPPORTS_PROJECTION", False):
-        assert layer(x)[0].shape == (2, 1, 2)
-    else:
-        with pytest.raises(NotImplementedError, match=f"backend '{backend}' does not support a projection"):
-            layer(x)
+    assert layer(x)[0].shape == (2, 1, 2)
     with pytest.raises(ValueError, match="proj_size must be smaller than hidden_size=4, got 4"):
         lstm_fast.LSTM(3, 4, proj_size=4)
 
@@ -267,13 +262,6 @@ def test_projection_shape_errors(prob):
         lstm_fast.lstm_forward(**p, w_hr=np.zeros((2, 5), np.float32))
 
 
-def test_backend_without_projection_says_so(monkeypatch):
-    from lstm_fast import _reference
-    monkeypatch.setattr(_reference, "SUPPORTS_PROJECTION", False)
-    with pytest.raises(NotImplementedError, match="backend 'numpy' does not support a projection"):
-        lstm_fast.LSTM(3, 4, proj_size=2, backend="numpy")(np.zeros((2, 1, 3), np.float32))
-
-
 def test_load_state_dict_rejects_non_real_values():
     layer = lstm_fast.LSTM(3, 4)
     sd = layer.state_dict()
@@ -293,3 +281,31 @@ def test_grad_hx_must_be_a_pair():
 def test_stream_hx_must_be_a_pair():
     with pytest.raises(TypeError, match=r"hx must be a tuple \(h0, c0\)"):
         lstm_fast.Stream(lstm_fast.LSTM(3, 4), hx=np.zeros((1, 1, 4), np.float32))
+
+
+def test_eval_mode_keeps_nothing_for_backward_unless_asked(backend):
+    layer = lstm_fast.LSTM(3, 4, num_layers=2, backend=backend, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    out_train, _ = layer(x)
+    layer.eval()
+    out_eval, _ = layer(x)
+    np.testing.assert_array_equal(out_eval, out_train)
+    with pytest.raises(RuntimeError, match="kept nothing for backward"):
+        layer.backward(np.ones_like(out_eval))
+    out, _ = layer(x, save=True)                 # eval-mode gradients when asked
+    dx, _ = layer.backward(np.ones_like(out))
+    layer.train()
+    layer(x, save=False)
+    with pytest.raises(RuntimeError, match="kept nothing for backward"):
+        layer.backward(np.ones_like(out))
+    layer(x)
+    dx2, _ = layer.backward(np.ones_like(out))
+    np.testing.assert_array_equal(dx, dx2)
+
+
+def test_functional_save_false_returns_no_cache(backend):
+    p = dict(x=np.ones((3, 2, 4), np.float32), w_ih=np.full((20, 4), 0.1, np.float32),
+             w_hh=np.full((20, 5), 0.1, np.float32))
+    y, h_n, c_n, cache = lstm_fast.lstm_forward(**p, backend=backend, save=False)
+    assert cache is None
+    np.testing.assert_array_equal(y, lstm_fast.lstm_forward(**p, backend=backend).y)

@@ -87,13 +87,13 @@ def test_functional_lengths_equal_separate_runs(backend, dtype):
 
 def test_work_scales_with_sum_of_lengths(monkeypatch):
     """The backend sees only sum(lengths) rows, never B * T."""
-    from lstm_fast import _reference
+    from lstm_fast.backends import reference as _reference
     seen = []
     real = _reference.forward
 
-    def spy(packed, x, h0, c0, num_threads, batch_sizes=None):
+    def spy(packed, x, h0, c0, num_threads, batch_sizes=None, *args):
         seen.append((x.shape, None if batch_sizes is None else list(batch_sizes)))
-        return real(packed, x, h0, c0, num_threads, batch_sizes)
+        return real(packed, x, h0, c0, num_threads, batch_sizes, *args)
 
     monkeypatch.setattr(_reference, "forward", spy)
     p, _ = make_problem(10, 3, 2, 4)

@@ -1,12 +1,15 @@
 """Numba backend specifics: the kernels themselves against the NumPy reference
 (padded and packed with batch_sizes, with and without a projection),
 activations at extreme arguments, NaN/inf propagation, thread-count
-independence, lazy import and the on-disk compilation cache.
+independence, inference (save=False) and step on every kernel path, the
+packed weights' layouts, the names shared with csrc/, lazy import and the
+on-disk compilation cache.
 
-The cross-backend body (public API, every backend) lives in test_backends.py.
+The cross-backend body (the backend contract, every backend) lives in test_contract.py.
 """
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,8 +21,8 @@ import pytest
 numba = pytest.importorskip("numba")
 
 import lstm_fast  # noqa: E402
-from lstm_fast import _numba_kernels as nk  # noqa: E402
-from lstm_fast import _reference as ref  # noqa: E402
+from lstm_fast.backends import numba as nk  # noqa: E402
+from lstm_fast.backends import reference as ref  # noqa: E402
 
 from _support import DTYPES, TOL, assert_close, make_problem  # noqa: E402
 
@@ -62,16 +65,17 @@ def _kernel_calls(x, w_ih, w_hh, b, w_hr, h0, c0, bs, dy, dh_n, dc_n, nth=1):
     NR = 2 * (64 // dt.itemsize)
     full = lambda *s: np.full(s, np.nan, dt)
     pan = lambda cols: full((cols + NR - 1) // NR, N, NR)
-    wih_t, wih, whh_f, whh_b, bb, whr_t, whr = nk.pack(w_ih, w_hh, b, w_hr)
+    pk = nk.pack(w_ih, w_hh, b, w_hr)
     proj = w_hr is not None
     fwd = (full(N, R), full(B, R), full(B, H), full(N, 4 * H), full(N, H))
-    assert nk.lstm_forward(x, wih_t, whh_f, bb, whr_t, h0, c0, bs, *fwd, full(B, H) if proj else None, nth) is None
+    assert nk.lstm_forward(x, pk.wih_t, pk.whh_f, pk.b, pk.whr_t, h0, c0, bs, *fwd, full(B, H) if proj else None,
+                           True, nth) is None
     y, _, _, gates, c = fwd
     ws = (full(N, 4 * H), full(0 if proj else B, H), pan(I), pan(R))
     ws += (full(B, H), full(N, R), full(N, H), pan(H)) if proj else (None,) * 4
     bwd = (full(N, I), full(4 * H, I), full(4 * H, R), full(4 * H), full(B, R), full(B, H))
     dw_hr = full(*w_hr.shape) if proj else None
-    assert nk.lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, bs,
+    assert nk.lstm_backward(x, pk.wih, pk.whh_b, pk.whr, h0, c0, y, gates, c, dy, dh_n, dc_n, bs,
                             *ws, *bwd, dw_hr, nth) is None
     return fwd, bwd + ((dw_hr,) if proj else ())
 
@@ -106,13 +110,15 @@ def test_kernels_match_reference(shape, dtype):
 def test_adapters_without_bias(dtype):
     p, g = make_problem(5, 3, 4, 6, dtype=dtype, bias=False)
     packed = nk.pack(p["w_ih"], p["w_hh"], None)
-    out = nk.forward(packed, p["x"], p["h0"], p["c0"], 0)
+    out = nk.forward(packed, p["x"], p["h0"], p["c0"], 1)
     grads = nk.backward(packed, p["x"], p["h0"], p["c0"], out[0], out[3], out[4],
-                        g["dy"], g["dh_n"], g["dc_n"], 0)
+                        g["dy"], g["dh_n"], g["dc_n"], 1)
+    assert len(grads) == 7 and grads[3] is None and grads[6] is None    # no bias, no projection
     efwd, ebwd = _reference(p, g, np.float64)
     for name, a, e in zip(FWD + BWD, out + grads, efwd + ebwd):
-        assert a.dtype == dtype, name
-        assert_close(a, e, dtype, name)
+        if name != "db":
+            assert a.dtype == dtype, name
+            assert_close(a, e, dtype, name)
 
 
 # --- variable lengths (packed batch_sizes) and projection (w_hr) -------------
@@ -197,12 +203,12 @@ def test_contract_with_batch_sizes_and_projection(dtype, P):
     lengths, I, H = [6, 4, 1, 1, 0], 3, 5
     p, g, bs = make_packed_problem(lengths, I, H, P, dtype=dtype, seed=7)
     packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"]) if P else nk.pack(p["w_ih"], p["w_hh"], p["b"])
-    out = nk.forward(packed, p["x"], p["h0"], p["c0"], 0, bs)
+    out = nk.forward(packed, p["x"], p["h0"], p["c0"], 1, bs)
     grads = nk.backward(packed, p["x"], p["h0"], p["c0"], out[0], out[3], out[4],
-                        g["dy"], g["dh_n"], g["dc_n"], 0, bs)
-    assert len(grads) == (7 if P else 6)
+                        g["dy"], g["dh_n"], g["dc_n"], 1, bs)
+    assert len(grads) == 7 and (grads[6] is None) == (P == 0)
     efwd, ebwd = _packed_reference(p, g, bs)
-    for name, a, e in zip(FWD + BWD + ("dw_hr",), out + grads, efwd + ebwd):
+    for name, a, e in zip(FWD + BWD + ("dw_hr",), out + grads[:6 + (P > 0)], efwd + ebwd):
         assert a.dtype == dtype and a.shape == e.shape, name
         assert_close(a, e, dtype, name)
 
@@ -214,16 +220,19 @@ def test_padded_equals_full_batch_sizes_bitwise(dtype, P):
     T, B, I, H = 4, 3, 5, 6
     p, g, bs = make_packed_problem([T] * B, I, H, P, dtype=dtype, seed=9)
     packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
-    out_p = nk.forward(packed, p["x"], p["h0"], p["c0"], 0, bs)
+    out_p = nk.forward(packed, p["x"], p["h0"], p["c0"], 1, bs)
     gr_p = nk.backward(packed, p["x"], p["h0"], p["c0"], out_p[0], out_p[3], out_p[4],
-                       g["dy"], g["dh_n"], g["dc_n"], 0, bs)
+                       g["dy"], g["dh_n"], g["dc_n"], 1, bs)
     pad = lambda a: a.reshape(T, B, a.shape[-1])
-    out = nk.forward(packed, pad(p["x"]), p["h0"], p["c0"], 0)
+    out = nk.forward(packed, pad(p["x"]), p["h0"], p["c0"], 1)
     gr = nk.backward(packed, pad(p["x"]), p["h0"], p["c0"], out[0], out[3], out[4],
-                     pad(g["dy"]), g["dh_n"], g["dc_n"], 0)
+                     pad(g["dy"]), g["dh_n"], g["dc_n"], 1)
     assert out[0].shape == (T, B, P or H) and gr[0].shape == (T, B, I)
     for a, e in zip(out + gr, out_p + gr_p):
-        np.testing.assert_array_equal(a.reshape(e.shape), e)
+        if e is None:
+            assert a is None
+        else:
+            np.testing.assert_array_equal(a.reshape(e.shape), e)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
@@ -233,8 +242,8 @@ def test_projection_matches_reference_padded(dtype):
         p, g, _ = make_packed_problem([T] * B, I, H, P, dtype=dtype, seed=T + H)
         x, dy = p["x"].reshape(T, B, I), g["dy"].reshape(T, B, P)
         packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
-        out = nk.forward(packed, x, p["h0"], p["c0"], 0)
-        grads = nk.backward(packed, x, p["h0"], p["c0"], out[0], out[3], out[4], dy, g["dh_n"], g["dc_n"], 0)
+        out = nk.forward(packed, x, p["h0"], p["c0"], 1)
+        grads = nk.backward(packed, x, p["h0"], p["c0"], out[0], out[3], out[4], dy, g["dh_n"], g["dc_n"], 1)
         f = lambda a: np.asarray(a, np.float64)
         eo = ref.lstm_forward(f(x), f(p["w_ih"]), f(p["w_hh"]), f(p["b"]), f(p["h0"]), f(p["c0"]), w_hr=f(p["w_hr"]))
         eg = ref.lstm_backward(f(x), f(p["w_ih"]), f(p["w_hh"]), f(p["h0"]), f(p["c0"]), eo[0], eo[3], eo[4],
@@ -251,10 +260,10 @@ def test_kernel_rejects_bad_batch_sizes(bad):
     p, g, _ = make_packed_problem([1, 1, 1], 2, 3)    # B = 3, N = 3
     packed = nk.pack(p["w_ih"], p["w_hh"], p["b"])
     with pytest.raises(ValueError, match="batch_sizes"):
-        nk.forward(packed, p["x"], p["h0"], p["c0"], 0, bs)
+        nk.forward(packed, p["x"], p["h0"], p["c0"], 1, bs)
     y = np.zeros((3, 3)); gates = np.zeros((3, 12))
     with pytest.raises(ValueError, match="batch_sizes"):
-        nk.backward(packed, p["x"], p["h0"], p["c0"], y, gates, y, y, g["dh_n"], g["dc_n"], 0, bs)
+        nk.backward(packed, p["x"], p["h0"], p["c0"], y, gates, y, y, g["dh_n"], g["dc_n"], 1, bs)
 
 
 # Pre-activations placed in the bias with zero weights, so that every gate sees
@@ -408,18 +417,205 @@ def test_kernel_bits_do_not_depend_on_thread_count(case, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
 @pytest.mark.parametrize("P", [0, 3])
 def test_contract_bits_do_not_depend_on_num_threads(dtype, P):
-    """The backend contract (what lstm_fast calls) with num_threads 1, 2, 3, 0: same bits."""
+    """The backend contract (what lstm_fast calls) with num_threads 1, 2, 3 (resolved counts;
+    0 is resolved by backends.threads_for before the backend): same bits."""
     p, g, bs = make_packed_problem([7, 7, 5, 5, 3, 1] * 5, 20, 40, P, dtype=dtype, seed=11)
     packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
     res = []
-    for n in (1, 2, 3, 0):
+    for n in (1, 2, 3):
         out = nk.forward(packed, p["x"], p["h0"], p["c0"], n, bs)
         grads = nk.backward(packed, p["x"], p["h0"], p["c0"], out[0], out[3], out[4],
                             g["dy"], g["dh_n"], g["dc_n"], n, bs)
         res.append(out + grads)
     for other in res[1:]:
         for a, e in zip(other, res[0]):
-            assert a.tobytes() == e.tobytes()
+            assert (a is None and e is None) or a.tobytes() == e.tobytes()
+
+
+# --- inference (save=False), step and Packed on Numba's kernel paths ------------
+# (test_contract.py has the contract's own cases for every backend)
+
+INFER_CASES = [  # (lengths, I, H, P)
+    ([6] * 4, 5, 7, 0),                          # padded-like
+    ([9, 7, 7, 4, 2, 1, 1, 0], 33, 50, 20),      # lengths, one-row steps, projection
+    ([5] * 20, 20, 37, 0),                       # >= 8 sequences per thread: sequences split
+    ([5] * 20, 20, 37, 4),
+    ([6], 5, 7, 3),                              # B = 1
+    ([0, 0], 3, 4, 0),                           # T = 0: states pass through
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("case", INFER_CASES, ids=lambda c: "B{}I{}H{}P{}".format(len(c[0]), *c[1:]))
+@pytest.mark.parametrize("chunk", ["default", "one_step"])
+def test_forward_without_saving_gives_the_same_bits(monkeypatch, case, dtype, chunk):
+    """save=False: gates and c are None, y, h_n, c_n the bits of save=True, on both paths (1
+    thread: the input projection hoisted a chunk of steps at a time, one_step: a workspace of
+    batch_sizes[0] rows, so chunk boundaries fall on every change of size; 2 threads: the
+    sequences split, each step's rows projected by their thread), also with the state updated
+    in place (out=(y, h0, c0))."""
+    lengths, I, H, P = case
+    p, g, bs = make_packed_problem(lengths, I, H, P, dtype=dtype, seed=len(lengths) + I, scale=H ** -0.5)
+    packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
+    if chunk == "one_step":
+        monkeypatch.setattr(nk, "FWD_CHUNK_BYTES", 1)
+    for n in (1, 2):
+        full = nk.forward(packed, p["x"], p["h0"], p["c0"], n, bs)
+        out = nk.forward(packed, p["x"], p["h0"], p["c0"], n, bs, save=False)
+        assert out[3] is None and out[4] is None
+        for name, a, e in zip(FWD[:3], out[:3], full[:3]):
+            assert a.shape == e.shape and a.tobytes() == e.tobytes(), f"{name}, {n} threads"
+        y, h, c = np.full_like(full[0], np.nan), p["h0"].copy(), p["c0"].copy()
+        out = nk.forward(packed, p["x"], h, c, n, bs, save=False, out=(y, h, c))
+        assert out[0] is y and out[1] is h and out[2] is c
+        for name, a, e in zip(FWD[:3], (y, h, c), full[:3]):
+            assert a.tobytes() == e.tobytes(), f"{name} in place, {n} threads"
+
+
+def test_forward_without_saving_keeps_no_per_row_arrays(monkeypatch):
+    """save=False hands the kernel no (N, 4H) or (N, H) array: gates is a workspace of fewer
+    rows (512 KiB here) and c is empty; the running cell state is c_n."""
+    T, B, I, H = 64, 4, 8, 128
+    p, _ = make_problem(T, B, I, H, dtype=np.float64, seed=2)
+    packed = nk.pack(p["w_ih"], p["w_hh"], p["b_ih"] + p["b_hh"])
+    shapes = []
+
+    def spy(*args):
+        shapes.append((args[11].shape, args[12].shape))
+        return kernel(*args)
+
+    kernel = nk.lstm_forward
+    monkeypatch.setattr(nk, "lstm_forward", spy)
+    y, h_n, c_n, gates, c = nk.forward(packed, p["x"], p["h0"], p["c0"], 1, save=False)
+    assert gates is None and c is None
+    (gshape, cshape), = shapes
+    assert gshape == (nk.FWD_CHUNK_BYTES // (4 * H * 8), 4 * H) and gshape[0] < T * B
+    assert cshape == (0, H)
+    full = nk.forward(packed, p["x"], p["h0"], p["c0"], 1)
+    for a, e in zip((y, h_n, c_n), full[:3]):
+        assert a.tobytes() == e.tobytes()
+
+
+STEP_CASES = [  # (B, I, H, P, num_threads)
+    (1, 3, 7, 0, 1),          # one-row tiles
+    (3, 5, 17, 0, 1),
+    (4, 6, 33, 5, 2),         # projection, hidden blocks split
+    (20, 8, 40, 0, 2),        # sequences split between the threads
+    (16, 300, 70, 0, 1),      # I > KC: the input projection in two k blocks
+    (2, 4, 300, 0, 2),        # a step worth splitting its hidden blocks (n * 4H * R >= PAR_MIN)
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("case", STEP_CASES, ids=lambda c: "B{}I{}H{}P{}n{}".format(*c))
+def test_step_gives_the_bits_of_the_whole_sequence(case, dtype):
+    """step(packed, x_t, h, c, n, y=None): y_t and the in-place h, c are the bits of step t of
+    one forward over the whole sequence, on the kernel paths a step can take (one-row tiles,
+    hidden blocks or sequences split over 2 threads, I > KC); y is the caller's when given."""
+    B, I, H, P, n = case
+    T = 5
+    p, _, _ = make_packed_problem([T] * B, I, H, P, dtype=dtype, seed=B + I, scale=H ** -0.5)
+    packed = nk.pack(p["w_ih"], p["w_hh"], p["b"], p["w_hr"])
+    x = p["x"].reshape(T, B, I)
+    full = nk.forward(packed, x, p["h0"], p["c0"], n)
+    h, c = p["h0"].copy(), p["c0"].copy()
+    ybuf = np.empty((B, P or H), dtype)
+    for t in range(T):
+        y_t = nk.step(packed, x[t], h, c, n, y=ybuf if t % 2 else None)
+        assert y_t.shape == (B, P or H) and (y_t is ybuf) == (t % 2 == 1)
+        assert y_t.tobytes() == full[0][t].tobytes(), t
+        assert h.tobytes() == full[0][t].tobytes(), t
+    assert h.tobytes() == full[1].tobytes() and c.tobytes() == full[2].tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("bias, P", [(True, 0), (False, 0), (True, 3), (False, 2)])
+def test_packed_fields(dtype, bias, P):
+    """pack returns a Packed: the contract's fields as plain Python/NumPy values, then the
+    kernels' arrays in the layouts of packed.py (V lanes, NR = 2V)."""
+    I, H = 5, 7
+    rng = np.random.default_rng(0)
+    r = lambda *s: rng.standard_normal(s).astype(dtype)
+    pk = nk.pack(r(4 * H, I), r(4 * H, P or H), r(4 * H) if bias else None, r(P, H) if P else None)
+    assert isinstance(pk, nk.Packed)
+    assert (pk.input_size, pk.hidden_size, pk.proj_size, pk.dtype, pk.has_bias) == (I, H, P, np.dtype(dtype), bias)
+    assert all(type(v) is int for v in (pk.input_size, pk.hidden_size, pk.proj_size))
+    assert isinstance(pk.dtype, np.dtype) and type(pk.has_bias) is bool
+    assert (pk.whr_t is None) == (pk.whr is None) == (P == 0)
+    assert all(a.dtype == dtype and a.flags.c_contiguous for a in (pk.wih_t, pk.wih, pk.whh_f, pk.whh_b, pk.b))
+    V = 64 // np.dtype(dtype).itemsize
+    up = lambda n, k: -(-n // k)
+    R = P or H
+    assert pk.wih_t.shape == (up(4 * H, 2 * V), I, 2 * V) and pk.wih.shape == (up(I, 2 * V), 4 * H, 2 * V)
+    assert pk.whh_f.shape == (up(H, V), R, 4, V) and pk.whh_b.shape == (up(R, V), 4 * H, V)
+    if P:
+        assert pk.whr_t.shape == (up(P, 2 * V), H, 2 * V) and pk.whr.shape == (up(H, 2 * V), P, 2 * V)
+    if not bias:
+        assert not pk.b.any()
+
+
+# --- the names shared with csrc/ -------------------------------------------------
+
+# DESIGN.md's kernel vocabulary: the same function name for the same concept in C and Numba,
+# by file (numba module -> csrc files).
+VOCABULARY = {
+    "simd": (("simd.template.h",), ("vload", "vload_n", "vstore", "vstore_n", "vset1", "vfma", "vsigmoid", "vtanh")),
+    "gemm": (("gemm.template.c",), ("gemm", "gemm_tile")),
+    "cell": (("cell.template.c",), ("fwd_cell", "bwd_cell")),
+    "packed": (("pack.template.c",), ("pack",)),
+    "lstm": (("lstm.template.c", "lstm.c", "lstm.h"),
+             ("fwd_tile", "fwd_step", "fwd_job", "lstm_forward", "bwd_tile", "bwd_rows", "bwd_step", "bwd_job",
+              "lstm_backward")),
+}
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+
+
+def test_numba_modules_have_the_kernel_vocabulary():
+    import importlib
+    for mod, (_, names) in VOCABULARY.items():
+        m = importlib.import_module(f"lstm_fast.backends.numba.{mod}")
+        for name in names:
+            assert callable(getattr(m, name, None)), f"lstm_fast.backends.numba.{mod}.{name}"
+
+
+def _c_code(path):
+    with open(path) as f:
+        s = f.read()
+    return re.sub(r"//[^\n]*", " ", re.sub(r"/\*.*?\*/", " ", s, flags=re.S))
+
+
+def test_csrc_has_the_kernel_vocabulary():
+    """Each vocabulary name is in the code (comments left out) of the C file(s) the Numba module
+    mirrors: as written, as a macro (VFMA) or with the dtype suffix of an entry point
+    (lstm_forward_f32)."""
+    if not os.path.isdir(CSRC):
+        pytest.skip("no csrc/ next to the tests (installed package)")
+    files = {f for files, _ in VOCABULARY.values() for f in files}
+    missing_files = sorted(f for f in files if not os.path.exists(os.path.join(CSRC, f)))
+    if missing_files:
+        pytest.skip(f"csrc/ is not split by concern yet (no {', '.join(missing_files)})")
+    for mod, (cfiles, names) in VOCABULARY.items():
+        code = " ".join(_c_code(os.path.join(CSRC, f)) for f in cfiles)
+        for name in names:
+            assert re.search(rf"\b(?:{name}|{name.upper()})(?:_f32|_f64)?\b", code), \
+                f"{name} (numba/{mod}.py) not in csrc/{' or '.join(cfiles)}"
+
+
+def test_cache_stamp_covers_every_kernel_file():
+    """Numba's disk cache checks only the file that defines a function; every kernel function
+    here carries the hash of all kernel files instead, so that an edit of simd.py also retires
+    the cached lstm_forward that has simd.py's code compiled in."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in nk.simd.KERNEL_FILES:
+        with open(os.path.join(os.path.dirname(nk.simd.__file__), name), "rb") as f:
+            h.update(f.read())
+    for disp in (nk.lstm.lstm_forward, nk.lstm.lstm_backward, nk.gemm.gemm, nk.cell.fwd_cell):
+        loc = disp._cache._impl.locator
+        assert isinstance(loc, nk.simd.KernelSourcesLocator), disp
+        assert loc.get_source_stamp() == h.hexdigest()
+    assert sorted(nk.simd.KERNEL_FILES) == sorted(
+        f for f in os.listdir(os.path.dirname(nk.simd.__file__)) if f.endswith(".py") and f not in ("__init__.py", "packed.py"))
 
 
 def _cap():
@@ -455,12 +651,30 @@ def test_thread_setting_is_honoured(monkeypatch, requested):
     assert numba.get_num_threads() == before
 
 
-def test_auto_threads_follow_the_c_rule():
-    """num_threads = 0: one thread for small per-step work, two (if usable) from ~4e6
-    multiply-adds per step and 1e8 per pass, as lstm_resolve_threads."""
-    assert nk.threads_for(32, 16, 64, 64, 0) == 1
-    assert nk.threads_for(32, 64, 256, 256, 0) == min(2, _cap())
-    assert nk.threads_for(32, 16, 64, 64, 5) == _cap()
+def test_backend_runs_the_count_it_is_given(monkeypatch):
+    """num_threads arrives resolved (the one automatic rule is backends.threads_for): the
+    backend has no rule of its own and runs the count it gets, capped at Numba's pool, even
+    where the automatic rule would choose 1 (this small shape)."""
+    assert not hasattr(nk, "threads_for")
+    seen = []
+
+    def spy(kernel):
+        def call(*args):
+            seen.append((numba.get_num_threads(), args[-1]))
+            return kernel(*args)
+        return call
+
+    monkeypatch.setattr(nk, "lstm_forward", spy(nk.lstm_forward))
+    monkeypatch.setattr(nk, "lstm_backward", spy(nk.lstm_backward))
+    p, g = make_problem(3, 4, 5, 6, dtype=np.float32)
+    packed = nk.pack(p["w_ih"], p["w_hh"], p["b_ih"] + p["b_hh"])
+    before = numba.get_num_threads()
+    for n in (1, 2, 5):
+        out = nk.forward(packed, p["x"], p["h0"], p["c0"], n)
+        nk.backward(packed, p["x"], p["h0"], p["c0"], out[0], out[3], out[4], g["dy"], g["dh_n"], g["dc_n"], n)
+        cap = min(n, numba.config.NUMBA_NUM_THREADS)
+        assert seen[-2:] == [(cap, cap), (cap, cap)], seen
+    assert numba.get_num_threads() == before
 
 
 def _python(code):
@@ -483,11 +697,12 @@ def test_import_lstm_fast_does_not_import_numba():
 
 def test_module_import_does_not_compile():
     out = _python("""
-        from lstm_fast import _numba_kernels as nk
-        print(len(nk.lstm_forward.signatures), len(nk.lstm_backward.signatures),
-              len(nk._gemm.signatures), len(nk._fwd_step_par.signatures))
+        from lstm_fast.backends import numba as nk
+        print(len(nk.lstm.lstm_forward.signatures), len(nk.lstm.lstm_backward.signatures),
+              len(nk.gemm.gemm.signatures), len(nk.lstm.fwd_step_par.signatures),
+              len(nk.cell.fwd_cell.signatures))
     """)
-    assert out.split() == ["0", "0", "0", "0"]
+    assert out.split() == ["0", "0", "0", "0", "0"]
 
 
 def test_fresh_process_loads_from_cache():
@@ -502,13 +717,13 @@ def test_fresh_process_loads_from_cache():
         import numpy as np
         t0 = time.perf_counter()
         import lstm_fast
-        from lstm_fast import _numba_kernels as nk
+        from lstm_fast.backends import numba as nk
         for dt in (np.float32, np.float64):
             x = np.ones((2, 2, 3), dt); w_ih = np.ones((16, 3), dt); w_hh = np.ones((16, 4), dt)
             h = np.zeros((2, 4), dt)
             packed = nk.pack(w_ih, w_hh, None)
-            y, h_n, c_n, gates, c = nk.forward(packed, x, h, h, 0)
-            nk.backward(packed, x, h, h, y, gates, c, y, h, h, 0)
+            y, h_n, c_n, gates, c = nk.forward(packed, x, h, h, 1)
+            nk.backward(packed, x, h, h, y, gates, c, y, h, h, 1)
         print(time.perf_counter() - t0)
         for d in (nk.lstm_forward, nk.lstm_backward):  # inner kernels are linked in, not dispatched
             print(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))

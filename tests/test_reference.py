@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lstm_fast import _reference as ref
+from lstm_fast.backends import reference as ref
 
 from _support import make_problem
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lstm_fast
-from lstm_fast import _reference as ref
+from lstm_fast.backends import reference as ref
 
 from _support import BACKENDS, assert_close
 

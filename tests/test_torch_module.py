@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
 import lstm_fast  # noqa: E402
-from lstm_fast import _backends  # noqa: E402
+from lstm_fast import backends  # noqa: E402
 from lstm_fast import torch as ltorch  # noqa: E402
 
 from _support import assert_close  # noqa: E402
@@ -33,13 +33,13 @@ def _one_torch_thread():
 def kernel_calls(monkeypatch):
     """Counts the calls that went through our kernels (not torch's fallback)."""
     calls = []
-    apply = ltorch._Direction.apply
+    run_forward = ltorch.run_forward
 
-    def counting(*args):
-        calls.append(args[-3])
-        return apply(*args)
+    def counting(impl, *args):
+        calls.append(backends.name_of(impl))
+        return run_forward(impl, *args)
 
-    monkeypatch.setattr(ltorch._Direction, "apply", counting)
+    monkeypatch.setattr(ltorch, "run_forward", counting)
     return calls
 
 
@@ -94,7 +94,7 @@ def test_matches_torch(backend, dtype, num_layers, bidirectional, batch_first, k
     args = (x, hx, lengths, batch_first, kind == "sorted", grads)
     t_out, expected = _forward_backward(ref, *args)
     o_out, actual = _forward_backward(ours, *args)
-    assert len(kernel_calls) == num_layers * D and set(kernel_calls) == {_backends.resolve(backend)}
+    assert len(kernel_calls) == num_layers * D and set(kernel_calls) == {backends.resolve(backend)}
     if lengths is not None:
         assert isinstance(o_out, PackedSequence)
         for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
@@ -151,7 +151,7 @@ def test_gradcheck_all_inputs_and_parameters(kernel_calls):
 
 def test_gradcheck_packed(kernel_calls):
     torch.manual_seed(0)
-    m = ltorch.LSTM(2, 3, bidirectional=True, backend=_backends.resolve("auto")).double()
+    m = ltorch.LSTM(2, 3, bidirectional=True, backend=backends.resolve("auto")).double()
     x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([2, 4, 1])
@@ -226,7 +226,7 @@ def test_state_dict_and_save_load_both_ways(tmp_path):
 
 @pytest.mark.parametrize("kind", ("tensor", "packed"))
 def test_dropout_seeded_like_torch_and_off_in_eval(kind, kernel_calls):
-    ref, ours = _pair(torch.float64, _backends.resolve("auto"), input_size=3, hidden_size=5, num_layers=3, dropout=0.5,
+    ref, ours = _pair(torch.float64, backends.resolve("auto"), input_size=3, hidden_size=5, num_layers=3, dropout=0.5,
                       bidirectional=True)
     x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
     data = lambda out: out.data if kind == "packed" else out  # noqa: E731
@@ -257,8 +257,8 @@ def test_dropout_seeded_like_torch_and_off_in_eval(kind, kernel_calls):
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("kind", ("tensor", "unsorted"))
-def test_projection_kernels_or_torch_fallback(backend, dtype, kind, kernel_calls):
-    """proj_size > 0 runs on backends with SUPPORTS_PROJECTION, on torch's implementation otherwise."""
+def test_projection_runs_on_our_kernels(backend, dtype, kind, kernel_calls):
+    """proj_size > 0 runs on our kernels, every backend."""
     T, B, I, H, P, L = 5, 3, 3, 6, 2, 2
     tdt = TORCH_DTYPE[dtype]
     ref, ours = _pair(tdt, backend, input_size=I, hidden_size=H, proj_size=P, num_layers=L,
@@ -273,8 +273,7 @@ def test_projection_kernels_or_torch_fallback(backend, dtype, kind, kernel_calls
     args = (x, hx, lengths, False, False, grads)
     _, expected = _forward_backward(ref, *args)
     _, actual = _forward_backward(ours, *args)
-    supported = getattr(_backends.get(backend), "SUPPORTS_PROJECTION", False)
-    assert len(kernel_calls) == (2 * L if supported else 0)
+    assert len(kernel_calls) == 2 * L
     for name, e in expected.items():
         assert actual[name].shape == e.shape, name
         assert_close(actual[name], e, dtype, name)
@@ -355,3 +354,129 @@ def test_module_is_a_torch_lstm_and_imports_real_torch():
     assert issubclass(ltorch.LSTM, torch.nn.LSTM)
     assert ltorch.torch is torch
     assert lstm_fast.torch is ltorch
+
+
+# --- packed weights kept between calls, packed again after every kind of change -----
+
+@pytest.fixture
+def pack_calls(monkeypatch):
+    """Counts the layer-directions the module packs."""
+    calls = []
+    real = ltorch.LSTM._packed_weights
+
+    def counting(self, impl, dtype):
+        before = self._packed
+        packed = real(self, impl, dtype)
+        if before is None or before[1] is not packed:
+            calls.extend(range(len(packed)))
+        return packed
+
+    monkeypatch.setattr(ltorch.LSTM, "_packed_weights", counting)
+    return calls
+
+
+def _eval_pair(**kw):
+    ref, ours = _pair(torch.float32, input_size=3, hidden_size=5, **kw)
+    ref.eval()
+    ours.eval()
+    return ref, ours
+
+
+def _agree(ref, ours, x):
+    with torch.no_grad():
+        a, (ha, ca) = ref(x)
+        b, (hb, cb) = ours(x)
+    for e, g in ((a, b), (ha, hb), (ca, cb)):
+        assert_close(g.numpy(), e.numpy(), np.float32)
+
+
+MUTATIONS = {
+    "optimizer_step": lambda m: torch.optim.SGD(m.parameters(), lr=0.1).step(),
+    "data_write": lambda m: m.weight_hh_l0.data.mul_(0.5),
+    "data_element": lambda m: m.weight_ih_l0.data.__setitem__((2, 1), 3.0),
+    "data_assign": lambda m: setattr(m.weight_hh_l0, "data", m.weight_hh_l0.detach() * 2),
+    "no_grad_inplace": lambda m: torch.no_grad()(lambda: m.bias_ih_l0.add_(1.0))(),
+    "load_state_dict": lambda m: m.load_state_dict(
+        {k: v * 0.9 for k, v in m.state_dict().items()}),
+    "to_double_and_back": lambda m: m.double().float(),
+    "parameter_replaced": lambda m: setattr(m, "weight_ih_l0", torch.nn.Parameter(
+        m.weight_ih_l0.detach() + 1)),
+}
+
+
+@pytest.mark.parametrize("route", list(MUTATIONS))
+def test_every_weight_change_is_seen(route, pack_calls):
+    ref, ours = _eval_pair(num_layers=2)
+    x = torch.randn(4, 3, 3)
+    _agree(ref, ours, x)
+    _agree(ref, ours, x)
+    assert sorted(pack_calls) == [0, 1]          # packed once per layer, then kept
+    for m in (ref, ours):
+        if route == "optimizer_step":
+            for p in m.parameters():
+                p.grad = torch.full_like(p, 0.1)
+        MUTATIONS[route](m)
+    _agree(ref, ours, x)                         # the packed copy followed the change
+    assert len(pack_calls) > 2
+
+
+def test_training_step_with_data_updates_like_word_language_model(pack_calls):
+    """pytorch/examples word_language_model updates with p.data.add_(p.grad, alpha=-lr)."""
+    ref, ours = _pair(torch.float32, input_size=3, hidden_size=5, num_layers=2)
+    x = torch.randn(6, 2, 3)
+    for _ in range(3):
+        outs = []
+        for m in (ref, ours):
+            m.train()
+            m.zero_grad()
+            out, _ = m(x)
+            out.pow(2).sum().backward()
+            for p in m.parameters():
+                p.data.add_(p.grad, alpha=-0.1)
+            m.eval()
+            with torch.no_grad():
+                outs.append(m(x)[0].numpy())
+        assert_close(outs[1], outs[0], np.float32)
+
+
+def test_no_grad_keeps_nothing_for_backward(monkeypatch, kernel_calls):
+    ref, ours = _pair(torch.float32, input_size=3, hidden_size=5, num_layers=2, bidirectional=True)
+    saves = []
+    real = ltorch.run_forward
+
+    def spy(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True, out=None):
+        saves.append(save)
+        return real(impl, packed, x, h0, c0, num_threads, plan, reverse, save, out)
+
+    monkeypatch.setattr(ltorch, "run_forward", spy)
+    x = torch.randn(5, 2, 3)
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            out, (h, c) = ours(x)
+            want, (hw, cw) = ref(x)
+        assert not out.requires_grad and out.grad_fn is None
+        for a, e in ((out, want), (h, hw), (c, cw)):
+            assert_close(a.numpy(), e.numpy(), np.float32)
+    assert saves == [False] * 8
+    ours.requires_grad_(False)                    # nothing requires grad: nothing saved either
+    ours(x)
+    assert saves == [False] * 12
+    ours.requires_grad_(True)
+    out, _ = ours(x)
+    assert saves[-4:] == [True] * 4 and out.requires_grad
+
+
+def test_parameters_are_tracked_parameters_and_survive_pickling(tmp_path):
+    ours = ltorch.LSTM(3, 4, num_layers=2)
+    assert all(type(p) is ltorch._Parameter for p in ours.parameters())
+    assert all(isinstance(p, torch.nn.Parameter) for p in ours.parameters())
+    path = tmp_path / "m.pt"
+    torch.save(ours, path)
+    loaded = torch.load(path, weights_only=False)
+    assert all(type(p) is ltorch._Parameter for p in loaded.parameters())
+    import copy
+    clone = copy.deepcopy(ours)
+    assert all(type(p) is ltorch._Parameter for p in clone.parameters())
+    v = ours.weight_hh_l0._version
+    ours.weight_hh_l0.data.add_(1)
+    assert ours.weight_hh_l0._version > v

@@ -21,7 +21,7 @@
 #     kernel subset) with LSTM_FAST_SIMD forced to avx512, avx2, portable
 #  8. if qemu-x86_64 is installed (Debian: qemu-user): the wheel on an emulated CPU
 #     without AVX (Nehalem): detects "portable", matches the reference, refuses a
-#     forced avx2 with an error, and passes tests/test_ckernel.py + test_backends.py
+#     forced avx2 with an error, and passes tests/test_ckernel.py + test_contract.py
 #     (their C and NumPy cases; numba's cold compile is too slow under emulation)
 #
 # Environment:
@@ -48,11 +48,12 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: $0 [--no-tests]" >&2; exit 2 ;;
 esac
-KERNEL_TESTS=(tests/test_ckernel.py tests/test_backends.py tests/test_layer_torch.py
+KERNEL_TESTS=(tests/test_ckernel.py tests/test_contract.py tests/test_layer_torch.py
               tests/test_lengths.py tests/test_streaming.py)
 SDIST_MUST_HAVE=(CMakeLists.txt pyproject.toml csrc/cpu.c csrc/cpu.h csrc/lstm.c csrc/lstm.h
-                 csrc/lstm.template.c csrc/pool.c csrc/pool.h
-                 src/lstm_fast/_ckernel.pyx src/lstm_fast/_ckernel.pxd src/lstm_fast/__init__.py)
+                 csrc/lstm.template.c csrc/simd.template.h csrc/gemm.template.c
+                 csrc/cell.template.c csrc/pack.template.c csrc/pool.c csrc/pool.h
+                 src/lstm_fast/backends/_c.pyx src/lstm_fast/backends/_c.pxd src/lstm_fast/__init__.py)
 
 case "$WORK" in "$ROOT"|"$ROOT"/*) echo "LSTM_FAST_WORK must be outside the source tree" >&2; exit 2 ;; esac
 mkdir -p "$WORK" "$WHEELHOUSE"
@@ -110,7 +111,7 @@ echo "  ($(wc -l <<<"$listing") entries; tests: $(grep -c "^$top/tests/test_.*\.
 step "ISA check of the extension (unstripped)"
 rm -rf "$WORK/raw" && mkdir -p "$WORK/raw"
 "$TPY" -m zipfile -e "$RAW_WHEEL" "$WORK/raw"
-SO="$(ls "$WORK"/raw/lstm_fast/_ckernel*.so)"
+SO="$(ls "$WORK"/raw/lstm_fast/backends/_c*.so)"
 "$TPY" "$ROOT/tools/check_isa.py" "$SO"
 echo "  compile flags recorded in the binary: $(strings "$SO" | grep -o -m1 'flags=[^;]*' || echo '?')"
 if strings "$SO" | grep -q -- '-march=native'; then echo "-march=native in the binary's flags" >&2; exit 1; fi
@@ -165,7 +166,7 @@ cd "$RUN"
 where="$("$VPY" -c 'import os, lstm_fast; print(os.path.dirname(lstm_fast.__file__))')"
 case "$where" in "$VENV"/*) echo "lstm_fast imports from $where" ;; *) echo "lstm_fast imports from $where, not the test venv" >&2; exit 1 ;; esac
 "$VENV/bin/lstm-fast" info
-CPU_LEVEL="$("$VPY" -c 'from lstm_fast import _ckernel; print(_ckernel.cpu_simd_level())')"
+CPU_LEVEL="$("$VPY" -c 'from lstm_fast.backends import _c; print(_c.cpu_simd_level())')"
 
 declare -a RESULTS=()
 run_pytest() {   # label, level ("" = the CPU's own), pytest args...
@@ -174,7 +175,7 @@ run_pytest() {   # label, level ("" = the CPU's own), pytest args...
   step "pytest: $label"
   if [ -n "$level" ]; then
     LSTM_FAST_SIMD="$level" "$VPY" -c "
-from lstm_fast import _ckernel
+from lstm_fast.backends import _c as _ckernel
 got = _ckernel.simd_level()
 assert got == '$level', f'LSTM_FAST_SIMD=$level but the kernel uses {got}'
 print('kernel SIMD level:', got)"
@@ -218,8 +219,8 @@ if command -v qemu-x86_64 >/dev/null; then
   ts=$SECONDS
   # No numba: it compiles for whatever CPU it runs on, and its cold compile (about
   # 35 s per dtype natively) takes far too long under emulation; that includes
-  # test_backends_agree_with_each_other, which runs every backend.
-  old_cpu -m pytest -p no:cacheprovider -q tests/test_ckernel.py tests/test_backends.py \
+  # test_backends_agree_with_each_other (test_contract.py), which runs every backend.
+  old_cpu -m pytest -p no:cacheprovider -q tests/test_ckernel.py tests/test_contract.py \
     -k "not numba and not agree_with_each_other" 2>&1 | tee "$WORK/pytest-qemu.log"
   summary="$(grep -E '(passed|failed|error|no tests ran)' "$WORK/pytest-qemu.log" | tail -1 | tr -d '=' | sed 's/^ *//; s/ *$//')"
   grep -qE '[0-9]+ passed' <<<"$summary" || { echo "no test passed under qemu" >&2; exit 1; }

@@ -11,7 +11,7 @@ LZCNT/TZCNT/POPCNT/MOVBE/CRC32 and SSE3/SSSE3/SSE4.x instructions.
 
 Functions whose name matches --allow (default: ``_avx2`` or ``_avx512`` in the
 name, the suffixes of the kernels compiled with ``target("avx2,fma")`` /
-``target("avx512f,...")`` in csrc/lstm.template.c and only called after the
+``target("avx512f,...")`` in the csrc/*.template.* files and only called after the
 run-time CPU check) may use them; anywhere else such an instruction would make
 the library crash with SIGILL on an older CPU before or without dispatch.
 

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 import lstm_fast
-from lstm_fast import _ckernel
+from lstm_fast.backends import _c as _ckernel
 
 
 def close(a, b, dtype):

@@ -6,7 +6,7 @@ picks the fastest available, or the one named by LSTM_FAST_BACKEND.
 
 __version__ = "0.1.0"
 
-from ._backends import (BackendUnavailableError, available_backends, backend_status,
+from .backends import (BackendUnavailableError, available_backends, backend_status,
                         get_num_threads, set_num_threads)
 from .functional import LSTMCache, LSTMGrads, LSTMResult, lstm_backward, lstm_forward
 from .layer import LSTM

@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 import lstm_fast
-from lstm_fast import _backends
+from lstm_fast import backends
 
 CASES = ("forward", "train", "stream")
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -390,7 +390,7 @@ def machine_info():
         pass
     simd = {}
     try:
-        from lstm_fast import _ckernel
+        from lstm_fast.backends import _c as _ckernel
     except ImportError as e:
         simd["error"] = str(e)
     else:
@@ -406,7 +406,7 @@ def machine_info():
             except Exception as e:
                 simd["build_info"] = f"error: {e}"
     info["lstm_fast_simd"] = simd
-    info["backends"] = {k: ("available" if v is None else v) for k, v in _backends.backend_status().items()}
+    info["backends"] = {k: ("available" if v is None else v) for k, v in backends.backend_status().items()}
     info["env"] = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
     info["versions"] = {"python": platform.python_version(), "numpy": np.__version__,
                         "lstm_fast": lstm_fast.__version__}

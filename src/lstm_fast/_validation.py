@@ -44,7 +44,8 @@ def _fmt(shape):
     return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
 
 
-def _to_numpy(a):
+def to_numpy(a):
+    """A NumPy view of an array-like (torch tensors detached and moved to the CPU)."""
     if hasattr(a, "detach") and hasattr(a, "numpy"):   # a torch tensor
         a = a.detach().cpu().numpy()
     return np.asarray(a)
@@ -78,7 +79,7 @@ def _convert(a, name, dtype, shape, expected):
     if type(a) is not np.ndarray:
         if a is None:
             raise TypeError(f"{name} must be an array, got None")
-        a = _to_numpy(a)
+        a = to_numpy(a)
     if a.dtype != dtype:
         kind = a.dtype.kind
         if kind in "biu":
@@ -98,10 +99,11 @@ def _convert(a, name, dtype, shape, expected):
 
 
 def weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
-    """Validate the weights; returns (w_ih, w_hh, b, w_hr, dtype, I, H, P) with
-    b = b_ih + b_hh or None, and P the projection size (H without w_hr)."""
+    """Validate the weights; returns (w_ih, w_hh, b, w_hr, dtype, I, H, R) with
+    b = b_ih + b_hh or None, and R the width of h (the projection size P with w_hr,
+    else H)."""
     if type(w_ih) is not np.ndarray:
-        w_ih = _to_numpy(w_ih)
+        w_ih = to_numpy(w_ih)
     dtype = w_ih.dtype
     if dtype is not F32 and dtype is not F64:       # canonical singletons keep as_array lean
         native = dtype.newbyteorder("=")
@@ -113,13 +115,13 @@ def weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     H = w_ih.shape[0] // 4
     I = w_ih.shape[1]
     w_ih = as_array(w_ih, "w_ih", dtype)
-    P = H
+    R = H
     if w_hr is not None:
         w_hr = as_array(w_hr, "w_hr", dtype)
         if w_hr.ndim != 2 or w_hr.shape[1] != H or not 0 < w_hr.shape[0] < H:
             raise ValueError(f"w_hr must have shape (P, H={H}) with 0 < P < H, got {_fmt(w_hr.shape)}")
-        P = w_hr.shape[0]
-    w_hh = as_array(w_hh, "w_hh", dtype, (4 * H, P),
+        R = w_hr.shape[0]
+    w_hh = as_array(w_hh, "w_hh", dtype, (4 * H, R),
                     "(4*H, H) = ({}, {})" if w_hr is None else "(4*H, P) = ({}, {})")
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih and b_hh must both be given or both be None")
@@ -128,7 +130,7 @@ def weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
         b_ih = as_array(b_ih, "b_ih", dtype, (4 * H,), "(4*H,) = ({},)")
         b_hh = as_array(b_hh, "b_hh", dtype, (4 * H,), "(4*H,) = ({},)")
         b = b_ih + b_hh
-    return w_ih, w_hh, b, w_hr, dtype, I, H, P
+    return w_ih, w_hh, b, w_hr, dtype, I, H, R
 
 
 def sequence(x, name, dtype, I):
@@ -142,15 +144,35 @@ def sequence(x, name, dtype, I):
 def state(s, name, dtype, B, H):
     """An initial state or state gradient of shape (B, H); None means zeros."""
     if s is None:
-        return np.zeros((B, H), dtype)
+        return zeros((B, H), dtype)
     return as_array(s, name, dtype, (B, H), "(B, H) = ({}, {})")
+
+
+_ZEROS = {}
+_ZEROS_MAX_BYTES = 1 << 20
+
+
+def zeros(shape, dtype):
+    """Read-only zeros for an input the kernels only read (a state or gradient given as
+    None): small ones are shared between calls instead of allocated each time."""
+    key = (shape, dtype)
+    z = _ZEROS.get(key)
+    if z is None:
+        z = np.zeros(shape, dtype)
+        if z.nbytes > _ZEROS_MAX_BYTES:
+            return z
+        if len(_ZEROS) >= 64:
+            _ZEROS.clear()
+        z.flags.writeable = False
+        _ZEROS[key] = z
+    return z
 
 
 def lengths(value, B, T):
     """Per-sequence lengths: B integers in [0, T]; None means all T."""
     if value is None:
         return None
-    a = _to_numpy(value)
+    a = to_numpy(value)
     if a.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers, got dtype {a.dtype}")
     if a.shape != (B,):

@@ -41,7 +41,7 @@ def info(argv=None):
     import numpy as np
 
     import lstm_fast
-    from lstm_fast import _backends
+    from lstm_fast import backends
 
     ap = argparse.ArgumentParser(prog="lstm-fast info", description="What this installation has.")
     ap.add_argument("--check", action="store_true",
@@ -49,10 +49,10 @@ def info(argv=None):
                          "~35 s per dtype; cached on disk after that)")
     args = ap.parse_args(argv)
     print(f"lstm_fast {lstm_fast.__version__}  (Python {platform.python_version()}, numpy {np.__version__})")
-    for var in (_backends.ENV_VAR, "LSTM_FAST_SIMD"):
+    for var in (backends.ENV_VAR, "LSTM_FAST_SIMD"):
         print(f"{var}={os.environ.get(var, '(unset)')}")
     print("backends (auto prefers them in this order):")
-    for name, reason in _backends.backend_status().items():
+    for name, reason in backends.backend_status().items():
         if reason is not None:
             state = "missing: " + reason
         elif name == "numba" and not args.check:
@@ -60,13 +60,13 @@ def info(argv=None):
         else:
             state = f"available, self-check {_self_check(name)}"
         print(f"  {name:<6} {state}")
-    print(f"auto resolves to: {_backends.resolve('auto')}")
-    n = _backends.get_num_threads()
+    print(f"auto resolves to: {backends.resolve('auto')}")
+    n = backends.get_num_threads()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"threads: {n if n else 'chosen per shape'} (set with lstm_fast.set_num_threads); "
           f"{cpus} CPUs usable by this process")
     try:
-        from lstm_fast import _ckernel
+        from lstm_fast.backends import _c as _ckernel
     except ImportError:
         pass
     else:

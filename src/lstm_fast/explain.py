@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from . import _backends
+from . import backends
 from .functional import lstm_backward, lstm_forward
 
 GATES = ("i (input)", "f (forget)", "g (candidate)", "o (output)")
@@ -157,7 +157,7 @@ def main(argv=None):
     ap.add_argument("--bias", type=_floats(4), default=DEFAULTS["bias"], help="biases i,f,g,o")
     ap.add_argument("--head", type=float, default=DEFAULTS["head"], help="head weight v in y = v*h_T")
     ap.add_argument("--target", type=float, default=DEFAULTS["target"], help="target (default 4)")
-    ap.add_argument("--backend", default="auto", choices=("auto",) + tuple(_backends.BACKENDS))
+    ap.add_argument("--backend", default="auto", choices=("auto",) + tuple(backends.REGISTRY))
     args = ap.parse_args(argv)
     if not args.x:
         ap.error("--x must hold at least one number")

@@ -3,87 +3,108 @@
     y, h_n, c_n, cache = lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
     grads = lstm_backward(cache, dy, dh_n, dc_n)
 
-Arguments are validated once here (see ``_validation``) and handed to the
-backend chosen by ``backend`` ("auto", "c", "numba", "numpy").
+Arguments are validated once here (see ``_validation``) and handed to the backend
+chosen by ``backend`` ("auto", "c", "numba", "numpy"). ``run_forward`` /
+``run_backward`` are the one route from padded, time-major arrays to a backend call
+(reversal for the second direction, lengths through a ``LengthPlan``); ``LSTM`` and
+``lstm_fast.torch`` use them too, and ``LSTMCache`` is the one cache format.
 """
 
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import _backends, _validation
+from . import _validation, backends
 from ._lengths import LengthPlan
 
 
-class LSTMCache:
-    """What ``lstm_backward`` needs from a forward call. Treat as opaque."""
+class LSTMCache(NamedTuple):
+    """What backward needs from one layer-direction's forward call. Treat as opaque."""
 
-    __slots__ = ("backend", "packed", "dtype", "has_bias", "shape", "saved", "plan")
+    impl: object          # the backend module
+    packed: object        # its packed weights
+    saved: tuple          # (x, h0, c0, y, gates, c) as the backend saw them
+    plan: object          # LengthPlan or None
+    reverse: bool         # the second direction: time reversed
 
-    def __init__(self, backend, packed, dtype, has_bias, shape, saved, plan):
-        self.backend = backend
-        self.packed = packed
-        self.dtype = dtype
-        self.has_bias = has_bias
-        self.shape = shape        # (T, B, H, P)
-        self.saved = saved        # (x, h0, c0, y, gates, c) as the backend saw them
-        self.plan = plan          # LengthPlan or None
+    @property
+    def backend(self):
+        """Name of the backend that ran the forward call."""
+        return backends.name_of(self.impl)
 
     @property
     def gates(self):
         """Activated gates i, f, g, o, (T, B, 4H); zero at padded positions."""
-        g = self.saved[4]
-        return g if self.plan is None else self.plan.scatter(g)
+        return self._padded(self.saved[4])
 
     @property
     def c(self):
         """Cell state after every step, (T, B, H); zero at padded positions."""
-        c = self.saved[5]
-        return c if self.plan is None else self.plan.scatter(c)
+        return self._padded(self.saved[5])
+
+    def _padded(self, a):
+        if self.plan is not None:
+            return self.plan.scatter(a, self.reverse)
+        return a[::-1] if self.reverse else a
 
 
-def _forward_direction(impl, packed, x, h0, c0, nthreads, plan=None, reverse=False):
-    """One direction over padded x (T, B, I): returns (y (T, B, H), h_n, c_n, saved).
+_new = tuple.__new__   # LSTMCache's fields without its Python-level __new__ (0.15 us a call)
 
-    ``reverse`` reads every sequence backwards (from its own last valid step
-    when ``plan`` holds lengths); y is returned in the original time order.
+
+def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True,
+                out=None):
+    """One layer-direction over padded x (T, B, I): ``(y (T, B, R), h_n, c_n, cache)``.
+
+    ``reverse`` reads every sequence backwards (from its own last valid step when
+    ``plan`` holds lengths); y is returned in the original time order. The final
+    states h_n (B, R), c_n (B, H) are new arrays, or ``out = (h_n, c_n)``. ``cache`` is
+    an ``LSTMCache``, or None when ``save`` is false (nothing is kept for backward).
     """
     if plan is None:
         xin = np.ascontiguousarray(x[::-1]) if reverse else x
-        y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, nthreads)
-        return (y[::-1] if reverse else y), h_n, c_n, (xin, h0, c0, y, gates, c)
-    xin, h0s, c0s = plan.gather(x, reverse), plan.sort(h0), plan.sort(c0)
-    y, h_n, c_n, gates, c = impl.forward(packed, xin, h0s, c0s, nthreads, plan.batch_sizes)
-    return (plan.scatter(y, reverse), plan.unsort(h_n), plan.unsort(c_n),
-            (xin, h0s, c0s, y, gates, c))
-
-
-def _backward_direction(impl, packed, saved, dy, dh_n, dc_n, nthreads, plan=None, reverse=False):
-    """Backward of ``_forward_direction``: returns (dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0, dw_hr),
-    dw_hr None without a projection."""
-    xin, h0, c0, y, gates, c = saved
-    if plan is None:
-        dyin = np.ascontiguousarray(dy[::-1] if reverse else dy)
-        dx, dw_ih, dw_hh, db, dh0, dc0, *dw_hr = impl.backward(
-            packed, xin, h0, c0, y, gates, c, dyin, dh_n, dc_n, nthreads)
-        dx = dx[::-1] if reverse else dx
+        y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
+                                             None if out is None else (None,) + out)
+        saved = (xin, h0, c0, y, gates, c)
+        if reverse:
+            y = y[::-1]
     else:
-        dx, dw_ih, dw_hh, db, dh0, dc0, *dw_hr = impl.backward(
-            packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse),
-            plan.sort(dh_n), plan.sort(dc_n), nthreads, plan.batch_sizes)
-        dx, dh0, dc0 = plan.scatter(dx, reverse), plan.unsort(dh0), plan.unsort(dc0)
-    return dx, dw_ih, dw_hh, db, dh0, dc0, (dw_hr[0] if dw_hr else None)
+        xin, h0s, c0s = plan.gather(x, reverse), plan.sort(h0), plan.sort(c0)
+        y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
+                                           plan.batch_sizes, save)
+        h_n, c_n = (np.empty_like(hs), np.empty_like(cs)) if out is None else out
+        h_n[plan.order] = hs
+        c_n[plan.order] = cs
+        saved = (xin, h0s, c0s, y, gates, c)
+        y = plan.scatter(y, reverse)
+    return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
 
 
-def pack_weights(impl, name, w_ih, w_hh, b, w_hr=None):
-    """impl.pack, with a clear error when the backend lacks a projection."""
-    if w_hr is None:
-        return impl.pack(w_ih, w_hh, b)
-    if not getattr(impl, "SUPPORTS_PROJECTION", False):
-        raise NotImplementedError(
-            f"backend {name!r} does not support a projection (proj_size > 0) yet; "
-            f"use backend='numpy' for it")
-    return impl.pack(w_ih, w_hh, b, w_hr)
+def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None):
+    """Backward of ``run_forward`` for dy (T, B, R) (any strides), dh_n (B, R), dc_n (B, H):
+    ``(dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0, dw_hr)``, db None without a bias and dw_hr
+    None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``."""
+    impl, packed, (xin, h0, c0, y, gates, c), plan, reverse = \
+        cache.impl, cache.packed, cache.saved, cache.plan, cache.reverse
+    if plan is None:
+        if reverse or not dy.flags.c_contiguous:
+            dy = np.ascontiguousarray(dy[::-1] if reverse else dy)
+        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
+            packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)
+        if reverse:
+            dx = dx[::-1]
+        if out is not None:
+            out[0][...] = dh0
+            out[1][...] = dc0
+            dh0, dc0 = out
+    else:
+        dx, dw_ih, dw_hh, db, dhs, dcs, dw_hr = impl.backward(
+            packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse), plan.sort(dh_n),
+            plan.sort(dc_n), num_threads, plan.batch_sizes)
+        dx = plan.scatter(dx, reverse)
+        dh0, dc0 = (np.empty_like(dhs), np.empty_like(dcs)) if out is None else out
+        dh0[plan.order] = dhs
+        dc0[plan.order] = dcs
+    return dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr
 
 
 def make_plan(lengths, T, B):
@@ -95,26 +116,26 @@ def make_plan(lengths, T, B):
 
 class LSTMResult(NamedTuple):
     """Output of ``lstm_forward``: unpacks as ``y, h_n, c_n, cache``."""
-    y: np.ndarray        #: (T, B, H) hidden state at every step
-    h_n: np.ndarray      #: (B, H) final hidden state
+    y: np.ndarray        #: (T, B, R) hidden state at every step
+    h_n: np.ndarray      #: (B, R) final hidden state
     c_n: np.ndarray      #: (B, H) final cell state
-    cache: LSTMCache     #: input for lstm_backward
+    cache: LSTMCache     #: input for lstm_backward (None with save=False)
 
 
 class LSTMGrads(NamedTuple):
     """Gradients returned by ``lstm_backward``, named after the arguments of ``lstm_forward``."""
     dx: np.ndarray                #: (T, B, I)
     dw_ih: np.ndarray             #: (4H, I)
-    dw_hh: np.ndarray             #: (4H, H)
+    dw_hh: np.ndarray             #: (4H, R)
     db_ih: Optional[np.ndarray]   #: (4H,), None if the forward call had no bias
     db_hh: Optional[np.ndarray]   #: (4H,), equal to db_ih
-    dh0: np.ndarray               #: (B, H), (B, P) with a projection
+    dh0: np.ndarray               #: (B, R)
     dc0: np.ndarray               #: (B, H)
     dw_hr: Optional[np.ndarray] = None   #: (P, H) with a projection, else None
 
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=None,
-                 lengths=None, backend="auto"):
+                 lengths=None, backend="auto", save=True):
     """Run one LSTM layer over a sequence.
 
     Parameters follow torch.nn.LSTM (gate order i, f, g, o):
@@ -129,42 +150,41 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     is exactly zero past it. Work scales with the sum of lengths.
 
     Returns ``LSTMResult(y, h_n, c_n, cache)``; pass ``cache`` to
-    ``lstm_backward``. T = 0 is allowed: y is empty and h_n, c_n equal h0, c0.
+    ``lstm_backward``. ``save=False`` keeps nothing for backward (cache None).
+    T = 0 is allowed: y is empty and h_n, c_n equal h0, c0.
     """
-    name = _backends.resolve(backend)
-    w_ih, w_hh, b, w_hr, dtype, I, H, P = _validation.weights(w_ih, w_hh, b_ih, b_hh, w_hr)
+    name = backends.resolve(backend)
+    w_ih, w_hh, b, w_hr, dtype, I, H, R = _validation.weights(w_ih, w_hh, b_ih, b_hh, w_hr)
     x = _validation.sequence(x, "x", dtype, I)
-    B = x.shape[1]
-    h0 = _validation.state(h0, "h0", dtype, B, P)
+    T, B = x.shape[0], x.shape[1]
+    h0 = _validation.state(h0, "h0", dtype, B, R)
     c0 = _validation.state(c0, "c0", dtype, B, H)
-    plan = make_plan(_validation.lengths(lengths, B, x.shape[0]), x.shape[0], B)
-    impl = _backends.get(name)
-    packed = pack_weights(impl, name, w_ih, w_hh, b, w_hr)
-    y, h_n, c_n, saved = _forward_direction(impl, packed, x, h0, c0, _backends.get_num_threads(), plan)
-    cache = LSTMCache(name, packed, dtype, b is not None, (x.shape[0], B, H, P), saved, plan)
+    plan = make_plan(_validation.lengths(lengths, B, T), T, B)
+    impl = backends.get(name)
+    packed = impl.pack(w_ih, w_hh, b, w_hr)
+    y, h_n, c_n, cache = run_forward(impl, packed, x, h0, c0, backends.threads_for(T, B, I, H),
+                                     plan, False, bool(save))
     return LSTMResult(y, h_n, c_n, cache)
 
 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     """Backpropagation through time for a forward call.
 
-    ``dy`` (T, B, H), ``dh_n`` and ``dc_n`` (B, H) are the gradients of the loss
+    ``dy`` (T, B, R), ``dh_n`` (B, R) and ``dc_n`` (B, H) are the gradients of the loss
     with respect to ``y``, ``h_n`` and ``c_n``; None means zero. Returns
     ``LSTMGrads(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr)``.
     """
     if not isinstance(cache, LSTMCache):
-        raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, got {type(cache).__name__}")
-    T, B, H, P = cache.shape
-    dtype = cache.dtype
-    if dy is None:
-        dy = np.zeros((T, B, P), dtype)
-    else:
-        dy = _validation.as_array(dy, "dy", dtype, (T, B, P))
-    dh_n = _validation.state(dh_n, "dh_n", dtype, B, P)
+        raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, "
+                        f"got {type(cache).__name__}")
+    packed, x = cache.packed, cache.saved[0]
+    dtype, I, H = packed.dtype, packed.input_size, packed.hidden_size
+    R = packed.proj_size or H
+    T, B = (x.shape[0], x.shape[1]) if cache.plan is None else (cache.plan.T, cache.plan.B)
+    dy = _validation.zeros((T, B, R), dtype) if dy is None else \
+        _validation.as_array(dy, "dy", dtype, (T, B, R))
+    dh_n = _validation.state(dh_n, "dh_n", dtype, B, R)
     dc_n = _validation.state(dc_n, "dc_n", dtype, B, H)
-    impl = _backends.get(cache.backend)
-    dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = _backward_direction(
-        impl, cache.packed, cache.saved, dy, dh_n, dc_n, _backends.get_num_threads(), cache.plan)
-    db_ih = db if cache.has_bias else None
-    db_hh = db.copy() if cache.has_bias else None
-    return LSTMGrads(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr)
+    dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, dy, dh_n, dc_n,
+                                                         backends.threads_for(T, B, I, H))
+    return LSTMGrads(dx, dw_ih, dw_hh, db, None if db is None else db.copy(), dh0, dc0, dw_hr)

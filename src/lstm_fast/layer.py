@@ -1,12 +1,15 @@
 """``LSTM``: a multi-layer, optionally bidirectional LSTM with torch.nn.LSTM's conventions.
 
-Parameters live in a dict keyed by torch's names (``weight_ih_l0``,
-``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse``) and are
-exposed read-only: backends keep weights packed in their own layout between
-calls, and a packed copy must never be used after the weights changed. Every
-route that changes weights (``load_state_dict``, ``set_parameter``, the
-``unlocked_parameters()`` context) drops the packed copies; writing into an
-exposed array outside those routes raises numpy's read-only error.
+Parameters live in a dict keyed by torch's names (``_params``) and are exposed
+read-only: backends keep weights packed in their own layout between calls, and a
+packed copy must never be used after the weights changed. Every route that changes
+weights (``load_state_dict``, ``set_parameter``, the ``unlocked_parameters()``
+context) drops the packed copies; writing into an exposed array outside those routes
+raises numpy's read-only error.
+
+One route for every configuration: validate once, then per layer and direction one
+``functional.run_forward`` (backward: ``run_backward``) on the backend's packed weights;
+the cache is a list of ``functional.LSTMCache``, one per layer and direction.
 """
 
 import contextlib
@@ -15,20 +18,25 @@ import warnings
 
 import numpy as np
 
-from . import _backends, _validation
-from .functional import _backward_direction, _forward_direction, make_plan, pack_weights
+from . import _params, _validation, backends
+from .functional import make_plan, run_backward, run_forward
+
+_NOT_SAVED = "not saved"     # the cache after a forward call that kept nothing for backward
 
 
 class LSTM:
     """Multi-layer LSTM over NumPy arrays, numerically equal to torch.nn.LSTM.
 
-    ``layer(x, hx=None)`` returns ``(output, (h_n, c_n))``: x is (T, B, I)
-    ((B, T, I) if ``batch_first``, (T, I) unbatched); output (T, B, D*H);
-    h_n, c_n (num_layers*D, B, H) with D = 2 if bidirectional else 1.
-    ``layer.backward(grad_output, grad_hx=None)`` returns
-    ``(grad_x, (grad_h0, grad_c0))`` for the last forward call and stores the
-    parameter gradients in ``layer.grads`` under the ``state_dict()`` names
-    (overwritten by each backward call, not accumulated).
+    ``layer(x, hx=None, lengths=None)`` returns ``(output, (h_n, c_n))``: x is
+    (T, B, I) ((B, T, I) if ``batch_first``, (T, I) unbatched); output (T, B, D*R);
+    h_n (num_layers*D, B, R), c_n (num_layers*D, B, H) with D = 2 if bidirectional
+    else 1 and R = proj_size or hidden_size.
+    ``layer.backward(grad_output, grad_hx=None)`` returns ``(grad_x, (grad_h0, grad_c0))``
+    for the last forward call and stores the parameter gradients in ``layer.grads``
+    under the ``state_dict()`` names (overwritten by each backward call, not
+    accumulated). A forward call in eval mode (``layer.eval()``) keeps nothing for
+    backward unless called with ``save=True``; ``save=False`` keeps nothing in training
+    mode either (inference without the memory of the saved activations).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -53,16 +61,21 @@ class LSTM:
             raise ValueError(f"proj_size must be smaller than hidden_size={self.hidden_size}, "
                              f"got {self.proj_size}")
         self.dtype = _validation.check_dtype(dtype)
-        self.backend = backend
         self.training = True
         self.grads = {}
         self._cache = None
-        self._params = {}
+        self._zero_states = (None, None, None)   # (B, h0, c0) zeros for hx None, read-only
+        # the parameter names of each layer-direction k = layer * D + d
+        self._names = [_params.direction_names(layer, d, self.bias, self.proj_size)
+                       for layer in range(self.num_layers) for d in range(self.num_directions)]
+        self.backend = backend
         rng = np.random.default_rng(seed)
         # dropout masks: a stream of their own, reproducible from the same seed
         self._dropout_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         k = 1.0 / math.sqrt(self.hidden_size)
-        for name, shape in self._param_shapes():
+        self._params = {}
+        for name, shape in _params.shapes(self.input_size, self.hidden_size, self.num_layers,
+                                          self.bidirectional, self.bias, self.proj_size):
             arr = rng.uniform(-k, k, size=shape).astype(self.dtype)
             arr.flags.writeable = False
             self._params[name] = arr
@@ -80,19 +93,16 @@ class LSTM:
 
     @backend.setter
     def backend(self, name):
-        self._backend = _backends.resolve(name)
+        self._backend = backends.resolve(name)
         self._requested_backend = name
-        self._packed = {}
-        # The C backend's one-call path for a single layer and direction (see forward).
-        impl = _backends.get("c") if self._backend == "c" else None
-        self._fast = (impl.layer_forward, impl.layer_backward) \
-            if hasattr(impl, "layer_forward") else None
+        self._impl = backends.get(self._backend)
+        self._drop_packed()
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_packed"] = {}        # packed weights are rebuilt, not pickled
+        for key in ("_impl", "_packed"):      # rebuilt by the backend setter in __setstate__
+            state.pop(key, None)
         state["_cache"] = None
-        state.pop("_fast", None)     # set again by the backend setter in __setstate__
         return state
 
     def __setstate__(self, state):
@@ -103,26 +113,8 @@ class LSTM:
 
     @property
     def _out_size(self):
-        """Columns of h per direction: proj_size if set, else hidden_size."""
+        """R: columns of h per direction, proj_size if set, else hidden_size."""
         return self.proj_size or self.hidden_size
-
-    def _param_shapes(self):
-        H, P, D = self.hidden_size, self._out_size, self.num_directions
-        for layer in range(self.num_layers):
-            I = self.input_size if layer == 0 else P * D
-            for d in range(D):
-                sfx = self._suffix(layer, d)
-                yield "weight_ih" + sfx, (4 * H, I)
-                yield "weight_hh" + sfx, (4 * H, P)
-                if self.bias:
-                    yield "bias_ih" + sfx, (4 * H,)
-                    yield "bias_hh" + sfx, (4 * H,)
-                if self.proj_size:
-                    yield "weight_hr" + sfx, (P, H)
-
-    @staticmethod
-    def _suffix(layer, d):
-        return f"_l{layer}" + ("_reverse" if d else "")
 
     # --- parameters ------------------------------------------------------
 
@@ -148,21 +140,19 @@ class LSTM:
         missing = [n for n in self._params if n not in state_dict]
         unexpected = [n for n in state_dict if n not in self._params]
         if strict and (missing or unexpected):
-            raise KeyError(f"state_dict does not match the layer: missing {missing}, unexpected {unexpected}")
-        new = {}
-        for name, arr in self._params.items():
-            if name in state_dict:
-                new[name] = self._checked_param(name, state_dict[name])
-        for name, value in new.items():
-            self._params[name] = value
-        self._packed = {}
+            raise KeyError(f"state_dict does not match the layer: missing {missing}, "
+                           f"unexpected {unexpected}")
+        new = {name: self._checked_param(name, state_dict[name])
+               for name in self._params if name in state_dict}
+        self._params.update(new)
+        self._drop_packed()
 
     def set_parameter(self, name, value):
         """Replace one parameter (copied, cast to the layer's dtype)."""
         if name not in self._params:
             raise KeyError(f"no parameter named {name!r}; parameters are {list(self._params)}")
         self._params[name] = self._checked_param(name, value)
-        self._packed = {}
+        self._drop_packed()
 
     @contextlib.contextmanager
     def unlocked_parameters(self):
@@ -181,11 +171,11 @@ class LSTM:
         finally:
             for arr in self._params.values():
                 arr.flags.writeable = False
-            self._packed = {}
+            self._drop_packed()
 
     def _checked_param(self, name, value):
         shape = self._params[name].shape
-        value = _validation._to_numpy(value)
+        value = _validation.to_numpy(value)
         if value.shape != shape:
             raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
         if value.dtype.kind not in "biuf":
@@ -194,16 +184,17 @@ class LSTM:
         arr.flags.writeable = False
         return arr
 
-    def _weights(self, layer, d):
-        key = (layer, d)
-        packed = self._packed.get(key)
+    def _drop_packed(self):
+        self._packed = [None] * len(self._names)
+
+    def _pack(self, k):
+        """The backend's packed weights of layer-direction k (packed on first use)."""
+        packed = self._packed[k]
         if packed is None:
-            sfx = self._suffix(layer, d)
-            p = self._params
-            b = p["bias_ih" + sfx] + p["bias_hh" + sfx] if self.bias else None
-            packed = pack_weights(_backends.get(self._backend), self._backend, p["weight_ih" + sfx],
-                                  p["weight_hh" + sfx], b, p.get("weight_hr" + sfx))
-            self._packed[key] = packed
+            names, p = self._names[k], self._params
+            b = p[names[2]] + p[names[3]] if self.bias else None
+            w_hr = p[names[-1]] if self.proj_size else None
+            packed = self._packed[k] = self._impl.pack(p[names[0]], p[names[1]], b, w_hr)
         return packed
 
     # --- modes -----------------------------------------------------------
@@ -217,73 +208,76 @@ class LSTM:
 
     # --- forward / backward ----------------------------------------------
 
-    def __call__(self, x, hx=None, lengths=None):
-        return self.forward(x, hx, lengths)
+    def forward(self, x, hx=None, lengths=None, *, save=None):
+        """``(output, (h_n, c_n))`` for x.
 
-    def forward(self, x, hx=None, lengths=None):
-        """``(output, (h_n, c_n))`` for x; ``lengths`` (B,) in any order gives each
-        sequence's valid steps: h_n, c_n come from each sequence's own last valid
-        step (the reverse direction starts there), padded outputs are zero."""
-        fast = self._fast
-        if (fast is not None and lengths is None and self.num_layers == 1
-                and not self.bidirectional and not self.batch_first):
-            # One call into the C backend when x and hx need no conversion; it
-            # returns None for anything else (the general path below converts
-            # or raises).
-            packed = self._packed.get((0, 0))
-            if packed is None:
-                try:
-                    packed = self._weights(0, 0)
-                except Exception:       # raised again by the general path, after x's checks
-                    packed = None
-            if packed is not None:
-                r = fast[0](packed, x, hx, _backends.get_num_threads())
-                if r is not None:
-                    self._cache = r[1]      # (packed, saved)
-                    return r[0]
-        dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
-        P = self._out_size
-        x = _validation._to_numpy(x) if type(x) is not np.ndarray else x
-        if x.ndim not in (2, 3):
-            raise ValueError(
-                f"x must be 3-D {'(B, T, I)' if self.batch_first else '(T, B, I)'} or 2-D (T, I) "
-                f"with I={self.input_size}, got shape {x.shape}")
-        unbatched = x.ndim == 2
+        ``lengths`` (B,) in any order gives each sequence's valid steps: h_n, c_n come
+        from each sequence's own last valid step (the reverse direction starts there),
+        padded outputs are zero. ``save`` (default: the training mode) keeps what
+        ``backward`` needs; without it nothing of the kind is computed or kept.
+        """
+        if type(x) is np.ndarray and x.ndim == 3 and x.dtype is self.dtype \
+                and x.shape[2] == self.input_size and x.flags.c_contiguous and not self.batch_first:
+            unbatched = False
+        else:
+            x, unbatched = self._input(x)
+        T, B = x.shape[0], x.shape[1]
+        plan = None if lengths is None else make_plan(_validation.lengths(lengths, B, T), T, B)
+        zs = self._zero_states
+        if hx is None and zs[0] == B:
+            h0, c0 = zs[1], zs[2]
+        else:
+            h0, c0 = self._initial_state(hx, B, unbatched)
+        if save is None:
+            save = self.training
+        impl, n = self._impl, len(self._names)
+        num_threads = backends.threads_for(T, B, self.input_size, self.hidden_size)
+        if n == 1:       # one layer-direction: the backend's own state arrays, no copies
+            y, h_n, c_n, cache = run_forward(impl, self._pack(0), x, h0[0], c0[0], num_threads,
+                                             plan, False, save)
+            caches, masks, h_n, c_n = [cache], (), h_n[None], c_n[None]
+        else:
+            D = self.num_directions
+            h_n = np.empty((n, B, self._out_size), self.dtype)
+            c_n = np.empty((n, B, self.hidden_size), self.dtype)
+            caches, masks = [], []
+            y = x
+            for layer in range(self.num_layers):
+                if layer and self.training and self.dropout > 0.0:
+                    masks.append(self._dropout_mask(y.shape))
+                    y = y * masks[-1]
+                outs = []
+                for d in range(D):
+                    k = layer * D + d
+                    out, _, _, cache = run_forward(impl, self._pack(k), y, h0[k], c0[k],
+                                                   num_threads, plan, d == 1, save,
+                                                   (h_n[k], c_n[k]))
+                    caches.append(cache)
+                    outs.append(out)
+                y = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+        self._cache = (caches, masks, T, B, unbatched) if save else _NOT_SAVED
         if unbatched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = x.transpose(1, 0, 2)
-        x = _validation.sequence(x, "x", dtype, self.input_size)
-        T, B, _ = x.shape
-        plan = make_plan(_validation.lengths(lengths, B, T), T, B)
-        h0, c0 = self._initial_state(hx, B, unbatched)
-        impl = _backends.get(self._backend)
-        nthreads = _backends.get_num_threads()
-        h_n = np.empty((L * D, B, P), dtype)
-        c_n = np.empty((L * D, B, H), dtype)
-        caches = []
-        masks = []
-        inp = x
-        for layer in range(L):
-            if layer and self.training and self.dropout > 0.0:
-                masks.append(self._dropout_mask(inp.shape))
-                inp = inp * masks[-1]
-            outs = []
-            for d in range(D):
-                idx = layer * D + d
-                packed = self._weights(layer, d)
-                y, h_n[idx], c_n[idx], saved = _forward_direction(
-                    impl, packed, inp, h0[idx], c0[idx], nthreads, plan, reverse=d == 1)
-                caches.append((packed, saved))
-                outs.append(y)
-            inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        self._cache = (caches, masks, T, B, unbatched, plan)
-        out = inp
-        if unbatched:
-            return out[:, 0], (h_n[:, 0], c_n[:, 0])
+            return y[:, 0], (h_n[:, 0], c_n[:, 0])
         if self.batch_first:
-            out = out.transpose(1, 0, 2)
-        return out, (h_n, c_n)
+            y = y.transpose(1, 0, 2)
+        return y, (h_n, c_n)
+
+    __call__ = forward
+
+    def _input(self, x):
+        """x as a C-contiguous (T, B, I) array of the layer's dtype, and whether it was
+        unbatched (T, I)."""
+        if type(x) is not np.ndarray:
+            x = _validation.to_numpy(x)
+        if x.ndim == 3:
+            if self.batch_first:
+                x = x.transpose(1, 0, 2)
+            return _validation.sequence(x, "x", self.dtype, self.input_size), False
+        if x.ndim == 2:
+            return _validation.sequence(x[:, None, :], "x", self.dtype, self.input_size), True
+        raise ValueError(
+            f"x must be 3-D {'(B, T, I)' if self.batch_first else '(T, B, I)'} or 2-D (T, I) "
+            f"with I={self.input_size}, got shape {x.shape}")
 
     def _dropout_mask(self, shape):
         """Inverted dropout as in torch: keep with probability 1-p, scale by 1/(1-p)."""
@@ -294,18 +288,24 @@ class LSTM:
         return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
 
     def _initial_state(self, hx, B, unbatched):
-        n, dtype = self.num_layers * self.num_directions, self.dtype
+        """(h0, c0) as (L*D, B, R) and (L*D, B, H) arrays; zeros (shared, read-only) for None."""
         if hx is None:
-            return np.zeros((n, B, self._out_size), dtype), np.zeros((n, B, self.hidden_size), dtype)
+            zs = self._zero_states = (B, _validation.zeros((len(self._names), B, self._out_size),
+                                                           self.dtype),
+                                      _validation.zeros((len(self._names), B, self.hidden_size),
+                                                        self.dtype))
+            return zs[1], zs[2]
+        n, dtype = len(self._names), self.dtype
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("hx must be a tuple (h0, c0)")
         out = []
-        for name, s, H in zip(("h0", "c0"), hx, (self._out_size, self.hidden_size)):
+        for k, (s, C) in enumerate(zip(hx, (self._out_size, self.hidden_size))):
+            name = f"hx[{k}] ({'h0' if k == 0 else 'c0'})"
             if unbatched:
-                s = _validation.as_array(s, f"hx[{len(out)}] ({name})", dtype, (n, H),
+                s = _validation.as_array(s, name, dtype, (n, C),
                                          "(num_layers*num_directions, H) = ({}, {})")[:, None]
             else:
-                s = _validation.as_array(s, f"hx[{len(out)}] ({name})", dtype, (n, B, H),
+                s = _validation.as_array(s, name, dtype, (n, B, C),
                                          "(num_layers*num_directions, B, H) = ({}, {}, {})")
             out.append(s)
         return out
@@ -320,75 +320,60 @@ class LSTM:
         cache = self._cache
         if cache is None:
             raise RuntimeError("backward() called before a forward call")
-        if len(cache) == 2:
-            # From forward's one-call path: one layer, one direction, time-major.
-            fast = self._fast
-            if fast is not None and not self.batch_first:
-                r = fast[1](cache, grad_output, grad_hx, _backends.get_num_threads())
-                if r is not None:
-                    self.grads = r[1]       # the names and order of _params
-                    return r[0]
-            packed, saved = cache
-            x, h0, c0 = saved[:3]
-            if h0 is None:          # hx was None
-                h0 = np.zeros((x.shape[1], self._out_size), self.dtype)
-                c0 = np.zeros((x.shape[1], self.hidden_size), self.dtype)
-            saved = (x, h0.reshape(h0.shape[-2:]), c0.reshape(c0.shape[-2:])) + saved[3:]
-            cache = ([(packed, saved)], [], x.shape[0], x.shape[1], False, None)
-        caches, masks, T, B, unbatched, plan = cache
-        dtype, H, D, L = self.dtype, self.hidden_size, self.num_directions, self.num_layers
-        P = self._out_size
-        n = L * D
-        out_shape = (T, B, D * P)
-        if grad_output is None:
-            dout = np.zeros(out_shape, dtype)
-        else:
-            g = _validation._to_numpy(grad_output)
-            if unbatched:
-                g = _validation.as_array(g, "grad_output", dtype, (T, D * P))[:, None]
-            elif self.batch_first:
-                g = _validation.as_array(g, "grad_output", dtype, (B, T, D * P)).transpose(1, 0, 2)
-            else:
-                g = _validation.as_array(g, "grad_output", dtype, out_shape)
-            dout = g
-        if grad_hx is None:
-            dh_n, dc_n = np.zeros((n, B, P), dtype), np.zeros((n, B, H), dtype)
+        if cache is _NOT_SAVED:
+            raise RuntimeError("the last forward call kept nothing for backward (eval mode or "
+                               "save=False): call layer.train() first, or forward(..., save=True)")
+        caches, masks, T, B, unbatched = cache
+        dtype, H, n = self.dtype, self.hidden_size, len(self._names)
+        R = self.proj_size or H
+        dout = self._grad_output(grad_output, T, B, unbatched)
+        zs = self._zero_states
+        if grad_hx is None:                   # zeros of the states' shapes, shared
+            dh_n, dc_n = (zs[1], zs[2]) if zs[0] == B else self._initial_state(None, B, False)
         else:
             if not isinstance(grad_hx, (tuple, list)) or len(grad_hx) != 2:
                 raise TypeError("grad_hx must be a tuple (grad_h_n, grad_c_n)")
             dh_n, dc_n = (_validation.as_array(s, f"grad_hx[{k}]", dtype,
                                                (n, C) if unbatched else (n, B, C)).reshape(n, B, C)
-                          for k, (s, C) in enumerate(zip(grad_hx, (P, H))))
-        impl = _backends.get(self._backend)
-        nthreads = _backends.get_num_threads()
-        dh0 = np.empty((n, B, P), dtype)
-        dc0 = np.empty((n, B, H), dtype)
-        grads = {}
-        for layer in reversed(range(L)):
-            dinp = None
-            for d in range(D):
-                idx = layer * D + d
-                packed, saved = caches[idx]
-                dy = dout[:, :, d * P:(d + 1) * P] if D == 2 else dout
-                dx, dw_ih, dw_hh, db, dh0[idx], dc0[idx], dw_hr = _backward_direction(
-                    impl, packed, saved, dy, dh_n[idx], dc_n[idx], nthreads, plan, reverse=d == 1)
-                sfx = self._suffix(layer, d)
-                grads["weight_ih" + sfx] = dw_ih
-                grads["weight_hh" + sfx] = dw_hh
-                if self.bias:
-                    grads["bias_ih" + sfx] = db
-                    grads["bias_hh" + sfx] = db.copy()
-                if self.proj_size:
-                    grads["weight_hr" + sfx] = dw_hr
-                dinp = dx if dinp is None else dinp + dx
-            dout = dinp * masks[layer - 1] if layer and masks else dinp
-        self.grads = {name: grads[name] for name in self._params}
-        dx = dout
+                          for k, (s, C) in enumerate(zip(grad_hx, (R, H))))
+        num_threads = backends.threads_for(T, B, self.input_size, H)
+        if n == 1:
+            dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n[0], dc_n[0],
+                                                                 num_threads)
+            self.grads = _params.grads_by_name(self._names[0], dw_ih, dw_hh, db, dw_hr)
+            dout, dh0, dc0 = dx, dh0[None], dc0[None]
+        else:
+            D = self.num_directions
+            dh0, dc0 = np.empty((n, B, R), dtype), np.empty((n, B, H), dtype)
+            grads = {}
+            for layer in reversed(range(self.num_layers)):
+                dinp = None
+                for d in range(D):
+                    k = layer * D + d
+                    dy = dout[:, :, d * R:(d + 1) * R] if D == 2 else dout
+                    dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(
+                        caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]))
+                    grads.update(_params.grads_by_name(self._names[k], dw_ih, dw_hh, db, dw_hr))
+                    dinp = dx if dinp is None else dinp + dx
+                dout = dinp * masks[layer - 1] if layer and masks else dinp
+            self.grads = {name: grads[name] for name in self._params}
         if unbatched:
-            return dx[:, 0], (dh0[:, 0], dc0[:, 0])
+            return dout[:, 0], (dh0[:, 0], dc0[:, 0])
         if self.batch_first:
-            dx = dx.transpose(1, 0, 2)
-        return dx, (dh0, dc0)
+            dout = dout.transpose(1, 0, 2)
+        return dout, (dh0, dc0)
+
+    def _grad_output(self, g, T, B, unbatched):
+        """grad_output as (T, B, D*R), zeros for None."""
+        shape = (T, B, (2 if self.bidirectional else 1) * (self.proj_size or self.hidden_size))
+        if g is None:
+            return _validation.zeros(shape, self.dtype)
+        if unbatched:
+            return _validation.as_array(g, "grad_output", self.dtype, (T, shape[2]))[:, None]
+        if self.batch_first:
+            return _validation.as_array(g, "grad_output", self.dtype,
+                                        (B, T, shape[2])).transpose(1, 0, 2)
+        return _validation.as_array(g, "grad_output", self.dtype, shape)
 
     def __repr__(self):
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, default in

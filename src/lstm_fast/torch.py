@@ -1,35 +1,38 @@
 """``lstm_fast.torch.LSTM``: torch.nn.LSTM with its CPU work done by lstm_fast's kernels.
 
 A subclass of ``torch.nn.LSTM``: constructor, attributes, parameters, state_dict,
-repr and ``forward(input, hx=None)`` are torch's; only the computation differs.
-Each layer and direction is one ``torch.autograd.Function`` that hands the
-tensors' memory to our kernels (``tensor.numpy()`` / ``torch.from_numpy``, no
-copies for contiguous float tensors) and returns gradients for the input, h0,
-c0 and every weight and bias. Between layers, in training mode, torch's own
-``F.dropout`` runs in the autograd graph, on the same data torch.nn.LSTM drops
-out (the packed rows for a PackedSequence), so a seeded run draws the same
-masks as torch.nn.LSTM. PackedSequence inputs are unpacked to padded time-major
-arrays plus lengths, run with lstm_fast's ``lengths`` support (the reverse
-direction starts at each sequence's own last step) and repacked with the
-input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices``.
+repr and ``forward(input, hx=None)`` are torch's; only the computation differs. Each
+layer and direction is one call of ``functional.run_forward`` on the tensors' memory
+(``tensor.numpy()`` / ``torch.from_numpy``, no copies for contiguous float tensors):
+through a ``torch.autograd.Function`` when a gradient is needed, directly and keeping
+nothing for backward when none is (``torch.no_grad``, ``torch.inference_mode``, or no
+input or parameter requiring grad). Between layers, in training mode, torch's own
+``F.dropout`` runs in the autograd graph, on the same data torch.nn.LSTM drops out
+(the packed rows for a PackedSequence), so a seeded run draws the same masks as
+torch.nn.LSTM. PackedSequence inputs are unpacked to padded time-major arrays plus
+lengths, run with lstm_fast's ``lengths`` support (the reverse direction starts at
+each sequence's own last step) and repacked with the input's ``batch_sizes``,
+``sorted_indices`` and ``unsorted_indices``.
+
+Packed weights are kept between calls, one per layer and direction, and packed again
+when a parameter changed. A change is seen through the tensors' version counters and
+storage: an optimizer step, ``load_state_dict``, ``.to()``, writes under
+``torch.no_grad()`` all bump the counter or replace the storage. ``p.data`` writes do
+neither on a plain torch Parameter, so this module's parameters are ``_Parameter``s,
+whose ``.data`` is ``p.detach()``: the same memory, sharing the version counter, so the
+classic ``p.data.add_(p.grad, alpha=-lr)`` update is seen too. (Unlike plain
+``.data``, such a write between a forward and its backward is then reported by
+autograd as an in-place modification, as a ``detach()`` write is.) Parameters that are
+not ``_Parameter``s (replaced from outside, parametrizations) are packed at every call.
 
 Falls back to ``torch.nn.LSTM.forward`` (torch's numbers, torch's errors) for
-everything the kernels do not cover: ``proj_size > 0`` on a backend without
-projection support (``SUPPORTS_PROJECTION``; the NumPy reference has it),
-tensors not on the CPU, dtypes other than float32/float64, inputs whose dtype differs from the weights
-(torch then raises its own error), empty inputs (T = 0 or B = 0), autocast,
-TorchScript scripting/tracing, torch.compile and functorch transforms (vmap, grad).
-Shape errors are torch's own (``check_forward_args``), raised before any kernel runs.
-``backend="torch"`` always uses torch's implementation.
-
-Weights are packed for the kernels at every forward call: parameters may change
-in place at any time (optimizers, ``.data`` writes) and torch offers no
-reliable signal for it; packing costs O(weights), small next to the sequence.
-
-Not covered by the fallback, because it cannot be known at forward time:
-double backward (``create_graph=True`` then differentiating the gradients, e.g.
-a gradient penalty) raises an error on our path; construct the module with
-``backend="torch"`` (or set ``module.backend = "torch"``) for that.
+everything the kernels do not cover: tensors not on the CPU, dtypes other than
+float32/float64, inputs whose dtype differs from the weights (torch then raises its
+own error), empty inputs (T = 0 or B = 0), autocast, TorchScript scripting/tracing,
+torch.compile and functorch transforms (vmap, grad). Shape errors are torch's own
+(``check_forward_args``), raised before any kernel runs. ``backend="torch"`` always uses
+torch's implementation. Double backward (``create_graph=True`` then differentiating
+the gradients) raises an error on our path; use ``backend="torch"`` for that.
 """
 
 import numpy as np
@@ -38,17 +41,23 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _backends
-from .functional import _backward_direction, _forward_direction, make_plan, pack_weights
+from . import _validation, backends
+from .functional import LSTMCache, make_plan, run_backward, run_forward
 
 __all__ = ["LSTM"]
 
 _DTYPES = (torch.float32, torch.float64)
 
 
+_NP = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
+
+
 def _np(t):
     """Zero-copy NumPy view of a CPU tensor (contiguous copy first if needed)."""
-    return t.detach().contiguous().numpy()
+    if t.requires_grad:
+        t = t.detach()
+    return (t if t.is_contiguous() else t.contiguous()).numpy()
 
 
 def _t(a):
@@ -56,114 +65,132 @@ def _t(a):
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
+class _Parameter(torch.nn.Parameter):
+    """A Parameter whose ``.data`` is ``detach()``: the same memory and the same version
+    counter, so that writes through ``.data`` are seen by the packed-weights cache."""
+
+    @property
+    def data(self):
+        return self.detach()
+
+    @data.setter
+    def data(self, value):
+        torch.Tensor.data.__set__(self, value)
+
+
 class _Direction(torch.autograd.Function):
-    """One layer, one direction: (x (T, B, I), h0 (B, R), c0 (B, H), weights)
-    -> (y (T, B, R), h_n (B, R), c_n (B, H)), R = proj_size or H."""
+    """One layer, one direction with gradients: (x (T, B, I), h0 (B, R), c0 (B, H),
+    w_ih, w_hh, b_ih, b_hh, w_hr) -> (y (T, B, R), h_n (B, R), c_n (B, H)); ``run`` is
+    (backend module, packed weights, num_threads, LengthPlan or None, reverse)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, backend, plan, reverse):
-        impl = _backends.get(backend)
-        b = None if b_ih is None else _np(b_ih) + _np(b_hh)
-        packed = pack_weights(impl, backend, _np(w_ih), _np(w_hh), b,
-                              None if w_hr is None else _np(w_hr))
-        y, h_n, c_n, saved = _forward_direction(
-            impl, packed, _np(x), _np(h0), _np(c0), _backends.get_num_threads(), plan, reverse)
-        y, h_n, c_n = _t(y), _t(h_n), _t(c_n)
-        # Inputs and outputs are saved for autograd's check against in-place
-        # changes (the kernel's arrays share their memory); the kernel's own
-        # arrays go through save_for_backward too, so autograd frees them after
-        # backward like any saved tensor.
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, h_n, c_n, *map(_t, saved))
-        ctx.kernel = (impl, packed, plan, reverse, b_ih is not None)
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, run):
+        impl, packed, num_threads, plan, reverse = run
+        h_n, c_n = h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+        y, _, _, cache = run_forward(impl, packed, _np(x), _np(h0), _np(c0), num_threads, plan,
+                                     reverse, True, (h_n.numpy(), c_n.numpy()))
+        y = _t(y)
+        # Inputs and outputs are saved for autograd's check against in-place changes;
+        # the kernel's own arrays go through save_for_backward too, so that autograd
+        # frees them after backward like any saved tensor.
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, h_n, c_n,
+                              *map(_t, cache.saved))
+        ctx.run = (impl, packed, num_threads, plan, reverse)
         return y, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
-        saved = tuple(t.numpy() for t in ctx.saved_tensors[11:])
-        impl, packed, plan, reverse, has_bias = ctx.kernel
-        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = _backward_direction(
-            impl, packed, saved, _np(dy), _np(dh_n), _np(dc_n), _backends.get_num_threads(),
-            plan, reverse)
-        db_ih = _t(db) if has_bias else None
-        db_hh = db_ih.clone() if has_bias else None
-        return (_t(dx), _t(dh0), _t(dc0), _t(dw_ih), _t(dw_hh), db_ih, db_hh,
-                None if dw_hr is None else _t(dw_hr), None, None, None)
+        impl, packed, num_threads, plan, reverse = ctx.run
+        cache = LSTMCache(impl, packed, tuple(t.numpy() for t in ctx.saved_tensors[11:]), plan,
+                          reverse)
+        B = dh_n.shape[0]
+        dh0, dc0 = dh_n.new_empty(B, dh_n.shape[1]), dc_n.new_empty(B, dc_n.shape[1])
+        dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(cache, _np(dy), _np(dh_n), _np(dc_n),
+                                                         num_threads, (dh0.numpy(), dc0.numpy()))
+        db_ih = None if db is None else _t(db)
+        db_hh = None if db is None else db_ih.clone()
+        return (_t(dx), dh0, dc0, _t(dw_ih), _t(dw_hh), db_ih, db_hh,
+                None if dw_hr is None else _t(dw_hr), None)
 
 
 class LSTM(torch.nn.LSTM):
     """torch.nn.LSTM whose CPU float32/float64 forward and backward run on lstm_fast.
 
-    Same arguments as ``torch.nn.LSTM`` plus the keyword ``backend`` ("auto",
-    "c", "numba", "numpy", or "torch" for torch's own implementation). The
-    backend is checked at construction (an unavailable one is an error) and
-    resolved again at each call, so "auto" follows ``LSTM_FAST_BACKEND``.
-    See the module docstring for what falls back to torch.
+    Same arguments as ``torch.nn.LSTM`` plus the keyword ``backend`` ("auto", "c",
+    "numba", "numpy", or "torch" for torch's own implementation). The backend is
+    checked at construction (an unavailable one is an error) and resolved again at
+    each call, so "auto" follows ``LSTM_FAST_BACKEND``. See the module docstring for
+    what falls back to torch and how weight changes are seen.
     """
 
     def __init__(self, *args, backend="auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
         if backend != "torch":
-            _backends.resolve(backend)
+            backends.resolve(backend)
+        self._wrap_parameters()
+
+    def _wrap_parameters(self):
+        for name in self._flat_weights_names:
+            p = getattr(self, name)
+            if type(p) is torch.nn.Parameter:
+                setattr(self, name, _Parameter(p.detach(), p.requires_grad))
+        self._packed = None     # (key, packed weights per layer-direction, parameters)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._wrap_parameters()
 
     def _kernel_backend(self, input, hx):
-        """The resolved backend name if our kernels can run this call, else None."""
-        backend = getattr(self, "backend", "auto")
-        if backend == "torch":
-            return None
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling() \
-                or torch._C._is_any_autocast_enabled():
+        """The resolved backend name if our kernels can run this call, else None. The
+        weights are checked where they are packed (``_packed_weights``)."""
+        backend = self.backend
+        if backend == "torch" or torch.jit.is_scripting() or torch.jit.is_tracing() \
+                or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
             return None
         data = input.data if isinstance(input, PackedSequence) else input
-        if not isinstance(data, torch.Tensor) or data.device.type != "cpu" \
-                or data.dtype not in _DTYPES or data.numel() == 0:
+        if not isinstance(data, torch.Tensor) or not data.is_cpu or data.dtype not in _DTYPES \
+                or data.numel() == 0 or _wrapped(data):
             return None
-        tensors = [getattr(self, name) for name in self._flat_weights_names]
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 return None
-            tensors += list(hx)
-        for t in tensors:
-            if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.dtype != data.dtype:
-                return None
-        wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-        if wrapped is not None and any(wrapped(t) for t in [data] + tensors):
-            return None
-        name = _backends.resolve(backend)
-        if self.proj_size > 0 and not getattr(_backends.get(name), "SUPPORTS_PROJECTION", False):
-            return None
-        return name
+            for t in hx:
+                if not isinstance(t, torch.Tensor) or not t.is_cpu or t.dtype != data.dtype \
+                        or _wrapped(t):
+                    return None
+        return backends.resolve(backend)
 
     def forward(self, input, hx=None):
         backend = self._kernel_backend(input, hx)
-        if backend is None:
+        packed = None
+        if backend is not None:
+            impl = backends.get(backend)
+            data = input.data if isinstance(input, PackedSequence) else input
+            packed = self._packed_weights(impl, data.dtype)
+        if packed is None:
             return super().forward(input, hx)
-        D = 2 if self.bidirectional else 1
-        n, R = self.num_layers * D, self.proj_size or self.hidden_size
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            B = int(batch_sizes[0])
             if hx is None:
-                hx = (data.new_zeros(n, B, R), data.new_zeros(n, B, self.hidden_size))
-            self.check_forward_args(data, hx, batch_sizes)
-            hx = self.permute_hidden(hx, sorted_indices)
+                self.check_input(data, batch_sizes)
+            else:
+                self.check_forward_args(data, hx, batch_sizes)
+                hx = self.permute_hidden(hx, sorted_indices)
             # padded in sorted order (longest first), as torch's kernels see it
             x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            out, h_n, c_n = self._run(x, hx, backend, lengths.numpy(), batch_sizes)
+            out, h_n, c_n = self._run(x, hx, impl, packed, lengths.numpy(), batch_sizes)
             out = pack_padded_sequence(out, lengths).data
             return (PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden((h_n, c_n), unsorted_indices))
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
         if not batched:
-            input = input.unsqueeze(batch_dim)
-        B = input.size(batch_dim)
+            input = input.unsqueeze(0 if self.batch_first else 1)
         if hx is None:
-            hx = (input.new_zeros(n, B, R), input.new_zeros(n, B, self.hidden_size))
-            self.check_forward_args(input, hx, None)
+            self.check_input(input, None)
         else:
             want = 3 if batched else 2
             if hx[0].dim() != want or hx[1].dim() != want:
@@ -174,37 +201,88 @@ class LSTM(torch.nn.LSTM):
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
             self.check_forward_args(input, hx, None)     # torch's shape checks and messages
         x = input.transpose(0, 1) if self.batch_first else input
-        out, h_n, c_n = self._run(x, hx, backend)
+        out, h_n, c_n = self._run(x, hx, impl, packed)
         if not batched:
             return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
 
-    def _run(self, x, hx, backend, lengths=None, batch_sizes=None):
+    def _direction(self, weights):
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) from one layer-direction's parameters in torch's
+        order, None where absent."""
+        w_ih, w_hh, *rest = weights
+        b_ih, b_hh = (rest[0], rest[1]) if self.bias else (None, None)
+        return w_ih, w_hh, b_ih, b_hh, (rest[-1] if self.proj_size else None)
+
+    def _packed_weights(self, impl, dtype):
+        """The packed weights of every layer-direction, or None if the parameters cannot run
+        on our kernels (another device or dtype than the input, functorch-wrapped). Packed
+        again only after a parameter changed: another tensor, another storage, or a write
+        that bumped its version counter (see the module docstring)."""
+        flat = self._flat_weights
+        key = (impl, dtype, tuple((id(t), t._version, t.data_ptr()) for t in flat))
+        entry = self._packed
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        if any(not t.is_cpu or t.dtype != dtype or _wrapped(t) for t in flat):
+            return None
+        n = len(self._all_weights)
+        per = len(flat) // n
+        packed = []
+        for k in range(n):
+            w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t)
+                                            for t in self._direction(flat[k * per:(k + 1) * per]))
+            packed.append(impl.pack(w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr))
+        # kept only while every parameter is one whose .data writes are seen
+        self._packed = (key, packed, flat[:]) if all(type(t) is _Parameter for t in flat) \
+            else None
+        return packed
+
+    def _run(self, x, hx, impl, packed, lengths=None, batch_sizes=None):
         """All layers over time-major padded x (T, B, I): (output, h_n, c_n)."""
         T, B = x.shape[:2]
         plan = None if lengths is None else make_plan(lengths.astype(np.int64), T, B)
-        D = 2 if self.bidirectional else 1
-        h0, c0 = hx
-        hs, cs = [], []
-        inp = x
+        D, n = 2 if self.bidirectional else 1, len(packed)
+        R, H = self.proj_size or self.hidden_size, self.hidden_size
+        num_threads = backends.threads_for(T, B, self.input_size, H)
+        flat = self._flat_weights
+        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in flat) or (
+                hx is not None and (hx[0].requires_grad or hx[1].requires_grad))):
+            h0, c0 = (x.new_zeros(n, B, R), x.new_zeros(n, B, H)) if hx is None else hx
+            per = len(flat) // n
+            hs, cs = [], []
+            inp = x
+            for layer in range(self.num_layers):
+                if layer and self.training and self.dropout > 0.0:
+                    inp = self._dropout(inp, lengths, batch_sizes)
+                outs = []
+                for d in range(D):
+                    k = layer * D + d
+                    y, h, c = _Direction.apply(inp, h0[k], c0[k],
+                                               *self._direction(flat[k * per:(k + 1) * per]),
+                                               (impl, packed[k], num_threads, plan, d == 1))
+                    outs.append(y)
+                    hs.append(h)
+                    cs.append(c)
+                inp = outs[0] if D == 1 else torch.cat(outs, 2)
+            return inp, torch.stack(hs), torch.stack(cs)
+        # no gradient needed: nothing is kept for backward, the states are written in place
+        dtype = _NP[x.dtype]
+        h_n, c_n = np.empty((n, B, R), dtype), np.empty((n, B, H), dtype)
+        if hx is None:
+            h0, c0 = _validation.zeros((n, B, R), dtype), _validation.zeros((n, B, H), dtype)
+        else:
+            h0, c0 = _np(hx[0]), _np(hx[1])
+        inp = _np(x)
         for layer in range(self.num_layers):
             if layer and self.training and self.dropout > 0.0:
-                inp = self._dropout(inp, lengths, batch_sizes)
+                inp = _np(self._dropout(torch.from_numpy(inp), lengths, batch_sizes))
             outs = []
             for d in range(D):
-                idx = layer * D + d
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
-                b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
-                w_hr = getattr(self, "weight_hr" + sfx) if self.proj_size else None
-                y, h, c = _Direction.apply(
-                    inp, h0[idx], c0[idx], getattr(self, "weight_ih" + sfx),
-                    getattr(self, "weight_hh" + sfx), b_ih, b_hh, w_hr, backend, plan, d == 1)
-                outs.append(y)
-                hs.append(h)
-                cs.append(c)
-            inp = outs[0] if D == 1 else torch.cat(outs, 2)
-        return inp, torch.stack(hs), torch.stack(cs)
+                k = layer * D + d
+                outs.append(run_forward(impl, packed[k], inp, h0[k], c0[k], num_threads, plan,
+                                        d == 1, False, (h_n[k], c_n[k]))[0])
+            inp = outs[0] if D == 1 else np.concatenate(outs, 2)
+        return _t(inp), torch.from_numpy(h_n), torch.from_numpy(c_n)
 
     def _dropout(self, inp, lengths, batch_sizes):
         """torch.nn.LSTM's inter-layer dropout, drawn on the same elements in the same order."""

@@ -108,13 +108,16 @@ def main(argv=None):
     else:
         args = _train_parser().parse_args(argv)
         run_job = _train
-    import lstm_fast
+    from threadpoolctl import threadpool_limits
 
-    from ._threads import blas_threads
+    import lstm_fast
     threads_before = lstm_fast.get_num_threads()
-    # small matrices: NumPy's BLAS on one thread (see _threads); --threads is for the kernels
+    # The churn model's NumPy products are small (a batch of 128 customers x 4*32 gate
+    # units): BLAS threads cost more than they give (on a busy machine OpenBLAS's spinning
+    # threads made the numpy backend 10-20x slower, 3.7 s vs 0.3 s per epoch), so NumPy's
+    # BLAS runs on one thread; --threads is for the kernels.
     try:
-        with blas_threads(1):
+        with threadpool_limits(1, user_api="blas"):
             return run_job(args)
     finally:
         lstm_fast.set_num_threads(threads_before)

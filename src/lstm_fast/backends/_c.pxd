@@ -18,44 +18,43 @@ cdef extern from "lstm.h" nogil:
         LSTM_MAX_THREADS
     int lstm_set_simd_level(int level)
     int lstm_get_simd_level()
-    int lstm_resolve_threads(int64_t T, int64_t B, int64_t I, int64_t H, int requested,
-                             int elem_size)
+    int lstm_pool_contended()
     const char *lstm_build_info()
 
     size_t lstm_packed_size_f32(int64_t I, int64_t H, int64_t P)
     int lstm_pack_f32(int64_t I, int64_t H, int64_t P, const float *w_ih, const float *w_hh,
                       const float *b, const float *w_hr, void *packed)
     size_t lstm_forward_workspace_size_f32(int64_t T, int64_t B, int64_t I, int64_t H,
-                                           int64_t P, int nthreads)
+                                           int64_t P, int num_threads, int save)
     int lstm_forward_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                          const void *packed, const int64_t *batch_sizes, const float *x,
                          const float *h0, const float *c0, float *y, float *h_n, float *c_n,
-                         float *gates, float *c, void *workspace, int nthreads)
+                         float *gates, float *c, void *workspace, int num_threads)
     size_t lstm_backward_workspace_size_f32(int64_t T, int64_t N, int64_t B, int64_t I,
-                                            int64_t H, int64_t P, int nthreads)
+                                            int64_t H, int64_t P, int num_threads)
     int lstm_backward_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                           const void *packed, const int64_t *batch_sizes, const float *x,
                           const float *h0, const float *c0, const float *y,
                           const float *gates, const float *c, const float *dy,
                           const float *dh_n, const float *dc_n, float *dx, float *dw_ih,
                           float *dw_hh, float *db, float *dh0, float *dc0, float *dw_hr,
-                          void *workspace, int nthreads)
+                          void *workspace, int num_threads)
 
     size_t lstm_packed_size_f64(int64_t I, int64_t H, int64_t P)
     int lstm_pack_f64(int64_t I, int64_t H, int64_t P, const double *w_ih,
                       const double *w_hh, const double *b, const double *w_hr, void *packed)
     size_t lstm_forward_workspace_size_f64(int64_t T, int64_t B, int64_t I, int64_t H,
-                                           int64_t P, int nthreads)
+                                           int64_t P, int num_threads, int save)
     int lstm_forward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                          const void *packed, const int64_t *batch_sizes, const double *x,
                          const double *h0, const double *c0, double *y, double *h_n,
-                         double *c_n, double *gates, double *c, void *workspace, int nthreads)
+                         double *c_n, double *gates, double *c, void *workspace, int num_threads)
     size_t lstm_backward_workspace_size_f64(int64_t T, int64_t N, int64_t B, int64_t I,
-                                            int64_t H, int64_t P, int nthreads)
+                                            int64_t H, int64_t P, int num_threads)
     int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                           const void *packed, const int64_t *batch_sizes, const double *x,
                           const double *h0, const double *c0, const double *y,
                           const double *gates, const double *c, const double *dy,
                           const double *dh_n, const double *dc_n, double *dx, double *dw_ih,
                           double *dw_hh, double *db, double *dh0, double *dc0, double *dw_hr,
-                          void *workspace, int nthreads)
+                          void *workspace, int num_threads)

@@ -1,7 +1,7 @@
 """NumPy reference LSTM: the oracle every backend is tested against.
 
 Written for clarity, with the structure of the fused kernels (csrc/lstm.h and
-_numba_kernels.py mirror these names and arguments):
+backends/numba/ use these names and arguments):
 
 * forward: one product ``x @ w_ih.T`` for all T*B rows (hoisted out of the time
   loop); per step the recurrent product ``h @ w_hh.T`` accumulated into the same
@@ -25,6 +25,8 @@ hidden state is projected, h_t = (o * tanh(c_t)) @ w_hr.T, so h0, h_n and y
 have P columns and ``w_hh`` is (4H, P). Backward then also returns
 ``dw_hr`` (P, H), a whole-sequence product after the loop.
 """
+
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -149,20 +151,46 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
     return dx, dw_ih, dw_hh, db, dh, dc
 
 
-# --- backend contract (see _backends.py) -----------------------------------
+# --- the backend contract (lstm_fast.backends) --------------------------------------
 
-SUPPORTS_PROJECTION = True
+
+class Packed(NamedTuple):
+    """The reference keeps the weights as they are (b = b_ih + b_hh or None)."""
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b: Optional[np.ndarray]
+    w_hr: Optional[np.ndarray]
+
+    input_size = property(lambda self: self.w_ih.shape[1])
+    hidden_size = property(lambda self: self.w_ih.shape[0] // 4)
+    proj_size = property(lambda self: 0 if self.w_hr is None else self.w_hr.shape[0])
+    dtype = property(lambda self: self.w_ih.dtype)
+    has_bias = property(lambda self: self.b is not None)
 
 
 def pack(w_ih, w_hh, b, w_hr=None):
-    return (w_ih, w_hh, b, w_hr)
+    return Packed(w_ih, w_hh, b, w_hr)
 
 
-def forward(packed, x, h0, c0, num_threads, batch_sizes=None):
-    w_ih, w_hh, b, w_hr = packed
-    return lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, w_hr)
+def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None):
+    y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], h0, c0, batch_sizes, packed.w_hr)
+    if out is not None:
+        for dst, src in zip(out, (y, h_n, c_n)):
+            if dst is not None:
+                dst[...] = src
+        y, h_n, c_n = (src if dst is None else dst for dst, src in zip(out, (y, h_n, c_n)))
+    return (y, h_n, c_n, gates, c) if save else (y, h_n, c_n, None, None)
 
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None):
-    w_ih, w_hh, _, w_hr = packed
-    return lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, w_hr)
+    dx, dw_ih, dw_hh, db, dh0, dc0, *dw_hr = lstm_backward(
+        x, packed.w_ih, packed.w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes,
+        packed.w_hr)
+    return (dx, dw_ih, dw_hh, db if packed.has_bias else None, dh0, dc0,
+            dw_hr[0] if dw_hr else None)
+
+
+def step(packed, x, h, c, num_threads, y=None):
+    out = (None if y is None else y[None], h, c)
+    y_t = forward(packed, x[None], h, c, num_threads, None, False, out)[0][0]
+    return y_t if y is None else y

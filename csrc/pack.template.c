@@ -1,0 +1,153 @@
+/* pack.template.c: the packed-weights layout and lstm_pack. Included by
+ * lstm.template.c after cell.template.c.
+ *
+ * The weights are packed once per weight version (the caller keeps the buffer)
+ * into the layouts the kernels stream through: GEMM panels for the
+ * whole-sequence products and step-tile blocks for the recurrent ones. The
+ * buffer records the SIMD level it was built for (the layout depends on V and
+ * NR), so a pack made at one level is refused (LSTM_ERR_PACKED) by another. */
+
+/* Whether dx is computed step by step: the n rows of step t+1, out [n,I] =
+ * dg . w_ih (bwd_rows with wih_b), in step t, while dg is still in cache;
+ * otherwise one GEMM after the loop (wih). Used without a projection and for I > 16;
+ * measured (f32, 1 thread, CPU time of the backward, GEMM / steps):
+ * (32,64,256,256) 21.1/20.0 ms, (32,16,64,64) .327/.312 ms; but (6,32,3,32)
+ * 26.4/27.7 us: with I = 3 a tile of V columns is mostly padding, where the
+ * GEMM's narrow tile has twice the rows. */
+static int FN(bwd_dx_in_steps)(int64_t I, int64_t P) { return !P && I > 16; }
+
+/* ---- packed weights ----------------------------------------------------------
+ * R = P with a projection, else H: the width of h. header, then (64-byte aligned):
+ *   wih_t  [ceil(4H/NR)][I][NR]   B = w_ih^T for gates = x.w_ih^T
+ *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih (a GEMM; empty if
+ *                                 bwd_dx_in_steps)
+ *   whh_f  [ceil(H/V)][I+R][4][V] forward step: i,f,g,o of V units together;
+ *                                 the block's first I rows hold w_ih^T, for
+ *                                 steps that do x_t.w_ih^T themselves (fwd_fuse_x)
+ *   whh_b  [ceil(R/V)][4H][V]     backward step: dh = dgates.w_hh
+ *   wih_b  [ceil(I/V)][4H][V]     backward step: dx = dgates.w_ih (only if
+ *                                 bwd_dx_in_steps)
+ *   b      [4H]
+ *   whr_t  [ceil(P/NR)][H][NR]    B = w_hr^T for h = m.w_hr^T   (projection only)
+ *   whr    [ceil(H/NR)][P][NR]    B = w_hr   for dm = dh.w_hr    (projection only)
+ */
+typedef struct {
+    uint32_t magic;
+    int32_t level, elem_size, has_bias;
+    int64_t I, H, P;
+    int64_t off_wih_t, off_wih, off_whh_f, off_whh_b, off_wih_b, off_b, off_whr_t, off_whr;
+    int64_t total;
+} FN(packed_hdr);
+
+#define PACK_MAGIC 0x4c53544du
+#define ALIGN64(n) (((n) + 63) & ~(int64_t)63)
+
+static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h)
+{
+    int64_t R = P ? P : H, s = (int64_t)sizeof(TYPE), dx_steps = FN(bwd_dx_in_steps)(I, P);
+    h->magic = PACK_MAGIC;
+    h->level = ISA;
+    h->elem_size = (int32_t)sizeof(TYPE);
+    h->I = I;
+    h->H = H;
+    h->P = P;
+    int64_t off = ALIGN64((int64_t)sizeof(FN(packed_hdr)));
+    h->off_wih_t = off;
+    off = ALIGN64(off + (4 * H + NR - 1) / NR * I * NR * s);
+    h->off_wih = off;
+    off = ALIGN64(off + (dx_steps ? 0 : (I + NR - 1) / NR * 4 * H * NR * s));
+    h->off_whh_f = off;
+    off = ALIGN64(off + (H + V - 1) / V * (I + R) * 4 * V * s);
+    h->off_whh_b = off;
+    off = ALIGN64(off + (R + V - 1) / V * 4 * H * V * s);
+    h->off_wih_b = off;
+    off = ALIGN64(off + (dx_steps ? (I + V - 1) / V * 4 * H * V * s : 0));
+    h->off_b = off;
+    off = ALIGN64(off + 4 * H * s);
+    h->off_whr_t = off;
+    off = ALIGN64(off + (P + NR - 1) / NR * H * NR * s);
+    h->off_whr = off;
+    off = ALIGN64(off + (H + NR - 1) / NR * P * NR * s);
+    h->total = off;
+}
+
+static size_t FN(packed_size)(int64_t I, int64_t H, int64_t P)
+{
+    FN(packed_hdr) h;
+    FN(packed_layout)(I, H, P, &h);
+    return (size_t)h.total + 64;
+}
+
+static unsigned char *FN(align_ptr)(void *p)
+{
+    return (unsigned char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+
+/* dst [ceil(N/NR)][K][NR] = panels of the K x N matrix (k, n) -> src[k*sk + n*sn] */
+static void FN(pack_panels)(int64_t K, int64_t N, const TYPE *src, int64_t sk, int64_t sn,
+                            TYPE *dst)
+{
+    for (int64_t p = 0; p < (N + NR - 1) / NR; p++)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t n = 0; n < NR; n++) {
+                int64_t col = p * NR + n;
+                dst[(p * K + k) * NR + n] = col < N ? src[k * sk + col * sn] : 0;
+            }
+}
+
+static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYPE *w_hh,
+                    const TYPE *b, const TYPE *w_hr, void *packed)
+{
+    unsigned char *base = FN(align_ptr)(packed);
+    FN(packed_hdr) *h = (FN(packed_hdr) *)base;
+    FN(packed_layout)(I, H, P, h);
+    h->has_bias = b != NULL;
+    int64_t G = 4 * H, R = P ? P : H;
+    TYPE *whh_f = (TYPE *)(base + h->off_whh_f), *whh_b = (TYPE *)(base + h->off_whh_b);
+    TYPE *bb = (TYPE *)(base + h->off_b);
+    FN(pack_panels)(I, G, w_ih, 1, I, (TYPE *)(base + h->off_wih_t));
+    int64_t KF = I + R, dx_steps = FN(bwd_dx_in_steps)(I, P);
+    if (!dx_steps)
+        FN(pack_panels)(G, I, w_ih, I, 1, (TYPE *)(base + h->off_wih));
+    for (int64_t j = 0; j < (H + V - 1) / V; j++)
+        for (int64_t k = 0; k < KF; k++)
+            for (int g = 0; g < 4; g++)
+                for (int l = 0; l < V; l++) {
+                    int64_t u = j * V + l;
+                    TYPE w = 0;
+                    if (u < H)
+                        w = k < I ? w_ih[(g * H + u) * I + k] : w_hh[(g * H + u) * R + k - I];
+                    whh_f[((j * KF + k) * 4 + g) * V + l] = w;
+                }
+    for (int64_t j = 0; j < (R + V - 1) / V; j++)
+        for (int64_t k = 0; k < G; k++)
+            for (int l = 0; l < V; l++) {
+                int64_t u = j * V + l;
+                whh_b[(j * G + k) * V + l] = u < R ? w_hh[k * R + u] : 0;
+            }
+    TYPE *wih_b = (TYPE *)(base + h->off_wih_b);
+    for (int64_t j = 0; j < (dx_steps ? (I + V - 1) / V : 0); j++)
+        for (int64_t k = 0; k < G; k++)
+            for (int l = 0; l < V; l++) {
+                int64_t u = j * V + l;
+                wih_b[(j * G + k) * V + l] = u < I ? w_ih[k * I + u] : 0;
+            }
+    for (int64_t k = 0; k < G; k++)
+        bb[k] = b ? b[k] : 0;
+    if (P) {
+        FN(pack_panels)(H, P, w_hr, 1, H, (TYPE *)(base + h->off_whr_t));
+        FN(pack_panels)(P, H, w_hr, H, 1, (TYPE *)(base + h->off_whr));
+    }
+    return LSTM_OK;
+}
+
+static const FN(packed_hdr) *FN(check_packed)(const void *packed, int64_t I, int64_t H,
+                                              int64_t P)
+{
+    const FN(packed_hdr) *h = (const FN(packed_hdr) *)FN(align_ptr)((void *)packed);
+    if (h->magic != PACK_MAGIC || h->level != ISA || h->elem_size != (int)sizeof(TYPE) ||
+        h->I != I || h->H != H || h->P != P)
+        return NULL;
+    return h;
+}
+

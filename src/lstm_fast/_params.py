@@ -1,0 +1,52 @@
+"""The parameters of an LSTM under torch.nn.LSTM's names and shapes: the one place that knows them.
+
+Layer k (0-based), direction d (1 = reverse) has ``weight_ih_l{k}`` (4H, I_k),
+``weight_hh_l{k}`` (4H, R), ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (4H,) with a bias,
+``weight_hr_l{k}`` (P, H) with a projection, each with the suffix ``_reverse`` for
+d = 1; I_0 = input_size, I_k = D*R above; R = P if P > 0 else H; torch's order.
+"""
+
+KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+def suffix(layer, d):
+    """``_l{layer}``, plus ``_reverse`` for the second direction."""
+    return f"_l{layer}_reverse" if d else f"_l{layer}"
+
+
+def direction_names(layer, d, bias, proj_size):
+    """Names of one layer-direction's parameters, in torch's order."""
+    s = suffix(layer, d)
+    names = ["weight_ih" + s, "weight_hh" + s]
+    if bias:
+        names += ["bias_ih" + s, "bias_hh" + s]
+    if proj_size:
+        names.append("weight_hr" + s)
+    return tuple(names)
+
+
+def shapes(input_size, hidden_size, num_layers, bidirectional, bias, proj_size):
+    """(name, shape) of every parameter, in torch's order."""
+    H, P, D = hidden_size, proj_size, 2 if bidirectional else 1
+    R = P or H
+    for layer in range(num_layers):
+        I = input_size if layer == 0 else D * R
+        for d in range(D):
+            for name in direction_names(layer, d, bias, proj_size):
+                kind = name.rsplit("_l", 1)[0]
+                yield name, {"weight_ih": (4 * H, I), "weight_hh": (4 * H, R), "bias_ih": (4 * H,),
+                             "bias_hh": (4 * H,), "weight_hr": (P, H)}[kind]
+
+
+def grads_by_name(names, dw_ih, dw_hh, db, dw_hr):
+    """One layer-direction's gradients under ``names`` (from ``direction_names``): the bias
+    gradient db goes to both bias_ih and bias_hh (equal values, separate arrays)."""
+    out = {names[0]: dw_ih, names[1]: dw_hh}
+    k = 2
+    if db is not None:
+        out[names[2]] = db
+        out[names[3]] = db.copy()
+        k = 4
+    if dw_hr is not None:
+        out[names[k]] = dw_hr
+    return out

@@ -1,0 +1,196 @@
+"""The backends: the registry, the contract every backend implements, and threads.
+
+Glossary (one meaning per name in C, Numba, NumPy and Python)::
+
+    T  steps            B  sequences (batch)      I  input size      H  hidden size
+    P  projection size (0: none)                  R  width of h: P if P > 0 else H
+    G  4H (gate rows)   N  packed rows = sum(batch_sizes) (T*B when padded)
+    num_threads  threads of one call (a count >= 1 once resolved; 0 = choose per shape)
+    gate order   i, f, g, o
+
+Registry: ``REGISTRY`` maps a name to the function that imports its module
+(``_load_c`` -> ``backends/_c.pyx``, ``_load_numba`` -> ``backends/numba/``,
+``_load_numpy`` -> ``backends/reference.py``); nothing is imported before a backend is
+first used, so ``import lstm_fast`` never imports Numba. ``"auto"`` is the first
+available of ``PREFERENCE`` unless the environment variable ``LSTM_FAST_BACKEND`` names
+one. A backend that is asked for but not available raises ``BackendUnavailableError``;
+there is no silent fallback.
+
+The contract. Every backend module implements exactly these four functions. Arguments
+arrive validated (C-contiguous, native byte order, the weights' float dtype, shapes as
+below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, see
+``threads_for``)::
+
+    pack(w_ih, w_hh, b, w_hr=None) -> Packed
+        w_ih (G, I), w_hh (G, R), b = b_ih + b_hh (G,) or None, w_hr (P, H) or None.
+        The weights in the backend's own layout, once per weight version. ``Packed``
+        has .input_size, .hidden_size, .proj_size (0: none), .dtype, .has_bias.
+    forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None)
+        -> (y, h_n, c_n, gates, c)
+        Padded: x (T, B, I) -> y (T, B, R), gates (T, B, G), c (T, B, H). With
+        batch_sizes (T,): x (N, I) packed step-major -> y (N, R), gates (N, G), c (N, H).
+        h0, h_n (B, R); c0, c_n (B, H). save=False keeps nothing for backward: gates
+        and c are returned as None and never written (inference). out=(y, h_n, c_n)
+        writes the outputs into the caller's arrays (any may be None); h_n may be h0
+        and c_n may be c0, which updates the state in place.
+    backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None)
+        -> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr)
+        db is the gradient of b_ih (= of b_hh), None without a bias; dw_hr (P, H), None
+        without a projection.
+    step(packed, x, h, c, num_threads, y=None) -> y
+        One step: x (B, I) -> y (B, R); h (B, R) and c (B, H) are updated in place.
+
+Variable lengths: sequences sorted longest first, packed step-major as torch's
+PackedSequence.data: the rows of step t start at sum(batch_sizes[:t]) and are the first
+batch_sizes[t] sequences, which alone advance at step t (batch_sizes non-increasing,
+batch_sizes[0] <= B). h_n, c_n hold each sequence's state after its own last step.
+
+Every backend gives the same bits for any thread count, and a sequence run in chunks
+(h_n, c_n of one call as h0, c0 of the next) gives the same bits as one call ("c" and
+"numba"; the NumPy reference to rounding).
+"""
+
+import importlib.util
+import os
+
+PREFERENCE = ("c", "numba", "numpy")
+ENV_VAR = "LSTM_FAST_BACKEND"
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend is not available on this installation."""
+
+
+def _load_c():
+    from . import _c
+    return _c
+
+
+def _load_numba():
+    if importlib.util.find_spec("numba") is None:
+        raise ImportError("numba is not installed (pip install numba)")
+    from . import numba
+    return numba
+
+
+def _load_numpy():
+    from . import reference
+    return reference
+
+
+REGISTRY = {"c": _load_c, "numba": _load_numba, "numpy": _load_numpy}
+
+_modules = {}    # name -> loaded module
+_status = {}     # name -> None (available) or the reason it is not
+
+
+def _check(name):
+    """None if backend ``name`` can be used, else the reason it cannot. Numba is only
+    looked for here (importing it takes ~0.4 s); it is imported by ``get``."""
+    if name not in _status:
+        reason = None
+        try:
+            if name == "numba":
+                if importlib.util.find_spec("numba") is None:
+                    reason = "numba is not installed (pip install numba)"
+            else:
+                _modules[name] = REGISTRY[name]()
+        except ImportError as e:
+            reason = f"it could not be imported: {e}"
+        _status[name] = reason
+    return _status[name]
+
+
+def backend_status():
+    """Dict of every known backend to None (available) or the reason it is not."""
+    return {name: _check(name) for name in REGISTRY}
+
+
+def available_backends():
+    """Names of the backends usable here, in the order ``"auto"`` prefers them."""
+    return tuple(name for name in PREFERENCE if _check(name) is None)
+
+
+def resolve(name="auto"):
+    """Turn ``"auto"``/None or a backend name into an available backend name."""
+    if name is None or name == "auto":
+        forced = os.environ.get(ENV_VAR, "").strip().lower()
+        if forced and forced != "auto":
+            return resolve(forced)
+        for cand in PREFERENCE:
+            if _check(cand) is None:
+                return cand
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ValueError(f"backend must be one of {('auto',) + tuple(REGISTRY)}, got {name!r}")
+    reason = _check(name)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name!r} is not available: {reason}")
+    return name
+
+
+def get(name):
+    """The module implementing the (resolved) backend ``name``."""
+    mod = _modules.get(name)
+    if mod is None:
+        mod = _modules[name] = REGISTRY[name]()
+    return mod
+
+
+def name_of(module):
+    """The registry name of a loaded backend module."""
+    return next(name for name, mod in _modules.items() if mod is module)
+
+
+# --- threads -------------------------------------------------------------------------
+
+_num_threads = 0
+
+
+def _usable_cpus():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+CPUS = _usable_cpus()
+
+
+def set_num_threads(n):
+    """Threads used by the kernels: a positive count, or 0/None to choose per shape.
+
+    The result does not depend on this setting: every backend gives the same bits for
+    any thread count. A count above the CPUs this process may use is capped there.
+    """
+    global _num_threads
+    if n is None:
+        n = 0
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"num_threads must be a non-negative int or None, got {n!r}")
+    _num_threads = n
+
+
+def get_num_threads():
+    """The thread setting: 0 means chosen per shape."""
+    return _num_threads
+
+
+def threads_for(T, B, I, H):
+    """Threads for one call of T steps of B rows (the one automatic rule, every backend).
+
+    An explicit setting is honoured (capped at the usable CPUs). Otherwise a second
+    thread only where it pays: every step ends in a synchronisation, and measured on
+    2-core machines (AMD Zen 5, Intel Xeon) a second thread won clearly only once a step
+    does ~4e6 multiply-adds (B=16, H=256; B=64, H=128) and the call ~1e8, and lost up
+    to 2.7x below; also not while the C kernel's pool reports that its recent 2-thread
+    jobs mostly waited (another process holds the other core).
+    """
+    n = _num_threads
+    if n:
+        return n if n < CPUS else CPUS
+    if CPUS < 2 or B * 4 * H * H < 4.0e6 or T * B * 4 * H * (H + I) < 1.0e8:
+        return 1
+    c = _modules.get("c")
+    if c is not None and c.pool_contended():
+        return 1
+    return 2

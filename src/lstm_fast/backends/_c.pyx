@@ -1,0 +1,319 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Backend "c": the binding of the C kernel (csrc/lstm.h).
+
+Arrays to pointers, the GIL released around every kernel call, status codes to
+exceptions; the four functions of the backend contract (``lstm_fast.backends``):
+``pack``, ``forward``, ``backward``, ``step``. Arguments arrive validated by the
+callers (``_validation``); nothing is checked here. Outputs and the scratch space are
+NumPy arrays allocated here (or given by the caller: ``forward(out=...)``); the kernel
+never allocates. The workspace is kept with the packed weights and reused by the next
+call that finds it free.
+"""
+import os
+
+import numpy as np
+
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+cnp.import_array()
+
+_LEVELS = {"portable": LSTM_SIMD_PORTABLE, "avx2": LSTM_SIMD_AVX2, "avx512": LSTM_SIMD_AVX512}
+_ENV_SIMD = "LSTM_FAST_SIMD"
+cdef object _level_error = None   # why LSTM_FAST_SIMD could not be honoured, if it could not
+
+
+def cpu_simd_level():
+    """Widest SIMD level this CPU supports: "avx512", "avx2" or "portable"."""
+    return lstm_simd_name(lstm_cpu_simd_level()).decode()
+
+
+def simd_level():
+    """SIMD level the kernels use (the CPU's widest, or the one forced by LSTM_FAST_SIMD)."""
+    return lstm_simd_name(<lstm_simd_level>lstm_get_simd_level()).decode()
+
+
+def set_simd_level(name):
+    """Use SIMD level ``name`` from now on (for tests). Weights packed before must be
+    packed again. ValueError for an unknown name, RuntimeError if the CPU lacks it."""
+    global _level_error
+    if name not in _LEVELS:
+        raise ValueError(f"SIMD level must be one of {tuple(_LEVELS)}, got {name!r}")
+    if lstm_set_simd_level(_LEVELS[name]) != LSTM_OK:
+        raise RuntimeError(f"SIMD level {name!r} is not supported by this CPU "
+                           f"(widest: {cpu_simd_level()!r})")
+    _level_error = None
+
+
+def _init_from_env():
+    global _level_error
+    want = os.environ.get(_ENV_SIMD, "").strip().lower()
+    if want:
+        try:
+            set_simd_level(want)
+        except (ValueError, RuntimeError) as e:
+            _level_error = f"{_ENV_SIMD}={want!r}: {e}"
+
+
+_init_from_env()
+
+
+def build_info():
+    """Dict: compiler, flags, SIMD levels compiled, threading library, levels in use, the
+    running CPU (vendor, family, model) and its caches (bytes; logical CPUs sharing)."""
+    info = dict(item.partition("=")[::2] for item in lstm_build_info().decode().split(";"))
+    return {
+        "compiler": info.get("compiler"),
+        "flags": info.get("flags"),
+        "simd_levels_compiled": tuple(info.get("levels", "").split(",")),
+        "threading": info.get("threads"),
+        "simd_level": simd_level(),
+        "cpu_simd_level": cpu_simd_level(),
+        "cpu": info.get("cpu"),
+        "caches": {k: int(info[k]) for k in ("l1d", "l2", "l3", "l2_shared_by", "l3_shared_by")
+                   if k in info},
+        "caches_from": info.get("caches_from"),
+    }
+
+
+def pool_contended():
+    """True while the thread pool's recent 2-thread jobs mostly waited (see pool.h)."""
+    return lstm_pool_contended() != 0
+
+
+cdef int _raise_status(int status) except -1:
+    if status == LSTM_ERR_PACKED:
+        raise ValueError("packed weights do not match this call (dtype, I, H) or were packed "
+                         "for another SIMD level: pack them again")
+    if status == LSTM_ERR_SIMD:
+        raise RuntimeError("requested SIMD level is not supported by this CPU")
+    raise ValueError(f"lstm_fast C kernel rejected its arguments (status {status})")
+
+
+cdef class Packed:
+    """Weights in the kernel's layout, for the SIMD level in use when packed."""
+    cdef readonly object buf
+    cdef readonly int64_t input_size, hidden_size, proj_size   # proj_size 0: no projection
+    cdef readonly object dtype
+    cdef readonly bint has_bias
+    cdef int typenum
+    cdef object _ws            # workspace, reused by the next call that finds it free
+    cdef bint _ws_busy
+
+    def __repr__(self):
+        return (f"<lstm_fast.backends._c.Packed I={self.input_size} H={self.hidden_size} "
+                f"P={self.proj_size} {self.dtype}>")
+
+
+cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
+    return <cnp.ndarray>cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+
+
+cdef inline cnp.ndarray _rows(bint padded, int64_t T, int64_t B, int64_t N, int64_t F, int tn):
+    """(T, B, F) padded, else (N, F)."""
+    cdef cnp.npy_intp d[3]
+    if padded:
+        d[0] = T; d[1] = B; d[2] = F
+        return _empty(3, d, tn)
+    d[0] = N; d[1] = F
+    return _empty(2, d, tn)
+
+
+cdef inline cnp.ndarray _mat(int64_t rows, int64_t cols, int tn):
+    cdef cnp.npy_intp d[2]
+    d[0] = rows; d[1] = cols
+    return _empty(2, d, tn)
+
+
+cdef inline void *_p(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef cnp.ndarray _take_ws(Packed p, size_t size):
+    cdef cnp.npy_intp n
+    if not p._ws_busy and p._ws is not None and <size_t>cnp.PyArray_SIZE(<cnp.ndarray>p._ws) >= size:
+        p._ws_busy = True
+        return <cnp.ndarray>p._ws
+    n = <cnp.npy_intp>size
+    ws = _empty(1, &n, cnp.NPY_UINT8)
+    if not p._ws_busy:
+        p._ws = ws
+        p._ws_busy = True
+    return ws
+
+
+cdef inline void _give_ws(Packed p, cnp.ndarray ws):
+    if ws is p._ws:
+        p._ws_busy = False
+
+
+def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None):
+    """Packed weights of (w_ih (4H, I), w_hh (4H, R), b (4H,) or None, w_hr (P, H) or None)."""
+    if _level_error is not None:
+        raise RuntimeError(f"lstm_fast C kernel: {_level_error}")
+    cdef int tn = cnp.PyArray_TYPE(w_ih)
+    cdef int64_t H = cnp.PyArray_DIMS(w_ih)[0] // 4, I = cnp.PyArray_DIMS(w_ih)[1]
+    cdef int64_t P = 0 if w_hr is None else cnp.PyArray_DIMS(<cnp.ndarray>w_hr)[0]
+    cdef Packed p = Packed.__new__(Packed)
+    cdef cnp.npy_intp n = <cnp.npy_intp>(lstm_packed_size_f32(I, H, P) if tn == cnp.NPY_FLOAT32
+                                         else lstm_packed_size_f64(I, H, P))
+    p.buf = _empty(1, &n, cnp.NPY_UINT8)
+    cdef void *dst = cnp.PyArray_DATA(<cnp.ndarray>p.buf)
+    cdef void *wi = cnp.PyArray_DATA(w_ih)
+    cdef void *wh = cnp.PyArray_DATA(w_hh)
+    cdef void *bp = _p(b)
+    cdef void *hr = _p(w_hr)
+    cdef int status
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            status = lstm_pack_f32(I, H, P, <float *>wi, <float *>wh, <float *>bp, <float *>hr, dst)
+        else:
+            status = lstm_pack_f64(I, H, P, <double *>wi, <double *>wh, <double *>bp,
+                                   <double *>hr, dst)
+    if status != LSTM_OK:
+        _raise_status(status)
+    p.input_size, p.hidden_size, p.proj_size = I, H, P
+    p.typenum = tn
+    p.dtype = w_ih.dtype
+    p.has_bias = b is not None
+    return p
+
+
+cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarray x,
+                       cnp.ndarray h0, cnp.ndarray c0, object y, object h_n, object c_n,
+                       object gates, object c, int num_threads) except -1:
+    """The kernel's forward on these arrays (gates and c None: nothing saved)."""
+    cdef int tn = packed.typenum
+    cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
+    cdef int save = gates is not None
+    cdef size_t wsize = (lstm_forward_workspace_size_f32(T, B, I, H, P, num_threads, save)
+                         if tn == cnp.NPY_FLOAT32 else
+                         lstm_forward_workspace_size_f64(T, B, I, H, P, num_threads, save))
+    cdef cnp.ndarray ws = _take_ws(packed, wsize)
+    cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
+    cdef const int64_t *bsp = <const int64_t *>_p(bs)
+    cdef void *xp = cnp.PyArray_DATA(x)
+    cdef void *h0p = cnp.PyArray_DATA(h0)
+    cdef void *c0p = cnp.PyArray_DATA(c0)
+    cdef void *yp = _p(y)
+    cdef void *hnp = _p(h_n)
+    cdef void *cnp_ = _p(c_n)
+    cdef void *gp = _p(gates)
+    cdef void *cp = _p(c)
+    cdef void *wp = cnp.PyArray_DATA(ws)
+    cdef int status
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            status = lstm_forward_f32(T, B, I, H, P, pk, bsp, <float *>xp, <float *>h0p,
+                                      <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
+                                      <float *>gp, <float *>cp, wp, num_threads)
+        else:
+            status = lstm_forward_f64(T, B, I, H, P, pk, bsp, <double *>xp, <double *>h0p,
+                                      <double *>c0p, <double *>yp, <double *>hnp,
+                                      <double *>cnp_, <double *>gp, <double *>cp, wp,
+                                      num_threads)
+    _give_ws(packed, ws)
+    if status != LSTM_OK:
+        _raise_status(status)
+    return 0
+
+
+def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int num_threads,
+            batch_sizes=None, bint save=True, out=None):
+    """(y, h_n, c_n, gates, c); see the contract in ``lstm_fast.backends``."""
+    cdef int tn = packed.typenum
+    cdef int64_t H = packed.hidden_size, P = packed.proj_size
+    cdef int64_t R = P if P else H
+    cdef bint padded = batch_sizes is None
+    cdef int64_t B = cnp.PyArray_DIMS(h0)[0]
+    cdef int64_t T = cnp.PyArray_DIMS(x)[0] if padded else \
+        cnp.PyArray_DIMS(<cnp.ndarray>batch_sizes)[0]
+    cdef int64_t N = T * B if padded else cnp.PyArray_DIMS(x)[0]
+    y = h_n = c_n = None
+    if out is not None:
+        y, h_n, c_n = out
+    if y is None:
+        y = _rows(padded, T, B, N, R, tn)
+    if h_n is None:
+        h_n = _mat(B, R, tn)
+    if c_n is None:
+        c_n = _mat(B, H, tn)
+    gates = c = None
+    if save:
+        gates = _rows(padded, T, B, N, 4 * H, tn)
+        c = _rows(padded, T, B, N, H, tn)
+    _forward_call(packed, T, B, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, num_threads)
+    return y, h_n, c_n, gates, c
+
+
+def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y,
+             cnp.ndarray gates, cnp.ndarray c, cnp.ndarray dy, cnp.ndarray dh_n,
+             cnp.ndarray dc_n, int num_threads, batch_sizes=None):
+    """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``."""
+    cdef int tn = packed.typenum
+    cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
+    cdef int64_t R = P if P else H
+    cdef bint padded = batch_sizes is None
+    cdef int64_t B = cnp.PyArray_DIMS(h0)[0]
+    cdef int64_t T = cnp.PyArray_DIMS(x)[0] if padded else \
+        cnp.PyArray_DIMS(<cnp.ndarray>batch_sizes)[0]
+    cdef int64_t N = T * B if padded else cnp.PyArray_DIMS(x)[0]
+    cdef cnp.ndarray dx = _rows(padded, T, B, N, I, tn)
+    cdef cnp.ndarray dw_ih = _mat(4 * H, I, tn)
+    cdef cnp.ndarray dw_hh = _mat(4 * H, R, tn)
+    cdef cnp.npy_intp G = 4 * H
+    cdef cnp.ndarray db = _empty(1, &G, tn)
+    cdef cnp.ndarray dh0 = _mat(B, R, tn)
+    cdef cnp.ndarray dc0 = _mat(B, H, tn)
+    dw_hr = _mat(P, H, tn) if P else None
+    cdef size_t wsize = (lstm_backward_workspace_size_f32(T, N, B, I, H, P, num_threads)
+                         if tn == cnp.NPY_FLOAT32 else
+                         lstm_backward_workspace_size_f64(T, N, B, I, H, P, num_threads))
+    cdef cnp.ndarray ws = _take_ws(packed, wsize)
+    cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
+    cdef const int64_t *bsp = <const int64_t *>_p(batch_sizes)
+    cdef void *p_x = cnp.PyArray_DATA(x)
+    cdef void *p_h0 = cnp.PyArray_DATA(h0)
+    cdef void *p_c0 = cnp.PyArray_DATA(c0)
+    cdef void *p_y = cnp.PyArray_DATA(y)
+    cdef void *p_g = cnp.PyArray_DATA(gates)
+    cdef void *p_c = cnp.PyArray_DATA(c)
+    cdef void *p_dy = cnp.PyArray_DATA(dy)
+    cdef void *p_dhn = cnp.PyArray_DATA(dh_n)
+    cdef void *p_dcn = cnp.PyArray_DATA(dc_n)
+    cdef void *p_dx = cnp.PyArray_DATA(dx)
+    cdef void *p_dwi = cnp.PyArray_DATA(dw_ih)
+    cdef void *p_dwh = cnp.PyArray_DATA(dw_hh)
+    cdef void *p_db = cnp.PyArray_DATA(db)
+    cdef void *p_dh0 = cnp.PyArray_DATA(dh0)
+    cdef void *p_dc0 = cnp.PyArray_DATA(dc0)
+    cdef void *p_dwr = _p(dw_hr)
+    cdef void *p_ws = cnp.PyArray_DATA(ws)
+    cdef int status
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            status = lstm_backward_f32(
+                T, B, I, H, P, pk, bsp, <float *>p_x, <float *>p_h0, <float *>p_c0,
+                <float *>p_y, <float *>p_g, <float *>p_c, <float *>p_dy, <float *>p_dhn,
+                <float *>p_dcn, <float *>p_dx, <float *>p_dwi, <float *>p_dwh, <float *>p_db,
+                <float *>p_dh0, <float *>p_dc0, <float *>p_dwr, p_ws, num_threads)
+        else:
+            status = lstm_backward_f64(
+                T, B, I, H, P, pk, bsp, <double *>p_x, <double *>p_h0, <double *>p_c0,
+                <double *>p_y, <double *>p_g, <double *>p_c, <double *>p_dy, <double *>p_dhn,
+                <double *>p_dcn, <double *>p_dx, <double *>p_dwi, <double *>p_dwh,
+                <double *>p_db, <double *>p_dh0, <double *>p_dc0, <double *>p_dwr, p_ws,
+                num_threads)
+    _give_ws(packed, ws)
+    if status != LSTM_OK:
+        _raise_status(status)
+    return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, dw_hr
+
+
+def step(Packed packed, cnp.ndarray x, cnp.ndarray h, cnp.ndarray c, int num_threads, y=None):
+    """One step: x (B, I) -> y (B, R); h and c updated in place (same bits as ``forward``)."""
+    cdef int64_t B = cnp.PyArray_DIMS(x)[0], H = packed.hidden_size
+    if y is None:
+        y = _mat(B, packed.proj_size if packed.proj_size else H, packed.typenum)
+    _forward_call(packed, 1, B, None, x, h, c, y, h, c, None, None, num_threads)
+    return y

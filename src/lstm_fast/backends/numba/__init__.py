@@ -1,0 +1,154 @@
+"""Backend "numba": the C kernel's design (csrc/) in Numba, compiled on first use.
+
+This file is the backend contract (``lstm_fast.backends``: ``pack``, ``forward``, ``backward``,
+``step``): it allocates outputs and workspace and calls the kernels, which never allocate.
+The kernels mirror csrc/ file by file and function by function (tests/test_numba.py checks the
+names of the kernel vocabulary on both sides):
+
+    simd.py    vector layer and activations   vload, vload_n, vstore, vstore_n, vset1, vfma,
+               (simd.template.h)              vsigmoid, vtanh
+    gemm.py    packed GEMM (gemm.template.c)  gemm, gemm_tile (_t, 1), pack_b
+    cell.py    the only gate math             fwd_cell, bwd_cell
+               (cell.template.c)
+    packed.py  packed weights                 Packed, pack
+               (pack.template.c)
+    lstm.py    forward and backward           fwd_tile, fwd_step, fwd_job, lstm_forward,
+               (lstm.template.c)              bwd_tile, bwd_rows, bwd_step, bwd_job, lstm_backward
+
+Why hand-written loops and not BLAS: a BLAS call cannot apply the gate activations while a
+tile of h.w_hh^T is still in registers, and per-step calls cost microseconds each at small
+shapes; the BLAS Numba reaches (SciPy's OpenBLAS, behind ``np.dot``) also ran AVX2 kernels on
+the AMD Zen 5 machines (OPENBLAS_CORETYPE=Haswell), half their rate. The products here are
+register tiles on explicit 64-byte vectors (simd.py). Measured, one thread, ``gemm.gemm``
+against NumPy's matmul: AMD Zen 5, f32 2048x256 . 256x1024 253 vs 125 GFLOP/s, the transposed
+dW shape (1024x2048 . 2048x256) 211 vs 120, f64 about 111 vs 60; Intel Xeon (family 6 model
+167, OpenBLAS on its AVX-512 kernels), f32 2048x256 . 256x1024 177 vs 171, 512x64 . 64x256
+182 vs 150, f64 77 vs 80 and 107 vs 80.
+
+Threads: ``num_threads`` (resolved by ``backends.threads_for``) becomes
+``numba.set_num_threads(n)`` for the call (thread-local, restored after; capped at Numba's pool,
+NUMBA_NUM_THREADS) and the kernels' partition (lstm.py); the bits do not depend on it.
+
+Compilation is lazy (nothing compiles at import) and cached to disk (``cache=True``; the cache
+of every kernel file is invalidated by an edit of any of them, see simd.py). The registry
+imports this package only when the backend is first used. Cold first use compiles for 31-35 s
+per dtype (forward 15.6-17.3 s + backward 15.6-17.6 s, f32, Intel Xeon, by the machine's load);
+from the cache the first call takes 0.45-0.55 s, importing Numba included
+(benchmarks/numba_first_use.py). Inference (save=False) and ``step`` run the same compiled
+forward (``save`` is a runtime flag).
+"""
+
+import numba
+import numpy as np
+
+from .lstm import FWD_CHUNK_BYTES, lstm_backward, lstm_forward
+from .packed import Packed, pack
+
+__all__ = ["Packed", "pack", "forward", "backward", "step"]
+
+
+class _numba_threads:
+    """``numba.set_num_threads(n)`` for the duration of a call (thread-local), then restored."""
+
+    __slots__ = ("n", "old")
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.old = numba.get_num_threads()
+        if self.old != self.n:
+            numba.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.old != self.n:
+            numba.set_num_threads(self.old)
+
+
+def _steps(x, batch_sizes):
+    """(N, I) view of x, int64 batch_sizes ([B] * T for the padded layout) and the padded
+    (T, B) to reshape outputs to, or None."""
+    if batch_sizes is None:
+        T, B, I = x.shape
+        return x.reshape(T * B, I), np.full(T, B, np.int64), (T, B)
+    return x, np.ascontiguousarray(batch_sizes, dtype=np.int64), None
+
+
+def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None):
+    """-> (y, h_n, c_n, gates, c); gates and c None with save=False (the contract:
+    lstm_fast.backends). out=(y, h_n, c_n), any of them None, receives the outputs."""
+    xp, bs, padded = _steps(x, batch_sizes)
+    N = xp.shape[0]
+    B, R = h0.shape
+    H = packed.hidden_size
+    G = 4 * H
+    dt = packed.dtype
+    y_out, h_n, c_n = (None, None, None) if out is None else out
+    y = np.empty((N, R), dt) if y_out is None else y_out.reshape(N, R)
+    if h_n is None:
+        h_n = np.empty((B, R), dt)
+    if c_n is None:
+        c_n = np.empty((B, H), dt)
+    if save:
+        gates, c = np.empty((N, G), dt), np.empty((N, H), dt)
+    else:
+        n0 = int(bs[0]) if len(bs) else 0
+        gates, c = np.empty((max(n0, min(N, FWD_CHUNK_BYTES // (G * dt.itemsize))), G), dt), np.empty((0, H), dt)
+    m = None if packed.whr_t is None else np.empty((B, H), dt)
+    n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
+    with _numba_threads(n):
+        lstm_forward(xp, packed.wih_t, packed.whh_f, packed.b, packed.whr_t, h0, c0, bs, y, h_n, c_n, gates, c, m,
+                     save, n)
+    if y_out is not None:
+        y = y_out
+    elif padded is not None:
+        y = y.reshape(*padded, R)
+    if not save:
+        return y, h_n, c_n, None, None
+    if padded is not None:
+        gates, c = gates.reshape(*padded, G), c.reshape(*padded, H)
+    return y, h_n, c_n, gates, c
+
+
+def step(packed, x, h, c, num_threads, y=None):
+    """One step, x (B, I) -> y (B, R); h (B, R) and c (B, H) updated in place (y must not be h).
+    The forward with T = 1 and save=False: the same bits as that step of a whole sequence."""
+    B, I = x.shape
+    y_t = forward(packed, x.reshape(1, B, I), h, c, num_threads, save=False, out=(y, h, c))[0]
+    return y_t if y is not None else y_t.reshape(B, h.shape[1])
+
+
+def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None):
+    """-> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); db None without a bias, dw_hr None without a
+    projection (the contract: lstm_fast.backends)."""
+    xp, bs, padded = _steps(x, batch_sizes)
+    N, I = xp.shape
+    B, R = h0.shape
+    H = packed.hidden_size
+    G = 4 * H
+    dt = packed.dtype
+    NR = 2 * (64 // dt.itemsize)
+    y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
+    pan = lambda cols: np.empty(((cols + NR - 1) // NR, N, NR), dt)
+    dgates = np.empty((N, G), dt)
+    dx = np.empty((N, I), dt)
+    dw_ih = np.empty((G, I), dt)
+    dw_hh = np.empty((G, R), dt)
+    db = np.empty(G if packed.has_bias else 0, dt)
+    dh0 = np.empty((B, R), dt)
+    dc0 = np.empty((B, H), dt)
+    if packed.whr is None:
+        dhs = np.empty((B, H), dt)
+        dm = dh_all = m_all = mpan = dw_hr = None
+    else:
+        dhs = np.empty((0, H), dt)
+        dm, dh_all, m_all = np.empty((B, H), dt), np.empty((N, R), dt), np.empty((N, H), dt)
+        mpan, dw_hr = pan(H), np.empty((R, H), dt)
+    n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
+    with _numba_threads(n):
+        lstm_backward(xp, packed.wih, packed.whh_b, packed.whr, h0, c0, y, gates, c, dy, dh_n, dc_n, bs,
+                      dgates, dhs, pan(I), pan(R), dm, dh_all, m_all, mpan,
+                      dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, n)
+    if padded is not None:
+        dx = dx.reshape(x.shape)
+    return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, dw_hr
