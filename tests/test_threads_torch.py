@@ -292,3 +292,24 @@ def test_forked_child_after_host_runtime_uses_own_pool():
         time.sleep(0.01)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     assert layer(x)[0].tobytes() == want      # and the parent still runs on the host team
+
+
+_NUMBA_KEEPS_TORCH_THREADS = r"""
+import numpy as np, torch, lstm_fast
+torch.set_num_threads(1)
+layer = lstm_fast.LSTM(4, 8, backend="numba", seed=0)   # imports Numba, starts its OpenMP layer
+x = np.ones((3, 2, 4), np.float32)
+layer(x)
+lstm_fast.set_num_threads(2)
+layer.backward(layer(x)[0])
+print(torch.get_num_threads())
+"""
+
+
+def test_numba_backend_keeps_torchs_thread_count():
+    """Numba's OpenMP threading layer sets the thread count of the runtime torch shares
+    (numba/numba#9387); the backend puts the process's count back."""
+    out = subprocess.run([sys.executable, "-c", _NUMBA_KEEPS_TORCH_THREADS], capture_output=True,
+                         text=True, timeout=HANG_S)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1", out.stdout

@@ -179,16 +179,17 @@ def threads_for(T, B, I, H):
     """Threads for one call of T steps of B rows (the one automatic rule, every backend).
 
     An explicit setting is honoured (capped at the usable CPUs). Otherwise a second
-    thread only where it pays: every step ends in a synchronisation, and measured on
-    2-core machines (AMD Zen 5, Intel Xeon) a second thread won clearly only once a step
-    does ~4e6 multiply-adds (B=16, H=256; B=64, H=128) and the call ~1e8, and lost up
-    to 2.7x below; also not while the C kernel's pool reports that its recent 2-thread
-    jobs mostly waited (another process holds the other core).
+    thread only where it pays: every step ends in a synchronisation, and on 2-core
+    machines a second thread won once a step does ~1e6 multiply-adds (B*4H*H; Intel
+    Xeon, threads shared with torch's OpenMP team: 1.6-1.7x forward, 1.4x training at
+    1.05e6, 1.85x at 2.1e6) and the call ~1e8 (a job wakes the other thread), and lost
+    below; and not while the C kernel's pool reports that its recent 2-thread jobs mostly
+    waited (another process holds the other core).
     """
     n = _num_threads
     if n:
         return n if n < CPUS else CPUS
-    if CPUS < 2 or B * 4 * H * H < 4.0e6 or T * B * 4 * H * (H + I) < 1.0e8:
+    if CPUS < 2 or B * 4 * H * H < 1.0e6 or T * B * 4 * H * (H + I) < 1.0e8:
         return 1
     c = _modules.get("c")
     if c is not None and c.pool_contended():

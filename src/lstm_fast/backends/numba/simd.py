@@ -15,6 +15,7 @@ compilation settings every kernel module shares.
   at import, and one disk-cache stamp over all kernel files (``KernelSourcesLocator``).
 """
 
+import ctypes
 import hashlib
 import operator
 import os
@@ -31,11 +32,27 @@ from numba.extending import intrinsic, models, overload, register_model
 JIT = dict(nogil=True, cache=True, error_model="numpy")
 PJIT = dict(JIT, parallel=True)
 
-# The kernels call parallel (prange) functions. Code loaded from the disk cache references
-# the threading layer's entry points, which are only bound once the layer is launched; a
-# kernel called first from the cache would jump to a null address (seen: a segfault in a
-# fresh process calling a GEMM directly). get_num_threads() launches the layer (no compiling).
-numba.get_num_threads()
+
+
+def _launch_threading_layer():
+    """Start Numba's threading layer now (no compiling): code loaded from the disk cache
+    references the layer's entry points, which are only bound once it is launched, and a
+    kernel called first from the cache would jump to a null address (seen: a segfault in a
+    fresh process calling a GEMM directly). Numba's OpenMP layer sets the thread count of the
+    process's OpenMP runtime on the way, which torch shares (numba/numba#9387: a process at
+    torch.set_num_threads(1) ran torch's ops on 2 threads afterwards): the count the process
+    had is put back."""
+    try:
+        omp = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except OSError:      # no OpenMP runtime loaded yet: nobody's count to keep
+        omp = None
+    before = omp.omp_get_max_threads() if omp is not None else None
+    numba.get_num_threads()
+    if omp is not None and omp.omp_get_max_threads() != before:
+        omp.omp_set_num_threads(before)
+
+
+_launch_threading_layer()
 
 # --- the disk cache covers all kernel files ------------------------------------------
 # Numba keys a cached function by the source of its own file only: after an edit of simd.py,
