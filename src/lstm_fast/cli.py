@@ -49,7 +49,7 @@ def info(argv=None):
                          "~35 s per dtype; cached on disk after that)")
     args = ap.parse_args(argv)
     print(f"lstm_fast {lstm_fast.__version__}  (Python {platform.python_version()}, numpy {np.__version__})")
-    for var in (backends.ENV_VAR, "LSTM_FAST_SIMD"):
+    for var in (backends.ENV_VAR, "LSTM_FAST_SIMD", "LSTM_FAST_THREADING"):
         print(f"{var}={os.environ.get(var, '(unset)')}")
     print("backends (auto prefers them in this order):")
     for name, reason in backends.backend_status().items():
@@ -62,21 +62,15 @@ def info(argv=None):
         print(f"  {name:<6} {state}")
     print(f"auto resolves to: {backends.resolve('auto')}")
     n = backends.get_num_threads()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"threads: {n if n else 'chosen per shape'} (set with lstm_fast.set_num_threads); "
-          f"{cpus} CPUs usable by this process")
-    try:
-        from lstm_fast.backends import _c as _ckernel
-    except ImportError:
-        pass
-    else:
-        print(f"CPU SIMD level: {_ckernel.cpu_simd_level()}")
-        if hasattr(_ckernel, "simd_level"):
-            print(f"SIMD level used: {_ckernel.simd_level()}")
-        if hasattr(_ckernel, "build_info"):
-            for k, v in _ckernel.build_info().items():
-                if k not in ("simd_level", "cpu_simd_level"):
-                    print(f"build {k}: {v}")
+          f"{backends.CPUS} CPUs usable by this process")
+    if backends.backend_status()["c"] is None:
+        c = backends.get("c")
+        print(f"CPU SIMD level: {c.cpu_simd_level()}")
+        print(f"SIMD level used: {c.simd_level()}")
+        for k, v in c.build_info().items():
+            if k not in ("simd_level", "cpu_simd_level"):
+                print(f"build {k}: {v}")
     return 0
 
 
