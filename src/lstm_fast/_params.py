@@ -38,14 +38,19 @@ def shapes(input_size, hidden_size, num_layers, bidirectional, bias, proj_size):
                              "bias_hh": (4 * H,), "weight_hr": (P, H)}[kind]
 
 
+def bias_grads(db):
+    """(grad of bias_ih, grad of bias_hh) from the kernels' db: the same values as separate
+    arrays (or tensors), so that changing one in place leaves the other; (None, None) without
+    a bias."""
+    return (None, None) if db is None else (db, db.copy() if hasattr(db, "copy") else db.clone())
+
+
 def grads_by_name(names, dw_ih, dw_hh, db, dw_hr):
-    """One layer-direction's gradients under ``names`` (from ``direction_names``): the bias
-    gradient db goes to both bias_ih and bias_hh (equal values, separate arrays)."""
+    """One layer-direction's gradients under ``names`` (from ``direction_names``)."""
     out = {names[0]: dw_ih, names[1]: dw_hh}
     k = 2
     if db is not None:
-        out[names[2]] = db
-        out[names[3]] = db.copy()
+        out[names[2]], out[names[3]] = bias_grads(db)
         k = 4
     if dw_hr is not None:
         out[names[k]] = dw_hr

@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _params
+
 __all__ = ["LSTMConfig", "describe", "from_torch", "to_torch", "to_keras", "from_keras",
            "to_onnx", "from_onnx", "to_onnx_model"]
 
@@ -65,32 +67,14 @@ def _array(value, name):
     return a
 
 
-def _sfx(layer, d):
-    return f"_l{layer}" + ("_reverse" if d else "")
-
-
 def _keys(cfg):
     """The state_dict keys of ``cfg`` in torch's order."""
-    for layer in range(cfg.num_layers):
-        for d in range(2 if cfg.bidirectional else 1):
-            s = _sfx(layer, d)
-            yield "weight_ih" + s
-            yield "weight_hh" + s
-            if cfg.bias:
-                yield "bias_ih" + s
-                yield "bias_hh" + s
-            if cfg.proj_size:
-                yield "weight_hr" + s
+    return [name for name, _ in _shapes(cfg)]
 
 
 def _shapes(cfg):
-    H, P, D = cfg.hidden_size, cfg.proj_size, 2 if cfg.bidirectional else 1
-    R = P or H
-    for key in _keys(cfg):
-        kind, layer = _KEY.match(key).group(1, 2)
-        I = cfg.input_size if layer == "0" else D * R
-        yield key, {"weight_ih": (4 * H, I), "weight_hh": (4 * H, R), "bias_ih": (4 * H,),
-                    "bias_hh": (4 * H,), "weight_hr": (P, H)}[kind]
+    return _params.shapes(cfg.input_size, cfg.hidden_size, cfg.num_layers, cfg.bidirectional,
+                          cfg.bias, cfg.proj_size)
 
 
 def describe(state_dict):
@@ -184,7 +168,7 @@ def to_keras(state_dict, num_layers=None, bidirectional=None):
     for layer in range(cfg.num_layers):
         weights = []
         for d in range(2 if cfg.bidirectional else 1):
-            s = _sfx(layer, d)
+            s = _params.suffix(layer, d)
             weights.append(np.ascontiguousarray(_array(state_dict["weight_ih" + s], "weight_ih" + s).T))
             weights.append(np.ascontiguousarray(_array(state_dict["weight_hh" + s], "weight_hh" + s).T))
             if cfg.bias:
@@ -211,7 +195,7 @@ def from_keras(layers, bidirectional=False):
                 f"or {2 * D} without bias, got {n}")
         per = len(weights) // D
         for d in range(D):
-            s = _sfx(layer, d)
+            s = _params.suffix(layer, d)
             where = f"layer {layer}{' backward' if d else ''}"
             kernel = _array(weights[d * per], f"{where} kernel")
             recurrent = _array(weights[d * per + 1], f"{where} recurrent_kernel")
@@ -253,7 +237,7 @@ def to_onnx(state_dict, num_layers=None, bidirectional=None):
     for layer in range(cfg.num_layers):
         W, R, B = [], [], []
         for d in range(2 if cfg.bidirectional else 1):
-            s = _sfx(layer, d)
+            s = _params.suffix(layer, d)
             W.append(_gates(_array(state_dict["weight_ih" + s], "weight_ih" + s), _TORCH_TO_ONNX))
             R.append(_gates(_array(state_dict["weight_hh" + s], "weight_hh" + s), _TORCH_TO_ONNX))
             if cfg.bias:
@@ -305,7 +289,7 @@ def from_onnx(layers):
             if B.shape != (D, 8 * H):
                 raise ValueError(f"layer {layer}: B must have shape ({D}, {8 * H}), got {B.shape}")
         for d in range(D):
-            s = _sfx(layer, d)
+            s = _params.suffix(layer, d)
             out["weight_ih" + s] = _gates(W[d], _ONNX_TO_TORCH)
             out["weight_hh" + s] = _gates(R[d], _ONNX_TO_TORCH)
             if B is not None:

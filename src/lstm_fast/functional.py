@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import _validation, backends
+from . import _params, _validation, backends
 from ._lengths import LengthPlan
 
 
@@ -187,4 +187,4 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     dc_n = _validation.state(dc_n, "dc_n", dtype, B, H)
     dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, dy, dh_n, dc_n,
                                                          backends.threads_for(T, B, I, H))
-    return LSTMGrads(dx, dw_ih, dw_hh, db, None if db is None else db.copy(), dh0, dc0, dw_hr)
+    return LSTMGrads(dx, dw_ih, dw_hh, *_params.bias_grads(db), dh0, dc0, dw_hr)

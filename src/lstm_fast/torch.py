@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _validation, backends
+from . import _params, _validation, backends
 from .functional import LSTMCache, make_plan, run_backward, run_forward
 
 __all__ = ["LSTM"]
@@ -108,8 +108,7 @@ class _Direction(torch.autograd.Function):
         dh0, dc0 = dh_n.new_empty(B, dh_n.shape[1]), dc_n.new_empty(B, dc_n.shape[1])
         dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(cache, _np(dy), _np(dh_n), _np(dc_n),
                                                          num_threads, (dh0.numpy(), dc0.numpy()))
-        db_ih = None if db is None else _t(db)
-        db_hh = None if db is None else db_ih.clone()
+        db_ih, db_hh = _params.bias_grads(None if db is None else _t(db))
         return (_t(dx), dh0, dc0, _t(dw_ih), _t(dw_hh), db_ih, db_hh,
                 None if dw_hr is None else _t(dw_hr), None)
 
