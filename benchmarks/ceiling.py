@@ -84,7 +84,8 @@ def library_labels(info):
     """Which library each competitor is, from machine_info(): {"gemm:numpy": "NumPy ..."}."""
     labels = {"gemm:onednn": "oneDNN (torch.mkldnn_linear)", "gemm:torch.mm": "torch.mm"}
     libs = info.get("blas_libraries") or []
-    openblas = [lib for lib in libs if lib.get("internal_api") == "openblas"]
+    openblas = sorted((lib for lib in libs if lib.get("internal_api") == "openblas"),
+                      key=lambda lib: lib.get("owner") != "numpy")     # NumPy's first
     if openblas:
         lib = openblas[0]
         labels["gemm:numpy"] = (f"NumPy ({lib.get('prefix', 'openblas')} {lib.get('version', '')}, "

@@ -29,6 +29,7 @@ Only lstm_fast's public API is used here (``LSTM``, ``Stream``, ``set_num_thread
 
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -112,6 +113,15 @@ def reset_threads():
         _blas_limiter = None
 
 
+def _lib_owner(path):
+    """The package a shared library came with: numpy for .../numpy.libs/x.so, torch for .../torch/lib/x.so."""
+    d = os.path.dirname(path)
+    name = os.path.basename(d)
+    if name in ("lib", "lib64", "libs"):
+        name = os.path.basename(os.path.dirname(d))
+    return name.removesuffix(".libs")
+
+
 def blas_info():
     """threadpoolctl's view of the BLAS and OpenMP libraries loaded in this process."""
     try:
@@ -120,7 +130,13 @@ def blas_info():
         return []
     keep = ("internal_api", "user_api", "version", "architecture", "threading_layer", "num_threads",
             "prefix")
-    return [{k: v for k, v in lib.items() if k in keep} for lib in threadpool_info()]
+    out = []
+    for lib in threadpool_info():
+        d = {k: v for k, v in lib.items() if k in keep}
+        path = lib.get("filepath") or ""
+        d["owner"] = _lib_owner(lib.get("filepath") or "")
+        out.append(d)
+    return out
 
 
 # --- the problem -------------------------------------------------------------
@@ -342,15 +358,23 @@ def check(outputs, expected, dtype, who=""):
 
 # --- timing -------------------------------------------------------------------
 
+# Calls slower than this (seconds, as the check's call took) are timed SLOW_ROUNDS times.
+SLOW_CALL, SLOW_ROUNDS = 0.25, 5
+
+
 def run_benchmark(benchmark, runner, threads, check_outputs, group, extra, rounds=None):
     """The suites' one timed-benchmark routine (pytest-benchmark's ``benchmark`` fixture).
 
     Checks ``runner``'s outputs (``check_outputs(outputs)`` raises if wrong), sets the
-    threads, times ``runner.arm()`` (calibrated rounds, or ``rounds`` single calls),
+    threads, times ``runner.arm()`` (``rounds`` single calls if given; pytest-benchmark's
+    calibrated rounds for calls under SLOW_CALL seconds, else SLOW_ROUNDS single calls),
     records the CPU share other processes used meanwhile (``extra_info["foreign_cpu"]``,
     of one CPU), then checks the outputs again.
     """
+    t0 = time.perf_counter()
     check_outputs(runner.outputs())
+    if rounds is None and time.perf_counter() - t0 > SLOW_CALL:
+        rounds = SLOW_ROUNDS
     fn = runner.arm()
     set_threads(threads)
     benchmark.group = group
@@ -535,9 +559,9 @@ def machine_info():
         info["torch_mkldnn"] = bool(torch.backends.mkldnn.is_available())
         info["torch_mkl"] = bool(torch.backends.mkl.is_available())
         config = torch.__config__.show()
-        for item in config.replace("\n", ",").split(","):
-            if item.strip().startswith("BLAS_INFO="):
-                info["torch_blas"] = item.strip()[len("BLAS_INFO="):]
+        blas = re.search(r"BLAS_INFO=(\w+)", config)
+        if blas:
+            info["torch_blas"] = blas.group(1)
         for line in config.splitlines():
             if "Math Kernel Library Version" in line or "MKL-DNN v" in line:
                 info.setdefault("torch_libraries", []).append(line.strip(" -"))

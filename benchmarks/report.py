@@ -202,7 +202,8 @@ def machine_section(metas):
         extra.append(f"NumPy BLAS {li['numpy_blas']}")
     for lib in li.get("blas_libraries", []):
         if lib.get("user_api") == "blas":
-            extra.append(f"{lib.get('internal_api')} {lib.get('version', '')} ({lib.get('prefix', '')}): "
+            extra.append(f"{lib.get('internal_api')} {lib.get('version', '')} ({lib.get('prefix', '')}"
+                         f"{', loaded by ' + lib['owner'] if lib.get('owner') else ''}): "
                          f"{lib.get('architecture', '?')} kernels, threading {lib.get('threading_layer', '?')}")
     if li.get("torch_cpu_capability"):
         extra.append(f"torch CPU capability {li['torch_cpu_capability']}, BLAS {li.get('torch_blas', '?')}, "

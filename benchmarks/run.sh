@@ -6,16 +6,18 @@
 #   MARK=large JSON_NAME=large bash benchmarks/run.sh    # only the large shapes and large model cases
 #   EXTRA_JSON="benchmarks/results/large-*.json" bash benchmarks/run.sh   # report those too
 #   BASELINE="before/*.json" bash benchmarks/run.sh      # add a table: ours now vs that run
-#   CHUNKS="grid32 models" bash benchmarks/run.sh        # some chunks only
+#   CHUNKS="grid32 models32" bash benchmarks/run.sh      # some chunks only
 #   LOCK=/tmp/lstm_cpu.lock bash benchmarks/run.sh       # each chunk under `flock -x $LOCK`
 #   PYTHON=/path/to/venv/bin/python bash benchmarks/run.sh
-#   bash benchmarks/run.sh -k churn        # extra pytest arguments pass through to every chunk
+#   K="churn or tiny" bash benchmarks/run.sh               # a pytest -k expression, within each chunk
+#   bash benchmarks/run.sh --bench-shapes tiny,churn      # other pytest arguments pass through
 #
 # A pass runs in chunks, one pytest process each (a few minutes; on a shared machine hold a lock
-# per chunk, not per run): grid32 = the GEMM ceiling and the grid in float32, grid64 = the grid in
-# float64, models = the models group. The JSON records the CPU time other processes used during
-# the chunk; a chunk where they used more than MAX_FOREIGN (default 0.05) of one CPU is run again,
-# up to RETRIES more times (default 2; the last try is kept either way).
+# per chunk, not per run): grid32 = the GEMM ceiling and the grid in float32, grid64 = the grid
+# in float64, models32 / models64 = the models group in float32 / float64. The JSON records the
+# CPU time other processes used during the chunk; a chunk where they used more than MAX_FOREIGN
+# (default 0.05) of one CPU is run again, up to RETRIES more times (default 2; the last try is
+# kept either way).
 #
 # Results: benchmarks/results/<JSON_NAME>-<chunk>[-<pass>].json (pytest-benchmark, not committed),
 # report.md, summary.csv (medians), speedup.png; the report also goes into benchmarks/README.md.
@@ -26,11 +28,14 @@ out=benchmarks/results
 mkdir -p "$out"
 select_chunk() {   # sets sel: the pytest selection of chunk $1
     case "$1" in
-        grid32) sel=(benchmarks/bench_ceiling.py benchmarks/bench_lstm.py -k "float32 or gemm") ;;
-        grid64) sel=(benchmarks/bench_lstm.py -k float64) ;;
-        models) sel=(benchmarks/bench_models.py) ;;
-        *) echo "unknown chunk $1 (grid32, grid64, models)" >&2; exit 2 ;;
+        grid32) sel=(benchmarks/bench_ceiling.py benchmarks/bench_lstm.py); k="float32 or gemm" ;;
+        grid64) sel=(benchmarks/bench_lstm.py); k="float64" ;;
+        models32) sel=(benchmarks/bench_models.py); k="float32" ;;
+        models64) sel=(benchmarks/bench_models.py); k="float64" ;;
+        *) echo "unknown chunk $1 (grid32, grid64, models32, models64)" >&2; exit 2 ;;
     esac
+    if [ -n "${K:-}" ]; then k="($k) and ($K)"; fi
+    sel+=(-k "$k")
 }
 foreign() {   # the share of one CPU other processes used during the run that wrote JSON $1
     "$PY" -c 'import json, sys
@@ -39,7 +44,7 @@ print(info.get("share") or 0)' "$1"
 }
 jsons=()
 for ((pass = 1; pass <= ${RUNS:-1}; pass++)); do
-    for chunk in ${CHUNKS:-grid32 grid64 models}; do
+    for chunk in ${CHUNKS:-grid32 grid64 models32 models64}; do
         select_chunk "$chunk"
         suffix=""
         if [ "$pass" -gt 1 ]; then suffix="-$pass"; fi
@@ -56,7 +61,8 @@ for ((pass = 1; pass <= ${RUNS:-1}; pass++)); do
             if [ $rc -ne 0 ]; then echo "chunk $chunk failed (pytest exit $rc)" >&2; exit $rc; fi
             share="$(foreign "$json")"
             echo "chunk $chunk pass $pass: other processes used ${share} of a CPU"
-            if "$PY" -c "import sys; sys.exit(float(sys.argv[1]) <= float(sys.argv[2]))" \
+            if [ "$try" -lt "${RETRIES:-2}" ] && "$PY" -c \
+                    "import sys; sys.exit(float(sys.argv[1]) <= float(sys.argv[2]))" \
                     "$share" "${MAX_FOREIGN:-0.05}"; then
                 echo "chunk $chunk: the machine was busy; running it again" >&2
                 sleep 10
