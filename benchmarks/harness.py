@@ -65,10 +65,8 @@ def fmt_time(s):
 
 
 def auto_backend():
-    """The backend lstm_fast's "auto" picks here (the first available one)."""
-    forced = os.environ.get("LSTM_FAST_BACKEND", "").strip().lower()
-    avail = lstm_fast.available_backends()
-    return forced if forced in avail else avail[0]
+    """The backend lstm_fast's "auto" picks here (a layer resolves it at construction)."""
+    return lstm_fast.LSTM(1, 1).backend
 
 
 # --- threads ---------------------------------------------------------------
@@ -133,7 +131,6 @@ def blas_info():
     out = []
     for lib in threadpool_info():
         d = {k: v for k, v in lib.items() if k in keep}
-        path = lib.get("filepath") or ""
         d["owner"] = _lib_owner(lib.get("filepath") or "")
         out.append(d)
     return out
