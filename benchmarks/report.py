@@ -176,8 +176,11 @@ def machine_section(metas):
     simd = li.get("lstm_fast_simd", {})
     v = li.get("versions", {})
     commit = first["commit_info"]
-    commits = sorted({m["commit_info"].get("id", "?")[:10] + (" (dirty work tree)" if m["commit_info"].get("dirty") else "")
-                      for m in metas})
+    def cid(c):
+        i = str(c.get("id", "?"))
+        return (i[:10] if all(ch in "0123456789abcdef" for ch in i) else i) + \
+            (" (dirty work tree)" if c.get("dirty") else "")
+    commits = sorted({cid(m["commit_info"]) for m in metas})
     lines = ["### Machine and software", ""]
     lines.append(f"- Run: {first['datetime']}, commit {', '.join(commits) if commit else '?'}; "
                  f"from {', '.join(os.path.basename(m['path']) for m in metas)}")
@@ -226,17 +229,24 @@ def machine_section(metas):
         lines.append("- CPU time other processes used during the run (share of one CPU, per file): "
                      + ", ".join(f"{100 * s['share']:.1f} %" for s in shares if s.get("share") is not None)
                      + f"; cells marked {BUSY} had over {BUSY_SHARE:.0%} while they were timed.")
-    try:
+    worst = max((s["share"] for s in shares if s.get("share") is not None), default=None)
+    if worst is not None:       # measured: CPU time other processes took during the run
+        if worst > BUSY_SHARE:
+            lines += ["", f"**Warning: other processes took up to {worst:.0%} of a CPU during this run.** "
+                          "Multi-threaded figures then measure how each library's threads wait for a CPU "
+                          "(spin barriers stall for whole scheduler time slices), not the code; "
+                          f"single-thread figures are slowed too. See the cells marked {BUSY}."]
+        return lines
+    try:        # older JSON: only the load average (its 1-minute average also counts earlier work)
         load_max = max(float(str(x).split()[0]) for pair in loads for x in pair)
         ncpu = int(cpu.get("usable_cpus") or cpu.get("logical_cpus"))
     except (TypeError, ValueError):
         load_max = ncpu = None
     if load_max is not None and load_max > ncpu - 0.5:
-        lines += ["", f"**Warning: the machine was busy with other work during this run (load {load_max:.1f} on "
-                      f"{ncpu} CPUs).** Multi-threaded figures then measure how each library's threads "
-                      "wait for a CPU (spin barriers stall for whole scheduler time slices), not the "
-                      "code; single-thread figures are slowed too. Re-run on a quiet machine before "
-                      "drawing conclusions."]
+        lines += ["", f"Note: the 1-minute load average reached {load_max:.1f} on {ncpu} CPUs around this "
+                      "run (it also counts work before the run started; these files do not record "
+                      "what other processes took during it). Multi-threaded figures suffer most when "
+                      "other processes run."]
     return lines
 
 
@@ -260,8 +270,8 @@ def ceiling_section(table, metas):
     return lines + [""], ceil
 
 
-def _dims(cell, shape):
-    if shape in MODELS or shape in MODEL_SMOKE_CONFIGS:
+def _dims(cell, shape, model=False):
+    if model:
         m = MODELS.get(shape) or MODEL_SMOKE_CONFIGS[shape]
         return f"{m.T},{m.B},{m.I},{m.H} ×{m.layers}{' bi' if m.bidirectional else ''}" + \
             (f", dropout {m.dropout}" if m.dropout else "")
@@ -359,7 +369,7 @@ def models_tables(table, ceil):
                 present = [n for n in names if rest + (n,) in mt]
                 if not present:
                     continue
-                row = [model, _dims(mt[rest + (present[0],)], model), MODEL_CASE_TEXT[case]]
+                row = [model, _dims(mt[rest + (present[0],)], model, model=True), MODEL_CASE_TEXT[case]]
                 row += [fmt_cell(mt.get(rest + (n,)), ceil, dtype, threads) for n in names]
                 row += [fmt_ratio(ratio(mt, rest, n, "torch")) for n in ours]
                 if has_ort:
