@@ -70,7 +70,7 @@ def test_report_sections_plot_csv_readme(tmp_path):
     # targets: wlm_small train through the module is 1.5x torch -> met; forward 1.5x torch, 1.25x ORT -> met
     assert "| 1T float32 training" in text and "module cost" in text
     cost = next(line for line in text.splitlines() if line.startswith("| module cost"))
-    assert "missed" in cost and "tiny float32 1T: 1.20×" in cost
+    assert "missed" in cost and "forward tiny float32 1T: 1.20×" in cost
     # baseline: now (median of 1x and 3x = 2x) / then (1x)
     row = next(line for line in text.splitlines() if line.startswith("| forward | tiny | float32 | 1 | c |"))
     assert "**2.00**" in row

@@ -453,7 +453,7 @@ def targets_section(table, ceil, auto="c"):
         if comp == module and case in ("forward", "layer_forward"):
             a = table.get((case, shape, dtype, th, layer))
             if a:
-                cost.append((f"{shape} {dtype} {th}T", cell.median <= MODULE_COST * a.median,
+                cost.append((f"{case} {shape} {dtype} {th}T", cell.median <= MODULE_COST * a.median,
                              f"{cell.median / a.median:.2f}×"))
     rows.append(_target(f"module cost: eval through the torch module ≤ {MODULE_COST}× the NumPy layer's time",
                         sorted(cost))[0])
