@@ -168,6 +168,13 @@ def _cpu_line(cpu, mi):
     return lines
 
 
+def commit_id(c):
+    """A commit's short id (a non-git id such as "unversioned" in full), "(dirty work tree)" if so."""
+    i = str(c.get("id", "?"))
+    return (i[:10] if all(ch in "0123456789abcdef" for ch in i) else i) + \
+        (" (dirty work tree)" if c.get("dirty") else "")
+
+
 def machine_section(metas):
     first = metas[0]
     mi = first["machine_info"]
@@ -176,11 +183,7 @@ def machine_section(metas):
     simd = li.get("lstm_fast_simd", {})
     v = li.get("versions", {})
     commit = first["commit_info"]
-    def cid(c):
-        i = str(c.get("id", "?"))
-        return (i[:10] if all(ch in "0123456789abcdef" for ch in i) else i) + \
-            (" (dirty work tree)" if c.get("dirty") else "")
-    commits = sorted({cid(m["commit_info"]) for m in metas})
+    commits = sorted({commit_id(m["commit_info"]) for m in metas})
     lines = ["### Machine and software", ""]
     lines.append(f"- Run: {first['datetime']}, commit {', '.join(commits) if commit else '?'}; "
                  f"from {', '.join(os.path.basename(m['path']) for m in metas)}")
@@ -480,7 +483,7 @@ def baseline_section(table, base, base_metas):
     if not keys:
         return lines
     bmi = base_metas[0]
-    commit = bmi["commit_info"].get("id", "?")[:10]
+    commit = commit_id(bmi["commit_info"])
     cpu = bmi["machine_info"].get("lstm_fast", {}).get("cpu", {}).get("model", "?")
     lines += [f"### Compared with the baseline (commit {commit}, {cpu}, "
               f"{', '.join(os.path.basename(m['path']) for m in base_metas)})", "",
