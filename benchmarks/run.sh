@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the timed benchmark suite and regenerate the report in benchmarks/README.md.
 #
-#   bash benchmarks/run.sh                 # ceiling + grid (not large) + models: ~15 min on 2 quiet cores
+#   bash benchmarks/run.sh                 # ceiling + grid (not large) + models: ~7 min per pass, quiet
 #   RUNS=2 bash benchmarks/run.sh          # two passes, combined by the median of medians
 #   MARK=large JSON_NAME=large bash benchmarks/run.sh    # only the large shapes and large model cases
 #   EXTRA_JSON="benchmarks/results/large-*.json" bash benchmarks/run.sh   # report those too
