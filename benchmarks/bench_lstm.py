@@ -1,16 +1,15 @@
-"""ours (every available backend) vs torch.nn.LSTM vs ONNX Runtime, per case and shape.
+"""The grid: ours (every available backend, and the torch module) vs torch.nn.LSTM vs ONNX
+Runtime, per case and shape of shapes.SHAPES, one layer.
 
-One test per case; each parameter set is (shape, dtype, threads, competitor),
-made by ``pytest_generate_tests`` in conftest.py, ordered so the competitors of
-one group run back to back. Every benchmark
-first checks its own output against the oracle (torch.nn.LSTM, same weights),
-so a benchmark of wrong numbers fails instead of being timed.
+One test per case; each parameter set is (shape, dtype, threads, competitor), made by
+``pytest_generate_tests`` in conftest.py, ordered so the competitors of one group run
+back to back. Every benchmark first checks its own output against the oracle
+(torch.nn.LSTM, same weights), so a benchmark of wrong numbers fails instead of being
+timed.
 """
 
-import pytest
-
-from lstm_fast import _bench
-from shapes import LARGE, SHAPES
+from . import harness
+from .shapes import LARGE, SHAPES, flops
 
 # Rounds for the large shapes (one call can take seconds there; no calibration).
 LARGE_ROUNDS = {"forward": 5, "stream": 5, "train": 3}
@@ -23,7 +22,7 @@ def problem(shape, dtype):
     key = (shape, dtype)
     if key not in _problems:
         _problems.clear()
-        _problems[key] = _bench.make_problem(*SHAPES[shape], dtype)
+        _problems[key] = harness.make_problem(*SHAPES[shape], dtype)
     return _problems[key]
 
 
@@ -31,25 +30,20 @@ def expected(case, shape, dtype):
     key = (case, shape, dtype)
     if key not in _oracles:
         _oracles.clear()
-        _oracles[key] = _bench.oracle(case, problem(shape, dtype))
+        _oracles[key] = harness.oracle(case, problem(shape, dtype))
     return _oracles[key]
 
 
 def run(benchmark, case, shape, dtype, threads, competitor):
     T, B, I, H = SHAPES[shape]
     want = expected(case, shape, dtype)
-    runner = _bench.make_runner(competitor, case, problem(shape, dtype), threads)
-    _bench.check(runner.extract(runner.fn()), want, dtype, competitor)
-    _bench.set_threads(threads)
-    benchmark.group = f"{case} {dtype} T,B,I,H={T},{B},{I},{H} threads={threads}"
-    benchmark.extra_info.update(case=case, shape=shape, T=T, B=B, I=I, H=H, dtype=dtype,
-                                threads=threads, competitor=competitor,
-                                flops=_bench.flops(case, T, B, I, H))
-    if shape in LARGE:
-        result = benchmark.pedantic(runner.fn, rounds=LARGE_ROUNDS[case], iterations=1)
-    else:
-        result = benchmark(runner.fn)
-    _bench.check(runner.extract(result), want, dtype, competitor)
+    runner = harness.make_runner(competitor, case, problem(shape, dtype), threads)
+    harness.run_benchmark(
+        benchmark, runner, threads, lambda got: harness.check(got, want, dtype, competitor),
+        group=f"{case} {dtype} T,B,I,H={T},{B},{I},{H} threads={threads}",
+        extra=dict(case=case, shape=shape, T=T, B=B, I=I, H=H, dtype=dtype, threads=threads,
+                   competitor=competitor, flops=flops(case, T, B, I, H)),
+        rounds=LARGE_ROUNDS[case] if shape in LARGE else None)
 
 
 def test_forward(benchmark, shape, dtype, threads, competitor):

@@ -1,36 +1,45 @@
 """Benchmark suite configuration (see README.md).
 
-* Large shapes (marked ``large``) are deselected unless the ``-m`` expression
-  mentions ``large`` or ``--bench-shapes`` names shapes explicitly.
-* Under ``--benchmark-disable`` (the normal test suite: pyproject's addopts)
-  every benchmark runs once, untimed, on the ``SMOKE`` shapes only; timed runs
-  (``--benchmark-enable``) use the whole grid. ``--bench-shapes a,b`` or the
-  environment variable ``LSTM_FAST_BENCH_SHAPES=a,b`` (``all`` for every shape)
-  overrides both.
-* The machine description (CPU, our SIMD level, environment variables that
-  steer BLAS, versions) goes into the JSON's ``machine_info["lstm_fast"]``.
+* Three suites: bench_ceiling.py (the GEMM ceiling), bench_lstm.py (the grid of
+  shapes.SHAPES), bench_models.py (the models group, shapes.MODELS).
+* Large grid shapes and the large float64 model cases (marked ``large``) are deselected
+  unless the ``-m`` expression mentions ``large`` or shapes/models are named explicitly.
+* Under ``--benchmark-disable`` (the normal test suite: pyproject's addopts) every
+  benchmark runs once, untimed, on the ``SMOKE`` shapes, the ``MODELS_SMOKE`` models and
+  a small GEMM; timed runs (``--benchmark-enable``) use the whole grid.
+  ``--bench-shapes a,b`` / ``LSTM_FAST_BENCH_SHAPES=a,b`` and ``--bench-models a,b`` /
+  ``LSTM_FAST_BENCH_MODELS=a,b`` (``all`` for every one, ``none`` for none) override both.
+* The machine description (CPU, caches, our SIMD level, BLAS libraries and environment
+  variables that steer them, versions, CPU time other processes used during the run)
+  goes into the JSON's ``machine_info["lstm_fast"]``.
 """
 
 import os
+import time
 
 import pytest
 
-from lstm_fast import _bench
-from shapes import DTYPES, LARGE, SHAPES, SMOKE, THREADS, case_shapes
+from . import harness, models, shapes
 
 ENV_SHAPES = "LSTM_FAST_BENCH_SHAPES"
+ENV_MODELS = "LSTM_FAST_BENCH_MODELS"
 
 try:
     _LOAD_AT_START = " ".join(f"{v:.2f}" for v in os.getloadavg())
 except OSError:
     _LOAD_AT_START = None
+_BUSY_AT_START = (harness.cpu_busy_seconds(), harness.own_cpu_seconds(), time.time())
 
 
 def pytest_addoption(parser):
     parser.addoption("--bench-shapes", default=None, metavar="NAMES",
-                     help=f"comma-separated shape names from benchmarks/shapes.py, or 'all' "
-                          f"(default: all for timed runs, {','.join(SMOKE)} under "
+                     help=f"comma-separated grid shape names from benchmarks/shapes.py, 'all' or "
+                          f"'none' (default: all for timed runs, {','.join(shapes.SMOKE)} under "
                           f"--benchmark-disable); also ${ENV_SHAPES}")
+    parser.addoption("--bench-models", default=None, metavar="NAMES",
+                     help=f"comma-separated model names from benchmarks/shapes.py, 'all' or 'none' "
+                          f"(default: all for timed runs, {','.join(shapes.MODELS_SMOKE)} under "
+                          f"--benchmark-disable); also ${ENV_MODELS}")
 
 
 def benchmark_disabled(config):
@@ -40,74 +49,127 @@ def benchmark_disabled(config):
         return True
 
 
-def explicit_shapes(config):
-    """Shape names asked for on the command line or in the environment, or None."""
+def _explicit(config, option, env, known):
     try:
-        spec = config.getoption("--bench-shapes")
+        spec = config.getoption(option)
     except ValueError:
         spec = None
-    spec = spec or os.environ.get(ENV_SHAPES, "").strip()
+    spec = (spec or os.environ.get(env, "")).strip()
     if not spec:
         return None
     if spec == "all":
-        return tuple(SHAPES)
+        return tuple(n for n in known if n not in shapes.MODEL_SMOKE_CONFIGS)
+    if spec == "none":
+        return ()
     names = tuple(s.strip() for s in spec.split(",") if s.strip())
-    unknown = [s for s in names if s not in SHAPES]
+    unknown = [s for s in names if s not in known]
     if unknown:
-        raise pytest.UsageError(f"unknown benchmark shapes {unknown}; known: {', '.join(SHAPES)}")
+        raise pytest.UsageError(f"unknown benchmark names {unknown} for {option}; known: {', '.join(known)}")
     return names
+
+
+def explicit_shapes(config):
+    """Grid shape names asked for on the command line or in the environment, or None."""
+    return _explicit(config, "--bench-shapes", ENV_SHAPES, tuple(shapes.SHAPES))
+
+
+def explicit_models(config):
+    return _explicit(config, "--bench-models", ENV_MODELS,
+                     tuple(shapes.MODELS) + tuple(shapes.MODEL_SMOKE_CONFIGS))
 
 
 def selected_shapes(config):
     names = explicit_shapes(config)
     if names is not None:
         return names
-    return SMOKE if benchmark_disabled(config) else tuple(SHAPES)
+    return shapes.SMOKE if benchmark_disabled(config) else tuple(shapes.SHAPES)
+
+
+def selected_models(config):
+    names = explicit_models(config)
+    if names is not None:
+        return names
+    return shapes.MODELS_SMOKE if benchmark_disabled(config) else tuple(shapes.MODELS)
 
 
 def pytest_collection_modifyitems(config, items):
-    if "large" in (config.option.markexpr or "") or explicit_shapes(config) is not None:
+    if "large" in (config.option.markexpr or ""):
         return
     keep, drop = [], []
+    explicit = {"shape": explicit_shapes(config) is not None, "model": explicit_models(config) is not None}
     for item in items:
-        (drop if item.get_closest_marker("large") else keep).append(item)
+        callspec = getattr(item, "callspec", None)
+        named = callspec is not None and any(explicit[k] for k in explicit if k in callspec.params)
+        (drop if item.get_closest_marker("large") and not named else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
 
 
 def pytest_generate_tests(metafunc):
-    if "competitor" not in metafunc.fixturenames:
+    names = metafunc.fixturenames
+    if "competitor" not in names:
         return
     case = metafunc.function.__name__.removeprefix("test_")
-    wanted = selected_shapes(metafunc.config)
     params = []
-    for shape in case_shapes(case):
-        if shape not in wanted:
-            continue
-        marks = [pytest.mark.large] if shape in LARGE else []
-        for dtype in DTYPES:
-            for threads in THREADS:
-                for comp in _bench.competitors(case, dtype):
-                    params.append(pytest.param(shape, dtype, threads, comp, marks=marks,
-                                               id=f"{shape}-{dtype}-t{threads}-{comp}"))
-    metafunc.parametrize(("shape", "dtype", "threads", "competitor"), params)
+    if "shape" in names:            # bench_lstm.py: the grid
+        wanted = selected_shapes(metafunc.config)
+        for shape in shapes.case_shapes(case):
+            if shape not in wanted:
+                continue
+            marks = [pytest.mark.large] if shape in shapes.LARGE else []
+            for dtype in shapes.DTYPES:
+                for threads in shapes.THREADS:
+                    for comp in harness.competitors(case, dtype):
+                        params.append(pytest.param(shape, dtype, threads, comp, marks=marks,
+                                                   id=f"{shape}-{dtype}-t{threads}-{comp}"))
+        metafunc.parametrize(("shape", "dtype", "threads", "competitor"), params)
+    elif "model" in names:          # bench_models.py: the models group
+        if not harness.have("torch"):
+            metafunc.parametrize(("model", "dtype", "threads", "competitor"),
+                                 [pytest.param(None, None, None, None, marks=pytest.mark.skip(
+                                     reason="the models group needs torch"))])
+            return
+        for model in selected_models(metafunc.config):
+            for dtype in shapes.MODEL_DTYPES[case]:
+                large = dtype == "float64" and model in shapes.MODELS_LARGE64
+                marks = [pytest.mark.large] if large else []
+                for threads in shapes.THREADS:
+                    for comp in models.competitors(case, dtype):
+                        params.append(pytest.param(model, dtype, threads, comp, marks=marks,
+                                                   id=f"{model}-{dtype}-t{threads}-{comp}"))
+        metafunc.parametrize(("model", "dtype", "threads", "competitor"), params)
+    elif "gemm_n" in names:         # bench_ceiling.py
+        n = shapes.GEMM_SMOKE_N if benchmark_disabled(metafunc.config) else shapes.GEMM_N
+        from . import ceiling
+        for dtype in shapes.DTYPES:
+            for threads in shapes.THREADS:
+                for comp in ceiling.competitors(dtype):
+                    params.append(pytest.param(n, dtype, threads, comp, id=f"{n}-{dtype}-t{threads}-{comp}"))
+        metafunc.parametrize(("gemm_n", "dtype", "threads", "competitor"), params)
 
 
 @pytest.fixture(autouse=True)
 def _restore_threads():
     yield
-    _bench.reset_threads()
+    harness.reset_threads()
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    if _bench.have("torch"):
-        import torch  # noqa: F401  (so machine_info records torch's CPU capability)
-    info = _bench.machine_info()
+    if harness.have("torch"):
+        import torch  # noqa: F401  (so machine_info records torch's CPU capability and BLAS)
+    info = harness.machine_info()
     info["loadavg_at_start"] = _LOAD_AT_START
-    info["threads"] = list(THREADS)
-    info["dtypes"] = list(DTYPES)
-    info["large_shapes"] = sorted(LARGE)
+    busy0, own0, t0 = _BUSY_AT_START
+    busy1 = harness.cpu_busy_seconds()
+    if busy0 is not None and busy1 is not None:
+        wall = time.time() - t0
+        foreign = (busy1 - busy0) - (harness.own_cpu_seconds() - own0)
+        info["foreign_cpu"] = {"seconds": round(foreign, 2), "wall": round(wall, 2),
+                               "share": round(foreign / wall, 4) if wall > 0 else None}
+    info["threads"] = list(shapes.THREADS)
+    info["dtypes"] = list(shapes.DTYPES)
+    info["large_shapes"] = sorted(shapes.LARGE)
     machine_info["lstm_fast"] = info
 
 

@@ -305,8 +305,9 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
     Inputs: X (T, B, I) time-major; with ``lengths``, sequence_lens (B,) int32;
     with ``initial_state``, initial_h and initial_c (num_layers*D, B, H) in
     torch's layout (zeros otherwise). Outputs: Y (T, B, D*H), Y_h and Y_c
-    (num_layers*D, B, H). One LSTM node per layer; between layers Y (T, D, B, H)
-    is transposed and reshaped to (T, B, D*H). Needs the ``onnx`` package.
+    (num_layers*D, B, H). One LSTM node per layer; its Y (T, D, B, H) is squeezed
+    (one direction) or transposed and reshaped (two) to (T, B, D*H). Needs the
+    ``onnx`` package.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -317,7 +318,12 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
     n, H = cfg.num_layers * D, cfg.hidden_size
     elem = helper.np_dtype_to_tensor_dtype(_array(state_dict["weight_ih_l0"], "weight_ih_l0").dtype)
     const = lambda a, nm: numpy_helper.from_array(np.asarray(a, np.int64), nm)  # noqa: E731
-    inits = [const([0, 0, -1], "TB_shape")] + ([const([0], "axis0")] if initial_state else [])
+    # One layer needs no Slice of the state nor Concat of the outputs, one direction no
+    # Transpose: Squeeze drops Y's direction axis (each extra node costs ONNX Runtime a copy).
+    single = cfg.num_layers == 1
+    inits = [const([0, 0, -1], "TB_shape")] if D == 2 else [const([1], "axis1")]
+    if initial_state and not single:
+        inits.append(const([0], "axis0"))
     inputs = [helper.make_tensor_value_info("X", elem, ["T", "B", cfg.input_size])]
     if lengths:
         inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["B"]))
@@ -329,7 +335,9 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
         p = f"l{layer}_"
         inits += [numpy_helper.from_array(np.ascontiguousarray(v), p + k) for k, v in node.items()]
         states = ["", ""]
-        if initial_state:
+        if initial_state and single:
+            states = ["initial_h", "initial_c"]
+        elif initial_state:
             inits += [const([layer * D], p + "start"), const([layer * D + D], p + "end")]
             states = [p + "initial_h", p + "initial_c"]
             for state in ("initial_h", "initial_c"):
@@ -338,15 +346,19 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
         nodes.append(helper.make_node(
             "LSTM", [x, p + "W", p + "R", p + "B" if "B" in node else "",
                      "sequence_lens" if lengths else ""] + states,
-            [p + "Y", p + "Y_h", p + "Y_c"], hidden_size=H,
+            [p + "Y"] + (["Y_h", "Y_c"] if single else [p + "Y_h", p + "Y_c"]), hidden_size=H,
             direction="bidirectional" if D == 2 else "forward", name=p + "lstm"))
-        nodes.append(helper.make_node("Transpose", [p + "Y"], [p + "Yt"], perm=[0, 2, 1, 3]))
         x = "Y" if layer == cfg.num_layers - 1 else p + "out"
-        nodes.append(helper.make_node("Reshape", [p + "Yt", "TB_shape"], [x]))
+        if D == 1:
+            nodes.append(helper.make_node("Squeeze", [p + "Y", "axis1"], [x]))
+        else:
+            nodes.append(helper.make_node("Transpose", [p + "Y"], [p + "Yt"], perm=[0, 2, 1, 3]))
+            nodes.append(helper.make_node("Reshape", [p + "Yt", "TB_shape"], [x]))
         hs.append(p + "Y_h")
         cs.append(p + "Y_c")
-    nodes.append(helper.make_node("Concat", hs, ["Y_h"], axis=0))
-    nodes.append(helper.make_node("Concat", cs, ["Y_c"], axis=0))
+    if not single:
+        nodes.append(helper.make_node("Concat", hs, ["Y_h"], axis=0))
+        nodes.append(helper.make_node("Concat", cs, ["Y_c"], axis=0))
     outputs = [helper.make_tensor_value_info("Y", elem, ["T", "B", D * H]),
                helper.make_tensor_value_info("Y_h", elem, [n, "B", H]),
                helper.make_tensor_value_info("Y_c", elem, [n, "B", H])]

@@ -74,6 +74,24 @@ def info(argv=None):
     return 0
 
 
+def _bench_main():
+    """``lstm-fast bench`` is the harness's quick.py: ``lstm_fast.benchmarks`` in a wheel (the
+    repository's benchmarks/, mapped in pyproject's wheel.packages), else a checkout's benchmarks/."""
+    try:
+        from .benchmarks.quick import main
+    except ModuleNotFoundError as e:
+        if e.name not in (__package__ + ".benchmarks", __package__ + ".benchmarks.quick"):
+            raise
+        import os
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        if not os.path.isfile(os.path.join(root, "benchmarks", "quick.py")):
+            raise SystemExit("lstm-fast bench: the benchmark harness (lstm_fast.benchmarks) is not "
+                             "installed") from None
+        sys.path.insert(0, root)
+        from benchmarks.quick import main
+    return main
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -85,7 +103,7 @@ def main(argv=None):
     elif cmd == "info":
         run = info
     elif cmd == "bench":
-        from ._bench import main as run
+        run = _bench_main()
     elif cmd == "churn":
         from .churn.cli import main as run
     else:
