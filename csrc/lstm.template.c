@@ -87,12 +87,12 @@ INLINE void FN(prefetch_row)(const TYPE *pf, int64_t k)
  * meanwhile rows 0, pfstep, 2 pfstep, ... below npf at pf are prefetched. */
 INLINE void FN(fwd_tile_add)(const int mr, const int nb, int64_t K, const TYPE *restrict src,
                              int64_t ld, const TYPE *restrict w, int64_t bstride, vec *acc,
-                             const TYPE *pf, int64_t npf, int64_t pfstep)
+                             const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
 {
     int64_t pfc = 0;
     for (int64_t k = 0; k < K; k++) {
         const TYPE *wk = w + k * 4 * V;
-        if (k < npf && --pfc <= 0) {
+        if (PF && k < npf && --pfc <= 0) {
             FN(prefetch_row)(pf, k);
             pfc = pfstep;
         }
@@ -118,7 +118,7 @@ INLINE void FN(fwd_tile_add)(const int mr, const int nb, int64_t K, const TYPE *
 INLINE void FN(fwd_tile)(const int mr, const int nb, int64_t k0, int64_t k1, int64_t XF,
                          const TYPE *restrict xp, int64_t I, const TYPE *restrict hp, int64_t R,
                          const TYPE *restrict w, int64_t bstride, TYPE *restrict acc_mem,
-                         const TYPE *pf, int64_t npf, int64_t pfstep)
+                         const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
 {
     vec acc[MAXACC];
 #pragma GCC unroll 24
@@ -126,10 +126,10 @@ INLINE void FN(fwd_tile)(const int mr, const int nb, int64_t k0, int64_t k1, int
         acc[q] = k0 ? vload(acc_mem + q * V) : (vec){0};
     int64_t kx = k1 < XF ? k1 : XF, kh = k0 > XF ? k0 : XF;
     if (k0 < kx)
-        FN(fwd_tile_add)(mr, nb, kx - k0, xp + k0, I, w + k0 * 4 * V, bstride, acc, pf, npf,
-                         pfstep);
+        FN(fwd_tile_add)(mr, nb, kx - k0, xp + k0, I, w + k0 * 4 * V, bstride, acc, PF, pf,
+                         npf, pfstep);
     if (kh < k1)
-        FN(fwd_tile_add)(mr, nb, k1 - kh, hp + kh - XF, R, w + kh * 4 * V, bstride, acc,
+        FN(fwd_tile_add)(mr, nb, k1 - kh, hp + kh - XF, R, w + kh * 4 * V, bstride, acc, PF,
                          pf + (kh - k0) * 4 * V, npf - (kh - k0), pfstep);
 #pragma GCC unroll 24
     for (int q = 0; q < mr * nb * 4; q++)
@@ -138,7 +138,11 @@ INLINE void FN(fwd_tile)(const int mr, const int nb, int64_t k0, int64_t k1, int
 
 #define FWD_TILE(MRV, NBV)                                                                   \
     case (MRV) * 16 + (NBV):                                                                 \
-        FN(fwd_tile)(MRV, NBV, k0, k1, XF, xp, I, hp, R, w, bstride, acc_mem, pf, npf, pfstep); \
+        if (pf)                                                                              \
+            FN(fwd_tile)(MRV, NBV, k0, k1, XF, xp, I, hp, R, w, bstride, acc_mem, 1, pf, npf,  \
+                         pfstep);                                                            \
+        else                                                                                 \
+            FN(fwd_tile)(MRV, NBV, k0, k1, XF, xp, I, hp, R, w, bstride, acc_mem, 0, pf, 0, 0); \
         break;
 
 /* fwd_tile for run-time mr <= FR (nb = 1) or mr = 1, nb <= NB1 */
@@ -167,8 +171,8 @@ KERNEL void FN(fwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, int64_t XF,
 }
 
 /* How a step walks its tiles; any choice gives the same bits. While the weights a
- * thread reads in a step fit in half its L2, every row tile streams its block from
- * L2 (the row tiles of B = 20: 5+5+5+5, not 6+6+6+2). Beyond that they come from
+ * thread reads in a step fit in its L2, every row tile streams its block from L2
+ * (the row tiles of B = 20: 5+5+5+5, not 6+6+6+2). Beyond that they come from
  * L3 every step, and a block is walked in chunks of kc rows instead, every row
  * tile of a group of up to `rows` rows per chunk (their partial sums [rows][4][V]
  * kept in L1), so that each weight is read from L3 once per step and reused from
@@ -180,12 +184,25 @@ typedef struct {
     int prefetch;
 } FN(step_plan);
 
-static FN(step_plan) FN(step_plan_for)(int64_t wbytes)
+/* Rows g0..g1 of the next group after row g0 of n rows: up to sp->rows rows when the
+ * step walks K in chunks, else one row tile (tiles of near-equal size). */
+static inline int64_t FN(group_end)(const FN(step_plan) *sp, int64_t g0, int64_t n, int tr)
+{
+    if (sp->kc != INT64_MAX)
+        return n - g0 < sp->rows ? n : g0 + sp->rows;
+    int64_t nt = (n + tr - 1) / tr, t = g0 * nt / n;   /* g0 = n*t/nt exactly */
+    while (n * t / nt < g0)
+        t++;
+    return n * (t + 1) / nt;
+}
+
+/* wbytes: the weights a thread reads per step; line: bytes of one k row of a tile's
+ * weights (4 gates x V, or BNB blocks x V in the backward). */
+static FN(step_plan) FN(step_plan_for)(int64_t wbytes, int64_t line)
 {
     const lstm_cpu_info *cpu = lstm_cpu();
-    int64_t line = 4 * V * (int64_t)sizeof(TYPE);
     FN(step_plan) sp = {STEP_ROWS_MAX, INT64_MAX, 0};
-    if (wbytes <= cpu->l2 / 2)
+    if (wbytes <= cpu->l2)
         return sp;
     sp.rows = cpu->l1d / 4 / line;
     sp.rows = sp.rows < FR ? FR : sp.rows > STEP_ROWS_MAX ? STEP_ROWS_MAX : sp.rows;
@@ -234,8 +251,8 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
                     int64_t r0 = g0 + n * t / nt, r1 = g0 + n * (t + 1) / nt;
                     TYPE *pt = kc < K ? part + (r0 - g0) * nb * 4 * V : part;
                     FN(fwd_tile_any)((int)(r1 - r0), nb, k0, k1, XF, xt + r0 * I, I, hp + r0 * R,
-                                     R, w0 + j * bstride, bstride, pt, pf ? pf + t * 4 * V : NULL,
-                                     npf - t, nt);
+                                     R, w0 + j * bstride, bstride, pt,
+                                     pf && npf > t ? pf + t * 4 * V : NULL, npf - t, nt);
                     if (k1 == K)
                         FN(fwd_cell)(ca, (int)(r1 - r0), nb, r0, j, pt);
                 }
@@ -306,7 +323,8 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     ca.pre = XF ? (const TYPE *)(base + ctx->hdr->off_b) : NULL;   /* the bias alone */
     ca.pre_ld = XF ? 0 : G;
     const TYPE *w = (const TYPE *)(base + ctx->hdr->off_whh_f);
-    const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * (XF + R) * 4 * V * (int64_t)sizeof(TYPE));
+    const int64_t s = (int64_t)sizeof(TYPE);
+    const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * (XF + R) * 4 * V * s, 4 * V * s);
     for (int64_t t = 0; t < T; t++) {
         int64_t n = offs[t + 1] - offs[t];
         if (n == 0)
@@ -425,18 +443,30 @@ static int64_t FN(dg_ld)(int64_t H)
     return (G * (int64_t)sizeof(TYPE)) % 512 == 0 ? G + 64 / (int64_t)sizeof(TYPE) : G;
 }
 
-/* The backward register tile: out [mr][nb][V] = dg[rows] . w for nb blocks of V
- * output columns (K = 4H; w packed [block][4H][V]: whh_b for dh, wih_b for dx) */
-INLINE void FN(bwd_tile)(const int mr, const int nb, int64_t H, const TYPE *restrict dg,
-                         int64_t ldg, const TYPE *restrict w, TYPE *restrict out)
+/* The backward register tile: acc [mr][nb][V] += dg[rows, k0..k1) . rows k0..k1 of nb
+ * blocks of V output columns (w packed [block][4H][V], blocks bstride apart: whh_b
+ * for dh, wih_b for dx). acc starts at 0 when k0 == 0, else at the values the
+ * previous chunk stored in acc_mem, and is stored there at the end (same bits for
+ * any chunking); meanwhile rows 0, pfstep, ... below npf of the nb blocks at pf are
+ * prefetched. */
+INLINE void FN(bwd_tile)(const int mr, const int nb, int64_t k0, int64_t k1,
+                         const TYPE *restrict dg, int64_t ldg, const TYPE *restrict w,
+                         int64_t bstride, TYPE *restrict acc_mem, const int PF, const TYPE *pf,
+                         int64_t npf, int64_t pfstep)
 {
     vec acc[MAXACC];
-    const int64_t G = 4 * H, bstride = G * V;
 #pragma GCC unroll 24
     for (int q = 0; q < mr * nb; q++)
-        acc[q] = (vec){0};
-    for (int64_t k = 0; k < G; k++) {
+        acc[q] = k0 ? vload(acc_mem + q * V) : (vec){0};
+    int64_t pfc = 0;
+    for (int64_t k = k0; k < k1; k++) {
         const TYPE *wk = w + k * V;
+        if (PF && k - k0 < npf && --pfc <= 0) {
+#pragma GCC unroll 8
+            for (int q = 0; q < nb; q++)
+                __builtin_prefetch(pf + q * bstride + (k - k0) * V, 0, 2);
+            pfc = pfstep;
+        }
 #pragma GCC unroll 24
         for (int r = 0; r < mr; r++) {
             vec a = vset1(dg[r * ldg + k]);
@@ -447,17 +477,21 @@ INLINE void FN(bwd_tile)(const int mr, const int nb, int64_t H, const TYPE *rest
     }
 #pragma GCC unroll 24
     for (int q = 0; q < mr * nb; q++)
-        vstore(out + q * V, acc[q]);
+        vstore(acc_mem + q * V, acc[q]);
 }
 
 #define BWD_TILE(MRV, NBV)                                                                   \
     case (MRV) * 16 + (NBV):                                                                 \
-        FN(bwd_tile)(MRV, NBV, H, dg, ldg, w, acc);                                          \
+        if (pf)                                                                              \
+            FN(bwd_tile)(MRV, NBV, k0, k1, dg, ldg, w, bstride, acc_mem, 1, pf, npf, pfstep);  \
+        else                                                                                 \
+            FN(bwd_tile)(MRV, NBV, k0, k1, dg, ldg, w, bstride, acc_mem, 0, pf, 0, 0);         \
         break;
 
-/* bwd_tile for run-time mr <= BR, nb <= 2 BNB (a tile of 1 row spans 2 BNB blocks) */
-KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t H, const TYPE *dg, int64_t ldg,
-                             const TYPE *w, TYPE *acc)
+/* bwd_tile for run-time mr <= BR, nb <= BNB, or mr = 1, nb <= 2 BNB */
+KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, const TYPE *dg,
+                             int64_t ldg, const TYPE *w, int64_t bstride, TYPE *acc_mem,
+                             const TYPE *pf, int64_t npf, int64_t pfstep)
 {
     switch (mr * 16 + nb) {
         BWD_TILE(1, 1)
@@ -495,25 +529,56 @@ KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t H, const TYPE *dg, int64_t 
     }
 }
 
-/* out [n,W] = dg [n rows, ldg apart] . w for output blocks p0..p1 of W, as register
- * tiles; w packed [ceil(W/V)][4H][V] (whh_b: W = R, wih_b: W = I); plus add [n,W]
- * if set. */
+/* part [n][nb][V] = dg [n rows, ldg apart] . the nb blocks at w (K = G rows each,
+ * blocks bstride apart), n <= sp->rows, in row tiles of near-equal size and, as the
+ * plan says (see step_plan), in chunks of K with the next chunk prefetched; the
+ * last chunk prefetches pf_next (the next blocks' start) if set. */
+KERNEL void FN(bwd_tiles)(int64_t n, int nb, int64_t G, const TYPE *dg, int64_t ldg,
+                          const TYPE *w, int64_t bstride, TYPE *part, const FN(step_plan) *sp,
+                          const TYPE *pf_next)
+{
+    int64_t nt = (n + BR - 1) / BR, kc = nt > 1 && sp->kc < G ? sp->kc : G;
+    for (int64_t k0 = 0; k0 < G; k0 += kc) {
+        int64_t k1 = G - k0 < kc ? G : k0 + kc, npf = 0;
+        const TYPE *pf = NULL;
+        if (!sp->prefetch || nt == 1) {   /* one row tile: the prefetch would double its loads */
+        } else if (k1 < G) {
+            pf = w + k1 * V;
+            npf = G - k1 < kc ? G - k1 : kc;
+        } else if (pf_next) {
+            pf = pf_next;
+            npf = G < kc ? G : kc;
+        }
+        for (int64_t t = 0; t < nt; t++) {
+            int64_t r0 = n * t / nt, r1 = n * (t + 1) / nt;
+            FN(bwd_tile_any)((int)(r1 - r0), nb, k0, k1, dg + r0 * ldg, ldg, w, bstride,
+                             part + r0 * nb * V, pf && npf > t ? pf + t * V : NULL, npf - t, nt);
+        }
+    }
+}
+
+/* out [n,W] = dg [n rows, ldg apart] . w for output blocks p0..p1 of W; w packed
+ * [ceil(W/V)][4H][V] (whh_b: W = R, wih_b: W = I); plus add [n,W] if set. */
 KERNEL void FN(bwd_rows)(int64_t H, int64_t W, const TYPE *w, int64_t p0, int64_t p1,
-                         const TYPE *dg, int64_t ldg, int64_t n, const TYPE *add, TYPE *out)
+                         const TYPE *dg, int64_t ldg, int64_t n, const TYPE *add, TYPE *out,
+                         const FN(step_plan) *sp)
 {
     int64_t G = 4 * H;
-    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
+    TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t jstep = n == 1 ? 2 * BNB : BNB;
     for (int64_t j = p0; j < p1; j += jstep) {
         int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
-        for (int64_t r0 = 0; r0 < n; r0 += BR) {
-            int mr = n - r0 < BR ? (int)(n - r0) : BR;
-            FN(bwd_tile_any)(mr, nb, H, dg + r0 * ldg, ldg, w + j * G * V, acc);
-            for (int r = 0; r < mr; r++)
+        for (int64_t g0 = 0, g1; g0 < n; g0 = g1) {
+            g1 = FN(group_end)(sp, g0, n, BR);
+            int64_t ng = g1 - g0;
+            const TYPE *pf_next = g1 == n && j + jstep < p1 ? w + (j + jstep) * G * V : NULL;
+            FN(bwd_tiles)(ng, nb, G, dg + g0 * ldg, ldg, w + j * G * V, G * V, part, sp,
+                          pf_next);
+            for (int64_t r = 0; r < ng; r++)
                 for (int jb = 0; jb < nb; jb++) {
-                    int64_t off = (j + jb) * V, ro = (r0 + r) * W + off;
+                    int64_t off = (j + jb) * V, ro = (g0 + r) * W + off;
                     int cnt = W - off < V ? (int)(W - off) : V;
-                    vec v = vload(acc + (r * nb + jb) * V);
+                    vec v = vload(part + (r * nb + jb) * V);
                     if (add)
                         v = v + vload_n(add + ro, cnt);
                     vstore_n(out + ro, v, cnt);
@@ -525,11 +590,12 @@ KERNEL void FN(bwd_rows)(int64_t H, int64_t W, const TYPE *w, int64_t p0, int64_
 /* dh of rows 0..n, output blocks p0..p1 of R (the width of h), into out [n,R]:
  * rows < nn get dg_next . w_hh, rows nn..n get dh_n; plus dy_t if set. */
 KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYPE *dg_next,
-                       int64_t nn, int64_t n, const TYPE *dy_t, TYPE *out)
+                       int64_t nn, int64_t n, const TYPE *dy_t, TYPE *out,
+                       const FN(step_plan) *sp)
 {
     int64_t H = ctx->H, R = ctx->P ? ctx->P : H;
     const TYPE *wb = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
-    FN(bwd_rows)(H, R, wb, p0, p1, dg_next, ctx->ldg, nn, dy_t, out);
+    FN(bwd_rows)(H, R, wb, p0, p1, dg_next, ctx->ldg, nn, dy_t, out, sp);
     for (int64_t r = nn; r < n; r++)
         for (int64_t j = p0; j < p1; j++) {
             int64_t off = j * V, ro = r * R + off;
@@ -544,7 +610,8 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
 /* One backward step t without a projection, hidden blocks j0..j1, fused: rows
  * below nn (active at t+1) take dh = dgates[t+1] . w_hh from the register tile,
  * the others (whose last step is t) take dh_n. */
-KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1)
+KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1,
+                         const FN(step_plan) *sp)
 {
     int64_t T = ctx->T, H = ctx->H, ldg = ctx->ldg;
     const int64_t *offs = ctx->offs;
@@ -556,19 +623,20 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     TYPE *dg_t = ctx->dgates + offs[t] * ldg;
     FN(bwd_cell_args) ca = {H, ctx->dh_n, dy_t, gates_t, c_t, cprev, ctx->dc0, dg_t, ldg,
                             NULL, ctx->db};
-    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
-    int64_t jstep = nn == 1 ? 2 * BNB : BNB;
+    TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
+    int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
     for (int64_t j = j0; j < j1; j += jstep) {
         int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
-        for (int64_t r0 = 0; r0 < nn; r0 += BR) {
-            int mr = nn - r0 < BR ? (int)(nn - r0) : BR;
-            FN(bwd_tile_any)(mr, nb, H, dg_next + r0 * ldg, ldg, w + j * 4 * H * V, acc);
-            FN(bwd_cell)(&ca, mr, nb, r0, j, acc);
+        for (int64_t g0 = 0, g1; g0 < nn; g0 = g1) {
+            g1 = FN(group_end)(sp, g0, nn, BR);
+            int64_t ng = g1 - g0;
+            const TYPE *pf_next = g1 == nn && j + jstep < j1 ? w + (j + jstep) * G * V : NULL;
+            FN(bwd_tiles)(ng, nb, G, dg_next + g0 * ldg, ldg, w + j * G * V, G * V, part, sp,
+                          pf_next);
+            FN(bwd_cell)(&ca, (int)ng, nb, g0, j, part);
         }
-        for (int64_t r0 = nn; r0 < n; r0 += BR) {
-            int mr = n - r0 < BR ? (int)(n - r0) : BR;
-            FN(bwd_cell)(&ca, mr, nb, r0, j, NULL);
-        }
+        if (nn < n)
+            FN(bwd_cell)(&ca, (int)(n - nn), nb, nn, j, NULL);
     }
 }
 
@@ -603,9 +671,12 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t nblk = (H + V - 1) / V, rblk = (R + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
     int64_t q0 = FN(split)(rblk, tid, num_threads), q1 = FN(split)(rblk, tid + 1, num_threads);
-    int64_t iblk = (I + V - 1) / V, dx_steps = FN(bwd_dx_in_steps)(I, P);
+    int64_t iblk = (I + V - 1) / V, dx_steps = FN(bwd_dx_in_steps)(B, I, H, P);
     const TYPE *wih_b = (const TYPE *)(base + ctx->hdr->off_wih_b);
     int64_t x0 = FN(split)(iblk, tid, num_threads), x1 = FN(split)(iblk, tid + 1, num_threads);
+    const int64_t s = (int64_t)sizeof(TYPE);
+    const FN(step_plan) sp = FN(step_plan_for)(
+        ((P ? q1 - q0 : j1 - j0) + (dx_steps ? x1 - x0 : 0)) * G * V * s, BNB * V * s);
 
     /* running dc starts as dc_n, db as 0; each thread owns the columns of its
      * blocks. db sums dgates as the cells write them (steps last to first, rows
@@ -631,16 +702,16 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         if (n == 0)
             continue;
         if (!P) {
-            FN(bwd_step)(ctx, t, j0, j1);
+            FN(bwd_step)(ctx, t, j0, j1, &sp);
             if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
                 FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates + offs[t + 1] * ldg, ldg,
-                             offs[t + 2] - offs[t + 1], NULL, ctx->dx + offs[t + 1] * I);
+                             offs[t + 2] - offs[t + 1], NULL, ctx->dx + offs[t + 1] * I, &sp);
             lstm_barrier_wait(bar, num_threads);
             continue;
         }
         int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
         FN(bwd_dh)(ctx, q0, q1, ctx->dgates + offs[t + 1] * ldg, nn, n, ctx->dy + offs[t] * P,
-                   ctx->dh_all + offs[t] * P);
+                   ctx->dh_all + offs[t] * P, &sp);
         lstm_barrier_wait(bar, num_threads);
         gm.M = n;
         gm.a = ctx->dh_all + offs[t] * P;
@@ -649,9 +720,9 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         FN(bwd_step_proj_cell)(ctx, t, j0, j1);
         lstm_barrier_wait(bar, num_threads);
     }
-    FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, NULL, ctx->dh0);
+    FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, NULL, ctx->dh0, &sp);
     if (dx_steps && T && offs[1])
-        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, ctx->dx);
+        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, ctx->dx, &sp);
 
     /* [dw_ih | dw_hh] = dgates^T . [x | h_prev]. When dgates^T is packed (a large
      * N * 4H), as one product writing both outputs, so that it is packed once
