@@ -75,12 +75,27 @@ typedef struct {
     TYPE *ws;
 } FN(fwd_ctx);
 
-/* acc [mr][nb][4][V] += src[rows] . (K rows of the packed whh_f from w), rows ld apart */
-INLINE void FN(fwd_tile_add)(const int mr, const int nb, int64_t K, const TYPE *restrict src,
-                             int64_t ld, const TYPE *restrict w, int64_t bstride, vec *acc)
+/* Prefetch row k of the packed step weights at pf (4 vectors) into L2. */
+INLINE void FN(prefetch_row)(const TYPE *pf, int64_t k)
 {
+#pragma GCC unroll 4
+    for (int l = 0; l < 4 * VBYTES / 64; l++)
+        __builtin_prefetch((const char *)(pf + k * 4 * V) + 64 * l, 0, 2);
+}
+
+/* acc [mr][nb][4][V] += src[rows] . (K rows of the packed whh_f from w), rows ld apart;
+ * meanwhile rows 0, pfstep, 2 pfstep, ... below npf at pf are prefetched. */
+INLINE void FN(fwd_tile_add)(const int mr, const int nb, int64_t K, const TYPE *restrict src,
+                             int64_t ld, const TYPE *restrict w, int64_t bstride, vec *acc,
+                             const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
+{
+    int64_t pfc = 0;
     for (int64_t k = 0; k < K; k++) {
         const TYPE *wk = w + k * 4 * V;
+        if (PF && k < npf && --pfc <= 0) {
+            FN(prefetch_row)(pf, k);
+            pfc = pfstep;
+        }
 #pragma GCC unroll 24
         for (int r = 0; r < mr; r++) {
             vec a = vset1(src[r * ld + k]);
@@ -92,67 +107,156 @@ INLINE void FN(fwd_tile_add)(const int mr, const int nb, int64_t K, const TYPE *
     }
 }
 
-/* The forward register tile: out [mr][nb][4][V] = x_t[rows] . w_ih^T (XF = I > 0
- * only) + h_prev[rows] . w_hh^T for nb blocks (w: packed whh_f at the first block,
- * I + K rows per block); K = R, the width of h. */
-INLINE void FN(fwd_tile)(const int mr, const int nb, int64_t XF, const TYPE *restrict xp,
-                         int64_t I, int64_t K, const TYPE *restrict hp, const TYPE *restrict w,
-                         TYPE *restrict out)
+/* The forward register tile: acc [mr][nb][4][V] += rows k0..k1 of [x_t | h_{t-1}]
+ * (XF + R columns: x_t [.,I] only if XF = I, then h_prev [.,R]) . the matching rows
+ * of nb packed whh_f blocks (w: row 0 of [x | h] in the first block, blocks
+ * bstride apart). acc starts at 0 when k0 == 0, else at the values the previous
+ * chunk stored in acc_mem; it is stored there at the end. Storing and reloading
+ * a partial sum does not change it, so any chunking gives the bits of one pass.
+ * Meanwhile the first npf rows at pf (what the next chunk will read) are
+ * prefetched. */
+INLINE void FN(fwd_tile)(const int mr, const int nb, int64_t k0, int64_t k1, int64_t XF,
+                         const TYPE *restrict xp, int64_t I, const TYPE *restrict hp, int64_t R,
+                         const TYPE *restrict w, int64_t bstride, TYPE *restrict acc_mem,
+                         const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
 {
     vec acc[MAXACC];
 #pragma GCC unroll 24
     for (int q = 0; q < mr * nb * 4; q++)
-        acc[q] = (vec){0};
-    const int64_t bstride = (I + K) * 4 * V;
-    FN(fwd_tile_add)(mr, nb, XF, xp, I, w, bstride, acc);
-    FN(fwd_tile_add)(mr, nb, K, hp, K, w + I * 4 * V, bstride, acc);
+        acc[q] = k0 ? vload(acc_mem + q * V) : (vec){0};
+    int64_t kx = k1 < XF ? k1 : XF, kh = k0 > XF ? k0 : XF;
+    if (k0 < kx)
+        FN(fwd_tile_add)(mr, nb, kx - k0, xp + k0, I, w + k0 * 4 * V, bstride, acc, PF, pf,
+                         npf, pfstep);
+    if (kh < k1)
+        FN(fwd_tile_add)(mr, nb, k1 - kh, hp + kh - XF, R, w + kh * 4 * V, bstride, acc, PF,
+                         pf + (kh - k0) * 4 * V, npf - (kh - k0), pfstep);
 #pragma GCC unroll 24
     for (int q = 0; q < mr * nb * 4; q++)
-        vstore(out + q * V, acc[q]);
+        vstore(acc_mem + q * V, acc[q]);
 }
 
 #define FWD_TILE(MRV, NBV)                                                                   \
     case (MRV) * 16 + (NBV):                                                                 \
-        FN(fwd_tile)(MRV, NBV, XF, xt + r0 * I, I, R, hp + r0 * R, w + j * (I + R) * 4 * V,  \
-                     acc);                                                                   \
+        if (pf)                                                                              \
+            FN(fwd_tile)(MRV, NBV, k0, k1, XF, xp, I, hp, R, w, bstride, acc_mem, 1, pf, npf,  \
+                         pfstep);                                                            \
+        else                                                                                 \
+            FN(fwd_tile)(MRV, NBV, k0, k1, XF, xp, I, hp, R, w, bstride, acc_mem, 0, pf, 0, 0); \
         break;
+
+/* fwd_tile for run-time mr <= FR (nb = 1) or mr = 1, nb <= NB1 */
+KERNEL void FN(fwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, int64_t XF,
+                             const TYPE *xp, int64_t I, const TYPE *hp, int64_t R,
+                             const TYPE *w, int64_t bstride, TYPE *acc_mem, const TYPE *pf,
+                             int64_t npf, int64_t pfstep)
+{
+    switch (mr * 16 + nb) {
+        FWD_TILE(1, 1)
+        FWD_TILE(1, 2)
+#if NB1 >= 4
+        FWD_TILE(1, 3)
+        FWD_TILE(1, 4)
+#endif
+        FWD_TILE(2, 1)
+#if FR >= 6
+        FWD_TILE(3, 1)
+        FWD_TILE(4, 1)
+        FWD_TILE(5, 1)
+        FWD_TILE(6, 1)
+#endif
+    default:
+        break;
+    }
+}
+
+/* How a step walks its tiles; any choice gives the same bits. While the weights a
+ * thread reads in a step fit in its L2, every row tile streams its block from L2
+ * (the row tiles of B = 20: 5+5+5+5, not 6+6+6+2). Beyond that they come from
+ * L3 every step, and a block is walked in chunks of kc rows instead, every row
+ * tile of a group of up to `rows` rows per chunk (their partial sums [rows][4][V]
+ * kept in L1), so that each weight is read from L3 once per step and reused from
+ * L1; meanwhile the row tiles prefetch the next chunk, spread over all of them.
+ * Sizes from the running CPU's caches (cpu.h). */
+#define STEP_ROWS_MAX 64
+typedef struct {
+    int64_t rows, kc;
+    int prefetch;
+} FN(step_plan);
+
+/* Rows g0..g1 of the next group after row g0 of n rows: up to sp->rows rows when the
+ * step walks K in chunks, else one row tile (tiles of near-equal size). */
+static inline int64_t FN(group_end)(const FN(step_plan) *sp, int64_t g0, int64_t n, int tr)
+{
+    if (sp->kc != INT64_MAX)
+        return n - g0 < sp->rows ? n : g0 + sp->rows;
+    int64_t nt = (n + tr - 1) / tr, t = g0 * nt / n;   /* g0 = n*t/nt exactly */
+    while (n * t / nt < g0)
+        t++;
+    return n * (t + 1) / nt;
+}
+
+/* wbytes: the weights a thread reads per step; line: bytes of one k row of a tile's
+ * weights (4 gates x V, or BNB blocks x V in the backward). */
+static FN(step_plan) FN(step_plan_for)(int64_t wbytes, int64_t line)
+{
+    const lstm_cpu_info *cpu = lstm_cpu();
+    FN(step_plan) sp = {STEP_ROWS_MAX, INT64_MAX, 0};
+    if (wbytes <= cpu->l2)
+        return sp;
+    sp.rows = cpu->l1d / 4 / line;
+    sp.rows = sp.rows < FR ? FR : sp.rows > STEP_ROWS_MAX ? STEP_ROWS_MAX : sp.rows;
+    sp.kc = cpu->l1d / 2 / line;
+    sp.kc = sp.kc < 16 ? 16 : sp.kc & ~(int64_t)7;
+    sp.prefetch = 1;
+    return sp;
+}
 
 /* One step for rows 0..B-1 (the active ones), hidden blocks j0..j1: x_t [B,I],
  * h_prev [B,R]; the cell's arguments say where the pre-activation comes from
  * and where gates, c_t and h (o*tanh(c_t): h_t, or m before the projection)
- * go. rev sweeps the tiles last to first (odd steps): tiles are independent, so
- * the values do not change, but each step then starts on the w_hh lines the
- * previous one used last, which are still in L2 when w_hh is about the L2 size
- * (H = 256 f32: 1 MiB). */
+ * go. rev sweeps the blocks last to first (odd steps): blocks are independent, so
+ * the values do not change, but each step then starts on the weights the
+ * previous one used last, which are still in cache when the weights are about
+ * the cache's size. */
 KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int64_t R,
                          int64_t j0, int64_t j1, const TYPE *w, int64_t XF, const TYPE *xt,
-                         const TYPE *hp, int rev)
+                         const TYPE *hp, int rev, const FN(step_plan) *sp)
 {
-    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
+    TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
+    const int64_t K = XF + R, bstride = (I + R) * 4 * V;
+    const TYPE *w0 = w + (I - XF) * 4 * V;   /* row 0 of [x | h] in block 0 */
     int64_t jstep = B == 1 ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
     for (int64_t it = 0; it < ntile; it++) {
         int64_t j = j0 + (rev ? ntile - 1 - it : it) * jstep;
         int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
-        for (int64_t r0 = 0; r0 < B; r0 += FR) {
-            int mr = B - r0 < FR ? (int)(B - r0) : FR;
-            switch (mr * 16 + nb) {
-                FWD_TILE(1, 1)
-                FWD_TILE(1, 2)
-#if NB1 >= 4
-                FWD_TILE(1, 3)
-                FWD_TILE(1, 4)
-#endif
-                FWD_TILE(2, 1)
-#if FR >= 6
-                FWD_TILE(3, 1)
-                FWD_TILE(4, 1)
-                FWD_TILE(5, 1)
-                FWD_TILE(6, 1)
-#endif
-            default:
-                break;
+        for (int64_t g0 = 0; g0 < B; g0 += sp->rows) {
+            int64_t n = B - g0 < sp->rows ? B - g0 : sp->rows, nt = (n + FR - 1) / FR;
+            int64_t kc = nt > 1 && sp->kc < K ? sp->kc : K;
+            for (int64_t k0 = 0; k0 < K; k0 += kc) {
+                int64_t k1 = K - k0 < kc ? K : k0 + kc;
+                /* what the next chunk reads: the rest of this block, else (nb = 1) the
+                 * next block's first chunk, unless this was the step's last block */
+                const TYPE *pf = NULL;
+                int64_t npf = 0;
+                if (!sp->prefetch) {
+                } else if (k1 < K) {
+                    pf = w0 + j * bstride + k1 * 4 * V;
+                    npf = K - k1 < kc ? K - k1 : kc;
+                } else if (nb == 1 && it + 1 < ntile && g0 + sp->rows >= B) {
+                    pf = w0 + (j0 + (rev ? ntile - 2 - it : it + 1)) * bstride;
+                    npf = K < kc ? K : kc;
+                }
+                for (int64_t t = 0; t < nt; t++) {
+                    int64_t r0 = g0 + n * t / nt, r1 = g0 + n * (t + 1) / nt;
+                    TYPE *pt = kc < K ? part + (r0 - g0) * nb * 4 * V : part;
+                    FN(fwd_tile_any)((int)(r1 - r0), nb, k0, k1, XF, xt + r0 * I, I, hp + r0 * R,
+                                     R, w0 + j * bstride, bstride, pt,
+                                     pf && npf > t ? pf + t * 4 * V : NULL, npf - t, nt);
+                    if (k1 == K)
+                        FN(fwd_cell)(ca, (int)(r1 - r0), nb, r0, j, pt);
+                }
             }
-            FN(fwd_cell)(ca, mr, nb, r0, j, acc);
         }
     }
 }
@@ -161,11 +265,17 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
  * h.w_hh^T (1), or one GEMM over all T*B rows does it before the loop (0).
  * Fusing saves writing and re-reading 4H pre-activations per row, and with a
  * tiny I the hoisted GEMM is nothing but that traffic; the hoisted GEMM reads
- * w_ih once for all rows, the fused step once per step and row tile. Measured
- * on the AMD Zen 5 (f32, 1 thread, ms, hoisted/fused): (6,32,3,32)
- * .0153/.0130; (32,16,64,64) .173/.165; (128,64,64,64) 3.41/2.95;
- * (32,64,256,256) 10.9/9.45; (32,1,64,64) .018/.026; (32,1,256,256) .28/.50;
- * (32,8,256,256) 1.26/1.44. Depends on the shape only (not T or threads): a
+ * w_ih once for all rows, the fused step once per step (and per row tile where
+ * the weights stay in L2). Measured on the AMD Zen 5 (f32, 1 thread, ms,
+ * hoisted/fused): (6,32,3,32) .0153/.0130; (32,16,64,64) .173/.165;
+ * (128,64,64,64) 3.41/2.95; (32,64,256,256) 10.9/9.45; (32,1,64,64) .018/.026;
+ * (32,1,256,256) .28/.50; (32,8,256,256) 1.26/1.44. On the Intel Xeon (L2 2 MiB)
+ * hoisting where [w_ih | w_hh] exceeds half the L2 at 16 <= B < 32 (the steps
+ * then stream it from L3) did not pay either, with the chunked steps of
+ * fwd_step: ms fused/hoisted, forward without saving / training step:
+ * (35,20,200,200) 3.07/3.10, 11.75/11.77; (35,20,650,650) 31.8/33.1,
+ * 119.2/120.6; (200,16,80,320) 22.6/26.4, 83.5/84.6; (200,16,640,320)
+ * 57.8/57.5, 197.0/195.8. Depends on the shape only (not T or threads): a
  * streamed step gives the same bits as a whole-sequence call. */
 static int FN(fwd_fuse_x)(int64_t B, int64_t I) { return I <= 16 || B >= 16; }
 
@@ -213,6 +323,8 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     ca.pre = XF ? (const TYPE *)(base + ctx->hdr->off_b) : NULL;   /* the bias alone */
     ca.pre_ld = XF ? 0 : G;
     const TYPE *w = (const TYPE *)(base + ctx->hdr->off_whh_f);
+    const int64_t s = (int64_t)sizeof(TYPE);
+    const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * (XF + R) * 4 * V * s, 4 * V * s);
     for (int64_t t = 0; t < T; t++) {
         int64_t n = offs[t + 1] - offs[t];
         if (n == 0)
@@ -229,7 +341,7 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             ca.cprev = ca.c = ctx->c_n;
         }
         ca.h = P ? ctx->m : yt;
-        FN(fwd_step)(&ca, n, I, R, j0, j1, w, XF, ctx->x + offs[t] * I, hp, (int)(t & 1));
+        FN(fwd_step)(&ca, n, I, R, j0, j1, w, XF, ctx->x + offs[t] * I, hp, (int)(t & 1), &sp);
         lstm_barrier_wait(bar, num_threads);
         if (P) {
             gp.M = n;
@@ -331,18 +443,30 @@ static int64_t FN(dg_ld)(int64_t H)
     return (G * (int64_t)sizeof(TYPE)) % 512 == 0 ? G + 64 / (int64_t)sizeof(TYPE) : G;
 }
 
-/* The backward register tile: out [mr][nb][V] = dg[rows] . w for nb blocks of V
- * output columns (K = 4H; w packed [block][4H][V]: whh_b for dh, wih_b for dx) */
-INLINE void FN(bwd_tile)(const int mr, const int nb, int64_t H, const TYPE *restrict dg,
-                         int64_t ldg, const TYPE *restrict w, TYPE *restrict out)
+/* The backward register tile: acc [mr][nb][V] += dg[rows, k0..k1) . rows k0..k1 of nb
+ * blocks of V output columns (w packed [block][4H][V], blocks bstride apart: whh_b
+ * for dh, wih_b for dx). acc starts at 0 when k0 == 0, else at the values the
+ * previous chunk stored in acc_mem, and is stored there at the end (same bits for
+ * any chunking); meanwhile rows 0, pfstep, ... below npf of the nb blocks at pf are
+ * prefetched. */
+INLINE void FN(bwd_tile)(const int mr, const int nb, int64_t k0, int64_t k1,
+                         const TYPE *restrict dg, int64_t ldg, const TYPE *restrict w,
+                         int64_t bstride, TYPE *restrict acc_mem, const int PF, const TYPE *pf,
+                         int64_t npf, int64_t pfstep)
 {
     vec acc[MAXACC];
-    const int64_t G = 4 * H, bstride = G * V;
 #pragma GCC unroll 24
     for (int q = 0; q < mr * nb; q++)
-        acc[q] = (vec){0};
-    for (int64_t k = 0; k < G; k++) {
+        acc[q] = k0 ? vload(acc_mem + q * V) : (vec){0};
+    int64_t pfc = 0;
+    for (int64_t k = k0; k < k1; k++) {
         const TYPE *wk = w + k * V;
+        if (PF && k - k0 < npf && --pfc <= 0) {
+#pragma GCC unroll 8
+            for (int q = 0; q < nb; q++)
+                __builtin_prefetch(pf + q * bstride + (k - k0) * V, 0, 2);
+            pfc = pfstep;
+        }
 #pragma GCC unroll 24
         for (int r = 0; r < mr; r++) {
             vec a = vset1(dg[r * ldg + k]);
@@ -353,17 +477,21 @@ INLINE void FN(bwd_tile)(const int mr, const int nb, int64_t H, const TYPE *rest
     }
 #pragma GCC unroll 24
     for (int q = 0; q < mr * nb; q++)
-        vstore(out + q * V, acc[q]);
+        vstore(acc_mem + q * V, acc[q]);
 }
 
 #define BWD_TILE(MRV, NBV)                                                                   \
     case (MRV) * 16 + (NBV):                                                                 \
-        FN(bwd_tile)(MRV, NBV, H, dg, ldg, w, acc);                                          \
+        if (pf)                                                                              \
+            FN(bwd_tile)(MRV, NBV, k0, k1, dg, ldg, w, bstride, acc_mem, 1, pf, npf, pfstep);  \
+        else                                                                                 \
+            FN(bwd_tile)(MRV, NBV, k0, k1, dg, ldg, w, bstride, acc_mem, 0, pf, 0, 0);         \
         break;
 
-/* bwd_tile for run-time mr <= BR, nb <= 2 BNB (a tile of 1 row spans 2 BNB blocks) */
-KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t H, const TYPE *dg, int64_t ldg,
-                             const TYPE *w, TYPE *acc)
+/* bwd_tile for run-time mr <= BR, nb <= BNB, or mr = 1, nb <= 2 BNB */
+KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, const TYPE *dg,
+                             int64_t ldg, const TYPE *w, int64_t bstride, TYPE *acc_mem,
+                             const TYPE *pf, int64_t npf, int64_t pfstep)
 {
     switch (mr * 16 + nb) {
         BWD_TILE(1, 1)
@@ -401,25 +529,56 @@ KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t H, const TYPE *dg, int64_t 
     }
 }
 
-/* out [n,W] = dg [n rows, ldg apart] . w for output blocks p0..p1 of W, as register
- * tiles; w packed [ceil(W/V)][4H][V] (whh_b: W = R, wih_b: W = I); plus add [n,W]
- * if set. */
+/* part [n][nb][V] = dg [n rows, ldg apart] . the nb blocks at w (K = G rows each,
+ * blocks bstride apart), n <= sp->rows, in row tiles of near-equal size and, as the
+ * plan says (see step_plan), in chunks of K with the next chunk prefetched; the
+ * last chunk prefetches pf_next (the next blocks' start) if set. */
+KERNEL void FN(bwd_tiles)(int64_t n, int nb, int64_t G, const TYPE *dg, int64_t ldg,
+                          const TYPE *w, int64_t bstride, TYPE *part, const FN(step_plan) *sp,
+                          const TYPE *pf_next)
+{
+    int64_t nt = (n + BR - 1) / BR, kc = nt > 1 && sp->kc < G ? sp->kc : G;
+    for (int64_t k0 = 0; k0 < G; k0 += kc) {
+        int64_t k1 = G - k0 < kc ? G : k0 + kc, npf = 0;
+        const TYPE *pf = NULL;
+        if (!sp->prefetch || nt == 1) {   /* one row tile: the prefetch would double its loads */
+        } else if (k1 < G) {
+            pf = w + k1 * V;
+            npf = G - k1 < kc ? G - k1 : kc;
+        } else if (pf_next) {
+            pf = pf_next;
+            npf = G < kc ? G : kc;
+        }
+        for (int64_t t = 0; t < nt; t++) {
+            int64_t r0 = n * t / nt, r1 = n * (t + 1) / nt;
+            FN(bwd_tile_any)((int)(r1 - r0), nb, k0, k1, dg + r0 * ldg, ldg, w, bstride,
+                             part + r0 * nb * V, pf && npf > t ? pf + t * V : NULL, npf - t, nt);
+        }
+    }
+}
+
+/* out [n,W] = dg [n rows, ldg apart] . w for output blocks p0..p1 of W; w packed
+ * [ceil(W/V)][4H][V] (whh_b: W = R, wih_b: W = I); plus add [n,W] if set. */
 KERNEL void FN(bwd_rows)(int64_t H, int64_t W, const TYPE *w, int64_t p0, int64_t p1,
-                         const TYPE *dg, int64_t ldg, int64_t n, const TYPE *add, TYPE *out)
+                         const TYPE *dg, int64_t ldg, int64_t n, const TYPE *add, TYPE *out,
+                         const FN(step_plan) *sp)
 {
     int64_t G = 4 * H;
-    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
+    TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t jstep = n == 1 ? 2 * BNB : BNB;
     for (int64_t j = p0; j < p1; j += jstep) {
         int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
-        for (int64_t r0 = 0; r0 < n; r0 += BR) {
-            int mr = n - r0 < BR ? (int)(n - r0) : BR;
-            FN(bwd_tile_any)(mr, nb, H, dg + r0 * ldg, ldg, w + j * G * V, acc);
-            for (int r = 0; r < mr; r++)
+        for (int64_t g0 = 0, g1; g0 < n; g0 = g1) {
+            g1 = FN(group_end)(sp, g0, n, BR);
+            int64_t ng = g1 - g0;
+            const TYPE *pf_next = g1 == n && j + jstep < p1 ? w + (j + jstep) * G * V : NULL;
+            FN(bwd_tiles)(ng, nb, G, dg + g0 * ldg, ldg, w + j * G * V, G * V, part, sp,
+                          pf_next);
+            for (int64_t r = 0; r < ng; r++)
                 for (int jb = 0; jb < nb; jb++) {
-                    int64_t off = (j + jb) * V, ro = (r0 + r) * W + off;
+                    int64_t off = (j + jb) * V, ro = (g0 + r) * W + off;
                     int cnt = W - off < V ? (int)(W - off) : V;
-                    vec v = vload(acc + (r * nb + jb) * V);
+                    vec v = vload(part + (r * nb + jb) * V);
                     if (add)
                         v = v + vload_n(add + ro, cnt);
                     vstore_n(out + ro, v, cnt);
@@ -431,11 +590,12 @@ KERNEL void FN(bwd_rows)(int64_t H, int64_t W, const TYPE *w, int64_t p0, int64_
 /* dh of rows 0..n, output blocks p0..p1 of R (the width of h), into out [n,R]:
  * rows < nn get dg_next . w_hh, rows nn..n get dh_n; plus dy_t if set. */
 KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYPE *dg_next,
-                       int64_t nn, int64_t n, const TYPE *dy_t, TYPE *out)
+                       int64_t nn, int64_t n, const TYPE *dy_t, TYPE *out,
+                       const FN(step_plan) *sp)
 {
     int64_t H = ctx->H, R = ctx->P ? ctx->P : H;
     const TYPE *wb = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
-    FN(bwd_rows)(H, R, wb, p0, p1, dg_next, ctx->ldg, nn, dy_t, out);
+    FN(bwd_rows)(H, R, wb, p0, p1, dg_next, ctx->ldg, nn, dy_t, out, sp);
     for (int64_t r = nn; r < n; r++)
         for (int64_t j = p0; j < p1; j++) {
             int64_t off = j * V, ro = r * R + off;
@@ -450,7 +610,8 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
 /* One backward step t without a projection, hidden blocks j0..j1, fused: rows
  * below nn (active at t+1) take dh = dgates[t+1] . w_hh from the register tile,
  * the others (whose last step is t) take dh_n. */
-KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1)
+KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1,
+                         const FN(step_plan) *sp)
 {
     int64_t T = ctx->T, H = ctx->H, ldg = ctx->ldg;
     const int64_t *offs = ctx->offs;
@@ -462,19 +623,20 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     TYPE *dg_t = ctx->dgates + offs[t] * ldg;
     FN(bwd_cell_args) ca = {H, ctx->dh_n, dy_t, gates_t, c_t, cprev, ctx->dc0, dg_t, ldg,
                             NULL, ctx->db};
-    TYPE acc[MAXACC * V] __attribute__((aligned(64)));
-    int64_t jstep = nn == 1 ? 2 * BNB : BNB;
+    TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
+    int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
     for (int64_t j = j0; j < j1; j += jstep) {
         int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
-        for (int64_t r0 = 0; r0 < nn; r0 += BR) {
-            int mr = nn - r0 < BR ? (int)(nn - r0) : BR;
-            FN(bwd_tile_any)(mr, nb, H, dg_next + r0 * ldg, ldg, w + j * 4 * H * V, acc);
-            FN(bwd_cell)(&ca, mr, nb, r0, j, acc);
+        for (int64_t g0 = 0, g1; g0 < nn; g0 = g1) {
+            g1 = FN(group_end)(sp, g0, nn, BR);
+            int64_t ng = g1 - g0;
+            const TYPE *pf_next = g1 == nn && j + jstep < j1 ? w + (j + jstep) * G * V : NULL;
+            FN(bwd_tiles)(ng, nb, G, dg_next + g0 * ldg, ldg, w + j * G * V, G * V, part, sp,
+                          pf_next);
+            FN(bwd_cell)(&ca, (int)ng, nb, g0, j, part);
         }
-        for (int64_t r0 = nn; r0 < n; r0 += BR) {
-            int mr = n - r0 < BR ? (int)(n - r0) : BR;
-            FN(bwd_cell)(&ca, mr, nb, r0, j, NULL);
-        }
+        if (nn < n)
+            FN(bwd_cell)(&ca, (int)(n - nn), nb, nn, j, NULL);
     }
 }
 
@@ -509,9 +671,12 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t nblk = (H + V - 1) / V, rblk = (R + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
     int64_t q0 = FN(split)(rblk, tid, num_threads), q1 = FN(split)(rblk, tid + 1, num_threads);
-    int64_t iblk = (I + V - 1) / V, dx_steps = FN(bwd_dx_in_steps)(I, P);
+    int64_t iblk = (I + V - 1) / V, dx_steps = FN(bwd_dx_in_steps)(B, I, H, P);
     const TYPE *wih_b = (const TYPE *)(base + ctx->hdr->off_wih_b);
     int64_t x0 = FN(split)(iblk, tid, num_threads), x1 = FN(split)(iblk, tid + 1, num_threads);
+    const int64_t s = (int64_t)sizeof(TYPE);
+    const FN(step_plan) sp = FN(step_plan_for)(
+        ((P ? q1 - q0 : j1 - j0) + (dx_steps ? x1 - x0 : 0)) * G * V * s, BNB * V * s);
 
     /* running dc starts as dc_n, db as 0; each thread owns the columns of its
      * blocks. db sums dgates as the cells write them (steps last to first, rows
@@ -537,16 +702,16 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         if (n == 0)
             continue;
         if (!P) {
-            FN(bwd_step)(ctx, t, j0, j1);
+            FN(bwd_step)(ctx, t, j0, j1, &sp);
             if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
                 FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates + offs[t + 1] * ldg, ldg,
-                             offs[t + 2] - offs[t + 1], NULL, ctx->dx + offs[t + 1] * I);
+                             offs[t + 2] - offs[t + 1], NULL, ctx->dx + offs[t + 1] * I, &sp);
             lstm_barrier_wait(bar, num_threads);
             continue;
         }
         int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
         FN(bwd_dh)(ctx, q0, q1, ctx->dgates + offs[t + 1] * ldg, nn, n, ctx->dy + offs[t] * P,
-                   ctx->dh_all + offs[t] * P);
+                   ctx->dh_all + offs[t] * P, &sp);
         lstm_barrier_wait(bar, num_threads);
         gm.M = n;
         gm.a = ctx->dh_all + offs[t] * P;
@@ -555,9 +720,9 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         FN(bwd_step_proj_cell)(ctx, t, j0, j1);
         lstm_barrier_wait(bar, num_threads);
     }
-    FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, NULL, ctx->dh0);
+    FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, NULL, ctx->dh0, &sp);
     if (dx_steps && T && offs[1])
-        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, ctx->dx);
+        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, ctx->dx, &sp);
 
     /* [dw_ih | dw_hh] = dgates^T . [x | h_prev]. When dgates^T is packed (a large
      * N * 4H), as one product writing both outputs, so that it is packed once
@@ -733,4 +898,5 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #undef PACK_MAGIC
 #undef ALIGN64
 #undef FWD_TILE
+#undef STEP_ROWS_MAX
 #undef BWD_TILE

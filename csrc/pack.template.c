@@ -9,24 +9,39 @@
 
 /* Whether dx is computed step by step: the n rows of step t+1, out [n,I] =
  * dg . w_ih (bwd_rows with wih_b), in step t, while dg is still in cache;
- * otherwise one GEMM after the loop (wih). Used without a projection and for I > 16;
- * measured (f32, 1 thread, CPU time of the backward, GEMM / steps):
- * (32,64,256,256) 21.1/20.0 ms, (32,16,64,64) .327/.312 ms; but (6,32,3,32)
- * 26.4/27.7 us: with I = 3 a tile of V columns is mostly padding, where the
- * GEMM's narrow tile has twice the rows. */
-static int FN(bwd_dx_in_steps)(int64_t I, int64_t P) { return !P && I > 16; }
+ * otherwise one GEMM after the loop (wih). Only without a projection and for
+ * I > 16: measured on the AMD Zen 5 (f32, 1 thread, CPU time of the backward,
+ * GEMM / steps): (32,64,256,256) 21.1/20.0 ms, (32,16,64,64) .327/.312 ms; but
+ * (6,32,3,32) 26.4/27.7 us: with I = 3 a tile of V columns is mostly padding,
+ * where the GEMM's narrow tile has twice the rows. And only while w_hh and w_ih,
+ * which a step then reads, fit in the L2, unless enough rows share them (B >= 32)
+ * to hide their streaming from L3. Measured on the Intel Xeon (L2 2 MiB, f32, 1
+ * thread, backward ms, steps / GEMM): (35,20,650,650) 73.8/68.1; (200,16,640,320)
+ * 121.5/112.5; (200,16,80,320) 50.3/48.8; but (50,64,512,512) 178.4/185.0,
+ * (128,64,512,512) 458/483. Both layouts are packed where the batch size decides. */
+static int FN(dx_steps_possible)(int64_t I, int64_t P) { return !P && I > 16; }
+
+static int FN(dx_fits_l2)(int64_t I, int64_t H)
+{
+    return (I + H) * 4 * H * (int64_t)sizeof(TYPE) <= lstm_cpu()->l2;
+}
+
+static int FN(bwd_dx_in_steps)(int64_t B, int64_t I, int64_t H, int64_t P)
+{
+    return FN(dx_steps_possible)(I, P) && (B >= 32 || FN(dx_fits_l2)(I, H));
+}
 
 /* ---- packed weights ----------------------------------------------------------
  * R = P with a projection, else H: the width of h. header, then (64-byte aligned):
  *   wih_t  [ceil(4H/NR)][I][NR]   B = w_ih^T for gates = x.w_ih^T
- *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih (a GEMM; empty if
- *                                 bwd_dx_in_steps)
+ *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih (a GEMM; only if
+ *                                 bwd_dx_in_steps can say no)
  *   whh_f  [ceil(H/V)][I+R][4][V] forward step: i,f,g,o of V units together;
  *                                 the block's first I rows hold w_ih^T, for
  *                                 steps that do x_t.w_ih^T themselves (fwd_fuse_x)
  *   whh_b  [ceil(R/V)][4H][V]     backward step: dh = dgates.w_hh
  *   wih_b  [ceil(I/V)][4H][V]     backward step: dx = dgates.w_ih (only if
- *                                 bwd_dx_in_steps)
+ *                                 bwd_dx_in_steps can say yes)
  *   b      [4H]
  *   whr_t  [ceil(P/NR)][H][NR]    B = w_hr^T for h = m.w_hr^T   (projection only)
  *   whr    [ceil(H/NR)][P][NR]    B = w_hr   for dm = dh.w_hr    (projection only)
@@ -44,7 +59,8 @@ typedef struct {
 
 static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h)
 {
-    int64_t R = P ? P : H, s = (int64_t)sizeof(TYPE), dx_steps = FN(bwd_dx_in_steps)(I, P);
+    int64_t R = P ? P : H, s = (int64_t)sizeof(TYPE);
+    int dx_steps = FN(dx_steps_possible)(I, P), dx_gemm = !dx_steps || !FN(dx_fits_l2)(I, H);
     h->magic = PACK_MAGIC;
     h->level = ISA;
     h->elem_size = (int32_t)sizeof(TYPE);
@@ -55,7 +71,7 @@ static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h
     h->off_wih_t = off;
     off = ALIGN64(off + (4 * H + NR - 1) / NR * I * NR * s);
     h->off_wih = off;
-    off = ALIGN64(off + (dx_steps ? 0 : (I + NR - 1) / NR * 4 * H * NR * s));
+    off = ALIGN64(off + (dx_gemm ? (I + NR - 1) / NR * 4 * H * NR * s : 0));
     h->off_whh_f = off;
     off = ALIGN64(off + (H + V - 1) / V * (I + R) * 4 * V * s);
     h->off_whh_b = off;
@@ -106,8 +122,9 @@ static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYP
     TYPE *whh_f = (TYPE *)(base + h->off_whh_f), *whh_b = (TYPE *)(base + h->off_whh_b);
     TYPE *bb = (TYPE *)(base + h->off_b);
     FN(pack_panels)(I, G, w_ih, 1, I, (TYPE *)(base + h->off_wih_t));
-    int64_t KF = I + R, dx_steps = FN(bwd_dx_in_steps)(I, P);
-    if (!dx_steps)
+    int64_t KF = I + R;
+    int dx_steps = FN(dx_steps_possible)(I, P), dx_gemm = !dx_steps || !FN(dx_fits_l2)(I, H);
+    if (dx_gemm)
         FN(pack_panels)(G, I, w_ih, I, 1, (TYPE *)(base + h->off_wih));
     for (int64_t j = 0; j < (H + V - 1) / V; j++)
         for (int64_t k = 0; k < KF; k++)
