@@ -77,6 +77,21 @@ def _delta(before):
     return None if before is None or after is None else [a - b for a, b in zip(after, before)]
 
 
+def _wait_child(pid, timeout=HANG_S + 10):
+    """Wait for forked child pid (killed and failed after timeout) and assert it exited 0."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:             # pragma: no cover
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("forked child hung")
+        time.sleep(0.01)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
 def _watchdog(body, timeout=HANG_S):
     """Run body() in a daemon thread; fail (with every thread's stack) if it hangs."""
     box = {}
@@ -243,17 +258,7 @@ def test_pool_in_forked_child(runtime):
             code = 0 if all(_same(_fwd_bwd(p, d, 2), want) for _ in range(50)) else 2
         finally:
             os._exit(code)
-    deadline = time.monotonic() + HANG_S + 10
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:             # pragma: no cover
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("forked child hung")
-        time.sleep(0.01)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    _wait_child(pid)
     assert _same(_fwd_bwd(p, d, 2), want)           # and the parent's pool still works
 
 

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ ck = pytest.importorskip("lstm_fast.backends._c")
 import lstm_fast  # noqa: E402
 from lstm_fast import torch as ltorch  # noqa: E402
 
-from test_threads import HANG_S, TWO, _delta, _pool_stats, _watchdog  # noqa: E402
+from test_threads import HANG_S, TWO, _delta, _pool_stats, _wait_child, _watchdog  # noqa: E402
 
 needs_two = pytest.mark.skipif(not TWO, reason="needs 2 online CPUs for 2-thread jobs")
 
@@ -280,17 +279,7 @@ def test_forked_child_after_host_runtime_uses_own_pool():
             code = 0 if ok and own else (2 if not ok else 3)
         finally:
             os._exit(code)
-    deadline = time.monotonic() + HANG_S + 10
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:         # pragma: no cover
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("forked child hung")
-        time.sleep(0.01)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    _wait_child(pid)
     assert layer(x)[0].tobytes() == want      # and the parent still runs on the host team
 
 
