@@ -184,6 +184,15 @@ INLINE void FN(gemm_tile)(const int rows, const int nvec, int64_t kc, const TYPE
         for (int j = 0; j < nvec; j++)
             acc[r][j] = (vec){0};
     }
+    /* the C tile is read (or written) after the k loop: start fetching it now,
+     * its lines otherwise miss one after another at the end of every tile */
+#pragma GCC unroll 16
+    for (int r = 0; r < rows; r++)
+        if (r < mr)
+#pragma GCC unroll 8
+            for (int j = 0; j < nvec; j++)
+                if (j * V < nn)
+                    __builtin_prefetch(c + r * ldc + j * V, 1, 3);
     for (int64_t k = 0; k < kc; k++) {
         vec b[NV * WP];
 #pragma GCC unroll 8
