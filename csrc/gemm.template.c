@@ -20,9 +20,13 @@
  *     this kernel's forward (that GEMM, an equal recurrent GEMM and the cell)
  *     136 / 88. On Intel, MKL runs AVX-512 and is the bar to meet.
  *
- * Blocking: a KC x NC block of B (packed into panels of NR columns) stays in
+ * Blocking: a KC x nc block of B (packed into panels of NR columns) stays in
  * L2 and an MR x KC sliver of A in L1; the MR x NR register tile accumulates
- * over KC, C = A.B (+bias) on the first K block, C += A.B after. B is either
+ * over KC, C = A.B (+bias) on the first K block, C += A.B after. KC is fixed
+ * (it sets the order of the sums: the same bits on every CPU); nc comes from
+ * the running CPU's L2 (gemm_nc: half of it for the block), and transposed A
+ * is packed once per K block and reused for all of the thread's panels when
+ * they fit one block (dw: N = I + R up to ~1000 with a 2 MiB L2). B is either
  * prepacked (weights, packed once by lstm_pack_*) or packed here per block
  * (activations: dw = dgates^T.[x | h_prev]). A is read in place (row-major,
  * or transposed for dgates^T when small) or packed (transposed A, and row-major
@@ -32,13 +36,8 @@
  * panels (or row tiles when there are more of those), so each output element
  * is the same sum in the same order whatever the thread count. */
 
-#if IS_F64
 #define KC 256
-#define NC 256
-#else
-#define KC 256
-#define NC 512
-#endif
+#define NC_MAX 4096   /* columns of a B block at most (the workspace grows with it) */
 #define NV 2          /* vectors per panel row */
 #define NR (NV * V)   /* columns of a panel */
 #define WP 4          /* panels per tile of a 1- or 2-row GEMM tile */
@@ -184,6 +183,15 @@ INLINE void FN(gemm_tile)(const int rows, const int nvec, int64_t kc, const TYPE
         for (int j = 0; j < nvec; j++)
             acc[r][j] = (vec){0};
     }
+    /* the C tile is read (or written) after the k loop: start fetching it now,
+     * its lines otherwise miss one after another at the end of every tile */
+#pragma GCC unroll 16
+    for (int r = 0; r < rows; r++)
+        if (r < mr)
+#pragma GCC unroll 8
+            for (int j = 0; j < nvec; j++)
+                if (j * V < nn)
+                    __builtin_prefetch(c + r * ldc + j * V, 1, 3);
     for (int64_t k = 0; k < kc; k++) {
         vec b[NV * WP];
 #pragma GCC unroll 8
@@ -291,11 +299,20 @@ static inline int64_t FN(split)(int64_t n, int tid, int num_threads)
     return n * tid / num_threads;
 }
 
-/* Per-thread workspace (elements): B block KC x NC (raw B only), then the A
+/* Columns of a block of B: KC x nc elements fill about half the L2 of the
+ * running CPU (the rest holds C and A's slivers), a multiple of NR in
+ * [4 NR, NC_MAX]. Only the blocking, never the bits, depends on it. */
+static int64_t FN(gemm_nc)(void)
+{
+    int64_t nc = lstm_cpu()->l2 / 2 / (KC * (int64_t)sizeof(TYPE)) / NR * NR;
+    return nc < 4 * NR ? 4 * NR : nc > NC_MAX ? NC_MAX : nc;
+}
+
+/* Per-thread workspace (elements): B block KC x nc (raw B only), then the A
  * slivers: MR x KC, or for transposed A ATB tiles of MR x KC. */
 static int64_t FN(gemm_ws_elems)(int raw_b)
 {
-    return (raw_b ? (int64_t)KC * NC : 0) + (int64_t)ATB * MR * KC + 64;
+    return (raw_b ? (int64_t)KC * FN(gemm_nc)() : 0) + (int64_t)ATB * MR * KC + 64;
 }
 
 /* C (M x N) = A.B (+ bias), the part of thread tid of num_threads. */
@@ -312,7 +329,8 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int num_threads)
     }
     if (p0 >= p1 || mt0 >= mt1)
         return;
-    TYPE *bpk = ws, *ap = ws + (g->bpacked ? 0 : (int64_t)KC * NC);
+    const int64_t nc = FN(gemm_nc)(), npb = nc / NR;
+    TYPE *bpk = ws, *ap = ws + (g->bpacked ? 0 : KC * nc);
     int pack_rows = !g->a_trans && (g->lda * (int64_t)sizeof(TYPE)) % 2048 == 0 &&
                     p1 - p0 >= 4;
     /* a small transposed A (dgates^T of a short sequence) is read in place: its
@@ -328,8 +346,8 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int num_threads)
     }
     for (int64_t kb = 0; kb < g->K; kb += KC) {
         int64_t kc = g->K - kb < KC ? g->K - kb : KC;
-        for (int64_t pb = p0; pb < p1; pb += NC / NR) {
-            int64_t pe = pb + NC / NR < p1 ? pb + NC / NR : p1;
+        for (int64_t pb = p0; pb < p1; pb += npb) {
+            int64_t pe = pb + npb < p1 ? pb + npb : p1;
             const TYPE *bblk;
             int64_t pstride;
             if (g->bpacked) {

@@ -887,7 +887,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #undef LN2_LO
 #undef LOG2E
 #undef KC
-#undef NC
+#undef NC_MAX
 #undef NV
 #undef NR
 #undef WP
