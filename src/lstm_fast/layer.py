@@ -81,6 +81,7 @@ class LSTM:
             arr = rng.uniform(-k, k, size=shape).astype(self.dtype)
             arr.flags.writeable = False
             self._params[name] = arr
+        self._drop_packed()
 
     # --- structure -------------------------------------------------------
 
@@ -119,12 +120,6 @@ class LSTM:
         return self.proj_size or self.hidden_size
 
     # --- parameters ------------------------------------------------------
-
-    def __getattr__(self, name):
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def named_parameters(self):
         """(name, array) pairs in torch's order; the arrays are read-only views."""
@@ -187,7 +182,12 @@ class LSTM:
         return arr
 
     def _drop_packed(self):
+        """After any change of the parameters (every route calls this): drop the packed
+        copies, and expose the current arrays as attributes (``layer.weight_ih_l0``). They are
+        plain instance attributes rather than a ``__getattr__``: a class with ``__getattr__``
+        loses CPython's fast attribute lookup for every ``self.x`` in forward and backward."""
         self._packed = [None] * len(self._names)
+        self.__dict__.update(self.__dict__.get("_params", ()))
 
     def _pack(self, k):
         """The backend's packed weights of layer-direction k (packed on first use)."""
