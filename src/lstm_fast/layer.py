@@ -22,6 +22,8 @@ from . import _params, _validation, backends
 from .functional import make_plan, run_backward, run_forward
 
 _NOT_SAVED = "not saved"     # the cache after a forward call that kept nothing for backward
+_HX_NAMES = ("hx[0] (h0)", "hx[1] (c0)")
+_HX_EXPECTED = "(num_layers*num_directions, B, H) = ({}, {}, {})"
 
 
 class LSTM:
@@ -79,6 +81,7 @@ class LSTM:
             arr = rng.uniform(-k, k, size=shape).astype(self.dtype)
             arr.flags.writeable = False
             self._params[name] = arr
+        self._drop_packed()
 
     # --- structure -------------------------------------------------------
 
@@ -117,12 +120,6 @@ class LSTM:
         return self.proj_size or self.hidden_size
 
     # --- parameters ------------------------------------------------------
-
-    def __getattr__(self, name):
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def named_parameters(self):
         """(name, array) pairs in torch's order; the arrays are read-only views."""
@@ -185,7 +182,12 @@ class LSTM:
         return arr
 
     def _drop_packed(self):
+        """After any change of the parameters (every route calls this): drop the packed
+        copies, and expose the current arrays as attributes (``layer.weight_ih_l0``). They are
+        plain instance attributes rather than a ``__getattr__``: a class with ``__getattr__``
+        loses CPython's fast attribute lookup for every ``self.x`` in forward and backward."""
         self._packed = [None] * len(self._names)
+        self.__dict__.update(self.__dict__.get("_params", ()))
 
     def _pack(self, k):
         """The backend's packed weights of layer-direction k (packed on first use)."""
@@ -223,23 +225,18 @@ class LSTM:
             x, unbatched = self._input(x)
         T, B = x.shape[0], x.shape[1]
         plan = None if lengths is None else make_plan(_validation.lengths(lengths, B, T), T, B)
-        zs = self._zero_states
-        if hx is None and zs[0] == B:
-            h0, c0 = zs[1], zs[2]
-        else:
-            h0, c0 = self._initial_state(hx, B, unbatched)
+        h0, c0 = self._initial_state(hx, B, unbatched)
         if save is None:
             save = self.training
-        impl, n = self._impl, len(self._names)
+        impl, packed = self._impl, self._packed
         num_threads = backends.threads_for(T, B, self.input_size, self.hidden_size)
-        if n == 1:       # one layer-direction: the backend's own state arrays, no copies
-            y, h_n, c_n, cache = run_forward(impl, self._pack(0), x, h0[0], c0[0], num_threads,
-                                             plan, False, save)
+        if len(packed) == 1:   # one layer-direction: the backend's own state arrays, no copies
+            y, h_n, c_n, cache = run_forward(impl, packed[0] or self._pack(0), x, h0[0], c0[0],
+                                             num_threads, plan, False, save)
             caches, masks, h_n, c_n = [cache], (), h_n[None], c_n[None]
         else:
             D = self.num_directions
-            h_n = np.empty((n, B, self._out_size), self.dtype)
-            c_n = np.empty((n, B, self.hidden_size), self.dtype)
+            h_n, c_n = np.empty(h0.shape, self.dtype), np.empty(c0.shape, self.dtype)
             caches, masks = [], []
             y = x
             for layer in range(self.num_layers):
@@ -255,7 +252,7 @@ class LSTM:
                     caches.append(cache)
                     outs.append(out)
                 y = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        self._cache = (caches, masks, T, B, unbatched) if save else _NOT_SAVED
+        self._cache = (caches, masks, y.shape, unbatched) if save else _NOT_SAVED
         if unbatched:
             return y[:, 0], (h_n[:, 0], c_n[:, 0])
         if self.batch_first:
@@ -289,26 +286,22 @@ class LSTM:
 
     def _initial_state(self, hx, B, unbatched):
         """(h0, c0) as (L*D, B, R) and (L*D, B, H) arrays; zeros (shared, read-only) for None."""
+        zs = self._zero_states
+        if zs[0] != B:
+            n = len(self._names)
+            zs = self._zero_states = (B, _validation.zeros((n, B, self._out_size), self.dtype),
+                                      _validation.zeros((n, B, self.hidden_size), self.dtype))
         if hx is None:
-            zs = self._zero_states = (B, _validation.zeros((len(self._names), B, self._out_size),
-                                                           self.dtype),
-                                      _validation.zeros((len(self._names), B, self.hidden_size),
-                                                        self.dtype))
             return zs[1], zs[2]
-        n, dtype = len(self._names), self.dtype
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("hx must be a tuple (h0, c0)")
-        out = []
-        for k, (s, C) in enumerate(zip(hx, (self._out_size, self.hidden_size))):
-            name = f"hx[{k}] ({'h0' if k == 0 else 'c0'})"
-            if unbatched:
-                s = _validation.as_array(s, name, dtype, (n, C),
-                                         "(num_layers*num_directions, H) = ({}, {})")[:, None]
-            else:
-                s = _validation.as_array(s, name, dtype, (n, B, C),
-                                         "(num_layers*num_directions, B, H) = ({}, {}, {})")
-            out.append(s)
-        return out
+        dtype = self.dtype
+        if unbatched:
+            return tuple(_validation.as_array(s, name, dtype, z.shape[::2],
+                                              "(num_layers*num_directions, H) = ({}, {})")[:, None]
+                         for s, name, z in zip(hx, _HX_NAMES, zs[1:]))
+        return (_validation.as_array(hx[0], _HX_NAMES[0], dtype, zs[1].shape, _HX_EXPECTED),
+                _validation.as_array(hx[1], _HX_NAMES[1], dtype, zs[2].shape, _HX_EXPECTED))
 
     def backward(self, grad_output=None, grad_hx=None):
         """Gradients for the last forward call.
@@ -323,28 +316,29 @@ class LSTM:
         if cache is _NOT_SAVED:
             raise RuntimeError("the last forward call kept nothing for backward (eval mode or "
                                "save=False): call layer.train() first, or forward(..., save=True)")
-        caches, masks, T, B, unbatched = cache
-        dtype, H, n = self.dtype, self.hidden_size, len(self._names)
-        R = self.proj_size or H
-        dout = self._grad_output(grad_output, T, B, unbatched)
-        zs = self._zero_states
-        if grad_hx is None:                   # zeros of the states' shapes, shared
-            dh_n, dc_n = (zs[1], zs[2]) if zs[0] == B else self._initial_state(None, B, False)
+        caches, masks, shape, unbatched = cache
+        T, B = shape[0], shape[1]
+        dout = self._grad_output(grad_output, shape, unbatched)
+        zero_h, zero_c = self._initial_state(None, B, False)   # the states' shapes
+        if grad_hx is None:                   # zeros, shared
+            dh_n, dc_n = zero_h, zero_c
         else:
             if not isinstance(grad_hx, (tuple, list)) or len(grad_hx) != 2:
                 raise TypeError("grad_hx must be a tuple (grad_h_n, grad_c_n)")
-            dh_n, dc_n = (_validation.as_array(s, f"grad_hx[{k}]", dtype,
-                                               (n, C) if unbatched else (n, B, C)).reshape(n, B, C)
-                          for k, (s, C) in enumerate(zip(grad_hx, (R, H))))
+            dh_n, dc_n = (_validation.as_array(s, f"grad_hx[{k}]", self.dtype,
+                                               z.shape[::2] if unbatched else z.shape
+                                               ).reshape(z.shape)
+                          for k, (s, z) in enumerate(zip(grad_hx, (zero_h, zero_c))))
+        H = self.hidden_size
         num_threads = backends.threads_for(T, B, self.input_size, H)
-        if n == 1:
+        if len(caches) == 1:
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n[0], dc_n[0],
                                                                  num_threads)
             self.grads = _params.grads_by_name(self._names[0], dw_ih, dw_hh, db, dw_hr)
             dout, dh0, dc0 = dx, dh0[None], dc0[None]
         else:
-            D = self.num_directions
-            dh0, dc0 = np.empty((n, B, R), dtype), np.empty((n, B, H), dtype)
+            D, R = self.num_directions, self._out_size
+            dh0, dc0 = np.empty(zero_h.shape, self.dtype), np.empty(zero_c.shape, self.dtype)
             grads = {}
             for layer in reversed(range(self.num_layers)):
                 dinp = None
@@ -363,16 +357,15 @@ class LSTM:
             dout = dout.transpose(1, 0, 2)
         return dout, (dh0, dc0)
 
-    def _grad_output(self, g, T, B, unbatched):
-        """grad_output as (T, B, D*R), zeros for None."""
-        shape = (T, B, (2 if self.bidirectional else 1) * (self.proj_size or self.hidden_size))
+    def _grad_output(self, g, shape, unbatched):
+        """grad_output as (T, B, D*R) = ``shape``, zeros for None."""
         if g is None:
             return _validation.zeros(shape, self.dtype)
         if unbatched:
-            return _validation.as_array(g, "grad_output", self.dtype, (T, shape[2]))[:, None]
+            return _validation.as_array(g, "grad_output", self.dtype, shape[::2])[:, None]
         if self.batch_first:
             return _validation.as_array(g, "grad_output", self.dtype,
-                                        (B, T, shape[2])).transpose(1, 0, 2)
+                                        (shape[1], shape[0], shape[2])).transpose(1, 0, 2)
         return _validation.as_array(g, "grad_output", self.dtype, shape)
 
     def __repr__(self):
