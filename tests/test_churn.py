@@ -44,13 +44,11 @@ def test_end_to_end_train_save_figure_predict(tmp_path, capsys):
     g = res["gates"]
     assert len(g["forget_churners"]) == 6 and len(g["input_stayers"]) == 6
     assert all(0 < v < 1 for v in g["forget_churners"] + g["input_stayers"])
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        assert res["figure_path"] is None and "skipped" in text
-    else:
-        png = out / "churn_figure.png"
-        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = out / "churn_figure.png"
+    assert res["figure_path"] == str(png) and f"figure:  {png}" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    assert matplotlib.image.imread(str(png)).shape[:2] == (1000, 1800)  # the 2 x 3 panels at 100 dpi
 
     # --write-data writes the format --data and predict read
     new = tmp_path / "new.csv"
@@ -95,6 +93,19 @@ def test_train_on_csv_with_ragged_histories(tmp_path, capsys):
     assert "epoch   1/2" in text  # per-epoch line
     res = json.loads((out / "metrics.json").read_text())
     assert res["n_customers"] == 600 and res["figure_path"] is None
+
+
+def test_missing_churn_extra_is_named(monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("pandas", "matplotlib") else real(name, *a))
+    assert cli.missing_dependencies() == ["pandas", "matplotlib"]
+    assert cli.main(["--customers", "50"]) == 2
+    assert cli.main(["predict", "--model", "m.npz", "--data", "d.csv"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["lstm-fast churn: error: the churn job needs pandas, matplotlib, not installed here: "
+                   'pip install "lstm-fast[churn]" (or, in a checkout, pip install ".[churn]")'] * 2
 
 
 def test_cli_reports_bad_backend_and_data_errors(tmp_path, capsys):

@@ -19,8 +19,8 @@ reads: customer_id,month,movies_watched,satisfaction,days_since_login,churned)
 and exits.
 
 outputs (in --out-dir): churn_model.npz (weights + normalization + config),
-churn_figure.png (training curves, forget/input gates per month for churners
-vs stayers; needs matplotlib), metrics.json.
+churn_figure.png (test metrics beside the baseline, forget/input gates per
+month for churners vs stayers, training curves), metrics.json.
 
 score new customers:
   lstm-fast churn predict --model churn_out/churn_model.npz --data new.csv --out probs.csv
@@ -88,6 +88,17 @@ def _predict_parser():
     return p
 
 
+# What the job needs beside the kernels: the `churn` extra of pyproject.toml (import names).
+NEEDS = ("pandas", "pyarrow", "sklearn", "matplotlib", "tqdm")
+INSTALL_HINT = 'pip install "lstm-fast[churn]" (or, in a checkout, pip install ".[churn]")'
+
+
+def missing_dependencies():
+    """Import names of the churn extra that are not installed."""
+    from importlib.util import find_spec
+    return [name for name in NEEDS if find_spec(name) is None]
+
+
 def _err(msg):
     print(f"lstm-fast churn: error: {msg}", file=sys.stderr)
     return 2
@@ -108,6 +119,9 @@ def main(argv=None):
     else:
         args = _train_parser().parse_args(argv)
         run_job = _train
+    missing = missing_dependencies()
+    if missing:
+        return _err(f"the churn job needs {', '.join(missing)}, not installed here: {INSTALL_HINT}")
     from threadpoolctl import threadpool_limits
 
     import lstm_fast

@@ -114,11 +114,6 @@ def scenario_table(data, p_lstm, p_base):
     return table or None
 
 
-def _wrap(line, width=46):
-    import textwrap
-    return "\n".join(textwrap.wrap(line, width, subsequent_indent="  ")) if len(line) > width else line
-
-
 def _fmt_metric(v):
     return "   n/a" if v != v else f"{v:6.3f}"
 
@@ -163,31 +158,14 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
                             "test_auc": m_lstm["auc"], "baseline_test_auc": m_base["auc"]})
     summary = gate_summary(model, test)
     scen = scenario_table(test, p_lstm, p_base)
-    fig_path, fig_msg = None, "figure disabled (--no-figure)"
+    fig_path = None
     if figure:
-        rows = [f"held-out test set: {len(test)} customers",
-                f"({100 * test.y.mean():.1f}% churned), threshold 0.5", "",
-                f"{'':11}{'AUC':>6}{'acc':>6}{'prec':>6}{'rec':>6}"]
-        for name, m in (("LSTM", m_lstm), ("baseline*", m_base)):
-            rows.append(f"{name:11}" + "".join(f"{m[k]:6.3f}" for k in
-                                              ("auc", "accuracy", "precision", "recall")))
-        rows += ["", "* logistic regression on per-customer", "  averages (order-blind)", "",
-                 f"data: {data_source}", f"LSTM(3 -> {hidden_size}), backend {model.backend!r}",
-                 f"{len(history)} epochs, {train_seconds:.1f}s training"]
-        if scen:
-            rows += ["", "mean churn probability (synthetic patterns)",
-                     f"{'':27}{'true':>5}{'LSTM':>6}{'base':>6}"]
-            short = {"inactive this month": "inactive now",
-                     "inactive 2+ months ago, active again": "inactive earlier, back",
-                     "satisfaction drop this month": "satisf. drop now",
-                     "satisfaction drop earlier, recovered": "satisf. drop earlier",
-                     "days since login rising": "login gaps rising",
-                     "days since login falling": "login gaps falling"}
-            for name, r in scen.items():
-                rows.append(f"{short.get(name, name)[:27]:27}{r['churn_rate']:5.2f}"
-                            f"{r['lstm']:6.2f}{r['baseline']:6.2f}")
-        fig_path, fig_msg = save_figure(os.path.join(out_dir, "churn_figure.png"), history, summary,
-                                        results_text="\n".join(_wrap(r) for r in rows))
+        fig_path = save_figure(os.path.join(out_dir, "churn_figure.png"), history, summary,
+                               metrics={"lstm": m_lstm, "baseline": m_base}, n_test=len(test),
+                               churn_rate=float(test.y.mean()), scenarios=scen,
+                               subtitle=f"data: {data_source}; LSTM(3 -> {hidden_size}), backend "
+                                        f"{model.backend!r}, {len(history)} epochs in "
+                                        f"{train_seconds:.1f}s")
     total = time.perf_counter() - t_start
     results = {
         "n_customers": len(data), "n_train": len(train), "n_val": len(val), "n_test": len(test),
@@ -230,6 +208,6 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
                 vals = " ".join(f"{v:.3f}" for v in summary[f"{gate}_{grp}"])
                 print(f"  {gate:6} gate  {grp:8}  {vals}", file=out)
     print(f"model:   {model_path}", file=out)
-    print(f"figure:  {fig_path}" if fig_path else f"figure:  skipped - {fig_msg}", file=out)
+    print(f"figure:  {fig_path}" if fig_path else "figure:  not written (--no-figure)", file=out)
     print(f"metrics: {os.path.join(out_dir, 'metrics.json')}", file=out)
     return results
