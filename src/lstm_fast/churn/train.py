@@ -14,10 +14,12 @@ import sys
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import metrics
 from .figures import gate_summary, save_figure
-from .model import Adam, ChurnModel, bce_from_probs
+from ..optim import Adam
+from .model import ChurnModel, bce_from_probs
 
 
 def split_indices(n, val_frac=0.15, test_frac=0.15, seed=0):
@@ -31,29 +33,22 @@ def split_indices(n, val_frac=0.15, test_frac=0.15, seed=0):
 
 
 class Progress:
-    """One line per epoch; within an epoch a carriage-return bar when the stream is a terminal."""
+    """Progress of training: a tqdm bar over the mini-batches of each epoch (on a terminal
+    only; it clears itself) and one line per epoch (unless ``quiet``)."""
 
-    def __init__(self, stream=None, quiet=False, width=24):
+    def __init__(self, stream=None, quiet=False):
         self.stream = stream or sys.stdout
         self.quiet = quiet
-        self.width = width
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
-    def bar(self, epoch, epochs, done, total, loss):
-        if self.quiet or not self.tty:
-            return
-        k = int(self.width * done / max(total, 1))
-        self.stream.write(f"\repoch {epoch:>3}/{epochs} [{'#' * k}{'.' * (self.width - k)}] "
-                          f"{done}/{total} loss {loss:.4f}")
-        self.stream.flush()
+    def bar(self, epoch, epochs, total):
+        """A tqdm bar for one epoch of ``total`` mini-batches (disabled when quiet or not a terminal)."""
+        return tqdm(total=total, desc=f"epoch {epoch:>3}/{epochs}", unit="batch", leave=False,
+                    file=self.stream, disable=self.quiet or not self.tty, dynamic_ncols=True)
 
     def line(self, text):
-        if self.quiet:
-            return
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
 
 
 def train_model(model, train, val, *, epochs=30, batch_size=128, lr=1e-2, patience=5,
@@ -73,12 +68,14 @@ def train_model(model, train, val, *, epochs=30, batch_size=128, lr=1e-2, patien
         t0 = time.perf_counter()
         perm = rng.permutation(n)
         tot = 0.0
-        for k in range(nb):
-            idx = perm[k * batch_size:(k + 1) * batch_size]
-            loss, grads = model.loss_and_grads(Xtr[idx], train.lengths[idx], train.y[idx])
-            model.apply_step(opt, grads)
-            tot += loss * len(idx)
-            progress.bar(epoch, epochs, k + 1, nb, tot / ((k * batch_size) + len(idx)))
+        with progress.bar(epoch, epochs, nb) as bar:
+            for k in range(nb):
+                idx = perm[k * batch_size:(k + 1) * batch_size]
+                loss, grads = model.loss_and_grads(Xtr[idx], train.lengths[idx], train.y[idx])
+                model.apply_step(opt, grads)
+                tot += loss * len(idx)
+                bar.update(1)
+                bar.set_postfix(loss=f"{tot / ((k * batch_size) + len(idx)):.4f}", refresh=False)
         train_loss = tot / n
         p_val = 1.0 / (1.0 + np.exp(-model.logits_normalized(Xva, val.lengths)))
         val_loss = bce_from_probs(p_val, val.y)
@@ -148,8 +145,8 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
 
     p_lstm = model.predict_proba(test)
     m_lstm = metrics.classification_metrics(test.y, p_lstm)
-    base = metrics.LogisticRegression().fit(train.averages(), train.y)
-    p_base = base.predict_proba(test.averages())
+    base = metrics.baseline().fit(train.averages(), train.y)
+    p_base = metrics.baseline_proba(base, test.averages())
     m_base = metrics.classification_metrics(test.y, p_base)
 
     os.makedirs(out_dir, exist_ok=True)
