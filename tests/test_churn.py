@@ -44,13 +44,11 @@ def test_end_to_end_train_save_figure_predict(tmp_path, capsys):
     g = res["gates"]
     assert len(g["forget_churners"]) == 6 and len(g["input_stayers"]) == 6
     assert all(0 < v < 1 for v in g["forget_churners"] + g["input_stayers"])
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        assert res["figure_path"] is None and "skipped" in text
-    else:
-        png = out / "churn_figure.png"
-        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = out / "churn_figure.png"
+    assert res["figure_path"] == str(png) and f"figure:  {png}" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    assert matplotlib.image.imread(str(png)).shape[:2] == (1000, 1800)  # the 2 x 3 panels at 100 dpi
 
     # --write-data writes the format --data and predict read
     new = tmp_path / "new.csv"
@@ -68,7 +66,7 @@ def test_end_to_end_train_save_figure_predict(tmp_path, capsys):
     assert len(rows) == 301
     p = np.array([float(r[1]) for r in rows[1:]])
     assert np.all((p >= 0) & (p <= 1))
-    ref = D.read_csv(str(new))
+    ref = D.read_table(str(new))
     assert [r[0] for r in rows[1:]] == list(ref.ids)
     # the saved model reproduces the probabilities, and predict works without labels
     model = ChurnModel.load(str(out / "churn_model.npz"))
@@ -84,7 +82,7 @@ def test_end_to_end_train_save_figure_predict(tmp_path, capsys):
 def test_train_on_csv_with_ragged_histories(tmp_path, capsys):
     ds = D.generate(600, seed=3)
     path = str(tmp_path / "c.csv")
-    D.write_csv(ds, path)
+    D.write_table(ds, path)
     out = tmp_path / "o"
     before = lstm_fast.get_num_threads()
     assert cli.main(["--data", path, "--epochs", "2", "--hidden-size", "8", "--out-dir", str(out),
@@ -95,6 +93,19 @@ def test_train_on_csv_with_ragged_histories(tmp_path, capsys):
     assert "epoch   1/2" in text  # per-epoch line
     res = json.loads((out / "metrics.json").read_text())
     assert res["n_customers"] == 600 and res["figure_path"] is None
+
+
+def test_missing_churn_extra_is_named(monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("pandas", "matplotlib") else real(name, *a))
+    assert cli.missing_dependencies() == ["pandas", "matplotlib"]
+    assert cli.main(["--customers", "50"]) == 2
+    assert cli.main(["predict", "--model", "m.npz", "--data", "d.csv"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["lstm-fast churn: error: the churn job needs pandas, matplotlib, not installed here: "
+                   'pip install "lstm-fast[churn]" (or, in a checkout, pip install ".[churn]")'] * 2
 
 
 def test_cli_reports_bad_backend_and_data_errors(tmp_path, capsys):
@@ -115,13 +126,13 @@ GOOD = HEADER + "A,1,3,7.5,2,0\nA,2,4,7.0,3,0\nB,1,0,5.0,30,1\n"
 
 def _err(tmp_path, text, require_labels=True):
     with pytest.raises(D.DataError) as e:
-        D.read_csv(_write(tmp_path, text), require_labels=require_labels)
+        D.read_table(_write(tmp_path, text), require_labels=require_labels)
     return str(e.value)
 
 
 def test_csv_good_and_ragged(tmp_path):
     text = HEADER + "A,3,4,7.0,3,0\nB,5,0,5.0,30,1\nA,1,3,7.5,2,0\nA,2,5,6.5,1,0\n"
-    ds = D.read_csv(_write(tmp_path, text))
+    ds = D.read_table(_write(tmp_path, text))
     assert list(ds.ids) == ["A", "B"]
     assert list(ds.lengths) == [3, 1]           # ragged: B kept with one month
     np.testing.assert_array_equal(ds.X[0, :, 0], [3, 5, 4])  # ordered by month
@@ -131,7 +142,7 @@ def test_csv_good_and_ragged(tmp_path):
 
 def test_csv_missing_file(tmp_path):
     with pytest.raises(D.DataError, match="cannot open"):
-        D.read_csv(str(tmp_path / "nope.csv"))
+        D.read_table(str(tmp_path / "nope.csv"))
 
 
 def test_csv_empty_file(tmp_path):
@@ -150,7 +161,7 @@ def test_csv_missing_columns(tmp_path):
 def test_csv_label_required_for_training(tmp_path):
     text = GOOD.replace(",churned", "").replace(",0\n", "\n").replace(",1\n", "\n")
     assert "'churned' (0/1 label per customer) is required for training" in _err(tmp_path, text)
-    ds = D.read_csv(_write(tmp_path, text), require_labels=False)  # fine for predict
+    ds = D.read_table(_write(tmp_path, text), require_labels=False)  # fine for predict
     assert ds.y is None and len(ds) == 2
 
 
@@ -207,8 +218,8 @@ def test_training_needs_both_classes(tmp_path, capsys):
 def test_write_read_roundtrip(tmp_path):
     ds = D.generate(200, seed=5)
     path = str(tmp_path / "rt.csv")
-    D.write_csv(ds, path)
-    back = D.read_csv(path)
+    D.write_table(ds, path)
+    back = D.read_table(path)
     np.testing.assert_array_equal(back.X, ds.X)
     np.testing.assert_array_equal(back.lengths, ds.lengths)
     np.testing.assert_array_equal(back.y, ds.y)
@@ -230,8 +241,8 @@ def test_generator_seeded_ragged_and_order_dependent():
     assert np.all(a.X[mask] == 0)
     # order matters: the averages leave much of the (Bayes) signal unused
     n = 4000
-    base = metrics.LogisticRegression().fit(a.averages()[:n], a.y[:n])
-    auc_base = metrics.roc_auc(a.y[n:], base.predict_proba(a.averages()[n:]))
+    base = metrics.baseline().fit(a.averages()[:n], a.y[:n])
+    auc_base = metrics.roc_auc(a.y[n:], metrics.baseline_proba(base, a.averages()[n:]))
     auc_bayes = metrics.roc_auc(a.y[n:], logit[n:])
     assert auc_bayes > 0.88 and auc_base < 0.75 and auc_bayes - auc_base > 0.15
 
@@ -325,8 +336,7 @@ def test_adam_step_decreases_loss_and_keeps_params_readonly():
     m = ChurnModel(8, backend="numpy", seed=0)
     m.normalizer.fit(ds.X, ds.lengths)
     Xn = m.normalizer.transform(ds.X, ds.lengths)
-    from lstm_fast.churn.model import Adam
-    opt = Adam(lr=1e-2)
+    opt = lstm_fast.optim.Adam(lr=1e-2)
     first, _ = m.loss_and_grads(Xn, ds.lengths, ds.y)
     for _ in range(30):
         _, g = m.loss_and_grads(Xn, ds.lengths, ds.y)
@@ -351,10 +361,148 @@ def test_roc_auc_matches_pairwise_definition_with_ties():
     assert m == {"accuracy": 0.5, "auc": 0.75, "precision": 0.5, "recall": 0.5}
 
 
-def test_logistic_regression_recovers_separable_direction():
+def test_metrics_undefined_cases_are_nan():
+    m = metrics.classification_metrics([1, 0, 1], [0.1, 0.2, 0.3])  # no positive prediction
+    assert np.isnan(m["precision"]) and m["recall"] == 0.0 and np.isclose(m["accuracy"], 1 / 3)
+    assert all(np.isnan(v) for v in metrics.classification_metrics([], []).values())
+
+
+def test_baseline_recovers_direction():
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(2000, 3))
-    y = (rng.random(2000) < 1 / (1 + np.exp(-(2 * X[:, 0] - X[:, 2])))).astype(float)
-    lr = metrics.LogisticRegression(l2=0.0).fit(X, y)
-    coef = lr.coef_ / lr.std_
-    np.testing.assert_allclose(coef, [2, 0, -1], atol=0.25)
+    X = rng.normal(size=(2000, 3)) * [1.0, 3.0, 0.5] + [0.0, 10.0, -2.0]
+    z = 2 * X[:, 0] - (X[:, 2] + 2.0) / 0.5
+    y = (rng.random(2000) < 1 / (1 + np.exp(-z))).astype(float)
+    model = metrics.baseline().fit(X, y)
+    scaler, lr = model[0], model[-1]
+    np.testing.assert_allclose(lr.coef_[0] / scaler.scale_, [2, 0, -2], atol=0.35)
+    p = metrics.baseline_proba(model, X)
+    assert p.shape == (2000,) and np.all((p > 0) & (p < 1))
+    assert metrics.roc_auc(y, p) > 0.85
+
+
+# --- Parquet, and CSV details --------------------------------------------------------
+
+def test_parquet_roundtrip_train_and_predict(tmp_path, capsys):
+    import pandas as pd
+    ds = D.generate(300, seed=6)
+    pq_path, csv_path = str(tmp_path / "c.parquet"), str(tmp_path / "c.csv")
+    D.write_table(ds, pq_path)
+    D.write_table(ds, csv_path)
+    frame = pd.read_parquet(pq_path)
+    assert list(frame.columns) == list(HEADER.strip().split(","))
+    assert frame["month"].dtype == np.int64 and frame["movies_watched"].dtype == np.int64
+    for path in (pq_path, csv_path):
+        back = D.read_table(path)
+        np.testing.assert_array_equal(back.X, ds.X)
+        np.testing.assert_array_equal(back.lengths, ds.lengths)
+        np.testing.assert_array_equal(back.y, ds.y)
+        assert list(back.ids) == list(ds.ids)
+    out = tmp_path / "o"
+    assert cli.main(["--data", pq_path, "--epochs", "1", "--hidden-size", "4", "--out-dir", str(out),
+                     "--no-figure", "--quiet"]) == 0
+    scores = tmp_path / "s.parquet"
+    assert cli.main(["predict", "--model", str(out / "churn_model.npz"), "--data", pq_path,
+                     "--out", str(scores), "--quiet"]) == 0
+    got = pd.read_parquet(scores)
+    assert list(got.columns) == ["customer_id", "churn_probability"] and list(got.customer_id) == list(ds.ids)
+    model = ChurnModel.load(str(out / "churn_model.npz"))
+    np.testing.assert_array_equal(got.churn_probability.to_numpy(), model.predict_proba(ds))
+
+
+def _parquet_err(tmp_path, frame, require_labels=True):
+    path = str(tmp_path / "bad.parquet")
+    frame.to_parquet(path, index=False)
+    with pytest.raises(D.DataError) as e:
+        D.read_table(path, require_labels=require_labels)
+    return str(e.value)
+
+
+def test_parquet_validation_messages(tmp_path):
+    import pandas as pd
+    good = pd.DataFrame({"customer_id": ["A", "A", "B"], "month": [1, 2, 1],
+                         "movies_watched": [3.0, 4.0, 0.0], "satisfaction": [7.5, 7.0, 5.0],
+                         "days_since_login": [2, 3, 30], "churned": [0, 0, 1]})
+    msg = _parquet_err(tmp_path, good.drop(columns=["satisfaction"]))
+    assert "missing required column(s): satisfaction" in msg
+    bad = good.copy()
+    bad.loc[2, "satisfaction"] = np.nan  # pandas stores a NaN as a Parquet null
+    assert _parquet_err(tmp_path, bad) == "row 3: column 'satisfaction' is empty (missing value)"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = pa.Table.from_pandas(good, preserve_index=False)
+    nan_sat = pa.array([7.5, float("nan"), 5.0], pa.float64(), from_pandas=False)  # a NaN, not a null
+    pq.write_table(table.set_column(3, "satisfaction", nan_sat), str(tmp_path / "nan.parquet"))
+    with pytest.raises(D.DataError, match=r"^row 2: column 'satisfaction' is NaN \(missing value\)$"):
+        D.read_table(str(tmp_path / "nan.parquet"))
+    bad = good.astype({"days_since_login": "Int64"})
+    bad.loc[1, "days_since_login"] = pd.NA
+    assert _parquet_err(tmp_path, bad) == "row 2: column 'days_since_login' is empty (missing value)"
+    bad = good.copy()
+    bad.loc[1, "month"] = 1
+    assert _parquet_err(tmp_path, bad) == ("row 2: duplicate row for customer_id 'A' month 1 "
+                                           "(first seen on row 1)")
+    bad = good.copy()
+    bad.loc[1, "churned"] = 1
+    assert "row 2: inconsistent 'churned' labels for customer_id 'A': 0 on row 1 but 1 here" in \
+        _parquet_err(tmp_path, bad)
+    bad = good.astype({"month": float})
+    bad.loc[0, "month"] = 1.5
+    assert _parquet_err(tmp_path, bad) == "row 1: column 'month' must be an integer, got '1.5'"
+    bad = good.astype({"movies_watched": str})
+    bad.loc[0, "movies_watched"] = "three"
+    assert _parquet_err(tmp_path, bad) == "row 1: column 'movies_watched' has a non-numeric value 'three'"
+    assert "has a header but no data rows" in _parquet_err(tmp_path, good.iloc[:0])
+    not_parquet = tmp_path / "x.parquet"
+    not_parquet.write_text("a,b\n")
+    with pytest.raises(D.DataError, match="not a readable Parquet file"):
+        D.read_table(str(not_parquet))
+
+
+def test_csv_blank_lines_keep_line_numbers(tmp_path):
+    text = HEADER + "A,1,3,7.5,2,0\n\n , , , , , \nA,2,4,x,3,0\n"
+    assert _err(tmp_path, text) == "line 5: column 'satisfaction' has a non-numeric value 'x'"
+    ds = D.read_table(_write(tmp_path, HEADER + "A,1,3,7.5,2,0\n\nA,2,4,7,3,0\n"))
+    assert list(ds.lengths) == [2]
+
+
+def test_csv_first_problem_in_file_order_is_reported(tmp_path):
+    # a bad value on line 3 comes before the wrong field count on line 5
+    text = HEADER + "A,1,3,7.5,2,0\nA,2,3,nan,2,0\nB,1,3,7,2,1\nC,1,3,7,2,1,9\n"
+    assert _err(tmp_path, text) == "line 3: column 'satisfaction' is NaN (missing value)"
+    assert _err(tmp_path, GOOD + "C,1,3,7,2,1,9\n") == "line 5: expected 6 fields like the header, got 7"
+
+
+def test_max_months_keeps_the_most_recent(tmp_path):
+    text = HEADER + "A,3,4,7.0,3,0\nB,5,0,5.0,30,1\nA,1,3,7.5,2,0\nA,2,5,6.5,1,0\n"
+    ds = D.read_table(_write(tmp_path, text), max_months=2)
+    assert list(ds.lengths) == [2, 1]
+    np.testing.assert_array_equal(ds.X[0, :, 0], [5, 4])
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    from lstm_fast.churn.train import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    p = Progress(out)
+    with p.bar(1, 3, 10) as bar:
+        for _ in range(10):
+            bar.update(1)
+        bar.refresh()  # tqdm redraws at most every 0.1 s
+    p.line("epoch   1/3  done")
+    text = out.getvalue()
+    assert "epoch   1/3:" in text and "10/10" in text and "batch/s" in text
+    assert text.endswith("\repoch   1/3  done\n")  # the bar cleared itself before the epoch line
+    quiet = Tty()
+    with Progress(quiet, quiet=True).bar(1, 3, 10) as bar:
+        bar.update(10)
+    assert quiet.getvalue() == ""
+    plain = io.StringIO()  # not a terminal: per-epoch lines only, no bar
+    with Progress(plain).bar(1, 3, 10) as bar:
+        bar.update(10)
+    assert plain.getvalue() == ""

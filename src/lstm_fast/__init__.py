@@ -11,9 +11,10 @@ from .backends import (BackendUnavailableError, available_backends, backend_stat
 from .functional import LSTMCache, LSTMGrads, LSTMResult, lstm_backward, lstm_forward
 from .layer import LSTM
 from .streaming import Stream
+from . import optim  # noqa: E402  (lstm_fast.optim.Adam: NumPy training utility)
 
 __all__ = [
     "LSTM", "Stream", "lstm_forward", "lstm_backward", "LSTMResult", "LSTMGrads", "LSTMCache",
     "available_backends", "backend_status", "set_num_threads", "get_num_threads",
-    "BackendUnavailableError", "__version__",
+    "BackendUnavailableError", "optim", "__version__",
 ]

@@ -4,8 +4,9 @@
     lstm-fast churn --write-data customers.csv [--customers N] [--seed S]
     lstm-fast churn predict --model churn_out/churn_model.npz --data new.csv [--out probs.csv]
 
-(also ``python -m lstm_fast.churn ...``). See ``lstm_fast.churn.data`` for the
-CSV format and the synthetic generator.
+(also ``python -m lstm_fast.churn ...``). Tables are CSV, or Parquet when the
+name ends in .parquet/.pq. See ``lstm_fast.churn.data`` for the table format and
+the synthetic generator.
 """
 
 import argparse
@@ -14,13 +15,13 @@ import time
 
 TRAIN_EPILOG = """\
 data: without --data, a seeded synthetic data set is generated (see
-lstm_fast.churn.data); --write-data PATH writes it as CSV (the format --data
-reads: customer_id,month,movies_watched,satisfaction,days_since_login,churned)
-and exits.
+lstm_fast.churn.data); --write-data PATH writes it as a table, CSV or Parquet
+(.parquet/.pq), in the format --data reads (columns customer_id, month,
+movies_watched, satisfaction, days_since_login, churned) and exits.
 
 outputs (in --out-dir): churn_model.npz (weights + normalization + config),
-churn_figure.png (training curves, forget/input gates per month for churners
-vs stayers; needs matplotlib), metrics.json.
+churn_figure.png (test metrics beside the baseline, forget/input gates per
+month for churners vs stayers, training curves), metrics.json.
 
 score new customers:
   lstm-fast churn predict --model churn_out/churn_model.npz --data new.csv --out probs.csv
@@ -47,9 +48,11 @@ def _train_parser():
         description="Train a customer-churn LSTM on monthly histories, evaluate it on a held-out "
                     "test split beside an order-blind baseline, save the model and a figure.",
         epilog=TRAIN_EPILOG)
-    p.add_argument("--data", metavar="CSV", help="customer history CSV (long format, with 'churned'); "
+    p.add_argument("--data", metavar="TABLE", help="customer history, CSV or Parquet (long format, with "
+                   "'churned'); "
                    "default: synthetic data")
-    p.add_argument("--write-data", metavar="CSV", help="write the synthetic data set as CSV and exit")
+    p.add_argument("--write-data", metavar="TABLE",
+                   help="write the synthetic data set as CSV or Parquet (.parquet/.pq) and exit")
     p.add_argument("--customers", type=_positive_int, default=20000,
                    help="number of synthetic customers (default 20000)")
     p.add_argument("--months", type=_positive_int, default=6,
@@ -75,17 +78,29 @@ def _train_parser():
 def _predict_parser():
     p = argparse.ArgumentParser(
         prog="lstm-fast churn predict",
-        description="Churn probability per customer from a saved model. Writes CSV "
+        description="Churn probability per customer from a saved model. Writes a table "
                     "customer_id,churn_probability (to --out, or standard output).")
     p.add_argument("--model", required=True, help="model file written by 'lstm-fast churn' (churn_model.npz)")
-    p.add_argument("--data", required=True, help="customer history CSV ('churned' optional; if present, "
+    p.add_argument("--data", required=True, help="customer history, CSV or Parquet ('churned' optional; if present, "
                    "the ROC AUC is reported)")
-    p.add_argument("--out", help="output CSV (default: standard output)")
+    p.add_argument("--out", help="output table: Parquet if it ends in .parquet/.pq, else CSV "
+                   "(default: CSV on standard output)")
     p.add_argument("--backend", default="auto", help="LSTM backend (default auto)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for the LSTM kernels (default: the library's choice)")
     p.add_argument("--quiet", action="store_true", help="no summary on standard error")
     return p
+
+
+# What the job needs beside the kernels: the `churn` extra of pyproject.toml (import names).
+NEEDS = ("pandas", "pyarrow", "sklearn", "matplotlib", "tqdm")
+INSTALL_HINT = 'pip install "lstm-fast[churn]" (or, in a checkout, pip install ".[churn]")'
+
+
+def missing_dependencies():
+    """Import names of the churn extra that are not installed."""
+    from importlib.util import find_spec
+    return [name for name in NEEDS if find_spec(name) is None]
 
 
 def _err(msg):
@@ -108,6 +123,9 @@ def main(argv=None):
     else:
         args = _train_parser().parse_args(argv)
         run_job = _train
+    missing = missing_dependencies()
+    if missing:
+        return _err(f"the churn job needs {', '.join(missing)}, not installed here: {INSTALL_HINT}")
     from threadpoolctl import threadpool_limits
 
     import lstm_fast
@@ -134,14 +152,14 @@ def _train(args):
             return _err("--data and --write-data do not go together (--write-data writes the synthetic set)")
         if args.data:
             t0 = time.perf_counter()
-            ds = D.read_csv(args.data, require_labels=True)
+            ds = D.read_table(args.data, require_labels=True)
             source = f"{args.data}, loaded in {time.perf_counter() - t0:.1f}s"
         else:
             t0 = time.perf_counter()
             ds = D.generate(args.customers, n_months=args.months, seed=args.seed)
             source = f"synthetic, seed {args.seed}, generated in {time.perf_counter() - t0:.1f}s"
             if args.write_data:
-                D.write_csv(ds, args.write_data)
+                D.write_table(ds, args.write_data)
                 print(f"wrote {len(ds)} customers ({int(ds.lengths.sum())} rows) to {args.write_data}; "
                       f"train on it with: lstm-fast churn --data {args.write_data}")
                 return 0
@@ -158,8 +176,6 @@ def predict_main(argv):
 
 
 def _predict(args):
-    import csv
-
     from lstm_fast import BackendUnavailableError
 
     from . import data as D
@@ -168,19 +184,11 @@ def _predict(args):
     try:
         _setup(args)
         model = ChurnModel.load(args.model, backend=args.backend)
-        ds = D.read_csv(args.data, require_labels=False)
+        ds = D.read_table(args.data, require_labels=False)
         t0 = time.perf_counter()
         prob = model.predict_proba(ds)
         dt = time.perf_counter() - t0
-        f = open(args.out, "w", newline="") if args.out else sys.stdout
-        try:
-            w = csv.writer(f)
-            w.writerow(["customer_id", "churn_probability"])
-            for cid, p in zip(ds.ids, prob):
-                w.writerow([cid, f"{p:.6f}"])
-        finally:
-            if args.out:
-                f.close()
+        D.write_scores(ds.ids, prob, args.out if args.out else sys.stdout)
     except BrokenPipeError:  # e.g. `... predict ... | head`: the reader left; not an error
         try:
             import os

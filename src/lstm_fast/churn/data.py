@@ -1,4 +1,4 @@
-"""Churn data: the embedded synthetic generator, CSV loading/validation, padding.
+"""Churn data: the embedded synthetic generator, table (CSV/Parquet) loading and validation, padding.
 
 A data set is a :class:`ChurnData`: per customer a history of monthly rows with
 three features, left-aligned and zero-padded to ``T`` months:
@@ -10,7 +10,8 @@ three features, left-aligned and zero-padded to ``T`` months:
     y        (N,)      float64   churned (0/1), or None for unlabeled data
     ids      (N,)      object    customer ids (strings), in first-appearance order
 
-CSV format (long: one row per customer and month)::
+Table format (long: one row per customer and month; a CSV file, or a Parquet
+file when the name ends in ``.parquet`` or ``.pq``)::
 
     customer_id,month,movies_watched,satisfaction,days_since_login,churned
     C00001,1,12,7.8,2,0
@@ -67,12 +68,17 @@ Parameters of ``generate(n_customers=20000, n_months=6, seed=0, p_gap=0.4,
 p_dip=0.4, p_recent=0.1, churn_rate=0.25, return_logit=False)``: the
 probabilities above, the target churn rate, and ``return_logit`` to also get
 the true churn logit (for checking the Bayes AUC). Everything is reproducible
-from ``seed``. ``lstm-fast churn --write-data customers.csv`` writes the set
-in the CSV format below.
+from ``seed``. ``lstm-fast churn --write-data customers.csv`` (or ``.parquet``)
+writes the set in the table format above.
+
+Tables are read with pyarrow (CSV: every column as text, so that messages can
+quote what was written; Parquet: the stored types) and validated and reshaped
+with pandas/NumPy, without a loop over rows; see :func:`read_table` for the
+messages.
 """
 
-import csv
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -213,145 +219,277 @@ def generate(n_customers=20000, n_months=6, seed=0, p_gap=0.4, p_dip=0.4, p_rece
     return (data, logit) if return_logit else data
 
 
-# --- CSV --------------------------------------------------------------------
+# --- tables (CSV / Parquet) --------------------------------------------------------
 
-def write_csv(data, path, first_month=1):
-    """Write ``data`` in the long CSV format. Month numbers are calendar months:
-    the current month is ``first_month + T - 1`` for everyone, so a customer
-    with L < T months has months ``first_month + T - L`` .. ``first_month + T - 1``."""
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parquet(path):
+    return str(path).lower().endswith(PARQUET_SUFFIXES)
+
+
+def to_frame(data, first_month=1):
+    """The long table of ``data`` as a pandas DataFrame. Month numbers are calendar
+    months: the current month is ``first_month + T - 1`` for everyone, so a
+    customer with L < T months has months ``first_month + T - L`` .. ``first_month + T - 1``."""
+    import pandas as pd
     T = data.n_months
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(list(REQUIRED_COLUMNS) + ([LABEL_COL] if data.y is not None else []))
-        for k in range(len(data)):
-            L = int(data.lengths[k])
-            for j in range(L):
-                m, s, d = data.X[k, j]
-                row = [data.ids[k], first_month + T - L + j, _fmt(m), _fmt(s), _fmt(d)]
-                if data.y is not None:
-                    row.append(int(data.y[k]))
-                w.writerow(row)
+    valid = np.arange(T)[None, :] < data.lengths[:, None]          # (N, T)
+    cust, j = np.nonzero(valid)                                     # row-major: by customer, then month
+    frame = {ID_COL: np.asarray(data.ids, dtype=object)[cust],
+             MONTH_COL: (first_month + T - data.lengths[cust] + j).astype(np.int64)}
+    for k, name in enumerate(FEATURES):
+        v = data.X[cust, j, k]
+        frame[name] = v.astype(np.int64) if np.all(v == np.round(v)) else v
+    if data.y is not None:
+        frame[LABEL_COL] = data.y[cust].astype(np.int64)
+    return pd.DataFrame(frame)
 
 
-def _fmt(v):
-    v = float(v)
-    return str(int(v)) if v.is_integer() else repr(round(v, 6))
+def write_table(data, path, first_month=1):
+    """Write ``data`` in the long table format: Parquet if ``path`` ends in
+    .parquet/.pq, else CSV (integers without a decimal point, other values exact)."""
+    frame = to_frame(data, first_month)
+    if is_parquet(path):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
 
 
-def _parse_float(text, col, line):
-    t = text.strip()
-    if t == "":
-        raise DataError(f"line {line}: column '{col}' is empty (missing value)")
+def write_scores(ids, prob, path_or_buf):
+    """customer_id, churn_probability: Parquet (float64) if the path ends in .parquet/.pq,
+    else CSV with 6 decimals (``path_or_buf`` may be an open text stream)."""
+    import pandas as pd
+    frame = pd.DataFrame({ID_COL: np.asarray(ids, dtype=object), "churn_probability": prob})
+    if isinstance(path_or_buf, str) and is_parquet(path_or_buf):
+        frame.to_parquet(path_or_buf, index=False)
+    else:
+        frame.to_csv(path_or_buf, index=False, float_format="%.6f")
+
+
+def _open_check(path):
     try:
-        v = float(t)
-    except ValueError:
-        raise DataError(f"line {line}: column '{col}' has a non-numeric value {text!r}") from None
-    if math.isnan(v):
-        raise DataError(f"line {line}: column '{col}' is NaN (missing value)")
-    if math.isinf(v):
-        raise DataError(f"line {line}: column '{col}' is infinite ({text!r})")
-    return v
-
-
-def read_csv(path, require_labels=True, max_months=None):
-    """Load and validate a long-format churn CSV into :class:`ChurnData`.
-
-    Raises :class:`DataError` with a message naming the problem (and the line)
-    for: a missing file or header, missing columns, empty/non-numeric/NaN/
-    infinite values, a non-integer month, duplicate (customer_id, month) rows,
-    labels other than 0/1, labels that differ between a customer's rows, and
-    (if ``require_labels``) a missing ``churned`` column. Customers with fewer
-    months are kept (variable lengths). ``max_months`` keeps only each
-    customer's most recent months if given.
-    """
-    try:
-        f = open(path, newline="")
+        open(path, "rb").close()
     except OSError as e:
         raise DataError(f"cannot open {path}: {e.strerror or e}") from None
-    with f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
+
+
+def _read_csv_text(path):
+    """(DataFrame of text columns, line number of each row, first invalid row or None)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    bad = []
+
+    def invalid(row):  # a row with more or fewer fields than the header: remember the first
+        bad.append(row)
+        return "skip"
+
+    # every column as text: the header names first (a one-row read), then the whole file
+    try:
+        head = pcsv.open_csv(path, read_options=pcsv.ReadOptions(use_threads=False, block_size=1 << 16),
+                             parse_options=pcsv.ParseOptions(invalid_row_handler=lambda r: "skip"))
+        names = head.schema.names
+        head.close()
+        table = pcsv.read_csv(
+            path, read_options=pcsv.ReadOptions(use_threads=False),
+            parse_options=pcsv.ParseOptions(invalid_row_handler=invalid, ignore_empty_lines=False),
+            convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                strings_can_be_null=False,
+                                                quoted_strings_can_be_null=False))
+    except pa.ArrowInvalid as e:
+        if "Empty CSV file" in str(e):
             raise DataError(f"{path} is empty: expected a header line with columns "
                             f"{', '.join(REQUIRED_COLUMNS + (LABEL_COL,))}") from None
-        except csv.Error as e:
-            raise DataError(f"{path}: not a readable CSV file ({e})") from None
-        header = [h.strip().lstrip("\ufeff") for h in header]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise DataError(f"{path}: missing required column(s): {', '.join(missing)} "
-                            f"(found: {', '.join(header) or 'none'}; required: "
-                            f"{', '.join(REQUIRED_COLUMNS)}" + (f", {LABEL_COL}" if require_labels else "")
-                            + ")")
-        has_label = LABEL_COL in header
-        if require_labels and not has_label:
-            raise DataError(f"{path}: column '{LABEL_COL}' (0/1 label per customer) is required "
-                            f"for training; it is optional only for 'churn predict'")
-        col = {c: header.index(c) for c in REQUIRED_COLUMNS + ((LABEL_COL,) if has_label else ())}
-        ncols = len(header)
-        rows = {}      # customer -> {month: (features, line)}
-        labels = {}    # customer -> (label, line)
-        order = []
-        try:
-            for line, rec in enumerate(reader, start=2):
-                if not rec or all(not c.strip() for c in rec):
-                    continue
-                if len(rec) != ncols:
-                    raise DataError(f"line {line}: expected {ncols} fields like the header, got {len(rec)}")
-                cid = rec[col[ID_COL]].strip()
-                if not cid:
-                    raise DataError(f"line {line}: column '{ID_COL}' is empty")
-                mv = _parse_float(rec[col[MONTH_COL]], MONTH_COL, line)
-                if not mv.is_integer():
-                    raise DataError(f"line {line}: column '{MONTH_COL}' must be an integer, got "
-                                    f"{rec[col[MONTH_COL]]!r}")
-                month = int(mv)
-                feats = tuple(_parse_float(rec[col[c]], c, line) for c in FEATURES)
-                if cid not in rows:
-                    rows[cid] = {}
-                    order.append(cid)
-                elif month in rows[cid]:
-                    raise DataError(f"line {line}: duplicate row for customer_id {cid!r} month {month} "
-                                    f"(first seen on line {rows[cid][month][1]})")
-                rows[cid][month] = (feats, line)
-                if has_label:
-                    lt = rec[col[LABEL_COL]].strip()
-                    if lt == "" and not require_labels:
-                        lab = None
-                    else:
-                        lv = _parse_float(lt, LABEL_COL, line)
-                        if lv not in (0.0, 1.0):
-                            raise DataError(f"line {line}: column '{LABEL_COL}' must be 0 or 1, got {lt!r}")
-                        lab = lv
-                    if cid in labels and labels[cid][0] != lab:
-                        raise DataError(f"line {line}: inconsistent '{LABEL_COL}' labels for customer_id "
-                                        f"{cid!r}: {_lab(labels[cid][0])} on line {labels[cid][1]} but "
-                                        f"{_lab(lab)} here (one label per customer)")
-                    labels.setdefault(cid, (lab, line))
-        except csv.Error as e:
-            raise DataError(f"{path}: malformed CSV ({e})") from None
-    if not order:
+        raise DataError(f"{path}: malformed CSV ({e})") from None
+    frame = table.to_pandas()
+    frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
+    first_bad = bad[0] if bad else None
+    line = np.arange(len(frame), dtype=np.int64) + 2
+    if first_bad is not None:  # rows after the first invalid one are never looked at
+        keep = first_bad.number - 2
+        frame, line = frame.iloc[:keep], line[:keep]
+    text = frame.astype(str).apply(lambda c: c.str.strip())
+    blank = (text == "").all(axis=1).to_numpy()
+    return text[~blank].reset_index(drop=True), line[~blank], first_bad
+
+
+def _read_parquet_frame(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    return table, np.arange(table.num_rows, dtype=np.int64) + 1
+
+
+class _Text:
+    """The text of a numeric (Parquet) column's value, made only for a message."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __getitem__(self, r):
+        return repr(float(self.values[r]))
+
+
+def _numbers(col, name):
+    """A column as float64 with masks (empty, non_numeric, nan, infinite) and its text.
+
+    ``col``: a pandas Series of stripped text (CSV), or a pyarrow array (Parquet)."""
+    import pandas as pd
+    if not isinstance(col, pd.Series):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
+            empty = col.is_null().to_numpy(zero_copy_only=False)
+            v = pc.cast(col, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+            nan = np.isnan(v) & ~empty
+            no = np.zeros(len(v), bool)
+            return v, empty, no, nan, np.isinf(v), _Text(v)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            raise DataError(f"column '{name}' has type {col.type}; numbers are expected")
+        col = pd.Series(col.to_pandas()).fillna("").astype(str).str.strip()
+    empty = (col == "").to_numpy()
+    v = pd.to_numeric(col.where(~empty, "0"), errors="coerce").to_numpy(np.float64)
+    nan_text = col.str.lower().isin(("nan", "+nan", "-nan")).to_numpy()
+    return v, empty, np.isnan(v) & ~nan_text, nan_text, np.isinf(v), col
+
+
+def read_table(path, require_labels=True, max_months=None):
+    """Load and validate a long-format churn table (CSV, or Parquet for
+    .parquet/.pq) into :class:`ChurnData`.
+
+    Raises :class:`DataError` with a message naming the problem and where it is
+    (``line N`` of a CSV file, ``row N`` of a Parquet file) for: a missing or
+    empty file, missing columns, a wrong number of fields, empty/non-numeric/
+    NaN/infinite values, a non-integer month, duplicate (customer_id, month)
+    rows, labels other than 0/1, labels that differ between a customer's rows,
+    and (if ``require_labels``) a missing ``churned`` column. When a file has
+    several problems, the first row with one is reported. Customers with fewer
+    months are kept (variable lengths); rows may come in any order.
+    ``max_months`` keeps only each customer's most recent months if given.
+    """
+    path = os.fspath(path)
+    _open_check(path)
+    if is_parquet(path):
+        table, line = _read_parquet_frame(path)
+        header = [str(c) for c in table.column_names]
+        where = "row"
+        column = table.column
+        first_bad = None
+    else:
+        frame, line, first_bad = _read_csv_text(path)
+        header = list(frame.columns)
+        where = "line"
+        column = frame.__getitem__
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing required column(s): {', '.join(missing)} "
+                        f"(found: {', '.join(header) or 'none'}; required: "
+                        f"{', '.join(REQUIRED_COLUMNS)}" + (f", {LABEL_COL}" if require_labels else "")
+                        + ")")
+    has_label = LABEL_COL in header
+    if require_labels and not has_label:
+        raise DataError(f"{path}: column '{LABEL_COL}' (0/1 label per customer) is required "
+                        f"for training; it is optional only for 'churn predict'")
+    n = len(line)
+    if n == 0 and first_bad is None:
         raise DataError(f"{path} has a header but no data rows")
-    lengths = np.array([len(rows[c]) for c in order], dtype=np.int64)
-    if max_months:
-        lengths = np.minimum(lengths, max_months)
-    T = int(lengths.max())
-    X = np.zeros((len(order), T, len(FEATURES)))
-    for k, cid in enumerate(order):
-        months = sorted(rows[cid])[-lengths[k]:]
-        X[k, :lengths[k]] = [rows[cid][m][0] for m in months]
+
+    # every check: (mask of offending rows, message for row r); the first row with a
+    # problem is reported, and within a row the first check in this order
+    checks = []
+    ids_col = column(ID_COL)
+    if where == "row":
+        import pyarrow.compute as pc
+        ids = pc.utf8_trim_whitespace(pc.cast(ids_col, "string").fill_null(""))
+        ids = ids.to_numpy(zero_copy_only=False).astype(object)
+        empty_id = ids == ""
+    else:
+        ids = ids_col.to_numpy(dtype=object)
+        empty_id = ids == ""
+    checks.append((empty_id, lambda r: f"column '{ID_COL}' is empty"))
+
+    def number_checks(name, v, empty, nonnum, nan, inf, text, allow_empty=False):
+        if not allow_empty:
+            checks.append((empty, lambda r: f"column '{name}' is empty (missing value)"))
+        checks.append((nonnum, lambda r: f"column '{name}' has a non-numeric value {text[r]!r}"))
+        checks.append((nan, lambda r: f"column '{name}' is NaN (missing value)"))
+        checks.append((inf, lambda r: f"column '{name}' is infinite ({text[r]!r})"))
+
+    mv, m_empty, m_nonnum, m_nan, m_inf, m_text = _numbers(column(MONTH_COL), MONTH_COL)
+    number_checks(MONTH_COL, mv, m_empty, m_nonnum, m_nan, m_inf, m_text)
+    m_ok = ~(m_empty | m_nonnum | m_nan | m_inf)
+    checks.append((m_ok & (mv != np.round(mv)),
+                   lambda r: f"column '{MONTH_COL}' must be an integer, got {m_text[r]!r}"))
+    month = np.where(m_ok, mv, 0).astype(np.int64)
+    feats = np.empty((n, len(FEATURES)))
+    for k, name in enumerate(FEATURES):
+        v, *masks = _numbers(column(name), name)
+        number_checks(name, v, *masks)
+        feats[:, k] = v
+    # duplicates among rows whose id and month are valid
+    import pandas as pd
+    key = pd.DataFrame({"id": ids, "month": month})
+    dup = key.duplicated(keep="first").to_numpy() & m_ok & ~empty_id
+    first_of_key = pd.Series(np.arange(n)).groupby([key["id"], key["month"]], sort=False).transform("min")
+    checks.append((dup, lambda r: f"duplicate row for customer_id {ids[r]!r} month {month[r]} "
+                                  f"(first seen on {where} {line[first_of_key.iloc[r]]})"))
+    first_row = pd.Series(np.arange(n)).groupby(key["id"], sort=False).transform("min").to_numpy()
+    lab = None
+    if has_label:
+        lv, l_empty, l_nonnum, l_nan, l_inf, l_text = _numbers(column(LABEL_COL), LABEL_COL)
+        number_checks(LABEL_COL, lv, l_empty, l_nonnum, l_nan, l_inf, l_text,
+                      allow_empty=not require_labels)
+        l_ok = ~(l_empty | l_nonnum | l_nan | l_inf)
+        checks.append((l_ok & (lv != 0) & (lv != 1),
+                       lambda r: f"column '{LABEL_COL}' must be 0 or 1, got {l_text[r]!r}"))
+        lab = np.where(l_empty, np.nan, lv)
+        first_lab = lab[first_row]
+        differ = (lab != first_lab) & ~(np.isnan(lab) & np.isnan(first_lab))
+        checks.append((differ, lambda r: f"inconsistent '{LABEL_COL}' labels for customer_id "
+                                         f"{ids[r]!r}: {_lab(first_lab[r])} on {where} "
+                                         f"{line[first_row[r]]} but {_lab(lab[r])} here "
+                                         f"(one label per customer)"))
+    first = [(int(np.argmax(mask)), k) for k, (mask, _) in enumerate(checks) if np.any(mask)]
+    if first:
+        r, k = min(first)
+        raise DataError(f"{where} {line[r]}: {checks[k][1](r)}")
+    if first_bad is not None:
+        raise DataError(f"line {first_bad.number}: expected {first_bad.expected_columns} fields like "
+                        f"the header, got {first_bad.actual_columns}")
+
+    codes, order = pd.factorize(pd.Series(ids, dtype=object), sort=False)  # first-appearance order
+    n_cust = len(order)
+    lengths = np.bincount(codes, minlength=n_cust).astype(np.int64)
+    rows = np.lexsort((month, codes))                   # by customer, then month
+    start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    pos = np.arange(n) - start[codes[rows]]             # k-th month of the customer
+    kept = lengths if not max_months else np.minimum(lengths, max_months)
+    shift = (lengths - kept)[codes[rows]]
+    keep = pos >= shift
+    T = int(kept.max())
+    X = np.zeros((n_cust, T, len(FEATURES)))
+    X[codes[rows][keep], (pos - shift)[keep]] = feats[rows][keep]
     y = None
     if has_label:
-        labs = [labels[c][0] for c in order]
-        if all(v is not None for v in labs):
-            y = np.array(labs, dtype=np.float64)
-        elif any(v is not None for v in labs):
-            missing = [c for c, v in zip(order, labs) if v is None]
+        labs = lab[_first_rows(codes, n_cust)]
+        if not np.isnan(labs).any():
+            y = labs.astype(np.float64)
+        elif not np.isnan(labs).all():
             raise DataError(f"{path}: column '{LABEL_COL}' is empty for some customers "
-                            f"(e.g. {missing[0]!r}) but set for others")
-    return ChurnData(X, lengths, y, np.array(order, dtype=object))
+                            f"(e.g. {order[int(np.argmax(np.isnan(labs)))]!r}) but set for others")
+    return ChurnData(X, kept, y, np.asarray(order, dtype=object))
+
+
+def _first_rows(codes, n_cust):
+    """Index of each customer's first row (codes from pd.factorize: first-appearance order)."""
+    first = np.full(n_cust, -1, dtype=np.int64)
+    idx = np.arange(len(codes))[::-1]
+    first[codes[::-1]] = idx
+    return first
 
 
 def _lab(v):
-    return "empty" if v is None else str(int(v))
+    return "empty" if v != v else str(int(v))

@@ -1,5 +1,5 @@
 """The churn model: the library's LSTM, a logistic head on the last valid hidden
-state, binary cross-entropy, and a small NumPy Adam.
+state, binary cross-entropy; trained with ``lstm_fast.optim.Adam``.
 
     logit_b = h_last_b . w + b          h_last_b = hidden state at customer b's last month
     p_b     = sigmoid(logit_b)
@@ -86,33 +86,6 @@ class Normalizer:
         return Z
 
 
-# --- optimizer ------------------------------------------------------------
-
-class Adam:
-    """Adam (Kingma & Ba) over a dict of arrays, updated in place."""
-
-    def __init__(self, lr=1e-2, betas=(0.9, 0.999), eps=1e-8):
-        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
-        self.t = 0
-        self.m, self.v = {}, {}
-
-    def step(self, params, grads):
-        self.t += 1
-        c1 = 1 - self.b1 ** self.t
-        c2 = 1 - self.b2 ** self.t
-        for name, g in grads.items():
-            p = params[name]
-            if name not in self.m:
-                self.m[name] = np.zeros_like(p, dtype=np.float64)
-                self.v[name] = np.zeros_like(p, dtype=np.float64)
-            m, v = self.m[name], self.v[name]
-            m *= self.b1
-            m += (1 - self.b1) * g
-            v *= self.b2
-            v += (1 - self.b2) * np.square(g)
-            p -= (self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)).astype(p.dtype)
-
-
 # --- model ----------------------------------------------------------------
 
 class ChurnModel:
@@ -167,7 +140,8 @@ class ChurnModel:
         return loss, grads
 
     def apply_step(self, opt, grads, clip=5.0):
-        """One optimizer step (global-norm gradient clipping at ``clip``)."""
+        """One step of ``opt`` (e.g. ``lstm_fast.optim.Adam``) over the LSTM's and the
+        head's parameters (global-norm gradient clipping at ``clip``)."""
         norm = np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
         if clip and norm > clip:
             grads = {k: g * (clip / norm) for k, g in grads.items()}

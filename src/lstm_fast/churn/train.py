@@ -14,10 +14,12 @@ import sys
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import metrics
 from .figures import gate_summary, save_figure
-from .model import Adam, ChurnModel, bce_from_probs
+from ..optim import Adam
+from .model import ChurnModel, bce_from_probs
 
 
 def split_indices(n, val_frac=0.15, test_frac=0.15, seed=0):
@@ -31,29 +33,22 @@ def split_indices(n, val_frac=0.15, test_frac=0.15, seed=0):
 
 
 class Progress:
-    """One line per epoch; within an epoch a carriage-return bar when the stream is a terminal."""
+    """Progress of training: a tqdm bar over the mini-batches of each epoch (on a terminal
+    only; it clears itself) and one line per epoch (unless ``quiet``)."""
 
-    def __init__(self, stream=None, quiet=False, width=24):
+    def __init__(self, stream=None, quiet=False):
         self.stream = stream or sys.stdout
         self.quiet = quiet
-        self.width = width
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
-    def bar(self, epoch, epochs, done, total, loss):
-        if self.quiet or not self.tty:
-            return
-        k = int(self.width * done / max(total, 1))
-        self.stream.write(f"\repoch {epoch:>3}/{epochs} [{'#' * k}{'.' * (self.width - k)}] "
-                          f"{done}/{total} loss {loss:.4f}")
-        self.stream.flush()
+    def bar(self, epoch, epochs, total):
+        """A tqdm bar for one epoch of ``total`` mini-batches (disabled when quiet or not a terminal)."""
+        return tqdm(total=total, desc=f"epoch {epoch:>3}/{epochs}", unit="batch", leave=False,
+                    file=self.stream, disable=self.quiet or not self.tty, dynamic_ncols=True)
 
     def line(self, text):
-        if self.quiet:
-            return
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
 
 
 def train_model(model, train, val, *, epochs=30, batch_size=128, lr=1e-2, patience=5,
@@ -73,12 +68,14 @@ def train_model(model, train, val, *, epochs=30, batch_size=128, lr=1e-2, patien
         t0 = time.perf_counter()
         perm = rng.permutation(n)
         tot = 0.0
-        for k in range(nb):
-            idx = perm[k * batch_size:(k + 1) * batch_size]
-            loss, grads = model.loss_and_grads(Xtr[idx], train.lengths[idx], train.y[idx])
-            model.apply_step(opt, grads)
-            tot += loss * len(idx)
-            progress.bar(epoch, epochs, k + 1, nb, tot / ((k * batch_size) + len(idx)))
+        with progress.bar(epoch, epochs, nb) as bar:
+            for k in range(nb):
+                idx = perm[k * batch_size:(k + 1) * batch_size]
+                loss, grads = model.loss_and_grads(Xtr[idx], train.lengths[idx], train.y[idx])
+                model.apply_step(opt, grads)
+                tot += loss * len(idx)
+                bar.update(1)
+                bar.set_postfix(loss=f"{tot / ((k * batch_size) + len(idx)):.4f}", refresh=False)
         train_loss = tot / n
         p_val = 1.0 / (1.0 + np.exp(-model.logits_normalized(Xva, val.lengths)))
         val_loss = bce_from_probs(p_val, val.y)
@@ -112,11 +109,6 @@ def scenario_table(data, p_lstm, p_base):
             table[name] = {"n": int(sel.sum()), "churn_rate": float(data.y[sel].mean()),
                            "lstm": float(p_lstm[sel].mean()), "baseline": float(p_base[sel].mean())}
     return table or None
-
-
-def _wrap(line, width=46):
-    import textwrap
-    return "\n".join(textwrap.wrap(line, width, subsequent_indent="  ")) if len(line) > width else line
 
 
 def _fmt_metric(v):
@@ -153,8 +145,8 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
 
     p_lstm = model.predict_proba(test)
     m_lstm = metrics.classification_metrics(test.y, p_lstm)
-    base = metrics.LogisticRegression().fit(train.averages(), train.y)
-    p_base = base.predict_proba(test.averages())
+    base = metrics.baseline().fit(train.averages(), train.y)
+    p_base = metrics.baseline_proba(base, test.averages())
     m_base = metrics.classification_metrics(test.y, p_base)
 
     os.makedirs(out_dir, exist_ok=True)
@@ -163,31 +155,14 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
                             "test_auc": m_lstm["auc"], "baseline_test_auc": m_base["auc"]})
     summary = gate_summary(model, test)
     scen = scenario_table(test, p_lstm, p_base)
-    fig_path, fig_msg = None, "figure disabled (--no-figure)"
+    fig_path = None
     if figure:
-        rows = [f"held-out test set: {len(test)} customers",
-                f"({100 * test.y.mean():.1f}% churned), threshold 0.5", "",
-                f"{'':11}{'AUC':>6}{'acc':>6}{'prec':>6}{'rec':>6}"]
-        for name, m in (("LSTM", m_lstm), ("baseline*", m_base)):
-            rows.append(f"{name:11}" + "".join(f"{m[k]:6.3f}" for k in
-                                              ("auc", "accuracy", "precision", "recall")))
-        rows += ["", "* logistic regression on per-customer", "  averages (order-blind)", "",
-                 f"data: {data_source}", f"LSTM(3 -> {hidden_size}), backend {model.backend!r}",
-                 f"{len(history)} epochs, {train_seconds:.1f}s training"]
-        if scen:
-            rows += ["", "mean churn probability (synthetic patterns)",
-                     f"{'':27}{'true':>5}{'LSTM':>6}{'base':>6}"]
-            short = {"inactive this month": "inactive now",
-                     "inactive 2+ months ago, active again": "inactive earlier, back",
-                     "satisfaction drop this month": "satisf. drop now",
-                     "satisfaction drop earlier, recovered": "satisf. drop earlier",
-                     "days since login rising": "login gaps rising",
-                     "days since login falling": "login gaps falling"}
-            for name, r in scen.items():
-                rows.append(f"{short.get(name, name)[:27]:27}{r['churn_rate']:5.2f}"
-                            f"{r['lstm']:6.2f}{r['baseline']:6.2f}")
-        fig_path, fig_msg = save_figure(os.path.join(out_dir, "churn_figure.png"), history, summary,
-                                        results_text="\n".join(_wrap(r) for r in rows))
+        fig_path = save_figure(os.path.join(out_dir, "churn_figure.png"), history, summary,
+                               metrics={"lstm": m_lstm, "baseline": m_base}, n_test=len(test),
+                               churn_rate=float(test.y.mean()), scenarios=scen,
+                               subtitle=f"data: {data_source}; LSTM(3 -> {hidden_size}), backend "
+                                        f"{model.backend!r}, {len(history)} epochs in "
+                                        f"{train_seconds:.1f}s")
     total = time.perf_counter() - t_start
     results = {
         "n_customers": len(data), "n_train": len(train), "n_val": len(val), "n_test": len(test),
@@ -230,6 +205,6 @@ def run(data, out_dir="churn_out", *, hidden_size=32, epochs=30, batch_size=128,
                 vals = " ".join(f"{v:.3f}" for v in summary[f"{gate}_{grp}"])
                 print(f"  {gate:6} gate  {grp:8}  {vals}", file=out)
     print(f"model:   {model_path}", file=out)
-    print(f"figure:  {fig_path}" if fig_path else f"figure:  skipped - {fig_msg}", file=out)
+    print(f"figure:  {fig_path}" if fig_path else "figure:  not written (--no-figure)", file=out)
     print(f"metrics: {os.path.join(out_dir, 'metrics.json')}", file=out)
     return results
