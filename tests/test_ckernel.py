@@ -153,6 +153,26 @@ def test_a_pack_keeps_its_level_and_status_codes_become_exceptions():
             ck.forward(packed, x, p["h0"], p["c0"], 1, np.array(bad, np.int64))
 
 
+@pytest.mark.parametrize("P", [0, 3])
+def test_pack_into_an_earlier_pack(P):
+    """pack(..., out=old) writes over old's memory when the shapes and dtype match (and says
+    so in .generation); otherwise it leaves old alone and returns a new pack."""
+    p = contract_problem(5, 3, 7, 9, P, dtype=np.float32, seed=11)
+    q = contract_problem(5, 3, 7, 9, P, dtype=np.float32, seed=12)
+    old = ck.pack(*p["w"])
+    assert old.generation == 0
+    want = ck.forward(ck.pack(*q["w"]), q["x"], q["h0"], q["c0"], 1)
+    again = ck.pack(*q["w"], out=old)
+    assert again is old and old.generation == 1
+    assert same_bits(ck.forward(old, q["x"], q["h0"], q["c0"], 1), want)
+    w64 = [None if w is None else w.astype(np.float64) for w in q["w"]]
+    other = contract_problem(5, 3, 7, 10, P, dtype=np.float32)
+    for w in (w64, other["w"]):                 # another dtype, another shape: a new pack
+        fresh = ck.pack(*w, out=old)
+        assert fresh is not old and old.generation == 1
+    assert same_bits(ck.forward(old, q["x"], q["h0"], q["c0"], 1), want)
+
+
 def test_info():
     info = ck.build_info()
     assert {"compiler", "flags", "simd_levels_compiled", "threading"} <= set(info)

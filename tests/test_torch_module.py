@@ -480,3 +480,31 @@ def test_parameters_are_tracked_parameters_and_survive_pickling(tmp_path):
     v = ours.weight_hh_l0._version
     ours.weight_hh_l0.data.add_(1)
     assert ours.weight_hh_l0._version > v
+
+
+@pytest.mark.skipif("c" not in lstm_fast.available_backends(), reason="needs the C backend")
+def test_repack_reuses_memory_and_a_graph_whose_pack_was_reused_packs_again():
+    """After a weight change the module packs into the previous packing's memory (no fresh
+    pages per optimizer step). A graph built before the change, whose weights were replaced
+    by new Parameter objects (so autograd allows its backward), packs its saved weights
+    again instead of using the overwritten packing: its gradients are torch's."""
+    ref, ours = _pair(torch.float32, backend="c", input_size=3, hidden_size=5, num_layers=2)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    xs = x.detach().clone().requires_grad_(True)
+    outs = [m(xi)[0] for m, xi in ((ref, xs), (ours, x))]             # graph A, old weights
+    first = ours._packed[1][:]
+    gens = [p.generation for p in first]
+    old_params = [dict(m.named_parameters()) for m in (ref, ours)]
+    for m, kind in ((ref, torch.nn.Parameter), (ours, type(ours.weight_hh_l1))):
+        m.weight_hh_l1 = kind(m.weight_hh_l1.detach() * 0.5)
+    with torch.no_grad():                        # packs the new weights into the old memory
+        now = [m(x.detach())[0] for m in (ref, ours)]
+    assert_close(now[1].numpy(), now[0].numpy(), np.float32)
+    second = ours._packed[1]
+    assert all(a is b for a, b in zip(first, second))
+    assert [p.generation for p in second] == [g + 1 for g in gens]
+    for out in outs:
+        out.pow(2).sum().backward()
+    assert_close(x.grad.numpy(), xs.grad.numpy(), np.float32)
+    for name, p in old_params[0].items():
+        assert_close(old_params[1][name].grad.numpy(), p.grad.numpy(), np.float32, name)

@@ -78,6 +78,12 @@ class _Parameter(torch.nn.Parameter):
         torch.Tensor.data.__set__(self, value)
 
 
+def _generation(packed):
+    """How many times ``packed`` was written over by ``pack(..., out=packed)`` (backends that
+    never reuse a Packed have no such count: 0)."""
+    return getattr(packed, "generation", 0)
+
+
 class _Direction(torch.autograd.Function):
     """One layer, one direction with gradients: (x (T, B, I), h0 (B, R), c0 (B, H),
     w_ih, w_hh, b_ih, b_hh, w_hr) -> (y (T, B, R), h_n (B, R), c_n (B, H)); ``run`` is
@@ -95,13 +101,17 @@ class _Direction(torch.autograd.Function):
         # frees them after backward like any saved tensor.
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, h_n, c_n,
                               *map(_t, cache.saved))
-        ctx.run = (impl, packed, num_threads, plan, reverse)
+        ctx.run = (impl, packed, _generation(packed), num_threads, plan, reverse)
         return y, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
-        impl, packed, num_threads, plan, reverse = ctx.run
+        impl, packed, generation, num_threads, plan, reverse = ctx.run
+        if _generation(packed) != generation:   # written over since forward: pack again
+            w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t)
+                                            for t in ctx.saved_tensors[3:8])
+            packed = impl.pack(w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr)
         cache = LSTMCache(impl, packed, tuple(t.numpy() for t in ctx.saved_tensors[11:]), plan,
                           reverse)
         B = dh_n.shape[0]
@@ -226,11 +236,17 @@ class LSTM(torch.nn.LSTM):
             return None
         n = len(self._all_weights)
         per = len(flat) // n
+        old = entry[1] if entry is not None and entry[0][:2] == key[:2] else [None] * n
+        self._packed = entry = None
         packed = []
         for k in range(n):
             w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t)
                                             for t in self._direction(flat[k * per:(k + 1) * per]))
-            packed.append(impl.pack(w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr))
+            # The previous packing's memory is written over (in a training loop: after every
+            # optimizer step); a graph that still holds it sees its generation change and
+            # packs its own saved weights again in backward (_Direction.backward).
+            packed.append(impl.pack(w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr,
+                                    out=old[k]))
         # kept only while every parameter is one whose .data writes are seen
         self._packed = (key, packed, flat[:]) if all(type(t) is _Parameter for t in flat) \
             else None

@@ -21,10 +21,14 @@ arrive validated (C-contiguous, native byte order, the weights' float dtype, sha
 below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, see
 ``threads_for``)::
 
-    pack(w_ih, w_hh, b, w_hr=None) -> Packed
+    pack(w_ih, w_hh, b, w_hr=None, out=None) -> Packed
         w_ih (G, I), w_hh (G, R), b = b_ih + b_hh (G,) or None, w_hr (P, H) or None.
         The weights in the backend's own layout, once per weight version. ``Packed``
         has .input_size, .hidden_size, .proj_size (0: none), .dtype, .has_bias.
+        out: an earlier Packed whose weights are no longer wanted, which the backend may
+        write over and return (same shapes and dtype) instead of allocating; ignored
+        otherwise. A backend that reuses a Packed gives it .generation, incremented each
+        time it is written over, so a holder can tell that its packing is gone.
     forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None)
         -> (y, h_n, c_n, gates, c)
         Padded: x (T, B, I) -> y (T, B, R), gates (T, B, G), c (T, B, H). With

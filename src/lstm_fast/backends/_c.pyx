@@ -97,6 +97,7 @@ cdef class Packed:
     cdef readonly object dtype
     cdef readonly bint has_bias
     cdef int typenum
+    cdef readonly int64_t generation   # times written over by pack(..., out=this)
     cdef object _ws            # workspace, reused by the next call that finds it free
     cdef bint _ws_busy
 
@@ -147,17 +148,27 @@ cdef inline void _give_ws(Packed p, cnp.ndarray ws):
         p._ws_busy = False
 
 
-def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None):
-    """Packed weights of (w_ih (4H, I), w_hh (4H, R), b (4H,) or None, w_hr (P, H) or None)."""
+def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None):
+    """Packed weights of (w_ih (4H, I), w_hh (4H, R), b (4H,) or None, w_hr (P, H) or None).
+    out: a Packed of the same shapes and dtype that nobody uses any more; its memory (and
+    workspace) is written over and it is returned. A repack of large weights otherwise
+    spends about as long having the kernel zero fresh pages as packing."""
     if _level_error is not None:
         raise RuntimeError(f"lstm_fast C kernel: {_level_error}")
     cdef int tn = cnp.PyArray_TYPE(w_ih)
     cdef int64_t H = cnp.PyArray_DIMS(w_ih)[0] // 4, I = cnp.PyArray_DIMS(w_ih)[1]
     cdef int64_t P = 0 if w_hr is None else cnp.PyArray_DIMS(<cnp.ndarray>w_hr)[0]
-    cdef Packed p = Packed.__new__(Packed)
+    cdef Packed p
     cdef cnp.npy_intp n = <cnp.npy_intp>(lstm_packed_size_f32(I, H, P) if tn == cnp.NPY_FLOAT32
                                          else lstm_packed_size_f64(I, H, P))
-    p.buf = _empty(1, &n, cnp.NPY_UINT8)
+    if (isinstance(out, Packed) and (<Packed>out).typenum == tn and (<Packed>out).input_size == I
+            and (<Packed>out).hidden_size == H and (<Packed>out).proj_size == P
+            and not (<Packed>out)._ws_busy and cnp.PyArray_SIZE(<cnp.ndarray>(<Packed>out).buf) == n):
+        p = <Packed>out
+        p.generation += 1
+    else:
+        p = Packed.__new__(Packed)
+        p.buf = _empty(1, &n, cnp.NPY_UINT8)
     cdef void *dst = cnp.PyArray_DATA(<cnp.ndarray>p.buf)
     cdef void *wi = cnp.PyArray_DATA(w_ih)
     cdef void *wh = cnp.PyArray_DATA(w_hh)

@@ -168,8 +168,8 @@ class Packed(NamedTuple):
     has_bias = property(lambda self: self.b is not None)
 
 
-def pack(w_ih, w_hh, b, w_hr=None):
-    return Packed(w_ih, w_hh, b, w_hr)
+def pack(w_ih, w_hh, b, w_hr=None, out=None):
+    return Packed(w_ih, w_hh, b, w_hr)      # out: nothing to reuse (the arrays themselves)
 
 
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None):

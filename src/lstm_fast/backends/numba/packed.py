@@ -46,8 +46,9 @@ def panels(w, NR):
     return np.ascontiguousarray(pad.reshape(K, npan, NR).transpose(1, 0, 2))
 
 
-def pack(w_ih, w_hh, b, w_hr=None):
-    """w_ih (4H, I), w_hh (4H, R), b (4H,) or None, w_hr (P, H) or None -> ``Packed``."""
+def pack(w_ih, w_hh, b, w_hr=None, out=None):
+    """w_ih (4H, I), w_hh (4H, R), b (4H,) or None, w_hr (P, H) or None -> ``Packed``.
+    out (a Packed to reuse) is accepted and not used: NumPy builds these layouts."""
     dt = w_hh.dtype
     V = 64 // dt.itemsize
     NR = 2 * V
