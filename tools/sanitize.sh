@@ -79,13 +79,22 @@ if [ "$DO_ASAN" = 1 ]; then
   log "pytest under ASan+UBSan (LD_PRELOAD=$LIBASAN)"
   # detect_leaks=0: CPython keeps much alive at exit by design; the kernel never
   # allocates, and test_robustness checks memory growth separately.
+  # detect_stack_use_after_return=0: with it, ASan moves stack frames to a "fake
+  # stack" whose frames it does not align beyond 32 bytes (fixed in LLVM's runtime
+  # in 2025, llvm/llvm-project#152819 and #91565; GCC 12's libasan predates it).
+  # Every frame holding an AVX-512 vector or a 64-byte-aligned tile buffer then
+  # faults on the compiler's aligned moves (seen in bwd_job_f32_avx512 at a
+  # vmovdqa64 into a fake frame 32 bytes off a 64-byte boundary): a fault of the
+  # sanitizer's runtime, not of the code it checks. Stack overflows, heap and
+  # global errors are still checked.
   (cd "$REPO" && env LD_PRELOAD="$LIBASAN" \
-      ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=1 \
+      ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0 \
       UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "$ASAN_VENV/bin/python" -m pytest -p no:cacheprovider -q \
       tests/test_ckernel.py tests/test_contract.py tests/test_threads.py \
-      tests/test_threads_torch.py -k "test_ckernel or test_threads or c-" "$@") || status=1
-  log "ASan+UBSan pytest: $([ $status = 0 ] && echo clean || echo FAILED)"
+      tests/test_threads_torch.py -k "test_ckernel or test_threads or c-" "$@") || asan_status=1
+  log "ASan+UBSan pytest: $([ "${asan_status:-0}" = 0 ] && echo clean || echo FAILED)"
+  status=${asan_status:-0}
 fi
 
 if [ "$DO_VG" = 1 ]; then
@@ -175,9 +184,10 @@ EOF
       --leak-check=no --track-origins=yes --num-callers=30 \
       --suppressions="$SAN_DIR/python.supp" \
       --log-file="$SAN_DIR/valgrind.log" "$VG_VENV/bin/python" "$SAN_DIR/vg_small.py") ||
-    { status=1; grep -A30 "Invalid\|uninitialised\|Uninitialised" "$SAN_DIR/valgrind.log" | head -80 || true; }
+    { vg_status=1; grep -A30 "Invalid\|uninitialised\|Uninitialised" "$SAN_DIR/valgrind.log" | head -80 || true; }
   grep "ERROR SUMMARY" "$SAN_DIR/valgrind.log" | tail -1 || true
-  log "valgrind: $([ $status = 0 ] && echo clean || echo FAILED) (log $SAN_DIR/valgrind.log)"
+  log "valgrind: $([ "${vg_status:-0}" = 0 ] && echo clean || echo FAILED) (log $SAN_DIR/valgrind.log)"
+  [ "${vg_status:-0}" = 0 ] || status=1
 fi
 
 log "done, status $status"
