@@ -29,13 +29,27 @@
  *     (32,12,256,256) 6.49/5.85, (32,16,256,256) 8.45/7.90; earlier
  *     (35,20,650,650) 73.8/68.1, (200,16,640,320) 121.5/112.5, (200,16,80,320)
  *     50.3/48.8 (w_hh and w_ih beyond the L2).
- * Depends on the shape (B, I, H, P) and the CPU only, never on T or the thread
- * count. Both layouts are packed where the batch size decides. */
+ * Not in the steps, dx is one product over all N rows after the loop: the GEMM
+ * (wih) where w_ih and w_hh exceed the L2, else the steps' tiles (bwd_rows with
+ * wih_b) over all rows, which read w_ih once per row tile as the GEMM does and
+ * need no second packed copy of w_ih (measured alike: (32,1,256,256) .93 vs .88,
+ * (32,8,256,256) 4.16 vs 4.39, (32,16,256,256) 8.77 vs 9.01 ms; the extra copy
+ * made pack 11% slower at (256,256)). Depends on the shape (B, I, H, P) and the
+ * CPU only, never on T or the thread count. */
 static int FN(dx_steps_possible)(int64_t I, int64_t P) { return !P && I > 16; }
 
 static int FN(dx_fits_l2)(int64_t I, int64_t H)
 {
     return (I + H) * 4 * H * (int64_t)sizeof(TYPE) <= lstm_cpu()->l2 / 2;
+}
+
+/* Whether w_ih is packed as GEMM panels for dx (wih): only where its column
+ * blocks (wih_b) would not fit the L2 next to w_hh; otherwise dx is computed as
+ * the steps' tiles, in the steps or over all rows after the loop. */
+static int FN(dx_gemm)(int64_t I, int64_t H, int64_t P)
+{
+    return !FN(dx_steps_possible)(I, P) ||
+           (I + H) * 4 * H * (int64_t)sizeof(TYPE) > lstm_cpu()->l2;
 }
 
 static int FN(bwd_dx_in_steps)(int64_t B, int64_t I, int64_t H, int64_t P)
@@ -46,8 +60,8 @@ static int FN(bwd_dx_in_steps)(int64_t B, int64_t I, int64_t H, int64_t P)
 /* ---- packed weights ----------------------------------------------------------
  * R = P with a projection, else H: the width of h. header, then (64-byte aligned):
  *   wih_t  [ceil(4H/NR)][I][NR]   B = w_ih^T for gates = x.w_ih^T
- *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih (a GEMM: always,
- *                                 as bwd_dx_in_steps says no for B < MR)
+ *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih (a GEMM; only if
+ *                                 dx_gemm)
  *   whh_f  [ceil(H/V)][I+R][4][V] forward step: i,f,g,o of V units together;
  *                                 the block's first I rows hold w_ih^T, for
  *                                 steps that do x_t.w_ih^T themselves (fwd_fuse_x)
@@ -72,7 +86,7 @@ typedef struct {
 static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h)
 {
     int64_t R = P ? P : H, s = (int64_t)sizeof(TYPE);
-    int dx_steps = FN(dx_steps_possible)(I, P);
+    int dx_steps = FN(dx_steps_possible)(I, P), dx_gemm = FN(dx_gemm)(I, H, P);
     h->magic = PACK_MAGIC;
     h->level = ISA;
     h->elem_size = (int32_t)sizeof(TYPE);
@@ -83,7 +97,7 @@ static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h
     h->off_wih_t = off;
     off = ALIGN64(off + (4 * H + NR - 1) / NR * I * NR * s);
     h->off_wih = off;
-    off = ALIGN64(off + (I + NR - 1) / NR * 4 * H * NR * s);
+    off = ALIGN64(off + (dx_gemm ? (I + NR - 1) / NR * 4 * H * NR * s : 0));
     h->off_whh_f = off;
     off = ALIGN64(off + (H + V - 1) / V * (I + R) * 4 * V * s);
     h->off_whh_b = off;
@@ -165,7 +179,8 @@ static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYP
     FN(pack_panels)(I, G, w_ih, 1, I, (TYPE *)(base + h->off_wih_t));
     int64_t KF = I + R;
     int dx_steps = FN(dx_steps_possible)(I, P);
-    FN(pack_panels)(G, I, w_ih, I, 1, (TYPE *)(base + h->off_wih));
+    if (FN(dx_gemm)(I, H, P))
+        FN(pack_panels)(G, I, w_ih, I, 1, (TYPE *)(base + h->off_wih));
     for (int64_t j = 0; j < (H + V - 1) / V; j++)
         for (int64_t k = 0; k < KF; k++)
             for (int g = 0; g < 4; g++)
