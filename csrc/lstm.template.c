@@ -782,7 +782,10 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         FN(gemm)(&gr, ws, tid, num_threads);
     }
 
-    if (!dx_steps) {
+    if (!dx_steps && !FN(dx_gemm)(I, H, P)) {   /* dx of all rows as the steps' tiles */
+        const FN(step_plan) spx = FN(step_plan_for)((x1 - x0) * G * V * s, BNB * V * s);
+        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, N, NULL, ctx->dx, &spx);
+    } else if (!dx_steps) {
         FN(gemm_args) gx = {0};
         gx.M = N;
         gx.N = I;

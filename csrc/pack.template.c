@@ -13,29 +13,55 @@
  * I > 16: measured on the AMD Zen 5 (f32, 1 thread, CPU time of the backward,
  * GEMM / steps): (32,64,256,256) 21.1/20.0 ms, (32,16,64,64) .327/.312 ms; but
  * (6,32,3,32) 26.4/27.7 us: with I = 3 a tile of V columns is mostly padding,
- * where the GEMM's narrow tile has twice the rows. And only while w_hh and w_ih,
- * which a step then reads, fit in the L2, unless enough rows share them (B >= 32)
- * to hide their streaming from L3. Measured on the Intel Xeon (L2 2 MiB, f32, 1
- * thread, backward ms, steps / GEMM): (35,20,650,650) 73.8/68.1; (200,16,640,320)
- * 121.5/112.5; (200,16,80,320) 50.3/48.8; but (50,64,512,512) 178.4/185.0,
- * (128,64,512,512) 458/483. Both layouts are packed where the batch size decides. */
+ * where the GEMM's narrow tile has twice the rows. With B >= 32 rows sharing
+ * them, the steps hide the streaming of w_hh and w_ih from L3: on the Intel Xeon
+ * (L2 2 MiB, f32, 1 thread, backward ms, steps / GEMM) (50,64,512,512)
+ * 178.4/185.0, (128,64,512,512) 458/483. Below that, only when
+ *   - B >= MR: a step reads all of w_ih for its B rows, the GEMM once per MR rows
+ *     (its register tile); with fewer rows the steps read w_ih from L2 more often
+ *     per row than the GEMM, and at B = 1 a step is a matrix-vector product
+ *     bound by L2 bandwidth. Intel Xeon (f32, 1 thread, backward ms, steps /
+ *     GEMM): (32,1,256,256) 1.78/.89, (32,4,256,256) 2.87/2.01, (32,8,256,256)
+ *     5.02/4.05, (32,1,128,128) .243/.189, (32,1,64,64) .057/.047;
+ *   - and w_hh and w_ih, which a step reads, fit in half the L2 (the rest holds
+ *     the step's rows of dgates, gates, c, dy, as the GEMM's B block takes half
+ *     of it, gemm_nc): at exactly the L2's size they are evicted each step:
+ *     (32,12,256,256) 6.49/5.85, (32,16,256,256) 8.45/7.90; earlier
+ *     (35,20,650,650) 73.8/68.1, (200,16,640,320) 121.5/112.5, (200,16,80,320)
+ *     50.3/48.8 (w_hh and w_ih beyond the L2).
+ * Not in the steps, dx is one product over all N rows after the loop: the GEMM
+ * (wih) where w_ih and w_hh exceed the L2, else the steps' tiles (bwd_rows with
+ * wih_b) over all rows, which read w_ih once per row tile as the GEMM does and
+ * need no second packed copy of w_ih (measured alike: (32,1,256,256) .93 vs .88,
+ * (32,8,256,256) 4.16 vs 4.39, (32,16,256,256) 8.77 vs 9.01 ms; the extra copy
+ * made pack 11% slower at (256,256)). Depends on the shape (B, I, H, P) and the
+ * CPU only, never on T or the thread count. */
 static int FN(dx_steps_possible)(int64_t I, int64_t P) { return !P && I > 16; }
 
 static int FN(dx_fits_l2)(int64_t I, int64_t H)
 {
-    return (I + H) * 4 * H * (int64_t)sizeof(TYPE) <= lstm_cpu()->l2;
+    return (I + H) * 4 * H * (int64_t)sizeof(TYPE) <= lstm_cpu()->l2 / 2;
+}
+
+/* Whether w_ih is packed as GEMM panels for dx (wih): only where its column
+ * blocks (wih_b) would not fit the L2 next to w_hh; otherwise dx is computed as
+ * the steps' tiles, in the steps or over all rows after the loop. */
+static int FN(dx_gemm)(int64_t I, int64_t H, int64_t P)
+{
+    return !FN(dx_steps_possible)(I, P) ||
+           (I + H) * 4 * H * (int64_t)sizeof(TYPE) > lstm_cpu()->l2;
 }
 
 static int FN(bwd_dx_in_steps)(int64_t B, int64_t I, int64_t H, int64_t P)
 {
-    return FN(dx_steps_possible)(I, P) && (B >= 32 || FN(dx_fits_l2)(I, H));
+    return FN(dx_steps_possible)(I, P) && (B >= 32 || (B >= MR && FN(dx_fits_l2)(I, H)));
 }
 
 /* ---- packed weights ----------------------------------------------------------
  * R = P with a projection, else H: the width of h. header, then (64-byte aligned):
  *   wih_t  [ceil(4H/NR)][I][NR]   B = w_ih^T for gates = x.w_ih^T
  *   wih    [ceil(I/NR)][4H][NR]   B = w_ih   for dx = dgates.w_ih (a GEMM; only if
- *                                 bwd_dx_in_steps can say no)
+ *                                 dx_gemm)
  *   whh_f  [ceil(H/V)][I+R][4][V] forward step: i,f,g,o of V units together;
  *                                 the block's first I rows hold w_ih^T, for
  *                                 steps that do x_t.w_ih^T themselves (fwd_fuse_x)
@@ -60,7 +86,7 @@ typedef struct {
 static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h)
 {
     int64_t R = P ? P : H, s = (int64_t)sizeof(TYPE);
-    int dx_steps = FN(dx_steps_possible)(I, P), dx_gemm = !dx_steps || !FN(dx_fits_l2)(I, H);
+    int dx_steps = FN(dx_steps_possible)(I, P), dx_gemm = FN(dx_gemm)(I, H, P);
     h->magic = PACK_MAGIC;
     h->level = ISA;
     h->elem_size = (int32_t)sizeof(TYPE);
@@ -152,8 +178,8 @@ static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYP
     TYPE *bb = (TYPE *)(base + h->off_b);
     FN(pack_panels)(I, G, w_ih, 1, I, (TYPE *)(base + h->off_wih_t));
     int64_t KF = I + R;
-    int dx_steps = FN(dx_steps_possible)(I, P), dx_gemm = !dx_steps || !FN(dx_fits_l2)(I, H);
-    if (dx_gemm)
+    int dx_steps = FN(dx_steps_possible)(I, P);
+    if (FN(dx_gemm)(I, H, P))
         FN(pack_panels)(G, I, w_ih, I, 1, (TYPE *)(base + h->off_wih));
     for (int64_t j = 0; j < (H + V - 1) / V; j++)
         for (int64_t k = 0; k < KF; k++)
