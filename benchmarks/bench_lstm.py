@@ -14,24 +14,8 @@ from .shapes import LARGE, SHAPES, flops
 # Rounds for the large shapes (one call can take seconds there; no calibration).
 LARGE_ROUNDS = {"forward": 5, "stream": 5, "train": 3}
 
-_problems = {}
-_oracles = {}
-
-
-def problem(shape, dtype):
-    key = (shape, dtype)
-    if key not in _problems:
-        _problems.clear()
-        _problems[key] = harness.make_problem(*SHAPES[shape], dtype)
-    return _problems[key]
-
-
-def expected(case, shape, dtype):
-    key = (case, shape, dtype)
-    if key not in _oracles:
-        _oracles.clear()
-        _oracles[key] = harness.oracle(case, problem(shape, dtype))
-    return _oracles[key]
+problem = harness.last_only(lambda shape, dtype: harness.make_problem(*SHAPES[shape], dtype))
+expected = harness.last_only(lambda case, shape, dtype: harness.oracle(case, problem(shape, dtype)))
 
 
 def run(benchmark, case, shape, dtype, threads, competitor):

@@ -9,24 +9,8 @@ checks its outputs against torch.nn.LSTM's before and after timing.
 from . import harness, models
 from .shapes import model_config, model_flops
 
-_problems = {}
-_oracles = {}
-
-
-def problem(model, dtype):
-    key = (model, dtype)
-    if key not in _problems:
-        _problems.clear()
-        _problems[key] = models.make_problem(model, dtype)
-    return _problems[key]
-
-
-def expected(case, model, dtype):
-    key = (case, model, dtype)
-    if key not in _oracles:
-        _oracles.clear()
-        _oracles[key] = models.oracle(case, problem(model, dtype))
-    return _oracles[key]
+problem = harness.last_only(models.make_problem)      # problem(model, dtype)
+expected = harness.last_only(lambda case, model, dtype: models.oracle(case, problem(model, dtype)))
 
 
 def run(benchmark, case, model, dtype, threads, competitor):

@@ -55,6 +55,20 @@ def have(module):
     return True
 
 
+def last_only(make):
+    """make(*key), remembering only the latest key's result: the suites run one problem after
+    another, and a large one (hundreds of MB at the large shapes) is freed when the next
+    begins."""
+    memo = {}
+
+    def get(*key):
+        if key not in memo:
+            memo.clear()
+            memo[key] = make(*key)
+        return memo[key]
+    return get
+
+
 def fmt_time(s):
     """Seconds as µs / ms / s with 3-4 significant digits."""
     if s < 1e-3:

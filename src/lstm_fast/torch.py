@@ -237,7 +237,7 @@ class LSTM(torch.nn.LSTM):
         n = len(self._all_weights)
         per = len(flat) // n
         old = entry[1] if entry is not None and entry[0][:2] == key[:2] else [None] * n
-        self._packed = entry = None
+        self._packed = None
         packed = []
         for k in range(n):
             w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t)
