@@ -1,0 +1,34 @@
+"""The Examples sections of the public docstrings run and print what they say.
+
+The same examples appear on the documentation site's API pages (docs/, numpydoc),
+where the docs build runs them again with Sphinx's doctest builder; running them
+here too keeps them honest in the ordinary test command.
+"""
+
+import doctest
+import importlib
+
+import numpy as np
+import pytest
+
+import lstm_fast
+
+MODULES = ["lstm_fast.functional", "lstm_fast.layer", "lstm_fast.streaming", "lstm_fast.optim",
+           "lstm_fast.adapters", "lstm_fast.backends", "lstm_fast.torch"]
+NEEDS = {"lstm_fast.torch": "torch", "lstm_fast.adapters": "onnx"}
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    if name in NEEDS:
+        pytest.importorskip(NEEDS[name])
+    mod = importlib.import_module(name)
+    threads = lstm_fast.get_num_threads()
+    try:
+        result = doctest.testmod(mod, extraglobs={"np": np, "lstm_fast": lstm_fast},
+                                 optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+                                 raise_on_error=False, report=True)
+    finally:
+        lstm_fast.set_num_threads(threads)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed"
