@@ -25,7 +25,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.doctest",
-    "sphinx.ext.mathjax",
     "numpydoc",
     "myst_parser",
     "lstm_fast_docs",        # _ext/: `lstm-fast-output` runs an lstm-fast command at build time
@@ -68,7 +67,7 @@ doctest_default_flags = (__import__("doctest").ELLIPSIS
                          | __import__("doctest").NORMALIZE_WHITESPACE)
 
 # --- MyST guides -----------------------------------------------------------------------
-myst_enable_extensions = ["colon_fence", "dollarmath"]
+myst_enable_extensions = ["colon_fence"]   # no math: MathJax would need the network
 myst_heading_anchors = 3
 
 # --- HTML ------------------------------------------------------------------------------
