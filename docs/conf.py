@@ -54,7 +54,6 @@ numpydoc_validation_exclude = {
     r"\._[a-z]\w*$",                 # private helpers
     r"\.__\w+__$",                   # dunder methods
     r"\.LSTM(Result|Grads|Cache|Config)(\.\w+)?$",   # NamedTuples: fields in Attributes
-    r"\.torch\.LSTM\.(forward|extra_repr|flatten_parameters)$",   # torch's documented methods
 }
 
 # --- examples: `>>>` blocks in docstrings and guides run under the doctest builder ------

@@ -211,6 +211,22 @@ class LSTM(torch.nn.LSTM):
         return backends.resolve(backend)
 
     def forward(self, input, hx=None):
+        """``torch.nn.LSTM.forward``, on lstm_fast's kernels where they apply (else torch's).
+
+        Parameters
+        ----------
+        input : torch.Tensor or PackedSequence
+            (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or packed.
+        hx : tuple of torch.Tensor or None, optional
+            ``(h_0, c_0)`` as for torch.nn.LSTM; None for zeros.
+
+        Returns
+        -------
+        output : torch.Tensor or PackedSequence
+            As torch.nn.LSTM's.
+        (h_n, c_n) : tuple of torch.Tensor
+            As torch.nn.LSTM's.
+        """
         backend = self._kernel_backend(input, hx)
         packed = None
         if backend is not None:
