@@ -1,7 +1,8 @@
 """Check the built documentation site (docs/_build/html) the way a reader sees it.
 
 1. Every internal link of every page resolves: the file exists and, for ``#anchor``,
-   the target page has that id (no network: external links are not followed).
+   the target page has that id (no network: external links are not followed); every
+   public name (``__all__`` of lstm_fast and its public modules) has an API page.
 2. The front page and the API page of ``lstm_fast.LSTM`` are opened in headless
    Chromium (``--dump-dom``: the DOM after the theme's scripts ran) and must show
    their headings, navigation and a runnable example (a ``>>>`` block), with the
@@ -101,6 +102,26 @@ def check_links(root):
     return len(pages), n, broken
 
 
+PUBLIC_MODULES = ("lstm_fast", "lstm_fast.optim", "lstm_fast.adapters", "lstm_fast.torch")
+
+
+def check_api_pages(root):
+    """The public names without a page in api/generated (names as autosummary files them)."""
+    import importlib
+    import types
+
+    missing = []
+    for modname in PUBLIC_MODULES:
+        mod = importlib.import_module(modname)
+        for name in mod.__all__:
+            if name.startswith("__") or isinstance(getattr(mod, name), types.ModuleType):
+                continue
+            page = os.path.join(root, "api", "generated", f"{modname}.{name}.html")
+            if not os.path.isfile(page):
+                missing.append(f"{modname}.{name}")
+    return missing
+
+
 def chromium(binary, args, url):
     cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
            "--no-first-run", "--disable-dev-shm-usage", *args, url]
@@ -174,6 +195,11 @@ def main(argv=None):
         sys.exit("check_docs: broken internal links:\n  " + "\n  ".join(
             f"{os.path.relpath(p, args.html)}: {h} ({why})" for p, h, why in broken[:50]))
     print(f"check_docs: {nlinks} internal links in {npages} pages resolve")
+    missing = check_api_pages(args.html)
+    if missing:
+        sys.exit(f"check_docs: public names without an API page (add them to "
+                 f"docs/api/index.rst): {', '.join(missing)}")
+    print("check_docs: every public name of " + ", ".join(PUBLIC_MODULES) + " has an API page")
     shots = args.screenshots or tempfile.mkdtemp(prefix="lstm_fast_docs_")
     os.makedirs(shots, exist_ok=True)
     for rel, expect in (("index.html", FRONT), ("api/generated/lstm_fast.LSTM.html", LSTM_PAGE)):
