@@ -72,7 +72,8 @@ myst_heading_anchors = 3
 # --- HTML ------------------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
 html_title = f"lstm_fast {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["lstm_fast.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
