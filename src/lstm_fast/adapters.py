@@ -59,6 +59,14 @@ class LSTMConfig(NamedTuple):
         Two directions; biases present.
     proj_size : int
         P, 0 without a projection.
+
+    Examples
+    --------
+    >>> from lstm_fast import adapters
+    >>> cfg = adapters.describe(lstm_fast.LSTM(3, 4, proj_size=2).state_dict())
+    >>> cfg.hidden_size, cfg.proj_size, cfg._asdict() == dict(
+    ...     input_size=3, hidden_size=4, num_layers=1, bidirectional=False, bias=True, proj_size=2)
+    (4, 2, True)
     """
     input_size: int
     hidden_size: int

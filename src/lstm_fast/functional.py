@@ -31,6 +31,13 @@ class LSTMCache(NamedTuple):
         Activated gates i, f, g, o, (T, B, 4H); zero at padded positions.
     c : numpy.ndarray
         Cell state after every step, (T, B, H); zero at padded positions.
+
+    Examples
+    --------
+    >>> x, w_ih, w_hh = np.ones((4, 2, 3)), np.full((8, 3), 0.1), np.full((8, 2), 0.1)
+    >>> cache = lstm_fast.lstm_forward(x, w_ih, w_hh, backend="numpy").cache
+    >>> cache.backend, cache.gates.shape, cache.c.shape
+    ('numpy', (4, 2, 8), (4, 2, 2))
     """
 
     impl: object          # the backend module
@@ -139,6 +146,13 @@ class LSTMResult(NamedTuple):
         (B, H) final cell state.
     cache : LSTMCache or None
         Input for `lstm_backward` (None with ``save=False``).
+
+    Examples
+    --------
+    >>> x, w_ih, w_hh = np.ones((4, 2, 3)), np.full((8, 3), 0.1), np.full((8, 2), 0.1)
+    >>> res = lstm_fast.lstm_forward(x, w_ih, w_hh, save=False)
+    >>> res.y.shape, res.h_n.shape, res.cache is None
+    ((4, 2, 2), (2, 2), True)
     """
     y: np.ndarray        #: (T, B, R) hidden state at every step
     h_n: np.ndarray      #: (B, R) final hidden state
@@ -165,6 +179,13 @@ class LSTMGrads(NamedTuple):
         (B, H).
     dw_hr : numpy.ndarray or None
         (P, H) with a projection, else None.
+
+    Examples
+    --------
+    >>> x, w_ih, w_hh = np.ones((4, 2, 3)), np.full((8, 3), 0.1), np.full((8, 2), 0.1)
+    >>> g = lstm_fast.lstm_backward(lstm_fast.lstm_forward(x, w_ih, w_hh).cache, np.ones((4, 2, 2)))
+    >>> g.dx.shape, g.dw_hh.shape, g.db_ih is None, g.dw_hr is None
+    ((4, 2, 3), (8, 2), True, True)
     """
     dx: np.ndarray                #: (T, B, I)
     dw_ih: np.ndarray             #: (4H, I)

@@ -65,7 +65,18 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend is not available on this installation.
 
     Raised instead of falling back silently to another backend; the message gives
-    the reason (`backend_status` lists them all).
+    the reason (`backend_status` lists them all). A subclass of ``RuntimeError``.
+
+    Examples
+    --------
+    >>> missing = [n for n, why in lstm_fast.backend_status().items() if why is not None]
+    >>> for name in missing:            # none where every backend is installed
+    ...     try:
+    ...         lstm_fast.LSTM(3, 4, backend=name)
+    ...     except lstm_fast.BackendUnavailableError as e:
+    ...         assert str(e).startswith(f"backend {name!r} is not available")
+    >>> issubclass(lstm_fast.BackendUnavailableError, RuntimeError)
+    True
     """
 
 
@@ -227,6 +238,11 @@ def get_num_threads():
     -------
     int
         The count set, or 0: chosen per shape (the default).
+
+    Examples
+    --------
+    >>> lstm_fast.get_num_threads()
+    0
     """
     return _num_threads
 
@@ -246,7 +262,6 @@ def threads_for(T, B, I, H):
 
     Notes
     -----
-
     An explicit setting is honoured (capped at the usable CPUs). Otherwise a second
     thread only where it pays: every step ends in a synchronisation, and on 2-core
     machines a second thread won once a step does ~1e6 multiply-adds (B*4H*H; Intel
@@ -254,6 +269,12 @@ def threads_for(T, B, I, H):
     1.05e6, 1.85x at 2.1e6) and the call ~1e8 (a job wakes the other thread), and lost
     below; and not while the C kernel's pool reports that its recent 2-thread jobs mostly
     waited (another process holds the other core).
+
+    Examples
+    --------
+    >>> from lstm_fast.backends import threads_for
+    >>> threads_for(T=6, B=32, I=3, H=32)       # a small step: one thread
+    1
     """
     n = _num_threads
     if n:
