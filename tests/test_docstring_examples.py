@@ -5,6 +5,7 @@ where the docs build runs them again with Sphinx's doctest builder; running them
 here too keeps them honest in the ordinary test command.
 """
 
+import contextlib
 import doctest
 import importlib
 
@@ -40,10 +41,14 @@ def test_docstring_examples(name):
         pytest.importorskip(NEEDS[name])
     mod = importlib.import_module(name)
     threads = lstm_fast.get_num_threads()
+    # the examples seed torch's global generator: the other tests keep their stream
+    rng = pytest.importorskip("torch").random.fork_rng() if name == "lstm_fast.torch" \
+        else contextlib.nullcontext()
     try:
-        result = doctest.testmod(mod, extraglobs={"np": np, "lstm_fast": lstm_fast},
-                                 optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-                                 raise_on_error=False, report=True)
+        with rng:
+            result = doctest.testmod(mod, extraglobs={"np": np, "lstm_fast": lstm_fast},
+                                     optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+                                     raise_on_error=False, report=True)
     finally:
         lstm_fast.set_num_threads(threads)
     assert result.attempted > 0, f"{name} has no examples"
