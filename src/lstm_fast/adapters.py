@@ -5,18 +5,18 @@ The hub format is the state_dict of ``lstm_fast.LSTM``, which is torch.nn.LSTM's
 ``bias_hh_l{k}`` (4H,), ``_reverse`` for the second direction, gate order
 i, f, g, o (and ``weight_hr_l{k}`` (P, H) with a projection).
 
-=========  ================================  ==========================  ======================
-format     per layer                         gate order                  bias
-=========  ================================  ==========================  ======================
-torch      the state_dict above              i, f, g, o                  b_ih and b_hh
-Keras 3    [kernel (I, 4H),                  i, f, c, o (= i, f, g, o)   one bias (4H,) = b_ih + b_hh;
-           recurrent_kernel (H, 4H),                                     back as b_ih = bias, b_hh = 0
+=========  ====================================  ==========================  ===============================
+format     per layer                             gate order                  bias
+=========  ====================================  ==========================  ===============================
+torch      the state_dict above                  i, f, g, o                  b_ih and b_hh
+Keras 3    [kernel (I, 4H),                      i, f, c, o (= i, f, g, o)   one bias (4H,) = b_ih + b_hh;
+           recurrent_kernel (H, 4H),                                         back as b_ih = bias, b_hh = 0
            bias (4H,)], forward then
            backward for Bidirectional
-ONNX       {"W": (D, 4H, I), "R": (D, 4H, H),  i, o, f, c                  B (D, 8H) = [Wb, Rb] =
-           "B": (D, 8H)}, D = 2 for                                      [b_ih, b_hh] reordered
+ONNX       {"W": (D, 4H, I), "R": (D, 4H, H),    i, o, f, c                  B (D, 8H) = [Wb, Rb] =
+           "B": (D, 8H)}, D = 2 for                                          [b_ih, b_hh] reordered
            bidirectional: forward, reverse
-=========  ================================  ==========================  ======================
+=========  ====================================  ==========================  ===============================
 
 Keras lists are what ``layer.get_weights()`` returns and ``layer.set_weights()``
 takes (``keras.layers.Bidirectional(LSTM)`` concatenates the forward and the
@@ -49,7 +49,25 @@ _ONNX_TO_TORCH = (0, 2, 3, 1)
 
 
 class LSTMConfig(NamedTuple):
-    """The architecture a state_dict describes (torch.nn.LSTM's arguments)."""
+    """The architecture a state_dict describes (torch.nn.LSTM's arguments).
+
+    Attributes
+    ----------
+    input_size, hidden_size, num_layers : int
+        I, H and the number of stacked layers.
+    bidirectional, bias : bool
+        Two directions; biases present.
+    proj_size : int
+        P, 0 without a projection.
+
+    Examples
+    --------
+    >>> from lstm_fast import adapters
+    >>> cfg = adapters.describe(lstm_fast.LSTM(3, 4, proj_size=2).state_dict())
+    >>> cfg.hidden_size, cfg.proj_size, cfg._asdict() == dict(
+    ...     input_size=3, hidden_size=4, num_layers=1, bidirectional=False, bias=True, proj_size=2)
+    (4, 2, True)
+    """
     input_size: int
     hidden_size: int
     num_layers: int
@@ -78,7 +96,35 @@ def _shapes(cfg):
 
 
 def describe(state_dict):
-    """The ``LSTMConfig`` of a torch-named state_dict, after checking every key and shape."""
+    """The `LSTMConfig` of a torch-named state_dict, after checking every key and shape.
+
+    Parameters
+    ----------
+    state_dict : dict
+        Arrays or tensors by torch's names.
+
+    Returns
+    -------
+    LSTMConfig
+        The layer configuration these weights belong to.
+
+    Raises
+    ------
+    KeyError
+        An unknown, missing or unexpected key, named.
+    ValueError
+        An array of the wrong shape for the configuration, named.
+
+    Examples
+    --------
+    >>> from lstm_fast import adapters
+    >>> adapters.describe(lstm_fast.LSTM(3, 4, num_layers=2, bidirectional=True).state_dict())
+    LSTMConfig(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, bias=True, proj_size=0)
+    >>> adapters.describe({"weight_ih_l0": np.zeros((16, 3)), "weight_hh_l0": np.zeros((16, 5))})
+    Traceback (most recent call last):
+    ...
+    ValueError: weight_hh_l0 must have shape (16, 4) for LSTMConfig(...), got (16, 5)
+    """
     parsed = {}
     for key in state_dict:
         m = _KEY.match(key) if isinstance(key, str) else None
@@ -133,7 +179,33 @@ def _check(cfg, num_layers, bidirectional, fmt):
 def from_torch(state_dict):
     """A torch.nn.LSTM state_dict (tensors) as NumPy copies, in torch's key order.
 
-    Projection keys ``weight_hr_l{k}`` pass through."""
+    Projection keys ``weight_hr_l{k}`` pass through.
+
+    Parameters
+    ----------
+    state_dict : dict
+        A ``torch.nn.LSTM``'s ``state_dict()`` (tensors or arrays).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        C-ordered copies, dtype kept.
+
+    Raises
+    ------
+    KeyError, ValueError
+        As `describe`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lstm_fast import adapters
+    >>> sd = adapters.from_torch(torch.nn.LSTM(3, 4).state_dict())
+    >>> layer = lstm_fast.LSTM(3, 4)
+    >>> layer.load_state_dict(sd)
+    >>> sd["weight_ih_l0"].shape, sd["weight_ih_l0"].dtype
+    ((16, 3), dtype('float32'))
+    """
     cfg = describe(state_dict)
     return {k: np.array(_array(state_dict[k], k), order="C", copy=True) for k in _keys(cfg)}
 
@@ -141,7 +213,32 @@ def from_torch(state_dict):
 def to_torch(state_dict, dtype=None):
     """A torch-loadable state_dict (CPU tensors, copies) from arrays by torch's names.
 
-    ``dtype`` (a torch dtype) converts; None keeps each array's dtype."""
+    Parameters
+    ----------
+    state_dict : dict
+        Arrays by torch's names, e.g. ``LSTM.state_dict()``.
+    dtype : torch.dtype or None, optional
+        Converts every tensor; None keeps each array's dtype.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        For ``torch.nn.LSTM.load_state_dict``.
+
+    Raises
+    ------
+    KeyError, ValueError
+        As `describe`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lstm_fast import adapters
+    >>> layer = lstm_fast.LSTM(3, 4, num_layers=2, seed=0)
+    >>> module = torch.nn.LSTM(3, 4, num_layers=2)
+    >>> module.load_state_dict(adapters.to_torch(layer.state_dict()))
+    <All keys matched successfully>
+    """
     import torch
 
     cfg = describe(state_dict)
@@ -161,6 +258,36 @@ def to_keras(state_dict, num_layers=None, bidirectional=None):
     (H, 4H), bias = bias_ih + bias_hh (4H,) (omitted when the LSTM has no bias);
     a bidirectional layer lists the forward direction, then the backward one.
     ``num_layers`` and ``bidirectional``, when given, are checked against the state_dict.
+
+    Parameters
+    ----------
+    state_dict : dict
+        Arrays or tensors by torch's names (no projection).
+    num_layers : int or None, optional
+        Checked against the state_dict when given.
+    bidirectional : bool or None, optional
+        Checked against the state_dict when given.
+
+    Returns
+    -------
+    list of list of numpy.ndarray
+        For each layer, what ``keras.layers.LSTM.set_weights`` takes (for a
+        bidirectional layer, what ``keras.layers.Bidirectional.set_weights`` takes).
+
+    Raises
+    ------
+    ValueError
+        A mismatch with `num_layers` or `bidirectional`, or a projection.
+
+    Examples
+    --------
+    >>> from lstm_fast import adapters
+    >>> sd = lstm_fast.LSTM(3, 4, seed=0).state_dict()
+    >>> [w.shape for w in adapters.to_keras(sd)[0]]      # kernel, recurrent_kernel, bias
+    [(3, 16), (4, 16), (16,)]
+    >>> back = adapters.from_keras(adapters.to_keras(sd))
+    >>> bool(np.allclose(back["bias_ih_l0"], sd["bias_ih_l0"] + sd["bias_hh_l0"]))
+    True
     """
     cfg = describe(state_dict)
     _check(cfg, num_layers, bidirectional, "Keras")
@@ -181,7 +308,36 @@ def to_keras(state_dict, num_layers=None, bidirectional=None):
 def from_keras(layers, bidirectional=False):
     """A torch-named state_dict from Keras LSTM weights (one list per layer, as
     ``to_keras`` returns). bias_ih = the Keras bias, bias_hh = 0; a list of 2
-    arrays per direction (``use_bias=False``) gives a state_dict without biases."""
+    arrays per direction (``use_bias=False``) gives a state_dict without biases.
+
+    Parameters
+    ----------
+    layers : list of list of array_like
+        One ``get_weights()`` list per stacked layer.
+    bidirectional : bool, optional
+        Each list holds the forward, then the backward direction's weights.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        A state_dict by torch's names.
+
+    Raises
+    ------
+    TypeError
+        `layers` not a non-empty list.
+    ValueError
+        A wrong number of arrays or a misshapen one, naming the layer and the array.
+
+    Examples
+    --------
+    >>> from lstm_fast import adapters
+    >>> H, I = 4, 3
+    >>> kernel, recurrent, bias = np.ones((I, 4 * H)), np.ones((H, 4 * H)), np.zeros(4 * H)
+    >>> sd = adapters.from_keras([[kernel, recurrent, bias]])
+    >>> adapters.describe(sd).hidden_size, sd["weight_ih_l0"].shape
+    (4, (16, 3))
+    """
     if isinstance(layers, dict) or not isinstance(layers, (list, tuple)) or not layers:
         raise TypeError("layers must be a non-empty list with one list of Keras weights per layer")
     D = 2 if bidirectional else 1
@@ -230,6 +386,35 @@ def to_onnx(state_dict, num_layers=None, bidirectional=None):
     W (D, 4H, I), R (D, 4H, H), B (D, 8H) = [input biases, recurrent biases],
     gates in ONNX's order i, o, f, c; D = 2 (forward, reverse) if bidirectional.
     Without biases there is no "B" (ONNX then uses zeros).
+
+    Parameters
+    ----------
+    state_dict : dict
+        Arrays or tensors by torch's names (no projection).
+    num_layers : int or None, optional
+        Checked against the state_dict when given.
+    bidirectional : bool or None, optional
+        Checked against the state_dict when given.
+
+    Returns
+    -------
+    list of dict of str to numpy.ndarray
+        One ``{"W", "R", "B"}`` dict per layer.
+
+    Raises
+    ------
+    ValueError
+        A mismatch with `num_layers` or `bidirectional`, or a projection.
+
+    Examples
+    --------
+    >>> from lstm_fast import adapters
+    >>> sd = lstm_fast.LSTM(3, 4, bidirectional=True, seed=0).state_dict()
+    >>> {k: v.shape for k, v in adapters.to_onnx(sd)[0].items()}
+    {'W': (2, 16, 3), 'R': (2, 16, 4), 'B': (2, 32)}
+    >>> back = adapters.from_onnx(adapters.to_onnx(sd))
+    >>> all(np.array_equal(back[k], sd[k]) for k in sd)
+    True
     """
     cfg = describe(state_dict)
     _check(cfg, num_layers, bidirectional, "ONNX")
@@ -257,6 +442,32 @@ def from_onnx(layers):
     be absent or zero: peepholes have no torch equivalent), or a sequence
     (W, R[, B]). D = W.shape[0] must be the same for every layer. Without "B"
     the state_dict has no biases.
+
+    Parameters
+    ----------
+    layers : list of dict or list of tuple
+        One node's initializers per layer, as `to_onnx` returns.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        A state_dict by torch's names.
+
+    Raises
+    ------
+    TypeError
+        `layers` not a non-empty list of dicts or tuples.
+    KeyError
+        A dict without W or R, or with other keys.
+    ValueError
+        A misshapen array or nonzero peepholes, naming the layer.
+
+    Examples
+    --------
+    >>> from lstm_fast import adapters
+    >>> W, R = np.zeros((1, 16, 3)), np.zeros((1, 16, 4))
+    >>> sorted(adapters.from_onnx([{"W": W, "R": R}]))
+    ['weight_hh_l0', 'weight_ih_l0']
     """
     if isinstance(layers, dict) or not isinstance(layers, (list, tuple)) or not layers:
         raise TypeError("layers must be a non-empty list with one {'W', 'R', 'B'} dict per layer")
@@ -308,6 +519,36 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
     (num_layers*D, B, H). One LSTM node per layer; its Y (T, D, B, H) is squeezed
     (one direction) or transposed and reshaped (two) to (T, B, D*H). Needs the
     ``onnx`` package.
+
+    Parameters
+    ----------
+    state_dict : dict
+        Arrays or tensors by torch's names (no projection).
+    initial_state : bool, optional
+        Whether the model takes initial_h and initial_c.
+    lengths : bool, optional
+        Whether the model takes sequence_lens.
+    opset : int, optional
+        The ONNX opset to declare.
+    name : str, optional
+        The graph's name.
+
+    Returns
+    -------
+    onnx.ModelProto
+        A model that passed ``onnx.checker.check_model``.
+
+    Raises
+    ------
+    ValueError
+        A projection (ONNX's LSTM has none), or an inconsistent state_dict.
+
+    Examples
+    --------
+    >>> from lstm_fast import adapters
+    >>> model = adapters.to_onnx_model(lstm_fast.LSTM(3, 4, num_layers=2).state_dict())
+    >>> [i.name for i in model.graph.input], [o.name for o in model.graph.output]
+    (['X', 'sequence_lens', 'initial_h', 'initial_c'], ['Y', 'Y_h', 'Y_c'])
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper

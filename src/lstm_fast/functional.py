@@ -19,7 +19,26 @@ from ._lengths import LengthPlan
 
 
 class LSTMCache(NamedTuple):
-    """What backward needs from one layer-direction's forward call. Treat as opaque."""
+    """What backward needs from one layer-direction's forward call. Treat as opaque.
+
+    Returned by `lstm_forward` (``result.cache``) and passed to `lstm_backward`.
+
+    Attributes
+    ----------
+    backend : str
+        Name of the backend that ran the forward call.
+    gates : numpy.ndarray
+        Activated gates i, f, g, o, (T, B, 4H); zero at padded positions.
+    c : numpy.ndarray
+        Cell state after every step, (T, B, H); zero at padded positions.
+
+    Examples
+    --------
+    >>> x, w_ih, w_hh = np.ones((4, 2, 3)), np.full((8, 3), 0.1), np.full((8, 2), 0.1)
+    >>> cache = lstm_fast.lstm_forward(x, w_ih, w_hh, backend="numpy").cache
+    >>> cache.backend, cache.gates.shape, cache.c.shape
+    ('numpy', (4, 2, 8), (4, 2, 2))
+    """
 
     impl: object          # the backend module
     packed: object        # its packed weights
@@ -115,7 +134,26 @@ def make_plan(lengths, T, B):
 
 
 class LSTMResult(NamedTuple):
-    """Output of ``lstm_forward``: unpacks as ``y, h_n, c_n, cache``."""
+    """Output of `lstm_forward`: unpacks as ``y, h_n, c_n, cache``.
+
+    Attributes
+    ----------
+    y : numpy.ndarray
+        (T, B, R) hidden state at every step.
+    h_n : numpy.ndarray
+        (B, R) final hidden state.
+    c_n : numpy.ndarray
+        (B, H) final cell state.
+    cache : LSTMCache or None
+        Input for `lstm_backward` (None with ``save=False``).
+
+    Examples
+    --------
+    >>> x, w_ih, w_hh = np.ones((4, 2, 3)), np.full((8, 3), 0.1), np.full((8, 2), 0.1)
+    >>> res = lstm_fast.lstm_forward(x, w_ih, w_hh, save=False)
+    >>> res.y.shape, res.h_n.shape, res.cache is None
+    ((4, 2, 2), (2, 2), True)
+    """
     y: np.ndarray        #: (T, B, R) hidden state at every step
     h_n: np.ndarray      #: (B, R) final hidden state
     c_n: np.ndarray      #: (B, H) final cell state
@@ -123,7 +161,32 @@ class LSTMResult(NamedTuple):
 
 
 class LSTMGrads(NamedTuple):
-    """Gradients returned by ``lstm_backward``, named after the arguments of ``lstm_forward``."""
+    """Gradients returned by `lstm_backward`, named after the arguments of `lstm_forward`.
+
+    Attributes
+    ----------
+    dx : numpy.ndarray
+        (T, B, I); zero at padded positions.
+    dw_ih : numpy.ndarray
+        (4H, I).
+    dw_hh : numpy.ndarray
+        (4H, R).
+    db_ih, db_hh : numpy.ndarray or None
+        (4H,) each, equal to each other; None if the forward call had no bias.
+    dh0 : numpy.ndarray
+        (B, R).
+    dc0 : numpy.ndarray
+        (B, H).
+    dw_hr : numpy.ndarray or None
+        (P, H) with a projection, else None.
+
+    Examples
+    --------
+    >>> x, w_ih, w_hh = np.ones((4, 2, 3)), np.full((8, 3), 0.1), np.full((8, 2), 0.1)
+    >>> g = lstm_fast.lstm_backward(lstm_fast.lstm_forward(x, w_ih, w_hh).cache, np.ones((4, 2, 2)))
+    >>> g.dx.shape, g.dw_hh.shape, g.db_ih is None, g.dw_hr is None
+    ((4, 2, 3), (8, 2), True, True)
+    """
     dx: np.ndarray                #: (T, B, I)
     dw_ih: np.ndarray             #: (4H, I)
     dw_hh: np.ndarray             #: (4H, R)
@@ -136,22 +199,80 @@ class LSTMGrads(NamedTuple):
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=None,
                  lengths=None, backend="auto", save=True):
-    """Run one LSTM layer over a sequence.
+    """Run one LSTM layer over a sequence (one direction, time-major).
 
-    Parameters follow torch.nn.LSTM (gate order i, f, g, o):
-    x (T, B, I); w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or both None;
-    h0, c0 (B, H) or None for zeros; w_hr (P, H) for a projection (torch's
-    proj_size = P: then w_hh is (4H, P), h0, h_n and y have P columns and the
-    gradients include dw_hr). The dtype (float32 or float64) is that of
-    ``w_ih``; see ``lstm_fast._validation`` for the conversion rules.
+    Shapes and names follow ``torch.nn.LSTM``, gate order i, f, g, o. The dtype
+    (float32 or float64) is that of `w_ih`: integer and bool inputs are converted
+    to it, a float array of the other precision is an error. Any memory layout is
+    accepted (copied to C order first). T = 0 is allowed: y is empty and h_n, c_n
+    equal h0, c0.
 
-    ``lengths`` (B,) integers in [0, T], any order: sequence b is
-    ``x[:lengths[b], b]``; its h_n, c_n come from its own last valid step and y
-    is exactly zero past it. Work scales with the sum of lengths.
+    Parameters
+    ----------
+    x : array_like
+        (T, B, I) input sequence.
+    w_ih : array_like
+        (4H, I) input weights, float32 or float64.
+    w_hh : array_like
+        (4H, R) recurrent weights (R = P with a projection, else H).
+    b_ih, b_hh : array_like or None, optional
+        (4H,) biases, both given or both None (no bias).
+    h0 : array_like or None, optional
+        (B, R) initial hidden state; None for zeros.
+    c0 : array_like or None, optional
+        (B, H) initial cell state; None for zeros.
+    w_hr : array_like or None, optional
+        (P, H) projection (torch's ``proj_size = P``): h, y and h_n then have P
+        columns and the gradients include ``dw_hr``.
+    lengths : array_like of int or None, optional
+        (B,) valid steps per sequence, in [0, T], any order: sequence b is
+        ``x[:lengths[b], b]``; its h_n, c_n come from its own last valid step and y
+        is exactly zero past it. Work scales with the sum of lengths.
+    backend : {"auto", "c", "numba", "numpy"}, optional
+        Which implementation runs; "auto" picks the first available of c, numba,
+        numpy, or the one named by the environment variable ``LSTM_FAST_BACKEND``.
+    save : bool, optional
+        Keep what `lstm_backward` needs (default). False keeps nothing (cache None):
+        inference without the memory of the saved gates and cell states.
 
-    Returns ``LSTMResult(y, h_n, c_n, cache)``; pass ``cache`` to
-    ``lstm_backward``. ``save=False`` keeps nothing for backward (cache None).
-    T = 0 is allowed: y is empty and h_n, c_n equal h0, c0.
+    Returns
+    -------
+    LSTMResult
+        ``(y, h_n, c_n, cache)``: y (T, B, R), h_n (B, R), c_n (B, H), and the
+        `LSTMCache` to pass to `lstm_backward`.
+
+    Raises
+    ------
+    ValueError
+        A shape that does not fit, naming the argument, the shape received and
+        the one expected; lengths outside [0, T]; an unknown backend name.
+    TypeError
+        An input of the other float precision than the weights, or not numeric.
+    BackendUnavailableError
+        The backend asked for is not available here.
+
+    See Also
+    --------
+    lstm_backward : gradients of this call.
+    LSTM : several layers, both directions, torch.nn.LSTM's interface.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, I, H = 5, 2, 3, 4
+    >>> x = rng.standard_normal((T, B, I))
+    >>> w_ih, w_hh = rng.uniform(-0.5, 0.5, (4 * H, I)), rng.uniform(-0.5, 0.5, (4 * H, H))
+    >>> y, h_n, c_n, cache = lstm_fast.lstm_forward(x, w_ih, w_hh)
+    >>> y.shape, h_n.shape, c_n.shape
+    ((5, 2, 4), (2, 4), (2, 4))
+    >>> bool(np.array_equal(y[-1], h_n))
+    True
+
+    With lengths, each sequence stops at its own last step:
+
+    >>> res = lstm_fast.lstm_forward(x, w_ih, w_hh, lengths=[5, 2])
+    >>> bool(np.all(res.y[2:, 1] == 0)), bool(np.allclose(res.h_n[1], res.y[1, 1]))
+    (True, True)
     """
     name = backends.resolve(backend)
     w_ih, w_hh, b, w_hr, dtype, I, H, R = _validation.weights(w_ih, w_hh, b_ih, b_hh, w_hr)
@@ -170,9 +291,48 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     """Backpropagation through time for a forward call.
 
-    ``dy`` (T, B, R), ``dh_n`` (B, R) and ``dc_n`` (B, H) are the gradients of the loss
-    with respect to ``y``, ``h_n`` and ``c_n``; None means zero. Returns
-    ``LSTMGrads(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr)``.
+    Parameters
+    ----------
+    cache : LSTMCache
+        ``cache`` of the `lstm_forward` call (made with ``save=True``).
+    dy : array_like or None, optional
+        (T, B, R) gradient of the loss with respect to ``y``; None means zero.
+    dh_n : array_like or None, optional
+        (B, R) gradient with respect to ``h_n``; None means zero.
+    dc_n : array_like or None, optional
+        (B, H) gradient with respect to ``c_n``; None means zero.
+
+    Returns
+    -------
+    LSTMGrads
+        ``(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr)``, the gradients with
+        respect to the arguments of `lstm_forward` of the same names.
+
+    Raises
+    ------
+    TypeError
+        `cache` is not an `LSTMCache` (e.g. None from a call with ``save=False``).
+    ValueError
+        A gradient whose shape does not match its output, naming it.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((5, 2, 3))
+    >>> w_ih, w_hh = rng.uniform(-0.5, 0.5, (16, 3)), rng.uniform(-0.5, 0.5, (16, 4))
+    >>> b_ih, b_hh = np.zeros(16), np.zeros(16)
+    >>> y, h_n, c_n, cache = lstm_fast.lstm_forward(x, w_ih, w_hh, b_ih, b_hh)
+    >>> grads = lstm_fast.lstm_backward(cache, dy=np.ones_like(y))    # loss = y.sum()
+    >>> grads.dx.shape, grads.dw_ih.shape, grads.dw_hh.shape, grads.db_ih.shape
+    ((5, 2, 3), (16, 3), (16, 4), (16,))
+
+    The gradient agrees with a finite difference of the loss:
+
+    >>> eps, w2 = 1e-6, w_hh.copy()
+    >>> w2[0, 0] += eps
+    >>> y2 = lstm_fast.lstm_forward(x, w_ih, w2, b_ih, b_hh).y
+    >>> bool(abs((y2.sum() - y.sum()) / eps - grads.dw_hh[0, 0]) < 1e-5)
+    True
     """
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, "

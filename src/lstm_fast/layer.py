@@ -39,6 +39,75 @@ class LSTM:
     accumulated). A forward call in eval mode (``layer.eval()``) keeps nothing for
     backward unless called with ``save=True``; ``save=False`` keeps nothing in training
     mode either (inference without the memory of the saved activations).
+
+    Parameters are read-only arrays: change them through `load_state_dict`,
+    `set_parameter` or `unlocked_parameters`, which drop the backend's packed copy.
+
+    Parameters
+    ----------
+    input_size : int
+        I, the features of x.
+    hidden_size : int
+        H, the features of the cell state (and of h without a projection).
+    num_layers : int, optional
+        Stacked layers; layer k > 0 reads layer k-1's output.
+    bias : bool, optional
+        Whether there are bias_ih_l{k} and bias_hh_l{k}.
+    batch_first : bool, optional
+        x and output are (B, T, .) instead of (T, B, .); states are not affected.
+    dropout : float, optional
+        Inter-layer inverted dropout probability, in training mode only, as torch.
+    bidirectional : bool, optional
+        A second direction reading the sequence backwards (D = 2).
+    proj_size : int, optional
+        P > 0: an LSTM with projections (torch's weight_hr_l{k}, R = P < H).
+    dtype : numpy dtype, keyword-only
+        float32 (default) or float64; the parameters' and the computation's type.
+    backend : {"auto", "c", "numba", "numpy"}, keyword-only
+        The implementation; "auto" is the first available of c, numba, numpy.
+    seed : int or None, keyword-only
+        Seed of the initial weights (uniform in +-1/sqrt(H), as torch) and of
+        the dropout masks.
+
+    Attributes
+    ----------
+    grads : dict of str to numpy.ndarray
+        Parameter gradients of the last `backward` call, by `state_dict` name.
+    training : bool
+        Training mode (`train`, the default) or eval mode (`eval`).
+    backend : str
+        The backend in use, resolved from "auto"; assigning a name switches.
+    num_directions : int
+        2 if bidirectional, else 1.
+
+    Raises
+    ------
+    ValueError
+        A size that is not a positive int, dropout outside [0, 1], proj_size >= H.
+    TypeError
+        A flag that is not a bool, a dtype other than float32/float64.
+
+    See Also
+    --------
+    lstm_fast.torch.LSTM : the same layer as a ``torch.nn.Module``.
+    Stream : one step at a time with this layer's weights.
+
+    Examples
+    --------
+    >>> layer = lstm_fast.LSTM(3, 8, num_layers=2, bidirectional=True, batch_first=True, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((4, 6, 3)).astype(np.float32)  # (B, T, I)
+    >>> out, (h_n, c_n) = layer(x)
+    >>> out.shape, h_n.shape, c_n.shape
+    ((4, 6, 16), (4, 4, 8), (4, 4, 8))
+    >>> dx, (dh0, dc0) = layer.backward(np.ones_like(out))
+    >>> dx.shape, layer.grads["weight_hh_l1_reverse"].shape
+    ((4, 6, 3), (32, 8))
+
+    An optimizer step on the layer's parameters:
+
+    >>> opt = lstm_fast.optim.Adam(lr=1e-2)
+    >>> with layer.unlocked_parameters() as params:
+    ...     opt.step(params, layer.grads)
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -87,6 +156,7 @@ class LSTM:
 
     @property
     def num_directions(self):
+        """D: 2 if bidirectional, else 1."""
         return 2 if self.bidirectional else 1
 
     @property
@@ -122,18 +192,62 @@ class LSTM:
     # --- parameters ------------------------------------------------------
 
     def named_parameters(self):
-        """(name, array) pairs in torch's order; the arrays are read-only views."""
+        """The parameters with their names.
+
+        Returns
+        -------
+        list of (str, numpy.ndarray)
+            (name, array) pairs in torch's order; the arrays are read-only.
+        """
         return list(self._params.items())
 
     def parameters(self):
+        """The parameters.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            The read-only parameter arrays in torch's order.
+        """
         return list(self._params.values())
 
     def state_dict(self):
-        """Copies of the parameters under torch's names."""
+        """Copies of the parameters under torch's names.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``
+            (``weight_hr_l{k}``; ``_reverse`` for the second direction): loadable by
+            ``torch.nn.LSTM.load_state_dict`` after ``torch.from_numpy``.
+
+        Examples
+        --------
+        >>> sorted(lstm_fast.LSTM(2, 3).state_dict())
+        ['bias_hh_l0', 'bias_ih_l0', 'weight_hh_l0', 'weight_ih_l0']
+        """
         return {name: arr.copy() for name, arr in self._params.items()}
 
     def load_state_dict(self, state_dict, strict=True):
-        """Load parameters (NumPy arrays or torch tensors) by torch's names."""
+        """Load parameters (NumPy arrays or torch tensors) by torch's names.
+
+        Parameters
+        ----------
+        state_dict : dict
+            Arrays or tensors under `state_dict` names, e.g. a
+            ``torch.nn.LSTM``'s ``state_dict()``; copied and cast to the layer's dtype.
+        strict : bool, optional
+            Require exactly the layer's names (default); False loads those present.
+
+        Raises
+        ------
+        KeyError
+            With `strict`, missing or unexpected names (all listed).
+        ValueError
+            An array of the wrong shape, naming it.
+        TypeError
+            An array that is not real-valued.
+        """
         missing = [n for n in self._params if n not in state_dict]
         unexpected = [n for n in state_dict if n not in self._params]
         if strict and (missing or unexpected):
@@ -145,7 +259,22 @@ class LSTM:
         self._drop_packed()
 
     def set_parameter(self, name, value):
-        """Replace one parameter (copied, cast to the layer's dtype)."""
+        """Replace one parameter (copied, cast to the layer's dtype).
+
+        Parameters
+        ----------
+        name : str
+            A `state_dict` name, e.g. ``"weight_hh_l0"``.
+        value : array_like
+            The new values, of the parameter's shape.
+
+        Raises
+        ------
+        KeyError
+            No parameter of that name (the names are listed).
+        ValueError
+            `value` has the wrong shape.
+        """
         if name not in self._params:
             raise KeyError(f"no parameter named {name!r}; parameters are {list(self._params)}")
         self._params[name] = self._checked_param(name, value)
@@ -153,13 +282,23 @@ class LSTM:
 
     @contextlib.contextmanager
     def unlocked_parameters(self):
-        """Context in which the parameter arrays are writable, e.g. for an optimizer step::
-
-            with layer.unlocked_parameters() as params:
-                for name, g in layer.grads.items():
-                    params[name] -= lr * g
+        """Context in which the parameter arrays are writable, e.g. for an optimizer step.
 
         Packed copies are dropped on exit, so the next call sees the new values.
+
+        Yields
+        ------
+        dict of str to numpy.ndarray
+            The parameters by `state_dict` name, writable until the context ends.
+
+        Examples
+        --------
+        >>> layer = lstm_fast.LSTM(2, 3, seed=0)
+        >>> out, _ = layer(np.ones((4, 1, 2), np.float32))
+        >>> _ = layer.backward(np.ones_like(out))
+        >>> with layer.unlocked_parameters() as params:
+        ...     for name, g in layer.grads.items():
+        ...         params[name] -= 0.1 * g
         """
         for arr in self._params.values():
             arr.flags.writeable = True
@@ -202,21 +341,63 @@ class LSTM:
     # --- modes -----------------------------------------------------------
 
     def train(self, mode=True):
+        """Set training mode (dropout active, forward keeps what backward needs).
+
+        Parameters
+        ----------
+        mode : bool, optional
+            True for training mode, False for eval mode.
+
+        Returns
+        -------
+        LSTM
+            The layer itself.
+        """
         self.training = bool(mode)
         return self
 
     def eval(self):
+        """Set eval mode: no dropout, forward keeps nothing for backward unless ``save=True``.
+
+        Returns
+        -------
+        LSTM
+            The layer itself.
+        """
         return self.train(False)
 
     # --- forward / backward ----------------------------------------------
 
     def forward(self, x, hx=None, lengths=None, *, save=None):
-        """``(output, (h_n, c_n))`` for x.
+        """Run the layer over x (also ``layer(x, ...)``).
 
-        ``lengths`` (B,) in any order gives each sequence's valid steps: h_n, c_n come
-        from each sequence's own last valid step (the reverse direction starts there),
-        padded outputs are zero. ``save`` (default: the training mode) keeps what
-        ``backward`` needs; without it nothing of the kind is computed or kept.
+        Parameters
+        ----------
+        x : array_like
+            (T, B, I), (B, T, I) if ``batch_first``, or (T, I) unbatched.
+        hx : tuple of array_like or None, optional
+            ``(h0, c0)``, (num_layers*D, B, R) and (num_layers*D, B, H); None for zeros.
+        lengths : array_like of int or None, optional
+            (B,) valid steps per sequence, any order: h_n, c_n come from each
+            sequence's own last valid step (the reverse direction starts there),
+            padded outputs are zero.
+        save : bool or None, keyword-only
+            Keep what `backward` needs; None (default) follows the training mode.
+            Without it nothing of the kind is computed or kept.
+
+        Returns
+        -------
+        output : numpy.ndarray
+            (T, B, D*R) (batch first: (B, T, D*R); unbatched: (T, D*R)).
+        (h_n, c_n) : tuple of numpy.ndarray
+            (num_layers*D, B, R) and (num_layers*D, B, H).
+
+        Raises
+        ------
+        ValueError
+            x, hx or lengths of the wrong shape, naming the argument and the shape expected.
+        TypeError
+            hx not a pair; x of the other float precision.
         """
         if type(x) is np.ndarray and x.ndim == 3 and x.dtype is self.dtype \
                 and x.shape[2] == self.input_size and x.flags.c_contiguous and not self.batch_first:
@@ -304,11 +485,28 @@ class LSTM:
                 _validation.as_array(hx[1], _HX_NAMES[1], dtype, zs[2].shape, _HX_EXPECTED))
 
     def backward(self, grad_output=None, grad_hx=None):
-        """Gradients for the last forward call.
+        """Gradients for the last forward call; parameter gradients go to ``layer.grads``.
 
-        ``grad_output`` has the shape of ``output`` (None = zeros); ``grad_hx`` is
-        ``(grad_h_n, grad_c_n)`` shaped like ``(h_n, c_n)``, or None. Returns
-        ``(grad_x, (grad_h0, grad_c0))`` shaped like ``x`` and ``hx``.
+        Parameters
+        ----------
+        grad_output : array_like or None, optional
+            Gradient of the loss with respect to ``output``, its shape; None for zeros.
+        grad_hx : tuple of array_like or None, optional
+            ``(grad_h_n, grad_c_n)`` shaped like ``(h_n, c_n)``, or None for zeros.
+
+        Returns
+        -------
+        grad_x : numpy.ndarray
+            Shaped like x.
+        (grad_h0, grad_c0) : tuple of numpy.ndarray
+            Shaped like hx.
+
+        Raises
+        ------
+        RuntimeError
+            No forward call yet, or the last one kept nothing (eval mode, ``save=False``).
+        ValueError
+            A gradient of the wrong shape, naming it.
         """
         cache = self._cache
         if cache is None:

@@ -1,4 +1,4 @@
-"""Optimizers for NumPy parameters: :class:`Adam`.
+"""Optimizers for NumPy parameters: :class:`~lstm_fast.optim.Adam`.
 
 The layer computes gradients and never updates its own weights (no optimizer
 steps inside backward); this module is the training utility for NumPy users of
@@ -24,8 +24,9 @@ __all__ = ["Adam"]
 
 
 class Adam:
-    """Adam (Kingma & Ba, 2015) with the update of ``torch.optim.Adam``
-    (``amsgrad=False``, ``maximize=False``; ``weight_decay`` adds
+    """Adam (Kingma & Ba, 2015) with the update of ``torch.optim.Adam``.
+
+    The update is torch's (``amsgrad=False``, ``maximize=False``; ``weight_decay`` adds
     ``weight_decay * param`` to the gradient, as torch's Adam does, not AdamW)::
 
         g  = grad + weight_decay * param
@@ -43,6 +44,42 @@ class Adam:
     place; ``grads`` maps (some of) the same names to arrays of the same shapes.
     ``t`` counts the calls of ``step``; ``m``, ``v`` and ``steps`` hold the
     moments and the step count by name.
+
+    Parameters
+    ----------
+    lr : float, optional
+        Learning rate, >= 0.
+    betas : tuple of float, optional
+        (beta1, beta2), each in [0, 1).
+    eps : float, optional
+        Added to the denominator, >= 0.
+    weight_decay : float, optional
+        L2 penalty added to the gradient, >= 0.
+
+    Attributes
+    ----------
+    t : int
+        Calls of `step` so far.
+    m, v : dict of str to numpy.ndarray
+        First and second moments by name (float64).
+    steps : dict of str to int
+        Steps each name has had.
+
+    Raises
+    ------
+    ValueError
+        A hyperparameter out of its range, naming it.
+
+    Examples
+    --------
+    Minimize ``(w - 3)**2`` for a one-element parameter:
+
+    >>> params = {"w": np.zeros(1)}
+    >>> opt = lstm_fast.optim.Adam(lr=0.1)
+    >>> for _ in range(200):
+    ...     opt.step(params, {"w": 2 * (params["w"] - 3)})
+    >>> bool(abs(params["w"][0] - 3) < 0.05), opt.t
+    (True, 200)
     """
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
@@ -63,7 +100,24 @@ class Adam:
         self.m, self.v, self.steps = {}, {}, {}
 
     def step(self, params, grads):
-        """One Adam step over every name in ``grads`` (see the class docstring)."""
+        """One Adam step over every name in ``grads`` (see the class docstring).
+
+        Parameters
+        ----------
+        params : dict of str to numpy.ndarray
+            Writable arrays, updated in place (a layer's parameters: open them with
+            ``LSTM.unlocked_parameters()``).
+        grads : dict of str to array_like
+            Gradients for (some of) the names in `params`, of the same shapes.
+
+        Raises
+        ------
+        KeyError
+            A name in `grads` that `params` does not have.
+        ValueError
+            A read-only parameter, or a gradient of another shape (checked for every
+            name before anything is updated).
+        """
         for name, g in grads.items():
             if name not in params:
                 raise KeyError(f"grads has {name!r}, which params does not have "

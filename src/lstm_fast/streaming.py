@@ -25,7 +25,40 @@ class Stream:
     ``stream.step(x_t)`` takes x_t (B, I) and returns the top layer's h (B, R);
     ``stream.run(x)`` takes a chunk (T, B, I) and returns (T, B, R).
     ``stream.state`` is ``(h, c)``, (num_layers, B, R) and (num_layers, B, H) (copies);
-    ``stream.reset(hx=None)`` starts over from ``hx`` or zeros.
+    ``stream.reset(hx=None)`` starts over from ``hx`` or zeros. The stream reads the
+    layer's current weights at every call.
+
+    Parameters
+    ----------
+    layer : LSTM
+        A unidirectional layer (any number of layers, projection, dtype, backend).
+    batch_size : int, optional
+        B, the sequences advanced together.
+    hx : tuple of array_like or None, optional
+        Initial ``(h0, c0)``, (num_layers, B, R) and (num_layers, B, H); None for zeros.
+
+    Attributes
+    ----------
+    state : tuple of numpy.ndarray
+        Copies of the current ``(h, c)``.
+
+    Raises
+    ------
+    ValueError
+        A bidirectional layer (its reverse direction needs the whole sequence), a
+        batch_size that is not a positive int, or hx of the wrong shape.
+
+    Examples
+    --------
+    >>> layer = lstm_fast.LSTM(3, 8, num_layers=2, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((6, 1, 3)).astype(np.float32)
+    >>> stream = lstm_fast.Stream(layer, batch_size=1)
+    >>> hs = [stream.step(x_t) for x_t in x]        # one step as each x_t arrives
+    >>> hs[-1].shape
+    (1, 8)
+    >>> out, _ = layer(x)                             # the whole sequence at once
+    >>> bool(np.allclose(np.stack(hs), out, atol=1e-6))
+    True
     """
 
     def __init__(self, layer, batch_size=1, hx=None):
@@ -37,7 +70,20 @@ class Stream:
         self.reset(hx)
 
     def reset(self, hx=None):
-        """Start over from hx = (h0, c0), (num_layers, B, R) and (num_layers, B, H), or zeros."""
+        """Start over from ``hx`` or zeros.
+
+        Parameters
+        ----------
+        hx : tuple of array_like or None, optional
+            ``(h0, c0)``, (num_layers, B, R) and (num_layers, B, H); None for zeros.
+
+        Raises
+        ------
+        TypeError
+            hx not a pair.
+        ValueError
+            A state of the wrong shape, naming it.
+        """
         layer, L, B = self.layer, self.layer.num_layers, self.batch_size
         sizes = (layer.proj_size or layer.hidden_size, layer.hidden_size)
         self._xshape = (B, layer.input_size)
@@ -52,10 +98,27 @@ class Stream:
 
     @property
     def state(self):
+        """Copies of ``(h, c)``, (num_layers, B, R) and (num_layers, B, H)."""
         return self._h.copy(), self._c.copy()
 
     def step(self, x_t):
-        """One step: x_t (B, I) -> h (B, R) of the top layer."""
+        """Advance one step; the state is updated in place.
+
+        Parameters
+        ----------
+        x_t : array_like
+            (B, I) the input of this step.
+
+        Returns
+        -------
+        numpy.ndarray
+            (B, R) the top layer's hidden state after the step.
+
+        Raises
+        ------
+        ValueError
+            x_t of the wrong shape.
+        """
         layer = self.layer
         x = _validation.as_array(x_t, "x_t", layer.dtype, self._xshape, "(B, I) = ({}, {})")
         step, num_threads = layer._impl.step, backends.threads_for(1, self.batch_size,
@@ -66,7 +129,23 @@ class Stream:
         return x
 
     def run(self, x):
-        """A chunk of steps: x (T, B, I) -> (T, B, R)."""
+        """Advance a chunk of steps; the state is updated in place.
+
+        Parameters
+        ----------
+        x : array_like
+            (T, B, I) the inputs of T steps.
+
+        Returns
+        -------
+        numpy.ndarray
+            (T, B, R) the top layer's hidden state after every step.
+
+        Raises
+        ------
+        ValueError
+            x of the wrong shape.
+        """
         layer = self.layer
         x = _validation.as_array(x, "x", layer.dtype, (None, self.batch_size, layer.input_size),
                                  "(T, B, I) = (T, {1}, {2})")

@@ -18,12 +18,12 @@ Packed weights are kept between calls, one per layer and direction, and packed a
 when a parameter changed. A change is seen through the tensors' version counters and
 storage: an optimizer step, ``load_state_dict``, ``.to()``, writes under
 ``torch.no_grad()`` all bump the counter or replace the storage. ``p.data`` writes do
-neither on a plain torch Parameter, so this module's parameters are ``_Parameter``s,
+neither on a plain torch Parameter, so this module's parameters are ``_Parameter`` objects,
 whose ``.data`` is ``p.detach()``: the same memory, sharing the version counter, so the
 classic ``p.data.add_(p.grad, alpha=-lr)`` update is seen too. (Unlike plain
 ``.data``, such a write between a forward and its backward is then reported by
 autograd as an in-place modification, as a ``detach()`` write is.) Parameters that are
-not ``_Parameter``s (replaced from outside, parametrizations) are packed at every call.
+not ``_Parameter`` objects (replaced from outside, parametrizations) are packed at every call.
 
 Falls back to ``torch.nn.LSTM.forward`` (torch's numbers, torch's errors) for
 everything the kernels do not cover: tensors not on the CPU, dtypes other than
@@ -131,6 +131,45 @@ class LSTM(torch.nn.LSTM):
     checked at construction (an unavailable one is an error) and resolved again at
     each call, so "auto" follows ``LSTM_FAST_BACKEND``. See the module docstring for
     what falls back to torch and how weight changes are seen.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        ``torch.nn.LSTM``'s: input_size, hidden_size, num_layers, bias, batch_first,
+        dropout, bidirectional, proj_size, device, dtype.
+    backend : {"auto", "c", "numba", "numpy", "torch"}, keyword-only
+        Which kernels run the CPU float32/float64 work; "torch" is torch's own.
+
+    Raises
+    ------
+    BackendUnavailableError
+        The backend asked for is not available here.
+
+    See Also
+    --------
+    lstm_fast.LSTM : the same layer on NumPy arrays.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lstm_fast.torch import LSTM
+    >>> _ = torch.manual_seed(0)
+    >>> rnn = LSTM(3, 8, num_layers=2, batch_first=True)      # was torch.nn.LSTM(3, 8, ...)
+    >>> x = torch.randn(4, 6, 3)
+    >>> out, (h_n, c_n) = rnn(x)
+    >>> out.shape, h_n.shape
+    (torch.Size([4, 6, 8]), torch.Size([2, 4, 8]))
+    >>> out.sum().backward()                     # gradients through lstm_fast's kernels
+    >>> rnn.weight_hh_l0.grad.shape
+    torch.Size([32, 8])
+
+    It computes what torch.nn.LSTM computes with the same weights:
+
+    >>> ref = torch.nn.LSTM(3, 8, num_layers=2, batch_first=True)
+    >>> ref.load_state_dict(rnn.state_dict())
+    <All keys matched successfully>
+    >>> torch.allclose(ref(x)[0], out, atol=1e-6)
+    True
     """
 
     def __init__(self, *args, backend="auto", **kwargs):
@@ -172,6 +211,22 @@ class LSTM(torch.nn.LSTM):
         return backends.resolve(backend)
 
     def forward(self, input, hx=None):
+        """``torch.nn.LSTM.forward``, on lstm_fast's kernels where they apply (else torch's).
+
+        Parameters
+        ----------
+        input : torch.Tensor or PackedSequence
+            (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or packed.
+        hx : tuple of torch.Tensor or None, optional
+            ``(h_0, c_0)`` as for torch.nn.LSTM; None for zeros.
+
+        Returns
+        -------
+        output : torch.Tensor or PackedSequence
+            As torch.nn.LSTM's.
+        (h_n, c_n) : tuple of torch.Tensor
+            As torch.nn.LSTM's.
+        """
         backend = self._kernel_backend(input, hx)
         packed = None
         if backend is not None:

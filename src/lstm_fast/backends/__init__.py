@@ -62,7 +62,22 @@ ENV_VAR = "LSTM_FAST_BACKEND"
 
 
 class BackendUnavailableError(RuntimeError):
-    """The requested backend is not available on this installation."""
+    """The requested backend is not available on this installation.
+
+    Raised instead of falling back silently to another backend; the message gives
+    the reason (`backend_status` lists them all). A subclass of ``RuntimeError``.
+
+    Examples
+    --------
+    >>> missing = [n for n, why in lstm_fast.backend_status().items() if why is not None]
+    >>> for name in missing:            # none where every backend is installed
+    ...     try:
+    ...         lstm_fast.LSTM(3, 4, backend=name)
+    ...     except lstm_fast.BackendUnavailableError as e:
+    ...         assert str(e).startswith(f"backend {name!r} is not available")
+    >>> issubclass(lstm_fast.BackendUnavailableError, RuntimeError)
+    True
+    """
 
 
 def _load_c():
@@ -106,12 +121,36 @@ def _check(name):
 
 
 def backend_status():
-    """Dict of every known backend to None (available) or the reason it is not."""
+    """Which backends this installation has, and why one is missing.
+
+    Returns
+    -------
+    dict of str to str or None
+        Every known backend (``"c"``, ``"numba"``, ``"numpy"``) to None if it is
+        available, else the reason it is not (e.g. the import error).
+
+    Examples
+    --------
+    >>> status = lstm_fast.backend_status()
+    >>> sorted(status), status["numpy"] is None
+    (['c', 'numba', 'numpy'], True)
+    """
     return {name: _check(name) for name in REGISTRY}
 
 
 def available_backends():
-    """Names of the backends usable here, in the order ``"auto"`` prefers them."""
+    """Names of the backends usable here, in the order ``"auto"`` prefers them.
+
+    Returns
+    -------
+    tuple of str
+        A subsequence of ``("c", "numba", "numpy")``; the NumPy reference is always there.
+
+    Examples
+    --------
+    >>> "numpy" in lstm_fast.available_backends()
+    True
+    """
     return tuple(name for name in PREFERENCE if _check(name) is None)
 
 
@@ -165,6 +204,24 @@ def set_num_threads(n):
 
     The result does not depend on this setting: every backend gives the same bits for
     any thread count. A count above the CPUs this process may use is capped there.
+    The setting is process-wide.
+
+    Parameters
+    ----------
+    n : int or None
+        Threads per call (>= 1), or 0/None for the per-shape rule (`threads_for`).
+
+    Raises
+    ------
+    ValueError
+        n negative or not an int.
+
+    Examples
+    --------
+    >>> lstm_fast.set_num_threads(1)
+    >>> lstm_fast.get_num_threads()
+    1
+    >>> lstm_fast.set_num_threads(0)          # back to the default: chosen per shape
     """
     global _num_threads
     if n is None:
@@ -175,13 +232,36 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The thread setting: 0 means chosen per shape."""
+    """The thread setting made with `set_num_threads`.
+
+    Returns
+    -------
+    int
+        The count set, or 0: chosen per shape (the default).
+
+    Examples
+    --------
+    >>> lstm_fast.get_num_threads()
+    0
+    """
     return _num_threads
 
 
 def threads_for(T, B, I, H):
     """Threads for one call of T steps of B rows (the one automatic rule, every backend).
 
+    Parameters
+    ----------
+    T, B, I, H : int
+        Steps, sequences, input size and hidden size of the call.
+
+    Returns
+    -------
+    int
+        The thread count to use, >= 1.
+
+    Notes
+    -----
     An explicit setting is honoured (capped at the usable CPUs). Otherwise a second
     thread only where it pays: every step ends in a synchronisation, and on 2-core
     machines a second thread won once a step does ~1e6 multiply-adds (B*4H*H; Intel
@@ -189,6 +269,12 @@ def threads_for(T, B, I, H):
     1.05e6, 1.85x at 2.1e6) and the call ~1e8 (a job wakes the other thread), and lost
     below; and not while the C kernel's pool reports that its recent 2-thread jobs mostly
     waited (another process holds the other core).
+
+    Examples
+    --------
+    >>> from lstm_fast.backends import threads_for
+    >>> threads_for(T=6, B=32, I=3, H=32)       # a small step: one thread
+    1
     """
     n = _num_threads
     if n:
