@@ -160,6 +160,10 @@ sys.exit(1 if bad else 0)
 PY
 
 step "abi3audit: only the stable ABI of Python $ABI3_MIN"
+# abi3audit reports on *.abi3.so files; a version-specific module (e.g. a new extension
+# built without USE_SABI in CMakeLists.txt) would not be audited, but breaks the tag.
+not_abi3="$(find "$WORK/raw" -name '*.so' ! -name '*.abi3.so')"
+[ -z "$not_abi3" ] || { echo "extensions not built for the stable ABI in a $ABI_TAG wheel:" $not_abi3 >&2; exit 1; }
 abi3audit --strict --summary --report --output "$WORK/abi3audit.json" "$RAW_WHEEL"
 abi3_check() {   # the JSON report of abi3audit: every extension abi3, baseline ABI3_MIN
   "$TPY" - "$1" "$ABI3_MIN" <<'PY'
