@@ -3,6 +3,7 @@
     lstm-fast churn [--data customers.csv] [--customers N] [--hidden-size H] ...
     lstm-fast churn --write-data customers.csv [--customers N] [--seed S]
     lstm-fast churn predict --model churn_out/churn_model.npz --data new.csv [--out probs.csv]
+                            [--workers N | --dask ADDRESS]
 
 (also ``python -m lstm_fast.churn ...``). Tables are CSV, or Parquet when the
 name ends in .parquet/.pq. See ``lstm_fast.churn.data`` for the table format and
@@ -79,7 +80,11 @@ def _predict_parser():
     p = argparse.ArgumentParser(
         prog="lstm-fast churn predict",
         description="Churn probability per customer from a saved model. Writes a table "
-                    "customer_id,churn_probability (to --out, or standard output).")
+                    "customer_id,churn_probability (to --out, or standard output), in file order. "
+                    "The file is read in chunks of 16384 whole customers (any size; each "
+                    "customer's rows must be consecutive, in any month order), scored in one "
+                    "process or, with --workers/--dask, on a Dask cluster; the scores are the "
+                    "same to the bit either way.")
     p.add_argument("--model", required=True, help="model file written by 'lstm-fast churn' (churn_model.npz)")
     p.add_argument("--data", required=True, help="customer history, CSV or Parquet ('churned' optional; if present, "
                    "the ROC AUC is reported)")
@@ -88,12 +93,17 @@ def _predict_parser():
     p.add_argument("--backend", default="auto", help="LSTM backend (default auto)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for the LSTM kernels (default: the library's choice)")
-    p.add_argument("--quiet", action="store_true", help="no summary on standard error")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="score on a local Dask cluster of N worker processes (one thread each)")
+    where.add_argument("--dask", metavar="ADDRESS",
+                       help="score on an existing Dask cluster (scheduler address, e.g. tcp://host:8786)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary on standard error")
     return p
 
 
 # What the job needs beside the kernels: the `churn` extra of pyproject.toml (import names).
-NEEDS = ("pandas", "pyarrow", "sklearn", "matplotlib", "tqdm")
+NEEDS = ("pandas", "pyarrow", "sklearn", "matplotlib", "tqdm", "dask", "distributed")
 INSTALL_HINT = 'pip install "lstm-fast[churn]" (or, in a checkout, pip install ".[churn]")'
 
 
@@ -177,18 +187,25 @@ def predict_main(argv):
 
 def _predict(args):
     from lstm_fast import BackendUnavailableError
+    from tqdm.auto import tqdm
 
     from . import data as D
-    from .metrics import roc_auc
-    from .model import ChurnModel
+    from .stream import predict_file
+    cluster = client = None
+    bar = tqdm(desc="scoring", unit="row", file=sys.stderr, dynamic_ncols=True, leave=False,
+               disable=args.quiet or not sys.stderr.isatty())
     try:
         _setup(args)
-        model = ChurnModel.load(args.model, backend=args.backend)
-        ds = D.read_table(args.data, require_labels=False)
-        t0 = time.perf_counter()
-        prob = model.predict_proba(ds)
-        dt = time.perf_counter() - t0
-        D.write_scores(ds.ids, prob, args.out if args.out else sys.stdout)
+        if args.workers or args.dask:
+            from dask.distributed import Client, LocalCluster
+            if args.workers:
+                cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0")
+                client = Client(cluster)
+            else:
+                client = Client(args.dask)
+        res = predict_file(args.model, args.data, args.out if args.out else sys.stdout,
+                           backend=args.backend, threads=args.threads, client=client, progress=bar)
     except BrokenPipeError:  # e.g. `... predict ... | head`: the reader left; not an error
         try:
             import os
@@ -198,10 +215,18 @@ def _predict(args):
         return 0
     except (D.DataError, BackendUnavailableError, ValueError, OSError) as e:
         return _err(str(e))
+    finally:
+        bar.close()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     if not args.quiet:
-        msg = (f"scored {len(ds)} customers in {dt:.2f}s (backend {model.backend!r})"
+        where = (f"{res['workers']} Dask worker(s)" if client is not None else "1 process")
+        msg = (f"scored {res['customers']} customers in {res['seconds']:.2f}s on {where} "
+               f"({res['customers'] / max(res['seconds'], 1e-9):,.0f}/s, backend {res['backend']!r})"
                + (f"; wrote {args.out}" if args.out else ""))
-        if ds.y is not None and 0 < ds.y.sum() < len(ds.y):
-            msg += f"; labels present: ROC AUC {roc_auc(ds.y, prob):.3f}"
+        if res["auc"] == res["auc"]:
+            msg += f"; labels present: ROC AUC {res['auc']:.3f}"
         print(msg, file=sys.stderr)
     return 0
