@@ -690,3 +690,65 @@ def test_cli_workers_starts_a_local_cluster(tmp_path, capsys):
     np.testing.assert_allclose(got.churn_probability.to_numpy(), model.predict_proba(ds), atol=5e-7, rtol=0)
     with pytest.raises(SystemExit):
         cli.main(["predict", "--model", "m", "--data", path, "--workers", "2", "--dask", "tcp://x:1"])
+
+
+# --- out-of-core training: the same numbers streamed from disk as in memory ---------------------
+
+def _same_results(a, b):
+    ra, rb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    for k in ("n_customers", "n_train", "n_val", "n_test", "epochs_run", "best_epoch", "lstm", "baseline",
+              "gates", "scenarios"):
+        assert ra[k] == rb[k], k
+    for ha, hb in zip(ra["history"], rb["history"]):
+        assert {k: v for k, v in ha.items() if k != "seconds"} == {k: v for k, v in hb.items() if k != "seconds"}
+    with np.load(a / "churn_model.npz") as za, np.load(b / "churn_model.npz") as zb:
+        for k in za.files:
+            if k != "config":
+                np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_streamed_training_equals_in_memory(tmp_path, monkeypatch, suffix):
+    """Chunks of 64 customers, windows of 3 chunks (several windows, a carried remainder):
+    the file streamed from disk and the same data in memory give the same weights and metrics."""
+    from lstm_fast.churn import train
+    monkeypatch.setattr(train, "WINDOW", 3)
+    ds = D.generate(900, seed=12)
+    path = tmp_path / f"c{suffix}"
+    D.write_table(ds, str(path))
+    kw = dict(hidden_size=8, epochs=4, batch_size=50, patience=2, seed=3, quiet=True, figure=False)
+    mem = train.run(train.MemorySource(D.read_table(str(path)), chunk=64), tmp_path / "mem", **kw)
+    seen = []
+
+    class Counting(train.FileSource):  # the file is read again at each pass, in chunks
+        def chunks(self):
+            seen.append(0)
+            for ch in super().chunks():
+                assert len(ch) <= 64
+                seen[-1] += len(ch)
+                yield ch
+
+    disk = train.run(Counting(str(path), chunk=64), tmp_path / "disk", **kw)
+    assert disk["epochs_run"] == 4 and len(seen) == 1 + 2 * 4 + 1 and set(seen) == {900}
+    assert mem["lstm"] == disk["lstm"] and mem["n_train"] == disk["n_train"]
+    _same_results(tmp_path / "mem", tmp_path / "disk")
+
+
+def test_cli_stream_on_and_off_give_the_same_model(tmp_path, capsys):
+    ds = D.generate(1500, seed=13)
+    path = str(tmp_path / "c.parquet")
+    D.write_table(ds, path)
+    args = ["--data", path, "--epochs", "3", "--hidden-size", "8", "--no-figure", "--seed", "2"]
+    assert cli.main(args + ["--stream", "on", "--out-dir", str(tmp_path / "on")]) == 0
+    text = capsys.readouterr().out
+    assert "streamed" in text and "mini-batches streamed from disk" in text
+    assert cli.main(args + ["--stream", "off", "--out-dir", str(tmp_path / "off")]) == 0
+    assert "loaded in" in capsys.readouterr().out
+    _same_results(tmp_path / "on", tmp_path / "off")
+    # bad input: the reader's messages, before any training
+    bad = _write(tmp_path, "customer_id,month\nA,1\n")
+    assert cli.main(["--data", bad, "--stream", "on"]) == 2
+    assert "missing required column(s): movies_watched" in capsys.readouterr().err
+    bad = _write(tmp_path, GOOD + "C,1,3,nan,2,0\n", "nan.csv")
+    assert cli.main(["--data", bad, "--stream", "on", "--out-dir", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == "lstm-fast churn: error: line 5: column 'satisfaction' is NaN (missing value)\n"

@@ -52,6 +52,12 @@ def _train_parser():
     p.add_argument("--data", metavar="TABLE", help="customer history, CSV or Parquet (long format, with "
                    "'churned'); "
                    "default: synthetic data")
+    p.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                   help="with --data: train on mini-batches streamed from the file (read in chunks of "
+                        "4096 customers at each pass, never loaded whole: 'on'), or load it once "
+                        "('off'); the results are the same either way. 'auto' (default) streams a "
+                        "file whose in-memory tables would take more than a quarter of the "
+                        "available memory")
     p.add_argument("--write-data", metavar="TABLE",
                    help="write the synthetic data set as CSV or Parquet (.parquet/.pq) and exit")
     p.add_argument("--customers", type=_positive_int, default=20000,
@@ -160,7 +166,12 @@ def _train(args):
         _setup(args)
         if args.data and args.write_data:
             return _err("--data and --write-data do not go together (--write-data writes the synthetic set)")
-        if args.data:
+        if args.data and (args.stream == "on" or args.stream == "auto" and _too_big(args.data)):
+            from .train import FileSource
+            D.read_header(args.data, require_labels=True)
+            ds = FileSource(args.data)
+            source = f"{args.data}, streamed"
+        elif args.data:
             t0 = time.perf_counter()
             ds = D.read_table(args.data, require_labels=True)
             source = f"{args.data}, loaded in {time.perf_counter() - t0:.1f}s"
@@ -179,6 +190,27 @@ def _train(args):
     except (D.DataError, BackendUnavailableError, ValueError, OSError) as e:
         return _err(str(e))
     return 0
+
+
+def _too_big(path, share=0.25):
+    """Whether loading ``path`` would take more than ``share`` of the available memory
+    (about 400 bytes a row at the peak of read_table; rows from the Parquet metadata, or
+    about 30 bytes a CSV row)."""
+    import os
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return False
+    from . import data as D
+    try:
+        if D.is_parquet(path):
+            import pyarrow.parquet as pq
+            rows = pq.ParquetFile(path).metadata.num_rows
+        else:
+            rows = os.path.getsize(path) / 30
+    except Exception:  # unreadable: read_table gives the message
+        return False
+    return rows * 400 > share * avail
 
 
 def predict_main(argv):

@@ -387,6 +387,12 @@ def read_table(path, require_labels=True, max_months=None):
     return validate_rows(rows, require_labels, max_months)
 
 
+def read_header(path, require_labels=True):
+    """Check that ``path`` can be opened and has the required columns (DataError if not)."""
+    from .stream import open_pieces
+    open_pieces(path, require_labels)
+
+
 @dataclass
 class Rows:
     """Rows of a table before validation: a pyarrow Table (Parquet, stored types) or a
@@ -470,10 +476,12 @@ def interleaved_message(where, line, customer_id, last_line):
             f"sort the file by customer_id)")
 
 
-def validate_rows(rows, require_labels=True, max_months=None):
+def validate_rows(rows, require_labels=True, max_months=None, check=True):
     """Validate ``rows`` (:class:`Rows`, header already checked) and reshape them into
     :class:`ChurnData` (customers in first-appearance order). Raises :class:`DataError`
-    naming the first row with a problem (see :func:`read_table`)."""
+    naming the first row with a problem (see :func:`read_table`). ``check=False`` skips
+    the duplicate and label-consistency checks (the costly ones), for rows that passed
+    them before (a file read again at every epoch); the values are the same."""
     path, where, line, first_bad = rows.path, rows.where, rows.line, rows.first_bad
     column = rows.column
     has_label = LABEL_COL in rows.header
@@ -510,12 +518,13 @@ def validate_rows(rows, require_labels=True, max_months=None):
         feats[:, k] = v
     # duplicates among rows whose id and month are valid
     import pandas as pd
-    key = pd.DataFrame({"id": ids, "month": month})
-    dup = key.duplicated(keep="first").to_numpy() & m_ok & ~empty_id
-    first_of_key = pd.Series(np.arange(n)).groupby([key["id"], key["month"]], sort=False).transform("min")
-    checks.append((dup, lambda r: f"duplicate row for customer_id {ids[r]!r} month {month[r]} "
-                                  f"(first seen on {where} {line[first_of_key.iloc[r]]})"))
-    first_row = pd.Series(np.arange(n)).groupby(key["id"], sort=False).transform("min").to_numpy()
+    key = pd.DataFrame({"id": ids, "month": month}) if check else None
+    if check:
+        dup = key.duplicated(keep="first").to_numpy() & m_ok & ~empty_id
+        first_of_key = pd.Series(np.arange(n)).groupby([key["id"], key["month"]], sort=False).transform("min")
+        checks.append((dup, lambda r: f"duplicate row for customer_id {ids[r]!r} month {month[r]} "
+                                      f"(first seen on {where} {line[first_of_key.iloc[r]]})"))
+        first_row = pd.Series(np.arange(n)).groupby(key["id"], sort=False).transform("min").to_numpy()
     lab = None
     if has_label:
         lv, l_empty, l_nonnum, l_nan, l_inf, l_text = _numbers(column(LABEL_COL), LABEL_COL)
@@ -525,12 +534,13 @@ def validate_rows(rows, require_labels=True, max_months=None):
         checks.append((l_ok & (lv != 0) & (lv != 1),
                        lambda r: f"column '{LABEL_COL}' must be 0 or 1, got {l_text[r]!r}"))
         lab = np.where(l_empty, np.nan, lv)
-        first_lab = lab[first_row]
-        differ = (lab != first_lab) & ~(np.isnan(lab) & np.isnan(first_lab))
-        checks.append((differ, lambda r: f"inconsistent '{LABEL_COL}' labels for customer_id "
-                                         f"{ids[r]!r}: {_lab(first_lab[r])} on {where} "
-                                         f"{line[first_row[r]]} but {_lab(lab[r])} here "
-                                         f"(one label per customer)"))
+        if check:
+            first_lab = lab[first_row]
+            differ = (lab != first_lab) & ~(np.isnan(lab) & np.isnan(first_lab))
+            checks.append((differ, lambda r: f"inconsistent '{LABEL_COL}' labels for customer_id "
+                                             f"{ids[r]!r}: {_lab(first_lab[r])} on {where} "
+                                             f"{line[first_row[r]]} but {_lab(lab[r])} here "
+                                             f"(one label per customer)"))
     first = [(int(np.argmax(mask)), k) for k, (mask, _) in enumerate(checks) if np.any(mask)]
     if first:
         r, k = min(first)

@@ -280,12 +280,13 @@ def iter_chunks(path, require_labels=False, chunk_customers=CHUNK_CUSTOMERS, row
         raise D.DataError(D.no_rows_message(os.fspath(path)))
 
 
-def chunk_data(chunk, require_labels=False, max_months=None):
+def chunk_data(chunk, require_labels=False, max_months=None, check=True):
     """The chunk's customers as ChurnData, checked with the in-memory reader's checks;
-    DataError with its message (or the reader's, for a customer whose rows resume)."""
+    DataError with its message (or the reader's, for a customer whose rows resume).
+    ``check=False``: see :func:`lstm_fast.churn.data.validate_rows`."""
     if len(chunk.rows) == 0 and chunk.error is not None:
         raise D.DataError(chunk.error)
-    ds = D.validate_rows(chunk.rows, require_labels, max_months)
+    ds = D.validate_rows(chunk.rows, require_labels, max_months, check=check)
     if chunk.error is not None:
         raise D.DataError(chunk.error)
     return ds
