@@ -229,6 +229,9 @@ def _predict(args):
     try:
         _setup(args)
         if args.workers or args.dask:
+            D.read_header(args.data, require_labels=False)  # a bad file fails before the cluster starts
+            from .model import ChurnModel
+            ChurnModel.load(args.model, backend=args.backend)
             from dask.distributed import Client, LocalCluster
             if args.workers:
                 cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,

@@ -490,17 +490,6 @@ def predict_file(model_path, data_path, out, *, backend="auto", threads=None, cl
             "backend": model.backend, "workers": workers}
 
 
-def _compact(chunk):
-    """The chunk with its own buffers (a slice of a pyarrow table pickles its parent's)."""
-    rows = chunk.rows
-    if rows.where == "row":
-        import pyarrow as pa
-        rows = D.Rows(rows.path, rows.where, pa.Table.from_batches(rows.table.combine_chunks().to_batches()),
-                      rows.line, rows.first_bad)
-        chunk = Chunk(rows, chunk.index, chunk.first_customer, chunk.error)
-    return chunk
-
-
 def _chain(first, rest):
     yield first
     yield from rest
