@@ -547,6 +547,17 @@ def test_stream_chunks_hold_whole_customers_and_score_like_in_memory(tmp_path, s
             np.testing.assert_allclose(scores.churn_probability.to_numpy(), expect, atol=5e-7, rtol=0)
     with pytest.raises(ValueError, match="multiple of block"):
         stream.predict_file(str(tmp_path / "m.npz"), path, out, chunk_customers=100, block=64)
+    # progress: rows read (the total known for Parquet), customers scored
+    import io
+
+    from tqdm import tqdm
+    text = io.StringIO()
+    bar = tqdm(desc="scoring", unit="row", file=text, mininterval=0, ncols=100)
+    stream.predict_file(str(tmp_path / "m.npz"), path, out, chunk_customers=64, block=32, progress=bar)
+    bar.close()
+    rows = int(ds.lengths.sum())
+    assert (f"{rows}/{rows}" if suffix == ".parquet" else f"{rows}row") in text.getvalue()
+    assert "customers=700" in text.getvalue()
 
 
 def test_stream_messages_are_the_readers(tmp_path):
@@ -583,6 +594,11 @@ def test_stream_interleaved_customer_is_reported(tmp_path, capsys):
     assert cli.main(["predict", "--model", str(model), "--data", path]) == 2
     assert capsys.readouterr().err == f"lstm-fast churn: error: {expect}\n"
     assert not list(tmp_path.glob(".scores-*"))  # no partial output left behind
+    good = _write(tmp_path, GOOD, "good.csv")
+    assert cli.main(["predict", "--model", str(model), "--data", good, "--out",
+                     str(tmp_path / "no" / "s.csv")]) == 2
+    assert capsys.readouterr().err.startswith(f"lstm-fast churn: error: cannot write {tmp_path / 'no' / 's.csv'}: "
+                                              "No such file or directory")
     # across chunks: the customer's earlier rows were in a chunk already scored
     rows = "".join(f"C{k:02d},{m},3,7,2,0\n" for k in range(30) for m in (1, 2))
     path = _write(tmp_path, HEADER + rows + "C03,3,3,7,2,0\n", "late.csv")

@@ -19,8 +19,10 @@ file when the name ends in ``.parquet`` or ``.pq``)::
     ...
 
 ``month`` is an integer; a customer's rows are ordered by it (rows may come in
-any order; gaps in the numbering are allowed and simply mean "the next
-recorded month"). ``churned`` is the customer's label, repeated on each of its
+any order in a file loaded whole by :func:`read_table`; the chunked readers of
+:mod:`lstm_fast.churn.stream`, used by ``churn predict`` and streamed training, need
+each customer's rows consecutive, in any month order; gaps in the numbering are
+allowed and simply mean "the next recorded month"). ``churned`` is the customer's label, repeated on each of its
 rows; it is required for training and optional for prediction. Customers may
 have different numbers of months (ragged histories); they are kept, not
 dropped, and handled as variable-length sequences.

@@ -308,7 +308,10 @@ class ScoreWriter:
         self.header = True
         if isinstance(path_or_buf, str):
             d = os.path.dirname(os.path.abspath(path_or_buf))
-            fd, self.tmp = tempfile.mkstemp(prefix=".scores-", suffix=".partial", dir=d)
+            try:
+                fd, self.tmp = tempfile.mkstemp(prefix=".scores-", suffix=".partial", dir=d)
+            except OSError as e:
+                raise OSError(f"cannot write {path_or_buf}: {e.strerror or e} ({d})") from None
             os.close(fd)
             self.buf = None if self.parquet else open(self.tmp, "w", newline="")
         else:
