@@ -167,7 +167,9 @@ def hash_ids(ids):
 
 class _SeenIds:
     """Customers already cut into chunks: 64-bit hashes of their ids (sorted arrays merged
-    like a log-structured merge tree) and the number of each one's last row."""
+    like a log-structured merge tree; 16 bytes a customer) and the number of each one's last
+    row. Two different ids with the same hash (odds about n**2 / 2**65 for n customers: 1e-9
+    for 200,000) would be reported as one customer whose rows are not together."""
 
     def __init__(self):
         self.levels = []  # [(sorted hashes, last line)]
