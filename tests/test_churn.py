@@ -506,3 +506,265 @@ def test_progress_bar_on_a_terminal():
     with Progress(plain).bar(1, 3, 10) as bar:
         bar.update(10)
     assert plain.getvalue() == ""
+
+
+# --- streaming: chunks of whole customers, scoring at scale (lstm_fast.churn.stream) -----------
+
+def _untrained_model(path, seed=0, hidden=16):
+    """A model with a fitted normalizer and random weights: enough to compare scores."""
+    ds = D.generate(500, seed=seed)
+    m = ChurnModel(hidden, seed=seed)
+    m.normalizer.fit(ds.X, ds.lengths)
+    m.save(str(path))
+    return ChurnModel.load(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_stream_chunks_hold_whole_customers_and_score_like_in_memory(tmp_path, suffix):
+    from lstm_fast.churn import stream
+    ds = D.generate(700, seed=8)  # ragged: some customers have 2-5 months
+    path = str(tmp_path / f"c{suffix}")
+    D.write_table(ds, path)
+    model = _untrained_model(tmp_path / "m.npz")
+    for rows_per_read in (7, 50, 100000):  # the reads cut customers anywhere; the chunks never do
+        chunks = list(stream.iter_chunks(path, chunk_customers=64, rows_per_read=rows_per_read))
+        sizes = [len(stream.chunk_data(c)) for c in chunks]
+        assert sizes == [64] * 10 + [60]
+        got = np.concatenate([stream.chunk_data(c).ids for c in chunks])
+        assert list(got) == list(ds.ids)  # file order, each customer once
+        assert [c.first_customer for c in chunks] == list(range(0, 700, 64))
+        out = str(tmp_path / f"s{rows_per_read}{suffix}")
+        res = stream.predict_file(str(tmp_path / "m.npz"), path, out, chunk_customers=64, block=32,
+                                  rows_per_read=rows_per_read)
+        assert res["customers"] == 700 and res["rows"] == int(ds.lengths.sum()) and res["auc"] == res["auc"]
+        import pandas as pd
+        scores = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out)
+        assert list(scores.customer_id) == list(ds.ids)
+        expect = model.predict_proba(D.read_table(path), batch_size=32)  # the same blocks of 32
+        if suffix == ".parquet":
+            np.testing.assert_array_equal(scores.churn_probability.to_numpy(), expect)
+        else:
+            np.testing.assert_allclose(scores.churn_probability.to_numpy(), expect, atol=5e-7, rtol=0)
+    with pytest.raises(ValueError, match="multiple of block"):
+        stream.predict_file(str(tmp_path / "m.npz"), path, out, chunk_customers=100, block=64)
+    # progress: rows read (the total known for Parquet), customers scored
+    import io
+
+    from tqdm import tqdm
+    text = io.StringIO()
+    bar = tqdm(desc="scoring", unit="row", file=text, mininterval=0, ncols=100)
+    stream.predict_file(str(tmp_path / "m.npz"), path, out, chunk_customers=64, block=32, progress=bar)
+    bar.close()
+    rows = int(ds.lengths.sum())
+    assert (f"{rows}/{rows}" if suffix == ".parquet" else f"{rows}row") in text.getvalue()
+    assert "customers=700" in text.getvalue()
+
+
+def test_stream_messages_are_the_readers(tmp_path):
+    """Each chunk is checked by the in-memory reader's function: the same messages, with the
+    file's own line numbers, also in a later chunk."""
+    from lstm_fast.churn import stream
+
+    def err(text, **kw):
+        p = _write(tmp_path, text)
+        with pytest.raises(D.DataError) as e:
+            for c in stream.iter_chunks(p, **kw):
+                stream.chunk_data(c)
+        return str(e.value)
+
+    rows = "".join(f"C{k},{m},3,7,2,0\n" for k in range(20) for m in (1, 2))
+    for kw in ({}, {"chunk_customers": 4, "rows_per_read": 3}):
+        for bad in ("C20,1,3,nan,2,0\n", "C20,1,3,7,2\n", "C20,1,3,7,2,0\nC20,1,3,7,2,0\n",
+                    "C20,1,3,7,2,0\nC20,2,3,7,2,1\n"):
+            assert err(HEADER + rows + bad, **kw) == _err(tmp_path, HEADER + rows + bad)
+        assert err(HEADER, **kw) == _err(tmp_path, HEADER)
+    assert "missing required column(s): satisfaction" in err("customer_id,month,movies_watched,"
+                                                               "days_since_login\nA,1,3,2\n")
+
+
+def test_stream_interleaved_customer_is_reported(tmp_path, capsys):
+    from lstm_fast.churn import stream
+    model = tmp_path / "m.npz"
+    _untrained_model(model)
+    text = HEADER + "A,1,3,7.5,2,0\nA,2,4,7.0,3,0\nB,1,0,5.0,30,1\nA,3,4,7.0,3,0\n"
+    expect = ("line 5: the rows of customer_id 'A' are not together: its earlier rows end on line 3, "
+              "other customers' rows come in between (reading in chunks needs each customer's rows "
+              "consecutive, in any month order; sort the file by customer_id)")
+    path = _write(tmp_path, text)
+    assert cli.main(["predict", "--model", str(model), "--data", path]) == 2
+    assert capsys.readouterr().err == f"lstm-fast churn: error: {expect}\n"
+    assert not list(tmp_path.glob(".scores-*"))  # no partial output left behind
+    good = _write(tmp_path, GOOD, "good.csv")
+    assert cli.main(["predict", "--model", str(model), "--data", good, "--out",
+                     str(tmp_path / "no" / "s.csv")]) == 2
+    assert capsys.readouterr().err.startswith(f"lstm-fast churn: error: cannot write {tmp_path / 'no' / 's.csv'}: "
+                                              "No such file or directory")
+    # across chunks: the customer's earlier rows were in a chunk already scored
+    rows = "".join(f"C{k:02d},{m},3,7,2,0\n" for k in range(30) for m in (1, 2))
+    path = _write(tmp_path, HEADER + rows + "C03,3,3,7,2,0\n", "late.csv")
+    with pytest.raises(D.DataError) as e:
+        stream.predict_file(str(model), path, str(tmp_path / "s.csv"), chunk_customers=8, block=8,
+                            rows_per_read=5)
+    assert str(e.value).startswith("line 62: the rows of customer_id 'C03' are not together: its earlier "
+                                   "rows end on line 9,")
+    assert not (tmp_path / "s.csv").exists()
+    # a problem in an earlier row is reported first (file order), as by the in-memory reader
+    path = _write(tmp_path, text.replace("B,1,0,5.0,30,1", "B,1,0,x,30,1"), "first.csv")
+    with pytest.raises(D.DataError, match="^line 4: column 'satisfaction' has a non-numeric value 'x'$"):
+        stream.predict_file(str(model), path, str(tmp_path / "s.csv"))
+    # Parquet: row numbers
+    import pandas as pd
+    pq_path = str(tmp_path / "i.parquet")
+    pd.read_csv(path.replace("first.csv", "c.csv")).to_parquet(pq_path, index=False)
+    with pytest.raises(D.DataError, match="^row 4: the rows of customer_id 'A' are not together: its "
+                                          "earlier rows end on row 2,"):
+        stream.predict_file(str(model), pq_path, str(tmp_path / "s.parquet"))
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0")
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def test_dask_scores_200k_customers_bitwise_like_one_process(tmp_path, dask_client, capsys):
+    """200,000 synthetic customers on a local cluster of 2 worker processes: the same bits as
+    single-process scoring, file order, the model loaded once per worker."""
+    import pandas as pd
+
+    from lstm_fast.churn import stream
+    ds = D.generate(200_000, seed=9)
+    path = str(tmp_path / "big.parquet")
+    D.write_table(ds, path)
+    model = tmp_path / "m.npz"
+    _untrained_model(model, hidden=32)
+    one = str(tmp_path / "one.parquet")
+    assert cli.main(["predict", "--model", str(model), "--data", path, "--out", one]) == 0
+    assert "scored 200000 customers" in capsys.readouterr().err
+    res = stream.predict_file(str(model), path, str(tmp_path / "dask.parquet"), client=dask_client)
+    assert res["workers"] == 2 and res["customers"] == 200_000
+    a, b = pd.read_parquet(one), pd.read_parquet(tmp_path / "dask.parquet")
+    assert list(b.customer_id) == list(ds.ids)
+    np.testing.assert_array_equal(b.churn_probability.to_numpy(), a.churn_probability.to_numpy())
+    loads = dask_client.run(lambda: list(stream.LOADS))
+    assert len(loads) == 2 and all(len(v) == 1 for v in loads.values()), loads  # once per worker
+    # the CLI's --dask path (an existing scheduler): the same file
+    out = str(tmp_path / "cli.parquet")
+    assert cli.main(["predict", "--model", str(model), "--data", path, "--out", out, "--quiet",
+                     "--dask", dask_client.scheduler.address]) == 0
+    np.testing.assert_array_equal(pd.read_parquet(out).churn_probability.to_numpy(),
+                                  a.churn_probability.to_numpy())
+    assert all(len(v) == 1 for v in dask_client.run(lambda: list(stream.LOADS)).values())
+
+
+def test_dask_bad_input_same_message_as_one_process(tmp_path, dask_client, capsys):
+    model = tmp_path / "m.npz"
+    _untrained_model(model)
+    rows = "".join(f"C{k:03d},{m},3,7,2,0\n" for k in range(100) for m in (1, 2))
+    cases = {"missing.csv": "customer_id,month,movies_watched,days_since_login\nA,1,3,2\n",
+             "inter.csv": HEADER + rows + "C007,3,3,7,2,0\n",
+             "inter_local.csv": HEADER + "A,1,3,7.5,2,0\nB,1,0,5.0,30,1\nA,2,4,7.0,3,0\n" + rows,
+             "nan.csv": HEADER + rows + "C200,1,3,nan,2,0\n"}
+    for name, text in cases.items():
+        path = _write(tmp_path, text, name)
+        for part in ("parquet", "csv"):
+            if part == "parquet":
+                import pandas as pd
+                if name == "missing.csv" or name == "nan.csv":
+                    continue  # covered by the CSV file (a Parquet NaN is a null: another message)
+                pd.read_csv(path, dtype={"customer_id": str}).to_parquet(path + ".parquet", index=False)
+                data = path + ".parquet"
+            else:
+                data = path
+            msgs = []
+            for extra in ([], ["--dask", dask_client.scheduler.address]):
+                assert cli.main(["predict", "--model", str(model), "--data", data, "--quiet"] + extra) == 2
+                msgs.append(capsys.readouterr().err)
+            assert msgs[0] == msgs[1] and msgs[0].startswith("lstm-fast churn: error: "), (name, msgs)
+            if "inter" in name:
+                assert "are not together" in msgs[0]
+            if name == "missing.csv":
+                assert "missing required column(s): satisfaction" in msgs[0]
+
+
+def test_cli_workers_starts_a_local_cluster(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    ds = D.generate(3000, seed=2)
+    path = str(tmp_path / "c.csv")
+    D.write_table(ds, path)
+    model = _untrained_model(tmp_path / "m.npz")
+    assert cli.main(["predict", "--model", str(tmp_path / "m.npz"), "--data", path, "--out",
+                     str(tmp_path / "s.csv"), "--workers", "2"]) == 0
+    assert "on 2 Dask worker(s)" in capsys.readouterr().err
+    import pandas as pd
+    got = pd.read_csv(tmp_path / "s.csv")
+    np.testing.assert_allclose(got.churn_probability.to_numpy(), model.predict_proba(ds), atol=5e-7, rtol=0)
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "--model", "m", "--data", path, "--workers", "2", "--dask", "tcp://x:1"])
+
+
+# --- out-of-core training: the same numbers streamed from disk as in memory ---------------------
+
+def _same_results(a, b):
+    ra, rb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    for k in ("n_customers", "n_train", "n_val", "n_test", "epochs_run", "best_epoch", "lstm", "baseline",
+              "gates", "scenarios"):
+        assert ra[k] == rb[k], k
+    for ha, hb in zip(ra["history"], rb["history"]):
+        assert {k: v for k, v in ha.items() if k != "seconds"} == {k: v for k, v in hb.items() if k != "seconds"}
+    with np.load(a / "churn_model.npz") as za, np.load(b / "churn_model.npz") as zb:
+        for k in za.files:
+            if k != "config":
+                np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_streamed_training_equals_in_memory(tmp_path, monkeypatch, suffix):
+    """Chunks of 64 customers, windows of 3 chunks (several windows, a carried remainder):
+    the file streamed from disk and the same data in memory give the same weights and metrics."""
+    from lstm_fast.churn import train
+    monkeypatch.setattr(train, "WINDOW", 3)
+    ds = D.generate(900, seed=12)
+    path = tmp_path / f"c{suffix}"
+    D.write_table(ds, str(path))
+    kw = dict(hidden_size=8, epochs=4, batch_size=50, patience=2, seed=3, quiet=True, figure=False)
+    mem = train.run(train.MemorySource(D.read_table(str(path)), chunk=64), tmp_path / "mem", **kw)
+    seen = []
+
+    class Counting(train.FileSource):  # the file is read again at each pass, in chunks
+        def chunks(self):
+            seen.append(0)
+            for ch in super().chunks():
+                assert len(ch) <= 64
+                seen[-1] += len(ch)
+                yield ch
+
+    disk = train.run(Counting(str(path), chunk=64), tmp_path / "disk", **kw)
+    assert disk["epochs_run"] == 4 and len(seen) == 1 + 2 * 4 + 1 and set(seen) == {900}
+    assert mem["lstm"] == disk["lstm"] and mem["n_train"] == disk["n_train"]
+    _same_results(tmp_path / "mem", tmp_path / "disk")
+
+
+def test_cli_stream_on_and_off_give_the_same_model(tmp_path, capsys):
+    ds = D.generate(1500, seed=13)
+    path = str(tmp_path / "c.parquet")
+    D.write_table(ds, path)
+    args = ["--data", path, "--epochs", "3", "--hidden-size", "8", "--no-figure", "--seed", "2"]
+    assert cli.main(args + ["--stream", "on", "--out-dir", str(tmp_path / "on")]) == 0
+    text = capsys.readouterr().out
+    assert "streamed" in text and "mini-batches streamed from disk" in text
+    assert cli.main(args + ["--stream", "off", "--out-dir", str(tmp_path / "off")]) == 0
+    assert "loaded in" in capsys.readouterr().out
+    _same_results(tmp_path / "on", tmp_path / "off")
+    # bad input: the reader's messages, before any training
+    bad = _write(tmp_path, "customer_id,month\nA,1\n")
+    assert cli.main(["--data", bad, "--stream", "on"]) == 2
+    assert "missing required column(s): movies_watched" in capsys.readouterr().err
+    bad = _write(tmp_path, GOOD + "C,1,3,nan,2,0\n", "nan.csv")
+    assert cli.main(["--data", bad, "--stream", "on", "--out-dir", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == "lstm-fast churn: error: line 5: column 'satisfaction' is NaN (missing value)\n"

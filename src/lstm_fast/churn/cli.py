@@ -3,6 +3,7 @@
     lstm-fast churn [--data customers.csv] [--customers N] [--hidden-size H] ...
     lstm-fast churn --write-data customers.csv [--customers N] [--seed S]
     lstm-fast churn predict --model churn_out/churn_model.npz --data new.csv [--out probs.csv]
+                            [--workers N | --dask ADDRESS]
 
 (also ``python -m lstm_fast.churn ...``). Tables are CSV, or Parquet when the
 name ends in .parquet/.pq. See ``lstm_fast.churn.data`` for the table format and
@@ -51,6 +52,12 @@ def _train_parser():
     p.add_argument("--data", metavar="TABLE", help="customer history, CSV or Parquet (long format, with "
                    "'churned'); "
                    "default: synthetic data")
+    p.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                   help="with --data: train on mini-batches streamed from the file (read in chunks of "
+                        "4096 customers at each pass, never loaded whole: 'on'), or load it once "
+                        "('off'); the results are the same either way. 'auto' (default) streams a "
+                        "file whose in-memory tables would take more than a quarter of the "
+                        "available memory")
     p.add_argument("--write-data", metavar="TABLE",
                    help="write the synthetic data set as CSV or Parquet (.parquet/.pq) and exit")
     p.add_argument("--customers", type=_positive_int, default=20000,
@@ -79,7 +86,11 @@ def _predict_parser():
     p = argparse.ArgumentParser(
         prog="lstm-fast churn predict",
         description="Churn probability per customer from a saved model. Writes a table "
-                    "customer_id,churn_probability (to --out, or standard output).")
+                    "customer_id,churn_probability (to --out, or standard output), in file order. "
+                    "The file is read in chunks of 16384 whole customers (any size; each "
+                    "customer's rows must be consecutive, in any month order), scored in one "
+                    "process or, with --workers/--dask, on a Dask cluster; the scores are the "
+                    "same to the bit either way.")
     p.add_argument("--model", required=True, help="model file written by 'lstm-fast churn' (churn_model.npz)")
     p.add_argument("--data", required=True, help="customer history, CSV or Parquet ('churned' optional; if present, "
                    "the ROC AUC is reported)")
@@ -88,12 +99,17 @@ def _predict_parser():
     p.add_argument("--backend", default="auto", help="LSTM backend (default auto)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for the LSTM kernels (default: the library's choice)")
-    p.add_argument("--quiet", action="store_true", help="no summary on standard error")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="score on a local Dask cluster of N worker processes (one thread each)")
+    where.add_argument("--dask", metavar="ADDRESS",
+                       help="score on an existing Dask cluster (scheduler address, e.g. tcp://host:8786)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary on standard error")
     return p
 
 
 # What the job needs beside the kernels: the `churn` extra of pyproject.toml (import names).
-NEEDS = ("pandas", "pyarrow", "sklearn", "matplotlib", "tqdm")
+NEEDS = ("pandas", "pyarrow", "sklearn", "matplotlib", "tqdm", "dask", "distributed")
 INSTALL_HINT = 'pip install "lstm-fast[churn]" (or, in a checkout, pip install ".[churn]")'
 
 
@@ -150,7 +166,12 @@ def _train(args):
         _setup(args)
         if args.data and args.write_data:
             return _err("--data and --write-data do not go together (--write-data writes the synthetic set)")
-        if args.data:
+        if args.data and (args.stream == "on" or args.stream == "auto" and _too_big(args.data)):
+            from .train import FileSource
+            D.read_header(args.data, require_labels=True)
+            ds = FileSource(args.data)
+            source = f"{args.data}, streamed"
+        elif args.data:
             t0 = time.perf_counter()
             ds = D.read_table(args.data, require_labels=True)
             source = f"{args.data}, loaded in {time.perf_counter() - t0:.1f}s"
@@ -171,24 +192,55 @@ def _train(args):
     return 0
 
 
+def _too_big(path, share=0.25):
+    """Whether loading ``path`` would take more than ``share`` of the available memory
+    (about 400 bytes a row at the peak of read_table; rows from the Parquet metadata, or
+    about 30 bytes a CSV row)."""
+    import os
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return False
+    from . import data as D
+    try:
+        if D.is_parquet(path):
+            import pyarrow.parquet as pq
+            rows = pq.ParquetFile(path).metadata.num_rows
+        else:
+            rows = os.path.getsize(path) / 30
+    except Exception:  # unreadable: read_table gives the message
+        return False
+    return rows * 400 > share * avail
+
+
 def predict_main(argv):
     return main(["predict"] + list(argv))
 
 
 def _predict(args):
     from lstm_fast import BackendUnavailableError
+    from tqdm.auto import tqdm
 
     from . import data as D
-    from .metrics import roc_auc
-    from .model import ChurnModel
+    from .stream import predict_file
+    cluster = client = None
+    bar = tqdm(desc="scoring", unit="row", file=sys.stderr, dynamic_ncols=True, leave=False,
+               disable=args.quiet or not sys.stderr.isatty())
     try:
         _setup(args)
-        model = ChurnModel.load(args.model, backend=args.backend)
-        ds = D.read_table(args.data, require_labels=False)
-        t0 = time.perf_counter()
-        prob = model.predict_proba(ds)
-        dt = time.perf_counter() - t0
-        D.write_scores(ds.ids, prob, args.out if args.out else sys.stdout)
+        if args.workers or args.dask:
+            D.read_header(args.data, require_labels=False)  # a bad file fails before the cluster starts
+            from .model import ChurnModel
+            ChurnModel.load(args.model, backend=args.backend)
+            from dask.distributed import Client, LocalCluster
+            if args.workers:
+                cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0")
+                client = Client(cluster)
+            else:
+                client = Client(args.dask)
+        res = predict_file(args.model, args.data, args.out if args.out else sys.stdout,
+                           backend=args.backend, threads=args.threads, client=client, progress=bar)
     except BrokenPipeError:  # e.g. `... predict ... | head`: the reader left; not an error
         try:
             import os
@@ -198,10 +250,18 @@ def _predict(args):
         return 0
     except (D.DataError, BackendUnavailableError, ValueError, OSError) as e:
         return _err(str(e))
+    finally:
+        bar.close()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     if not args.quiet:
-        msg = (f"scored {len(ds)} customers in {dt:.2f}s (backend {model.backend!r})"
+        where = (f"{res['workers']} Dask worker(s)" if client is not None else "1 process")
+        msg = (f"scored {res['customers']} customers in {res['seconds']:.2f}s on {where} "
+               f"({res['customers'] / max(res['seconds'], 1e-9):,.0f}/s, backend {res['backend']!r})"
                + (f"; wrote {args.out}" if args.out else ""))
-        if ds.y is not None and 0 < ds.y.sum() < len(ds.y):
-            msg += f"; labels present: ROC AUC {roc_auc(ds.y, prob):.3f}"
+        if res["auc"] == res["auc"]:
+            msg += f"; labels present: ROC AUC {res['auc']:.3f}"
         print(msg, file=sys.stderr)
     return 0

@@ -19,8 +19,10 @@ file when the name ends in ``.parquet`` or ``.pq``)::
     ...
 
 ``month`` is an integer; a customer's rows are ordered by it (rows may come in
-any order; gaps in the numbering are allowed and simply mean "the next
-recorded month"). ``churned`` is the customer's label, repeated on each of its
+any order in a file loaded whole by :func:`read_table`; the chunked readers of
+:mod:`lstm_fast.churn.stream`, used by ``churn predict`` and streamed training, need
+each customer's rows consecutive, in any month order; gaps in the numbering are
+allowed and simply mean "the next recorded month"). ``churned`` is the customer's label, repeated on each of its
 rows; it is required for training and optional for prediction. Customers may
 have different numbers of months (ragged histories); they are kept, not
 dropped, and handled as variable-length sequences.
@@ -303,7 +305,7 @@ def _read_csv_text(path):
         raise DataError(f"{path}: malformed CSV ({e})") from None
     frame = table.to_pandas()
     frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
-    first_bad = bad[0] if bad else None
+    first_bad = BadRow(bad[0].number, bad[0].expected_columns, bad[0].actual_columns) if bad else None
     line = np.arange(len(frame), dtype=np.int64) + 2
     if first_bad is not None:  # rows after the first invalid one are never looked at
         keep = first_bad.number - 2
@@ -369,46 +371,133 @@ def read_table(path, require_labels=True, max_months=None):
     several problems, the first row with one is reported. Customers with fewer
     months are kept (variable lengths); rows may come in any order.
     ``max_months`` keeps only each customer's most recent months if given.
+
+    The streaming readers (:mod:`lstm_fast.churn.stream`) check each chunk of rows
+    with the same function (:func:`validate_rows`), so their messages are these.
     """
     path = os.fspath(path)
     _open_check(path)
     if is_parquet(path):
         table, line = _read_parquet_frame(path)
-        header = [str(c) for c in table.column_names]
-        where = "row"
-        column = table.column
-        first_bad = None
+        rows = Rows(path, "row", table, line)
     else:
         frame, line, first_bad = _read_csv_text(path)
-        header = list(frame.columns)
-        where = "line"
-        column = frame.__getitem__
+        rows = Rows(path, "line", frame, line, first_bad)
+    check_header(path, rows.header, require_labels)
+    if len(line) == 0 and rows.first_bad is None:
+        raise DataError(no_rows_message(path))
+    return validate_rows(rows, require_labels, max_months)
+
+
+def read_header(path, require_labels=True):
+    """Check that ``path`` can be opened and has the required columns (DataError if not)."""
+    from .stream import open_pieces
+    open_pieces(path, require_labels)
+
+
+@dataclass
+class Rows:
+    """Rows of a table before validation: a pyarrow Table (Parquet, stored types) or a
+    pandas DataFrame of stripped text (CSV), with each row's place in the file
+    (``where`` = "row" or "line", numbers in ``line``) and, for CSV, the first row with
+    a wrong number of fields (the rows end before it). Picklable (sent to Dask workers)."""
+    path: str
+    where: str
+    table: object
+    line: np.ndarray
+    first_bad: object = None  # BadRow or None
+
+    @property
+    def header(self):
+        cols = self.table.column_names if self.where == "row" else self.table.columns
+        return [str(c) for c in cols]
+
+    def column(self, name):
+        return self.table.column(name) if self.where == "row" else self.table[name]
+
+    def __len__(self):
+        return len(self.line)
+
+    def ids(self):
+        """Customer ids as stripped text (object array; "" for a missing one)."""
+        if self.where == "row":
+            return self.ids_arrow().to_numpy(zero_copy_only=False).astype(object)
+        return self.column(ID_COL).to_numpy(dtype=object)
+
+    def ids_arrow(self):
+        """Customer ids as stripped text, a pyarrow string array."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        col = self.column(ID_COL)
+        if self.where == "row":
+            col = pc.utf8_trim_whitespace(pc.cast(col, "string").fill_null(""))
+            return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        return pa.array(col.to_numpy(dtype=object), pa.string())
+
+    def slice(self, start, stop):
+        t = (self.table.slice(start, stop - start) if self.where == "row"
+             else self.table.iloc[start:stop].reset_index(drop=True))
+        return Rows(self.path, self.where, t, self.line[start:stop])
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A CSV row with a wrong number of fields (from pyarrow's invalid-row handler)."""
+    number: int
+    expected_columns: int
+    actual_columns: int
+
+
+def check_header(path, header, require_labels):
+    """DataError if a required column (or, for training, the label) is missing."""
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DataError(f"{path}: missing required column(s): {', '.join(missing)} "
                         f"(found: {', '.join(header) or 'none'}; required: "
                         f"{', '.join(REQUIRED_COLUMNS)}" + (f", {LABEL_COL}" if require_labels else "")
                         + ")")
-    has_label = LABEL_COL in header
-    if require_labels and not has_label:
+    if require_labels and LABEL_COL not in header:
         raise DataError(f"{path}: column '{LABEL_COL}' (0/1 label per customer) is required "
                         f"for training; it is optional only for 'churn predict'")
+
+
+def no_rows_message(path):
+    return f"{path} has a header but no data rows"
+
+
+def partly_labeled_message(path, example_id):
+    return (f"{path}: column '{LABEL_COL}' is empty for some customers "
+            f"(e.g. {example_id!r}) but set for others")
+
+
+def interleaved_message(where, line, customer_id, last_line):
+    """A customer's rows resume after other customers' rows (streaming needs them together)."""
+    return (f"{where} {line}: the rows of customer_id {customer_id!r} are not together: its "
+            f"earlier rows end on {where} {last_line}, other customers' rows come in between "
+            f"(reading in chunks needs each customer's rows consecutive, in any month order; "
+            f"sort the file by customer_id)")
+
+
+def validate_rows(rows, require_labels=True, max_months=None, check=True):
+    """Validate ``rows`` (:class:`Rows`, header already checked) and reshape them into
+    :class:`ChurnData` (customers in first-appearance order). Raises :class:`DataError`
+    naming the first row with a problem (see :func:`read_table`). ``check=False`` skips
+    the duplicate and label-consistency checks (the costly ones), for rows that passed
+    them before (a file read again at every epoch); the values are the same."""
+    path, where, line, first_bad = rows.path, rows.where, rows.line, rows.first_bad
+    column = rows.column
+    has_label = LABEL_COL in rows.header
     n = len(line)
-    if n == 0 and first_bad is None:
-        raise DataError(f"{path} has a header but no data rows")
+    if n == 0:
+        if first_bad is not None:
+            raise DataError(_bad_row_message(first_bad))
+        raise DataError(no_rows_message(path))
 
     # every check: (mask of offending rows, message for row r); the first row with a
     # problem is reported, and within a row the first check in this order
     checks = []
-    ids_col = column(ID_COL)
-    if where == "row":
-        import pyarrow.compute as pc
-        ids = pc.utf8_trim_whitespace(pc.cast(ids_col, "string").fill_null(""))
-        ids = ids.to_numpy(zero_copy_only=False).astype(object)
-        empty_id = ids == ""
-    else:
-        ids = ids_col.to_numpy(dtype=object)
-        empty_id = ids == ""
+    ids = rows.ids()
+    empty_id = ids == ""
     checks.append((empty_id, lambda r: f"column '{ID_COL}' is empty"))
 
     def number_checks(name, v, empty, nonnum, nan, inf, text, allow_empty=False):
@@ -431,12 +520,13 @@ def read_table(path, require_labels=True, max_months=None):
         feats[:, k] = v
     # duplicates among rows whose id and month are valid
     import pandas as pd
-    key = pd.DataFrame({"id": ids, "month": month})
-    dup = key.duplicated(keep="first").to_numpy() & m_ok & ~empty_id
-    first_of_key = pd.Series(np.arange(n)).groupby([key["id"], key["month"]], sort=False).transform("min")
-    checks.append((dup, lambda r: f"duplicate row for customer_id {ids[r]!r} month {month[r]} "
-                                  f"(first seen on {where} {line[first_of_key.iloc[r]]})"))
-    first_row = pd.Series(np.arange(n)).groupby(key["id"], sort=False).transform("min").to_numpy()
+    key = pd.DataFrame({"id": ids, "month": month}) if check else None
+    if check:
+        dup = key.duplicated(keep="first").to_numpy() & m_ok & ~empty_id
+        first_of_key = pd.Series(np.arange(n)).groupby([key["id"], key["month"]], sort=False).transform("min")
+        checks.append((dup, lambda r: f"duplicate row for customer_id {ids[r]!r} month {month[r]} "
+                                      f"(first seen on {where} {line[first_of_key.iloc[r]]})"))
+        first_row = pd.Series(np.arange(n)).groupby(key["id"], sort=False).transform("min").to_numpy()
     lab = None
     if has_label:
         lv, l_empty, l_nonnum, l_nan, l_inf, l_text = _numbers(column(LABEL_COL), LABEL_COL)
@@ -446,19 +536,19 @@ def read_table(path, require_labels=True, max_months=None):
         checks.append((l_ok & (lv != 0) & (lv != 1),
                        lambda r: f"column '{LABEL_COL}' must be 0 or 1, got {l_text[r]!r}"))
         lab = np.where(l_empty, np.nan, lv)
-        first_lab = lab[first_row]
-        differ = (lab != first_lab) & ~(np.isnan(lab) & np.isnan(first_lab))
-        checks.append((differ, lambda r: f"inconsistent '{LABEL_COL}' labels for customer_id "
-                                         f"{ids[r]!r}: {_lab(first_lab[r])} on {where} "
-                                         f"{line[first_row[r]]} but {_lab(lab[r])} here "
-                                         f"(one label per customer)"))
+        if check:
+            first_lab = lab[first_row]
+            differ = (lab != first_lab) & ~(np.isnan(lab) & np.isnan(first_lab))
+            checks.append((differ, lambda r: f"inconsistent '{LABEL_COL}' labels for customer_id "
+                                             f"{ids[r]!r}: {_lab(first_lab[r])} on {where} "
+                                             f"{line[first_row[r]]} but {_lab(lab[r])} here "
+                                             f"(one label per customer)"))
     first = [(int(np.argmax(mask)), k) for k, (mask, _) in enumerate(checks) if np.any(mask)]
     if first:
         r, k = min(first)
         raise DataError(f"{where} {line[r]}: {checks[k][1](r)}")
     if first_bad is not None:
-        raise DataError(f"line {first_bad.number}: expected {first_bad.expected_columns} fields like "
-                        f"the header, got {first_bad.actual_columns}")
+        raise DataError(_bad_row_message(first_bad))
 
     codes, order = pd.factorize(pd.Series(ids, dtype=object), sort=False)  # first-appearance order
     n_cust = len(order)
@@ -478,9 +568,13 @@ def read_table(path, require_labels=True, max_months=None):
         if not np.isnan(labs).any():
             y = labs.astype(np.float64)
         elif not np.isnan(labs).all():
-            raise DataError(f"{path}: column '{LABEL_COL}' is empty for some customers "
-                            f"(e.g. {order[int(np.argmax(np.isnan(labs)))]!r}) but set for others")
+            raise DataError(partly_labeled_message(path, order[int(np.argmax(np.isnan(labs)))]))
     return ChurnData(X, kept, y, np.asarray(order, dtype=object))
+
+
+def _bad_row_message(bad):
+    return (f"line {bad.number}: expected {bad.expected_columns} fields like "
+            f"the header, got {bad.actual_columns}")
 
 
 def _first_rows(codes, n_cust):
