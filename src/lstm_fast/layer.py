@@ -229,10 +229,10 @@ class LSTM:
             save = self.training
         impl, packed = self._impl, self._packed
         num_threads = backends.threads_for(T, B, self.input_size, self.hidden_size)
-        if len(packed) == 1:   # one layer-direction: the backend's own state arrays, no copies
-            y, h_n, c_n, cache = run_forward(impl, packed[0] or self._pack(0), x, h0[0], c0[0],
+        if len(packed) == 1:   # one layer-direction: the states (1, B, R) as they are
+            y, h_n, c_n, cache = run_forward(impl, packed[0] or self._pack(0), x, h0, c0,
                                              num_threads, plan, False, save)
-            caches, masks, h_n, c_n = [cache], (), h_n[None], c_n[None]
+            caches, masks = [cache], ()
         else:
             D = self.num_directions
             h_n, c_n = np.empty(h0.shape, self.dtype), np.empty(c0.shape, self.dtype)
@@ -288,10 +288,9 @@ class LSTM:
         H = self.hidden_size
         num_threads = backends.threads_for(T, B, self.input_size, H)
         if len(caches) == 1:
-            dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n[0], dc_n[0],
-                                                                 num_threads)
+            dout, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n, dc_n,
+                                                                   num_threads)
             self.grads = _params.grads_by_name(self._names[0], dw_ih, dw_hh, db, dw_hr)
-            dout, dh0, dc0 = dx, dh0[None], dc0[None]
         else:
             D, R = self.num_directions, self._out_size
             dh0, dc0 = np.empty(dh_n.shape, self.dtype), np.empty(dc_n.shape, self.dtype)
