@@ -86,8 +86,7 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None):
     """Backward of ``run_forward`` for dy (T, B, R) (any strides), dh_n (B, R), dc_n (B, H):
     ``(dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0, dw_hr)``, db None without a bias and dw_hr
     None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``."""
-    impl, packed, (xin, h0, c0, y, gates, c), plan, reverse = \
-        cache.impl, cache.packed, cache.saved, cache.plan, cache.reverse
+    impl, packed, (xin, h0, c0, y, gates, c), plan, reverse = cache   # not by field: 5 look-ups
     if plan is None:
         if reverse or not dy.flags.c_contiguous:
             dy = np.ascontiguousarray(dy[::-1] if reverse else dy)

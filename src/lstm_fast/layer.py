@@ -107,7 +107,8 @@ class LSTM:
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        for key, value in state.items():   # not __dict__.update: see _drop_packed
+            setattr(self, key, value)
         for arr in self._params.values():
             arr.flags.writeable = False
         self._make_inputs()
@@ -189,9 +190,12 @@ class LSTM:
         """After any change of the parameters (every route calls this): drop the packed
         copies, and expose the current arrays as attributes (``layer.weight_ih_l0``). They are
         plain instance attributes rather than a ``__getattr__``: a class with ``__getattr__``
-        loses CPython's fast attribute lookup for every ``self.x`` in forward and backward."""
+        loses CPython's fast attribute lookup for every ``self.x`` in forward and backward.
+        Set one by one: touching ``self.__dict__`` would lose it as well (CPython 3.11 no
+        longer specializes the attribute loads of an instance whose dict was materialized)."""
         self._packed = [None] * len(self._names)
-        self.__dict__.update(self.__dict__.get("_params", ()))
+        for name, arr in getattr(self, "_params", {}).items():
+            setattr(self, name, arr)
 
     def _pack(self, k):
         """The backend's packed weights of layer-direction k (packed on first use)."""
