@@ -6,7 +6,7 @@ cimport numpy as cnp
 
 ctypedef cnp.npy_intp *intp_p
 
-@cython.locals(arr=cnp.ndarray, shape=intp_p, strides=intp_p)
+@cython.locals(arr=cnp.ndarray, shape=intp_p, strides=intp_p, step=Py_ssize_t)
 cdef bint _ready(object a, object dtype, Py_ssize_t itemsize, Py_ssize_t d0, Py_ssize_t d1,
                  Py_ssize_t d2) except -1
 

@@ -191,17 +191,23 @@ _HX_EXPECTED = "(num_layers*num_directions, B, H) = ({}, {}, {})"
 
 def _ready(a, dtype, itemsize, d0, d1, d2):
     """True if ``a`` needs nothing: an ndarray of ``dtype`` with shape (d0, d1, d2) (-1: any)
-    and C-contiguous strides. False sends it to the general checks, which convert or raise
-    (and accept without a copy what is contiguous but strided oddly along a unit axis)."""
+    and C-contiguous strides (those of unit axes are free, as for NumPy's flag: ``h0[None]``
+    has stride 0 there). False sends it to the general checks, which convert or raise."""
     if type(a) is not ndarray:
         return False
     arr = a
     if arr.ndim != 3 or arr.dtype is not dtype:
         return False
     shape, strides = arr.shape, arr.strides
-    return ((d0 < 0 or shape[0] == d0) and (d1 < 0 or shape[1] == d1) and shape[2] == d2
-            and strides[2] == itemsize and strides[1] == d2 * itemsize
-            and strides[0] == shape[1] * strides[1])
+    if (d0 >= 0 and shape[0] != d0) or (d1 >= 0 and shape[1] != d1) or shape[2] != d2:
+        return False
+    step = itemsize
+    if shape[2] != 1 and strides[2] != step:
+        return False
+    step *= shape[2]
+    if shape[1] != 1 and strides[1] != step:
+        return False
+    return shape[0] == 1 or strides[0] == step * shape[1]
 
 
 class LayerInputs:
