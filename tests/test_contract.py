@@ -234,3 +234,25 @@ def test_backends_agree_with_each_other(dtype):
         for names, a, b in ((FWD, results[first][0], results[name][0]),
                             (BWD, results[first][1], results[name][1])):
             assert_matches(a, b, names, dtype)
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["padded", "lengths"])
+@pytest.mark.parametrize("P", [0, 2])
+def test_states_with_a_leading_axis(impl, dtype, P, ragged):
+    """States (1, B, R), (1, B, H) (a layer's states of one layer-direction, no view): the
+    same bits as (B, R), (B, H), and h_n, c_n, dh0, dc0 come back in the states' shapes."""
+    T, B, I, H = 5, 3, 4, 6
+    p = contract_problem(T, B, I, H, P, [5, 3, 1] if ragged else None, dtype, seed=7)
+    fwd2, bwd2 = run_contract(impl, p, 1)
+    q = dict(p, **{k: p[k][None] for k in ("h0", "c0", "dh_n", "dc_n")})
+    fwd3, bwd3 = run_contract(impl, q, 1)
+    for got, want, k in ((fwd3[1], fwd2[1], "h_n"), (fwd3[2], fwd2[2], "c_n"),
+                         (bwd3[4], bwd2[4], "dh0"), (bwd3[5], bwd2[5], "dc0")):
+        assert got.shape == (1,) + want.shape, k
+        np.testing.assert_array_equal(got[0], want, err_msg=k)
+    for got, want in zip(fwd3[:1] + fwd3[3:] + bwd3[:4] + bwd3[6:],
+                         fwd2[:1] + fwd2[3:] + bwd2[:4] + bwd2[6:]):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, want)

@@ -206,3 +206,27 @@ def test_impossible_sizes_raise_memory_error(backend):
     layer = lstm_fast.LSTM(4, 4, backend=backend)
     with pytest.raises(MemoryError):
         layer(x)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_layer_states_strided_like_numpy_views(backend):
+    """hx made by h0[None] (stride 0 on the unit axis: C-contiguous for NumPy) and hx not
+    contiguous at all give the results of plain contiguous states; the inputs are not
+    written to."""
+    rng = np.random.default_rng(3)
+    layer = lstm_fast.LSTM(3, 4, backend=backend)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    h0 = rng.standard_normal((2, 4)).astype(np.float32)
+    c0 = rng.standard_normal((2, 4)).astype(np.float32)
+    want_y, (want_h, want_c) = layer(x, (h0[None].copy(), c0[None].copy()))
+    want_dx, (want_dh, want_dc) = layer.backward(want_y)
+    wide = np.zeros((1, 2, 8), np.float32)
+    wide[..., ::2] = h0
+    for hx in ((h0[None], c0[None]), (wide[..., ::2], c0[None])):
+        assert hx[0].strides != (32, 16, 4)
+        y, (h, c) = layer(x, hx)
+        dx, (dh, dc) = layer.backward(y)
+        for got, want in ((y, want_y), (h, want_h), (c, want_c), (dx, want_dx), (dh, want_dh),
+                          (dc, want_dc)):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(wide[0, :, ::2], h0)

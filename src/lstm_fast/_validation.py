@@ -18,6 +18,7 @@ import numpy as np
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 FLOAT_DTYPES = (F32, F64)
+ndarray = np.ndarray
 
 
 def check_dtype(dtype, name="dtype"):
@@ -180,3 +181,131 @@ def lengths(value, B, T):
     if B and (a.min() < 0 or a.max() > T):
         raise ValueError(f"lengths must lie in [0, T={T}], got values from {a.min()} to {a.max()}")
     return a.astype(np.int64)
+
+
+# --- the per-call checks of ``LSTM`` ---------------------------------------------------
+
+_HX_NAMES = ("hx[0] (h0)", "hx[1] (c0)")
+_HX_EXPECTED = "(num_layers*num_directions, B, H) = ({}, {}, {})"
+
+
+def _ready(a, dtype, itemsize, d0, d1, d2):
+    """True if ``a`` needs nothing: an ndarray of ``dtype`` with shape (d0, d1, d2) (-1: any)
+    and C-contiguous strides (those of unit axes are free, as for NumPy's flag: ``h0[None]``
+    has stride 0 there). False sends it to the general checks, which convert or raise."""
+    if type(a) is not ndarray:
+        return False
+    arr = a
+    if arr.ndim != 3 or arr.dtype is not dtype:
+        return False
+    shape, strides = arr.shape, arr.strides
+    if (d0 >= 0 and shape[0] != d0) or (d1 >= 0 and shape[1] != d1) or shape[2] != d2:
+        return False
+    step = itemsize
+    if shape[2] != 1 and strides[2] != step:
+        return False
+    step *= shape[2]
+    if shape[1] != 1 and strides[1] != step:
+        return False
+    return shape[0] == 1 or strides[0] == step * shape[1]
+
+
+class LayerInputs:
+    """The checks of one ``LSTM``'s per-call arguments, and its memo: what is fixed for the
+    layer (dtype, I, H, R = width of h, L*D states) and the zero states of the last batch
+    size. Arrays that need nothing pass in a few comparisons (compiled with Cython beside
+    this file, see _validation.pxd); anything else takes the general route (``as_array``),
+    which converts or raises with the same messages."""
+
+    def __init__(self, dtype, input_size, hidden_size, out_size, num_states):
+        self.dtype = dtype
+        self.itemsize = dtype.itemsize
+        self.input_size, self.hidden_size, self.out_size = input_size, hidden_size, out_size
+        self.num_states = num_states
+        self.batch = -1
+        self.zero_h = self.zero_c = None
+
+    def zeros(self, B):
+        """Read-only zero states (L*D, B, R), (L*D, B, H), kept for the last B."""
+        if B != self.batch:
+            n, dtype = self.num_states, self.dtype
+            self.zero_h = zeros((n, B, self.out_size), dtype)
+            self.zero_c = zeros((n, B, self.hidden_size), dtype)
+            self.batch = B
+        return self.zero_h, self.zero_c
+
+    def forward(self, x, hx, batch_first):
+        """``(x, h0, c0, unbatched)``: x as a C-contiguous (T, B, I) array of the layer's
+        dtype ((B, T, I) transposed if ``batch_first``; (T, I) gets B = 1, unbatched),
+        h0 (L*D, B, R) and c0 (L*D, B, H) from hx (None: zeros)."""
+        dtype, n = self.dtype, self.itemsize
+        if not batch_first and _ready(x, dtype, n, -1, -1, self.input_size):
+            xa = x
+            B = xa.shape[1]
+            if hx is None:
+                h0, c0 = self.zeros(B)
+                return x, h0, c0, False
+            if type(hx) is tuple and len(hx) == 2:
+                h0, c0 = hx
+                if _ready(h0, dtype, n, self.num_states, B, self.out_size) \
+                        and _ready(c0, dtype, n, self.num_states, B, self.hidden_size):
+                    return x, h0, c0, False
+            h0, c0 = self._states(hx, B, False)
+            return x, h0, c0, False
+        x, unbatched = self._sequence(x, batch_first)
+        h0, c0 = self._states(hx, x.shape[1], unbatched)
+        return x, h0, c0, unbatched
+
+    def _sequence(self, x, batch_first):
+        if type(x) is not ndarray:
+            x = to_numpy(x)
+        if x.ndim == 3:
+            if batch_first:
+                x = x.transpose(1, 0, 2)
+            return sequence(x, "x", self.dtype, self.input_size), False
+        if x.ndim == 2:
+            return sequence(x[:, None, :], "x", self.dtype, self.input_size), True
+        raise ValueError(
+            f"x must be 3-D {'(B, T, I)' if batch_first else '(T, B, I)'} or 2-D (T, I) "
+            f"with I={self.input_size}, got shape {x.shape}")
+
+    def _states(self, hx, B, unbatched):
+        zh, zc = self.zeros(B)
+        if hx is None:
+            return zh, zc
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx must be a tuple (h0, c0)")
+        dtype = self.dtype
+        if unbatched:
+            return tuple(as_array(s, name, dtype, z.shape[::2],
+                                  "(num_layers*num_directions, H) = ({}, {})")[:, None]
+                         for s, name, z in zip(hx, _HX_NAMES, (zh, zc)))
+        return (as_array(hx[0], _HX_NAMES[0], dtype, zh.shape, _HX_EXPECTED),
+                as_array(hx[1], _HX_NAMES[1], dtype, zc.shape, _HX_EXPECTED))
+
+    def backward(self, g, grad_hx, shape, unbatched, batch_first):
+        """``(dout, dh_n, dc_n)`` for ``LSTM.backward``: grad_output as (T, B, D*R) = ``shape``
+        (None: zeros), grad_hx (grad_h_n, grad_c_n) as (L*D, B, R), (L*D, B, H) (None: zeros)."""
+        dtype, n = self.dtype, self.itemsize
+        B = shape[1]
+        zh, zc = self.zeros(B)
+        if g is None:
+            dout = zeros(shape, dtype)
+        elif not unbatched and not batch_first and _ready(g, dtype, n, shape[0], B, shape[2]):
+            dout = g
+        elif unbatched:
+            dout = as_array(g, "grad_output", dtype, shape[::2])[:, None]
+        elif batch_first:
+            dout = as_array(g, "grad_output", dtype, (B, shape[0], shape[2])).transpose(1, 0, 2)
+        else:
+            dout = as_array(g, "grad_output", dtype, shape)
+        if grad_hx is None:
+            return dout, zh, zc
+        return (dout,) + self._grad_states(grad_hx, zh, zc, unbatched)
+
+    def _grad_states(self, grad_hx, zh, zc, unbatched):
+        if not isinstance(grad_hx, (tuple, list)) or len(grad_hx) != 2:
+            raise TypeError("grad_hx must be a tuple (grad_h_n, grad_c_n)")
+        return tuple(as_array(s, f"grad_hx[{k}]", self.dtype,
+                              z.shape[::2] if unbatched else z.shape).reshape(z.shape)
+                     for k, (s, z) in enumerate(zip(grad_hx, (zh, zc))))

@@ -72,7 +72,8 @@ _new = tuple.__new__   # LSTMCache's fields without its Python-level __new__ (0.
 
 def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True,
                 out=None):
-    """One layer-direction over padded x (T, B, I): ``(y (T, B, R), h_n, c_n, cache)``.
+    """One layer-direction over padded x (T, B, I): ``(y (T, B, R), h_n, c_n, cache)``;
+    h0 (B, R) and c0 (B, H), or (1, B, R) and (1, B, H), and h_n, c_n in their shapes.
 
     ``reverse`` reads every sequence backwards (from its own last valid step when
     ``plan`` holds lengths); y is returned in the original time order. The final
@@ -87,12 +88,14 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
         if reverse:
             y = y[::-1]
     else:
-        xin, h0s, c0s = plan.gather(x, reverse), plan.sort(h0), plan.sort(c0)
+        xin = plan.gather(x, reverse)
+        h0s, c0s = plan.sort(backends.as_matrix(h0)), plan.sort(backends.as_matrix(c0))
         y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
                                            plan.batch_sizes, save)
-        h_n, c_n = (np.empty_like(hs), np.empty_like(cs)) if out is None else out
-        h_n[plan.order] = hs
-        c_n[plan.order] = cs
+        h_n, c_n = (np.empty(h0.shape, hs.dtype), np.empty(c0.shape, cs.dtype)) \
+            if out is None else out
+        backends.as_matrix(h_n)[plan.order] = hs
+        backends.as_matrix(c_n)[plan.order] = cs
         saved = (xin, h0s, c0s, y, gates, c)
         y = plan.scatter(y, reverse)
     return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
@@ -102,8 +105,7 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None):
     """Backward of ``run_forward`` for dy (T, B, R) (any strides), dh_n (B, R), dc_n (B, H):
     ``(dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0, dw_hr)``, db None without a bias and dw_hr
     None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``."""
-    impl, packed, (xin, h0, c0, y, gates, c), plan, reverse = \
-        cache.impl, cache.packed, cache.saved, cache.plan, cache.reverse
+    impl, packed, (xin, h0, c0, y, gates, c), plan, reverse = cache   # not by field: 5 look-ups
     if plan is None:
         if reverse or not dy.flags.c_contiguous:
             dy = np.ascontiguousarray(dy[::-1] if reverse else dy)
@@ -117,12 +119,14 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None):
             dh0, dc0 = out
     else:
         dx, dw_ih, dw_hh, db, dhs, dcs, dw_hr = impl.backward(
-            packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse), plan.sort(dh_n),
-            plan.sort(dc_n), num_threads, plan.batch_sizes)
+            packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse),
+            plan.sort(backends.as_matrix(dh_n)), plan.sort(backends.as_matrix(dc_n)),
+            num_threads, plan.batch_sizes)
         dx = plan.scatter(dx, reverse)
-        dh0, dc0 = (np.empty_like(dhs), np.empty_like(dcs)) if out is None else out
-        dh0[plan.order] = dhs
-        dc0[plan.order] = dcs
+        dh0, dc0 = (np.empty(dh_n.shape, dhs.dtype), np.empty(dc_n.shape, dcs.dtype)) \
+            if out is None else out
+        backends.as_matrix(dh0)[plan.order] = dhs
+        backends.as_matrix(dc0)[plan.order] = dcs
     return dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr
 
 

@@ -22,8 +22,6 @@ from . import _params, _validation, backends
 from .functional import make_plan, run_backward, run_forward
 
 _NOT_SAVED = "not saved"     # the cache after a forward call that kept nothing for backward
-_HX_NAMES = ("hx[0] (h0)", "hx[1] (c0)")
-_HX_EXPECTED = "(num_layers*num_directions, B, H) = ({}, {}, {})"
 
 
 class LSTM:
@@ -135,10 +133,10 @@ class LSTM:
         self.training = True
         self.grads = {}
         self._cache = None
-        self._zero_states = (None, None, None)   # (B, h0, c0) zeros for hx None, read-only
         # the parameter names of each layer-direction k = layer * D + d
         self._names = [_params.direction_names(layer, d, self.bias, self.proj_size)
                        for layer in range(self.num_layers) for d in range(self.num_directions)]
+        self._make_inputs()
         self.backend = backend
         rng = np.random.default_rng(seed)
         # dropout masks: a stream of their own, reproducible from the same seed
@@ -173,16 +171,23 @@ class LSTM:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for key in ("_impl", "_packed"):      # rebuilt by the backend setter in __setstate__
+        for key in ("_impl", "_packed", "_inputs"):   # rebuilt in __setstate__
             state.pop(key, None)
         state["_cache"] = None
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        for key, value in state.items():   # not __dict__.update: see _drop_packed
+            setattr(self, key, value)
         for arr in self._params.values():
             arr.flags.writeable = False
+        self._make_inputs()
         self.backend = self._requested_backend   # "auto" resolves on the new machine
+
+    def _make_inputs(self):
+        """The checks of the per-call arguments, with their memo (``_validation.LayerInputs``)."""
+        self._inputs = _validation.LayerInputs(self.dtype, self.input_size, self.hidden_size,
+                                               self._out_size, len(self._names))
 
     @property
     def _out_size(self):
@@ -324,9 +329,12 @@ class LSTM:
         """After any change of the parameters (every route calls this): drop the packed
         copies, and expose the current arrays as attributes (``layer.weight_ih_l0``). They are
         plain instance attributes rather than a ``__getattr__``: a class with ``__getattr__``
-        loses CPython's fast attribute lookup for every ``self.x`` in forward and backward."""
+        loses CPython's fast attribute lookup for every ``self.x`` in forward and backward.
+        Set one by one: touching ``self.__dict__`` would lose it as well (CPython 3.11 no
+        longer specializes the attribute loads of an instance whose dict was materialized)."""
         self._packed = [None] * len(self._names)
-        self.__dict__.update(self.__dict__.get("_params", ()))
+        for name, arr in getattr(self, "_params", {}).items():
+            setattr(self, name, arr)
 
     def _pack(self, k):
         """The backend's packed weights of layer-direction k (packed on first use)."""
@@ -399,22 +407,17 @@ class LSTM:
         TypeError
             hx not a pair; x of the other float precision.
         """
-        if type(x) is np.ndarray and x.ndim == 3 and x.dtype is self.dtype \
-                and x.shape[2] == self.input_size and x.flags.c_contiguous and not self.batch_first:
-            unbatched = False
-        else:
-            x, unbatched = self._input(x)
+        x, h0, c0, unbatched = self._inputs.forward(x, hx, self.batch_first)
         T, B = x.shape[0], x.shape[1]
         plan = None if lengths is None else make_plan(_validation.lengths(lengths, B, T), T, B)
-        h0, c0 = self._initial_state(hx, B, unbatched)
         if save is None:
             save = self.training
         impl, packed = self._impl, self._packed
         num_threads = backends.threads_for(T, B, self.input_size, self.hidden_size)
-        if len(packed) == 1:   # one layer-direction: the backend's own state arrays, no copies
-            y, h_n, c_n, cache = run_forward(impl, packed[0] or self._pack(0), x, h0[0], c0[0],
+        if len(packed) == 1:   # one layer-direction: the states (1, B, R) as they are
+            y, h_n, c_n, cache = run_forward(impl, packed[0] or self._pack(0), x, h0, c0,
                                              num_threads, plan, False, save)
-            caches, masks, h_n, c_n = [cache], (), h_n[None], c_n[None]
+            caches, masks = [cache], ()
         else:
             D = self.num_directions
             h_n, c_n = np.empty(h0.shape, self.dtype), np.empty(c0.shape, self.dtype)
@@ -442,21 +445,6 @@ class LSTM:
 
     __call__ = forward
 
-    def _input(self, x):
-        """x as a C-contiguous (T, B, I) array of the layer's dtype, and whether it was
-        unbatched (T, I)."""
-        if type(x) is not np.ndarray:
-            x = _validation.to_numpy(x)
-        if x.ndim == 3:
-            if self.batch_first:
-                x = x.transpose(1, 0, 2)
-            return _validation.sequence(x, "x", self.dtype, self.input_size), False
-        if x.ndim == 2:
-            return _validation.sequence(x[:, None, :], "x", self.dtype, self.input_size), True
-        raise ValueError(
-            f"x must be 3-D {'(B, T, I)' if self.batch_first else '(T, B, I)'} or 2-D (T, I) "
-            f"with I={self.input_size}, got shape {x.shape}")
-
     def _dropout_mask(self, shape):
         """Inverted dropout as in torch: keep with probability 1-p, scale by 1/(1-p)."""
         p = self.dropout
@@ -464,25 +452,6 @@ class LSTM:
             return np.zeros(shape, self.dtype)
         keep = self._dropout_rng.random(shape) >= p
         return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
-
-    def _initial_state(self, hx, B, unbatched):
-        """(h0, c0) as (L*D, B, R) and (L*D, B, H) arrays; zeros (shared, read-only) for None."""
-        zs = self._zero_states
-        if zs[0] != B:
-            n = len(self._names)
-            zs = self._zero_states = (B, _validation.zeros((n, B, self._out_size), self.dtype),
-                                      _validation.zeros((n, B, self.hidden_size), self.dtype))
-        if hx is None:
-            return zs[1], zs[2]
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError("hx must be a tuple (h0, c0)")
-        dtype = self.dtype
-        if unbatched:
-            return tuple(_validation.as_array(s, name, dtype, z.shape[::2],
-                                              "(num_layers*num_directions, H) = ({}, {})")[:, None]
-                         for s, name, z in zip(hx, _HX_NAMES, zs[1:]))
-        return (_validation.as_array(hx[0], _HX_NAMES[0], dtype, zs[1].shape, _HX_EXPECTED),
-                _validation.as_array(hx[1], _HX_NAMES[1], dtype, zs[2].shape, _HX_EXPECTED))
 
     def backward(self, grad_output=None, grad_hx=None):
         """Gradients for the last forward call; parameter gradients go to ``layer.grads``.
@@ -516,27 +485,17 @@ class LSTM:
                                "save=False): call layer.train() first, or forward(..., save=True)")
         caches, masks, shape, unbatched = cache
         T, B = shape[0], shape[1]
-        dout = self._grad_output(grad_output, shape, unbatched)
-        zero_h, zero_c = self._initial_state(None, B, False)   # the states' shapes
-        if grad_hx is None:                   # zeros, shared
-            dh_n, dc_n = zero_h, zero_c
-        else:
-            if not isinstance(grad_hx, (tuple, list)) or len(grad_hx) != 2:
-                raise TypeError("grad_hx must be a tuple (grad_h_n, grad_c_n)")
-            dh_n, dc_n = (_validation.as_array(s, f"grad_hx[{k}]", self.dtype,
-                                               z.shape[::2] if unbatched else z.shape
-                                               ).reshape(z.shape)
-                          for k, (s, z) in enumerate(zip(grad_hx, (zero_h, zero_c))))
+        dout, dh_n, dc_n = self._inputs.backward(grad_output, grad_hx, shape, unbatched,
+                                                 self.batch_first)
         H = self.hidden_size
         num_threads = backends.threads_for(T, B, self.input_size, H)
         if len(caches) == 1:
-            dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n[0], dc_n[0],
-                                                                 num_threads)
+            dout, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n, dc_n,
+                                                                   num_threads)
             self.grads = _params.grads_by_name(self._names[0], dw_ih, dw_hh, db, dw_hr)
-            dout, dh0, dc0 = dx, dh0[None], dc0[None]
         else:
             D, R = self.num_directions, self._out_size
-            dh0, dc0 = np.empty(zero_h.shape, self.dtype), np.empty(zero_c.shape, self.dtype)
+            dh0, dc0 = np.empty(dh_n.shape, self.dtype), np.empty(dc_n.shape, self.dtype)
             grads = {}
             for layer in reversed(range(self.num_layers)):
                 dinp = None
@@ -554,17 +513,6 @@ class LSTM:
         if self.batch_first:
             dout = dout.transpose(1, 0, 2)
         return dout, (dh0, dc0)
-
-    def _grad_output(self, g, shape, unbatched):
-        """grad_output as (T, B, D*R) = ``shape``, zeros for None."""
-        if g is None:
-            return _validation.zeros(shape, self.dtype)
-        if unbatched:
-            return _validation.as_array(g, "grad_output", self.dtype, shape[::2])[:, None]
-        if self.batch_first:
-            return _validation.as_array(g, "grad_output", self.dtype,
-                                        (shape[1], shape[0], shape[2])).transpose(1, 0, 2)
-        return _validation.as_array(g, "grad_output", self.dtype, shape)
 
     def __repr__(self):
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, default in

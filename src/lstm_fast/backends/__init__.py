@@ -33,7 +33,10 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         -> (y, h_n, c_n, gates, c)
         Padded: x (T, B, I) -> y (T, B, R), gates (T, B, G), c (T, B, H). With
         batch_sizes (T,): x (N, I) packed step-major -> y (N, R), gates (N, G), c (N, H).
-        h0, h_n (B, R); c0, c_n (B, H). save=False keeps nothing for backward: gates
+        h0, h_n (B, R); c0, c_n (B, H); the states may also carry a leading axis of 1
+        ((1, B, R): one layer-direction of a layer's states, no view needed), and h_n, c_n
+        come back in h0's and c0's shapes (backward: dh0, dc0 in h0's and c0's shapes,
+        dh_n, dc_n shaped like them). save=False keeps nothing for backward: gates
         and c are returned as None and never written (inference). out=(y, h_n, c_n)
         writes the outputs into the caller's arrays (any may be None); h_n may be h0
         and c_n may be c0, which updates the state in place.
@@ -177,6 +180,11 @@ def get(name):
     if mod is None:
         mod = _modules[name] = REGISTRY[name]()
     return mod
+
+
+def as_matrix(state):
+    """A state (B, C) or (1, B, C) as (B, C) (a view): the one extra axis the contract allows."""
+    return state if state.ndim == 2 else state.reshape(state.shape[-2:])
 
 
 def name_of(module):

@@ -126,6 +126,11 @@ cdef inline cnp.ndarray _mat(int64_t rows, int64_t cols, int tn):
     return _empty(2, d, tn)
 
 
+cdef inline cnp.ndarray _like(cnp.ndarray a, int tn):
+    """A new array of a's shape (states: (B, C) or (1, B, C))."""
+    return _empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), tn)
+
+
 cdef inline void *_p(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
 
@@ -236,7 +241,7 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
     cdef int64_t H = packed.hidden_size, P = packed.proj_size
     cdef int64_t R = P if P else H
     cdef bint padded = batch_sizes is None
-    cdef int64_t B = cnp.PyArray_DIMS(h0)[0]
+    cdef int64_t B = cnp.PyArray_SIZE(c0) // H
     cdef int64_t T = cnp.PyArray_DIMS(x)[0] if padded else \
         cnp.PyArray_DIMS(<cnp.ndarray>batch_sizes)[0]
     cdef int64_t N = T * B if padded else cnp.PyArray_DIMS(x)[0]
@@ -246,9 +251,9 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
     if y is None:
         y = _rows(padded, T, B, N, R, tn)
     if h_n is None:
-        h_n = _mat(B, R, tn)
+        h_n = _like(h0, tn)
     if c_n is None:
-        c_n = _mat(B, H, tn)
+        c_n = _like(c0, tn)
     gates = c = None
     if save:
         gates = _rows(padded, T, B, N, 4 * H, tn)
@@ -265,7 +270,7 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef int64_t R = P if P else H
     cdef bint padded = batch_sizes is None
-    cdef int64_t B = cnp.PyArray_DIMS(h0)[0]
+    cdef int64_t B = cnp.PyArray_SIZE(c0) // H
     cdef int64_t T = cnp.PyArray_DIMS(x)[0] if padded else \
         cnp.PyArray_DIMS(<cnp.ndarray>batch_sizes)[0]
     cdef int64_t N = T * B if padded else cnp.PyArray_DIMS(x)[0]
@@ -274,8 +279,8 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
     cdef cnp.ndarray dw_hh = _mat(4 * H, R, tn)
     cdef cnp.npy_intp G = 4 * H
     cdef cnp.ndarray db = _empty(1, &G, tn)
-    cdef cnp.ndarray dh0 = _mat(B, R, tn)
-    cdef cnp.ndarray dc0 = _mat(B, H, tn)
+    cdef cnp.ndarray dh0 = _like(h0, tn)
+    cdef cnp.ndarray dc0 = _like(c0, tn)
     dw_hr = _mat(P, H, tn) if P else None
     cdef size_t wsize = (lstm_backward_workspace_size_f32(T, N, B, I, H, P, num_threads)
                          if tn == cnp.NPY_FLOAT32 else

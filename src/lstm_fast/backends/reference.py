@@ -30,6 +30,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from . import as_matrix
+
 GATE_ORDER = ("i", "f", "g", "o")
 
 
@@ -173,7 +175,9 @@ def pack(w_ih, w_hh, b, w_hr=None, out=None):
 
 
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None):
-    y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], h0, c0, batch_sizes, packed.w_hr)
+    y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], as_matrix(h0), as_matrix(c0),
+                                         batch_sizes, packed.w_hr)
+    h_n, c_n = h_n.reshape(h0.shape), c_n.reshape(c0.shape)
     if out is not None:
         for dst, src in zip(out, (y, h_n, c_n)):
             if dst is not None:
@@ -184,9 +188,10 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None):
     dx, dw_ih, dw_hh, db, dh0, dc0, *dw_hr = lstm_backward(
-        x, packed.w_ih, packed.w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes,
-        packed.w_hr)
-    return (dx, dw_ih, dw_hh, db if packed.has_bias else None, dh0, dc0,
+        x, packed.w_ih, packed.w_hh, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
+        as_matrix(dh_n), as_matrix(dc_n), batch_sizes, packed.w_hr)
+    return (dx, dw_ih, dw_hh, db if packed.has_bias else None, dh0.reshape(h0.shape),
+            dc0.reshape(c0.shape),
             dw_hr[0] if dw_hr else None)
 
 

@@ -41,6 +41,7 @@ forward (``save`` is a runtime flag).
 import numba
 import numpy as np
 
+from .. import as_matrix
 from .lstm import FWD_CHUNK_BYTES, lstm_backward, lstm_forward
 from .packed import Packed, pack
 
@@ -79,16 +80,16 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     lstm_fast.backends). out=(y, h_n, c_n), any of them None, receives the outputs."""
     xp, bs, padded = _steps(x, batch_sizes)
     N = xp.shape[0]
-    B, R = h0.shape
+    B, R = h0.shape[-2:]
     H = packed.hidden_size
     G = 4 * H
     dt = packed.dtype
     y_out, h_n, c_n = (None, None, None) if out is None else out
     y = np.empty((N, R), dt) if y_out is None else y_out.reshape(N, R)
     if h_n is None:
-        h_n = np.empty((B, R), dt)
+        h_n = np.empty(h0.shape, dt)
     if c_n is None:
-        c_n = np.empty((B, H), dt)
+        c_n = np.empty(c0.shape, dt)
     if save:
         gates, c = np.empty((N, G), dt), np.empty((N, H), dt)
     else:
@@ -97,8 +98,8 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     m = None if packed.whr_t is None else np.empty((B, H), dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
-        lstm_forward(xp, packed.wih_t, packed.whh_f, packed.b, packed.whr_t, h0, c0, bs, y, h_n, c_n, gates, c, m,
-                     save, n)
+        lstm_forward(xp, packed.wih_t, packed.whh_f, packed.b, packed.whr_t, as_matrix(h0), as_matrix(c0), bs, y,
+                     as_matrix(h_n), as_matrix(c_n), gates, c, m, save, n)
     if y_out is not None:
         y = y_out
     elif padded is not None:
@@ -123,7 +124,7 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
     projection (the contract: lstm_fast.backends)."""
     xp, bs, padded = _steps(x, batch_sizes)
     N, I = xp.shape
-    B, R = h0.shape
+    B, R = h0.shape[-2:]
     H = packed.hidden_size
     G = 4 * H
     dt = packed.dtype
@@ -135,8 +136,8 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
     dw_ih = np.empty((G, I), dt)
     dw_hh = np.empty((G, R), dt)
     db = np.empty(G if packed.has_bias else 0, dt)
-    dh0 = np.empty((B, R), dt)
-    dc0 = np.empty((B, H), dt)
+    dh0 = np.empty(h0.shape, dt)
+    dc0 = np.empty(c0.shape, dt)
     if packed.whr is None:
         dhs = np.empty((B, H), dt)
         dm = dh_all = m_all = mpan = dw_hr = None
@@ -146,9 +147,9 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
         mpan, dw_hr = pan(H), np.empty((R, H), dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
-        lstm_backward(xp, packed.wih, packed.whh_b, packed.whr, h0, c0, y, gates, c, dy, dh_n, dc_n, bs,
-                      dgates, dhs, pan(I), pan(R), dm, dh_all, m_all, mpan,
-                      dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, n)
+        lstm_backward(xp, packed.wih, packed.whh_b, packed.whr, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
+                      as_matrix(dh_n), as_matrix(dc_n), bs, dgates, dhs, pan(I), pan(R), dm, dh_all, m_all, mpan,
+                      dx, dw_ih, dw_hh, db, as_matrix(dh0), as_matrix(dc0), dw_hr, n)
     if padded is not None:
         dx = dx.reshape(x.shape)
     return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, dw_hr
