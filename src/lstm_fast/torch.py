@@ -35,16 +35,17 @@ torch's implementation. Double backward (``create_graph=True`` then differentiat
 the gradients) raises an error on our path; use ``backend="torch"`` for that.
 """
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _params, _validation, backends
 from .functional import LSTMCache, make_plan, run_backward, run_forward
 
-__all__ = ["LSTM"]
+__all__ = ["LSTM", "LSTMCell"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -84,6 +85,29 @@ def _generation(packed):
     return getattr(packed, "generation", 0)
 
 
+DOUBLE_BACKWARD_ERROR = (
+    "lstm_fast's kernels compute first derivatives only: differentiating a gradient taken "
+    "with create_graph=True (double backward, e.g. a gradient penalty) needs "
+    "backend=\"torch\" on the lstm_fast.torch module (torch's own implementation)")
+
+
+def _first_order(backward):
+    """``once_differentiable`` with an error that says what to do: backward runs without a
+    graph; under ``create_graph=True`` its results are tied to a node that raises
+    ``DOUBLE_BACKWARD_ERROR`` if they are differentiated (first-order use still works).
+    Unlike ``once_differentiable`` this holds whether or not the incoming gradients require
+    grad, so a gradient penalty gets this error and not "does not require grad"."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return outputs
+        err = torch._C._functions.DelayedError(DOUBLE_BACKWARD_ERROR.encode(), len(outputs))
+        return err(*(None if t is None else t.detach().requires_grad_(True) for t in outputs))
+    return wrapper
+
+
 class _Direction(torch.autograd.Function):
     """One layer, one direction with gradients: (x (T, B, I), h0 (B, R), c0 (B, H),
     w_ih, w_hh, b_ih, b_hh, w_hr) -> (y (T, B, R), h_n (B, R), c_n (B, H)); ``run`` is
@@ -105,7 +129,7 @@ class _Direction(torch.autograd.Function):
         return y, h_n, c_n
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, dy, dh_n, dc_n):
         impl, packed, generation, num_threads, plan, reverse = ctx.run
         if _generation(packed) != generation:   # written over since forward: pack again
@@ -305,3 +329,156 @@ class LSTM(torch.nn.LSTM):
             return F.dropout(inp, self.dropout, True)
         data = F.dropout(pack_padded_sequence(inp, torch.from_numpy(lengths)).data, self.dropout, True)
         return pad_packed_sequence(PackedSequence(data, batch_sizes), total_length=inp.shape[0])[0]
+
+
+class _Cell(torch.autograd.Function):
+    """One step with gradients: (x (B, I), h0 (B, H) or None, c0 (B, H) or None, w_ih, w_hh,
+    b_ih, b_hh) -> (h (B, H), c (B, H)); ``run`` is (backend module, packed weights,
+    num_threads). The backend's forward and backward with T = 1."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, run):
+        impl, packed, num_threads = run
+        xs = _np(x)[None]
+        B, H = xs.shape[1], packed.hidden_size
+        h0s = _validation.zeros((B, H), xs.dtype) if h0 is None else _np(h0)
+        c0s = _validation.zeros((B, H), xs.dtype) if c0 is None else _np(c0)
+        y, h_n, c_n, gates, c = impl.forward(packed, xs, h0s, c0s, num_threads, None, True)
+        # The inputs go through save_for_backward for autograd's check against in-place
+        # changes (backward reads their memory); the outputs need not: backward reads the
+        # kernel's own copies (y, c), kept on ctx with the gates (a few rows).
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        ctx.run = (impl, packed, _generation(packed), num_threads, xs, h0s, c0s, y, gates, c)
+        return torch.from_numpy(h_n), torch.from_numpy(c_n)
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, dh, dc):
+        impl, packed, generation, num_threads, xs, h0s, c0s, y, gates, c = ctx.run
+        _, _, _, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors    # (the in-place check)
+        if _generation(packed) != generation:   # written over since forward: pack again
+            packed = impl.pack(_np(w_ih), _np(w_hh), None if b_ih is None else _np(b_ih + b_hh))
+        dx, dw_ih, dw_hh, db, dh0, dc0, _ = impl.backward(
+            packed, xs, h0s, c0s, y, gates, c, _np(dh)[None],
+            _validation.zeros(h0s.shape, xs.dtype), _np(dc), num_threads)
+        need = ctx.needs_input_grad
+        return tuple(None if not n or a is None else torch.from_numpy(a) for n, a in zip(
+            need, (dx[0], dh0, dc0, dw_ih, dw_hh, db, None if db is None else db.copy()))) + (None,)
+
+
+class LSTMCell(torch.nn.LSTMCell):
+    """torch.nn.LSTMCell whose CPU float32/float64 step and its backward run on lstm_fast.
+
+    Same arguments as ``torch.nn.LSTMCell`` plus the keyword ``backend`` (as for ``LSTM``).
+    ``forward(input, hx=None)``: input (B, I) or unbatched (I,), hx = (h, c), each (B, H)
+    or (H,), None for zeros; returns (h', c'). One call is the backend's forward of one
+    step (T = 1), and in backward its backward of that step, through a
+    ``torch.autograd.Function``; without a gradient to compute nothing is kept. Weights
+    are packed once per version, as in ``LSTM``. Falls back to torch's implementation in
+    the same cases as ``LSTM`` (device, dtype, mixed dtypes, B = 0, autocast, scripting,
+    tracing, compile, functorch); inputs of the wrong shape get torch's own error (torch's
+    checks run: ours only decide which path), before any kernel runs. Double backward needs
+    ``backend="torch"``.
+    """
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+        if backend != "torch":
+            backends.resolve(backend)
+        self._wrap_parameters()
+
+    def _wrap_parameters(self):
+        for name, p in self._parameters.items():
+            if type(p) is torch.nn.Parameter:
+                setattr(self, name, _Parameter(p.detach(), p.requires_grad))
+        self._packed = None     # (key, packed weights)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._wrap_parameters()
+
+    def _packed_weights(self, impl, dtype, w_ih, w_hh, b_ih, b_hh):
+        """Packed weights, packed again only after a change: another tensor, storage or
+        version (as ``LSTM._packed_weights``); None if they cannot run on our kernels
+        (device, dtype, functorch, shapes torch would reject)."""
+        versions = (w_ih._version, w_hh._version, w_ih.data_ptr(), w_hh.data_ptr()) \
+            if b_ih is None else (w_ih._version, w_hh._version, b_ih._version, b_hh._version,
+                                  w_ih.data_ptr(), w_hh.data_ptr(), b_ih.data_ptr(),
+                                  b_hh.data_ptr())
+        e = self._packed
+        if e is not None and e[0] is impl and e[1] is dtype and e[2] is w_ih and e[3] is w_hh \
+                and e[4] is b_ih and e[5] is b_hh and e[6] == versions:
+            return e[7]
+        ws = (w_ih, w_hh) if b_ih is None else (w_ih, w_hh, b_ih, b_hh)
+        if any(not isinstance(t, torch.Tensor) or not t.is_cpu or t.dtype != dtype or _wrapped(t)
+               for t in ws) or (b_ih is None) != (b_hh is None):
+            return None
+        G, H = w_hh.shape[0], w_hh.shape[-1]
+        if w_ih.dim() != 2 or w_hh.dim() != 2 or G != 4 * H or w_ih.shape[0] != G or (
+                b_ih is not None and (b_ih.shape != (G,) or b_hh.shape != (G,))):
+            return None
+        old = e[7] if e is not None and e[0] is impl and e[1] is dtype else None
+        self._packed = None
+        # the previous packing's memory is written over (see _Cell.backward)
+        packed = impl.pack(_np(w_ih), _np(w_hh), None if b_ih is None else _np(b_ih + b_hh),
+                           None, out=old)
+        if all(type(t) is _Parameter for t in ws):     # kept only when .data writes are seen
+            self._packed = (impl, dtype, w_ih, w_hh, b_ih, b_hh, versions, packed)
+        return packed
+
+    def forward(self, input, hx=None):
+        backend = self.backend
+        if backend == "torch" or torch.jit.is_scripting() or torch.jit.is_tracing() \
+                or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() \
+                or not isinstance(input, torch.Tensor):
+            return super().forward(input, hx)
+        dtype, dim = input.dtype, input.dim()
+        if not input.is_cpu or dtype not in _DTYPES or dim not in (1, 2) or input.numel() == 0 \
+                or _wrapped(input):
+            return super().forward(input, hx)
+        p = self._parameters
+        w_ih, w_hh, b_ih, b_hh = p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]
+        B, H = (input.shape[0] if dim == 2 else 1), w_hh.shape[-1]
+        h0 = c0 = None
+        if hx is not None:
+            # anything but two CPU tensors of the input's dtype and shape (B, H) (or (H,)):
+            # torch's path, which raises torch's own error where torch rejects the input
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                return super().forward(input, hx)
+            h0, c0 = hx
+            shape = (B, H) if dim == 2 else (H,)
+            for t in hx:
+                if not isinstance(t, torch.Tensor) or t.shape != shape or t.dtype != dtype \
+                        or not t.is_cpu or _wrapped(t):
+                    return super().forward(input, hx)
+        if input.shape[-1] != w_ih.shape[-1]:
+            return super().forward(input, hx)
+        impl = backends.get(backends.resolve(backend))
+        packed = self._packed_weights(impl, dtype, w_ih, w_hh, b_ih, b_hh)
+        if packed is None:
+            return super().forward(input, hx)
+        num_threads = backends.threads_for(1, B, input.shape[-1], H)
+        if torch.is_grad_enabled() and (input.requires_grad or w_ih.requires_grad
+                                        or w_hh.requires_grad
+                                        or (b_ih is not None and (b_ih.requires_grad
+                                                                  or b_hh.requires_grad))
+                                        or (hx is not None and (h0.requires_grad
+                                                                or c0.requires_grad))):
+            if dim == 1:
+                input = input.unsqueeze(0)
+                if hx is not None:
+                    h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
+            h, c = _Cell.apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, (impl, packed, num_threads))
+            return (h, c) if dim == 2 else (h.squeeze(0), c.squeeze(0))
+        # no gradient needed: nothing is kept for backward
+        xs = _np(input).reshape(1, B, -1)
+        np_dtype = xs.dtype
+        if hx is None:
+            h0s = c0s = _validation.zeros((B, H), np_dtype)
+        else:
+            h0s, c0s = _np(h0).reshape(B, H), _np(c0).reshape(B, H)
+        _, h_n, c_n, _, _ = impl.forward(packed, xs, h0s, c0s, num_threads, None, False)
+        if dim == 1:
+            h_n, c_n = h_n.reshape(H), c_n.reshape(H)
+        return torch.from_numpy(h_n), torch.from_numpy(c_n)
