@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _params, _validation, backends
+from . import _params, _torch_ops, _validation, backends
 from .functional import LSTMCache, make_plan, run_backward, run_forward
 
 __all__ = ["LSTM", "LSTMCell"]
@@ -147,6 +147,27 @@ class _Direction(torch.autograd.Function):
                 None if dw_hr is None else _t(dw_hr), None)
 
 
+def _ops_apply(module, input, hx):
+    """While compiling (torch.compile, torch.export): whether our custom operators take this
+    call. Not for backend="torch", ONNX export, autocast, PackedSequence, tensors not on the
+    CPU or not float32/float64, mixed dtypes, empty inputs: torch's implementation then."""
+    if module.backend == "torch" or torch.onnx.is_in_onnx_export() \
+            or torch.is_autocast_enabled("cpu") or not isinstance(input, torch.Tensor):
+        return False
+    if input.device.type != "cpu" or input.dtype not in _DTYPES or input.numel() == 0:
+        return False
+    if hx is not None:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            return False
+        for t in hx:
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.dtype != input.dtype:
+                return False
+    for t in module.parameters():
+        if t.device.type != "cpu" or t.dtype != input.dtype:
+            return False
+    return True
+
+
 class LSTM(torch.nn.LSTM):
     """torch.nn.LSTM whose CPU float32/float64 forward and backward run on lstm_fast.
 
@@ -196,6 +217,8 @@ class LSTM(torch.nn.LSTM):
         return backends.resolve(backend)
 
     def forward(self, input, hx=None):
+        if torch.compiler.is_compiling() and _ops_apply(self, input, hx):
+            return self._forward_ops(input, hx)
         backend = self._kernel_backend(input, hx)
         packed = None
         if backend is not None:
@@ -238,6 +261,47 @@ class LSTM(torch.nn.LSTM):
         if not batched:
             return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
+
+    def _forward_ops(self, input, hx):
+        """The tensor path of ``forward`` on the custom operators (``_torch_ops``), for
+        torch.compile and torch.export: torch ops and ours only, no NumPy."""
+        if input.dim() not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        batched = input.dim() == 3
+        if not batched:
+            input = input.unsqueeze(0 if self.batch_first else 1)
+            if hx is not None:
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        if hx is None:
+            self.check_input(input, None)
+        else:
+            self.check_forward_args(input, hx, None)
+        x = input.transpose(0, 1) if self.batch_first else input
+        B = x.shape[1]
+        D = 2 if self.bidirectional else 1
+        n = self.num_layers * D
+        R, H = self.proj_size or self.hidden_size, self.hidden_size
+        h0, c0 = (x.new_zeros(n, B, R), x.new_zeros(n, B, H)) if hx is None else hx
+        flat = self._flat_weights
+        per = len(flat) // n
+        hs, cs, inp = [], [], x.contiguous()
+        for layer in range(self.num_layers):
+            if layer and self.training and self.dropout > 0.0:
+                inp = F.dropout(inp, self.dropout, True)
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                y, h, c, _, _ = _torch_ops.direction(
+                    inp, h0[k], c0[k], *self._direction(flat[k * per:(k + 1) * per]), d == 1,
+                    self.backend)
+                outs.append(y)
+                hs.append(h)
+                cs.append(c)
+            inp = outs[0] if D == 1 else torch.cat(outs, 2)
+        h_n, c_n = torch.stack(hs), torch.stack(cs)
+        if not batched:
+            return inp.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        return (inp.transpose(0, 1) if self.batch_first else inp), (h_n, c_n)
 
     def _direction(self, weights):
         """(w_ih, w_hh, b_ih, b_hh, w_hr) from one layer-direction's parameters in torch's
@@ -428,6 +492,8 @@ class LSTMCell(torch.nn.LSTMCell):
         return packed
 
     def forward(self, input, hx=None):
+        if torch.compiler.is_compiling() and _ops_apply(self, input, hx):
+            return self._forward_ops(input, hx)
         backend = self.backend
         if backend == "torch" or torch.jit.is_scripting() or torch.jit.is_tracing() \
                 or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() \
@@ -482,3 +548,85 @@ class LSTMCell(torch.nn.LSTMCell):
         if dim == 1:
             h_n, c_n = h_n.reshape(H), c_n.reshape(H)
         return torch.from_numpy(h_n), torch.from_numpy(c_n)
+
+    def _forward_ops(self, input, hx):
+        """``forward`` on the custom operators (for torch.compile and torch.export): one step
+        is the layer operator with T = 1. Shapes torch rejects go to torch's path (its errors)."""
+        dim = input.dim()
+        if dim not in (1, 2) or (hx is not None and (hx[0].dim() != dim or hx[1].dim() != dim)):
+            return super().forward(input, hx)
+        x = input if dim == 2 else input.unsqueeze(0)
+        B, H = x.shape[0], self.hidden_size
+        if hx is None:
+            h0 = c0 = x.new_zeros(B, H)
+        else:
+            h0, c0 = hx if dim == 2 else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        if x.shape[1] != self.weight_ih.shape[1] or h0.shape != (B, H) or c0.shape != (B, H):
+            return super().forward(input, hx)
+        _, h, c, _, _ = _torch_ops.direction(x.unsqueeze(0), h0, c0, self.weight_ih,
+                                             self.weight_hh, self.bias_ih, self.bias_hh, None,
+                                             False, self.backend)
+        return (h, c) if dim == 2 else (h.squeeze(0), c.squeeze(0))
+
+
+# --- torch.compile: Dynamo refuses every torch.nn.LSTM instance (subclasses included) unless
+# torch._dynamo.config.allow_rnn is set, which would also let it trace torch's own LSTMs (its
+# experimental support). Ours run on our custom operators under compile, so Dynamo's module
+# wrapping is told to allow them, and only them. Dynamo is not imported for this: the patch
+# is applied when torch imports it (on the first torch.compile), or now if it already has.
+
+_BUILDER = "torch._dynamo.variables.builder"
+
+
+def _allow_ours_in_dynamo(builder):
+    cls = getattr(builder, "VariableBuilder", None)
+    orig = getattr(cls, "wrap_module", None)
+    if orig is None or getattr(orig, "_lstm_fast", False):
+        return
+    from torch._dynamo import config
+
+    @functools.wraps(orig)
+    def wrap_module(self, value):
+        if isinstance(value, LSTM) and value.backend != "torch" and not config.allow_rnn:
+            with config.patch(allow_rnn=True):
+                return orig(self, value)
+        return orig(self, value)
+    wrap_module._lstm_fast = True
+    cls.wrap_module = wrap_module
+
+
+class _DynamoImportHook:
+    """A meta path finder that runs ``_allow_ours_in_dynamo`` right after torch imports
+    Dynamo's variable builder; it removes itself on first use."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != _BUILDER:
+            return None
+        import importlib.util
+        import sys
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            try:
+                _allow_ours_in_dynamo(module)
+            except Exception:       # a torch whose internals moved: Dynamo's own behaviour
+                pass
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def _install_dynamo_hook():
+    import sys
+    if _BUILDER in sys.modules:
+        _allow_ours_in_dynamo(sys.modules[_BUILDER])
+    elif not any(isinstance(f, _DynamoImportHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _DynamoImportHook())
+
+
+_install_dynamo_hook()
