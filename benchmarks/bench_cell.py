@@ -88,3 +88,53 @@ def test_cell(benchmark, case, cell_shape, competitor):
         group=f"{case} {DTYPE} B,I,H={B},{I},{H} threads={THREADS}",
         extra=dict(case=case, shape=shape, B=B, I=I, H=H, dtype=DTYPE, threads=THREADS,
                    competitor=competitor, group="cell"))
+
+
+# --- compiled: a 2-layer LSTM model under torch.compile, ours and torch's ----------------
+
+MODEL = (32, 1, 64, 64)      # T, B, I, H; 2 layers, float32, forward under inference_mode
+MODEL_COMPETITORS = ("lstm_fast.torch", "lstm_fast.torch+compile", "torch", "torch+compile")
+
+
+def make_model_runner(name, p):
+    import torch
+
+    import lstm_fast.torch
+    harness.set_threads(THREADS)
+    T, B, I, H = MODEL
+    cls = torch.nn.LSTM if name.startswith("torch") else lstm_fast.torch.LSTM
+    torch.manual_seed(0)
+    net = torch.nn.Sequential()
+    net.lstm = cls(I, H, num_layers=2)
+    net.eval()
+    fn_net = torch.compile(net.lstm, fullgraph=name.startswith("lstm_fast")) \
+        if name.endswith("+compile") else net.lstm
+    x = torch.from_numpy(p["x"])
+
+    def fn():
+        with torch.inference_mode():
+            return fn_net(x)
+    return Runner(name, fn, lambda r: dict(y=r[0].numpy(), h=r[1][0].numpy(), c=r[1][1].numpy()))
+
+
+_model_problem = harness.last_only(
+    lambda: dict(x=np.random.default_rng(0).uniform(-1, 1, MODEL[:2] + MODEL[2:3]).astype(DTYPE)))
+
+
+@pytest.mark.parametrize("competitor", MODEL_COMPETITORS)
+def test_compiled_model(benchmark, competitor):
+    """2-layer LSTM forward (T, B, I, H = 32, 1, 64, 64): compiled ours (our kernels inside
+    the graph), eager ours, torch eager, torch compiled (Dynamo runs torch's LSTM eagerly:
+    it does not trace RNN modules by default)."""
+    if not harness.have("torch"):
+        pytest.skip("needs torch")
+    if competitor.endswith("+compile") and benchmark.disabled:
+        pytest.skip("compiling takes seconds: timed runs only")
+    T, B, I, H = MODEL
+    want = make_model_runner("torch", _model_problem()).outputs()
+    runner = make_model_runner(competitor, _model_problem())
+    harness.run_benchmark(
+        benchmark, runner, THREADS, lambda got: harness.check(got, want, DTYPE, competitor),
+        group=f"compiled_forward {DTYPE} T,B,I,H={T},{B},{I},{H}x2 threads={THREADS}",
+        extra=dict(case="compiled_forward", T=T, B=B, I=I, H=H, layers=2, dtype=DTYPE,
+                   threads=THREADS, competitor=competitor, group="cell"))

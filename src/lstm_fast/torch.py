@@ -1,18 +1,26 @@
-"""``lstm_fast.torch.LSTM``: torch.nn.LSTM with its CPU work done by lstm_fast's kernels.
+"""``lstm_fast.torch.LSTM`` and ``LSTMCell``: torch.nn.LSTM and torch.nn.LSTMCell with their
+CPU work done by lstm_fast's kernels.
 
-A subclass of ``torch.nn.LSTM``: constructor, attributes, parameters, state_dict,
+Subclasses of torch's modules: constructor, attributes, parameters, state_dict,
 repr and ``forward(input, hx=None)`` are torch's; only the computation differs. Each
 layer and direction is one call of ``functional.run_forward`` on the tensors' memory
 (``tensor.numpy()`` / ``torch.from_numpy``, no copies for contiguous float tensors):
 through a ``torch.autograd.Function`` when a gradient is needed, directly and keeping
 nothing for backward when none is (``torch.no_grad``, ``torch.inference_mode``, or no
-input or parameter requiring grad). Between layers, in training mode, torch's own
+input or parameter requiring grad). A cell call is the backend's forward (and in
+backward its backward) of one step. Between layers, in training mode, torch's own
 ``F.dropout`` runs in the autograd graph, on the same data torch.nn.LSTM drops out
 (the packed rows for a PackedSequence), so a seeded run draws the same masks as
 torch.nn.LSTM. PackedSequence inputs are unpacked to padded time-major arrays plus
 lengths, run with lstm_fast's ``lengths`` support (the reverse direction starts at
 each sequence's own last step) and repacked with the input's ``batch_sizes``,
 ``sorted_indices`` and ``unsorted_indices``.
+
+Under torch.compile and torch.export (strict) the modules call the custom operators of
+``lstm_fast._torch_ops`` instead (fake implementations and registered autograd: no graph
+break, our kernels inside the compiled graph); PackedSequence input takes torch's path
+there. TorchScript scripting/tracing and ONNX export take torch's path, so an exported
+ONNX file holds torch's standard LSTM op.
 
 Packed weights are kept between calls, one per layer and direction, and packed again
 when a parameter changed. A change is seen through the tensors' version counters and
@@ -29,10 +37,12 @@ Falls back to ``torch.nn.LSTM.forward`` (torch's numbers, torch's errors) for
 everything the kernels do not cover: tensors not on the CPU, dtypes other than
 float32/float64, inputs whose dtype differs from the weights (torch then raises its
 own error), empty inputs (T = 0 or B = 0), autocast, TorchScript scripting/tracing,
-torch.compile and functorch transforms (vmap, grad). Shape errors are torch's own
+ONNX export and functorch transforms (vmap, grad). Shape errors are torch's own
 (``check_forward_args``), raised before any kernel runs. ``backend="torch"`` always uses
 torch's implementation. Double backward (``create_graph=True`` then differentiating
-the gradients) raises an error on our path; use ``backend="torch"`` for that.
+the gradients, e.g. a gradient penalty) raises an error naming ``backend="torch"``,
+which computes it. DistributedDataParallel works as with torch's modules
+(tests/test_torch_ddp.py).
 """
 
 import functools
