@@ -85,6 +85,38 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend):
             x.new_empty(T, B, H))
 
 
+@torch.library.custom_op("lstm_fast::direction_inference", mutates_args=())
+def direction_inference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+                        b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+                        reverse: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``direction`` keeping nothing for backward (no gates, no c): (y, h_n, c_n). For calls
+    that need no gradient (no_grad, inference_mode, nothing requiring grad); no autograd."""
+    impl, name = _impl(backend)
+    packed = _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr)
+    T, B = x.shape[0], x.shape[1]
+    nt = backends.threads_for(T, B, x.shape[2], w_hh.shape[0] // 4)
+    y, h_n, c_n, _ = run_forward(impl, packed, _np(x), _np(h0), _np(c0), nt, None, reverse, False)
+    calls["forward"] += 1
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (y, h_n, c_n))
+
+
+@direction_inference.register_fake
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend):
+    T, B = x.shape[0], x.shape[1]
+    G, R = w_hh.shape
+    return x.new_empty(T, B, R), x.new_empty(B, R), x.new_empty(B, G // 4)
+
+
+def run(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend):
+    """(y, h_n, c_n) through ``direction`` when a gradient may be needed, else through
+    ``direction_inference`` (decided while tracing: Dynamo specializes on grad mode and
+    requires_grad)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)):
+        return direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend)[:3]
+    return direction_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend)
+
+
 @torch.library.custom_op("lstm_fast::direction_backward", mutates_args=())
 def direction_backward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                        b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],

@@ -301,7 +301,7 @@ class LSTM(torch.nn.LSTM):
             outs = []
             for d in range(D):
                 k = layer * D + d
-                y, h, c, _, _ = _torch_ops.direction(
+                y, h, c = _torch_ops.run(
                     inp, h0[k], c0[k], *self._direction(flat[k * per:(k + 1) * per]), d == 1,
                     self.backend)
                 outs.append(y)
@@ -573,9 +573,8 @@ class LSTMCell(torch.nn.LSTMCell):
             h0, c0 = hx if dim == 2 else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
         if x.shape[1] != self.weight_ih.shape[1] or h0.shape != (B, H) or c0.shape != (B, H):
             return super().forward(input, hx)
-        _, h, c, _, _ = _torch_ops.direction(x.unsqueeze(0), h0, c0, self.weight_ih,
-                                             self.weight_hh, self.bias_ih, self.bias_hh, None,
-                                             False, self.backend)
+        _, h, c = _torch_ops.run(x.unsqueeze(0), h0, c0, self.weight_ih, self.weight_hh,
+                                 self.bias_ih, self.bias_hh, None, False, self.backend)
         return (h, c) if dim == 2 else (h.squeeze(0), c.squeeze(0))
 
 
