@@ -43,10 +43,11 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-def _pair(dtype, backend="auto", seed=0, **kw):
+def _pair(dtype, backend="auto", seed=0, ref_cls=torch.nn.LSTM, cls=ltorch.LSTM, **kw):
+    """torch's module and ours (``cls``, e.g. ltorch.LSTMCell) with the same weights."""
     torch.manual_seed(seed)
-    ref = torch.nn.LSTM(**kw).to(dtype)
-    ours = ltorch.LSTM(**kw, backend=backend).to(dtype)
+    ref = ref_cls(**kw).to(dtype)
+    ours = cls(**kw, backend=backend).to(dtype)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 
@@ -335,19 +336,31 @@ def test_inplace_change_of_output_is_caught(kernel_calls):
         assert m(x)[0].shape == (5, 2, 4)
 
 
-def test_retain_graph_twice_and_double_backward_error(kernel_calls):
-    m = ltorch.LSTM(3, 4, num_layers=2).double()
+@pytest.mark.parametrize("kind", ("LSTM", "LSTMCell"))
+def test_retain_graph_twice_and_double_backward_error(kind):
+    """First-order gradients with retain_graph and create_graph work; differentiating them
+    (a gradient penalty, w.r.t. the input or the weights) is a clear error naming
+    backend="torch", which then computes it."""
+    torch.manual_seed(0)
+    m = getattr(ltorch, kind)(3, 4).double()
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
-    out, _ = m(x)
+    run = (lambda: m(x)[0]) if kind == "LSTM" else (lambda: m(x[0])[0])  # noqa: E731
+    out = run()
     g1, = torch.autograd.grad(out.sum(), x, retain_graph=True)
     g2, = torch.autograd.grad(out.sum(), x, create_graph=True)
     assert torch.equal(g1, g2)
-    with pytest.raises(RuntimeError, match="once_differentiable|double backward|does not require grad"):
-        g2.sum().backward()
+    for wrt in ("input", "weights"):
+        out = run()
+        grads = torch.autograd.grad(out.pow(2).sum(), x if wrt == "input" else list(m.parameters()),
+                                    create_graph=True)
+        penalty = sum(g.pow(2).sum() for g in grads)
+        with pytest.raises(RuntimeError, match='double backward.*backend="torch"'):
+            penalty.backward()
     m.backend = "torch"          # the documented route for double backward
-    out, _ = m(x)
-    g, = torch.autograd.grad(out.sum(), x, create_graph=True)
-    g.sum().backward()
+    out = run()
+    g, = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+    g.pow(2).sum().backward()
+    assert m.weight_hh_l0.grad is not None if kind == "LSTM" else m.weight_hh.grad is not None
 
 
 def test_module_is_a_torch_lstm_and_imports_real_torch():

@@ -1,0 +1,141 @@
+"""The cell group: one call of an LSTM cell, ``lstm_fast.torch.LSTMCell`` vs ``torch.nn.LSTMCell``
+(same weights, same run), the per-call cost that models stepping by hand (autoregressive
+generation, RL agents, scheduled sampling) pay at every step.
+
+Cases: ``cell_forward`` is one step under ``torch.inference_mode()``; ``cell_train`` is one
+training step of a cell: forward with gradients, then backward of sum(h * dh + c * dc)
+(gradients for the input, the state and the parameters). Shapes (B, I, H) in ``SHAPES``;
+float32, 1 thread. Every benchmark checks its outputs against torch.nn.LSTMCell's first.
+
+    pytest benchmarks/bench_cell.py --benchmark-enable --benchmark-columns=median,iqr,rounds
+"""
+
+import numpy as np
+import pytest
+
+from . import harness
+from .harness import Runner
+
+SHAPES = {"cell64": (1, 64, 64), "cell256": (1, 256, 256)}
+CASES = ("cell_forward", "cell_train")
+DTYPE, THREADS = "float32", 1
+
+
+def competitors():
+    if not harness.have("torch"):
+        return []
+    return [f"lstm_fast.torch[{harness.auto_backend()}]", "torch"]
+
+
+def make_problem(B, I, H, dtype=DTYPE, seed=0):
+    rng = np.random.default_rng(seed)
+    k = 1.0 / np.sqrt(H)
+    u = lambda lim, *s: rng.uniform(-lim, lim, size=s).astype(dtype)  # noqa: E731
+    return dict(state_dict={"weight_ih": u(k, 4 * H, I), "weight_hh": u(k, 4 * H, H),
+                            "bias_ih": u(k, 4 * H), "bias_hh": u(k, 4 * H)},
+                x=u(1.0, B, I), h=u(0.5, B, H), c=u(0.5, B, H), dh=u(1.0, B, H), dc=u(1.0, B, H))
+
+
+def make_runner(name, case, p):
+    import torch
+
+    import lstm_fast.torch
+    harness.set_threads(THREADS)
+    I, H = p["state_dict"]["weight_ih"].shape[1], p["state_dict"]["weight_hh"].shape[1]
+    cell = torch.nn.LSTMCell(I, H) if name == "torch" else lstm_fast.torch.LSTMCell(
+        I, H, backend=harness.backend_of(name))
+    cell.load_state_dict({k: torch.from_numpy(v) for k, v in p["state_dict"].items()})
+    x, h, c, dh, dc = (torch.from_numpy(p[k]) for k in ("x", "h", "c", "dh", "dc"))
+    if case == "cell_forward":
+        def fn():
+            with torch.inference_mode():
+                return cell(x, (h, c))
+        return Runner(name, fn, lambda r: dict(h=r[0].numpy(), c=r[1].numpy()))
+    x, h, c = (t.clone().requires_grad_(True) for t in (x, h, c))
+    leaves = [x, h, c, *cell.parameters()]
+
+    def fn():
+        for t in leaves:
+            t.grad = None
+        h1, c1 = cell(x, (h, c))
+        torch.autograd.backward((h1, c1), (dh, dc))
+        return h1, c1
+
+    def extract(r):
+        out = dict(h=r[0].detach().numpy(), c=r[1].detach().numpy())
+        out.update({f"grad{i}": t.grad.numpy() for i, t in enumerate(leaves)})
+        return out
+    return Runner(name, fn, extract)
+
+
+_problem = harness.last_only(lambda shape: make_problem(*SHAPES[shape]))
+_expected = harness.last_only(
+    lambda case, shape: {k: np.array(v, copy=True)
+                         for k, v in make_runner("torch", case, _problem(shape)).outputs().items()})
+
+
+@pytest.mark.parametrize("competitor", competitors() or [pytest.param(None, marks=pytest.mark.skip(
+    reason="the cell group needs torch"))])
+@pytest.mark.parametrize("cell_shape", list(SHAPES))
+@pytest.mark.parametrize("case", CASES)
+def test_cell(benchmark, case, cell_shape, competitor):
+    shape = cell_shape
+    B, I, H = SHAPES[shape]
+    want = _expected(case, shape)
+    runner = make_runner(competitor, case, _problem(shape))
+    harness.run_benchmark(
+        benchmark, runner, THREADS, lambda got: harness.check(got, want, DTYPE, competitor),
+        group=f"{case} {DTYPE} B,I,H={B},{I},{H} threads={THREADS}",
+        extra=dict(case=case, shape=shape, B=B, I=I, H=H, dtype=DTYPE, threads=THREADS,
+                   competitor=competitor, group="cell"))
+
+
+# --- compiled: a 2-layer LSTM model under torch.compile, ours and torch's ----------------
+
+MODEL = (32, 1, 64, 64)      # T, B, I, H; 2 layers, float32, forward under inference_mode
+MODEL_COMPETITORS = ("lstm_fast.torch", "lstm_fast.torch+compile", "torch", "torch+compile")
+
+
+def make_model_runner(name, p):
+    import torch
+
+    import lstm_fast.torch
+    harness.set_threads(THREADS)
+    T, B, I, H = MODEL
+    cls = torch.nn.LSTM if name.startswith("torch") else lstm_fast.torch.LSTM
+    torch.manual_seed(0)
+    net = torch.nn.Sequential()
+    net.lstm = cls(I, H, num_layers=2)
+    net.eval()
+    fn_net = torch.compile(net.lstm, fullgraph=name.startswith("lstm_fast")) \
+        if name.endswith("+compile") else net.lstm
+    x = torch.from_numpy(p["x"])
+
+    def fn():
+        with torch.inference_mode():
+            return fn_net(x)
+    fn()            # compiles (seconds), outside the check and the timing
+    return Runner(name, fn, lambda r: dict(y=r[0].numpy(), h=r[1][0].numpy(), c=r[1][1].numpy()))
+
+
+_model_problem = harness.last_only(
+    lambda: dict(x=np.random.default_rng(0).uniform(-1, 1, MODEL[:2] + MODEL[2:3]).astype(DTYPE)))
+
+
+@pytest.mark.parametrize("competitor", MODEL_COMPETITORS)
+def test_compiled_model(benchmark, competitor):
+    """2-layer LSTM forward (T, B, I, H = 32, 1, 64, 64): compiled ours (our kernels inside
+    the graph), eager ours, torch eager, torch compiled (Dynamo runs torch's LSTM eagerly:
+    it does not trace RNN modules by default)."""
+    if not harness.have("torch"):
+        pytest.skip("needs torch")
+    if competitor.endswith("+compile") and benchmark.disabled:
+        pytest.skip("compiling takes seconds: timed runs only")
+    T, B, I, H = MODEL
+    want = make_model_runner("torch", _model_problem()).outputs()
+    runner = make_model_runner(competitor, _model_problem())
+    harness.run_benchmark(
+        benchmark, runner, THREADS, lambda got: harness.check(got, want, DTYPE, competitor),
+        group=f"compiled_forward {DTYPE} T,B,I,H={T},{B},{I},{H}x2 threads={THREADS}",
+        extra=dict(case="compiled_forward", T=T, B=B, I=I, H=H, layers=2, dtype=DTYPE,
+                   threads=THREADS, competitor=competitor, group="cell"))

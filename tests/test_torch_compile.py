@@ -1,0 +1,100 @@
+"""torch.compile, torch.export and ONNX export of models holding lstm_fast.torch.LSTM and
+LSTMCell: compiled without a graph break (fullgraph=True) with our kernels running inside the
+compiled graph (the custom operators of lstm_fast._torch_ops), the same outputs and gradients
+as eager; torch.export (strict) records the operators; ONNX export (TorchScript) takes torch's
+path, so the file runs in ONNX Runtime."""
+
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lstm_fast import _torch_ops  # noqa: E402
+from lstm_fast import torch as ltorch  # noqa: E402
+
+from _support import assert_close  # noqa: E402
+from test_torch_module import _one_torch_thread  # noqa: E402,F401
+
+COMPILE_SECONDS = 90     # generous: ~4 s warm on 2 loaded cores, more on a cold inductor cache
+
+
+class Net(torch.nn.Module):
+    def __init__(self, I=3, H=6):
+        super().__init__()
+        self.lstm = ltorch.LSTM(I, H, num_layers=2, batch_first=True, bidirectional=True)
+        self.cell = ltorch.LSTMCell(2 * H, H)
+        self.head = torch.nn.Linear(H, 1)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        state = None
+        for t in range(y.shape[1]):
+            state = self.cell(y[:, t], state)
+        return self.head(state[0])
+
+
+def _net(dtype=torch.float64):
+    torch.manual_seed(0)
+    return Net().to(dtype)
+
+
+def _run(model, x):
+    model.zero_grad()
+    xg = x.clone().requires_grad_(True)
+    out = model(xg)
+    out.pow(2).sum().backward()
+    grads = {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in model.named_parameters()}
+    return out.detach(), xg.grad, grads
+
+
+def test_compile_fullgraph_runs_our_kernels_and_matches_eager():
+    net = _net()
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    before = dict(_torch_ops.calls)
+    t0 = time.perf_counter()
+    compiled = torch.compile(net, fullgraph=True)      # fullgraph: a graph break is an error
+    out, gx, grads = _run(compiled, x)
+    seconds = time.perf_counter() - t0
+    # 2 layers x 2 directions + 5 cell steps, forward and backward, inside the compiled graph
+    assert _torch_ops.calls["forward"] - before["forward"] == 9
+    assert _torch_ops.calls["backward"] - before["backward"] == 9
+    assert seconds < COMPILE_SECONDS
+    e_out, e_gx, e_grads = _run(net, x)
+    assert_close(out.numpy(), e_out.numpy(), np.float64, "output")
+    assert_close(gx.numpy(), e_gx.numpy(), np.float64, "grad x")
+    for name, g in e_grads.items():
+        assert_close(grads[name].numpy(), g.numpy(), np.float64, name)
+    # a weight change after compiling is seen (no stale packing inside the graph)
+    with torch.no_grad():
+        net.lstm.weight_hh_l1.mul_(0.5)
+        net.cell.bias_ih.add_(0.1)
+    assert_close(compiled(x).detach().numpy(), net(x).detach().numpy(), np.float64, "after change")
+
+
+def test_export_strict_records_our_operators():
+    net = _net().eval()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    ep = torch.export.export(net, (x,), strict=True)
+    ops = [n.target for n in ep.graph.nodes if n.op == "call_function"]
+    ours = (torch.ops.lstm_fast.direction.default, torch.ops.lstm_fast.direction_inference.default)
+    assert sum(op in ours for op in ops) == 4 + 4        # 2 layers x 2 directions, 4 cell steps
+    with torch.no_grad():
+        assert_close(ep.module()(x).numpy(), net(x).numpy(), np.float64)
+
+
+def test_onnx_export_is_torchs_lstm_and_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    net = _net(torch.float32).eval()
+    x = torch.randn(2, 4, 3)
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (x,), str(path), dynamo=False, input_names=["x"])
+    import onnx
+    kinds = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "LSTM" in kinds and not any("lstm_fast" in k for k in kinds)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got, = sess.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        assert_close(got, net(x).numpy(), np.float32)
