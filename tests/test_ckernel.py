@@ -24,9 +24,10 @@ LEVELS = _ORDER[:_ORDER.index(ck.cpu_simd_level()) + 1]
 
 @pytest.fixture(params=LEVELS)
 def level(request):
+    before = ck.simd_level()   # the level in force (LSTM_FAST_SIMD may have chosen it), not the CPU's
     ck.set_simd_level(request.param)
     yield request.param
-    ck.set_simd_level(ck.cpu_simd_level())
+    ck.set_simd_level(before)
 
 
 # (T, B, I, H, P, lengths): tails in every dimension at every vector width, either side
@@ -140,11 +141,12 @@ def test_a_pack_keeps_its_level_and_status_codes_become_exceptions():
     with pytest.raises(ValueError):
         ck.set_simd_level("sse9")
     before = ck.forward(packed, p["x"], p["h0"], p["c0"], 1)
+    level_before = ck.simd_level()
     ck.set_simd_level(LEVELS[0])
     try:
         after = ck.forward(packed, p["x"], p["h0"], p["c0"], 1)
     finally:
-        ck.set_simd_level(ck.cpu_simd_level())
+        ck.set_simd_level(level_before)
     assert same_bits(before, after)
     # the kernel's own check of batch_sizes (non-increasing, <= B) is a status code
     x = np.zeros((3, 3))
@@ -234,3 +236,17 @@ def test_gil_released_during_kernel_calls():
         t.join()
         # with the GIL held, this loop could not run until the call returned
         assert ticks > 1000, (name, ticks)
+
+
+def test_the_level_fixtures_restore_the_level_in_force(level):
+    """A test that switches the level in-process gives back the one in force before it, not
+    the CPU's widest: with LSTM_FAST_SIMD=avx2 the rest of the suite must go on at avx2 (a
+    Dask worker started later picks avx2 from the environment, and its bits must match)."""
+    assert ck.simd_level() == level
+
+
+def test_the_level_is_back_after_the_level_tests():
+    """(Runs after this file's level-parametrized tests.)"""
+    import os
+    want = os.environ.get("LSTM_FAST_SIMD", "").strip().lower() or ck.cpu_simd_level()
+    assert ck.simd_level() == want
