@@ -49,6 +49,9 @@ make_venv() {   # make_venv DIR: venv that sees the base's packages but not its 
 build() {   # build VENV BUILD_DIR SANITIZE(ON/OFF)
   local venv=$1 bdir=$2 san=$3
   log "building (LSTM_FAST_SANITIZE=$san) into $venv, build dir $bdir"
+  # an earlier run's package goes first: --ignore-installed writes over it without removing
+  # files, and a stale extension with another suffix (cpython-311 vs abi3) would be imported
+  rm -rf "$venv"/lib/python*/site-packages/lstm_fast "$venv"/lib/python*/site-packages/lstm_fast-*.dist-info
   "$venv/bin/python" -m pip install --quiet --no-build-isolation --no-deps --ignore-installed \
       --disable-pip-version-check "$REPO" -Cbuild-dir="$bdir" \
       -Ccmake.define.LSTM_FAST_SANITIZE="$san" > "$SAN_DIR/pip-$san.log" 2>&1 ||
