@@ -134,6 +134,34 @@ def weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     return w_ih, w_hh, b, w_hr, dtype, I, H, R
 
 
+def check_clip(value, name):
+    """A clip bound of the LSTM variants: None or 0 (off), else a finite number > 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name} must be None or 0 (off) or a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def variant(dtype, H, w_ci=None, w_cf=None, w_co=None, clip=None, cell_clip=None):
+    """The variants of one layer-direction (issue 15) as a ``backends.Variant``, or None when
+    all are off: peephole weights w_ci, w_cf, w_co (H,) each, all three or none, stacked
+    (3, H); clip and cell_clip bounds (see ``check_clip``)."""
+    from .backends import Variant
+    clip, cell_clip = check_clip(clip, "clip"), check_clip(cell_clip, "cell_clip")
+    given = [w is not None for w in (w_ci, w_cf, w_co)]
+    if any(given) and not all(given):
+        raise ValueError("the peephole weights w_ci, w_cf, w_co must all be given or all be None")
+    peep = None
+    if all(given):
+        peep = np.stack([as_array(w, n, dtype, (H,), "(H,) = ({},)")
+                         for w, n in ((w_ci, "w_ci"), (w_cf, "w_cf"), (w_co, "w_co"))])
+    if peep is None and not clip and not cell_clip:
+        return None
+    return Variant(peep, clip, cell_clip)
+
+
 def sequence(x, name, dtype, I):
     """x of shape (T, B, I)."""
     if type(x) is np.ndarray and x.dtype is dtype and x.ndim == 3 and x.shape[2] == I \
