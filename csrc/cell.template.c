@@ -30,6 +30,7 @@ typedef struct {
     const TYPE *peep;   /* [3,H] w_ci, w_cf, w_co, or NULL */
     TYPE clip;          /* > 0: gate pre-activations clamped to [-clip, clip] */
     TYPE cell_clip;     /* > 0: c_t clamped to [-cell_clip, cell_clip] */
+    int cifg;           /* 1: coupled gates, f = 1 - i (f's products unused) */
 } FN(fwd_cell_args);
 
 /* x clamped to [-b, b] (b > 0; NaN stays NaN) */
@@ -69,7 +70,8 @@ INLINE void FN(fwd_cell_var)(const FN(fwd_cell_args) *a, int mr, int nb, int64_t
             zf = FN(vclamp)(zf, clip);
             zg = FN(vclamp)(zg, clip);
         }
-        vec i = vsigmoid(zi), f = vsigmoid(zf), g = vtanh(zg);
+        vec i = vsigmoid(zi), g = vtanh(zg);
+        vec f = a->cifg ? 1 - i : vsigmoid(zf);
         vstore(ac, i);
         vstore(ac + V, f);
         vstore(ac + 2 * V, g);
@@ -167,6 +169,7 @@ typedef struct {
     int var;
     const TYPE *peep;   /* [3,H] w_ci, w_cf, w_co, or NULL */
     TYPE clip, cell_clip;
+    int cifg;           /* 1: f = 1 - i: f's gradient goes to i */
     TYPE *dpeep;        /* [3,H] with peep: their gradients are added to it */
 } FN(bwd_cell_args);
 
@@ -216,11 +219,18 @@ INLINE void FN(bwd_cell_var)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t
                 vec cb = vset1(cell_clip);
                 dcv = vselect((craw > cb) | (craw < -cb), (vec){0}, dcv);
             }
-            vec dgi = dcv * g * i * (1 - i), dgf = dcv * cp * f * (1 - f);
-            vec dgg = dcv * i * (1 - g * g);
+            vec dgi, dgf, dgg = dcv * i * (1 - g * g);
+            if (a->cifg) {   /* dL/di = dc*g - dc*c_{t-1} (through f = 1 - i) */
+                dgi = dcv * (g - cp) * i * (1 - i);
+                dgf = (vec){0};
+            } else {
+                dgi = dcv * g * i * (1 - i);
+                dgf = dcv * cp * f * (1 - f);
+            }
             if (clip > 0) {
                 dgi = FN(clip_keep)(dgi, i, slo, shi);
-                dgf = FN(clip_keep)(dgf, f, slo, shi);
+                if (!a->cifg)
+                    dgf = FN(clip_keep)(dgf, f, slo, shi);
                 dgg = FN(clip_keep)(dgg, g, tlo, thi);
             }
             TYPE *dgr = a->dg + row * a->ldg + off;

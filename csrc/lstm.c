@@ -169,7 +169,7 @@ static int variant_ok(const lstm_variant *v)
 /* NULL when every variant is off: the plain cells (the same bits as lstm_forward_X). */
 static const lstm_variant *variant_or_null(const lstm_variant *v)
 {
-    return v && (v->peephole || v->clip > 0 || v->cell_clip > 0) ? v : NULL;
+    return v && (v->peephole || v->clip > 0 || v->cell_clip > 0 || v->cifg) ? v : NULL;
 }
 
 #define DEFINE_PUBLIC(SFXT, TYPE)                                                            \

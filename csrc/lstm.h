@@ -182,13 +182,17 @@ int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, con
  *   o = sigmoid(clip(z_o + w_co*c_t))       h = o*tanh(c_t)
  * clip(z) clamps to [-clip, clip] (ONNX LSTM's clip), cell_clip(z) to
  * [-cell_clip, cell_clip] (TensorFlow's cell_clip; the clamped c_t is the state
- * carried and saved). Backward: zero gradient where clamped; a gate is taken
+ * carried and saved). cifg: f = 1 - i instead (w_cf unused). Backward: zero
+ * gradient where clamped; a gate is taken
  * as clamped where its saved activation is at or beyond act(+-clip) (its
  * pre-activation is not saved), c_t where |f*c_{t-1} + i*g| > cell_clip. */
 typedef struct {
     const void *peephole;  /* [3,H] rows w_ci, w_cf, w_co (the call's element type), or NULL */
     double clip;           /* > 0: gate pre-activation clip; 0: off */
     double cell_clip;      /* > 0: cell-state clip; 0: off */
+    int cifg;              /* 1: coupled input and forget gates, f = 1 - i (ONNX input_forget,
+                              as ONNX Runtime computes it); the f rows of the weights are
+                              not used (pass zeros) and get zero gradients */
 } lstm_variant;
 
 /* As lstm_forward_X, plus variant (NULL: plain). LSTM_ERR_ARG for a negative or

@@ -77,7 +77,16 @@ typedef struct {
 } FN(fwd_ctx);
 
 /* The variant fields of a cell's arguments from v (NULL: plain, var 0). */
-#define SET_CELL_VARIANT(ca, v)                                                                  do {                                                                                             if (v) {                                                                                         (ca).var = 1;                                                                                (ca).peep = (const TYPE *)(v)->peephole;                                                     (ca).clip = (TYPE)(v)->clip;                                                                 (ca).cell_clip = (TYPE)(v)->cell_clip;                                                   }                                                                                        } while (0)
+#define SET_CELL_VARIANT(ca, v)                                                              \
+    do {                                                                                     \
+        if (v) {                                                                             \
+            (ca).var = 1;                                                                    \
+            (ca).peep = (const TYPE *)(v)->peephole;                                         \
+            (ca).clip = (TYPE)(v)->clip;                                                     \
+            (ca).cell_clip = (TYPE)(v)->cell_clip;                                           \
+            (ca).cifg = (v)->cifg;                                                           \
+        }                                                                                    \
+    } while (0)
 
 /* Prefetch row k of the packed step weights at pf (4 vectors) into L2. */
 INLINE void FN(prefetch_row)(const TYPE *pf, int64_t k)

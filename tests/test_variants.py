@@ -1,5 +1,5 @@
-"""LSTM variants of issue 15 (peepholes, gate pre-activation clip, cell clip, forget-gate bias
-initialisation) on every backend: each backend equals the NumPy reference (evaluated in
+"""LSTM variants of issue 15 (peepholes, gate pre-activation clip, cell clip, coupled input and
+forget gates (CIFG), forget-gate bias initialisation) on every backend: each backend equals the NumPy reference (evaluated in
 float64 on the same values) for outputs, final states and every gradient, the peephole
 weights' included; the reference's gradients equal finite differences in float64; bits do
 not depend on the thread count or on chunking; the options of ``lstm_forward`` and ``LSTM``
@@ -23,6 +23,9 @@ VARIANTS = {
     "clip": dict(clip=0.5),
     "cell_clip": dict(cell_clip=0.3),
     "all": dict(peephole=True, clip=0.5, cell_clip=0.3),
+    "cifg": dict(cifg=True),
+    "onnx": dict(peephole=True, clip=0.5, cifg=True),        # what ONNX allows together
+    "everything": dict(peephole=True, clip=0.5, cell_clip=0.3, cifg=True),
 }
 
 SHAPES = [  # (T, B, I, H)
@@ -45,11 +48,17 @@ def _lengths(T, B):
 
 
 def variant_problem(T, B, I, H, P, lengths, dtype, seed, opts):
-    """contract_problem plus the variant (peephole (3, H) weights at the weights' scale)."""
+    """contract_problem plus the variant (peephole (3, H) weights of order 1). Coupled gates:
+    the kernels' 4H rows with the f rows zero (the contract's form of 3H weights)."""
     p = contract_problem(T, B, I, H, P, lengths, dtype, seed)
     rng = np.random.default_rng(seed + 1)
     peep = rng.uniform(-1, 1, (3, H)).astype(dtype) if opts.get("peephole") else None
-    p["variant"] = Variant(peep, opts.get("clip", 0.0), opts.get("cell_clip", 0.0))
+    p["variant"] = Variant(peep, opts.get("clip", 0.0), opts.get("cell_clip", 0.0),
+                           opts.get("cifg", False))
+    if opts.get("cifg"):
+        for w in p["w"][:3]:
+            if w is not None:
+                w[H:2 * H] = 0
     return p
 
 
@@ -70,7 +79,7 @@ def reference64(p):
     q = {k: (tuple(map(f64, v)) if k == "w" else v if k == "batch_sizes" else f64(v))
          for k, v in p.items() if k != "variant"}
     v = p["variant"]
-    q["variant"] = Variant(f64(v.peephole), v.clip, v.cell_clip)
+    q["variant"] = Variant(f64(v.peephole), v.clip, v.cell_clip, v.cifg)
     return run_variant(ref, q)
 
 
@@ -184,13 +193,14 @@ def test_gradients_match_finite_differences(impl, variant):
     opts = VARIANTS[variant]
     rng = np.random.default_rng(7)
     T, B, I, H = 4, 3, 2, 3
+    G = (3 if opts.get("cifg") else 4) * H
     u = lambda *s: rng.uniform(-1, 1, s)
-    a = dict(x=u(T, B, I), w_ih=u(4 * H, I), w_hh=u(4 * H, H), b_ih=u(4 * H), b_hh=u(4 * H),
+    a = dict(x=u(T, B, I), w_ih=u(G, I), w_hh=u(G, H), b_ih=u(G), b_hh=u(G),
              h0=u(B, H), c0=u(B, H))
     if opts.get("peephole"):
         a.update(w_ci=u(H), w_cf=u(H), w_co=u(H))
     kw = dict(clip=opts.get("clip"), cell_clip=opts.get("cell_clip"),
-              backend=backends.name_of(impl))
+              cifg=opts.get("cifg", False), backend=backends.name_of(impl))
     dy, dh_n, dc_n = u(T, B, H), u(B, H), u(B, H)
 
     def loss():
@@ -215,6 +225,8 @@ def test_gradients_match_finite_differences(impl, variant):
         np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-7, err_msg=name)
     if not opts.get("peephole"):
         assert g.dw_ci is None and g.dw_cf is None and g.dw_co is None
+    elif opts.get("cifg"):
+        assert not np.any(g.dw_cf)        # f = 1 - i: w_cf is not used
 
 
 # --- the functional API and the layer -----------------------------------------------------
@@ -280,6 +292,8 @@ def test_forget_bias_initialises_the_forget_slice():
         lstm_fast.LSTM(3, 5, bias=False, forget_bias=1.0)
     with pytest.raises(ValueError, match="forget_bias"):
         lstm_fast.LSTM(3, 5, forget_bias=float("nan"))
+    with pytest.raises(ValueError, match="forget_bias: with cifg=True there is no forget gate"):
+        lstm_fast.LSTM(3, 5, cifg=True, forget_bias=1.0)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -338,6 +352,33 @@ def test_bad_peephole_weights_are_errors_naming_them():
         lstm_fast.lstm_forward(x, w_ih, w_hh, w_ci=np.zeros(3))
     with pytest.raises(TypeError, match="peephole must be a bool"):
         lstm_fast.LSTM(2, 3, peephole=1)
+
+
+def test_cifg_weights_have_3h_rows():
+    layer = lstm_fast.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, cifg=True)
+    shapes = {k: v.shape for k, v in layer.state_dict().items()}
+    assert shapes["weight_ih_l0"] == (15, 3) and shapes["weight_hh_l1_reverse"] == (15, 2)
+    assert shapes["bias_ih_l1"] == (15,) and shapes["weight_hr_l0"] == (2, 5)
+    x, h = np.ones((2, 1, 2)), 3
+    with pytest.raises(ValueError, match=r"cifg=True: w_ih must have 3\*H = 9 rows \(gates i, g, o; "
+                                         r"f = 1 - i\), got shape \(12, 2\)"):
+        lstm_fast.lstm_forward(x, np.zeros((4 * h, 2)), np.zeros((3 * h, h)), cifg=True)
+    with pytest.raises(ValueError, match=r"cifg=True: w_hh must have 3\*H = 9 rows"):
+        lstm_fast.lstm_forward(x, np.zeros((3 * h, 2)), np.zeros((4 * h, h)), cifg=True)
+    with pytest.raises(ValueError, match=r"w_ih must have shape \(4\*H, I\)"):
+        lstm_fast.lstm_forward(x, np.zeros((3 * h, 2)), np.zeros((3 * h, h)))
+    with pytest.raises(TypeError, match="cifg must be a bool"):
+        lstm_fast.lstm_forward(x, np.zeros((3 * h, 2)), np.zeros((3 * h, h)), cifg=1)
+
+
+def test_cifg_forget_gate_is_one_minus_input_gate():
+    rng = np.random.default_rng(0)
+    H = 4
+    y, h_n, c_n, cache = lstm_fast.lstm_forward(rng.uniform(-1, 1, (3, 2, 5)),
+                                                rng.uniform(-1, 1, (3 * H, 5)),
+                                                rng.uniform(-1, 1, (3 * H, H)), cifg=True)
+    gates = cache.gates
+    np.testing.assert_allclose(gates[..., H:2 * H], 1 - gates[..., :H], rtol=0, atol=1e-15)
 
 
 def test_c_kernel_rejects_a_negative_clip():

@@ -24,14 +24,16 @@ STRUCTURES = [(1, False), (1, True), (2, False), (2, True)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("peephole,clip", [(True, None), (False, 0.7), (True, 0.7)],
-                         ids=["peephole", "clip", "peephole+clip"])   # plain: test_adapters.py
+@pytest.mark.parametrize("peephole,clip,cifg", [
+    (True, None, False), (False, 0.7, False), (False, None, True), (True, 0.7, False),
+    (True, 0.7, True)], ids=["peephole", "clip", "cifg", "peephole+clip", "peephole+clip+cifg"])
 @pytest.mark.parametrize("num_layers,bidirectional", STRUCTURES)
-def test_onnx_runtime_equals_our_layer(num_layers, bidirectional, peephole, clip, backend):
+def test_onnx_runtime_equals_our_layer(num_layers, bidirectional, peephole, clip, cifg, backend):
+    """(The plain LSTM: test_adapters.py.)"""
     T, B, I, H = 6, 4, 3, 5
     D = 2 if bidirectional else 1
     layer = lstm_fast.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional,
-                           peephole=peephole, clip=clip, seed=3, backend=backend)
+                           peephole=peephole, clip=clip, cifg=cifg, seed=3, backend=backend)
     if peephole:   # peephole weights of order 1, so that they matter
         with layer.unlocked_parameters() as params:
             for name in params:
@@ -42,6 +44,8 @@ def test_onnx_runtime_equals_our_layer(num_layers, bidirectional, peephole, clip
     assert len(lstm_nodes) == num_layers
     assert all((len(n.input) == 8) == peephole for n in lstm_nodes)
     assert all(any(a.name == "clip" for a in n.attribute) == (clip is not None) for n in lstm_nodes)
+    assert all(any(a.name == "input_forget" and a.i == 1 for a in n.attribute) == cifg
+               for n in lstm_nodes)
     rng = np.random.default_rng(4)
     x = (2 * rng.standard_normal((T, B, I))).astype(np.float32)
     h0, c0 = (rng.standard_normal((num_layers * D, B, H)).astype(np.float32) for _ in range(2))
@@ -65,21 +69,22 @@ def test_onnx_runtime_equals_our_layer(num_layers, bidirectional, peephole, clip
         assert np.abs(Y3 - Y).max() > 1e-3
 
 
+@pytest.mark.parametrize("cifg", [False, True])
 @pytest.mark.parametrize("num_layers,bidirectional", STRUCTURES)
-def test_peepholes_and_clip_round_trip_through_onnx(num_layers, bidirectional):
+def test_peepholes_and_clip_round_trip_through_onnx(num_layers, bidirectional, cifg):
     layer = lstm_fast.LSTM(3, 4, num_layers=num_layers, bidirectional=bidirectional,
-                           peephole=True, clip=1.5, seed=0)
+                           peephole=True, clip=1.5, cifg=cifg, seed=0)
     sd = layer.state_dict()
     nodes = adapters.to_onnx(sd)
     assert all(n["P"].shape == (2 if bidirectional else 1, 12) for n in nodes)
-    back = adapters.from_onnx(nodes)
+    back = adapters.from_onnx(nodes, input_forget=cifg)
     assert list(back) == list(sd)
     assert all(np.array_equal(back[k], sd[k]) for k in sd)
     sd2, options = adapters.from_onnx_model(adapters.to_onnx_model(sd, clip=1.5))
     assert options == {"clip": 1.5}
     assert list(sd2) == list(sd) and all(np.array_equal(sd2[k], sd[k]) for k in sd)
     cfg = adapters.describe(sd2)
-    assert cfg.peephole
+    assert cfg.peephole and cfg.cifg == cifg
     again = lstm_fast.LSTM(**cfg._asdict(), **options)
     again.load_state_dict(sd2)
     x = np.ones((2, 1, 3), np.float32)
@@ -116,5 +121,9 @@ def test_errors_name_the_variant():
     model = adapters.to_onnx_model(full)
     lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
     lstm.attribute.append(helper.make_attribute("input_forget", 1))
-    with pytest.raises(ValueError, match="input_forget=1 is not implemented"):
+    lstm.attribute.append(helper.make_attribute("layout", 1))
+    with pytest.raises(ValueError, match="layout=1 is not implemented"):
         adapters.from_onnx_model(model)
+    cifg = lstm_fast.LSTM(2, 3, cifg=True).state_dict()
+    with pytest.raises(ValueError, match="coupled input and forget gates.*Keras LSTMs have none"):
+        adapters.to_keras(cifg)

@@ -5,8 +5,11 @@ Layer k (0-based), direction d (1 = reverse) has ``weight_ih_l{k}`` (4H, I_k),
 ``weight_hr_l{k}`` (P, H) with a projection, each with the suffix ``_reverse`` for
 d = 1; I_0 = input_size, I_k = D*R above; R = P if P > 0 else H; torch's order.
 With peepholes (issue 15; torch has none) also ``weight_ci_l{k}``, ``weight_cf_l{k}``,
-``weight_co_l{k}`` (H,) each, after torch's names of the same layer-direction.
+``weight_co_l{k}`` (H,) each, after torch's names of the same layer-direction. With coupled
+input and forget gates (cifg) the gate rows are 3H (i, g, o) instead of 4H.
 """
+
+import numpy as np
 
 KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 PEEPHOLE_KINDS = ("weight_ci", "weight_cf", "weight_co")
@@ -39,24 +42,46 @@ def state_dict_names(num_layers, bidirectional, bias, proj_size, peephole=False)
             for name in direction_names(layer, d, bias, proj_size, peephole)]
 
 
-def shapes(input_size, hidden_size, num_layers, bidirectional, bias, proj_size, peephole=False):
+def shapes(input_size, hidden_size, num_layers, bidirectional, bias, proj_size, peephole=False,
+           cifg=False):
     """(name, shape) of every parameter: torch's in torch's order, then (with peepholes)
     the peephole weights of every layer-direction, so that torch's draw the same initial
     values from a seed with or without them."""
     H, P, D = hidden_size, proj_size, 2 if bidirectional else 1
     R = P or H
+    G = (3 if cifg else 4) * H
     for layer in range(num_layers):
         I = input_size if layer == 0 else D * R
         for d in range(D):
             for name in direction_names(layer, d, bias, proj_size):
                 kind = name.rsplit("_l", 1)[0]
-                yield name, {"weight_ih": (4 * H, I), "weight_hh": (4 * H, R), "bias_ih": (4 * H,),
-                             "bias_hh": (4 * H,), "weight_hr": (P, H)}[kind]
+                yield name, {"weight_ih": (G, I), "weight_hh": (G, R), "bias_ih": (G,),
+                             "bias_hh": (G,), "weight_hr": (P, H)}[kind]
     if peephole:
         for layer in range(num_layers):
             for d in range(D):
                 for kind in PEEPHOLE_KINDS:
                     yield kind + suffix(layer, d), (H,)
+
+
+def cifg_expand(w):
+    """Coupled gates: (3H, ...) rows i, g, o -> the kernels' (4H, ...) rows i, f, g, o with
+    the f rows zero (the kernels compute f = 1 - i and never read them)."""
+    if w is None:
+        return None
+    H = w.shape[0] // 3
+    out = np.zeros((4 * H,) + w.shape[1:], w.dtype)
+    out[:H] = w[:H]
+    out[2 * H:] = w[H:]
+    return out
+
+
+def cifg_compress(g):
+    """The kernels' (4H, ...) gradient rows i, f, g, o -> (3H, ...) rows i, g, o (f's are 0)."""
+    if g is None:
+        return None
+    H = g.shape[0] // 4
+    return np.concatenate([g[:H], g[2 * H:]])
 
 
 def bias_grads(db):

@@ -144,7 +144,26 @@ def check_clip(value, name):
     return float(value)
 
 
-def variant(dtype, H, w_ci=None, w_cf=None, w_co=None, clip=None, cell_clip=None):
+def cifg_weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
+    """``weights`` for coupled input and forget gates: (3H, .) rows i, g, o (H from w_hr's
+    columns with a projection, else from w_hh's), handed on as the kernels' 4H rows (the f
+    rows zero, ``_params.cifg_expand``)."""
+    from ._params import cifg_expand
+    w_hh = to_numpy(w_hh)
+    H = to_numpy(w_hr).shape[-1] if w_hr is not None else (w_hh.shape[-1] if w_hh.ndim else 0)
+    arrays = []
+    for name, a in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        if a is not None:
+            a = to_numpy(a)
+            if a.ndim == 0 or a.shape[0] != 3 * H:
+                raise ValueError(f"cifg=True: {name} must have 3*H = {3 * H} rows (gates i, g, o; "
+                                 f"f = 1 - i), got shape {_fmt(a.shape)}")
+            a = cifg_expand(a)
+        arrays.append(a)
+    return weights(*arrays, w_hr)
+
+
+def variant(dtype, H, w_ci=None, w_cf=None, w_co=None, clip=None, cell_clip=None, cifg=False):
     """The variants of one layer-direction (issue 15) as a ``backends.Variant``, or None when
     all are off: peephole weights w_ci, w_cf, w_co (H,) each, all three or none, stacked
     (3, H); clip and cell_clip bounds (see ``check_clip``)."""
@@ -157,9 +176,9 @@ def variant(dtype, H, w_ci=None, w_cf=None, w_co=None, clip=None, cell_clip=None
     if all(given):
         peep = np.stack([as_array(w, n, dtype, (H,), "(H,) = ({},)")
                          for w, n in ((w_ci, "w_ci"), (w_cf, "w_cf"), (w_co, "w_co"))])
-    if peep is None and not clip and not cell_clip:
+    if peep is None and not clip and not cell_clip and not cifg:
         return None
-    return Variant(peep, clip, cell_clip)
+    return Variant(peep, clip, cell_clip, bool(cifg))
 
 
 def sequence(x, name, dtype, I):

@@ -69,6 +69,8 @@ class LSTMConfig(NamedTuple):
         P, 0 without a projection.
     peephole : bool
         Peephole weights present (``LSTM(peephole=True)``).
+    cifg : bool
+        Coupled input and forget gates (``LSTM(cifg=True)``: 3H gate rows).
 
     Examples
     --------
@@ -76,7 +78,7 @@ class LSTMConfig(NamedTuple):
     >>> cfg = adapters.describe(lstm_fast.LSTM(3, 4, proj_size=2).state_dict())
     >>> cfg.hidden_size, cfg.proj_size, cfg._asdict() == dict(
     ...     input_size=3, hidden_size=4, num_layers=1, bidirectional=False, bias=True, proj_size=2,
-    ...     peephole=False)
+    ...     peephole=False, cifg=False)
     (4, 2, True)
     """
     input_size: int
@@ -86,6 +88,7 @@ class LSTMConfig(NamedTuple):
     bias: bool
     proj_size: int
     peephole: bool = False
+    cifg: bool = False
 
 
 def _array(value, name):
@@ -105,7 +108,8 @@ def _keys(cfg):
 def _shapes(cfg):
     """(name, shape) of every parameter of ``cfg`` in the order of ``LSTM.state_dict()``."""
     shapes = dict(_params.shapes(cfg.input_size, cfg.hidden_size, cfg.num_layers,
-                                 cfg.bidirectional, cfg.bias, cfg.proj_size, cfg.peephole))
+                                 cfg.bidirectional, cfg.bias, cfg.proj_size, cfg.peephole,
+                                 cfg.cifg))
     return [(name, shapes[name]) for name in _params.state_dict_names(
         cfg.num_layers, cfg.bidirectional, cfg.bias, cfg.proj_size, cfg.peephole)]
 
@@ -134,7 +138,7 @@ def describe(state_dict):
     --------
     >>> from lstm_fast import adapters
     >>> adapters.describe(lstm_fast.LSTM(3, 4, num_layers=2, bidirectional=True).state_dict())
-    LSTMConfig(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, bias=True, proj_size=0, peephole=False)
+    LSTMConfig(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, bias=True, proj_size=0, peephole=False, cifg=False)
     >>> adapters.describe({"weight_ih_l0": np.zeros((16, 3)), "weight_hh_l0": np.zeros((16, 5))})
     Traceback (most recent call last):
     ...
@@ -153,12 +157,15 @@ def describe(state_dict):
         raise KeyError("state_dict has no weight_ih_l0 / weight_hh_l0: not an LSTM state_dict")
     w_hh = _array(state_dict["weight_hh_l0"], "weight_hh_l0")
     w_ih = _array(state_dict["weight_ih_l0"], "weight_ih_l0")
-    if w_hh.ndim != 2 or w_hh.shape[0] % 4 or w_hh.shape[0] == 0:
+    hr = _array(state_dict["weight_hr_l0"], "weight_hr_l0") if "weight_hr_l0" in state_dict else None
+    width = hr.shape[-1] if hr is not None and hr.ndim else (w_hh.shape[-1] if w_hh.ndim else 0)
+    cifg = w_hh.ndim == 2 and width > 0 and w_hh.shape[0] == 3 * width   # gates i, g, o
+    if not cifg and (w_hh.ndim != 2 or w_hh.shape[0] % 4 or w_hh.shape[0] == 0):
         raise ValueError(f"weight_hh_l0 must have shape (4*hidden_size, hidden_size or proj_size), "
                          f"got {w_hh.shape}")
     if w_ih.ndim != 2:
         raise ValueError(f"weight_ih_l0 must have shape (4*hidden_size, input_size), got {w_ih.shape}")
-    H = w_hh.shape[0] // 4
+    H = w_hh.shape[0] // (3 if cifg else 4)
     P = 0
     if "weight_hr_l0" in state_dict:
         P = _array(state_dict["weight_hr_l0"], "weight_hr_l0").shape[0]
@@ -167,7 +174,7 @@ def describe(state_dict):
         num_layers=1 + max(int(m.group(2)) for m in parsed.values()),
         bidirectional=any(m.group(3) for m in parsed.values()),
         bias="bias_ih_l0" in state_dict or "bias_hh_l0" in state_dict, proj_size=P,
-        peephole=any(m.group(1) in _params.PEEPHOLE_KINDS for m in parsed.values()))
+        peephole=any(m.group(1) in _params.PEEPHOLE_KINDS for m in parsed.values()), cifg=cifg)
     expected = dict(_shapes(cfg))
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -189,6 +196,9 @@ def _check(cfg, num_layers, bidirectional, fmt):
                          f"{'bi' if cfg.bidirectional else 'uni'}directional")
     if cfg.proj_size:
         raise ValueError(f"proj_size={cfg.proj_size}: {fmt} LSTMs have no projection")
+    if cfg.cifg and fmt != "ONNX":
+        raise ValueError(f"the state_dict has coupled input and forget gates (3H gate rows): "
+                         f"{fmt} LSTMs have none")
     if cfg.peephole and fmt != "ONNX":
         raise ValueError(f"the state_dict has peephole weights (weight_ci_l0, ...): {fmt} LSTMs "
                          f"have none")
@@ -262,9 +272,9 @@ def to_torch(state_dict, dtype=None):
     import torch
 
     cfg = describe(state_dict)
-    if cfg.peephole:
-        raise ValueError("the state_dict has peephole weights (weight_ci_l0, ...): "
-                         "torch.nn.LSTM has none")
+    if cfg.peephole or cfg.cifg:
+        raise ValueError("the state_dict has peephole weights (weight_ci_l0, ...) or coupled "
+                         "gates (3H rows): torch.nn.LSTM has neither")
     out = {}
     for k in _keys(cfg):
         t = torch.from_numpy(np.array(_array(state_dict[k], k), order="C", copy=True))
@@ -409,7 +419,9 @@ def to_onnx(state_dict, num_layers=None, bidirectional=None):
     W (D, 4H, I), R (D, 4H, H), B (D, 8H) = [input biases, recurrent biases],
     gates in ONNX's order i, o, f, c; D = 2 (forward, reverse) if bidirectional.
     Without biases there is no "B" (ONNX then uses zeros). With peepholes also
-    P (D, 3H) = [weight_ci, weight_co, weight_cf] (ONNX's order i, o, f).
+    P (D, 3H) = [weight_ci, weight_co, weight_cf] (ONNX's order i, o, f). Coupled
+    gates (3H rows) are written as ONNX's 4H with zero f rows, for a node with
+    ``input_forget=1`` (ONNX Runtime does not use them).
 
     Parameters
     ----------
@@ -447,11 +459,13 @@ def to_onnx(state_dict, num_layers=None, bidirectional=None):
         W, R, B = [], [], []
         for d in range(2 if cfg.bidirectional else 1):
             s = _params.suffix(layer, d)
-            W.append(_gates(_array(state_dict["weight_ih" + s], "weight_ih" + s), _TORCH_TO_ONNX))
-            R.append(_gates(_array(state_dict["weight_hh" + s], "weight_hh" + s), _TORCH_TO_ONNX))
+            get = (lambda k: _params.cifg_expand(_array(state_dict[k], k))) if cfg.cifg else \
+                (lambda k: _array(state_dict[k], k))
+            W.append(_gates(get("weight_ih" + s), _TORCH_TO_ONNX))
+            R.append(_gates(get("weight_hh" + s), _TORCH_TO_ONNX))
             if cfg.bias:
                 B.append(np.concatenate(
-                    [_gates(_array(state_dict[k + s], k + s), _TORCH_TO_ONNX) for k in ("bias_ih", "bias_hh")]))
+                    [_gates(get(k + s), _TORCH_TO_ONNX) for k in ("bias_ih", "bias_hh")]))
         node = {"W": np.stack(W), "R": np.stack(R)}
         if cfg.bias:
             node["B"] = np.stack(B)
@@ -464,7 +478,7 @@ def to_onnx(state_dict, num_layers=None, bidirectional=None):
     return layers
 
 
-def from_onnx(layers):
+def from_onnx(layers, input_forget=False):
     """A torch-named state_dict from ONNX LSTM initializers (as ``to_onnx`` returns).
 
     Each layer is a dict with "W", "R" and optionally "B" and "P" (peepholes
@@ -478,6 +492,9 @@ def from_onnx(layers):
     ----------
     layers : list of dict or list of tuple
         One node's initializers per layer, as `to_onnx` returns.
+    input_forget : bool, optional
+        The nodes' ``input_forget`` attribute: coupled gates (f = 1 - i); the f rows
+        (unused) are dropped, giving 3H gate rows (``LSTM(cifg=True)``).
 
     Returns
     -------
@@ -549,8 +566,14 @@ def from_onnx(layers):
                 for k, kind in enumerate(("weight_ci", "weight_co", "weight_cf")):
                     out[kind + s] = np.array(P[k * H:(k + 1) * H])
         out = {name: out[name] for name, _ in _shapes(describe(out))}   # torch's order
+    if input_forget:
+        out = {k: _params.cifg_compress(v) if k.split("_l")[0] in KINDS_GATES else v
+               for k, v in out.items()}
     describe(out)
     return out
+
+
+KINDS_GATES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")   # gate rows: 3H with cifg
 
 
 def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="lstm", clip=None):
@@ -578,7 +601,8 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
     clip : float or None, optional
         The gate pre-activation clip of ``LSTM(clip=...)``: every LSTM node's
         ``clip`` attribute. None: no clip. Peephole weights in the state_dict
-        become each node's ``P`` input.
+        become each node's ``P`` input, coupled gates (3H rows) its
+        ``input_forget=1``.
 
     Returns
     -------
@@ -637,7 +661,7 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
                      "sequence_lens" if lengths else ""] + states + ([p + "P"] if "P" in node else []),
             [p + "Y"] + (["Y_h", "Y_c"] if single else [p + "Y_h", p + "Y_c"]), hidden_size=H,
             direction="bidirectional" if D == 2 else "forward", name=p + "lstm",
-            **({"clip": clip} if clip else {})))
+            **({"clip": clip} if clip else {}), **({"input_forget": 1} if cfg.cifg else {})))
         x = "Y" if layer == cfg.num_layers - 1 else p + "out"
         if D == 1:
             nodes.append(helper.make_node("Squeeze", [p + "Y", "axis1"], [x]))
@@ -663,9 +687,10 @@ def from_onnx_model(model):
     nodes, as `to_onnx_model` builds).
 
     The LSTM nodes are taken in graph order, one per layer; their W, R, B and P must be
-    initializers. The attributes this library has are imported (``clip``); any other
-    than the defaults (activations sigmoid/tanh/tanh, input_forget 0, layout 0,
-    direction forward or bidirectional) is an error.
+    initializers. The attributes this library has are imported (``clip``;
+    ``input_forget``: coupled gates, the state_dict then has 3H gate rows); any other
+    than the defaults (activations sigmoid/tanh/tanh, layout 0, direction forward or
+    bidirectional) is an error.
 
     Parameters
     ----------
@@ -704,7 +729,7 @@ def from_onnx_model(model):
     nodes = [n for n in graph.node if n.op_type == "LSTM"]
     if not nodes:
         raise ValueError("the model has no LSTM node")
-    layers, clips = [], set()
+    layers, clips, forgets = [], set(), set()
     for layer, node in enumerate(nodes):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         acts = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
@@ -712,9 +737,9 @@ def from_onnx_model(model):
                                                        ["sigmoid", "tanh", "tanh"] * 2):
             raise ValueError(f"layer {layer}: activations {acts} are not implemented "
                              f"(only sigmoid, tanh, tanh)")
-        for key, default in (("input_forget", 0), ("layout", 0)):
-            if attrs.get(key, default) != default:
-                raise ValueError(f"layer {layer}: {key}={attrs[key]} is not implemented")
+        if attrs.get("layout", 0) != 0:
+            raise ValueError(f"layer {layer}: layout={attrs['layout']} is not implemented")
+        forgets.add(bool(attrs.get("input_forget", 0)))
         direction = attrs.get("direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else direction
         if direction not in ("forward", "bidirectional"):
@@ -731,4 +756,6 @@ def from_onnx_model(model):
     if len(clips) > 1:
         raise ValueError(f"the LSTM nodes have different clips {sorted(clips, key=str)}: "
                          f"one LSTM has one clip")
-    return from_onnx(layers), {"clip": clips.pop()}
+    if len(forgets) > 1:
+        raise ValueError("the LSTM nodes differ in input_forget: one LSTM couples its gates or not")
+    return from_onnx(layers, input_forget=forgets.pop()), {"clip": clips.pop()}

@@ -174,11 +174,12 @@ class LSTMGrads(NamedTuple):
     dx : numpy.ndarray
         (T, B, I); zero at padded positions.
     dw_ih : numpy.ndarray
-        (4H, I).
+        (4H, I) (3H with cifg).
     dw_hh : numpy.ndarray
-        (4H, R).
+        (4H, R) (3H with cifg).
     db_ih, db_hh : numpy.ndarray or None
-        (4H,) each, equal to each other; None if the forward call had no bias.
+        (4H,) each (3H with cifg), equal to each other; None if the forward call had
+        no bias.
     dh0 : numpy.ndarray
         (B, R).
     dc0 : numpy.ndarray
@@ -210,7 +211,7 @@ class LSTMGrads(NamedTuple):
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=None,
                  lengths=None, backend="auto", save=True, w_ci=None, w_cf=None, w_co=None,
-                 clip=None, cell_clip=None):
+                 clip=None, cell_clip=None, cifg=False):
     """Run one LSTM layer over a sequence (one direction, time-major).
 
     Shapes and names follow ``torch.nn.LSTM``, gate order i, f, g, o. The dtype
@@ -260,6 +261,12 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
         > 0: the cell state c_t is clamped to [-cell_clip, cell_clip] (the clamped
         value is carried, saved and returned as c_n), as TensorFlow's ``cell_clip``;
         zero gradient where clamped. None or 0: off.
+    cifg : bool, optional
+        Coupled input and forget gates (ONNX's ``input_forget``, as ONNX Runtime
+        computes it): ``f = 1 - i``. The weights and biases then have 3H rows,
+        gates i, g, o (and w_cf, if given, is unused). The cache's gates still
+        hold four (f = 1 - i). TFLite's CIFG couples ``i = 1 - f`` instead: see
+        ``lstm_fast.backends.reference`` for the conversion.
 
     Returns
     -------
@@ -318,13 +325,16 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     True
     """
     name = backends.resolve(backend)
-    w_ih, w_hh, b, w_hr, dtype, I, H, R = _validation.weights(w_ih, w_hh, b_ih, b_hh, w_hr)
+    if not isinstance(cifg, (bool, np.bool_)):
+        raise TypeError(f"cifg must be a bool, got {cifg!r}")
+    w_ih, w_hh, b, w_hr, dtype, I, H, R = (_validation.cifg_weights if cifg else
+                                           _validation.weights)(w_ih, w_hh, b_ih, b_hh, w_hr)
     x = _validation.sequence(x, "x", dtype, I)
     T, B = x.shape[0], x.shape[1]
     h0 = _validation.state(h0, "h0", dtype, B, R)
     c0 = _validation.state(c0, "c0", dtype, B, H)
     plan = make_plan(_validation.lengths(lengths, B, T), T, B)
-    variant = _validation.variant(dtype, H, w_ci, w_cf, w_co, clip, cell_clip)
+    variant = _validation.variant(dtype, H, w_ci, w_cf, w_co, clip, cell_clip, cifg)
     impl = backends.get(name)
     packed = impl.pack(w_ih, w_hh, b, w_hr) if variant is None else \
         impl.pack(w_ih, w_hh, b, w_hr, variant=variant)
@@ -396,5 +406,7 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, dy, dh_n, dc_n,
                                                          backends.threads_for(T, B, I, H),
                                                          dpeephole=dpeep)
+    if variant is not None and variant.cifg:    # the kernels' 4H rows -> i, g, o
+        dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
     return LSTMGrads(dx, dw_ih, dw_hh, *_params.bias_grads(db), dh0, dc0, dw_hr,
                      *((None,) * 3 if dpeep is None else dpeep))

@@ -82,6 +82,11 @@ class LSTM:
         > 0: the cell state c_t is clamped to [-cell_clip, cell_clip] after each
         update (the clamped value is carried and returned; TensorFlow's
         ``cell_clip``); zero gradient where clamped. None (default): off.
+    cifg : bool, keyword-only
+        Coupled input and forget gates (ONNX's ``input_forget``, as ONNX Runtime
+        computes it): ``f = 1 - i``; ``weight_ih_l{k}``, ``weight_hh_l{k}`` and the
+        biases then have 3H rows, gates i, g, o (``weight_cf_l{k}``, with
+        peepholes, is unused: zero gradient).
     forget_bias : float or None, keyword-only
         Initialise the forget-gate part of every ``bias_ih_l{k}`` to this value and
         that of ``bias_hh_l{k}`` to 0 (Keras' ``unit_forget_bias``: 1.0), at
@@ -143,7 +148,7 @@ class LSTM:
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
                  backend="auto", seed=None, peephole=False, clip=None, cell_clip=None,
-                 forget_bias=None):
+                 cifg=False, forget_bias=None):
         self.input_size = _validation.check_size(input_size, "input_size")
         self.hidden_size = _validation.check_size(hidden_size, "hidden_size")
         self.num_layers = _validation.check_size(num_layers, "num_layers")
@@ -166,12 +171,15 @@ class LSTM:
         self.peephole = _check_bool(peephole, "peephole")
         self.clip = _validation.check_clip(clip, "clip")
         self.cell_clip = _validation.check_clip(cell_clip, "cell_clip")
+        self.cifg = _check_bool(cifg, "cifg")
         if forget_bias is not None:
             if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
                     or not math.isfinite(forget_bias):
                 raise ValueError(f"forget_bias must be None or a finite number, got {forget_bias!r}")
             if not self.bias:
                 raise ValueError("forget_bias needs bias=True (it initialises bias_ih_l{k})")
+            if self.cifg:
+                raise ValueError("forget_bias: with cifg=True there is no forget gate (f = 1 - i)")
         self.forget_bias = None if forget_bias is None else float(forget_bias)
         self.training = True
         self.grads = {}
@@ -188,7 +196,7 @@ class LSTM:
         self._params = {}
         for name, shape in _params.shapes(self.input_size, self.hidden_size, self.num_layers,
                                           self.bidirectional, self.bias, self.proj_size,
-                                          self.peephole):
+                                          self.peephole, self.cifg):
             arr = rng.uniform(-k, k, size=shape).astype(self.dtype)
             if self.forget_bias is not None and name.startswith("bias_"):   # unit_forget_bias
                 H = self.hidden_size
@@ -227,7 +235,7 @@ class LSTM:
 
     def __setstate__(self, state):
         for key, value in (("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
-                           ("forget_bias", None)):   # pickles from before the variants
+                           ("cifg", False), ("forget_bias", None)):   # pickles from before the variants
             setattr(self, key, value)
         for key, value in state.items():   # not __dict__.update: see _drop_packed
             setattr(self, key, value)
@@ -396,18 +404,27 @@ class LSTM:
             b = p[names[2]] + p[names[3]] if self.bias else None
             w_hr = p[names[4 if self.bias else 2]] if self.proj_size else None
             variant = self._variant(k)
+            w_ih, w_hh = p[names[0]], p[names[1]]
+            if self.cifg:   # the kernels take 4H rows, f's zero
+                w_ih, w_hh, b = map(_params.cifg_expand, (w_ih, w_hh, b))
             packed = self._packed[k] = (
-                self._impl.pack(p[names[0]], p[names[1]], b, w_hr) if variant is None else
-                self._impl.pack(p[names[0]], p[names[1]], b, w_hr, variant=variant))
+                self._impl.pack(w_ih, w_hh, b, w_hr) if variant is None else
+                self._impl.pack(w_ih, w_hh, b, w_hr, variant=variant))
         return packed
 
     def _variant(self, k):
         """The ``backends.Variant`` of layer-direction k, or None (a plain LSTM)."""
-        if not (self.peephole or self.clip or self.cell_clip):
+        if not (self.peephole or self.clip or self.cell_clip or self.cifg):
             return None
         peep = np.stack([self._params[n] for n in self._names[k][-3:]]) if self.peephole \
             else None
-        return backends.Variant(peep, self.clip, self.cell_clip)
+        return backends.Variant(peep, self.clip, self.cell_clip, self.cifg)
+
+    def _grads(self, k, dw_ih, dw_hh, db, dw_hr, dp):
+        """Layer-direction k's gradients by name (coupled gates: the kernels' 4H rows -> 3H)."""
+        if self.cifg:
+            dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
+        return _params.grads_by_name(self._names[k], dw_ih, dw_hh, db, dw_hr, dp)
 
     # --- modes -----------------------------------------------------------
 
@@ -556,7 +573,7 @@ class LSTM:
             dp = np.empty((3, H), self.dtype) if self.peephole else None
             dout, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n, dc_n,
                                                                    num_threads, dpeephole=dp)
-            self.grads = _params.grads_by_name(self._names[0], dw_ih, dw_hh, db, dw_hr, dp)
+            self.grads = self._grads(0, dw_ih, dw_hh, db, dw_hr, dp)
         else:
             D, R = self.num_directions, self._out_size
             dh0, dc0 = np.empty(dh_n.shape, self.dtype), np.empty(dc_n.shape, self.dtype)
@@ -569,8 +586,7 @@ class LSTM:
                     dp = np.empty((3, H), self.dtype) if self.peephole else None
                     dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(
                         caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]), dp)
-                    grads.update(_params.grads_by_name(self._names[k], dw_ih, dw_hh, db, dw_hr,
-                                                       dp))
+                    grads.update(self._grads(k, dw_ih, dw_hh, db, dw_hr, dp))
                     dinp = dx if dinp is None else dinp + dx
                 dout = dinp * masks[layer - 1] if layer and masks else dinp
             self.grads = {name: grads[name] for name in self._params}
@@ -585,7 +601,7 @@ class LSTM:
                         (("num_layers", 1), ("bias", True), ("batch_first", False),
                          ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0),
                          ("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
-                         ("forget_bias", None))
+                         ("cifg", False), ("forget_bias", None))
                         if getattr(self, k) != default)
         return (f"LSTM({self.input_size}, {self.hidden_size}{extra}, "
                 f"dtype={self.dtype.name}, backend={self.backend!r})")

@@ -111,11 +111,14 @@ class Variant(NamedTuple):
     ``peephole`` (3, H) rows w_ci, w_cf, w_co of the weights' dtype, or None; ``clip`` > 0
     clamps every gate pre-activation to [-clip, clip] (ONNX ``clip``), ``cell_clip`` > 0 the
     cell state c_t to [-cell_clip, cell_clip] (TensorFlow ``cell_clip``); 0 is off. Validated
-    by the callers (``_validation.variant``). See ``reference.lstm_forward`` for the equations.
+    by the callers (``_validation.variant``). ``cifg``: coupled input and forget gates,
+    f = 1 - i; the kernels still take 4H weight rows, the f rows zeros (``_params.cifg_expand``).
+    See ``reference.lstm_forward`` for the equations.
     """
     peephole: Optional[object] = None
     clip: float = 0.0
     cell_clip: float = 0.0
+    cifg: bool = False
 
 
 REGISTRY = {"c": _load_c, "numba": _load_numba, "numpy": _load_numpy}

@@ -63,6 +63,7 @@ cdef extern from "lstm.h" nogil:
         const void *peephole
         double clip
         double cell_clip
+        int cifg
     int lstm_forward_ex_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                             const void *packed, const int64_t *batch_sizes, const float *x,
                             const float *h0, const float *c0, float *y, float *h_n, float *c_n,

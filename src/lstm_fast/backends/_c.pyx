@@ -202,6 +202,7 @@ def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None, variant=Non
         p._var.peephole = _p(variant.peephole)
         p._var.clip = variant.clip
         p._var.cell_clip = variant.cell_clip
+        p._var.cifg = 1 if variant.cifg else 0
         p._varp = &p._var
     return p
 

@@ -35,6 +35,14 @@ Variants (issue 15; each off by default, any combination), with
     o   = sigmoid(clip(a_o + w_co * c_t))            o sees the new (clipped) c_t
     h_t = o * tanh(c_t)
 
+Coupled input and forget gates (``cifg``; ONNX's ``input_forget``, computed as ONNX
+Runtime does): ``f = 1 - i`` replaces the forget gate (its rows of the weights, zeros
+here, and w_cf are not used; they get zero gradients), so ``da_f = 0`` and
+``da_i = dc~ (g - c_{t-1}) i (1 - i) [..]`` below. TFLite's CIFG couples the other
+way, ``i = 1 - f`` with f = sigmoid(z_f): its weights convert by taking its forget
+gate's rows (weights, biases, and its peephole w_cf as our w_ci), negated, as our input
+gate's: our i = sigmoid(-z_f) = 1 - f_TFLite = i_TFLite, and our f = 1 - i = f_TFLite.
+
 ``clip(z)`` clamps to [-clip, clip] (ONNX LSTM ``clip``), ``cell_clip(z)`` to
 [-cell_clip, cell_clip] (TensorFlow's ``cell_clip``); the carried state is the clamped
 c_t. Both have zero gradient where they clamp (|z| > clip) and 1 elsewhere. The
@@ -86,7 +94,7 @@ _QUIET = dict(invalid="ignore", over="ignore")
 
 @np.errstate(**_QUIET)
 def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole=None,
-                 clip=0.0, cell_clip=0.0):
+                 clip=0.0, cell_clip=0.0, cifg=False):
     """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes.
 
     ``peephole`` (3, H) rows w_ci, w_cf, w_co, ``clip`` and ``cell_clip`` (> 0: on) are
@@ -108,12 +116,12 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
     y = np.empty((xp.shape[0], P), x.dtype)
     c = np.empty((xp.shape[0], H), x.dtype)
     h_state, c_state = h0.copy(), c0.copy()
-    variant = peephole is not None or clip > 0 or cell_clip > 0
+    variant = peephole is not None or clip > 0 or cell_clip > 0 or cifg
     for off, n in steps:
         a = gates[off:off + n]
         a += h_state[:n] @ w_hh.T             # recurrent product, accumulated
         if variant:
-            c_state[:n] = _variant_cell(a, c_state[:n], H, peephole, clip, cell_clip)
+            c_state[:n] = _variant_cell(a, c_state[:n], H, peephole, clip, cell_clip, cifg)
             o, c_t = a[:, 3 * H:], c_state[:n]
             h_state[:n] = o * np.tanh(c_t) if w_hr is None else (o * np.tanh(c_t)) @ w_hr.T
             c[off:off + n] = c_state[:n]
@@ -135,7 +143,7 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
 
 @np.errstate(**_QUIET)
 def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None, w_hr=None,
-                  b=None, peephole=None, clip=0.0, cell_clip=0.0):
+                  b=None, peephole=None, clip=0.0, cell_clip=0.0, cifg=False):
     """Returns ``(dx, dw_ih, dw_hh, db, dh0, dc0)``, plus ``dw_hr`` with a projection,
     plus ``dpeephole`` (3, H) with any variant (None without peepholes).
 
@@ -144,7 +152,7 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
     ``batch_sizes``, ``w_hr`` and the variants as in ``lstm_forward``; ``b`` (the
     forward's bias) is needed with ``clip`` only, to recompute the pre-activations.
     """
-    variant = peephole is not None or clip > 0 or cell_clip > 0
+    variant = peephole is not None or clip > 0 or cell_clip > 0 or cifg
     xp, steps = _steps(x, batch_sizes)
     H = w_ih.shape[0] // 4
     P = H if w_hr is None else w_hr.shape[0]
@@ -181,7 +189,7 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
         if variant:
             dgates[off:off + n] = _variant_cell_grad(dm, dc[:n], i, f, g, o, c_prev,
                                                      c[off:off + n], tanh_c, keep[off:off + n],
-                                                     peephole, cell_clip, dpeep)
+                                                     peephole, cell_clip, dpeep, cifg)
             dh[:n] = dgates[off:off + n] @ w_hh
             continue
         dc[:n] += dm * o * (1 - tanh_c * tanh_c)
@@ -207,7 +215,7 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
     return out
 
 
-def _variant_cell(a, c_prev, H, peephole, clip, cell_clip):
+def _variant_cell(a, c_prev, H, peephole, clip, cell_clip, cifg=False):
     """One step's cell with the variants: activates the pre-activations ``a`` (n, 4H) in
     place (the products and bias; the peephole terms are added here) and returns c_t."""
     def clamp(z, bound):
@@ -216,6 +224,8 @@ def _variant_cell(a, c_prev, H, peephole, clip, cell_clip):
         a[:, 0 * H:1 * H] += peephole[0] * c_prev
         a[:, 1 * H:2 * H] += peephole[1] * c_prev
     a[:, 0 * H:2 * H] = sigmoid(clamp(a[:, 0 * H:2 * H], clip))   # i, f
+    if cifg:
+        a[:, 1 * H:2 * H] = 1 - a[:, 0 * H:1 * H]                    # coupled: f = 1 - i
     a[:, 2 * H:3 * H] = np.tanh(clamp(a[:, 2 * H:3 * H], clip))   # g
     i, f, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H]
     c_t = clamp(f * c_prev + i * g, cell_clip)
@@ -249,7 +259,7 @@ def _clip_keep(xp, w_ih, w_hh, b, h0, c0, y, gates, c, steps, peephole, clip):
 
 
 def _variant_cell_grad(dm, dc, i, f, g, o, c_prev, c_t, tanh_c, keep, peephole, cell_clip,
-                       dpeep):
+                       dpeep, cifg=False):
     """One step's gate gradients (n, 4H) with the variants (equations in the module
     docstring); ``dc`` becomes the gradient reaching c_{t-1}, ``dpeep`` accumulates."""
     H = c_t.shape[1]
@@ -260,8 +270,12 @@ def _variant_cell_grad(dm, dc, i, f, g, o, c_prev, c_t, tanh_c, keep, peephole, 
     if cell_clip > 0:
         with np.errstate(invalid="ignore"):
             dc *= ~(np.abs(f * c_prev + i * g) > cell_clip)
-    d_i = dc * g * i * (1 - i) * keep[:, :H]
-    d_f = dc * c_prev * f * (1 - f) * keep[:, H:2 * H]
+    if cifg:   # f = 1 - i: dL/di = dc g - dc c_{t-1}
+        d_i = dc * (g - c_prev) * i * (1 - i) * keep[:, :H]
+        d_f = np.zeros_like(d_i)
+    else:
+        d_i = dc * g * i * (1 - i) * keep[:, :H]
+        d_f = dc * c_prev * f * (1 - f) * keep[:, H:2 * H]
     d_g = dc * i * (1 - g * g) * keep[:, 2 * H:3 * H]
     dc *= f
     if peephole is not None:
@@ -296,7 +310,8 @@ def pack(w_ih, w_hh, b, w_hr=None, out=None, variant=None):
 
 def _variant_kw(packed):
     v = packed.variant
-    return {} if v is None else dict(peephole=v.peephole, clip=v.clip, cell_clip=v.cell_clip)
+    return {} if v is None else dict(peephole=v.peephole, clip=v.clip, cell_clip=v.cell_clip,
+                                     cifg=v.cifg)
 
 
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None):

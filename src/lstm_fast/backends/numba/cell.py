@@ -10,7 +10,7 @@ C's fwd_cell instead adds the tile's accumulators (kept in a scratch array) to t
 projection itself; here ``lstm.fwd_tile`` has already added them into gates_t.
 
 Variants (issue 15; equations in backends/reference.py): ``var`` is None for the plain LSTM
-(Numba then compiles the plain loops alone) or ``(peep, has_peep, clip, cell_clip)`` with peep
+(Numba then compiles the plain loops alone) or ``(peep, has_peep, clip, cell_clip, cifg)`` with peep
 (3, H) rows w_ci, w_cf, w_co (any (3, H) array when has_peep is False) and the clips (> 0: on);
 ``fwd_cell_var`` / ``bwd_cell_var`` are the cells then. As C, backward tells a clamped gate by
 its saved activation (at or beyond act(+-clip)) and c_t's clamp from f*c_{t-1} + i*g recomputed
@@ -45,7 +45,7 @@ def clip_keep(d, s, lo, hi):
 def fwd_cell_var(gates_t, cp, c_t, h_t, r0, mr, H, u0, nu, var):
     """``fwd_cell`` with the variants ``var`` (see the module docstring): i, f add the
     peephole terms of c_{t-1}, o that of the new (clamped) c_t."""
-    peep, has_peep, clip, cell_clip = var
+    peep, has_peep, clip, cell_clip, cifg = var
     V = lanes(gates_t)
     G = 4 * H
     for r in range(r0, r0 + mr):
@@ -66,7 +66,7 @@ def fwd_cell_var(gates_t, cp, c_t, h_t, r0, mr, H, u0, nu, var):
                 zf = vclamp(zf, clip)
                 zg = vclamp(zg, clip)
             i = vsigmoid(zi)
-            f = vsigmoid(zf)
+            f = 1.0 - i if cifg else vsigmoid(zf)
             g = vtanh(zg)
             cv = f * cpv + i * g
             if cell_clip > 0:
@@ -87,7 +87,7 @@ def fwd_cell_var(gates_t, cp, c_t, h_t, r0, mr, H, u0, nu, var):
 @njit(**JIT)
 def bwd_cell_var(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu, var):
     """``bwd_cell`` with the variants ``var`` (see the module docstring)."""
-    peep, has_peep, clip, cell_clip = var
+    peep, has_peep, clip, cell_clip, cifg = var
     V = lanes(dm)
     G = 4 * H
     for r in range(n):
@@ -121,12 +121,17 @@ def bwd_cell_var(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu, var):
                 z = vsplat(dcv, 0.0)
                 dcv = vsel_gt(craw, vsplat(craw, cell_clip), z, dcv)
                 dcv = vsel_gt(vsplat(craw, -cell_clip), craw, z, dcv)
-            dgi = dcv * g * i * (1.0 - i)
-            dgf = dcv * cpv * f * (1.0 - f)
+            if cifg:   # f = 1 - i: dL/di = dc*g - dc*c_{t-1}
+                dgi = dcv * (g - cpv) * i * (1.0 - i)
+                dgf = vsplat(dcv, 0.0)
+            else:
+                dgi = dcv * g * i * (1.0 - i)
+                dgf = dcv * cpv * f * (1.0 - f)
             dgg = dcv * i * (1.0 - g * g)
             if clip > 0:
                 dgi = clip_keep(dgi, i, slo, shi)
-                dgf = clip_keep(dgf, f, slo, shi)
+                if not cifg:
+                    dgf = clip_keep(dgf, f, slo, shi)
                 dgg = clip_keep(dgg, g, tlo, thi)
             vstore_n(dg_t, gi, dgi, k)
             vstore_n(dg_t, gi + H, dgf, k)
