@@ -388,3 +388,19 @@ def test_c_kernel_rejects_a_negative_clip():
     packed = ck.pack(*p["w"], variant=Variant(None, -1.0, 0.0))
     with pytest.raises(ValueError, match="rejected its arguments"):
         ck.forward(packed, p["x"], p["h0"], p["c0"], 1)
+
+
+@pytest.mark.parametrize("variant", ["all", "everything"])
+def test_stream_and_pickle_keep_the_variants(variant, backend):
+    """Stream (one step at a time) gives the layer's bits; a pickled layer keeps its options."""
+    import pickle
+    layer = lstm_fast.LSTM(3, 5, num_layers=2, seed=0, backend=backend, **VARIANTS[variant])
+    x = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(np.float32)
+    out, _ = layer(x)
+    stream = lstm_fast.Stream(layer, batch_size=2)
+    steps = np.stack([stream.step(x[t]) for t in range(6)])
+    close = (lambda a, b: np.allclose(a, b, rtol=1e-6, atol=1e-6)) if backend == "numpy" \
+        else np.array_equal
+    assert close(steps, out)
+    again = pickle.loads(pickle.dumps(layer))
+    assert repr(again) == repr(layer) and np.array_equal(again(x)[0], out)
