@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import backends
+from . import _params, backends
 from .functional import LSTMCache, run_backward, run_forward
 
 _PACKS = {}          # (backend, dtype, shapes, data pointers) -> (weakrefs, versions, Packed)
@@ -33,22 +33,44 @@ def _np(t):
     return t.detach().contiguous().numpy()
 
 
-def _weights(w_ih, w_hh, b_ih, b_hh, w_hr):
-    return [t for t in (w_ih, w_hh, b_ih, b_hh, w_hr) if t is not None]
+def _tensor(a):
+    """A tensor of ``a`` (copied if it has negative strides, which a reversed array of
+    size-1 axes keeps through ``np.ascontiguousarray``)."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if min(a.strides, default=0) >= 0 else a.copy())
 
 
-def _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr):
+def _weights(w_ih, w_hh, b_ih, b_hh, w_hr, peep=(None, None, None)):
+    return [t for t in (w_ih, w_hh, b_ih, b_hh, w_hr) + tuple(peep) if t is not None]
+
+
+def pack_direction(impl, w_ih, w_hh, b, w_hr, peep, clip, cell_clip, cifg, out=None):
+    """``impl.pack`` of one layer-direction from NumPy arrays, with the variants (issue 15):
+    ``peep`` None or (3, H) rows w_ci, w_cf, w_co; coupled gates: the 3H rows (i, g, o)
+    handed on as the kernels' 4H rows (``_params.cifg_expand``)."""
+    if peep is None and not clip and not cell_clip and not cifg:
+        return impl.pack(w_ih, w_hh, b, w_hr, out=out)
+    if cifg:
+        w_ih, w_hh, b = map(_params.cifg_expand, (w_ih, w_hh, b))
+    return impl.pack(w_ih, w_hh, b, w_hr, out=out,
+                     variant=backends.Variant(peep, float(clip), float(cell_clip), bool(cifg)))
+
+
+def _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr, peep=(None, None, None), clip=0.0,
+            cell_clip=0.0, cifg=False):
     """The packed weights, packed again when any weight tensor is another one or its
-    version counter moved."""
-    ws = _weights(w_ih, w_hh, b_ih, b_hh, w_hr)
-    key = (name, w_ih.dtype, b_ih is None, w_hr is None,
+    version counter moved (the peephole weights included)."""
+    ws = _weights(w_ih, w_hh, b_ih, b_hh, w_hr, peep)
+    key = (name, w_ih.dtype, b_ih is None, w_hr is None, peep[0] is None, clip, cell_clip, cifg,
            tuple((t.data_ptr(), tuple(t.shape)) for t in ws))
     versions = tuple(t._version for t in ws)
     e = _PACKS.get(key)
     if e is not None and e[1] == versions and all(r() is t for r, t in zip(e[0], ws)):
         return e[2]
     b = None if b_ih is None else _np(b_ih + b_hh)
-    packed = impl.pack(_np(w_ih), _np(w_hh), b, None if w_hr is None else _np(w_hr))
+    p = None if peep[0] is None else np.stack([_np(t) for t in peep])
+    packed = pack_direction(impl, _np(w_ih), _np(w_hh), b, None if w_hr is None else _np(w_hr),
+                            p, clip, cell_clip, cifg)
     if len(_PACKS) >= _PACKS_MAX:
         _PACKS.clear()
     import weakref
@@ -64,108 +86,139 @@ def _impl(backend):
 @torch.library.custom_op("lstm_fast::direction", mutates_args=())
 def direction(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
               b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
-              reverse: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+              reverse: bool, backend: str, w_ci: Optional[Tensor] = None,
+              w_cf: Optional[Tensor] = None, w_co: Optional[Tensor] = None, clip: float = 0.0,
+              cell_clip: float = 0.0, cifg: bool = False
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One layer-direction; the variants (issue 15): peephole weights w_ci, w_cf, w_co (H,)
+    (all or none), clip, cell_clip (0: off), cifg (w_ih, w_hh, b_ih, b_hh of 3H rows)."""
     impl, name = _impl(backend)
-    packed = _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr)
+    packed = _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr, (w_ci, w_cf, w_co), clip,
+                     cell_clip, cifg)
     T, B = x.shape[0], x.shape[1]
-    nt = backends.threads_for(T, B, x.shape[2], w_hh.shape[0] // 4)
+    nt = backends.threads_for(T, B, x.shape[2], c0.shape[1])
     y, h_n, c_n, cache = run_forward(impl, packed, _np(x), _np(h0), _np(c0), nt, None,
                                      reverse, True)
     calls["forward"] += 1
     _, _, _, _, gates, c = cache.saved
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (y, h_n, c_n, gates, c))
+    return tuple(_tensor(a) for a in (y, h_n, c_n, gates, c))
 
 
 @direction.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend):
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend, w_ci=None, w_cf=None,
+      w_co=None, clip=0.0, cell_clip=0.0, cifg=False):
     T, B = x.shape[0], x.shape[1]
-    G, R = w_hh.shape
-    H = G // 4
-    return (x.new_empty(T, B, R), x.new_empty(B, R), x.new_empty(B, H), x.new_empty(T, B, G),
+    R, H = h0.shape[1], c0.shape[1]
+    return (x.new_empty(T, B, R), x.new_empty(B, R), x.new_empty(B, H), x.new_empty(T, B, 4 * H),
             x.new_empty(T, B, H))
 
 
 @torch.library.custom_op("lstm_fast::direction_inference", mutates_args=())
 def direction_inference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                         b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
-                        reverse: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                        reverse: bool, backend: str, w_ci: Optional[Tensor] = None,
+                        w_cf: Optional[Tensor] = None, w_co: Optional[Tensor] = None,
+                        clip: float = 0.0, cell_clip: float = 0.0, cifg: bool = False
+                        ) -> tuple[Tensor, Tensor, Tensor]:
     """``direction`` keeping nothing for backward (no gates, no c): (y, h_n, c_n). For calls
     that need no gradient (no_grad, inference_mode, nothing requiring grad); no autograd."""
     impl, name = _impl(backend)
-    packed = _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr)
+    packed = _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr, (w_ci, w_cf, w_co), clip,
+                     cell_clip, cifg)
     T, B = x.shape[0], x.shape[1]
-    nt = backends.threads_for(T, B, x.shape[2], w_hh.shape[0] // 4)
+    nt = backends.threads_for(T, B, x.shape[2], c0.shape[1])
     y, h_n, c_n, _ = run_forward(impl, packed, _np(x), _np(h0), _np(c0), nt, None, reverse, False)
     calls["forward"] += 1
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (y, h_n, c_n))
+    return tuple(_tensor(a) for a in (y, h_n, c_n))
 
 
 @direction_inference.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend):
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend, w_ci=None, w_cf=None,
+      w_co=None, clip=0.0, cell_clip=0.0, cifg=False):
     T, B = x.shape[0], x.shape[1]
-    G, R = w_hh.shape
-    return x.new_empty(T, B, R), x.new_empty(B, R), x.new_empty(B, G // 4)
+    return x.new_empty(T, B, h0.shape[1]), x.new_empty(B, h0.shape[1]), x.new_empty(B, c0.shape[1])
 
 
-def run(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend):
+def run(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend, peep=(None, None, None),
+        clip=0.0, cell_clip=0.0, cifg=False):
     """(y, h_n, c_n) through ``direction`` when a gradient may be needed, else through
     ``direction_inference`` (decided while tracing: Dynamo specializes on grad mode and
-    requires_grad)."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)):
-        return direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend)[:3]
-    return direction_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend)
+    requires_grad). ``peep``, clip, cell_clip, cifg: the variants (see ``direction``)."""
+    kw = {} if peep[0] is None and not clip and not cell_clip and not cifg else dict(
+        w_ci=peep[0], w_cf=peep[1], w_co=peep[2], clip=float(clip), cell_clip=float(cell_clip),
+        cifg=bool(cifg))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in
+                                       (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) + tuple(peep)):
+        return direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend, **kw)[:3]
+    return direction_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend, **kw)
 
 
 @torch.library.custom_op("lstm_fast::direction_backward", mutates_args=())
 def direction_backward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                        b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
                        y: Tensor, gates: Tensor, c: Tensor, dy: Tensor, dh_n: Tensor,
-                       dc_n: Tensor, reverse: bool, backend: str
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr); db is empty without a bias and dw_hr
-    without a projection (an operator returns tensors only)."""
+                       dc_n: Tensor, reverse: bool, backend: str, w_ci: Optional[Tensor] = None,
+                       w_cf: Optional[Tensor] = None, w_co: Optional[Tensor] = None,
+                       clip: float = 0.0, cell_clip: float = 0.0, cifg: bool = False
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, dpeephole); db is empty without a bias, dw_hr
+    without a projection and dpeephole (3, H) without peepholes (an operator returns
+    tensors only); with cifg the gradients of the 3H-row weights."""
     impl, name = _impl(backend)
-    packed = _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr)
+    packed = _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr, (w_ci, w_cf, w_co), clip,
+                     cell_clip, cifg)
     xs, ys = _np(x), _np(y)
     if reverse:     # as the kernel saw them (run_forward)
         xs, ys = np.ascontiguousarray(xs[::-1]), np.ascontiguousarray(ys[::-1])
     cache = LSTMCache(impl, packed, (xs, _np(h0), _np(c0), ys, _np(gates), _np(c)), None, reverse)
     T, B = x.shape[0], x.shape[1]
-    nt = backends.threads_for(T, B, x.shape[2], w_hh.shape[0] // 4)
-    dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, _np(dy), _np(dh_n), _np(dc_n), nt)
+    H = c0.shape[1]
+    nt = backends.threads_for(T, B, x.shape[2], H)
+    dp = None if w_ci is None else np.empty((3, H), xs.dtype)
+    dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, _np(dy), _np(dh_n), _np(dc_n), nt,
+                                                         dpeephole=dp)
+    if cifg:    # the kernels' 4H rows -> i, g, o
+        dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
     calls["backward"] += 1
     empty = np.empty(0, xs.dtype)
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (
-        dx, dh0, dc0, dw_ih, dw_hh, empty if db is None else db, empty if dw_hr is None else dw_hr))
+    return tuple(_tensor(a) for a in (
+        dx, dh0, dc0, dw_ih, dw_hh, empty if db is None else db, empty if dw_hr is None else dw_hr,
+        empty if dp is None else dp))
 
 
 @direction_backward.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, c, dy, dh_n, dc_n, reverse, backend):
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, c, dy, dh_n, dc_n, reverse, backend,
+      w_ci=None, w_cf=None, w_co=None, clip=0.0, cell_clip=0.0, cifg=False):
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0),
             torch.empty_like(w_ih), torch.empty_like(w_hh),
             x.new_empty(0) if b_ih is None else torch.empty_like(b_ih),
-            x.new_empty(0) if w_hr is None else torch.empty_like(w_hr))
+            x.new_empty(0) if w_hr is None else torch.empty_like(w_hr),
+            x.new_empty(0) if w_ci is None else x.new_empty(3, c0.shape[1]))
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend, w_ci, w_cf, w_co, clip, \
+        cell_clip, cifg = inputs
     y, _, _, gates, c = output
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, c)
-    ctx.args = (reverse, backend)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, c, w_ci, w_cf, w_co)
+    ctx.args = (reverse, backend, clip, cell_clip, cifg)
 
 
 def _backward(ctx, dy, dh_n, dc_n, _dgates, _dc):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, c = ctx.saved_tensors
-    reverse, backend = ctx.args
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, c, w_ci, w_cf, w_co = ctx.saved_tensors
+    reverse, backend, clip, cell_clip, cifg = ctx.args
     dy = torch.zeros_like(y) if dy is None else dy
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
-    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = direction_backward(
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, c, dy, dh_n, dc_n, reverse, backend)
+    kw = {} if w_ci is None and not clip and not cell_clip and not cifg else dict(
+        w_ci=w_ci, w_cf=w_cf, w_co=w_co, clip=clip, cell_clip=cell_clip, cifg=cifg)
+    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, dp = direction_backward(
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, c, dy, dh_n, dc_n, reverse, backend,
+        **kw)
     bias = b_ih is not None
+    peep = (None, None, None) if w_ci is None else (dp[0], dp[1], dp[2])
     return (dx, dh0, dc0, dw_ih, dw_hh, db if bias else None, db.clone() if bias else None,
-            dw_hr if w_hr is not None else None, None, None)
+            dw_hr if w_hr is not None else None, None, None) + peep + (None, None, None)
 
 
 direction.register_autograd(_backward, setup_context=_setup_context)

@@ -72,8 +72,10 @@ def _np(t):
 
 
 def _t(a):
-    """Tensor sharing ``a``'s memory (copied first if ``a`` has negative strides)."""
-    return torch.from_numpy(np.ascontiguousarray(a))
+    """Tensor sharing ``a``'s memory (copied first if ``a`` has negative strides; a reversed
+    array of size-1 axes is C-contiguous to NumPy and keeps its negative stride)."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if min(a.strides, default=0) >= 0 else a.copy())
 
 
 class _Parameter(torch.nn.Parameter):
@@ -113,19 +115,30 @@ def _first_order(backward):
             outputs = backward(ctx, *grads)
         if not torch.is_grad_enabled():
             return outputs
-        err = torch._C._functions.DelayedError(DOUBLE_BACKWARD_ERROR.encode(), len(outputs))
+        message = getattr(ctx, "double_backward_error", DOUBLE_BACKWARD_ERROR)
+        err = torch._C._functions.DelayedError(message.encode(), len(outputs))
         return err(*(None if t is None else t.detach().requires_grad_(True) for t in outputs))
     return wrapper
 
 
+def _variant_error(options):
+    """The message for a call our kernels cannot run with a variant on: torch has none."""
+    return (f"lstm_fast.torch.LSTM with {options}: torch.nn.LSTM has no such variant, so only "
+            "lstm_fast's kernels run it (CPU float32/float64 tensors of one dtype, first "
+            "derivatives, not under TorchScript, tracing, ONNX export, autocast, vmap/grad or "
+            "backend=\"torch\")")
+
+
 class _Direction(torch.autograd.Function):
     """One layer, one direction with gradients: (x (T, B, I), h0 (B, R), c0 (B, H),
-    w_ih, w_hh, b_ih, b_hh, w_hr) -> (y (T, B, R), h_n (B, R), c_n (B, H)); ``run`` is
-    (backend module, packed weights, num_threads, LengthPlan or None, reverse)."""
+    w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co) -> (y (T, B, R), h_n (B, R), c_n (B, H));
+    ``run`` is (backend module, packed weights, num_threads, LengthPlan or None, reverse,
+    variant options (clip, cell_clip, cifg) or None, variant description or None); w_ci, w_cf,
+    w_co the peephole weights or None."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, run):
-        impl, packed, num_threads, plan, reverse = run
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, run):
+        impl, packed, num_threads, plan, reverse, opts, described = run
         h_n, c_n = h0.new_empty(h0.shape), c0.new_empty(c0.shape)
         y, _, _, cache = run_forward(impl, packed, _np(x), _np(h0), _np(c0), num_threads, plan,
                                      reverse, True, (h_n.numpy(), c_n.numpy()))
@@ -133,28 +146,39 @@ class _Direction(torch.autograd.Function):
         # Inputs and outputs are saved for autograd's check against in-place changes;
         # the kernel's own arrays go through save_for_backward too, so that autograd
         # frees them after backward like any saved tensor.
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, h_n, c_n,
-                              *map(_t, cache.saved))
-        ctx.run = (impl, packed, _generation(packed), num_threads, plan, reverse)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, y, h_n,
+                              c_n, *map(_t, cache.saved))
+        ctx.run = (impl, packed, _generation(packed), num_threads, plan, reverse, opts)
+        if described is not None:
+            ctx.double_backward_error = _variant_error(described) + ": double backward " \
+                "(differentiating a gradient taken with create_graph=True) is not available"
         return y, h_n, c_n
 
     @staticmethod
     @_first_order
     def backward(ctx, dy, dh_n, dc_n):
-        impl, packed, generation, num_threads, plan, reverse = ctx.run
+        impl, packed, generation, num_threads, plan, reverse, opts = ctx.run
+        saved = ctx.saved_tensors
+        clip, cell_clip, cifg = opts or (0.0, 0.0, False)
         if _generation(packed) != generation:   # written over since forward: pack again
-            w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t)
-                                            for t in ctx.saved_tensors[3:8])
-            packed = impl.pack(w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr)
-        cache = LSTMCache(impl, packed, tuple(t.numpy() for t in ctx.saved_tensors[11:]), plan,
-                          reverse)
-        B = dh_n.shape[0]
-        dh0, dc0 = dh_n.new_empty(B, dh_n.shape[1]), dc_n.new_empty(B, dc_n.shape[1])
+            w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t) for t in saved[3:8])
+            peep = None if saved[8] is None else np.stack([_np(t) for t in saved[8:11]])
+            packed = _torch_ops.pack_direction(impl, w_ih, w_hh,
+                                               None if b_ih is None else b_ih + b_hh, w_hr, peep,
+                                               clip, cell_clip, cifg)
+        cache = LSTMCache(impl, packed, tuple(t.numpy() for t in saved[14:]), plan, reverse)
+        B, H = dh_n.shape[0], dc_n.shape[1]
+        dh0, dc0 = dh_n.new_empty(B, dh_n.shape[1]), dc_n.new_empty(B, H)
+        dp = None if saved[8] is None else np.empty((3, H), _NP[dh_n.dtype])
         dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(cache, _np(dy), _np(dh_n), _np(dc_n),
-                                                         num_threads, (dh0.numpy(), dc0.numpy()))
+                                                         num_threads, (dh0.numpy(), dc0.numpy()),
+                                                         dpeephole=dp)
+        if cifg:    # the kernels' 4H rows -> i, g, o
+            dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
         db_ih, db_hh = _params.bias_grads(None if db is None else _t(db))
+        peep = (None, None, None) if dp is None else tuple(torch.from_numpy(r) for r in dp)
         return (_t(dx), dh0, dc0, _t(dw_ih), _t(dw_hh), db_ih, db_hh,
-                None if dw_hr is None else _t(dw_hr), None)
+                None if dw_hr is None else _t(dw_hr)) + peep + (None,)
 
 
 def _ops_apply(module, input, hx):
@@ -194,11 +218,23 @@ class LSTM(torch.nn.LSTM):
         dropout, bidirectional, proj_size, device, dtype.
     backend : {"auto", "c", "numba", "numpy", "torch"}, keyword-only
         Which kernels run the CPU float32/float64 work; "torch" is torch's own.
+    peephole, clip, cell_clip, cifg, forget_bias : keyword-only
+        The LSTM variants, as for ``lstm_fast.LSTM`` (same meaning, same parameter names
+        and shapes: ``weight_ci_l{k}``, ``weight_cf_l{k}``, ``weight_co_l{k}`` (H,) with
+        peepholes, registered only then, after torch's parameters of their layer-direction;
+        3H rows (gates i, g, o) in ``weight_ih``/``weight_hh``/``bias_*`` with cifg). All off
+        by default: torch.nn.LSTM's module and state_dict. torch.nn.LSTM has none of them, so
+        with one on there is no torch fallback: a call our kernels cannot run (another
+        device or dtype, autocast, TorchScript, tracing, ONNX export, vmap/grad,
+        ``backend="torch"``, double backward) raises an error naming the option.
 
     Raises
     ------
     BackendUnavailableError
         The backend asked for is not available here.
+    ValueError
+        An option out of range (see ``lstm_fast.LSTM``), or a variant with
+        ``backend="torch"``.
 
     See Also
     --------
@@ -227,23 +263,140 @@ class LSTM(torch.nn.LSTM):
     True
     """
 
-    def __init__(self, *args, backend="auto", **kwargs):
+    def __init__(self, *args, backend="auto", peephole=False, clip=None, cell_clip=None,
+                 cifg=False, forget_bias=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
         if backend != "torch":
             backends.resolve(backend)
+        for name, value in (("peephole", peephole), ("cifg", cifg)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {value!r}")
+        self.peephole, self.cifg = bool(peephole), bool(cifg)
+        self.clip = _validation.check_clip(clip, "clip")
+        self.cell_clip = _validation.check_clip(cell_clip, "cell_clip")
+        if forget_bias is not None:
+            if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
+                    or not np.isfinite(forget_bias):
+                raise ValueError(f"forget_bias must be None or a finite number, got {forget_bias!r}")
+            if not self.bias:
+                raise ValueError("forget_bias needs bias=True (it initialises bias_ih_l{k})")
+            if self.cifg:
+                raise ValueError("forget_bias: with cifg=True there is no forget gate (f = 1 - i)")
+        self.forget_bias = None if forget_bias is None else float(forget_bias)
+        if backend == "torch" and self._variants():
+            raise ValueError(f"backend=\"torch\": torch.nn.LSTM has no {self._variants()}; "
+                             "use another backend")
+        p0 = next(iter(self._parameters.values()))
+        factory = {"device": p0.device, "dtype": p0.dtype}
+        H = self.hidden_size
+        if self.cifg:       # 3H gate rows (i, g, o): torch's 4H tensors replaced
+            for name in self._flat_weights_names:
+                if not name.startswith("weight_hr"):
+                    old = getattr(self, name)
+                    setattr(self, name, torch.nn.Parameter(
+                        torch.empty((3 * H,) + tuple(old.shape[1:]), **factory)))
+        if self.peephole:   # drawn after torch's, so those keep their seeded values
+            k = 1.0 / np.sqrt(H)
+            for layer in range(self.num_layers):
+                for d in range(2 if self.bidirectional else 1):
+                    for name in self._peephole_names(layer * (2 if self.bidirectional else 1) + d):
+                        w = torch.nn.Parameter(torch.empty(H, **factory))
+                        if not self.cifg:
+                            torch.nn.init.uniform_(w, -k, k)
+                        self.register_parameter(name, w)
+            # state_dict order: each direction's peepholes after its own torch parameters
+            order = _params.state_dict_names(self.num_layers, self.bidirectional, self.bias,
+                                             self.proj_size, True)
+            params = self._parameters
+            reordered = {n: params[n] for n in order}
+            params.clear()
+            params.update(reordered)
+        if self.cifg:
+            self.reset_parameters()
+        elif self.forget_bias is not None:
+            self._init_forget_bias()
         self._wrap_parameters()
 
+    def _variants(self):
+        """The variants on, as they are written in the constructor ("" when none)."""
+        on = [f"{name}=True" for name in ("peephole", "cifg") if getattr(self, name, False)]
+        on += [f"{name}={getattr(self, name)}" for name in ("clip", "cell_clip")
+               if getattr(self, name, 0.0)]
+        return ", ".join(on)
+
+    def _peephole_names(self, k):
+        """``weight_ci``, ``weight_cf``, ``weight_co`` names of layer-direction k."""
+        D = 2 if self.bidirectional else 1
+        return tuple(kind + _params.suffix(k // D, k % D) for kind in _params.PEEPHOLE_KINDS)
+
+    def _peepholes(self, k):
+        """Layer-direction k's peephole parameters (w_ci, w_cf, w_co), or three None."""
+        if not getattr(self, "peephole", False):
+            return (None, None, None)
+        p = self._parameters
+        return tuple(p[n] for n in self._peephole_names(k))
+
+    def _options(self):
+        """(clip, cell_clip, cifg), or None for a plain LSTM's kernels (no peepholes either)."""
+        if not (self.peephole or self.clip or self.cell_clip or self.cifg):
+            return None
+        return (self.clip, self.cell_clip, self.cifg)
+
+    def _init_forget_bias(self):
+        if getattr(self, "forget_bias", None) is None or not self.bias:
+            return
+        H = self.hidden_size
+        with torch.no_grad():
+            for name in self._flat_weights_names:
+                if name.startswith("bias_"):
+                    getattr(self, name)[H:2 * H] = \
+                        self.forget_bias if name.startswith("bias_ih") else 0.0
+
+    def reset_parameters(self):
+        """torch.nn.LSTM's (every parameter, peepholes included, uniform in +-1/sqrt(H)),
+        then ``forget_bias`` if set."""
+        super().reset_parameters()
+        self._init_forget_bias()
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        on = self._variants()
+        if getattr(self, "forget_bias", None) is not None:
+            on = (on + ", " if on else "") + f"forget_bias={self.forget_bias}"
+        return s + (", " + on if on else "")
+
     def _wrap_parameters(self):
-        for name in self._flat_weights_names:
+        names = list(self._flat_weights_names)
+        if getattr(self, "peephole", False):
+            names += [n for k in range(len(self._all_weights)) for n in self._peephole_names(k)]
+        for name in names:
             p = getattr(self, name)
             if type(p) is torch.nn.Parameter:
                 setattr(self, name, _Parameter(p.detach(), p.requires_grad))
         self._packed = None     # (key, packed weights per layer-direction, parameters)
 
+    def __getstate__(self):
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__")
+                     else self.__dict__)
+        state["_packed"] = None     # holds the backend module (not picklable); packed again
+        return state
+
     def __setstate__(self, state):
         super().__setstate__(state)
+        for key, value in (("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
+                           ("cifg", False), ("forget_bias", None)):   # pickles from before them
+            if key not in self.__dict__:
+                setattr(self, key, value)
         self._wrap_parameters()
+
+    def _torch_forward(self, input, hx):
+        """torch.nn.LSTM's forward, for the calls our kernels do not run; with a variant on,
+        an error naming it (torch has none)."""
+        on = self._variants()
+        if on:
+            raise RuntimeError(_variant_error(on) + "; this call is not one of those")
+        return super().forward(input, hx)
 
     def _kernel_backend(self, input, hx):
         """The resolved backend name if our kernels can run this call, else None. The
@@ -291,7 +444,7 @@ class LSTM(torch.nn.LSTM):
             data = input.data if isinstance(input, PackedSequence) else input
             packed = self._packed_weights(impl, data.dtype)
         if packed is None:
-            return super().forward(input, hx)
+            return self._torch_forward(input, hx)
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             if hx is None:
@@ -349,6 +502,7 @@ class LSTM(torch.nn.LSTM):
         h0, c0 = (x.new_zeros(n, B, R), x.new_zeros(n, B, H)) if hx is None else hx
         flat = self._flat_weights
         per = len(flat) // n
+        opts = self._options() or (0.0, 0.0, False)
         hs, cs, inp = [], [], x.contiguous()
         for layer in range(self.num_layers):
             if layer and self.training and self.dropout > 0.0:
@@ -358,7 +512,7 @@ class LSTM(torch.nn.LSTM):
                 k = layer * D + d
                 y, h, c = _torch_ops.run(
                     inp, h0[k], c0[k], *self._direction(flat[k * per:(k + 1) * per]), d == 1,
-                    self.backend)
+                    self.backend, self._peepholes(k), *opts)
                 outs.append(y)
                 hs.append(h)
                 cs.append(c)
@@ -381,27 +535,33 @@ class LSTM(torch.nn.LSTM):
         again only after a parameter changed: another tensor, another storage, or a write
         that bumped its version counter (see the module docstring)."""
         flat = self._flat_weights
-        key = (impl, dtype, tuple((id(t), t._version, t.data_ptr()) for t in flat))
+        n = len(self._all_weights)
+        peeps = [self._peepholes(k) for k in range(n)] if self.peephole else None
+        every = flat + [t for p in peeps for t in p] if peeps else flat
+        opts = self._options()
+        key = (impl, dtype, opts, tuple((id(t), t._version, t.data_ptr()) for t in every))
         entry = self._packed
         if entry is not None and entry[0] == key:
             return entry[1]
-        if any(not t.is_cpu or t.dtype != dtype or _wrapped(t) for t in flat):
+        if any(not t.is_cpu or t.dtype != dtype or _wrapped(t) for t in every):
             return None
-        n = len(self._all_weights)
+        clip, cell_clip, cifg = opts or (0.0, 0.0, False)
         per = len(flat) // n
-        old = entry[1] if entry is not None and entry[0][:2] == key[:2] else [None] * n
+        old = entry[1] if entry is not None and entry[0][:3] == key[:3] else [None] * n
         self._packed = None
         packed = []
         for k in range(n):
             w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t)
                                             for t in self._direction(flat[k * per:(k + 1) * per]))
+            peep = None if peeps is None else np.stack([_np(t) for t in peeps[k]])
             # The previous packing's memory is written over (in a training loop: after every
             # optimizer step); a graph that still holds it sees its generation change and
             # packs its own saved weights again in backward (_Direction.backward).
-            packed.append(impl.pack(w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr,
-                                    out=old[k]))
+            packed.append(_torch_ops.pack_direction(
+                impl, w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr, peep, clip,
+                cell_clip, cifg, out=old[k]))
         # kept only while every parameter is one whose .data writes are seen
-        self._packed = (key, packed, flat[:]) if all(type(t) is _Parameter for t in flat) \
+        self._packed = (key, packed, every[:]) if all(type(t) is _Parameter for t in every) \
             else None
         return packed
 
@@ -413,8 +573,12 @@ class LSTM(torch.nn.LSTM):
         R, H = self.proj_size or self.hidden_size, self.hidden_size
         num_threads = backends.threads_for(T, B, self.input_size, H)
         flat = self._flat_weights
+        opts = self._options()
+        described = None if opts is None else self._variants()
+        peeps = [self._peepholes(k) for k in range(n)] if self.peephole else [(None,) * 3] * n
         if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in flat) or (
-                hx is not None and (hx[0].requires_grad or hx[1].requires_grad))):
+                hx is not None and (hx[0].requires_grad or hx[1].requires_grad)) or (
+                self.peephole and any(t.requires_grad for p in peeps for t in p))):
             h0, c0 = (x.new_zeros(n, B, R), x.new_zeros(n, B, H)) if hx is None else hx
             per = len(flat) // n
             hs, cs = [], []
@@ -427,7 +591,8 @@ class LSTM(torch.nn.LSTM):
                     k = layer * D + d
                     y, h, c = _Direction.apply(inp, h0[k], c0[k],
                                                *self._direction(flat[k * per:(k + 1) * per]),
-                                               (impl, packed[k], num_threads, plan, d == 1))
+                                               *peeps[k], (impl, packed[k], num_threads, plan,
+                                                           d == 1, opts, described))
                     outs.append(y)
                     hs.append(h)
                     cs.append(c)
@@ -562,6 +727,12 @@ class LSTMCell(torch.nn.LSTMCell):
             if type(p) is torch.nn.Parameter:
                 setattr(self, name, _Parameter(p.detach(), p.requires_grad))
         self._packed = None     # (key, packed weights)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__")
+                     else self.__dict__)
+        state["_packed"] = None     # holds the backend module (not picklable); packed again
+        return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
