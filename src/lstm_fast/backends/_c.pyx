@@ -97,7 +97,10 @@ def bf16_path(B=1, I=1, H=1):
     "native (vdpbf16ps)" or "emulated (...)"."""
     if lstm_bf16_native(B, I, H):
         return "native (vdpbf16ps, AVX512_BF16)"
-    why = ("" if lstm_cpu_has_avx512bf16() else "the CPU has no AVX512_BF16; ")
+    why = ("the CPU has no AVX512_BF16; " if not lstm_cpu_has_avx512bf16() else
+           "emulation forced (set_bf16_native(False)); " if lstm_get_bf16_mode() == 0 else
+           f"SIMD level {simd_level()} in force; " if simd_level() != "avx512" else
+           "faster at this shape; ")
     return f"emulated ({why}float32 FMAs in vdpbf16ps's order and rounding, same bits)"
 
 
