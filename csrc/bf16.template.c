@@ -49,12 +49,10 @@ static inline uint16_t bf16_round(float f)
 {
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7f800000u) == 0)
-        return (uint16_t)((u >> 16) & 0x8000u);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;   /* selects, no branches: */
+    r = (u & 0x7f800000u) == 0 ? (u >> 16) & 0x8000u : r;  /* the loops vectorize */
+    r = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r;
+    return (uint16_t)r;
 }
 
 static inline float bf16_to_float(uint16_t b)
@@ -165,16 +163,24 @@ INLINE void FN(bf_add_emul)(const int mr, const int nb, int64_t p0, int64_t p1,
                             const float *restrict src, int64_t ld, const uint32_t *restrict w,
                             int64_t bstride, vec *acc)
 {
+    /* as fwd_tile_add: K rows in order (the odd one of a pair, then the even one),
+     * per row the nb*4 weight vectors in registers and one input broadcast per row */
     for (int64_t p = p0; p < p1; p++) {
         const uint32_t *wp = w + p * 4 * V;
+        vec wk[16];
+#pragma GCC unroll 2
+        for (int half = 0; half < 2; half++) {
 #pragma GCC unroll 16
-        for (int q = 0; q < nb * 4; q++) {
-            ivec wv = (ivec)*(const FN(uivec) *)(wp + (q / 4) * bstride + (q % 4) * V);
-            vec wo = (vec)(wv & (ITYPE)(int32_t)0xffff0000u), we = (vec)(wv << 16);
+            for (int q = 0; q < nb * 4; q++) {
+                ivec wv = (ivec)*(const FN(uivec) *)(wp + (q / 4) * bstride + (q % 4) * V);
+                wk[q] = half ? (vec)(wv << 16) : (vec)(wv & (ITYPE)(int32_t)0xffff0000u);
+            }
 #pragma GCC unroll 6
             for (int r = 0; r < mr; r++) {
-                vec a = FN(bf_fma)(vset1(src[r * ld + 2 * p + 1]), wo, acc[r * nb * 4 + q]);
-                acc[r * nb * 4 + q] = FN(bf_fma)(vset1(src[r * ld + 2 * p]), we, a);
+                vec a = vset1(src[r * ld + 2 * p + 1 - half]);
+#pragma GCC unroll 16
+                for (int q = 0; q < nb * 4; q++)
+                    acc[r * nb * 4 + q] = FN(bf_fma)(a, wk[q], acc[r * nb * 4 + q]);
             }
         }
     }
@@ -249,33 +255,55 @@ BF_TILE(FN(bf_tile_native), ATTR_BF, FN(bf_add_native), uint32_t)
 BF_TILE_ANY(FN(bf_tile_any_native), ATTR_BF, FN(bf_tile_native))
 #endif
 
+/* bf16_round on V lanes: the rounded value's float bits (bf16 in the top half) */
+typedef uint32_t FN(u32v) __attribute__((vector_size(VBYTES)));
+typedef uint32_t FN(u32uv) __attribute__((vector_size(VBYTES), aligned(4), may_alias));
+typedef uint16_t FN(u16v) __attribute__((vector_size(VBYTES / 2)));
+INLINE FN(u32v) FN(bf_round_v)(FN(u32v) u)
+{
+    FN(u32v) r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    FN(u32v) zero = (FN(u32v))((u & 0x7f800000u) == 0);
+    FN(u32v) nan = (FN(u32v))((u & 0x7fffffffu) > 0x7f800000u);
+    r = (zero & (u & 0x80000000u)) | (~zero & r);
+    return (nan & ((u | 0x00400000u) & 0xffff0000u)) | (~nan & r);
+}
+
+/* n values of src rounded to dst: as floats (emulated) or as bf16 (native) */
+INLINE void FN(bf_round_n)(int64_t n, const float *src, int native, void *dst)
+{
+    int64_t k = 0;
+    for (; k + V <= n; k += V) {
+        FN(u32v) r = FN(bf_round_v)(*(const FN(u32uv) *)(src + k));
+        if (native) {
+            FN(u16v) h = __builtin_convertvector(r >> 16, FN(u16v));
+            memcpy((uint16_t *)dst + k, &h, sizeof h);
+        } else {
+            *(FN(u32uv) *)((float *)dst + k) = r;
+        }
+    }
+    for (; k < n; k++) {
+        uint16_t b = bf16_round(src[k]);
+        if (native)
+            ((uint16_t *)dst)[k] = b;
+        else
+            ((float *)dst)[k] = bf16_to_float(b);
+    }
+}
+
 /* Rows 0..n-1 of [x | h] rounded to bf16 into dst: 2 KP per row, the pairs' padding 0;
  * as floats (emulated) or as bf16 (native, the words vdpbf16ps broadcasts). */
 KERNEL void FN(bf_round_rows)(int64_t n, const float *x, int64_t I, const float *h, int64_t H,
                               int64_t KPX, int64_t KP, int native, void *dst)
 {
+    int64_t es = native ? 2 : 4;   /* bytes per element in dst */
     for (int64_t r = 0; r < n; r++) {
-        if (native) {
-            uint16_t *d = (uint16_t *)dst + r * 2 * KP;
-            for (int64_t k = 0; k < I; k++)
-                d[k] = bf16_round(x[r * I + k]);
-            for (int64_t k = I; k < 2 * KPX; k++)
-                d[k] = 0;
-            for (int64_t k = 0; k < H; k++)
-                d[2 * KPX + k] = bf16_round(h[r * H + k]);
-            for (int64_t k = 2 * KPX + H; k < 2 * KP; k++)
-                d[k] = 0;
-        } else {
-            float *d = (float *)dst + r * 2 * KP;
-            for (int64_t k = 0; k < I; k++)
-                d[k] = bf16_to_float(bf16_round(x[r * I + k]));
-            for (int64_t k = I; k < 2 * KPX; k++)
-                d[k] = 0;
-            for (int64_t k = 0; k < H; k++)
-                d[2 * KPX + k] = bf16_to_float(bf16_round(h[r * H + k]));
-            for (int64_t k = 2 * KPX + H; k < 2 * KP; k++)
-                d[k] = 0;
-        }
+        char *d = (char *)dst + r * 2 * KP * es;
+        FN(bf_round_n)(I, x + r * I, native, d);
+        if (I & 1)
+            memset(d + I * es, 0, (size_t)es);
+        FN(bf_round_n)(H, h + r * H, native, d + 2 * KPX * es);
+        if (H & 1)
+            memset(d + (2 * KPX + H) * es, 0, (size_t)es);
     }
 }
 
@@ -318,6 +346,11 @@ KERNEL void FN(bf_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t KP, int6
     }
 }
 
+static int64_t FN(bf_rows_bytes)(int64_t B, int64_t I, int64_t H)
+{
+    return ALIGN64(B * ((I + 1) / 2 + (H + 1) / 2) * 8);
+}
+
 typedef struct {
     int64_t T, B, I, H;
     const FN(bf_hdr) *hdr;
@@ -325,7 +358,7 @@ typedef struct {
     const float *x, *h0, *c0;
     float *y, *h_n, *c_n;
     unsigned char *rows;     /* per thread: B rows of rounded [x | h] */
-    int64_t rows_bytes;
+    int64_t rows_bytes;      /* per thread */
     int native;
 } FN(bf_ctx);
 
@@ -382,11 +415,6 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 #if HAVE_X86
     _mm_setcsr(csr);
 #endif
-}
-
-static int64_t FN(bf_rows_bytes)(int64_t B, int64_t I, int64_t H)
-{
-    return ALIGN64(B * ((I + 1) / 2 + (H + 1) / 2) * 8);
 }
 
 static size_t FN(bf_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int num_threads)

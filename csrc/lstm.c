@@ -231,10 +231,14 @@ int lstm_set_bf16_mode(int mode)
 int lstm_get_bf16_mode(void) { return bf16_mode; }
 
 /* Native vdpbf16ps or the emulation (the same bits): where the CPU has it, the pack
- * is of the AVX-512 level, and (automatic mode) the shape is one where it measured
- * faster (see BF16_NATIVE_MAX_B). */
+ * is of the AVX-512 level, and (automatic mode) B <= BF16_NATIVE_MAX_B. On the Intel
+ * Xeon (family 6 model 167), where vdpbf16ps runs at half the fp32 FMA rate, native
+ * was faster only at B = 1 (1 thread, forward T = 16, ms native/emulated): H = 256
+ * B = 1 .183/.212, B = 2 .365/.326, B = 4 .652/.468, B = 16 2.54/1.76; H = 512 B = 1
+ * 1.63/1.69, B = 4 2.81/2.31, B = 16 10.3/7.3; (32,64,256,256) 19.9/13.7. A CPU whose
+ * bf16 dot runs at twice the FMA rate would want it everywhere: measure there. */
 #ifndef BF16_NATIVE_MAX_B
-#define BF16_NATIVE_MAX_B INT64_MAX
+#define BF16_NATIVE_MAX_B 1
 #endif
 static int bf16_native_for(int level, int64_t B)
 {
