@@ -40,7 +40,16 @@
  *   w  [ceil(H/V)][KP][4][V] uint32   KP = ceil(I/2) + ceil(H/2) pairs; word =
  *                                     bf16(w[2p+1]) << 16 | bf16(w[2p]) of one unit
  *                                     and gate: VDPBF16PS's operand layout
- *   b  [4H] float                     b_ih + b_hh (zeros without a bias) */
+ *   b  [4H] float                     b_ih + b_hh (zeros without a bias)
+ *   wide [ceil(H/V)][2 KP][4][V] float the same weights widened to float32, rows in
+ *                                     the order of the FMAs (2p+1, 2p, 2p+3, ...): the
+ *                                     layout of the float32 kernel's whh_f, so that with
+ *                                     several row tiles (B > FR, compute bound) a step
+ *                                     runs the float32 kernel's tile (fwd_tile_any) on
+ *                                     the inputs stored in that order, the same FMAs
+ *                                     without the widening's integer ops per use
+ *                                     (AVX2 and AVX-512 only: the portable tile has no
+ *                                     FMA). Costs 4 bytes per weight more in the pack. */
 
 #ifndef LSTM_BF16_SCALAR
 #define LSTM_BF16_SCALAR
@@ -77,7 +86,7 @@ typedef ITYPE FN(uivec) __attribute__((vector_size(VBYTES), aligned(4), may_alia
 typedef struct {
     uint32_t magic;
     int32_t level, elem_size, has_bias;   /* elem_size 2: a bf16 pack */
-    int64_t I, H, KPX, KPH, off_w, off_b, total;
+    int64_t I, H, KPX, KPH, off_w, off_b, off_wide, total;
 } FN(bf_hdr);
 
 static void FN(bf_layout)(int64_t I, int64_t H, FN(bf_hdr) *h)
@@ -94,6 +103,8 @@ static void FN(bf_layout)(int64_t I, int64_t H, FN(bf_hdr) *h)
     off = ALIGN64(off + (H + V - 1) / V * (h->KPX + h->KPH) * 4 * V * 4);
     h->off_b = off;
     off = ALIGN64(off + 4 * H * 4);
+    h->off_wide = off;
+    off = ALIGN64(off + (ISA > 0 ? (H + V - 1) / V * (h->KPX + h->KPH) * 2 * 4 * V * 4 : 0));
     h->total = off;
 }
 
@@ -135,6 +146,11 @@ static int FN(bf_pack)(int64_t I, int64_t H, const float *w_ih, const float *w_h
                                FN(bf_weight)(I, H, h->KPX, w_ih, w_hh, g * H + u, 2 * p + 1)
                                    << 16;
                     w[((j * KP + p) * 4 + g) * V + l] = word;
+                    if (ISA > 0) {   /* wide: the pair's odd row, then its even row */
+                        uint32_t *wd = (uint32_t *)(base + h->off_wide);
+                        wd[((j * 2 * KP + 2 * p) * 4 + g) * V + l] = word & 0xffff0000u;
+                        wd[((j * 2 * KP + 2 * p + 1) * 4 + g) * V + l] = word << 16;
+                    }
                 }
     for (int64_t k = 0; k < 4 * H; k++)
         bb[k] = b ? b[k] : 0;
@@ -268,13 +284,19 @@ INLINE FN(u32v) FN(bf_round_v)(FN(u32v) u)
     return (nan & ((u | 0x00400000u) & 0xffff0000u)) | (~nan & r);
 }
 
-/* n values of src rounded to dst: as floats (emulated) or as bf16 (native) */
+/* n values of src rounded to dst: as floats (emulated), with the elements of each pair
+ * swapped (native == 2: the wide tile's order), or as bf16 (native == 1) */
 INLINE void FN(bf_round_n)(int64_t n, const float *src, int native, void *dst)
 {
     int64_t k = 0;
     for (; k + V <= n; k += V) {
         FN(u32v) r = FN(bf_round_v)(*(const FN(u32uv) *)(src + k));
-        if (native) {
+        if (native == 2) {
+            FN(u32v) swap;
+            for (int l = 0; l < V; l++)
+                swap[l] = (uint32_t)(l ^ 1);
+            *(FN(u32uv) *)((float *)dst + k) = __builtin_shuffle(r, swap);
+        } else if (native) {
             FN(u16v) h = __builtin_convertvector(r >> 16, FN(u16v));
             memcpy((uint16_t *)dst + k, &h, sizeof h);
         } else {
@@ -283,40 +305,42 @@ INLINE void FN(bf_round_n)(int64_t n, const float *src, int native, void *dst)
     }
     for (; k < n; k++) {
         uint16_t b = bf16_round(src[k]);
-        if (native)
+        if (native == 1)
             ((uint16_t *)dst)[k] = b;
         else
-            ((float *)dst)[k] = bf16_to_float(b);
+            ((float *)dst)[native ? k ^ 1 : k] = bf16_to_float(b);
     }
 }
 
 /* Rows 0..n-1 of [x | h] rounded to bf16 into dst: 2 KP per row, the pairs' padding 0;
- * as floats (emulated) or as bf16 (native, the words vdpbf16ps broadcasts). */
+ * as floats (native 0), as floats in the wide tile's order (2), or as bf16 (native 1,
+ * the words vdpbf16ps broadcasts). */
 KERNEL void FN(bf_round_rows)(int64_t n, const float *x, int64_t I, const float *h, int64_t H,
                               int64_t KPX, int64_t KP, int native, void *dst)
 {
-    int64_t es = native ? 2 : 4;   /* bytes per element in dst */
+    int64_t es = native == 1 ? 2 : 4;   /* bytes per element in dst */
     for (int64_t r = 0; r < n; r++) {
         char *d = (char *)dst + r * 2 * KP * es;
         FN(bf_round_n)(I, x + r * I, native, d);
         if (I & 1)
-            memset(d + I * es, 0, (size_t)es);
+            memset(d + (native == 2 ? I - 1 : I) * es, 0, (size_t)es);
         FN(bf_round_n)(H, h + r * H, native, d + 2 * KPX * es);
         if (H & 1)
-            memset(d + (2 * KPX + H) * es, 0, (size_t)es);
+            memset(d + (2 * KPX + (native == 2 ? H - 1 : H)) * es, 0, (size_t)es);
     }
 }
 
 /* One step for rows 0..B-1, hidden blocks j0..j1: the tiles' walk of fwd_step (row
  * tiles, K in chunks where the weights exceed the L2, alternate sweep direction), on
- * the bf16 pairs of src. */
+ * the pairs of src. path: 0 emulated on the bf16 weights w, 1 native (vdpbf16ps), 2
+ * the float32 kernel's tile on the widened weights (src in that order). */
 KERNEL void FN(bf_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t KP, int64_t j0,
-                        int64_t j1, const uint32_t *w, const void *src, int native, int rev,
-                        const FN(step_plan) *sp)
+                        int64_t j1, const uint32_t *w, const float *wide, const void *src,
+                        int path, int rev, const FN(step_plan) *sp)
 {
     float part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
-    const int64_t K = KP, bstride = KP * 4 * V, ld = native ? KP : 2 * KP;
-    const int64_t ebytes = native ? 4 : 8;   /* bytes of one row's pair in src */
+    const int64_t K = KP, bstride = KP * 4 * V, ld = path == 1 ? KP : 2 * KP;
+    const int64_t ebytes = path == 1 ? 4 : 8;   /* bytes of one row's pair in src */
     int64_t jstep = B == 1 ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
     for (int64_t it = 0; it < ntile; it++) {
         int64_t j = j0 + (rev ? ntile - 1 - it : it) * jstep;
@@ -330,12 +354,16 @@ KERNEL void FN(bf_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t KP, int6
                     int64_t r0 = g0 + n * t / nt, r1 = g0 + n * (t + 1) / nt;
                     float *pt = kc < K ? part + (r0 - g0) * nb * 4 * V : part;
                     const void *s = (const char *)src + r0 * KP * ebytes;
+                    if (path == 2)
+                        FN(fwd_tile_any)((int)(r1 - r0), nb, 2 * k0, 2 * k1, 0, NULL, 0,
+                                         (const float *)s, ld, wide + j * 2 * bstride,
+                                         2 * bstride, pt, NULL, 0, 0);
 #if BF_NATIVE
-                    if (native)
+                    else if (path == 1)
                         FN(bf_tile_any_native)((int)(r1 - r0), nb, k0, k1, s, ld,
                                                w + j * bstride, bstride, pt);
-                    else
 #endif
+                    else
                         FN(bf_tile_any_emul)((int)(r1 - r0), nb, k0, k1, s, ld,
                                              w + j * bstride, bstride, pt);
                     if (k1 == K)
@@ -387,17 +415,24 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     ca.pre_ld = 0;
     ca.cprev = ca.c = ctx->c_n;
     const uint32_t *w = (const uint32_t *)(base + hdr->off_w);
+    const float *wide = (const float *)(base + hdr->off_wide);
     void *src = ctx->rows + tid * ctx->rows_bytes;
     const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * KP * 4 * V * 4, 4 * V * 4);
+    FN(step_plan) spw = FN(step_plan_for)((j1 - j0) * KP * 8 * V * 4, 4 * V * 4);
+    if (spw.kc != INT64_MAX)
+        spw.kc = spw.kc / 2 < 8 ? 8 : spw.kc / 2;   /* rows of 4V floats -> pairs */
     for (int64_t t = 0; t < T; t++) {
         int64_t n = offs[t + 1] - offs[t];
         if (n == 0)
             break;
         const float *hp = t ? ctx->y + offs[t - 1] * H : ctx->h0;
         ca.h = ctx->y + offs[t] * H;
+        /* several row tiles (compute bound): the widened weights, no integer ops per use */
+        int path = ctx->native ? 1 : ISA > 0 && n > FR ? 2 : 0;
         if (j0 < j1) {
-            FN(bf_round_rows)(n, ctx->x + offs[t] * I, I, hp, H, KPX, KP, ctx->native, src);
-            FN(bf_step)(&ca, n, KP, j0, j1, w, src, ctx->native, (int)(t & 1), &sp);
+            FN(bf_round_rows)(n, ctx->x + offs[t] * I, I, hp, H, KPX, KP, path, src);
+            FN(bf_step)(&ca, n, KP, j0, j1, w, wide, src, path, (int)(t & 1),
+                        path == 2 ? &spw : &sp);
         }
         lstm_barrier_wait(bar, num_threads);
     }
