@@ -182,7 +182,9 @@ int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, con
  * SIMD level and whether vdpbf16ps is used or emulated; the outputs too, except
  * for the last bits of the activations, which differ between levels as in _f32.
  * Contracts as lstm_packed_size_f32, lstm_pack_f32 and lstm_forward_f32 with
- * P = 0, gates = c = NULL. */
+ * P = 0, gates = c = NULL. The pack holds the bf16 weights (2 bytes each) and, at the
+ * AVX2 and AVX-512 levels, a float32-widened copy for batches of several row tiles
+ * (see bf16.template.c): 6 bytes per weight in all there. */
 size_t lstm_packed_size_bf16(int64_t I, int64_t H);
 int lstm_pack_bf16(int64_t I, int64_t H, const float *w_ih, const float *w_hh, const float *b,
                    void *packed);
