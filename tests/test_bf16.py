@@ -306,3 +306,58 @@ def test_info_names_the_bf16_path(capsys):
     if not NATIVE:
         with pytest.raises(RuntimeError, match="AVX512_BF16"):
             ck.set_bf16_native(True)
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs AVX512_BF16 (vdpbf16ps), the hardware truth")
+@pytest.mark.parametrize("B", [1, 3, 8], ids=["B1-tile", "B3-emulated", "B8-widened"])
+def test_emulation_equals_vdpbf16ps_on_hard_values(B):
+    """Weights over 2^-40..2^12 (long exponent gaps, absorption, cancellation) and a bias
+    that cancels the exact product, so that each pre-activation is the accumulation's
+    rounding error itself and the outputs carry its bits: the emulation's FMAs with
+    FTZ/DAZ give vdpbf16ps's bits, in registers (B <= 6) and from the pack's float32 copy
+    (B > 6); the oracle's products are the same."""
+    rng = np.random.default_rng(B)
+    I, H = 37, 21
+    e = lambda *s: (rng.standard_normal(s) * 2.0 ** rng.integers(-40, 12, s)).astype(np.float32)
+    w_ih, w_hh = e(4 * H, I), e(4 * H, H)
+    x1, h1 = rng.standard_normal(I).astype(np.float32), rng.standard_normal(H).astype(np.float32)
+    x, h0 = np.tile(x1, (1, B, 1)), np.tile(h1, (B, 1))
+    c0 = np.zeros((B, H), np.float32)
+    exact = (np.concatenate([ref.round_bf16(w_ih), ref.round_bf16(w_hh)], 1).astype(np.float64)
+             @ np.concatenate([ref.round_bf16(x1), ref.round_bf16(h1)]).astype(np.float64))
+    b = (-exact).astype(np.float32)
+    packed = ck.pack_bf16(w_ih, w_hh, b)
+    got = []
+    for native in (True, False):
+        ck.set_bf16_native(native)
+        try:
+            got.append(ck.forward(packed, x, h0, c0, 1, None, False)[:3])
+        finally:
+            ck.set_bf16_native(None)
+    assert all(same_bits(a, b) for a, b in zip(*got))
+    want = ref.lstm_forward_bf16(x, w_ih, w_hh, b, h0, c0)
+    np.testing.assert_allclose(got[0][0], want[0], rtol=0, atol=STEP_ATOL)
+    # the outputs carry the rounding: y = o tanh(i tanh(error)), nonzero where the float32
+    # accumulation was not exact (with exact sums every y would be 0)
+    assert np.count_nonzero(got[0][0]) >= got[0][0].size // 4
+
+
+@pytest.mark.parametrize("B", [1, 3, 8])
+def test_products_at_every_level_are_the_oracles(mode, B):
+    """The problem of the test above at every level: the outputs, a few times the rounding
+    error of each product sum, agree with the oracle's to a few float32 ulp relative (a
+    single ulp of difference in a sum would change them by about 100 %)."""
+    rng = np.random.default_rng(B + 10)
+    I, H = 37, 21
+    e = lambda *s: (rng.standard_normal(s) * 2.0 ** rng.integers(-40, 12, s)).astype(np.float32)
+    w_ih, w_hh = e(4 * H, I), e(4 * H, H)
+    x1, h1 = rng.standard_normal(I).astype(np.float32), rng.standard_normal(H).astype(np.float32)
+    x, h0 = np.tile(x1, (1, B, 1)), np.tile(h1, (B, 1))
+    c0 = np.zeros((B, H), np.float32)
+    exact = (np.concatenate([ref.round_bf16(w_ih), ref.round_bf16(w_hh)], 1).astype(np.float64)
+             @ np.concatenate([ref.round_bf16(x1), ref.round_bf16(h1)]).astype(np.float64))
+    b = (-exact).astype(np.float32)
+    y = ck.forward(ck.pack_bf16(w_ih, w_hh, b), x, h0, c0, 2, None, False)[0]
+    want = ref.lstm_forward_bf16(x, w_ih, w_hh, b, h0, c0)[0]
+    np.testing.assert_allclose(y, want, rtol=2.0 ** -19, atol=1e-37)
+    assert np.count_nonzero(y) >= y.size // 4
