@@ -25,7 +25,84 @@ typedef struct {
                            be pre (pre_ld 4H): each element is read before it is written */
     TYPE *c;            /* [.,H] c_t; may be cprev (the running state kept in place) */
     TYPE *h;            /* [.,H] o*tanh(c_t): h_t, or m before the projection */
+    /* LSTM variants (lstm_variant in lstm.h); all off (var 0) in a plain LSTM */
+    int var;            /* 1: one of the below is on, the cell takes its variant path */
+    const TYPE *peep;   /* [3,H] w_ci, w_cf, w_co, or NULL */
+    TYPE clip;          /* > 0: gate pre-activations clamped to [-clip, clip] */
+    TYPE cell_clip;     /* > 0: c_t clamped to [-cell_clip, cell_clip] */
+    int cifg;           /* 1: coupled gates, f = 1 - i (f's products unused) */
 } FN(fwd_cell_args);
+
+/* x clamped to [-b, b] (b > 0; NaN stays NaN) */
+INLINE vec FN(vclamp)(vec x, TYPE b)
+{
+    vec hi = vset1(b), lo = vset1(-b);
+    x = vselect(x > hi, hi, x);
+    return vselect(x < lo, lo, x);
+}
+
+/* The variant forward cell (peepholes, clip, cell_clip; equations in
+ * backends/reference.py): i and f add w_ci*c_{t-1}, w_cf*c_{t-1} before the
+ * activation, o adds w_co*c_t of the new (clamped) c_t, so o is activated in the
+ * second pass. Same tile contract as fwd_cell. */
+INLINE void FN(fwd_cell_var)(const FN(fwd_cell_args) *a, int mr, int nb, int64_t r0,
+                             int64_t j0, const TYPE *acc)
+{
+    const int64_t H = a->H;
+    const TYPE clip = a->clip, cell_clip = a->cell_clip;
+    TYPE act[MAXACC * V] __attribute__((aligned(64)));
+    for (int q = 0; q < mr * nb; q++) {
+        int64_t row = r0 + q / nb, off = (j0 + q % nb) * V;
+        int n = H - off < V ? (int)(H - off) : V;
+        const TYPE *s = acc + q * 4 * V;
+        TYPE *ac = act + q * 4 * V;
+        const TYPE *pr = a->pre + row * a->pre_ld + off;
+        vec zi = vload(s) + vload_n(pr, n), zf = vload(s + V) + vload_n(pr + H, n);
+        vec zg = vload(s + 2 * V) + vload_n(pr + 2 * H, n);
+        vec zo = vload(s + 3 * V) + vload_n(pr + 3 * H, n);
+        if (a->peep) {
+            vec cp = vload_n(a->cprev + row * H + off, n);
+            zi = vfma(vload_n(a->peep + off, n), cp, zi);
+            zf = vfma(vload_n(a->peep + H + off, n), cp, zf);
+        }
+        if (clip > 0) {
+            zi = FN(vclamp)(zi, clip);
+            zf = FN(vclamp)(zf, clip);
+            zg = FN(vclamp)(zg, clip);
+        }
+        vec i = vsigmoid(zi), g = vtanh(zg);
+        vec f = a->cifg ? 1 - i : vsigmoid(zf);
+        vstore(ac, i);
+        vstore(ac + V, f);
+        vstore(ac + 2 * V, g);
+        vstore(ac + 3 * V, zo);   /* o's pre-activation without its peephole term */
+        if (a->gates) {
+            TYPE *gr = a->gates + row * 4 * H + off;
+            vstore_n(gr, i, n);
+            vstore_n(gr + H, f, n);
+            vstore_n(gr + 2 * H, g, n);
+        }
+    }
+    for (int q = 0; q < mr * nb; q++) {
+        int64_t row = r0 + q / nb, off = (j0 + q % nb) * V;
+        int n = H - off < V ? (int)(H - off) : V;
+        const TYPE *ac = act + q * 4 * V;
+        vec i = vload(ac), f = vload(ac + V), g = vload(ac + 2 * V), zo = vload(ac + 3 * V);
+        vec cn = vfma(f, vload_n(a->cprev + row * H + off, n), i * g);
+        if (cell_clip > 0)
+            cn = FN(vclamp)(cn, cell_clip);
+        if (a->peep)
+            zo = vfma(vload_n(a->peep + 2 * H + off, n), cn, zo);
+        if (clip > 0)
+            zo = FN(vclamp)(zo, clip);
+        vec o = vsigmoid(zo);
+        if (a->gates)
+            vstore_n(a->gates + row * 4 * H + 3 * H + off, o, n);
+        vec h = o * vtanh(cn);
+        vstore_n(a->c + row * H + off, cn, n);
+        vstore_n(a->h + row * H + off, h, n);
+    }
+}
 
 /* Forward cell of rows r0..r0+mr, hidden blocks j0..j0+nb (V units each) of one
  * step; acc [mr][nb][4][V] holds the tile's products (x_t.w_ih^T if fused, plus
@@ -35,6 +112,10 @@ typedef struct {
 KERNEL void FN(fwd_cell)(const FN(fwd_cell_args) *a, int mr, int nb, int64_t r0, int64_t j0,
                          const TYPE *acc)
 {
+    if (a->var) {   /* one test per tile; the plain loops below are unchanged */
+        FN(fwd_cell_var)(a, mr, nb, r0, j0, acc);
+        return;
+    }
     const int64_t H = a->H;
     TYPE act[MAXACC * V] __attribute__((aligned(64)));
     for (int q = 0; q < mr * nb; q++) {
@@ -84,7 +165,95 @@ typedef struct {
     int64_t ldg;
     TYPE *m;            /* [.,H] receives o*tanh(c_t), or NULL */
     TYPE *db;           /* [4H] the gate gradients are added to it */
+    /* variants, as in fwd_cell_args (var 0: plain) */
+    int var;
+    const TYPE *peep;   /* [3,H] w_ci, w_cf, w_co, or NULL */
+    TYPE clip, cell_clip;
+    int cifg;           /* 1: f = 1 - i: f's gradient goes to i */
+    TYPE *dpeep;        /* [3,H] with peep: their gradients are added to it */
 } FN(bwd_cell_args);
+
+/* d, or 0 where the saved activated gate s shows a clamped pre-activation: s at or
+ * beyond act(+-clip) (lo, hi), the values the forward's clamp gives. NaN passes. */
+INLINE vec FN(clip_keep)(vec d, vec s, vec lo, vec hi)
+{
+    return vselect((s >= hi) | (s <= lo), (vec){0}, d);
+}
+
+/* The variant backward cell (equations in backends/reference.py); same tile
+ * contract as bwd_cell. cell_clip: c_t's clamp is found from f*c_{t-1} + i*g,
+ * recomputed with the forward's operations (the same bits). */
+INLINE void FN(bwd_cell_var)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t r0,
+                             int64_t j0, const TYPE *dh_tile)
+{
+    const int64_t H = a->H;
+    const TYPE clip = a->clip, cell_clip = a->cell_clip;
+    vec slo = {0}, shi = {0}, tlo = {0}, thi = {0};
+    if (clip > 0) {
+        slo = vsigmoid(vset1(-clip));
+        shi = vsigmoid(vset1(clip));
+        tlo = vtanh(vset1(-clip));
+        thi = vtanh(vset1(clip));
+    }
+    for (int r = 0; r < mr; r++) {
+        for (int jb = 0; jb < nb; jb++) {
+            int64_t row = r0 + r, off = (j0 + jb) * V, ro = row * H + off;
+            int n = H - off < V ? (int)(H - off) : V;
+            vec dh = dh_tile ? vload(dh_tile + (r * nb + jb) * V) : vload_n(a->dh + ro, n);
+            if (a->dy)
+                dh = dh + vload_n(a->dy + ro, n);
+            const TYPE *gr = a->gates + row * 4 * H + off;
+            vec i = vload_n(gr, n), f = vload_n(gr + H, n);
+            vec g = vload_n(gr + 2 * H, n), o = vload_n(gr + 3 * H, n);
+            vec ct = vload_n(a->c + ro, n), cp = vload_n(a->cprev + ro, n);
+            vec tc = vtanh(ct);
+            vec dgo = dh * tc * o * (1 - o);
+            if (clip > 0)
+                dgo = FN(clip_keep)(dgo, o, slo, shi);
+            vec dcv = vload_n(a->dc + ro, n);
+            dcv = dcv + dh * o * (1 - tc * tc);
+            if (a->peep)
+                dcv = vfma(vload_n(a->peep + 2 * H + off, n), dgo, dcv);
+            if (cell_clip > 0) {
+                vec craw = vfma(f, cp, i * g);
+                vec cb = vset1(cell_clip);
+                dcv = vselect((craw > cb) | (craw < -cb), (vec){0}, dcv);
+            }
+            vec dgi, dgf, dgg = dcv * i * (1 - g * g);
+            if (a->cifg) {   /* dL/di = dc*g - dc*c_{t-1} (through f = 1 - i) */
+                dgi = dcv * (g - cp) * i * (1 - i);
+                dgf = (vec){0};
+            } else {
+                dgi = dcv * g * i * (1 - i);
+                dgf = dcv * cp * f * (1 - f);
+            }
+            if (clip > 0) {
+                dgi = FN(clip_keep)(dgi, i, slo, shi);
+                if (!a->cifg)
+                    dgf = FN(clip_keep)(dgf, f, slo, shi);
+                dgg = FN(clip_keep)(dgg, g, tlo, thi);
+            }
+            TYPE *dgr = a->dg + row * a->ldg + off;
+            vec dgv[4] = {dgi, dgf, dgg, dgo};
+            for (int q = 0; q < 4; q++) {
+                vstore_n(dgr + q * H, dgv[q], n);
+                vstore_n(a->db + q * H + off, vload_n(a->db + q * H + off, n) + dgv[q], n);
+            }
+            vec dcp = dcv * f;
+            if (a->peep) {
+                dcp = vfma(vload_n(a->peep + off, n), dgi, dcp);
+                dcp = vfma(vload_n(a->peep + H + off, n), dgf, dcp);
+                TYPE *dp = a->dpeep + off;
+                vstore_n(dp, vfma(dgi, cp, vload_n(dp, n)), n);
+                vstore_n(dp + H, vfma(dgf, cp, vload_n(dp + H, n)), n);
+                vstore_n(dp + 2 * H, vfma(dgo, ct, vload_n(dp + 2 * H, n)), n);
+            }
+            vstore_n(a->dc + ro, dcp, n);
+            if (a->m)
+                vstore_n(a->m + ro, o * tc, n);
+        }
+    }
+}
 
 /* Backward cell of rows r0..r0+mr, hidden blocks j0..j0+nb of one step. dh of
  * m = o*tanh(c) is the tile dh_tile [mr][nb][V] (dgates_{t+1}.w_hh) or, if
@@ -92,6 +261,10 @@ typedef struct {
 KERNEL void FN(bwd_cell)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t r0, int64_t j0,
                          const TYPE *dh_tile)
 {
+    if (a->var) {   /* one test per tile; the plain loops below are unchanged */
+        FN(bwd_cell_var)(a, mr, nb, r0, j0, dh_tile);
+        return;
+    }
     const int64_t H = a->H;
     for (int r = 0; r < mr; r++) {
         for (int jb = 0; jb < nb; jb++) {

@@ -160,6 +160,18 @@ static int usable_threads(int num_threads)
     return num_threads < 1 ? 1 : num_threads > cpus ? cpus : num_threads;
 }
 
+/* A variant's clips are >= 0 (not NaN); NULL is the plain LSTM. */
+static int variant_ok(const lstm_variant *v)
+{
+    return !v || (v->clip >= 0 && v->cell_clip >= 0);
+}
+
+/* NULL when every variant is off: the plain cells (the same bits as lstm_forward_X). */
+static const lstm_variant *variant_or_null(const lstm_variant *v)
+{
+    return v && (v->peephole || v->clip > 0 || v->cell_clip > 0 || v->cifg) ? v : NULL;
+}
+
 #define DEFINE_PUBLIC(SFXT, TYPE)                                                            \
     size_t lstm_packed_size_##SFXT(int64_t I, int64_t H, int64_t P)                          \
     {                                                                                        \
@@ -193,7 +205,20 @@ static int usable_threads(int num_threads)
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, forward,                                        \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c,      \
-                  workspace, usable_threads(num_threads)))                                   \
+                  workspace, usable_threads(num_threads), NULL))                             \
+    }                                                                                        \
+    int lstm_forward_ex_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,        \
+                               const void *packed, const int64_t *batch_sizes, const TYPE *x, \
+                               const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n,           \
+                               TYPE *c_n, TYPE *gates, TYPE *c, void *workspace,             \
+                               int num_threads, const lstm_variant *variant)                 \
+    {                                                                                        \
+        if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace ||            \
+            !variant_ok(variant))                                                            \
+            return LSTM_ERR_ARG;                                                             \
+        DISPATCH(packed_level(packed), SFXT, forward,                                        \
+                 (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c,      \
+                  workspace, usable_threads(num_threads), variant_or_null(variant)))         \
     }                                                                                        \
     int lstm_backward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,          \
                              const void *packed, const int64_t *batch_sizes, const TYPE *x,  \
@@ -208,7 +233,24 @@ static int usable_threads(int num_threads)
         DISPATCH(packed_level(packed), SFXT, backward,                                       \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n,      \
                   dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, workspace,                    \
-                  usable_threads(num_threads)))                                              \
+                  usable_threads(num_threads), NULL, NULL))                                  \
+    }                                                                                        \
+    int lstm_backward_ex_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,       \
+                                const void *packed, const int64_t *batch_sizes,              \
+                                const TYPE *x, const TYPE *h0, const TYPE *c0, const TYPE *y, \
+                                const TYPE *gates, const TYPE *c, const TYPE *dy,            \
+                                const TYPE *dh_n, const TYPE *dc_n, TYPE *dx, TYPE *dw_ih,   \
+                                TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0, TYPE *dw_hr,    \
+                                void *workspace, int num_threads,                            \
+                                const lstm_variant *variant, TYPE *dpeephole)                \
+    {                                                                                        \
+        if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace ||            \
+            !variant_ok(variant))                                                            \
+            return LSTM_ERR_ARG;                                                             \
+        DISPATCH(packed_level(packed), SFXT, backward,                                       \
+                 (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n,      \
+                  dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, workspace,                    \
+                  usable_threads(num_threads), variant_or_null(variant), dpeephole))         \
     }
 
 DEFINE_PUBLIC(f32, float)

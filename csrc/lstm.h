@@ -173,6 +173,60 @@ int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, con
                       double *dw_ih, double *dw_hh, double *db, double *dh0, double *dc0,
                       double *dw_hr, void *workspace, int num_threads);
 
+/* ---- LSTM variants (issue 15) ---------------------------------------------
+ * lstm_forward_ex_X / lstm_backward_ex_X are lstm_forward_X / lstm_backward_X
+ * with variants of the cell, any combination (NULL or all off: the plain LSTM,
+ * the same bits as lstm_forward_X). With z_* the gate's products plus bias:
+ *   i = sigmoid(clip(z_i + w_ci*c_{t-1}))   f = sigmoid(clip(z_f + w_cf*c_{t-1}))
+ *   g = tanh(clip(z_g))                     c_t = cell_clip(f*c_{t-1} + i*g)
+ *   o = sigmoid(clip(z_o + w_co*c_t))       h = o*tanh(c_t)
+ * clip(z) clamps to [-clip, clip] (ONNX LSTM's clip), cell_clip(z) to
+ * [-cell_clip, cell_clip] (TensorFlow's cell_clip; the clamped c_t is the state
+ * carried and saved). cifg: f = 1 - i instead (w_cf unused). Backward: zero
+ * gradient where clamped; a gate is taken
+ * as clamped where its saved activation is at or beyond act(+-clip) (its
+ * pre-activation is not saved), c_t where |f*c_{t-1} + i*g| > cell_clip. */
+typedef struct {
+    const void *peephole;  /* [3,H] rows w_ci, w_cf, w_co (the call's element type), or NULL */
+    double clip;           /* > 0: gate pre-activation clip; 0: off */
+    double cell_clip;      /* > 0: cell-state clip; 0: off */
+    int cifg;              /* 1: coupled input and forget gates, f = 1 - i (ONNX input_forget,
+                              as ONNX Runtime computes it); the f rows of the weights are
+                              not used (pass zeros) and get zero gradients */
+} lstm_variant;
+
+/* As lstm_forward_X, plus variant (NULL: plain). LSTM_ERR_ARG for a negative or
+ * NaN clip or cell_clip. */
+int lstm_forward_ex_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                        const void *packed, const int64_t *batch_sizes, const float *x,
+                        const float *h0, const float *c0, float *y, float *h_n, float *c_n,
+                        float *gates, float *c, void *workspace, int num_threads,
+                        const lstm_variant *variant);
+int lstm_forward_ex_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                        const void *packed, const int64_t *batch_sizes, const double *x,
+                        const double *h0, const double *c0, double *y, double *h_n,
+                        double *c_n, double *gates, double *c, void *workspace,
+                        int num_threads, const lstm_variant *variant);
+
+/* As lstm_backward_X, with the variant of the forward call, plus
+ *   dpeephole  [3,H]  gradients of w_ci, w_cf, w_co (required with peepholes,
+ *                     else ignored)                                        out */
+int lstm_backward_ex_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                         const void *packed, const int64_t *batch_sizes, const float *x,
+                         const float *h0, const float *c0, const float *y,
+                         const float *gates, const float *c, const float *dy,
+                         const float *dh_n, const float *dc_n, float *dx, float *dw_ih,
+                         float *dw_hh, float *db, float *dh0, float *dc0, float *dw_hr,
+                         void *workspace, int num_threads, const lstm_variant *variant,
+                         float *dpeephole);
+int lstm_backward_ex_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                         const void *packed, const int64_t *batch_sizes, const double *x,
+                         const double *h0, const double *c0, const double *y,
+                         const double *gates, const double *c, const double *dy,
+                         const double *dh_n, const double *dc_n, double *dx, double *dw_ih,
+                         double *dw_hh, double *db, double *dh0, double *dc0, double *dw_hr,
+                         void *workspace, int num_threads, const lstm_variant *variant,
+                         double *dpeephole);
 /* ---- bfloat16 weights, float32 everything else (inference) ----------------
  * The same layer with w_ih and w_hh rounded to bfloat16 at pack time and x, h
  * rounded to bfloat16 for the products; products accumulated in float32 in

@@ -74,7 +74,20 @@ typedef struct {
     TYPE *xw;                /* [N,4H] hoisted x.w_ih^T + b when gates is NULL, else NULL */
     TYPE *m;                 /* [B,H] unprojected h of the step (projection only) */
     TYPE *ws;
+    const lstm_variant *var; /* the variants, or NULL (plain) */
 } FN(fwd_ctx);
+
+/* The variant fields of a cell's arguments from v (NULL: plain, var 0). */
+#define SET_CELL_VARIANT(ca, v)                                                              \
+    do {                                                                                     \
+        if (v) {                                                                             \
+            (ca).var = 1;                                                                    \
+            (ca).peep = (const TYPE *)(v)->peephole;                                         \
+            (ca).clip = (TYPE)(v)->clip;                                                     \
+            (ca).cell_clip = (TYPE)(v)->cell_clip;                                           \
+            (ca).cifg = (v)->cifg;                                                           \
+        }                                                                                    \
+    } while (0)
 
 /* Prefetch row k of the packed step weights at pf (4 vectors) into L2. */
 INLINE void FN(prefetch_row)(const TYPE *pf, int64_t k)
@@ -323,6 +336,7 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     ca.H = H;
     ca.pre = XF ? (const TYPE *)(base + ctx->hdr->off_b) : NULL;   /* the bias alone */
     ca.pre_ld = XF ? 0 : G;
+    SET_CELL_VARIANT(ca, ctx->var);
     const TYPE *w = (const TYPE *)(base + ctx->hdr->off_whh_f);
     const int64_t s = (int64_t)sizeof(TYPE);
     const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * (XF + R) * 4 * V * s, 4 * V * s);
@@ -391,7 +405,8 @@ static size_t FN(fwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int64_
 static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                        const void *packed, const int64_t *batch_sizes, const TYPE *x,
                        const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n, TYPE *c_n,
-                       TYPE *gates, TYPE *c, void *workspace, int num_threads)
+                       TYPE *gates, TYPE *c, void *workspace, int num_threads,
+                       const lstm_variant *var)
 {
     const FN(packed_hdr) *hdr = FN(check_packed)(packed, I, H, P);
     if (!hdr)
@@ -413,7 +428,7 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
         wsb += FN(fwd_xw_bytes)(T, B, I, H, 0);
     }
     FN(fwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, h_n, c_n, gates, c, xw, m,
-                       (TYPE *)wsb};
+                       (TYPE *)wsb, var};
     if (num_threads < 1)
         num_threads = 1;
     lstm_pool_run(FN(fwd_job), &ctx, num_threads);
@@ -434,6 +449,8 @@ typedef struct {
     TYPE *dh_all;       /* [N,P]  projection: dLoss/dh of every step */
     TYPE *m_all;        /* [N,H]  projection: m = o*tanh(c) of every step */
     TYPE *ws;
+    const lstm_variant *var;   /* the variants, or NULL (plain) */
+    TYPE *dpeep;        /* [3,H] peephole gradients (with var->peephole) */
 } FN(bwd_ctx);
 
 /* Row stride of dgates: 4H, plus a cache line when 4H elements are a multiple
@@ -624,6 +641,8 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     TYPE *dg_t = ctx->dgates + offs[t] * ldg;
     FN(bwd_cell_args) ca = {H, ctx->dh_n, dy_t, gates_t, c_t, cprev, ctx->dc0, dg_t, ldg,
                             NULL, ctx->db};
+    SET_CELL_VARIANT(ca, ctx->var);
+    ca.dpeep = ctx->dpeep;
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
     for (int64_t j = j0; j < j1; j += jstep) {
@@ -651,6 +670,8 @@ KERNEL void FN(bwd_step_proj_cell)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0
     const TYPE *cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
     FN(bwd_cell_args) ca = {H, ctx->dm, NULL, gates_t, c_t, cprev, ctx->dc0,
                             ctx->dgates + offs[t] * ldg, ldg, ctx->m_all + offs[t] * H, ctx->db};
+    SET_CELL_VARIANT(ca, ctx->var);
+    ca.dpeep = ctx->dpeep;
     for (int64_t j = j0; j < j1; j += BNB) {
         int nb = j1 - j < BNB ? (int)(j1 - j) : BNB;
         for (int64_t r0 = 0; r0 < n; r0 += BR) {
@@ -690,6 +711,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             vstore_n(ctx->dc0 + r * H + off, vload_n(ctx->dc_n + r * H + off, cnt), cnt);
         for (int q = 0; q < 4; q++)
             vstore_n(ctx->db + q * H + off, (vec){0}, cnt);
+        for (int q = 0; ctx->dpeep && q < 3; q++)   /* peephole gradients: as db */
+            vstore_n(ctx->dpeep + q * H + off, (vec){0}, cnt);
     }
     FN(gemm_args) gm = {0};   /* projection: dm = dh . w_hr */
     gm.N = H;
@@ -818,12 +841,15 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                         const TYPE *h0, const TYPE *c0, const TYPE *y, const TYPE *gates,
                         const TYPE *c, const TYPE *dy, const TYPE *dh_n, const TYPE *dc_n,
                         TYPE *dx, TYPE *dw_ih, TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0,
-                        TYPE *dw_hr, void *workspace, int num_threads)
+                        TYPE *dw_hr, void *workspace, int num_threads,
+                        const lstm_variant *var, TYPE *dpeep)
 {
     const FN(packed_hdr) *hdr = FN(check_packed)(packed, I, H, P);
     if (!hdr)
         return LSTM_ERR_PACKED;
     if (P && !dw_hr)
+        return LSTM_ERR_ARG;
+    if (var && var->peephole && !dpeep)
         return LSTM_ERR_ARG;
     unsigned char *wsb = FN(align_ptr)(workspace);
     int64_t *offs = (int64_t *)wsb;
@@ -844,7 +870,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     }
     FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
-                       (TYPE *)wsb};
+                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL};
     if (num_threads < 1)
         num_threads = 1;
     lstm_pool_run(FN(bwd_job), &ctx, num_threads);
@@ -908,3 +934,4 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #undef FWD_TILE
 #undef STEP_ROWS_MAX
 #undef BWD_TILE
+#undef SET_CELL_VARIANT

@@ -40,6 +40,17 @@
  * a fixed ~300000-pause spin, made a 2-thread forward at (32,64,256,256) take
  * 63-113 ms instead of 14 ms on 1 thread while another process held a core).
  *
+ * The barrier's full budget must outlast the time a sleeping partner takes to
+ * run again: on a virtual machine a futex wake of an idle vCPU takes tens of
+ * us, so with 30 us one sleep made the partner late at the next barrier, which
+ * made it sleep, and so on (Intel Xeon KVM, (100,32,16,128) f32, 2 threads, no
+ * torch in the process: 26-54 barrier sleeps per training step, 8.5-11.5 ms;
+ * with 100 us 0-5 sleeps, 7.8-9.0 ms). After a job judged contended the next
+ * one keeps the short budget it ended with (see lstm_pool_run), so a loaded
+ * machine does not pay the longer spin at every job: (32,16,64,64) with a
+ * busy loop on one CPU and 2 threads forced, 1.13-1.21 ms per training step
+ * against 1.27-1.32 before.
+ *
  * In the host's OpenMP team the barrier may spin longer (HOST_BARRIER_SPIN_NS):
  * between our jobs that team also runs torch's ops, and with 30 us the budget
  * collapsed to sleeping at most barriers (a futex wake per step); with 300 us
@@ -49,7 +60,7 @@
 #define IDLE_SPIN_NS 100000
 #endif
 #ifndef BARRIER_SPIN_NS
-#define BARRIER_SPIN_NS 30000
+#define BARRIER_SPIN_NS 100000
 #endif
 #ifndef HOST_BARRIER_SPIN_NS
 #define HOST_BARRIER_SPIN_NS 300000
@@ -480,7 +491,8 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int num_threads)
         num_threads = LSTM_MAX_THREADS;
     if (host_omp()) {
         omp_job job = {fn, arg, {.host_team = 1}, 1};
-        __atomic_store_n(&host_barrier_spin.budget, host_barrier_spin.max, __ATOMIC_RELAXED);
+        if (!lstm_pool_contended())   /* see the same line below */
+            __atomic_store_n(&host_barrier_spin.budget, host_barrier_spin.max, __ATOMIC_RELAXED);
         long t_start = now_ns();
         host.parallel(omp_body, &job, (unsigned)num_threads, 0);
         long t_end = now_ns();
@@ -522,7 +534,12 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int num_threads)
     int nworkers = pool.nworkers;
     /* Post: everything above is published by this seq_cst store, which
      * workers read with a seq_cst/acquire load. */
-    __atomic_store_n(&barrier_spin.budget, barrier_spin.max, __ATOMIC_RELAXED);
+    /* A job starts with the full barrier budget unless the last ones were
+     * judged contended (then the budget the last job ended with: halved at each
+     * sleep, it stays short while another process holds a core, instead of each
+     * job spinning its full budget away again). */
+    if (!lstm_pool_contended())
+        __atomic_store_n(&barrier_spin.budget, barrier_spin.max, __ATOMIC_RELAXED);
     long t_start = now_ns();
     STORE(&pool.gen, (int)((unsigned)pool.gen + 1u));
     wake(&pool.gen_sleepers, &pool.gen);

@@ -261,6 +261,8 @@ def test_float32_layer_unchanged():
     (dict(weight_dtype="float64"), "must be the layer's dtype"),
     (dict(weight_dtype="bfloat16", dtype=np.float64), "needs dtype float32"),
     (dict(weight_dtype="bfloat16", proj_size=2), "proj_size"),
+    (dict(weight_dtype="bfloat16", peephole=True), "variants"),
+    (dict(weight_dtype="bfloat16", clip=3.0), "variants"),
     (dict(weight_dtype="bfloat16", backend="numba"), "'c' and 'numpy' backends"),
 ])
 def test_bad_weight_dtype(kw, match):

@@ -175,6 +175,26 @@ def test_pack_into_an_earlier_pack(P):
     assert same_bits(ck.forward(old, q["x"], q["h0"], q["c0"], 1), want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arrays_the_binding_makes_start_on_a_cache_line(dtype):
+    """Every array of a page or more that forward/backward return starts on 64 bytes
+    (NumPy alone gives large arrays 16, and the kernel's vector loads and stores would
+    each span two cache lines), is C-contiguous, writeable and outlives the call."""
+    p = contract_problem(9, 13, 40, 50, 0, dtype=dtype, seed=3)
+    pk = ck.pack(*p["w"])
+    y, h_n, c_n, gates, c = ck.forward(pk, p["x"], p["h0"], p["c0"], 1)
+    grads = ck.backward(pk, p["x"], p["h0"], p["c0"], y, gates, c, p["dy"], p["dh_n"],
+                        p["dc_n"], 1)
+    big = [a for a in (y, gates, c) + grads if a is not None and a.nbytes >= 4096]
+    assert len(big) >= 5
+    for a in big:
+        assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.flags.writeable
+        assert a.dtype == dtype
+    want = gates.copy()
+    del y, grads, big
+    assert same_bits(gates, want)                  # the buffer lives as long as the view
+
+
 def test_info():
     info = ck.build_info()
     assert {"compiler", "flags", "simd_levels_compiled", "threading"} <= set(info)

@@ -4,9 +4,15 @@ Layer k (0-based), direction d (1 = reverse) has ``weight_ih_l{k}`` (4H, I_k),
 ``weight_hh_l{k}`` (4H, R), ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (4H,) with a bias,
 ``weight_hr_l{k}`` (P, H) with a projection, each with the suffix ``_reverse`` for
 d = 1; I_0 = input_size, I_k = D*R above; R = P if P > 0 else H; torch's order.
+With peepholes (issue 15; torch has none) also ``weight_ci_l{k}``, ``weight_cf_l{k}``,
+``weight_co_l{k}`` (H,) each, after torch's names of the same layer-direction. With coupled
+input and forget gates (cifg) the gate rows are 3H (i, g, o) instead of 4H.
 """
 
+import numpy as np
+
 KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+PEEPHOLE_KINDS = ("weight_ci", "weight_cf", "weight_co")
 
 
 def suffix(layer, d):
@@ -14,28 +20,68 @@ def suffix(layer, d):
     return f"_l{layer}_reverse" if d else f"_l{layer}"
 
 
-def direction_names(layer, d, bias, proj_size):
-    """Names of one layer-direction's parameters, in torch's order."""
+def direction_names(layer, d, bias, proj_size, peephole=False):
+    """Names of one layer-direction's parameters, in torch's order (the peephole weights
+    last)."""
     s = suffix(layer, d)
     names = ["weight_ih" + s, "weight_hh" + s]
     if bias:
         names += ["bias_ih" + s, "bias_hh" + s]
     if proj_size:
         names.append("weight_hr" + s)
+    if peephole:
+        names += [kind + s for kind in PEEPHOLE_KINDS]
     return tuple(names)
 
 
-def shapes(input_size, hidden_size, num_layers, bidirectional, bias, proj_size):
-    """(name, shape) of every parameter, in torch's order."""
+def state_dict_names(num_layers, bidirectional, bias, proj_size, peephole=False):
+    """Every parameter name in the order of ``LSTM.state_dict()``: layer by layer, direction
+    by direction, ``direction_names`` each (torch's order; the peephole weights after the
+    torch names of their layer-direction)."""
+    return [name for layer in range(num_layers) for d in range(2 if bidirectional else 1)
+            for name in direction_names(layer, d, bias, proj_size, peephole)]
+
+
+def shapes(input_size, hidden_size, num_layers, bidirectional, bias, proj_size, peephole=False,
+           cifg=False):
+    """(name, shape) of every parameter: torch's in torch's order, then (with peepholes)
+    the peephole weights of every layer-direction, so that torch's draw the same initial
+    values from a seed with or without them."""
     H, P, D = hidden_size, proj_size, 2 if bidirectional else 1
     R = P or H
+    G = (3 if cifg else 4) * H
     for layer in range(num_layers):
         I = input_size if layer == 0 else D * R
         for d in range(D):
             for name in direction_names(layer, d, bias, proj_size):
                 kind = name.rsplit("_l", 1)[0]
-                yield name, {"weight_ih": (4 * H, I), "weight_hh": (4 * H, R), "bias_ih": (4 * H,),
-                             "bias_hh": (4 * H,), "weight_hr": (P, H)}[kind]
+                yield name, {"weight_ih": (G, I), "weight_hh": (G, R), "bias_ih": (G,),
+                             "bias_hh": (G,), "weight_hr": (P, H)}[kind]
+    if peephole:
+        for layer in range(num_layers):
+            for d in range(D):
+                for kind in PEEPHOLE_KINDS:
+                    yield kind + suffix(layer, d), (H,)
+
+
+def cifg_expand(w):
+    """Coupled gates: (3H, ...) rows i, g, o -> the kernels' (4H, ...) rows i, f, g, o with
+    the f rows zero (the kernels compute f = 1 - i and never read them)."""
+    if w is None:
+        return None
+    H = w.shape[0] // 3
+    out = np.zeros((4 * H,) + w.shape[1:], w.dtype)
+    out[:H] = w[:H]
+    out[2 * H:] = w[H:]
+    return out
+
+
+def cifg_compress(g):
+    """The kernels' (4H, ...) gradient rows i, f, g, o -> (3H, ...) rows i, g, o (f's are 0)."""
+    if g is None:
+        return None
+    H = g.shape[0] // 4
+    return np.concatenate([g[:H], g[2 * H:]])
 
 
 def bias_grads(db):
@@ -45,8 +91,9 @@ def bias_grads(db):
     return (None, None) if db is None else (db, db.copy() if hasattr(db, "copy") else db.clone())
 
 
-def grads_by_name(names, dw_ih, dw_hh, db, dw_hr):
-    """One layer-direction's gradients under ``names`` (from ``direction_names``)."""
+def grads_by_name(names, dw_ih, dw_hh, db, dw_hr, dpeephole=None):
+    """One layer-direction's gradients under ``names`` (from ``direction_names``);
+    ``dpeephole`` (3, H) the peephole weights' (rows ci, cf, co), or None."""
     out = {names[0]: dw_ih, names[1]: dw_hh}
     k = 2
     if db is not None:
@@ -54,4 +101,7 @@ def grads_by_name(names, dw_ih, dw_hh, db, dw_hr):
         k = 4
     if dw_hr is not None:
         out[names[k]] = dw_hr
+    if dpeephole is not None:
+        for name, g in zip(names[-3:], dpeephole):
+            out[name] = g
     return out

@@ -166,6 +166,53 @@ def weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     return w_ih, w_hh, b, w_hr, dtype, I, H, R
 
 
+def check_clip(value, name):
+    """A clip bound of the LSTM variants: None or 0 (off), else a finite number > 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name} must be None or 0 (off) or a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def cifg_weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
+    """``weights`` for coupled input and forget gates: (3H, .) rows i, g, o (H from w_hr's
+    columns with a projection, else from w_hh's), handed on as the kernels' 4H rows (the f
+    rows zero, ``_params.cifg_expand``)."""
+    from ._params import cifg_expand
+    w_hh = to_numpy(w_hh)
+    H = to_numpy(w_hr).shape[-1] if w_hr is not None else (w_hh.shape[-1] if w_hh.ndim else 0)
+    arrays = []
+    for name, a in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)):
+        if a is not None:
+            a = to_numpy(a)
+            if a.ndim == 0 or a.shape[0] != 3 * H:
+                raise ValueError(f"cifg=True: {name} must have 3*H = {3 * H} rows (gates i, g, o; "
+                                 f"f = 1 - i), got shape {_fmt(a.shape)}")
+            a = cifg_expand(a)
+        arrays.append(a)
+    return weights(*arrays, w_hr)
+
+
+def variant(dtype, H, w_ci=None, w_cf=None, w_co=None, clip=None, cell_clip=None, cifg=False):
+    """The variants of one layer-direction (issue 15) as a ``backends.Variant``, or None when
+    all are off: peephole weights w_ci, w_cf, w_co (H,) each, all three or none, stacked
+    (3, H); clip and cell_clip bounds (see ``check_clip``)."""
+    from .backends import Variant
+    clip, cell_clip = check_clip(clip, "clip"), check_clip(cell_clip, "cell_clip")
+    given = [w is not None for w in (w_ci, w_cf, w_co)]
+    if any(given) and not all(given):
+        raise ValueError("the peephole weights w_ci, w_cf, w_co must all be given or all be None")
+    peep = None
+    if all(given):
+        peep = np.stack([as_array(w, n, dtype, (H,), "(H,) = ({},)")
+                         for w, n in ((w_ci, "w_ci"), (w_cf, "w_cf"), (w_co, "w_co"))])
+    if peep is None and not clip and not cell_clip and not cifg:
+        return None
+    return Variant(peep, clip, cell_clip, bool(cifg))
+
+
 def sequence(x, name, dtype, I):
     """x of shape (T, B, I)."""
     if type(x) is np.ndarray and x.dtype is dtype and x.ndim == 3 and x.shape[2] == I \

@@ -22,8 +22,15 @@ Keras lists are what ``layer.get_weights()`` returns and ``layer.set_weights()``
 takes (``keras.layers.Bidirectional(LSTM)`` concatenates the forward and the
 backward layer's lists); one list per stacked layer. ONNX dicts are the
 initializers of one ``LSTM`` node per layer with the default attributes
-(activations sigmoid/tanh/tanh, no clip, input_forget = 0, layout = 0, no
-peepholes); ``to_onnx_model`` builds the whole stack as an ONNX model.
+(activations sigmoid/tanh/tanh, input_forget = 0, layout = 0);
+``to_onnx_model`` builds the whole stack as an ONNX model, ``from_onnx_model``
+reads one back.
+
+Peepholes (``LSTM(peephole=True)``: ``weight_ci_l{k}``, ``weight_cf_l{k}``,
+``weight_co_l{k}`` (H,)) convert to and from ONNX's ``P`` (D, 3H) in ONNX's order
+i, o, f; torch and Keras 3 have none. The gate clip (``LSTM(clip=...)``) is ONNX's
+``clip`` attribute (``to_onnx_model(clip=...)``, ``from_onnx_model``); ONNX has no
+cell clip.
 
 All functions accept NumPy arrays or torch tensors, return NumPy arrays (copies,
 dtype kept) and check the structure first: missing or unexpected keys are a
@@ -36,12 +43,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _params
+from . import _params, _validation
 
 __all__ = ["LSTMConfig", "describe", "from_torch", "to_torch", "to_keras", "from_keras",
-           "to_onnx", "from_onnx", "to_onnx_model"]
+           "to_onnx", "from_onnx", "to_onnx_model", "from_onnx_model"]
 
-_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|weight_ci|weight_cf|weight_co)"
+                  r"_l(\d+)(_reverse)?$")
 
 # Row blocks of a (4H, .) torch matrix in ONNX's order i, o, f, c, and back.
 _TORCH_TO_ONNX = (0, 3, 1, 2)
@@ -59,13 +67,18 @@ class LSTMConfig(NamedTuple):
         Two directions; biases present.
     proj_size : int
         P, 0 without a projection.
+    peephole : bool
+        Peephole weights present (``LSTM(peephole=True)``).
+    cifg : bool
+        Coupled input and forget gates (``LSTM(cifg=True)``: 3H gate rows).
 
     Examples
     --------
     >>> from lstm_fast import adapters
     >>> cfg = adapters.describe(lstm_fast.LSTM(3, 4, proj_size=2).state_dict())
     >>> cfg.hidden_size, cfg.proj_size, cfg._asdict() == dict(
-    ...     input_size=3, hidden_size=4, num_layers=1, bidirectional=False, bias=True, proj_size=2)
+    ...     input_size=3, hidden_size=4, num_layers=1, bidirectional=False, bias=True, proj_size=2,
+    ...     peephole=False, cifg=False)
     (4, 2, True)
     """
     input_size: int
@@ -74,6 +87,8 @@ class LSTMConfig(NamedTuple):
     bidirectional: bool
     bias: bool
     proj_size: int
+    peephole: bool = False
+    cifg: bool = False
 
 
 def _array(value, name):
@@ -91,8 +106,12 @@ def _keys(cfg):
 
 
 def _shapes(cfg):
-    return _params.shapes(cfg.input_size, cfg.hidden_size, cfg.num_layers, cfg.bidirectional,
-                          cfg.bias, cfg.proj_size)
+    """(name, shape) of every parameter of ``cfg`` in the order of ``LSTM.state_dict()``."""
+    shapes = dict(_params.shapes(cfg.input_size, cfg.hidden_size, cfg.num_layers,
+                                 cfg.bidirectional, cfg.bias, cfg.proj_size, cfg.peephole,
+                                 cfg.cifg))
+    return [(name, shapes[name]) for name in _params.state_dict_names(
+        cfg.num_layers, cfg.bidirectional, cfg.bias, cfg.proj_size, cfg.peephole)]
 
 
 def describe(state_dict):
@@ -119,7 +138,7 @@ def describe(state_dict):
     --------
     >>> from lstm_fast import adapters
     >>> adapters.describe(lstm_fast.LSTM(3, 4, num_layers=2, bidirectional=True).state_dict())
-    LSTMConfig(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, bias=True, proj_size=0)
+    LSTMConfig(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, bias=True, proj_size=0, peephole=False, cifg=False)
     >>> adapters.describe({"weight_ih_l0": np.zeros((16, 3)), "weight_hh_l0": np.zeros((16, 5))})
     Traceback (most recent call last):
     ...
@@ -130,19 +149,23 @@ def describe(state_dict):
         m = _KEY.match(key) if isinstance(key, str) else None
         if m is None:
             raise KeyError(f"unexpected key {key!r}: LSTM state_dict keys are weight_ih_l{{k}}, "
-                           f"weight_hh_l{{k}}, bias_ih_l{{k}}, bias_hh_l{{k}} (weight_hr_l{{k}}), "
+                           f"weight_hh_l{{k}}, bias_ih_l{{k}}, bias_hh_l{{k}} (weight_hr_l{{k}}; "
+                           f"peepholes weight_ci_l{{k}}, weight_cf_l{{k}}, weight_co_l{{k}}), "
                            f"with _reverse for the second direction")
         parsed[key] = m
     if "weight_hh_l0" not in state_dict or "weight_ih_l0" not in state_dict:
         raise KeyError("state_dict has no weight_ih_l0 / weight_hh_l0: not an LSTM state_dict")
     w_hh = _array(state_dict["weight_hh_l0"], "weight_hh_l0")
     w_ih = _array(state_dict["weight_ih_l0"], "weight_ih_l0")
-    if w_hh.ndim != 2 or w_hh.shape[0] % 4 or w_hh.shape[0] == 0:
+    hr = _array(state_dict["weight_hr_l0"], "weight_hr_l0") if "weight_hr_l0" in state_dict else None
+    width = hr.shape[-1] if hr is not None and hr.ndim else (w_hh.shape[-1] if w_hh.ndim else 0)
+    cifg = w_hh.ndim == 2 and width > 0 and w_hh.shape[0] == 3 * width   # gates i, g, o
+    if not cifg and (w_hh.ndim != 2 or w_hh.shape[0] % 4 or w_hh.shape[0] == 0):
         raise ValueError(f"weight_hh_l0 must have shape (4*hidden_size, hidden_size or proj_size), "
                          f"got {w_hh.shape}")
     if w_ih.ndim != 2:
         raise ValueError(f"weight_ih_l0 must have shape (4*hidden_size, input_size), got {w_ih.shape}")
-    H = w_hh.shape[0] // 4
+    H = w_hh.shape[0] // (3 if cifg else 4)
     P = 0
     if "weight_hr_l0" in state_dict:
         P = _array(state_dict["weight_hr_l0"], "weight_hr_l0").shape[0]
@@ -150,7 +173,8 @@ def describe(state_dict):
         input_size=w_ih.shape[1], hidden_size=H,
         num_layers=1 + max(int(m.group(2)) for m in parsed.values()),
         bidirectional=any(m.group(3) for m in parsed.values()),
-        bias="bias_ih_l0" in state_dict or "bias_hh_l0" in state_dict, proj_size=P)
+        bias="bias_ih_l0" in state_dict or "bias_hh_l0" in state_dict, proj_size=P,
+        peephole=any(m.group(1) in _params.PEEPHOLE_KINDS for m in parsed.values()), cifg=cifg)
     expected = dict(_shapes(cfg))
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -172,6 +196,12 @@ def _check(cfg, num_layers, bidirectional, fmt):
                          f"{'bi' if cfg.bidirectional else 'uni'}directional")
     if cfg.proj_size:
         raise ValueError(f"proj_size={cfg.proj_size}: {fmt} LSTMs have no projection")
+    if cfg.cifg and fmt != "ONNX":
+        raise ValueError(f"the state_dict has coupled input and forget gates (3H gate rows): "
+                         f"{fmt} LSTMs have none")
+    if cfg.peephole and fmt != "ONNX":
+        raise ValueError(f"the state_dict has peephole weights (weight_ci_l0, ...): {fmt} LSTMs "
+                         f"have none")
 
 
 # --- torch --------------------------------------------------------------------
@@ -242,6 +272,9 @@ def to_torch(state_dict, dtype=None):
     import torch
 
     cfg = describe(state_dict)
+    if cfg.peephole or cfg.cifg:
+        raise ValueError("the state_dict has peephole weights (weight_ci_l0, ...) or coupled "
+                         "gates (3H rows): torch.nn.LSTM has neither")
     out = {}
     for k in _keys(cfg):
         t = torch.from_numpy(np.array(_array(state_dict[k], k), order="C", copy=True))
@@ -385,7 +418,10 @@ def to_onnx(state_dict, num_layers=None, bidirectional=None):
 
     W (D, 4H, I), R (D, 4H, H), B (D, 8H) = [input biases, recurrent biases],
     gates in ONNX's order i, o, f, c; D = 2 (forward, reverse) if bidirectional.
-    Without biases there is no "B" (ONNX then uses zeros).
+    Without biases there is no "B" (ONNX then uses zeros). With peepholes also
+    P (D, 3H) = [weight_ci, weight_co, weight_cf] (ONNX's order i, o, f). Coupled
+    gates (3H rows) are written as ONNX's 4H with zero f rows, for a node with
+    ``input_forget=1`` (ONNX Runtime does not use them).
 
     Parameters
     ----------
@@ -399,7 +435,7 @@ def to_onnx(state_dict, num_layers=None, bidirectional=None):
     Returns
     -------
     list of dict of str to numpy.ndarray
-        One ``{"W", "R", "B"}`` dict per layer.
+        One ``{"W", "R", "B"}`` dict per layer (plus "P" with peepholes).
 
     Raises
     ------
@@ -423,30 +459,42 @@ def to_onnx(state_dict, num_layers=None, bidirectional=None):
         W, R, B = [], [], []
         for d in range(2 if cfg.bidirectional else 1):
             s = _params.suffix(layer, d)
-            W.append(_gates(_array(state_dict["weight_ih" + s], "weight_ih" + s), _TORCH_TO_ONNX))
-            R.append(_gates(_array(state_dict["weight_hh" + s], "weight_hh" + s), _TORCH_TO_ONNX))
+            get = (lambda k: _params.cifg_expand(_array(state_dict[k], k))) if cfg.cifg else \
+                (lambda k: _array(state_dict[k], k))
+            W.append(_gates(get("weight_ih" + s), _TORCH_TO_ONNX))
+            R.append(_gates(get("weight_hh" + s), _TORCH_TO_ONNX))
             if cfg.bias:
                 B.append(np.concatenate(
-                    [_gates(_array(state_dict[k + s], k + s), _TORCH_TO_ONNX) for k in ("bias_ih", "bias_hh")]))
+                    [_gates(get(k + s), _TORCH_TO_ONNX) for k in ("bias_ih", "bias_hh")]))
         node = {"W": np.stack(W), "R": np.stack(R)}
         if cfg.bias:
             node["B"] = np.stack(B)
+        if cfg.peephole:
+            node["P"] = np.stack([np.concatenate([
+                _array(state_dict[k + _params.suffix(layer, d)], k + _params.suffix(layer, d))
+                for k in ("weight_ci", "weight_co", "weight_cf")])
+                for d in range(2 if cfg.bidirectional else 1)])
         layers.append(node)
     return layers
 
 
-def from_onnx(layers):
+def from_onnx(layers, input_forget=False):
     """A torch-named state_dict from ONNX LSTM initializers (as ``to_onnx`` returns).
 
-    Each layer is a dict with "W", "R" and optionally "B" (and "P", which must
-    be absent or zero: peepholes have no torch equivalent), or a sequence
-    (W, R[, B]). D = W.shape[0] must be the same for every layer. Without "B"
-    the state_dict has no biases.
+    Each layer is a dict with "W", "R" and optionally "B" and "P" (peepholes
+    (D, 3H), ONNX's order i, o, f), or a sequence (W, R[, B]). D = W.shape[0]
+    must be the same for every layer. Without "B" the state_dict has no biases;
+    a nonzero "P" in any layer gives every layer ``weight_ci_l{k}``,
+    ``weight_cf_l{k}``, ``weight_co_l{k}`` (an absent or zero one: zeros, the
+    plain LSTM), none otherwise.
 
     Parameters
     ----------
     layers : list of dict or list of tuple
         One node's initializers per layer, as `to_onnx` returns.
+    input_forget : bool, optional
+        The nodes' ``input_forget`` attribute: coupled gates (f = 1 - i); the f rows
+        (unused) are dropped, giving 3H gate rows (``LSTM(cifg=True)``).
 
     Returns
     -------
@@ -460,7 +508,7 @@ def from_onnx(layers):
     KeyError
         A dict without W or R, or with other keys.
     ValueError
-        A misshapen array or nonzero peepholes, naming the layer.
+        A misshapen array, naming the layer.
 
     Examples
     --------
@@ -472,15 +520,16 @@ def from_onnx(layers):
     if isinstance(layers, dict) or not isinstance(layers, (list, tuple)) or not layers:
         raise TypeError("layers must be a non-empty list with one {'W', 'R', 'B'} dict per layer")
     out = {}
+    peeps = {}
     D0 = None
     for layer, node in enumerate(layers):
         if isinstance(node, dict):
             unknown = set(node) - {"W", "R", "B", "P"}
             if unknown or "W" not in node or "R" not in node:
-                raise KeyError(f"layer {layer}: expected keys W, R and optionally B, got {sorted(node)}")
-            if node.get("P") is not None and np.any(_array(node["P"], "P")):
-                raise ValueError(f"layer {layer}: peephole weights P are not supported (torch has none)")
+                raise KeyError(f"layer {layer}: expected keys W, R and optionally B, P, got {sorted(node)}")
             W, R, B = node["W"], node["R"], node.get("B")
+            if node.get("P") is not None:
+                peeps[layer] = _array(node["P"], f"layer {layer} P")
         elif isinstance(node, (list, tuple)) and len(node) in (2, 3):
             W, R, B = (tuple(node) + (None,))[:3]
         else:
@@ -506,11 +555,28 @@ def from_onnx(layers):
             if B is not None:
                 out["bias_ih" + s] = _gates(B[d, :4 * H], _ONNX_TO_TORCH)
                 out["bias_hh" + s] = _gates(B[d, 4 * H:], _ONNX_TO_TORCH)
+        if layer in peeps and peeps[layer].shape != (D, 3 * H):
+            raise ValueError(f"layer {layer}: P must have shape ({D}, {3 * H}), got {peeps[layer].shape}")
+    if any(np.any(P) for P in peeps.values()):
+        for layer in range(len(layers)):
+            H = out[f"weight_hh_l{layer}"].shape[1]
+            for d in range(D0):
+                s = _params.suffix(layer, d)
+                P = peeps.get(layer, np.zeros((D0, 3 * H), out["weight_hh" + s].dtype))[d]
+                for k, kind in enumerate(("weight_ci", "weight_co", "weight_cf")):
+                    out[kind + s] = np.array(P[k * H:(k + 1) * H])
+        out = {name: out[name] for name, _ in _shapes(describe(out))}   # torch's order
+    if input_forget:
+        out = {k: _params.cifg_compress(v) if k.split("_l")[0] in KINDS_GATES else v
+               for k, v in out.items()}
     describe(out)
     return out
 
 
-def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="lstm"):
+KINDS_GATES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")   # gate rows: 3H with cifg
+
+
+def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="lstm", clip=None):
     """An ``onnx.ModelProto`` computing the whole (multi-layer) LSTM like torch.nn.LSTM.
 
     Inputs: X (T, B, I) time-major; with ``lengths``, sequence_lens (B,) int32;
@@ -532,6 +598,11 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
         The ONNX opset to declare.
     name : str, optional
         The graph's name.
+    clip : float or None, optional
+        The gate pre-activation clip of ``LSTM(clip=...)``: every LSTM node's
+        ``clip`` attribute. None: no clip. Peephole weights in the state_dict
+        become each node's ``P`` input, coupled gates (3H rows) its
+        ``input_forget=1``.
 
     Returns
     -------
@@ -555,6 +626,7 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
 
     cfg = describe(state_dict)
     layers = to_onnx(state_dict)
+    clip = _validation.check_clip(clip, "clip")
     D = 2 if cfg.bidirectional else 1
     n, H = cfg.num_layers * D, cfg.hidden_size
     elem = helper.np_dtype_to_tensor_dtype(_array(state_dict["weight_ih_l0"], "weight_ih_l0").dtype)
@@ -586,9 +658,10 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
                     "Slice", [state, p + "start", p + "end", "axis0"], [p + state]))
         nodes.append(helper.make_node(
             "LSTM", [x, p + "W", p + "R", p + "B" if "B" in node else "",
-                     "sequence_lens" if lengths else ""] + states,
+                     "sequence_lens" if lengths else ""] + states + ([p + "P"] if "P" in node else []),
             [p + "Y"] + (["Y_h", "Y_c"] if single else [p + "Y_h", p + "Y_c"]), hidden_size=H,
-            direction="bidirectional" if D == 2 else "forward", name=p + "lstm"))
+            direction="bidirectional" if D == 2 else "forward", name=p + "lstm",
+            **({"clip": clip} if clip else {}), **({"input_forget": 1} if cfg.cifg else {})))
         x = "Y" if layer == cfg.num_layers - 1 else p + "out"
         if D == 1:
             nodes.append(helper.make_node("Squeeze", [p + "Y", "axis1"], [x]))
@@ -607,3 +680,82 @@ def to_onnx_model(state_dict, initial_state=True, lengths=True, opset=17, name="
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(model)
     return model
+
+
+def from_onnx_model(model):
+    """The state_dict and the options of the LSTM in an ONNX model (a stack of ``LSTM``
+    nodes, as `to_onnx_model` builds).
+
+    The LSTM nodes are taken in graph order, one per layer; their W, R, B and P must be
+    initializers. The attributes this library has are imported (``clip``;
+    ``input_forget``: coupled gates, the state_dict then has 3H gate rows); any other
+    than the defaults (activations sigmoid/tanh/tanh, layout 0, direction forward or
+    bidirectional) is an error.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto or str
+        The model, or the path of a ``.onnx`` file.
+
+    Returns
+    -------
+    state_dict : dict of str to numpy.ndarray
+        As `from_onnx` (peepholes from P).
+    options : dict
+        ``{"clip": float or None}``: with ``describe(state_dict)``, the arguments of
+        `LSTM` (``LSTM(**cfg._asdict(), **options)``).
+
+    Raises
+    ------
+    ValueError
+        No LSTM node, an attribute this library does not implement, clips that differ
+        between layers, or weights that are not initializers.
+
+    Examples
+    --------
+    >>> from lstm_fast import adapters
+    >>> layer = lstm_fast.LSTM(3, 4, peephole=True, clip=2.0, seed=0)
+    >>> sd, options = adapters.from_onnx_model(adapters.to_onnx_model(layer.state_dict(), clip=2.0))
+    >>> options, all(np.array_equal(sd[k], v) for k, v in layer.state_dict().items())
+    ({'clip': 2.0}, True)
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if isinstance(model, str):
+        model = onnx.load(model)
+    graph = model.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    nodes = [n for n in graph.node if n.op_type == "LSTM"]
+    if not nodes:
+        raise ValueError("the model has no LSTM node")
+    layers, clips, forgets = [], set(), set()
+    for layer, node in enumerate(nodes):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        acts = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
+        if acts and [a.lower() for a in acts] not in (["sigmoid", "tanh", "tanh"],
+                                                       ["sigmoid", "tanh", "tanh"] * 2):
+            raise ValueError(f"layer {layer}: activations {acts} are not implemented "
+                             f"(only sigmoid, tanh, tanh)")
+        if attrs.get("layout", 0) != 0:
+            raise ValueError(f"layer {layer}: layout={attrs['layout']} is not implemented")
+        forgets.add(bool(attrs.get("input_forget", 0)))
+        direction = attrs.get("direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        if direction not in ("forward", "bidirectional"):
+            raise ValueError(f"layer {layer}: direction={direction!r} is not implemented")
+        clips.add(float(attrs["clip"]) if "clip" in attrs else None)
+        names = list(node.input) + [""] * 8
+        entry = {}
+        for key, idx in (("W", 1), ("R", 2), ("B", 3), ("P", 7)):
+            if names[idx]:
+                if names[idx] not in inits:
+                    raise ValueError(f"layer {layer}: {key} ({names[idx]!r}) is not an initializer")
+                entry[key] = inits[names[idx]]
+        layers.append(entry)
+    if len(clips) > 1:
+        raise ValueError(f"the LSTM nodes have different clips {sorted(clips, key=str)}: "
+                         f"one LSTM has one clip")
+    if len(forgets) > 1:
+        raise ValueError("the LSTM nodes differ in input_forget: one LSTM couples its gates or not")
+    return from_onnx(layers, input_forget=forgets.pop()), {"clip": clips.pop()}

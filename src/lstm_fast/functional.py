@@ -101,16 +101,18 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
     return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
 
 
-def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None):
+def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None):
     """Backward of ``run_forward`` for dy (T, B, R) (any strides), dh_n (B, R), dc_n (B, H):
     ``(dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0, dw_hr)``, db None without a bias and dw_hr
-    None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``."""
+    None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``.
+    With peepholes, ``dpeephole`` (3, H) receives their gradients (rows ci, cf, co)."""
     impl, packed, (xin, h0, c0, y, gates, c), plan, reverse = cache   # not by field: 5 look-ups
+    kw = {} if dpeephole is None else {"dpeephole": dpeephole}
     if plan is None:
         if reverse or not dy.flags.c_contiguous:
             dy = np.ascontiguousarray(dy[::-1] if reverse else dy)
         dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
-            packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)
+            packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, **kw)
         if reverse:
             dx = dx[::-1]
         if out is not None:
@@ -121,7 +123,7 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None):
         dx, dw_ih, dw_hh, db, dhs, dcs, dw_hr = impl.backward(
             packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse),
             plan.sort(backends.as_matrix(dh_n)), plan.sort(backends.as_matrix(dc_n)),
-            num_threads, plan.batch_sizes)
+            num_threads, plan.batch_sizes, **kw)
         dx = plan.scatter(dx, reverse)
         dh0, dc0 = (np.empty(dh_n.shape, dhs.dtype), np.empty(dc_n.shape, dcs.dtype)) \
             if out is None else out
@@ -172,17 +174,20 @@ class LSTMGrads(NamedTuple):
     dx : numpy.ndarray
         (T, B, I); zero at padded positions.
     dw_ih : numpy.ndarray
-        (4H, I).
+        (4H, I) (3H with cifg).
     dw_hh : numpy.ndarray
-        (4H, R).
+        (4H, R) (3H with cifg).
     db_ih, db_hh : numpy.ndarray or None
-        (4H,) each, equal to each other; None if the forward call had no bias.
+        (4H,) each (3H with cifg), equal to each other; None if the forward call had
+        no bias.
     dh0 : numpy.ndarray
         (B, R).
     dc0 : numpy.ndarray
         (B, H).
     dw_hr : numpy.ndarray or None
         (P, H) with a projection, else None.
+    dw_ci, dw_cf, dw_co : numpy.ndarray or None
+        (H,) each with peepholes, else None.
 
     Examples
     --------
@@ -199,10 +204,14 @@ class LSTMGrads(NamedTuple):
     dh0: np.ndarray               #: (B, R)
     dc0: np.ndarray               #: (B, H)
     dw_hr: Optional[np.ndarray] = None   #: (P, H) with a projection, else None
+    dw_ci: Optional[np.ndarray] = None   #: (H,) with peepholes, else None
+    dw_cf: Optional[np.ndarray] = None   #: (H,) with peepholes, else None
+    dw_co: Optional[np.ndarray] = None   #: (H,) with peepholes, else None
 
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=None,
-                 lengths=None, backend="auto", save=True):
+                 lengths=None, backend="auto", save=True, w_ci=None, w_cf=None, w_co=None,
+                 clip=None, cell_clip=None, cifg=False):
     """Run one LSTM layer over a sequence (one direction, time-major).
 
     Shapes and names follow ``torch.nn.LSTM``, gate order i, f, g, o. The dtype
@@ -238,6 +247,26 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     save : bool, optional
         Keep what `lstm_backward` needs (default). False keeps nothing (cache None):
         inference without the memory of the saved gates and cell states.
+    w_ci, w_cf, w_co : array_like or None, optional
+        (H,) each, all three or none: peephole weights (Gers & Schmidhuber; ONNX's
+        ``P``, TensorFlow's ``use_peepholes``). The input and forget gates see
+        c_{t-1}, the output gate sees c_t: ``i = sigmoid(... + w_ci * c_{t-1})``,
+        ``f = sigmoid(... + w_cf * c_{t-1})``, ``o = sigmoid(... + w_co * c_t)``. The
+        gradients then include ``dw_ci``, ``dw_cf``, ``dw_co``.
+    clip : float or None, optional
+        > 0: every gate pre-activation (peephole term included) is clamped to
+        [-clip, clip] before its activation, as ONNX's LSTM ``clip``; zero gradient
+        where clamped. None or 0: off.
+    cell_clip : float or None, optional
+        > 0: the cell state c_t is clamped to [-cell_clip, cell_clip] (the clamped
+        value is carried, saved and returned as c_n), as TensorFlow's ``cell_clip``;
+        zero gradient where clamped. None or 0: off.
+    cifg : bool, optional
+        Coupled input and forget gates (ONNX's ``input_forget``, as ONNX Runtime
+        computes it): ``f = 1 - i``. The weights and biases then have 3H rows,
+        gates i, g, o (and w_cf, if given, is unused). The cache's gates still
+        hold four (f = 1 - i). TFLite's CIFG couples ``i = 1 - f`` instead: see
+        ``lstm_fast.backends.reference`` for the conversion.
 
     Returns
     -------
@@ -249,11 +278,20 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     ------
     ValueError
         A shape that does not fit, naming the argument, the shape received and
-        the one expected; lengths outside [0, T]; an unknown backend name.
+        the one expected; lengths outside [0, T]; an unknown backend name; a
+        negative or non-finite clip or cell_clip; only some of w_ci, w_cf, w_co.
     TypeError
         An input of the other float precision than the weights, or not numeric.
     BackendUnavailableError
         The backend asked for is not available here.
+
+    Notes
+    -----
+    The variants (peepholes, clip, cell_clip) combine freely; the equations are
+    in ``lstm_fast.backends.reference``. The backward of the fused backends ("c",
+    "numba") tells a clamped gate by its saved activation (equal to the
+    activation of +-clip), so a pre-activation within rounding of +-clip also
+    counts as clamped there.
 
     See Also
     --------
@@ -277,16 +315,29 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     >>> res = lstm_fast.lstm_forward(x, w_ih, w_hh, lengths=[5, 2])
     >>> bool(np.all(res.y[2:, 1] == 0)), bool(np.allclose(res.h_n[1], res.y[1, 1]))
     (True, True)
+
+    Peepholes and a cell clip:
+
+    >>> w_c = rng.uniform(-0.5, 0.5, (3, H))
+    >>> res = lstm_fast.lstm_forward(x, w_ih, w_hh, w_ci=w_c[0], w_cf=w_c[1], w_co=w_c[2],
+    ...                              cell_clip=0.5)
+    >>> bool(np.abs(res.c_n).max() <= 0.5)
+    True
     """
     name = backends.resolve(backend)
-    w_ih, w_hh, b, w_hr, dtype, I, H, R = _validation.weights(w_ih, w_hh, b_ih, b_hh, w_hr)
+    if not isinstance(cifg, (bool, np.bool_)):
+        raise TypeError(f"cifg must be a bool, got {cifg!r}")
+    w_ih, w_hh, b, w_hr, dtype, I, H, R = (_validation.cifg_weights if cifg else
+                                           _validation.weights)(w_ih, w_hh, b_ih, b_hh, w_hr)
     x = _validation.sequence(x, "x", dtype, I)
     T, B = x.shape[0], x.shape[1]
     h0 = _validation.state(h0, "h0", dtype, B, R)
     c0 = _validation.state(c0, "c0", dtype, B, H)
     plan = make_plan(_validation.lengths(lengths, B, T), T, B)
+    variant = _validation.variant(dtype, H, w_ci, w_cf, w_co, clip, cell_clip, cifg)
     impl = backends.get(name)
-    packed = impl.pack(w_ih, w_hh, b, w_hr)
+    packed = impl.pack(w_ih, w_hh, b, w_hr) if variant is None else \
+        impl.pack(w_ih, w_hh, b, w_hr, variant=variant)
     y, h_n, c_n, cache = run_forward(impl, packed, x, h0, c0, backends.threads_for(T, B, I, H),
                                      plan, False, bool(save))
     return LSTMResult(y, h_n, c_n, cache)
@@ -309,8 +360,9 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     Returns
     -------
     LSTMGrads
-        ``(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr)``, the gradients with
-        respect to the arguments of `lstm_forward` of the same names.
+        ``(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr, dw_ci, dw_cf, dw_co)``,
+        the gradients with respect to the arguments of `lstm_forward` of the same
+        names (dw_hr and the peephole gradients None when those are not used).
 
     Raises
     ------
@@ -349,6 +401,12 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
         _validation.as_array(dy, "dy", dtype, (T, B, R))
     dh_n = _validation.state(dh_n, "dh_n", dtype, B, R)
     dc_n = _validation.state(dc_n, "dc_n", dtype, B, H)
+    variant = getattr(packed, "variant", None)
+    dpeep = None if variant is None or variant.peephole is None else np.empty((3, H), dtype)
     dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, dy, dh_n, dc_n,
-                                                         backends.threads_for(T, B, I, H))
-    return LSTMGrads(dx, dw_ih, dw_hh, *_params.bias_grads(db), dh0, dc0, dw_hr)
+                                                         backends.threads_for(T, B, I, H),
+                                                         dpeephole=dpeep)
+    if variant is not None and variant.cifg:    # the kernels' 4H rows -> i, g, o
+        dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
+    return LSTMGrads(dx, dw_ih, dw_hh, *_params.bias_grads(db), dh0, dc0, dw_hr,
+                     *((None,) * 3 if dpeep is None else dpeep))

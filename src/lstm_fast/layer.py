@@ -67,6 +67,31 @@ class LSTM:
     seed : int or None, keyword-only
         Seed of the initial weights (uniform in +-1/sqrt(H), as torch) and of
         the dropout masks.
+    peephole : bool, keyword-only
+        Peephole connections (Gers & Schmidhuber 2000; ONNX's ``P``, TensorFlow's
+        ``use_peepholes``): per layer-direction the parameters ``weight_ci_l{k}``,
+        ``weight_cf_l{k}``, ``weight_co_l{k}`` (H,) each (``_reverse`` for the second
+        direction; initialised like the others, drawn after them), with
+        ``i = sigmoid(W_ii x + b_ii + W_hi h + b_hi + w_ci * c_{t-1})``,
+        ``f = sigmoid(... + w_cf * c_{t-1})`` and ``o = sigmoid(... + w_co * c_t)``.
+        Off by default: the parameters then do not exist.
+    clip : float or None, keyword-only
+        > 0: every gate pre-activation (peephole term included) is clamped to
+        [-clip, clip] before its activation (ONNX LSTM's ``clip``); zero gradient
+        where clamped. None (default): off.
+    cell_clip : float or None, keyword-only
+        > 0: the cell state c_t is clamped to [-cell_clip, cell_clip] after each
+        update (the clamped value is carried and returned; TensorFlow's
+        ``cell_clip``); zero gradient where clamped. None (default): off.
+    cifg : bool, keyword-only
+        Coupled input and forget gates (ONNX's ``input_forget``, as ONNX Runtime
+        computes it): ``f = 1 - i``; ``weight_ih_l{k}``, ``weight_hh_l{k}`` and the
+        biases then have 3H rows, gates i, g, o (``weight_cf_l{k}``, with
+        peepholes, is unused: zero gradient).
+    forget_bias : float or None, keyword-only
+        Initialise the forget-gate part of every ``bias_ih_l{k}`` to this value and
+        that of ``bias_hh_l{k}`` to 0 (Keras' ``unit_forget_bias``: 1.0), at
+        construction only; needs ``bias=True``. None (default): torch's initialisation.
     weight_dtype : {None, "float32", "float64", "bfloat16"}, keyword-only
         Precision of the weights in the products; None (default) is `dtype`.
         "bfloat16" (dtype float32, no projection, backends "c" and "numpy"): an
@@ -92,7 +117,9 @@ class LSTM:
     ------
     ValueError
         A size that is not a positive int, dropout outside [0, 1], proj_size >= H,
-        an unknown weight_dtype (the options are named) or one the layer cannot use.
+        a negative or non-finite clip, cell_clip or forget_bias, forget_bias without
+        a bias, an unknown weight_dtype (the options are named) or one the layer
+        cannot use.
     TypeError
         A flag that is not a bool, a dtype other than float32/float64.
 
@@ -117,11 +144,22 @@ class LSTM:
     >>> opt = lstm_fast.optim.Adam(lr=1e-2)
     >>> with layer.unlocked_parameters() as params:
     ...     opt.step(params, layer.grads)
+
+    Peepholes, clipping and a forget-gate bias of 1:
+
+    >>> layer = lstm_fast.LSTM(3, 8, peephole=True, clip=3.0, cell_clip=10.0, forget_bias=1.0)
+    >>> [n for n in layer.state_dict() if n.startswith("weight_c")]
+    ['weight_ci_l0', 'weight_cf_l0', 'weight_co_l0']
+    >>> out, _ = layer(np.ones((4, 2, 3), np.float32))
+    >>> _ = layer.backward(np.ones_like(out))
+    >>> layer.grads["weight_co_l0"].shape
+    (8,)
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
-                 backend="auto", seed=None, weight_dtype=None):
+                 backend="auto", seed=None, peephole=False, clip=None, cell_clip=None,
+                 cifg=False, forget_bias=None, weight_dtype=None):
         self.input_size = _validation.check_size(input_size, "input_size")
         self.hidden_size = _validation.check_size(hidden_size, "hidden_size")
         self.num_layers = _validation.check_size(num_layers, "num_layers")
@@ -142,11 +180,24 @@ class LSTM:
                              f"got {self.proj_size}")
         self.dtype = _validation.check_dtype(dtype)
         self.weight_dtype = self.dtype.name
+        self.peephole = _check_bool(peephole, "peephole")
+        self.clip = _validation.check_clip(clip, "clip")
+        self.cell_clip = _validation.check_clip(cell_clip, "cell_clip")
+        self.cifg = _check_bool(cifg, "cifg")
+        if forget_bias is not None:
+            if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
+                    or not math.isfinite(forget_bias):
+                raise ValueError(f"forget_bias must be None or a finite number, got {forget_bias!r}")
+            if not self.bias:
+                raise ValueError("forget_bias needs bias=True (it initialises bias_ih_l{k})")
+            if self.cifg:
+                raise ValueError("forget_bias: with cifg=True there is no forget gate (f = 1 - i)")
+        self.forget_bias = None if forget_bias is None else float(forget_bias)
         self.training = True
         self.grads = {}
         self._cache = None
         # the parameter names of each layer-direction k = layer * D + d
-        self._names = [_params.direction_names(layer, d, self.bias, self.proj_size)
+        self._names = [_params.direction_names(layer, d, self.bias, self.proj_size, self.peephole)
                        for layer in range(self.num_layers) for d in range(self.num_directions)]
         self._make_inputs()
         self.backend = backend
@@ -156,10 +207,16 @@ class LSTM:
         k = 1.0 / math.sqrt(self.hidden_size)
         self._params = {}
         for name, shape in _params.shapes(self.input_size, self.hidden_size, self.num_layers,
-                                          self.bidirectional, self.bias, self.proj_size):
+                                          self.bidirectional, self.bias, self.proj_size,
+                                          self.peephole, self.cifg):
             arr = rng.uniform(-k, k, size=shape).astype(self.dtype)
+            if self.forget_bias is not None and name.startswith("bias_"):   # unit_forget_bias
+                H = self.hidden_size
+                arr[H:2 * H] = self.forget_bias if name.startswith("bias_ih") else 0.0
             arr.flags.writeable = False
             self._params[name] = arr
+        # state_dict order (_params.state_dict_names): each direction's peepholes after its own
+        self._params = {name: self._params[name] for names in self._names for name in names}
         self._set_weight_dtype(weight_dtype)
 
     def _set_weight_dtype(self, weight_dtype):
@@ -167,6 +224,10 @@ class LSTM:
         self.weight_dtype = _validation.check_weight_dtype(
             weight_dtype, self.dtype, self.proj_size, self._impl, self._backend)
         if self.weight_dtype != self.dtype.name:
+            if self.peephole or self.clip or self.cell_clip or self.cifg:
+                self.weight_dtype = self.dtype.name
+                raise ValueError(f"weight_dtype={weight_dtype!r} does not support the LSTM "
+                                 f"variants (peephole, clip, cell_clip, cifg) yet")
             self.training = False
             self._cache = None
         self._drop_packed()
@@ -201,6 +262,9 @@ class LSTM:
         return state
 
     def __setstate__(self, state):
+        for key, value in (("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
+                           ("cifg", False), ("forget_bias", None)):   # pickles from before the variants
+            setattr(self, key, value)
         for key, value in state.items():   # not __dict__.update: see _drop_packed
             setattr(self, key, value)
         for arr in self._params.values():
@@ -368,13 +432,32 @@ class LSTM:
         if packed is None:
             names, p = self._names[k], self._params
             b = p[names[2]] + p[names[3]] if self.bias else None
-            if self.weight_dtype == "bfloat16":
-                packed = self._impl.pack_bf16(p[names[0]], p[names[1]], b)
-            else:
-                w_hr = p[names[-1]] if self.proj_size else None
-                packed = self._impl.pack(p[names[0]], p[names[1]], b, w_hr)
-            self._packed[k] = packed
+            if self.weight_dtype == "bfloat16":   # no projection, no variant (checked)
+                packed = self._packed[k] = self._impl.pack_bf16(p[names[0]], p[names[1]], b)
+                return packed
+            w_hr = p[names[4 if self.bias else 2]] if self.proj_size else None
+            variant = self._variant(k)
+            w_ih, w_hh = p[names[0]], p[names[1]]
+            if self.cifg:   # the kernels take 4H rows, f's zero
+                w_ih, w_hh, b = map(_params.cifg_expand, (w_ih, w_hh, b))
+            packed = self._packed[k] = (
+                self._impl.pack(w_ih, w_hh, b, w_hr) if variant is None else
+                self._impl.pack(w_ih, w_hh, b, w_hr, variant=variant))
         return packed
+
+    def _variant(self, k):
+        """The ``backends.Variant`` of layer-direction k, or None (a plain LSTM)."""
+        if not (self.peephole or self.clip or self.cell_clip or self.cifg):
+            return None
+        peep = np.stack([self._params[n] for n in self._names[k][-3:]]) if self.peephole \
+            else None
+        return backends.Variant(peep, self.clip, self.cell_clip, self.cifg)
+
+    def _grads(self, k, dw_ih, dw_hh, db, dw_hr, dp):
+        """Layer-direction k's gradients by name (coupled gates: the kernels' 4H rows -> 3H)."""
+        if self.cifg:
+            dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
+        return _params.grads_by_name(self._names[k], dw_ih, dw_hh, db, dw_hr, dp)
 
     # --- modes -----------------------------------------------------------
 
@@ -531,9 +614,10 @@ class LSTM:
         H = self.hidden_size
         num_threads = backends.threads_for(T, B, self.input_size, H)
         if len(caches) == 1:
+            dp = np.empty((3, H), self.dtype) if self.peephole else None
             dout, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n, dc_n,
-                                                                   num_threads)
-            self.grads = _params.grads_by_name(self._names[0], dw_ih, dw_hh, db, dw_hr)
+                                                                   num_threads, dpeephole=dp)
+            self.grads = self._grads(0, dw_ih, dw_hh, db, dw_hr, dp)
         else:
             D, R = self.num_directions, self._out_size
             dh0, dc0 = np.empty(dh_n.shape, self.dtype), np.empty(dc_n.shape, self.dtype)
@@ -543,9 +627,10 @@ class LSTM:
                 for d in range(D):
                     k = layer * D + d
                     dy = dout[:, :, d * R:(d + 1) * R] if D == 2 else dout
+                    dp = np.empty((3, H), self.dtype) if self.peephole else None
                     dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(
-                        caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]))
-                    grads.update(_params.grads_by_name(self._names[k], dw_ih, dw_hh, db, dw_hr))
+                        caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]), dp)
+                    grads.update(self._grads(k, dw_ih, dw_hh, db, dw_hr, dp))
                     dinp = dx if dinp is None else dinp + dx
                 dout = dinp * masks[layer - 1] if layer and masks else dinp
             self.grads = {name: grads[name] for name in self._params}
@@ -558,7 +643,9 @@ class LSTM:
     def __repr__(self):
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, default in
                         (("num_layers", 1), ("bias", True), ("batch_first", False),
-                         ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0))
+                         ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0),
+                         ("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
+                         ("cifg", False), ("forget_bias", None))
                         if getattr(self, k) != default)
         if self.weight_dtype != self.dtype.name:
             extra += f", weight_dtype={self.weight_dtype!r}"

@@ -21,8 +21,10 @@ arrive validated (C-contiguous, native byte order, the weights' float dtype, sha
 below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, see
 ``threads_for``)::
 
-    pack(w_ih, w_hh, b, w_hr=None, out=None) -> Packed
-        w_ih (G, I), w_hh (G, R), b = b_ih + b_hh (G,) or None, w_hr (P, H) or None.
+    pack(w_ih, w_hh, b, w_hr=None, out=None, variant=None) -> Packed
+        w_ih (G, I), w_hh (G, R), b = b_ih + b_hh (G,) or None, w_hr (P, H) or None;
+        variant a ``Variant`` (peepholes, clip, cell_clip) or None (the plain LSTM),
+        kept as ``Packed.variant``.
         The weights in the backend's own layout, once per weight version. ``Packed``
         has .input_size, .hidden_size, .proj_size (0: none), .dtype, .has_bias.
         out: an earlier Packed whose weights are no longer wanted, which the backend may
@@ -40,10 +42,12 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         and c are returned as None and never written (inference). out=(y, h_n, c_n)
         writes the outputs into the caller's arrays (any may be None); h_n may be h0
         and c_n may be c0, which updates the state in place.
-    backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None)
+    backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
+             dpeephole=None)
         -> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr)
         db is the gradient of b_ih (= of b_hh), None without a bias; dw_hr (P, H), None
-        without a projection.
+        without a projection. With peepholes (packed.variant.peephole) the caller passes
+        dpeephole, a (3, H) array that receives their gradients (rows ci, cf, co).
     step(packed, x, h, c, num_threads, y=None) -> y
         One step: x (B, I) -> y (B, R); h (B, R) and c (B, H) are updated in place.
 
@@ -59,6 +63,7 @@ Every backend gives the same bits for any thread count, and a sequence run in ch
 
 import importlib.util
 import os
+from typing import NamedTuple, Optional
 
 PREFERENCE = ("c", "numba", "numpy")
 ENV_VAR = "LSTM_FAST_BACKEND"
@@ -98,6 +103,22 @@ def _load_numba():
 def _load_numpy():
     from . import reference
     return reference
+
+
+class Variant(NamedTuple):
+    """The LSTM variants of one layer-direction (issue 15), handed to ``pack``.
+
+    ``peephole`` (3, H) rows w_ci, w_cf, w_co of the weights' dtype, or None; ``clip`` > 0
+    clamps every gate pre-activation to [-clip, clip] (ONNX ``clip``), ``cell_clip`` > 0 the
+    cell state c_t to [-cell_clip, cell_clip] (TensorFlow ``cell_clip``); 0 is off. Validated
+    by the callers (``_validation.variant``). ``cifg``: coupled input and forget gates,
+    f = 1 - i; the kernels still take 4H weight rows, the f rows zeros (``_params.cifg_expand``).
+    See ``reference.lstm_forward`` for the equations.
+    """
+    peephole: Optional[object] = None
+    clip: float = 0.0
+    cell_clip: float = 0.0
+    cifg: bool = False
 
 
 REGISTRY = {"c": _load_c, "numba": _load_numba, "numpy": _load_numpy}

@@ -60,6 +60,37 @@ cdef extern from "lstm.h" nogil:
                           double *dw_hh, double *db, double *dh0, double *dc0, double *dw_hr,
                           void *workspace, int num_threads)
 
+    ctypedef struct lstm_variant:
+        const void *peephole
+        double clip
+        double cell_clip
+        int cifg
+    int lstm_forward_ex_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                            const void *packed, const int64_t *batch_sizes, const float *x,
+                            const float *h0, const float *c0, float *y, float *h_n, float *c_n,
+                            float *gates, float *c, void *workspace, int num_threads,
+                            const lstm_variant *variant)
+    int lstm_forward_ex_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                            const void *packed, const int64_t *batch_sizes, const double *x,
+                            const double *h0, const double *c0, double *y, double *h_n,
+                            double *c_n, double *gates, double *c, void *workspace,
+                            int num_threads, const lstm_variant *variant)
+    int lstm_backward_ex_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                             const void *packed, const int64_t *batch_sizes, const float *x,
+                             const float *h0, const float *c0, const float *y,
+                             const float *gates, const float *c, const float *dy,
+                             const float *dh_n, const float *dc_n, float *dx, float *dw_ih,
+                             float *dw_hh, float *db, float *dh0, float *dc0, float *dw_hr,
+                             void *workspace, int num_threads, const lstm_variant *variant,
+                             float *dpeephole)
+    int lstm_backward_ex_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                             const void *packed, const int64_t *batch_sizes, const double *x,
+                             const double *h0, const double *c0, const double *y,
+                             const double *gates, const double *c, const double *dy,
+                             const double *dh_n, const double *dc_n, double *dx,
+                             double *dw_ih, double *dw_hh, double *db, double *dh0,
+                             double *dc0, double *dw_hr, void *workspace, int num_threads,
+                             const lstm_variant *variant, double *dpeephole)
     size_t lstm_packed_size_bf16(int64_t I, int64_t H)
     int lstm_pack_bf16(int64_t I, int64_t H, const float *w_ih, const float *w_hh,
                        const float *b, void *packed)

@@ -16,8 +16,15 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.stdint cimport int64_t
+from cpython.ref cimport Py_INCREF
 
 cnp.import_array()
+
+cdef extern from "numpy/arrayobject.h":
+    object _new_from_descr "PyArray_NewFromDescr" (
+        void *subtype, void *descr, int nd, cnp.npy_intp *dims, cnp.npy_intp *strides,
+        void *data, int flags, void *obj)
+    void *_descr_from_type "PyArray_DescrFromType" (int typenum)   # a new reference
 
 _LEVELS = {"portable": LSTM_SIMD_PORTABLE, "avx2": LSTM_SIMD_AVX2, "avx512": LSTM_SIMD_AVX512}
 _ENV_SIMD = "LSTM_FAST_SIMD"
@@ -129,6 +136,9 @@ cdef class Packed:
     cdef readonly int64_t generation   # times written over by pack(..., out=this)
     cdef object _ws            # workspace, reused by the next call that finds it free
     cdef bint _ws_busy
+    cdef readonly object variant   # backends.Variant or None (plain)
+    cdef lstm_variant _var         # its C form (peephole points into variant.peephole)
+    cdef const lstm_variant *_varp # &_var, or NULL for the plain LSTM
 
     def __repr__(self):
         return (f"<lstm_fast.backends._c.Packed I={self.input_size} H={self.hidden_size} "
@@ -136,7 +146,30 @@ cdef class Packed:
 
 
 cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
-    return <cnp.ndarray>cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    """A new C-contiguous array whose data start on a cache line (64 bytes) once it is
+    a page or more. NumPy's allocator gives large arrays 16-byte alignment (glibc's mmap
+    chunk header), so every 64-byte vector load or store of the kernel's saved gates, c
+    and outputs would span two cache lines: measured at (100,32,16,128) f32 (Intel Xeon,
+    1 thread), the backward's cell spent a third of its time on those loads. The array's
+    base is the byte buffer it views."""
+    cdef cnp.npy_intp n = 1, nbytes, off
+    cdef int i
+    for i in range(nd):
+        n *= dims[i]
+    nbytes = n * (4 if typenum == cnp.NPY_FLOAT32 else 8 if typenum == cnp.NPY_FLOAT64
+                  else 1)
+    if nbytes < 4096:
+        return <cnp.ndarray>cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    nbytes += 64
+    cdef cnp.ndarray raw = <cnp.ndarray>cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0)
+    cdef char *data = <char *>cnp.PyArray_DATA(raw)
+    off = (64 - <size_t>data % 64) % 64
+    cdef cnp.ndarray a = <cnp.ndarray>_new_from_descr(
+        <void *>cnp.ndarray, _descr_from_type(typenum), nd, dims, NULL,
+        data + off, cnp.NPY_ARRAY_CARRAY, NULL)   # steals the new descr reference
+    Py_INCREF(raw)     # PyArray_SetBaseObject steals a reference
+    cnp.PyArray_SetBaseObject(a, raw)
+    return a
 
 
 cdef inline cnp.ndarray _rows(bint padded, int64_t T, int64_t B, int64_t N, int64_t F, int tn):
@@ -182,8 +215,9 @@ cdef inline void _give_ws(Packed p, cnp.ndarray ws):
         p._ws_busy = False
 
 
-def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None):
-    """Packed weights of (w_ih (4H, I), w_hh (4H, R), b (4H,) or None, w_hr (P, H) or None).
+def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None, variant=None):
+    """Packed weights of (w_ih (4H, I), w_hh (4H, R), b (4H,) or None, w_hr (P, H) or None);
+    variant a backends.Variant (its peephole (3, H) C-contiguous, of w_ih's dtype) or None.
     out: a Packed of the same shapes and dtype that nobody uses any more; its memory (and
     workspace) is written over and it is returned. A repack of large weights otherwise
     spends about as long having the kernel zero fresh pages as packing."""
@@ -222,6 +256,14 @@ def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None):
     p.dtype = w_ih.dtype
     p.weight_dtype = w_ih.dtype.name
     p.has_bias = b is not None
+    p.variant = variant
+    p._varp = NULL
+    if variant is not None:
+        p._var.peephole = _p(variant.peephole)
+        p._var.clip = variant.clip
+        p._var.cell_clip = variant.cell_clip
+        p._var.cifg = 1 if variant.cifg else 0
+        p._varp = &p._var
     return p
 
 
@@ -290,12 +332,22 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef void *gp = _p(gates)
     cdef void *cp = _p(c)
     cdef void *wp = cnp.PyArray_DATA(ws)
+    cdef const lstm_variant *var = packed._varp
     cdef int status
     with nogil:
         if bf16:
             status = lstm_forward_bf16(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
                                        <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
                                        wp, num_threads)
+        elif var != NULL and tn == cnp.NPY_FLOAT32:
+            status = lstm_forward_ex_f32(T, B, I, H, P, pk, bsp, <float *>xp, <float *>h0p,
+                                         <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
+                                         <float *>gp, <float *>cp, wp, num_threads, var)
+        elif var != NULL:
+            status = lstm_forward_ex_f64(T, B, I, H, P, pk, bsp, <double *>xp, <double *>h0p,
+                                         <double *>c0p, <double *>yp, <double *>hnp,
+                                         <double *>cnp_, <double *>gp, <double *>cp, wp,
+                                         num_threads, var)
         elif tn == cnp.NPY_FLOAT32:
             status = lstm_forward_f32(T, B, I, H, P, pk, bsp, <float *>xp, <float *>h0p,
                                       <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
@@ -341,8 +393,9 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
 
 def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y,
              cnp.ndarray gates, cnp.ndarray c, cnp.ndarray dy, cnp.ndarray dh_n,
-             cnp.ndarray dc_n, int num_threads, batch_sizes=None):
-    """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``."""
+             cnp.ndarray dc_n, int num_threads, batch_sizes=None, dpeephole=None):
+    """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``
+    (dpeephole: the (3, H) output for the peephole gradients, with peepholes)."""
     if packed.weight_dtype == "bfloat16":
         _inference_only(packed)
     cdef int tn = packed.typenum
@@ -384,9 +437,25 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
     cdef void *p_dc0 = cnp.PyArray_DATA(dc0)
     cdef void *p_dwr = _p(dw_hr)
     cdef void *p_ws = cnp.PyArray_DATA(ws)
+    cdef void *p_dp = _p(dpeephole)
+    cdef const lstm_variant *var = packed._varp
     cdef int status
     with nogil:
-        if tn == cnp.NPY_FLOAT32:
+        if var != NULL and tn == cnp.NPY_FLOAT32:
+            status = lstm_backward_ex_f32(
+                T, B, I, H, P, pk, bsp, <float *>p_x, <float *>p_h0, <float *>p_c0,
+                <float *>p_y, <float *>p_g, <float *>p_c, <float *>p_dy, <float *>p_dhn,
+                <float *>p_dcn, <float *>p_dx, <float *>p_dwi, <float *>p_dwh, <float *>p_db,
+                <float *>p_dh0, <float *>p_dc0, <float *>p_dwr, p_ws, num_threads, var,
+                <float *>p_dp)
+        elif var != NULL:
+            status = lstm_backward_ex_f64(
+                T, B, I, H, P, pk, bsp, <double *>p_x, <double *>p_h0, <double *>p_c0,
+                <double *>p_y, <double *>p_g, <double *>p_c, <double *>p_dy, <double *>p_dhn,
+                <double *>p_dcn, <double *>p_dx, <double *>p_dwi, <double *>p_dwh,
+                <double *>p_db, <double *>p_dh0, <double *>p_dc0, <double *>p_dwr, p_ws,
+                num_threads, var, <double *>p_dp)
+        elif tn == cnp.NPY_FLOAT32:
             status = lstm_backward_f32(
                 T, B, I, H, P, pk, bsp, <float *>p_x, <float *>p_h0, <float *>p_c0,
                 <float *>p_y, <float *>p_g, <float *>p_c, <float *>p_dy, <float *>p_dhn,

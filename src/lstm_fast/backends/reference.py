@@ -24,13 +24,46 @@ Projection (LSTMP, torch's ``proj_size`` = P): with ``w_hr`` (P, H) the
 hidden state is projected, h_t = (o * tanh(c_t)) @ w_hr.T, so h0, h_n and y
 have P columns and ``w_hh`` is (4H, P). Backward then also returns
 ``dw_hr`` (P, H), a whole-sequence product after the loop.
+
+Variants (issue 15; each off by default, any combination), with
+``a_* = x_t @ w_ih_*.T + b_* + h_{t-1} @ w_hh_*.T`` the gate's product part::
+
+    i   = sigmoid(clip(a_i + w_ci * c_{t-1}))        peepholes: w_ci, w_cf, w_co (H,) each,
+    f   = sigmoid(clip(a_f + w_cf * c_{t-1}))        diagonal (Gers & Schmidhuber 2000;
+    g   = tanh(clip(a_g))                            ONNX's P, TensorFlow's use_peepholes)
+    c_t = cell_clip(f * c_{t-1} + i * g)
+    o   = sigmoid(clip(a_o + w_co * c_t))            o sees the new (clipped) c_t
+    h_t = o * tanh(c_t)
+
+Coupled input and forget gates (``cifg``; ONNX's ``input_forget``, computed as ONNX
+Runtime does): ``f = 1 - i`` replaces the forget gate (its rows of the weights, zeros
+here, and w_cf are not used; they get zero gradients), so ``da_f = 0`` and
+``da_i = dc~ (g - c_{t-1}) i (1 - i) [..]`` below. TFLite's CIFG couples the other
+way, ``i = 1 - f`` with f = sigmoid(z_f): its weights convert by taking its forget
+gate's rows (weights, biases, and its peephole w_cf as our w_ci), negated, as our input
+gate's: our i = sigmoid(-z_f) = 1 - f_TFLite = i_TFLite, and our f = 1 - i = f_TFLite.
+
+``clip(z)`` clamps to [-clip, clip] (ONNX LSTM ``clip``), ``cell_clip(z)`` to
+[-cell_clip, cell_clip] (TensorFlow's ``cell_clip``); the carried state is the clamped
+c_t. Both have zero gradient where they clamp (|z| > clip) and 1 elsewhere. The
+reference tells where they clamped by recomputing the pre-activations in backward
+(plain and exact); the fused kernels recognise a clamped gate by its saved value
+act(+-clip), so they differ from this only for a pre-activation within rounding of
++-clip. Backward then also returns ``dpeephole`` (3, H) (rows ci, cf, co)::
+
+    da_o = dm * tanh(c_t) * o (1 - o) * [|pre_o| <= clip]
+    dc_t = dc_{t+1 path} + dm * o * (1 - tanh^2 c_t) + w_co * da_o
+    dc~  = dc_t * [|f c_{t-1} + i g| <= cell_clip]
+    da_i = dc~ g i (1 - i) [..]   da_f = dc~ c_{t-1} f (1 - f) [..]   da_g = dc~ i (1 - g^2) [..]
+    dc_{t-1} = dc~ f + w_ci da_i + w_cf da_f
+    dw_ci = sum da_i c_{t-1}      dw_cf = sum da_f c_{t-1}      dw_co = sum da_o c_t
 """
 
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import as_matrix
+from . import Variant, as_matrix
 
 GATE_ORDER = ("i", "f", "g", "o")
 
@@ -60,8 +93,13 @@ _QUIET = dict(invalid="ignore", over="ignore")
 
 
 @np.errstate(**_QUIET)
-def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None):
+def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole=None,
+                 clip=0.0, cell_clip=0.0, cifg=False):
     """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes.
+
+    ``peephole`` (3, H) rows w_ci, w_cf, w_co, ``clip`` and ``cell_clip`` (> 0: on) are
+    the variants of the module docstring; gates are then the activated clamped gates and
+    c the clamped cell states.
 
     With ``batch_sizes`` (T,) non-increasing, ``x`` is packed step-major like
     torch's PackedSequence.data: (N, I) with N = sum(batch_sizes), the rows of
@@ -78,9 +116,17 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None):
     y = np.empty((xp.shape[0], P), x.dtype)
     c = np.empty((xp.shape[0], H), x.dtype)
     h_state, c_state = h0.copy(), c0.copy()
+    variant = peephole is not None or clip > 0 or cell_clip > 0 or cifg
     for off, n in steps:
         a = gates[off:off + n]
         a += h_state[:n] @ w_hh.T             # recurrent product, accumulated
+        if variant:
+            c_state[:n] = _variant_cell(a, c_state[:n], H, peephole, clip, cell_clip, cifg)
+            o, c_t = a[:, 3 * H:], c_state[:n]
+            h_state[:n] = o * np.tanh(c_t) if w_hr is None else (o * np.tanh(c_t)) @ w_hr.T
+            c[off:off + n] = c_state[:n]
+            y[off:off + n] = h_state[:n]
+            continue
         a[:, 0 * H:2 * H] = sigmoid(a[:, 0 * H:2 * H])   # i, f
         a[:, 2 * H:3 * H] = np.tanh(a[:, 2 * H:3 * H])   # g
         a[:, 3 * H:4 * H] = sigmoid(a[:, 3 * H:4 * H])   # o
@@ -96,13 +142,17 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None):
 
 
 @np.errstate(**_QUIET)
-def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None, w_hr=None):
-    """Returns ``(dx, dw_ih, dw_hh, db, dh0, dc0)``, plus ``dw_hr`` with a projection.
+def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None, w_hr=None,
+                  b=None, peephole=None, clip=0.0, cell_clip=0.0, cifg=False):
+    """Returns ``(dx, dw_ih, dw_hh, db, dh0, dc0)``, plus ``dw_hr`` with a projection,
+    plus ``dpeephole`` (3, H) with any variant (None without peepholes).
 
     ``dy`` (shaped like ``y``) is the gradient of the loss with respect to
     ``y``; ``dh_n`` and ``dc_n`` with respect to the final states.
-    ``batch_sizes`` and ``w_hr`` as in ``lstm_forward``.
+    ``batch_sizes``, ``w_hr`` and the variants as in ``lstm_forward``; ``b`` (the
+    forward's bias) is needed with ``clip`` only, to recompute the pre-activations.
     """
+    variant = peephole is not None or clip > 0 or cell_clip > 0 or cifg
     xp, steps = _steps(x, batch_sizes)
     H = w_ih.shape[0] // 4
     P = H if w_hr is None else w_hr.shape[0]
@@ -115,6 +165,9 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
         m_all = np.empty((N, H), x.dtype)     # the unprojected o * tanh(c_t)
     dh = dh_n.copy()
     dc = dc_n.copy()
+    if variant:
+        dpeep = np.zeros((3, H), x.dtype)
+        keep = _clip_keep(xp, w_ih, w_hh, b, h0, c0, y, gates, c, steps, peephole, clip)
     for t in range(len(steps) - 1, -1, -1):
         off, n = steps[t]
         if t > 0:
@@ -133,6 +186,12 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
             dh_all[off:off + n] = dh[:n]
             m_all[off:off + n] = o * tanh_c
             dm = dh[:n] @ w_hr
+        if variant:
+            dgates[off:off + n] = _variant_cell_grad(dm, dc[:n], i, f, g, o, c_prev,
+                                                     c[off:off + n], tanh_c, keep[off:off + n],
+                                                     peephole, cell_clip, dpeep, cifg)
+            dh[:n] = dgates[off:off + n] @ w_hh
+            continue
         dc[:n] += dm * o * (1 - tanh_c * tanh_c)
         d = dgates[off:off + n]
         d[:, 0 * H:1 * H] = dc[:n] * g * i * (1 - i)
@@ -148,9 +207,83 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
     db = dgates.sum(axis=0)
     if batch_sizes is None:
         dx = dx.reshape(x.shape)
+    out = (dx, dw_ih, dw_hh, db, dh, dc)
     if w_hr is not None:
-        return dx, dw_ih, dw_hh, db, dh, dc, dh_all.T @ m_all
-    return dx, dw_ih, dw_hh, db, dh, dc
+        out += (dh_all.T @ m_all,)
+    if variant:
+        out += (dpeep if peephole is not None else None,)
+    return out
+
+
+def _variant_cell(a, c_prev, H, peephole, clip, cell_clip, cifg=False):
+    """One step's cell with the variants: activates the pre-activations ``a`` (n, 4H) in
+    place (the products and bias; the peephole terms are added here) and returns c_t."""
+    def clamp(z, bound):
+        return np.clip(z, -bound, bound) if bound > 0 else z
+    if peephole is not None:
+        a[:, 0 * H:1 * H] += peephole[0] * c_prev
+        a[:, 1 * H:2 * H] += peephole[1] * c_prev
+    a[:, 0 * H:2 * H] = sigmoid(clamp(a[:, 0 * H:2 * H], clip))   # i, f
+    if cifg:
+        a[:, 1 * H:2 * H] = 1 - a[:, 0 * H:1 * H]                    # coupled: f = 1 - i
+    a[:, 2 * H:3 * H] = np.tanh(clamp(a[:, 2 * H:3 * H], clip))   # g
+    i, f, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H]
+    c_t = clamp(f * c_prev + i * g, cell_clip)
+    if peephole is not None:
+        a[:, 3 * H:] += peephole[2] * c_t
+    a[:, 3 * H:] = sigmoid(clamp(a[:, 3 * H:], clip))              # o
+    return c_t
+
+
+def _clip_keep(xp, w_ih, w_hh, b, h0, c0, y, gates, c, steps, peephole, clip):
+    """(N, 4H) bool: where the gate clip let the gradient through (|pre-activation| <=
+    clip; all True without a clip). Recomputes every pre-activation from the forward's
+    inputs and saved states."""
+    N, H = c.shape[0], w_ih.shape[0] // 4
+    if not clip > 0:
+        return np.ones((N, 4 * H), bool)
+    pre = xp @ w_ih.T
+    if b is not None:
+        pre += b
+    for t, (off, n) in enumerate(steps):
+        prev = steps[t - 1][0] if t else None
+        h_prev = y[prev:prev + n] if t else h0[:n]
+        c_prev = c[prev:prev + n] if t else c0[:n]
+        pre[off:off + n] += h_prev @ w_hh.T
+        if peephole is not None:
+            pre[off:off + n, 0 * H:1 * H] += peephole[0] * c_prev
+            pre[off:off + n, 1 * H:2 * H] += peephole[1] * c_prev
+            pre[off:off + n, 3 * H:4 * H] += peephole[2] * c[off:off + n]
+    with np.errstate(invalid="ignore"):
+        return ~(np.abs(pre) > clip)         # NaN lets it through (and propagates)
+
+
+def _variant_cell_grad(dm, dc, i, f, g, o, c_prev, c_t, tanh_c, keep, peephole, cell_clip,
+                       dpeep, cifg=False):
+    """One step's gate gradients (n, 4H) with the variants (equations in the module
+    docstring); ``dc`` becomes the gradient reaching c_{t-1}, ``dpeep`` accumulates."""
+    H = c_t.shape[1]
+    d_o = dm * tanh_c * o * (1 - o) * keep[:, 3 * H:]
+    dc += dm * o * (1 - tanh_c * tanh_c)
+    if peephole is not None:
+        dc += peephole[2] * d_o
+    if cell_clip > 0:
+        with np.errstate(invalid="ignore"):
+            dc *= ~(np.abs(f * c_prev + i * g) > cell_clip)
+    if cifg:   # f = 1 - i: dL/di = dc g - dc c_{t-1}
+        d_i = dc * (g - c_prev) * i * (1 - i) * keep[:, :H]
+        d_f = np.zeros_like(d_i)
+    else:
+        d_i = dc * g * i * (1 - i) * keep[:, :H]
+        d_f = dc * c_prev * f * (1 - f) * keep[:, H:2 * H]
+    d_g = dc * i * (1 - g * g) * keep[:, 2 * H:3 * H]
+    dc *= f
+    if peephole is not None:
+        dc += peephole[0] * d_i + peephole[1] * d_f
+        dpeep[0] += (d_i * c_prev).sum(axis=0)
+        dpeep[1] += (d_f * c_prev).sum(axis=0)
+        dpeep[2] += (d_o * c_t).sum(axis=0)
+    return np.concatenate([d_i, d_f, d_g, d_o], axis=1)
 
 
 # --- bfloat16 weights (inference): the oracle of csrc/bf16.template.c -------------------
@@ -229,6 +362,7 @@ class Packed(NamedTuple):
     w_hh: np.ndarray
     b: Optional[np.ndarray]
     w_hr: Optional[np.ndarray]
+    variant: Optional[Variant] = None
 
     input_size = property(lambda self: self.w_ih.shape[1])
     hidden_size = property(lambda self: self.w_ih.shape[0] // 4)
@@ -256,8 +390,14 @@ _INFERENCE_ONLY = ("bfloat16 weights are for inference only: nothing can be save
                    "backward (use float32 weights to train)")
 
 
-def pack(w_ih, w_hh, b, w_hr=None, out=None):
-    return Packed(w_ih, w_hh, b, w_hr)      # out: nothing to reuse (the arrays themselves)
+def pack(w_ih, w_hh, b, w_hr=None, out=None, variant=None):
+    return Packed(w_ih, w_hh, b, w_hr, variant)   # out: nothing to reuse (the arrays themselves)
+
+
+def _variant_kw(packed):
+    v = packed.variant
+    return {} if v is None else dict(peephole=v.peephole, clip=v.clip, cell_clip=v.cell_clip,
+                                     cifg=v.cifg)
 
 
 def pack_bf16(w_ih, w_hh, b, out=None):
@@ -272,7 +412,7 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
         gates = c = None
     else:
         y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], as_matrix(h0), as_matrix(c0),
-                                             batch_sizes, packed.w_hr)
+                                             batch_sizes, packed.w_hr, **_variant_kw(packed))
     h_n, c_n = h_n.reshape(h0.shape), c_n.reshape(c0.shape)
     if out is not None:
         for dst, src in zip(out, (y, h_n, c_n)):
@@ -282,12 +422,19 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     return (y, h_n, c_n, gates, c) if save else (y, h_n, c_n, None, None)
 
 
-def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None):
+def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
+             dpeephole=None):
     if isinstance(packed, PackedBF16):
         raise ValueError(_INFERENCE_ONLY)
-    dx, dw_ih, dw_hh, db, dh0, dc0, *dw_hr = lstm_backward(
+    dx, dw_ih, dw_hh, db, dh0, dc0, *rest = lstm_backward(
         x, packed.w_ih, packed.w_hh, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
-        as_matrix(dh_n), as_matrix(dc_n), batch_sizes, packed.w_hr)
+        as_matrix(dh_n), as_matrix(dc_n), batch_sizes, packed.w_hr, packed.b,
+        **_variant_kw(packed))
+    if len(rest) > (packed.w_hr is not None):    # a variant is on: dpeephole at the end
+        dp = rest.pop()
+        if dp is not None:
+            dpeephole[...] = dp
+    dw_hr = rest
     return (dx, dw_ih, dw_hh, db if packed.has_bias else None, dh0.reshape(h0.shape),
             dc0.reshape(c0.shape),
             dw_hr[0] if dw_hr else None)

@@ -178,7 +178,7 @@ def check_steps(batch_sizes, N, B):
 
 
 @njit(**JIT)
-def fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, j0, j1, rev):
+def fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, j0, j1, rev, var):
     """One step for rows 0..n, hidden blocks j0..j1 (V units each): h_prev hp (n, R), c_prev cp,
     gates_t (n, 4H) holding the input projection, c_t, h_t (n, H) written (c_t may be cp: the
     running state). ``rev`` sweeps the blocks last to first (odd steps: the next step starts on
@@ -192,7 +192,7 @@ def fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, j0, j1, rev):
             nb = min(4, j1 - j)
             off = j * V
             fwd_tile1(R, hp, 0, w, j * bs, nb, gates_t, 0, H, off)
-            fwd_cell(gates_t, cp, c_t, h_t, nl(0), nl(1), H, off, min(nb * V, H - off))
+            fwd_cell(gates_t, cp, c_t, h_t, nl(0), nl(1), H, off, min(nb * V, H - off), var)
         return
     nblk = j1 - j0
     for it in range(nblk):
@@ -202,25 +202,26 @@ def fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, j0, j1, rev):
         for r0 in range(0, n, FR):
             mr = min(FR, n - r0)
             fwd_tile(R, hp, r0 * R, w, j * bs, gates_t, r0 * G + off, G, H, mr, nv)
-            fwd_cell(gates_t, cp, c_t, h_t, r0, mr, H, off, nv)
+            fwd_cell(gates_t, cp, c_t, h_t, r0, mr, H, off, nv, var)
 
 
 @njit(**PJIT)
-def fwd_step_par(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, num_threads):
+def fwd_step_par(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, num_threads, var):
     nblk = (H + lanes(gates_t) - 1) // lanes(gates_t)
     for tid in prange(num_threads):
         fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, split(nblk, nl(tid), num_threads),
-                 split(nblk, nl(tid) + 1, num_threads), rev)
+                 split(nblk, nl(tid) + 1, num_threads), rev, var)
 
 
 @njit(**JIT)
-def fwd_step_all(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, num_threads):
+def fwd_step_all(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, num_threads, var):
     """``fwd_step`` over all hidden blocks, split over num_threads in one parallel region
     (``fwd_step_par``) if the step is worth it."""
     if num_threads > 1 and n * 4 * H * R >= PAR_MIN:
-        fwd_step_par(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, num_threads)
+        fwd_step_par(n, H, R, w, hp, cp, gates_t, c_t, h_t, rev, num_threads, var)
     else:
-        fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, nl(0), (H + lanes(gates_t) - 1) // lanes(gates_t), rev)
+        fwd_step(n, H, R, w, hp, cp, gates_t, c_t, h_t, nl(0), (H + lanes(gates_t) - 1) // lanes(gates_t), rev,
+                 var)
 
 
 @njit(**JIT)
@@ -231,7 +232,7 @@ def row_split(n, tid, num_threads):
 
 @njit(**JIT)
 def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, r0, r1,
-            num_threads):
+            num_threads, var):
     """The time loop for sequences r0..r1 (rows r0.. of every step). Sequences are independent,
     so a thread can run its own range through all steps without waiting for the others;
     ``num_threads`` > 1 instead splits each step's hidden blocks (small batches). With ``inproj``
@@ -266,25 +267,26 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
         if inproj:
             gemm(n, G, I, x[a:a + n], False, wih_t, g_t, b, nl(1))
         if whr_t is None:
-            fwd_step_all(n, H, R, whh_f, hp, cp, g_t, c_t, y[a:a + n], t & 1, num_threads)
+            fwd_step_all(n, H, R, whh_f, hp, cp, g_t, c_t, y[a:a + n], t & 1, num_threads, var)
         else:
-            fwd_step_all(n, H, R, whh_f, hp, cp, g_t, c_t, m[r0:r0 + n], t & 1, num_threads)
+            fwd_step_all(n, H, R, whh_f, hp, cp, g_t, c_t, m[r0:r0 + n], t & 1, num_threads, var)
             gemm(n, R, H, m[r0:r0 + n], False, whr_t, y[a:a + n], None, num_threads)
         prev = off
         off += nt
 
 
 @njit(**PJIT)
-def fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, n0, num_threads):
+def fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, n0, num_threads, var):
     for tid in prange(num_threads):
         r0 = row_split(n0, nl(tid), num_threads)
         r1 = row_split(n0, nl(tid) + 1, num_threads)
         if r1 > r0:
-            fwd_job(x, wih_t, b, True, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, r0, r1, nl(1))
+            fwd_job(x, wih_t, b, True, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, r0, r1, nl(1),
+                    var)
 
 
 @njit(**JIT)
-def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, gates, c, m, save,
+def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, gates, c, m, save, var,
                  num_threads):
     """Forward pass into caller-provided outputs, packed layout (see module docstring).
 
@@ -299,6 +301,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     ``num_threads``: with >= ROWS_PER_THREAD sequences per thread each thread runs its sequences
     through all steps, input projection included (one parallel region per call); else the input
     projection splits output tiles and each step its hidden blocks.
+    ``var``: None (plain) or the variants, as ``cell.fwd_cell`` takes them.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -311,7 +314,8 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     if not save:
         c_n[:] = c0
     if num_threads > 1 and n0 >= ROWS_PER_THREAD * num_threads:   # one parallel region for the whole pass
-        fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, state, m, save, n0, num_threads)
+        fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, state, m, save, n0, num_threads,
+                    var)
     else:   # hoisted input projection + bias: all steps, or (not save) as many as gates holds
         hprev = h0
         t0 = o0 = 0
@@ -323,7 +327,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
             g = gates[o0:o1] if save else gates[:o1 - o0]
             gemm(o1 - o0, G, I, x[o0:o1], False, wih_t, g, b, num_threads)
             fwd_job(x[o0:o1], wih_t, b, False, whh_f, whr_t, hprev, c0, batch_sizes[t0:t1], y[o0:o1], g,
-                    state[o0:o1] if save else state, m, save, nl(0), batch_sizes[t0], num_threads)
+                    state[o0:o1] if save else state, m, save, nl(0), batch_sizes[t0], num_threads, var)
             hprev = y[o1 - batch_sizes[t1 - 1]:o1]
             t0, o0 = t1, o1
     # final states: sequence r's last step is the last t with batch_sizes[t] > r
@@ -523,7 +527,7 @@ def bwd_dh_all(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads):
 
 
 @njit(**JIT)
-def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, j0, j1):
+def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, j0, j1, var):
     """One backward step without a projection, hidden blocks j0..j1, fused per 4 blocks: the dh
     tile (dg_next . w_hh + dy) into dhs, then the gate gradients of the same units.
     C hands bwd_cell the tile in a small stack scratch; here dh goes through the rows of dhs."""
@@ -533,37 +537,38 @@ def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, 
     for j in range(j0, j1, 4):
         j2 = min(j + 4, j1)
         bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2)
-        bwd_cell(n, H, dhs, gates_t, c_t, cprev, dc, dg_t, None, j * V, min(H, j2 * V) - j * V)
+        bwd_cell(n, H, dhs, gates_t, c_t, cprev, dc, dg_t, None, j * V, min(H, j2 * V) - j * V, var)
 
 
 @njit(**PJIT)
-def bwd_step_par(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, num_threads):
+def bwd_step_par(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, num_threads,
+                 var):
     nblk = (H + lanes(dhs) - 1) // lanes(dhs)
     for tid in prange(num_threads):
         bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t,
-                 split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads))
+                 split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), var)
 
 
 @njit(**JIT)
-def bwd_step_proj_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu):
+def bwd_step_proj_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu, var):
     """With a projection: the cell part of a backward step, units u0..u0+nu, dh of m from dm."""
-    bwd_cell(n, H, ptr(dm), ptr(gates_t), ptr(c_t), ptr(cprev), ptr(dc), ptr(dg_t), ptr(m_out), u0, nu)
+    bwd_cell(n, H, ptr(dm), ptr(gates_t), ptr(c_t), ptr(cprev), ptr(dc), ptr(dg_t), ptr(m_out), u0, nu, var)
 
 
 @njit(**PJIT)
-def bwd_step_proj_cell_par(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, num_threads):
+def bwd_step_proj_cell_par(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, num_threads, var):
     V = lanes(dm)
     nblk = (H + V - 1) // V
     for tid in prange(num_threads):
         u0 = split(nblk, nl(tid), num_threads) * V
         u1 = min(H, split(nblk, nl(tid) + 1, num_threads) * V)
         if u1 > u0:
-            bwd_step_proj_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, u1 - u0)
+            bwd_step_proj_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, u1 - u0, var)
 
 
 @njit(**JIT)
 def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-            dc0, r0, r1, num_threads):
+            dc0, r0, r1, num_threads, var):
     """The backward time loop for sequences r0..r1, steps last to first; ``dc0`` rows hold the
     running dc.
     C's bwd_job is one thread's whole call; here it is the time loop, as ``fwd_job``."""
@@ -594,30 +599,31 @@ def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm
         if whr is None:
             if par:
                 bwd_step_par(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc,
-                             dg_t, num_threads)
+                             dg_t, num_threads, var)
             else:
                 bwd_step(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc, dg_t,
-                         nl(0), (H + lanes(dhs) - 1) // lanes(dhs))
+                         nl(0), (H + lanes(dhs) - 1) // lanes(dhs), var)
         else:
             dha = dh_all[a:a + n]
             bwd_dh_all(G, dg_next, nn, n, whh_b, dhn, dy_t, dha, R, num_threads if par else 1)
             gemm(n, H, R, dha, False, whr, dm[r0:r0 + n], None, num_threads)
             if par:
                 bwd_step_proj_cell_par(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n],
-                                       num_threads)
+                                       num_threads, var)
             else:
-                bwd_step_proj_cell(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n], nl(0), H)
+                bwd_step_proj_cell(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n], nl(0), H,
+                                   var)
 
 
 @njit(**PJIT)
 def bwd_job_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                dc0, dh0, n0, num_threads):
+                dc0, dh0, n0, num_threads, var):
     for tid in prange(num_threads):
         r0 = row_split(n0, nl(tid), num_threads)
         r1 = row_split(n0, nl(tid) + 1, num_threads)
         if r1 > r0:
             bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                    dc0, r0, r1, nl(1))
+                    dc0, r0, r1, nl(1), var)
             # dh0 of these sequences (all active at t = 0): dgates[0] . w_hh
             R = h0.shape[1]
             bwd_dh(4 * c0.shape[1], ptr(dgates[r0:r1]), r1 - r0, r1 - r0, ptr(whh_b), ptr(dh_n[r0:r1]), None,
@@ -647,7 +653,7 @@ def bwd_gemms_par(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr
 @njit(**JIT)
 def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes,
                   dgates, dhs, xpan, hpan, dm, dh_all, m_all, mpan,
-                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, num_threads):
+                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, num_threads):
     """Backpropagation through time into caller-provided outputs, packed layout.
 
     Weights as ``pack`` makes them (``wih``, ``whh_b`` and ``whr`` or None). Workspace:
@@ -657,7 +663,8 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     [ceil(H/NR)][N][NR] and output ``dw_hr`` (R, H), all None without. ``db`` (4H,), or empty
     (0,) without a bias: not computed. ``dc0`` doubles as the running dc (rows of inactive
     sequences pass through). ``num_threads`` threads, split as in ``lstm_forward``; the
-    whole-sequence GEMMs split output tiles.
+    whole-sequence GEMMs split output tiles. ``var``: None (plain) or the variants, as
+    ``cell.bwd_cell`` takes them; with peepholes ``dpeep`` (3, H) receives their gradients.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -669,11 +676,11 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     n0 = batch_sizes[0] if T > 0 else 0
     if num_threads > 1 and n0 >= ROWS_PER_THREAD * num_threads:   # one parallel region for the time loop and dh0
         bwd_job_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                    dc0, dh0, n0, num_threads)
+                    dc0, dh0, n0, num_threads, var)
         dh0[n0:] = dh_n[n0:]
     else:
         bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                dc0, nl(0), n0, num_threads)
+                dc0, nl(0), n0, num_threads, var)
         bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, num_threads if B * G * R >= PAR_MIN else 1)
     # whole-sequence products over all N rows, after the loop
     pack_b(x, nl(0), N, xpan, nl(0))
@@ -697,3 +704,27 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
             dr = dgates[r]
             for j in range(G):
                 db[j] += dr[j]
+    if dpeep is not None:
+        peephole_grads(dgates, c, c0, batch_sizes, dpeep)
+
+
+@njit(**JIT)
+def peephole_grads(dgates, c, c0, batch_sizes, dpeep):
+    """dpeep (3, H) = the peephole weights' gradients: sum over rows of dgates_i * c_{t-1},
+    dgates_f * c_{t-1}, dgates_o * c_t, rows in order (the same bits for any thread count).
+    C adds them in its cells, whose threads own units; Numba's may own sequences."""
+    H = c.shape[1]
+    dpeep[:] = 0
+    off = 0
+    prev = 0
+    for t in range(batch_sizes.shape[0]):
+        for r in range(batch_sizes[t]):
+            dg = dgates[off + r]
+            cp = c0[r] if t == 0 else c[prev + r]
+            ct = c[off + r]
+            for j in range(H):
+                dpeep[0, j] += dg[j] * cp[j]
+                dpeep[1, j] += dg[H + j] * cp[j]
+                dpeep[2, j] += dg[3 * H + j] * ct[j]
+        prev = off
+        off += batch_sizes[t]
