@@ -23,6 +23,16 @@ lstm_simd_level lstm_cpu_simd_level(void)
     return LSTM_SIMD_PORTABLE;
 }
 
+int lstm_cpu_has_avx512bf16(void)
+{
+#if HAVE_CPUID
+    return lstm_cpu_simd_level() == LSTM_SIMD_AVX512 && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
 const char *lstm_simd_name(lstm_simd_level level)
 {
     switch (level) {

@@ -26,6 +26,9 @@ typedef enum {
 /* Widest level this CPU supports. */
 lstm_simd_level lstm_cpu_simd_level(void);
 
+/* 1 if the CPU has AVX512_BF16 (vdpbf16ps) as well as the AVX-512 level. */
+int lstm_cpu_has_avx512bf16(void);
+
 /* Name of a level: "portable", "avx2", "avx512". */
 const char *lstm_simd_name(lstm_simd_level level);
 

@@ -104,10 +104,10 @@ static void make_build_info(void)
              ";levels=portable"
 #endif
              ";cpu=%s family %d model %d;l1d=%lld;l2=%lld;l3=%lld;l2_shared_by=%d"
-             ";l3_shared_by=%d;caches_from=%s",
+             ";l3_shared_by=%d;caches_from=%s;avx512_bf16=%d",
              cpu->vendor[0] ? cpu->vendor : "unknown", cpu->family, cpu->model,
              (long long)cpu->l1d, (long long)cpu->l2, (long long)cpu->l3, cpu->l2_shared_by,
-             cpu->l3_shared_by, cpu->source);
+             cpu->l3_shared_by, cpu->source, lstm_cpu_has_avx512bf16());
 }
 
 const char *lstm_build_info(void)
@@ -255,3 +255,77 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
 
 DEFINE_PUBLIC(f32, float)
 DEFINE_PUBLIC(f64, double)
+
+/* ---- bfloat16 weights ---------------------------------------------------------- */
+
+static int bf16_mode = -1;
+
+int lstm_set_bf16_mode(int mode)
+{
+    if (mode < -1 || mode > 1)
+        return LSTM_ERR_ARG;
+    if (mode == 1 && !lstm_cpu_has_avx512bf16())
+        return LSTM_ERR_SIMD;
+    bf16_mode = mode;
+    return LSTM_OK;
+}
+
+int lstm_get_bf16_mode(void) { return bf16_mode; }
+
+/* Native vdpbf16ps or the emulation (the same bits): where the CPU has it, the pack
+ * is of the AVX-512 level, and (automatic mode) B <= BF16_NATIVE_MAX_B. On the Intel
+ * Xeon (family 6 model 167), where vdpbf16ps runs at half the fp32 FMA rate, native
+ * was faster only at B = 1 (1 thread, forward T = 16, ms native/emulated): H = 256
+ * B = 1 .183/.212, B = 2 .365/.326, B = 4 .652/.468, B = 16 2.54/1.76; H = 512 B = 1
+ * 1.63/1.69, B = 4 2.81/2.31, B = 16 10.3/7.3; (32,64,256,256) 19.9/13.7. A CPU whose
+ * bf16 dot runs at twice the FMA rate would want it everywhere: measure there. */
+#ifndef BF16_NATIVE_MAX_B
+#define BF16_NATIVE_MAX_B 1
+#endif
+static int bf16_native_for(int level, int64_t B)
+{
+    if (bf16_mode == 0 || level != LSTM_SIMD_AVX512 || !lstm_cpu_has_avx512bf16())
+        return 0;
+    return bf16_mode == 1 || B <= BF16_NATIVE_MAX_B;
+}
+
+int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
+{
+    (void)I;
+    (void)H;
+    return bf16_native_for(lstm_get_simd_level(), B);
+}
+
+size_t lstm_packed_size_bf16(int64_t I, int64_t H)
+{
+    if (I < 0 || H < 0)
+        return 0;
+    DISPATCH(lstm_get_simd_level(), f32, bf_packed_size, (I, H))
+}
+
+int lstm_pack_bf16(int64_t I, int64_t H, const float *w_ih, const float *w_hh, const float *b,
+                   void *packed)
+{
+    if (I < 0 || H < 1 || !w_ih || !w_hh || !packed)
+        return LSTM_ERR_ARG;
+    DISPATCH(lstm_get_simd_level(), f32, bf_pack, (I, H, w_ih, w_hh, b, packed))
+}
+
+size_t lstm_forward_workspace_size_bf16(int64_t T, int64_t B, int64_t I, int64_t H,
+                                        int num_threads)
+{
+    return WS_MAX(f32, bf_ws_size, (T, B, I, H, num_threads));
+}
+
+int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                      const int64_t *batch_sizes, const float *x, const float *h0,
+                      const float *c0, float *y, float *h_n, float *c_n, void *workspace,
+                      int num_threads)
+{
+    if (T < 0 || B < 0 || I < 0 || H < 1 || !packed || !workspace)
+        return LSTM_ERR_ARG;
+    int level = packed_level(packed);
+    DISPATCH(level, f32, bf_forward,
+             (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, workspace,
+              usable_threads(num_threads), bf16_native_for(level, B)))
+}

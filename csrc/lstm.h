@@ -227,6 +227,36 @@ int lstm_backward_ex_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                          double *dw_hh, double *db, double *dh0, double *dc0, double *dw_hr,
                          void *workspace, int num_threads, const lstm_variant *variant,
                          double *dpeephole);
+/* ---- bfloat16 weights, float32 everything else (inference) ----------------
+ * The same layer with w_ih and w_hh rounded to bfloat16 at pack time and x, h
+ * rounded to bfloat16 for the products; products accumulated in float32 in
+ * VDPBF16PS's order and rounding; bias, cell state, activations and outputs
+ * float32. The exact arithmetic is at the top of bf16.template.c. No projection
+ * (P = 0), nothing saved for backward. The products give the same bits at every
+ * SIMD level and whether vdpbf16ps is used or emulated; the outputs too, except
+ * for the last bits of the activations, which differ between levels as in _f32.
+ * Contracts as lstm_packed_size_f32, lstm_pack_f32 and lstm_forward_f32 with
+ * P = 0, gates = c = NULL. The pack holds the bf16 weights (2 bytes each) and, at the
+ * AVX2 and AVX-512 levels, a float32-widened copy for batches of several row tiles
+ * (see bf16.template.c): 6 bytes per weight in all there. */
+size_t lstm_packed_size_bf16(int64_t I, int64_t H);
+int lstm_pack_bf16(int64_t I, int64_t H, const float *w_ih, const float *w_hh, const float *b,
+                   void *packed);
+size_t lstm_forward_workspace_size_bf16(int64_t T, int64_t B, int64_t I, int64_t H,
+                                        int num_threads);
+int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                      const int64_t *batch_sizes, const float *x, const float *h0,
+                      const float *c0, float *y, float *h_n, float *c_n, void *workspace,
+                      int num_threads);
+
+/* How lstm_forward_bf16 computes its products: 1 with vdpbf16ps (AVX512_BF16), 0
+ * emulated with float32 FMAs (same bits). Mode: -1 automatic (the default: native
+ * where the CPU has it and a pack of the AVX-512 level, chosen per call by shape),
+ * 0 always emulated, 1 native wherever possible. lstm_set_bf16_mode returns
+ * LSTM_ERR_SIMD for 1 on a CPU without AVX512_BF16. */
+int lstm_set_bf16_mode(int mode);
+int lstm_get_bf16_mode(void);
+int lstm_bf16_native(int64_t B, int64_t I, int64_t H);   /* what a call of this shape uses */
 
 #ifdef __cplusplus
 }

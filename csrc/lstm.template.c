@@ -5,6 +5,7 @@
  *   gemm.template.c    packed GEMM (the whole-sequence products)
  *   cell.template.c    fwd_cell, bwd_cell: the only gate math
  *   pack.template.c    packed-weights layout and pack
+ *   bf16.template.c    bfloat16 weights for inference (float only), at the end
  * and undefines every template macro at its end.
  *
  * Forward: [w_ih | w_hh] are packed so that one register tile computes the i,
@@ -875,6 +876,10 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     lstm_pool_run(FN(bwd_job), &ctx, num_threads);
     return LSTM_OK;
 }
+
+#if !IS_F64
+#include "bf16.template.c"   /* bfloat16 weights (inference), float32 only */
+#endif
 
 /* ---- end of one instantiation: every macro of the templates ------------------ */
 #undef CAT_

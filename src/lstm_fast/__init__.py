@@ -9,12 +9,12 @@ __version__ = "0.1.0"
 from .backends import (BackendUnavailableError, available_backends, backend_status,
                         get_num_threads, set_num_threads)
 from .functional import LSTMCache, LSTMGrads, LSTMResult, lstm_backward, lstm_forward
-from .layer import LSTM
+from .layer import LSTM, quantize
 from .streaming import Stream
 from . import optim  # noqa: E402  (lstm_fast.optim.Adam: NumPy training utility)
 
 __all__ = [
-    "LSTM", "Stream", "lstm_forward", "lstm_backward", "LSTMResult", "LSTMGrads", "LSTMCache",
+    "LSTM", "quantize", "Stream", "lstm_forward", "lstm_backward", "LSTMResult", "LSTMGrads", "LSTMCache",
     "available_backends", "backend_status", "set_num_threads", "get_num_threads",
     "BackendUnavailableError", "optim", "__version__",
 ]

@@ -32,6 +32,38 @@ def check_dtype(dtype, name="dtype"):
     return dt
 
 
+WEIGHT_DTYPES = ("float32", "float64", "bfloat16")
+
+
+def check_weight_dtype(weight_dtype, dtype, proj_size, backend_impl, backend_name):
+    """A layer's weight_dtype: None (the layer's dtype) or one of WEIGHT_DTYPES, and what
+    the rest of the layer allows with it. Returns the name ("float32", "bfloat16", ...)."""
+    if weight_dtype is None:
+        return dtype.name
+    name = weight_dtype if isinstance(weight_dtype, str) else None
+    if name is None:
+        try:
+            name = np.dtype(weight_dtype).name
+        except TypeError:
+            name = repr(weight_dtype)
+    if name not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES} (or None: the layer's "
+                         f"dtype), got {weight_dtype!r}")
+    if name == dtype.name:
+        return name
+    if name != "bfloat16":
+        raise ValueError(f"weight_dtype={name!r} must be the layer's dtype ({dtype.name}) or "
+                         f"'bfloat16'")
+    if dtype.name != "float32":
+        raise ValueError(f"weight_dtype='bfloat16' needs dtype float32, got {dtype.name}")
+    if proj_size:
+        raise ValueError("weight_dtype='bfloat16' does not support proj_size > 0 yet")
+    if not hasattr(backend_impl, "pack_bf16"):
+        raise ValueError(f"weight_dtype='bfloat16' runs on the 'c' and 'numpy' backends, not "
+                         f"{backend_name!r}")
+    return name
+
+
 def check_size(value, name, minimum=1):
     """A size argument: an int (not bool) >= minimum."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

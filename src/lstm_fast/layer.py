@@ -13,6 +13,7 @@ the cache is a list of ``functional.LSTMCache``, one per layer and direction.
 """
 
 import contextlib
+import copy
 import math
 import warnings
 
@@ -91,6 +92,15 @@ class LSTM:
         Initialise the forget-gate part of every ``bias_ih_l{k}`` to this value and
         that of ``bias_hh_l{k}`` to 0 (Keras' ``unit_forget_bias``: 1.0), at
         construction only; needs ``bias=True``. None (default): torch's initialisation.
+    weight_dtype : {None, "float32", "float64", "bfloat16"}, keyword-only
+        Precision of the weights in the products; None (default) is `dtype`.
+        "bfloat16" (dtype float32, no projection, backends "c" and "numpy"): an
+        inference layer (always in eval mode; `backward` and ``train()`` raise)
+        whose w_ih and w_hh are rounded to bfloat16 when packed, as are x and h for
+        the products, which accumulate in float32; bias, cell state, activations,
+        inputs and outputs stay float32, and the parameters stay the float32 masters
+        (``state_dict``). See `quantize` and the guide for the exact arithmetic and
+        its error.
 
     Attributes
     ----------
@@ -108,7 +118,8 @@ class LSTM:
     ValueError
         A size that is not a positive int, dropout outside [0, 1], proj_size >= H,
         a negative or non-finite clip, cell_clip or forget_bias, forget_bias without
-        a bias.
+        a bias, an unknown weight_dtype (the options are named) or one the layer
+        cannot use.
     TypeError
         A flag that is not a bool, a dtype other than float32/float64.
 
@@ -148,7 +159,7 @@ class LSTM:
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
                  backend="auto", seed=None, peephole=False, clip=None, cell_clip=None,
-                 cifg=False, forget_bias=None):
+                 cifg=False, forget_bias=None, weight_dtype=None):
         self.input_size = _validation.check_size(input_size, "input_size")
         self.hidden_size = _validation.check_size(hidden_size, "hidden_size")
         self.num_layers = _validation.check_size(num_layers, "num_layers")
@@ -168,6 +179,7 @@ class LSTM:
             raise ValueError(f"proj_size must be smaller than hidden_size={self.hidden_size}, "
                              f"got {self.proj_size}")
         self.dtype = _validation.check_dtype(dtype)
+        self.weight_dtype = self.dtype.name
         self.peephole = _check_bool(peephole, "peephole")
         self.clip = _validation.check_clip(clip, "clip")
         self.cell_clip = _validation.check_clip(cell_clip, "cell_clip")
@@ -205,6 +217,19 @@ class LSTM:
             self._params[name] = arr
         # state_dict order (_params.state_dict_names): each direction's peepholes after its own
         self._params = {name: self._params[name] for names in self._names for name in names}
+        self._set_weight_dtype(weight_dtype)
+
+    def _set_weight_dtype(self, weight_dtype):
+        """weight_dtype checked against the layer; a low-precision layer is inference only."""
+        self.weight_dtype = _validation.check_weight_dtype(
+            weight_dtype, self.dtype, self.proj_size, self._impl, self._backend)
+        if self.weight_dtype != self.dtype.name:
+            if self.peephole or self.clip or self.cell_clip or self.cifg:
+                self.weight_dtype = self.dtype.name
+                raise ValueError(f"weight_dtype={weight_dtype!r} does not support the LSTM "
+                                 f"variants (peephole, clip, cell_clip, cifg) yet")
+            self.training = False
+            self._cache = None
         self._drop_packed()
 
     # --- structure -------------------------------------------------------
@@ -221,9 +246,12 @@ class LSTM:
 
     @backend.setter
     def backend(self, name):
-        self._backend = backends.resolve(name)
-        self._requested_backend = name
-        self._impl = backends.get(self._backend)
+        backend = backends.resolve(name)
+        impl = backends.get(backend)
+        wd = getattr(self, "weight_dtype", None)
+        if wd is not None:
+            _validation.check_weight_dtype(wd, self.dtype, self.proj_size, impl, backend)
+        self._backend, self._requested_backend, self._impl = backend, name, impl
         self._drop_packed()
 
     def __getstate__(self):
@@ -241,6 +269,8 @@ class LSTM:
             setattr(self, key, value)
         for arr in self._params.values():
             arr.flags.writeable = False
+        if not hasattr(self, "weight_dtype"):   # pickled before weight_dtype existed
+            self.weight_dtype = self.dtype.name
         self._make_inputs()
         self.backend = self._requested_backend   # "auto" resolves on the new machine
 
@@ -402,6 +432,9 @@ class LSTM:
         if packed is None:
             names, p = self._names[k], self._params
             b = p[names[2]] + p[names[3]] if self.bias else None
+            if self.weight_dtype == "bfloat16":   # no projection, no variant (checked)
+                packed = self._packed[k] = self._impl.pack_bf16(p[names[0]], p[names[1]], b)
+                return packed
             w_hr = p[names[4 if self.bias else 2]] if self.proj_size else None
             variant = self._variant(k)
             w_ih, w_hh = p[names[0]], p[names[1]]
@@ -440,7 +473,14 @@ class LSTM:
         -------
         LSTM
             The layer itself.
+
+        Raises
+        ------
+        ValueError
+            Training mode for a layer with low-precision weights (inference only).
         """
+        if mode and self.weight_dtype != self.dtype.name:
+            raise ValueError(_inference_only(self.weight_dtype))
         self.training = bool(mode)
         return self
 
@@ -492,6 +532,8 @@ class LSTM:
         plan = None if lengths is None else make_plan(_validation.lengths(lengths, B, T), T, B)
         if save is None:
             save = self.training
+        elif save and self.weight_dtype != self.dtype.name:
+            raise ValueError(_inference_only(self.weight_dtype))
         impl, packed = self._impl, self._packed
         num_threads = backends.threads_for(T, B, self.input_size, self.hidden_size)
         if len(packed) == 1:   # one layer-direction: the states (1, B, R) as they are
@@ -558,6 +600,8 @@ class LSTM:
             A gradient of the wrong shape, naming it.
         """
         cache = self._cache
+        if self.weight_dtype != self.dtype.name:
+            raise RuntimeError(_inference_only(self.weight_dtype))
         if cache is None:
             raise RuntimeError("backward() called before a forward call")
         if cache is _NOT_SAVED:
@@ -603,8 +647,62 @@ class LSTM:
                          ("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
                          ("cifg", False), ("forget_bias", None))
                         if getattr(self, k) != default)
+        if self.weight_dtype != self.dtype.name:
+            extra += f", weight_dtype={self.weight_dtype!r}"
         return (f"LSTM({self.input_size}, {self.hidden_size}{extra}, "
                 f"dtype={self.dtype.name}, backend={self.backend!r})")
+
+
+def _inference_only(weight_dtype):
+    return (f"a layer with {weight_dtype} weights is for inference only (eval mode, nothing "
+            f"saved, no backward): train the float32 layer and quantize it "
+            f"(lstm_fast.quantize)")
+
+
+def quantize(layer, weight_dtype="bfloat16"):
+    """An inference copy of `layer` whose weights are computed in `weight_dtype`.
+
+    The float32 parameters are copied as they are (they stay the masters: ``state_dict``
+    returns them); they are rounded when the copy packs them. The copy is in eval mode,
+    as is the one of a ``LSTM(..., weight_dtype=...)`` layer, and `Stream` runs it.
+
+    Parameters
+    ----------
+    layer : LSTM
+        A trained layer (float32, no projection, backend "c" or "numpy").
+    weight_dtype : {"bfloat16", "float32", "float64"}, optional
+        "bfloat16": weights and the products' inputs x, h rounded to bfloat16,
+        products accumulated in float32 (see ``LSTM``'s ``weight_dtype``); the
+        layer's own dtype gives back a plain layer.
+
+    Returns
+    -------
+    LSTM
+        A new layer; `layer` is not changed.
+
+    Raises
+    ------
+    ValueError
+        An unknown weight_dtype (the options are named), or one this layer cannot use
+        (float64 layer, projection, the numba backend).
+
+    Examples
+    --------
+    >>> layer = lstm_fast.LSTM(3, 8, seed=0)
+    >>> q = lstm_fast.quantize(layer, "bfloat16")
+    >>> q.weight_dtype, q.training
+    ('bfloat16', False)
+    >>> x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    >>> out, _ = q(x)
+    >>> bool(np.abs(out - layer(x)[0]).max() < 1e-2)
+    True
+    """
+    if not isinstance(layer, LSTM):
+        raise TypeError(f"layer must be an lstm_fast.LSTM, got {type(layer).__name__}")
+    new = copy.deepcopy(layer)
+    new.training = False
+    new._set_weight_dtype(weight_dtype)
+    return new
 
 
 def _check_bool(value, name):

@@ -8,6 +8,7 @@ cdef extern from "cpu.h" nogil:
         LSTM_SIMD_AVX512
     lstm_simd_level lstm_cpu_simd_level()
     const char *lstm_simd_name(lstm_simd_level level)
+    int lstm_cpu_has_avx512bf16()
 
 cdef extern from "lstm.h" nogil:
     enum:
@@ -90,3 +91,15 @@ cdef extern from "lstm.h" nogil:
                              double *dw_ih, double *dw_hh, double *db, double *dh0,
                              double *dc0, double *dw_hr, void *workspace, int num_threads,
                              const lstm_variant *variant, double *dpeephole)
+    size_t lstm_packed_size_bf16(int64_t I, int64_t H)
+    int lstm_pack_bf16(int64_t I, int64_t H, const float *w_ih, const float *w_hh,
+                       const float *b, void *packed)
+    size_t lstm_forward_workspace_size_bf16(int64_t T, int64_t B, int64_t I, int64_t H,
+                                            int num_threads)
+    int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                          const int64_t *batch_sizes, const float *x, const float *h0,
+                          const float *c0, float *y, float *h_n, float *c_n, void *workspace,
+                          int num_threads)
+    int lstm_set_bf16_mode(int mode)
+    int lstm_get_bf16_mode()
+    int lstm_bf16_native(int64_t B, int64_t I, int64_t H)

@@ -3,7 +3,8 @@
 
 Arrays to pointers, the GIL released around every kernel call, status codes to
 exceptions; the four functions of the backend contract (``lstm_fast.backends``):
-``pack``, ``forward``, ``backward``, ``step``. Arguments arrive validated by the
+``pack``, ``forward``, ``backward``, ``step``, and ``pack_bf16`` (bfloat16 weights for
+inference: ``forward`` without saving and ``step`` run on such a pack). Arguments arrive validated by the
 callers (``_validation``); nothing is checked here. Outputs and the scratch space are
 NumPy arrays allocated here (or given by the caller: ``forward(out=...)``); the kernel
 never allocates. The workspace is kept with the packed weights and reused by the next
@@ -80,7 +81,34 @@ def build_info():
         "caches": {k: int(info[k]) for k in ("l1d", "l2", "l3", "l2_shared_by", "l3_shared_by")
                    if k in info},
         "caches_from": info.get("caches_from"),
+        "bf16": bf16_path(),
     }
+
+
+_BF16_MODES = {None: -1, False: 0, True: 1}
+
+
+def set_bf16_native(native):
+    """How the bfloat16-weight forward computes its products: True with vdpbf16ps
+    (RuntimeError if the CPU lacks AVX512_BF16), False always emulated with float32 FMAs,
+    None automatic (the default). Both give the same bits; for tests and benchmarks."""
+    if native not in _BF16_MODES:
+        raise ValueError(f"native must be True, False or None, got {native!r}")
+    if lstm_set_bf16_mode(_BF16_MODES[native]) != LSTM_OK:
+        raise RuntimeError("this CPU has no AVX512_BF16 (vdpbf16ps): bfloat16 products "
+                           "can only be emulated here")
+
+
+def bf16_path(B=1, I=1, H=1):
+    """What a bfloat16-weight forward of this shape uses at the SIMD level in force:
+    "native (vdpbf16ps)" or "emulated (...)"."""
+    if lstm_bf16_native(B, I, H):
+        return "native (vdpbf16ps, AVX512_BF16)"
+    why = ("the CPU has no AVX512_BF16; " if not lstm_cpu_has_avx512bf16() else
+           "emulation forced (set_bf16_native(False)); " if lstm_get_bf16_mode() == 0 else
+           f"SIMD level {simd_level()} in force; " if simd_level() != "avx512" else
+           "faster at this shape; ")
+    return f"emulated ({why}float32 FMAs in vdpbf16ps's order and rounding, same bits)"
 
 
 def pool_contended():
@@ -102,6 +130,7 @@ cdef class Packed:
     cdef readonly object buf
     cdef readonly int64_t input_size, hidden_size, proj_size   # proj_size 0: no projection
     cdef readonly object dtype
+    cdef readonly object weight_dtype   # "bfloat16" for a pack_bf16 pack, else dtype's name
     cdef readonly bint has_bias
     cdef int typenum
     cdef readonly int64_t generation   # times written over by pack(..., out=this)
@@ -113,7 +142,7 @@ cdef class Packed:
 
     def __repr__(self):
         return (f"<lstm_fast.backends._c.Packed I={self.input_size} H={self.hidden_size} "
-                f"P={self.proj_size} {self.dtype}>")
+                f"P={self.proj_size} {self.dtype} weights {self.weight_dtype}>")
 
 
 cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
@@ -225,6 +254,7 @@ def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None, variant=Non
     p.input_size, p.hidden_size, p.proj_size = I, H, P
     p.typenum = tn
     p.dtype = w_ih.dtype
+    p.weight_dtype = w_ih.dtype.name
     p.has_bias = b is not None
     p.variant = variant
     p._varp = NULL
@@ -237,6 +267,45 @@ def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None, variant=Non
     return p
 
 
+def pack_bf16(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
+    """Packed bfloat16 weights of float32 (w_ih (4H, I), w_hh (4H, H), b (4H,) or None),
+    rounded to nearest even (csrc/bf16.template.c); inference only (``forward`` with
+    save=False, ``step``). out as in ``pack``."""
+    if _level_error is not None:
+        raise RuntimeError(f"lstm_fast C kernel: {_level_error}")
+    cdef int64_t H = cnp.PyArray_DIMS(w_ih)[0] // 4, I = cnp.PyArray_DIMS(w_ih)[1]
+    cdef Packed p
+    cdef cnp.npy_intp n = <cnp.npy_intp>lstm_packed_size_bf16(I, H)
+    if (isinstance(out, Packed) and (<Packed>out).weight_dtype == "bfloat16"
+            and (<Packed>out).input_size == I and (<Packed>out).hidden_size == H
+            and not (<Packed>out)._ws_busy and cnp.PyArray_SIZE(<cnp.ndarray>(<Packed>out).buf) == n):
+        p = <Packed>out
+        p.generation += 1
+    else:
+        p = Packed.__new__(Packed)
+        p.buf = _empty(1, &n, cnp.NPY_UINT8)
+    cdef void *dst = cnp.PyArray_DATA(<cnp.ndarray>p.buf)
+    cdef void *wi = cnp.PyArray_DATA(w_ih)
+    cdef void *wh = cnp.PyArray_DATA(w_hh)
+    cdef void *bp = _p(b)
+    cdef int status
+    with nogil:
+        status = lstm_pack_bf16(I, H, <float *>wi, <float *>wh, <float *>bp, dst)
+    if status != LSTM_OK:
+        _raise_status(status)
+    p.input_size, p.hidden_size, p.proj_size = I, H, 0
+    p.typenum = cnp.NPY_FLOAT32
+    p.dtype = np.dtype(np.float32)
+    p.weight_dtype = "bfloat16"
+    p.has_bias = b is not None
+    return p
+
+
+cdef int _inference_only(Packed packed) except -1:
+    raise ValueError("bfloat16 weights are for inference only: nothing can be saved for "
+                     "backward (use float32 weights to train)")
+
+
 cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarray x,
                        cnp.ndarray h0, cnp.ndarray c0, object y, object h_n, object c_n,
                        object gates, object c, int num_threads) except -1:
@@ -244,7 +313,11 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef int save = gates is not None
-    cdef size_t wsize = (lstm_forward_workspace_size_f32(T, B, I, H, P, num_threads, save)
+    cdef bint bf16 = packed.weight_dtype == "bfloat16"
+    if bf16 and save:
+        _inference_only(packed)
+    cdef size_t wsize = (lstm_forward_workspace_size_bf16(T, B, I, H, num_threads) if bf16 else
+                         lstm_forward_workspace_size_f32(T, B, I, H, P, num_threads, save)
                          if tn == cnp.NPY_FLOAT32 else
                          lstm_forward_workspace_size_f64(T, B, I, H, P, num_threads, save))
     cdef cnp.ndarray ws = _take_ws(packed, wsize)
@@ -262,7 +335,11 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef const lstm_variant *var = packed._varp
     cdef int status
     with nogil:
-        if var != NULL and tn == cnp.NPY_FLOAT32:
+        if bf16:
+            status = lstm_forward_bf16(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
+                                       <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
+                                       wp, num_threads)
+        elif var != NULL and tn == cnp.NPY_FLOAT32:
             status = lstm_forward_ex_f32(T, B, I, H, P, pk, bsp, <float *>xp, <float *>h0p,
                                          <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
                                          <float *>gp, <float *>cp, wp, num_threads, var)
@@ -319,6 +396,8 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
              cnp.ndarray dc_n, int num_threads, batch_sizes=None, dpeephole=None):
     """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``
     (dpeephole: the (3, H) output for the peephole gradients, with peepholes)."""
+    if packed.weight_dtype == "bfloat16":
+        _inference_only(packed)
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef int64_t R = P if P else H

@@ -286,6 +286,73 @@ def _variant_cell_grad(dm, dc, i, f, g, o, c_prev, c_t, tanh_c, keep, peephole, 
     return np.concatenate([d_i, d_f, d_g, d_o], axis=1)
 
 
+# --- bfloat16 weights (inference): the oracle of csrc/bf16.template.c -------------------
+#
+# The same arithmetic as the C kernel, spelled out: weights and the step's inputs
+# [x_t | h_{t-1}] rounded to bfloat16; each pre-activation accumulated in float32 over
+# the pairs (2p, 2p+1) of [x | h] (each part padded to an even length with zeros), the
+# odd element first, every accumulation one fused multiply-add rounded to float32 with
+# results below 2^-126 flushed to zero (VDPBF16PS). A bf16 x bf16 product is exact in
+# float64, and float64 holds acc + product exactly, or close enough that rounding it
+# to float32 once more gives the correctly rounded sum (see bf16.template.c), so the
+# fused multiply-add is float32(float64(acc) + float64(x) * float64(w)). The products
+# are bitwise those of the C kernel; the cell is this module's float32 cell.
+
+_TINY = 2.0 ** -126
+
+
+def round_bf16(a):
+    """float32 values rounded to bfloat16, returned as float32: to nearest even; zeros
+    and denormals give a zero of their sign; NaN stays NaN; overflow gives inf."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    r = (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    r = np.where((u & np.uint32(0x7F800000)) == 0, u & np.uint32(0x80000000), r)
+    r = np.where((u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000),
+                 (u | np.uint32(0x00400000)) & np.uint32(0xFFFF0000), r)
+    return r.astype(np.uint32).view(np.float32)
+
+
+def _pad_even(a):
+    """a (n, K) with a zero column appended when K is odd."""
+    return a if a.shape[1] % 2 == 0 else np.concatenate([a, np.zeros((a.shape[0], 1), a.dtype)], 1)
+
+
+def bf16_products(a, w):
+    """float32 (n, G) = a (n, K) . w (G, K)^T in VDPBF16PS's order and rounding, for
+    a and w already rounded to bfloat16 and K even (pairs of columns)."""
+    a64, w64 = a.astype(np.float64), w.astype(np.float64)
+    acc = np.zeros((a.shape[0], w.shape[0]), np.float32)
+    for p in range(a.shape[1] // 2):
+        for k in (2 * p + 1, 2 * p):
+            acc = (acc + a64[:, k, None] * w64[None, :, k]).astype(np.float32)
+            acc = np.where(np.abs(acc) < _TINY, np.copysign(np.float32(0), acc), acc)
+    return acc
+
+
+@np.errstate(**_QUIET)
+def lstm_forward_bf16(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
+    """``(y, h_n, c_n)`` of the layer with bfloat16 weights (float32 x, states and
+    outputs; no projection); arguments as ``lstm_forward``."""
+    xp, steps = _steps(x, batch_sizes)
+    H = w_hh.shape[1]
+    w = np.concatenate([_pad_even(round_bf16(w_ih)), _pad_even(round_bf16(w_hh))], axis=1)
+    bias = np.zeros(4 * H, np.float32) if b is None else b.astype(np.float32)
+    y = np.empty((xp.shape[0], H), np.float32)
+    h_state, c_state = h0.astype(np.float32), c0.astype(np.float32)
+    for off, n in steps:
+        a = np.concatenate([_pad_even(round_bf16(xp[off:off + n])),
+                            _pad_even(round_bf16(h_state[:n]))], axis=1)
+        pre = bf16_products(a, w) + bias
+        i, f, o = (sigmoid(pre[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
+        g = np.tanh(pre[:, 2 * H:3 * H])
+        c_state[:n] = f * c_state[:n] + i * g
+        h_state[:n] = o * np.tanh(c_state[:n])
+        y[off:off + n] = h_state[:n]
+    if batch_sizes is None:
+        y = y.reshape(x.shape[0], x.shape[1], H)
+    return y, h_state, c_state
+
+
 # --- the backend contract (lstm_fast.backends) --------------------------------------
 
 
@@ -302,6 +369,25 @@ class Packed(NamedTuple):
     proj_size = property(lambda self: 0 if self.w_hr is None else self.w_hr.shape[0])
     dtype = property(lambda self: self.w_ih.dtype)
     has_bias = property(lambda self: self.b is not None)
+    weight_dtype = property(lambda self: self.w_ih.dtype.name)
+
+
+class PackedBF16(NamedTuple):
+    """bfloat16 weights: the float32 arrays as given, rounded by lstm_forward_bf16."""
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b: Optional[np.ndarray]
+
+    input_size = property(lambda self: self.w_ih.shape[1])
+    hidden_size = property(lambda self: self.w_ih.shape[0] // 4)
+    proj_size = 0
+    dtype = np.dtype(np.float32)
+    weight_dtype = "bfloat16"
+    has_bias = property(lambda self: self.b is not None)
+
+
+_INFERENCE_ONLY = ("bfloat16 weights are for inference only: nothing can be saved for "
+                   "backward (use float32 weights to train)")
 
 
 def pack(w_ih, w_hh, b, w_hr=None, out=None, variant=None):
@@ -314,9 +400,19 @@ def _variant_kw(packed):
                                      cifg=v.cifg)
 
 
+def pack_bf16(w_ih, w_hh, b, out=None):
+    return PackedBF16(w_ih, w_hh, b)
+
+
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None):
-    y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], as_matrix(h0), as_matrix(c0),
-                                         batch_sizes, packed.w_hr, **_variant_kw(packed))
+    if isinstance(packed, PackedBF16):
+        if save:
+            raise ValueError(_INFERENCE_ONLY)
+        y, h_n, c_n = lstm_forward_bf16(x, *packed, as_matrix(h0), as_matrix(c0), batch_sizes)
+        gates = c = None
+    else:
+        y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], as_matrix(h0), as_matrix(c0),
+                                             batch_sizes, packed.w_hr, **_variant_kw(packed))
     h_n, c_n = h_n.reshape(h0.shape), c_n.reshape(c0.shape)
     if out is not None:
         for dst, src in zip(out, (y, h_n, c_n)):
@@ -328,6 +424,8 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
              dpeephole=None):
+    if isinstance(packed, PackedBF16):
+        raise ValueError(_INFERENCE_ONLY)
     dx, dw_ih, dw_hh, db, dh0, dc0, *rest = lstm_backward(
         x, packed.w_ih, packed.w_hh, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
         as_matrix(dh_n), as_matrix(dc_n), batch_sizes, packed.w_hr, packed.b,
