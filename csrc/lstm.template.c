@@ -639,8 +639,9 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     const TYPE *dy_t = ctx->dy + offs[t] * H, *gates_t = ctx->gates + offs[t] * 4 * H;
     const TYPE *c_t = ctx->c + offs[t] * H, *cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
     TYPE *dg_t = ctx->dgates + offs[t] * ldg;
-    FN(bwd_cell_args) ca = {H, ctx->dh_n, dy_t, gates_t, c_t, cprev, ctx->dc0, dg_t, ldg,
-                            NULL, ctx->db};
+    FN(bwd_cell_args) ca = {.H = H, .dh = ctx->dh_n, .dy = dy_t, .gates = gates_t, .c = c_t,
+                            .cprev = cprev, .dc = ctx->dc0, .dg = dg_t, .ldg = ldg,
+                            .m = NULL, .db = ctx->db};
     SET_CELL_VARIANT(ca, ctx->var);
     ca.dpeep = ctx->dpeep;
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
@@ -668,8 +669,9 @@ KERNEL void FN(bwd_step_proj_cell)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0
     int64_t n = offs[t + 1] - offs[t];
     const TYPE *gates_t = ctx->gates + offs[t] * 4 * H, *c_t = ctx->c + offs[t] * H;
     const TYPE *cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
-    FN(bwd_cell_args) ca = {H, ctx->dm, NULL, gates_t, c_t, cprev, ctx->dc0,
-                            ctx->dgates + offs[t] * ldg, ldg, ctx->m_all + offs[t] * H, ctx->db};
+    FN(bwd_cell_args) ca = {.H = H, .dh = ctx->dm, .dy = NULL, .gates = gates_t, .c = c_t,
+                            .cprev = cprev, .dc = ctx->dc0, .dg = ctx->dgates + offs[t] * ldg,
+                            .ldg = ldg, .m = ctx->m_all + offs[t] * H, .db = ctx->db};
     SET_CELL_VARIANT(ca, ctx->var);
     ca.dpeep = ctx->dpeep;
     for (int64_t j = j0; j < j1; j += BNB) {
