@@ -81,6 +81,7 @@ messages.
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -276,9 +277,42 @@ def _open_check(path):
         raise DataError(f"cannot open {path}: {e.strerror or e}") from None
 
 
+@contextmanager
+def csv_errors(path):
+    """pyarrow's CSV errors as DataError: an empty file, or malformed CSV."""
+    import pyarrow as pa
+    try:
+        yield
+    except pa.ArrowInvalid as e:
+        if "Empty CSV file" in str(e):
+            raise DataError(f"{path} is empty: expected a header line with columns "
+                            f"{', '.join(REQUIRED_COLUMNS + (LABEL_COL,))}") from None
+        raise DataError(f"{path}: malformed CSV ({e})") from None
+
+
+def csv_header(path):
+    """(names, header) of a CSV file, from its first line alone: the column names as
+    pyarrow reads them, and the same stripped of spaces and a byte-order mark (the names
+    the checks and messages use). DataError for an empty or malformed file."""
+    import pyarrow.csv as pcsv
+    with csv_errors(path):
+        head = pcsv.open_csv(path, read_options=pcsv.ReadOptions(use_threads=False, block_size=1 << 16),
+                             parse_options=pcsv.ParseOptions(invalid_row_handler=lambda r: "skip"))
+        names = head.schema.names
+        head.close()
+    return names, [str(c).strip().lstrip("\ufeff") for c in names]
+
+
+def csv_as_text(names):
+    """pyarrow ConvertOptions reading every column ``names`` as text, empty fields as ""."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    return pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                               strings_can_be_null=False, quoted_strings_can_be_null=False)
+
+
 def _read_csv_text(path):
     """(DataFrame of text columns, line number of each row, first invalid row or None)."""
-    import pyarrow as pa
     import pyarrow.csv as pcsv
     bad = []
 
@@ -287,24 +321,14 @@ def _read_csv_text(path):
         return "skip"
 
     # every column as text: the header names first (a one-row read), then the whole file
-    try:
-        head = pcsv.open_csv(path, read_options=pcsv.ReadOptions(use_threads=False, block_size=1 << 16),
-                             parse_options=pcsv.ParseOptions(invalid_row_handler=lambda r: "skip"))
-        names = head.schema.names
-        head.close()
+    names, header = csv_header(path)
+    with csv_errors(path):
         table = pcsv.read_csv(
             path, read_options=pcsv.ReadOptions(use_threads=False),
             parse_options=pcsv.ParseOptions(invalid_row_handler=invalid, ignore_empty_lines=False),
-            convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                strings_can_be_null=False,
-                                                quoted_strings_can_be_null=False))
-    except pa.ArrowInvalid as e:
-        if "Empty CSV file" in str(e):
-            raise DataError(f"{path} is empty: expected a header line with columns "
-                            f"{', '.join(REQUIRED_COLUMNS + (LABEL_COL,))}") from None
-        raise DataError(f"{path}: malformed CSV ({e})") from None
+            convert_options=csv_as_text(names))
     frame = table.to_pandas()
-    frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
+    frame.columns = header
     first_bad = BadRow(bad[0].number, bad[0].expected_columns, bad[0].actual_columns) if bad else None
     line = np.arange(len(frame), dtype=np.int64) + 2
     if first_bad is not None:  # rows after the first invalid one are never looked at

@@ -79,7 +79,6 @@ def _parquet_pieces(path, rows_per_read):
 
 
 def _csv_pieces(path, rows_per_read):
-    import pyarrow as pa
     import pyarrow.csv as pcsv
     bad = []
 
@@ -87,33 +86,21 @@ def _csv_pieces(path, rows_per_read):
         bad.append(D.BadRow(row.number, row.expected_columns, row.actual_columns))
         return "skip"
 
-    try:
-        head = pcsv.open_csv(path, read_options=pcsv.ReadOptions(use_threads=False, block_size=1 << 16),
-                             parse_options=pcsv.ParseOptions(invalid_row_handler=lambda r: "skip"))
-        names = head.schema.names
-        head.close()
+    names, header = D.csv_header(path)
+    with D.csv_errors(path):
         reader = pcsv.open_csv(
             path, read_options=pcsv.ReadOptions(use_threads=False, block_size=64 * rows_per_read),
             parse_options=pcsv.ParseOptions(invalid_row_handler=invalid, ignore_empty_lines=False),
-            convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                strings_can_be_null=False,
-                                                quoted_strings_can_be_null=False))
-    except pa.ArrowInvalid as e:
-        if "Empty CSV file" in str(e):
-            raise D.DataError(f"{path} is empty: expected a header line with columns "
-                              f"{', '.join(D.REQUIRED_COLUMNS + (D.LABEL_COL,))}") from None
-        raise D.DataError(f"{path}: malformed CSV ({e})") from None
-    header = [str(c).strip().lstrip("\ufeff") for c in names]
+            convert_options=D.csv_as_text(names))
 
     def pieces():
         offset = 0
         while True:
             try:
-                batch = reader.read_next_batch()
+                with D.csv_errors(path):
+                    batch = reader.read_next_batch()
             except StopIteration:
                 return
-            except pa.ArrowInvalid as e:
-                raise D.DataError(f"{path}: malformed CSV ({e})") from None
             frame = batch.to_pandas()
             frame.columns = header
             line = np.arange(offset, offset + len(frame), dtype=np.int64) + 2
