@@ -11,6 +11,9 @@ input and forget gates (cifg) the gate rows are 3H (i, g, o) instead of 4H.
 
 import numpy as np
 
+from ._route import bias_grads, grads_by_name  # noqa: F401  (the gradients by name: defined
+#                                                 on the compiled per-call route, used here too)
+
 KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 PEEPHOLE_KINDS = ("weight_ci", "weight_cf", "weight_co")
 
@@ -82,26 +85,3 @@ def cifg_compress(g):
         return None
     H = g.shape[0] // 4
     return np.concatenate([g[:H], g[2 * H:]])
-
-
-def bias_grads(db):
-    """(grad of bias_ih, grad of bias_hh) from the kernels' db: the same values as separate
-    arrays (or tensors), so that changing one in place leaves the other; (None, None) without
-    a bias."""
-    return (None, None) if db is None else (db, db.copy() if hasattr(db, "copy") else db.clone())
-
-
-def grads_by_name(names, dw_ih, dw_hh, db, dw_hr, dpeephole=None):
-    """One layer-direction's gradients under ``names`` (from ``direction_names``);
-    ``dpeephole`` (3, H) the peephole weights' (rows ci, cf, co), or None."""
-    out = {names[0]: dw_ih, names[1]: dw_hh}
-    k = 2
-    if db is not None:
-        out[names[2]], out[names[3]] = bias_grads(db)
-        k = 4
-    if dw_hr is not None:
-        out[names[k]] = dw_hr
-    if dpeephole is not None:
-        for name, g in zip(names[-3:], dpeephole):
-            out[name] = g
-    return out

@@ -7,7 +7,8 @@ Arguments are validated once here (see ``_validation``) and handed to the backen
 chosen by ``backend`` ("auto", "c", "numba", "numpy"). ``run_forward`` /
 ``run_backward`` are the one route from padded, time-major arrays to a backend call
 (reversal for the second direction, lengths through a ``LengthPlan``); ``LSTM`` and
-``lstm_fast.torch`` use them too, and ``LSTMCache`` is the one cache format.
+``lstm_fast.torch`` use them too, and ``LSTMCache`` is the one cache format. They live in
+``_route`` (compiled with Cython, with ``LSTM``'s per-call work) and are re-exported here.
 """
 
 from typing import NamedTuple, Optional
@@ -15,128 +16,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _params, _validation, backends
-from ._lengths import LengthPlan
+from ._route import LSTMCache, make_plan, run_backward, run_forward
 
-
-class LSTMCache(NamedTuple):
-    """What backward needs from one layer-direction's forward call. Treat as opaque.
-
-    Returned by `lstm_forward` (``result.cache``) and passed to `lstm_backward`.
-
-    Attributes
-    ----------
-    backend : str
-        Name of the backend that ran the forward call.
-    gates : numpy.ndarray
-        Activated gates i, f, g, o, (T, B, 4H); zero at padded positions.
-    c : numpy.ndarray
-        Cell state after every step, (T, B, H); zero at padded positions.
-
-    Examples
-    --------
-    >>> x, w_ih, w_hh = np.ones((4, 2, 3)), np.full((8, 3), 0.1), np.full((8, 2), 0.1)
-    >>> cache = lstm_fast.lstm_forward(x, w_ih, w_hh, backend="numpy").cache
-    >>> cache.backend, cache.gates.shape, cache.c.shape
-    ('numpy', (4, 2, 8), (4, 2, 2))
-    """
-
-    impl: object          # the backend module
-    packed: object        # its packed weights
-    saved: tuple          # (x, h0, c0, y, gates, c) as the backend saw them
-    plan: object          # LengthPlan or None
-    reverse: bool         # the second direction: time reversed
-
-    @property
-    def backend(self):
-        """Name of the backend that ran the forward call."""
-        return backends.name_of(self.impl)
-
-    @property
-    def gates(self):
-        """Activated gates i, f, g, o, (T, B, 4H); zero at padded positions."""
-        return self._padded(self.saved[4])
-
-    @property
-    def c(self):
-        """Cell state after every step, (T, B, H); zero at padded positions."""
-        return self._padded(self.saved[5])
-
-    def _padded(self, a):
-        if self.plan is not None:
-            return self.plan.scatter(a, self.reverse)
-        return a[::-1] if self.reverse else a
-
-
-_new = tuple.__new__   # LSTMCache's fields without its Python-level __new__ (0.15 us a call)
-
-
-def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True,
-                out=None):
-    """One layer-direction over padded x (T, B, I): ``(y (T, B, R), h_n, c_n, cache)``;
-    h0 (B, R) and c0 (B, H), or (1, B, R) and (1, B, H), and h_n, c_n in their shapes.
-
-    ``reverse`` reads every sequence backwards (from its own last valid step when
-    ``plan`` holds lengths); y is returned in the original time order. The final
-    states h_n (B, R), c_n (B, H) are new arrays, or ``out = (h_n, c_n)``. ``cache`` is
-    an ``LSTMCache``, or None when ``save`` is false (nothing is kept for backward).
-    """
-    if plan is None:
-        xin = np.ascontiguousarray(x[::-1]) if reverse else x
-        y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
-                                             None if out is None else (None,) + out)
-        saved = (xin, h0, c0, y, gates, c)
-        if reverse:
-            y = y[::-1]
-    else:
-        xin = plan.gather(x, reverse)
-        h0s, c0s = plan.sort(backends.as_matrix(h0)), plan.sort(backends.as_matrix(c0))
-        y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
-                                           plan.batch_sizes, save)
-        h_n, c_n = (np.empty(h0.shape, hs.dtype), np.empty(c0.shape, cs.dtype)) \
-            if out is None else out
-        backends.as_matrix(h_n)[plan.order] = hs
-        backends.as_matrix(c_n)[plan.order] = cs
-        saved = (xin, h0s, c0s, y, gates, c)
-        y = plan.scatter(y, reverse)
-    return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
-
-
-def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None):
-    """Backward of ``run_forward`` for dy (T, B, R) (any strides), dh_n (B, R), dc_n (B, H):
-    ``(dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0, dw_hr)``, db None without a bias and dw_hr
-    None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``.
-    With peepholes, ``dpeephole`` (3, H) receives their gradients (rows ci, cf, co)."""
-    impl, packed, (xin, h0, c0, y, gates, c), plan, reverse = cache   # not by field: 5 look-ups
-    kw = {} if dpeephole is None else {"dpeephole": dpeephole}
-    if plan is None:
-        if reverse or not dy.flags.c_contiguous:
-            dy = np.ascontiguousarray(dy[::-1] if reverse else dy)
-        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
-            packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, **kw)
-        if reverse:
-            dx = dx[::-1]
-        if out is not None:
-            out[0][...] = dh0
-            out[1][...] = dc0
-            dh0, dc0 = out
-    else:
-        dx, dw_ih, dw_hh, db, dhs, dcs, dw_hr = impl.backward(
-            packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse),
-            plan.sort(backends.as_matrix(dh_n)), plan.sort(backends.as_matrix(dc_n)),
-            num_threads, plan.batch_sizes, **kw)
-        dx = plan.scatter(dx, reverse)
-        dh0, dc0 = (np.empty(dh_n.shape, dhs.dtype), np.empty(dc_n.shape, dcs.dtype)) \
-            if out is None else out
-        backends.as_matrix(dh0)[plan.order] = dhs
-        backends.as_matrix(dc0)[plan.order] = dcs
-    return dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr
-
-
-def make_plan(lengths, T, B):
-    """A LengthPlan for validated lengths, or None when every sequence is full."""
-    if lengths is None or np.all(lengths == T):
-        return None
-    return LengthPlan(lengths, T, B)
+LSTMCache.__module__ = __name__     # documented (and its example run) as functional's
 
 
 class LSTMResult(NamedTuple):

@@ -8,8 +8,9 @@ context) drops the packed copies; writing into an exposed array outside those ro
 raises numpy's read-only error.
 
 One route for every configuration: validate once, then per layer and direction one
-``functional.run_forward`` (backward: ``run_backward``) on the backend's packed weights;
-the cache is a list of ``functional.LSTMCache``, one per layer and direction.
+``run_forward`` (backward: ``run_backward``) on the backend's packed weights; the cache is
+a list of ``LSTMCache``, one per layer and direction. The bodies of ``forward`` and
+``backward`` are ``_route.layer_forward`` and ``layer_backward`` (compiled with Cython).
 """
 
 import contextlib
@@ -19,10 +20,7 @@ import warnings
 
 import numpy as np
 
-from . import _params, _validation, backends
-from .functional import make_plan, run_backward, run_forward
-
-_NOT_SAVED = "not saved"     # the cache after a forward call that kept nothing for backward
+from . import _params, _route, _validation, backends
 
 
 class LSTM:
@@ -453,12 +451,6 @@ class LSTM:
             else None
         return backends.Variant(peep, self.clip, self.cell_clip, self.cifg)
 
-    def _grads(self, k, dw_ih, dw_hh, db, dw_hr, dp):
-        """Layer-direction k's gradients by name (coupled gates: the kernels' 4H rows -> 3H)."""
-        if self.cifg:
-            dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
-        return _params.grads_by_name(self._names[k], dw_ih, dw_hh, db, dw_hr, dp)
-
     # --- modes -----------------------------------------------------------
 
     def train(self, mode=True):
@@ -527,43 +519,9 @@ class LSTM:
         TypeError
             hx not a pair; x of the other float precision.
         """
-        x, h0, c0, unbatched = self._inputs.forward(x, hx, self.batch_first)
-        T, B = x.shape[0], x.shape[1]
-        plan = None if lengths is None else make_plan(_validation.lengths(lengths, B, T), T, B)
-        if save is None:
-            save = self.training
-        elif save and self.weight_dtype != self.dtype.name:
+        if save and self.weight_dtype != self.dtype.name:
             raise ValueError(_inference_only(self.weight_dtype))
-        impl, packed = self._impl, self._packed
-        num_threads = backends.threads_for(T, B, self.input_size, self.hidden_size)
-        if len(packed) == 1:   # one layer-direction: the states (1, B, R) as they are
-            y, h_n, c_n, cache = run_forward(impl, packed[0] or self._pack(0), x, h0, c0,
-                                             num_threads, plan, False, save)
-            caches, masks = [cache], ()
-        else:
-            D = self.num_directions
-            h_n, c_n = np.empty(h0.shape, self.dtype), np.empty(c0.shape, self.dtype)
-            caches, masks = [], []
-            y = x
-            for layer in range(self.num_layers):
-                if layer and self.training and self.dropout > 0.0:
-                    masks.append(self._dropout_mask(y.shape))
-                    y = y * masks[-1]
-                outs = []
-                for d in range(D):
-                    k = layer * D + d
-                    out, _, _, cache = run_forward(impl, self._pack(k), y, h0[k], c0[k],
-                                                   num_threads, plan, d == 1, save,
-                                                   (h_n[k], c_n[k]))
-                    caches.append(cache)
-                    outs.append(out)
-                y = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        self._cache = (caches, masks, y.shape, unbatched) if save else _NOT_SAVED
-        if unbatched:
-            return y[:, 0], (h_n[:, 0], c_n[:, 0])
-        if self.batch_first:
-            y = y.transpose(1, 0, 2)
-        return y, (h_n, c_n)
+        return _route.layer_forward(self, x, hx, lengths, save)
 
     __call__ = forward
 
@@ -599,46 +557,9 @@ class LSTM:
         ValueError
             A gradient of the wrong shape, naming it.
         """
-        cache = self._cache
         if self.weight_dtype != self.dtype.name:
             raise RuntimeError(_inference_only(self.weight_dtype))
-        if cache is None:
-            raise RuntimeError("backward() called before a forward call")
-        if cache is _NOT_SAVED:
-            raise RuntimeError("the last forward call kept nothing for backward (eval mode or "
-                               "save=False): call layer.train() first, or forward(..., save=True)")
-        caches, masks, shape, unbatched = cache
-        T, B = shape[0], shape[1]
-        dout, dh_n, dc_n = self._inputs.backward(grad_output, grad_hx, shape, unbatched,
-                                                 self.batch_first)
-        H = self.hidden_size
-        num_threads = backends.threads_for(T, B, self.input_size, H)
-        if len(caches) == 1:
-            dp = np.empty((3, H), self.dtype) if self.peephole else None
-            dout, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n, dc_n,
-                                                                   num_threads, dpeephole=dp)
-            self.grads = self._grads(0, dw_ih, dw_hh, db, dw_hr, dp)
-        else:
-            D, R = self.num_directions, self._out_size
-            dh0, dc0 = np.empty(dh_n.shape, self.dtype), np.empty(dc_n.shape, self.dtype)
-            grads = {}
-            for layer in reversed(range(self.num_layers)):
-                dinp = None
-                for d in range(D):
-                    k = layer * D + d
-                    dy = dout[:, :, d * R:(d + 1) * R] if D == 2 else dout
-                    dp = np.empty((3, H), self.dtype) if self.peephole else None
-                    dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(
-                        caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]), dp)
-                    grads.update(self._grads(k, dw_ih, dw_hh, db, dw_hr, dp))
-                    dinp = dx if dinp is None else dinp + dx
-                dout = dinp * masks[layer - 1] if layer and masks else dinp
-            self.grads = {name: grads[name] for name in self._params}
-        if unbatched:
-            return dout[:, 0], (dh0[:, 0], dc0[:, 0])
-        if self.batch_first:
-            dout = dout.transpose(1, 0, 2)
-        return dout, (dh0, dc0)
+        return _route.layer_backward(self, grad_output, grad_hx)
 
     def __repr__(self):
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, default in

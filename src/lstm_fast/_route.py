@@ -1,0 +1,282 @@
+"""The one route from padded, time-major arrays to a backend, and ``LSTM``'s per-call work.
+
+* ``run_forward`` / ``run_backward``: one layer-direction (reversal for the second
+  direction, lengths through a ``LengthPlan``); ``LSTMCache`` is the one cache format.
+  ``functional`` (``lstm_forward``/``lstm_backward``), ``LSTM``, ``Stream`` and
+  ``lstm_fast.torch`` all call these.
+* ``bias_grads`` / ``grads_by_name``: the kernels' gradients under the parameters' names
+  (both bias gradients from the one db); ``_params`` re-exports them.
+* ``layer_forward`` / ``layer_backward``: the bodies of ``LSTM.forward`` and
+  ``LSTM.backward`` (every layer and direction, lengths, dropout, the gradients by name).
+
+Compiled with Cython beside this file, as ``_validation`` is (the types in _route.pxd):
+at small sizes a training step costs a few microseconds, and the Python frames and
+tuples between the layer and the kernel were a third of it. The .py alone runs where
+the extension is not built.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _validation, backends
+from ._lengths import LengthPlan
+
+
+class LSTMCache(NamedTuple):
+    """What backward needs from one layer-direction's forward call. Treat as opaque.
+
+    Returned by `lstm_forward` (``result.cache``) and passed to `lstm_backward`.
+
+    Attributes
+    ----------
+    backend : str
+        Name of the backend that ran the forward call.
+    gates : numpy.ndarray
+        Activated gates i, f, g, o, (T, B, 4H); zero at padded positions.
+    c : numpy.ndarray
+        Cell state after every step, (T, B, H); zero at padded positions.
+
+    Examples
+    --------
+    >>> x, w_ih, w_hh = np.ones((4, 2, 3)), np.full((8, 3), 0.1), np.full((8, 2), 0.1)
+    >>> cache = lstm_fast.lstm_forward(x, w_ih, w_hh, backend="numpy").cache
+    >>> cache.backend, cache.gates.shape, cache.c.shape
+    ('numpy', (4, 2, 8), (4, 2, 2))
+    """
+
+    impl: object          # the backend module
+    packed: object        # its packed weights
+    saved: tuple          # (x, h0, c0, y, gates, c) as the backend saw them
+    plan: object          # LengthPlan or None
+    reverse: bool         # the second direction: time reversed
+
+    @property
+    def backend(self):
+        """Name of the backend that ran the forward call."""
+        return backends.name_of(self.impl)
+
+    @property
+    def gates(self):
+        """Activated gates i, f, g, o, (T, B, 4H); zero at padded positions."""
+        return self._padded(self.saved[4])
+
+    @property
+    def c(self):
+        """Cell state after every step, (T, B, H); zero at padded positions."""
+        return self._padded(self.saved[5])
+
+    def _padded(self, a):
+        if self.plan is not None:
+            return self.plan.scatter(a, self.reverse)
+        return a[::-1] if self.reverse else a
+
+
+_new = tuple.__new__   # LSTMCache's fields without its Python-level __new__ (0.15 us a call)
+
+
+def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True,
+                out=None):
+    """One layer-direction over padded x (T, B, I): ``(y (T, B, R), h_n, c_n, cache)``;
+    h0 (B, R) and c0 (B, H), or (1, B, R) and (1, B, H), and h_n, c_n in their shapes.
+
+    ``reverse`` reads every sequence backwards (from its own last valid step when
+    ``plan`` holds lengths); y is returned in the original time order. The final
+    states h_n (B, R), c_n (B, H) are new arrays, or ``out = (h_n, c_n)``. ``cache`` is
+    an ``LSTMCache``, or None when ``save`` is false (nothing is kept for backward).
+    """
+    if plan is None:
+        xin = np.ascontiguousarray(x[::-1]) if reverse else x
+        y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
+                                             None if out is None else (None,) + out)
+        saved = (xin, h0, c0, y, gates, c)
+        if reverse:
+            y = y[::-1]
+    else:
+        xin = plan.gather(x, reverse)
+        h0s, c0s = plan.sort(backends.as_matrix(h0)), plan.sort(backends.as_matrix(c0))
+        y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
+                                           plan.batch_sizes, save)
+        h_n, c_n = (np.empty(h0.shape, hs.dtype), np.empty(c0.shape, cs.dtype)) \
+            if out is None else out
+        backends.as_matrix(h_n)[plan.order] = hs
+        backends.as_matrix(c_n)[plan.order] = cs
+        saved = (xin, h0s, c0s, y, gates, c)
+        y = plan.scatter(y, reverse)
+    return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
+
+
+def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None):
+    """Backward of ``run_forward`` for dy (T, B, R) (any strides), dh_n (B, R), dc_n (B, H):
+    ``(dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0, dw_hr)``, db None without a bias and dw_hr
+    None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``.
+    With peepholes, ``dpeephole`` (3, H) receives their gradients (rows ci, cf, co)."""
+    impl, packed, saved, plan, reverse = cache   # not by field: 5 look-ups
+    xin, h0, c0, y, gates, c = saved
+    if plan is None:
+        if reverse or not dy.flags.c_contiguous:
+            dy = np.ascontiguousarray(dy[::-1] if reverse else dy)
+        if dpeephole is None:     # (a call with keywords costs a dict and a tuple)
+            dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
+                packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)
+        else:
+            dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
+                packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads,
+                dpeephole=dpeephole)
+        if reverse:
+            dx = dx[::-1]
+        if out is not None:
+            out[0][...] = dh0
+            out[1][...] = dc0
+            dh0, dc0 = out
+    else:
+        dx, dw_ih, dw_hh, db, dhs, dcs, dw_hr = impl.backward(
+            packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse),
+            plan.sort(backends.as_matrix(dh_n)), plan.sort(backends.as_matrix(dc_n)),
+            num_threads, plan.batch_sizes, dpeephole=dpeephole)
+        dx = plan.scatter(dx, reverse)
+        dh0, dc0 = (np.empty(dh_n.shape, dhs.dtype), np.empty(dc_n.shape, dcs.dtype)) \
+            if out is None else out
+        backends.as_matrix(dh0)[plan.order] = dhs
+        backends.as_matrix(dc0)[plan.order] = dcs
+    return dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr
+
+
+def make_plan(lengths, T, B):
+    """A LengthPlan for validated lengths, or None when every sequence is full."""
+    if lengths is None or np.all(lengths == T):
+        return None
+    return LengthPlan(lengths, T, B)
+
+
+def bias_grads(db):
+    """(grad of bias_ih, grad of bias_hh) from the kernels' db: the same values as separate
+    arrays (or tensors), so that changing one in place leaves the other; (None, None) without
+    a bias."""
+    if db is None:
+        return None, None
+    return db, (db.copy() if type(db) is np.ndarray else db.clone())
+
+
+def grads_by_name(names, dw_ih, dw_hh, db, dw_hr, dpeephole=None):
+    """One layer-direction's gradients under ``names`` (from ``_params.direction_names``);
+    ``dpeephole`` (3, H) the peephole weights' (rows ci, cf, co), or None."""
+    out = {names[0]: dw_ih, names[1]: dw_hh}
+    k = 2
+    if db is not None:
+        out[names[2]], out[names[3]] = bias_grads(db)
+        k = 4
+    if dw_hr is not None:
+        out[names[k]] = dw_hr
+    if dpeephole is not None:
+        for name, g in zip(names[-3:], dpeephole):
+            out[name] = g
+    return out
+
+
+def direction_grads(layer, k, dw_ih, dw_hh, db, dw_hr, dp):
+    """Layer-direction k's gradients by name (coupled gates: the kernels' 4H rows -> 3H)."""
+    if layer.cifg:
+        from ._params import cifg_compress      # (_params imports this module)
+        dw_ih, dw_hh, db = map(cifg_compress, (dw_ih, dw_hh, db))
+    return grads_by_name(layer._names[k], dw_ih, dw_hh, db, dw_hr, dp)
+
+
+# --- LSTM.forward and LSTM.backward ------------------------------------------------------
+
+NOT_SAVED = "not saved"     # the cache after a forward call that kept nothing for backward
+
+
+def layer_forward(layer, x, hx, lengths, save):
+    """The body of ``LSTM.forward``: ``(output, (h_n, c_n))``; the cache for backward (or
+    ``NOT_SAVED``) goes to ``layer._cache`` as (caches, masks, output shape, unbatched)."""
+    batch_first = layer.batch_first
+    inputs = layer._inputs
+    x, h0, c0, unbatched = inputs.forward(x, hx, batch_first)
+    T = x.shape[0]
+    B = x.shape[1]
+    plan = None if lengths is None else make_plan(_validation.lengths(lengths, B, T), T, B)
+    if save is None:
+        save = layer.training
+    impl = layer._impl
+    packed = layer._packed
+    num_threads = backends.threads_for(T, B, inputs.input_size, inputs.hidden_size)
+    if len(packed) == 1:   # one layer-direction: the states (1, B, R) as they are
+        p = packed[0]
+        y, h_n, c_n, cache = run_forward(impl, p if p is not None else layer._pack(0), x, h0,
+                                         c0, num_threads, plan, False, save)
+        caches = [cache]
+        masks = ()
+    else:
+        D = 2 if layer.bidirectional else 1
+        dtype = layer.dtype
+        training = layer.training
+        dropout = layer.dropout
+        h_n, c_n = np.empty(h0.shape, dtype), np.empty(c0.shape, dtype)
+        caches, masks = [], []
+        y = x
+        for k_layer in range(layer.num_layers):
+            if k_layer and training and dropout > 0.0:
+                masks.append(layer._dropout_mask(y.shape))
+                y = y * masks[-1]
+            outs = []
+            for d in range(D):
+                k = k_layer * D + d
+                out, _, _, cache = run_forward(impl, layer._pack(k), y, h0[k], c0[k],
+                                               num_threads, plan, d == 1, save,
+                                               (h_n[k], c_n[k]))
+                caches.append(cache)
+                outs.append(out)
+            y = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+    layer._cache = (caches, masks, y.shape, unbatched) if save else NOT_SAVED
+    if unbatched:
+        return y[:, 0], (h_n[:, 0], c_n[:, 0])
+    if batch_first:
+        y = y.transpose(1, 0, 2)
+    return y, (h_n, c_n)
+
+
+def layer_backward(layer, grad_output, grad_hx):
+    """The body of ``LSTM.backward``: ``(grad_x, (grad_h0, grad_c0))``; the parameter
+    gradients go to ``layer.grads``."""
+    cache = layer._cache
+    if cache is None:
+        raise RuntimeError("backward() called before a forward call")
+    if cache is NOT_SAVED:
+        raise RuntimeError("the last forward call kept nothing for backward (eval mode or "
+                           "save=False): call layer.train() first, or forward(..., save=True)")
+    caches, masks, shape, unbatched = cache
+    batch_first = layer.batch_first
+    inputs = layer._inputs
+    num_threads = backends.threads_for(shape[0], shape[1], inputs.input_size, inputs.hidden_size)
+    dout, dh_n, dc_n = inputs.backward(grad_output, grad_hx, shape, unbatched, batch_first)
+    peephole = layer.peephole
+    H = inputs.hidden_size
+    if len(caches) == 1:
+        dp = np.empty((3, H), inputs.dtype) if peephole else None
+        dout, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n, dc_n,
+                                                               num_threads, None, dp)
+        layer.grads = direction_grads(layer, 0, dw_ih, dw_hh, db, dw_hr, dp)
+    else:
+        D = 2 if layer.bidirectional else 1
+        R = layer.proj_size or H
+        dtype = layer.dtype
+        dh0, dc0 = np.empty(dh_n.shape, dtype), np.empty(dc_n.shape, dtype)
+        grads = {}
+        for k_layer in reversed(range(layer.num_layers)):
+            dinp = None
+            for d in range(D):
+                k = k_layer * D + d
+                dy = dout[:, :, d * R:(d + 1) * R] if D == 2 else dout
+                dp = np.empty((3, H), dtype) if peephole else None
+                dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(
+                    caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]), dp)
+                grads.update(direction_grads(layer, k, dw_ih, dw_hh, db, dw_hr, dp))
+                dinp = dx if dinp is None else dinp + dx
+            dout = dinp * masks[k_layer - 1] if k_layer and masks else dinp
+        layer.grads = {name: grads[name] for name in layer._params}
+    if unbatched:
+        return dout[:, 0], (dh0[:, 0], dc0[:, 0])
+    if batch_first:
+        dout = dout.transpose(1, 0, 2)
+    return dout, (dh0, dc0)
