@@ -360,6 +360,13 @@ class LSTM(torch.nn.LSTM):
         self._init_forget_bias()
 
     def extra_repr(self):
+        """torch.nn.LSTM's ``extra_repr`` plus the variants that are on.
+
+        Returns
+        -------
+        str
+            What ``repr`` shows between the parentheses.
+        """
         s = super().extra_repr()
         on = self._variants()
         if getattr(self, "forget_bias", None) is not None:
