@@ -41,7 +41,7 @@ def test_churn_model_test_auc_with_bfloat16_weights(tmp_path, seed):
 
     model.lstm = lstm_fast.quantize(model.lstm, "bfloat16")
     assert model.lstm.weight_dtype == "bfloat16"
-    pbf, ybf, _ = train.predict_split(model, source, seed, 2)
+    pbf, ybf, subs = train.predict_split(model, source, seed, 2)
     np.testing.assert_array_equal(ybf, y)
     auc_bf = metrics.roc_auc(y, pbf)
 
@@ -49,3 +49,19 @@ def test_churn_model_test_auc_with_bfloat16_weights(tmp_path, seed):
     assert abs(auc_bf - auc32) <= AUC_TOL, (auc32, auc_bf)
     assert dp.max() <= P_MAX_TOL and dp.mean() <= P_MEAN_TOL, (dp.max(), dp.mean())
     assert dp.max() > 0  # the bfloat16 path did run
+
+    # smaller blocks, as the streaming scorer may run them (``churn.stream.score_chunk(model,
+    # chunk, block)``, each block trimmed to its own longest history): the same bfloat16
+    # probabilities, bit for bit
+    sub = subs[0]
+    blocked = model.predict_proba(sub, batch_size=32)
+    np.testing.assert_array_equal(blocked, pbf[:len(sub)])
+    # and one customer at a time (B = 1, the kernel's other bf16 route): the same last hidden
+    # states, bit for bit (the probabilities are compared through h: NumPy's float64 head
+    # rounds a (1, H) @ (H,) product differently from a batched one, in float32 too)
+    Xn = model.normalizer.transform(sub.X, sub.lengths)[:64]
+    ln = sub.lengths[:64]
+    h_all = model._hlast(model._time_major(Xn, ln, np.float32), ln)
+    h_one = np.concatenate([model._hlast(model._time_major(Xn[i:i + 1], ln[i:i + 1], np.float32),
+                                         ln[i:i + 1]) for i in range(len(ln))])
+    np.testing.assert_array_equal(h_one, h_all)
