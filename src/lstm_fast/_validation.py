@@ -176,6 +176,20 @@ def check_clip(value, name):
     return float(value)
 
 
+def check_forget_bias(value, bias, cifg):
+    """forget_bias of a layer or module: None, or a finite number (float) where the layer has
+    a bias and a forget gate."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"forget_bias must be None or a finite number, got {value!r}")
+    if not bias:
+        raise ValueError("forget_bias needs bias=True (it initialises bias_ih_l{k})")
+    if cifg:
+        raise ValueError("forget_bias: with cifg=True there is no forget gate (f = 1 - i)")
+    return float(value)
+
+
 def cifg_weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     """``weights`` for coupled input and forget gates: (3H, .) rows i, g, o (H from w_hr's
     columns with a projection, else from w_hh's), handed on as the kernels' 4H rows (the f

@@ -275,15 +275,7 @@ class LSTM(torch.nn.LSTM):
         self.peephole, self.cifg = bool(peephole), bool(cifg)
         self.clip = _validation.check_clip(clip, "clip")
         self.cell_clip = _validation.check_clip(cell_clip, "cell_clip")
-        if forget_bias is not None:
-            if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
-                    or not np.isfinite(forget_bias):
-                raise ValueError(f"forget_bias must be None or a finite number, got {forget_bias!r}")
-            if not self.bias:
-                raise ValueError("forget_bias needs bias=True (it initialises bias_ih_l{k})")
-            if self.cifg:
-                raise ValueError("forget_bias: with cifg=True there is no forget gate (f = 1 - i)")
-        self.forget_bias = None if forget_bias is None else float(forget_bias)
+        self.forget_bias = _validation.check_forget_bias(forget_bias, self.bias, self.cifg)
         if backend == "torch" and self._variants():
             raise ValueError(f"backend=\"torch\": torch.nn.LSTM has no {self._variants()}; "
                              "use another backend")

@@ -215,6 +215,23 @@ cdef inline void _give_ws(Packed p, cnp.ndarray ws):
         p._ws_busy = False
 
 
+cdef Packed _pack_target(object out, cnp.npy_intp n, int64_t I, int64_t H, int64_t P,
+                         str weight_dtype):
+    """out when it is a Packed of these shapes and weight dtype (n bytes) that nobody uses
+    any more (its generation bumped: it is written over), else a new Packed of n bytes."""
+    cdef Packed p
+    if isinstance(out, Packed):
+        p = <Packed>out
+        if (p.weight_dtype == weight_dtype and p.input_size == I and p.hidden_size == H
+                and p.proj_size == P and not p._ws_busy
+                and cnp.PyArray_SIZE(<cnp.ndarray>p.buf) == n):
+            p.generation += 1
+            return p
+    p = Packed.__new__(Packed)
+    p.buf = _empty(1, &n, cnp.NPY_UINT8)
+    return p
+
+
 def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None, variant=None):
     """Packed weights of (w_ih (4H, I), w_hh (4H, R), b (4H,) or None, w_hr (P, H) or None);
     variant a backends.Variant (its peephole (3, H) C-contiguous, of w_ih's dtype) or None.
@@ -229,14 +246,7 @@ def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None, variant=Non
     cdef Packed p
     cdef cnp.npy_intp n = <cnp.npy_intp>(lstm_packed_size_f32(I, H, P) if tn == cnp.NPY_FLOAT32
                                          else lstm_packed_size_f64(I, H, P))
-    if (isinstance(out, Packed) and (<Packed>out).typenum == tn and (<Packed>out).input_size == I
-            and (<Packed>out).hidden_size == H and (<Packed>out).proj_size == P
-            and not (<Packed>out)._ws_busy and cnp.PyArray_SIZE(<cnp.ndarray>(<Packed>out).buf) == n):
-        p = <Packed>out
-        p.generation += 1
-    else:
-        p = Packed.__new__(Packed)
-        p.buf = _empty(1, &n, cnp.NPY_UINT8)
+    p = _pack_target(out, n, I, H, P, w_ih.dtype.name)
     cdef void *dst = cnp.PyArray_DATA(<cnp.ndarray>p.buf)
     cdef void *wi = cnp.PyArray_DATA(w_ih)
     cdef void *wh = cnp.PyArray_DATA(w_hh)
@@ -276,14 +286,7 @@ def pack_bf16(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
     cdef int64_t H = cnp.PyArray_DIMS(w_ih)[0] // 4, I = cnp.PyArray_DIMS(w_ih)[1]
     cdef Packed p
     cdef cnp.npy_intp n = <cnp.npy_intp>lstm_packed_size_bf16(I, H)
-    if (isinstance(out, Packed) and (<Packed>out).weight_dtype == "bfloat16"
-            and (<Packed>out).input_size == I and (<Packed>out).hidden_size == H
-            and not (<Packed>out)._ws_busy and cnp.PyArray_SIZE(<cnp.ndarray>(<Packed>out).buf) == n):
-        p = <Packed>out
-        p.generation += 1
-    else:
-        p = Packed.__new__(Packed)
-        p.buf = _empty(1, &n, cnp.NPY_UINT8)
+    p = _pack_target(out, n, I, H, 0, "bfloat16")
     cdef void *dst = cnp.PyArray_DATA(<cnp.ndarray>p.buf)
     cdef void *wi = cnp.PyArray_DATA(w_ih)
     cdef void *wh = cnp.PyArray_DATA(w_hh)
