@@ -156,8 +156,14 @@ cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
     cdef int i
     for i in range(nd):
         n *= dims[i]
-    nbytes = n * (4 if typenum == cnp.NPY_FLOAT32 else 8 if typenum == cnp.NPY_FLOAT64
-                  else 1)
+    if typenum == cnp.NPY_FLOAT32:
+        nbytes = n * 4
+    elif typenum == cnp.NPY_FLOAT64:
+        nbytes = n * 8
+    elif typenum == cnp.NPY_UINT8:
+        nbytes = n
+    else:                  # no other element type is made here; NumPy's own alignment
+        nbytes = 0
     if nbytes < 4096:
         return <cnp.ndarray>cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     nbytes += 64
