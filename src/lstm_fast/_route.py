@@ -200,7 +200,7 @@ def layer_forward(layer, x, hx, lengths, save):
         save = layer.training
     impl = layer._impl
     packed = layer._packed
-    num_threads = backends.threads_for(T, B, inputs.input_size, inputs.hidden_size)
+    num_threads = inputs.threads(T, B)
     if len(packed) == 1:   # one layer-direction: the states (1, B, R) as they are
         p = packed[0]
         y, h_n, c_n, cache = run_forward(impl, p if p is not None else layer._pack(0), x, h0,
@@ -248,7 +248,7 @@ def layer_backward(layer, grad_output, grad_hx):
     caches, masks, shape, unbatched = cache
     batch_first = layer.batch_first
     inputs = layer._inputs
-    num_threads = backends.threads_for(shape[0], shape[1], inputs.input_size, inputs.hidden_size)
+    num_threads = inputs.threads(shape[0], shape[1])
     dout, dh_n, dc_n = inputs.backward(grad_output, grad_hx, shape, unbatched, batch_first)
     peephole = layer.peephole
     H = inputs.hidden_size

@@ -17,9 +17,15 @@ cdef class LayerInputs:
 
     cpdef tuple zeros(self, Py_ssize_t B)
 
+    cpdef int threads(self, Py_ssize_t T, Py_ssize_t B) except -1
+
     @cython.locals(n=Py_ssize_t, B=Py_ssize_t, xa=cnp.ndarray)
     cpdef tuple forward(self, object x, object hx, bint batch_first)
 
     @cython.locals(n=Py_ssize_t, B=Py_ssize_t)
     cpdef tuple backward(self, object g, object grad_hx, tuple shape, bint unbatched,
                          bint batch_first)
+
+cdef int _cpus, _num_threads
+
+cpdef int threads_for(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H) except -1

@@ -13,6 +13,8 @@ Policy (documented in README "Input rules"):
 """
 
 import numbers
+import os
+import sys
 
 import numpy as np
 
@@ -327,6 +329,10 @@ class LayerInputs:
             self.batch = B
         return self.zero_h, self.zero_c
 
+    def threads(self, T, B):
+        """Threads for a call of T steps of B rows of this layer (`threads_for`)."""
+        return threads_for(T, B, self.input_size, self.hidden_size)
+
     def forward(self, x, hx, batch_first):
         """``(x, h0, c0, unbatched)``: x as a C-contiguous (T, B, I) array of the layer's
         dtype ((B, T, I) transposed if ``batch_first``; (T, I) gets B = 1, unbatched),
@@ -402,3 +408,108 @@ class LayerInputs:
         return tuple(as_array(s, f"grad_hx[{k}]", self.dtype,
                               z.shape[::2] if unbatched else z.shape).reshape(z.shape)
                      for k, (s, z) in enumerate(zip(grad_hx, (zh, zc))))
+
+
+# --- threads -------------------------------------------------------------------------
+# The thread setting and the one automatic rule (``lstm_fast.backends`` re-exports them):
+# every call of every backend asks for its count, so the rule is compiled here with the
+# other per-call work.
+
+def _usable_cpus():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+CPUS = _usable_cpus()
+_cpus = CPUS           # (C ints in _validation.pxd: read on every call)
+_num_threads = 0
+
+
+def set_num_threads(n):
+    """Threads used by the kernels: a positive count, or 0/None to choose per shape.
+
+    The result does not depend on this setting: every backend gives the same bits for
+    any thread count. A count above the CPUs this process may use is capped there.
+    The setting is process-wide.
+
+    Parameters
+    ----------
+    n : int or None
+        Threads per call (>= 1), or 0/None for the per-shape rule (`threads_for`).
+
+    Raises
+    ------
+    ValueError
+        n negative or not an int.
+
+    Examples
+    --------
+    >>> lstm_fast.set_num_threads(1)
+    >>> lstm_fast.get_num_threads()
+    1
+    >>> lstm_fast.set_num_threads(0)          # back to the default: chosen per shape
+    """
+    global _num_threads
+    if n is None:
+        n = 0
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"num_threads must be a non-negative int or None, got {n!r}")
+    _num_threads = n
+
+
+def get_num_threads():
+    """The thread setting made with `set_num_threads`.
+
+    Returns
+    -------
+    int
+        The count set, or 0: chosen per shape (the default).
+
+    Examples
+    --------
+    >>> lstm_fast.get_num_threads()
+    0
+    """
+    return _num_threads
+
+
+def threads_for(T, B, I, H):
+    """Threads for one call of T steps of B rows (the one automatic rule, every backend).
+
+    Parameters
+    ----------
+    T, B, I, H : int
+        Steps, sequences, input size and hidden size of the call.
+
+    Returns
+    -------
+    int
+        The thread count to use, >= 1.
+
+    Notes
+    -----
+    An explicit setting is honoured (capped at the usable CPUs). Otherwise a second
+    thread only where it pays: every step ends in a synchronisation, and on 2-core
+    machines a second thread won once a step does ~1e6 multiply-adds (B*4H*H; Intel
+    Xeon, threads shared with torch's OpenMP team: 1.6-1.7x forward, 1.4x training at
+    1.05e6, 1.85x at 2.1e6) and the call ~1e8 (a job wakes the other thread), and lost
+    below; and not while the C kernel's pool reports that its recent 2-thread jobs mostly
+    waited (another process holds the other core).
+
+    Examples
+    --------
+    >>> from lstm_fast.backends import threads_for
+    >>> threads_for(T=6, B=32, I=3, H=32)       # a small step: one thread
+    1
+    """
+    n = _num_threads
+    if n:
+        return n if n < _cpus else _cpus
+    if _cpus < 2 or B * 4 * H * H < 1.0e6 or T * B * 4 * H * (H + I) < 1.0e8:
+        return 1
+    c = sys.modules.get("lstm_fast.backends._c")    # the C backend, if it was loaded
+    if c is not None and c.pool_contended():
+        return 1
+    return 2
