@@ -429,6 +429,9 @@ class LSTM:
             if self.weight_dtype == "bfloat16":   # no projection, no variant (checked)
                 packed = self._packed[k] = self._impl.pack_bf16(p[names[0]], p[names[1]], b)
                 return packed
+            if self.weight_dtype == "int8":   # likewise
+                packed = self._packed[k] = self._impl.pack_int8(p[names[0]], p[names[1]], b)
+                return packed
             w_hr = p[names[4 if self.bias else 2]] if self.proj_size else None
             variant = self._variant(k)
             w_ih, w_hh = p[names[0]], p[names[1]]
