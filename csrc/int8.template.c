@@ -99,8 +99,6 @@ static inline float i8_fma_exact(float a, float b, float c)
 }
 #endif
 
-typedef int8_t FN(i8v) __attribute__((vector_size(VBYTES / 4), aligned(1), may_alias));
-
 typedef struct {
     uint32_t magic;
     int32_t level, elem_size, has_bias;   /* elem_size 1: an int8 pack */
@@ -183,6 +181,22 @@ INLINE vec FN(i8_fma)(vec a, vec b, vec c)
 #endif
 }
 
+/* V int8 at p as floats (exact): a sign extension and a conversion (GCC's
+ * __builtin_convertvector goes through scalars here) */
+INLINE vec FN(i8_widen)(const int8_t *p)
+{
+#if ISA == 2
+    return (vec)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+#elif ISA == 1
+    return (vec)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+#else
+    vec r;
+    for (int l = 0; l < V; l++)
+        r[l] = (float)p[l];
+    return r;
+#endif
+}
+
 /* acc [mr][nb][4][V] += rows k0..k1 of src (mr rows, ld apart) . the int8 weights of nb
  * blocks (w: row 0 of the segment in the first block, blocks bstride bytes apart),
  * widened in registers: per k the nb*4 weight vectors, then one broadcast per row. */
@@ -199,8 +213,7 @@ INLINE void FN(i8_tile)(const int mr, const int nb, int64_t k0, int64_t k1,
         vec wv[16];
 #pragma GCC unroll 16
         for (int q = 0; q < nb * 4; q++)
-            wv[q] = __builtin_convertvector(*(const FN(i8v) *)(wk + (q / 4) * bstride +
-                                                              (q % 4) * V), vec);
+            wv[q] = FN(i8_widen)(wk + (q / 4) * bstride + (q % 4) * V);
 #pragma GCC unroll 6
         for (int r = 0; r < mr; r++) {
             vec a = vset1(src[r * ld + k]);
