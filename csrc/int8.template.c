@@ -301,16 +301,18 @@ KERNEL void FN(i8_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int64
                     for (int64_t t = 0; t < nt; t++) {
                         int64_t r0 = g0 + n * t / nt, r1 = g0 + n * (t + 1) / nt;
                         float *pt = part + (r0 - g0) * nb * 4 * V;
-                        const float *s = seg ? hp + r0 * H : xt + r0 * I;
-                        int64_t ld = seg ? H : I;
-                        if (use_wide) {   /* the float32 tile: its k0 > 0 reloads acc */
-                            if (k0 == s0)
+                        if (use_wide) {
+                            /* the float32 tile on [x | h] (x I wide), rows k0..k1 of one
+                             * segment; it starts from acc_mem unless k0 = 0: h's sums
+                             * start from zeros stored there */
+                            if (k0 == s0 && k0 > 0)
                                 memset(pt, 0, (size_t)(r1 - r0) * nb * 4 * V * sizeof(float));
-                            FN(fwd_tile_any)((int)(r1 - r0), nb, k0 - s0 + 1, k1 - s0 + 1, 0,
-                                             NULL, 0, s - 1, ld, wide + j * bstride + (s0 - 1) * 4 * V,
-                                             bstride, pt, NULL, 0, 0);
+                            FN(fwd_tile_any)((int)(r1 - r0), nb, k0, k1, I, xt + r0 * I, I,
+                                             hp + r0 * H, H, wide + j * bstride, bstride, pt,
+                                             NULL, 0, 0);
                         } else {
-                            FN(i8_tile_any)((int)(r1 - r0), nb, k0 - s0, k1 - s0, s, ld,
+                            FN(i8_tile_any)((int)(r1 - r0), nb, k0 - s0, k1 - s0,
+                                            seg ? hp + r0 * H : xt + r0 * I, seg ? H : I,
                                             q + j * bstride + s0 * 4 * V, bstride, pt);
                         }
                         if (seg && k1 == s1) {

@@ -103,6 +103,23 @@ def test_sequences_match_the_oracle(level, shape):
         np.testing.assert_allclose(got, w, rtol=0, atol=SEQ_ATOL * max(1, np.abs(w).max()))
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 200, 320), (1, 3, 600, 600)],
+                         ids=["B8-float32-copy-chunked", "B3-int8-chunked-portable"])
+def test_weights_beyond_the_l2_match_the_oracle(level, shape):
+    """Weights larger than the L2 (2 MiB here): the steps walk K in chunks per group of
+    rows (step_plan), each segment's sums carried through acc_mem: (2, 8, 200, 320) on the
+    pack's float32 copy (AVX2, AVX-512: 2.7 MB), (1, 3, 600, 600) on the int8 weights
+    (portable: 2.9 MB; AVX2 takes the float32 copy)."""
+    T, B, I, H = shape
+    p = problem(*shape, seed=7)
+    packed = ck.pack_int8(p["w_ih"], p["w_hh"], p["b"])
+    for n in (1, 2):
+        y, h_n, c_n, _, _ = ck.forward(packed, p["x"], p["h0"], p["c0"], n, None, False)
+        want = ref.lstm_forward_int8(p["x"], p["w_ih"], p["w_hh"], p["b"], p["h0"], p["c0"])
+        for got, w in zip((y, h_n, c_n), want):
+            np.testing.assert_allclose(got, w, rtol=0, atol=STEP_ATOL * max(1, np.abs(w).max()))
+
+
 def test_variable_lengths_match_the_oracle():
     p = problem(5, 4, 6, 13, seed=2)
     bs = np.array([4, 4, 3, 1, 1], np.int64)
