@@ -35,7 +35,7 @@
  * float32's; widening costs 2 uops per 16 weights there, below the memory time. Measured
  * on the Intel Xeon (family 6 model 167), Stream.step at B = 1, 1 thread: H = 512 4.5x
  * float32 (69.6 vs 311 us), H = 1024 3.85x (316 vs 1216 us). At large batches (compute
- * bound) it runs at the float32 FMA rate (forward (32, 64, 256, 256): 1.0x); there the
+ * bound) it runs at the float32 FMA rate (forward (32, 64, 256, 256): 0.9-1.0x); there the
  * vpdpbusd register tile (option b) did the step's products 2.67x faster than the float32
  * tile, 2.56x with quantizing x, h and dequantizing (benchmarks/int8_tile_micro.c): the
  * way to the large-batch gain, not built yet. Widening in registers for many rows was 15 %
