@@ -33,8 +33,8 @@
  * 2^-8 of the row's largest |w|), every level gives the same bits, and at B = 1 (the case
  * int8 is for: the step re-reads all weights) the time is the weights' bytes, a quarter of
  * float32's; widening costs 2 uops per 16 weights there, below the memory time. Measured
- * on the Intel Xeon (family 6 model 167), Stream.step at B = 1, 1 thread: H = 512 4.5x
- * float32 (69.6 vs 311 us), H = 1024 3.85x (316 vs 1216 us). At large batches (compute
+ * on the Intel Xeon (family 6 model 167), Stream.step at B = 1 (benchmarks/bench_int8.py):
+ * H = 512 3.05x float32 on 1 thread, 4.4x on 2; H = 1024 3.4x and 3.5x. At large batches (compute
  * bound) it runs at the float32 FMA rate (forward (32, 64, 256, 256): 0.9-1.0x); there the
  * vpdpbusd register tile (option b) did the step's products 2.67x faster than the float32
  * tile, 2.56x with quantizing x, h and dequantizing (benchmarks/int8_tile_micro.c): the
