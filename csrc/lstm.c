@@ -329,3 +329,38 @@ int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *pa
              (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, workspace,
               usable_threads(num_threads), bf16_native_for(level, B)))
 }
+
+/* ---- int8 weights ---------------------------------------------------------------- */
+
+size_t lstm_packed_size_i8(int64_t I, int64_t H)
+{
+    if (I < 0 || H < 0)
+        return 0;
+    DISPATCH(lstm_get_simd_level(), f32, i8_packed_size, (I, H))
+}
+
+int lstm_pack_i8(int64_t I, int64_t H, const float *w_ih, const float *w_hh, const float *b,
+                 void *packed)
+{
+    if (I < 0 || H < 1 || !w_ih || !w_hh || !packed)
+        return LSTM_ERR_ARG;
+    DISPATCH(lstm_get_simd_level(), f32, i8_pack, (I, H, w_ih, w_hh, b, packed))
+}
+
+size_t lstm_forward_workspace_size_i8(int64_t T, int64_t B, int64_t I, int64_t H,
+                                      int num_threads)
+{
+    return WS_MAX(f32, i8_ws_size, (T, B, I, H, num_threads));
+}
+
+int lstm_forward_i8(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                    const int64_t *batch_sizes, const float *x, const float *h0,
+                    const float *c0, float *y, float *h_n, float *c_n, void *workspace,
+                    int num_threads)
+{
+    if (T < 0 || B < 0 || I < 0 || H < 1 || !packed || !workspace)
+        return LSTM_ERR_ARG;
+    DISPATCH(packed_level(packed), f32, i8_forward,
+             (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, workspace,
+              usable_threads(num_threads)))
+}

@@ -258,6 +258,28 @@ int lstm_set_bf16_mode(int mode);
 int lstm_get_bf16_mode(void);
 int lstm_bf16_native(int64_t B, int64_t I, int64_t H);   /* what a call of this shape uses */
 
+/* ---- int8 weights, float32 everything else (inference) --------------------
+ * The same layer with w_ih and w_hh quantized to int8 at pack time, a symmetric
+ * float32 scale per gate row of each (max |w| / 127); x and h stay float32: the
+ * weights are widened back to float32 in registers, each row's sums over x and over h
+ * (float32 FMAs in k order) are scaled by their row's scales and added; bias, cell
+ * state, activations and outputs float32. The exact arithmetic is at the top of
+ * int8.template.c. No projection (P = 0), nothing saved for backward. The products
+ * give the same bits at every SIMD level; the outputs too, except for the last bits of
+ * the activations, which differ between levels as in _f32. Contracts as
+ * lstm_packed_size_f32, lstm_pack_f32 and lstm_forward_f32 with P = 0, gates = c =
+ * NULL. The pack holds the int8 weights (1 byte each) and, at the AVX2 and AVX-512
+ * levels, a float32 copy for batches of several row tiles: 5 bytes per weight there. */
+size_t lstm_packed_size_i8(int64_t I, int64_t H);
+int lstm_pack_i8(int64_t I, int64_t H, const float *w_ih, const float *w_hh, const float *b,
+                 void *packed);
+size_t lstm_forward_workspace_size_i8(int64_t T, int64_t B, int64_t I, int64_t H,
+                                      int num_threads);
+int lstm_forward_i8(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                    const int64_t *batch_sizes, const float *x, const float *h0,
+                    const float *c0, float *y, float *h_n, float *c_n, void *workspace,
+                    int num_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,6 +6,7 @@
  *   cell.template.c    fwd_cell, bwd_cell: the only gate math
  *   pack.template.c    packed-weights layout and pack
  *   bf16.template.c    bfloat16 weights for inference (float only), at the end
+ *   int8.template.c    int8 weights for inference (float only), after it
  * and undefines every template macro at its end.
  *
  * Forward: [w_ih | w_hh] are packed so that one register tile computes the i,
@@ -881,6 +882,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 
 #if !IS_F64
 #include "bf16.template.c"   /* bfloat16 weights (inference), float32 only */
+#include "int8.template.c"   /* int8 weights (inference), float32 only */
 #endif
 
 /* ---- end of one instantiation: every macro of the templates ------------------ */

@@ -256,7 +256,7 @@ def test_float32_layer_unchanged():
 # --- bad input ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(weight_dtype="int4"), r"weight_dtype must be one of \('float32', 'float64', 'bfloat16'\)"),
+    (dict(weight_dtype="int4"), r"weight_dtype must be one of \('float32', 'float64', 'bfloat16', 'int8'\)"),
     (dict(weight_dtype=3), "weight_dtype must be one of"),
     (dict(weight_dtype="float64"), "must be the layer's dtype"),
     (dict(weight_dtype="bfloat16", dtype=np.float64), "needs dtype float32"),

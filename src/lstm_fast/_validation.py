@@ -34,7 +34,8 @@ def check_dtype(dtype, name="dtype"):
     return dt
 
 
-WEIGHT_DTYPES = ("float32", "float64", "bfloat16")
+WEIGHT_DTYPES = ("float32", "float64", "bfloat16", "int8")
+_PACKERS = {"bfloat16": "pack_bf16", "int8": "pack_int8"}   # backend function per low precision
 
 
 def check_weight_dtype(weight_dtype, dtype, proj_size, backend_impl, backend_name):
@@ -53,15 +54,15 @@ def check_weight_dtype(weight_dtype, dtype, proj_size, backend_impl, backend_nam
                          f"dtype), got {weight_dtype!r}")
     if name == dtype.name:
         return name
-    if name != "bfloat16":
+    if name not in _PACKERS:
         raise ValueError(f"weight_dtype={name!r} must be the layer's dtype ({dtype.name}) or "
-                         f"'bfloat16'")
+                         f"one of {tuple(_PACKERS)}")
     if dtype.name != "float32":
-        raise ValueError(f"weight_dtype='bfloat16' needs dtype float32, got {dtype.name}")
+        raise ValueError(f"weight_dtype={name!r} needs dtype float32, got {dtype.name}")
     if proj_size:
-        raise ValueError("weight_dtype='bfloat16' does not support proj_size > 0 yet")
-    if not hasattr(backend_impl, "pack_bf16"):
-        raise ValueError(f"weight_dtype='bfloat16' runs on the 'c' and 'numpy' backends, not "
+        raise ValueError(f"weight_dtype={name!r} does not support proj_size > 0 yet")
+    if not hasattr(backend_impl, _PACKERS[name]):
+        raise ValueError(f"weight_dtype={name!r} runs on the 'c' and 'numpy' backends, not "
                          f"{backend_name!r}")
     return name
 

@@ -69,8 +69,9 @@ def info(argv=None):
         print(f"CPU SIMD level: {c.cpu_simd_level()}")
         print(f"SIMD level used: {c.simd_level()}")
         print(f"bfloat16 weights (weight_dtype='bfloat16'): {c.bf16_path()}")
+        print(f"int8 weights (weight_dtype='int8'): {c.int8_path()}")
         for k, v in c.build_info().items():
-            if k not in ("simd_level", "cpu_simd_level", "bf16"):
+            if k not in ("simd_level", "cpu_simd_level", "bf16", "int8"):
                 print(f"build {k}: {v}")
     return 0
 

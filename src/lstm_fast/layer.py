@@ -94,15 +94,18 @@ class LSTM:
         Initialise the forget-gate part of every ``bias_ih_l{k}`` to this value and
         that of ``bias_hh_l{k}`` to 0 (Keras' ``unit_forget_bias``: 1.0), at
         construction only; needs ``bias=True``. None (default): torch's initialisation.
-    weight_dtype : {None, "float32", "float64", "bfloat16"}, keyword-only
+    weight_dtype : {None, "float32", "float64", "bfloat16", "int8"}, keyword-only
         Precision of the weights in the products; None (default) is `dtype`.
         "bfloat16" (dtype float32, no projection, backends "c" and "numpy"): an
         inference layer (always in eval mode; `backward` and ``train()`` raise)
         whose w_ih and w_hh are rounded to bfloat16 when packed, as are x and h for
         the products, which accumulate in float32; bias, cell state, activations,
         inputs and outputs stay float32, and the parameters stay the float32 masters
-        (``state_dict``). See `quantize` and the guide for the exact arithmetic and
-        its error.
+        (``state_dict``). "int8" (the same conditions): w_ih and w_hh quantized to
+        int8 when packed, with a symmetric float32 scale per gate row of each; x and
+        h stay float32 (weight-only: the int8 values are widened back to float32 for
+        float32 products, scaled per row). See `quantize` and the guide for the exact
+        arithmetic and its error.
 
     Attributes
     ----------
@@ -429,6 +432,9 @@ class LSTM:
             if self.weight_dtype == "bfloat16":   # no projection, no variant (checked)
                 packed = self._packed[k] = self._impl.pack_bf16(p[names[0]], p[names[1]], b)
                 return packed
+            if self.weight_dtype == "int8":   # likewise
+                packed = self._packed[k] = self._impl.pack_int8(p[names[0]], p[names[1]], b)
+                return packed
             w_hr = p[names[4 if self.bias else 2]] if self.proj_size else None
             variant = self._variant(k)
             w_ih, w_hh = p[names[0]], p[names[1]]
@@ -587,10 +593,11 @@ def quantize(layer, weight_dtype="bfloat16"):
     ----------
     layer : LSTM
         A trained layer (float32, no projection, backend "c" or "numpy").
-    weight_dtype : {"bfloat16", "float32", "float64"}, optional
+    weight_dtype : {"bfloat16", "int8", "float32", "float64"}, optional
         "bfloat16": weights and the products' inputs x, h rounded to bfloat16,
-        products accumulated in float32 (see ``LSTM``'s ``weight_dtype``); the
-        layer's own dtype gives back a plain layer.
+        products accumulated in float32; "int8": weights quantized to int8 with a
+        scale per gate row, x and h kept float32 (see ``LSTM``'s ``weight_dtype``);
+        the layer's own dtype gives back a plain layer.
 
     Returns
     -------

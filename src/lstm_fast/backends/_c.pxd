@@ -103,3 +103,12 @@ cdef extern from "lstm.h" nogil:
     int lstm_set_bf16_mode(int mode)
     int lstm_get_bf16_mode()
     int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
+    size_t lstm_packed_size_i8(int64_t I, int64_t H)
+    int lstm_pack_i8(int64_t I, int64_t H, const float *w_ih, const float *w_hh,
+                     const float *b, void *packed)
+    size_t lstm_forward_workspace_size_i8(int64_t T, int64_t B, int64_t I, int64_t H,
+                                          int num_threads)
+    int lstm_forward_i8(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                        const int64_t *batch_sizes, const float *x, const float *h0,
+                        const float *c0, float *y, float *h_n, float *c_n, void *workspace,
+                        int num_threads)

@@ -3,8 +3,8 @@
 
 Arrays to pointers, the GIL released around every kernel call, status codes to
 exceptions; the four functions of the backend contract (``lstm_fast.backends``):
-``pack``, ``forward``, ``backward``, ``step``, and ``pack_bf16`` (bfloat16 weights for
-inference: ``forward`` without saving and ``step`` run on such a pack). Arguments arrive validated by the
+``pack``, ``forward``, ``backward``, ``step``, and ``pack_bf16`` / ``pack_int8`` (bfloat16
+or int8 weights for inference: ``forward`` without saving and ``step`` run on such a pack). Arguments arrive validated by the
 callers (``_validation``); nothing is checked here. Outputs and the scratch space are
 NumPy arrays allocated here (or given by the caller: ``forward(out=...)``); the kernel
 never allocates. The workspace is kept with the packed weights and reused by the next
@@ -82,6 +82,7 @@ def build_info():
                    if k in info},
         "caches_from": info.get("caches_from"),
         "bf16": bf16_path(),
+        "int8": int8_path(),
     }
 
 
@@ -111,6 +112,16 @@ def bf16_path(B=1, I=1, H=1):
     return f"emulated ({why}float32 FMAs in vdpbf16ps's order and rounding, same bits)"
 
 
+def int8_path():
+    """What an int8-weight forward uses at the SIMD level in force."""
+    lv = simd_level()
+    if lv == "portable":
+        return ("weight-only int8, widened to float32 (portable level: each FMA computed "
+                "exactly in float64, slow; same bits as AVX2/AVX-512)")
+    return (f"weight-only int8, widened to float32 in registers, float32 FMAs ({lv}; "
+            f"B > {2 if lv == 'avx2' else 6}: the pack's float32 copy of the int8 values)")
+
+
 def pool_contended():
     """True while the thread pool's recent 2-thread jobs mostly waited (see pool.h)."""
     return lstm_pool_contended() != 0
@@ -130,7 +141,8 @@ cdef class Packed:
     cdef readonly object buf
     cdef readonly int64_t input_size, hidden_size, proj_size   # proj_size 0: no projection
     cdef readonly object dtype
-    cdef readonly object weight_dtype   # "bfloat16" for a pack_bf16 pack, else dtype's name
+    cdef readonly object weight_dtype   # "bfloat16" / "int8" for a pack_bf16 / pack_int8 pack,
+                                        # else dtype's name
     cdef readonly bint has_bias
     cdef int typenum
     cdef readonly int64_t generation   # times written over by pack(..., out=this)
@@ -310,9 +322,36 @@ def pack_bf16(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
     return p
 
 
+def pack_int8(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
+    """Packed int8 weights of float32 (w_ih (4H, I), w_hh (4H, H), b (4H,) or None), a
+    symmetric scale per gate row of each (csrc/int8.template.c); inference only
+    (``forward`` with save=False, ``step``). out as in ``pack``."""
+    if _level_error is not None:
+        raise RuntimeError(f"lstm_fast C kernel: {_level_error}")
+    cdef int64_t H = cnp.PyArray_DIMS(w_ih)[0] // 4, I = cnp.PyArray_DIMS(w_ih)[1]
+    cdef Packed p
+    cdef cnp.npy_intp n = <cnp.npy_intp>lstm_packed_size_i8(I, H)
+    p = _pack_target(out, n, I, H, 0, "int8")
+    cdef void *dst = cnp.PyArray_DATA(<cnp.ndarray>p.buf)
+    cdef void *wi = cnp.PyArray_DATA(w_ih)
+    cdef void *wh = cnp.PyArray_DATA(w_hh)
+    cdef void *bp = _p(b)
+    cdef int status
+    with nogil:
+        status = lstm_pack_i8(I, H, <float *>wi, <float *>wh, <float *>bp, dst)
+    if status != LSTM_OK:
+        _raise_status(status)
+    p.input_size, p.hidden_size, p.proj_size = I, H, 0
+    p.typenum = cnp.NPY_FLOAT32
+    p.dtype = np.dtype(np.float32)
+    p.weight_dtype = "int8"
+    p.has_bias = b is not None
+    return p
+
+
 cdef int _inference_only(Packed packed) except -1:
-    raise ValueError("bfloat16 weights are for inference only: nothing can be saved for "
-                     "backward (use float32 weights to train)")
+    raise ValueError(f"{packed.weight_dtype} weights are for inference only: nothing can be "
+                     f"saved for backward (use float32 weights to train)")
 
 
 cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarray x,
@@ -323,9 +362,11 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef int save = gates is not None
     cdef bint bf16 = packed.weight_dtype == "bfloat16"
-    if bf16 and save:
+    cdef bint i8 = packed.weight_dtype == "int8"
+    if (bf16 or i8) and save:
         _inference_only(packed)
     cdef size_t wsize = (lstm_forward_workspace_size_bf16(T, B, I, H, num_threads) if bf16 else
+                         lstm_forward_workspace_size_i8(T, B, I, H, num_threads) if i8 else
                          lstm_forward_workspace_size_f32(T, B, I, H, P, num_threads, save)
                          if tn == cnp.NPY_FLOAT32 else
                          lstm_forward_workspace_size_f64(T, B, I, H, P, num_threads, save))
@@ -348,6 +389,10 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
             status = lstm_forward_bf16(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
                                        <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
                                        wp, num_threads)
+        elif i8:
+            status = lstm_forward_i8(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
+                                     <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
+                                     wp, num_threads)
         elif var != NULL and tn == cnp.NPY_FLOAT32:
             status = lstm_forward_ex_f32(T, B, I, H, P, pk, bsp, <float *>xp, <float *>h0p,
                                          <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
@@ -405,7 +450,7 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
              cnp.ndarray dc_n, int num_threads, batch_sizes=None, dpeephole=None):
     """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``
     (dpeephole: the (3, H) output for the peephole gradients, with peepholes)."""
-    if packed.weight_dtype == "bfloat16":
+    if packed.weight_dtype in ("bfloat16", "int8"):
         _inference_only(packed)
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size

@@ -353,6 +353,76 @@ def lstm_forward_bf16(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
     return y, h_state, c_state
 
 
+# --- int8 weights (inference): the oracle of csrc/int8.template.c ------------------------
+#
+# Weight-only quantization: per gate row n, separately for w_ih and w_hh, a symmetric
+# scale s = max|w[n,:]| / 127 and q = rint(w / s) clamped to [-127, 127] (all float32;
+# q = 0 where s = 0 or the quotient is NaN). Per step the float32 inputs as they are: each
+# pre-activation's products are z = fl(fl(s_ih ax) + fl(s_hh ah)), ax = x . q_ih and
+# ah = h . q_hh each accumulated in float32 in k order by fused multiply-adds
+# (fma_f32), then the float32 cell of lstm_forward_bf16.
+
+
+def quantize_int8(w):
+    """(q, s): the int8 values (as int8) and float32 scale of each row of float32 w."""
+    w = np.ascontiguousarray(w, np.float32)
+    a = np.max(np.where(np.isnan(w), np.float32(0), np.abs(w)), axis=1, initial=np.float32(0))
+    s = (a / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.rint(w / s[:, None])
+    v = np.where(np.isnan(v) | (s[:, None] == 0), np.float32(0), np.clip(v, -127, 127))
+    return v.astype(np.int8), s
+
+
+def fma_f32(a, b, c):
+    """float32 fl(a*b + c) rounded once, for float32 a, c and b with a*b exact in
+    float64 (b an int8 value): the float64 sum rounded to odd (its TwoSum error moves it
+    to the odd neighbour), then to float32 (exact since 53 >= 24 + 2; Boldo and
+    Melquiond 2008), as csrc/int8.template.c does at its portable level."""
+    p = a.astype(np.float64) * b.astype(np.float64)
+    cd = c.astype(np.float64)
+    s = p + cd
+    bb = s - p
+    e = (p - (s - bb)) + (cd - bb)
+    u = s.view(np.int64)
+    move = (e != 0) & ~np.isnan(e) & np.isfinite(s.astype(np.float32)) & ((u & 1) == 0)
+    u = np.where(move, u + np.where((e > 0) == (s > 0), 1, -1), u)
+    return u.view(np.float64).astype(np.float32)
+
+
+def _int8_sums(a, q):
+    """float32 (n, G): a (n, K) . q (G, K)^T, each sum from +0 in k order by fma_f32."""
+    qf = q.astype(np.float32)
+    acc = np.zeros((a.shape[0], q.shape[0]), np.float32)
+    for k in range(a.shape[1]):
+        acc = fma_f32(a[:, k, None], qf[None, :, k], acc)
+    return acc
+
+
+@np.errstate(**_QUIET)
+def lstm_forward_int8(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
+    """``(y, h_n, c_n)`` of the layer with int8 weights (float32 x, states and outputs;
+    no projection); arguments as ``lstm_forward``."""
+    xp, steps = _steps(x, batch_sizes)
+    H = w_hh.shape[1]
+    (qi, si), (qh, sh) = quantize_int8(w_ih), quantize_int8(w_hh)
+    bias = np.zeros(4 * H, np.float32) if b is None else b.astype(np.float32)
+    y = np.empty((xp.shape[0], H), np.float32)
+    h_state, c_state = h0.astype(np.float32), c0.astype(np.float32)
+    for off, n in steps:
+        z = si * _int8_sums(xp[off:off + n].astype(np.float32), qi) + \
+            sh * _int8_sums(h_state[:n], qh)
+        pre = z + bias
+        i, f, o = (sigmoid(pre[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
+        g = np.tanh(pre[:, 2 * H:3 * H])
+        c_state[:n] = f * c_state[:n] + i * g
+        h_state[:n] = o * np.tanh(c_state[:n])
+        y[off:off + n] = h_state[:n]
+    if batch_sizes is None:
+        y = y.reshape(x.shape[0], x.shape[1], H)
+    return y, h_state, c_state
+
+
 # --- the backend contract (lstm_fast.backends) --------------------------------------
 
 
@@ -386,7 +456,12 @@ class PackedBF16(NamedTuple):
     has_bias = property(lambda self: self.b is not None)
 
 
-_INFERENCE_ONLY = ("bfloat16 weights are for inference only: nothing can be saved for "
+class PackedInt8(PackedBF16):
+    """int8 weights: the float32 arrays as given, quantized by lstm_forward_int8."""
+    weight_dtype = "int8"
+
+
+_INFERENCE_ONLY = ("{} weights are for inference only: nothing can be saved for "
                    "backward (use float32 weights to train)")
 
 
@@ -404,11 +479,16 @@ def pack_bf16(w_ih, w_hh, b, out=None):
     return PackedBF16(w_ih, w_hh, b)
 
 
+def pack_int8(w_ih, w_hh, b, out=None):
+    return PackedInt8(w_ih, w_hh, b)
+
+
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None):
-    if isinstance(packed, PackedBF16):
+    if isinstance(packed, PackedBF16):   # and PackedInt8
         if save:
-            raise ValueError(_INFERENCE_ONLY)
-        y, h_n, c_n = lstm_forward_bf16(x, *packed, as_matrix(h0), as_matrix(c0), batch_sizes)
+            raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
+        run = lstm_forward_int8 if isinstance(packed, PackedInt8) else lstm_forward_bf16
+        y, h_n, c_n = run(x, *packed, as_matrix(h0), as_matrix(c0), batch_sizes)
         gates = c = None
     else:
         y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], as_matrix(h0), as_matrix(c0),
@@ -424,8 +504,8 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
              dpeephole=None):
-    if isinstance(packed, PackedBF16):
-        raise ValueError(_INFERENCE_ONLY)
+    if isinstance(packed, PackedBF16):   # and PackedInt8
+        raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
     dx, dw_ih, dw_hh, db, dh0, dc0, *rest = lstm_backward(
         x, packed.w_ih, packed.w_hh, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
         as_matrix(dh_n), as_matrix(dc_n), batch_sizes, packed.w_hr, packed.b,
