@@ -171,6 +171,8 @@ typedef struct {
     TYPE clip, cell_clip;
     int cifg;           /* 1: f = 1 - i: f's gradient goes to i */
     TYPE *dpeep;        /* [3,H] with peep: their gradients are added to it */
+    const TYPE *rdrop;  /* [B,H] recurrent dropout mask, or NULL: dh_tile (the gradient of
+                           the masked h_t) is multiplied by it (var is then 1) */
 } FN(bwd_cell_args);
 
 /* d, or 0 where the saved activated gate s shows a clamped pre-activation: s at or
@@ -200,6 +202,8 @@ INLINE void FN(bwd_cell_var)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t
             int64_t row = r0 + r, off = (j0 + jb) * V, ro = row * H + off;
             int n = H - off < V ? (int)(H - off) : V;
             vec dh = dh_tile ? vload(dh_tile + (r * nb + jb) * V) : vload_n(a->dh + ro, n);
+            if (dh_tile && a->rdrop)
+                dh = dh * vload_n(a->rdrop + ro, n);
             if (a->dy)
                 dh = dh + vload_n(a->dy + ro, n);
             const TYPE *gr = a->gates + row * 4 * H + off;

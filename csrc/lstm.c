@@ -163,13 +163,14 @@ static int usable_threads(int num_threads)
 /* A variant's clips are >= 0 (not NaN); NULL is the plain LSTM. */
 static int variant_ok(const lstm_variant *v)
 {
-    return !v || (v->clip >= 0 && v->cell_clip >= 0);
+    return !v || (v->clip >= 0 && v->cell_clip >= 0 && (!v->rdrop || v->rdrop_ws));
 }
 
 /* NULL when every variant is off: the plain cells (the same bits as lstm_forward_X). */
 static const lstm_variant *variant_or_null(const lstm_variant *v)
 {
-    return v && (v->peephole || v->clip > 0 || v->cell_clip > 0 || v->cifg) ? v : NULL;
+    return v && (v->peephole || v->clip > 0 || v->cell_clip > 0 || v->cifg || v->rdrop) ? v
+                                                                                          : NULL;
 }
 
 #define DEFINE_PUBLIC(SFXT, TYPE)                                                            \
@@ -195,6 +196,14 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
                                                int64_t H, int64_t P, int num_threads)        \
     {                                                                                        \
         return WS_MAX(SFXT, bwd_ws_size, (T, N, B, I, H, P, num_threads));                   \
+    }                                                                                        \
+    size_t lstm_rdrop_workspace_size_##SFXT(int64_t N, int64_t B, int64_t R, int num_threads, \
+                                            int backward)                                    \
+    {                                                                                        \
+        if (N < 0 || B < 0 || R < 0)                                                         \
+            return 0;                                                                        \
+        int nt = num_threads < 1 ? 1 : num_threads;                                          \
+        return (size_t)((backward ? N : nt * B) * R) * sizeof(TYPE) + 64;                    \
     }                                                                                        \
     int lstm_forward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,           \
                             const void *packed, const int64_t *batch_sizes, const TYPE *x,   \
