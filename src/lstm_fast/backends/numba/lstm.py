@@ -32,7 +32,9 @@ loop, the backward step tiles, time loop and whole-sequence products, on the wei
   are one parallel region each and the time loop runs on the calling thread between them.
 """
 
-from numba import njit, prange
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .cell import bwd_cell, fwd_cell
 from .gemm import PAR_MIN, gemm, gemm_job, pack_b, split
@@ -232,7 +234,7 @@ def row_split(n, tid, num_threads):
 
 @njit(**JIT)
 def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, r0, r1,
-            num_threads, var):
+            num_threads, var, rdrop, hm):
     """The time loop for sequences r0..r1 (rows r0.. of every step). Sequences are independent,
     so a thread can run its own range through all steps without waiting for the others;
     ``num_threads`` > 1 instead splits each step's hidden blocks (small batches). With ``inproj``
@@ -240,7 +242,8 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
     tiles never change an element's operations), so that a thread's whole forward is one
     parallel region. ``save``: gates (N, 4H) and c (N, H) get every step's rows; else c is the
     running state (B, H) (its rows r0.., c0 unused) and gates a workspace, its rows r0.. with
-    ``inproj``, else the hoisted projection of x's rows.
+    ``inproj``, else the hoisted projection of x's rows. ``rdrop`` (B, R) the recurrent dropout
+    mask or None; ``hm`` (B, R) then receives h_{t-1} * rdrop of these rows, which the step reads.
     C's fwd_job is one thread's whole call; here it is the time loop, run by one thread over its
     sequences (``fwd_job_par``) or by the calling thread with each step split (``fwd_step_all``)."""
     B, R = h0.shape
@@ -258,6 +261,11 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
         a = off + r0
         p = prev + r0
         hp = h0[r0:r0 + n] if t == 0 else y[p:p + n]
+        if rdrop is not None:
+            for r in range(n):
+                for k in range(R):
+                    hm[r0 + r, k] = hp[r, k] * rdrop[r0 + r, k]
+            hp = hm[r0:r0 + n]
         if save:
             cp = c0[r0:r0 + n] if t == 0 else c[p:p + n]
             c_t = c[a:a + n]
@@ -276,18 +284,19 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
 
 
 @njit(**PJIT)
-def fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, n0, num_threads, var):
+def fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, n0, num_threads, var,
+                rdrop, hm):
     for tid in prange(num_threads):
         r0 = row_split(n0, nl(tid), num_threads)
         r1 = row_split(n0, nl(tid) + 1, num_threads)
         if r1 > r0:
             fwd_job(x, wih_t, b, True, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, r0, r1, nl(1),
-                    var)
+                    var, rdrop, hm)
 
 
 @njit(**JIT)
 def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, gates, c, m, save, var,
-                 num_threads):
+                 num_threads, rdrop=None, hm=None):
     """Forward pass into caller-provided outputs, packed layout (see module docstring).
 
     x (N, I), y (N, R) with N = sum(batch_sizes); step t's rows start at sum(batch_sizes[:t])
@@ -301,7 +310,9 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     ``num_threads``: with >= ROWS_PER_THREAD sequences per thread each thread runs its sequences
     through all steps, input projection included (one parallel region per call); else the input
     projection splits output tiles and each step its hidden blocks.
-    ``var``: None (plain) or the variants, as ``cell.fwd_cell`` takes them.
+    ``var``: None (plain) or the variants, as ``cell.fwd_cell`` takes them. ``rdrop`` (B, R):
+    the recurrent dropout mask (the steps read h_{t-1} * rdrop, copied into the workspace ``hm``
+    (B, R)), or None.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -315,7 +326,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
         c_n[:] = c0
     if num_threads > 1 and n0 >= ROWS_PER_THREAD * num_threads:   # one parallel region for the whole pass
         fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, state, m, save, n0, num_threads,
-                    var)
+                    var, rdrop, hm)
     else:   # hoisted input projection + bias: all steps, or (not save) as many as gates holds
         hprev = h0
         t0 = o0 = 0
@@ -327,7 +338,8 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
             g = gates[o0:o1] if save else gates[:o1 - o0]
             gemm(o1 - o0, G, I, x[o0:o1], False, wih_t, g, b, num_threads)
             fwd_job(x[o0:o1], wih_t, b, False, whh_f, whr_t, hprev, c0, batch_sizes[t0:t1], y[o0:o1], g,
-                    state[o0:o1] if save else state, m, save, nl(0), batch_sizes[t0], num_threads, var)
+                    state[o0:o1] if save else state, m, save, nl(0), batch_sizes[t0], num_threads, var, rdrop,
+                    hm)
             hprev = y[o1 - batch_sizes[t1 - 1]:o1]
             t0, o0 = t1, o1
     # final states: sequence r's last step is the last t with batch_sizes[t] > r
@@ -494,12 +506,22 @@ def bwd_rows(G, dg, n, w, add, out, R, q0, q1):
 
 
 @njit(**JIT)
-def bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
+def bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1, rdrop=None):
     """dh of rows 0..n, column blocks q0..q1 (V wide) of h (width R), into out (., R): rows
-    below nn (active at t+1) get dg_next . w_hh, rows nn..n (last step t) dh_n; plus dy_t
-    unless None. Pointers (row strides 4H for dg_next, R for the others)."""
-    bwd_rows(G, dg_next, nn, whh_b, dy_t, out, R, q0, q1)
+    below nn (active at t+1) get dg_next . w_hh (times rdrop, the recurrent dropout mask,
+    unless None), rows nn..n (last step t) dh_n; plus dy_t unless None. Pointers (row strides
+    4H for dg_next, R for the others)."""
     u0, u1 = q0 * lanes(out), min(R, q1 * lanes(out))
+    if rdrop is None:
+        bwd_rows(G, dg_next, nn, whh_b, dy_t, out, R, q0, q1)
+    else:   # (dg_next . w_hh) * rdrop + dy: C's operations (bwd_rows' mul, then add)
+        bwd_rows(G, dg_next, nn, whh_b, None, out, R, q0, q1)
+        for r in range(nn):
+            for u in range(u0, u1):
+                v = ld(out, r * R + u) * ld(rdrop, r * R + u)
+                if dy_t is not None:
+                    v = v + ld(dy_t, r * R + u)
+                st(out, r * R + u, v)
     for r in range(nn, n):
         for u in range(u0, u1):
             if dy_t is None:
@@ -509,44 +531,46 @@ def bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
 
 
 @njit(**PJIT)
-def bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads):
+def bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop):
     nblk = (R + lanes(out) - 1) // lanes(out)
     for tid in prange(num_threads):
         bwd_dh(G, ptr(dg_next), nn, n, ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(out), R,
-               split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads))
+               split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), ptr(rdrop))
 
 
 @njit(**JIT)
-def bwd_dh_all(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads):
+def bwd_dh_all(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop=None):
     """``bwd_dh`` on arrays over all column blocks, split over num_threads (``bwd_dh_par``)."""
     if num_threads > 1:
-        bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads)
+        bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop)
     else:
         bwd_dh(G, ptr(dg_next), nn, n, ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(out), R, nl(0),
-               (R + lanes(out) - 1) // lanes(out))
+               (R + lanes(out) - 1) // lanes(out), ptr(rdrop))
 
 
 @njit(**JIT)
-def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, j0, j1, var):
+def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, j0, j1, var,
+             rdrop=None):
     """One backward step without a projection, hidden blocks j0..j1, fused per 4 blocks: the dh
     tile (dg_next . w_hh + dy) into dhs, then the gate gradients of the same units.
     C hands bwd_cell the tile in a small stack scratch; here dh goes through the rows of dhs."""
     V = lanes(dhs)
     dg_next, whh_b, dh_n, dy_t, dhs = ptr(dg_next), ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(dhs)
     gates_t, c_t, cprev, dc, dg_t = ptr(gates_t), ptr(c_t), ptr(cprev), ptr(dc), ptr(dg_t)
+    rdrop = ptr(rdrop)
     for j in range(j0, j1, 4):
         j2 = min(j + 4, j1)
-        bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2)
+        bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2, rdrop)
         bwd_cell(n, H, dhs, gates_t, c_t, cprev, dc, dg_t, None, j * V, min(H, j2 * V) - j * V, var)
 
 
 @njit(**PJIT)
 def bwd_step_par(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, num_threads,
-                 var):
+                 var, rdrop):
     nblk = (H + lanes(dhs) - 1) // lanes(dhs)
     for tid in prange(num_threads):
         bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t,
-                 split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), var)
+                 split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), var, rdrop)
 
 
 @njit(**JIT)
@@ -566,9 +590,21 @@ def bwd_step_proj_cell_par(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, num_t
             bwd_step_proj_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, u1 - u0, var)
 
 
+def rows_of(a, r0, r1):
+    """a[r0:r1], or None for None (an optional operand: one implementation per type, never
+    an Optional)."""
+
+
+@overload(rows_of)
+def _rows_of(a, r0, r1):
+    if isinstance(a, types.NoneType):
+        return lambda a, r0, r1: None
+    return lambda a, r0, r1: a[r0:r1]
+
+
 @njit(**JIT)
 def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-            dc0, r0, r1, num_threads, var):
+            dc0, r0, r1, num_threads, var, rdrop):
     """The backward time loop for sequences r0..r1, steps last to first; ``dc0`` rows hold the
     running dc.
     C's bwd_job is one thread's whole call; here it is the time loop, as ``fwd_job``."""
@@ -595,17 +631,18 @@ def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm
         dy_t = dy[a:a + n]
         dhn = dh_n[r0:r0 + n]
         dc = dc0[r0:r0 + n]
+        rd = rows_of(rdrop, r0, r0 + n)
         par = num_threads > 1 and n * G * R >= PAR_MIN
         if whr is None:
             if par:
                 bwd_step_par(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc,
-                             dg_t, num_threads, var)
+                             dg_t, num_threads, var, rd)
             else:
                 bwd_step(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc, dg_t,
-                         nl(0), (H + lanes(dhs) - 1) // lanes(dhs), var)
+                         nl(0), (H + lanes(dhs) - 1) // lanes(dhs), var, rd)
         else:
             dha = dh_all[a:a + n]
-            bwd_dh_all(G, dg_next, nn, n, whh_b, dhn, dy_t, dha, R, num_threads if par else 1)
+            bwd_dh_all(G, dg_next, nn, n, whh_b, dhn, dy_t, dha, R, num_threads if par else 1, rd)
             gemm(n, H, R, dha, False, whr, dm[r0:r0 + n], None, num_threads)
             if par:
                 bwd_step_proj_cell_par(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n],
@@ -617,17 +654,18 @@ def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm
 
 @njit(**PJIT)
 def bwd_job_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                dc0, dh0, n0, num_threads, var):
+                dc0, dh0, n0, num_threads, var, rdrop):
     for tid in prange(num_threads):
         r0 = row_split(n0, nl(tid), num_threads)
         r1 = row_split(n0, nl(tid) + 1, num_threads)
         if r1 > r0:
             bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                    dc0, r0, r1, nl(1), var)
+                    dc0, r0, r1, nl(1), var, rdrop)
             # dh0 of these sequences (all active at t = 0): dgates[0] . w_hh
             R = h0.shape[1]
             bwd_dh(4 * c0.shape[1], ptr(dgates[r0:r1]), r1 - r0, r1 - r0, ptr(whh_b), ptr(dh_n[r0:r1]), None,
-                   ptr(dh0[r0:r1]), R, nl(0), (R + lanes(dh0) - 1) // lanes(dh0))
+                   ptr(dh0[r0:r1]), R, nl(0), (R + lanes(dh0) - 1) // lanes(dh0),
+                   ptr(rows_of(rdrop, r0, r1)))
 
 
 @njit(**JIT)
@@ -653,7 +691,7 @@ def bwd_gemms_par(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr
 @njit(**JIT)
 def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes,
                   dgates, dhs, xpan, hpan, dm, dh_all, m_all, mpan,
-                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, num_threads):
+                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, num_threads, rdrop=None):
     """Backpropagation through time into caller-provided outputs, packed layout.
 
     Weights as ``pack`` makes them (``wih``, ``whh_b`` and ``whr`` or None). Workspace:
@@ -665,6 +703,7 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     sequences pass through). ``num_threads`` threads, split as in ``lstm_forward``; the
     whole-sequence GEMMs split output tiles. ``var``: None (plain) or the variants, as
     ``cell.bwd_cell`` takes them; with peepholes ``dpeep`` (3, H) receives their gradients.
+    ``rdrop`` (B, R): the forward's recurrent dropout mask, or None.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -676,22 +715,36 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     n0 = batch_sizes[0] if T > 0 else 0
     if num_threads > 1 and n0 >= ROWS_PER_THREAD * num_threads:   # one parallel region for the time loop and dh0
         bwd_job_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                    dc0, dh0, n0, num_threads, var)
+                    dc0, dh0, n0, num_threads, var, rdrop)
         dh0[n0:] = dh_n[n0:]
     else:
         bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                dc0, nl(0), n0, num_threads, var)
-        bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, num_threads if B * G * R >= PAR_MIN else 1)
+                dc0, nl(0), n0, num_threads, var, rdrop)
+        bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, num_threads if B * G * R >= PAR_MIN else 1,
+                   rdrop)
     # whole-sequence products over all N rows, after the loop
     pack_b(x, nl(0), N, xpan, nl(0))
-    pack_b(h0, nl(0), n0, hpan, nl(0))            # h_{t-1} of row k: h0 at t = 0, else y of step t-1
-    off = n0
-    prev = 0
-    for t in range(1, T):
-        n = batch_sizes[t]
-        pack_b(y, prev, n, hpan, off)
-        prev = off
-        off += n
+    if rdrop is None:
+        pack_b(h0, nl(0), n0, hpan, nl(0))        # h_{t-1} of row k: h0 at t = 0, else y of step t-1
+        off = n0
+        prev = 0
+        for t in range(1, T):
+            n = batch_sizes[t]
+            pack_b(y, prev, n, hpan, off)
+            prev = off
+            off += n
+    else:   # recurrent dropout: dw_hh from h_{t-1} * rdrop of every row
+        hm = np.empty((N, R), y.dtype)
+        off = 0
+        prev = 0
+        for t in range(T):
+            n = batch_sizes[t]
+            for r in range(n):
+                for k in range(R):
+                    hm[off + r, k] = (h0[r, k] if t == 0 else y[prev + r, k]) * rdrop[r, k]
+            prev = off
+            off += n
+        pack_b(hm, nl(0), N, hpan, nl(0))
     if whr is not None:
         pack_b(m_all, nl(0), N, mpan, nl(0))
     if num_threads > 1 and N * G * (I + R) >= PAR_MIN:   # dx, dw_ih, dw_hh (dw_hr) in one parallel region
