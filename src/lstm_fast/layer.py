@@ -85,6 +85,13 @@ class LSTM:
         > 0: the cell state c_t is clamped to [-cell_clip, cell_clip] after each
         update (the clamped value is carried and returned; TensorFlow's
         ``cell_clip``); zero gradient where clamped. None (default): off.
+    recurrent_dropout : float, keyword-only
+        Recurrent (variational) dropout probability p in [0, 1) (Gal & Ghahramani
+        2016; Keras' ``recurrent_dropout``), training mode only: each forward call
+        draws per layer-direction one inverted-dropout mask m (B, R) (0 or 1/(1-p),
+        from the layer's dropout stream, `seed`), used at every step on h_{t-1} in
+        the recurrent product only: ``W_hh (h_{t-1} * m)``; h_t itself (output,
+        h_n) is not masked. 0 (default): off. See ``lstm_forward``'s ``rdrop``.
     cifg : bool, keyword-only
         Coupled input and forget gates (ONNX's ``input_forget``, as ONNX Runtime
         computes it): ``f = 1 - i``; ``weight_ih_l{k}``, ``weight_hh_l{k}`` and the
@@ -161,7 +168,7 @@ class LSTM:
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
                  backend="auto", seed=None, peephole=False, clip=None, cell_clip=None,
-                 cifg=False, forget_bias=None, weight_dtype=None):
+                 cifg=False, forget_bias=None, weight_dtype=None, recurrent_dropout=0.0):
         self.input_size = _validation.check_size(input_size, "input_size")
         self.hidden_size = _validation.check_size(hidden_size, "hidden_size")
         self.num_layers = _validation.check_size(num_layers, "num_layers")
@@ -186,6 +193,11 @@ class LSTM:
         self.clip = _validation.check_clip(clip, "clip")
         self.cell_clip = _validation.check_clip(cell_clip, "cell_clip")
         self.cifg = _check_bool(cifg, "cifg")
+        if isinstance(recurrent_dropout, bool) or not isinstance(recurrent_dropout, (int, float)) \
+                or not 0.0 <= recurrent_dropout < 1.0:
+            raise ValueError(f"recurrent_dropout must be a number in [0, 1), got "
+                             f"{recurrent_dropout!r}")
+        self.recurrent_dropout = float(recurrent_dropout)
         self.forget_bias = _validation.check_forget_bias(forget_bias, self.bias, self.cifg)
         self.training = True
         self.grads = {}
@@ -257,7 +269,8 @@ class LSTM:
 
     def __setstate__(self, state):
         for key, value in (("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
-                           ("cifg", False), ("forget_bias", None)):   # pickles from before the variants
+                           ("cifg", False), ("forget_bias", None),
+                           ("recurrent_dropout", 0.0)):   # pickles from before the variants
             setattr(self, key, value)
         for key, value in state.items():   # not __dict__.update: see _drop_packed
             setattr(self, key, value)
@@ -529,6 +542,13 @@ class LSTM:
         keep = self._dropout_rng.random(shape) >= p
         return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
 
+    def _rdrop_mask(self, B):
+        """A recurrent dropout mask (B, R) of one layer-direction: keep with probability
+        1-p, scaled by 1/(1-p) (``recurrent_dropout`` = p), from the dropout stream."""
+        p = self.recurrent_dropout
+        keep = self._dropout_rng.random((B, self._out_size)) >= p
+        return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
+
     def backward(self, grad_output=None, grad_hx=None):
         """Gradients for the last forward call; parameter gradients go to ``layer.grads``.
 
@@ -562,7 +582,7 @@ class LSTM:
                         (("num_layers", 1), ("bias", True), ("batch_first", False),
                          ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0),
                          ("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
-                         ("cifg", False), ("forget_bias", None))
+                         ("cifg", False), ("forget_bias", None), ("recurrent_dropout", 0.0))
                         if getattr(self, k) != default)
         if self.weight_dtype != self.dtype.name:
             extra += f", weight_dtype={self.weight_dtype!r}"
