@@ -64,6 +64,16 @@ scaled (inverted dropout: 0 or 1 / (1 - p)), multiplies h_{t-1} in the recurrent
 only: ``a_* = x_t @ w_ih_*.T + b_* + (h_{t-1} * m) @ w_hh_*.T``. Backward:
 ``dw_hh = sum dgates_t.T @ (h_{t-1} * m)`` and the gradient reaching h_{t-1} through the
 product is ``(dgates_t @ w_hh) * m`` (dh0 too). h_t itself (y, h_n) is not masked.
+
+Zoneout on h (Krueger et al. 2017), as haste's ZoneoutLSTM (lmnt-com/haste,
+lib/lstm_forward_gpu.cu.cc: ``cur_h_value = (cur_h_value - h) * zoneout_mask + h`` in
+training, ``zoneout_prob * h + (1 - zoneout_prob) * cur_h_value`` in eval): a mask ``zm``
+shaped like y, one row per row of x (a new mask every step), with
+``h~_t = o * tanh(c_t)`` and ``h_t = h_{t-1} + zm_t * (h~_t - h_{t-1})``: in training zm is
+Bernoulli(1 - zoneout) (1 keeps the new value), in eval zm = 1 - zoneout everywhere (the
+expectation, haste's eval formula up to rounding). The carried and returned h is h_t. No
+projection. Backward, with dh_t the whole gradient reaching h_t:
+``dh~_t = zm_t * dh_t`` goes into the cell, ``(1 - zm_t) * dh_t`` is added to dh_{t-1}.
 """
 
 from typing import NamedTuple, Optional
@@ -101,13 +111,13 @@ _QUIET = dict(invalid="ignore", over="ignore")
 
 @np.errstate(**_QUIET)
 def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole=None,
-                 clip=0.0, cell_clip=0.0, cifg=False, rdrop=None):
+                 clip=0.0, cell_clip=0.0, cifg=False, rdrop=None, zoneout=None):
     """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes.
 
     ``peephole`` (3, H) rows w_ci, w_cf, w_co, ``clip`` and ``cell_clip`` (> 0: on) are
     the variants of the module docstring; gates are then the activated clamped gates and
     c the clamped cell states. ``rdrop`` (B, R) the recurrent dropout mask (scaled), or
-    None.
+    None; ``zoneout`` the zoneout mask shaped like y (no projection), or None.
 
     With ``batch_sizes`` (T,) non-increasing, ``x`` is packed step-major like
     torch's PackedSequence.data: (N, I) with N = sum(batch_sizes), the rows of
@@ -118,6 +128,7 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
     xp, steps = _steps(x, batch_sizes)
     H = w_ih.shape[0] // 4
     P = H if w_hr is None else w_hr.shape[0]
+    zm = None if zoneout is None else zoneout.reshape(xp.shape[0], P)
     gates = xp @ w_ih.T                       # hoisted input projection, all steps at once
     if b is not None:
         gates += b
@@ -132,7 +143,10 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
         if variant:
             c_state[:n] = _variant_cell(a, c_state[:n], H, peephole, clip, cell_clip, cifg)
             o, c_t = a[:, 3 * H:], c_state[:n]
-            h_state[:n] = o * np.tanh(c_t) if w_hr is None else (o * np.tanh(c_t)) @ w_hr.T
+            h_new = o * np.tanh(c_t) if w_hr is None else (o * np.tanh(c_t)) @ w_hr.T
+            if zm is not None:
+                h_new = h_state[:n] + zm[off:off + n] * (h_new - h_state[:n])
+            h_state[:n] = h_new
             c[off:off + n] = c_state[:n]
             y[off:off + n] = h_state[:n]
             continue
@@ -141,7 +155,10 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
         a[:, 3 * H:4 * H] = sigmoid(a[:, 3 * H:4 * H])   # o
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
         c_state[:n] = f * c_state[:n] + i * g
-        h_state[:n] = o * np.tanh(c_state[:n]) if w_hr is None else (o * np.tanh(c_state[:n])) @ w_hr.T
+        h_new = o * np.tanh(c_state[:n]) if w_hr is None else (o * np.tanh(c_state[:n])) @ w_hr.T
+        if zm is not None:
+            h_new = h_state[:n] + zm[off:off + n] * (h_new - h_state[:n])
+        h_state[:n] = h_new
         c[off:off + n] = c_state[:n]
         y[off:off + n] = h_state[:n]
     if batch_sizes is None:
@@ -152,7 +169,8 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
 
 @np.errstate(**_QUIET)
 def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None, w_hr=None,
-                  b=None, peephole=None, clip=0.0, cell_clip=0.0, cifg=False, rdrop=None):
+                  b=None, peephole=None, clip=0.0, cell_clip=0.0, cifg=False, rdrop=None,
+                  zoneout=None):
     """Returns ``(dx, dw_ih, dw_hh, db, dh0, dc0)``, plus ``dw_hr`` with a projection,
     plus ``dpeephole`` (3, H) with any variant (None without peepholes).
 
@@ -167,6 +185,7 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
     P = H if w_hr is None else w_hr.shape[0]
     N = xp.shape[0]
     y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
+    zm = None if zoneout is None else zoneout.reshape(N, P)
     dgates = np.empty((N, 4 * H), x.dtype)
     h_prev = np.empty((N, P), x.dtype)
     if w_hr is not None:
@@ -189,7 +208,11 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
         if rdrop is not None:
             h_prev[off:off + n] *= rdrop[:n]
         i, f, g, o = (gates[off:off + n, k * H:(k + 1) * H] for k in range(4))
-        dh[:n] += dy[off:off + n]
+        dh[:n] += dy[off:off + n]                 # the whole gradient reaching h_t
+        carry = 0
+        if zm is not None:                        # h_t = h_{t-1} + zm (h~_t - h_{t-1})
+            carry = (1 - zm[off:off + n]) * dh[:n]
+            dh[:n] *= zm[off:off + n]
         tanh_c = np.tanh(c[off:off + n])
         if w_hr is None:
             dm = dh[:n]
@@ -204,6 +227,7 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
             dh[:n] = dgates[off:off + n] @ w_hh
             if rdrop is not None:
                 dh[:n] *= rdrop[:n]
+            dh[:n] += carry
             continue
         dc[:n] += dm * o * (1 - tanh_c * tanh_c)
         d = dgates[off:off + n]
@@ -215,6 +239,7 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
         dh[:n] = d @ w_hh
         if rdrop is not None:
             dh[:n] *= rdrop[:n]
+        dh[:n] += carry
     # whole-sequence products, after the loop
     dx = dgates @ w_ih
     dw_ih = dgates.T @ xp
@@ -421,9 +446,10 @@ def pack_bf16(w_ih, w_hh, b, out=None):
     return PackedBF16(w_ih, w_hh, b)
 
 
-def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None):
+def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None,
+            zoneout=None):
     if isinstance(packed, PackedBF16):
-        if rdrop is not None:
+        if rdrop is not None or zoneout is not None:
             raise ValueError(_INFERENCE_ONLY)
         if save:
             raise ValueError(_INFERENCE_ONLY)
@@ -432,7 +458,7 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     else:
         y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], as_matrix(h0), as_matrix(c0),
                                              batch_sizes, packed.w_hr, rdrop=rdrop,
-                                             **_variant_kw(packed))
+                                             zoneout=zoneout, **_variant_kw(packed))
     h_n, c_n = h_n.reshape(h0.shape), c_n.reshape(c0.shape)
     if out is not None:
         for dst, src in zip(out, (y, h_n, c_n)):
@@ -443,13 +469,13 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
 
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
-             dpeephole=None, rdrop=None):
+             dpeephole=None, rdrop=None, zoneout=None):
     if isinstance(packed, PackedBF16):
         raise ValueError(_INFERENCE_ONLY)
     dx, dw_ih, dw_hh, db, dh0, dc0, *rest = lstm_backward(
         x, packed.w_ih, packed.w_hh, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
         as_matrix(dh_n), as_matrix(dc_n), batch_sizes, packed.w_hr, packed.b, rdrop=rdrop,
-        **_variant_kw(packed))
+        zoneout=zoneout, **_variant_kw(packed))
     if len(rest) > (packed.w_hr is not None):    # a variant is on: dpeephole at the end
         dp = rest.pop()
         if dp is not None:
