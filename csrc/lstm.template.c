@@ -338,7 +338,10 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     ca.pre_ld = XF ? 0 : G;
     SET_CELL_VARIANT(ca, ctx->var);
     const TYPE *rdrop = ctx->var ? (const TYPE *)ctx->var->rdrop : NULL;
-    TYPE *hm = rdrop ? (TYPE *)FN(align_ptr)(ctx->var->rdrop_ws) + tid * B * R : NULL;
+    TYPE *hm = rdrop ? (TYPE *)FN(align_ptr)(ctx->var->var_ws) + tid * B * R : NULL;
+    const TYPE *zmask = ctx->var ? (const TYPE *)ctx->var->zoneout : NULL;
+    if (zmask)
+        ca.var = 1;
     const TYPE *w = (const TYPE *)(base + ctx->hdr->off_whh_f);
     const int64_t s = (int64_t)sizeof(TYPE);
     const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * (XF + R) * 4 * V * s, 4 * V * s);
@@ -347,6 +350,10 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         if (n == 0)
             break;
         const TYPE *hp = t ? ctx->y + offs[t - 1] * R : ctx->h0;
+        if (zmask) {
+            ca.zm = zmask + offs[t] * H;
+            ca.hprev = hp;
+        }
         if (hm) {   /* recurrent dropout: this thread's copy of h_{t-1} * mask (n*R
                        multiplies per thread and step, no barrier) */
             for (int64_t e = 0; e < n * R; e++)
@@ -459,6 +466,7 @@ typedef struct {
     TYPE *ws;
     const lstm_variant *var;   /* the variants, or NULL (plain) */
     TYPE *dpeep;        /* [3,H] peephole gradients (with var->peephole) */
+    TYPE *dhz;          /* [B,H] zoneout: the gradient carried to h_{t-1}, or NULL */
 } FN(bwd_ctx);
 
 /* Row stride of dgates: 4H, plus a cache line when 4H elements are a multiple
@@ -660,6 +668,11 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
         ca.rdrop = (const TYPE *)ctx->var->rdrop;
         ca.var = 1;
     }
+    if (ctx->dhz) {   /* zoneout */
+        ca.zm = (const TYPE *)ctx->var->zoneout + offs[t] * H;
+        ca.dhz = ctx->dhz;
+        ca.var = 1;
+    }
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
     for (int64_t j = j0; j < j1; j += jstep) {
@@ -731,6 +744,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             vstore_n(ctx->db + q * H + off, (vec){0}, cnt);
         for (int q = 0; ctx->dpeep && q < 3; q++)   /* peephole gradients: as db */
             vstore_n(ctx->dpeep + q * H + off, (vec){0}, cnt);
+        for (int64_t r = 0; ctx->dhz && r < B; r++)   /* zoneout's carried gradient */
+            vstore_n(ctx->dhz + r * H + off, (vec){0}, cnt);
     }
     FN(gemm_args) gm = {0};   /* projection: dm = dh . w_hr */
     gm.N = H;
@@ -763,7 +778,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         FN(bwd_step_proj_cell)(ctx, t, j0, j1);
         lstm_barrier_wait(bar, num_threads);
     }
-    FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, NULL, ctx->dh0, &sp);
+    FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, ctx->dhz, ctx->dh0, &sp);
     if (dx_steps && T && offs[1])
         FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, NULL, ctx->dx, &sp);
 
@@ -776,7 +791,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     const TYPE *hm_all = NULL;   /* recurrent dropout: h_prev * mask of every row */
     if (ctx->var && ctx->var->rdrop) {
         const TYPE *mask = (const TYPE *)ctx->var->rdrop;
-        TYPE *hm = (TYPE *)FN(align_ptr)(ctx->var->rdrop_ws);
+        TYPE *hm = (TYPE *)FN(align_ptr)(ctx->var->var_ws);
         int64_t e0 = FN(split)(N, tid, num_threads), e1 = FN(split)(N, tid + 1, num_threads);
         for (int64_t t = 0, row = e0; row < e1; row++) {
             while (row >= offs[t + 1])
@@ -910,7 +925,9 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     }
     FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
-                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL};
+                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL};
+    if (var && var->zoneout)   /* after the rows of h_{t-1} * rdrop */
+        ctx.dhz = (TYPE *)(FN(align_ptr)(var->var_ws) + ALIGN64(N * (P ? P : H) * s));
     if (num_threads < 1)
         num_threads = 1;
     lstm_pool_run(FN(bwd_job), &ctx, num_threads);

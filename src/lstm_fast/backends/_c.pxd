@@ -66,10 +66,11 @@ cdef extern from "lstm.h" nogil:
         double cell_clip
         int cifg
         const void *rdrop
-        void *rdrop_ws
-    size_t lstm_rdrop_workspace_size_f32(int64_t N, int64_t B, int64_t R, int num_threads,
+        const void *zoneout
+        void *var_ws
+    size_t lstm_variant_workspace_size_f32(int64_t N, int64_t B, int64_t R, int num_threads,
                                          int backward)
-    size_t lstm_rdrop_workspace_size_f64(int64_t N, int64_t B, int64_t R, int num_threads,
+    size_t lstm_variant_workspace_size_f64(int64_t N, int64_t B, int64_t R, int num_threads,
                                          int backward)
     int lstm_forward_ex_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                             const void *packed, const int64_t *batch_sizes, const float *x,
