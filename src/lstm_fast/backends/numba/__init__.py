@@ -75,7 +75,7 @@ def _steps(x, batch_sizes):
     return x, np.ascontiguousarray(batch_sizes, dtype=np.int64), None
 
 
-def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None):
+def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None, zoneout=None):
     """-> (y, h_n, c_n, gates, c); gates and c None with save=False (the contract:
     lstm_fast.backends). out=(y, h_n, c_n), any of them None, receives the outputs."""
     xp, bs, padded = _steps(x, batch_sizes)
@@ -100,7 +100,8 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
         lstm_forward(xp, packed.wih_t, packed.whh_f, packed.b, packed.whr_t, as_matrix(h0), as_matrix(c0), bs, y,
-                     as_matrix(h_n), as_matrix(c_n), gates, c, m, save, packed.var, n, rdrop, hm)
+                     as_matrix(h_n), as_matrix(c_n), gates, c, m, save, packed.var, n, rdrop, hm,
+                     None if zoneout is None else zoneout.reshape(N, H))
     if y_out is not None:
         y = y_out
     elif padded is not None:
@@ -121,7 +122,7 @@ def step(packed, x, h, c, num_threads, y=None):
 
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None, dpeephole=None,
-             rdrop=None):
+             rdrop=None, zoneout=None):
     """-> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); db None without a bias, dw_hr None without a
     projection (the contract: lstm_fast.backends); with peepholes dpeephole (3, H) receives
     their gradients."""
@@ -153,7 +154,9 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
         lstm_backward(xp, packed.wih, packed.whh_b, packed.whr, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
                       as_matrix(dh_n), as_matrix(dc_n), bs, dgates, dhs, pan(I), pan(R), dm, dh_all, m_all, mpan,
                       dx, dw_ih, dw_hh, db, as_matrix(dh0), as_matrix(dc0), dw_hr, packed.var,
-                      dpeephole if packed.var is not None and packed.var[1] else None, n, rdrop)
+                      dpeephole if packed.var is not None and packed.var[1] else None, n, rdrop,
+                      None if zoneout is None else zoneout.reshape(N, H),
+                      None if zoneout is None else np.zeros((B, H), dt))
     if padded is not None:
         dx = dx.reshape(x.shape)
     return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, dw_hr

@@ -234,7 +234,7 @@ def row_split(n, tid, num_threads):
 
 @njit(**JIT)
 def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, r0, r1,
-            num_threads, var, rdrop, hm):
+            num_threads, var, rdrop, hm, zm):
     """The time loop for sequences r0..r1 (rows r0.. of every step). Sequences are independent,
     so a thread can run its own range through all steps without waiting for the others;
     ``num_threads`` > 1 instead splits each step's hidden blocks (small batches). With ``inproj``
@@ -244,6 +244,8 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
     running state (B, H) (its rows r0.., c0 unused) and gates a workspace, its rows r0.. with
     ``inproj``, else the hoisted projection of x's rows. ``rdrop`` (B, R) the recurrent dropout
     mask or None; ``hm`` (B, R) then receives h_{t-1} * rdrop of these rows, which the step reads.
+    ``zm`` (N, H): the zoneout mask (no projection), or None: after each step's cells, h_t =
+    (h~_t - h_{t-1}) * zm + h_{t-1} (C does it in its cell; the same operations).
     C's fwd_job is one thread's whole call; here it is the time loop, run by one thread over its
     sequences (``fwd_job_par``) or by the calling thread with each step split (``fwd_step_all``)."""
     B, R = h0.shape
@@ -261,6 +263,7 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
         a = off + r0
         p = prev + r0
         hp = h0[r0:r0 + n] if t == 0 else y[p:p + n]
+        hprev = hp
         if rdrop is not None:
             for r in range(n):
                 for k in range(R):
@@ -276,6 +279,11 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
             gemm(n, G, I, x[a:a + n], False, wih_t, g_t, b, nl(1))
         if whr_t is None:
             fwd_step_all(n, H, R, whh_f, hp, cp, g_t, c_t, y[a:a + n], t & 1, num_threads, var)
+            if zm is not None:
+                for r in range(n):
+                    for k in range(H):
+                        v = y[a + r, k]
+                        y[a + r, k] = (v - hprev[r, k]) * zm[a + r, k] + hprev[r, k]
         else:
             fwd_step_all(n, H, R, whh_f, hp, cp, g_t, c_t, m[r0:r0 + n], t & 1, num_threads, var)
             gemm(n, R, H, m[r0:r0 + n], False, whr_t, y[a:a + n], None, num_threads)
@@ -285,18 +293,18 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
 
 @njit(**PJIT)
 def fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, n0, num_threads, var,
-                rdrop, hm):
+                rdrop, hm, zm):
     for tid in prange(num_threads):
         r0 = row_split(n0, nl(tid), num_threads)
         r1 = row_split(n0, nl(tid) + 1, num_threads)
         if r1 > r0:
             fwd_job(x, wih_t, b, True, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, r0, r1, nl(1),
-                    var, rdrop, hm)
+                    var, rdrop, hm, zm)
 
 
 @njit(**JIT)
 def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, gates, c, m, save, var,
-                 num_threads, rdrop=None, hm=None):
+                 num_threads, rdrop=None, hm=None, zm=None):
     """Forward pass into caller-provided outputs, packed layout (see module docstring).
 
     x (N, I), y (N, R) with N = sum(batch_sizes); step t's rows start at sum(batch_sizes[:t])
@@ -312,7 +320,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     projection splits output tiles and each step its hidden blocks.
     ``var``: None (plain) or the variants, as ``cell.fwd_cell`` takes them. ``rdrop`` (B, R):
     the recurrent dropout mask (the steps read h_{t-1} * rdrop, copied into the workspace ``hm``
-    (B, R)), or None.
+    (B, R)), or None. ``zm`` (N, H): the zoneout mask, or None.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -326,7 +334,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
         c_n[:] = c0
     if num_threads > 1 and n0 >= ROWS_PER_THREAD * num_threads:   # one parallel region for the whole pass
         fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, state, m, save, n0, num_threads,
-                    var, rdrop, hm)
+                    var, rdrop, hm, zm)
     else:   # hoisted input projection + bias: all steps, or (not save) as many as gates holds
         hprev = h0
         t0 = o0 = 0
@@ -339,7 +347,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
             gemm(o1 - o0, G, I, x[o0:o1], False, wih_t, g, b, num_threads)
             fwd_job(x[o0:o1], wih_t, b, False, whh_f, whr_t, hprev, c0, batch_sizes[t0:t1], y[o0:o1], g,
                     state[o0:o1] if save else state, m, save, nl(0), batch_sizes[t0], num_threads, var, rdrop,
-                    hm)
+                    hm, rows_of(zm, o0, o1))
             hprev = y[o1 - batch_sizes[t1 - 1]:o1]
             t0, o0 = t1, o1
     # final states: sequence r's last step is the last t with batch_sizes[t] > r
@@ -550,27 +558,34 @@ def bwd_dh_all(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop=
 
 @njit(**JIT)
 def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, j0, j1, var,
-             rdrop=None):
+             rdrop=None, zm=None, dhz=None):
     """One backward step without a projection, hidden blocks j0..j1, fused per 4 blocks: the dh
     tile (dg_next . w_hh + dy) into dhs, then the gate gradients of the same units.
     C hands bwd_cell the tile in a small stack scratch; here dh goes through the rows of dhs."""
     V = lanes(dhs)
     dg_next, whh_b, dh_n, dy_t, dhs = ptr(dg_next), ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(dhs)
     gates_t, c_t, cprev, dc, dg_t = ptr(gates_t), ptr(c_t), ptr(cprev), ptr(dc), ptr(dg_t)
-    rdrop = ptr(rdrop)
+    rdrop, zm, dhz = ptr(rdrop), ptr(zm), ptr(dhz)
     for j in range(j0, j1, 4):
         j2 = min(j + 4, j1)
         bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2, rdrop)
+        if zm is not None:   # zoneout: as C's cell, dh + carry -> zm*dh (cell), (1-zm)*dh (carry)
+            for r in range(n):
+                for u in range(j * V, min(H, j2 * V)):
+                    z = ld(zm, r * H + u)
+                    d = ld(dhs, r * H + u) + ld(dhz, r * H + u)
+                    st(dhz, r * H + u, (1 - z) * d)
+                    st(dhs, r * H + u, z * d)
         bwd_cell(n, H, dhs, gates_t, c_t, cprev, dc, dg_t, None, j * V, min(H, j2 * V) - j * V, var)
 
 
 @njit(**PJIT)
 def bwd_step_par(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, num_threads,
-                 var, rdrop):
+                 var, rdrop, zm, dhz):
     nblk = (H + lanes(dhs) - 1) // lanes(dhs)
     for tid in prange(num_threads):
         bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t,
-                 split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), var, rdrop)
+                 split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), var, rdrop, zm, dhz)
 
 
 @njit(**JIT)
@@ -604,7 +619,7 @@ def _rows_of(a, r0, r1):
 
 @njit(**JIT)
 def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-            dc0, r0, r1, num_threads, var, rdrop):
+            dc0, r0, r1, num_threads, var, rdrop, zm, dhz):
     """The backward time loop for sequences r0..r1, steps last to first; ``dc0`` rows hold the
     running dc.
     C's bwd_job is one thread's whole call; here it is the time loop, as ``fwd_job``."""
@@ -632,14 +647,16 @@ def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm
         dhn = dh_n[r0:r0 + n]
         dc = dc0[r0:r0 + n]
         rd = rows_of(rdrop, r0, r0 + n)
+        zt = rows_of(zm, a, a + n)
+        dz = rows_of(dhz, r0, r0 + n)
         par = num_threads > 1 and n * G * R >= PAR_MIN
         if whr is None:
             if par:
                 bwd_step_par(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc,
-                             dg_t, num_threads, var, rd)
+                             dg_t, num_threads, var, rd, zt, dz)
             else:
                 bwd_step(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc, dg_t,
-                         nl(0), (H + lanes(dhs) - 1) // lanes(dhs), var, rd)
+                         nl(0), (H + lanes(dhs) - 1) // lanes(dhs), var, rd, zt, dz)
         else:
             dha = dh_all[a:a + n]
             bwd_dh_all(G, dg_next, nn, n, whh_b, dhn, dy_t, dha, R, num_threads if par else 1, rd)
@@ -654,16 +671,17 @@ def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm
 
 @njit(**PJIT)
 def bwd_job_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                dc0, dh0, n0, num_threads, var, rdrop):
+                dc0, dh0, n0, num_threads, var, rdrop, zm, dhz):
     for tid in prange(num_threads):
         r0 = row_split(n0, nl(tid), num_threads)
         r1 = row_split(n0, nl(tid) + 1, num_threads)
         if r1 > r0:
             bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                    dc0, r0, r1, nl(1), var, rdrop)
+                    dc0, r0, r1, nl(1), var, rdrop, zm, dhz)
             # dh0 of these sequences (all active at t = 0): dgates[0] . w_hh
             R = h0.shape[1]
-            bwd_dh(4 * c0.shape[1], ptr(dgates[r0:r1]), r1 - r0, r1 - r0, ptr(whh_b), ptr(dh_n[r0:r1]), None,
+            bwd_dh(4 * c0.shape[1], ptr(dgates[r0:r1]), r1 - r0, r1 - r0, ptr(whh_b), ptr(dh_n[r0:r1]),
+                   ptr(rows_of(dhz, r0, r1)),
                    ptr(dh0[r0:r1]), R, nl(0), (R + lanes(dh0) - 1) // lanes(dh0),
                    ptr(rows_of(rdrop, r0, r1)))
 
@@ -691,7 +709,7 @@ def bwd_gemms_par(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr
 @njit(**JIT)
 def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes,
                   dgates, dhs, xpan, hpan, dm, dh_all, m_all, mpan,
-                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, num_threads, rdrop=None):
+                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, num_threads, rdrop=None, zm=None, dhz=None):
     """Backpropagation through time into caller-provided outputs, packed layout.
 
     Weights as ``pack`` makes them (``wih``, ``whh_b`` and ``whr`` or None). Workspace:
@@ -703,7 +721,8 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     sequences pass through). ``num_threads`` threads, split as in ``lstm_forward``; the
     whole-sequence GEMMs split output tiles. ``var``: None (plain) or the variants, as
     ``cell.bwd_cell`` takes them; with peepholes ``dpeep`` (3, H) receives their gradients.
-    ``rdrop`` (B, R): the forward's recurrent dropout mask, or None.
+    ``rdrop`` (B, R): the forward's recurrent dropout mask, or None. ``zm`` (N, H): the
+    forward's zoneout mask with ``dhz`` (B, H) zeros (the carried gradient), or None.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -715,12 +734,16 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     n0 = batch_sizes[0] if T > 0 else 0
     if num_threads > 1 and n0 >= ROWS_PER_THREAD * num_threads:   # one parallel region for the time loop and dh0
         bwd_job_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                    dc0, dh0, n0, num_threads, var, rdrop)
+                    dc0, dh0, n0, num_threads, var, rdrop, zm, dhz)
         dh0[n0:] = dh_n[n0:]
+        if dhz is not None:   # as C: dh_n + the (zero) carry of sequences of length 0
+            for r in range(n0, B):
+                for u in range(R):
+                    dh0[r, u] = dh0[r, u] + dhz[r, u]
     else:
         bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                dc0, nl(0), n0, num_threads, var, rdrop)
-        bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, num_threads if B * G * R >= PAR_MIN else 1,
+                dc0, nl(0), n0, num_threads, var, rdrop, zm, dhz)
+        bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, dhz, dh0, R, num_threads if B * G * R >= PAR_MIN else 1,
                    rdrop)
     # whole-sequence products over all N rows, after the loop
     pack_b(x, nl(0), N, xpan, nl(0))
