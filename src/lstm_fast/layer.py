@@ -92,6 +92,15 @@ class LSTM:
         from the layer's dropout stream, `seed`), used at every step on h_{t-1} in
         the recurrent product only: ``W_hh (h_{t-1} * m)``; h_t itself (output,
         h_n) is not masked. 0 (default): off. See ``lstm_forward``'s ``rdrop``.
+    zoneout : float, keyword-only
+        Zoneout on h (Krueger et al. 2017), as haste's ``ZoneoutLSTM``
+        (lmnt-com/haste, lib/lstm_forward_gpu.cu.cc), probability z in [0, 1): with
+        h~_t = o * tanh(c_t), training ``h_t = h_{t-1} + m_t * (h~_t - h_{t-1})`` with a
+        new Bernoulli mask m_t (1 with probability 1 - z: the unit takes its new value)
+        at every step and sequence, drawn per layer-direction and call from the
+        dropout stream (`seed`); eval ``h_t = z * h_{t-1} + (1 - z) * h~_t`` (the
+        expectation; computed as m_t = 1 - z in the same formula). No projection.
+        0 (default): off. See ``lstm_forward``'s ``zoneout``.
     cifg : bool, keyword-only
         Coupled input and forget gates (ONNX's ``input_forget``, as ONNX Runtime
         computes it): ``f = 1 - i``; ``weight_ih_l{k}``, ``weight_hh_l{k}`` and the
@@ -168,7 +177,8 @@ class LSTM:
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
                  backend="auto", seed=None, peephole=False, clip=None, cell_clip=None,
-                 cifg=False, forget_bias=None, weight_dtype=None, recurrent_dropout=0.0):
+                 cifg=False, forget_bias=None, weight_dtype=None, recurrent_dropout=0.0,
+                 zoneout=0.0):
         self.input_size = _validation.check_size(input_size, "input_size")
         self.hidden_size = _validation.check_size(hidden_size, "hidden_size")
         self.num_layers = _validation.check_size(num_layers, "num_layers")
@@ -198,6 +208,13 @@ class LSTM:
             raise ValueError(f"recurrent_dropout must be a number in [0, 1), got "
                              f"{recurrent_dropout!r}")
         self.recurrent_dropout = float(recurrent_dropout)
+        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) \
+                or not 0.0 <= zoneout < 1.0:
+            raise ValueError(f"zoneout must be a number in [0, 1), got {zoneout!r}")
+        if zoneout and self.proj_size:
+            raise ValueError("zoneout needs proj_size=0 (zoneout of a projected h is not "
+                             "supported, as in haste)")
+        self.zoneout = float(zoneout)
         self.forget_bias = _validation.check_forget_bias(forget_bias, self.bias, self.cifg)
         self.training = True
         self.grads = {}
@@ -270,7 +287,7 @@ class LSTM:
     def __setstate__(self, state):
         for key, value in (("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
                            ("cifg", False), ("forget_bias", None),
-                           ("recurrent_dropout", 0.0)):   # pickles from before the variants
+                           ("recurrent_dropout", 0.0), ("zoneout", 0.0)):   # older pickles
             setattr(self, key, value)
         for key, value in state.items():   # not __dict__.update: see _drop_packed
             setattr(self, key, value)
@@ -549,6 +566,14 @@ class LSTM:
         keep = self._dropout_rng.random((B, self._out_size)) >= p
         return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
 
+    def _zoneout_mask(self, T, B):
+        """A zoneout mask (T, B, H) of one layer-direction: in training 1 with probability
+        1 - zoneout (the new value) from the dropout stream, in eval 1 - zoneout."""
+        z = self.zoneout
+        if not self.training:
+            return np.full((T, B, self.hidden_size), 1.0 - z, self.dtype)
+        return (self._dropout_rng.random((T, B, self.hidden_size)) >= z).astype(self.dtype)
+
     def backward(self, grad_output=None, grad_hx=None):
         """Gradients for the last forward call; parameter gradients go to ``layer.grads``.
 
@@ -582,7 +607,8 @@ class LSTM:
                         (("num_layers", 1), ("bias", True), ("batch_first", False),
                          ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0),
                          ("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
-                         ("cifg", False), ("forget_bias", None), ("recurrent_dropout", 0.0))
+                         ("cifg", False), ("forget_bias", None), ("recurrent_dropout", 0.0),
+                         ("zoneout", 0.0))
                         if getattr(self, k) != default)
         if self.weight_dtype != self.dtype.name:
             extra += f", weight_dtype={self.weight_dtype!r}"

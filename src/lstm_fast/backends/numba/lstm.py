@@ -565,16 +565,16 @@ def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, 
     V = lanes(dhs)
     dg_next, whh_b, dh_n, dy_t, dhs = ptr(dg_next), ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(dhs)
     gates_t, c_t, cprev, dc, dg_t = ptr(gates_t), ptr(c_t), ptr(cprev), ptr(dc), ptr(dg_t)
-    rdrop, zm, dhz = ptr(rdrop), ptr(zm), ptr(dhz)
-    for j in range(j0, j1, 4):
+    rdrop, zp, dz = ptr(rdrop), ptr(zm), ptr(dhz)   # (zm, dhz stay the arguments: the test
+    for j in range(j0, j1, 4):                     # below is then compiled out without them)
         j2 = min(j + 4, j1)
         bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2, rdrop)
         if zm is not None:   # zoneout: as C's cell, dh + carry -> zm*dh (cell), (1-zm)*dh (carry)
             for r in range(n):
                 for u in range(j * V, min(H, j2 * V)):
-                    z = ld(zm, r * H + u)
-                    d = ld(dhs, r * H + u) + ld(dhz, r * H + u)
-                    st(dhz, r * H + u, (1 - z) * d)
+                    z = ld(zp, r * H + u)
+                    d = ld(dhs, r * H + u) + ld(dz, r * H + u)
+                    st(dz, r * H + u, (1 - z) * d)
                     st(dhs, r * H + u, z * d)
         bwd_cell(n, H, dhs, gates_t, c_t, cprev, dc, dg_t, None, j * V, min(H, j2 * V) - j * V, var)
 
