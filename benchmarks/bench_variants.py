@@ -185,3 +185,35 @@ def test_recurrent_dropout_cost(benchmark, shape):
            f"variants train {DTYPE} T,B,I,H={T},{B},{I},{H} threads={THREADS}",
            dict(case="train", shape=shape, variant="recurrent_dropout", T=T, B=B, I=I, H=H,
                 dtype=DTYPE, threads=THREADS, competitor="lstm_fast[c] recurrent_dropout"))
+
+
+def _zoneout_layer(shape, backend):
+    """As _rdrop_layer, with zoneout=0.1 (a (T, B, H) mask drawn per call)."""
+    sd, x, hx, dy = _problem(shape, {})
+    layer = lstm_fast.LSTM(SHAPES[shape][2], SHAPES[shape][3], dtype=DTYPE, backend=backend,
+                           zoneout=0.1, seed=0)
+    layer.load_state_dict(sd)
+    layer.train()
+    state = layer._dropout_rng.bit_generator.state
+
+    def fn():
+        layer._dropout_rng.bit_generator.state = state
+        y, _ = layer(x, hx)
+        dx, _ = layer.backward(dy)
+        return y, dx, layer.grads
+    return fn
+
+
+@pytest.mark.parametrize("shape", [pytest.param(s, marks=_marks(s)) for s in SHAPES])
+def test_zoneout_cost(benchmark, shape):
+    """Training step with zoneout=0.1 (compare with test_variant_cost's plain train in the
+    same run): drawing the (T, B, H) mask, the zoned h in the forward cell, the carried
+    gradient in the backward cell."""
+    T, B, I, H = SHAPES[shape]
+    want = _zoneout_layer(shape, "numpy")()
+    runner = harness.Runner("lstm_fast[c]", _zoneout_layer(shape, "c"),
+                            lambda r: dict(y=r[0], dx=r[1], **r[2]))
+    _bench(benchmark, runner, dict(y=want[0], dx=want[1], **want[2]),
+           f"variants train {DTYPE} T,B,I,H={T},{B},{I},{H} threads={THREADS}",
+           dict(case="train", shape=shape, variant="zoneout", T=T, B=B, I=I, H=H,
+                dtype=DTYPE, threads=THREADS, competitor="lstm_fast[c] zoneout"))
