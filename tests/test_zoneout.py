@@ -265,3 +265,11 @@ def test_pickle_keeps_the_option():
     import pickle
     layer = lstm_fast.LSTM(3, 4, zoneout=0.2)
     assert pickle.loads(pickle.dumps(layer)).zoneout == 0.2
+
+
+def test_stream_and_bfloat16_reject_zoneout():
+    layer = lstm_fast.LSTM(3, 4, zoneout=0.2)
+    with pytest.raises(ValueError, match="zoneout cannot stream"):
+        lstm_fast.Stream(layer)
+    with pytest.raises(ValueError, match="zoneout"):
+        lstm_fast.LSTM(3, 4, zoneout=0.2, weight_dtype="bfloat16", backend="numpy")

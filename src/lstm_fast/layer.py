@@ -247,10 +247,11 @@ class LSTM:
         self.weight_dtype = _validation.check_weight_dtype(
             weight_dtype, self.dtype, self.proj_size, self._impl, self._backend)
         if self.weight_dtype != self.dtype.name:
-            if self.peephole or self.clip or self.cell_clip or self.cifg:
+            if self.peephole or self.clip or self.cell_clip or self.cifg \
+                    or getattr(self, "zoneout", 0.0):
                 self.weight_dtype = self.dtype.name
                 raise ValueError(f"weight_dtype={weight_dtype!r} does not support the LSTM "
-                                 f"variants (peephole, clip, cell_clip, cifg) yet")
+                                 f"variants (peephole, clip, cell_clip, cifg, zoneout) yet")
             self.training = False
             self._cache = None
         self._drop_packed()
