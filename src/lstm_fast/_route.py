@@ -115,8 +115,13 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
             rdrop = plan.sort(rdrop)
         if zoneout is not None:
             zoneout = plan.gather(zoneout, reverse)
-        y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
-                                           plan.batch_sizes, save, rdrop=rdrop, zoneout=zoneout)
+        if rdrop is None and zoneout is None:
+            y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
+                                               plan.batch_sizes, save)
+        else:
+            y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
+                                               plan.batch_sizes, save, rdrop=rdrop,
+                                               zoneout=zoneout)
         h_n, c_n = (np.empty(h0.shape, hs.dtype), np.empty(c0.shape, cs.dtype)) \
             if out is None else out
         backends.as_matrix(h_n)[plan.order] = hs
@@ -159,10 +164,11 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None):
             out[1][...] = dc0
             dh0, dc0 = out
     else:
+        masks = {} if rdrop is None and zoneout is None else dict(rdrop=rdrop, zoneout=zoneout)
         dx, dw_ih, dw_hh, db, dhs, dcs, dw_hr = impl.backward(
             packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse),
             plan.sort(backends.as_matrix(dh_n)), plan.sort(backends.as_matrix(dc_n)),
-            num_threads, plan.batch_sizes, dpeephole=dpeephole, rdrop=rdrop, zoneout=zoneout)
+            num_threads, plan.batch_sizes, dpeephole=dpeephole, **masks)
         dx = plan.scatter(dx, reverse)
         dh0, dc0 = (np.empty(dh_n.shape, dhs.dtype), np.empty(dc_n.shape, dcs.dtype)) \
             if out is None else out

@@ -100,8 +100,8 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
         lstm_forward(xp, packed.wih_t, packed.whh_f, packed.b, packed.whr_t, as_matrix(h0), as_matrix(c0), bs, y,
-                     as_matrix(h_n), as_matrix(c_n), gates, c, m, save, packed.var, n, rdrop, hm,
-                     None if zoneout is None else zoneout.reshape(N, H))
+                     as_matrix(h_n), as_matrix(c_n), gates, c, m, save, packed.var, rdrop, hm,
+                     None if zoneout is None else zoneout.reshape(N, H), n)
     if y_out is not None:
         y = y_out
     elif padded is not None:
@@ -154,9 +154,9 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
         lstm_backward(xp, packed.wih, packed.whh_b, packed.whr, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
                       as_matrix(dh_n), as_matrix(dc_n), bs, dgates, dhs, pan(I), pan(R), dm, dh_all, m_all, mpan,
                       dx, dw_ih, dw_hh, db, as_matrix(dh0), as_matrix(dc0), dw_hr, packed.var,
-                      dpeephole if packed.var is not None and packed.var[1] else None, n, rdrop,
+                      dpeephole if packed.var is not None and packed.var[1] else None, rdrop,
                       None if zoneout is None else zoneout.reshape(N, H),
-                      None if zoneout is None else np.zeros((B, H), dt))
+                      None if zoneout is None else np.zeros((B, H), dt), n)
     if padded is not None:
         dx = dx.reshape(x.shape)
     return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, dw_hr

@@ -304,7 +304,7 @@ def fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, 
 
 @njit(**JIT)
 def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, gates, c, m, save, var,
-                 num_threads, rdrop=None, hm=None, zm=None):
+                 rdrop, hm, zm, num_threads):
     """Forward pass into caller-provided outputs, packed layout (see module docstring).
 
     x (N, I), y (N, R) with N = sum(batch_sizes); step t's rows start at sum(batch_sizes[:t])
@@ -709,7 +709,7 @@ def bwd_gemms_par(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr
 @njit(**JIT)
 def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes,
                   dgates, dhs, xpan, hpan, dm, dh_all, m_all, mpan,
-                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, num_threads, rdrop=None, zm=None, dhz=None):
+                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, rdrop, zm, dhz, num_threads):
     """Backpropagation through time into caller-provided outputs, packed layout.
 
     Weights as ``pack`` makes them (``wih``, ``whh_b`` and ``whr`` or None). Workspace:
