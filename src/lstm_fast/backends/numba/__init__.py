@@ -75,6 +75,28 @@ def _steps(x, batch_sizes):
     return x, np.ascontiguousarray(batch_sizes, dtype=np.int64), None
 
 
+_NONE = {}
+
+
+def _none(dt):
+    """The (0, 0) array of dtype dt that stands for an absent mask (the kernels test its rows
+    at run time; a None would be a separate compilation of the whole call tree)."""
+    a = _NONE.get(dt)
+    if a is None:
+        a = _NONE[dt] = np.empty((0, 0), dt)
+    return a
+
+
+def _mask(a, none):
+    """A mask for the kernels: C-contiguous and writable (the array type they are compiled
+    for), or ``none`` for None."""
+    if a is None:
+        return none
+    if not a.flags.c_contiguous or not a.flags.writeable:
+        a = np.array(a, order="C")
+    return a
+
+
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None, zoneout=None):
     """-> (y, h_n, c_n, gates, c); gates and c None with save=False (the contract:
     lstm_fast.backends). out=(y, h_n, c_n), any of them None, receives the outputs."""
@@ -96,12 +118,13 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
         n0 = int(bs[0]) if len(bs) else 0
         gates, c = np.empty((max(n0, min(N, FWD_CHUNK_BYTES // (G * dt.itemsize))), G), dt), np.empty((0, H), dt)
     m = None if packed.whr_t is None else np.empty((B, H), dt)
-    hm = None if rdrop is None else np.empty((B, R), dt)
+    none = _none(dt)   # the masks off: arrays of 0 rows, not None (one compilation, lstm.fwd_job)
+    hm = none if rdrop is None else np.empty((B, R), dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
         lstm_forward(xp, packed.wih_t, packed.whh_f, packed.b, packed.whr_t, as_matrix(h0), as_matrix(c0), bs, y,
-                     as_matrix(h_n), as_matrix(c_n), gates, c, m, save, packed.var, rdrop, hm,
-                     None if zoneout is None else zoneout.reshape(N, H), n)
+                     as_matrix(h_n), as_matrix(c_n), gates, c, m, save, packed.var, _mask(rdrop, none), hm,
+                     none if zoneout is None else _mask(zoneout.reshape(N, H), none), n)
     if y_out is not None:
         y = y_out
     elif padded is not None:
@@ -149,14 +172,15 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
         dhs = np.empty((0, H), dt)
         dm, dh_all, m_all = np.empty((B, H), dt), np.empty((N, R), dt), np.empty((N, H), dt)
         mpan, dw_hr = pan(H), np.empty((R, H), dt)
+    none = _none(dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
         lstm_backward(xp, packed.wih, packed.whh_b, packed.whr, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
                       as_matrix(dh_n), as_matrix(dc_n), bs, dgates, dhs, pan(I), pan(R), dm, dh_all, m_all, mpan,
                       dx, dw_ih, dw_hh, db, as_matrix(dh0), as_matrix(dc0), dw_hr, packed.var,
-                      dpeephole if packed.var is not None and packed.var[1] else None, rdrop,
-                      None if zoneout is None else zoneout.reshape(N, H),
-                      None if zoneout is None else np.zeros((B, H), dt), n)
+                      dpeephole if packed.var is not None and packed.var[1] else None, _mask(rdrop, none),
+                      none if zoneout is None else _mask(zoneout.reshape(N, H), none),
+                      none if zoneout is None else np.zeros((B, H), dt), n)
     if padded is not None:
         dx = dx.reshape(x.shape)
     return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, dw_hr

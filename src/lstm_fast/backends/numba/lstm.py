@@ -33,8 +33,7 @@ loop, the backward step tiles, time loop and whole-sequence products, on the wei
 """
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
 from .cell import bwd_cell, fwd_cell
 from .gemm import PAR_MIN, gemm, gemm_job, pack_b, split
@@ -243,9 +242,12 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
     parallel region. ``save``: gates (N, 4H) and c (N, H) get every step's rows; else c is the
     running state (B, H) (its rows r0.., c0 unused) and gates a workspace, its rows r0.. with
     ``inproj``, else the hoisted projection of x's rows. ``rdrop`` (B, R) the recurrent dropout
-    mask or None; ``hm`` (B, R) then receives h_{t-1} * rdrop of these rows, which the step reads.
-    ``zm`` (N, H): the zoneout mask (no projection), or None: after each step's cells, h_t =
-    (h~_t - h_{t-1}) * zm + h_{t-1} (C does it in its cell; the same operations).
+    mask, or 0 rows (off); ``hm`` (B, R) then receives h_{t-1} * rdrop of these rows, which the
+    step reads. ``zm`` (N, H): the zoneout mask (no projection), or 0 rows (off): after each
+    step's cells, h_t = (h~_t - h_{t-1}) * zm + h_{t-1} (C does it in its cell; the same
+    operations). The masks are always arrays, tested at run time (0 rows: off), so that one
+    compilation per dtype serves every mask combination (an Optional or None-typed argument
+    would compile the whole call tree again for each).
     C's fwd_job is one thread's whole call; here it is the time loop, run by one thread over its
     sequences (``fwd_job_par``) or by the calling thread with each step split (``fwd_step_all``)."""
     B, R = h0.shape
@@ -264,7 +266,7 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
         p = prev + r0
         hp = h0[r0:r0 + n] if t == 0 else y[p:p + n]
         hprev = hp
-        if rdrop is not None:
+        if rdrop.shape[0] > 0:
             for r in range(n):
                 for k in range(R):
                     hm[r0 + r, k] = hp[r, k] * rdrop[r0 + r, k]
@@ -279,7 +281,7 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
             gemm(n, G, I, x[a:a + n], False, wih_t, g_t, b, nl(1))
         if whr_t is None:
             fwd_step_all(n, H, R, whh_f, hp, cp, g_t, c_t, y[a:a + n], t & 1, num_threads, var)
-            if zm is not None:
+            if zm.shape[0] > 0:
                 for r in range(n):
                     for k in range(H):
                         v = y[a + r, k]
@@ -320,7 +322,8 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     projection splits output tiles and each step its hidden blocks.
     ``var``: None (plain) or the variants, as ``cell.fwd_cell`` takes them. ``rdrop`` (B, R):
     the recurrent dropout mask (the steps read h_{t-1} * rdrop, copied into the workspace ``hm``
-    (B, R)), or None. ``zm`` (N, H): the zoneout mask, or None.
+    (B, R)), or an array of 0 rows (off; ``hm`` too). ``zm`` (N, H): the zoneout mask, or 0
+    rows (off). Never None: see ``fwd_job``.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -347,7 +350,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
             gemm(o1 - o0, G, I, x[o0:o1], False, wih_t, g, b, num_threads)
             fwd_job(x[o0:o1], wih_t, b, False, whh_f, whr_t, hprev, c0, batch_sizes[t0:t1], y[o0:o1], g,
                     state[o0:o1] if save else state, m, save, nl(0), batch_sizes[t0], num_threads, var, rdrop,
-                    hm, rows_of(zm, o0, o1))
+                    hm, zm[o0:o1] if zm.shape[0] > 0 else zm)
             hprev = y[o1 - batch_sizes[t1 - 1]:o1]
             t0, o0 = t1, o1
     # final states: sequence r's last step is the last t with batch_sizes[t] > r
@@ -514,13 +517,13 @@ def bwd_rows(G, dg, n, w, add, out, R, q0, q1):
 
 
 @njit(**JIT)
-def bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1, rdrop=None):
+def bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1, rdrop, has_rdrop):
     """dh of rows 0..n, column blocks q0..q1 (V wide) of h (width R), into out (., R): rows
     below nn (active at t+1) get dg_next . w_hh (times rdrop, the recurrent dropout mask,
-    unless None), rows nn..n (last step t) dh_n; plus dy_t unless None. Pointers (row strides
-    4H for dg_next, R for the others)."""
+    if ``has_rdrop``, a run-time flag), rows nn..n (last step t) dh_n; plus dy_t unless None.
+    Pointers (row strides 4H for dg_next, R for the others)."""
     u0, u1 = q0 * lanes(out), min(R, q1 * lanes(out))
-    if rdrop is None:
+    if not has_rdrop:
         bwd_rows(G, dg_next, nn, whh_b, dy_t, out, R, q0, q1)
     else:   # (dg_next . w_hh) * rdrop + dy: C's operations (bwd_rows' mul, then add)
         bwd_rows(G, dg_next, nn, whh_b, None, out, R, q0, q1)
@@ -541,35 +544,40 @@ def bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1, rdrop=None):
 @njit(**PJIT)
 def bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop):
     nblk = (R + lanes(out) - 1) // lanes(out)
+    has_rdrop = rdrop.shape[0] > 0
     for tid in prange(num_threads):
         bwd_dh(G, ptr(dg_next), nn, n, ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(out), R,
-               split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), ptr(rdrop))
+               split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), ptr(rdrop),
+               has_rdrop)
 
 
 @njit(**JIT)
-def bwd_dh_all(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop=None):
-    """``bwd_dh`` on arrays over all column blocks, split over num_threads (``bwd_dh_par``)."""
+def bwd_dh_all(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop):
+    """``bwd_dh`` on arrays over all column blocks, split over num_threads (``bwd_dh_par``);
+    ``rdrop`` the mask's rows, or 0 rows (off)."""
     if num_threads > 1:
         bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop)
     else:
         bwd_dh(G, ptr(dg_next), nn, n, ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(out), R, nl(0),
-               (R + lanes(out) - 1) // lanes(out), ptr(rdrop))
+               (R + lanes(out) - 1) // lanes(out), ptr(rdrop), rdrop.shape[0] > 0)
 
 
 @njit(**JIT)
 def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, j0, j1, var,
-             rdrop=None, zm=None, dhz=None):
+             rdrop, zm, dhz):
     """One backward step without a projection, hidden blocks j0..j1, fused per 4 blocks: the dh
     tile (dg_next . w_hh + dy) into dhs, then the gate gradients of the same units.
-    C hands bwd_cell the tile in a small stack scratch; here dh goes through the rows of dhs."""
+    C hands bwd_cell the tile in a small stack scratch; here dh goes through the rows of dhs.
+    ``rdrop`` (n, H), ``zm`` and ``dhz`` (n, H) the masks' rows, or 0 rows (off; run-time tests)."""
     V = lanes(dhs)
+    has_rdrop, has_zm = rdrop.shape[0] > 0, zm.shape[0] > 0
     dg_next, whh_b, dh_n, dy_t, dhs = ptr(dg_next), ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(dhs)
     gates_t, c_t, cprev, dc, dg_t = ptr(gates_t), ptr(c_t), ptr(cprev), ptr(dc), ptr(dg_t)
-    rdrop, zp, dz = ptr(rdrop), ptr(zm), ptr(dhz)   # (zm, dhz stay the arguments: the test
-    for j in range(j0, j1, 4):                     # below is then compiled out without them)
+    rdrop, zp, dz = ptr(rdrop), ptr(zm), ptr(dhz)
+    for j in range(j0, j1, 4):
         j2 = min(j + 4, j1)
-        bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2, rdrop)
-        if zm is not None:   # zoneout: as C's cell, dh + carry -> zm*dh (cell), (1-zm)*dh (carry)
+        bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2, rdrop, has_rdrop)
+        if has_zm:   # zoneout: as C's cell, dh + carry -> zm*dh (cell), (1-zm)*dh (carry)
             for r in range(n):
                 for u in range(j * V, min(H, j2 * V)):
                     z = ld(zp, r * H + u)
@@ -605,18 +613,6 @@ def bwd_step_proj_cell_par(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, num_t
             bwd_step_proj_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, u1 - u0, var)
 
 
-def rows_of(a, r0, r1):
-    """a[r0:r1], or None for None (an optional operand: one implementation per type, never
-    an Optional)."""
-
-
-@overload(rows_of)
-def _rows_of(a, r0, r1):
-    if isinstance(a, types.NoneType):
-        return lambda a, r0, r1: None
-    return lambda a, r0, r1: a[r0:r1]
-
-
 @njit(**JIT)
 def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
             dc0, r0, r1, num_threads, var, rdrop, zm, dhz):
@@ -646,9 +642,9 @@ def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm
         dy_t = dy[a:a + n]
         dhn = dh_n[r0:r0 + n]
         dc = dc0[r0:r0 + n]
-        rd = rows_of(rdrop, r0, r0 + n)
-        zt = rows_of(zm, a, a + n)
-        dz = rows_of(dhz, r0, r0 + n)
+        rd = rdrop[r0:r0 + n]   # (0 rows stay 0 rows: off)
+        zt = zm[a:a + n]
+        dz = dhz[r0:r0 + n]
         par = num_threads > 1 and n * G * R >= PAR_MIN
         if whr is None:
             if par:
@@ -680,10 +676,14 @@ def bwd_job_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs
                     dc0, r0, r1, nl(1), var, rdrop, zm, dhz)
             # dh0 of these sequences (all active at t = 0): dgates[0] . w_hh
             R = h0.shape[1]
-            bwd_dh(4 * c0.shape[1], ptr(dgates[r0:r1]), r1 - r0, r1 - r0, ptr(whh_b), ptr(dh_n[r0:r1]),
-                   ptr(rows_of(dhz, r0, r1)),
-                   ptr(dh0[r0:r1]), R, nl(0), (R + lanes(dh0) - 1) // lanes(dh0),
-                   ptr(rows_of(rdrop, r0, r1)))
+            nb = (R + lanes(dh0) - 1) // lanes(dh0)
+            has_rdrop = rdrop.shape[0] > 0
+            if dhz.shape[0] > 0:   # zoneout: plus the carried gradient
+                bwd_dh(4 * c0.shape[1], ptr(dgates[r0:r1]), r1 - r0, r1 - r0, ptr(whh_b), ptr(dh_n[r0:r1]),
+                       ptr(dhz[r0:r1]), ptr(dh0[r0:r1]), R, nl(0), nb, ptr(rdrop[r0:r1]), has_rdrop)
+            else:
+                bwd_dh(4 * c0.shape[1], ptr(dgates[r0:r1]), r1 - r0, r1 - r0, ptr(whh_b), ptr(dh_n[r0:r1]),
+                       None, ptr(dh0[r0:r1]), R, nl(0), nb, ptr(rdrop[r0:r1]), has_rdrop)
 
 
 @njit(**JIT)
@@ -721,8 +721,9 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     sequences pass through). ``num_threads`` threads, split as in ``lstm_forward``; the
     whole-sequence GEMMs split output tiles. ``var``: None (plain) or the variants, as
     ``cell.bwd_cell`` takes them; with peepholes ``dpeep`` (3, H) receives their gradients.
-    ``rdrop`` (B, R): the forward's recurrent dropout mask, or None. ``zm`` (N, H): the
-    forward's zoneout mask with ``dhz`` (B, H) zeros (the carried gradient), or None.
+    ``rdrop`` (B, R): the forward's recurrent dropout mask, or 0 rows (off). ``zm`` (N, H): the
+    forward's zoneout mask with ``dhz`` (B, H) zeros (the carried gradient), or both 0 rows
+    (off). Never None: one compilation serves every combination (see ``fwd_job``).
     """
     N, I = x.shape
     B, R = h0.shape
@@ -736,18 +737,21 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
         bwd_job_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
                     dc0, dh0, n0, num_threads, var, rdrop, zm, dhz)
         dh0[n0:] = dh_n[n0:]
-        if dhz is not None:   # as C: dh_n + the (zero) carry of sequences of length 0
+        if dhz.shape[0] > 0:   # as C: dh_n + the (zero) carry of sequences of length 0
             for r in range(n0, B):
                 for u in range(R):
                     dh0[r, u] = dh0[r, u] + dhz[r, u]
     else:
         bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
                 dc0, nl(0), n0, num_threads, var, rdrop, zm, dhz)
-        bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, dhz, dh0, R, num_threads if B * G * R >= PAR_MIN else 1,
-                   rdrop)
+        nt = num_threads if B * G * R >= PAR_MIN else 1
+        if dhz.shape[0] > 0:
+            bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, dhz, dh0, R, nt, rdrop)
+        else:
+            bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, nt, rdrop)
     # whole-sequence products over all N rows, after the loop
     pack_b(x, nl(0), N, xpan, nl(0))
-    if rdrop is None:
+    if rdrop.shape[0] == 0:
         pack_b(h0, nl(0), n0, hpan, nl(0))        # h_{t-1} of row k: h0 at t = 0, else y of step t-1
         off = n0
         prev = 0
