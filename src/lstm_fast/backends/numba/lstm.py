@@ -20,7 +20,8 @@ loop, the backward step tiles, time loop and whole-sequence products, on the wei
   batch_sizes = [B] * T.
 * Projection (w_hr (P, H)): forward writes m = o*tanh(c) to ``m`` and y_t = m.w_hr^T is a GEMM
   per step; backward forms dh (P wide), dm = dh.w_hr, then the cell; dw_hr = dh_all^T.m_all
-  after the loop. Without one those arrays are None and Numba compiles the branches out.
+  after the loop. Without one those arrays have 0 rows and the branches are skipped at run
+  time (never None: see "Compilation" below).
 * Threads (``num_threads``) over ``prange(num_threads)`` regions with a fixed partition: with
   >= ROWS_PER_THREAD sequences per thread each thread runs its own sequences through all steps
   (one region per pass: on a shared machine every region can wait a scheduler tick for the
@@ -30,6 +31,11 @@ loop, the backward step tiles, time loop and whole-sequence products, on the wei
   not depend on the thread count. C runs one job per thread for the whole call with a
   barrier after every step; Numba has no barrier inside a prange, so its ``*_par`` functions
   are one parallel region each and the time loop runs on the calling thread between them.
+* Compilation: every option is a run-time value of one argument type: the variants a tuple of
+  fixed types (``cell.var_on``), the projection's arrays, the peephole gradients and the
+  recurrent dropout and zoneout masks arrays of 0 rows when off, never None. Each kernel then
+  compiles once per dtype for every combination (Numba compiles the whole call tree again for
+  each distinct argument type, 15-17 s per kernel cold).
 """
 
 import numpy as np
@@ -241,7 +247,8 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
     tiles never change an element's operations), so that a thread's whole forward is one
     parallel region. ``save``: gates (N, 4H) and c (N, H) get every step's rows; else c is the
     running state (B, H) (its rows r0.., c0 unused) and gates a workspace, its rows r0.. with
-    ``inproj``, else the hoisted projection of x's rows. ``rdrop`` (B, R) the recurrent dropout
+    ``inproj``, else the hoisted projection of x's rows. Without a projection ``whr_t`` and
+    ``m`` have 0 rows. ``rdrop`` (B, R) the recurrent dropout
     mask, or 0 rows (off); ``hm`` (B, R) then receives h_{t-1} * rdrop of these rows, which the
     step reads. ``zm`` (N, H): the zoneout mask (no projection), or 0 rows (off): after each
     step's cells, h_t = (h~_t - h_{t-1}) * zm + h_{t-1} (C does it in its cell; the same
@@ -279,7 +286,7 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
         g_t = gates[r0:r0 + n] if inproj and not save else gates[a:a + n]
         if inproj:
             gemm(n, G, I, x[a:a + n], False, wih_t, g_t, b, nl(1))
-        if whr_t is None:
+        if whr_t.shape[0] == 0:
             fwd_step_all(n, H, R, whh_f, hp, cp, g_t, c_t, y[a:a + n], t & 1, num_threads, var)
             if zm.shape[0] > 0:
                 for r in range(n):
@@ -311,8 +318,8 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
 
     x (N, I), y (N, R) with N = sum(batch_sizes); step t's rows start at sum(batch_sizes[:t])
     and only its first batch_sizes[t] sequences advance. Weights as ``pack`` makes them:
-    ``wih_t`` panels, ``whh_f``, ``b`` (4H,), ``whr_t`` panels or None; ``m`` (B, H) workspace
-    with a projection, else None. h_n may be h0, c_n may be c0.
+    ``wih_t`` panels, ``whh_f``, ``b`` (4H,), ``whr_t`` panels, or (0, 0, 0) without a projection;
+    ``m`` (B, H) workspace with a projection, else (0, 0). h_n may be h0, c_n may be c0.
     ``save``: gates (N, 4H) and c (N, H) receive every step (for backward). Not ``save``
     (inference): c is not used (pass an empty (0, H)), the running cell state lives in c_n, and
     gates is a workspace of at least batch_sizes[0] rows: the hoisted input projection goes
@@ -320,7 +327,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     ``num_threads``: with >= ROWS_PER_THREAD sequences per thread each thread runs its sequences
     through all steps, input projection included (one parallel region per call); else the input
     projection splits output tiles and each step its hidden blocks.
-    ``var``: None (plain) or the variants, as ``cell.fwd_cell`` takes them. ``rdrop`` (B, R):
+    ``var``: the variants, as ``cell.fwd_cell`` takes them (all off: plain). ``rdrop`` (B, R):
     the recurrent dropout mask (the steps read h_{t-1} * rdrop, copied into the workspace ``hm``
     (B, R)), or an array of 0 rows (off; ``hm`` too). ``zm`` (N, H): the zoneout mask, or 0
     rows (off). Never None: see ``fwd_job``.
@@ -646,7 +653,7 @@ def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm
         zt = zm[a:a + n]
         dz = dhz[r0:r0 + n]
         par = num_threads > 1 and n * G * R >= PAR_MIN
-        if whr is None:
+        if whr.shape[0] == 0:
             if par:
                 bwd_step_par(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc,
                              dg_t, num_threads, var, rd, zt, dz)
@@ -696,7 +703,7 @@ def bwd_gemms(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr, ti
     gemm_job(N, I, G, dgates, False, wih, dx, None, tid, num_threads)
     gemm_job(G, I, N, dgates, True, xpan, dw_ih, None, tid, num_threads)
     gemm_job(G, R, N, dgates, True, hpan, dw_hh, None, tid, num_threads)
-    if dw_hr is not None:
+    if dw_hr.shape[0] > 0:
         gemm_job(R, dw_hr.shape[1], N, dh_all, True, mpan, dw_hr, None, tid, num_threads)
 
 
@@ -712,15 +719,16 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
                   dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, rdrop, zm, dhz, num_threads):
     """Backpropagation through time into caller-provided outputs, packed layout.
 
-    Weights as ``pack`` makes them (``wih``, ``whh_b`` and ``whr`` or None). Workspace:
+    Weights as ``pack`` makes them (``wih``, ``whh_b`` and ``whr``, (0, 0, 0) without a
+    projection). Workspace:
     ``dgates`` (N, 4H), ``dhs`` (B, H) the dh of a step, ``xpan``/``hpan`` panels
     [ceil(I/NR)][N][NR] / [ceil(R/NR)][N][NR] for x and the h_{t-1} rows; with a
     projection ``dm`` (B, H), ``dh_all`` (N, R), ``m_all`` (N, H), ``mpan``
-    [ceil(H/NR)][N][NR] and output ``dw_hr`` (R, H), all None without. ``db`` (4H,), or empty
+    [ceil(H/NR)][N][NR] and output ``dw_hr`` (R, H), all of 0 rows without. ``db`` (4H,), or empty
     (0,) without a bias: not computed. ``dc0`` doubles as the running dc (rows of inactive
     sequences pass through). ``num_threads`` threads, split as in ``lstm_forward``; the
-    whole-sequence GEMMs split output tiles. ``var``: None (plain) or the variants, as
-    ``cell.bwd_cell`` takes them; with peepholes ``dpeep`` (3, H) receives their gradients.
+    whole-sequence GEMMs split output tiles. ``var``: the variants, as ``cell.bwd_cell`` takes
+    them (all off: plain); ``dpeep`` (3, H) receives the peephole gradients, or 0 rows (none).
     ``rdrop`` (B, R): the forward's recurrent dropout mask, or 0 rows (off). ``zm`` (N, H): the
     forward's zoneout mask with ``dhz`` (B, H) zeros (the carried gradient), or both 0 rows
     (off). Never None: one compilation serves every combination (see ``fwd_job``).
@@ -772,7 +780,7 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
             prev = off
             off += n
         pack_b(hm, nl(0), N, hpan, nl(0))
-    if whr is not None:
+    if whr.shape[0] > 0:
         pack_b(m_all, nl(0), N, mpan, nl(0))
     if num_threads > 1 and N * G * (I + R) >= PAR_MIN:   # dx, dw_ih, dw_hh (dw_hr) in one parallel region
         bwd_gemms_par(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr, num_threads)
@@ -784,7 +792,7 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
             dr = dgates[r]
             for j in range(G):
                 db[j] += dr[j]
-    if dpeep is not None:
+    if dpeep.shape[0] > 0:
         peephole_grads(dgates, c, c0, batch_sizes, dpeep)
 
 
