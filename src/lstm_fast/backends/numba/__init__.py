@@ -31,8 +31,9 @@ NUMBA_NUM_THREADS) and the kernels' partition (lstm.py); the bits do not depend 
 
 Compilation is lazy (nothing compiles at import) and cached to disk (``cache=True``; the cache
 of every kernel file is invalidated by an edit of any of them, see simd.py). The registry
-imports this package only when the backend is first used. Cold first use compiles for 31-35 s
-per dtype (forward 15.6-17.3 s + backward 15.6-17.6 s, f32, Intel Xeon, by the machine's load);
+imports this package only when the backend is first used. Cold first use compiles for about
+79 s per dtype (forward 40.4 s + backward 38.6 s, f32, Intel Xeon family 6 model 167, a shared
+machine; main's plain-only kernels 26.8 + 29.8 s in the same run), once for every option;
 from the cache the first call takes 0.45-0.55 s, importing Numba included
 (benchmarks/numba_first_use.py). Every option is a run-time argument of a fixed type (lstm.py,
 "Compilation"): inference (save=False), ``step``, the projection, the variants, the peephole
