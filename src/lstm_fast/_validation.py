@@ -178,6 +178,22 @@ def check_clip(value, name):
     return float(value)
 
 
+def check_rate(value, name):
+    """A probability of the LSTM variants (recurrent_dropout, zoneout): a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_zoneout(value, proj_size):
+    """zoneout of a layer or module: a number in [0, 1), 0 where there is a projection."""
+    value = check_rate(value, "zoneout")
+    if value and proj_size:
+        raise ValueError("zoneout needs proj_size=0 (zoneout of a projected h is not "
+                         "supported, as in haste)")
+    return value
+
+
 def check_forget_bias(value, bias, cifg):
     """forget_bias of a layer or module: None, or a finite number (float) where the layer has
     a bias and a forget gate."""

@@ -203,18 +203,8 @@ class LSTM:
         self.clip = _validation.check_clip(clip, "clip")
         self.cell_clip = _validation.check_clip(cell_clip, "cell_clip")
         self.cifg = _check_bool(cifg, "cifg")
-        if isinstance(recurrent_dropout, bool) or not isinstance(recurrent_dropout, (int, float)) \
-                or not 0.0 <= recurrent_dropout < 1.0:
-            raise ValueError(f"recurrent_dropout must be a number in [0, 1), got "
-                             f"{recurrent_dropout!r}")
-        self.recurrent_dropout = float(recurrent_dropout)
-        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) \
-                or not 0.0 <= zoneout < 1.0:
-            raise ValueError(f"zoneout must be a number in [0, 1), got {zoneout!r}")
-        if zoneout and self.proj_size:
-            raise ValueError("zoneout needs proj_size=0 (zoneout of a projected h is not "
-                             "supported, as in haste)")
-        self.zoneout = float(zoneout)
+        self.recurrent_dropout = _validation.check_rate(recurrent_dropout, "recurrent_dropout")
+        self.zoneout = _validation.check_zoneout(zoneout, self.proj_size)
         self.forget_bias = _validation.check_forget_bias(forget_bias, self.bias, self.cifg)
         self.training = True
         self.grads = {}
