@@ -31,6 +31,8 @@ typedef struct {
     TYPE clip;          /* > 0: gate pre-activations clamped to [-clip, clip] */
     TYPE cell_clip;     /* > 0: c_t clamped to [-cell_clip, cell_clip] */
     int cifg;           /* 1: coupled gates, f = 1 - i (f's products unused) */
+    const TYPE *zm;     /* [.,H] zoneout mask of the step's rows, or NULL (var is then 1) */
+    const TYPE *hprev;  /* [.,H] h_{t-1} (with zm) */
 } FN(fwd_cell_args);
 
 /* x clamped to [-b, b] (b > 0; NaN stays NaN) */
@@ -99,6 +101,10 @@ INLINE void FN(fwd_cell_var)(const FN(fwd_cell_args) *a, int mr, int nb, int64_t
         if (a->gates)
             vstore_n(a->gates + row * 4 * H + 3 * H + off, o, n);
         vec h = o * vtanh(cn);
+        if (a->zm) {   /* zoneout: h_{t-1} + zm*(h~ - h_{t-1}), haste's operations */
+            vec hp = vload_n(a->hprev + row * H + off, n);
+            h = (h - hp) * vload_n(a->zm + row * H + off, n) + hp;
+        }
         vstore_n(a->c + row * H + off, cn, n);
         vstore_n(a->h + row * H + off, h, n);
     }
@@ -171,6 +177,11 @@ typedef struct {
     TYPE clip, cell_clip;
     int cifg;           /* 1: f = 1 - i: f's gradient goes to i */
     TYPE *dpeep;        /* [3,H] with peep: their gradients are added to it */
+    const TYPE *rdrop;  /* [B,H] recurrent dropout mask, or NULL: dh_tile (the gradient of
+                           the masked h_t) is multiplied by it (var is then 1) */
+    const TYPE *zm;     /* [.,H] zoneout mask of the step's rows, or NULL (var is then 1) */
+    TYPE *dhz;          /* [B,H] with zm: the gradient zoneout carries to h_{t-1}: read
+                           (added to dh), replaced by (1 - zm)*dh */
 } FN(bwd_cell_args);
 
 /* d, or 0 where the saved activated gate s shows a clamped pre-activation: s at or
@@ -200,8 +211,16 @@ INLINE void FN(bwd_cell_var)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t
             int64_t row = r0 + r, off = (j0 + jb) * V, ro = row * H + off;
             int n = H - off < V ? (int)(H - off) : V;
             vec dh = dh_tile ? vload(dh_tile + (r * nb + jb) * V) : vload_n(a->dh + ro, n);
+            if (dh_tile && a->rdrop)
+                dh = dh * vload_n(a->rdrop + ro, n);
             if (a->dy)
                 dh = dh + vload_n(a->dy + ro, n);
+            if (a->zm) {   /* zoneout: dh of h~ and the part carried to h_{t-1} */
+                vec zv = vload_n(a->zm + ro, n);
+                dh = dh + vload_n(a->dhz + ro, n);
+                vstore_n(a->dhz + ro, (1 - zv) * dh, n);
+                dh = zv * dh;
+            }
             const TYPE *gr = a->gates + row * 4 * H + off;
             vec i = vload_n(gr, n), f = vload_n(gr + H, n);
             vec g = vload_n(gr + 2 * H, n), o = vload_n(gr + 3 * H, n);

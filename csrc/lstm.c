@@ -163,13 +163,16 @@ static int usable_threads(int num_threads)
 /* A variant's clips are >= 0 (not NaN); NULL is the plain LSTM. */
 static int variant_ok(const lstm_variant *v)
 {
-    return !v || (v->clip >= 0 && v->cell_clip >= 0);
+    return !v || (v->clip >= 0 && v->cell_clip >= 0 && (!(v->rdrop || v->zoneout) || v->var_ws));
 }
 
 /* NULL when every variant is off: the plain cells (the same bits as lstm_forward_X). */
 static const lstm_variant *variant_or_null(const lstm_variant *v)
 {
-    return v && (v->peephole || v->clip > 0 || v->cell_clip > 0 || v->cifg) ? v : NULL;
+    return v && (v->peephole || v->clip > 0 || v->cell_clip > 0 || v->cifg || v->rdrop ||
+                 v->zoneout)
+               ? v
+               : NULL;
 }
 
 #define DEFINE_PUBLIC(SFXT, TYPE)                                                            \
@@ -196,6 +199,14 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
     {                                                                                        \
         return WS_MAX(SFXT, bwd_ws_size, (T, N, B, I, H, P, num_threads));                   \
     }                                                                                        \
+    size_t lstm_variant_workspace_size_##SFXT(int64_t N, int64_t B, int64_t R, int num_threads, \
+                                            int backward)                                    \
+    {                                                                                        \
+        if (N < 0 || B < 0 || R < 0)                                                         \
+            return 0;                                                                        \
+        int nt = num_threads < 1 ? 1 : num_threads;                                          \
+        return (size_t)((backward ? N + B : nt * B) * R) * sizeof(TYPE) + 128;               \
+    }                                                                                        \
     int lstm_forward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,           \
                             const void *packed, const int64_t *batch_sizes, const TYPE *x,   \
                             const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n, TYPE *c_n,   \
@@ -214,7 +225,7 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
                                int num_threads, const lstm_variant *variant)                 \
     {                                                                                        \
         if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace ||            \
-            !variant_ok(variant))                                                            \
+            !variant_ok(variant) || (variant && variant->zoneout && P))                     \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, forward,                                        \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c,      \
@@ -245,7 +256,7 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
                                 const lstm_variant *variant, TYPE *dpeephole)                \
     {                                                                                        \
         if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace ||            \
-            !variant_ok(variant))                                                            \
+            !variant_ok(variant) || (variant && variant->zoneout && P))                     \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, backward,                                       \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n,      \

@@ -193,7 +193,30 @@ typedef struct {
     int cifg;              /* 1: coupled input and forget gates, f = 1 - i (ONNX input_forget,
                               as ONNX Runtime computes it); the f rows of the weights are
                               not used (pass zeros) and get zero gradients */
+    /* Recurrent (variational) dropout, per call (set it for the forward and the matching
+     * backward; Gal & Ghahramani 2016, Keras' recurrent_dropout): the recurrent product
+     * uses h_{t-1} * rdrop instead of h_{t-1} at every step; h_t itself (y, h_n) is not
+     * masked. Backward: dw_hh from the masked h_{t-1}, the gradient reaching h_{t-1}
+     * (and dh0) through the product multiplied by the mask. */
+    const void *rdrop;     /* [B,R] the mask, already scaled (0 or 1/(1-p)), or NULL: off */
+    /* Zoneout on h, per call (haste's ZoneoutLSTM, lib/lstm_forward_gpu.cu.cc): with
+     * h~_t = o*tanh(c_t), h_t = h_{t-1} + zoneout*(h~_t - h_{t-1}), computed as
+     * (h~_t - h_{t-1})*zoneout + h_{t-1} (training: a 0/1 mask, 1 keeps the new value;
+     * eval: 1 - zoneout probability everywhere). No projection (P = 0, else LSTM_ERR_ARG).
+     * Backward: the gradient dh_t reaching h_t goes to the cell as zoneout*dh_t and
+     * (1 - zoneout)*dh_t to h_{t-1}. */
+    const void *zoneout;   /* [N,H] the mask, rows as x's, or NULL: off */
+    void *var_ws;          /* with rdrop or zoneout: scratch of lstm_variant_workspace_size_X
+                              bytes (the masked h_{t-1}: forward a copy per thread, backward
+                              every row; zoneout's running gradient), any alignment */
 } lstm_variant;
+
+/* Bytes of variant.var_ws for a forward (backward = 0) with up to num_threads threads
+ * or a backward (backward = 1) of N rows. */
+size_t lstm_variant_workspace_size_f32(int64_t N, int64_t B, int64_t R, int num_threads,
+                                     int backward);
+size_t lstm_variant_workspace_size_f64(int64_t N, int64_t B, int64_t R, int num_threads,
+                                     int backward);
 
 /* As lstm_forward_X, plus variant (NULL: plain). LSTM_ERR_ARG for a negative or
  * NaN clip or cell_clip. */

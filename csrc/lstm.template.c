@@ -81,7 +81,7 @@ typedef struct {
 /* The variant fields of a cell's arguments from v (NULL: plain, var 0). */
 #define SET_CELL_VARIANT(ca, v)                                                              \
     do {                                                                                     \
-        if (v) {                                                                             \
+        if (v && ((v)->peephole || (v)->clip > 0 || (v)->cell_clip > 0 || (v)->cifg)) {     \
             (ca).var = 1;                                                                    \
             (ca).peep = (const TYPE *)(v)->peephole;                                         \
             (ca).clip = (TYPE)(v)->clip;                                                     \
@@ -338,6 +338,11 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     ca.pre = XF ? (const TYPE *)(base + ctx->hdr->off_b) : NULL;   /* the bias alone */
     ca.pre_ld = XF ? 0 : G;
     SET_CELL_VARIANT(ca, ctx->var);
+    const TYPE *rdrop = ctx->var ? (const TYPE *)ctx->var->rdrop : NULL;
+    TYPE *hm = rdrop ? (TYPE *)FN(align_ptr)(ctx->var->var_ws) + tid * B * R : NULL;
+    const TYPE *zmask = ctx->var ? (const TYPE *)ctx->var->zoneout : NULL;
+    if (zmask)
+        ca.var = 1;
     const TYPE *w = (const TYPE *)(base + ctx->hdr->off_whh_f);
     const int64_t s = (int64_t)sizeof(TYPE);
     const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * (XF + R) * 4 * V * s, 4 * V * s);
@@ -346,6 +351,16 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         if (n == 0)
             break;
         const TYPE *hp = t ? ctx->y + offs[t - 1] * R : ctx->h0;
+        if (zmask) {
+            ca.zm = zmask + offs[t] * H;
+            ca.hprev = hp;
+        }
+        if (hm) {   /* recurrent dropout: this thread's copy of h_{t-1} * mask (n*R
+                       multiplies per thread and step, no barrier) */
+            for (int64_t e = 0; e < n * R; e++)
+                hm[e] = hp[e] * rdrop[e];
+            hp = hm;
+        }
         TYPE *yt = ctx->y + offs[t] * R;
         if (!XF)
             ca.pre = pre + offs[t] * G;
@@ -452,6 +467,7 @@ typedef struct {
     TYPE *ws;
     const lstm_variant *var;   /* the variants, or NULL (plain) */
     TYPE *dpeep;        /* [3,H] peephole gradients (with var->peephole) */
+    TYPE *dhz;          /* [B,H] zoneout: the gradient carried to h_{t-1}, or NULL */
 } FN(bwd_ctx);
 
 /* Row stride of dgates: 4H, plus a cache line when 4H elements are a multiple
@@ -577,10 +593,11 @@ KERNEL void FN(bwd_tiles)(int64_t n, int nb, int64_t G, const TYPE *dg, int64_t 
 }
 
 /* out [n,W] = dg [n rows, ldg apart] . w for output blocks p0..p1 of W; w packed
- * [ceil(W/V)][4H][V] (whh_b: W = R, wih_b: W = I); plus add [n,W] if set. */
+ * [ceil(W/V)][4H][V] (whh_b: W = R, wih_b: W = I); times mul [n,W] if set (recurrent
+ * dropout), then plus add [n,W] if set. */
 KERNEL void FN(bwd_rows)(int64_t H, int64_t W, const TYPE *w, int64_t p0, int64_t p1,
-                         const TYPE *dg, int64_t ldg, int64_t n, const TYPE *add, TYPE *out,
-                         const FN(step_plan) *sp)
+                         const TYPE *dg, int64_t ldg, int64_t n, const TYPE *mul,
+                         const TYPE *add, TYPE *out, const FN(step_plan) *sp)
 {
     int64_t G = 4 * H;
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
@@ -598,6 +615,8 @@ KERNEL void FN(bwd_rows)(int64_t H, int64_t W, const TYPE *w, int64_t p0, int64_
                     int64_t off = (j + jb) * V, ro = (g0 + r) * W + off;
                     int cnt = W - off < V ? (int)(W - off) : V;
                     vec v = vload(part + (r * nb + jb) * V);
+                    if (mul)
+                        v = v * vload_n(mul + ro, cnt);
                     if (add)
                         v = v + vload_n(add + ro, cnt);
                     vstore_n(out + ro, v, cnt);
@@ -614,7 +633,8 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
 {
     int64_t H = ctx->H, R = ctx->P ? ctx->P : H;
     const TYPE *wb = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
-    FN(bwd_rows)(H, R, wb, p0, p1, dg_next, ctx->ldg, nn, dy_t, out, sp);
+    const TYPE *rdrop = ctx->var ? (const TYPE *)ctx->var->rdrop : NULL;
+    FN(bwd_rows)(H, R, wb, p0, p1, dg_next, ctx->ldg, nn, rdrop, dy_t, out, sp);
     for (int64_t r = nn; r < n; r++)
         for (int64_t j = p0; j < p1; j++) {
             int64_t off = j * V, ro = r * R + off;
@@ -645,6 +665,15 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
                             .m = NULL, .db = ctx->db};
     SET_CELL_VARIANT(ca, ctx->var);
     ca.dpeep = ctx->dpeep;
+    if (ctx->var && ctx->var->rdrop) {   /* the tile's dh is of the masked h_t */
+        ca.rdrop = (const TYPE *)ctx->var->rdrop;
+        ca.var = 1;
+    }
+    if (ctx->dhz) {   /* zoneout */
+        ca.zm = (const TYPE *)ctx->var->zoneout + offs[t] * H;
+        ca.dhz = ctx->dhz;
+        ca.var = 1;
+    }
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
     for (int64_t j = j0; j < j1; j += jstep) {
@@ -716,6 +745,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             vstore_n(ctx->db + q * H + off, (vec){0}, cnt);
         for (int q = 0; ctx->dpeep && q < 3; q++)   /* peephole gradients: as db */
             vstore_n(ctx->dpeep + q * H + off, (vec){0}, cnt);
+        for (int64_t r = 0; ctx->dhz && r < B; r++)   /* zoneout's carried gradient */
+            vstore_n(ctx->dhz + r * H + off, (vec){0}, cnt);
     }
     FN(gemm_args) gm = {0};   /* projection: dm = dh . w_hr */
     gm.N = H;
@@ -732,7 +763,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             FN(bwd_step)(ctx, t, j0, j1, &sp);
             if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
                 FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates + offs[t + 1] * ldg, ldg,
-                             offs[t + 2] - offs[t + 1], NULL, ctx->dx + offs[t + 1] * I, &sp);
+                             offs[t + 2] - offs[t + 1], NULL, NULL, ctx->dx + offs[t + 1] * I,
+                             &sp);
             lstm_barrier_wait(bar, num_threads);
             continue;
         }
@@ -747,9 +779,9 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         FN(bwd_step_proj_cell)(ctx, t, j0, j1);
         lstm_barrier_wait(bar, num_threads);
     }
-    FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, NULL, ctx->dh0, &sp);
+    FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, ctx->dhz, ctx->dh0, &sp);
     if (dx_steps && T && offs[1])
-        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, ctx->dx, &sp);
+        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, NULL, ctx->dx, &sp);
 
     /* [dw_ih | dw_hh] = dgates^T . [x | h_prev]. When dgates^T is packed (a large
      * N * 4H), as one product writing both outputs, so that it is packed once
@@ -757,6 +789,22 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
      * packing; one: 22.0 -> 21.1 ms); else as two products, which read it in
      * place (one product cost 26.3 -> 27.6 us at (6,32,3,32)). Either way each
      * element is the same sum in the same order. */
+    const TYPE *hm_all = NULL;   /* recurrent dropout: h_prev * mask of every row */
+    if (ctx->var && ctx->var->rdrop) {
+        const TYPE *mask = (const TYPE *)ctx->var->rdrop;
+        TYPE *hm = (TYPE *)FN(align_ptr)(ctx->var->var_ws);
+        int64_t e0 = FN(split)(N, tid, num_threads), e1 = FN(split)(N, tid + 1, num_threads);
+        for (int64_t t = 0, row = e0; row < e1; row++) {
+            while (row >= offs[t + 1])
+                t++;
+            int64_t r = row - offs[t];
+            const TYPE *src = t ? ctx->y + (offs[t - 1] + r) * R : ctx->h0 + r * R;
+            for (int64_t k = 0; k < R; k++)
+                hm[row * R + k] = src[k] * mask[r * R + k];
+        }
+        hm_all = hm;
+        lstm_barrier_wait(bar, num_threads);
+    }
     FN(gemm_args) g = {0};   /* dw_hh = dgates^T . h_prev */
     g.M = G;
     g.K = N;
@@ -769,6 +817,11 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     g.offs = offs;
     g.nsteps = T;
     g.ldb = R;
+    if (hm_all) {
+        g.b = hm_all;
+        g.b0 = NULL;
+        g.offs = NULL;
+    }
     g.c = ctx->dw_hh;
     g.ldc = R;
     if (N * ldg * (int64_t)sizeof(TYPE) > (256 << 10)) {   /* with dw_ih in front */
@@ -811,7 +864,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 
     if (!dx_steps && !FN(dx_gemm)(I, H, P)) {   /* dx of all rows as the steps' tiles */
         const FN(step_plan) spx = FN(step_plan_for)((x1 - x0) * G * V * s, BNB * V * s);
-        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, N, NULL, ctx->dx, &spx);
+        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, N, NULL, NULL, ctx->dx, &spx);
     } else if (!dx_steps) {
         FN(gemm_args) gx = {0};
         gx.M = N;
@@ -873,7 +926,9 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     }
     FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
-                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL};
+                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL};
+    if (var && var->zoneout)   /* after the rows of h_{t-1} * rdrop */
+        ctx.dhz = (TYPE *)(FN(align_ptr)(var->var_ws) + ALIGN64(N * (P ? P : H) * s));
     if (num_threads < 1)
         num_threads = 1;
     lstm_pool_run(FN(bwd_job), &ctx, num_threads);

@@ -6,7 +6,7 @@ from lstm_fast._validation cimport LayerInputs
 
 cpdef tuple run_forward(object impl, object packed, object x, object h0, object c0,
                         int num_threads, object plan=*, bint reverse=*, bint save=*,
-                        object out=*)
+                        object out=*, object rdrop=*, object zoneout=*)
 
 cpdef tuple run_backward(object cache, object dy, object dh_n, object dc_n, int num_threads,
                          object out=*, object dpeephole=*)

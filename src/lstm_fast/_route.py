@@ -76,7 +76,7 @@ _new = tuple.__new__   # LSTMCache's fields without its Python-level __new__ (0.
 
 
 def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True,
-                out=None):
+                out=None, rdrop=None, zoneout=None):
     """One layer-direction over padded x (T, B, I): ``(y (T, B, R), h_n, c_n, cache)``;
     h0 (B, R) and c0 (B, H), or (1, B, R) and (1, B, H), and h_n, c_n in their shapes.
 
@@ -84,24 +84,50 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
     ``plan`` holds lengths); y is returned in the original time order. The final
     states h_n (B, R), c_n (B, H) are new arrays, or ``out = (h_n, c_n)``. ``cache`` is
     an ``LSTMCache``, or None when ``save`` is false (nothing is kept for backward).
+    ``rdrop`` (B, R): the recurrent dropout mask of the sequences (scaled), or None;
+    ``zoneout`` (T, B, H): the zoneout mask in x's time order, or None; the cache keeps them
+    (``saved[6:8]``) for backward.
     """
     if plan is None:
         xin = np.ascontiguousarray(x[::-1]) if reverse else x
-        y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
-                                             None if out is None else (None,) + out)
-        saved = (xin, h0, c0, y, gates, c)
+        if zoneout is not None:
+            if reverse:
+                zoneout = np.ascontiguousarray(zoneout[::-1])
+            y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
+                                                 None if out is None else (None,) + out,
+                                                 rdrop=rdrop, zoneout=zoneout)
+            saved = (xin, h0, c0, y, gates, c, rdrop, zoneout)
+        elif rdrop is None:
+            y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
+                                                 None if out is None else (None,) + out)
+            saved = (xin, h0, c0, y, gates, c)
+        else:
+            y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
+                                                 None if out is None else (None,) + out,
+                                                 rdrop=rdrop)
+            saved = (xin, h0, c0, y, gates, c, rdrop, None)
         if reverse:
             y = y[::-1]
     else:
         xin = plan.gather(x, reverse)
         h0s, c0s = plan.sort(backends.as_matrix(h0)), plan.sort(backends.as_matrix(c0))
-        y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
-                                           plan.batch_sizes, save)
+        if rdrop is not None:
+            rdrop = plan.sort(rdrop)
+        if zoneout is not None:
+            zoneout = plan.gather(zoneout, reverse)
+        if rdrop is None and zoneout is None:
+            y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
+                                               plan.batch_sizes, save)
+        else:
+            y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
+                                               plan.batch_sizes, save, rdrop=rdrop,
+                                               zoneout=zoneout)
         h_n, c_n = (np.empty(h0.shape, hs.dtype), np.empty(c0.shape, cs.dtype)) \
             if out is None else out
         backends.as_matrix(h_n)[plan.order] = hs
         backends.as_matrix(c_n)[plan.order] = cs
-        saved = (xin, h0s, c0s, y, gates, c)
+        saved = (xin, h0s, c0s, y, gates, c) if rdrop is None and zoneout is None else \
+            (xin, h0s, c0s, y, gates, c, rdrop, zoneout)
         y = plan.scatter(y, reverse)
     return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
 
@@ -112,11 +138,19 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None):
     None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``.
     With peepholes, ``dpeephole`` (3, H) receives their gradients (rows ci, cf, co)."""
     impl, packed, saved, plan, reverse = cache   # not by field: 5 look-ups
-    xin, h0, c0, y, gates, c = saved
+    rdrop = zoneout = None
+    if len(saved) == 6:
+        xin, h0, c0, y, gates, c = saved
+    else:
+        xin, h0, c0, y, gates, c, rdrop, zoneout = saved
     if plan is None:
         if reverse or not dy.flags.c_contiguous:
             dy = np.ascontiguousarray(dy[::-1] if reverse else dy)
-        if dpeephole is None:     # (a call with keywords costs a dict and a tuple)
+        if rdrop is not None or zoneout is not None:
+            dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
+                packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads,
+                dpeephole=dpeephole, rdrop=rdrop, zoneout=zoneout)
+        elif dpeephole is None:     # (a call with keywords costs a dict and a tuple)
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
                 packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)
         else:
@@ -130,10 +164,11 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None):
             out[1][...] = dc0
             dh0, dc0 = out
     else:
+        masks = {} if rdrop is None and zoneout is None else dict(rdrop=rdrop, zoneout=zoneout)
         dx, dw_ih, dw_hh, db, dhs, dcs, dw_hr = impl.backward(
             packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse),
             plan.sort(backends.as_matrix(dh_n)), plan.sort(backends.as_matrix(dc_n)),
-            num_threads, plan.batch_sizes, dpeephole=dpeephole)
+            num_threads, plan.batch_sizes, dpeephole=dpeephole, **masks)
         dx = plan.scatter(dx, reverse)
         dh0, dc0 = (np.empty(dh_n.shape, dhs.dtype), np.empty(dc_n.shape, dcs.dtype)) \
             if out is None else out
@@ -201,10 +236,14 @@ def layer_forward(layer, x, hx, lengths, save):
     impl = layer._impl
     packed = layer._packed
     num_threads = inputs.threads(T, B)
+    rdrop = layer.recurrent_dropout > 0.0 and layer.training   # a mask per layer-direction
+    zo = layer.zoneout > 0.0
     if len(packed) == 1:   # one layer-direction: the states (1, B, R) as they are
         p = packed[0]
         y, h_n, c_n, cache = run_forward(impl, p if p is not None else layer._pack(0), x, h0,
-                                         c0, num_threads, plan, False, save)
+                                         c0, num_threads, plan, False, save, None,
+                                         layer._rdrop_mask(B) if rdrop else None,
+                                         layer._zoneout_mask(T, B) if zo else None)
         caches = [cache]
         masks = ()
     else:
@@ -224,7 +263,9 @@ def layer_forward(layer, x, hx, lengths, save):
                 k = k_layer * D + d
                 out, _, _, cache = run_forward(impl, layer._pack(k), y, h0[k], c0[k],
                                                num_threads, plan, d == 1, save,
-                                               (h_n[k], c_n[k]))
+                                               (h_n[k], c_n[k]),
+                                               layer._rdrop_mask(B) if rdrop else None,
+                                               layer._zoneout_mask(T, B) if zo else None)
                 caches.append(cache)
                 outs.append(out)
             y = outs[0] if D == 1 else np.concatenate(outs, axis=2)

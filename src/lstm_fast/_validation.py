@@ -35,7 +35,7 @@ def check_dtype(dtype, name="dtype"):
 
 
 WEIGHT_DTYPES = ("float32", "float64", "bfloat16", "int8")
-_PACKERS = {"bfloat16": "pack_bf16", "int8": "pack_int8"}   # backend function per low precision
+LOW_PRECISION_PACKERS = {"bfloat16": "pack_bf16", "int8": "pack_int8"}   # backend packers
 
 
 def check_weight_dtype(weight_dtype, dtype, proj_size, backend_impl, backend_name):
@@ -54,14 +54,14 @@ def check_weight_dtype(weight_dtype, dtype, proj_size, backend_impl, backend_nam
                          f"dtype), got {weight_dtype!r}")
     if name == dtype.name:
         return name
-    if name not in _PACKERS:
+    if name not in LOW_PRECISION_PACKERS:
         raise ValueError(f"weight_dtype={name!r} must be the layer's dtype ({dtype.name}) or "
-                         f"one of {tuple(_PACKERS)}")
+                         f"one of {tuple(LOW_PRECISION_PACKERS)}")
     if dtype.name != "float32":
         raise ValueError(f"weight_dtype={name!r} needs dtype float32, got {dtype.name}")
     if proj_size:
         raise ValueError(f"weight_dtype={name!r} does not support proj_size > 0 yet")
-    if not hasattr(backend_impl, _PACKERS[name]):
+    if not hasattr(backend_impl, LOW_PRECISION_PACKERS[name]):
         raise ValueError(f"weight_dtype={name!r} runs on the 'c' and 'numpy' backends, not "
                          f"{backend_name!r}")
     return name
@@ -177,6 +177,22 @@ def check_clip(value, name):
             or value < 0:
         raise ValueError(f"{name} must be None or 0 (off) or a finite number > 0, got {value!r}")
     return float(value)
+
+
+def check_rate(value, name):
+    """A probability of the LSTM variants (recurrent_dropout, zoneout): a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_zoneout(value, proj_size):
+    """zoneout of a layer or module: a number in [0, 1), 0 where there is a projection."""
+    value = check_rate(value, "zoneout")
+    if value and proj_size:
+        raise ValueError("zoneout needs proj_size=0 (zoneout of a projected h is not "
+                         "supported, as in haste)")
+    return value
 
 
 def check_forget_bias(value, bias, cifg):

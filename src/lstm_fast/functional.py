@@ -93,7 +93,7 @@ class LSTMGrads(NamedTuple):
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=None,
                  lengths=None, backend="auto", save=True, w_ci=None, w_cf=None, w_co=None,
-                 clip=None, cell_clip=None, cifg=False):
+                 clip=None, cell_clip=None, cifg=False, rdrop=None, zoneout=None):
     """Run one LSTM layer over a sequence (one direction, time-major).
 
     Shapes and names follow ``torch.nn.LSTM``, gate order i, f, g, o. The dtype
@@ -149,6 +149,21 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
         gates i, g, o (and w_cf, if given, is unused). The cache's gates still
         hold four (f = 1 - i). TFLite's CIFG couples ``i = 1 - f`` instead: see
         ``lstm_fast.backends.reference`` for the conversion.
+    rdrop : array_like or None, optional
+        (B, R) recurrent (variational) dropout mask (Gal & Ghahramani 2016; Keras'
+        ``recurrent_dropout``), already scaled (inverted dropout: 0 or 1/(1-p)),
+        the same at every step: the recurrent product uses ``h_{t-1} * rdrop``
+        (h_t itself, y and h_n, is not masked); the gradients flow through it.
+        None: off. Given explicitly so that any mask (and the same one on every
+        backend) can be used; ``LSTM(recurrent_dropout=p)`` draws one per call.
+    zoneout : array_like or None, optional
+        (T, B, H) zoneout mask on h (haste's ``ZoneoutLSTM``, lmnt-com/haste
+        lib/lstm_forward_gpu.cu.cc), a new one every step: with h~_t = o * tanh(c_t),
+        ``h_t = h_{t-1} + zoneout_t * (h~_t - h_{t-1})``, computed as
+        ``(h~_t - h_{t-1}) * zoneout_t + h_{t-1}``. Training: Bernoulli(1 - z) values
+        (1: the new value); eval: ``1 - z`` everywhere (haste's
+        ``z h_{t-1} + (1 - z) h~_t``). The gradients flow through it. No projection.
+        None: off. ``LSTM(zoneout=z)`` draws them per call.
 
     Returns
     -------
@@ -217,11 +232,17 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     c0 = _validation.state(c0, "c0", dtype, B, H)
     plan = make_plan(_validation.lengths(lengths, B, T), T, B)
     variant = _validation.variant(dtype, H, w_ci, w_cf, w_co, clip, cell_clip, cifg)
+    if rdrop is not None:
+        rdrop = _validation.as_array(rdrop, "rdrop", dtype, (B, R))
+    if zoneout is not None:
+        if w_hr is not None:
+            raise ValueError("zoneout needs no projection (w_hr None), as in haste")
+        zoneout = _validation.as_array(zoneout, "zoneout", dtype, (T, B, H))
     impl = backends.get(name)
     packed = impl.pack(w_ih, w_hh, b, w_hr) if variant is None else \
         impl.pack(w_ih, w_hh, b, w_hr, variant=variant)
     y, h_n, c_n, cache = run_forward(impl, packed, x, h0, c0, backends.threads_for(T, B, I, H),
-                                     plan, False, bool(save))
+                                     plan, False, bool(save), None, rdrop, zoneout)
     return LSTMResult(y, h_n, c_n, cache)
 
 

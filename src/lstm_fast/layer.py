@@ -85,6 +85,22 @@ class LSTM:
         > 0: the cell state c_t is clamped to [-cell_clip, cell_clip] after each
         update (the clamped value is carried and returned; TensorFlow's
         ``cell_clip``); zero gradient where clamped. None (default): off.
+    recurrent_dropout : float, keyword-only
+        Recurrent (variational) dropout probability p in [0, 1) (Gal & Ghahramani
+        2016; Keras' ``recurrent_dropout``), training mode only: each forward call
+        draws per layer-direction one inverted-dropout mask m (B, R) (0 or 1/(1-p),
+        from the layer's dropout stream, `seed`), used at every step on h_{t-1} in
+        the recurrent product only: ``W_hh (h_{t-1} * m)``; h_t itself (output,
+        h_n) is not masked. 0 (default): off. See ``lstm_forward``'s ``rdrop``.
+    zoneout : float, keyword-only
+        Zoneout on h (Krueger et al. 2017), as haste's ``ZoneoutLSTM``
+        (lmnt-com/haste, lib/lstm_forward_gpu.cu.cc), probability z in [0, 1): with
+        h~_t = o * tanh(c_t), training ``h_t = h_{t-1} + m_t * (h~_t - h_{t-1})`` with a
+        new Bernoulli mask m_t (1 with probability 1 - z: the unit takes its new value)
+        at every step and sequence, drawn per layer-direction and call from the
+        dropout stream (`seed`); eval ``h_t = z * h_{t-1} + (1 - z) * h~_t`` (the
+        expectation; computed as m_t = 1 - z in the same formula). No projection.
+        0 (default): off. See ``lstm_forward``'s ``zoneout``.
     cifg : bool, keyword-only
         Coupled input and forget gates (ONNX's ``input_forget``, as ONNX Runtime
         computes it): ``f = 1 - i``; ``weight_ih_l{k}``, ``weight_hh_l{k}`` and the
@@ -164,7 +180,8 @@ class LSTM:
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
                  backend="auto", seed=None, peephole=False, clip=None, cell_clip=None,
-                 cifg=False, forget_bias=None, weight_dtype=None):
+                 cifg=False, forget_bias=None, weight_dtype=None, recurrent_dropout=0.0,
+                 zoneout=0.0):
         self.input_size = _validation.check_size(input_size, "input_size")
         self.hidden_size = _validation.check_size(hidden_size, "hidden_size")
         self.num_layers = _validation.check_size(num_layers, "num_layers")
@@ -189,6 +206,8 @@ class LSTM:
         self.clip = _validation.check_clip(clip, "clip")
         self.cell_clip = _validation.check_clip(cell_clip, "cell_clip")
         self.cifg = _check_bool(cifg, "cifg")
+        self.recurrent_dropout = _validation.check_rate(recurrent_dropout, "recurrent_dropout")
+        self.zoneout = _validation.check_zoneout(zoneout, self.proj_size)
         self.forget_bias = _validation.check_forget_bias(forget_bias, self.bias, self.cifg)
         self.training = True
         self.grads = {}
@@ -221,10 +240,11 @@ class LSTM:
         self.weight_dtype = _validation.check_weight_dtype(
             weight_dtype, self.dtype, self.proj_size, self._impl, self._backend)
         if self.weight_dtype != self.dtype.name:
-            if self.peephole or self.clip or self.cell_clip or self.cifg:
+            if self.peephole or self.clip or self.cell_clip or self.cifg \
+                    or getattr(self, "zoneout", 0.0):
                 self.weight_dtype = self.dtype.name
                 raise ValueError(f"weight_dtype={weight_dtype!r} does not support the LSTM "
-                                 f"variants (peephole, clip, cell_clip, cifg) yet")
+                                 f"variants (peephole, clip, cell_clip, cifg, zoneout) yet")
             self.training = False
             self._cache = None
         self._drop_packed()
@@ -260,7 +280,8 @@ class LSTM:
 
     def __setstate__(self, state):
         for key, value in (("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
-                           ("cifg", False), ("forget_bias", None)):   # pickles from before the variants
+                           ("cifg", False), ("forget_bias", None),
+                           ("recurrent_dropout", 0.0), ("zoneout", 0.0)):   # older pickles
             setattr(self, key, value)
         for key, value in state.items():   # not __dict__.update: see _drop_packed
             setattr(self, key, value)
@@ -429,11 +450,9 @@ class LSTM:
         if packed is None:
             names, p = self._names[k], self._params
             b = p[names[2]] + p[names[3]] if self.bias else None
-            if self.weight_dtype == "bfloat16":   # no projection, no variant (checked)
-                packed = self._packed[k] = self._impl.pack_bf16(p[names[0]], p[names[1]], b)
-                return packed
-            if self.weight_dtype == "int8":   # likewise
-                packed = self._packed[k] = self._impl.pack_int8(p[names[0]], p[names[1]], b)
+            packer = _validation.LOW_PRECISION_PACKERS.get(self.weight_dtype)
+            if packer is not None:   # bfloat16, int8: no projection, no variant (checked)
+                packed = self._packed[k] = getattr(self._impl, packer)(p[names[0]], p[names[1]], b)
                 return packed
             w_hr = p[names[4 if self.bias else 2]] if self.proj_size else None
             variant = self._variant(k)
@@ -535,6 +554,21 @@ class LSTM:
         keep = self._dropout_rng.random(shape) >= p
         return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
 
+    def _rdrop_mask(self, B):
+        """A recurrent dropout mask (B, R) of one layer-direction: keep with probability
+        1-p, scaled by 1/(1-p) (``recurrent_dropout`` = p), from the dropout stream."""
+        p = self.recurrent_dropout
+        keep = self._dropout_rng.random((B, self._out_size)) >= p
+        return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
+
+    def _zoneout_mask(self, T, B):
+        """A zoneout mask (T, B, H) of one layer-direction: in training 1 with probability
+        1 - zoneout (the new value) from the dropout stream, in eval 1 - zoneout."""
+        z = self.zoneout
+        if not self.training:
+            return np.full((T, B, self.hidden_size), 1.0 - z, self.dtype)
+        return (self._dropout_rng.random((T, B, self.hidden_size)) >= z).astype(self.dtype)
+
     def backward(self, grad_output=None, grad_hx=None):
         """Gradients for the last forward call; parameter gradients go to ``layer.grads``.
 
@@ -568,7 +602,8 @@ class LSTM:
                         (("num_layers", 1), ("bias", True), ("batch_first", False),
                          ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0),
                          ("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
-                         ("cifg", False), ("forget_bias", None))
+                         ("cifg", False), ("forget_bias", None), ("recurrent_dropout", 0.0),
+                         ("zoneout", 0.0))
                         if getattr(self, k) != default)
         if self.weight_dtype != self.dtype.name:
             extra += f", weight_dtype={self.weight_dtype!r}"

@@ -65,6 +65,10 @@ class Stream:
         if layer.bidirectional:
             raise ValueError("a bidirectional layer cannot stream: its reverse direction "
                              "needs the whole sequence")
+        if getattr(layer, "zoneout", 0.0):
+            raise ValueError("a layer with zoneout cannot stream yet (its eval step is "
+                             "h_{t-1} + (1 - zoneout) (h~_t - h_{t-1}), which Stream does not "
+                             "compute): run layer(x) in eval mode instead")
         self.layer = layer
         self.batch_size = _validation.check_size(batch_size, "batch_size")
         self.reset(hx)

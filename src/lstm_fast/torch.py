@@ -133,21 +133,23 @@ class _Direction(torch.autograd.Function):
     """One layer, one direction with gradients: (x (T, B, I), h0 (B, R), c0 (B, H),
     w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co) -> (y (T, B, R), h_n (B, R), c_n (B, H));
     ``run`` is (backend module, packed weights, num_threads, LengthPlan or None, reverse,
-    variant options (clip, cell_clip, cifg) or None, variant description or None); w_ci, w_cf,
-    w_co the peephole weights or None."""
+    variant options (clip, cell_clip, cifg) or None, variant description or None, masks
+    (recurrent dropout (B, R), zoneout (T, B, H)), each None when off); w_ci, w_cf, w_co the
+    peephole weights or None."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, run):
-        impl, packed, num_threads, plan, reverse, opts, described = run
+        impl, packed, num_threads, plan, reverse, opts, described, masks = run
         h_n, c_n = h0.new_empty(h0.shape), c0.new_empty(c0.shape)
         y, _, _, cache = run_forward(impl, packed, _np(x), _np(h0), _np(c0), num_threads, plan,
-                                     reverse, True, (h_n.numpy(), c_n.numpy()))
+                                     reverse, True, (h_n.numpy(), c_n.numpy()), *masks)
         y = _t(y)
         # Inputs and outputs are saved for autograd's check against in-place changes;
         # the kernel's own arrays go through save_for_backward too, so that autograd
         # frees them after backward like any saved tensor.
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, y, h_n,
-                              c_n, *map(_t, cache.saved))
+                              c_n, *map(_t, cache.saved[:6]))
+        ctx.masks = cache.saved[6:]   # the masks as the kernels took them (or None), if any
         ctx.run = (impl, packed, _generation(packed), num_threads, plan, reverse, opts)
         if described is not None:
             ctx.double_backward_error = _variant_error(described) + ": double backward " \
@@ -166,7 +168,8 @@ class _Direction(torch.autograd.Function):
             packed = _torch_ops.pack_direction(impl, w_ih, w_hh,
                                                None if b_ih is None else b_ih + b_hh, w_hr, peep,
                                                clip, cell_clip, cifg)
-        cache = LSTMCache(impl, packed, tuple(t.numpy() for t in saved[14:]), plan, reverse)
+        cache = LSTMCache(impl, packed, tuple(t.numpy() for t in saved[14:]) + ctx.masks, plan,
+                          reverse)
         B, H = dh_n.shape[0], dc_n.shape[1]
         dh0, dc0 = dh_n.new_empty(B, dh_n.shape[1]), dc_n.new_empty(B, H)
         dp = None if saved[8] is None else np.empty((3, H), _NP[dh_n.dtype])
@@ -227,6 +230,15 @@ class LSTM(torch.nn.LSTM):
         with one on there is no torch fallback: a call our kernels cannot run (another
         device or dtype, autocast, TorchScript, tracing, ONNX export, vmap/grad,
         ``backend="torch"``, double backward) raises an error naming the option.
+    recurrent_dropout, zoneout : float, keyword-only
+        As for ``lstm_fast.LSTM``: recurrent (variational) dropout p in [0, 1), one mask
+        (B, R) per layer-direction and training call on h_{t-1} in the recurrent product;
+        zoneout z in [0, 1) on h (haste's semantics; no projection), a new Bernoulli(1 - z)
+        mask per step and sequence in training, the expectation (1 - z) in eval. The masks
+        are drawn from torch's random generator (``torch.manual_seed`` repeats them), per
+        layer-direction in the layer's order (recurrent dropout, then zoneout) after that
+        layer's inter-layer dropout. 0 (default): off. As the variants, no torch fallback,
+        and not under torch.compile or torch.export (an error names the option).
 
     Raises
     ------
@@ -264,7 +276,7 @@ class LSTM(torch.nn.LSTM):
     """
 
     def __init__(self, *args, backend="auto", peephole=False, clip=None, cell_clip=None,
-                 cifg=False, forget_bias=None, **kwargs):
+                 cifg=False, forget_bias=None, recurrent_dropout=0.0, zoneout=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
         if backend != "torch":
@@ -276,6 +288,8 @@ class LSTM(torch.nn.LSTM):
         self.clip = _validation.check_clip(clip, "clip")
         self.cell_clip = _validation.check_clip(cell_clip, "cell_clip")
         self.forget_bias = _validation.check_forget_bias(forget_bias, self.bias, self.cifg)
+        self.recurrent_dropout = _validation.check_rate(recurrent_dropout, "recurrent_dropout")
+        self.zoneout = _validation.check_zoneout(zoneout, self.proj_size)
         if backend == "torch" and self._variants():
             raise ValueError(f"backend=\"torch\": torch.nn.LSTM has no {self._variants()}; "
                              "use another backend")
@@ -313,9 +327,32 @@ class LSTM(torch.nn.LSTM):
     def _variants(self):
         """The variants on, as they are written in the constructor ("" when none)."""
         on = [f"{name}=True" for name in ("peephole", "cifg") if getattr(self, name, False)]
-        on += [f"{name}={getattr(self, name)}" for name in ("clip", "cell_clip")
+        on += [f"{name}={getattr(self, name)}"
+               for name in ("clip", "cell_clip", "recurrent_dropout", "zoneout")
                if getattr(self, name, 0.0)]
         return ", ".join(on)
+
+    def _masked(self):
+        """Whether recurrent dropout or zoneout is on (masks drawn at every call)."""
+        return bool(getattr(self, "recurrent_dropout", 0.0) or getattr(self, "zoneout", 0.0))
+
+    def _masks(self, T, B, dtype):
+        """(recurrent dropout mask (B, R) or None, zoneout mask (T, B, H) or None) of one
+        layer-direction and call, as ``lstm_fast.LSTM`` makes them (``_rdrop_mask``,
+        ``_zoneout_mask``) but from torch's generator: float64 uniforms compared with the
+        probability, then the layer's arithmetic in ``dtype``."""
+        p, z = self.recurrent_dropout, self.zoneout
+        rdrop = zoneout = None
+        if p > 0.0 and self.training:
+            keep = torch.rand((B, self.proj_size or self.hidden_size), dtype=torch.float64) >= p
+            rdrop = keep.numpy().astype(dtype) * dtype.type(1.0 / (1.0 - p))
+        if z > 0.0:
+            if self.training:
+                zoneout = (torch.rand((T, B, self.hidden_size), dtype=torch.float64) >= z
+                           ).numpy().astype(dtype)
+            else:
+                zoneout = np.full((T, B, self.hidden_size), 1.0 - z, dtype)
+        return rdrop, zoneout
 
     def _peephole_names(self, k):
         """``weight_ci``, ``weight_cf``, ``weight_co`` names of layer-direction k."""
@@ -384,7 +421,8 @@ class LSTM(torch.nn.LSTM):
     def __setstate__(self, state):
         super().__setstate__(state)
         for key, value in (("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
-                           ("cifg", False), ("forget_bias", None)):   # pickles from before them
+                           ("cifg", False), ("forget_bias", None), ("recurrent_dropout", 0.0),
+                           ("zoneout", 0.0)):   # pickles from before them
             if key not in self.__dict__:
                 setattr(self, key, value)
         self._wrap_parameters()
@@ -435,6 +473,9 @@ class LSTM(torch.nn.LSTM):
             As torch.nn.LSTM's.
         """
         if torch.compiler.is_compiling() and _ops_apply(self, input, hx):
+            if self._masked():
+                raise RuntimeError(_variant_error(self._variants()) + "; torch.compile and "
+                                   "torch.export do not carry recurrent_dropout or zoneout")
             return self._forward_ops(input, hx)
         backend = self._kernel_backend(input, hx)
         packed = None
@@ -573,7 +614,10 @@ class LSTM(torch.nn.LSTM):
         num_threads = backends.threads_for(T, B, self.input_size, H)
         flat = self._flat_weights
         opts = self._options()
-        described = None if opts is None else self._variants()
+        masked = self._masked()
+        described = None if opts is None and not masked else self._variants()
+        dtype = _NP[x.dtype]
+        no_masks = ()   # off: run_forward called as without the options
         peeps = [self._peepholes(k) for k in range(n)] if self.peephole else [(None,) * 3] * n
         if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in flat) or (
                 hx is not None and (hx[0].requires_grad or hx[1].requires_grad)) or (
@@ -588,17 +632,17 @@ class LSTM(torch.nn.LSTM):
                 outs = []
                 for d in range(D):
                     k = layer * D + d
+                    masks = self._masks(T, B, dtype) if masked else no_masks
                     y, h, c = _Direction.apply(inp, h0[k], c0[k],
                                                *self._direction(flat[k * per:(k + 1) * per]),
                                                *peeps[k], (impl, packed[k], num_threads, plan,
-                                                           d == 1, opts, described))
+                                                           d == 1, opts, described, masks))
                     outs.append(y)
                     hs.append(h)
                     cs.append(c)
                 inp = outs[0] if D == 1 else torch.cat(outs, 2)
             return inp, torch.stack(hs), torch.stack(cs)
         # no gradient needed: nothing is kept for backward, the states are written in place
-        dtype = _NP[x.dtype]
         h_n, c_n = np.empty((n, B, R), dtype), np.empty((n, B, H), dtype)
         if hx is None:
             h0, c0 = _validation.zeros((n, B, R), dtype), _validation.zeros((n, B, H), dtype)
@@ -611,8 +655,9 @@ class LSTM(torch.nn.LSTM):
             outs = []
             for d in range(D):
                 k = layer * D + d
+                masks = self._masks(T, B, dtype) if masked else no_masks
                 outs.append(run_forward(impl, packed[k], inp, h0[k], c0[k], num_threads, plan,
-                                        d == 1, False, (h_n[k], c_n[k]))[0])
+                                        d == 1, False, (h_n[k], c_n[k]), *masks)[0])
             inp = outs[0] if D == 1 else np.concatenate(outs, 2)
         return _t(inp), torch.from_numpy(h_n), torch.from_numpy(c_n)
 

@@ -31,7 +31,7 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         write over and return (same shapes and dtype) instead of allocating; ignored
         otherwise. A backend that reuses a Packed gives it .generation, incremented each
         time it is written over, so a holder can tell that its packing is gone.
-    forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None)
+    forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None)
         -> (y, h_n, c_n, gates, c)
         Padded: x (T, B, I) -> y (T, B, R), gates (T, B, G), c (T, B, H). With
         batch_sizes (T,): x (N, I) packed step-major -> y (N, R), gates (N, G), c (N, H).
@@ -41,9 +41,12 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         dh_n, dc_n shaped like them). save=False keeps nothing for backward: gates
         and c are returned as None and never written (inference). out=(y, h_n, c_n)
         writes the outputs into the caller's arrays (any may be None); h_n may be h0
-        and c_n may be c0, which updates the state in place.
+        and c_n may be c0, which updates the state in place. rdrop (B, R): a recurrent
+        (variational) dropout mask, already scaled, on h_{t-1} in the recurrent product at
+        every step (rows in the order of h0: with batch_sizes, the sorted sequences), or
+        None; the matching backward takes the same mask.
     backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
-             dpeephole=None)
+             dpeephole=None, rdrop=None)
         -> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr)
         db is the gradient of b_ih (= of b_hh), None without a bias; dw_hr (P, H), None
         without a projection. With peepholes (packed.variant.peephole) the caller passes

@@ -65,6 +65,13 @@ cdef extern from "lstm.h" nogil:
         double clip
         double cell_clip
         int cifg
+        const void *rdrop
+        const void *zoneout
+        void *var_ws
+    size_t lstm_variant_workspace_size_f32(int64_t N, int64_t B, int64_t R, int num_threads,
+                                         int backward)
+    size_t lstm_variant_workspace_size_f64(int64_t N, int64_t B, int64_t R, int num_threads,
+                                         int backward)
     int lstm_forward_ex_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                             const void *packed, const int64_t *batch_sizes, const float *x,
                             const float *h0, const float *c0, float *y, float *h_n, float *c_n,

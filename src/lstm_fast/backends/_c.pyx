@@ -354,10 +354,29 @@ cdef int _inference_only(Packed packed) except -1:
                      f"saved for backward (use float32 weights to train)")
 
 
+cdef const lstm_variant *_with_rdrop(Packed packed, lstm_variant *lv, object rdrop,
+                                    object zoneout, cnp.ndarray ws):
+    """lv: the pack's variants (or none) plus the per-call masks (recurrent dropout,
+    zoneout; None: off) and their scratch."""
+    if packed._varp != NULL:
+        lv[0] = packed._var
+    else:
+        lv.peephole = NULL
+        lv.clip = 0
+        lv.cell_clip = 0
+        lv.cifg = 0
+    lv.rdrop = _p(rdrop)
+    lv.zoneout = _p(zoneout)
+    lv.var_ws = cnp.PyArray_DATA(ws)
+    return lv
+
+
 cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarray x,
                        cnp.ndarray h0, cnp.ndarray c0, object y, object h_n, object c_n,
-                       object gates, object c, int num_threads) except -1:
-    """The kernel's forward on these arrays (gates and c None: nothing saved)."""
+                       object gates, object c, int num_threads, object rdrop=None,
+                       object zoneout=None) except -1:
+    """The kernel's forward on these arrays (gates and c None: nothing saved; rdrop the
+    recurrent dropout mask (B, R) or None)."""
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef int save = gates is not None
@@ -383,6 +402,16 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef void *cp = _p(c)
     cdef void *wp = cnp.PyArray_DATA(ws)
     cdef const lstm_variant *var = packed._varp
+    cdef lstm_variant lv
+    cdef int64_t R = P if P else H
+    rws = None
+    if rdrop is not None or zoneout is not None:
+        if bf16:
+            _inference_only(packed)
+        rws = np.empty((lstm_variant_workspace_size_f32(0, B, R, num_threads, 0)
+                        if tn == cnp.NPY_FLOAT32 else
+                        lstm_variant_workspace_size_f64(0, B, R, num_threads, 0)), np.uint8)
+        var = _with_rdrop(packed, &lv, rdrop, zoneout, rws)
     cdef int status
     with nogil:
         if bf16:
@@ -418,7 +447,7 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
 
 
 def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int num_threads,
-            batch_sizes=None, bint save=True, out=None):
+            batch_sizes=None, bint save=True, out=None, rdrop=None, zoneout=None):
     """(y, h_n, c_n, gates, c); see the contract in ``lstm_fast.backends``."""
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, P = packed.proj_size
@@ -441,13 +470,15 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
     if save:
         gates = _rows(padded, T, B, N, 4 * H, tn)
         c = _rows(padded, T, B, N, H, tn)
-    _forward_call(packed, T, B, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, num_threads)
+    _forward_call(packed, T, B, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, num_threads,
+                  rdrop, zoneout)
     return y, h_n, c_n, gates, c
 
 
 def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y,
              cnp.ndarray gates, cnp.ndarray c, cnp.ndarray dy, cnp.ndarray dh_n,
-             cnp.ndarray dc_n, int num_threads, batch_sizes=None, dpeephole=None):
+             cnp.ndarray dc_n, int num_threads, batch_sizes=None, dpeephole=None, rdrop=None,
+             zoneout=None):
     """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``
     (dpeephole: the (3, H) output for the peephole gradients, with peepholes)."""
     if packed.weight_dtype in ("bfloat16", "int8"):
@@ -493,6 +524,13 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
     cdef void *p_ws = cnp.PyArray_DATA(ws)
     cdef void *p_dp = _p(dpeephole)
     cdef const lstm_variant *var = packed._varp
+    cdef lstm_variant lv
+    rws = None
+    if rdrop is not None or zoneout is not None:
+        rws = np.empty((lstm_variant_workspace_size_f32(N, B, R, num_threads, 1)
+                        if tn == cnp.NPY_FLOAT32 else
+                        lstm_variant_workspace_size_f64(N, B, R, num_threads, 1)), np.uint8)
+        var = _with_rdrop(packed, &lv, rdrop, zoneout, rws)
     cdef int status
     with nogil:
         if var != NULL and tn == cnp.NPY_FLOAT32:

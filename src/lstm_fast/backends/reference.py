@@ -57,6 +57,23 @@ act(+-clip), so they differ from this only for a pre-activation within rounding 
     da_i = dc~ g i (1 - i) [..]   da_f = dc~ c_{t-1} f (1 - f) [..]   da_g = dc~ i (1 - g^2) [..]
     dc_{t-1} = dc~ f + w_ci da_i + w_cf da_f
     dw_ci = sum da_i c_{t-1}      dw_cf = sum da_f c_{t-1}      dw_co = sum da_o c_t
+
+Recurrent (variational) dropout (``rdrop``, Gal & Ghahramani 2016; Keras'
+``recurrent_dropout``): a mask ``m`` (B, R) per sequence, the same at every step, already
+scaled (inverted dropout: 0 or 1 / (1 - p)), multiplies h_{t-1} in the recurrent product
+only: ``a_* = x_t @ w_ih_*.T + b_* + (h_{t-1} * m) @ w_hh_*.T``. Backward:
+``dw_hh = sum dgates_t.T @ (h_{t-1} * m)`` and the gradient reaching h_{t-1} through the
+product is ``(dgates_t @ w_hh) * m`` (dh0 too). h_t itself (y, h_n) is not masked.
+
+Zoneout on h (Krueger et al. 2017), as haste's ZoneoutLSTM (lmnt-com/haste,
+lib/lstm_forward_gpu.cu.cc: ``cur_h_value = (cur_h_value - h) * zoneout_mask + h`` in
+training, ``zoneout_prob * h + (1 - zoneout_prob) * cur_h_value`` in eval): a mask ``zm``
+shaped like y, one row per row of x (a new mask every step), with
+``h~_t = o * tanh(c_t)`` and ``h_t = h_{t-1} + zm_t * (h~_t - h_{t-1})``: in training zm is
+Bernoulli(1 - zoneout) (1 keeps the new value), in eval zm = 1 - zoneout everywhere (the
+expectation, haste's eval formula up to rounding). The carried and returned h is h_t. No
+projection. Backward, with dh_t the whole gradient reaching h_t:
+``dh~_t = zm_t * dh_t`` goes into the cell, ``(1 - zm_t) * dh_t`` is added to dh_{t-1}.
 """
 
 from typing import NamedTuple, Optional
@@ -94,12 +111,13 @@ _QUIET = dict(invalid="ignore", over="ignore")
 
 @np.errstate(**_QUIET)
 def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole=None,
-                 clip=0.0, cell_clip=0.0, cifg=False):
+                 clip=0.0, cell_clip=0.0, cifg=False, rdrop=None, zoneout=None):
     """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes.
 
     ``peephole`` (3, H) rows w_ci, w_cf, w_co, ``clip`` and ``cell_clip`` (> 0: on) are
     the variants of the module docstring; gates are then the activated clamped gates and
-    c the clamped cell states.
+    c the clamped cell states. ``rdrop`` (B, R) the recurrent dropout mask (scaled), or
+    None; ``zoneout`` the zoneout mask shaped like y (no projection), or None.
 
     With ``batch_sizes`` (T,) non-increasing, ``x`` is packed step-major like
     torch's PackedSequence.data: (N, I) with N = sum(batch_sizes), the rows of
@@ -110,6 +128,7 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
     xp, steps = _steps(x, batch_sizes)
     H = w_ih.shape[0] // 4
     P = H if w_hr is None else w_hr.shape[0]
+    zm = None if zoneout is None else zoneout.reshape(xp.shape[0], P)
     gates = xp @ w_ih.T                       # hoisted input projection, all steps at once
     if b is not None:
         gates += b
@@ -119,11 +138,15 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
     variant = peephole is not None or clip > 0 or cell_clip > 0 or cifg
     for off, n in steps:
         a = gates[off:off + n]
-        a += h_state[:n] @ w_hh.T             # recurrent product, accumulated
+        h_in = h_state[:n] if rdrop is None else h_state[:n] * rdrop[:n]
+        a += h_in @ w_hh.T                    # recurrent product, accumulated
         if variant:
             c_state[:n] = _variant_cell(a, c_state[:n], H, peephole, clip, cell_clip, cifg)
             o, c_t = a[:, 3 * H:], c_state[:n]
-            h_state[:n] = o * np.tanh(c_t) if w_hr is None else (o * np.tanh(c_t)) @ w_hr.T
+            h_new = o * np.tanh(c_t) if w_hr is None else (o * np.tanh(c_t)) @ w_hr.T
+            if zm is not None:
+                h_new = h_state[:n] + zm[off:off + n] * (h_new - h_state[:n])
+            h_state[:n] = h_new
             c[off:off + n] = c_state[:n]
             y[off:off + n] = h_state[:n]
             continue
@@ -132,7 +155,10 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
         a[:, 3 * H:4 * H] = sigmoid(a[:, 3 * H:4 * H])   # o
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
         c_state[:n] = f * c_state[:n] + i * g
-        h_state[:n] = o * np.tanh(c_state[:n]) if w_hr is None else (o * np.tanh(c_state[:n])) @ w_hr.T
+        h_new = o * np.tanh(c_state[:n]) if w_hr is None else (o * np.tanh(c_state[:n])) @ w_hr.T
+        if zm is not None:
+            h_new = h_state[:n] + zm[off:off + n] * (h_new - h_state[:n])
+        h_state[:n] = h_new
         c[off:off + n] = c_state[:n]
         y[off:off + n] = h_state[:n]
     if batch_sizes is None:
@@ -143,7 +169,8 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
 
 @np.errstate(**_QUIET)
 def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None, w_hr=None,
-                  b=None, peephole=None, clip=0.0, cell_clip=0.0, cifg=False):
+                  b=None, peephole=None, clip=0.0, cell_clip=0.0, cifg=False, rdrop=None,
+                  zoneout=None):
     """Returns ``(dx, dw_ih, dw_hh, db, dh0, dc0)``, plus ``dw_hr`` with a projection,
     plus ``dpeephole`` (3, H) with any variant (None without peepholes).
 
@@ -158,6 +185,7 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
     P = H if w_hr is None else w_hr.shape[0]
     N = xp.shape[0]
     y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
+    zm = None if zoneout is None else zoneout.reshape(N, P)
     dgates = np.empty((N, 4 * H), x.dtype)
     h_prev = np.empty((N, P), x.dtype)
     if w_hr is not None:
@@ -167,7 +195,7 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
     dc = dc_n.copy()
     if variant:
         dpeep = np.zeros((3, H), x.dtype)
-        keep = _clip_keep(xp, w_ih, w_hh, b, h0, c0, y, gates, c, steps, peephole, clip)
+        keep = _clip_keep(xp, w_ih, w_hh, b, h0, c0, y, gates, c, steps, peephole, clip, rdrop)
     for t in range(len(steps) - 1, -1, -1):
         off, n = steps[t]
         if t > 0:
@@ -177,8 +205,14 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
         else:
             c_prev = c0[:n]
             h_prev[off:off + n] = h0[:n]
+        if rdrop is not None:
+            h_prev[off:off + n] *= rdrop[:n]
         i, f, g, o = (gates[off:off + n, k * H:(k + 1) * H] for k in range(4))
-        dh[:n] += dy[off:off + n]
+        dh[:n] += dy[off:off + n]                 # the whole gradient reaching h_t
+        carry = 0
+        if zm is not None:                        # h_t = h_{t-1} + zm (h~_t - h_{t-1})
+            carry = (1 - zm[off:off + n]) * dh[:n]
+            dh[:n] *= zm[off:off + n]
         tanh_c = np.tanh(c[off:off + n])
         if w_hr is None:
             dm = dh[:n]
@@ -191,6 +225,9 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
                                                      c[off:off + n], tanh_c, keep[off:off + n],
                                                      peephole, cell_clip, dpeep, cifg)
             dh[:n] = dgates[off:off + n] @ w_hh
+            if rdrop is not None:
+                dh[:n] *= rdrop[:n]
+            dh[:n] += carry
             continue
         dc[:n] += dm * o * (1 - tanh_c * tanh_c)
         d = dgates[off:off + n]
@@ -200,6 +237,9 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
         d[:, 3 * H:4 * H] = dm * tanh_c * o * (1 - o)
         dc[:n] *= f
         dh[:n] = d @ w_hh
+        if rdrop is not None:
+            dh[:n] *= rdrop[:n]
+        dh[:n] += carry
     # whole-sequence products, after the loop
     dx = dgates @ w_ih
     dw_ih = dgates.T @ xp
@@ -235,7 +275,7 @@ def _variant_cell(a, c_prev, H, peephole, clip, cell_clip, cifg=False):
     return c_t
 
 
-def _clip_keep(xp, w_ih, w_hh, b, h0, c0, y, gates, c, steps, peephole, clip):
+def _clip_keep(xp, w_ih, w_hh, b, h0, c0, y, gates, c, steps, peephole, clip, rdrop=None):
     """(N, 4H) bool: where the gate clip let the gradient through (|pre-activation| <=
     clip; all True without a clip). Recomputes every pre-activation from the forward's
     inputs and saved states."""
@@ -248,6 +288,8 @@ def _clip_keep(xp, w_ih, w_hh, b, h0, c0, y, gates, c, steps, peephole, clip):
     for t, (off, n) in enumerate(steps):
         prev = steps[t - 1][0] if t else None
         h_prev = y[prev:prev + n] if t else h0[:n]
+        if rdrop is not None:
+            h_prev = h_prev * rdrop[:n]
         c_prev = c[prev:prev + n] if t else c0[:n]
         pre[off:off + n] += h_prev @ w_hh.T
         if peephole is not None:
@@ -483,16 +525,18 @@ def pack_int8(w_ih, w_hh, b, out=None):
     return PackedInt8(w_ih, w_hh, b)
 
 
-def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None):
+def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None,
+            zoneout=None):
     if isinstance(packed, PackedBF16):   # and PackedInt8
-        if save:
+        if save or rdrop is not None or zoneout is not None:
             raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
         run = lstm_forward_int8 if isinstance(packed, PackedInt8) else lstm_forward_bf16
         y, h_n, c_n = run(x, *packed, as_matrix(h0), as_matrix(c0), batch_sizes)
         gates = c = None
     else:
         y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], as_matrix(h0), as_matrix(c0),
-                                             batch_sizes, packed.w_hr, **_variant_kw(packed))
+                                             batch_sizes, packed.w_hr, rdrop=rdrop,
+                                             zoneout=zoneout, **_variant_kw(packed))
     h_n, c_n = h_n.reshape(h0.shape), c_n.reshape(c0.shape)
     if out is not None:
         for dst, src in zip(out, (y, h_n, c_n)):
@@ -503,13 +547,13 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
 
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
-             dpeephole=None):
+             dpeephole=None, rdrop=None, zoneout=None):
     if isinstance(packed, PackedBF16):   # and PackedInt8
         raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
     dx, dw_ih, dw_hh, db, dh0, dc0, *rest = lstm_backward(
         x, packed.w_ih, packed.w_hh, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
-        as_matrix(dh_n), as_matrix(dc_n), batch_sizes, packed.w_hr, packed.b,
-        **_variant_kw(packed))
+        as_matrix(dh_n), as_matrix(dc_n), batch_sizes, packed.w_hr, packed.b, rdrop=rdrop,
+        zoneout=zoneout, **_variant_kw(packed))
     if len(rest) > (packed.w_hr is not None):    # a variant is on: dpeephole at the end
         dp = rest.pop()
         if dp is not None:

@@ -31,11 +31,14 @@ NUMBA_NUM_THREADS) and the kernels' partition (lstm.py); the bits do not depend 
 
 Compilation is lazy (nothing compiles at import) and cached to disk (``cache=True``; the cache
 of every kernel file is invalidated by an edit of any of them, see simd.py). The registry
-imports this package only when the backend is first used. Cold first use compiles for 31-35 s
-per dtype (forward 15.6-17.3 s + backward 15.6-17.6 s, f32, Intel Xeon, by the machine's load);
+imports this package only when the backend is first used. Cold first use compiles for about
+79 s per dtype (forward 40.4 s + backward 38.6 s, f32, Intel Xeon family 6 model 167, a shared
+machine; main's plain-only kernels 26.8 + 29.8 s in the same run), once for every option;
 from the cache the first call takes 0.45-0.55 s, importing Numba included
-(benchmarks/numba_first_use.py). Inference (save=False) and ``step`` run the same compiled
-forward (``save`` is a runtime flag).
+(benchmarks/numba_first_use.py). Every option is a run-time argument of a fixed type (lstm.py,
+"Compilation"): inference (save=False), ``step``, the projection, the variants, the peephole
+gradients and the recurrent dropout and zoneout masks run the same two compiled kernels per
+dtype.
 """
 
 import numba
@@ -75,7 +78,30 @@ def _steps(x, batch_sizes):
     return x, np.ascontiguousarray(batch_sizes, dtype=np.int64), None
 
 
-def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None):
+_NONE = {}
+
+
+def _none(dt, ndim=2):
+    """The array of 0 rows (ndim axes, dtype dt) that stands for an absent mask, projection
+    array or peephole gradient (the kernels test its rows at run time; a None would be a
+    separate compilation of the whole call tree)."""
+    a = _NONE.get((dt, ndim))
+    if a is None:
+        a = _NONE[dt, ndim] = np.empty((0,) * ndim, dt)
+    return a
+
+
+def _mask(a, none):
+    """A mask for the kernels: C-contiguous and writable (the array type they are compiled
+    for), or ``none`` for None."""
+    if a is None:
+        return none
+    if not a.flags.c_contiguous or not a.flags.writeable:
+        a = np.array(a, order="C")
+    return a
+
+
+def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None, zoneout=None):
     """-> (y, h_n, c_n, gates, c); gates and c None with save=False (the contract:
     lstm_fast.backends). out=(y, h_n, c_n), any of them None, receives the outputs."""
     xp, bs, padded = _steps(x, batch_sizes)
@@ -95,11 +121,14 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     else:
         n0 = int(bs[0]) if len(bs) else 0
         gates, c = np.empty((max(n0, min(N, FWD_CHUNK_BYTES // (G * dt.itemsize))), G), dt), np.empty((0, H), dt)
-    m = None if packed.whr_t is None else np.empty((B, H), dt)
+    none = _none(dt)   # options off: arrays of 0 rows, not None (one compilation, lstm.py)
+    m, whr_t = (none, _none(dt, 3)) if packed.whr_t is None else (np.empty((B, H), dt), packed.whr_t)
+    hm = none if rdrop is None else np.empty((B, R), dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
-        lstm_forward(xp, packed.wih_t, packed.whh_f, packed.b, packed.whr_t, as_matrix(h0), as_matrix(c0), bs, y,
-                     as_matrix(h_n), as_matrix(c_n), gates, c, m, save, packed.var, n)
+        lstm_forward(xp, packed.wih_t, packed.whh_f, packed.b, whr_t, as_matrix(h0), as_matrix(c0), bs, y,
+                     as_matrix(h_n), as_matrix(c_n), gates, c, m, save, packed.var, _mask(rdrop, none), hm,
+                     none if zoneout is None else _mask(zoneout.reshape(N, H), none), n)
     if y_out is not None:
         y = y_out
     elif padded is not None:
@@ -119,7 +148,8 @@ def step(packed, x, h, c, num_threads, y=None):
     return y_t if y is not None else y_t.reshape(B, h.shape[1])
 
 
-def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None, dpeephole=None):
+def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None, dpeephole=None,
+             rdrop=None, zoneout=None):
     """-> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); db None without a bias, dw_hr None without a
     projection (the contract: lstm_fast.backends); with peepholes dpeephole (3, H) receives
     their gradients."""
@@ -139,19 +169,23 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
     db = np.empty(G if packed.has_bias else 0, dt)
     dh0 = np.empty(h0.shape, dt)
     dc0 = np.empty(c0.shape, dt)
+    none = _none(dt)   # options off: arrays of 0 rows, not None (one compilation, lstm.py)
     if packed.whr is None:
         dhs = np.empty((B, H), dt)
-        dm = dh_all = m_all = mpan = dw_hr = None
+        dm = dh_all = m_all = dw_hr = none
+        whr = mpan = _none(dt, 3)
     else:
         dhs = np.empty((0, H), dt)
         dm, dh_all, m_all = np.empty((B, H), dt), np.empty((N, R), dt), np.empty((N, H), dt)
-        mpan, dw_hr = pan(H), np.empty((R, H), dt)
+        whr, mpan, dw_hr = packed.whr, pan(H), np.empty((R, H), dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
-        lstm_backward(xp, packed.wih, packed.whh_b, packed.whr, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
+        lstm_backward(xp, packed.wih, packed.whh_b, whr, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
                       as_matrix(dh_n), as_matrix(dc_n), bs, dgates, dhs, pan(I), pan(R), dm, dh_all, m_all, mpan,
                       dx, dw_ih, dw_hh, db, as_matrix(dh0), as_matrix(dc0), dw_hr, packed.var,
-                      dpeephole if packed.var is not None and packed.var[1] else None, n)
+                      dpeephole if packed.var[1] and dpeephole is not None else none, _mask(rdrop, none),
+                      none if zoneout is None else _mask(zoneout.reshape(N, H), none),
+                      none if zoneout is None else np.zeros((B, H), dt), n)
     if padded is not None:
         dx = dx.reshape(x.shape)
-    return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, dw_hr
+    return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, (None if packed.whr is None else dw_hr)

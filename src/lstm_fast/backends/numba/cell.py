@@ -9,12 +9,14 @@ Both take pointers (``simd.ptr``); row strides 4H for gates and dgates, H for th
 C's fwd_cell instead adds the tile's accumulators (kept in a scratch array) to the input
 projection itself; here ``lstm.fwd_tile`` has already added them into gates_t.
 
-Variants (issue 15; equations in backends/reference.py): ``var`` is None for the plain LSTM
-(Numba then compiles the plain loops alone) or ``(peep, has_peep, clip, cell_clip, cifg)`` with peep
-(3, H) rows w_ci, w_cf, w_co (any (3, H) array when has_peep is False) and the clips (> 0: on);
-``fwd_cell_var`` / ``bwd_cell_var`` are the cells then. As C, backward tells a clamped gate by
-its saved activation (at or beyond act(+-clip)) and c_t's clamp from f*c_{t-1} + i*g recomputed
-with the forward's operations. Unlike C, the peephole gradients are summed after the time loop
+Variants (issue 15; equations in backends/reference.py): ``var`` is always the tuple
+``(peep, has_peep, clip, cell_clip, cifg)`` with peep (3, H) rows w_ci, w_cf, w_co (any 2-D array
+of the dtype when has_peep is False) and the clips (> 0: on); all off is the plain LSTM. The
+cells test it at run time (``var_on``): the plain loops run when every variant is off,
+``fwd_cell_var`` / ``bwd_cell_var`` otherwise. One tuple type, never None: one compilation per
+dtype serves the plain LSTM and every variant (a None would compile the whole call tree again).
+As C, backward tells a clamped gate by its saved activation (at or beyond act(+-clip)) and
+c_t's clamp from f*c_{t-1} + i*g recomputed with the forward's operations. Unlike C, the peephole gradients are summed after the time loop
 (``lstm.peephole_grads``), since Numba's threads may split sequences rather than units.
 """
 
@@ -39,6 +41,12 @@ def clip_keep(d, s, lo, hi):
     z = vsplat(d, 0.0)
     d = vsel_ge(s, hi, z, d)
     return vsel_ge(lo, s, z, d)
+
+
+@njit(inline="always", **JIT)
+def var_on(var):
+    """Whether any variant of ``var`` is on (else the plain loops run)."""
+    return var[1] or var[2] > 0 or var[3] > 0 or var[4]
 
 
 @njit(**JIT)
@@ -150,8 +158,8 @@ def bwd_cell_var(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu, var):
 def fwd_cell(gates_t, cp, c_t, h_t, r0, mr, H, u0, nu, var):
     """Elementwise update of rows r0..r0+mr, units u0..u0+nu, one vector at a time: activate
     the pre-activations in gates_t in place, c_t = f*c_prev + i*g, h_t = o*tanh(c_t).
-    ``var``: None (plain), or the variants (``fwd_cell_var``)."""
-    if var is not None:
+    ``var``: the variants; with any on, ``fwd_cell_var`` runs instead."""
+    if var_on(var):
         fwd_cell_var(gates_t, cp, c_t, h_t, r0, mr, H, u0, nu, var)
         return
     V = lanes(gates_t)
@@ -179,8 +187,8 @@ def bwd_cell(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu, var):
     """Gate gradients of rows 0..n, units u0..u0+nu, of one step, one vector at a time. ``dm``
     (., H) is the gradient reaching m_t = o*tanh(c_t) (dh without a projection, dy included).
     Writes dg_t, turns ``dc`` into the gradient reaching c_{t-1}, and stores m_t into
-    ``m_out`` unless None. ``var``: None (plain), or the variants (``bwd_cell_var``)."""
-    if var is not None:
+    ``m_out`` unless None. ``var``: the variants; with any on, ``bwd_cell_var`` runs instead."""
+    if var_on(var):
         bwd_cell_var(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, u0, nu, var)
         return
     V = lanes(dm)

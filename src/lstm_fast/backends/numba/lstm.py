@@ -20,7 +20,8 @@ loop, the backward step tiles, time loop and whole-sequence products, on the wei
   batch_sizes = [B] * T.
 * Projection (w_hr (P, H)): forward writes m = o*tanh(c) to ``m`` and y_t = m.w_hr^T is a GEMM
   per step; backward forms dh (P wide), dm = dh.w_hr, then the cell; dw_hr = dh_all^T.m_all
-  after the loop. Without one those arrays are None and Numba compiles the branches out.
+  after the loop. Without one those arrays have 0 rows and the branches are skipped at run
+  time (never None: see "Compilation" below).
 * Threads (``num_threads``) over ``prange(num_threads)`` regions with a fixed partition: with
   >= ROWS_PER_THREAD sequences per thread each thread runs its own sequences through all steps
   (one region per pass: on a shared machine every region can wait a scheduler tick for the
@@ -30,8 +31,14 @@ loop, the backward step tiles, time loop and whole-sequence products, on the wei
   not depend on the thread count. C runs one job per thread for the whole call with a
   barrier after every step; Numba has no barrier inside a prange, so its ``*_par`` functions
   are one parallel region each and the time loop runs on the calling thread between them.
+* Compilation: every option is a run-time value of one argument type: the variants a tuple of
+  fixed types (``cell.var_on``), the projection's arrays, the peephole gradients and the
+  recurrent dropout and zoneout masks arrays of 0 rows when off, never None. Each kernel then
+  compiles once per dtype for every combination (Numba compiles the whole call tree again for
+  each distinct argument type, 15-17 s per kernel cold).
 """
 
+import numpy as np
 from numba import njit, prange
 
 from .cell import bwd_cell, fwd_cell
@@ -232,7 +239,7 @@ def row_split(n, tid, num_threads):
 
 @njit(**JIT)
 def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, r0, r1,
-            num_threads, var):
+            num_threads, var, rdrop, hm, zm):
     """The time loop for sequences r0..r1 (rows r0.. of every step). Sequences are independent,
     so a thread can run its own range through all steps without waiting for the others;
     ``num_threads`` > 1 instead splits each step's hidden blocks (small batches). With ``inproj``
@@ -240,7 +247,14 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
     tiles never change an element's operations), so that a thread's whole forward is one
     parallel region. ``save``: gates (N, 4H) and c (N, H) get every step's rows; else c is the
     running state (B, H) (its rows r0.., c0 unused) and gates a workspace, its rows r0.. with
-    ``inproj``, else the hoisted projection of x's rows.
+    ``inproj``, else the hoisted projection of x's rows. Without a projection ``whr_t`` and
+    ``m`` have 0 rows. ``rdrop`` (B, R) the recurrent dropout
+    mask, or 0 rows (off); ``hm`` (B, R) then receives h_{t-1} * rdrop of these rows, which the
+    step reads. ``zm`` (N, H): the zoneout mask (no projection), or 0 rows (off): after each
+    step's cells, h_t = (h~_t - h_{t-1}) * zm + h_{t-1} (C does it in its cell; the same
+    operations). The masks are always arrays, tested at run time (0 rows: off), so that one
+    compilation per dtype serves every mask combination (an Optional or None-typed argument
+    would compile the whole call tree again for each).
     C's fwd_job is one thread's whole call; here it is the time loop, run by one thread over its
     sequences (``fwd_job_par``) or by the calling thread with each step split (``fwd_step_all``)."""
     B, R = h0.shape
@@ -258,6 +272,12 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
         a = off + r0
         p = prev + r0
         hp = h0[r0:r0 + n] if t == 0 else y[p:p + n]
+        hprev = hp
+        if rdrop.shape[0] > 0:
+            for r in range(n):
+                for k in range(R):
+                    hm[r0 + r, k] = hp[r, k] * rdrop[r0 + r, k]
+            hp = hm[r0:r0 + n]
         if save:
             cp = c0[r0:r0 + n] if t == 0 else c[p:p + n]
             c_t = c[a:a + n]
@@ -266,8 +286,13 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
         g_t = gates[r0:r0 + n] if inproj and not save else gates[a:a + n]
         if inproj:
             gemm(n, G, I, x[a:a + n], False, wih_t, g_t, b, nl(1))
-        if whr_t is None:
+        if whr_t.shape[0] == 0:
             fwd_step_all(n, H, R, whh_f, hp, cp, g_t, c_t, y[a:a + n], t & 1, num_threads, var)
+            if zm.shape[0] > 0:
+                for r in range(n):
+                    for k in range(H):
+                        v = y[a + r, k]
+                        y[a + r, k] = (v - hprev[r, k]) * zm[a + r, k] + hprev[r, k]
         else:
             fwd_step_all(n, H, R, whh_f, hp, cp, g_t, c_t, m[r0:r0 + n], t & 1, num_threads, var)
             gemm(n, R, H, m[r0:r0 + n], False, whr_t, y[a:a + n], None, num_threads)
@@ -276,24 +301,25 @@ def fwd_job(x, wih_t, b, inproj, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c,
 
 
 @njit(**PJIT)
-def fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, n0, num_threads, var):
+def fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, n0, num_threads, var,
+                rdrop, hm, zm):
     for tid in prange(num_threads):
         r0 = row_split(n0, nl(tid), num_threads)
         r1 = row_split(n0, nl(tid) + 1, num_threads)
         if r1 > r0:
             fwd_job(x, wih_t, b, True, whh_f, whr_t, h0, c0, batch_sizes, y, gates, c, m, save, r0, r1, nl(1),
-                    var)
+                    var, rdrop, hm, zm)
 
 
 @njit(**JIT)
 def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, gates, c, m, save, var,
-                 num_threads):
+                 rdrop, hm, zm, num_threads):
     """Forward pass into caller-provided outputs, packed layout (see module docstring).
 
     x (N, I), y (N, R) with N = sum(batch_sizes); step t's rows start at sum(batch_sizes[:t])
     and only its first batch_sizes[t] sequences advance. Weights as ``pack`` makes them:
-    ``wih_t`` panels, ``whh_f``, ``b`` (4H,), ``whr_t`` panels or None; ``m`` (B, H) workspace
-    with a projection, else None. h_n may be h0, c_n may be c0.
+    ``wih_t`` panels, ``whh_f``, ``b`` (4H,), ``whr_t`` panels, or (0, 0, 0) without a projection;
+    ``m`` (B, H) workspace with a projection, else (0, 0). h_n may be h0, c_n may be c0.
     ``save``: gates (N, 4H) and c (N, H) receive every step (for backward). Not ``save``
     (inference): c is not used (pass an empty (0, H)), the running cell state lives in c_n, and
     gates is a workspace of at least batch_sizes[0] rows: the hoisted input projection goes
@@ -301,7 +327,10 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
     ``num_threads``: with >= ROWS_PER_THREAD sequences per thread each thread runs its sequences
     through all steps, input projection included (one parallel region per call); else the input
     projection splits output tiles and each step its hidden blocks.
-    ``var``: None (plain) or the variants, as ``cell.fwd_cell`` takes them.
+    ``var``: the variants, as ``cell.fwd_cell`` takes them (all off: plain). ``rdrop`` (B, R):
+    the recurrent dropout mask (the steps read h_{t-1} * rdrop, copied into the workspace ``hm``
+    (B, R)), or an array of 0 rows (off; ``hm`` too). ``zm`` (N, H): the zoneout mask, or 0
+    rows (off). Never None: see ``fwd_job``.
     """
     N, I = x.shape
     B, R = h0.shape
@@ -315,7 +344,7 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
         c_n[:] = c0
     if num_threads > 1 and n0 >= ROWS_PER_THREAD * num_threads:   # one parallel region for the whole pass
         fwd_job_par(x, wih_t, b, whh_f, whr_t, h0, c0, batch_sizes, y, gates, state, m, save, n0, num_threads,
-                    var)
+                    var, rdrop, hm, zm)
     else:   # hoisted input projection + bias: all steps, or (not save) as many as gates holds
         hprev = h0
         t0 = o0 = 0
@@ -327,7 +356,8 @@ def lstm_forward(x, wih_t, whh_f, b, whr_t, h0, c0, batch_sizes, y, h_n, c_n, ga
             g = gates[o0:o1] if save else gates[:o1 - o0]
             gemm(o1 - o0, G, I, x[o0:o1], False, wih_t, g, b, num_threads)
             fwd_job(x[o0:o1], wih_t, b, False, whh_f, whr_t, hprev, c0, batch_sizes[t0:t1], y[o0:o1], g,
-                    state[o0:o1] if save else state, m, save, nl(0), batch_sizes[t0], num_threads, var)
+                    state[o0:o1] if save else state, m, save, nl(0), batch_sizes[t0], num_threads, var, rdrop,
+                    hm, zm[o0:o1] if zm.shape[0] > 0 else zm)
             hprev = y[o1 - batch_sizes[t1 - 1]:o1]
             t0, o0 = t1, o1
     # final states: sequence r's last step is the last t with batch_sizes[t] > r
@@ -494,12 +524,22 @@ def bwd_rows(G, dg, n, w, add, out, R, q0, q1):
 
 
 @njit(**JIT)
-def bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
+def bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1, rdrop, has_rdrop):
     """dh of rows 0..n, column blocks q0..q1 (V wide) of h (width R), into out (., R): rows
-    below nn (active at t+1) get dg_next . w_hh, rows nn..n (last step t) dh_n; plus dy_t
-    unless None. Pointers (row strides 4H for dg_next, R for the others)."""
-    bwd_rows(G, dg_next, nn, whh_b, dy_t, out, R, q0, q1)
+    below nn (active at t+1) get dg_next . w_hh (times rdrop, the recurrent dropout mask,
+    if ``has_rdrop``, a run-time flag), rows nn..n (last step t) dh_n; plus dy_t unless None.
+    Pointers (row strides 4H for dg_next, R for the others)."""
     u0, u1 = q0 * lanes(out), min(R, q1 * lanes(out))
+    if not has_rdrop:
+        bwd_rows(G, dg_next, nn, whh_b, dy_t, out, R, q0, q1)
+    else:   # (dg_next . w_hh) * rdrop + dy: C's operations (bwd_rows' mul, then add)
+        bwd_rows(G, dg_next, nn, whh_b, None, out, R, q0, q1)
+        for r in range(nn):
+            for u in range(u0, u1):
+                v = ld(out, r * R + u) * ld(rdrop, r * R + u)
+                if dy_t is not None:
+                    v = v + ld(dy_t, r * R + u)
+                st(out, r * R + u, v)
     for r in range(nn, n):
         for u in range(u0, u1):
             if dy_t is None:
@@ -509,44 +549,58 @@ def bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, q0, q1):
 
 
 @njit(**PJIT)
-def bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads):
+def bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop):
     nblk = (R + lanes(out) - 1) // lanes(out)
+    has_rdrop = rdrop.shape[0] > 0
     for tid in prange(num_threads):
         bwd_dh(G, ptr(dg_next), nn, n, ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(out), R,
-               split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads))
+               split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), ptr(rdrop),
+               has_rdrop)
 
 
 @njit(**JIT)
-def bwd_dh_all(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads):
-    """``bwd_dh`` on arrays over all column blocks, split over num_threads (``bwd_dh_par``)."""
+def bwd_dh_all(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop):
+    """``bwd_dh`` on arrays over all column blocks, split over num_threads (``bwd_dh_par``);
+    ``rdrop`` the mask's rows, or 0 rows (off)."""
     if num_threads > 1:
-        bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads)
+        bwd_dh_par(G, dg_next, nn, n, whh_b, dh_n, dy_t, out, R, num_threads, rdrop)
     else:
         bwd_dh(G, ptr(dg_next), nn, n, ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(out), R, nl(0),
-               (R + lanes(out) - 1) // lanes(out))
+               (R + lanes(out) - 1) // lanes(out), ptr(rdrop), rdrop.shape[0] > 0)
 
 
 @njit(**JIT)
-def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, j0, j1, var):
+def bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, j0, j1, var,
+             rdrop, zm, dhz):
     """One backward step without a projection, hidden blocks j0..j1, fused per 4 blocks: the dh
     tile (dg_next . w_hh + dy) into dhs, then the gate gradients of the same units.
-    C hands bwd_cell the tile in a small stack scratch; here dh goes through the rows of dhs."""
+    C hands bwd_cell the tile in a small stack scratch; here dh goes through the rows of dhs.
+    ``rdrop`` (n, H), ``zm`` and ``dhz`` (n, H) the masks' rows, or 0 rows (off; run-time tests)."""
     V = lanes(dhs)
+    has_rdrop, has_zm = rdrop.shape[0] > 0, zm.shape[0] > 0
     dg_next, whh_b, dh_n, dy_t, dhs = ptr(dg_next), ptr(whh_b), ptr(dh_n), ptr(dy_t), ptr(dhs)
     gates_t, c_t, cprev, dc, dg_t = ptr(gates_t), ptr(c_t), ptr(cprev), ptr(dc), ptr(dg_t)
+    rdrop, zp, dz = ptr(rdrop), ptr(zm), ptr(dhz)
     for j in range(j0, j1, 4):
         j2 = min(j + 4, j1)
-        bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2)
+        bwd_dh(G, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, H, j, j2, rdrop, has_rdrop)
+        if has_zm:   # zoneout: as C's cell, dh + carry -> zm*dh (cell), (1-zm)*dh (carry)
+            for r in range(n):
+                for u in range(j * V, min(H, j2 * V)):
+                    z = ld(zp, r * H + u)
+                    d = ld(dhs, r * H + u) + ld(dz, r * H + u)
+                    st(dz, r * H + u, (1 - z) * d)
+                    st(dhs, r * H + u, z * d)
         bwd_cell(n, H, dhs, gates_t, c_t, cprev, dc, dg_t, None, j * V, min(H, j2 * V) - j * V, var)
 
 
 @njit(**PJIT)
 def bwd_step_par(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t, num_threads,
-                 var):
+                 var, rdrop, zm, dhz):
     nblk = (H + lanes(dhs) - 1) // lanes(dhs)
     for tid in prange(num_threads):
         bwd_step(G, H, dg_next, nn, n, whh_b, dh_n, dy_t, dhs, gates_t, c_t, cprev, dc, dg_t,
-                 split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), var)
+                 split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads), var, rdrop, zm, dhz)
 
 
 @njit(**JIT)
@@ -568,7 +622,7 @@ def bwd_step_proj_cell_par(n, H, dm, gates_t, c_t, cprev, dc, dg_t, m_out, num_t
 
 @njit(**JIT)
 def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-            dc0, r0, r1, num_threads, var):
+            dc0, r0, r1, num_threads, var, rdrop, zm, dhz):
     """The backward time loop for sequences r0..r1, steps last to first; ``dc0`` rows hold the
     running dc.
     C's bwd_job is one thread's whole call; here it is the time loop, as ``fwd_job``."""
@@ -595,17 +649,20 @@ def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm
         dy_t = dy[a:a + n]
         dhn = dh_n[r0:r0 + n]
         dc = dc0[r0:r0 + n]
+        rd = rdrop[r0:r0 + n]   # (0 rows stay 0 rows: off)
+        zt = zm[a:a + n]
+        dz = dhz[r0:r0 + n]
         par = num_threads > 1 and n * G * R >= PAR_MIN
-        if whr is None:
+        if whr.shape[0] == 0:
             if par:
                 bwd_step_par(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc,
-                             dg_t, num_threads, var)
+                             dg_t, num_threads, var, rd, zt, dz)
             else:
                 bwd_step(G, H, dg_next, nn, n, whh_b, dhn, dy_t, dhs[r0:r0 + n], g_t, c_t, cprev, dc, dg_t,
-                         nl(0), (H + lanes(dhs) - 1) // lanes(dhs), var)
+                         nl(0), (H + lanes(dhs) - 1) // lanes(dhs), var, rd, zt, dz)
         else:
             dha = dh_all[a:a + n]
-            bwd_dh_all(G, dg_next, nn, n, whh_b, dhn, dy_t, dha, R, num_threads if par else 1)
+            bwd_dh_all(G, dg_next, nn, n, whh_b, dhn, dy_t, dha, R, num_threads if par else 1, rd)
             gemm(n, H, R, dha, False, whr, dm[r0:r0 + n], None, num_threads)
             if par:
                 bwd_step_proj_cell_par(n, H, dm[r0:r0 + n], g_t, c_t, cprev, dc, dg_t, m_all[a:a + n],
@@ -617,17 +674,23 @@ def bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm
 
 @njit(**PJIT)
 def bwd_job_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                dc0, dh0, n0, num_threads, var):
+                dc0, dh0, n0, num_threads, var, rdrop, zm, dhz):
     for tid in prange(num_threads):
         r0 = row_split(n0, nl(tid), num_threads)
         r1 = row_split(n0, nl(tid) + 1, num_threads)
         if r1 > r0:
             bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                    dc0, r0, r1, nl(1), var)
+                    dc0, r0, r1, nl(1), var, rdrop, zm, dhz)
             # dh0 of these sequences (all active at t = 0): dgates[0] . w_hh
             R = h0.shape[1]
-            bwd_dh(4 * c0.shape[1], ptr(dgates[r0:r1]), r1 - r0, r1 - r0, ptr(whh_b), ptr(dh_n[r0:r1]), None,
-                   ptr(dh0[r0:r1]), R, nl(0), (R + lanes(dh0) - 1) // lanes(dh0))
+            nb = (R + lanes(dh0) - 1) // lanes(dh0)
+            has_rdrop = rdrop.shape[0] > 0
+            if dhz.shape[0] > 0:   # zoneout: plus the carried gradient
+                bwd_dh(4 * c0.shape[1], ptr(dgates[r0:r1]), r1 - r0, r1 - r0, ptr(whh_b), ptr(dh_n[r0:r1]),
+                       ptr(dhz[r0:r1]), ptr(dh0[r0:r1]), R, nl(0), nb, ptr(rdrop[r0:r1]), has_rdrop)
+            else:
+                bwd_dh(4 * c0.shape[1], ptr(dgates[r0:r1]), r1 - r0, r1 - r0, ptr(whh_b), ptr(dh_n[r0:r1]),
+                       None, ptr(dh0[r0:r1]), R, nl(0), nb, ptr(rdrop[r0:r1]), has_rdrop)
 
 
 @njit(**JIT)
@@ -640,7 +703,7 @@ def bwd_gemms(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr, ti
     gemm_job(N, I, G, dgates, False, wih, dx, None, tid, num_threads)
     gemm_job(G, I, N, dgates, True, xpan, dw_ih, None, tid, num_threads)
     gemm_job(G, R, N, dgates, True, hpan, dw_hh, None, tid, num_threads)
-    if dw_hr is not None:
+    if dw_hr.shape[0] > 0:
         gemm_job(R, dw_hr.shape[1], N, dh_all, True, mpan, dw_hr, None, tid, num_threads)
 
 
@@ -653,18 +716,22 @@ def bwd_gemms_par(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr
 @njit(**JIT)
 def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes,
                   dgates, dhs, xpan, hpan, dm, dh_all, m_all, mpan,
-                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, num_threads):
+                  dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, rdrop, zm, dhz, num_threads):
     """Backpropagation through time into caller-provided outputs, packed layout.
 
-    Weights as ``pack`` makes them (``wih``, ``whh_b`` and ``whr`` or None). Workspace:
+    Weights as ``pack`` makes them (``wih``, ``whh_b`` and ``whr``, (0, 0, 0) without a
+    projection). Workspace:
     ``dgates`` (N, 4H), ``dhs`` (B, H) the dh of a step, ``xpan``/``hpan`` panels
     [ceil(I/NR)][N][NR] / [ceil(R/NR)][N][NR] for x and the h_{t-1} rows; with a
     projection ``dm`` (B, H), ``dh_all`` (N, R), ``m_all`` (N, H), ``mpan``
-    [ceil(H/NR)][N][NR] and output ``dw_hr`` (R, H), all None without. ``db`` (4H,), or empty
+    [ceil(H/NR)][N][NR] and output ``dw_hr`` (R, H), all of 0 rows without. ``db`` (4H,), or empty
     (0,) without a bias: not computed. ``dc0`` doubles as the running dc (rows of inactive
     sequences pass through). ``num_threads`` threads, split as in ``lstm_forward``; the
-    whole-sequence GEMMs split output tiles. ``var``: None (plain) or the variants, as
-    ``cell.bwd_cell`` takes them; with peepholes ``dpeep`` (3, H) receives their gradients.
+    whole-sequence GEMMs split output tiles. ``var``: the variants, as ``cell.bwd_cell`` takes
+    them (all off: plain); ``dpeep`` (3, H) receives the peephole gradients, or 0 rows (none).
+    ``rdrop`` (B, R): the forward's recurrent dropout mask, or 0 rows (off). ``zm`` (N, H): the
+    forward's zoneout mask with ``dhz`` (B, H) zeros (the carried gradient), or both 0 rows
+    (off). Never None: one compilation serves every combination (see ``fwd_job``).
     """
     N, I = x.shape
     B, R = h0.shape
@@ -676,23 +743,44 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     n0 = batch_sizes[0] if T > 0 else 0
     if num_threads > 1 and n0 >= ROWS_PER_THREAD * num_threads:   # one parallel region for the time loop and dh0
         bwd_job_par(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                    dc0, dh0, n0, num_threads, var)
+                    dc0, dh0, n0, num_threads, var, rdrop, zm, dhz)
         dh0[n0:] = dh_n[n0:]
+        if dhz.shape[0] > 0:   # as C: dh_n + the (zero) carry of sequences of length 0
+            for r in range(n0, B):
+                for u in range(R):
+                    dh0[r, u] = dh0[r, u] + dhz[r, u]
     else:
         bwd_job(whh_b, whr, h0, c0, gates, c, dy, dh_n, batch_sizes, dgates, dhs, dm, dh_all, m_all,
-                dc0, nl(0), n0, num_threads, var)
-        bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, num_threads if B * G * R >= PAR_MIN else 1)
+                dc0, nl(0), n0, num_threads, var, rdrop, zm, dhz)
+        nt = num_threads if B * G * R >= PAR_MIN else 1
+        if dhz.shape[0] > 0:
+            bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, dhz, dh0, R, nt, rdrop)
+        else:
+            bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, nt, rdrop)
     # whole-sequence products over all N rows, after the loop
     pack_b(x, nl(0), N, xpan, nl(0))
-    pack_b(h0, nl(0), n0, hpan, nl(0))            # h_{t-1} of row k: h0 at t = 0, else y of step t-1
-    off = n0
-    prev = 0
-    for t in range(1, T):
-        n = batch_sizes[t]
-        pack_b(y, prev, n, hpan, off)
-        prev = off
-        off += n
-    if whr is not None:
+    if rdrop.shape[0] == 0:
+        pack_b(h0, nl(0), n0, hpan, nl(0))        # h_{t-1} of row k: h0 at t = 0, else y of step t-1
+        off = n0
+        prev = 0
+        for t in range(1, T):
+            n = batch_sizes[t]
+            pack_b(y, prev, n, hpan, off)
+            prev = off
+            off += n
+    else:   # recurrent dropout: dw_hh from h_{t-1} * rdrop of every row
+        hm = np.empty((N, R), y.dtype)
+        off = 0
+        prev = 0
+        for t in range(T):
+            n = batch_sizes[t]
+            for r in range(n):
+                for k in range(R):
+                    hm[off + r, k] = (h0[r, k] if t == 0 else y[prev + r, k]) * rdrop[r, k]
+            prev = off
+            off += n
+        pack_b(hm, nl(0), N, hpan, nl(0))
+    if whr.shape[0] > 0:
         pack_b(m_all, nl(0), N, mpan, nl(0))
     if num_threads > 1 and N * G * (I + R) >= PAR_MIN:   # dx, dw_ih, dw_hh (dw_hr) in one parallel region
         bwd_gemms_par(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr, num_threads)
@@ -704,7 +792,7 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
             dr = dgates[r]
             for j in range(G):
                 db[j] += dr[j]
-    if dpeep is not None:
+    if dpeep.shape[0] > 0:
         peephole_grads(dgates, c, c0, batch_sizes, dpeep)
 
 

@@ -36,7 +36,7 @@ class Packed(NamedTuple):
     whr_t: Optional[np.ndarray]    #: None without a projection
     whr: Optional[np.ndarray]
     variant: Optional[object] = None   #: backends.Variant, or None (plain)
-    var: Optional[tuple] = None        #: the kernels' form (cell.py), or None (plain)
+    var: tuple = ()                    #: the kernels' form (cell.py), every variant off: plain
 
 
 def panels(w, NR):
@@ -52,7 +52,8 @@ def pack(w_ih, w_hh, b, w_hr=None, out=None, variant=None):
     """w_ih (4H, I), w_hh (4H, R), b (4H,) or None, w_hr (P, H) or None -> ``Packed``.
     out (a Packed to reuse) is accepted and not used: NumPy builds these layouts.
     variant: a backends.Variant or None; the kernels get it as (peep, has_peep, clip,
-    cell_clip, cifg) (cell.py), None when every variant is off."""
+    cell_clip, cifg) (cell.py), every variant off (peep (0, 0)) for None: always the same
+    tuple type, so that one compilation per dtype serves the plain LSTM and every variant."""
     dt = w_hh.dtype
     V = 64 // dt.itemsize
     NR = 2 * V
@@ -70,11 +71,11 @@ def pack(w_ih, w_hh, b, w_hr=None, out=None, variant=None):
     whr_t = whr = None
     if w_hr is not None:
         whr_t, whr = panels(w_hr.T, NR), panels(w_hr, NR)
-    var = None
-    if variant is not None and (variant.peephole is not None or variant.clip > 0
-                                or variant.cell_clip > 0 or variant.cifg):
-        has_peep = variant.peephole is not None
-        peep = np.ascontiguousarray(variant.peephole, dt) if has_peep else np.zeros((3, H), dt)
+    has_peep = variant is not None and variant.peephole is not None
+    peep = np.ascontiguousarray(variant.peephole, dt) if has_peep else np.zeros((0, 0), dt)
+    if variant is None:
+        var = (peep, False, 0.0, 0.0, False)
+    else:
         var = (peep, has_peep, float(variant.clip), float(variant.cell_clip), bool(variant.cifg))
     return Packed(w_ih.shape[1], H, 0 if w_hr is None else w_hr.shape[0], dt, b is not None,
                   panels(w_ih.T, NR), panels(w_ih, NR), whh_f, whh_b, bias, whr_t, whr, variant, var)
