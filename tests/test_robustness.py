@@ -8,9 +8,9 @@ same inputs: NaN exactly where the reference has NaN, other values within the
 usual tolerance, and no floating-point warnings.
 """
 
-import gc
+import subprocess
+import sys
 import threading
-import tracemalloc
 import warnings
 
 import numpy as np
@@ -157,45 +157,60 @@ def test_concurrent_calls_from_python_threads(backend):
 
 # --- memory -------------------------------------------------------------------
 
-def _rss_kib():
+_LEAK_CHECK = r"""
+import gc, sys, tracemalloc
+import numpy as np
+import lstm_fast
+
+def rss_kib():
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
 
+rng = np.random.default_rng(0)
+x = rng.standard_normal((3, 2, 3)).astype(np.float32)
+w_ih = rng.standard_normal((16, 3)).astype(np.float32)
+w_hh = rng.standard_normal((16, 4)).astype(np.float32)
+b = np.zeros(16, np.float32)
+dy = np.ones((3, 2, 4), np.float32)
+n_calls = 100_000 if lstm_fast.available_backends()[0] == "c" else 5_000
+
+def run(n):
+    for _ in range(n):
+        r = lstm_fast.lstm_forward(x, w_ih, w_hh, b, b)
+        lstm_fast.lstm_backward(r.cache, dy)
+
+run(2000)                                  # warm up caches, JIT, allocator pools
+gc.collect()
+rss0 = rss_kib()
+run(n_calls)
+gc.collect()
+rss1 = rss_kib()
+tracemalloc.start()                        # its own tables count in RSS: after the RSS check
+run(n_calls // 2)
+gc.collect()
+mid = tracemalloc.get_traced_memory()[0]
+run(n_calls // 2)
+gc.collect()
+end = tracemalloc.get_traced_memory()[0]
+print(n_calls, rss1 - rss0, end - mid)
+"""
+
 
 def test_no_memory_growth_over_many_calls():
-    """100,000 forward+backward calls of a small layer on the default backend: flat RSS and tracemalloc."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 2, 3)).astype(np.float32)
-    w_ih = rng.standard_normal((16, 3)).astype(np.float32)
-    w_hh = rng.standard_normal((16, 4)).astype(np.float32)
-    b = np.zeros(16, np.float32)
-    dy = np.ones((3, 2, 4), np.float32)
-    n_calls = 100_000 if lstm_fast.available_backends()[0] == "c" else 5_000
-
-    def run(n):
-        for _ in range(n):
-            r = lstm_fast.lstm_forward(x, w_ih, w_hh, b, b)
-            lstm_fast.lstm_backward(r.cache, dy)
-
-    run(2000)                                  # warm up caches, JIT, allocator pools
-    gc.collect()
-    rss0 = _rss_kib()
-    tracemalloc.start()
-    snap0 = tracemalloc.take_snapshot()
-    run(n_calls // 2)
-    gc.collect()
-    mid = tracemalloc.get_traced_memory()[0]
-    run(n_calls // 2)
-    gc.collect()
-    end = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    rss1 = _rss_kib()
-    del snap0
-    assert end - mid < 64 * 1024, f"tracemalloc grew by {end - mid} bytes over {n_calls // 2} calls"
-    assert rss1 - rss0 < 8 * 1024, f"RSS grew by {rss1 - rss0} KiB over {n_calls} calls"
+    """100,000 forward+backward calls of a small layer on the default backend: flat RSS and
+    tracemalloc. In a fresh process: in this one, the heap that earlier tests left (freed
+    large arrays below glibc's adaptive mmap threshold) lets RSS grow while small blocks walk
+    through pages not yet touched, without any leak (seen as 12 MiB under a full run)."""
+    out = subprocess.run([sys.executable, "-c", _LEAK_CHECK], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    n_calls, rss_growth, traced_growth = map(int, out.stdout.split())
+    assert traced_growth < 64 * 1024, \
+        f"tracemalloc grew by {traced_growth} bytes over {n_calls // 2} calls"
+    assert rss_growth < 8 * 1024, f"RSS grew by {rss_growth} KiB over {n_calls} calls"
 
 
 def test_impossible_sizes_raise_memory_error(backend):
