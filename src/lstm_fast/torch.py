@@ -16,7 +16,7 @@ lengths, run with lstm_fast's ``lengths`` support (the reverse direction starts 
 each sequence's own last step) and repacked with the input's ``batch_sizes``,
 ``sorted_indices`` and ``unsorted_indices``.
 
-Under torch.compile and torch.export (strict) the modules call the custom operators of
+Under torch.compile and torch.export (non-strict and strict) the modules call the custom operators of
 ``lstm_fast._torch_ops`` instead (fake implementations and registered autograd: no graph
 break, our kernels inside the compiled graph); PackedSequence input takes torch's path
 there. TorchScript scripting/tracing and ONNX export take torch's path, so an exported
@@ -499,7 +499,7 @@ class LSTM(torch.nn.LSTM):
         n = self.num_layers * D
         R, H = self.proj_size or self.hidden_size, self.hidden_size
         h0, c0 = (x.new_zeros(n, B, R), x.new_zeros(n, B, H)) if hx is None else hx
-        flat = self._flat_weights
+        flat = self._weights()
         per = len(flat) // n
         opts = self._options() or (0.0, 0.0, False)
         hs, cs, inp = [], [], x.contiguous()
@@ -521,6 +521,18 @@ class LSTM(torch.nn.LSTM):
             return inp.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         return (inp.transpose(0, 1) if self.batch_first else inp), (h_n, c_n)
 
+    def _weights(self):
+        """The layer-directions' weights in torch's order (``_flat_weights_names``), as the
+        module holds them now. Not torch's ``_flat_weights``: that list is kept up to date
+        by ``__setattr__`` only, so it goes stale when ``_parameters`` is written directly,
+        as ``torch.func.functional_call`` and torch.export's non-strict tracing do (the
+        latter swaps in its fake parameters; the stale list handed it the real ones). torch's
+        own forward refreshes it at every call (``_update_flat_weights``, ~10 us); this is
+        one dict lookup per weight (parametrized names, absent from ``_parameters``, through
+        ``getattr``)."""
+        p = self._parameters
+        return [p[n] if n in p else getattr(self, n) for n in self._flat_weights_names]
+
     def _direction(self, weights):
         """(w_ih, w_hh, b_ih, b_hh, w_hr) from one layer-direction's parameters in torch's
         order, None where absent."""
@@ -533,7 +545,7 @@ class LSTM(torch.nn.LSTM):
         on our kernels (another device or dtype than the input, functorch-wrapped). Packed
         again only after a parameter changed: another tensor, another storage, or a write
         that bumped its version counter (see the module docstring)."""
-        flat = self._flat_weights
+        flat = self._weights()
         n = len(self._all_weights)
         peeps = [self._peepholes(k) for k in range(n)] if self.peephole else None
         every = flat + [t for p in peeps for t in p] if peeps else flat
@@ -571,7 +583,7 @@ class LSTM(torch.nn.LSTM):
         D, n = 2 if self.bidirectional else 1, len(packed)
         R, H = self.proj_size or self.hidden_size, self.hidden_size
         num_threads = backends.threads_for(T, B, self.input_size, H)
-        flat = self._flat_weights
+        flat = self._weights()
         opts = self._options()
         described = None if opts is None else self._variants()
         peeps = [self._peepholes(k) for k in range(n)] if self.peephole else [(None,) * 3] * n
