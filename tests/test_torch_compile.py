@@ -73,7 +73,8 @@ def test_compile_fullgraph_runs_our_kernels_and_matches_eager():
     assert_close(compiled(x).detach().numpy(), net(x).detach().numpy(), np.float64, "after change")
 
 
-OURS = (torch.ops.lstm_fast.direction.default, torch.ops.lstm_fast.direction_inference.default)
+OURS = (torch.ops.lstm_fast.direction.default, torch.ops.lstm_fast.direction_inference.default,
+        torch.ops.lstm_fast.stack_inference.default)
 
 
 def _our_ops(ep):
@@ -110,8 +111,8 @@ def test_export_records_our_operators_and_module_matches_eager(strict):
 
 
 def test_export_non_strict_dynamic_shapes_no_grad_and_save_load(tmp_path):
-    """Batch and time as dynamic dimensions; under no_grad the inference operator (nothing
-    kept for backward); torch.export.save/load round trip (the operators are registered by
+    """Batch and time as dynamic dimensions; under no_grad the whole stack is one inference
+    operator (nothing kept for backward); torch.export.save/load round trip (the operators are registered by
     importing lstm_fast.torch)."""
     torch.manual_seed(1)
     lstm = ltorch.LSTM(3, 5, num_layers=2, batch_first=True, proj_size=2).double()
@@ -119,7 +120,7 @@ def test_export_non_strict_dynamic_shapes_no_grad_and_save_load(tmp_path):
     dims = ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("time", max=1024)},)
     with torch.no_grad():
         ep = torch.export.export(lstm, (x,), dynamic_shapes=dims)
-    assert _our_ops(ep) == [torch.ops.lstm_fast.direction_inference.default] * 2
+    assert _our_ops(ep) == [torch.ops.lstm_fast.stack_inference.default]
     path = tmp_path / "lstm.pt2"
     torch.export.save(ep, str(path))
     loaded = torch.export.load(str(path)).module()
@@ -157,3 +158,36 @@ def test_onnx_export_is_torchs_lstm_and_runs_in_onnxruntime(tmp_path):
     got, = sess.run(None, {"x": x.numpy()})
     with torch.no_grad():
         assert_close(got, net(x).numpy(), np.float32)
+
+
+STACKS = [dict(num_layers=2), dict(num_layers=2, bidirectional=True, batch_first=True),
+          dict(num_layers=3, proj_size=2), dict(bias=False, bidirectional=True),
+          dict(num_layers=2, peephole=True, cell_clip=0.5), dict(num_layers=2, cifg=True)]
+
+
+@pytest.mark.parametrize("kw", STACKS, ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()))
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("batched", [True, False])
+def test_compiled_without_gradient_is_one_operator_call_equal_to_eager(kw, with_hx, batched):
+    """Without a gradient the compiled module runs the whole stack as one operator call
+    (``stack_inference``): the same bits as the eager module (the same kernels, calls and
+    thread counts), for every layout; eval mode with dropout too."""
+    torch.manual_seed(3)
+    lstm = ltorch.LSTM(3, 5, dropout=0.3 if kw.get("num_layers", 1) > 1 else 0.0, **kw).eval()
+    D, L = 2 if kw.get("bidirectional") else 1, kw.get("num_layers", 1)
+    R = kw.get("proj_size", 0) or 5
+    x = torch.randn(4, 2, 3) if batched else torch.randn(4, 3)
+    if batched and kw.get("batch_first"):
+        x = x.transpose(0, 1)       # (B, T, I), not contiguous
+    hx = None
+    if with_hx:
+        shape = (L * D, 2) if batched else (L * D,)
+        hx = (torch.randn(*shape, R), torch.randn(*shape, 5))
+    torch._dynamo.reset()       # a new module per case: not Dynamo's recompile limit
+    compiled = torch.compile(lstm, fullgraph=True)
+    before = dict(_torch_ops.calls)
+    with torch.no_grad():
+        got, want = compiled(x, hx), lstm(x, hx)
+    assert _torch_ops.calls["forward"] - before["forward"] == L * D
+    for g, e in zip((got[0],) + tuple(got[1]), (want[0],) + tuple(want[1])):
+        assert g.shape == e.shape and torch.equal(g, e)

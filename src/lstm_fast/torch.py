@@ -494,12 +494,26 @@ class LSTM(torch.nn.LSTM):
         else:
             self.check_forward_args(input, hx, None)
         x = input.transpose(0, 1) if self.batch_first else input
+        flat = self._weights()
+        peeps = [t for k in range(len(self._all_weights)) for t in self._peepholes(k)] \
+            if self.peephole else []
+        if not _torch_ops.needs_grad(x, *flat, *peeps, *(hx or ())) and not (
+                self.training and self.dropout > 0.0 and self.num_layers > 1):
+            # no gradient: the whole stack is one operator call (the dispatcher's per-call
+            # cost, not the kernels', dominates small shapes)
+            h0, c0 = (None, None) if hx is None else hx
+            y, h_n, c_n = _torch_ops.stack_inference(
+                x, h0, c0, flat, peeps, self.num_layers, self.bidirectional, self.bias,
+                self.hidden_size, self.proj_size, self.backend,
+                *(self._options() or (0.0, 0.0, False)))
+            if not batched:
+                return y.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+            return (y.transpose(0, 1) if self.batch_first else y), (h_n, c_n)
         B = x.shape[1]
         D = 2 if self.bidirectional else 1
         n = self.num_layers * D
         R, H = self.proj_size or self.hidden_size, self.hidden_size
         h0, c0 = (x.new_zeros(n, B, R), x.new_zeros(n, B, H)) if hx is None else hx
-        flat = self._weights()
         per = len(flat) // n
         opts = self._options() or (0.0, 0.0, False)
         hs, cs, inp = [], [], x.contiguous()
