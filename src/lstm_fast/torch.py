@@ -964,6 +964,17 @@ class QuantizedLSTM(torch.nn.Module):
     Always in eval mode: ``train()`` raises, and so does a call that would need a gradient
     (an input or state that requires grad, with grad mode on). The module has no
     parameters: the float32 masters are the layer's (``self.layer.state_dict()``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import lstm_fast.torch
+    >>> _ = torch.manual_seed(0)
+    >>> lstm = torch.nn.LSTM(3, 8, batch_first=True)      # trained in float32
+    >>> q = lstm_fast.torch.QuantizedLSTM(lstm, "bfloat16")  # or lstm_fast.torch.quantize(lstm)
+    >>> out, (h_n, c_n) = q(torch.randn(2, 5, 3))
+    >>> out.shape, q.training
+    (torch.Size([2, 5, 8]), False)
     """
 
     def __init__(self, lstm, weight_dtype="bfloat16", backend="auto"):
