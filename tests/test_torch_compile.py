@@ -1,8 +1,8 @@
 """torch.compile, torch.export and ONNX export of models holding lstm_fast.torch.LSTM and
 LSTMCell: compiled without a graph break (fullgraph=True) with our kernels running inside the
 compiled graph (the custom operators of lstm_fast._torch_ops), the same outputs and gradients
-as eager; torch.export (non-strict and strict) records the operators; ONNX export (TorchScript) takes torch's
-path, so the file runs in ONNX Runtime."""
+as eager; torch.export (non-strict and strict) records the operators; ONNX export (TorchScript)
+takes torch's path, so the file runs in ONNX Runtime."""
 
 import time
 
@@ -112,8 +112,8 @@ def test_export_records_our_operators_and_module_matches_eager(strict):
 
 def test_export_non_strict_dynamic_shapes_no_grad_and_save_load(tmp_path):
     """Batch and time as dynamic dimensions; under no_grad the whole stack is one inference
-    operator (nothing kept for backward); torch.export.save/load round trip (the operators are registered by
-    importing lstm_fast.torch)."""
+    operator (nothing kept for backward); torch.export.save/load round trip (the operators are
+    registered by importing lstm_fast.torch)."""
     torch.manual_seed(1)
     lstm = ltorch.LSTM(3, 5, num_layers=2, batch_first=True, proj_size=2).double()
     x = torch.randn(2, 4, 3, dtype=torch.float64)

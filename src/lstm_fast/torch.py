@@ -16,10 +16,10 @@ lengths, run with lstm_fast's ``lengths`` support (the reverse direction starts 
 each sequence's own last step) and repacked with the input's ``batch_sizes``,
 ``sorted_indices`` and ``unsorted_indices``.
 
-Under torch.compile and torch.export (non-strict and strict) the modules call the custom operators of
-``lstm_fast._torch_ops`` instead (fake implementations and registered autograd: no graph
-break, our kernels inside the compiled graph); PackedSequence input takes torch's path
-there. TorchScript scripting/tracing and ONNX export take torch's path, so an exported
+Under torch.compile and torch.export (non-strict and strict) the modules call the custom
+operators of ``lstm_fast._torch_ops`` instead (fake implementations and registered autograd:
+no graph break, our kernels inside the compiled graph; without a gradient the whole stack is
+one operator call); PackedSequence input takes torch's path there. TorchScript scripting/tracing and ONNX export take torch's path, so an exported
 ONNX file holds torch's standard LSTM op.
 
 Packed weights are kept between calls, one per layer and direction, and packed again
