@@ -1,8 +1,8 @@
 """torch.compile, torch.export and ONNX export of models holding lstm_fast.torch.LSTM and
 LSTMCell: compiled without a graph break (fullgraph=True) with our kernels running inside the
 compiled graph (the custom operators of lstm_fast._torch_ops), the same outputs and gradients
-as eager; torch.export (strict) records the operators; ONNX export (TorchScript) takes torch's
-path, so the file runs in ONNX Runtime."""
+as eager; torch.export (non-strict and strict) records the operators; ONNX export (TorchScript)
+takes torch's path, so the file runs in ONNX Runtime."""
 
 import time
 
@@ -73,15 +73,75 @@ def test_compile_fullgraph_runs_our_kernels_and_matches_eager():
     assert_close(compiled(x).detach().numpy(), net(x).detach().numpy(), np.float64, "after change")
 
 
-def test_export_strict_records_our_operators():
+OURS = (torch.ops.lstm_fast.direction.default, torch.ops.lstm_fast.direction_inference.default,
+        torch.ops.lstm_fast.stack_inference.default)
+
+
+def _our_ops(ep):
+    return [n.target for n in ep.graph.nodes if n.target in OURS]
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
+def test_export_records_our_operators_and_module_matches_eager(strict):
+    """torch.export.export, non-strict (torch's default) and strict: our operators in the
+    graph, the weights as the program's parameters (not constants), and the program's module
+    gives eager's outputs and gradients."""
     net = _net().eval()
     x = torch.randn(2, 4, 3, dtype=torch.float64)
-    ep = torch.export.export(net, (x,), strict=True)
-    ops = [n.target for n in ep.graph.nodes if n.op == "call_function"]
-    ours = (torch.ops.lstm_fast.direction.default, torch.ops.lstm_fast.direction_inference.default)
-    assert sum(op in ours for op in ops) == 4 + 4        # 2 layers x 2 directions, 4 cell steps
+    ep = torch.export.export(net, (x,), strict=strict)
+    assert len(_our_ops(ep)) == 4 + 4        # 2 layers x 2 directions, 4 cell steps
+    assert set(ep.graph_signature.parameters) == {n for n, _ in net.named_parameters()}
+    assert not ep.graph_signature.lifted_tensor_constants and not ep.constants
+    module = ep.module()
     with torch.no_grad():
-        assert_close(ep.module()(x).numpy(), net(x).numpy(), np.float64)
+        assert_close(module(x).numpy(), net(x).numpy(), np.float64)
+    out, gx, grads = _run(module, x)
+    e_out, e_gx, e_grads = _run(net, x)
+    assert_close(out.numpy(), e_out.numpy(), np.float64, "output")
+    assert_close(gx.numpy(), e_gx.numpy(), np.float64, "grad x")
+    assert grads.keys() == e_grads.keys()
+    for name, g in e_grads.items():
+        assert_close(grads[name].numpy(), g.numpy(), np.float64, name)
+    # new weights loaded into the program's module are the ones it runs on
+    state = {k: v * 0.5 for k, v in net.state_dict().items()}
+    module.load_state_dict(state)
+    net.load_state_dict(state)
+    with torch.no_grad():
+        assert_close(module(x).numpy(), net(x).numpy(), np.float64, "after load_state_dict")
+
+
+def test_export_non_strict_dynamic_shapes_no_grad_and_save_load(tmp_path):
+    """Batch and time as dynamic dimensions; under no_grad the whole stack is one inference
+    operator (nothing kept for backward); torch.export.save/load round trip (the operators are
+    registered by importing lstm_fast.torch)."""
+    torch.manual_seed(1)
+    lstm = ltorch.LSTM(3, 5, num_layers=2, batch_first=True, proj_size=2).double()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    dims = ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("time", max=1024)},)
+    with torch.no_grad():
+        ep = torch.export.export(lstm, (x,), dynamic_shapes=dims)
+    assert _our_ops(ep) == [torch.ops.lstm_fast.stack_inference.default]
+    path = tmp_path / "lstm.pt2"
+    torch.export.save(ep, str(path))
+    loaded = torch.export.load(str(path)).module()
+    for shape in ((2, 4), (5, 7), (1, 1)):
+        x = torch.randn(*shape, 3, dtype=torch.float64)
+        with torch.no_grad():
+            want = lstm(x)
+            for got in (ep.module()(x), loaded(x)):
+                for g, e in zip((got[0],) + tuple(got[1]), (want[0],) + tuple(want[1])):
+                    assert_close(g.numpy(), e.numpy(), np.float64, str(shape))
+
+
+def test_export_non_strict_cell_unbatched():
+    torch.manual_seed(2)
+    cell = ltorch.LSTMCell(3, 5)
+    x, hx = torch.randn(3), (torch.randn(5), torch.randn(5))
+    ep = torch.export.export(cell, (x, hx))
+    assert _our_ops(ep) == [torch.ops.lstm_fast.direction.default]
+    got, want = ep.module()(x, hx), cell(x, hx)
+    for g, e in zip(got, want):
+        assert_close(g.detach().numpy(), e.detach().numpy(), np.float32)
 
 
 def test_onnx_export_is_torchs_lstm_and_runs_in_onnxruntime(tmp_path):
@@ -98,3 +158,36 @@ def test_onnx_export_is_torchs_lstm_and_runs_in_onnxruntime(tmp_path):
     got, = sess.run(None, {"x": x.numpy()})
     with torch.no_grad():
         assert_close(got, net(x).numpy(), np.float32)
+
+
+STACKS = [dict(num_layers=2), dict(num_layers=2, bidirectional=True, batch_first=True),
+          dict(num_layers=3, proj_size=2), dict(bias=False, bidirectional=True),
+          dict(num_layers=2, peephole=True, cell_clip=0.5), dict(num_layers=2, cifg=True)]
+
+
+@pytest.mark.parametrize("kw", STACKS, ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()))
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("batched", [True, False])
+def test_compiled_without_gradient_is_one_operator_call_equal_to_eager(kw, with_hx, batched):
+    """Without a gradient the compiled module runs the whole stack as one operator call
+    (``stack_inference``): the same bits as the eager module (the same kernels, calls and
+    thread counts), for every layout; eval mode with dropout too."""
+    torch.manual_seed(3)
+    lstm = ltorch.LSTM(3, 5, dropout=0.3 if kw.get("num_layers", 1) > 1 else 0.0, **kw).eval()
+    D, L = 2 if kw.get("bidirectional") else 1, kw.get("num_layers", 1)
+    R = kw.get("proj_size", 0) or 5
+    x = torch.randn(4, 2, 3) if batched else torch.randn(4, 3)
+    if batched and kw.get("batch_first"):
+        x = x.transpose(0, 1)       # (B, T, I), not contiguous
+    hx = None
+    if with_hx:
+        shape = (L * D, 2) if batched else (L * D,)
+        hx = (torch.randn(*shape, R), torch.randn(*shape, 5))
+    torch._dynamo.reset()       # a new module per case: not Dynamo's recompile limit
+    compiled = torch.compile(lstm, fullgraph=True)
+    before = dict(_torch_ops.calls)
+    with torch.no_grad():
+        got, want = compiled(x, hx), lstm(x, hx)
+    assert _torch_ops.calls["forward"] - before["forward"] == L * D
+    for g, e in zip((got[0],) + tuple(got[1]), (want[0],) + tuple(want[1])):
+        assert g.shape == e.shape and torch.equal(g, e)

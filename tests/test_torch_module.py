@@ -521,3 +521,35 @@ def test_repack_reuses_memory_and_a_graph_whose_pack_was_reused_packs_again():
     assert_close(x.grad.numpy(), xs.grad.numpy(), np.float32)
     for name, p in old_params[0].items():
         assert_close(old_params[1][name].grad.numpy(), p.grad.numpy(), np.float32, name)
+
+
+def test_functional_call_and_parametrizations_use_the_weights_given(kernel_calls):
+    """torch.func.functional_call swaps ``_parameters`` and a parametrization replaces the
+    attribute: neither goes through torch's ``__setattr__``, so ``_flat_weights`` goes stale
+    (it did here: functional_call ran on the module's own weights, silently)."""
+    torch.manual_seed(0)
+    ref, ours = _pair(torch.float64, input_size=3, hidden_size=5, num_layers=2)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    params = {k: torch.randn_like(v).requires_grad_(True) for k, v in ref.named_parameters()}
+    outs = []
+    for m in (ref, ours):
+        out, (h, c) = torch.func.functional_call(m, params, (x,))
+        (out.sum() + h.sum() + c.sum()).backward()
+        outs.append([out, h, c] + [params[k].grad.clone() for k in params])
+        for p in params.values():
+            p.grad = None
+    assert kernel_calls
+    for e, g in zip(*outs):
+        assert_close(g.detach().numpy(), e.detach().numpy(), np.float64)
+
+    class Twice(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    kernel_calls.clear()
+    for m in (ref, ours):
+        torch.nn.utils.parametrize.register_parametrization(m, "weight_hh_l1", Twice())
+    with torch.no_grad():
+        a, b = ref(x)[0], ours(x)[0]
+    assert kernel_calls
+    assert_close(b.numpy(), a.numpy(), np.float64)

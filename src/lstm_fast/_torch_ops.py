@@ -153,6 +153,74 @@ def run(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend, peep=(None, N
     return direction_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, backend, **kw)
 
 
+# --- A whole stack without gradients as one operator ------------------------------------
+# Defined on torch.library's low-level Library, with the CPU kernel registered directly:
+# ``custom_op`` wraps its kernels in Python layers (an Autograd kernel that walks every
+# argument, output alias checks) that cost ~10-15 us per call (inference_mode: ~4), more than
+# the kernel at small shapes; a plain CPU kernel costs the dispatcher's ~2-3 us. It needs no
+# autograd: it is only called when no gradient can be needed (``stack_applies``).
+
+_LIB = torch.library.Library("lstm_fast", "FRAGMENT")   # noqa: TOR901
+_LIB.define(
+    "stack_inference(Tensor x, Tensor? h0, Tensor? c0, Tensor[] weights, Tensor[] peepholes, "
+    "int num_layers, bool bidirectional, bool bias, int hidden_size, int proj_size, "
+    "str backend, float clip=0.0, float cell_clip=0.0, bool cifg=False) "
+    "-> (Tensor, Tensor, Tensor)")
+
+
+def _stack_inference(x, h0, c0, weights, peepholes, num_layers, bidirectional, bias,
+                     hidden_size, proj_size, backend, clip=0.0, cell_clip=0.0, cifg=False):
+    """Every layer and direction of a stack over time-major x (T, B, I), nothing kept for
+    backward: (y (T, B, D*R), h_n (L*D, B, R), c_n (L*D, B, H)); h0, c0 None for zeros;
+    weights torch's flat list (``_flat_weights_names`` order), peepholes 3 per
+    layer-direction or empty. The eager module's no-gradient route, as one operator."""
+    impl, name = _impl(backend)
+    D = 2 if bidirectional else 1
+    n, H = num_layers * D, hidden_size
+    R = proj_size or H
+    per = len(weights) // n
+    xs = _np(x)
+    dtype = xs.dtype
+    T, B = xs.shape[0], xs.shape[1]
+    nt = backends.threads_for(T, B, xs.shape[2], H)
+    h_n, c_n = np.empty((n, B, R), dtype), np.empty((n, B, H), dtype)
+    h0s = np.zeros((n, B, R), dtype) if h0 is None else _np(h0)
+    c0s = np.zeros((n, B, H), dtype) if c0 is None else _np(c0)
+    inp = xs
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            w = weights[k * per:(k + 1) * per]
+            b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
+            peep = tuple(peepholes[3 * k:3 * k + 3]) if peepholes else (None, None, None)
+            packed = _packed(impl, name, w[0], w[1], b_ih, b_hh, w[-1] if proj_size else None,
+                             peep, clip, cell_clip, cifg)
+            outs.append(run_forward(impl, packed, inp, h0s[k], c0s[k], nt, None, d == 1, False,
+                                    (h_n[k], c_n[k]))[0])
+            calls["forward"] += 1
+        inp = outs[0] if D == 1 else np.concatenate(outs, 2)
+    return _tensor(inp), torch.from_numpy(h_n), torch.from_numpy(c_n)
+
+
+def _stack_inference_fake(x, h0, c0, weights, peepholes, num_layers, bidirectional, bias,
+                          hidden_size, proj_size, backend, clip=0.0, cell_clip=0.0, cifg=False):
+    D = 2 if bidirectional else 1
+    T, B, R = x.shape[0], x.shape[1], proj_size or hidden_size
+    return (x.new_empty(T, B, D * R), x.new_empty(num_layers * D, B, R),
+            x.new_empty(num_layers * D, B, hidden_size))
+
+
+_LIB.impl("stack_inference", _stack_inference, "CPU")
+torch.library.register_fake("lstm_fast::stack_inference", _stack_inference_fake, lib=_LIB)
+stack_inference = torch.ops.lstm_fast.stack_inference.default
+
+
+def needs_grad(*tensors):
+    """Whether a call on these tensors (None allowed) may need a gradient."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 @torch.library.custom_op("lstm_fast::direction_backward", mutates_args=())
 def direction_backward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                        b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],

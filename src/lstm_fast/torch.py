@@ -16,10 +16,10 @@ lengths, run with lstm_fast's ``lengths`` support (the reverse direction starts 
 each sequence's own last step) and repacked with the input's ``batch_sizes``,
 ``sorted_indices`` and ``unsorted_indices``.
 
-Under torch.compile and torch.export (strict) the modules call the custom operators of
-``lstm_fast._torch_ops`` instead (fake implementations and registered autograd: no graph
-break, our kernels inside the compiled graph); PackedSequence input takes torch's path
-there. TorchScript scripting/tracing and ONNX export take torch's path, so an exported
+Under torch.compile and torch.export (non-strict and strict) the modules call the custom
+operators of ``lstm_fast._torch_ops`` instead (fake implementations and registered autograd:
+no graph break, our kernels inside the compiled graph; without a gradient the whole stack is
+one operator call); PackedSequence input takes torch's path there. TorchScript scripting/tracing and ONNX export take torch's path, so an exported
 ONNX file holds torch's standard LSTM op.
 
 Packed weights are kept between calls, one per layer and direction, and packed again
@@ -55,7 +55,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import _params, _torch_ops, _validation, backends
 from .functional import LSTMCache, make_plan, run_backward, run_forward
 
-__all__ = ["LSTM", "LSTMCell"]
+__all__ = ["LSTM", "LSTMCell", "QuantizedLSTM", "quantize"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -535,12 +535,26 @@ class LSTM(torch.nn.LSTM):
         else:
             self.check_forward_args(input, hx, None)
         x = input.transpose(0, 1) if self.batch_first else input
+        flat = self._weights()
+        peeps = [t for k in range(len(self._all_weights)) for t in self._peepholes(k)] \
+            if self.peephole else []
+        if not _torch_ops.needs_grad(x, *flat, *peeps, *(hx or ())) and not (
+                self.training and self.dropout > 0.0 and self.num_layers > 1):
+            # no gradient: the whole stack is one operator call (the dispatcher's per-call
+            # cost, not the kernels', dominates small shapes)
+            h0, c0 = (None, None) if hx is None else hx
+            y, h_n, c_n = _torch_ops.stack_inference(
+                x, h0, c0, flat, peeps, self.num_layers, self.bidirectional, self.bias,
+                self.hidden_size, self.proj_size, self.backend,
+                *(self._options() or (0.0, 0.0, False)))
+            if not batched:
+                return y.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+            return (y.transpose(0, 1) if self.batch_first else y), (h_n, c_n)
         B = x.shape[1]
         D = 2 if self.bidirectional else 1
         n = self.num_layers * D
         R, H = self.proj_size or self.hidden_size, self.hidden_size
         h0, c0 = (x.new_zeros(n, B, R), x.new_zeros(n, B, H)) if hx is None else hx
-        flat = self._flat_weights
         per = len(flat) // n
         opts = self._options() or (0.0, 0.0, False)
         hs, cs, inp = [], [], x.contiguous()
@@ -562,6 +576,18 @@ class LSTM(torch.nn.LSTM):
             return inp.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         return (inp.transpose(0, 1) if self.batch_first else inp), (h_n, c_n)
 
+    def _weights(self):
+        """The layer-directions' weights in torch's order (``_flat_weights_names``), as the
+        module holds them now. Not torch's ``_flat_weights``: that list is kept up to date
+        by ``__setattr__`` only, so it goes stale when ``_parameters`` is written directly,
+        as ``torch.func.functional_call`` and torch.export's non-strict tracing do (the
+        latter swaps in its fake parameters; the stale list handed it the real ones). torch's
+        own forward refreshes it at every call (``_update_flat_weights``, ~10 us); this is
+        one dict lookup per weight (parametrized names, absent from ``_parameters``, through
+        ``getattr``)."""
+        p = self._parameters
+        return [p[n] if n in p else getattr(self, n) for n in self._flat_weights_names]
+
     def _direction(self, weights):
         """(w_ih, w_hh, b_ih, b_hh, w_hr) from one layer-direction's parameters in torch's
         order, None where absent."""
@@ -574,7 +600,7 @@ class LSTM(torch.nn.LSTM):
         on our kernels (another device or dtype than the input, functorch-wrapped). Packed
         again only after a parameter changed: another tensor, another storage, or a write
         that bumped its version counter (see the module docstring)."""
-        flat = self._flat_weights
+        flat = self._weights()
         n = len(self._all_weights)
         peeps = [self._peepholes(k) for k in range(n)] if self.peephole else None
         every = flat + [t for p in peeps for t in p] if peeps else flat
@@ -612,7 +638,7 @@ class LSTM(torch.nn.LSTM):
         D, n = 2 if self.bidirectional else 1, len(packed)
         R, H = self.proj_size or self.hidden_size, self.hidden_size
         num_threads = backends.threads_for(T, B, self.input_size, H)
-        flat = self._flat_weights
+        flat = self._weights()
         opts = self._options()
         masked = self._masked()
         described = None if opts is None and not masked else self._variants()
@@ -963,3 +989,216 @@ def _install_dynamo_hook():
 
 
 _install_dynamo_hook()
+
+
+# --- quantize: an inference copy of a torch model whose LSTMs run with low-precision weights
+
+def _inference_only_error(weight_dtype):
+    return (f"lstm_fast.torch.QuantizedLSTM ({weight_dtype} weights) is for inference only: "
+            "it computes no gradients and has no training mode; train the float32 model and "
+            "quantize it again (lstm_fast.torch.quantize)")
+
+
+class QuantizedLSTM(torch.nn.Module):
+    """An inference-only ``torch.nn.LSTM`` whose products use low-precision weights: made by
+    `quantize`, it runs an ``lstm_fast.quantize``-d NumPy layer (``self.layer``) on the
+    tensors' memory, so its numbers are that layer's, bit for bit.
+
+    ``forward(input, hx=None)`` is torch.nn.LSTM's (time-major or ``batch_first``,
+    unbatched, PackedSequence, hx = (h_0, c_0) or None), on CPU tensors of the layer's dtype.
+    Always in eval mode: ``train()`` raises, and so does a call that would need a gradient
+    (an input or state that requires grad, with grad mode on). The module has no
+    parameters: the float32 masters are the layer's (``self.layer.state_dict()``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import lstm_fast.torch
+    >>> _ = torch.manual_seed(0)
+    >>> lstm = torch.nn.LSTM(3, 8, batch_first=True)      # trained in float32
+    >>> q = lstm_fast.torch.QuantizedLSTM(lstm, "bfloat16")  # or lstm_fast.torch.quantize(lstm)
+    >>> out, (h_n, c_n) = q(torch.randn(2, 5, 3))
+    >>> out.shape, q.training
+    (torch.Size([2, 5, 8]), False)
+    """
+
+    def __init__(self, lstm, weight_dtype="bfloat16", backend="auto"):
+        super().__init__()
+        if not isinstance(lstm, torch.nn.LSTM):
+            raise TypeError(f"lstm must be a torch.nn.LSTM (or lstm_fast.torch.LSTM), got "
+                            f"{type(lstm).__name__}")
+        from .layer import LSTM as _Layer, quantize as _quantize
+        p0 = next(iter(lstm.parameters()))
+        if p0.dtype not in _DTYPES:
+            raise TypeError(f"lstm's parameters must be float32 or float64, got {p0.dtype}")
+        variants = {k: getattr(lstm, k, v) for k, v in (
+            ("peephole", False), ("clip", 0.0), ("cell_clip", 0.0), ("cifg", False))}
+        layer = _Layer(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias,
+                       lstm.batch_first, 0.0, lstm.bidirectional, lstm.proj_size,
+                       dtype=_NP[p0.dtype], backend=backend, peephole=variants["peephole"],
+                       clip=variants["clip"] or None, cell_clip=variants["cell_clip"] or None,
+                       cifg=variants["cifg"])
+        layer.load_state_dict({k: v.detach().cpu().numpy()
+                               for k, v in lstm.state_dict().items()})
+        self.layer = _quantize(layer, weight_dtype)     # the layer checks weight_dtype
+        for name in ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                     "bidirectional", "proj_size"):
+            setattr(self, name, getattr(lstm, name))
+        self.dtype = p0.dtype
+        super().train(False)
+
+    @property
+    def weight_dtype(self):
+        """The weights' precision in the products ("bfloat16", ...)."""
+        return self.layer.weight_dtype
+
+    def train(self, mode=True):
+        """Eval mode only: ``train(False)``/``eval()`` are accepted, ``train(True)`` raises.
+
+        Raises
+        ------
+        ValueError
+            ``mode`` true: the module is for inference only.
+        """
+        if mode:
+            raise ValueError(_inference_only_error(self.weight_dtype))
+        return super().train(False)
+
+    def extra_repr(self):
+        """``input_size, hidden_size, ...`` as torch.nn.LSTM's, plus the weight dtype."""
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("bidirectional", False), ("proj_size", 0)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s + f", weight_dtype={self.weight_dtype!r}"
+
+    def _array(self, t, name):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_cpu or t.dtype != self.dtype:
+            raise TypeError(f"{name} must be a CPU tensor of dtype {self.dtype} (the quantized "
+                            f"LSTM's), got {t.dtype} on {t.device}")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(_inference_only_error(self.weight_dtype) + f" ({name} requires "
+                               "grad: call it under torch.no_grad() or detach it)")
+        return t.detach().contiguous().numpy()
+
+    def forward(self, input, hx=None):
+        """``torch.nn.LSTM.forward`` with the low-precision weights, no gradient.
+
+        Parameters
+        ----------
+        input : torch.Tensor or PackedSequence
+            (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or packed.
+        hx : tuple of torch.Tensor or None, optional
+            ``(h_0, c_0)`` as for torch.nn.LSTM; None for zeros.
+
+        Returns
+        -------
+        output : torch.Tensor or PackedSequence
+        (h_n, c_n) : tuple of torch.Tensor
+
+        Raises
+        ------
+        RuntimeError
+            A gradient would be needed (an input requires grad in grad mode).
+        TypeError
+            A tensor not on the CPU or not of the layer's dtype.
+        """
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError("hx must be a tuple (h_0, c_0) or None")
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self._array(data, "input")
+            if hx is not None and sorted_indices is not None:
+                hx = tuple(t.index_select(1, sorted_indices) for t in hx)
+            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            layer = self.layer
+            batch_first, layer.batch_first = layer.batch_first, False
+            try:
+                out, (h, c) = self._run(x, hx, lengths.numpy())
+            finally:
+                layer.batch_first = batch_first
+            out = pack_padded_sequence(out, lengths).data
+            if unsorted_indices is not None:
+                h, c = h.index_select(1, unsorted_indices), c.index_select(1, unsorted_indices)
+            return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), (h, c)
+        return self._run(input, hx, None)
+
+    def _run(self, input, hx, lengths):
+        x = self._array(input, "input")
+        h = None if hx is None else (self._array(hx[0], "hx[0]"), self._array(hx[1], "hx[1]"))
+        out, (h_n, c_n) = self.layer(x, h, lengths)
+        return _t(out), (_t(h_n), _t(c_n))
+
+
+def quantize(module, weight_dtype="bfloat16", *, inplace=False, backend="auto"):
+    """An inference copy of a torch model whose LSTMs compute with low-precision weights.
+
+    ``lstm_fast.quantize`` for torch: every ``torch.nn.LSTM`` in `module` (so every
+    ``lstm_fast.torch.LSTM``), found recursively as ``torch.ao.quantization.quantize_dynamic``
+    finds its modules, is replaced by a `QuantizedLSTM` running lstm_fast's kernels with
+    its weights in `weight_dtype`; the model is put in eval mode. Inputs, outputs and states
+    stay float32; see the NumPy guide for the exact bfloat16 arithmetic and its error. Any
+    weight dtype ``lstm_fast.LSTM(weight_dtype=...)`` accepts is accepted here, and checked
+    by it (the options are named in its error).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A trained model, or an LSTM itself (then the `QuantizedLSTM` is returned).
+    weight_dtype : str, optional
+        "bfloat16" (default), or another of ``lstm_fast.LSTM``'s weight dtypes.
+    inplace : bool, keyword-only
+        Replace the LSTMs in `module` itself (default: in a deep copy; `module` unchanged).
+    backend : str, keyword-only
+        lstm_fast backend of the quantized layers ("auto": the C kernels).
+
+    Returns
+    -------
+    torch.nn.Module
+        The model (a copy unless `inplace`), in eval mode; gradients through its LSTMs and
+        ``train()`` raise.
+
+    Raises
+    ------
+    TypeError
+        `module` is not a torch.nn.Module, or an LSTM's parameters are not float32/float64.
+    ValueError
+        A weight dtype the layers do not accept (e.g. bfloat16 with a projection or a
+        variant, or with the numba backend).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import lstm_fast.torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential()
+    >>> model.lstm = lstm_fast.torch.LSTM(3, 8, num_layers=2)
+    >>> q = lstm_fast.torch.quantize(model, "bfloat16")
+    >>> q.lstm
+    QuantizedLSTM(3, 8, num_layers=2, weight_dtype='bfloat16')
+    >>> x = torch.randn(5, 2, 3)
+    >>> with torch.no_grad():
+    ...     err = (q.lstm(x)[0] - model.lstm(x)[0]).abs().max()
+    >>> bool(err < 1e-2)
+    True
+    """
+    if isinstance(module, torch.nn.LSTM):
+        return QuantizedLSTM(module, weight_dtype, backend)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {inplace!r}")
+    import copy
+    model = module if inplace else copy.deepcopy(module)
+
+    def swap(parent):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.LSTM):
+                setattr(parent, name, QuantizedLSTM(child, weight_dtype, backend))
+            else:
+                swap(child)
+    swap(model)
+    return model.eval()
