@@ -114,6 +114,22 @@ known from y) and takes the normalized values from the saved statistics. With
     dz_x  = LN_back_ih(da)    ->  dx = dz_x @ w_ih,  dw_ih = dz_x.T @ x   (after the loop)
     db    = sum da;  dg_ih = sum da * zhat_x;  dg_hh = sum da * zhat_h;  dg_c = sum dn * chat;
     db_c  = sum dn
+
+For the fused kernels (not written yet), where the row statistics must be computed:
+forward, the input product's statistics for all rows at once after the hoisted
+``x @ w_ih.T`` (one pass per row over its 4H values; then normalize, times g_ih, plus b:
+the buffer holds what the plain kernel's holds after its bias). Per step the recurrent
+product goes into a buffer of its own (not accumulated into the gates as in the plain
+kernel): a row's 4H statistics are needed before any of its gates is activated; then the
+elementwise pass up to c_t, then c_t's statistics over H, then h~_t. Where a step's
+threads split the units (C), each row's statistics span every thread's columns: two
+more synchronisations per step (or per-thread partial sums reduced in a fixed order, so
+the bits do not depend on the thread count); where they split the rows (Numba) the
+statistics stay in the thread. Backward: the saved statistics plus ``zhat_x``, ``zhat_h``
+from two whole-sequence products before the loop (or both saved by forward, 2 (N, 4H));
+per step two row reductions over H (c's LN) and two over 4H (the recurrent LN) before
+``dh_{t-1} = dz_h @ w_hh``; the input LN's backward for all rows after the loop; the gains'
+and c bias's gradients are column sums, as db.
 """
 
 from typing import NamedTuple, Optional
