@@ -110,7 +110,8 @@ known from y) and takes the normalized values from the saved statistics. With
     dn_t  = dm * o * (1 - tanh^2 n_t)          n_t = LN(c_t; g_c, b_c), dm the gradient of h~_t
     dc_t  = dc_{t+1 path} + LN_back(dn_t) [+ peephole term]   (replaces dm * o * (1 - tanh^2 c_t))
     da_o  = dm * tanh(n_t) * o (1 - o) [..];   da_i, da_f, da_g, dc_{t-1} as above
-    dz_h  = LN_back_hh(da_t)  ->  dh_{t-1} = dz_h @ w_hh [* m],  dw_hh = sum dz_h.T @ (h_{t-1} [* m])
+    dz_h  = LN_back_hh(da_t)  ->  dh_{t-1} = dz_h @ w_hh [* m],
+                                  dw_hh = sum dz_h.T @ (h_{t-1} [* m])
     dz_x  = LN_back_ih(da)    ->  dx = dz_x @ w_ih,  dw_ih = dz_x.T @ x   (after the loop)
     db    = sum da;  dg_ih = sum da * zhat_x;  dg_hh = sum da * zhat_h;  dg_c = sum dn * chat;
     db_c  = sum dn
