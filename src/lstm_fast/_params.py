@@ -6,7 +6,12 @@ Layer k (0-based), direction d (1 = reverse) has ``weight_ih_l{k}`` (4H, I_k),
 d = 1; I_0 = input_size, I_k = D*R above; R = P if P > 0 else H; torch's order.
 With peepholes (issue 15; torch has none) also ``weight_ci_l{k}``, ``weight_cf_l{k}``,
 ``weight_co_l{k}`` (H,) each, after torch's names of the same layer-direction. With coupled
-input and forget gates (cifg) the gate rows are 3H (i, g, o) instead of 4H.
+input and forget gates (cifg) the gate rows are 3H (i, g, o) instead of 4H. With layer norm
+(haste's LayerNormLSTM; torch has none) also, after those of the same layer-direction,
+``layer_norm_weight_ih_l{k}`` (4H,) and ``layer_norm_weight_hh_l{k}`` (4H,), the gains of the
+LN of the input and of the recurrent product (no LN bias: the gates' biases follow), and
+``layer_norm_weight_c_l{k}``, ``layer_norm_bias_c_l{k}`` (H,), the gain and bias of the LN of
+c_t before the output tanh; initialised to ones (gains) and zeros (bias), as haste does.
 """
 
 import numpy as np
@@ -16,6 +21,8 @@ from ._route import bias_grads, grads_by_name  # noqa: F401  (the gradients by n
 
 KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 PEEPHOLE_KINDS = ("weight_ci", "weight_cf", "weight_co")
+LAYER_NORM_KINDS = ("layer_norm_weight_ih", "layer_norm_weight_hh", "layer_norm_weight_c",
+                    "layer_norm_bias_c")
 
 
 def suffix(layer, d):
@@ -23,9 +30,9 @@ def suffix(layer, d):
     return f"_l{layer}_reverse" if d else f"_l{layer}"
 
 
-def direction_names(layer, d, bias, proj_size, peephole=False):
-    """Names of one layer-direction's parameters, in torch's order (the peephole weights
-    last)."""
+def direction_names(layer, d, bias, proj_size, peephole=False, layer_norm=False):
+    """Names of one layer-direction's parameters, in torch's order (then the peephole
+    weights, then the layer-norm parameters)."""
     s = suffix(layer, d)
     names = ["weight_ih" + s, "weight_hh" + s]
     if bias:
@@ -34,22 +41,26 @@ def direction_names(layer, d, bias, proj_size, peephole=False):
         names.append("weight_hr" + s)
     if peephole:
         names += [kind + s for kind in PEEPHOLE_KINDS]
+    if layer_norm:
+        names += [kind + s for kind in LAYER_NORM_KINDS]
     return tuple(names)
 
 
-def state_dict_names(num_layers, bidirectional, bias, proj_size, peephole=False):
+def state_dict_names(num_layers, bidirectional, bias, proj_size, peephole=False,
+                     layer_norm=False):
     """Every parameter name in the order of ``LSTM.state_dict()``: layer by layer, direction
-    by direction, ``direction_names`` each (torch's order; the peephole weights after the
-    torch names of their layer-direction)."""
+    by direction, ``direction_names`` each (torch's order; the peephole weights, then the
+    layer-norm parameters, after the torch names of their layer-direction)."""
     return [name for layer in range(num_layers) for d in range(2 if bidirectional else 1)
-            for name in direction_names(layer, d, bias, proj_size, peephole)]
+            for name in direction_names(layer, d, bias, proj_size, peephole, layer_norm)]
 
 
 def shapes(input_size, hidden_size, num_layers, bidirectional, bias, proj_size, peephole=False,
-           cifg=False):
+           cifg=False, layer_norm=False):
     """(name, shape) of every parameter: torch's in torch's order, then (with peepholes)
     the peephole weights of every layer-direction, so that torch's draw the same initial
-    values from a seed with or without them."""
+    values from a seed with or without them; then (with layer norm) the layer-norm
+    parameters of every layer-direction (not drawn: ones and zeros)."""
     H, P, D = hidden_size, proj_size, 2 if bidirectional else 1
     R = P or H
     G = (3 if cifg else 4) * H
@@ -65,6 +76,16 @@ def shapes(input_size, hidden_size, num_layers, bidirectional, bias, proj_size, 
             for d in range(D):
                 for kind in PEEPHOLE_KINDS:
                     yield kind + suffix(layer, d), (H,)
+    if layer_norm:
+        for layer in range(num_layers):
+            for d in range(D):
+                for kind, n in zip(LAYER_NORM_KINDS, (4 * H, 4 * H, H, H)):
+                    yield kind + suffix(layer, d), (n,)
+
+
+def layer_norm_init(name, shape, dtype):
+    """The initial value of a layer-norm parameter: ones for the gains, zeros for the bias."""
+    return (np.zeros if name.startswith("layer_norm_bias") else np.ones)(shape, dtype)
 
 
 def cifg_expand(w):

@@ -6,19 +6,19 @@ from lstm_fast._validation cimport LayerInputs
 
 cpdef tuple run_forward(object impl, object packed, object x, object h0, object c0,
                         int num_threads, object plan=*, bint reverse=*, bint save=*,
-                        object out=*, object rdrop=*, object zoneout=*)
+                        object out=*, object rdrop=*, object zoneout=*, bint ln=*)
 
 cpdef tuple run_backward(object cache, object dy, object dh_n, object dc_n, int num_threads,
-                         object out=*, object dpeephole=*)
+                         object out=*, object dpeephole=*, object dlayer_norm=*)
 
 cpdef tuple bias_grads(object db)
 
 @cython.locals(out=dict, k=int)
 cpdef dict grads_by_name(tuple names, object dw_ih, object dw_hh, object db, object dw_hr,
-                         object dpeephole=*)
+                         object dpeephole=*, object dlayer_norm=*)
 
 cpdef dict direction_grads(object layer, int k, object dw_ih, object dw_hh, object db,
-                           object dw_hr, object dp)
+                           object dw_hr, object dp, object dln=*)
 
 @cython.locals(inputs=LayerInputs, T=Py_ssize_t, B=Py_ssize_t, num_threads=int, D=int, k=int, d=int,
                k_layer=int, caches=list, masks=object)

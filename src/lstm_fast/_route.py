@@ -47,7 +47,8 @@ class LSTMCache(NamedTuple):
 
     impl: object          # the backend module
     packed: object        # its packed weights
-    saved: tuple          # (x, h0, c0, y, gates, c) as the backend saw them
+    saved: tuple          # (x, h0, c0, y, gates, c) as the backend saw them, then
+    #                       (rdrop, zoneout) with a mask, then (stats,) with layer norm
     plan: object          # LengthPlan or None
     reverse: bool         # the second direction: time reversed
 
@@ -76,7 +77,7 @@ _new = tuple.__new__   # LSTMCache's fields without its Python-level __new__ (0.
 
 
 def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True,
-                out=None, rdrop=None, zoneout=None):
+                out=None, rdrop=None, zoneout=None, ln=False):
     """One layer-direction over padded x (T, B, I): ``(y (T, B, R), h_n, c_n, cache)``;
     h0 (B, R) and c0 (B, H), or (1, B, R) and (1, B, H), and h_n, c_n in their shapes.
 
@@ -86,8 +87,12 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
     an ``LSTMCache``, or None when ``save`` is false (nothing is kept for backward).
     ``rdrop`` (B, R): the recurrent dropout mask of the sequences (scaled), or None;
     ``zoneout`` (T, B, H): the zoneout mask in x's time order, or None; the cache keeps them
-    (``saved[6:8]``) for backward.
+    (``saved[6:8]``) for backward. ``ln``: the packed weights are a layer-normalized LSTM's
+    (``packed.variant.layer_norm``): the rows' statistics are kept too (``saved[8]``).
     """
+    if ln:
+        return _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, out,
+                               rdrop, zoneout)
     if plan is None:
         xin = np.ascontiguousarray(x[::-1]) if reverse else x
         if zoneout is not None:
@@ -132,21 +137,64 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
     return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
 
 
-def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None):
+def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, out, rdrop,
+                    zoneout):
+    """``run_forward`` of a layer-normalized LSTM: the backend's forward also fills ``stats``
+    (the rows' layer-norm statistics, (T, B, 6) padded or (N, 6) packed, in the order the
+    backend saw the rows), kept as ``saved[8]`` for backward."""
+    if plan is None:
+        xin = np.ascontiguousarray(x[::-1]) if reverse else x
+        if zoneout is not None and reverse:
+            zoneout = np.ascontiguousarray(zoneout[::-1])
+        stats = np.empty((xin.shape[0], xin.shape[1], 6), xin.dtype) if save else None
+        y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
+                                             None if out is None else (None,) + out,
+                                             rdrop=rdrop, zoneout=zoneout, stats=stats)
+        saved = (xin, h0, c0, y, gates, c, rdrop, zoneout, stats)
+        if reverse:
+            y = y[::-1]
+    else:
+        xin = plan.gather(x, reverse)
+        h0s, c0s = plan.sort(backends.as_matrix(h0)), plan.sort(backends.as_matrix(c0))
+        if rdrop is not None:
+            rdrop = plan.sort(rdrop)
+        if zoneout is not None:
+            zoneout = plan.gather(zoneout, reverse)
+        stats = np.empty((plan.N, 6), xin.dtype) if save else None
+        y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads, plan.batch_sizes,
+                                           save, rdrop=rdrop, zoneout=zoneout, stats=stats)
+        h_n, c_n = (np.empty(h0.shape, hs.dtype), np.empty(c0.shape, cs.dtype)) \
+            if out is None else out
+        backends.as_matrix(h_n)[plan.order] = hs
+        backends.as_matrix(c_n)[plan.order] = cs
+        saved = (xin, h0s, c0s, y, gates, c, rdrop, zoneout, stats)
+        y = plan.scatter(y, reverse)
+    return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
+
+
+def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, dlayer_norm=None):
     """Backward of ``run_forward`` for dy (T, B, R) (any strides), dh_n (B, R), dc_n (B, H):
     ``(dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0, dw_hr)``, db None without a bias and dw_hr
     None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``.
-    With peepholes, ``dpeephole`` (3, H) receives their gradients (rows ci, cf, co)."""
+    With peepholes, ``dpeephole`` (3, H) receives their gradients (rows ci, cf, co); with
+    layer norm, ``dlayer_norm`` (10H,) those of ``packed.variant.layer_norm``."""
     impl, packed, saved, plan, reverse = cache   # not by field: 5 look-ups
-    rdrop = zoneout = None
+    rdrop = zoneout = stats = None
     if len(saved) == 6:
         xin, h0, c0, y, gates, c = saved
-    else:
+    elif len(saved) == 8:
         xin, h0, c0, y, gates, c, rdrop, zoneout = saved
+    else:
+        xin, h0, c0, y, gates, c, rdrop, zoneout, stats = saved
     if plan is None:
         if reverse or not dy.flags.c_contiguous:
             dy = np.ascontiguousarray(dy[::-1] if reverse else dy)
-        if rdrop is not None or zoneout is not None:
+        if stats is not None:
+            dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
+                packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads,
+                dpeephole=dpeephole, rdrop=rdrop, zoneout=zoneout, stats=stats,
+                dlayer_norm=dlayer_norm)
+        elif rdrop is not None or zoneout is not None:
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
                 packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads,
                 dpeephole=dpeephole, rdrop=rdrop, zoneout=zoneout)
@@ -165,6 +213,8 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None):
             dh0, dc0 = out
     else:
         masks = {} if rdrop is None and zoneout is None else dict(rdrop=rdrop, zoneout=zoneout)
+        if stats is not None:
+            masks.update(rdrop=rdrop, zoneout=zoneout, stats=stats, dlayer_norm=dlayer_norm)
         dx, dw_ih, dw_hh, db, dhs, dcs, dw_hr = impl.backward(
             packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse),
             plan.sort(backends.as_matrix(dh_n)), plan.sort(backends.as_matrix(dc_n)),
@@ -193,9 +243,11 @@ def bias_grads(db):
     return db, (db.copy() if type(db) is np.ndarray else db.clone())
 
 
-def grads_by_name(names, dw_ih, dw_hh, db, dw_hr, dpeephole=None):
+def grads_by_name(names, dw_ih, dw_hh, db, dw_hr, dpeephole=None, dlayer_norm=None):
     """One layer-direction's gradients under ``names`` (from ``_params.direction_names``);
-    ``dpeephole`` (3, H) the peephole weights' (rows ci, cf, co), or None."""
+    ``dpeephole`` (3, H) the peephole weights' (rows ci, cf, co), or None; ``dlayer_norm``
+    (10H,) the layer-norm parameters' (gains ih, hh, c and bias c, laid out as
+    ``backends.Variant.layer_norm``; the last four names), or None."""
     out = {names[0]: dw_ih, names[1]: dw_hh}
     k = 2
     if db is not None:
@@ -203,18 +255,25 @@ def grads_by_name(names, dw_ih, dw_hh, db, dw_hr, dpeephole=None):
         k = 4
     if dw_hr is not None:
         out[names[k]] = dw_hr
+        k += 1
     if dpeephole is not None:
-        for name, g in zip(names[-3:], dpeephole):
+        for name, g in zip(names[k:k + 3], dpeephole):
             out[name] = g
+    if dlayer_norm is not None:
+        H = dlayer_norm.shape[0] // 10
+        out[names[-4]] = dlayer_norm[:4 * H]
+        out[names[-3]] = dlayer_norm[4 * H:8 * H]
+        out[names[-2]] = dlayer_norm[8 * H:9 * H]
+        out[names[-1]] = dlayer_norm[9 * H:]
     return out
 
 
-def direction_grads(layer, k, dw_ih, dw_hh, db, dw_hr, dp):
+def direction_grads(layer, k, dw_ih, dw_hh, db, dw_hr, dp, dln=None):
     """Layer-direction k's gradients by name (coupled gates: the kernels' 4H rows -> 3H)."""
     if layer.cifg:
         from ._params import cifg_compress      # (_params imports this module)
         dw_ih, dw_hh, db = map(cifg_compress, (dw_ih, dw_hh, db))
-    return grads_by_name(layer._names[k], dw_ih, dw_hh, db, dw_hr, dp)
+    return grads_by_name(layer._names[k], dw_ih, dw_hh, db, dw_hr, dp, dln)
 
 
 # --- LSTM.forward and LSTM.backward ------------------------------------------------------
@@ -243,7 +302,8 @@ def layer_forward(layer, x, hx, lengths, save):
         y, h_n, c_n, cache = run_forward(impl, p if p is not None else layer._pack(0), x, h0,
                                          c0, num_threads, plan, False, save, None,
                                          layer._rdrop_mask(B) if rdrop else None,
-                                         layer._zoneout_mask(T, B) if zo else None)
+                                         layer._zoneout_mask(T, B) if zo else None,
+                                         layer.layer_norm)
         caches = [cache]
         masks = ()
     else:
@@ -265,7 +325,8 @@ def layer_forward(layer, x, hx, lengths, save):
                                                num_threads, plan, d == 1, save,
                                                (h_n[k], c_n[k]),
                                                layer._rdrop_mask(B) if rdrop else None,
-                                               layer._zoneout_mask(T, B) if zo else None)
+                                               layer._zoneout_mask(T, B) if zo else None,
+                                               layer.layer_norm)
                 caches.append(cache)
                 outs.append(out)
             y = outs[0] if D == 1 else np.concatenate(outs, axis=2)
@@ -292,12 +353,14 @@ def layer_backward(layer, grad_output, grad_hx):
     num_threads = inputs.threads(shape[0], shape[1])
     dout, dh_n, dc_n = inputs.backward(grad_output, grad_hx, shape, unbatched, batch_first)
     peephole = layer.peephole
+    ln = layer.layer_norm
     H = inputs.hidden_size
     if len(caches) == 1:
         dp = np.empty((3, H), inputs.dtype) if peephole else None
+        dln = np.empty(10 * H, inputs.dtype) if ln else None
         dout, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n, dc_n,
-                                                               num_threads, None, dp)
-        layer.grads = direction_grads(layer, 0, dw_ih, dw_hh, db, dw_hr, dp)
+                                                               num_threads, None, dp, dln)
+        layer.grads = direction_grads(layer, 0, dw_ih, dw_hh, db, dw_hr, dp, dln)
     else:
         D = 2 if layer.bidirectional else 1
         R = layer.proj_size or H
@@ -310,9 +373,10 @@ def layer_backward(layer, grad_output, grad_hx):
                 k = k_layer * D + d
                 dy = dout[:, :, d * R:(d + 1) * R] if D == 2 else dout
                 dp = np.empty((3, H), dtype) if peephole else None
+                dln = np.empty(10 * H, dtype) if ln else None
                 dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(
-                    caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]), dp)
-                grads.update(direction_grads(layer, k, dw_ih, dw_hh, db, dw_hr, dp))
+                    caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]), dp, dln)
+                grads.update(direction_grads(layer, k, dw_ih, dw_hh, db, dw_hr, dp, dln))
                 dinp = dx if dinp is None else dinp + dx
             dout = dinp * masks[k_layer - 1] if k_layer and masks else dinp
         layer.grads = {name: grads[name] for name in layer._params}

@@ -228,10 +228,43 @@ def cifg_weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     return weights(*arrays, w_hr)
 
 
-def variant(dtype, H, w_ci=None, w_cf=None, w_co=None, clip=None, cell_clip=None, cifg=False):
+LAYER_NORM_BACKENDS = ("numpy",)
+
+
+def layer_norm_backend(backend):
+    """The backend of a layer-normalized LSTM: "auto" (or None) picks "numpy", the only one
+    that runs it so far; "c" or "numba" is a ValueError naming backend="numpy". Returns the
+    name to resolve."""
+    if backend is None or backend == "auto":
+        return "numpy"
+    if isinstance(backend, str) and backend in ("c", "numba"):   # not LAYER_NORM_BACKENDS
+        raise ValueError(f"layer_norm runs on backend='numpy' only for now (the {backend!r} "
+                         f"kernels do not have it yet), got backend={backend!r}")
+    return backend
+
+
+def layer_norm(dtype, H, ln_w_ih=None, ln_w_hh=None, ln_w_c=None, ln_b_c=None):
+    """The layer-norm parameters of one layer-direction, all four or none: gains ln_w_ih,
+    ln_w_hh (4H,) and ln_w_c (H,), bias ln_b_c (H,), as the (10H,) ``Variant.layer_norm``;
+    None when none is given."""
+    args = (("ln_w_ih", ln_w_ih, 4 * H), ("ln_w_hh", ln_w_hh, 4 * H), ("ln_w_c", ln_w_c, H),
+            ("ln_b_c", ln_b_c, H))
+    given = [a is not None for _, a, _ in args]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("the layer-norm parameters ln_w_ih, ln_w_hh, ln_w_c, ln_b_c must all "
+                         "be given or all be None")
+    return np.concatenate([as_array(a, name, dtype, (n,), "(" + ("4*H" if n == 4 * H else "H")
+                                    + ",) = ({},)") for name, a, n in args])
+
+
+def variant(dtype, H, w_ci=None, w_cf=None, w_co=None, clip=None, cell_clip=None, cifg=False,
+            layer_norm=None):
     """The variants of one layer-direction (issue 15) as a ``backends.Variant``, or None when
     all are off: peephole weights w_ci, w_cf, w_co (H,) each, all three or none, stacked
-    (3, H); clip and cell_clip bounds (see ``check_clip``)."""
+    (3, H); clip and cell_clip bounds (see ``check_clip``); ``layer_norm`` the (10H,)
+    parameters of the ``layer_norm`` function, or None."""
     from .backends import Variant
     clip, cell_clip = check_clip(clip, "clip"), check_clip(cell_clip, "cell_clip")
     given = [w is not None for w in (w_ci, w_cf, w_co)]
@@ -241,9 +274,9 @@ def variant(dtype, H, w_ci=None, w_cf=None, w_co=None, clip=None, cell_clip=None
     if all(given):
         peep = np.stack([as_array(w, n, dtype, (H,), "(H,) = ({},)")
                          for w, n in ((w_ci, "w_ci"), (w_cf, "w_cf"), (w_co, "w_co"))])
-    if peep is None and not clip and not cell_clip and not cifg:
+    if peep is None and not clip and not cell_clip and not cifg and layer_norm is None:
         return None
-    return Variant(peep, clip, cell_clip, bool(cifg))
+    return Variant(peep, clip, cell_clip, bool(cifg), layer_norm)
 
 
 def sequence(x, name, dtype, I):

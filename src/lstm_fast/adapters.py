@@ -48,8 +48,9 @@ from . import _params, _validation
 __all__ = ["LSTMConfig", "describe", "from_torch", "to_torch", "to_keras", "from_keras",
            "to_onnx", "from_onnx", "to_onnx_model", "from_onnx_model"]
 
-_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|weight_ci|weight_cf|weight_co)"
-                  r"_l(\d+)(_reverse)?$")
+_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|weight_ci|weight_cf|weight_co"
+                  r"|layer_norm_weight_ih|layer_norm_weight_hh|layer_norm_weight_c"
+                  r"|layer_norm_bias_c)_l(\d+)(_reverse)?$")
 
 # Row blocks of a (4H, .) torch matrix in ONNX's order i, o, f, c, and back.
 _TORCH_TO_ONNX = (0, 3, 1, 2)
@@ -71,6 +72,8 @@ class LSTMConfig(NamedTuple):
         Peephole weights present (``LSTM(peephole=True)``).
     cifg : bool
         Coupled input and forget gates (``LSTM(cifg=True)``: 3H gate rows).
+    layer_norm : bool
+        Layer-norm parameters present (``LSTM(layer_norm=True)``).
 
     Examples
     --------
@@ -78,7 +81,7 @@ class LSTMConfig(NamedTuple):
     >>> cfg = adapters.describe(lstm_fast.LSTM(3, 4, proj_size=2).state_dict())
     >>> cfg.hidden_size, cfg.proj_size, cfg._asdict() == dict(
     ...     input_size=3, hidden_size=4, num_layers=1, bidirectional=False, bias=True, proj_size=2,
-    ...     peephole=False, cifg=False)
+    ...     peephole=False, cifg=False, layer_norm=False)
     (4, 2, True)
     """
     input_size: int
@@ -89,6 +92,7 @@ class LSTMConfig(NamedTuple):
     proj_size: int
     peephole: bool = False
     cifg: bool = False
+    layer_norm: bool = False
 
 
 def _array(value, name):
@@ -109,9 +113,10 @@ def _shapes(cfg):
     """(name, shape) of every parameter of ``cfg`` in the order of ``LSTM.state_dict()``."""
     shapes = dict(_params.shapes(cfg.input_size, cfg.hidden_size, cfg.num_layers,
                                  cfg.bidirectional, cfg.bias, cfg.proj_size, cfg.peephole,
-                                 cfg.cifg))
+                                 cfg.cifg, cfg.layer_norm))
     return [(name, shapes[name]) for name in _params.state_dict_names(
-        cfg.num_layers, cfg.bidirectional, cfg.bias, cfg.proj_size, cfg.peephole)]
+        cfg.num_layers, cfg.bidirectional, cfg.bias, cfg.proj_size, cfg.peephole,
+        cfg.layer_norm)]
 
 
 def describe(state_dict):
@@ -138,7 +143,7 @@ def describe(state_dict):
     --------
     >>> from lstm_fast import adapters
     >>> adapters.describe(lstm_fast.LSTM(3, 4, num_layers=2, bidirectional=True).state_dict())
-    LSTMConfig(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, bias=True, proj_size=0, peephole=False, cifg=False)
+    LSTMConfig(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, bias=True, proj_size=0, peephole=False, cifg=False, layer_norm=False)
     >>> adapters.describe({"weight_ih_l0": np.zeros((16, 3)), "weight_hh_l0": np.zeros((16, 5))})
     Traceback (most recent call last):
     ...
@@ -150,7 +155,9 @@ def describe(state_dict):
         if m is None:
             raise KeyError(f"unexpected key {key!r}: LSTM state_dict keys are weight_ih_l{{k}}, "
                            f"weight_hh_l{{k}}, bias_ih_l{{k}}, bias_hh_l{{k}} (weight_hr_l{{k}}; "
-                           f"peepholes weight_ci_l{{k}}, weight_cf_l{{k}}, weight_co_l{{k}}), "
+                           f"peepholes weight_ci_l{{k}}, weight_cf_l{{k}}, weight_co_l{{k}}; "
+                           f"layer norm layer_norm_weight_ih_l{{k}}, layer_norm_weight_hh_l{{k}}, "
+                           f"layer_norm_weight_c_l{{k}}, layer_norm_bias_c_l{{k}}), "
                            f"with _reverse for the second direction")
         parsed[key] = m
     if "weight_hh_l0" not in state_dict or "weight_ih_l0" not in state_dict:
@@ -174,7 +181,8 @@ def describe(state_dict):
         num_layers=1 + max(int(m.group(2)) for m in parsed.values()),
         bidirectional=any(m.group(3) for m in parsed.values()),
         bias="bias_ih_l0" in state_dict or "bias_hh_l0" in state_dict, proj_size=P,
-        peephole=any(m.group(1) in _params.PEEPHOLE_KINDS for m in parsed.values()), cifg=cifg)
+        peephole=any(m.group(1) in _params.PEEPHOLE_KINDS for m in parsed.values()), cifg=cifg,
+        layer_norm=any(m.group(1) in _params.LAYER_NORM_KINDS for m in parsed.values()))
     expected = dict(_shapes(cfg))
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -199,6 +207,9 @@ def _check(cfg, num_layers, bidirectional, fmt):
     if cfg.cifg and fmt != "ONNX":
         raise ValueError(f"the state_dict has coupled input and forget gates (3H gate rows): "
                          f"{fmt} LSTMs have none")
+    if cfg.layer_norm:
+        raise ValueError(f"the state_dict has layer-norm parameters (layer_norm_weight_ih_l0, "
+                         f"...): {fmt} LSTMs have none")
     if cfg.peephole and fmt != "ONNX":
         raise ValueError(f"the state_dict has peephole weights (weight_ci_l0, ...): {fmt} LSTMs "
                          f"have none")
@@ -272,9 +283,10 @@ def to_torch(state_dict, dtype=None):
     import torch
 
     cfg = describe(state_dict)
-    if cfg.peephole or cfg.cifg:
-        raise ValueError("the state_dict has peephole weights (weight_ci_l0, ...) or coupled "
-                         "gates (3H rows): torch.nn.LSTM has neither")
+    if cfg.peephole or cfg.cifg or cfg.layer_norm:
+        raise ValueError("the state_dict has peephole weights (weight_ci_l0, ...), coupled "
+                         "gates (3H rows) or layer-norm parameters (layer_norm_weight_ih_l0, "
+                         "...): torch.nn.LSTM has none of them")
     out = {}
     for k in _keys(cfg):
         t = torch.from_numpy(np.array(_array(state_dict[k], k), order="C", copy=True))

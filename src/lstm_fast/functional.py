@@ -70,6 +70,8 @@ class LSTMGrads(NamedTuple):
         (P, H) with a projection, else None.
     dw_ci, dw_cf, dw_co : numpy.ndarray or None
         (H,) each with peepholes, else None.
+    dln_w_ih, dln_w_hh, dln_w_c, dln_b_c : numpy.ndarray or None
+        (4H,), (4H,), (H,), (H,) with layer norm, else None.
 
     Examples
     --------
@@ -89,11 +91,16 @@ class LSTMGrads(NamedTuple):
     dw_ci: Optional[np.ndarray] = None   #: (H,) with peepholes, else None
     dw_cf: Optional[np.ndarray] = None   #: (H,) with peepholes, else None
     dw_co: Optional[np.ndarray] = None   #: (H,) with peepholes, else None
+    dln_w_ih: Optional[np.ndarray] = None   #: (4H,) with layer norm, else None
+    dln_w_hh: Optional[np.ndarray] = None   #: (4H,) with layer norm, else None
+    dln_w_c: Optional[np.ndarray] = None    #: (H,) with layer norm, else None
+    dln_b_c: Optional[np.ndarray] = None    #: (H,) with layer norm, else None
 
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=None,
                  lengths=None, backend="auto", save=True, w_ci=None, w_cf=None, w_co=None,
-                 clip=None, cell_clip=None, cifg=False, rdrop=None, zoneout=None):
+                 clip=None, cell_clip=None, cifg=False, rdrop=None, zoneout=None,
+                 ln_w_ih=None, ln_w_hh=None, ln_w_c=None, ln_b_c=None):
     """Run one LSTM layer over a sequence (one direction, time-major).
 
     Shapes and names follow ``torch.nn.LSTM``, gate order i, f, g, o. The dtype
@@ -125,7 +132,8 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
         is exactly zero past it. Work scales with the sum of lengths.
     backend : {"auto", "c", "numba", "numpy"}, optional
         Which implementation runs; "auto" picks the first available of c, numba,
-        numpy, or the one named by the environment variable ``LSTM_FAST_BACKEND``.
+        numpy, or the one named by the environment variable ``LSTM_FAST_BACKEND``;
+        with layer norm "auto" is "numpy", the only backend that has it so far.
     save : bool, optional
         Keep what `lstm_backward` needs (default). False keeps nothing (cache None):
         inference without the memory of the saved gates and cell states.
@@ -164,6 +172,18 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
         (1: the new value); eval: ``1 - z`` everywhere (haste's
         ``z h_{t-1} + (1 - z) h~_t``). The gradients flow through it. No projection.
         None: off. ``LSTM(zoneout=z)`` draws them per call.
+    ln_w_ih, ln_w_hh, ln_w_c, ln_b_c : array_like or None, optional
+        (4H,), (4H,), (H,), (H,), all four or none: the layer-normalized LSTM of
+        haste's ``LayerNormLSTM`` (lmnt-com/haste,
+        frameworks/pytorch/layer_norm_lstm.py): with ``LN(z)`` the row's
+        ``(z - mean) / sqrt(var + 1e-5)`` over its 4H (or H) values,
+        ``a_t = LN(x_t @ w_ih.T) * ln_w_ih + LN(h_{t-1} @ w_hh.T) * ln_w_hh + b_ih + b_hh``
+        gives the gates (torch's order i, f, g, o), c_t is carried un-normalized and
+        ``h_t = o * tanh(LN(c_t) * ln_w_c + ln_b_c)``. Combines with the peepholes,
+        clips, rdrop and zoneout; not with a projection or cifg. Runs on the
+        "numpy" backend only, for now. The gradients then include ``dln_w_ih``,
+        ``dln_w_hh``, ``dln_w_c``, ``dln_b_c``. Equations (and haste's gate order
+        i, g, f, o mapped to ours) in ``lstm_fast.backends.reference``.
 
     Returns
     -------
@@ -176,7 +196,9 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     ValueError
         A shape that does not fit, naming the argument, the shape received and
         the one expected; lengths outside [0, T]; an unknown backend name; a
-        negative or non-finite clip or cell_clip; only some of w_ci, w_cf, w_co.
+        negative or non-finite clip or cell_clip; only some of w_ci, w_cf, w_co (or of
+        the layer-norm parameters); layer norm with a projection, cifg or the "c" or
+        "numba" backend.
     TypeError
         An input of the other float precision than the weights, or not numeric.
     BackendUnavailableError
@@ -221,17 +243,27 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     >>> bool(np.abs(res.c_n).max() <= 0.5)
     True
     """
-    name = backends.resolve(backend)
+    ln_given = not (ln_w_ih is None and ln_w_hh is None and ln_w_c is None and ln_b_c is None)
+    name = backends.resolve(_validation.layer_norm_backend(backend) if ln_given else backend)
     if not isinstance(cifg, (bool, np.bool_)):
         raise TypeError(f"cifg must be a bool, got {cifg!r}")
     w_ih, w_hh, b, w_hr, dtype, I, H, R = (_validation.cifg_weights if cifg else
                                            _validation.weights)(w_ih, w_hh, b_ih, b_hh, w_hr)
+    ln = None
+    if ln_given:
+        if w_hr is not None:
+            raise ValueError("layer norm (ln_w_ih, ...) needs no projection (w_hr None), as "
+                             "in haste")
+        if cifg:
+            raise ValueError("layer norm (ln_w_ih, ...) does not combine with cifg=True (the LN "
+                             "of three gates is not defined by haste's LayerNormLSTM)")
+        ln = _validation.layer_norm(dtype, H, ln_w_ih, ln_w_hh, ln_w_c, ln_b_c)
     x = _validation.sequence(x, "x", dtype, I)
     T, B = x.shape[0], x.shape[1]
     h0 = _validation.state(h0, "h0", dtype, B, R)
     c0 = _validation.state(c0, "c0", dtype, B, H)
     plan = make_plan(_validation.lengths(lengths, B, T), T, B)
-    variant = _validation.variant(dtype, H, w_ci, w_cf, w_co, clip, cell_clip, cifg)
+    variant = _validation.variant(dtype, H, w_ci, w_cf, w_co, clip, cell_clip, cifg, ln)
     if rdrop is not None:
         rdrop = _validation.as_array(rdrop, "rdrop", dtype, (B, R))
     if zoneout is not None:
@@ -242,7 +274,8 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     packed = impl.pack(w_ih, w_hh, b, w_hr) if variant is None else \
         impl.pack(w_ih, w_hh, b, w_hr, variant=variant)
     y, h_n, c_n, cache = run_forward(impl, packed, x, h0, c0, backends.threads_for(T, B, I, H),
-                                     plan, False, bool(save), None, rdrop, zoneout)
+                                     plan, False, bool(save), None, rdrop, zoneout,
+                                     ln is not None)
     return LSTMResult(y, h_n, c_n, cache)
 
 
@@ -306,10 +339,13 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     dc_n = _validation.state(dc_n, "dc_n", dtype, B, H)
     variant = getattr(packed, "variant", None)
     dpeep = None if variant is None or variant.peephole is None else np.empty((3, H), dtype)
+    dln = None if variant is None or variant.layer_norm is None else np.empty(10 * H, dtype)
     dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, dy, dh_n, dc_n,
                                                          backends.threads_for(T, B, I, H),
-                                                         dpeephole=dpeep)
+                                                         None, dpeep, dln)
     if variant is not None and variant.cifg:    # the kernels' 4H rows -> i, g, o
         dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
     return LSTMGrads(dx, dw_ih, dw_hh, *_params.bias_grads(db), dh0, dc0, dw_hr,
-                     *((None,) * 3 if dpeep is None else dpeep))
+                     *((None,) * 3 if dpeep is None else dpeep),
+                     *((None,) * 4 if dln is None else
+                       (dln[:4 * H], dln[4 * H:8 * H], dln[8 * H:9 * H], dln[9 * H:])))

@@ -65,7 +65,8 @@ class LSTM:
     dtype : numpy dtype, keyword-only
         float32 (default) or float64; the parameters' and the computation's type.
     backend : {"auto", "c", "numba", "numpy"}, keyword-only
-        The implementation; "auto" is the first available of c, numba, numpy.
+        The implementation; "auto" is the first available of c, numba, numpy
+        (with ``layer_norm``: numpy, the only backend that has it so far).
     seed : int or None, keyword-only
         Seed of the initial weights (uniform in +-1/sqrt(H), as torch) and of
         the dropout masks.
@@ -106,6 +107,22 @@ class LSTM:
         computes it): ``f = 1 - i``; ``weight_ih_l{k}``, ``weight_hh_l{k}`` and the
         biases then have 3H rows, gates i, g, o (``weight_cf_l{k}``, with
         peepholes, is unused: zero gradient).
+    layer_norm : bool, keyword-only
+        The layer-normalized LSTM of haste's ``LayerNormLSTM`` (lmnt-com/haste,
+        frameworks/pytorch/layer_norm_lstm.py): per layer-direction the parameters
+        ``layer_norm_weight_ih_l{k}`` and ``layer_norm_weight_hh_l{k}`` (4H,), the
+        gains of the layer norms of the input and the recurrent products, and
+        ``layer_norm_weight_c_l{k}``, ``layer_norm_bias_c_l{k}`` (H,), the gain and
+        bias of the layer norm of c_t (``_reverse`` for the second direction;
+        initialised to ones and zeros, after the others in the state_dict), with
+        ``LN(z) = (z - mean) / sqrt(var + 1e-5)`` over the row:
+        ``a = LN(W_ih x) * layer_norm_weight_ih + LN(W_hh h) * layer_norm_weight_hh
+        + b_ih + b_hh`` (gates i, f, g, o), c_t carried un-normalized,
+        ``h_t = o * tanh(LN(c_t) * layer_norm_weight_c + layer_norm_bias_c)``.
+        Combines with the other variants, recurrent dropout and zoneout; not with
+        proj_size or cifg. Runs on the "numpy" backend only, for now ("auto"
+        picks it; "c" and "numba" are a ValueError). Equations in
+        ``lstm_fast.backends.reference``.
     forget_bias : float or None, keyword-only
         Initialise the forget-gate part of every ``bias_ih_l{k}`` to this value and
         that of ``bias_hh_l{k}`` to 0 (Keras' ``unit_forget_bias``: 1.0), at
@@ -138,6 +155,7 @@ class LSTM:
     ------
     ValueError
         A size that is not a positive int, dropout outside [0, 1], proj_size >= H,
+        layer_norm with proj_size, cifg or the "c" or "numba" backend,
         a negative or non-finite clip, cell_clip or forget_bias, forget_bias without
         a bias, an unknown weight_dtype (the options are named) or one the layer
         cannot use.
@@ -175,13 +193,23 @@ class LSTM:
     >>> _ = layer.backward(np.ones_like(out))
     >>> layer.grads["weight_co_l0"].shape
     (8,)
+
+    Layer normalization (haste's LayerNormLSTM; the NumPy backend for now):
+
+    >>> layer = lstm_fast.LSTM(3, 8, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2)
+    >>> layer.backend, [n for n in layer.state_dict() if n.startswith("layer_norm")]
+    ('numpy', ['layer_norm_weight_ih_l0', 'layer_norm_weight_hh_l0', 'layer_norm_weight_c_l0', 'layer_norm_bias_c_l0'])
+    >>> out, _ = layer(np.ones((4, 2, 3), np.float32))
+    >>> _ = layer.backward(np.ones_like(out))
+    >>> layer.grads["layer_norm_weight_ih_l0"].shape, layer.grads["layer_norm_bias_c_l0"].shape
+    ((32,), (8,))
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32,
                  backend="auto", seed=None, peephole=False, clip=None, cell_clip=None,
                  cifg=False, forget_bias=None, weight_dtype=None, recurrent_dropout=0.0,
-                 zoneout=0.0):
+                 zoneout=0.0, layer_norm=False):
         self.input_size = _validation.check_size(input_size, "input_size")
         self.hidden_size = _validation.check_size(hidden_size, "hidden_size")
         self.num_layers = _validation.check_size(num_layers, "num_layers")
@@ -208,12 +236,20 @@ class LSTM:
         self.cifg = _check_bool(cifg, "cifg")
         self.recurrent_dropout = _validation.check_rate(recurrent_dropout, "recurrent_dropout")
         self.zoneout = _validation.check_zoneout(zoneout, self.proj_size)
+        self.layer_norm = _check_bool(layer_norm, "layer_norm")
+        if self.layer_norm and self.proj_size:
+            raise ValueError("layer_norm needs proj_size=0 (haste's LayerNormLSTM has no "
+                             "projection)")
+        if self.layer_norm and self.cifg:
+            raise ValueError("layer_norm does not combine with cifg=True (the layer norm of "
+                             "three gates is not defined by haste's LayerNormLSTM)")
         self.forget_bias = _validation.check_forget_bias(forget_bias, self.bias, self.cifg)
         self.training = True
         self.grads = {}
         self._cache = None
         # the parameter names of each layer-direction k = layer * D + d
-        self._names = [_params.direction_names(layer, d, self.bias, self.proj_size, self.peephole)
+        self._names = [_params.direction_names(layer, d, self.bias, self.proj_size, self.peephole,
+                                               self.layer_norm)
                        for layer in range(self.num_layers) for d in range(self.num_directions)]
         self._make_inputs()
         self.backend = backend
@@ -224,7 +260,12 @@ class LSTM:
         self._params = {}
         for name, shape in _params.shapes(self.input_size, self.hidden_size, self.num_layers,
                                           self.bidirectional, self.bias, self.proj_size,
-                                          self.peephole, self.cifg):
+                                          self.peephole, self.cifg, self.layer_norm):
+            if name.startswith("layer_norm_"):      # ones and zeros, nothing drawn
+                arr = _params.layer_norm_init(name, shape, self.dtype)
+                arr.flags.writeable = False
+                self._params[name] = arr
+                continue
             arr = rng.uniform(-k, k, size=shape).astype(self.dtype)
             if self.forget_bias is not None and name.startswith("bias_"):   # unit_forget_bias
                 H = self.hidden_size
@@ -241,10 +282,11 @@ class LSTM:
             weight_dtype, self.dtype, self.proj_size, self._impl, self._backend)
         if self.weight_dtype != self.dtype.name:
             if self.peephole or self.clip or self.cell_clip or self.cifg \
-                    or getattr(self, "zoneout", 0.0):
+                    or getattr(self, "zoneout", 0.0) or getattr(self, "layer_norm", False):
                 self.weight_dtype = self.dtype.name
                 raise ValueError(f"weight_dtype={weight_dtype!r} does not support the LSTM "
-                                 f"variants (peephole, clip, cell_clip, cifg, zoneout) yet")
+                                 f"variants (peephole, clip, cell_clip, cifg, zoneout, "
+                                 f"layer_norm) yet")
             self.training = False
             self._cache = None
         self._drop_packed()
@@ -263,7 +305,10 @@ class LSTM:
 
     @backend.setter
     def backend(self, name):
-        backend = backends.resolve(name)
+        if getattr(self, "layer_norm", False):   # "auto" is numpy; c and numba: an error
+            backend = backends.resolve(_validation.layer_norm_backend(name))
+        else:
+            backend = backends.resolve(name)
         impl = backends.get(backend)
         wd = getattr(self, "weight_dtype", None)
         if wd is not None:
@@ -281,7 +326,8 @@ class LSTM:
     def __setstate__(self, state):
         for key, value in (("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
                            ("cifg", False), ("forget_bias", None),
-                           ("recurrent_dropout", 0.0), ("zoneout", 0.0)):   # older pickles
+                           ("recurrent_dropout", 0.0), ("zoneout", 0.0),
+                           ("layer_norm", False)):   # older pickles
             setattr(self, key, value)
         for key, value in state.items():   # not __dict__.update: see _drop_packed
             setattr(self, key, value)
@@ -466,11 +512,15 @@ class LSTM:
 
     def _variant(self, k):
         """The ``backends.Variant`` of layer-direction k, or None (a plain LSTM)."""
-        if not (self.peephole or self.clip or self.cell_clip or self.cifg):
+        if not (self.peephole or self.clip or self.cell_clip or self.cifg or self.layer_norm):
             return None
-        peep = np.stack([self._params[n] for n in self._names[k][-3:]]) if self.peephole \
-            else None
-        return backends.Variant(peep, self.clip, self.cell_clip, self.cifg)
+        names = self._names[k]
+        ln = None
+        if self.layer_norm:    # the last four names: gains ih, hh, c, bias c -> (10H,)
+            ln = np.concatenate([self._params[n] for n in names[-4:]])
+            names = names[:-4]
+        peep = np.stack([self._params[n] for n in names[-3:]]) if self.peephole else None
+        return backends.Variant(peep, self.clip, self.cell_clip, self.cifg, ln)
 
     # --- modes -----------------------------------------------------------
 
@@ -603,7 +653,7 @@ class LSTM:
                          ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0),
                          ("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
                          ("cifg", False), ("forget_bias", None), ("recurrent_dropout", 0.0),
-                         ("zoneout", 0.0))
+                         ("zoneout", 0.0), ("layer_norm", False))
                         if getattr(self, k) != default)
         if self.weight_dtype != self.dtype.name:
             extra += f", weight_dtype={self.weight_dtype!r}"

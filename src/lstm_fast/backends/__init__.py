@@ -31,7 +31,8 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         write over and return (same shapes and dtype) instead of allocating; ignored
         otherwise. A backend that reuses a Packed gives it .generation, incremented each
         time it is written over, so a holder can tell that its packing is gone.
-    forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None)
+    forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None,
+            zoneout=None, stats=None)
         -> (y, h_n, c_n, gates, c)
         Padded: x (T, B, I) -> y (T, B, R), gates (T, B, G), c (T, B, H). With
         batch_sizes (T,): x (N, I) packed step-major -> y (N, R), gates (N, G), c (N, H).
@@ -44,13 +45,19 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         and c_n may be c0, which updates the state in place. rdrop (B, R): a recurrent
         (variational) dropout mask, already scaled, on h_{t-1} in the recurrent product at
         every step (rows in the order of h0: with batch_sizes, the sorted sequences), or
-        None; the matching backward takes the same mask.
+        None; the matching backward takes the same mask. With ``packed.variant.layer_norm``
+        (the "numpy" backend only, so far) the caller passes ``stats``, an (N, 6) array
+        ((T, B, 6) padded) that receives each row's layer-norm statistics (mean and rstd
+        of the input product, of the recurrent product and of c_t), or None with
+        save=False; the matching backward takes it back.
     backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
-             dpeephole=None, rdrop=None)
+             dpeephole=None, rdrop=None, zoneout=None, stats=None, dlayer_norm=None)
         -> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr)
         db is the gradient of b_ih (= of b_hh), None without a bias; dw_hr (P, H), None
         without a projection. With peepholes (packed.variant.peephole) the caller passes
-        dpeephole, a (3, H) array that receives their gradients (rows ci, cf, co).
+        dpeephole, a (3, H) array that receives their gradients (rows ci, cf, co). With
+        layer norm: ``stats`` (the forward's) and ``dlayer_norm``, a (10H,) array that
+        receives the gradients of ``variant.layer_norm`` (laid out as it is).
     step(packed, x, h, c, num_threads, y=None) -> y
         One step: x (B, I) -> y (B, R); h (B, R) and c (B, H) are updated in place.
 
@@ -116,12 +123,16 @@ class Variant(NamedTuple):
     cell state c_t to [-cell_clip, cell_clip] (TensorFlow ``cell_clip``); 0 is off. Validated
     by the callers (``_validation.variant``). ``cifg``: coupled input and forget gates,
     f = 1 - i; the kernels still take 4H weight rows, the f rows zeros (``_params.cifg_expand``).
-    See ``reference.lstm_forward`` for the equations.
+    See ``reference.lstm_forward`` for the equations. ``layer_norm``: the layer-normalized
+    LSTM (haste's LayerNormLSTM), a (10H,) array [g_ih (4H), g_hh (4H), g_c (H), b_c (H)]
+    of the weights' dtype, or None; only the "numpy" backend runs it so far (the callers
+    check: ``_validation.layer_norm_backend``).
     """
     peephole: Optional[object] = None
     clip: float = 0.0
     cell_clip: float = 0.0
     cifg: bool = False
+    layer_norm: Optional[object] = None
 
 
 REGISTRY = {"c": _load_c, "numba": _load_numba, "numpy": _load_numpy}

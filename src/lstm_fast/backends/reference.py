@@ -74,6 +74,63 @@ Bernoulli(1 - zoneout) (1 keeps the new value), in eval zm = 1 - zoneout everywh
 expectation, haste's eval formula up to rounding). The carried and returned h is h_t. No
 projection. Backward, with dh_t the whole gradient reaching h_t:
 ``dh~_t = zm_t * dh_t`` goes into the cell, ``(1 - zm_t) * dh_t`` is added to dh_{t-1}.
+
+Layer-normalized LSTM (``layer_norm``), as haste's LayerNormLSTM (lmnt-com/haste,
+frameworks/pytorch/layer_norm_lstm.py ``LayerNormLSTMScript``, the CUDA kernels
+lib/layer_norm_lstm_forward_gpu.cu.cc and lib/layer_norm_forward_gpu.cu.cc). With
+``LN(z; g, b) = (z - mean(z)) * rstd(z) * g + b`` over the last axis of one row,
+``rstd = 1 / sqrt(var + eps)``, the biased variance (divided by the row's length) and
+``eps = LN_EPS = 1e-5`` (lib/layer_norm_forward_gpu.cu.cc: ``rsqrt(sum / hidden_size +
+1e-5)``; torch's F.layer_norm default, which haste's LayerNormLSTMScript uses)::
+
+    a_t  = LN(x_t @ w_ih.T; g_ih) + LN((h_{t-1} [* m]) @ w_hh.T; g_hh) + b     (4H, no LN bias)
+    i, f, g, o and c_t from a_t as above (the other variants apply unchanged: peepholes
+          see the un-normalized c, clip clamps a_t + peephole terms, c_t = cell_clip(..))
+    h~_t = o * tanh(LN(c_t; g_c, b_c))                                          (H)
+    h_t  = h~_t, or zoneout's h_{t-1} + zm_t (h~_t - h_{t-1})
+
+c_t is carried (and saved, and returned as c_n) un-normalized. Each LN is over the whole
+4H row of its product, so the order of the gates does not matter to it, only to the gains:
+haste's gate order is i, g, f, o (kernel (I, 4H), recurrent_kernel (H, 4H), bias, gamma
+(2, 4H) in that column order); ours is torch's i, f, g, o, so its blocks 1 and 2 swap:
+``w_ih = kernel.T[[i, f, g, o] blocks]``, ``g_ih = gamma[0]``, ``g_hh = gamma[1]`` with the
+same block swap, ``b = bias`` swapped (our b_ih + b_hh), ``g_c = gamma_h``,
+``b_c = beta_h``. ``layer_norm`` is the (10H,) concatenation [g_ih (4H), g_hh (4H),
+g_c (H), b_c (H)] (``ln_split``). No projection, no cifg (LN over 3 gates is not defined
+by haste).
+
+The statistics of every row are saved for backward in ``stats`` (N, 6) (padded: (T, B, 6)),
+columns ``LN_STATS = (mean_x, rstd_x, mean_h, rstd_h, mean_c, rstd_c)``. Backward
+recomputes the two products (whole-sequence products before the loop: every h_{t-1} is
+known from y) and takes the normalized values from the saved statistics. With
+``zhat = (z - mean) * rstd`` and ``dzhat = dout * g``, the LN backward of one row is
+``dz = rstd * (dzhat - mean(dzhat) - zhat * mean(dzhat * zhat))`` and ``dg = sum dout * zhat``
+(``db_c = sum dout``)::
+
+    dn_t  = dm * o * (1 - tanh^2 n_t)          n_t = LN(c_t; g_c, b_c), dm the gradient of h~_t
+    dc_t  = dc_{t+1 path} + LN_back(dn_t) [+ peephole term]   (replaces dm * o * (1 - tanh^2 c_t))
+    da_o  = dm * tanh(n_t) * o (1 - o) [..];   da_i, da_f, da_g, dc_{t-1} as above
+    dz_h  = LN_back_hh(da_t)  ->  dh_{t-1} = dz_h @ w_hh [* m],
+                                  dw_hh = sum dz_h.T @ (h_{t-1} [* m])
+    dz_x  = LN_back_ih(da)    ->  dx = dz_x @ w_ih,  dw_ih = dz_x.T @ x   (after the loop)
+    db    = sum da;  dg_ih = sum da * zhat_x;  dg_hh = sum da * zhat_h;  dg_c = sum dn * chat;
+    db_c  = sum dn
+
+For the fused kernels (not written yet), where the row statistics must be computed:
+forward, the input product's statistics for all rows at once after the hoisted
+``x @ w_ih.T`` (one pass per row over its 4H values; then normalize, times g_ih, plus b:
+the buffer holds what the plain kernel's holds after its bias). Per step the recurrent
+product goes into a buffer of its own (not accumulated into the gates as in the plain
+kernel): a row's 4H statistics are needed before any of its gates is activated; then the
+elementwise pass up to c_t, then c_t's statistics over H, then h~_t. Where a step's
+threads split the units (C), each row's statistics span every thread's columns: two
+more synchronisations per step (or per-thread partial sums reduced in a fixed order, so
+the bits do not depend on the thread count); where they split the rows (Numba) the
+statistics stay in the thread. Backward: the saved statistics plus ``zhat_x``, ``zhat_h``
+from two whole-sequence products before the loop (or both saved by forward, 2 (N, 4H));
+per step two row reductions over H (c's LN) and two over 4H (the recurrent LN) before
+``dh_{t-1} = dz_h @ w_hh``; the input LN's backward for all rows after the loop; the gains'
+and c bias's gradients are column sums, as db.
 """
 
 from typing import NamedTuple, Optional
@@ -111,8 +168,13 @@ _QUIET = dict(invalid="ignore", over="ignore")
 
 @np.errstate(**_QUIET)
 def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole=None,
-                 clip=0.0, cell_clip=0.0, cifg=False, rdrop=None, zoneout=None):
+                 clip=0.0, cell_clip=0.0, cifg=False, rdrop=None, zoneout=None, layer_norm=None,
+                 stats=None):
     """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes.
+
+    ``layer_norm`` (10H,) [g_ih, g_hh, g_c, b_c]: the layer-normalized LSTM (module
+    docstring); ``stats`` then an array (N, 6) (padded (T, B, 6)) that receives the rows'
+    statistics ``LN_STATS`` for backward, or None (not kept).
 
     ``peephole`` (3, H) rows w_ci, w_cf, w_co, ``clip`` and ``cell_clip`` (> 0: on) are
     the variants of the module docstring; gates are then the activated clamped gates and
@@ -125,6 +187,11 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
     sequences advance at step t, the others keep their state. y, gates and c
     are then packed the same way.
     """
+    if layer_norm is not None:
+        if cifg or w_hr is not None:
+            raise ValueError("layer_norm: no projection (w_hr) and no cifg")
+        return _ln_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, peephole, clip, cell_clip,
+                           rdrop, zoneout, layer_norm, stats)
     xp, steps = _steps(x, batch_sizes)
     H = w_ih.shape[0] // 4
     P = H if w_hr is None else w_hr.shape[0]
@@ -170,7 +237,7 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
 @np.errstate(**_QUIET)
 def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None, w_hr=None,
                   b=None, peephole=None, clip=0.0, cell_clip=0.0, cifg=False, rdrop=None,
-                  zoneout=None):
+                  zoneout=None, layer_norm=None, stats=None):
     """Returns ``(dx, dw_ih, dw_hh, db, dh0, dc0)``, plus ``dw_hr`` with a projection,
     plus ``dpeephole`` (3, H) with any variant (None without peepholes).
 
@@ -178,7 +245,13 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_size
     ``y``; ``dh_n`` and ``dc_n`` with respect to the final states.
     ``batch_sizes``, ``w_hr`` and the variants as in ``lstm_forward``; ``b`` (the
     forward's bias) is needed with ``clip`` only, to recompute the pre-activations.
+    With ``layer_norm`` (and the forward's ``stats``): ``(dx, dw_ih, dw_hh, db, dh0, dc0,
+    dpeephole, dlayer_norm)``, dpeephole None without peepholes, dlayer_norm (10H,) laid out
+    as ``layer_norm``.
     """
+    if layer_norm is not None:
+        return _ln_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, b,
+                            peephole, clip, cell_clip, rdrop, zoneout, layer_norm, stats)
     variant = peephole is not None or clip > 0 or cell_clip > 0 or cifg
     xp, steps = _steps(x, batch_sizes)
     H = w_ih.shape[0] // 4
@@ -301,12 +374,14 @@ def _clip_keep(xp, w_ih, w_hh, b, h0, c0, y, gates, c, steps, peephole, clip, rd
 
 
 def _variant_cell_grad(dm, dc, i, f, g, o, c_prev, c_t, tanh_c, keep, peephole, cell_clip,
-                       dpeep, cifg=False):
+                       dpeep, cifg=False, dc_h=None):
     """One step's gate gradients (n, 4H) with the variants (equations in the module
-    docstring); ``dc`` becomes the gradient reaching c_{t-1}, ``dpeep`` accumulates."""
+    docstring); ``dc`` becomes the gradient reaching c_{t-1}, ``dpeep`` accumulates.
+    Layer norm: ``tanh_c`` is tanh(LN(c_t)) and ``dc_h`` the gradient reaching c_t through
+    h~_t (through the LN), instead of ``dm * o * (1 - tanh_c^2)``."""
     H = c_t.shape[1]
     d_o = dm * tanh_c * o * (1 - o) * keep[:, 3 * H:]
-    dc += dm * o * (1 - tanh_c * tanh_c)
+    dc += dm * o * (1 - tanh_c * tanh_c) if dc_h is None else dc_h
     if peephole is not None:
         dc += peephole[2] * d_o
     if cell_clip > 0:
@@ -326,6 +401,153 @@ def _variant_cell_grad(dm, dc, i, f, g, o, c_prev, c_t, tanh_c, keep, peephole, 
         dpeep[1] += (d_f * c_prev).sum(axis=0)
         dpeep[2] += (d_o * c_t).sum(axis=0)
     return np.concatenate([d_i, d_f, d_g, d_o], axis=1)
+
+
+# --- the layer-normalized LSTM (haste's LayerNormLSTM; equations in the module docstring) ---
+
+LN_EPS = 1e-5   # haste lib/layer_norm_forward_gpu.cu.cc: rsqrt(var + 1e-5); F.layer_norm's default
+LN_STATS = ("mean_x", "rstd_x", "mean_h", "rstd_h", "mean_c", "rstd_c")   # columns of stats
+
+
+def ln_split(layer_norm):
+    """(g_ih (4H,), g_hh (4H,), g_c (H,), b_c (H,)): views of the (10H,) ``layer_norm``."""
+    H = layer_norm.shape[0] // 10
+    return (layer_norm[:4 * H], layer_norm[4 * H:8 * H], layer_norm[8 * H:9 * H],
+            layer_norm[9 * H:])
+
+
+def layer_norm_rows(z, gain, bias=None):
+    """``(LN(z) * gain [+ bias], mean, rstd)`` over the last axis of each row of z (n, F):
+    the biased variance, ``rstd = 1 / sqrt(var + LN_EPS)``; mean and rstd (n,)."""
+    mean = z.mean(axis=1)
+    d = z - mean[:, None]
+    rstd = 1 / np.sqrt((d * d).mean(axis=1) + z.dtype.type(LN_EPS))
+    out = d * rstd[:, None] * gain
+    if bias is not None:
+        out += bias
+    return out, mean, rstd
+
+
+def layer_norm_rows_grad(dout, zhat, rstd, gain):
+    """Backward of ``out = zhat * gain (+ bias)``, ``zhat = (z - mean) * rstd`` row by row:
+    ``(dz, dgain)`` (dbias is ``dout.sum(0)``)."""
+    dzhat = dout * gain
+    dz = rstd[:, None] * (dzhat - dzhat.mean(axis=1, keepdims=True)
+                          - zhat * (dzhat * zhat).mean(axis=1, keepdims=True))
+    return dz, (dout * zhat).sum(axis=0)
+
+
+@np.errstate(**_QUIET)
+def _ln_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, peephole, clip, cell_clip, rdrop,
+                zoneout, layer_norm, stats):
+    xp, steps = _steps(x, batch_sizes)
+    N, H = xp.shape[0], w_ih.shape[0] // 4
+    g_ih, g_hh, g_c, b_c = ln_split(layer_norm)
+    zm = None if zoneout is None else zoneout.reshape(N, H)
+    st = np.empty((N, 6), x.dtype)
+    # the input product and its LN, all steps at once; then the bias
+    gates, st[:, 0], st[:, 1] = layer_norm_rows(xp @ w_ih.T, g_ih)
+    if b is not None:
+        gates += b
+    y = np.empty((N, H), x.dtype)
+    c = np.empty((N, H), x.dtype)
+    h_state, c_state = h0.copy(), c0.copy()
+    for off, n in steps:
+        a = gates[off:off + n]
+        h_in = h_state[:n] if rdrop is None else h_state[:n] * rdrop[:n]
+        a_h, st[off:off + n, 2], st[off:off + n, 3] = layer_norm_rows(h_in @ w_hh.T, g_hh)
+        a += a_h
+        c_state[:n] = _variant_cell(a, c_state[:n], H, peephole, clip, cell_clip)
+        n_c, st[off:off + n, 4], st[off:off + n, 5] = layer_norm_rows(c_state[:n], g_c, b_c)
+        h_new = a[:, 3 * H:] * np.tanh(n_c)
+        if zm is not None:
+            h_new = h_state[:n] + zm[off:off + n] * (h_new - h_state[:n])
+        h_state[:n] = h_new
+        c[off:off + n] = c_state[:n]
+        y[off:off + n] = h_state[:n]
+    if stats is not None:
+        stats.reshape(N, 6)[...] = st
+    if batch_sizes is None:
+        T, B = x.shape[:2]
+        y, gates, c = y.reshape(T, B, H), gates.reshape(T, B, 4 * H), c.reshape(T, B, H)
+    return y, h_state, c_state, gates, c
+
+
+@np.errstate(**_QUIET)
+def _ln_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, b, peephole,
+                 clip, cell_clip, rdrop, zoneout, layer_norm, stats):
+    xp, steps = _steps(x, batch_sizes)
+    N, H = xp.shape[0], w_ih.shape[0] // 4
+    g_ih, g_hh, g_c, b_c = ln_split(layer_norm)
+    y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
+    st = stats.reshape(N, 6)
+    zm = None if zoneout is None else zoneout.reshape(N, H)
+    # h_{t-1} of every row (masked as the recurrent product saw it), then both products
+    # again, normalized with the saved statistics: whole-sequence products before the loop
+    h_prev = np.empty((N, H), x.dtype)
+    for t, (off, n) in enumerate(steps):
+        if t:
+            prev = steps[t - 1][0]
+            h_prev[off:off + n] = y[prev:prev + n]
+        else:
+            h_prev[off:off + n] = h0[:n]
+        if rdrop is not None:
+            h_prev[off:off + n] *= rdrop[:n]
+    xhat = (xp @ w_ih.T - st[:, 0:1]) * st[:, 1:2]
+    hhat = (h_prev @ w_hh.T - st[:, 2:3]) * st[:, 3:4]
+    chat = (c - st[:, 4:5]) * st[:, 5:6]
+    if clip > 0:    # where the clip let the gradient through: the pre-activations again
+        pre = xhat * g_ih + hhat * g_hh
+        if b is not None:
+            pre += b
+    dgates = np.empty((N, 4 * H), x.dtype)
+    dz_h = np.empty((N, 4 * H), x.dtype)
+    dpeep = np.zeros((3, H), x.dtype)
+    dln = np.zeros(10 * H, x.dtype)
+    dg_ih, dg_hh, dg_c, db_c = ln_split(dln)
+    dh, dc = dh_n.copy(), dc_n.copy()
+    for t in range(len(steps) - 1, -1, -1):
+        off, n = steps[t]
+        rows = slice(off, off + n)
+        c_prev = c[steps[t - 1][0]:steps[t - 1][0] + n] if t else c0[:n]
+        i, f, g, o = (gates[rows, k * H:(k + 1) * H] for k in range(4))
+        dh[:n] += dy[rows]                        # the whole gradient reaching h_t
+        carry = 0
+        if zm is not None:                        # h_t = h_{t-1} + zm (h~_t - h_{t-1})
+            carry = (1 - zm[rows]) * dh[:n]
+            dh[:n] *= zm[rows]
+        tanh_n = np.tanh(chat[rows] * g_c + b_c)  # tanh(LN(c_t))
+        dn = dh[:n] * o * (1 - tanh_n * tanh_n)   # gradient of LN(c_t)
+        dc_h, dg = layer_norm_rows_grad(dn, chat[rows], st[rows, 5], g_c)
+        dg_c += dg
+        db_c += dn.sum(axis=0)
+        if clip > 0:
+            p = pre[rows].copy()
+            if peephole is not None:
+                p[:, 0 * H:1 * H] += peephole[0] * c_prev
+                p[:, 1 * H:2 * H] += peephole[1] * c_prev
+                p[:, 3 * H:4 * H] += peephole[2] * c[rows]
+            keep = ~(np.abs(p) > clip)            # NaN lets it through (and propagates)
+        else:
+            keep = np.ones((n, 4 * H), bool)
+        dgates[rows] = _variant_cell_grad(dh[:n], dc[:n], i, f, g, o, c_prev, c[rows], tanh_n,
+                                          keep, peephole, cell_clip, dpeep, dc_h=dc_h)
+        # through the recurrent product's LN to h_{t-1}
+        dz_h[rows], dg = layer_norm_rows_grad(dgates[rows], hhat[rows], st[rows, 3], g_hh)
+        dg_hh += dg
+        dh[:n] = dz_h[rows] @ w_hh
+        if rdrop is not None:
+            dh[:n] *= rdrop[:n]
+        dh[:n] += carry
+    # whole-sequence products, after the loop; the input product's LN for all rows at once
+    dz_x, dg_ih[...] = layer_norm_rows_grad(dgates, xhat, st[:, 1], g_ih)
+    dx = dz_x @ w_ih
+    dw_ih = dz_x.T @ xp
+    dw_hh = dz_h.T @ h_prev
+    db = dgates.sum(axis=0)
+    if batch_sizes is None:
+        dx = dx.reshape(x.shape)
+    return dx, dw_ih, dw_hh, db, dh, dc, (dpeep if peephole is not None else None), dln
 
 
 # --- bfloat16 weights (inference): the oracle of csrc/bf16.template.c -------------------
@@ -514,7 +736,7 @@ def pack(w_ih, w_hh, b, w_hr=None, out=None, variant=None):
 def _variant_kw(packed):
     v = packed.variant
     return {} if v is None else dict(peephole=v.peephole, clip=v.clip, cell_clip=v.cell_clip,
-                                     cifg=v.cifg)
+                                     cifg=v.cifg, layer_norm=v.layer_norm)
 
 
 def pack_bf16(w_ih, w_hh, b, out=None):
@@ -526,7 +748,7 @@ def pack_int8(w_ih, w_hh, b, out=None):
 
 
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None,
-            zoneout=None):
+            zoneout=None, stats=None):
     if isinstance(packed, PackedBF16):   # and PackedInt8
         if save or rdrop is not None or zoneout is not None:
             raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
@@ -536,7 +758,8 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     else:
         y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], as_matrix(h0), as_matrix(c0),
                                              batch_sizes, packed.w_hr, rdrop=rdrop,
-                                             zoneout=zoneout, **_variant_kw(packed))
+                                             zoneout=zoneout, stats=stats if save else None,
+                                             **_variant_kw(packed))
     h_n, c_n = h_n.reshape(h0.shape), c_n.reshape(c0.shape)
     if out is not None:
         for dst, src in zip(out, (y, h_n, c_n)):
@@ -547,13 +770,15 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
 
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
-             dpeephole=None, rdrop=None, zoneout=None):
+             dpeephole=None, rdrop=None, zoneout=None, stats=None, dlayer_norm=None):
     if isinstance(packed, PackedBF16):   # and PackedInt8
         raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
     dx, dw_ih, dw_hh, db, dh0, dc0, *rest = lstm_backward(
         x, packed.w_ih, packed.w_hh, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
         as_matrix(dh_n), as_matrix(dc_n), batch_sizes, packed.w_hr, packed.b, rdrop=rdrop,
-        zoneout=zoneout, **_variant_kw(packed))
+        zoneout=zoneout, stats=stats, **_variant_kw(packed))
+    if packed.variant is not None and packed.variant.layer_norm is not None:
+        dlayer_norm[...] = rest.pop()               # (10H,): dg_ih, dg_hh, dg_c, db_c
     if len(rest) > (packed.w_hr is not None):    # a variant is on: dpeephole at the end
         dp = rest.pop()
         if dp is not None:
