@@ -47,15 +47,16 @@ def _numpy_layer(lstm, weight_dtype="bfloat16"):
 @pytest.mark.parametrize("kw", LAYOUTS, ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items())
                          or "default")
 @pytest.mark.parametrize("cls", [ltorch.LSTM, torch.nn.LSTM], ids=["ours", "torch"])
-def test_model_lstms_replaced_same_bits_as_the_numpy_layer(cls, kw):
+@pytest.mark.parametrize("wd", ["bfloat16", "int8"])
+def test_model_lstms_replaced_same_bits_as_the_numpy_layer(cls, kw, wd):
     torch.manual_seed(0)
     model = Model(cls, dropout=0.2 if kw.get("num_layers", 1) > 1 else 0.0, **kw)
-    q = ltorch.quantize(model, "bfloat16")
-    assert isinstance(q.body.rnn, ltorch.QuantizedLSTM) and q.body.rnn.weight_dtype == "bfloat16"
+    q = ltorch.quantize(model, wd)
+    assert isinstance(q.body.rnn, ltorch.QuantizedLSTM) and q.body.rnn.weight_dtype == wd
     assert type(model.body.rnn) is cls and model.training        # the original is unchanged
     assert not q.training and not any(m.training for m in q.modules())
     assert q.head.weight is not model.head.weight and torch.equal(q.head.weight, model.head.weight)
-    layer = _numpy_layer(model.body.rnn)
+    layer = _numpy_layer(model.body.rnn, wd)
     x = torch.randn(3, 6, 5) if kw.get("batch_first") else torch.randn(6, 3, 5)
     D, L = 2 if kw.get("bidirectional") else 1, kw.get("num_layers", 1)
     hx = (torch.randn(L * D, 3, 11), torch.randn(L * D, 3, 11))
