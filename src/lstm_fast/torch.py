@@ -1140,7 +1140,8 @@ def quantize(module, weight_dtype="bfloat16", *, inplace=False, backend="auto"):
     ``lstm_fast.torch.LSTM``), found recursively as ``torch.ao.quantization.quantize_dynamic``
     finds its modules, is replaced by a `QuantizedLSTM` running lstm_fast's kernels with
     its weights in `weight_dtype`; the model is put in eval mode. Inputs, outputs and states
-    stay float32; see the NumPy guide for the exact bfloat16 arithmetic and its error. Any
+    stay float32; see the NumPy guide for the exact bfloat16 and int8 arithmetic and its
+    error. Any
     weight dtype ``lstm_fast.LSTM(weight_dtype=...)`` accepts is accepted here, and checked
     by it (the options are named in its error).
 
@@ -1149,7 +1150,7 @@ def quantize(module, weight_dtype="bfloat16", *, inplace=False, backend="auto"):
     module : torch.nn.Module
         A trained model, or an LSTM itself (then the `QuantizedLSTM` is returned).
     weight_dtype : str, optional
-        "bfloat16" (default), or another of ``lstm_fast.LSTM``'s weight dtypes.
+        "bfloat16" (default), "int8", or another of ``lstm_fast.LSTM``'s weight dtypes.
     inplace : bool, keyword-only
         Replace the LSTMs in `module` itself (default: in a deep copy; `module` unchanged).
     backend : str, keyword-only
