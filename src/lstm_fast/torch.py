@@ -1141,9 +1141,8 @@ def quantize(module, weight_dtype="bfloat16", *, inplace=False, backend="auto"):
     finds its modules, is replaced by a `QuantizedLSTM` running lstm_fast's kernels with
     its weights in `weight_dtype`; the model is put in eval mode. Inputs, outputs and states
     stay float32; see the NumPy guide for the exact bfloat16 and int8 arithmetic and its
-    error. Any
-    weight dtype ``lstm_fast.LSTM(weight_dtype=...)`` accepts is accepted here, and checked
-    by it (the options are named in its error).
+    error. Any weight dtype ``lstm_fast.LSTM(weight_dtype=...)`` accepts is accepted here,
+    and checked by it (the options are named in its error).
 
     Parameters
     ----------
