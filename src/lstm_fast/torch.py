@@ -1010,6 +1010,23 @@ class QuantizedLSTM(torch.nn.Module):
     (an input or state that requires grad, with grad mode on). The module has no
     parameters: the float32 masters are the layer's (``self.layer.state_dict()``).
 
+    Parameters
+    ----------
+    lstm : torch.nn.LSTM
+        The trained LSTM (``torch.nn.LSTM`` or ``lstm_fast.torch.LSTM``), float32; its
+        weights are copied and quantized, ``lstm`` itself is unchanged.
+    weight_dtype : str, optional
+        "bfloat16" (default), "int8", or another of ``lstm_fast.LSTM``'s weight dtypes.
+    backend : str, optional
+        lstm_fast backend of the quantized layer ("auto": the C kernels).
+
+    Raises
+    ------
+    TypeError
+        ``lstm`` not a torch.nn.LSTM, or its parameters not float32/float64.
+    ValueError
+        A weight dtype the layer does not accept (the options are named).
+
     Examples
     --------
     >>> import torch
@@ -1055,6 +1072,16 @@ class QuantizedLSTM(torch.nn.Module):
     def train(self, mode=True):
         """Eval mode only: ``train(False)``/``eval()`` are accepted, ``train(True)`` raises.
 
+        Parameters
+        ----------
+        mode : bool, optional
+            Must be false: the module is for inference only.
+
+        Returns
+        -------
+        QuantizedLSTM
+            The module itself, in eval mode.
+
         Raises
         ------
         ValueError
@@ -1065,7 +1092,13 @@ class QuantizedLSTM(torch.nn.Module):
         return super().train(False)
 
     def extra_repr(self):
-        """``input_size, hidden_size, ...`` as torch.nn.LSTM's, plus the weight dtype."""
+        """``input_size, hidden_size, ...`` as torch.nn.LSTM's, plus the weight dtype.
+
+        Returns
+        -------
+        str
+            What ``repr`` shows between the parentheses.
+        """
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
                               ("bidirectional", False), ("proj_size", 0)):
