@@ -2,26 +2,29 @@
 # .py stays the one source and runs as plain Python where the extension is not built.
 # cpdef: the layer's calls of run_forward/run_backward are C calls inside the module.
 cimport cython
+cimport numpy as cnp
 from lstm_fast._validation cimport LayerInputs
 
 cpdef tuple run_forward(object impl, object packed, object x, object h0, object c0,
                         int num_threads, object plan=*, bint reverse=*, bint save=*,
-                        object out=*, object rdrop=*, object zoneout=*, bint ln=*)
+                        object out=*, object rdrop=*, object zoneout=*, bint ln=*,
+                        LayerInputs inputs=*)
 
 cpdef tuple run_backward(object cache, object dy, object dh_n, object dc_n, int num_threads,
-                         object out=*, object dpeephole=*, object dlayer_norm=*)
+                         object out=*, object dpeephole=*, object dlayer_norm=*,
+                         LayerInputs inputs=*)
 
-cpdef tuple bias_grads(object db)
+cpdef tuple bias_grads(object db, object db2=*)
 
 @cython.locals(out=dict, k=int)
 cpdef dict grads_by_name(tuple names, object dw_ih, object dw_hh, object db, object dw_hr,
-                         object dpeephole=*, object dlayer_norm=*)
+                         object dpeephole=*, object dlayer_norm=*, object db2=*)
 
-cpdef dict direction_grads(object layer, int k, object dw_ih, object dw_hh, object db,
-                           object dw_hr, object dp, object dln=*)
+cpdef dict direction_grads(LayerInputs inputs, int k, object dw_ih, object dw_hh, object db,
+                           object dw_hr, object dp, object dln=*, object db2=*)
 
 @cython.locals(inputs=LayerInputs, T=Py_ssize_t, B=Py_ssize_t, num_threads=int, D=int, k=int, d=int,
-               k_layer=int, caches=list, masks=object)
+               k_layer=int, caches=list, masks=object, xa=cnp.ndarray)
 cpdef tuple layer_forward(object layer, object x, object hx, object lengths, object save)
 
 @cython.locals(inputs=LayerInputs, caches=list, shape=tuple, num_threads=int, D=int, k=int, d=int,

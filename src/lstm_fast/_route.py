@@ -77,7 +77,7 @@ _new = tuple.__new__   # LSTMCache's fields without its Python-level __new__ (0.
 
 
 def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True,
-                out=None, rdrop=None, zoneout=None, ln=False):
+                out=None, rdrop=None, zoneout=None, ln=False, inputs=None):
     """One layer-direction over padded x (T, B, I): ``(y (T, B, R), h_n, c_n, cache)``;
     h0 (B, R) and c0 (B, H), or (1, B, R) and (1, B, H), and h_n, c_n in their shapes.
 
@@ -89,6 +89,8 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
     ``zoneout`` (T, B, H): the zoneout mask in x's time order, or None; the cache keeps them
     (``saved[6:8]``) for backward. ``ln``: the packed weights are a layer-normalized LSTM's
     (``packed.variant.layer_norm``): the rows' statistics are kept too (``saved[8]``).
+    ``inputs``: the calling layer's ``_validation.LayerInputs`` bound to ``impl``; the
+    plain padded call then goes through it (``call_forward``: a C call for the C backend).
     """
     if ln:
         return _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, out,
@@ -103,8 +105,14 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
                                                  rdrop=rdrop, zoneout=zoneout)
             saved = (xin, h0, c0, y, gates, c, rdrop, zoneout)
         elif rdrop is None:
-            y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
-                                                 None if out is None else (None,) + out)
+            if inputs is None:
+                y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None,
+                                                     save, None if out is None else (None,) + out)
+            else:
+                inputs.call_forward(packed, xin, h0, c0, num_threads, save,
+                                    None if out is None else (None,) + out)
+                y, h_n, c_n, gates, c = inputs.y, inputs.h_n, inputs.c_n, inputs.gates, inputs.c
+                inputs.y = inputs.h_n = inputs.c_n = inputs.gates = inputs.c = None
             saved = (xin, h0, c0, y, gates, c)
         else:
             y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
@@ -172,12 +180,16 @@ def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, o
     return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
 
 
-def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, dlayer_norm=None):
+def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, dlayer_norm=None,
+                 inputs=None):
     """Backward of ``run_forward`` for dy (T, B, R) (any strides), dh_n (B, R), dc_n (B, H):
     ``(dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0, dw_hr)``, db None without a bias and dw_hr
     None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``.
     With peepholes, ``dpeephole`` (3, H) receives their gradients (rows ci, cf, co); with
-    layer norm, ``dlayer_norm`` (10H,) those of ``packed.variant.layer_norm``."""
+    layer norm, ``dlayer_norm`` (10H,) those of ``packed.variant.layer_norm``.
+    ``inputs``: as for ``run_forward``; the plain padded call goes through it
+    (``call_backward``) and leaves its ``db2`` slot (the second bias gradient or None) for
+    the caller."""
     impl, packed, saved, plan, reverse = cache   # not by field: 5 look-ups
     rdrop = zoneout = stats = None
     if len(saved) == 6:
@@ -198,6 +210,13 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, d
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
                 packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads,
                 dpeephole=dpeephole, rdrop=rdrop, zoneout=zoneout)
+        elif dpeephole is None and inputs is not None and inputs.impl is impl:
+            inputs.call_backward(packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)
+            dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = (inputs.dx, inputs.dw_ih, inputs.dw_hh,
+                                                     inputs.db, inputs.dh0, inputs.dc0,
+                                                     inputs.dw_hr)
+            inputs.dx = inputs.dw_ih = inputs.dw_hh = inputs.db = inputs.dh0 = None
+            inputs.dc0 = inputs.dw_hr = None
         elif dpeephole is None:     # (a call with keywords costs a dict and a tuple)
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
                 packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)
@@ -234,24 +253,27 @@ def make_plan(lengths, T, B):
     return LengthPlan(lengths, T, B)
 
 
-def bias_grads(db):
+def bias_grads(db, db2=None):
     """(grad of bias_ih, grad of bias_hh) from the kernels' db: the same values as separate
     arrays (or tensors), so that changing one in place leaves the other; (None, None) without
-    a bias."""
+    a bias. ``db2``: a copy of db already made (the C backend's, ``LayerInputs.db2``), or None."""
     if db is None:
         return None, None
+    if db2 is not None:
+        return db, db2
     return db, (db.copy() if type(db) is np.ndarray else db.clone())
 
 
-def grads_by_name(names, dw_ih, dw_hh, db, dw_hr, dpeephole=None, dlayer_norm=None):
+def grads_by_name(names, dw_ih, dw_hh, db, dw_hr, dpeephole=None, dlayer_norm=None, db2=None):
     """One layer-direction's gradients under ``names`` (from ``_params.direction_names``);
     ``dpeephole`` (3, H) the peephole weights' (rows ci, cf, co), or None; ``dlayer_norm``
     (10H,) the layer-norm parameters' (gains ih, hh, c and bias c, laid out as
-    ``backends.Variant.layer_norm``; the last four names), or None."""
+    ``backends.Variant.layer_norm``; the last four names), or None; ``db2`` as for
+    ``bias_grads``."""
     out = {names[0]: dw_ih, names[1]: dw_hh}
     k = 2
     if db is not None:
-        out[names[2]], out[names[3]] = bias_grads(db)
+        out[names[2]], out[names[3]] = bias_grads(db, db2)
         k = 4
     if dw_hr is not None:
         out[names[k]] = dw_hr
@@ -268,12 +290,14 @@ def grads_by_name(names, dw_ih, dw_hh, db, dw_hr, dpeephole=None, dlayer_norm=No
     return out
 
 
-def direction_grads(layer, k, dw_ih, dw_hh, db, dw_hr, dp, dln=None):
-    """Layer-direction k's gradients by name (coupled gates: the kernels' 4H rows -> 3H)."""
-    if layer.cifg:
+def direction_grads(inputs, k, dw_ih, dw_hh, db, dw_hr, dp, dln=None, db2=None):
+    """Layer-direction k's gradients by name (``inputs``: the layer's LayerInputs; coupled
+    gates: the kernels' 4H rows -> 3H)."""
+    if inputs.cifg:
         from ._params import cifg_compress      # (_params imports this module)
         dw_ih, dw_hh, db = map(cifg_compress, (dw_ih, dw_hh, db))
-    return grads_by_name(layer._names[k], dw_ih, dw_hh, db, dw_hr, dp, dln)
+        db2 = None
+    return grads_by_name(inputs.names[k], dw_ih, dw_hh, db, dw_hr, dp, dln, db2)
 
 
 # --- LSTM.forward and LSTM.backward ------------------------------------------------------
@@ -287,23 +311,24 @@ def layer_forward(layer, x, hx, lengths, save):
     batch_first = layer.batch_first
     inputs = layer._inputs
     x, h0, c0, unbatched = inputs.forward(x, hx, batch_first)
-    T = x.shape[0]
-    B = x.shape[1]
+    xa = x          # (an ndarray: compiled, its dims are read without the shape tuple)
+    T = xa.shape[0]
+    B = xa.shape[1]
     plan = None if lengths is None else make_plan(_validation.lengths(lengths, B, T), T, B)
     if save is None:
         save = layer.training
-    impl = layer._impl
-    packed = layer._packed
+    impl = inputs.impl
+    packed = inputs.packed
     num_threads = inputs.threads(T, B)
-    rdrop = layer.recurrent_dropout > 0.0 and layer.training   # a mask per layer-direction
-    zo = layer.zoneout > 0.0
+    rdrop = inputs.recurrent_dropout > 0.0 and layer.training   # a mask per layer-direction
+    zo = inputs.zoneout > 0.0
     if len(packed) == 1:   # one layer-direction: the states (1, B, R) as they are
         p = packed[0]
         y, h_n, c_n, cache = run_forward(impl, p if p is not None else layer._pack(0), x, h0,
                                          c0, num_threads, plan, False, save, None,
                                          layer._rdrop_mask(B) if rdrop else None,
                                          layer._zoneout_mask(T, B) if zo else None,
-                                         layer.layer_norm)
+                                         inputs.layer_norm, inputs)
         caches = [cache]
         masks = ()
     else:
@@ -326,7 +351,7 @@ def layer_forward(layer, x, hx, lengths, save):
                                                (h_n[k], c_n[k]),
                                                layer._rdrop_mask(B) if rdrop else None,
                                                layer._zoneout_mask(T, B) if zo else None,
-                                               layer.layer_norm)
+                                               inputs.layer_norm, inputs)
                 caches.append(cache)
                 outs.append(out)
             y = outs[0] if D == 1 else np.concatenate(outs, axis=2)
@@ -352,15 +377,18 @@ def layer_backward(layer, grad_output, grad_hx):
     inputs = layer._inputs
     num_threads = inputs.threads(shape[0], shape[1])
     dout, dh_n, dc_n = inputs.backward(grad_output, grad_hx, shape, unbatched, batch_first)
-    peephole = layer.peephole
-    ln = layer.layer_norm
+    peephole = inputs.peephole
+    ln = inputs.layer_norm
     H = inputs.hidden_size
     if len(caches) == 1:
         dp = np.empty((3, H), inputs.dtype) if peephole else None
         dln = np.empty(10 * H, inputs.dtype) if ln else None
+        inputs.db2 = None
         dout, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n, dc_n,
-                                                               num_threads, None, dp, dln)
-        layer.grads = direction_grads(layer, 0, dw_ih, dw_hh, db, dw_hr, dp, dln)
+                                                               num_threads, None, dp, dln, inputs)
+        db2 = inputs.db2
+        inputs.db2 = None
+        layer.grads = direction_grads(inputs, 0, dw_ih, dw_hh, db, dw_hr, dp, dln, db2)
     else:
         D = 2 if layer.bidirectional else 1
         R = layer.proj_size or H
@@ -374,9 +402,13 @@ def layer_backward(layer, grad_output, grad_hx):
                 dy = dout[:, :, d * R:(d + 1) * R] if D == 2 else dout
                 dp = np.empty((3, H), dtype) if peephole else None
                 dln = np.empty(10 * H, dtype) if ln else None
+                inputs.db2 = None
                 dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(
-                    caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]), dp, dln)
-                grads.update(direction_grads(layer, k, dw_ih, dw_hh, db, dw_hr, dp, dln))
+                    caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]), dp, dln,
+                    inputs)
+                db2 = inputs.db2
+                inputs.db2 = None
+                grads.update(direction_grads(inputs, k, dw_ih, dw_hh, db, dw_hr, dp, dln, db2))
                 dinp = dx if dinp is None else dinp + dx
             dout = dinp * masks[k_layer - 1] if k_layer and masks else dinp
         layer.grads = {name: grads[name] for name in layer._params}

@@ -356,11 +356,22 @@ def _ready(a, dtype, itemsize, d0, d1, d2):
 
 
 class LayerInputs:
-    """The checks of one ``LSTM``'s per-call arguments, and its memo: what is fixed for the
-    layer (dtype, I, H, R = width of h, L*D states) and the zero states of the last batch
-    size. Arrays that need nothing pass in a few comparisons (compiled with Cython beside
-    this file, see _validation.pxd); anything else takes the general route (``as_array``),
-    which converts or raises with the same messages."""
+    """One ``LSTM``'s per-call state: the checks of its arguments and their memo (what is
+    fixed for the layer: dtype, I, H, R = width of h, L*D states; the zero states of the last
+    batch size), and what the route needs of the layer on every call: its backend
+    (``impl``), packed weights (``packed``, one per layer-direction, None until packed), the
+    parameter names (``names``) and the options fixed at construction. Compiled with Cython
+    beside this file (see _validation.pxd), these are C fields: the route reads them without
+    an attribute look-up on the layer. Arrays that need nothing pass in a few comparisons;
+    anything else takes the general route (``as_array``), which converts or raises with
+    the same messages.
+
+    ``call_forward`` / ``call_backward`` run the backend on one layer-direction (the
+    contract's ``forward`` / ``backward``, padded, without per-call masks) and leave the
+    results in the slots ``y, h_n, c_n, gates, c`` / ``dx, dw_ih, dw_hh, db, db2, dh0, dc0,
+    dw_hr`` (no tuples; the route takes and clears them). The C backend binds its direct
+    entry points (``bind``: backends/_c.pyx ``bind_layer``): then they are C calls, and
+    ``db2`` is the second bias gradient's array (a copy of db made there; None otherwise)."""
 
     def __init__(self, dtype, input_size, hidden_size, out_size, num_states):
         self.dtype = dtype
@@ -369,6 +380,43 @@ class LayerInputs:
         self.num_states = num_states
         self.batch = -1
         self.zero_h = self.zero_c = None
+        self.impl = self.packed = self.names = None
+        self.recurrent_dropout = self.zoneout = 0.0
+        self.layer_norm = self.peephole = self.cifg = False
+        self.direct = False
+        self.y = self.h_n = self.c_n = self.gates = self.c = None
+        self.dx = self.dw_ih = self.dw_hh = self.db = self.db2 = self.dh0 = self.dc0 = None
+        self.dw_hr = None
+
+    def bind(self, impl):
+        """Run on the backend module ``impl``: one that has ``bind_layer`` (the C backend)
+        sets this object's direct entry points; any other is called through the contract."""
+        self.impl = impl
+        self.direct = False
+        bind_layer = getattr(impl, "bind_layer", None)
+        if bind_layer is not None:
+            bind_layer(self)
+
+    def call_forward(self, packed, x, h0, c0, num_threads, save, out):
+        """``impl.forward(packed, x, h0, c0, num_threads, None, save, out)`` into the slots
+        y, h_n, c_n, gates, c (a C call where the C backend is bound)."""
+        if self.direct:
+            return self.c_forward(self, packed, x, h0, c0, num_threads, save, out)
+        self.y, self.h_n, self.c_n, self.gates, self.c = self.impl.forward(
+            packed, x, h0, c0, num_threads, None, save, out)
+        return 0
+
+    def call_backward(self, packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads):
+        """``impl.backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)`` into
+        the slots dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr (and db2, the second bias gradient,
+        where the C backend is bound; else None)."""
+        if self.direct:
+            return self.c_backward(self, packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
+                                   num_threads)
+        self.dx, self.dw_ih, self.dw_hh, self.db, self.dh0, self.dc0, self.dw_hr = \
+            self.impl.backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)
+        self.db2 = None
+        return 0
 
     def zeros(self, B):
         """Read-only zero states (L*D, B, R), (L*D, B, H), kept for the last B."""

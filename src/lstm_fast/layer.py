@@ -314,6 +314,7 @@ class LSTM:
         if wd is not None:
             _validation.check_weight_dtype(wd, self.dtype, self.proj_size, impl, backend)
         self._backend, self._requested_backend, self._impl = backend, name, impl
+        self._inputs.bind(impl)
         self._drop_packed()
 
     def __getstate__(self):
@@ -339,9 +340,15 @@ class LSTM:
         self.backend = self._requested_backend   # "auto" resolves on the new machine
 
     def _make_inputs(self):
-        """The checks of the per-call arguments, with their memo (``_validation.LayerInputs``)."""
-        self._inputs = _validation.LayerInputs(self.dtype, self.input_size, self.hidden_size,
-                                               self._out_size, len(self._names))
+        """The per-call state (``_validation.LayerInputs``): the checks of the arguments with
+        their memo, and the names and options fixed at construction; the backend and the
+        packed weights are set by the ``backend`` setter and ``_drop_packed``."""
+        inputs = _validation.LayerInputs(self.dtype, self.input_size, self.hidden_size,
+                                         self._out_size, len(self._names))
+        inputs.names = self._names
+        inputs.recurrent_dropout, inputs.zoneout = self.recurrent_dropout, self.zoneout
+        inputs.layer_norm, inputs.peephole, inputs.cifg = self.layer_norm, self.peephole, self.cifg
+        self._inputs = inputs
 
     @property
     def _out_size(self):
@@ -486,7 +493,7 @@ class LSTM:
         loses CPython's fast attribute lookup for every ``self.x`` in forward and backward.
         Set one by one: touching ``self.__dict__`` would lose it as well (CPython 3.11 no
         longer specializes the attribute loads of an instance whose dict was materialized)."""
-        self._packed = [None] * len(self._names)
+        self._packed = self._inputs.packed = [None] * len(self._names)
         for name, arr in getattr(self, "_params", {}).items():
             setattr(self, name, arr)
 

@@ -16,7 +16,9 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.stdint cimport int64_t
+from libc.string cimport memcpy
 from cpython.ref cimport Py_INCREF
+from lstm_fast._validation cimport LayerInputs
 
 cnp.import_array()
 
@@ -145,6 +147,7 @@ cdef class Packed:
                                         # else dtype's name
     cdef readonly bint has_bias
     cdef int typenum
+    cdef int wkind             # weight_dtype as a C value: _FULL, _BF16, _INT8
     cdef readonly int64_t generation   # times written over by pack(..., out=this)
     cdef object _ws            # workspace, reused by the next call that finds it free
     cdef bint _ws_busy
@@ -233,6 +236,12 @@ cdef inline void _give_ws(Packed p, cnp.ndarray ws):
         p._ws_busy = False
 
 
+cdef enum:
+    _FULL = 0
+    _BF16 = 1
+    _INT8 = 2
+
+
 cdef Packed _pack_target(object out, cnp.npy_intp n, int64_t I, int64_t H, int64_t P,
                          str weight_dtype):
     """out when it is a Packed of these shapes and weight dtype (n bytes) that nobody uses
@@ -247,6 +256,7 @@ cdef Packed _pack_target(object out, cnp.npy_intp n, int64_t I, int64_t H, int64
             return p
     p = Packed.__new__(Packed)
     p.buf = _empty(1, &n, cnp.NPY_UINT8)
+    p.wkind = _BF16 if weight_dtype == "bfloat16" else _INT8 if weight_dtype == "int8" else _FULL
     return p
 
 
@@ -380,8 +390,8 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef int save = gates is not None
-    cdef bint bf16 = packed.weight_dtype == "bfloat16"
-    cdef bint i8 = packed.weight_dtype == "int8"
+    cdef bint bf16 = packed.wkind == _BF16
+    cdef bint i8 = packed.wkind == _INT8
     if (bf16 or i8) and save:
         _inference_only(packed)
     cdef size_t wsize = (lstm_forward_workspace_size_bf16(T, B, I, H, num_threads) if bf16 else
@@ -475,30 +485,17 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
     return y, h_n, c_n, gates, c
 
 
-def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y,
-             cnp.ndarray gates, cnp.ndarray c, cnp.ndarray dy, cnp.ndarray dh_n,
-             cnp.ndarray dc_n, int num_threads, batch_sizes=None, dpeephole=None, rdrop=None,
-             zoneout=None):
-    """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``
-    (dpeephole: the (3, H) output for the peephole gradients, with peepholes)."""
-    if packed.weight_dtype in ("bfloat16", "int8"):
-        _inference_only(packed)
+cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object batch_sizes,
+                        cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y,
+                        cnp.ndarray gates, cnp.ndarray c, cnp.ndarray dy, cnp.ndarray dh_n,
+                        cnp.ndarray dc_n, cnp.ndarray dx, cnp.ndarray dw_ih, cnp.ndarray dw_hh,
+                        cnp.ndarray db, cnp.ndarray dh0, cnp.ndarray dc0, object dw_hr,
+                        int num_threads, object dpeephole=None, object rdrop=None,
+                        object zoneout=None) except -1:
+    """The kernel's backward on these arrays (allocated by the caller)."""
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef int64_t R = P if P else H
-    cdef bint padded = batch_sizes is None
-    cdef int64_t B = cnp.PyArray_SIZE(c0) // H
-    cdef int64_t T = cnp.PyArray_DIMS(x)[0] if padded else \
-        cnp.PyArray_DIMS(<cnp.ndarray>batch_sizes)[0]
-    cdef int64_t N = T * B if padded else cnp.PyArray_DIMS(x)[0]
-    cdef cnp.ndarray dx = _rows(padded, T, B, N, I, tn)
-    cdef cnp.ndarray dw_ih = _mat(4 * H, I, tn)
-    cdef cnp.ndarray dw_hh = _mat(4 * H, R, tn)
-    cdef cnp.npy_intp G = 4 * H
-    cdef cnp.ndarray db = _empty(1, &G, tn)
-    cdef cnp.ndarray dh0 = _like(h0, tn)
-    cdef cnp.ndarray dc0 = _like(c0, tn)
-    dw_hr = _mat(P, H, tn) if P else None
     cdef size_t wsize = (lstm_backward_workspace_size_f32(T, N, B, I, H, P, num_threads)
                          if tn == cnp.NPY_FLOAT32 else
                          lstm_backward_workspace_size_f64(T, N, B, I, H, P, num_threads))
@@ -563,6 +560,37 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
     _give_ws(packed, ws)
     if status != LSTM_OK:
         _raise_status(status)
+    return 0
+
+
+
+
+def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y,
+             cnp.ndarray gates, cnp.ndarray c, cnp.ndarray dy, cnp.ndarray dh_n,
+             cnp.ndarray dc_n, int num_threads, batch_sizes=None, dpeephole=None, rdrop=None,
+             zoneout=None):
+    """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``
+    (dpeephole: the (3, H) output for the peephole gradients, with peepholes)."""
+    if packed.wkind != _FULL:
+        _inference_only(packed)
+    cdef int tn = packed.typenum
+    cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
+    cdef int64_t R = P if P else H
+    cdef bint padded = batch_sizes is None
+    cdef int64_t B = cnp.PyArray_SIZE(c0) // H
+    cdef int64_t T = cnp.PyArray_DIMS(x)[0] if padded else \
+        cnp.PyArray_DIMS(<cnp.ndarray>batch_sizes)[0]
+    cdef int64_t N = T * B if padded else cnp.PyArray_DIMS(x)[0]
+    cdef cnp.ndarray dx = _rows(padded, T, B, N, I, tn)
+    cdef cnp.ndarray dw_ih = _mat(4 * H, I, tn)
+    cdef cnp.ndarray dw_hh = _mat(4 * H, R, tn)
+    cdef cnp.npy_intp G = 4 * H
+    cdef cnp.ndarray db = _empty(1, &G, tn)
+    cdef cnp.ndarray dh0 = _like(h0, tn)
+    cdef cnp.ndarray dc0 = _like(c0, tn)
+    dw_hr = _mat(P, H, tn) if P else None
+    _backward_call(packed, T, B, N, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n, dc_n, dx,
+                   dw_ih, dw_hh, db, dh0, dc0, dw_hr, num_threads, dpeephole, rdrop, zoneout)
     return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, dw_hr
 
 
@@ -573,3 +601,96 @@ def step(Packed packed, cnp.ndarray x, cnp.ndarray h, cnp.ndarray c, int num_thr
         y = _mat(B, packed.proj_size if packed.proj_size else H, packed.typenum)
     _forward_call(packed, 1, B, None, x, h, c, y, h, c, None, None, num_threads)
     return y
+
+
+# --- a layer's direct entry points ------------------------------------------------------
+# ``LSTM`` calls the backend through its ``_validation.LayerInputs``; ``bind_layer`` gives it
+# these two C functions, which its ``call_forward``/``call_backward`` call without a Python
+# call (no argument tuple, no keyword parsing) and which leave the results in its slots (no
+# result tuple). The same kernel calls as ``forward``/``backward`` (padded, no per-call masks).
+
+def bind_layer(inputs):
+    """Make a ``_validation.LayerInputs`` call this backend as C functions
+    (``LayerInputs.bind``); anything else is left alone."""
+    cdef LayerInputs li
+    if isinstance(inputs, LayerInputs):
+        li = <LayerInputs>inputs
+        li.c_forward = _layer_forward
+        li.c_backward = _layer_backward
+        li.direct = True
+
+
+cdef int _layer_forward(object inputs, object packed, object x, object h0, object c0,
+                        int num_threads, bint save, object out) except -1:
+    """``forward(packed, x, h0, c0, num_threads, None, save, out)`` into the slots
+    y, h_n, c_n, gates, c of ``inputs``."""
+    cdef LayerInputs res = <LayerInputs>inputs
+    cdef Packed p = <Packed?>packed
+    cdef cnp.ndarray xa = <cnp.ndarray?>x, h0a = <cnp.ndarray?>h0, c0a = <cnp.ndarray?>c0
+    cdef int tn = p.typenum
+    cdef int64_t H = p.hidden_size, P = p.proj_size
+    cdef int64_t R = P if P else H
+    cdef int64_t T = cnp.PyArray_DIMS(xa)[0], B = cnp.PyArray_SIZE(c0a) // H
+    y = h_n = c_n = None
+    if out is not None:
+        y, h_n, c_n = out
+    if y is None:
+        y = _rows(True, T, B, T * B, R, tn)
+    if h_n is None:
+        h_n = _like(h0a, tn)
+    if c_n is None:
+        c_n = _like(c0a, tn)
+    gates = c = None
+    if save:
+        gates = _rows(True, T, B, T * B, 4 * H, tn)
+        c = _rows(True, T, B, T * B, H, tn)
+    _forward_call(p, T, B, None, xa, h0a, c0a, y, h_n, c_n, gates, c, num_threads)
+    res.y = y
+    res.h_n = h_n
+    res.c_n = c_n
+    res.gates = gates
+    res.c = c
+    return 0
+
+
+cdef int _layer_backward(object inputs, object packed, object x, object h0, object c0,
+                         object y, object gates, object c, object dy, object dh_n,
+                         object dc_n, int num_threads) except -1:
+    """``backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)`` into the
+    slots dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr of ``inputs``, and db2: a copy of db (the
+    second bias gradient, a separate array), None without a bias."""
+    cdef LayerInputs res = <LayerInputs>inputs
+    cdef Packed p = <Packed?>packed
+    if p.wkind != _FULL:
+        _inference_only(p)
+    cdef cnp.ndarray xa = <cnp.ndarray?>x, h0a = <cnp.ndarray?>h0, c0a = <cnp.ndarray?>c0
+    cdef int tn = p.typenum
+    cdef int64_t H = p.hidden_size, I = p.input_size, P = p.proj_size
+    cdef int64_t R = P if P else H
+    cdef int64_t T = cnp.PyArray_DIMS(xa)[0], B = cnp.PyArray_SIZE(c0a) // H
+    cdef cnp.ndarray dx = _rows(True, T, B, T * B, I, tn)
+    cdef cnp.ndarray dw_ih = _mat(4 * H, I, tn)
+    cdef cnp.ndarray dw_hh = _mat(4 * H, R, tn)
+    cdef cnp.npy_intp G = 4 * H
+    cdef cnp.ndarray db = _empty(1, &G, tn)
+    cdef cnp.ndarray dh0 = _like(h0a, tn)
+    cdef cnp.ndarray dc0 = _like(c0a, tn)
+    dw_hr = _mat(P, H, tn) if P else None
+    _backward_call(p, T, B, T * B, None, xa, h0a, c0a, <cnp.ndarray?>y, <cnp.ndarray?>gates,
+                   <cnp.ndarray?>c, <cnp.ndarray?>dy, <cnp.ndarray?>dh_n, <cnp.ndarray?>dc_n,
+                   dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, num_threads)
+    cdef cnp.ndarray db2
+    if p.has_bias:
+        db2 = _empty(1, &G, tn)
+        memcpy(cnp.PyArray_DATA(db2), cnp.PyArray_DATA(db), G * cnp.PyArray_ITEMSIZE(db))
+        res.db = db
+        res.db2 = db2
+    else:
+        res.db = res.db2 = None
+    res.dx = dx
+    res.dw_ih = dw_ih
+    res.dw_hh = dw_hh
+    res.dh0 = dh0
+    res.dc0 = dc0
+    res.dw_hr = dw_hr
+    return 0
