@@ -5,6 +5,8 @@ cimport cython
 cimport numpy as cnp
 from lstm_fast._validation cimport LayerInputs
 
+cdef object _new, _Cache
+
 cpdef tuple run_forward(object impl, object packed, object x, object h0, object c0,
                         int num_threads, object plan=*, bint reverse=*, bint save=*,
                         object out=*, object rdrop=*, object zoneout=*, bint ln=*,

@@ -74,6 +74,7 @@ class LSTMCache(NamedTuple):
 
 
 _new = tuple.__new__   # LSTMCache's fields without its Python-level __new__ (0.15 us a call)
+_Cache = LSTMCache      # (both C variables when compiled, see _route.pxd: no look-up by name)
 
 
 def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True,
@@ -142,7 +143,7 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
         saved = (xin, h0s, c0s, y, gates, c) if rdrop is None and zoneout is None else \
             (xin, h0s, c0s, y, gates, c, rdrop, zoneout)
         y = plan.scatter(y, reverse)
-    return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
+    return y, h_n, c_n, (_new(_Cache, (impl, packed, saved, plan, reverse)) if save else None)
 
 
 def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, out, rdrop,
@@ -177,7 +178,7 @@ def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, o
         backends.as_matrix(c_n)[plan.order] = cs
         saved = (xin, h0s, c0s, y, gates, c, rdrop, zoneout, stats)
         y = plan.scatter(y, reverse)
-    return y, h_n, c_n, (_new(LSTMCache, (impl, packed, saved, plan, reverse)) if save else None)
+    return y, h_n, c_n, (_new(_Cache, (impl, packed, saved, plan, reverse)) if save else None)
 
 
 def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, dlayer_norm=None,
@@ -190,7 +191,11 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, d
     ``inputs``: as for ``run_forward``; the plain padded call goes through it
     (``call_backward``) and leaves its ``db2`` slot (the second bias gradient or None) for
     the caller."""
-    impl, packed, saved, plan, reverse = cache   # not by field: 5 look-ups
+    impl = cache[0]     # by index, not by field (5 look-ups) nor unpacking (an iterator: a
+    packed = cache[1]   # NamedTuple is not an exact tuple)
+    saved = cache[2]
+    plan = cache[3]
+    reverse = cache[4]
     rdrop = zoneout = stats = None
     if len(saved) == 6:
         xin, h0, c0, y, gates, c = saved
