@@ -48,7 +48,9 @@ _LINE = re.compile(r"\s*([\d,]+)\s+\(.*?\)\s+(\S.*)")
 
 
 def _run(args, n, out):
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    # one OpenBLAS thread: its idle pool threads spin for as long as Valgrind schedules them,
+    # a count that moves by ~1,000 a call with nothing to do with the layer (which uses no BLAS)
+    env = dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1")
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                     sys.executable, "-c", _CHILD, args.shape, args.mode, str(n), args.backend],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

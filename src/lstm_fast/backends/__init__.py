@@ -61,6 +61,12 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
     step(packed, x, h, c, num_threads, y=None) -> y
         One step: x (B, I) -> y (B, R); h (B, R) and c (B, H) are updated in place.
 
+Optional, the C backend only: ``bind_layer(inputs)`` gives a layer's
+``_validation.LayerInputs`` two C functions that run ``forward``/``backward`` (padded, no
+per-call masks) without a Python call and leave the results in its slots; the layer's route
+then calls them (``LayerInputs.call_forward``/``call_backward``), and every other backend
+through the four functions above.
+
 Variable lengths: sequences sorted longest first, packed step-major as torch's
 PackedSequence.data: the rows of step t start at sum(batch_sizes[:t]) and are the first
 batch_sizes[t] sequences, which alone advance at step t (batch_sizes non-increasing,
