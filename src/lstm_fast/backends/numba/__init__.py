@@ -14,6 +14,8 @@ names of the kernel vocabulary on both sides):
                (pack.template.c)
     lstm.py    forward and backward           fwd_tile, fwd_step, fwd_job, lstm_forward,
                (lstm.template.c)              bwd_tile, bwd_rows, bwd_step, bwd_job, lstm_backward
+    lnorm.py   the layer-normalized LSTM      ln_forward, ln_backward (their own entry points:
+               (no C counterpart yet)         the plain kernels' compile does not include them)
 
 Why hand-written loops and not BLAS: a BLAS call cannot apply the gate activations while a
 tile of h.w_hh^T is still in registers, and per-step calls cost microseconds each at small
@@ -38,7 +40,9 @@ from the cache the first call takes 0.45-0.55 s, importing Numba included
 (benchmarks/numba_first_use.py). Every option is a run-time argument of a fixed type (lstm.py,
 "Compilation"): inference (save=False), ``step``, the projection, the variants, the peephole
 gradients and the recurrent dropout and zoneout masks run the same two compiled kernels per
-dtype.
+dtype. The layer-normalized LSTM (``Variant.layer_norm``) runs two kernels of its own
+(lnorm.py), compiled on its first use, once per dtype for every combination of the other
+options (LNFIRSTUSE).
 """
 
 import numba

@@ -8,13 +8,13 @@ only when a layer-normalized LSTM first runs, once per dtype, and every other op
 variants ``var``, lengths, the recurrent dropout and zoneout masks, threads) is a run-time
 argument of one type, as in lstm.py. The products are the plain kernels' (``gemm``, the forward
 step tiles ``lstm.fwd_tile``/``fwd_tile1`` on ``whh_f``, ``lstm.bwd_dh`` on ``whh_b``); the
-layer norms and the cell are scalar loops over a row.
+layer norms' sums are scalar loops over a row, the cells vectors (``simd``).
 
 * Forward: ``x.w_ih^T`` for all rows (one GEMM), then each row's statistics over its 4H values
   and ``LN(.) * g_ih + b`` in place. Per step the recurrent product goes to a buffer of its own
   (``zh``, (B, 4H)): a row's statistics need all its 4H values before any gate is activated;
-  then per row (``ln_cell``): the recurrent LN added, the gates, c_t, c_t's statistics over H,
-  h~_t = o * tanh(LN(c_t)). Statistics are computed in float64 and stored in ``stats`` (N, 6)
+  then per row (``ln_cell``, vectors of V units as cell.py): the recurrent LN added, the gates,
+  c_t, c_t's statistics over H, h~_t = o * tanh(LN(c_t)). Statistics are computed in float64 and stored in ``stats`` (N, 6)
   (columns ``reference.LN_STATS``) in the dtype; the normalization uses the stored values, so
   backward (which reads them) sees the forward's exact normalized values.
 * Saved for backward: the activated gates, c (as the plain LSTM) and the rows' mean and rstd
@@ -38,30 +38,13 @@ import math
 
 from numba import njit, prange
 
+from .cell import vclamp
 from .gemm import PAR_MIN, gemm, pack_b, split
 from .lstm import FR, ROWS_PER_THREAD, bwd_dh_all, check_steps, fwd_tile, fwd_tile1, peephole_grads, row_split
-from .simd import JIT, PJIT, lanes, nl, ptr
+from .simd import (JIT, PJIT, lanes, nl, ptr, vabs, vload_n, vsel_gt, vsigmoid, vsplat, vstore_n,
+                   vtanh)
 
 LN_EPS = 1e-5   # reference.LN_EPS (haste: rsqrt(var + 1e-5))
-
-
-@njit(inline="always", **JIT)
-def sigm(z):
-    """Logistic function without overflow."""
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
-@njit(inline="always", **JIT)
-def clamp(z, b):
-    """z clamped to [-b, b] (NaN stays NaN)."""
-    if z > b:
-        return b
-    if z < -b:
-        return -b
-    return z
 
 
 @njit(**JIT)
@@ -133,45 +116,51 @@ def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, var):
     """One row of a forward step: gx (4H) holds LN(x.w_ih^T) * g_ih + b and receives the
     activated gates; zh (4H) the recurrent product (normalized here, statistics into st[2:4]);
     cp c_{t-1} (may be c_t: the running state), c_t and h_t = o * tanh(LN(c_t)) written,
-    c_t's statistics into st[4:6]. ``var`` the variants (cell.py; no cifg)."""
+    c_t's statistics into st[4:6]. ``var`` the variants (cell.py; no cifg). One vector of V
+    units at a time; the pre-activations without fused multiply-adds (``ln_cell_grad``
+    recomputes them with the same operations to tell the clamped gates)."""
     peep, has_peep, clip, cell_clip, cifg = var
     G = 4 * H
+    V = lanes(gx)
     row_stats(zh, G, st, 2)
     m = st[2]
     rs = st[3]
-    for j in range(G):
-        gx[j] = gx[j] + (zh[j] - m) * rs * ln[G + j]
-    for u in range(H):
-        cpv = cp[u]
-        zi = gx[u]
-        zf = gx[H + u]
-        zg = gx[2 * H + u]
-        zo = gx[3 * H + u]
+    for u in range(0, H, V):
+        k = min(V, H - u)
+        cpv = vload_n(cp, u, k)
+        zi = vload_n(gx, u, k) + (vload_n(zh, u, k) - m) * rs * vload_n(ln, G + u, k)
+        zf = vload_n(gx, H + u, k) + (vload_n(zh, H + u, k) - m) * rs * vload_n(ln, G + H + u, k)
+        zg = vload_n(gx, 2 * H + u, k) + (vload_n(zh, 2 * H + u, k) - m) * rs * vload_n(ln, G + 2 * H + u, k)
+        zo = vload_n(gx, 3 * H + u, k) + (vload_n(zh, 3 * H + u, k) - m) * rs * vload_n(ln, G + 3 * H + u, k)
         if has_peep:
-            zi = zi + peep[0, u] * cpv
-            zf = zf + peep[1, u] * cpv
+            zi = zi + vload_n(peep, u, k) * cpv
+            zf = zf + vload_n(peep, H + u, k) * cpv
         if clip > 0:
-            zi = clamp(zi, clip)
-            zf = clamp(zf, clip)
-            zg = clamp(zg, clip)
-        gx[u] = sigm(zi)
-        gx[H + u] = sigm(zf)
-        gx[2 * H + u] = math.tanh(zg)
-        cv = gx[H + u] * cpv + gx[u] * gx[2 * H + u]
+            zi = vclamp(zi, clip)
+            zf = vclamp(zf, clip)
+            zg = vclamp(zg, clip)
+        i = vsigmoid(zi)
+        f = vsigmoid(zf)
+        g = vtanh(zg)
+        cv = f * cpv + i * g
         if cell_clip > 0:
-            cv = clamp(cv, cell_clip)
-        c_t[u] = cv
-        cv = c_t[u]
+            cv = vclamp(cv, cell_clip)
         if has_peep:
-            zo = zo + peep[2, u] * cv
+            zo = zo + vload_n(peep, 2 * H + u, k) * cv
         if clip > 0:
-            zo = clamp(zo, clip)
-        gx[3 * H + u] = sigm(zo)
+            zo = vclamp(zo, clip)
+        vstore_n(gx, u, i, k)
+        vstore_n(gx, H + u, f, k)
+        vstore_n(gx, 2 * H + u, g, k)
+        vstore_n(gx, 3 * H + u, vsigmoid(zo), k)
+        vstore_n(c_t, u, cv, k)
     row_stats(c_t, H, st, 4)
     mc = st[4]
     rc = st[5]
-    for u in range(H):
-        h_t[u] = gx[3 * H + u] * math.tanh((c_t[u] - mc) * rc * ln[G + G + u] + ln[G + G + H + u])
+    for u in range(0, H, V):
+        k = min(V, H - u)
+        n = (vload_n(c_t, u, k) - mc) * rc * vload_n(ln, G + G + u, k) + vload_n(ln, G + G + H + u, k)
+        vstore_n(h_t, u, vload_n(gx, 3 * H + u, k) * vtanh(n), k)
 
 
 @njit(**JIT)
@@ -257,69 +246,83 @@ def ln_forward(x, wih_t, whh_f, b, ln, h0, c0, batch_sizes, y, h_n, c_n, gates, 
         off += n
 
 
+@njit(inline="always", **JIT)
+def keep(d, z, clip):
+    """d, or 0 where the pre-activation z was clamped (|z| > clip; NaN passes)."""
+    return vsel_gt(vabs(z), vsplat(z, clip), vsplat(d, 0.0), d)
+
+
 @njit(**JIT)
 def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, var):
     """One row of a backward step: dm (H) the gradient reaching h~_t (dy and zoneout included),
     g_t the saved gates, c_t, cp c_{t-1}; dc (H) the running gradient of c (becomes that of
     c_{t-1}); writes the gate gradients dg (4H), dzh (4H) the gradient of the recurrent product
     (through its LN) and dn (H) that of LN(c_t). xh, hh (4H): the normalized products (for the
-    clip's pre-activations)."""
+    clip's pre-activations, recomputed with the forward's operations). One vector of V units
+    at a time, the LN sums over the row in unit order."""
     peep, has_peep, clip, cell_clip, cifg = var
     G = 4 * H
+    V = lanes(dm)
     mc = st[4]
     rc = st[5]
+    for u in range(0, H, V):   # dn = dm o (1 - tanh^2 n), n = LN(c_t)
+        k = min(V, H - u)
+        tn = vtanh((vload_n(c_t, u, k) - mc) * rc * vload_n(ln, G + G + u, k) + vload_n(ln, G + G + H + u, k))
+        vstore_n(dn, u, vload_n(dm, u, k) * vload_n(g_t, 3 * H + u, k) * (1.0 - tn * tn), k)
     s1 = 0.0
     s2 = 0.0
-    for u in range(H):   # dn = dm o (1 - tanh^2 n), n = LN(c_t); its LN's sums
-        ch = (c_t[u] - mc) * rc
-        tn = math.tanh(ch * ln[G + G + u] + ln[G + G + H + u])
-        dn[u] = dm[u] * g_t[3 * H + u] * (1.0 - tn * tn)
+    for u in range(H):   # its LN's sums
         d = dn[u] * ln[G + G + u]
         s1 += d
-        s2 += d * ch
+        s2 += d * ((c_t[u] - mc) * rc)
     m1 = s1 / H
     m2 = s2 / H
-    for u in range(H):
-        i = g_t[u]
-        f = g_t[H + u]
-        g = g_t[2 * H + u]
-        o = g_t[3 * H + u]
-        ct = c_t[u]
-        cpv = cp[u]
+    for u in range(0, H, V):
+        k = min(V, H - u)
+        i = vload_n(g_t, u, k)
+        f = vload_n(g_t, H + u, k)
+        g = vload_n(g_t, 2 * H + u, k)
+        o = vload_n(g_t, 3 * H + u, k)
+        ct = vload_n(c_t, u, k)
+        cpv = vload_n(cp, u, k)
         ch = (ct - mc) * rc
-        tn = math.tanh(ch * ln[G + G + u] + ln[G + G + H + u])
-        ki = kf = kg = ko = True
-        if clip > 0:   # the forward's pre-activations, recomputed with its operations
-            zi = xh[u] * ln[u] + b[u] + hh[u] * ln[G + u]
-            zf = xh[H + u] * ln[H + u] + b[H + u] + hh[H + u] * ln[G + H + u]
-            zg = xh[2 * H + u] * ln[2 * H + u] + b[2 * H + u] + hh[2 * H + u] * ln[G + 2 * H + u]
-            zo = xh[3 * H + u] * ln[3 * H + u] + b[3 * H + u] + hh[3 * H + u] * ln[G + 3 * H + u]
+        gc = vload_n(ln, G + G + u, k)
+        tn = vtanh(ch * gc + vload_n(ln, G + G + H + u, k))
+        dgo = vload_n(dm, u, k) * tn * o * (1.0 - o)
+        if clip > 0:
+            zo = vload_n(xh, 3 * H + u, k) * vload_n(ln, 3 * H + u, k) + vload_n(b, 3 * H + u, k) + \
+                vload_n(hh, 3 * H + u, k) * vload_n(ln, G + 3 * H + u, k)
             if has_peep:
-                zi = zi + peep[0, u] * cpv
-                zf = zf + peep[1, u] * cpv
-                zo = zo + peep[2, u] * ct
-            ki = not abs(zi) > clip
-            kf = not abs(zf) > clip
-            kg = not abs(zg) > clip
-            ko = not abs(zo) > clip
-        dgo = dm[u] * tn * o * (1.0 - o) if ko else 0.0
-        dcv = dc[u] + rc * (dn[u] * ln[G + G + u] - m1 - ch * m2)
+                zo = zo + vload_n(peep, 2 * H + u, k) * ct
+            dgo = keep(dgo, zo, clip)
+        dcv = vload_n(dc, u, k) + rc * (vload_n(dn, u, k) * gc - m1 - ch * m2)
         if has_peep:
-            dcv = dcv + peep[2, u] * dgo
+            dcv = dcv + vload_n(peep, 2 * H + u, k) * dgo
         if cell_clip > 0:
-            if abs(f * cpv + i * g) > cell_clip:
-                dcv = 0.0
-        dgi = dcv * g * i * (1.0 - i) if ki else 0.0
-        dgf = dcv * cpv * f * (1.0 - f) if kf else 0.0
-        dgg = dcv * i * (1.0 - g * g) if kg else 0.0
-        dg[u] = dgi
-        dg[H + u] = dgf
-        dg[2 * H + u] = dgg
-        dg[3 * H + u] = dgo
+            dcv = keep(dcv, f * cpv + i * g, cell_clip)
+        dgi = dcv * g * i * (1.0 - i)
+        dgf = dcv * cpv * f * (1.0 - f)
+        dgg = dcv * i * (1.0 - g * g)
+        if clip > 0:
+            zi = vload_n(xh, u, k) * vload_n(ln, u, k) + vload_n(b, u, k) + vload_n(hh, u, k) * vload_n(ln, G + u, k)
+            zf = vload_n(xh, H + u, k) * vload_n(ln, H + u, k) + vload_n(b, H + u, k) + \
+                vload_n(hh, H + u, k) * vload_n(ln, G + H + u, k)
+            zg = vload_n(xh, 2 * H + u, k) * vload_n(ln, 2 * H + u, k) + vload_n(b, 2 * H + u, k) + \
+                vload_n(hh, 2 * H + u, k) * vload_n(ln, G + 2 * H + u, k)
+            if has_peep:
+                zi = zi + vload_n(peep, u, k) * cpv
+                zf = zf + vload_n(peep, H + u, k) * cpv
+            dgi = keep(dgi, zi, clip)
+            dgf = keep(dgf, zf, clip)
+            dgg = keep(dgg, zg, clip)
+        vstore_n(dg, u, dgi, k)
+        vstore_n(dg, H + u, dgf, k)
+        vstore_n(dg, 2 * H + u, dgg, k)
+        vstore_n(dg, 3 * H + u, dgo, k)
         dcp = dcv * f
         if has_peep:
-            dcp = dcp + peep[0, u] * dgi + peep[1, u] * dgf
-        dc[u] = dcp
+            dcp = dcp + vload_n(peep, u, k) * dgi + vload_n(peep, H + u, k) * dgf
+        vstore_n(dc, u, dcp, k)
     ln_grad(dg, hh, st[3], ln, G, G, dzh)
 
 
