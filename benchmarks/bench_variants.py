@@ -48,10 +48,13 @@ def _marks(shape):
 
 def _problem(shape, kw):
     """(state_dict, x, hx, dy) for one layer with ``kw``'s parameters: torch's scale, weights
-    times 2 so that the clamps bind at some steps."""
+    times 2 so that the clamps bind at some steps (with layer norm times 1, gains and c bias
+    at their initial values: times 2 makes the recurrence chaotic, float32 and float64
+    differ by 0.05 after 32 steps, beyond any tolerance)."""
     T, B, I, H = SHAPES[shape]
     layer = lstm_fast.LSTM(I, H, dtype=DTYPE, seed=0, backend="numpy", **kw)
-    sd = {k: (2 * v).astype(DTYPE) for k, v in layer.state_dict().items()}
+    f = 1 if "layer_norm" in kw else 2   # test_layer_norm_cost: both of its cases
+    sd = {k: (f * v).astype(DTYPE) for k, v in layer.state_dict().items()}
     p = harness.make_problem(T, B, I, H, DTYPE)
     return sd, p["x"], (p["h0"][None], p["c0"][None]), p["dy"]
 
@@ -222,7 +225,7 @@ def test_zoneout_cost(benchmark, shape):
                 dtype=DTYPE, threads=THREADS, competitor="lstm_fast[c] zoneout"))
 
 
-LN_CASES = {"numba plain": {}, "numba layer_norm": dict(layer_norm=True)}
+LN_CASES = {"numba plain": dict(layer_norm=False), "numba layer_norm": dict(layer_norm=True)}
 
 
 @pytest.mark.parametrize("case", ["forward", "train"])
