@@ -162,6 +162,22 @@ def test_numba_equals_the_reference(combo, shape, dtype):
 
 
 @needs_numba
+@pytest.mark.parametrize("lengths", [[3, 0, 2], [0, 0], [1]], ids=["one_empty", "all_empty", "T1B1"])
+def test_numba_equals_the_reference_with_empty_sequences(lengths):
+    """Sequences of length 0 keep h0, c0 (and pass dh_n, dc_n back); float64, all options."""
+    T, B, I, H = max(lengths + [1]), len(lengths), 3, 5
+    a, g = problem(T, B, I, H, seed=5, peephole=True)
+    zm, rdm = masks(T, B, H, 2)
+    kw = dict(clip=0.8, cell_clip=0.5, zoneout=zm, rdrop=rdm, lengths=lengths)
+    for k, n in enumerate(lengths):
+        g["dy"][n:, k] = 0
+    want = run_functional(a, g, kw, np.float64, "numpy")
+    got = run_functional(a, g, kw, np.float64, "numba")
+    for name, w in want.items():
+        assert_close(got[name], w, np.float64, name)
+
+
+@needs_numba
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["padded", "lengths"])
 def test_numba_contract_statistics_and_inference(ragged, dtype):
