@@ -1,6 +1,9 @@
 """The LSTM variants of issue 15 (peepholes, gate clip, cell clip, coupled gates), float32,
 one thread, c backend, at (32, 16, 64, 64) and (32, 64, 256, 256):
 
+* ``test_layer_norm_cost``: the layer-normalized LSTM on the numba backend (the C kernel
+  does not have it) vs the plain LSTM on numba, forward and training step.
+
 * ``test_variant_cost``: each variant on vs the plain LSTM, forward and training step
   (lstm_fast.LSTM, the NumPy-array layer); target <= 1.25x the plain LSTM's time.
 * ``test_variant_vs_users``: a peephole LSTM with gate and cell clip, training step, our
@@ -45,10 +48,13 @@ def _marks(shape):
 
 def _problem(shape, kw):
     """(state_dict, x, hx, dy) for one layer with ``kw``'s parameters: torch's scale, weights
-    times 2 so that the clamps bind at some steps."""
+    times 2 so that the clamps bind at some steps (with layer norm times 1, gains and c bias
+    at their initial values: times 2 makes the recurrence chaotic, float32 and float64
+    differ by 0.05 after 32 steps, beyond any tolerance)."""
     T, B, I, H = SHAPES[shape]
     layer = lstm_fast.LSTM(I, H, dtype=DTYPE, seed=0, backend="numpy", **kw)
-    sd = {k: (2 * v).astype(DTYPE) for k, v in layer.state_dict().items()}
+    f = 1 if "layer_norm" in kw else 2   # test_layer_norm_cost: both of its cases
+    sd = {k: (f * v).astype(DTYPE) for k, v in layer.state_dict().items()}
     p = harness.make_problem(T, B, I, H, DTYPE)
     return sd, p["x"], (p["h0"][None], p["c0"][None]), p["dy"]
 
@@ -66,20 +72,20 @@ def _expected(case, shape, kw):
                 **({"weight_ci_l0": ref.grads["weight_ci_l0"]} if kw.get("peephole") else {}))
 
 
-def _ours(case, shape, kw):
+def _ours(case, shape, kw, backend="c"):
     sd, x, hx, dy = _problem(shape, kw)
-    layer = lstm_fast.LSTM(SHAPES[shape][2], SHAPES[shape][3], dtype=DTYPE, backend="c", **kw)
+    layer = lstm_fast.LSTM(SHAPES[shape][2], SHAPES[shape][3], dtype=DTYPE, backend=backend, **kw)
     layer.load_state_dict(sd)
     if case == "forward":
         layer.eval()
-        return harness.Runner("lstm_fast[c]", lambda: layer(x, hx), lambda r: dict(y=r[0]))
+        return harness.Runner(f"lstm_fast[{backend}]", lambda: layer(x, hx), lambda r: dict(y=r[0]))
     layer.train()
 
     def fn():
         y, _ = layer(x, hx)
         dx, _ = layer.backward(dy)
         return y, dx, layer.grads
-    return harness.Runner("lstm_fast[c]", fn, lambda r: dict(y=r[0], dx=r[1], **r[2]))
+    return harness.Runner(f"lstm_fast[{backend}]", fn, lambda r: dict(y=r[0], dx=r[1], **r[2]))
 
 
 def _user(who, shape, kw):
@@ -217,3 +223,23 @@ def test_zoneout_cost(benchmark, shape):
            f"variants train {DTYPE} T,B,I,H={T},{B},{I},{H} threads={THREADS}",
            dict(case="train", shape=shape, variant="zoneout", T=T, B=B, I=I, H=H,
                 dtype=DTYPE, threads=THREADS, competitor="lstm_fast[c] zoneout"))
+
+
+LN_CASES = {"numba plain": dict(layer_norm=False), "numba layer_norm": dict(layer_norm=True)}
+
+
+@pytest.mark.parametrize("case", ["forward", "train"])
+@pytest.mark.parametrize("variant", list(LN_CASES))
+@pytest.mark.parametrize("shape", [pytest.param(s, marks=_marks(s)) for s in SHAPES])
+def test_layer_norm_cost(benchmark, shape, variant, case):
+    """The layer-normalized LSTM (backends/numba/lnorm.py) against the plain LSTM, both on
+    the numba backend (the C kernel has no layer norm yet); gains and c bias at their
+    initial values (ones, zeros)."""
+    if "numba" not in lstm_fast.available_backends():
+        pytest.skip("numba is not installed")
+    kw = LN_CASES[variant]
+    T, B, I, H = SHAPES[shape]
+    _bench(benchmark, _ours(case, shape, kw, "numba"), _expected(case, shape, kw),
+           f"layer norm {case} {DTYPE} T,B,I,H={T},{B},{I},{H} threads={THREADS}",
+           dict(case=case, shape=shape, variant=variant, T=T, B=B, I=I, H=H, dtype=DTYPE,
+                threads=THREADS, competitor=f"lstm_fast[numba] {variant}"))

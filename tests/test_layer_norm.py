@@ -1,4 +1,4 @@
-"""The layer-normalized LSTM of issue 15 (haste's LayerNormLSTM; the NumPy backend for now).
+"""The layer-normalized LSTM of issue 15 (haste's LayerNormLSTM; the NumPy and Numba backends).
 
 The reference's gradients equal central finite differences in float64 for every argument
 (the layer-norm gains and c bias included), alone and with the other variants and the masks,
@@ -8,6 +8,12 @@ the outside oracle is a transcription of haste's ``LayerNormLSTMScript``
 (eps 1e-5, as haste's CUDA kernel lib/layer_norm_forward_gpu.cu.cc), forward and autograd
 gradients, for one layer with training masks and for a 2-layer bidirectional layer with
 lengths in eval mode; the options, names, initial values and errors of the API.
+
+The Numba backend equals the reference (float64 on the same values) for outputs, final
+states, the saved statistics and every gradient (the layer-norm parameters' included), in
+float32 and float64, alone and with the variants and masks, at odd shapes and with lengths;
+its float64 gradients equal finite differences too; the layer (2 layers, bidirectional,
+lengths) equals the NumPy layer; its bits do not depend on the thread count.
 """
 
 import pickle
@@ -19,7 +25,7 @@ import lstm_fast
 from lstm_fast import adapters, backends
 from lstm_fast.backends import reference as ref
 
-from _support import TOL, assert_close
+from _support import BACKENDS, TOL, assert_close, same_bits
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -68,15 +74,20 @@ COMBOS = {   # (variant options, zoneout mask, recurrent dropout mask, lengths)
 SHAPES = [(4, 3, 2, 3), (1, 1, 1, 1), (3, 1, 2, 1), (1, 3, 4, 2), (3, 2, 5, 3)]
 
 
+LN_BACKENDS = [b for b in backends.LAYER_NORM_BACKENDS if b in BACKENDS]
+needs_numba = pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
+
+
+@pytest.mark.parametrize("backend", LN_BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=["T{}B{}I{}H{}".format(*s) for s in SHAPES])
 @pytest.mark.parametrize("combo", list(COMBOS))
-def test_gradients_match_finite_differences(combo, shape):
+def test_gradients_match_finite_differences(combo, shape, backend):
     """Every gradient of the functional API by central differences in float64: x, the
     weights, biases, states, peepholes and the four layer-norm parameters."""
     opts, zo, rd, ragged = COMBOS[combo]
     T, B, I, H = shape
     a, g = problem(T, B, I, H, seed=sum(shape), peephole=opts.get("peephole", False))
-    kw = dict(clip=opts.get("clip"), cell_clip=opts.get("cell_clip"), backend="numpy")
+    kw = dict(clip=opts.get("clip"), cell_clip=opts.get("cell_clip"), backend=backend)
     if zo or rd:
         zm, rdm = masks(T, B, H, 1, eval_mode=zo == "eval", rdrop=rd)
         kw.update(zoneout=zm if zo else None, rdrop=rdm)
@@ -104,6 +115,171 @@ def test_gradients_match_finite_differences(combo, shape):
             num[idx] = (lp - lm) / (2 * eps)
         assert grads[name].shape == arr.shape, name
         np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+# --- the Numba backend against the reference ----------------------------------------------
+
+NB_SHAPES = SHAPES + [(5, 7, 9, 13), (6, 20, 3, 37), (3, 4, 40, 70)]
+
+
+def run_functional(a, g, kw, dtype, backend):
+    """Outputs, saved statistics and every gradient of the functional API, ``a``, ``g`` and
+    the masks cast to dtype."""
+    a = {k: v.astype(dtype) for k, v in a.items()}
+    g = {k: v.astype(dtype) for k, v in g.items()}
+    kw = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    y, h_n, c_n, cache = lstm_fast.lstm_forward(**a, **kw, backend=backend)
+    return dict(y=y, h_n=h_n, c_n=c_n, **grads_of(lstm_fast.lstm_backward(cache, **g)))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", NB_SHAPES, ids=["T{}B{}I{}H{}".format(*s) for s in NB_SHAPES])
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_numba_equals_the_reference(combo, shape, dtype):
+    """backend="numba" against the reference in float64 on the same values: y, h_n, c_n and
+    the gradients of x, the weights, biases, states, peepholes and the four layer-norm
+    parameters, with the variants and masks of ``COMBOS`` and lengths."""
+    opts, zo, rd, ragged = COMBOS[combo]
+    T, B, I, H = shape
+    a, g = problem(T, B, I, H, seed=sum(shape) + 1, dtype=dtype,
+                   peephole=opts.get("peephole", False))
+    kw = dict(clip=opts.get("clip"), cell_clip=opts.get("cell_clip"))
+    if zo or rd:
+        zm, rdm = masks(T, B, H, 1, eval_mode=zo == "eval", rdrop=rd, dtype=dtype)
+        kw.update(zoneout=zm if zo else None, rdrop=rdm)
+    if ragged and B > 1:
+        kw["lengths"] = [max(1, T - (k * T) // B) for k in range(B)][::-1]   # any order
+    want = run_functional(a, g, kw, np.float64, "numpy")
+    got = run_functional(a, g, kw, dtype, "numba")
+    assert want.keys() == got.keys()
+    for name, w in want.items():
+        if w is None:
+            assert got[name] is None, name
+            continue
+        assert got[name].dtype == dtype and got[name].shape == w.shape, name
+        assert_close(got[name], w, dtype, name)
+
+
+@needs_numba
+@pytest.mark.parametrize("lengths", [[3, 0, 2], [0, 0], [1]], ids=["one_empty", "all_empty", "T1B1"])
+def test_numba_equals_the_reference_with_empty_sequences(lengths):
+    """Sequences of length 0 keep h0, c0 (and pass dh_n, dc_n back); float64, all options."""
+    T, B, I, H = max(lengths + [1]), len(lengths), 3, 5
+    a, g = problem(T, B, I, H, seed=5, peephole=True)
+    zm, rdm = masks(T, B, H, 2)
+    kw = dict(clip=0.8, cell_clip=0.5, zoneout=zm, rdrop=rdm, lengths=lengths)
+    for k, n in enumerate(lengths):
+        g["dy"][n:, k] = 0
+    want = run_functional(a, g, kw, np.float64, "numpy")
+    got = run_functional(a, g, kw, np.float64, "numba")
+    for name, w in want.items():
+        assert_close(got[name], w, np.float64, name)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["padded", "lengths"])
+def test_numba_contract_statistics_and_inference(ragged, dtype):
+    """The backend contract called directly: the saved statistics equal the reference's;
+    save=False gives the same bits of y, h_n, c_n as save=True; ``step`` (h, c in place)
+    the bits of a sequence of one step."""
+    nb = backends.get("numba")
+    T, B, I, H = 5, 4, 3, 6
+    a, _ = problem(T, B, I, H, seed=8, dtype=dtype, peephole=True)
+    zm, rd = masks(T, B, H, 3, dtype=dtype)
+    v = backends.Variant(peephole=np.stack([a["w_ci"], a["w_cf"], a["w_co"]]), clip=1.2,
+                         layer_norm=np.concatenate([a[n] for n in LN_NAMES]))
+    x, zmp, bs = a["x"], zm, None
+    if ragged:
+        bs = np.array([4, 4, 2, 1, 1])
+        x = np.concatenate([a["x"][t, :n] for t, n in enumerate(bs)])
+        zmp = np.concatenate([zm[t, :n] for t, n in enumerate(bs)])
+    N = x.shape[0] if ragged else T * B
+    stats = {}
+    outs = {}
+    for name, impl in (("numpy", ref), ("numba", nb)):
+        packed = impl.pack(a["w_ih"], a["w_hh"], a["b_ih"] + a["b_hh"], variant=v)
+        stats[name] = np.full((N, 6) if ragged else (T, B, 6), np.nan, dtype)
+        outs[name] = impl.forward(packed, x, a["h0"], a["c0"], 1, bs, rdrop=rd, zoneout=zmp,
+                                  stats=stats[name])
+    assert_close(stats["numba"], stats["numpy"], dtype, "stats")
+    for k, name in enumerate(("y", "h_n", "c_n", "gates", "c")):
+        assert_close(outs["numba"][k], outs["numpy"][k], dtype, name)
+    packed = nb.pack(a["w_ih"], a["w_hh"], a["b_ih"] + a["b_hh"], variant=v)
+    inf = nb.forward(packed, x, a["h0"], a["c0"], 1, bs, save=False, rdrop=rd, zoneout=zmp)
+    assert inf[3] is None and inf[4] is None
+    assert same_bits(inf[:3], outs["numba"][:3])
+    one = nb.forward(packed, a["x"][:1], a["h0"], a["c0"], 1)   # no masks
+    h, c = a["h0"].copy(), a["c0"].copy()
+    y0 = nb.step(packed, a["x"][0], h, c, 1)
+    assert same_bits((y0, h, c), (one[0][0], one[1], one[2]))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(4, 40, 5, 24), (3, 4, 6, 130), (2, 1, 3, 300)],
+                         ids=["rows_split", "blocks_split", "one_row"])
+def test_numba_same_bits_for_one_and_two_threads(shape, dtype):
+    """Outputs, statistics and every gradient bit for bit with 1 and 2 threads, at shapes
+    where 2 threads split the rows (B >= 16), each step's hidden blocks and the GEMMs,
+    with peepholes, the clips, both masks and lengths."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba's pool has one thread")
+    nb = backends.get("numba")
+    T, B, I, H = shape
+    a, g = problem(T, B, I, H, seed=4, dtype=dtype, peephole=True)
+    zm, rd = masks(T, B, H, 6, dtype=dtype)
+    v = backends.Variant(peephole=np.stack([a["w_ci"], a["w_cf"], a["w_co"]]), clip=2.0,
+                         cell_clip=1.5, layer_norm=np.concatenate([a[n] for n in LN_NAMES]))
+    lengths = np.maximum(1, T - np.arange(B) % T)
+    bs = np.array([(lengths > t).sum() for t in range(T)])
+    x = np.concatenate([a["x"][t, :n] for t, n in enumerate(bs)])
+    zmp = np.concatenate([zm[t, :n] for t, n in enumerate(bs)])
+    dy = np.concatenate([g["dy"][t, :n] for t, n in enumerate(bs)])
+    packed = nb.pack(a["w_ih"], a["w_hh"], a["b_ih"] + a["b_hh"], variant=v)
+    res = []
+    for nt in (1, 2):
+        st = np.empty((x.shape[0], 6), dtype)
+        y, h_n, c_n, gates, c = nb.forward(packed, x, a["h0"], a["c0"], nt, bs, rdrop=rd,
+                                           zoneout=zmp, stats=st)
+        dp, dln = np.empty((3, H), dtype), np.empty(10 * H, dtype)
+        bwd = nb.backward(packed, x, a["h0"], a["c0"], y, gates, c, dy, g["dh_n"], g["dc_n"], nt,
+                          bs, dpeephole=dp, rdrop=rd, zoneout=zmp, stats=st, dlayer_norm=dln)
+        res.append((y, h_n, c_n, gates, c, st, dp, dln) + tuple(bwd))
+    assert same_bits(res[0], res[1])
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_numba_layer_equals_the_numpy_layer(dtype):
+    """LSTM(layer_norm=True, backend="numba"), 2 layers, bidirectional, lengths, peepholes,
+    zoneout and recurrent dropout in training: outputs, final states and every parameter's
+    gradient equal the NumPy layer's; eval mode too."""
+    T, B, I, H = 5, 3, 4, 7
+    kw = dict(num_layers=2, bidirectional=True, layer_norm=True, peephole=True, zoneout=0.2,
+              recurrent_dropout=0.3, dtype=dtype, seed=3)
+    layers = {name: lstm_fast.LSTM(I, H, backend=name, **kw) for name in ("numpy", "numba")}
+    rng = np.random.default_rng(0)
+    sd = layers["numpy"].state_dict()
+    for name in sd:
+        if name.startswith("layer_norm_"):
+            sd[name] = (sd[name] + rng.uniform(-0.5, 0.5, sd[name].shape)).astype(dtype)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    dout = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    res = {}
+    for name, layer in layers.items():
+        layer.load_state_dict(sd)
+        out, (h_n, c_n) = layer(x, lengths=[5, 2, 4])
+        dx, _ = layer.backward(dout)
+        layer.eval()
+        ev, _ = layer(x, lengths=[5, 2, 4])
+        res[name] = dict(out=out, h_n=h_n, c_n=c_n, dx=dx, eval=ev, **layer.grads)
+    assert res["numba"].keys() == res["numpy"].keys()
+    for name, want in res["numpy"].items():
+        assert_close(res["numba"][name], want, dtype, name)
+    assert layers["numba"].backend == "numba"
 
 
 def test_the_clamps_are_exercised():
@@ -437,8 +613,10 @@ def test_layer_equals_functional_and_pickles():
     np.testing.assert_array_equal(again(x)[0], out)
 
 
-def test_stream_equals_the_layer():
-    layer = lstm_fast.LSTM(3, 4, num_layers=2, layer_norm=True, dtype=np.float64, seed=5)
+@pytest.mark.parametrize("backend", LN_BACKENDS)
+def test_stream_equals_the_layer(backend):
+    layer = lstm_fast.LSTM(3, 4, num_layers=2, layer_norm=True, dtype=np.float64, seed=5,
+                           backend=backend)
     x = np.random.default_rng(0).standard_normal((6, 2, 3))
     out, _ = layer(x)
     stream = lstm_fast.Stream(layer, batch_size=2)
@@ -458,18 +636,33 @@ def test_auto_is_numpy_even_where_the_environment_names_another(monkeypatch):
 # --- bad input --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["c", "numba"])
-def test_other_backends_are_an_error_naming_numpy(name):
-    with pytest.raises(ValueError, match=rf"layer_norm runs on backend='numpy' only .*"
-                                         rf"got backend='{name}'"):
+def test_the_c_backend_is_an_error_naming_numpy_and_numba():
+    name = "c"
+    with pytest.raises(ValueError, match=r"layer_norm runs on backend='numpy' or "
+                                         r"backend='numba' .*got backend='c'"):
         lstm_fast.LSTM(3, 4, layer_norm=True, backend=name)
     layer = lstm_fast.LSTM(3, 4, layer_norm=True)
-    with pytest.raises(ValueError, match="backend='numpy'"):
+    with pytest.raises(ValueError, match="backend='numpy' or backend='numba'"):
         layer.backend = name
     assert layer.backend == "numpy"
     a, _ = problem(3, 2, 3, 4, seed=0)
-    with pytest.raises(ValueError, match="backend='numpy'"):
+    with pytest.raises(ValueError, match="backend='numpy' or backend='numba'"):
         lstm_fast.lstm_forward(**a, backend=name)
+    assert backends.LAYER_NORM_BACKENDS == ("numpy", "numba")
+
+
+@needs_numba
+def test_numba_backend_is_accepted_and_refuses_what_the_reference_refuses():
+    layer = lstm_fast.LSTM(3, 4, layer_norm=True)
+    layer.backend = "numba"
+    assert layer.backend == "numba"
+    a, _ = problem(3, 2, 3, 4, seed=0)
+    assert lstm_fast.lstm_forward(**a, backend="numba").cache.backend == "numba"
+    nb = backends.get("numba")
+    v = backends.Variant(cifg=True, layer_norm=np.ones(40))
+    packed = nb.pack(np.ones((16, 3)), np.ones((16, 4)), None, variant=v)
+    with pytest.raises(ValueError, match="layer_norm: no projection .*and no cifg"):
+        nb.forward(packed, np.ones((2, 1, 3)), np.zeros((1, 4)), np.zeros((1, 4)), 1)
 
 
 def test_wrong_shaped_parameters_are_named():

@@ -133,7 +133,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     backend : {"auto", "c", "numba", "numpy"}, optional
         Which implementation runs; "auto" picks the first available of c, numba,
         numpy, or the one named by the environment variable ``LSTM_FAST_BACKEND``;
-        with layer norm "auto" is "numpy", the only backend that has it so far.
+        with layer norm "auto" is "numpy" ("numba" runs it too, "c" not yet).
     save : bool, optional
         Keep what `lstm_backward` needs (default). False keeps nothing (cache None):
         inference without the memory of the saved gates and cell states.
@@ -181,7 +181,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
         gives the gates (torch's order i, f, g, o), c_t is carried un-normalized and
         ``h_t = o * tanh(LN(c_t) * ln_w_c + ln_b_c)``. Combines with the peepholes,
         clips, rdrop and zoneout; not with a projection or cifg. Runs on the
-        "numpy" backend only, for now. The gradients then include ``dln_w_ih``,
+        "numpy" and "numba" backends. The gradients then include ``dln_w_ih``,
         ``dln_w_hh``, ``dln_w_c``, ``dln_b_c``. Equations (and haste's gate order
         i, g, f, o mapped to ours) in ``lstm_fast.backends.reference``.
 
@@ -244,7 +244,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
     True
     """
     ln_given = not (ln_w_ih is None and ln_w_hh is None and ln_w_c is None and ln_b_c is None)
-    name = backends.resolve(_validation.layer_norm_backend(backend) if ln_given else backend)
+    name = backends.resolve(backends.layer_norm_backend(backend) if ln_given else backend)
     if not isinstance(cifg, (bool, np.bool_)):
         raise TypeError(f"cifg must be a bool, got {cifg!r}")
     w_ih, w_hh, b, w_hr, dtype, I, H, R = (_validation.cifg_weights if cifg else

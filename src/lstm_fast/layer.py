@@ -66,7 +66,7 @@ class LSTM:
         float32 (default) or float64; the parameters' and the computation's type.
     backend : {"auto", "c", "numba", "numpy"}, keyword-only
         The implementation; "auto" is the first available of c, numba, numpy
-        (with ``layer_norm``: numpy, the only backend that has it so far).
+        (with ``layer_norm``: numpy; numba runs it too, c does not yet).
     seed : int or None, keyword-only
         Seed of the initial weights (uniform in +-1/sqrt(H), as torch) and of
         the dropout masks.
@@ -120,8 +120,8 @@ class LSTM:
         + b_ih + b_hh`` (gates i, f, g, o), c_t carried un-normalized,
         ``h_t = o * tanh(LN(c_t) * layer_norm_weight_c + layer_norm_bias_c)``.
         Combines with the other variants, recurrent dropout and zoneout; not with
-        proj_size or cifg. Runs on the "numpy" backend only, for now ("auto"
-        picks it; "c" and "numba" are a ValueError). Equations in
+        proj_size or cifg. Runs on the "numpy" and "numba" backends ("auto"
+        picks numpy; "c" is a ValueError). Equations in
         ``lstm_fast.backends.reference``.
     forget_bias : float or None, keyword-only
         Initialise the forget-gate part of every ``bias_ih_l{k}`` to this value and
@@ -194,7 +194,7 @@ class LSTM:
     >>> layer.grads["weight_co_l0"].shape
     (8,)
 
-    Layer normalization (haste's LayerNormLSTM; the NumPy backend for now):
+    Layer normalization (haste's LayerNormLSTM; the NumPy and Numba backends):
 
     >>> layer = lstm_fast.LSTM(3, 8, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2)
     >>> layer.backend, [n for n in layer.state_dict() if n.startswith("layer_norm")]
@@ -305,8 +305,8 @@ class LSTM:
 
     @backend.setter
     def backend(self, name):
-        if getattr(self, "layer_norm", False):   # "auto" is numpy; c and numba: an error
-            backend = backends.resolve(_validation.layer_norm_backend(name))
+        if getattr(self, "layer_norm", False):   # "auto" is numpy; c: an error
+            backend = backends.resolve(backends.layer_norm_backend(name))
         else:
             backend = backends.resolve(name)
         impl = backends.get(backend)

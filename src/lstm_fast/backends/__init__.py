@@ -46,7 +46,7 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         (variational) dropout mask, already scaled, on h_{t-1} in the recurrent product at
         every step (rows in the order of h0: with batch_sizes, the sorted sequences), or
         None; the matching backward takes the same mask. With ``packed.variant.layer_norm``
-        (the "numpy" backend only, so far) the caller passes ``stats``, an (N, 6) array
+        (the "numpy" and "numba" backends) the caller passes ``stats``, an (N, 6) array
         ((T, B, 6) padded) that receives each row's layer-norm statistics (mean and rstd
         of the input product, of the recurrent product and of c_t), or None with
         save=False; the matching backward takes it back.
@@ -131,14 +131,31 @@ class Variant(NamedTuple):
     f = 1 - i; the kernels still take 4H weight rows, the f rows zeros (``_params.cifg_expand``).
     See ``reference.lstm_forward`` for the equations. ``layer_norm``: the layer-normalized
     LSTM (haste's LayerNormLSTM), a (10H,) array [g_ih (4H), g_hh (4H), g_c (H), b_c (H)]
-    of the weights' dtype, or None; only the "numpy" backend runs it so far (the callers
-    check: ``_validation.layer_norm_backend``).
+    of the weights' dtype, or None; the "numpy" and "numba" backends run it, not "c" yet
+    (the callers check: ``layer_norm_backend``).
     """
     peephole: Optional[object] = None
     clip: float = 0.0
     cell_clip: float = 0.0
     cifg: bool = False
     layer_norm: Optional[object] = None
+
+
+LAYER_NORM_BACKENDS = ("numpy", "numba")
+
+
+def layer_norm_backend(backend):
+    """The backend of a layer-normalized LSTM (one of ``LAYER_NORM_BACKENDS``): "auto" (or
+    None) picks "numpy" (Numba's kernels compile for about a minute on first use, so they
+    are asked for by name); "c" is a ValueError naming the ones that run it. Returns the
+    name to resolve."""
+    if backend == "numba":
+        return backend
+    if isinstance(backend, str) and backend == "c":
+        raise ValueError("layer_norm runs on backend='numpy' or backend='numba' (the 'c' kernels "
+                         "do not have it yet), got backend='c'")
+    from .. import _validation
+    return _validation.layer_norm_backend(backend)
 
 
 REGISTRY = {"c": _load_c, "numba": _load_numba, "numpy": _load_numpy}

@@ -116,7 +116,9 @@ known from y) and takes the normalized values from the saved statistics. With
     db    = sum da;  dg_ih = sum da * zhat_x;  dg_hh = sum da * zhat_h;  dg_c = sum dn * chat;
     db_c  = sum dn
 
-For the fused kernels (not written yet), where the row statistics must be computed:
+For the fused kernels (Numba's: backends/numba/lnorm.py, which follows this note with the
+statistics saved and both products recomputed in backward; C's not written yet), where the
+row statistics must be computed:
 forward, the input product's statistics for all rows at once after the hoisted
 ``x @ w_ih.T`` (one pass per row over its 4H values; then normalize, times g_ih, plus b:
 the buffer holds what the plain kernel's holds after its bias). Per step the recurrent

@@ -14,6 +14,8 @@ names of the kernel vocabulary on both sides):
                (pack.template.c)
     lstm.py    forward and backward           fwd_tile, fwd_step, fwd_job, lstm_forward,
                (lstm.template.c)              bwd_tile, bwd_rows, bwd_step, bwd_job, lstm_backward
+    lnorm.py   the layer-normalized LSTM      ln_forward, ln_backward (their own entry points:
+               (no C counterpart yet)         the plain kernels' compile does not include them)
 
 Why hand-written loops and not BLAS: a BLAS call cannot apply the gate activations while a
 tile of h.w_hh^T is still in registers, and per-step calls cost microseconds each at small
@@ -38,13 +40,18 @@ from the cache the first call takes 0.45-0.55 s, importing Numba included
 (benchmarks/numba_first_use.py). Every option is a run-time argument of a fixed type (lstm.py,
 "Compilation"): inference (save=False), ``step``, the projection, the variants, the peephole
 gradients and the recurrent dropout and zoneout masks run the same two compiled kernels per
-dtype.
+dtype. The layer-normalized LSTM (``Variant.layer_norm``) runs two kernels of its own
+(lnorm.py), compiled on its first use, once per dtype for every combination of the other
+options: cold 19.6 s forward + 22.4 s backward (f32, its own process), while the plain
+LSTM's first use measured 33.3 + 31.7 s in the same session (its kernels unchanged by it;
+``benchmarks/numba_first_use.py [--layer-norm]``, Intel Xeon family 6 model 167, 2026-11-30).
 """
 
 import numba
 import numpy as np
 
 from .. import as_matrix
+from .lnorm import ln_backward, ln_forward
 from .lstm import FWD_CHUNK_BYTES, lstm_backward, lstm_forward
 from .packed import Packed, pack
 
@@ -101,9 +108,25 @@ def _mask(a, none):
     return a
 
 
-def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None, zoneout=None):
+def _ln(packed):
+    """The (10H,) layer-norm parameters of a layer-normalized LSTM in the kernels' form, or None."""
+    v = packed.variant
+    if v is None or v.layer_norm is None:
+        return None
+    if packed.whr_t is not None or v.cifg:
+        raise ValueError("layer_norm: no projection (proj_size) and no cifg (haste's LayerNormLSTM "
+                         "defines neither)")
+    return np.ascontiguousarray(v.layer_norm, packed.dtype)
+
+
+def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None, zoneout=None,
+            stats=None):
     """-> (y, h_n, c_n, gates, c); gates and c None with save=False (the contract:
-    lstm_fast.backends). out=(y, h_n, c_n), any of them None, receives the outputs."""
+    lstm_fast.backends). out=(y, h_n, c_n), any of them None, receives the outputs.
+    Layer norm: ``stats`` (T, B, 6) or (N, 6) receives the rows' statistics (or None)."""
+    ln = _ln(packed)
+    if ln is not None:
+        return _ln_forward(packed, ln, x, h0, c0, num_threads, batch_sizes, save, out, rdrop, zoneout, stats)
     xp, bs, padded = _steps(x, batch_sizes)
     N = xp.shape[0]
     B, R = h0.shape[-2:]
@@ -140,6 +163,41 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     return y, h_n, c_n, gates, c
 
 
+def _ln_forward(packed, ln, x, h0, c0, num_threads, batch_sizes, save, out, rdrop, zoneout, stats):
+    """``forward`` of the layer-normalized LSTM (lnorm.py): gates, c and the statistics are
+    written for every row also for inference (save=False: then dropped)."""
+    xp, bs, padded = _steps(x, batch_sizes)
+    N = xp.shape[0]
+    B, R = h0.shape[-2:]
+    H = packed.hidden_size
+    G = 4 * H
+    dt = packed.dtype
+    y_out, h_n, c_n = (None, None, None) if out is None else out
+    y = np.empty((N, R), dt) if y_out is None else y_out.reshape(N, R)
+    if h_n is None:
+        h_n = np.empty(h0.shape, dt)
+    if c_n is None:
+        c_n = np.empty(c0.shape, dt)
+    gates, c = np.empty((N, G), dt), np.empty((N, H), dt)
+    st = np.empty((N, 6), dt) if stats is None else stats.reshape(N, 6)
+    none = _none(dt)
+    n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
+    with _numba_threads(n):
+        ln_forward(xp, packed.wih_t, packed.whh_f, packed.b, ln, as_matrix(h0), as_matrix(c0), bs, y,
+                   as_matrix(h_n), as_matrix(c_n), gates, c, np.empty((B, G), dt), st, packed.var,
+                   _mask(rdrop, none), np.empty((B, R), dt),
+                   none if zoneout is None else _mask(zoneout.reshape(N, H), none), n)
+    if y_out is not None:
+        y = y_out
+    elif padded is not None:
+        y = y.reshape(*padded, R)
+    if not save:
+        return y, h_n, c_n, None, None
+    if padded is not None:
+        gates, c = gates.reshape(*padded, G), c.reshape(*padded, H)
+    return y, h_n, c_n, gates, c
+
+
 def step(packed, x, h, c, num_threads, y=None):
     """One step, x (B, I) -> y (B, R); h (B, R) and c (B, H) updated in place (y must not be h).
     The forward with T = 1 and save=False: the same bits as that step of a whole sequence."""
@@ -149,10 +207,15 @@ def step(packed, x, h, c, num_threads, y=None):
 
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None, dpeephole=None,
-             rdrop=None, zoneout=None):
+             rdrop=None, zoneout=None, stats=None, dlayer_norm=None):
     """-> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); db None without a bias, dw_hr None without a
     projection (the contract: lstm_fast.backends); with peepholes dpeephole (3, H) receives
-    their gradients."""
+    their gradients. Layer norm: ``stats`` the forward's, ``dlayer_norm`` (10H,) receives the
+    gradients of the layer-norm parameters."""
+    ln = _ln(packed)
+    if ln is not None:
+        return _ln_backward(packed, ln, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes,
+                            dpeephole, rdrop, zoneout, stats, dlayer_norm)
     xp, bs, padded = _steps(x, batch_sizes)
     N, I = xp.shape
     B, R = h0.shape[-2:]
@@ -189,3 +252,42 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
     if padded is not None:
         dx = dx.reshape(x.shape)
     return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, (None if packed.whr is None else dw_hr)
+
+
+def _ln_backward(packed, ln, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes, dpeephole, rdrop,
+                 zoneout, stats, dlayer_norm):
+    """``backward`` of the layer-normalized LSTM (lnorm.py)."""
+    if stats is None:
+        raise ValueError("stats: the forward's layer-norm statistics are needed for backward")
+    xp, bs, padded = _steps(x, batch_sizes)
+    N, I = xp.shape
+    B, R = h0.shape[-2:]
+    H = packed.hidden_size
+    G = 4 * H
+    dt = packed.dtype
+    NR = 2 * (64 // dt.itemsize)
+    y, gates, c, dy = (np.ascontiguousarray(a.reshape(N, a.shape[-1])) for a in (y, gates, c, dy))
+    pan = lambda cols: np.empty(((cols + NR - 1) // NR, N, NR), dt)
+    dx = np.empty((N, I), dt)
+    dw_ih = np.empty((G, I), dt)
+    dw_hh = np.empty((G, R), dt)
+    db = np.empty(G if packed.has_bias else 0, dt)
+    dh0 = np.empty(h0.shape, dt)
+    dc0 = np.empty(c0.shape, dt)
+    dln = np.empty(10 * H, dt)
+    none = _none(dt)
+    n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
+    with _numba_threads(n):
+        ln_backward(xp, packed.wih_t, packed.wih, packed.whh_f, packed.whh_b, packed.b, ln, as_matrix(h0),
+                    as_matrix(c0), y, gates, c, dy, as_matrix(dh_n), as_matrix(dc_n), bs,
+                    np.ascontiguousarray(stats.reshape(N, 6), dt), np.empty((N, G), dt), np.empty((N, R), dt),
+                    np.empty((N, G), dt), np.empty((N, G), dt), np.empty((N, G), dt), np.empty((N, H), dt),
+                    np.empty((B, H), dt), pan(I), pan(R), dx, dw_ih, dw_hh, db, as_matrix(dh0), as_matrix(dc0),
+                    dln, packed.var, dpeephole if packed.var[1] and dpeephole is not None else none,
+                    _mask(rdrop, none), none if zoneout is None else _mask(zoneout.reshape(N, H), none),
+                    none if zoneout is None else np.zeros((B, H), dt), n)
+    if dlayer_norm is not None:
+        dlayer_norm[...] = dln
+    if padded is not None:
+        dx = dx.reshape(x.shape)
+    return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, None

@@ -60,7 +60,7 @@ _launch_threading_layer()
 # locator below gives every function of these modules one stamp, the hash of all of them.
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-KERNEL_FILES = ("simd.py", "gemm.py", "cell.py", "lstm.py")
+KERNEL_FILES = ("simd.py", "gemm.py", "cell.py", "lstm.py", "lnorm.py")
 
 
 def _kernel_sources_stamp():

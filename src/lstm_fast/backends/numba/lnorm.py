@@ -1,0 +1,436 @@
+"""The layer-normalized LSTM of the Numba backend (haste's LayerNormLSTM; equations, the saved
+statistics and the kernel design note in backends/reference.py), forward and backward.
+
+Separate entry points (``ln_forward``, ``ln_backward``) rather than a branch of
+``lstm.lstm_forward`` / ``lstm.lstm_backward``: Numba compiles a function's whole call tree, so
+a branch would add the layer norm's code to the plain LSTM's first-use compile; here it compiles
+only when a layer-normalized LSTM first runs, once per dtype, and every other option (the
+variants ``var``, lengths, the recurrent dropout and zoneout masks, threads) is a run-time
+argument of one type, as in lstm.py. The products are the plain kernels' (``gemm``, the forward
+step tiles ``lstm.fwd_tile``/``fwd_tile1`` on ``whh_f``, ``lstm.bwd_dh`` on ``whh_b``); the
+layer norms' sums are scalar loops over a row, the cells vectors (``simd``).
+
+* Forward: ``x.w_ih^T`` for all rows (one GEMM), then each row's statistics over its 4H values
+  and ``LN(.) * g_ih + b`` in place. Per step the recurrent product goes to a buffer of its own
+  (``zh``, (B, 4H)): a row's statistics need all its 4H values before any gate is activated;
+  then per row (``ln_cell``, vectors of V units as cell.py): the recurrent LN added, the gates,
+  c_t, c_t's statistics over H, h~_t = o * tanh(LN(c_t)). Statistics are computed in float64 and stored in ``stats`` (N, 6)
+  (columns ``reference.LN_STATS``) in the dtype; the normalization uses the stored values, so
+  backward (which reads them) sees the forward's exact normalized values.
+* Saved for backward: the activated gates, c (as the plain LSTM) and the rows' mean and rstd
+  (``stats``); backward recomputes both products as whole-sequence products before the loop
+  (the same kernels, so the same bits as the forward's) and normalizes them with the saved
+  statistics, so it needs no (N, 4H) arrays from the forward beyond the gates. With ``clip``
+  it tells the clamped gates from those recomputed pre-activations (as the reference).
+* Backward step (``ln_cell_grad``): dh = dz_h[t+1].w_hh (+ dy; ``lstm.bwd_dh``), zoneout's
+  split, then per row the LN of c_t backward, the gate gradients, and the recurrent LN's
+  backward into ``dzh``. After the loop the input LN's backward for all rows, the gains' and
+  c bias's gradients (column sums in row order), dx, dw_ih, dw_hh (GEMMs) and db.
+* Threads: the forward splits each step's rows (>= ROWS_PER_THREAD per thread; recurrent
+  product and cells in one parallel region) or else the recurrent product's hidden blocks; the
+  backward's time loop runs on the calling thread with dh's blocks split; the GEMMs split
+  output tiles. Every value is computed by the same operations in the same order whatever the
+  partition (column sums in row order, on one thread): the bits do not depend on the thread count.
+* No projection and no cifg (as the reference; the caller raises).
+"""
+
+import math
+
+from numba import njit, prange
+
+from .cell import vclamp
+from .gemm import PAR_MIN, gemm, pack_b, split
+from .lstm import FR, ROWS_PER_THREAD, bwd_dh_all, check_steps, fwd_tile, fwd_tile1, peephole_grads, row_split
+from .simd import (JIT, PJIT, lanes, nl, ptr, vabs, vload_n, vsel_gt, vsigmoid, vsplat, vstore_n,
+                   vtanh)
+
+LN_EPS = 1e-5   # reference.LN_EPS (haste: rsqrt(var + 1e-5))
+
+
+@njit(**JIT)
+def row_stats(z, n, st, k):
+    """st[k], st[k + 1] = mean and rstd = 1 / sqrt(var + LN_EPS) of z[:n] (biased variance,
+    two passes, float64 sums)."""
+    s = 0.0
+    for j in range(n):
+        s += z[j]
+    mean = s / n
+    v = 0.0
+    for j in range(n):
+        d = z[j] - mean
+        v += d * d
+    st[k] = mean
+    st[k + 1] = 1.0 / math.sqrt(v / n + LN_EPS)
+
+
+@njit(**JIT)
+def ln_input(gates, stats, ln, b, r0, r1):
+    """Rows r0..r1 of gates (x.w_ih^T) -> LN(.) * g_ih + b, their statistics into stats[:, 0:2]."""
+    G = gates.shape[1]
+    for r in range(r0, r1):
+        z = gates[r]
+        st = stats[r]
+        row_stats(z, G, st, 0)
+        m = st[0]
+        rs = st[1]
+        for j in range(G):
+            z[j] = (z[j] - m) * rs * ln[j] + b[j]
+
+
+@njit(**PJIT)
+def ln_input_par(gates, stats, ln, b, num_threads):
+    N = gates.shape[0]
+    for tid in prange(num_threads):
+        ln_input(gates, stats, ln, b, split(N, nl(tid), num_threads), split(N, nl(tid) + 1, num_threads))
+
+
+@njit(**JIT)
+def ln_rec(n, H, R, w, hp, zh, j0, j1):
+    """zh[rows 0..n, the 4 gates' units of hidden blocks j0..j1] = hp . w_hh^T (zh zero there
+    before): the forward step tiles (``lstm.fwd_tile``; one row ``fwd_tile1``) without the cell.
+    Each element is the k-ordered FMA chain of the plain forward, whatever the rows or blocks."""
+    V = lanes(zh)
+    G = 4 * H
+    bs = R * 4 * V
+    hp, w, zh = ptr(hp), ptr(w), ptr(zh)
+    if n == 1:
+        for j in range(j0, j1, 4):
+            fwd_tile1(R, hp, 0, w, j * bs, min(4, j1 - j), zh, 0, H, j * V)
+        return
+    for j in range(j0, j1):
+        off = j * V
+        nv = min(V, H - off)
+        for r0 in range(0, n, FR):
+            fwd_tile(R, hp, r0 * R, w, j * bs, zh, r0 * G + off, G, H, min(FR, n - r0), nv)
+
+
+@njit(**PJIT)
+def ln_rec_par(n, H, R, w, hp, zh, num_threads):
+    nblk = (H + lanes(zh) - 1) // lanes(zh)
+    for tid in prange(num_threads):
+        ln_rec(n, H, R, w, hp, zh, split(nblk, nl(tid), num_threads), split(nblk, nl(tid) + 1, num_threads))
+
+
+@njit(**JIT)
+def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, var):
+    """One row of a forward step: gx (4H) holds LN(x.w_ih^T) * g_ih + b and receives the
+    activated gates; zh (4H) the recurrent product (normalized here, statistics into st[2:4]);
+    cp c_{t-1} (may be c_t: the running state), c_t and h_t = o * tanh(LN(c_t)) written,
+    c_t's statistics into st[4:6]. ``var`` the variants (cell.py; no cifg). One vector of V
+    units at a time; the pre-activations without fused multiply-adds (``ln_cell_grad``
+    recomputes them with the same operations to tell the clamped gates)."""
+    peep, has_peep, clip, cell_clip, cifg = var
+    G = 4 * H
+    V = lanes(gx)
+    row_stats(zh, G, st, 2)
+    m = st[2]
+    rs = st[3]
+    for u in range(0, H, V):
+        k = min(V, H - u)
+        cpv = vload_n(cp, u, k)
+        zi = vload_n(gx, u, k) + (vload_n(zh, u, k) - m) * rs * vload_n(ln, G + u, k)
+        zf = vload_n(gx, H + u, k) + (vload_n(zh, H + u, k) - m) * rs * vload_n(ln, G + H + u, k)
+        zg = vload_n(gx, 2 * H + u, k) + (vload_n(zh, 2 * H + u, k) - m) * rs * vload_n(ln, G + 2 * H + u, k)
+        zo = vload_n(gx, 3 * H + u, k) + (vload_n(zh, 3 * H + u, k) - m) * rs * vload_n(ln, G + 3 * H + u, k)
+        if has_peep:
+            zi = zi + vload_n(peep, u, k) * cpv
+            zf = zf + vload_n(peep, H + u, k) * cpv
+        if clip > 0:
+            zi = vclamp(zi, clip)
+            zf = vclamp(zf, clip)
+            zg = vclamp(zg, clip)
+        i = vsigmoid(zi)
+        f = vsigmoid(zf)
+        g = vtanh(zg)
+        cv = f * cpv + i * g
+        if cell_clip > 0:
+            cv = vclamp(cv, cell_clip)
+        if has_peep:
+            zo = zo + vload_n(peep, 2 * H + u, k) * cv
+        if clip > 0:
+            zo = vclamp(zo, clip)
+        vstore_n(gx, u, i, k)
+        vstore_n(gx, H + u, f, k)
+        vstore_n(gx, 2 * H + u, g, k)
+        vstore_n(gx, 3 * H + u, vsigmoid(zo), k)
+        vstore_n(c_t, u, cv, k)
+    row_stats(c_t, H, st, 4)
+    mc = st[4]
+    rc = st[5]
+    for u in range(0, H, V):
+        k = min(V, H - u)
+        n = (vload_n(c_t, u, k) - mc) * rc * vload_n(ln, G + G + u, k) + vload_n(ln, G + G + H + u, k)
+        vstore_n(h_t, u, vload_n(gx, 3 * H + u, k) * vtanh(n), k)
+
+
+@njit(**JIT)
+def ln_step(r0, r1, H, R, whh_f, hp, cp, gates_t, zh, c_t, h_t, st, ln, var, rec):
+    """Rows r0..r1 of a forward step: their recurrent product (unless ``rec`` is False: done)
+    and cells."""
+    if r1 <= r0:
+        return
+    if rec:
+        zh[r0:r1] = 0
+        ln_rec(r1 - r0, H, R, whh_f, hp[r0:r1], zh[r0:r1], nl(0), (H + lanes(zh) - 1) // lanes(zh))
+    for r in range(r0, r1):
+        ln_cell(gates_t[r], zh[r], cp[r], c_t[r], h_t[r], st[r], ln, H, var)
+
+
+@njit(**PJIT)
+def ln_step_par(n, H, R, whh_f, hp, cp, gates_t, zh, c_t, h_t, st, ln, var, num_threads):
+    for tid in prange(num_threads):
+        ln_step(row_split(n, nl(tid), num_threads), row_split(n, nl(tid) + 1, num_threads), H, R, whh_f, hp, cp,
+                gates_t, zh, c_t, h_t, st, ln, var, True)
+
+
+@njit(**JIT)
+def ln_forward(x, wih_t, whh_f, b, ln, h0, c0, batch_sizes, y, h_n, c_n, gates, c, zh, stats, var, rdrop,
+               hm, zm, num_threads):
+    """Forward of the layer-normalized LSTM into caller-provided arrays, packed layout (as
+    ``lstm.lstm_forward``): x (N, I), y (N, H), gates (N, 4H) and c (N, H) every step (also for
+    inference), stats (N, 6) the rows' statistics, zh (B, 4H) and hm (B, H) workspace; h_n, c_n
+    may be h0, c0. ``ln`` (10H,) = [g_ih, g_hh, g_c, b_c]; b (4H,) the bias (zeros: none).
+    ``rdrop`` (B, H), ``zm`` (N, H): the masks, or 0 rows (off)."""
+    N, I = x.shape
+    B, R = h0.shape
+    H = c0.shape[1]
+    G = 4 * H
+    check_steps(batch_sizes, N, B)
+    for r in range(B):
+        for u in range(R):
+            h_n[r, u] = h0[r, u]
+        for u in range(H):
+            c_n[r, u] = c0[r, u]
+    gemm(N, G, I, x, False, wih_t, gates, None, num_threads)
+    if num_threads > 1 and N * G >= PAR_MIN // 64:
+        ln_input_par(gates, stats, ln, b, num_threads)
+    else:
+        ln_input(gates, stats, ln, b, nl(0), N)
+    off = 0
+    prev = 0
+    for t in range(batch_sizes.shape[0]):
+        n = batch_sizes[t]
+        if n <= 0:
+            break
+        hp = h0[:n] if t == 0 else y[prev:prev + n]
+        hprev = hp
+        if rdrop.shape[0] > 0:
+            for r in range(n):
+                for k in range(R):
+                    hm[r, k] = hp[r, k] * rdrop[r, k]
+            hp = hm[:n]
+        cp = c0[:n] if t == 0 else c[prev:prev + n]
+        a = off
+        if num_threads > 1 and n >= ROWS_PER_THREAD * num_threads:
+            ln_step_par(n, H, R, whh_f, hp, cp, gates[a:a + n], zh, c[a:a + n], y[a:a + n], stats[a:a + n], ln,
+                        var, num_threads)
+        else:
+            if num_threads > 1 and n * G * R >= PAR_MIN:
+                zh[:n] = 0
+                ln_rec_par(n, H, R, whh_f, hp, zh[:n], num_threads)
+                rec = False
+            else:
+                rec = True
+            ln_step(nl(0), n, H, R, whh_f, hp, cp, gates[a:a + n], zh, c[a:a + n], y[a:a + n], stats[a:a + n], ln,
+                    var, rec)
+        if zm.shape[0] > 0:
+            for r in range(n):
+                for k in range(H):
+                    v = y[a + r, k]
+                    y[a + r, k] = (v - hprev[r, k]) * zm[a + r, k] + hprev[r, k]
+        for r in range(n):
+            for k in range(H):
+                h_n[r, k] = y[a + r, k]
+                c_n[r, k] = c[a + r, k]
+        prev = off
+        off += n
+
+
+@njit(inline="always", **JIT)
+def keep(d, z, clip):
+    """d, or 0 where the pre-activation z was clamped (|z| > clip; NaN passes)."""
+    return vsel_gt(vabs(z), vsplat(z, clip), vsplat(d, 0.0), d)
+
+
+@njit(**JIT)
+def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, var):
+    """One row of a backward step: dm (H) the gradient reaching h~_t (dy and zoneout included),
+    g_t the saved gates, c_t, cp c_{t-1}; dc (H) the running gradient of c (becomes that of
+    c_{t-1}); writes the gate gradients dg (4H), dzh (4H) the gradient of the recurrent product
+    (through its LN) and dn (H) that of LN(c_t). xh, hh (4H): the normalized products (for the
+    clip's pre-activations, recomputed with the forward's operations). One vector of V units
+    at a time, the LN sums over the row in unit order."""
+    peep, has_peep, clip, cell_clip, cifg = var
+    G = 4 * H
+    V = lanes(dm)
+    mc = st[4]
+    rc = st[5]
+    for u in range(0, H, V):   # dn = dm o (1 - tanh^2 n), n = LN(c_t)
+        k = min(V, H - u)
+        tn = vtanh((vload_n(c_t, u, k) - mc) * rc * vload_n(ln, G + G + u, k) + vload_n(ln, G + G + H + u, k))
+        vstore_n(dn, u, vload_n(dm, u, k) * vload_n(g_t, 3 * H + u, k) * (1.0 - tn * tn), k)
+    s1 = 0.0
+    s2 = 0.0
+    for u in range(H):   # its LN's sums
+        d = dn[u] * ln[G + G + u]
+        s1 += d
+        s2 += d * ((c_t[u] - mc) * rc)
+    m1 = s1 / H
+    m2 = s2 / H
+    for u in range(0, H, V):
+        k = min(V, H - u)
+        i = vload_n(g_t, u, k)
+        f = vload_n(g_t, H + u, k)
+        g = vload_n(g_t, 2 * H + u, k)
+        o = vload_n(g_t, 3 * H + u, k)
+        ct = vload_n(c_t, u, k)
+        cpv = vload_n(cp, u, k)
+        ch = (ct - mc) * rc
+        gc = vload_n(ln, G + G + u, k)
+        tn = vtanh(ch * gc + vload_n(ln, G + G + H + u, k))
+        dgo = vload_n(dm, u, k) * tn * o * (1.0 - o)
+        if clip > 0:
+            zo = vload_n(xh, 3 * H + u, k) * vload_n(ln, 3 * H + u, k) + vload_n(b, 3 * H + u, k) + \
+                vload_n(hh, 3 * H + u, k) * vload_n(ln, G + 3 * H + u, k)
+            if has_peep:
+                zo = zo + vload_n(peep, 2 * H + u, k) * ct
+            dgo = keep(dgo, zo, clip)
+        dcv = vload_n(dc, u, k) + rc * (vload_n(dn, u, k) * gc - m1 - ch * m2)
+        if has_peep:
+            dcv = dcv + vload_n(peep, 2 * H + u, k) * dgo
+        if cell_clip > 0:
+            dcv = keep(dcv, f * cpv + i * g, cell_clip)
+        dgi = dcv * g * i * (1.0 - i)
+        dgf = dcv * cpv * f * (1.0 - f)
+        dgg = dcv * i * (1.0 - g * g)
+        if clip > 0:
+            zi = vload_n(xh, u, k) * vload_n(ln, u, k) + vload_n(b, u, k) + vload_n(hh, u, k) * vload_n(ln, G + u, k)
+            zf = vload_n(xh, H + u, k) * vload_n(ln, H + u, k) + vload_n(b, H + u, k) + \
+                vload_n(hh, H + u, k) * vload_n(ln, G + H + u, k)
+            zg = vload_n(xh, 2 * H + u, k) * vload_n(ln, 2 * H + u, k) + vload_n(b, 2 * H + u, k) + \
+                vload_n(hh, 2 * H + u, k) * vload_n(ln, G + 2 * H + u, k)
+            if has_peep:
+                zi = zi + vload_n(peep, u, k) * cpv
+                zf = zf + vload_n(peep, H + u, k) * cpv
+            dgi = keep(dgi, zi, clip)
+            dgf = keep(dgf, zf, clip)
+            dgg = keep(dgg, zg, clip)
+        vstore_n(dg, u, dgi, k)
+        vstore_n(dg, H + u, dgf, k)
+        vstore_n(dg, 2 * H + u, dgg, k)
+        vstore_n(dg, 3 * H + u, dgo, k)
+        dcp = dcv * f
+        if has_peep:
+            dcp = dcp + vload_n(peep, u, k) * dgi + vload_n(peep, H + u, k) * dgf
+        vstore_n(dc, u, dcp, k)
+    ln_grad(dg, hh, st[3], ln, G, G, dzh)
+
+
+@njit(**JIT)
+def ln_grad(da, zhat, rstd, ln, g0, n, dz):
+    """dz = rstd (da g - mean(da g) - zhat mean(da g zhat)): the backward of zhat * g, zhat the
+    normalized row, g = ln[g0:g0 + n]. dz may be zhat."""
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(n):
+        d = da[j] * ln[g0 + j]
+        s1 += d
+        s2 += d * zhat[j]
+    m1 = s1 / n
+    m2 = s2 / n
+    for j in range(n):
+        dz[j] = rstd * (da[j] * ln[g0 + j] - m1 - zhat[j] * m2)
+
+
+@njit(**JIT)
+def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, stats,
+                xh, hprev, hh, dgates, dzh, dn, dhs, xpan, hpan, dx, dw_ih, dw_hh, db, dh0, dc0, dln, var, dpeep,
+                rdrop, zm, dhz, num_threads):
+    """Backpropagation through time of ``ln_forward`` into caller-provided arrays. Workspace:
+    xh, hh, dgates, dzh (N, 4H); hprev, dn (N, H); dhs (B, H); xpan, hpan panels
+    [ceil(I/NR)][N][NR], [ceil(H/NR)][N][NR]. Outputs dx (N, I), dw_ih (4H, I), dw_hh (4H, H),
+    db (4H,) or (0,) (no bias), dh0, dc0 (B, H), dln (10H,) [dg_ih, dg_hh, dg_c, db_c], dpeep
+    (3, H) or 0 rows. ``rdrop`` (B, H), ``zm`` (N, H) with ``dhz`` (B, H) zeros: the masks, or
+    0 rows (off)."""
+    N, I = x.shape
+    B, R = h0.shape
+    H = c0.shape[1]
+    G = 4 * H
+    T = batch_sizes.shape[0]
+    check_steps(batch_sizes, N, B)
+    # h_{t-1} of every row (masked as the forward's product saw it); both products again
+    off = 0
+    prev = 0
+    for t in range(T):
+        n = batch_sizes[t]
+        for r in range(n):
+            for k in range(R):
+                v = h0[r, k] if t == 0 else y[prev + r, k]
+                hprev[off + r, k] = v * rdrop[r, k] if rdrop.shape[0] > 0 else v
+        prev = off
+        off += n
+    gemm(N, G, I, x, False, wih_t, xh, None, num_threads)
+    hh[:] = 0
+    if num_threads > 1 and N * G * R >= PAR_MIN:
+        ln_rec_par(N, H, R, whh_f, hprev, hh, num_threads)
+    else:
+        ln_rec(N, H, R, whh_f, hprev, hh, nl(0), (H + lanes(hh) - 1) // lanes(hh))
+    for r in range(N):
+        mx, rx, mh, rh = stats[r, 0], stats[r, 1], stats[r, 2], stats[r, 3]
+        for j in range(G):
+            xh[r, j] = (xh[r, j] - mx) * rx
+            hh[r, j] = (hh[r, j] - mh) * rh
+    # the time loop, last step to first
+    dc0[:] = dc_n
+    off = N
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        off -= n
+        if n <= 0:
+            continue
+        nn = batch_sizes[t + 1] if t + 1 < T else 0
+        nt = num_threads if n * G * R >= PAR_MIN else 1
+        bwd_dh_all(G, dzh[off + n:off + n + nn], nn, n, whh_b, dh_n[:n], dy[off:off + n], dhs[:n], R, nt,
+                   rdrop[:n])
+        if zm.shape[0] > 0:   # h_t = h_{t-1} + zm (h~_t - h_{t-1})
+            for r in range(n):
+                for u in range(H):
+                    z = zm[off + r, u]
+                    d = dhs[r, u] + dhz[r, u]
+                    dhz[r, u] = (1 - z) * d
+                    dhs[r, u] = z * d
+        p = off - batch_sizes[t - 1] if t > 0 else 0
+        for r in range(n):
+            cp = c0[r] if t == 0 else c[p + r]
+            ln_cell_grad(dhs[r], gates[off + r], c[off + r], cp, dc0[r], dgates[off + r], dzh[off + r], dn[off + r],
+                         xh[off + r], hh[off + r], stats[off + r], ln, b, H, var)
+    n0 = batch_sizes[0] if T > 0 else 0
+    nt = num_threads if B * G * R >= PAR_MIN else 1
+    if dhz.shape[0] > 0:
+        bwd_dh_all(G, dzh[:n0], n0, B, whh_b, dh_n, dhz, dh0, R, nt, rdrop)
+    else:
+        bwd_dh_all(G, dzh[:n0], n0, B, whh_b, dh_n, None, dh0, R, nt, rdrop)
+    # the layer norms' parameters (column sums in row order), db, the input LN's backward
+    dln[:] = 0
+    if db.shape[0]:
+        db[:] = 0
+    for r in range(N):
+        mc, rc = stats[r, 4], stats[r, 5]
+        for j in range(G):
+            d = dgates[r, j]
+            dln[j] += d * xh[r, j]
+            dln[G + j] += d * hh[r, j]
+            if db.shape[0]:
+                db[j] += d
+        for u in range(H):
+            dln[G + G + u] += dn[r, u] * ((c[r, u] - mc) * rc)
+            dln[G + G + H + u] += dn[r, u]
+        ln_grad(dgates[r], xh[r], stats[r, 1], ln, 0, G, xh[r])   # xh becomes dz_x
+    # whole-sequence products: dx = dz_x.w_ih, dw_ih = dz_x^T.x, dw_hh = dz_h^T.h_prev
+    gemm(N, I, G, xh, False, wih, dx, None, num_threads)
+    pack_b(x, nl(0), N, xpan, nl(0))
+    gemm(G, I, N, xh, True, xpan, dw_ih, None, num_threads)
+    pack_b(hprev, nl(0), N, hpan, nl(0))
+    gemm(G, R, N, dzh, True, hpan, dw_hh, None, num_threads)
+    if dpeep.shape[0] > 0:
+        peephole_grads(dgates, c, c0, batch_sizes, dpeep)
