@@ -46,6 +46,7 @@ which computes it. DistributedDataParallel works as with torch's modules
 """
 
 import functools
+import operator
 
 import numpy as np
 import torch
@@ -646,9 +647,12 @@ class LSTM(torch.nn.LSTM):
         peeps = [self._peepholes(k) for k in range(n)] if self.peephole else None
         every = flat + [t for p in peeps for t in p] if peeps else flat
         opts = self._options()
-        key = (impl, dtype, opts, tuple((id(t), t._version, t.data_ptr()) for t in every))
+        # the same tensor objects (entry[2]), versions and storage
+        state = tuple([t._version for t in every] + [t.data_ptr() for t in every])
+        key = (impl, dtype, opts, state)
         entry = self._packed
-        if entry is not None and entry[0] == key:
+        if entry is not None and entry[0] == key and len(entry[2]) == len(every) \
+                and all(map(operator.is_, entry[2], every)):
             return entry[1]
         if any(not t.is_cpu or t.dtype != dtype or _wrapped(t) for t in every):
             return None
@@ -675,6 +679,22 @@ class LSTM(torch.nn.LSTM):
     def _run(self, x, hx, impl, packed, lengths=None, batch_sizes=None):
         """All layers over time-major padded x (T, B, I): (output, h_n, c_n)."""
         T, B = x.shape[:2]
+        if len(packed) == 1 and lengths is None and not torch.is_grad_enabled() \
+                and not self._masked():
+            # no_grad / inference_mode on one layer-direction: the kernel on the tensors'
+            # memory, nothing kept, its arrays returned as tensors (the per-call cost of
+            # small shapes, issue 14)
+            R, H = self.proj_size or self.hidden_size, self.hidden_size
+            xs = _np(x)
+            if hx is None:
+                h0, c0 = _validation.zeros((1, B, R), xs.dtype), _validation.zeros((1, B, H),
+                                                                                   xs.dtype)
+            else:
+                h0, c0 = _np(hx[0]), _np(hx[1])
+            y, h_n, c_n, _ = run_forward(impl, packed[0], xs, h0, c0,
+                                         backends.threads_for(T, B, self.input_size, H), None,
+                                         False, False)
+            return torch.from_numpy(y), torch.from_numpy(h_n), torch.from_numpy(c_n)
         plan = None if lengths is None else make_plan(lengths.astype(np.int64), T, B)
         D, n = 2 if self.bidirectional else 1, len(packed)
         R, H = self.proj_size or self.hidden_size, self.hidden_size
@@ -779,6 +799,9 @@ class _Cell(torch.autograd.Function):
         need = ctx.needs_input_grad
         return tuple(None if not n or a is None else torch.from_numpy(a) for n, a in zip(
             need, (dx[0], dh0, dc0, dw_ih, dw_hh, db, None if db is None else db.copy()))) + (None,)
+
+
+_cell_apply = super(torch.autograd.Function, _Cell).apply    # as _direction_apply
 
 
 class LSTMCell(torch.nn.LSTMCell):
@@ -946,7 +969,8 @@ class LSTMCell(torch.nn.LSTMCell):
                 input = input.unsqueeze(0)
                 if hx is not None:
                     h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
-            h, c = _Cell.apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, (impl, packed, num_threads))
+            h, c = (_Cell.apply if _functorch_active() else _cell_apply)(
+                input, h0, c0, w_ih, w_hh, b_ih, b_hh, (impl, packed, num_threads))
             return (h, c) if dim == 2 else (h.squeeze(0), c.squeeze(0))
         # no gradient needed: nothing is kept for backward
         xs = _np(input).reshape(1, B, -1)
