@@ -13,6 +13,13 @@ count is that level's.
 
     python benchmarks/callcount.py                  # forward+backward at (3, 1, 1, 1)
     python benchmarks/callcount.py --mode forward --shape 6,32,3,32 --top 30
+    python benchmarks/callcount.py --target module --shape 6,32,3,32 --calls 2000
+
+``--target module`` counts ``lstm_fast.torch.LSTM`` instead (forward: under
+``torch.inference_mode()`` in eval mode; train: forward with x requiring grad, then
+``y.backward(dy)``, the parameters' gradients set to None first, as the models group's
+``layer_forward``/``layer_train`` run it); ``--target torch`` counts ``torch.nn.LSTM``
+the same way.
 
 Needs ``valgrind`` (Debian: ``apt-get install valgrind``) on the PATH.
 """
@@ -44,15 +51,49 @@ else:
         layer.backward(dy)
 """
 
+_TORCH_CHILD = """
+import sys, torch
+torch.set_num_threads(1)
+T, B, I, H = map(int, sys.argv[1].split(","))
+mode, n, backend = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+torch.manual_seed(0)
+if backend == "torch":
+    lstm = torch.nn.LSTM(I, H)
+else:
+    import lstm_fast.torch
+    lstm = lstm_fast.torch.LSTM(I, H, backend=backend)
+x = torch.randn(T, B, I)
+dy = torch.ones(T, B, H)
+params = list(lstm.parameters())
+if mode == "forward":
+    lstm.eval()
+    def step():
+        with torch.inference_mode():
+            return lstm(x)
+else:
+    x.requires_grad_(True)
+    def step():
+        for q in params:
+            q.grad = None
+        x.grad = None
+        lstm(x)[0].backward(dy)
+for _ in range(3):
+    step()
+for _ in range(n):
+    step()
+"""
+
 _LINE = re.compile(r"\s*([\d,]+)\s+\(.*?\)\s+(\S.*)")
 
 
 def _run(args, n, out):
-    # one OpenBLAS thread: its idle pool threads spin for as long as Valgrind schedules them,
-    # a count that moves by ~1,000 a call with nothing to do with the layer (which uses no BLAS)
-    env = dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1")
+    # one OpenBLAS (and OpenMP) thread: idle pool threads spin for as long as Valgrind
+    # schedules them, a count that moves by ~1,000 a call with nothing to do with the layer
+    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    child = _CHILD if args.target == "layer" else _TORCH_CHILD
+    backend = "torch" if args.target == "torch" else args.backend
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                    sys.executable, "-c", _CHILD, args.shape, args.mode, str(n), args.backend],
+                    sys.executable, "-c", child, args.shape, args.mode, str(n), backend],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     text = subprocess.run(["callgrind_annotate", "--threshold=100", out], check=True,
                           capture_output=True, text=True).stdout
@@ -74,6 +115,9 @@ def main(argv=None):
     ap.add_argument("--shape", default="3,1,1,1", help="T,B,I,H (default 3,1,1,1)")
     ap.add_argument("--mode", choices=("forward", "train"), default="train")
     ap.add_argument("--backend", default="c")
+    ap.add_argument("--target", choices=("layer", "module", "torch"), default="layer",
+                    help="the NumPy lstm_fast.LSTM (default), lstm_fast.torch.LSTM or "
+                         "torch.nn.LSTM")
     ap.add_argument("--calls", type=int, default=10000, help="N (default 10000)")
     ap.add_argument("--top", type=int, default=20, help="functions to list")
     args = ap.parse_args(argv)
@@ -83,7 +127,10 @@ def main(argv=None):
     per = 2.0 * args.calls
     objs = {k: (o3[k] - o1[k]) / per for k in set(o1) | set(o3)}
     fns = {k: (f3[k] - f1[k]) / per for k in set(f1) | set(f3)}
-    print(f"{args.mode} at (T, B, I, H) = ({args.shape}), backend {args.backend}: "
+    what = {"layer": f"lstm_fast.LSTM, backend {args.backend}",
+            "module": f"lstm_fast.torch.LSTM, backend {args.backend}",
+            "torch": "torch.nn.LSTM"}[args.target]
+    print(f"{args.mode} at (T, B, I, H) = ({args.shape}), {what}: "
           f"{sum(objs.values()):,.0f} instructions per call")
     print("by library:")
     for k, v in sorted(objs.items(), key=lambda kv: -kv[1]):

@@ -46,6 +46,7 @@ which computes it. DistributedDataParallel works as with torch's modules
 """
 
 import functools
+import operator
 
 import numpy as np
 import torch
@@ -111,10 +112,10 @@ def _first_order(backward):
     grad, so a gradient penalty gets this error and not "does not require grad"."""
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
+        if not torch.is_grad_enabled():     # the usual backward (no create_graph)
+            return backward(ctx, *grads)
         with torch.no_grad():
             outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled():
-            return outputs
         message = getattr(ctx, "double_backward_error", DOUBLE_BACKWARD_ERROR)
         err = torch._C._functions.DelayedError(message.encode(), len(outputs))
         return err(*(None if t is None else t.detach().requires_grad_(True) for t in outputs))
@@ -130,58 +131,99 @@ def _variant_error(options):
 
 
 class _Direction(torch.autograd.Function):
-    """One layer, one direction with gradients: (x (T, B, I), h0 (B, R), c0 (B, H),
-    w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co) -> (y (T, B, R), h_n (B, R), c_n (B, H));
+    """One layer, one direction with gradients: (x (T, B, I), h0, c0, w_ih, w_hh, b_ih, b_hh,
+    w_hr, w_ci, w_cf, w_co) -> (y (T, B, R), h_n, c_n); h0, c0 (B, R), (B, H), or
+    (1, B, R), (1, B, H) (a one-direction stack's states as they are), or None for zeros;
     ``run`` is (backend module, packed weights, num_threads, LengthPlan or None, reverse,
     variant options (clip, cell_clip, cifg) or None, variant description or None, masks
-    (recurrent dropout (B, R), zoneout (T, B, H)), each None when off); w_ci, w_cf, w_co the
-    peephole weights or None."""
+    (recurrent dropout (B, R), zoneout (T, B, H)), each None when off, the states' leading
+    shape ((B,) or (1, B)) for h0 = None); w_ci, w_cf, w_co the peephole weights or None.
+    h_n, c_n have h0's shape (h0 None: the leading shape's).
+
+    Per-call cost (issue 14): the gradients that are not needed (unused outputs) arrive as
+    None (``set_materialize_grads(False)``: no zero tensors made by autograd) and read-only
+    shared zeros stand in for them; the kernel allocates h_n, c_n as arrays (no torch op)."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, run):
-        impl, packed, num_threads, plan, reverse, opts, described, masks = run
-        h_n, c_n = h0.new_empty(h0.shape), c0.new_empty(c0.shape)
-        y, _, _, cache = run_forward(impl, packed, _np(x), _np(h0), _np(c0), num_threads, plan,
-                                     reverse, True, (h_n.numpy(), c_n.numpy()), *masks)
+        impl, packed, num_threads, plan, reverse, opts, described, masks, lead, R, H = run
+        xs = _np(x)
+        if h0 is None:
+            h0s, c0s = _validation.zeros(lead + (R,), xs.dtype), _validation.zeros(lead + (H,),
+                                                                                   xs.dtype)
+        else:
+            h0s, c0s = _np(h0), _np(c0)
+        y, h_n, c_n, cache = run_forward(impl, packed, xs, h0s, c0s, num_threads, plan,
+                                         reverse, True, None, *masks)
         y = _t(y)
-        # Inputs and outputs are saved for autograd's check against in-place changes;
-        # the kernel's own arrays go through save_for_backward too, so that autograd
-        # frees them after backward like any saved tensor.
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, y, h_n,
-                              c_n, *map(_t, cache.saved[:6]))
+        # Inputs and the output y are saved for autograd's check against in-place changes
+        # (backward reads their memory); the kernel's own arrays go through
+        # save_for_backward too, so that autograd frees them after backward like any saved
+        # tensor.
+        arrays = cache.saved[:6]
+        if h0 is None:      # the shared read-only zeros stay arrays (a tensor must be writable)
+            ctx.zeros = arrays[1:3]
+            arrays = arrays[:1] + (None, None) + arrays[3:]
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, y,
+                              *[None if a is None else _t(a) for a in arrays])
         ctx.masks = cache.saved[6:]   # the masks as the kernels took them (or None), if any
         ctx.run = (impl, packed, _generation(packed), num_threads, plan, reverse, opts)
+        ctx.set_materialize_grads(False)
         if described is not None:
             ctx.double_backward_error = _variant_error(described) + ": double backward " \
                 "(differentiating a gradient taken with create_graph=True) is not available"
-        return y, h_n, c_n
+        return y, torch.from_numpy(h_n), torch.from_numpy(c_n)
 
     @staticmethod
     @_first_order
     def backward(ctx, dy, dh_n, dc_n):
         impl, packed, generation, num_threads, plan, reverse, opts = ctx.run
         saved = ctx.saved_tensors
-        clip, cell_clip, cifg = opts or (0.0, 0.0, False)
         if _generation(packed) != generation:   # written over since forward: pack again
+            clip, cell_clip, cifg = opts or (0.0, 0.0, False)
             w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t) for t in saved[3:8])
             peep = None if saved[8] is None else np.stack([_np(t) for t in saved[8:11]])
             packed = _torch_ops.pack_direction(impl, w_ih, w_hh,
                                                None if b_ih is None else b_ih + b_hh, w_hr, peep,
                                                clip, cell_clip, cifg)
-        cache = LSTMCache(impl, packed, tuple(t.numpy() for t in saved[14:]) + ctx.masks, plan,
-                          reverse)
-        B, H = dh_n.shape[0], dc_n.shape[1]
-        dh0, dc0 = dh_n.new_empty(B, dh_n.shape[1]), dc_n.new_empty(B, H)
-        dp = None if saved[8] is None else np.empty((3, H), _NP[dh_n.dtype])
-        dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(cache, _np(dy), _np(dh_n), _np(dc_n),
-                                                         num_threads, (dh0.numpy(), dc0.numpy()),
-                                                         dpeephole=dp)
-        if cifg:    # the kernels' 4H rows -> i, g, o
+        arrays = tuple([None if t is None else t.numpy() for t in saved[12:]])
+        if saved[1] is None:    # xin, h0, c0, y, gates, c
+            arrays = arrays[:1] + ctx.zeros + arrays[3:]
+        cache = LSTMCache(impl, packed, arrays + ctx.masks, plan, reverse)
+        h0s, c0s = arrays[1], arrays[2]
+        dtype = h0s.dtype
+        if plan is None:
+            sh, sc = h0s.shape, c0s.shape
+        else:   # the kernels' states are sorted (B, ·) matrices; ours have h0's shape
+            lead = h0s.shape[:-1] if saved[1] is None else saved[1].shape[:-1]
+            sh, sc = lead + h0s.shape[-1:], lead + c0s.shape[-1:]
+        if dy is None:  # padded (T, B, R), as the output
+            x = saved[0]
+            dy = _validation.zeros((x.shape[0], x.shape[1], h0s.shape[-1]), dtype)
+        else:
+            dy = _np(dy)
+        dh_n = _validation.zeros(sh, dtype) if dh_n is None else _np(dh_n)
+        dc_n = _validation.zeros(sc, dtype) if dc_n is None else _np(dc_n)
+        dp = None if saved[8] is None else np.empty((3, c0s.shape[-1]), dtype)
+        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, dy, dh_n, dc_n, num_threads,
+                                                             dpeephole=dp)
+        if opts is not None and opts[2]:    # cifg: the kernels' 4H rows -> i, g, o
             dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
+        if saved[1] is None:
+            dh0 = dc0 = None
+        else:
+            dh0, dc0 = torch.from_numpy(dh0), torch.from_numpy(dc0)
         db_ih, db_hh = _params.bias_grads(None if db is None else _t(db))
         peep = (None, None, None) if dp is None else tuple(torch.from_numpy(r) for r in dp)
         return (_t(dx), dh0, dc0, _t(dw_ih), _t(dw_hh), db_ih, db_hh,
                 None if dw_hr is None else _t(dw_hr)) + peep + (None,)
+
+
+# ``Function.apply`` without its Python prologue (argument binding checks, the functorch
+# dead-wrapper walk): ~5-10 us a call here. Only when no functorch transform is active
+# (``_kernel_backend`` sends functorch-wrapped tensors to torch's path anyway).
+_direction_apply = super(torch.autograd.Function, _Direction).apply
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 def _ops_apply(module, input, hx):
@@ -605,9 +647,12 @@ class LSTM(torch.nn.LSTM):
         peeps = [self._peepholes(k) for k in range(n)] if self.peephole else None
         every = flat + [t for p in peeps for t in p] if peeps else flat
         opts = self._options()
-        key = (impl, dtype, opts, tuple((id(t), t._version, t.data_ptr()) for t in every))
+        # the same tensor objects (entry[2]), versions and storage
+        state = tuple([t._version for t in every] + [t.data_ptr() for t in every])
+        key = (impl, dtype, opts, state)
         entry = self._packed
-        if entry is not None and entry[0] == key:
+        if entry is not None and entry[0] == key and len(entry[2]) == len(every) \
+                and all(map(operator.is_, entry[2], every)):
             return entry[1]
         if any(not t.is_cpu or t.dtype != dtype or _wrapped(t) for t in every):
             return None
@@ -634,6 +679,22 @@ class LSTM(torch.nn.LSTM):
     def _run(self, x, hx, impl, packed, lengths=None, batch_sizes=None):
         """All layers over time-major padded x (T, B, I): (output, h_n, c_n)."""
         T, B = x.shape[:2]
+        if len(packed) == 1 and lengths is None and not torch.is_grad_enabled() \
+                and not self._masked():
+            # no_grad / inference_mode on one layer-direction: the kernel on the tensors'
+            # memory, nothing kept, its arrays returned as tensors (the per-call cost of
+            # small shapes, issue 14)
+            R, H = self.proj_size or self.hidden_size, self.hidden_size
+            xs = _np(x)
+            if hx is None:
+                h0, c0 = _validation.zeros((1, B, R), xs.dtype), _validation.zeros((1, B, H),
+                                                                                   xs.dtype)
+            else:
+                h0, c0 = _np(hx[0]), _np(hx[1])
+            y, h_n, c_n, _ = run_forward(impl, packed[0], xs, h0, c0,
+                                         backends.threads_for(T, B, self.input_size, H), None,
+                                         False, False)
+            return torch.from_numpy(y), torch.from_numpy(h_n), torch.from_numpy(c_n)
         plan = None if lengths is None else make_plan(lengths.astype(np.int64), T, B)
         D, n = 2 if self.bidirectional else 1, len(packed)
         R, H = self.proj_size or self.hidden_size, self.hidden_size
@@ -648,7 +709,16 @@ class LSTM(torch.nn.LSTM):
         if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in flat) or (
                 hx is not None and (hx[0].requires_grad or hx[1].requires_grad)) or (
                 self.peephole and any(t.requires_grad for p in peeps for t in p))):
-            h0, c0 = (x.new_zeros(n, B, R), x.new_zeros(n, B, H)) if hx is None else hx
+            # hx None: zero states made inside (no torch ops); one layer-direction: the states
+            # (1, B, ·) in and out as they are (no indexing, no stack)
+            apply = _Direction.apply if _functorch_active() else _direction_apply
+            if n == 1:
+                h0, c0 = (None, None) if hx is None else hx
+                w = self._direction(flat)
+                y, h, c = apply(x, h0, c0, *w, *peeps[0],
+                                (impl, packed[0], num_threads, plan, False, opts, described,
+                                 self._masks(T, B, dtype) if masked else no_masks, (1, B), R, H))
+                return y, h, c
             per = len(flat) // n
             hs, cs = [], []
             inp = x
@@ -659,10 +729,11 @@ class LSTM(torch.nn.LSTM):
                 for d in range(D):
                     k = layer * D + d
                     masks = self._masks(T, B, dtype) if masked else no_masks
-                    y, h, c = _Direction.apply(inp, h0[k], c0[k],
-                                               *self._direction(flat[k * per:(k + 1) * per]),
-                                               *peeps[k], (impl, packed[k], num_threads, plan,
-                                                           d == 1, opts, described, masks))
+                    y, h, c = apply(inp, None if hx is None else hx[0][k],
+                                    None if hx is None else hx[1][k],
+                                    *self._direction(flat[k * per:(k + 1) * per]),
+                                    *peeps[k], (impl, packed[k], num_threads, plan, d == 1, opts,
+                                                described, masks, (B,), R, H))
                     outs.append(y)
                     hs.append(h)
                     cs.append(c)
@@ -728,6 +799,9 @@ class _Cell(torch.autograd.Function):
         need = ctx.needs_input_grad
         return tuple(None if not n or a is None else torch.from_numpy(a) for n, a in zip(
             need, (dx[0], dh0, dc0, dw_ih, dw_hh, db, None if db is None else db.copy()))) + (None,)
+
+
+_cell_apply = super(torch.autograd.Function, _Cell).apply    # as _direction_apply
 
 
 class LSTMCell(torch.nn.LSTMCell):
@@ -895,7 +969,8 @@ class LSTMCell(torch.nn.LSTMCell):
                 input = input.unsqueeze(0)
                 if hx is not None:
                     h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
-            h, c = _Cell.apply(input, h0, c0, w_ih, w_hh, b_ih, b_hh, (impl, packed, num_threads))
+            h, c = (_Cell.apply if _functorch_active() else _cell_apply)(
+                input, h0, c0, w_ih, w_hh, b_ih, b_hh, (impl, packed, num_threads))
             return (h, c) if dim == 2 else (h.squeeze(0), c.squeeze(0))
         # no gradient needed: nothing is kept for backward
         xs = _np(input).reshape(1, B, -1)
