@@ -228,18 +228,19 @@ def cifg_weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     return weights(*arrays, w_hr)
 
 
-LAYER_NORM_BACKENDS = ("numpy",)
+LAYER_NORM_BACKENDS = ("numpy", "numba")
 
 
 def layer_norm_backend(backend):
-    """The backend of a layer-normalized LSTM: "auto" (or None) picks "numpy", the only one
-    that runs it so far; "c" or "numba" is a ValueError naming backend="numpy". Returns the
+    """The backend of a layer-normalized LSTM (one of ``LAYER_NORM_BACKENDS``): "auto" (or
+    None) picks "numpy" (Numba's kernels compile for about a minute on first use, so they
+    are asked for by name); "c" is a ValueError naming the ones that run it. Returns the
     name to resolve."""
     if backend is None or backend == "auto":
         return "numpy"
-    if isinstance(backend, str) and backend in ("c", "numba"):   # not LAYER_NORM_BACKENDS
-        raise ValueError(f"layer_norm runs on backend='numpy' only for now (the {backend!r} "
-                         f"kernels do not have it yet), got backend={backend!r}")
+    if isinstance(backend, str) and backend == "c":   # not LAYER_NORM_BACKENDS
+        raise ValueError("layer_norm runs on backend='numpy' or backend='numba' (the 'c' kernels "
+                         "do not have it yet), got backend='c'")
     return backend
 
 

@@ -141,21 +141,8 @@ class Variant(NamedTuple):
     layer_norm: Optional[object] = None
 
 
-LAYER_NORM_BACKENDS = ("numpy", "numba")
-
-
-def layer_norm_backend(backend):
-    """The backend of a layer-normalized LSTM (one of ``LAYER_NORM_BACKENDS``): "auto" (or
-    None) picks "numpy" (Numba's kernels compile for about a minute on first use, so they
-    are asked for by name); "c" is a ValueError naming the ones that run it. Returns the
-    name to resolve."""
-    if backend == "numba":
-        return backend
-    if isinstance(backend, str) and backend == "c":
-        raise ValueError("layer_norm runs on backend='numpy' or backend='numba' (the 'c' kernels "
-                         "do not have it yet), got backend='c'")
-    from .. import _validation
-    return _validation.layer_norm_backend(backend)
+# the backends that run a layer-normalized LSTM, and the rule that picks one: _validation's
+from .._validation import LAYER_NORM_BACKENDS, layer_norm_backend  # noqa: E402,F401
 
 
 REGISTRY = {"c": _load_c, "numba": _load_numba, "numpy": _load_numpy}
