@@ -105,3 +105,35 @@ def same_bits(got, want):
         a is b if a is None or b is None else
         a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
         for a, b in zip(got, want))
+
+
+# --- low-precision weights (bfloat16, int8): tests/test_low_precision.py and the files of each
+
+def inference_problem(T, B, I, H, seed=0, bias=True):
+    """float32 weights at torch's scale (1/sqrt(H)), x and c0 of order 1, h0 within 0.5:
+    the arguments of a low-precision pack and inference forward."""
+    rng = np.random.default_rng(seed)
+    s = 1 / np.sqrt(H)
+    u = lambda lim, *shape: rng.uniform(-lim, lim, shape).astype(np.float32)
+    return dict(x=u(1, T, B, I), w_ih=u(s, 4 * H, I), w_hh=u(s, 4 * H, H),
+                b=u(s, 4 * H) if bias else None, h0=u(0.5, B, H), c0=u(1, B, H))
+
+
+def cancelling_problem(B, seed, products, wide_inputs):
+    """Weights over 2^-40..2^12 in magnitude (long exponent gaps: absorption,
+    cancellation) and a bias that cancels ``products(w_ih, w_hh, x1, h1)`` (the exact
+    float64 products of the weight dtype's arithmetic), so that each pre-activation is the
+    accumulation's rounding error itself and the outputs carry its bits. x and h of the
+    same wide range (wide_inputs) or standard normal. Returns w_ih, w_hh, b, x, h0, c0."""
+    rng = np.random.default_rng(seed)
+    I, H = 37, 21
+    e = lambda *s: (rng.standard_normal(s) * 2.0 ** rng.integers(-40, 12, s)).astype(np.float32)
+    w_ih, w_hh = e(4 * H, I), e(4 * H, H)
+    if wide_inputs:
+        x1, h1 = e(I), e(H)
+    else:
+        x1, h1 = rng.standard_normal(I).astype(np.float32), rng.standard_normal(H).astype(np.float32)
+    x, h0 = np.tile(x1, (1, B, 1)), np.tile(h1, (B, 1))
+    c0 = np.zeros((B, H), np.float32)
+    b = (-products(w_ih, w_hh, x1, h1)).astype(np.float32)
+    return w_ih, w_hh, b, x, h0, c0
