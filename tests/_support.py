@@ -137,3 +137,39 @@ def cancelling_problem(B, seed, products, wide_inputs):
     c0 = np.zeros((B, H), np.float32)
     b = (-products(w_ih, w_hh, x1, h1)).astype(np.float32)
     return w_ih, w_hh, b, x, h0, c0
+
+
+# --- gradients by finite differences (float64) ---------------------------------------------
+
+def central_difference(loss, arr, eps=1e-6):
+    """d loss() / d arr by central differences, element by element (arr is changed in
+    place and restored)."""
+    num = np.zeros_like(arr)
+    for idx in np.ndindex(arr.shape):
+        old = arr[idx]
+        arr[idx] = old + eps
+        lp = loss()
+        arr[idx] = old - eps
+        lm = loss()
+        arr[idx] = old
+        num[idx] = (lp - lm) / (2 * eps)
+    return num
+
+
+def assert_functional_gradients(a, kw, dy, dh_n, dc_n, atol=1e-7):
+    """The functional API's gradient of every argument in ``a`` (float64 arrays, by name:
+    x -> dx, w_ih -> dw_ih, ...) against central differences of loss = sum(y dy) +
+    sum(h_n dh_n) + sum(c_n dc_n), y, h_n, c_n = lstm_forward(**a, **kw); rtol 1e-6.
+    Returns lstm_backward's gradients."""
+
+    def loss():
+        y, h_n, c_n, _ = lstm_fast.lstm_forward(**a, **kw)
+        return (y * dy).sum() + (h_n * dh_n).sum() + (c_n * dc_n).sum()
+
+    g = lstm_fast.lstm_backward(lstm_fast.lstm_forward(**a, **kw).cache, dy, dh_n, dc_n)
+    for name, arr in a.items():
+        got = getattr(g, "d" + name)
+        assert got.shape == arr.shape, name
+        np.testing.assert_allclose(got, central_difference(loss, arr), rtol=1e-6, atol=atol,
+                                   err_msg=name)
+    return g

@@ -15,7 +15,8 @@ import lstm_fast
 from lstm_fast import backends
 from lstm_fast.backends import reference as ref
 
-from _support import BACKENDS, BITWISE_BACKENDS, FWD, BWD, assert_matches, same_bits
+from _support import (BACKENDS, BITWISE_BACKENDS, FWD, BWD, assert_functional_gradients,
+                      assert_matches, same_bits)
 from test_variants import CASES, IDS, VARIANTS, _lengths, variant_problem
 
 P_DROP = 0.4
@@ -49,11 +50,6 @@ def reference64(p):
     v = p["variant"]
     q["variant"] = v._replace(peephole=f64(v.peephole))
     return run(ref, q)
-
-
-@pytest.fixture(params=BACKENDS)
-def impl(request):
-    return backends.get(request.param)
 
 
 COMBOS = {"alone": {}, "all": VARIANTS["all"], "everything": VARIANTS["everything"]}
@@ -201,27 +197,7 @@ def test_gradients_match_finite_differences(impl, combo, proj):
     dy, dh_n, dc_n = u(T, B, R), u(B, R), u(B, H)
     dy[2:, 1] = 0
     dy[3:, 2] = 0
-
-    def loss():
-        y, h_n, c_n, _ = lstm_fast.lstm_forward(**a, **kw)
-        return (y * dy).sum() + (h_n * dh_n).sum() + (c_n * dc_n).sum()
-
-    cache = lstm_fast.lstm_forward(**a, **kw).cache
-    g = lstm_fast.lstm_backward(cache, dy, dh_n, dc_n)
-    grads = dict(x=g.dx, w_ih=g.dw_ih, w_hh=g.dw_hh, b_ih=g.db_ih, b_hh=g.db_hh, h0=g.dh0,
-                 c0=g.dc0, w_hr=g.dw_hr, w_ci=g.dw_ci, w_cf=g.dw_cf, w_co=g.dw_co)
-    eps = 1e-6
-    for name, arr in a.items():
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            lp = loss()
-            arr[idx] = old - eps
-            lm = loss()
-            arr[idx] = old
-            num[idx] = (lp - lm) / (2 * eps)
-        np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert_functional_gradients(a, kw, dy, dh_n, dc_n)
 
 
 # --- the layer and the functional API -----------------------------------------------------

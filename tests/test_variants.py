@@ -14,7 +14,8 @@ from lstm_fast import backends
 from lstm_fast.backends import Variant
 from lstm_fast.backends import reference as ref
 
-from _support import BACKENDS, BITWISE_BACKENDS, FWD, BWD, assert_matches, contract_problem, same_bits
+from _support import (BACKENDS, BITWISE_BACKENDS, FWD, BWD, assert_functional_gradients,
+                      assert_matches, contract_problem, same_bits)
 
 # clip 0.5 and cell_clip 0.3 clamp a good share of the values of contract_problem
 # (pre-activations and cell states of order 1), so both sides of each clamp are exercised.
@@ -81,11 +82,6 @@ def reference64(p):
     v = p["variant"]
     q["variant"] = Variant(f64(v.peephole), v.clip, v.cell_clip, v.cifg)
     return run_variant(ref, q)
-
-
-@pytest.fixture(params=BACKENDS)
-def impl(request):
-    return backends.get(request.param)
 
 
 @pytest.mark.parametrize("num_threads", [1, 2])
@@ -202,27 +198,7 @@ def test_gradients_match_finite_differences(impl, variant):
     kw = dict(clip=opts.get("clip"), cell_clip=opts.get("cell_clip"),
               cifg=opts.get("cifg", False), backend=backends.name_of(impl))
     dy, dh_n, dc_n = u(T, B, H), u(B, H), u(B, H)
-
-    def loss():
-        y, h_n, c_n, _ = lstm_fast.lstm_forward(**a, **kw)
-        return (y * dy).sum() + (h_n * dh_n).sum() + (c_n * dc_n).sum()
-
-    cache = lstm_fast.lstm_forward(**a, **kw).cache
-    g = lstm_fast.lstm_backward(cache, dy, dh_n, dc_n)
-    grads = dict(x=g.dx, w_ih=g.dw_ih, w_hh=g.dw_hh, b_ih=g.db_ih, b_hh=g.db_hh, h0=g.dh0,
-                 c0=g.dc0, w_ci=g.dw_ci, w_cf=g.dw_cf, w_co=g.dw_co)
-    eps = 1e-6
-    for name, arr in a.items():
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            lp = loss()
-            arr[idx] = old - eps
-            lm = loss()
-            arr[idx] = old
-            num[idx] = (lp - lm) / (2 * eps)
-        np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-7, err_msg=name)
+    g = assert_functional_gradients(a, kw, dy, dh_n, dc_n)
     if not opts.get("peephole"):
         assert g.dw_ci is None and g.dw_cf is None and g.dw_co is None
     elif opts.get("cifg"):

@@ -14,7 +14,8 @@ import lstm_fast
 from lstm_fast import backends
 from lstm_fast.backends import reference as ref
 
-from _support import BACKENDS, BITWISE_BACKENDS, FWD, BWD, assert_matches, same_bits
+from _support import (BACKENDS, BITWISE_BACKENDS, FWD, BWD, assert_functional_gradients,
+                      assert_matches, same_bits)
 from test_variants import IDS as _IDS, CASES as _CASES, VARIANTS, _lengths, variant_problem
 from test_recurrent_dropout import with_mask
 
@@ -54,11 +55,6 @@ def reference64(p):
          for k, v in p.items() if k != "variant"}
     q["variant"] = p["variant"]._replace(peephole=f64(p["variant"].peephole))
     return run(ref, q)
-
-
-@pytest.fixture(params=BACKENDS)
-def impl(request):
-    return backends.get(request.param)
 
 
 COMBOS = {"alone": ({}, False, False), "eval": ({}, True, False),
@@ -175,26 +171,7 @@ def test_gradients_match_finite_differences(impl, combo):
     dy, dh_n, dc_n = u(T, B, H), u(B, H), u(B, H)
     dy[2:, 1] = 0
     dy[3:, 2] = 0
-
-    def loss():
-        y, h_n, c_n, _ = lstm_fast.lstm_forward(**a, **kw)
-        return (y * dy).sum() + (h_n * dh_n).sum() + (c_n * dc_n).sum()
-
-    g = lstm_fast.lstm_backward(lstm_fast.lstm_forward(**a, **kw).cache, dy, dh_n, dc_n)
-    grads = dict(x=g.dx, w_ih=g.dw_ih, w_hh=g.dw_hh, b_ih=g.db_ih, b_hh=g.db_hh, h0=g.dh0,
-                 c0=g.dc0, w_ci=g.dw_ci, w_cf=g.dw_cf, w_co=g.dw_co)
-    eps = 1e-6
-    for name, arr in a.items():
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            lp = loss()
-            arr[idx] = old - eps
-            lm = loss()
-            arr[idx] = old
-            num[idx] = (lp - lm) / (2 * eps)
-        np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert_functional_gradients(a, kw, dy, dh_n, dc_n)
 
 
 # --- the layer and the functional API -----------------------------------------------------
