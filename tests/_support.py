@@ -173,3 +173,62 @@ def assert_functional_gradients(a, kw, dy, dh_n, dc_n, atol=1e-7):
         np.testing.assert_allclose(got, central_difference(loss, arr), rtol=1e-6, atol=atol,
                                    err_msg=name)
     return g
+
+
+# --- lstm_fast.torch against the NumPy layer (torch imported only when called) ------------
+
+def torch_dtype(dtype):
+    import torch
+    return getattr(torch, np.dtype(dtype).name)
+
+
+def torch_and_layer(kw, backend, dtype, I=3, H=5, layers=2, bidirectional=True, proj_size=0,
+                    seed=0, scale=None):
+    """(lstm_fast.torch.LSTM, lstm_fast.LSTM on the numpy backend) with the same
+    parameters: the module's, drawn after torch.manual_seed(seed) and multiplied by
+    scale(name) where scale is given. kw: the options both take."""
+    import torch
+    from lstm_fast import torch as ltorch
+    torch.manual_seed(seed)
+    m = ltorch.LSTM(I, H, num_layers=layers, bidirectional=bidirectional, proj_size=proj_size,
+                    backend=backend, dtype=torch_dtype(dtype), **kw)
+    if scale is not None:
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.mul_(scale(name))
+    layer = lstm_fast.LSTM(I, H, num_layers=layers, bidirectional=bidirectional,
+                           proj_size=proj_size, backend="numpy", dtype=dtype, **kw)
+    layer.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})
+    return m, layer
+
+
+def torch_inputs(rng, T, B, I, H, P, dtype, states=4):
+    """x (T, B, I) and h0, c0 of ``states`` layer-directions, standard normal: the arrays
+    and leaf tensors of them that require grad, ((x, h0, c0), (xt, h0t, c0t))."""
+    import torch
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((states, B, P or H)).astype(dtype)
+    c0 = rng.standard_normal((states, B, H)).astype(dtype)
+    return (x, h0, c0), tuple(torch.from_numpy(a).requires_grad_(True) for a in (x, h0, c0))
+
+
+def assert_torch_matches_layer(m, layer, tensors, outputs, expected, dtype, rng):
+    """A module's ``outputs`` (y, (h_n, c_n)) on the leaf ``tensors`` (xt, h0t, c0t)
+    against the layer's ``expected`` forward (y, (h_n, c_n)); then torch's gradients of
+    random upstream gradients (from rng) against the layer's backward: x, h0, c0 and every
+    parameter."""
+    import torch
+    xt, h0t, c0t = tensors
+    y, (h_n, c_n) = outputs
+    ey, (eh, ec) = expected
+    for name, a, e in (("y", y, ey), ("h_n", h_n, eh), ("c_n", c_n, ec)):
+        assert a.dtype == torch_dtype(dtype)
+        assert_close(a.detach().numpy(), e, dtype, name)
+    gy, gh, gc = (rng.standard_normal(a.shape).astype(dtype) for a in (ey, eh, ec))
+    torch.autograd.backward((y, h_n, c_n), tuple(map(torch.from_numpy, (gy, gh, gc))))
+    dx, (dh0, dc0) = layer.backward(gy, (gh, gc))
+    assert_close(xt.grad.numpy(), dx, dtype, "dx")
+    assert_close(h0t.grad.numpy(), dh0, dtype, "dh0")
+    assert_close(c0t.grad.numpy(), dc0, dtype, "dc0")
+    for name, p in m.named_parameters():
+        assert_close(p.grad.numpy(), layer.grads[name], dtype, name)
