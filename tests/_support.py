@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 import lstm_fast
+from lstm_fast import backends
 from lstm_fast.backends import reference as ref
 
 # Every backend that is registered and available here joins the shared test
@@ -80,12 +81,88 @@ def run_contract(impl, p, num_threads=1):
     return tuple(fwd), tuple(bwd)
 
 
+def run_variant(impl, p, num_threads=1):
+    """(forward outputs, backward outputs + (dpeephole,)) of a backend for a variant_problem
+    (tests/test_variants.py), with its recurrent dropout and zoneout masks where it has them
+    (p["rdrop"], p["zoneout"])."""
+    masks = dict(rdrop=p.get("rdrop"), zoneout=p.get("zoneout"))
+    packed = impl.pack(*p["w"], variant=p["variant"])
+    fwd = impl.forward(packed, p["x"], p["h0"], p["c0"], num_threads, p["batch_sizes"], **masks)
+    y, _, _, gates, c = fwd
+    H = packed.hidden_size
+    dpeep = None if p["variant"].peephole is None else np.full((3, H), np.nan, packed.dtype)
+    bwd = impl.backward(packed, p["x"], p["h0"], p["c0"], y, gates, c, p["dy"], p["dh_n"],
+                        p["dc_n"], num_threads, p["batch_sizes"], dpeephole=dpeep, **masks)
+    return tuple(fwd), tuple(bwd) + (dpeep,)
+
+
 def reference64(p):
-    """The NumPy reference's forward and backward in float64 on the same values."""
+    """The NumPy reference's forward and backward in float64 on the same values: of a
+    contract_problem (run_contract), or of a variant_problem (run_variant)."""
     f64 = lambda a: None if a is None else np.asarray(a, np.float64)
     q = {k: (tuple(map(f64, v)) if k == "w" else v if k == "batch_sizes" else f64(v))
-         for k, v in p.items()}
-    return run_contract(ref, q)
+         for k, v in p.items() if k != "variant"}
+    if "variant" not in p:
+        return run_contract(ref, q)
+    q["variant"] = p["variant"]._replace(peephole=f64(p["variant"].peephole))
+    return run_variant(ref, q)
+
+
+SIMD_ORDER = ("portable", "avx2", "avx512")
+
+
+def simd_levels(ck):
+    """The C kernel's SIMD levels this CPU can run, narrowest first."""
+    return SIMD_ORDER[:SIMD_ORDER.index(ck.cpu_simd_level()) + 1]
+
+
+def assert_same_bits_for_any_threads(run, impl, p):
+    """run(impl, p, n) (forward and backward outputs) gives the same bits for 1, 2 and 3
+    threads."""
+    want = run(impl, p, 1)
+    for n in (2, 3):
+        got = run(impl, p, n)
+        assert same_bits(got[0], want[0]) and same_bits(got[1], want[1]), n
+
+
+def assert_every_simd_level_matches_reference(p, dtype, threads=(1, 2)):
+    """The C backend's run_variant of p at every SIMD level this CPU has and each thread
+    count against the float64 reference."""
+    ck = backends.get("c")
+    want_fwd, want_bwd = reference64(p)
+    before = ck.simd_level()
+    try:
+        for level in simd_levels(ck):
+            ck.set_simd_level(level)
+            for n in threads:
+                fwd, bwd = run_variant(ck, p, n)
+                assert_matches(fwd, want_fwd, FWD, dtype)
+                assert_matches(bwd, want_bwd, BWD + ("dpeephole",), dtype)
+    finally:
+        ck.set_simd_level(before)
+
+
+def assert_layer_agrees_on_every_backend(make_layer, dtype, width, **call):
+    """make_layer(backend) (input size 3, outputs ``width`` wide) on every backend, called
+    on the same (6, 5, 3) input with lengths (and ``call``), then backward: outputs,
+    states and every gradient as on the numpy backend."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 5, 3)).astype(dtype)
+    dout = rng.standard_normal((6, 5, width)).astype(dtype)
+    lengths = [6, 2, 5, 1, 6]
+    results = {}
+    for name in BACKENDS:
+        layer = make_layer(name)
+        out, (h, c) = layer(x, lengths=lengths, **call)
+        dx, (dh0, dc0) = layer.backward(dout)
+        results[name] = (out, h, c, dx, dh0, dc0, layer.grads)
+    want = results["numpy"]
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+    for name, got in results.items():
+        for a, b in zip(got[:6], want[:6]):
+            np.testing.assert_allclose(a, b, **tol, err_msg=name)
+        for k in want[6]:
+            np.testing.assert_allclose(got[6][k], want[6][k], **tol, err_msg=f"{name} {k}")
 
 
 def assert_matches(got, want, names, dtype):

@@ -22,12 +22,11 @@ import pytest
 import lstm_fast
 from lstm_fast.backends import reference as ref
 
-from _support import cancelling_problem, same_bits
+from _support import cancelling_problem, same_bits, simd_levels
 
 ck = pytest.importorskip("lstm_fast.backends._c")
 
-_ORDER = ("portable", "avx2", "avx512")
-LEVELS = _ORDER[:_ORDER.index(ck.cpu_simd_level()) + 1]
+LEVELS = simd_levels(ck)
 
 
 def _native_available():

@@ -24,12 +24,11 @@ import pytest
 
 from lstm_fast.backends import reference as ref
 
-from _support import cancelling_problem, inference_problem as problem, same_bits
+from _support import cancelling_problem, inference_problem as problem, same_bits, simd_levels
 
 ck = pytest.importorskip("lstm_fast.backends._c")
 
-_ORDER = ("portable", "avx2", "avx512")
-LEVELS = _ORDER[:_ORDER.index(ck.cpu_simd_level()) + 1]
+LEVELS = simd_levels(ck)
 
 STEP_ATOL = 2.0 ** -20     # |y| <= 1: 8 ulp of the largest |y|
 STEP_RTOL = 2.0 ** -20     # c: 8 ulp of max(1, |c|)
