@@ -126,10 +126,8 @@ def _user(who, shape, kw):
 
 
 def _bench(benchmark, runner, want, group, extra):
-    harness.run_benchmark(benchmark, runner, THREADS,
-                          lambda got: harness.check(got, want, DTYPE, runner.name),
-                          group=group, extra=extra,
-                          rounds=5 if extra["shape"] == "large256" else None)
+    harness.run_checked(benchmark, runner, want, DTYPE, THREADS, group, extra,
+                        rounds=5 if extra["shape"] == "large256" else None)
 
 
 @pytest.mark.parametrize("case", ["forward", "train"])
