@@ -351,11 +351,7 @@ KERNEL void FN(i8_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     const unsigned char *base = (const unsigned char *)hdr;
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
-    if (ctx->c_n != ctx->c0) {   /* the running c starts as c0 (this thread's units) */
-        int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H;
-        for (int64_t r = 0; r < B && u0 < u1; r++)
-            memcpy(ctx->c_n + r * H + u0, ctx->c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(float));
-    }
+    FN(c_start)(ctx->c_n, ctx->c0, B, H, j0, j1);
     FN(fwd_cell_args) ca = {0};
     ca.H = H;
     ca.pre = (const float *)(base + hdr->off_b);   /* the bias alone */
@@ -376,17 +372,8 @@ KERNEL void FN(i8_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
                         wide ? &spw : &sp);
         lstm_barrier_wait(bar, num_threads);
     }
-    if (tid == 0) {   /* h_n: each sequence's last y (c_n is the running state) */
-        int64_t n0 = T ? offs[1] : 0;
-        if (ctx->h_n != ctx->h0)
-            memcpy(ctx->h_n + n0 * H, ctx->h0 + n0 * H, (size_t)((B - n0) * H) * sizeof(float));
-        for (int64_t t = 0; t < T; t++) {
-            int64_t n = offs[t + 1] - offs[t];
-            int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
-            memcpy(ctx->h_n + nn * H, ctx->y + (offs[t] + nn) * H,
-                   (size_t)((n - nn) * H) * sizeof(float));
-        }
-    }
+    if (tid == 0)   /* h_n: each sequence's last y (c_n is the running state) */
+        FN(last_rows)(ctx->h_n, ctx->h0, ctx->y, T, B, H, offs);
 }
 
 static size_t FN(i8_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int num_threads)
