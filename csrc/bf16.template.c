@@ -2,6 +2,13 @@
  * inputs, outputs and state. Included by lstm.template.c for TYPE float only, after
  * pack.template.c; uses the step plan (step_plan_for) and the cell (fwd_cell) of the
  * float32 kernel unchanged.
+ * The job's start and end (c_start, last_rows) are the float32 kernel's. The step's walk
+ * of the tiles (row tiles, K in chunks, alternate sweep) is written out here as in
+ * fwd_step and i8_step: the loops are alike but what runs inside them is not (here three
+ * tile paths, emulated, vdpbf16ps and the widened copy, on rounded pairs; the prefetch of
+ * the next chunk in fwd_step; x's and h's sums apart in i8_step), and a shared walk would
+ * put a callback (an indirect call or a macro body) in the innermost loop of the B = 1
+ * streaming step, the case these weights are for; not attempted, so not measured.
  *
  * Arithmetic, exactly (every SIMD level gives the same pre-activation bits):
  *   - weights: w_ih and w_hh rounded to bfloat16 once, at pack time, by

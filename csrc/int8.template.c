@@ -3,6 +3,13 @@
  * registers. Included by lstm.template.c for TYPE float only, after bf16.template.c;
  * uses the step plan (step_plan_for), the float32 tile (fwd_tile_any) and the cell
  * (fwd_cell) of the float32 kernel unchanged.
+ * The job's start and end (c_start, last_rows) are the float32 kernel's. The step's walk
+ * of the tiles (row tiles, K in chunks, alternate sweep) is written out here as in
+ * fwd_step and bf_step: the loops are alike but what runs inside them is not (here x's and
+ * h's sums apart, each scaled, over two segments; the prefetch of the next chunk in
+ * fwd_step; three tile paths on rounded pairs in bf_step), and a shared walk would put a
+ * callback (an indirect call or a macro body) in the innermost loop of the B = 1 streaming
+ * step, the case these weights are for; not attempted, so not measured.
  *
  * Arithmetic, exactly (every SIMD level gives the same pre-activation bits):
  *   - weights, at pack time, per output row n of the 4H gate rows and separately for
