@@ -125,19 +125,26 @@ def assert_same_bits_for_any_threads(run, impl, p):
         assert same_bits(got[0], want[0]) and same_bits(got[1], want[1]), n
 
 
+def assert_variant_matches_reference(impl, p, dtype, num_threads=1, want=None):
+    """run_variant of a backend against the float64 reference (``want``: reference64(p),
+    computed when not given)."""
+    want_fwd, want_bwd = want or reference64(p)
+    fwd, bwd = run_variant(impl, p, num_threads)
+    assert_matches(fwd, want_fwd, FWD, dtype)
+    assert_matches(bwd, want_bwd, BWD + ("dpeephole",), dtype)
+
+
 def assert_every_simd_level_matches_reference(p, dtype, threads=(1, 2)):
     """The C backend's run_variant of p at every SIMD level this CPU has and each thread
     count against the float64 reference."""
     ck = backends.get("c")
-    want_fwd, want_bwd = reference64(p)
+    want = reference64(p)
     before = ck.simd_level()
     try:
         for level in simd_levels(ck):
             ck.set_simd_level(level)
             for n in threads:
-                fwd, bwd = run_variant(ck, p, n)
-                assert_matches(fwd, want_fwd, FWD, dtype)
-                assert_matches(bwd, want_bwd, BWD + ("dpeephole",), dtype)
+                assert_variant_matches_reference(ck, p, dtype, n, want)
     finally:
         ck.set_simd_level(before)
 
@@ -309,3 +316,18 @@ def assert_torch_matches_layer(m, layer, tensors, outputs, expected, dtype, rng)
     assert_close(c0t.grad.numpy(), dc0, dtype, "dc0")
     for name, p in m.named_parameters():
         assert_close(p.grad.numpy(), layer.grads[name], dtype, name)
+
+
+def torch_nn_pair(backend, dtype, num_layers, bidirectional, batch_first, bias=True, I=3, H=5,
+                  seed=0, proj_size=0):
+    """(torch.nn.LSTM drawn after torch.manual_seed(seed), lstm_fast.LSTM on ``backend``
+    with its weights)."""
+    import torch
+    torch.manual_seed(seed)
+    ref = torch.nn.LSTM(I, H, num_layers=num_layers, bias=bias, bidirectional=bidirectional,
+                        batch_first=batch_first, proj_size=proj_size).to(torch_dtype(dtype))
+    ours = lstm_fast.LSTM(I, H, num_layers=num_layers, bias=bias, bidirectional=bidirectional,
+                          batch_first=batch_first, proj_size=proj_size, dtype=dtype,
+                          backend=backend)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours

@@ -15,10 +15,10 @@ import lstm_fast
 from lstm_fast import backends
 from lstm_fast.backends import reference as ref
 
-from _support import (BACKENDS, BITWISE_BACKENDS, BWD, FWD,
-                      assert_every_simd_level_matches_reference, assert_functional_gradients,
-                      assert_layer_agrees_on_every_backend, assert_matches,
-                      assert_same_bits_for_any_threads, reference64, run_variant, same_bits)
+from _support import (BACKENDS, BITWISE_BACKENDS, assert_every_simd_level_matches_reference,
+                      assert_functional_gradients, assert_layer_agrees_on_every_backend,
+                      assert_same_bits_for_any_threads, assert_variant_matches_reference,
+                      reference64, run_variant, same_bits)
 from test_variants import CASES, IDS, VARIANTS, _lengths, variant_problem
 
 P_DROP = 0.4
@@ -43,10 +43,7 @@ def test_matches_reference(impl, dtype, combo, shape, P, ragged, num_threads):
     T, B, I, H = shape
     p = with_mask(variant_problem(T, B, I, H, P, _lengths(T, B) if ragged else None, dtype,
                                   hash(shape) % 1000, COMBOS[combo]), 1)
-    fwd, bwd = run_variant(impl, p, num_threads)
-    want_fwd, want_bwd = reference64(p)
-    assert_matches(fwd, want_fwd, FWD, dtype)
-    assert_matches(bwd, want_bwd, BWD + ("dpeephole",), dtype)
+    assert_variant_matches_reference(impl, p, dtype, num_threads)
 
 
 def test_the_mask_changes_every_output():

@@ -14,10 +14,10 @@ import lstm_fast
 from lstm_fast import backends
 from lstm_fast.backends import reference as ref
 
-from _support import (BACKENDS, BITWISE_BACKENDS, BWD, FWD,
-                      assert_every_simd_level_matches_reference, assert_functional_gradients,
-                      assert_layer_agrees_on_every_backend, assert_matches,
-                      assert_same_bits_for_any_threads, reference64, run_variant, same_bits)
+from _support import (BACKENDS, BITWISE_BACKENDS, assert_every_simd_level_matches_reference,
+                      assert_functional_gradients, assert_layer_agrees_on_every_backend,
+                      assert_same_bits_for_any_threads, assert_variant_matches_reference,
+                      run_variant, same_bits)
 from test_variants import IDS as _IDS, CASES as _CASES, VARIANTS, _lengths, variant_problem
 from test_recurrent_dropout import with_mask
 
@@ -51,10 +51,7 @@ def test_matches_reference(impl, dtype, combo, shape, P, ragged, num_threads):
     opts, eval_mode, rdrop = COMBOS[combo]
     p = with_zoneout(variant_problem(T, B, I, H, P, _lengths(T, B) if ragged else None, dtype,
                                      hash(shape) % 1000, opts), 1, eval_mode, rdrop)
-    fwd, bwd = run_variant(impl, p, num_threads)
-    want_fwd, want_bwd = reference64(p)
-    assert_matches(fwd, want_fwd, FWD, dtype)
-    assert_matches(bwd, want_bwd, BWD + ("dpeephole",), dtype)
+    assert_variant_matches_reference(impl, p, dtype, num_threads)
 
 
 def test_reference_is_haste():
