@@ -2,13 +2,14 @@
  * inputs, outputs and state. Included by lstm.template.c for TYPE float only, after
  * pack.template.c; uses the step plan (step_plan_for) and the cell (fwd_cell) of the
  * float32 kernel unchanged.
- * The job's start and end (c_start, last_rows) are the float32 kernel's. The step's walk
- * of the tiles (row tiles, K in chunks, alternate sweep) is written out here as in
- * fwd_step and i8_step: the loops are alike but what runs inside them is not (here three
- * tile paths, emulated, vdpbf16ps and the widened copy, on rounded pairs; the prefetch of
- * the next chunk in fwd_step; x's and h's sums apart in i8_step), and a shared walk would
- * put a callback (an indirect call or a macro body) in the innermost loop of the B = 1
- * streaming step, the case these weights are for; not attempted, so not measured.
+ * The job's start and end (c_start, bias_cell_args, last_rows) are the float32 kernel's;
+ * the step's walk of the tiles (row tiles, K in chunks, alternate sweep) is written out
+ * here as in fwd_step and i8_step: the loops are alike but what runs inside them is not
+ * (here three tile paths, emulated, vdpbf16ps and the widened copy, on rounded pairs; the
+ * prefetch of the next chunk in fwd_step; x's and h's sums apart in i8_step), and a shared
+ * walk would put a callback (an indirect call or a macro body) in the innermost loop of
+ * the B = 1 streaming step, the case these weights are for; not attempted, so not
+ * measured.
  *
  * Arithmetic, exactly (every SIMD level gives the same pre-activation bits):
  *   - weights: w_ih and w_hh rounded to bfloat16 once, at pack time, by
@@ -412,11 +413,7 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
     FN(c_start)(ctx->c_n, ctx->c0, B, H, j0, j1);
-    FN(fwd_cell_args) ca = {0};
-    ca.H = H;
-    ca.pre = (const float *)(base + hdr->off_b);   /* the bias alone */
-    ca.pre_ld = 0;
-    ca.cprev = ca.c = ctx->c_n;
+    FN(fwd_cell_args) ca = FN(bias_cell_args)(H, (const float *)(base + hdr->off_b), ctx->c_n);
     const uint32_t *w = (const uint32_t *)(base + hdr->off_w);
     const float *wide = (const float *)(base + hdr->off_wide);
     void *src = ctx->rows + tid * ctx->rows_bytes;

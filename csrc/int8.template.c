@@ -3,13 +3,13 @@
  * registers. Included by lstm.template.c for TYPE float only, after bf16.template.c;
  * uses the step plan (step_plan_for), the float32 tile (fwd_tile_any) and the cell
  * (fwd_cell) of the float32 kernel unchanged.
- * The job's start and end (c_start, last_rows) are the float32 kernel's. The step's walk
- * of the tiles (row tiles, K in chunks, alternate sweep) is written out here as in
- * fwd_step and bf_step: the loops are alike but what runs inside them is not (here x's and
- * h's sums apart, each scaled, over two segments; the prefetch of the next chunk in
- * fwd_step; three tile paths on rounded pairs in bf_step), and a shared walk would put a
- * callback (an indirect call or a macro body) in the innermost loop of the B = 1 streaming
- * step, the case these weights are for; not attempted, so not measured.
+ * The job's start and end (c_start, bias_cell_args, last_rows) are the float32 kernel's;
+ * the step's walk of the tiles (row tiles, K in chunks, alternate sweep) is written out
+ * here as in fwd_step and bf_step: the loops are alike but what runs inside them is not
+ * (here x's and h's sums apart, each scaled, over two segments; the prefetch of the next
+ * chunk in fwd_step; three tile paths on rounded pairs in bf_step), and a shared walk
+ * would put a callback (an indirect call or a macro body) in the innermost loop of the B =
+ * 1 streaming step, the case these weights are for; not attempted, so not measured.
  *
  * Arithmetic, exactly (every SIMD level gives the same pre-activation bits):
  *   - weights, at pack time, per output row n of the 4H gate rows and separately for
@@ -359,11 +359,7 @@ KERNEL void FN(i8_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
     FN(c_start)(ctx->c_n, ctx->c0, B, H, j0, j1);
-    FN(fwd_cell_args) ca = {0};
-    ca.H = H;
-    ca.pre = (const float *)(base + hdr->off_b);   /* the bias alone */
-    ca.pre_ld = 0;
-    ca.cprev = ca.c = ctx->c_n;
+    FN(fwd_cell_args) ca = FN(bias_cell_args)(H, (const float *)(base + hdr->off_b), ctx->c_n);
     const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * K * 4 * V, 4 * V);
     const FN(step_plan) spw = FN(step_plan_for)((j1 - j0) * K * 4 * V * 4, 4 * V * 4);
     for (int64_t t = 0; t < T; t++) {

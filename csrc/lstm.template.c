@@ -305,6 +305,18 @@ static void FN(c_start)(TYPE *c_n, const TYPE *c0, int64_t B, int64_t H, int64_t
         memcpy(c_n + r * H + u0, c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(TYPE));
 }
 
+/* The cell's arguments where the pre-activation is a tile's sums plus the bias alone and
+ * c runs in place (the bfloat16 and int8 forwards; h is set per step). */
+static FN(fwd_cell_args) FN(bias_cell_args)(int64_t H, const TYPE *bias, TYPE *c)
+{
+    FN(fwd_cell_args) ca = {0};
+    ca.H = H;
+    ca.pre = bias;
+    ca.pre_ld = 0;
+    ca.cprev = ca.c = c;
+    return ca;
+}
+
 /* Each sequence's last state into ``last`` (B rows of W): sequence r's last step is the
  * last t with batch_sizes[t] > r (offs: the steps' first rows), its row of ``ys`` (the
  * outputs y, or the saved c); a sequence of no step keeps ``init``. */
