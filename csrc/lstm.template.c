@@ -306,8 +306,9 @@ static void FN(c_start)(TYPE *c_n, const TYPE *c0, int64_t B, int64_t H, int64_t
 }
 
 /* The cell's arguments where the pre-activation is a tile's sums plus the bias alone and
- * c runs in place (the bfloat16 and int8 forwards; h is set per step). */
-static FN(fwd_cell_args) FN(bias_cell_args)(int64_t H, const TYPE *bias, TYPE *c)
+ * c runs in place (the bfloat16 and int8 forwards, float only: inline, so that the
+ * double instantiation does not warn; h is set per step). */
+static inline FN(fwd_cell_args) FN(bias_cell_args)(int64_t H, const TYPE *bias, TYPE *c)
 {
     FN(fwd_cell_args) ca = {0};
     ca.H = H;
