@@ -2,14 +2,17 @@
  * inputs, outputs and state. Included by lstm.template.c for TYPE float only, after
  * pack.template.c; uses the step plan (step_plan_for) and the cell (fwd_cell) of the
  * float32 kernel unchanged.
- * The job's start and end (c_start, bias_cell_args, last_rows) are the float32 kernel's;
- * the step's walk of the tiles (row tiles, K in chunks, alternate sweep) is written out
- * here as in fwd_step and i8_step: the loops are alike but what runs inside them is not
- * (here three tile paths, emulated, vdpbf16ps and the widened copy, on rounded pairs; the
- * prefetch of the next chunk in fwd_step; x's and h's sums apart in i8_step), and a shared
- * walk would put a callback (an indirect call or a macro body) in the innermost loop of
- * the B = 1 streaming step, the case these weights are for; not attempted, so not
- * measured.
+ * The job's loop and its step's walk of the tiles (row tiles, K in chunks, alternate
+ * sweep) are written out here as in fwd_job/fwd_step and i8_step: the loops are alike but
+ * what runs inside them is not (here three tile paths, emulated, vdpbf16ps and the widened
+ * copy, on rounded pairs; the prefetch of the next chunk in fwd_step; x's and h's sums
+ * apart in i8_step); a shared walk would put a callback (an indirect call or a macro body)
+ * in the innermost loop of the B = 1 streaming step, the case these weights are for.
+ * Sharing only the job's start and end (c0 into c_n, h_n from y, the cell's arguments)
+ * with the float32 kernel was tried: benchmarks/bench_int8.py, 1 thread, Intel Xeon family
+ * 6 model 167, medians of 2-3 alternated runs, the (32, 64, 256, 256) forward 15.7-16.2 ms
+ * before and 16.6-18.1 after for bfloat16, 14.8-15.7 and 15.9-16.9 for int8 (B = 1 stream
+ * unchanged); within the runs' noise but all after-runs slower, so it was left as it was.
  *
  * Arithmetic, exactly (every SIMD level gives the same pre-activation bits):
  *   - weights: w_ih and w_hh rounded to bfloat16 once, at pack time, by
@@ -412,8 +415,16 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 #endif
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
-    FN(c_start)(ctx->c_n, ctx->c0, B, H, j0, j1);
-    FN(fwd_cell_args) ca = FN(bias_cell_args)(H, (const float *)(base + hdr->off_b), ctx->c_n);
+    if (ctx->c_n != ctx->c0) {   /* the running c starts as c0 (this thread's units) */
+        int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H;
+        for (int64_t r = 0; r < B && u0 < u1; r++)
+            memcpy(ctx->c_n + r * H + u0, ctx->c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(float));
+    }
+    FN(fwd_cell_args) ca = {0};
+    ca.H = H;
+    ca.pre = (const float *)(base + hdr->off_b);   /* the bias alone */
+    ca.pre_ld = 0;
+    ca.cprev = ca.c = ctx->c_n;
     const uint32_t *w = (const uint32_t *)(base + hdr->off_w);
     const float *wide = (const float *)(base + hdr->off_wide);
     void *src = ctx->rows + tid * ctx->rows_bytes;
@@ -436,8 +447,17 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         }
         lstm_barrier_wait(bar, num_threads);
     }
-    if (tid == 0)   /* h_n: each sequence's last y (c_n is the running state) */
-        FN(last_rows)(ctx->h_n, ctx->h0, ctx->y, T, B, H, offs);
+    if (tid == 0) {   /* h_n: each sequence's last y (c_n is the running state) */
+        int64_t n0 = T ? offs[1] : 0;
+        if (ctx->h_n != ctx->h0)
+            memcpy(ctx->h_n + n0 * H, ctx->h0 + n0 * H, (size_t)((B - n0) * H) * sizeof(float));
+        for (int64_t t = 0; t < T; t++) {
+            int64_t n = offs[t + 1] - offs[t];
+            int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+            memcpy(ctx->h_n + nn * H, ctx->y + (offs[t] + nn) * H,
+                   (size_t)((n - nn) * H) * sizeof(float));
+        }
+    }
 #if HAVE_X86
     _mm_setcsr(csr);
 #endif

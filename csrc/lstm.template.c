@@ -294,46 +294,6 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
  * streamed step gives the same bits as a whole-sequence call. */
 static int FN(fwd_fuse_x)(int64_t B, int64_t I) { return I <= 16 || B >= 16; }
 
-/* The running c starts as c0: this thread's units (blocks j0..j1) of every row (the
- * forwards that keep c in c_n: nothing saved, and the bfloat16 and int8 ones). */
-static void FN(c_start)(TYPE *c_n, const TYPE *c0, int64_t B, int64_t H, int64_t j0, int64_t j1)
-{
-    int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H;
-    if (c_n == c0)
-        return;
-    for (int64_t r = 0; r < B && u0 < u1; r++)
-        memcpy(c_n + r * H + u0, c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(TYPE));
-}
-
-/* The cell's arguments where the pre-activation is a tile's sums plus the bias alone and
- * c runs in place (the bfloat16 and int8 forwards, float only: inline, so that the
- * double instantiation does not warn; h is set per step). */
-static inline FN(fwd_cell_args) FN(bias_cell_args)(int64_t H, const TYPE *bias, TYPE *c)
-{
-    FN(fwd_cell_args) ca = {0};
-    ca.H = H;
-    ca.pre = bias;
-    ca.pre_ld = 0;
-    ca.cprev = ca.c = c;
-    return ca;
-}
-
-/* Each sequence's last state into ``last`` (B rows of W): sequence r's last step is the
- * last t with batch_sizes[t] > r (offs: the steps' first rows), its row of ``ys`` (the
- * outputs y, or the saved c); a sequence of no step keeps ``init``. */
-static void FN(last_rows)(TYPE *last, const TYPE *init, const TYPE *ys, int64_t T, int64_t B,
-                          int64_t W, const int64_t *offs)
-{
-    int64_t n0 = T ? offs[1] : 0;
-    if (last != init)
-        memcpy(last + n0 * W, init + n0 * W, (size_t)((B - n0) * W) * sizeof(TYPE));
-    for (int64_t t = 0; t < T; t++) {
-        int64_t n = offs[t + 1] - offs[t];
-        int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
-        memcpy(last + nn * W, ys + (offs[t] + nn) * W, (size_t)((n - nn) * W) * sizeof(TYPE));
-    }
-}
-
 KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 {
     const FN(fwd_ctx) *ctx = (const FN(fwd_ctx) *)arg;
@@ -346,8 +306,11 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     TYPE *pre = save ? ctx->gates : ctx->xw;   /* hoisted pre-activations, [N,4H] */
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
-    if (!save)
-        FN(c_start)(ctx->c_n, ctx->c0, B, H, j0, j1);
+    if (!save && ctx->c_n != ctx->c0) {   /* the running c starts as c0 (this thread's units) */
+        int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H;
+        for (int64_t r = 0; r < B && u0 < u1; r++)
+            memcpy(ctx->c_n + r * H + u0, ctx->c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(TYPE));
+    }
     int64_t XF = FN(fwd_fuse_x)(B, I) ? I : 0;
     if (!XF) {
         FN(gemm_args) g = {0};
@@ -418,11 +381,23 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             lstm_barrier_wait(bar, num_threads);
         }
     }
-    if (tid == 0) {   /* h_n, and c_n from the saved c (with nothing saved, c_n already
-                       * holds every sequence's last c) */
-        FN(last_rows)(ctx->h_n, ctx->h0, ctx->y, T, B, R, offs);
-        if (save)
-            FN(last_rows)(ctx->c_n, ctx->c0, ctx->c, T, B, H, offs);
+    if (tid == 0) {
+        /* sequence r's last step is the last t with batch_sizes[t] > r; with
+         * nothing saved, c_n already holds every sequence's last c */
+        int64_t n0 = T ? offs[1] : 0;
+        if (ctx->h_n != ctx->h0)
+            memcpy(ctx->h_n + n0 * R, ctx->h0 + n0 * R, (size_t)((B - n0) * R) * sizeof(TYPE));
+        if (save && ctx->c_n != ctx->c0)
+            memcpy(ctx->c_n + n0 * H, ctx->c0 + n0 * H, (size_t)((B - n0) * H) * sizeof(TYPE));
+        for (int64_t t = 0; t < T; t++) {
+            int64_t n = offs[t + 1] - offs[t];
+            int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+            memcpy(ctx->h_n + nn * R, ctx->y + (offs[t] + nn) * R,
+                   (size_t)((n - nn) * R) * sizeof(TYPE));
+            if (save)
+                memcpy(ctx->c_n + nn * H, ctx->c + (offs[t] + nn) * H,
+                       (size_t)((n - nn) * H) * sizeof(TYPE));
+        }
     }
 }
 
