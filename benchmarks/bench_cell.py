@@ -83,8 +83,8 @@ def test_cell(benchmark, case, cell_shape, competitor):
     B, I, H = SHAPES[shape]
     want = _expected(case, shape)
     runner = make_runner(competitor, case, _problem(shape))
-    harness.run_benchmark(
-        benchmark, runner, THREADS, lambda got: harness.check(got, want, DTYPE, competitor),
+    harness.run_checked(
+        benchmark, runner, want, DTYPE, THREADS,
         group=f"{case} {DTYPE} B,I,H={B},{I},{H} threads={THREADS}",
         extra=dict(case=case, shape=shape, B=B, I=I, H=H, dtype=DTYPE, threads=THREADS,
                    competitor=competitor, group="cell"))
@@ -134,8 +134,8 @@ def test_compiled_model(benchmark, competitor):
     T, B, I, H = MODEL
     want = make_model_runner("torch", _model_problem()).outputs()
     runner = make_model_runner(competitor, _model_problem())
-    harness.run_benchmark(
-        benchmark, runner, THREADS, lambda got: harness.check(got, want, DTYPE, competitor),
+    harness.run_checked(
+        benchmark, runner, want, DTYPE, THREADS,
         group=f"compiled_forward {DTYPE} T,B,I,H={T},{B},{I},{H}x2 threads={THREADS}",
         extra=dict(case="compiled_forward", T=T, B=B, I=I, H=H, layers=2, dtype=DTYPE,
                    threads=THREADS, competitor=competitor, group="cell"))

@@ -10,7 +10,8 @@ quantization of x and h; deprecated for removal, and ``quantize_dynamic`` no lon
 converts an ``nn.LSTM`` in torch 2.13: built from the float module with ``from_float``)
 where torch has it. Each benchmark first checks its outputs against the float32 layer's
 (within the low precision's accuracy). Under ``--benchmark-disable`` (the test suite) one
-untimed call on small shapes.
+untimed call on small shapes. Shapes, runner and body: benchmarks/low_precision.py
+(shared with bench_bf16.py).
 
     flock -x /tmp/lstm_cpu.lock python -m pytest benchmarks/bench_int8.py --benchmark-enable \
         --benchmark-columns=median,iqr,rounds --benchmark-group-by=group
@@ -21,19 +22,9 @@ import warnings
 import numpy as np
 import pytest
 
-import lstm_fast
-
-from . import harness
-from .conftest import benchmark_disabled
+from . import harness, low_precision
 
 ck = pytest.importorskip("lstm_fast.backends._c")
-
-# name: (case, T, B, I, H); stream: T steps of Stream.step per timed call
-CASES = {"stream512": ("stream", 32, 1, 512, 512), "stream1024": ("stream", 32, 1, 1024, 1024),
-         "large256": ("forward", 32, 64, 256, 256)}
-SMOKE = {"stream512": ("stream", 3, 1, 16, 16), "stream1024": ("stream", 3, 1, 9, 33),
-         "large256": ("forward", 3, 8, 16, 20)}
-ROUNDS = {"forward": 7, "stream": None}
 
 
 def _torch_dynamic():
@@ -81,40 +72,14 @@ def _torch_runner(case, p, weights):
 
 
 def _runner(case, T, B, I, H, weights):
-    p = harness.make_problem(T, B, I, H, "float32")
     if weights == "torch-dynamic-int8":
-        return _torch_runner(case, p, weights)
-    layer = lstm_fast.LSTM(I, H, backend="c").eval()
-    layer.load_state_dict(p["state_dict"])
-    if weights != "float32":
-        layer = lstm_fast.quantize(layer, weights)
-    x, hx = p["x"], (p["h0"][None], p["c0"][None])
-    if case == "forward":
-        return harness.Runner(weights, lambda: layer(x, hx), lambda r: r[0])
-    stream = lstm_fast.Stream(layer, B, hx)
-    steps = list(x)
-
-    def fn():
-        stream.reset(hx)
-        return [stream.step(xt) for xt in steps]
-    return harness.Runner(weights, fn, np.stack)
+        return _torch_runner(case, harness.make_problem(T, B, I, H, "float32"), weights)
+    return low_precision.layer_runner(case, T, B, I, H, weights)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("weights", WEIGHTS)
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(low_precision.CASES))
 def test_int8(benchmark, request, name, weights, threads):
-    case, T, B, I, H = (SMOKE if benchmark_disabled(request.config) else CASES)[name]
-    want = _runner(case, T, B, I, H, "float32").outputs()
-
-    def check(got):
-        err = np.abs(got - want).max()
-        assert err < (1e-5 if weights == "float32" else 3e-2), (weights, err)
-
-    harness.run_benchmark(
-        benchmark, _runner(case, T, B, I, H, weights), threads, check,
-        group=f"int8 {case} T,B,I,H={T},{B},{I},{H} threads={threads}",
-        extra=dict(case=case, shape=name, T=T, B=B, I=I, H=H, threads=threads, weights=weights,
-                   int8_path=ck.int8_path()),
-        rounds=ROUNDS[case])
-    harness.reset_threads()
+    low_precision.run(benchmark, request, name, weights, threads, "int8", 3e-2,
+                      lambda B, I, H: dict(int8_path=ck.int8_path()), runner=_runner)

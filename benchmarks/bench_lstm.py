@@ -22,8 +22,8 @@ def run(benchmark, case, shape, dtype, threads, competitor):
     T, B, I, H = SHAPES[shape]
     want = expected(case, shape, dtype)
     runner = harness.make_runner(competitor, case, problem(shape, dtype), threads)
-    harness.run_benchmark(
-        benchmark, runner, threads, lambda got: harness.check(got, want, dtype, competitor),
+    harness.run_checked(
+        benchmark, runner, want, dtype, threads,
         group=f"{case} {dtype} T,B,I,H={T},{B},{I},{H} threads={threads}",
         extra=dict(case=case, shape=shape, T=T, B=B, I=I, H=H, dtype=dtype, threads=threads,
                    competitor=competitor, flops=flops(case, T, B, I, H)),

@@ -18,8 +18,8 @@ def run(benchmark, case, model, dtype, threads, competitor):
     want = expected(case, model, dtype)
     runner = models.make_runner(competitor, case, problem(model, dtype), threads)
     dims = f"{m.T},{m.B},{m.I},{m.H}x{m.layers}{' bidirectional' if m.bidirectional else ''}"
-    harness.run_benchmark(
-        benchmark, runner, threads, lambda got: harness.check(got, want, dtype, competitor),
+    harness.run_checked(
+        benchmark, runner, want, dtype, threads,
         group=f"{case} {dtype} {model} T,B,I,H={dims} threads={threads}",
         extra=dict(case=case, shape=model, T=m.T, B=m.B, I=m.I, H=m.H, layers=m.layers,
                    bidirectional=m.bidirectional, dropout=m.dropout, dtype=dtype, threads=threads,

@@ -126,10 +126,8 @@ def _user(who, shape, kw):
 
 
 def _bench(benchmark, runner, want, group, extra):
-    harness.run_benchmark(benchmark, runner, THREADS,
-                          lambda got: harness.check(got, want, DTYPE, runner.name),
-                          group=group, extra=extra,
-                          rounds=5 if extra["shape"] == "large256" else None)
+    harness.run_checked(benchmark, runner, want, DTYPE, THREADS, group, extra,
+                        rounds=5 if extra["shape"] == "large256" else None)
 
 
 @pytest.mark.parametrize("case", ["forward", "train"])
@@ -158,13 +156,14 @@ def test_variant_vs_users(benchmark, shape, who):
 RDROP = 0.25
 
 
-def _rdrop_layer(shape, backend):
-    """A layer with recurrent_dropout in training mode whose dropout stream restarts at every
-    call (the same mask every call, so that the result can be checked); the restart is a
-    bit-generator state assignment (~1 us) inside the timed step."""
+def _masked_layer(shape, backend, **masks):
+    """A layer with ``masks`` (recurrent_dropout=p, zoneout=z) in training mode whose
+    dropout stream restarts at every call (the same masks every call, so that the result
+    can be checked); the restart is a bit-generator state assignment (~1 us) inside the
+    timed step."""
     sd, x, hx, dy = _problem(shape, {})
     layer = lstm_fast.LSTM(SHAPES[shape][2], SHAPES[shape][3], dtype=DTYPE, backend=backend,
-                           recurrent_dropout=RDROP, seed=0)
+                           seed=0, **masks)
     layer.load_state_dict(sd)
     layer.train()
     state = layer._dropout_rng.bit_generator.state
@@ -175,6 +174,19 @@ def _rdrop_layer(shape, backend):
         dx, _ = layer.backward(dy)
         return y, dx, layer.grads
     return fn
+
+
+def _masked_cost(benchmark, shape, **masks):
+    """A training step of _masked_layer on the c backend, checked against the numpy one's."""
+    T, B, I, H = SHAPES[shape]
+    variant = "+".join(masks)
+    want = _masked_layer(shape, "numpy", **masks)()
+    runner = harness.Runner("lstm_fast[c]", _masked_layer(shape, "c", **masks),
+                            lambda r: dict(y=r[0], dx=r[1], **r[2]))
+    _bench(benchmark, runner, dict(y=want[0], dx=want[1], **want[2]),
+           f"variants train {DTYPE} T,B,I,H={T},{B},{I},{H} threads={THREADS}",
+           dict(case="train", shape=shape, variant=variant, T=T, B=B, I=I, H=H,
+                dtype=DTYPE, threads=THREADS, competitor=f"lstm_fast[c] {variant}"))
 
 
 @pytest.mark.parametrize("shape", [pytest.param(s, marks=_marks(s)) for s in SHAPES])
@@ -183,31 +195,7 @@ def test_recurrent_dropout_cost(benchmark, shape):
     train in the same run): the C forward masks a per-thread copy of h_{t-1} every step (B*R
     multiplies), the backward multiplies the dh tiles by the mask and builds h_{t-1} * mask
     of every row (N*R) for dw_hh."""
-    T, B, I, H = SHAPES[shape]
-    want = _rdrop_layer(shape, "numpy")()
-    runner = harness.Runner("lstm_fast[c]", _rdrop_layer(shape, "c"),
-                            lambda r: dict(y=r[0], dx=r[1], **r[2]))
-    _bench(benchmark, runner, dict(y=want[0], dx=want[1], **want[2]),
-           f"variants train {DTYPE} T,B,I,H={T},{B},{I},{H} threads={THREADS}",
-           dict(case="train", shape=shape, variant="recurrent_dropout", T=T, B=B, I=I, H=H,
-                dtype=DTYPE, threads=THREADS, competitor="lstm_fast[c] recurrent_dropout"))
-
-
-def _zoneout_layer(shape, backend):
-    """As _rdrop_layer, with zoneout=0.1 (a (T, B, H) mask drawn per call)."""
-    sd, x, hx, dy = _problem(shape, {})
-    layer = lstm_fast.LSTM(SHAPES[shape][2], SHAPES[shape][3], dtype=DTYPE, backend=backend,
-                           zoneout=0.1, seed=0)
-    layer.load_state_dict(sd)
-    layer.train()
-    state = layer._dropout_rng.bit_generator.state
-
-    def fn():
-        layer._dropout_rng.bit_generator.state = state
-        y, _ = layer(x, hx)
-        dx, _ = layer.backward(dy)
-        return y, dx, layer.grads
-    return fn
+    _masked_cost(benchmark, shape, recurrent_dropout=RDROP)
 
 
 @pytest.mark.parametrize("shape", [pytest.param(s, marks=_marks(s)) for s in SHAPES])
@@ -215,14 +203,7 @@ def test_zoneout_cost(benchmark, shape):
     """Training step with zoneout=0.1 (compare with test_variant_cost's plain train in the
     same run): drawing the (T, B, H) mask, the zoned h in the forward cell, the carried
     gradient in the backward cell."""
-    T, B, I, H = SHAPES[shape]
-    want = _zoneout_layer(shape, "numpy")()
-    runner = harness.Runner("lstm_fast[c]", _zoneout_layer(shape, "c"),
-                            lambda r: dict(y=r[0], dx=r[1], **r[2]))
-    _bench(benchmark, runner, dict(y=want[0], dx=want[1], **want[2]),
-           f"variants train {DTYPE} T,B,I,H={T},{B},{I},{H} threads={THREADS}",
-           dict(case="train", shape=shape, variant="zoneout", T=T, B=B, I=I, H=H,
-                dtype=DTYPE, threads=THREADS, competitor="lstm_fast[c] zoneout"))
+    _masked_cost(benchmark, shape, zoneout=0.1)
 
 
 LN_CASES = {"numba plain": dict(layer_norm=False), "numba layer_norm": dict(layer_norm=True)}

@@ -401,6 +401,12 @@ def run_benchmark(benchmark, runner, threads, check_outputs, group, extra, round
     check_outputs(runner.outputs())
 
 
+def run_checked(benchmark, runner, want, dtype, threads, group, extra, rounds=None):
+    """run_benchmark with the outputs checked against ``want`` (the oracle's, ``check``)."""
+    run_benchmark(benchmark, runner, threads,
+                  lambda got: check(got, want, dtype, runner.name), group, extra, rounds)
+
+
 # lstm-fast bench times with interleaved rounds instead:
 
 def _time(fn, number):

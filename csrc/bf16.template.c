@@ -2,6 +2,17 @@
  * inputs, outputs and state. Included by lstm.template.c for TYPE float only, after
  * pack.template.c; uses the step plan (step_plan_for) and the cell (fwd_cell) of the
  * float32 kernel unchanged.
+ * The job's loop and its step's walk of the tiles (row tiles, K in chunks, alternate
+ * sweep) are written out here as in fwd_job/fwd_step and i8_step: the loops are alike but
+ * what runs inside them is not (here three tile paths, emulated, vdpbf16ps and the widened
+ * copy, on rounded pairs; the prefetch of the next chunk in fwd_step; x's and h's sums
+ * apart in i8_step); a shared walk would put a callback (an indirect call or a macro body)
+ * in the innermost loop of the B = 1 streaming step, the case these weights are for.
+ * Sharing only the job's start and end (c0 into c_n, h_n from y, the cell's arguments)
+ * with the float32 kernel was tried: benchmarks/bench_int8.py, 1 thread, Intel Xeon family
+ * 6 model 167, medians of 2-3 alternated runs, the (32, 64, 256, 256) forward 15.7-16.2 ms
+ * before and 16.6-18.1 after for bfloat16, 14.8-15.7 and 15.9-16.9 for int8 (B = 1 stream
+ * unchanged); within the runs' noise but all after-runs slower, so it was left as it was.
  *
  * Arithmetic, exactly (every SIMD level gives the same pre-activation bits):
  *   - weights: w_ih and w_hh rounded to bfloat16 once, at pack time, by

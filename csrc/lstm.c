@@ -175,6 +175,26 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
                : NULL;
 }
 
+/* The argument rule of every pack (P = 0 for bfloat16 and int8) and of every forward and
+ * backward: sizes in range, the arrays no call can do without given; the variant's rule
+ * on top where there is one. */
+static int pack_args_ok(int64_t I, int64_t H, int64_t P, const void *w_ih, const void *w_hh,
+                        const void *w_hr, const void *packed)
+{
+    return I >= 0 && H >= 1 && P >= 0 && w_ih && w_hh && packed && (!P || w_hr);
+}
+
+static int call_args_ok(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                        const void *packed, const void *workspace)
+{
+    return T >= 0 && B >= 0 && I >= 0 && H >= 1 && P >= 0 && packed && workspace;
+}
+
+static int variant_args_ok(int64_t P, const lstm_variant *variant)
+{
+    return variant_ok(variant) && !(variant && variant->zoneout && P);
+}
+
 #define DEFINE_PUBLIC(SFXT, TYPE)                                                            \
     size_t lstm_packed_size_##SFXT(int64_t I, int64_t H, int64_t P)                          \
     {                                                                                        \
@@ -185,7 +205,7 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
     int lstm_pack_##SFXT(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYPE *w_hh, \
                          const TYPE *b, const TYPE *w_hr, void *packed)                      \
     {                                                                                        \
-        if (I < 0 || H < 1 || P < 0 || !w_ih || !w_hh || !packed || (P && !w_hr))            \
+        if (!pack_args_ok(I, H, P, w_ih, w_hh, w_hr, packed))                                \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(lstm_get_simd_level(), SFXT, pack, (I, H, P, w_ih, w_hh, b, w_hr, packed))  \
     }                                                                                        \
@@ -212,7 +232,7 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
                             const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n, TYPE *c_n,   \
                             TYPE *gates, TYPE *c, void *workspace, int num_threads)          \
     {                                                                                        \
-        if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace)              \
+        if (!call_args_ok(T, B, I, H, P, packed, workspace))                                 \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, forward,                                        \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c,      \
@@ -224,8 +244,7 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
                                TYPE *c_n, TYPE *gates, TYPE *c, void *workspace,             \
                                int num_threads, const lstm_variant *variant)                 \
     {                                                                                        \
-        if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace ||            \
-            !variant_ok(variant) || (variant && variant->zoneout && P))                     \
+        if (!call_args_ok(T, B, I, H, P, packed, workspace) || !variant_args_ok(P, variant))  \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, forward,                                        \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c,      \
@@ -239,7 +258,7 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
                              TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0, TYPE *dw_hr,       \
                              void *workspace, int num_threads)                               \
     {                                                                                        \
-        if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace)              \
+        if (!call_args_ok(T, B, I, H, P, packed, workspace))                                 \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, backward,                                       \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n,      \
@@ -255,8 +274,7 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
                                 void *workspace, int num_threads,                            \
                                 const lstm_variant *variant, TYPE *dpeephole)                \
     {                                                                                        \
-        if (T < 0 || B < 0 || I < 0 || H < 1 || P < 0 || !packed || !workspace ||            \
-            !variant_ok(variant) || (variant && variant->zoneout && P))                     \
+        if (!call_args_ok(T, B, I, H, P, packed, workspace) || !variant_args_ok(P, variant))  \
             return LSTM_ERR_ARG;                                                             \
         DISPATCH(packed_level(packed), SFXT, backward,                                       \
                  (T, B, I, H, P, packed, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n,      \
@@ -266,6 +284,31 @@ static const lstm_variant *variant_or_null(const lstm_variant *v)
 
 DEFINE_PUBLIC(f32, float)
 DEFINE_PUBLIC(f64, double)
+
+/* ---- low-precision weights (bfloat16, int8): float32 activations, no projection ----- */
+
+/* lstm_packed_size_NAME, lstm_pack_NAME and lstm_forward_workspace_size_NAME of the
+ * templates' KERNEL_packed_size, KERNEL_pack and KERNEL_ws_size (bf16.template.c: bf_,
+ * int8.template.c: i8_); the forwards differ (bf16 chooses vdpbf16ps) and follow. */
+#define DEFINE_LOW_PRECISION(NAME, KERNEL)                                                   \
+    size_t lstm_packed_size_##NAME(int64_t I, int64_t H)                                     \
+    {                                                                                        \
+        if (I < 0 || H < 0)                                                                  \
+            return 0;                                                                        \
+        DISPATCH(lstm_get_simd_level(), f32, KERNEL##_packed_size, (I, H))                   \
+    }                                                                                        \
+    int lstm_pack_##NAME(int64_t I, int64_t H, const float *w_ih, const float *w_hh,          \
+                         const float *b, void *packed)                                       \
+    {                                                                                        \
+        if (!pack_args_ok(I, H, 0, w_ih, w_hh, NULL, packed))                                \
+            return LSTM_ERR_ARG;                                                             \
+        DISPATCH(lstm_get_simd_level(), f32, KERNEL##_pack, (I, H, w_ih, w_hh, b, packed))   \
+    }                                                                                        \
+    size_t lstm_forward_workspace_size_##NAME(int64_t T, int64_t B, int64_t I, int64_t H,    \
+                                              int num_threads)                               \
+    {                                                                                        \
+        return WS_MAX(f32, KERNEL##_ws_size, (T, B, I, H, num_threads));                     \
+    }
 
 /* ---- bfloat16 weights ---------------------------------------------------------- */
 
@@ -307,33 +350,14 @@ int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
     return bf16_native_for(lstm_get_simd_level(), B);
 }
 
-size_t lstm_packed_size_bf16(int64_t I, int64_t H)
-{
-    if (I < 0 || H < 0)
-        return 0;
-    DISPATCH(lstm_get_simd_level(), f32, bf_packed_size, (I, H))
-}
-
-int lstm_pack_bf16(int64_t I, int64_t H, const float *w_ih, const float *w_hh, const float *b,
-                   void *packed)
-{
-    if (I < 0 || H < 1 || !w_ih || !w_hh || !packed)
-        return LSTM_ERR_ARG;
-    DISPATCH(lstm_get_simd_level(), f32, bf_pack, (I, H, w_ih, w_hh, b, packed))
-}
-
-size_t lstm_forward_workspace_size_bf16(int64_t T, int64_t B, int64_t I, int64_t H,
-                                        int num_threads)
-{
-    return WS_MAX(f32, bf_ws_size, (T, B, I, H, num_threads));
-}
+DEFINE_LOW_PRECISION(bf16, bf)
 
 int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                       const int64_t *batch_sizes, const float *x, const float *h0,
                       const float *c0, float *y, float *h_n, float *c_n, void *workspace,
                       int num_threads)
 {
-    if (T < 0 || B < 0 || I < 0 || H < 1 || !packed || !workspace)
+    if (!call_args_ok(T, B, I, H, 0, packed, workspace))
         return LSTM_ERR_ARG;
     int level = packed_level(packed);
     DISPATCH(level, f32, bf_forward,
@@ -343,33 +367,14 @@ int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *pa
 
 /* ---- int8 weights ---------------------------------------------------------------- */
 
-size_t lstm_packed_size_i8(int64_t I, int64_t H)
-{
-    if (I < 0 || H < 0)
-        return 0;
-    DISPATCH(lstm_get_simd_level(), f32, i8_packed_size, (I, H))
-}
-
-int lstm_pack_i8(int64_t I, int64_t H, const float *w_ih, const float *w_hh, const float *b,
-                 void *packed)
-{
-    if (I < 0 || H < 1 || !w_ih || !w_hh || !packed)
-        return LSTM_ERR_ARG;
-    DISPATCH(lstm_get_simd_level(), f32, i8_pack, (I, H, w_ih, w_hh, b, packed))
-}
-
-size_t lstm_forward_workspace_size_i8(int64_t T, int64_t B, int64_t I, int64_t H,
-                                      int num_threads)
-{
-    return WS_MAX(f32, i8_ws_size, (T, B, I, H, num_threads));
-}
+DEFINE_LOW_PRECISION(i8, i8)
 
 int lstm_forward_i8(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                     const int64_t *batch_sizes, const float *x, const float *h0,
                     const float *c0, float *y, float *h_n, float *c_n, void *workspace,
                     int num_threads)
 {
-    if (T < 0 || B < 0 || I < 0 || H < 1 || !packed || !workspace)
+    if (!call_args_ok(T, B, I, H, 0, packed, workspace))
         return LSTM_ERR_ARG;
     DISPATCH(packed_level(packed), f32, i8_forward,
              (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, workspace,

@@ -27,6 +27,12 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(params=BACKENDS)
+def impl(request):
+    """A backend module (the contract: pack, forward, backward, step), each in turn."""
+    return backends.get(request.param)
+
+
 @pytest.fixture(params=DTYPES, ids=("f32", "f64"))
 def dtype(request):
     return request.param

@@ -12,6 +12,8 @@ import lstm_fast
 from lstm_fast.churn import cli, data as D, metrics
 from lstm_fast.churn.model import ChurnModel, head_bce
 
+from _support import central_difference
+
 HEADER = "customer_id,month,movies_watched,satisfaction,days_since_login,churned\n"
 
 
@@ -259,20 +261,7 @@ def test_head_bce_gradient_finite_differences():
     loss, z, dh, dw, db = head_bce(h, w, b, y)
     p = 1 / (1 + np.exp(-z))
     assert np.isclose(loss, -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    eps = 1e-6
-
-    def num(f, x):
-        g = np.zeros_like(x)
-        for i in np.ndindex(x.shape):
-            old = x[i]
-            x[i] = old + eps
-            lp = f()
-            x[i] = old - eps
-            lm = f()
-            x[i] = old
-            g[i] = (lp - lm) / (2 * eps)
-        return g
-
+    num = central_difference   # (loss, arr)
     np.testing.assert_allclose(dh, num(lambda: head_bce(h, w, b, y)[0], h), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(dw, num(lambda: head_bce(h, w, b, y)[0], w), rtol=1e-6, atol=1e-9)
     bb = np.array([b])

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from _support import (BWD, FWD, assert_matches, contract_problem, reference64, run_contract,
-                      same_bits)
+                      same_bits, simd_levels)
 
 ck = pytest.importorskip("lstm_fast.backends._c")
 
-_ORDER = ("portable", "avx2", "avx512")
-LEVELS = _ORDER[:_ORDER.index(ck.cpu_simd_level()) + 1]
+LEVELS = simd_levels(ck)
 
 
 @pytest.fixture(params=LEVELS)

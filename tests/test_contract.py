@@ -14,7 +14,7 @@ import pytest
 from lstm_fast import backends
 
 from _support import (BACKENDS, BITWISE_BACKENDS, BWD, FWD, assert_close, assert_matches,
-                      contract_problem, reference64, run_contract, same_bits)
+                      central_difference, contract_problem, reference64, run_contract, same_bits)
 
 SHAPES = [  # (T, B, I, H)
     (1, 1, 1, 1),
@@ -39,11 +39,6 @@ def _lengths(T, B):
     if B == 1:
         return [T]
     return sorted([T, 1] + [max(0, T - 2 - 3 * k) for k in range(B - 2)], reverse=True)
-
-
-@pytest.fixture(params=BACKENDS)
-def impl(request):
-    return backends.get(request.param)
 
 
 @pytest.mark.parametrize("num_threads", [1, 2])
@@ -181,18 +176,9 @@ def test_gradients_match_finite_differences(impl, P):
              ("w", 2): db}
     if P:
         grads[("w", 3)] = dw_hr
-    eps = 1e-6
     for key, g in grads.items():
         arr = p[key[0]] if len(key) == 1 else p["w"][key[1]]
-        fd = np.empty_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            up = loss(p)
-            arr[idx] = old - eps
-            down = loss(p)
-            arr[idx] = old
-            fd[idx] = (up - down) / (2 * eps)
+        fd = central_difference(lambda: loss(p), arr)
         np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8, err_msg=str(key))
 
 

@@ -10,11 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-import lstm_fast  # noqa: E402
+from _support import assert_close, torch_nn_pair  # noqa: E402
 
-from _support import assert_close  # noqa: E402
-
-TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 T, B, I, H, P = 5, 3, 4, 5, 3
 LENGTHS = np.array([2, 5, 1])          # any order, a full row and a length-1 row
 MATRIX = list(itertools.product((1, 2, 3), (False, True), (False, True), (0, P), (False, True)))
@@ -34,12 +31,8 @@ def _one_torch_thread():
 def test_layer_matches_torch(backend, dtype, num_layers, bidirectional, batch_first, proj_size, with_lengths):
     D = 2 if bidirectional else 1
     R = proj_size or H
-    torch.manual_seed(num_layers)
-    ref = torch.nn.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-                        proj_size=proj_size).to(TORCH_DTYPE[dtype])
-    ours = lstm_fast.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-                          proj_size=proj_size, dtype=dtype, backend=backend)
-    ours.load_state_dict(ref.state_dict())
+    ref, ours = torch_nn_pair(backend, dtype, num_layers, bidirectional, batch_first, I=I, H=H,
+                              seed=num_layers, proj_size=proj_size)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
     hx = (rng.standard_normal((num_layers * D, B, R)).astype(dtype),

@@ -25,7 +25,7 @@ import lstm_fast
 from lstm_fast import adapters, backends
 from lstm_fast.backends import reference as ref
 
-from _support import BACKENDS, TOL, assert_close, same_bits
+from _support import BACKENDS, TOL, assert_close, assert_functional_gradients, same_bits
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -96,25 +96,7 @@ def test_gradients_match_finite_differences(combo, shape, backend):
         kw["lengths"] = lengths
         for b, n in enumerate(lengths):
             g["dy"][n:, b] = 0
-
-    def loss():
-        y, h_n, c_n, _ = lstm_fast.lstm_forward(**a, **kw)
-        return (y * g["dy"]).sum() + (h_n * g["dh_n"]).sum() + (c_n * g["dc_n"]).sum()
-
-    grads = grads_of(lstm_fast.lstm_backward(lstm_fast.lstm_forward(**a, **kw).cache, **g))
-    eps = 1e-6
-    for name, arr in a.items():
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            lp = loss()
-            arr[idx] = old - eps
-            lm = loss()
-            arr[idx] = old
-            num[idx] = (lp - lm) / (2 * eps)
-        assert grads[name].shape == arr.shape, name
-        np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-8, err_msg=name)
+    assert_functional_gradients(a, kw, g["dy"], g["dh_n"], g["dc_n"], atol=1e-8)
 
 
 # --- the Numba backend against the reference ----------------------------------------------

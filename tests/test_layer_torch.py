@@ -10,19 +10,11 @@ torch = pytest.importorskip("torch")  # CI installs torch; test_api asserts it i
 
 import lstm_fast
 
-from _support import assert_close
-
-TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
+from _support import assert_close, torch_dtype, torch_nn_pair
 
 
-def _pair(backend, dtype, num_layers, bidirectional, batch_first, bias=True, I=3, H=5, seed=0):
-    torch.manual_seed(seed)
-    ref = torch.nn.LSTM(I, H, num_layers=num_layers, bias=bias, bidirectional=bidirectional,
-                        batch_first=batch_first).to(TORCH_DTYPE[dtype])
-    ours = lstm_fast.LSTM(I, H, num_layers=num_layers, bias=bias, bidirectional=bidirectional,
-                          batch_first=batch_first, dtype=dtype, backend=backend)
-    ours.load_state_dict(ref.state_dict())
-    return ref, ours
+
+_pair = torch_nn_pair
 
 
 def _run_torch(ref, x, hx, gout, ghx):
@@ -93,10 +85,10 @@ def test_default_initialization_like_torch():
 
 
 def test_state_dict_round_trip_both_ways(dtype):
-    ref = torch.nn.LSTM(4, 6, num_layers=2, bidirectional=True).to(TORCH_DTYPE[dtype])
+    ref = torch.nn.LSTM(4, 6, num_layers=2, bidirectional=True).to(torch_dtype(dtype))
     ours = lstm_fast.LSTM(4, 6, num_layers=2, bidirectional=True, dtype=dtype)
     ours.load_state_dict(ref.state_dict())
-    back = torch.nn.LSTM(4, 6, num_layers=2, bidirectional=True).to(TORCH_DTYPE[dtype])
+    back = torch.nn.LSTM(4, 6, num_layers=2, bidirectional=True).to(torch_dtype(dtype))
     back.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     for (n, p), (_, q) in zip(ref.named_parameters(), back.named_parameters()):
         assert torch.equal(p, q), n
@@ -121,7 +113,7 @@ def test_projection_matches_torch(dtype, num_layers, bidirectional, with_lengths
     T, B, I, H, P = 5, 3, 4, 6, 3
     D = 2 if bidirectional else 1
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional, proj_size=P).to(TORCH_DTYPE[dtype])
+    ref = torch.nn.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional, proj_size=P).to(torch_dtype(dtype))
     rng = np.random.default_rng(4)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     hx = (rng.standard_normal((num_layers * D, B, P)).astype(dtype),

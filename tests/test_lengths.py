@@ -10,9 +10,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa
 
 import lstm_fast  # noqa: E402
 
-from _support import assert_close, make_problem  # noqa: E402
+from _support import assert_close, make_problem, torch_nn_pair  # noqa: E402
 
-TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 LENGTHS = np.array([3, 7, 1, 7, 5])       # any order, a length-1 row, two full rows
 CONFIGS = list(itertools.product((1, 2), (False, True), (False, True)))
 
@@ -22,12 +21,7 @@ CONFIGS = list(itertools.product((1, 2), (False, True), (False, True)))
 def test_layer_with_lengths_matches_torch_packed(backend, dtype, num_layers, bidirectional, batch_first):
     T, B, I, H = 7, 5, 3, 4
     D = 2 if bidirectional else 1
-    torch.manual_seed(0)
-    ref = torch.nn.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional,
-                        batch_first=batch_first).to(TORCH_DTYPE[dtype])
-    ours = lstm_fast.LSTM(I, H, num_layers=num_layers, bidirectional=bidirectional,
-                          batch_first=batch_first, dtype=dtype, backend=backend)
-    ours.load_state_dict(ref.state_dict())
+    ref, ours = torch_nn_pair(backend, dtype, num_layers, bidirectional, batch_first, I=I, H=H)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
     hx = tuple(rng.standard_normal((num_layers * D, B, H)).astype(dtype) for _ in range(2))

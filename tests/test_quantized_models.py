@@ -22,7 +22,7 @@ bounds asserted are the issue's, not the measurement's.
 
 Run at the CPU's own SIMD level only: with LSTM_FAST_SIMD forced (the wheel check's other
 levels) these tests skip, since the bf16 and int8 kernels give the same bits at every level
-(tests/test_bf16.py, tests/test_int8.py) and the training here costs ~30 s.
+(tests/test_low_precision.py) and the training here costs ~30 s.
 """
 
 import os

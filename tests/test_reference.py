@@ -5,7 +5,7 @@ import pytest
 
 from lstm_fast.backends import reference as ref
 
-from _support import make_problem
+from _support import central_difference, make_problem
 
 
 def _loss(p, g):
@@ -16,17 +16,7 @@ def _loss(p, g):
 
 
 def _fd(p, g, name, eps=1e-6):
-    arr = p[name]
-    out = np.empty_like(arr)
-    for idx in np.ndindex(arr.shape):
-        old = arr[idx]
-        arr[idx] = old + eps
-        lp = _loss(p, g)
-        arr[idx] = old - eps
-        lm = _loss(p, g)
-        arr[idx] = old
-        out[idx] = (lp - lm) / (2 * eps)
-    return out
+    return central_difference(lambda: _loss(p, g), p[name], eps)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 2, 3, 2), (4, 1, 2, 3), (5, 3, 1, 1)])
@@ -81,13 +71,5 @@ def test_projection_gradients_match_finite_differences():
     grads = ref.lstm_backward(p["x"], p["w_ih"], p["w_hh"], p["h0"], p["c0"], y, gates, c,
                               g["dy"], g["dh_n"], g["dc_n"], w_hr=p["w_hr"])
     for name, analytic in zip(("x", "w_ih", "w_hh", "b", "h0", "c0", "w_hr"), grads):
-        arr, fd = p[name], np.empty_like(p[name])
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + 1e-6
-            lp = loss()
-            arr[idx] = old - 1e-6
-            lm = loss()
-            arr[idx] = old
-            fd[idx] = (lp - lm) / 2e-6
+        fd = central_difference(loss, p[name])
         np.testing.assert_allclose(analytic, fd, rtol=1e-7, atol=1e-9, err_msg=name)

@@ -13,13 +13,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import lstm_fast  # noqa: E402
 from lstm_fast import torch as ltorch  # noqa: E402
 
-from _support import BACKENDS, assert_close  # noqa: E402
+from _support import (BACKENDS, assert_close, assert_torch_matches_layer,  # noqa: E402
+                      torch_and_layer, torch_inputs)
 from test_torch_module import _one_torch_thread  # noqa: E402,F401
 
-TDTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 KINDS = {
     "rdrop": dict(recurrent_dropout=0.4),
     "zoneout": dict(zoneout=0.3),
@@ -32,13 +31,7 @@ KINDS = {
 def _pair(kw, backend, dtype, I=3, H=5, layers=2, bidirectional=True, proj_size=0):
     """(torch module, NumPy layer) with the same parameters (no inter-layer dropout: it comes
     from torch's generator in the module, from the layer's own in the layer)."""
-    torch.manual_seed(0)
-    m = ltorch.LSTM(I, H, num_layers=layers, bidirectional=bidirectional, proj_size=proj_size,
-                    backend=backend, dtype=TDTYPE[dtype], **kw)
-    layer = lstm_fast.LSTM(I, H, num_layers=layers, bidirectional=bidirectional,
-                           proj_size=proj_size, backend="numpy", dtype=dtype, **kw)
-    layer.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})
-    return m, layer
+    return torch_and_layer(kw, backend, dtype, I, H, layers, bidirectional, proj_size)
 
 
 def _record(m):
@@ -80,12 +73,9 @@ def test_module_equals_the_layer(backend, dtype, kind, shape, _one_torch_thread)
     m, layer = _pair(kw, backend, dtype, I, H, proj_size=P)
     seen = _record(m)
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((T, B, I)).astype(dtype)
     R = P or H
-    h0 = rng.standard_normal((4, B, R)).astype(dtype)
-    c0 = rng.standard_normal((4, B, H)).astype(dtype)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    h0t, c0t = (torch.from_numpy(a).requires_grad_(True) for a in (h0, c0))
+    (x, h0, c0), tensors = torch_inputs(rng, T, B, I, H, P, dtype)
+    xt, h0t, c0t = tensors
     y, (h_n, c_n) = m(xt, (h0t, c0t))
     assert len(seen) == 4
     for rd, zo in seen:
@@ -99,17 +89,7 @@ def test_module_equals_the_layer(backend, dtype, kind, shape, _one_torch_thread)
     rd, zo = _replay(layer, seen)
     ey, (eh, ec) = layer.forward(x, (h0, c0))
     assert rd == [] and zo == []
-    for name, a, e in (("y", y, ey), ("h_n", h_n, eh), ("c_n", c_n, ec)):
-        assert a.dtype == TDTYPE[dtype]
-        assert_close(a.detach().numpy(), e, dtype, name)
-    gy, gh, gc = (rng.standard_normal(a.shape).astype(dtype) for a in (ey, eh, ec))
-    torch.autograd.backward((y, h_n, c_n), tuple(map(torch.from_numpy, (gy, gh, gc))))
-    dx, (dh0, dc0) = layer.backward(gy, (gh, gc))
-    assert_close(xt.grad.numpy(), dx, dtype, "dx")
-    assert_close(h0t.grad.numpy(), dh0, dtype, "dh0")
-    assert_close(c0t.grad.numpy(), dc0, dtype, "dc0")
-    for name, p in m.named_parameters():
-        assert_close(p.grad.numpy(), layer.grads[name], dtype, name)
+    assert_torch_matches_layer(m, layer, tensors, (y, (h_n, c_n)), (ey, (eh, ec)), dtype, rng)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

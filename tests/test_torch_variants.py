@@ -12,11 +12,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import lstm_fast  # noqa: E402
 from lstm_fast import _torch_ops  # noqa: E402
 from lstm_fast import torch as ltorch  # noqa: E402
 
-from _support import BACKENDS, assert_close  # noqa: E402
+from _support import (BACKENDS, assert_close, assert_torch_matches_layer,  # noqa: E402
+                      torch_and_layer, torch_inputs)
 from test_torch_module import _one_torch_thread  # noqa: E402,F401
 
 VARIANTS = {
@@ -28,22 +28,14 @@ VARIANTS = {
     "onnx": dict(peephole=True, clip=0.4, cifg=True),
     "all": dict(peephole=True, clip=0.4, cell_clip=0.3, cifg=True),
 }
-TDTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 
 
 def _pair(kw, backend, dtype, I=3, H=5, layers=2, bidirectional=True, proj_size=0, seed=0):
     """(torch module, NumPy layer) with the same parameters, scaled up so that the clamps
     are reached."""
-    torch.manual_seed(seed)
-    m = ltorch.LSTM(I, H, num_layers=layers, bidirectional=bidirectional, proj_size=proj_size,
-                    backend=backend, dtype=TDTYPE[dtype], **kw)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            p.mul_(1.0 if name.startswith("bias") and "forget_bias" in kw else 3.0)
-    layer = lstm_fast.LSTM(I, H, num_layers=layers, bidirectional=bidirectional,
-                           proj_size=proj_size, backend="numpy", dtype=dtype, **kw)
-    layer.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})
-    return m, layer
+    return torch_and_layer(kw, backend, dtype, I, H, layers, bidirectional, proj_size, seed,
+                           scale=lambda name: (1.0 if name.startswith("bias") and "forget_bias"
+                                               in kw else 3.0))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -59,25 +51,11 @@ def test_module_equals_the_layer(backend, dtype, variant, shape, _one_torch_thre
     for name, p in m.named_parameters():
         assert tuple(p.shape) == layer.state_dict()[name].shape, name
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    R = P or H
-    h0 = rng.standard_normal((4, B, R)).astype(dtype)
-    c0 = rng.standard_normal((4, B, H)).astype(dtype)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    h0t, c0t = (torch.from_numpy(a).requires_grad_(True) for a in (h0, c0))
+    (x, h0, c0), tensors = torch_inputs(rng, T, B, I, H, P, dtype)
+    xt, h0t, c0t = tensors
     y, (h_n, c_n) = m(xt, (h0t, c0t))
     ey, (eh, ec) = layer.forward(x, (h0, c0))
-    for name, a, e in (("y", y, ey), ("h_n", h_n, eh), ("c_n", c_n, ec)):
-        assert a.dtype == TDTYPE[dtype]
-        assert_close(a.detach().numpy(), e, dtype, name)
-    gy, gh, gc = (rng.standard_normal(a.shape).astype(dtype) for a in (ey, eh, ec))
-    torch.autograd.backward((y, h_n, c_n), tuple(map(torch.from_numpy, (gy, gh, gc))))
-    dx, (dh0, dc0) = layer.backward(gy, (gh, gc))
-    assert_close(xt.grad.numpy(), dx, dtype, "dx")
-    assert_close(h0t.grad.numpy(), dh0, dtype, "dh0")
-    assert_close(c0t.grad.numpy(), dc0, dtype, "dc0")
-    for name, p in m.named_parameters():
-        assert_close(p.grad.numpy(), layer.grads[name], dtype, name)
+    assert_torch_matches_layer(m, layer, tensors, (y, (h_n, c_n)), (ey, (eh, ec)), dtype, rng)
 
 
 def test_the_clamps_are_reached():

@@ -14,7 +14,10 @@ from lstm_fast import backends
 from lstm_fast.backends import Variant
 from lstm_fast.backends import reference as ref
 
-from _support import BACKENDS, BITWISE_BACKENDS, FWD, BWD, assert_matches, contract_problem, same_bits
+from _support import (BACKENDS, BITWISE_BACKENDS, assert_every_simd_level_matches_reference,
+                      assert_functional_gradients, assert_matches,
+                      assert_same_bits_for_any_threads, assert_variant_matches_reference,
+                      contract_problem, run_variant, same_bits)
 
 # clip 0.5 and cell_clip 0.3 clamp a good share of the values of contract_problem
 # (pre-activations and cell states of order 1), so both sides of each clamp are exercised.
@@ -62,32 +65,6 @@ def variant_problem(T, B, I, H, P, lengths, dtype, seed, opts):
     return p
 
 
-def run_variant(impl, p, num_threads=1):
-    """(forward outputs, backward outputs + (dpeephole,)) of a backend for a variant_problem."""
-    packed = impl.pack(*p["w"], variant=p["variant"])
-    fwd = impl.forward(packed, p["x"], p["h0"], p["c0"], num_threads, p["batch_sizes"])
-    y, _, _, gates, c = fwd
-    H = packed.hidden_size
-    dpeep = None if p["variant"].peephole is None else np.full((3, H), np.nan, packed.dtype)
-    bwd = impl.backward(packed, p["x"], p["h0"], p["c0"], y, gates, c, p["dy"], p["dh_n"],
-                        p["dc_n"], num_threads, p["batch_sizes"], dpeephole=dpeep)
-    return tuple(fwd), tuple(bwd) + (dpeep,)
-
-
-def reference64(p):
-    f64 = lambda a: None if a is None else np.asarray(a, np.float64)
-    q = {k: (tuple(map(f64, v)) if k == "w" else v if k == "batch_sizes" else f64(v))
-         for k, v in p.items() if k != "variant"}
-    v = p["variant"]
-    q["variant"] = Variant(f64(v.peephole), v.clip, v.cell_clip, v.cifg)
-    return run_variant(ref, q)
-
-
-@pytest.fixture(params=BACKENDS)
-def impl(request):
-    return backends.get(request.param)
-
-
 @pytest.mark.parametrize("num_threads", [1, 2])
 @pytest.mark.parametrize("ragged", [False, True], ids=["padded", "lengths"])
 @pytest.mark.parametrize("shape,P", CASES, ids=IDS)
@@ -96,10 +73,7 @@ def test_variant_matches_reference(impl, dtype, variant, shape, P, ragged, num_t
     T, B, I, H = shape
     p = variant_problem(T, B, I, H, P, _lengths(T, B) if ragged else None, dtype,
                         hash(shape) % 1000, VARIANTS[variant])
-    fwd, bwd = run_variant(impl, p, num_threads)
-    want_fwd, want_bwd = reference64(p)
-    assert_matches(fwd, want_fwd, FWD, dtype)
-    assert_matches(bwd, want_bwd, BWD + ("dpeephole",), dtype)
+    assert_variant_matches_reference(impl, p, dtype, num_threads)
 
 
 def test_the_clamps_are_exercised():
@@ -122,28 +96,13 @@ def test_variant_bits_do_not_depend_on_num_threads(name, dtype, P, ragged):
     T, B, I, H = 9, 20, 24, 40     # B = 20: Numba's threads take sequences, C's units
     p = variant_problem(T, B, I, H, P, _lengths(T, B) if ragged else None, dtype, 5,
                         VARIANTS["all"])
-    want = run_variant(impl, p, 1)
-    for n in (2, 3):
-        got = run_variant(impl, p, n)
-        assert same_bits(got[0], want[0]) and same_bits(got[1], want[1]), n
+    assert_same_bits_for_any_threads(run_variant, impl, p)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_simd_level_matches_reference(variant, dtype):
-    ck = backends.get("c")
-    order = ("portable", "avx2", "avx512")
-    levels = order[:order.index(ck.cpu_simd_level()) + 1]
     p = variant_problem(6, 5, 9, 21, 0, _lengths(6, 5), dtype, 11, VARIANTS[variant])
-    want_fwd, want_bwd = reference64(p)
-    before = ck.simd_level()
-    try:
-        for level in levels:
-            ck.set_simd_level(level)
-            fwd, bwd = run_variant(ck, p, 2)
-            assert_matches(fwd, want_fwd, FWD, dtype)
-            assert_matches(bwd, want_bwd, BWD + ("dpeephole",), dtype)
-    finally:
-        ck.set_simd_level(before)
+    assert_every_simd_level_matches_reference(p, dtype, threads=(2,))
 
 
 @pytest.mark.parametrize("name", [b for b in BACKENDS if b in BITWISE_BACKENDS])
@@ -202,27 +161,7 @@ def test_gradients_match_finite_differences(impl, variant):
     kw = dict(clip=opts.get("clip"), cell_clip=opts.get("cell_clip"),
               cifg=opts.get("cifg", False), backend=backends.name_of(impl))
     dy, dh_n, dc_n = u(T, B, H), u(B, H), u(B, H)
-
-    def loss():
-        y, h_n, c_n, _ = lstm_fast.lstm_forward(**a, **kw)
-        return (y * dy).sum() + (h_n * dh_n).sum() + (c_n * dc_n).sum()
-
-    cache = lstm_fast.lstm_forward(**a, **kw).cache
-    g = lstm_fast.lstm_backward(cache, dy, dh_n, dc_n)
-    grads = dict(x=g.dx, w_ih=g.dw_ih, w_hh=g.dw_hh, b_ih=g.db_ih, b_hh=g.db_hh, h0=g.dh0,
-                 c0=g.dc0, w_ci=g.dw_ci, w_cf=g.dw_cf, w_co=g.dw_co)
-    eps = 1e-6
-    for name, arr in a.items():
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            lp = loss()
-            arr[idx] = old - eps
-            lm = loss()
-            arr[idx] = old
-            num[idx] = (lp - lm) / (2 * eps)
-        np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-7, err_msg=name)
+    g = assert_functional_gradients(a, kw, dy, dh_n, dc_n)
     if not opts.get("peephole"):
         assert g.dw_ci is None and g.dw_cf is None and g.dw_co is None
     elif opts.get("cifg"):

@@ -14,7 +14,10 @@ import lstm_fast
 from lstm_fast import backends
 from lstm_fast.backends import reference as ref
 
-from _support import BACKENDS, BITWISE_BACKENDS, FWD, BWD, assert_matches, same_bits
+from _support import (BACKENDS, BITWISE_BACKENDS, assert_every_simd_level_matches_reference,
+                      assert_functional_gradients, assert_layer_agrees_on_every_backend,
+                      assert_same_bits_for_any_threads, assert_variant_matches_reference,
+                      run_variant, same_bits)
 from test_variants import IDS as _IDS, CASES as _CASES, VARIANTS, _lengths, variant_problem
 from test_recurrent_dropout import with_mask
 
@@ -35,32 +38,6 @@ def with_zoneout(p, seed, eval_mode=False, rdrop=False):
     return p
 
 
-def run(impl, p, num_threads=1):
-    packed = impl.pack(*p["w"], variant=p["variant"])
-    fwd = impl.forward(packed, p["x"], p["h0"], p["c0"], num_threads, p["batch_sizes"],
-                       rdrop=p["rdrop"], zoneout=p["zoneout"])
-    y, _, _, gates, c = fwd
-    H = packed.hidden_size
-    dpeep = None if p["variant"].peephole is None else np.full((3, H), np.nan, packed.dtype)
-    bwd = impl.backward(packed, p["x"], p["h0"], p["c0"], y, gates, c, p["dy"], p["dh_n"],
-                        p["dc_n"], num_threads, p["batch_sizes"], dpeephole=dpeep,
-                        rdrop=p["rdrop"], zoneout=p["zoneout"])
-    return tuple(fwd), tuple(bwd) + (dpeep,)
-
-
-def reference64(p):
-    f64 = lambda a: None if a is None else np.asarray(a, np.float64)
-    q = {k: (tuple(map(f64, v)) if k == "w" else v if k == "batch_sizes" else f64(v))
-         for k, v in p.items() if k != "variant"}
-    q["variant"] = p["variant"]._replace(peephole=f64(p["variant"].peephole))
-    return run(ref, q)
-
-
-@pytest.fixture(params=BACKENDS)
-def impl(request):
-    return backends.get(request.param)
-
-
 COMBOS = {"alone": ({}, False, False), "eval": ({}, True, False),
           "with_rdrop": ({}, False, True), "everything": (VARIANTS["everything"], False, True)}
 
@@ -74,10 +51,7 @@ def test_matches_reference(impl, dtype, combo, shape, P, ragged, num_threads):
     opts, eval_mode, rdrop = COMBOS[combo]
     p = with_zoneout(variant_problem(T, B, I, H, P, _lengths(T, B) if ragged else None, dtype,
                                      hash(shape) % 1000, opts), 1, eval_mode, rdrop)
-    fwd, bwd = run(impl, p, num_threads)
-    want_fwd, want_bwd = reference64(p)
-    assert_matches(fwd, want_fwd, FWD, dtype)
-    assert_matches(bwd, want_bwd, BWD + ("dpeephole",), dtype)
+    assert_variant_matches_reference(impl, p, dtype, num_threads)
 
 
 def test_reference_is_haste():
@@ -112,31 +86,15 @@ def test_bits_do_not_depend_on_num_threads(name, dtype, ragged):
     T, B, I, H = 9, 20, 24, 40     # B = 20: Numba's threads take sequences, C's units
     p = with_zoneout(variant_problem(T, B, I, H, 0, _lengths(T, B) if ragged else None, dtype, 5,
                                      VARIANTS["all"]), 2, rdrop=True)
-    want = run(impl, p, 1)
-    for n in (2, 3):
-        got = run(impl, p, n)
-        assert same_bits(got[0], want[0]) and same_bits(got[1], want[1]), n
+    assert_same_bits_for_any_threads(run_variant, impl, p)
 
 
 @pytest.mark.parametrize("combo", list(COMBOS))
 def test_every_simd_level_matches_reference(combo, dtype):
-    ck = backends.get("c")
-    order = ("portable", "avx2", "avx512")
-    levels = order[:order.index(ck.cpu_simd_level()) + 1]
     opts, eval_mode, rdrop = COMBOS[combo]
     p = with_zoneout(variant_problem(6, 5, 9, 21, 0, _lengths(6, 5), dtype, 11, opts), 3,
                      eval_mode, rdrop)
-    want_fwd, want_bwd = reference64(p)
-    before = ck.simd_level()
-    try:
-        for level in levels:
-            ck.set_simd_level(level)
-            for n in (1, 2):
-                fwd, bwd = run(ck, p, n)
-                assert_matches(fwd, want_fwd, FWD, dtype)
-                assert_matches(bwd, want_bwd, BWD + ("dpeephole",), dtype)
-    finally:
-        ck.set_simd_level(before)
+    assert_every_simd_level_matches_reference(p, dtype)
 
 
 @pytest.mark.parametrize("name", [b for b in BACKENDS if b in BITWISE_BACKENDS])
@@ -175,26 +133,7 @@ def test_gradients_match_finite_differences(impl, combo):
     dy, dh_n, dc_n = u(T, B, H), u(B, H), u(B, H)
     dy[2:, 1] = 0
     dy[3:, 2] = 0
-
-    def loss():
-        y, h_n, c_n, _ = lstm_fast.lstm_forward(**a, **kw)
-        return (y * dy).sum() + (h_n * dh_n).sum() + (c_n * dc_n).sum()
-
-    g = lstm_fast.lstm_backward(lstm_fast.lstm_forward(**a, **kw).cache, dy, dh_n, dc_n)
-    grads = dict(x=g.dx, w_ih=g.dw_ih, w_hh=g.dw_hh, b_ih=g.db_ih, b_hh=g.db_hh, h0=g.dh0,
-                 c0=g.dc0, w_ci=g.dw_ci, w_cf=g.dw_cf, w_co=g.dw_co)
-    eps = 1e-6
-    for name, arr in a.items():
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            lp = loss()
-            arr[idx] = old - eps
-            lm = loss()
-            arr[idx] = old
-            num[idx] = (lp - lm) / (2 * eps)
-        np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert_functional_gradients(a, kw, dy, dh_n, dc_n)
 
 
 # --- the layer and the functional API -----------------------------------------------------
@@ -202,25 +141,11 @@ def test_gradients_match_finite_differences(impl, combo):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_layer_equals_the_reference_on_every_backend(dtype, training):
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((6, 5, 3)).astype(dtype)
-    dout = rng.standard_normal((6, 5, 2 * 7)).astype(dtype)
-    lengths = [6, 2, 5, 1, 6]
-    results = {}
-    for name in BACKENDS:
+    def make(name):
         layer = lstm_fast.LSTM(3, 7, num_layers=2, bidirectional=True, dtype=dtype, seed=1,
                                backend=name, zoneout=0.2, recurrent_dropout=0.1, clip=2.0)
-        layer.train(training)
-        out, (h, c) = layer(x, lengths=lengths, save=True)
-        dx, (dh0, dc0) = layer.backward(dout)
-        results[name] = (out, h, c, dx, dh0, dc0, layer.grads)
-    want = results["numpy"]
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
-    for name, got in results.items():
-        for a, b in zip(got[:6], want[:6]):
-            np.testing.assert_allclose(a, b, **tol, err_msg=name)
-        for k in want[6]:
-            np.testing.assert_allclose(got[6][k], want[6][k], **tol, err_msg=f"{name} {k}")
+        return layer.train(training)
+    assert_layer_agrees_on_every_backend(make, dtype, 2 * 7, save=True)
 
 
 def test_layer_masks_per_step_and_eval_expectation():

@@ -69,7 +69,7 @@ case "${1:-}" in
 esac
 KERNEL_TESTS=(tests/test_ckernel.py tests/test_contract.py tests/test_layer_torch.py
               tests/test_lengths.py tests/test_streaming.py tests/test_variants.py
-              tests/test_bf16.py tests/test_int8.py)
+              tests/test_bf16.py tests/test_int8.py tests/test_low_precision.py)
 SDIST_MUST_HAVE=(CMakeLists.txt pyproject.toml csrc/cpu.c csrc/cpu.h csrc/lstm.c csrc/lstm.h
                  csrc/lstm.template.c csrc/simd.template.h csrc/gemm.template.c
                  csrc/cell.template.c csrc/pack.template.c csrc/bf16.template.c

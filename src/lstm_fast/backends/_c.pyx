@@ -305,58 +305,50 @@ def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None, variant=Non
     return p
 
 
-def pack_bf16(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
-    """Packed bfloat16 weights of float32 (w_ih (4H, I), w_hh (4H, H), b (4H,) or None),
-    rounded to nearest even (csrc/bf16.template.c); inference only (``forward`` with
-    save=False, ``step``). out as in ``pack``."""
+ctypedef size_t (*_low_size_fn)(int64_t, int64_t) noexcept nogil
+ctypedef int (*_low_pack_fn)(int64_t, int64_t, const float *, const float *, const float *,
+                             void *) noexcept nogil
+
+
+cdef Packed _pack_low(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out, str weight_dtype,
+                      _low_size_fn size_fn, _low_pack_fn pack_fn):
+    """The low-precision packers' one body: float32 weights into a weight_dtype pack by the
+    kernel's size_fn and pack_fn (inference only, no projection)."""
     if _level_error is not None:
         raise RuntimeError(f"lstm_fast C kernel: {_level_error}")
     cdef int64_t H = cnp.PyArray_DIMS(w_ih)[0] // 4, I = cnp.PyArray_DIMS(w_ih)[1]
     cdef Packed p
-    cdef cnp.npy_intp n = <cnp.npy_intp>lstm_packed_size_bf16(I, H)
-    p = _pack_target(out, n, I, H, 0, "bfloat16")
+    cdef cnp.npy_intp n = <cnp.npy_intp>size_fn(I, H)
+    p = _pack_target(out, n, I, H, 0, weight_dtype)
     cdef void *dst = cnp.PyArray_DATA(<cnp.ndarray>p.buf)
     cdef void *wi = cnp.PyArray_DATA(w_ih)
     cdef void *wh = cnp.PyArray_DATA(w_hh)
     cdef void *bp = _p(b)
     cdef int status
     with nogil:
-        status = lstm_pack_bf16(I, H, <float *>wi, <float *>wh, <float *>bp, dst)
+        status = pack_fn(I, H, <float *>wi, <float *>wh, <float *>bp, dst)
     if status != LSTM_OK:
         _raise_status(status)
     p.input_size, p.hidden_size, p.proj_size = I, H, 0
     p.typenum = cnp.NPY_FLOAT32
     p.dtype = np.dtype(np.float32)
-    p.weight_dtype = "bfloat16"
+    p.weight_dtype = weight_dtype
     p.has_bias = b is not None
     return p
+
+
+def pack_bf16(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
+    """Packed bfloat16 weights of float32 (w_ih (4H, I), w_hh (4H, H), b (4H,) or None),
+    rounded to nearest even (csrc/bf16.template.c); inference only (``forward`` with
+    save=False, ``step``). out as in ``pack``."""
+    return _pack_low(w_ih, w_hh, b, out, "bfloat16", lstm_packed_size_bf16, lstm_pack_bf16)
 
 
 def pack_int8(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
     """Packed int8 weights of float32 (w_ih (4H, I), w_hh (4H, H), b (4H,) or None), a
     symmetric scale per gate row of each (csrc/int8.template.c); inference only
     (``forward`` with save=False, ``step``). out as in ``pack``."""
-    if _level_error is not None:
-        raise RuntimeError(f"lstm_fast C kernel: {_level_error}")
-    cdef int64_t H = cnp.PyArray_DIMS(w_ih)[0] // 4, I = cnp.PyArray_DIMS(w_ih)[1]
-    cdef Packed p
-    cdef cnp.npy_intp n = <cnp.npy_intp>lstm_packed_size_i8(I, H)
-    p = _pack_target(out, n, I, H, 0, "int8")
-    cdef void *dst = cnp.PyArray_DATA(<cnp.ndarray>p.buf)
-    cdef void *wi = cnp.PyArray_DATA(w_ih)
-    cdef void *wh = cnp.PyArray_DATA(w_hh)
-    cdef void *bp = _p(b)
-    cdef int status
-    with nogil:
-        status = lstm_pack_i8(I, H, <float *>wi, <float *>wh, <float *>bp, dst)
-    if status != LSTM_OK:
-        _raise_status(status)
-    p.input_size, p.hidden_size, p.proj_size = I, H, 0
-    p.typenum = cnp.NPY_FLOAT32
-    p.dtype = np.dtype(np.float32)
-    p.weight_dtype = "int8"
-    p.has_bias = b is not None
-    return p
+    return _pack_low(w_ih, w_hh, b, out, "int8", lstm_packed_size_i8, lstm_pack_i8)
 
 
 cdef int _inference_only(Packed packed) except -1:
