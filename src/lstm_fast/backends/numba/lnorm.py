@@ -41,8 +41,9 @@ from numba import njit, prange
 from .cell import vclamp
 from .gemm import PAR_MIN, gemm, pack_b, split
 from .lstm import FR, ROWS_PER_THREAD, bwd_dh_all, check_steps, fwd_tile, fwd_tile1, peephole_grads, row_split
-from .simd import (JIT, PJIT, lanes, nl, ptr, vabs, vload_n, vsel_gt, vsigmoid, vsplat, vstore_n,
-                   vtanh)
+from .simd import (JIT, PJIT, ld, lanes, nl, padd, ptr, vabs, vload_n, vsel_gt, vsigmoid, vsplat,
+                   vstore_n, vtanh)
+from .simd import st as put
 
 LN_EPS = 1e-5   # reference.LN_EPS (haste: rsqrt(var + 1e-5))
 
@@ -50,17 +51,17 @@ LN_EPS = 1e-5   # reference.LN_EPS (haste: rsqrt(var + 1e-5))
 @njit(**JIT)
 def row_stats(z, n, st, k):
     """st[k], st[k + 1] = mean and rstd = 1 / sqrt(var + LN_EPS) of z[:n] (biased variance,
-    two passes, float64 sums)."""
+    two passes, float64 sums). z, st: arrays or pointers (``ld``, ``put``)."""
     s = 0.0
     for j in range(n):
-        s += z[j]
+        s += ld(z, j)
     mean = s / n
     v = 0.0
     for j in range(n):
-        d = z[j] - mean
+        d = ld(z, j) - mean
         v += d * d
-    st[k] = mean
-    st[k + 1] = 1.0 / math.sqrt(v / n + LN_EPS)
+    put(st, k, mean)
+    put(st, k + 1, 1.0 / math.sqrt(v / n + LN_EPS))
 
 
 @njit(**JIT)
@@ -112,19 +113,19 @@ def ln_rec_par(n, H, R, w, hp, zh, num_threads):
 
 
 @njit(**JIT)
-def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, var):
+def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, peep, has_peep, clip, cell_clip):
     """One row of a forward step: gx (4H) holds LN(x.w_ih^T) * g_ih + b and receives the
     activated gates; zh (4H) the recurrent product (normalized here, statistics into st[2:4]);
     cp c_{t-1} (may be c_t: the running state), c_t and h_t = o * tanh(LN(c_t)) written,
     c_t's statistics into st[4:6]. ``var`` the variants (cell.py; no cifg). One vector of V
     units at a time; the pre-activations without fused multiply-adds (``ln_cell_grad``
-    recomputes them with the same operations to tell the clamped gates)."""
-    peep, has_peep, clip, cell_clip, cifg = var
+    recomputes them with the same operations to tell the clamped gates). Operands are
+    pointers (a row's first element; ``padd``): no array views per row."""
     G = 4 * H
     V = lanes(gx)
     row_stats(zh, G, st, 2)
-    m = st[2]
-    rs = st[3]
+    m = ld(st, 2)
+    rs = ld(st, 3)
     for u in range(0, H, V):
         k = min(V, H - u)
         cpv = vload_n(cp, u, k)
@@ -155,8 +156,8 @@ def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, var):
         vstore_n(gx, 3 * H + u, vsigmoid(zo), k)
         vstore_n(c_t, u, cv, k)
     row_stats(c_t, H, st, 4)
-    mc = st[4]
-    rc = st[5]
+    mc = ld(st, 4)
+    rc = ld(st, 5)
     for u in range(0, H, V):
         k = min(V, H - u)
         n = (vload_n(c_t, u, k) - mc) * rc * vload_n(ln, G + G + u, k) + vload_n(ln, G + G + H + u, k)
@@ -172,8 +173,12 @@ def ln_step(r0, r1, H, R, whh_f, hp, cp, gates_t, zh, c_t, h_t, st, ln, var, rec
     if rec:
         zh[r0:r1] = 0
         ln_rec(r1 - r0, H, R, whh_f, hp[r0:r1], zh[r0:r1], nl(0), (H + lanes(zh) - 1) // lanes(zh))
+    peep, has_peep, clip, cell_clip, cifg = var
+    G = 4 * H
+    gp, zp, cpp, cp_, hp_, sp, lp, pp = ptr(gates_t), ptr(zh), ptr(cp), ptr(c_t), ptr(h_t), ptr(st), ptr(ln), ptr(peep)
     for r in range(r0, r1):
-        ln_cell(gates_t[r], zh[r], cp[r], c_t[r], h_t[r], st[r], ln, H, var)
+        ln_cell(padd(gp, r * G), padd(zp, r * G), padd(cpp, r * H), padd(cp_, r * H), padd(hp_, r * H),
+                padd(sp, r * 6), lp, H, pp, has_peep, clip, cell_clip)
 
 
 @njit(**PJIT)
