@@ -258,18 +258,17 @@ def keep(d, z, clip):
 
 
 @njit(**JIT)
-def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, var):
+def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, peep, has_peep, clip, cell_clip):
     """One row of a backward step: dm (H) the gradient reaching h~_t (dy and zoneout included),
     g_t the saved gates, c_t, cp c_{t-1}; dc (H) the running gradient of c (becomes that of
     c_{t-1}); writes the gate gradients dg (4H), dzh (4H) the gradient of the recurrent product
     (through its LN) and dn (H) that of LN(c_t). xh, hh (4H): the normalized products (for the
     clip's pre-activations, recomputed with the forward's operations). One vector of V units
-    at a time, the LN sums over the row in unit order."""
-    peep, has_peep, clip, cell_clip, cifg = var
+    at a time, the LN sums over the row in unit order. Operands are pointers (``padd``)."""
     G = 4 * H
     V = lanes(dm)
-    mc = st[4]
-    rc = st[5]
+    mc = ld(st, 4)
+    rc = ld(st, 5)
     for u in range(0, H, V):   # dn = dm o (1 - tanh^2 n), n = LN(c_t)
         k = min(V, H - u)
         tn = vtanh((vload_n(c_t, u, k) - mc) * rc * vload_n(ln, G + G + u, k) + vload_n(ln, G + G + H + u, k))
@@ -277,9 +276,9 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, var):
     s1 = 0.0
     s2 = 0.0
     for u in range(H):   # its LN's sums
-        d = dn[u] * ln[G + G + u]
+        d = ld(dn, u) * ld(ln, G + G + u)
         s1 += d
-        s2 += d * ((c_t[u] - mc) * rc)
+        s2 += d * ((ld(c_t, u) - mc) * rc)
     m1 = s1 / H
     m2 = s2 / H
     for u in range(0, H, V):
@@ -328,23 +327,23 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, var):
         if has_peep:
             dcp = dcp + vload_n(peep, u, k) * dgi + vload_n(peep, H + u, k) * dgf
         vstore_n(dc, u, dcp, k)
-    ln_grad(dg, hh, st[3], ln, G, G, dzh)
+    ln_grad(dg, hh, ld(st, 3), ln, G, G, dzh)
 
 
 @njit(**JIT)
 def ln_grad(da, zhat, rstd, ln, g0, n, dz):
     """dz = rstd (da g - mean(da g) - zhat mean(da g zhat)): the backward of zhat * g, zhat the
-    normalized row, g = ln[g0:g0 + n]. dz may be zhat."""
+    normalized row, g = ln[g0:g0 + n]. dz may be zhat. Arrays or pointers (``ld``, ``put``)."""
     s1 = 0.0
     s2 = 0.0
     for j in range(n):
-        d = da[j] * ln[g0 + j]
+        d = ld(da, j) * ld(ln, g0 + j)
         s1 += d
-        s2 += d * zhat[j]
+        s2 += d * ld(zhat, j)
     m1 = s1 / n
     m2 = s2 / n
     for j in range(n):
-        dz[j] = rstd * (da[j] * ln[g0 + j] - m1 - zhat[j] * m2)
+        put(dz, j, rstd * (ld(da, j) * ld(ln, g0 + j) - m1 - ld(zhat, j) * m2))
 
 
 @njit(**JIT)
@@ -385,8 +384,11 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
         for j in range(G):
             xh[r, j] = (xh[r, j] - mx) * rx
             hh[r, j] = (hh[r, j] - mh) * rh
-    # the time loop, last step to first
+    # the time loop, last step to first (the rows' operands as pointers: ``ln_cell_grad``)
     dc0[:] = dc_n
+    peep, has_peep, clip, cell_clip, cifg = var
+    dhp, gp, cpt, c0p, dcp, dgp = ptr(dhs), ptr(gates), ptr(c), ptr(c0), ptr(dc0), ptr(dgates)
+    dzp, dnp, xhp, hhp, sp, lp, bp, pp = ptr(dzh), ptr(dn), ptr(xh), ptr(hh), ptr(stats), ptr(ln), ptr(b), ptr(peep)
     off = N
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
@@ -406,9 +408,11 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
                     dhs[r, u] = z * d
         p = off - batch_sizes[t - 1] if t > 0 else 0
         for r in range(n):
-            cp = c0[r] if t == 0 else c[p + r]
-            ln_cell_grad(dhs[r], gates[off + r], c[off + r], cp, dc0[r], dgates[off + r], dzh[off + r], dn[off + r],
-                         xh[off + r], hh[off + r], stats[off + r], ln, b, H, var)
+            q = off + r
+            cp = padd(c0p, r * H) if t == 0 else padd(cpt, (p + r) * H)
+            ln_cell_grad(padd(dhp, r * H), padd(gp, q * G), padd(cpt, q * H), cp, padd(dcp, r * H), padd(dgp, q * G),
+                         padd(dzp, q * G), padd(dnp, q * H), padd(xhp, q * G), padd(hhp, q * G), padd(sp, q * 6), lp,
+                         bp, H, pp, has_peep, clip, cell_clip)
     n0 = batch_sizes[0] if T > 0 else 0
     nt = num_threads if B * G * R >= PAR_MIN else 1
     if dhz.shape[0] > 0:
@@ -430,7 +434,7 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
         for u in range(H):
             dln[G + G + u] += dn[r, u] * ((c[r, u] - mc) * rc)
             dln[G + G + H + u] += dn[r, u]
-        ln_grad(dgates[r], xh[r], stats[r, 1], ln, 0, G, xh[r])   # xh becomes dz_x
+        ln_grad(padd(dgp, r * G), padd(xhp, r * G), stats[r, 1], lp, 0, G, padd(xhp, r * G))   # xh becomes dz_x
     # whole-sequence products: dx = dz_x.w_ih, dw_ih = dz_x^T.x, dw_hh = dz_h^T.h_prev
     gemm(N, I, G, xh, False, wih, dx, None, num_threads)
     pack_b(x, nl(0), N, xpan, nl(0))
