@@ -41,8 +41,9 @@ from numba import njit, prange
 from .cell import vclamp
 from .gemm import PAR_MIN, gemm, pack_b, split
 from .lstm import FR, ROWS_PER_THREAD, bwd_dh_all, check_steps, fwd_tile, fwd_tile1, peephole_grads, row_split
-from .simd import (JIT, PJIT, lanes, nl, ptr, vabs, vload_n, vsel_gt, vsigmoid, vsplat, vstore_n,
-                   vtanh)
+from .simd import (JIT, PJIT, ld, lanes, nl, padd, ptr, vabs, vload_n, vsel_gt, vsigmoid, vsplat,
+                   vstore_n, vtanh)
+from .simd import st as put
 
 LN_EPS = 1e-5   # reference.LN_EPS (haste: rsqrt(var + 1e-5))
 
@@ -50,17 +51,34 @@ LN_EPS = 1e-5   # reference.LN_EPS (haste: rsqrt(var + 1e-5))
 @njit(**JIT)
 def row_stats(z, n, st, k):
     """st[k], st[k + 1] = mean and rstd = 1 / sqrt(var + LN_EPS) of z[:n] (biased variance,
-    two passes, float64 sums)."""
-    s = 0.0
-    for j in range(n):
-        s += z[j]
-    mean = s / n
-    v = 0.0
-    for j in range(n):
-        d = z[j] - mean
-        v += d * d
-    st[k] = mean
-    st[k + 1] = 1.0 / math.sqrt(v / n + LN_EPS)
+    two passes, float64 sums in 4 interleaved partial sums: j mod 4, added at the end, a fixed
+    order whatever the threads). z, st: arrays or pointers (``ld``, ``put``)."""
+    s0 = s1 = s2 = s3 = 0.0
+    n4 = n - n % 4
+    for j in range(0, n4, 4):
+        s0 += ld(z, j)
+        s1 += ld(z, j + 1)
+        s2 += ld(z, j + 2)
+        s3 += ld(z, j + 3)
+    for j in range(n4, n):
+        s0 += ld(z, j)
+    mean = ((s0 + s1) + (s2 + s3)) / n
+    v0 = v1 = v2 = v3 = 0.0
+    for j in range(0, n4, 4):
+        d0 = ld(z, j) - mean
+        d1 = ld(z, j + 1) - mean
+        d2 = ld(z, j + 2) - mean
+        d3 = ld(z, j + 3) - mean
+        v0 += d0 * d0
+        v1 += d1 * d1
+        v2 += d2 * d2
+        v3 += d3 * d3
+    for j in range(n4, n):
+        d = ld(z, j) - mean
+        v0 += d * d
+    v = (v0 + v1) + (v2 + v3)
+    put(st, k, mean)
+    put(st, k + 1, 1.0 / math.sqrt(v / n + LN_EPS))
 
 
 @njit(**JIT)
@@ -112,19 +130,19 @@ def ln_rec_par(n, H, R, w, hp, zh, num_threads):
 
 
 @njit(**JIT)
-def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, var):
+def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, peep, has_peep, clip, cell_clip):
     """One row of a forward step: gx (4H) holds LN(x.w_ih^T) * g_ih + b and receives the
     activated gates; zh (4H) the recurrent product (normalized here, statistics into st[2:4]);
     cp c_{t-1} (may be c_t: the running state), c_t and h_t = o * tanh(LN(c_t)) written,
     c_t's statistics into st[4:6]. ``var`` the variants (cell.py; no cifg). One vector of V
     units at a time; the pre-activations without fused multiply-adds (``ln_cell_grad``
-    recomputes them with the same operations to tell the clamped gates)."""
-    peep, has_peep, clip, cell_clip, cifg = var
+    recomputes them with the same operations to tell the clamped gates). Operands are
+    pointers (a row's first element; ``padd``): no array views per row."""
     G = 4 * H
     V = lanes(gx)
     row_stats(zh, G, st, 2)
-    m = st[2]
-    rs = st[3]
+    m = ld(st, 2)
+    rs = ld(st, 3)
     for u in range(0, H, V):
         k = min(V, H - u)
         cpv = vload_n(cp, u, k)
@@ -155,8 +173,8 @@ def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, var):
         vstore_n(gx, 3 * H + u, vsigmoid(zo), k)
         vstore_n(c_t, u, cv, k)
     row_stats(c_t, H, st, 4)
-    mc = st[4]
-    rc = st[5]
+    mc = ld(st, 4)
+    rc = ld(st, 5)
     for u in range(0, H, V):
         k = min(V, H - u)
         n = (vload_n(c_t, u, k) - mc) * rc * vload_n(ln, G + G + u, k) + vload_n(ln, G + G + H + u, k)
@@ -172,8 +190,12 @@ def ln_step(r0, r1, H, R, whh_f, hp, cp, gates_t, zh, c_t, h_t, st, ln, var, rec
     if rec:
         zh[r0:r1] = 0
         ln_rec(r1 - r0, H, R, whh_f, hp[r0:r1], zh[r0:r1], nl(0), (H + lanes(zh) - 1) // lanes(zh))
+    peep, has_peep, clip, cell_clip, cifg = var
+    G = 4 * H
+    gp, zp, cpp, cp_, hp_, sp, lp, pp = ptr(gates_t), ptr(zh), ptr(cp), ptr(c_t), ptr(h_t), ptr(st), ptr(ln), ptr(peep)
     for r in range(r0, r1):
-        ln_cell(gates_t[r], zh[r], cp[r], c_t[r], h_t[r], st[r], ln, H, var)
+        ln_cell(padd(gp, r * G), padd(zp, r * G), padd(cpp, r * H), padd(cp_, r * H), padd(hp_, r * H),
+                padd(sp, r * 6), lp, H, pp, has_peep, clip, cell_clip)
 
 
 @njit(**PJIT)
@@ -253,18 +275,17 @@ def keep(d, z, clip):
 
 
 @njit(**JIT)
-def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, var):
+def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, peep, has_peep, clip, cell_clip):
     """One row of a backward step: dm (H) the gradient reaching h~_t (dy and zoneout included),
     g_t the saved gates, c_t, cp c_{t-1}; dc (H) the running gradient of c (becomes that of
     c_{t-1}); writes the gate gradients dg (4H), dzh (4H) the gradient of the recurrent product
     (through its LN) and dn (H) that of LN(c_t). xh, hh (4H): the normalized products (for the
     clip's pre-activations, recomputed with the forward's operations). One vector of V units
-    at a time, the LN sums over the row in unit order."""
-    peep, has_peep, clip, cell_clip, cifg = var
+    at a time, the LN sums over the row in unit order. Operands are pointers (``padd``)."""
     G = 4 * H
     V = lanes(dm)
-    mc = st[4]
-    rc = st[5]
+    mc = ld(st, 4)
+    rc = ld(st, 5)
     for u in range(0, H, V):   # dn = dm o (1 - tanh^2 n), n = LN(c_t)
         k = min(V, H - u)
         tn = vtanh((vload_n(c_t, u, k) - mc) * rc * vload_n(ln, G + G + u, k) + vload_n(ln, G + G + H + u, k))
@@ -272,9 +293,9 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, var):
     s1 = 0.0
     s2 = 0.0
     for u in range(H):   # its LN's sums
-        d = dn[u] * ln[G + G + u]
+        d = ld(dn, u) * ld(ln, G + G + u)
         s1 += d
-        s2 += d * ((c_t[u] - mc) * rc)
+        s2 += d * ((ld(c_t, u) - mc) * rc)
     m1 = s1 / H
     m2 = s2 / H
     for u in range(0, H, V):
@@ -323,23 +344,37 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, var):
         if has_peep:
             dcp = dcp + vload_n(peep, u, k) * dgi + vload_n(peep, H + u, k) * dgf
         vstore_n(dc, u, dcp, k)
-    ln_grad(dg, hh, st[3], ln, G, G, dzh)
+    ln_grad(dg, hh, ld(st, 3), ln, G, G, dzh)
 
 
 @njit(**JIT)
 def ln_grad(da, zhat, rstd, ln, g0, n, dz):
     """dz = rstd (da g - mean(da g) - zhat mean(da g zhat)): the backward of zhat * g, zhat the
-    normalized row, g = ln[g0:g0 + n]. dz may be zhat."""
-    s1 = 0.0
-    s2 = 0.0
+    normalized row, g = ln[g0:g0 + n]. dz may be zhat. Arrays or pointers (``ld``, ``put``)."""
+    a0 = a1 = a2 = a3 = 0.0   # 4 interleaved partial sums (j mod 4), as row_stats
+    q0 = q1 = q2 = q3 = 0.0
+    n4 = n - n % 4
+    for j in range(0, n4, 4):
+        d0 = ld(da, j) * ld(ln, g0 + j)
+        d1 = ld(da, j + 1) * ld(ln, g0 + j + 1)
+        d2 = ld(da, j + 2) * ld(ln, g0 + j + 2)
+        d3 = ld(da, j + 3) * ld(ln, g0 + j + 3)
+        a0 += d0
+        a1 += d1
+        a2 += d2
+        a3 += d3
+        q0 += d0 * ld(zhat, j)
+        q1 += d1 * ld(zhat, j + 1)
+        q2 += d2 * ld(zhat, j + 2)
+        q3 += d3 * ld(zhat, j + 3)
+    for j in range(n4, n):
+        d = ld(da, j) * ld(ln, g0 + j)
+        a0 += d
+        q0 += d * ld(zhat, j)
+    m1 = ((a0 + a1) + (a2 + a3)) / n
+    m2 = ((q0 + q1) + (q2 + q3)) / n
     for j in range(n):
-        d = da[j] * ln[g0 + j]
-        s1 += d
-        s2 += d * zhat[j]
-    m1 = s1 / n
-    m2 = s2 / n
-    for j in range(n):
-        dz[j] = rstd * (da[j] * ln[g0 + j] - m1 - zhat[j] * m2)
+        put(dz, j, rstd * (ld(da, j) * ld(ln, g0 + j) - m1 - ld(zhat, j) * m2))
 
 
 @njit(**JIT)
@@ -380,8 +415,11 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
         for j in range(G):
             xh[r, j] = (xh[r, j] - mx) * rx
             hh[r, j] = (hh[r, j] - mh) * rh
-    # the time loop, last step to first
+    # the time loop, last step to first (the rows' operands as pointers: ``ln_cell_grad``)
     dc0[:] = dc_n
+    peep, has_peep, clip, cell_clip, cifg = var
+    dhp, gp, cpt, c0p, dcp, dgp = ptr(dhs), ptr(gates), ptr(c), ptr(c0), ptr(dc0), ptr(dgates)
+    dzp, dnp, xhp, hhp, sp, lp, bp, pp = ptr(dzh), ptr(dn), ptr(xh), ptr(hh), ptr(stats), ptr(ln), ptr(b), ptr(peep)
     off = N
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
@@ -401,9 +439,11 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
                     dhs[r, u] = z * d
         p = off - batch_sizes[t - 1] if t > 0 else 0
         for r in range(n):
-            cp = c0[r] if t == 0 else c[p + r]
-            ln_cell_grad(dhs[r], gates[off + r], c[off + r], cp, dc0[r], dgates[off + r], dzh[off + r], dn[off + r],
-                         xh[off + r], hh[off + r], stats[off + r], ln, b, H, var)
+            q = off + r
+            cp = padd(c0p, r * H) if t == 0 else padd(cpt, (p + r) * H)
+            ln_cell_grad(padd(dhp, r * H), padd(gp, q * G), padd(cpt, q * H), cp, padd(dcp, r * H), padd(dgp, q * G),
+                         padd(dzp, q * G), padd(dnp, q * H), padd(xhp, q * G), padd(hhp, q * G), padd(sp, q * 6), lp,
+                         bp, H, pp, has_peep, clip, cell_clip)
     n0 = batch_sizes[0] if T > 0 else 0
     nt = num_threads if B * G * R >= PAR_MIN else 1
     if dhz.shape[0] > 0:
@@ -425,7 +465,7 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
         for u in range(H):
             dln[G + G + u] += dn[r, u] * ((c[r, u] - mc) * rc)
             dln[G + G + H + u] += dn[r, u]
-        ln_grad(dgates[r], xh[r], stats[r, 1], ln, 0, G, xh[r])   # xh becomes dz_x
+        ln_grad(padd(dgp, r * G), padd(xhp, r * G), stats[r, 1], lp, 0, G, padd(xhp, r * G))   # xh becomes dz_x
     # whole-sequence products: dx = dz_x.w_ih, dw_ih = dz_x^T.x, dw_hh = dz_h^T.h_prev
     gemm(N, I, G, xh, False, wih, dx, None, num_threads)
     pack_b(x, nl(0), N, xpan, nl(0))

@@ -152,6 +152,15 @@ def ptr(typingctx, a):
 
 
 @intrinsic
+def padd(typingctx, a, k):
+    """Pointer to flat element k of a (C-contiguous array or pointer): a row's operand passed
+    without an array view (see ``ptr``)."""
+    def cg(context, builder, sig, args):
+        return _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+    return types.CPointer(a.dtype)(a, k), cg
+
+
+@intrinsic
 def st(typingctx, a, i, v):
     """Store scalar v at flat element index i of a (array or pointer)."""
     def cg(context, builder, sig, args):
