@@ -119,6 +119,28 @@ def _ln(packed):
     return np.ascontiguousarray(v.layer_norm, packed.dtype)
 
 
+def _outputs(out, N, R, h0, c0, dt):
+    """y (N, R), h_n, c_n of a forward: the caller's (``out``, any of them None) or new."""
+    y_out, h_n, c_n = (None, None, None) if out is None else out
+    y = np.empty((N, R), dt) if y_out is None else y_out.reshape(N, R)
+    return (y, np.empty(h0.shape, dt) if h_n is None else h_n,
+            np.empty(c0.shape, dt) if c_n is None else c_n)
+
+
+def _results(out, padded, y, h_n, c_n, gates, c, save):
+    """The contract's (y, h_n, c_n, gates, c): y the caller's array if given, the rows
+    reshaped to (T, B, .) for a padded input; gates and c None without saving."""
+    if out is not None and out[0] is not None:
+        y = out[0]
+    elif padded is not None:
+        y = y.reshape(*padded, y.shape[-1])
+    if not save:
+        return y, h_n, c_n, None, None
+    if padded is not None:
+        gates, c = gates.reshape(*padded, gates.shape[-1]), c.reshape(*padded, c.shape[-1])
+    return y, h_n, c_n, gates, c
+
+
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None, zoneout=None,
             stats=None):
     """-> (y, h_n, c_n, gates, c); gates and c None with save=False (the contract:
@@ -133,12 +155,7 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     H = packed.hidden_size
     G = 4 * H
     dt = packed.dtype
-    y_out, h_n, c_n = (None, None, None) if out is None else out
-    y = np.empty((N, R), dt) if y_out is None else y_out.reshape(N, R)
-    if h_n is None:
-        h_n = np.empty(h0.shape, dt)
-    if c_n is None:
-        c_n = np.empty(c0.shape, dt)
+    y, h_n, c_n = _outputs(out, N, R, h0, c0, dt)
     if save:
         gates, c = np.empty((N, G), dt), np.empty((N, H), dt)
     else:
@@ -152,15 +169,7 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
         lstm_forward(xp, packed.wih_t, packed.whh_f, packed.b, whr_t, as_matrix(h0), as_matrix(c0), bs, y,
                      as_matrix(h_n), as_matrix(c_n), gates, c, m, save, packed.var, _mask(rdrop, none), hm,
                      none if zoneout is None else _mask(zoneout.reshape(N, H), none), n)
-    if y_out is not None:
-        y = y_out
-    elif padded is not None:
-        y = y.reshape(*padded, R)
-    if not save:
-        return y, h_n, c_n, None, None
-    if padded is not None:
-        gates, c = gates.reshape(*padded, G), c.reshape(*padded, H)
-    return y, h_n, c_n, gates, c
+    return _results(out, padded, y, h_n, c_n, gates, c, save)
 
 
 def _ln_forward(packed, ln, x, h0, c0, num_threads, batch_sizes, save, out, rdrop, zoneout, stats):
@@ -172,12 +181,7 @@ def _ln_forward(packed, ln, x, h0, c0, num_threads, batch_sizes, save, out, rdro
     H = packed.hidden_size
     G = 4 * H
     dt = packed.dtype
-    y_out, h_n, c_n = (None, None, None) if out is None else out
-    y = np.empty((N, R), dt) if y_out is None else y_out.reshape(N, R)
-    if h_n is None:
-        h_n = np.empty(h0.shape, dt)
-    if c_n is None:
-        c_n = np.empty(c0.shape, dt)
+    y, h_n, c_n = _outputs(out, N, R, h0, c0, dt)
     gates, c = np.empty((N, G), dt), np.empty((N, H), dt)
     st = np.empty((N, 6), dt) if stats is None else stats.reshape(N, 6)
     none = _none(dt)
@@ -187,15 +191,7 @@ def _ln_forward(packed, ln, x, h0, c0, num_threads, batch_sizes, save, out, rdro
                    as_matrix(h_n), as_matrix(c_n), gates, c, np.empty((B, G), dt), st, packed.var,
                    _mask(rdrop, none), np.empty((B, R), dt),
                    none if zoneout is None else _mask(zoneout.reshape(N, H), none), n)
-    if y_out is not None:
-        y = y_out
-    elif padded is not None:
-        y = y.reshape(*padded, R)
-    if not save:
-        return y, h_n, c_n, None, None
-    if padded is not None:
-        gates, c = gates.reshape(*padded, G), c.reshape(*padded, H)
-    return y, h_n, c_n, gates, c
+    return _results(out, padded, y, h_n, c_n, gates, c, save)
 
 
 def step(packed, x, h, c, num_threads, y=None):
