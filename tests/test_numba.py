@@ -69,6 +69,8 @@ def _kernel_calls(x, w_ih, w_hh, b, w_hr, h0, c0, bs, dy, dh_n, dc_n, nth=1):
     proj = w_hr is not None
     off, off3 = np.empty((0, 0), dt), np.empty((0, 0, 0), dt)   # options off: 0 rows, never None
     fwd = (full(N, R), full(B, R), full(B, H), full(N, 4 * H), full(N, H))
+    # inputs read-only as the adapters pass them (nk._in): the same compilation as theirs
+    x, h0, c0, bs, dy, dh_n, dc_n = map(nk._in, (x, h0, c0, bs, dy, dh_n, dc_n))
     assert nk.lstm_forward(x, pk.wih_t, pk.whh_f, pk.b, pk.whr_t if proj else off3, h0, c0, bs, *fwd,
                            full(B, H) if proj else off, True, pk.var, off, off, off, nth) is None
     y, _, _, gates, c = fwd
@@ -76,7 +78,8 @@ def _kernel_calls(x, w_ih, w_hh, b, w_hr, h0, c0, bs, dy, dh_n, dc_n, nth=1):
     ws += (full(B, H), full(N, R), full(N, H), pan(H)) if proj else (off, off, off, off3)
     bwd = (full(N, I), full(4 * H, I), full(4 * H, R), full(4 * H), full(B, R), full(B, H))
     dw_hr = full(*w_hr.shape) if proj else off
-    assert nk.lstm_backward(x, pk.wih, pk.whh_b, pk.whr if proj else off3, h0, c0, y, gates, c, dy, dh_n, dc_n,
+    assert nk.lstm_backward(x, pk.wih, pk.whh_b, pk.whr if proj else off3, h0, c0, *map(nk._in, (y, gates, c)),
+                            dy, dh_n, dc_n,
                             bs, *ws, *bwd, dw_hr, pk.var, off, off, off, off, nth) is None
     return fwd, bwd + ((dw_hr,) if proj else ())
 

@@ -98,6 +98,17 @@ def _none(dt, ndim=2):
     return a
 
 
+def _in(a):
+    """A read-only view of an input array: the kernels are compiled for read-only inputs
+    whatever the caller's flags, so a writable and a read-only x (h0, dy, ...) share one
+    compilation per dtype (Numba types mutability: each mix of flags would otherwise compile
+    the whole call tree again, ~25 s)."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
 def _mask(a, none):
     """A mask for the kernels: C-contiguous and writable (the array type they are compiled
     for), or ``none`` for None."""
@@ -166,7 +177,8 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     hm = none if rdrop is None else np.empty((B, R), dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
-        lstm_forward(xp, packed.wih_t, packed.whh_f, packed.b, whr_t, as_matrix(h0), as_matrix(c0), bs, y,
+        lstm_forward(_in(xp), packed.wih_t, packed.whh_f, packed.b, whr_t, _in(as_matrix(h0)), _in(as_matrix(c0)),
+                     _in(bs), y,
                      as_matrix(h_n), as_matrix(c_n), gates, c, m, save, packed.var, _mask(rdrop, none), hm,
                      none if zoneout is None else _mask(zoneout.reshape(N, H), none), n)
     return _results(out, padded, y, h_n, c_n, gates, c, save)
@@ -187,7 +199,8 @@ def _ln_forward(packed, ln, x, h0, c0, num_threads, batch_sizes, save, out, rdro
     none = _none(dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
-        ln_forward(xp, packed.wih_t, packed.whh_f, packed.b, ln, as_matrix(h0), as_matrix(c0), bs, y,
+        ln_forward(_in(xp), packed.wih_t, packed.whh_f, packed.b, ln, _in(as_matrix(h0)), _in(as_matrix(c0)),
+                   _in(bs), y,
                    as_matrix(h_n), as_matrix(c_n), gates, c, np.empty((B, G), dt), st, packed.var,
                    _mask(rdrop, none), np.empty((B, R), dt),
                    none if zoneout is None else _mask(zoneout.reshape(N, H), none), n)
@@ -239,8 +252,9 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
         whr, mpan, dw_hr = packed.whr, pan(H), np.empty((R, H), dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
-        lstm_backward(xp, packed.wih, packed.whh_b, whr, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
-                      as_matrix(dh_n), as_matrix(dc_n), bs, dgates, dhs, pan(I), pan(R), dm, dh_all, m_all, mpan,
+        lstm_backward(_in(xp), packed.wih, packed.whh_b, whr, _in(as_matrix(h0)), _in(as_matrix(c0)), _in(y),
+                      _in(gates), _in(c), _in(dy), _in(as_matrix(dh_n)), _in(as_matrix(dc_n)), _in(bs), dgates,
+                      dhs, pan(I), pan(R), dm, dh_all, m_all, mpan,
                       dx, dw_ih, dw_hh, db, as_matrix(dh0), as_matrix(dc0), dw_hr, packed.var,
                       dpeephole if packed.var[1] and dpeephole is not None else none, _mask(rdrop, none),
                       none if zoneout is None else _mask(zoneout.reshape(N, H), none),
@@ -274,9 +288,10 @@ def _ln_backward(packed, ln, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads
     none = _none(dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
-        ln_backward(xp, packed.wih_t, packed.wih, packed.whh_f, packed.whh_b, packed.b, ln, as_matrix(h0),
-                    as_matrix(c0), y, gates, c, dy, as_matrix(dh_n), as_matrix(dc_n), bs,
-                    np.ascontiguousarray(stats.reshape(N, 6), dt), np.empty((N, G), dt), np.empty((N, R), dt),
+        ln_backward(_in(xp), packed.wih_t, packed.wih, packed.whh_f, packed.whh_b, packed.b, ln,
+                    _in(as_matrix(h0)), _in(as_matrix(c0)), _in(y), _in(gates), _in(c), _in(dy),
+                    _in(as_matrix(dh_n)), _in(as_matrix(dc_n)), _in(bs),
+                    _in(np.ascontiguousarray(stats.reshape(N, 6), dt)), np.empty((N, G), dt), np.empty((N, R), dt),
                     np.empty((N, G), dt), np.empty((N, G), dt), np.empty((N, G), dt), np.empty((N, H), dt),
                     np.empty((B, H), dt), pan(I), pan(R), dx, dw_ih, dw_hh, db, as_matrix(dh0), as_matrix(dc0),
                     dln, packed.var, dpeephole if packed.var[1] and dpeephole is not None else none,
