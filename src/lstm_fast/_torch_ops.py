@@ -44,16 +44,17 @@ def _weights(w_ih, w_hh, b_ih, b_hh, w_hr, peep=(None, None, None)):
     return [t for t in (w_ih, w_hh, b_ih, b_hh, w_hr) + tuple(peep) if t is not None]
 
 
-def pack_direction(impl, w_ih, w_hh, b, w_hr, peep, clip, cell_clip, cifg, out=None):
+def pack_direction(impl, w_ih, w_hh, b, w_hr, peep, clip, cell_clip, cifg, out=None, ln=None):
     """``impl.pack`` of one layer-direction from NumPy arrays, with the variants (issue 15):
     ``peep`` None or (3, H) rows w_ci, w_cf, w_co; coupled gates: the 3H rows (i, g, o)
-    handed on as the kernels' 4H rows (``_params.cifg_expand``)."""
-    if peep is None and not clip and not cell_clip and not cifg:
+    handed on as the kernels' 4H rows (``_params.cifg_expand``); ``ln`` None or the (10H,)
+    layer-norm parameters (``backends.Variant.layer_norm``)."""
+    if peep is None and not clip and not cell_clip and not cifg and ln is None:
         return impl.pack(w_ih, w_hh, b, w_hr, out=out)
     if cifg:
         w_ih, w_hh, b = map(_params.cifg_expand, (w_ih, w_hh, b))
     return impl.pack(w_ih, w_hh, b, w_hr, out=out,
-                     variant=backends.Variant(peep, float(clip), float(cell_clip), bool(cifg)))
+                     variant=backends.Variant(peep, float(clip), float(cell_clip), bool(cifg), ln))
 
 
 def _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr, peep=(None, None, None), clip=0.0,

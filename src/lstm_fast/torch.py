@@ -132,20 +132,23 @@ def _variant_error(options):
 
 class _Direction(torch.autograd.Function):
     """One layer, one direction with gradients: (x (T, B, I), h0, c0, w_ih, w_hh, b_ih, b_hh,
-    w_hr, w_ci, w_cf, w_co) -> (y (T, B, R), h_n, c_n); h0, c0 (B, R), (B, H), or
+    w_hr, w_ci, w_cf, w_co, g_ih, g_hh, g_c, b_c) -> (y (T, B, R), h_n, c_n); h0, c0 (B, R), (B, H), or
     (1, B, R), (1, B, H) (a one-direction stack's states as they are), or None for zeros;
     ``run`` is (backend module, packed weights, num_threads, LengthPlan or None, reverse,
     variant options (clip, cell_clip, cifg) or None, variant description or None, masks
     (recurrent dropout (B, R), zoneout (T, B, H)), each None when off, the states' leading
-    shape ((B,) or (1, B)) for h0 = None); w_ci, w_cf, w_co the peephole weights or None.
-    h_n, c_n have h0's shape (h0 None: the leading shape's).
+    shape ((B,) or (1, B)) for h0 = None); w_ci, w_cf, w_co the peephole weights or None;
+    g_ih, g_hh, g_c, b_c the layer-norm parameters (``layer_norm``) or None (then the
+    kernels also keep the rows' statistics, ``ctx.masks``). h_n, c_n have h0's shape (h0
+    None: the leading shape's).
 
     Per-call cost (issue 14): the gradients that are not needed (unused outputs) arrive as
     None (``set_materialize_grads(False)``: no zero tensors made by autograd) and read-only
     shared zeros stand in for them; the kernel allocates h_n, c_n as arrays (no torch op)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, run):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, g_ih, g_hh, g_c,
+                b_c, run):
         impl, packed, num_threads, plan, reverse, opts, described, masks, lead, R, H = run
         xs = _np(x)
         if h0 is None:
@@ -153,8 +156,12 @@ class _Direction(torch.autograd.Function):
                                                                                    xs.dtype)
         else:
             h0s, c0s = _np(h0), _np(c0)
-        y, h_n, c_n, cache = run_forward(impl, packed, xs, h0s, c0s, num_threads, plan,
-                                         reverse, True, None, *masks)
+        if g_ih is None:
+            y, h_n, c_n, cache = run_forward(impl, packed, xs, h0s, c0s, num_threads, plan,
+                                             reverse, True, None, *masks)
+        else:   # layer norm: the statistics kept too (cache.saved[8])
+            y, h_n, c_n, cache = run_forward(impl, packed, xs, h0s, c0s, num_threads, plan,
+                                             reverse, True, None, *(masks or (None, None)), True)
         y = _t(y)
         # Inputs and the output y are saved for autograd's check against in-place changes
         # (backward reads their memory); the kernel's own arrays go through
@@ -165,8 +172,9 @@ class _Direction(torch.autograd.Function):
             ctx.zeros = arrays[1:3]
             arrays = arrays[:1] + (None, None) + arrays[3:]
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ci, w_cf, w_co, y,
-                              *[None if a is None else _t(a) for a in arrays])
-        ctx.masks = cache.saved[6:]   # the masks as the kernels took them (or None), if any
+                              *[None if a is None else _t(a) for a in arrays], g_ih, g_hh, g_c, b_c)
+        ctx.masks = cache.saved[6:]   # the masks as the kernels took them (or None), if any,
+        #                               then the layer norm's statistics
         ctx.run = (impl, packed, _generation(packed), num_threads, plan, reverse, opts)
         ctx.set_materialize_grads(False)
         if described is not None:
@@ -183,10 +191,11 @@ class _Direction(torch.autograd.Function):
             clip, cell_clip, cifg = opts or (0.0, 0.0, False)
             w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t) for t in saved[3:8])
             peep = None if saved[8] is None else np.stack([_np(t) for t in saved[8:11]])
+            ln = None if saved[18] is None else np.concatenate([_np(t) for t in saved[18:]])
             packed = _torch_ops.pack_direction(impl, w_ih, w_hh,
                                                None if b_ih is None else b_ih + b_hh, w_hr, peep,
-                                               clip, cell_clip, cifg)
-        arrays = tuple([None if t is None else t.numpy() for t in saved[12:]])
+                                               clip, cell_clip, cifg, ln=ln)
+        arrays = tuple([None if t is None else t.numpy() for t in saved[12:18]])
         if saved[1] is None:    # xin, h0, c0, y, gates, c
             arrays = arrays[:1] + ctx.zeros + arrays[3:]
         cache = LSTMCache(impl, packed, arrays + ctx.masks, plan, reverse)
@@ -204,9 +213,11 @@ class _Direction(torch.autograd.Function):
             dy = _np(dy)
         dh_n = _validation.zeros(sh, dtype) if dh_n is None else _np(dh_n)
         dc_n = _validation.zeros(sc, dtype) if dc_n is None else _np(dc_n)
-        dp = None if saved[8] is None else np.empty((3, c0s.shape[-1]), dtype)
+        H = c0s.shape[-1]
+        dp = None if saved[8] is None else np.empty((3, H), dtype)
+        dln = None if saved[18] is None else np.empty(10 * H, dtype)
         dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, dy, dh_n, dc_n, num_threads,
-                                                             dpeephole=dp)
+                                                             dpeephole=dp, dlayer_norm=dln)
         if opts is not None and opts[2]:    # cifg: the kernels' 4H rows -> i, g, o
             dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
         if saved[1] is None:
@@ -215,8 +226,10 @@ class _Direction(torch.autograd.Function):
             dh0, dc0 = torch.from_numpy(dh0), torch.from_numpy(dc0)
         db_ih, db_hh = _params.bias_grads(None if db is None else _t(db))
         peep = (None, None, None) if dp is None else tuple(torch.from_numpy(r) for r in dp)
+        ln = (None,) * 4 if dln is None else tuple(map(torch.from_numpy, (
+            dln[:4 * H], dln[4 * H:8 * H], dln[8 * H:9 * H], dln[9 * H:])))
         return (_t(dx), dh0, dc0, _t(dw_ih), _t(dw_hh), db_ih, db_hh,
-                None if dw_hr is None else _t(dw_hr)) + peep + (None,)
+                None if dw_hr is None else _t(dw_hr)) + peep + ln + (None,)
 
 
 # ``Function.apply`` without its Python prologue (argument binding checks, the functorch
@@ -281,14 +294,28 @@ class LSTM(torch.nn.LSTM):
         layer-direction in the layer's order (recurrent dropout, then zoneout) after that
         layer's inter-layer dropout. 0 (default): off. As the variants, no torch fallback,
         and not under torch.compile or torch.export (an error names the option).
+    layer_norm : bool, keyword-only
+        The layer-normalized LSTM of haste's ``LayerNormLSTM``, as for ``lstm_fast.LSTM``
+        (same equations, same parameter names and shapes): per layer-direction
+        ``layer_norm_weight_ih_l{k}``, ``layer_norm_weight_hh_l{k}`` (4H,), the gains of the
+        layer norms of the input and recurrent products, and ``layer_norm_weight_c_l{k}``,
+        ``layer_norm_bias_c_l{k}`` (H,), the gain and bias of the layer norm of c_t
+        (``_reverse`` for the second direction), registered only then, after the other
+        parameters of their layer-direction, initialised to ones and zeros (also by
+        ``reset_parameters``; nothing drawn: torch's seeded values are kept). Runs on the
+        "numpy" and "numba" backends ("auto" picks numpy, as the layer); ``backend="c"`` is a
+        ValueError. Combines with the other options except proj_size and cifg. As the
+        variants, no torch fallback, and not under torch.compile or torch.export.
 
     Raises
     ------
     BackendUnavailableError
         The backend asked for is not available here.
     ValueError
-        An option out of range (see ``lstm_fast.LSTM``), or a variant with
-        ``backend="torch"``.
+        An option out of range (see ``lstm_fast.LSTM``), a variant with
+        ``backend="torch"``, or layer_norm with proj_size, cifg or ``backend="c"``.
+    TypeError
+        peephole, cifg or layer_norm not a bool.
 
     See Also
     --------
@@ -318,15 +345,22 @@ class LSTM(torch.nn.LSTM):
     """
 
     def __init__(self, *args, backend="auto", peephole=False, clip=None, cell_clip=None,
-                 cifg=False, forget_bias=None, recurrent_dropout=0.0, zoneout=0.0, **kwargs):
+                 cifg=False, forget_bias=None, recurrent_dropout=0.0, zoneout=0.0,
+                 layer_norm=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
-        if backend != "torch":
-            backends.resolve(backend)
-        for name, value in (("peephole", peephole), ("cifg", cifg)):
+        for name, value in (("peephole", peephole), ("cifg", cifg), ("layer_norm", layer_norm)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, got {value!r}")
-        self.peephole, self.cifg = bool(peephole), bool(cifg)
+        self.peephole, self.cifg, self.layer_norm = bool(peephole), bool(cifg), bool(layer_norm)
+        if self.layer_norm and self.proj_size:
+            raise ValueError("layer_norm needs proj_size=0 (haste's LayerNormLSTM has no "
+                             "projection)")
+        if self.layer_norm and self.cifg:
+            raise ValueError("layer_norm does not combine with cifg=True (the layer norm of "
+                             "three gates is not defined by haste's LayerNormLSTM)")
+        if backend != "torch":
+            self._resolve(backend)
         self.clip = _validation.check_clip(clip, "clip")
         self.cell_clip = _validation.check_clip(cell_clip, "cell_clip")
         self.forget_bias = _validation.check_forget_bias(forget_bias, self.bias, self.cifg)
@@ -353,9 +387,15 @@ class LSTM(torch.nn.LSTM):
                         if not self.cifg:
                             torch.nn.init.uniform_(w, -k, k)
                         self.register_parameter(name, w)
-            # state_dict order: each direction's peepholes after its own torch parameters
+        if self.layer_norm:     # ones and zeros, nothing drawn
+            for k in range(len(self._all_weights)):
+                for name, size in zip(self._layer_norm_names(k), (4 * H, 4 * H, H, H)):
+                    self.register_parameter(name, torch.nn.Parameter(torch.empty(size, **factory)))
+            self._init_layer_norm()
+        if self.peephole or self.layer_norm:
+            # state_dict order: each direction's own after its torch parameters
             order = _params.state_dict_names(self.num_layers, self.bidirectional, self.bias,
-                                             self.proj_size, True)
+                                             self.proj_size, self.peephole, self.layer_norm)
             params = self._parameters
             reordered = {n: params[n] for n in order}
             params.clear()
@@ -366,9 +406,17 @@ class LSTM(torch.nn.LSTM):
             self._init_forget_bias()
         self._wrap_parameters()
 
+    def _resolve(self, backend):
+        """The backend name ``backend`` resolves to for this module: with layer_norm
+        ``backends.layer_norm_backend``'s rule ("auto" is numpy, "c" a ValueError)."""
+        if getattr(self, "layer_norm", False):
+            return backends.resolve(backends.layer_norm_backend(backend))
+        return backends.resolve(backend)
+
     def _variants(self):
         """The variants on, as they are written in the constructor ("" when none)."""
-        on = [f"{name}=True" for name in ("peephole", "cifg") if getattr(self, name, False)]
+        on = [f"{name}=True" for name in ("peephole", "cifg", "layer_norm")
+              if getattr(self, name, False)]
         on += [f"{name}={getattr(self, name)}"
                for name in ("clip", "cell_clip", "recurrent_dropout", "zoneout")
                if getattr(self, name, 0.0)]
@@ -408,9 +456,31 @@ class LSTM(torch.nn.LSTM):
         p = self._parameters
         return tuple(p[n] for n in self._peephole_names(k))
 
+    def _layer_norm_names(self, k):
+        """The layer-norm parameters' names of layer-direction k (``_params.LAYER_NORM_KINDS``)."""
+        D = 2 if self.bidirectional else 1
+        return tuple(kind + _params.suffix(k // D, k % D) for kind in _params.LAYER_NORM_KINDS)
+
+    def _layer_norms(self, k):
+        """Layer-direction k's layer-norm parameters (g_ih, g_hh, g_c, b_c), or four None."""
+        if not getattr(self, "layer_norm", False):
+            return (None,) * 4
+        p = self._parameters
+        return tuple(p[n] for n in self._layer_norm_names(k))
+
+    def _init_layer_norm(self):
+        """The layer-norm parameters to ones (gains) and zeros (c's bias), as haste does."""
+        if not getattr(self, "layer_norm", False):
+            return
+        with torch.no_grad():
+            for k in range(len(self._all_weights)):
+                for name in self._layer_norm_names(k):
+                    getattr(self, name).fill_(0.0 if name.startswith("layer_norm_bias") else 1.0)
+
     def _options(self):
-        """(clip, cell_clip, cifg), or None for a plain LSTM's kernels (no peepholes either)."""
-        if not (self.peephole or self.clip or self.cell_clip or self.cifg):
+        """(clip, cell_clip, cifg), or None for a plain LSTM's kernels (no peepholes, no
+        layer norm either)."""
+        if not (self.peephole or self.clip or self.cell_clip or self.cifg or self.layer_norm):
             return None
         return (self.clip, self.cell_clip, self.cifg)
 
@@ -426,9 +496,10 @@ class LSTM(torch.nn.LSTM):
 
     def reset_parameters(self):
         """torch.nn.LSTM's (every parameter, peepholes included, uniform in +-1/sqrt(H)),
-        then ``forget_bias`` if set."""
+        then ``forget_bias`` if set; the layer-norm parameters to ones and zeros."""
         super().reset_parameters()
         self._init_forget_bias()
+        self._init_layer_norm()
 
     def extra_repr(self):
         """torch.nn.LSTM's ``extra_repr`` plus the variants that are on.
@@ -448,6 +519,8 @@ class LSTM(torch.nn.LSTM):
         names = list(self._flat_weights_names)
         if getattr(self, "peephole", False):
             names += [n for k in range(len(self._all_weights)) for n in self._peephole_names(k)]
+        if getattr(self, "layer_norm", False):
+            names += [n for k in range(len(self._all_weights)) for n in self._layer_norm_names(k)]
         for name in names:
             p = getattr(self, name)
             if type(p) is torch.nn.Parameter:
@@ -464,7 +537,7 @@ class LSTM(torch.nn.LSTM):
         super().__setstate__(state)
         for key, value in (("peephole", False), ("clip", 0.0), ("cell_clip", 0.0),
                            ("cifg", False), ("forget_bias", None), ("recurrent_dropout", 0.0),
-                           ("zoneout", 0.0)):   # pickles from before them
+                           ("zoneout", 0.0), ("layer_norm", False)):   # pickles from before them
             if key not in self.__dict__:
                 setattr(self, key, value)
         self._wrap_parameters()
@@ -495,7 +568,7 @@ class LSTM(torch.nn.LSTM):
                 if not isinstance(t, torch.Tensor) or not t.is_cpu or t.dtype != data.dtype \
                         or _wrapped(t):
                     return None
-        return backends.resolve(backend)
+        return self._resolve(backend) if self.layer_norm else backends.resolve(backend)
 
     def forward(self, input, hx=None):
         """``torch.nn.LSTM.forward``, on lstm_fast's kernels where they apply (else torch's).
@@ -515,9 +588,10 @@ class LSTM(torch.nn.LSTM):
             As torch.nn.LSTM's.
         """
         if torch.compiler.is_compiling() and _ops_apply(self, input, hx):
-            if self._masked():
+            if self._masked() or self.layer_norm:
                 raise RuntimeError(_variant_error(self._variants()) + "; torch.compile and "
-                                   "torch.export do not carry recurrent_dropout or zoneout")
+                                   "torch.export do not carry recurrent_dropout, zoneout or "
+                                   "layer_norm")
             return self._forward_ops(input, hx)
         backend = self._kernel_backend(input, hx)
         packed = None
@@ -646,6 +720,9 @@ class LSTM(torch.nn.LSTM):
         n = len(self._all_weights)
         peeps = [self._peepholes(k) for k in range(n)] if self.peephole else None
         every = flat + [t for p in peeps for t in p] if peeps else flat
+        lns = [self._layer_norms(k) for k in range(n)] if self.layer_norm else None
+        if lns:
+            every = every + [t for p in lns for t in p]
         opts = self._options()
         # the same tensor objects (entry[2]), versions and storage
         state = tuple([t._version for t in every] + [t.data_ptr() for t in every])
@@ -665,12 +742,13 @@ class LSTM(torch.nn.LSTM):
             w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else _np(t)
                                             for t in self._direction(flat[k * per:(k + 1) * per]))
             peep = None if peeps is None else np.stack([_np(t) for t in peeps[k]])
+            ln = None if lns is None else np.concatenate([_np(t) for t in lns[k]])
             # The previous packing's memory is written over (in a training loop: after every
             # optimizer step); a graph that still holds it sees its generation change and
             # packs its own saved weights again in backward (_Direction.backward).
             packed.append(_torch_ops.pack_direction(
                 impl, w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr, peep, clip,
-                cell_clip, cifg, out=old[k]))
+                cell_clip, cifg, out=old[k], ln=ln))
         # kept only while every parameter is one whose .data writes are seen
         self._packed = (key, packed, every[:]) if all(type(t) is _Parameter for t in every) \
             else None
@@ -706,16 +784,18 @@ class LSTM(torch.nn.LSTM):
         dtype = _NP[x.dtype]
         no_masks = ()   # off: run_forward called as without the options
         peeps = [self._peepholes(k) for k in range(n)] if self.peephole else [(None,) * 3] * n
+        lns = [self._layer_norms(k) for k in range(n)] if self.layer_norm else [(None,) * 4] * n
         if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in flat) or (
                 hx is not None and (hx[0].requires_grad or hx[1].requires_grad)) or (
-                self.peephole and any(t.requires_grad for p in peeps for t in p))):
+                self.peephole and any(t.requires_grad for p in peeps for t in p)) or (
+                self.layer_norm and any(t.requires_grad for p in lns for t in p))):
             # hx None: zero states made inside (no torch ops); one layer-direction: the states
             # (1, B, ·) in and out as they are (no indexing, no stack)
             apply = _Direction.apply if _functorch_active() else _direction_apply
             if n == 1:
                 h0, c0 = (None, None) if hx is None else hx
                 w = self._direction(flat)
-                y, h, c = apply(x, h0, c0, *w, *peeps[0],
+                y, h, c = apply(x, h0, c0, *w, *peeps[0], *lns[0],
                                 (impl, packed[0], num_threads, plan, False, opts, described,
                                  self._masks(T, B, dtype) if masked else no_masks, (1, B), R, H))
                 return y, h, c
@@ -732,7 +812,8 @@ class LSTM(torch.nn.LSTM):
                     y, h, c = apply(inp, None if hx is None else hx[0][k],
                                     None if hx is None else hx[1][k],
                                     *self._direction(flat[k * per:(k + 1) * per]),
-                                    *peeps[k], (impl, packed[k], num_threads, plan, d == 1, opts,
+                                    *peeps[k], *lns[k],
+                                    (impl, packed[k], num_threads, plan, d == 1, opts,
                                                 described, masks, (B,), R, H))
                     outs.append(y)
                     hs.append(h)
@@ -1124,12 +1205,13 @@ class QuantizedLSTM(torch.nn.Module):
         if p0.dtype not in _DTYPES:
             raise TypeError(f"lstm's parameters must be float32 or float64, got {p0.dtype}")
         variants = {k: getattr(lstm, k, v) for k, v in (
-            ("peephole", False), ("clip", 0.0), ("cell_clip", 0.0), ("cifg", False))}
+            ("peephole", False), ("clip", 0.0), ("cell_clip", 0.0), ("cifg", False),
+            ("layer_norm", False))}
         layer = _Layer(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias,
                        lstm.batch_first, 0.0, lstm.bidirectional, lstm.proj_size,
                        dtype=_NP[p0.dtype], backend=backend, peephole=variants["peephole"],
                        clip=variants["clip"] or None, cell_clip=variants["cell_clip"] or None,
-                       cifg=variants["cifg"])
+                       cifg=variants["cifg"], layer_norm=variants["layer_norm"])
         layer.load_state_dict({k: v.detach().cpu().numpy()
                                for k, v in lstm.state_dict().items()})
         self.layer = _quantize(layer, weight_dtype)     # the layer checks weight_dtype
