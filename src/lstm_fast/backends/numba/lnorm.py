@@ -8,7 +8,9 @@ only when a layer-normalized LSTM first runs, once per dtype, and every other op
 variants ``var``, lengths, the recurrent dropout and zoneout masks, threads) is a run-time
 argument of one type, as in lstm.py. The products are the plain kernels' (``gemm``, the forward
 step tiles ``lstm.fwd_tile``/``fwd_tile1`` on ``whh_f``, ``lstm.bwd_dh`` on ``whh_b``); the
-layer norms' sums are scalar loops over a row, the cells vectors (``simd``).
+forward's row statistics are scalar float64 loops over a row; the backward's layer-norm sums,
+the parameters' column sums and the cells are vectors (``simd``; a vector's lanes added by
+``vhsum``).
 
 * Forward: ``x.w_ih^T`` for all rows (one GEMM), then each row's statistics over its 4H values
   and ``LN(.) * g_ih + b`` in place. Per step the recurrent product goes to a buffer of its own
@@ -41,8 +43,8 @@ from numba import njit, prange
 from .cell import vclamp
 from .gemm import PAR_MIN, gemm, pack_b, split
 from .lstm import FR, ROWS_PER_THREAD, bwd_dh_all, check_steps, fwd_tile, fwd_tile1, peephole_grads, row_split
-from .simd import (JIT, PJIT, ld, lanes, nl, padd, ptr, vabs, vload_n, vsel_gt, vsigmoid, vsplat,
-                   vstore_n, vtanh)
+from .simd import (JIT, PJIT, ld, lanes, nl, padd, ptr, vabs, vhsum, vload, vload_n, vsel_gt, vsigmoid,
+                   vsplat, vstore_n, vtanh, vzero)
 from .simd import st as put
 
 LN_EPS = 1e-5   # reference.LN_EPS (haste: rsqrt(var + 1e-5))
@@ -281,23 +283,25 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, peep, 
     c_{t-1}); writes the gate gradients dg (4H), dzh (4H) the gradient of the recurrent product
     (through its LN) and dn (H) that of LN(c_t). xh, hh (4H): the normalized products (for the
     clip's pre-activations, recomputed with the forward's operations). One vector of V units
-    at a time, the LN sums over the row in unit order. Operands are pointers (``padd``)."""
+    at a time, the LN's sums in vector partial sums (``vhsum``). Operands are pointers (``padd``)."""
     G = 4 * H
     V = lanes(dm)
     mc = ld(st, 4)
     rc = ld(st, 5)
-    for u in range(0, H, V):   # dn = dm o (1 - tanh^2 n), n = LN(c_t)
+    s1 = vzero(dm)
+    s2 = vzero(dm)
+    for u in range(0, H, V):   # dn = dm o (1 - tanh^2 n), n = LN(c_t), and its LN's sums
         k = min(V, H - u)
-        tn = vtanh((vload_n(c_t, u, k) - mc) * rc * vload_n(ln, G + G + u, k) + vload_n(ln, G + G + H + u, k))
-        vstore_n(dn, u, vload_n(dm, u, k) * vload_n(g_t, 3 * H + u, k) * (1.0 - tn * tn), k)
-    s1 = 0.0
-    s2 = 0.0
-    for u in range(H):   # its LN's sums
-        d = ld(dn, u) * ld(ln, G + G + u)
-        s1 += d
-        s2 += d * ((ld(c_t, u) - mc) * rc)
-    m1 = s1 / H
-    m2 = s2 / H
+        ch = (vload_n(c_t, u, k) - mc) * rc
+        gc = vload_n(ln, G + G + u, k)
+        tn = vtanh(ch * gc + vload_n(ln, G + G + H + u, k))
+        d = vload_n(dm, u, k) * vload_n(g_t, 3 * H + u, k) * (1.0 - tn * tn)
+        vstore_n(dn, u, d, k)
+        d = d * gc   # (0 in the lanes past H: the loads are masked)
+        s1 = s1 + d
+        s2 = s2 + d * ch
+    m1 = vhsum(s1) / H
+    m2 = vhsum(s2) / H
     for u in range(0, H, V):
         k = min(V, H - u)
         i = vload_n(g_t, u, k)
@@ -350,31 +354,33 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, peep, 
 @njit(**JIT)
 def ln_grad(da, zhat, rstd, ln, g0, n, dz):
     """dz = rstd (da g - mean(da g) - zhat mean(da g zhat)): the backward of zhat * g, zhat the
-    normalized row, g = ln[g0:g0 + n]. dz may be zhat. Arrays or pointers (``ld``, ``put``)."""
-    a0 = a1 = a2 = a3 = 0.0   # 4 interleaved partial sums (j mod 4), as row_stats
-    q0 = q1 = q2 = q3 = 0.0
-    n4 = n - n % 4
-    for j in range(0, n4, 4):
-        d0 = ld(da, j) * ld(ln, g0 + j)
-        d1 = ld(da, j + 1) * ld(ln, g0 + j + 1)
-        d2 = ld(da, j + 2) * ld(ln, g0 + j + 2)
-        d3 = ld(da, j + 3) * ld(ln, g0 + j + 3)
-        a0 += d0
-        a1 += d1
-        a2 += d2
-        a3 += d3
-        q0 += d0 * ld(zhat, j)
-        q1 += d1 * ld(zhat, j + 1)
-        q2 += d2 * ld(zhat, j + 2)
-        q3 += d3 * ld(zhat, j + 3)
-    for j in range(n4, n):
-        d = ld(da, j) * ld(ln, g0 + j)
-        a0 += d
-        q0 += d * ld(zhat, j)
-    m1 = ((a0 + a1) + (a2 + a3)) / n
-    m2 = ((q0 + q1) + (q2 + q3)) / n
-    for j in range(n):
-        put(dz, j, rstd * (ld(da, j) * ld(ln, g0 + j) - m1 - ld(zhat, j) * m2))
+    normalized row, g = ln[g0:g0 + n]. dz may be zhat. Pointers (or arrays). The sums in
+    vectors of V lanes, two partial sums each (blocks of V units, alternating), their lanes
+    added pairwise at the end (``vhsum``): a fixed order whatever the threads."""
+    V = lanes(da)
+    g = padd(ln, g0)
+    a0 = vzero(da)
+    a1 = vzero(da)
+    q0 = vzero(da)
+    q1 = vzero(da)
+    n2 = n - n % (2 * V)
+    for j in range(0, n2, 2 * V):
+        d0 = vload(da, j) * vload(g, j)
+        d1 = vload(da, j + V) * vload(g, j + V)
+        a0 = a0 + d0
+        a1 = a1 + d1
+        q0 = q0 + d0 * vload(zhat, j)
+        q1 = q1 + d1 * vload(zhat, j + V)
+    for j in range(n2, n, V):
+        k = min(V, n - j)
+        d0 = vload_n(da, j, k) * vload_n(g, j, k)
+        a0 = a0 + d0
+        q0 = q0 + d0 * vload_n(zhat, j, k)
+    m1 = vhsum(a0 + a1) / n
+    m2 = vhsum(q0 + q1) / n
+    for j in range(0, n, V):
+        k = min(V, n - j)
+        vstore_n(dz, j, rstd * (vload_n(da, j, k) * vload_n(g, j, k) - m1 - vload_n(zhat, j, k) * m2), k)
 
 
 @njit(**JIT)
@@ -452,20 +458,27 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
         bwd_dh_all(G, dzh[:n0], n0, B, whh_b, dh_n, None, dh0, R, nt, rdrop)
     # the layer norms' parameters (column sums in row order), db, the input LN's backward
     dln[:] = 0
-    if db.shape[0]:
+    has_b = db.shape[0] > 0
+    if has_b:
         db[:] = 0
-    for r in range(N):
+    V = lanes(dln)
+    dlp, dbp = ptr(dln), ptr(db)
+    for r in range(N):   # per element d * xhat etc. added in row order, one vector of units at a time
         mc, rc = stats[r, 4], stats[r, 5]
-        for j in range(G):
-            d = dgates[r, j]
-            dln[j] += d * xh[r, j]
-            dln[G + j] += d * hh[r, j]
-            if db.shape[0]:
-                db[j] += d
-        for u in range(H):
-            dln[G + G + u] += dn[r, u] * ((c[r, u] - mc) * rc)
-            dln[G + G + H + u] += dn[r, u]
-        ln_grad(padd(dgp, r * G), padd(xhp, r * G), stats[r, 1], lp, 0, G, padd(xhp, r * G))   # xh becomes dz_x
+        q = r * G
+        for j in range(0, G, V):
+            k = min(V, G - j)
+            d = vload_n(dgp, q + j, k)
+            vstore_n(dlp, j, vload_n(dlp, j, k) + d * vload_n(xhp, q + j, k), k)
+            vstore_n(dlp, G + j, vload_n(dlp, G + j, k) + d * vload_n(hhp, q + j, k), k)
+            if has_b:
+                vstore_n(dbp, j, vload_n(dbp, j, k) + d, k)
+        for u in range(0, H, V):
+            k = min(V, H - u)
+            d = vload_n(dnp, r * H + u, k)
+            vstore_n(dlp, G + G + u, vload_n(dlp, G + G + u, k) + d * ((vload_n(cpt, r * H + u, k) - mc) * rc), k)
+            vstore_n(dlp, G + G + H + u, vload_n(dlp, G + G + H + u, k) + d, k)
+        ln_grad(padd(dgp, q), padd(xhp, q), stats[r, 1], lp, 0, G, padd(xhp, q))   # xh becomes dz_x
     # whole-sequence products: dx = dz_x.w_ih, dw_ih = dz_x^T.x, dw_hh = dz_h^T.h_prev
     gemm(N, I, G, xh, False, wih, dx, None, num_threads)
     pack_b(x, nl(0), N, xpan, nl(0))

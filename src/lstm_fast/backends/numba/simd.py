@@ -5,7 +5,8 @@ compilation settings every kernel module shares.
   LLVM keeps a tile's accumulators in zmm registers and emits ``vfmadd231ps zmm`` (check with
   ``fn.inspect_asm(sig)``). Intrinsics: ``vload``/``vload_n``/``vstore``/``vstore_n`` (``_n``:
   the first n lanes, masked: no access past them), ``vset1``, ``vfma`` (one rounding), the
-  arithmetic operators (a scalar operand is broadcast), selects, ``lanes`` (V).
+  arithmetic operators (a scalar operand is broadcast), selects, ``lanes`` (V), ``vhsum``
+  (the lanes' sum).
 * Pointers: ``ptr(a)`` is an array's data pointer (``ptr(None)`` is None) and ``ld``/``st``
   scalar access; the tile kernels take pointers, not arrays (see ``ptr``).
 * Activations: ``vsigmoid``, ``vtanh`` from ``vexp_neg`` (exp of x <= 0). C builds both from
@@ -273,6 +274,22 @@ def vfma(typingctx, a, b, c):
                                             f"llvm.fma.{_sfx(a)}")
         return builder.call(fn, args)
     return a(a, b, c), cg
+
+
+@intrinsic
+def vhsum(typingctx, v):
+    """The sum of v's lanes, a scalar of its dtype: halves added pairwise (lanes k and
+    k + width/2, then again), a fixed order."""
+    def cg(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        x, w = args[0], v.width
+        while w > 1:
+            w //= 2
+            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, w), list(range(w))))
+            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, w), list(range(w, 2 * w))))
+            x = builder.fadd(lo, hi)
+        return builder.extract_element(x, ir.Constant(i32, 0))
+    return v.dtype(v), cg
 
 
 def lanes(a):
