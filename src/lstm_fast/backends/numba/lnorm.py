@@ -8,15 +8,14 @@ only when a layer-normalized LSTM first runs, once per dtype, and every other op
 variants ``var``, lengths, the recurrent dropout and zoneout masks, threads) is a run-time
 argument of one type, as in lstm.py. The products are the plain kernels' (``gemm``, the forward
 step tiles ``lstm.fwd_tile``/``fwd_tile1`` on ``whh_f``, ``lstm.bwd_dh`` on ``whh_b``); the
-forward's row statistics are scalar float64 loops over a row; the backward's layer-norm sums,
-the parameters' column sums and the cells are vectors (``simd``; a vector's lanes added by
-``vhsum``).
+layer norms' sums (the forward's row statistics, the backward's), the parameters' column sums
+and the cells are vectors (``simd``; a vector's lanes added by ``vhsum``).
 
 * Forward: ``x.w_ih^T`` for all rows (one GEMM), then each row's statistics over its 4H values
   and ``LN(.) * g_ih + b`` in place. Per step the recurrent product goes to a buffer of its own
   (``zh``, (B, 4H)): a row's statistics need all its 4H values before any gate is activated;
   then per row (``ln_cell``, vectors of V units as cell.py): the recurrent LN added, the gates,
-  c_t, c_t's statistics over H, h~_t = o * tanh(LN(c_t)). Statistics are computed in float64 and stored in ``stats`` (N, 6)
+  c_t, c_t's statistics over H, h~_t = o * tanh(LN(c_t)). Statistics are computed in vectors of the dtype and stored in ``stats`` (N, 6)
   (columns ``reference.LN_STATS``) in the dtype; the normalization uses the stored values, so
   backward (which reads them) sees the forward's exact normalized values.
 * Saved for backward: the activated gates, c (as the plain LSTM) and the rows' mean and rstd
@@ -53,32 +52,32 @@ LN_EPS = 1e-5   # reference.LN_EPS (haste: rsqrt(var + 1e-5))
 @njit(**JIT)
 def row_stats(z, n, st, k):
     """st[k], st[k + 1] = mean and rstd = 1 / sqrt(var + LN_EPS) of z[:n] (biased variance,
-    two passes, float64 sums in 4 interleaved partial sums: j mod 4, added at the end, a fixed
-    order whatever the threads). z, st: arrays or pointers (``ld``, ``put``)."""
-    s0 = s1 = s2 = s3 = 0.0
-    n4 = n - n % 4
-    for j in range(0, n4, 4):
-        s0 += ld(z, j)
-        s1 += ld(z, j + 1)
-        s2 += ld(z, j + 2)
-        s3 += ld(z, j + 3)
-    for j in range(n4, n):
-        s0 += ld(z, j)
-    mean = ((s0 + s1) + (s2 + s3)) / n
-    v0 = v1 = v2 = v3 = 0.0
-    for j in range(0, n4, 4):
-        d0 = ld(z, j) - mean
-        d1 = ld(z, j + 1) - mean
-        d2 = ld(z, j + 2) - mean
-        d3 = ld(z, j + 3) - mean
-        v0 += d0 * d0
-        v1 += d1 * d1
-        v2 += d2 * d2
-        v3 += d3 * d3
-    for j in range(n4, n):
+    two passes). The sums in vectors of V lanes, two partial sums each (blocks of V units,
+    alternating), their lanes added pairwise (``vhsum``), the last n mod 2V values on a scalar
+    added after: a fixed order whatever the threads. z, st: arrays or pointers (``ld``, ``put``)."""
+    V = lanes(z)
+    s0 = vzero(z)
+    s1 = vzero(z)
+    n2 = n - n % (2 * V)
+    for j in range(0, n2, 2 * V):
+        s0 = s0 + vload(z, j)
+        s1 = s1 + vload(z, j + V)
+    t = 0.0
+    for j in range(n2, n):
+        t += ld(z, j)
+    mean = (vhsum(s0 + s1) + t) / n
+    v0 = vzero(z)
+    v1 = vzero(z)
+    for j in range(0, n2, 2 * V):
+        d0 = vload(z, j) - mean
+        d1 = vload(z, j + V) - mean
+        v0 = v0 + d0 * d0
+        v1 = v1 + d1 * d1
+    t = 0.0
+    for j in range(n2, n):
         d = ld(z, j) - mean
-        v0 += d * d
-    v = (v0 + v1) + (v2 + v3)
+        t += d * d
+    v = vhsum(v0 + v1) + t
     put(st, k, mean)
     put(st, k + 1, 1.0 / math.sqrt(v / n + LN_EPS))
 
