@@ -331,3 +331,22 @@ def torch_nn_pair(backend, dtype, num_layers, bidirectional, batch_first, bias=T
                           backend=backend)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
+
+
+def assert_state_dict_and_pickle_round_trip(m, fresh, x):
+    """A torch module ``m``: ``fresh()`` (a new module of the same options) loaded with m's
+    state_dict, and m through torch.save/torch.load, give m's output on ``x`` bitwise."""
+    import io
+
+    import torch
+    n = fresh()
+    n.load_state_dict(m.state_dict())
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    k = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        want = m(x)[0]
+        assert torch.equal(want, n(x)[0])
+        assert torch.equal(want, k(x)[0])
+    return n

@@ -7,7 +7,6 @@ finite differences (gradcheck) in float64; optimizer steps on the layer-norm par
 seen; errors naming the option (backend "c", proj_size, cifg, torch's fallback,
 torch.compile)."""
 
-import io
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ torch = pytest.importorskip("torch")
 import lstm_fast  # noqa: E402
 from lstm_fast import torch as ltorch  # noqa: E402
 
-from _support import (assert_close, assert_torch_matches_layer, torch_and_layer,  # noqa: E402
-                      torch_inputs)
+from _support import (assert_close, assert_state_dict_and_pickle_round_trip,  # noqa: E402
+                      assert_torch_matches_layer, torch_and_layer, torch_inputs)
 from test_torch_module import _one_torch_thread  # noqa: E402,F401
 from test_torch_recurrent import _record, _replay  # noqa: E402
 
@@ -168,17 +167,8 @@ def test_parameters_names_initial_values_and_state_dict():
 def test_state_dict_round_trip_and_pickle():
     m, _ = _pair(COMBOS["ln"], "numpy", np.float64)
     x = torch.randn(3, 2, 3, dtype=torch.float64)
-    n = ltorch.LSTM(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64,
-                    layer_norm=True)
-    n.load_state_dict(m.state_dict())
-    with torch.no_grad():
-        assert torch.equal(m(x)[0], n(x)[0])
-    buf = io.BytesIO()
-    torch.save(m, buf)
-    buf.seek(0)
-    k = torch.load(buf, weights_only=False)
-    with torch.no_grad():
-        assert torch.equal(m(x)[0], k(x)[0])
+    assert_state_dict_and_pickle_round_trip(m, lambda: ltorch.LSTM(
+        3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, layer_norm=True), x)
 
 
 @pytest.mark.parametrize("backend", LN_BACKENDS)

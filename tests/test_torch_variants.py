@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 from lstm_fast import _torch_ops  # noqa: E402
 from lstm_fast import torch as ltorch  # noqa: E402
 
-from _support import (BACKENDS, assert_close, assert_torch_matches_layer,  # noqa: E402
+from _support import (BACKENDS, assert_close, assert_state_dict_and_pickle_round_trip,  # noqa: E402
+                      assert_torch_matches_layer,
                       torch_and_layer, torch_inputs)
 from test_torch_module import _one_torch_thread  # noqa: E402,F401
 
@@ -163,16 +164,8 @@ def test_state_dict_round_trip_and_pickle():
     kw = VARIANTS["all"]
     m, _ = _pair(kw, "c", np.float64)
     x = torch.randn(3, 2, 3, dtype=torch.float64)
-    n = ltorch.LSTM(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, backend="c", **kw)
-    n.load_state_dict(m.state_dict())
-    with torch.no_grad():
-        assert torch.equal(m(x)[0], n(x)[0])
-    buf = io.BytesIO()
-    torch.save(m, buf)
-    buf.seek(0)
-    k = torch.load(buf, weights_only=False)
-    with torch.no_grad():
-        assert torch.equal(m(x)[0], k(x)[0])
+    n = assert_state_dict_and_pickle_round_trip(m, lambda: ltorch.LSTM(
+        3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, backend="c", **kw), x)
     # a plain module's state_dict does not fit a peephole or cifg one: torch names the keys
     plain = ltorch.LSTM(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="weight_ci_l0"):

@@ -123,12 +123,7 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
         if reverse:
             y = y[::-1]
     else:
-        xin = plan.gather(x, reverse)
-        h0s, c0s = plan.sort(backends.as_matrix(h0)), plan.sort(backends.as_matrix(c0))
-        if rdrop is not None:
-            rdrop = plan.sort(rdrop)
-        if zoneout is not None:
-            zoneout = plan.gather(zoneout, reverse)
+        xin, h0s, c0s, rdrop, zoneout = _by_length(plan, reverse, x, h0, c0, rdrop, zoneout)
         if rdrop is None and zoneout is None:
             y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
                                                plan.batch_sizes, save)
@@ -136,14 +131,28 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
             y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads,
                                                plan.batch_sizes, save, rdrop=rdrop,
                                                zoneout=zoneout)
-        h_n, c_n = (np.empty(h0.shape, hs.dtype), np.empty(c0.shape, cs.dtype)) \
-            if out is None else out
-        backends.as_matrix(h_n)[plan.order] = hs
-        backends.as_matrix(c_n)[plan.order] = cs
+        h_n, c_n = _in_caller_order(plan, h0, c0, hs, cs, out)
         saved = (xin, h0s, c0s, y, gates, c) if rdrop is None and zoneout is None else \
             (xin, h0s, c0s, y, gates, c, rdrop, zoneout)
         y = plan.scatter(y, reverse)
     return y, h_n, c_n, (_new(_Cache, (impl, packed, saved, plan, reverse)) if save else None)
+
+
+def _by_length(plan, reverse, x, h0, c0, rdrop, zoneout):
+    """The inputs of a forward over sequences of several lengths in the backend's order
+    (rows packed step by step, longest sequence first): x, h0, c0, rdrop, zoneout."""
+    xin = plan.gather(x, reverse)
+    h0s, c0s = plan.sort(backends.as_matrix(h0)), plan.sort(backends.as_matrix(c0))
+    return (xin, h0s, c0s, None if rdrop is None else plan.sort(rdrop),
+            None if zoneout is None else plan.gather(zoneout, reverse))
+
+
+def _in_caller_order(plan, h0, c0, hs, cs, out):
+    """h_n, c_n (new, or ``out``) from the backend's final states ``hs``, ``cs`` in its order."""
+    h_n, c_n = (np.empty(h0.shape, hs.dtype), np.empty(c0.shape, cs.dtype)) if out is None else out
+    backends.as_matrix(h_n)[plan.order] = hs
+    backends.as_matrix(c_n)[plan.order] = cs
+    return h_n, c_n
 
 
 def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, out, rdrop,
@@ -163,19 +172,11 @@ def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, o
         if reverse:
             y = y[::-1]
     else:
-        xin = plan.gather(x, reverse)
-        h0s, c0s = plan.sort(backends.as_matrix(h0)), plan.sort(backends.as_matrix(c0))
-        if rdrop is not None:
-            rdrop = plan.sort(rdrop)
-        if zoneout is not None:
-            zoneout = plan.gather(zoneout, reverse)
+        xin, h0s, c0s, rdrop, zoneout = _by_length(plan, reverse, x, h0, c0, rdrop, zoneout)
         stats = np.empty((plan.N, 6), xin.dtype) if save else None
         y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads, plan.batch_sizes,
                                            save, rdrop=rdrop, zoneout=zoneout, stats=stats)
-        h_n, c_n = (np.empty(h0.shape, hs.dtype), np.empty(c0.shape, cs.dtype)) \
-            if out is None else out
-        backends.as_matrix(h_n)[plan.order] = hs
-        backends.as_matrix(c_n)[plan.order] = cs
+        h_n, c_n = _in_caller_order(plan, h0, c0, hs, cs, out)
         saved = (xin, h0s, c0s, y, gates, c, rdrop, zoneout, stats)
         y = plan.scatter(y, reverse)
     return y, h_n, c_n, (_new(_Cache, (impl, packed, saved, plan, reverse)) if save else None)

@@ -130,11 +130,14 @@ def _ln(packed):
     return np.ascontiguousarray(v.layer_norm, packed.dtype)
 
 
-def _outputs(out, N, R, h0, c0, dt):
-    """y (N, R), h_n, c_n of a forward: the caller's (``out``, any of them None) or new."""
+def _forward_start(x, batch_sizes, h0, c0, out, dt):
+    """What every forward starts from: ``_steps`` of x, then y (N, R), h_n, c_n, the
+    caller's (``out``, any of them None) or new."""
+    xp, bs, padded = _steps(x, batch_sizes)
+    N, R = xp.shape[0], h0.shape[-1]
     y_out, h_n, c_n = (None, None, None) if out is None else out
     y = np.empty((N, R), dt) if y_out is None else y_out.reshape(N, R)
-    return (y, np.empty(h0.shape, dt) if h_n is None else h_n,
+    return (xp, bs, padded, y, np.empty(h0.shape, dt) if h_n is None else h_n,
             np.empty(c0.shape, dt) if c_n is None else c_n)
 
 
@@ -160,13 +163,9 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
     ln = _ln(packed)
     if ln is not None:
         return _ln_forward(packed, ln, x, h0, c0, num_threads, batch_sizes, save, out, rdrop, zoneout, stats)
-    xp, bs, padded = _steps(x, batch_sizes)
-    N = xp.shape[0]
-    B, R = h0.shape[-2:]
-    H = packed.hidden_size
+    xp, bs, padded, y, h_n, c_n = _forward_start(x, batch_sizes, h0, c0, out, packed.dtype)
+    N, (B, R), H, dt = xp.shape[0], h0.shape[-2:], packed.hidden_size, packed.dtype
     G = 4 * H
-    dt = packed.dtype
-    y, h_n, c_n = _outputs(out, N, R, h0, c0, dt)
     if save:
         gates, c = np.empty((N, G), dt), np.empty((N, H), dt)
     else:
@@ -187,13 +186,9 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
 def _ln_forward(packed, ln, x, h0, c0, num_threads, batch_sizes, save, out, rdrop, zoneout, stats):
     """``forward`` of the layer-normalized LSTM (lnorm.py): gates, c and the statistics are
     written for every row also for inference (save=False: then dropped)."""
-    xp, bs, padded = _steps(x, batch_sizes)
-    N = xp.shape[0]
-    B, R = h0.shape[-2:]
-    H = packed.hidden_size
+    xp, bs, padded, y, h_n, c_n = _forward_start(x, batch_sizes, h0, c0, out, packed.dtype)
+    N, (B, R), H, dt = xp.shape[0], h0.shape[-2:], packed.hidden_size, packed.dtype
     G = 4 * H
-    dt = packed.dtype
-    y, h_n, c_n = _outputs(out, N, R, h0, c0, dt)
     gates, c = np.empty((N, G), dt), np.empty((N, H), dt)
     st = np.empty((N, 6), dt) if stats is None else stats.reshape(N, 6)
     none = _none(dt)
