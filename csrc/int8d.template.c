@@ -398,10 +398,11 @@ INLINE void FN(i8d_tile_any)(int native, int mr, int nb, const uint8_t *a, int64
     FN(i8d_tile_any_emul)(mr, nb, a, lda, ng, w, bstride, out);
 }
 
-/* One step for rows 0..B-1 (quantized: ux, uh, scales sx, sh), hidden blocks j0..j1 */
+/* One step for rows 0..B-1 (quantized: ux, uh, scales sx, sh), hidden blocks j0..j1;
+ * zout: the products z themselves into zout [B][4H] instead of the cell (tests) */
 KERNEL void FN(i8d_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t j0, int64_t j1,
                          const FN(i8d_hdr) *hdr, const uint8_t *ux, const uint8_t *uh,
-                         const float *sx, const float *sh, int rev, int native)
+                         const float *sx, const float *sh, int rev, int native, float *zout)
 {
     int32_t dx[MAXACC * V] __attribute__((aligned(64)));
     int32_t dh[MAXACC * V] __attribute__((aligned(64)));
@@ -436,7 +437,19 @@ KERNEL void FN(i8d_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t j0, int
                     vstore(z + o, zx + zh);
                 }
             }
-            FN(fwd_cell)(ca, mr, nb, r0, j, z);
+            if (zout) {
+                int64_t H = hdr->H;
+                for (int r = 0; r < mr; r++)
+                    for (int qq = 0; qq < nb * 4; qq++) {
+                        int64_t off = (j + qq / 4) * V;
+                        int nl = H - off < V ? (int)(H - off) : V;
+                        if (nl > 0)
+                            vstore_n(zout + (r0 + r) * 4 * H + (qq % 4) * H + off,
+                                     vload(z + (r * nb * 4 + qq) * V), nl);
+                    }
+            } else {
+                FN(fwd_cell)(ca, mr, nb, r0, j, z);
+            }
         }
     }
 }
@@ -492,7 +505,7 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
                 sx[r] = FN(i8d_qrow)(xt + r * I, I, ux + r * KX, KX);
                 sh[r] = FN(i8d_qrow)(hp + r * H, H, uh + r * KH, KH);
             }
-            FN(i8d_step)(&ca, n, j0, j1, hdr, ux, uh, sx, sh, (int)(t & 1), ctx->native);
+            FN(i8d_step)(&ca, n, j0, j1, hdr, ux, uh, sx, sh, (int)(t & 1), ctx->native, NULL);
         }
         lstm_barrier_wait(bar, num_threads);
     }
@@ -533,6 +546,26 @@ static int FN(i8d_forward)(int64_t T, int64_t B, int64_t I, int64_t H, const voi
     FN(i8d_ctx) ctx = {T, B, I, H, hdr, offs, x, h0, c0, y, h_n, c_n,
                        wsb + FN(offs_bytes)(T), FN(i8d_thread_bytes)(B, I, H), native};
     lstm_pool_run(FN(i8d_job), &ctx, num_threads);
+    return LSTM_OK;
+}
+
+/* z [B][4H]: one step's products (no bias, no cell) of rows x [B][I], h [B][H], one
+ * thread; workspace of i8d_ws_size(1, B, I, H, 1) (tests: the oracle's exact z) */
+KERNEL int FN(i8d_products)(int64_t B, int64_t I, int64_t H, const void *packed, const float *x,
+                              const float *h, float *zout, void *workspace, int native)
+{
+    const FN(i8d_hdr) *hdr = (const FN(i8d_hdr) *)FN(align_ptr)((void *)packed);
+    if (hdr->magic != I8D_MAGIC || hdr->level != ISA || hdr->I != I || hdr->H != H)
+        return LSTM_ERR_PACKED;
+    unsigned char *mine = FN(align_ptr)(workspace) + FN(offs_bytes)(1);
+    int64_t KX = hdr->KX, KH = hdr->KH;
+    uint8_t *ux = mine, *uh = mine + ALIGN64(B * KX);
+    float *sx = (float *)(uh + ALIGN64(B * KH)), *sh = sx + ALIGN64(B * 4) / 4;
+    for (int64_t r = 0; r < B; r++) {
+        sx[r] = FN(i8d_qrow)(x + r * I, I, ux + r * KX, KX);
+        sh[r] = FN(i8d_qrow)(h + r * H, H, uh + r * KH, KH);
+    }
+    FN(i8d_step)(NULL, B, 0, (H + V - 1) / V, hdr, ux, uh, sx, sh, 0, native, zout);
     return LSTM_OK;
 }
 

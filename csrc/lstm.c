@@ -422,3 +422,13 @@ int lstm_forward_i8d(int64_t T, int64_t B, int64_t I, int64_t H, const void *pac
              (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, workspace,
               usable_threads(num_threads), i8d_native_for(level)))
 }
+
+int lstm_products_i8d(int64_t B, int64_t I, int64_t H, const void *packed, const float *x,
+                      const float *h, float *z, void *workspace)
+{
+    if (B < 0 || I < 0 || H < 1 || !packed || !x || !h || !z || !workspace)
+        return LSTM_ERR_ARG;
+    int level = packed_level(packed);
+    DISPATCH(level, f32, i8d_products, (B, I, H, packed, x, h, z, workspace,
+                                        i8d_native_for(level)))
+}

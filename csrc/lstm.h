@@ -327,6 +327,11 @@ int lstm_forward_i8d(int64_t T, int64_t B, int64_t I, int64_t H, const void *pac
 int lstm_set_i8d_mode(int mode);
 int lstm_get_i8d_mode(void);
 int lstm_i8d_native(void);
+/* For tests: z [B,4H], the products of one step (before the bias and the cell) of rows
+ * x [B,I] and h [B,H] as lstm_forward_i8d computes them; workspace of
+ * lstm_forward_workspace_size_i8d(1, B, I, H, 1) bytes. */
+int lstm_products_i8d(int64_t B, int64_t I, int64_t H, const void *packed, const float *x,
+                      const float *h, float *z, void *workspace);
 
 #ifdef __cplusplus
 }

@@ -133,3 +133,5 @@ cdef extern from "lstm.h" nogil:
     int lstm_set_i8d_mode(int mode)
     int lstm_get_i8d_mode()
     int lstm_i8d_native()
+    int lstm_products_i8d(int64_t B, int64_t I, int64_t H, const void *packed, const float *x,
+                          const float *h, float *z, void *workspace)

@@ -386,6 +386,29 @@ def pack_int8_dynamic(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
     return _pack_low(w_ih, w_hh, b, out, "int8_dynamic", lstm_packed_size_i8d, lstm_pack_i8d)
 
 
+def int8_dynamic_products(Packed packed, cnp.ndarray x, cnp.ndarray h):
+    """For tests: the products z (B, 4H) of one int8_dynamic step (before the bias and the
+    cell) of float32 C-contiguous rows x (B, I), h (B, H), as the forward computes them."""
+    if packed.wkind != _INT8D:
+        raise ValueError(f"an int8_dynamic pack is needed, got {packed.weight_dtype}")
+    cdef int64_t B = cnp.PyArray_DIMS(x)[0], I = packed.input_size, H = packed.hidden_size
+    if (x.dtype != np.float32 or h.dtype != np.float32 or not x.flags.c_contiguous
+            or not h.flags.c_contiguous or x.ndim != 2 or h.ndim != 2
+            or cnp.PyArray_DIMS(x)[1] != I or cnp.PyArray_DIMS(h)[0] != B
+            or cnp.PyArray_DIMS(h)[1] != H):
+        raise ValueError("x (B, I) and h (B, H) must be C-contiguous float32 of the pack's sizes")
+    z = np.empty((B, 4 * H), np.float32)
+    ws = np.empty(lstm_forward_workspace_size_i8d(1, B, I, H, 1), np.uint8)
+    cdef int status = lstm_products_i8d(B, I, H, cnp.PyArray_DATA(<cnp.ndarray>packed.buf),
+                                        <float *>cnp.PyArray_DATA(x),
+                                        <float *>cnp.PyArray_DATA(h),
+                                        <float *>cnp.PyArray_DATA(<cnp.ndarray>z),
+                                        cnp.PyArray_DATA(<cnp.ndarray>ws))
+    if status != LSTM_OK:
+        _raise_status(status)
+    return z
+
+
 cdef int _inference_only(Packed packed) except -1:
     raise ValueError(f"{packed.weight_dtype} weights are for inference only: nothing can be "
                      f"saved for backward (use float32 weights to train)")
