@@ -46,10 +46,11 @@
  * step of their row's largest |value| / 127 each step, on top of the weights' rounding
  * (tests/test_int8_dynamic.py states the bounds measured).
  *
- * Work per step (every thread, its hidden blocks j0..j1): it quantizes all the step's
- * rows of x_t and h_{t-1} itself into its own part of the workspace (B (I + H) bytes and
- * 2 B scales: the same bits in every thread; B K divisions against the B K 4H / threads
- * multiply-adds of its tiles), then register tiles of up to FR rows x 1 block (B = 1: NB1
+ Work: first every row of x (all steps) is quantized, the rows split over the threads,
+ * then a barrier. Per step every thread (its hidden blocks j0..j1) quantizes all the
+ * step's rows of h_{t-1} itself into its own part of the workspace (the same bits in every
+ * thread; B H divisions against the B K 4H / threads multiply-adds of its tiles: no
+ * second barrier per step), then register tiles of up to FR rows x 1 block (B = 1: NB1
  * blocks) over the x groups and the h groups, the dequantization and the cell.
  * No projection, nothing saved for backward (inference only).
  *
@@ -62,7 +63,8 @@
  *   s_ih [ceil(H/V)][4][V] float       the weight scales (0 in the padding)
  *   s_hh [ceil(H/V)][4][V] float
  *   b    [4H] float                    b_ih + b_hh (zeros without a bias)
- * Workspace: the step offsets, then per thread u_x [B][KX], u_h [B][KH] bytes, s_x [B],
+ * Workspace: the step offsets, u_x [T B][KX] bytes and s_x [T B] floats (x's rows), then
+ * per thread u_x [B][KX] (one step's x: i8d_products), u_h [B][KH] bytes, s_x [B] and
  * s_h [B] floats. */
 
 #ifndef LSTM_I8D_SCALAR
@@ -460,10 +462,19 @@ typedef struct {
     const int64_t *offs;
     const float *x, *h0, *c0;
     float *y, *h_n, *c_n;
-    unsigned char *ws;     /* the threads' parts, per_thread bytes apart */
+    uint8_t *uxall;        /* [N][KX]: every row of x quantized (before the steps) */
+    float *sxall;          /* [N] their scales */
+    unsigned char *ws;     /* the threads' parts (h's rows), per_thread bytes apart */
     int64_t per_thread;
     int native;
 } FN(i8d_ctx);
+
+/* the workspace: offsets, x's rows quantized (N KX bytes, N scales), then per thread h's
+ * rows (B KH bytes, B scales); N <= T B */
+static int64_t FN(i8d_x_bytes)(int64_t T, int64_t B, int64_t I)
+{
+    return ALIGN64(T * B * ((I + 3) / 4 * 4)) + ALIGN64(T * B * 4);
+}
 
 static int64_t FN(i8d_thread_bytes)(int64_t B, int64_t I, int64_t H)
 {
@@ -481,12 +492,20 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
     unsigned char *mine = ctx->ws + tid * ctx->per_thread;
-    uint8_t *ux = mine, *uh = mine + ALIGN64(B * KX);
-    float *sx = (float *)(uh + ALIGN64(B * KH)), *sh = sx + ALIGN64(B * 4) / 4;
+    uint8_t *uh = mine + ALIGN64(B * KX);
+    float *sh = (float *)(uh + ALIGN64(B * KH)) + ALIGN64(B * 4) / 4;
     if (ctx->c_n != ctx->c0) {   /* the running c starts as c0 (this thread's units) */
         int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H;
         for (int64_t r = 0; r < B && u0 < u1; r++)
             memcpy(ctx->c_n + r * H + u0, ctx->c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(float));
+    }
+    {   /* x's rows quantized once, split over the threads (each row by one thread: the same
+           bits whatever the split) */
+        int64_t N = offs[T], n0 = FN(split)(N, tid, num_threads), n1 = FN(split)(N, tid + 1, num_threads);
+        for (int64_t r = n0; r < n1; r++)
+            ctx->sxall[r] = FN(i8d_qrow)(ctx->x + r * I, I, ctx->uxall + r * KX, KX);
+        if (num_threads > 1)
+            lstm_barrier_wait(bar, num_threads);
     }
     FN(fwd_cell_args) ca = {0};
     ca.H = H;
@@ -498,14 +517,12 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         if (n == 0)
             break;
         const float *hp = t ? ctx->y + offs[t - 1] * H : ctx->h0;
-        const float *xt = ctx->x + offs[t] * I;
         ca.h = ctx->y + offs[t] * H;
         if (j0 < j1) {
-            for (int64_t r = 0; r < n; r++) {
-                sx[r] = FN(i8d_qrow)(xt + r * I, I, ux + r * KX, KX);
+            for (int64_t r = 0; r < n; r++)
                 sh[r] = FN(i8d_qrow)(hp + r * H, H, uh + r * KH, KH);
-            }
-            FN(i8d_step)(&ca, n, j0, j1, hdr, ux, uh, sx, sh, (int)(t & 1), ctx->native, NULL);
+            FN(i8d_step)(&ca, n, j0, j1, hdr, ctx->uxall + offs[t] * KX, uh, ctx->sxall + offs[t],
+                         sh, (int)(t & 1), ctx->native, NULL);
         }
         lstm_barrier_wait(bar, num_threads);
     }
@@ -525,7 +542,8 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 static size_t FN(i8d_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int num_threads)
 {
     int nt = num_threads < 1 ? 1 : num_threads;
-    return (size_t)(FN(offs_bytes)(T) + nt * FN(i8d_thread_bytes)(B, I, H)) + 64;
+    return (size_t)(FN(offs_bytes)(T) + FN(i8d_x_bytes)(T, B, I) +
+                    nt * FN(i8d_thread_bytes)(B, I, H)) + 64;
 }
 
 static int FN(i8d_forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
@@ -543,8 +561,11 @@ static int FN(i8d_forward)(int64_t T, int64_t B, int64_t I, int64_t H, const voi
         return LSTM_ERR_ARG;
     if (num_threads < 1)
         num_threads = 1;
-    FN(i8d_ctx) ctx = {T, B, I, H, hdr, offs, x, h0, c0, y, h_n, c_n,
-                       wsb + FN(offs_bytes)(T), FN(i8d_thread_bytes)(B, I, H), native};
+    unsigned char *xq = wsb + FN(offs_bytes)(T);
+    int64_t KX = hdr->KX;
+    FN(i8d_ctx) ctx = {T, B, I, H, hdr, offs, x, h0, c0, y, h_n, c_n, xq,
+                       (float *)(xq + ALIGN64(T * B * KX)),
+                       xq + FN(i8d_x_bytes)(T, B, I), FN(i8d_thread_bytes)(B, I, H), native};
     lstm_pool_run(FN(i8d_job), &ctx, num_threads);
     return LSTM_OK;
 }
@@ -557,7 +578,7 @@ KERNEL int FN(i8d_products)(int64_t B, int64_t I, int64_t H, const void *packed,
     const FN(i8d_hdr) *hdr = (const FN(i8d_hdr) *)FN(align_ptr)((void *)packed);
     if (hdr->magic != I8D_MAGIC || hdr->level != ISA || hdr->I != I || hdr->H != H)
         return LSTM_ERR_PACKED;
-    unsigned char *mine = FN(align_ptr)(workspace) + FN(offs_bytes)(1);
+    unsigned char *mine = FN(align_ptr)(workspace) + FN(offs_bytes)(1) + FN(i8d_x_bytes)(1, B, I);
     int64_t KX = hdr->KX, KH = hdr->KH;
     uint8_t *ux = mine, *uh = mine + ALIGN64(B * KX);
     float *sx = (float *)(uh + ALIGN64(B * KH)), *sh = sx + ALIGN64(B * 4) / 4;
