@@ -158,7 +158,11 @@ def test_api_is_an_explicit_choice():
         lstm_fast.quantize(layer, "int8_dynamic", activations="float32")
 
 
-def test_info_names_the_path():
+def test_info_names_the_path(capsys):
+    from lstm_fast import cli
+    cli.info([])
+    assert ("int8 weights, x and h quantized per step (weight_dtype='int8_dynamic'): int8 "
+            "weights, x and h quantized per row per step" in capsys.readouterr().out)
     info = ck.build_info()["int8_dynamic"]
     assert info == ck.int8_dynamic_path() and "x and h quantized per row per step" in info
     try:
