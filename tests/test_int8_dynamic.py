@@ -172,3 +172,26 @@ def test_info_names_the_path(capsys):
         ck.set_int8_dynamic_native(None)
     with pytest.raises(ValueError, match="None or False"):
         ck.set_int8_dynamic_native(True)
+
+
+def test_edge_shapes(mode):
+    """T = 0 (the states copied), variable lengths with a sequence of length 0 (its state
+    left as h0, c0), no bias, 1-3 threads: the oracle's outputs, the same bits for any
+    thread count."""
+    p = problem(3, 4, 5, 7)
+    pk = ck.pack_int8_dynamic(p["w_ih"], p["w_hh"], p["b"])
+    y, h, c, _, _ = ck.forward(pk, p["x"][:0], p["h0"], p["c0"], 2, None, False)
+    assert y.shape == (0, 4, 7) and same_bits((h, c), (p["h0"], p["c0"]))
+    bs = np.array([3, 2, 1], np.int64)
+    x = np.concatenate([p["x"][t, :n] for t, n in enumerate(bs)])
+    want = ref.lstm_forward_int8_dynamic(x, p["w_ih"], p["w_hh"], p["b"], p["h0"], p["c0"], bs)
+    runs = [ck.forward(pk, x, p["h0"], p["c0"], n, bs, False)[:3] for n in (1, 2, 3)]
+    for got in runs:
+        assert same_bits(got, runs[0])
+    for got, w in zip(runs[0], want):
+        np.testing.assert_allclose(got, w, rtol=0, atol=SEQ_ATOL)
+    assert same_bits((runs[0][1][3], runs[0][2][3]), (p["h0"][3], p["c0"][3]))
+    pk = ck.pack_int8_dynamic(p["w_ih"], p["w_hh"], None)
+    y = ck.forward(pk, p["x"], p["h0"], p["c0"], 1, None, False)[0]
+    want = ref.lstm_forward_int8_dynamic(p["x"], p["w_ih"], p["w_hh"], None, p["h0"], p["c0"])[0]
+    np.testing.assert_allclose(y, want, rtol=0, atol=SEQ_ATOL)
