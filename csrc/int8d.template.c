@@ -249,7 +249,8 @@ INLINE void FN(i8d_tile_n)(const int mr, const int nb, const uint8_t *restrict a
 #else
 #if ISA == 2
 typedef __m512i FN(i8d_iv);
-#define I8D_ATTR_NATIVE __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,avx512vnni")))
+#define I8D_ATTR_NATIVE                                                                    \
+    __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,avx512vnni")))
 #define I8D_ATTR_EMUL __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
 #define I8D_LOAD(p) _mm512_loadu_si512((const void *)(p))
 #define I8D_SET1(x) _mm512_set1_epi32(x)
@@ -326,7 +327,8 @@ FN(i8d_tile_emul)(const int mr, const int nb, const uint8_t *restrict a, int64_t
         for (int r = 0; r < mr; r++) {
             uint32_t x4;
             memcpy(&x4, a + r * lda + 4 * g, 4);
-            iv alo = I8D_SET1((int32_t)(x4 & 0x00ff00ffu)), ahi = I8D_SET1((int32_t)((x4 >> 8) & 0x00ff00ffu));
+            iv alo = I8D_SET1((int32_t)(x4 & 0x00ff00ffu));
+            iv ahi = I8D_SET1((int32_t)((x4 >> 8) & 0x00ff00ffu));
 #pragma GCC unroll 16
             for (int q = 0; q < nb * 4; q++)
                 acc[r * nb * 4 + q] = I8D_ADD(I8D_ADD(acc[r * nb * 4 + q], I8D_MADD(alo, wlo[q])),
@@ -501,7 +503,8 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     }
     {   /* x's rows quantized once, split over the threads (each row by one thread: the same
            bits whatever the split) */
-        int64_t N = offs[T], n0 = FN(split)(N, tid, num_threads), n1 = FN(split)(N, tid + 1, num_threads);
+        int64_t N = offs[T], n0 = FN(split)(N, tid, num_threads);
+        int64_t n1 = FN(split)(N, tid + 1, num_threads);
         for (int64_t r = n0; r < n1; r++)
             ctx->sxall[r] = FN(i8d_qrow)(ctx->x + r * I, I, ctx->uxall + r * KX, KX);
         if (num_threads > 1)
