@@ -4,7 +4,9 @@ reads a quarter of float32's bytes) and the large forward (32, 64, 256, 256) (co
 bound), 1 and 2 threads.
 
 Competitors: ``float32`` (the c backend's plain layer), ``bfloat16`` and ``int8`` (what
-``quantize(layer, "bfloat16" | "int8")`` runs), and ``torch-dynamic-int8``: torch's dynamic
+``quantize(layer, "bfloat16" | "int8")`` runs; int8 weight-only), ``int8_dynamic``
+(``quantize(layer, "int8", activations="dynamic")``: x and h quantized per row per step,
+int32 sums by vpdpbusd where the CPU has AVX512-VNNI / AVX-VNNI), and ``torch-dynamic-int8``: torch's dynamic
 quantized LSTM (``torch.ao.nn.quantized.dynamic.LSTM``, int8 weights and per-step dynamic
 quantization of x and h; deprecated for removal, and ``quantize_dynamic`` no longer
 converts an ``nn.LSTM`` in torch 2.13: built from the float module with ``from_float``)
@@ -40,7 +42,8 @@ def _torch_dynamic():
     return nnqd if hasattr(nnqd, "LSTM") else None
 
 
-WEIGHTS = ("float32", "bfloat16", "int8") + (("torch-dynamic-int8",) if _torch_dynamic() else ())
+WEIGHTS = (("float32", "bfloat16", "int8", "int8_dynamic") +
+           (("torch-dynamic-int8",) if _torch_dynamic() else ()))
 
 
 def _torch_runner(case, p, weights):
@@ -82,4 +85,6 @@ def _runner(case, T, B, I, H, weights):
 @pytest.mark.parametrize("name", list(low_precision.CASES))
 def test_int8(benchmark, request, name, weights, threads):
     low_precision.run(benchmark, request, name, weights, threads, "int8", 3e-2,
-                      lambda B, I, H: dict(int8_path=ck.int8_path()), runner=_runner)
+                      lambda B, I, H: dict(int8_path=ck.int8_path(),
+                                           int8_dynamic_path=ck.int8_dynamic_path()),
+                      runner=_runner)

@@ -23,6 +23,25 @@ lstm_simd_level lstm_cpu_simd_level(void)
     return LSTM_SIMD_PORTABLE;
 }
 
+int lstm_cpu_has_avx512vnni(void)
+{
+#if HAVE_CPUID
+    return lstm_cpu_simd_level() == LSTM_SIMD_AVX512 && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+int lstm_cpu_has_avxvnni(void)
+{
+#if HAVE_CPUID
+    return lstm_cpu_simd_level() >= LSTM_SIMD_AVX2 && __builtin_cpu_supports("avxvnni");
+#else
+    return 0;
+#endif
+}
+
 int lstm_cpu_has_avx512bf16(void)
 {
 #if HAVE_CPUID

@@ -29,6 +29,11 @@ lstm_simd_level lstm_cpu_simd_level(void);
 /* 1 if the CPU has AVX512_BF16 (vdpbf16ps) as well as the AVX-512 level. */
 int lstm_cpu_has_avx512bf16(void);
 
+/* 1 if the CPU has AVX512_VNNI (vpdpbusd on zmm; with AVX512BW) as well as the AVX-512
+ * level; AVX-VNNI (the VEX vpdpbusd on ymm) and the AVX2 level. */
+int lstm_cpu_has_avx512vnni(void);
+int lstm_cpu_has_avxvnni(void);
+
 /* Name of a level: "portable", "avx2", "avx512". */
 const char *lstm_simd_name(lstm_simd_level level);
 

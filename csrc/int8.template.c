@@ -49,7 +49,8 @@
  * bound) it runs at the float32 FMA rate (forward (32, 64, 256, 256): 0.9-1.0x); there the
  * vpdpbusd register tile (option b) did the step's products 2.67x faster than the float32
  * tile, 2.56x with quantizing x, h and dequantizing (benchmarks/int8_tile_micro.c): the
- * way to the large-batch gain, not built yet. Widening in registers for many rows was 15 %
+ * way to the large-batch gain, built as weight_dtype "int8_dynamic" (int8d.template.c;
+ * an explicit choice, never by batch size: it adds x's and h's rounding). Widening in registers for many rows was 15 %
  * slower than the float32 copy (608 vs 529 us per step there), hence the copy. Figures
  * and commands: benchmarks/README.md ("int8 weights").
  * No projection, nothing saved for backward (inference only).

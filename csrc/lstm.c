@@ -380,3 +380,55 @@ int lstm_forward_i8(int64_t T, int64_t B, int64_t I, int64_t H, const void *pack
              (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, workspace,
               usable_threads(num_threads)))
 }
+
+/* ---- int8 weights, x and h quantized per step (vpdpbusd) --------------------------- */
+
+static int i8d_mode = -1;
+
+int lstm_set_i8d_mode(int mode)
+{
+    if (mode < -1 || mode > 0)
+        return LSTM_ERR_ARG;
+    i8d_mode = mode;
+    return LSTM_OK;
+}
+
+int lstm_get_i8d_mode(void) { return i8d_mode; }
+
+/* vpdpbusd where the pack's level has it on this CPU (AVX512_VNNI at the AVX-512 level,
+ * AVX-VNNI at AVX2) unless emulation is forced (mode 0); the same sums either way */
+static int i8d_native_for(int level)
+{
+    if (i8d_mode == 0)
+        return 0;
+    return level == LSTM_SIMD_AVX512 ? lstm_cpu_has_avx512vnni()
+           : level == LSTM_SIMD_AVX2 ? lstm_cpu_has_avxvnni()
+                                     : 0;
+}
+
+int lstm_i8d_native(void) { return i8d_native_for(lstm_get_simd_level()); }
+
+DEFINE_LOW_PRECISION(i8d, i8d)
+
+int lstm_forward_i8d(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                     const int64_t *batch_sizes, const float *x, const float *h0,
+                     const float *c0, float *y, float *h_n, float *c_n, void *workspace,
+                     int num_threads)
+{
+    if (!call_args_ok(T, B, I, H, 0, packed, workspace))
+        return LSTM_ERR_ARG;
+    int level = packed_level(packed);
+    DISPATCH(level, f32, i8d_forward,
+             (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, workspace,
+              usable_threads(num_threads), i8d_native_for(level)))
+}
+
+int lstm_products_i8d(int64_t B, int64_t I, int64_t H, const void *packed, const float *x,
+                      const float *h, float *z, void *workspace)
+{
+    if (B < 0 || I < 0 || H < 1 || !packed || !x || !h || !z || !workspace)
+        return LSTM_ERR_ARG;
+    int level = packed_level(packed);
+    DISPATCH(level, f32, i8d_products, (B, I, H, packed, x, h, z, workspace,
+                                        i8d_native_for(level)))
+}

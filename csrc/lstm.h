@@ -303,6 +303,36 @@ int lstm_forward_i8(int64_t T, int64_t B, int64_t I, int64_t H, const void *pack
                     const float *c0, float *y, float *h_n, float *c_n, void *workspace,
                     int num_threads);
 
+/* ---- int8 weights, x and h quantized per step (inference) -------------------
+ * As _i8, but x_t and h_{t-1} are quantized too, per row per step (a symmetric scale:
+ * max |v| / 127, stored with a +128 offset as u8), and the products are int32 sums
+ * (vpdpbusd: AVX512_VNNI, AVX-VNNI, or an exact emulation; the same sums everywhere),
+ * dequantized by the row's scale times the weight row's scale; bias, cell state,
+ * activations and outputs float32. The exact arithmetic is at the top of
+ * int8d.template.c. The pack holds the int8 weights (1 byte each; LSTM_ERR_ARG for I
+ * or H above 66311: the int32 sums could overflow). The products give the same bits at
+ * every SIMD level, native or emulated; the outputs too, except for the last bits of
+ * the activations, which differ between levels as in _f32. */
+size_t lstm_packed_size_i8d(int64_t I, int64_t H);
+int lstm_pack_i8d(int64_t I, int64_t H, const float *w_ih, const float *w_hh, const float *b,
+                  void *packed);
+size_t lstm_forward_workspace_size_i8d(int64_t T, int64_t B, int64_t I, int64_t H,
+                                       int num_threads);
+int lstm_forward_i8d(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                     const int64_t *batch_sizes, const float *x, const float *h0,
+                     const float *c0, float *y, float *h_n, float *c_n, void *workspace,
+                     int num_threads);
+/* Mode: -1 automatic (vpdpbusd where the CPU has it, the default), 0 always emulated;
+ * lstm_i8d_native: 1 if a call at the SIMD level in force uses vpdpbusd. */
+int lstm_set_i8d_mode(int mode);
+int lstm_get_i8d_mode(void);
+int lstm_i8d_native(void);
+/* For tests: z [B,4H], the products of one step (before the bias and the cell) of rows
+ * x [B,I] and h [B,H] as lstm_forward_i8d computes them; workspace of
+ * lstm_forward_workspace_size_i8d(1, B, I, H, 1) bytes. */
+int lstm_products_i8d(int64_t B, int64_t I, int64_t H, const void *packed, const float *x,
+                      const float *h, float *z, void *workspace);
+
 #ifdef __cplusplus
 }
 #endif

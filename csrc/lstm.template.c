@@ -7,6 +7,7 @@
  *   pack.template.c    packed-weights layout and pack
  *   bf16.template.c    bfloat16 weights for inference (float only), at the end
  *   int8.template.c    int8 weights for inference (float only), after it
+ *   int8d.template.c   int8 weights, x and h quantized per step (vpdpbusd), after it
  * and undefines every template macro at its end.
  *
  * Forward: [w_ih | w_hh] are packed so that one register tile computes the i,
@@ -938,6 +939,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #if !IS_F64
 #include "bf16.template.c"   /* bfloat16 weights (inference), float32 only */
 #include "int8.template.c"   /* int8 weights (inference), float32 only */
+#include "int8d.template.c"  /* int8 weights, dynamically quantized x and h */
 #endif
 
 /* ---- end of one instantiation: every macro of the templates ------------------ */

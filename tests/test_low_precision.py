@@ -22,8 +22,9 @@ ck = pytest.importorskip("lstm_fast.backends._c")
 
 import test_bf16 as bf16  # noqa: E402  (each dtype's tolerances and SIMD modes)
 import test_int8 as int8  # noqa: E402
+import test_int8_dynamic as int8d  # noqa: E402
 
-WEIGHT_DTYPES = ("bfloat16", "int8")
+WEIGHT_DTYPES = ("bfloat16", "int8", "int8_dynamic")
 # what differs between the weight dtypes in the shared bodies; seq_atol(want): whole
 # sequences against the oracle; step_share: at most this share of the outputs may differ
 # from the oracle by more than STEP_ATOL (None: not asserted, SEQ_ATOL is already tighter)
@@ -36,10 +37,27 @@ SPECS = {
                  tol=int8, seq_atol=lambda w: int8.SEQ_ATOL * max(1, np.abs(w).max()),
                  step_share=None, natives=[None], quantize_args=("int8",),
                  hard_problem=int8._hard_problem),
+    # the products bit for bit: tests/test_int8_dynamic.py (test_products_are_the_oracles_bits)
+    "int8_dynamic": dict(pack=ck.pack_int8_dynamic, ref_pack=ref.pack_int8_dynamic,
+                         oracle=ref.lstm_forward_int8_dynamic, tol=int8d,
+                         seq_atol=lambda w: int8d.SEQ_ATOL * max(1, np.abs(w).max()),
+                         step_share=None, natives=[None, False],
+                         quantize_args=("int8", ), quantize_kw=dict(activations="dynamic"),
+                         hard_problem=None),
 }
 # (weight dtype, SIMD level, bf16 native or None): every kernel this CPU can run
 KERNELS = ([("bfloat16", lv, native) for lv, native in bf16.MODES] +
-           [("int8", lv, None) for lv in int8.LEVELS])
+           [("int8", lv, None) for lv in int8.LEVELS] +
+           [("int8_dynamic", lv, native) for lv, native in int8d.MODES])
+
+
+def _set_native(weight_dtype, native):
+    """bfloat16: vdpbf16ps (True) or emulated (False); int8_dynamic: vpdpbusd where the CPU
+    has it (None) or emulated (False); None everywhere: the default."""
+    if weight_dtype == "int8_dynamic":
+        ck.set_int8_dynamic_native(native)
+    else:
+        ck.set_bf16_native(native)
 
 
 def _kernel_id(k):
@@ -54,9 +72,9 @@ def kernel(request):
     before = ck.simd_level()
     ck.set_simd_level(level)
     if native is not None:
-        ck.set_bf16_native(native)
+        _set_native(dt, native)
     yield SPECS[dt]
-    ck.set_bf16_native(None)
+    _set_native(dt, None)
     ck.set_simd_level(before)
 
 
@@ -98,12 +116,12 @@ def test_sequences_same_bits_for_threads_native_and_chunks(weight_dtype, shape):
     packed = spec["pack"](p["w_ih"], p["w_hh"], p["b"])
     runs = []
     for native in spec["natives"]:
-        ck.set_bf16_native(native)
+        _set_native(weight_dtype, native)
         try:
             for n in (1, 2, 3):
                 runs.append(ck.forward(packed, p["x"], p["h0"], p["c0"], n, None, False)[:3])
         finally:
-            ck.set_bf16_native(None)
+            _set_native(weight_dtype, None)
     h, c = p["h0"].copy(), p["c0"].copy()
     runs.append((np.stack([ck.step(packed, xt, h, c, 1) for xt in p["x"]]), h, c))
     for got in runs[1:]:
@@ -166,6 +184,8 @@ def test_products_at_every_level_are_the_oracles(kernel, B):
     difference in a sum would change them by about 100 %): bf16 emulated and native; int8
     widened in registers (B <= 6 at AVX-512), the pack's float32 copy (B > FR) and the
     portable level's exact FMA give the oracle's sums."""
+    if kernel["hard_problem"] is None:
+        pytest.skip("int8_dynamic: the products bit for bit in tests/test_int8_dynamic.py")
     w_ih, w_hh, b, x, h0, c0 = kernel["hard_problem"](B, B + 10)
     y = ck.forward(kernel["pack"](w_ih, w_hh, b), x, h0, c0, 2, None, False)[0]
     want = kernel["oracle"](x, w_ih, w_hh, b, h0, c0)[0]
@@ -210,7 +230,8 @@ def test_quantize_keeps_the_masters_and_the_original(weight_dtype):
     """quantize (bfloat16 by default) keeps float32 masters and leaves the layer as it was."""
     layer = lstm_fast.LSTM(4, 6, num_layers=2, seed=0)
     before = layer.state_dict()
-    q = lstm_fast.quantize(layer, *SPECS[weight_dtype]["quantize_args"])
+    q = lstm_fast.quantize(layer, *SPECS[weight_dtype]["quantize_args"],
+                           **SPECS[weight_dtype].get("quantize_kw", {}))
     assert q.weight_dtype == weight_dtype and not q.training and layer.weight_dtype == "float32"
     assert layer.training
     for k, v in q.state_dict().items():
@@ -229,7 +250,8 @@ def test_quantize_keeps_the_masters_and_the_original(weight_dtype):
 def test_constructor_option_equals_quantize(weight_dtype):
     a = lstm_fast.LSTM(3, 9, num_layers=2, seed=4, weight_dtype=weight_dtype)
     b = lstm_fast.quantize(lstm_fast.LSTM(3, 9, num_layers=2, seed=4),
-                           *SPECS[weight_dtype]["quantize_args"])
+                           *SPECS[weight_dtype]["quantize_args"],
+                           **SPECS[weight_dtype].get("quantize_kw", {}))
     x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
     assert same_bits(a(x)[0], b(x)[0]) and not a.training
 
@@ -249,7 +271,7 @@ def test_stream_gives_the_layers_bits(weight_dtype, B):
 # --- bad input ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(weight_dtype="int4"), r"weight_dtype must be one of \('float32', 'float64', 'bfloat16', 'int8'\)"),
+    (dict(weight_dtype="int4"), r"weight_dtype must be one of \('float32', 'float64', 'bfloat16', 'int8', 'int8_dynamic'\)"),
     (dict(weight_dtype=3), "weight_dtype must be one of"),
     (dict(weight_dtype="float64"), "must be the layer's dtype"),
     (dict(weight_dtype="bfloat16", dtype=np.float64), "needs dtype float32"),
@@ -263,6 +285,10 @@ def test_stream_gives_the_layers_bits(weight_dtype, B):
     (dict(weight_dtype="int8", cifg=True), "variants"),
     (dict(weight_dtype="int8", cell_clip=1.0), "variants"),
     (dict(weight_dtype="int8", backend="numba"), "'c' and 'numpy' backends"),
+    (dict(weight_dtype="int8_dynamic", dtype=np.float64), "needs dtype float32"),
+    (dict(weight_dtype="int8_dynamic", proj_size=2), "proj_size"),
+    (dict(weight_dtype="int8_dynamic", peephole=True), "variants"),
+    (dict(weight_dtype="int8_dynamic", backend="numba"), "'c' and 'numpy' backends"),
 ])
 def test_bad_weight_dtype(kw, match):
     if kw.get("backend") == "numba" and "numba" not in lstm_fast.available_backends():

@@ -1,4 +1,4 @@
-"""bfloat16 and int8 weights on a real model (issue 16): the churn model, trained in
+"""bfloat16 and int8 weights (and int8_dynamic) on a real model (issue 16): the churn model, trained in
 float32 as the churn job trains it (``lstm_fast.churn.train.run`` with the CLI's defaults:
 20,000 synthetic customers of 6 months, LSTM(3 -> 32), Adam, early stopping), then its test
 split scored with the LSTM layer quantized (``lstm_fast.quantize(layer, weight_dtype)``):
@@ -9,9 +9,13 @@ trained once and quantized both ways.
 Measured on this data (test splits of 2,998 customers, Intel Xeon family 6 model 167):
 float32 AUC 0.887-0.903 (seeds 0-7);
 bfloat16 (seeds 0-7): |AUC - AUC(float32)| <= 3.0e-5, max |p - p(float32)| <= 9.0e-3, mean <= 4.1e-4;
-int8 (seeds 0-3): |AUC - AUC(float32)| <= 3.9e-5, max |p - p(float32)| <= 8.8e-3, mean <= 4.3e-4.
+int8 (seeds 0-3): |AUC - AUC(float32)| <= 3.9e-5, max |p - p(float32)| <= 8.8e-3, mean <= 4.3e-4;
+int8_dynamic (x and h quantized per step too; seeds 0-1, I = 3: x's rows have three values):
+|AUC - AUC(float32)| <= 6.9e-5, max |p - p(float32)| <= 1.27e-2, mean <= 7.6e-4.
 The test asserts the issue's 0.005 on the AUC and about twice the measured on the
-probabilities (as tests/test_low_precision.py does for the layer's outputs)."""
+probabilities of bfloat16 and int8 (as tests/test_low_precision.py does for the layer's
+outputs); int8_dynamic is within those same bounds, with less margin (1.6x and 1.3x).
+"""
 
 import io
 
@@ -42,7 +46,7 @@ def trained(request, tmp_path_factory):
     return dict(seed=seed, res=res, source=source, p32=p32, y=y)
 
 
-@pytest.mark.parametrize("weight_dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("weight_dtype", ["bfloat16", "int8", "int8_dynamic"])
 def test_churn_model_test_auc_with_low_precision_weights(trained, weight_dtype):
     seed, source, p32, y = trained["seed"], trained["source"], trained["p32"], trained["y"]
     model = ChurnModel.load(trained["res"]["model_path"], backend="c")

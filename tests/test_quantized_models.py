@@ -1,4 +1,4 @@
-"""bfloat16 and int8 weights on real models outside the churn job (issue 16, "Accuracy"):
+"""bfloat16 and int8 weights (weight-only and int8_dynamic) on real models outside the churn job (issue 16, "Accuracy"):
 a model is trained in float32 through ``lstm_fast.torch.LSTM``, then run with its LSTMs
 replaced by ``lstm_fast.torch.quantize(model, weight_dtype)``, and scored on held-out data.
 
@@ -16,9 +16,10 @@ replaced by ``lstm_fast.torch.quantize(model, weight_dtype)``, and scored on hel
 
 Measured (Intel Xeon family 6 model 167, this file's seeds, float32 model trained through
 the C kernels): JapaneseVowels 353 of 370 test utterances right in float32, and the same 353,
-with not one prediction changed, with bfloat16 and with int8 weights; the language model's
-test perplexity 17.1652 in float32, -3.0e-6 relative with bfloat16, +4.2e-5 with int8. The
-bounds asserted are the issue's, not the measurement's.
+with not one prediction changed, with bfloat16, with int8 weights and with int8_dynamic (int8 weights, x and h quantized
+per step too); the language model's test perplexity 17.1652 in float32, -3.0e-6 relative
+with bfloat16, +4.2e-5 with int8, -1.7e-6 with int8_dynamic. The bounds asserted are the
+issue's (int8_dynamic: int8's), not the measurement's.
 
 Run at the CPU's own SIMD level only: with LSTM_FAST_SIMD forced (the wheel check's other
 levels) these tests skip, since the bf16 and int8 kernels give the same bits at every level
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.skipif(
     bool(os.environ.get("LSTM_FAST_SIMD")),
     reason="real-model accuracy runs at the CPU's own level; the levels give the same bits")
 
-WEIGHT_DTYPES = ["bfloat16", "int8"]
+WEIGHT_DTYPES = ["bfloat16", "int8", "int8_dynamic"]
 
 
 # --- JapaneseVowels --------------------------------------------------------------------
@@ -174,7 +175,7 @@ def word_lm():
 
 
 # the issue's bounds on the relative growth of the test perplexity
-PPL_GROWTH = {"int8": 0.01, "bfloat16": 0.003}
+PPL_GROWTH = {"int8": 0.01, "int8_dynamic": 0.01, "bfloat16": 0.003}
 
 
 @pytest.mark.parametrize("weight_dtype", WEIGHT_DTYPES)

@@ -34,8 +34,29 @@ def check_dtype(dtype, name="dtype"):
     return dt
 
 
-WEIGHT_DTYPES = ("float32", "float64", "bfloat16", "int8")
-LOW_PRECISION_PACKERS = {"bfloat16": "pack_bf16", "int8": "pack_int8"}   # backend packers
+WEIGHT_DTYPES = ("float32", "float64", "bfloat16", "int8", "int8_dynamic")
+LOW_PRECISION_PACKERS = {"bfloat16": "pack_bf16", "int8": "pack_int8",     # backend packers
+                         "int8_dynamic": "pack_int8_dynamic"}
+# quantize's activations: what the products take of x and h (None: weight_dtype's own)
+ACTIVATIONS = (None, "float32", "dynamic")
+
+
+def weight_dtype_with_activations(weight_dtype, activations):
+    """quantize's (weight_dtype, activations) as one weight_dtype: "int8" with "dynamic" is
+    "int8_dynamic"; "float32" activations keep "int8" weight-only."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+    if activations is None:
+        return weight_dtype
+    if weight_dtype == "int8" and activations == "dynamic":
+        return "int8_dynamic"
+    if weight_dtype == "int8_dynamic" and activations == "dynamic":
+        return weight_dtype
+    if weight_dtype == "int8" and activations == "float32":
+        return weight_dtype
+    raise ValueError(f"activations={activations!r} applies to weight_dtype 'int8' "
+                     f"(\"float32\": weight-only, \"dynamic\": x and h quantized per step), "
+                     f"got weight_dtype={weight_dtype!r}")
 
 
 def check_weight_dtype(weight_dtype, dtype, proj_size, backend_impl, backend_name):

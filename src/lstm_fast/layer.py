@@ -127,7 +127,7 @@ class LSTM:
         Initialise the forget-gate part of every ``bias_ih_l{k}`` to this value and
         that of ``bias_hh_l{k}`` to 0 (Keras' ``unit_forget_bias``: 1.0), at
         construction only; needs ``bias=True``. None (default): torch's initialisation.
-    weight_dtype : {None, "float32", "float64", "bfloat16", "int8"}, keyword-only
+    weight_dtype : {None, "float32", "float64", "bfloat16", "int8", "int8_dynamic"}, keyword-only
         Precision of the weights in the products; None (default) is `dtype`.
         "bfloat16" (dtype float32, no projection, backends "c" and "numpy"): an
         inference layer (always in eval mode; `backward` and ``train()`` raise)
@@ -137,8 +137,11 @@ class LSTM:
         (``state_dict``). "int8" (the same conditions): w_ih and w_hh quantized to
         int8 when packed, with a symmetric float32 scale per gate row of each; x and
         h stay float32 (weight-only: the int8 values are widened back to float32 for
-        float32 products, scaled per row). See `quantize` and the guide for the exact
-        arithmetic and its error.
+        float32 products, scaled per row). "int8_dynamic" (the same conditions): the
+        same int8 weights, and x_t and h_{t-1} quantized per row per step with a
+        symmetric scale, products summed exactly in int32 (vpdpbusd where the CPU has
+        AVX512-VNNI or AVX-VNNI), dequantized per row and gate row. See `quantize` and
+        the guide for the exact arithmetic and its error.
 
     Attributes
     ----------
@@ -674,7 +677,7 @@ def _inference_only(weight_dtype):
             f"(lstm_fast.quantize)")
 
 
-def quantize(layer, weight_dtype="bfloat16"):
+def quantize(layer, weight_dtype="bfloat16", *, activations=None):
     """An inference copy of `layer` whose weights are computed in `weight_dtype`.
 
     The float32 parameters are copied as they are (they stay the masters: ``state_dict``
@@ -689,7 +692,14 @@ def quantize(layer, weight_dtype="bfloat16"):
         "bfloat16": weights and the products' inputs x, h rounded to bfloat16,
         products accumulated in float32; "int8": weights quantized to int8 with a
         scale per gate row, x and h kept float32 (see ``LSTM``'s ``weight_dtype``);
-        the layer's own dtype gives back a plain layer.
+        "int8_dynamic": the same int8 weights, and x and h quantized too, per row per
+        step (int32 sums: vpdpbusd); the layer's own dtype gives back a plain layer.
+    activations : {None, "float32", "dynamic"}, keyword-only
+        With "int8": "float32" (the default, as None) keeps x and h float32
+        (weight-only); "dynamic" quantizes them per row per step (the same as
+        weight_dtype "int8_dynamic"): faster at large batches where the CPU has
+        AVX512-VNNI or AVX-VNNI, with a larger error (see the guide). An explicit
+        choice: the numerics never change with the batch size.
 
     Returns
     -------
@@ -699,7 +709,8 @@ def quantize(layer, weight_dtype="bfloat16"):
     Raises
     ------
     ValueError
-        An unknown weight_dtype (the options are named), or one this layer cannot use
+        An unknown weight_dtype or activations (the options are named), activations
+        with a weight_dtype other than "int8", or a weight_dtype this layer cannot use
         (float64 layer, projection, the numba backend).
 
     Examples
@@ -715,6 +726,7 @@ def quantize(layer, weight_dtype="bfloat16"):
     """
     if not isinstance(layer, LSTM):
         raise TypeError(f"layer must be an lstm_fast.LSTM, got {type(layer).__name__}")
+    weight_dtype = _validation.weight_dtype_with_activations(weight_dtype, activations)
     new = copy.deepcopy(layer)
     new.training = False
     new._set_weight_dtype(weight_dtype)

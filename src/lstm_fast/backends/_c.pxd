@@ -9,6 +9,8 @@ cdef extern from "cpu.h" nogil:
     lstm_simd_level lstm_cpu_simd_level()
     const char *lstm_simd_name(lstm_simd_level level)
     int lstm_cpu_has_avx512bf16()
+    int lstm_cpu_has_avx512vnni()
+    int lstm_cpu_has_avxvnni()
 
 cdef extern from "lstm.h" nogil:
     enum:
@@ -119,3 +121,17 @@ cdef extern from "lstm.h" nogil:
                         const int64_t *batch_sizes, const float *x, const float *h0,
                         const float *c0, float *y, float *h_n, float *c_n, void *workspace,
                         int num_threads)
+    size_t lstm_packed_size_i8d(int64_t I, int64_t H)
+    int lstm_pack_i8d(int64_t I, int64_t H, const float *w_ih, const float *w_hh,
+                      const float *b, void *packed)
+    size_t lstm_forward_workspace_size_i8d(int64_t T, int64_t B, int64_t I, int64_t H,
+                                           int num_threads)
+    int lstm_forward_i8d(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                         const int64_t *batch_sizes, const float *x, const float *h0,
+                         const float *c0, float *y, float *h_n, float *c_n, void *workspace,
+                         int num_threads)
+    int lstm_set_i8d_mode(int mode)
+    int lstm_get_i8d_mode()
+    int lstm_i8d_native()
+    int lstm_products_i8d(int64_t B, int64_t I, int64_t H, const void *packed, const float *x,
+                          const float *h, float *z, void *workspace)

@@ -85,6 +85,7 @@ def build_info():
         "caches_from": info.get("caches_from"),
         "bf16": bf16_path(),
         "int8": int8_path(),
+        "int8_dynamic": int8_dynamic_path(),
     }
 
 
@@ -122,6 +123,29 @@ def int8_path():
                 "exactly in float64, slow; same bits as AVX2/AVX-512)")
     return (f"weight-only int8, widened to float32 in registers, float32 FMAs ({lv}; "
             f"B > {2 if lv == 'avx2' else 6}: the pack's float32 copy of the int8 values)")
+
+
+def set_int8_dynamic_native(native):
+    """How the int8_dynamic forward computes its int32 sums: None (the default) with
+    vpdpbusd where the CPU has it (AVX512_VNNI, AVX-VNNI), False always emulated (vpmaddwd;
+    portable C at the portable level). The same sums either way; for tests and benchmarks."""
+    if native not in (None, False):
+        raise ValueError(f"native must be None or False, got {native!r}")
+    lstm_set_i8d_mode(-1 if native is None else 0)
+
+
+def int8_dynamic_path():
+    """What an int8_dynamic forward (x and h quantized per step) uses at the SIMD level in
+    force."""
+    lv = simd_level()
+    if lstm_i8d_native():
+        return (f"int8 weights, x and h quantized per row per step, int32 sums by vpdpbusd "
+                f"({'AVX512_VNNI' if lv == 'avx512' else 'AVX-VNNI'})")
+    why = ("portable level" if lv == "portable" else
+           "emulation forced (set_int8_dynamic_native(False))" if lstm_get_i8d_mode() == 0
+           else f"the CPU has no {'AVX512_VNNI' if lv == 'avx512' else 'AVX-VNNI'}")
+    return (f"int8 weights, x and h quantized per row per step, int32 sums emulated "
+            f"({why}; same sums)")
 
 
 def pool_contended():
@@ -240,6 +264,7 @@ cdef enum:
     _FULL = 0
     _BF16 = 1
     _INT8 = 2
+    _INT8D = 3
 
 
 cdef Packed _pack_target(object out, cnp.npy_intp n, int64_t I, int64_t H, int64_t P,
@@ -256,7 +281,8 @@ cdef Packed _pack_target(object out, cnp.npy_intp n, int64_t I, int64_t H, int64
             return p
     p = Packed.__new__(Packed)
     p.buf = _empty(1, &n, cnp.NPY_UINT8)
-    p.wkind = _BF16 if weight_dtype == "bfloat16" else _INT8 if weight_dtype == "int8" else _FULL
+    p.wkind = (_BF16 if weight_dtype == "bfloat16" else _INT8 if weight_dtype == "int8" else
+               _INT8D if weight_dtype == "int8_dynamic" else _FULL)
     return p
 
 
@@ -351,6 +377,38 @@ def pack_int8(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
     return _pack_low(w_ih, w_hh, b, out, "int8", lstm_packed_size_i8, lstm_pack_i8)
 
 
+def pack_int8_dynamic(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
+    """Packed int8 weights (as ``pack_int8``) for a forward that quantizes x and h per row
+    per step and sums in int32 (vpdpbusd; csrc/int8d.template.c); inference only."""
+    if w_ih.shape[1] > 66311 or w_hh.shape[1] > 66311:
+        raise ValueError(f"int8_dynamic weights need input_size and hidden_size <= 66311 (the "
+                         f"int32 sums' bound), got {w_ih.shape[1]} and {w_hh.shape[1]}")
+    return _pack_low(w_ih, w_hh, b, out, "int8_dynamic", lstm_packed_size_i8d, lstm_pack_i8d)
+
+
+def int8_dynamic_products(Packed packed, cnp.ndarray x, cnp.ndarray h):
+    """For tests: the products z (B, 4H) of one int8_dynamic step (before the bias and the
+    cell) of float32 C-contiguous rows x (B, I), h (B, H), as the forward computes them."""
+    if packed.wkind != _INT8D:
+        raise ValueError(f"an int8_dynamic pack is needed, got {packed.weight_dtype}")
+    cdef int64_t B = cnp.PyArray_DIMS(x)[0], I = packed.input_size, H = packed.hidden_size
+    if (x.dtype != np.float32 or h.dtype != np.float32 or not x.flags.c_contiguous
+            or not h.flags.c_contiguous or x.ndim != 2 or h.ndim != 2
+            or cnp.PyArray_DIMS(x)[1] != I or cnp.PyArray_DIMS(h)[0] != B
+            or cnp.PyArray_DIMS(h)[1] != H):
+        raise ValueError("x (B, I) and h (B, H) must be C-contiguous float32 of the pack's sizes")
+    z = np.empty((B, 4 * H), np.float32)
+    ws = np.empty(lstm_forward_workspace_size_i8d(1, B, I, H, 1), np.uint8)
+    cdef int status = lstm_products_i8d(B, I, H, cnp.PyArray_DATA(<cnp.ndarray>packed.buf),
+                                        <float *>cnp.PyArray_DATA(x),
+                                        <float *>cnp.PyArray_DATA(h),
+                                        <float *>cnp.PyArray_DATA(<cnp.ndarray>z),
+                                        cnp.PyArray_DATA(<cnp.ndarray>ws))
+    if status != LSTM_OK:
+        _raise_status(status)
+    return z
+
+
 cdef int _inference_only(Packed packed) except -1:
     raise ValueError(f"{packed.weight_dtype} weights are for inference only: nothing can be "
                      f"saved for backward (use float32 weights to train)")
@@ -384,10 +442,12 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef int save = gates is not None
     cdef bint bf16 = packed.wkind == _BF16
     cdef bint i8 = packed.wkind == _INT8
-    if (bf16 or i8) and save:
+    cdef bint i8d = packed.wkind == _INT8D
+    if (bf16 or i8 or i8d) and save:
         _inference_only(packed)
     cdef size_t wsize = (lstm_forward_workspace_size_bf16(T, B, I, H, num_threads) if bf16 else
                          lstm_forward_workspace_size_i8(T, B, I, H, num_threads) if i8 else
+                         lstm_forward_workspace_size_i8d(T, B, I, H, num_threads) if i8d else
                          lstm_forward_workspace_size_f32(T, B, I, H, P, num_threads, save)
                          if tn == cnp.NPY_FLOAT32 else
                          lstm_forward_workspace_size_f64(T, B, I, H, P, num_threads, save))
@@ -420,6 +480,10 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
             status = lstm_forward_bf16(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
                                        <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
                                        wp, num_threads)
+        elif i8d:
+            status = lstm_forward_i8d(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
+                                      <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
+                                      wp, num_threads)
         elif i8:
             status = lstm_forward_i8(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
                                      <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,

@@ -689,6 +689,60 @@ def lstm_forward_int8(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
     return y, h_state, c_state
 
 
+# --- int8 weights, x and h quantized per step: the oracle of csrc/int8d.template.c -------
+#
+# The weights as lstm_forward_int8 (quantize_int8). Per step, each row of x_t and of
+# h_{t-1} separately: s = max|v| / 127 (NaN if the row holds a NaN or an inf), p =
+# rint(v / s) in [-127, 127] (all float32; p = 0 where s is 0 or NaN). The sums are
+# exact integers: dx = p_x . q_ih, dh = p_h . q_hh (the kernel's u8 = p + 128 and its
+# compensation 128 sum q cancel exactly), then, float32 and rounded at each operation,
+# z = fl(fl(s_x s_ih) dx) + fl(fl(s_h s_hh) dh) and the float32 cell of lstm_forward_bf16.
+
+
+def quantize_rows_dynamic(v):
+    """(p, s): each row of float32 v (n, K) as int32 values in [-127, 127] and its float32
+    scale, as the int8_dynamic forward quantizes x_t and h_{t-1}."""
+    v = np.ascontiguousarray(v, np.float32)
+    a = np.max(np.abs(v), axis=1, initial=np.float32(0))   # inf or NaN where one is
+    s = np.where(np.isfinite(a), a / np.float32(127), np.float32(np.nan)).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.rint(v / s[:, None])
+    p = np.where(~(s[:, None] > 0), np.float32(0), np.clip(p, -127, 127))
+    return p.astype(np.int32), s
+
+
+def int8_dynamic_preactivations(x, h, qi, si, qh, sh):
+    """float32 (n, 4H) products of rows x (n, I), h (n, H) by the int8 weights (qi, si),
+    (qh, sh) of quantize_int8, the int8_dynamic way (without the bias)."""
+    px, sx = quantize_rows_dynamic(x)
+    ph, s_h = quantize_rows_dynamic(h)
+    dx = (px.astype(np.int64) @ qi.astype(np.int64).T).astype(np.float32)   # exact integers
+    dh = (ph.astype(np.int64) @ qh.astype(np.int64).T).astype(np.float32)
+    return (sx[:, None] * si[None, :]) * dx + (s_h[:, None] * sh[None, :]) * dh
+
+
+@np.errstate(**_QUIET)
+def lstm_forward_int8_dynamic(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
+    """``(y, h_n, c_n)`` of the layer with int8 weights and x, h quantized per row per step
+    (float32 inputs, states and outputs; no projection); arguments as ``lstm_forward``."""
+    xp, steps = _steps(x, batch_sizes)
+    H = w_hh.shape[1]
+    (qi, si), (qh, sh) = quantize_int8(w_ih), quantize_int8(w_hh)
+    bias = np.zeros(4 * H, np.float32) if b is None else b.astype(np.float32)
+    y = np.empty((xp.shape[0], H), np.float32)
+    h_state, c_state = h0.astype(np.float32), c0.astype(np.float32)
+    for off, n in steps:
+        pre = int8_dynamic_preactivations(xp[off:off + n], h_state[:n], qi, si, qh, sh) + bias
+        i, f, o = (sigmoid(pre[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
+        g = np.tanh(pre[:, 2 * H:3 * H])
+        c_state[:n] = f * c_state[:n] + i * g
+        h_state[:n] = o * np.tanh(c_state[:n])
+        y[off:off + n] = h_state[:n]
+    if batch_sizes is None:
+        y = y.reshape(x.shape[0], x.shape[1], H)
+    return y, h_state, c_state
+
+
 # --- the backend contract (lstm_fast.backends) --------------------------------------
 
 
@@ -727,6 +781,11 @@ class PackedInt8(PackedBF16):
     weight_dtype = "int8"
 
 
+class PackedInt8Dynamic(PackedBF16):
+    """int8 weights, x and h quantized per step: lstm_forward_int8_dynamic."""
+    weight_dtype = "int8_dynamic"
+
+
 _INFERENCE_ONLY = ("{} weights are for inference only: nothing can be saved for "
                    "backward (use float32 weights to train)")
 
@@ -749,12 +808,17 @@ def pack_int8(w_ih, w_hh, b, out=None):
     return PackedInt8(w_ih, w_hh, b)
 
 
+def pack_int8_dynamic(w_ih, w_hh, b, out=None):
+    return PackedInt8Dynamic(w_ih, w_hh, b)
+
+
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None,
             zoneout=None, stats=None):
     if isinstance(packed, PackedBF16):   # and PackedInt8
         if save or rdrop is not None or zoneout is not None:
             raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
-        run = lstm_forward_int8 if isinstance(packed, PackedInt8) else lstm_forward_bf16
+        run = (lstm_forward_int8_dynamic if isinstance(packed, PackedInt8Dynamic) else
+               lstm_forward_int8 if isinstance(packed, PackedInt8) else lstm_forward_bf16)
         y, h_n, c_n = run(x, *packed, as_matrix(h0), as_matrix(c0), batch_sizes)
         gates = c = None
     else:

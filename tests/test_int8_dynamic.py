@@ -1,0 +1,197 @@
+"""int8 weights with x and h quantized per row per step (weight_dtype "int8_dynamic", issue
+16): what is specific to it (the row quantization rule, the products bit for bit at every
+SIMD level, native vpdpbusd and emulated, the int32 bound, NaN rows, the API), and the
+tolerances of the tests shared with bfloat16 and int8 in tests/test_low_precision.py (the
+C kernel against the NumPy oracle of the same arithmetic, backends/reference.py:
+lstm_forward_int8_dynamic, at every level, 1 and 2 threads; the error against the float64
+reference as a function of T; the layer, quantize and Stream; bad input).
+
+How tight each comparison is, and why:
+* the products z of one step (before the bias and the cell; ``_c.int8_dynamic_products``):
+  integer sums and the same float32 dequantization: the oracle's bits, asserted bitwise at
+  every level, vpdpbusd and emulated.
+* one step from the same state: the same z, then the cell's exp/tanh/reciprocal and the
+  fused c update, a few float32 ulp: STEP_ATOL, STEP_RTOL as int8.
+* whole sequences: an ulp of difference in h (the cell's last bits) can move a value of
+  the next step's quantization across a rounding boundary: one unit of p, a change of
+  s_h s_hh q in z (up to about 1e-3 with weights at torch's scale), which the following
+  steps carry on. Measured against the oracle on the Intel Xeon (family 6 model 167): the
+  shapes of test_low_precision.py (T <= 5) at every level at most 1.2e-7 (no crossing);
+  T = 512, (B, I, H) = (4, 48, 64): 1.7e-4, 1.2 % of the outputs beyond STEP_ATOL.
+  SEQ_ATOL = 2^-11 (4.9e-4) covers a few crossings; a wrong product is caught bit for bit
+  by the products test and from the same state by STEP_ATOL.
+"""
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast.backends import reference as ref
+
+from _support import inference_problem as problem, same_bits, simd_levels
+
+ck = pytest.importorskip("lstm_fast.backends._c")
+
+LEVELS = simd_levels(ck)
+# (level, native): native None is vpdpbusd where the CPU has it, False the emulation
+MODES = [(lv, nat) for lv in LEVELS for nat in ((None, False) if lv != "portable" else (None,))]
+
+STEP_ATOL = 2.0 ** -20
+STEP_RTOL = 2.0 ** -20
+SEQ_ATOL = 2.0 ** -11
+# max |y - y_float64| after T steps, (B, I, H) = (4, 48, 64), weights at torch's scale,
+# x and c0 of order 1: measured on the Intel Xeon (family 6 model 167), max (median) over 8
+# seeds: 1.37e-3 (1.19e-3) at T = 1, 2.82e-3 (2.30e-3) at T = 64, 2.79e-3 (2.56e-3) at
+# T = 512 (weight-only int8 on the same seeds: 1.56e-3, 1.94e-3, 2.19e-3). Bounds: about twice.
+ERR_BOUND = {1: 3e-3, 64: 6e-3, 512: 6e-3}
+
+
+@pytest.fixture(params=MODES, ids=lambda m: f"{m[0]}-{'emulated' if m[1] is False else 'auto'}")
+def mode(request):
+    level, native = request.param
+    before = ck.simd_level()
+    ck.set_simd_level(level)
+    ck.set_int8_dynamic_native(native)
+    yield request.param
+    ck.set_int8_dynamic_native(None)
+    ck.set_simd_level(before)
+
+
+def test_quantize_rows_rule():
+    """Per row: s = max|v| / 127, p = rint(v / s) (nearest even) in [-127, 127]; a row of
+    zeros gives s = 0 and p = 0; a NaN or an inf in a row gives s = NaN and p = 0."""
+    v = np.array([[127, -63.5, 0.5, 1.5, 2.5, -127],
+                  [0, 0, 0, 0, 0, 0],
+                  [np.nan, 2.54, -1.27, 0, 0.01, 0.005],
+                  [1, np.inf, 0, 0, 0, 0],
+                  [-2.54, 1.27, 0, 0, 0.01, 0.005]], np.float32)
+    p, s = ref.quantize_rows_dynamic(v)
+    assert p.dtype == np.int32 and s.dtype == np.float32
+    assert same_bits(s[[0, 1, 4]], np.array([1, 0, np.float32(2.54) / np.float32(127)],
+                                            np.float32))
+    assert np.isnan(s[2]) and np.isnan(s[3])
+    assert p[0].tolist() == [127, -64, 0, 2, 2, -127]
+    assert p[1].tolist() == p[2].tolist() == p[3].tolist() == [0] * 6
+    assert p[4].tolist() == [-127, 64, 0, 0, 0, 0]
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((40, 33)).astype(np.float32)
+    p, s = ref.quantize_rows_dynamic(v)
+    assert (np.abs(p).max(axis=1) == 127).all()
+    assert (np.abs(p * s[:, None] - v) <= s[:, None] / 2 * (1 + 1e-6)).all()
+
+
+SHAPES = [(1, 1, 1), (1, 7, 19), (3, 5, 1), (2, 9, 37), (5, 24, 40), (13, 16, 33), (7, 33, 17),
+          (16, 40, 64), (3, 0, 5), (1, 130, 70), (64, 96, 80), (8, 300, 200)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["B{}I{}H{}".format(*s) for s in SHAPES])
+def test_products_are_the_oracles_bits(mode, shape):
+    """One step's z (the dequantized products, no bias) at every level, vpdpbusd and
+    emulated, bit for bit the oracle's: the tiles (1..FR rows, 1..NB1 blocks), the padding
+    of I and H to groups of 4 and of H to the vector width, I = 0."""
+    B, I, H = shape
+    p = problem(1, B, I, H, seed=sum(shape))
+    packed = ck.pack_int8_dynamic(p["w_ih"], p["w_hh"], p["b"])
+    x = np.ascontiguousarray(p["x"][0])
+    h = (p["h0"] * 3).astype(np.float32)   # wider than the weights' rows: other scales
+    z = ck.int8_dynamic_products(packed, x, h)
+    (qi, si), (qh, sh) = ref.quantize_int8(p["w_ih"]), ref.quantize_int8(p["w_hh"])
+    want = ref.int8_dynamic_preactivations(x, h, qi, si, qh, sh)
+    assert same_bits((z,), (want,))
+    assert np.count_nonzero(z) > z.size // 2
+
+
+def test_largest_sums_are_exact(mode):
+    """The int32 bound: I = 66311 (the largest the pack takes), every u = 255 and q = 127
+    (x and w at their rows' maxima): vpdpbusd's sum is 66311 * 255 * 127 = 2^31 - 1912, no
+    overflow; the dequantized sum, 66311 * 127^2 > 2^24, is rounded to float32 as the
+    oracle rounds it. Then every u = 1 (p = -127) and mixed signs."""
+    I, H = 66311, 3
+    w_ih = np.ones((4 * H, I), np.float32)
+    w_ih[1] = -1
+    w_ih[2, ::3] = -1
+    w_hh = np.full((4 * H, H), 0.5, np.float32)
+    packed = ck.pack_int8_dynamic(w_ih, w_hh, None)
+    x = np.stack([np.full(I, 2.0, np.float32), np.full(I, -2.0, np.float32),
+                  np.random.default_rng(0).uniform(-1, 1, I).astype(np.float32)])
+    h = np.ones((3, H), np.float32)
+    z = ck.int8_dynamic_products(packed, x, h)
+    (qi, si), (qh, sh) = ref.quantize_int8(w_ih), ref.quantize_int8(w_hh)
+    assert same_bits((z,), (ref.int8_dynamic_preactivations(x, h, qi, si, qh, sh),))
+    f, n = np.float32, np.float32(127)
+    assert z[0, 0] == f((f(2) / n) * (f(1) / n)) * f(I * 127 * 127) + \
+        f((f(1) / n) * (f(0.5) / n)) * f(H * 127 * 127)
+    with pytest.raises(ValueError, match="66311"):
+        ck.pack_int8_dynamic(np.ones((4, 66312), np.float32), np.ones((4, 1), np.float32), None)
+
+
+def test_a_nan_or_inf_row_gives_nan_rows_only():
+    p = problem(2, 3, 6, 5, seed=1)
+    p["x"][0, 0, 2] = np.nan
+    p["x"][0, 1, 0] = -np.inf
+    packed = ck.pack_int8_dynamic(p["w_ih"], p["w_hh"], p["b"])
+    y = ck.forward(packed, p["x"], p["h0"], p["c0"], 1, None, False)[0]
+    assert np.isnan(y[:, :2]).all() and np.isfinite(y[:, 2]).all()
+    want = ref.lstm_forward_int8_dynamic(p["x"], p["w_ih"], p["w_hh"], p["b"], p["h0"], p["c0"])[0]
+    np.testing.assert_allclose(y[:, 2], want[:, 2], rtol=0, atol=SEQ_ATOL)
+
+
+def test_api_is_an_explicit_choice():
+    """quantize(layer, "int8", activations="dynamic") is weight_dtype "int8_dynamic"; the
+    default stays weight-only at every batch size; bad options name the choices."""
+    layer = lstm_fast.LSTM(5, 9, num_layers=2, seed=2)
+    a = lstm_fast.quantize(layer, "int8", activations="dynamic")
+    b = lstm_fast.quantize(layer, "int8_dynamic")
+    assert a.weight_dtype == b.weight_dtype == "int8_dynamic"
+    assert lstm_fast.quantize(layer, "int8").weight_dtype == "int8"
+    assert lstm_fast.quantize(layer, "int8", activations="float32").weight_dtype == "int8"
+    for B in (1, 64):
+        x = np.random.default_rng(B).standard_normal((3, B, 5)).astype(np.float32)
+        assert same_bits(a(x)[0:1], b(x)[0:1])
+        w8 = lstm_fast.quantize(layer, "int8")(x)[0]
+        assert not same_bits((w8,), (a(x)[0],))   # weight-only by default, at any B
+    with pytest.raises(ValueError, match=r"activations must be one of \(None, 'float32', "
+                                         r"'dynamic'\)"):
+        lstm_fast.quantize(layer, "int8", activations="static")
+    with pytest.raises(ValueError, match="applies to weight_dtype 'int8'"):
+        lstm_fast.quantize(layer, "bfloat16", activations="dynamic")
+    with pytest.raises(ValueError, match="applies to weight_dtype 'int8'"):
+        lstm_fast.quantize(layer, "int8_dynamic", activations="float32")
+
+
+def test_info_names_the_path(capsys):
+    from lstm_fast import cli
+    cli.info([])
+    assert ("int8 weights, x and h quantized per step (weight_dtype='int8_dynamic'): int8 "
+            "weights, x and h quantized per row per step" in capsys.readouterr().out)
+    info = ck.build_info()["int8_dynamic"]
+    assert info == ck.int8_dynamic_path() and "x and h quantized per row per step" in info
+    try:
+        ck.set_int8_dynamic_native(False)
+        assert "emulated" in ck.int8_dynamic_path()
+    finally:
+        ck.set_int8_dynamic_native(None)
+    with pytest.raises(ValueError, match="None or False"):
+        ck.set_int8_dynamic_native(True)
+
+
+def test_edge_shapes(mode):
+    """T = 0 (the states copied), variable lengths with a sequence of length 0 (its state
+    left as h0, c0), no bias, 1-3 threads: the oracle's outputs, the same bits for any
+    thread count."""
+    p = problem(3, 4, 5, 7)
+    pk = ck.pack_int8_dynamic(p["w_ih"], p["w_hh"], p["b"])
+    y, h, c, _, _ = ck.forward(pk, p["x"][:0], p["h0"], p["c0"], 2, None, False)
+    assert y.shape == (0, 4, 7) and same_bits((h, c), (p["h0"], p["c0"]))
+    bs = np.array([3, 2, 1], np.int64)
+    x = np.concatenate([p["x"][t, :n] for t, n in enumerate(bs)])
+    want = ref.lstm_forward_int8_dynamic(x, p["w_ih"], p["w_hh"], p["b"], p["h0"], p["c0"], bs)
+    runs = [ck.forward(pk, x, p["h0"], p["c0"], n, bs, False)[:3] for n in (1, 2, 3)]
+    for got in runs:
+        assert same_bits(got, runs[0])
+    for got, w in zip(runs[0], want):
+        np.testing.assert_allclose(got, w, rtol=0, atol=SEQ_ATOL)
+    assert same_bits((runs[0][1][3], runs[0][2][3]), (p["h0"][3], p["c0"][3]))
+    pk = ck.pack_int8_dynamic(p["w_ih"], p["w_hh"], None)
+    y = ck.forward(pk, p["x"], p["h0"], p["c0"], 1, None, False)[0]
+    want = ref.lstm_forward_int8_dynamic(p["x"], p["w_ih"], p["w_hh"], None, p["h0"], p["c0"])[0]
+    np.testing.assert_allclose(y, want, rtol=0, atol=SEQ_ATOL)
