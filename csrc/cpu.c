@@ -14,8 +14,10 @@ lstm_simd_level lstm_cpu_simd_level(void)
 {
 #if HAVE_CPUID
     __builtin_cpu_init();
+    /* BW too: the int8 kernels' byte and word instructions (every CPU with DQ and VL
+     * has it: Skylake-SP and later, Zen 4 and later) */
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
         return LSTM_SIMD_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return LSTM_SIMD_AVX2;
