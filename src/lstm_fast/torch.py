@@ -56,6 +56,11 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import _params, _torch_ops, _validation, backends
 from .functional import LSTMCache, make_plan, run_backward, run_forward
 
+try:    # the compiled eval route (issue 14); without the extension, the Python route alone
+    from . import _torch_eval
+except ImportError:     # pragma: no cover (the extension is built with the package)
+    _torch_eval = None
+
 __all__ = ["LSTM", "LSTMCell", "QuantizedLSTM", "quantize"]
 
 _DTYPES = (torch.float32, torch.float64)
@@ -63,6 +68,12 @@ _DTYPES = (torch.float32, torch.float64)
 
 _NP = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 _wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
+if _torch_eval is not None:
+    _torch_eval.setup(torch.Tensor, torch.from_numpy, torch.is_grad_enabled, torch._C._is_tracing,
+                      torch._C._is_any_autocast_enabled, _wrapped, globals(), backends.ENV_VAR)
+    _eval_forward = _torch_eval.eval_forward
+else:
+    _eval_forward = None
 
 
 def _np(t):
@@ -525,7 +536,8 @@ class LSTM(torch.nn.LSTM):
             p = getattr(self, name)
             if type(p) is torch.nn.Parameter:
                 setattr(self, name, _Parameter(p.detach(), p.requires_grad))
-        self._packed = None     # (key, packed weights per layer-direction, parameters)
+        self._packed = None     # (key, packed weights per layer-direction, parameters,
+        #                         the compiled eval route's EvalState or None)
 
     def __getstate__(self):
         state = dict(super().__getstate__() if hasattr(super(), "__getstate__")
@@ -587,12 +599,19 @@ class LSTM(torch.nn.LSTM):
         (h_n, c_n) : tuple of torch.Tensor
             As torch.nn.LSTM's.
         """
-        if torch.compiler.is_compiling() and _ops_apply(self, input, hx):
-            if self._masked() or self.layer_norm:
-                raise RuntimeError(_variant_error(self._variants()) + "; torch.compile and "
-                                   "torch.export do not carry recurrent_dropout, zoneout or "
-                                   "layer_norm")
-            return self._forward_ops(input, hx)
+        if torch.compiler.is_compiling():
+            if _ops_apply(self, input, hx):
+                if self._masked() or self.layer_norm:
+                    raise RuntimeError(_variant_error(self._variants()) + "; torch.compile and "
+                                       "torch.export do not carry recurrent_dropout, zoneout or "
+                                       "layer_norm")
+                return self._forward_ops(input, hx)
+        elif _eval_forward is not None:
+            # no gradient, packed weights still valid, shapes torch accepts: the whole call
+            # compiled (_torch_eval); None for anything else (the route below)
+            out = _eval_forward(self, input, hx)
+            if out is not None:
+                return out
         backend = self._kernel_backend(input, hx)
         packed = None
         if backend is not None:
@@ -749,9 +768,19 @@ class LSTM(torch.nn.LSTM):
             packed.append(_torch_ops.pack_direction(
                 impl, w_ih, w_hh, None if b_ih is None else b_ih + b_hh, w_hr, peep, clip,
                 cell_clip, cifg, out=old[k], ln=ln))
-        # kept only while every parameter is one whose .data writes are seen
-        self._packed = (key, packed, every[:]) if all(type(t) is _Parameter for t in every) \
-            else None
+        # kept only while every parameter is one whose .data writes are seen; with what the
+        # compiled eval route checks it against (the names the tensors were found under;
+        # layer norm: the Python route only)
+        if all(type(t) is _Parameter for t in every):
+            names = list(self._flat_weights_names)
+            if peeps:
+                names += [m for k in range(n) for m in self._peephole_names(k)]
+            fast = None if _torch_eval is None or lns else _torch_eval.make_state(
+                self, impl, _NP[dtype], packed, every, names,
+                (self.peephole, self.clip, self.cell_clip, self.cifg))
+            self._packed = (key, packed, every[:], fast)
+        else:
+            self._packed = None
         return packed
 
     def _run(self, x, hx, impl, packed, lengths=None, batch_sizes=None):
