@@ -61,6 +61,72 @@ def test_torch_round_trip(proj_size):
         _assert_same(layer.state_dict(), sd)
 
 
+VARIANTS = {"ln": dict(layer_norm=True), "ln_peephole": dict(layer_norm=True, peephole=True),
+            "cifg_peephole": dict(cifg=True, peephole=True)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_torch_round_trip_variants(variant, dtype):
+    """A NumPy LSTM with layer norm (or another variant) -> to_torch(target=
+    "lstm_fast.torch.LSTM") -> lstm_fast.torch.LSTM with the same options -> from_torch ->
+    a NumPy LSTM: the same names in the same order, every parameter equal (dtype kept), the
+    module's and both layers' outputs and final states equal (the same numpy backend)."""
+    torch = pytest.importorskip("torch")
+    from lstm_fast import torch as ltorch
+
+    kw, (T, B, I, H) = VARIANTS[variant], (5, 3, 4, 6)
+    shape = dict(num_layers=2, bidirectional=True)
+    layer = lstm_fast.LSTM(I, H, **shape, dtype=dtype, backend="numpy", seed=0, **kw)
+    rng = np.random.default_rng(1)     # gains around 1, every other parameter around 0
+    layer.load_state_dict({k: (rng.uniform(-0.5, 0.5, v.shape)
+                               + k.startswith("layer_norm_weight")).astype(dtype)
+                           for k, v in layer.state_dict().items()})
+    sd = layer.state_dict()
+    ts = adapters.to_torch(sd, target="lstm_fast.torch.LSTM")
+    assert list(ts) == list(sd)
+    for k, t in ts.items():
+        np.testing.assert_array_equal(t.numpy(), sd[k], err_msg=k)
+        assert t.numpy().dtype == dtype, k
+    m = ltorch.LSTM(I, H, **shape, backend="numpy", dtype=ts["weight_ih_l0"].dtype, **kw)
+    m.load_state_dict(ts)
+    assert list(m.state_dict()) == list(sd)
+
+    back = adapters.from_torch(m.state_dict())
+    _assert_same(back, sd)
+    assert adapters.describe(back)._asdict() == dict(
+        input_size=I, hidden_size=H, **shape, bias=True, proj_size=0, peephole="peephole" in kw,
+        cifg="cifg" in kw, layer_norm="layer_norm" in kw)
+    twin = lstm_fast.LSTM(I, H, **shape, dtype=dtype, backend="numpy", **kw)
+    twin.load_state_dict(back)
+    _assert_same(twin.state_dict(), sd)
+
+    x, h0, c0 = (rng.standard_normal(s).astype(dtype) for s in ((T, B, I), (4, B, H), (4, B, H)))
+    y, (h_n, c_n) = layer(x, (h0, c0))
+    with torch.no_grad():
+        ty, (th, tc) = m(torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)))
+    y2, (h2, c2) = twin(x, (h0, c0))
+    for name, want in (("y", y), ("h_n", h_n), ("c_n", c_n)):
+        for got in ({"y": ty, "h_n": th, "c_n": tc}[name].numpy(),
+                    {"y": y2, "h_n": h2, "c_n": c2}[name]):
+            assert got.dtype == dtype, name
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+@pytest.mark.parametrize("variant", ["peephole", "cifg", "layer_norm"])
+def test_to_torch_refuses_variants_for_torch_nn_lstm(variant):
+    """torch.nn.LSTM has none of the variants: the default target is an error naming the
+    option and lstm_fast.torch.LSTM; an unknown target is an error naming ``target``."""
+    pytest.importorskip("torch")
+    sd = lstm_fast.LSTM(3, 4, **{variant: True}).state_dict()
+    for call in (lambda: adapters.to_torch(sd), lambda: adapters.to_torch(sd, target="torch.nn.LSTM")):
+        with pytest.raises(ValueError, match=rf"{variant}=True.*use lstm_fast\.torch\.LSTM\("
+                                             rf"{variant}=True\).*target=\"lstm_fast\.torch\.LSTM\""):
+            call()
+    with pytest.raises(ValueError, match="target must be one of"):
+        adapters.to_torch(sd, target="keras")
+
+
 # --- Keras ----------------------------------------------------------------------
 
 def _sigmoid(z):

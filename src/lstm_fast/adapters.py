@@ -220,12 +220,15 @@ def _check(cfg, num_layers, bidirectional, fmt):
 def from_torch(state_dict):
     """A torch.nn.LSTM state_dict (tensors) as NumPy copies, in torch's key order.
 
-    Projection keys ``weight_hr_l{k}`` pass through.
+    Projection keys ``weight_hr_l{k}`` pass through, and so do the variants' parameters of
+    an ``lstm_fast.torch.LSTM`` (peepholes, coupled gates, layer norm: the names and shapes
+    of ``lstm_fast.LSTM`` with the same options).
 
     Parameters
     ----------
     state_dict : dict
-        A ``torch.nn.LSTM``'s ``state_dict()`` (tensors or arrays).
+        A ``torch.nn.LSTM``'s or ``lstm_fast.torch.LSTM``'s ``state_dict()`` (tensors or
+        arrays).
 
     Returns
     -------
@@ -251,8 +254,21 @@ def from_torch(state_dict):
     return {k: np.array(_array(state_dict[k], k), order="C", copy=True) for k in _keys(cfg)}
 
 
-def to_torch(state_dict, dtype=None):
+_TARGETS = ("torch.nn.LSTM", "lstm_fast.torch.LSTM")
+
+
+def _variant_options(cfg):
+    """The options of ``lstm_fast.LSTM`` a state_dict needs that torch.nn.LSTM lacks."""
+    return [name for name, on in (("peephole=True", cfg.peephole), ("cifg=True", cfg.cifg),
+                                  ("layer_norm=True", cfg.layer_norm)) if on]
+
+
+def to_torch(state_dict, dtype=None, target="torch.nn.LSTM"):
     """A torch-loadable state_dict (CPU tensors, copies) from arrays by torch's names.
+
+    The variants' parameters (peepholes ``weight_c*_l{k}``, coupled gates' 3H rows, layer
+    norm ``layer_norm_*_l{k}``) keep their names: ``lstm_fast.torch.LSTM`` with the same
+    options loads them, torch.nn.LSTM has none of them (``target`` says which is meant).
 
     Parameters
     ----------
@@ -260,16 +276,21 @@ def to_torch(state_dict, dtype=None):
         Arrays by torch's names, e.g. ``LSTM.state_dict()``.
     dtype : torch.dtype or None, optional
         Converts every tensor; None keeps each array's dtype.
+    target : {"torch.nn.LSTM", "lstm_fast.torch.LSTM"}, optional
+        The module that will load the result. "torch.nn.LSTM" (default) refuses the
+        variants' parameters; "lstm_fast.torch.LSTM" carries them (build the module with
+        the options `describe` reports: ``peephole``, ``cifg``, ``layer_norm``).
 
     Returns
     -------
     dict of str to torch.Tensor
-        For ``torch.nn.LSTM.load_state_dict``.
+        For ``torch.nn.LSTM.load_state_dict`` (or ``lstm_fast.torch.LSTM``'s).
 
     Raises
     ------
     KeyError, ValueError
-        As `describe`.
+        As `describe`; ValueError also for an unknown ``target``, and for a state_dict
+        with a variant's parameters when the target is torch.nn.LSTM (naming the option).
 
     Examples
     --------
@@ -279,14 +300,23 @@ def to_torch(state_dict, dtype=None):
     >>> module = torch.nn.LSTM(3, 4, num_layers=2)
     >>> module.load_state_dict(adapters.to_torch(layer.state_dict()))
     <All keys matched successfully>
+    >>> import lstm_fast.torch
+    >>> ln = lstm_fast.LSTM(3, 4, layer_norm=True, seed=0)
+    >>> module = lstm_fast.torch.LSTM(3, 4, layer_norm=True)
+    >>> module.load_state_dict(adapters.to_torch(ln.state_dict(), target="lstm_fast.torch.LSTM"))
+    <All keys matched successfully>
     """
     import torch
 
+    if target not in _TARGETS:
+        raise ValueError(f"target must be one of {_TARGETS}, got {target!r}")
     cfg = describe(state_dict)
-    if cfg.peephole or cfg.cifg or cfg.layer_norm:
-        raise ValueError("the state_dict has peephole weights (weight_ci_l0, ...), coupled "
-                         "gates (3H rows) or layer-norm parameters (layer_norm_weight_ih_l0, "
-                         "...): torch.nn.LSTM has none of them")
+    options = _variant_options(cfg)
+    if options and target == "torch.nn.LSTM":
+        raise ValueError(f"the state_dict is of an LSTM with {', '.join(options)} (parameters "
+                         f"torch.nn.LSTM does not have): use lstm_fast.torch.LSTM("
+                         f"{', '.join(options)}) and to_torch(..., "
+                         f"target=\"lstm_fast.torch.LSTM\")")
     out = {}
     for k in _keys(cfg):
         t = torch.from_numpy(np.array(_array(state_dict[k], k), order="C", copy=True))
