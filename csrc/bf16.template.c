@@ -447,17 +447,8 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         }
         lstm_barrier_wait(bar, num_threads);
     }
-    if (tid == 0) {   /* h_n: each sequence's last y (c_n is the running state) */
-        int64_t n0 = T ? offs[1] : 0;
-        if (ctx->h_n != ctx->h0)
-            memcpy(ctx->h_n + n0 * H, ctx->h0 + n0 * H, (size_t)((B - n0) * H) * sizeof(float));
-        for (int64_t t = 0; t < T; t++) {
-            int64_t n = offs[t + 1] - offs[t];
-            int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
-            memcpy(ctx->h_n + nn * H, ctx->y + (offs[t] + nn) * H,
-                   (size_t)((n - nn) * H) * sizeof(float));
-        }
-    }
+    if (tid == 0)   /* h_n: each sequence's last y (c_n is the running state) */
+        FN(last_rows)(offs, T, B, H, ctx->h0, ctx->y, ctx->h_n);
 #if HAVE_X86
     _mm_setcsr(csr);
 #endif

@@ -295,6 +295,22 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
  * streamed step gives the same bits as a whole-sequence call. */
 static int FN(fwd_fuse_x)(int64_t B, int64_t I) { return I <= 16 || B >= 16; }
 
+/* out [B,W], row r: the row of sequence r's last step in all [N,W] (its last step is the
+ * last t with batch_sizes[t] > r), or init's row r for a sequence of no steps; out may be
+ * init. h_n and c_n of every forward (float32, bf16, int8 weights). */
+static void FN(last_rows)(const int64_t *offs, int64_t T, int64_t B, int64_t W,
+                          const TYPE *init, const TYPE *all, TYPE *out)
+{
+    int64_t n0 = T ? offs[1] : 0;
+    if (out != init)
+        memcpy(out + n0 * W, init + n0 * W, (size_t)((B - n0) * W) * sizeof(TYPE));
+    for (int64_t t = 0; t < T; t++) {
+        int64_t n = offs[t + 1] - offs[t];
+        int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+        memcpy(out + nn * W, all + (offs[t] + nn) * W, (size_t)((n - nn) * W) * sizeof(TYPE));
+    }
+}
+
 KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 {
     const FN(fwd_ctx) *ctx = (const FN(fwd_ctx) *)arg;
@@ -382,23 +398,10 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             lstm_barrier_wait(bar, num_threads);
         }
     }
-    if (tid == 0) {
-        /* sequence r's last step is the last t with batch_sizes[t] > r; with
-         * nothing saved, c_n already holds every sequence's last c */
-        int64_t n0 = T ? offs[1] : 0;
-        if (ctx->h_n != ctx->h0)
-            memcpy(ctx->h_n + n0 * R, ctx->h0 + n0 * R, (size_t)((B - n0) * R) * sizeof(TYPE));
-        if (save && ctx->c_n != ctx->c0)
-            memcpy(ctx->c_n + n0 * H, ctx->c0 + n0 * H, (size_t)((B - n0) * H) * sizeof(TYPE));
-        for (int64_t t = 0; t < T; t++) {
-            int64_t n = offs[t + 1] - offs[t];
-            int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
-            memcpy(ctx->h_n + nn * R, ctx->y + (offs[t] + nn) * R,
-                   (size_t)((n - nn) * R) * sizeof(TYPE));
-            if (save)
-                memcpy(ctx->c_n + nn * H, ctx->c + (offs[t] + nn) * H,
-                       (size_t)((n - nn) * H) * sizeof(TYPE));
-        }
+    if (tid == 0) {   /* with nothing saved, c_n already holds every sequence's last c */
+        FN(last_rows)(offs, T, B, R, ctx->h0, ctx->y, ctx->h_n);
+        if (save)
+            FN(last_rows)(offs, T, B, H, ctx->c0, ctx->c, ctx->c_n);
     }
 }
 
