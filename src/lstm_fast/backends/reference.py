@@ -599,16 +599,25 @@ def bf16_products(a, w):
 def lstm_forward_bf16(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
     """``(y, h_n, c_n)`` of the layer with bfloat16 weights (float32 x, states and
     outputs; no projection); arguments as ``lstm_forward``."""
-    xp, steps = _steps(x, batch_sizes)
-    H = w_hh.shape[1]
     w = np.concatenate([_pad_even(round_bf16(w_ih)), _pad_even(round_bf16(w_hh))], axis=1)
+
+    def products(xr, hr):
+        return bf16_products(np.concatenate([_pad_even(round_bf16(xr)),
+                                             _pad_even(round_bf16(hr))], axis=1), w)
+    return _float32_steps(products, x, b, h0, c0, batch_sizes)
+
+
+def _float32_steps(products, x, b, h0, c0, batch_sizes):
+    """``(y, h_n, c_n)`` of the low-precision forwards: per step the float32 cell (gate order
+    i, f, g, o) on ``products(x_rows, h_rows) + b``, the gate pre-activations (n, 4H) that
+    each weight precision computes its own way; float32 states and outputs."""
+    xp, steps = _steps(x, batch_sizes)
+    H = h0.shape[-1]
     bias = np.zeros(4 * H, np.float32) if b is None else b.astype(np.float32)
     y = np.empty((xp.shape[0], H), np.float32)
     h_state, c_state = h0.astype(np.float32), c0.astype(np.float32)
     for off, n in steps:
-        a = np.concatenate([_pad_even(round_bf16(xp[off:off + n])),
-                            _pad_even(round_bf16(h_state[:n]))], axis=1)
-        pre = bf16_products(a, w) + bias
+        pre = products(xp[off:off + n], h_state[:n]) + bias
         i, f, o = (sigmoid(pre[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
         g = np.tanh(pre[:, 2 * H:3 * H])
         c_state[:n] = f * c_state[:n] + i * g
@@ -669,24 +678,9 @@ def _int8_sums(a, q):
 def lstm_forward_int8(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
     """``(y, h_n, c_n)`` of the layer with int8 weights (float32 x, states and outputs;
     no projection); arguments as ``lstm_forward``."""
-    xp, steps = _steps(x, batch_sizes)
-    H = w_hh.shape[1]
     (qi, si), (qh, sh) = quantize_int8(w_ih), quantize_int8(w_hh)
-    bias = np.zeros(4 * H, np.float32) if b is None else b.astype(np.float32)
-    y = np.empty((xp.shape[0], H), np.float32)
-    h_state, c_state = h0.astype(np.float32), c0.astype(np.float32)
-    for off, n in steps:
-        z = si * _int8_sums(xp[off:off + n].astype(np.float32), qi) + \
-            sh * _int8_sums(h_state[:n], qh)
-        pre = z + bias
-        i, f, o = (sigmoid(pre[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
-        g = np.tanh(pre[:, 2 * H:3 * H])
-        c_state[:n] = f * c_state[:n] + i * g
-        h_state[:n] = o * np.tanh(c_state[:n])
-        y[off:off + n] = h_state[:n]
-    if batch_sizes is None:
-        y = y.reshape(x.shape[0], x.shape[1], H)
-    return y, h_state, c_state
+    return _float32_steps(lambda xr, hr: si * _int8_sums(xr.astype(np.float32), qi)
+                          + sh * _int8_sums(hr, qh), x, b, h0, c0, batch_sizes)
 
 
 # --- int8 weights, x and h quantized per step: the oracle of csrc/int8d.template.c -------
@@ -725,22 +719,9 @@ def int8_dynamic_preactivations(x, h, qi, si, qh, sh):
 def lstm_forward_int8_dynamic(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
     """``(y, h_n, c_n)`` of the layer with int8 weights and x, h quantized per row per step
     (float32 inputs, states and outputs; no projection); arguments as ``lstm_forward``."""
-    xp, steps = _steps(x, batch_sizes)
-    H = w_hh.shape[1]
     (qi, si), (qh, sh) = quantize_int8(w_ih), quantize_int8(w_hh)
-    bias = np.zeros(4 * H, np.float32) if b is None else b.astype(np.float32)
-    y = np.empty((xp.shape[0], H), np.float32)
-    h_state, c_state = h0.astype(np.float32), c0.astype(np.float32)
-    for off, n in steps:
-        pre = int8_dynamic_preactivations(xp[off:off + n], h_state[:n], qi, si, qh, sh) + bias
-        i, f, o = (sigmoid(pre[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
-        g = np.tanh(pre[:, 2 * H:3 * H])
-        c_state[:n] = f * c_state[:n] + i * g
-        h_state[:n] = o * np.tanh(c_state[:n])
-        y[off:off + n] = h_state[:n]
-    if batch_sizes is None:
-        y = y.reshape(x.shape[0], x.shape[1], H)
-    return y, h_state, c_state
+    return _float32_steps(lambda xr, hr: int8_dynamic_preactivations(xr, hr, qi, si, qh, sh),
+                          x, b, h0, c0, batch_sizes)
 
 
 # --- the backend contract (lstm_fast.backends) --------------------------------------
