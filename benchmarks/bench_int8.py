@@ -10,7 +10,10 @@ int32 sums by vpdpbusd where the CPU has AVX512-VNNI / AVX-VNNI), and ``torch-dy
 quantized LSTM (``torch.ao.nn.quantized.dynamic.LSTM``, int8 weights and per-step dynamic
 quantization of x and h; deprecated for removal, and ``quantize_dynamic`` no longer
 converts an ``nn.LSTM`` in torch 2.13: built from the float module with ``from_float``)
-where torch has it. Each benchmark first checks its outputs against the float32 layer's
+where torch has it, and ``ort-dynamic-int8``: ONNX Runtime's contrib DynamicQuantizeLSTM
+(int8 weights, x and h quantized per step), the model that
+``onnxruntime.quantization.quantize_dynamic`` makes of ``adapters.to_onnx_model``'s float
+one, as ONNX Runtime's users get it (``harness.ort_session``). Each benchmark first checks its outputs against the float32 layer's
 (within the low precision's accuracy). Under ``--benchmark-disable`` (the test suite) one
 untimed call on small shapes. Shapes, runner and body: benchmarks/low_precision.py
 (shared with bench_bf16.py).
@@ -19,6 +22,7 @@ untimed call on small shapes. Shapes, runner and body: benchmarks/low_precision.
         --benchmark-columns=median,iqr,rounds --benchmark-group-by=group
 """
 
+import functools
 import warnings
 
 import numpy as np
@@ -43,7 +47,8 @@ def _torch_dynamic():
 
 
 WEIGHTS = (("float32", "bfloat16", "int8", "int8_dynamic") +
-           (("torch-dynamic-int8",) if _torch_dynamic() else ()))
+           (("torch-dynamic-int8",) if _torch_dynamic() else ()) +
+           (("ort-dynamic-int8",) if harness.have("onnxruntime") else ()))
 
 
 def _torch_runner(case, p, weights):
@@ -74,9 +79,13 @@ def _torch_runner(case, p, weights):
     return harness.Runner(weights, fn_stream, lambda r: np.stack([t.numpy() for t in r]))
 
 
-def _runner(case, T, B, I, H, weights):
+def _runner(case, T, B, I, H, weights, threads=1):
     if weights == "torch-dynamic-int8":
         return _torch_runner(case, harness.make_problem(T, B, I, H, "float32"), weights)
+    if weights == "ort-dynamic-int8":
+        p = harness.make_problem(T, B, I, H, "float32")
+        r = harness._ort(weights, case, p, threads, quantize=True)
+        return harness.Runner(weights, r.fn, lambda out: r.extract(out)["y"])
     return low_precision.layer_runner(case, T, B, I, H, weights)
 
 
@@ -87,4 +96,4 @@ def test_int8(benchmark, request, name, weights, threads):
     low_precision.run(benchmark, request, name, weights, threads, "int8", 3e-2,
                       lambda B, I, H: dict(int8_path=ck.int8_path(),
                                            int8_dynamic_path=ck.int8_dynamic_path()),
-                      runner=_runner)
+                      runner=functools.partial(_runner, threads=threads))

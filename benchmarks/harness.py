@@ -313,23 +313,38 @@ def _torch(name, case, p, backend):
     return Runner(name, fn, extract)
 
 
-def ort_session(state_dict, threads, initial_state=True):
+def ort_session(state_dict, threads, initial_state=True, quantize=False):
     """An ONNX Runtime session of ``lstm_fast.adapters.to_onnx_model(state_dict)`` (float32),
-    ``threads`` intra-op threads, default graph optimization."""
+    ``threads`` intra-op threads, default graph optimization. ``quantize``: the model as
+    ONNX Runtime's own tool converts it for int8 (``onnxruntime.quantization.quantize_dynamic``,
+    int8 weights: the LSTM node becomes com.microsoft's DynamicQuantizeLSTM, which quantizes
+    x and h per step), as its users run it."""
     import onnxruntime as ort
 
     from lstm_fast.adapters import to_onnx_model
     model = to_onnx_model(state_dict, initial_state=initial_state, lengths=False)
+    if quantize:
+        import tempfile
+
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        with tempfile.TemporaryDirectory() as d:
+            quantize_dynamic(model, os.path.join(d, "q.onnx"), weight_type=QuantType.QInt8)
+            model = onnx.load(os.path.join(d, "q.onnx"))
+        if not any(n.op_type == "DynamicQuantizeLSTM" for n in model.graph.node):
+            raise RuntimeError("quantize_dynamic did not produce a DynamicQuantizeLSTM node")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def _ort(name, case, p, threads):
+def _ort(name, case, p, threads, quantize=False):
+    """ONNX Runtime's LSTM operator on problem ``p`` (``quantize``: its DynamicQuantizeLSTM,
+    see ``ort_session``); outputs as the oracle's."""
     if p["dtype"] != "float32":
         raise ValueError("the ONNX Runtime competitor is float32 only")
-    sess = ort_session(p["state_dict"], threads)
+    sess = ort_session(p["state_dict"], threads, quantize=quantize)
     x, h0, c0 = p["x"], p["h0"][None], p["c0"][None]
     if case == "forward":
         feed = {"X": x, "initial_h": h0, "initial_c": c0}

@@ -1,6 +1,6 @@
 """What bench_bf16.py and bench_int8.py share: the shapes (B = 1 streaming with
 ``Stream.step`` at H = 512 and 1024, where every step re-reads the weights, and the large
-forward (32, 64, 256, 256), compute bound), our layer quantized to a weight dtype, and the
+forward (32, 64, 256, 256) and (128, 64, 512, 512), compute bound), our layer quantized to a weight dtype, and the
 benchmark body (outputs checked against the float32 layer's first; under
 ``--benchmark-disable``, the test suite, one untimed call on small shapes)."""
 
@@ -13,9 +13,9 @@ from .conftest import benchmark_disabled
 
 # name: (case, T, B, I, H); stream: T steps of Stream.step per timed call
 CASES = {"stream512": ("stream", 32, 1, 512, 512), "stream1024": ("stream", 32, 1, 1024, 1024),
-         "large256": ("forward", 32, 64, 256, 256)}
+         "large256": ("forward", 32, 64, 256, 256), "large512": ("forward", 128, 64, 512, 512)}
 SMOKE = {"stream512": ("stream", 3, 1, 16, 16), "stream1024": ("stream", 3, 1, 9, 33),
-         "large256": ("forward", 3, 8, 16, 20)}
+         "large256": ("forward", 3, 8, 16, 20), "large512": ("forward", 2, 3, 7, 12)}
 ROUNDS = {"forward": 7, "stream": None}
 
 
