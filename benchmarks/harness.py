@@ -388,14 +388,32 @@ def check(outputs, expected, dtype, who=""):
 SLOW_CALL, SLOW_ROUNDS = 0.25, 5
 
 
+def settle(quiet=0.002, step=0.02, limit=1.0):
+    """Wait until no thread of this process is using the CPU (at most ``limit`` seconds):
+    the process's CPU time grows by under ``quiet`` s over a ``step`` s sleep.
+
+    A library's worker threads can spin after its last call: OpenBLAS's spin for ~50 ms
+    (measured on the Xeon of benchmarks/README.md, "Harness: idle pools before timing"),
+    so a 2-thread competitor timed right after the NumPy reference shared the CPUs with
+    them. The returned seconds waited go to ``extra_info["settle_s"]``."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit:
+        c0 = time.process_time()
+        time.sleep(step)
+        if time.process_time() - c0 < quiet:
+            break
+    return time.perf_counter() - t0
+
+
 def run_benchmark(benchmark, runner, threads, check_outputs, group, extra, rounds=None):
     """The suites' one timed-benchmark routine (pytest-benchmark's ``benchmark`` fixture).
 
     Checks ``runner``'s outputs (``check_outputs(outputs)`` raises if wrong), sets the
-    threads, times ``runner.arm()`` (``rounds`` single calls if given; pytest-benchmark's
-    calibrated rounds for calls under SLOW_CALL seconds, else SLOW_ROUNDS single calls),
-    records the CPU share other processes used meanwhile (``extra_info["foreign_cpu"]``,
-    of one CPU), then checks the outputs again.
+    threads, waits until the process's own threads are idle (``settle``), times
+    ``runner.arm()`` (``rounds`` single calls if given; pytest-benchmark's calibrated rounds
+    for calls under SLOW_CALL seconds, else SLOW_ROUNDS single calls), records the CPU
+    share other processes used meanwhile (``extra_info["foreign_cpu"]``, of one CPU), then
+    checks the outputs again.
     """
     t0 = time.perf_counter()
     check_outputs(runner.outputs())
@@ -403,8 +421,10 @@ def run_benchmark(benchmark, runner, threads, check_outputs, group, extra, round
         rounds = SLOW_ROUNDS
     fn = runner.arm()
     set_threads(threads)
+    waited = 0.0 if getattr(benchmark, "disabled", False) else settle()
     benchmark.group = group
     benchmark.extra_info.update(extra)
+    benchmark.extra_info["settle_s"] = round(waited, 3)
     busy0, own0, t0 = cpu_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     if rounds:
         benchmark.pedantic(fn, rounds=rounds, iterations=1)
