@@ -190,3 +190,24 @@ def test_model_runners_check_against_torch_with_dropout():
                 assert not np.allclose(out["y"], want["y"])    # dropout on between the layers
             harness.check(r.outputs(), want, "float32", name)
     harness.reset_threads()
+
+
+def test_settle_waits_for_a_busy_thread_of_this_process():
+    """``settle`` returns at once in a quiet process and waits out a thread of ours that
+    still uses the CPU (as OpenBLAS's workers spin after a call), up to its limit."""
+    import threading
+    import time
+
+    assert harness.settle() < 0.2
+    stop = time.perf_counter() + 0.3
+
+    def spin():
+        while time.perf_counter() < stop:
+            pass
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        waited = harness.settle()
+    finally:
+        t.join()
+    assert 0.2 <= waited < 1.0
