@@ -129,12 +129,18 @@ class LSTM:
         construction only; needs ``bias=True``. None (default): torch's initialisation.
     weight_dtype : {None, "float32", "float64", "bfloat16", "int8", "int8_dynamic"}, keyword-only
         Precision of the weights in the products; None (default) is `dtype`.
-        "bfloat16" (dtype float32, no projection, backends "c" and "numpy"): an
-        inference layer (always in eval mode; `backward` and ``train()`` raise)
-        whose w_ih and w_hh are rounded to bfloat16 when packed, as are x and h for
-        the products, which accumulate in float32; bias, cell state, activations,
-        inputs and outputs stay float32, and the parameters stay the float32 masters
-        (``state_dict``). "int8" (the same conditions): w_ih and w_hh quantized to
+        "bfloat16" (dtype float32, no projection, backends "c" and "numpy"): a
+        layer (made in eval mode) whose w_ih and w_hh are rounded to bfloat16 when
+        packed, as are x and h for the products, which accumulate in float32; bias,
+        cell state, activations, inputs and outputs stay float32, and the parameters
+        stay the float32 masters (``state_dict``). ``train()`` makes it a
+        mixed-precision training layer on the backends ``backends.BF16_TRAINING``
+        ("numpy"; not "c" yet: a ValueError names them): the same forward, what is
+        kept for backward (gates, cell states) rounded to bfloat16 (half the bytes),
+        bfloat16 products in backward too (the gate gradients, weights, x and h
+        rounded), float32 accumulation, float32 gradients of the float32 masters
+        (``grads``), which the optimizer updates; no recurrent_dropout. The exact
+        arithmetic: ``lstm_fast.backends.reference`` (lstm_backward_bf16). "int8" (the same conditions): w_ih and w_hh quantized to
         int8 when packed, with a symmetric float32 scale per gate row of each; x and
         h stay float32 (weight-only: the int8 values are widened back to float32 for
         float32 products, scaled per row). "int8_dynamic" (the same conditions): the
@@ -316,6 +322,11 @@ class LSTM:
         wd = getattr(self, "weight_dtype", None)
         if wd is not None:
             _validation.check_weight_dtype(wd, self.dtype, self.proj_size, impl, backend)
+            if wd == "bfloat16" and getattr(self, "training", False) \
+                    and not getattr(impl, "TRAINS_BF16", False):
+                raise ValueError(f"weight_dtype='bfloat16' trains (mixed precision) on the "
+                                 f"backends {backends.BF16_TRAINING}, not {backend!r}: call "
+                                 f"eval() first to run it for inference there")
         self._backend, self._requested_backend, self._impl = backend, name, impl
         self._inputs.bind(impl)
         self._drop_packed()
@@ -553,7 +564,7 @@ class LSTM:
             Training mode for a layer with low-precision weights (inference only).
         """
         if mode and self.weight_dtype not in _FULL_PRECISION:
-            raise ValueError(_inference_only(self.weight_dtype))
+            self._check_trainable()
         self.training = bool(mode)
         return self
 
@@ -601,7 +612,7 @@ class LSTM:
             hx not a pair; x of the other float precision.
         """
         if save and self.weight_dtype not in _FULL_PRECISION:
-            raise ValueError(_inference_only(self.weight_dtype))
+            self._check_trainable()
         return _route.layer_forward(self, x, hx, lengths, save)
 
     __call__ = forward
@@ -653,9 +664,28 @@ class LSTM:
         ValueError
             A gradient of the wrong shape, naming it.
         """
-        if self.weight_dtype not in _FULL_PRECISION:
+        if self.weight_dtype not in _FULL_PRECISION and not self._trains_bf16():
             raise RuntimeError(_inference_only(self.weight_dtype))
         return _route.layer_backward(self, grad_output, grad_hx)
+
+    def _trains_bf16(self):
+        """Whether this layer can train with its weight_dtype (bfloat16, mixed precision)."""
+        return (self.weight_dtype == "bfloat16" and not self.recurrent_dropout
+                and getattr(self._impl, "TRAINS_BF16", False))
+
+    def _check_trainable(self):
+        """A ValueError unless this low-precision layer can train (bfloat16 on a backend
+        with bfloat16 training, ``backends.BF16_TRAINING``)."""
+        if self._trains_bf16():
+            return
+        if self.weight_dtype != "bfloat16":
+            raise ValueError(_inference_only(self.weight_dtype))
+        if self.recurrent_dropout:
+            raise ValueError("weight_dtype='bfloat16' trains without recurrent_dropout "
+                             f"(got recurrent_dropout={self.recurrent_dropout})")
+        raise ValueError(f"weight_dtype='bfloat16' trains (mixed precision) on the backends "
+                         f"{backends.BF16_TRAINING}, not {self.backend!r}; this backend runs "
+                         f"bfloat16 for inference (eval mode) only")
 
     def __repr__(self):
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, default in

@@ -61,6 +61,13 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
     step(packed, x, h, c, num_threads, y=None) -> y
         One step: x (B, I) -> y (B, R); h (B, R) and c (B, H) are updated in place.
 
+Low precision (optional): ``pack_bf16`` / ``pack_int8`` / ``pack_int8_dynamic(w_ih, w_hh,
+b, out=None)`` give a Packed of that weight dtype for ``forward`` with save=False and
+``step``. A backend with ``TRAINS_BF16 = True`` (those in ``BF16_TRAINING``) also takes a
+``pack_bf16`` Packed in ``forward`` with save=True and in ``backward``: bfloat16 training
+(mixed precision; the arithmetic in ``reference``, "bfloat16 training"), gates and c then
+hold bfloat16 values.
+
 Optional, the C backend only: ``bind_layer(inputs)`` gives a layer's
 ``_validation.LayerInputs`` two C functions that run ``forward``/``backward`` (padded, no
 per-call masks) without a Python call and leave the results in its slots; the layer's route
@@ -82,6 +89,7 @@ import os
 from typing import NamedTuple, Optional
 
 PREFERENCE = ("c", "numba", "numpy")
+BF16_TRAINING = ("numpy",)    # the backends with TRAINS_BF16 (bfloat16 training)
 ENV_VAR = "LSTM_FAST_BACKEND"
 
 

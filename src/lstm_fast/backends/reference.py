@@ -596,25 +596,35 @@ def bf16_products(a, w):
 
 
 @np.errstate(**_QUIET)
-def lstm_forward_bf16(x, w_ih, w_hh, b, h0, c0, batch_sizes=None):
+def lstm_forward_bf16(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, save=False):
     """``(y, h_n, c_n)`` of the layer with bfloat16 weights (float32 x, states and
-    outputs; no projection); arguments as ``lstm_forward``."""
+    outputs; no projection); arguments as ``lstm_forward``. ``save=True`` (bfloat16
+    training, below): ``(y, h_n, c_n, gates, c)``, the activated gates and the cell states
+    as ``lstm_forward``'s, rounded to bfloat16 (float32 arrays holding bfloat16 values)."""
     w = np.concatenate([_pad_even(round_bf16(w_ih)), _pad_even(round_bf16(w_hh))], axis=1)
 
     def products(xr, hr):
         return bf16_products(np.concatenate([_pad_even(round_bf16(xr)),
                                              _pad_even(round_bf16(hr))], axis=1), w)
-    return _float32_steps(products, x, b, h0, c0, batch_sizes)
+    out = _float32_steps(products, x, b, h0, c0, batch_sizes, save)
+    if save:
+        y, h_n, c_n, gates, c = out
+        return y, h_n, c_n, round_bf16(gates), round_bf16(c)
+    return out
 
 
-def _float32_steps(products, x, b, h0, c0, batch_sizes):
+def _float32_steps(products, x, b, h0, c0, batch_sizes, save=False):
     """``(y, h_n, c_n)`` of the low-precision forwards: per step the float32 cell (gate order
     i, f, g, o) on ``products(x_rows, h_rows) + b``, the gate pre-activations (n, 4H) that
-    each weight precision computes its own way; float32 states and outputs."""
+    each weight precision computes its own way; float32 states and outputs. ``save``: also
+    the float32 activated gates and cell states, ``(y, h_n, c_n, gates, c)``."""
     xp, steps = _steps(x, batch_sizes)
     H = h0.shape[-1]
     bias = np.zeros(4 * H, np.float32) if b is None else b.astype(np.float32)
     y = np.empty((xp.shape[0], H), np.float32)
+    if save:
+        gates = np.empty((xp.shape[0], 4 * H), np.float32)
+        c = np.empty((xp.shape[0], H), np.float32)
     h_state, c_state = h0.astype(np.float32), c0.astype(np.float32)
     for off, n in steps:
         pre = products(xp[off:off + n], h_state[:n]) + bias
@@ -623,9 +633,95 @@ def _float32_steps(products, x, b, h0, c0, batch_sizes):
         c_state[:n] = f * c_state[:n] + i * g
         h_state[:n] = o * np.tanh(c_state[:n])
         y[off:off + n] = h_state[:n]
+        if save:
+            gates[off:off + n] = np.concatenate([i, f, g, o], axis=1)
+            c[off:off + n] = c_state[:n]
     if batch_sizes is None:
-        y = y.reshape(x.shape[0], x.shape[1], H)
-    return y, h_state, c_state
+        T, B = x.shape[:2]
+        y = y.reshape(T, B, H)
+        if save:
+            gates, c = gates.reshape(T, B, 4 * H), c.reshape(T, B, H)
+    return (y, h_state, c_state, gates, c) if save else (y, h_state, c_state)
+
+
+# --- bfloat16 training (mixed precision) ------------------------------------------------
+#
+# A layer with weight_dtype "bfloat16" trains with float32 master weights (the layer's
+# parameters; the optimizer updates them in float32) and bfloat16 products:
+#
+# forward   exactly lstm_forward_bf16 above (weights, x_t, h_{t-1} rounded to bfloat16,
+#           VDPBF16PS pairs and order, float32 cell state and activations), so a model
+#           trained so and evaluated with its bfloat16 inference path gives the same bits.
+#           Saved for backward: the activated gates (N, 4H) and cell states (N, H)
+#           rounded to bfloat16 (half the float32 layer's saved bytes; x and y are the
+#           layer's own input and output, kept anyway).
+# backward  the float32 cell gradient of lstm_backward on the saved (rounded) gates and
+#           cell states (c_{t-1} at t = 0 is c0 as given), giving the gate gradients da_t
+#           (n, 4H) in float32; da_t is rounded to bfloat16 (r(da)) for every product:
+#               dh_{t-1} = r(da_t) . r(w_hh)          (the recurrence, per step)
+#               dx       = r(da) . r(w_ih)            dw_ih = r(da)^T . r(x)
+#               dw_hh    = r(da)^T . r(h_{t-1})        (h_{t-1} rounded as in forward)
+#               db       = sum over rows of da        (unrounded)
+#           A product of two bfloat16 values is exact in float32, so each of these is a
+#           float32 sum of exact products; here every sum is taken in float64 and rounded
+#           once to float32 (``bf16_sums``: within an ulp or so of the exact sum). A kernel
+#           that accumulates in float32 in its own order differs from it by at most
+#           gamma_K sum_k |a_k b_k| (K the summed length, gamma_K ~ K 2^-24) per element.
+#           No flush to zero in backward (none is needed: float32 adds, not VDPBF16PS).
+# Master weights float32 only (the layer's dtype; bfloat16 needs dtype float32); no
+# projection, no variant, no recurrent dropout or zoneout (ValueErrors at the layer).
+
+
+def bf16_sums(a, b):
+    """float32 (m, n) = a (m, K) . b (K, n) for float32 a, b holding bfloat16 values: the
+    products exact, their sum taken in float64 and rounded once to float32."""
+    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32)
+
+
+@np.errstate(**_QUIET)
+def lstm_backward_bf16(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes=None):
+    """``(dx, dw_ih, dw_hh, db, dh0, dc0)`` of bfloat16 training (the note above), all
+    float32; arguments as ``lstm_backward``, gates and c those of
+    ``lstm_forward_bf16(..., save=True)``."""
+    xp, steps = _steps(x, batch_sizes)
+    H = h0.shape[-1]
+    N = xp.shape[0]
+    y, gates, c, dy = (np.asarray(a, np.float32).reshape(N, a.shape[-1])
+                       for a in (y, gates, c, dy))
+    da = np.empty((N, 4 * H), np.float32)       # the float32 gate gradients
+    dar = np.empty((N, 4 * H), np.float32)      # ... rounded to bfloat16
+    h_prev = np.empty((N, H), np.float32)
+    wh = round_bf16(w_hh)
+    dh = dh_n.astype(np.float32)
+    dc = dc_n.astype(np.float32)
+    for t in range(len(steps) - 1, -1, -1):
+        off, n = steps[t]
+        if t > 0:
+            prev = steps[t - 1][0]
+            c_prev = c[prev:prev + n]
+            h_prev[off:off + n] = y[prev:prev + n]
+        else:
+            c_prev = c0[:n].astype(np.float32)
+            h_prev[off:off + n] = h0[:n]
+        i, f, g, o = (gates[off:off + n, k * H:(k + 1) * H] for k in range(4))
+        dh[:n] += dy[off:off + n]
+        tanh_c = np.tanh(c[off:off + n])
+        dc[:n] += dh[:n] * o * (1 - tanh_c * tanh_c)
+        d = da[off:off + n]
+        d[:, 0 * H:1 * H] = dc[:n] * g * i * (1 - i)
+        d[:, 1 * H:2 * H] = dc[:n] * c_prev * f * (1 - f)
+        d[:, 2 * H:3 * H] = dc[:n] * i * (1 - g * g)
+        d[:, 3 * H:4 * H] = dh[:n] * tanh_c * o * (1 - o)
+        dc[:n] *= f
+        dar[off:off + n] = round_bf16(d)
+        dh[:n] = bf16_sums(dar[off:off + n], wh)
+    dx = bf16_sums(dar, round_bf16(w_ih))
+    dw_ih = bf16_sums(dar.T, round_bf16(xp))
+    dw_hh = bf16_sums(dar.T, round_bf16(h_prev))
+    db = da.sum(axis=0, dtype=np.float64).astype(np.float32)
+    if batch_sizes is None:
+        dx = dx.reshape(x.shape)
+    return dx, dw_ih, dw_hh, db, dh, dc
 
 
 # --- int8 weights (inference): the oracle of csrc/int8.template.c ------------------------
@@ -744,7 +840,8 @@ class Packed(NamedTuple):
 
 
 class PackedBF16(NamedTuple):
-    """bfloat16 weights: the float32 arrays as given, rounded by lstm_forward_bf16."""
+    """bfloat16 weights: the float32 arrays as given (the master weights of bfloat16
+    training), rounded by lstm_forward_bf16 and lstm_backward_bf16."""
     w_ih: np.ndarray
     w_hh: np.ndarray
     b: Optional[np.ndarray]
@@ -769,6 +866,7 @@ class PackedInt8Dynamic(PackedBF16):
 
 _INFERENCE_ONLY = ("{} weights are for inference only: nothing can be saved for "
                    "backward (use float32 weights to train)")
+TRAINS_BF16 = True    # backward with bfloat16 weights: mixed-precision training (above)
 
 
 def pack(w_ih, w_hh, b, w_hr=None, out=None, variant=None):
@@ -796,12 +894,17 @@ def pack_int8_dynamic(w_ih, w_hh, b, out=None):
 def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=None, rdrop=None,
             zoneout=None, stats=None):
     if isinstance(packed, PackedBF16):   # and PackedInt8
-        if save or rdrop is not None or zoneout is not None:
+        bf16 = type(packed) is PackedBF16    # bfloat16 trains (mixed precision), int8 does not
+        if (save and not bf16) or rdrop is not None or zoneout is not None:
             raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
-        run = (lstm_forward_int8_dynamic if isinstance(packed, PackedInt8Dynamic) else
-               lstm_forward_int8 if isinstance(packed, PackedInt8) else lstm_forward_bf16)
-        y, h_n, c_n = run(x, *packed, as_matrix(h0), as_matrix(c0), batch_sizes)
-        gates = c = None
+        if save:
+            y, h_n, c_n, gates, c = lstm_forward_bf16(x, *packed, as_matrix(h0), as_matrix(c0),
+                                                      batch_sizes, save=True)
+        else:
+            run = (lstm_forward_int8_dynamic if isinstance(packed, PackedInt8Dynamic) else
+                   lstm_forward_int8 if isinstance(packed, PackedInt8) else lstm_forward_bf16)
+            y, h_n, c_n = run(x, *packed, as_matrix(h0), as_matrix(c0), batch_sizes)
+            gates = c = None
     else:
         y, h_n, c_n, gates, c = lstm_forward(x, *packed[:3], as_matrix(h0), as_matrix(c0),
                                              batch_sizes, packed.w_hr, rdrop=rdrop,
@@ -818,7 +921,15 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
              dpeephole=None, rdrop=None, zoneout=None, stats=None, dlayer_norm=None):
-    if isinstance(packed, PackedBF16):   # and PackedInt8
+    if type(packed) is PackedBF16:      # bfloat16 training
+        if rdrop is not None or zoneout is not None:
+            raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
+        dx, dw_ih, dw_hh, db, dh0, dc0 = lstm_backward_bf16(
+            x, packed.w_ih, packed.w_hh, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
+            as_matrix(dh_n), as_matrix(dc_n), batch_sizes)
+        return (dx, dw_ih, dw_hh, db if packed.has_bias else None, dh0.reshape(h0.shape),
+                dc0.reshape(c0.shape), None)
+    if isinstance(packed, PackedBF16):   # PackedInt8
         raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
     dx, dw_ih, dw_hh, db, dh0, dc0, *rest = lstm_backward(
         x, packed.w_ih, packed.w_hh, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
