@@ -36,13 +36,20 @@ not ``_Parameter`` objects (replaced from outside, parametrizations) are packed 
 Falls back to ``torch.nn.LSTM.forward`` (torch's numbers, torch's errors) for
 everything the kernels do not cover: tensors not on the CPU, dtypes other than
 float32/float64, inputs whose dtype differs from the weights (torch then raises its
-own error), empty inputs (T = 0 or B = 0), autocast, TorchScript scripting/tracing,
+own error), empty inputs (T = 0 or B = 0), autocast (but see below), TorchScript scripting/tracing,
 ONNX export and functorch transforms (vmap, grad). Shape errors are torch's own
 (``check_forward_args``), raised before any kernel runs. ``backend="torch"`` always uses
 torch's implementation. Double backward (``create_graph=True`` then differentiating
 the gradients, e.g. a gradient penalty) raises an error naming ``backend="torch"``,
 which computes it. DistributedDataParallel works as with torch's modules
 (tests/test_torch_ddp.py).
+
+Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``LSTM`` runs bfloat16 on our kernels
+(``LSTM._autocast_forward``): mixed-precision training with the float32 parameters as
+masters on a backend that trains in bfloat16 (``backends.BF16_TRAINING``: "numpy" for now),
+bfloat16 inference (no gradient needed) on "c" and "numpy"; output and states come back
+bfloat16 as torch.nn.LSTM's do under CPU autocast. Otherwise (another autocast dtype, a
+projection or variant, "c" with a gradient needed) torch's path as above.
 """
 
 import functools
@@ -543,6 +550,7 @@ class LSTM(torch.nn.LSTM):
         state = dict(super().__getstate__() if hasattr(super(), "__getstate__")
                      else self.__dict__)
         state["_packed"] = None     # holds the backend module (not picklable); packed again
+        state["_packed_bf16"] = None
         return state
 
     def __setstate__(self, state):
@@ -612,6 +620,10 @@ class LSTM(torch.nn.LSTM):
             out = _eval_forward(self, input, hx)
             if out is not None:
                 return out
+        if torch._C._is_any_autocast_enabled() and not torch.compiler.is_compiling():
+            out = self._autocast_forward(input, hx)
+            if out is not None:
+                return out
         backend = self._kernel_backend(input, hx)
         packed = None
         if backend is not None:
@@ -620,6 +632,10 @@ class LSTM(torch.nn.LSTM):
             packed = self._packed_weights(impl, data.dtype)
         if packed is None:
             return self._torch_forward(input, hx)
+        return self._forward_packed(input, hx, impl, packed)
+
+    def _forward_packed(self, input, hx, impl, packed):
+        """``forward``'s work on our kernels, once the backend and packed weights are known."""
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             if hx is None:
@@ -654,6 +670,85 @@ class LSTM(torch.nn.LSTM):
         if not batched:
             return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
+
+    def _autocast_forward(self, input, hx):
+        """Under ``torch.autocast("cpu", dtype=torch.bfloat16)``: bfloat16 training (mixed
+        precision) or bfloat16 inference on our kernels, or None for torch's path.
+
+        The float32 parameters stay the masters; each layer-direction runs as
+        ``lstm_fast.LSTM(..., weight_dtype="bfloat16")`` does (weights, x and h rounded to
+        bfloat16 for the products, float32 accumulation, cell state and activations; in
+        backward the gate gradients rounded too: ``backends.reference``, "bfloat16
+        training"). Inputs and states may be float32 or bfloat16 (an autocast layer's
+        output); output, h_n and c_n are bfloat16, as torch.nn.LSTM's under CPU autocast,
+        and the parameters' gradients float32. Taken when CPU autocast's dtype is bfloat16,
+        the module has no projection, variant, recurrent dropout or zoneout, the tensors are
+        on the CPU, the parameters float32, and the backend runs bfloat16 ("c" and "numpy")
+        and, if a gradient is needed, trains in it (``backends.BF16_TRAINING``: "numpy";
+        with "c" a call that needs a gradient takes torch's autocast path, as before)."""
+        if not torch.is_autocast_enabled("cpu") \
+                or torch.get_autocast_dtype("cpu") != torch.bfloat16 \
+                or self.backend == "torch" or torch.jit.is_scripting() \
+                or torch.jit.is_tracing() or self.proj_size or self._variants() \
+                or self._masked() or self.layer_norm:
+            return None
+        data = input.data if isinstance(input, PackedSequence) else input
+        ok = (torch.float32, torch.bfloat16)
+        if not isinstance(data, torch.Tensor) or not data.is_cpu or data.dtype not in ok \
+                or data.numel() == 0 or _wrapped(data):
+            return None
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or any(
+                    not isinstance(t, torch.Tensor) or not t.is_cpu or t.dtype not in ok
+                    or _wrapped(t) for t in hx):
+                return None
+        flat = self._weights()
+        if any(not t.is_cpu or t.dtype != torch.float32 or _wrapped(t) for t in flat):
+            return None
+        impl = backends.get(backends.resolve(self.backend))
+        if not hasattr(impl, "pack_bf16"):
+            return None
+        grad = torch.is_grad_enabled() and (data.requires_grad or any(
+            t.requires_grad for t in flat) or (hx is not None and (
+                hx[0].requires_grad or hx[1].requires_grad)))
+        if grad and not getattr(impl, "TRAINS_BF16", False):
+            return None
+        packed = self._bf16_packed(impl, flat)
+        with torch.autocast("cpu", enabled=False):
+            if isinstance(input, PackedSequence):
+                input = PackedSequence(input.data.float(), input.batch_sizes,
+                                       input.sorted_indices, input.unsorted_indices)
+            else:
+                input = input.float()
+            if hx is not None:
+                hx = (hx[0].float(), hx[1].float())
+            out, (h_n, c_n) = self._forward_packed(input, hx, impl, packed)
+            bf = torch.bfloat16
+            if isinstance(out, PackedSequence):
+                out = PackedSequence(out.data.to(bf), out.batch_sizes, out.sorted_indices,
+                                     out.unsorted_indices)
+            else:
+                out = out.to(bf)
+            return out, (h_n.to(bf), c_n.to(bf))
+
+    def _bf16_packed(self, impl, flat):
+        """Every layer-direction's ``pack_bf16`` weights, packed again after a parameter
+        changed (as ``_packed_weights``); kept apart from the float32 packing."""
+        state = tuple([t._version for t in flat] + [t.data_ptr() for t in flat])
+        e = getattr(self, "_packed_bf16", None)
+        if e is not None and e[0] is impl and e[1] == state \
+                and all(map(operator.is_, e[2], flat)):
+            return e[3]
+        n = len(self._all_weights)
+        per = len(flat) // n
+        packed = []
+        for k in range(n):
+            w_ih, w_hh, b_ih, b_hh, _ = (None if t is None else _np(t)
+                                         for t in self._direction(flat[k * per:(k + 1) * per]))
+            packed.append(impl.pack_bf16(w_ih, w_hh, None if b_ih is None else b_ih + b_hh))
+        self._packed_bf16 = ((impl, state, flat[:], packed)
+                             if all(type(t) is _Parameter for t in flat) else None)
+        return packed
 
     def _forward_ops(self, input, hx):
         """The tensor path of ``forward`` on the custom operators (``_torch_ops``), for

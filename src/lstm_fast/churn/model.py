@@ -92,11 +92,16 @@ class ChurnModel:
     """LSTM(3 -> hidden_size) + logistic head; NumPy arrays in, probabilities out."""
 
     def __init__(self, hidden_size=32, backend="auto", seed=0, input_size=len(FEATURES),
-                 dtype=np.float32):
+                 dtype=np.float32, weight_dtype=None):
+        """``weight_dtype="bfloat16"``: mixed-precision training (``lstm_fast.LSTM``'s
+        weight_dtype, put in training mode; float32 masters), on a backend that trains in
+        bfloat16 (``lstm_fast.backends.BF16_TRAINING``)."""
         self.hidden_size = int(hidden_size)
         self.input_size = int(input_size)
         self.lstm = lstm_fast.LSTM(self.input_size, self.hidden_size, backend=backend, seed=seed,
-                                   dtype=dtype)
+                                   dtype=dtype, weight_dtype=weight_dtype)
+        if weight_dtype is not None:
+            self.lstm.train()
         # forget-gate bias 1 (a common LSTM initialization; helps keep memory early on)
         H = self.hidden_size
         with self.lstm.unlocked_parameters() as p:
