@@ -45,7 +45,9 @@
  *     between the SIMD levels in the last bits, as in the float32 kernel, so the
  *     outputs are bitwise identical across levels only where the cell is the
  *     same code: AVX-512 native and AVX-512 emulated.
- * No projection, nothing saved for backward (inference only).
+ * No projection. Saved for backward only by lstm_forward_bf16_ex (bfloat16 training):
+ * then the cell writes the gates and c_t of every step (float32) as the float32 kernel's,
+ * c_{t-1} read from the saved c; the same operations, so the same bits.
  *
  * Packed layout (header, then 64-byte aligned):
  *   w  [ceil(H/V)][KP][4][V] uint32   KP = ceil(I/2) + ceil(H/2) pairs; word =
@@ -396,6 +398,7 @@ typedef struct {
     const int64_t *offs;
     const float *x, *h0, *c0;
     float *y, *h_n, *c_n;
+    float *gates, *c;        /* [N,4H], [N,H] saved for backward, or both NULL */
     unsigned char *rows;     /* per thread: B rows of rounded [x | h] */
     int64_t rows_bytes;      /* per thread */
     int native;
@@ -415,7 +418,7 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 #endif
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
-    if (ctx->c_n != ctx->c0) {   /* the running c starts as c0 (this thread's units) */
+    if (ctx->c_n != ctx->c0 && !ctx->c) {   /* the running c starts as c0 (this thread's units) */
         int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H;
         for (int64_t r = 0; r < B && u0 < u1; r++)
             memcpy(ctx->c_n + r * H + u0, ctx->c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(float));
@@ -438,6 +441,11 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             break;
         const float *hp = t ? ctx->y + offs[t - 1] * H : ctx->h0;
         ca.h = ctx->y + offs[t] * H;
+        if (ctx->c) {   /* saving: c_t and the gates into their rows, c_{t-1} from there */
+            ca.gates = ctx->gates + offs[t] * 4 * H;
+            ca.c = ctx->c + offs[t] * H;
+            ca.cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
+        }
         /* several row tiles (compute bound): the widened weights, no integer ops per use */
         int path = ctx->native ? 1 : ISA > 0 && n > FR ? 2 : 0;
         if (j0 < j1) {
@@ -447,8 +455,11 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         }
         lstm_barrier_wait(bar, num_threads);
     }
-    if (tid == 0)   /* h_n: each sequence's last y (c_n is the running state) */
+    if (tid == 0) {   /* h_n: each sequence's last y (c_n is the running state) */
         FN(last_rows)(offs, T, B, H, ctx->h0, ctx->y, ctx->h_n);
+        if (ctx->c)   /* saving: c_n from the saved c */
+            FN(last_rows)(offs, T, B, H, ctx->c0, ctx->c, ctx->c_n);
+    }
 #if HAVE_X86
     _mm_setcsr(csr);
 #endif
@@ -461,8 +472,8 @@ static size_t FN(bf_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int num
 
 static int FN(bf_forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                           const int64_t *batch_sizes, const float *x, const float *h0,
-                          const float *c0, float *y, float *h_n, float *c_n, void *workspace,
-                          int num_threads, int native)
+                          const float *c0, float *y, float *h_n, float *c_n, float *gates,
+                          float *c, void *workspace, int num_threads, int native)
 {
     const FN(bf_hdr) *hdr = (const FN(bf_hdr) *)FN(align_ptr)((void *)packed);
     if (hdr->magic != BF16_MAGIC || hdr->level != ISA || hdr->elem_size != 2 || hdr->I != I ||
@@ -473,7 +484,7 @@ static int FN(bf_forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void
     if (!FN(step_offsets)(T, B, batch_sizes, offs))
         return LSTM_ERR_ARG;
     wsb += FN(offs_bytes)(T);
-    FN(bf_ctx) ctx = {T, B, I, H, hdr, offs, x, h0, c0, y, h_n, c_n, wsb,
+    FN(bf_ctx) ctx = {T, B, I, H, hdr, offs, x, h0, c0, y, h_n, c_n, gates, c, wsb,
                       FN(bf_rows_bytes)(B, I, H), BF_NATIVE && native};
     lstm_pool_run(FN(bf_job), &ctx, num_threads < 1 ? 1 : num_threads);
     return LSTM_OK;

@@ -182,7 +182,24 @@ typedef struct {
     const TYPE *zm;     /* [.,H] zoneout mask of the step's rows, or NULL (var is then 1) */
     TYPE *dhz;          /* [B,H] with zm: the gradient zoneout carries to h_{t-1}: read
                            (added to dh), replaced by (1 - zm)*dh */
+    int bf16;           /* 1 (float only, plain cell): dg stored rounded to bfloat16 (db
+                           sums the unrounded): bfloat16 training */
 } FN(bwd_cell_args);
+
+typedef unsigned int FN(u32v) __attribute__((vector_size(VBYTES)));
+
+/* float x rounded to bfloat16 (as a float): nearest even, zero and denormals a signed
+ * zero, NaN quiet: bf16_round of bf16.template.c, per lane (float only) */
+INLINE vec FN(vround_bf16)(vec x)
+{
+    FN(u32v) u = (FN(u32v))x;
+    FN(u32v) r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    FN(u32v) tiny = (FN(u32v))((u & 0x7f800000u) == 0);
+    FN(u32v) nan = (FN(u32v))((u & 0x7fffffffu) > 0x7f800000u);
+    r = (r & ~tiny) | (u & 0x80000000u & tiny);
+    r = (r & ~nan) | ((u | 0x00400000u) & 0xffff0000u & nan);
+    return (vec)r;
+}
 
 /* d, or 0 where the saved activated gate s shows a clamped pre-activation: s at or
  * beyond act(+-clip) (lo, hi), the values the forward's clamp gives. NaN passes. */
@@ -302,7 +319,8 @@ KERNEL void FN(bwd_cell)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t r0,
             vec dgv[4] = {dcv * g * i * (1 - i), dcv * vload_n(a->cprev + ro, n) * f * (1 - f),
                           dcv * i * (1 - g * g), dh * tc * o * (1 - o)};
             for (int q = 0; q < 4; q++) {
-                vstore_n(dgr + q * H, dgv[q], n);
+                vstore_n(dgr + q * H, sizeof(TYPE) == 4 && a->bf16 ? FN(vround_bf16)(dgv[q])
+                                                                    : dgv[q], n);
                 vstore_n(a->db + q * H + off, vload_n(a->db + q * H + off, n) + dgv[q], n);
             }
             vstore_n(a->dc + ro, dcv * f, n);

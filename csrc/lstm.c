@@ -166,11 +166,11 @@ static int variant_ok(const lstm_variant *v)
     return !v || (v->clip >= 0 && v->cell_clip >= 0 && (!(v->rdrop || v->zoneout) || v->var_ws));
 }
 
-/* NULL when every variant is off: the plain cells (the same bits as lstm_forward_X). */
+/* NULL when every variant is off (bf16_grads counts as one: the backward of bf16 training): the plain cells (the same bits as lstm_forward_X). */
 static const lstm_variant *variant_or_null(const lstm_variant *v)
 {
     return v && (v->peephole || v->clip > 0 || v->cell_clip > 0 || v->cifg || v->rdrop ||
-                 v->zoneout)
+                 v->zoneout || v->bf16_grads)
                ? v
                : NULL;
 }
@@ -361,7 +361,20 @@ int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *pa
         return LSTM_ERR_ARG;
     int level = packed_level(packed);
     DISPATCH(level, f32, bf_forward,
-             (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, workspace,
+             (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, NULL, NULL, workspace,
+              usable_threads(num_threads), bf16_native_for(level, B)))
+}
+
+int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                         const int64_t *batch_sizes, const float *x, const float *h0,
+                         const float *c0, float *y, float *h_n, float *c_n, float *gates,
+                         float *c, void *workspace, int num_threads)
+{
+    if (!call_args_ok(T, B, I, H, 0, packed, workspace) || (gates == NULL) != (c == NULL))
+        return LSTM_ERR_ARG;
+    int level = packed_level(packed);
+    DISPATCH(level, f32, bf_forward,
+             (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, workspace,
               usable_threads(num_threads), bf16_native_for(level, B)))
 }
 

@@ -209,6 +209,10 @@ typedef struct {
     void *var_ws;          /* with rdrop or zoneout: scratch of lstm_variant_workspace_size_X
                               bytes (the masked h_{t-1}: forward a copy per thread, backward
                               every row; zoneout's running gradient), any alignment */
+    /* bfloat16 training (backward, _f32 only; see lstm_forward_bf16_ex): 1 rounds every
+     * gate gradient to bfloat16 (nearest even, as lstm_pack_bf16 rounds) before it enters
+     * a product (dh_{t-1}, dx, dw_ih, dw_hh); db sums the unrounded ones. */
+    int bf16_grads;
 } lstm_variant;
 
 /* Bytes of variant.var_ws for a forward (backward = 0) with up to num_threads threads
@@ -271,6 +275,18 @@ int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *pa
                       const int64_t *batch_sizes, const float *x, const float *h0,
                       const float *c0, float *y, float *h_n, float *c_n, void *workspace,
                       int num_threads);
+
+/* bfloat16 training (mixed precision; the arithmetic in backends/reference.py, "bfloat16
+ * training"): lstm_forward_bf16 plus gates [N,4H] and c [N,H] (both given, or both NULL:
+ * lstm_forward_bf16), the float32 activated gates and cell states for backward (the caller
+ * rounds them to bfloat16 for keeping). The forward's bits are lstm_forward_bf16's. The
+ * backward is lstm_backward_ex_f32 on a float32 pack of the bf16-rounded weights, with
+ * x, h0 and y rounded to bfloat16, gates and c as kept (bf16 values), and
+ * variant.bf16_grads = 1. */
+int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                         const int64_t *batch_sizes, const float *x, const float *h0,
+                         const float *c0, float *y, float *h_n, float *c_n, float *gates,
+                         float *c, void *workspace, int num_threads);
 
 /* How lstm_forward_bf16 computes its products: 1 with vdpbf16ps (AVX512_BF16), 0
  * emulated with float32 FMAs (same bits). Mode: -1 automatic (the default: native

@@ -669,6 +669,7 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
                             .m = NULL, .db = ctx->db};
     SET_CELL_VARIANT(ca, ctx->var);
     ca.dpeep = ctx->dpeep;
+    ca.bf16 = ctx->var && ctx->var->bf16_grads;   /* bfloat16 training */
     if (ctx->var && ctx->var->rdrop) {   /* the tile's dh is of the masked h_t */
         ca.rdrop = (const TYPE *)ctx->var->rdrop;
         ca.var = 1;

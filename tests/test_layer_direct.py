@@ -63,7 +63,8 @@ def test_backend_switched_between_forward_and_backward():
 
 
 def test_low_precision_backward_raises_through_direct_call():
-    layer = lstm_fast.LSTM(2, 3, backend="c", seed=0, weight_dtype="bfloat16")
+    # int8 (inference only; bfloat16 trains: tests/test_bf16_training.py)
+    layer = lstm_fast.LSTM(2, 3, backend="c", seed=0, weight_dtype="int8")
     out, _ = layer(np.ones((4, 2, 2), np.float32), save=False)
     with pytest.raises(RuntimeError, match="inference only"):
         layer.backward(np.ones_like(out))

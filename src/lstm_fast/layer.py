@@ -135,8 +135,8 @@ class LSTM:
         cell state, activations, inputs and outputs stay float32, and the parameters
         stay the float32 masters (``state_dict``). ``train()`` makes it a
         mixed-precision training layer on the backends ``backends.BF16_TRAINING``
-        ("numpy"; not "c" yet: a ValueError names them): the same forward, what is
-        kept for backward (gates, cell states) rounded to bfloat16 (half the bytes),
+        ("c" and "numpy"): the same forward, what is kept for backward (gates, cell
+        states) rounded to bfloat16 values (the C backend still stores them in float32),
         bfloat16 products in backward too (the gate gradients, weights, x and h
         rounded), float32 accumulation, float32 gradients of the float32 masters
         (``grads``), which the optimizer updates; no recurrent_dropout. The exact

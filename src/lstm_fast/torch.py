@@ -46,10 +46,10 @@ which computes it. DistributedDataParallel works as with torch's modules
 
 Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``LSTM`` runs bfloat16 on our kernels
 (``LSTM._autocast_forward``): mixed-precision training with the float32 parameters as
-masters on a backend that trains in bfloat16 (``backends.BF16_TRAINING``: "numpy" for now),
+masters on a backend that trains in bfloat16 (``backends.BF16_TRAINING``: "c", "numpy"),
 bfloat16 inference (no gradient needed) on "c" and "numpy"; output and states come back
 bfloat16 as torch.nn.LSTM's do under CPU autocast. Otherwise (another autocast dtype, a
-projection or variant, "c" with a gradient needed) torch's path as above.
+projection or variant, the "numba" backend) torch's path as above.
 """
 
 import functools
@@ -684,8 +684,7 @@ class LSTM(torch.nn.LSTM):
         and the parameters' gradients float32. Taken when CPU autocast's dtype is bfloat16,
         the module has no projection, variant, recurrent dropout or zoneout, the tensors are
         on the CPU, the parameters float32, and the backend runs bfloat16 ("c" and "numpy")
-        and, if a gradient is needed, trains in it (``backends.BF16_TRAINING``: "numpy";
-        with "c" a call that needs a gradient takes torch's autocast path, as before)."""
+        and, if a gradient is needed, trains in it (``backends.BF16_TRAINING``)."""
         if not torch.is_autocast_enabled("cpu") \
                 or torch.get_autocast_dtype("cpu") != torch.bfloat16 \
                 or self.backend == "torch" or torch.jit.is_scripting() \

@@ -89,7 +89,7 @@ import os
 from typing import NamedTuple, Optional
 
 PREFERENCE = ("c", "numba", "numpy")
-BF16_TRAINING = ("numpy",)    # the backends with TRAINS_BF16 (bfloat16 training)
+BF16_TRAINING = ("c", "numpy")    # the backends with TRAINS_BF16 (bfloat16 training)
 ENV_VAR = "LSTM_FAST_BACKEND"
 
 

@@ -70,6 +70,7 @@ cdef extern from "lstm.h" nogil:
         const void *rdrop
         const void *zoneout
         void *var_ws
+        int bf16_grads
     size_t lstm_variant_workspace_size_f32(int64_t N, int64_t B, int64_t R, int num_threads,
                                          int backward)
     size_t lstm_variant_workspace_size_f64(int64_t N, int64_t B, int64_t R, int num_threads,
@@ -109,6 +110,10 @@ cdef extern from "lstm.h" nogil:
                           const int64_t *batch_sizes, const float *x, const float *h0,
                           const float *c0, float *y, float *h_n, float *c_n, void *workspace,
                           int num_threads)
+    int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
+                             const int64_t *batch_sizes, const float *x, const float *h0,
+                             const float *c0, float *y, float *h_n, float *c_n, float *gates,
+                             float *c, void *workspace, int num_threads)
     int lstm_set_bf16_mode(int mode)
     int lstm_get_bf16_mode()
     int lstm_bf16_native(int64_t B, int64_t I, int64_t H)

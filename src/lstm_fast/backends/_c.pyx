@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint32_t
 from libc.string cimport memcpy
 from cpython.ref cimport Py_INCREF
 from lstm_fast._validation cimport LayerInputs
@@ -178,6 +178,9 @@ cdef class Packed:
     cdef readonly object variant   # backends.Variant or None (plain)
     cdef lstm_variant _var         # its C form (peephole points into variant.peephole)
     cdef const lstm_variant *_varp # &_var, or NULL for the plain LSTM
+    cdef object _bf16_src          # pack_bf16: (w_ih, w_hh) as given (bfloat16 training)
+    cdef object _bf16_f32          # ... and the float32 pack of them rounded, made by the
+                                   # first backward (None until then)
 
     def __repr__(self):
         return (f"<lstm_fast.backends._c.Packed I={self.input_size} H={self.hidden_size} "
@@ -365,9 +368,55 @@ cdef Packed _pack_low(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out, str weight_dty
 
 def pack_bf16(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
     """Packed bfloat16 weights of float32 (w_ih (4H, I), w_hh (4H, H), b (4H,) or None),
-    rounded to nearest even (csrc/bf16.template.c); inference only (``forward`` with
-    save=False, ``step``). out as in ``pack``."""
-    return _pack_low(w_ih, w_hh, b, out, "bfloat16", lstm_packed_size_bf16, lstm_pack_bf16)
+    rounded to nearest even (csrc/bf16.template.c), for ``forward`` (save=False: inference;
+    save=True: bfloat16 training), ``backward`` (bfloat16 training) and ``step``. The pack
+    keeps w_ih and w_hh (not copied): the first backward packs them rounded to bfloat16 in
+    the float32 layout (``_bf16_train_pack``), so they must not change in between (the
+    layer and lstm_fast.torch pack again after every change). out as in ``pack``."""
+    cdef Packed p = _pack_low(w_ih, w_hh, b, out, "bfloat16", lstm_packed_size_bf16,
+                              lstm_pack_bf16)
+    p._bf16_src = (w_ih, w_hh)
+    p._bf16_f32 = None
+    return p
+
+
+TRAINS_BF16 = True   # bfloat16 training (backends.BF16_TRAINING): forward with save=True
+#                      and backward on a pack_bf16 pack
+
+
+cdef void _round_bf16(uint32_t *u, Py_ssize_t n) noexcept nogil:
+    """float32 bits rounded to bfloat16 in place (the low 16 bits cleared): nearest even,
+    zero and denormals a signed zero, NaN quiet; bf16_round of csrc/bf16.template.c."""
+    cdef Py_ssize_t k
+    cdef uint32_t v, r
+    for k in range(n):
+        v = u[k]
+        r = (v + 0x7fffu + ((v >> 16) & 1u)) & 0xffff0000u
+        if (v & 0x7f800000u) == 0:
+            r = v & 0x80000000u
+        if (v & 0x7fffffffu) > 0x7f800000u:
+            r = (v | 0x00400000u) & 0xffff0000u
+        u[k] = r
+
+
+cdef cnp.ndarray _bf16_copy(cnp.ndarray a):
+    """A float32 C-contiguous copy of a rounded to bfloat16 (the kernel's alignment)."""
+    cdef cnp.ndarray out = _like(a, cnp.NPY_FLOAT32)
+    memcpy(cnp.PyArray_DATA(out), cnp.PyArray_DATA(a), cnp.PyArray_SIZE(a) * 4)
+    cdef uint32_t *u = <uint32_t *>cnp.PyArray_DATA(out)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(out)
+    with nogil:
+        _round_bf16(u, n)
+    return out
+
+
+cdef Packed _bf16_train_pack(Packed packed):
+    """The float32 pack of a pack_bf16 pack's weights rounded to bfloat16 (made once)."""
+    if packed._bf16_f32 is None:
+        w_ih, w_hh = packed._bf16_src
+        packed._bf16_f32 = pack(_bf16_copy(np.ascontiguousarray(w_ih, np.float32)),
+                                _bf16_copy(np.ascontiguousarray(w_hh, np.float32)), None)
+    return packed._bf16_f32
 
 
 def pack_int8(cnp.ndarray w_ih, cnp.ndarray w_hh, b, out=None):
@@ -425,6 +474,7 @@ cdef const lstm_variant *_with_rdrop(Packed packed, lstm_variant *lv, object rdr
         lv.clip = 0
         lv.cell_clip = 0
         lv.cifg = 0
+        lv.bf16_grads = 0
     lv.rdrop = _p(rdrop)
     lv.zoneout = _p(zoneout)
     lv.var_ws = cnp.PyArray_DATA(ws)
@@ -443,7 +493,7 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef bint bf16 = packed.wkind == _BF16
     cdef bint i8 = packed.wkind == _INT8
     cdef bint i8d = packed.wkind == _INT8D
-    if (bf16 or i8 or i8d) and save:
+    if (i8 or i8d) and save:
         _inference_only(packed)
     cdef size_t wsize = (lstm_forward_workspace_size_bf16(T, B, I, H, num_threads) if bf16 else
                          lstm_forward_workspace_size_i8(T, B, I, H, num_threads) if i8 else
@@ -477,9 +527,13 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef int status
     with nogil:
         if bf16:
-            status = lstm_forward_bf16(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
-                                       <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
-                                       wp, num_threads)
+            status = lstm_forward_bf16_ex(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
+                                          <float *>c0p, <float *>yp, <float *>hnp,
+                                          <float *>cnp_, <float *>gp, <float *>cp, wp,
+                                          num_threads)
+            if status == LSTM_OK and save:   # kept for backward as bfloat16 values
+                _round_bf16(<uint32_t *>gp, cnp.PyArray_SIZE(<cnp.ndarray>gates))
+                _round_bf16(<uint32_t *>cp, cnp.PyArray_SIZE(<cnp.ndarray>c))
         elif i8d:
             status = lstm_forward_i8d(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
                                       <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,
@@ -548,7 +602,15 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
                         cnp.ndarray db, cnp.ndarray dh0, cnp.ndarray dc0, object dw_hr,
                         int num_threads, object dpeephole=None, object rdrop=None,
                         object zoneout=None) except -1:
-    """The kernel's backward on these arrays (allocated by the caller)."""
+    """The kernel's backward on these arrays (allocated by the caller). A pack_bf16 pack:
+    bfloat16 training (backends/reference.py): the float32 backward on the weights, x, h0
+    and y rounded to bfloat16, the gate gradients rounded in the kernel (bf16_grads)."""
+    cdef bint bf16 = packed.wkind == _BF16
+    if bf16:
+        if rdrop is not None or zoneout is not None:
+            _inference_only(packed)
+        x, h0, y = _bf16_copy(x), _bf16_copy(h0), _bf16_copy(y)
+        packed = _bf16_train_pack(packed)
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef int64_t R = P if P else H
@@ -584,6 +646,12 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
                         if tn == cnp.NPY_FLOAT32 else
                         lstm_variant_workspace_size_f64(N, B, R, num_threads, 1)), np.uint8)
         var = _with_rdrop(packed, &lv, rdrop, zoneout, rws)
+    if bf16:
+        lv.peephole = lv.rdrop = lv.zoneout = lv.var_ws = NULL
+        lv.clip = lv.cell_clip = 0
+        lv.cifg = 0
+        lv.bf16_grads = 1
+        var = &lv
     cdef int status
     with nogil:
         if var != NULL and tn == cnp.NPY_FLOAT32:
@@ -627,7 +695,7 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
              zoneout=None):
     """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``
     (dpeephole: the (3, H) output for the peephole gradients, with peepholes)."""
-    if packed.wkind != _FULL:
+    if packed.wkind != _FULL and packed.wkind != _BF16:
         _inference_only(packed)
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
@@ -717,7 +785,7 @@ cdef int _layer_backward(object inputs, object packed, object x, object h0, obje
     second bias gradient, a separate array), None without a bias."""
     cdef LayerInputs res = <LayerInputs>inputs
     cdef Packed p = <Packed?>packed
-    if p.wkind != _FULL:
+    if p.wkind != _FULL and p.wkind != _BF16:
         _inference_only(p)
     cdef cnp.ndarray xa = <cnp.ndarray?>x, h0a = <cnp.ndarray?>h0, c0a = <cnp.ndarray?>c0
     cdef int tn = p.typenum
