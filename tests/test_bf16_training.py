@@ -446,3 +446,47 @@ def test_c_pack_is_packed_again_after_reuse():
     fresh = _c_run(ck, p2, g, 1)[2]
     for a, b in zip(bwd2[:6], fresh[:6]):
         assert same_bits(a, b)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4, 6), (3, 17, 9, 21)])
+def test_c_backend_at_every_simd_level(shape):
+    """The gate gradients' rounding is vector code at each level (csrc/cell.template.c
+    vround_bf16): every level against the reference's backward on that level's saved
+    values, and the emulated and native AVX-512 forwards the same bits."""
+    ck = pytest.importorskip("lstm_fast.backends._c")
+    from _support import simd_levels
+    p, g = _c_problem(shape, 0)
+    before = ck.simd_level()
+    try:
+        for level in simd_levels(ck):
+            ck.set_simd_level(level)
+            _, (y, _, _, gates, c), bwd = _c_run(ck, p, g, 2)
+            want = ref.lstm_backward_bf16(p["x"], p["w_ih"], p["w_hh"], p["h0"], p["c0"], y,
+                                          gates, c, g["dy"], g["dh_n"], g["dc_n"])
+            errs = _rel_err(bwd[:6], want)
+            assert max(errs) <= C_EXACT, (level, dict(zip(NAMES, errs)))
+    finally:
+        ck.set_simd_level(before)
+
+
+def test_round_bf16_of_the_c_backward_on_hard_values():
+    """The kernel's vector rounding of the gate gradients is round_bf16's on ties (to even),
+    denormals (zero) and NaN: dc_n carries them into the forget gate's gradient at
+    T = 1 (da_f = dc * c0 * f (1 - f) = dc / 4 exactly, f = sigmoid(0)), which dx shows
+    through one unit weight. (Signed zeros do not survive dx's sum, which starts at +0, nor
+    infinities its other gates' zero weights: inf * 0.)"""
+    ck = pytest.importorskip("lstm_fast.backends._c")
+    vals = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), 1 + 2 ** -9, 2 ** -130,
+                     1e30, -3e-5, np.nan, 1.0], np.float32)
+    B, H = len(vals), 1
+    w_ih = np.zeros((4, 1), np.float32)
+    w_ih[1, 0] = 1.0
+    p = dict(x=np.zeros((1, B, 1), np.float32), w_ih=w_ih, w_hh=np.zeros((4, 1), np.float32),
+             b=np.zeros(4, np.float32), h0=np.zeros((B, H), np.float32),
+             c0=np.ones((B, H), np.float32))
+    g = dict(dy=np.zeros((1, B, H), np.float32), dh_n=np.zeros((B, H), np.float32),
+             dc_n=(vals * np.float32(4))[:, None])
+    dx = _c_run(ck, p, g, 1)[2][0][0, :, 0]
+    want = ref.round_bf16(vals)
+    assert same_bits(dx[:7], want[:7]) and np.isnan(dx[7]) and dx[8] == 1.0
+    assert list(want[:5]) == [1.0, 1 + 2 ** -6, -1.0, 1.0, 0.0]
