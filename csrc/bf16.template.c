@@ -46,8 +46,9 @@
  *     outputs are bitwise identical across levels only where the cell is the
  *     same code: AVX-512 native and AVX-512 emulated.
  * No projection. Saved for backward only by lstm_forward_bf16_ex (bfloat16 training):
- * then the cell writes the gates and c_t of every step (float32) as the float32 kernel's,
- * c_{t-1} read from the saved c; the same operations, so the same bits.
+ * then the cell also stores the gates and c_t of every step rounded to bfloat16 (still
+ * in float32 words; the running c stays float32 in c_n), so the outputs' bits are the
+ * inference forward's.
  *
  * Packed layout (header, then 64-byte aligned):
  *   w  [ceil(H/V)][KP][4][V] uint32   KP = ceil(I/2) + ceil(H/2) pairs; word =
@@ -418,7 +419,7 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 #endif
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
-    if (ctx->c_n != ctx->c0 && !ctx->c) {   /* the running c starts as c0 (this thread's units) */
+    if (ctx->c_n != ctx->c0) {   /* the running c starts as c0 (this thread's units) */
         int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H;
         for (int64_t r = 0; r < B && u0 < u1; r++)
             memcpy(ctx->c_n + r * H + u0, ctx->c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(float));
@@ -441,10 +442,10 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             break;
         const float *hp = t ? ctx->y + offs[t - 1] * H : ctx->h0;
         ca.h = ctx->y + offs[t] * H;
-        if (ctx->c) {   /* saving: c_t and the gates into their rows, c_{t-1} from there */
+        if (ctx->c) {   /* saving: the gates and c_t rounded to bf16 into their rows */
             ca.gates = ctx->gates + offs[t] * 4 * H;
-            ca.c = ctx->c + offs[t] * H;
-            ca.cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
+            ca.csave = ctx->c + offs[t] * H;
+            ca.bf16_save = 1;
         }
         /* several row tiles (compute bound): the widened weights, no integer ops per use */
         int path = ctx->native ? 1 : ISA > 0 && n > FR ? 2 : 0;
@@ -455,11 +456,8 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         }
         lstm_barrier_wait(bar, num_threads);
     }
-    if (tid == 0) {   /* h_n: each sequence's last y (c_n is the running state) */
+    if (tid == 0)   /* h_n: each sequence's last y (c_n is the running state) */
         FN(last_rows)(offs, T, B, H, ctx->h0, ctx->y, ctx->h_n);
-        if (ctx->c)   /* saving: c_n from the saved c */
-            FN(last_rows)(offs, T, B, H, ctx->c0, ctx->c, ctx->c_n);
-    }
 #if HAVE_X86
     _mm_setcsr(csr);
 #endif

@@ -13,6 +13,21 @@
  * calls exp. Every element is computed by the same operations whatever the tile
  * shape, so the results do not depend on tiling or thread count. */
 
+typedef unsigned int FN(u32v) __attribute__((vector_size(VBYTES)));
+
+/* float x rounded to bfloat16 (as a float): nearest even, zero and denormals a signed
+ * zero, NaN quiet: bf16_round of bf16.template.c, per lane (float only) */
+INLINE vec FN(vround_bf16)(vec x)
+{
+    FN(u32v) u = (FN(u32v))x;
+    FN(u32v) r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    FN(u32v) tiny = (FN(u32v))((u & 0x7f800000u) == 0);
+    FN(u32v) nan = (FN(u32v))((u & 0x7fffffffu) > 0x7f800000u);
+    r = (r & ~tiny) | (u & 0x80000000u & tiny);
+    r = (r & ~nan) | ((u | 0x00400000u) & 0xffff0000u & nan);
+    return (vec)r;
+}
+
 /* What the forward cell of one step reads and writes. Rows are the step's
  * active sequences; row r of an [.,W] array is at r*W. */
 typedef struct {
@@ -33,6 +48,10 @@ typedef struct {
     int cifg;           /* 1: coupled gates, f = 1 - i (f's products unused) */
     const TYPE *zm;     /* [.,H] zoneout mask of the step's rows, or NULL (var is then 1) */
     const TYPE *hprev;  /* [.,H] h_{t-1} (with zm) */
+    /* bfloat16 training (float only, plain cell): gates stored rounded to bfloat16, and
+       c_t also stored rounded into csave (c keeps the float32 running state) */
+    int bf16_save;
+    TYPE *csave;        /* [.,H] or NULL */
 } FN(fwd_cell_args);
 
 /* x clamped to [-b, b] (b > 0; NaN stays NaN) */
@@ -140,6 +159,10 @@ KERNEL void FN(fwd_cell)(const FN(fwd_cell_args) *a, int mr, int nb, int64_t r0,
         vstore(ac + 3 * V, o);
         if (a->gates) {
             TYPE *gr = a->gates + row * 4 * H + off;
+            if (sizeof(TYPE) == 4 && a->bf16_save) {
+                i = FN(vround_bf16)(i), f = FN(vround_bf16)(f);
+                g = FN(vround_bf16)(g), o = FN(vround_bf16)(o);
+            }
             vstore_n(gr, i, n);
             vstore_n(gr + H, f, n);
             vstore_n(gr + 2 * H, g, n);
@@ -155,6 +178,8 @@ KERNEL void FN(fwd_cell)(const FN(fwd_cell_args) *a, int mr, int nb, int64_t r0,
         vec h = o * vtanh(cn);
         vstore_n(a->c + row * H + off, cn, n);
         vstore_n(a->h + row * H + off, h, n);
+        if (sizeof(TYPE) == 4 && a->csave)
+            vstore_n(a->csave + row * H + off, FN(vround_bf16)(cn), n);
     }
 }
 
@@ -186,20 +211,6 @@ typedef struct {
                            sums the unrounded): bfloat16 training */
 } FN(bwd_cell_args);
 
-typedef unsigned int FN(u32v) __attribute__((vector_size(VBYTES)));
-
-/* float x rounded to bfloat16 (as a float): nearest even, zero and denormals a signed
- * zero, NaN quiet: bf16_round of bf16.template.c, per lane (float only) */
-INLINE vec FN(vround_bf16)(vec x)
-{
-    FN(u32v) u = (FN(u32v))x;
-    FN(u32v) r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    FN(u32v) tiny = (FN(u32v))((u & 0x7f800000u) == 0);
-    FN(u32v) nan = (FN(u32v))((u & 0x7fffffffu) > 0x7f800000u);
-    r = (r & ~tiny) | (u & 0x80000000u & tiny);
-    r = (r & ~nan) | ((u | 0x00400000u) & 0xffff0000u & nan);
-    return (vec)r;
-}
 
 /* d, or 0 where the saved activated gate s shows a clamped pre-activation: s at or
  * beyond act(+-clip) (lo, hi), the values the forward's clamp gives. NaN passes. */

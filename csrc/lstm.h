@@ -278,8 +278,9 @@ int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *pa
 
 /* bfloat16 training (mixed precision; the arithmetic in backends/reference.py, "bfloat16
  * training"): lstm_forward_bf16 plus gates [N,4H] and c [N,H] (both given, or both NULL:
- * lstm_forward_bf16), the float32 activated gates and cell states for backward (the caller
- * rounds them to bfloat16 for keeping). The forward's bits are lstm_forward_bf16's. The
+ * lstm_forward_bf16), the activated gates and cell states for backward rounded to
+ * bfloat16 (nearest even, as lstm_pack_bf16; stored as float32 words). The outputs' bits
+ * are lstm_forward_bf16's. The
  * backward is lstm_backward_ex_f32 on a float32 pack of the bf16-rounded weights, with
  * x, h0 and y rounded to bfloat16, gates and c as kept (bf16 values), and
  * variant.bf16_grads = 1. */

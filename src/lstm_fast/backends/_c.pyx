@@ -388,15 +388,14 @@ cdef void _round_bf16(uint32_t *u, Py_ssize_t n) noexcept nogil:
     """float32 bits rounded to bfloat16 in place (the low 16 bits cleared): nearest even,
     zero and denormals a signed zero, NaN quiet; bf16_round of csrc/bf16.template.c."""
     cdef Py_ssize_t k
-    cdef uint32_t v, r
-    for k in range(n):
+    cdef uint32_t v, r, tiny, nan
+    for k in range(n):      # selects by masks, no branches: the loop vectorizes
         v = u[k]
         r = (v + 0x7fffu + ((v >> 16) & 1u)) & 0xffff0000u
-        if (v & 0x7f800000u) == 0:
-            r = v & 0x80000000u
-        if (v & 0x7fffffffu) > 0x7f800000u:
-            r = (v | 0x00400000u) & 0xffff0000u
-        u[k] = r
+        tiny = <uint32_t>0 - <uint32_t>((v & 0x7f800000u) == 0)
+        nan = <uint32_t>0 - <uint32_t>((v & 0x7fffffffu) > 0x7f800000u)
+        r = (r & ~tiny) | (v & 0x80000000u & tiny)
+        u[k] = (r & ~nan) | ((v | 0x00400000u) & 0xffff0000u & nan)
 
 
 cdef cnp.ndarray _bf16_copy(cnp.ndarray a):
@@ -531,9 +530,6 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
                                           <float *>c0p, <float *>yp, <float *>hnp,
                                           <float *>cnp_, <float *>gp, <float *>cp, wp,
                                           num_threads)
-            if status == LSTM_OK and save:   # kept for backward as bfloat16 values
-                _round_bf16(<uint32_t *>gp, cnp.PyArray_SIZE(<cnp.ndarray>gates))
-                _round_bf16(<uint32_t *>cp, cnp.PyArray_SIZE(<cnp.ndarray>c))
         elif i8d:
             status = lstm_forward_i8d(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
                                       <float *>c0p, <float *>yp, <float *>hnp, <float *>cnp_,

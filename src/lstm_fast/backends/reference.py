@@ -671,8 +671,8 @@ def _float32_steps(products, x, b, h0, c0, batch_sizes, save=False):
 # Master weights float32 only (the layer's dtype; bfloat16 needs dtype float32); no
 # projection, no variant, no recurrent dropout or zoneout (ValueErrors at the layer).
 # The C backend (backends/_c.pyx, csrc/lstm.h lstm_forward_bf16_ex): the forward is the
-# bf16 inference kernel writing the gates and c_t (float32, rounded to bf16 after the
-# call, still stored in float32: halving their bytes is left to do); the backward is the
+# bf16 inference kernel whose cell also stores the gates and c_t rounded to bf16 (still in
+# float32 words: halving their bytes is left to do); the backward is the
 # float32 kernel on a float32 pack of the rounded weights, with x, h0, y rounded and the
 # gate gradients rounded in its cell (lstm_variant.bf16_grads), so its products are
 # float32 sums of exact products in the kernel's order (tests/test_bf16_training.py).
