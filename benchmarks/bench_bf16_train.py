@@ -5,7 +5,8 @@ of one layer at (T, B, I, H) = (32, 64, 256, 256) and (32, 32, 128, 128), 1 and 
 Competitors: ``float32`` (the c backend's layer, training mode), ``bfloat16`` (the same
 layer with ``weight_dtype="bfloat16"`` in training mode: float32 masters, bf16 products;
 see backends/reference.py "bfloat16 training"), ``torch`` (torch.nn.LSTM, float32),
-``lstm_fast.torch`` (our torch module, float32), ``torch-autocast-bf16`` (torch.nn.LSTM under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
+``lstm_fast.torch`` (our torch module, float32), ``torch-autocast-bf16`` (torch.nn.LSTM
+under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
 on CPUs without oneDNN's bf16 RNN it fails with "could not create a primitive descriptor"
 (pytorch#88136): the benchmark is then skipped with that message) and
 ``lstm_fast.torch-autocast-bf16`` (our torch module under the same autocast, the c

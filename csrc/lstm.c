@@ -166,7 +166,8 @@ static int variant_ok(const lstm_variant *v)
     return !v || (v->clip >= 0 && v->cell_clip >= 0 && (!(v->rdrop || v->zoneout) || v->var_ws));
 }
 
-/* NULL when every variant is off (bf16_grads counts as one: the backward of bf16 training): the plain cells (the same bits as lstm_forward_X). */
+/* NULL when every variant is off (bf16_grads counts as one: the backward of bf16
+ * training): the plain cells (the same bits as lstm_forward_X). */
 static const lstm_variant *variant_or_null(const lstm_variant *v)
 {
     return v && (v->peephole || v->clip > 0 || v->cell_clip > 0 || v->cifg || v->rdrop ||

@@ -136,11 +136,12 @@ class LSTM:
         stay the float32 masters (``state_dict``). ``train()`` makes it a
         mixed-precision training layer on the backends ``backends.BF16_TRAINING``
         ("c" and "numpy"): the same forward, what is kept for backward (gates, cell
-        states) rounded to bfloat16 values (the C backend still stores them in float32),
+        states) rounded to bfloat16 values (still in float32 words: not halved yet),
         bfloat16 products in backward too (the gate gradients, weights, x and h
         rounded), float32 accumulation, float32 gradients of the float32 masters
         (``grads``), which the optimizer updates; no recurrent_dropout. The exact
-        arithmetic: ``lstm_fast.backends.reference`` (lstm_backward_bf16). "int8" (the same conditions): w_ih and w_hh quantized to
+        arithmetic: ``lstm_fast.backends.reference`` (lstm_backward_bf16). "int8"
+        (the same conditions): w_ih and w_hh quantized to
         int8 when packed, with a symmetric float32 scale per gate row of each; x and
         h stay float32 (weight-only: the int8 values are widened back to float32 for
         float32 products, scaled per row). "int8_dynamic" (the same conditions): the
