@@ -286,7 +286,7 @@ def test_churn_model_trained_in_bf16_reaches_the_float32_auc(backend):
 def _module_and_layer(**kw):
     import lstm_fast.torch as lft
     torch.manual_seed(0)
-    m = lft.LSTM(3, 5, backend="numpy", **kw)
+    m = lft.LSTM(3, 5, backend="numpy", bf16_autocast=True, **kw)
     layer = lstm_fast.LSTM(3, 5, weight_dtype="bfloat16", backend="numpy",
                            **{k: v for k, v in kw.items() if k != "dropout"})
     layer.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})
@@ -332,6 +332,30 @@ def test_module_under_autocast_takes_bf16_inputs_and_packed_sequences():
     assert torch.equal(h_n, torch.from_numpy(h_layer).bfloat16())
 
 
+def test_module_under_autocast_takes_torch_path_by_default():
+    """Without bf16_autocast=True, torch's own bfloat16 LSTM (oneDNN): torch's bits,
+    forward and gradients, and no kernel of ours."""
+    import lstm_fast.torch as lft
+    torch.manual_seed(0)
+    m = lft.LSTM(3, 5, num_layers=2)
+    ref = torch.nn.LSTM(3, 5, num_layers=2)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(6, 2, 3)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    outs = []
+    for mod, xi in zip((m, ref), xs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, _ = mod(xi)
+        y.float().sum().backward()
+        outs.append(y)
+    assert outs[0].dtype == torch.bfloat16 and torch.equal(outs[0], outs[1])
+    assert torch.equal(xs[0].grad, xs[1].grad)
+    for name, p in m.named_parameters():
+        assert torch.equal(p.grad, getattr(ref, name).grad), name
+    with pytest.raises(TypeError, match="bf16_autocast must be a bool"):
+        lft.LSTM(3, 5, bf16_autocast="yes")
+
+
 def test_module_under_autocast_on_c_trains_as_the_c_layer():
     """backend "c" (the default): the C kernels, the same bits as the bf16 layer on "c";
     numba has no bfloat16 kernel: torch's own autocast LSTM there."""
@@ -339,7 +363,7 @@ def test_module_under_autocast_on_c_trains_as_the_c_layer():
         pytest.skip("the c backend is not built")
     import lstm_fast.torch as lft
     torch.manual_seed(0)
-    m = lft.LSTM(3, 5, num_layers=2)
+    m = lft.LSTM(3, 5, num_layers=2, bf16_autocast=True)
     layer = lstm_fast.LSTM(3, 5, num_layers=2, weight_dtype="bfloat16", backend="c")
     layer.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})
     layer.train()
@@ -358,7 +382,7 @@ def test_module_under_autocast_on_c_trains_as_the_c_layer():
         y_eval, _ = m(x)
     assert torch.equal(y_eval, y)
     if "numba" in lstm_fast.available_backends():
-        m_nb = lft.LSTM(3, 5, num_layers=2, backend="numba")
+        m_nb = lft.LSTM(3, 5, num_layers=2, backend="numba", bf16_autocast=True)
         ref_m = torch.nn.LSTM(3, 5, num_layers=2)
         m_nb.load_state_dict(m.state_dict())
         ref_m.load_state_dict(m.state_dict())

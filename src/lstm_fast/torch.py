@@ -44,7 +44,11 @@ the gradients, e.g. a gradient penalty) raises an error naming ``backend="torch"
 which computes it. DistributedDataParallel works as with torch's modules
 (tests/test_torch_ddp.py).
 
-Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``LSTM`` runs bfloat16 on our kernels
+Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``LSTM`` takes torch's path by
+default: torch's bfloat16 LSTM runs on oneDNN, which uses AMX tiles where the CPU has them
+(an Intel Xeon of the project's kind: its autocast training step 2.8x faster than our
+float32 one, ours in bfloat16 not faster than float32; benchmarks/README.md, "bfloat16
+training"). ``LSTM(..., bf16_autocast=True)`` runs bfloat16 on our kernels instead
 (``LSTM._autocast_forward``): mixed-precision training with the float32 parameters as
 masters on a backend that trains in bfloat16 (``backends.BF16_TRAINING``: "c", "numpy"),
 bfloat16 inference (no gradient needed) on "c" and "numpy"; output and states come back
@@ -324,6 +328,12 @@ class LSTM(torch.nn.LSTM):
         "numpy" and "numba" backends ("auto" picks numpy, as the layer); ``backend="c"`` is a
         ValueError. Combines with the other options except proj_size and cifg. As the
         variants, no torch fallback, and not under torch.compile or torch.export.
+    bf16_autocast : bool, keyword-only
+        Under ``torch.autocast("cpu", dtype=torch.bfloat16)``, run bfloat16 on our kernels
+        (backends "c" and "numpy": ``lstm_fast.LSTM(..., weight_dtype="bfloat16")``'s
+        arithmetic, mixed-precision training with the float32 parameters as masters)
+        instead of torch's bfloat16 LSTM (the default: oneDNN's, on AMX tiles where the CPU
+        has them, faster there than ours). See the module's notes.
 
     Raises
     ------
@@ -333,7 +343,7 @@ class LSTM(torch.nn.LSTM):
         An option out of range (see ``lstm_fast.LSTM``), a variant with
         ``backend="torch"``, or layer_norm with proj_size, cifg or ``backend="c"``.
     TypeError
-        peephole, cifg or layer_norm not a bool.
+        peephole, cifg, layer_norm or bf16_autocast not a bool.
 
     See Also
     --------
@@ -364,13 +374,15 @@ class LSTM(torch.nn.LSTM):
 
     def __init__(self, *args, backend="auto", peephole=False, clip=None, cell_clip=None,
                  cifg=False, forget_bias=None, recurrent_dropout=0.0, zoneout=0.0,
-                 layer_norm=False, **kwargs):
+                 layer_norm=False, bf16_autocast=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
-        for name, value in (("peephole", peephole), ("cifg", cifg), ("layer_norm", layer_norm)):
+        for name, value in (("peephole", peephole), ("cifg", cifg), ("layer_norm", layer_norm),
+                            ("bf16_autocast", bf16_autocast)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, got {value!r}")
         self.peephole, self.cifg, self.layer_norm = bool(peephole), bool(cifg), bool(layer_norm)
+        self.bf16_autocast = bool(bf16_autocast)
         if self.layer_norm and self.proj_size:
             raise ValueError("layer_norm needs proj_size=0 (haste's LayerNormLSTM has no "
                              "projection)")
@@ -685,7 +697,7 @@ class LSTM(torch.nn.LSTM):
         the module has no projection, variant, recurrent dropout or zoneout, the tensors are
         on the CPU, the parameters float32, and the backend runs bfloat16 ("c" and "numpy")
         and, if a gradient is needed, trains in it (``backends.BF16_TRAINING``)."""
-        if not torch.is_autocast_enabled("cpu") \
+        if not getattr(self, "bf16_autocast", False) or not torch.is_autocast_enabled("cpu") \
                 or torch.get_autocast_dtype("cpu") != torch.bfloat16 \
                 or self.backend == "torch" or torch.jit.is_scripting() \
                 or torch.jit.is_tracing() or self.proj_size or self._variants() \
