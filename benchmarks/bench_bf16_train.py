@@ -9,8 +9,8 @@ see backends/reference.py "bfloat16 training"), ``torch`` (torch.nn.LSTM, float3
 under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
 on CPUs without oneDNN's bf16 RNN it fails with "could not create a primitive descriptor"
 (pytorch#88136): the benchmark is then skipped with that message) and
-``lstm_fast.torch-autocast-bf16`` (our torch module under the same autocast, the c
-kernels). Each benchmark first checks dx against the float32 layer's (within bf16's
+``lstm_fast.torch-autocast-bf16`` (our torch module with ``bf16_autocast=True`` under the
+same autocast, the c kernels). Each benchmark first checks dx against the float32 layer's (within bf16's
 accuracy). Under ``--benchmark-disable`` (the test suite) one untimed call on small shapes.
 
 On the Intel Xeon family 6 model 167 (AMX-BF16), torch 2.13's autocast LSTM runs oneDNN's
@@ -55,7 +55,7 @@ def runner(name, p):
     torch = pytest.importorskip("torch")
     if name.startswith("lstm_fast.torch"):
         import lstm_fast.torch as lft
-        m = lft.LSTM(p["I"], p["H"], backend="c")
+        m = lft.LSTM(p["I"], p["H"], backend="c", bf16_autocast=name.endswith("bf16"))
     else:
         m = torch.nn.LSTM(p["I"], p["H"])
     m.load_state_dict({k: torch.from_numpy(v) for k, v in p["state_dict"].items()})
