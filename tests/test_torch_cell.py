@@ -14,23 +14,10 @@ from lstm_fast import backends  # noqa: E402
 from lstm_fast import torch as ltorch  # noqa: E402
 
 from _support import assert_close  # noqa: E402
-from test_torch_module import MUTATIONS, TORCH_DTYPE, _one_torch_thread, _pair  # noqa: E402,F401
-
-
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    """Counts the cell calls that ran on our kernels (packed weights found), not torch's."""
-    calls = []
-    real = ltorch.LSTMCell._packed_weights
-
-    def counting(self, impl, *args):
-        packed = real(self, impl, *args)
-        if packed is not None:
-            calls.append(backends.name_of(impl))
-        return packed
-
-    monkeypatch.setattr(ltorch.LSTMCell, "_packed_weights", counting)
-    return calls
+# kernel_calls: the calls that ran on our kernels (``lstm_fast.torch.run_forward``, which
+# every cell route calls once per step, the compiled one included), not torch's
+from test_torch_module import (MUTATIONS, TORCH_DTYPE, _one_torch_thread, _pair,  # noqa: E402,F401
+                               kernel_calls)
 
 
 def _cells(dtype, backend="auto", **kw):

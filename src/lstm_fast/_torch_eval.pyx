@@ -73,23 +73,23 @@ cdef inline bint _int_attr(dict d, str name, Py_ssize_t *out) except -1:
     return True
 
 
-cdef class EvalState:
-    """What a cached packing was made from, for the compiled check that it still holds:
-    the module's backend setting and LSTM_FAST_BACKEND then, the backend module, the
-    dtype, the variant settings, the parameter tensors (identity, version, storage) and
-    where they live in the module (names, ``_parameters``); plus a ``LayerInputs`` bound to
-    the backend (the zero states' memo and the direct C call of the C backend)."""
+cdef class Packing:
+    """What a cached packing was made from, for the compiled check that it still holds (the
+    part an ``LSTM`` and an ``LSTMCell`` share): the module's backend setting and
+    LSTM_FAST_BACKEND then, the backend module, the dtype, the parameter tensors (identity,
+    version, storage) and where they live in the module (names, ``_parameters``; a name
+    whose parameter is None, as a cell's absent biases, must still be None); plus a
+    ``LayerInputs`` bound to the backend (the zero states' memo and the direct C call of the
+    C backend)."""
     cdef object impl
     cdef list packed
     cdef list tensors
     cdef list names
-    cdef object flat_names
     cdef object parameters
     cdef object backend
     cdef object env
     cdef bint env_matters
     cdef int typenum
-    cdef object variants
     cdef Py_ssize_t count
     cdef long long *versions
     cdef long long *pointers
@@ -102,21 +102,20 @@ cdef class EvalState:
         PyMem_Free(self.versions)
         PyMem_Free(self.pointers)
 
-    def __init__(self, module, impl, dtype, list packed, list tensors, list names, variants):
-        """``packed`` per layer-direction, as ``LSTM._packed_weights`` made it from
-        ``tensors`` (the module's ``names``, torch's order then the peepholes) for
-        ``dtype`` (NumPy) on the backend module ``impl``; ``variants`` the module's
-        (peephole, clip, cell_clip, cifg) then. The versions and storage are read now."""
+    def __init__(self, module, impl, dtype, list packed, list tensors, list names,
+                 LayerInputs inputs):
+        """``packed`` (per layer-direction) made from ``tensors`` (the module's parameters
+        ``names``, None where absent) for ``dtype`` (NumPy) on the backend module ``impl``;
+        ``inputs`` the module's shapes, bound here to ``impl``. The versions and storage are
+        read now."""
         cdef Py_ssize_t k
         d = module.__dict__
         self.impl, self.packed, self.tensors, self.names = impl, packed, tensors, names
-        self.flat_names = d.get("_flat_weights_names")
         self.parameters = d.get("_parameters")
         self.backend = d.get("backend")
         self.env_matters = self.backend is None or self.backend == "auto"
         self.env = _env_value()
         self.typenum = np.dtype(dtype).num
-        self.variants = variants
         self.count = len(tensors)
         self.versions = <long long *>PyMem_Malloc(max(self.count, 1) * sizeof(long long))
         self.pointers = <long long *>PyMem_Malloc(max(self.count, 1) * sizeof(long long))
@@ -124,17 +123,15 @@ cdef class EvalState:
             raise MemoryError()
         for k in range(self.count):
             t = tensors[k]
-            self.versions[k] = t._version
-            self.pointers[k] = t.data_ptr()
-        H, R = d["hidden_size"], d["proj_size"] or d["hidden_size"]
-        D = 2 if d["bidirectional"] else 1
-        self.inputs = LayerInputs(np.dtype(dtype), d["input_size"], H, R, d["num_layers"] * D)
+            self.versions[k] = 0 if t is None else t._version
+            self.pointers[k] = 0 if t is None else t.data_ptr()
+        self.inputs = inputs
         self.inputs.bind(impl)
 
     cdef bint valid(self, dict d, bint grad) except -1:
         """The packing still holds for module ``d`` (its ``__dict__``): same backend (and
-        environment for "auto"), variants, tensors, versions and storage; with ``grad``
-        on, none of the tensors requires grad."""
+        environment for "auto"), tensors, versions and storage; with ``grad`` on, none of
+        the tensors requires grad."""
         cdef Py_ssize_t k
         backend = d.get("backend")
         if backend is not self.backend and backend != self.backend:
@@ -143,14 +140,8 @@ cdef class EvalState:
             env = _env_value()
             if env is _UNKNOWN or (env is not self.env and env != self.env):
                 return False
-        if d.get("_flat_weights_names") is not self.flat_names:
-            return False
         params = d.get("_parameters")
         if params is not self.parameters or type(params) is not dict:
-            return False
-        v = self.variants
-        if (d.get("peephole") != v[0] or d.get("clip") != v[1] or d.get("cell_clip") != v[2]
-                or d.get("cifg") != v[3]):
             return False
         names = self.names
         tensors = self.tensors
@@ -158,11 +149,50 @@ cdef class EvalState:
             t = tensors[k]
             if (<dict>params).get(names[k]) is not t:
                 return False
+            if t is None:
+                continue
             if t._version != self.versions[k] or t.data_ptr() != self.pointers[k]:
                 return False
             if grad and t.requires_grad:
                 return False
         return True
+
+    cdef bint requires_grad(self) except -1:
+        """Whether one of the tensors requires grad."""
+        cdef Py_ssize_t k
+        for k in range(self.count):
+            t = self.tensors[k]
+            if t is not None and t.requires_grad:
+                return True
+        return False
+
+
+cdef class EvalState(Packing):
+    """An ``LSTM``'s ``Packing``, plus what else the packing depends on: the variant
+    settings and the list of the layer-directions' weight names."""
+    cdef object flat_names
+    cdef object variants
+
+    def __init__(self, module, impl, dtype, list packed, list tensors, list names, variants):
+        """As ``Packing``; ``tensors`` in torch's order then the peepholes; ``variants`` the
+        module's (peephole, clip, cell_clip, cifg) then."""
+        d = module.__dict__
+        H, R = d["hidden_size"], d["proj_size"] or d["hidden_size"]
+        D = 2 if d["bidirectional"] else 1
+        Packing.__init__(self, module, impl, dtype, packed, tensors, names,
+                         LayerInputs(np.dtype(dtype), d["input_size"], H, R,
+                                     d["num_layers"] * D))
+        self.flat_names = d.get("_flat_weights_names")
+        self.variants = variants
+
+    cdef bint valid(self, dict d, bint grad) except -1:
+        if d.get("_flat_weights_names") is not self.flat_names:
+            return False
+        v = self.variants
+        if (d.get("peephole") != v[0] or d.get("clip") != v[1] or d.get("cell_clip") != v[2]
+                or d.get("cifg") != v[3]):
+            return False
+        return Packing.valid(self, d, grad)
 
 
 def make_state(module, impl, dtype, packed, tensors, names, variants):
@@ -170,11 +200,17 @@ def make_state(module, impl, dtype, packed, tensors, names, variants):
     return EvalState(module, impl, dtype, list(packed), list(tensors), list(names), variants)
 
 
-cdef inline object _array(object t, int typenum):
-    """t's memory as an ndarray of ``typenum`` when t is a plain CPU tensor that needs no
-    gradient and is not functorch-wrapped, else None."""
-    if type(t) is not _Tensor or not t.is_cpu or t.requires_grad or _wrapped(t):
+cdef inline object _array(object t, int typenum, bint *requires=NULL):
+    """t's memory as an ndarray of ``typenum`` when t is a plain CPU tensor that is not
+    functorch-wrapped, else None. A tensor that requires grad gives None, or, where the
+    caller asks (``requires``), its detached memory, and ``requires[0]`` is set."""
+    if type(t) is not _Tensor or not t.is_cpu or _wrapped(t):
         return None
+    if t.requires_grad:
+        if requires == NULL:
+            return None
+        requires[0] = True
+        t = t.detach()
     try:
         a = t.numpy()
     except Exception:   # a layout or bit NumPy cannot view: the Python route says why
@@ -198,6 +234,17 @@ cdef inline bint _shape2(object a, Py_ssize_t d0, Py_ssize_t d1):
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef cnp.npy_intp *s = cnp.PyArray_DIMS(arr)
     return cnp.PyArray_NDIM(arr) == 2 and s[0] == d0 and s[1] == d1
+
+
+cdef inline object _view(object a, int nd, Py_ssize_t d0, Py_ssize_t d1=0, Py_ssize_t d2=0):
+    """The C-contiguous array ``a`` as shape (d0,), (d0, d1) or (d0, d1, d2) (``nd`` axes): a
+    view, without ``reshape``'s Python call."""
+    cdef cnp.npy_intp dims[3]
+    cdef cnp.PyArray_Dims shape
+    dims[0], dims[1], dims[2] = d0, d1, d2
+    shape.ptr = dims
+    shape.len = nd
+    return cnp.PyArray_Newshape(<cnp.ndarray>a, &shape, cnp.NPY_CORDER)
 
 
 def eval_forward(module, input, hx):
@@ -322,3 +369,216 @@ def eval_forward(module, input, hx):
     if batch_first:
         y = y.transpose(1, 0, 2)
     return _from_numpy(y), (_from_numpy(h_n), _from_numpy(c_n))
+
+
+# --- LSTMCell: one step, without a gradient or through the compiled autograd Function ----
+
+_CELL_NAMES = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+
+# lstm_fast.torch's objects for the cell (setup_cell)
+cdef object _cell_apply = None          # _CompiledCell's Function.apply (no Python prologue)
+cdef object _functorch_active = None
+cdef object _first_order_backward = None    # cell_backward under lstm_fast.torch._first_order
+cdef object _pack_cell = None           # (impl, w_ih, w_hh, b_ih, b_hh) -> packed weights
+
+
+def setup_cell(apply, functorch_active, first_order_backward, pack_cell):
+    """Called once by ``lstm_fast.torch`` with its compiled cell Function's ``apply``, torch's
+    functorch switch, ``cell_backward`` wrapped by its ``_first_order`` and its cell packer."""
+    global _cell_apply, _functorch_active, _first_order_backward, _pack_cell
+    _cell_apply, _functorch_active = apply, functorch_active
+    _first_order_backward, _pack_cell = first_order_backward, pack_cell
+
+
+def make_cell_state(module, impl, dtype, packed, tensors):
+    """A ``Packing`` for ``LSTMCell._packed_weights`` to keep with its packing: ``tensors``
+    (w_ih, w_hh, b_ih, b_hh), the biases None without them, ``packed`` made from them."""
+    tensors = list(tensors)
+    I, H = tensors[0].shape[1], tensors[1].shape[1]
+    return Packing(module, impl, dtype, [packed], tensors, list(_CELL_NAMES),
+                   LayerInputs(np.dtype(dtype), I, H, H, 1))
+
+
+cdef class CellRun:
+    """One step's forward with gradients, done before ``Function.apply`` and handed to the
+    Function as its ``run`` argument (kept on ctx for backward): the packing it ran with,
+    the kernel's inputs (x (1, B, I), h0 and c0 (B, H), B = 1 unbatched) and saved
+    arrays (y, gates, c), and the outputs as tensors until the Function's forward returns
+    them."""
+    cdef Packing st
+    cdef object packed
+    cdef object generation
+    cdef int num_threads
+    cdef Py_ssize_t B
+    cdef bint unbatched
+    cdef object x, h0, c0, y, gates, c
+    cdef object h_out, c_out
+
+
+cdef inline object _caller_state(object a, Py_ssize_t B, Py_ssize_t H, bint unbatched):
+    """A state array (B, H) for the kernels as the caller's: (B, H), or (H,) unbatched."""
+    return _view(a, 1, H) if unbatched else a
+
+
+def cell_forward(module, input, hx):
+    """``(h, c)`` of ``LSTMCell.forward(input, hx)`` when it runs on our kernels with valid
+    packed weights (entry 8 of the module's ``_packed``): without a gradient, the kernel's
+    arrays as tensors; with one, the kernel run here and handed to the compiled Function.
+    Else None (the Python route: torch's errors, fallbacks, packing after a change)."""
+    cdef Packing st
+    cdef CellRun run
+    cdef Py_ssize_t I, H, B
+    cdef cnp.ndarray xa
+    cdef cnp.npy_intp *dims
+    cdef int nd
+    cdef bint unbatched, need = False
+    d = module.__dict__
+    entry = d.get("_packed")
+    if type(entry) is not tuple or len(<tuple>entry) < 9:
+        return None
+    state = (<tuple>entry)[8]
+    if type(state) is not Packing:
+        return None
+    st = <Packing>state
+    if _is_tracing() or _any_autocast():
+        return None
+    grad = _is_grad_enabled()
+    if not st.valid(d, False):
+        return None
+    I, H = st.inputs.input_size, st.inputs.hidden_size
+    # the input: (B, I) or unbatched (I,)
+    x = _array(input, st.typenum, &need)
+    if x is None:
+        return None
+    xa = <cnp.ndarray>x
+    nd = cnp.PyArray_NDIM(xa)
+    dims = cnp.PyArray_DIMS(xa)
+    if nd != 1 and nd != 2:
+        return None
+    unbatched = nd == 1
+    B = 1 if unbatched else dims[0]
+    if dims[nd - 1] != I or B == 0 or I == 0 or H == 0:
+        return None
+    x = _view(_contiguous(x), 3, 1, B, I)
+    # the states: hx's shaped as the input, or zeros
+    if hx is None:
+        h0 = c0 = None
+        zh, zc = st.inputs.zeros(B)
+        h0s, c0s = _view(zh, 2, B, H), _view(zc, 2, B, H)
+    else:
+        if (type(hx) is not tuple and type(hx) is not list) or len(hx) != 2:
+            return None
+        h0, c0 = hx[0], hx[1]
+        h0s = _array(h0, st.typenum, &need)
+        if h0s is None:
+            return None
+        c0s = _array(c0, st.typenum, &need)
+        if c0s is None:
+            return None
+        if unbatched:
+            if cnp.PyArray_NDIM(<cnp.ndarray>h0s) != 1 or cnp.PyArray_DIMS(<cnp.ndarray>h0s)[0] != H \
+                    or cnp.PyArray_NDIM(<cnp.ndarray>c0s) != 1 \
+                    or cnp.PyArray_DIMS(<cnp.ndarray>c0s)[0] != H:
+                return None
+        elif not _shape2(h0s, B, H) or not _shape2(c0s, B, H):
+            return None
+        h0s, c0s = _contiguous(h0s), _contiguous(c0s)
+        if unbatched:
+            h0s, c0s = _view(h0s, 2, 1, H), _view(c0s, 2, 1, H)
+    need = grad and (need or st.requires_grad())
+    if need and _functorch_active():
+        return None     # the Python route's full Function.apply
+    impl = st.impl
+    packed = st.packed[0]
+    inputs = st.inputs
+    num_threads = threads_for(1, B, I, H)
+    rf = _torch_globals.get("run_forward")
+    direct = rf is _route_run_forward
+    if not need:
+        if direct:
+            inputs.call_forward(packed, x, h0s, c0s, num_threads, False, None)
+            h_n, c_n = inputs.h_n, inputs.c_n
+            inputs.y = inputs.h_n = inputs.c_n = None
+        else:       # lstm_fast.torch.run_forward replaced (a test's spy): called as the
+            _, h_n, c_n, _ = rf(impl, packed, x, h0s, c0s, num_threads, None, False, False)
+        return (_from_numpy(_caller_state(h_n, B, H, unbatched)),
+                _from_numpy(_caller_state(c_n, B, H, unbatched)))
+    # with a gradient: the kernel's forward, saving, then the Function around its results
+    run = CellRun.__new__(CellRun)
+    if direct:
+        inputs.call_forward(packed, x, h0s, c0s, num_threads, True, None)
+        run.y, h_n, c_n, run.gates, run.c = inputs.y, inputs.h_n, inputs.c_n, inputs.gates, \
+            inputs.c
+        inputs.y = inputs.h_n = inputs.c_n = inputs.gates = inputs.c = None
+    else:
+        run.y, h_n, c_n, cache = rf(impl, packed, x, h0s, c0s, num_threads, None, False, True)
+        run.gates, run.c = cache.saved[4], cache.saved[5]
+    run.st, run.packed, run.num_threads = st, packed, num_threads
+    run.generation = getattr(packed, "generation", 0)
+    run.B, run.unbatched = B, unbatched
+    run.x, run.h0, run.c0 = x, h0s, c0s
+    run.h_out = _from_numpy(_caller_state(h_n, B, H, unbatched))
+    run.c_out = _from_numpy(_caller_state(c_n, B, H, unbatched))
+    t = st.tensors
+    return _cell_apply(input, h0, c0, t[0], t[1], t[2], t[3], run)
+
+
+def cell_function_forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, CellRun run):
+    """``forward`` of lstm_fast.torch's compiled cell Function: the step already ran
+    (``cell_forward``); its inputs are saved for autograd's in-place check (backward reads
+    their memory, and repacks from the weights if the packing was written over)."""
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    ctx.set_materialize_grads(False)
+    ctx.run = run
+    h, c = run.h_out, run.c_out
+    run.h_out = run.c_out = None    # (kept on ctx, they would hold their own graph: a cycle)
+    return h, c
+
+
+cdef inline object _grad_rows(object g, Py_ssize_t B, Py_ssize_t H):
+    """An incoming gradient (B, H) or (H,) (any strides) as a C-contiguous (1, B, H) array."""
+    if g.requires_grad:
+        g = g.detach()
+    return _view(_contiguous(g.numpy()), 3, 1, B, H)
+
+
+cdef inline object _grad(object need, object a):
+    return _from_numpy(a) if need else None
+
+
+def cell_function_backward(ctx, dh, dc):
+    """``backward`` of the compiled cell Function: the kernel's backward of the step. Under
+    ``create_graph`` (grad mode on here), through lstm_fast.torch's ``_first_order``."""
+    cdef CellRun run
+    cdef Packing st
+    cdef LayerInputs inputs
+    cdef Py_ssize_t B, H, I
+    if _is_grad_enabled():
+        return _first_order_backward(ctx, dh, dc)
+    run = <CellRun?>ctx.run
+    st = run.st
+    inputs = st.inputs
+    saved = ctx.saved_tensors       # autograd's check: no input changed in place
+    packed = run.packed
+    if getattr(packed, "generation", 0) != run.generation:  # written over since: pack again
+        packed = _pack_cell(st.impl, saved[3], saved[4], saved[5], saved[6])
+    B, H, I = run.B, inputs.hidden_size, inputs.input_size
+    zh, zc = inputs.zeros(B)
+    dy = zh if dh is None else _grad_rows(dh, B, H)
+    dc_n = zc if dc is None else _grad_rows(dc, B, H)
+    inputs.call_backward(packed, run.x, run.h0, run.c0, run.y, run.gates, run.c, dy, zh, dc_n,
+                         run.num_threads)
+    dx, dw_ih, dw_hh, db, db2, dh0, dc0 = (inputs.dx, inputs.dw_ih, inputs.dw_hh, inputs.db,
+                                           inputs.db2, inputs.dh0, inputs.dc0)
+    inputs.dx = inputs.dw_ih = inputs.dw_hh = inputs.db = inputs.db2 = None
+    inputs.dh0 = inputs.dc0 = inputs.dw_hr = None
+    if db is not None and db2 is None:
+        db2 = db.copy()
+    if run.unbatched:
+        dx, dh0, dc0 = _view(dx, 1, I), _view(dh0, 1, H), _view(dc0, 1, H)
+    else:
+        dx = _view(dx, 2, B, I)
+    need = ctx.needs_input_grad
+    return (_grad(need[0], dx), _grad(need[1], dh0), _grad(need[2], dc0),
+            _grad(need[3], dw_ih), _grad(need[4], dw_hh), _grad(need[5], db),
+            _grad(need[6], db2), None)

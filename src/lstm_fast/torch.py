@@ -994,7 +994,9 @@ class _Cell(torch.autograd.Function):
         B, H = xs.shape[1], packed.hidden_size
         h0s = _validation.zeros((B, H), xs.dtype) if h0 is None else _np(h0)
         c0s = _validation.zeros((B, H), xs.dtype) if c0 is None else _np(c0)
-        y, h_n, c_n, gates, c = impl.forward(packed, xs, h0s, c0s, num_threads, None, True)
+        y, h_n, c_n, cache = run_forward(impl, packed, xs, h0s, c0s, num_threads, None, False,
+                                         True)
+        gates, c = cache.saved[4], cache.saved[5]
         # The inputs go through save_for_backward for autograd's check against in-place
         # changes (backward reads their memory); the outputs need not: backward reads the
         # kernel's own copies (y, c), kept on ctx with the gates (a few rows).
@@ -1008,7 +1010,7 @@ class _Cell(torch.autograd.Function):
         impl, packed, generation, num_threads, xs, h0s, c0s, y, gates, c = ctx.run
         _, _, _, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors    # (the in-place check)
         if _generation(packed) != generation:   # written over since forward: pack again
-            packed = impl.pack(_np(w_ih), _np(w_hh), None if b_ih is None else _np(b_ih + b_hh))
+            packed = _pack_cell(impl, w_ih, w_hh, b_ih, b_hh)
         dx, dw_ih, dw_hh, db, dh0, dc0, _ = impl.backward(
             packed, xs, h0s, c0s, y, gates, c, _np(dh)[None],
             _validation.zeros(h0s.shape, xs.dtype), _np(dc), num_threads)
@@ -1018,6 +1020,28 @@ class _Cell(torch.autograd.Function):
 
 
 _cell_apply = super(torch.autograd.Function, _Cell).apply    # as _direction_apply
+
+
+def _pack_cell(impl, w_ih, w_hh, b_ih, b_hh, out=None):
+    """A cell's packed weights (``out``: a Packed to write over, see _Cell.backward)."""
+    return impl.pack(_np(w_ih), _np(w_hh), None if b_ih is None else _np(b_ih + b_hh), None,
+                     out=out)
+
+
+if _torch_eval is not None:
+    class _CompiledCell(torch.autograd.Function):
+        """``_Cell`` for the compiled route (``_torch_eval.cell_forward``): the step's forward
+        has run before ``apply`` (its results are in ``run``, a ``_torch_eval.CellRun``);
+        forward saves the inputs and hands the outputs over, backward is the kernel's
+        backward of the step; both compiled (``_torch_eval``), as ``_Cell``'s bodies."""
+        forward = staticmethod(_torch_eval.cell_function_forward)
+        backward = staticmethod(_torch_eval.cell_function_backward)
+
+    _torch_eval.setup_cell(super(torch.autograd.Function, _CompiledCell).apply, _functorch_active,
+                           _first_order(_torch_eval.cell_function_backward), _pack_cell)
+    _cell_forward = _torch_eval.cell_forward
+else:
+    _cell_forward = None
 
 
 class LSTMCell(torch.nn.LSTMCell):
@@ -1086,7 +1110,8 @@ class LSTMCell(torch.nn.LSTMCell):
         for name, p in self._parameters.items():
             if type(p) is torch.nn.Parameter:
                 setattr(self, name, _Parameter(p.detach(), p.requires_grad))
-        self._packed = None     # (key, packed weights)
+        self._packed = None     # (impl, dtype, w_ih, w_hh, b_ih, b_hh, versions, packed,
+        #                         the compiled route's Packing or None)
 
     def __getstate__(self):
         state = dict(super().__getstate__() if hasattr(super(), "__getstate__")
@@ -1121,10 +1146,11 @@ class LSTMCell(torch.nn.LSTMCell):
         old = e[7] if e is not None and e[0] is impl and e[1] is dtype else None
         self._packed = None
         # the previous packing's memory is written over (see _Cell.backward)
-        packed = impl.pack(_np(w_ih), _np(w_hh), None if b_ih is None else _np(b_ih + b_hh),
-                           None, out=old)
+        packed = _pack_cell(impl, w_ih, w_hh, b_ih, b_hh, out=old)
         if all(type(t) is _Parameter for t in ws):     # kept only when .data writes are seen
-            self._packed = (impl, dtype, w_ih, w_hh, b_ih, b_hh, versions, packed)
+            fast = None if _torch_eval is None else _torch_eval.make_cell_state(
+                self, impl, _NP[dtype], packed, (w_ih, w_hh, b_ih, b_hh))
+            self._packed = (impl, dtype, w_ih, w_hh, b_ih, b_hh, versions, packed, fast)
         return packed
 
     def forward(self, input, hx=None):
@@ -1142,8 +1168,15 @@ class LSTMCell(torch.nn.LSTMCell):
         (h, c) : tuple of torch.Tensor
             The state after the step, as torch.nn.LSTMCell's.
         """
-        if torch.compiler.is_compiling() and _ops_apply(self, input, hx):
-            return self._forward_ops(input, hx)
+        if torch.compiler.is_compiling():
+            if _ops_apply(self, input, hx):
+                return self._forward_ops(input, hx)
+        elif _cell_forward is not None:
+            # packed weights still valid, shapes torch accepts: the whole call compiled
+            # (_torch_eval), with or without a gradient; None for anything else
+            out = _cell_forward(self, input, hx)
+            if out is not None:
+                return out
         backend = self.backend
         if backend == "torch" or torch.jit.is_scripting() or torch.jit.is_tracing() \
                 or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() \
@@ -1171,9 +1204,14 @@ class LSTMCell(torch.nn.LSTMCell):
         if input.shape[-1] != w_ih.shape[-1]:
             return super().forward(input, hx)
         impl = backends.get(backends.resolve(backend))
+        entry = self._packed
         packed = self._packed_weights(impl, dtype, w_ih, w_hh, b_ih, b_hh)
         if packed is None:
             return super().forward(input, hx)
+        if self._packed is not entry and _cell_forward is not None:
+            out = _cell_forward(self, input, hx)    # packed now: the compiled route may hold
+            if out is not None:
+                return out
         num_threads = backends.threads_for(1, B, input.shape[-1], H)
         if torch.is_grad_enabled() and (input.requires_grad or w_ih.requires_grad
                                         or w_hh.requires_grad
@@ -1195,7 +1233,7 @@ class LSTMCell(torch.nn.LSTMCell):
             h0s = c0s = _validation.zeros((B, H), np_dtype)
         else:
             h0s, c0s = _np(h0).reshape(B, H), _np(c0).reshape(B, H)
-        _, h_n, c_n, _, _ = impl.forward(packed, xs, h0s, c0s, num_threads, None, False)
+        _, h_n, c_n, _ = run_forward(impl, packed, xs, h0s, c0s, num_threads, None, False, False)
         if dim == 1:
             h_n, c_n = h_n.reshape(H), c_n.reshape(H)
         return torch.from_numpy(h_n), torch.from_numpy(c_n)
