@@ -261,3 +261,66 @@ def test_inplace_change_of_input_between_forward_and_backward_is_caught(kernel_c
         cell.weight_hh.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         c.sum().backward()
+
+
+@pytest.mark.skipif(ltorch._torch_eval is None, reason="needs the compiled route")
+@pytest.mark.parametrize("batched", (True, False), ids=("batched", "unbatched"))
+@pytest.mark.parametrize("with_hx", (True, False), ids=("hx", "no_hx"))
+def test_the_compiled_route_serves_every_call_once_packed(batched, with_hx, monkeypatch):
+    """Once packed, a call (with or without a gradient) runs in _torch_eval: no Python
+    packing check, the compiled Function in the graph; its values and gradients are torch's."""
+    ref, ours = _cells(torch.float64, "auto", input_size=3, hidden_size=5)
+    python_route = []
+    real = ltorch.LSTMCell._packed_weights
+    monkeypatch.setattr(ltorch.LSTMCell, "_packed_weights",
+                        lambda self, *a: python_route.append(1) or real(self, *a))
+    lead = (2,) if batched else ()
+    x = torch.randn(*lead, 3, dtype=torch.float64)
+    hx = (torch.randn(*lead, 5, dtype=torch.float64),
+          torch.randn(*lead, 5, dtype=torch.float64)) if with_hx else None
+    with torch.inference_mode():
+        for _ in range(3):
+            got, want = ours(x, hx), ref(x, hx)
+            for a, e in zip(got, want):
+                assert a.shape == e.shape and not a.requires_grad
+                assert_close(a.numpy(), e.numpy(), np.float64)
+    assert python_route == [1]          # packed at the first call only
+    grads = []
+    for m in (ref, ours):
+        m.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        hg = None if hx is None else tuple(s.clone().requires_grad_(True) for s in hx)
+        h, c = m(xg, hg)
+        if m is ours:
+            assert type(h.grad_fn).__name__ == "_CompiledCellBackward"
+        (h.pow(2).sum() + (c * 0.5).sum()).backward()
+        grads.append([xg.grad] + ([] if hg is None else [s.grad for s in hg])
+                     + [p.grad for p in m.parameters()])
+    assert python_route == [1]
+    for a, e in zip(grads[1], grads[0]):
+        assert a.shape == e.shape
+        assert_close(a.numpy(), e.numpy(), np.float64)
+
+
+@pytest.mark.skipif("c" not in backends.available_backends(), reason="needs the C backend")
+def test_a_graph_whose_pack_was_reused_packs_again():
+    """As for LSTM: a graph built before its weights were replaced by new Parameter objects
+    (so autograd allows its backward), whose packing was then written over by the new
+    weights' packing, packs its saved weights again in backward: its gradients are torch's."""
+    ref, ours = _cells(torch.float32, "c", input_size=3, hidden_size=5)
+    x = torch.randn(2, 3, requires_grad=True)
+    xs = x.detach().clone().requires_grad_(True)
+    outs = [m(xi)[1] for m, xi in ((ref, xs), (ours, x))]             # old weights
+    packed, generation = ours._packed[7], ours._packed[7].generation
+    old_params = [dict(m.named_parameters()) for m in (ref, ours)]
+    for m, kind in ((ref, torch.nn.Parameter), (ours, ltorch._Parameter)):
+        m.weight_hh = kind(m.weight_hh.detach() * 0.5)
+    with torch.no_grad():                        # packs the new weights into the old memory
+        for a, e in zip(ours(x.detach()), ref(x.detach())):
+            assert_close(a.numpy(), e.numpy(), np.float32)
+    assert ours._packed[7] is packed and packed.generation == generation + 1
+    for out in outs:
+        out.pow(2).sum().backward()
+    assert_close(x.grad.numpy(), xs.grad.numpy(), np.float32)
+    for name, p in old_params[0].items():
+        assert_close(old_params[1][name].grad.numpy(), p.grad.numpy(), np.float32, name)
