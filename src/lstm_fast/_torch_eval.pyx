@@ -1,20 +1,30 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""``lstm_fast.torch.LSTM``'s eval route, compiled (issue 14, "module cost").
+"""``lstm_fast.torch``'s compiled routes: ``LSTM``'s eval call (issue 14, "module cost") and
+``LSTMCell``'s step with or without a gradient (issue 17).
 
-A call that needs no gradient (``torch.no_grad``/``torch.inference_mode``, or nothing
-requiring grad) on CPU float32/float64 tensors whose packed weights are still valid runs
-here in one C function: the checks of ``LSTM.forward`` (``_kernel_backend``, the packed
-weights' identity/version/storage check, torch's ``check_forward_args`` on shapes that
-pass it), the kernel on the tensors' memory (``_route.run_forward`` with the module's
-``LayerInputs``: a C call into the C backend) and the results as tensors sharing the
-kernel's arrays. Anything else, and any input torch would reject, returns None: the
-Python ``forward`` then runs as before (torch's errors and messages, the autograd path,
-packing after a weight change, PackedSequence, masks, dropout in training).
+``eval_forward``: an ``LSTM`` call that needs no gradient (``torch.no_grad``/
+``torch.inference_mode``, or nothing requiring grad) on CPU float32/float64 tensors whose
+packed weights are still valid runs here in one C function: the checks of ``LSTM.forward``
+(``_kernel_backend``, the packed weights' identity/version/storage check, torch's
+``check_forward_args`` on shapes that pass it), the kernel on the tensors' memory
+(``_route.run_forward`` with the module's ``LayerInputs``: a C call into the C backend) and
+the results as tensors sharing the kernel's arrays.
+
+``cell_forward``: an ``LSTMCell`` call, the same checks (the packed-weights check is the one
+class ``Packing``; ``EvalState``, the LSTM's, adds its variants), the step's kernel call;
+without a gradient its arrays are returned as tensors, with one the forward saving for
+backward runs here and ``lstm_fast.torch._CompiledCell``'s ``apply`` puts the results in
+the graph: that Function's forward and backward are ``cell_function_forward`` and
+``cell_function_backward`` (the kernel's backward, the gradients as tensors).
+
+Anything else, and any input torch would reject, returns None: the Python ``forward`` then
+runs as before (torch's errors and messages, the Python autograd path, packing after a
+weight change, PackedSequence, masks, dropout in training).
 
 torch is never imported here (lstm_fast imports without it, and this builds without its
-headers): ``lstm_fast.torch`` hands its objects over with ``setup``; tensors are read
-through their Python attributes (``is_cpu``, ``requires_grad``, ``_version``,
-``data_ptr()``) and ``numpy()``.
+headers): ``lstm_fast.torch`` hands its objects over with ``setup`` and ``setup_cell``;
+tensors are read through their Python attributes (``is_cpu``, ``requires_grad``,
+``_version``, ``data_ptr()``) and ``numpy()``.
 """
 import os
 

@@ -8,7 +8,8 @@ layer and direction is one call of ``functional.run_forward`` on the tensors' me
 through a ``torch.autograd.Function`` when a gradient is needed, directly and keeping
 nothing for backward when none is (``torch.no_grad``, ``torch.inference_mode``, or no
 input or parameter requiring grad). A cell call is the backend's forward (and in
-backward its backward) of one step. Between layers, in training mode, torch's own
+backward its backward) of one step; once the cell's weights are packed, the whole call is
+compiled (``_torch_eval.cell_forward``), the bodies of its autograd Function too. Between layers, in training mode, torch's own
 ``F.dropout`` runs in the autograd graph, on the same data torch.nn.LSTM drops out
 (the packed rows for a PackedSequence), so a seeded run draws the same masks as
 torch.nn.LSTM. PackedSequence inputs are unpacked to padded time-major arrays plus
