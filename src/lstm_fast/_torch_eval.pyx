@@ -240,6 +240,11 @@ cdef inline bint _shape3(object a, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2):
     return cnp.PyArray_NDIM(arr) == 3 and s[0] == d0 and s[1] == d1 and s[2] == d2
 
 
+cdef inline bint _shape1(object a, Py_ssize_t d0):
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_DIMS(arr)[0] == d0
+
+
 cdef inline bint _shape2(object a, Py_ssize_t d0, Py_ssize_t d1):
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef cnp.npy_intp *s = cnp.PyArray_DIMS(arr)
@@ -486,9 +491,7 @@ def cell_forward(module, input, hx):
         if c0s is None:
             return None
         if unbatched:
-            if cnp.PyArray_NDIM(<cnp.ndarray>h0s) != 1 or cnp.PyArray_DIMS(<cnp.ndarray>h0s)[0] != H \
-                    or cnp.PyArray_NDIM(<cnp.ndarray>c0s) != 1 \
-                    or cnp.PyArray_DIMS(<cnp.ndarray>c0s)[0] != H:
+            if not _shape1(h0s, H) or not _shape1(c0s, H):
                 return None
         elif not _shape2(h0s, B, H) or not _shape2(c0s, B, H):
             return None

@@ -9,10 +9,10 @@ through a ``torch.autograd.Function`` when a gradient is needed, directly and ke
 nothing for backward when none is (``torch.no_grad``, ``torch.inference_mode``, or no
 input or parameter requiring grad). A cell call is the backend's forward (and in
 backward its backward) of one step; once the cell's weights are packed, the whole call is
-compiled (``_torch_eval.cell_forward``), the bodies of its autograd Function too. Between layers, in training mode, torch's own
-``F.dropout`` runs in the autograd graph, on the same data torch.nn.LSTM drops out
-(the packed rows for a PackedSequence), so a seeded run draws the same masks as
-torch.nn.LSTM. PackedSequence inputs are unpacked to padded time-major arrays plus
+compiled (``_torch_eval.cell_forward``), the bodies of its autograd Function too.
+Between layers, in training mode, torch's own ``F.dropout`` runs in the autograd graph,
+on the same data torch.nn.LSTM drops out (the packed rows for a PackedSequence), so a
+seeded run draws the same masks as torch.nn.LSTM. PackedSequence inputs are unpacked to padded time-major arrays plus
 lengths, run with lstm_fast's ``lengths`` support (the reverse direction starts at
 each sequence's own last step) and repacked with the input's ``batch_sizes``,
 ``sorted_indices`` and ``unsorted_indices``.
