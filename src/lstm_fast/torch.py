@@ -12,10 +12,10 @@ backward its backward) of one step; once the cell's weights are packed, the whol
 compiled (``_torch_eval.cell_forward``), the bodies of its autograd Function too.
 Between layers, in training mode, torch's own ``F.dropout`` runs in the autograd graph,
 on the same data torch.nn.LSTM drops out (the packed rows for a PackedSequence), so a
-seeded run draws the same masks as torch.nn.LSTM. PackedSequence inputs are unpacked to padded time-major arrays plus
-lengths, run with lstm_fast's ``lengths`` support (the reverse direction starts at
-each sequence's own last step) and repacked with the input's ``batch_sizes``,
-``sorted_indices`` and ``unsorted_indices``.
+seeded run draws the same masks as torch.nn.LSTM. PackedSequence inputs are unpacked to
+padded time-major arrays plus lengths, run with lstm_fast's ``lengths`` support (the
+reverse direction starts at each sequence's own last step) and repacked with the input's
+``batch_sizes``, ``sorted_indices`` and ``unsorted_indices``.
 
 Under torch.compile and torch.export (non-strict and strict) the modules call the custom
 operators of ``lstm_fast._torch_ops`` instead (fake implementations and registered autograd:
