@@ -34,6 +34,10 @@ int lstm_cpu_has_avx512bf16(void);
 int lstm_cpu_has_avx512vnni(void);
 int lstm_cpu_has_avxvnni(void);
 
+/* 1 if AMX-TILE and AMX-INT8 (tdpbusd) are usable: the CPU has them (and AVX512_VNNI),
+ * the OS saves the tile state and (Linux) granted it to this process; asked once. */
+int lstm_cpu_has_amx_int8(void);
+
 /* Name of a level: "portable", "avx2", "avx512". */
 const char *lstm_simd_name(lstm_simd_level level);
 

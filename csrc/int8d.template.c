@@ -72,6 +72,9 @@
 #define I8D_MAGIC 0x4c534944u
 #define I8D_KMAX 66311   /* 66311 * 255 * 127 < 2^31 */
 #define I8D_MAGIC_F 12582912.0f   /* 1.5 * 2^23 */
+#define I8D_QPAD 4096   /* zero bytes after q: AMX's tail reads (16 groups of 256 bytes) */
+#define I8D_R16(n) (((n) + 15) / 16 * 16)
+#define I8D_K64(k) (((k) + 63) / 64 * 64)
 
 /* p = rint(fl(v / s)) in [-127, 127] as u = p + 128 (s > 0 finite, v finite) */
 static inline uint8_t i8d_u8(float v, float s)
@@ -105,7 +108,7 @@ static void FN(i8d_layout)(int64_t I, int64_t H, FN(i8d_hdr) *h)
     h->KH = (H + 3) / 4 * 4;
     int64_t off = ALIGN64((int64_t)sizeof(FN(i8d_hdr)));
     h->off_q = off;
-    off = ALIGN64(off + nblk * (h->KX + h->KH) * 4 * V);
+    off = ALIGN64(off + nblk * (h->KX + h->KH) * 4 * V) + I8D_QPAD;
     h->off_cih = off;
     off = ALIGN64(off + nblk * 4 * V * 4);
     h->off_chh = off;
@@ -140,7 +143,7 @@ static int FN(i8d_pack)(int64_t I, int64_t H, const float *w_ih, const float *w_
     int32_t *cih = (int32_t *)(base + h->off_cih), *chh = (int32_t *)(base + h->off_chh);
     float *sih = (float *)(base + h->off_sih), *shh = (float *)(base + h->off_shh);
     float *bb = (float *)(base + h->off_b);
-    memset(q, 0, (size_t)(nblk * KG * 4 * V * 4));
+    memset(q, 0, (size_t)(h->off_cih - h->off_q));   /* with the tail pad */
     for (int64_t j = 0; j < nblk; j++)
         for (int g = 0; g < 4; g++)
             for (int l = 0; l < V; l++) {
@@ -402,15 +405,88 @@ INLINE void FN(i8d_tile_any)(int native, int mr, int nb, const uint8_t *a, int64
     FN(i8d_tile_any_emul)(mr, nb, a, lda, ng, w, bstride, out);
 }
 
-/* One step for rows 0..B-1 (quantized: ux, uh, scales sx, sh), hidden blocks j0..j1;
- * zout: the products z themselves into zout [B][4H] instead of the cell (tests) */
-KERNEL void FN(i8d_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t j0, int64_t j1,
-                         const FN(i8d_hdr) *hdr, const uint8_t *ux, const uint8_t *uh,
-                         const float *sx, const float *sh, int rev, int native, float *zout)
+/* ---- AMX (tdpbusd: u8 x s8, 64 products of 4 summed into each int32, no saturation: the
+ * same int32 sums as vpdpbusd) ----------------------------------------------------------
+ * A tile: 16 rows of u x 64 bytes (16 groups; rows lda bytes apart); B tile for one gate:
+ * 16 groups x the block's V = 16 lanes x 4 bytes, which is the pack's q with a row stride
+ * of 4 V 4 = 256 bytes; C tile: 16 rows x 16 int32, stored into out [16][4][V] (the
+ * register tile's layout with nb = 1). K is taken in whole tiles: the rows of u are padded
+ * with zero bytes to a multiple of 64 (lda), so the B rows beyond the segment's groups
+ * (h's groups, the next block's, or the pack's zero tail pad I8D_QPAD) multiply zeros. */
+#if ISA == 2
+#define I8D_ATTR_AMX                                                                       \
+    __attribute__((target("amx-tile,amx-int8,avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
+#ifndef LSTM_I8D_AMX_CFG
+#define LSTM_I8D_AMX_CFG
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} i8d_amx_cfg;
+#endif
+
+/* tiles 0-3: C (the 4 gates), 4: A, 5-7: B; 16 rows x 64 bytes each (this thread) */
+static I8D_ATTR_AMX void FN(i8d_amx_begin)(void)
 {
-    int32_t dx[MAXACC * V] __attribute__((aligned(64)));
-    int32_t dh[MAXACC * V] __attribute__((aligned(64)));
-    float z[MAXACC * V] __attribute__((aligned(64)));
+    i8d_amx_cfg cfg __attribute__((aligned(64)));
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    /* ldtilecfg by hand: gcc 12's _tile_loadconfig tells the compiler it reads 8 bytes
+     * only, and the stores of colsb and rows above were seen to be dropped */
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+}
+
+static I8D_ATTR_AMX void FN(i8d_amx_end)(void) { _tile_release(); }
+
+/* out [16][4][V] = the sums of 16 rows of a (lda bytes apart, ng groups: a multiple of 16)
+ * times one block's weights w (group 0 of the segment) */
+static I8D_ATTR_AMX void FN(i8d_amx_tile)(const uint8_t *a, int64_t lda, int64_t ng,
+                                            const int8_t *w, int32_t *out)
+{
+    const int64_t ws = 4 * V * 4;   /* bytes from one group to the next */
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t g = 0; g < ng; g += 16) {
+        const int8_t *wg = w + g * ws;
+        _tile_loadd(4, a + 4 * g, lda);
+        _tile_loadd(5, wg, ws);
+        _tile_loadd(6, wg + V * 4, ws);
+        _tile_dpbusd(0, 4, 5);
+        _tile_loadd(7, wg + 2 * V * 4, ws);
+        _tile_dpbusd(1, 4, 6);
+        _tile_loadd(5, wg + 3 * V * 4, ws);
+        _tile_dpbusd(2, 4, 7);
+        _tile_dpbusd(3, 4, 5);
+    }
+    _tile_stored(0, out, ws);
+    _tile_stored(1, out + V, ws);
+    _tile_stored(2, out + 2 * V, ws);
+    _tile_stored(3, out + 3 * V, ws);
+}
+#define I8D_ZBUF (16 * 4 * V > MAXACC * V ? 16 * 4 * V : MAXACC * V)
+#else
+#define I8D_ZBUF (MAXACC * V)
+#endif
+
+/* One step for rows 0..B-1 (quantized: ux, uh, rows ldx and ldh bytes apart, scales sx,
+ * sh), hidden blocks j0..j1; native 0: the emulation, 1: vpdpbusd, 2: AMX (tiles of 16
+ * rows: ux and uh readable up to row 16 ceil(B/16), zero bytes from KX to ldx and from KH
+ * to ldh, both multiples of 64); zout: the products z themselves into zout [B][4H] instead
+ * of the cell (tests) */
+KERNEL void FN(i8d_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t j0, int64_t j1,
+                         const FN(i8d_hdr) *hdr, const uint8_t *ux, int64_t ldx,
+                         const uint8_t *uh, int64_t ldh, const float *sx, const float *sh,
+                         int rev, int native, float *zout)
+{
+    int32_t dx[I8D_ZBUF] __attribute__((aligned(64)));
+    int32_t dh[I8D_ZBUF] __attribute__((aligned(64)));
+    float z[I8D_ZBUF] __attribute__((aligned(64)));
     const unsigned char *base = (const unsigned char *)hdr;
     const int8_t *q = (const int8_t *)(base + hdr->off_q);
     const int32_t *cih = (const int32_t *)(base + hdr->off_cih);
@@ -418,16 +494,25 @@ KERNEL void FN(i8d_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t j0, int
     const float *sih = (const float *)(base + hdr->off_sih);
     const float *shh = (const float *)(base + hdr->off_shh);
     const int64_t KX = hdr->KX, KH = hdr->KH, bstride = (KX + KH) * 4 * V;
-    int64_t jstep = B == 1 ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
+    const int amx = ISA == 2 && native == 2, TR = amx ? 16 : FR;
+    int64_t jstep = B == 1 && !amx ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
     for (int64_t it = 0; it < ntile; it++) {
         int64_t j = j0 + (rev ? ntile - 1 - it : it) * jstep;
         int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
         const int8_t *wj = q + j * bstride;
-        for (int64_t r0 = 0; r0 < B; r0 += FR) {
-            int mr = B - r0 < FR ? (int)(B - r0) : FR;
-            FN(i8d_tile_any)(native, mr, nb, ux + r0 * KX, KX, KX / 4, wj, bstride, dx);
-            FN(i8d_tile_any)(native, mr, nb, uh + r0 * KH, KH, KH / 4, wj + KX * 4 * V, bstride,
-                             dh);
+        for (int64_t r0 = 0; r0 < B; r0 += TR) {
+            int mr = B - r0 < TR ? (int)(B - r0) : TR;
+#if ISA == 2
+            if (amx) {
+                FN(i8d_amx_tile)(ux + r0 * ldx, ldx, ldx / 4, wj, dx);
+                FN(i8d_amx_tile)(uh + r0 * ldh, ldh, ldh / 4, wj + KX * 4 * V, dh);
+            } else
+#endif
+            {
+                FN(i8d_tile_any)(native, mr, nb, ux + r0 * ldx, ldx, KX / 4, wj, bstride, dx);
+                FN(i8d_tile_any)(native, mr, nb, uh + r0 * ldh, ldh, KH / 4, wj + KX * 4 * V,
+                                 bstride, dh);
+            }
             for (int r = 0; r < mr; r++) {
                 vec vsx = vset1(sx[r0 + r]), vsh = vset1(sh[r0 + r]);
                 for (int qq = 0; qq < nb * 4; qq++) {
@@ -452,7 +537,9 @@ KERNEL void FN(i8d_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t j0, int
                                      vload(z + (r * nb * 4 + qq) * V), nl);
                     }
             } else {
-                FN(fwd_cell)(ca, mr, nb, r0, j, z);
+                for (int r = 0; r < mr; r += FR)   /* the cell takes up to FR rows */
+                    FN(fwd_cell)(ca, mr - r < FR ? mr - r : FR, nb, r0 + r, j,
+                                 z + r * nb * 4 * V);
             }
         }
     }
@@ -464,23 +551,34 @@ typedef struct {
     const int64_t *offs;
     const float *x, *h0, *c0;
     float *y, *h_n, *c_n;
-    uint8_t *uxall;        /* [N][KX]: every row of x quantized (before the steps) */
+    uint8_t *uxall;        /* [N][ldx]: every row of x quantized (before the steps) */
     float *sxall;          /* [N] their scales */
     unsigned char *ws;     /* the threads' parts (h's rows), per_thread bytes apart */
     int64_t per_thread;
-    int native;
+    int64_t ldx, ldh;      /* bytes from one row of u to the next: KX, KH; AMX: K64 of them */
+    int native;            /* 0 the emulation, 1 vpdpbusd, 2 AMX */
 } FN(i8d_ctx);
 
-/* the workspace: offsets, x's rows quantized (N KX bytes, N scales), then per thread h's
- * rows (B KH bytes, B scales); N <= T B */
+/* the workspace: offsets, x's rows quantized (N + 16 rows of up to K64(KX) bytes: AMX's
+ * tiles read up to 15 rows on; N scales), then per thread one step's rows of x and of h
+ * (16 ceil(B/16) rows of up to K64(KX), K64(KH) bytes) and their scales; N <= T B */
 static int64_t FN(i8d_x_bytes)(int64_t T, int64_t B, int64_t I)
 {
-    return ALIGN64(T * B * ((I + 3) / 4 * 4)) + ALIGN64(T * B * 4);
+    return ALIGN64((T * B + 16) * I8D_K64((I + 3) / 4 * 4)) + ALIGN64(T * B * 4);
+}
+
+/* one thread's part: u_x, u_h, s_x, s_h (offsets in bytes) */
+static int64_t FN(i8d_thread_off)(int64_t B, int64_t I, int64_t H, int what)
+{
+    int64_t R = I8D_R16(B), ux = ALIGN64(R * I8D_K64((I + 3) / 4 * 4));
+    int64_t uh = ALIGN64(R * I8D_K64((H + 3) / 4 * 4)), sc = ALIGN64(R * 4);
+    return what == 0 ? 0 : what == 1 ? ux : what == 2 ? ux + uh : what == 3 ? ux + uh + sc
+                                                                : ux + uh + 2 * sc;
 }
 
 static int64_t FN(i8d_thread_bytes)(int64_t B, int64_t I, int64_t H)
 {
-    return ALIGN64(B * ((I + 3) / 4 * 4)) + ALIGN64(B * ((H + 3) / 4 * 4)) + 2 * ALIGN64(B * 4);
+    return FN(i8d_thread_off)(B, I, H, 4);
 }
 
 KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
@@ -494,8 +592,11 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t nblk = (H + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
     unsigned char *mine = ctx->ws + tid * ctx->per_thread;
-    uint8_t *uh = mine + ALIGN64(B * KX);
-    float *sh = (float *)(uh + ALIGN64(B * KH)) + ALIGN64(B * 4) / 4;
+    uint8_t *uh = mine + FN(i8d_thread_off)(B, I, H, 1);
+    float *sh = (float *)(mine + FN(i8d_thread_off)(B, I, H, 3));
+    const int64_t ldx = ctx->ldx, ldh = ctx->ldh;
+    if (ctx->native == 2)   /* AMX: h's rows padded with zeros (qrow writes up to KH) */
+        memset(uh, 0, (size_t)(I8D_R16(B) * ldh));
     if (ctx->c_n != ctx->c0) {   /* the running c starts as c0 (this thread's units) */
         int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H;
         for (int64_t r = 0; r < B && u0 < u1; r++)
@@ -505,8 +606,13 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
            bits whatever the split) */
         int64_t N = offs[T], n0 = FN(split)(N, tid, num_threads);
         int64_t n1 = FN(split)(N, tid + 1, num_threads);
-        for (int64_t r = n0; r < n1; r++)
-            ctx->sxall[r] = FN(i8d_qrow)(ctx->x + r * I, I, ctx->uxall + r * KX, KX);
+        for (int64_t r = n0; r < n1; r++) {
+            ctx->sxall[r] = FN(i8d_qrow)(ctx->x + r * I, I, ctx->uxall + r * ldx, KX);
+            if (ldx > KX)
+                memset(ctx->uxall + r * ldx + KX, 0, (size_t)(ldx - KX));
+        }
+        if (tid == 0 && ctx->native == 2)   /* the rows AMX's last tiles read past N */
+            memset(ctx->uxall + N * ldx, 0, (size_t)(16 * ldx));
         if (num_threads > 1)
             lstm_barrier_wait(bar, num_threads);
     }
@@ -515,6 +621,10 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     ca.pre = (const float *)(base + hdr->off_b);   /* the bias alone */
     ca.pre_ld = 0;
     ca.cprev = ca.c = ctx->c_n;
+#if ISA == 2
+    if (ctx->native == 2 && j0 < j1)
+        FN(i8d_amx_begin)();
+#endif
     for (int64_t t = 0; t < T; t++) {
         int64_t n = offs[t + 1] - offs[t];
         if (n == 0)
@@ -523,12 +633,16 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         ca.h = ctx->y + offs[t] * H;
         if (j0 < j1) {
             for (int64_t r = 0; r < n; r++)
-                sh[r] = FN(i8d_qrow)(hp + r * H, H, uh + r * KH, KH);
-            FN(i8d_step)(&ca, n, j0, j1, hdr, ctx->uxall + offs[t] * KX, uh, ctx->sxall + offs[t],
-                         sh, (int)(t & 1), ctx->native, NULL);
+                sh[r] = FN(i8d_qrow)(hp + r * H, H, uh + r * ldh, KH);
+            FN(i8d_step)(&ca, n, j0, j1, hdr, ctx->uxall + offs[t] * ldx, ldx, uh, ldh,
+                         ctx->sxall + offs[t], sh, (int)(t & 1), ctx->native, NULL);
         }
         lstm_barrier_wait(bar, num_threads);
     }
+#if ISA == 2
+    if (ctx->native == 2 && j0 < j1)
+        FN(i8d_amx_end)();
+#endif
     if (tid == 0)   /* h_n: each sequence's last y (c_n is the running state) */
         FN(last_rows)(offs, T, B, H, ctx->h0, ctx->y, ctx->h_n);
 }
@@ -556,10 +670,12 @@ static int FN(i8d_forward)(int64_t T, int64_t B, int64_t I, int64_t H, const voi
     if (num_threads < 1)
         num_threads = 1;
     unsigned char *xq = wsb + FN(offs_bytes)(T);
-    int64_t KX = hdr->KX;
+    int64_t KX = hdr->KX, KH = hdr->KH;
+    int amx = ISA == 2 && native == 2;
     FN(i8d_ctx) ctx = {T, B, I, H, hdr, offs, x, h0, c0, y, h_n, c_n, xq,
-                       (float *)(xq + ALIGN64(T * B * KX)),
-                       xq + FN(i8d_x_bytes)(T, B, I), FN(i8d_thread_bytes)(B, I, H), native};
+                       (float *)(xq + ALIGN64((T * B + 16) * I8D_K64(KX))),
+                       xq + FN(i8d_x_bytes)(T, B, I), FN(i8d_thread_bytes)(B, I, H),
+                       amx ? I8D_K64(KX) : KX, amx ? I8D_K64(KH) : KH, native};
     lstm_pool_run(FN(i8d_job), &ctx, num_threads);
     return LSTM_OK;
 }
@@ -574,13 +690,28 @@ KERNEL int FN(i8d_products)(int64_t B, int64_t I, int64_t H, const void *packed,
         return LSTM_ERR_PACKED;
     unsigned char *mine = FN(align_ptr)(workspace) + FN(offs_bytes)(1) + FN(i8d_x_bytes)(1, B, I);
     int64_t KX = hdr->KX, KH = hdr->KH;
-    uint8_t *ux = mine, *uh = mine + ALIGN64(B * KX);
-    float *sx = (float *)(uh + ALIGN64(B * KH)), *sh = sx + ALIGN64(B * 4) / 4;
-    for (int64_t r = 0; r < B; r++) {
-        sx[r] = FN(i8d_qrow)(x + r * I, I, ux + r * KX, KX);
-        sh[r] = FN(i8d_qrow)(h + r * H, H, uh + r * KH, KH);
+    int amx = ISA == 2 && native == 2;
+    int64_t ldx = amx ? I8D_K64(KX) : KX, ldh = amx ? I8D_K64(KH) : KH;
+    uint8_t *ux = mine, *uh = mine + FN(i8d_thread_off)(B, I, H, 1);
+    float *sx = (float *)(mine + FN(i8d_thread_off)(B, I, H, 2));
+    float *sh = (float *)(mine + FN(i8d_thread_off)(B, I, H, 3));
+    if (amx) {   /* zero padding (see i8d_step) */
+        memset(ux, 0, (size_t)(I8D_R16(B) * ldx));
+        memset(uh, 0, (size_t)(I8D_R16(B) * ldh));
     }
-    FN(i8d_step)(NULL, B, 0, (H + V - 1) / V, hdr, ux, uh, sx, sh, 0, native, zout);
+    for (int64_t r = 0; r < B; r++) {
+        sx[r] = FN(i8d_qrow)(x + r * I, I, ux + r * ldx, KX);
+        sh[r] = FN(i8d_qrow)(h + r * H, H, uh + r * ldh, KH);
+    }
+#if ISA == 2
+    if (amx)
+        FN(i8d_amx_begin)();
+#endif
+    FN(i8d_step)(NULL, B, 0, (H + V - 1) / V, hdr, ux, ldx, uh, ldh, sx, sh, 0, native, zout);
+#if ISA == 2
+    if (amx)
+        FN(i8d_amx_end)();
+#endif
     return LSTM_OK;
 }
 
@@ -591,6 +722,8 @@ KERNEL int FN(i8d_products)(int64_t B, int64_t I, int64_t H, const void *packed,
 #undef I8D_CASES
 #undef I8D_ATTR_NATIVE
 #undef I8D_ATTR_EMUL
+#undef I8D_ATTR_AMX
+#undef I8D_ZBUF
 #undef I8D_LOAD
 #undef I8D_SET1
 #undef I8D_ZERO

@@ -401,7 +401,9 @@ static int i8d_mode = -1;
 
 int lstm_set_i8d_mode(int mode)
 {
-    if (mode < -1 || mode > 0)
+    if (mode < -1 || mode > 2)
+        return LSTM_ERR_ARG;
+    if (mode == 2 && !lstm_cpu_has_amx_int8())
         return LSTM_ERR_ARG;
     i8d_mode = mode;
     return LSTM_OK;
@@ -409,18 +411,27 @@ int lstm_set_i8d_mode(int mode)
 
 int lstm_get_i8d_mode(void) { return i8d_mode; }
 
-/* vpdpbusd where the pack's level has it on this CPU (AVX512_VNNI at the AVX-512 level,
- * AVX-VNNI at AVX2) unless emulation is forced (mode 0); the same sums either way */
-static int i8d_native_for(int level)
+/* The int32 sums of a call with B rows at the pack's level: 2 AMX (tdpbusd) where the
+ * CPU and the OS allow it at the AVX-512 level (automatic: B >= I8D_AMX_MIN_B), else 1
+ * vpdpbusd where the level has it on this CPU (AVX512_VNNI at the AVX-512 level, AVX-VNNI
+ * at AVX2), else 0 the emulation; mode 0 forces the emulation, 1 vpdpbusd (no AMX), 2 AMX
+ * at the AVX-512 level. The same sums every way. */
+#define I8D_AMX_MIN_B 1
+static int i8d_native_for(int level, int64_t B)
 {
     if (i8d_mode == 0)
         return 0;
+    if (level == LSTM_SIMD_AVX512 && lstm_cpu_has_amx_int8() &&
+        (i8d_mode == 2 || (i8d_mode == -1 && B >= I8D_AMX_MIN_B)))
+        return 2;
     return level == LSTM_SIMD_AVX512 ? lstm_cpu_has_avx512vnni()
            : level == LSTM_SIMD_AVX2 ? lstm_cpu_has_avxvnni()
                                      : 0;
 }
 
-int lstm_i8d_native(void) { return i8d_native_for(lstm_get_simd_level()); }
+int lstm_i8d_native(void) { return i8d_native_for(lstm_get_simd_level(), 1) != 0; }
+
+int lstm_i8d_path(int64_t B) { return i8d_native_for(lstm_get_simd_level(), B); }
 
 DEFINE_LOW_PRECISION(i8d, i8d)
 
@@ -434,7 +445,7 @@ int lstm_forward_i8d(int64_t T, int64_t B, int64_t I, int64_t H, const void *pac
     int level = packed_level(packed);
     DISPATCH(level, f32, i8d_forward,
              (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, workspace,
-              usable_threads(num_threads), i8d_native_for(level)))
+              usable_threads(num_threads), i8d_native_for(level, B)))
 }
 
 int lstm_products_i8d(int64_t B, int64_t I, int64_t H, const void *packed, const float *x,
@@ -444,5 +455,5 @@ int lstm_products_i8d(int64_t B, int64_t I, int64_t H, const void *packed, const
         return LSTM_ERR_ARG;
     int level = packed_level(packed);
     DISPATCH(level, f32, i8d_products, (B, I, H, packed, x, h, z, workspace,
-                                        i8d_native_for(level)))
+                                        i8d_native_for(level, B)))
 }

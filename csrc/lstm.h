@@ -339,11 +339,16 @@ int lstm_forward_i8d(int64_t T, int64_t B, int64_t I, int64_t H, const void *pac
                      const int64_t *batch_sizes, const float *x, const float *h0,
                      const float *c0, float *y, float *h_n, float *c_n, void *workspace,
                      int num_threads);
-/* Mode: -1 automatic (vpdpbusd where the CPU has it, the default), 0 always emulated;
- * lstm_i8d_native: 1 if a call at the SIMD level in force uses vpdpbusd. */
+/* Mode: -1 automatic (the default: AMX's tdpbusd where the CPU has AMX-INT8 and the OS
+ * grants the tile state, at the AVX-512 level; else vpdpbusd where the CPU has it), 0
+ * always emulated, 1 vpdpbusd (never AMX), 2 AMX (LSTM_ERR_ARG if it cannot be used here;
+ * at the AVX2 and portable levels as 1). The same int32 sums every way.
+ * lstm_i8d_native: 1 if a call at the SIMD level in force uses vpdpbusd or AMX;
+ * lstm_i8d_path: what a call with B rows uses: 0 the emulation, 1 vpdpbusd, 2 AMX. */
 int lstm_set_i8d_mode(int mode);
 int lstm_get_i8d_mode(void);
 int lstm_i8d_native(void);
+int lstm_i8d_path(int64_t B);
 /* For tests: z [B,4H], the products of one step (before the bias and the cell) of rows
  * x [B,I] and h [B,H] as lstm_forward_i8d computes them; workspace of
  * lstm_forward_workspace_size_i8d(1, B, I, H, 1) bytes. */

@@ -11,6 +11,7 @@ cdef extern from "cpu.h" nogil:
     int lstm_cpu_has_avx512bf16()
     int lstm_cpu_has_avx512vnni()
     int lstm_cpu_has_avxvnni()
+    int lstm_cpu_has_amx_int8()
 
 cdef extern from "lstm.h" nogil:
     enum:
@@ -138,5 +139,6 @@ cdef extern from "lstm.h" nogil:
     int lstm_set_i8d_mode(int mode)
     int lstm_get_i8d_mode()
     int lstm_i8d_native()
+    int lstm_i8d_path(int64_t B)
     int lstm_products_i8d(int64_t B, int64_t I, int64_t H, const void *packed, const float *x,
                           const float *h, float *z, void *workspace)

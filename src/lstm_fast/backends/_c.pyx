@@ -127,20 +127,45 @@ def int8_path():
 
 def set_int8_dynamic_native(native):
     """How the int8_dynamic forward computes its int32 sums: None (the default) with
-    vpdpbusd where the CPU has it (AVX512_VNNI, AVX-VNNI), False always emulated (vpmaddwd;
-    portable C at the portable level). The same sums either way; for tests and benchmarks."""
+    AMX or vpdpbusd where the CPU has them (see set_int8_dynamic_path), False always
+    emulated (vpmaddwd; portable C at the portable level). The same sums either way; for
+    tests and benchmarks."""
     if native not in (None, False):
         raise ValueError(f"native must be None or False, got {native!r}")
     lstm_set_i8d_mode(-1 if native is None else 0)
 
 
-def int8_dynamic_path():
-    """What an int8_dynamic forward (x and h quantized per step) uses at the SIMD level in
-    force."""
+_I8D_PATHS = {"auto": -1, "emulated": 0, "vnni": 1, "amx": 2}
+
+
+def set_int8_dynamic_path(path):
+    """How the int8_dynamic forward computes its int32 sums: "auto" (the default: AMX's
+    tdpbusd where the CPU has AMX-INT8 and the OS grants the tile state, at the AVX-512
+    level; else vpdpbusd where the CPU has AVX512_VNNI or AVX-VNNI; else the emulation),
+    "vnni" (vpdpbusd where the CPU has it, never AMX), "emulated", or "amx" (RuntimeError
+    where AMX cannot be used; at the AVX2 and portable levels as "vnni"). The same int32
+    sums every way, so the same outputs bit for bit; for tests and benchmarks."""
+    if path not in _I8D_PATHS:
+        raise ValueError(f"path must be one of {', '.join(map(repr, _I8D_PATHS))}, "
+                         f"got {path!r}")
+    if lstm_set_i8d_mode(_I8D_PATHS[path]) != LSTM_OK:
+        raise RuntimeError("AMX-INT8 cannot be used here (the CPU lacks AMX-TILE or AMX-INT8, "
+                           "or the OS did not grant the tile state)")
+
+
+def int8_dynamic_path(B=64):
+    """What an int8_dynamic forward (x and h quantized per step) with B rows per step
+    uses at the SIMD level in force."""
     lv = simd_level()
-    if lstm_i8d_native():
+    p = lstm_i8d_path(B)
+    if p == 2:
+        return ("int8 weights, x and h quantized per row per step, int32 sums by AMX "
+                "(tdpbusd, AMX-INT8; tiles of 16 rows)")
+    if p == 1:
+        why = ("; AMX not used: forced (set_int8_dynamic_path('vnni'))"
+               if lstm_get_i8d_mode() == 1 and lstm_cpu_has_amx_int8() else "")
         return (f"int8 weights, x and h quantized per row per step, int32 sums by vpdpbusd "
-                f"({'AVX512_VNNI' if lv == 'avx512' else 'AVX-VNNI'})")
+                f"({'AVX512_VNNI' if lv == 'avx512' else 'AVX-VNNI'}{why})")
     why = ("portable level" if lv == "portable" else
            "emulation forced (set_int8_dynamic_native(False))" if lstm_get_i8d_mode() == 0
            else f"the CPU has no {'AVX512_VNNI' if lv == 'avx512' else 'AVX-VNNI'}")
