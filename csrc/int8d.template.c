@@ -442,10 +442,12 @@ static I8D_ATTR_AMX void FN(i8d_amx_begin)(void)
 
 static I8D_ATTR_AMX void FN(i8d_amx_end)(void) { _tile_release(); }
 
-/* out [16][4][V] = the sums of 16 rows of a (lda bytes apart, ng groups: a multiple of 16)
- * times one block's weights w (group 0 of the segment) */
-static I8D_ATTR_AMX void FN(i8d_amx_tile)(const uint8_t *a, int64_t lda, int64_t ng,
-                                            const int8_t *w, int32_t *out)
+/* out [16 nrg][4][V] = the sums of 16 nrg rows of a (lda bytes apart, ng groups: a
+ * multiple of 16) times one block's weights w (group 0 of the segment). The 4 C tiles hold
+ * 1 row group x 4 gates, 2 x 2 or up to 4 x 1: each B tile (from L2) serves every row
+ * group, the A tiles (a few KiB, from L1) are loaded again for each gate (pair). */
+static I8D_ATTR_AMX void FN(i8d_amx_tile1)(const uint8_t *a, int64_t lda, int64_t ng,
+                                             const int8_t *w, int32_t *out)
 {
     const int64_t ws = 4 * V * 4;   /* bytes from one group to the next */
     _tile_zero(0);
@@ -469,7 +471,90 @@ static I8D_ATTR_AMX void FN(i8d_amx_tile)(const uint8_t *a, int64_t lda, int64_t
     _tile_stored(2, out + 2 * V, ws);
     _tile_stored(3, out + 3 * V, ws);
 }
-#define I8D_ZBUF (16 * 4 * V > MAXACC * V ? 16 * 4 * V : MAXACC * V)
+
+static I8D_ATTR_AMX void FN(i8d_amx_tile2)(const uint8_t *a, int64_t lda, int64_t ng,
+                                             const int8_t *w, int32_t *out)
+{
+    const int64_t ws = 4 * V * 4;
+    const uint8_t *a1 = a + 16 * lda;
+    int32_t *o1 = out + 16 * 4 * V;
+    for (int gp = 0; gp < 4; gp += 2) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t g = 0; g < ng; g += 16) {
+            const int8_t *wg = w + g * ws + gp * V * 4;
+            _tile_loadd(6, wg, ws);
+            _tile_loadd(4, a + 4 * g, lda);
+            _tile_dpbusd(0, 4, 6);
+            _tile_loadd(7, wg + V * 4, ws);
+            _tile_dpbusd(1, 4, 7);
+            _tile_loadd(5, a1 + 4 * g, lda);
+            _tile_dpbusd(2, 5, 6);
+            _tile_dpbusd(3, 5, 7);
+        }
+        _tile_stored(0, out + gp * V, ws);
+        _tile_stored(1, out + (gp + 1) * V, ws);
+        _tile_stored(2, o1 + gp * V, ws);
+        _tile_stored(3, o1 + (gp + 1) * V, ws);
+    }
+}
+
+/* 3 or 4 row groups (nrg) */
+static I8D_ATTR_AMX void FN(i8d_amx_tile4)(int nrg, const uint8_t *a, int64_t lda, int64_t ng,
+                                             const int8_t *w, int32_t *out)
+{
+    const int64_t ws = 4 * V * 4, rs = 16 * 4 * V;
+    const uint8_t *a1 = a + 16 * lda, *a2 = a + 32 * lda, *a3 = a + 48 * lda;
+    for (int gate = 0; gate < 4; gate++) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        if (nrg == 4)
+            for (int64_t g = 0; g < ng; g += 16) {
+                _tile_loadd(4, w + g * ws + gate * V * 4, ws);
+                _tile_loadd(5, a + 4 * g, lda);
+                _tile_dpbusd(0, 5, 4);
+                _tile_loadd(6, a1 + 4 * g, lda);
+                _tile_dpbusd(1, 6, 4);
+                _tile_loadd(7, a2 + 4 * g, lda);
+                _tile_dpbusd(2, 7, 4);
+                _tile_loadd(5, a3 + 4 * g, lda);
+                _tile_dpbusd(3, 5, 4);
+            }
+        else
+            for (int64_t g = 0; g < ng; g += 16) {
+                _tile_loadd(4, w + g * ws + gate * V * 4, ws);
+                _tile_loadd(5, a + 4 * g, lda);
+                _tile_dpbusd(0, 5, 4);
+                _tile_loadd(6, a1 + 4 * g, lda);
+                _tile_dpbusd(1, 6, 4);
+                _tile_loadd(7, a2 + 4 * g, lda);
+                _tile_dpbusd(2, 7, 4);
+            }
+        _tile_stored(0, out + gate * V, ws);
+        _tile_stored(1, out + rs + gate * V, ws);
+        _tile_stored(2, out + 2 * rs + gate * V, ws);
+        if (nrg == 4)
+            _tile_stored(3, out + 3 * rs + gate * V, ws);
+    }
+}
+
+static I8D_ATTR_AMX void FN(i8d_amx_tile)(int mr, const uint8_t *a, int64_t lda, int64_t ng,
+                                            const int8_t *w, int32_t *out)
+{
+    int nrg = (mr + 15) / 16;
+    if (nrg == 1)
+        FN(i8d_amx_tile1)(a, lda, ng, w, out);
+    else if (nrg == 2)
+        FN(i8d_amx_tile2)(a, lda, ng, w, out);
+    else
+        FN(i8d_amx_tile4)(nrg, a, lda, ng, w, out);
+}
+#define I8D_AMX_ROWS 64   /* rows per AMX call (up to 4 row groups) */
+#define I8D_ZBUF (I8D_AMX_ROWS * 4 * V > MAXACC * V ? I8D_AMX_ROWS * 4 * V : MAXACC * V)
 #else
 #define I8D_ZBUF (MAXACC * V)
 #endif
@@ -494,7 +579,11 @@ KERNEL void FN(i8d_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t j0, int
     const float *sih = (const float *)(base + hdr->off_sih);
     const float *shh = (const float *)(base + hdr->off_shh);
     const int64_t KX = hdr->KX, KH = hdr->KH, bstride = (KX + KH) * 4 * V;
-    const int amx = ISA == 2 && native == 2, TR = amx ? 16 : FR;
+#if ISA == 2
+    const int amx = native == 2, TR = amx ? I8D_AMX_ROWS : FR;
+#else
+    const int amx = 0, TR = FR;
+#endif
     int64_t jstep = B == 1 && !amx ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
     for (int64_t it = 0; it < ntile; it++) {
         int64_t j = j0 + (rev ? ntile - 1 - it : it) * jstep;
@@ -504,8 +593,8 @@ KERNEL void FN(i8d_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t j0, int
             int mr = B - r0 < TR ? (int)(B - r0) : TR;
 #if ISA == 2
             if (amx) {
-                FN(i8d_amx_tile)(ux + r0 * ldx, ldx, ldx / 4, wj, dx);
-                FN(i8d_amx_tile)(uh + r0 * ldh, ldh, ldh / 4, wj + KX * 4 * V, dh);
+                FN(i8d_amx_tile)(mr, ux + r0 * ldx, ldx, ldx / 4, wj, dx);
+                FN(i8d_amx_tile)(mr, uh + r0 * ldh, ldh, ldh / 4, wj + KX * 4 * V, dh);
             } else
 #endif
             {
@@ -724,6 +813,7 @@ KERNEL int FN(i8d_products)(int64_t B, int64_t I, int64_t H, const void *packed,
 #undef I8D_ATTR_EMUL
 #undef I8D_ATTR_AMX
 #undef I8D_ZBUF
+#undef I8D_AMX_ROWS
 #undef I8D_LOAD
 #undef I8D_SET1
 #undef I8D_ZERO

@@ -32,8 +32,12 @@ from _support import inference_problem as problem, same_bits, simd_levels
 ck = pytest.importorskip("lstm_fast.backends._c")
 
 LEVELS = simd_levels(ck)
-# (level, native): native None is vpdpbusd where the CPU has it, False the emulation
-MODES = [(lv, nat) for lv in LEVELS for nat in ((None, False) if lv != "portable" else (None,))]
+HAS_AMX = ck.cpu_has_amx_int8()
+# (level, path): None automatic (AMX where the CPU has AMX-INT8 at the AVX-512 level, else
+# vpdpbusd where it has it), False the emulation; with AMX, "vnni" (vpdpbusd, never AMX) at
+# the AVX-512 level too
+MODES = ([(lv, nat) for lv in LEVELS for nat in ((None, False) if lv != "portable" else (None,))]
+         + ([("avx512", "vnni")] if HAS_AMX else []))
 
 STEP_ATOL = 2.0 ** -20
 STEP_RTOL = 2.0 ** -20
@@ -45,12 +49,24 @@ SEQ_ATOL = 2.0 ** -11
 ERR_BOUND = {1: 3e-3, 64: 6e-3, 512: 6e-3}
 
 
-@pytest.fixture(params=MODES, ids=lambda m: f"{m[0]}-{'emulated' if m[1] is False else 'auto'}")
+def set_path(path):
+    """None, False (set_int8_dynamic_native) or a path name (set_int8_dynamic_path)."""
+    if isinstance(path, str):
+        ck.set_int8_dynamic_path(path)
+    else:
+        ck.set_int8_dynamic_native(path)
+
+
+def _mode_id(m):
+    return f"{m[0]}-" + ("emulated" if m[1] is False else "auto" if m[1] is None else m[1])
+
+
+@pytest.fixture(params=MODES, ids=_mode_id)
 def mode(request):
     level, native = request.param
     before = ck.simd_level()
     ck.set_simd_level(level)
-    ck.set_int8_dynamic_native(native)
+    set_path(native)
     yield request.param
     ck.set_int8_dynamic_native(None)
     ck.set_simd_level(before)
@@ -172,6 +188,24 @@ def test_info_names_the_path(capsys):
         ck.set_int8_dynamic_native(None)
     with pytest.raises(ValueError, match="None or False"):
         ck.set_int8_dynamic_native(True)
+    with pytest.raises(ValueError, match="path must be one of 'auto', 'emulated', 'vnni', 'amx'"):
+        ck.set_int8_dynamic_path("avx512")
+    try:
+        if HAS_AMX:
+            assert "AMX" in ck.int8_dynamic_path(64)
+            ck.set_int8_dynamic_path("vnni")
+            assert "vpdpbusd" in ck.int8_dynamic_path(64) and "AMX not used" in \
+                ck.int8_dynamic_path(64)
+            ck.set_int8_dynamic_path("amx")
+            assert "AMX" in ck.int8_dynamic_path(1)
+        else:
+            assert "AMX" not in ck.int8_dynamic_path(64)
+            with pytest.raises(RuntimeError, match="AMX-INT8 cannot be used here"):
+                ck.set_int8_dynamic_path("amx")
+        ck.set_int8_dynamic_path("emulated")
+        assert "emulated" in ck.int8_dynamic_path()
+    finally:
+        ck.set_int8_dynamic_path("auto")
 
 
 def test_edge_shapes(mode):
@@ -195,3 +229,101 @@ def test_edge_shapes(mode):
     y = ck.forward(pk, p["x"], p["h0"], p["c0"], 1, None, False)[0]
     want = ref.lstm_forward_int8_dynamic(p["x"], p["w_ih"], p["w_hh"], None, p["h0"], p["c0"])[0]
     np.testing.assert_allclose(y, want, rtol=0, atol=SEQ_ATOL)
+
+
+# AMX (tdpbusd): tiles of 16 rows x 64 bytes, 1 to 4 row groups per call (1 x 4 gates, 2 x 2,
+# 3 or 4 x 1), u's rows zero-padded to 64 bytes, the pack's zero tail pad: row counts
+# around 16, 32, 48, 64 and beyond, I and H around 64 and 4 (K remainders), I = 0, H = 1
+AMX_SHAPES = [(1, 1, 1), (1, 3, 70), (15, 64, 17), (16, 63, 64), (17, 65, 1), (31, 4, 9),
+              (32, 128, 33), (33, 0, 16), (47, 5, 127), (48, 66, 48), (49, 1, 65), (64, 17, 40),
+              (65, 64, 64), (100, 33, 20), (130, 200, 130)]
+needs_amx = pytest.mark.skipif(not HAS_AMX, reason="no AMX-INT8 here (CPU or OS)")
+
+
+def _products_every_path(pk, x, h):
+    got = {}
+    for path in ("amx", "vnni", "emulated"):
+        ck.set_int8_dynamic_path(path)
+        got[path] = ck.int8_dynamic_products(pk, x, h)
+    return got
+
+
+@needs_amx
+@pytest.mark.parametrize("shape", AMX_SHAPES, ids=["B{}I{}H{}".format(*s) for s in AMX_SHAPES])
+def test_amx_products_are_the_oracles_bits(shape):
+    """AMX's z bit for bit the oracle's, vpdpbusd's and the emulation's."""
+    B, I, H = shape
+    p = problem(1, B, I, H, seed=sum(shape) + 1)
+    pk = ck.pack_int8_dynamic(p["w_ih"], p["w_hh"], p["b"])
+    x = np.ascontiguousarray(p["x"][0])
+    h = (p["h0"] * 3).astype(np.float32)
+    before = ck.simd_level()
+    try:
+        ck.set_simd_level("avx512")
+        got = _products_every_path(pk, x, h)
+    finally:
+        ck.set_int8_dynamic_path("auto")
+        ck.set_simd_level(before)
+    (qi, si), (qh, sh) = ref.quantize_int8(p["w_ih"]), ref.quantize_int8(p["w_hh"])
+    want = ref.int8_dynamic_preactivations(x, h, qi, si, qh, sh)
+    for path, z in got.items():
+        assert same_bits((z,), (want,)), path
+    assert np.count_nonzero(got["amx"]) > got["amx"].size // 2
+
+
+@needs_amx
+def test_amx_largest_sums_are_exact():
+    """The int32 bound through AMX: K = 66311 (tiles of 64 bytes and a remainder), every
+    u = 255 and q = 127, every u = 1, mixed signs: the same sums as vpdpbusd."""
+    I, H = 66311, 3
+    w_ih = np.ones((4 * H, I), np.float32)
+    w_ih[1] = -1
+    w_ih[2, ::3] = -1
+    w_hh = np.full((4 * H, H), 0.5, np.float32)
+    pk = ck.pack_int8_dynamic(w_ih, w_hh, None)
+    x = np.stack([np.full(I, 2.0, np.float32), np.full(I, -2.0, np.float32),
+                  np.random.default_rng(0).uniform(-1, 1, I).astype(np.float32)])
+    h = np.ones((3, H), np.float32)
+    before = ck.simd_level()
+    try:
+        ck.set_simd_level("avx512")
+        got = _products_every_path(pk, x, h)
+    finally:
+        ck.set_int8_dynamic_path("auto")
+        ck.set_simd_level(before)
+    (qi, si), (qh, sh) = ref.quantize_int8(w_ih), ref.quantize_int8(w_hh)
+    want = ref.int8_dynamic_preactivations(x, h, qi, si, qh, sh)
+    for path, z in got.items():
+        assert same_bits((z,), (want,)), path
+
+
+@needs_amx
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 17, 65, 33), (3, 1, 5, 7), (4, 16, 64, 64),
+                                   (5, 33, 7, 130), (2, 49, 0, 20), (3, 70, 128, 17)],
+                         ids=lambda s: "T{}B{}I{}H{}".format(*s))
+def test_amx_sequences_are_vnnis_bits(shape):
+    """Whole sequences (the same cell code): AMX gives vpdpbusd's outputs and states bit for
+    bit, with and without a bias, with shrinking batch sizes (the per-step row groups cross
+    16), for 1, 2 and 3 threads; and close to the oracle."""
+    T, B, I, H = shape
+    p = problem(T, B, I, H, seed=T + B + I + H)
+    bs = np.maximum(1, B - 15 * np.arange(T)).astype(np.int64)
+    xv = np.concatenate([p["x"][t, :n] for t, n in enumerate(bs)])
+    before = ck.simd_level()
+    try:
+        ck.set_simd_level("avx512")
+        for b in (p["b"], None):
+            pk = ck.pack_int8_dynamic(p["w_ih"], p["w_hh"], b)
+            runs = {}
+            for path in ("amx", "vnni"):
+                ck.set_int8_dynamic_path(path)
+                runs[path] = [ck.forward(pk, x, p["h0"], p["c0"], n, lens, False)[:3]
+                              for n in (1, 2, 3) for x, lens in ((p["x"], None), (xv, bs))]
+            for a, v in zip(runs["amx"], runs["vnni"]):
+                assert same_bits(a, v)
+        want = ref.lstm_forward_int8_dynamic(xv, p["w_ih"], p["w_hh"], None, p["h0"], p["c0"], bs)
+        for got, w in zip(runs["amx"][1], want):
+            np.testing.assert_allclose(got, w, rtol=0, atol=SEQ_ATOL)
+    finally:
+        ck.set_int8_dynamic_path("auto")
+        ck.set_simd_level(before)

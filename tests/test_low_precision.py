@@ -55,14 +55,18 @@ def _set_native(weight_dtype, native):
     """bfloat16: vdpbf16ps (True) or emulated (False); int8_dynamic: vpdpbusd where the CPU
     has it (None) or emulated (False); None everywhere: the default."""
     if weight_dtype == "int8_dynamic":
-        ck.set_int8_dynamic_native(native)
+        if isinstance(native, str):   # a path: "vnni" (vpdpbusd where AMX would be used)
+            ck.set_int8_dynamic_path(native)
+        else:
+            ck.set_int8_dynamic_native(native)
     else:
         ck.set_bf16_native(native)
 
 
 def _kernel_id(k):
     dt, level, native = k
-    return f"{dt}-{level}" + ("" if native is None else "-native" if native else "-emulated")
+    return f"{dt}-{level}" + ("" if native is None else f"-{native}" if isinstance(native, str)
+                              else "-native" if native else "-emulated")
 
 
 def _with_kernel(param):
