@@ -1,3 +1,6 @@
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE   /* syscall (arch_prctl for AMX's tile state) */
+#endif
 #include "cpu.h"
 
 #include <pthread.h>
@@ -8,6 +11,10 @@
 #define HAVE_CPUID 1
 #else
 #define HAVE_CPUID 0
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 lstm_simd_level lstm_cpu_simd_level(void)
@@ -48,8 +55,6 @@ int lstm_cpu_has_avxvnni(void)
  * (XCR0 bits 17, 18) and, on Linux, the tile data granted to this process
  * (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), Linux >= 5.16): once */
 #if HAVE_CPUID && defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
 static int amx_ok;
 static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
 static void amx_probe(void)
