@@ -33,6 +33,13 @@
  *     last bits, so whole sequences are bitwise equal across levels only where that code
  *     is (a last-bit difference in h can move a value of the next step's quantization
  *     across a rounding boundary: one unit of p).
+ * AMX (AVX-512 level; a CPU with AMX-TILE and AMX-INT8 whose OS grants the tile state,
+ * cpu.c): tdpbusd, the same u8 x s8 products summed in int32 without saturation, so the
+ * same sums; tiles of 16 rows x 64 bytes, the rows of u padded with zero bytes to a
+ * multiple of 64 (the weights' rows there, h's groups, the next block's or the pack's
+ * zero tail pad, multiply zeros); used from B = 6 (lstm.c), or forced by
+ * set_int8_dynamic_path("amx"). With several threads, each quantizes a share of h's rows
+ * into one buffer, then a barrier.
  * The emulation (a CPU without VNNI, or set_int8_dynamic_native(False)): the u8 and s8
  * bytes split into their even and odd halves widened to int16 (u: a mask and a shift;
  * q: shifts with sign), two vpmaddwd (int16 x int16 pairs summed in int32, exact: no
@@ -63,9 +70,11 @@
  *   s_ih [ceil(H/V)][4][V] float       the weight scales (0 in the padding)
  *   s_hh [ceil(H/V)][4][V] float
  *   b    [4H] float                    b_ih + b_hh (zeros without a bias)
- * Workspace: the step offsets, u_x [T B][KX] bytes and s_x [T B] floats (x's rows), then
- * per thread u_x [B][KX] (one step's x: i8d_products), u_h [B][KH] bytes, s_x [B] and
- * s_h [B] floats. */
+ * (and I8D_QPAD = 4096 zero bytes after q, which AMX's last B tiles may read).
+ * Workspace: the step offsets, u_x [T B + 16][ldx] bytes and s_x [T B] floats (x's
+ * rows), then per thread u_x [16 ceil(B/16)][ldx] (one step's x: i8d_products), u_h
+ * [16 ceil(B/16)][ldh] bytes, s_x and s_h floats; ldx = KX and ldh = KH, with AMX rounded
+ * up to 64 (the sizes: always for AMX). */
 
 #ifndef LSTM_I8D_SCALAR
 #define LSTM_I8D_SCALAR

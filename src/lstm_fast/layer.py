@@ -146,8 +146,9 @@ class LSTM:
         h stay float32 (weight-only: the int8 values are widened back to float32 for
         float32 products, scaled per row). "int8_dynamic" (the same conditions): the
         same int8 weights, and x_t and h_{t-1} quantized per row per step with a
-        symmetric scale, products summed exactly in int32 (vpdpbusd where the CPU has
-        AVX512-VNNI or AVX-VNNI), dequantized per row and gate row. See `quantize` and
+        symmetric scale, products summed exactly in int32 (AMX's tdpbusd where the CPU
+        has AMX-INT8, else vpdpbusd where it has AVX512-VNNI or AVX-VNNI; the same
+        sums), dequantized per row and gate row. See `quantize` and
         the guide for the exact arithmetic and its error.
 
     Attributes
@@ -724,7 +725,7 @@ def quantize(layer, weight_dtype="bfloat16", *, activations=None):
         products accumulated in float32; "int8": weights quantized to int8 with a
         scale per gate row, x and h kept float32 (see ``LSTM``'s ``weight_dtype``);
         "int8_dynamic": the same int8 weights, and x and h quantized too, per row per
-        step (int32 sums: vpdpbusd); the layer's own dtype gives back a plain layer.
+        step (int32 sums: AMX or vpdpbusd); the layer's own dtype gives back a plain layer.
     activations : {None, "float32", "dynamic"}, keyword-only
         With "int8": "float32" (the default, as None) keeps x and h float32
         (weight-only); "dynamic" quantizes them per row per step (the same as

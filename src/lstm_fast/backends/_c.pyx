@@ -165,8 +165,10 @@ def int8_dynamic_path(B=64):
     lv = simd_level()
     p = lstm_i8d_path(B)
     if p == 2:
+        b0 = next(b for b in range(1, 65) if lstm_i8d_path(b) == 2)
+        below = f"; B < {b0}: vpdpbusd" if b0 > 1 else ""
         return ("int8 weights, x and h quantized per row per step, int32 sums by AMX "
-                "(tdpbusd, AMX-INT8; tiles of 16 rows)")
+                f"(tdpbusd, AMX-INT8; tiles of 16 rows{below})")
     if p == 1:
         why = ("; AMX not used: forced (set_int8_dynamic_path('vnni'))"
                if lstm_get_i8d_mode() == 1 and lstm_cpu_has_amx_int8() else "")
