@@ -15,14 +15,16 @@ and the cells are vectors (``simd``; a vector's lanes added by ``vhsum``).
   and ``LN(.) * g_ih + b`` in place. Per step the recurrent product goes to a buffer of its own
   (``zh``, (B, 4H)): a row's statistics need all its 4H values before any gate is activated;
   then per row (``ln_cell``, vectors of V units as cell.py): the recurrent LN added, the gates,
-  c_t, c_t's statistics over H, h~_t = o * tanh(LN(c_t)). Statistics are computed in vectors of the dtype and stored in ``stats`` (N, 6)
-  (columns ``reference.LN_STATS``) in the dtype; the normalization uses the stored values, so
-  backward (which reads them) sees the forward's exact normalized values.
-* Saved for backward: the activated gates, c (as the plain LSTM) and the rows' mean and rstd
-  (``stats``); backward recomputes both products as whole-sequence products before the loop
-  (the same kernels, so the same bits as the forward's) and normalizes them with the saved
-  statistics, so it needs no (N, 4H) arrays from the forward beyond the gates. With ``clip``
-  it tells the clamped gates from those recomputed pre-activations (as the reference).
+  c_t, c_t's statistics over H, h~_t = o * tanh(LN(c_t)). Statistics are computed in vectors of
+  the dtype and stored in ``stats`` (columns ``reference.LN_STATS``) in the dtype; the
+  normalization uses the stored values.
+* Saved for backward: the activated gates, c (as the plain LSTM) and ``stats`` (N, 6 + 8H): the
+  rows' means and rstds, then the normalized products zhat_x and zhat_h (4H each), stored by
+  the forward as it computes them (``ln_input``, ``ln_cell``), so backward recomputes neither
+  product (it did: two products of the forward's size, ~1/3 of the layer norm's extra
+  training time). With ``clip`` backward recomputes the pre-activations from them with the
+  forward's operations to tell the clamped gates (as the reference). Inference passes
+  ``stats`` (N, 6): the normalized products are not kept.
 * Backward step (``ln_cell_grad``): dh = dz_h[t+1].w_hh (+ dy; ``lstm.bwd_dh``), zoneout's
   split, then per row the LN of c_t backward, the gate gradients, and the recurrent LN's
   backward into ``dzh``. After the loop the input LN's backward for all rows, the gains' and
@@ -84,16 +86,24 @@ def row_stats(z, n, st, k):
 
 @njit(**JIT)
 def ln_input(gates, stats, ln, b, r0, r1):
-    """Rows r0..r1 of gates (x.w_ih^T) -> LN(.) * g_ih + b, their statistics into stats[:, 0:2]."""
+    """Rows r0..r1 of gates (x.w_ih^T) -> LN(.) * g_ih + b, their statistics into stats[:, 0:2]
+    and (stats of 6 + 8H columns: saved for backward) the normalized rows into stats[:, 6:6+4H]."""
     G = gates.shape[1]
+    keep = stats.shape[1] > 6
     for r in range(r0, r1):
         z = gates[r]
         st = stats[r]
         row_stats(z, G, st, 0)
         m = st[0]
         rs = st[1]
-        for j in range(G):
-            z[j] = (z[j] - m) * rs * ln[j] + b[j]
+        if keep:
+            for j in range(G):
+                zh = (z[j] - m) * rs
+                st[6 + j] = zh
+                z[j] = zh * ln[j] + b[j]
+        else:
+            for j in range(G):
+                z[j] = (z[j] - m) * rs * ln[j] + b[j]
 
 
 @njit(**PJIT)
@@ -131,9 +141,10 @@ def ln_rec_par(n, H, R, w, hp, zh, num_threads):
 
 
 @njit(**JIT)
-def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, peep, has_peep, clip, cell_clip):
+def ln_cell(gx, zh, hz, cp, c_t, h_t, st, ln, H, peep, has_peep, clip, cell_clip):
     """One row of a forward step: gx (4H) holds LN(x.w_ih^T) * g_ih + b and receives the
-    activated gates; zh (4H) the recurrent product (normalized here, statistics into st[2:4]);
+    activated gates; zh (4H) the recurrent product (normalized here, statistics into st[2:4],
+    the normalized values into hz: the row's zhat_h in stats, or zh itself when not kept);
     cp c_{t-1} (may be c_t: the running state), c_t and h_t = o * tanh(LN(c_t)) written,
     c_t's statistics into st[4:6]. ``var`` the variants (cell.py; no cifg). One vector of V
     units at a time; the pre-activations without fused multiply-adds (``ln_cell_grad``
@@ -147,10 +158,18 @@ def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, peep, has_peep, clip, cell_clip):
     for u in range(0, H, V):
         k = min(V, H - u)
         cpv = vload_n(cp, u, k)
-        zi = vload_n(gx, u, k) + (vload_n(zh, u, k) - m) * rs * vload_n(ln, G + u, k)
-        zf = vload_n(gx, H + u, k) + (vload_n(zh, H + u, k) - m) * rs * vload_n(ln, G + H + u, k)
-        zg = vload_n(gx, 2 * H + u, k) + (vload_n(zh, 2 * H + u, k) - m) * rs * vload_n(ln, G + 2 * H + u, k)
-        zo = vload_n(gx, 3 * H + u, k) + (vload_n(zh, 3 * H + u, k) - m) * rs * vload_n(ln, G + 3 * H + u, k)
+        ni = (vload_n(zh, u, k) - m) * rs
+        nf = (vload_n(zh, H + u, k) - m) * rs
+        ng = (vload_n(zh, 2 * H + u, k) - m) * rs
+        no = (vload_n(zh, 3 * H + u, k) - m) * rs
+        vstore_n(hz, u, ni, k)
+        vstore_n(hz, H + u, nf, k)
+        vstore_n(hz, 2 * H + u, ng, k)
+        vstore_n(hz, 3 * H + u, no, k)
+        zi = vload_n(gx, u, k) + ni * vload_n(ln, G + u, k)
+        zf = vload_n(gx, H + u, k) + nf * vload_n(ln, G + H + u, k)
+        zg = vload_n(gx, 2 * H + u, k) + ng * vload_n(ln, G + 2 * H + u, k)
+        zo = vload_n(gx, 3 * H + u, k) + no * vload_n(ln, G + 3 * H + u, k)
         if has_peep:
             zi = zi + vload_n(peep, u, k) * cpv
             zf = zf + vload_n(peep, H + u, k) * cpv
@@ -193,10 +212,12 @@ def ln_step(r0, r1, H, R, whh_f, hp, cp, gates_t, zh, c_t, h_t, st, ln, var, rec
         ln_rec(r1 - r0, H, R, whh_f, hp[r0:r1], zh[r0:r1], nl(0), (H + lanes(zh) - 1) // lanes(zh))
     peep, has_peep, clip, cell_clip, cifg = var
     G = 4 * H
+    S = st.shape[1]   # 6, or 6 + 8H: zhat_h kept at 6 + 4H
     gp, zp, cpp, cp_, hp_, sp, lp, pp = ptr(gates_t), ptr(zh), ptr(cp), ptr(c_t), ptr(h_t), ptr(st), ptr(ln), ptr(peep)
     for r in range(r0, r1):
-        ln_cell(padd(gp, r * G), padd(zp, r * G), padd(cpp, r * H), padd(cp_, r * H), padd(hp_, r * H),
-                padd(sp, r * 6), lp, H, pp, has_peep, clip, cell_clip)
+        hz = padd(sp, r * S + 6 + G) if S > 6 else padd(zp, r * G)
+        ln_cell(padd(gp, r * G), padd(zp, r * G), hz, padd(cpp, r * H), padd(cp_, r * H), padd(hp_, r * H),
+                padd(sp, r * S), lp, H, pp, has_peep, clip, cell_clip)
 
 
 @njit(**PJIT)
@@ -211,7 +232,8 @@ def ln_forward(x, wih_t, whh_f, b, ln, h0, c0, batch_sizes, y, h_n, c_n, gates, 
                hm, zm, num_threads):
     """Forward of the layer-normalized LSTM into caller-provided arrays, packed layout (as
     ``lstm.lstm_forward``): x (N, I), y (N, H), gates (N, 4H) and c (N, H) every step (also for
-    inference), stats (N, 6) the rows' statistics, zh (B, 4H) and hm (B, H) workspace; h_n, c_n
+    inference), stats (N, 6) the rows' statistics or (N, 6 + 8H) also the normalized products
+    (saved for backward), zh (B, 4H) and hm (B, H) workspace; h_n, c_n
     may be h0, c0. ``ln`` (10H,) = [g_ih, g_hh, g_c, b_c]; b (4H,) the bias (zeros: none).
     ``rdrop`` (B, H), ``zm`` (N, H): the masks, or 0 rows (off)."""
     N, I = x.shape
@@ -383,11 +405,12 @@ def ln_grad(da, zhat, rstd, ln, g0, n, dz):
 
 
 @njit(**JIT)
-def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, stats,
-                xh, hprev, hh, dgates, dzh, dn, dhs, xpan, hpan, dx, dw_ih, dw_hh, db, dh0, dc0, dln, var, dpeep,
+def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, stats,
+                dzx, hprev, dgates, dzh, dn, dhs, xpan, hpan, dx, dw_ih, dw_hh, db, dh0, dc0, dln, var, dpeep,
                 rdrop, zm, dhz, num_threads):
-    """Backpropagation through time of ``ln_forward`` into caller-provided arrays. Workspace:
-    xh, hh, dgates, dzh (N, 4H); hprev, dn (N, H); dhs (B, H); xpan, hpan panels
+    """Backpropagation through time of ``ln_forward`` into caller-provided arrays; stats (N, 6 + 8H)
+    the forward's (statistics and normalized products). Workspace:
+    dzx, dgates, dzh (N, 4H); hprev (N, R), dn (N, H); dhs (B, H); xpan, hpan panels
     [ceil(I/NR)][N][NR], [ceil(H/NR)][N][NR]. Outputs dx (N, I), dw_ih (4H, I), dw_hh (4H, H),
     db (4H,) or (0,) (no bias), dh0, dc0 (B, H), dln (10H,) [dg_ih, dg_hh, dg_c, db_c], dpeep
     (3, H) or 0 rows. ``rdrop`` (B, H), ``zm`` (N, H) with ``dhz`` (B, H) zeros: the masks, or
@@ -398,7 +421,8 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
     G = 4 * H
     T = batch_sizes.shape[0]
     check_steps(batch_sizes, N, B)
-    # h_{t-1} of every row (masked as the forward's product saw it); both products again
+    S = stats.shape[1]
+    # h_{t-1} of every row (masked as the forward's product saw it), for dw_hh
     off = 0
     prev = 0
     for t in range(T):
@@ -409,22 +433,11 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
                 hprev[off + r, k] = v * rdrop[r, k] if rdrop.shape[0] > 0 else v
         prev = off
         off += n
-    gemm(N, G, I, x, False, wih_t, xh, None, num_threads)
-    hh[:] = 0
-    if num_threads > 1 and N * G * R >= PAR_MIN:
-        ln_rec_par(N, H, R, whh_f, hprev, hh, num_threads)
-    else:
-        ln_rec(N, H, R, whh_f, hprev, hh, nl(0), (H + lanes(hh) - 1) // lanes(hh))
-    for r in range(N):
-        mx, rx, mh, rh = stats[r, 0], stats[r, 1], stats[r, 2], stats[r, 3]
-        for j in range(G):
-            xh[r, j] = (xh[r, j] - mx) * rx
-            hh[r, j] = (hh[r, j] - mh) * rh
     # the time loop, last step to first (the rows' operands as pointers: ``ln_cell_grad``)
     dc0[:] = dc_n
     peep, has_peep, clip, cell_clip, cifg = var
     dhp, gp, cpt, c0p, dcp, dgp = ptr(dhs), ptr(gates), ptr(c), ptr(c0), ptr(dc0), ptr(dgates)
-    dzp, dnp, xhp, hhp, sp, lp, bp, pp = ptr(dzh), ptr(dn), ptr(xh), ptr(hh), ptr(stats), ptr(ln), ptr(b), ptr(peep)
+    dzp, dnp, dxp, sp, lp, bp, pp = ptr(dzh), ptr(dn), ptr(dzx), ptr(stats), ptr(ln), ptr(b), ptr(peep)
     off = N
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
@@ -447,8 +460,8 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
             q = off + r
             cp = padd(c0p, r * H) if t == 0 else padd(cpt, (p + r) * H)
             ln_cell_grad(padd(dhp, r * H), padd(gp, q * G), padd(cpt, q * H), cp, padd(dcp, r * H), padd(dgp, q * G),
-                         padd(dzp, q * G), padd(dnp, q * H), padd(xhp, q * G), padd(hhp, q * G), padd(sp, q * 6), lp,
-                         bp, H, pp, has_peep, clip, cell_clip)
+                         padd(dzp, q * G), padd(dnp, q * H), padd(sp, q * S + 6), padd(sp, q * S + 6 + G),
+                         padd(sp, q * S), lp, bp, H, pp, has_peep, clip, cell_clip)
     n0 = batch_sizes[0] if T > 0 else 0
     nt = num_threads if B * G * R >= PAR_MIN else 1
     if dhz.shape[0] > 0:
@@ -465,11 +478,13 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
     for r in range(N):   # per element d * xhat etc. added in row order, one vector of units at a time
         mc, rc = stats[r, 4], stats[r, 5]
         q = r * G
+        xhp = padd(sp, r * S + 6)
+        hhp = padd(sp, r * S + 6 + G)
         for j in range(0, G, V):
             k = min(V, G - j)
             d = vload_n(dgp, q + j, k)
-            vstore_n(dlp, j, vload_n(dlp, j, k) + d * vload_n(xhp, q + j, k), k)
-            vstore_n(dlp, G + j, vload_n(dlp, G + j, k) + d * vload_n(hhp, q + j, k), k)
+            vstore_n(dlp, j, vload_n(dlp, j, k) + d * vload_n(xhp, j, k), k)
+            vstore_n(dlp, G + j, vload_n(dlp, G + j, k) + d * vload_n(hhp, j, k), k)
             if has_b:
                 vstore_n(dbp, j, vload_n(dbp, j, k) + d, k)
         for u in range(0, H, V):
@@ -477,11 +492,11 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
             d = vload_n(dnp, r * H + u, k)
             vstore_n(dlp, G + G + u, vload_n(dlp, G + G + u, k) + d * ((vload_n(cpt, r * H + u, k) - mc) * rc), k)
             vstore_n(dlp, G + G + H + u, vload_n(dlp, G + G + H + u, k) + d, k)
-        ln_grad(padd(dgp, q), padd(xhp, q), stats[r, 1], lp, 0, G, padd(xhp, q))   # xh becomes dz_x
+        ln_grad(padd(dgp, q), xhp, stats[r, 1], lp, 0, G, padd(dxp, q))   # dz_x
     # whole-sequence products: dx = dz_x.w_ih, dw_ih = dz_x^T.x, dw_hh = dz_h^T.h_prev
-    gemm(N, I, G, xh, False, wih, dx, None, num_threads)
+    gemm(N, I, G, dzx, False, wih, dx, None, num_threads)
     pack_b(x, nl(0), N, xpan, nl(0))
-    gemm(G, I, N, xh, True, xpan, dw_ih, None, num_threads)
+    gemm(G, I, N, dzx, True, xpan, dw_ih, None, num_threads)
     pack_b(hprev, nl(0), N, hpan, nl(0))
     gemm(G, R, N, dzh, True, hpan, dw_hh, None, num_threads)
     if dpeep.shape[0] > 0:
