@@ -288,7 +288,7 @@ def _ln_backward(packed, ln, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads
                     _in(as_matrix(h0)), _in(as_matrix(c0)), _in(y), _in(gates), _in(c), _in(dy),
                     _in(as_matrix(dh_n)), _in(as_matrix(dc_n)), _in(bs),
                     _in(np.ascontiguousarray(stats.reshape(N, ln_stats_width(H)), dt)), np.empty((N, G), dt),
-                    np.empty((N, R), dt), np.empty((N, G), dt), np.empty((N, G), dt),
+                    np.empty((N if rdrop is not None else 0, R), dt), np.empty((N, G), dt), np.empty((N, G), dt),
                     np.empty((B, H), dt), pan(I), pan(R), dx, dw_ih, dw_hh, db, as_matrix(dh0), as_matrix(dc0),
                     dln, packed.var, dpeephole if packed.var[1] and dpeephole is not None else none,
                     _mask(rdrop, none), none if zoneout is None else _mask(zoneout.reshape(N, H), none),

@@ -93,21 +93,21 @@ def ln_input(gates, stats, ln, b, r0, r1):
     """Rows r0..r1 of gates (x.w_ih^T) -> LN(.) * g_ih + b, their statistics into stats[:, 0:2]
     and (stats of 6 + 8H columns: saved for backward) the normalized rows into stats[:, 6:6+4H]."""
     G = gates.shape[1]
-    keep = stats.shape[1] > 6
+    S = stats.shape[1]
+    V = lanes(gates)
+    gp, sp, lp, bp = ptr(gates), ptr(stats), ptr(ln), ptr(b)
     for r in range(r0, r1):
-        z = gates[r]
-        st = stats[r]
+        z = padd(gp, r * G)
+        st = padd(sp, r * S)
         row_stats(z, G, st, 0)
-        m = st[0]
-        rs = st[1]
-        if keep:
-            for j in range(G):
-                zh = (z[j] - m) * rs
-                st[6 + j] = zh
-                z[j] = zh * ln[j] + b[j]
-        else:
-            for j in range(G):
-                z[j] = (z[j] - m) * rs * ln[j] + b[j]
+        m = ld(st, 0)
+        rs = ld(st, 1)
+        for j in range(0, G, V):   # vectors of V units, the masked tail as cell.py
+            k = min(V, G - j)
+            zh = (vload_n(z, j, k) - m) * rs
+            if S > 6:
+                vstore_n(st, 6 + j, zh, k)
+            vstore_n(z, j, zh * vload_n(lp, j, k) + vload_n(bp, j, k), k)
 
 
 @njit(**PJIT)
@@ -423,7 +423,7 @@ def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
                 rdrop, zm, dhz, num_threads):
     """Backpropagation through time of ``ln_forward`` into caller-provided arrays; stats (N, 6 + 8H)
     the forward's (statistics and normalized products). Workspace:
-    dzx, dgates, dzh (N, 4H); hprev (N, R); dhs (B, H); xpan, hpan panels
+    dzx, dgates, dzh (N, 4H); hprev (N, R) (with rdrop; else 0 rows); dhs (B, H); xpan, hpan panels
     [ceil(I/NR)][N][NR], [ceil(H/NR)][N][NR]. Outputs dx (N, I), dw_ih (4H, I), dw_hh (4H, H),
     db (4H,) or (0,) (no bias), dh0, dc0 (B, H), dln (10H,) [dg_ih, dg_hh, dg_c, db_c], dpeep
     (3, H) or 0 rows. ``rdrop`` (B, H), ``zm`` (N, H) with ``dhz`` (B, H) zeros: the masks, or
@@ -435,17 +435,6 @@ def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     T = batch_sizes.shape[0]
     check_steps(batch_sizes, N, B)
     S = stats.shape[1]
-    # h_{t-1} of every row (masked as the forward's product saw it), for dw_hh
-    off = 0
-    prev = 0
-    for t in range(T):
-        n = batch_sizes[t]
-        for r in range(n):
-            for k in range(R):
-                v = h0[r, k] if t == 0 else y[prev + r, k]
-                hprev[off + r, k] = v * rdrop[r, k] if rdrop.shape[0] > 0 else v
-        prev = off
-        off += n
     # the time loop, last step to first (the rows' operands as pointers: ``ln_cell_grad``)
     dc0[:] = dc_n
     peep, has_peep, clip, cell_clip, cifg = var
@@ -490,7 +479,27 @@ def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     gemm(N, I, G, dzx, False, wih, dx, None, num_threads)
     pack_b(x, nl(0), N, xpan, nl(0))
     gemm(G, I, N, dzx, True, xpan, dw_ih, None, num_threads)
-    pack_b(hprev, nl(0), N, hpan, nl(0))
+    if rdrop.shape[0] == 0:   # h_{t-1} of every row: h0 at t = 0, else y of step t-1 (as lstm.lstm_backward)
+        n0 = batch_sizes[0] if T > 0 else 0
+        pack_b(h0, nl(0), n0, hpan, nl(0))
+        off = n0
+        prev = 0
+        for t in range(1, T):
+            n = batch_sizes[t]
+            pack_b(y, prev, n, hpan, off)
+            prev = off
+            off += n
+    else:   # masked as the forward's product saw it
+        off = 0
+        prev = 0
+        for t in range(T):
+            n = batch_sizes[t]
+            for r in range(n):
+                for k in range(R):
+                    hprev[off + r, k] = (h0[r, k] if t == 0 else y[prev + r, k]) * rdrop[r, k]
+            prev = off
+            off += n
+        pack_b(hprev, nl(0), N, hpan, nl(0))
     gemm(G, R, N, dzh, True, hpan, dw_hh, None, num_threads)
     if dpeep.shape[0] > 0:
         peephole_grads(dgates, c, c0, batch_sizes, dpeep)
