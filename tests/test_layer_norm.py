@@ -199,6 +199,30 @@ def test_numba_contract_statistics_and_inference(ragged, dtype):
     assert same_bits((y0, h, c), (one[0][0], one[1], one[2]))
 
 
+@pytest.mark.parametrize("name", ["numpy", pytest.param("numba", marks=needs_numba)])
+def test_backward_reads_stats_only(name):
+    """Backward takes the forward's normalized products from ``stats`` without writing them:
+    a second backward from the same saved values (torch's retain_graph) gives the same bits,
+    and ``stats`` is unchanged."""
+    impl = backends.get(name)
+    T, B, I, H = 3, 5, 4, 7
+    a, g = problem(T, B, I, H, seed=9, peephole=True)
+    v = backends.Variant(peephole=np.stack([a["w_ci"], a["w_cf"], a["w_co"]]), clip=1.0,
+                         layer_norm=np.concatenate([a[n] for n in LN_NAMES]))
+    packed = impl.pack(a["w_ih"], a["w_hh"], a["b_ih"] + a["b_hh"], variant=v)
+    st = np.empty((T, B, backends.ln_stats_width(H)))
+    y, _, _, gates, c = impl.forward(packed, a["x"], a["h0"], a["c0"], 1, stats=st)
+    kept = st.copy()
+    res = []
+    for _ in range(2):
+        dp, dln = np.empty((3, H)), np.empty(10 * H)
+        bwd = impl.backward(packed, a["x"], a["h0"], a["c0"], y, gates, c, g["dy"], g["dh_n"],
+                            g["dc_n"], 1, dpeephole=dp, stats=st, dlayer_norm=dln)
+        res.append(tuple(r for r in bwd if r is not None) + (dp, dln))
+    assert same_bits(res[0], res[1])
+    assert same_bits(st, kept)
+
+
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", [(4, 40, 5, 24), (3, 4, 6, 130), (2, 1, 3, 300)],
