@@ -424,7 +424,9 @@ def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
                 rdrop, zm, dhz, num_threads):
     """Backpropagation through time of ``ln_forward`` into caller-provided arrays; stats (N, 6 + 8H)
     the forward's (statistics and normalized products). Workspace:
-    dzx, dgates, dzh (N, 4H); hprev (N, R) (with rdrop; else 0 rows); dhs (B, H); xpan, hpan panels
+    dzx, dzh (N, 4H); dgates (N, 4H) with peepholes (their gradients need every row's gate
+    gradients after the loop), else 0 rows (a row's stay in a scratch row in cache); hprev (N, R)
+    (with rdrop; else 0 rows); dhs (B, H); xpan, hpan panels
     [ceil(I/NR)][N][NR], [ceil(H/NR)][N][NR]. Outputs dx (N, I), dw_ih (4H, I), dw_hh (4H, H),
     db (4H,) or (0,) (no bias), dh0, dc0 (B, H), dln (10H,) [dg_ih, dg_hh, dg_c, db_c], dpeep
     (3, H) or 0 rows. ``rdrop`` (B, H), ``zm`` (N, H) with ``dhz`` (B, H) zeros: the masks, or
@@ -441,7 +443,8 @@ def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     peep, has_peep, clip, cell_clip, cifg = var
     dhp, gp, cpt, c0p, dcp, dgp = ptr(dhs), ptr(gates), ptr(c), ptr(c0), ptr(dc0), ptr(dgates)
     acc = np.zeros(14 * H, dln.dtype)   # the parameters' gradients, summed in the time loop's row order
-    tb = np.empty(2 * H, dln.dtype)
+    tb = np.empty(6 * H, dln.dtype)   # ln_cell_grad's scratch (2H), then a row's gate gradients (4H)
+    keep_dg = dgates.shape[0] > 0
     dzp, dxp, sp, lp, bp, pp, ap, tp = ptr(dzh), ptr(dzx), ptr(stats), ptr(ln), ptr(b), ptr(peep), ptr(acc), ptr(tb)
     off = N
     for t in range(T - 1, -1, -1):
@@ -464,7 +467,8 @@ def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
         for r in range(n):
             q = off + r
             cp = padd(c0p, r * H) if t == 0 else padd(cpt, (p + r) * H)
-            ln_cell_grad(padd(dhp, r * H), padd(gp, q * G), padd(cpt, q * H), cp, padd(dcp, r * H), padd(dgp, q * G),
+            ln_cell_grad(padd(dhp, r * H), padd(gp, q * G), padd(cpt, q * H), cp, padd(dcp, r * H),
+                         padd(dgp, q * G) if keep_dg else padd(tp, 2 * H),
                          padd(dzp, q * G), padd(dxp, q * G), padd(sp, q * S + 6), padd(sp, q * S + 6 + G),
                          padd(sp, q * S), lp, bp, ap, tp, H, pp, has_peep, clip, cell_clip)
     n0 = batch_sizes[0] if T > 0 else 0
