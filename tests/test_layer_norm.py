@@ -182,7 +182,8 @@ def test_numba_contract_statistics_and_inference(ragged, dtype):
     outs = {}
     for name, impl in (("numpy", ref), ("numba", nb)):
         packed = impl.pack(a["w_ih"], a["w_hh"], a["b_ih"] + a["b_hh"], variant=v)
-        stats[name] = np.full((N, 6) if ragged else (T, B, 6), np.nan, dtype)
+        S = backends.ln_stats_width(H)
+        stats[name] = np.full((N, S) if ragged else (T, B, S), np.nan, dtype)
         outs[name] = impl.forward(packed, x, a["h0"], a["c0"], 1, bs, rdrop=rd, zoneout=zmp,
                                   stats=stats[name])
     assert_close(stats["numba"], stats["numpy"], dtype, "stats")
@@ -196,6 +197,30 @@ def test_numba_contract_statistics_and_inference(ragged, dtype):
     h, c = a["h0"].copy(), a["c0"].copy()
     y0 = nb.step(packed, a["x"][0], h, c, 1)
     assert same_bits((y0, h, c), (one[0][0], one[1], one[2]))
+
+
+@pytest.mark.parametrize("name", ["numpy", pytest.param("numba", marks=needs_numba)])
+def test_backward_reads_stats_only(name):
+    """Backward takes the forward's normalized products from ``stats`` without writing them:
+    a second backward from the same saved values (torch's retain_graph) gives the same bits,
+    and ``stats`` is unchanged."""
+    impl = backends.get(name)
+    T, B, I, H = 3, 5, 4, 7
+    a, g = problem(T, B, I, H, seed=9, peephole=True)
+    v = backends.Variant(peephole=np.stack([a["w_ci"], a["w_cf"], a["w_co"]]), clip=1.0,
+                         layer_norm=np.concatenate([a[n] for n in LN_NAMES]))
+    packed = impl.pack(a["w_ih"], a["w_hh"], a["b_ih"] + a["b_hh"], variant=v)
+    st = np.empty((T, B, backends.ln_stats_width(H)))
+    y, _, _, gates, c = impl.forward(packed, a["x"], a["h0"], a["c0"], 1, stats=st)
+    kept = st.copy()
+    res = []
+    for _ in range(2):
+        dp, dln = np.empty((3, H)), np.empty(10 * H)
+        bwd = impl.backward(packed, a["x"], a["h0"], a["c0"], y, gates, c, g["dy"], g["dh_n"],
+                            g["dc_n"], 1, dpeephole=dp, stats=st, dlayer_norm=dln)
+        res.append(tuple(r for r in bwd if r is not None) + (dp, dln))
+    assert same_bits(res[0], res[1])
+    assert same_bits(st, kept)
 
 
 @needs_numba
@@ -223,7 +248,7 @@ def test_numba_same_bits_for_one_and_two_threads(shape, dtype):
     packed = nb.pack(a["w_ih"], a["w_hh"], a["b_ih"] + a["b_hh"], variant=v)
     res = []
     for nt in (1, 2):
-        st = np.empty((x.shape[0], 6), dtype)
+        st = np.empty((x.shape[0], backends.ln_stats_width(H)), dtype)
         y, h_n, c_n, gates, c = nb.forward(packed, x, a["h0"], a["c0"], nt, bs, rdrop=rd,
                                            zoneout=zmp, stats=st)
         dp, dln = np.empty((3, H), dtype), np.empty(10 * H, dtype)
@@ -499,7 +524,8 @@ def test_training_layer_with_masks_equals_the_functional_api():
 @pytest.mark.parametrize("ragged", [False, True], ids=["padded", "lengths"])
 def test_saved_statistics(ragged):
     """The contract's ``stats``: per row mean and 1/sqrt(var + 1e-5) of x @ w_ih.T, of
-    (h_{t-1} * rdrop) @ w_hh.T and of c_t, in the rows' order as the backend saw them."""
+    (h_{t-1} * rdrop) @ w_hh.T and of c_t, then the first two normalized, in the rows'
+    order as the backend saw them."""
     T, B, I, H = 4, 3, 5, 6
     a, _ = problem(T, B, I, H, seed=2)
     zm, rd = masks(T, B, H, 3)
@@ -512,7 +538,9 @@ def test_saved_statistics(ragged):
         x = np.concatenate([a["x"][t, :n] for t, n in enumerate(bs)])
         zmp = np.concatenate([zm[t, :n] for t, n in enumerate(bs)])
     N = x.shape[0] if ragged else T * B
-    stats = np.full((N, 6) if ragged else (T, B, 6), np.nan)
+    S = backends.ln_stats_width(H)
+    assert S == 6 + 8 * H
+    stats = np.full((N, S) if ragged else (T, B, S), np.nan)
     y, _, _, _, c = ref.forward(packed, x, a["h0"], a["c0"], 1, bs, rdrop=rd, zoneout=zmp,
                                 stats=stats)
     xs, ys, cs = x.reshape(N, I), y.reshape(N, H), c.reshape(N, H)
@@ -523,11 +551,15 @@ def test_saved_statistics(ragged):
                       * rd[:n])
         off += n
     h_prev = np.concatenate(h_prev)
-    st = stats.reshape(N, 6)
+    st = stats.reshape(N, S)
     for k, z in enumerate((xs @ a["w_ih"].T, h_prev @ a["w_hh"].T, cs)):
-        np.testing.assert_allclose(st[:, 2 * k], z.mean(axis=1), rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(st[:, 2 * k + 1], 1 / np.sqrt(z.var(axis=1) + 1e-5),
-                                   rtol=1e-12)
+        mean, rstd = z.mean(axis=1), 1 / np.sqrt(z.var(axis=1) + 1e-5)
+        np.testing.assert_allclose(st[:, 2 * k], mean, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(st[:, 2 * k + 1], rstd, rtol=1e-12)
+        if k < 2:   # zhat_x, zhat_h (4H each) after the six statistics
+            zhat = st[:, 6 + 4 * H * k:6 + 4 * H * (k + 1)]
+            np.testing.assert_allclose(zhat, (z - mean[:, None]) * rstd[:, None], rtol=1e-10,
+                                       atol=1e-12)
     assert ref.LN_EPS == 1e-5 and ref.LN_STATS[5] == "rstd_c"
 
 

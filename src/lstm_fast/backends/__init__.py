@@ -46,10 +46,12 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         (variational) dropout mask, already scaled, on h_{t-1} in the recurrent product at
         every step (rows in the order of h0: with batch_sizes, the sorted sequences), or
         None; the matching backward takes the same mask. With ``packed.variant.layer_norm``
-        (the "numpy" and "numba" backends) the caller passes ``stats``, an (N, 6) array
-        ((T, B, 6) padded) that receives each row's layer-norm statistics (mean and rstd
-        of the input product, of the recurrent product and of c_t), or None with
-        save=False; the matching backward takes it back.
+        (the "numpy" and "numba" backends) the caller passes ``stats``, an (N, S) array
+        ((T, B, S) padded, S = ``ln_stats_width(H)`` = 6 + 8H) that receives what the
+        backward needs of each row's layer norms (mean and rstd of the input product, of
+        the recurrent product and of c_t, then the two normalized products: columns in
+        reference.LN_STATS and its docstring), or None with save=False; the matching
+        backward takes it back.
     backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
              dpeephole=None, rdrop=None, zoneout=None, stats=None, dlayer_norm=None)
         -> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr)
@@ -233,6 +235,12 @@ def get(name):
     if mod is None:
         mod = _modules[name] = REGISTRY[name]()
     return mod
+
+
+def ln_stats_width(hidden_size):
+    """Columns of a layer-normalized LSTM's ``stats`` (the contract above): 6 statistics,
+    then the normalized input and recurrent products (4H each)."""
+    return 6 + 8 * hidden_size
 
 
 def as_matrix(state):

@@ -99,10 +99,13 @@ same block swap, ``b = bias`` swapped (our b_ih + b_hh), ``g_c = gamma_h``,
 g_c (H), b_c (H)] (``ln_split``). No projection, no cifg (LN over 3 gates is not defined
 by haste).
 
-The statistics of every row are saved for backward in ``stats`` (N, 6) (padded: (T, B, 6)),
-columns ``LN_STATS = (mean_x, rstd_x, mean_h, rstd_h, mean_c, rstd_c)``. Backward
-recomputes the two products (whole-sequence products before the loop: every h_{t-1} is
-known from y) and takes the normalized values from the saved statistics. With
+What backward needs of the layer norms is saved in ``stats`` (N, 6 + 8H) (padded:
+(T, B, 6 + 8H); ``ln_stats_width``): per row the statistics, columns
+``LN_STATS = (mean_x, rstd_x, mean_h, rstd_h, mean_c, rstd_c)``, then the normalized
+products ``zhat_x = (x_t @ w_ih.T - mean_x) * rstd_x`` (4H) and ``zhat_h`` (4H, of the
+recurrent product) as the forward computed them: backward recomputes neither product (it
+did until issue 15's training-cost work: two products of the forward's size again) and
+normalizes only c_t again (from c and the saved mean_c, rstd_c). With
 ``zhat = (z - mean) * rstd`` and ``dzhat = dout * g``, the LN backward of one row is
 ``dz = rstd * (dzhat - mean(dzhat) - zhat * mean(dzhat * zhat))`` and ``dg = sum dout * zhat``
 (``db_c = sum dout``)::
@@ -117,8 +120,8 @@ known from y) and takes the normalized values from the saved statistics. With
     db_c  = sum dn
 
 For the fused kernels (Numba's: backends/numba/lnorm.py, which follows this note with the
-statistics saved and both products recomputed in backward; C's not written yet), where the
-row statistics must be computed:
+statistics and both normalized products saved; C's not written yet), where the row
+statistics must be computed:
 forward, the input product's statistics for all rows at once after the hoisted
 ``x @ w_ih.T`` (one pass per row over its 4H values; then normalize, times g_ih, plus b:
 the buffer holds what the plain kernel's holds after its bias). Per step the recurrent
@@ -128,9 +131,9 @@ elementwise pass up to c_t, then c_t's statistics over H, then h~_t. Where a ste
 threads split the units (C), each row's statistics span every thread's columns: two
 more synchronisations per step (or per-thread partial sums reduced in a fixed order, so
 the bits do not depend on the thread count); where they split the rows (Numba) the
-statistics stay in the thread. Backward: the saved statistics plus ``zhat_x``, ``zhat_h``
-from two whole-sequence products before the loop (or both saved by forward, 2 (N, 4H));
-per step two row reductions over H (c's LN) and two over 4H (the recurrent LN) before
+statistics stay in the thread; the forward writes ``zhat_x`` and ``zhat_h`` (the values it
+multiplies by the gains) into ``stats`` as it computes them. Backward: the saved
+statistics and normalized products; per step two row reductions over H (c's LN) and two over 4H (the recurrent LN) before
 ``dh_{t-1} = dz_h @ w_hh``; the input LN's backward for all rows after the loop; the gains'
 and c bias's gradients are column sums, as db.
 """
@@ -139,7 +142,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import Variant, as_matrix
+from . import Variant, as_matrix, ln_stats_width
 
 GATE_ORDER = ("i", "f", "g", "o")
 
@@ -175,8 +178,9 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
     """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes.
 
     ``layer_norm`` (10H,) [g_ih, g_hh, g_c, b_c]: the layer-normalized LSTM (module
-    docstring); ``stats`` then an array (N, 6) (padded (T, B, 6)) that receives the rows'
-    statistics ``LN_STATS`` for backward, or None (not kept).
+    docstring); ``stats`` then an array (N, 6 + 8H) (padded (T, B, 6 + 8H),
+    ``ln_stats_width``) that receives what backward needs (the rows' statistics
+    ``LN_STATS``, then the normalized input and recurrent products), or None (not kept).
 
     ``peephole`` (3, H) rows w_ci, w_cf, w_co, ``clip`` and ``cell_clip`` (> 0: on) are
     the variants of the module docstring; gates are then the activated clamped gates and
@@ -411,6 +415,9 @@ LN_EPS = 1e-5   # haste lib/layer_norm_forward_gpu.cu.cc: rsqrt(var + 1e-5); F.l
 LN_STATS = ("mean_x", "rstd_x", "mean_h", "rstd_h", "mean_c", "rstd_c")   # columns of stats
 
 
+# ln_stats_width(H): the columns of ``stats``, LN_STATS then zhat_x (4H) then zhat_h (4H)
+
+
 def ln_split(layer_norm):
     """(g_ih (4H,), g_hh (4H,), g_c (H,), b_c (H,)): views of the (10H,) ``layer_norm``."""
     H = layer_norm.shape[0] // 10
@@ -419,15 +426,17 @@ def ln_split(layer_norm):
 
 
 def layer_norm_rows(z, gain, bias=None):
-    """``(LN(z) * gain [+ bias], mean, rstd)`` over the last axis of each row of z (n, F):
-    the biased variance, ``rstd = 1 / sqrt(var + LN_EPS)``; mean and rstd (n,)."""
+    """``(LN(z) * gain [+ bias], zhat, mean, rstd)`` over the last axis of each row of z
+    (n, F): ``zhat = (z - mean) * rstd``, the biased variance, ``rstd = 1 / sqrt(var +
+    LN_EPS)``; mean and rstd (n,)."""
     mean = z.mean(axis=1)
     d = z - mean[:, None]
     rstd = 1 / np.sqrt((d * d).mean(axis=1) + z.dtype.type(LN_EPS))
-    out = d * rstd[:, None] * gain
+    zhat = d * rstd[:, None]
+    out = zhat * gain
     if bias is not None:
         out += bias
-    return out, mean, rstd
+    return out, zhat, mean, rstd
 
 
 def layer_norm_rows_grad(dout, zhat, rstd, gain):
@@ -446,9 +455,10 @@ def _ln_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, peephole, clip, cell_clip
     N, H = xp.shape[0], w_ih.shape[0] // 4
     g_ih, g_hh, g_c, b_c = ln_split(layer_norm)
     zm = None if zoneout is None else zoneout.reshape(N, H)
-    st = np.empty((N, 6), x.dtype)
+    G, S = 4 * H, len(LN_STATS)
+    st = np.empty((N, ln_stats_width(H)), x.dtype)
     # the input product and its LN, all steps at once; then the bias
-    gates, st[:, 0], st[:, 1] = layer_norm_rows(xp @ w_ih.T, g_ih)
+    gates, st[:, S:S + G], st[:, 0], st[:, 1] = layer_norm_rows(xp @ w_ih.T, g_ih)
     if b is not None:
         gates += b
     y = np.empty((N, H), x.dtype)
@@ -457,10 +467,11 @@ def _ln_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, peephole, clip, cell_clip
     for off, n in steps:
         a = gates[off:off + n]
         h_in = h_state[:n] if rdrop is None else h_state[:n] * rdrop[:n]
-        a_h, st[off:off + n, 2], st[off:off + n, 3] = layer_norm_rows(h_in @ w_hh.T, g_hh)
+        rows = st[off:off + n]
+        a_h, rows[:, S + G:], rows[:, 2], rows[:, 3] = layer_norm_rows(h_in @ w_hh.T, g_hh)
         a += a_h
         c_state[:n] = _variant_cell(a, c_state[:n], H, peephole, clip, cell_clip)
-        n_c, st[off:off + n, 4], st[off:off + n, 5] = layer_norm_rows(c_state[:n], g_c, b_c)
+        n_c, _, rows[:, 4], rows[:, 5] = layer_norm_rows(c_state[:n], g_c, b_c)
         h_new = a[:, 3 * H:] * np.tanh(n_c)
         if zm is not None:
             h_new = h_state[:n] + zm[off:off + n] * (h_new - h_state[:n])
@@ -468,7 +479,7 @@ def _ln_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, peephole, clip, cell_clip
         c[off:off + n] = c_state[:n]
         y[off:off + n] = h_state[:n]
     if stats is not None:
-        stats.reshape(N, 6)[...] = st
+        stats.reshape(N, st.shape[1])[...] = st
     if batch_sizes is None:
         T, B = x.shape[:2]
         y, gates, c = y.reshape(T, B, H), gates.reshape(T, B, 4 * H), c.reshape(T, B, H)
@@ -482,10 +493,12 @@ def _ln_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes
     N, H = xp.shape[0], w_ih.shape[0] // 4
     g_ih, g_hh, g_c, b_c = ln_split(layer_norm)
     y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
-    st = stats.reshape(N, 6)
+    G, S = 4 * H, len(LN_STATS)
+    st = stats.reshape(N, ln_stats_width(H))
     zm = None if zoneout is None else zoneout.reshape(N, H)
-    # h_{t-1} of every row (masked as the recurrent product saw it), then both products
-    # again, normalized with the saved statistics: whole-sequence products before the loop
+    # the forward's normalized products; h_{t-1} of every row (masked as the recurrent
+    # product saw it) for dw_hh
+    xhat, hhat = st[:, S:S + G], st[:, S + G:]
     h_prev = np.empty((N, H), x.dtype)
     for t, (off, n) in enumerate(steps):
         if t:
@@ -495,8 +508,6 @@ def _ln_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes
             h_prev[off:off + n] = h0[:n]
         if rdrop is not None:
             h_prev[off:off + n] *= rdrop[:n]
-    xhat = (xp @ w_ih.T - st[:, 0:1]) * st[:, 1:2]
-    hhat = (h_prev @ w_hh.T - st[:, 2:3]) * st[:, 3:4]
     chat = (c - st[:, 4:5]) * st[:, 5:6]
     if clip > 0:    # where the clip let the gradient through: the pre-activations again
         pre = xhat * g_ih + hhat * g_hh

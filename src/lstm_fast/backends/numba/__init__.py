@@ -50,7 +50,7 @@ LSTM's first use measured 33.3 + 31.7 s in the same session (its kernels unchang
 import numba
 import numpy as np
 
-from .. import as_matrix
+from .. import as_matrix, ln_stats_width
 from .lnorm import ln_backward, ln_forward
 from .lstm import FWD_CHUNK_BYTES, lstm_backward, lstm_forward
 from .packed import Packed, pack
@@ -159,7 +159,8 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
             stats=None):
     """-> (y, h_n, c_n, gates, c); gates and c None with save=False (the contract:
     lstm_fast.backends). out=(y, h_n, c_n), any of them None, receives the outputs.
-    Layer norm: ``stats`` (T, B, 6) or (N, 6) receives the rows' statistics (or None)."""
+    Layer norm: ``stats`` (T, B, 6 + 8H) or (N, 6 + 8H) receives what backward needs (the rows'
+    statistics and normalized products; ``backends.ln_stats_width``), or None."""
     ln = _ln(packed)
     if ln is not None:
         return _ln_forward(packed, ln, x, h0, c0, num_threads, batch_sizes, save, out, rdrop, zoneout, stats)
@@ -190,7 +191,7 @@ def _ln_forward(packed, ln, x, h0, c0, num_threads, batch_sizes, save, out, rdro
     N, (B, R), H, dt = xp.shape[0], h0.shape[-2:], packed.hidden_size, packed.dtype
     G = 4 * H
     gates, c = np.empty((N, G), dt), np.empty((N, H), dt)
-    st = np.empty((N, 6), dt) if stats is None else stats.reshape(N, 6)
+    st = np.empty((N, 6), dt) if stats is None else stats.reshape(N, ln_stats_width(H))   # (N, 6): not kept
     none = _none(dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
@@ -283,11 +284,12 @@ def _ln_backward(packed, ln, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads
     none = _none(dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     with _numba_threads(n):
-        ln_backward(_in(xp), packed.wih_t, packed.wih, packed.whh_f, packed.whh_b, packed.b, ln,
+        ln_backward(_in(xp), packed.wih, packed.whh_b, packed.b, ln,
                     _in(as_matrix(h0)), _in(as_matrix(c0)), _in(y), _in(gates), _in(c), _in(dy),
                     _in(as_matrix(dh_n)), _in(as_matrix(dc_n)), _in(bs),
-                    _in(np.ascontiguousarray(stats.reshape(N, 6), dt)), np.empty((N, G), dt), np.empty((N, R), dt),
-                    np.empty((N, G), dt), np.empty((N, G), dt), np.empty((N, G), dt), np.empty((N, H), dt),
+                    _in(np.ascontiguousarray(stats.reshape(N, ln_stats_width(H)), dt)), np.empty((N, G), dt),
+                    np.empty((N if rdrop is not None else 0, R), dt),
+                    np.empty((N if packed.var[1] and dpeephole is not None else 0, G), dt), np.empty((N, G), dt),
                     np.empty((B, H), dt), pan(I), pan(R), dx, dw_ih, dw_hh, db, as_matrix(dh0), as_matrix(dc0),
                     dln, packed.var, dpeephole if packed.var[1] and dpeephole is not None else none,
                     _mask(rdrop, none), none if zoneout is None else _mask(zoneout.reshape(N, H), none),

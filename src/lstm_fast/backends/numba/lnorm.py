@@ -15,28 +15,35 @@ and the cells are vectors (``simd``; a vector's lanes added by ``vhsum``).
   and ``LN(.) * g_ih + b`` in place. Per step the recurrent product goes to a buffer of its own
   (``zh``, (B, 4H)): a row's statistics need all its 4H values before any gate is activated;
   then per row (``ln_cell``, vectors of V units as cell.py): the recurrent LN added, the gates,
-  c_t, c_t's statistics over H, h~_t = o * tanh(LN(c_t)). Statistics are computed in vectors of the dtype and stored in ``stats`` (N, 6)
-  (columns ``reference.LN_STATS``) in the dtype; the normalization uses the stored values, so
-  backward (which reads them) sees the forward's exact normalized values.
-* Saved for backward: the activated gates, c (as the plain LSTM) and the rows' mean and rstd
-  (``stats``); backward recomputes both products as whole-sequence products before the loop
-  (the same kernels, so the same bits as the forward's) and normalizes them with the saved
-  statistics, so it needs no (N, 4H) arrays from the forward beyond the gates. With ``clip``
-  it tells the clamped gates from those recomputed pre-activations (as the reference).
+  c_t, c_t's statistics over H, h~_t = o * tanh(LN(c_t)). Statistics are computed in vectors of
+  the dtype and stored in ``stats`` (columns ``reference.LN_STATS``) in the dtype; the
+  normalization uses the stored values.
+* Saved for backward: the activated gates, c (as the plain LSTM) and ``stats`` (N, 6 + 8H): the
+  rows' means and rstds, then the normalized products zhat_x and zhat_h (4H each), stored by
+  the forward as it computes them (``ln_input``, ``ln_cell``), so backward recomputes neither
+  product (it did: two products of the forward's size, ~70% of the layer norm's extra training
+  time at (32, 64, 256, 256)); the price is memory, 8H more values per row than the plain
+  LSTM's 5H (gates and c) kept for backward. With ``clip`` backward recomputes the pre-activations from them with the
+  forward's operations to tell the clamped gates (as the reference). Inference passes
+  ``stats`` (N, 6): the normalized products are not kept.
 * Backward step (``ln_cell_grad``): dh = dz_h[t+1].w_hh (+ dy; ``lstm.bwd_dh``), zoneout's
-  split, then per row the LN of c_t backward, the gate gradients, and the recurrent LN's
-  backward into ``dzh``. After the loop the input LN's backward for all rows, the gains' and
-  c bias's gradients (column sums in row order), dx, dw_ih, dw_hh (GEMMs) and db.
+  split, then per row in three passes: the LN of c_t backward; the gate gradients with the
+  sums of both product LNs' backward; the gradients of both products through their LNs (dzh,
+  dzx) with the row's terms of the gains', the c bias's and the bias's gradients (summed in the
+  time loop's row order, last step first: while the row is in cache, instead of column sums
+  over all rows after the loop). After the loop dx, dw_ih, dw_hh (GEMMs).
 * Threads: the forward splits each step's rows (>= ROWS_PER_THREAD per thread; recurrent
   product and cells in one parallel region) or else the recurrent product's hidden blocks; the
   backward's time loop runs on the calling thread with dh's blocks split; the GEMMs split
   output tiles. Every value is computed by the same operations in the same order whatever the
-  partition (column sums in row order, on one thread): the bits do not depend on the thread count.
+  partition (the parameters' sums in the time loop, on one thread): the bits do not depend on the
+  thread count.
 * No projection and no cifg (as the reference; the caller raises).
 """
 
 import math
 
+import numpy as np
 from numba import njit, prange
 
 from .cell import vclamp
@@ -84,16 +91,24 @@ def row_stats(z, n, st, k):
 
 @njit(**JIT)
 def ln_input(gates, stats, ln, b, r0, r1):
-    """Rows r0..r1 of gates (x.w_ih^T) -> LN(.) * g_ih + b, their statistics into stats[:, 0:2]."""
+    """Rows r0..r1 of gates (x.w_ih^T) -> LN(.) * g_ih + b, their statistics into stats[:, 0:2]
+    and (stats of 6 + 8H columns: saved for backward) the normalized rows into stats[:, 6:6+4H]."""
     G = gates.shape[1]
+    S = stats.shape[1]
+    V = lanes(gates)
+    gp, sp, lp, bp = ptr(gates), ptr(stats), ptr(ln), ptr(b)
     for r in range(r0, r1):
-        z = gates[r]
-        st = stats[r]
+        z = padd(gp, r * G)
+        st = padd(sp, r * S)
         row_stats(z, G, st, 0)
-        m = st[0]
-        rs = st[1]
-        for j in range(G):
-            z[j] = (z[j] - m) * rs * ln[j] + b[j]
+        m = ld(st, 0)
+        rs = ld(st, 1)
+        for j in range(0, G, V):   # vectors of V units, the masked tail as cell.py
+            k = min(V, G - j)
+            zh = (vload_n(z, j, k) - m) * rs
+            if S > 6:
+                vstore_n(st, 6 + j, zh, k)
+            vstore_n(z, j, zh * vload_n(lp, j, k) + vload_n(bp, j, k), k)
 
 
 @njit(**PJIT)
@@ -131,9 +146,10 @@ def ln_rec_par(n, H, R, w, hp, zh, num_threads):
 
 
 @njit(**JIT)
-def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, peep, has_peep, clip, cell_clip):
+def ln_cell(gx, zh, hz, cp, c_t, h_t, st, ln, H, peep, has_peep, clip, cell_clip):
     """One row of a forward step: gx (4H) holds LN(x.w_ih^T) * g_ih + b and receives the
-    activated gates; zh (4H) the recurrent product (normalized here, statistics into st[2:4]);
+    activated gates; zh (4H) the recurrent product (normalized here, statistics into st[2:4],
+    the normalized values into hz: the row's zhat_h in stats, or zh itself when not kept);
     cp c_{t-1} (may be c_t: the running state), c_t and h_t = o * tanh(LN(c_t)) written,
     c_t's statistics into st[4:6]. ``var`` the variants (cell.py; no cifg). One vector of V
     units at a time; the pre-activations without fused multiply-adds (``ln_cell_grad``
@@ -147,10 +163,18 @@ def ln_cell(gx, zh, cp, c_t, h_t, st, ln, H, peep, has_peep, clip, cell_clip):
     for u in range(0, H, V):
         k = min(V, H - u)
         cpv = vload_n(cp, u, k)
-        zi = vload_n(gx, u, k) + (vload_n(zh, u, k) - m) * rs * vload_n(ln, G + u, k)
-        zf = vload_n(gx, H + u, k) + (vload_n(zh, H + u, k) - m) * rs * vload_n(ln, G + H + u, k)
-        zg = vload_n(gx, 2 * H + u, k) + (vload_n(zh, 2 * H + u, k) - m) * rs * vload_n(ln, G + 2 * H + u, k)
-        zo = vload_n(gx, 3 * H + u, k) + (vload_n(zh, 3 * H + u, k) - m) * rs * vload_n(ln, G + 3 * H + u, k)
+        ni = (vload_n(zh, u, k) - m) * rs
+        nf = (vload_n(zh, H + u, k) - m) * rs
+        ng = (vload_n(zh, 2 * H + u, k) - m) * rs
+        no = (vload_n(zh, 3 * H + u, k) - m) * rs
+        vstore_n(hz, u, ni, k)
+        vstore_n(hz, H + u, nf, k)
+        vstore_n(hz, 2 * H + u, ng, k)
+        vstore_n(hz, 3 * H + u, no, k)
+        zi = vload_n(gx, u, k) + ni * vload_n(ln, G + u, k)
+        zf = vload_n(gx, H + u, k) + nf * vload_n(ln, G + H + u, k)
+        zg = vload_n(gx, 2 * H + u, k) + ng * vload_n(ln, G + 2 * H + u, k)
+        zo = vload_n(gx, 3 * H + u, k) + no * vload_n(ln, G + 3 * H + u, k)
         if has_peep:
             zi = zi + vload_n(peep, u, k) * cpv
             zf = zf + vload_n(peep, H + u, k) * cpv
@@ -193,10 +217,12 @@ def ln_step(r0, r1, H, R, whh_f, hp, cp, gates_t, zh, c_t, h_t, st, ln, var, rec
         ln_rec(r1 - r0, H, R, whh_f, hp[r0:r1], zh[r0:r1], nl(0), (H + lanes(zh) - 1) // lanes(zh))
     peep, has_peep, clip, cell_clip, cifg = var
     G = 4 * H
+    S = st.shape[1]   # 6, or 6 + 8H: zhat_h kept at 6 + 4H
     gp, zp, cpp, cp_, hp_, sp, lp, pp = ptr(gates_t), ptr(zh), ptr(cp), ptr(c_t), ptr(h_t), ptr(st), ptr(ln), ptr(peep)
     for r in range(r0, r1):
-        ln_cell(padd(gp, r * G), padd(zp, r * G), padd(cpp, r * H), padd(cp_, r * H), padd(hp_, r * H),
-                padd(sp, r * 6), lp, H, pp, has_peep, clip, cell_clip)
+        hz = padd(sp, r * S + 6 + G) if S > 6 else padd(zp, r * G)
+        ln_cell(padd(gp, r * G), padd(zp, r * G), hz, padd(cpp, r * H), padd(cp_, r * H), padd(hp_, r * H),
+                padd(sp, r * S), lp, H, pp, has_peep, clip, cell_clip)
 
 
 @njit(**PJIT)
@@ -211,7 +237,8 @@ def ln_forward(x, wih_t, whh_f, b, ln, h0, c0, batch_sizes, y, h_n, c_n, gates, 
                hm, zm, num_threads):
     """Forward of the layer-normalized LSTM into caller-provided arrays, packed layout (as
     ``lstm.lstm_forward``): x (N, I), y (N, H), gates (N, 4H) and c (N, H) every step (also for
-    inference), stats (N, 6) the rows' statistics, zh (B, 4H) and hm (B, H) workspace; h_n, c_n
+    inference), stats (N, 6) the rows' statistics or (N, 6 + 8H) also the normalized products
+    (saved for backward), zh (B, 4H) and hm (B, H) workspace; h_n, c_n
     may be h0, c0. ``ln`` (10H,) = [g_ih, g_hh, g_c, b_c]; b (4H,) the bias (zeros: none).
     ``rdrop`` (B, H), ``zm`` (N, H): the masks, or 0 rows (off)."""
     N, I = x.shape
@@ -276,13 +303,18 @@ def keep(d, z, clip):
 
 
 @njit(**JIT)
-def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, peep, has_peep, clip, cell_clip):
+def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dzx, xh, hh, st, ln, b, acc, tb, H, peep, has_peep, clip, cell_clip):
     """One row of a backward step: dm (H) the gradient reaching h~_t (dy and zoneout included),
     g_t the saved gates, c_t, cp c_{t-1}; dc (H) the running gradient of c (becomes that of
-    c_{t-1}); writes the gate gradients dg (4H), dzh (4H) the gradient of the recurrent product
-    (through its LN) and dn (H) that of LN(c_t). xh, hh (4H): the normalized products (for the
-    clip's pre-activations, recomputed with the forward's operations). One vector of V units
-    at a time, the LN's sums in vector partial sums (``vhsum``). Operands are pointers (``padd``)."""
+    c_{t-1}); writes the gate gradients dg (4H) and the gradients of both products through their
+    LNs, dzh (4H, the recurrent one) and dzx (4H, the input one), and adds the row's terms of the
+    parameters' gradients to acc (14H: dg_ih, dg_hh, dg_c, db_c as ``dln``, then db). xh, hh
+    (4H): the forward's normalized products (also the clip's pre-activations, recomputed with
+    the forward's operations); tb (2H) scratch. Three passes over the row, one vector of V units
+    at a time: c_t's LN backward (tanh(LN(c_t)) and dn g_c kept in tb, its two sums), the gates
+    (with both product LNs' sums, a vector partial sum each, gates added pairwise), then dzh and
+    dzx. The sums' lanes added by ``vhsum``: a fixed order whatever the threads. Operands are
+    pointers (``padd``)."""
     G = 4 * H
     V = lanes(dm)
     mc = ld(st, 4)
@@ -295,12 +327,19 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, peep, 
         gc = vload_n(ln, G + G + u, k)
         tn = vtanh(ch * gc + vload_n(ln, G + G + H + u, k))
         d = vload_n(dm, u, k) * vload_n(g_t, 3 * H + u, k) * (1.0 - tn * tn)
-        vstore_n(dn, u, d, k)
+        vstore_n(acc, G + G + u, vload_n(acc, G + G + u, k) + d * ch, k)            # dg_c
+        vstore_n(acc, G + G + H + u, vload_n(acc, G + G + H + u, k) + d, k)         # db_c
+        vstore_n(tb, u, tn, k)
         d = d * gc   # (0 in the lanes past H: the loads are masked)
+        vstore_n(tb, H + u, d, k)
         s1 = s1 + d
         s2 = s2 + d * ch
     m1 = vhsum(s1) / H
     m2 = vhsum(s2) / H
+    ax = vzero(dm)
+    qx = vzero(dm)
+    ah = vzero(dm)
+    qh = vzero(dm)
     for u in range(0, H, V):
         k = min(V, H - u)
         i = vload_n(g_t, u, k)
@@ -310,8 +349,7 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, peep, 
         ct = vload_n(c_t, u, k)
         cpv = vload_n(cp, u, k)
         ch = (ct - mc) * rc
-        gc = vload_n(ln, G + G + u, k)
-        tn = vtanh(ch * gc + vload_n(ln, G + G + H + u, k))
+        tn = vload_n(tb, u, k)
         dgo = vload_n(dm, u, k) * tn * o * (1.0 - o)
         if clip > 0:
             zo = vload_n(xh, 3 * H + u, k) * vload_n(ln, 3 * H + u, k) + vload_n(b, 3 * H + u, k) + \
@@ -319,7 +357,7 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, peep, 
             if has_peep:
                 zo = zo + vload_n(peep, 2 * H + u, k) * ct
             dgo = keep(dgo, zo, clip)
-        dcv = vload_n(dc, u, k) + rc * (vload_n(dn, u, k) * gc - m1 - ch * m2)
+        dcv = vload_n(dc, u, k) + rc * (vload_n(tb, H + u, k) - m1 - ch * m2)
         if has_peep:
             dcv = dcv + vload_n(peep, 2 * H + u, k) * dgo
         if cell_clip > 0:
@@ -343,51 +381,52 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dn, xh, hh, st, ln, b, H, peep, 
         vstore_n(dg, H + u, dgf, k)
         vstore_n(dg, 2 * H + u, dgg, k)
         vstore_n(dg, 3 * H + u, dgo, k)
+        # the sums of both product LNs' backward: d g and d g zhat, gates added pairwise
+        ei = dgi * vload_n(ln, u, k)
+        ef = dgf * vload_n(ln, H + u, k)
+        eg = dgg * vload_n(ln, 2 * H + u, k)
+        eo = dgo * vload_n(ln, 3 * H + u, k)
+        ax = ax + ((ei + ef) + (eg + eo))
+        qx = qx + ((ei * vload_n(xh, u, k) + ef * vload_n(xh, H + u, k)) +
+                   (eg * vload_n(xh, 2 * H + u, k) + eo * vload_n(xh, 3 * H + u, k)))
+        ei = dgi * vload_n(ln, G + u, k)
+        ef = dgf * vload_n(ln, G + H + u, k)
+        eg = dgg * vload_n(ln, G + 2 * H + u, k)
+        eo = dgo * vload_n(ln, G + 3 * H + u, k)
+        ah = ah + ((ei + ef) + (eg + eo))
+        qh = qh + ((ei * vload_n(hh, u, k) + ef * vload_n(hh, H + u, k)) +
+                   (eg * vload_n(hh, 2 * H + u, k) + eo * vload_n(hh, 3 * H + u, k)))
         dcp = dcv * f
         if has_peep:
             dcp = dcp + vload_n(peep, u, k) * dgi + vload_n(peep, H + u, k) * dgf
         vstore_n(dc, u, dcp, k)
-    ln_grad(dg, hh, ld(st, 3), ln, G, G, dzh)
+    mx1 = vhsum(ax) / G
+    mx2 = vhsum(qx) / G
+    mh1 = vhsum(ah) / G
+    mh2 = vhsum(qh) / G
+    rx = ld(st, 1)
+    rh = ld(st, 3)
+    for j in range(0, G, V):   # dz = rstd (d g - mean(d g) - zhat mean(d g zhat)); the parameters' terms
+        k = min(V, G - j)
+        d = vload_n(dg, j, k)
+        xv = vload_n(xh, j, k)
+        hv = vload_n(hh, j, k)
+        vstore_n(dzx, j, rx * (d * vload_n(ln, j, k) - mx1 - xv * mx2), k)
+        vstore_n(dzh, j, rh * (d * vload_n(ln, G + j, k) - mh1 - hv * mh2), k)
+        vstore_n(acc, j, vload_n(acc, j, k) + d * xv, k)                  # dg_ih
+        vstore_n(acc, G + j, vload_n(acc, G + j, k) + d * hv, k)          # dg_hh
+        vstore_n(acc, G + G + H + H + j, vload_n(acc, G + G + H + H + j, k) + d, k)   # db
 
 
 @njit(**JIT)
-def ln_grad(da, zhat, rstd, ln, g0, n, dz):
-    """dz = rstd (da g - mean(da g) - zhat mean(da g zhat)): the backward of zhat * g, zhat the
-    normalized row, g = ln[g0:g0 + n]. dz may be zhat. Pointers (or arrays). The sums in
-    vectors of V lanes, two partial sums each (blocks of V units, alternating), their lanes
-    added pairwise at the end (``vhsum``): a fixed order whatever the threads."""
-    V = lanes(da)
-    g = padd(ln, g0)
-    a0 = vzero(da)
-    a1 = vzero(da)
-    q0 = vzero(da)
-    q1 = vzero(da)
-    n2 = n - n % (2 * V)
-    for j in range(0, n2, 2 * V):
-        d0 = vload(da, j) * vload(g, j)
-        d1 = vload(da, j + V) * vload(g, j + V)
-        a0 = a0 + d0
-        a1 = a1 + d1
-        q0 = q0 + d0 * vload(zhat, j)
-        q1 = q1 + d1 * vload(zhat, j + V)
-    for j in range(n2, n, V):
-        k = min(V, n - j)
-        d0 = vload_n(da, j, k) * vload_n(g, j, k)
-        a0 = a0 + d0
-        q0 = q0 + d0 * vload_n(zhat, j, k)
-    m1 = vhsum(a0 + a1) / n
-    m2 = vhsum(q0 + q1) / n
-    for j in range(0, n, V):
-        k = min(V, n - j)
-        vstore_n(dz, j, rstd * (vload_n(da, j, k) * vload_n(g, j, k) - m1 - vload_n(zhat, j, k) * m2), k)
-
-
-@njit(**JIT)
-def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, stats,
-                xh, hprev, hh, dgates, dzh, dn, dhs, xpan, hpan, dx, dw_ih, dw_hh, db, dh0, dc0, dln, var, dpeep,
+def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, stats,
+                dzx, hprev, dgates, dzh, dhs, xpan, hpan, dx, dw_ih, dw_hh, db, dh0, dc0, dln, var, dpeep,
                 rdrop, zm, dhz, num_threads):
-    """Backpropagation through time of ``ln_forward`` into caller-provided arrays. Workspace:
-    xh, hh, dgates, dzh (N, 4H); hprev, dn (N, H); dhs (B, H); xpan, hpan panels
+    """Backpropagation through time of ``ln_forward`` into caller-provided arrays; stats (N, 6 + 8H)
+    the forward's (statistics and normalized products). Workspace:
+    dzx, dzh (N, 4H); dgates (N, 4H) with peepholes (their gradients need every row's gate
+    gradients after the loop), else 0 rows (a row's stay in a scratch row in cache); hprev (N, R)
+    (with rdrop; else 0 rows); dhs (B, H); xpan, hpan panels
     [ceil(I/NR)][N][NR], [ceil(H/NR)][N][NR]. Outputs dx (N, I), dw_ih (4H, I), dw_hh (4H, H),
     db (4H,) or (0,) (no bias), dh0, dc0 (B, H), dln (10H,) [dg_ih, dg_hh, dg_c, db_c], dpeep
     (3, H) or 0 rows. ``rdrop`` (B, H), ``zm`` (N, H) with ``dhz`` (B, H) zeros: the masks, or
@@ -398,33 +437,15 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
     G = 4 * H
     T = batch_sizes.shape[0]
     check_steps(batch_sizes, N, B)
-    # h_{t-1} of every row (masked as the forward's product saw it); both products again
-    off = 0
-    prev = 0
-    for t in range(T):
-        n = batch_sizes[t]
-        for r in range(n):
-            for k in range(R):
-                v = h0[r, k] if t == 0 else y[prev + r, k]
-                hprev[off + r, k] = v * rdrop[r, k] if rdrop.shape[0] > 0 else v
-        prev = off
-        off += n
-    gemm(N, G, I, x, False, wih_t, xh, None, num_threads)
-    hh[:] = 0
-    if num_threads > 1 and N * G * R >= PAR_MIN:
-        ln_rec_par(N, H, R, whh_f, hprev, hh, num_threads)
-    else:
-        ln_rec(N, H, R, whh_f, hprev, hh, nl(0), (H + lanes(hh) - 1) // lanes(hh))
-    for r in range(N):
-        mx, rx, mh, rh = stats[r, 0], stats[r, 1], stats[r, 2], stats[r, 3]
-        for j in range(G):
-            xh[r, j] = (xh[r, j] - mx) * rx
-            hh[r, j] = (hh[r, j] - mh) * rh
+    S = stats.shape[1]
     # the time loop, last step to first (the rows' operands as pointers: ``ln_cell_grad``)
     dc0[:] = dc_n
     peep, has_peep, clip, cell_clip, cifg = var
     dhp, gp, cpt, c0p, dcp, dgp = ptr(dhs), ptr(gates), ptr(c), ptr(c0), ptr(dc0), ptr(dgates)
-    dzp, dnp, xhp, hhp, sp, lp, bp, pp = ptr(dzh), ptr(dn), ptr(xh), ptr(hh), ptr(stats), ptr(ln), ptr(b), ptr(peep)
+    acc = np.zeros(14 * H, dln.dtype)   # the parameters' gradients, summed in the time loop's row order
+    tb = np.empty(6 * H, dln.dtype)   # ln_cell_grad's scratch (2H), then a row's gate gradients (4H)
+    keep_dg = dgates.shape[0] > 0
+    dzp, dxp, sp, lp, bp, pp, ap, tp = ptr(dzh), ptr(dzx), ptr(stats), ptr(ln), ptr(b), ptr(peep), ptr(acc), ptr(tb)
     off = N
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
@@ -446,43 +467,44 @@ def ln_backward(x, wih_t, wih, whh_f, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_
         for r in range(n):
             q = off + r
             cp = padd(c0p, r * H) if t == 0 else padd(cpt, (p + r) * H)
-            ln_cell_grad(padd(dhp, r * H), padd(gp, q * G), padd(cpt, q * H), cp, padd(dcp, r * H), padd(dgp, q * G),
-                         padd(dzp, q * G), padd(dnp, q * H), padd(xhp, q * G), padd(hhp, q * G), padd(sp, q * 6), lp,
-                         bp, H, pp, has_peep, clip, cell_clip)
+            ln_cell_grad(padd(dhp, r * H), padd(gp, q * G), padd(cpt, q * H), cp, padd(dcp, r * H),
+                         padd(dgp, q * G) if keep_dg else padd(tp, 2 * H),
+                         padd(dzp, q * G), padd(dxp, q * G), padd(sp, q * S + 6), padd(sp, q * S + 6 + G),
+                         padd(sp, q * S), lp, bp, ap, tp, H, pp, has_peep, clip, cell_clip)
     n0 = batch_sizes[0] if T > 0 else 0
     nt = num_threads if B * G * R >= PAR_MIN else 1
     if dhz.shape[0] > 0:
         bwd_dh_all(G, dzh[:n0], n0, B, whh_b, dh_n, dhz, dh0, R, nt, rdrop)
     else:
         bwd_dh_all(G, dzh[:n0], n0, B, whh_b, dh_n, None, dh0, R, nt, rdrop)
-    # the layer norms' parameters (column sums in row order), db, the input LN's backward
-    dln[:] = 0
-    has_b = db.shape[0] > 0
-    if has_b:
-        db[:] = 0
-    V = lanes(dln)
-    dlp, dbp = ptr(dln), ptr(db)
-    for r in range(N):   # per element d * xhat etc. added in row order, one vector of units at a time
-        mc, rc = stats[r, 4], stats[r, 5]
-        q = r * G
-        for j in range(0, G, V):
-            k = min(V, G - j)
-            d = vload_n(dgp, q + j, k)
-            vstore_n(dlp, j, vload_n(dlp, j, k) + d * vload_n(xhp, q + j, k), k)
-            vstore_n(dlp, G + j, vload_n(dlp, G + j, k) + d * vload_n(hhp, q + j, k), k)
-            if has_b:
-                vstore_n(dbp, j, vload_n(dbp, j, k) + d, k)
-        for u in range(0, H, V):
-            k = min(V, H - u)
-            d = vload_n(dnp, r * H + u, k)
-            vstore_n(dlp, G + G + u, vload_n(dlp, G + G + u, k) + d * ((vload_n(cpt, r * H + u, k) - mc) * rc), k)
-            vstore_n(dlp, G + G + H + u, vload_n(dlp, G + G + H + u, k) + d, k)
-        ln_grad(padd(dgp, q), padd(xhp, q), stats[r, 1], lp, 0, G, padd(xhp, q))   # xh becomes dz_x
+    dln[:] = acc[:10 * H]
+    if db.shape[0] > 0:
+        db[:] = acc[10 * H:]
     # whole-sequence products: dx = dz_x.w_ih, dw_ih = dz_x^T.x, dw_hh = dz_h^T.h_prev
-    gemm(N, I, G, xh, False, wih, dx, None, num_threads)
+    gemm(N, I, G, dzx, False, wih, dx, None, num_threads)
     pack_b(x, nl(0), N, xpan, nl(0))
-    gemm(G, I, N, xh, True, xpan, dw_ih, None, num_threads)
-    pack_b(hprev, nl(0), N, hpan, nl(0))
+    gemm(G, I, N, dzx, True, xpan, dw_ih, None, num_threads)
+    if rdrop.shape[0] == 0:   # h_{t-1} of every row: h0 at t = 0, else y of step t-1 (as lstm.lstm_backward)
+        n0 = batch_sizes[0] if T > 0 else 0
+        pack_b(h0, nl(0), n0, hpan, nl(0))
+        off = n0
+        prev = 0
+        for t in range(1, T):
+            n = batch_sizes[t]
+            pack_b(y, prev, n, hpan, off)
+            prev = off
+            off += n
+    else:   # masked as the forward's product saw it
+        off = 0
+        prev = 0
+        for t in range(T):
+            n = batch_sizes[t]
+            for r in range(n):
+                for k in range(R):
+                    hprev[off + r, k] = (h0[r, k] if t == 0 else y[prev + r, k]) * rdrop[r, k]
+            prev = off
+            off += n
+        pack_b(hprev, nl(0), N, hpan, nl(0))
     gemm(G, R, N, dzh, True, hpan, dw_hh, None, num_threads)
     if dpeep.shape[0] > 0:
         peephole_grads(dgates, c, c0, batch_sizes, dpeep)
