@@ -2,7 +2,7 @@
 
     python -m benchmarks.phase_times SHAPE DTYPE THREADS [CALLS] [loop]
 
-SHAPE is a name of shapes.SHAPES. Prints the medians over CALLS calls (after 2 warm-up
+SHAPE is a name of shapes.SHAPES or T,B,I,H (e.g. 35,20,650,650). Prints the medians over CALLS calls (after 2 warm-up
 calls) of the forward with saving (``layer(x, hx)`` in training mode) and of
 ``layer.backward(dy)``, their GFLOP/s (forward 2*T*B*4H*(I+H), backward twice that), and
 the share of one CPU that other processes used meanwhile (from /proc/stat: a figure taken
@@ -37,7 +37,7 @@ def _own_seconds():
 def main(argv):
     shape, dtype, threads = argv[0], argv[1], int(argv[2])
     calls = int(argv[3]) if len(argv) > 3 else 10
-    T, B, I, H = SHAPES[shape]
+    T, B, I, H = SHAPES[shape] if shape in SHAPES else map(int, shape.split(","))
     lstm_fast.set_num_threads(threads)
     rng = np.random.default_rng(0)
     layer = lstm_fast.LSTM(I, H, dtype=dtype, backend="c")

@@ -151,7 +151,7 @@ size_t lstm_backward_workspace_size_f64(int64_t T, int64_t N, int64_t B, int64_t
  *   y, gates, c          as returned by lstm_forward_X                  in
  *   dy         [N,R]     dLoss/dy                                       in
  *   dh_n [B,R], dc_n [B,H]  dLoss/dh_n, dLoss/dc_n                      in
- *   dx         [N,I]                                                    out
+ *   dx         [N,I], or NULL: not computed (the input needs no gradient) out
  *   dw_ih      [4H,I]                                                   out
  *   dw_hh      [4H,R]                                                   out
  *   db         [4H]      gradient of b_ih (= of b_hh)                   out

@@ -730,7 +730,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t nblk = (H + V - 1) / V, rblk = (R + V - 1) / V;
     int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
     int64_t q0 = FN(split)(rblk, tid, num_threads), q1 = FN(split)(rblk, tid + 1, num_threads);
-    int64_t iblk = (I + V - 1) / V, dx_steps = FN(bwd_dx_in_steps)(B, I, H, P);
+    /* dx NULL: the input's gradient is not wanted (the first layer of a model), skipped */
+    int64_t iblk = (I + V - 1) / V, dx_steps = ctx->dx && FN(bwd_dx_in_steps)(B, I, H, P);
     const TYPE *wih_b = (const TYPE *)(base + ctx->hdr->off_wih_b);
     int64_t x0 = FN(split)(iblk, tid, num_threads), x1 = FN(split)(iblk, tid + 1, num_threads);
     const int64_t s = (int64_t)sizeof(TYPE);
@@ -867,7 +868,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         FN(gemm)(&gr, ws, tid, num_threads);
     }
 
-    if (!dx_steps && !FN(dx_gemm)(I, H, P)) {   /* dx of all rows as the steps' tiles */
+    if (!ctx->dx) {
+    } else if (!dx_steps && !FN(dx_gemm)(I, H, P)) {   /* dx of all rows as the steps' tiles */
         const FN(step_plan) spx = FN(step_plan_for)((x1 - x0) * G * V * s, BNB * V * s);
         FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, N, NULL, NULL, ctx->dx, &spx);
     } else if (!dx_steps) {

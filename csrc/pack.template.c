@@ -125,45 +125,104 @@ static unsigned char *FN(align_ptr)(void *p)
     return (unsigned char *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
 }
 
-/* dst [ceil(N/NR)][K][NR] = panels of the K x N matrix (k, n) -> src[k*sk + n*sn].
- * The loops follow src's contiguous direction: with sn == 1 (rows of src are the
- * k's) one row at a time across all panels, else one panel at a time (its NR
- * columns are NR sequential streams). A panel-at-a-time walk over a row-major
- * src re-reads the whole matrix once per panel at a stride of a row, which missed
- * the caches and the TLB for every line once the matrix outgrew the L2: w_ih of
- * (650, 650) took 12 ms to pack that way, a fraction of a millisecond this way. */
-static void FN(pack_panels)(int64_t K, int64_t N, const TYPE *src, int64_t sk, int64_t sn,
+/* dst rows kk = 0..V-1 (dstride apart) = element kk of the V rows src + l*ld, l < nl
+ * (rows l >= nl give zeros): a V x V transpose in registers, log2(V) stages of
+ * two-source shuffles, each swapping the off-diagonal h x h blocks of every 2h x 2h
+ * block (h = V/2, ..., 1). The pack's transposes were scalar loops (an element per
+ * instruction or two): 4.5 ms to pack (650, 650) into a reused buffer. */
+INLINE void FN(transpose_tile)(const TYPE *src, int64_t ld, int nl, TYPE *dst, int64_t dstride)
+{
+    vec r[V];
+    if (nl == V) {
+#pragma GCC unroll 16
+        for (int l = 0; l < V; l++)
+            r[l] = vload(src + l * ld);
+    } else {
+#pragma GCC unroll 16
+        for (int l = 0; l < V; l++)
+            r[l] = l < nl ? vload(src + l * ld) : (vec){0};
+    }
+#pragma GCC unroll 4
+    for (int h = V / 2; h >= 1; h /= 2) {
+        ivec lo, hi;
+#pragma GCC unroll 16
+        for (int c = 0; c < V; c++) {
+            lo[c] = (c & h) ? V + c - h : c;
+            hi[c] = (c & h) ? V + c : c + h;
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < V; i++)
+            if (!(i & h)) {
+                vec a = r[i], b = r[i + h];
+                r[i] = __builtin_shuffle(a, b, lo);
+                r[i + h] = __builtin_shuffle(a, b, hi);
+            }
+    }
+#pragma GCC unroll 16
+    for (int k = 0; k < V; k++)
+        vstore(dst + k * dstride, r[k]);
+}
+
+/* dst[k*dstride + l] = src[l*ld + k] for k < K, l < V (0 for l >= nl): the K x nl matrix
+ * whose columns are the nl rows at src, as K rows of V lanes. */
+KERNEL void FN(pack_transposed)(int64_t K, const TYPE *src, int64_t ld, int nl, TYPE *dst,
+                                int64_t dstride)
+{
+    int64_t k = 0;
+    if (nl == V)   /* (a separate loop: the full tile's loads unconditional) */
+        for (; k + V <= K; k += V)
+            FN(transpose_tile)(src + k, ld, V, dst + k * dstride, dstride);
+    else if (nl > 0)
+        for (; k + V <= K; k += V)
+            FN(transpose_tile)(src + k, ld, nl, dst + k * dstride, dstride);
+    for (; k < K; k++)
+        for (int l = 0; l < V; l++)
+            dst[k * dstride + l] = l < nl ? src[l * ld + k] : 0;
+}
+
+/* dst[0..w) = src[0..n), zeros after (n may be <= 0); w a multiple of V */
+INLINE void FN(copy_pad)(TYPE *dst, const TYPE *src, int64_t n, const int w)
+{
+#pragma GCC unroll 4
+    for (int o = 0; o < w; o += V) {
+        int64_t m = n - o;
+        vstore(dst + o, m >= V ? vload(src + o) : m > 0 ? vload_n(src + o, (int)m) : (vec){0});
+    }
+}
+
+/* dst [ceil(N/NR)][K][NR] = panels of the K x N matrix (k, n) -> src[k*sk + n*sn], with
+ * sn == 1 (rows of src are the k's) or sk == 1 (rows of src are the n's). The loops follow
+ * src's contiguous direction: with sn == 1 one row at a time across all panels, else
+ * V x V tiles transposed in registers. A panel-at-a-time walk over a row-major src
+ * re-reads the whole matrix once per panel at a stride of a row, which missed the caches
+ * and the TLB for every line once the matrix outgrew the L2: w_ih of (650, 650) took 12
+ * ms to pack that way. */
+KERNEL void FN(pack_panels)(int64_t K, int64_t N, const TYPE *src, int64_t sk, int64_t sn,
                             TYPE *dst)
 {
     int64_t np = (N + NR - 1) / NR;
     if (sn == 1) {
         for (int64_t k = 0; k < K; k++)
             for (int64_t p = 0; p < np; p++)
-                for (int64_t n = 0; n < NR; n++) {
-                    int64_t col = p * NR + n;
-                    dst[(p * K + k) * NR + n] = col < N ? src[k * sk + col] : 0;
-                }
+                FN(copy_pad)(dst + (p * K + k) * NR, src + k * sk + p * NR, N - p * NR, NR);
         return;
     }
     for (int64_t p = 0; p < np; p++)
-        for (int64_t k = 0; k < K; k++)
-            for (int64_t n = 0; n < NR; n++) {
-                int64_t col = p * NR + n;
-                dst[(p * K + k) * NR + n] = col < N ? src[k * sk + col * sn] : 0;
-            }
+        for (int h = 0; h < NR / V; h++) {
+            int64_t col = p * NR + h * V, nl = N - col < V ? N - col : V;
+            FN(pack_transposed)(K, src + (nl > 0 ? col * sn : 0), sn, (int)(nl > 0 ? nl : 0),
+                                dst + p * K * NR + h * V, NR);
+        }
 }
 
 /* dst [ceil(C/V)][rows][V] = blocks of V columns of the row-major rows x C matrix src
  * (zero past C); row by row, for the same reason as pack_panels. */
-static void FN(pack_col_blocks)(int64_t rows, int64_t C, const TYPE *src, TYPE *dst)
+KERNEL void FN(pack_col_blocks)(int64_t rows, int64_t C, const TYPE *src, TYPE *dst)
 {
     int64_t nb = (C + V - 1) / V;
     for (int64_t k = 0; k < rows; k++)
         for (int64_t j = 0; j < nb; j++)
-            for (int l = 0; l < V; l++) {
-                int64_t u = j * V + l;
-                dst[(j * rows + k) * V + l] = u < C ? src[k * C + u] : 0;
-            }
+            FN(copy_pad)(dst + (j * rows + k) * V, src + k * C + j * V, C - j * V, V);
 }
 
 static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYPE *w_hh,
@@ -181,16 +240,15 @@ static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYP
     int dx_steps = FN(dx_steps_possible)(I, P);
     if (FN(dx_gemm)(I, H, P))
         FN(pack_panels)(G, I, w_ih, I, 1, (TYPE *)(base + h->off_wih));
-    for (int64_t j = 0; j < (H + V - 1) / V; j++)
-        for (int64_t k = 0; k < KF; k++)
-            for (int g = 0; g < 4; g++)
-                for (int l = 0; l < V; l++) {
-                    int64_t u = j * V + l;
-                    TYPE w = 0;
-                    if (u < H)
-                        w = k < I ? w_ih[(g * H + u) * I + k] : w_hh[(g * H + u) * R + k - I];
-                    whh_f[((j * KF + k) * 4 + g) * V + l] = w;
-                }
+    for (int64_t j = 0; j < (H + V - 1) / V; j++) {   /* [j][k][g][l] = [w_ih | w_hh][g*H + jV + l][k] */
+        int nl = H - j * V < V ? (int)(H - j * V) : V;
+        for (int g = 0; g < 4; g++) {
+            int64_t row = g * H + j * V;
+            FN(pack_transposed)(I, w_ih + row * I, I, nl, whh_f + (j * KF * 4 + g) * V, 4 * V);
+            FN(pack_transposed)(R, w_hh + row * R, R, nl, whh_f + ((j * KF + I) * 4 + g) * V,
+                                4 * V);
+        }
+    }
     FN(pack_col_blocks)(G, R, w_hh, whh_b);
     if (dx_steps)
         FN(pack_col_blocks)(G, I, w_ih, (TYPE *)(base + h->off_wih_b));

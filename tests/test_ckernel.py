@@ -65,6 +65,24 @@ def test_threads_bitwise_identical_at_every_level(level, dtype, shape):
         assert same_bits(got[0], one[0]) and same_bits(got[1], one[1]), n
 
 
+# dx's three routes: in the steps (B >= 32, or B >= MR with w_ih and w_hh in half the L2),
+# the steps' tiles over all rows after the loop, the GEMM (w_ih and w_hh beyond the L2)
+@pytest.mark.parametrize("shape", [(4, 33, 40, 24), (3, 5, 40, 24), (3, 13, 40, 24),
+                                   (2, 3, 300, 300)],
+                         ids=["dx-in-steps", "dx-rows", "dx-rows-B13", "dx-gemm"])
+def test_backward_without_dx_is_bitwise_equal_at_every_level(level, dtype, shape):
+    """dx NULL in the kernel (need_dx=False): every other gradient has the bits of the call
+    with dx, at 1 and 2 threads."""
+    p = contract_problem(*shape, dtype=dtype, seed=5)
+    packed = ck.pack(*p["w"])
+    y, _, _, gates, c = ck.forward(packed, p["x"], p["h0"], p["c0"], 1)
+    args = (packed, p["x"], p["h0"], p["c0"], y, gates, c, p["dy"], p["dh_n"], p["dc_n"])
+    want = ck.backward(*args, 1)
+    for n in (1, 2):
+        got = ck.backward(*args, n, need_dx=False)
+        assert got[0] is None and same_bits(got[1:], want[1:]), n
+
+
 def test_huge_preactivations_saturate(level, dtype):
     p = contract_problem(6, 3, 5, 19, dtype=dtype, seed=2)
     p["w"] = tuple(None if w is None else w * dtype(1e30) for w in p["w"])

@@ -90,6 +90,23 @@ def test_save_false_keeps_nothing_and_gives_the_same_outputs(impl, dtype, P, rag
     assert same_bits((y2, h2, c2), (y, h_n, c_n))
 
 
+@pytest.mark.parametrize("ragged", [False, True], ids=["padded", "lengths"])
+@pytest.mark.parametrize("P", [0, 3])
+def test_need_dx_false_gives_no_dx_and_the_same_other_gradients(impl, dtype, P, ragged):
+    """need_dx=False (the input needs no gradient): dx is None, every other output has the
+    bits of need_dx=True."""
+    T, B, I, H = 7, 5, 6, 11
+    p = contract_problem(T, B, I, H, P, _lengths(T, B) if ragged else None, dtype, seed=3)
+    packed = impl.pack(*p["w"])
+    y, _, _, gates, c = impl.forward(packed, p["x"], p["h0"], p["c0"], 1, p["batch_sizes"])
+    args = (packed, p["x"], p["h0"], p["c0"], y, gates, c, p["dy"], p["dh_n"], p["dc_n"], 1,
+            p["batch_sizes"])
+    want = impl.backward(*args)
+    got = impl.backward(*args, need_dx=False)
+    assert got[0] is None and want[0] is not None
+    assert same_bits(got[1:], want[1:])
+
+
 @pytest.mark.parametrize("P", [0, 3])
 def test_out_writes_the_callers_arrays_and_updates_state_in_place(impl, dtype, P):
     T, B, I, H = 6, 4, 5, 9

@@ -563,3 +563,47 @@ def test_functional_call_and_parametrizations_use_the_weights_given(kernel_calls
         a, b = ref(x)[0], ours(x)[0]
     assert kernel_calls
     assert_close(b.numpy(), a.numpy(), np.float64)
+
+
+@pytest.mark.parametrize("backend", backends.available_backends())
+@pytest.mark.parametrize("lengths", [None, [6, 4, 4, 1]], ids=["padded", "lengths"])
+def test_an_input_without_gradient_skips_dx_and_keeps_every_other_gradient(monkeypatch, backend,
+                                                                           lengths):
+    """A model's first layer (its input needs no gradient): the backend is asked for no dx
+    (need_dx=False, which the C kernel skips), x.grad stays None, and every parameter and
+    state gradient has the bits of the same call with an input that needs one, and torch's
+    values."""
+    ref, ours = _pair(torch.float32, backend, input_size=7, hidden_size=9, num_layers=2,
+                      bidirectional=True)
+    asked = []
+    real = ltorch.run_backward
+
+    def spy(*args, need_dx=True, **kw):
+        asked.append(need_dx)
+        return real(*args, need_dx=need_dx, **kw)
+
+    monkeypatch.setattr(ltorch, "run_backward", spy)
+    torch.manual_seed(1)
+    x, hx = torch.randn(6, 4, 7), (torch.randn(4, 4, 9), torch.randn(4, 4, 9))
+    w = torch.randn(6, 4, 18)
+
+    def grads(module, need):
+        module.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(need)
+        h = tuple(s.clone().requires_grad_(True) for s in hx)
+        inp = xi if lengths is None else pack_padded_sequence(xi, torch.tensor(lengths))
+        out = module(inp, h)[0]
+        out = out if lengths is None else torch.nn.utils.rnn.pad_packed_sequence(out)[0]
+        (out * w[:out.shape[0]]).sum().backward()
+        return xi.grad, [s.grad for s in h] + [p.grad for p in module.parameters()]
+
+    dx_none, got = grads(ours, False)
+    assert dx_none is None
+    assert asked == [True, True, False, False]     # layer 1 (both directions) then layer 0
+    dx, want = grads(ours, True)
+    assert dx is not None and asked[4:] == [True] * 4
+    for a, b in zip(got, want):
+        assert a.numpy().tobytes() == b.numpy().tobytes()
+    _, ref_grads = grads(ref, False)
+    for a, b in zip(got, ref_grads):
+        assert_close(a.numpy(), b.numpy(), np.float32)

@@ -14,7 +14,7 @@ cpdef tuple run_forward(object impl, object packed, object x, object h0, object 
 
 cpdef tuple run_backward(object cache, object dy, object dh_n, object dc_n, int num_threads,
                          object out=*, object dpeephole=*, object dlayer_norm=*,
-                         LayerInputs inputs=*)
+                         LayerInputs inputs=*, bint need_dx=*)
 
 cpdef tuple bias_grads(object db, object db2=*)
 

@@ -185,7 +185,7 @@ def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, o
 
 
 def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, dlayer_norm=None,
-                 inputs=None):
+                 inputs=None, need_dx=True):
     """Backward of ``run_forward`` for dy (T, B, R) (any strides), dh_n (B, R), dc_n (B, H):
     ``(dx (T, B, I), dw_ih, dw_hh, db, dh0, dc0, dw_hr)``, db None without a bias and dw_hr
     None without a projection; dh0 and dc0 are new arrays, or ``out = (dh0, dc0)``.
@@ -193,7 +193,7 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, d
     layer norm, ``dlayer_norm`` (10H,) those of ``packed.variant.layer_norm``.
     ``inputs``: as for ``run_forward``; the plain padded call goes through it
     (``call_backward``) and leaves its ``db2`` slot (the second bias gradient or None) for
-    the caller."""
+    the caller. ``need_dx`` False: dx is None (the backend may skip it)."""
     impl = cache[0]     # by index, not by field (5 look-ups) nor unpacking (an iterator: a
     packed = cache[1]   # NamedTuple is not an exact tuple)
     saved = cache[2]
@@ -213,11 +213,11 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, d
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
                 packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads,
                 dpeephole=dpeephole, rdrop=rdrop, zoneout=zoneout, stats=stats,
-                dlayer_norm=dlayer_norm)
-        elif rdrop is not None or zoneout is not None:
+                dlayer_norm=dlayer_norm, need_dx=need_dx)
+        elif rdrop is not None or zoneout is not None or not need_dx:
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
                 packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads,
-                dpeephole=dpeephole, rdrop=rdrop, zoneout=zoneout)
+                dpeephole=dpeephole, rdrop=rdrop, zoneout=zoneout, need_dx=need_dx)
         elif dpeephole is None and inputs is not None and inputs.impl is impl:
             inputs.call_backward(packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads)
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = (inputs.dx, inputs.dw_ih, inputs.dw_hh,
@@ -232,7 +232,7 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, d
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
                 packed, xin, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads,
                 dpeephole=dpeephole)
-        if reverse:
+        if reverse and dx is not None:
             dx = dx[::-1]
         if out is not None:
             out[0][...] = dh0
@@ -245,8 +245,9 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, d
         dx, dw_ih, dw_hh, db, dhs, dcs, dw_hr = impl.backward(
             packed, xin, h0, c0, y, gates, c, plan.gather(dy, reverse),
             plan.sort(backends.as_matrix(dh_n)), plan.sort(backends.as_matrix(dc_n)),
-            num_threads, plan.batch_sizes, dpeephole=dpeephole, **masks)
-        dx = plan.scatter(dx, reverse)
+            num_threads, plan.batch_sizes, dpeephole=dpeephole, need_dx=need_dx, **masks)
+        if dx is not None:
+            dx = plan.scatter(dx, reverse)
         dh0, dc0 = (np.empty(dh_n.shape, dhs.dtype), np.empty(dc_n.shape, dcs.dtype)) \
             if out is None else out
         backends.as_matrix(dh0)[plan.order] = dhs

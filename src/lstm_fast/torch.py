@@ -239,8 +239,11 @@ class _Direction(torch.autograd.Function):
         H = c0s.shape[-1]
         dp = None if saved[8] is None else np.empty((3, H), dtype)
         dln = None if saved[18] is None else np.empty(10 * H, dtype)
+        # the input's gradient only if wanted (not for a model's first layer: torch skips
+        # it there too; a quarter of that layer's backward products at I = H)
         dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, dy, dh_n, dc_n, num_threads,
-                                                             dpeephole=dp, dlayer_norm=dln)
+                                                             dpeephole=dp, dlayer_norm=dln,
+                                                             need_dx=ctx.needs_input_grad[0])
         if opts is not None and opts[2]:    # cifg: the kernels' 4H rows -> i, g, o
             dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
         if saved[1] is None:
@@ -251,7 +254,7 @@ class _Direction(torch.autograd.Function):
         peep = (None, None, None) if dp is None else tuple(torch.from_numpy(r) for r in dp)
         ln = (None,) * 4 if dln is None else tuple(map(torch.from_numpy, (
             dln[:4 * H], dln[4 * H:8 * H], dln[8 * H:9 * H], dln[9 * H:])))
-        return (_t(dx), dh0, dc0, _t(dw_ih), _t(dw_hh), db_ih, db_hh,
+        return (None if dx is None else _t(dx), dh0, dc0, _t(dw_ih), _t(dw_hh), db_ih, db_hh,
                 None if dw_hr is None else _t(dw_hr)) + peep + ln + (None,)
 
 

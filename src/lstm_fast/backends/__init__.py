@@ -53,8 +53,11 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         reference.LN_STATS and its docstring), or None with save=False; the matching
         backward takes it back.
     backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
-             dpeephole=None, rdrop=None, zoneout=None, stats=None, dlayer_norm=None)
+             dpeephole=None, rdrop=None, zoneout=None, stats=None, dlayer_norm=None,
+             need_dx=True)
         -> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr)
+        need_dx=False: the input needs no gradient (the first layer of a model); dx comes
+        back as None and the backend may skip computing it (the C backend does).
         db is the gradient of b_ih (= of b_hh), None without a bias; dw_hr (P, H), None
         without a projection. With peepholes (packed.variant.peephole) the caller passes
         dpeephole, a (3, H) array that receives their gradients (rows ci, cf, co). With

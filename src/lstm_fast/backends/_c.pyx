@@ -627,7 +627,7 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
 cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object batch_sizes,
                         cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y,
                         cnp.ndarray gates, cnp.ndarray c, cnp.ndarray dy, cnp.ndarray dh_n,
-                        cnp.ndarray dc_n, cnp.ndarray dx, cnp.ndarray dw_ih, cnp.ndarray dw_hh,
+                        cnp.ndarray dc_n, object dx, cnp.ndarray dw_ih, cnp.ndarray dw_hh,
                         cnp.ndarray db, cnp.ndarray dh0, cnp.ndarray dc0, object dw_hr,
                         int num_threads, object dpeephole=None, object rdrop=None,
                         object zoneout=None) except -1:
@@ -658,7 +658,7 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     cdef void *p_dy = cnp.PyArray_DATA(dy)
     cdef void *p_dhn = cnp.PyArray_DATA(dh_n)
     cdef void *p_dcn = cnp.PyArray_DATA(dc_n)
-    cdef void *p_dx = cnp.PyArray_DATA(dx)
+    cdef void *p_dx = _p(dx)   # None: dx not computed
     cdef void *p_dwi = cnp.PyArray_DATA(dw_ih)
     cdef void *p_dwh = cnp.PyArray_DATA(dw_hh)
     cdef void *p_db = cnp.PyArray_DATA(db)
@@ -721,9 +721,10 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
 def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y,
              cnp.ndarray gates, cnp.ndarray c, cnp.ndarray dy, cnp.ndarray dh_n,
              cnp.ndarray dc_n, int num_threads, batch_sizes=None, dpeephole=None, rdrop=None,
-             zoneout=None):
+             zoneout=None, need_dx=True):
     """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``
-    (dpeephole: the (3, H) output for the peephole gradients, with peepholes)."""
+    (dpeephole: the (3, H) output for the peephole gradients, with peepholes; need_dx
+    False: dx is None and not computed)."""
     if packed.wkind != _FULL and packed.wkind != _BF16:
         _inference_only(packed)
     cdef int tn = packed.typenum
@@ -734,7 +735,7 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
     cdef int64_t T = cnp.PyArray_DIMS(x)[0] if padded else \
         cnp.PyArray_DIMS(<cnp.ndarray>batch_sizes)[0]
     cdef int64_t N = T * B if padded else cnp.PyArray_DIMS(x)[0]
-    cdef cnp.ndarray dx = _rows(padded, T, B, N, I, tn)
+    dx = _rows(padded, T, B, N, I, tn) if need_dx else None
     cdef cnp.ndarray dw_ih = _mat(4 * H, I, tn)
     cdef cnp.ndarray dw_hh = _mat(4 * H, R, tn)
     cdef cnp.npy_intp G = 4 * H

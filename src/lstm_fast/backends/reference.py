@@ -937,15 +937,15 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
 
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None,
-             dpeephole=None, rdrop=None, zoneout=None, stats=None, dlayer_norm=None):
+             dpeephole=None, rdrop=None, zoneout=None, stats=None, dlayer_norm=None, need_dx=True):
     if type(packed) is PackedBF16:      # bfloat16 training
         if rdrop is not None or zoneout is not None:
             raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
         dx, dw_ih, dw_hh, db, dh0, dc0 = lstm_backward_bf16(
             x, packed.w_ih, packed.w_hh, as_matrix(h0), as_matrix(c0), y, gates, c, dy,
             as_matrix(dh_n), as_matrix(dc_n), batch_sizes)
-        return (dx, dw_ih, dw_hh, db if packed.has_bias else None, dh0.reshape(h0.shape),
-                dc0.reshape(c0.shape), None)
+        return (dx if need_dx else None, dw_ih, dw_hh, db if packed.has_bias else None,
+                dh0.reshape(h0.shape), dc0.reshape(c0.shape), None)
     if isinstance(packed, PackedBF16):   # PackedInt8
         raise ValueError(_INFERENCE_ONLY.format(packed.weight_dtype))
     dx, dw_ih, dw_hh, db, dh0, dc0, *rest = lstm_backward(
@@ -959,7 +959,7 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
         if dp is not None:
             dpeephole[...] = dp
     dw_hr = rest
-    return (dx, dw_ih, dw_hh, db if packed.has_bias else None, dh0.reshape(h0.shape),
+    return (dx if need_dx else None, dw_ih, dw_hh, db if packed.has_bias else None, dh0.reshape(h0.shape),
             dc0.reshape(c0.shape),
             dw_hr[0] if dw_hr else None)
 

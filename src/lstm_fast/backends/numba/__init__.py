@@ -212,11 +212,19 @@ def step(packed, x, h, c, num_threads, y=None):
 
 
 def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes=None, dpeephole=None,
-             rdrop=None, zoneout=None, stats=None, dlayer_norm=None):
+             rdrop=None, zoneout=None, stats=None, dlayer_norm=None, need_dx=True):
     """-> (dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); db None without a bias, dw_hr None without a
     projection (the contract: lstm_fast.backends); with peepholes dpeephole (3, H) receives
     their gradients. Layer norm: ``stats`` the forward's, ``dlayer_norm`` (10H,) receives the
-    gradients of the layer-norm parameters."""
+    gradients of the layer-norm parameters. need_dx False: dx comes back as None (still
+    computed here: the kernels have no variant without it)."""
+    r = _backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes, dpeephole,
+                  rdrop, zoneout, stats, dlayer_norm)
+    return r if need_dx else (None,) + r[1:]
+
+
+def _backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes, dpeephole,
+              rdrop, zoneout, stats, dlayer_norm):
     ln = _ln(packed)
     if ln is not None:
         return _ln_backward(packed, ln, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes,
