@@ -116,12 +116,9 @@ def test_products_are_the_oracles_bits(mode, shape):
     assert np.count_nonzero(z) > z.size // 2
 
 
-def test_largest_sums_are_exact(mode):
-    """The int32 bound: I = 66311 (the largest the pack takes), every u = 255 and q = 127
-    (x and w at their rows' maxima): vpdpbusd's sum is 66311 * 255 * 127 = 2^31 - 1912, no
-    overflow; the dequantized sum, 66311 * 127^2 > 2^24, is rounded to float32 as the
-    oracle rounds it. Then every u = 1 (p = -127) and mixed signs."""
-    I, H = 66311, 3
+def _largest_sums_problem(I, H):
+    """Weights of +-1 (mixed signs in row 2) and 0.5, x rows at +2, -2 and mixed: every u =
+    255 or 1 against q = 127: the packed weights, x, h and the oracle's pre-activations."""
     w_ih = np.ones((4 * H, I), np.float32)
     w_ih[1] = -1
     w_ih[2, ::3] = -1
@@ -130,9 +127,19 @@ def test_largest_sums_are_exact(mode):
     x = np.stack([np.full(I, 2.0, np.float32), np.full(I, -2.0, np.float32),
                   np.random.default_rng(0).uniform(-1, 1, I).astype(np.float32)])
     h = np.ones((3, H), np.float32)
-    z = ck.int8_dynamic_products(packed, x, h)
     (qi, si), (qh, sh) = ref.quantize_int8(w_ih), ref.quantize_int8(w_hh)
-    assert same_bits((z,), (ref.int8_dynamic_preactivations(x, h, qi, si, qh, sh),))
+    return packed, x, h, ref.int8_dynamic_preactivations(x, h, qi, si, qh, sh)
+
+
+def test_largest_sums_are_exact(mode):
+    """The int32 bound: I = 66311 (the largest the pack takes), every u = 255 and q = 127
+    (x and w at their rows' maxima): vpdpbusd's sum is 66311 * 255 * 127 = 2^31 - 1912, no
+    overflow; the dequantized sum, 66311 * 127^2 > 2^24, is rounded to float32 as the
+    oracle rounds it. Then every u = 1 (p = -127) and mixed signs."""
+    I, H = 66311, 3
+    packed, x, h, want = _largest_sums_problem(I, H)
+    z = ck.int8_dynamic_products(packed, x, h)
+    assert same_bits((z,), (want,))
     f, n = np.float32, np.float32(127)
     assert z[0, 0] == f((f(2) / n) * (f(1) / n)) * f(I * 127 * 127) + \
         f((f(1) / n) * (f(0.5) / n)) * f(H * 127 * 127)
@@ -279,15 +286,7 @@ def test_amx_products_are_the_oracles_bits(shape):
 def test_amx_largest_sums_are_exact():
     """The int32 bound through AMX: K = 66311 (tiles of 64 bytes and a remainder), every
     u = 255 and q = 127, every u = 1, mixed signs: the same sums as vpdpbusd."""
-    I, H = 66311, 3
-    w_ih = np.ones((4 * H, I), np.float32)
-    w_ih[1] = -1
-    w_ih[2, ::3] = -1
-    w_hh = np.full((4 * H, H), 0.5, np.float32)
-    pk = ck.pack_int8_dynamic(w_ih, w_hh, None)
-    x = np.stack([np.full(I, 2.0, np.float32), np.full(I, -2.0, np.float32),
-                  np.random.default_rng(0).uniform(-1, 1, I).astype(np.float32)])
-    h = np.ones((3, H), np.float32)
+    pk, x, h, want = _largest_sums_problem(66311, 3)
     before = ck.simd_level()
     try:
         ck.set_simd_level("avx512")
@@ -295,8 +294,6 @@ def test_amx_largest_sums_are_exact():
     finally:
         ck.set_int8_dynamic_path("auto")
         ck.set_simd_level(before)
-    (qi, si), (qh, sh) = ref.quantize_int8(w_ih), ref.quantize_int8(w_hh)
-    want = ref.int8_dynamic_preactivations(x, h, qi, si, qh, sh)
     for path, z in got.items():
         assert same_bits((z,), (want,)), path
 

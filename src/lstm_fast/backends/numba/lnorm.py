@@ -48,7 +48,8 @@ from numba import njit, prange
 
 from .cell import vclamp
 from .gemm import PAR_MIN, gemm, pack_b, split
-from .lstm import FR, ROWS_PER_THREAD, bwd_dh_all, check_steps, fwd_tile, fwd_tile1, peephole_grads, row_split
+from .lstm import (FR, ROWS_PER_THREAD, bwd_dh_all, check_steps, fwd_tile, fwd_tile1, pack_h_prev,
+                   peephole_grads, row_split)
 from .simd import (JIT, PJIT, ld, lanes, nl, padd, ptr, vabs, vhsum, vload, vload_n, vsel_gt, vsigmoid,
                    vsplat, vstore_n, vtanh, vzero)
 from .simd import st as put
@@ -484,27 +485,7 @@ def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     gemm(N, I, G, dzx, False, wih, dx, None, num_threads)
     pack_b(x, nl(0), N, xpan, nl(0))
     gemm(G, I, N, dzx, True, xpan, dw_ih, None, num_threads)
-    if rdrop.shape[0] == 0:   # h_{t-1} of every row: h0 at t = 0, else y of step t-1 (as lstm.lstm_backward)
-        n0 = batch_sizes[0] if T > 0 else 0
-        pack_b(h0, nl(0), n0, hpan, nl(0))
-        off = n0
-        prev = 0
-        for t in range(1, T):
-            n = batch_sizes[t]
-            pack_b(y, prev, n, hpan, off)
-            prev = off
-            off += n
-    else:   # masked as the forward's product saw it
-        off = 0
-        prev = 0
-        for t in range(T):
-            n = batch_sizes[t]
-            for r in range(n):
-                for k in range(R):
-                    hprev[off + r, k] = (h0[r, k] if t == 0 else y[prev + r, k]) * rdrop[r, k]
-            prev = off
-            off += n
-        pack_b(hprev, nl(0), N, hpan, nl(0))
+    pack_h_prev(h0, y, batch_sizes, rdrop, hprev, hpan)   # h_{t-1} of every row, as lstm_backward
     gemm(G, R, N, dzh, True, hpan, dw_hh, None, num_threads)
     if dpeep.shape[0] > 0:
         peephole_grads(dgates, c, c0, batch_sizes, dpeep)

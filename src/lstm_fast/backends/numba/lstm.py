@@ -714,6 +714,37 @@ def bwd_gemms_par(dgates, wih, dx, xpan, dw_ih, hpan, dw_hh, dh_all, mpan, dw_hr
 
 
 @njit(**JIT)
+def pack_h_prev(h0, y, batch_sizes, rdrop, hm, hpan):
+    """Pack h_{t-1} of every row (h0 at t = 0, else y of step t-1) into hpan for the
+    whole-sequence dw_hh product; with recurrent dropout (rdrop not empty) masked as the
+    forward's product saw it, through the scratch hm (N, R)."""
+    T = batch_sizes.shape[0]
+    N = y.shape[0]
+    R = y.shape[1]
+    n0 = batch_sizes[0] if T > 0 else 0
+    if rdrop.shape[0] == 0:
+        pack_b(h0, nl(0), n0, hpan, nl(0))
+        off = n0
+        prev = 0
+        for t in range(1, T):
+            n = batch_sizes[t]
+            pack_b(y, prev, n, hpan, off)
+            prev = off
+            off += n
+        return
+    off = 0
+    prev = 0
+    for t in range(T):
+        n = batch_sizes[t]
+        for r in range(n):
+            for k in range(R):
+                hm[off + r, k] = (h0[r, k] if t == 0 else y[prev + r, k]) * rdrop[r, k]
+        prev = off
+        off += n
+    pack_b(hm, nl(0), N, hpan, nl(0))
+
+
+@njit(**JIT)
 def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes,
                   dgates, dhs, xpan, hpan, dm, dh_all, m_all, mpan,
                   dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, var, dpeep, rdrop, zm, dhz, num_threads):
@@ -759,27 +790,8 @@ def lstm_backward(x, wih, whh_b, whr, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
             bwd_dh_all(G, dgates[:n0], n0, B, whh_b, dh_n, None, dh0, R, nt, rdrop)
     # whole-sequence products over all N rows, after the loop
     pack_b(x, nl(0), N, xpan, nl(0))
-    if rdrop.shape[0] == 0:
-        pack_b(h0, nl(0), n0, hpan, nl(0))        # h_{t-1} of row k: h0 at t = 0, else y of step t-1
-        off = n0
-        prev = 0
-        for t in range(1, T):
-            n = batch_sizes[t]
-            pack_b(y, prev, n, hpan, off)
-            prev = off
-            off += n
-    else:   # recurrent dropout: dw_hh from h_{t-1} * rdrop of every row
-        hm = np.empty((N, R), y.dtype)
-        off = 0
-        prev = 0
-        for t in range(T):
-            n = batch_sizes[t]
-            for r in range(n):
-                for k in range(R):
-                    hm[off + r, k] = (h0[r, k] if t == 0 else y[prev + r, k]) * rdrop[r, k]
-            prev = off
-            off += n
-        pack_b(hm, nl(0), N, hpan, nl(0))
+    pack_h_prev(h0, y, batch_sizes, rdrop, np.empty((N if rdrop.shape[0] > 0 else 0, R), y.dtype),
+                hpan)
     if whr.shape[0] > 0:
         pack_b(m_all, nl(0), N, mpan, nl(0))
     if num_threads > 1 and N * G * (I + R) >= PAR_MIN:   # dx, dw_ih, dw_hh (dw_hr) in one parallel region
