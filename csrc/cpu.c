@@ -6,8 +6,10 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#include <immintrin.h>
 #define HAVE_CPUID 1
 #else
 #define HAVE_CPUID 0
@@ -275,4 +277,152 @@ const lstm_cpu_info *lstm_cpu(void)
 {
     pthread_once(&info_once, detect);
     return &info;
+}
+
+/* ---- instruction rates (lstm_cpu_rates_get) ----------------------------------------
+ * Each measurement: RATE_CHAINS independent accumulators (enough to cover the latency
+ * times the issue width of every x86 core we know: 4-5 cycles x 2 ports), each updated
+ * RATE_ITERS times by the instruction alone, operands in registers; the rate is the best
+ * of RATE_REPS repeats after one warm-up (which also lets an Intel core raise its AVX-512
+ * power level), the instructions interleaved so that a frequency change or a preemption
+ * affects all alike. The empty asm keeps each accumulator in a register and the loop as
+ * written. */
+#define RATE_CHAINS 12
+#define RATE_ITERS 2048
+#define RATE_REPS 5
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+#if HAVE_CPUID
+/* 12 named accumulators (an array would live on the stack across the timer's call) */
+#define RATE_EACH(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11)
+#define RATE_DECL(i) VT a##i = INIT(i);
+#define RATE_STEP(i) a##i = OP(a##i); __asm__ volatile("" : "+v"(a##i));
+#define RATE_SINK(i) SINK(a##i);
+#define RATE_LOOP                                                                          \
+    RATE_EACH(RATE_DECL)                                                                   \
+    double t = now_seconds();                                                              \
+    for (int n = 0; n < RATE_ITERS; n++) {                                                 \
+        RATE_EACH(RATE_STEP)                                                               \
+    }                                                                                      \
+    t = now_seconds() - t;                                                                 \
+    RATE_EACH(RATE_SINK)                                                                   \
+    return t;
+
+static volatile float rate_sink_f;
+static volatile int rate_sink_i;
+
+__attribute__((noinline, target("avx512f"))) static double time_fma_zmm(void)
+{
+    __m512 b = _mm512_set1_ps(1.0001f), c = _mm512_set1_ps(0.999f);
+    #define VT __m512
+#define INIT(i) _mm512_set1_ps((float)(i))
+#define OP(v) _mm512_fmadd_ps(v, b, c)
+#define SINK(v) rate_sink_f = _mm512_reduce_add_ps(v)
+    RATE_LOOP
+#undef VT
+#undef INIT
+#undef OP
+#undef SINK
+}
+
+__attribute__((noinline, target("avx2,fma"))) static double time_fma_ymm(void)
+{
+    __m256 b = _mm256_set1_ps(1.0001f), c = _mm256_set1_ps(0.999f);
+    #define VT __m256
+#define INIT(i) _mm256_set1_ps((float)(i))
+#define OP(v) _mm256_fmadd_ps(v, b, c)
+#define SINK(v) rate_sink_f = _mm256_cvtss_f32(v)
+    RATE_LOOP
+#undef VT
+#undef INIT
+#undef OP
+#undef SINK
+}
+
+__attribute__((noinline, target("avx512f,avx512bw,avx512bf16"))) static double time_bf16_zmm(void)
+{
+    __m512bh b = (__m512bh)_mm512_set1_epi16(0x3f80), c = (__m512bh)_mm512_set1_epi16(0x3f00);
+    #define VT __m512
+#define INIT(i) _mm512_set1_ps((float)(i))
+#define OP(v) _mm512_dpbf16_ps(v, b, c)
+#define SINK(v) rate_sink_f = _mm512_reduce_add_ps(v)
+    RATE_LOOP
+#undef VT
+#undef INIT
+#undef OP
+#undef SINK
+}
+
+__attribute__((noinline, target("avx512f,avx512bw,avx512vnni"))) static double time_vnni_zmm(void)
+{
+    __m512i b = _mm512_set1_epi8(1), c = _mm512_set1_epi8(2);
+    #define VT __m512i
+#define INIT(i) _mm512_set1_epi32(i)
+#define OP(v) _mm512_dpbusd_epi32(v, b, c)
+#define SINK(v) rate_sink_i = _mm512_reduce_add_epi32(v)
+    RATE_LOOP
+#undef VT
+#undef INIT
+#undef OP
+#undef SINK
+}
+
+__attribute__((noinline, target("avx2,avxvnni"))) static double time_vnni_ymm(void)
+{
+    __m256i b = _mm256_set1_epi8(1), c = _mm256_set1_epi8(2);
+    #define VT __m256i
+#define INIT(i) _mm256_set1_epi32(i)
+#define OP(v) _mm256_dpbusd_avx_epi32(v, b, c)
+#define SINK(v) rate_sink_i = _mm256_cvtsi256_si32(v)
+    RATE_LOOP
+#undef VT
+#undef INIT
+#undef OP
+#undef SINK
+}
+#endif
+
+static lstm_cpu_rates rates;
+static pthread_once_t rates_once = PTHREAD_ONCE_INIT;
+
+static void measure_rates(void)
+{
+#if HAVE_CPUID
+    double t0 = now_seconds();
+    int avx512 = lstm_cpu_simd_level() == LSTM_SIMD_AVX512;
+    int fma = avx512 ? 512 : lstm_cpu_simd_level() == LSTM_SIMD_AVX2 ? 256 : 0;
+    int bf = lstm_cpu_has_avx512bf16();
+    int vnni = lstm_cpu_has_avx512vnni() ? 512 : lstm_cpu_has_avxvnni() ? 256 : 0;
+    double best[3] = {1e30, 1e30, 1e30};
+    for (int r = 0; r <= RATE_REPS; r++) {   /* r = 0: the warm-up */
+        double t[3] = {
+            fma == 512 ? time_fma_zmm() : fma == 256 ? time_fma_ymm() : 0,
+            bf ? time_bf16_zmm() : 0,
+            vnni == 512 ? time_vnni_zmm() : vnni == 256 ? time_vnni_ymm() : 0,
+        };
+        for (int k = 0; k < 3 && r > 0; k++)
+            if (t[k] > 0 && t[k] < best[k])
+                best[k] = t[k];
+    }
+    double n = (double)RATE_CHAINS * RATE_ITERS;
+    /* per instruction: lanes x FLOP (or OP) per lane */
+    rates.fp32_fma = fma ? n * (fma / 32) * 2 / best[0] * 1e-9 : 0;
+    rates.bf16_dot = bf ? n * 16 * 4 / best[1] * 1e-9 : 0;
+    rates.int8_dot = vnni ? n * (vnni / 32) * 8 / best[2] * 1e-9 : 0;
+    rates.fp32_bits = fma;
+    rates.int8_bits = vnni;
+    rates.seconds = now_seconds() - t0;
+#endif
+}
+
+const lstm_cpu_rates *lstm_cpu_rates_get(void)
+{
+    pthread_once(&rates_once, measure_rates);
+    return &rates;
 }

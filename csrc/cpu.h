@@ -38,6 +38,25 @@ int lstm_cpu_has_avxvnni(void);
  * the OS saves the tile state and (Linux) granted it to this process; asked once. */
 int lstm_cpu_has_amx_int8(void);
 
+/* Per-core, register-only throughput of the instructions the kernels' products use, as
+ * measured on the running CPU: 12 independent accumulator chains per instruction, no
+ * memory operands, one thread, the best of a few short repeats (about 0.3 ms in all,
+ * once per process, thread-safe). What the hardware is rated at differs by CPU (an
+ * Intel Xeon runs vdpbf16ps at half its FMA rate, AMD Zen 4 at twice), so choices that
+ * depend on it (lstm.c: bf16_native_for) read these. 0 where the CPU lacks the
+ * instruction. Counting: an fp32 FMA lane 2 FLOP; a vdpbf16ps lane 4 FLOP (2 products,
+ * 2 adds); a vpdpbusd lane 8 OP (4 products, 4 adds). */
+typedef struct {
+    double fp32_fma;      /* GFLOP/s, vfmadd231ps: zmm at the AVX-512 level, else ymm
+                             (AVX2 + FMA), else 0 */
+    double bf16_dot;      /* GFLOP/s, vdpbf16ps zmm (AVX512_BF16), else 0 */
+    double int8_dot;      /* GOP/s, vpdpbusd: zmm (AVX512_VNNI), else ymm (AVX-VNNI), else 0 */
+    int fp32_bits, int8_bits;   /* vector width measured: 512, 256, or 0 */
+    double seconds;       /* what the measurement took */
+} lstm_cpu_rates;
+
+const lstm_cpu_rates *lstm_cpu_rates_get(void);
+
 /* Name of a level: "portable", "avx2", "avx512". */
 const char *lstm_simd_name(lstm_simd_level level);
 

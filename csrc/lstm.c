@@ -328,20 +328,52 @@ int lstm_set_bf16_mode(int mode)
 int lstm_get_bf16_mode(void) { return bf16_mode; }
 
 /* Native vdpbf16ps or the emulation (the same bits): where the CPU has it, the pack
- * is of the AVX-512 level, and (automatic mode) B <= BF16_NATIVE_MAX_B. On the Intel
- * Xeon (family 6 model 167), where vdpbf16ps runs at half the fp32 FMA rate, native
- * was faster only at B = 1 (1 thread, forward T = 16, ms native/emulated): H = 256
- * B = 1 .183/.212, B = 2 .365/.326, B = 4 .652/.468, B = 16 2.54/1.76; H = 512 B = 1
- * 1.63/1.69, B = 4 2.81/2.31, B = 16 10.3/7.3; (32,64,256,256) 19.9/13.7. A CPU whose
- * bf16 dot runs at twice the FMA rate would want it everywhere: measure there. */
-#ifndef BF16_NATIVE_MAX_B
-#define BF16_NATIVE_MAX_B 1
-#endif
+ * is of the AVX-512 level, and (automatic mode) lstm_bf16_native_rule says so for the
+ * running CPU's measured rates (cpu.c: lstm_cpu_rates_get, register-only, per core):
+ * native at every B where vdpbf16ps's FLOP rate is at least BF16_NATIVE_MIN_RATIO times
+ * the fp32 FMA rate, else only at B = 1 (where it halves the bytes of the weights read,
+ * the B = 1 step being bound by that traffic, not by the multiplies).
+ * Intel Xeon (family 6 model 167, vdpbf16ps at half the fp32 FMA rate: 85 vs 172
+ * GFLOP/s): native was faster only at B = 1 (1 thread, forward T = 16, ms
+ * native/emulated): H = 256 B = 1 .183/.212, B = 2 .365/.326, B = 4 .652/.468, B = 16
+ * 2.54/1.76; H = 512 B = 1 1.63/1.69, B = 4 2.81/2.31, B = 16 10.3/7.3; (32,64,256,256)
+ * 19.9/13.7.
+ * AMD EPYC family 25 model 17 (Zen 4, KVM; vdpbf16ps 234 GFLOP/s, fp32 FMA 116: 2.0x):
+ * native faster at every B (1 thread, forward T = 16, I = H, ms native/emulated, best of
+ * 7): H = 256 B = 1 .176/.187, B = 2 .197/.324, B = 3 .261/.466, B = 4 .339/.617, B = 8
+ * .668/1.25, B = 16 1.32/2.55, B = 64 5.38/10.2; H = 512 B = 1 .718/.745, B = 2
+ * .775/1.24, B = 4 1.26/2.42, B = 8 2.58/5.07, B = 16 5.26/10.5, B = 64 21.1/41.2: no
+ * crossover, 1.6x at B = 2 and 1.8-2.0x from B = 3. 1.5 sits between the two CPUs
+ * (0.5 and 2.0) with room for the measurement's noise either way. */
+#define BF16_NATIVE_MIN_RATIO 1.5
+int lstm_bf16_native_rule(double fp32_rate, double bf16_rate, int64_t B)
+{
+    if (bf16_rate <= 0)
+        return 0;
+    return B <= 1 || (fp32_rate > 0 && bf16_rate >= BF16_NATIVE_MIN_RATIO * fp32_rate);
+}
+
 static int bf16_native_for(int level, int64_t B)
 {
     if (bf16_mode == 0 || level != LSTM_SIMD_AVX512 || !lstm_cpu_has_avx512bf16())
         return 0;
-    return bf16_mode == 1 || B <= BF16_NATIVE_MAX_B;
+    if (bf16_mode == 1 || B <= 1)   /* B = 1 needs no measurement */
+        return 1;
+    const lstm_cpu_rates *r = lstm_cpu_rates_get();
+    return lstm_bf16_native_rule(r->fp32_fma, r->bf16_dot, B);
+}
+
+int lstm_instruction_rates(double *fp32_fma, double *bf16_dot, double *int8_dot,
+                           int *fp32_bits, int *int8_bits, double *seconds)
+{
+    const lstm_cpu_rates *r = lstm_cpu_rates_get();
+    *fp32_fma = r->fp32_fma;
+    *bf16_dot = r->bf16_dot;
+    *int8_dot = r->int8_dot;
+    *fp32_bits = r->fp32_bits;
+    *int8_bits = r->int8_bits;
+    *seconds = r->seconds;
+    return LSTM_OK;
 }
 
 int lstm_bf16_native(int64_t B, int64_t I, int64_t H)

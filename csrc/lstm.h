@@ -291,12 +291,24 @@ int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void 
 
 /* How lstm_forward_bf16 computes its products: 1 with vdpbf16ps (AVX512_BF16), 0
  * emulated with float32 FMAs (same bits). Mode: -1 automatic (the default: native
- * where the CPU has it and a pack of the AVX-512 level, chosen per call by shape),
+ * where the CPU has it and a pack of the AVX-512 level, per call by B and the CPU's
+ * measured rates: lstm_bf16_native_rule),
  * 0 always emulated, 1 native wherever possible. lstm_set_bf16_mode returns
  * LSTM_ERR_SIMD for 1 on a CPU without AVX512_BF16. */
 int lstm_set_bf16_mode(int mode);
 int lstm_get_bf16_mode(void);
 int lstm_bf16_native(int64_t B, int64_t I, int64_t H);   /* what a call of this shape uses */
+/* The automatic mode's rule, as a function of the per-core rates (GFLOP/s) of the fp32
+ * FMA and of vdpbf16ps (0: the CPU lacks it) and the rows B: native at B = 1, and at
+ * every B where the bf16 dot runs at >= 1.5x the fp32 FMA's FLOP rate. */
+int lstm_bf16_native_rule(double fp32_rate, double bf16_rate, int64_t B);
+/* The running CPU's measured per-core instruction rates (cpu.h, lstm_cpu_rates_get):
+ * fp32 FMA and bf16 dot in GFLOP/s, int8 dot (vpdpbusd) in GOP/s, 0 where the CPU lacks
+ * the instruction; the vector widths measured (512, 256, 0) and the seconds it took.
+ * Measured once per process, at the first call of this or of an automatic-mode bf16
+ * forward with B > 1. */
+int lstm_instruction_rates(double *fp32_fma, double *bf16_dot, double *int8_dot,
+                           int *fp32_bits, int *int8_bits, double *seconds);
 
 /* ---- int8 weights, float32 everything else (inference) --------------------
  * The same layer with w_ih and w_hh quantized to int8 at pack time, a symmetric

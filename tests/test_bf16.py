@@ -100,6 +100,67 @@ def test_info_names_the_bf16_path(capsys):
             ck.set_bf16_native(True)
 
 
+def test_instruction_rates_measured():
+    """The per-core rates the automatic choice reads: measured once, quickly, present
+    exactly where the CPU has the instruction, and shown by lstm-fast info."""
+    r = ck.instruction_rates()
+    assert (r["fp32_fma"] is not None) == (ck.cpu_simd_level() != "portable")
+    assert (r["bf16_dot"] is not None) == NATIVE
+    assert r["fp32_bits"] == {"avx512": 512, "avx2": 256, "portable": 0}[ck.cpu_simd_level()]
+    for k in ("fp32_fma", "bf16_dot", "int8_dot"):
+        assert r[k] is None or 1 < r[k] < 1e5, (k, r[k])
+    assert 0 < r["seconds"] < 0.05 or r["fp32_fma"] is None   # ~0.1-0.3 ms when idle
+    assert ck.instruction_rates() == r                        # once per process
+    assert ck.build_info()["instruction_rates"] == r
+
+
+@pytest.mark.parametrize("fp32, bf16, B, native", [
+    (172, 85, 1, True), (172, 85, 2, False), (172, 85, 64, False),    # Intel Xeon (0.5x)
+    (116, 234, 1, True), (116, 234, 2, True), (116, 234, 64, True),   # AMD Zen 4 (2.0x)
+    (100, 149, 2, False), (100, 150, 2, True), (100, 150, 1000, True),
+    (100, 0, 1, False), (100, None, 64, False), (0, 200, 1, True), (0, 200, 2, False)])
+def test_bf16_native_rule(fp32, bf16, B, native):
+    """vdpbf16ps at B = 1 wherever it exists; at B > 1 only where it runs at >= 1.5x the
+    fp32 FMA's FLOP rate (0 or None: the instruction is missing)."""
+    assert ck.bf16_native_rule(fp32, bf16, B) is native
+
+
+@pytest.mark.parametrize("B", [1, 2, 7, 64])
+def test_bf16_choice_follows_rates(B):
+    """The automatic choice is the rule applied to this CPU's measured rates (at the
+    AVX-512 level, where vdpbf16ps can run); forcing either way still works."""
+    r = ck.instruction_rates()
+    want = NATIVE and ck.simd_level() == "avx512" and \
+        ck.bf16_native_rule(r["fp32_fma"], r["bf16_dot"], B)
+    assert ck.bf16_path(B, 8, 8).startswith("native") == want
+    if not want:
+        assert "emulated" in ck.bf16_path(B, 8, 8)
+    ck.set_bf16_native(False)
+    try:
+        assert ck.bf16_path(B, 8, 8).startswith("emulated (emulation forced")
+    finally:
+        ck.set_bf16_native(None)
+    if NATIVE and ck.simd_level() == "avx512":
+        ck.set_bf16_native(True)
+        try:
+            assert ck.bf16_path(B, 8, 8).startswith("native")
+        finally:
+            ck.set_bf16_native(None)
+
+
+def test_info_shows_the_rates(capsys):
+    from lstm_fast import cli
+    cli.info([])
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("instruction rates: "))
+    r = ck.instruction_rates()
+    assert (f"fp32 FMA {r['fp32_fma']:.0f} GFLOP/s" in line) == (r["fp32_fma"] is not None)
+    assert ("vdpbf16ps: none" in line) == (not NATIVE)
+    if NATIVE:
+        rule = ck.bf16_native_rule(r["fp32_fma"], r["bf16_dot"], 2)
+        assert ("native at every B" if rule else "native at B = 1 only") in line
+
+
 def _bf16_products(w_ih, w_hh, x1, h1):
     """The exact (float64) products of the bf16-rounded weights and inputs."""
     return (np.concatenate([ref.round_bf16(w_ih), ref.round_bf16(w_hh)], 1).astype(np.float64)

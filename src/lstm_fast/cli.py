@@ -68,12 +68,15 @@ def info(argv=None):
         c = backends.get("c")
         print(f"CPU SIMD level: {c.cpu_simd_level()}")
         print(f"SIMD level used: {c.simd_level()}")
-        print(f"bfloat16 weights (weight_dtype='bfloat16'): {c.bf16_path()}")
+        print(f"instruction rates: {c.rates_summary()}")
+        print(f"bfloat16 weights (weight_dtype='bfloat16'): B = 1 {c.bf16_path(1)}; "
+              f"B = 64 {c.bf16_path(64)}")
         print(f"int8 weights (weight_dtype='int8'): {c.int8_path()}")
         print(f"int8 weights, x and h quantized per step (weight_dtype='int8_dynamic'): "
               f"{c.int8_dynamic_path()}")
         for k, v in c.build_info().items():
-            if k not in ("simd_level", "cpu_simd_level", "bf16", "int8", "int8_dynamic"):
+            if k not in ("simd_level", "cpu_simd_level", "bf16", "int8", "int8_dynamic",
+                         "instruction_rates"):
                 print(f"build {k}: {v}")
     return 0
 

@@ -118,6 +118,9 @@ cdef extern from "lstm.h" nogil:
     int lstm_set_bf16_mode(int mode)
     int lstm_get_bf16_mode()
     int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
+    int lstm_bf16_native_rule(double fp32_rate, double bf16_rate, int64_t B)
+    int lstm_instruction_rates(double *fp32_fma, double *bf16_dot, double *int8_dot,
+                               int *fp32_bits, int *int8_bits, double *seconds)
     size_t lstm_packed_size_i8(int64_t I, int64_t H)
     int lstm_pack_i8(int64_t I, int64_t H, const float *w_ih, const float *w_hh,
                      const float *b, void *packed)

@@ -83,6 +83,7 @@ def build_info():
         "caches": {k: int(info[k]) for k in ("l1d", "l2", "l3", "l2_shared_by", "l3_shared_by")
                    if k in info},
         "caches_from": info.get("caches_from"),
+        "instruction_rates": instruction_rates(),
         "bf16": bf16_path(),
         "int8": int8_path(),
         "int8_dynamic": int8_dynamic_path(),
@@ -103,6 +104,27 @@ def set_bf16_native(native):
                            "can only be emulated here")
 
 
+def instruction_rates():
+    """The running CPU's per-core throughput of the products' instructions, measured once
+    per process (register-only, ~0.3 ms; csrc/cpu.c): dict with ``fp32_fma`` (GFLOP/s,
+    vfmadd231ps), ``bf16_dot`` (GFLOP/s, vdpbf16ps), ``int8_dot`` (GOP/s, vpdpbusd), each
+    None where the CPU lacks the instruction, ``fp32_bits`` / ``int8_bits`` (the vector
+    width measured: 512 or 256) and ``seconds`` (what measuring took). A vdpbf16ps lane
+    counts 4 FLOP (2 products, 2 adds), a vpdpbusd lane 8 OP."""
+    cdef double f, b, i8, sec
+    cdef int fb, ib
+    lstm_instruction_rates(&f, &b, &i8, &fb, &ib, &sec)
+    return {"fp32_fma": f or None, "bf16_dot": b or None, "int8_dot": i8 or None,
+            "fp32_bits": fb, "int8_bits": ib, "seconds": sec}
+
+
+def bf16_native_rule(fp32_rate, bf16_rate, B):
+    """The automatic bf16 choice as a function of per-core rates (GFLOP/s; 0 or None:
+    the instruction is missing) and the rows B: True (vdpbf16ps) at B = 1 and at every B
+    where the bf16 dot runs at >= 1.5x the fp32 FMA rate (csrc/lstm.c)."""
+    return bool(lstm_bf16_native_rule(fp32_rate or 0.0, bf16_rate or 0.0, B))
+
+
 def bf16_path(B=1, I=1, H=1):
     """What a bfloat16-weight forward of this shape uses at the SIMD level in force:
     "native (vdpbf16ps)" or "emulated (...)"."""
@@ -111,8 +133,30 @@ def bf16_path(B=1, I=1, H=1):
     why = ("the CPU has no AVX512_BF16; " if not lstm_cpu_has_avx512bf16() else
            "emulation forced (set_bf16_native(False)); " if lstm_get_bf16_mode() == 0 else
            f"SIMD level {simd_level()} in force; " if simd_level() != "avx512" else
-           "faster at this shape; ")
+           _bf16_rates_reason())
     return f"emulated ({why}float32 FMAs in vdpbf16ps's order and rounding, same bits)"
+
+
+def _bf16_rates_reason():
+    r = instruction_rates()
+    return (f"B > 1 and vdpbf16ps measured at {r['bf16_dot'] or 0:.0f} GFLOP/s per core, "
+            f"below 1.5x the fp32 FMA's {r['fp32_fma'] or 0:.0f}; ")
+
+
+def rates_summary():
+    """One line: the measured per-core rates (instruction_rates) and the bf16 choice."""
+    r = instruction_rates()
+    parts = [f"fp32 FMA {r['fp32_fma']:.0f} GFLOP/s ({r['fp32_bits']}-bit)"
+             if r["fp32_fma"] else "fp32 FMA: no AVX2/AVX-512"]
+    if r["bf16_dot"]:
+        ratio = r["bf16_dot"] / r["fp32_fma"] if r["fp32_fma"] else float("inf")
+        parts.append(f"vdpbf16ps {r['bf16_dot']:.0f} GFLOP/s ({ratio:.2f}x fp32: bf16 "
+                     f"native {'at every B' if lstm_bf16_native_rule(r['fp32_fma'], r['bf16_dot'], 2) else 'at B = 1 only'})")
+    else:
+        parts.append("vdpbf16ps: none")
+    parts.append(f"vpdpbusd {r['int8_dot']:.0f} GOP/s ({r['int8_bits']}-bit)"
+                 if r["int8_dot"] else "vpdpbusd: none")
+    return ", ".join(parts) + f" (1 core, register-only, measured in {r['seconds'] * 1e3:.2f} ms)"
 
 
 def int8_path():
