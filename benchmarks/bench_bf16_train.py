@@ -26,7 +26,7 @@ import pytest
 
 import lstm_fast
 
-from . import harness
+from . import harness, low_precision
 from .conftest import benchmark_disabled
 
 pytest.importorskip("lstm_fast.backends._c")
@@ -100,5 +100,8 @@ def test_bf16_train(benchmark, request, name, competitor, threads):
             group=f"bf16 training T,B,I,H={T},{B},{I},{H} threads={threads}",
             extra=dict(shape=name, T=T, B=B, I=I, H=H, threads=threads,
                        competitor=competitor, saved_bytes=kept), rounds=7)
+        if competitor in ("float32", "bfloat16"):
+            low_precision.record_roofline(benchmark, "bf16 training", competitor, T, B, I, H,
+                                          threads, train=True)
     finally:
         harness.reset_threads()

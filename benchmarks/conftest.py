@@ -167,10 +167,32 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         foreign = (busy1 - busy0) - (harness.own_cpu_seconds() - own0)
         info["foreign_cpu"] = {"seconds": round(foreign, 2), "wall": round(wall, 2),
                                "share": round(foreign / wall, 4) if wall > 0 else None}
+    from .low_precision import rates
+    info["instruction_rates"] = rates()
     info["threads"] = list(shapes.THREADS)
     info["dtypes"] = list(shapes.DTYPES)
     info["large_shapes"] = sorted(shapes.LARGE)
     machine_info["lstm_fast"] = info
+
+
+def pytest_report_header(config):
+    """The CPU's measured per-core instruction rates first (issue 16: the low-precision
+    benchmarks' roofline is against these); measured here, before anything is timed."""
+    try:
+        from lstm_fast.backends import _c
+    except ImportError:
+        return None
+    return f"instruction rates: {_c.rates_summary()}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    from .low_precision import ROOFLINE_LINES
+    if ROOFLINE_LINES:
+        from lstm_fast.backends import _c
+        terminalreporter.section("roofline (fraction of the measured per-core peak x threads)")
+        terminalreporter.write_line(f"instruction rates: {_c.rates_summary()}")
+        for line in ROOFLINE_LINES:
+            terminalreporter.write_line(line)
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):

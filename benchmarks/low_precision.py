@@ -2,7 +2,14 @@
 ``Stream.step`` at H = 512 and 1024, where every step re-reads the weights, and the large
 forward (32, 64, 256, 256) and (128, 64, 512, 512), compute bound), our layer quantized to a weight dtype, and the
 benchmark body (outputs checked against the float32 layer's first; under
-``--benchmark-disable``, the test suite, one untimed call on small shapes)."""
+``--benchmark-disable``, the test suite, one untimed call on small shapes).
+
+Roofline (issue 16: "what fraction of the measured bf16/int8/fp32 peak it reaches"): each
+timed benchmark records in extra_info the CPU's measured per-core instruction rates
+(``_c.instruction_rates()``: register-only fp32 FMA, vdpbf16ps, vpdpbusd) and
+``roofline``: the instruction its products run on, that peak times the threads, the
+GFLOP/s reached (forward 2*T*B*4H*(I+H), a training step 3x) and the fraction; the
+terminal summary prints the rates first and one line per case (conftest.py)."""
 
 import numpy as np
 
@@ -10,6 +17,55 @@ import lstm_fast
 
 from . import harness
 from .conftest import benchmark_disabled
+
+# filled by record_roofline, printed by conftest.pytest_terminal_summary
+ROOFLINE_LINES = []
+
+
+def rates():
+    """The running CPU's measured per-core instruction rates (None without the c backend)."""
+    try:
+        from lstm_fast.backends import _c
+    except ImportError:
+        return None
+    return _c.instruction_rates()
+
+
+def peak_of(weights, B):
+    """The instruction the products of ``weights`` run on at B rows: "fp32_fma",
+    "bf16_dot", "int8_dot", or None (AMX, or no measured rate)."""
+    from lstm_fast.backends import _c
+    w, _, mode = weights.partition("-")
+    if weights in ("torch-dynamic-int8", "ort-dynamic-int8"):
+        return "int8_dot"        # fbgemm / MLAS: vpdpbusd where the CPU has it
+    if w == "bfloat16":
+        native = {"native": True, "emulated": False}.get(mode, _c.bf16_path(B).startswith("native"))
+        return "bf16_dot" if native else "fp32_fma"
+    if w == "int8_dynamic":
+        return "int8_dot" if "vpdpbusd" in _c.int8_dynamic_path(B) else None
+    return "fp32_fma"            # float32, int8 weight-only (widened to float32)
+
+
+def record_roofline(benchmark, label, weights, T, B, I, H, threads, train=False):
+    """extra_info["rates"] and ["roofline"] of a timed benchmark, and its summary line."""
+    r = rates()
+    stats = getattr(benchmark, "stats", None)
+    if r is None or stats is None or getattr(benchmark, "disabled", False):
+        return
+    median = stats.stats.median
+    flops = 2 * T * B * 4 * H * (I + H) * (3 if train else 1)
+    gflops = flops / median / 1e9
+    peak = peak_of(weights, B)
+    rate = r.get(peak) if peak else None
+    benchmark.extra_info["rates"] = r
+    benchmark.extra_info["roofline"] = dict(
+        peak=peak, peak_gflops=rate * threads if rate else None, gflops=round(gflops, 2),
+        fraction=round(gflops / (rate * threads), 4) if rate else None)
+    where = (f"{gflops / (rate * threads):6.1%} of {peak} {rate * threads:.0f}"
+             if rate else "no measured peak (AMX or emulated)")
+    ROOFLINE_LINES.append(
+        f"{label} T,B,I,H={T},{B},{I},{H} threads={threads} {weights}: median "
+        f"{median * 1e3:.3f} ms, {gflops:.1f} GFLOP/s = {where}")
 
 # name: (case, T, B, I, H); stream: T steps of Stream.step per timed call
 CASES = {"stream512": ("stream", 32, 1, 512, 512), "stream1024": ("stream", 32, 1, 1024, 1024),
@@ -57,5 +113,6 @@ def run(benchmark, request, name, weights, threads, label, tol, extra, runner=la
             extra=dict(case=case, shape=name, T=T, B=B, I=I, H=H, threads=threads,
                        weights=weights, **extra(B, I, H)),
             rounds=ROUNDS[case])
+        record_roofline(benchmark, label, weights, T, B, I, H, threads)
     finally:
         harness.reset_threads()
