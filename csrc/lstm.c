@@ -20,6 +20,25 @@
 #define HAVE_X86 0
 #endif
 
+/* bfloat16 training's vdpbf16ps backward (lstm.template.c, bwdb_tile): the choice and
+ * the parts of variant.bf16_ws: pair blocks of W output columns ([ceil(W/16)][2H][16]
+ * words: whh W = H, wih W = I), then per thread B rows of 2H pair words */
+static int bf16_native_for(int level, int64_t B);
+static int64_t bf16_ws_align(int64_t n) { return (n + 63) & ~(int64_t)63; }
+static int64_t bf16_ws_whh_bytes(int64_t W, int64_t H)
+{
+    return bf16_ws_align((W + 15) / 16 * 16 * 2 * H * 4);
+}
+static int64_t bf16_ws_rows_bytes(int64_t B, int64_t H) { return bf16_ws_align(B * 2 * H * 4); }
+
+size_t lstm_bf16_grads_workspace_size(int64_t B, int64_t I, int64_t H, int num_threads)
+{
+    if (B < 0 || I < 0 || H < 0)
+        return 0;
+    return (size_t)(bf16_ws_whh_bytes(H, H) + bf16_ws_whh_bytes(I, H) +
+                    (num_threads < 1 ? 1 : num_threads) * bf16_ws_rows_bytes(B, H) + 64);
+}
+
 #define TYPE float
 #define IS_F64 0
 #define ISA 0

@@ -650,11 +650,149 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
         }
 }
 
+/* ---- bfloat16 training: the backward's per-step products with vdpbf16ps ----------
+ * Where lstm.c's rule chooses vdpbf16ps for B rows (bf16_native_for: AVX512_BF16 at the
+ * AVX-512 level and, at B > 1, a bf16 dot measured at >= 1.5x the fp32 FMA rate) and the
+ * caller gave variant.bf16_ws, the per-step products of bfloat16 training, dh_{t-1} =
+ * r(da_t) . r(w_hh) and (where dx is computed in the steps) dx_t = r(da_t) . r(w_ih),
+ * run on bf16 pairs along the 4H gate gradients: each output element is acc = +0, then
+ * for p = 0 .. 2H-1: acc = fma(da[2p+1], w[2p+1], acc); acc = fma(da[2p], w[2p], acc),
+ * each an fp32 FMA rounded to nearest even with denormal results flushed (VDPBF16PS; its
+ * denormal inputs cannot occur: bf16_round flushes them). The operands are the values the
+ * float32 path multiplies (the gate gradients are rounded by the cell, the pack holds the
+ * rounded weights), so the two paths are sums of the same exact products in different
+ * orders: each within gamma_K sum_k |a_k b_k| (K = 4H, gamma_K ~ K 2^-24) of the exact
+ * sum, the flushes adding at most K 2^-126 (backends/reference.py, "bfloat16 training").
+ * The whole-sequence products (dw_ih, dw_hh, and dx where not in the steps) stay the
+ * float32 GEMM. Layout (in variant.bf16_ws, made per call from the float32 pack's whh_b
+ * and wih_b, each thread its own column blocks): [block][2H pairs][V] words bf16(w[2p+1])
+ * << 16 | bf16(w[2p]); per thread the step's gate gradient rows as [n][2H] pair words. */
+#if ISA == 2 && !IS_F64
+#define BWD_BF16 1
+#define ATTR_BFB __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,avx2,fma")))
+
+static inline __attribute__((always_inline)) ATTR_BFB void
+FN(bwdb_tile)(const int mr, const int nb, int64_t p0, int64_t p1, const uint32_t *restrict dgw,
+              int64_t ldw, const uint32_t *restrict w, int64_t bstride, float *restrict acc_mem)
+{
+    __m512 acc[MAXACC];
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * nb; q++)
+        acc[q] = p0 ? _mm512_load_ps(acc_mem + q * V) : _mm512_setzero_ps();
+    for (int64_t p = p0; p < p1; p++) {
+        __m512i wv[8];
+#pragma GCC unroll 8
+        for (int q = 0; q < nb; q++)
+            wv[q] = _mm512_loadu_si512((const void *)(w + p * V + q * bstride));
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            __m512bh a = (__m512bh)_mm512_set1_epi32((int)dgw[r * ldw + p]);
+#pragma GCC unroll 8
+            for (int q = 0; q < nb; q++)
+                acc[r * nb + q] = _mm512_dpbf16_ps(acc[r * nb + q], a, (__m512bh)wv[q]);
+        }
+    }
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * nb; q++)
+        _mm512_store_ps(acc_mem + q * V, acc[q]);
+}
+
+#define BWDB_TILE(MRV, NBV)                                                                  \
+    case (MRV) * 16 + (NBV):                                                                 \
+        FN(bwdb_tile)(MRV, NBV, p0, p1, dgw, ldw, w, bstride, acc_mem);                      \
+        break;
+
+static ATTR_BFB void FN(bwdb_tile_any)(int mr, int nb, int64_t p0, int64_t p1,
+                                       const uint32_t *dgw, int64_t ldw, const uint32_t *w,
+                                       int64_t bstride, float *acc_mem)
+{
+    switch (mr * 16 + nb) {
+        BWDB_TILE(1, 1) BWDB_TILE(1, 2) BWDB_TILE(1, 3) BWDB_TILE(1, 4)
+        BWDB_TILE(1, 5) BWDB_TILE(1, 6) BWDB_TILE(1, 7) BWDB_TILE(1, 8)
+        BWDB_TILE(2, 1) BWDB_TILE(2, 2) BWDB_TILE(2, 3) BWDB_TILE(2, 4)
+        BWDB_TILE(3, 1) BWDB_TILE(3, 2) BWDB_TILE(3, 3) BWDB_TILE(3, 4)
+        BWDB_TILE(4, 1) BWDB_TILE(4, 2) BWDB_TILE(4, 3) BWDB_TILE(4, 4)
+        BWDB_TILE(5, 1) BWDB_TILE(5, 2) BWDB_TILE(5, 3) BWDB_TILE(5, 4)
+        BWDB_TILE(6, 1) BWDB_TILE(6, 2) BWDB_TILE(6, 3) BWDB_TILE(6, 4)
+    default: break;
+    }
+}
+
+/* part [n][nb][V] = the n rows' pair words dgw (ldw apart) . nb pair blocks at w (KP
+ * pairs each, bstride apart): bwd_tiles' row tiles and K chunks (a pair row has the
+ * bytes of a float32 row), without the prefetch. */
+KERNEL void FN(bwdb_tiles)(int64_t n, int nb, int64_t KP, const uint32_t *dgw, int64_t ldw,
+                           const uint32_t *w, int64_t bstride, float *part,
+                           const FN(step_plan) *sp)
+{
+    int64_t nt = (n + BR - 1) / BR, kc = nt > 1 && sp->kc < KP ? sp->kc : KP;
+    for (int64_t k0 = 0; k0 < KP; k0 += kc) {
+        int64_t k1 = KP - k0 < kc ? KP : k0 + kc;
+        for (int64_t t = 0; t < nt; t++) {
+            int64_t r0 = n * t / nt, r1 = n * (t + 1) / nt;
+            FN(bwdb_tile_any)((int)(r1 - r0), nb, k0, k1, dgw + r0 * ldw, ldw, w, bstride,
+                              part + r0 * nb * V);
+        }
+    }
+}
+
+/* out [n,W] = dgw . w for output blocks p0..p1 of W (bwd_rows without mul and add) */
+KERNEL void FN(bwdb_rows)(int64_t H, int64_t W, const uint32_t *w, int64_t p0, int64_t p1,
+                          const uint32_t *dgw, int64_t n, float *out, const FN(step_plan) *sp)
+{
+    int64_t KP = 2 * H;
+    float part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
+    int64_t jstep = n == 1 ? 2 * BNB : BNB;
+    for (int64_t j = p0; j < p1; j += jstep) {
+        int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
+        for (int64_t g0 = 0, g1; g0 < n; g0 = g1) {
+            g1 = FN(group_end)(sp, g0, n, BR);
+            int64_t ng = g1 - g0;
+            FN(bwdb_tiles)(ng, nb, KP, dgw + g0 * KP, KP, w + j * KP * V, KP * V, part, sp);
+            for (int64_t r = 0; r < ng; r++)
+                for (int jb = 0; jb < nb; jb++) {
+                    int64_t off = (j + jb) * V, ro = (g0 + r) * W + off;
+                    int cnt = W - off < V ? (int)(W - off) : V;
+                    vstore_n(out + ro, vload(part + (r * nb + jb) * V), cnt);
+                }
+        }
+    }
+}
+
+/* blocks j0..j1 of a float32 [block][4H][V] pack (values bf16 already) as pair words */
+KERNEL void FN(bwdb_pack)(int64_t H, const float *wb, int64_t j0, int64_t j1, uint32_t *out)
+{
+    int64_t G = 4 * H;
+    for (int64_t j = j0; j < j1; j++)
+        for (int64_t p = 0; p < 2 * H; p++) {
+            const uint32_t *e = (const uint32_t *)(wb + (j * G + 2 * p) * V);
+            const uint32_t *o = (const uint32_t *)(wb + (j * G + 2 * p + 1) * V);
+            uint32_t *d = out + (j * 2 * H + p) * V;
+            for (int l = 0; l < V; l++)
+                d[l] = (o[l] & 0xffff0000u) | (e[l] >> 16);
+        }
+}
+
+/* n rows of gate gradients (ldg apart, values bf16 already) as [n][2H] pair words */
+KERNEL void FN(bwdb_rows_words)(int64_t n, int64_t H, const float *dg, int64_t ldg,
+                                uint32_t *out)
+{
+    for (int64_t r = 0; r < n; r++) {
+        const uint32_t *u = (const uint32_t *)(dg + r * ldg);
+        uint32_t *d = out + r * 2 * H;
+        for (int64_t p = 0; p < 2 * H; p++)
+            d[p] = (u[2 * p + 1] & 0xffff0000u) | (u[2 * p] >> 16);
+    }
+}
+#else
+#define BWD_BF16 0
+#endif
+
 /* One backward step t without a projection, hidden blocks j0..j1, fused: rows
  * below nn (active at t+1) take dh = dgates[t+1] . w_hh from the register tile,
  * the others (whose last step is t) take dh_n. */
 KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1,
-                         const FN(step_plan) *sp)
+                         const FN(step_plan) *sp, const uint32_t *bf_w, uint32_t *bf_rows)
 {
     int64_t T = ctx->T, H = ctx->H, ldg = ctx->ldg;
     const int64_t *offs = ctx->offs;
@@ -681,14 +819,27 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     }
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
+#if BWD_BF16
+    if (bf_w && nn)   /* vdpbf16ps: the rows of dgates[t+1] as pair words (also dx's) */
+        FN(bwdb_rows_words)(nn, H, dg_next, ldg, bf_rows);
+#else
+    (void)bf_w;
+    (void)bf_rows;
+#endif
     for (int64_t j = j0; j < j1; j += jstep) {
         int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
         for (int64_t g0 = 0, g1; g0 < nn; g0 = g1) {
             g1 = FN(group_end)(sp, g0, nn, BR);
             int64_t ng = g1 - g0;
             const TYPE *pf_next = g1 == nn && j + jstep < j1 ? w + (j + jstep) * G * V : NULL;
-            FN(bwd_tiles)(ng, nb, G, dg_next + g0 * ldg, ldg, w + j * G * V, G * V, part, sp,
-                          pf_next);
+#if BWD_BF16
+            if (bf_w)
+                FN(bwdb_tiles)(ng, nb, 2 * H, bf_rows + g0 * 2 * H, 2 * H, bf_w + j * 2 * H * V,
+                               2 * H * V, part, sp);
+            else
+#endif
+                FN(bwd_tiles)(ng, nb, G, dg_next + g0 * ldg, ldg, w + j * G * V, G * V, part,
+                              sp, pf_next);
             FN(bwd_cell)(&ca, (int)ng, nb, g0, j, part);
         }
         if (nn < n)
@@ -737,6 +888,24 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     const int64_t s = (int64_t)sizeof(TYPE);
     const FN(step_plan) sp = FN(step_plan_for)(
         ((P ? q1 - q0 : j1 - j0) + (dx_steps ? x1 - x0 : 0)) * G * V * s, BNB * V * s);
+    /* bfloat16 training with vdpbf16ps (see bwdb_tile): this thread's pair blocks */
+    const uint32_t *bf_whh = NULL;
+    uint32_t *bf_rows = NULL;
+#if BWD_BF16
+    const uint32_t *bf_wih = NULL;
+    if (!P && ctx->var && ctx->var->bf16_grads && ctx->var->bf16_ws &&
+        bf16_native_for(ISA, B)) {
+        unsigned char *bw = FN(align_ptr)(ctx->var->bf16_ws);
+        uint32_t *whh = (uint32_t *)bw, *wih = (uint32_t *)(bw + bf16_ws_whh_bytes(H, H));
+        FN(bwdb_pack)(H, (const float *)(base + ctx->hdr->off_whh_b), j0, j1, whh);
+        if (dx_steps)
+            FN(bwdb_pack)(H, wih_b, x0, x1, wih);
+        bf_whh = whh;
+        bf_wih = wih;
+        bf_rows = (uint32_t *)(bw + bf16_ws_whh_bytes(H, H) + bf16_ws_whh_bytes(I, H) +
+                               tid * bf16_ws_rows_bytes(B, H));
+    }
+#endif
 
     /* running dc starts as dc_n, db as 0; each thread owns the columns of its
      * blocks. db sums dgates as the cells write them (steps last to first, rows
@@ -766,7 +935,13 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         if (n == 0)
             continue;
         if (!P) {
-            FN(bwd_step)(ctx, t, j0, j1, &sp);
+            FN(bwd_step)(ctx, t, j0, j1, &sp, bf_whh, bf_rows);
+#if BWD_BF16
+            if (bf_whh && dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])
+                FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, offs[t + 2] - offs[t + 1],
+                              ctx->dx + offs[t + 1] * I, &sp);   /* words made by bwd_step */
+            else
+#endif
             if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
                 FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates + offs[t + 1] * ldg, ldg,
                              offs[t + 2] - offs[t + 1], NULL, NULL, ctx->dx + offs[t + 1] * I,
@@ -785,9 +960,27 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         FN(bwd_step_proj_cell)(ctx, t, j0, j1);
         lstm_barrier_wait(bar, num_threads);
     }
-    FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, ctx->dhz, ctx->dh0, &sp);
-    if (dx_steps && T && offs[1])
-        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, NULL, ctx->dx, &sp);
+#if BWD_BF16
+    if (bf_whh) {   /* dh0 and dx of step 0 as the other steps' */
+        int64_t n0 = T ? offs[1] : 0;
+        FN(bwdb_rows_words)(n0, H, ctx->dgates, ldg, bf_rows);
+        FN(bwdb_rows)(H, H, bf_whh, j0, j1, bf_rows, n0, ctx->dh0, &sp);
+        for (int64_t r = n0; r < B; r++)   /* rows without a step: dh_n */
+            for (int64_t j = j0; j < j1; j++) {
+                int64_t off = j * V, ro = r * H + off;
+                int cnt = H - off < V ? (int)(H - off) : V;
+                vstore_n(ctx->dh0 + ro, vload_n(ctx->dh_n + ro, cnt), cnt);
+            }
+        if (dx_steps && n0)
+            FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, n0, ctx->dx, &sp);
+    } else
+#endif
+    {
+        FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, ctx->dhz, ctx->dh0, &sp);
+        if (dx_steps && T && offs[1])
+            FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, NULL, ctx->dx,
+                         &sp);
+    }
 
     /* [dw_ih | dw_hh] = dgates^T . [x | h_prev]. When dgates^T is packed (a large
      * N * 4H), as one product writing both outputs, so that it is packed once
@@ -1002,3 +1195,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #undef STEP_ROWS_MAX
 #undef BWD_TILE
 #undef SET_CELL_VARIANT
+#undef BWD_BF16
+#ifdef ATTR_BFB
+#undef ATTR_BFB
+#endif

@@ -514,3 +514,70 @@ def test_round_bf16_of_the_c_backward_on_hard_values():
     want = ref.round_bf16(vals)
     assert same_bits(dx[:7], want[:7]) and np.isnan(dx[7]) and dx[8] == 1.0
     assert list(want[:5]) == [1.0, 1 + 2 ** -6, -1.0, 1.0, 0.0]
+
+
+# --- the C backward's per-step products with vdpbf16ps ----------------------------------
+# Where lstm.c's rule chooses vdpbf16ps (AVX512_BF16 and, at B > 1, a bf16 dot measured at
+# >= 1.5x the fp32 FMA rate; set_bf16_native forces either way), dh_{t-1} and the in-step dx
+# are VDPBF16PS sums of the same bf16 operands as the float32 path: pairs along the 4H gate
+# gradients, the odd element first, denormal results flushed. Both are float32 sums of the
+# same exact products, each within gamma_K S of the exact sum (S = sum_k |a_k b_k|,
+# K = 4H, gamma_K = K 2^-24), plus K 2^-126 for the flushes: so the two paths differ by at
+# most twice that, and each is within the tolerances above of the reference.
+def _bf16_native_available(ck):
+    try:
+        ck.set_bf16_native(True)
+    except RuntimeError:
+        return False
+    finally:
+        ck.set_bf16_native(None)
+    return True
+
+
+def _gate_grads_t1(p, g, gates, c):
+    """r(da) of a T = 1 backward (the cell's float32 formulas on the saved values)."""
+    H = p["h0"].shape[1]
+    i, f, gg, o = (gates[0][:, k * H:(k + 1) * H].astype(np.float64) for k in range(4))
+    tc = np.tanh(c[0].astype(np.float64))
+    dh = (g["dy"][0] + g["dh_n"]).astype(np.float64)
+    dc = g["dc_n"] + dh * o * (1 - tc * tc)
+    da = np.concatenate([dc * gg * i * (1 - i), dc * p["c0"] * f * (1 - f),
+                         dc * i * (1 - gg * gg), dh * tc * o * (1 - o)], 1)
+    return np.abs(ref.round_bf16(da.astype(np.float32))).astype(np.float64)
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 24, 32), (1, 33, 17, 21), (1, 3, 5, 4),
+                                   (5, 3, 4, 6), (3, 34, 9, 21), (9, 40, 16, 48)])
+def test_c_backward_with_vdpbf16ps_within_the_bound(shape):
+    ck = pytest.importorskip("lstm_fast.backends._c")
+    if not _bf16_native_available(ck):
+        pytest.skip("needs AVX512_BF16 (vdpbf16ps)")
+    p, g = _c_problem(shape, 0)
+    got = {}
+    before = ck.simd_level()
+    try:
+        ck.set_simd_level("avx512")
+        for native in (True, False):
+            ck.set_bf16_native(native)
+            _, (y, _, _, gates, c), bwd = _c_run(ck, p, g, 1)
+            want = ref.lstm_backward_bf16(p["x"], p["w_ih"], p["w_hh"], p["h0"], p["c0"], y,
+                                          gates, c, g["dy"], g["dh_n"], g["dc_n"])
+            errs = _rel_err(bwd[:6], want)
+            assert max(errs) <= (C_EXACT if shape[0] <= 5 else MOVED), \
+                (native, dict(zip(NAMES, errs)))
+            for a, b in zip(bwd[:6], _c_run(ck, p, g, 2)[2][:6]):   # any threads: same bits
+                assert same_bits(a, b)
+            got[native] = bwd
+    finally:
+        ck.set_bf16_native(None)
+        ck.set_simd_level(before)
+    if shape[0] == 1:   # T = 1: the same r(da) both ways; dx and dh0 are single products
+        H = shape[3]
+        K = 4 * H
+        da = _gate_grads_t1(p, g, gates, c)
+        for k, w in ((0, p["w_ih"]), (4, p["w_hh"])):
+            S = da @ np.abs(ref.round_bf16(w)).astype(np.float64)
+            bound = 2 * (K * 2.0 ** -24 * S + K * 2.0 ** -126)
+            diff = np.abs(got[True][k].reshape(S.shape).astype(np.float64) -
+                          got[False][k].reshape(S.shape))
+            assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))

@@ -551,6 +551,7 @@ cdef const lstm_variant *_with_rdrop(Packed packed, lstm_variant *lv, object rdr
         lv.cell_clip = 0
         lv.cifg = 0
         lv.bf16_grads = 0
+    lv.bf16_ws = NULL
     lv.rdrop = _p(rdrop)
     lv.zoneout = _p(zoneout)
     lv.var_ws = cnp.PyArray_DATA(ws)
@@ -592,7 +593,7 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef const lstm_variant *var = packed._varp
     cdef lstm_variant lv
     cdef int64_t R = P if P else H
-    rws = None
+    rws = bws = None
     if rdrop is not None or zoneout is not None:
         if bf16:
             _inference_only(packed)
@@ -713,7 +714,7 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     cdef void *p_dp = _p(dpeephole)
     cdef const lstm_variant *var = packed._varp
     cdef lstm_variant lv
-    rws = None
+    rws = bws = None
     if rdrop is not None or zoneout is not None:
         rws = np.empty((lstm_variant_workspace_size_f32(N, B, R, num_threads, 1)
                         if tn == cnp.NPY_FLOAT32 else
@@ -724,6 +725,9 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
         lv.clip = lv.cell_clip = 0
         lv.cifg = 0
         lv.bf16_grads = 1
+        # scratch of the per-step products with vdpbf16ps (used where lstm.c chooses it)
+        bws = np.empty(lstm_bf16_grads_workspace_size(B, I, H, num_threads), np.uint8)
+        lv.bf16_ws = cnp.PyArray_DATA(bws)
         var = &lv
     cdef int status
     with nogil:
