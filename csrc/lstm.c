@@ -31,12 +31,16 @@ static int64_t bf16_ws_whh_bytes(int64_t W, int64_t H)
 }
 static int64_t bf16_ws_rows_bytes(int64_t B, int64_t H) { return bf16_ws_align(B * 2 * H * 4); }
 
-size_t lstm_bf16_grads_workspace_size(int64_t B, int64_t I, int64_t H, int num_threads)
+/* then the dw products' pair words: ceil(4H/16) + ceil(H/16) + ceil(I/16) blocks of
+ * ceil(N/2) x 16 words */
+size_t lstm_bf16_grads_workspace_size(int64_t N, int64_t B, int64_t I, int64_t H,
+                                      int num_threads)
 {
-    if (B < 0 || I < 0 || H < 0)
+    if (N < 0 || B < 0 || I < 0 || H < 0)
         return 0;
+    int64_t dw = ((4 * H + 15) / 16 + (H + 15) / 16 + (I + 15) / 16) * ((N + 1) / 2) * 64;
     return (size_t)(bf16_ws_whh_bytes(H, H) + bf16_ws_whh_bytes(I, H) +
-                    (num_threads < 1 ? 1 : num_threads) * bf16_ws_rows_bytes(B, H) + 64);
+                    (num_threads < 1 ? 1 : num_threads) * bf16_ws_rows_bytes(B, H) + dw + 64);
 }
 
 #define TYPE float

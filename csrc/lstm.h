@@ -214,7 +214,8 @@ typedef struct {
      * a product (dh_{t-1}, dx, dw_ih, dw_hh); db sums the unrounded ones. */
     int bf16_grads;
     /* With bf16_grads, scratch of lstm_bf16_grads_workspace_size bytes (any alignment) for
-     * the per-step products dh_{t-1} and dx_t with vdpbf16ps, used where the CPU and the
+     * the products dh_{t-1}, the in-step dx_t, dw_ih and dw_hh with vdpbf16ps (pairs along
+     * 4H, or along the rows for dw), used where the CPU and the
      * rates favour it as for the forward (lstm_bf16_native; mode as lstm_set_bf16_mode);
      * NULL: always float32 FMAs. The operands are the same bf16 values either way; only
      * the order of the sums (pairs, the odd element first) and VDPBF16PS's flush of
@@ -222,7 +223,8 @@ typedef struct {
     void *bf16_ws;
 } lstm_variant;
 
-size_t lstm_bf16_grads_workspace_size(int64_t B, int64_t I, int64_t H, int num_threads);
+size_t lstm_bf16_grads_workspace_size(int64_t N, int64_t B, int64_t I, int64_t H,
+                                      int num_threads);
 
 /* Bytes of variant.var_ws for a forward (backward = 0) with up to num_threads threads
  * or a backward (backward = 1) of N rows. */
@@ -292,8 +294,8 @@ int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *pa
  * are lstm_forward_bf16's. The
  * backward is lstm_backward_ex_f32 on a float32 pack of the bf16-rounded weights, with
  * x, h0 and y rounded to bfloat16, gates and c as kept (bf16 values), and
- * variant.bf16_grads = 1 (and variant.bf16_ws: dh_{t-1} and the in-step dx with
- * vdpbf16ps where lstm_bf16_native chooses it for B rows). */
+ * variant.bf16_grads = 1 (and variant.bf16_ws: dh_{t-1}, the in-step dx, dw_ih and
+ * dw_hh with vdpbf16ps where lstm_bf16_native chooses it for B rows). */
 int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                          const int64_t *batch_sizes, const float *x, const float *h0,
                          const float *c0, float *y, float *h_n, float *c_n, float *gates,

@@ -663,8 +663,8 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
  * rounded weights), so the two paths are sums of the same exact products in different
  * orders: each within gamma_K sum_k |a_k b_k| (K = 4H, gamma_K ~ K 2^-24) of the exact
  * sum, the flushes adding at most K 2^-126 (backends/reference.py, "bfloat16 training").
- * The whole-sequence products (dw_ih, dw_hh, and dx where not in the steps) stay the
- * float32 GEMM. Layout (in variant.bf16_ws, made per call from the float32 pack's whh_b
+ * dw_ih and dw_hh likewise (dwb_product below: pairs of rows); dx where not in the steps
+ * stays the float32 GEMM. Layout (in variant.bf16_ws, made per call from the float32 pack's whh_b
  * and wih_b, each thread its own column blocks): [block][2H pairs][V] words bf16(w[2p+1])
  * << 16 | bf16(w[2p]); per thread the step's gate gradient rows as [n][2H] pair words. */
 #if ISA == 2 && !IS_F64
@@ -784,6 +784,125 @@ KERNEL void FN(bwdb_rows_words)(int64_t n, int64_t H, const float *dg, int64_t l
             d[p] = (u[2 * p + 1] & 0xffff0000u) | (u[2 * p] >> 16);
     }
 }
+
+/* dw_ih and dw_hh of bfloat16 training with vdpbf16ps: dW [4H][W] = r(da)^T . b (b = x or
+ * h_{t-1}, rows bf16 already), summed in pairs of rows (n = 2p, 2p+1; the odd one first, a
+ * zero row after an odd N), each output element acc = +0, then fma per row in that order
+ * (K = N: the bound gamma_N S + N 2^-126). Packed per call: ap [ceil(4H/16)][NP][16] words
+ * of 16 gate columns of rows 2p, 2p+1; bp [ceil(W/16)][NP][16] of 16 columns of b. */
+#define DWB_MR 8
+#define DWB_NB 3
+static inline __attribute__((always_inline)) ATTR_BFB void
+FN(dwb_tile)(const int mr, const int nb, int64_t p0, int64_t p1, const uint32_t *restrict a,
+             const uint32_t *restrict b, int64_t bstride, float *restrict part)
+{
+    __m512 acc[DWB_MR * DWB_NB];
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * nb; q++)
+        acc[q] = _mm512_load_ps(part + q * 16);
+    for (int64_t p = p0; p < p1; p++) {
+        __m512i bv[DWB_NB];
+#pragma GCC unroll 3
+        for (int q = 0; q < nb; q++)
+            bv[q] = _mm512_load_si512((const void *)(b + q * bstride + p * 16));
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; r++) {
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[p * 16 + r]);
+#pragma GCC unroll 3
+            for (int q = 0; q < nb; q++)
+                acc[r * nb + q] = _mm512_dpbf16_ps(acc[r * nb + q], av, (__m512bh)bv[q]);
+        }
+    }
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * nb; q++)
+        _mm512_store_ps(part + q * 16, acc[q]);
+}
+
+#define DWB_CASE(MRV, NBV)                                                                   \
+    case (MRV) * 16 + (NBV): FN(dwb_tile)(MRV, NBV, p0, p1, a, b, bstride, part); break;
+static ATTR_BFB void FN(dwb_tile_any)(int mr, int nb, int64_t p0, int64_t p1, const uint32_t *a,
+                                      const uint32_t *b, int64_t bstride, float *part)
+{
+    switch (mr * 16 + nb) {
+        DWB_CASE(8, 1) DWB_CASE(8, 2) DWB_CASE(8, 3)
+        DWB_CASE(4, 1) DWB_CASE(4, 2) DWB_CASE(4, 3)
+    default: break;
+    }
+}
+
+/* 16 columns c0.. of rows 2p, 2p+1 (NULL: zeros) as pair words, for p = 0..NP-1 */
+static ATTR_BFB void FN(dwb_pack16)(int64_t NP, int64_t N, int64_t cnt,
+                                    const float *(*row)(const void *, int64_t), const void *arg,
+                                    int64_t c0, uint32_t *out)
+{
+    __mmask16 m = (__mmask16)((1u << cnt) - 1u);
+    for (int64_t p = 0; p < NP; p++) {
+        __m512i lo = _mm512_maskz_loadu_epi32(m, row(arg, 2 * p) + c0);
+        __m512i hi = 2 * p + 1 < N ? _mm512_maskz_loadu_epi32(m, row(arg, 2 * p + 1) + c0)
+                                   : _mm512_setzero_si512();
+        __m512i w = _mm512_or_si512(_mm512_and_si512(hi, _mm512_set1_epi32((int)0xffff0000u)),
+                                    _mm512_srli_epi32(lo, 16));
+        _mm512_store_si512((void *)(out + p * 16), w);
+    }
+}
+
+typedef struct {
+    const float *base, *base0;   /* rows: base + n ld, or with offs h_{t-1} of y / h0 */
+    int64_t ld;
+    const int64_t *offs;
+    int64_t t;                   /* offs: the step of the last row asked (rows ascend) */
+} FN(dwb_rows);
+
+static const float *FN(dwb_row)(const void *arg, int64_t n)
+{
+    FN(dwb_rows) *r = (FN(dwb_rows) *)arg;
+    if (!r->offs)
+        return r->base + n * r->ld;
+    if (n < r->offs[r->t])
+        r->t = 0;
+    int64_t t = r->t;
+    while (n >= r->offs[t + 1])
+        t++;
+    r->t = t;
+    int64_t k = n - r->offs[t];
+    return t ? r->base + (r->offs[t - 1] + k) * r->ld : r->base0 + k * r->ld;
+}
+
+/* C [4H][W] (rows m0..m1, multiples of 16 but the last) = a^T b on the packed words */
+static ATTR_BFB void FN(dwb_product)(int64_t m0, int64_t m1, int64_t W, int64_t NP,
+                                     const uint32_t *ap, const uint32_t *bp, float *C)
+{
+    float part[DWB_MR * DWB_NB * 16] __attribute__((aligned(64)));
+    int64_t nblk = (W + 15) / 16, kc = 256;
+    for (int64_t k0 = 0; k0 < NP; k0 += kc) {
+        int64_t k1 = NP - k0 < kc ? NP : k0 + kc;
+        for (int64_t j = 0; j < nblk; j += DWB_NB) {
+            int nb = nblk - j < DWB_NB ? (int)(nblk - j) : DWB_NB;
+            for (int64_t m = m0; m < m1; m += DWB_MR) {
+                int mr = m1 - m < DWB_MR ? (int)(m1 - m) : DWB_MR;   /* 8 or 4 */
+                for (int r = 0; r < mr; r++)
+                    for (int q = 0; q < nb; q++) {
+                        int64_t off = (j + q) * 16;
+                        int cnt = W - off < 16 ? (int)(W - off) : 16;
+                        __mmask16 mk = (__mmask16)((1u << cnt) - 1u);
+                        _mm512_store_ps(part + (r * nb + q) * 16,
+                                        k0 ? _mm512_maskz_loadu_ps(mk, C + (m + r) * W + off)
+                                           : _mm512_setzero_ps());
+                    }
+                FN(dwb_tile_any)(mr, nb, k0, k1, ap + (m / 16) * NP * 16 + m % 16,
+                                 bp + j * NP * 16, NP * 16, part);
+                for (int r = 0; r < mr; r++)
+                    for (int q = 0; q < nb; q++) {
+                        int64_t off = (j + q) * 16;
+                        int cnt = W - off < 16 ? (int)(W - off) : 16;
+                        _mm512_mask_storeu_ps(C + (m + r) * W + off,
+                                              (__mmask16)((1u << cnt) - 1u),
+                                              _mm512_load_ps(part + (r * nb + q) * 16));
+                    }
+            }
+        }
+    }
+}
 #else
 #define BWD_BF16 0
 #endif
@@ -893,6 +1012,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     uint32_t *bf_rows = NULL;
 #if BWD_BF16
     const uint32_t *bf_wih = NULL;
+    uint32_t *bf_dw = NULL;
     if (!P && ctx->var && ctx->var->bf16_grads && ctx->var->bf16_ws &&
         bf16_native_for(ISA, B)) {
         unsigned char *bw = FN(align_ptr)(ctx->var->bf16_ws);
@@ -904,6 +1024,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         bf_wih = wih;
         bf_rows = (uint32_t *)(bw + bf16_ws_whh_bytes(H, H) + bf16_ws_whh_bytes(I, H) +
                                tid * bf16_ws_rows_bytes(B, H));
+        bf_dw = (uint32_t *)(bw + bf16_ws_whh_bytes(H, H) + bf16_ws_whh_bytes(I, H) +
+                             num_threads * bf16_ws_rows_bytes(B, H));
     }
 #endif
 
@@ -1004,6 +1126,37 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         hm_all = hm;
         lstm_barrier_wait(bar, num_threads);
     }
+#if BWD_BF16
+    if (bf_dw) {   /* dw_ih, dw_hh with vdpbf16ps (dwb_product) */
+        int64_t NP = (N + 1) / 2, mblk = (G + 15) / 16;
+        uint32_t *ap = bf_dw, *bph = ap + mblk * NP * 16;
+        uint32_t *bpx = bph + (H + 15) / 16 * NP * 16;
+        int64_t a0 = FN(split)(mblk, tid, num_threads), a1 = FN(split)(mblk, tid + 1, num_threads);
+        FN(dwb_rows) ra = {ctx->dgates, NULL, ldg, NULL, 0};
+        for (int64_t b = a0; b < a1; b++)
+            FN(dwb_pack16)(NP, N, G - b * 16 < 16 ? G - b * 16 : 16, FN(dwb_row), &ra, b * 16,
+                           ap + b * NP * 16);
+        FN(dwb_rows) rh = {ctx->y, ctx->h0, H, offs, 0};
+        FN(dwb_rows) rx = {ctx->x, NULL, I, NULL, 0};
+        int64_t hb = (H + 15) / 16, xb = (I + 15) / 16;
+        int64_t b0 = FN(split)(hb + xb, tid, num_threads), b1 = FN(split)(hb + xb, tid + 1, num_threads);
+        for (int64_t b = b0; b < b1; b++) {
+            if (b < hb)
+                FN(dwb_pack16)(NP, N, H - b * 16 < 16 ? H - b * 16 : 16, FN(dwb_row), &rh,
+                               b * 16, bph + b * NP * 16);
+            else
+                FN(dwb_pack16)(NP, N, I - (b - hb) * 16 < 16 ? I - (b - hb) * 16 : 16,
+                               FN(dwb_row), &rx, (b - hb) * 16, bpx + (b - hb) * NP * 16);
+        }
+        lstm_barrier_wait(bar, num_threads);
+        int64_t m0 = a0 * 16, m1 = a1 * 16 < G ? a1 * 16 : G;
+        if (m0 < m1) {
+            FN(dwb_product)(m0, m1, H, NP, ap, bph, ctx->dw_hh);
+            FN(dwb_product)(m0, m1, I, NP, ap, bpx, ctx->dw_ih);
+        }
+        goto after_dw;
+    }
+#endif
     FN(gemm_args) g = {0};   /* dw_hh = dgates^T . h_prev */
     g.M = G;
     g.K = N;
@@ -1045,6 +1198,9 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         FN(gemm)(&gi, ws, tid, num_threads);
     }
     FN(gemm)(&g, ws, tid, num_threads);
+#if BWD_BF16
+after_dw:
+#endif
 
     if (P) {
         FN(gemm_args) gr = {0};

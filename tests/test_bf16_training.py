@@ -520,10 +520,11 @@ def test_round_bf16_of_the_c_backward_on_hard_values():
 # Where lstm.c's rule chooses vdpbf16ps (AVX512_BF16 and, at B > 1, a bf16 dot measured at
 # >= 1.5x the fp32 FMA rate; set_bf16_native forces either way), dh_{t-1} and the in-step dx
 # are VDPBF16PS sums of the same bf16 operands as the float32 path: pairs along the 4H gate
-# gradients, the odd element first, denormal results flushed. Both are float32 sums of the
-# same exact products, each within gamma_K S of the exact sum (S = sum_k |a_k b_k|,
-# K = 4H, gamma_K = K 2^-24), plus K 2^-126 for the flushes: so the two paths differ by at
-# most twice that, and each is within the tolerances above of the reference.
+# gradients, the odd element first, denormal results flushed; dw_ih and dw_hh likewise in
+# pairs of rows. Both are float32 sums of the same exact products, each within gamma_K S of
+# the exact sum (S = sum_k |a_k b_k|, K = 4H for dh and dx, N for dw, gamma_K = K 2^-24),
+# plus K 2^-126 for the flushes: so the two paths differ by at most twice that, and each
+# is within the tolerances above of the reference.
 def _bf16_native_available(ck):
     try:
         ck.set_bf16_native(True)
@@ -547,7 +548,8 @@ def _gate_grads_t1(p, g, gates, c):
 
 
 @pytest.mark.parametrize("shape", [(1, 40, 24, 32), (1, 33, 17, 21), (1, 3, 5, 4),
-                                   (5, 3, 4, 6), (3, 34, 9, 21), (9, 40, 16, 48)])
+                                   (1, 1, 1, 1), (1, 7, 19, 5), (5, 3, 4, 6), (3, 34, 9, 21),
+                                   (9, 40, 16, 48), (4, 1, 3, 2)])
 def test_c_backward_with_vdpbf16ps_within_the_bound(shape):
     ck = pytest.importorskip("lstm_fast.backends._c")
     if not _bf16_native_available(ck):
@@ -580,4 +582,10 @@ def test_c_backward_with_vdpbf16ps_within_the_bound(shape):
             bound = 2 * (K * 2.0 ** -24 * S + K * 2.0 ** -126)
             diff = np.abs(got[True][k].reshape(S.shape).astype(np.float64) -
                           got[False][k].reshape(S.shape))
+            assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
+        N = shape[1]   # dw_ih, dw_hh: sums over the N rows (pairs of rows)
+        for k, b in ((1, p["x"][0]), (2, p["h0"])):
+            S = da.T @ np.abs(ref.round_bf16(b)).astype(np.float64)
+            bound = 2 * (N * 2.0 ** -24 * S + N * 2.0 ** -126)
+            diff = np.abs(got[True][k].astype(np.float64) - got[False][k])
             assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))

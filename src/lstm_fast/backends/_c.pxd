@@ -120,7 +120,8 @@ cdef extern from "lstm.h" nogil:
     int lstm_get_bf16_mode()
     int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
     int lstm_bf16_native_rule(double fp32_rate, double bf16_rate, int64_t B)
-    size_t lstm_bf16_grads_workspace_size(int64_t B, int64_t I, int64_t H, int num_threads)
+    size_t lstm_bf16_grads_workspace_size(int64_t N, int64_t B, int64_t I, int64_t H,
+                                          int num_threads)
     int lstm_instruction_rates(double *fp32_fma, double *bf16_dot, double *int8_dot,
                                int *fp32_bits, int *int8_bits, double *seconds)
     size_t lstm_packed_size_i8(int64_t I, int64_t H)

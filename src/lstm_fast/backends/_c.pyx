@@ -726,7 +726,7 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
         lv.cifg = 0
         lv.bf16_grads = 1
         # scratch of the per-step products with vdpbf16ps (used where lstm.c chooses it)
-        bws = np.empty(lstm_bf16_grads_workspace_size(B, I, H, num_threads), np.uint8)
+        bws = np.empty(lstm_bf16_grads_workspace_size(N, B, I, H, num_threads), np.uint8)
         lv.bf16_ws = cnp.PyArray_DATA(bws)
         var = &lv
     cdef int status

@@ -679,12 +679,13 @@ def _float32_steps(products, x, b, h0, c0, batch_sizes, save=False):
 #           that accumulates in float32 in its own order differs from it by at most
 #           gamma_K sum_k |a_k b_k| (K the summed length, gamma_K ~ K 2^-24) per element.
 #           No flush to zero in backward where the sums are float32 FMAs. Where the C
-#           backend runs dh_{t-1} and the in-step dx with VDPBF16PS (csrc/lstm.template.c,
-#           bwdb_tile: AVX512_BF16 at a bf16 dot rate >= 1.5x the fp32 FMA rate), each is
-#           the same exact products summed as FMAs in pairs along the 4H gate gradients
-#           (the odd element of a pair first), results below 2^-126 flushed to zero: the
-#           same bound, plus K 2^-126 for the flushes (K = 4H); that path and the float32
-#           one differ by at most twice the sum (tests/test_bf16_training.py).
+#           backend uses VDPBF16PS (csrc/lstm.template.c, bwdb_tile and dwb_product:
+#           AVX512_BF16 at a bf16 dot rate >= 1.5x the fp32 FMA rate), dh_{t-1} and the
+#           in-step dx are the same exact products summed as FMAs in pairs along the 4H
+#           gate gradients, dw_ih and dw_hh in pairs of rows (the odd element of a pair
+#           first), results below 2^-126 flushed to zero: the same bound, plus K 2^-126
+#           for the flushes; that path and the float32 one differ by at most twice the
+#           sum (tests/test_bf16_training.py).
 # Master weights float32 only (the layer's dtype; bfloat16 needs dtype float32); no
 # projection, no variant, no recurrent dropout or zoneout (ValueErrors at the layer).
 # The C backend (backends/_c.pyx, csrc/lstm.h lstm_forward_bf16_ex): the forward is the
@@ -693,8 +694,8 @@ def _float32_steps(products, x, b, h0, c0, batch_sizes, save=False):
 # float32 kernel on a float32 pack of the rounded weights, with x, h0, y rounded and the
 # gate gradients rounded in its cell (lstm_variant.bf16_grads), so its products are
 # float32 sums of exact products in the kernel's order (tests/test_bf16_training.py);
-# dh_{t-1} and the in-step dx with VDPBF16PS where the CPU's rates favour it (above);
-# dw_ih, dw_hh (and dx where not in the steps) the float32 GEMM.
+# dh_{t-1}, the in-step dx, dw_ih and dw_hh with VDPBF16PS where the CPU's rates favour
+# it (above); dx where not in the steps the float32 GEMM.
 
 
 def bf16_sums(a, b):
