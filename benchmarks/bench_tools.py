@@ -211,3 +211,17 @@ def test_settle_waits_for_a_busy_thread_of_this_process():
     finally:
         t.join()
     assert 0.2 <= waited < 1.0
+
+
+def test_measure_settles_before_every_batch(monkeypatch):
+    """The quick comparison (``lstm-fast bench``) lets this process's threads go idle
+    before each timed batch of each competitor, as the pytest suite does before each
+    benchmark: ``settle`` is called once per runner per round, before its batch."""
+    order = []
+    monkeypatch.setattr(harness, "settle", lambda: order.append("settle") or 0.0)
+    runners = [harness.Runner(name, (lambda n=name: order.append(n)), lambda r: r)
+               for name in ("a", "b")]
+    harness.measure(runners, repeat=3, min_time=0.0)
+    timed = order[2:]                                   # after one untimed call of each
+    assert order[:2] == ["a", "b"]
+    assert timed == ["settle", "a", "settle", "b"] * 3
