@@ -560,15 +560,14 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef int64_t N
     lws = None
     if var != NULL and var.layer_norm != NULL:   # the layer-normalized LSTM
+        if P or var.cifg:
+            raise ValueError("layer_norm: no projection (w_hr) and no cifg")
         if var != &lv:
             lv = packed._var
             var = &lv
         N = cnp.PyArray_SIZE(x) // I if I else (T * B if bs is None else int(np.sum(bs)))
-        if stats is None:
-            if save:
-                raise ValueError("stats: a layer-normalized forward that saves for backward "
-                                 "needs stats (N, 6 + 8H)")
-            stats = np.empty((N, 6), packed.dtype)
+        if stats is None:   # a scratch (what backward needs is then not kept)
+            stats = np.empty((N, 6 + 8 * H if save else 6), packed.dtype)
         lv.ln_stats = cnp.PyArray_DATA(<cnp.ndarray>stats)
         lv.ln_stats_cols = cnp.PyArray_DIMS(<cnp.ndarray>stats)[cnp.PyArray_NDIM(<cnp.ndarray>stats) - 1]
         lws = np.empty((lstm_ln_workspace_size_f32(N, B, H, save, 0) if tn == cnp.NPY_FLOAT32
