@@ -533,7 +533,15 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
                          lstm_forward_workspace_size_f32(T, B, I, H, P, num_threads, save)
                          if tn == cnp.NPY_FLOAT32 else
                          lstm_forward_workspace_size_f64(T, B, I, H, P, num_threads, save))
-    cdef cnp.ndarray ws = _take_ws(packed, wsize)
+    cdef bint ln = packed._varp != NULL and packed._var.layer_norm != NULL
+    cdef int64_t N = 0
+    cdef size_t lnsize = 0
+    if ln:   # the layer norm's scratch after the workspace (the pack keeps both: no page
+             # faults of a fresh [N,4H] scratch per call)
+        N = cnp.PyArray_SIZE(x) // I if I else (T * B if bs is None else int(np.sum(bs)))
+        lnsize = (lstm_ln_workspace_size_f32(N, B, H, save, 0) if tn == cnp.NPY_FLOAT32
+                  else lstm_ln_workspace_size_f64(N, B, H, save, 0))
+    cdef cnp.ndarray ws = _take_ws(packed, wsize + lnsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
     cdef const int64_t *bsp = <const int64_t *>_p(bs)
     cdef void *xp = cnp.PyArray_DATA(x)
@@ -557,22 +565,18 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
                         if tn == cnp.NPY_FLOAT32 else
                         lstm_variant_workspace_size_f64(0, B, R, num_threads, 0)), np.uint8)
         var = _with_rdrop(packed, &lv, rdrop, zoneout, rws)
-    cdef int64_t N
-    lws = None
-    if var != NULL and var.layer_norm != NULL:   # the layer-normalized LSTM
+    if ln:   # the layer-normalized LSTM
         if P or var.cifg:
+            _give_ws(packed, ws)
             raise ValueError("layer_norm: no projection (w_hr) and no cifg")
         if var != &lv:
             lv = packed._var
             var = &lv
-        N = cnp.PyArray_SIZE(x) // I if I else (T * B if bs is None else int(np.sum(bs)))
         if stats is None:   # a scratch (what backward needs is then not kept)
             stats = np.empty((N, 6 + 8 * H if save else 6), packed.dtype)
         lv.ln_stats = cnp.PyArray_DATA(<cnp.ndarray>stats)
         lv.ln_stats_cols = cnp.PyArray_DIMS(<cnp.ndarray>stats)[cnp.PyArray_NDIM(<cnp.ndarray>stats) - 1]
-        lws = np.empty((lstm_ln_workspace_size_f32(N, B, H, save, 0) if tn == cnp.NPY_FLOAT32
-                        else lstm_ln_workspace_size_f64(N, B, H, save, 0)), np.uint8)
-        lv.ln_ws = cnp.PyArray_DATA(<cnp.ndarray>lws)
+        lv.ln_ws = <char *>wp + wsize
     cdef int status
     with nogil:
         if bf16:
@@ -664,7 +668,12 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     cdef size_t wsize = (lstm_backward_workspace_size_f32(T, N, B, I, H, P, num_threads)
                          if tn == cnp.NPY_FLOAT32 else
                          lstm_backward_workspace_size_f64(T, N, B, I, H, P, num_threads))
-    cdef cnp.ndarray ws = _take_ws(packed, wsize)
+    cdef bint ln = packed._varp != NULL and packed._var.layer_norm != NULL
+    cdef size_t lnsize = 0
+    if ln:   # the layer norm's scratch after the workspace, as the forward's
+        lnsize = (lstm_ln_workspace_size_f32(N, B, H, 1, 1) if tn == cnp.NPY_FLOAT32
+                  else lstm_ln_workspace_size_f64(N, B, H, 1, 1))
+    cdef cnp.ndarray ws = _take_ws(packed, wsize + lnsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
     cdef const int64_t *bsp = <const int64_t *>_p(batch_sizes)
     cdef void *p_x = cnp.PyArray_DATA(x)
@@ -694,9 +703,9 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
                         if tn == cnp.NPY_FLOAT32 else
                         lstm_variant_workspace_size_f64(N, B, R, num_threads, 1)), np.uint8)
         var = _with_rdrop(packed, &lv, rdrop, zoneout, rws)
-    lws = None
-    if var != NULL and var.layer_norm != NULL:   # the layer-normalized LSTM
+    if ln:   # the layer-normalized LSTM
         if stats is None or dlayer_norm is None:
+            _give_ws(packed, ws)
             raise ValueError("stats and dlayer_norm: a layer-normalized backward needs the "
                              "forward's stats (N, 6 + 8H) and a (10H,) dlayer_norm")
         if var != &lv:
@@ -705,9 +714,7 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
         lv.ln_stats = cnp.PyArray_DATA(<cnp.ndarray>stats)
         lv.ln_stats_cols = cnp.PyArray_DIMS(<cnp.ndarray>stats)[cnp.PyArray_NDIM(<cnp.ndarray>stats) - 1]
         lv.ln_grad = cnp.PyArray_DATA(<cnp.ndarray>dlayer_norm)
-        lws = np.empty((lstm_ln_workspace_size_f32(N, B, H, 1, 1) if tn == cnp.NPY_FLOAT32
-                        else lstm_ln_workspace_size_f64(N, B, H, 1, 1)), np.uint8)
-        lv.ln_ws = cnp.PyArray_DATA(<cnp.ndarray>lws)
+        lv.ln_ws = <char *>p_ws + wsize
     if bf16:
         lv.peephole = lv.rdrop = lv.zoneout = lv.var_ws = NULL
         lv.clip = lv.cell_clip = 0
