@@ -9,12 +9,12 @@
  * statistics), while the plain step tiles sum x.w_ih^T and h.w_hh^T per tile of hidden
  * units. So:
  * Forward: x.w_ih^T of all rows in one GEMM (no bias) into gates (training) or a
- *   scratch [N,4H] (inference), then each row's statistics and LN(.)*g_ih + b in place
- *   (ln_input). Per step the step tiles of the plain forward (fwd_step, its packed
- *   w_hh, threads splitting hidden blocks) compute h_{t-1}.w_hh^T with a cell that only
- *   stores the tile (fwd_cell_args.raw) into zh [B,4H]; after a barrier each row's cell
- *   (ln_cell; threads split the rows): the recurrent product's LN, the gates, c_t, c_t's
- *   LN, h_t. Saved for backward, as Numba's (the contract is one): the gates, c and
+ *   scratch [N,4H] (inference). Per step the step tiles of the plain forward (fwd_step,
+ *   its packed w_hh, threads splitting hidden blocks) compute h_{t-1}.w_hh^T with a cell
+ *   that only stores the tile (fwd_cell_args.raw) into zh [B,4H]; after a barrier each
+ *   row's cell (ln_cell; threads split the rows): both products' LNs (the input's there
+ *   too, while its row is in cache: a pass over all rows before the loop cost a write and
+ *   a read of [N,4H] more), the gates, c_t, c_t's LN, h_t. Saved for backward, as Numba's (the contract is one): the gates, c and
  *   stats [N, 6 + 8H] (means, rstds, then the normalized products zhat_x, zhat_h); with
  *   nothing saved stats is [N, 6] and c the running state in c_n.
  * Backward step: dh = dz_h[t+1].w_hh (* rdrop) + dy (bwd_dh of the plain backward:
@@ -80,50 +80,47 @@ INLINE void FN(ln_row_stats)(const TYPE *z, int64_t n, TYPE *st)
     st[1] = (TYPE)1 / (TYPE)sqrt((double)var);
 }
 
-/* Rows r0..r1 of pre (x.w_ih^T, [.,4H]) -> LN(.) * g_ih + b in place; statistics into
- * stats columns 0, 1 and (S > 6) the normalized row into columns 6..6+4H. */
-KERNEL void FN(ln_input)(TYPE *pre, TYPE *stats, int64_t S, const TYPE *ln, const TYPE *b,
-                         int64_t G, int64_t r0, int64_t r1)
-{
-    for (int64_t r = r0; r < r1; r++) {
-        TYPE *z = pre + r * G, *st = stats + r * S;
-        FN(ln_row_stats)(z, G, st);
-        vec m = vset1(st[0]), rs = vset1(st[1]);
-        for (int64_t j = 0; j < G; j += V) {
-            int k = G - j < V ? (int)(G - j) : V;
-            vec zh = (vload_n(z + j, k) - m) * rs;
-            if (S > 6)
-                vstore_n(st + 6 + j, zh, k);
-            vstore_n(z + j, zh * vload_n(ln + j, k) + vload_n(b + j, k), k);
-        }
-    }
-}
-
-/* One row of a forward step: gx (4H) holds LN(x.w_ih^T)*g_ih + b and receives the
- * activated gates; zh (4H) the recurrent product, its statistics into st[2:4] and the
- * normalized values into hz (stats' zhat_h, or zh itself); cp c_{t-1} (may be ct: the
+/* One row of a forward step: gx (4H) holds x.w_ih^T and receives the activated gates
+ * (its statistics into st[0:2]); zh (4H) the recurrent product, its statistics into
+ * st[2:4]; hz: stats' zhat_h (training: both normalized products go to stats, zhat_x at
+ * st[6:6+4H]), or zh itself (inference: neither is kept); cp c_{t-1} (may be ct: the
  * running state), ct c_t, its statistics into st[4:6]; ht = o * tanh(LN(c_t)), then with
  * zoneout (zm, hprev rows) (ht - hprev)*zm + hprev. */
 KERNEL void FN(ln_cell)(TYPE *gx, const TYPE *zh, TYPE *hz, const TYPE *cp, TYPE *ct, TYPE *ht,
-                        TYPE *st, const TYPE *ln, int64_t H, const TYPE *peep, TYPE clip,
-                        TYPE cell_clip, const TYPE *zm, const TYPE *hprev)
+                        TYPE *st, const TYPE *ln, const TYPE *b, int64_t H, const TYPE *peep,
+                        TYPE clip, TYPE cell_clip, const TYPE *zm, const TYPE *hprev)
 {
     const int64_t G = 4 * H;
+    FN(ln_row_stats)(gx, G, st);
     FN(ln_row_stats)(zh, G, st + 2);
-    vec m = vset1(st[2]), rs = vset1(st[3]);
+    vec mx = vset1(st[0]), rx = vset1(st[1]), m = vset1(st[2]), rs = vset1(st[3]);
+    const int keep = hz != zh;   /* training: both normalized products into stats */
     for (int64_t u = 0; u < H; u += V) {
         int k = H - u < V ? (int)(H - u) : V;
         vec cpv = vload_n(cp + u, k);
+        vec xi = (vload_n(gx + u, k) - mx) * rx, xf = (vload_n(gx + H + u, k) - mx) * rx;
+        vec xg = (vload_n(gx + 2 * H + u, k) - mx) * rx, xo = (vload_n(gx + 3 * H + u, k) - mx) * rx;
         vec ni = (vload_n(zh + u, k) - m) * rs, nf = (vload_n(zh + H + u, k) - m) * rs;
         vec ng = (vload_n(zh + 2 * H + u, k) - m) * rs, no = (vload_n(zh + 3 * H + u, k) - m) * rs;
-        vstore_n(hz + u, ni, k);
-        vstore_n(hz + H + u, nf, k);
-        vstore_n(hz + 2 * H + u, ng, k);
-        vstore_n(hz + 3 * H + u, no, k);
-        vec zi = vload_n(gx + u, k) + ni * vload_n(ln + G + u, k);
-        vec zf = vload_n(gx + H + u, k) + nf * vload_n(ln + G + H + u, k);
-        vec zg = vload_n(gx + 2 * H + u, k) + ng * vload_n(ln + G + 2 * H + u, k);
-        vec zo = vload_n(gx + 3 * H + u, k) + no * vload_n(ln + G + 3 * H + u, k);
+        if (keep) {
+            vstore_n(hz + u, ni, k);
+            vstore_n(hz + H + u, nf, k);
+            vstore_n(hz + 2 * H + u, ng, k);
+            vstore_n(hz + 3 * H + u, no, k);
+            TYPE *xh = st + 6;
+            vstore_n(xh + u, xi, k);
+            vstore_n(xh + H + u, xf, k);
+            vstore_n(xh + 2 * H + u, xg, k);
+            vstore_n(xh + 3 * H + u, xo, k);
+        }
+        /* LN(x.w_ih^T) * g_ih + b, then + LN(h.w_hh^T) * g_hh (the backward's order) */
+        vec zi = (xi * vload_n(ln + u, k) + vload_n(b + u, k)) + ni * vload_n(ln + G + u, k);
+        vec zf = (xf * vload_n(ln + H + u, k) + vload_n(b + H + u, k)) +
+                 nf * vload_n(ln + G + H + u, k);
+        vec zg = (xg * vload_n(ln + 2 * H + u, k) + vload_n(b + 2 * H + u, k)) +
+                 ng * vload_n(ln + G + 2 * H + u, k);
+        vec zo = (xo * vload_n(ln + 3 * H + u, k) + vload_n(b + 3 * H + u, k)) +
+                 no * vload_n(ln + G + 3 * H + u, k);
         if (peep) {
             zi = zi + vload_n(peep + u, k) * cpv;
             zf = zf + vload_n(peep + H + u, k) * cpv;
@@ -207,9 +204,6 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
     g.ldc = G;
     FN(gemm)(&g, ws, tid, num_threads);
     lstm_barrier_wait(bar, num_threads);
-    FN(ln_input)(ctx->gates, ctx->stats, S, ln, bias, G, FN(split)(N, tid, num_threads),
-                 FN(split)(N, tid + 1, num_threads));
-    lstm_barrier_wait(bar, num_threads);
     FN(fwd_cell_args) ca = {0};
     ca.H = H;
     ca.var = 1;
@@ -244,7 +238,7 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
                 cp = ct = ctx->c_n + r * H;
             }
             FN(ln_cell)(ctx->gates + q * G, zr, S > 6 ? st + 6 + G : zr, cp, ct,
-                        ctx->y + q * H, st, ln, H, peep, clip, cell_clip,
+                        ctx->y + q * H, st, ln, bias, H, peep, clip, cell_clip,
                         zmask ? zmask + q * H : NULL, hprev + r * H);
         }
         lstm_barrier_wait(bar, num_threads);
