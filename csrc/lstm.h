@@ -216,7 +216,11 @@ typedef struct {
     /* Layer-normalized LSTM (haste's LayerNormLSTM; equations in backends/reference.py):
      * LN over the 4H values of x.w_ih^T and, apart, of h.w_hh^T (gains g_ih, g_hh, no
      * bias), the bias b added after the input's LN, and LN of c_t (gain g_c, bias b_c)
-     * before the output tanh. No projection, no cifg (LSTM_ERR_ARG). */
+     * before the output tanh. No projection, no cifg (LSTM_ERR_ARG). The calls' own
+     * workspaces are sized as for the plain LSTM (lstm_forward_workspace_size_X with any
+     * save, lstm_backward_workspace_size_X); the layer norm's scratch is ln_ws. The
+     * backward's parameter sums (ln_grad, db, dpeephole) run on one thread in a fixed
+     * row order: the same bits for any num_threads. Code: lnorm.template.c. */
     const void *layer_norm; /* [10H] g_ih (4H), g_hh (4H), g_c (H), b_c (H), or NULL: off */
     void *ln_stats;         /* [N, ln_stats_cols] the rows' statistics (mean, rstd of the
                                input product, of the recurrent product, of c_t), then with
