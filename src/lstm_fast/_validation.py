@@ -249,19 +249,19 @@ def cifg_weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     return weights(*arrays, w_hr)
 
 
-LAYER_NORM_BACKENDS = ("numpy", "numba")
+LAYER_NORM_BACKENDS = ("c", "numba", "numpy")
 
 
 def layer_norm_backend(backend):
-    """The backend of a layer-normalized LSTM (one of ``LAYER_NORM_BACKENDS``): "auto" (or
-    None) picks "numpy" (Numba's kernels compile for about a minute on first use, so they
-    are asked for by name); "c" is a ValueError naming the ones that run it. Returns the
-    name to resolve."""
+    """The backend of a layer-normalized LSTM (one of ``LAYER_NORM_BACKENDS``, all of them):
+    "auto" (or None) picks what "auto" picks for the plain LSTM (the environment's
+    ``LSTM_FAST_BACKEND`` included), except that it never picks "numba" (its kernels
+    compile for about a minute on first use, so they are asked for by name): "numpy"
+    instead. Any other name is returned as is. Returns the name to resolve."""
     if backend is None or backend == "auto":
-        return "numpy"
-    if isinstance(backend, str) and backend == "c":   # not LAYER_NORM_BACKENDS
-        raise ValueError("layer_norm runs on backend='numpy' or backend='numba' (the 'c' kernels "
-                         "do not have it yet), got backend='c'")
+        from . import backends
+        name = backends.resolve("auto")
+        return "numpy" if name == "numba" else name
     return backend
 
 

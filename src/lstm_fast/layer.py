@@ -66,7 +66,7 @@ class LSTM:
         float32 (default) or float64; the parameters' and the computation's type.
     backend : {"auto", "c", "numba", "numpy"}, keyword-only
         The implementation; "auto" is the first available of c, numba, numpy
-        (with ``layer_norm``: numpy; numba runs it too, c does not yet).
+        (with ``layer_norm``: the same, but never numba: numpy instead).
     seed : int or None, keyword-only
         Seed of the initial weights (uniform in +-1/sqrt(H), as torch) and of
         the dropout masks.
@@ -120,8 +120,8 @@ class LSTM:
         + b_ih + b_hh`` (gates i, f, g, o), c_t carried un-normalized,
         ``h_t = o * tanh(LN(c_t) * layer_norm_weight_c + layer_norm_bias_c)``.
         Combines with the other variants, recurrent dropout and zoneout; not with
-        proj_size or cifg. Runs on the "numpy" and "numba" backends ("auto"
-        picks numpy; "c" is a ValueError). Equations in
+        proj_size or cifg. Runs on every backend ("auto" picks c where it is
+        available, else numpy: never numba, whose kernels compile on first use). Equations in
         ``lstm_fast.backends.reference``.
     forget_bias : float or None, keyword-only
         Initialise the forget-gate part of every ``bias_ih_l{k}`` to this value and
@@ -166,7 +166,7 @@ class LSTM:
     ------
     ValueError
         A size that is not a positive int, dropout outside [0, 1], proj_size >= H,
-        layer_norm with proj_size, cifg or the "c" or "numba" backend,
+        layer_norm with proj_size or cifg,
         a negative or non-finite clip, cell_clip or forget_bias, forget_bias without
         a bias, an unknown weight_dtype (the options are named) or one the layer
         cannot use.
@@ -205,9 +205,10 @@ class LSTM:
     >>> layer.grads["weight_co_l0"].shape
     (8,)
 
-    Layer normalization (haste's LayerNormLSTM; the NumPy and Numba backends):
+    Layer normalization (haste's LayerNormLSTM; every backend):
 
-    >>> layer = lstm_fast.LSTM(3, 8, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2)
+    >>> layer = lstm_fast.LSTM(3, 8, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2,
+    ...                        backend="numpy")
     >>> layer.backend, [n for n in layer.state_dict() if n.startswith("layer_norm")]
     ('numpy', ['layer_norm_weight_ih_l0', 'layer_norm_weight_hh_l0', 'layer_norm_weight_c_l0', 'layer_norm_bias_c_l0'])
     >>> out, _ = layer(np.ones((4, 2, 3), np.float32))
@@ -316,7 +317,7 @@ class LSTM:
 
     @backend.setter
     def backend(self, name):
-        if getattr(self, "layer_norm", False):   # "auto" is numpy; c: an error
+        if getattr(self, "layer_norm", False):   # "auto" never numba
             backend = backends.resolve(backends.layer_norm_backend(name))
         else:
             backend = backends.resolve(name)
