@@ -7,6 +7,13 @@ from lstm_fast._validation cimport LayerInputs
 
 cdef object _new, _Cache
 
+cdef class LayerBase:
+    # LSTM's fields read on every call (LSTM is a Python subclass: its other attributes
+    # stay in its __dict__)
+    cdef public LayerInputs _inputs
+    cdef public object _cache, weight_dtype
+    cdef public bint training, batch_first
+
 cpdef tuple run_forward(object impl, object packed, object x, object h0, object c0,
                         int num_threads, object plan=*, bint reverse=*, bint save=*,
                         object out=*, object rdrop=*, object zoneout=*, bint ln=*,
@@ -27,8 +34,8 @@ cpdef dict direction_grads(LayerInputs inputs, int k, object dw_ih, object dw_hh
 
 @cython.locals(inputs=LayerInputs, T=Py_ssize_t, B=Py_ssize_t, num_threads=int, D=int, k=int, d=int,
                k_layer=int, caches=list, masks=object, xa=cnp.ndarray)
-cpdef tuple layer_forward(object layer, object x, object hx, object lengths, object save)
+cpdef tuple layer_forward(LayerBase layer, object x, object hx, object lengths, object save)
 
 @cython.locals(inputs=LayerInputs, caches=list, shape=tuple, num_threads=int, D=int, k=int, d=int,
                k_layer=int, R=Py_ssize_t, H=Py_ssize_t)
-cpdef tuple layer_backward(object layer, object grad_output, object grad_hx)
+cpdef tuple layer_backward(LayerBase layer, object grad_output, object grad_hx)

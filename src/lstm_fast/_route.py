@@ -1,3 +1,4 @@
+# cython: auto_pickle=False
 """The one route from padded, time-major arrays to a backend, and ``LSTM``'s per-call work.
 
 * ``run_forward`` / ``run_backward``: one layer-direction (reversal for the second
@@ -7,7 +8,9 @@
 * ``bias_grads`` / ``grads_by_name``: the kernels' gradients under the parameters' names
   (both bias gradients from the one db); ``_params`` re-exports them.
 * ``layer_forward`` / ``layer_backward``: the bodies of ``LSTM.forward`` and
-  ``LSTM.backward`` (every layer and direction, lengths, dropout, the gradients by name).
+  ``LSTM.backward`` (every layer and direction, lengths, dropout, the gradients by name);
+  ``LayerBase``: ``LSTM``'s base, whose ``forward``, ``__call__`` and ``backward`` call them,
+  and the layer's fields that they read on every call.
 
 Compiled with Cython beside this file, as ``_validation`` is (the types in _route.pxd):
 at small sizes a training step costs a few microseconds, and the Python frames and
@@ -426,3 +429,94 @@ def layer_backward(layer, grad_output, grad_hx):
     if batch_first:
         dout = dout.transpose(1, 0, 2)
     return dout, (dh0, dc0)
+
+
+# --- LSTM's base: its per-call entry points and fields -----------------------------------
+
+# weight_dtype is the layer's dtype (one of these) or a lower precision for inference only
+# (checked by _validation.check_weight_dtype); a tuple test, not dtype.name (~1 us per call)
+FULL_PRECISION = ("float32", "float64")
+
+
+def inference_only(weight_dtype):
+    """The message for a low-precision layer asked to save or to run backward."""
+    return (f"a layer with {weight_dtype} weights is for inference only (eval mode, nothing "
+            f"saved, no backward): train the float32 layer and quantize it "
+            f"(lstm_fast.quantize)")
+
+
+class LayerBase:
+    """``LSTM``'s base: ``forward`` (also ``layer(...)``) and ``backward``, and the fields they
+    read on every call (``_inputs``, ``_cache``, ``training``, ``batch_first``,
+    ``weight_dtype``). Compiled (a cdef class, see _route.pxd), the fields are C fields and
+    a call ``layer(x)`` reaches ``layer_forward`` without a Python frame or an attribute
+    look-up by name (issue 13: a call at tiny shapes is mostly this kind of work)."""
+
+    def forward(self, x, hx=None, lengths=None, *, save=None):
+        """Run the layer over x (also ``layer(x, ...)``).
+
+        Parameters
+        ----------
+        x : array_like
+            (T, B, I), (B, T, I) if ``batch_first``, or (T, I) unbatched.
+        hx : tuple of array_like or None, optional
+            ``(h0, c0)``, (num_layers*D, B, R) and (num_layers*D, B, H); None for zeros.
+        lengths : array_like of int or None, optional
+            (B,) valid steps per sequence, any order: h_n, c_n come from each
+            sequence's own last valid step (the reverse direction starts there),
+            padded outputs are zero.
+        save : bool or None, keyword-only
+            Keep what `backward` needs; None (default) follows the training mode.
+            Without it nothing of the kind is computed or kept.
+
+        Returns
+        -------
+        output : numpy.ndarray
+            (T, B, D*R) (batch first: (B, T, D*R); unbatched: (T, D*R)).
+        (h_n, c_n) : tuple of numpy.ndarray
+            (num_layers*D, B, R) and (num_layers*D, B, H).
+
+        Raises
+        ------
+        ValueError
+            x, hx or lengths of the wrong shape, naming the argument and the shape expected.
+        TypeError
+            hx not a pair; x of the other float precision.
+        """
+        if save and self.weight_dtype not in FULL_PRECISION:
+            self._check_trainable()
+        return layer_forward(self, x, hx, lengths, save)
+
+    def __call__(self, x, hx=None, lengths=None, *, save=None):
+        """``forward``."""
+        if save and self.weight_dtype not in FULL_PRECISION:
+            self._check_trainable()
+        return layer_forward(self, x, hx, lengths, save)
+
+    def backward(self, grad_output=None, grad_hx=None):
+        """Gradients for the last forward call; parameter gradients go to ``layer.grads``.
+
+        Parameters
+        ----------
+        grad_output : array_like or None, optional
+            Gradient of the loss with respect to ``output``, its shape; None for zeros.
+        grad_hx : tuple of array_like or None, optional
+            ``(grad_h_n, grad_c_n)`` shaped like ``(h_n, c_n)``, or None for zeros.
+
+        Returns
+        -------
+        grad_x : numpy.ndarray
+            Shaped like x.
+        (grad_h0, grad_c0) : tuple of numpy.ndarray
+            Shaped like hx.
+
+        Raises
+        ------
+        RuntimeError
+            No forward call yet, or the last one kept nothing (eval mode, ``save=False``).
+        ValueError
+            A gradient of the wrong shape, naming it.
+        """
+        if self.weight_dtype not in FULL_PRECISION and not self._trains_bf16():
+            raise RuntimeError(inference_only(self.weight_dtype))
+        return layer_backward(self, grad_output, grad_hx)
