@@ -210,7 +210,7 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, d
     else:
         xin, h0, c0, y, gates, c, rdrop, zoneout, stats = saved
     if plan is None:
-        if reverse or not dy.flags.c_contiguous:
+        if reverse or not (dy.flags.c_contiguous if inputs is None else inputs.c_order(dy)):
             dy = np.ascontiguousarray(dy[::-1] if reverse else dy)
         if stats is not None:
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
@@ -315,6 +315,7 @@ def direction_grads(inputs, k, dw_ih, dw_hh, db, dw_hr, dp, dln=None, db2=None):
 # --- LSTM.forward and LSTM.backward ------------------------------------------------------
 
 NOT_SAVED = "not saved"     # the cache after a forward call that kept nothing for backward
+_NOT_SAVED = NOT_SAVED      # (a C variable when compiled: no look-up by name)
 
 
 def layer_forward(layer, x, hx, lengths, save):
@@ -343,6 +344,7 @@ def layer_forward(layer, x, hx, lengths, save):
                                          inputs.layer_norm, inputs)
         caches = [cache]
         masks = ()
+        shape = (T, B, inputs.out_size)     # y's (not y.shape: a look-up by name)
     else:
         D = 2 if layer.bidirectional else 1
         dtype = layer.dtype
@@ -367,7 +369,8 @@ def layer_forward(layer, x, hx, lengths, save):
                 caches.append(cache)
                 outs.append(out)
             y = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-    layer._cache = (caches, masks, y.shape, unbatched) if save else NOT_SAVED
+        shape = y.shape
+    layer._cache = (caches, masks, shape, unbatched) if save else _NOT_SAVED
     if unbatched:
         return y[:, 0], (h_n[:, 0], c_n[:, 0])
     if batch_first:
@@ -381,7 +384,7 @@ def layer_backward(layer, grad_output, grad_hx):
     cache = layer._cache
     if cache is None:
         raise RuntimeError("backward() called before a forward call")
-    if cache is NOT_SAVED:
+    if cache is _NOT_SAVED:
         raise RuntimeError("the last forward call kept nothing for backward (eval mode or "
                            "save=False): call layer.train() first, or forward(..., save=True)")
     caches, masks, shape, unbatched = cache
@@ -436,6 +439,7 @@ def layer_backward(layer, grad_output, grad_hx):
 # weight_dtype is the layer's dtype (one of these) or a lower precision for inference only
 # (checked by _validation.check_weight_dtype); a tuple test, not dtype.name (~1 us per call)
 FULL_PRECISION = ("float32", "float64")
+_FULL = FULL_PRECISION      # (a C variable when compiled)
 
 
 def inference_only(weight_dtype):
@@ -447,8 +451,8 @@ def inference_only(weight_dtype):
 
 class LayerBase:
     """``LSTM``'s base: ``forward`` (also ``layer(...)``) and ``backward``, and the fields they
-    read on every call (``_inputs``, ``_cache``, ``training``, ``batch_first``,
-    ``weight_dtype``). Compiled (a cdef class, see _route.pxd), the fields are C fields and
+    read or write on every call (``_inputs``, ``_cache``, ``training``, ``batch_first``,
+    ``weight_dtype``, ``grads``). Compiled (a cdef class, see _route.pxd), the fields are C fields and
     a call ``layer(x)`` reaches ``layer_forward`` without a Python frame or an attribute
     look-up by name (issue 13: a call at tiny shapes is mostly this kind of work)."""
 
@@ -483,13 +487,13 @@ class LayerBase:
         TypeError
             hx not a pair; x of the other float precision.
         """
-        if save and self.weight_dtype not in FULL_PRECISION:
+        if save and self.weight_dtype not in _FULL:
             self._check_trainable()
         return layer_forward(self, x, hx, lengths, save)
 
     def __call__(self, x, hx=None, lengths=None, *, save=None):
         """``forward``."""
-        if save and self.weight_dtype not in FULL_PRECISION:
+        if save and self.weight_dtype not in _FULL:
             self._check_trainable()
         return layer_forward(self, x, hx, lengths, save)
 
@@ -517,6 +521,6 @@ class LayerBase:
         ValueError
             A gradient of the wrong shape, naming it.
         """
-        if self.weight_dtype not in FULL_PRECISION and not self._trains_bf16():
+        if self.weight_dtype not in _FULL and not self._trains_bf16():
             raise RuntimeError(inference_only(self.weight_dtype))
         return layer_backward(self, grad_output, grad_hx)

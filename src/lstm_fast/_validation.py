@@ -440,6 +440,12 @@ class LayerInputs:
         self.db2 = None
         return 0
 
+    def c_order(self, a):
+        """Whether ``a``, an array (T, B, R) of the layer's dtype, is C-contiguous (from its
+        shape and strides where compiled; False for anything else, which the caller then
+        copies)."""
+        return _ready(a, self.dtype, self.itemsize, -1, -1, self.out_size)
+
     def zeros(self, B):
         """Read-only zero states (L*D, B, R), (L*D, B, H), kept for the last B."""
         if B != self.batch:

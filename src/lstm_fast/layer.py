@@ -336,7 +336,7 @@ class LSTM(_route.LayerBase):
         state = self.__dict__.copy()
         # (the fields of _route.LayerBase, C fields when compiled: not in __dict__)
         state.update(training=self.training, batch_first=self.batch_first,
-                     weight_dtype=self.weight_dtype)
+                     weight_dtype=self.weight_dtype, grads=self.grads)
         for key in ("_impl", "_packed", "_inputs"):   # rebuilt in __setstate__
             state.pop(key, None)
         state["_cache"] = None
