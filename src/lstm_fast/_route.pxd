@@ -5,7 +5,14 @@ cimport cython
 cimport numpy as cnp
 from lstm_fast._validation cimport LayerInputs
 
-cdef object _new, _Cache, _NOT_SAVED
+cdef object _NOT_SAVED
+
+cdef class LSTMCache:
+    cdef readonly object impl, packed, saved, plan
+    cdef readonly bint reverse
+
+@cython.locals(cache=LSTMCache)
+cdef LSTMCache _make_cache(object impl, object packed, object saved, object plan, bint reverse)
 cdef tuple _FULL
 
 cdef class LayerBase:
@@ -21,7 +28,7 @@ cpdef tuple run_forward(object impl, object packed, object x, object h0, object 
                         LayerInputs inputs=*)
 
 @cython.locals(saved=tuple)
-cpdef tuple run_backward(object cache, object dy, object dh_n, object dc_n, int num_threads,
+cpdef tuple run_backward(LSTMCache cache, object dy, object dh_n, object dc_n, int num_threads,
                          object out=*, object dpeephole=*, object dlayer_norm=*,
                          LayerInputs inputs=*, bint need_dx=*)
 

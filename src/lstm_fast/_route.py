@@ -18,15 +18,13 @@ tuples between the layer and the kernel were a third of it. The .py alone runs w
 the extension is not built.
 """
 
-from typing import NamedTuple
-
 import numpy as np
 
 from . import _validation, backends
 from ._lengths import LengthPlan
 
 
-class LSTMCache(NamedTuple):
+class LSTMCache:
     """What backward needs from one layer-direction's forward call. Treat as opaque.
 
     Returned by `lstm_forward` (``result.cache``) and passed to `lstm_backward`.
@@ -48,12 +46,20 @@ class LSTMCache(NamedTuple):
     ('numpy', (4, 2, 8), (4, 2, 2))
     """
 
-    impl: object          # the backend module
-    packed: object        # its packed weights
-    saved: tuple          # (x, h0, c0, y, gates, c) as the backend saw them, then
-    #                       (rdrop, zoneout) with a mask, then (stats,) with layer norm
-    plan: object          # LengthPlan or None
-    reverse: bool         # the second direction: time reversed
+    # impl: the backend module; packed: its packed weights; saved: (x, h0, c0, y, gates, c)
+    # as the backend saw them, then (rdrop, zoneout) with a mask, then (stats,) with layer
+    # norm; plan: LengthPlan or None; reverse: the second direction (time reversed).
+    # A class rather than a NamedTuple: compiled (a cdef class, _route.pxd), the route makes
+    # one and reads its fields as C fields (a tuple subclass costs ~1,400 instructions a
+    # training step more: its construction through tuple.__new__ and reads by index).
+    __slots__ = ("impl", "packed", "saved", "plan", "reverse")
+
+    def __init__(self, impl, packed, saved, plan, reverse):
+        self.impl = impl
+        self.packed = packed
+        self.saved = saved
+        self.plan = plan
+        self.reverse = reverse
 
     @property
     def backend(self):
@@ -76,8 +82,15 @@ class LSTMCache(NamedTuple):
         return a[::-1] if self.reverse else a
 
 
-_new = tuple.__new__   # LSTMCache's fields without its Python-level __new__ (0.15 us a call)
-_Cache = LSTMCache      # (both C variables when compiled, see _route.pxd: no look-up by name)
+def _make_cache(impl, packed, saved, plan, reverse):
+    """An LSTMCache (compiled: its fields set as C fields, no argument tuple)."""
+    cache = LSTMCache.__new__(LSTMCache)
+    cache.impl = impl
+    cache.packed = packed
+    cache.saved = saved
+    cache.plan = plan
+    cache.reverse = reverse
+    return cache
 
 
 def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True,
@@ -138,7 +151,7 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
         saved = (xin, h0s, c0s, y, gates, c) if rdrop is None and zoneout is None else \
             (xin, h0s, c0s, y, gates, c, rdrop, zoneout)
         y = plan.scatter(y, reverse)
-    return y, h_n, c_n, (_new(_Cache, (impl, packed, saved, plan, reverse)) if save else None)
+    return y, h_n, c_n, (_make_cache(impl, packed, saved, plan, reverse) if save else None)
 
 
 def _by_length(plan, reverse, x, h0, c0, rdrop, zoneout):
@@ -184,7 +197,7 @@ def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, o
         h_n, c_n = _in_caller_order(plan, h0, c0, hs, cs, out)
         saved = (xin, h0s, c0s, y, gates, c, rdrop, zoneout, stats)
         y = plan.scatter(y, reverse)
-    return y, h_n, c_n, (_new(_Cache, (impl, packed, saved, plan, reverse)) if save else None)
+    return y, h_n, c_n, (_make_cache(impl, packed, saved, plan, reverse) if save else None)
 
 
 def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, dlayer_norm=None,
@@ -197,11 +210,11 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, d
     ``inputs``: as for ``run_forward``; the plain padded call goes through it
     (``call_backward``) and leaves its ``db2`` slot (the second bias gradient or None) for
     the caller. ``need_dx`` False: dx is None (the backend may skip it)."""
-    impl = cache[0]     # by index, not by field (5 look-ups) nor unpacking (an iterator: a
-    packed = cache[1]   # NamedTuple is not an exact tuple)
-    saved = cache[2]
-    plan = cache[3]
-    reverse = cache[4]
+    impl = cache.impl
+    packed = cache.packed
+    saved = cache.saved
+    plan = cache.plan
+    reverse = cache.reverse
     rdrop = zoneout = stats = None
     if len(saved) == 6:
         xin, h0, c0, y, gates, c = saved
