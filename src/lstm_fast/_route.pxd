@@ -45,6 +45,6 @@ cpdef dict direction_grads(LayerInputs inputs, int k, object dw_ih, object dw_hh
                k_layer=int, caches=list, masks=object, xa=cnp.ndarray)
 cpdef tuple layer_forward(LayerBase layer, object x, object hx, object lengths, object save)
 
-@cython.locals(inputs=LayerInputs, cache=tuple, caches=list, shape=tuple, num_threads=int, D=int, k=int, d=int,
+@cython.locals(inputs=LayerInputs, caches=list, shape=tuple, num_threads=int, D=int, k=int, d=int,
                k_layer=int, R=Py_ssize_t, H=Py_ssize_t)
 cpdef tuple layer_backward(LayerBase layer, object grad_output, object grad_hx)

@@ -216,6 +216,17 @@ def check_zoneout(value, proj_size):
     return value
 
 
+def check_layer_norm(layer_norm, proj_size, cifg):
+    """layer_norm of a layer or module: not with a projection or coupled gates (haste's
+    LayerNormLSTM has neither)."""
+    if layer_norm and proj_size:
+        raise ValueError("layer_norm needs proj_size=0 (haste's LayerNormLSTM has no "
+                         "projection)")
+    if layer_norm and cifg:
+        raise ValueError("layer_norm does not combine with cifg=True (the layer norm of "
+                         "three gates is not defined by haste's LayerNormLSTM)")
+
+
 def check_forget_bias(value, bias, cifg):
     """forget_bias of a layer or module: None, or a finite number (float) where the layer has
     a bias and a forget gate."""

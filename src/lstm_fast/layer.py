@@ -9,8 +9,10 @@ raises numpy's read-only error.
 
 One route for every configuration: validate once, then per layer and direction one
 ``run_forward`` (backward: ``run_backward``) on the backend's packed weights; the cache is
-a list of ``LSTMCache``, one per layer and direction. The bodies of ``forward`` and
-``backward`` are ``_route.layer_forward`` and ``layer_backward`` (compiled with Cython).
+a list of ``LSTMCache``, one per layer and direction. ``forward`` (also ``layer(...)``) and
+``backward`` are those of ``_route.LayerBase``, the class's base, whose bodies are
+``_route.layer_forward`` and ``layer_backward`` (compiled with Cython: at tiny shapes a call
+is mostly Python-level work, see benchmarks/README.md "Per-call cost, counted").
 """
 
 import contextlib
@@ -247,12 +249,7 @@ class LSTM(_route.LayerBase):
         self.recurrent_dropout = _validation.check_rate(recurrent_dropout, "recurrent_dropout")
         self.zoneout = _validation.check_zoneout(zoneout, self.proj_size)
         self.layer_norm = _check_bool(layer_norm, "layer_norm")
-        if self.layer_norm and self.proj_size:
-            raise ValueError("layer_norm needs proj_size=0 (haste's LayerNormLSTM has no "
-                             "projection)")
-        if self.layer_norm and self.cifg:
-            raise ValueError("layer_norm does not combine with cifg=True (the layer norm of "
-                             "three gates is not defined by haste's LayerNormLSTM)")
+        _validation.check_layer_norm(self.layer_norm, self.proj_size, self.cifg)
         self.forget_bias = _validation.check_forget_bias(forget_bias, self.bias, self.cifg)
         self.training = True
         self.grads = {}
