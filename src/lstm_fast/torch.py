@@ -387,12 +387,7 @@ class LSTM(torch.nn.LSTM):
                 raise TypeError(f"{name} must be a bool, got {value!r}")
         self.peephole, self.cifg, self.layer_norm = bool(peephole), bool(cifg), bool(layer_norm)
         self.bf16_autocast = bool(bf16_autocast)
-        if self.layer_norm and self.proj_size:
-            raise ValueError("layer_norm needs proj_size=0 (haste's LayerNormLSTM has no "
-                             "projection)")
-        if self.layer_norm and self.cifg:
-            raise ValueError("layer_norm does not combine with cifg=True (the layer norm of "
-                             "three gates is not defined by haste's LayerNormLSTM)")
+        _validation.check_layer_norm(self.layer_norm, self.proj_size, self.cifg)
         if backend != "torch":
             self._resolve(backend)
         self.clip = _validation.check_clip(clip, "clip")

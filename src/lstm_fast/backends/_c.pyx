@@ -135,6 +135,11 @@ def set_int8_dynamic_native(native):
     lstm_set_i8d_mode(-1 if native is None else 0)
 
 
+def cpu_has_avx512bf16():
+    """True if the CPU has AVX512_BF16 (vdpbf16ps): ``set_bf16_native(True)`` is possible."""
+    return bool(lstm_cpu_has_avx512bf16())
+
+
 def cpu_has_amx_int8():
     """True if AMX-INT8 can be used here: the CPU has AMX-TILE and AMX-INT8 (cpuid leaf 7),
     the OS saves the tile state and (Linux) granted it to this process."""
