@@ -21,18 +21,8 @@ from . import low_precision
 ck = pytest.importorskip("lstm_fast.backends._c")
 
 
-def _native_available():
-    try:
-        ck.set_bf16_native(True)
-    except RuntimeError:
-        return False
-    finally:
-        ck.set_bf16_native(None)
-    return True
-
-
 WEIGHTS = ("float32", "bfloat16") + (("bfloat16-native", "bfloat16-emulated")
-                                     if _native_available() else ())
+                                     if ck.cpu_has_avx512bf16() else ())
 MODE = {"bfloat16": None, "bfloat16-native": True, "bfloat16-emulated": False}
 
 

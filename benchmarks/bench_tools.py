@@ -13,6 +13,8 @@ def _bench(case, shape, dtype, threads, comp, t, flops, dims, **extra):
     e = dict(case=case, shape=shape, dtype=dtype, threads=threads, competitor=comp, flops=flops, **extra)
     if case == "gemm":
         e["N"] = dims[0]
+    elif case == "stepgemm":
+        e.update(M=dims[0], K=dims[1], N=dims[2])
     else:
         e.update(T=dims[0], B=dims[1], I=dims[2], H=dims[3])
     return {"group": "g", "name": comp, "extra_info": e, "stats": {"median": t, "iqr": t / 10}}
@@ -109,6 +111,31 @@ def test_ceiling_picks_the_best_library_and_names_it():
     assert who == "gemm:onednn" and best == pytest.approx(100e-9) and per["gemm:numpy"] == pytest.approx(50e-9)
 
 
+def test_step_product_problem_and_report(tmp_path):
+    """A model's step product (B x H by H x 4H) is checked like the ceiling's and reported
+    with each library's GFLOP/s, the best one and its share of the 2048^3 ceiling."""
+    m = shapes.MODELS["wlm_small"]
+    assert ceiling.step_shape(m) == (20, 200, 800)
+    assert ceiling.flops(20, 200, 800) == 2 * 20 * 200 * 800 and ceiling.flops(4) == 128
+    p = ceiling.make_problem(0, "float32", shape=(5, 7, 12))
+    for name in ceiling.competitors("float32"):
+        r = ceiling.make_runner(name, p, 1)
+        assert r.outputs()["c"].shape == (5, 12)
+        ceiling.check(r.outputs(), p, name)
+    harness.reset_threads()
+    n, f = 2048, ceiling.flops(20, 200, 800)
+    b = [_bench("gemm", f"gemm{n}", "float32", 1, "gemm:onednn", 2 * n ** 3 / 100e9, 2 * n ** 3, (n,)),
+         _bench("stepgemm", "wlm_small", "float32", 1, "gemm:onednn", f / 60e9, f, (20, 200, 800)),
+         _bench("stepgemm", "wlm_small", "float32", 1, "gemm:numpy", f / 80e9, f, (20, 200, 800))]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"benchmarks": b, "datetime": "now", "commit_info": {"id": "x"},
+                                "machine_info": {"lstm_fast": harness.machine_info()}}))
+    assert report.main([str(path), "--markdown", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| wlm_small | float32 | 1 |"))
+    assert "20,200,800" in row and "**80.0**" in row and "80.0 (numpy), 80%" in row
+
+
 def test_set_threads_limits_every_blas_and_reset_restores():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
@@ -154,9 +181,10 @@ def test_quick_grid_models_and_ceiling(capsys):
     assert "3,2,4,5" in out and "lstm_fast[numpy]" in out and "WRONG" not in out and "ceiling:" in out
     if harness.have("torch"):
         assert quick.main(["--models", "tinystack", "--repeat", "1", "--min-time", "0.0005",
-                           "--onnxruntime"]) == 0
+                           "--onnxruntime", "--ceiling", "--gemm-n", "32"]) == 0
         out = capsys.readouterr().out
         assert "layer_train" in out and "model_eval" in out and "WRONG" not in out
+        assert "step product tinystack: best" in out      # its B x H by H x 4H = 3,6,24
 
 
 def test_quick_rejects_bad_shape_and_model():
@@ -211,3 +239,17 @@ def test_settle_waits_for_a_busy_thread_of_this_process():
     finally:
         t.join()
     assert 0.2 <= waited < 1.0
+
+
+def test_measure_settles_before_every_batch(monkeypatch):
+    """The quick comparison (``lstm-fast bench``) lets this process's threads go idle
+    before each timed batch of each competitor, as the pytest suite does before each
+    benchmark: ``settle`` is called once per runner per round, before its batch."""
+    order = []
+    monkeypatch.setattr(harness, "settle", lambda: order.append("settle") or 0.0)
+    runners = [harness.Runner(name, (lambda n=name: order.append(n)), lambda r: r)
+               for name in ("a", "b")]
+    harness.measure(runners, repeat=3, min_time=0.0)
+    timed = order[2:]                                   # after one untimed call of each
+    assert order[:2] == ["a", "b"]
+    assert timed == ["settle", "a", "settle", "b"] * 3

@@ -1,8 +1,8 @@
 """The LSTM variants of issue 15 (peepholes, gate clip, cell clip, coupled gates), float32,
 one thread, c backend, at (32, 16, 64, 64) and (32, 64, 256, 256):
 
-* ``test_layer_norm_cost``: the layer-normalized LSTM on the numba backend (the C kernel
-  does not have it) vs the plain LSTM on numba, forward and training step.
+* ``test_layer_norm_cost``: the layer-normalized LSTM vs the plain LSTM on the same backend
+  (c, numba), forward and training step.
 
 * ``test_variant_cost``: each variant on vs the plain LSTM, forward and training step
   (lstm_fast.LSTM, the NumPy-array layer); target <= 1.25x the plain LSTM's time.
@@ -206,21 +206,22 @@ def test_zoneout_cost(benchmark, shape):
     _masked_cost(benchmark, shape, zoneout=0.1)
 
 
-LN_CASES = {"numba plain": dict(layer_norm=False), "numba layer_norm": dict(layer_norm=True)}
+LN_CASES = {"c plain": ("c", dict(layer_norm=False)), "c layer_norm": ("c", dict(layer_norm=True)),
+            "numba plain": ("numba", dict(layer_norm=False)),
+            "numba layer_norm": ("numba", dict(layer_norm=True))}
 
 
 @pytest.mark.parametrize("case", ["forward", "train"])
 @pytest.mark.parametrize("variant", list(LN_CASES))
 @pytest.mark.parametrize("shape", [pytest.param(s, marks=_marks(s)) for s in SHAPES])
 def test_layer_norm_cost(benchmark, shape, variant, case):
-    """The layer-normalized LSTM (backends/numba/lnorm.py) against the plain LSTM, both on
-    the numba backend (the C kernel has no layer norm yet); gains and c bias at their
-    initial values (ones, zeros)."""
-    if "numba" not in lstm_fast.available_backends():
-        pytest.skip("numba is not installed")
-    kw = LN_CASES[variant]
+    """The layer-normalized LSTM (csrc/lnorm.template.c, backends/numba/lnorm.py) against the
+    plain LSTM on the same backend; gains and c bias at their initial values (ones, zeros)."""
+    backend, kw = LN_CASES[variant]
+    if backend not in lstm_fast.available_backends():
+        pytest.skip(f"{backend} is not available")
     T, B, I, H = SHAPES[shape]
-    _bench(benchmark, _ours(case, shape, kw, "numba"), _expected(case, shape, kw),
+    _bench(benchmark, _ours(case, shape, kw, backend), _expected(case, shape, kw),
            f"layer norm {case} {DTYPE} T,B,I,H={T},{B},{I},{H} threads={THREADS}",
            dict(case=case, shape=shape, variant=variant, T=T, B=B, I=I, H=H, dtype=DTYPE,
-                threads=THREADS, competitor=f"lstm_fast[numba] {variant}"))
+                threads=THREADS, competitor=f"lstm_fast[{variant}]"))

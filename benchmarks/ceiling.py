@@ -14,6 +14,13 @@ Competitors (``gemm:<library>``):
 
 Threads: the same ``harness.set_threads(n)`` as every other benchmark. FLOPs 2*N^3.
 The ceiling of a (dtype, threads) cell is the best library's median.
+
+**The step's product** (``step_shape``): the same libraries on the product one recurrent
+step of a model makes, h_{t-1} (B x H) times w_hh^T (H x 4H), called again and again on
+the same operands as the steps are (w_hh stays in cache where it fits). At the models'
+batch sizes (B = 16-32) that product is far from the 2048^3 ceiling in every library: it
+is what a per-step GEMM (torch's ATen loop, or our kernel split into library calls) can
+reach there, and so the measured limit beside the ceiling.
 """
 
 import numpy as np
@@ -34,17 +41,26 @@ def competitors(dtype):
     return names
 
 
-def flops(n):
-    return 2 * n ** 3
+def flops(m, k=None, n=None):
+    """FLOPs of an m x k by k x n product (k and n default to m: the N^3 ceiling)."""
+    return 2 * m * (m if k is None else k) * (m if n is None else n)
 
 
-def make_problem(n, dtype="float32", seed=0):
+def step_shape(model):
+    """(M, K, N) of one recurrent step's product of ``model`` (a shapes.Model): B x H by
+    H x 4H."""
+    return (model.B, model.H, 4 * model.H)
+
+
+def make_problem(n, dtype="float32", seed=0, shape=None):
+    """C = A.B with A (m, k) and B (k, n): ``shape`` = (m, k, n), or n x n x n."""
+    m, k, nn = shape or (n, n, n)
     rng = np.random.default_rng(seed)
     dt = harness.DTYPES[np.dtype(dtype).name]
-    a = rng.uniform(-1, 1, (n, n)).astype(dt)
-    b = rng.uniform(-1, 1, (n, n)).astype(dt)
-    rows = min(n, 64)
-    return dict(n=n, dtype=np.dtype(dt).name, a=a, b=b, rows=rows,
+    a = rng.uniform(-1, 1, (m, k)).astype(dt)
+    b = rng.uniform(-1, 1, (k, nn)).astype(dt)
+    rows = min(m, 64)
+    return dict(n=n, shape=(m, k, nn), dtype=np.dtype(dt).name, a=a, b=b, rows=rows,
                 want=(a[:rows].astype(np.float64) @ b.astype(np.float64)))
 
 
@@ -52,14 +68,15 @@ def make_runner(name, p, threads):
     """Competitor ``name`` computing C = A.B for problem ``p`` on ``threads`` threads."""
     harness.set_threads(threads)
     a, b, rows = p["a"], p["b"], p["rows"]
+    m, nn = a.shape[0], b.shape[1]
     lib = name.removeprefix("gemm:")
     if lib == "numpy":
-        c = np.empty_like(a)
+        c = np.empty((m, nn), a.dtype)
         return harness.Runner(name, lambda: np.matmul(a, b, out=c), lambda r: {"c": r[:rows]})
     import torch
     if lib == "torch.mm":
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        tc = torch.empty_like(ta)
+        tc = torch.empty((m, nn), dtype=ta.dtype)
         return harness.Runner(name, lambda: torch.mm(ta, tb, out=tc), lambda r: {"c": r[:rows].numpy()})
     if lib == "onednn":
         if p["dtype"] != "float32":

@@ -1,6 +1,6 @@
 """Benchmark suite configuration (see README.md).
 
-* Three suites: bench_ceiling.py (the GEMM ceiling), bench_lstm.py (the grid of
+* Three suites: bench_ceiling.py (the GEMM ceiling, and each model's step product), bench_lstm.py (the grid of
   shapes.SHAPES), bench_models.py (the models group, shapes.MODELS).
 * Large grid shapes and the large float64 model cases (marked ``large``) are deselected
   unless the ``-m`` expression mentions ``large`` or shapes/models are named explicitly.
@@ -147,6 +147,15 @@ def pytest_generate_tests(metafunc):
                 for comp in ceiling.competitors(dtype):
                     params.append(pytest.param(n, dtype, threads, comp, id=f"{n}-{dtype}-t{threads}-{comp}"))
         metafunc.parametrize(("gemm_n", "dtype", "threads", "competitor"), params)
+    elif "step_model" in names:     # bench_ceiling.py: one recurrent step's product per model
+        from . import ceiling
+        for model in selected_models(metafunc.config):
+            for dtype in shapes.DTYPES:
+                for threads in shapes.THREADS:
+                    for comp in ceiling.competitors(dtype):
+                        params.append(pytest.param(model, dtype, threads, comp,
+                                                   id=f"{model}-{dtype}-t{threads}-{comp}"))
+        metafunc.parametrize(("step_model", "dtype", "threads", "competitor"), params)
 
 
 @pytest.fixture(autouse=True)

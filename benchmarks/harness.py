@@ -456,7 +456,11 @@ def measure(runners, repeat=7, min_time=0.01):
 
     Each round times a batch of calls of every runner in turn, the batch size chosen so
     one batch lasts about ``min_time``; interleaving spreads the slow drift of a shared
-    machine over all competitors alike.
+    machine over all competitors alike. Before each batch the process's own threads are let
+    go idle (``settle``): ONNX Runtime's and OpenBLAS's workers spin after a call, and a
+    2-thread batch timed right after them shared the two CPUs with them (AMD EPYC Zen 4,
+    ``lstm-fast bench --models wlm_small --threads 2 --onnxruntime``: our layer's forward
+    24.4 ms right after ONNX Runtime's, 4.9 ms without it in the run).
     """
     number = {}
     for r in runners:
@@ -465,6 +469,7 @@ def measure(runners, repeat=7, min_time=0.01):
     times = {r.name: [] for r in runners}
     for _ in range(repeat):
         for r in runners:
+            settle()
             times[r.name].append(_time(r.fn, number[r.name]))
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -36,9 +36,11 @@ def parse_model(text):
     return text
 
 
-def measure_ceiling(dtype, threads, n, repeat):
-    """(GFLOP/s, library) of the best GEMM here, or (None, None)."""
-    p = ceiling.make_problem(n, dtype)
+def measure_ceiling(dtype, threads, n, repeat, shape=None, label=None):
+    """(GFLOP/s, library) of the best GEMM here: n^3, or ``shape`` = (M, K, N) (printed as
+    ``label``)."""
+    p = ceiling.make_problem(n, dtype, shape=shape)
+    m, k, nn = p["shape"]
     runners = []
     for name in ceiling.competitors(dtype):
         r = ceiling.make_runner(name, p, threads)
@@ -48,10 +50,11 @@ def measure_ceiling(dtype, threads, n, repeat):
     med = harness.measure(runners, repeat=max(3, repeat // 2), min_time=0.05)
     best = min(med, key=med.get)
     labels = ceiling.library_labels(harness.machine_info())
+    what = label or f"GEMM {n}^3"
     for name, t in med.items():
-        print(f"  GEMM {n}^3 {dtype} {threads}T {labels.get(name, name):<58} "
-              f"{ceiling.flops(n) / t / 1e9:8.1f} GFLOP/s")
-    return ceiling.flops(n) / med[best] / 1e9, labels.get(best, best)
+        print(f"  {what} {dtype} {threads}T {labels.get(name, name):<58} "
+              f"{ceiling.flops(m, k, nn) / t / 1e9:8.1f} GFLOP/s")
+    return ceiling.flops(m, k, nn) / med[best] / 1e9, labels.get(best, best)
 
 
 def _row(case, label, name, t, f, base, peak):
@@ -100,6 +103,12 @@ def main(argv=None):
     if args.ceiling:
         peak, lib = measure_ceiling(args.dtype, args.threads, args.gemm_n, args.repeat)
         print(f"ceiling: {peak:.1f} GFLOP/s ({lib})")
+        if args.models is not None:     # the measured limit of a per-step library GEMM
+            for name in args.models or shapes.MODELS:
+                sh = ceiling.step_shape(shapes.model_config(name))
+                g, lib = measure_ceiling(args.dtype, args.threads, 0, args.repeat, shape=sh,
+                                         label=f"step product {name} {','.join(map(str, sh))}")
+                print(f"step product {name}: best {g:.1f} GFLOP/s ({lib}), {100 * g / peak:.0f}% of the ceiling")
     if not harness.have("torch"):
         print("torch is not installed: speedups are shown over the NumPy reference instead")
     header = (f"{'case':<14} {'shape':<22} {'implementation':<22} {'median':>10} {'GFLOP/s':>8} "

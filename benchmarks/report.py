@@ -62,7 +62,7 @@ def is_ours(name):
 
 
 def kind(case):
-    return "ceiling" if case == "gemm" else ("models" if case in MODEL_CASES else "grid")
+    return "ceiling" if case in ("gemm", "stepgemm") else ("models" if case in MODEL_CASES else "grid")
 
 
 class Cell(tuple):
@@ -93,6 +93,8 @@ def load(paths):
             spread = st.get("iqr", 0.0) / st["median"] if st["median"] else 0.0
             if e["case"] == "gemm":
                 dims = (e["N"],)
+            elif e["case"] == "stepgemm":
+                dims = (e["M"], e["K"], e["N"])
             else:
                 dims = (e["T"], e["B"], e["I"], e["H"])
             medians[key].append((st["median"], e["flops"], dims, spread, e.get("foreign_cpu", 0.0) or 0.0))
@@ -270,7 +272,32 @@ def ceiling_section(table, metas):
     for (dtype, threads), (best, who, per) in sorted(ceil.items()):
         cells = [(f"**{per[c]:.1f}**" if c == who else f"{per[c]:.1f}") if c in per else "—" for c in comps]
         lines.append(f"| {dtype} | {threads} | " + " | ".join(cells) + f" | {best:.1f} ({short(who)}) |")
-    return lines + [""], ceil
+    return lines + [""] + step_section(table, ceil, labels), ceil
+
+
+def step_section(table, ceil, labels):
+    """The recurrent step's product of each model through the same libraries (bench_ceiling's
+    test_step_gemm): the measured limit of a per-step library GEMM at the model's batch."""
+    steps = {k: v for k, v in table.items() if k[0] == "stepgemm"}
+    if not steps:
+        return []
+    comps = sorted({k[4] for k in steps})
+    lines = ["#### The recurrent step's product", "",
+             "GFLOP/s of one step's product of each model, h_{t-1} (B×H) by w_hh^T (H×4H), called "
+             "repeatedly on the same operands, and the best library's % of the 2048³ ceiling: what a "
+             "per-step library GEMM reaches at the models' batch sizes.", "",
+             "| model | dtype | threads | M,K,N | " + " | ".join(labels.get(c, c) for c in comps) +
+             " | best, % of ceiling |", "|" + "---|" * (5 + len(comps))]
+    for model, dtype, threads in sorted({(k[1], k[2], k[3]) for k in steps}):
+        per = {c: steps[k] for c in comps if (k := ("stepgemm", model, dtype, threads, c)) in steps}
+        g = {c: cell.flops / cell.median / 1e9 for c, cell in per.items()}
+        best = max(g, key=g.get)
+        sh = share(per[best], ceil, dtype, threads)
+        dims = ",".join(map(str, per[best].dims))
+        cells = [(f"**{g[c]:.1f}**" if c == best else f"{g[c]:.1f}") if c in g else "—" for c in comps]
+        lines.append(f"| {model} | {dtype} | {threads} | {dims} | " + " | ".join(cells) +
+                     f" | {g[best]:.1f} ({short(best)}), {'—' if sh is None else f'{sh:.0%}'} |")
+    return lines + [""]
 
 
 def _dims(cell, shape, model=False):

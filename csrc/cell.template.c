@@ -52,6 +52,9 @@ typedef struct {
        c_t also stored rounded into csave (c keeps the float32 running state) */
     int bf16_save;
     TYPE *csave;        /* [.,H] or NULL */
+    /* layer norm (lnorm.template.c; var is then 1): the tile's products are stored
+       as they are into raw [.,4H] (row*4H + gate*H + unit), nothing else is done */
+    TYPE *raw;
 } FN(fwd_cell_args);
 
 /* x clamped to [-b, b] (b > 0; NaN stays NaN) */
@@ -138,6 +141,15 @@ KERNEL void FN(fwd_cell)(const FN(fwd_cell_args) *a, int mr, int nb, int64_t r0,
                          const TYPE *acc)
 {
     if (a->var) {   /* one test per tile; the plain loops below are unchanged */
+        if (a->raw) {
+            for (int q = 0; q < mr * nb; q++) {
+                int64_t row = r0 + q / nb, off = (j0 + q % nb) * V;
+                int n = a->H - off < V ? (int)(a->H - off) : V;
+                for (int k = 0; k < 4; k++)
+                    vstore_n(a->raw + row * 4 * a->H + k * a->H + off, vload(acc + (q * 4 + k) * V), n);
+            }
+            return;
+        }
         FN(fwd_cell_var)(a, mr, nb, r0, j0, acc);
         return;
     }

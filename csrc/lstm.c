@@ -194,7 +194,7 @@ static int variant_ok(const lstm_variant *v)
 static const lstm_variant *variant_or_null(const lstm_variant *v)
 {
     return v && (v->peephole || v->clip > 0 || v->cell_clip > 0 || v->cifg || v->rdrop ||
-                 v->zoneout || v->bf16_grads)
+                 v->zoneout || v->bf16_grads || v->layer_norm)
                ? v
                : NULL;
 }
@@ -250,6 +250,13 @@ static int variant_args_ok(int64_t P, const lstm_variant *variant)
             return 0;                                                                        \
         int nt = num_threads < 1 ? 1 : num_threads;                                          \
         return (size_t)((backward ? N + B : nt * B) * R) * sizeof(TYPE) + 128;               \
+    }                                                                                        \
+    size_t lstm_ln_workspace_size_##SFXT(int64_t N, int64_t B, int64_t H, int save,          \
+                                         int backward)                                       \
+    {                                                                                        \
+        if (N < 0 || B < 0 || H < 0)                                                         \
+            return 0;                                                                        \
+        return WS_MAX(SFXT, ln_ws_size, (N, B, H, save, backward));                          \
     }                                                                                        \
     int lstm_forward_##SFXT(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,           \
                             const void *packed, const int64_t *batch_sizes, const TYPE *x,   \

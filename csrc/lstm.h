@@ -221,10 +221,32 @@ typedef struct {
      * the order of the sums (pairs, the odd element first) and VDPBF16PS's flush of
      * denormal results differ (the bound: backends/reference.py, "bfloat16 training"). */
     void *bf16_ws;
+    /* Layer-normalized LSTM (haste's LayerNormLSTM; equations in backends/reference.py):
+     * LN over the 4H values of x.w_ih^T and, apart, of h.w_hh^T (gains g_ih, g_hh, no
+     * bias), the bias b added after the input's LN, and LN of c_t (gain g_c, bias b_c)
+     * before the output tanh. No projection, no cifg (LSTM_ERR_ARG). The calls' own
+     * workspaces are sized as for the plain LSTM (lstm_forward_workspace_size_X with any
+     * save, lstm_backward_workspace_size_X); the layer norm's scratch is ln_ws. The
+     * backward's parameter sums (ln_grad, db, dpeephole) run on one thread in a fixed
+     * row order: the same bits for any num_threads. Code: lnorm.template.c. */
+    const void *layer_norm; /* [10H] g_ih (4H), g_hh (4H), g_c (H), b_c (H), or NULL: off */
+    void *ln_stats;         /* [N, ln_stats_cols] the rows' statistics (mean, rstd of the
+                               input product, of the recurrent product, of c_t), then with
+                               6 + 8H columns the normalized products (4H each): written by
+                               the forward, read by the backward (which needs 6 + 8H);
+                               a forward saving nothing may take 6 */
+    int64_t ln_stats_cols;
+    void *ln_grad;          /* [10H] backward: the gradients of layer_norm, laid out as it */
+    void *ln_ws;            /* scratch of lstm_ln_workspace_size_X bytes, any alignment */
 } lstm_variant;
 
 size_t lstm_bf16_grads_workspace_size(int64_t N, int64_t B, int64_t I, int64_t H,
                                       int num_threads);
+
+/* Bytes of variant.ln_ws for a layer-normalized forward (backward = 0; save as the
+ * forward's gates and c are given) or backward (backward = 1) of N rows. */
+size_t lstm_ln_workspace_size_f32(int64_t N, int64_t B, int64_t H, int save, int backward);
+size_t lstm_ln_workspace_size_f64(int64_t N, int64_t B, int64_t H, int save, int backward);
 
 /* Bytes of variant.var_ws for a forward (backward = 0) with up to num_threads threads
  * or a backward (backward = 1) of N rows. */

@@ -422,6 +422,21 @@ static size_t FN(fwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int64_
            (size_t)num_threads * (size_t)FN(gemm_ws_elems)(0) * sizeof(TYPE) + 64;
 }
 
+/* The layer-normalized LSTM (lnorm.template.c, included after the backward, whose
+ * pieces it reuses): forward and backward take this path when variant->layer_norm is set. */
+static int FN(ln_forward)(int64_t T, int64_t B, int64_t I, int64_t H,
+                          const FN(packed_hdr) *hdr, const int64_t *batch_sizes, const TYPE *x,
+                          const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n, TYPE *c_n,
+                          TYPE *gates, TYPE *c, void *workspace, int num_threads,
+                          const lstm_variant *var);
+static int FN(ln_backward)(int64_t T, int64_t B, int64_t I, int64_t H,
+                           const FN(packed_hdr) *hdr, const int64_t *batch_sizes, const TYPE *x,
+                           const TYPE *h0, const TYPE *c0, const TYPE *y, const TYPE *gates,
+                           const TYPE *c, const TYPE *dy, const TYPE *dh_n, const TYPE *dc_n,
+                           TYPE *dx, TYPE *dw_ih, TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0,
+                           void *workspace, int num_threads, const lstm_variant *var,
+                           TYPE *dpeep);
+
 static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                        const void *packed, const int64_t *batch_sizes, const TYPE *x,
                        const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n, TYPE *c_n,
@@ -433,6 +448,10 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
         return LSTM_ERR_PACKED;
     if ((gates == NULL) != (c == NULL))
         return LSTM_ERR_ARG;
+    if (var && var->layer_norm)
+        return P ? LSTM_ERR_ARG
+                 : FN(ln_forward)(T, B, I, H, hdr, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c,
+                                  workspace, num_threads < 1 ? 1 : num_threads, var);
     unsigned char *wsb = FN(align_ptr)(workspace);
     int64_t *offs = (int64_t *)wsb;
     if (!FN(step_offsets)(T, B, batch_sizes, offs))
@@ -1263,6 +1282,11 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
         return LSTM_ERR_ARG;
     if (var && var->peephole && !dpeep)
         return LSTM_ERR_ARG;
+    if (var && var->layer_norm)
+        return P ? LSTM_ERR_ARG
+                 : FN(ln_backward)(T, B, I, H, hdr, batch_sizes, x, h0, c0, y, gates, c, dy,
+                                   dh_n, dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, workspace,
+                                   num_threads < 1 ? 1 : num_threads, var, dpeep);
     unsigned char *wsb = FN(align_ptr)(workspace);
     int64_t *offs = (int64_t *)wsb;
     if (!FN(step_offsets)(T, B, batch_sizes, offs))
@@ -1290,6 +1314,8 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     lstm_pool_run(FN(bwd_job), &ctx, num_threads);
     return LSTM_OK;
 }
+
+#include "lnorm.template.c"  /* the layer-normalized LSTM */
 
 #if !IS_F64
 #include "bf16.template.c"   /* bfloat16 weights (inference), float32 only */

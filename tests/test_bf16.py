@@ -29,17 +29,7 @@ ck = pytest.importorskip("lstm_fast.backends._c")
 LEVELS = simd_levels(ck)
 
 
-def _native_available():
-    try:
-        ck.set_bf16_native(True)
-    except RuntimeError:
-        return False
-    finally:
-        ck.set_bf16_native(None)
-    return True
-
-
-NATIVE = _native_available()
+NATIVE = ck.cpu_has_avx512bf16()
 # (level, native) pairs this CPU can run: every level emulated, AVX-512 also native
 MODES = [(lv, False) for lv in LEVELS] + ([("avx512", True)] if NATIVE else [])
 

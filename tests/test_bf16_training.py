@@ -525,16 +525,6 @@ def test_round_bf16_of_the_c_backward_on_hard_values():
 # the exact sum (S = sum_k |a_k b_k|, K = 4H for dh and dx, N for dw, gamma_K = K 2^-24),
 # plus K 2^-126 for the flushes: so the two paths differ by at most twice that, and each
 # is within the tolerances above of the reference.
-def _bf16_native_available(ck):
-    try:
-        ck.set_bf16_native(True)
-    except RuntimeError:
-        return False
-    finally:
-        ck.set_bf16_native(None)
-    return True
-
-
 def _gate_grads_t1(p, g, gates, c):
     """r(da) of a T = 1 backward (the cell's float32 formulas on the saved values)."""
     H = p["h0"].shape[1]
@@ -552,7 +542,7 @@ def _gate_grads_t1(p, g, gates, c):
                                    (9, 40, 16, 48), (4, 1, 3, 2)])
 def test_c_backward_with_vdpbf16ps_within_the_bound(shape):
     ck = pytest.importorskip("lstm_fast.backends._c")
-    if not _bf16_native_available(ck):
+    if not ck.cpu_has_avx512bf16():
         pytest.skip("needs AVX512_BF16 (vdpbf16ps)")
     p, g = _c_problem(shape, 0)
     got = {}

@@ -252,10 +252,18 @@ needs_amx = pytest.mark.skipif(not HAS_AMX, reason="no AMX-INT8 here (CPU or OS)
 
 
 def _products_every_path(pk, x, h):
+    """z by every path (amx, vnni, emulated) at the AVX-512 level; the level and the path
+    restored after."""
     got = {}
-    for path in ("amx", "vnni", "emulated"):
-        ck.set_int8_dynamic_path(path)
-        got[path] = ck.int8_dynamic_products(pk, x, h)
+    before = ck.simd_level()
+    try:
+        ck.set_simd_level("avx512")
+        for path in ("amx", "vnni", "emulated"):
+            ck.set_int8_dynamic_path(path)
+            got[path] = ck.int8_dynamic_products(pk, x, h)
+    finally:
+        ck.set_int8_dynamic_path("auto")
+        ck.set_simd_level(before)
     return got
 
 
@@ -268,13 +276,7 @@ def test_amx_products_are_the_oracles_bits(shape):
     pk = ck.pack_int8_dynamic(p["w_ih"], p["w_hh"], p["b"])
     x = np.ascontiguousarray(p["x"][0])
     h = (p["h0"] * 3).astype(np.float32)
-    before = ck.simd_level()
-    try:
-        ck.set_simd_level("avx512")
-        got = _products_every_path(pk, x, h)
-    finally:
-        ck.set_int8_dynamic_path("auto")
-        ck.set_simd_level(before)
+    got = _products_every_path(pk, x, h)
     (qi, si), (qh, sh) = ref.quantize_int8(p["w_ih"]), ref.quantize_int8(p["w_hh"])
     want = ref.int8_dynamic_preactivations(x, h, qi, si, qh, sh)
     for path, z in got.items():
@@ -287,13 +289,7 @@ def test_amx_largest_sums_are_exact():
     """The int32 bound through AMX: K = 66311 (tiles of 64 bytes and a remainder), every
     u = 255 and q = 127, every u = 1, mixed signs: the same sums as vpdpbusd."""
     pk, x, h, want = _largest_sums_problem(66311, 3)
-    before = ck.simd_level()
-    try:
-        ck.set_simd_level("avx512")
-        got = _products_every_path(pk, x, h)
-    finally:
-        ck.set_int8_dynamic_path("auto")
-        ck.set_simd_level(before)
+    got = _products_every_path(pk, x, h)
     for path, z in got.items():
         assert same_bits((z,), (want,)), path
 

@@ -1,4 +1,4 @@
-"""The layer-normalized LSTM of issue 15 (haste's LayerNormLSTM; the NumPy and Numba backends).
+"""The layer-normalized LSTM of issue 15 (haste's LayerNormLSTM; the NumPy, Numba and C backends).
 
 The reference's gradients equal central finite differences in float64 for every argument
 (the layer-norm gains and c bias included), alone and with the other variants and the masks,
@@ -9,11 +9,13 @@ the outside oracle is a transcription of haste's ``LayerNormLSTMScript``
 gradients, for one layer with training masks and for a 2-layer bidirectional layer with
 lengths in eval mode; the options, names, initial values and errors of the API.
 
-The Numba backend equals the reference (float64 on the same values) for outputs, final
+The Numba and C backends equal the reference (float64 on the same values) for outputs, final
 states, the saved statistics and every gradient (the layer-norm parameters' included), in
 float32 and float64, alone and with the variants and masks, at odd shapes and with lengths;
-its float64 gradients equal finite differences too; the layer (2 layers, bidirectional,
-lengths) equals the NumPy layer; its bits do not depend on the thread count.
+their float64 gradients equal finite differences too; the layer (2 layers, bidirectional,
+lengths) equals the NumPy layer; their bits do not depend on the thread count. The C
+kernel's tests run at the SIMD level in force (LSTM_FAST_SIMD forces one: run this file once
+per level).
 """
 
 import pickle
@@ -75,6 +77,8 @@ SHAPES = [(4, 3, 2, 3), (1, 1, 1, 1), (3, 1, 2, 1), (1, 3, 4, 2), (3, 2, 5, 3)]
 
 
 LN_BACKENDS = [b for b in backends.LAYER_NORM_BACKENDS if b in BACKENDS]
+FAST_LN = [b for b in LN_BACKENDS if b != "numpy"]   # the kernels: against the reference
+AUTO_LN = backends.resolve(backends.layer_norm_backend("auto"))   # never numba
 needs_numba = pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
 
 
@@ -114,12 +118,12 @@ def run_functional(a, g, kw, dtype, backend):
     return dict(y=y, h_n=h_n, c_n=c_n, **grads_of(lstm_fast.lstm_backward(cache, **g)))
 
 
-@needs_numba
+@pytest.mark.parametrize("backend", FAST_LN)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", NB_SHAPES, ids=["T{}B{}I{}H{}".format(*s) for s in NB_SHAPES])
 @pytest.mark.parametrize("combo", list(COMBOS))
-def test_numba_equals_the_reference(combo, shape, dtype):
-    """backend="numba" against the reference in float64 on the same values: y, h_n, c_n and
+def test_backend_equals_the_reference(combo, shape, dtype, backend):
+    """backend="numba" / "c" against the reference in float64 on the same values: y, h_n, c_n and
     the gradients of x, the weights, biases, states, peepholes and the four layer-norm
     parameters, with the variants and masks of ``COMBOS`` and lengths."""
     opts, zo, rd, ragged = COMBOS[combo]
@@ -133,7 +137,7 @@ def test_numba_equals_the_reference(combo, shape, dtype):
     if ragged and B > 1:
         kw["lengths"] = [max(1, T - (k * T) // B) for k in range(B)][::-1]   # any order
     want = run_functional(a, g, kw, np.float64, "numpy")
-    got = run_functional(a, g, kw, dtype, "numba")
+    got = run_functional(a, g, kw, dtype, backend)
     assert want.keys() == got.keys()
     for name, w in want.items():
         if w is None:
@@ -143,9 +147,9 @@ def test_numba_equals_the_reference(combo, shape, dtype):
         assert_close(got[name], w, dtype, name)
 
 
-@needs_numba
+@pytest.mark.parametrize("backend", FAST_LN)
 @pytest.mark.parametrize("lengths", [[3, 0, 2], [0, 0], [1]], ids=["one_empty", "all_empty", "T1B1"])
-def test_numba_equals_the_reference_with_empty_sequences(lengths):
+def test_backend_equals_the_reference_with_empty_sequences(lengths, backend):
     """Sequences of length 0 keep h0, c0 (and pass dh_n, dc_n back); float64, all options."""
     T, B, I, H = max(lengths + [1]), len(lengths), 3, 5
     a, g = problem(T, B, I, H, seed=5, peephole=True)
@@ -154,19 +158,19 @@ def test_numba_equals_the_reference_with_empty_sequences(lengths):
     for k, n in enumerate(lengths):
         g["dy"][n:, k] = 0
     want = run_functional(a, g, kw, np.float64, "numpy")
-    got = run_functional(a, g, kw, np.float64, "numba")
+    got = run_functional(a, g, kw, np.float64, backend)
     for name, w in want.items():
         assert_close(got[name], w, np.float64, name)
 
 
-@needs_numba
+@pytest.mark.parametrize("backend", FAST_LN)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["padded", "lengths"])
-def test_numba_contract_statistics_and_inference(ragged, dtype):
+def test_backend_contract_statistics_and_inference(ragged, dtype, backend):
     """The backend contract called directly: the saved statistics equal the reference's;
     save=False gives the same bits of y, h_n, c_n as save=True; ``step`` (h, c in place)
     the bits of a sequence of one step."""
-    nb = backends.get("numba")
+    nb = backends.get(backend)
     T, B, I, H = 5, 4, 3, 6
     a, _ = problem(T, B, I, H, seed=8, dtype=dtype, peephole=True)
     zm, rd = masks(T, B, H, 3, dtype=dtype)
@@ -180,7 +184,7 @@ def test_numba_contract_statistics_and_inference(ragged, dtype):
     N = x.shape[0] if ragged else T * B
     stats = {}
     outs = {}
-    for name, impl in (("numpy", ref), ("numba", nb)):
+    for name, impl in (("numpy", ref), ("numba", nb)):   # "numba": the backend tested
         packed = impl.pack(a["w_ih"], a["w_hh"], a["b_ih"] + a["b_hh"], variant=v)
         S = backends.ln_stats_width(H)
         stats[name] = np.full((N, S) if ragged else (T, B, S), np.nan, dtype)
@@ -199,7 +203,7 @@ def test_numba_contract_statistics_and_inference(ragged, dtype):
     assert same_bits((y0, h, c), (one[0][0], one[1], one[2]))
 
 
-@pytest.mark.parametrize("name", ["numpy", pytest.param("numba", marks=needs_numba)])
+@pytest.mark.parametrize("name", LN_BACKENDS)
 def test_backward_reads_stats_only(name):
     """Backward takes the forward's normalized products from ``stats`` without writing them:
     a second backward from the same saved values (torch's retain_graph) gives the same bits,
@@ -223,18 +227,19 @@ def test_backward_reads_stats_only(name):
     assert same_bits(st, kept)
 
 
-@needs_numba
+@pytest.mark.parametrize("backend", FAST_LN)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", [(4, 40, 5, 24), (3, 4, 6, 130), (2, 1, 3, 300)],
                          ids=["rows_split", "blocks_split", "one_row"])
-def test_numba_same_bits_for_one_and_two_threads(shape, dtype):
+def test_backend_same_bits_for_one_and_two_threads(shape, dtype, backend):
     """Outputs, statistics and every gradient bit for bit with 1 and 2 threads, at shapes
     where 2 threads split the rows (B >= 16), each step's hidden blocks and the GEMMs,
     with peepholes, the clips, both masks and lengths."""
-    import numba
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("Numba's pool has one thread")
-    nb = backends.get("numba")
+    if backend == "numba":
+        import numba
+        if numba.config.NUMBA_NUM_THREADS < 2:
+            pytest.skip("Numba's pool has one thread")
+    nb = backends.get(backend)
     T, B, I, H = shape
     a, g = problem(T, B, I, H, seed=4, dtype=dtype, peephole=True)
     zm, rd = masks(T, B, H, 6, dtype=dtype)
@@ -258,16 +263,17 @@ def test_numba_same_bits_for_one_and_two_threads(shape, dtype):
     assert same_bits(res[0], res[1])
 
 
-@needs_numba
+@pytest.mark.parametrize("backend", FAST_LN)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_numba_layer_equals_the_numpy_layer(dtype):
+def test_backend_layer_equals_the_numpy_layer(dtype, backend):
     """LSTM(layer_norm=True, backend="numba"), 2 layers, bidirectional, lengths, peepholes,
     zoneout and recurrent dropout in training: outputs, final states and every parameter's
     gradient equal the NumPy layer's; eval mode too."""
     T, B, I, H = 5, 3, 4, 7
     kw = dict(num_layers=2, bidirectional=True, layer_norm=True, peephole=True, zoneout=0.2,
               recurrent_dropout=0.3, dtype=dtype, seed=3)
-    layers = {name: lstm_fast.LSTM(I, H, backend=name, **kw) for name in ("numpy", "numba")}
+    layers = {name: lstm_fast.LSTM(I, H, backend=b, **kw)
+              for name, b in (("numpy", "numpy"), ("numba", backend))}   # "numba": the one tested
     rng = np.random.default_rng(0)
     sd = layers["numpy"].state_dict()
     for name in sd:
@@ -286,7 +292,7 @@ def test_numba_layer_equals_the_numpy_layer(dtype):
     assert res["numba"].keys() == res["numpy"].keys()
     for name, want in res["numpy"].items():
         assert_close(res["numba"][name], want, dtype, name)
-    assert layers["numba"].backend == "numba"
+    assert layers["numba"].backend == backend
 
 
 def test_the_clamps_are_exercised():
@@ -587,7 +593,7 @@ def test_parameters_names_initial_values_and_describe():
     assert cfg.layer_norm and not cfg.peephole
     again = lstm_fast.LSTM(**cfg._asdict(), seed=1)
     again.load_state_dict(sd)
-    assert again.layer_norm and again.backend == "numpy"
+    assert again.layer_norm and again.backend == AUTO_LN
     both = lstm_fast.LSTM(3, 4, peephole=True, layer_norm=True)
     assert list(both.state_dict())[4:] == ["weight_ci_l0", "weight_cf_l0", "weight_co_l0",
                                            "layer_norm_weight_ih_l0", "layer_norm_weight_hh_l0",
@@ -623,7 +629,7 @@ def test_layer_equals_functional_and_pickles():
     np.testing.assert_array_equal(dx, g.dx)
     assert "layer_norm=True" in repr(layer)
     again = pickle.loads(pickle.dumps(layer))
-    assert again.layer_norm and again.backend == "numpy"
+    assert again.layer_norm and again.backend == layer.backend == AUTO_LN
     np.testing.assert_array_equal(again(x)[0], out)
 
 
@@ -639,30 +645,43 @@ def test_stream_equals_the_layer(backend):
                                rtol=1e-12, atol=1e-13)
 
 
-def test_auto_is_numpy_even_where_the_environment_names_another(monkeypatch):
-    monkeypatch.setenv(backends.ENV_VAR, "c")
-    assert lstm_fast.LSTM(3, 4).backend == "c"
-    assert lstm_fast.LSTM(3, 4, layer_norm=True).backend == "numpy"
-    a, _ = problem(3, 2, 3, 4, seed=0)
-    assert lstm_fast.lstm_forward(**a).cache.backend == "numpy"
+def test_auto_is_autos_choice_but_never_numba(monkeypatch):
+    """With layer_norm, "auto" is the plain LSTM's "auto" (the environment's choice
+    included), except numba (its kernels compile on first use): numpy instead."""
+    for env, want in (("c", "c"), ("numpy", "numpy"), ("numba", "numpy")):
+        if want not in BACKENDS or env not in BACKENDS:
+            continue
+        monkeypatch.setenv(backends.ENV_VAR, env)
+        assert lstm_fast.LSTM(3, 4).backend == env
+        assert lstm_fast.LSTM(3, 4, layer_norm=True).backend == want
+        a, _ = problem(3, 2, 3, 4, seed=0)
+        assert lstm_fast.lstm_forward(**a).cache.backend == want
+    monkeypatch.delenv(backends.ENV_VAR)
+    assert lstm_fast.LSTM(3, 4, layer_norm=True).backend == ("c" if "c" in BACKENDS else "numpy")
 
 
 # --- bad input --------------------------------------------------------------------------------
 
 
-def test_the_c_backend_is_an_error_naming_numpy_and_numba():
-    name = "c"
-    with pytest.raises(ValueError, match=r"layer_norm runs on backend='numpy' or "
-                                         r"backend='numba' .*got backend='c'"):
-        lstm_fast.LSTM(3, 4, layer_norm=True, backend=name)
-    layer = lstm_fast.LSTM(3, 4, layer_norm=True)
-    with pytest.raises(ValueError, match="backend='numpy' or backend='numba'"):
-        layer.backend = name
-    assert layer.backend == "numpy"
+@pytest.mark.skipif("c" not in BACKENDS, reason="the C backend is not available")
+def test_c_backend_is_accepted_and_refuses_what_the_reference_refuses():
+    layer = lstm_fast.LSTM(3, 4, layer_norm=True, backend="numpy")
+    layer.backend = "c"
+    assert layer.backend == "c"
     a, _ = problem(3, 2, 3, 4, seed=0)
-    with pytest.raises(ValueError, match="backend='numpy' or backend='numba'"):
-        lstm_fast.lstm_forward(**a, backend=name)
-    assert backends.LAYER_NORM_BACKENDS == ("numpy", "numba")
+    assert lstm_fast.lstm_forward(**a, backend="c").cache.backend == "c"
+    assert backends.LAYER_NORM_BACKENDS == ("c", "numba", "numpy")
+    ck = backends.get("c")
+    v = backends.Variant(cifg=True, layer_norm=np.ones(40))
+    packed = ck.pack(np.ones((16, 3)), np.ones((16, 4)), None, variant=v)
+    with pytest.raises(ValueError, match="layer_norm: no projection .*and no cifg"):
+        ck.forward(packed, np.ones((2, 1, 3)), np.zeros((1, 4)), np.zeros((1, 4)), 1)
+    v = backends.Variant(layer_norm=np.ones(40))
+    packed = ck.pack(np.ones((16, 3)), np.ones((16, 4)), None, variant=v)
+    y, _, _, gates, c = ck.forward(packed, np.ones((2, 1, 3)), np.zeros((1, 4)), np.zeros((1, 4)), 1)
+    with pytest.raises(ValueError, match="stats and dlayer_norm"):   # backward without them
+        ck.backward(packed, np.ones((2, 1, 3)), np.zeros((1, 4)), np.zeros((1, 4)), y, gates, c,
+                    np.ones_like(y), np.zeros((1, 4)), np.zeros((1, 4)), 1)
 
 
 @needs_numba

@@ -1,10 +1,10 @@
 """lstm_fast.torch.LSTM(layer_norm=True) (issue 15, haste's LayerNormLSTM): the NumPy layer's
 parameters (names, shapes, order, initial values; torch's seeded values kept), the same
 outputs, states and every gradient (the layer-norm gains and c bias included) as the NumPy
-layer on the numpy and numba backends, float32 and float64, alone, with the other variants
+layer on the numpy, numba and c backends, float32 and float64, alone, with the other variants
 and with the recurrent dropout and zoneout masks, with lengths, in training and eval;
 finite differences (gradcheck) in float64; optimizer steps on the layer-norm parameters are
-seen; errors naming the option (backend "c", proj_size, cifg, torch's fallback,
+seen; errors naming the option (proj_size, cifg, torch's fallback,
 torch.compile)."""
 
 
@@ -21,7 +21,7 @@ from _support import (assert_close, assert_state_dict_and_pickle_round_trip,  # 
 from test_torch_module import _one_torch_thread  # noqa: E402,F401
 from test_torch_recurrent import _record, _replay  # noqa: E402
 
-LN_BACKENDS = tuple(b for b in lstm_fast.available_backends() if b in ("numpy", "numba"))
+LN_BACKENDS = tuple(b for b in lstm_fast.available_backends() if b in ("numpy", "numba", "c"))
 COMBOS = {
     "ln": dict(layer_norm=True),
     "ln_variants": dict(layer_norm=True, peephole=True, clip=0.8, cell_clip=0.6),
@@ -168,7 +168,8 @@ def test_state_dict_round_trip_and_pickle():
     m, _ = _pair(COMBOS["ln"], "numpy", np.float64)
     x = torch.randn(3, 2, 3, dtype=torch.float64)
     assert_state_dict_and_pickle_round_trip(m, lambda: ltorch.LSTM(
-        3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, layer_norm=True), x)
+        3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, layer_norm=True,
+        backend="numpy"), x)
 
 
 @pytest.mark.parametrize("backend", LN_BACKENDS)
@@ -193,16 +194,27 @@ def test_optimizer_steps_on_the_layer_norm_parameters_are_seen(backend, _one_tor
         assert_close(m(x)[0].numpy(), layer.forward(x.numpy())[0], np.float64)
 
 
-def test_auto_is_numpy_and_c_is_an_error():
+def test_auto_is_the_layers_choice_and_c_runs_it(monkeypatch):
+    """"auto" resolves as the layer's ("c" where available, never "numba"); backend="c" runs
+    layer norm, set at construction or after it, with the reference's outputs."""
     assert ltorch.LSTM(3, 4, layer_norm=True).backend == "auto"
     m = ltorch.LSTM(3, 4, layer_norm=True)
+    want = "c" if "c" in lstm_fast.available_backends() else "numpy"
+    assert m._resolve("auto") == want
+    monkeypatch.setenv("LSTM_FAST_BACKEND", "numba")
     assert m._resolve("auto") == "numpy"
-    with pytest.raises(ValueError, match="layer_norm runs on backend='numpy' or "
-                                         "backend='numba'.*backend='c'"):
-        ltorch.LSTM(3, 4, layer_norm=True, backend="c")
-    m.backend = "c"                                       # changed after construction
-    with pytest.raises(ValueError, match="backend='c'"):
-        m(torch.randn(2, 1, 3))
+    monkeypatch.delenv("LSTM_FAST_BACKEND")
+    if "c" not in lstm_fast.available_backends():
+        pytest.skip("the C backend is not available")
+    x = torch.randn(2, 1, 3)
+    with torch.no_grad():
+        m.backend = "numpy"
+        want = m(x)[0].numpy()
+        m.backend = "c"                                   # changed after construction
+        assert_close(m(x)[0].numpy(), want, np.float32)
+        m2 = ltorch.LSTM(3, 4, layer_norm=True, backend="c")
+        m2.load_state_dict(m.state_dict())
+        assert_close(m2(x)[0].numpy(), want, np.float32)
 
 
 @pytest.mark.parametrize("kw, match", [

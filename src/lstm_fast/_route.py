@@ -1,3 +1,4 @@
+# cython: auto_pickle=False
 """The one route from padded, time-major arrays to a backend, and ``LSTM``'s per-call work.
 
 * ``run_forward`` / ``run_backward``: one layer-direction (reversal for the second
@@ -7,7 +8,9 @@
 * ``bias_grads`` / ``grads_by_name``: the kernels' gradients under the parameters' names
   (both bias gradients from the one db); ``_params`` re-exports them.
 * ``layer_forward`` / ``layer_backward``: the bodies of ``LSTM.forward`` and
-  ``LSTM.backward`` (every layer and direction, lengths, dropout, the gradients by name).
+  ``LSTM.backward`` (every layer and direction, lengths, dropout, the gradients by name);
+  ``LayerBase``: ``LSTM``'s base, whose ``forward``, ``__call__`` and ``backward`` call them,
+  and the layer's fields that they read on every call.
 
 Compiled with Cython beside this file, as ``_validation`` is (the types in _route.pxd):
 at small sizes a training step costs a few microseconds, and the Python frames and
@@ -15,15 +18,13 @@ tuples between the layer and the kernel were a third of it. The .py alone runs w
 the extension is not built.
 """
 
-from typing import NamedTuple
-
 import numpy as np
 
 from . import _validation, backends
 from ._lengths import LengthPlan
 
 
-class LSTMCache(NamedTuple):
+class LSTMCache:
     """What backward needs from one layer-direction's forward call. Treat as opaque.
 
     Returned by `lstm_forward` (``result.cache``) and passed to `lstm_backward`.
@@ -45,12 +46,20 @@ class LSTMCache(NamedTuple):
     ('numpy', (4, 2, 8), (4, 2, 2))
     """
 
-    impl: object          # the backend module
-    packed: object        # its packed weights
-    saved: tuple          # (x, h0, c0, y, gates, c) as the backend saw them, then
-    #                       (rdrop, zoneout) with a mask, then (stats,) with layer norm
-    plan: object          # LengthPlan or None
-    reverse: bool         # the second direction: time reversed
+    # impl: the backend module; packed: its packed weights; saved: (x, h0, c0, y, gates, c)
+    # as the backend saw them, then (rdrop, zoneout) with a mask, then (stats,) with layer
+    # norm; plan: LengthPlan or None; reverse: the second direction (time reversed).
+    # A class rather than a NamedTuple: compiled (a cdef class, _route.pxd), the route makes
+    # one and reads its fields as C fields (a tuple subclass costs ~1,400 instructions a
+    # training step more: its construction through tuple.__new__ and reads by index).
+    __slots__ = ("impl", "packed", "saved", "plan", "reverse")
+
+    def __init__(self, impl, packed, saved, plan, reverse):
+        self.impl = impl
+        self.packed = packed
+        self.saved = saved
+        self.plan = plan
+        self.reverse = reverse
 
     @property
     def backend(self):
@@ -73,8 +82,15 @@ class LSTMCache(NamedTuple):
         return a[::-1] if self.reverse else a
 
 
-_new = tuple.__new__   # LSTMCache's fields without its Python-level __new__ (0.15 us a call)
-_Cache = LSTMCache      # (both C variables when compiled, see _route.pxd: no look-up by name)
+def _make_cache(impl, packed, saved, plan, reverse):
+    """An LSTMCache (compiled: its fields set as C fields, no argument tuple)."""
+    cache = LSTMCache.__new__(LSTMCache)
+    cache.impl = impl
+    cache.packed = packed
+    cache.saved = saved
+    cache.plan = plan
+    cache.reverse = reverse
+    return cache
 
 
 def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, save=True,
@@ -135,7 +151,7 @@ def run_forward(impl, packed, x, h0, c0, num_threads, plan=None, reverse=False, 
         saved = (xin, h0s, c0s, y, gates, c) if rdrop is None and zoneout is None else \
             (xin, h0s, c0s, y, gates, c, rdrop, zoneout)
         y = plan.scatter(y, reverse)
-    return y, h_n, c_n, (_new(_Cache, (impl, packed, saved, plan, reverse)) if save else None)
+    return y, h_n, c_n, (_make_cache(impl, packed, saved, plan, reverse) if save else None)
 
 
 def _by_length(plan, reverse, x, h0, c0, rdrop, zoneout):
@@ -181,7 +197,7 @@ def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, o
         h_n, c_n = _in_caller_order(plan, h0, c0, hs, cs, out)
         saved = (xin, h0s, c0s, y, gates, c, rdrop, zoneout, stats)
         y = plan.scatter(y, reverse)
-    return y, h_n, c_n, (_new(_Cache, (impl, packed, saved, plan, reverse)) if save else None)
+    return y, h_n, c_n, (_make_cache(impl, packed, saved, plan, reverse) if save else None)
 
 
 def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, dlayer_norm=None,
@@ -194,11 +210,11 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, d
     ``inputs``: as for ``run_forward``; the plain padded call goes through it
     (``call_backward``) and leaves its ``db2`` slot (the second bias gradient or None) for
     the caller. ``need_dx`` False: dx is None (the backend may skip it)."""
-    impl = cache[0]     # by index, not by field (5 look-ups) nor unpacking (an iterator: a
-    packed = cache[1]   # NamedTuple is not an exact tuple)
-    saved = cache[2]
-    plan = cache[3]
-    reverse = cache[4]
+    impl = cache.impl
+    packed = cache.packed
+    saved = cache.saved
+    plan = cache.plan
+    reverse = cache.reverse
     rdrop = zoneout = stats = None
     if len(saved) == 6:
         xin, h0, c0, y, gates, c = saved
@@ -207,7 +223,7 @@ def run_backward(cache, dy, dh_n, dc_n, num_threads, out=None, dpeephole=None, d
     else:
         xin, h0, c0, y, gates, c, rdrop, zoneout, stats = saved
     if plan is None:
-        if reverse or not dy.flags.c_contiguous:
+        if reverse or not (dy.flags.c_contiguous if inputs is None else inputs.c_order(dy)):
             dy = np.ascontiguousarray(dy[::-1] if reverse else dy)
         if stats is not None:
             dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = impl.backward(
@@ -312,6 +328,7 @@ def direction_grads(inputs, k, dw_ih, dw_hh, db, dw_hr, dp, dln=None, db2=None):
 # --- LSTM.forward and LSTM.backward ------------------------------------------------------
 
 NOT_SAVED = "not saved"     # the cache after a forward call that kept nothing for backward
+_NOT_SAVED = NOT_SAVED      # (a C variable when compiled: no look-up by name)
 
 
 def layer_forward(layer, x, hx, lengths, save):
@@ -340,6 +357,7 @@ def layer_forward(layer, x, hx, lengths, save):
                                          inputs.layer_norm, inputs)
         caches = [cache]
         masks = ()
+        shape = (T, B, inputs.out_size)     # y's (not y.shape: a look-up by name)
     else:
         D = 2 if layer.bidirectional else 1
         dtype = layer.dtype
@@ -364,7 +382,8 @@ def layer_forward(layer, x, hx, lengths, save):
                 caches.append(cache)
                 outs.append(out)
             y = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-    layer._cache = (caches, masks, y.shape, unbatched) if save else NOT_SAVED
+        shape = y.shape
+    layer._cache = (caches, masks, shape, unbatched) if save else _NOT_SAVED
     if unbatched:
         return y[:, 0], (h_n[:, 0], c_n[:, 0])
     if batch_first:
@@ -378,7 +397,7 @@ def layer_backward(layer, grad_output, grad_hx):
     cache = layer._cache
     if cache is None:
         raise RuntimeError("backward() called before a forward call")
-    if cache is NOT_SAVED:
+    if cache is _NOT_SAVED:
         raise RuntimeError("the last forward call kept nothing for backward (eval mode or "
                            "save=False): call layer.train() first, or forward(..., save=True)")
     caches, masks, shape, unbatched = cache
@@ -426,3 +445,95 @@ def layer_backward(layer, grad_output, grad_hx):
     if batch_first:
         dout = dout.transpose(1, 0, 2)
     return dout, (dh0, dc0)
+
+
+# --- LSTM's base: its per-call entry points and fields -----------------------------------
+
+# weight_dtype is the layer's dtype (one of these) or a lower precision for inference only
+# (checked by _validation.check_weight_dtype); a tuple test, not dtype.name (~1 us per call)
+FULL_PRECISION = ("float32", "float64")
+_FULL = FULL_PRECISION      # (a C variable when compiled)
+
+
+def inference_only(weight_dtype):
+    """The message for a low-precision layer asked to save or to run backward."""
+    return (f"a layer with {weight_dtype} weights is for inference only (eval mode, nothing "
+            f"saved, no backward): train the float32 layer and quantize it "
+            f"(lstm_fast.quantize)")
+
+
+class LayerBase:
+    """``LSTM``'s base: ``forward`` (also ``layer(...)``) and ``backward``, and the fields they
+    read or write on every call (``_inputs``, ``_cache``, ``training``, ``batch_first``,
+    ``weight_dtype``, ``grads``). Compiled (a cdef class, see _route.pxd), the fields are C fields and
+    a call ``layer(x)`` reaches ``layer_forward`` without a Python frame or an attribute
+    look-up by name (issue 13: a call at tiny shapes is mostly this kind of work)."""
+
+    def forward(self, x, hx=None, lengths=None, *, save=None):
+        """Run the layer over x (also ``layer(x, ...)``).
+
+        Parameters
+        ----------
+        x : array_like
+            (T, B, I), (B, T, I) if ``batch_first``, or (T, I) unbatched.
+        hx : tuple of array_like or None, optional
+            ``(h0, c0)``, (num_layers*D, B, R) and (num_layers*D, B, H); None for zeros.
+        lengths : array_like of int or None, optional
+            (B,) valid steps per sequence, any order: h_n, c_n come from each
+            sequence's own last valid step (the reverse direction starts there),
+            padded outputs are zero.
+        save : bool or None, keyword-only
+            Keep what `backward` needs; None (default) follows the training mode.
+            Without it nothing of the kind is computed or kept.
+
+        Returns
+        -------
+        output : numpy.ndarray
+            (T, B, D*R) (batch first: (B, T, D*R); unbatched: (T, D*R)).
+        (h_n, c_n) : tuple of numpy.ndarray
+            (num_layers*D, B, R) and (num_layers*D, B, H).
+
+        Raises
+        ------
+        ValueError
+            x, hx or lengths of the wrong shape, naming the argument and the shape expected.
+        TypeError
+            hx not a pair; x of the other float precision.
+        """
+        if save and self.weight_dtype not in _FULL:
+            self._check_trainable()
+        return layer_forward(self, x, hx, lengths, save)
+
+    def __call__(self, x, hx=None, lengths=None, *, save=None):
+        """``forward``."""
+        if save and self.weight_dtype not in _FULL:
+            self._check_trainable()
+        return layer_forward(self, x, hx, lengths, save)
+
+    def backward(self, grad_output=None, grad_hx=None):
+        """Gradients for the last forward call; parameter gradients go to ``layer.grads``.
+
+        Parameters
+        ----------
+        grad_output : array_like or None, optional
+            Gradient of the loss with respect to ``output``, its shape; None for zeros.
+        grad_hx : tuple of array_like or None, optional
+            ``(grad_h_n, grad_c_n)`` shaped like ``(h_n, c_n)``, or None for zeros.
+
+        Returns
+        -------
+        grad_x : numpy.ndarray
+            Shaped like x.
+        (grad_h0, grad_c0) : tuple of numpy.ndarray
+            Shaped like hx.
+
+        Raises
+        ------
+        RuntimeError
+            No forward call yet, or the last one kept nothing (eval mode, ``save=False``).
+        ValueError
+            A gradient of the wrong shape, naming it.
+        """
+        if self.weight_dtype not in _FULL and not self._trains_bf16():
+            raise RuntimeError(inference_only(self.weight_dtype))
+        return layer_backward(self, grad_output, grad_hx)

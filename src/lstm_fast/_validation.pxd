@@ -38,6 +38,10 @@ cdef class LayerInputs:
 
     cpdef tuple zeros(self, Py_ssize_t B)
 
+    cpdef int _batch(self, Py_ssize_t B) except -1
+
+    cpdef bint c_order(self, object a) except -1
+
     cpdef int threads(self, Py_ssize_t T, Py_ssize_t B) except -1
 
     cpdef int call_forward(self, object packed, object x, object h0, object c0, int num_threads,

@@ -216,6 +216,17 @@ def check_zoneout(value, proj_size):
     return value
 
 
+def check_layer_norm(layer_norm, proj_size, cifg):
+    """layer_norm of a layer or module: not with a projection or coupled gates (haste's
+    LayerNormLSTM has neither)."""
+    if layer_norm and proj_size:
+        raise ValueError("layer_norm needs proj_size=0 (haste's LayerNormLSTM has no "
+                         "projection)")
+    if layer_norm and cifg:
+        raise ValueError("layer_norm does not combine with cifg=True (the layer norm of "
+                         "three gates is not defined by haste's LayerNormLSTM)")
+
+
 def check_forget_bias(value, bias, cifg):
     """forget_bias of a layer or module: None, or a finite number (float) where the layer has
     a bias and a forget gate."""
@@ -249,19 +260,19 @@ def cifg_weights(w_ih, w_hh, b_ih, b_hh, w_hr=None):
     return weights(*arrays, w_hr)
 
 
-LAYER_NORM_BACKENDS = ("numpy", "numba")
+LAYER_NORM_BACKENDS = ("c", "numba", "numpy")
 
 
 def layer_norm_backend(backend):
-    """The backend of a layer-normalized LSTM (one of ``LAYER_NORM_BACKENDS``): "auto" (or
-    None) picks "numpy" (Numba's kernels compile for about a minute on first use, so they
-    are asked for by name); "c" is a ValueError naming the ones that run it. Returns the
-    name to resolve."""
+    """The backend of a layer-normalized LSTM (one of ``LAYER_NORM_BACKENDS``, all of them):
+    "auto" (or None) picks what "auto" picks for the plain LSTM (the environment's
+    ``LSTM_FAST_BACKEND`` included), except that it never picks "numba" (its kernels
+    compile for about a minute on first use, so they are asked for by name): "numpy"
+    instead. Any other name is returned as is. Returns the name to resolve."""
     if backend is None or backend == "auto":
-        return "numpy"
-    if isinstance(backend, str) and backend == "c":   # not LAYER_NORM_BACKENDS
-        raise ValueError("layer_norm runs on backend='numpy' or backend='numba' (the 'c' kernels "
-                         "do not have it yet), got backend='c'")
+        from . import backends
+        name = backends.resolve("auto")
+        return "numpy" if name == "numba" else name
     return backend
 
 
@@ -440,14 +451,25 @@ class LayerInputs:
         self.db2 = None
         return 0
 
+    def c_order(self, a):
+        """Whether ``a``, an array (T, B, R) of the layer's dtype, is C-contiguous (from its
+        shape and strides where compiled; False for anything else, which the caller then
+        copies)."""
+        return _ready(a, self.dtype, self.itemsize, -1, -1, self.out_size)
+
     def zeros(self, B):
         """Read-only zero states (L*D, B, R), (L*D, B, H), kept for the last B."""
+        self._batch(B)
+        return self.zero_h, self.zero_c
+
+    def _batch(self, B):
+        """``zero_h``, ``zero_c``: the zero states for B rows (``zeros`` without its tuple)."""
         if B != self.batch:
             n, dtype = self.num_states, self.dtype
             self.zero_h = zeros((n, B, self.out_size), dtype)
             self.zero_c = zeros((n, B, self.hidden_size), dtype)
             self.batch = B
-        return self.zero_h, self.zero_c
+        return 0
 
     def threads(self, T, B):
         """Threads for a call of T steps of B rows of this layer (`threads_for`)."""
@@ -462,8 +484,8 @@ class LayerInputs:
             xa = x
             B = xa.shape[1]
             if hx is None:
-                h0, c0 = self.zeros(B)
-                return x, h0, c0, False
+                self._batch(B)
+                return x, self.zero_h, self.zero_c, False
             if type(hx) is tuple and len(hx) == 2:
                 h0, c0 = hx
                 if _ready(h0, dtype, n, self.num_states, B, self.out_size) \
@@ -507,7 +529,9 @@ class LayerInputs:
         (None: zeros), grad_hx (grad_h_n, grad_c_n) as (L*D, B, R), (L*D, B, H) (None: zeros)."""
         dtype, n = self.dtype, self.itemsize
         B = shape[1]
-        zh, zc = self.zeros(B)
+        self._batch(B)
+        zh = self.zero_h
+        zc = self.zero_c
         if g is None:
             dout = zeros(shape, dtype)
         elif not unbatched and not batch_first and _ready(g, dtype, n, shape[0], B, shape[2]):

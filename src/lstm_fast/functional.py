@@ -181,7 +181,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=
         gives the gates (torch's order i, f, g, o), c_t is carried un-normalized and
         ``h_t = o * tanh(LN(c_t) * ln_w_c + ln_b_c)``. Combines with the peepholes,
         clips, rdrop and zoneout; not with a projection or cifg. Runs on the
-        "numpy" and "numba" backends. The gradients then include ``dln_w_ih``,
+        "c", "numba" and "numpy" backends. The gradients then include ``dln_w_ih``,
         ``dln_w_hh``, ``dln_w_c``, ``dln_b_c``. Equations (and haste's gate order
         i, g, f, o mapped to ours) in ``lstm_fast.backends.reference``.
 

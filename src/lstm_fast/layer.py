@@ -9,8 +9,10 @@ raises numpy's read-only error.
 
 One route for every configuration: validate once, then per layer and direction one
 ``run_forward`` (backward: ``run_backward``) on the backend's packed weights; the cache is
-a list of ``LSTMCache``, one per layer and direction. The bodies of ``forward`` and
-``backward`` are ``_route.layer_forward`` and ``layer_backward`` (compiled with Cython).
+a list of ``LSTMCache``, one per layer and direction. ``forward`` (also ``layer(...)``) and
+``backward`` are those of ``_route.LayerBase``, the class's base, whose bodies are
+``_route.layer_forward`` and ``layer_backward`` (compiled with Cython: at tiny shapes a call
+is mostly Python-level work, see benchmarks/README.md "Per-call cost, counted").
 """
 
 import contextlib
@@ -22,12 +24,11 @@ import numpy as np
 
 from . import _params, _route, _validation, backends
 
-# weight_dtype is the layer's dtype (one of these) or a lower precision for inference only
-# (checked by _validation.check_weight_dtype); a tuple test, not dtype.name (~1 us per call)
-_FULL_PRECISION = ("float32", "float64")
+_FULL_PRECISION = _route.FULL_PRECISION
+_inference_only = _route.inference_only
 
 
-class LSTM:
+class LSTM(_route.LayerBase):
     """Multi-layer LSTM over NumPy arrays, numerically equal to torch.nn.LSTM.
 
     ``layer(x, hx=None, lengths=None)`` returns ``(output, (h_n, c_n))``: x is
@@ -66,7 +67,7 @@ class LSTM:
         float32 (default) or float64; the parameters' and the computation's type.
     backend : {"auto", "c", "numba", "numpy"}, keyword-only
         The implementation; "auto" is the first available of c, numba, numpy
-        (with ``layer_norm``: numpy; numba runs it too, c does not yet).
+        (with ``layer_norm``: the same, but never numba: numpy instead).
     seed : int or None, keyword-only
         Seed of the initial weights (uniform in +-1/sqrt(H), as torch) and of
         the dropout masks.
@@ -120,8 +121,8 @@ class LSTM:
         + b_ih + b_hh`` (gates i, f, g, o), c_t carried un-normalized,
         ``h_t = o * tanh(LN(c_t) * layer_norm_weight_c + layer_norm_bias_c)``.
         Combines with the other variants, recurrent dropout and zoneout; not with
-        proj_size or cifg. Runs on the "numpy" and "numba" backends ("auto"
-        picks numpy; "c" is a ValueError). Equations in
+        proj_size or cifg. Runs on every backend ("auto" picks c where it is
+        available, else numpy: never numba, whose kernels compile on first use). Equations in
         ``lstm_fast.backends.reference``.
     forget_bias : float or None, keyword-only
         Initialise the forget-gate part of every ``bias_ih_l{k}`` to this value and
@@ -166,7 +167,7 @@ class LSTM:
     ------
     ValueError
         A size that is not a positive int, dropout outside [0, 1], proj_size >= H,
-        layer_norm with proj_size, cifg or the "c" or "numba" backend,
+        layer_norm with proj_size or cifg,
         a negative or non-finite clip, cell_clip or forget_bias, forget_bias without
         a bias, an unknown weight_dtype (the options are named) or one the layer
         cannot use.
@@ -205,9 +206,10 @@ class LSTM:
     >>> layer.grads["weight_co_l0"].shape
     (8,)
 
-    Layer normalization (haste's LayerNormLSTM; the NumPy and Numba backends):
+    Layer normalization (haste's LayerNormLSTM; every backend):
 
-    >>> layer = lstm_fast.LSTM(3, 8, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2)
+    >>> layer = lstm_fast.LSTM(3, 8, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2,
+    ...                        backend="numpy")
     >>> layer.backend, [n for n in layer.state_dict() if n.startswith("layer_norm")]
     ('numpy', ['layer_norm_weight_ih_l0', 'layer_norm_weight_hh_l0', 'layer_norm_weight_c_l0', 'layer_norm_bias_c_l0'])
     >>> out, _ = layer(np.ones((4, 2, 3), np.float32))
@@ -248,12 +250,7 @@ class LSTM:
         self.recurrent_dropout = _validation.check_rate(recurrent_dropout, "recurrent_dropout")
         self.zoneout = _validation.check_zoneout(zoneout, self.proj_size)
         self.layer_norm = _check_bool(layer_norm, "layer_norm")
-        if self.layer_norm and self.proj_size:
-            raise ValueError("layer_norm needs proj_size=0 (haste's LayerNormLSTM has no "
-                             "projection)")
-        if self.layer_norm and self.cifg:
-            raise ValueError("layer_norm does not combine with cifg=True (the layer norm of "
-                             "three gates is not defined by haste's LayerNormLSTM)")
+        _validation.check_layer_norm(self.layer_norm, self.proj_size, self.cifg)
         self.forget_bias = _validation.check_forget_bias(forget_bias, self.bias, self.cifg)
         self.training = True
         self.grads = {}
@@ -316,7 +313,7 @@ class LSTM:
 
     @backend.setter
     def backend(self, name):
-        if getattr(self, "layer_norm", False):   # "auto" is numpy; c: an error
+        if getattr(self, "layer_norm", False):   # "auto" never numba
             backend = backends.resolve(backends.layer_norm_backend(name))
         else:
             backend = backends.resolve(name)
@@ -335,6 +332,9 @@ class LSTM:
 
     def __getstate__(self):
         state = self.__dict__.copy()
+        # (the fields of _route.LayerBase, C fields when compiled: not in __dict__)
+        state.update(training=self.training, batch_first=self.batch_first,
+                     weight_dtype=self.weight_dtype, grads=self.grads)
         for key in ("_impl", "_packed", "_inputs"):   # rebuilt in __setstate__
             state.pop(key, None)
         state["_cache"] = None
@@ -350,7 +350,7 @@ class LSTM:
             setattr(self, key, value)
         for arr in self._params.values():
             arr.flags.writeable = False
-        if not hasattr(self, "weight_dtype"):   # pickled before weight_dtype existed
+        if getattr(self, "weight_dtype", None) is None:   # pickled before weight_dtype existed
             self.weight_dtype = self.dtype.name
         self._make_inputs()
         self.backend = self._requested_backend   # "auto" resolves on the new machine
@@ -582,42 +582,10 @@ class LSTM:
 
     # --- forward / backward ----------------------------------------------
 
-    def forward(self, x, hx=None, lengths=None, *, save=None):
-        """Run the layer over x (also ``layer(x, ...)``).
+    # forward (also ``layer(...)``) and backward: ``_route.LayerBase``'s, compiled with the
+    # route (named here so that they are the class's own members, as for a reader)
+    forward = _route.LayerBase.forward
 
-        Parameters
-        ----------
-        x : array_like
-            (T, B, I), (B, T, I) if ``batch_first``, or (T, I) unbatched.
-        hx : tuple of array_like or None, optional
-            ``(h0, c0)``, (num_layers*D, B, R) and (num_layers*D, B, H); None for zeros.
-        lengths : array_like of int or None, optional
-            (B,) valid steps per sequence, any order: h_n, c_n come from each
-            sequence's own last valid step (the reverse direction starts there),
-            padded outputs are zero.
-        save : bool or None, keyword-only
-            Keep what `backward` needs; None (default) follows the training mode.
-            Without it nothing of the kind is computed or kept.
-
-        Returns
-        -------
-        output : numpy.ndarray
-            (T, B, D*R) (batch first: (B, T, D*R); unbatched: (T, D*R)).
-        (h_n, c_n) : tuple of numpy.ndarray
-            (num_layers*D, B, R) and (num_layers*D, B, H).
-
-        Raises
-        ------
-        ValueError
-            x, hx or lengths of the wrong shape, naming the argument and the shape expected.
-        TypeError
-            hx not a pair; x of the other float precision.
-        """
-        if save and self.weight_dtype not in _FULL_PRECISION:
-            self._check_trainable()
-        return _route.layer_forward(self, x, hx, lengths, save)
-
-    __call__ = forward
 
     def _dropout_mask(self, shape):
         """Inverted dropout as in torch: keep with probability 1-p, scale by 1/(1-p)."""
@@ -642,33 +610,8 @@ class LSTM:
             return np.full((T, B, self.hidden_size), 1.0 - z, self.dtype)
         return (self._dropout_rng.random((T, B, self.hidden_size)) >= z).astype(self.dtype)
 
-    def backward(self, grad_output=None, grad_hx=None):
-        """Gradients for the last forward call; parameter gradients go to ``layer.grads``.
+    backward = _route.LayerBase.backward
 
-        Parameters
-        ----------
-        grad_output : array_like or None, optional
-            Gradient of the loss with respect to ``output``, its shape; None for zeros.
-        grad_hx : tuple of array_like or None, optional
-            ``(grad_h_n, grad_c_n)`` shaped like ``(h_n, c_n)``, or None for zeros.
-
-        Returns
-        -------
-        grad_x : numpy.ndarray
-            Shaped like x.
-        (grad_h0, grad_c0) : tuple of numpy.ndarray
-            Shaped like hx.
-
-        Raises
-        ------
-        RuntimeError
-            No forward call yet, or the last one kept nothing (eval mode, ``save=False``).
-        ValueError
-            A gradient of the wrong shape, naming it.
-        """
-        if self.weight_dtype not in _FULL_PRECISION and not self._trains_bf16():
-            raise RuntimeError(_inference_only(self.weight_dtype))
-        return _route.layer_backward(self, grad_output, grad_hx)
 
     def _trains_bf16(self):
         """Whether this layer can train with its weight_dtype (bfloat16, mixed precision)."""
@@ -701,12 +644,6 @@ class LSTM:
             extra += f", weight_dtype={self.weight_dtype!r}"
         return (f"LSTM({self.input_size}, {self.hidden_size}{extra}, "
                 f"dtype={self.dtype.name}, backend={self.backend!r})")
-
-
-def _inference_only(weight_dtype):
-    return (f"a layer with {weight_dtype} weights is for inference only (eval mode, nothing "
-            f"saved, no backward): train the float32 layer and quantize it "
-            f"(lstm_fast.quantize)")
 
 
 def quantize(layer, weight_dtype="bfloat16", *, activations=None):

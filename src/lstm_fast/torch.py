@@ -329,8 +329,8 @@ class LSTM(torch.nn.LSTM):
         (``_reverse`` for the second direction), registered only then, after the other
         parameters of their layer-direction, initialised to ones and zeros (also by
         ``reset_parameters``; nothing drawn: torch's seeded values are kept). Runs on the
-        "numpy" and "numba" backends ("auto" picks numpy, as the layer); ``backend="c"`` is a
-        ValueError. Combines with the other options except proj_size and cifg. As the
+        "c", "numba" and "numpy" backends ("auto" as the layer: c where it is available, else
+        numpy, never numba). Combines with the other options except proj_size and cifg. As the
         variants, no torch fallback, and not under torch.compile or torch.export.
     bf16_autocast : bool, keyword-only
         Under ``torch.autocast("cpu", dtype=torch.bfloat16)``, run bfloat16 on our kernels
@@ -345,7 +345,7 @@ class LSTM(torch.nn.LSTM):
         The backend asked for is not available here.
     ValueError
         An option out of range (see ``lstm_fast.LSTM``), a variant with
-        ``backend="torch"``, or layer_norm with proj_size, cifg or ``backend="c"``.
+        ``backend="torch"``, or layer_norm with proj_size or cifg.
     TypeError
         peephole, cifg, layer_norm or bf16_autocast not a bool.
 
@@ -387,12 +387,7 @@ class LSTM(torch.nn.LSTM):
                 raise TypeError(f"{name} must be a bool, got {value!r}")
         self.peephole, self.cifg, self.layer_norm = bool(peephole), bool(cifg), bool(layer_norm)
         self.bf16_autocast = bool(bf16_autocast)
-        if self.layer_norm and self.proj_size:
-            raise ValueError("layer_norm needs proj_size=0 (haste's LayerNormLSTM has no "
-                             "projection)")
-        if self.layer_norm and self.cifg:
-            raise ValueError("layer_norm does not combine with cifg=True (the layer norm of "
-                             "three gates is not defined by haste's LayerNormLSTM)")
+        _validation.check_layer_norm(self.layer_norm, self.proj_size, self.cifg)
         if backend != "torch":
             self._resolve(backend)
         self.clip = _validation.check_clip(clip, "clip")
@@ -442,7 +437,7 @@ class LSTM(torch.nn.LSTM):
 
     def _resolve(self, backend):
         """The backend name ``backend`` resolves to for this module: with layer_norm
-        ``backends.layer_norm_backend``'s rule ("auto" is numpy, "c" a ValueError)."""
+        ``backends.layer_norm_backend``'s rule ("auto" never numba)."""
         if getattr(self, "layer_norm", False):
             return backends.resolve(backends.layer_norm_backend(backend))
         return backends.resolve(backend)

@@ -46,7 +46,7 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         (variational) dropout mask, already scaled, on h_{t-1} in the recurrent product at
         every step (rows in the order of h0: with batch_sizes, the sorted sequences), or
         None; the matching backward takes the same mask. With ``packed.variant.layer_norm``
-        (the "numpy" and "numba" backends) the caller passes ``stats``, an (N, S) array
+        (every backend) the caller passes ``stats``, an (N, S) array
         ((T, B, S) padded, S = ``ln_stats_width(H)`` = 6 + 8H) that receives what the
         backward needs of each row's layer norms (mean and rstd of the input product, of
         the recurrent product and of c_t, then the two normalized products: columns in
@@ -144,8 +144,8 @@ class Variant(NamedTuple):
     f = 1 - i; the kernels still take 4H weight rows, the f rows zeros (``_params.cifg_expand``).
     See ``reference.lstm_forward`` for the equations. ``layer_norm``: the layer-normalized
     LSTM (haste's LayerNormLSTM), a (10H,) array [g_ih (4H), g_hh (4H), g_c (H), b_c (H)]
-    of the weights' dtype, or None; the "numpy" and "numba" backends run it, not "c" yet
-    (the callers check: ``layer_norm_backend``).
+    of the weights' dtype, or None; every backend runs it ("auto" never picks "numba" for it:
+    ``layer_norm_backend``).
     """
     peephole: Optional[object] = None
     clip: float = 0.0

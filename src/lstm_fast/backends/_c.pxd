@@ -73,6 +73,13 @@ cdef extern from "lstm.h" nogil:
         void *var_ws
         int bf16_grads
         void *bf16_ws
+        const void *layer_norm
+        void *ln_stats
+        int64_t ln_stats_cols
+        void *ln_grad
+        void *ln_ws
+    size_t lstm_ln_workspace_size_f32(int64_t N, int64_t B, int64_t H, int save, int backward)
+    size_t lstm_ln_workspace_size_f64(int64_t N, int64_t B, int64_t H, int save, int backward)
     size_t lstm_variant_workspace_size_f32(int64_t N, int64_t B, int64_t R, int num_threads,
                                          int backward)
     size_t lstm_variant_workspace_size_f64(int64_t N, int64_t B, int64_t R, int num_threads,

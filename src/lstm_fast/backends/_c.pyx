@@ -16,7 +16,7 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint32_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from cpython.ref cimport Py_INCREF
 from lstm_fast._validation cimport LayerInputs
 
@@ -177,6 +177,11 @@ def set_int8_dynamic_native(native):
     if native not in (None, False):
         raise ValueError(f"native must be None or False, got {native!r}")
     lstm_set_i8d_mode(-1 if native is None else 0)
+
+
+def cpu_has_avx512bf16():
+    """True if the CPU has AVX512_BF16 (vdpbf16ps): ``set_bf16_native(True)`` is possible."""
+    return bool(lstm_cpu_has_avx512bf16())
 
 
 def cpu_has_amx_int8():
@@ -407,6 +412,9 @@ def pack(cnp.ndarray w_ih, cnp.ndarray w_hh, b, w_hr=None, out=None, variant=Non
         p._var.clip = variant.clip
         p._var.cell_clip = variant.cell_clip
         p._var.cifg = 1 if variant.cifg else 0
+        p._var.layer_norm = _p(variant.layer_norm)   # kept alive by p.variant
+        p._var.ln_stats = p._var.ln_grad = p._var.ln_ws = NULL
+        p._var.ln_stats_cols = 0
         p._varp = &p._var
     return p
 
@@ -546,12 +554,7 @@ cdef const lstm_variant *_with_rdrop(Packed packed, lstm_variant *lv, object rdr
     if packed._varp != NULL:
         lv[0] = packed._var
     else:
-        lv.peephole = NULL
-        lv.clip = 0
-        lv.cell_clip = 0
-        lv.cifg = 0
-        lv.bf16_grads = 0
-    lv.bf16_ws = NULL
+        memset(lv, 0, sizeof(lstm_variant))
     lv.rdrop = _p(rdrop)
     lv.zoneout = _p(zoneout)
     lv.var_ws = cnp.PyArray_DATA(ws)
@@ -561,9 +564,10 @@ cdef const lstm_variant *_with_rdrop(Packed packed, lstm_variant *lv, object rdr
 cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarray x,
                        cnp.ndarray h0, cnp.ndarray c0, object y, object h_n, object c_n,
                        object gates, object c, int num_threads, object rdrop=None,
-                       object zoneout=None) except -1:
+                       object zoneout=None, object stats=None) except -1:
     """The kernel's forward on these arrays (gates and c None: nothing saved; rdrop the
-    recurrent dropout mask (B, R) or None)."""
+    recurrent dropout mask (B, R) or None; stats the layer norm's (N, S), with
+    packed.variant.layer_norm: None makes an (N, 6) scratch)."""
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
     cdef int save = gates is not None
@@ -578,7 +582,15 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
                          lstm_forward_workspace_size_f32(T, B, I, H, P, num_threads, save)
                          if tn == cnp.NPY_FLOAT32 else
                          lstm_forward_workspace_size_f64(T, B, I, H, P, num_threads, save))
-    cdef cnp.ndarray ws = _take_ws(packed, wsize)
+    cdef bint ln = packed._varp != NULL and packed._var.layer_norm != NULL
+    cdef int64_t N = 0
+    cdef size_t lnsize = 0
+    if ln:   # the layer norm's scratch after the workspace (the pack keeps both: no page
+             # faults of a fresh [N,4H] scratch per call)
+        N = cnp.PyArray_SIZE(x) // I if I else (T * B if bs is None else int(np.sum(bs)))
+        lnsize = (lstm_ln_workspace_size_f32(N, B, H, save, 0) if tn == cnp.NPY_FLOAT32
+                  else lstm_ln_workspace_size_f64(N, B, H, save, 0))
+    cdef cnp.ndarray ws = _take_ws(packed, wsize + lnsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
     cdef const int64_t *bsp = <const int64_t *>_p(bs)
     cdef void *xp = cnp.PyArray_DATA(x)
@@ -592,8 +604,9 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
     cdef void *wp = cnp.PyArray_DATA(ws)
     cdef const lstm_variant *var = packed._varp
     cdef lstm_variant lv
+    memset(&lv, 0, sizeof(lstm_variant))
     cdef int64_t R = P if P else H
-    rws = bws = None
+    rws = None
     if rdrop is not None or zoneout is not None:
         if bf16:
             _inference_only(packed)
@@ -601,6 +614,18 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
                         if tn == cnp.NPY_FLOAT32 else
                         lstm_variant_workspace_size_f64(0, B, R, num_threads, 0)), np.uint8)
         var = _with_rdrop(packed, &lv, rdrop, zoneout, rws)
+    if ln:   # the layer-normalized LSTM
+        if P or var.cifg:
+            _give_ws(packed, ws)
+            raise ValueError("layer_norm: no projection (w_hr) and no cifg")
+        if var != &lv:
+            lv = packed._var
+            var = &lv
+        if stats is None:   # a scratch (what backward needs is then not kept)
+            stats = np.empty((N, 6 + 8 * H if save else 6), packed.dtype)
+        lv.ln_stats = cnp.PyArray_DATA(<cnp.ndarray>stats)
+        lv.ln_stats_cols = cnp.PyArray_DIMS(<cnp.ndarray>stats)[cnp.PyArray_NDIM(<cnp.ndarray>stats) - 1]
+        lv.ln_ws = <char *>wp + wsize
     cdef int status
     with nogil:
         if bf16:
@@ -641,7 +666,7 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
 
 
 def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int num_threads,
-            batch_sizes=None, bint save=True, out=None, rdrop=None, zoneout=None):
+            batch_sizes=None, bint save=True, out=None, rdrop=None, zoneout=None, stats=None):
     """(y, h_n, c_n, gates, c); see the contract in ``lstm_fast.backends``."""
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, P = packed.proj_size
@@ -665,7 +690,7 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
         gates = _rows(padded, T, B, N, 4 * H, tn)
         c = _rows(padded, T, B, N, H, tn)
     _forward_call(packed, T, B, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, num_threads,
-                  rdrop, zoneout)
+                  rdrop, zoneout, stats)
     return y, h_n, c_n, gates, c
 
 
@@ -675,7 +700,8 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
                         cnp.ndarray dc_n, object dx, cnp.ndarray dw_ih, cnp.ndarray dw_hh,
                         cnp.ndarray db, cnp.ndarray dh0, cnp.ndarray dc0, object dw_hr,
                         int num_threads, object dpeephole=None, object rdrop=None,
-                        object zoneout=None) except -1:
+                        object zoneout=None, object stats=None,
+                        object dlayer_norm=None) except -1:
     """The kernel's backward on these arrays (allocated by the caller). A pack_bf16 pack:
     bfloat16 training (backends/reference.py): the float32 backward on the weights, x, h0
     and y rounded to bfloat16, the gate gradients rounded in the kernel (bf16_grads)."""
@@ -691,7 +717,12 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     cdef size_t wsize = (lstm_backward_workspace_size_f32(T, N, B, I, H, P, num_threads)
                          if tn == cnp.NPY_FLOAT32 else
                          lstm_backward_workspace_size_f64(T, N, B, I, H, P, num_threads))
-    cdef cnp.ndarray ws = _take_ws(packed, wsize)
+    cdef bint ln = packed._varp != NULL and packed._var.layer_norm != NULL
+    cdef size_t lnsize = 0
+    if ln:   # the layer norm's scratch after the workspace, as the forward's
+        lnsize = (lstm_ln_workspace_size_f32(N, B, H, 1, 1) if tn == cnp.NPY_FLOAT32
+                  else lstm_ln_workspace_size_f64(N, B, H, 1, 1))
+    cdef cnp.ndarray ws = _take_ws(packed, wsize + lnsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
     cdef const int64_t *bsp = <const int64_t *>_p(batch_sizes)
     cdef void *p_x = cnp.PyArray_DATA(x)
@@ -714,12 +745,25 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     cdef void *p_dp = _p(dpeephole)
     cdef const lstm_variant *var = packed._varp
     cdef lstm_variant lv
+    memset(&lv, 0, sizeof(lstm_variant))
     rws = bws = None
     if rdrop is not None or zoneout is not None:
         rws = np.empty((lstm_variant_workspace_size_f32(N, B, R, num_threads, 1)
                         if tn == cnp.NPY_FLOAT32 else
                         lstm_variant_workspace_size_f64(N, B, R, num_threads, 1)), np.uint8)
         var = _with_rdrop(packed, &lv, rdrop, zoneout, rws)
+    if ln:   # the layer-normalized LSTM
+        if stats is None or dlayer_norm is None:
+            _give_ws(packed, ws)
+            raise ValueError("stats and dlayer_norm: a layer-normalized backward needs the "
+                             "forward's stats (N, 6 + 8H) and a (10H,) dlayer_norm")
+        if var != &lv:
+            lv = packed._var
+            var = &lv
+        lv.ln_stats = cnp.PyArray_DATA(<cnp.ndarray>stats)
+        lv.ln_stats_cols = cnp.PyArray_DIMS(<cnp.ndarray>stats)[cnp.PyArray_NDIM(<cnp.ndarray>stats) - 1]
+        lv.ln_grad = cnp.PyArray_DATA(<cnp.ndarray>dlayer_norm)
+        lv.ln_ws = <char *>p_ws + wsize
     if bf16:
         lv.peephole = lv.rdrop = lv.zoneout = lv.var_ws = NULL
         lv.clip = lv.cell_clip = 0
@@ -769,7 +813,7 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
 def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.ndarray y,
              cnp.ndarray gates, cnp.ndarray c, cnp.ndarray dy, cnp.ndarray dh_n,
              cnp.ndarray dc_n, int num_threads, batch_sizes=None, dpeephole=None, rdrop=None,
-             zoneout=None, need_dx=True):
+             zoneout=None, stats=None, dlayer_norm=None, need_dx=True):
     """(dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr); see the contract in ``lstm_fast.backends``
     (dpeephole: the (3, H) output for the peephole gradients, with peepholes; need_dx
     False: dx is None and not computed)."""
@@ -792,7 +836,8 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
     cdef cnp.ndarray dc0 = _like(c0, tn)
     dw_hr = _mat(P, H, tn) if P else None
     _backward_call(packed, T, B, N, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n, dc_n, dx,
-                   dw_ih, dw_hh, db, dh0, dc0, dw_hr, num_threads, dpeephole, rdrop, zoneout)
+                   dw_ih, dw_hh, db, dh0, dc0, dw_hr, num_threads, dpeephole, rdrop, zoneout,
+                   stats, dlayer_norm)
     return dx, dw_ih, dw_hh, (db if packed.has_bias else None), dh0, dc0, dw_hr
 
 

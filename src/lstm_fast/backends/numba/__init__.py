@@ -223,28 +223,43 @@ def backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_
     return r if need_dx else (None,) + r[1:]
 
 
+def _sizes(packed, x, h0, batch_sizes):
+    """A backward's rows and sizes: x's rows xp (N, I) with the steps' bs and padded (as
+    ``_steps``), N, I, B, R, H, G = 4H and the dtype."""
+    xp, bs, padded = _steps(x, batch_sizes)
+    N, I = xp.shape
+    B, R = h0.shape[-2:]
+    H = packed.hidden_size
+    return xp, bs, padded, N, I, B, R, H, 4 * H, packed.dtype
+
+
+def _panels(N, dt):
+    """The backward's packed panels of N rows (the GEMMs' B operand): ``pan(cols)`` is
+    (ceil(cols / NR), N, NR), NR two 64-byte vectors of dtype ``dt``."""
+    NR = 2 * (64 // dt.itemsize)
+    return lambda cols: np.empty(((cols + NR - 1) // NR, N, NR), dt)
+
+
+def _grads_out(packed, N, I, R, h0, c0):
+    """The backward's outputs: dx (N, I), dw_ih (4H, I), dw_hh (4H, R), db (4H,) (0 rows
+    without a bias), dh0 and dc0 shaped as h0 and c0."""
+    dt, G = packed.dtype, 4 * packed.hidden_size
+    return (np.empty((N, I), dt), np.empty((G, I), dt), np.empty((G, R), dt),
+            np.empty(G if packed.has_bias else 0, dt), np.empty(h0.shape, dt),
+            np.empty(c0.shape, dt))
+
+
 def _backward(packed, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes, dpeephole,
               rdrop, zoneout, stats, dlayer_norm):
     ln = _ln(packed)
     if ln is not None:
         return _ln_backward(packed, ln, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads, batch_sizes,
                             dpeephole, rdrop, zoneout, stats, dlayer_norm)
-    xp, bs, padded = _steps(x, batch_sizes)
-    N, I = xp.shape
-    B, R = h0.shape[-2:]
-    H = packed.hidden_size
-    G = 4 * H
-    dt = packed.dtype
-    NR = 2 * (64 // dt.itemsize)
+    xp, bs, padded, N, I, B, R, H, G, dt = _sizes(packed, x, h0, batch_sizes)
     y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
-    pan = lambda cols: np.empty(((cols + NR - 1) // NR, N, NR), dt)
+    pan = _panels(N, dt)
     dgates = np.empty((N, G), dt)
-    dx = np.empty((N, I), dt)
-    dw_ih = np.empty((G, I), dt)
-    dw_hh = np.empty((G, R), dt)
-    db = np.empty(G if packed.has_bias else 0, dt)
-    dh0 = np.empty(h0.shape, dt)
-    dc0 = np.empty(c0.shape, dt)
+    dx, dw_ih, dw_hh, db, dh0, dc0 = _grads_out(packed, N, I, R, h0, c0)
     none = _none(dt)   # options off: arrays of 0 rows, not None (one compilation, lstm.py)
     if packed.whr is None:
         dhs = np.empty((B, H), dt)
@@ -273,21 +288,10 @@ def _ln_backward(packed, ln, x, h0, c0, y, gates, c, dy, dh_n, dc_n, num_threads
     """``backward`` of the layer-normalized LSTM (lnorm.py)."""
     if stats is None:
         raise ValueError("stats: the forward's layer-norm statistics are needed for backward")
-    xp, bs, padded = _steps(x, batch_sizes)
-    N, I = xp.shape
-    B, R = h0.shape[-2:]
-    H = packed.hidden_size
-    G = 4 * H
-    dt = packed.dtype
-    NR = 2 * (64 // dt.itemsize)
+    xp, bs, padded, N, I, B, R, H, G, dt = _sizes(packed, x, h0, batch_sizes)
     y, gates, c, dy = (np.ascontiguousarray(a.reshape(N, a.shape[-1])) for a in (y, gates, c, dy))
-    pan = lambda cols: np.empty(((cols + NR - 1) // NR, N, NR), dt)
-    dx = np.empty((N, I), dt)
-    dw_ih = np.empty((G, I), dt)
-    dw_hh = np.empty((G, R), dt)
-    db = np.empty(G if packed.has_bias else 0, dt)
-    dh0 = np.empty(h0.shape, dt)
-    dc0 = np.empty(c0.shape, dt)
+    pan = _panels(N, dt)
+    dx, dw_ih, dw_hh, db, dh0, dc0 = _grads_out(packed, N, I, R, h0, c0)
     dln = np.empty(10 * H, dt)
     none = _none(dt)
     n = min(num_threads, numba.config.NUMBA_NUM_THREADS)

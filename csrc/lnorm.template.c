@@ -1,0 +1,592 @@
+/* lnorm.template.c: the layer-normalized LSTM (haste's LayerNormLSTM; equations, the
+ * saved statistics and their columns in backends/reference.py, "Layer-normalized LSTM"),
+ * forward and backward, of the C kernel. Included by lstm.template.c after the plain
+ * forward and backward, whose pieces it reuses; no library fuses a layer norm into an
+ * LSTM's recurrence on the CPU (oneDNN's RNN has none), hence this file.
+ *
+ * Why not a branch of the plain cell: a row's layer norm needs all 4H values of each
+ * product before any gate is activated, and the two products apart (each has its own
+ * statistics), while the plain step tiles sum x.w_ih^T and h.w_hh^T per tile of hidden
+ * units. So:
+ * Forward: x.w_ih^T of all rows in one GEMM (no bias) into gates (training) or a
+ *   scratch [N,4H] (inference). Per step the step tiles of the plain forward (fwd_step,
+ *   its packed w_hh, threads splitting hidden blocks) compute h_{t-1}.w_hh^T with a cell
+ *   that only stores the tile (fwd_cell_args.raw) into zh [B,4H]; after a barrier each
+ *   row's cell (ln_cell; threads split the rows): both products' LNs (the input's there
+ *   too, while its row is in cache: a pass over all rows before the loop cost a write and
+ *   a read of [N,4H] more), the gates, c_t, c_t's LN, h_t. Saved for backward, as Numba's (the contract is one): the gates, c and
+ *   stats [N, 6 + 8H] (means, rstds, then the normalized products zhat_x, zhat_h); with
+ *   nothing saved stats is [N, 6] and c the running state in c_n.
+ * Backward step: dh = dz_h[t+1].w_hh (* rdrop) + dy (bwd_dh of the plain backward:
+ *   its tiles on the packed w_hh, threads splitting output blocks); after a barrier the
+ *   rows' cells on thread 0 (ln_cell_grad: c_t's LN backward, the gate gradients, both
+ *   products' LN backward into dz_h, dz_x) adding the parameters' gradients row by row
+ *   in a fixed order (steps last to first, rows in order), so the bits do not depend
+ *   on the thread count. After the loop the whole-sequence GEMMs: dw_ih = dz_x^T.x,
+ *   dw_hh = dz_h^T.h_prev, dx = dz_x.w_ih.
+ * The elementwise code is written in the vector layer (vload_n/vstore_n, the sums in
+ * vectors whose lanes are added in order: ln_hsum), the same operations in the same
+ * order at every SIMD level; pre-activations are plain multiplies and adds (FP
+ * contraction is off), so the backward recomputes the forward's clamped pre-activations
+ * bit for bit. No projection, no cifg (the callers refuse them). */
+
+#include <math.h>
+
+#define LN_EPS 1e-5   /* reference.LN_EPS (haste: rsqrt(var + 1e-5)) */
+
+/* The lanes of v added pairwise (halves, then quarters, ...): a fixed order, log2(V)
+ * dependent adds instead of V (the sums' latency was ~60 cycles per row statistic). */
+INLINE TYPE FN(ln_hsum)(vec v)
+{
+    TYPE t[V] __attribute__((aligned(64)));
+    vstore(t, v);
+#pragma GCC unroll 16
+    for (int w = V / 2; w > 0; w /= 2)
+#pragma GCC unroll 16
+        for (int l = 0; l < w; l++)
+            t[l] += t[l + w];
+    return t[0];
+}
+
+/* st[0], st[1] = mean and rstd = 1 / sqrt(var + LN_EPS) of z[:n] (biased variance, two
+ * passes, two vector partial sums each, the last n mod 2V values on a scalar). (One pass,
+ * sum and sum of squares shifted by z[0], saved ~20 us of 470 at (32, 16, 64, 64) but
+ * lost float32 accuracy beyond the tests' tolerance where c_t's spread is small.) */
+INLINE void FN(ln_row_stats)(const TYPE *z, int64_t n, TYPE *st)
+{
+    vec s0 = {0}, s1 = {0};
+    int64_t n2 = n - n % (2 * V), j;
+    for (j = 0; j < n2; j += 2 * V) {
+        s0 = s0 + vload(z + j);
+        s1 = s1 + vload(z + j + V);
+    }
+    TYPE t = 0;
+    for (j = n2; j < n; j++)
+        t += z[j];
+    TYPE mean = (FN(ln_hsum)(s0 + s1) + t) / (TYPE)n;
+    vec m = vset1(mean), v0 = {0}, v1 = {0};
+    for (j = 0; j < n2; j += 2 * V) {
+        vec d0 = vload(z + j) - m, d1 = vload(z + j + V) - m;
+        v0 = v0 + d0 * d0;
+        v1 = v1 + d1 * d1;
+    }
+    t = 0;
+    for (j = n2; j < n; j++) {
+        TYPE d = z[j] - mean;
+        t += d * d;
+    }
+    TYPE var = (FN(ln_hsum)(v0 + v1) + t) / (TYPE)n + (TYPE)LN_EPS;
+    st[0] = mean;
+    st[1] = (TYPE)1 / (TYPE)sqrt((double)var);
+}
+
+/* One row of a forward step: gx (4H) holds x.w_ih^T and receives the activated gates
+ * (its statistics into st[0:2]); zh (4H) the recurrent product, its statistics into
+ * st[2:4]; hz: stats' zhat_h (training: both normalized products go to stats, zhat_x at
+ * st[6:6+4H]), or zh itself (inference: neither is kept); cp c_{t-1} (may be ct: the
+ * running state), ct c_t, its statistics into st[4:6]; ht = o * tanh(LN(c_t)), then with
+ * zoneout (zm, hprev rows) (ht - hprev)*zm + hprev. */
+KERNEL void FN(ln_cell)(TYPE *gx, const TYPE *zh, TYPE *hz, const TYPE *cp, TYPE *ct, TYPE *ht,
+                        TYPE *st, const TYPE *ln, const TYPE *b, int64_t H, const TYPE *peep,
+                        TYPE clip, TYPE cell_clip, const TYPE *zm, const TYPE *hprev)
+{
+    const int64_t G = 4 * H;
+    FN(ln_row_stats)(gx, G, st);
+    FN(ln_row_stats)(zh, G, st + 2);
+    vec mx = vset1(st[0]), rx = vset1(st[1]), m = vset1(st[2]), rs = vset1(st[3]);
+    const int keep = hz != zh;   /* training: both normalized products into stats */
+    for (int64_t u = 0; u < H; u += V) {
+        int k = H - u < V ? (int)(H - u) : V;
+        vec cpv = vload_n(cp + u, k);
+        vec xi = (vload_n(gx + u, k) - mx) * rx, xf = (vload_n(gx + H + u, k) - mx) * rx;
+        vec xg = (vload_n(gx + 2 * H + u, k) - mx) * rx, xo = (vload_n(gx + 3 * H + u, k) - mx) * rx;
+        vec ni = (vload_n(zh + u, k) - m) * rs, nf = (vload_n(zh + H + u, k) - m) * rs;
+        vec ng = (vload_n(zh + 2 * H + u, k) - m) * rs, no = (vload_n(zh + 3 * H + u, k) - m) * rs;
+        if (keep) {
+            vstore_n(hz + u, ni, k);
+            vstore_n(hz + H + u, nf, k);
+            vstore_n(hz + 2 * H + u, ng, k);
+            vstore_n(hz + 3 * H + u, no, k);
+            TYPE *xh = st + 6;
+            vstore_n(xh + u, xi, k);
+            vstore_n(xh + H + u, xf, k);
+            vstore_n(xh + 2 * H + u, xg, k);
+            vstore_n(xh + 3 * H + u, xo, k);
+        }
+        /* LN(x.w_ih^T) * g_ih + b, then + LN(h.w_hh^T) * g_hh (the backward's order) */
+        vec zi = (xi * vload_n(ln + u, k) + vload_n(b + u, k)) + ni * vload_n(ln + G + u, k);
+        vec zf = (xf * vload_n(ln + H + u, k) + vload_n(b + H + u, k)) +
+                 nf * vload_n(ln + G + H + u, k);
+        vec zg = (xg * vload_n(ln + 2 * H + u, k) + vload_n(b + 2 * H + u, k)) +
+                 ng * vload_n(ln + G + 2 * H + u, k);
+        vec zo = (xo * vload_n(ln + 3 * H + u, k) + vload_n(b + 3 * H + u, k)) +
+                 no * vload_n(ln + G + 3 * H + u, k);
+        if (peep) {
+            zi = zi + vload_n(peep + u, k) * cpv;
+            zf = zf + vload_n(peep + H + u, k) * cpv;
+        }
+        if (clip > 0) {
+            zi = FN(vclamp)(zi, clip);
+            zf = FN(vclamp)(zf, clip);
+            zg = FN(vclamp)(zg, clip);
+        }
+        vec i = vsigmoid(zi), f = vsigmoid(zf), g = vtanh(zg);
+        vec cv = f * cpv + i * g;
+        if (cell_clip > 0)
+            cv = FN(vclamp)(cv, cell_clip);
+        if (peep)
+            zo = zo + vload_n(peep + 2 * H + u, k) * cv;
+        if (clip > 0)
+            zo = FN(vclamp)(zo, clip);
+        vstore_n(gx + u, i, k);
+        vstore_n(gx + H + u, f, k);
+        vstore_n(gx + 2 * H + u, g, k);
+        vstore_n(gx + 3 * H + u, vsigmoid(zo), k);
+        vstore_n(ct + u, cv, k);
+    }
+    FN(ln_row_stats)(ct, H, st + 4);
+    vec mc = vset1(st[4]), rc = vset1(st[5]);
+    for (int64_t u = 0; u < H; u += V) {
+        int k = H - u < V ? (int)(H - u) : V;
+        vec n = (vload_n(ct + u, k) - mc) * rc * vload_n(ln + G + G + u, k) +
+                vload_n(ln + G + G + H + u, k);
+        vec h = vload_n(gx + 3 * H + u, k) * vtanh(n);
+        if (zm) {
+            vec hp = vload_n(hprev + u, k);
+            h = (h - hp) * vload_n(zm + u, k) + hp;
+        }
+        vstore_n(ht + u, h, k);
+    }
+}
+
+typedef struct {
+    int64_t T, B, I, H;
+    const FN(packed_hdr) *hdr;
+    const int64_t *offs;
+    const TYPE *x, *h0, *c0;
+    TYPE *y, *h_n, *c_n;
+    TYPE *gates;     /* [N,4H]: the saved gates, or scratch (inference) */
+    TYPE *c;         /* [N,H], or NULL: the running state in c_n (inference) */
+    TYPE *stats;     /* [N,S] */
+    int64_t S;
+    TYPE *zh;        /* [B,4H] the step's recurrent products */
+    TYPE *ws;
+    const lstm_variant *var;
+} FN(ln_fwd_ctx);
+
+KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
+{
+    const FN(ln_fwd_ctx) *ctx = (const FN(ln_fwd_ctx) *)arg;
+    const lstm_variant *var = ctx->var;
+    int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, G = 4 * H, S = ctx->S;
+    const int64_t *offs = ctx->offs;
+    int64_t N = offs[T];
+    const unsigned char *base = (const unsigned char *)ctx->hdr;
+    TYPE *ws = ctx->ws + tid * FN(gemm_ws_elems)(0);
+    const TYPE *ln = (const TYPE *)var->layer_norm, *bias = (const TYPE *)(base + ctx->hdr->off_b);
+    const TYPE *peep = (const TYPE *)var->peephole;
+    const TYPE clip = (TYPE)var->clip, cell_clip = (TYPE)var->cell_clip;
+    const TYPE *rdrop = (const TYPE *)var->rdrop, *zmask = (const TYPE *)var->zoneout;
+    TYPE *hm = rdrop ? (TYPE *)FN(align_ptr)(var->var_ws) + tid * B * H : NULL;
+    if (!ctx->c && ctx->c_n != ctx->c0) {   /* the running c starts as c0 */
+        int64_t r0 = FN(split)(B, tid, num_threads), r1 = FN(split)(B, tid + 1, num_threads);
+        if (r1 > r0)
+            memcpy(ctx->c_n + r0 * H, ctx->c0 + r0 * H, (size_t)((r1 - r0) * H) * sizeof(TYPE));
+    }
+    FN(gemm_args) g = {0};   /* x . w_ih^T, no bias (added after the LN) */
+    g.M = N;
+    g.N = G;
+    g.K = I;
+    g.a = ctx->x;
+    g.lda = I;
+    g.bpacked = (const TYPE *)(base + ctx->hdr->off_wih_t);
+    g.c = ctx->gates;
+    g.ldc = G;
+    FN(gemm)(&g, ws, tid, num_threads);
+    lstm_barrier_wait(bar, num_threads);
+    FN(fwd_cell_args) ca = {0};
+    ca.H = H;
+    ca.var = 1;
+    ca.raw = ctx->zh;
+    int64_t nblk = (H + V - 1) / V;
+    int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
+    const TYPE *w = (const TYPE *)(base + ctx->hdr->off_whh_f);
+    const int64_t s = (int64_t)sizeof(TYPE);
+    const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * H * 4 * V * s, 4 * V * s);
+    for (int64_t t = 0; t < T; t++) {
+        int64_t n = offs[t + 1] - offs[t];
+        if (n == 0)
+            break;
+        const TYPE *hp = t ? ctx->y + offs[t - 1] * H : ctx->h0, *hprev = hp;
+        if (hm) {   /* recurrent dropout: this thread's copy of h_{t-1} * mask */
+            for (int64_t e = 0; e < n * H; e++)
+                hm[e] = hp[e] * rdrop[e];
+            hp = hm;
+        }
+        FN(fwd_step)(&ca, n, I, H, j0, j1, w, 0, ctx->x, hp, (int)(t & 1), &sp);
+        lstm_barrier_wait(bar, num_threads);
+        int64_t r0 = FN(split)(n, tid, num_threads), r1 = FN(split)(n, tid + 1, num_threads);
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t q = offs[t] + r;
+            TYPE *st = ctx->stats + q * S, *zr = ctx->zh + r * G;
+            const TYPE *cp;
+            TYPE *ct;
+            if (ctx->c) {
+                cp = t ? ctx->c + (offs[t - 1] + r) * H : ctx->c0 + r * H;
+                ct = ctx->c + q * H;
+            } else {
+                cp = ct = ctx->c_n + r * H;
+            }
+            FN(ln_cell)(ctx->gates + q * G, zr, S > 6 ? st + 6 + G : zr, cp, ct,
+                        ctx->y + q * H, st, ln, bias, H, peep, clip, cell_clip,
+                        zmask ? zmask + q * H : NULL, hprev + r * H);
+        }
+        lstm_barrier_wait(bar, num_threads);
+    }
+    if (tid == 0) {
+        FN(last_rows)(offs, T, B, H, ctx->h0, ctx->y, ctx->h_n);
+        if (ctx->c)
+            FN(last_rows)(offs, T, B, H, ctx->c0, ctx->c, ctx->c_n);
+    }
+}
+
+/* variant.ln_ws bytes: forward zh [B,4H] (+ the inference's gates scratch [N,4H]);
+ * backward dz_x [N][ldg], dh [B,H], the parameters' sums [17H], a row's scratch [6H]. */
+static size_t FN(ln_ws_size)(int64_t N, int64_t B, int64_t H, int save, int backward)
+{
+    int64_t s = (int64_t)sizeof(TYPE);
+    if (backward)
+        return (size_t)(ALIGN64(N * FN(dg_ld)(H) * s) + ALIGN64(B * H * s) + ALIGN64(17 * H * s) +
+                        ALIGN64(6 * H * s)) + 64;
+    return (size_t)(ALIGN64(B * 4 * H * s) + (save ? 0 : ALIGN64(N * 4 * H * s))) + 64;
+}
+
+static int FN(ln_forward)(int64_t T, int64_t B, int64_t I, int64_t H,
+                          const FN(packed_hdr) *hdr, const int64_t *batch_sizes, const TYPE *x,
+                          const TYPE *h0, const TYPE *c0, TYPE *y, TYPE *h_n, TYPE *c_n,
+                          TYPE *gates, TYPE *c, void *workspace, int num_threads,
+                          const lstm_variant *var)
+{
+    int save = gates != NULL;
+    int64_t S = var->ln_stats_cols;
+    if (!var->ln_stats || !var->ln_ws || var->cifg || (S != 6 && S != 6 + 8 * H) ||
+        (save && S != 6 + 8 * H))
+        return LSTM_ERR_ARG;
+    unsigned char *wsb = FN(align_ptr)(workspace);
+    int64_t *offs = (int64_t *)wsb;
+    if (!FN(step_offsets)(T, B, batch_sizes, offs))
+        return LSTM_ERR_ARG;
+    wsb += FN(offs_bytes)(T);
+    unsigned char *lw = FN(align_ptr)(var->ln_ws);
+    TYPE *zh = (TYPE *)lw;
+    if (!save)
+        gates = (TYPE *)(lw + ALIGN64(B * 4 * H * (int64_t)sizeof(TYPE)));
+    FN(ln_fwd_ctx) ctx = {T, B, I, H, hdr, offs, x, h0, c0, y, h_n, c_n, gates, c,
+                          (TYPE *)var->ln_stats, S, zh, (TYPE *)wsb, var};
+    lstm_pool_run(FN(ln_fwd_job), &ctx, num_threads);
+    return LSTM_OK;
+}
+
+/* ---- backward --------------------------------------------------------------- */
+
+/* d, or 0 where the pre-activation z was clamped (|z| > clip; NaN passes). */
+INLINE vec FN(ln_keep)(vec d, vec z, TYPE clip)
+{
+    return vselect(vabs(z) > vset1(clip), (vec){0}, d);
+}
+
+/* One row of a backward step (Numba's ln_cell_grad, the same sums): dm (H) the gradient
+ * reaching h~_t, g_t the gates, ct c_t, cp c_{t-1}; dc (H) the running gradient of c
+ * (becomes that of c_{t-1}); writes the gradients of both products through their LNs,
+ * dzh and dzx (4H); adds the row's terms of the parameters' gradients to acc [17H]:
+ * dg_ih, dg_hh, dg_c, db_c (the layer_norm layout), db (4H), dpeep (3H). xh, hh the
+ * forward's normalized products; tb scratch [6H]. */
+KERNEL void FN(ln_cell_grad)(const TYPE *dm, const TYPE *g_t, const TYPE *ct, const TYPE *cp,
+                             TYPE *dc, TYPE *dzh, TYPE *dzx, const TYPE *xh, const TYPE *hh,
+                             const TYPE *st, const TYPE *ln, const TYPE *b, TYPE *acc, TYPE *tb,
+                             int64_t H, const TYPE *peep, TYPE clip, TYPE cell_clip)
+{
+    const int64_t G = 4 * H;
+    TYPE *dg = tb + 2 * H;
+    vec mc = vset1(st[4]), rc = vset1(st[5]);
+    vec s1 = {0}, s2 = {0};
+    for (int64_t u = 0; u < H; u += V) {   /* c_t's LN backward: dn = dm o (1 - tanh^2 n) */
+        int k = H - u < V ? (int)(H - u) : V;
+        vec ch = (vload_n(ct + u, k) - mc) * rc;
+        vec gc = vload_n(ln + G + G + u, k);
+        vec tn = vtanh(ch * gc + vload_n(ln + G + G + H + u, k));
+        vec d = vload_n(dm + u, k) * vload_n(g_t + 3 * H + u, k) * (1 - tn * tn);
+        vstore_n(acc + G + G + u, vload_n(acc + G + G + u, k) + d * ch, k);           /* dg_c */
+        vstore_n(acc + G + G + H + u, vload_n(acc + G + G + H + u, k) + d, k);        /* db_c */
+        vstore_n(tb + u, tn, k);
+        d = d * gc;   /* 0 in the lanes past H: the loads are masked */
+        vstore_n(tb + H + u, d, k);
+        s1 = s1 + d;
+        s2 = s2 + d * ch;
+    }
+    vec m1 = vset1(FN(ln_hsum)(s1) / (TYPE)H), m2 = vset1(FN(ln_hsum)(s2) / (TYPE)H);
+    vec ax = {0}, qx = {0}, ah = {0}, qh = {0};
+    for (int64_t u = 0; u < H; u += V) {
+        int k = H - u < V ? (int)(H - u) : V;
+        vec i = vload_n(g_t + u, k), f = vload_n(g_t + H + u, k);
+        vec g = vload_n(g_t + 2 * H + u, k), o = vload_n(g_t + 3 * H + u, k);
+        vec ctv = vload_n(ct + u, k), cpv = vload_n(cp + u, k);
+        vec ch = (ctv - mc) * rc;
+        vec tn = vload_n(tb + u, k);
+        vec dgo = vload_n(dm + u, k) * tn * o * (1 - o);
+        if (clip > 0) {
+            vec zo = vload_n(xh + 3 * H + u, k) * vload_n(ln + 3 * H + u, k) +
+                     vload_n(b + 3 * H + u, k) +
+                     vload_n(hh + 3 * H + u, k) * vload_n(ln + G + 3 * H + u, k);
+            if (peep)
+                zo = zo + vload_n(peep + 2 * H + u, k) * ctv;
+            dgo = FN(ln_keep)(dgo, zo, clip);
+        }
+        vec dcv = vload_n(dc + u, k) + rc * (vload_n(tb + H + u, k) - m1 - ch * m2);
+        if (peep)
+            dcv = dcv + vload_n(peep + 2 * H + u, k) * dgo;
+        if (cell_clip > 0)
+            dcv = FN(ln_keep)(dcv, f * cpv + i * g, cell_clip);
+        vec dgi = dcv * g * i * (1 - i), dgf = dcv * cpv * f * (1 - f), dgg = dcv * i * (1 - g * g);
+        if (clip > 0) {
+            vec zi = vload_n(xh + u, k) * vload_n(ln + u, k) + vload_n(b + u, k) +
+                     vload_n(hh + u, k) * vload_n(ln + G + u, k);
+            vec zf = vload_n(xh + H + u, k) * vload_n(ln + H + u, k) + vload_n(b + H + u, k) +
+                     vload_n(hh + H + u, k) * vload_n(ln + G + H + u, k);
+            vec zg = vload_n(xh + 2 * H + u, k) * vload_n(ln + 2 * H + u, k) +
+                     vload_n(b + 2 * H + u, k) +
+                     vload_n(hh + 2 * H + u, k) * vload_n(ln + G + 2 * H + u, k);
+            if (peep) {
+                zi = zi + vload_n(peep + u, k) * cpv;
+                zf = zf + vload_n(peep + H + u, k) * cpv;
+            }
+            dgi = FN(ln_keep)(dgi, zi, clip);
+            dgf = FN(ln_keep)(dgf, zf, clip);
+            dgg = FN(ln_keep)(dgg, zg, clip);
+        }
+        vstore_n(dg + u, dgi, k);
+        vstore_n(dg + H + u, dgf, k);
+        vstore_n(dg + 2 * H + u, dgg, k);
+        vstore_n(dg + 3 * H + u, dgo, k);
+        if (peep) {
+            TYPE *dp = acc + 14 * H;
+            vstore_n(dp + u, vload_n(dp + u, k) + dgi * cpv, k);
+            vstore_n(dp + H + u, vload_n(dp + H + u, k) + dgf * cpv, k);
+            vstore_n(dp + 2 * H + u, vload_n(dp + 2 * H + u, k) + dgo * ctv, k);
+        }
+        vec ei = dgi * vload_n(ln + u, k), ef = dgf * vload_n(ln + H + u, k);
+        vec eg = dgg * vload_n(ln + 2 * H + u, k), eo = dgo * vload_n(ln + 3 * H + u, k);
+        ax = ax + ((ei + ef) + (eg + eo));
+        qx = qx + ((ei * vload_n(xh + u, k) + ef * vload_n(xh + H + u, k)) +
+                   (eg * vload_n(xh + 2 * H + u, k) + eo * vload_n(xh + 3 * H + u, k)));
+        ei = dgi * vload_n(ln + G + u, k);
+        ef = dgf * vload_n(ln + G + H + u, k);
+        eg = dgg * vload_n(ln + G + 2 * H + u, k);
+        eo = dgo * vload_n(ln + G + 3 * H + u, k);
+        ah = ah + ((ei + ef) + (eg + eo));
+        qh = qh + ((ei * vload_n(hh + u, k) + ef * vload_n(hh + H + u, k)) +
+                   (eg * vload_n(hh + 2 * H + u, k) + eo * vload_n(hh + 3 * H + u, k)));
+        vec dcp = dcv * f;
+        if (peep)
+            dcp = dcp + vload_n(peep + u, k) * dgi + vload_n(peep + H + u, k) * dgf;
+        vstore_n(dc + u, dcp, k);
+    }
+    vec mx1 = vset1(FN(ln_hsum)(ax) / (TYPE)G), mx2 = vset1(FN(ln_hsum)(qx) / (TYPE)G);
+    vec mh1 = vset1(FN(ln_hsum)(ah) / (TYPE)G), mh2 = vset1(FN(ln_hsum)(qh) / (TYPE)G);
+    vec rx = vset1(st[1]), rh = vset1(st[3]);
+    for (int64_t j = 0; j < G; j += V) {   /* dz = rstd (d g - mean(d g) - zhat mean(d g zhat)) */
+        int k = G - j < V ? (int)(G - j) : V;
+        vec d = vload_n(dg + j, k), xv = vload_n(xh + j, k), hv = vload_n(hh + j, k);
+        vstore_n(dzx + j, rx * (d * vload_n(ln + j, k) - mx1 - xv * mx2), k);
+        vstore_n(dzh + j, rh * (d * vload_n(ln + G + j, k) - mh1 - hv * mh2), k);
+        vstore_n(acc + j, vload_n(acc + j, k) + d * xv, k);                          /* dg_ih */
+        vstore_n(acc + G + j, vload_n(acc + G + j, k) + d * hv, k);                  /* dg_hh */
+        vstore_n(acc + 10 * H + j, vload_n(acc + 10 * H + j, k) + d, k);             /* db */
+    }
+}
+
+typedef struct {
+    FN(bwd_ctx) b;      /* the plain backward's context (bwd_dh reads it); dgates = dz_h */
+    const TYPE *stats;  /* [N, 6 + 8H] */
+    TYPE *dzx;          /* [N][ldg] */
+    TYPE *dhs;          /* [B,H] dh of the step */
+    TYPE *acc;          /* [17H] */
+    TYPE *tb;           /* [6H] */
+    TYPE *dln;          /* [10H] */
+} FN(ln_bwd_ctx);
+
+KERNEL void FN(ln_bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
+{
+    const FN(ln_bwd_ctx) *lc = (const FN(ln_bwd_ctx) *)arg;
+    const FN(bwd_ctx) *ctx = &lc->b;
+    const lstm_variant *var = ctx->var;
+    int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, G = 4 * H, ldg = ctx->ldg;
+    int64_t S = 6 + 8 * H;
+    const int64_t *offs = ctx->offs;
+    int64_t N = offs[T];
+    const unsigned char *base = (const unsigned char *)ctx->hdr;
+    TYPE *ws = ctx->ws + tid * FN(gemm_ws_elems)(1);
+    const TYPE *ln = (const TYPE *)var->layer_norm, *bias = (const TYPE *)(base + ctx->hdr->off_b);
+    const TYPE *peep = (const TYPE *)var->peephole;
+    const TYPE clip = (TYPE)var->clip, cell_clip = (TYPE)var->cell_clip;
+    const TYPE *zmask = (const TYPE *)var->zoneout;
+    TYPE *dzh = ctx->dgates, *dzx = lc->dzx, *dhs = lc->dhs, *acc = lc->acc;
+    int64_t nblk = (H + V - 1) / V;
+    int64_t q0 = FN(split)(nblk, tid, num_threads), q1 = FN(split)(nblk, tid + 1, num_threads);
+    const int64_t s = (int64_t)sizeof(TYPE);
+    const FN(step_plan) sp = FN(step_plan_for)((q1 - q0) * G * V * s, BNB * V * s);
+    if (tid == 0) {
+        memcpy(ctx->dc0, ctx->dc_n, (size_t)(B * H) * sizeof(TYPE));
+        memset(acc, 0, (size_t)(17 * H) * sizeof(TYPE));
+        if (ctx->dhz)
+            memset(ctx->dhz, 0, (size_t)(B * H) * sizeof(TYPE));
+    }
+    lstm_barrier_wait(bar, num_threads);
+    for (int64_t t = T - 1; t >= 0; t--) {
+        int64_t n = offs[t + 1] - offs[t];
+        if (n == 0)
+            continue;
+        int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+        FN(bwd_dh)(ctx, q0, q1, dzh + offs[t + 1] * ldg, nn, n, ctx->dy + offs[t] * H, dhs, &sp);
+        lstm_barrier_wait(bar, num_threads);
+        if (tid == 0) {   /* the rows' cells, in order: the parameters' sums in a fixed order */
+            for (int64_t r = 0; r < n; r++) {
+                int64_t q = offs[t] + r;
+                TYPE *dh = dhs + r * H;
+                if (zmask) {   /* h_t = h_{t-1} + zm (h~_t - h_{t-1}) */
+                    const TYPE *zr = zmask + q * H;
+                    TYPE *dz = ctx->dhz + r * H;
+                    for (int64_t u = 0; u < H; u++) {
+                        TYPE d = dh[u] + dz[u];
+                        dz[u] = (1 - zr[u]) * d;
+                        dh[u] = zr[u] * d;
+                    }
+                }
+                const TYPE *cp = t ? ctx->c + (offs[t - 1] + r) * H : ctx->c0 + r * H;
+                const TYPE *st = lc->stats + q * S;
+                FN(ln_cell_grad)(dh, ctx->gates + q * G, ctx->c + q * H, cp, ctx->dc0 + r * H,
+                                 dzh + q * ldg, dzx + q * ldg, st + 6, st + 6 + G, st, ln, bias,
+                                 acc, lc->tb, H, peep, clip, cell_clip);
+            }
+        }
+        lstm_barrier_wait(bar, num_threads);
+    }
+    FN(bwd_dh)(ctx, q0, q1, dzh, T ? offs[1] : 0, B, ctx->dhz, ctx->dh0, &sp);
+    if (tid == 0) {
+        memcpy(lc->dln, acc, (size_t)(10 * H) * sizeof(TYPE));
+        if (ctx->db)
+            memcpy(ctx->db, acc + 10 * H, (size_t)G * sizeof(TYPE));
+        if (ctx->dpeep)
+            memcpy(ctx->dpeep, acc + 14 * H, (size_t)(3 * H) * sizeof(TYPE));
+    }
+    const TYPE *hm_all = NULL;   /* recurrent dropout: h_prev * mask of every row */
+    if (var->rdrop) {
+        const TYPE *mask = (const TYPE *)var->rdrop;
+        TYPE *hm = (TYPE *)FN(align_ptr)(var->var_ws);
+        int64_t e0 = FN(split)(N, tid, num_threads), e1 = FN(split)(N, tid + 1, num_threads);
+        for (int64_t t = 0, row = e0; row < e1; row++) {
+            while (row >= offs[t + 1])
+                t++;
+            int64_t r = row - offs[t];
+            const TYPE *src = t ? ctx->y + (offs[t - 1] + r) * H : ctx->h0 + r * H;
+            for (int64_t k = 0; k < H; k++)
+                hm[row * H + k] = src[k] * mask[r * H + k];
+        }
+        hm_all = hm;
+        lstm_barrier_wait(bar, num_threads);
+    }
+    FN(gemm_args) gi = {0};   /* dw_ih = dz_x^T . x */
+    gi.M = G;
+    gi.K = N;
+    gi.a = dzx;
+    gi.lda = ldg;
+    gi.a_trans = 1;
+    gi.N = I;
+    gi.b = ctx->x;
+    gi.ldb = I;
+    gi.c = ctx->dw_ih;
+    gi.ldc = I;
+    FN(gemm)(&gi, ws, tid, num_threads);
+    FN(gemm_args) g = {0};    /* dw_hh = dz_h^T . h_prev */
+    g.M = G;
+    g.K = N;
+    g.a = dzh;
+    g.lda = ldg;
+    g.a_trans = 1;
+    g.N = H;
+    g.ldb = H;
+    if (hm_all) {
+        g.b = hm_all;
+    } else {
+        g.b = ctx->y;
+        g.b0 = ctx->h0;
+        g.offs = offs;
+        g.nsteps = T;
+    }
+    g.c = ctx->dw_hh;
+    g.ldc = H;
+    FN(gemm)(&g, ws, tid, num_threads);
+    if (!ctx->dx) {
+    } else if (!FN(dx_gemm)(I, H, 0)) {   /* dx of all rows as the steps' tiles */
+        int64_t iblk = (I + V - 1) / V;
+        int64_t x0 = FN(split)(iblk, tid, num_threads), x1 = FN(split)(iblk, tid + 1, num_threads);
+        const FN(step_plan) spx = FN(step_plan_for)((x1 - x0) * G * V * s, BNB * V * s);
+        FN(bwd_rows)(H, I, (const TYPE *)(base + ctx->hdr->off_wih_b), x0, x1, dzx, ldg, N, NULL,
+                     NULL, ctx->dx, &spx);
+    } else {
+        FN(gemm_args) gx = {0};
+        gx.M = N;
+        gx.N = I;
+        gx.K = G;
+        gx.a = dzx;
+        gx.lda = ldg;
+        gx.bpacked = (const TYPE *)(base + ctx->hdr->off_wih);
+        gx.c = ctx->dx;
+        gx.ldc = I;
+        FN(gemm)(&gx, ws, tid, num_threads);
+    }
+}
+
+static int FN(ln_backward)(int64_t T, int64_t B, int64_t I, int64_t H,
+                           const FN(packed_hdr) *hdr, const int64_t *batch_sizes, const TYPE *x,
+                           const TYPE *h0, const TYPE *c0, const TYPE *y, const TYPE *gates,
+                           const TYPE *c, const TYPE *dy, const TYPE *dh_n, const TYPE *dc_n,
+                           TYPE *dx, TYPE *dw_ih, TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0,
+                           void *workspace, int num_threads, const lstm_variant *var,
+                           TYPE *dpeep)
+{
+    if (!var->ln_stats || !var->ln_ws || !var->ln_grad || var->cifg ||
+        var->ln_stats_cols != 6 + 8 * H || (var->peephole && !dpeep) ||
+        ((var->rdrop || var->zoneout) && !var->var_ws))
+        return LSTM_ERR_ARG;
+    unsigned char *wsb = FN(align_ptr)(workspace);
+    int64_t *offs = (int64_t *)wsb;
+    if (!FN(step_offsets)(T, B, batch_sizes, offs))
+        return LSTM_ERR_ARG;
+    int64_t N = offs[T], s = (int64_t)sizeof(TYPE), ldg = FN(dg_ld)(H);
+    wsb += FN(offs_bytes)(T);
+    TYPE *dzh = (TYPE *)wsb;
+    wsb += ALIGN64(N * ldg * s);
+    unsigned char *lw = FN(align_ptr)(var->ln_ws);
+    FN(ln_bwd_ctx) lc;
+    memset(&lc, 0, sizeof lc);
+    FN(bwd_ctx) b = {T, B, I, H, 0, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
+                     dx, dw_ih, dw_hh, db, dh0, dc0, NULL, dzh, ldg, NULL, NULL, NULL,
+                     (TYPE *)wsb, var, var->peephole ? dpeep : NULL, NULL};
+    if (var->zoneout)   /* after the rows of h_{t-1} * rdrop, as the plain backward */
+        b.dhz = (TYPE *)(FN(align_ptr)(var->var_ws) + ALIGN64(N * H * s));
+    lc.b = b;
+    lc.stats = (const TYPE *)var->ln_stats;
+    lc.dzx = (TYPE *)lw;
+    lw += ALIGN64(N * ldg * s);
+    lc.dhs = (TYPE *)lw;
+    lw += ALIGN64(B * H * s);
+    lc.acc = (TYPE *)lw;
+    lw += ALIGN64(17 * H * s);
+    lc.tb = (TYPE *)lw;
+    lc.dln = (TYPE *)var->ln_grad;
+    lstm_pool_run(FN(ln_bwd_job), &lc, num_threads);
+    return LSTM_OK;
+}
+
+#undef LN_EPS
