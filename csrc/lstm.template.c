@@ -291,9 +291,26 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
  * fwd_step: ms fused/hoisted, forward without saving / training step:
  * (35,20,200,200) 3.07/3.10, 11.75/11.77; (35,20,650,650) 31.8/33.1,
  * 119.2/120.6; (200,16,80,320) 22.6/26.4, 83.5/84.6; (200,16,640,320)
- * 57.8/57.5, 197.0/195.8. Depends on the shape only (not T or threads): a
- * streamed step gives the same bits as a whole-sequence call. */
-static int FN(fwd_fuse_x)(int64_t B, int64_t I) { return I <= 16 || B >= 16; }
+ * 57.8/57.5, 197.0/195.8. But where w_ih and w_hh together exceed the L2 while
+ * w_hh alone fits in 3/4 of it, the fused steps stream [w_ih | w_hh] from L3 every
+ * step where the hoisted ones keep w_hh in L2: on the AMD Zen 4 (L2 1 MiB; f32, eval
+ * forward of the layer, ms fused/hoisted, two runs) (35,20,200,200) x2 10.10/8.95,
+ * 9.18/8.98 on 1 thread, 4.69/4.78 on 2 (each thread's half fits: alike); the training
+ * step's forward 4.82/4.73, 4.85/4.62; where w_hh does not fit either, fused stays
+ * ahead: (35,20,650,650) x2 90.9/96.6, (200,16,80,320) 32.4/40.4, (100,32,16,128)
+ * 4.96/5.31; (32,64,256,256), w_hh = the L2: 20.6/21.0. The rule reads the L2 of the
+ * running CPU (the Intel Xeon's 2 MiB: fused at (35,20,200,200), as measured above).
+ * Depends on the shape and the CPU only (not T or threads): a streamed step gives the
+ * same bits as a whole-sequence call. */
+static int FN(fwd_fuse_x)(int64_t B, int64_t I, int64_t H)
+{
+    if (I <= 16)
+        return 1;
+    if (B < 16)
+        return 0;
+    const int64_t l2 = lstm_cpu()->l2, whh = 4 * H * H * (int64_t)sizeof(TYPE);
+    return !((I + H) * 4 * H * (int64_t)sizeof(TYPE) > l2 && 4 * whh <= 3 * l2);
+}
 
 /* out [B,W], row r: the row of sequence r's last step in all [N,W] (its last step is the
  * last t with batch_sizes[t] > r), or init's row r for a sequence of no steps; out may be
@@ -328,7 +345,7 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         for (int64_t r = 0; r < B && u0 < u1; r++)
             memcpy(ctx->c_n + r * H + u0, ctx->c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(TYPE));
     }
-    int64_t XF = FN(fwd_fuse_x)(B, I) ? I : 0;
+    int64_t XF = FN(fwd_fuse_x)(B, I, H) ? I : 0;
     if (!XF) {
         FN(gemm_args) g = {0};
         g.M = offs[T];
@@ -411,7 +428,7 @@ static int64_t FN(offs_bytes)(int64_t T) { return ALIGN64((T + 1) * (int64_t)siz
 
 static int64_t FN(fwd_xw_bytes)(int64_t T, int64_t B, int64_t I, int64_t H, int save)
 {
-    return save || FN(fwd_fuse_x)(B, I) ? 0 : ALIGN64(T * B * 4 * H * (int64_t)sizeof(TYPE));
+    return save || FN(fwd_fuse_x)(B, I, H) ? 0 : ALIGN64(T * B * 4 * H * (int64_t)sizeof(TYPE));
 }
 
 static size_t FN(fwd_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
