@@ -567,7 +567,7 @@ VOCABULARY = {
     "gemm": (("gemm.template.c",), ("gemm", "gemm_tile")),
     "cell": (("cell.template.c",), ("fwd_cell", "bwd_cell")),
     "packed": (("pack.template.c",), ("pack",)),
-    "lstm": (("lstm.template.c", "lstm.c", "lstm.h"),
+    "lstm": (("lstm.template.c", "backward.template.c", "lstm.c", "lstm.h"),
              ("fwd_tile", "fwd_step", "fwd_job", "lstm_forward", "bwd_tile", "bwd_rows", "bwd_step", "bwd_job",
               "lstm_backward")),
 }

@@ -72,9 +72,11 @@ KERNEL_TESTS=(tests/test_ckernel.py tests/test_contract.py tests/test_layer_torc
               tests/test_bf16.py tests/test_int8.py tests/test_int8_dynamic.py
               tests/test_low_precision.py)
 SDIST_MUST_HAVE=(CMakeLists.txt pyproject.toml csrc/cpu.c csrc/cpu.h csrc/lstm.c csrc/lstm.h
-                 csrc/lstm.template.c csrc/simd.template.h csrc/gemm.template.c
+                 csrc/lstm.template.c csrc/backward.template.c csrc/bf16_backward.template.c
+                 csrc/simd.template.h csrc/gemm.template.c
                  csrc/cell.template.c csrc/pack.template.c csrc/bf16.template.c
-                 csrc/int8.template.c csrc/int8d.template.c csrc/pool.c csrc/pool.h csrc/glibc_compat.h
+                 csrc/int8.template.c csrc/int8d.template.c csrc/lnorm.template.c csrc/pool.c csrc/pool.h
+                 csrc/glibc_compat.h
                  src/lstm_fast/backends/_c.pyx src/lstm_fast/backends/_c.pxd src/lstm_fast/__init__.py)
 
 case "$WORK" in "$ROOT"|"$ROOT"/*) echo "LSTM_FAST_WORK must be outside the source tree" >&2; exit 2 ;; esac

@@ -1,0 +1,592 @@
+/* backward.template.c: the LSTM backward of one layer and direction (float32 and float64,
+ * every SIMD level). Included by lstm.template.c after the forward, whose step plan, cell
+ * and packed layout it uses; the design (register tiles fused with the cell, dx in the
+ * steps or a GEMM, [dw_ih | dw_hh] one whole-sequence product) is described at the top of
+ * lstm.template.c. It includes bf16_backward.template.c, bfloat16 training's products,
+ * before the steps that call them. */
+
+/* ---- backward --------------------------------------------------------------- */
+
+typedef struct {
+    int64_t T, B, I, H, P;
+    const FN(packed_hdr) *hdr;
+    const int64_t *offs;     /* [T+1] step row offsets */
+    const TYPE *x, *h0, *c0, *y, *gates, *c, *dy, *dh_n, *dc_n;
+    TYPE *dx, *dw_ih, *dw_hh, *db, *dh0, *dc0, *dw_hr;
+    TYPE *dgates;       /* [N][ldg] */
+    int64_t ldg;
+    TYPE *dm;           /* [B,H]  projection: dLoss/dm of the step */
+    TYPE *dh_all;       /* [N,P]  projection: dLoss/dh of every step */
+    TYPE *m_all;        /* [N,H]  projection: m = o*tanh(c) of every step */
+    TYPE *ws;
+    const lstm_variant *var;   /* the variants, or NULL (plain) */
+    TYPE *dpeep;        /* [3,H] peephole gradients (with var->peephole) */
+    TYPE *dhz;          /* [B,H] zoneout: the gradient carried to h_{t-1}, or NULL */
+} FN(bwd_ctx);
+
+/* Row stride of dgates: 4H, plus a cache line when 4H elements are a multiple
+ * of 512 bytes, so that MR consecutive rows do not all map to one L1 set. */
+static int64_t FN(dg_ld)(int64_t H)
+{
+    int64_t G = 4 * H;
+    return (G * (int64_t)sizeof(TYPE)) % 512 == 0 ? G + 64 / (int64_t)sizeof(TYPE) : G;
+}
+
+/* The backward register tile: acc [mr][nb][V] += dg[rows, k0..k1) . rows k0..k1 of nb
+ * blocks of V output columns (w packed [block][4H][V], blocks bstride apart: whh_b
+ * for dh, wih_b for dx). acc starts at 0 when k0 == 0, else at the values the
+ * previous chunk stored in acc_mem, and is stored there at the end (same bits for
+ * any chunking); meanwhile rows 0, pfstep, ... below npf of the nb blocks at pf are
+ * prefetched. */
+INLINE void FN(bwd_tile)(const int mr, const int nb, int64_t k0, int64_t k1,
+                         const TYPE *restrict dg, int64_t ldg, const TYPE *restrict w,
+                         int64_t bstride, TYPE *restrict acc_mem, const int PF, const TYPE *pf,
+                         int64_t npf, int64_t pfstep)
+{
+    vec acc[MAXACC];
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * nb; q++)
+        acc[q] = k0 ? vload(acc_mem + q * V) : (vec){0};
+    int64_t pfc = 0;
+    for (int64_t k = k0; k < k1; k++) {
+        const TYPE *wk = w + k * V;
+        if (PF && k - k0 < npf && --pfc <= 0) {
+#pragma GCC unroll 8
+            for (int q = 0; q < nb; q++)
+                __builtin_prefetch(pf + q * bstride + (k - k0) * V, 0, 2);
+            pfc = pfstep;
+        }
+#pragma GCC unroll 24
+        for (int r = 0; r < mr; r++) {
+            vec a = vset1(dg[r * ldg + k]);
+#pragma GCC unroll 8
+            for (int q = 0; q < nb; q++)
+                acc[r * nb + q] = vfma(a, vload(wk + q * bstride), acc[r * nb + q]);
+        }
+    }
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * nb; q++)
+        vstore(acc_mem + q * V, acc[q]);
+}
+
+#define BWD_TILE(MRV, NBV)                                                                   \
+    case (MRV) * 16 + (NBV):                                                                 \
+        if (pf)                                                                              \
+            FN(bwd_tile)(MRV, NBV, k0, k1, dg, ldg, w, bstride, acc_mem, 1, pf, npf, pfstep);  \
+        else                                                                                 \
+            FN(bwd_tile)(MRV, NBV, k0, k1, dg, ldg, w, bstride, acc_mem, 0, pf, 0, 0);         \
+        break;
+
+/* bwd_tile for run-time mr <= BR, nb <= BNB, or mr = 1, nb <= 2 BNB */
+KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, const TYPE *dg,
+                             int64_t ldg, const TYPE *w, int64_t bstride, TYPE *acc_mem,
+                             const TYPE *pf, int64_t npf, int64_t pfstep)
+{
+    switch (mr * 16 + nb) {
+        BWD_TILE(1, 1)
+        BWD_TILE(1, 2)
+        BWD_TILE(1, 3)
+        BWD_TILE(1, 4)
+        BWD_TILE(1, 5)
+        BWD_TILE(1, 6)
+        BWD_TILE(1, 7)
+        BWD_TILE(1, 8)
+        BWD_TILE(2, 1)
+        BWD_TILE(2, 2)
+        BWD_TILE(2, 3)
+        BWD_TILE(2, 4)
+#if BR >= 6
+        BWD_TILE(3, 1)
+        BWD_TILE(3, 2)
+        BWD_TILE(3, 3)
+        BWD_TILE(3, 4)
+        BWD_TILE(4, 1)
+        BWD_TILE(4, 2)
+        BWD_TILE(4, 3)
+        BWD_TILE(4, 4)
+        BWD_TILE(5, 1)
+        BWD_TILE(5, 2)
+        BWD_TILE(5, 3)
+        BWD_TILE(5, 4)
+        BWD_TILE(6, 1)
+        BWD_TILE(6, 2)
+        BWD_TILE(6, 3)
+        BWD_TILE(6, 4)
+#endif
+    default:
+        break;
+    }
+}
+
+/* part [n][nb][V] = dg [n rows, ldg apart] . the nb blocks at w (K = G rows each,
+ * blocks bstride apart), n <= sp->rows, in row tiles of near-equal size and, as the
+ * plan says (see step_plan), in chunks of K with the next chunk prefetched; the
+ * last chunk prefetches pf_next (the next blocks' start) if set. */
+KERNEL void FN(bwd_tiles)(int64_t n, int nb, int64_t G, const TYPE *dg, int64_t ldg,
+                          const TYPE *w, int64_t bstride, TYPE *part, const FN(step_plan) *sp,
+                          const TYPE *pf_next)
+{
+    int64_t nt = (n + BR - 1) / BR, kc = nt > 1 && sp->kc < G ? sp->kc : G;
+    for (int64_t k0 = 0; k0 < G; k0 += kc) {
+        int64_t k1 = G - k0 < kc ? G : k0 + kc, npf = 0;
+        const TYPE *pf = NULL;
+        if (!sp->prefetch || nt == 1) {   /* one row tile: the prefetch would double its loads */
+        } else if (k1 < G) {
+            pf = w + k1 * V;
+            npf = G - k1 < kc ? G - k1 : kc;
+        } else if (pf_next) {
+            pf = pf_next;
+            npf = G < kc ? G : kc;
+        }
+        for (int64_t t = 0; t < nt; t++) {
+            int64_t r0 = n * t / nt, r1 = n * (t + 1) / nt;
+            FN(bwd_tile_any)((int)(r1 - r0), nb, k0, k1, dg + r0 * ldg, ldg, w, bstride,
+                             part + r0 * nb * V, pf && npf > t ? pf + t * V : NULL, npf - t, nt);
+        }
+    }
+}
+
+/* out [n,W] = dg [n rows, ldg apart] . w for output blocks p0..p1 of W; w packed
+ * [ceil(W/V)][4H][V] (whh_b: W = R, wih_b: W = I); times mul [n,W] if set (recurrent
+ * dropout), then plus add [n,W] if set. */
+KERNEL void FN(bwd_rows)(int64_t H, int64_t W, const TYPE *w, int64_t p0, int64_t p1,
+                         const TYPE *dg, int64_t ldg, int64_t n, const TYPE *mul,
+                         const TYPE *add, TYPE *out, const FN(step_plan) *sp)
+{
+    int64_t G = 4 * H;
+    TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
+    int64_t jstep = n == 1 ? 2 * BNB : BNB;
+    for (int64_t j = p0; j < p1; j += jstep) {
+        int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
+        for (int64_t g0 = 0, g1; g0 < n; g0 = g1) {
+            g1 = FN(group_end)(sp, g0, n, BR);
+            int64_t ng = g1 - g0;
+            const TYPE *pf_next = g1 == n && j + jstep < p1 ? w + (j + jstep) * G * V : NULL;
+            FN(bwd_tiles)(ng, nb, G, dg + g0 * ldg, ldg, w + j * G * V, G * V, part, sp,
+                          pf_next);
+            for (int64_t r = 0; r < ng; r++)
+                for (int jb = 0; jb < nb; jb++) {
+                    int64_t off = (j + jb) * V, ro = (g0 + r) * W + off;
+                    int cnt = W - off < V ? (int)(W - off) : V;
+                    vec v = vload(part + (r * nb + jb) * V);
+                    if (mul)
+                        v = v * vload_n(mul + ro, cnt);
+                    if (add)
+                        v = v + vload_n(add + ro, cnt);
+                    vstore_n(out + ro, v, cnt);
+                }
+        }
+    }
+}
+
+/* dh of rows 0..n, output blocks p0..p1 of R (the width of h), into out [n,R]:
+ * rows < nn get dg_next . w_hh, rows nn..n get dh_n; plus dy_t if set. */
+KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYPE *dg_next,
+                       int64_t nn, int64_t n, const TYPE *dy_t, TYPE *out,
+                       const FN(step_plan) *sp)
+{
+    int64_t H = ctx->H, R = ctx->P ? ctx->P : H;
+    const TYPE *wb = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
+    const TYPE *rdrop = ctx->var ? (const TYPE *)ctx->var->rdrop : NULL;
+    FN(bwd_rows)(H, R, wb, p0, p1, dg_next, ctx->ldg, nn, rdrop, dy_t, out, sp);
+    for (int64_t r = nn; r < n; r++)
+        for (int64_t j = p0; j < p1; j++) {
+            int64_t off = j * V, ro = r * R + off;
+            int cnt = R - off < V ? (int)(R - off) : V;
+            vec v = vload_n(ctx->dh_n + ro, cnt);
+            if (dy_t)
+                v = v + vload_n(dy_t + ro, cnt);
+            vstore_n(out + ro, v, cnt);
+        }
+}
+
+#include "bf16_backward.template.c"  /* bfloat16 training's products (vdpbf16ps) */
+
+/* One backward step t without a projection, hidden blocks j0..j1, fused: rows
+ * below nn (active at t+1) take dh = dgates[t+1] . w_hh from the register tile,
+ * the others (whose last step is t) take dh_n. */
+KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1,
+                         const FN(step_plan) *sp, const uint32_t *bf_w, uint32_t *bf_rows)
+{
+    int64_t T = ctx->T, H = ctx->H, ldg = ctx->ldg;
+    const int64_t *offs = ctx->offs;
+    int64_t n = offs[t + 1] - offs[t], nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+    const TYPE *w = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
+    const TYPE *dg_next = nn ? ctx->dgates + offs[t + 1] * ldg : NULL;
+    const TYPE *dy_t = ctx->dy + offs[t] * H, *gates_t = ctx->gates + offs[t] * 4 * H;
+    const TYPE *c_t = ctx->c + offs[t] * H, *cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
+    TYPE *dg_t = ctx->dgates + offs[t] * ldg;
+    FN(bwd_cell_args) ca = {.H = H, .dh = ctx->dh_n, .dy = dy_t, .gates = gates_t, .c = c_t,
+                            .cprev = cprev, .dc = ctx->dc0, .dg = dg_t, .ldg = ldg,
+                            .m = NULL, .db = ctx->db};
+    SET_CELL_VARIANT(ca, ctx->var);
+    ca.dpeep = ctx->dpeep;
+    ca.bf16 = ctx->var && ctx->var->bf16_grads;   /* bfloat16 training */
+    if (ctx->var && ctx->var->rdrop) {   /* the tile's dh is of the masked h_t */
+        ca.rdrop = (const TYPE *)ctx->var->rdrop;
+        ca.var = 1;
+    }
+    if (ctx->dhz) {   /* zoneout */
+        ca.zm = (const TYPE *)ctx->var->zoneout + offs[t] * H;
+        ca.dhz = ctx->dhz;
+        ca.var = 1;
+    }
+    TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
+    int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
+#if BWD_BF16
+    if (bf_w && nn)   /* vdpbf16ps: the rows of dgates[t+1] as pair words (also dx's) */
+        FN(bwdb_rows_words)(nn, H, dg_next, ldg, bf_rows);
+#else
+    (void)bf_w;
+    (void)bf_rows;
+#endif
+    for (int64_t j = j0; j < j1; j += jstep) {
+        int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
+        for (int64_t g0 = 0, g1; g0 < nn; g0 = g1) {
+            g1 = FN(group_end)(sp, g0, nn, BR);
+            int64_t ng = g1 - g0;
+            const TYPE *pf_next = g1 == nn && j + jstep < j1 ? w + (j + jstep) * G * V : NULL;
+#if BWD_BF16
+            if (bf_w)
+                FN(bwdb_tiles)(ng, nb, 2 * H, bf_rows + g0 * 2 * H, 2 * H, bf_w + j * 2 * H * V,
+                               2 * H * V, part, sp);
+            else
+#endif
+                FN(bwd_tiles)(ng, nb, G, dg_next + g0 * ldg, ldg, w + j * G * V, G * V, part,
+                              sp, pf_next);
+            FN(bwd_cell)(&ca, (int)ng, nb, g0, j, part);
+        }
+        if (nn < n)
+            FN(bwd_cell)(&ca, (int)(n - nn), nb, nn, j, NULL);
+    }
+}
+
+/* Projection: the cell part of step t, hidden blocks j0..j1, dh of m from dm. */
+KERNEL void FN(bwd_step_proj_cell)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1)
+{
+    int64_t H = ctx->H, ldg = ctx->ldg;
+    const int64_t *offs = ctx->offs;
+    int64_t n = offs[t + 1] - offs[t];
+    const TYPE *gates_t = ctx->gates + offs[t] * 4 * H, *c_t = ctx->c + offs[t] * H;
+    const TYPE *cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
+    FN(bwd_cell_args) ca = {.H = H, .dh = ctx->dm, .dy = NULL, .gates = gates_t, .c = c_t,
+                            .cprev = cprev, .dc = ctx->dc0, .dg = ctx->dgates + offs[t] * ldg,
+                            .ldg = ldg, .m = ctx->m_all + offs[t] * H, .db = ctx->db};
+    SET_CELL_VARIANT(ca, ctx->var);
+    ca.dpeep = ctx->dpeep;
+    for (int64_t j = j0; j < j1; j += BNB) {
+        int nb = j1 - j < BNB ? (int)(j1 - j) : BNB;
+        for (int64_t r0 = 0; r0 < n; r0 += BR) {
+            int mr = n - r0 < BR ? (int)(n - r0) : BR;
+            FN(bwd_cell)(&ca, mr, nb, r0, j, NULL);
+        }
+    }
+}
+
+KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
+{
+    const FN(bwd_ctx) *ctx = (const FN(bwd_ctx) *)arg;
+    int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, P = ctx->P, G = 4 * H;
+    int64_t R = P ? P : H, ldg = ctx->ldg;
+    const int64_t *offs = ctx->offs;
+    int64_t N = offs[T];
+    const unsigned char *base = (const unsigned char *)ctx->hdr;
+    TYPE *ws = ctx->ws + tid * FN(gemm_ws_elems)(1);
+    int64_t nblk = (H + V - 1) / V, rblk = (R + V - 1) / V;
+    int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
+    int64_t q0 = FN(split)(rblk, tid, num_threads), q1 = FN(split)(rblk, tid + 1, num_threads);
+    /* dx NULL: the input's gradient is not wanted (the first layer of a model), skipped */
+    int64_t iblk = (I + V - 1) / V, dx_steps = ctx->dx && FN(bwd_dx_in_steps)(B, I, H, P);
+    const TYPE *wih_b = (const TYPE *)(base + ctx->hdr->off_wih_b);
+    int64_t x0 = FN(split)(iblk, tid, num_threads), x1 = FN(split)(iblk, tid + 1, num_threads);
+    const int64_t s = (int64_t)sizeof(TYPE);
+    const FN(step_plan) sp = FN(step_plan_for)(
+        ((P ? q1 - q0 : j1 - j0) + (dx_steps ? x1 - x0 : 0)) * G * V * s, BNB * V * s);
+    /* bfloat16 training with vdpbf16ps (see bwdb_tile): this thread's pair blocks */
+    const uint32_t *bf_whh = NULL;
+    uint32_t *bf_rows = NULL;
+#if BWD_BF16
+    const uint32_t *bf_wih = NULL;
+    uint32_t *bf_dw = NULL;
+    if (!P && ctx->var && ctx->var->bf16_grads && ctx->var->bf16_ws &&
+        bf16_native_for(ISA, B)) {
+        unsigned char *bw = FN(align_ptr)(ctx->var->bf16_ws);
+        uint32_t *whh = (uint32_t *)bw, *wih = (uint32_t *)(bw + bf16_ws_whh_bytes(H, H));
+        FN(bwdb_pack)(H, (const float *)(base + ctx->hdr->off_whh_b), j0, j1, whh);
+        if (dx_steps)
+            FN(bwdb_pack)(H, wih_b, x0, x1, wih);
+        bf_whh = whh;
+        bf_wih = wih;
+        bf_rows = (uint32_t *)(bw + bf16_ws_whh_bytes(H, H) + bf16_ws_whh_bytes(I, H) +
+                               tid * bf16_ws_rows_bytes(B, H));
+        bf_dw = (uint32_t *)(bw + bf16_ws_whh_bytes(H, H) + bf16_ws_whh_bytes(I, H) +
+                             num_threads * bf16_ws_rows_bytes(B, H));
+    }
+#endif
+
+    /* running dc starts as dc_n, db as 0; each thread owns the columns of its
+     * blocks. db sums dgates as the cells write them (steps last to first, rows
+     * in order), not in a pass over dgates after the loop (3% of the backward
+     * at (32,64,256,256)). */
+    for (int64_t j = j0; j < j1; j++) {
+        int64_t off = j * V;
+        int cnt = H - off < V ? (int)(H - off) : V;
+        for (int64_t r = 0; r < B; r++)
+            vstore_n(ctx->dc0 + r * H + off, vload_n(ctx->dc_n + r * H + off, cnt), cnt);
+        for (int q = 0; q < 4; q++)
+            vstore_n(ctx->db + q * H + off, (vec){0}, cnt);
+        for (int q = 0; ctx->dpeep && q < 3; q++)   /* peephole gradients: as db */
+            vstore_n(ctx->dpeep + q * H + off, (vec){0}, cnt);
+        for (int64_t r = 0; ctx->dhz && r < B; r++)   /* zoneout's carried gradient */
+            vstore_n(ctx->dhz + r * H + off, (vec){0}, cnt);
+    }
+    FN(gemm_args) gm = {0};   /* projection: dm = dh . w_hr */
+    gm.N = H;
+    gm.K = P;
+    gm.lda = P;
+    gm.bpacked = (const TYPE *)(base + ctx->hdr->off_whr);
+    gm.c = ctx->dm;
+    gm.ldc = H;
+    for (int64_t t = T - 1; t >= 0; t--) {
+        int64_t n = offs[t + 1] - offs[t];
+        if (n == 0)
+            continue;
+        if (!P) {
+            FN(bwd_step)(ctx, t, j0, j1, &sp, bf_whh, bf_rows);
+#if BWD_BF16
+            if (bf_whh && dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])
+                FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, offs[t + 2] - offs[t + 1],
+                              ctx->dx + offs[t + 1] * I, &sp);   /* words made by bwd_step */
+            else
+#endif
+            if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
+                FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates + offs[t + 1] * ldg, ldg,
+                             offs[t + 2] - offs[t + 1], NULL, NULL, ctx->dx + offs[t + 1] * I,
+                             &sp);
+            lstm_barrier_wait(bar, num_threads);
+            continue;
+        }
+        int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+        FN(bwd_dh)(ctx, q0, q1, ctx->dgates + offs[t + 1] * ldg, nn, n, ctx->dy + offs[t] * P,
+                   ctx->dh_all + offs[t] * P, &sp);
+        lstm_barrier_wait(bar, num_threads);
+        gm.M = n;
+        gm.a = ctx->dh_all + offs[t] * P;
+        FN(gemm)(&gm, ws, tid, num_threads);
+        lstm_barrier_wait(bar, num_threads);
+        FN(bwd_step_proj_cell)(ctx, t, j0, j1);
+        lstm_barrier_wait(bar, num_threads);
+    }
+#if BWD_BF16
+    if (bf_whh) {   /* dh0 and dx of step 0 as the other steps' */
+        int64_t n0 = T ? offs[1] : 0;
+        FN(bwdb_rows_words)(n0, H, ctx->dgates, ldg, bf_rows);
+        FN(bwdb_rows)(H, H, bf_whh, j0, j1, bf_rows, n0, ctx->dh0, &sp);
+        for (int64_t r = n0; r < B; r++)   /* rows without a step: dh_n */
+            for (int64_t j = j0; j < j1; j++) {
+                int64_t off = j * V, ro = r * H + off;
+                int cnt = H - off < V ? (int)(H - off) : V;
+                vstore_n(ctx->dh0 + ro, vload_n(ctx->dh_n + ro, cnt), cnt);
+            }
+        if (dx_steps && n0)
+            FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, n0, ctx->dx, &sp);
+    } else
+#endif
+    {
+        FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, ctx->dhz, ctx->dh0, &sp);
+        if (dx_steps && T && offs[1])
+            FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, NULL, ctx->dx,
+                         &sp);
+    }
+
+    /* [dw_ih | dw_hh] = dgates^T . [x | h_prev]. When dgates^T is packed (a large
+     * N * 4H), as one product writing both outputs, so that it is packed once
+     * (measured at (32,64,256,256) f32: two products spent 14% of the backward
+     * packing; one: 22.0 -> 21.1 ms); else as two products, which read it in
+     * place (one product cost 26.3 -> 27.6 us at (6,32,3,32)). Either way each
+     * element is the same sum in the same order. */
+    const TYPE *hm_all = NULL;   /* recurrent dropout: h_prev * mask of every row */
+    if (ctx->var && ctx->var->rdrop) {
+        const TYPE *mask = (const TYPE *)ctx->var->rdrop;
+        TYPE *hm = (TYPE *)FN(align_ptr)(ctx->var->var_ws);
+        int64_t e0 = FN(split)(N, tid, num_threads), e1 = FN(split)(N, tid + 1, num_threads);
+        for (int64_t t = 0, row = e0; row < e1; row++) {
+            while (row >= offs[t + 1])
+                t++;
+            int64_t r = row - offs[t];
+            const TYPE *src = t ? ctx->y + (offs[t - 1] + r) * R : ctx->h0 + r * R;
+            for (int64_t k = 0; k < R; k++)
+                hm[row * R + k] = src[k] * mask[r * R + k];
+        }
+        hm_all = hm;
+        lstm_barrier_wait(bar, num_threads);
+    }
+#if BWD_BF16
+    if (bf_dw) {   /* dw_ih, dw_hh with vdpbf16ps (dwb_product) */
+        int64_t NP = (N + 1) / 2, mblk = (G + 15) / 16;
+        uint32_t *ap = bf_dw, *bph = ap + mblk * NP * 16;
+        uint32_t *bpx = bph + (H + 15) / 16 * NP * 16;
+        int64_t a0 = FN(split)(mblk, tid, num_threads), a1 = FN(split)(mblk, tid + 1, num_threads);
+        FN(dwb_rows) ra = {ctx->dgates, NULL, ldg, NULL, 0};
+        for (int64_t b = a0; b < a1; b++)
+            FN(dwb_pack16)(NP, N, G - b * 16 < 16 ? G - b * 16 : 16, FN(dwb_row), &ra, b * 16,
+                           ap + b * NP * 16);
+        FN(dwb_rows) rh = {ctx->y, ctx->h0, H, offs, 0};
+        FN(dwb_rows) rx = {ctx->x, NULL, I, NULL, 0};
+        int64_t hb = (H + 15) / 16, xb = (I + 15) / 16;
+        int64_t b0 = FN(split)(hb + xb, tid, num_threads), b1 = FN(split)(hb + xb, tid + 1, num_threads);
+        for (int64_t b = b0; b < b1; b++) {
+            if (b < hb)
+                FN(dwb_pack16)(NP, N, H - b * 16 < 16 ? H - b * 16 : 16, FN(dwb_row), &rh,
+                               b * 16, bph + b * NP * 16);
+            else
+                FN(dwb_pack16)(NP, N, I - (b - hb) * 16 < 16 ? I - (b - hb) * 16 : 16,
+                               FN(dwb_row), &rx, (b - hb) * 16, bpx + (b - hb) * NP * 16);
+        }
+        lstm_barrier_wait(bar, num_threads);
+        int64_t m0 = a0 * 16, m1 = a1 * 16 < G ? a1 * 16 : G;
+        if (m0 < m1) {
+            FN(dwb_product)(m0, m1, H, NP, ap, bph, ctx->dw_hh);
+            FN(dwb_product)(m0, m1, I, NP, ap, bpx, ctx->dw_ih);
+        }
+        goto after_dw;
+    }
+#endif
+    FN(gemm_args) g = {0};   /* dw_hh = dgates^T . h_prev */
+    g.M = G;
+    g.K = N;
+    g.a = ctx->dgates;
+    g.lda = ldg;
+    g.a_trans = 1;
+    g.N = R;
+    g.b = ctx->y;
+    g.b0 = ctx->h0;
+    g.offs = offs;
+    g.nsteps = T;
+    g.ldb = R;
+    if (hm_all) {
+        g.b = hm_all;
+        g.b0 = NULL;
+        g.offs = NULL;
+    }
+    g.c = ctx->dw_hh;
+    g.ldc = R;
+    if (N * ldg * (int64_t)sizeof(TYPE) > (256 << 10)) {   /* with dw_ih in front */
+        g.bx = ctx->x;
+        g.ldbx = I;
+        g.nx = I;
+        g.px = (I + NR - 1) / NR;
+        g.N = g.px * NR + R;
+        g.c2 = ctx->dw_hh;
+        g.ldc2 = R;
+        g.c = ctx->dw_ih;
+        g.ldc = I;
+    } else {
+        FN(gemm_args) gi = g;   /* dw_ih = dgates^T . x */
+        gi.N = I;
+        gi.b = ctx->x;
+        gi.b0 = NULL;
+        gi.offs = NULL;
+        gi.ldb = I;
+        gi.c = ctx->dw_ih;
+        gi.ldc = I;
+        FN(gemm)(&gi, ws, tid, num_threads);
+    }
+    FN(gemm)(&g, ws, tid, num_threads);
+#if BWD_BF16
+after_dw:
+#endif
+
+    if (P) {
+        FN(gemm_args) gr = {0};
+        gr.M = P;
+        gr.K = N;
+        gr.a = ctx->dh_all;
+        gr.lda = P;
+        gr.a_trans = 1;
+        gr.N = H;
+        gr.b = ctx->m_all;
+        gr.ldb = H;
+        gr.c = ctx->dw_hr;
+        gr.ldc = H;
+        FN(gemm)(&gr, ws, tid, num_threads);
+    }
+
+    if (!ctx->dx) {
+    } else if (!dx_steps && !FN(dx_gemm)(I, H, P)) {   /* dx of all rows as the steps' tiles */
+        const FN(step_plan) spx = FN(step_plan_for)((x1 - x0) * G * V * s, BNB * V * s);
+        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, N, NULL, NULL, ctx->dx, &spx);
+    } else if (!dx_steps) {
+        FN(gemm_args) gx = {0};
+        gx.M = N;
+        gx.N = I;
+        gx.K = G;
+        gx.a = ctx->dgates;
+        gx.lda = ldg;
+        gx.bpacked = (const TYPE *)(base + ctx->hdr->off_wih);
+        gx.c = ctx->dx;
+        gx.ldc = I;
+        FN(gemm)(&gx, ws, tid, num_threads);
+    }
+}
+
+/* Workspace: step offsets, dgates [N][ldg], with a projection dm [B,H],
+ * dh_all [N,P], m_all [N,H], then per-thread GEMM buffers. */
+static size_t FN(bwd_ws_size)(int64_t T, int64_t N, int64_t B, int64_t I, int64_t H, int64_t P,
+                              int num_threads)
+{
+    (void)I;
+    int64_t s = (int64_t)sizeof(TYPE);
+    int64_t bytes = FN(offs_bytes)(T) + ALIGN64(N * FN(dg_ld)(H) * s);
+    if (P)
+        bytes += ALIGN64(B * H * s) + ALIGN64(N * P * s) + ALIGN64(N * H * s);
+    return (size_t)bytes + (size_t)num_threads * (size_t)FN(gemm_ws_elems)(1) * sizeof(TYPE) + 64;
+}
+
+static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                        const void *packed, const int64_t *batch_sizes, const TYPE *x,
+                        const TYPE *h0, const TYPE *c0, const TYPE *y, const TYPE *gates,
+                        const TYPE *c, const TYPE *dy, const TYPE *dh_n, const TYPE *dc_n,
+                        TYPE *dx, TYPE *dw_ih, TYPE *dw_hh, TYPE *db, TYPE *dh0, TYPE *dc0,
+                        TYPE *dw_hr, void *workspace, int num_threads,
+                        const lstm_variant *var, TYPE *dpeep)
+{
+    const FN(packed_hdr) *hdr = FN(check_packed)(packed, I, H, P);
+    if (!hdr)
+        return LSTM_ERR_PACKED;
+    if (P && !dw_hr)
+        return LSTM_ERR_ARG;
+    if (var && var->peephole && !dpeep)
+        return LSTM_ERR_ARG;
+    if (var && var->layer_norm)
+        return P ? LSTM_ERR_ARG
+                 : FN(ln_backward)(T, B, I, H, hdr, batch_sizes, x, h0, c0, y, gates, c, dy,
+                                   dh_n, dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, workspace,
+                                   num_threads < 1 ? 1 : num_threads, var, dpeep);
+    unsigned char *wsb = FN(align_ptr)(workspace);
+    int64_t *offs = (int64_t *)wsb;
+    if (!FN(step_offsets)(T, B, batch_sizes, offs))
+        return LSTM_ERR_ARG;
+    int64_t N = offs[T], s = (int64_t)sizeof(TYPE), ldg = FN(dg_ld)(H);
+    wsb += FN(offs_bytes)(T);
+    TYPE *dgates = (TYPE *)wsb;
+    wsb += ALIGN64(N * ldg * s);
+    TYPE *dm = NULL, *dh_all = NULL, *m_all = NULL;
+    if (P) {
+        dm = (TYPE *)wsb;
+        wsb += ALIGN64(B * H * s);
+        dh_all = (TYPE *)wsb;
+        wsb += ALIGN64(N * P * s);
+        m_all = (TYPE *)wsb;
+        wsb += ALIGN64(N * H * s);
+    }
+    FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
+                       dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
+                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL};
+    if (var && var->zoneout)   /* after the rows of h_{t-1} * rdrop */
+        ctx.dhz = (TYPE *)(FN(align_ptr)(var->var_ws) + ALIGN64(N * (P ? P : H) * s));
+    if (num_threads < 1)
+        num_threads = 1;
+    lstm_pool_run(FN(bwd_job), &ctx, num_threads);
+    return LSTM_OK;
+}
