@@ -155,12 +155,17 @@ INLINE void FN(ln_row_stats2)(const TYPE *za, const TYPE *zb, int64_t n, TYPE *s
  * st[6:6+4H]), or zh itself (inference: neither is kept); cp c_{t-1} (may be ct: the
  * running state), ct c_t, its statistics into st[4:6]; ht = o * tanh(LN(c_t)), then with
  * zoneout (zm, hprev rows) (ht - hprev)*zm + hprev. */
-KERNEL void FN(ln_cell)(TYPE *gx, const TYPE *zh, TYPE *hz, const TYPE *cp, TYPE *ct, TYPE *ht,
-                        TYPE *st, const TYPE *ln, const TYPE *b, int64_t H, const TYPE *peep,
-                        TYPE clip, TYPE cell_clip, const TYPE *zm, const TYPE *hprev)
+/* The cell is split in three parts (ln_fwd_job runs each over all of the step's rows
+ * before the next): the products' statistics (ln_row_stats2), the gates and c_t
+ * (ln_cell_gates), c_t's statistics and h_t (ln_cell_out). A row's statistics are chains
+ * of dependent adds, lane sums, divisions and a square root (~150 cycles each) that one
+ * row's cell could not hide; rows are independent, so running the same part over the rows
+ * lets the out-of-order core overlap their chains. Same operations per row: same bits. */
+KERNEL void FN(ln_cell_gates)(TYPE *gx, const TYPE *zh, TYPE *hz, const TYPE *cp, TYPE *ct,
+                              TYPE *st, const TYPE *ln, const TYPE *b, int64_t H,
+                              const TYPE *peep, TYPE clip, TYPE cell_clip)
 {
     const int64_t G = 4 * H;
-    FN(ln_row_stats2)(gx, zh, G, st, st + 2);
     vec mx = vset1(st[0]), rx = vset1(st[1]), m = vset1(st[2]), rs = vset1(st[3]);
     const int keep = hz != zh;   /* training: both normalized products into stats */
     for (int64_t u = 0; u < H; u += V) {
@@ -212,6 +217,12 @@ KERNEL void FN(ln_cell)(TYPE *gx, const TYPE *zh, TYPE *hz, const TYPE *cp, TYPE
         vstore_n(gx + 3 * H + u, vsigmoid(zo), k);
         vstore_n(ct + u, cv, k);
     }
+}
+
+KERNEL void FN(ln_cell_out)(const TYPE *gx, const TYPE *ct, TYPE *ht, TYPE *st, const TYPE *ln,
+                            int64_t H, const TYPE *zm, const TYPE *hprev)
+{
+    const int64_t G = 4 * H;
     FN(ln_row_stats)(ct, H, st + 4);
     vec mc = vset1(st[4]), rc = vset1(st[5]);
     for (int64_t u = 0; u < H; u += V) {
@@ -296,6 +307,11 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
         int64_t r0 = FN(split)(n, tid, num_threads), r1 = FN(split)(n, tid + 1, num_threads);
         for (int64_t r = r0; r < r1; r++) {
             int64_t q = offs[t] + r;
+            FN(ln_row_stats2)(ctx->gates + q * G, ctx->zh + r * G, G, ctx->stats + q * S,
+                              ctx->stats + q * S + 2);
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t q = offs[t] + r;
             TYPE *st = ctx->stats + q * S, *zr = ctx->zh + r * G;
             const TYPE *cp;
             TYPE *ct;
@@ -305,9 +321,14 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             } else {
                 cp = ct = ctx->c_n + r * H;
             }
-            FN(ln_cell)(ctx->gates + q * G, zr, S > 6 ? st + 6 + G : zr, cp, ct,
-                        ctx->y + q * H, st, ln, bias, H, peep, clip, cell_clip,
-                        zmask ? zmask + q * H : NULL, hprev + r * H);
+            FN(ln_cell_gates)(ctx->gates + q * G, zr, S > 6 ? st + 6 + G : zr, cp, ct, st, ln,
+                              bias, H, peep, clip, cell_clip);
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t q = offs[t] + r;
+            TYPE *ct = ctx->c ? ctx->c + q * H : ctx->c_n + r * H;
+            FN(ln_cell_out)(ctx->gates + q * G, ct, ctx->y + q * H, ctx->stats + q * S, ln, H,
+                            zmask ? zmask + q * H : NULL, hprev + r * H);
         }
         lstm_barrier_wait(bar, num_threads);
     }
