@@ -155,9 +155,9 @@ INLINE void FN(ln_row_stats2)(const TYPE *za, const TYPE *zb, int64_t n, TYPE *s
  * st[6:6+4H]), or zh itself (inference: neither is kept); cp c_{t-1} (may be ct: the
  * running state), ct c_t, its statistics into st[4:6]; ht = o * tanh(LN(c_t)), then with
  * zoneout (zm, hprev rows) (ht - hprev)*zm + hprev. */
-/* The cell is split in three parts (ln_fwd_job runs each over all of the step's rows
+/* The cell is split in four parts (ln_fwd_job runs each over all of the step's rows
  * before the next): the products' statistics (ln_row_stats2), the gates and c_t
- * (ln_cell_gates), c_t's statistics and h_t (ln_cell_out). A row's statistics are chains
+ * (ln_cell_gates), c_t's statistics (ln_row_stats), h_t (ln_cell_out). A row's statistics are chains
  * of dependent adds, lane sums, divisions and a square root (~150 cycles each) that one
  * row's cell could not hide; rows are independent, so running the same part over the rows
  * lets the out-of-order core overlap their chains. Same operations per row: same bits. */
@@ -219,11 +219,10 @@ KERNEL void FN(ln_cell_gates)(TYPE *gx, const TYPE *zh, TYPE *hz, const TYPE *cp
     }
 }
 
-KERNEL void FN(ln_cell_out)(const TYPE *gx, const TYPE *ct, TYPE *ht, TYPE *st, const TYPE *ln,
+KERNEL void FN(ln_cell_out)(const TYPE *gx, const TYPE *ct, TYPE *ht, const TYPE *st, const TYPE *ln,
                             int64_t H, const TYPE *zm, const TYPE *hprev)
 {
     const int64_t G = 4 * H;
-    FN(ln_row_stats)(ct, H, st + 4);
     vec mc = vset1(st[4]), rc = vset1(st[5]);
     for (int64_t u = 0; u < H; u += V) {
         int k = H - u < V ? (int)(H - u) : V;
@@ -323,6 +322,10 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             }
             FN(ln_cell_gates)(ctx->gates + q * G, zr, S > 6 ? st + 6 + G : zr, cp, ct, st, ln,
                               bias, H, peep, clip, cell_clip);
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t q = offs[t] + r;
+            FN(ln_row_stats)(ctx->c ? ctx->c + q * H : ctx->c_n + r * H, H, ctx->stats + q * S + 4);
         }
         for (int64_t r = r0; r < r1; r++) {
             int64_t q = offs[t] + r;
