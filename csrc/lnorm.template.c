@@ -12,7 +12,7 @@
  *   scratch [N,4H] (inference). Per step the step tiles of the plain forward (fwd_step,
  *   its packed w_hh, threads splitting hidden blocks) compute h_{t-1}.w_hh^T with a cell
  *   that only stores the tile (fwd_cell_args.raw) into zh [B,4H]; after a barrier each
- *   row's cell (ln_cell; threads split the rows): both products' LNs (the input's there
+ *   row's cell (ln_row_stats2, ln_cell_gates, ln_row_stats, ln_cell_out, each over the step's rows; threads split the rows): both products' LNs (the input's there
  *   too, while its row is in cache: a pass over all rows before the loop cost a write and
  *   a read of [N,4H] more), the gates, c_t, c_t's LN, h_t. Saved for backward, as Numba's (the contract is one): the gates, c and
  *   stats [N, 6 + 8H] (means, rstds, then the normalized products zhat_x, zhat_h); with
@@ -149,7 +149,7 @@ INLINE void FN(ln_row_stats2)(const TYPE *za, const TYPE *zb, int64_t n, TYPE *s
     sb[1] = (TYPE)1 / (TYPE)sqrt((double)var_b);
 }
 
-/* One row of a forward step: gx (4H) holds x.w_ih^T and receives the activated gates
+/* One row of a forward step (the parts below together): gx (4H) holds x.w_ih^T and receives the activated gates
  * (its statistics into st[0:2]); zh (4H) the recurrent product, its statistics into
  * st[2:4]; hz: stats' zhat_h (training: both normalized products go to stats, zhat_x at
  * st[6:6+4H]), or zh itself (inference: neither is kept); cp c_{t-1} (may be ct: the
