@@ -35,7 +35,12 @@ VARIANTS = {
     "cifg": dict(cifg=True),
     "peephole+clip+cifg": dict(peephole=True, clip=CLIP, cifg=True),
     "all": dict(peephole=True, clip=CLIP, cell_clip=CELL_CLIP, cifg=True),
+    "zoneout": dict(zoneout=0.1),
+    "recurrent_dropout": dict(recurrent_dropout=0.25),
+    "layer_norm": dict(layer_norm=True),
+    "layer_norm+zoneout+rdrop": dict(layer_norm=True, zoneout=0.1, recurrent_dropout=0.25),
 }
+MASKS = ("zoneout", "recurrent_dropout")   # drawn per call in training: the stream restarts
 USERS_VARIANT = dict(peephole=True, clip=CLIP, cell_clip=CELL_CLIP)
 USERS = ("lstm_fast.torch[c]", "torch eager loop", "torchscript loop")
 DTYPE = "float32"
@@ -62,11 +67,15 @@ def _problem(shape, kw):
 def _expected(case, shape, kw):
     """The NumPy reference layer's outputs (and gradients for a training step)."""
     sd, x, hx, dy = _problem(shape, kw)
-    ref = lstm_fast.LSTM(SHAPES[shape][2], SHAPES[shape][3], dtype=DTYPE, backend="numpy", **kw)
+    ref = lstm_fast.LSTM(SHAPES[shape][2], SHAPES[shape][3], dtype=DTYPE, backend="numpy",
+                         seed=0, **kw)
     ref.load_state_dict(sd)
-    y, _ = ref(x, hx)
     if case == "forward":
+        ref.eval()
+        y, _ = ref(x, hx)
         return dict(y=y)
+    ref.train()
+    y, _ = ref(x, hx)
     dx, _ = ref.backward(dy)
     return dict(y=y, dx=dx, **{k: ref.grads[k] for k in ("weight_hh_l0", "bias_ih_l0")},
                 **({"weight_ci_l0": ref.grads["weight_ci_l0"]} if kw.get("peephole") else {}))
@@ -74,14 +83,19 @@ def _expected(case, shape, kw):
 
 def _ours(case, shape, kw, backend="c"):
     sd, x, hx, dy = _problem(shape, kw)
-    layer = lstm_fast.LSTM(SHAPES[shape][2], SHAPES[shape][3], dtype=DTYPE, backend=backend, **kw)
+    layer = lstm_fast.LSTM(SHAPES[shape][2], SHAPES[shape][3], dtype=DTYPE, backend=backend,
+                           seed=0, **kw)
     layer.load_state_dict(sd)
-    if case == "forward":
+    if case == "forward":   # eval: zoneout's expectation, no recurrent dropout
         layer.eval()
         return harness.Runner(f"lstm_fast[{backend}]", lambda: layer(x, hx), lambda r: dict(y=r[0]))
     layer.train()
+    state = layer._dropout_rng.bit_generator.state
+    masks = any(kw.get(m) for m in MASKS)
 
     def fn():
+        if masks:   # the same masks every call (as _masked_layer), checked against the reference's
+            layer._dropout_rng.bit_generator.state = state
         y, _ = layer(x, hx)
         dx, _ = layer.backward(dy)
         return y, dx, layer.grads

@@ -12,7 +12,7 @@
  *   scratch [N,4H] (inference). Per step the step tiles of the plain forward (fwd_step,
  *   its packed w_hh, threads splitting hidden blocks) compute h_{t-1}.w_hh^T with a cell
  *   that only stores the tile (fwd_cell_args.raw) into zh [B,4H]; after a barrier each
- *   row's cell (ln_cell; threads split the rows): both products' LNs (the input's there
+ *   row's cell (ln_row_stats2, ln_cell_gates, ln_row_stats, ln_cell_out, each over the step's rows; threads split the rows): both products' LNs (the input's there
  *   too, while its row is in cache: a pass over all rows before the loop cost a write and
  *   a read of [N,4H] more), the gates, c_t, c_t's LN, h_t. Saved for backward, as Numba's (the contract is one): the gates, c and
  *   stats [N, 6 + 8H] (means, rstds, then the normalized products zhat_x, zhat_h); with
@@ -35,9 +35,32 @@
 #define LN_EPS 1e-5   /* reference.LN_EPS (haste: rsqrt(var + 1e-5)) */
 
 /* The lanes of v added pairwise (halves, then quarters, ...): a fixed order, log2(V)
- * dependent adds instead of V (the sums' latency was ~60 cycles per row statistic). */
+ * dependent adds instead of V (the sums' latency was ~60 cycles per row statistic). With
+ * AVX-512 / AVX2 the halves are added in registers (extract, add), the same adds in the same
+ * order as the portable path's (which goes through memory: a store and V reloads). */
 INLINE TYPE FN(ln_hsum)(vec v)
 {
+#if ISA == 2 && IS_F64
+    __m512d a = (__m512d)v;
+    __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(a), _mm512_extractf64x4_pd(a, 1));
+    __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+#elif ISA == 2
+    __m512 a = (__m512)v;
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+#elif ISA == 1 && IS_F64
+    __m256d a = (__m256d)v;
+    __m128d q = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+#elif ISA == 1
+    __m256 a = (__m256)v;
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+#else
     TYPE t[V] __attribute__((aligned(64)));
     vstore(t, v);
 #pragma GCC unroll 16
@@ -46,6 +69,7 @@ INLINE TYPE FN(ln_hsum)(vec v)
         for (int l = 0; l < w; l++)
             t[l] += t[l + w];
     return t[0];
+#endif
 }
 
 /* st[0], st[1] = mean and rstd = 1 / sqrt(var + LN_EPS) of z[:n] (biased variance, two
@@ -80,19 +104,68 @@ INLINE void FN(ln_row_stats)(const TYPE *z, int64_t n, TYPE *st)
     st[1] = (TYPE)1 / (TYPE)sqrt((double)var);
 }
 
-/* One row of a forward step: gx (4H) holds x.w_ih^T and receives the activated gates
+/* ln_row_stats of two rows za, zb (n each) into sa[0:2], sb[0:2], interleaved: each row's
+ * sums are ln_row_stats' (the same adds in the same order, so the same bits), but the two
+ * rows' dependent chains (adds, lane sums, divisions, square root) overlap instead of
+ * following each other (the forward's two products: ~150 cycles of latency per statistic). */
+INLINE void FN(ln_row_stats2)(const TYPE *za, const TYPE *zb, int64_t n, TYPE *sa, TYPE *sb)
+{
+    vec a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+    int64_t n2 = n - n % (2 * V), j;
+    for (j = 0; j < n2; j += 2 * V) {
+        a0 = a0 + vload(za + j);
+        a1 = a1 + vload(za + j + V);
+        b0 = b0 + vload(zb + j);
+        b1 = b1 + vload(zb + j + V);
+    }
+    TYPE ta = 0, tb = 0;
+    for (j = n2; j < n; j++) {
+        ta += za[j];
+        tb += zb[j];
+    }
+    TYPE mean_a = (FN(ln_hsum)(a0 + a1) + ta) / (TYPE)n;
+    TYPE mean_b = (FN(ln_hsum)(b0 + b1) + tb) / (TYPE)n;
+    vec ma = vset1(mean_a), mb = vset1(mean_b);
+    a0 = a1 = b0 = b1 = (vec){0};
+    for (j = 0; j < n2; j += 2 * V) {
+        vec d0 = vload(za + j) - ma, d1 = vload(za + j + V) - ma;
+        vec e0 = vload(zb + j) - mb, e1 = vload(zb + j + V) - mb;
+        a0 = a0 + d0 * d0;
+        a1 = a1 + d1 * d1;
+        b0 = b0 + e0 * e0;
+        b1 = b1 + e1 * e1;
+    }
+    ta = tb = 0;
+    for (j = n2; j < n; j++) {
+        TYPE d = za[j] - mean_a, e = zb[j] - mean_b;
+        ta += d * d;
+        tb += e * e;
+    }
+    TYPE var_a = (FN(ln_hsum)(a0 + a1) + ta) / (TYPE)n + (TYPE)LN_EPS;
+    TYPE var_b = (FN(ln_hsum)(b0 + b1) + tb) / (TYPE)n + (TYPE)LN_EPS;
+    sa[0] = mean_a;
+    sa[1] = (TYPE)1 / (TYPE)sqrt((double)var_a);
+    sb[0] = mean_b;
+    sb[1] = (TYPE)1 / (TYPE)sqrt((double)var_b);
+}
+
+/* One row of a forward step (the parts below together): gx (4H) holds x.w_ih^T and receives the activated gates
  * (its statistics into st[0:2]); zh (4H) the recurrent product, its statistics into
  * st[2:4]; hz: stats' zhat_h (training: both normalized products go to stats, zhat_x at
  * st[6:6+4H]), or zh itself (inference: neither is kept); cp c_{t-1} (may be ct: the
  * running state), ct c_t, its statistics into st[4:6]; ht = o * tanh(LN(c_t)), then with
  * zoneout (zm, hprev rows) (ht - hprev)*zm + hprev. */
-KERNEL void FN(ln_cell)(TYPE *gx, const TYPE *zh, TYPE *hz, const TYPE *cp, TYPE *ct, TYPE *ht,
-                        TYPE *st, const TYPE *ln, const TYPE *b, int64_t H, const TYPE *peep,
-                        TYPE clip, TYPE cell_clip, const TYPE *zm, const TYPE *hprev)
+/* The cell is split in four parts (ln_fwd_job runs each over all of the step's rows
+ * before the next): the products' statistics (ln_row_stats2), the gates and c_t
+ * (ln_cell_gates), c_t's statistics (ln_row_stats), h_t (ln_cell_out). A row's statistics are chains
+ * of dependent adds, lane sums, divisions and a square root (~150 cycles each) that one
+ * row's cell could not hide; rows are independent, so running the same part over the rows
+ * lets the out-of-order core overlap their chains. Same operations per row: same bits. */
+KERNEL void FN(ln_cell_gates)(TYPE *gx, const TYPE *zh, TYPE *hz, const TYPE *cp, TYPE *ct,
+                              TYPE *st, const TYPE *ln, const TYPE *b, int64_t H,
+                              const TYPE *peep, TYPE clip, TYPE cell_clip)
 {
     const int64_t G = 4 * H;
-    FN(ln_row_stats)(gx, G, st);
-    FN(ln_row_stats)(zh, G, st + 2);
     vec mx = vset1(st[0]), rx = vset1(st[1]), m = vset1(st[2]), rs = vset1(st[3]);
     const int keep = hz != zh;   /* training: both normalized products into stats */
     for (int64_t u = 0; u < H; u += V) {
@@ -144,7 +217,12 @@ KERNEL void FN(ln_cell)(TYPE *gx, const TYPE *zh, TYPE *hz, const TYPE *cp, TYPE
         vstore_n(gx + 3 * H + u, vsigmoid(zo), k);
         vstore_n(ct + u, cv, k);
     }
-    FN(ln_row_stats)(ct, H, st + 4);
+}
+
+KERNEL void FN(ln_cell_out)(const TYPE *gx, const TYPE *ct, TYPE *ht, const TYPE *st, const TYPE *ln,
+                            int64_t H, const TYPE *zm, const TYPE *hprev)
+{
+    const int64_t G = 4 * H;
     vec mc = vset1(st[4]), rc = vset1(st[5]);
     for (int64_t u = 0; u < H; u += V) {
         int k = H - u < V ? (int)(H - u) : V;
@@ -228,6 +306,11 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
         int64_t r0 = FN(split)(n, tid, num_threads), r1 = FN(split)(n, tid + 1, num_threads);
         for (int64_t r = r0; r < r1; r++) {
             int64_t q = offs[t] + r;
+            FN(ln_row_stats2)(ctx->gates + q * G, ctx->zh + r * G, G, ctx->stats + q * S,
+                              ctx->stats + q * S + 2);
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t q = offs[t] + r;
             TYPE *st = ctx->stats + q * S, *zr = ctx->zh + r * G;
             const TYPE *cp;
             TYPE *ct;
@@ -237,9 +320,18 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             } else {
                 cp = ct = ctx->c_n + r * H;
             }
-            FN(ln_cell)(ctx->gates + q * G, zr, S > 6 ? st + 6 + G : zr, cp, ct,
-                        ctx->y + q * H, st, ln, bias, H, peep, clip, cell_clip,
-                        zmask ? zmask + q * H : NULL, hprev + r * H);
+            FN(ln_cell_gates)(ctx->gates + q * G, zr, S > 6 ? st + 6 + G : zr, cp, ct, st, ln,
+                              bias, H, peep, clip, cell_clip);
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t q = offs[t] + r;
+            FN(ln_row_stats)(ctx->c ? ctx->c + q * H : ctx->c_n + r * H, H, ctx->stats + q * S + 4);
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t q = offs[t] + r;
+            TYPE *ct = ctx->c ? ctx->c + q * H : ctx->c_n + r * H;
+            FN(ln_cell_out)(ctx->gates + q * G, ct, ctx->y + q * H, ctx->stats + q * S, ln, H,
+                            zmask ? zmask + q * H : NULL, hprev + r * H);
         }
         lstm_barrier_wait(bar, num_threads);
     }
