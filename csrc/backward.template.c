@@ -283,6 +283,28 @@ KERNEL void FN(bwd_step_proj_cell)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0
     }
 }
 
+/* Recurrent dropout, backward: h_{t-1} * mask of every row (N rows of R) into var->var_ws,
+ * the rows split over the threads, then a barrier; returns them (the B of dw_hh's
+ * product). The plain and the layer-normalized backward's one copy. */
+static const TYPE *FN(masked_h_rows)(const lstm_variant *var, const int64_t *offs, int64_t N,
+                                     int64_t R, const TYPE *y, const TYPE *h0, int tid,
+                                     int num_threads, lstm_barrier *bar)
+{
+    const TYPE *mask = (const TYPE *)var->rdrop;
+    TYPE *hm = (TYPE *)FN(align_ptr)(var->var_ws);
+    int64_t e0 = FN(split)(N, tid, num_threads), e1 = FN(split)(N, tid + 1, num_threads);
+    for (int64_t t = 0, row = e0; row < e1; row++) {
+        while (row >= offs[t + 1])
+            t++;
+        int64_t r = row - offs[t];
+        const TYPE *src = t ? y + (offs[t - 1] + r) * R : h0 + r * R;
+        for (int64_t k = 0; k < R; k++)
+            hm[row * R + k] = src[k] * mask[r * R + k];
+    }
+    lstm_barrier_wait(bar, num_threads);
+    return hm;
+}
+
 KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 {
     const FN(bwd_ctx) *ctx = (const FN(bwd_ctx) *)arg;
@@ -405,22 +427,8 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
      * packing; one: 22.0 -> 21.1 ms); else as two products, which read it in
      * place (one product cost 26.3 -> 27.6 us at (6,32,3,32)). Either way each
      * element is the same sum in the same order. */
-    const TYPE *hm_all = NULL;   /* recurrent dropout: h_prev * mask of every row */
-    if (ctx->var && ctx->var->rdrop) {
-        const TYPE *mask = (const TYPE *)ctx->var->rdrop;
-        TYPE *hm = (TYPE *)FN(align_ptr)(ctx->var->var_ws);
-        int64_t e0 = FN(split)(N, tid, num_threads), e1 = FN(split)(N, tid + 1, num_threads);
-        for (int64_t t = 0, row = e0; row < e1; row++) {
-            while (row >= offs[t + 1])
-                t++;
-            int64_t r = row - offs[t];
-            const TYPE *src = t ? ctx->y + (offs[t - 1] + r) * R : ctx->h0 + r * R;
-            for (int64_t k = 0; k < R; k++)
-                hm[row * R + k] = src[k] * mask[r * R + k];
-        }
-        hm_all = hm;
-        lstm_barrier_wait(bar, num_threads);
-    }
+    const TYPE *hm_all = ctx->var && ctx->var->rdrop   /* recurrent dropout */
+        ? FN(masked_h_rows)(ctx->var, offs, N, R, ctx->y, ctx->h0, tid, num_threads, bar) : NULL;
 #if BWD_BF16
     if (bf_dw) {   /* dw_ih, dw_hh with vdpbf16ps (dwb_product) */
         int64_t NP = (N + 1) / 2, mblk = (G + 15) / 16;

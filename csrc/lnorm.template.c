@@ -571,22 +571,8 @@ KERNEL void FN(ln_bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
         if (ctx->dpeep)
             memcpy(ctx->dpeep, acc + 14 * H, (size_t)(3 * H) * sizeof(TYPE));
     }
-    const TYPE *hm_all = NULL;   /* recurrent dropout: h_prev * mask of every row */
-    if (var->rdrop) {
-        const TYPE *mask = (const TYPE *)var->rdrop;
-        TYPE *hm = (TYPE *)FN(align_ptr)(var->var_ws);
-        int64_t e0 = FN(split)(N, tid, num_threads), e1 = FN(split)(N, tid + 1, num_threads);
-        for (int64_t t = 0, row = e0; row < e1; row++) {
-            while (row >= offs[t + 1])
-                t++;
-            int64_t r = row - offs[t];
-            const TYPE *src = t ? ctx->y + (offs[t - 1] + r) * H : ctx->h0 + r * H;
-            for (int64_t k = 0; k < H; k++)
-                hm[row * H + k] = src[k] * mask[r * H + k];
-        }
-        hm_all = hm;
-        lstm_barrier_wait(bar, num_threads);
-    }
+    const TYPE *hm_all = var->rdrop   /* recurrent dropout: h_prev * mask of every row */
+        ? FN(masked_h_rows)(var, offs, N, H, ctx->y, ctx->h0, tid, num_threads, bar) : NULL;
     FN(gemm_args) gi = {0};   /* dw_ih = dz_x^T . x */
     gi.M = G;
     gi.K = N;
