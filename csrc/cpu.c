@@ -299,7 +299,10 @@ static double now_seconds(void)
 }
 
 #if HAVE_CPUID
-/* 12 named accumulators (an array would live on the stack across the timer's call) */
+/* 12 named accumulators (an array would live on the stack across the timer's call). The
+ * timing functions carry the _avx2/_avx512 suffix of the dispatched kernels: they run only
+ * after the CPU was found to have their instructions, and tools/check_isa.py allows
+ * instructions beyond baseline x86-64 only in functions so named. */
 #define RATE_EACH(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11)
 #define RATE_DECL(i) VT a##i = INIT(i);
 #define RATE_STEP(i) a##i = OP(a##i); __asm__ volatile("" : "+v"(a##i));
@@ -317,7 +320,7 @@ static double now_seconds(void)
 static volatile float rate_sink_f;
 static volatile int rate_sink_i;
 
-__attribute__((noinline, target("avx512f"))) static double time_fma_zmm(void)
+__attribute__((noinline, target("avx512f"))) static double time_fma_avx512(void)
 {
     __m512 b = _mm512_set1_ps(1.0001f), c = _mm512_set1_ps(0.999f);
     #define VT __m512
@@ -331,7 +334,7 @@ __attribute__((noinline, target("avx512f"))) static double time_fma_zmm(void)
 #undef SINK
 }
 
-__attribute__((noinline, target("avx2,fma"))) static double time_fma_ymm(void)
+__attribute__((noinline, target("avx2,fma"))) static double time_fma_avx2(void)
 {
     __m256 b = _mm256_set1_ps(1.0001f), c = _mm256_set1_ps(0.999f);
     #define VT __m256
@@ -345,7 +348,7 @@ __attribute__((noinline, target("avx2,fma"))) static double time_fma_ymm(void)
 #undef SINK
 }
 
-__attribute__((noinline, target("avx512f,avx512bw,avx512bf16"))) static double time_bf16_zmm(void)
+__attribute__((noinline, target("avx512f,avx512bw,avx512bf16"))) static double time_bf16_avx512(void)
 {
     __m512bh b = (__m512bh)_mm512_set1_epi16(0x3f80), c = (__m512bh)_mm512_set1_epi16(0x3f00);
     #define VT __m512
@@ -359,7 +362,7 @@ __attribute__((noinline, target("avx512f,avx512bw,avx512bf16"))) static double t
 #undef SINK
 }
 
-__attribute__((noinline, target("avx512f,avx512bw,avx512vnni"))) static double time_vnni_zmm(void)
+__attribute__((noinline, target("avx512f,avx512bw,avx512vnni"))) static double time_vnni_avx512(void)
 {
     __m512i b = _mm512_set1_epi8(1), c = _mm512_set1_epi8(2);
     #define VT __m512i
@@ -373,7 +376,7 @@ __attribute__((noinline, target("avx512f,avx512bw,avx512vnni"))) static double t
 #undef SINK
 }
 
-__attribute__((noinline, target("avx2,avxvnni"))) static double time_vnni_ymm(void)
+__attribute__((noinline, target("avx2,avxvnni"))) static double time_vnni_avx2(void)
 {
     __m256i b = _mm256_set1_epi8(1), c = _mm256_set1_epi8(2);
     #define VT __m256i
@@ -402,9 +405,9 @@ static void measure_rates(void)
     double best[3] = {1e30, 1e30, 1e30};
     for (int r = 0; r <= RATE_REPS; r++) {   /* r = 0: the warm-up */
         double t[3] = {
-            fma == 512 ? time_fma_zmm() : fma == 256 ? time_fma_ymm() : 0,
-            bf ? time_bf16_zmm() : 0,
-            vnni == 512 ? time_vnni_zmm() : vnni == 256 ? time_vnni_ymm() : 0,
+            fma == 512 ? time_fma_avx512() : fma == 256 ? time_fma_avx2() : 0,
+            bf ? time_bf16_avx512() : 0,
+            vnni == 512 ? time_vnni_avx512() : vnni == 256 ? time_vnni_avx2() : 0,
         };
         for (int k = 0; k < 3 && r > 0; k++)
             if (t[k] > 0 && t[k] < best[k])
