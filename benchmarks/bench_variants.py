@@ -140,7 +140,7 @@ def _user(who, shape, kw):
 
 
 def _bench(benchmark, runner, want, group, extra):
-    harness.run_checked(benchmark, runner, want, DTYPE, THREADS, group, extra,
+    harness.run_checked(benchmark, runner, want, DTYPE, extra["threads"], group, extra,
                         rounds=5 if extra["shape"] == "large256" else None)
 
 
@@ -225,17 +225,19 @@ LN_CASES = {"c plain": ("c", dict(layer_norm=False)), "c layer_norm": ("c", dict
             "numba layer_norm": ("numba", dict(layer_norm=True))}
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", ["forward", "train"])
 @pytest.mark.parametrize("variant", list(LN_CASES))
 @pytest.mark.parametrize("shape", [pytest.param(s, marks=_marks(s)) for s in SHAPES])
-def test_layer_norm_cost(benchmark, shape, variant, case):
+def test_layer_norm_cost(benchmark, shape, variant, case, threads):
     """The layer-normalized LSTM (csrc/lnorm.template.c, backends/numba/lnorm.py) against the
-    plain LSTM on the same backend; gains and c bias at their initial values (ones, zeros)."""
+    plain LSTM on the same backend, on 1 and 2 threads; gains and c bias at their initial
+    values (ones, zeros)."""
     backend, kw = LN_CASES[variant]
     if backend not in lstm_fast.available_backends():
         pytest.skip(f"{backend} is not available")
     T, B, I, H = SHAPES[shape]
     _bench(benchmark, _ours(case, shape, kw, backend), _expected(case, shape, kw),
-           f"layer norm {case} {DTYPE} T,B,I,H={T},{B},{I},{H} threads={THREADS}",
+           f"layer norm {case} {DTYPE} T,B,I,H={T},{B},{I},{H} threads={threads}",
            dict(case=case, shape=shape, variant=variant, T=T, B=B, I=I, H=H, dtype=DTYPE,
-                threads=THREADS, competitor=f"lstm_fast[{variant}]"))
+                threads=threads, competitor=f"lstm_fast[{variant}]"))

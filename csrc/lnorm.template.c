@@ -19,10 +19,12 @@
  *   nothing saved stats is [N, 6] and c the running state in c_n.
  * Backward step: dh = dz_h[t+1].w_hh (* rdrop) + dy (bwd_dh of the plain backward:
  *   its tiles on the packed w_hh, threads splitting output blocks); after a barrier the
- *   rows' cells on thread 0 (ln_cell_grad: c_t's LN backward, the gate gradients, both
- *   products' LN backward into dz_h, dz_x) adding the parameters' gradients row by row
- *   in a fixed order (steps last to first, rows in order), so the bits do not depend
- *   on the thread count. After the loop the whole-sequence GEMMs: dw_ih = dz_x^T.x,
+ *   rows' cells, threads splitting the rows (ln_cell_grad: c_t's LN backward, the gate
+ *   gradients, both products' LN backward into dz_h, dz_x, and each row's terms of the
+ *   parameters' gradients kept in its row buffer); after a second barrier the
+ *   parameters' sums (ln_param_sums), threads splitting the hidden units, each sum adding
+ *   the rows in order (steps last to first), so the bits do not depend on the thread
+ *   count. After the loop the whole-sequence GEMMs: dw_ih = dz_x^T.x,
  *   dw_hh = dz_h^T.h_prev, dx = dz_x.w_ih.
  * The elementwise code is written in the vector layer (vload_n/vstore_n, the sums in
  * vectors whose lanes are added in order: ln_hsum), the same operations in the same
@@ -33,6 +35,7 @@
 #include <math.h>
 
 #define LN_EPS 1e-5   /* reference.LN_EPS (haste: rsqrt(var + 1e-5)) */
+#define LN_RB 7       /* a backward row's buffer: LN_RB * H values (ln_cell_grad) */
 
 /* The lanes of v added pairwise (halves, then quarters, ...): a fixed order, log2(V)
  * dependent adds instead of V (the sums' latency was ~60 cycles per row statistic). With
@@ -343,13 +346,13 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
 }
 
 /* variant.ln_ws bytes: forward zh [B,4H] (+ the inference's gates scratch [N,4H]);
- * backward dz_x [N][ldg], dh [B,H], the parameters' sums [17H], a row's scratch [6H]. */
+ * backward dz_x [N][ldg], dh [B,H], the parameters' sums [17H], the rows' buffers [B][LN_RB H]. */
 static size_t FN(ln_ws_size)(int64_t N, int64_t B, int64_t H, int save, int backward)
 {
     int64_t s = (int64_t)sizeof(TYPE);
     if (backward)
         return (size_t)(ALIGN64(N * FN(dg_ld)(H) * s) + ALIGN64(B * H * s) + ALIGN64(17 * H * s) +
-                        ALIGN64(6 * H * s)) + 64;
+                        ALIGN64(B * LN_RB * H * s)) + 64;
     return (size_t)(ALIGN64(B * 4 * H * s) + (save ? 0 : ALIGN64(N * 4 * H * s))) + 64;
 }
 
@@ -390,16 +393,17 @@ INLINE vec FN(ln_keep)(vec d, vec z, TYPE clip)
 /* One row of a backward step (Numba's ln_cell_grad, the same sums): dm (H) the gradient
  * reaching h~_t, g_t the gates, ct c_t, cp c_{t-1}; dc (H) the running gradient of c
  * (becomes that of c_{t-1}); writes the gradients of both products through their LNs,
- * dzh and dzx (4H); adds the row's terms of the parameters' gradients to acc [17H]:
- * dg_ih, dg_hh, dg_c, db_c (the layer_norm layout), db (4H), dpeep (3H). xh, hh the
- * forward's normalized products; tb scratch [6H]. */
+ * dzh and dzx (4H). xh, hh the forward's normalized products. rb [LN_RB H], the row's
+ * own: [0, 2H) scratch, then what the parameters' gradients need (ln_param_sums): the
+ * gate gradients dg [2H, 6H) and the gradient of c_t's normalized value before its gain
+ * [6H, 7H). Rows are independent, so threads split them. */
 KERNEL void FN(ln_cell_grad)(const TYPE *dm, const TYPE *g_t, const TYPE *ct, const TYPE *cp,
                              TYPE *dc, TYPE *dzh, TYPE *dzx, const TYPE *xh, const TYPE *hh,
-                             const TYPE *st, const TYPE *ln, const TYPE *b, TYPE *acc, TYPE *tb,
+                             const TYPE *st, const TYPE *ln, const TYPE *b, TYPE *rb,
                              int64_t H, const TYPE *peep, TYPE clip, TYPE cell_clip)
 {
     const int64_t G = 4 * H;
-    TYPE *dg = tb + 2 * H;
+    TYPE *tb = rb, *dg = rb + 2 * H, *dn = rb + 6 * H;
     vec mc = vset1(st[4]), rc = vset1(st[5]);
     vec s1 = {0}, s2 = {0};
     for (int64_t u = 0; u < H; u += V) {   /* c_t's LN backward: dn = dm o (1 - tanh^2 n) */
@@ -408,8 +412,7 @@ KERNEL void FN(ln_cell_grad)(const TYPE *dm, const TYPE *g_t, const TYPE *ct, co
         vec gc = vload_n(ln + G + G + u, k);
         vec tn = vtanh(ch * gc + vload_n(ln + G + G + H + u, k));
         vec d = vload_n(dm + u, k) * vload_n(g_t + 3 * H + u, k) * (1 - tn * tn);
-        vstore_n(acc + G + G + u, vload_n(acc + G + G + u, k) + d * ch, k);           /* dg_c */
-        vstore_n(acc + G + G + H + u, vload_n(acc + G + G + H + u, k) + d, k);        /* db_c */
+        vstore_n(dn + u, d, k);
         vstore_n(tb + u, tn, k);
         d = d * gc;   /* 0 in the lanes past H: the loads are masked */
         vstore_n(tb + H + u, d, k);
@@ -460,12 +463,6 @@ KERNEL void FN(ln_cell_grad)(const TYPE *dm, const TYPE *g_t, const TYPE *ct, co
         vstore_n(dg + H + u, dgf, k);
         vstore_n(dg + 2 * H + u, dgg, k);
         vstore_n(dg + 3 * H + u, dgo, k);
-        if (peep) {
-            TYPE *dp = acc + 14 * H;
-            vstore_n(dp + u, vload_n(dp + u, k) + dgi * cpv, k);
-            vstore_n(dp + H + u, vload_n(dp + H + u, k) + dgf * cpv, k);
-            vstore_n(dp + 2 * H + u, vload_n(dp + 2 * H + u, k) + dgo * ctv, k);
-        }
         vec ei = dgi * vload_n(ln + u, k), ef = dgf * vload_n(ln + H + u, k);
         vec eg = dgg * vload_n(ln + 2 * H + u, k), eo = dgo * vload_n(ln + 3 * H + u, k);
         ax = ax + ((ei + ef) + (eg + eo));
@@ -491,9 +488,54 @@ KERNEL void FN(ln_cell_grad)(const TYPE *dm, const TYPE *g_t, const TYPE *ct, co
         vec d = vload_n(dg + j, k), xv = vload_n(xh + j, k), hv = vload_n(hh + j, k);
         vstore_n(dzx + j, rx * (d * vload_n(ln + j, k) - mx1 - xv * mx2), k);
         vstore_n(dzh + j, rh * (d * vload_n(ln + G + j, k) - mh1 - hv * mh2), k);
-        vstore_n(acc + j, vload_n(acc + j, k) + d * xv, k);                          /* dg_ih */
-        vstore_n(acc + G + j, vload_n(acc + G + j, k) + d * hv, k);                  /* dg_hh */
-        vstore_n(acc + 10 * H + j, vload_n(acc + 10 * H + j, k) + d, k);             /* db */
+    }
+}
+
+/* The parameters' gradients of a step's n rows added to acc [17H] (dg_ih, dg_hh, dg_c,
+ * db_c: the layer_norm layout; db (4H), dpeep (3H)), hidden units u0..u1 (the thread's
+ * share: every sum stays in one thread), each row's terms added in row order: with
+ * the steps last to first, one fixed order whatever the thread count. A term is the
+ * product the row's cell would have added (dg * zhat_x, dg * zhat_h, dn * chat, dn,
+ * dg, dg_i * c_{t-1}, dg_f * c_{t-1}, dg_o * c_t), recomputed from its row buffer rb
+ * (rows LN_RB H apart) and the saved stats, c: the same roundings. */
+KERNEL void FN(ln_param_sums)(int64_t n, int64_t u0, int64_t u1, int64_t H, const TYPE *rb,
+                              const TYPE *st, int64_t S, const TYPE *ct, const TYPE *cp,
+                              int peep, TYPE *acc)
+{
+    const int64_t G = 4 * H;
+    for (int64_t u = u0; u < u1; u += V) {
+        int k = u1 - u < V ? (int)(u1 - u) : V;
+        vec a[17];
+#pragma GCC unroll 17
+        for (int q = 0; q < 17; q++)   /* q: gate g of dg_ih (g), dg_hh (4+g), db (8+g); */
+            a[q] = vload_n(acc + (q < 8 ? q * H : q < 12 ? 10 * H + (q - 8) * H  /* dg_c, */
+                                  : q < 14 ? 8 * H + (q - 12) * H : 14 * H + (q - 14) * H) + u,
+                           k);         /* db_c (12, 13), dpeep (14..16) */
+        for (int64_t r = 0; r < n; r++) {
+            const TYPE *dg = rb + r * LN_RB * H + 2 * H, *dn = rb + r * LN_RB * H + 6 * H;
+            const TYPE *sr = st + r * S, *xh = sr + 6, *hh = sr + 6 + G;
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) {
+                vec d = vload_n(dg + g * H + u, k);
+                a[g] = a[g] + d * vload_n(xh + g * H + u, k);
+                a[4 + g] = a[4 + g] + d * vload_n(hh + g * H + u, k);
+                a[8 + g] = a[8 + g] + d;
+            }
+            vec ctv = vload_n(ct + r * H + u, k), d = vload_n(dn + u, k);
+            a[12] = a[12] + d * ((ctv - vset1(sr[4])) * vset1(sr[5]));
+            a[13] = a[13] + d;
+            if (peep) {
+                vec cpv = vload_n(cp + r * H + u, k);
+                a[14] = a[14] + vload_n(dg + u, k) * cpv;
+                a[15] = a[15] + vload_n(dg + H + u, k) * cpv;
+                a[16] = a[16] + vload_n(dg + 3 * H + u, k) * ctv;
+            }
+        }
+#pragma GCC unroll 17
+        for (int q = 0; q < 17; q++)
+            vstore_n(acc + (q < 8 ? q * H : q < 12 ? 10 * H + (q - 8) * H
+                            : q < 14 ? 8 * H + (q - 12) * H : 14 * H + (q - 14) * H) + u,
+                     a[q], k);
     }
 }
 
@@ -503,7 +545,7 @@ typedef struct {
     TYPE *dzx;          /* [N][ldg] */
     TYPE *dhs;          /* [B,H] dh of the step */
     TYPE *acc;          /* [17H] */
-    TYPE *tb;           /* [6H] */
+    TYPE *rb;           /* [B][LN_RB H] the rows' buffers (ln_cell_grad) */
     TYPE *dln;          /* [10H] */
 } FN(ln_bwd_ctx);
 
@@ -527,6 +569,7 @@ KERNEL void FN(ln_bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
     int64_t q0 = FN(split)(nblk, tid, num_threads), q1 = FN(split)(nblk, tid + 1, num_threads);
     const int64_t s = (int64_t)sizeof(TYPE);
     const FN(step_plan) sp = FN(step_plan_for)((q1 - q0) * G * V * s, BNB * V * s);
+    const int64_t u0 = q0 * V, u1 = q1 * V < H ? q1 * V : H;
     if (tid == 0) {
         memcpy(ctx->dc0, ctx->dc_n, (size_t)(B * H) * sizeof(TYPE));
         memset(acc, 0, (size_t)(17 * H) * sizeof(TYPE));
@@ -541,28 +584,34 @@ KERNEL void FN(ln_bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
         int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
         FN(bwd_dh)(ctx, q0, q1, dzh + offs[t + 1] * ldg, nn, n, ctx->dy + offs[t] * H, dhs, &sp);
         lstm_barrier_wait(bar, num_threads);
-        if (tid == 0) {   /* the rows' cells, in order: the parameters' sums in a fixed order */
-            for (int64_t r = 0; r < n; r++) {
-                int64_t q = offs[t] + r;
-                TYPE *dh = dhs + r * H;
-                if (zmask) {   /* h_t = h_{t-1} + zm (h~_t - h_{t-1}) */
-                    const TYPE *zr = zmask + q * H;
-                    TYPE *dz = ctx->dhz + r * H;
-                    for (int64_t u = 0; u < H; u++) {
-                        TYPE d = dh[u] + dz[u];
-                        dz[u] = (1 - zr[u]) * d;
-                        dh[u] = zr[u] * d;
-                    }
+        /* the rows' cells, threads splitting the rows */
+        int64_t r0 = FN(split)(n, tid, num_threads), r1 = FN(split)(n, tid + 1, num_threads);
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t q = offs[t] + r;
+            TYPE *dh = dhs + r * H;
+            if (zmask) {   /* h_t = h_{t-1} + zm (h~_t - h_{t-1}) */
+                const TYPE *zr = zmask + q * H;
+                TYPE *dz = ctx->dhz + r * H;
+                for (int64_t u = 0; u < H; u++) {
+                    TYPE d = dh[u] + dz[u];
+                    dz[u] = (1 - zr[u]) * d;
+                    dh[u] = zr[u] * d;
                 }
-                const TYPE *cp = t ? ctx->c + (offs[t - 1] + r) * H : ctx->c0 + r * H;
-                const TYPE *st = lc->stats + q * S;
-                FN(ln_cell_grad)(dh, ctx->gates + q * G, ctx->c + q * H, cp, ctx->dc0 + r * H,
-                                 dzh + q * ldg, dzx + q * ldg, st + 6, st + 6 + G, st, ln, bias,
-                                 acc, lc->tb, H, peep, clip, cell_clip);
             }
+            const TYPE *cp = t ? ctx->c + (offs[t - 1] + r) * H : ctx->c0 + r * H;
+            const TYPE *st = lc->stats + q * S;
+            FN(ln_cell_grad)(dh, ctx->gates + q * G, ctx->c + q * H, cp, ctx->dc0 + r * H,
+                             dzh + q * ldg, dzx + q * ldg, st + 6, st + 6 + G, st, ln, bias,
+                             lc->rb + r * LN_RB * H, H, peep, clip, cell_clip);
         }
         lstm_barrier_wait(bar, num_threads);
+        /* the parameters' sums, threads splitting the hidden units; the next step's
+         * bwd_dh reads none of what they read, and its barrier comes before the next
+         * rows' cells rewrite the rows' buffers */
+        FN(ln_param_sums)(n, u0, u1, H, lc->rb, lc->stats + offs[t] * S, S, ctx->c + offs[t] * H,
+                          t ? ctx->c + offs[t - 1] * H : ctx->c0, peep != NULL, acc);
     }
+    lstm_barrier_wait(bar, num_threads);
     FN(bwd_dh)(ctx, q0, q1, dzh, T ? offs[1] : 0, B, ctx->dhz, ctx->dh0, &sp);
     if (tid == 0) {
         memcpy(lc->dln, acc, (size_t)(10 * H) * sizeof(TYPE));
@@ -661,7 +710,7 @@ static int FN(ln_backward)(int64_t T, int64_t B, int64_t I, int64_t H,
     lw += ALIGN64(B * H * s);
     lc.acc = (TYPE *)lw;
     lw += ALIGN64(17 * H * s);
-    lc.tb = (TYPE *)lw;
+    lc.rb = (TYPE *)lw;
     lc.dln = (TYPE *)var->ln_grad;
     lstm_pool_run(FN(ln_bwd_job), &lc, num_threads);
     return LSTM_OK;
