@@ -179,17 +179,19 @@ KERNEL void FN(bwd_rows)(int64_t H, int64_t W, const TYPE *w, int64_t p0, int64_
     }
 }
 
-/* dh of rows 0..n, output blocks p0..p1 of R (the width of h), into out [n,R]:
+/* dh of rows m0..n, output blocks p0..p1 of R (the width of h), into out [n,R]:
  * rows < nn get dg_next . w_hh, rows nn..n get dh_n; plus dy_t if set. */
 KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYPE *dg_next,
-                       int64_t nn, int64_t n, const TYPE *dy_t, TYPE *out,
+                       int64_t nn, int64_t m0, int64_t n, const TYPE *dy_t, TYPE *out,
                        const FN(step_plan) *sp)
 {
-    int64_t H = ctx->H, R = ctx->P ? ctx->P : H;
+    int64_t H = ctx->H, R = ctx->P ? ctx->P : H, e = nn < n ? nn : n;
     const TYPE *wb = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
     const TYPE *rdrop = ctx->var ? (const TYPE *)ctx->var->rdrop : NULL;
-    FN(bwd_rows)(H, R, wb, p0, p1, dg_next, ctx->ldg, nn, rdrop, dy_t, out, sp);
-    for (int64_t r = nn; r < n; r++)
+    if (e > m0)
+        FN(bwd_rows)(H, R, wb, p0, p1, dg_next + m0 * ctx->ldg, ctx->ldg, e - m0,
+                     rdrop ? rdrop + m0 * R : NULL, dy_t ? dy_t + m0 * R : NULL, out + m0 * R, sp);
+    for (int64_t r = e > m0 ? e : m0; r < n; r++)
         for (int64_t j = p0; j < p1; j++) {
             int64_t off = j * V, ro = r * R + off;
             int cnt = R - off < V ? (int)(R - off) : V;
@@ -389,7 +391,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             continue;
         }
         int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
-        FN(bwd_dh)(ctx, q0, q1, ctx->dgates + offs[t + 1] * ldg, nn, n, ctx->dy + offs[t] * P,
+        FN(bwd_dh)(ctx, q0, q1, ctx->dgates + offs[t + 1] * ldg, nn, 0, n, ctx->dy + offs[t] * P,
                    ctx->dh_all + offs[t] * P, &sp);
         lstm_barrier_wait(bar, num_threads);
         gm.M = n;
@@ -415,7 +417,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     } else
 #endif
     {
-        FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, B, ctx->dhz, ctx->dh0, &sp);
+        FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, 0, B, ctx->dhz, ctx->dh0, &sp);
         if (dx_steps && T && offs[1])
             FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, NULL, ctx->dx,
                          &sp);

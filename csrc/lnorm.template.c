@@ -240,6 +240,19 @@ KERNEL void FN(ln_cell_out)(const TYPE *gx, const TYPE *ct, TYPE *ht, const TYPE
     }
 }
 
+/* How the threads share a step: 1, each its own rows through the whole step (the
+ * product of all hidden blocks, then the rows' cells), or 0, the product's hidden blocks,
+ * a barrier, then the rows' cells. A row's cell needs the row's whole product, so
+ * splitting the blocks costs a barrier between the two; splitting the rows needs none
+ * in the forward (a row's next step reads only its own h) and one instead of two in the
+ * backward, but every thread then reads all of w_hh every step: only where it fits in
+ * half the L2, and with at least two rows per thread. Any split gives the same bits. */
+static int FN(ln_split_rows)(int64_t B, int64_t H, int num_threads)
+{
+    return num_threads > 1 && B >= 2 * num_threads &&
+           4 * H * H * (int64_t)sizeof(TYPE) <= lstm_cpu()->l2 / 2;
+}
+
 typedef struct {
     int64_t T, B, I, H;
     const FN(packed_hdr) *hdr;
@@ -290,7 +303,10 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
     ca.var = 1;
     ca.raw = ctx->zh;
     int64_t nblk = (H + V - 1) / V;
-    int64_t j0 = FN(split)(nblk, tid, num_threads), j1 = FN(split)(nblk, tid + 1, num_threads);
+    const int rows = FN(ln_split_rows)(B, H, num_threads);
+    int64_t j0 = rows ? 0 : FN(split)(nblk, tid, num_threads);
+    int64_t j1 = rows ? nblk : FN(split)(nblk, tid + 1, num_threads);
+    int64_t b0 = FN(split)(B, tid, num_threads), b1 = FN(split)(B, tid + 1, num_threads);
     const TYPE *w = (const TYPE *)(base + ctx->hdr->off_whh_f);
     const int64_t s = (int64_t)sizeof(TYPE);
     const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * H * 4 * V * s, 4 * V * s);
@@ -298,15 +314,21 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
         int64_t n = offs[t + 1] - offs[t];
         if (n == 0)
             break;
+        /* the product for rows m0..m1: this thread's rows, or all of them */
+        int64_t m0 = rows ? b0 : 0, m1 = !rows ? n : b1 < n ? b1 : n;
         const TYPE *hp = t ? ctx->y + offs[t - 1] * H : ctx->h0, *hprev = hp;
         if (hm) {   /* recurrent dropout: this thread's copy of h_{t-1} * mask */
-            for (int64_t e = 0; e < n * H; e++)
+            for (int64_t e = m0 * H; e < m1 * H; e++)
                 hm[e] = hp[e] * rdrop[e];
             hp = hm;
         }
-        FN(fwd_step)(&ca, n, I, H, j0, j1, w, 0, ctx->x, hp, (int)(t & 1), &sp);
-        lstm_barrier_wait(bar, num_threads);
-        int64_t r0 = FN(split)(n, tid, num_threads), r1 = FN(split)(n, tid + 1, num_threads);
+        ca.raw = ctx->zh + m0 * G;
+        if (m1 > m0)
+            FN(fwd_step)(&ca, m1 - m0, I, H, j0, j1, w, 0, ctx->x, hp + m0 * H, (int)(t & 1), &sp);
+        if (!rows)
+            lstm_barrier_wait(bar, num_threads);
+        int64_t r0 = rows ? m0 : FN(split)(n, tid, num_threads);
+        int64_t r1 = rows ? m1 : FN(split)(n, tid + 1, num_threads);
         for (int64_t r = r0; r < r1; r++) {
             int64_t q = offs[t] + r;
             FN(ln_row_stats2)(ctx->gates + q * G, ctx->zh + r * G, G, ctx->stats + q * S,
@@ -336,8 +358,11 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             FN(ln_cell_out)(ctx->gates + q * G, ct, ctx->y + q * H, ctx->stats + q * S, ln, H,
                             zmask ? zmask + q * H : NULL, hprev + r * H);
         }
-        lstm_barrier_wait(bar, num_threads);
+        if (!rows)
+            lstm_barrier_wait(bar, num_threads);
     }
+    if (rows)
+        lstm_barrier_wait(bar, num_threads);
     if (tid == 0) {
         FN(last_rows)(offs, T, B, H, ctx->h0, ctx->y, ctx->h_n);
         if (ctx->c)
@@ -346,13 +371,13 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
 }
 
 /* variant.ln_ws bytes: forward zh [B,4H] (+ the inference's gates scratch [N,4H]);
- * backward dz_x [N][ldg], dh [B,H], the parameters' sums [17H], the rows' buffers [B][LN_RB H]. */
+ * backward dz_x [N][ldg], dh [B,H], the parameters' sums [17H], the rows' buffers [2][B][LN_RB H]. */
 static size_t FN(ln_ws_size)(int64_t N, int64_t B, int64_t H, int save, int backward)
 {
     int64_t s = (int64_t)sizeof(TYPE);
     if (backward)
         return (size_t)(ALIGN64(N * FN(dg_ld)(H) * s) + ALIGN64(B * H * s) + ALIGN64(17 * H * s) +
-                        ALIGN64(B * LN_RB * H * s)) + 64;
+                        ALIGN64(2 * B * LN_RB * H * s)) + 64;
     return (size_t)(ALIGN64(B * 4 * H * s) + (save ? 0 : ALIGN64(N * 4 * H * s))) + 64;
 }
 
@@ -545,7 +570,7 @@ typedef struct {
     TYPE *dzx;          /* [N][ldg] */
     TYPE *dhs;          /* [B,H] dh of the step */
     TYPE *acc;          /* [17H] */
-    TYPE *rb;           /* [B][LN_RB H] the rows' buffers (ln_cell_grad) */
+    TYPE *rb;           /* [2][B][LN_RB H] the rows' buffers (ln_cell_grad) */
     TYPE *dln;          /* [10H] */
 } FN(ln_bwd_ctx);
 
@@ -568,8 +593,12 @@ KERNEL void FN(ln_bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
     int64_t nblk = (H + V - 1) / V;
     int64_t q0 = FN(split)(nblk, tid, num_threads), q1 = FN(split)(nblk, tid + 1, num_threads);
     const int64_t s = (int64_t)sizeof(TYPE);
-    const FN(step_plan) sp = FN(step_plan_for)((q1 - q0) * G * V * s, BNB * V * s);
-    const int64_t u0 = q0 * V, u1 = q1 * V < H ? q1 * V : H;
+    const int64_t u0 = q0 * V, u1 = q1 * V < H ? q1 * V : H;   /* the parameters' sums */
+    const int rows = FN(ln_split_rows)(B, H, num_threads);
+    int64_t b0 = FN(split)(B, tid, num_threads), b1 = FN(split)(B, tid + 1, num_threads);
+    /* the product's output blocks in the steps: all (rows) or this thread's */
+    const int64_t p0 = rows ? 0 : q0, p1 = rows ? nblk : q1;
+    const FN(step_plan) sp = FN(step_plan_for)((p1 - p0) * G * V * s, BNB * V * s);
     if (tid == 0) {
         memcpy(ctx->dc0, ctx->dc_n, (size_t)(B * H) * sizeof(TYPE));
         memset(acc, 0, (size_t)(17 * H) * sizeof(TYPE));
@@ -582,10 +611,20 @@ KERNEL void FN(ln_bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
         if (n == 0)
             continue;
         int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
-        FN(bwd_dh)(ctx, q0, q1, dzh + offs[t + 1] * ldg, nn, n, ctx->dy + offs[t] * H, dhs, &sp);
-        lstm_barrier_wait(bar, num_threads);
-        /* the rows' cells, threads splitting the rows */
-        int64_t r0 = FN(split)(n, tid, num_threads), r1 = FN(split)(n, tid + 1, num_threads);
+        /* rows: this thread's rows through the step, the rows' buffers alternating
+         * between steps (the sums of step t read them while the other threads may
+         * already run step t - 1's cells); else the product's blocks, then a barrier */
+        int64_t r0 = rows ? b0 : 0, r1 = !rows ? n : b1 < n ? b1 : n;
+        TYPE *rb = lc->rb + (rows && (t & 1) ? B * LN_RB * H : 0);
+        if (!rows || r1 > r0)
+            FN(bwd_dh)(ctx, p0, p1, dzh + offs[t + 1] * ldg, nn, r0, r1, ctx->dy + offs[t] * H,
+                       dhs, &sp);
+        if (!rows) {
+            lstm_barrier_wait(bar, num_threads);
+            r0 = FN(split)(n, tid, num_threads);
+            r1 = FN(split)(n, tid + 1, num_threads);
+        }
+        /* the rows' cells */
         for (int64_t r = r0; r < r1; r++) {
             int64_t q = offs[t] + r;
             TYPE *dh = dhs + r * H;
@@ -602,17 +641,18 @@ KERNEL void FN(ln_bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             const TYPE *st = lc->stats + q * S;
             FN(ln_cell_grad)(dh, ctx->gates + q * G, ctx->c + q * H, cp, ctx->dc0 + r * H,
                              dzh + q * ldg, dzx + q * ldg, st + 6, st + 6 + G, st, ln, bias,
-                             lc->rb + r * LN_RB * H, H, peep, clip, cell_clip);
+                             rb + r * LN_RB * H, H, peep, clip, cell_clip);
         }
         lstm_barrier_wait(bar, num_threads);
         /* the parameters' sums, threads splitting the hidden units; the next step's
-         * bwd_dh reads none of what they read, and its barrier comes before the next
-         * rows' cells rewrite the rows' buffers */
-        FN(ln_param_sums)(n, u0, u1, H, lc->rb, lc->stats + offs[t] * S, S, ctx->c + offs[t] * H,
+         * bwd_dh reads none of what they read, and the next barrier comes before the
+         * rows' buffers are written again */
+        FN(ln_param_sums)(n, u0, u1, H, rb, lc->stats + offs[t] * S, S, ctx->c + offs[t] * H,
                           t ? ctx->c + offs[t - 1] * H : ctx->c0, peep != NULL, acc);
     }
     lstm_barrier_wait(bar, num_threads);
-    FN(bwd_dh)(ctx, q0, q1, dzh, T ? offs[1] : 0, B, ctx->dhz, ctx->dh0, &sp);
+    const FN(step_plan) sp0 = FN(step_plan_for)((q1 - q0) * G * V * s, BNB * V * s);
+    FN(bwd_dh)(ctx, q0, q1, dzh, T ? offs[1] : 0, 0, B, ctx->dhz, ctx->dh0, &sp0);
     if (tid == 0) {
         memcpy(lc->dln, acc, (size_t)(10 * H) * sizeof(TYPE));
         if (ctx->db)
