@@ -527,15 +527,16 @@ KERNEL void FN(ln_param_sums)(int64_t n, int64_t u0, int64_t u1, int64_t H, cons
                               const TYPE *st, int64_t S, const TYPE *ct, const TYPE *cp,
                               int peep, TYPE *acc)
 {
+    /* a[q] sums acc's row at H * at[q]: q = gate g of dg_ih (g), dg_hh (4 + g), db (8 + g),
+     * then dg_c (12), db_c (13), dpeep (14..16) */
+    static const int at[17] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 8, 9, 14, 15, 16};
     const int64_t G = 4 * H;
     for (int64_t u = u0; u < u1; u += V) {
         int k = u1 - u < V ? (int)(u1 - u) : V;
         vec a[17];
 #pragma GCC unroll 17
-        for (int q = 0; q < 17; q++)   /* q: gate g of dg_ih (g), dg_hh (4+g), db (8+g); */
-            a[q] = vload_n(acc + (q < 8 ? q * H : q < 12 ? 10 * H + (q - 8) * H  /* dg_c, */
-                                  : q < 14 ? 8 * H + (q - 12) * H : 14 * H + (q - 14) * H) + u,
-                           k);         /* db_c (12, 13), dpeep (14..16) */
+        for (int q = 0; q < 17; q++)
+            a[q] = vload_n(acc + at[q] * H + u, k);
         for (int64_t r = 0; r < n; r++) {
             const TYPE *dg = rb + r * LN_RB * H + 2 * H, *dn = rb + r * LN_RB * H + 6 * H;
             const TYPE *sr = st + r * S, *xh = sr + 6, *hh = sr + 6 + G;
@@ -558,9 +559,7 @@ KERNEL void FN(ln_param_sums)(int64_t n, int64_t u0, int64_t u1, int64_t H, cons
         }
 #pragma GCC unroll 17
         for (int q = 0; q < 17; q++)
-            vstore_n(acc + (q < 8 ? q * H : q < 12 ? 10 * H + (q - 8) * H
-                            : q < 14 ? 8 * H + (q - 12) * H : 14 * H + (q - 14) * H) + u,
-                     a[q], k);
+            vstore_n(acc + at[q] * H + u, a[q], k);
     }
 }
 
