@@ -412,12 +412,15 @@ def _c_problem(shape, seed, batch_sizes=None):
 
 
 def _c_run(ck, p, g, num_threads, batch_sizes=None):
+    """pack, forward (gates and c as their float32 values) and backward of the C backend's
+    bfloat16 training; the forward saves gates and c as bfloat16 bit patterns (uint16)."""
     pk = ck.pack_bf16(p["w_ih"], p["w_hh"], p["b"])
     fwd = ck.forward(pk, p["x"], p["h0"], p["c0"], num_threads, batch_sizes, True)
     y, h_n, c_n, gates, c = fwd
+    assert gates.dtype == np.uint16 and c.dtype == np.uint16
     bwd = ck.backward(pk, p["x"], p["h0"], p["c0"], y, gates, c, g["dy"], g["dh_n"], g["dc_n"],
                       num_threads, batch_sizes)
-    return pk, fwd, bwd
+    return pk, (y, h_n, c_n, ref.bf16_values(gates), ref.bf16_values(c)), bwd
 
 
 @pytest.mark.parametrize("shape,seed,bs", [((1, 1, 1, 1), 0, None), ((5, 3, 4, 6), 0, None),

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 from cpython.ref cimport Py_INCREF
 from lstm_fast._validation cimport LayerInputs
@@ -284,6 +284,8 @@ cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
         nbytes = n * 4
     elif typenum == cnp.NPY_FLOAT64:
         nbytes = n * 8
+    elif typenum == cnp.NPY_UINT16:   # bfloat16 training's saved gates and c (bf16 bits)
+        nbytes = n * 2
     elif typenum == cnp.NPY_UINT8:
         nbytes = n
     else:                  # no other element type is made here; NumPy's own alignment
@@ -494,6 +496,23 @@ cdef cnp.ndarray _bf16_copy(cnp.ndarray a):
     return out
 
 
+cdef bint _check_bf16_saved(str name, cnp.ndarray a, int64_t size) except -1:
+    """The backward of bfloat16 training reads the forward's saved ``gates`` / ``c``: as
+    the forward returns them, bfloat16 bit patterns (C-contiguous uint16; True), or as
+    float32 words holding bfloat16 values (the reference's form; False: the kernel reads
+    them as they are, the same bits). Anything else is a ValueError naming the argument."""
+    cdef int tn = cnp.PyArray_TYPE(a)
+    if (tn != cnp.NPY_UINT16 and tn != cnp.NPY_FLOAT32) or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
+            or cnp.PyArray_SIZE(a) != size:
+        o = <object>a
+        raise ValueError(f"{name}: bfloat16 training's backward takes the forward's saved "
+                         f"{name} ({size} elements, C-contiguous: uint16 bfloat16 bit "
+                         f"patterns as forward returns them, or float32 holding bfloat16 "
+                         f"values), got {o.dtype} {o.shape}"
+                         f"{'' if o.flags.c_contiguous else ' (not C-contiguous)'}")
+    return tn == cnp.NPY_UINT16
+
+
 cdef Packed _bf16_train_pack(Packed packed):
     """The float32 pack of a pack_bf16 pack's weights rounded to bfloat16 (made once)."""
     if packed._bf16_f32 is None:
@@ -631,7 +650,7 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
         if bf16:
             status = lstm_forward_bf16_ex(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
                                           <float *>c0p, <float *>yp, <float *>hnp,
-                                          <float *>cnp_, <float *>gp, <float *>cp, wp,
+                                          <float *>cnp_, <uint16_t *>gp, <uint16_t *>cp, wp,
                                           num_threads)
         elif i8d:
             status = lstm_forward_i8d(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
@@ -686,9 +705,10 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
     if c_n is None:
         c_n = _like(c0, tn)
     gates = c = None
-    if save:
-        gates = _rows(padded, T, B, N, 4 * H, tn)
-        c = _rows(padded, T, B, N, H, tn)
+    if save:   # bfloat16 training keeps them as bf16 bit patterns (uint16: half the bytes)
+        st = cnp.NPY_UINT16 if packed.wkind == _BF16 else tn
+        gates = _rows(padded, T, B, N, 4 * H, st)
+        c = _rows(padded, T, B, N, H, st)
     _forward_call(packed, T, B, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, num_threads,
                   rdrop, zoneout, stats)
     return y, h_n, c_n, gates, c
@@ -706,9 +726,15 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     bfloat16 training (backends/reference.py): the float32 backward on the weights, x, h0
     and y rounded to bfloat16, the gate gradients rounded in the kernel (bf16_grads)."""
     cdef bint bf16 = packed.wkind == _BF16
+    cdef int64_t Hb = packed.hidden_size
+    cdef bint bits = False   # bfloat16 training: gates and c given as bf16 bit patterns
     if bf16:
         if rdrop is not None or zoneout is not None:
             _inference_only(packed)
+        bits = _check_bf16_saved("gates", gates, N * 4 * Hb)
+        if _check_bf16_saved("c", c, N * Hb) != bits:
+            raise ValueError(f"gates and c: both uint16 (bfloat16 bit patterns) or both "
+                             f"float32, got {gates.dtype} and {c.dtype}")
         x, h0, y = _bf16_copy(x), _bf16_copy(h0), _bf16_copy(y)
         packed = _bf16_train_pack(packed)
     cdef int tn = packed.typenum
@@ -772,6 +798,10 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
         # scratch of the per-step products with vdpbf16ps (used where lstm.c chooses it)
         bws = np.empty(lstm_bf16_grads_workspace_size(N, B, I, H, num_threads), np.uint8)
         lv.bf16_ws = cnp.PyArray_DATA(bws)
+        if bits:   # the forward's saved gates and c: bf16 bits, widened in the step's cell
+            lv.bf16_gates = <const uint16_t *>p_g
+            lv.bf16_c = <const uint16_t *>p_c
+            p_g = p_c = NULL
         var = &lv
     cdef int status
     with nogil:
@@ -888,9 +918,10 @@ cdef int _layer_forward(object inputs, object packed, object x, object h0, objec
     if c_n is None:
         c_n = _like(c0a, tn)
     gates = c = None
-    if save:
-        gates = _rows(True, T, B, T * B, 4 * H, tn)
-        c = _rows(True, T, B, T * B, H, tn)
+    if save:   # bfloat16 training: bf16 bit patterns, as forward's
+        st = cnp.NPY_UINT16 if p.wkind == _BF16 else tn
+        gates = _rows(True, T, B, T * B, 4 * H, st)
+        c = _rows(True, T, B, T * B, H, st)
     _forward_call(p, T, B, None, xa, h0a, c0a, y, h_n, c_n, gates, c, num_threads)
     res.y = y
     res.h_n = h_n
