@@ -37,13 +37,21 @@ typedef uint16_t FN(h16v) __attribute__((vector_size(VBYTES / 2)));
 INLINE vec FN(vload_bf16_n)(const uint16_t *p, int n)
 {
     FN(h16v) h = {0};
-    memcpy(&h, p, (size_t)(n < V ? n : V) * sizeof(uint16_t));
+    if (n >= V)   /* (a memcpy of a variable size is a call) */
+        memcpy(&h, p, sizeof h);
+    else
+        for (int l = 0; l < n; l++)
+            h[l] = p[l];
     return (vec)(__builtin_convertvector(h, FN(u32v)) << 16);
 }
 INLINE void FN(vstore_bf16_n)(uint16_t *p, vec x, int n)
 {
     FN(h16v) h = __builtin_convertvector((FN(u32v))x >> 16, FN(h16v));
-    memcpy(p, &h, (size_t)(n < V ? n : V) * sizeof(uint16_t));
+    if (n >= V)
+        memcpy(p, &h, sizeof h);
+    else
+        for (int l = 0; l < n; l++)
+            p[l] = h[l];
 }
 #else
 INLINE vec FN(vload_bf16_n)(const uint16_t *p, int n)
