@@ -485,6 +485,16 @@ cdef void _round_bf16(uint32_t *u, Py_ssize_t n) noexcept nogil:
         u[k] = (r & ~nan) | ((v | 0x00400000u) & 0xffff0000u & nan)
 
 
+cdef inline size_t _al64(size_t n) noexcept nogil:
+    return (n + 63) & ~(<size_t>63)
+
+
+cdef void _bf16_round_into(const float *src, float *dst, size_t n) noexcept nogil:
+    """n float32 values of src rounded to bfloat16 into dst (float32 words)."""
+    memcpy(dst, src, n * 4)
+    _round_bf16(<uint32_t *>dst, <Py_ssize_t>n)
+
+
 cdef cnp.ndarray _bf16_copy(cnp.ndarray a):
     """A float32 C-contiguous copy of a rounded to bfloat16 (the kernel's alignment)."""
     cdef cnp.ndarray out = _like(a, cnp.NPY_FLOAT32)
@@ -735,7 +745,6 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
         if _check_bf16_saved("c", c, N * Hb) != bits:
             raise ValueError(f"gates and c: both uint16 (bfloat16 bit patterns) or both "
                              f"float32, got {gates.dtype} and {c.dtype}")
-        x, h0, y = _bf16_copy(x), _bf16_copy(h0), _bf16_copy(y)
         packed = _bf16_train_pack(packed)
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
@@ -748,13 +757,34 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     if ln:   # the layer norm's scratch after the workspace, as the forward's
         lnsize = (lstm_ln_workspace_size_f32(N, B, H, 1, 1) if tn == cnp.NPY_FLOAT32
                   else lstm_ln_workspace_size_f64(N, B, H, 1, 1))
-    cdef cnp.ndarray ws = _take_ws(packed, wsize + lnsize)
+    # bfloat16 training: x, h0 and y rounded to bfloat16 (float32 words) and the scratch of
+    # the products with vdpbf16ps, after the workspace: the pack keeps them with it (no
+    # page faults of fresh arrays per call)
+    cdef size_t nx = 0, nh = 0, ny = 0, bfsize = 0
+    if bf16:
+        nx, nh, ny = cnp.PyArray_SIZE(x), cnp.PyArray_SIZE(h0), cnp.PyArray_SIZE(y)
+        bfsize = (64 + _al64(nx * 4) + _al64(nh * 4) + _al64(ny * 4) +
+                  lstm_bf16_grads_workspace_size(N, B, I, H, num_threads))
+    cdef cnp.ndarray ws = _take_ws(packed, wsize + lnsize + bfsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
     cdef const int64_t *bsp = <const int64_t *>_p(batch_sizes)
     cdef void *p_x = cnp.PyArray_DATA(x)
     cdef void *p_h0 = cnp.PyArray_DATA(h0)
     cdef void *p_c0 = cnp.PyArray_DATA(c0)
     cdef void *p_y = cnp.PyArray_DATA(y)
+    cdef char *bfs = NULL
+    if bf16:
+        bfs = <char *>cnp.PyArray_DATA(ws) + wsize + lnsize
+        bfs += (64 - <size_t>bfs % 64) % 64
+        with nogil:
+            _bf16_round_into(<const float *>p_x, <float *>bfs, nx)
+            _bf16_round_into(<const float *>p_h0, <float *>(bfs + _al64(nx * 4)), nh)
+            _bf16_round_into(<const float *>p_y,
+                             <float *>(bfs + _al64(nx * 4) + _al64(nh * 4)), ny)
+        p_x = bfs
+        p_h0 = bfs + _al64(nx * 4)
+        p_y = bfs + _al64(nx * 4) + _al64(nh * 4)
+        bfs += _al64(nx * 4) + _al64(nh * 4) + _al64(ny * 4)
     cdef void *p_g = cnp.PyArray_DATA(gates)
     cdef void *p_c = cnp.PyArray_DATA(c)
     cdef void *p_dy = cnp.PyArray_DATA(dy)
@@ -772,7 +802,7 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     cdef const lstm_variant *var = packed._varp
     cdef lstm_variant lv
     memset(&lv, 0, sizeof(lstm_variant))
-    rws = bws = None
+    rws = None
     if rdrop is not None or zoneout is not None:
         rws = np.empty((lstm_variant_workspace_size_f32(N, B, R, num_threads, 1)
                         if tn == cnp.NPY_FLOAT32 else
@@ -796,8 +826,7 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
         lv.cifg = 0
         lv.bf16_grads = 1
         # scratch of the per-step products with vdpbf16ps (used where lstm.c chooses it)
-        bws = np.empty(lstm_bf16_grads_workspace_size(N, B, I, H, num_threads), np.uint8)
-        lv.bf16_ws = cnp.PyArray_DATA(bws)
+        lv.bf16_ws = bfs
         if bits:   # the forward's saved gates and c: bf16 bits, widened in the step's cell
             lv.bf16_gates = <const uint16_t *>p_g
             lv.bf16_c = <const uint16_t *>p_c
