@@ -485,6 +485,33 @@ cdef void _round_bf16(uint32_t *u, Py_ssize_t n) noexcept nogil:
         u[k] = (r & ~nan) | ((v | 0x00400000u) & 0xffff0000u & nan)
 
 
+cdef object _bf16_scratch = None     # the scratch bfloat16 training's backwards share
+cdef bint _bf16_scratch_busy = False
+
+
+cdef cnp.ndarray _take_bf16_scratch(size_t size):
+    """At least size bytes of scratch for a bfloat16 training backward: the shared one
+    (grown when too small), or a fresh array while another call holds it."""
+    global _bf16_scratch, _bf16_scratch_busy
+    cdef cnp.npy_intp n
+    if not _bf16_scratch_busy and _bf16_scratch is not None and \
+            <size_t>cnp.PyArray_SIZE(<cnp.ndarray>_bf16_scratch) >= size:
+        _bf16_scratch_busy = True
+        return <cnp.ndarray>_bf16_scratch
+    n = <cnp.npy_intp>size
+    a = _empty(1, &n, cnp.NPY_UINT8)
+    if not _bf16_scratch_busy:
+        _bf16_scratch = a
+        _bf16_scratch_busy = True
+    return a
+
+
+cdef inline void _give_bf16_scratch(cnp.ndarray a):
+    global _bf16_scratch_busy
+    if a is _bf16_scratch:
+        _bf16_scratch_busy = False
+
+
 cdef inline size_t _al64(size_t n) noexcept nogil:
     return (n + 63) & ~(<size_t>63)
 
@@ -758,14 +785,17 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
         lnsize = (lstm_ln_workspace_size_f32(N, B, H, 1, 1) if tn == cnp.NPY_FLOAT32
                   else lstm_ln_workspace_size_f64(N, B, H, 1, 1))
     # bfloat16 training: x, h0 and y rounded to bfloat16 (float32 words) and the scratch of
-    # the products with vdpbf16ps, after the workspace: the pack keeps them with it (no
-    # page faults of fresh arrays per call)
+    # the products with vdpbf16ps, in one scratch that every bfloat16 backward shares
+    # (_take_bf16_scratch: no page faults of fresh arrays per call, and one buffer for a
+    # model's layers, not one per layer)
     cdef size_t nx = 0, nh = 0, ny = 0, bfsize = 0
+    cdef cnp.ndarray bscr = None
     if bf16:
         nx, nh, ny = cnp.PyArray_SIZE(x), cnp.PyArray_SIZE(h0), cnp.PyArray_SIZE(y)
         bfsize = (64 + _al64(nx * 4) + _al64(nh * 4) + _al64(ny * 4) +
                   lstm_bf16_grads_workspace_size(N, B, I, H, num_threads))
-    cdef cnp.ndarray ws = _take_ws(packed, wsize + lnsize + bfsize)
+        bscr = _take_bf16_scratch(bfsize)
+    cdef cnp.ndarray ws = _take_ws(packed, wsize + lnsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
     cdef const int64_t *bsp = <const int64_t *>_p(batch_sizes)
     cdef void *p_x = cnp.PyArray_DATA(x)
@@ -774,7 +804,7 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     cdef void *p_y = cnp.PyArray_DATA(y)
     cdef char *bfs = NULL
     if bf16:
-        bfs = <char *>cnp.PyArray_DATA(ws) + wsize + lnsize
+        bfs = <char *>cnp.PyArray_DATA(bscr)
         bfs += (64 - <size_t>bfs % 64) % 64
         with nogil:
             _bf16_round_into(<const float *>p_x, <float *>bfs, nx)
@@ -862,6 +892,8 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
                 <double *>p_db, <double *>p_dh0, <double *>p_dc0, <double *>p_dwr, p_ws,
                 num_threads)
     _give_ws(packed, ws)
+    if bf16:
+        _give_bf16_scratch(bscr)
     if status != LSTM_OK:
         _raise_status(status)
     return 0
