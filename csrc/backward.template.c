@@ -580,6 +580,8 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
         return LSTM_ERR_ARG;
     if (var && var->peephole && !dpeep)
         return LSTM_ERR_ARG;
+    if (var && var->bf16_gates && IS_F64)   /* bfloat16 training's saved bits: _f32 only */
+        return LSTM_ERR_ARG;
     if (var && var->layer_norm)
         return P ? LSTM_ERR_ARG
                  : FN(ln_backward)(T, B, I, H, hdr, batch_sizes, x, h0, c0, y, gates, c, dy,
