@@ -731,3 +731,23 @@ def test_module_under_autocast_saves_bf16_bits_for_backward():
     assert len(g32) == 1
     g16 = next(t for t in bf if t.shape == (T, B, 4 * H))
     assert 2 * g16.numel() * g16.element_size() == g32[0].numel() * g32[0].element_size()
+
+
+def test_c_backward_of_no_steps_gives_zero_weight_gradients():
+    """T = 0 (N = 0 rows): dw_ih, dw_hh and db are sums of nothing, 0 on every path (the
+    vdpbf16ps product once left them unwritten: whatever the new arrays held)."""
+    ck = pytest.importorskip("lstm_fast.backends._c")
+    p, g = _c_problem((0, 2, 3, 4), 0)
+    before = ck.simd_level()
+    try:
+        for level, native in _settings(ck):
+            ck.set_simd_level(level)
+            ck.set_bf16_native(native)
+            for nt in (1, 2, 3):
+                _, _, bwd = _c_run(ck, p, g, nt)
+                for k in (1, 2, 3):
+                    assert not bwd[k].any(), (level, native, nt, NAMES[k])
+                assert same_bits(bwd[4], g["dh_n"]) and same_bits(bwd[5], g["dc_n"])
+    finally:
+        ck.set_bf16_native(None)
+        ck.set_simd_level(before)
