@@ -22,6 +22,8 @@ typedef struct {
     const lstm_variant *var;   /* the variants, or NULL (plain) */
     TYPE *dpeep;        /* [3,H] peephole gradients (with var->peephole) */
     TYPE *dhz;          /* [B,H] zoneout: the gradient carried to h_{t-1}, or NULL */
+    const uint16_t *g16, *c16;   /* bfloat16 training: the saved gates and c as bf16 bits
+                                    (var->bf16_gates, bf16_c; gates, c unused), or NULL */
 } FN(bwd_ctx);
 
 /* Row stride of dgates: 4H, plus a cache line when 4H elements are a multiple
@@ -215,8 +217,14 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     int64_t n = offs[t + 1] - offs[t], nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
     const TYPE *w = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
     const TYPE *dg_next = nn ? ctx->dgates + offs[t + 1] * ldg : NULL;
-    const TYPE *dy_t = ctx->dy + offs[t] * H, *gates_t = ctx->gates + offs[t] * 4 * H;
-    const TYPE *c_t = ctx->c + offs[t] * H, *cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
+    const TYPE *dy_t = ctx->dy + offs[t] * H, *gates_t = NULL, *c_t = NULL;
+    const TYPE *cprev = t ? NULL : ctx->c0;
+    if (!ctx->g16) {
+        gates_t = ctx->gates + offs[t] * 4 * H;
+        c_t = ctx->c + offs[t] * H;
+        if (t)
+            cprev = ctx->c + offs[t - 1] * H;
+    }
     TYPE *dg_t = ctx->dgates + offs[t] * ldg;
     FN(bwd_cell_args) ca = {.H = H, .dh = ctx->dh_n, .dy = dy_t, .gates = gates_t, .c = c_t,
                             .cprev = cprev, .dc = ctx->dc0, .dg = dg_t, .ldg = ldg,
@@ -224,6 +232,12 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     SET_CELL_VARIANT(ca, ctx->var);
     ca.dpeep = ctx->dpeep;
     ca.bf16 = ctx->var && ctx->var->bf16_grads;   /* bfloat16 training */
+    if (ctx->g16) {   /* ... on the saved bf16 bits (bwd_cell_b16) */
+        ca.g16 = ctx->g16 + offs[t] * 4 * H;
+        ca.c16 = ctx->c16 + offs[t] * H;
+        ca.cp16 = t ? ctx->c16 + offs[t - 1] * H : NULL;
+        ca.var = 1;
+    }
     if (ctx->var && ctx->var->rdrop) {   /* the tile's dh is of the masked h_t */
         ca.rdrop = (const TYPE *)ctx->var->rdrop;
         ca.var = 1;
@@ -568,6 +582,8 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
         return LSTM_ERR_ARG;
     if (var && var->peephole && !dpeep)
         return LSTM_ERR_ARG;
+    if (var && var->bf16_gates && IS_F64)   /* bfloat16 training's saved bits: _f32 only */
+        return LSTM_ERR_ARG;
     if (var && var->layer_norm)
         return P ? LSTM_ERR_ARG
                  : FN(ln_backward)(T, B, I, H, hdr, batch_sizes, x, h0, c0, y, gates, c, dy,
@@ -592,7 +608,11 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     }
     FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
-                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL};
+                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL, NULL, NULL};
+    if (var && var->bf16_gates) {   /* bfloat16 training's saved bf16 bits */
+        ctx.g16 = var->bf16_gates;
+        ctx.c16 = var->bf16_c;
+    }
     if (var && var->zoneout)   /* after the rows of h_{t-1} * rdrop */
         ctx.dhz = (TYPE *)(FN(align_ptr)(var->var_ws) + ALIGN64(N * (P ? P : H) * s));
     if (num_threads < 1)

@@ -46,9 +46,9 @@
  *     outputs are bitwise identical across levels only where the cell is the
  *     same code: AVX-512 native and AVX-512 emulated.
  * No projection. Saved for backward only by lstm_forward_bf16_ex (bfloat16 training):
- * then the cell also stores the gates and c_t of every step rounded to bfloat16 (still
- * in float32 words; the running c stays float32 in c_n), so the outputs' bits are the
- * inference forward's.
+ * then the cell also stores the gates and c_t of every step rounded to bfloat16, as bit
+ * patterns (2 bytes each: half the float32 training's saved bytes; the running c stays
+ * float32 in c_n), so the outputs' bits are the inference forward's.
  *
  * Packed layout (header, then 64-byte aligned):
  *   w  [ceil(H/V)][KP][4][V] uint32   KP = ceil(I/2) + ceil(H/2) pairs; word =
@@ -399,7 +399,7 @@ typedef struct {
     const int64_t *offs;
     const float *x, *h0, *c0;
     float *y, *h_n, *c_n;
-    float *gates, *c;        /* [N,4H], [N,H] saved for backward, or both NULL */
+    uint16_t *gates, *c;     /* [N,4H], [N,H] saved for backward (bf16 bits), or both NULL */
     unsigned char *rows;     /* per thread: B rows of rounded [x | h] */
     int64_t rows_bytes;      /* per thread */
     int native;
@@ -443,9 +443,8 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         const float *hp = t ? ctx->y + offs[t - 1] * H : ctx->h0;
         ca.h = ctx->y + offs[t] * H;
         if (ctx->c) {   /* saving: the gates and c_t rounded to bf16 into their rows */
-            ca.gates = ctx->gates + offs[t] * 4 * H;
-            ca.csave = ctx->c + offs[t] * H;
-            ca.bf16_save = 1;
+            ca.g16 = ctx->gates + offs[t] * 4 * H;
+            ca.c16 = ctx->c + offs[t] * H;
         }
         /* several row tiles (compute bound): the widened weights, no integer ops per use */
         int path = ctx->native ? 1 : ISA > 0 && n > FR ? 2 : 0;
@@ -470,8 +469,8 @@ static size_t FN(bf_ws_size)(int64_t T, int64_t B, int64_t I, int64_t H, int num
 
 static int FN(bf_forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                           const int64_t *batch_sizes, const float *x, const float *h0,
-                          const float *c0, float *y, float *h_n, float *c_n, float *gates,
-                          float *c, void *workspace, int num_threads, int native)
+                          const float *c0, float *y, float *h_n, float *c_n, uint16_t *gates,
+                          uint16_t *c, void *workspace, int num_threads, int native)
 {
     const FN(bf_hdr) *hdr = (const FN(bf_hdr) *)FN(align_ptr)((void *)packed);
     if (hdr->magic != BF16_MAGIC || hdr->level != ISA || hdr->elem_size != 2 || hdr->I != I ||

@@ -226,6 +226,11 @@ static ATTR_BFB void FN(dwb_product)(int64_t m0, int64_t m1, int64_t W, int64_t 
 {
     float part[DWB_MR * DWB_NB * 16] __attribute__((aligned(64)));
     int64_t nblk = (W + 15) / 16, kc = 256;
+    if (NP == 0) {   /* no rows (T = 0): sums of nothing */
+        for (int64_t m = m0; m < m1; m++)
+            memset(C + m * W, 0, (size_t)W * sizeof(float));
+        return;
+    }
     for (int64_t k0 = 0; k0 < NP; k0 += kc) {
         int64_t k1 = NP - k0 < kc ? NP : k0 + kc;
         for (int64_t j = 0; j < nblk; j += DWB_NB) {

@@ -28,6 +28,71 @@ INLINE vec FN(vround_bf16)(vec x)
     return (vec)r;
 }
 
+/* bfloat16 training keeps the forward's gates and c_t as bfloat16 bit patterns (2 bytes
+ * each, half a float's): n <= V of them widened to floats (exact: a bf16 is the top half
+ * of its float), and rounded floats (vround_bf16's, low halves zero) stored as them.
+ * float only; the float64 instances are never called. */
+#if !IS_F64
+typedef uint16_t FN(h16v) __attribute__((vector_size(VBYTES / 2)));
+/* The full vectors with the level's widening and narrowing instructions (vpmovzxwd,
+ * vpmovdw; AVX2: vpmovzxwd, vpackusdw): the generic conversions compiled to a vector
+ * spilled to the stack and five shuffles a store (measured: the (32,32,128,128) training
+ * forward 3 % slower than with float32 words, Zen 4); a partial vector (H not a
+ * multiple of V, the last block) element by element. */
+INLINE FN(h16v) FN(narrow16)(vec x)
+{
+#if ISA == 2
+    __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32((__m512i)x, 16));
+    __asm__("" : "+x"(h));   /* a register vpmovdw, then a store (the store form is slow) */
+    return (FN(h16v))h;
+#elif ISA == 1
+    __m256i u = _mm256_srli_epi32((__m256i)x, 16);
+    return (FN(h16v))_mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+#else
+    return __builtin_convertvector((FN(u32v))x >> 16, FN(h16v));
+#endif
+}
+INLINE vec FN(widen16)(FN(h16v) h)
+{
+#if ISA == 2
+    return (vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16);
+#elif ISA == 1
+    return (vec)_mm256_slli_epi32(_mm256_cvtepu16_epi32((__m128i)h), 16);
+#else
+    return (vec)(__builtin_convertvector(h, FN(u32v)) << 16);
+#endif
+}
+INLINE vec FN(vload_bf16_n)(const uint16_t *p, int n)
+{
+    FN(h16v) h = {0};
+    if (n >= V)   /* (a memcpy of a variable size is a call) */
+        memcpy(&h, p, sizeof h);
+    else
+        for (int l = 0; l < n; l++)
+            h[l] = p[l];
+    return FN(widen16)(h);
+}
+INLINE void FN(vstore_bf16_n)(uint16_t *p, vec x, int n)
+{
+    FN(h16v) h = FN(narrow16)(x);
+    if (n >= V)
+        memcpy(p, &h, sizeof h);
+    else
+        for (int l = 0; l < n; l++)
+            p[l] = h[l];
+}
+#else
+INLINE vec FN(vload_bf16_n)(const uint16_t *p, int n)
+{
+    (void)p, (void)n;
+    return (vec){0};
+}
+INLINE void FN(vstore_bf16_n)(uint16_t *p, vec x, int n)
+{
+    (void)p, (void)x, (void)n;
+}
+#endif
+
 /* What the forward cell of one step reads and writes. Rows are the step's
  * active sequences; row r of an [.,W] array is at r*W. */
 typedef struct {
@@ -48,10 +113,10 @@ typedef struct {
     int cifg;           /* 1: coupled gates, f = 1 - i (f's products unused) */
     const TYPE *zm;     /* [.,H] zoneout mask of the step's rows, or NULL (var is then 1) */
     const TYPE *hprev;  /* [.,H] h_{t-1} (with zm) */
-    /* bfloat16 training (float only, plain cell): gates stored rounded to bfloat16, and
-       c_t also stored rounded into csave (c keeps the float32 running state) */
-    int bf16_save;
-    TYPE *csave;        /* [.,H] or NULL */
+    /* bfloat16 training (float only, plain cell; gates NULL): the activated gates [.,4H]
+       and c_t [.,H] stored rounded to bfloat16, as bit patterns (c keeps the float32
+       running state), or NULL */
+    uint16_t *g16, *c16;
     /* layer norm (lnorm.template.c; var is then 1): the tile's products are stored
        as they are into raw [.,4H] (row*4H + gate*H + unit), nothing else is done */
     TYPE *raw;
@@ -171,14 +236,16 @@ KERNEL void FN(fwd_cell)(const FN(fwd_cell_args) *a, int mr, int nb, int64_t r0,
         vstore(ac + 3 * V, o);
         if (a->gates) {
             TYPE *gr = a->gates + row * 4 * H + off;
-            if (sizeof(TYPE) == 4 && a->bf16_save) {
-                i = FN(vround_bf16)(i), f = FN(vround_bf16)(f);
-                g = FN(vround_bf16)(g), o = FN(vround_bf16)(o);
-            }
             vstore_n(gr, i, n);
             vstore_n(gr + H, f, n);
             vstore_n(gr + 2 * H, g, n);
             vstore_n(gr + 3 * H, o, n);
+        } else if (sizeof(TYPE) == 4 && a->g16) {   /* bfloat16 training */
+            uint16_t *gr = a->g16 + row * 4 * H + off;
+            FN(vstore_bf16_n)(gr, FN(vround_bf16)(i), n);
+            FN(vstore_bf16_n)(gr + H, FN(vround_bf16)(f), n);
+            FN(vstore_bf16_n)(gr + 2 * H, FN(vround_bf16)(g), n);
+            FN(vstore_bf16_n)(gr + 3 * H, FN(vround_bf16)(o), n);
         }
     }
     for (int q = 0; q < mr * nb; q++) {
@@ -190,8 +257,8 @@ KERNEL void FN(fwd_cell)(const FN(fwd_cell_args) *a, int mr, int nb, int64_t r0,
         vec h = o * vtanh(cn);
         vstore_n(a->c + row * H + off, cn, n);
         vstore_n(a->h + row * H + off, h, n);
-        if (sizeof(TYPE) == 4 && a->csave)
-            vstore_n(a->csave + row * H + off, FN(vround_bf16)(cn), n);
+        if (sizeof(TYPE) == 4 && a->c16)
+            FN(vstore_bf16_n)(a->c16 + row * H + off, FN(vround_bf16)(cn), n);
     }
 }
 
@@ -221,6 +288,10 @@ typedef struct {
                            (added to dh), replaced by (1 - zm)*dh */
     int bf16;           /* 1 (float only, plain cell): dg stored rounded to bfloat16 (db
                            sums the unrounded): bfloat16 training */
+    /* bfloat16 training with the forward's saved values as bfloat16 bit patterns (float
+       only; var is then 1 and gates, c unused): gates [.,4H], c_t [.,H], and c_{t-1}
+       [.,H] or NULL (step 0: cprev, c0 as given) */
+    const uint16_t *g16, *c16, *cp16;
 } FN(bwd_cell_args);
 
 
@@ -314,6 +385,41 @@ INLINE void FN(bwd_cell_var)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t
     }
 }
 
+/* The plain backward cell of bfloat16 training on the saved bit patterns (g16, c16,
+ * cp16): bwd_cell's operations on the widened values (the same floats the forward
+ * rounded), so the same bits as bwd_cell on float32 words holding them. */
+INLINE void FN(bwd_cell_b16)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t r0,
+                             int64_t j0, const TYPE *dh_tile)
+{
+    const int64_t H = a->H;
+    for (int r = 0; r < mr; r++) {
+        for (int jb = 0; jb < nb; jb++) {
+            int64_t row = r0 + r, off = (j0 + jb) * V, ro = row * H + off;
+            int n = H - off < V ? (int)(H - off) : V;
+            vec dh = dh_tile ? vload(dh_tile + (r * nb + jb) * V) : vload_n(a->dh + ro, n);
+            if (a->dy)
+                dh = dh + vload_n(a->dy + ro, n);
+            const uint16_t *gr = a->g16 + row * 4 * H + off;
+            vec i = FN(vload_bf16_n)(gr, n), f = FN(vload_bf16_n)(gr + H, n);
+            vec g = FN(vload_bf16_n)(gr + 2 * H, n), o = FN(vload_bf16_n)(gr + 3 * H, n);
+            vec tc = vtanh(FN(vload_bf16_n)(a->c16 + ro, n));
+            vec cp = a->cp16 ? FN(vload_bf16_n)(a->cp16 + ro, n) : vload_n(a->cprev + ro, n);
+            vec dcv = vload_n(a->dc + ro, n);
+            dcv = dcv + dh * o * (1 - tc * tc);
+            TYPE *dgr = a->dg + row * a->ldg + off;
+            vec dgv[4] = {dcv * g * i * (1 - i), dcv * cp * f * (1 - f),
+                          dcv * i * (1 - g * g), dh * tc * o * (1 - o)};
+            for (int q = 0; q < 4; q++) {
+                vstore_n(dgr + q * H, a->bf16 ? FN(vround_bf16)(dgv[q]) : dgv[q], n);
+                vstore_n(a->db + q * H + off, vload_n(a->db + q * H + off, n) + dgv[q], n);
+            }
+            vstore_n(a->dc + ro, dcv * f, n);
+            if (a->m)
+                vstore_n(a->m + ro, o * tc, n);
+        }
+    }
+}
+
 /* Backward cell of rows r0..r0+mr, hidden blocks j0..j0+nb of one step. dh of
  * m = o*tanh(c) is the tile dh_tile [mr][nb][V] (dgates_{t+1}.w_hh) or, if
  * NULL, a->dh. */
@@ -321,7 +427,10 @@ KERNEL void FN(bwd_cell)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t r0,
                          const TYPE *dh_tile)
 {
     if (a->var) {   /* one test per tile; the plain loops below are unchanged */
-        FN(bwd_cell_var)(a, mr, nb, r0, j0, dh_tile);
+        if (sizeof(TYPE) == 4 && a->g16)   /* bfloat16 training, bf16 saved values */
+            FN(bwd_cell_b16)(a, mr, nb, r0, j0, dh_tile);
+        else
+            FN(bwd_cell_var)(a, mr, nb, r0, j0, dh_tile);
         return;
     }
     const int64_t H = a->H;

@@ -186,7 +186,11 @@ static int usable_threads(int num_threads)
 /* A variant's clips are >= 0 (not NaN); NULL is the plain LSTM. */
 static int variant_ok(const lstm_variant *v)
 {
-    return !v || (v->clip >= 0 && v->cell_clip >= 0 && (!(v->rdrop || v->zoneout) || v->var_ws));
+    return !v || (v->clip >= 0 && v->cell_clip >= 0 && (!(v->rdrop || v->zoneout) || v->var_ws) &&
+                  (v->bf16_gates == NULL) == (v->bf16_c == NULL) &&
+                  (!v->bf16_gates || (v->bf16_grads && !v->peephole && v->clip == 0 &&
+                                      v->cell_clip == 0 && !v->cifg && !v->rdrop &&
+                                      !v->zoneout && !v->layer_norm)));
 }
 
 /* NULL when every variant is off (bf16_grads counts as one: the backward of bf16
@@ -216,7 +220,7 @@ static int call_args_ok(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 
 static int variant_args_ok(int64_t P, const lstm_variant *variant)
 {
-    return variant_ok(variant) && !(variant && variant->zoneout && P);
+    return variant_ok(variant) && !(variant && (variant->zoneout || variant->bf16_gates) && P);
 }
 
 #define DEFINE_PUBLIC(SFXT, TYPE)                                                            \
@@ -430,8 +434,8 @@ int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *pa
 
 int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                          const int64_t *batch_sizes, const float *x, const float *h0,
-                         const float *c0, float *y, float *h_n, float *c_n, float *gates,
-                         float *c, void *workspace, int num_threads)
+                         const float *c0, float *y, float *h_n, float *c_n, uint16_t *gates,
+                         uint16_t *c, void *workspace, int num_threads)
 {
     if (!call_args_ok(T, B, I, H, 0, packed, workspace) || (gates == NULL) != (c == NULL))
         return LSTM_ERR_ARG;

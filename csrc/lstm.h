@@ -221,6 +221,13 @@ typedef struct {
      * the order of the sums (pairs, the odd element first) and VDPBF16PS's flush of
      * denormal results differ (the bound: backends/reference.py, "bfloat16 training"). */
     void *bf16_ws;
+    /* With bf16_grads (backward): the forward's saved gates [N,4H] and c [N,H] as
+     * lstm_forward_bf16_ex stores them (bfloat16 bit patterns, 2 bytes each), both given
+     * or both NULL; given, the call's gates and c are not read (pass NULL) and the step's
+     * cell widens these (exact), so the results are the same bits as with float32 words
+     * holding the same values. Only with P = 0 and no other variant (LSTM_ERR_ARG). */
+    const uint16_t *bf16_gates;
+    const uint16_t *bf16_c;
     /* Layer-normalized LSTM (haste's LayerNormLSTM; equations in backends/reference.py):
      * LN over the 4H values of x.w_ih^T and, apart, of h.w_hh^T (gains g_ih, g_hh, no
      * bias), the bias b added after the input's LN, and LN of c_t (gain g_c, bias b_c)
@@ -312,16 +319,18 @@ int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *pa
 /* bfloat16 training (mixed precision; the arithmetic in backends/reference.py, "bfloat16
  * training"): lstm_forward_bf16 plus gates [N,4H] and c [N,H] (both given, or both NULL:
  * lstm_forward_bf16), the activated gates and cell states for backward rounded to
- * bfloat16 (nearest even, as lstm_pack_bf16; stored as float32 words). The outputs' bits
- * are lstm_forward_bf16's. The
+ * bfloat16 (nearest even, as lstm_pack_bf16) and stored as their bit patterns: 2 bytes
+ * each, half the float32 training's saved bytes. The outputs' bits are
+ * lstm_forward_bf16's. The
  * backward is lstm_backward_ex_f32 on a float32 pack of the bf16-rounded weights, with
- * x, h0 and y rounded to bfloat16, gates and c as kept (bf16 values), and
- * variant.bf16_grads = 1 (and variant.bf16_ws: dh_{t-1}, the in-step dx, dw_ih and
- * dw_hh with vdpbf16ps where lstm_bf16_native chooses it for B rows). */
+ * x, h0 and y rounded to bfloat16, gates = c = NULL and these arrays as
+ * variant.bf16_gates and variant.bf16_c, and variant.bf16_grads = 1 (and
+ * variant.bf16_ws: dh_{t-1}, the in-step dx, dw_ih and dw_hh with vdpbf16ps where
+ * lstm_bf16_native chooses it for B rows). */
 int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                          const int64_t *batch_sizes, const float *x, const float *h0,
-                         const float *c0, float *y, float *h_n, float *c_n, float *gates,
-                         float *c, void *workspace, int num_threads);
+                         const float *c0, float *y, float *h_n, float *c_n, uint16_t *gates,
+                         uint16_t *c, void *workspace, int num_threads);
 
 /* How lstm_forward_bf16 computes its products: 1 with vdpbf16ps (AVX512_BF16), 0
  * emulated with float32 FMAs (same bits). Mode: -1 automatic (the default: native

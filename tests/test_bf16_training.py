@@ -412,12 +412,15 @@ def _c_problem(shape, seed, batch_sizes=None):
 
 
 def _c_run(ck, p, g, num_threads, batch_sizes=None):
+    """pack, forward (gates and c as their float32 values) and backward of the C backend's
+    bfloat16 training; the forward saves gates and c as bfloat16 bit patterns (uint16)."""
     pk = ck.pack_bf16(p["w_ih"], p["w_hh"], p["b"])
     fwd = ck.forward(pk, p["x"], p["h0"], p["c0"], num_threads, batch_sizes, True)
     y, h_n, c_n, gates, c = fwd
+    assert gates.dtype == np.uint16 and c.dtype == np.uint16
     bwd = ck.backward(pk, p["x"], p["h0"], p["c0"], y, gates, c, g["dy"], g["dh_n"], g["dc_n"],
                       num_threads, batch_sizes)
-    return pk, fwd, bwd
+    return pk, (y, h_n, c_n, ref.bf16_values(gates), ref.bf16_values(c)), bwd
 
 
 @pytest.mark.parametrize("shape,seed,bs", [((1, 1, 1, 1), 0, None), ((5, 3, 4, 6), 0, None),
@@ -579,3 +582,172 @@ def test_c_backward_with_vdpbf16ps_within_the_bound(shape):
             bound = 2 * (N * 2.0 ** -24 * S + N * 2.0 ** -126)
             diff = np.abs(got[True][k].astype(np.float64) - got[False][k])
             assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
+
+
+# --- what the C backend saves for backward: bfloat16 bit patterns ----------------------
+# The forward keeps the gates (N, 4H) and c (N, H) as uint16 bit patterns, 2 bytes each:
+# half the float32 layer's saved bytes. The backward widens them in its cell (exact), so
+# its results are the bits of the same kernel on float32 words holding those values (the
+# reference's form, which the C backward also takes): checked at every SIMD level, with
+# vdpbf16ps forced on and off where the CPU has it, for 1 and 2 threads.
+def _saved(layer):
+    """Every layer-direction's saved (gates, c) of a layer's last training forward."""
+    caches = layer._cache[0]
+    return [(c.saved[4], c.saved[5]) for c in caches]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, bidirectional=True)])
+@pytest.mark.parametrize("lengths", [None, [5, 2, 7]])
+def test_c_saves_gates_and_c_in_half_the_bytes_of_float32(kw, lengths):
+    ck = pytest.importorskip("lstm_fast.backends._c")
+    del ck
+    T, B, I, H = 7, 3, 5, 9
+    bf = lstm_fast.LSTM(I, H, weight_dtype="bfloat16", backend="c", seed=3, **kw).train()
+    f32 = lstm_fast.LSTM(I, H, backend="c", seed=3, **kw).train()
+    f32.load_state_dict(bf.state_dict())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lens = None if lengths is None else np.array(lengths)
+    bf(x, lengths=lens)
+    f32(x, lengths=lens)
+    N = T * B if lens is None else int(lens.sum())
+    saved_bf, saved_32 = _saved(bf), _saved(f32)
+    assert len(saved_bf) == len(saved_32) == (4 if kw else 1)
+    for (g, c), (g32, c32) in zip(saved_bf, saved_32):
+        assert g.dtype == c.dtype == np.uint16 and g32.dtype == c32.dtype == np.float32
+        assert g.size == g32.size == N * 4 * H and c.size == c32.size == N * H
+        assert 2 * g.nbytes == g32.nbytes and 2 * c.nbytes == c32.nbytes
+    # LSTMCache.gates / .c give their float32 values (bfloat16 values, zero where padded)
+    for cache in bf._cache[0]:
+        for v, raw in ((cache.gates, cache.saved[4]), (cache.c, cache.saved[5])):
+            assert v.dtype == np.float32 and v.shape[:2] == (T, B)
+            assert same_bits(ref.round_bf16(v), v)
+            assert np.sum(v != 0) <= raw.size
+    # training still gives the reference's gradients (the layer's own route)
+    dy = rng.standard_normal((T, B, H * (2 if kw else 1))).astype(np.float32)
+    dx, _ = bf.backward(dy)
+    ref_layer = lstm_fast.LSTM(I, H, weight_dtype="bfloat16", backend="numpy", seed=3,
+                               **kw).train()
+    ref_layer.load_state_dict(bf.state_dict())
+    ref_layer(x, lengths=lens)
+    dx_ref, _ = ref_layer.backward(dy)
+    assert np.max(np.abs(dx - dx_ref)) <= MOVED * np.max(np.abs(dx_ref))
+
+
+def _settings(ck):
+    """(level, native) pairs: every SIMD level; at avx512 vdpbf16ps on and off if possible."""
+    from _support import simd_levels
+    out = []
+    for level in simd_levels(ck):
+        natives = (True, False) if level == "avx512" and ck.cpu_has_avx512bf16() else (None,)
+        out += [(level, n) for n in natives]
+    return out
+
+
+@pytest.mark.parametrize("shape,bs", [((1, 1, 1, 1), None), ((1, 3, 5, 4), None),
+                                      ((5, 1, 4, 6), None), ((6, 4, 7, 1), None),
+                                      ((9, 5, 3, 17), None), ((4, 3, 20, 33), None),
+                                      ((3, 34, 9, 21), None),
+                                      ((5, 4, 6, 7), [4, 4, 3, 2, 1]),
+                                      ((1, 3, 4, 5), [3])])
+def test_c_backward_on_bf16_bits_is_the_float32_words_bits(shape, bs):
+    ck = pytest.importorskip("lstm_fast.backends._c")
+    bs = None if bs is None else np.array(bs, np.int64)
+    p, g = _c_problem(shape, 0, bs)
+    before = ck.simd_level()
+    try:
+        for level, native in _settings(ck):
+            ck.set_simd_level(level)
+            ck.set_bf16_native(native)
+            pk = ck.pack_bf16(p["w_ih"], p["w_hh"], p["b"])
+            runs = []
+            for nt in (1, 2):
+                y, h_n, c_n, gates, c = ck.forward(pk, p["x"], p["h0"], p["c0"], nt, bs, True)
+                assert gates.dtype == c.dtype == np.uint16
+                args = (g["dy"], g["dh_n"], g["dc_n"], nt, bs)
+                bits = ck.backward(pk, p["x"], p["h0"], p["c0"], y, gates, c, *args)
+                words = ck.backward(pk, p["x"], p["h0"], p["c0"], y, ref.bf16_values(gates),
+                                    ref.bf16_values(c), *args)
+                for a, b, name in zip(bits[:6], words[:6], NAMES):
+                    assert same_bits(a, b), (level, native, nt, name)
+                runs.append((y, h_n, c_n, gates, c) + bits[:6])
+            for a, b in zip(*runs):     # 1 and 2 threads: the same bits
+                assert same_bits(a, b), (level, native)
+    finally:
+        ck.set_bf16_native(None)
+        ck.set_simd_level(before)
+
+
+def test_c_backward_rejects_saved_arrays_that_are_not_the_forwards():
+    ck = pytest.importorskip("lstm_fast.backends._c")
+    p, g = _c_problem((4, 3, 5, 6), 0)
+    pk = ck.pack_bf16(p["w_ih"], p["w_hh"], p["b"])
+    y, _, _, gates, c = ck.forward(pk, p["x"], p["h0"], p["c0"], 1, None, True)
+    args = (g["dy"], g["dh_n"], g["dc_n"], 1)
+
+    def bwd(gates, c):
+        return ck.backward(pk, p["x"], p["h0"], p["c0"], y, gates, c, *args)
+
+    with pytest.raises(ValueError, match="^gates: .*uint16.*got float64"):
+        bwd(ref.bf16_values(gates).astype(np.float64), c)
+    with pytest.raises(ValueError, match=r"^c: .*72 elements.*got uint16 \(4, 3, 5\)"):
+        bwd(gates, c[:, :, :5].copy())
+    with pytest.raises(ValueError, match="^gates: .*not C-contiguous"):
+        bwd(np.asfortranarray(gates), c)
+    with pytest.raises(ValueError, match="both uint16 .* or both float32"):
+        bwd(gates, ref.bf16_values(c))
+    # the forward's arrays still work after the refusals
+    assert all(np.isfinite(a).all() for a in bwd(gates, c)[:6])
+
+
+def test_module_under_autocast_saves_bf16_bits_for_backward():
+    """lstm_fast.torch.LSTM(bf16_autocast=True) under CPU autocast: the tensors autograd
+    keeps for backward hold the gates and c as uint16 (half the float32 module's bytes)."""
+    if "c" not in lstm_fast.available_backends():
+        pytest.skip("the c backend is not built")
+    import lstm_fast.torch as lft
+    T, B, I, H = 6, 2, 3, 5
+    torch.manual_seed(0)
+    m = lft.LSTM(I, H, bf16_autocast=True)
+    x = torch.randn(T, B, I, requires_grad=True)
+
+    def saved_by(autocast):
+        kept = []
+
+        def pack(t):
+            kept.append(t)
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y, _ = m(x)
+        y.float().sum().backward()
+        return kept
+
+    bf = [t for t in saved_by(True) if t.dtype == torch.uint16]
+    assert sorted(t.shape for t in bf) == [(T, B, H), (T, B, 4 * H)]
+    assert not any(t.dtype == torch.float32 and t.shape == (T, B, 4 * H)
+                   for t in saved_by(True))
+    g32 = [t for t in saved_by(False) if t.dtype == torch.float32 and t.shape == (T, B, 4 * H)]
+    assert len(g32) == 1
+    g16 = next(t for t in bf if t.shape == (T, B, 4 * H))
+    assert 2 * g16.numel() * g16.element_size() == g32[0].numel() * g32[0].element_size()
+
+
+def test_c_backward_of_no_steps_gives_zero_weight_gradients():
+    """T = 0 (N = 0 rows): dw_ih, dw_hh and db are sums of nothing, 0 on every path (the
+    vdpbf16ps product once left them unwritten: whatever the new arrays held)."""
+    ck = pytest.importorskip("lstm_fast.backends._c")
+    p, g = _c_problem((0, 2, 3, 4), 0)
+    before = ck.simd_level()
+    try:
+        for level, native in _settings(ck):
+            ck.set_simd_level(level)
+            ck.set_bf16_native(native)
+            for nt in (1, 2, 3):
+                _, _, bwd = _c_run(ck, p, g, nt)
+                for k in (1, 2, 3):
+                    assert not bwd[k].any(), (level, native, nt, NAMES[k])
+                assert same_bits(bwd[4], g["dh_n"]) and same_bits(bwd[5], g["dc_n"])
+    finally:
+        ck.set_bf16_native(None)
+        ck.set_simd_level(before)

@@ -10,6 +10,12 @@ contract (``pack``, ``forward``, ``backward``) with num_threads 1, 2 and 3, whic
 agree with each other; the SHA-256 of each output array's bytes is recorded by name.
 Outputs a version does not return (None) are left out, so a backend that newly returns
 None for db without a bias still compares on everything else.
+
+A backend that trains in bfloat16 (``TRAINS_BF16``: ``pack_bf16``, forward with save=True,
+backward) also runs the float32 cases without a projection that way ("bf16 ..."); the saved
+gates and c are hashed as float32 values (uint16 bfloat16 bit patterns widened), so a
+change of their storage alone compares equal. The C backend runs those at every SIMD level
+the CPU has and, where it has AVX512_BF16, with vdpbf16ps forced on and off.
 """
 import argparse
 import hashlib
@@ -81,6 +87,42 @@ def _run(impl, case, dtype, num_threads, seed):
     return res
 
 
+def _as_values(a):
+    """float32 values of a saved array: uint16 bfloat16 bit patterns widened."""
+    a = np.ascontiguousarray(a)
+    return (a.astype(np.uint32) << 16).view(np.float32) if a.dtype == np.uint16 else a
+
+
+def _run_bf16(impl, case, num_threads, seed):
+    w, a, g, bs = _problem(case, np.float32, seed)
+    packed = impl.pack_bf16(w["w_ih"], w["w_hh"], w["b"])
+    out = impl.forward(packed, a["x"], a["h0"], a["c0"], num_threads, bs, True)
+    grads = impl.backward(packed, a["x"], a["h0"], a["c0"], out[0], out[3], out[4],
+                          g["dy"], g["dh_n"], g["dc_n"], num_threads, bs)
+    res = {}
+    for name, arr in zip(FWD + BWD, tuple(out) + tuple(grads)):
+        if arr is not None:
+            res[name] = hashlib.sha256(_as_values(arr).tobytes()).hexdigest()[:16]
+    return res
+
+
+def _bf16_settings(impl):
+    """(label, apply) pairs: the C backend's SIMD levels x vdpbf16ps on/off; else one."""
+    if not hasattr(impl, "set_simd_level"):
+        return [("", lambda: None)]
+    order = ("portable", "avx2", "avx512")
+    levels = order[:order.index(impl.cpu_simd_level()) + 1]
+    natives = (True, False) if impl.cpu_has_avx512bf16() else (None,)
+    out = []
+    for level in levels:
+        for native in natives if level == "avx512" else (None,):
+            def apply(level=level, native=native):
+                impl.set_simd_level(level)
+                impl.set_bf16_native(native)
+            out.append((f"{level}{'' if native is None else ' native' if native else ' emulated'} ", apply))
+    return out
+
+
 def checksums(name):
     impl = backends.get(name)
     table = {}
@@ -90,6 +132,23 @@ def checksums(name):
             if any(r != runs[0] for r in runs[1:]):
                 raise AssertionError(f"{_case_name(case, dtype)}: bits depend on the thread count")
             table[_case_name(case, dtype)] = runs[0]
+    if getattr(impl, "TRAINS_BF16", False):
+        before = impl.simd_level() if hasattr(impl, "simd_level") else None
+        try:
+            for label, apply in _bf16_settings(impl):
+                apply()
+                for k, case in enumerate(CASES):
+                    if case[3]:     # no projection in bfloat16 training
+                        continue
+                    runs = [_run_bf16(impl, case, n, seed=k) for n in (1, 2, 3)]
+                    key = f"bf16 {label}{_case_name(case, np.float32)}"
+                    if any(r != runs[0] for r in runs[1:]):
+                        raise AssertionError(f"{key}: bits depend on the thread count")
+                    table[key] = runs[0]
+        finally:
+            if before is not None:
+                impl.set_simd_level(before)
+                impl.set_bf16_native(None)
     return table
 
 

@@ -38,6 +38,9 @@ class LSTMCache:
     c : numpy.ndarray
         Cell state after every step, (T, B, H); zero at padded positions.
 
+    bfloat16 training on the C backend keeps gates and c as bfloat16 bit patterns
+    (uint16, half the bytes of float32); these two attributes give their float32 values.
+
     Examples
     --------
     >>> x, w_ih, w_hh = np.ones((4, 2, 3)), np.full((8, 3), 0.1), np.full((8, 2), 0.1)
@@ -69,17 +72,23 @@ class LSTMCache:
     @property
     def gates(self):
         """Activated gates i, f, g, o, (T, B, 4H); zero at padded positions."""
-        return self._padded(self.saved[4])
+        return self._padded(_values(self.saved[4]))
 
     @property
     def c(self):
         """Cell state after every step, (T, B, H); zero at padded positions."""
-        return self._padded(self.saved[5])
+        return self._padded(_values(self.saved[5]))
 
     def _padded(self, a):
         if self.plan is not None:
             return self.plan.scatter(a, self.reverse)
         return a[::-1] if self.reverse else a
+
+
+def _values(a):
+    """Saved gates or c as float32 values (bfloat16 bit patterns widened)."""
+    from .backends.reference import bf16_values     # (not imported before it is needed)
+    return bf16_values(a)
 
 
 def _make_cache(impl, packed, saved, plan, reverse):

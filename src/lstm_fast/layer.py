@@ -137,7 +137,8 @@ class LSTM(_route.LayerBase):
         stay the float32 masters (``state_dict``). ``train()`` makes it a
         mixed-precision training layer on the backends ``backends.BF16_TRAINING``
         ("c" and "numpy"): the same forward, what is kept for backward (gates, cell
-        states) rounded to bfloat16 values (still in float32 words: not halved yet),
+        states) rounded to bfloat16 (on "c" stored as bfloat16: half the bytes of
+        float32 training's),
         bfloat16 products in backward too (the gate gradients, weights, x and h
         rounded), float32 accumulation, float32 gradients of the float32 masters
         (``grads``), which the optimizer updates; no recurrent_dropout. The exact

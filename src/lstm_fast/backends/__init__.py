@@ -71,7 +71,9 @@ b, out=None)`` give a Packed of that weight dtype for ``forward`` with save=Fals
 ``step``. A backend with ``TRAINS_BF16 = True`` (those in ``BF16_TRAINING``) also takes a
 ``pack_bf16`` Packed in ``forward`` with save=True and in ``backward``: bfloat16 training
 (mixed precision; the arithmetic in ``reference``, "bfloat16 training"), gates and c then
-hold bfloat16 values.
+hold bfloat16 values: float32 arrays in ``reference``, uint16 arrays of bfloat16 bit
+patterns (half the bytes) in the C backend, whose backward also takes float32 ones
+(``reference.bf16_values`` widens the bits).
 
 Optional, the C backend only: ``bind_layer(inputs)`` gives a layer's
 ``_validation.LayerInputs`` two C functions that run ``forward``/``backward`` (padded, no

@@ -1,5 +1,5 @@
 # Declarations of the C kernel (csrc/). Only nogil extern declarations live here.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 
 cdef extern from "cpu.h" nogil:
     ctypedef enum lstm_simd_level:
@@ -73,6 +73,8 @@ cdef extern from "lstm.h" nogil:
         void *var_ws
         int bf16_grads
         void *bf16_ws
+        const uint16_t *bf16_gates
+        const uint16_t *bf16_c
         const void *layer_norm
         void *ln_stats
         int64_t ln_stats_cols
@@ -121,8 +123,8 @@ cdef extern from "lstm.h" nogil:
                           int num_threads)
     int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                              const int64_t *batch_sizes, const float *x, const float *h0,
-                             const float *c0, float *y, float *h_n, float *c_n, float *gates,
-                             float *c, void *workspace, int num_threads)
+                             const float *c0, float *y, float *h_n, float *c_n,
+                             uint16_t *gates, uint16_t *c, void *workspace, int num_threads)
     int lstm_set_bf16_mode(int mode)
     int lstm_get_bf16_mode()
     int lstm_bf16_native(int64_t B, int64_t I, int64_t H)

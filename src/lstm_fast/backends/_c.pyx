@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 from cpython.ref cimport Py_INCREF
 from lstm_fast._validation cimport LayerInputs
@@ -284,6 +284,8 @@ cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
         nbytes = n * 4
     elif typenum == cnp.NPY_FLOAT64:
         nbytes = n * 8
+    elif typenum == cnp.NPY_UINT16:   # bfloat16 training's saved gates and c (bf16 bits)
+        nbytes = n * 2
     elif typenum == cnp.NPY_UINT8:
         nbytes = n
     else:                  # no other element type is made here; NumPy's own alignment
@@ -483,6 +485,43 @@ cdef void _round_bf16(uint32_t *u, Py_ssize_t n) noexcept nogil:
         u[k] = (r & ~nan) | ((v | 0x00400000u) & 0xffff0000u & nan)
 
 
+cdef object _bf16_scratch = None     # the scratch bfloat16 training's backwards share
+cdef bint _bf16_scratch_busy = False
+
+
+cdef cnp.ndarray _take_bf16_scratch(size_t size):
+    """At least size bytes of scratch for a bfloat16 training backward: the shared one
+    (grown when too small), or a fresh array while another call holds it."""
+    global _bf16_scratch, _bf16_scratch_busy
+    cdef cnp.npy_intp n
+    if not _bf16_scratch_busy and _bf16_scratch is not None and \
+            <size_t>cnp.PyArray_SIZE(<cnp.ndarray>_bf16_scratch) >= size:
+        _bf16_scratch_busy = True
+        return <cnp.ndarray>_bf16_scratch
+    n = <cnp.npy_intp>size
+    a = _empty(1, &n, cnp.NPY_UINT8)
+    if not _bf16_scratch_busy:
+        _bf16_scratch = a
+        _bf16_scratch_busy = True
+    return a
+
+
+cdef inline void _give_bf16_scratch(cnp.ndarray a):
+    global _bf16_scratch_busy
+    if a is _bf16_scratch:
+        _bf16_scratch_busy = False
+
+
+cdef inline size_t _al64(size_t n) noexcept nogil:
+    return (n + 63) & ~(<size_t>63)
+
+
+cdef void _bf16_round_into(const float *src, float *dst, size_t n) noexcept nogil:
+    """n float32 values of src rounded to bfloat16 into dst (float32 words)."""
+    memcpy(dst, src, n * 4)
+    _round_bf16(<uint32_t *>dst, <Py_ssize_t>n)
+
+
 cdef cnp.ndarray _bf16_copy(cnp.ndarray a):
     """A float32 C-contiguous copy of a rounded to bfloat16 (the kernel's alignment)."""
     cdef cnp.ndarray out = _like(a, cnp.NPY_FLOAT32)
@@ -492,6 +531,23 @@ cdef cnp.ndarray _bf16_copy(cnp.ndarray a):
     with nogil:
         _round_bf16(u, n)
     return out
+
+
+cdef bint _check_bf16_saved(str name, cnp.ndarray a, int64_t size) except -1:
+    """The backward of bfloat16 training reads the forward's saved ``gates`` / ``c``: as
+    the forward returns them, bfloat16 bit patterns (C-contiguous uint16; True), or as
+    float32 words holding bfloat16 values (the reference's form; False: the kernel reads
+    them as they are, the same bits). Anything else is a ValueError naming the argument."""
+    cdef int tn = cnp.PyArray_TYPE(a)
+    if (tn != cnp.NPY_UINT16 and tn != cnp.NPY_FLOAT32) or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
+            or cnp.PyArray_SIZE(a) != size:
+        o = <object>a
+        raise ValueError(f"{name}: bfloat16 training's backward takes the forward's saved "
+                         f"{name} ({size} elements, C-contiguous: uint16 bfloat16 bit "
+                         f"patterns as forward returns them, or float32 holding bfloat16 "
+                         f"values), got {o.dtype} {o.shape}"
+                         f"{'' if o.flags.c_contiguous else ' (not C-contiguous)'}")
+    return tn == cnp.NPY_UINT16
 
 
 cdef Packed _bf16_train_pack(Packed packed):
@@ -631,7 +687,7 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
         if bf16:
             status = lstm_forward_bf16_ex(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
                                           <float *>c0p, <float *>yp, <float *>hnp,
-                                          <float *>cnp_, <float *>gp, <float *>cp, wp,
+                                          <float *>cnp_, <uint16_t *>gp, <uint16_t *>cp, wp,
                                           num_threads)
         elif i8d:
             status = lstm_forward_i8d(T, B, I, H, pk, bsp, <float *>xp, <float *>h0p,
@@ -686,9 +742,10 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
     if c_n is None:
         c_n = _like(c0, tn)
     gates = c = None
-    if save:
-        gates = _rows(padded, T, B, N, 4 * H, tn)
-        c = _rows(padded, T, B, N, H, tn)
+    if save:   # bfloat16 training keeps them as bf16 bit patterns (uint16: half the bytes)
+        st = cnp.NPY_UINT16 if packed.wkind == _BF16 else tn
+        gates = _rows(padded, T, B, N, 4 * H, st)
+        c = _rows(padded, T, B, N, H, st)
     _forward_call(packed, T, B, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, num_threads,
                   rdrop, zoneout, stats)
     return y, h_n, c_n, gates, c
@@ -706,10 +763,15 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     bfloat16 training (backends/reference.py): the float32 backward on the weights, x, h0
     and y rounded to bfloat16, the gate gradients rounded in the kernel (bf16_grads)."""
     cdef bint bf16 = packed.wkind == _BF16
+    cdef int64_t Hb = packed.hidden_size
+    cdef bint bits = False   # bfloat16 training: gates and c given as bf16 bit patterns
     if bf16:
         if rdrop is not None or zoneout is not None:
             _inference_only(packed)
-        x, h0, y = _bf16_copy(x), _bf16_copy(h0), _bf16_copy(y)
+        bits = _check_bf16_saved("gates", gates, N * 4 * Hb)
+        if _check_bf16_saved("c", c, N * Hb) != bits:
+            raise ValueError(f"gates and c: both uint16 (bfloat16 bit patterns) or both "
+                             f"float32, got {gates.dtype} and {c.dtype}")
         packed = _bf16_train_pack(packed)
     cdef int tn = packed.typenum
     cdef int64_t H = packed.hidden_size, I = packed.input_size, P = packed.proj_size
@@ -722,6 +784,17 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     if ln:   # the layer norm's scratch after the workspace, as the forward's
         lnsize = (lstm_ln_workspace_size_f32(N, B, H, 1, 1) if tn == cnp.NPY_FLOAT32
                   else lstm_ln_workspace_size_f64(N, B, H, 1, 1))
+    # bfloat16 training: x, h0 and y rounded to bfloat16 (float32 words) and the scratch of
+    # the products with vdpbf16ps, in one scratch that every bfloat16 backward shares
+    # (_take_bf16_scratch: no page faults of fresh arrays per call, and one buffer for a
+    # model's layers, not one per layer)
+    cdef size_t nx = 0, nh = 0, ny = 0, bfsize = 0
+    cdef cnp.ndarray bscr = None
+    if bf16:
+        nx, nh, ny = cnp.PyArray_SIZE(x), cnp.PyArray_SIZE(h0), cnp.PyArray_SIZE(y)
+        bfsize = (64 + _al64(nx * 4) + _al64(nh * 4) + _al64(ny * 4) +
+                  lstm_bf16_grads_workspace_size(N, B, I, H, num_threads))
+        bscr = _take_bf16_scratch(bfsize)
     cdef cnp.ndarray ws = _take_ws(packed, wsize + lnsize)
     cdef void *pk = cnp.PyArray_DATA(<cnp.ndarray>packed.buf)
     cdef const int64_t *bsp = <const int64_t *>_p(batch_sizes)
@@ -729,6 +802,19 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     cdef void *p_h0 = cnp.PyArray_DATA(h0)
     cdef void *p_c0 = cnp.PyArray_DATA(c0)
     cdef void *p_y = cnp.PyArray_DATA(y)
+    cdef char *bfs = NULL
+    if bf16:
+        bfs = <char *>cnp.PyArray_DATA(bscr)
+        bfs += (64 - <size_t>bfs % 64) % 64
+        with nogil:
+            _bf16_round_into(<const float *>p_x, <float *>bfs, nx)
+            _bf16_round_into(<const float *>p_h0, <float *>(bfs + _al64(nx * 4)), nh)
+            _bf16_round_into(<const float *>p_y,
+                             <float *>(bfs + _al64(nx * 4) + _al64(nh * 4)), ny)
+        p_x = bfs
+        p_h0 = bfs + _al64(nx * 4)
+        p_y = bfs + _al64(nx * 4) + _al64(nh * 4)
+        bfs += _al64(nx * 4) + _al64(nh * 4) + _al64(ny * 4)
     cdef void *p_g = cnp.PyArray_DATA(gates)
     cdef void *p_c = cnp.PyArray_DATA(c)
     cdef void *p_dy = cnp.PyArray_DATA(dy)
@@ -746,7 +832,7 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
     cdef const lstm_variant *var = packed._varp
     cdef lstm_variant lv
     memset(&lv, 0, sizeof(lstm_variant))
-    rws = bws = None
+    rws = None
     if rdrop is not None or zoneout is not None:
         rws = np.empty((lstm_variant_workspace_size_f32(N, B, R, num_threads, 1)
                         if tn == cnp.NPY_FLOAT32 else
@@ -770,8 +856,11 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
         lv.cifg = 0
         lv.bf16_grads = 1
         # scratch of the per-step products with vdpbf16ps (used where lstm.c chooses it)
-        bws = np.empty(lstm_bf16_grads_workspace_size(N, B, I, H, num_threads), np.uint8)
-        lv.bf16_ws = cnp.PyArray_DATA(bws)
+        lv.bf16_ws = bfs
+        if bits:   # the forward's saved gates and c: bf16 bits, widened in the step's cell
+            lv.bf16_gates = <const uint16_t *>p_g
+            lv.bf16_c = <const uint16_t *>p_c
+            p_g = p_c = NULL
         var = &lv
     cdef int status
     with nogil:
@@ -803,6 +892,8 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
                 <double *>p_db, <double *>p_dh0, <double *>p_dc0, <double *>p_dwr, p_ws,
                 num_threads)
     _give_ws(packed, ws)
+    if bf16:
+        _give_bf16_scratch(bscr)
     if status != LSTM_OK:
         _raise_status(status)
     return 0
@@ -888,9 +979,10 @@ cdef int _layer_forward(object inputs, object packed, object x, object h0, objec
     if c_n is None:
         c_n = _like(c0a, tn)
     gates = c = None
-    if save:
-        gates = _rows(True, T, B, T * B, 4 * H, tn)
-        c = _rows(True, T, B, T * B, H, tn)
+    if save:   # bfloat16 training: bf16 bit patterns, as forward's
+        st = cnp.NPY_UINT16 if p.wkind == _BF16 else tn
+        gates = _rows(True, T, B, T * B, 4 * H, st)
+        c = _rows(True, T, B, T * B, H, st)
     _forward_call(p, T, B, None, xa, h0a, c0a, y, h_n, c_n, gates, c, num_threads)
     res.y = y
     res.h_n = h_n

@@ -589,6 +589,15 @@ def round_bf16(a):
     return r.astype(np.uint32).view(np.float32)
 
 
+def bf16_values(a):
+    """float32 values of bfloat16 bit patterns (a uint16 array: what the C backend's
+    bfloat16 training forward saves for backward), exact; any other array as it is."""
+    a = np.asarray(a)
+    if a.dtype != np.uint16:
+        return a
+    return (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
 def _pad_even(a):
     """a (n, K) with a zero column appended when K is odd."""
     return a if a.shape[1] % 2 == 0 else np.concatenate([a, np.zeros((a.shape[0], 1), a.dtype)], 1)
@@ -664,8 +673,9 @@ def _float32_steps(products, x, b, h0, c0, batch_sizes, save=False):
 #           VDPBF16PS pairs and order, float32 cell state and activations), so a model
 #           trained so and evaluated with its bfloat16 inference path gives the same bits.
 #           Saved for backward: the activated gates (N, 4H) and cell states (N, H)
-#           rounded to bfloat16 (half the float32 layer's saved bytes; x and y are the
-#           layer's own input and output, kept anyway).
+#           rounded to bfloat16 (stored as bfloat16 by the C backend: half the float32
+#           layer's saved bytes; x and y are the layer's own input and output, kept
+#           anyway).
 # backward  the float32 cell gradient of lstm_backward on the saved (rounded) gates and
 #           cell states (c_{t-1} at t = 0 is c0 as given), giving the gate gradients da_t
 #           (n, 4H) in float32; da_t is rounded to bfloat16 (r(da)) for every product:
@@ -688,10 +698,14 @@ def _float32_steps(products, x, b, h0, c0, batch_sizes, save=False):
 #           sum (tests/test_bf16_training.py).
 # Master weights float32 only (the layer's dtype; bfloat16 needs dtype float32); no
 # projection, no variant, no recurrent dropout or zoneout (ValueErrors at the layer).
+# This reference keeps the saved gates and c as float32 arrays holding bfloat16 values (the
+# readable form); lstm_backward_bf16 also takes them as uint16 bit patterns (bf16_values).
 # The C backend (backends/_c.pyx, csrc/lstm.h lstm_forward_bf16_ex): the forward is the
-# bf16 inference kernel whose cell also stores the gates and c_t rounded to bf16 (still in
-# float32 words: halving their bytes is left to do); the backward is the
-# float32 kernel on a float32 pack of the rounded weights, with x, h0, y rounded and the
+# bf16 inference kernel whose cell also stores the gates and c_t rounded to bf16 as their
+# bit patterns (uint16 arrays, 2 bytes an element: half the float32 layer's saved bytes);
+# the backward is the float32 kernel on a float32 pack of the rounded weights, reading
+# those bits widened to float32 in its cell (exact: lstm_variant.bf16_gates, bf16_c), with
+# x, h0, y rounded and the
 # gate gradients rounded in its cell (lstm_variant.bf16_grads), so its products are
 # float32 sums of exact products in the kernel's order (tests/test_bf16_training.py);
 # dh_{t-1}, the in-step dx, dw_ih and dw_hh with VDPBF16PS where the CPU's rates favour
@@ -712,7 +726,7 @@ def lstm_backward_bf16(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
     xp, steps = _steps(x, batch_sizes)
     H = h0.shape[-1]
     N = xp.shape[0]
-    y, gates, c, dy = (np.asarray(a, np.float32).reshape(N, a.shape[-1])
+    y, gates, c, dy = (np.asarray(bf16_values(a), np.float32).reshape(N, a.shape[-1])
                        for a in (y, gates, c, dy))
     da = np.empty((N, 4 * H), np.float32)       # the float32 gate gradients
     dar = np.empty((N, 4 * H), np.float32)      # ... rounded to bfloat16
