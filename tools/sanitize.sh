@@ -7,7 +7,8 @@
 #      the checkout is not touched;
 #   2. runs the kernel tests (tests/test_ckernel.py, the "c-" cases of
 #      tests/test_contract.py, tests/test_threads.py, tests/test_threads_torch.py,
-#      the LSTM variants' tests/test_variants.py, bfloat16's tests/test_bf16.py,
+#      the LSTM variants' tests/test_variants.py, bfloat16's tests/test_bf16.py and
+#      tests/test_bf16_training.py,
 #      int8's tests/test_int8.py, both in tests/test_low_precision.py and the C cases of the recurrent dropout,
 #      zoneout and layer norm tests)
 #      with the ASan runtime preloaded; any ASan or UBSan report fails the run;
@@ -100,7 +101,7 @@ if [ "$DO_ASAN" = 1 ]; then
       tests/test_ckernel.py tests/test_contract.py tests/test_threads.py \
       tests/test_threads_torch.py tests/test_variants.py tests/test_bf16.py tests/test_int8.py \
       tests/test_low_precision.py tests/test_recurrent_dropout.py tests/test_zoneout.py \
-      tests/test_layer_norm.py \
+      tests/test_layer_norm.py tests/test_bf16_training.py \
       -k "test_ckernel or test_threads or c- or c] or bf16 or int8 or low_precision" "$@") || asan_status=1
   log "ASan+UBSan pytest: $([ "${asan_status:-0}" = 0 ] && echo clean || echo FAILED)"
   status=${asan_status:-0}
