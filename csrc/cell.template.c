@@ -385,11 +385,13 @@ INLINE void FN(bwd_cell_var)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t
     }
 }
 
-/* The plain backward cell of bfloat16 training on the saved bit patterns (g16, c16,
- * cp16): bwd_cell's operations on the widened values (the same floats the forward
- * rounded), so the same bits as bwd_cell on float32 words holding them. */
-INLINE void FN(bwd_cell_b16)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t r0,
-                             int64_t j0, const TYPE *dh_tile)
+/* The plain backward cell over rows r0..r0+mr, hidden blocks j0..j0+nb (bwd_cell's
+ * contract). b16 (a constant: each call is compiled for one): the gates, c_t and, where
+ * cp16 is set, c_{t-1} are read from bfloat16 training's saved bit patterns (g16, c16,
+ * cp16) and widened: the same floats the forward rounded, so the same bits as on float32
+ * words holding them. */
+INLINE void FN(bwd_cell_plain)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t r0,
+                               int64_t j0, const TYPE *dh_tile, const int b16)
 {
     const int64_t H = a->H;
     for (int r = 0; r < mr; r++) {
@@ -399,18 +401,29 @@ INLINE void FN(bwd_cell_b16)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t
             vec dh = dh_tile ? vload(dh_tile + (r * nb + jb) * V) : vload_n(a->dh + ro, n);
             if (a->dy)
                 dh = dh + vload_n(a->dy + ro, n);
-            const uint16_t *gr = a->g16 + row * 4 * H + off;
-            vec i = FN(vload_bf16_n)(gr, n), f = FN(vload_bf16_n)(gr + H, n);
-            vec g = FN(vload_bf16_n)(gr + 2 * H, n), o = FN(vload_bf16_n)(gr + 3 * H, n);
-            vec tc = vtanh(FN(vload_bf16_n)(a->c16 + ro, n));
-            vec cp = a->cp16 ? FN(vload_bf16_n)(a->cp16 + ro, n) : vload_n(a->cprev + ro, n);
+            vec i, f, g, o, ct, cp;
+            if (b16) {
+                const uint16_t *gr = a->g16 + row * 4 * H + off;
+                i = FN(vload_bf16_n)(gr, n), f = FN(vload_bf16_n)(gr + H, n);
+                g = FN(vload_bf16_n)(gr + 2 * H, n), o = FN(vload_bf16_n)(gr + 3 * H, n);
+                ct = FN(vload_bf16_n)(a->c16 + ro, n);
+                cp = a->cp16 ? FN(vload_bf16_n)(a->cp16 + ro, n) : vload_n(a->cprev + ro, n);
+            } else {
+                const TYPE *gr = a->gates + row * 4 * H + off;
+                i = vload_n(gr, n), f = vload_n(gr + H, n);
+                g = vload_n(gr + 2 * H, n), o = vload_n(gr + 3 * H, n);
+                ct = vload_n(a->c + ro, n);
+                cp = vload_n(a->cprev + ro, n);
+            }
+            vec tc = vtanh(ct);
             vec dcv = vload_n(a->dc + ro, n);
             dcv = dcv + dh * o * (1 - tc * tc);
             TYPE *dgr = a->dg + row * a->ldg + off;
             vec dgv[4] = {dcv * g * i * (1 - i), dcv * cp * f * (1 - f),
                           dcv * i * (1 - g * g), dh * tc * o * (1 - o)};
             for (int q = 0; q < 4; q++) {
-                vstore_n(dgr + q * H, a->bf16 ? FN(vround_bf16)(dgv[q]) : dgv[q], n);
+                vstore_n(dgr + q * H, sizeof(TYPE) == 4 && a->bf16 ? FN(vround_bf16)(dgv[q])
+                                                                    : dgv[q], n);
                 vstore_n(a->db + q * H + off, vload_n(a->db + q * H + off, n) + dgv[q], n);
             }
             vstore_n(a->dc + ro, dcv * f, n);
@@ -426,38 +439,12 @@ INLINE void FN(bwd_cell_b16)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t
 KERNEL void FN(bwd_cell)(const FN(bwd_cell_args) *a, int mr, int nb, int64_t r0, int64_t j0,
                          const TYPE *dh_tile)
 {
-    if (a->var) {   /* one test per tile; the plain loops below are unchanged */
+    if (a->var) {   /* one test per tile; the float32 words' plain cell is compiled apart */
         if (sizeof(TYPE) == 4 && a->g16)   /* bfloat16 training, bf16 saved values */
-            FN(bwd_cell_b16)(a, mr, nb, r0, j0, dh_tile);
+            FN(bwd_cell_plain)(a, mr, nb, r0, j0, dh_tile, 1);
         else
             FN(bwd_cell_var)(a, mr, nb, r0, j0, dh_tile);
         return;
     }
-    const int64_t H = a->H;
-    for (int r = 0; r < mr; r++) {
-        for (int jb = 0; jb < nb; jb++) {
-            int64_t row = r0 + r, off = (j0 + jb) * V, ro = row * H + off;
-            int n = H - off < V ? (int)(H - off) : V;
-            vec dh = dh_tile ? vload(dh_tile + (r * nb + jb) * V) : vload_n(a->dh + ro, n);
-            if (a->dy)
-                dh = dh + vload_n(a->dy + ro, n);
-            const TYPE *gr = a->gates + row * 4 * H + off;
-            vec i = vload_n(gr, n), f = vload_n(gr + H, n);
-            vec g = vload_n(gr + 2 * H, n), o = vload_n(gr + 3 * H, n);
-            vec tc = vtanh(vload_n(a->c + ro, n));
-            vec dcv = vload_n(a->dc + ro, n);
-            dcv = dcv + dh * o * (1 - tc * tc);
-            TYPE *dgr = a->dg + row * a->ldg + off;
-            vec dgv[4] = {dcv * g * i * (1 - i), dcv * vload_n(a->cprev + ro, n) * f * (1 - f),
-                          dcv * i * (1 - g * g), dh * tc * o * (1 - o)};
-            for (int q = 0; q < 4; q++) {
-                vstore_n(dgr + q * H, sizeof(TYPE) == 4 && a->bf16 ? FN(vround_bf16)(dgv[q])
-                                                                    : dgv[q], n);
-                vstore_n(a->db + q * H + off, vload_n(a->db + q * H + off, n) + dgv[q], n);
-            }
-            vstore_n(a->dc + ro, dcv * f, n);
-            if (a->m)
-                vstore_n(a->m + ro, o * tc, n);
-        }
-    }
+    FN(bwd_cell_plain)(a, mr, nb, r0, j0, dh_tile, 0);
 }
