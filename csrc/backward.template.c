@@ -120,15 +120,86 @@ KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, const TYPE 
     }
 }
 
+#if ISA == 2
+/* bwd_tile for one output block with at most V/2 live columns, on the lower 256 bits
+ * (as fwd_tile_half in the forward: the same bits, the upper lanes stored as 0). */
+INLINE void FN(bwd_tile_half)(const int mr, int64_t k0, int64_t k1, const TYPE *restrict dg,
+                              int64_t ldg, const TYPE *restrict w, TYPE *restrict acc_mem,
+                              const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
+{
+    FN(hvec) acc[BR];
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++)
+        acc[r] = k0 ? (FN(hvec)) * (const FN(uhvec) *)(acc_mem + r * V) : (FN(hvec)){0};
+    int64_t pfc = 0;
+    for (int64_t k = k0; k < k1; k++) {
+        const FN(hvec) wk = *(const FN(uhvec) *)(w + k * V);
+        if (PF && k - k0 < npf && --pfc <= 0) {
+            __builtin_prefetch(pf + (k - k0) * V, 0, 2);
+            pfc = pfstep;
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; r++)
+#if IS_F64
+            acc[r] = FN(hfma)((FN(hvec))_mm256_set1_pd(dg[r * ldg + k]), wk, acc[r]);
+#else
+            acc[r] = FN(hfma)((FN(hvec))_mm256_set1_ps(dg[r * ldg + k]), wk, acc[r]);
+#endif
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++) {
+        *(FN(uhvec) *)(acc_mem + r * V) = acc[r];
+        *(FN(uhvec) *)(acc_mem + r * V + V / 2) = (FN(hvec)){0};
+    }
+}
+
+#define BWD_TILE_HALF(MRV)                                                                   \
+    case MRV:                                                                                \
+        if (pf)                                                                              \
+            FN(bwd_tile_half)(MRV, k0, k1, dg, ldg, w, acc_mem, 1, pf, npf, pfstep);          \
+        else                                                                                 \
+            FN(bwd_tile_half)(MRV, k0, k1, dg, ldg, w, acc_mem, 0, pf, 0, 0);                 \
+        break;
+
+KERNEL void FN(bwd_tile_half_any)(int mr, int64_t k0, int64_t k1, const TYPE *dg, int64_t ldg,
+                                  const TYPE *w, TYPE *acc_mem, const TYPE *pf, int64_t npf,
+                                  int64_t pfstep)
+{
+    switch (mr) {
+        BWD_TILE_HALF(1)
+        BWD_TILE_HALF(2)
+        BWD_TILE_HALF(3)
+        BWD_TILE_HALF(4)
+        BWD_TILE_HALF(5)
+        BWD_TILE_HALF(6)
+    default:
+        break;
+    }
+}
+#undef BWD_TILE_HALF
+#endif
+
+/* The first output block [jh, ...) that runs as a half tile: W's last block, if it has at
+ * most V/2 live columns and the ISA has half tiles (AVX-512), else nblk (none). */
+static inline int64_t FN(half_block)(int64_t W)
+{
+    int64_t nblk = (W + V - 1) / V;
+    return ISA == 2 && W - (nblk - 1) * V <= V / 2 ? nblk - 1 : nblk;
+}
+
 /* part [n][nb][V] = dg [n rows, ldg apart] . the nb blocks at w (K = G rows each,
  * blocks bstride apart), n <= sp->rows, in row tiles of near-equal size and, as the
  * plan says (see step_plan), in chunks of K with the next chunk prefetched; the
- * last chunk prefetches pf_next (the next blocks' start) if set. */
+ * last chunk prefetches pf_next (the next blocks' start) if set. half (nb = 1): the
+ * block is a half_block, bwd_tile_half's. */
 KERNEL void FN(bwd_tiles)(int64_t n, int nb, int64_t G, const TYPE *dg, int64_t ldg,
                           const TYPE *w, int64_t bstride, TYPE *part, const FN(step_plan) *sp,
-                          const TYPE *pf_next)
+                          const TYPE *pf_next, int half)
 {
     int64_t nt = (n + BR - 1) / BR, kc = nt > 1 && sp->kc < G ? sp->kc : G;
+#if ISA != 2
+    (void)half;
+#endif
     for (int64_t k0 = 0; k0 < G; k0 += kc) {
         int64_t k1 = G - k0 < kc ? G : k0 + kc, npf = 0;
         const TYPE *pf = NULL;
@@ -142,8 +213,15 @@ KERNEL void FN(bwd_tiles)(int64_t n, int nb, int64_t G, const TYPE *dg, int64_t 
         }
         for (int64_t t = 0; t < nt; t++) {
             int64_t r0 = n * t / nt, r1 = n * (t + 1) / nt;
-            FN(bwd_tile_any)((int)(r1 - r0), nb, k0, k1, dg + r0 * ldg, ldg, w, bstride,
-                             part + r0 * nb * V, pf && npf > t ? pf + t * V : NULL, npf - t, nt);
+            const TYPE *pft = pf && npf > t ? pf + t * V : NULL;
+#if ISA == 2
+            if (half)   /* nb = 1 */
+                FN(bwd_tile_half_any)((int)(r1 - r0), k0, k1, dg + r0 * ldg, ldg, w,
+                                      part + r0 * V, pft, npf - t, nt);
+            else
+#endif
+                FN(bwd_tile_any)((int)(r1 - r0), nb, k0, k1, dg + r0 * ldg, ldg, w, bstride,
+                                 part + r0 * nb * V, pft, npf - t, nt);
         }
     }
 }
@@ -157,15 +235,16 @@ KERNEL void FN(bwd_rows)(int64_t H, int64_t W, const TYPE *w, int64_t p0, int64_
 {
     int64_t G = 4 * H;
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
-    int64_t jstep = n == 1 ? 2 * BNB : BNB;
-    for (int64_t j = p0; j < p1; j += jstep) {
-        int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
+    /* tiles of jstep blocks; the half block alone (bwd_tile_half) */
+    const int64_t jstep = n == 1 ? 2 * BNB : BNB, jh = FN(half_block)(W), je = jh < p1 ? jh : p1;
+    for (int64_t j = p0, nb; j < p1; j += nb) {
+        nb = j >= jh ? 1 : je - j < jstep ? je - j : jstep;
         for (int64_t g0 = 0, g1; g0 < n; g0 = g1) {
             g1 = FN(group_end)(sp, g0, n, BR);
             int64_t ng = g1 - g0;
-            const TYPE *pf_next = g1 == n && j + jstep < p1 ? w + (j + jstep) * G * V : NULL;
-            FN(bwd_tiles)(ng, nb, G, dg + g0 * ldg, ldg, w + j * G * V, G * V, part, sp,
-                          pf_next);
+            const TYPE *pf_next = g1 == n && j + nb < p1 ? w + (j + nb) * G * V : NULL;
+            FN(bwd_tiles)(ng, (int)nb, G, dg + g0 * ldg, ldg, w + j * G * V, G * V, part, sp,
+                          pf_next, j >= jh);
             for (int64_t r = 0; r < ng; r++)
                 for (int jb = 0; jb < nb; jb++) {
                     int64_t off = (j + jb) * V, ro = (g0 + r) * W + off;
@@ -256,12 +335,15 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     (void)bf_w;
     (void)bf_rows;
 #endif
-    for (int64_t j = j0; j < j1; j += jstep) {
-        int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
+    /* tiles of jstep blocks; the float words' half block alone (bwd_tile_half) */
+    const int64_t jh = bf_w ? j1 : FN(half_block)(H), je = jh < j1 ? jh : j1;
+    for (int64_t j = j0, nbj; j < j1; j += nbj) {
+        nbj = j >= jh ? 1 : je - j < jstep ? je - j : jstep;
+        const int nb = (int)nbj;
         for (int64_t g0 = 0, g1; g0 < nn; g0 = g1) {
             g1 = FN(group_end)(sp, g0, nn, BR);
             int64_t ng = g1 - g0;
-            const TYPE *pf_next = g1 == nn && j + jstep < j1 ? w + (j + jstep) * G * V : NULL;
+            const TYPE *pf_next = g1 == nn && j + nb < j1 ? w + (j + nb) * G * V : NULL;
 #if BWD_BF16
             if (bf_w)
                 FN(bwdb_tiles)(ng, nb, 2 * H, bf_rows + g0 * 2 * H, 2 * H, bf_w + j * 2 * H * V,
@@ -269,7 +351,7 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
             else
 #endif
                 FN(bwd_tiles)(ng, nb, G, dg_next + g0 * ldg, ldg, w + j * G * V, G * V, part,
-                              sp, pf_next);
+                              sp, pf_next, j >= jh);
             FN(bwd_cell)(&ca, (int)ng, nb, g0, j, part);
         }
         if (nn < n)

@@ -189,6 +189,102 @@ KERNEL void FN(fwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, int64_t XF,
     }
 }
 
+#if ISA == 2
+/* The last hidden block when at most V/2 of its units carry data (H = 200: twelve full
+ * blocks of 16 and one of 8): fwd_tile on the lower 256 bits of every vector. The
+ * packed layout is unchanged; the upper lanes are neither read nor computed and are
+ * stored as 0, what the full tile gives them for finite inputs (their packed weights
+ * are 0); the cell stores only the live lanes. Each live lane gets the same FMAs in the
+ * same order as in fwd_tile, so the bits do not change. Where the CPU runs a 512-bit
+ * FMA as two 256-bit halves (AMD Zen 4) this block costs half of a full one; elsewhere
+ * (Intel: two 512-bit FMA ports) the same. Forward steps only (nb = 1 tiles). */
+typedef TYPE FN(hvec) __attribute__((vector_size(32)));
+typedef TYPE FN(uhvec) __attribute__((vector_size(32), aligned(sizeof(TYPE)), may_alias));
+
+INLINE FN(hvec) FN(hfma)(FN(hvec) a, FN(hvec) b, FN(hvec) c)
+{
+#if IS_F64
+    return (FN(hvec))_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+    return (FN(hvec))_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#endif
+}
+
+INLINE void FN(fwd_tile_half_add)(const int mr, int64_t K, const TYPE *restrict src,
+                                  int64_t ld, const TYPE *restrict w, FN(hvec) *acc,
+                                  const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
+{
+    int64_t pfc = 0;
+    for (int64_t k = 0; k < K; k++) {
+        const TYPE *wk = w + k * 4 * V;
+        if (PF && k < npf && --pfc <= 0) {
+            FN(prefetch_row)(pf, k);
+            pfc = pfstep;
+        }
+#pragma GCC unroll 24
+        for (int r = 0; r < mr; r++) {
+#if IS_F64
+            FN(hvec) a = (FN(hvec))_mm256_set1_pd(src[r * ld + k]);
+#else
+            FN(hvec) a = (FN(hvec))_mm256_set1_ps(src[r * ld + k]);
+#endif
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++)
+                acc[r * 4 + q] = FN(hfma)(a, *(const FN(uhvec) *)(wk + q * V), acc[r * 4 + q]);
+        }
+    }
+}
+
+INLINE void FN(fwd_tile_half)(const int mr, int64_t k0, int64_t k1, int64_t XF,
+                              const TYPE *restrict xp, int64_t I, const TYPE *restrict hp,
+                              int64_t R, const TYPE *restrict w, TYPE *restrict acc_mem,
+                              const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
+{
+    FN(hvec) acc[FR * 4];
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * 4; q++)
+        acc[q] = k0 ? (FN(hvec)) * (const FN(uhvec) *)(acc_mem + q * V) : (FN(hvec)){0};
+    int64_t kx = k1 < XF ? k1 : XF, kh = k0 > XF ? k0 : XF;
+    if (k0 < kx)
+        FN(fwd_tile_half_add)(mr, kx - k0, xp + k0, I, w + k0 * 4 * V, acc, PF, pf, npf,
+                              pfstep);
+    if (kh < k1)
+        FN(fwd_tile_half_add)(mr, k1 - kh, hp + kh - XF, R, w + kh * 4 * V, acc, PF,
+                              pf + (kh - k0) * 4 * V, npf - (kh - k0), pfstep);
+#pragma GCC unroll 24
+    for (int q = 0; q < mr * 4; q++) {
+        *(FN(uhvec) *)(acc_mem + q * V) = acc[q];
+        *(FN(uhvec) *)(acc_mem + q * V + V / 2) = (FN(hvec)){0};
+    }
+}
+
+#define FWD_TILE_HALF(MRV)                                                                   \
+    case MRV:                                                                                \
+        if (pf)                                                                              \
+            FN(fwd_tile_half)(MRV, k0, k1, XF, xp, I, hp, R, w, acc_mem, 1, pf, npf, pfstep); \
+        else                                                                                 \
+            FN(fwd_tile_half)(MRV, k0, k1, XF, xp, I, hp, R, w, acc_mem, 0, pf, 0, 0);        \
+        break;
+
+/* fwd_tile_half for run-time mr <= FR */
+KERNEL void FN(fwd_tile_half_any)(int mr, int64_t k0, int64_t k1, int64_t XF, const TYPE *xp,
+                                  int64_t I, const TYPE *hp, int64_t R, const TYPE *w,
+                                  TYPE *acc_mem, const TYPE *pf, int64_t npf, int64_t pfstep)
+{
+    switch (mr) {
+        FWD_TILE_HALF(1)
+        FWD_TILE_HALF(2)
+        FWD_TILE_HALF(3)
+        FWD_TILE_HALF(4)
+        FWD_TILE_HALF(5)
+        FWD_TILE_HALF(6)
+    default:
+        break;
+    }
+}
+#undef FWD_TILE_HALF
+#endif
+
 /* How a step walks its tiles; any choice gives the same bits. While the weights a
  * thread reads in a step fit in its L2, every row tile streams its block from L2
  * (the row tiles of B = 20: 5+5+5+5, not 6+6+6+2). Beyond that they come from
@@ -246,6 +342,10 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
     const int64_t K = XF + R, bstride = (I + R) * 4 * V;
     const TYPE *w0 = w + (I - XF) * 4 * V;   /* row 0 of [x | h] in block 0 */
     int64_t jstep = B == 1 ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
+    /* the last block has at most V/2 live units: fwd_tile_half */
+    const int64_t nblk = (ca->H + V - 1) / V;
+    const int half = ca->H - (nblk - 1) * V <= V / 2;
+    (void)half;
     for (int64_t it = 0; it < ntile; it++) {
         int64_t j = j0 + (rev ? ntile - 1 - it : it) * jstep;
         int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
@@ -269,9 +369,17 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
                 for (int64_t t = 0; t < nt; t++) {
                     int64_t r0 = g0 + n * t / nt, r1 = g0 + n * (t + 1) / nt;
                     TYPE *pt = kc < K ? part + (r0 - g0) * nb * 4 * V : part;
-                    FN(fwd_tile_any)((int)(r1 - r0), nb, k0, k1, XF, xt + r0 * I, I, hp + r0 * R,
-                                     R, w0 + j * bstride, bstride, pt,
-                                     pf && npf > t ? pf + t * 4 * V : NULL, npf - t, nt);
+                    const TYPE *pft = pf && npf > t ? pf + t * 4 * V : NULL;
+#if ISA == 2
+                    if (half && nb == 1 && j == nblk - 1)
+                        FN(fwd_tile_half_any)((int)(r1 - r0), k0, k1, XF, xt + r0 * I, I,
+                                              hp + r0 * R, R, w0 + j * bstride, pt, pft, npf - t,
+                                              nt);
+                    else
+#endif
+                        FN(fwd_tile_any)((int)(r1 - r0), nb, k0, k1, XF, xt + r0 * I, I,
+                                         hp + r0 * R, R, w0 + j * bstride, bstride, pt, pft,
+                                         npf - t, nt);
                     if (k1 == K)
                         FN(fwd_cell)(ca, (int)(r1 - r0), nb, r0, j, pt);
                 }
