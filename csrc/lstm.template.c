@@ -660,6 +660,7 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #undef TILE_ROWS
 #undef TILE_CASE
 #undef TILE_SWITCH
+#undef GEMM_TILE_HALF
 #undef PACK_MAGIC
 #undef ALIGN64
 #undef FWD_TILE
