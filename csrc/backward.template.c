@@ -121,35 +121,31 @@ KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, const TYPE 
 }
 
 #if ISA == 2
-/* bwd_tile for one output block with at most V/2 live columns, on the lower 256 bits
+/* bwd_tile on half vectors (hvec) for one output block with at most V/2 live columns
  * (as fwd_tile_half in the forward: the same bits, the upper lanes stored as 0). */
 INLINE void FN(bwd_tile_half)(const int mr, int64_t k0, int64_t k1, const TYPE *restrict dg,
                               int64_t ldg, const TYPE *restrict w, TYPE *restrict acc_mem,
                               const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
 {
-    FN(hvec) acc[BR];
+    hvec acc[BR];
 #pragma GCC unroll 8
     for (int r = 0; r < mr; r++)
-        acc[r] = k0 ? (FN(hvec)) * (const FN(uhvec) *)(acc_mem + r * V) : (FN(hvec)){0};
+        acc[r] = k0 ? hload(acc_mem + r * V) : (hvec){0};
     int64_t pfc = 0;
     for (int64_t k = k0; k < k1; k++) {
-        const FN(hvec) wk = *(const FN(uhvec) *)(w + k * V);
+        const hvec wk = hload(w + k * V);
         if (PF && k - k0 < npf && --pfc <= 0) {
             __builtin_prefetch(pf + (k - k0) * V, 0, 2);
             pfc = pfstep;
         }
 #pragma GCC unroll 8
         for (int r = 0; r < mr; r++)
-#if IS_F64
-            acc[r] = FN(hfma)((FN(hvec))_mm256_set1_pd(dg[r * ldg + k]), wk, acc[r]);
-#else
-            acc[r] = FN(hfma)((FN(hvec))_mm256_set1_ps(dg[r * ldg + k]), wk, acc[r]);
-#endif
+            acc[r] = hfma(hset1(dg[r * ldg + k]), wk, acc[r]);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < mr; r++) {
-        *(FN(uhvec) *)(acc_mem + r * V) = acc[r];
-        *(FN(uhvec) *)(acc_mem + r * V + V / 2) = (FN(hvec)){0};
+        hstore(acc_mem + r * V, acc[r]);
+        hstore(acc_mem + r * V + V / 2, (hvec){0});
     }
 }
 
@@ -178,14 +174,6 @@ KERNEL void FN(bwd_tile_half_any)(int mr, int64_t k0, int64_t k1, const TYPE *dg
 }
 #undef BWD_TILE_HALF
 #endif
-
-/* The first output block [jh, ...) that runs as a half tile: W's last block, if it has at
- * most V/2 live columns and the ISA has half tiles (AVX-512), else nblk (none). */
-static inline int64_t FN(half_block)(int64_t W)
-{
-    int64_t nblk = (W + V - 1) / V;
-    return ISA == 2 && W - (nblk - 1) * V <= V / 2 ? nblk - 1 : nblk;
-}
 
 /* part [n][nb][V] = dg [n rows, ldg apart] . the nb blocks at w (K = G rows each,
  * blocks bstride apart), n <= sp->rows, in row tiles of near-equal size and, as the

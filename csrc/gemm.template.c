@@ -226,32 +226,25 @@ INLINE void FN(gemm_tile)(const int rows, const int nvec, int64_t kc, const TYPE
 }
 
 #if ISA == 2
-/* gemm_tile for MR rows of one panel with at most V/2 columns (dx and dw_ih with I = 200:
- * the last panel holds 8 of 32), on the lower 256 bits (as fwd_tile_half: the same FMAs
- * per element, half the work where the CPU splits 512-bit FMAs) */
-typedef TYPE FN(ghvec) __attribute__((vector_size(32)));
-typedef TYPE FN(ughvec) __attribute__((vector_size(32), aligned(sizeof(TYPE)), may_alias));
+/* gemm_tile on half vectors (hvec, simd.template.h) for MR rows of one panel with at
+ * most V/2 columns (dx and dw_ih at I = 200: the last panel holds 8 of 32) */
 INLINE void FN(gemm_tile_half)(int64_t kc, const TYPE *restrict ap, int64_t lda,
                                const int direct, const TYPE *restrict bp, TYPE *restrict c,
                                int64_t ldc, int64_t mr, int64_t nn, int first, const TYPE *bias)
 {
-    FN(ghvec) acc[MR];
+    hvec acc[MR];
     const TYPE *arow[MR];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; r++) {
         arow[r] = ap + (r < mr ? r : mr - 1) * (direct == 2 ? 1 : lda);
-        acc[r] = (FN(ghvec)){0};
+        acc[r] = (hvec){0};
     }
     for (int64_t k = 0; k < kc; k++) {
-        FN(ghvec) b = *(const FN(ughvec) *)bp;
+        hvec b = hload(bp);
 #pragma GCC unroll 16
         for (int r = 0; r < MR; r++) {
-            TYPE a = direct == 2 ? arow[r][k * lda] : direct ? arow[r][k] : ap[r];
-#if IS_F64
-            acc[r] = (FN(ghvec))_mm256_fmadd_pd(_mm256_set1_pd(a), (__m256d)b, (__m256d)acc[r]);
-#else
-            acc[r] = (FN(ghvec))_mm256_fmadd_ps(_mm256_set1_ps(a), (__m256)b, (__m256)acc[r]);
-#endif
+            hvec a = hset1(direct == 2 ? arow[r][k * lda] : direct ? arow[r][k] : ap[r]);
+            acc[r] = hfma(a, b, acc[r]);
         }
         if (!direct)
             ap += MR;
@@ -259,11 +252,7 @@ INLINE void FN(gemm_tile_half)(int64_t kc, const TYPE *restrict ap, int64_t lda,
     }
     for (int r = 0; r < MR && r < mr; r++) {
         TYPE *cp = c + r * ldc;
-#if IS_F64
-        vec v = (vec)_mm512_zextpd256_pd512((__m256d)acc[r]);
-#else
-        vec v = (vec)_mm512_zextps256_ps512((__m256)acc[r]);
-#endif
+        vec v = hwiden(acc[r]);
         if (!first)
             v = v + vload_n(cp, (int)nn);
         else if (bias)

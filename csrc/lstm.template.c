@@ -189,29 +189,23 @@ KERNEL void FN(fwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, int64_t XF,
     }
 }
 
-#if ISA == 2
-/* The last hidden block when at most V/2 of its units carry data (H = 200: twelve full
- * blocks of 16 and one of 8): fwd_tile on the lower 256 bits of every vector. The
- * packed layout is unchanged; the upper lanes are neither read nor computed and are
- * stored as 0, what the full tile gives them for finite inputs (their packed weights
- * are 0); the cell stores only the live lanes. Each live lane gets the same FMAs in the
- * same order as in fwd_tile, so the bits do not change. Where the CPU runs a 512-bit
- * FMA as two 256-bit halves (AMD Zen 4) this block costs half of a full one; elsewhere
- * (Intel: two 512-bit FMA ports) the same. Forward steps only (nb = 1 tiles). */
-typedef TYPE FN(hvec) __attribute__((vector_size(32)));
-typedef TYPE FN(uhvec) __attribute__((vector_size(32), aligned(sizeof(TYPE)), may_alias));
-
-INLINE FN(hvec) FN(hfma)(FN(hvec) a, FN(hvec) b, FN(hvec) c)
+/* The block of W units (hidden units, or output columns in the backward) that runs as a
+ * half tile: the last one, if at most V/2 of its units are live and the ISA has half
+ * vectors (AVX-512), else nblk (none). */
+static inline int64_t FN(half_block)(int64_t W)
 {
-#if IS_F64
-    return (FN(hvec))_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
-#else
-    return (FN(hvec))_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-#endif
+    int64_t nblk = (W + V - 1) / V;
+    return ISA == 2 && W - (nblk - 1) * V <= V / 2 ? nblk - 1 : nblk;
 }
 
+#if ISA == 2
+/* fwd_tile on half vectors (hvec, simd.template.h) for the last hidden block when at
+ * most V/2 of its units carry data. The packed layout is unchanged; the upper lanes are
+ * neither read nor computed and are stored as 0, what fwd_tile gives them for finite
+ * inputs (their packed weights are 0); the cell stores only the live lanes. Forward
+ * steps' nb = 1 tiles. */
 INLINE void FN(fwd_tile_half_add)(const int mr, int64_t K, const TYPE *restrict src,
-                                  int64_t ld, const TYPE *restrict w, FN(hvec) *acc,
+                                  int64_t ld, const TYPE *restrict w, hvec *acc,
                                   const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
 {
     int64_t pfc = 0;
@@ -223,14 +217,10 @@ INLINE void FN(fwd_tile_half_add)(const int mr, int64_t K, const TYPE *restrict 
         }
 #pragma GCC unroll 24
         for (int r = 0; r < mr; r++) {
-#if IS_F64
-            FN(hvec) a = (FN(hvec))_mm256_set1_pd(src[r * ld + k]);
-#else
-            FN(hvec) a = (FN(hvec))_mm256_set1_ps(src[r * ld + k]);
-#endif
+            hvec a = hset1(src[r * ld + k]);
 #pragma GCC unroll 4
             for (int q = 0; q < 4; q++)
-                acc[r * 4 + q] = FN(hfma)(a, *(const FN(uhvec) *)(wk + q * V), acc[r * 4 + q]);
+                acc[r * 4 + q] = hfma(a, hload(wk + q * V), acc[r * 4 + q]);
         }
     }
 }
@@ -240,10 +230,10 @@ INLINE void FN(fwd_tile_half)(const int mr, int64_t k0, int64_t k1, int64_t XF,
                               int64_t R, const TYPE *restrict w, TYPE *restrict acc_mem,
                               const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
 {
-    FN(hvec) acc[FR * 4];
+    hvec acc[FR * 4];
 #pragma GCC unroll 24
     for (int q = 0; q < mr * 4; q++)
-        acc[q] = k0 ? (FN(hvec)) * (const FN(uhvec) *)(acc_mem + q * V) : (FN(hvec)){0};
+        acc[q] = k0 ? hload(acc_mem + q * V) : (hvec){0};
     int64_t kx = k1 < XF ? k1 : XF, kh = k0 > XF ? k0 : XF;
     if (k0 < kx)
         FN(fwd_tile_half_add)(mr, kx - k0, xp + k0, I, w + k0 * 4 * V, acc, PF, pf, npf,
@@ -253,8 +243,8 @@ INLINE void FN(fwd_tile_half)(const int mr, int64_t k0, int64_t k1, int64_t XF,
                               pf + (kh - k0) * 4 * V, npf - (kh - k0), pfstep);
 #pragma GCC unroll 24
     for (int q = 0; q < mr * 4; q++) {
-        *(FN(uhvec) *)(acc_mem + q * V) = acc[q];
-        *(FN(uhvec) *)(acc_mem + q * V + V / 2) = (FN(hvec)){0};
+        hstore(acc_mem + q * V, acc[q]);
+        hstore(acc_mem + q * V + V / 2, (hvec){0});
     }
 }
 
@@ -342,10 +332,10 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
     const int64_t K = XF + R, bstride = (I + R) * 4 * V;
     const TYPE *w0 = w + (I - XF) * 4 * V;   /* row 0 of [x | h] in block 0 */
     int64_t jstep = B == 1 ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
-    /* the last block has at most V/2 live units: fwd_tile_half */
-    const int64_t nblk = (ca->H + V - 1) / V;
-    const int half = ca->H - (nblk - 1) * V <= V / 2;
-    (void)half;
+#if ISA == 2
+    /* the last block, if at most V/2 of its units are live: fwd_tile_half */
+    const int64_t jhalf = FN(half_block)(ca->H);
+#endif
     for (int64_t it = 0; it < ntile; it++) {
         int64_t j = j0 + (rev ? ntile - 1 - it : it) * jstep;
         int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
@@ -371,7 +361,7 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
                     TYPE *pt = kc < K ? part + (r0 - g0) * nb * 4 * V : part;
                     const TYPE *pft = pf && npf > t ? pf + t * 4 * V : NULL;
 #if ISA == 2
-                    if (half && nb == 1 && j == nblk - 1)
+                    if (nb == 1 && j == jhalf)
                         FN(fwd_tile_half_any)((int)(r1 - r0), k0, k1, XF, xt + r0 * I, I,
                                               hp + r0 * R, R, w0 + j * bstride, pt, pft, npf - t,
                                               nt);
@@ -643,6 +633,13 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #undef vrecip12
 #undef vsigmoid
 #undef vtanh
+#undef hvec
+#undef uhvec
+#undef hload
+#undef hstore
+#undef hset1
+#undef hfma
+#undef hwiden
 #undef EXP_XMIN
 #undef EXP_XCLAMP
 #undef EXP_MAGIC

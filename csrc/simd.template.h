@@ -125,6 +125,50 @@ INLINE vec vfma(vec a, vec b, vec c)
 #endif
 }
 
+#if ISA == 2
+/* Half vectors: the lower 256 bits, for a hidden block or GEMM panel with at most V/2
+ * live lanes (H = 200: twelve full blocks of 16 and one of 8). Each live lane gets the
+ * same FMAs in the same order as on a full vector, so the bits are the same; where the
+ * CPU runs a 512-bit FMA as two 256-bit halves (AMD Zen 4) they take half the time, on
+ * Intel's two 512-bit FMA ports the same. */
+typedef TYPE FN(hvec) __attribute__((vector_size(32)));
+typedef TYPE FN(uhvec) __attribute__((vector_size(32), aligned(sizeof(TYPE)), may_alias));
+#define hvec FN(hvec)
+#define uhvec FN(uhvec)
+#define hload FN(hload)
+#define hstore FN(hstore)
+#define hset1 FN(hset1)
+#define hfma FN(hfma)
+#define hwiden FN(hwiden)
+INLINE hvec hload(const TYPE *p) { return *(const uhvec *)p; }
+INLINE void hstore(TYPE *p, hvec v) { *(uhvec *)p = v; }
+INLINE hvec hset1(TYPE s)
+{
+#if IS_F64
+    return (hvec)_mm256_set1_pd(s);
+#else
+    return (hvec)_mm256_set1_ps(s);
+#endif
+}
+INLINE hvec hfma(hvec a, hvec b, hvec c)
+{
+#if IS_F64
+    return (hvec)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+    return (hvec)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#endif
+}
+/* a full vector: h in the lower half, 0 in the upper */
+INLINE vec hwiden(hvec h)
+{
+#if IS_F64
+    return (vec)_mm512_zextpd256_pd512((__m256d)h);
+#else
+    return (vec)_mm512_zextps256_ps512((__m256)h);
+#endif
+}
+#endif
+
 /* Load / store the first n lanes (0 < n <= V); the other lanes load as 0. */
 INLINE vec vload_n(const TYPE *p, int n)
 {
