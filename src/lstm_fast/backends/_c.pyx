@@ -257,8 +257,8 @@ cdef class Packed:
     cdef readonly int64_t generation   # times written over by pack(..., out=this)
     cdef object _ws            # workspace, reused by the next call that finds it free
     cdef bint _ws_busy
-    cdef list _saved           # byte buffers of earlier calls' arrays (_reused), reused
-                               # once nothing holds them; or None
+    cdef list _saved           # byte buffers of earlier training forwards' gates and c
+                               # (_saved_rows), reused once nothing views them; or None
     cdef readonly object variant   # backends.Variant or None (plain)
     cdef lstm_variant _var         # its C form (peephole points into variant.peephole)
     cdef const lstm_variant *_varp # &_var, or NULL for the plain LSTM
@@ -316,22 +316,28 @@ cdef cnp.ndarray _view_on(cnp.ndarray raw, int nd, cnp.npy_intp *dims, int typen
     return a
 
 
-DEF _KEEP = 12   # byte buffers a pack keeps for _reused: two training steps' arrays
+DEF _SAVED_KEEP = 4   # byte buffers a pack keeps: gates and c of two training forwards
 
-cdef cnp.ndarray _reused(Packed p, int nd, cnp.npy_intp *dims, int tn):
-    """_empty for the arrays a call of pack p makes (outputs, saved gates and c,
-    gradients): on a byte buffer of the same size that an earlier call of p made, if
-    nothing holds it any more (no array, cache, view, memoryview or tensor on it: the
-    pack's list is its only reference), else on a new one that p keeps (the last _KEEP).
-    What the caller gets is a new array either way, on memory nothing else sees. A
-    training loop's steps then write into memory the process already has: a new buffer
-    comes from the OS as fresh pages whenever the heap gave the last ones back (at
-    (32, 64, 256, 256) float32, 2569 page faults and +10 % per training step in that
-    state; benchmarks/README.md, "Latest report"). p None: _empty. At most one step's
-    buffers beyond the live ones stay allocated, until the pack is dropped."""
-    cdef cnp.npy_intp nbytes = _nbytes(nd, dims, tn)
-    if p is None or nbytes < 4096:
-        return _empty(nd, dims, tn)
+cdef cnp.ndarray _saved_rows(Packed p, bint padded, int64_t T, int64_t B, int64_t N,
+                             int64_t F, int tn):
+    """_rows for what a training forward saves for backward (gates, c): on a byte buffer
+    of the same size that an earlier forward of this pack saved into, if nothing holds it
+    any more (no array, cache, view or tensor on it: the pack's list is its only
+    reference), else on a new one that the pack keeps (the last _SAVED_KEEP). A training
+    loop's forwards then write into memory the process already has: a new buffer of this
+    size comes from the OS as fresh pages whenever the heap gave the last ones back
+    (measured at (32, 64, 256, 256) float32: 2569 page faults and +11 % per training step
+    in that state; benchmarks/README.md, "Latest report"). At most one training forward's
+    buffers beyond the live ones are kept, until the pack is dropped."""
+    cdef cnp.npy_intp d[3]
+    cdef int nd = 3 if padded else 2
+    if padded:
+        d[0] = T; d[1] = B; d[2] = F
+    else:
+        d[0] = N; d[1] = F
+    cdef cnp.npy_intp nbytes = _nbytes(nd, d, tn)
+    if nbytes < 4096:
+        return _empty(nd, d, tn)
     nbytes += 64
     if p._saved is None:
         p._saved = []
@@ -339,29 +345,28 @@ cdef cnp.ndarray _reused(Packed p, int nd, cnp.npy_intp *dims, int tn):
     for raw in p._saved:
         # two references: the list's and this loop's
         if Py_REFCNT(raw) == 2 and cnp.PyArray_SIZE(raw) == nbytes:
-            return _view_on(raw, nd, dims, tn)
+            return _view_on(raw, nd, d, tn)
     raw = <cnp.ndarray>cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0)
     p._saved.append(raw)
-    if len(p._saved) > _KEEP:
+    if len(p._saved) > _SAVED_KEEP:
         del p._saved[0]
-    return _view_on(raw, nd, dims, tn)
+    return _view_on(raw, nd, d, tn)
 
 
-cdef inline cnp.ndarray _rows(Packed p, bint padded, int64_t T, int64_t B, int64_t N,
-                              int64_t F, int tn):
-    """(T, B, F) padded, else (N, F); _reused of p."""
+cdef inline cnp.ndarray _rows(bint padded, int64_t T, int64_t B, int64_t N, int64_t F, int tn):
+    """(T, B, F) padded, else (N, F)."""
     cdef cnp.npy_intp d[3]
     if padded:
         d[0] = T; d[1] = B; d[2] = F
-        return _reused(p, 3, d, tn)
+        return _empty(3, d, tn)
     d[0] = N; d[1] = F
-    return _reused(p, 2, d, tn)
+    return _empty(2, d, tn)
 
 
-cdef inline cnp.ndarray _mat(Packed p, int64_t rows, int64_t cols, int tn):
+cdef inline cnp.ndarray _mat(int64_t rows, int64_t cols, int tn):
     cdef cnp.npy_intp d[2]
     d[0] = rows; d[1] = cols
-    return _reused(p, 2, d, tn)
+    return _empty(2, d, tn)
 
 
 cdef inline cnp.ndarray _like(cnp.ndarray a, int tn):
@@ -780,7 +785,7 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
     if out is not None:
         y, h_n, c_n = out
     if y is None:
-        y = _rows(packed, padded, T, B, N, R, tn)
+        y = _rows(padded, T, B, N, R, tn)
     if h_n is None:
         h_n = _like(h0, tn)
     if c_n is None:
@@ -788,8 +793,8 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
     gates = c = None
     if save:   # bfloat16 training keeps them as bf16 bit patterns (uint16: half the bytes)
         st = cnp.NPY_UINT16 if packed.wkind == _BF16 else tn
-        gates = _rows(packed, padded, T, B, N, 4 * H, st)
-        c = _rows(packed, padded, T, B, N, H, st)
+        gates = _saved_rows(packed, padded, T, B, N, 4 * H, st)
+        c = _saved_rows(packed, padded, T, B, N, H, st)
     _forward_call(packed, T, B, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, num_threads,
                   rdrop, zoneout, stats)
     return y, h_n, c_n, gates, c
@@ -962,14 +967,14 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
     cdef int64_t T = cnp.PyArray_DIMS(x)[0] if padded else \
         cnp.PyArray_DIMS(<cnp.ndarray>batch_sizes)[0]
     cdef int64_t N = T * B if padded else cnp.PyArray_DIMS(x)[0]
-    dx = _rows(packed, padded, T, B, N, I, tn) if need_dx else None
-    cdef cnp.ndarray dw_ih = _mat(packed, 4 * H, I, tn)
-    cdef cnp.ndarray dw_hh = _mat(packed, 4 * H, R, tn)
+    dx = _rows(padded, T, B, N, I, tn) if need_dx else None
+    cdef cnp.ndarray dw_ih = _mat(4 * H, I, tn)
+    cdef cnp.ndarray dw_hh = _mat(4 * H, R, tn)
     cdef cnp.npy_intp G = 4 * H
     cdef cnp.ndarray db = _empty(1, &G, tn)
     cdef cnp.ndarray dh0 = _like(h0, tn)
     cdef cnp.ndarray dc0 = _like(c0, tn)
-    dw_hr = _mat(packed, P, H, tn) if P else None
+    dw_hr = _mat(P, H, tn) if P else None
     _backward_call(packed, T, B, N, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n, dc_n, dx,
                    dw_ih, dw_hh, db, dh0, dc0, dw_hr, num_threads, dpeephole, rdrop, zoneout,
                    stats, dlayer_norm)
@@ -980,7 +985,7 @@ def step(Packed packed, cnp.ndarray x, cnp.ndarray h, cnp.ndarray c, int num_thr
     """One step: x (B, I) -> y (B, R); h and c updated in place (same bits as ``forward``)."""
     cdef int64_t B = cnp.PyArray_DIMS(x)[0], H = packed.hidden_size
     if y is None:
-        y = _mat(packed, B, packed.proj_size if packed.proj_size else H, packed.typenum)
+        y = _mat(B, packed.proj_size if packed.proj_size else H, packed.typenum)
     _forward_call(packed, 1, B, None, x, h, c, y, h, c, None, None, num_threads)
     return y
 
@@ -1017,7 +1022,7 @@ cdef int _layer_forward(object inputs, object packed, object x, object h0, objec
     if out is not None:
         y, h_n, c_n = out
     if y is None:
-        y = _rows(p, True, T, B, T * B, R, tn)
+        y = _rows(True, T, B, T * B, R, tn)
     if h_n is None:
         h_n = _like(h0a, tn)
     if c_n is None:
@@ -1025,8 +1030,8 @@ cdef int _layer_forward(object inputs, object packed, object x, object h0, objec
     gates = c = None
     if save:   # bfloat16 training: bf16 bit patterns, as forward's
         st = cnp.NPY_UINT16 if p.wkind == _BF16 else tn
-        gates = _rows(p, True, T, B, T * B, 4 * H, st)
-        c = _rows(p, True, T, B, T * B, H, st)
+        gates = _saved_rows(p, True, T, B, T * B, 4 * H, st)
+        c = _saved_rows(p, True, T, B, T * B, H, st)
     _forward_call(p, T, B, None, xa, h0a, c0a, y, h_n, c_n, gates, c, num_threads)
     res.y = y
     res.h_n = h_n
@@ -1051,14 +1056,14 @@ cdef int _layer_backward(object inputs, object packed, object x, object h0, obje
     cdef int64_t H = p.hidden_size, I = p.input_size, P = p.proj_size
     cdef int64_t R = P if P else H
     cdef int64_t T = cnp.PyArray_DIMS(xa)[0], B = cnp.PyArray_SIZE(c0a) // H
-    cdef cnp.ndarray dx = _rows(p, True, T, B, T * B, I, tn)
-    cdef cnp.ndarray dw_ih = _mat(p, 4 * H, I, tn)
-    cdef cnp.ndarray dw_hh = _mat(p, 4 * H, R, tn)
+    cdef cnp.ndarray dx = _rows(True, T, B, T * B, I, tn)
+    cdef cnp.ndarray dw_ih = _mat(4 * H, I, tn)
+    cdef cnp.ndarray dw_hh = _mat(4 * H, R, tn)
     cdef cnp.npy_intp G = 4 * H
     cdef cnp.ndarray db = _empty(1, &G, tn)
     cdef cnp.ndarray dh0 = _like(h0a, tn)
     cdef cnp.ndarray dc0 = _like(c0a, tn)
-    dw_hr = _mat(p, P, H, tn) if P else None
+    dw_hr = _mat(P, H, tn) if P else None
     _backward_call(p, T, B, T * B, None, xa, h0a, c0a, <cnp.ndarray?>y, <cnp.ndarray?>gates,
                    <cnp.ndarray?>c, <cnp.ndarray?>dy, <cnp.ndarray?>dh_n, <cnp.ndarray?>dc_n,
                    dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, num_threads)
