@@ -214,62 +214,6 @@ def test_arrays_the_binding_makes_start_on_a_cache_line(dtype):
     assert same_bits(gates, want)                  # the buffer lives as long as the view
 
 
-def test_a_training_forward_reuses_saved_buffers_nothing_holds():
-    """A training forward saves gates and c into buffers of its pack that an earlier
-    forward of the same shape saved into, once nothing holds them (no cache, array, view
-    or tensor on them): a training loop does not take fresh pages every step. Buffers
-    something still holds are never written."""
-    p = contract_problem(6, 8, 40, 50, 0, dtype=np.float32, seed=5)
-    pk = ck.pack(*p["w"])
-    fwd = lambda x: ck.forward(pk, x, p["h0"], p["c0"], 1)  # noqa: E731
-    addr = lambda a: a.__array_interface__["data"][0]  # noqa: E731
-    out1 = fwd(p["x"])
-    a1 = (addr(out1[3]), addr(out1[4]))
-    out2 = fwd(p["x"])                        # out1 still alive: other buffers
-    assert addr(out2[3]) not in a1 and addr(out2[4]) not in a1
-    del out1
-    out3 = fwd(p["x"])                        # out1's buffers are free: reused
-    assert (addr(out3[3]), addr(out3[4])) == a1
-    # held in every way a caller can hold them: never written while held
-    kept_gates, kept_c = out3[3], out3[4][2:, 1:]          # the array, a view of it
-    want = (kept_gates.copy(), kept_c.copy())
-    mv = memoryview(out2[4])
-    want_mv = np.array(mv)
-    del out2, out3
-    x2 = p["x"] * 2
-    outs = [fwd(x2) for _ in range(4)]
-    assert same_bits(kept_gates, want[0]) and same_bits(kept_c, want[1])
-    assert same_bits(np.array(mv), want_mv)
-    # and what is reused gives the bits of a fresh forward
-    fresh = ck.forward(ck.pack(*p["w"]), x2, p["h0"], p["c0"], 1)
-    for out in outs:
-        assert same_bits(out, fresh)
-
-
-def test_the_layer_training_loop_reuses_its_saved_buffers():
-    """lstm_fast.LSTM: forward, backward, forward, ... saves into two sets of buffers in
-    turn (the live cache's and the previous one's), with the gradients of a new layer."""
-    import lstm_fast
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((6, 8, 40)).astype(np.float32)
-    dy = rng.standard_normal((6, 8, 50)).astype(np.float32)
-    layer = lstm_fast.LSTM(40, 50, backend="c").train()
-    addr = lambda a: a.__array_interface__["data"][0]  # noqa: E731
-    seen = []
-    for k in range(5):
-        y, _ = layer(x * (k + 1))
-        dx, _ = layer.backward(dy)
-        seen.append(addr(layer._cache[0][0].saved[4]))   # layer 0's LSTMCache
-    assert len(set(seen)) == 2 and seen[0] == seen[2] == seen[4] != seen[1] == seen[3]
-    fresh = lstm_fast.LSTM(40, 50, backend="c").train()
-    fresh.load_state_dict(layer.state_dict())
-    y2, _ = fresh(x * 5)
-    dx2, _ = fresh.backward(dy)
-    assert same_bits(y, y2) and same_bits(dx, dx2)
-    for name, g in fresh.grads.items():
-        assert same_bits(layer.grads[name], g), name
-
-
 def test_info():
     info = ck.build_info()
     assert {"compiler", "flags", "simd_levels_compiled", "threading"} <= set(info)

@@ -17,7 +17,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
-from cpython.ref cimport Py_INCREF, Py_REFCNT
+from cpython.ref cimport Py_INCREF
 from lstm_fast._validation cimport LayerInputs
 
 cnp.import_array()
@@ -257,8 +257,6 @@ cdef class Packed:
     cdef readonly int64_t generation   # times written over by pack(..., out=this)
     cdef object _ws            # workspace, reused by the next call that finds it free
     cdef bint _ws_busy
-    cdef list _saved           # byte buffers of earlier training forwards' gates and c
-                               # (_saved_rows), reused once nothing views them; or None
     cdef readonly object variant   # backends.Variant or None (plain)
     cdef lstm_variant _var         # its C form (peephole points into variant.peephole)
     cdef const lstm_variant *_varp # &_var, or NULL for the plain LSTM
@@ -271,23 +269,6 @@ cdef class Packed:
                 f"P={self.proj_size} {self.dtype} weights {self.weight_dtype}>")
 
 
-cdef inline cnp.npy_intp _nbytes(int nd, cnp.npy_intp *dims, int typenum):
-    """Bytes of an array of these dims and type: float32, float64, uint16 (bfloat16
-    training's saved gates and c as bf16 bits), uint8; 0 for any other type (none is
-    made here: NumPy's own alignment)."""
-    cdef cnp.npy_intp n = 1
-    cdef int i
-    for i in range(nd):
-        n *= dims[i]
-    if typenum == cnp.NPY_FLOAT32:
-        return n * 4
-    if typenum == cnp.NPY_FLOAT64:
-        return n * 8
-    if typenum == cnp.NPY_UINT16:
-        return n * 2
-    return n if typenum == cnp.NPY_UINT8 else 0
-
-
 cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
     """A new C-contiguous array whose data start on a cache line (64 bytes) once it is
     a page or more. NumPy's allocator gives large arrays 16-byte alignment (glibc's mmap
@@ -295,62 +276,32 @@ cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
     and outputs would span two cache lines: measured at (100,32,16,128) f32 (Intel Xeon,
     1 thread), the backward's cell spent a third of its time on those loads. The array's
     base is the byte buffer it views."""
-    cdef cnp.npy_intp nbytes = _nbytes(nd, dims, typenum)
+    cdef cnp.npy_intp n = 1, nbytes, off
+    cdef int i
+    for i in range(nd):
+        n *= dims[i]
+    if typenum == cnp.NPY_FLOAT32:
+        nbytes = n * 4
+    elif typenum == cnp.NPY_FLOAT64:
+        nbytes = n * 8
+    elif typenum == cnp.NPY_UINT16:   # bfloat16 training's saved gates and c (bf16 bits)
+        nbytes = n * 2
+    elif typenum == cnp.NPY_UINT8:
+        nbytes = n
+    else:                  # no other element type is made here; NumPy's own alignment
+        nbytes = 0
     if nbytes < 4096:
         return <cnp.ndarray>cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     nbytes += 64
-    return _view_on(<cnp.ndarray>cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0), nd, dims,
-                    typenum)
-
-
-cdef cnp.ndarray _view_on(cnp.ndarray raw, int nd, cnp.npy_intp *dims, int typenum):
-    """A C-contiguous array of these dims on the byte buffer raw (64 bytes more than it
-    needs), starting on its first cache line; its base is raw."""
+    cdef cnp.ndarray raw = <cnp.ndarray>cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0)
     cdef char *data = <char *>cnp.PyArray_DATA(raw)
-    cdef size_t off = (64 - <size_t>data % 64) % 64
+    off = (64 - <size_t>data % 64) % 64
     cdef cnp.ndarray a = <cnp.ndarray>_new_from_descr(
         <void *>cnp.ndarray, _descr_from_type(typenum), nd, dims, NULL,
         data + off, cnp.NPY_ARRAY_CARRAY, NULL)   # steals the new descr reference
     Py_INCREF(raw)     # PyArray_SetBaseObject steals a reference
     cnp.PyArray_SetBaseObject(a, raw)
     return a
-
-
-DEF _SAVED_KEEP = 4   # byte buffers a pack keeps: gates and c of two training forwards
-
-cdef cnp.ndarray _saved_rows(Packed p, bint padded, int64_t T, int64_t B, int64_t N,
-                             int64_t F, int tn):
-    """_rows for what a training forward saves for backward (gates, c): on a byte buffer
-    of the same size that an earlier forward of this pack saved into, if nothing holds it
-    any more (no array, cache, view or tensor on it: the pack's list is its only
-    reference), else on a new one that the pack keeps (the last _SAVED_KEEP). A training
-    loop's forwards then write into memory the process already has: a new buffer of this
-    size comes from the OS as fresh pages whenever the heap gave the last ones back
-    (measured at (32, 64, 256, 256) float32: 2569 page faults and +11 % per training step
-    in that state; benchmarks/README.md, "Latest report"). At most one training forward's
-    buffers beyond the live ones are kept, until the pack is dropped."""
-    cdef cnp.npy_intp d[3]
-    cdef int nd = 3 if padded else 2
-    if padded:
-        d[0] = T; d[1] = B; d[2] = F
-    else:
-        d[0] = N; d[1] = F
-    cdef cnp.npy_intp nbytes = _nbytes(nd, d, tn)
-    if nbytes < 4096:
-        return _empty(nd, d, tn)
-    nbytes += 64
-    if p._saved is None:
-        p._saved = []
-    cdef cnp.ndarray raw
-    for raw in p._saved:
-        # two references: the list's and this loop's
-        if Py_REFCNT(raw) == 2 and cnp.PyArray_SIZE(raw) == nbytes:
-            return _view_on(raw, nd, d, tn)
-    raw = <cnp.ndarray>cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0)
-    p._saved.append(raw)
-    if len(p._saved) > _SAVED_KEEP:
-        del p._saved[0]
-    return _view_on(raw, nd, d, tn)
 
 
 cdef inline cnp.ndarray _rows(bint padded, int64_t T, int64_t B, int64_t N, int64_t F, int tn):
@@ -793,8 +744,8 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
     gates = c = None
     if save:   # bfloat16 training keeps them as bf16 bit patterns (uint16: half the bytes)
         st = cnp.NPY_UINT16 if packed.wkind == _BF16 else tn
-        gates = _saved_rows(packed, padded, T, B, N, 4 * H, st)
-        c = _saved_rows(packed, padded, T, B, N, H, st)
+        gates = _rows(padded, T, B, N, 4 * H, st)
+        c = _rows(padded, T, B, N, H, st)
     _forward_call(packed, T, B, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, num_threads,
                   rdrop, zoneout, stats)
     return y, h_n, c_n, gates, c
@@ -1030,8 +981,8 @@ cdef int _layer_forward(object inputs, object packed, object x, object h0, objec
     gates = c = None
     if save:   # bfloat16 training: bf16 bit patterns, as forward's
         st = cnp.NPY_UINT16 if p.wkind == _BF16 else tn
-        gates = _saved_rows(p, True, T, B, T * B, 4 * H, st)
-        c = _saved_rows(p, True, T, B, T * B, H, st)
+        gates = _rows(True, T, B, T * B, 4 * H, st)
+        c = _rows(True, T, B, T * B, H, st)
     _forward_call(p, T, B, None, xa, h0a, c0a, y, h_n, c_n, gates, c, num_threads)
     res.y = y
     res.h_n = h_n
