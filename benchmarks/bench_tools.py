@@ -244,12 +244,61 @@ def test_settle_waits_for_a_busy_thread_of_this_process():
 def test_measure_settles_before_every_batch(monkeypatch):
     """The quick comparison (``lstm-fast bench``) lets this process's threads go idle
     before each timed batch of each competitor, as the pytest suite does before each
-    benchmark: ``settle`` is called once per runner per round, before its batch."""
+    benchmark: ``settle`` is called once per runner per round, then one untimed call
+    (``warm``) wakes the runner's own threads, then its batch."""
     order = []
     monkeypatch.setattr(harness, "settle", lambda: order.append("settle") or 0.0)
     runners = [harness.Runner(name, (lambda n=name: order.append(n)), lambda r: r)
                for name in ("a", "b")]
     harness.measure(runners, repeat=3, min_time=0.0)
-    timed = order[2:]                                   # after one untimed call of each
-    assert order[:2] == ["a", "b"]
-    assert timed == ["settle", "a", "settle", "b"] * 3
+    timed = order[4:]                  # after the calibration: a warm call, a timed one
+    assert order[:4] == ["a", "a", "b", "b"]
+    # each batch: settle, one untimed warm call, then the batch (one call at min_time 0)
+    assert timed == ["settle", "a", "a", "settle", "b", "b"] * 3
+
+
+def test_child_runner_times_a_competitor_in_its_own_process():
+    """``ChildRunner`` (ONNX Runtime at 2+ threads in ``lstm-fast bench``) builds the
+    competitor in a spawned process: the same outputs as in this process, whole batches
+    timed there, a clear error for a competitor that cannot be built, and the child gone
+    after ``close``."""
+    import pytest
+
+    T, B, I, H = 3, 2, 3, 4
+    p = harness.make_problem(T, B, I, H, "float64")
+    want = harness.make_runner("lstm_fast[numpy]", "forward", p, 1).outputs()
+    r = harness.ChildRunner(("grid", "lstm_fast[numpy]", "forward", (T, B, I, H), "float64", 1))
+    try:
+        got = r.outputs()
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+        r.arm()
+        t = r.time_batch(3)
+        assert 0 < t < 1.0
+        med = harness.measure([r], repeat=2, min_time=0.0)
+        assert set(med) == {"lstm_fast[numpy]"} and med["lstm_fast[numpy]"] > 0
+    finally:
+        r.close()
+    assert not r._proc.is_alive()
+    with pytest.raises(RuntimeError, match="in its child process"):
+        harness.ChildRunner(("grid", "no-such-competitor", "forward", (T, B, I, H), "float64", 1))
+
+
+def test_run_benchmark_warms_after_settling(monkeypatch):
+    """The pytest suites' routine calls the runner once, untimed, after ``settle`` and
+    before timing (a cold first call after the wait is a wake-up, not the call's cost)."""
+    order = []
+    monkeypatch.setattr(harness, "settle", lambda: order.append("settle") or 0.0)
+
+    class Bench:
+        disabled = False
+        extra_info = {}
+
+        def __call__(self, fn):
+            order.append("timed")
+            fn()
+
+    runner = harness.Runner("a", lambda: order.append("call") or 1, lambda r: r)
+    harness.run_benchmark(Bench(), runner, 1, lambda out: None, "g", {})
+    assert order == ["call", "settle", "call", "timed", "call", "call"]

@@ -405,13 +405,26 @@ def settle(quiet=0.002, step=0.02, limit=1.0):
     return time.perf_counter() - t0
 
 
+def warm(fn):
+    """One untimed call of ``fn``, right before it is timed (after ``settle``).
+
+    While ``settle`` waits, every thread of the process goes to sleep, and on a virtual
+    machine a sleeping vCPU can take a host scheduler tick to run again: on the Intel Xeon
+    KVM machine of benchmarks/README.md ("Session 13") the first 2-thread call after the
+    wait took 2-9 ms for every library (churn forward: ours 1.7-7.9 ms, torch 7.5-8.7 ms,
+    against 22 and 130 us for the calls after it). That wake-up is not the call's cost;
+    this call pays it."""
+    fn()
+
+
 def run_benchmark(benchmark, runner, threads, check_outputs, group, extra, rounds=None):
     """The suites' one timed-benchmark routine (pytest-benchmark's ``benchmark`` fixture).
 
     Checks ``runner``'s outputs (``check_outputs(outputs)`` raises if wrong), sets the
     threads, waits until the process's own threads are idle (``settle``), times
-    ``runner.arm()`` (``rounds`` single calls if given; pytest-benchmark's calibrated rounds
-    for calls under SLOW_CALL seconds, else SLOW_ROUNDS single calls), records the CPU
+    ``runner.arm()`` after one untimed call (``warm``) (``rounds`` single calls if given;
+    pytest-benchmark's calibrated rounds for calls under SLOW_CALL seconds, else
+    SLOW_ROUNDS single calls), records the CPU
     share other processes used meanwhile (``extra_info["foreign_cpu"]``, of one CPU), then
     checks the outputs again.
     """
@@ -422,6 +435,7 @@ def run_benchmark(benchmark, runner, threads, check_outputs, group, extra, round
     fn = runner.arm()
     set_threads(threads)
     waited = 0.0 if getattr(benchmark, "disabled", False) else settle()
+    warm(fn)
     benchmark.group = group
     benchmark.extra_info.update(extra)
     benchmark.extra_info["settle_s"] = round(waited, 3)
@@ -451,6 +465,119 @@ def _time(fn, number):
     return (time.perf_counter() - t0) / number
 
 
+class ChildRunner:
+    """A competitor built and timed in a child process of its own (``spawn``): ``spec`` =
+    ``(kind, name, case, what, dtype, threads)``, kind "models" (``what`` a model name)
+    or "grid" (``what`` = (T, B, I, H)), as ``models.make_runner`` / ``make_runner``
+    build it. ``measure`` asks it for whole timed batches (``time_batch``: the child
+    settles, warms and times them itself), so no pipe round trip is timed; it answers
+    each command once its own threads are idle again (``settle`` in the parent sees only
+    the parent's threads).
+
+    Why: ONNX Runtime's 2-thread intra-op pool, in the process where our kernels and torch
+    run, made their 2-thread calls 2-40x slower for the rest of the run on the Intel Xeon
+    KVM machine of benchmarks/README.md ("Session 13"), although its worker was idle while
+    they ran; with ORT at 1 thread, or in its own process, they were not. A server runs
+    ONNX Runtime in a process of its own, so that is how it is timed at 2 threads."""
+
+    def __init__(self, spec):
+        import multiprocessing as mp
+        ctx = mp.get_context("spawn")
+        self.name = spec[1]
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_child_main, args=(child, spec), daemon=True)
+        self._proc.start()
+        child.close()
+        self._reply()   # the child's report that it built the runner
+
+    def _call(self, *msg):
+        self._conn.send(msg)
+        return self._reply()
+
+    def _reply(self):
+        ok, value = self._conn.recv()
+        if not ok:
+            raise RuntimeError(f"{self.name}, in its child process: {value}")
+        return value
+
+    def outputs(self):
+        return self._call("outputs")
+
+    def arm(self):
+        self._call("arm")
+        return self.fn
+
+    def fn(self):
+        self._call("call")
+
+    def time_batch(self, number):
+        return self._call("time", number)
+
+    def close(self):
+        if self._proc.is_alive():
+            try:
+                self._conn.send(("exit",))
+            except OSError:
+                pass
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._conn.close()
+
+
+def _child_main(conn, spec):
+    """ChildRunner's process: build the runner, then serve its commands."""
+    kind, name, case, what, dtype, threads = spec
+    try:
+        if kind == "models":
+            from . import models
+            runner = models.make_runner(name, case, models.make_problem(what, dtype), threads)
+        else:
+            runner = make_runner(name, case, make_problem(*what, dtype), threads)
+        set_threads(threads)
+        conn.send((True, None))
+    except Exception:  # noqa: BLE001 (reported to the parent)
+        import traceback
+        conn.send((False, traceback.format_exc()))
+        return
+    fn = runner.fn
+    while True:
+        msg = conn.recv()
+        try:
+            if msg[0] == "exit":
+                return
+            if msg[0] == "outputs":
+                value = runner.outputs()
+            elif msg[0] == "arm":
+                fn, value = runner.arm(), None
+            elif msg[0] == "call":
+                fn()
+                value = None
+            elif msg[0] == "time":
+                settle()
+                warm(fn)
+                value = _time(fn, msg[1])
+            else:
+                raise ValueError(f"unknown command {msg[0]!r}")
+            if msg[0] != "exit":
+                settle()    # reply once this process's threads are idle: the parent's
+                # settle sees only its own threads, and ORT's spin after a call
+            conn.send((True, value))
+        except Exception:  # noqa: BLE001
+            import traceback
+            conn.send((False, traceback.format_exc()))
+
+
+def _time_batch(r, number):
+    """Seconds per call of a batch of ``number`` calls of runner ``r``, after ``settle``
+    and ``warm`` (a ChildRunner does both in its own process)."""
+    if hasattr(r, "time_batch"):
+        return r.time_batch(number)
+    settle()
+    warm(r.fn)
+    return _time(r.fn, number)
+
+
 def measure(runners, repeat=7, min_time=0.01):
     """Median seconds per call of each runner, the runners interleaved round by round.
 
@@ -460,17 +587,20 @@ def measure(runners, repeat=7, min_time=0.01):
     go idle (``settle``): ONNX Runtime's and OpenBLAS's workers spin after a call, and a
     2-thread batch timed right after them shared the two CPUs with them (AMD EPYC Zen 4,
     ``lstm-fast bench --models wlm_small --threads 2 --onnxruntime``: our layer's forward
-    24.4 ms right after ONNX Runtime's, 4.9 ms without it in the run).
+    24.4 ms right after ONNX Runtime's, 4.9 ms without it in the run). Then one untimed
+    call (``warm``) wakes the runner's own threads, and the batch size comes from a warm
+    call too: a cold first call (several ms at 2 threads on a virtual machine) gave
+    batches of one or two calls, each paying the wake-up again. A ChildRunner times its
+    batches in its own process.
     """
     number = {}
-    for r in runners:
-        t = _time(r.fn, 1)
+    for r in runners:                           # the batch size from a warm call
+        t = r.time_batch(1) if hasattr(r, "time_batch") else (r.fn(), _time(r.fn, 1))[1]
         number[r.name] = max(1, min(10000, int(min_time / max(t, 1e-7))))
     times = {r.name: [] for r in runners}
     for _ in range(repeat):
         for r in runners:
-            settle()
-            times[r.name].append(_time(r.fn, number[r.name]))
+            times[r.name].append(_time_batch(r, number[r.name]))
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -126,6 +126,7 @@ def main(argv=None):
             p = models.make_problem(what, args.dtype)
             names = models.competitors(case, args.dtype)
             expected = models.oracle(case, p)
+            spec = ("models", case, what, args.dtype, args.threads)
             make = lambda n: models.make_runner(n, case, p, args.threads)  # noqa: E731
             f, label = shapes.model_flops(case, p["model"]), what
         else:
@@ -133,23 +134,33 @@ def main(argv=None):
             p = harness.make_problem(T, B, I, H, args.dtype)
             names = harness.competitors(case, args.dtype)
             expected = harness.oracle(case, p)
+            spec = ("grid", case, (T, B, I, H), args.dtype, args.threads)
             make = lambda n: harness.make_runner(n, case, p, args.threads)  # noqa: E731
             f, label = shapes.flops(case, T, B, I, H), f"{T},{B},{I},{H}"
         names = [n for n in names if n != "onnxruntime" or args.onnxruntime]
         runners = []
         for n in names:
-            r = make(n)
+            # ONNX Runtime at 2+ threads in a process of its own (see harness.ChildRunner)
+            r = (harness.ChildRunner((spec[0], n) + spec[1:]) if n == "onnxruntime" and args.threads > 1
+                 else make(n))
             try:
                 harness.check(r.outputs(), expected, args.dtype, n)
             except AssertionError as e:
                 print(f"{case:<14} {label:<22} {n:<22} WRONG RESULT, not timed: "
                       f"{str(e).strip().splitlines()[0]}")
                 status = 1
+                if hasattr(r, "close"):
+                    r.close()
                 continue
             r.arm()
             runners.append(r)
         harness.set_threads(args.threads)
-        med = harness.measure(runners, args.repeat, args.min_time)
+        try:
+            med = harness.measure(runners, args.repeat, args.min_time)
+        finally:
+            for r in runners:
+                if hasattr(r, "close"):
+                    r.close()
         base = med.get("torch", med.get("lstm_fast[numpy]"))
         for n, t in med.items():
             _row(case, label, n, t, f, base, peak)
