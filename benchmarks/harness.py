@@ -474,11 +474,11 @@ class ChildRunner:
     each command once its own threads are idle again (``settle`` in the parent sees only
     the parent's threads).
 
-    Why: ONNX Runtime's 2-thread intra-op pool, in the process where our kernels and torch
-    run, made their 2-thread calls 2-40x slower for the rest of the run on the Intel Xeon
-    KVM machine of benchmarks/README.md ("Session 13"), although its worker was idle while
-    they ran; with ORT at 1 thread, or in its own process, they were not. A server runs
-    ONNX Runtime in a process of its own, so that is how it is timed at 2 threads."""
+    Why: a server runs ONNX Runtime in a process of its own, and there its 2-thread
+    intra-op pool does not share the process's CPUs and scheduler state with the other
+    competitors' batches. In process it set off a spiral in our pool's barrier on the
+    Intel Xeon KVM machine (benchmarks/README.md, "Session 13"; fixed in the pool), and
+    torch and ORT measured 5-20 % slower there than with ORT in its child."""
 
     def __init__(self, spec):
         import multiprocessing as mp
