@@ -478,7 +478,8 @@ class ChildRunner:
     intra-op pool does not share the process's CPUs and scheduler state with the other
     competitors' batches. In process it set off a spiral in our pool's barrier on the
     Intel Xeon KVM machine (benchmarks/README.md, "Session 13"; fixed in the pool), and
-    torch and ORT measured 5-20 % slower there than with ORT in its child."""
+    torch and ORT measured 5-20 % slower there than with ORT in its child. (The pytest
+    suites keep ORT in process and run its 2-thread cases last instead: conftest.py.)"""
 
     def __init__(self, spec):
         import multiprocessing as mp
