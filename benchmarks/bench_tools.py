@@ -244,17 +244,17 @@ def test_settle_waits_for_a_busy_thread_of_this_process():
 def test_measure_settles_before_every_batch(monkeypatch):
     """The quick comparison (``lstm-fast bench``) lets this process's threads go idle
     before each timed batch of each competitor, as the pytest suite does before each
-    benchmark: ``settle`` is called once per runner per round, then one untimed call
-    (``warm``) wakes the runner's own threads, then its batch."""
+    benchmark: ``settle`` is called once per runner per round (and for the calibration
+    batch), then one untimed call (``warm``) wakes the runner's own threads, then its
+    batch."""
     order = []
     monkeypatch.setattr(harness, "settle", lambda: order.append("settle") or 0.0)
     runners = [harness.Runner(name, (lambda n=name: order.append(n)), lambda r: r)
                for name in ("a", "b")]
     harness.measure(runners, repeat=3, min_time=0.0)
-    timed = order[4:]                  # after the calibration: a warm call, a timed one
-    assert order[:4] == ["a", "a", "b", "b"]
-    # each batch: settle, one untimed warm call, then the batch (one call at min_time 0)
-    assert timed == ["settle", "a", "a", "settle", "b", "b"] * 3
+    # the calibration batch (one call) and then each round's batch (one call at min_time
+    # 0), each after settle and one untimed warm call
+    assert order == ["settle", "a", "a", "settle", "b", "b"] * (1 + 3)
 
 
 def test_child_runner_times_a_competitor_in_its_own_process():

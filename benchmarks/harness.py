@@ -203,6 +203,9 @@ class Runner:
             self.before_timing()
         return self.fn
 
+    def close(self):
+        """Nothing to release (a ChildRunner ends its process)."""
+
 
 def make_runner(name, case, p, threads):
     """Build competitor ``name`` for ``case`` on problem ``p`` with ``threads`` threads.
@@ -560,9 +563,8 @@ def _child_main(conn, spec):
                 value = _time(fn, msg[1])
             else:
                 raise ValueError(f"unknown command {msg[0]!r}")
-            if msg[0] != "exit":
-                settle()    # reply once this process's threads are idle: the parent's
-                # settle sees only its own threads, and ORT's spin after a call
+            settle()    # reply once this process's threads are idle: the parent's
+            # settle sees only its own threads, and ORT's spin after a call
             conn.send((True, value))
         except Exception:  # noqa: BLE001
             import traceback
@@ -596,7 +598,7 @@ def measure(runners, repeat=7, min_time=0.01):
     """
     number = {}
     for r in runners:                           # the batch size from a warm call
-        t = r.time_batch(1) if hasattr(r, "time_batch") else (r.fn(), _time(r.fn, 1))[1]
+        t = _time_batch(r, 1)
         number[r.name] = max(1, min(10000, int(min_time / max(t, 1e-7))))
     times = {r.name: [] for r in runners}
     for _ in range(repeat):

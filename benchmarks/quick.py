@@ -149,8 +149,7 @@ def main(argv=None):
                 print(f"{case:<14} {label:<22} {n:<22} WRONG RESULT, not timed: "
                       f"{str(e).strip().splitlines()[0]}")
                 status = 1
-                if hasattr(r, "close"):
-                    r.close()
+                r.close()
                 continue
             r.arm()
             runners.append(r)
@@ -159,8 +158,7 @@ def main(argv=None):
             med = harness.measure(runners, args.repeat, args.min_time)
         finally:
             for r in runners:
-                if hasattr(r, "close"):
-                    r.close()
+                r.close()
         base = med.get("torch", med.get("lstm_fast[numpy]"))
         for n, t in med.items():
             _row(case, label, n, t, f, base, peak)

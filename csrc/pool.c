@@ -163,16 +163,6 @@ static void os_after_fork(void)
 }
 #endif
 
-/* Wait until *word != old: spin for spin_ns, then sleep.
- *
- * No lost wake-up: the sleeper does  sleepers++ ; read *word ; sleep if == old,
- * the waker does                     write *word ; read sleepers ; wake if > 0,
- * all sequentially consistent. In the single total order either the waker's
- * read of sleepers comes after sleepers++ (it wakes), or the sleeper's read of
- * *word comes after the write (it does not sleep). A wake between the
- * sleeper's check and its futex call is not lost either: FUTEX_WAIT itself
- * re-checks *word == old atomically. Returns 1 if it slept; *spun (if not
- * NULL) is the time spent spinning. */
 /* A spinning waiter yields its CPU every YIELD_SPINS + 1 pauses (~10 us): when the
  * thread it waits for is queued on the same CPU (the scheduler placed our two
  * threads on one CPU: they run in turns, so it never sees both runnable long enough
@@ -188,6 +178,16 @@ static void os_after_fork(void)
 #define YIELD_SPINS 255
 #endif
 
+/* Wait until *word != old: spin for spin_ns, then sleep.
+ *
+ * No lost wake-up: the sleeper does  sleepers++ ; read *word ; sleep if == old,
+ * the waker does                     write *word ; read sleepers ; wake if > 0,
+ * all sequentially consistent. In the single total order either the waker's
+ * read of sleepers comes after sleepers++ (it wakes), or the sleeper's read of
+ * *word comes after the write (it does not sleep). A wake between the
+ * sleeper's check and its futex call is not lost either: FUTEX_WAIT itself
+ * re-checks *word == old atomically. Returns 1 if it slept; *spun (if not
+ * NULL) is the time spent spinning. */
 static int wait_change(int *word, int old, int *sleepers, spin_policy *sp, long *spun)
 {
     if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != old)

@@ -56,7 +56,6 @@ int main(void)
         {"projection", {.bf16_grads = 1, .bf16_gates = g16, .bf16_c = c16}, 1},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        float *w_hr = cases[k].P ? filled(cases[k].P * H, 0.1f) : NULL;
         float *dw_hr = cases[k].P ? filled(cases[k].P * H, 0) : NULL;
         int s = lstm_backward_ex_f32(T, B, I, H, cases[k].P, packed, NULL, x, h0, c0, y, NULL, NULL,
                                      dy, dh_n, dc_n, dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, ws, 1,
@@ -66,7 +65,6 @@ int main(void)
             for (int j = 0; j < 4 * H * H; j++)
                 finite &= dw_hh[j] == dw_hh[j] && dw_hh[j] - dw_hh[j] == 0;
         printf("%s %d %d\n", cases[k].name, s, finite);
-        free(w_hr);
         free(dw_hr);
     }
     return 0;
