@@ -1,6 +1,7 @@
 """The model, data and training steps of tests/test_torch_ddp.py; run as a script it is one
 DistributedDataParallel process: ``python _ddp_worker.py RANK WORLD_SIZE PORT OUT``."""
 
+import gc
 import sys
 from datetime import timedelta
 
@@ -67,6 +68,13 @@ def main(rank, world, port, out):
         # names without DDP's "module." prefix
         torch.save([{k.removeprefix("module."): v for k, v in g.items()} for g in grads], out)
     finally:
+        # DDP's reducer holds the process group: drop it first, so that destroy_process_group
+        # destroys the group (and joins gloo's worker threads) while the interpreter is alive.
+        # Otherwise a gloo thread can free its last allreduce work during interpreter shutdown,
+        # need the GIL for a Python object in it and abort the process ("terminate called
+        # without an active exception": pytorch/pytorch#190489, a torch bug, about 1 run in 10).
+        ddp = None
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 
