@@ -22,6 +22,46 @@ from lstm_fast._validation cimport LayerInputs
 
 cnp.import_array()
 
+cdef extern from "_bufcache.h":
+    object bc_capsule()
+    bint bc_wanted(size_t nbytes)
+    void bc_release()
+    void bc_set_limit(size_t limit)
+    void bc_stats(size_t *kept, size_t *blocks, size_t *limit, size_t *reused)
+    size_t BC_MIN, BC_SLOTS
+
+# NEP 49 handler for the binding's large arrays (_bufcache.h), set only around them in _empty
+_BUFCACHE = bc_capsule()
+
+
+def buffer_cache_info():
+    """The buffer cache's state (``lstm_fast.buffer_cache_info``)."""
+    cdef size_t kept, blocks, limit, reused
+    bc_stats(&kept, &blocks, &limit, &reused)
+    return {"kept_bytes": kept, "kept_blocks": blocks, "limit_bytes": limit,
+            "reused": reused, "min_block_bytes": BC_MIN, "max_blocks": BC_SLOTS}
+
+
+def set_buffer_cache_limit(size_t limit):
+    """Frees the kept blocks and sets the limit in bytes (validated by the caller)."""
+    bc_set_limit(limit)
+
+
+def release_buffer_cache():
+    """Frees the kept blocks."""
+    bc_release()
+
+
+def _with_buffer_cache(fn):
+    """``fn()`` with the buffer cache's handler as NumPy's allocator: for the tests of its
+    calloc and realloc, which the binding itself never calls."""
+    previous = cnp.PyDataMem_SetHandler(_BUFCACHE)
+    try:
+        return fn()
+    finally:
+        cnp.PyDataMem_SetHandler(previous)
+
+
 cdef extern from "numpy/arrayobject.h":
     object _new_from_descr "PyArray_NewFromDescr" (
         void *subtype, void *descr, int nd, cnp.npy_intp *dims, cnp.npy_intp *strides,
@@ -275,7 +315,8 @@ cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
     chunk header), so every 64-byte vector load or store of the kernel's saved gates, c
     and outputs would span two cache lines: measured at (100,32,16,128) f32 (Intel Xeon,
     1 thread), the backward's cell spent a third of its time on those loads. The array's
-    base is the byte buffer it views."""
+    base is the byte buffer it views; from BC_MIN bytes that buffer comes from the buffer
+    cache (_bufcache.h) while its limit is not 0."""
     cdef cnp.npy_intp n = 1, nbytes, off
     cdef int i
     for i in range(nd):
@@ -293,7 +334,16 @@ cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
     if nbytes < 4096:
         return <cnp.ndarray>cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     nbytes += 64
-    cdef cnp.ndarray raw = <cnp.ndarray>cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0)
+    cdef cnp.ndarray raw
+    cdef object previous
+    if bc_wanted(<size_t>nbytes):   # large: through the buffer cache (_bufcache.h)
+        previous = cnp.PyDataMem_SetHandler(_BUFCACHE)
+        try:
+            raw = <cnp.ndarray>cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0)
+        finally:
+            cnp.PyDataMem_SetHandler(previous)
+    else:
+        raw = <cnp.ndarray>cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0)
     cdef char *data = <char *>cnp.PyArray_DATA(raw)
     off = (64 - <size_t>data % 64) % 64
     cdef cnp.ndarray a = <cnp.ndarray>_new_from_descr(
