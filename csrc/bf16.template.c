@@ -100,8 +100,12 @@ typedef ITYPE FN(uivec) __attribute__((vector_size(VBYTES), aligned(4), may_alia
 typedef struct {
     uint32_t magic;
     int32_t level, elem_size, has_bias;   /* elem_size 2: a bf16 pack */
-    int64_t I, H, KPX, KPH, off_w, off_b, off_wide, total;
+    int64_t I, H, KPX, KPH, KPA, off_w, off_b, off_wide, total;
 } FN(bf_hdr);
+
+/* pairs per block row of w: KP, rounded up to AMX's 16 pairs per tile at the AVX-512 level
+ * (the rows beyond KP are zero words, never read by the other paths) */
+#define BF_KPA(KP) (ISA == 2 ? ((KP) + 15) / 16 * 16 : (KP))
 
 static void FN(bf_layout)(int64_t I, int64_t H, FN(bf_hdr) *h)
 {
@@ -112,9 +116,10 @@ static void FN(bf_layout)(int64_t I, int64_t H, FN(bf_hdr) *h)
     h->H = H;
     h->KPX = (I + 1) / 2;
     h->KPH = (H + 1) / 2;
+    h->KPA = BF_KPA(h->KPX + h->KPH);
     int64_t off = ALIGN64((int64_t)sizeof(FN(bf_hdr)));
     h->off_w = off;
-    off = ALIGN64(off + (H + V - 1) / V * (h->KPX + h->KPH) * 4 * V * 4);
+    off = ALIGN64(off + (H + V - 1) / V * h->KPA * 4 * V * 4);
     h->off_b = off;
     off = ALIGN64(off + 4 * H * 4);
     h->off_wide = off;
@@ -146,20 +151,24 @@ static int FN(bf_pack)(int64_t I, int64_t H, const float *w_ih, const float *w_h
     FN(bf_hdr) *h = (FN(bf_hdr) *)base;
     FN(bf_layout)(I, H, h);
     h->has_bias = b != NULL;
-    int64_t KP = h->KPX + h->KPH;
+    int64_t KP = h->KPX + h->KPH, KPA = h->KPA;
     uint32_t *w = (uint32_t *)(base + h->off_w);
     float *bb = (float *)(base + h->off_b);
     for (int64_t j = 0; j < (H + V - 1) / V; j++)
-        for (int64_t p = 0; p < KP; p++)
+        for (int64_t p = 0; p < KPA; p++)
             for (int g = 0; g < 4; g++)
                 for (int l = 0; l < V; l++) {
                     int64_t u = j * V + l;
                     uint32_t word = 0;
+                    if (p >= KP) {   /* AMX's padding rows */
+                        w[((j * KPA + p) * 4 + g) * V + l] = 0;
+                        continue;
+                    }
                     if (u < H)
                         word = FN(bf_weight)(I, H, h->KPX, w_ih, w_hh, g * H + u, 2 * p) |
                                FN(bf_weight)(I, H, h->KPX, w_ih, w_hh, g * H + u, 2 * p + 1)
                                    << 16;
-                    w[((j * KP + p) * 4 + g) * V + l] = word;
+                    w[((j * KPA + p) * 4 + g) * V + l] = word;
                     if (ISA > 0) {   /* wide: the pair's odd row, then its even row */
                         uint32_t *wd = (uint32_t *)(base + h->off_wide);
                         wd[((j * 2 * KP + 2 * p) * 4 + g) * V + l] = word & 0xffff0000u;
@@ -285,6 +294,98 @@ BF_TILE(FN(bf_tile_native), ATTR_BF, FN(bf_add_native), uint32_t)
 BF_TILE_ANY(FN(bf_tile_any_native), ATTR_BF, FN(bf_tile_native))
 #endif
 
+
+/* ---- AMX (tdpbf16ps), forward only, opt-in (lstm_set_bf16_amx) ---------------------
+ * A tile: 16 rows of the rounded [x | h] as bf16 words, 16 pairs (64 bytes) each, rows
+ * lda = 4 KPA bytes apart (zero words from KP to KPA); B tile for one gate: 16 pair rows
+ * x the block's V = 16 units, the pack's w with a row stride of 4 V 4 = 256 bytes (its
+ * rows KP..KPA-1 are zero words); C: 16 rows x 16 floats, stored into out [16][4][V].
+ * The sums are not the other paths' bits: tdpbf16ps adds its products in an order and
+ * with roundings of its own (measured: 87 % of its sums differ from every sequential
+ * FMA order in the last bits); the bound is bfloat16's (tests/test_bf16_amx.py). */
+#if ISA == 2
+#define BF_ATTR_AMX                                                                        \
+    __attribute__((target("amx-tile,amx-bf16,avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} FN(bf_amx_cfg);
+
+static BF_ATTR_AMX void FN(bf_amx_begin)(void)
+{
+    FN(bf_amx_cfg) cfg __attribute__((aligned(64)));
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));   /* as int8d.template.c */
+}
+
+static BF_ATTR_AMX void FN(bf_amx_end)(void) { _tile_release(); }
+
+/* out [16][4][V] = 16 rows of a (lda bytes apart, np pairs: a multiple of 16) times one
+ * block's weights w (its pair row 0) */
+static BF_ATTR_AMX void FN(bf_amx_tile1)(const uint8_t *a, int64_t lda, int64_t np,
+                                          const uint8_t *w, float *out)
+{
+    const int64_t ws = 4 * V * 4;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t p = 0; p < np; p += 16) {
+        const uint8_t *wp = w + p * ws;
+        _tile_loadd(4, a + 4 * p, lda);
+        _tile_loadd(5, wp, ws);
+        _tile_loadd(6, wp + V * 4, ws);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(7, wp + 2 * V * 4, ws);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_loadd(5, wp + 3 * V * 4, ws);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_dpbf16ps(3, 4, 5);
+    }
+    _tile_stored(0, out, ws);
+    _tile_stored(1, out + V, ws);
+    _tile_stored(2, out + 2 * V, ws);
+    _tile_stored(3, out + 3 * V, ws);
+}
+
+/* the same for 32 rows: 2 row groups x 2 gates per pass (A and B tiles used twice) */
+static BF_ATTR_AMX void FN(bf_amx_tile2)(const uint8_t *a, int64_t lda, int64_t np,
+                                          const uint8_t *w, float *out)
+{
+    const int64_t ws = 4 * V * 4;
+    const uint8_t *a1 = a + 16 * lda;
+    float *o1 = out + 16 * 4 * V;
+    for (int gp = 0; gp < 4; gp += 2) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t p = 0; p < np; p += 16) {
+            const uint8_t *wp = w + p * ws + gp * V * 4;
+            _tile_loadd(6, wp, ws);
+            _tile_loadd(4, a + 4 * p, lda);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_loadd(7, wp + V * 4, ws);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_loadd(5, a1 + 4 * p, lda);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, out + gp * V, ws);
+        _tile_stored(1, out + (gp + 1) * V, ws);
+        _tile_stored(2, o1 + gp * V, ws);
+        _tile_stored(3, o1 + (gp + 1) * V, ws);
+    }
+}
+#define BF_AMX_ROWS 64   /* rows per group of tiles (the cell then takes FR at a time) */
+#endif
+
 /* bf16_round on V lanes: the rounded value's float bits (bf16 in the top half) */
 typedef uint32_t FN(u32v) __attribute__((vector_size(VBYTES)));
 typedef uint32_t FN(u32uv) __attribute__((vector_size(VBYTES), aligned(4), may_alias));
@@ -347,13 +448,39 @@ KERNEL void FN(bf_round_rows)(int64_t n, const float *x, int64_t I, const float 
 /* One step for rows 0..B-1, hidden blocks j0..j1: the tiles' walk of fwd_step (row
  * tiles, K in chunks where the weights exceed the L2, alternate sweep direction), on
  * the pairs of src. path: 0 emulated on the bf16 weights w, 1 native (vdpbf16ps), 2
- * the float32 kernel's tile on the widened weights (src in that order). */
-KERNEL void FN(bf_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t KP, int64_t j0,
-                        int64_t j1, const uint32_t *w, const float *wide, const void *src,
-                        int path, int rev, const FN(step_plan) *sp)
+ * the float32 kernel's tile on the widened weights (src in that order), 3 AMX (src: rows
+ * of KPA words, readable up to row 64 ceil(B / 64)); w's blocks are KPA pair rows. */
+KERNEL void FN(bf_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t KP, int64_t KPA,
+                        int64_t j0, int64_t j1, const uint32_t *w, const float *wide,
+                        const void *src, int path, int rev, const FN(step_plan) *sp)
 {
+#if ISA == 2
+    if (path == 3) {
+        float part3[BF_AMX_ROWS * 4 * V] __attribute__((aligned(64)));
+        int64_t ntile = j1 - j0;
+        for (int64_t it = 0; it < ntile; it++) {
+            int64_t j = j0 + (rev ? ntile - 1 - it : it);
+            const uint8_t *wj = (const uint8_t *)(w + j * KPA * 4 * V);
+            for (int64_t r0 = 0; r0 < B; r0 += BF_AMX_ROWS) {
+                int mr = B - r0 < BF_AMX_ROWS ? (int)(B - r0) : BF_AMX_ROWS;
+                const uint8_t *a = (const uint8_t *)src + r0 * KPA * 4;
+                float *o = part3;
+                for (int m = mr; m > 0; m -= 32, a += 32 * KPA * 4, o += 32 * 4 * V) {
+                    if (m > 16)
+                        FN(bf_amx_tile2)(a, KPA * 4, KPA, wj, o);
+                    else
+                        FN(bf_amx_tile1)(a, KPA * 4, KPA, wj, o);
+                }
+                for (int r = 0; r < mr; r += FR)   /* the cell takes up to FR rows */
+                    FN(fwd_cell)(ca, mr - r < FR ? mr - r : FR, 1, r0 + r, j, part3 + r * 4 * V);
+            }
+        }
+        return;
+    }
+#endif
     float part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
-    const int64_t K = KP, bstride = KP * 4 * V, ld = path == 1 ? KP : 2 * KP;
+    const int64_t K = KP, bstride = KPA * 4 * V, ld = path == 1 ? KP : 2 * KP;
+    const int64_t wstride = KP * 4 * V;   /* the wide copy's blocks: 2 KP rows */
     const int64_t ebytes = path == 1 ? 4 : 8;   /* bytes of one row's pair in src */
     int64_t jstep = B == 1 ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
     for (int64_t it = 0; it < ntile; it++) {
@@ -370,8 +497,8 @@ KERNEL void FN(bf_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t KP, int6
                     const void *s = (const char *)src + r0 * KP * ebytes;
                     if (path == 2)
                         FN(fwd_tile_any)((int)(r1 - r0), nb, 2 * k0, 2 * k1, 0, NULL, 0,
-                                         (const float *)s, ld, wide + j * 2 * bstride,
-                                         2 * bstride, pt, NULL, 0, 0);
+                                         (const float *)s, ld, wide + j * 2 * wstride,
+                                         2 * wstride, pt, NULL, 0, 0);
 #if BF_NATIVE
                     else if (path == 1)
                         FN(bf_tile_any_native)((int)(r1 - r0), nb, k0, k1, s, ld,
@@ -390,7 +517,12 @@ KERNEL void FN(bf_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t KP, int6
 
 static int64_t FN(bf_rows_bytes)(int64_t B, int64_t I, int64_t H)
 {
-    return ALIGN64(B * ((I + 1) / 2 + (H + 1) / 2) * 8);
+    int64_t KP = (I + 1) / 2 + (H + 1) / 2, rows = B * KP * 8;
+    if (ISA == 2) {   /* AMX: rows of KPA words, 64 ceil(B / 64) of them */
+        int64_t amx = (B + 63) / 64 * 64 * BF_KPA(KP) * 4;
+        rows = amx > rows ? amx : rows;
+    }
+    return ALIGN64(rows);
 }
 
 typedef struct {
@@ -402,7 +534,7 @@ typedef struct {
     uint16_t *gates, *c;     /* [N,4H], [N,H] saved for backward (bf16 bits), or both NULL */
     unsigned char *rows;     /* per thread: B rows of rounded [x | h] */
     int64_t rows_bytes;      /* per thread */
-    int native;
+    int native;              /* 0 emulated, 1 vdpbf16ps, 2 AMX */
 } FN(bf_ctx);
 
 KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
@@ -412,7 +544,16 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     const int64_t *offs = ctx->offs;
     const FN(bf_hdr) *hdr = ctx->hdr;
     const unsigned char *base = (const unsigned char *)hdr;
-    int64_t KPX = hdr->KPX, KP = hdr->KPX + hdr->KPH;
+    int64_t KPX = hdr->KPX, KP = hdr->KPX + hdr->KPH, KPA = hdr->KPA;
+#if ISA == 2
+    const int amx = ctx->native == 2;
+    if (amx) {   /* the rows' padding (pairs KP..KPA, rows B..) stays zero */
+        memset(ctx->rows + tid * ctx->rows_bytes, 0, (size_t)ctx->rows_bytes);
+        FN(bf_amx_begin)();
+    }
+#else
+    const int amx = 0;
+#endif
 #if HAVE_X86
     unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040u);   /* FTZ | DAZ, as vdpbf16ps */
@@ -447,16 +588,21 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             ca.c16 = ctx->c + offs[t] * H;
         }
         /* several row tiles (compute bound): the widened weights, no integer ops per use */
-        int path = ctx->native ? 1 : ISA > 0 && n > FR ? 2 : 0;
+        int path = amx ? 3 : ctx->native ? 1 : ISA > 0 && n > FR ? 2 : 0;
         if (j0 < j1) {
-            FN(bf_round_rows)(n, ctx->x + offs[t] * I, I, hp, H, KPX, KP, path, src);
-            FN(bf_step)(&ca, n, KP, j0, j1, w, wide, src, path, (int)(t & 1),
+            FN(bf_round_rows)(n, ctx->x + offs[t] * I, I, hp, H, KPX, path == 3 ? KPA : KP,
+                              path == 3 ? 1 : path, src);
+            FN(bf_step)(&ca, n, KP, KPA, j0, j1, w, wide, src, path, (int)(t & 1),
                         path == 2 ? &spw : &sp);
         }
         lstm_barrier_wait(bar, num_threads);
     }
     if (tid == 0)   /* h_n: each sequence's last y (c_n is the running state) */
         FN(last_rows)(offs, T, B, H, ctx->h0, ctx->y, ctx->h_n);
+#if ISA == 2
+    if (amx)
+        FN(bf_amx_end)();
+#endif
 #if HAVE_X86
     _mm_setcsr(csr);
 #endif
@@ -482,13 +628,19 @@ static int FN(bf_forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void
         return LSTM_ERR_ARG;
     wsb += FN(offs_bytes)(T);
     FN(bf_ctx) ctx = {T, B, I, H, hdr, offs, x, h0, c0, y, h_n, c_n, gates, c, wsb,
-                      FN(bf_rows_bytes)(B, I, H), BF_NATIVE && native};
+                      FN(bf_rows_bytes)(B, I, H),
+                      ISA == 2 && native == 2 ? 2 : BF_NATIVE && native ? 1 : 0};
     lstm_pool_run(FN(bf_job), &ctx, num_threads < 1 ? 1 : num_threads);
     return LSTM_OK;
 }
 
 #undef BF_NATIVE
 #undef ATTR_BF
+#undef BF_KPA
+#ifdef BF_ATTR_AMX
+#undef BF_ATTR_AMX
+#undef BF_AMX_ROWS
+#endif
 #undef BF_TILE
 #undef BF_CASE
 #undef BF_CASES_FR

@@ -53,18 +53,18 @@ int lstm_cpu_has_avxvnni(void)
 #endif
 }
 
-/* AMX-TILE and AMX-INT8 (cpuid leaf 7: EDX bits 24, 25), the OS saving the tile state
- * (XCR0 bits 17, 18) and, on Linux, the tile data granted to this process
+/* AMX-TILE with AMX-INT8 or AMX-BF16 (cpuid leaf 7: EDX bits 24; 25, 22), the OS saving
+ * the tile state (XCR0 bits 17, 18) and, on Linux, the tile data granted to this process
  * (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), Linux >= 5.16): once */
 #if HAVE_CPUID && defined(__linux__)
-static int amx_ok;
+static int amx_ok, amx_bf16_ok;
 static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
 static void amx_probe(void)
 {
-    unsigned a, b, c, d;
-    if (lstm_cpu_simd_level() != LSTM_SIMD_AVX512 || !lstm_cpu_has_avx512vnni())
+    unsigned a, b, c, d, d7;
+    if (lstm_cpu_simd_level() != LSTM_SIMD_AVX512)
         return;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25)))
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d7) || !(d7 & (1u << 24)))
         return;
     if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)))   /* OSXSAVE */
         return;
@@ -74,9 +74,20 @@ static void amx_probe(void)
         return;
     if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0)
         return;
-    amx_ok = 1;
+    amx_ok = (d7 & (1u << 25)) && lstm_cpu_has_avx512vnni();
+    amx_bf16_ok = (d7 & (1u << 22)) && lstm_cpu_has_avx512bf16();
 }
 #endif
+
+int lstm_cpu_has_amx_bf16(void)
+{
+#if HAVE_CPUID && defined(__linux__)
+    pthread_once(&amx_once, amx_probe);
+    return amx_bf16_ok;
+#else
+    return 0;
+#endif
+}
 
 int lstm_cpu_has_amx_int8(void)
 {

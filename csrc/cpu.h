@@ -37,6 +37,8 @@ int lstm_cpu_has_avxvnni(void);
 /* 1 if AMX-TILE and AMX-INT8 (tdpbusd) are usable: the CPU has them (and AVX512_VNNI),
  * the OS saves the tile state and (Linux) granted it to this process; asked once. */
 int lstm_cpu_has_amx_int8(void);
+/* 1 if AMX-TILE and AMX-BF16 (tdpbf16ps) are usable (with AVX512_BF16), as above. */
+int lstm_cpu_has_amx_bf16(void);
 
 /* Per-core, register-only throughput of the instructions the kernels' products use, as
  * measured on the running CPU: 12 independent accumulator chains per instruction, no

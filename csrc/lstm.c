@@ -419,6 +419,27 @@ int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
 
 DEFINE_LOW_PRECISION(bf16, bf)
 
+/* AMX (tdpbf16ps) for the bf16 forward: off unless asked for (its sums are not the other
+ * paths' bits: bf16.template.c); then at the AVX-512 level wherever the CPU has it. */
+static int bf16_amx;
+
+int lstm_set_bf16_amx(int on)
+{
+    if (on && !lstm_cpu_has_amx_bf16())
+        return LSTM_ERR_ARG;
+    bf16_amx = on != 0;
+    return LSTM_OK;
+}
+
+int lstm_get_bf16_amx(void) { return bf16_amx; }
+
+static int bf16_path_for(int level, int64_t B)
+{
+    if (bf16_amx && level == LSTM_SIMD_AVX512 && lstm_cpu_has_amx_bf16())
+        return 2;
+    return bf16_native_for(level, B);
+}
+
 int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                       const int64_t *batch_sizes, const float *x, const float *h0,
                       const float *c0, float *y, float *h_n, float *c_n, void *workspace,
@@ -429,7 +450,7 @@ int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *pa
     int level = packed_level(packed);
     DISPATCH(level, f32, bf_forward,
              (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, NULL, NULL, workspace,
-              usable_threads(num_threads), bf16_native_for(level, B)))
+              usable_threads(num_threads), bf16_path_for(level, B)))
 }
 
 int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
@@ -442,7 +463,7 @@ int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void 
     int level = packed_level(packed);
     DISPATCH(level, f32, bf_forward,
              (T, B, I, H, packed, batch_sizes, x, h0, c0, y, h_n, c_n, gates, c, workspace,
-              usable_threads(num_threads), bf16_native_for(level, B)))
+              usable_threads(num_threads), bf16_path_for(level, B)))
 }
 
 /* ---- int8 weights ---------------------------------------------------------------- */

@@ -341,6 +341,11 @@ int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void 
 int lstm_set_bf16_mode(int mode);
 int lstm_get_bf16_mode(void);
 int lstm_bf16_native(int64_t B, int64_t I, int64_t H);   /* what a call of this shape uses */
+/* AMX (tdpbf16ps) for the bf16 forwards (lstm_forward_bf16, _ex) at the AVX-512 level:
+ * 1 on (LSTM_ERR_ARG where the CPU or the OS lacks AMX-BF16), 0 off (the default). Its
+ * sums differ from the other paths' in the last bits (bf16.template.c). */
+int lstm_set_bf16_amx(int on);
+int lstm_get_bf16_amx(void);
 /* The automatic mode's rule, as a function of the per-core rates (GFLOP/s) of the fp32
  * FMA and of vdpbf16ps (0: the CPU lacks it) and the rows B: native at B = 1, and at
  * every B where the bf16 dot runs at >= 1.5x the fp32 FMA's FLOP rate. */

@@ -12,6 +12,7 @@ cdef extern from "cpu.h" nogil:
     int lstm_cpu_has_avx512vnni()
     int lstm_cpu_has_avxvnni()
     int lstm_cpu_has_amx_int8()
+    int lstm_cpu_has_amx_bf16()
 
 cdef extern from "lstm.h" nogil:
     enum:
@@ -128,6 +129,8 @@ cdef extern from "lstm.h" nogil:
     int lstm_set_bf16_mode(int mode)
     int lstm_get_bf16_mode()
     int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
+    int lstm_set_bf16_amx(int on)
+    int lstm_get_bf16_amx()
     int lstm_bf16_native_rule(double fp32_rate, double bf16_rate, int64_t B)
     size_t lstm_bf16_grads_workspace_size(int64_t N, int64_t B, int64_t I, int64_t H,
                                           int num_threads)

@@ -165,9 +165,27 @@ def bf16_native_rule(fp32_rate, bf16_rate, B):
     return bool(lstm_bf16_native_rule(fp32_rate or 0.0, bf16_rate or 0.0, B))
 
 
+def cpu_has_amx_bf16():
+    """Whether AMX-TILE and AMX-BF16 (tdpbf16ps) are usable here (csrc/cpu.c)."""
+    return bool(lstm_cpu_has_amx_bf16())
+
+
+def set_bf16_amx(on):
+    """AMX (tdpbf16ps) for the bfloat16-weight forward: True (RuntimeError where the CPU
+    or the OS lacks AMX-BF16) or False (the default). Off by default because its sums
+    differ from the other paths' in the last bits (csrc/bf16.template.c); within
+    bfloat16's own error of the float64 reference (tests/test_bf16_amx.py)."""
+    if type(on) is not bool:
+        raise ValueError(f"on must be True or False, got {on!r}")
+    if lstm_set_bf16_amx(1 if on else 0) != LSTM_OK:
+        raise RuntimeError("this CPU (or its OS) has no usable AMX-BF16 (tdpbf16ps)")
+
+
 def bf16_path(B=1, I=1, H=1):
     """What a bfloat16-weight forward of this shape uses at the SIMD level in force:
-    "native (vdpbf16ps)" or "emulated (...)"."""
+    "AMX (tdpbf16ps)", "native (vdpbf16ps)" or "emulated (...)"."""
+    if lstm_get_bf16_amx() and simd_level() == "avx512" and lstm_cpu_has_amx_bf16():
+        return "AMX (tdpbf16ps, AMX-BF16; set_bf16_amx(True))"
     if lstm_bf16_native(B, I, H):
         return "native (vdpbf16ps, AVX512_BF16)"
     why = ("the CPU has no AVX512_BF16; " if not lstm_cpu_has_avx512bf16() else
