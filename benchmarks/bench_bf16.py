@@ -3,10 +3,11 @@
 that traffic) and the large forward (32, 64, 256, 256) (compute bound), 1 and 2 threads.
 
 Competitors: ``float32`` (the c backend's plain layer), ``bfloat16`` (what
-``weight_dtype="bfloat16"`` runs: native vdpbf16ps or the emulation, chosen per shape by
-lstm.c), and where the CPU has AVX512_BF16 both forced, ``bfloat16-native`` and
+``weight_dtype="bfloat16"`` runs: AMX, native vdpbf16ps or the emulation, chosen per shape
+by lstm.c), and where the CPU has AVX512_BF16 both forced, ``bfloat16-native`` and
 ``bfloat16-emulated`` (the same bits; the rule in lstm.c comes from this comparison), and
-where it has AMX-BF16 ``bfloat16-amx`` (tdpbf16ps, ``set_bf16_amx(True)``: opt-in).
+where it has AMX-BF16 ``bfloat16-amx`` (tdpbf16ps at every B, ``set_bf16_amx(True)``;
+``bfloat16`` uses it automatically from B = 4).
 Each benchmark first checks its outputs against the float32 layer's (within bf16's
 accuracy). Under ``--benchmark-disable`` (the test suite) one untimed call on small shapes.
 Shapes, runner and body: benchmarks/low_precision.py (shared with bench_int8.py).
@@ -33,10 +34,10 @@ MODE = {"bfloat16": None, "bfloat16-native": True, "bfloat16-emulated": False}
 @pytest.mark.parametrize("name", list(low_precision.CASES))
 def test_bf16(benchmark, request, name, weights, threads):
     ck.set_bf16_native(MODE.get(weights))
-    ck.set_bf16_amx(weights == "bfloat16-amx")
+    ck.set_bf16_amx(True if weights == "bfloat16-amx" else None)
     try:
         low_precision.run(benchmark, request, name, weights, threads, "bf16", 2e-2,
                           lambda B, I, H: dict(bf16_path=ck.bf16_path(B, I, H)))
     finally:
         ck.set_bf16_native(None)
-        ck.set_bf16_amx(False)
+        ck.set_bf16_amx(None)

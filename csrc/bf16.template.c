@@ -14,7 +14,9 @@
  * before and 16.6-18.1 after for bfloat16, 14.8-15.7 and 15.9-16.9 for int8 (B = 1 stream
  * unchanged); within the runs' noise but all after-runs slower, so it was left as it was.
  *
- * Arithmetic, exactly (every SIMD level gives the same pre-activation bits):
+ * Arithmetic, exactly (every SIMD level gives the same pre-activation bits; the one
+ * exception is AMX, opt-in, whose tdpbf16ps sums the same products in its own order:
+ * see "AMX" below):
  *   - weights: w_ih and w_hh rounded to bfloat16 once, at pack time, by
  *     bf16_round: round to nearest even; zero and denormal inputs give a signed
  *     zero (denormals are flushed, as VCVTNEPS2BF16 does), NaN a quiet NaN, and a
@@ -51,7 +53,9 @@
  * float32 in c_n), so the outputs' bits are the inference forward's.
  *
  * Packed layout (header, then 64-byte aligned):
- *   w  [ceil(H/V)][KP][4][V] uint32   KP = ceil(I/2) + ceil(H/2) pairs; word =
+ *   w  [ceil(H/V)][KPA][4][V] uint32  KP = ceil(I/2) + ceil(H/2) pairs, KPA = KP rounded
+ *                                     up to 16 at the AVX-512 level (AMX's tiles; rows
+ *                                     KP..KPA-1 zero words), else KP; word =
  *                                     bf16(w[2p+1]) << 16 | bf16(w[2p]) of one unit
  *                                     and gate: VDPBF16PS's operand layout
  *   b  [4H] float                     b_ih + b_hh (zeros without a bias)

@@ -419,26 +419,40 @@ int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
 
 DEFINE_LOW_PRECISION(bf16, bf)
 
-/* AMX (tdpbf16ps) for the bf16 forward: off unless asked for (its sums are not the other
- * paths' bits: bf16.template.c); then at the AVX-512 level wherever the CPU has it. */
-static int bf16_amx;
+/* AMX (tdpbf16ps) for the bf16 forwards, at the AVX-512 level where the CPU has it: -1
+ * automatic (the default: at every B, unless lstm_set_bf16_mode forced vdpbf16ps or the
+ * emulation), 1 always, 0 never. Its sums are not the other paths' bits (bf16.template.c),
+ * so it is used at every B: a row's sums do not depend on the other rows of its tile, and
+ * any batch split (a customer alone, blocks of 32, the whole set) keeps giving the same
+ * bits. What B = 1 costs, measured on the Intel Xeon (family 6 model 167, 1 thread, T = 16,
+ * I = H, ms AMX / the other path): H = 256: B = 1 0.162 / 0.165, 2 0.179 / 0.294, 4 0.195 /
+ * 0.405, 8 0.234 / 0.921, 32 0.661 / 2.977; H = 512: B = 1 1.69 / 1.57, 2 1.74 / 1.72, 3
+ * 1.72 / 1.86, 4 1.79 / 2.00, 8 1.89 / 5.59, 32 3.06 / 12.9 (benchmarks/README.md,
+ * session 14: B = 1 streaming 4-7 % slower on 1 thread, up to 31 % on 2). */
+static int bf16_amx = -1;
 
-int lstm_set_bf16_amx(int on)
+int lstm_set_bf16_amx(int mode)
 {
-    if (on && !lstm_cpu_has_amx_bf16())
+    if (mode < -1 || mode > 1)
         return LSTM_ERR_ARG;
-    bf16_amx = on != 0;
+    if (mode == 1 && !lstm_cpu_has_amx_bf16())
+        return LSTM_ERR_ARG;
+    bf16_amx = mode;
     return LSTM_OK;
 }
 
 int lstm_get_bf16_amx(void) { return bf16_amx; }
 
+/* 2 AMX, 1 vdpbf16ps, 0 the emulation, for B rows at the pack's level */
 static int bf16_path_for(int level, int64_t B)
 {
-    if (bf16_amx && level == LSTM_SIMD_AVX512 && lstm_cpu_has_amx_bf16())
+    if (level == LSTM_SIMD_AVX512 && lstm_cpu_has_amx_bf16() &&
+        (bf16_amx == 1 || (bf16_amx == -1 && bf16_mode == -1)))
         return 2;
     return bf16_native_for(level, B);
 }
+
+int lstm_bf16_path(int64_t B) { return bf16_path_for(lstm_get_simd_level(), B); }
 
 int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                       const int64_t *batch_sizes, const float *x, const float *h0,

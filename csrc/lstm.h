@@ -342,10 +342,13 @@ int lstm_set_bf16_mode(int mode);
 int lstm_get_bf16_mode(void);
 int lstm_bf16_native(int64_t B, int64_t I, int64_t H);   /* what a call of this shape uses */
 /* AMX (tdpbf16ps) for the bf16 forwards (lstm_forward_bf16, _ex) at the AVX-512 level:
- * 1 on (LSTM_ERR_ARG where the CPU or the OS lacks AMX-BF16), 0 off (the default). Its
- * sums differ from the other paths' in the last bits (bf16.template.c). */
-int lstm_set_bf16_amx(int on);
+ * -1 automatic (the default: at every B, unless lstm_set_bf16_mode forced a path), 1
+ * always (LSTM_ERR_ARG where the CPU or the OS lacks AMX-BF16), 0 never. Its sums differ
+ * from the other paths' in the last bits (bf16.template.c). lstm_bf16_path: what a call
+ * of B rows uses at the level in force: 2 AMX, 1 vdpbf16ps, 0 the emulation. */
+int lstm_set_bf16_amx(int mode);
 int lstm_get_bf16_amx(void);
+int lstm_bf16_path(int64_t B);
 /* The automatic mode's rule, as a function of the per-core rates (GFLOP/s) of the fp32
  * FMA and of vdpbf16ps (0: the CPU lacks it) and the rows B: native at B = 1, and at
  * every B where the bf16 dot runs at >= 1.5x the fp32 FMA's FLOP rate. */

@@ -30,6 +30,8 @@ LEVELS = simd_levels(ck)
 
 
 NATIVE = ck.cpu_has_avx512bf16()
+# AMX-BF16 used by default (at the AVX-512 level, every B): the automatic choice below
+AMX = ck.cpu_has_amx_bf16() and ck.simd_level() == "avx512"
 # (level, native) pairs this CPU can run: every level emulated, AVX-512 also native
 MODES = [(lv, False) for lv in LEVELS] + ([("avx512", True)] if NATIVE else [])
 
@@ -79,7 +81,10 @@ def test_info_names_the_bf16_path(capsys):
     cli.info([])
     out = capsys.readouterr().out
     assert "bfloat16 weights (weight_dtype='bfloat16'): " in out
-    assert ("native (vdpbf16ps" in out) == (NATIVE and ck.simd_level() == "avx512")
+    if AMX:   # tdpbf16ps at every B (tests/test_bf16_amx.py)
+        assert "B = 1 AMX (tdpbf16ps" in out and "B = 64 AMX (tdpbf16ps" in out
+    else:
+        assert ("native (vdpbf16ps" in out) == (NATIVE and ck.simd_level() == "avx512")
     ck.set_bf16_native(False)
     try:
         assert ck.bf16_path().startswith("emulated")
@@ -122,9 +127,15 @@ def test_bf16_choice_follows_rates(B):
     r = ck.instruction_rates()
     want = NATIVE and ck.simd_level() == "avx512" and \
         ck.bf16_native_rule(r["fp32_fma"], r["bf16_dot"], B)
-    assert ck.bf16_path(B, 8, 8).startswith("native") == want
-    if not want:
-        assert "emulated" in ck.bf16_path(B, 8, 8)
+    if AMX:   # AMX first, whatever B; without it, the rule
+        assert ck.bf16_path(B, 8, 8).startswith("AMX (tdpbf16ps")
+        ck.set_bf16_amx(False)
+    try:
+        assert ck.bf16_path(B, 8, 8).startswith("native") == want
+        if not want:
+            assert "emulated" in ck.bf16_path(B, 8, 8)
+    finally:
+        ck.set_bf16_amx(None) if AMX else None
     ck.set_bf16_native(False)
     try:
         assert ck.bf16_path(B, 8, 8).startswith("emulated (emulation forced")

@@ -1,6 +1,6 @@
-"""bfloat16 weights on AMX (tdpbf16ps, ``set_bf16_amx(True)``; csrc/bf16.template.c): the
-forward against the NumPy oracle of the bf16 arithmetic (backends/reference.py:
-lstm_forward_bf16) and against float64, the same bits for any thread count and in chunks,
+"""bfloat16 weights on AMX (tdpbf16ps: by default, at every B, where the CPU has AMX-BF16;
+``set_bf16_amx``; csrc/bf16.template.c): the forward against
+the NumPy oracle of the bf16 arithmetic (backends/reference.py: lstm_forward_bf16) and against float64, the same bits for any thread count and in chunks,
 no leak between rows or blocks (AMX's tiles read 16 rows and 16 pairs whatever the shape:
 the padding must multiply zeros), bfloat16 training with the AMX forward, the switch.
 
@@ -40,9 +40,10 @@ IDS = ["T{}B{}I{}H{}".format(*s) for s in SHAPES]
 
 @pytest.fixture
 def amx():
+    """AMX forced (as the default where nothing else is forced)."""
     ck.set_bf16_amx(True)
     yield
-    ck.set_bf16_amx(False)
+    ck.set_bf16_amx(None)
 
 
 def _forward(packed, p, threads=1):
@@ -56,18 +57,46 @@ def _assert_bf16_close(got, want):
             assert np.median(np.abs(g - w)) <= bf16.STEP_ATOL * max(1, np.abs(w).max())
 
 
-def test_the_switch_and_the_path_named():
-    assert not ck.bf16_path(64, 8, 8).startswith("AMX")
-    ck.set_bf16_amx(True)
+def test_the_automatic_choice_the_switch_and_the_path_named():
+    """Automatic: AMX at every B, unless a path is forced; True: always; False: never."""
+    for B in (1, 3, 64):
+        assert ck.bf16_path(B, 8, 8).startswith("AMX (tdpbf16ps")
+    assert "any batch split gives the same bits" in ck.bf16_path(1)
+    for native in (False, True):
+        ck.set_bf16_native(native)
+        try:
+            assert not ck.bf16_path(64, 8, 8).startswith("AMX")
+        finally:
+            ck.set_bf16_native(None)
     try:
-        assert ck.bf16_path(64, 8, 8).startswith("AMX (tdpbf16ps")
-        assert ck.bf16_path(1, 8, 8).startswith("AMX (tdpbf16ps")
-    finally:
         ck.set_bf16_amx(False)
-    assert not ck.bf16_path(64, 8, 8).startswith("AMX")
-    for bad in (1, None, "on"):
-        with pytest.raises(ValueError, match="on must be True or False"):
+        assert not ck.bf16_path(64, 8, 8).startswith("AMX")
+        ck.set_bf16_amx(True)
+        assert "set_bf16_amx(True)" in ck.bf16_path(1)
+        ck.set_bf16_native(False)   # forced AMX wins over a forced path
+        assert ck.bf16_path(1).startswith("AMX")
+    finally:
+        ck.set_bf16_native(None)
+        ck.set_bf16_amx(None)
+    for bad in (1, 0, "on"):
+        with pytest.raises(ValueError, match="on must be True, False or None"):
             ck.set_bf16_amx(bad)
+
+
+def test_any_batch_split_gives_the_same_bits():
+    """A row's sums do not depend on the other rows of its tile: one sequence at a time,
+    blocks of 5, 16 or 33, or all 70 together give the same bits (what a streaming scorer
+    relies on)."""
+    p = problem(4, 70, 29, 40, seed=9)
+    packed = ck.pack_bf16(p["w_ih"], p["w_hh"], p["b"])
+    whole = _forward(packed, p)
+    for block in (1, 5, 16, 33):
+        parts = [ck.forward(packed, np.ascontiguousarray(p["x"][:, r:r + block]),
+                            p["h0"][r:r + block], p["c0"][r:r + block], 1, None, False)[:3]
+                 for r in range(0, 70, block)]
+        got = (np.concatenate([q[0] for q in parts], 1), np.concatenate([q[1] for q in parts]),
+               np.concatenate([q[2] for q in parts]))
+        assert all(same_bits(a, b) for a, b in zip(got, whole)), block
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
@@ -100,15 +129,16 @@ def test_error_against_float64_as_a_function_of_T(amx, T):
 
 
 def test_large_batch_matches_the_other_path():
-    """Compute-bound sizes (what AMX is for): within bf16's bound of the default path."""
+    """Compute-bound sizes (what AMX is for), the automatic choice: within bf16's bound of
+    the path without AMX."""
     p = problem(4, 80, 200, 256, seed=2)
     packed = ck.pack_bf16(p["w_ih"], p["w_hh"], p["b"])
-    want = _forward(packed, p, 2)
-    ck.set_bf16_amx(True)
+    got = _forward(packed, p, 2)
+    ck.set_bf16_amx(False)
     try:
-        got = _forward(packed, p, 2)
+        want = _forward(packed, p, 2)
     finally:
-        ck.set_bf16_amx(False)
+        ck.set_bf16_amx(None)
     _assert_bf16_close(got, want)
 
 
@@ -134,6 +164,7 @@ def test_an_infinite_weight_stays_in_its_unit(amx):
     y = _forward(packed, p)[0]
     ck.set_bf16_amx(False)
     want = _forward(packed, p)[0]
+    ck.set_bf16_amx(True)
     others = [u for u in range(40) if u != 37]
     np.testing.assert_allclose(y[0][:, others], want[0][:, others], rtol=0, atol=bf16.SEQ_ATOL)
     assert np.isfinite(y[0][:, others]).all()
@@ -144,12 +175,12 @@ def test_variable_lengths_through_the_layer():
     layer = lstm_fast.LSTM(24, 40, seed=1, weight_dtype="bfloat16").eval()
     x = rng.standard_normal((6, 20, 24)).astype(np.float32)
     lengths = rng.integers(1, 7, 20)
-    want = layer(x, lengths=lengths)
-    ck.set_bf16_amx(True)
+    ck.set_bf16_amx(False)
     try:
-        got = layer(x, lengths=lengths)
+        want = layer(x, lengths=lengths)
     finally:
-        ck.set_bf16_amx(False)
+        ck.set_bf16_amx(None)
+    got = layer(x, lengths=lengths)      # the default: AMX
     _assert_bf16_close((got[0], got[1][0], got[1][1]), (want[0], want[1][0], want[1][1]))
 
 
@@ -167,7 +198,7 @@ def test_bf16_training_with_the_amx_forward():
             y, _ = layer(x)
             dx, _ = layer.backward(dy)
         finally:
-            ck.set_bf16_amx(False)
+            ck.set_bf16_amx(None)
         runs.append((y, dx, layer.grads["weight_hh_l0"]))
     for a, b in zip(*runs):
         scale = max(1.0, float(np.abs(a).max()))

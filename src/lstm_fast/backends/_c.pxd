@@ -131,6 +131,7 @@ cdef extern from "lstm.h" nogil:
     int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
     int lstm_set_bf16_amx(int on)
     int lstm_get_bf16_amx()
+    int lstm_bf16_path(int64_t B)
     int lstm_bf16_native_rule(double fp32_rate, double bf16_rate, int64_t B)
     size_t lstm_bf16_grads_workspace_size(int64_t N, int64_t B, int64_t I, int64_t H,
                                           int num_threads)

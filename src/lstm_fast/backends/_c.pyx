@@ -170,22 +170,28 @@ def cpu_has_amx_bf16():
     return bool(lstm_cpu_has_amx_bf16())
 
 
+_BF16_AMX_MODES = {None: -1, False: 0, True: 1}
+
+
 def set_bf16_amx(on):
-    """AMX (tdpbf16ps) for the bfloat16-weight forward: True (RuntimeError where the CPU
-    or the OS lacks AMX-BF16) or False (the default). Off by default because its sums
-    differ from the other paths' in the last bits (csrc/bf16.template.c); within
+    """AMX (tdpbf16ps) for the bfloat16-weight forward, where the CPU has AMX-BF16: None
+    automatic (the default: at every B, unless ``set_bf16_native`` forced a path), True
+    always (RuntimeError where the CPU or the OS lacks AMX-BF16), False never. Its
+    sums differ from the other paths' in the last bits (csrc/bf16.template.c); within
     bfloat16's own error of the float64 reference (tests/test_bf16_amx.py)."""
-    if type(on) is not bool:
-        raise ValueError(f"on must be True or False, got {on!r}")
-    if lstm_set_bf16_amx(1 if on else 0) != LSTM_OK:
+    if not (on is None or type(on) is bool):
+        raise ValueError(f"on must be True, False or None, got {on!r}")
+    if lstm_set_bf16_amx(_BF16_AMX_MODES[on]) != LSTM_OK:
         raise RuntimeError("this CPU (or its OS) has no usable AMX-BF16 (tdpbf16ps)")
 
 
 def bf16_path(B=1, I=1, H=1):
     """What a bfloat16-weight forward of this shape uses at the SIMD level in force:
     "AMX (tdpbf16ps)", "native (vdpbf16ps)" or "emulated (...)"."""
-    if lstm_get_bf16_amx() and simd_level() == "avx512" and lstm_cpu_has_amx_bf16():
-        return "AMX (tdpbf16ps, AMX-BF16; set_bf16_amx(True))"
+    if lstm_bf16_path(B) == 2:
+        return ("AMX (tdpbf16ps, AMX-BF16" +
+                ("; set_bf16_amx(True))" if lstm_get_bf16_amx() == 1 else
+                 "; any batch split gives the same bits)"))
     if lstm_bf16_native(B, I, H):
         return "native (vdpbf16ps, AVX512_BF16)"
     why = ("the CPU has no AVX512_BF16; " if not lstm_cpu_has_avx512bf16() else
