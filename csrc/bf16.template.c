@@ -551,8 +551,11 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t KPX = hdr->KPX, KP = hdr->KPX + hdr->KPH, KPA = hdr->KPA;
 #if ISA == 2
     const int amx = ctx->native == 2;
-    if (amx) {   /* the rows' padding (pairs KP..KPA, rows B..) stays zero */
-        memset(ctx->rows + tid * ctx->rows_bytes, 0, (size_t)ctx->rows_bytes);
+    if (amx) {   /* the rows' padding, pairs KP..KPA, stays zero; the rows from B on that
+                  * the tiles also read only make rows of C that no cell reads */
+        unsigned char *rows = ctx->rows + tid * ctx->rows_bytes;
+        for (int64_t r = 0; r < B && KPA > KP; r++)
+            memset(rows + (r * KPA + KP) * 4, 0, (size_t)(KPA - KP) * 4);
         FN(bf_amx_begin)();
     }
 #else

@@ -203,3 +203,16 @@ def test_bf16_training_with_the_amx_forward():
     for a, b in zip(*runs):
         scale = max(1.0, float(np.abs(a).max()))
         np.testing.assert_allclose(b, a, rtol=0, atol=2e-2 * scale)
+
+
+def test_stale_rows_of_an_earlier_call_do_not_leak(amx):
+    """The workspace is reused between calls: rows a tile reads beyond this call's B may hold
+    an earlier call's values, NaN here; they only make rows of the products no cell reads."""
+    p = problem(3, 20, 33, 40, seed=12)
+    packed = ck.pack_bf16(p["w_ih"], p["w_hh"], p["b"])
+    want = _forward(ck.pack_bf16(p["w_ih"], p["w_hh"], p["b"]), p)
+    big = problem(3, 64, 33, 40, seed=13)
+    big["x"][:] = np.nan
+    assert np.isnan(_forward(packed, big)[0]).all()
+    got = _forward(packed, p)
+    assert all(same_bits(a, b) for a, b in zip(got, want))
