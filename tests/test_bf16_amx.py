@@ -26,7 +26,7 @@ ck = pytest.importorskip("lstm_fast.backends._c")
 
 import test_bf16 as bf16  # noqa: E402  (the bf16 tolerances)
 
-AMX = ck.cpu_has_amx_bf16() and ck.cpu_simd_level() == "avx512"
+AMX = ck.cpu_has_amx_bf16() and ck.simd_level() == "avx512"   # the level in force
 pytestmark = pytest.mark.skipif(not AMX, reason="needs AMX-BF16 (tdpbf16ps) at the AVX-512 level")
 
 # T=1, B=1, H=1, odd sizes, I != H; K pairs below, at and above 16 (a tile's pairs); B
