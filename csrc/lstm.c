@@ -428,7 +428,7 @@ DEFINE_LOW_PRECISION(bf16, bf)
  * I = H, ms AMX / the other path): H = 256: B = 1 0.162 / 0.165, 2 0.179 / 0.294, 4 0.195 /
  * 0.405, 8 0.234 / 0.921, 32 0.661 / 2.977; H = 512: B = 1 1.69 / 1.57, 2 1.74 / 1.72, 3
  * 1.72 / 1.86, 4 1.79 / 2.00, 8 1.89 / 5.59, 32 3.06 / 12.9 (benchmarks/README.md,
- * session 14: B = 1 streaming 4-7 % slower on 1 thread, up to 31 % on 2). */
+ * session 14: B = 1 streaming 2-7 % slower on 1 thread, up to 21 % on 2). */
 static int bf16_amx = -1;
 
 int lstm_set_bf16_amx(int mode)
