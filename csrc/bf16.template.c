@@ -299,96 +299,15 @@ BF_TILE_ANY(FN(bf_tile_any_native), ATTR_BF, FN(bf_tile_native))
 #endif
 
 
-/* ---- AMX (tdpbf16ps), forward only, opt-in (lstm_set_bf16_amx) ---------------------
+/* ---- AMX (tdpbf16ps), the forward, by default where the CPU has it (lstm_set_bf16_amx) -
  * A tile: 16 rows of the rounded [x | h] as bf16 words, 16 pairs (64 bytes) each, rows
  * lda = 4 KPA bytes apart (zero words from KP to KPA); B tile for one gate: 16 pair rows
  * x the block's V = 16 units, the pack's w with a row stride of 4 V 4 = 256 bytes (its
  * rows KP..KPA-1 are zero words); C: 16 rows x 16 floats, stored into out [16][4][V].
  * The sums are not the other paths' bits: tdpbf16ps adds its products in an order and
  * with roundings of its own (measured: 87 % of its sums differ from every sequential
- * FMA order in the last bits); the bound is bfloat16's (tests/test_bf16_amx.py). */
-#if ISA == 2
-#define BF_ATTR_AMX                                                                        \
-    __attribute__((target("amx-tile,amx-bf16,avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} FN(bf_amx_cfg);
-
-static BF_ATTR_AMX void FN(bf_amx_begin)(void)
-{
-    FN(bf_amx_cfg) cfg __attribute__((aligned(64)));
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
-    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));   /* as int8d.template.c */
-}
-
-static BF_ATTR_AMX void FN(bf_amx_end)(void) { _tile_release(); }
-
-/* out [16][4][V] = 16 rows of a (lda bytes apart, np pairs: a multiple of 16) times one
- * block's weights w (its pair row 0) */
-static BF_ATTR_AMX void FN(bf_amx_tile1)(const uint8_t *a, int64_t lda, int64_t np,
-                                          const uint8_t *w, float *out)
-{
-    const int64_t ws = 4 * V * 4;
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    for (int64_t p = 0; p < np; p += 16) {
-        const uint8_t *wp = w + p * ws;
-        _tile_loadd(4, a + 4 * p, lda);
-        _tile_loadd(5, wp, ws);
-        _tile_loadd(6, wp + V * 4, ws);
-        _tile_dpbf16ps(0, 4, 5);
-        _tile_loadd(7, wp + 2 * V * 4, ws);
-        _tile_dpbf16ps(1, 4, 6);
-        _tile_loadd(5, wp + 3 * V * 4, ws);
-        _tile_dpbf16ps(2, 4, 7);
-        _tile_dpbf16ps(3, 4, 5);
-    }
-    _tile_stored(0, out, ws);
-    _tile_stored(1, out + V, ws);
-    _tile_stored(2, out + 2 * V, ws);
-    _tile_stored(3, out + 3 * V, ws);
-}
-
-/* the same for 32 rows: 2 row groups x 2 gates per pass (A and B tiles used twice) */
-static BF_ATTR_AMX void FN(bf_amx_tile2)(const uint8_t *a, int64_t lda, int64_t np,
-                                          const uint8_t *w, float *out)
-{
-    const int64_t ws = 4 * V * 4;
-    const uint8_t *a1 = a + 16 * lda;
-    float *o1 = out + 16 * 4 * V;
-    for (int gp = 0; gp < 4; gp += 2) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t p = 0; p < np; p += 16) {
-            const uint8_t *wp = w + p * ws + gp * V * 4;
-            _tile_loadd(6, wp, ws);
-            _tile_loadd(4, a + 4 * p, lda);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_loadd(7, wp + V * 4, ws);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_loadd(5, a1 + 4 * p, lda);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-        }
-        _tile_stored(0, out + gp * V, ws);
-        _tile_stored(1, out + (gp + 1) * V, ws);
-        _tile_stored(2, o1 + gp * V, ws);
-        _tile_stored(3, o1 + (gp + 1) * V, ws);
-    }
-}
-#define BF_AMX_ROWS 64   /* rows per group of tiles (the cell then takes FR at a time) */
-#endif
+ * FMA order in the last bits); the bound is bfloat16's (tests/test_bf16_amx.py). The
+ * tiles: amx.template.c's amx_block_bf16. */
 
 /* bf16_round on V lanes: the rounded value's float bits (bf16 in the top half) */
 typedef uint32_t FN(u32v) __attribute__((vector_size(VBYTES)));
@@ -460,21 +379,14 @@ KERNEL void FN(bf_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t KP, int6
 {
 #if ISA == 2
     if (path == 3) {
-        float part3[BF_AMX_ROWS * 4 * V] __attribute__((aligned(64)));
+        float part3[AMX_ROWS * 4 * V] __attribute__((aligned(64)));
         int64_t ntile = j1 - j0;
         for (int64_t it = 0; it < ntile; it++) {
             int64_t j = j0 + (rev ? ntile - 1 - it : it);
-            const uint8_t *wj = (const uint8_t *)(w + j * KPA * 4 * V);
-            for (int64_t r0 = 0; r0 < B; r0 += BF_AMX_ROWS) {
-                int mr = B - r0 < BF_AMX_ROWS ? (int)(B - r0) : BF_AMX_ROWS;
-                const uint8_t *a = (const uint8_t *)src + r0 * KPA * 4;
-                float *o = part3;
-                for (int m = mr; m > 0; m -= 32, a += 32 * KPA * 4, o += 32 * 4 * V) {
-                    if (m > 16)
-                        FN(bf_amx_tile2)(a, KPA * 4, KPA, wj, o);
-                    else
-                        FN(bf_amx_tile1)(a, KPA * 4, KPA, wj, o);
-                }
+            for (int64_t r0 = 0; r0 < B; r0 += AMX_ROWS) {
+                int mr = B - r0 < AMX_ROWS ? (int)(B - r0) : AMX_ROWS;
+                FN(amx_block_bf16)(mr, (const uint8_t *)src + r0 * KPA * 4, KPA * 4, KPA,
+                                   w + j * KPA * 4 * V, part3);
                 for (int r = 0; r < mr; r += FR)   /* the cell takes up to FR rows */
                     FN(fwd_cell)(ca, mr - r < FR ? mr - r : FR, 1, r0 + r, j, part3 + r * 4 * V);
             }
@@ -556,7 +468,7 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         unsigned char *rows = ctx->rows + tid * ctx->rows_bytes;
         for (int64_t r = 0; r < B && KPA > KP; r++)
             memset(rows + (r * KPA + KP) * 4, 0, (size_t)(KPA - KP) * 4);
-        FN(bf_amx_begin)();
+        FN(amx_begin)();
     }
 #else
     const int amx = 0;
@@ -608,7 +520,7 @@ KERNEL void FN(bf_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         FN(last_rows)(offs, T, B, H, ctx->h0, ctx->y, ctx->h_n);
 #if ISA == 2
     if (amx)
-        FN(bf_amx_end)();
+        FN(amx_end)();
 #endif
 #if HAVE_X86
     _mm_setcsr(csr);
@@ -644,10 +556,6 @@ static int FN(bf_forward)(int64_t T, int64_t B, int64_t I, int64_t H, const void
 #undef BF_NATIVE
 #undef ATTR_BF
 #undef BF_KPA
-#ifdef BF_ATTR_AMX
-#undef BF_ATTR_AMX
-#undef BF_AMX_ROWS
-#endif
 #undef BF_TILE
 #undef BF_CASE
 #undef BF_CASES_FR

@@ -415,112 +415,12 @@ INLINE void FN(i8d_tile_any)(int native, int mr, int nb, const uint8_t *a, int64
 }
 
 /* ---- AMX (tdpbusd: u8 x s8, 64 products of 4 summed into each int32, no saturation: the
- * same int32 sums as vpdpbusd) ----------------------------------------------------------
- * A tile: 16 rows of u x 64 bytes (16 groups; rows lda bytes apart); B tile for one gate:
- * 16 groups x the block's V = 16 lanes x 4 bytes, which is the pack's q with a row stride
- * of 4 V 4 = 256 bytes; C tile: 16 rows x 16 int32, stored into out [16][4][V] (the
- * register tile's layout with nb = 1). K is taken in whole tiles: the rows of u are padded
- * with zero bytes to a multiple of 64 (lda), so the B rows beyond the segment's groups
- * (h's groups, the next block's, or the pack's zero tail pad I8D_QPAD) multiply zeros. */
+ * same int32 sums as vpdpbusd): amx.template.c's amx_block_i8, on the pack's q (a group
+ * row of 4 V bytes per gate, 4 V 4 = 256 bytes apart). The rows of u are padded with zero
+ * bytes to a multiple of 64 (lda), so the B rows beyond the segment's groups (h's groups,
+ * the next block's, or the pack's zero tail pad I8D_QPAD) multiply zeros. */
 #if ISA == 2
-#define I8D_ATTR_AMX                                                                       \
-    __attribute__((target("amx-tile,amx-int8,avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
-#ifndef LSTM_I8D_AMX_CFG
-#define LSTM_I8D_AMX_CFG
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} i8d_amx_cfg;
-#endif
-
-/* tiles 0-3: C (the 4 gates), 4: A, 5-7: B; 16 rows x 64 bytes each (this thread) */
-static I8D_ATTR_AMX void FN(i8d_amx_begin)(void)
-{
-    i8d_amx_cfg cfg __attribute__((aligned(64)));
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
-    /* ldtilecfg by hand: gcc 12's _tile_loadconfig tells the compiler it reads 8 bytes
-     * only, and the stores of colsb and rows above were seen to be dropped */
-    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
-}
-
-static I8D_ATTR_AMX void FN(i8d_amx_end)(void) { _tile_release(); }
-
-/* out [16 nrg][4][V] = the sums of 16 nrg rows of a (lda bytes apart, ng groups: a
- * multiple of 16) times one block's weights w (group 0 of the segment). The 4 C tiles hold
- * 1 row group x 4 gates, or 2 x 2 (each A and B tile used twice; faster than 4 row groups
- * x 1 gate, whose loads wait for the tile they overwrite: 1 thread, (T, B, I, H) = (128, 64,
- * 512, 512), 29.6 ms against 31.0 on the Intel Xeon family 6 model 167). */
-static I8D_ATTR_AMX void FN(i8d_amx_tile1)(const uint8_t *a, int64_t lda, int64_t ng,
-                                             const int8_t *w, int32_t *out)
-{
-    const int64_t ws = 4 * V * 4;   /* bytes from one group to the next */
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    for (int64_t g = 0; g < ng; g += 16) {
-        const int8_t *wg = w + g * ws;
-        _tile_loadd(4, a + 4 * g, lda);
-        _tile_loadd(5, wg, ws);
-        _tile_loadd(6, wg + V * 4, ws);
-        _tile_dpbusd(0, 4, 5);
-        _tile_loadd(7, wg + 2 * V * 4, ws);
-        _tile_dpbusd(1, 4, 6);
-        _tile_loadd(5, wg + 3 * V * 4, ws);
-        _tile_dpbusd(2, 4, 7);
-        _tile_dpbusd(3, 4, 5);
-    }
-    _tile_stored(0, out, ws);
-    _tile_stored(1, out + V, ws);
-    _tile_stored(2, out + 2 * V, ws);
-    _tile_stored(3, out + 3 * V, ws);
-}
-
-static I8D_ATTR_AMX void FN(i8d_amx_tile2)(const uint8_t *a, int64_t lda, int64_t ng,
-                                             const int8_t *w, int32_t *out)
-{
-    const int64_t ws = 4 * V * 4;
-    const uint8_t *a1 = a + 16 * lda;
-    int32_t *o1 = out + 16 * 4 * V;
-    for (int gp = 0; gp < 4; gp += 2) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t g = 0; g < ng; g += 16) {
-            const int8_t *wg = w + g * ws + gp * V * 4;
-            _tile_loadd(6, wg, ws);
-            _tile_loadd(4, a + 4 * g, lda);
-            _tile_dpbusd(0, 4, 6);
-            _tile_loadd(7, wg + V * 4, ws);
-            _tile_dpbusd(1, 4, 7);
-            _tile_loadd(5, a1 + 4 * g, lda);
-            _tile_dpbusd(2, 5, 6);
-            _tile_dpbusd(3, 5, 7);
-        }
-        _tile_stored(0, out + gp * V, ws);
-        _tile_stored(1, out + (gp + 1) * V, ws);
-        _tile_stored(2, o1 + gp * V, ws);
-        _tile_stored(3, o1 + (gp + 1) * V, ws);
-    }
-}
-
-static I8D_ATTR_AMX void FN(i8d_amx_tile)(int mr, const uint8_t *a, int64_t lda, int64_t ng,
-                                            const int8_t *w, int32_t *out)
-{
-    for (; mr > 16; mr -= 32, a += 32 * lda, out += 32 * 4 * V)
-        FN(i8d_amx_tile2)(a, lda, ng, w, out);
-    if (mr > 0)
-        FN(i8d_amx_tile1)(a, lda, ng, w, out);
-}
-#define I8D_AMX_ROWS 64   /* rows per AMX call (up to 4 row groups) */
-#define I8D_ZBUF (I8D_AMX_ROWS * 4 * V > MAXACC * V ? I8D_AMX_ROWS * 4 * V : MAXACC * V)
+#define I8D_ZBUF (AMX_ROWS * 4 * V > MAXACC * V ? AMX_ROWS * 4 * V : MAXACC * V)
 #else
 #define I8D_ZBUF (MAXACC * V)
 #endif
@@ -546,7 +446,7 @@ KERNEL void FN(i8d_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t j0, int
     const float *shh = (const float *)(base + hdr->off_shh);
     const int64_t KX = hdr->KX, KH = hdr->KH, bstride = (KX + KH) * 4 * V;
 #if ISA == 2
-    const int amx = native == 2, TR = amx ? I8D_AMX_ROWS : FR;
+    const int amx = native == 2, TR = amx ? AMX_ROWS : FR;
 #else
     const int amx = 0, TR = FR;
 #endif
@@ -559,8 +459,8 @@ KERNEL void FN(i8d_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t j0, int
             int mr = B - r0 < TR ? (int)(B - r0) : TR;
 #if ISA == 2
             if (amx) {
-                FN(i8d_amx_tile)(mr, ux + r0 * ldx, ldx, ldx / 4, wj, dx);
-                FN(i8d_amx_tile)(mr, uh + r0 * ldh, ldh, ldh / 4, wj + KX * 4 * V, dh);
+                FN(amx_block_i8)(mr, ux + r0 * ldx, ldx, ldx / 4, wj, dx);
+                FN(amx_block_i8)(mr, uh + r0 * ldh, ldh, ldh / 4, wj + KX * 4 * V, dh);
             } else
 #endif
             {
@@ -682,7 +582,7 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     ca.cprev = ca.c = ctx->c_n;
 #if ISA == 2
     if (ctx->native == 2 && j0 < j1)
-        FN(i8d_amx_begin)();
+        FN(amx_begin)();
 #endif
     for (int64_t t = 0; t < T; t++) {
         int64_t n = offs[t + 1] - offs[t];
@@ -706,7 +606,7 @@ KERNEL void FN(i8d_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     }
 #if ISA == 2
     if (ctx->native == 2 && j0 < j1)
-        FN(i8d_amx_end)();
+        FN(amx_end)();
 #endif
     if (tid == 0)   /* h_n: each sequence's last y (c_n is the running state) */
         FN(last_rows)(offs, T, B, H, ctx->h0, ctx->y, ctx->h_n);
@@ -770,12 +670,12 @@ KERNEL int FN(i8d_products)(int64_t B, int64_t I, int64_t H, const void *packed,
     }
 #if ISA == 2
     if (amx)
-        FN(i8d_amx_begin)();
+        FN(amx_begin)();
 #endif
     FN(i8d_step)(NULL, B, 0, (H + V - 1) / V, hdr, ux, ldx, uh, ldh, sx, sh, 0, native, zout);
 #if ISA == 2
     if (amx)
-        FN(i8d_amx_end)();
+        FN(amx_end)();
 #endif
     return LSTM_OK;
 }
@@ -787,9 +687,7 @@ KERNEL int FN(i8d_products)(int64_t B, int64_t I, int64_t H, const void *packed,
 #undef I8D_CASES
 #undef I8D_ATTR_NATIVE
 #undef I8D_ATTR_EMUL
-#undef I8D_ATTR_AMX
 #undef I8D_ZBUF
-#undef I8D_AMX_ROWS
 #undef I8D_LOAD
 #undef I8D_SET1
 #undef I8D_ZERO

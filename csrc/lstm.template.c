@@ -597,9 +597,14 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #include "lnorm.template.c"  /* the layer-normalized LSTM */
 
 #if !IS_F64
+#include "amx.template.c"    /* AMX tiles: what bf16 and int8d share */
 #include "bf16.template.c"   /* bfloat16 weights (inference), float32 only */
 #include "int8.template.c"   /* int8 weights (inference), float32 only */
 #include "int8d.template.c"  /* int8 weights, dynamically quantized x and h */
+#if ISA == 2
+#undef AMX_ATTR
+#undef AMX_ROWS
+#endif
 #endif
 
 /* ---- end of one instantiation: every macro of the templates ------------------ */
