@@ -277,7 +277,8 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
  * below nn (active at t+1) take dh = dgates[t+1] . w_hh from the register tile,
  * the others (whose last step is t) take dh_n. */
 KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1,
-                         const FN(step_plan) *sp, const uint32_t *bf_w, uint32_t *bf_rows)
+                         const FN(step_plan) *sp, const uint32_t *bf_w, uint32_t *bf_rows,
+                         int amx)
 {
     int64_t T = ctx->T, H = ctx->H, ldg = ctx->ldg;
     const int64_t *offs = ctx->offs;
@@ -317,11 +318,15 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
 #if BWD_BF16
-    if (bf_w && nn)   /* vdpbf16ps: the rows of dgates[t+1] as pair words (also dx's) */
+    if (bf_w && nn)   /* bf16 products: the rows of dgates[t+1] as pair words (also dx's) */
         FN(bwdb_rows_words)(nn, H, dg_next, ldg, bf_rows);
+    const int64_t KPA = bf16_bwd_kpa(H);
+    if (bf_w && amx)   /* AMX: jstep blocks, groups of up to STEP_ROWS_MAX rows */
+        jstep = BNB;
 #else
     (void)bf_w;
     (void)bf_rows;
+    (void)amx;
 #endif
     /* tiles of jstep blocks; the float words' half block alone (bwd_tile_half) */
     const int64_t jh = bf_w ? j1 : FN(half_block)(H), je = jh < j1 ? jh : j1;
@@ -329,13 +334,17 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
         nbj = j >= jh ? 1 : je - j < jstep ? je - j : jstep;
         const int nb = (int)nbj;
         for (int64_t g0 = 0, g1; g0 < nn; g0 = g1) {
-            g1 = FN(group_end)(sp, g0, nn, BR);
+            g1 = bf_w && amx ? (nn - g0 < STEP_ROWS_MAX ? nn : g0 + STEP_ROWS_MAX)
+                             : FN(group_end)(sp, g0, nn, BR);
             int64_t ng = g1 - g0;
             const TYPE *pf_next = g1 == nn && j + nb < j1 ? w + (j + nb) * G * V : NULL;
 #if BWD_BF16
-            if (bf_w)
-                FN(bwdb_tiles)(ng, nb, 2 * H, bf_rows + g0 * 2 * H, 2 * H, bf_w + j * 2 * H * V,
-                               2 * H * V, part, sp);
+            if (bf_w && amx)
+                FN(bwda_tiles)(ng, nb, KPA, bf_rows + g0 * KPA, KPA, bf_w + j * KPA * V,
+                               KPA * V, part);
+            else if (bf_w)
+                FN(bwdb_tiles)(ng, nb, 2 * H, bf_rows + g0 * KPA, KPA, bf_w + j * KPA * V,
+                               KPA * V, part, sp);
             else
 #endif
                 FN(bwd_tiles)(ng, nb, G, dg_next + g0 * ldg, ldg, w + j * G * V, G * V, part,
@@ -410,14 +419,20 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     const int64_t s = (int64_t)sizeof(TYPE);
     const FN(step_plan) sp = FN(step_plan_for)(
         ((P ? q1 - q0 : j1 - j0) + (dx_steps ? x1 - x0 : 0)) * G * V * s, BNB * V * s);
-    /* bfloat16 training with vdpbf16ps (see bwdb_tile): this thread's pair blocks */
+    /* bfloat16 training with bf16 products (bf16_backward.template.c: AMX tiles or
+     * vdpbf16ps, lstm.c bf16_path_for): this thread's pair blocks */
     const uint32_t *bf_whh = NULL;
     uint32_t *bf_rows = NULL;
+    int amx = 0;   /* bf16 products on AMX tiles (else vdpbf16ps) */
 #if BWD_BF16
     const uint32_t *bf_wih = NULL;
     uint32_t *bf_dw = NULL;
-    if (!P && ctx->var && ctx->var->bf16_grads && ctx->var->bf16_ws &&
-        bf16_native_for(ISA, B)) {
+    const int bf_path = !P && ctx->var && ctx->var->bf16_grads && ctx->var->bf16_ws
+        ? bf16_path_for(ISA, B) : 0;
+    if (bf_path) {
+        amx = bf_path == 2;
+        if (amx)
+            FN(amx_begin)();
         unsigned char *bw = FN(align_ptr)(ctx->var->bf16_ws);
         uint32_t *whh = (uint32_t *)bw, *wih = (uint32_t *)(bw + bf16_ws_whh_bytes(H, H));
         FN(bwdb_pack)(H, (const float *)(base + ctx->hdr->off_whh_b), j0, j1, whh);
@@ -460,11 +475,11 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         if (n == 0)
             continue;
         if (!P) {
-            FN(bwd_step)(ctx, t, j0, j1, &sp, bf_whh, bf_rows);
+            FN(bwd_step)(ctx, t, j0, j1, &sp, bf_whh, bf_rows, amx);
 #if BWD_BF16
             if (bf_whh && dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])
                 FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, offs[t + 2] - offs[t + 1],
-                              ctx->dx + offs[t + 1] * I, &sp);   /* words made by bwd_step */
+                              ctx->dx + offs[t + 1] * I, &sp, amx);   /* words made by bwd_step */
             else
 #endif
             if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
@@ -489,7 +504,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     if (bf_whh) {   /* dh0 and dx of step 0 as the other steps' */
         int64_t n0 = T ? offs[1] : 0;
         FN(bwdb_rows_words)(n0, H, ctx->dgates, ldg, bf_rows);
-        FN(bwdb_rows)(H, H, bf_whh, j0, j1, bf_rows, n0, ctx->dh0, &sp);
+        FN(bwdb_rows)(H, H, bf_whh, j0, j1, bf_rows, n0, ctx->dh0, &sp, amx);
         for (int64_t r = n0; r < B; r++)   /* rows without a step: dh_n */
             for (int64_t j = j0; j < j1; j++) {
                 int64_t off = j * V, ro = r * H + off;
@@ -497,7 +512,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
                 vstore_n(ctx->dh0 + ro, vload_n(ctx->dh_n + ro, cnt), cnt);
             }
         if (dx_steps && n0)
-            FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, n0, ctx->dx, &sp);
+            FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, n0, ctx->dx, &sp, amx);
     } else
 #endif
     {
@@ -516,32 +531,35 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     const TYPE *hm_all = ctx->var && ctx->var->rdrop   /* recurrent dropout */
         ? FN(masked_h_rows)(ctx->var, offs, N, R, ctx->y, ctx->h0, tid, num_threads, bar) : NULL;
 #if BWD_BF16
-    if (bf_dw) {   /* dw_ih, dw_hh with vdpbf16ps (dwb_product) */
-        int64_t NP = (N + 1) / 2, mblk = (G + 15) / 16;
-        uint32_t *ap = bf_dw, *bph = ap + mblk * NP * 16;
-        uint32_t *bpx = bph + (H + 15) / 16 * NP * 16;
+    if (bf_dw) {   /* dw_ih, dw_hh with bf16 products (dwb_product, _amx) */
+        int64_t NP = (N + 1) / 2, NPA = bf16_dw_pairs(N), mblk = (G + 15) / 16;
+        uint32_t *ap = bf_dw, *bph = ap + mblk * NPA * 16;
+        uint32_t *bpx = bph + (H + 15) / 16 * NPA * 16;
         int64_t a0 = FN(split)(mblk, tid, num_threads), a1 = FN(split)(mblk, tid + 1, num_threads);
         FN(dwb_rows) ra = {ctx->dgates, NULL, ldg, NULL, 0};
-        for (int64_t b = a0; b < a1; b++)
-            FN(dwb_pack16)(NP, N, G - b * 16 < 16 ? G - b * 16 : 16, FN(dwb_row), &ra, b * 16,
-                           ap + b * NP * 16);
+        for (int64_t b = a0; b < a1; b++)   /* AMX: a row per gate column */
+            FN(dwb_pack16)(NP, NPA, N, G - b * 16 < 16 ? G - b * 16 : 16, FN(dwb_row), &ra,
+                           b * 16, ap + b * NPA * 16, amx);
         FN(dwb_rows) rh = {ctx->y, ctx->h0, H, offs, 0};
         FN(dwb_rows) rx = {ctx->x, NULL, I, NULL, 0};
         int64_t hb = (H + 15) / 16, xb = (I + 15) / 16;
         int64_t b0 = FN(split)(hb + xb, tid, num_threads), b1 = FN(split)(hb + xb, tid + 1, num_threads);
         for (int64_t b = b0; b < b1; b++) {
             if (b < hb)
-                FN(dwb_pack16)(NP, N, H - b * 16 < 16 ? H - b * 16 : 16, FN(dwb_row), &rh,
-                               b * 16, bph + b * NP * 16);
+                FN(dwb_pack16)(NP, NPA, N, H - b * 16 < 16 ? H - b * 16 : 16, FN(dwb_row), &rh,
+                               b * 16, bph + b * NPA * 16, 0);
             else
-                FN(dwb_pack16)(NP, N, I - (b - hb) * 16 < 16 ? I - (b - hb) * 16 : 16,
-                               FN(dwb_row), &rx, (b - hb) * 16, bpx + (b - hb) * NP * 16);
+                FN(dwb_pack16)(NP, NPA, N, I - (b - hb) * 16 < 16 ? I - (b - hb) * 16 : 16,
+                               FN(dwb_row), &rx, (b - hb) * 16, bpx + (b - hb) * NPA * 16, 0);
         }
         lstm_barrier_wait(bar, num_threads);
         int64_t m0 = a0 * 16, m1 = a1 * 16 < G ? a1 * 16 : G;
-        if (m0 < m1) {
-            FN(dwb_product)(m0, m1, H, NP, ap, bph, ctx->dw_hh);
-            FN(dwb_product)(m0, m1, I, NP, ap, bpx, ctx->dw_ih);
+        if (m0 < m1 && amx) {
+            FN(dwb_product_amx)(m0, m1, H, NPA, ap, bph, ctx->dw_hh);
+            FN(dwb_product_amx)(m0, m1, I, NPA, ap, bpx, ctx->dw_ih);
+        } else if (m0 < m1) {
+            FN(dwb_product)(m0, m1, H, NP, NPA, ap, bph, ctx->dw_hh);
+            FN(dwb_product)(m0, m1, I, NP, NPA, ap, bpx, ctx->dw_ih);
         }
         goto after_dw;
     }
@@ -622,6 +640,10 @@ after_dw:
         gx.ldc = I;
         FN(gemm)(&gx, ws, tid, num_threads);
     }
+#if BWD_BF16
+    if (amx)
+        FN(amx_end)();
+#endif
 }
 
 /* Workspace: step offsets, dgates [N][ldg], with a projection dm [B,H],

@@ -1,24 +1,14 @@
-/* bf16_backward.template.c: bfloat16 training's backward products with vdpbf16ps
- * (float32 at the AVX-512 level only; elsewhere BWD_BF16 is 0 and the float32 path runs).
- * Included by backward.template.c before the backward steps that call them. */
-
-/* ---- bfloat16 training: the backward's per-step products with vdpbf16ps ----------
- * Where lstm.c's rule chooses vdpbf16ps for B rows (bf16_native_for: AVX512_BF16 at the
- * AVX-512 level and, at B > 1, a bf16 dot measured at >= 1.5x the fp32 FMA rate) and the
- * caller gave variant.bf16_ws, the per-step products of bfloat16 training, dh_{t-1} =
- * r(da_t) . r(w_hh) and (where dx is computed in the steps) dx_t = r(da_t) . r(w_ih),
- * run on bf16 pairs along the 4H gate gradients: each output element is acc = +0, then
- * for p = 0 .. 2H-1: acc = fma(da[2p+1], w[2p+1], acc); acc = fma(da[2p], w[2p], acc),
- * each an fp32 FMA rounded to nearest even with denormal results flushed (VDPBF16PS; its
- * denormal inputs cannot occur: bf16_round flushes them). The operands are the values the
- * float32 path multiplies (the gate gradients are rounded by the cell, the pack holds the
- * rounded weights), so the two paths are sums of the same exact products in different
- * orders: each within gamma_K sum_k |a_k b_k| (K = 4H, gamma_K ~ K 2^-24) of the exact
- * sum, the flushes adding at most K 2^-126 (backends/reference.py, "bfloat16 training").
- * dw_ih and dw_hh likewise (dwb_product below: pairs of rows); dx where not in the steps
- * stays the float32 GEMM. Layout (in variant.bf16_ws, made per call from the float32 pack's whh_b
- * and wih_b, each thread its own column blocks): [block][2H pairs][V] words bf16(w[2p+1])
- * << 16 | bf16(w[2p]); per thread the step's gate gradient rows as [n][2H] pair words. */
+/* bf16_backward.template.c: bfloat16 training's backward products with vdpbf16ps or on
+ * AMX tiles (tdpbf16ps) (float32 at the AVX-512 level only; elsewhere BWD_BF16 is 0 and the
+ * float32 path runs). Included by backward.template.c before the backward steps that call
+ * them; amx.template.c (tile configuration) comes before it.
+ *
+ * Which (lstm.c bf16_path_for, as the forward): AMX by default where the CPU has AMX-BF16,
+ * at every B (measured on the Intel Xeon family 6 model 167, one training step, 1 thread:
+ * (32, 64, 256, 256) 11.6 ms against 38.5 with vdpbf16ps/float32 and 35.9 for float32
+ * training; (128, 64, 512, 512) 213 against 613 and 601; B = 1, H = 512 6.5 against 7.5);
+ * else vdpbf16ps where lstm_bf16_native_rule says so for B rows; else the float32
+ * products on the same rounded operands. */
 #if ISA == 2 && !IS_F64
 #define BWD_BF16 1
 #define ATTR_BFB __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,avx2,fma")))
@@ -88,19 +78,30 @@ KERNEL void FN(bwdb_tiles)(int64_t n, int nb, int64_t KP, const uint32_t *dgw, i
     }
 }
 
-/* out [n,W] = dgw . w for output blocks p0..p1 of W (bwd_rows without mul and add) */
+static void FN(bwda_tiles)(int64_t n, int nb, int64_t KPA, const uint32_t *a, int64_t lda,
+                           const uint32_t *w, int64_t bstride, float *part);
+
+/* out [n,W] = dgw . w for output blocks p0..p1 of W (bwd_rows without mul and add): dgw
+ * rows and w blocks KPA pair words apart (bf16_bwd_kpa); on AMX tiles (amx) or vdpbf16ps */
 KERNEL void FN(bwdb_rows)(int64_t H, int64_t W, const uint32_t *w, int64_t p0, int64_t p1,
-                          const uint32_t *dgw, int64_t n, float *out, const FN(step_plan) *sp)
+                          const uint32_t *dgw, int64_t n, float *out, const FN(step_plan) *sp,
+                          int amx)
 {
-    int64_t KP = 2 * H;
+    int64_t KP = 2 * H, KPA = bf16_bwd_kpa(H);
     float part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
-    int64_t jstep = n == 1 ? 2 * BNB : BNB;
+    int64_t jstep = amx ? BNB : n == 1 ? 2 * BNB : BNB;
     for (int64_t j = p0; j < p1; j += jstep) {
         int nb = p1 - j < jstep ? (int)(p1 - j) : (int)jstep;
         for (int64_t g0 = 0, g1; g0 < n; g0 = g1) {
-            g1 = FN(group_end)(sp, g0, n, BR);
+            g1 = amx ? (n - g0 < STEP_ROWS_MAX ? n : g0 + STEP_ROWS_MAX)
+                     : FN(group_end)(sp, g0, n, BR);
             int64_t ng = g1 - g0;
-            FN(bwdb_tiles)(ng, nb, KP, dgw + g0 * KP, KP, w + j * KP * V, KP * V, part, sp);
+            if (amx)
+                FN(bwda_tiles)(ng, nb, KPA, dgw + g0 * KPA, KPA, w + j * KPA * V, KPA * V,
+                               part);
+            else
+                FN(bwdb_tiles)(ng, nb, KP, dgw + g0 * KPA, KPA, w + j * KPA * V, KPA * V,
+                               part, sp);
             for (int64_t r = 0; r < ng; r++)
                 for (int jb = 0; jb < nb; jb++) {
                     int64_t off = (j + jb) * V, ro = (g0 + r) * W + off;
@@ -111,29 +112,36 @@ KERNEL void FN(bwdb_rows)(int64_t H, int64_t W, const uint32_t *w, int64_t p0, i
     }
 }
 
-/* blocks j0..j1 of a float32 [block][4H][V] pack (values bf16 already) as pair words */
+/* blocks j0..j1 of a float32 [block][4H][V] pack (values bf16 already) as pair words,
+ * KPA rows per block (the rows from 2H on zero) */
 KERNEL void FN(bwdb_pack)(int64_t H, const float *wb, int64_t j0, int64_t j1, uint32_t *out)
 {
-    int64_t G = 4 * H;
-    for (int64_t j = j0; j < j1; j++)
+    int64_t G = 4 * H, KPA = bf16_bwd_kpa(H);
+    for (int64_t j = j0; j < j1; j++) {
         for (int64_t p = 0; p < 2 * H; p++) {
             const uint32_t *e = (const uint32_t *)(wb + (j * G + 2 * p) * V);
             const uint32_t *o = (const uint32_t *)(wb + (j * G + 2 * p + 1) * V);
-            uint32_t *d = out + (j * 2 * H + p) * V;
+            uint32_t *d = out + (j * KPA + p) * V;
             for (int l = 0; l < V; l++)
                 d[l] = (o[l] & 0xffff0000u) | (e[l] >> 16);
         }
+        memset(out + (j * KPA + 2 * H) * V, 0, (size_t)(KPA - 2 * H) * V * 4);
+    }
 }
 
-/* n rows of gate gradients (ldg apart, values bf16 already) as [n][2H] pair words */
+/* n rows of gate gradients (ldg apart, values bf16 already) as [n][KPA] pair words (the
+ * words from 2H on zero) */
 KERNEL void FN(bwdb_rows_words)(int64_t n, int64_t H, const float *dg, int64_t ldg,
                                 uint32_t *out)
 {
+    int64_t KPA = bf16_bwd_kpa(H);
     for (int64_t r = 0; r < n; r++) {
         const uint32_t *u = (const uint32_t *)(dg + r * ldg);
-        uint32_t *d = out + r * 2 * H;
+        uint32_t *d = out + r * KPA;
         for (int64_t p = 0; p < 2 * H; p++)
             d[p] = (u[2 * p + 1] & 0xffff0000u) | (u[2 * p] >> 16);
+        for (int64_t p = 2 * H; p < KPA; p++)
+            d[p] = 0;
     }
 }
 
@@ -182,19 +190,37 @@ static ATTR_BFB void FN(dwb_tile_any)(int mr, int nb, int64_t p0, int64_t p1, co
     }
 }
 
-/* 16 columns c0.. of rows 2p, 2p+1 (NULL: zeros) as pair words, for p = 0..NP-1 */
-static ATTR_BFB void FN(dwb_pack16)(int64_t NP, int64_t N, int64_t cnt,
+/* 16 columns c0.. of rows 2p, 2p+1 (NULL: zeros) as pair words, for p = 0..NP-1, then
+ * zero words up to NPA (a multiple of 16): out [NPA][16], or transposed (tr: AMX's A
+ * operand, a row per column) out [16][NPA] */
+static ATTR_BFB void FN(dwb_pack16)(int64_t NP, int64_t NPA, int64_t N, int64_t cnt,
                                     const float *(*row)(const void *, int64_t), const void *arg,
-                                    int64_t c0, uint32_t *out)
+                                    int64_t c0, uint32_t *out, int tr)
 {
     __mmask16 m = (__mmask16)((1u << cnt) - 1u);
-    for (int64_t p = 0; p < NP; p++) {
-        __m512i lo = _mm512_maskz_loadu_epi32(m, row(arg, 2 * p) + c0);
-        __m512i hi = 2 * p + 1 < N ? _mm512_maskz_loadu_epi32(m, row(arg, 2 * p + 1) + c0)
-                                   : _mm512_setzero_si512();
-        __m512i w = _mm512_or_si512(_mm512_and_si512(hi, _mm512_set1_epi32((int)0xffff0000u)),
+    uint32_t blk[16 * 16] __attribute__((aligned(64)));
+    for (int64_t p0 = 0; p0 < NPA; p0 += 16) {
+        uint32_t *dst = tr ? blk : out + p0 * 16;
+        for (int64_t i = 0; i < 16; i++) {
+            int64_t p = p0 + i;
+            __m512i w = _mm512_setzero_si512();
+            if (p < NP) {
+                __m512i lo = _mm512_maskz_loadu_epi32(m, row(arg, 2 * p) + c0);
+                __m512i hi = 2 * p + 1 < N
+                    ? _mm512_maskz_loadu_epi32(m, row(arg, 2 * p + 1) + c0)
+                    : _mm512_setzero_si512();
+                w = _mm512_or_si512(_mm512_and_si512(hi, _mm512_set1_epi32((int)0xffff0000u)),
                                     _mm512_srli_epi32(lo, 16));
-        _mm512_store_si512((void *)(out + p * 16), w);
+            }
+            _mm512_store_si512((void *)(dst + i * 16), w);
+        }
+        if (tr) {   /* blk [16 pairs][16 columns] -> out [16 columns][NPA], pairs p0.. */
+            const __m512i idx = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112,
+                                                 96, 80, 64, 48, 32, 16, 0);
+            for (int c = 0; c < 16; c++)
+                _mm512_storeu_si512((void *)(out + c * NPA + p0),
+                                    _mm512_i32gather_epi32(idx, (const void *)(blk + c), 4));
+        }
     }
 }
 
@@ -220,8 +246,9 @@ static const float *FN(dwb_row)(const void *arg, int64_t n)
     return t ? r->base + (r->offs[t - 1] + k) * r->ld : r->base0 + k * r->ld;
 }
 
-/* C [4H][W] (rows m0..m1, multiples of 16 but the last) = a^T b on the packed words */
-static ATTR_BFB void FN(dwb_product)(int64_t m0, int64_t m1, int64_t W, int64_t NP,
+/* C [4H][W] (rows m0..m1, multiples of 16 but the last) = a^T b on the packed words
+ * (NP pairs, blocks NPA pairs apart) */
+static ATTR_BFB void FN(dwb_product)(int64_t m0, int64_t m1, int64_t W, int64_t NP, int64_t NPA,
                                      const uint32_t *ap, const uint32_t *bp, float *C)
 {
     float part[DWB_MR * DWB_NB * 16] __attribute__((aligned(64)));
@@ -246,8 +273,8 @@ static ATTR_BFB void FN(dwb_product)(int64_t m0, int64_t m1, int64_t W, int64_t 
                                         k0 ? _mm512_maskz_loadu_ps(mk, C + (m + r) * W + off)
                                            : _mm512_setzero_ps());
                     }
-                FN(dwb_tile_any)(mr, nb, k0, k1, ap + (m / 16) * NP * 16 + m % 16,
-                                 bp + j * NP * 16, NP * 16, part);
+                FN(dwb_tile_any)(mr, nb, k0, k1, ap + (m / 16) * NPA * 16 + m % 16,
+                                 bp + j * NPA * 16, NPA * 16, part);
                 for (int r = 0; r < mr; r++)
                     for (int q = 0; q < nb; q++) {
                         int64_t off = (j + q) * 16;
@@ -256,6 +283,119 @@ static ATTR_BFB void FN(dwb_product)(int64_t m0, int64_t m1, int64_t W, int64_t 
                                               (__mmask16)((1u << cnt) - 1u),
                                               _mm512_load_ps(part + (r * nb + q) * 16));
                     }
+            }
+        }
+    }
+}
+
+/* ---- the same products on AMX tiles (tdpbf16ps), by default where the CPU has AMX-BF16
+ * (lstm.c bf16_path_for: 2, as the forward). Operands as above, with their padding: the
+ * gate gradient rows' pair words 2H..KPA and the weight blocks' pair rows 2H..KPA zero
+ * (bwdb_rows_words, bwdb_pack), and for dw the pairs NP..NPA zero (dwb_pack16); A tiles
+ * read 16 rows (the rows beyond n only make rows of C beyond n, never read). Each output
+ * element is the tile's sum over all of K in one accumulator tile: its bits depend on
+ * neither the thread count nor the row grouping. tdpbf16ps adds its products in an order
+ * and with roundings of its own (bf16.template.c, AMX): the bound is the one above. */
+#define BWDA_LOAD_DP(C, B, OFF)                                                              \
+    do {                                                                                     \
+        _tile_loadd(B, wk + (OFF), V * 4);                                                   \
+        _tile_dpbf16ps(C, 4, B);                                                             \
+    } while (0)
+
+/* part [rows][nb][V] = n rows (n <= STEP_ROWS_MAX) of pair words a (lda words apart) . nb
+ * pair blocks at w (bstride words apart, KPA pair rows of V words each); part has
+ * STEP_ROWS_MAX rows: the 16-row tiles store whole */
+static AMX_ATTR void FN(bwda_tiles)(int64_t n, int nb, int64_t KPA, const uint32_t *a,
+                                    int64_t lda, const uint32_t *w, int64_t bstride, float *part)
+{
+    const int64_t ldp = (int64_t)nb * V * 4;   /* bytes from one row of part on */
+    for (int64_t r0 = 0; r0 < n; r0 += 16) {
+        const uint32_t *ar = a + r0 * lda;
+        float *pr = part + r0 * nb * V;
+        for (int q0 = 0; q0 < nb; q0 += 4) {
+            int nq = nb - q0 < 4 ? nb - q0 : 4;
+            const uint32_t *wq = w + q0 * bstride;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t k = 0; k < KPA; k += 16) {
+                const uint32_t *wk = wq + k * V;
+                _tile_loadd(4, ar + k, lda * 4);
+                BWDA_LOAD_DP(0, 5, 0);
+                if (nq > 1)
+                    BWDA_LOAD_DP(1, 6, bstride);
+                if (nq > 2)
+                    BWDA_LOAD_DP(2, 7, 2 * bstride);
+                if (nq > 3)
+                    BWDA_LOAD_DP(3, 5, 3 * bstride);
+            }
+            _tile_stored(0, pr + q0 * V, ldp);
+            if (nq > 1)
+                _tile_stored(1, pr + (q0 + 1) * V, ldp);
+            if (nq > 2)
+                _tile_stored(2, pr + (q0 + 2) * V, ldp);
+            if (nq > 3)
+                _tile_stored(3, pr + (q0 + 3) * V, ldp);
+        }
+    }
+}
+#undef BWDA_LOAD_DP
+
+/* C [4H][W] rows m0..m1 (m0 a multiple of 16) = a^T b: apt [rows][NPA] pair words of the
+ * gate gradients' columns (dwb_pack16 transposed), bp [ceil(W/16)][NPA][16]. Tiles of
+ * 2 x 16 rows by 2 blocks of 16 columns; a tile that would cross the end of C's rows or
+ * columns goes through tmp. */
+static AMX_ATTR void FN(dwb_product_amx)(int64_t m0, int64_t m1, int64_t W, int64_t NPA,
+                                         const uint32_t *apt, const uint32_t *bp, float *C)
+{
+    float tmp[16 * 16] __attribute__((aligned(64)));
+    int64_t nblk = (W + 15) / 16;
+    for (int64_t m = m0; m < m1; m += 32) {
+        int two_m = m + 16 < m1;
+        const uint32_t *a0 = apt + m * NPA, *a1 = a0 + 16 * NPA;
+        for (int64_t j = 0; j < nblk; j += 2) {
+            int two_j = j + 1 < nblk;
+            const uint32_t *b0 = bp + j * NPA * 16, *b1 = b0 + NPA * 16;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t k = 0; k < NPA; k += 16) {
+                _tile_loadd(4, a0 + k, NPA * 4);
+                _tile_loadd(6, b0 + k * 16, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                if (two_j) {
+                    _tile_loadd(7, b1 + k * 16, 64);
+                    _tile_dpbf16ps(1, 4, 7);
+                }
+                if (two_m) {
+                    _tile_loadd(5, a1 + k, NPA * 4);
+                    _tile_dpbf16ps(2, 5, 6);
+                    if (two_j)
+                        _tile_dpbf16ps(3, 5, 7);
+                }
+            }
+            for (int t = 0; t < 4; t++) {
+                int64_t mt = m + (t >> 1) * 16, off = (j + (t & 1)) * 16;
+                if ((t & 1 && !two_j) || (t >> 1 && !two_m))
+                    continue;
+                int rows = m1 - mt < 16 ? (int)(m1 - mt) : 16;
+                int cnt = W - off < 16 ? (int)(W - off) : 16;
+                int whole = rows == 16 && cnt == 16;
+                float *dst = whole ? C + mt * W + off : tmp;
+                int64_t ld = whole ? W * 4 : 64;
+                switch (t) {
+                case 0: _tile_stored(0, dst, ld); break;
+                case 1: _tile_stored(1, dst, ld); break;
+                case 2: _tile_stored(2, dst, ld); break;
+                default: _tile_stored(3, dst, ld); break;
+                }
+                if (!whole)
+                    for (int r = 0; r < rows; r++)
+                        _mm512_mask_storeu_ps(C + (mt + r) * W + off,
+                                              (__mmask16)((1u << cnt) - 1u),
+                                              _mm512_load_ps(tmp + r * 16));
             }
         }
     }

@@ -20,25 +20,35 @@
 #define HAVE_X86 0
 #endif
 
-/* bfloat16 training's vdpbf16ps backward (lstm.template.c, bwdb_tile): the choice and
- * the parts of variant.bf16_ws: pair blocks of W output columns ([ceil(W/16)][2H][16]
- * words: whh W = H, wih W = I), then per thread B rows of 2H pair words */
+/* bfloat16 training's backward products (bf16_backward.template.c: vdpbf16ps, or AMX
+ * tiles): the choice and the parts of variant.bf16_ws: pair blocks of W output columns
+ * ([ceil(W/16)][KPA][16] words, KPA = 2H pairs padded with zero pairs to a multiple of
+ * 16, an AMX tile's depth: whh W = H, wih W = I), then per thread ceil(B/16) 16 rows of
+ * KPA pair words (an AMX tile reads 16 rows) */
 static int bf16_native_for(int level, int64_t B);
+static int bf16_path_for(int level, int64_t B);
 static int64_t bf16_ws_align(int64_t n) { return (n + 63) & ~(int64_t)63; }
+static int64_t bf16_bwd_kpa(int64_t H) { return (2 * H + 15) & ~(int64_t)15; }
 static int64_t bf16_ws_whh_bytes(int64_t W, int64_t H)
 {
-    return bf16_ws_align((W + 15) / 16 * 16 * 2 * H * 4);
+    return bf16_ws_align((W + 15) / 16 * 16 * bf16_bwd_kpa(H) * 4);
 }
-static int64_t bf16_ws_rows_bytes(int64_t B, int64_t H) { return bf16_ws_align(B * 2 * H * 4); }
+static int64_t bf16_ws_rows_bytes(int64_t B, int64_t H)
+{
+    return bf16_ws_align((B + 15) / 16 * 16 * bf16_bwd_kpa(H) * 4);
+}
+/* the dw products' row pairs: NP = ceil(N/2) pairs, padded with zero pairs to a
+ * multiple of 16 */
+static int64_t bf16_dw_pairs(int64_t N) { return ((N + 1) / 2 + 15) & ~(int64_t)15; }
 
 /* then the dw products' pair words: ceil(4H/16) + ceil(H/16) + ceil(I/16) blocks of
- * ceil(N/2) x 16 words */
+ * bf16_dw_pairs(N) x 16 words */
 size_t lstm_bf16_grads_workspace_size(int64_t N, int64_t B, int64_t I, int64_t H,
                                       int num_threads)
 {
     if (N < 0 || B < 0 || I < 0 || H < 0)
         return 0;
-    int64_t dw = ((4 * H + 15) / 16 + (H + 15) / 16 + (I + 15) / 16) * ((N + 1) / 2) * 64;
+    int64_t dw = ((4 * H + 15) / 16 + (H + 15) / 16 + (I + 15) / 16) * bf16_dw_pairs(N) * 64;
     return (size_t)(bf16_ws_whh_bytes(H, H) + bf16_ws_whh_bytes(I, H) +
                     (num_threads < 1 ? 1 : num_threads) * bf16_ws_rows_bytes(B, H) + dw + 64);
 }
@@ -419,7 +429,8 @@ int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
 
 DEFINE_LOW_PRECISION(bf16, bf)
 
-/* AMX (tdpbf16ps) for the bf16 forwards, at the AVX-512 level where the CPU has it: -1
+/* AMX (tdpbf16ps) for the bf16 forwards and bfloat16 training's backward products
+ * (bf16_backward.template.c), at the AVX-512 level where the CPU has it: -1
  * automatic (the default: at every B, unless lstm_set_bf16_mode forced vdpbf16ps or the
  * emulation), 1 always, 0 never. Its sums are not the other paths' bits (bf16.template.c),
  * so it is used at every B: a row's sums do not depend on the other rows of its tile, and

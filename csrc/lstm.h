@@ -325,8 +325,8 @@ int lstm_forward_bf16(int64_t T, int64_t B, int64_t I, int64_t H, const void *pa
  * backward is lstm_backward_ex_f32 on a float32 pack of the bf16-rounded weights, with
  * x, h0 and y rounded to bfloat16, gates = c = NULL and these arrays as
  * variant.bf16_gates and variant.bf16_c, and variant.bf16_grads = 1 (and
- * variant.bf16_ws: dh_{t-1}, the in-step dx, dw_ih and dw_hh with vdpbf16ps where
- * lstm_bf16_native chooses it for B rows). */
+ * variant.bf16_ws: dh_{t-1}, the in-step dx, dw_ih and dw_hh with bf16 products where
+ * lstm_bf16_path chooses them for B rows: 2 on AMX tiles, 1 with vdpbf16ps). */
 int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void *packed,
                          const int64_t *batch_sizes, const float *x, const float *h0,
                          const float *c0, float *y, float *h_n, float *c_n, uint16_t *gates,
@@ -341,7 +341,8 @@ int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void 
 int lstm_set_bf16_mode(int mode);
 int lstm_get_bf16_mode(void);
 int lstm_bf16_native(int64_t B, int64_t I, int64_t H);   /* what a call of this shape uses */
-/* AMX (tdpbf16ps) for the bf16 forwards (lstm_forward_bf16, _ex) at the AVX-512 level:
+/* AMX (tdpbf16ps) for the bf16 forwards (lstm_forward_bf16, _ex) and bfloat16 training's
+ * backward products (lstm_backward_ex_f32 with variant.bf16_grads), at the AVX-512 level:
  * -1 automatic (the default: at every B, unless lstm_set_bf16_mode forced a path), 1
  * always (LSTM_ERR_ARG where the CPU or the OS lacks AMX-BF16), 0 never. Its sums differ
  * from the other paths' in the last bits (bf16.template.c). lstm_bf16_path: what a call

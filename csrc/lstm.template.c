@@ -592,12 +592,14 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     return LSTM_OK;
 }
 
+#if !IS_F64
+#include "amx.template.c"    /* AMX tiles: what bf16 (forward and backward) and int8d share */
+#endif
 #include "backward.template.c"  /* the backward */
 
 #include "lnorm.template.c"  /* the layer-normalized LSTM */
 
 #if !IS_F64
-#include "amx.template.c"    /* AMX tiles: what bf16 and int8d share */
 #include "bf16.template.c"   /* bfloat16 weights (inference), float32 only */
 #include "int8.template.c"   /* int8 weights (inference), float32 only */
 #include "int8d.template.c"  /* int8 weights, dynamically quantized x and h */

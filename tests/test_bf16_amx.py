@@ -184,9 +184,10 @@ def test_variable_lengths_through_the_layer():
     _assert_bf16_close((got[0], got[1][0], got[1][1]), (want[0], want[1][0], want[1][1]))
 
 
-def test_bf16_training_with_the_amx_forward():
-    """bfloat16 training (mixed precision): the forward on AMX, the backward as always;
-    the gradients within bf16's error of the default path's."""
+def test_bf16_training_on_amx():
+    """bfloat16 training (mixed precision): the forward and the backward's products on
+    AMX; the gradients within bf16's error of the path without AMX's (the backward on its
+    own: tests/test_bf16_training.py, test_c_backward_on_amx_within_the_bound)."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((5, 24, 32)).astype(np.float32)
     dy = rng.standard_normal((5, 24, 48)).astype(np.float32)

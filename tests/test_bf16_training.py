@@ -595,6 +595,87 @@ def test_c_backward_with_vdpbf16ps_within_the_bound(shape):
             assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
 
 
+# --- the C backward's products on AMX tiles (tdpbf16ps) ---------------------------------
+# By default where the CPU has AMX-BF16 (lstm.c bf16_path_for), as the forward: dh_{t-1},
+# the in-step dx, dw_ih and dw_hh on 16 x 16 tiles, K padded with zero pairs to a multiple
+# of 16 (gate gradients' pairs 2H.. for dh and dx, row pairs ceil(N/2).. for dw), A tiles
+# reading 16 rows whatever the step's row count. tdpbf16ps sums in an order of its own:
+# the same bound as vdpbf16ps against any other order. The shapes: 2H and ceil(N/2) not
+# multiples of 16, 4H not a multiple of 16 (a partial tile of dw's rows), I and H not
+# multiples of 16 (partial column blocks), B above 16 and 64 (row tiles and groups), odd
+# N, B = 1, dx in the steps (B >= 32) and not. Where a gate gradient moves across a bf16
+# rounding boundary the reference's backward differs from every path's by more than
+# C_EXACT (e.g. (2, 65, 33, 40): the AMX and the vdpbf16ps/float32 backward both 3.2e-6,
+# the same element): the shapes below have no move.
+AMX_BWD_SHAPES = [(1, 40, 24, 32), (1, 33, 17, 21), (1, 1, 1, 1), (1, 7, 19, 5),
+                  (1, 70, 9, 13), (1, 130, 20, 24), (5, 3, 4, 6), (3, 34, 9, 21),
+                  (9, 40, 16, 48), (4, 1, 3, 2), (2, 67, 33, 24)]
+
+
+@pytest.mark.parametrize("shape", AMX_BWD_SHAPES)
+def test_c_backward_on_amx_within_the_bound(shape):
+    ck = pytest.importorskip("lstm_fast.backends._c")
+    if not (ck.cpu_has_amx_bf16() and ck.simd_level() == "avx512"):
+        pytest.skip("needs AMX-BF16 at the AVX-512 level")
+    p, g = _c_problem(shape, 0)
+    pk = ck.pack_bf16(p["w_ih"], p["w_hh"], p["b"])
+    y, h_n, c_n, gates16, c16 = ck.forward(pk, p["x"], p["h0"], p["c0"], 1, None, True)
+    gates, c = ref.bf16_values(gates16), ref.bf16_values(c16)
+    args = (y, gates16, c16, g["dy"], g["dh_n"], g["dc_n"])
+    got = {}
+    try:
+        for amx in (True, False):   # the same saved values, the backward on and off AMX
+            ck.set_bf16_amx(amx)
+            got[amx] = ck.backward(pk, p["x"], p["h0"], p["c0"], *args, 1)
+            for a, b in zip(got[amx][:6], ck.backward(pk, p["x"], p["h0"], p["c0"], *args, 2)[:6]):
+                assert same_bits(a, b), amx   # any threads: the same bits
+    finally:
+        ck.set_bf16_amx(None)
+    want = ref.lstm_backward_bf16(p["x"], p["w_ih"], p["w_hh"], p["h0"], p["c0"], y, gates, c,
+                                  g["dy"], g["dh_n"], g["dc_n"])
+    errs = _rel_err(got[True][:6], want)
+    assert max(errs) <= (C_EXACT if shape[0] <= 5 else MOVED), dict(zip(NAMES, errs))
+    if shape[0] == 1:   # T = 1: the same r(da) both ways: within twice the bound
+        H = shape[3]
+        K = 4 * H
+        da = _gate_grads_t1(p, g, gates, c)
+        for k, w in ((0, p["w_ih"]), (4, p["w_hh"])):
+            S = da @ np.abs(ref.round_bf16(w)).astype(np.float64)
+            bound = 2 * (K * 2.0 ** -24 * S + K * 2.0 ** -126)
+            diff = np.abs(got[True][k].reshape(S.shape).astype(np.float64) -
+                          got[False][k].reshape(S.shape))
+            assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
+        N = shape[1]
+        for k, b in ((1, p["x"][0]), (2, p["h0"])):
+            S = da.T @ np.abs(ref.round_bf16(b)).astype(np.float64)
+            bound = 2 * (N * 2.0 ** -24 * S + N * 2.0 ** -126)
+            diff = np.abs(got[True][k].astype(np.float64) - got[False][k])
+            assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
+
+
+def test_c_backward_on_amx_ignores_stale_scratch():
+    """The bfloat16 backward's scratch is shared between calls (one per process): the
+    padding an AMX tile reads (pairs beyond 2H and ceil(N/2), rows beyond the step's) must
+    not carry an earlier call's values into the sums: NaN there would show."""
+    ck = pytest.importorskip("lstm_fast.backends._c")
+    if not (ck.cpu_has_amx_bf16() and ck.simd_level() == "avx512"):
+        pytest.skip("needs AMX-BF16 at the AVX-512 level")
+
+    def run(p, g):
+        pk = ck.pack_bf16(p["w_ih"], p["w_hh"], p["b"])
+        y, _, _, gates, c = ck.forward(pk, p["x"], p["h0"], p["c0"], 1, None, True)
+        return ck.backward(pk, p["x"], p["h0"], p["c0"], y, gates, c, g["dy"], g["dh_n"],
+                           g["dc_n"], 1)[:6]
+    p, g = _c_problem((3, 37, 11, 21), 0)
+    want = run(p, g)
+    big_p, big_g = _c_problem((5, 80, 40, 64), 1)
+    for a in list(big_p.values()) + list(big_g.values()):
+        a[...] = np.nan
+    assert all(np.isnan(a).all() for a in run(big_p, big_g)[:3])
+    for a, b in zip(run(p, g), want):
+        assert np.isfinite(a).all() and same_bits(a, b)
+
+
 # --- what the C backend saves for backward: bfloat16 bit patterns ----------------------
 # The forward keeps the gates (N, 4H) and c (N, H) as uint16 bit patterns, 2 bytes each:
 # half the float32 layer's saved bytes. The backward widens them in its cell (exact), so
@@ -646,11 +727,14 @@ def test_c_saves_gates_and_c_in_half_the_bytes_of_float32(kw, lengths):
 
 
 def _settings(ck):
-    """(level, native) pairs: every SIMD level; at avx512 vdpbf16ps on and off if possible."""
+    """(level, native) pairs: every SIMD level; at avx512 vdpbf16ps on and off if possible,
+    and AMX (native None) where the CPU has it."""
     from _support import simd_levels
     out = []
     for level in simd_levels(ck):
         natives = (True, False) if level == "avx512" and ck.cpu_has_avx512bf16() else (None,)
+        if level == "avx512" and ck.cpu_has_amx_bf16():
+            natives += (None,)   # nothing forced: AMX, forward and backward
         out += [(level, n) for n in natives]
     return out
 

@@ -174,11 +174,13 @@ _BF16_AMX_MODES = {None: -1, False: 0, True: 1}
 
 
 def set_bf16_amx(on):
-    """AMX (tdpbf16ps) for the bfloat16-weight forward, where the CPU has AMX-BF16: None
+    """AMX (tdpbf16ps) for the bfloat16-weight forward and bfloat16 training's backward
+    products, where the CPU has AMX-BF16: None
     automatic (the default: at every B, unless ``set_bf16_native`` forced a path), True
     always (RuntimeError where the CPU or the OS lacks AMX-BF16), False never. Its
     sums differ from the other paths' in the last bits (csrc/bf16.template.c); within
-    bfloat16's own error of the float64 reference (tests/test_bf16_amx.py)."""
+    bfloat16's own error of the float64 reference (tests/test_bf16_amx.py,
+    tests/test_bf16_training.py)."""
     if not (on is None or type(on) is bool):
         raise ValueError(f"on must be True, False or None, got {on!r}")
     if lstm_set_bf16_amx(_BF16_AMX_MODES[on]) != LSTM_OK:
