@@ -1,6 +1,7 @@
 """bfloat16 training (mixed precision, issue 16) against float32 training, in the same run:
 one training step (forward keeping what backward needs, then backward to every gradient)
-of one layer at (T, B, I, H) = (32, 64, 256, 256) and (32, 32, 128, 128), 1 and 2 threads.
+of one layer at (T, B, I, H) = (32, 64, 256, 256), (32, 32, 128, 128) and (128, 64, 512, 512),
+1 and 2 threads.
 
 Competitors: ``float32`` (the c backend's layer, training mode), ``bfloat16`` (the same
 layer with ``weight_dtype="bfloat16"`` in training mode: float32 masters, bf16 products;
@@ -31,8 +32,9 @@ from .conftest import benchmark_disabled
 
 pytest.importorskip("lstm_fast.backends._c")
 
-CASES = {"large256": (32, 64, 256, 256), "medium128": (32, 32, 128, 128)}
-SMOKE = {"large256": (3, 8, 16, 20), "medium128": (2, 3, 5, 7)}
+CASES = {"large256": (32, 64, 256, 256), "medium128": (32, 32, 128, 128),
+         "large512": (128, 64, 512, 512)}
+SMOKE = {"large256": (3, 8, 16, 20), "medium128": (2, 3, 5, 7), "large512": (2, 5, 9, 12)}
 COMPETITORS = ("float32", "bfloat16", "torch", "torch-autocast-bf16", "lstm_fast.torch",
                "lstm_fast.torch-autocast-bf16")
 
