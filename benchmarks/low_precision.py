@@ -6,7 +6,8 @@ benchmark body (outputs checked against the float32 layer's first; under
 
 Roofline (issue 16: "what fraction of the measured bf16/int8/fp32 peak it reaches"): each
 timed benchmark records in extra_info the CPU's measured per-core instruction rates
-(``_c.instruction_rates()``: register-only fp32 FMA, vdpbf16ps, vpdpbusd) and
+(``_c.instruction_rates()``: register-only fp32 FMA, vdpbf16ps, vpdpbusd; ``_c.amx_rates()``:
+tile-only tdpbf16ps and tdpbusd where the CPU has AMX) and
 ``roofline``: the instruction its products run on, that peak times the threads, the
 GFLOP/s reached (forward 2*T*B*4H*(I+H), a training step 3x) and the fraction; the
 terminal summary prints the rates first and one line per case (conftest.py)."""
@@ -23,26 +24,35 @@ ROOFLINE_LINES = []
 
 
 def rates():
-    """The running CPU's measured per-core instruction rates (None without the c backend)."""
+    """The running CPU's measured per-core instruction rates (None without the c backend):
+    ``_c.instruction_rates()`` and, where the CPU has AMX, ``amx_bf16`` (tdpbf16ps) and
+    ``amx_int8`` (tdpbusd) from ``_c.amx_rates()``."""
     try:
         from lstm_fast.backends import _c
     except ImportError:
         return None
-    return _c.instruction_rates()
+    r = dict(_c.instruction_rates())
+    a = _c.amx_rates()
+    r["amx_bf16"], r["amx_int8"] = a["bf16"], a["int8"]
+    return r
 
 
 def peak_of(weights, B):
     """The instruction the products of ``weights`` run on at B rows: "fp32_fma",
-    "bf16_dot", "int8_dot", or None (AMX, or no measured rate)."""
+    "bf16_dot", "int8_dot", "amx_bf16", "amx_int8", or None (no measured rate)."""
     from lstm_fast.backends import _c
     w, _, mode = weights.partition("-")
     if weights in ("torch-dynamic-int8", "ort-dynamic-int8"):
         return "int8_dot"        # fbgemm / MLAS: vpdpbusd where the CPU has it
     if w == "bfloat16":
+        if not mode and _c.bf16_path(B).startswith("AMX"):
+            return "amx_bf16"
         native = {"native": True, "emulated": False}.get(mode, _c.bf16_path(B).startswith("native"))
         return "bf16_dot" if native else "fp32_fma"
     if w == "int8_dynamic":
-        return "int8_dot" if "vpdpbusd" in _c.int8_dynamic_path(B) else None
+        path = _c.int8_dynamic_path(B)
+        return ("amx_int8" if "by AMX" in path else "int8_dot" if "vpdpbusd" in path
+                else None)
     return "fp32_fma"            # float32, int8 weight-only (widened to float32)
 
 
@@ -62,7 +72,7 @@ def record_roofline(benchmark, label, weights, T, B, I, H, threads, train=False)
         peak=peak, peak_gflops=rate * threads if rate else None, gflops=round(gflops, 2),
         fraction=round(gflops / (rate * threads), 4) if rate else None)
     where = (f"{gflops / (rate * threads):6.1%} of {peak} {rate * threads:.0f}"
-             if rate else "no measured peak (AMX or emulated)")
+             if rate else "no measured peak")
     ROOFLINE_LINES.append(
         f"{label} T,B,I,H={T},{B},{I},{H} threads={threads} {weights}: median "
         f"{median * 1e3:.3f} ms, {gflops:.1f} GFLOP/s = {where}")

@@ -402,6 +402,85 @@ __attribute__((noinline, target("avx2,avxvnni"))) static double time_vnni_avx2(v
 }
 #endif
 
+/* AMX: tdpbf16ps (bf) or tdpbusd on 4 accumulator tiles (C 0-3) from 2 A (4, 5) and 2 B
+ * (6, 7) tiles loaded once, RATE_ITERS / 4 rounds of 4 independent products (each 16 x 16
+ * outputs, K = 64 bytes per row): what the tiles alone sustain. The caller checked AMX. */
+#if HAVE_CPUID && defined(__linux__)
+__attribute__((noinline, target("amx-tile,amx-bf16,amx-int8"))) static double time_amx(int bf)
+{
+    struct {
+        uint8_t palette, start_row, reserved[14];
+        uint16_t colsb[16];
+        uint8_t rows[16];
+    } cfg __attribute__((aligned(64)));
+    static uint8_t buf[1024] __attribute__((aligned(64)));   /* zeros: A and B */
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));   /* by hand: see amx.template.c */
+    _tile_loadd(4, buf, 64);
+    _tile_loadd(5, buf, 64);
+    _tile_loadd(6, buf, 64);
+    _tile_loadd(7, buf, 64);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    double t0 = now_seconds();
+    for (int i = 0; i < RATE_ITERS / 4; i++) {
+        if (bf) {
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        } else {
+            _tile_dpbusd(0, 4, 6);
+            _tile_dpbusd(1, 4, 7);
+            _tile_dpbusd(2, 5, 6);
+            _tile_dpbusd(3, 5, 7);
+        }
+    }
+    static uint8_t out[1024] __attribute__((aligned(64)));
+    _tile_stored(0, out, 64);   /* the products' results are used */
+    double dt = now_seconds() - t0;
+    _tile_release();
+    rate_sink_i = out[0];
+    return dt;
+}
+#endif
+
+static lstm_amx_rates amx_rates;
+static pthread_once_t amx_rates_once = PTHREAD_ONCE_INIT;
+
+static void measure_amx_rates(void)
+{
+#if HAVE_CPUID && defined(__linux__)
+    double t0 = now_seconds();
+    int bf = lstm_cpu_has_amx_bf16(), i8 = lstm_cpu_has_amx_int8();
+    double best[2] = {1e30, 1e30};
+    for (int r = 0; r <= RATE_REPS; r++) {   /* r = 0: the warm-up */
+        double t[2] = {bf ? time_amx(1) : 0, i8 ? time_amx(0) : 0};
+        for (int k = 0; k < 2 && r > 0; k++)
+            if (t[k] > 0 && t[k] < best[k])
+                best[k] = t[k];
+    }
+    /* per instruction: 16 x 16 outputs x (32 bf16 pairs' halves, or 64 bytes) x 2 */
+    double n = (double)(RATE_ITERS / 4 * 4);
+    amx_rates.bf16 = bf ? n * 16 * 16 * 32 * 2 / best[0] * 1e-9 : 0;
+    amx_rates.int8 = i8 ? n * 16 * 16 * 64 * 2 / best[1] * 1e-9 : 0;
+    amx_rates.seconds = now_seconds() - t0;
+#endif
+}
+
+const lstm_amx_rates *lstm_amx_rates_get(void)
+{
+    pthread_once(&amx_rates_once, measure_amx_rates);
+    return &amx_rates;
+}
+
 static lstm_cpu_rates rates;
 static pthread_once_t rates_once = PTHREAD_ONCE_INIT;
 

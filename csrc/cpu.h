@@ -59,6 +59,16 @@ typedef struct {
 
 const lstm_cpu_rates *lstm_cpu_rates_get(void);
 
+/* The AMX tiles' per-core rates, measured the first time they are asked for (never by
+ * the kernels: for reports; about 1 ms): tdpbf16ps in GFLOP/s (a 16 x 16 x 32 product,
+ * 16384 FLOP per instruction) and tdpbusd in GOP/s (16 x 16 x 64, 32768 OP), 0 where the
+ * CPU or the OS lacks AMX-BF16 / AMX-INT8. */
+typedef struct {
+    double bf16, int8, seconds;
+} lstm_amx_rates;
+
+const lstm_amx_rates *lstm_amx_rates_get(void);
+
 /* Name of a level: "portable", "avx2", "avx512". */
 const char *lstm_simd_name(lstm_simd_level level);
 

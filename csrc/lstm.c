@@ -420,6 +420,15 @@ int lstm_instruction_rates(double *fp32_fma, double *bf16_dot, double *int8_dot,
     return LSTM_OK;
 }
 
+int lstm_amx_instruction_rates(double *bf16, double *int8, double *seconds)
+{
+    const lstm_amx_rates *r = lstm_amx_rates_get();
+    *bf16 = r->bf16;
+    *int8 = r->int8;
+    *seconds = r->seconds;
+    return LSTM_OK;
+}
+
 int lstm_bf16_native(int64_t B, int64_t I, int64_t H)
 {
     (void)I;

@@ -361,6 +361,10 @@ int lstm_bf16_native_rule(double fp32_rate, double bf16_rate, int64_t B);
  * forward with B > 1. */
 int lstm_instruction_rates(double *fp32_fma, double *bf16_dot, double *int8_dot,
                            int *fp32_bits, int *int8_bits, double *seconds);
+/* The AMX tiles' per-core rates (tile-only loops, measured at the first call, ~1 ms):
+ * tdpbf16ps in GFLOP/s and tdpbusd in GOP/s, 0 where the CPU or the OS lacks AMX-BF16 /
+ * AMX-INT8; the seconds it took. */
+int lstm_amx_instruction_rates(double *bf16, double *int8, double *seconds);
 
 /* ---- int8 weights, float32 everything else (inference) --------------------
  * The same layer with w_ih and w_hh quantized to int8 at pack time, a symmetric

@@ -109,6 +109,21 @@ def test_instruction_rates_measured():
     assert ck.build_info()["instruction_rates"] == r
 
 
+def test_amx_rates_measured():
+    """The AMX tiles' rates (the benchmarks' roofline peak of the AMX paths): present
+    exactly where the CPU and the OS have AMX-BF16 / AMX-INT8, measured once, quickly,
+    and shown by lstm-fast info."""
+    a = ck.amx_rates()
+    assert (a["bf16"] is not None) == ck.cpu_has_amx_bf16()
+    assert (a["int8"] is not None) == ck.cpu_has_amx_int8()
+    for k in ("bf16", "int8"):   # tdpbf16ps: ~1024 FLOP per cycle, tdpbusd twice that
+        assert a[k] is None or 100 < a[k] < 1e5, (k, a[k])
+    assert a["seconds"] < 0.05
+    assert ck.amx_rates() == a and ck.build_info()["amx_rates"] == a
+    if a["bf16"] is not None:
+        assert "tdpbf16ps" in ck.rates_summary()
+
+
 @pytest.mark.parametrize("fp32, bf16, B, native", [
     (172, 85, 1, True), (172, 85, 2, False), (172, 85, 64, False),    # Intel Xeon (0.5x)
     (116, 234, 1, True), (116, 234, 2, True), (116, 234, 64, True),   # AMD Zen 4 (2.0x)

@@ -137,6 +137,7 @@ cdef extern from "lstm.h" nogil:
                                           int num_threads)
     int lstm_instruction_rates(double *fp32_fma, double *bf16_dot, double *int8_dot,
                                int *fp32_bits, int *int8_bits, double *seconds)
+    int lstm_amx_instruction_rates(double *bf16, double *int8, double *seconds)
     size_t lstm_packed_size_i8(int64_t I, int64_t H)
     int lstm_pack_i8(int64_t I, int64_t H, const float *w_ih, const float *w_hh,
                      const float *b, void *packed)

@@ -124,6 +124,7 @@ def build_info():
                    if k in info},
         "caches_from": info.get("caches_from"),
         "instruction_rates": instruction_rates(),
+        "amx_rates": amx_rates(),
         "bf16": bf16_path(),
         "int8": int8_path(),
         "int8_dynamic": int8_dynamic_path(),
@@ -156,6 +157,17 @@ def instruction_rates():
     lstm_instruction_rates(&f, &b, &i8, &fb, &ib, &sec)
     return {"fp32_fma": f or None, "bf16_dot": b or None, "int8_dot": i8 or None,
             "fp32_bits": fb, "int8_bits": ib, "seconds": sec}
+
+
+def amx_rates():
+    """The AMX tiles' per-core throughput, measured at the first call (tile-only loops,
+    ~1 ms; csrc/cpu.c; the kernels never ask for it): dict with ``bf16`` (GFLOP/s,
+    tdpbf16ps: 16 x 16 outputs x 32 products, 16384 FLOP each) and ``int8`` (GOP/s,
+    tdpbusd: 32768 OP each), each None where the CPU or the OS lacks AMX-BF16 / AMX-INT8,
+    and ``seconds``. The peak of the AMX paths in the benchmarks' rooflines."""
+    cdef double b, i8, sec
+    lstm_amx_instruction_rates(&b, &i8, &sec)
+    return {"bf16": b or None, "int8": i8 or None, "seconds": sec}
 
 
 def bf16_native_rule(fp32_rate, bf16_rate, B):
@@ -222,7 +234,13 @@ def rates_summary():
         parts.append("vdpbf16ps: none")
     parts.append(f"vpdpbusd {r['int8_dot']:.0f} GOP/s ({r['int8_bits']}-bit)"
                  if r["int8_dot"] else "vpdpbusd: none")
-    return ", ".join(parts) + f" (1 core, register-only, measured in {r['seconds'] * 1e3:.2f} ms)"
+    line = ", ".join(parts) + f" (1 core, register-only, measured in {r['seconds'] * 1e3:.2f} ms)"
+    if cpu_has_amx_bf16() or lstm_cpu_has_amx_int8():
+        a = amx_rates()
+        tiles = [f"tdpbf16ps {a['bf16']:.0f} GFLOP/s" if a["bf16"] else "tdpbf16ps: none",
+                 f"tdpbusd {a['int8']:.0f} GOP/s" if a["int8"] else "tdpbusd: none"]
+        line += f"; AMX tiles: {', '.join(tiles)} (1 core, tile-only)"
+    return line
 
 
 def int8_path():
