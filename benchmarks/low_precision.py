@@ -45,7 +45,7 @@ def peak_of(weights, B):
     if weights in ("torch-dynamic-int8", "ort-dynamic-int8"):
         return "int8_dot"        # fbgemm / MLAS: vpdpbusd where the CPU has it
     if w == "bfloat16":
-        if not mode and _c.bf16_path(B).startswith("AMX"):
+        if mode == "amx" or (not mode and _c.bf16_path(B).startswith("AMX")):
             return "amx_bf16"
         native = {"native": True, "emulated": False}.get(mode, _c.bf16_path(B).startswith("native"))
         return "bf16_dot" if native else "fp32_fma"
