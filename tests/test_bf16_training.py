@@ -342,12 +342,12 @@ def test_module_under_autocast_takes_bf16_inputs_and_packed_sequences():
 
 
 @needs_torch
-def test_module_under_autocast_takes_torch_path_by_default():
-    """Without bf16_autocast=True, torch's own bfloat16 LSTM (oneDNN): torch's bits,
+def test_module_under_autocast_takes_torch_path_when_asked():
+    """With bf16_autocast=False, torch's own bfloat16 LSTM (oneDNN): torch's bits,
     forward and gradients, and no kernel of ours."""
     import lstm_fast.torch as lft
     torch.manual_seed(0)
-    m = lft.LSTM(3, 5, num_layers=2)
+    m = lft.LSTM(3, 5, num_layers=2, bf16_autocast=False)
     ref = torch.nn.LSTM(3, 5, num_layers=2)
     ref.load_state_dict(m.state_dict())
     x = torch.randn(6, 2, 3)
@@ -364,6 +364,22 @@ def test_module_under_autocast_takes_torch_path_by_default():
         assert torch.equal(p.grad, getattr(ref, name).grad), name
     with pytest.raises(TypeError, match="bf16_autocast must be a bool"):
         lft.LSTM(3, 5, bf16_autocast="yes")
+
+
+@needs_torch
+def test_module_under_autocast_runs_our_kernels_by_default():
+    """The default (bf16_autocast=True): our bfloat16 kernels, the bits of the bf16 layer."""
+    import lstm_fast.torch as lft
+    torch.manual_seed(0)
+    m = lft.LSTM(3, 5, backend="numpy")
+    assert m.bf16_autocast is True
+    layer = lstm_fast.LSTM(3, 5, weight_dtype="bfloat16", backend="numpy")
+    layer.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})
+    x = torch.randn(6, 2, 3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = m(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, torch.from_numpy(layer.eval()(x.numpy())[0]).bfloat16())
 
 
 @needs_torch

@@ -312,8 +312,9 @@ def test_other_fallbacks_and_errors(kernel_calls):
     with pytest.raises(RuntimeError, match="must be equal to input_size. Expected 3, got 7"):
         ours(pack_padded_sequence(torch.randn(5, 2, 7), torch.tensor([5, 2])))
     assert kernel_calls == []
-    # bfloat16 autocast: torch's path by default (oneDNN, AMX where the CPU has it); our
-    # bf16 kernels with bf16_autocast=True (tests/test_bf16_training.py), bf16 out as torch's
+    # bfloat16 autocast: torch's path with bf16_autocast=False (oneDNN, AMX where the CPU
+    # has it); by default our bf16 kernels (tests/test_bf16_training.py), bf16 out as torch's
+    ours.bf16_autocast = False
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_ours, y_ref = ours(x)[0], ref(x)[0]
     assert y_ours.dtype == y_ref.dtype == torch.bfloat16 and kernel_calls == []
@@ -321,7 +322,6 @@ def test_other_fallbacks_and_errors(kernel_calls):
     ours.bf16_autocast = True
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_ours = ours(x)[0]
-    ours.bf16_autocast = False
     assert y_ours.dtype == torch.bfloat16 and len(kernel_calls) == 1
     assert torch.allclose(y_ours.float(), y_ref.float(), atol=2 ** -7)   # bf16's precision
     with pytest.raises(ValueError, match="Expected input to be 2D or 3D"):

@@ -45,17 +45,19 @@ the gradients, e.g. a gradient penalty) raises an error naming ``backend="torch"
 which computes it. DistributedDataParallel works as with torch's modules
 (tests/test_torch_ddp.py).
 
-Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``LSTM`` takes torch's path by
-default (torch's numbers): torch's bfloat16 LSTM runs on oneDNN, which uses AMX tiles where
-the CPU has them. ``LSTM(..., bf16_autocast=True)`` runs bfloat16 on our kernels instead,
-on AMX tiles too where the CPU has them, forward and backward (an Intel Xeon of the
-project's kind, one training step: 1.03-1.18x torch's autocast step on 1 thread, 1.05-1.9x
-on 2, and 2.4-3.4x our float32 one; benchmarks/README.md, "Session 15")
-(``LSTM._autocast_forward``): mixed-precision training with the float32 parameters as
-masters on a backend that trains in bfloat16 (``backends.BF16_TRAINING``: "c", "numpy"),
-bfloat16 inference (no gradient needed) on "c" and "numpy"; output and states come back
-bfloat16 as torch.nn.LSTM's do under CPU autocast. Otherwise (another autocast dtype, a
-projection or variant, the "numba" backend) torch's path as above.
+Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` ``LSTM`` runs bfloat16 on our
+kernels (``bf16_autocast=True``, the default; ``LSTM._autocast_forward``), on AMX tiles
+where the CPU has them, forward and backward: mixed-precision training with the float32
+parameters as masters on a backend that trains in bfloat16 (``backends.BF16_TRAINING``:
+"c", "numpy"), bfloat16 inference (no gradient needed) on "c" and "numpy"; output and
+states come back bfloat16 as torch.nn.LSTM's do under CPU autocast. Measured on an Intel
+Xeon of the project's kind, one training step: 1.03-1.18x torch's autocast step (oneDNN,
+also on AMX) on 1 thread, 1.05-1.9x on 2, and 2.4-3.4x our float32 one; where oneDNN has no
+bfloat16 RNN for the CPU, torch's autocast LSTM fails ("could not create a primitive
+descriptor", pytorch#88136) and ours runs (benchmarks/README.md, "Session 15").
+``bf16_autocast=False`` takes torch's own bfloat16 LSTM (torch's numbers). Otherwise
+(another autocast dtype, a projection, the "numba" backend) torch's path; a variant under
+autocast raises, as for any torch fallback.
 """
 
 import functools
@@ -335,10 +337,10 @@ class LSTM(torch.nn.LSTM):
         variants, no torch fallback, and not under torch.compile or torch.export.
     bf16_autocast : bool, keyword-only
         Under ``torch.autocast("cpu", dtype=torch.bfloat16)``, run bfloat16 on our kernels
-        (backends "c" and "numpy": ``lstm_fast.LSTM(..., weight_dtype="bfloat16")``'s
-        arithmetic, mixed-precision training with the float32 parameters as masters)
-        instead of torch's bfloat16 LSTM (the default: oneDNN's, on AMX tiles where the CPU
-        has them, faster there than ours). See the module's notes.
+        (True, the default; backends "c" and "numpy": ``lstm_fast.LSTM(...,
+        weight_dtype="bfloat16")``'s arithmetic, mixed-precision training with the float32
+        parameters as masters), or torch's own bfloat16 LSTM (False: oneDNN's, torch's
+        numbers). See the module's notes.
 
     Raises
     ------
@@ -379,7 +381,7 @@ class LSTM(torch.nn.LSTM):
 
     def __init__(self, *args, backend="auto", peephole=False, clip=None, cell_clip=None,
                  cifg=False, forget_bias=None, recurrent_dropout=0.0, zoneout=0.0,
-                 layer_norm=False, bf16_autocast=False, **kwargs):
+                 layer_norm=False, bf16_autocast=True, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
         for name, value in (("peephole", peephole), ("cifg", cifg), ("layer_norm", layer_norm),
@@ -697,7 +699,7 @@ class LSTM(torch.nn.LSTM):
         the module has no projection, variant, recurrent dropout or zoneout, the tensors are
         on the CPU, the parameters float32, and the backend runs bfloat16 ("c" and "numpy")
         and, if a gradient is needed, trains in it (``backends.BF16_TRAINING``)."""
-        if not getattr(self, "bf16_autocast", False) or not torch.is_autocast_enabled("cpu") \
+        if not getattr(self, "bf16_autocast", True) or not torch.is_autocast_enabled("cpu") \
                 or torch.get_autocast_dtype("cpu") != torch.bfloat16 \
                 or self.backend == "torch" or torch.jit.is_scripting() \
                 or torch.jit.is_tracing() or self.proj_size or self._variants() \
