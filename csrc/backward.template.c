@@ -22,6 +22,7 @@ typedef struct {
     const lstm_variant *var;   /* the variants, or NULL (plain) */
     TYPE *dpeep;        /* [3,H] peephole gradients (with var->peephole) */
     TYPE *dhz;          /* [B,H] zoneout: the gradient carried to h_{t-1}, or NULL */
+    int pf_dg;          /* prefetch dgates[t+1] at the start of step t (more than one thread) */
     const uint16_t *g16, *c16;   /* bfloat16 training: the saved gates and c as bf16 bits
                                     (var->bf16_gates, bf16_c; gates, c unused), or NULL */
 } FN(bwd_ctx);
@@ -317,6 +318,10 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     }
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
+    if (dg_next && ctx->pf_dg)   /* the other threads' columns of dgates[t+1] */
+        for (int64_t r = 0; r < nn; r++)
+            for (int64_t b = 0; b < G * (int64_t)sizeof(TYPE); b += 64)
+                __builtin_prefetch((const char *)(dg_next + r * ldg) + b, 0, 2);
 #if BWD_BF16
     if (bf_w && nn)   /* bf16 products: the rows of dgates[t+1] as pair words (also dx's) */
         FN(bwdb_rows_words)(nn, H, dg_next, ldg, bf_rows);
@@ -700,7 +705,9 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     }
     FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
-                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL, NULL, NULL};
+                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL, 0, NULL,
+                       NULL};
+    ctx.pf_dg = num_threads > 1;
     if (var && var->bf16_gates) {   /* bfloat16 training's saved bf16 bits */
         ctx.g16 = var->bf16_gates;
         ctx.c16 = var->bf16_c;

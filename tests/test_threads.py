@@ -273,3 +273,32 @@ def test_auto_threads_conservative():
     # 2 on a 2-CPU machine, 1 while the pool sees contention
     for shape in [(32, 64, 256, 256), (32, 8, 256, 256), (100, 32, 128, 128), (35, 20, 200, 200)]:
         assert backends.threads_for(*shape) in ((1, 2) if backends.CPUS > 1 else (1,)), shape
+
+
+def _line(a):
+    return a.__array_interface__["data"][0] % 64 == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arrays_updated_by_several_threads_start_on_a_cache_line(dtype):
+    """What the kernel's threads update in place step after step, each its own columns
+    (the running c_n of the forward, db and dc0 of the backward, the peephole and
+    layer-norm gradients), starts on a cache line whatever its size when more than one
+    thread runs: a line shared by both threads' columns would move between the cores at
+    every row of every step. (Small arrays are NumPy's own, 16-byte aligned, at 1 thread.)"""
+    from lstm_fast import _validation
+    T, B, I, H = 5, 3, 4, 7          # db: 4H floats = 112 bytes, c_n 84: NumPy's size class
+    rng = np.random.default_rng(0)
+    pk = ck.pack(*(rng.standard_normal(s).astype(dtype) for s in ((4 * H, I), (4 * H, H))),
+                 np.zeros(4 * H, dtype))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = np.zeros((B, H), dtype)
+    for _ in range(8):               # several allocations: not one lucky address
+        y, h_n, c_n, gates, c = ck.forward(pk, x, h0, h0, 2, None, True)
+        assert _line(c_n)
+        out = ck.backward(pk, x, h0, h0, y, gates, c, np.ones_like(y), h0, h0, 2)
+        for a in out[3:6]:           # db, dh0, dc0
+            assert _line(a)
+    for shape in ((3, H), (10 * H,), (3, 64)):
+        a = _validation.empty_lines(shape, dtype)
+        assert _line(a) and a.shape == shape and a.dtype == dtype and a.flags.c_contiguous

@@ -418,8 +418,8 @@ def layer_backward(layer, grad_output, grad_hx):
     ln = inputs.layer_norm
     H = inputs.hidden_size
     if len(caches) == 1:
-        dp = np.empty((3, H), inputs.dtype) if peephole else None
-        dln = np.empty(10 * H, inputs.dtype) if ln else None
+        dp = _validation.empty_lines((3, H), inputs.dtype) if peephole else None
+        dln = _validation.empty_lines(10 * H, inputs.dtype) if ln else None
         inputs.db2 = None
         dout, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(caches[0], dout, dh_n, dc_n,
                                                                num_threads, None, dp, dln, inputs)
@@ -437,8 +437,8 @@ def layer_backward(layer, grad_output, grad_hx):
             for d in range(D):
                 k = k_layer * D + d
                 dy = dout[:, :, d * R:(d + 1) * R] if D == 2 else dout
-                dp = np.empty((3, H), dtype) if peephole else None
-                dln = np.empty(10 * H, dtype) if ln else None
+                dp = _validation.empty_lines((3, H), dtype) if peephole else None
+                dln = _validation.empty_lines(10 * H, dtype) if ln else None
                 inputs.db2 = None
                 dx, dw_ih, dw_hh, db, _, _, dw_hr = run_backward(
                     caches[k], dy, dh_n[k], dc_n[k], num_threads, (dh0[k], dc0[k]), dp, dln,

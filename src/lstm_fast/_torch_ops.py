@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _params, backends
+from . import _params, _validation, backends
 from .functional import LSTMCache, run_backward, run_forward
 
 _PACKS = {}          # (backend, dtype, shapes, data pointers) -> (weakrefs, versions, Packed)
@@ -243,7 +243,7 @@ def direction_backward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Te
     T, B = x.shape[0], x.shape[1]
     H = c0.shape[1]
     nt = backends.threads_for(T, B, x.shape[2], H)
-    dp = None if w_ci is None else np.empty((3, H), xs.dtype)
+    dp = None if w_ci is None else _validation.empty_lines((3, H), xs.dtype)
     dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, _np(dy), _np(dh_n), _np(dc_n), nt,
                                                          dpeephole=dp)
     if cifg:    # the kernels' 4H rows -> i, g, o

@@ -331,6 +331,19 @@ _ZEROS = {}
 _ZEROS_MAX_BYTES = 1 << 20
 
 
+def empty_lines(shape, dtype):
+    """An uninitialised C-contiguous array starting on a cache line (64 bytes): for the
+    variants' parameter gradients (peephole (3, H), layer norm (10H,)), which the C
+    kernel's threads update in place row after row, each its own columns; NumPy gives
+    small arrays 16-byte alignment, and a line holding both threads' columns would go back
+    and forth between the cores (as db did: the binding's own arrays start on a line)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n + 64, np.uint8)
+    off = -raw.__array_interface__["data"][0] % 64
+    return raw[off:off + n].view(dtype).reshape(shape)
+
+
 def zeros(shape, dtype):
     """Read-only zeros for an input the kernels only read (a state or gradient given as
     None): small ones are shared between calls instead of allocated each time."""

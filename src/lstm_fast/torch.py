@@ -240,8 +240,8 @@ class _Direction(torch.autograd.Function):
         dh_n = _validation.zeros(sh, dtype) if dh_n is None else _np(dh_n)
         dc_n = _validation.zeros(sc, dtype) if dc_n is None else _np(dc_n)
         H = c0s.shape[-1]
-        dp = None if saved[8] is None else np.empty((3, H), dtype)
-        dln = None if saved[18] is None else np.empty(10 * H, dtype)
+        dp = None if saved[8] is None else _validation.empty_lines((3, H), dtype)
+        dln = None if saved[18] is None else _validation.empty_lines(10 * H, dtype)
         # the input's gradient only if wanted (not for a model's first layer: torch skips
         # it there too; a quarter of that layer's backward products at I = H)
         dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, dy, dh_n, dc_n, num_threads,

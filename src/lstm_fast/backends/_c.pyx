@@ -353,14 +353,18 @@ cdef class Packed:
                 f"P={self.proj_size} {self.dtype} weights {self.weight_dtype}>")
 
 
-cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
+cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum, bint lines=False):
     """A new C-contiguous array whose data start on a cache line (64 bytes) once it is
     a page or more. NumPy's allocator gives large arrays 16-byte alignment (glibc's mmap
     chunk header), so every 64-byte vector load or store of the kernel's saved gates, c
     and outputs would span two cache lines: measured at (100,32,16,128) f32 (Intel Xeon,
     1 thread), the backward's cell spent a third of its time on those loads. The array's
     base is the byte buffer it views; from BC_MIN bytes that buffer comes from the buffer
-    cache (_bufcache.h) while its limit is not 0."""
+    cache (_bufcache.h) while its limit is not 0. lines: on its own cache lines whatever
+    its size (an array the kernel's threads update in place, each its own columns, step
+    after step: db, dc0, the running c_n; at 2 threads, a line holding both threads'
+    columns of a 16-byte aligned db went back and forth between the cores at every row of
+    every step)."""
     cdef cnp.npy_intp n = 1, nbytes, off
     cdef int i
     for i in range(nd):
@@ -375,7 +379,7 @@ cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum):
         nbytes = n
     else:                  # no other element type is made here; NumPy's own alignment
         nbytes = 0
-    if nbytes < 4096:
+    if nbytes < 4096 and not lines:
         return <cnp.ndarray>cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     nbytes += 64
     cdef cnp.ndarray raw
@@ -414,9 +418,9 @@ cdef inline cnp.ndarray _mat(int64_t rows, int64_t cols, int tn):
     return _empty(2, d, tn)
 
 
-cdef inline cnp.ndarray _like(cnp.ndarray a, int tn):
+cdef inline cnp.ndarray _like(cnp.ndarray a, int tn, bint lines=False):
     """A new array of a's shape (states: (B, C) or (1, B, C))."""
-    return _empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), tn)
+    return _empty(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), tn, lines)
 
 
 cdef inline void *_p(object a):
@@ -833,8 +837,8 @@ def forward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, int nu
         y = _rows(padded, T, B, N, R, tn)
     if h_n is None:
         h_n = _like(h0, tn)
-    if c_n is None:
-        c_n = _like(c0, tn)
+    if c_n is None:   # the running state, updated in place step after step
+        c_n = _like(c0, tn, num_threads > 1)
     gates = c = None
     if save:   # bfloat16 training keeps them as bf16 bit patterns (uint16: half the bytes)
         st = cnp.NPY_UINT16 if packed.wkind == _BF16 else tn
@@ -1016,9 +1020,9 @@ def backward(Packed packed, cnp.ndarray x, cnp.ndarray h0, cnp.ndarray c0, cnp.n
     cdef cnp.ndarray dw_ih = _mat(4 * H, I, tn)
     cdef cnp.ndarray dw_hh = _mat(4 * H, R, tn)
     cdef cnp.npy_intp G = 4 * H
-    cdef cnp.ndarray db = _empty(1, &G, tn)
-    cdef cnp.ndarray dh0 = _like(h0, tn)
-    cdef cnp.ndarray dc0 = _like(c0, tn)
+    cdef cnp.ndarray db = _empty(1, &G, tn, num_threads > 1)
+    cdef cnp.ndarray dh0 = _like(h0, tn, num_threads > 1)
+    cdef cnp.ndarray dc0 = _like(c0, tn, num_threads > 1)
     dw_hr = _mat(P, H, tn) if P else None
     _backward_call(packed, T, B, N, batch_sizes, x, h0, c0, y, gates, c, dy, dh_n, dc_n, dx,
                    dw_ih, dw_hh, db, dh0, dc0, dw_hr, num_threads, dpeephole, rdrop, zoneout,
@@ -1070,8 +1074,8 @@ cdef int _layer_forward(object inputs, object packed, object x, object h0, objec
         y = _rows(True, T, B, T * B, R, tn)
     if h_n is None:
         h_n = _like(h0a, tn)
-    if c_n is None:
-        c_n = _like(c0a, tn)
+    if c_n is None:   # the running state, updated in place step after step
+        c_n = _like(c0a, tn, num_threads > 1)
     gates = c = None
     if save:   # bfloat16 training: bf16 bit patterns, as forward's
         st = cnp.NPY_UINT16 if p.wkind == _BF16 else tn
@@ -1105,9 +1109,9 @@ cdef int _layer_backward(object inputs, object packed, object x, object h0, obje
     cdef cnp.ndarray dw_ih = _mat(4 * H, I, tn)
     cdef cnp.ndarray dw_hh = _mat(4 * H, R, tn)
     cdef cnp.npy_intp G = 4 * H
-    cdef cnp.ndarray db = _empty(1, &G, tn)
-    cdef cnp.ndarray dh0 = _like(h0a, tn)
-    cdef cnp.ndarray dc0 = _like(c0a, tn)
+    cdef cnp.ndarray db = _empty(1, &G, tn, num_threads > 1)
+    cdef cnp.ndarray dh0 = _like(h0a, tn, num_threads > 1)
+    cdef cnp.ndarray dc0 = _like(c0a, tn, num_threads > 1)
     dw_hr = _mat(P, H, tn) if P else None
     _backward_call(p, T, B, T * B, None, xa, h0a, c0a, <cnp.ndarray?>y, <cnp.ndarray?>gates,
                    <cnp.ndarray?>c, <cnp.ndarray?>dy, <cnp.ndarray?>dh_n, <cnp.ndarray?>dc_n,
