@@ -23,6 +23,7 @@ typedef struct {
     TYPE *dpeep;        /* [3,H] peephole gradients (with var->peephole) */
     TYPE *dhz;          /* [B,H] zoneout: the gradient carried to h_{t-1}, or NULL */
     int pf_dg;          /* prefetch dgates[t+1] at the start of step t (more than one thread) */
+    int rows;           /* the threads split each step's rows (bwd_rows_split) */
     const uint16_t *g16, *c16;   /* bfloat16 training: the saved gates and c as bf16 bits
                                     (var->bf16_gates, bf16_c; gates, c unused), or NULL */
 } FN(bwd_ctx);
@@ -279,11 +280,14 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
  * the others (whose last step is t) take dh_n. */
 KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1,
                          const FN(step_plan) *sp, const uint32_t *bf_w, uint32_t *bf_rows,
-                         int amx)
+                         int amx, int64_t ra, int64_t rb)
 {
     int64_t T = ctx->T, H = ctx->H, ldg = ctx->ldg;
     const int64_t *offs = ctx->offs;
     int64_t n = offs[t + 1] - offs[t], nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+    /* rows ra..rb of the step (all: 0, n; ctx->rows: a thread's share, and db is summed
+     * after the loop) */
+    rb = rb < n ? rb : n;
     const TYPE *w = (const TYPE *)((const unsigned char *)ctx->hdr + ctx->hdr->off_whh_b);
     const TYPE *dg_next = nn ? ctx->dgates + offs[t + 1] * ldg : NULL;
     const TYPE *dy_t = ctx->dy + offs[t] * H, *gates_t = NULL, *c_t = NULL;
@@ -298,6 +302,8 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     FN(bwd_cell_args) ca = {.H = H, .dh = ctx->dh_n, .dy = dy_t, .gates = gates_t, .c = c_t,
                             .cprev = cprev, .dc = ctx->dc0, .dg = dg_t, .ldg = ldg,
                             .m = NULL, .db = ctx->db};
+    if (ctx->rows)
+        ca.db = NULL;
     SET_CELL_VARIANT(ca, ctx->var);
     ca.dpeep = ctx->dpeep;
     ca.bf16 = ctx->var && ctx->var->bf16_grads;   /* bfloat16 training */
@@ -318,7 +324,7 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     }
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
-    if (dg_next && ctx->pf_dg)   /* the other threads' columns of dgates[t+1] */
+    if (dg_next && ctx->pf_dg && !ctx->rows)   /* the other threads' columns of dgates[t+1] */
         for (int64_t r = 0; r < nn; r++)
             for (int64_t b = 0; b < G * (int64_t)sizeof(TYPE); b += 64)
                 __builtin_prefetch((const char *)(dg_next + r * ldg) + b, 0, 2);
@@ -338,9 +344,10 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     for (int64_t j = j0, nbj; j < j1; j += nbj) {
         nbj = j >= jh ? 1 : je - j < jstep ? je - j : jstep;
         const int nb = (int)nbj;
-        for (int64_t g0 = 0, g1; g0 < nn; g0 = g1) {
-            g1 = bf_w && amx ? (nn - g0 < STEP_ROWS_MAX ? nn : g0 + STEP_ROWS_MAX)
-                             : FN(group_end)(sp, g0, nn, BR);
+        const int64_t e = nn < rb ? nn : rb;   /* rows ra..e: dh from the tile */
+        for (int64_t g0 = ra, g1; g0 < e; g0 = g1) {
+            g1 = bf_w && amx ? (e - g0 < STEP_ROWS_MAX ? e : g0 + STEP_ROWS_MAX)
+                             : ra + FN(group_end)(sp, g0 - ra, e - ra, BR);
             int64_t ng = g1 - g0;
             const TYPE *pf_next = g1 == nn && j + nb < j1 ? w + (j + nb) * G * V : NULL;
 #if BWD_BF16
@@ -356,8 +363,9 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
                               sp, pf_next, j >= jh);
             FN(bwd_cell)(&ca, (int)ng, nb, g0, j, part);
         }
-        if (nn < n)
-            FN(bwd_cell)(&ca, (int)(n - nn), nb, nn, j, NULL);
+        const int64_t c0 = nn > ra ? nn : ra;   /* rows c0..rb: dh_n */
+        if (c0 < rb)
+            FN(bwd_cell)(&ca, (int)(rb - c0), nb, c0, j, NULL);
     }
 }
 
@@ -405,6 +413,27 @@ static const TYPE *FN(masked_h_rows)(const lstm_variant *var, const int64_t *off
     return hm;
 }
 
+/* Whether a backward on several threads splits each step's rows between them (1), every
+ * thread doing all hidden units of its rows, instead of the hidden units (0). Split by
+ * units, each step's dh product reads all 4H gate gradients of every row of the step
+ * after, half of them written by the other thread: 4 B H elements between the cores per
+ * step (the forward's h: B H). Split by rows, none while the row count stays; db is then
+ * summed after the loop in the cells' order (steps last to first, rows in order: the same
+ * bits). Taken as fwd_rows_split: the plain LSTM (no projection, no variant, no bfloat16
+ * products), whose w_hh (and w_ih, for dx in the steps) fit in 3/4 of the L2, and whose
+ * row tiles per thread are as full as the whole batch's. */
+static int FN(bwd_rows_split)(int64_t B, int64_t I, int64_t H, int want_dx, int nt)
+{
+    if (nt < 2 || B < 2 * nt)
+        return 0;
+    int64_t K = H + (want_dx && FN(bwd_dx_in_steps)(B, I, H, 0) ? I : 0);
+    if (K * 4 * H * (int64_t)sizeof(TYPE) > lstm_cpu()->l2 / 4 * 3)
+        return 0;
+    int64_t m = (B + nt - 1) / nt;
+    int64_t tr = (m + BR - 1) / BR * BR, tb = (B + BR - 1) / BR * BR;
+    return m * tb >= B * tr - tr * tb / 20;
+}
+
 KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 {
     const FN(bwd_ctx) *ctx = (const FN(bwd_ctx) *)arg;
@@ -421,9 +450,16 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t iblk = (I + V - 1) / V, dx_steps = ctx->dx && FN(bwd_dx_in_steps)(B, I, H, P);
     const TYPE *wih_b = (const TYPE *)(base + ctx->hdr->off_wih_b);
     int64_t x0 = FN(split)(iblk, tid, num_threads), x1 = FN(split)(iblk, tid + 1, num_threads);
+    if (ctx->rows) {   /* every unit, this thread's rows of each step (x0..x1: the dx
+                        * after the loop, still split by columns) */
+        j0 = q0 = 0;
+        j1 = nblk;
+        q1 = rblk;
+    }
     const int64_t s = (int64_t)sizeof(TYPE);
     const FN(step_plan) sp = FN(step_plan_for)(
-        ((P ? q1 - q0 : j1 - j0) + (dx_steps ? x1 - x0 : 0)) * G * V * s, BNB * V * s);
+        ((P ? q1 - q0 : j1 - j0) + (dx_steps ? (ctx->rows ? iblk : x1 - x0) : 0)) * G * V * s,
+        BNB * V * s);
     /* bfloat16 training with bf16 products (bf16_backward.template.c: AMX tiles or
      * vdpbf16ps, lstm.c bf16_path_for): this thread's pair blocks */
     const uint32_t *bf_whh = NULL;
@@ -456,10 +492,12 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
      * blocks. db sums dgates as the cells write them (steps last to first, rows
      * in order), not in a pass over dgates after the loop (3% of the backward
      * at (32,64,256,256)). */
+    const int64_t b0 = ctx->rows ? FN(split)(B, tid, num_threads) : 0;
+    const int64_t b1 = ctx->rows ? FN(split)(B, tid + 1, num_threads) : B;
     for (int64_t j = j0; j < j1; j++) {
         int64_t off = j * V;
         int cnt = H - off < V ? (int)(H - off) : V;
-        for (int64_t r = 0; r < B; r++)
+        for (int64_t r = b0; r < b1; r++)
             vstore_n(ctx->dc0 + r * H + off, vload_n(ctx->dc_n + r * H + off, cnt), cnt);
         for (int q = 0; q < 4; q++)
             vstore_n(ctx->db + q * H + off, (vec){0}, cnt);
@@ -475,12 +513,25 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     gm.bpacked = (const TYPE *)(base + ctx->hdr->off_whr);
     gm.c = ctx->dm;
     gm.ldc = H;
+    if (ctx->rows)   /* the last step's rows may be another thread's than B's split */
+        lstm_barrier_wait(bar, num_threads);
     for (int64_t t = T - 1; t >= 0; t--) {
         int64_t n = offs[t + 1] - offs[t];
         if (n == 0)
             continue;
         if (!P) {
-            FN(bwd_step)(ctx, t, j0, j1, &sp, bf_whh, bf_rows, amx);
+            if (ctx->rows) {
+                int64_t ra = FN(split)(n, tid, num_threads), rb = FN(split)(n, tid + 1, num_threads);
+                FN(bwd_step)(ctx, t, j0, j1, &sp, NULL, NULL, 0, ra, rb);
+                int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
+                int64_t da = FN(split)(nn, tid, num_threads), db_ = FN(split)(nn, tid + 1, num_threads);
+                if (dx_steps && db_ > da)   /* dx of step t+1: this thread's rows of it */
+                    FN(bwd_rows)(H, I, wih_b, 0, iblk, ctx->dgates + (offs[t + 1] + da) * ldg, ldg,
+                                 db_ - da, NULL, NULL, ctx->dx + (offs[t + 1] + da) * I, &sp);
+                lstm_barrier_wait(bar, num_threads);
+                continue;
+            }
+            FN(bwd_step)(ctx, t, j0, j1, &sp, bf_whh, bf_rows, amx, 0, n);
 #if BWD_BF16
             if (bf_whh && dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])
                 FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, offs[t + 2] - offs[t + 1],
@@ -520,7 +571,26 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, n0, ctx->dx, &sp, amx);
     } else
 #endif
-    {
+    if (ctx->rows) {   /* dh0 and dx of step 0: this thread's rows; db in the cells' order */
+        int64_t n0 = T ? offs[1] : 0;
+        FN(bwd_dh)(ctx, q0, q1, ctx->dgates, n0, b0, b1, NULL, ctx->dh0, &sp);
+        int64_t da = FN(split)(n0, tid, num_threads), db_ = FN(split)(n0, tid + 1, num_threads);
+        if (dx_steps && db_ > da)
+            FN(bwd_rows)(H, I, wih_b, 0, iblk, ctx->dgates + da * ldg, ldg, db_ - da, NULL, NULL,
+                         ctx->dx + da * I, &sp);
+        int64_t c0 = FN(split)(nblk, tid, num_threads), c1 = FN(split)(nblk, tid + 1, num_threads);
+        for (int64_t j = c0; j < c1; j++) {
+            int64_t off = j * V;
+            int cnt = H - off < V ? (int)(H - off) : V;
+            vec acc[4] = {{0}, {0}, {0}, {0}};
+            for (int64_t t = T - 1; t >= 0; t--)
+                for (int64_t r = offs[t]; r < offs[t + 1]; r++)
+                    for (int q = 0; q < 4; q++)
+                        acc[q] = acc[q] + vload_n(ctx->dgates + r * ldg + q * H + off, cnt);
+            for (int q = 0; q < 4; q++)
+                vstore_n(ctx->db + q * H + off, acc[q], cnt);
+        }
+    } else {
         FN(bwd_dh)(ctx, q0, q1, ctx->dgates, T ? offs[1] : 0, 0, B, ctx->dhz, ctx->dh0, &sp);
         if (dx_steps && T && offs[1])
             FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, offs[1], NULL, NULL, ctx->dx,
@@ -705,9 +775,10 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     }
     FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
-                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL, 0, NULL,
-                       NULL};
+                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL, 0, 0,
+                       NULL, NULL};
     ctx.pf_dg = num_threads > 1;
+    ctx.rows = !P && !var && FN(bwd_rows_split)(B, I, H, ctx.dx != NULL, num_threads);
     if (var && var->bf16_gates) {   /* bfloat16 training's saved bf16 bits */
         ctx.g16 = var->bf16_gates;
         ctx.c16 = var->bf16_c;

@@ -424,7 +424,8 @@ INLINE void FN(bwd_cell_plain)(const FN(bwd_cell_args) *a, int mr, int nb, int64
             for (int q = 0; q < 4; q++) {
                 vstore_n(dgr + q * H, sizeof(TYPE) == 4 && a->bf16 ? FN(vround_bf16)(dgv[q])
                                                                     : dgv[q], n);
-                vstore_n(a->db + q * H + off, vload_n(a->db + q * H + off, n) + dgv[q], n);
+                if (a->db)   /* NULL: summed after the loop (bwd_job, rows split) */
+                    vstore_n(a->db + q * H + off, vload_n(a->db + q * H + off, n) + dgv[q], n);
             }
             vstore_n(a->dc + ro, dcv * f, n);
             if (a->m)

@@ -67,6 +67,23 @@ def test_threads_bitwise_identical_at_every_level(level, dtype, shape):
         assert same_bits(got[0], one[0]) and same_bits(got[1], one[1]), n
 
 
+# 2+ threads split each step's rows instead of the hidden units where the pack fits the L2
+# and a thread's row tiles are as full as the whole batch's (lstm.template.c fwd_rows_split,
+# backward.template.c bwd_rows_split; the plain LSTM): with variable lengths the split moves
+# between steps, so rows pass from one thread to the other; dx in the steps (B >= 32) and
+# after the loop; db summed after the loop in the cells' order.
+@pytest.mark.parametrize("case", [(7, 24, 20, 40, 0, [7] * 10 + [5] * 7 + [3] * 4 + [1] * 3),
+                                  (9, 33, 40, 24, 0, [9] * 20 + [4] * 12 + [1]),
+                                  (5, 32, 16, 23, 0, None), (4, 12, 9, 70, 0, None)],
+                         ids=["lengths", "lengths-dx-in-steps", "B32", "B12"])
+def test_threads_splitting_rows_bitwise_identical_at_every_level(level, dtype, case):
+    p = contract_problem(*case, dtype=dtype, seed=13)
+    one = run_contract(ck, p, 1)
+    for n in (2, 3):
+        got = run_contract(ck, p, n)
+        assert same_bits(got[0], one[0]) and same_bits(got[1], one[1]), n
+
+
 # dx's three routes: in the steps (B >= 32, or B >= MR with w_ih and w_hh in half the L2),
 # the steps' tiles over all rows after the loop, the GEMM (w_ih and w_hh beyond the L2)
 @pytest.mark.parametrize("shape", [(4, 33, 40, 24), (3, 5, 40, 24), (3, 13, 40, 24),
