@@ -28,7 +28,7 @@
  *   (bwd_cell), and, where bwd_dx_in_steps says so, dx of step t+1 =
  *   dgates_{t+1}.w_ih as the same kind of tile (bwd_rows); [dw_ih | dw_hh] (one
  *   product over [x | h_prev]), and otherwise dx, are whole-sequence GEMMs after
- *   the loop; db is summed by the cells.
+ *   the loop; db is summed by the cells (or after the loop, when the rows are split).
  * Lengths: one code path for padded and variable-length batches: the kernels
  *   see packed step-major rows and per-step row offsets (offs[t] =
  *   sum(batch_sizes[:t]); NULL sizes = B per step); sizes never increase, so
@@ -38,8 +38,10 @@
  *   y_t = m.w_hr^T is a GEMM per step (a second barrier); backward, dh (P wide)
  *   per step, dm = dh.w_hr as a GEMM, then the cell; dw_hr = dh_all^T.m_all
  *   after the loop. Not fused into the step tiles: their widths differ (P vs H).
- * Threads: hidden blocks for the steps (a barrier per step), output tiles for
- *   the GEMMs. Each output element is computed by the same operations whatever
+ * Threads: hidden blocks for the steps (a barrier per step), or, for the plain LSTM
+ *   whose pack fits the L2, each step's rows (fwd_rows_split, bwd_rows_split: nothing
+ *   crosses between the cores within a step); output tiles for the GEMMs. Each output
+ *   element is computed by the same operations whatever
  *   the thread count or tiling (one cell function, FP contraction off, explicit
  *   FMAs), so results are bitwise identical for any thread count, and a
  *   sequence run in chunks gives the bits of one call: every rule that changes
