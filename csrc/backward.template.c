@@ -22,7 +22,7 @@ typedef struct {
     const lstm_variant *var;   /* the variants, or NULL (plain) */
     TYPE *dpeep;        /* [3,H] peephole gradients (with var->peephole) */
     TYPE *dhz;          /* [B,H] zoneout: the gradient carried to h_{t-1}, or NULL */
-    int pf_dg;          /* prefetch dgates[t+1] at the start of step t (more than one thread) */
+    int pf_dg;          /* prefetch dgates[t+1] at the start of step t (threads split units) */
     int rows;           /* the threads split each step's rows (bwd_rows_split) */
     const uint16_t *g16, *c16;   /* bfloat16 training: the saved gates and c as bf16 bits
                                     (var->bf16_gates, bf16_c; gates, c unused), or NULL */
@@ -324,7 +324,7 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     }
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
-    if (dg_next && ctx->pf_dg && !ctx->rows)   /* the other threads' columns of dgates[t+1] */
+    if (dg_next && ctx->pf_dg)   /* the other threads' columns of dgates[t+1] */
         for (int64_t r = 0; r < nn; r++)
             for (int64_t b = 0; b < G * (int64_t)sizeof(TYPE); b += 64)
                 __builtin_prefetch((const char *)(dg_next + r * ldg) + b, 0, 2);
@@ -424,14 +424,8 @@ static const TYPE *FN(masked_h_rows)(const lstm_variant *var, const int64_t *off
  * row tiles per thread are as full as the whole batch's. */
 static int FN(bwd_rows_split)(int64_t B, int64_t I, int64_t H, int want_dx, int nt)
 {
-    if (nt < 2 || B < 2 * nt)
-        return 0;
     int64_t K = H + (want_dx && FN(bwd_dx_in_steps)(B, I, H, 0) ? I : 0);
-    if (K * 4 * H * (int64_t)sizeof(TYPE) > lstm_cpu()->l2 / 4 * 3)
-        return 0;
-    int64_t m = (B + nt - 1) / nt;
-    int64_t tr = (m + BR - 1) / BR * BR, tb = (B + BR - 1) / BR * BR;
-    return m * tb >= B * tr - tr * tb / 20;
+    return FN(rows_split_ok)(B, K, H, BR, nt);
 }
 
 KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
@@ -524,10 +518,10 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
                 int64_t ra = FN(split)(n, tid, num_threads), rb = FN(split)(n, tid + 1, num_threads);
                 FN(bwd_step)(ctx, t, j0, j1, &sp, NULL, NULL, 0, ra, rb);
                 int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
-                int64_t da = FN(split)(nn, tid, num_threads), db_ = FN(split)(nn, tid + 1, num_threads);
-                if (dx_steps && db_ > da)   /* dx of step t+1: this thread's rows of it */
-                    FN(bwd_rows)(H, I, wih_b, 0, iblk, ctx->dgates + (offs[t + 1] + da) * ldg, ldg,
-                                 db_ - da, NULL, NULL, ctx->dx + (offs[t + 1] + da) * I, &sp);
+                int64_t d0 = FN(split)(nn, tid, num_threads), d1 = FN(split)(nn, tid + 1, num_threads);
+                if (dx_steps && d1 > d0)   /* dx of step t+1: this thread's rows of it */
+                    FN(bwd_rows)(H, I, wih_b, 0, iblk, ctx->dgates + (offs[t + 1] + d0) * ldg, ldg,
+                                 d1 - d0, NULL, NULL, ctx->dx + (offs[t + 1] + d0) * I, &sp);
                 lstm_barrier_wait(bar, num_threads);
                 continue;
             }
@@ -574,10 +568,10 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     if (ctx->rows) {   /* dh0 and dx of step 0: this thread's rows; db in the cells' order */
         int64_t n0 = T ? offs[1] : 0;
         FN(bwd_dh)(ctx, q0, q1, ctx->dgates, n0, b0, b1, NULL, ctx->dh0, &sp);
-        int64_t da = FN(split)(n0, tid, num_threads), db_ = FN(split)(n0, tid + 1, num_threads);
-        if (dx_steps && db_ > da)
-            FN(bwd_rows)(H, I, wih_b, 0, iblk, ctx->dgates + da * ldg, ldg, db_ - da, NULL, NULL,
-                         ctx->dx + da * I, &sp);
+        int64_t d0 = FN(split)(n0, tid, num_threads), d1 = FN(split)(n0, tid + 1, num_threads);
+        if (dx_steps && d1 > d0)
+            FN(bwd_rows)(H, I, wih_b, 0, iblk, ctx->dgates + d0 * ldg, ldg, d1 - d0, NULL, NULL,
+                         ctx->dx + d0 * I, &sp);
         int64_t c0 = FN(split)(nblk, tid, num_threads), c1 = FN(split)(nblk, tid + 1, num_threads);
         for (int64_t j = c0; j < c1; j++) {
             int64_t off = j * V;
@@ -777,8 +771,8 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
                        (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL, 0, 0,
                        NULL, NULL};
-    ctx.pf_dg = num_threads > 1;
     ctx.rows = !P && !var && FN(bwd_rows_split)(B, I, H, ctx.dx != NULL, num_threads);
+    ctx.pf_dg = num_threads > 1 && !ctx.rows;   /* split by rows, dgates[t+1] is this thread's */
     if (var && var->bf16_gates) {   /* bfloat16 training's saved bf16 bits */
         ctx.g16 = var->bf16_gates;
         ctx.c16 = var->bf16_c;

@@ -442,16 +442,22 @@ static void FN(last_rows)(const int64_t *offs, int64_t T, int64_t B, int64_t W,
  * Measured (Intel Xeon family 6 model 167, f32, 2 threads, forward with saving): see
  * fwd_job. Every row's sums are the same either way (a row's products and cell do not
  * depend on the other rows): the same bits for any thread count. */
+/* The rule both directions share: nt >= 2 threads, B >= 2 nt rows, K x 4H weights in 3/4
+ * of the L2, and tiles of `tile` rows at least as full for a thread's rows as for all B
+ * (m / tr >= B / tb - 0.05). */
+static int FN(rows_split_ok)(int64_t B, int64_t K, int64_t H, int tile, int nt)
+{
+    if (nt < 2 || B < 2 * nt || K * 4 * H * (int64_t)sizeof(TYPE) > lstm_cpu()->l2 / 4 * 3)
+        return 0;
+    int64_t m = (B + nt - 1) / nt;   /* a thread's rows, at most */
+    int64_t tr = (m + tile - 1) / tile * tile, tb = (B + tile - 1) / tile * tile;
+    return m * tb >= B * tr - tr * tb / 20;
+}
+
 static int FN(fwd_rows_split)(int64_t B, int64_t R, int64_t H, int64_t P, int64_t XF,
                               const lstm_variant *var, int nt)
 {
-    if (nt < 2 || P || var || B < 2 * nt)
-        return 0;
-    if ((XF + R) * 4 * H * (int64_t)sizeof(TYPE) > lstm_cpu()->l2 / 4 * 3)
-        return 0;
-    int64_t m = (B + nt - 1) / nt;   /* a thread's rows, at most */
-    int64_t tr = (m + FR - 1) / FR * FR, tb = (B + FR - 1) / FR * FR;
-    return m * tb >= B * tr - tr * tb / 20;   /* m / tr >= B / tb - 0.05 */
+    return !P && !var && FN(rows_split_ok)(B, XF + R, H, FR, nt);
 }
 
 KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)

@@ -567,6 +567,25 @@ def _gate_grads_t1(p, g, gates, c):
     return np.abs(ref.round_bf16(da.astype(np.float32))).astype(np.float64)
 
 
+def _assert_products_within_twice_the_bound(p, g, gates, c, one, other):
+    """Two T = 1 backwards (the same saved values, so the same r(da)) whose products are
+    summed in different orders: dx and dh0 (K = 4H) and dw_ih and dw_hh (K = N rows, in
+    pairs) each within twice gamma_K S + K 2^-126 of each other."""
+    H, N = p["h0"].shape[1], p["h0"].shape[0]
+    K = 4 * H
+    da = _gate_grads_t1(p, g, gates, c)
+    for k, w in ((0, p["w_ih"]), (4, p["w_hh"])):
+        S = da @ np.abs(ref.round_bf16(w)).astype(np.float64)
+        bound = 2 * (K * 2.0 ** -24 * S + K * 2.0 ** -126)
+        diff = np.abs(one[k].reshape(S.shape).astype(np.float64) - other[k].reshape(S.shape))
+        assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
+    for k, b in ((1, p["x"][0]), (2, p["h0"])):
+        S = da.T @ np.abs(ref.round_bf16(b)).astype(np.float64)
+        bound = 2 * (N * 2.0 ** -24 * S + N * 2.0 ** -126)
+        diff = np.abs(one[k].astype(np.float64) - other[k])
+        assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
+
+
 @pytest.mark.parametrize("shape", [(1, 40, 24, 32), (1, 33, 17, 21), (1, 3, 5, 4),
                                    (1, 1, 1, 1), (1, 7, 19, 5), (5, 3, 4, 6), (3, 34, 9, 21),
                                    (9, 40, 16, 48), (4, 1, 3, 2)])
@@ -594,21 +613,7 @@ def test_c_backward_with_vdpbf16ps_within_the_bound(shape):
         ck.set_bf16_native(None)
         ck.set_simd_level(before)
     if shape[0] == 1:   # T = 1: the same r(da) both ways; dx and dh0 are single products
-        H = shape[3]
-        K = 4 * H
-        da = _gate_grads_t1(p, g, gates, c)
-        for k, w in ((0, p["w_ih"]), (4, p["w_hh"])):
-            S = da @ np.abs(ref.round_bf16(w)).astype(np.float64)
-            bound = 2 * (K * 2.0 ** -24 * S + K * 2.0 ** -126)
-            diff = np.abs(got[True][k].reshape(S.shape).astype(np.float64) -
-                          got[False][k].reshape(S.shape))
-            assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
-        N = shape[1]   # dw_ih, dw_hh: sums over the N rows (pairs of rows)
-        for k, b in ((1, p["x"][0]), (2, p["h0"])):
-            S = da.T @ np.abs(ref.round_bf16(b)).astype(np.float64)
-            bound = 2 * (N * 2.0 ** -24 * S + N * 2.0 ** -126)
-            diff = np.abs(got[True][k].astype(np.float64) - got[False][k])
-            assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
+        _assert_products_within_twice_the_bound(p, g, gates, c, got[True], got[False])
 
 
 # --- the C backward's products on AMX tiles (tdpbf16ps) ---------------------------------
@@ -652,21 +657,7 @@ def test_c_backward_on_amx_within_the_bound(shape):
     errs = _rel_err(got[True][:6], want)
     assert max(errs) <= (C_EXACT if shape[0] <= 5 else MOVED), dict(zip(NAMES, errs))
     if shape[0] == 1:   # T = 1: the same r(da) both ways: within twice the bound
-        H = shape[3]
-        K = 4 * H
-        da = _gate_grads_t1(p, g, gates, c)
-        for k, w in ((0, p["w_ih"]), (4, p["w_hh"])):
-            S = da @ np.abs(ref.round_bf16(w)).astype(np.float64)
-            bound = 2 * (K * 2.0 ** -24 * S + K * 2.0 ** -126)
-            diff = np.abs(got[True][k].reshape(S.shape).astype(np.float64) -
-                          got[False][k].reshape(S.shape))
-            assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
-        N = shape[1]
-        for k, b in ((1, p["x"][0]), (2, p["h0"])):
-            S = da.T @ np.abs(ref.round_bf16(b)).astype(np.float64)
-            bound = 2 * (N * 2.0 ** -24 * S + N * 2.0 ** -126)
-            diff = np.abs(got[True][k].astype(np.float64) - got[False][k])
-            assert (diff <= bound).all(), (NAMES[k], float((diff / bound).max()))
+        _assert_products_within_twice_the_bound(p, g, gates, c, got[True], got[False])
 
 
 def test_c_backward_on_amx_ignores_stale_scratch():
