@@ -15,7 +15,8 @@
  *   row's cell (ln_row_stats2, ln_cell_gates, ln_row_stats, ln_cell_out, each over the step's rows; threads split the rows): both products' LNs (the input's there
  *   too, while its row is in cache: a pass over all rows before the loop cost a write and
  *   a read of [N,4H] more), the gates, c_t, c_t's LN, h_t. Saved for backward, as Numba's (the contract is one): the gates, c and
- *   stats [N, 6 + 8H] (means, rstds, then the normalized products zhat_x, zhat_h); with
+ *   stats [N, LSTM_LN_STATS_COLS(H)] (means, rstds, then the normalized products zhat_x,
+ *   zhat_h from columns LSTM_LN_ZHAT, LSTM_LN_ZHAT_H(H): lstm.h); with
  *   nothing saved stats is [N, 6] and c the running state in c_n.
  * Backward step: dh = dz_h[t+1].w_hh (* rdrop) + dy (bwd_dh of the plain backward:
  *   its tiles on the packed w_hh, threads splitting output blocks); after a barrier the
@@ -155,7 +156,7 @@ INLINE void FN(ln_row_stats2)(const TYPE *za, const TYPE *zb, int64_t n, TYPE *s
 /* One row of a forward step (the parts below together): gx (4H) holds x.w_ih^T and receives the activated gates
  * (its statistics into st[0:2]); zh (4H) the recurrent product, its statistics into
  * st[2:4]; hz: stats' zhat_h (training: both normalized products go to stats, zhat_x at
- * st[6:6+4H]), or zh itself (inference: neither is kept); cp c_{t-1} (may be ct: the
+ * st[LSTM_LN_ZHAT:]), or zh itself (inference: neither is kept); cp c_{t-1} (may be ct: the
  * running state), ct c_t, its statistics into st[4:6]; ht = o * tanh(LN(c_t)), then with
  * zoneout (zm, hprev rows) (ht - hprev)*zm + hprev. */
 /* The cell is split in four parts (ln_fwd_job runs each over all of the step's rows
@@ -183,7 +184,7 @@ KERNEL void FN(ln_cell_gates)(TYPE *gx, const TYPE *zh, TYPE *hz, const TYPE *cp
             vstore_n(hz + H + u, nf, k);
             vstore_n(hz + 2 * H + u, ng, k);
             vstore_n(hz + 3 * H + u, no, k);
-            TYPE *xh = st + 6;
+            TYPE *xh = st + LSTM_LN_ZHAT;
             vstore_n(xh + u, xi, k);
             vstore_n(xh + H + u, xf, k);
             vstore_n(xh + 2 * H + u, xg, k);
@@ -345,7 +346,7 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             } else {
                 cp = ct = ctx->c_n + r * H;
             }
-            FN(ln_cell_gates)(ctx->gates + q * G, zr, S > 6 ? st + 6 + G : zr, cp, ct, st, ln,
+            FN(ln_cell_gates)(ctx->gates + q * G, zr, S > 6 ? st + LSTM_LN_ZHAT_H(H) : zr, cp, ct, st, ln,
                               bias, H, peep, clip, cell_clip);
         }
         for (int64_t r = r0; r < r1; r++) {
@@ -389,8 +390,8 @@ static int FN(ln_forward)(int64_t T, int64_t B, int64_t I, int64_t H,
 {
     int save = gates != NULL;
     int64_t S = var->ln_stats_cols;
-    if (!var->ln_stats || !var->ln_ws || var->cifg || (S != 6 && S != 6 + 8 * H) ||
-        (save && S != 6 + 8 * H))
+    if (!var->ln_stats || !var->ln_ws || var->cifg || (S != 6 && S != LSTM_LN_STATS_COLS(H)) ||
+        (save && S != LSTM_LN_STATS_COLS(H)))
         return LSTM_ERR_ARG;
     unsigned char *wsb = FN(align_ptr)(workspace);
     int64_t *offs = (int64_t *)wsb;
@@ -530,7 +531,6 @@ KERNEL void FN(ln_param_sums)(int64_t n, int64_t u0, int64_t u1, int64_t H, cons
     /* a[q] sums acc's row at H * at[q]: q = gate g of dg_ih (g), dg_hh (4 + g), db (8 + g),
      * then dg_c (12), db_c (13), dpeep (14..16) */
     static const int at[17] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 8, 9, 14, 15, 16};
-    const int64_t G = 4 * H;
     for (int64_t u = u0; u < u1; u += V) {
         int k = u1 - u < V ? (int)(u1 - u) : V;
         vec a[17];
@@ -539,7 +539,7 @@ KERNEL void FN(ln_param_sums)(int64_t n, int64_t u0, int64_t u1, int64_t H, cons
             a[q] = vload_n(acc + at[q] * H + u, k);
         for (int64_t r = 0; r < n; r++) {
             const TYPE *dg = rb + r * LN_RB * H + 2 * H, *dn = rb + r * LN_RB * H + 6 * H;
-            const TYPE *sr = st + r * S, *xh = sr + 6, *hh = sr + 6 + G;
+            const TYPE *sr = st + r * S, *xh = sr + LSTM_LN_ZHAT, *hh = sr + LSTM_LN_ZHAT_H(H);
 #pragma GCC unroll 4
             for (int g = 0; g < 4; g++) {
                 vec d = vload_n(dg + g * H + u, k);
@@ -565,7 +565,7 @@ KERNEL void FN(ln_param_sums)(int64_t n, int64_t u0, int64_t u1, int64_t H, cons
 
 typedef struct {
     FN(bwd_ctx) b;      /* the plain backward's context (bwd_dh reads it); dgates = dz_h */
-    const TYPE *stats;  /* [N, 6 + 8H] */
+    const TYPE *stats;  /* [N, LSTM_LN_STATS_COLS(H)] */
     TYPE *dzx;          /* [N][ldg] */
     TYPE *dhs;          /* [B,H] dh of the step */
     TYPE *acc;          /* [17H] */
@@ -579,7 +579,7 @@ KERNEL void FN(ln_bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
     const FN(bwd_ctx) *ctx = &lc->b;
     const lstm_variant *var = ctx->var;
     int64_t T = ctx->T, B = ctx->B, I = ctx->I, H = ctx->H, G = 4 * H, ldg = ctx->ldg;
-    int64_t S = 6 + 8 * H;
+    int64_t S = LSTM_LN_STATS_COLS(H);
     const int64_t *offs = ctx->offs;
     int64_t N = offs[T];
     const unsigned char *base = (const unsigned char *)ctx->hdr;
@@ -639,7 +639,7 @@ KERNEL void FN(ln_bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             const TYPE *cp = t ? ctx->c + (offs[t - 1] + r) * H : ctx->c0 + r * H;
             const TYPE *st = lc->stats + q * S;
             FN(ln_cell_grad)(dh, ctx->gates + q * G, ctx->c + q * H, cp, ctx->dc0 + r * H,
-                             dzh + q * ldg, dzx + q * ldg, st + 6, st + 6 + G, st, ln, bias,
+                             dzh + q * ldg, dzx + q * ldg, st + LSTM_LN_ZHAT, st + LSTM_LN_ZHAT_H(H), st, ln, bias,
                              rb + r * LN_RB * H, H, peep, clip, cell_clip);
         }
         lstm_barrier_wait(bar, num_threads);
@@ -722,7 +722,7 @@ static int FN(ln_backward)(int64_t T, int64_t B, int64_t I, int64_t H,
                            TYPE *dpeep)
 {
     if (!var->ln_stats || !var->ln_ws || !var->ln_grad || var->cifg ||
-        var->ln_stats_cols != 6 + 8 * H || (var->peephole && !dpeep) ||
+        var->ln_stats_cols != LSTM_LN_STATS_COLS(H) || (var->peephole && !dpeep) ||
         ((var->rdrop || var->zoneout) && !var->var_ws))
         return LSTM_ERR_ARG;
     unsigned char *wsb = FN(align_ptr)(workspace);

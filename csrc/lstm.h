@@ -173,6 +173,15 @@ int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, con
                       double *dw_ih, double *dw_hh, double *db, double *dh0, double *dc0,
                       double *dw_hr, void *workspace, int num_threads);
 
+/* The layer norm's saved columns (lstm_variant.ln_stats): zhat_x from column LSTM_LN_ZHAT,
+ * zhat_h from LSTM_LN_ZHAT_H(H) (4H rounded up to 16 columns after it), LSTM_LN_STATS_COLS(H)
+ * columns in all: each part of a row starts on a 64-byte line when the row does (float32 and
+ * float64; a multiple of 16 columns), so the kernel's vector loads of it never straddle two
+ * lines. */
+#define LSTM_LN_ZHAT 16
+#define LSTM_LN_ZHAT_H(H) (LSTM_LN_ZHAT + (4 * (H) + 15) / 16 * 16)
+#define LSTM_LN_STATS_COLS(H) (LSTM_LN_ZHAT + 2 * ((4 * (H) + 15) / 16 * 16))
+
 /* ---- LSTM variants (issue 15) ---------------------------------------------
  * lstm_forward_ex_X / lstm_backward_ex_X are lstm_forward_X / lstm_backward_X
  * with variants of the cell, any combination (NULL or all off: the plain LSTM,
@@ -238,10 +247,12 @@ typedef struct {
      * row order: the same bits for any num_threads. Code: lnorm.template.c. */
     const void *layer_norm; /* [10H] g_ih (4H), g_hh (4H), g_c (H), b_c (H), or NULL: off */
     void *ln_stats;         /* [N, ln_stats_cols] the rows' statistics (mean, rstd of the
-                               input product, of the recurrent product, of c_t), then with
-                               6 + 8H columns the normalized products (4H each): written by
-                               the forward, read by the backward (which needs 6 + 8H);
-                               a forward saving nothing may take 6 */
+                               input product, of the recurrent product, of c_t) in columns
+                               0..5, then with LSTM_LN_STATS_COLS(H) columns the normalized
+                               products (4H each) from columns LSTM_LN_ZHAT and
+                               LSTM_LN_ZHAT_H(H) (the padding between is never written):
+                               written by the forward, read by the backward (which needs
+                               LSTM_LN_STATS_COLS(H)); a forward saving nothing may take 6 */
     int64_t ln_stats_cols;
     void *ln_grad;          /* [10H] backward: the gradients of layer_norm, laid out as it */
     void *ln_ws;            /* scratch of lstm_ln_workspace_size_X bytes, any alignment */

@@ -258,7 +258,8 @@ def test_backend_same_bits_for_one_and_two_threads(shape, dtype, backend):
     packed = nb.pack(a["w_ih"], a["w_hh"], a["b_ih"] + a["b_hh"], variant=v)
     res = []
     for nt in (1, 2):
-        st = np.empty((x.shape[0], backends.ln_stats_width(H)), dtype)
+        # NaN in the padding columns, which no backend writes (ln_zhat_columns)
+        st = np.full((x.shape[0], backends.ln_stats_width(H)), np.nan, dtype)
         y, h_n, c_n, gates, c = nb.forward(packed, x, a["h0"], a["c0"], nt, bs, rdrop=rd,
                                            zoneout=zmp, stats=st)
         dp, dln = np.empty((3, H), dtype), np.empty(10 * H, dtype)
@@ -552,7 +553,8 @@ def test_saved_statistics(ragged):
         zmp = np.concatenate([zm[t, :n] for t, n in enumerate(bs)])
     N = x.shape[0] if ragged else T * B
     S = backends.ln_stats_width(H)
-    assert S == 6 + 8 * H
+    zx, zh = backends.ln_zhat_columns(H)
+    assert (zx, zh, S) == (16, 16 + 32, 16 + 2 * 32)   # H = 6: 4H = 24 columns, padded to 32
     stats = np.full((N, S) if ragged else (T, B, S), np.nan)
     y, _, _, _, c = ref.forward(packed, x, a["h0"], a["c0"], 1, bs, rdrop=rd, zoneout=zmp,
                                 stats=stats)
@@ -569,10 +571,13 @@ def test_saved_statistics(ragged):
         mean, rstd = z.mean(axis=1), 1 / np.sqrt(z.var(axis=1) + 1e-5)
         np.testing.assert_allclose(st[:, 2 * k], mean, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(st[:, 2 * k + 1], rstd, rtol=1e-12)
-        if k < 2:   # zhat_x, zhat_h (4H each) after the six statistics
-            zhat = st[:, 6 + 4 * H * k:6 + 4 * H * (k + 1)]
+        if k < 2:   # zhat_x, zhat_h (4H each) from the columns ln_zhat_columns
+            zhat = st[:, (zx, zh)[k]:(zx, zh)[k] + 4 * H]
             np.testing.assert_allclose(zhat, (z - mean[:, None]) * rstd[:, None], rtol=1e-10,
                                        atol=1e-12)
+    # the padding columns are never written
+    assert np.isnan(st[:, 6:zx]).all() and np.isnan(st[:, zx + 4 * H:zh]).all()
+    assert np.isnan(st[:, zh + 4 * H:]).all()
     assert ref.LN_EPS == 1e-5 and ref.LN_STATS[5] == "rstd_c"
 
 

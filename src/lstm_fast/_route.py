@@ -191,7 +191,7 @@ def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, o
         xin = np.ascontiguousarray(x[::-1]) if reverse else x
         if zoneout is not None and reverse:
             zoneout = np.ascontiguousarray(zoneout[::-1])
-        stats = np.empty((xin.shape[0], xin.shape[1], S), xin.dtype) if save else None
+        stats = _validation.empty_lines((xin.shape[0], xin.shape[1], S), xin.dtype) if save else None
         y, h_n, c_n, gates, c = impl.forward(packed, xin, h0, c0, num_threads, None, save,
                                              None if out is None else (None,) + out,
                                              rdrop=rdrop, zoneout=zoneout, stats=stats)
@@ -200,7 +200,7 @@ def _run_forward_ln(impl, packed, x, h0, c0, num_threads, plan, reverse, save, o
             y = y[::-1]
     else:
         xin, h0s, c0s, rdrop, zoneout = _by_length(plan, reverse, x, h0, c0, rdrop, zoneout)
-        stats = np.empty((plan.N, S), xin.dtype) if save else None
+        stats = _validation.empty_lines((plan.N, S), xin.dtype) if save else None
         y, hs, cs, gates, c = impl.forward(packed, xin, h0s, c0s, num_threads, plan.batch_sizes,
                                            save, rdrop=rdrop, zoneout=zoneout, stats=stats)
         h_n, c_n = _in_caller_order(plan, h0, c0, hs, cs, out)

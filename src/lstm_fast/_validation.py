@@ -16,6 +16,8 @@ import numbers
 import os
 import sys
 
+import math
+
 import numpy as np
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -338,7 +340,7 @@ def empty_lines(shape, dtype):
     small arrays 16-byte alignment, and a line holding both threads' columns would go back
     and forth between the cores (as db did: the binding's own arrays start on a line)."""
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape)) * dtype.itemsize
+    n = (shape if isinstance(shape, int) else math.prod(shape)) * dtype.itemsize
     raw = np.empty(n + 64, np.uint8)
     off = -raw.__array_interface__["data"][0] % 64
     return raw[off:off + n].view(dtype).reshape(shape)

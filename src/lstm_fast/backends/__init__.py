@@ -47,7 +47,7 @@ below, ``batch_sizes`` valid), and ``num_threads`` is already resolved (>= 1, se
         every step (rows in the order of h0: with batch_sizes, the sorted sequences), or
         None; the matching backward takes the same mask. With ``packed.variant.layer_norm``
         (every backend) the caller passes ``stats``, an (N, S) array
-        ((T, B, S) padded, S = ``ln_stats_width(H)`` = 6 + 8H) that receives what the
+        ((T, B, S) padded, S = ``ln_stats_width(H)``, 16 + 8H rounded up) that receives what the
         backward needs of each row's layer norms (mean and rstd of the input product, of
         the recurrent product and of c_t, then the two normalized products: columns in
         reference.LN_STATS and its docstring), or None with save=False; the matching
@@ -243,10 +243,24 @@ def get(name):
     return mod
 
 
+LN_ZHAT = 16   # the first column of zhat_x in ``stats`` (csrc/lstm.h LSTM_LN_ZHAT)
+
+
+def ln_zhat_columns(hidden_size):
+    """(first column of zhat_x, first column of zhat_h) in a layer-normalized LSTM's
+    ``stats``: the 6 statistics padded to 16 columns, then zhat_x (4H), then zhat_h (4H)
+    from the next multiple of 16 columns: every part of a row starts on a 64-byte line
+    when the row does (float32: a vector of the C kernel; float64: two). The padding
+    columns are never written."""
+    return LN_ZHAT, LN_ZHAT + -(-4 * hidden_size // 16) * 16
+
+
 def ln_stats_width(hidden_size):
-    """Columns of a layer-normalized LSTM's ``stats`` (the contract above): 6 statistics,
-    then the normalized input and recurrent products (4H each)."""
-    return 6 + 8 * hidden_size
+    """Columns of a layer-normalized LSTM's ``stats`` (the contract above): the 6
+    statistics, then the normalized input and recurrent products (4H each), each part from
+    a multiple of 16 columns (``ln_zhat_columns``): 16 + 2 ceil(4H / 16) 16 (a multiple of
+    16: rows start on a line when the array does)."""
+    return LN_ZHAT + 2 * (-(-4 * hidden_size // 16) * 16)
 
 
 def as_matrix(state):

@@ -21,6 +21,7 @@ cdef extern from "lstm.h" nogil:
         LSTM_ERR_PACKED
         LSTM_ERR_SIMD
         LSTM_MAX_THREADS
+    int64_t LSTM_LN_STATS_COLS(int64_t H)
     int lstm_set_simd_level(int level)
     int lstm_get_simd_level()
     int lstm_pool_contended()

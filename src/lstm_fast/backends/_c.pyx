@@ -776,7 +776,7 @@ cdef int _forward_call(Packed packed, int64_t T, int64_t B, object bs, cnp.ndarr
             lv = packed._var
             var = &lv
         if stats is None:   # a scratch (what backward needs is then not kept)
-            stats = np.empty((N, 6 + 8 * H if save else 6), packed.dtype)
+            stats = np.empty((N, LSTM_LN_STATS_COLS(H) if save else 6), packed.dtype)
         lv.ln_stats = cnp.PyArray_DATA(<cnp.ndarray>stats)
         lv.ln_stats_cols = cnp.PyArray_DIMS(<cnp.ndarray>stats)[cnp.PyArray_NDIM(<cnp.ndarray>stats) - 1]
         lv.ln_ws = <char *>wp + wsize
@@ -940,7 +940,7 @@ cdef int _backward_call(Packed packed, int64_t T, int64_t B, int64_t N, object b
         if stats is None or dlayer_norm is None:
             _give_ws(packed, ws)
             raise ValueError("stats and dlayer_norm: a layer-normalized backward needs the "
-                             "forward's stats (N, 6 + 8H) and a (10H,) dlayer_norm")
+                             f"forward's stats (N, {LSTM_LN_STATS_COLS(H)}) and a (10H,) dlayer_norm")
         if var != &lv:
             lv = packed._var
             var = &lv

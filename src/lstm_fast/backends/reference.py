@@ -99,9 +99,11 @@ same block swap, ``b = bias`` swapped (our b_ih + b_hh), ``g_c = gamma_h``,
 g_c (H), b_c (H)] (``ln_split``). No projection, no cifg (LN over 3 gates is not defined
 by haste).
 
-What backward needs of the layer norms is saved in ``stats`` (N, 6 + 8H) (padded:
-(T, B, 6 + 8H); ``ln_stats_width``): per row the statistics, columns
-``LN_STATS = (mean_x, rstd_x, mean_h, rstd_h, mean_c, rstd_c)``, then the normalized
+What backward needs of the layer norms is saved in ``stats`` (N, S) (padded: (T, B, S);
+S = ``ln_stats_width(H)``): per row the statistics, columns
+``LN_STATS = (mean_x, rstd_x, mean_h, rstd_h, mean_c, rstd_c)``, then from the columns
+``ln_zhat_columns(H)`` (16, and 16 + 4H rounded up to 16: each part on its own cache
+lines for the C kernel's vector loads; the padding is never written) the normalized
 products ``zhat_x = (x_t @ w_ih.T - mean_x) * rstd_x`` (4H) and ``zhat_h`` (4H, of the
 recurrent product) as the forward computed them: backward recomputes neither product (it
 did until issue 15's training-cost work: two products of the forward's size again) and
@@ -142,7 +144,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import Variant, as_matrix, ln_stats_width
+from . import Variant, as_matrix, ln_stats_width, ln_zhat_columns
 
 GATE_ORDER = ("i", "f", "g", "o")
 
@@ -178,7 +180,7 @@ def lstm_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes=None, w_hr=None, peephole
     """Returns ``(y, h_n, c_n, gates, c)``; see the module docstring for shapes.
 
     ``layer_norm`` (10H,) [g_ih, g_hh, g_c, b_c]: the layer-normalized LSTM (module
-    docstring); ``stats`` then an array (N, 6 + 8H) (padded (T, B, 6 + 8H),
+    docstring); ``stats`` then an array (N, S) (padded (T, B, S), S =
     ``ln_stats_width``) that receives what backward needs (the rows' statistics
     ``LN_STATS``, then the normalized input and recurrent products), or None (not kept).
 
@@ -415,7 +417,8 @@ LN_EPS = 1e-5   # haste lib/layer_norm_forward_gpu.cu.cc: rsqrt(var + 1e-5); F.l
 LN_STATS = ("mean_x", "rstd_x", "mean_h", "rstd_h", "mean_c", "rstd_c")   # columns of stats
 
 
-# ln_stats_width(H): the columns of ``stats``, LN_STATS then zhat_x (4H) then zhat_h (4H)
+# ln_stats_width(H): the columns of ``stats``, LN_STATS then zhat_x (4H) then zhat_h (4H),
+# each from a multiple of 16 columns (ln_zhat_columns)
 
 
 def ln_split(layer_norm):
@@ -456,9 +459,10 @@ def _ln_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, peephole, clip, cell_clip
     g_ih, g_hh, g_c, b_c = ln_split(layer_norm)
     zm = None if zoneout is None else zoneout.reshape(N, H)
     G, S = 4 * H, len(LN_STATS)
+    zx, zh = ln_zhat_columns(H)
     st = np.empty((N, ln_stats_width(H)), x.dtype)
     # the input product and its LN, all steps at once; then the bias
-    gates, st[:, S:S + G], st[:, 0], st[:, 1] = layer_norm_rows(xp @ w_ih.T, g_ih)
+    gates, st[:, zx:zx + G], st[:, 0], st[:, 1] = layer_norm_rows(xp @ w_ih.T, g_ih)
     if b is not None:
         gates += b
     y = np.empty((N, H), x.dtype)
@@ -468,7 +472,7 @@ def _ln_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, peephole, clip, cell_clip
         a = gates[off:off + n]
         h_in = h_state[:n] if rdrop is None else h_state[:n] * rdrop[:n]
         rows = st[off:off + n]
-        a_h, rows[:, S + G:], rows[:, 2], rows[:, 3] = layer_norm_rows(h_in @ w_hh.T, g_hh)
+        a_h, rows[:, zh:zh + G], rows[:, 2], rows[:, 3] = layer_norm_rows(h_in @ w_hh.T, g_hh)
         a += a_h
         c_state[:n] = _variant_cell(a, c_state[:n], H, peephole, clip, cell_clip)
         n_c, _, rows[:, 4], rows[:, 5] = layer_norm_rows(c_state[:n], g_c, b_c)
@@ -478,8 +482,10 @@ def _ln_forward(x, w_ih, w_hh, b, h0, c0, batch_sizes, peephole, clip, cell_clip
         h_state[:n] = h_new
         c[off:off + n] = c_state[:n]
         y[off:off + n] = h_state[:n]
-    if stats is not None:
-        stats.reshape(N, st.shape[1])[...] = st
+    if stats is not None:   # the defined columns (the padding is never written)
+        out = stats.reshape(N, st.shape[1])
+        for a, e in ((0, S), (zx, zx + G), (zh, zh + G)):
+            out[:, a:e] = st[:, a:e]
     if batch_sizes is None:
         T, B = x.shape[:2]
         y, gates, c = y.reshape(T, B, H), gates.reshape(T, B, 4 * H), c.reshape(T, B, H)
@@ -493,12 +499,13 @@ def _ln_backward(x, w_ih, w_hh, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes
     N, H = xp.shape[0], w_ih.shape[0] // 4
     g_ih, g_hh, g_c, b_c = ln_split(layer_norm)
     y, gates, c, dy = (a.reshape(N, a.shape[-1]) for a in (y, gates, c, dy))
-    G, S = 4 * H, len(LN_STATS)
+    G = 4 * H
+    zx, zh = ln_zhat_columns(H)
     st = stats.reshape(N, ln_stats_width(H))
     zm = None if zoneout is None else zoneout.reshape(N, H)
     # the forward's normalized products; h_{t-1} of every row (masked as the recurrent
     # product saw it) for dw_hh
-    xhat, hhat = st[:, S:S + G], st[:, S + G:]
+    xhat, hhat = st[:, zx:zx + G], st[:, zh:zh + G]
     h_prev = np.empty((N, H), x.dtype)
     for t, (off, n) in enumerate(steps):
         if t:

@@ -159,7 +159,7 @@ def forward(packed, x, h0, c0, num_threads, batch_sizes=None, save=True, out=Non
             stats=None):
     """-> (y, h_n, c_n, gates, c); gates and c None with save=False (the contract:
     lstm_fast.backends). out=(y, h_n, c_n), any of them None, receives the outputs.
-    Layer norm: ``stats`` (T, B, 6 + 8H) or (N, 6 + 8H) receives what backward needs (the rows'
+    Layer norm: ``stats`` (T, B, S) or (N, S), S = ``ln_stats_width(H)``, receives what backward needs (the rows'
     statistics and normalized products; ``backends.ln_stats_width``), or None."""
     ln = _ln(packed)
     if ln is not None:

@@ -18,7 +18,7 @@ and the cells are vectors (``simd``; a vector's lanes added by ``vhsum``).
   c_t, c_t's statistics over H, h~_t = o * tanh(LN(c_t)). Statistics are computed in vectors of
   the dtype and stored in ``stats`` (columns ``reference.LN_STATS``) in the dtype; the
   normalization uses the stored values.
-* Saved for backward: the activated gates, c (as the plain LSTM) and ``stats`` (N, 6 + 8H): the
+* Saved for backward: the activated gates, c (as the plain LSTM) and ``stats`` (N, ``backends.ln_stats_width(H)``): the
   rows' means and rstds, then the normalized products zhat_x and zhat_h (4H each), stored by
   the forward as it computes them (``ln_input``, ``ln_cell``), so backward recomputes neither
   product (it did: two products of the forward's size, ~70% of the layer norm's extra training
@@ -46,6 +46,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .. import LN_ZHAT   # stats' first column of zhat_x (backends.ln_zhat_columns)
 from .cell import vclamp
 from .gemm import PAR_MIN, gemm, pack_b, split
 from .lstm import (FR, ROWS_PER_THREAD, bwd_dh_all, check_steps, fwd_tile, fwd_tile1, pack_h_prev,
@@ -55,6 +56,12 @@ from .simd import (JIT, PJIT, ld, lanes, nl, padd, ptr, vabs, vhsum, vload, vloa
 from .simd import st as put
 
 LN_EPS = 1e-5   # reference.LN_EPS (haste: rsqrt(var + 1e-5))
+
+
+@njit(**JIT)
+def zhat_h_col(G):
+    """stats' first column of zhat_h for G = 4H gate columns (backends.ln_zhat_columns)."""
+    return LN_ZHAT + (G + 15) // 16 * 16
 
 
 @njit(**JIT)
@@ -93,7 +100,8 @@ def row_stats(z, n, st, k):
 @njit(**JIT)
 def ln_input(gates, stats, ln, b, r0, r1):
     """Rows r0..r1 of gates (x.w_ih^T) -> LN(.) * g_ih + b, their statistics into stats[:, 0:2]
-    and (stats of 6 + 8H columns: saved for backward) the normalized rows into stats[:, 6:6+4H]."""
+    and (stats of ln_stats_width(H) columns: saved for backward) the normalized rows into
+    stats[:, LN_ZHAT:LN_ZHAT+4H]."""
     G = gates.shape[1]
     S = stats.shape[1]
     V = lanes(gates)
@@ -108,7 +116,7 @@ def ln_input(gates, stats, ln, b, r0, r1):
             k = min(V, G - j)
             zh = (vload_n(z, j, k) - m) * rs
             if S > 6:
-                vstore_n(st, 6 + j, zh, k)
+                vstore_n(st, LN_ZHAT + j, zh, k)
             vstore_n(z, j, zh * vload_n(lp, j, k) + vload_n(bp, j, k), k)
 
 
@@ -218,10 +226,10 @@ def ln_step(r0, r1, H, R, whh_f, hp, cp, gates_t, zh, c_t, h_t, st, ln, var, rec
         ln_rec(r1 - r0, H, R, whh_f, hp[r0:r1], zh[r0:r1], nl(0), (H + lanes(zh) - 1) // lanes(zh))
     peep, has_peep, clip, cell_clip, cifg = var
     G = 4 * H
-    S = st.shape[1]   # 6, or 6 + 8H: zhat_h kept at 6 + 4H
+    S = st.shape[1]   # 6, or ln_stats_width(H): zhat_h kept from column zhat_h_col(G)
     gp, zp, cpp, cp_, hp_, sp, lp, pp = ptr(gates_t), ptr(zh), ptr(cp), ptr(c_t), ptr(h_t), ptr(st), ptr(ln), ptr(peep)
     for r in range(r0, r1):
-        hz = padd(sp, r * S + 6 + G) if S > 6 else padd(zp, r * G)
+        hz = padd(sp, r * S + zhat_h_col(G)) if S > 6 else padd(zp, r * G)
         ln_cell(padd(gp, r * G), padd(zp, r * G), hz, padd(cpp, r * H), padd(cp_, r * H), padd(hp_, r * H),
                 padd(sp, r * S), lp, H, pp, has_peep, clip, cell_clip)
 
@@ -238,7 +246,7 @@ def ln_forward(x, wih_t, whh_f, b, ln, h0, c0, batch_sizes, y, h_n, c_n, gates, 
                hm, zm, num_threads):
     """Forward of the layer-normalized LSTM into caller-provided arrays, packed layout (as
     ``lstm.lstm_forward``): x (N, I), y (N, H), gates (N, 4H) and c (N, H) every step (also for
-    inference), stats (N, 6) the rows' statistics or (N, 6 + 8H) also the normalized products
+    inference), stats (N, 6) the rows' statistics or (N, ln_stats_width(H)) also the normalized products
     (saved for backward), zh (B, 4H) and hm (B, H) workspace; h_n, c_n
     may be h0, c0. ``ln`` (10H,) = [g_ih, g_hh, g_c, b_c]; b (4H,) the bias (zeros: none).
     ``rdrop`` (B, H), ``zm`` (N, H): the masks, or 0 rows (off)."""
@@ -423,7 +431,7 @@ def ln_cell_grad(dm, g_t, c_t, cp, dc, dg, dzh, dzx, xh, hh, st, ln, b, acc, tb,
 def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch_sizes, stats,
                 dzx, hprev, dgates, dzh, dhs, xpan, hpan, dx, dw_ih, dw_hh, db, dh0, dc0, dln, var, dpeep,
                 rdrop, zm, dhz, num_threads):
-    """Backpropagation through time of ``ln_forward`` into caller-provided arrays; stats (N, 6 + 8H)
+    """Backpropagation through time of ``ln_forward`` into caller-provided arrays; stats (N, ln_stats_width(H))
     the forward's (statistics and normalized products). Workspace:
     dzx, dzh (N, 4H); dgates (N, 4H) with peepholes (their gradients need every row's gate
     gradients after the loop), else 0 rows (a row's stay in a scratch row in cache); hprev (N, R)
@@ -470,7 +478,7 @@ def ln_backward(x, wih, whh_b, b, ln, h0, c0, y, gates, c, dy, dh_n, dc_n, batch
             cp = padd(c0p, r * H) if t == 0 else padd(cpt, (p + r) * H)
             ln_cell_grad(padd(dhp, r * H), padd(gp, q * G), padd(cpt, q * H), cp, padd(dcp, r * H),
                          padd(dgp, q * G) if keep_dg else padd(tp, 2 * H),
-                         padd(dzp, q * G), padd(dxp, q * G), padd(sp, q * S + 6), padd(sp, q * S + 6 + G),
+                         padd(dzp, q * G), padd(dxp, q * G), padd(sp, q * S + LN_ZHAT), padd(sp, q * S + zhat_h_col(G)),
                          padd(sp, q * S), lp, bp, ap, tp, H, pp, has_peep, clip, cell_clip)
     n0 = batch_sizes[0] if T > 0 else 0
     nt = num_threads if B * G * R >= PAR_MIN else 1
