@@ -265,6 +265,14 @@ static int variant_args_ok(int64_t P, const lstm_variant *variant)
         int nt = num_threads < 1 ? 1 : num_threads;                                          \
         return (size_t)((backward ? N + B : nt * B) * R) * sizeof(TYPE) + 128;               \
     }                                                                                        \
+    int lstm_bernoulli_mask_##SFXT(int64_t n, uint32_t k0, uint32_t k1, uint64_t t,         \
+                                   TYPE on, TYPE *out)                                       \
+    {                                                                                        \
+        if (n < 0 || (n && !out))                                                            \
+            return LSTM_ERR_ARG;                                                             \
+        int level = lstm_get_simd_level();                                                   \
+        DISPATCH(level, SFXT, bernoulli_mask, (n, k0, k1, t, on, out))                       \
+    }                                                                                        \
     size_t lstm_ln_workspace_size_##SFXT(int64_t N, int64_t B, int64_t H, int save,          \
                                          int backward)                                       \
     {                                                                                        \

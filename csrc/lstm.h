@@ -266,6 +266,17 @@ size_t lstm_bf16_grads_workspace_size(int64_t N, int64_t B, int64_t I, int64_t H
 size_t lstm_ln_workspace_size_f32(int64_t N, int64_t B, int64_t H, int save, int backward);
 size_t lstm_ln_workspace_size_f64(int64_t N, int64_t B, int64_t H, int save, int backward);
 
+/* A Bernoulli mask of n elements (dropout, recurrent dropout, zoneout): out[32 g + 8 w + l]
+ * = on where word w of Philox4x32-10 (Random123's philox4x32_R with R = 10) of the counter
+ * 8 g + l (a 64-bit number: low 32 bits, high 32 bits, 0, 0) and the key (k0, k1) is
+ * >= t, else 0. t = ceil(p * 2^32) drops with probability p (t = 2^32: every element 0).
+ * The same masks bit for bit as lstm_fast/_philox.py's NumPy generator. Code:
+ * mask.template.c. Returns LSTM_OK, or LSTM_ERR_ARG for n < 0. */
+int lstm_bernoulli_mask_f32(int64_t n, uint32_t k0, uint32_t k1, uint64_t t, float on,
+                            float *out);
+int lstm_bernoulli_mask_f64(int64_t n, uint32_t k0, uint32_t k1, uint64_t t, double on,
+                            double *out);
+
 /* Bytes of variant.var_ws for a forward (backward = 0) with up to num_threads threads
  * or a backward (backward = 1) of N rows. */
 size_t lstm_variant_workspace_size_f32(int64_t N, int64_t B, int64_t R, int num_threads,

@@ -653,6 +653,7 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
 #include "backward.template.c"  /* the backward */
 
 #include "lnorm.template.c"  /* the layer-normalized LSTM */
+#include "mask.template.c"   /* Bernoulli masks (Philox4x32-10) */
 
 #if !IS_F64
 #include "bf16.template.c"   /* bfloat16 weights (inference), float32 only */

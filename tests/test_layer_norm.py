@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import lstm_fast
+from lstm_fast import _philox
 from lstm_fast import adapters, backends
 from lstm_fast.backends import reference as ref
 
@@ -274,14 +275,22 @@ def test_backend_same_bits_for_one_and_two_threads(shape, dtype, backend):
 def test_backend_layer_equals_the_numpy_layer(dtype, backend):
     """LSTM(layer_norm=True, backend="numba"), 2 layers, bidirectional, lengths, peepholes,
     zoneout and recurrent dropout in training: outputs, final states and every parameter's
-    gradient equal the NumPy layer's; eval mode too."""
+    gradient equal the NumPy layer's; eval mode too. The oracle is the NumPy layer in float64
+    on the same values (the masks are the same: their keys come from the seed, not the
+    dtype). In float32 this two-layer problem amplifies roundings (|dx| up to 16): the
+    float32 NumPy layer itself is 2.7e-5 (of the largest element) from the float64 values in
+    layer_norm_weight_c_l1, beyond the float32 tolerance; the backend must then be within
+    the tolerance or within twice the float32 NumPy layer's own distance, per array (C:
+    2.0e-5, Numba: 2.1e-6 there)."""
     T, B, I, H = 5, 3, 4, 7
     kw = dict(num_layers=2, bidirectional=True, layer_norm=True, peephole=True, zoneout=0.2,
-              recurrent_dropout=0.3, dtype=dtype, seed=3)
-    layers = {name: lstm_fast.LSTM(I, H, backend=b, **kw)
-              for name, b in (("numpy", "numpy"), ("numba", backend))}   # "numba": the one tested
+              recurrent_dropout=0.3, seed=3)
+    runs = (("numpy", "numpy", np.float64), ("numba", backend, dtype))   # "numba": the one tested
+    if dtype == np.float32:
+        runs += (("numpy32", "numpy", np.float32),)
+    layers = {name: lstm_fast.LSTM(I, H, backend=b, dtype=dt, **kw) for name, b, dt in runs}
     rng = np.random.default_rng(0)
-    sd = layers["numpy"].state_dict()
+    sd = layers["numba"].state_dict()
     for name in sd:
         if name.startswith("layer_norm_"):
             sd[name] = (sd[name] + rng.uniform(-0.5, 0.5, sd[name].shape)).astype(dtype)
@@ -289,14 +298,20 @@ def test_backend_layer_equals_the_numpy_layer(dtype, backend):
     dout = rng.standard_normal((T, B, 2 * H)).astype(dtype)
     res = {}
     for name, layer in layers.items():
-        layer.load_state_dict(sd)
-        out, (h_n, c_n) = layer(x, lengths=[5, 2, 4])
-        dx, _ = layer.backward(dout)
+        layer.load_state_dict({k: v.astype(layer.dtype) for k, v in sd.items()})
+        out, (h_n, c_n) = layer(x.astype(layer.dtype), lengths=[5, 2, 4])
+        dx, _ = layer.backward(dout.astype(layer.dtype))
         layer.eval()
-        ev, _ = layer(x, lengths=[5, 2, 4])
+        ev, _ = layer(x.astype(layer.dtype), lengths=[5, 2, 4])
         res[name] = dict(out=out, h_n=h_n, c_n=c_n, dx=dx, eval=ev, **layer.grads)
     assert res["numba"].keys() == res["numpy"].keys()
     for name, want in res["numpy"].items():
+        if dtype == np.float32:
+            scale = max(1.0, float(np.abs(want).max()))
+            own = float(np.abs(res["numpy32"][name] - want).max()) / scale
+            err = float(np.abs(res["numba"][name] - want).max()) / scale
+            if err <= 2 * own:
+                continue
         assert_close(res["numba"][name], want, dtype, name)
     assert layers["numba"].backend == backend
 
@@ -492,8 +507,9 @@ def test_two_layer_bidirectional_with_lengths_equals_haste_script():
 
 def test_training_layer_with_masks_equals_the_functional_api():
     """A 2-layer bidirectional layer in training mode with zoneout and recurrent dropout and
-    lengths: each layer-direction is lstm_forward with the layer's masks (drawn from its
-    dropout stream in the order the layer draws them: per layer-direction, rdrop then zoneout)."""
+    lengths: each layer-direction is lstm_forward with the layer's masks (Philox4x32-10 under
+    keys drawn from its dropout stream in the order the layer draws them: per
+    layer-direction, rdrop then zoneout; lstm_fast._philox in NumPy)."""
     T, B, I, H = 5, 3, 4, 5
     layer = lstm_fast.LSTM(I, H, num_layers=2, bidirectional=True, layer_norm=True, zoneout=0.2,
                            recurrent_dropout=0.3, dtype=np.float64, seed=4)
@@ -508,8 +524,10 @@ def test_training_layer_with_masks_equals_the_functional_api():
         outs = []
         for d in range(2):
             s = f"_l{k_layer}" + ("_reverse" if d else "")
-            rd = (dr.random((B, H)) >= 0.3) / 0.7
-            zm = (dr.random((T, B, H)) >= 0.2) * 1.0
+            rd = _philox.mask_numpy((B, H), _philox.key_from(dr), _philox.threshold(0.3),
+                                    1 / 0.7, np.float64)
+            zm = _philox.mask_numpy((T, B, H), _philox.key_from(dr), _philox.threshold(0.2),
+                                    1.0, np.float64)
             xin = inp
             res = []
             for b, n in enumerate(lengths):       # each sequence on its own valid steps

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import lstm_fast
+from lstm_fast import _philox
 from lstm_fast import backends
 from lstm_fast.backends import reference as ref
 
@@ -193,7 +194,8 @@ def test_layer_mask_is_the_functional_mask():
     x = np.random.default_rng(1).standard_normal((5, 4, 3))
     layer = lstm_fast.LSTM(3, 6, seed=3, recurrent_dropout=0.25, dtype=np.float64)
     rng = np.random.default_rng(np.random.SeedSequence(3).spawn(1)[0])
-    mask = (rng.random((4, 6)) >= 0.25) / 0.75
+    mask = _philox.mask_numpy((4, 6), _philox.key_from(rng), _philox.threshold(0.25), 1 / 0.75,
+                              np.float64)   # Philox4x32-10 under a key from the stream
     sd = layer.state_dict()
     want = lstm_fast.lstm_forward(x, sd["weight_ih_l0"], sd["weight_hh_l0"], sd["bias_ih_l0"],
                                   sd["bias_hh_l0"], rdrop=mask, backend="numpy").y

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import lstm_fast
+from lstm_fast import _philox
 from lstm_fast import backends
 from lstm_fast.backends import reference as ref
 
@@ -152,7 +153,8 @@ def test_layer_masks_per_step_and_eval_expectation():
     x = np.random.default_rng(0).standard_normal((5, 4, 3))
     layer = lstm_fast.LSTM(3, 6, seed=2, zoneout=Z, dtype=np.float64)
     rng = np.random.default_rng(np.random.SeedSequence(2).spawn(1)[0])
-    m = (rng.random((5, 4, 6)) >= Z) * 1.0
+    m = _philox.mask_numpy((5, 4, 6), _philox.key_from(rng), _philox.threshold(Z), 1.0,
+                           np.float64)   # Philox4x32-10 under a key from the stream
     assert 0 < m.mean() < 1 and not np.all(m[0] == m[1])      # a new mask every step
     sd = layer.state_dict()
     w = (sd["weight_ih_l0"], sd["weight_hh_l0"], sd["bias_ih_l0"], sd["bias_hh_l0"])

@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _params, _torch_ops, _validation, backends
+from . import _params, _philox, _torch_ops, _validation, backends
 from .functional import LSTMCache, make_plan, run_backward, run_forward
 
 try:    # the compiled eval route (issue 14); without the extension, the Python route alone
@@ -96,6 +96,12 @@ def _np(t):
     if t.requires_grad:
         t = t.detach()
     return (t if t.is_contiguous() else t.contiguous()).numpy()
+
+
+def _torch_key():
+    """A mask key (two uint32, ``lstm_fast._philox``) from torch's default generator."""
+    k = torch.randint(0, 1 << 32, (2,), dtype=torch.int64)
+    return int(k[0]), int(k[1])
 
 
 def _t(a):
@@ -461,17 +467,16 @@ class LSTM(torch.nn.LSTM):
     def _masks(self, T, B, dtype):
         """(recurrent dropout mask (B, R) or None, zoneout mask (T, B, H) or None) of one
         layer-direction and call, as ``lstm_fast.LSTM`` makes them (``_rdrop_mask``,
-        ``_zoneout_mask``) but from torch's generator: float64 uniforms compared with the
-        probability, then the layer's arithmetic in ``dtype``."""
+        ``_zoneout_mask``: Philox4x32-10, ``lstm_fast._philox``) but under a key drawn from
+        torch's generator (``torch.manual_seed`` fixes them)."""
         p, z = self.recurrent_dropout, self.zoneout
         rdrop = zoneout = None
         if p > 0.0 and self.training:
-            keep = torch.rand((B, self.proj_size or self.hidden_size), dtype=torch.float64) >= p
-            rdrop = keep.numpy().astype(dtype) * dtype.type(1.0 / (1.0 - p))
+            rdrop = _philox.bernoulli((B, self.proj_size or self.hidden_size), _torch_key(), p,
+                                      dtype.type(1.0 / (1.0 - p)), dtype)
         if z > 0.0:
             if self.training:
-                zoneout = (torch.rand((T, B, self.hidden_size), dtype=torch.float64) >= z
-                           ).numpy().astype(dtype)
+                zoneout = _philox.bernoulli((T, B, self.hidden_size), _torch_key(), z, 1.0, dtype)
             else:
                 zoneout = np.full((T, B, self.hidden_size), 1.0 - z, dtype)
         return rdrop, zoneout

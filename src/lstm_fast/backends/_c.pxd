@@ -1,5 +1,5 @@
 # Declarations of the C kernel (csrc/). Only nogil extern declarations live here.
-from libc.stdint cimport int64_t, uint16_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "cpu.h" nogil:
     ctypedef enum lstm_simd_level:
@@ -84,6 +84,10 @@ cdef extern from "lstm.h" nogil:
         void *ln_ws
     size_t lstm_ln_workspace_size_f32(int64_t N, int64_t B, int64_t H, int save, int backward)
     size_t lstm_ln_workspace_size_f64(int64_t N, int64_t B, int64_t H, int save, int backward)
+    int lstm_bernoulli_mask_f32(int64_t n, uint32_t k0, uint32_t k1, uint64_t t, float on,
+                                float *out)
+    int lstm_bernoulli_mask_f64(int64_t n, uint32_t k0, uint32_t k1, uint64_t t, double on,
+                                double *out)
     size_t lstm_variant_workspace_size_f32(int64_t N, int64_t B, int64_t R, int num_threads,
                                          int backward)
     size_t lstm_variant_workspace_size_f64(int64_t N, int64_t B, int64_t R, int num_threads,

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint16_t, uint32_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from cpython.ref cimport Py_INCREF
 from lstm_fast._validation cimport LayerInputs
@@ -400,6 +400,33 @@ cdef inline cnp.ndarray _empty(int nd, cnp.npy_intp *dims, int typenum, bint lin
     Py_INCREF(raw)     # PyArray_SetBaseObject steals a reference
     cnp.PyArray_SetBaseObject(a, raw)
     return a
+
+
+def bernoulli_mask(tuple shape, uint32_t k0, uint32_t k1, uint64_t t, double on, dtype):
+    """A new (shape) array of ``dtype`` (float32 or float64): ``on`` where the Philox4x32-10
+    word of the element (key (k0, k1); csrc/lstm.h lstm_bernoulli_mask_X) is >= t, else 0.
+    lstm_fast._philox.bernoulli's fast path (the same bits as its NumPy generator)."""
+    cdef int tn = cnp.NPY_FLOAT64 if np.dtype(dtype) == np.float64 else cnp.NPY_FLOAT32
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype: float32 or float64, got {np.dtype(dtype)}")
+    cdef cnp.npy_intp d[8]
+    cdef int nd = len(shape), i
+    if nd > 8:
+        raise ValueError(f"shape: at most 8 dimensions, got {shape}")
+    for i in range(nd):
+        if shape[i] < 0:
+            raise ValueError(f"shape: sizes >= 0, got {shape}")
+        d[i] = shape[i]
+    cdef cnp.ndarray out = _empty(nd, d, tn)
+    cdef int64_t n = cnp.PyArray_SIZE(out)
+    cdef void *p = cnp.PyArray_DATA(out)
+    cdef float onf = <float>on
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            lstm_bernoulli_mask_f32(n, k0, k1, t, onf, <float *>p)
+        else:
+            lstm_bernoulli_mask_f64(n, k0, k1, t, on, <double *>p)
+    return out
 
 
 cdef inline cnp.ndarray _rows(bint padded, int64_t T, int64_t B, int64_t N, int64_t F, int tn):
