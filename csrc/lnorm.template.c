@@ -346,8 +346,8 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             } else {
                 cp = ct = ctx->c_n + r * H;
             }
-            FN(ln_cell_gates)(ctx->gates + q * G, zr, S > 6 ? st + LSTM_LN_ZHAT_H(H) : zr, cp, ct, st, ln,
-                              bias, H, peep, clip, cell_clip);
+            FN(ln_cell_gates)(ctx->gates + q * G, zr, S > 6 ? st + LSTM_LN_ZHAT_H(H) : zr, cp,
+                              ct, st, ln, bias, H, peep, clip, cell_clip);
         }
         for (int64_t r = r0; r < r1; r++) {
             int64_t q = offs[t] + r;
@@ -639,8 +639,9 @@ KERNEL void FN(ln_bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             const TYPE *cp = t ? ctx->c + (offs[t - 1] + r) * H : ctx->c0 + r * H;
             const TYPE *st = lc->stats + q * S;
             FN(ln_cell_grad)(dh, ctx->gates + q * G, ctx->c + q * H, cp, ctx->dc0 + r * H,
-                             dzh + q * ldg, dzx + q * ldg, st + LSTM_LN_ZHAT, st + LSTM_LN_ZHAT_H(H), st, ln, bias,
-                             rb + r * LN_RB * H, H, peep, clip, cell_clip);
+                             dzh + q * ldg, dzx + q * ldg, st + LSTM_LN_ZHAT,
+                             st + LSTM_LN_ZHAT_H(H), st, ln, bias, rb + r * LN_RB * H, H, peep,
+                             clip, cell_clip);
         }
         lstm_barrier_wait(bar, num_threads);
         /* the parameters' sums, threads splitting the hidden units; the next step's

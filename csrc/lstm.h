@@ -180,7 +180,7 @@ int lstm_backward_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, con
  * lines. */
 #define LSTM_LN_ZHAT 16
 #define LSTM_LN_ZHAT_H(H) (LSTM_LN_ZHAT + (4 * (H) + 15) / 16 * 16)
-#define LSTM_LN_STATS_COLS(H) (LSTM_LN_ZHAT + 2 * ((4 * (H) + 15) / 16 * 16))
+#define LSTM_LN_STATS_COLS(H) (2 * LSTM_LN_ZHAT_H(H) - LSTM_LN_ZHAT)
 
 /* ---- LSTM variants (issue 15) ---------------------------------------------
  * lstm_forward_ex_X / lstm_backward_ex_X are lstm_forward_X / lstm_backward_X

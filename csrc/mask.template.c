@@ -4,8 +4,8 @@
  * CUDA dropout). A mask's elements go in groups of 32: element 32 g + 8 w + l takes word w
  * of Philox4x32-10 applied to the counter 8 g + l (as 64 bits: low word, high word, 0, 0)
  * under the call's key (k0, k1) (so that 8 counters' words fill 8 consecutive elements:
- * one vector compare and store per word); it is `on` where that word is >= t, else 0. The callers draw the key from
- * their own seeded stream (lstm_fast/_philox.py, which also holds the same generator in
+ * one vector compare and store per word); it is `on` where that word is >= t, else 0.
+ * The callers draw the key from their own seeded stream (lstm_fast/_philox.py, which also holds the same generator in
  * NumPy, bit for bit, for the builds and backends without this file). Why by hand: NumPy
  * draws a (T, B, H) float mask at ~2 ns per element from PCG64 doubles (72 us at
  * (32, 16, 64): 10 % of that shape's training step); no library offers a vectorised

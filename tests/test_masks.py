@@ -50,6 +50,11 @@ def test_c_masks_equal_the_numpy_generator_bit_for_bit(dtype):
         c.set_simd_level(start)
 
 
+def test_the_c_generator_is_used_where_built():
+    c = _c()
+    assert _philox._c_mask() is c.bernoulli_mask
+
+
 def test_the_elements_follow_the_documented_counter_layout():
     """Element 32 g + 8 w + l is word w of the counter 8 g + l (csrc/lstm.h)."""
     key, n = (3, 4), 70

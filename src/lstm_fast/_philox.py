@@ -59,15 +59,18 @@ def mask_numpy(shape, key, t, on, dtype):
     return np.where(words >= t, np.asarray(on, dtype), np.asarray(0, dtype)).reshape(shape)
 
 
+_C_MASK = None   # _c.bernoulli_mask, looked up at the first mask (not at import), or False
+
+
 def _c_mask():
-    try:
-        from .backends import _c
-    except ImportError:    # a build without the C extension
-        return None
-    return getattr(_c, "bernoulli_mask", None)
-
-
-_C_MASK = _c_mask()
+    global _C_MASK
+    if _C_MASK is None:
+        try:
+            from .backends import _c
+            _C_MASK = getattr(_c, "bernoulli_mask", False)
+        except ImportError:    # a build without the C extension
+            _C_MASK = False
+    return _C_MASK
 
 
 def key_from(rng):
@@ -83,6 +86,7 @@ def bernoulli(shape, key, p, on, dtype):
     same bits)."""
     shape = tuple(int(s) for s in shape)
     t = threshold(p)
-    if _C_MASK is not None:
-        return _C_MASK(shape, key[0], key[1], t, float(on), dtype)
+    c_mask = _c_mask()
+    if c_mask:
+        return c_mask(shape, key[0], key[1], t, float(on), dtype)
     return mask_numpy(shape, key, t, on, np.dtype(dtype))

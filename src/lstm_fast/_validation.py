@@ -12,11 +12,10 @@ Policy (documented in README "Input rules"):
 * NaN and inf in the values propagate as in torch.nn.LSTM; they are not errors.
 """
 
+import math
 import numbers
 import os
 import sys
-
-import math
 
 import numpy as np
 

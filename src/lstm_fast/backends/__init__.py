@@ -252,7 +252,7 @@ def ln_zhat_columns(hidden_size):
     from the next multiple of 16 columns: every part of a row starts on a 64-byte line
     when the row does (float32: a vector of the C kernel; float64: two). The padding
     columns are never written."""
-    return LN_ZHAT, LN_ZHAT + -(-4 * hidden_size // 16) * 16
+    return LN_ZHAT, LN_ZHAT + -(-4 * hidden_size // 16) * 16   # ceil(4H / 16) 16
 
 
 def ln_stats_width(hidden_size):
@@ -260,7 +260,8 @@ def ln_stats_width(hidden_size):
     statistics, then the normalized input and recurrent products (4H each), each part from
     a multiple of 16 columns (``ln_zhat_columns``): 16 + 2 ceil(4H / 16) 16 (a multiple of
     16: rows start on a line when the array does)."""
-    return LN_ZHAT + 2 * (-(-4 * hidden_size // 16) * 16)
+    zx, zh = ln_zhat_columns(hidden_size)
+    return zh + (zh - zx)
 
 
 def as_matrix(state):

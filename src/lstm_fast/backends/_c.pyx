@@ -406,9 +406,10 @@ def bernoulli_mask(tuple shape, uint32_t k0, uint32_t k1, uint64_t t, double on,
     """A new (shape) array of ``dtype`` (float32 or float64): ``on`` where the Philox4x32-10
     word of the element (key (k0, k1); csrc/lstm.h lstm_bernoulli_mask_X) is >= t, else 0.
     lstm_fast._philox.bernoulli's fast path (the same bits as its NumPy generator)."""
-    cdef int tn = cnp.NPY_FLOAT64 if np.dtype(dtype) == np.float64 else cnp.NPY_FLOAT32
-    if np.dtype(dtype) not in (np.float32, np.float64):
-        raise ValueError(f"dtype: float32 or float64, got {np.dtype(dtype)}")
+    dt = np.dtype(dtype)
+    if dt != np.float32 and dt != np.float64:
+        raise ValueError(f"dtype: float32 or float64, got {dt}")
+    cdef int tn = cnp.NPY_FLOAT64 if dt == np.float64 else cnp.NPY_FLOAT32
     cdef cnp.npy_intp d[8]
     cdef int nd = len(shape), i
     if nd > 8:
