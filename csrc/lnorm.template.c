@@ -9,7 +9,8 @@
  * statistics), while the plain step tiles sum x.w_ih^T and h.w_hh^T per tile of hidden
  * units. So:
  * Forward: x.w_ih^T of all rows in one GEMM (no bias) into gates (training) or a
- *   scratch [N,4H] (inference). Per step the step tiles of the plain forward (fwd_step,
+ *   scratch [N,4H] (inference; or, where ln_fuse_x says so, by each step's tiles into
+ *   the scratch's first rows, fwd_step with no h_prev). Per step the step tiles of the plain forward (fwd_step,
  *   its packed w_hh, threads splitting hidden blocks) compute h_{t-1}.w_hh^T with a cell
  *   that only stores the tile (fwd_cell_args.raw) into zh [B,4H]; after a barrier each
  *   row's cell (ln_row_stats2, ln_cell_gates, ln_row_stats, ln_cell_out, each over the step's rows; threads split the rows): both products' LNs (the input's there
@@ -254,6 +255,24 @@ static int FN(ln_split_rows)(int64_t B, int64_t H, int num_threads)
            4 * H * H * (int64_t)sizeof(TYPE) <= lstm_cpu()->l2 / 2;
 }
 
+/* Whether the forward's steps make x_t.w_ih^T themselves (as a second product of
+ * fwd_step's tiles, stored raw beside h.w_hh^T), or one GEMM over all rows before the
+ * loop. Only in inference: there the hoisted product is an [N,4H] scratch written and read
+ * again, where the steps' version reuses B rows that stay in cache; a training forward
+ * writes the saved gates anyway, and there the steps' two short products (each K = I or
+ * H, against the plain step's one of I + H) cost more than the GEMM (measured, Intel Xeon
+ * family 6 model 167, 1 thread, steps / GEMM, ms: training (100,32,16,128) 17.8/16.9,
+ * (35,20,200,200) 11.1/10.6, (32,64,128,128) 14.8/14.6; inference (32,16,64,64)
+ * .313/.328, (32,64,128,128) 3.85/4.20, (100,32,16,128) 3.93/4.18). Also only while
+ * [w_ih | w_hh] fits in half the L2: beyond, the steps re-read w_ih from L3 (inference
+ * (35,20,200,200), 1.28 MB of a 2 MiB L2: 3.42/3.27). And only for I <= KC, where the
+ * GEMM sums each product in one K block: the same FMAs in the same order as the steps'
+ * tiles, so inference and training forwards (and a stream's steps) give the same bits. */
+static int FN(ln_fuse_x)(int save, int64_t I, int64_t H)
+{
+    return !save && I <= KC && (I + H) * 4 * H * (int64_t)sizeof(TYPE) <= lstm_cpu()->l2 / 2;
+}
+
 typedef struct {
     int64_t T, B, I, H;
     const FN(packed_hdr) *hdr;
@@ -288,21 +307,25 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
         if (r1 > r0)
             memcpy(ctx->c_n + r0 * H, ctx->c0 + r0 * H, (size_t)((r1 - r0) * H) * sizeof(TYPE));
     }
-    FN(gemm_args) g = {0};   /* x . w_ih^T, no bias (added after the LN) */
-    g.M = N;
-    g.N = G;
-    g.K = I;
-    g.a = ctx->x;
-    g.lda = I;
-    g.bpacked = (const TYPE *)(base + ctx->hdr->off_wih_t);
-    g.c = ctx->gates;
-    g.ldc = G;
-    FN(gemm)(&g, ws, tid, num_threads);
+    /* x.w_ih^T (no bias: added after the LN) in the steps (ln_fuse_x), else of all rows
+     * in one GEMM before them */
+    const int fuse = FN(ln_fuse_x)(ctx->c != NULL, I, H);
+    if (!fuse) {
+        FN(gemm_args) g = {0};
+        g.M = N;
+        g.N = G;
+        g.K = I;
+        g.a = ctx->x;
+        g.lda = I;
+        g.bpacked = (const TYPE *)(base + ctx->hdr->off_wih_t);
+        g.c = ctx->gates;
+        g.ldc = G;
+        FN(gemm)(&g, ws, tid, num_threads);
+    }
     lstm_barrier_wait(bar, num_threads);
-    FN(fwd_cell_args) ca = {0};
-    ca.H = H;
-    ca.var = 1;
-    ca.raw = ctx->zh;
+    FN(fwd_cell_args) ca = {0}, cx = {0};
+    ca.H = cx.H = H;
+    ca.var = cx.var = 1;
     int64_t nblk = (H + V - 1) / V;
     const int rows = FN(ln_split_rows)(B, H, num_threads);
     int64_t j0 = rows ? 0 : FN(split)(nblk, tid, num_threads);
@@ -310,11 +333,15 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
     int64_t b0 = FN(split)(B, tid, num_threads), b1 = FN(split)(B, tid + 1, num_threads);
     const TYPE *w = (const TYPE *)(base + ctx->hdr->off_whh_f);
     const int64_t s = (int64_t)sizeof(TYPE);
-    const FN(step_plan) sp = FN(step_plan_for)((j1 - j0) * H * 4 * V * s, 4 * V * s);
+    const FN(step_plan) sp =
+        FN(step_plan_for)((j1 - j0) * ((fuse ? I : 0) + H) * 4 * V * s, 4 * V * s);
     for (int64_t t = 0; t < T; t++) {
         int64_t n = offs[t + 1] - offs[t];
         if (n == 0)
             break;
+        /* the step's rows of x.w_ih^T, then of the activated gates: the saved gates, or
+         * (inference) scratch, whose first rows serve every step when the steps make it */
+        TYPE *gt = ctx->gates + (fuse && !ctx->c ? 0 : offs[t] * G);
         /* the product for rows m0..m1: this thread's rows, or all of them */
         int64_t m0 = rows ? b0 : 0, m1 = !rows ? n : b1 < n ? b1 : n;
         const TYPE *hp = t ? ctx->y + offs[t - 1] * H : ctx->h0, *hprev = hp;
@@ -324,6 +351,10 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             hp = hm;
         }
         ca.raw = ctx->zh + m0 * G;
+        cx.raw = gt + m0 * G;
+        if (m1 > m0 && fuse)
+            FN(fwd_step)(&cx, m1 - m0, I, H, j0, j1, w, I, ctx->x + (offs[t] + m0) * I, NULL,
+                         (int)(t & 1), &sp);
         if (m1 > m0)
             FN(fwd_step)(&ca, m1 - m0, I, H, j0, j1, w, 0, ctx->x, hp + m0 * H, (int)(t & 1), &sp);
         if (!rows)
@@ -332,7 +363,7 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
         int64_t r1 = rows ? m1 : FN(split)(n, tid + 1, num_threads);
         for (int64_t r = r0; r < r1; r++) {
             int64_t q = offs[t] + r;
-            FN(ln_row_stats2)(ctx->gates + q * G, ctx->zh + r * G, G, ctx->stats + q * S,
+            FN(ln_row_stats2)(gt + r * G, ctx->zh + r * G, G, ctx->stats + q * S,
                               ctx->stats + q * S + 2);
         }
         for (int64_t r = r0; r < r1; r++) {
@@ -346,7 +377,7 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
             } else {
                 cp = ct = ctx->c_n + r * H;
             }
-            FN(ln_cell_gates)(ctx->gates + q * G, zr, S > 6 ? st + LSTM_LN_ZHAT_H(H) : zr, cp,
+            FN(ln_cell_gates)(gt + r * G, zr, S > 6 ? st + LSTM_LN_ZHAT_H(H) : zr, cp,
                               ct, st, ln, bias, H, peep, clip, cell_clip);
         }
         for (int64_t r = r0; r < r1; r++) {
@@ -356,7 +387,7 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
         for (int64_t r = r0; r < r1; r++) {
             int64_t q = offs[t] + r;
             TYPE *ct = ctx->c ? ctx->c + q * H : ctx->c_n + r * H;
-            FN(ln_cell_out)(ctx->gates + q * G, ct, ctx->y + q * H, ctx->stats + q * S, ln, H,
+            FN(ln_cell_out)(gt + r * G, ct, ctx->y + q * H, ctx->stats + q * S, ln, H,
                             zmask ? zmask + q * H : NULL, hprev + r * H);
         }
         if (!rows)

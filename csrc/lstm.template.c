@@ -331,7 +331,8 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
                          const TYPE *hp, int rev, const FN(step_plan) *sp)
 {
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
-    const int64_t K = XF + R, bstride = (I + R) * 4 * V;
+    /* hp NULL: x_t.w_ih^T alone (XF = I; the layer norm's input product, raw) */
+    const int64_t K = XF + (hp ? R : 0), bstride = (I + R) * 4 * V;
     const TYPE *w0 = w + (I - XF) * 4 * V;   /* row 0 of [x | h] in block 0 */
     int64_t jstep = B == 1 ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
 #if ISA == 2
@@ -365,13 +366,13 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
 #if ISA == 2
                     if (nb == 1 && j == jhalf)
                         FN(fwd_tile_half_any)((int)(r1 - r0), k0, k1, XF, xt + r0 * I, I,
-                                              hp + r0 * R, R, w0 + j * bstride, pt, pft, npf - t,
-                                              nt);
+                                              hp ? hp + r0 * R : NULL, R, w0 + j * bstride, pt,
+                                              pft, npf - t, nt);
                     else
 #endif
                         FN(fwd_tile_any)((int)(r1 - r0), nb, k0, k1, XF, xt + r0 * I, I,
-                                         hp + r0 * R, R, w0 + j * bstride, bstride, pt, pft,
-                                         npf - t, nt);
+                                         hp ? hp + r0 * R : NULL, R, w0 + j * bstride, bstride,
+                                         pt, pft, npf - t, nt);
                     if (k1 == K)
                         FN(fwd_cell)(ca, (int)(r1 - r0), nb, r0, j, pt);
                 }

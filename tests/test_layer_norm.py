@@ -234,8 +234,10 @@ def test_backward_reads_stats_only(name):
 
 @pytest.mark.parametrize("backend", FAST_LN)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("shape", [(4, 40, 5, 24), (3, 4, 6, 130), (3, 6, 6, 370), (2, 1, 3, 300)],
-                         ids=["rows_split", "rows_split_few", "blocks_split", "one_row"])
+@pytest.mark.parametrize("shape", [(4, 40, 5, 24), (3, 4, 6, 130), (3, 6, 6, 370), (2, 1, 3, 300),
+                                   (3, 3, 5, 40)],
+                         ids=["rows_split", "rows_split_few", "blocks_split", "one_row",
+                              "blocks_split_small"])
 def test_backend_same_bits_for_one_and_two_threads(shape, dtype, backend):
     """Outputs, statistics and every gradient bit for bit with 1 and 2 threads, at shapes
     where the C steps' threads split the rows (w_hh in half the L2, >= 2 rows a thread:
@@ -267,6 +269,10 @@ def test_backend_same_bits_for_one_and_two_threads(shape, dtype, backend):
         bwd = nb.backward(packed, x, a["h0"], a["c0"], y, gates, c, dy, g["dh_n"], g["dc_n"], nt,
                           bs, dpeephole=dp, rdrop=rd, zoneout=zmp, stats=st, dlayer_norm=dln)
         res.append((y, h_n, c_n, gates, c, st, dp, dln) + tuple(bwd))
+        # inference (nothing saved: the C steps may make x.w_ih^T themselves,
+        # lnorm.template.c ln_fuse_x) gives the training forward's bits
+        inf = nb.forward(packed, x, a["h0"], a["c0"], nt, bs, save=False, rdrop=rd, zoneout=zmp)
+        assert same_bits(inf[:3], (y, h_n, c_n))
     assert same_bits(res[0], res[1])
 
 
