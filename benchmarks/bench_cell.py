@@ -92,50 +92,79 @@ def test_cell(benchmark, case, cell_shape, competitor):
 
 # --- compiled: a 2-layer LSTM model under torch.compile, ours and torch's ----------------
 
-MODEL = (32, 1, 64, 64)      # T, B, I, H; 2 layers, float32, forward under inference_mode
+# T, B, I, H; 2 layers, float32: a tiny model, where the per-call costs of torch's compiled
+# graph and of the operators' dispatch show, and word_language_model's small one
+MODELS = {"tiny": (32, 1, 64, 64), "wlm_small": (35, 20, 200, 200)}
+MODEL = MODELS["tiny"]
 MODEL_COMPETITORS = ("lstm_fast.torch", "lstm_fast.torch+compile", "torch", "torch+compile")
+MODEL_CASES = ("compiled_forward", "compiled_train")
 
 
-def make_model_runner(name, p):
+def make_model_runner(name, p, case="compiled_forward"):
+    """``compiled_forward``: the model under ``torch.inference_mode()``;
+    ``compiled_train``: forward with gradients and backward of sum(y) (the input needs no
+    gradient, as a model's first layer), the parameters' gradients checked too."""
     import torch
 
     import lstm_fast.torch
     harness.set_threads(THREADS)
-    T, B, I, H = MODEL
+    T, B, I, H = p["shape"]
     cls = torch.nn.LSTM if name.startswith("torch") else lstm_fast.torch.LSTM
     torch.manual_seed(0)
     net = torch.nn.Sequential()
     net.lstm = cls(I, H, num_layers=2)
-    net.eval()
+    net.train(case == "compiled_train")
     fn_net = torch.compile(net.lstm, fullgraph=name.startswith("lstm_fast")) \
         if name.endswith("+compile") else net.lstm
     x = torch.from_numpy(p["x"])
+    params = list(net.lstm.parameters())
+    if case == "compiled_forward":
+        def fn():
+            with torch.inference_mode():
+                return fn_net(x)
+        extract = lambda r: dict(y=r[0].numpy(), h=r[1][0].numpy(), c=r[1][1].numpy())  # noqa: E731
+    else:
+        def fn():
+            for t in params:
+                t.grad = None
+            y, (h, c) = fn_net(x)
+            y.sum().backward()
+            return y, h, c
 
-    def fn():
-        with torch.inference_mode():
-            return fn_net(x)
+        def extract(r):
+            out = dict(y=r[0].detach().numpy(), h=r[1].detach().numpy(), c=r[2].detach().numpy())
+            out.update({f"grad{i}": t.grad.numpy() for i, t in enumerate(params)})
+            return out
     fn()            # compiles (seconds), outside the check and the timing
-    return Runner(name, fn, lambda r: dict(y=r[0].numpy(), h=r[1][0].numpy(), c=r[1][1].numpy()))
+    return Runner(name, fn, extract)
 
 
-_model_problem = harness.last_only(
-    lambda: dict(x=np.random.default_rng(0).uniform(-1, 1, MODEL[:2] + MODEL[2:3]).astype(DTYPE)))
+def _make_model_problem(model):
+    shape = MODELS[model]
+    x = np.random.default_rng(0).uniform(-1, 1, shape[:3]).astype(DTYPE)
+    return dict(shape=shape, x=x)
+
+
+_model_problem = harness.last_only(_make_model_problem)
 
 
 @pytest.mark.parametrize("competitor", MODEL_COMPETITORS)
-def test_compiled_model(benchmark, competitor):
-    """2-layer LSTM forward (T, B, I, H = 32, 1, 64, 64): compiled ours (our kernels inside
-    the graph), eager ours, torch eager, torch compiled (Dynamo runs torch's LSTM eagerly:
-    it does not trace RNN modules by default)."""
+@pytest.mark.parametrize("net", list(MODELS))
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_compiled_model(benchmark, case, net, competitor):
+    """2-layer LSTM (``MODELS``; the parameter is not called ``model``, which conftest.py
+    gives the models group), forward under inference_mode or a training step: compiled
+    ours (our kernels inside the graph), eager ours, torch eager, torch compiled (Dynamo runs
+    torch's LSTM eagerly: it does not trace RNN modules by default)."""
     if not harness.have("torch"):
         pytest.skip("needs torch")
     if competitor.endswith("+compile") and benchmark.disabled:
         pytest.skip("compiling takes seconds: timed runs only")
-    T, B, I, H = MODEL
-    want = make_model_runner("torch", _model_problem()).outputs()
-    runner = make_model_runner(competitor, _model_problem())
+    T, B, I, H = MODELS[net]
+    want = make_model_runner("torch", _model_problem(net), case).outputs()
+    runner = make_model_runner(competitor, _model_problem(net), case)
     harness.run_checked(
         benchmark, runner, want, DTYPE, THREADS,
-        group=f"compiled_forward {DTYPE} T,B,I,H={T},{B},{I},{H}x2 threads={THREADS}",
-        extra=dict(case="compiled_forward", T=T, B=B, I=I, H=H, layers=2, dtype=DTYPE,
+        group=f"{case} {DTYPE} T,B,I,H={T},{B},{I},{H}x2 threads={THREADS}",
+        extra=dict(case=case, model=net, T=T, B=B, I=I, H=H, layers=2, dtype=DTYPE,
                    threads=THREADS, competitor=competitor, group="cell"))

@@ -73,6 +73,32 @@ def test_compile_fullgraph_runs_our_kernels_and_matches_eager():
     assert_close(compiled(x).detach().numpy(), net(x).detach().numpy(), np.float64, "after change")
 
 
+def test_compiled_first_layer_skips_the_input_gradient(monkeypatch):
+    """As the eager module (need_dx): a compiled model's first layer, whose input needs no
+    gradient, makes no dx product; the parameters' gradients are eager's."""
+    torch.manual_seed(0)
+    lstm = ltorch.LSTM(3, 5, num_layers=2).double()
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    seen = []
+    real = _torch_ops.run_backward
+
+    def spy(*args, **kw):
+        seen.append(kw["need_dx"])
+        out = real(*args, **kw)
+        assert (out[0] is None) == (not kw["need_dx"])
+        return out
+    monkeypatch.setattr(_torch_ops, "run_backward", spy)
+
+    def grads(model):
+        lstm.zero_grad()
+        model(x)[0].pow(2).sum().backward()
+        return {n: p.grad.clone() for n, p in lstm.named_parameters()}
+    got = grads(torch.compile(lstm, fullgraph=True))
+    assert seen == [True, False]     # layer 1, then layer 0
+    for name, g in grads(lstm).items():
+        assert_close(got[name].numpy(), g.numpy(), np.float64, name)
+
+
 OURS = (torch.ops.lstm_fast.direction.default, torch.ops.lstm_fast.direction_inference.default,
         torch.ops.lstm_fast.stack_inference.default)
 

@@ -228,11 +228,13 @@ def direction_backward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Te
                        y: Tensor, gates: Tensor, c: Tensor, dy: Tensor, dh_n: Tensor,
                        dc_n: Tensor, reverse: bool, backend: str, w_ci: Optional[Tensor] = None,
                        w_cf: Optional[Tensor] = None, w_co: Optional[Tensor] = None,
-                       clip: float = 0.0, cell_clip: float = 0.0, cifg: bool = False
+                       clip: float = 0.0, cell_clip: float = 0.0, cifg: bool = False,
+                       need_dx: bool = True
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, dpeephole); db is empty without a bias, dw_hr
     without a projection and dpeephole (3, H) without peepholes (an operator returns
-    tensors only); with cifg the gradients of the 3H-row weights."""
+    tensors only); with cifg the gradients of the 3H-row weights. need_dx False: dx is
+    not computed and empty (a model's first layer, as the eager module's need_dx)."""
     impl, name = _impl(backend)
     packed = _packed(impl, name, w_ih, w_hh, b_ih, b_hh, w_hr, (w_ci, w_cf, w_co), clip,
                      cell_clip, cifg)
@@ -245,20 +247,21 @@ def direction_backward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Te
     nt = backends.threads_for(T, B, x.shape[2], H)
     dp = None if w_ci is None else _validation.empty_lines((3, H), xs.dtype)
     dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr = run_backward(cache, _np(dy), _np(dh_n), _np(dc_n), nt,
-                                                         dpeephole=dp)
+                                                         dpeephole=dp, need_dx=need_dx)
     if cifg:    # the kernels' 4H rows -> i, g, o
         dw_ih, dw_hh, db = map(_params.cifg_compress, (dw_ih, dw_hh, db))
     calls["backward"] += 1
     empty = np.empty(0, xs.dtype)
     return tuple(_tensor(a) for a in (
-        dx, dh0, dc0, dw_ih, dw_hh, empty if db is None else db, empty if dw_hr is None else dw_hr,
-        empty if dp is None else dp))
+        empty if dx is None else dx, dh0, dc0, dw_ih, dw_hh, empty if db is None else db,
+        empty if dw_hr is None else dw_hr, empty if dp is None else dp))
 
 
 @direction_backward.register_fake
 def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, c, dy, dh_n, dc_n, reverse, backend,
-      w_ci=None, w_cf=None, w_co=None, clip=0.0, cell_clip=0.0, cifg=False):
-    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0),
+      w_ci=None, w_cf=None, w_co=None, clip=0.0, cell_clip=0.0, cifg=False, need_dx=True):
+    return (torch.empty_like(x) if need_dx else x.new_empty(0),
+            torch.empty_like(h0), torch.empty_like(c0),
             torch.empty_like(w_ih), torch.empty_like(w_hh),
             x.new_empty(0) if b_ih is None else torch.empty_like(b_ih),
             x.new_empty(0) if w_hr is None else torch.empty_like(w_hr),
@@ -281,12 +284,16 @@ def _backward(ctx, dy, dh_n, dc_n, _dgates, _dc):
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
     kw = {} if w_ci is None and not clip and not cell_clip and not cifg else dict(
         w_ci=w_ci, w_cf=w_cf, w_co=w_co, clip=clip, cell_clip=cell_clip, cifg=cifg)
+    need_dx = ctx.needs_input_grad[0]
+    if not need_dx:     # a model's first layer: no product for dx (the eager module's need_dx)
+        kw["need_dx"] = False
     dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, dp = direction_backward(
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, c, dy, dh_n, dc_n, reverse, backend,
         **kw)
     bias = b_ih is not None
     peep = (None, None, None) if w_ci is None else (dp[0], dp[1], dp[2])
-    return (dx, dh0, dc0, dw_ih, dw_hh, db if bias else None, db.clone() if bias else None,
+    return (dx if need_dx else None, dh0, dc0, dw_ih, dw_hh, db if bias else None,
+            db.clone() if bias else None,
             dw_hr if w_hr is not None else None, None, None) + peep + (None, None, None)
 
 
