@@ -10,15 +10,17 @@
  * units. So:
  * Forward: x.w_ih^T of all rows in one GEMM (no bias) into gates (training) or a
  *   scratch [N,4H] (inference; or, where ln_fuse_x says so, by each step's tiles into
- *   the scratch's first rows, fwd_step with no h_prev). Per step the step tiles of the plain forward (fwd_step,
- *   its packed w_hh, threads splitting hidden blocks) compute h_{t-1}.w_hh^T with a cell
- *   that only stores the tile (fwd_cell_args.raw) into zh [B,4H]; after a barrier each
- *   row's cell (ln_row_stats2, ln_cell_gates, ln_row_stats, ln_cell_out, each over the step's rows; threads split the rows): both products' LNs (the input's there
- *   too, while its row is in cache: a pass over all rows before the loop cost a write and
- *   a read of [N,4H] more), the gates, c_t, c_t's LN, h_t. Saved for backward, as Numba's (the contract is one): the gates, c and
- *   stats [N, LSTM_LN_STATS_COLS(H)] (means, rstds, then the normalized products zhat_x,
- *   zhat_h from columns LSTM_LN_ZHAT, LSTM_LN_ZHAT_H(H): lstm.h); with
- *   nothing saved stats is [N, 6] and c the running state in c_n.
+ *   the scratch's first rows: fwd_step with no h_prev). Per step the step tiles of the
+ *   plain forward (fwd_step, its packed w_hh, threads splitting hidden blocks) compute
+ *   h_{t-1}.w_hh^T with a cell that only stores the tile (fwd_cell_args.raw) into zh
+ *   [B,4H]; after a barrier each row's cell (ln_row_stats2, ln_cell_gates, ln_row_stats,
+ *   ln_cell_out, each over the step's rows; threads split the rows): both products' LNs
+ *   (the input's there too, while its row is in cache: a pass over all rows before the
+ *   loop cost a write and a read of [N,4H] more), the gates, c_t, c_t's LN, h_t. Saved
+ *   for backward, as Numba's (the contract is one): the gates, c and stats
+ *   [N, LSTM_LN_STATS_COLS(H)] (means, rstds, then the normalized products zhat_x, zhat_h
+ *   from columns LSTM_LN_ZHAT, LSTM_LN_ZHAT_H(H): lstm.h); with nothing saved stats is
+ *   [N, 6] and c the running state in c_n.
  * Backward step: dh = dz_h[t+1].w_hh (* rdrop) + dy (bwd_dh of the plain backward:
  *   its tiles on the packed w_hh, threads splitting output blocks); after a barrier the
  *   rows' cells, threads splitting the rows (ln_cell_grad: c_t's LN backward, the gate
