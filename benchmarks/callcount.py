@@ -14,6 +14,7 @@ count is that level's.
     python benchmarks/callcount.py                  # forward+backward at (3, 1, 1, 1)
     python benchmarks/callcount.py --mode forward --shape 6,32,3,32 --top 30
     python benchmarks/callcount.py --target module --shape 6,32,3,32 --calls 2000
+    python benchmarks/callcount.py --shape 32,16,64,64 --calls 3 --layer-norm
 
 ``--target module`` counts ``lstm_fast.torch.LSTM`` instead (forward: under
 ``torch.inference_mode()`` in eval mode; train: forward with x requiring grad, then
@@ -37,7 +38,7 @@ import sys, numpy as np
 from lstm_fast import LSTM
 T, B, I, H = map(int, sys.argv[1].split(","))
 mode, n = sys.argv[2], int(sys.argv[3])
-layer = LSTM(I, H, backend=sys.argv[4], seed=0)
+layer = LSTM(I, H, backend=sys.argv[4], seed=0, layer_norm=sys.argv[5] == "1")
 x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
 dy = np.ones((T, B, H), np.float32)
 layer(x)
@@ -93,7 +94,8 @@ def _run(args, n, out):
     child = _CHILD if args.target == "layer" else _TORCH_CHILD
     backend = "torch" if args.target == "torch" else args.backend
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                    sys.executable, "-c", child, args.shape, args.mode, str(n), backend],
+                    sys.executable, "-c", child, args.shape, args.mode, str(n), backend,
+                    str(int(args.layer_norm))],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     text = subprocess.run(["callgrind_annotate", "--threshold=100", out], check=True,
                           capture_output=True, text=True).stdout
@@ -118,16 +120,21 @@ def main(argv=None):
     ap.add_argument("--target", choices=("layer", "module", "torch"), default="layer",
                     help="the NumPy lstm_fast.LSTM (default), lstm_fast.torch.LSTM or "
                          "torch.nn.LSTM")
+    ap.add_argument("--layer-norm", action="store_true",
+                    help="the layer-normalized LSTM (layer_norm=True; --target layer only)")
     ap.add_argument("--calls", type=int, default=10000, help="N (default 10000)")
     ap.add_argument("--top", type=int, default=20, help="functions to list")
     args = ap.parse_args(argv)
+    if args.layer_norm and args.target != "layer":
+        ap.error("--layer-norm: with --target layer only")
     with tempfile.TemporaryDirectory() as tmp:
         (f1, o1), (f3, o3) = (_run(args, k * args.calls, os.path.join(tmp, f"cg{k}"))
                               for k in (1, 3))
     per = 2.0 * args.calls
     objs = {k: (o3[k] - o1[k]) / per for k in set(o1) | set(o3)}
     fns = {k: (f3[k] - f1[k]) / per for k in set(f1) | set(f3)}
-    what = {"layer": f"lstm_fast.LSTM, backend {args.backend}",
+    what = {"layer": f"lstm_fast.LSTM{'(layer_norm=True)' if args.layer_norm else ''}, "
+                     f"backend {args.backend}",
             "module": f"lstm_fast.torch.LSTM, backend {args.backend}",
             "torch": "torch.nn.LSTM"}[args.target]
     print(f"{args.mode} at (T, B, I, H) = ({args.shape}), {what}: "
