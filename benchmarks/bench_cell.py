@@ -95,7 +95,6 @@ def test_cell(benchmark, case, cell_shape, competitor):
 # T, B, I, H; 2 layers, float32: a tiny model, where the per-call costs of torch's compiled
 # graph and of the operators' dispatch show, and word_language_model's small one
 MODELS = {"tiny": (32, 1, 64, 64), "wlm_small": (35, 20, 200, 200)}
-MODEL = MODELS["tiny"]
 MODEL_COMPETITORS = ("lstm_fast.torch", "lstm_fast.torch+compile", "torch", "torch+compile")
 MODEL_CASES = ("compiled_forward", "compiled_train")
 
