@@ -428,6 +428,126 @@ static int FN(bwd_rows_split)(int64_t B, int64_t I, int64_t H, int want_dx, int 
     return FN(rows_split_ok)(B, K, H, BR, nt);
 }
 
+/* dw as one product (dw_args) */
+static int FN(dw_one_product)(int64_t N, int64_t H)
+{
+    return N * FN(dg_ld)(H) * (int64_t)sizeof(TYPE) > (256 << 10);
+}
+
+/* [dw_ih | dw_hh] = dgates^T . [x | h_prev] as gemm arguments. When dgates^T is packed
+ * (a large N * 4H), as one product writing both outputs (g), so that it is packed once
+ * (measured at (32,64,256,256) f32: two products spent 14% of the backward packing;
+ * one: 22.0 -> 21.1 ms); else as two products (gi for dw_ih, then g), which read it in
+ * place (one product cost 26.3 -> 27.6 us at (6,32,3,32)); returns 1 then. Either way
+ * each element is the same sum in the same order: K blocks of KC rows, last to first
+ * (kdesc), as the steps write them. hm_all: h_{t-1} * the recurrent-dropout mask. */
+static int FN(dw_args)(const FN(bwd_ctx) *ctx, const TYPE *hm_all, FN(gemm_args) *g,
+                       FN(gemm_args) *gi)
+{
+    int64_t N = ctx->offs[ctx->T], R = ctx->P ? ctx->P : ctx->H, I = ctx->I;
+    *g = (FN(gemm_args)){0};
+    g->M = 4 * ctx->H;
+    g->K = N;
+    g->a = ctx->dgates;
+    g->lda = ctx->ldg;
+    g->a_trans = 1;
+    g->kdesc = 1;
+    g->N = R;
+    g->b = ctx->y;
+    g->b0 = ctx->h0;
+    g->offs = ctx->offs;
+    g->nsteps = ctx->T;
+    g->ldb = R;
+    if (hm_all) {
+        g->b = hm_all;
+        g->b0 = NULL;
+        g->offs = NULL;
+    }
+    g->c = ctx->dw_hh;
+    g->ldc = R;
+    if (FN(dw_one_product)(N, ctx->H)) {   /* with dw_ih in front */
+        g->bx = ctx->x;
+        g->ldbx = I;
+        g->nx = I;
+        g->px = (I + NR - 1) / NR;
+        g->N = g->px * NR + R;
+        g->c2 = ctx->dw_hh;
+        g->ldc2 = R;
+        g->c = ctx->dw_ih;
+        g->ldc = I;
+        return 0;
+    }
+    *gi = *g;
+    gi->N = I;
+    gi->b = ctx->x;
+    gi->b0 = NULL;
+    gi->offs = NULL;
+    gi->ldb = I;
+    gi->c = ctx->dw_ih;
+    gi->ldc = I;
+    return 1;
+}
+
+/* Whether the backward's whole-sequence products over rows of dgates (dw, and dx when
+ * it is not made in the steps) run interleaved with the steps: the rows of each K block
+ * of dw (KC rows) as soon as the steps have written them, while they are still in the
+ * L2, instead of after the loop, when a long sequence's dgates have gone to the L3. The
+ * sums are the same either way (dw_args: blocks last to first), so only the time depends
+ * on it. Automatic (lstm_set_bwd_interleave): where dgates exceed half the running CPU's
+ * L2 and a block of them fits in half of it. Measured (Intel Xeon family 6 model 167,
+ * L2 2 MiB, f32, backward alone, in-process alternation, interleaved / after the loop):
+ * 1 thread (100,32,16,128) 0.94-0.97, (400,32,16,128) 0.88, (35,20,200,200) 1.00,
+ * (32,64,256,256) 0.99-1.02; 2 threads (100,32,16,128) 0.99, (400,32,16,128) 0.96,
+ * (35,20,200,200) 0.98; with blocks beyond half the L2, (35,20,650,650) 1.01-1.03: the
+ * block leaves the L2 before dw reads it, and evicts the steps' weights. */
+static int FN(bwd_interleave)(int64_t N, int64_t H)
+{
+    int mode = lstm_get_bwd_interleave();
+    if (mode >= 0)
+        return mode;
+    int64_t row = FN(dg_ld)(H) * (int64_t)sizeof(TYPE), half = lstm_cpu()->l2 / 2;
+    return FN(dw_one_product)(N, H) && N * row > half && KC * row <= half;
+}
+
+/* The products over rows lo..hi of dgates (all written): with dw, the K blocks of dw
+ * that hold them (lo a multiple of KC, hi one or N); dx of those rows as dxm says
+ * (1: the steps' tiles, bwd_rows; 2: the GEMM gx). Threads split output columns or
+ * tiles, as in one call over all rows. */
+static void FN(bwd_rows_done)(const FN(bwd_ctx) *ctx, FN(gemm_args) *g, FN(gemm_args) *gi,
+                              int dw_two, int dw, FN(gemm_args) *gx, int dxm,
+                              const FN(step_plan) *spx, int64_t x0, int64_t x1, int64_t lo,
+                              int64_t hi, TYPE *ws, int tid, int num_threads)
+{
+    if (hi <= lo && !(dw && ctx->offs[ctx->T] == 0))
+        return;
+    if (hi <= lo) {   /* no rows: dw = 0 (gemm with K = 0) */
+        g->khi = gi->khi = 0;
+        if (dw_two)
+            FN(gemm)(gi, ws, tid, num_threads);
+        FN(gemm)(g, ws, tid, num_threads);
+        return;
+    }
+    if (dw) {
+        g->klo = gi->klo = lo;
+        g->khi = gi->khi = hi;
+        if (dw_two)
+            FN(gemm)(gi, ws, tid, num_threads);
+        FN(gemm)(g, ws, tid, num_threads);
+    }
+    int64_t ldg = ctx->ldg, I = ctx->I;
+    if (dxm == 1) {
+        const TYPE *wih_b = (const TYPE *)((const unsigned char *)ctx->hdr +
+                                           ctx->hdr->off_wih_b);
+        FN(bwd_rows)(ctx->H, I, wih_b, x0, x1, ctx->dgates + lo * ldg, ldg, hi - lo, NULL, NULL,
+                     ctx->dx + lo * I, spx);
+    } else if (dxm == 2) {
+        gx->M = hi - lo;
+        gx->a = ctx->dgates + lo * ldg;
+        gx->c = ctx->dx + lo * I;
+        FN(gemm)(gx, ws, tid, num_threads);
+    }
+}
+
 KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 {
     const FN(bwd_ctx) *ctx = (const FN(bwd_ctx) *)arg;
@@ -507,6 +627,25 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     gm.bpacked = (const TYPE *)(base + ctx->hdr->off_whr);
     gm.c = ctx->dm;
     gm.ldc = H;
+    /* dx after the steps: dxm 1 as the steps' tiles over all rows (wih_b), 2 a GEMM (wih,
+       where w_ih and w_hh exceed the L2) */
+    const int dxm = !ctx->dx || dx_steps ? 0 : !FN(dx_gemm)(I, H, P) ? 1 : 2;
+    const FN(step_plan) spx = FN(step_plan_for)((x1 - x0) * G * V * s, BNB * V * s);
+    FN(gemm_args) gx = {0};   /* dx = dgates . w_ih (rows set by bwd_rows_done) */
+    gx.N = I;
+    gx.K = G;
+    gx.lda = ldg;
+    gx.bpacked = dxm == 2 ? (const TYPE *)(base + ctx->hdr->off_wih) : NULL;
+    gx.ldc = I;
+    /* dw (and dx) interleaved with the steps (bwd_interleave): the K blocks at and
+       above kdone are done */
+    FN(gemm_args) g, gi;
+    int dw_two = 0;
+    const int ilv = !P && !bf_whh && !(ctx->var && (ctx->var->rdrop || ctx->var->bf16_grads)) &&
+                    FN(bwd_interleave)(N, H);
+    int64_t kdone = N;
+    if (ilv)
+        dw_two = FN(dw_args)(ctx, NULL, &g, &gi);
     if (ctx->rows)   /* the last step's rows may be another thread's than B's split */
         lstm_barrier_wait(bar, num_threads);
     for (int64_t t = T - 1; t >= 0; t--) {
@@ -523,6 +662,12 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
                     FN(bwd_rows)(H, I, wih_b, 0, iblk, ctx->dgates + (offs[t + 1] + d0) * ldg, ldg,
                                  d1 - d0, NULL, NULL, ctx->dx + (offs[t + 1] + d0) * I, &sp);
                 lstm_barrier_wait(bar, num_threads);
+                if (ilv && (offs[t] + KC - 1) / KC * KC < kdone) {   /* blocks written */
+                    int64_t lo = (offs[t] + KC - 1) / KC * KC;
+                    FN(bwd_rows_done)(ctx, &g, &gi, dw_two, 1, &gx, dxm, &spx, x0, x1, lo, kdone,
+                                      ws, tid, num_threads);
+                    kdone = lo;
+                }
                 continue;
             }
             FN(bwd_step)(ctx, t, j0, j1, &sp, bf_whh, bf_rows, amx, 0, n);
@@ -537,6 +682,12 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
                              offs[t + 2] - offs[t + 1], NULL, NULL, ctx->dx + offs[t + 1] * I,
                              &sp);
             lstm_barrier_wait(bar, num_threads);
+            if (ilv && (offs[t] + KC - 1) / KC * KC < kdone) {   /* blocks written */
+                int64_t lo = (offs[t] + KC - 1) / KC * KC;
+                FN(bwd_rows_done)(ctx, &g, &gi, dw_two, 1, &gx, dxm, &spx, x0, x1, lo, kdone, ws,
+                                  tid, num_threads);
+                kdone = lo;
+            }
             continue;
         }
         int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
@@ -591,12 +742,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
                          &sp);
     }
 
-    /* [dw_ih | dw_hh] = dgates^T . [x | h_prev]. When dgates^T is packed (a large
-     * N * 4H), as one product writing both outputs, so that it is packed once
-     * (measured at (32,64,256,256) f32: two products spent 14% of the backward
-     * packing; one: 22.0 -> 21.1 ms); else as two products, which read it in
-     * place (one product cost 26.3 -> 27.6 us at (6,32,3,32)). Either way each
-     * element is the same sum in the same order. */
+    /* [dw_ih | dw_hh] = dgates^T . [x | h_prev] (dw_args), unless interleaved */
     const TYPE *hm_all = ctx->var && ctx->var->rdrop   /* recurrent dropout */
         ? FN(masked_h_rows)(ctx->var, offs, N, R, ctx->y, ctx->h0, tid, num_threads, bar) : NULL;
 #if BWD_BF16
@@ -633,47 +779,11 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         goto after_dw;
     }
 #endif
-    FN(gemm_args) g = {0};   /* dw_hh = dgates^T . h_prev */
-    g.M = G;
-    g.K = N;
-    g.a = ctx->dgates;
-    g.lda = ldg;
-    g.a_trans = 1;
-    g.N = R;
-    g.b = ctx->y;
-    g.b0 = ctx->h0;
-    g.offs = offs;
-    g.nsteps = T;
-    g.ldb = R;
-    if (hm_all) {
-        g.b = hm_all;
-        g.b0 = NULL;
-        g.offs = NULL;
+    if (!ilv) {
+        dw_two = FN(dw_args)(ctx, hm_all, &g, &gi);
+        FN(bwd_rows_done)(ctx, &g, &gi, dw_two, 1, &gx, 0, &spx, x0, x1, 0, N, ws, tid,
+                          num_threads);
     }
-    g.c = ctx->dw_hh;
-    g.ldc = R;
-    if (N * ldg * (int64_t)sizeof(TYPE) > (256 << 10)) {   /* with dw_ih in front */
-        g.bx = ctx->x;
-        g.ldbx = I;
-        g.nx = I;
-        g.px = (I + NR - 1) / NR;
-        g.N = g.px * NR + R;
-        g.c2 = ctx->dw_hh;
-        g.ldc2 = R;
-        g.c = ctx->dw_ih;
-        g.ldc = I;
-    } else {
-        FN(gemm_args) gi = g;   /* dw_ih = dgates^T . x */
-        gi.N = I;
-        gi.b = ctx->x;
-        gi.b0 = NULL;
-        gi.offs = NULL;
-        gi.ldb = I;
-        gi.c = ctx->dw_ih;
-        gi.ldc = I;
-        FN(gemm)(&gi, ws, tid, num_threads);
-    }
-    FN(gemm)(&g, ws, tid, num_threads);
 #if BWD_BF16
 after_dw:
 #endif
@@ -692,23 +802,11 @@ after_dw:
         gr.ldc = H;
         FN(gemm)(&gr, ws, tid, num_threads);
     }
-
-    if (!ctx->dx) {
-    } else if (!dx_steps && !FN(dx_gemm)(I, H, P)) {   /* dx of all rows as the steps' tiles */
-        const FN(step_plan) spx = FN(step_plan_for)((x1 - x0) * G * V * s, BNB * V * s);
-        FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates, ldg, N, NULL, NULL, ctx->dx, &spx);
-    } else if (!dx_steps) {
-        FN(gemm_args) gx = {0};
-        gx.M = N;
-        gx.N = I;
-        gx.K = G;
-        gx.a = ctx->dgates;
-        gx.lda = ldg;
-        gx.bpacked = (const TYPE *)(base + ctx->hdr->off_wih);
-        gx.c = ctx->dx;
-        gx.ldc = I;
-        FN(gemm)(&gx, ws, tid, num_threads);
-    }
+    /* dx after the loop (with ilv, the rows below kdone and their dw: none after the
+       loop's last step) */
+    if (ilv || dxm)
+        FN(bwd_rows_done)(ctx, &g, &gi, dw_two, ilv, &gx, dxm, &spx, x0, x1, 0, ilv ? kdone : N,
+                          ws, tid, num_threads);
 #if BWD_BF16
     if (amx)
         FN(amx_end)();

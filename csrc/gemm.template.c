@@ -70,6 +70,13 @@ typedef struct {
     const TYPE *bias;
     TYPE *c;
     int64_t ldc;
+    /* kdesc: the K blocks (KC rows each, from k = 0) are summed last to first: C = the
+       last block's product, then C += each block below it (the backward's dw, whose
+       rows of dgates the steps write last to first). khi > 0: only the blocks that
+       hold rows klo..khi-1 (block-aligned; klo a multiple of KC), in that order, so
+       that calls over consecutive ranges give the bits of one call */
+    int kdesc;
+    int64_t klo, khi;
 } FN(gemm_args);
 
 /* Transposed A: pack tiles mt0..mt1 at once, sweeping each stored row of A
@@ -389,8 +396,12 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int num_threads)
                 g->c[m * g->ldc + n] = g->bias ? g->bias[n] : 0;
         return;
     }
-    for (int64_t kb = 0; kb < g->K; kb += KC) {
+    const int64_t nkb = (g->K + KC - 1) / KC, kb0 = g->khi ? g->klo / KC : 0;
+    const int64_t kb1 = g->khi ? (g->khi + KC - 1) / KC : nkb;
+    for (int64_t bi = 0; bi < kb1 - kb0; bi++) {
+        int64_t kb = (g->kdesc ? kb1 - 1 - bi : kb0 + bi) * KC;
         int64_t kc = g->K - kb < KC ? g->K - kb : KC;
+        const int first = g->kdesc ? kb == (nkb - 1) * KC : kb == 0;
         for (int64_t pb = p0; pb < p1; pb += npb) {
             int64_t pe = pb + npb < p1 ? pb + npb : p1;
             const TYPE *bblk;
@@ -423,17 +434,17 @@ KERNEL void FN(gemm)(const FN(gemm_args) *g, TYPE *ws, int tid, int num_threads)
                     const TYPE *bias = g->bias ? g->bias + p * NR : NULL;
                     const TYPE *bpp = bblk + (p - pb) * pstride;
                     if (pack_rows)
-                        FN(gemm_tile_packed)(kc, ap, bpp, wide, pstride, cp, ldc, mr, nn, kb == 0,
+                        FN(gemm_tile_packed)(kc, ap, bpp, wide, pstride, cp, ldc, mr, nn, first,
                                              bias);
                     else if (at_direct)
                         FN(gemm_tile_direct_t)(kc, g->a + kb * g->lda + m0, g->lda, bpp, wide,
-                                               pstride, cp, ldc, mr, nn, kb == 0, bias);
+                                               pstride, cp, ldc, mr, nn, first, bias);
                     else if (g->a_trans)
                         FN(gemm_tile_packed)(kc, ap + (mt - mt0) % ATB * kc * MR, bpp, wide,
-                                             pstride, cp, ldc, mr, nn, kb == 0, bias);
+                                             pstride, cp, ldc, mr, nn, first, bias);
                     else
                         FN(gemm_tile_direct)(kc, g->a + m0 * g->lda + kb, g->lda, bpp, wide,
-                                             pstride, cp, ldc, mr, nn, kb == 0, bias);
+                                             pstride, cp, ldc, mr, nn, first, bias);
                     p += wide ? WP : 1;
                 }
             }

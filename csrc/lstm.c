@@ -53,6 +53,21 @@ size_t lstm_bf16_grads_workspace_size(int64_t N, int64_t B, int64_t I, int64_t H
                     (num_threads < 1 ? 1 : num_threads) * bf16_ws_rows_bytes(B, H) + dw + 64);
 }
 
+/* The backward's whole-sequence products interleaved with its steps (backward.template.c,
+ * bwd_interleave): -1 automatic, 0 never, 1 wherever the call allows it. The same bits
+ * either way. */
+static int bwd_interleave_mode = -1;
+
+int lstm_set_bwd_interleave(int mode)
+{
+    if (mode < -1 || mode > 1)
+        return LSTM_ERR_ARG;
+    __atomic_store_n(&bwd_interleave_mode, mode, __ATOMIC_RELAXED);
+    return LSTM_OK;
+}
+
+int lstm_get_bwd_interleave(void) { return __atomic_load_n(&bwd_interleave_mode, __ATOMIC_RELAXED); }
+
 #define TYPE float
 #define IS_F64 0
 #define ISA 0

@@ -354,6 +354,17 @@ int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void 
                          const float *c0, float *y, float *h_n, float *c_n, uint16_t *gates,
                          uint16_t *c, void *workspace, int num_threads);
 
+/* Whether the backward (lstm_backward_*) runs its whole-sequence products over the
+ * rows of the gate gradients (dw_ih and dw_hh, and dx where the steps do not make it)
+ * interleaved with the steps, each block of 256 rows as soon as the steps have written
+ * it, while those rows are still in the L2, rather than after the loop. Mode: -1
+ * automatic (the default: where the sequence's gate gradients exceed half the running
+ * CPU's L2 and a block of them fits in half of it; plain LSTM without a projection,
+ * float32 words, no recurrent dropout), 0 never, 1 wherever the call allows it. The
+ * same bits in every mode (for tests and benchmarks). LSTM_ERR_ARG for another mode. */
+int lstm_set_bwd_interleave(int mode);
+int lstm_get_bwd_interleave(void);
+
 /* How lstm_forward_bf16 computes its products: 1 with vdpbf16ps (AVX512_BF16), 0
  * emulated with float32 FMAs (same bits). Mode: -1 automatic (the default: native
  * where the CPU has it and a pack of the AVX-512 level, per call by B and the CPU's

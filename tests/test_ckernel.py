@@ -95,6 +95,49 @@ def test_backward_without_dx_is_bitwise_equal_at_every_level(level, dtype, shape
         assert got[0] is None and same_bits(got[1:], want[1:]), n
 
 
+# The backward's whole-sequence products (dw, and dx after the loop) interleaved with the
+# steps, a block of 256 rows of the gate gradients as soon as it is written
+# (backward.template.c, bwd_interleave), or after the loop: one block, blocks that end
+# inside a step, many; dw as two products (small) or one; dx after the loop (I <= 16) or
+# in the steps (B >= 32); padded and ragged (sequences ending early, steps of no rows).
+INTERLEAVE_CASES = [
+    (3, 5, 7, 17, None), (40, 9, 16, 33, None), (40, 9, 16, 32, [40, 40, 33, 20, 9, 9, 2, 1, 0]),
+    (30, 20, 24, 40, None), (70, 32, 20, 16, None), (90, 13, 16, 20, [90] * 5 + [60] * 4 + [7] * 4),
+]
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.parametrize("case", INTERLEAVE_CASES, ids=lambda c: "T{}B{}I{}H{}{}".format(
+    *c[:4], "" if c[4] is None else "-lengths"))
+def test_backward_interleaved_with_the_steps_has_the_bits_of_after_the_loop(level, dtype, case,
+                                                                           num_threads):
+    p = contract_problem(*case[:4], 0, case[4], dtype=dtype, seed=sum(case[:4]))
+    prev = ck.set_bwd_interleave(False)
+    try:
+        after = run_contract(ck, p, num_threads)
+        ck.set_bwd_interleave(True)
+        interleaved = run_contract(ck, p, num_threads)
+        ck.set_bwd_interleave(None)
+        auto = run_contract(ck, p, num_threads)
+    finally:
+        ck.set_bwd_interleave(prev)
+    for got in (interleaved, auto):
+        assert same_bits(got[0], after[0]) and same_bits(got[1], after[1])
+    assert_matches(interleaved[1], reference64(p)[1], BWD, dtype)
+
+
+def test_backward_interleave_setting():
+    prev = ck.set_bwd_interleave(True)
+    try:
+        assert ck.set_bwd_interleave(False) is True
+        assert ck.set_bwd_interleave(None) is False
+        with pytest.raises(ValueError, match="interleave must be True, False or None"):
+            ck.set_bwd_interleave(1)
+        assert ck.set_bwd_interleave(None) is None
+    finally:
+        ck.set_bwd_interleave(prev)
+
+
 def test_huge_preactivations_saturate(level, dtype):
     p = contract_problem(6, 3, 5, 19, dtype=dtype, seed=2)
     p["w"] = tuple(None if w is None else w * dtype(1e30) for w in p["w"])

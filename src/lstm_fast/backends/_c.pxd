@@ -131,6 +131,8 @@ cdef extern from "lstm.h" nogil:
                              const int64_t *batch_sizes, const float *x, const float *h0,
                              const float *c0, float *y, float *h_n, float *c_n,
                              uint16_t *gates, uint16_t *c, void *workspace, int num_threads)
+    int lstm_set_bwd_interleave(int mode)
+    int lstm_get_bwd_interleave()
     int lstm_set_bf16_mode(int mode)
     int lstm_get_bf16_mode()
     int lstm_bf16_native(int64_t B, int64_t I, int64_t H)

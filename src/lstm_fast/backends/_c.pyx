@@ -134,6 +134,21 @@ def build_info():
 _BF16_MODES = {None: -1, False: 0, True: 1}
 
 
+def set_bwd_interleave(interleave):
+    """Whether the backward runs its whole-sequence products (dw_ih, dw_hh, and dx where
+    the steps do not make it) interleaved with its steps, a block of 256 rows of the gate
+    gradients as soon as the steps have written it: True wherever the call allows it
+    (plain LSTM without a projection, float32 words, no recurrent dropout), False never
+    (after the loop), None automatic (the default: where the gate gradients of the whole
+    sequence exceed half the running CPU's L2 and a block of them fits in half of it).
+    The same bits every way; for tests and benchmarks. Returns the previous setting."""
+    if not (interleave is None or isinstance(interleave, bool)):
+        raise ValueError(f"interleave must be True, False or None, got {interleave!r}")
+    prev = {-1: None, 0: False, 1: True}[lstm_get_bwd_interleave()]
+    lstm_set_bwd_interleave(_BF16_MODES[interleave])
+    return prev
+
+
 def set_bf16_native(native):
     """How the bfloat16-weight forward computes its products: True with vdpbf16ps
     (RuntimeError if the CPU lacks AVX512_BF16), False always emulated with float32 FMAs,
