@@ -208,3 +208,56 @@ def test_threads_share_the_cache_and_get_the_serial_results():
     for t in threads:
         t.join()
     assert not errors and len(got) == 40 and all(got)
+
+
+def _vm_flags(addr):
+    """The VmFlags of the mapping holding address addr (/proc/self/smaps)."""
+    start = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                start = lo <= addr < hi
+            elif start and line.startswith("VmFlags:"):
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+_THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+@pytest.mark.skipif(not (os.path.exists("/proc/self/smaps") and os.path.exists(_THP)),
+                    reason="Linux with transparent huge pages")
+@pytest.mark.parametrize("numpy_advises", [True, False])
+def test_packs_of_4_mib_are_advised_huge_pages_as_numpy_advises_its_arrays(numpy_advises):
+    """NumPy advises MADV_HUGEPAGE for its arrays of 4 MiB or more (its switch:
+    _set_madvise_hugepage); a pack of 4 MiB or more follows it ("hg" in its mapping's
+    VmFlags), a smaller pack and the per-call arrays do not. In a fresh process, so that
+    no earlier block shares the mappings."""
+    code = f"""
+import numpy as np, lstm_fast
+from lstm_fast.backends import _c
+try:
+    from numpy._core.multiarray import _set_madvise_hugepage
+except ImportError:
+    from numpy.core.multiarray import _set_madvise_hugepage
+import test_buffer_cache as t
+_set_madvise_hugepage({numpy_advises})
+def hg(a):   # a page past the first one: madvise covers whole pages only
+    return "hg" in t._vm_flags(a.ctypes.data + a.nbytes // 2)
+rng = np.random.default_rng(0)
+small = _c.pack(*(rng.standard_normal(s).astype(np.float32) for s in ((256, 64), (256, 64), (256,))))
+layer = lstm_fast.LSTM(8, 512, backend="c")
+y, _ = layer(np.ones((64, 40, 8), np.float32))   # 5 MiB
+# last: the heap grows into an advised mapping's flags, so what is made after may share them
+big = _c.pack(*(rng.standard_normal(s).astype(np.float32) for s in ((2048, 512), (2048, 512), (2048,))))
+print(big.buf.nbytes >= 4 << 20, hg(big.buf), small.buf.nbytes >= 4096, hg(small.buf),
+      y.nbytes >= 4 << 20, hg(y))
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", str(numpy_advises), "True", "False", "True", "False"]

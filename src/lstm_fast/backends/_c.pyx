@@ -28,7 +28,15 @@ cdef extern from "_bufcache.h":
     void bc_release()
     void bc_set_limit(size_t limit)
     void bc_stats(size_t *kept, size_t *blocks, size_t *limit, size_t *reused)
+    void bc_advise_huge(void *p, size_t n)
     size_t BC_MIN, BC_SLOTS
+
+try:   # NumPy's switch for advising huge pages to its large arrays, followed for the packs
+    from numpy._core.multiarray import _get_madvise_hugepage
+except ImportError:   # NumPy 1.x
+    from numpy.core.multiarray import _get_madvise_hugepage
+
+cdef cnp.npy_intp _HUGE_PACK = 4 << 20   # packs from 4 MiB get huge pages (bc_advise_huge)
 
 # NEP 49 handler for the binding's large arrays (_bufcache.h), set only around them in _empty
 _BUFCACHE = bc_capsule()
@@ -509,6 +517,8 @@ cdef Packed _pack_target(object out, cnp.npy_intp n, int64_t I, int64_t H, int64
             return p
     p = Packed.__new__(Packed)
     p.buf = _empty(1, &n, cnp.NPY_UINT8)
+    if n >= _HUGE_PACK and _get_madvise_hugepage():   # streamed at every step
+        bc_advise_huge(cnp.PyArray_DATA(<cnp.ndarray>p.buf), <size_t>n)
     p.wkind = (_BF16 if weight_dtype == "bfloat16" else _INT8 if weight_dtype == "int8" else
                _INT8D if weight_dtype == "int8_dynamic" else _FULL)
     return p
