@@ -23,6 +23,8 @@ typedef struct {
     TYPE *dpeep;        /* [3,H] peephole gradients (with var->peephole) */
     TYPE *dhz;          /* [B,H] zoneout: the gradient carried to h_{t-1}, or NULL */
     int pf_dg;          /* prefetch dgates[t+1] at the start of step t (threads split units) */
+    int pf_next;        /* the cells of step t prefetch step t-1's dgates and gates
+                           (bwd_long_narrow) */
     int rows;           /* the threads split each step's rows (bwd_rows_split) */
     const uint16_t *g16, *c16;   /* bfloat16 training: the saved gates and c as bf16 bits
                                     (var->bf16_gates, bf16_c; gates, c unused), or NULL */
@@ -304,6 +306,10 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
                             .m = NULL, .db = ctx->db};
     if (ctx->rows)
         ca.db = NULL;
+    if (ctx->pf_next && t && !ctx->g16) {   /* step t-1 has at least this step's rows */
+        ca.pf_dg = ctx->dgates + offs[t - 1] * ldg;
+        ca.pf_gates = ctx->gates + offs[t - 1] * 4 * H;
+    }
     SET_CELL_VARIANT(ca, ctx->var);
     ca.dpeep = ctx->dpeep;
     ca.bf16 = ctx->var && ctx->var->bf16_grads;   /* bfloat16 training */
@@ -488,25 +494,39 @@ static int FN(dw_args)(const FN(bwd_ctx) *ctx, const TYPE *hm_all, FN(gemm_args)
     return 1;
 }
 
-/* Whether the backward's whole-sequence products over rows of dgates (dw, and dx when
- * it is not made in the steps) run interleaved with the steps: the rows of each K block
- * of dw (KC rows) as soon as the steps have written them, while they are still in the
- * L2, instead of after the loop, when a long sequence's dgates have gone to the L3. The
- * sums are the same either way (dw_args: blocks last to first), so only the time depends
- * on it. Automatic (lstm_set_bwd_interleave): where dgates exceed half the running CPU's
- * L2 and a block of them fits in half of it. Measured (Intel Xeon family 6 model 167,
- * L2 2 MiB, f32, backward alone, in-process alternation, interleaved / after the loop):
- * 1 thread (100,32,16,128) 0.94-0.97, (400,32,16,128) 0.88, (35,20,200,200) 1.00,
- * (32,64,256,256) 0.99-1.02; 2 threads (100,32,16,128) 0.99, (400,32,16,128) 0.96,
- * (35,20,200,200) 0.98; with blocks beyond half the L2, (35,20,650,650) 1.01-1.03: the
- * block leaves the L2 before dw reads it, and evicts the steps' weights. */
+/* Where a long sequence's gate gradients (dgates) exceed half the running CPU's L2 while a
+ * block of KC rows of them fits in half of it, the backward does two things that pay only
+ * there (measured below):
+ *   - interleave: the whole-sequence products over rows of dgates (dw, and dx when it is
+ *     not made in the steps) run interleaved with the steps, the rows of each K block of
+ *     dw as soon as the steps have written them, while they are still in the L2, instead
+ *     of after the loop, when they have gone to the L3. The sums are the same either way
+ *     (dw_args: blocks last to first), so only the time depends on it
+ *     (lstm_set_bwd_interleave forces it on or off, for tests and benchmarks);
+ *   - prefetch: the plain cells of step t prefetch the lines of step t-1 they will use,
+ *     its rows of dgates (for writing: without it each line of dgates is first read from
+ *     the L3 or memory) and of the saved gates (into the L2). The hardware prefetchers do
+ *     not run ahead of the cells, which walk a step's rows a block of units at a time,
+ *     4H elements apart.
+ * Measured (Intel Xeon family 6 model 167, L2 2 MiB, f32, backward alone, in-process
+ * alternation, with / without): interleave, 1 thread, (100,32,16,128) 0.94-0.97,
+ * (400,32,16,128) 0.88, (35,20,200,200) 1.00, 2 threads (100,32,16,128) 0.99,
+ * (400,32,16,128) 0.96, (35,20,200,200) 0.98; then the prefetch, 1 thread,
+ * (100,32,16,128) 0.91-0.95, (400,32,16,128) 0.90-0.94, (35,20,200,200) 0.99; 2 threads
+ * 1.00-1.01. Where a block exceeds half the L2, both cost: interleaved,
+ * (35,20,650,650) 1.01-1.03 and (32,64,256,256) 0.99-1.02 (the block leaves the L2
+ * before dw reads it, and evicts the steps' weights); prefetching, (32,64,256,256)
+ * 1.014-1.016 at 1 and 2 threads (a step's 512 KB of lines displace the tiles'). */
+static int FN(bwd_long_narrow)(int64_t N, int64_t H)
+{
+    int64_t row = FN(dg_ld)(H) * (int64_t)sizeof(TYPE), half = lstm_cpu()->l2 / 2;
+    return FN(dw_one_product)(N, H) && N * row > half && KC * row <= half;
+}
+
 static int FN(bwd_interleave)(int64_t N, int64_t H)
 {
     int mode = lstm_get_bwd_interleave();
-    if (mode >= 0)
-        return mode;
-    int64_t row = FN(dg_ld)(H) * (int64_t)sizeof(TYPE), half = lstm_cpu()->l2 / 2;
-    return FN(dw_one_product)(N, H) && N * row > half && KC * row <= half;
+    return mode >= 0 ? mode : FN(bwd_long_narrow)(N, H);
 }
 
 /* The products over rows lo..hi of dgates (all written): with dw, the K blocks of dw
@@ -867,10 +887,11 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     }
     FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
-                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL, 0, 0,
+                       (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL, 0, 0, 0,
                        NULL, NULL};
     ctx.rows = !P && !var && FN(bwd_rows_split)(B, I, H, ctx.dx != NULL, num_threads);
     ctx.pf_dg = num_threads > 1 && !ctx.rows;   /* split by rows, dgates[t+1] is this thread's */
+    ctx.pf_next = !P && FN(bwd_long_narrow)(N, H);
     if (var && var->bf16_gates) {   /* bfloat16 training's saved bf16 bits */
         ctx.g16 = var->bf16_gates;
         ctx.c16 = var->bf16_c;

@@ -292,6 +292,10 @@ typedef struct {
        only; var is then 1 and gates, c unused): gates [.,4H], c_t [.,H], and c_{t-1}
        [.,H] or NULL (step 0: cprev, c0 as given) */
     const uint16_t *g16, *c16, *cp16;
+    /* the next step's (t-1) rows of dg and of the saved gates, or NULL: the plain cell
+       prefetches, for each element it handles, the same element there (bwd_step) */
+    TYPE *pf_dg;
+    const TYPE *pf_gates;
 } FN(bwd_cell_args);
 
 
@@ -419,6 +423,14 @@ INLINE void FN(bwd_cell_plain)(const FN(bwd_cell_args) *a, int mr, int nb, int64
             vec dcv = vload_n(a->dc + ro, n);
             dcv = dcv + dh * o * (1 - tc * tc);
             TYPE *dgr = a->dg + row * a->ldg + off;
+            if (!b16 && a->pf_dg) {   /* the next step's lines: dg to be written, gates read */
+                TYPE *pd = a->pf_dg + row * a->ldg + off;
+                const TYPE *pg = a->pf_gates + row * 4 * H + off;
+                for (int q = 0; q < 4; q++) {
+                    __builtin_prefetch(pd + q * H, 1, 3);
+                    __builtin_prefetch(pg + q * H, 0, 2);
+                }
+            }
             vec dgv[4] = {dcv * g * i * (1 - i), dcv * cp * f * (1 - f),
                           dcv * i * (1 - g * g), dh * tc * o * (1 - o)};
             for (int q = 0; q < 4; q++) {

@@ -772,7 +772,7 @@ static int FN(ln_backward)(int64_t T, int64_t B, int64_t I, int64_t H,
     memset(&lc, 0, sizeof lc);
     FN(bwd_ctx) b = {T, B, I, H, 0, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                      dx, dw_ih, dw_hh, db, dh0, dc0, NULL, dzh, ldg, NULL, NULL, NULL,
-                     (TYPE *)wsb, var, var->peephole ? dpeep : NULL, NULL, 0, 0, NULL, NULL};
+                     (TYPE *)wsb, var, var->peephole ? dpeep : NULL, NULL, 0, 0, 0, NULL, NULL};
     if (var->zoneout)   /* after the rows of h_{t-1} * rdrop, as the plain backward */
         b.dhz = (TYPE *)(FN(align_ptr)(var->var_ws) + ALIGN64(N * H * s));
     lc.b = b;

@@ -103,6 +103,10 @@ def test_backward_without_dx_is_bitwise_equal_at_every_level(level, dtype, shape
 INTERLEAVE_CASES = [
     (3, 5, 7, 17, None), (40, 9, 16, 33, None), (40, 9, 16, 32, [40, 40, 33, 20, 9, 9, 2, 1, 0]),
     (30, 20, 24, 40, None), (70, 32, 20, 16, None), (90, 13, 16, 20, [90] * 5 + [60] * 4 + [7] * 4),
+    # where the automatic rule (bwd_long_narrow) takes both the interleave and the cells'
+    # prefetch of the next step: 1280 rows of dgates (1.4 MB) over half an L2 of up to
+    # 2.7 MB, a block of them (0.28 MB) in half of one of 0.56 MB or more
+    (64, 20, 16, 64, None), (64, 24, 16, 64, [64] * 16 + [50] * 5 + [3] * 3),
 ]
 
 
