@@ -302,3 +302,18 @@ def test_run_benchmark_warms_after_settling(monkeypatch):
     runner = harness.Runner("a", lambda: order.append("call") or 1, lambda r: r)
     harness.run_benchmark(Bench(), runner, 1, lambda out: None, "g", {})
     assert order == ["call", "settle", "call", "timed", "call", "call"]
+
+
+def test_pack_pages_compares_a_4k_and_a_huge_page_pack_and_restores_numpys_switch(capsys):
+    pytest.importorskip("lstm_fast.backends._c")
+    from . import pack_pages
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage
+    except ImportError:   # NumPy 1.x
+        from numpy.core.multiarray import _get_madvise_hugepage
+    before = _get_madvise_hugepage()
+    pack_pages.main(["3,2,5,7;2,1,3,4", "1", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all("4 KiB" in ln and "huge" in ln for ln in lines)
+    assert lines[0].startswith("3,2,5,7 1T inference forward") and "training step" in lines[3]
+    assert _get_madvise_hugepage() == before
