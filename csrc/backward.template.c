@@ -538,22 +538,15 @@ static void FN(bwd_rows_done)(const FN(bwd_ctx) *ctx, FN(gemm_args) *g, FN(gemm_
                               const FN(step_plan) *spx, int64_t x0, int64_t x1, int64_t lo,
                               int64_t hi, TYPE *ws, int tid, int num_threads)
 {
-    if (hi <= lo && !(dw && ctx->offs[ctx->T] == 0))
-        return;
-    if (hi <= lo) {   /* no rows: dw = 0 (gemm with K = 0) */
-        g->khi = gi->khi = 0;
-        if (dw_two)
-            FN(gemm)(gi, ws, tid, num_threads);
-        FN(gemm)(g, ws, tid, num_threads);
-        return;
-    }
-    if (dw) {
+    if (dw && (hi > lo || ctx->offs[ctx->T] == 0)) {   /* no rows at all: khi 0, dw = 0 */
         g->klo = gi->klo = lo;
         g->khi = gi->khi = hi;
         if (dw_two)
             FN(gemm)(gi, ws, tid, num_threads);
         FN(gemm)(g, ws, tid, num_threads);
     }
+    if (hi <= lo)
+        return;
     int64_t ldg = ctx->ldg, I = ctx->I;
     if (dxm == 1) {
         const TYPE *wih_b = (const TYPE *)((const unsigned char *)ctx->hdr +
@@ -661,7 +654,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
        above kdone are done */
     FN(gemm_args) g, gi;
     int dw_two = 0;
-    const int ilv = !P && !bf_whh && !(ctx->var && (ctx->var->rdrop || ctx->var->bf16_grads)) &&
+    const int ilv = !P && !(ctx->var && (ctx->var->rdrop || ctx->var->bf16_grads)) &&
                     FN(bwd_interleave)(N, H);
     int64_t kdone = N;
     if (ilv)
@@ -681,29 +674,22 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
                 if (dx_steps && d1 > d0)   /* dx of step t+1: this thread's rows of it */
                     FN(bwd_rows)(H, I, wih_b, 0, iblk, ctx->dgates + (offs[t + 1] + d0) * ldg, ldg,
                                  d1 - d0, NULL, NULL, ctx->dx + (offs[t + 1] + d0) * I, &sp);
-                lstm_barrier_wait(bar, num_threads);
-                if (ilv && (offs[t] + KC - 1) / KC * KC < kdone) {   /* blocks written */
-                    int64_t lo = (offs[t] + KC - 1) / KC * KC;
-                    FN(bwd_rows_done)(ctx, &g, &gi, dw_two, 1, &gx, dxm, &spx, x0, x1, lo, kdone,
-                                      ws, tid, num_threads);
-                    kdone = lo;
-                }
-                continue;
-            }
-            FN(bwd_step)(ctx, t, j0, j1, &sp, bf_whh, bf_rows, amx, 0, n);
+            } else {
+                FN(bwd_step)(ctx, t, j0, j1, &sp, bf_whh, bf_rows, amx, 0, n);
 #if BWD_BF16
-            if (bf_whh && dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])
-                FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, offs[t + 2] - offs[t + 1],
-                              ctx->dx + offs[t + 1] * I, &sp, amx);   /* words made by bwd_step */
-            else
+                if (bf_whh && dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])
+                    FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, offs[t + 2] - offs[t + 1],
+                                  ctx->dx + offs[t + 1] * I, &sp, amx);   /* words made by bwd_step */
+                else
 #endif
-            if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
-                FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates + offs[t + 1] * ldg, ldg,
-                             offs[t + 2] - offs[t + 1], NULL, NULL, ctx->dx + offs[t + 1] * I,
-                             &sp);
+                if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
+                    FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates + offs[t + 1] * ldg, ldg,
+                                 offs[t + 2] - offs[t + 1], NULL, NULL,
+                                 ctx->dx + offs[t + 1] * I, &sp);
+            }
             lstm_barrier_wait(bar, num_threads);
-            if (ilv && (offs[t] + KC - 1) / KC * KC < kdone) {   /* blocks written */
-                int64_t lo = (offs[t] + KC - 1) / KC * KC;
+            int64_t lo = (offs[t] + KC - 1) / KC * KC;   /* the blocks from lo are written */
+            if (ilv && lo < kdone) {
                 FN(bwd_rows_done)(ctx, &g, &gi, dw_two, 1, &gx, dxm, &spx, x0, x1, lo, kdone, ws,
                                   tid, num_threads);
                 kdone = lo;

@@ -212,14 +212,14 @@ def test_threads_share_the_cache_and_get_the_serial_results():
 
 def _vm_flags(addr):
     """The VmFlags of the mapping holding address addr (/proc/self/smaps)."""
-    start = None
+    inside = False   # in the mapping that holds addr
     with open("/proc/self/smaps") as f:
         for line in f:
             head = line.split()[0]
             if "-" in head and all(c in "0123456789abcdef-" for c in head):
                 lo, hi = (int(v, 16) for v in head.split("-"))
-                start = lo <= addr < hi
-            elif start and line.startswith("VmFlags:"):
+                inside = lo <= addr < hi
+            elif inside and line.startswith("VmFlags:"):
                 return line.split()[1:]
     raise AssertionError(f"no mapping holds {addr:#x}")
 

@@ -139,7 +139,9 @@ def build_info():
     }
 
 
-_BF16_MODES = {None: -1, False: 0, True: 1}
+# a switch's Python value (None: automatic) and the C mode
+_MODES = {None: -1, False: 0, True: 1}
+_MODE_VALUES = {-1: None, 0: False, 1: True}
 
 
 def set_bwd_interleave(interleave):
@@ -150,10 +152,10 @@ def set_bwd_interleave(interleave):
     (after the loop), None automatic (the default: where the gate gradients of the whole
     sequence exceed half the running CPU's L2 and a block of them fits in half of it).
     The same bits every way; for tests and benchmarks. Returns the previous setting."""
-    if not (interleave is None or isinstance(interleave, bool)):
+    if not (interleave is None or type(interleave) is bool):
         raise ValueError(f"interleave must be True, False or None, got {interleave!r}")
-    prev = {-1: None, 0: False, 1: True}[lstm_get_bwd_interleave()]
-    lstm_set_bwd_interleave(_BF16_MODES[interleave])
+    prev = _MODE_VALUES[lstm_get_bwd_interleave()]
+    lstm_set_bwd_interleave(_MODES[interleave])
     return prev
 
 
@@ -161,9 +163,9 @@ def set_bf16_native(native):
     """How the bfloat16-weight forward computes its products: True with vdpbf16ps
     (RuntimeError if the CPU lacks AVX512_BF16), False always emulated with float32 FMAs,
     None automatic (the default). Both give the same bits; for tests and benchmarks."""
-    if native not in _BF16_MODES:
+    if native not in _MODES:
         raise ValueError(f"native must be True, False or None, got {native!r}")
-    if lstm_set_bf16_mode(_BF16_MODES[native]) != LSTM_OK:
+    if lstm_set_bf16_mode(_MODES[native]) != LSTM_OK:
         raise RuntimeError("this CPU has no AVX512_BF16 (vdpbf16ps): bfloat16 products "
                            "can only be emulated here")
 
@@ -205,9 +207,6 @@ def cpu_has_amx_bf16():
     return bool(lstm_cpu_has_amx_bf16())
 
 
-_BF16_AMX_MODES = {None: -1, False: 0, True: 1}
-
-
 def set_bf16_amx(on):
     """AMX (tdpbf16ps) for the bfloat16-weight forward and bfloat16 training's backward
     products, where the CPU has AMX-BF16: None
@@ -218,7 +217,7 @@ def set_bf16_amx(on):
     tests/test_bf16_training.py)."""
     if not (on is None or type(on) is bool):
         raise ValueError(f"on must be True, False or None, got {on!r}")
-    if lstm_set_bf16_amx(_BF16_AMX_MODES[on]) != LSTM_OK:
+    if lstm_set_bf16_amx(_MODES[on]) != LSTM_OK:
         raise RuntimeError("this CPU (or its OS) has no usable AMX-BF16 (tdpbf16ps)")
 
 
