@@ -191,23 +191,18 @@ KERNEL void FN(fwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, int64_t XF,
     }
 }
 
-/* The block of W units (hidden units, or output columns in the backward) that runs as a
- * half tile: the last one, if at most V/2 of its units are live and the ISA has half
- * vectors (AVX-512), else nblk (none). */
-static inline int64_t FN(half_block)(int64_t W)
-{
-    int64_t nblk = (W + V - 1) / V;
-    return ISA == 2 && W - (nblk - 1) * V <= V / 2 ? nblk - 1 : nblk;
-}
-
 #if ISA == 2
-/* fwd_tile on half vectors (hvec, simd.template.h) for the last hidden block when at
- * most V/2 of its units carry data. The packed layout is unchanged; the upper lanes are
- * neither read nor computed and are stored as 0, what fwd_tile gives them for finite
- * inputs (their packed weights are 0); the cell stores only the live lanes. Forward
- * steps' nb = 1 tiles. */
-INLINE void FN(fwd_tile_half_add)(const int mr, int64_t K, const TYPE *restrict src,
-                                  int64_t ld, const TYPE *restrict w, hvec *acc,
+/* The last hidden block when at most V/2 of its units are live (half_block): pack
+ * stores its k rows as [i f | g o | 0 0] in half vectors (pack_pair_block), so a
+ * row's four gates take two full-vector FMAs instead of four (half vectors would
+ * take as many FMA slots as full ones where the CPU has two 512-bit FMA ports, as
+ * Intel's and AMD Zen 5's). Each live lane gets the same FMAs in the same order,
+ * so the bits are those of the full-block layout. acc_mem is in the usual
+ * [mr][4][V] form (upper halves 0, what fwd_tile gives them for finite inputs)
+ * before and after, so chunks and the cell need not know. Forward steps' nb = 1
+ * tiles. */
+INLINE void FN(fwd_tile_pair_add)(const int mr, int64_t K, const TYPE *restrict src,
+                                  int64_t ld, const TYPE *restrict w, vec *acc,
                                   const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
 {
     int64_t pfc = 0;
@@ -217,64 +212,67 @@ INLINE void FN(fwd_tile_half_add)(const int mr, int64_t K, const TYPE *restrict 
             FN(prefetch_row)(pf, k);
             pfc = pfstep;
         }
+        vec w0 = vload(wk), w1 = vload(wk + V);
 #pragma GCC unroll 24
         for (int r = 0; r < mr; r++) {
-            hvec a = hset1(src[r * ld + k]);
-#pragma GCC unroll 4
-            for (int q = 0; q < 4; q++)
-                acc[r * 4 + q] = hfma(a, hload(wk + q * V), acc[r * 4 + q]);
+            vec a = vset1(src[r * ld + k]);
+            acc[r * 2] = vfma(a, w0, acc[r * 2]);
+            acc[r * 2 + 1] = vfma(a, w1, acc[r * 2 + 1]);
         }
     }
 }
 
-INLINE void FN(fwd_tile_half)(const int mr, int64_t k0, int64_t k1, int64_t XF,
+INLINE void FN(fwd_tile_pair)(const int mr, int64_t k0, int64_t k1, int64_t XF,
                               const TYPE *restrict xp, int64_t I, const TYPE *restrict hp,
                               int64_t R, const TYPE *restrict w, TYPE *restrict acc_mem,
                               const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)
 {
-    hvec acc[FR * 4];
+    vec acc[FR * 2];
 #pragma GCC unroll 24
-    for (int q = 0; q < mr * 4; q++)
-        acc[q] = k0 ? hload(acc_mem + q * V) : (hvec){0};
+    for (int q = 0; q < mr * 2; q++)
+        acc[q] = k0 ? FN(hcat)(hload(acc_mem + 2 * q * V), hload(acc_mem + (2 * q + 1) * V))
+                    : (vec){0};
     int64_t kx = k1 < XF ? k1 : XF, kh = k0 > XF ? k0 : XF;
     if (k0 < kx)
-        FN(fwd_tile_half_add)(mr, kx - k0, xp + k0, I, w + k0 * 4 * V, acc, PF, pf, npf,
+        FN(fwd_tile_pair_add)(mr, kx - k0, xp + k0, I, w + k0 * 4 * V, acc, PF, pf, npf,
                               pfstep);
     if (kh < k1)
-        FN(fwd_tile_half_add)(mr, k1 - kh, hp + kh - XF, R, w + kh * 4 * V, acc, PF,
+        FN(fwd_tile_pair_add)(mr, k1 - kh, hp + kh - XF, R, w + kh * 4 * V, acc, PF,
                               pf + (kh - k0) * 4 * V, npf - (kh - k0), pfstep);
 #pragma GCC unroll 24
-    for (int q = 0; q < mr * 4; q++) {
-        hstore(acc_mem + q * V, acc[q]);
-        hstore(acc_mem + q * V + V / 2, (hvec){0});
+    for (int q = 0; q < mr * 2; q++) {
+        hstore(acc_mem + 2 * q * V, FN(hlo)(acc[q]));
+        hstore(acc_mem + 2 * q * V + V / 2, (hvec){0});
+        hstore(acc_mem + (2 * q + 1) * V, FN(hhi)(acc[q]));
+        hstore(acc_mem + (2 * q + 1) * V + V / 2, (hvec){0});
     }
 }
 
-#define FWD_TILE_HALF(MRV)                                                                   \
+#define FWD_TILE_PAIR(MRV)                                                                   \
     case MRV:                                                                                \
         if (pf)                                                                              \
-            FN(fwd_tile_half)(MRV, k0, k1, XF, xp, I, hp, R, w, acc_mem, 1, pf, npf, pfstep); \
+            FN(fwd_tile_pair)(MRV, k0, k1, XF, xp, I, hp, R, w, acc_mem, 1, pf, npf, pfstep); \
         else                                                                                 \
-            FN(fwd_tile_half)(MRV, k0, k1, XF, xp, I, hp, R, w, acc_mem, 0, pf, 0, 0);        \
+            FN(fwd_tile_pair)(MRV, k0, k1, XF, xp, I, hp, R, w, acc_mem, 0, pf, 0, 0);        \
         break;
 
-/* fwd_tile_half for run-time mr <= FR */
-KERNEL void FN(fwd_tile_half_any)(int mr, int64_t k0, int64_t k1, int64_t XF, const TYPE *xp,
+/* fwd_tile_pair for run-time mr <= FR */
+KERNEL void FN(fwd_tile_pair_any)(int mr, int64_t k0, int64_t k1, int64_t XF, const TYPE *xp,
                                   int64_t I, const TYPE *hp, int64_t R, const TYPE *w,
                                   TYPE *acc_mem, const TYPE *pf, int64_t npf, int64_t pfstep)
 {
     switch (mr) {
-        FWD_TILE_HALF(1)
-        FWD_TILE_HALF(2)
-        FWD_TILE_HALF(3)
-        FWD_TILE_HALF(4)
-        FWD_TILE_HALF(5)
-        FWD_TILE_HALF(6)
+        FWD_TILE_PAIR(1)
+        FWD_TILE_PAIR(2)
+        FWD_TILE_PAIR(3)
+        FWD_TILE_PAIR(4)
+        FWD_TILE_PAIR(5)
+        FWD_TILE_PAIR(6)
     default:
         break;
     }
 }
-#undef FWD_TILE_HALF
+#undef FWD_TILE_PAIR
 #endif
 
 /* How a step walks its tiles; any choice gives the same bits. While the weights a
@@ -334,14 +332,19 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
     /* hp NULL: x_t.w_ih^T alone (XF = I; the layer norm's input product, raw) */
     const int64_t K = XF + (hp ? R : 0), bstride = (I + R) * 4 * V;
     const TYPE *w0 = w + (I - XF) * 4 * V;   /* row 0 of [x | h] in block 0 */
-    int64_t jstep = B == 1 ? NB1 : 1, ntile = (j1 - j0 + jstep - 1) / jstep;
+    /* tiles of jstep blocks over the full blocks j0..jf, then the paired block jf (the
+     * last, if at most V/2 of its units are live: fwd_tile_pair), a tile of its own */
+    int64_t jstep = B == 1 ? NB1 : 1, jf = j1;
 #if ISA == 2
-    /* the last block, if at most V/2 of its units are live: fwd_tile_half */
-    const int64_t jhalf = FN(half_block)(ca->H);
+    const int64_t jpair = FN(half_block)(ca->H);
+    if (jpair >= j0 && jpair < j1)
+        jf = jpair;
 #endif
+    const int64_t nfull = (jf - j0 + jstep - 1) / jstep, ntile = nfull + (jf < j1);
+#define TILE_BLOCK(ti) ((ti) < nfull ? j0 + (ti) * jstep : jf)
     for (int64_t it = 0; it < ntile; it++) {
-        int64_t j = j0 + (rev ? ntile - 1 - it : it) * jstep;
-        int nb = j1 - j < jstep ? (int)(j1 - j) : (int)jstep;
+        int64_t ti = rev ? ntile - 1 - it : it, j = TILE_BLOCK(ti);
+        int nb = ti == nfull ? 1 : jf - j < jstep ? (int)(jf - j) : (int)jstep;
         for (int64_t g0 = 0; g0 < B; g0 += sp->rows) {
             int64_t n = B - g0 < sp->rows ? B - g0 : sp->rows, nt = (n + FR - 1) / FR;
             int64_t kc = nt > 1 && sp->kc < K ? sp->kc : K;
@@ -356,7 +359,7 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
                     pf = w0 + j * bstride + k1 * 4 * V;
                     npf = K - k1 < kc ? K - k1 : kc;
                 } else if (nb == 1 && it + 1 < ntile && g0 + sp->rows >= B) {
-                    pf = w0 + (j0 + (rev ? ntile - 2 - it : it + 1)) * bstride;
+                    pf = w0 + TILE_BLOCK(rev ? ntile - 2 - it : it + 1) * bstride;
                     npf = K < kc ? K : kc;
                 }
                 for (int64_t t = 0; t < nt; t++) {
@@ -364,8 +367,8 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
                     TYPE *pt = kc < K ? part + (r0 - g0) * nb * 4 * V : part;
                     const TYPE *pft = pf && npf > t ? pf + t * 4 * V : NULL;
 #if ISA == 2
-                    if (nb == 1 && j == jhalf)
-                        FN(fwd_tile_half_any)((int)(r1 - r0), k0, k1, XF, xt + r0 * I, I,
+                    if (ti == nfull)
+                        FN(fwd_tile_pair_any)((int)(r1 - r0), k0, k1, XF, xt + r0 * I, I,
                                               hp ? hp + r0 * R : NULL, R, w0 + j * bstride, pt,
                                               pft, npf - t, nt);
                     else
@@ -379,6 +382,7 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
             }
         }
     }
+#undef TILE_BLOCK
 }
 
 /* Whether the steps do x_t.w_ih^T themselves, in the same register tile as

@@ -57,6 +57,15 @@ static int FN(bwd_dx_in_steps)(int64_t B, int64_t I, int64_t H, int64_t P)
     return FN(dx_steps_possible)(I, P) && (B >= 32 || (B >= MR && FN(dx_fits_l2)(I, H)));
 }
 
+/* The block of W units (hidden units, or output columns in the backward) that runs as a
+ * half tile: the last one, if at most V/2 of its units are live and the ISA has half
+ * vectors (AVX-512), else nblk (none). */
+static inline int64_t FN(half_block)(int64_t W)
+{
+    int64_t nblk = (W + V - 1) / V;
+    return ISA == 2 && W - (nblk - 1) * V <= V / 2 ? nblk - 1 : nblk;
+}
+
 /* ---- packed weights ----------------------------------------------------------
  * R = P with a projection, else H: the width of h. header, then (64-byte aligned):
  *   wih_t  [ceil(4H/NR)][I][NR]   B = w_ih^T for gates = x.w_ih^T
@@ -64,7 +73,10 @@ static int FN(bwd_dx_in_steps)(int64_t B, int64_t I, int64_t H, int64_t P)
  *                                 dx_gemm)
  *   whh_f  [ceil(H/V)][I+R][4][V] forward step: i,f,g,o of V units together;
  *                                 the block's first I rows hold w_ih^T, for
- *                                 steps that do x_t.w_ih^T themselves (fwd_fuse_x)
+ *                                 steps that do x_t.w_ih^T themselves (fwd_fuse_x);
+ *                                 AVX-512: a last block of at most V/2 units
+ *                                 as [i f | g o | 0 0] in half vectors
+ *                                 (pack_pair_block, fwd_tile_pair)
  *   whh_b  [ceil(R/V)][4H][V]     backward step: dh = dgates.w_hh
  *   wih_b  [ceil(I/V)][4H][V]     backward step: dx = dgates.w_ih (only if
  *                                 bwd_dx_in_steps can say yes)
@@ -80,7 +92,7 @@ typedef struct {
     int64_t total;
 } FN(packed_hdr);
 
-#define PACK_MAGIC 0x4c53544du
+#define PACK_MAGIC 0x4c53544eu   /* "NTSL"; was ...4d before the paired block */
 #define ALIGN64(n) (((n) + 63) & ~(int64_t)63)
 
 static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h)
@@ -225,6 +237,30 @@ KERNEL void FN(pack_col_blocks)(int64_t rows, int64_t C, const TYPE *src, TYPE *
             FN(copy_pad)(dst + (j * rows + k) * V, src + k * C + j * V, C - j * V, V);
 }
 
+#if ISA == 2
+/* whh_f's last block, if at most V/2 of its units are live (half_block): each k row
+ * [i | f | g | o] (V lanes each, the upper halves 0) rearranged into half vectors
+ * [i f | g o | 0 0] for fwd_tile_pair. */
+KERNEL void FN(pack_pair_block)(int64_t H, int64_t KF, TYPE *whh_f)
+{
+    int64_t j = FN(half_block)(H);
+    if (j == (H + V - 1) / V)
+        return;
+    for (int64_t k = 0; k < KF; k++) {
+        TYPE *row = whh_f + (j * KF + k) * 4 * V;
+        hvec g[4];
+        for (int q = 0; q < 4; q++)
+            g[q] = hload(row + q * V);
+        for (int q = 0; q < 4; q++)
+            hstore(row + q * V / 2, g[q]);
+        hstore(row + 2 * V, (hvec){0});
+        hstore(row + 2 * V + V / 2, (hvec){0});
+        hstore(row + 3 * V, (hvec){0});
+        hstore(row + 3 * V + V / 2, (hvec){0});
+    }
+}
+#endif
+
 static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYPE *w_hh,
                     const TYPE *b, const TYPE *w_hr, void *packed)
 {
@@ -249,6 +285,9 @@ static int FN(pack)(int64_t I, int64_t H, int64_t P, const TYPE *w_ih, const TYP
                                 4 * V);
         }
     }
+#if ISA == 2
+    FN(pack_pair_block)(H, KF, whh_f);
+#endif
     FN(pack_col_blocks)(G, R, w_hh, whh_b);
     if (dx_steps)
         FN(pack_col_blocks)(G, I, w_ih, (TYPE *)(base + h->off_wih_b));

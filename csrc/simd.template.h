@@ -158,6 +158,31 @@ INLINE hvec hfma(hvec a, hvec b, hvec c)
     return (hvec)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
 #endif
 }
+/* a full vector of two halves: lo in the lower lanes, hi in the upper; and back */
+INLINE vec FN(hcat)(hvec lo, hvec hi)
+{
+#if IS_F64
+    return (vec)_mm512_insertf64x4(_mm512_castpd256_pd512((__m256d)lo), (__m256d)hi, 1);
+#else
+    return (vec)_mm512_insertf32x8(_mm512_castps256_ps512((__m256)lo), (__m256)hi, 1);
+#endif
+}
+INLINE hvec FN(hlo)(vec v)
+{
+#if IS_F64
+    return (hvec)_mm512_castpd512_pd256((__m512d)v);
+#else
+    return (hvec)_mm512_castps512_ps256((__m512)v);
+#endif
+}
+INLINE hvec FN(hhi)(vec v)
+{
+#if IS_F64
+    return (hvec)_mm512_extractf64x4_pd((__m512d)v, 1);
+#else
+    return (hvec)_mm512_extractf32x8_ps((__m512)v, 1);
+#endif
+}
 /* a full vector: h in the lower half, 0 in the upper */
 INLINE vec hwiden(hvec h)
 {

@@ -33,7 +33,9 @@ def level(request):
 # of the rule for doing x_t.w_ih^T inside the step (fwd_fuse_x: I <= 16 or B >= 16, unless
 # at B >= 16 w_ih and w_hh exceed the L2 while w_hh fits in 3/4 of it: (2, 20, 200, 200)
 # where the L2 is 1 MiB, float32), the dx-in-steps rule (I > 16), projection and variable
-# lengths
+# lengths; a last hidden block of at most V/2 units (AVX-512: packed in pairs of gates,
+# fwd_tile_pair) after B = 1's tiles of several blocks (72, 100) and in a step that
+# walks K in chunks (weights beyond a 2 MiB L2: (2, 13, 1000, 196))
 CASES = [
     (1, 1, 1, 1, 0, None), (3, 1, 1, 1, 0, None), (1, 4, 3, 5, 0, None),
     (5, 3, 7, 17, 0, None), (4, 7, 5, 33, 0, None), (3, 2, 40, 9, 0, None),
@@ -42,6 +44,7 @@ CASES = [
     (3, 17, 16, 18, 0, None), (3, 15, 16, 18, 0, None), (2, 16, 200, 9, 0, None),
     (5, 5, 8, 12, 4, [5, 5, 3, 1, 0]), (6, 18, 20, 40, 0, [6] * 10 + [4] * 6 + [2, 1]),
     (4, 3, 33, 50, 7, [4, 2, 2]), (3, 1, 9, 20, 5, None), (2, 20, 200, 200, 0, None),
+    (3, 1, 30, 72, 0, None), (2, 1, 20, 100, 0, None), (2, 13, 1000, 196, 0, None),
 ]
 
 
