@@ -80,6 +80,24 @@ def test_threads_bitwise_identical_at_every_level(level, dtype, case):
         assert same_bits(got[0], one[0]) and same_bits(got[1], one[1]), n
 
 
+# Split by rows, the steps wait for each other only where a step's row count changes (the
+# split moves), before the backward's interleaved products and after the last step: a
+# thread may run steps ahead of the other in between. Repeated, so that a missing wait
+# shows as a difference from the 1-thread bits.
+@pytest.mark.parametrize("case", [(12, 24, 48, 96, None), (64, 24, 16, 64, None),
+                                  (64, 24, 16, 64, [64] * 16 + [50] * 5 + [3] * 3),
+                                  (9, 33, 40, 24, [9] * 20 + [4] * 12 + [1]),
+                                  (12, 24, 6, 16, [t for t in range(12, 0, -1) for _ in range(2)])],
+                         ids=["even", "interleaved", "interleaved-lengths", "lengths-dx",
+                              "moves-every-step"])
+def test_rows_split_threads_wait_only_where_the_split_moves(dtype, case):
+    p = contract_problem(*case[:4], 0, case[4], dtype=dtype, seed=sum(case[:4]))
+    one = run_contract(ck, p, 1)
+    for _ in range(15):
+        got = run_contract(ck, p, 2)
+        assert same_bits(got[0], one[0]) and same_bits(got[1], one[1])
+
+
 # dx's three routes: in the steps (B >= 32, or B >= MR with w_ih and w_hh in half the L2),
 # the steps' tiles over all rows after the loop, the GEMM (w_ih and w_hh beyond the L2)
 @pytest.mark.parametrize("shape", [(4, 33, 40, 24), (3, 5, 40, 24), (3, 13, 40, 24),
