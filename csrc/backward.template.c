@@ -126,7 +126,8 @@ KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, const TYPE 
 
 #if ISA == 2
 /* bwd_tile on half vectors (hvec) for one output block with at most V/2 live columns
- * (as fwd_tile_half in the forward: the same bits, the upper lanes stored as 0). */
+ * (the same bits as a full vector's live lanes; the upper lanes stored as 0, as
+ * fwd_tile_pair stores them). */
 INLINE void FN(bwd_tile_half)(const int mr, int64_t k0, int64_t k1, const TYPE *restrict dg,
                               int64_t ldg, const TYPE *restrict w, TYPE *restrict acc_mem,
                               const int PF, const TYPE *pf, int64_t npf, int64_t pfstep)

@@ -57,9 +57,10 @@ static int FN(bwd_dx_in_steps)(int64_t B, int64_t I, int64_t H, int64_t P)
     return FN(dx_steps_possible)(I, P) && (B >= 32 || (B >= MR && FN(dx_fits_l2)(I, H)));
 }
 
-/* The block of W units (hidden units, or output columns in the backward) that runs as a
- * half tile: the last one, if at most V/2 of its units are live and the ISA has half
- * vectors (AVX-512), else nblk (none). */
+/* The block of W units (hidden units, or output columns in the backward) that carries at
+ * most V/2 of them: the last one, if so and the ISA has half vectors (AVX-512), else nblk
+ * (none). The forward step packs it in gate pairs (pack_pair_block, fwd_tile_pair); the
+ * backward's tiles and the GEMM's last panel run it on half vectors. */
 static inline int64_t FN(half_block)(int64_t W)
 {
     int64_t nblk = (W + V - 1) / V;
@@ -92,7 +93,7 @@ typedef struct {
     int64_t total;
 } FN(packed_hdr);
 
-#define PACK_MAGIC 0x4c53544eu   /* "NTSL"; was ...4d before the paired block */
+#define PACK_MAGIC 0x4c53544eu   /* 0x4c53544d before the paired last block */
 #define ALIGN64(n) (((n) + 63) & ~(int64_t)63)
 
 static void FN(packed_layout)(int64_t I, int64_t H, int64_t P, FN(packed_hdr) *h)
@@ -251,12 +252,10 @@ KERNEL void FN(pack_pair_block)(int64_t H, int64_t KF, TYPE *whh_f)
         hvec g[4];
         for (int q = 0; q < 4; q++)
             g[q] = hload(row + q * V);
-        for (int q = 0; q < 4; q++)
+        for (int q = 0; q < 4; q++) {
             hstore(row + q * V / 2, g[q]);
-        hstore(row + 2 * V, (hvec){0});
-        hstore(row + 2 * V + V / 2, (hvec){0});
-        hstore(row + 3 * V, (hvec){0});
-        hstore(row + 3 * V + V / 2, (hvec){0});
+            hstore(row + 2 * V + q * V / 2, (hvec){0});
+        }
     }
 }
 #endif
