@@ -12,8 +12,23 @@
 Not a pytest-benchmark case (no competitor): a floor to read the suite's figures against.
 
     python -m benchmarks.module_floor
+
+``--after-kernel SHAPE ...`` (T,B,I,H, float32, 1 thread; session 20) measures the eval
+floor where it matters at larger weights: each call of our kernel streams the packed
+weights through the L2, and whatever runs next (torch's bindings, the module machinery)
+runs from colder caches. Interleaved rounds, medians, of: the kernel alone
+(``_route.run_forward`` on the module's pack), the NumPy ``lstm_fast.LSTM``, a module whose
+forward is the floor above *with that kernel call inside* (x.numpy(), two hx.numpy(), the
+kernel, three from_numpy of preallocated arrays), and ``lstm_fast.torch.LSTM``; then the
+cost of one ``torch.from_numpy`` warm and as the first torch call after the kernel or after
+``np.copyto`` of 2 MB (no torch code at all):
+
+    python -m benchmarks.module_floor --after-kernel 1,1,256,256 32,1,256,256 32,16,64,64
 """
 
+import argparse
+import statistics
+import time
 import timeit
 
 import numpy as np
@@ -85,5 +100,93 @@ def main():
     print(f"eval floor (inference_mode, module call, x.numpy(), 3 from_numpy): {t(evaluate):.1f} us")
 
 
+def after_kernel(shape, rounds=5):
+    """The eval route's cost over the kernel at ``shape`` (see the module docstring)."""
+    import lstm_fast
+    import lstm_fast.torch as lt
+    from lstm_fast import _route
+    from lstm_fast.backends import _c
+    T_, B_, I_, H_ = shape
+    torch.set_num_threads(1)
+    lstm_fast.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    module = lt.LSTM(I_, H_, backend="c").eval()
+    layer = lstm_fast.LSTM(I_, H_, backend="c").eval()
+    layer.load_state_dict({k: v.detach().numpy() for k, v in module.state_dict().items()})
+    x = rng.standard_normal((T_, B_, I_)).astype(np.float32)
+    h0, c0 = np.zeros((1, B_, H_), np.float32), np.zeros((1, B_, H_), np.float32)
+    xt, hx = torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0))
+    with torch.inference_mode():
+        module(xt, hx)
+    pack = module._packed[1][0]
+
+    def kernel():
+        return _route.run_forward(_c, pack, x, h0, c0, 1, None, False, False)
+
+    y, hn, cn = kernel()[:3]
+
+    class Floor(torch.nn.Module):
+        def forward(self, x, hx):
+            x.numpy(), hx[0].numpy(), hx[1].numpy()
+            kernel()
+            return torch.from_numpy(y), (torch.from_numpy(hn), torch.from_numpy(cn))
+
+    floor = Floor()
+
+    def floor_call():
+        with torch.inference_mode():
+            return floor(xt, hx)
+
+    def module_call():
+        with torch.inference_mode():
+            return module(xt, hx)
+
+    cases = {"kernel": kernel, "NumPy layer": lambda: layer(x, (h0, c0)),
+             "floor module": floor_call, "lstm_fast.torch": module_call}
+
+    def median_us(f, n=101):
+        f()
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts) * 1e6
+
+    got = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, f in cases.items():
+            got[k].append(median_us(f))
+    med = {k: statistics.median(v) for k, v in got.items()}
+    k0 = med["kernel"]
+    print(f"{T_},{B_},{I_},{H_}: " + ", ".join(
+        f"{k} {v:.1f} us" + ("" if k == "kernel" else f" (+{v - k0:.1f})") for k, v in med.items()))
+
+    src = np.ones(1 << 19, np.float32)   # 2 MB
+    dst = np.empty_like(src)
+    small = np.zeros(16, np.float32)
+
+    def first_call_after(before, n=301):
+        ts = []
+        for _ in range(n):
+            before()
+            t0 = time.perf_counter()
+            torch.from_numpy(small)
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts) * 1e6
+
+    print(f"  torch.from_numpy: warm {first_call_after(lambda: None):.2f} us, first after the "
+          f"kernel {first_call_after(kernel):.2f} us, first after np.copyto of 2 MB "
+          f"{first_call_after(lambda: np.copyto(dst, src)):.2f} us")
+
+
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--after-kernel", nargs="+", metavar="T,B,I,H",
+                    help="the eval floor with the kernel inside, at these shapes")
+    args = ap.parse_args()
+    if args.after_kernel:
+        for spec in args.after_kernel:
+            after_kernel(tuple(int(v) for v in spec.split(",")))
+    else:
+        main()
