@@ -16,7 +16,7 @@ Not a pytest-benchmark case (no competitor): a floor to read the suite's figures
 ``--after-kernel SHAPE ...`` (T,B,I,H, float32, 1 thread; session 20) measures the eval
 floor where it matters at larger weights: each call of our kernel streams the packed
 weights through the L2, and whatever runs next (torch's bindings, the module machinery)
-runs from colder caches. Interleaved rounds, medians, of: the kernel alone
+runs from colder caches. Interleaved rounds (harness.measure), medians, of: the kernel alone
 (``_route.run_forward`` on the module's pack), the NumPy ``lstm_fast.LSTM``, a module whose
 forward is the floor above *with that kernel call inside* (x.numpy(), two hx.numpy(), the
 kernel, three from_numpy of preallocated arrays), and ``lstm_fast.torch.LSTM``; then the
@@ -100,7 +100,7 @@ def main():
     print(f"eval floor (inference_mode, module call, x.numpy(), 3 from_numpy): {t(evaluate):.1f} us")
 
 
-def after_kernel(shape, rounds=5):
+def after_kernel(shape, rounds=7):
     """The eval route's cost over the kernel at ``shape`` (see the module docstring)."""
     import lstm_fast
     import lstm_fast.torch as lt
@@ -141,23 +141,11 @@ def after_kernel(shape, rounds=5):
         with torch.inference_mode():
             return module(xt, hx)
 
-    cases = {"kernel": kernel, "NumPy layer": lambda: layer(x, (h0, c0)),
-             "floor module": floor_call, "lstm_fast.torch": module_call}
-
-    def median_us(f, n=101):
-        f()
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts) * 1e6
-
-    got = {k: [] for k in cases}
-    for _ in range(rounds):
-        for k, f in cases.items():
-            got[k].append(median_us(f))
-    med = {k: statistics.median(v) for k, v in got.items()}
+    from .harness import Runner, measure
+    runners = [Runner(name, fn, None) for name, fn in (
+        ("kernel", kernel), ("NumPy layer", lambda: layer(x, (h0, c0))),
+        ("floor module", floor_call), ("lstm_fast.torch", module_call))]
+    med = {k: v * 1e6 for k, v in measure(runners, repeat=rounds, min_time=0.02).items()}
     k0 = med["kernel"]
     print(f"{T_},{B_},{I_},{H_}: " + ", ".join(
         f"{k} {v:.1f} us" + ("" if k == "kernel" else f" (+{v - k0:.1f})") for k, v in med.items()))

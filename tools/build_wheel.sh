@@ -336,11 +336,13 @@ find_python() {   # version -> an interpreter of that version, or nothing
 }
 found=0
 newest=
+declare -A OTHER_PY=()   # version -> interpreter, looked up once
 for v in ${LSTM_FAST_OTHER_PYTHONS:-3.12 3.13 3.14}; do
-  [ -n "$(find_python "$v")" ] && newest=$v
+  OTHER_PY[$v]="$(find_python "$v")"
+  [ -n "${OTHER_PY[$v]}" ] && newest=$v
 done
 for v in ${LSTM_FAST_OTHER_PYTHONS:-3.12 3.13 3.14}; do
-  OPY="$(find_python "$v")"
+  OPY="${OTHER_PY[$v]}"
   if [ -z "$OPY" ]; then
     RESULTS+=("$(printf '%-34s %s' "CPython $v" "skipped: no python$v found")"); continue
   fi
