@@ -350,3 +350,18 @@ def assert_state_dict_and_pickle_round_trip(m, fresh, x):
         assert torch.equal(want, n(x)[0])
         assert torch.equal(want, k(x)[0])
     return n
+
+
+def torch_bf16_lstm_error():
+    """The exception torch.nn.LSTM raises under bfloat16 autocast on this CPU, or None
+    where it runs. oneDNN has no bfloat16 LSTM primitive without AVX-512 (seen on an AMD
+    EPYC Zen 3, AVX2 only: "could not create a primitive descriptor for the LSTM forward
+    propagation primitive"); there a module that delegates to torch must raise torch's
+    own error, and our bf16 kernels (emulated on such a CPU) are the only bf16 path."""
+    import torch
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(3, 5)(torch.zeros(2, 1, 3))
+    except RuntimeError as e:
+        return e
+    return None

@@ -152,8 +152,9 @@ def test_bf16_choice_follows_rates(B):
     finally:
         ck.set_bf16_amx(None) if AMX else None
     ck.set_bf16_native(False)
-    try:
-        assert ck.bf16_path(B, 8, 8).startswith("emulated (emulation forced")
+    try:   # the reason given first: a CPU without the instruction, else the forcing
+        why = "emulation forced" if NATIVE else "the CPU has no AVX512_BF16"
+        assert ck.bf16_path(B, 8, 8).startswith(f"emulated ({why}")
     finally:
         ck.set_bf16_native(None)
     if NATIVE and ck.simd_level() == "avx512":

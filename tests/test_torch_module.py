@@ -15,7 +15,7 @@ import lstm_fast  # noqa: E402
 from lstm_fast import backends  # noqa: E402
 from lstm_fast import torch as ltorch  # noqa: E402
 
-from _support import assert_close  # noqa: E402
+from _support import assert_close, torch_bf16_lstm_error  # noqa: E402
 
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 
@@ -314,11 +314,22 @@ def test_other_fallbacks_and_errors(kernel_calls):
     assert kernel_calls == []
     # bfloat16 autocast: torch's path with bf16_autocast=False (oneDNN, AMX where the CPU
     # has it); by default our bf16 kernels (tests/test_bf16_training.py), bf16 out as torch's
+    # (where torch has no bf16 LSTM on this CPU, torch's error for the first and the float32
+    # result in bf16 as the oracle for the second)
     ours.bf16_autocast = False
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y_ours, y_ref = ours(x)[0], ref(x)[0]
-    assert y_ours.dtype == y_ref.dtype == torch.bfloat16 and kernel_calls == []
-    assert torch.equal(y_ours, y_ref)
+    torch_error = torch_bf16_lstm_error()
+    if torch_error is None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_ours, y_ref = ours(x)[0], ref(x)[0]
+        assert y_ours.dtype == y_ref.dtype == torch.bfloat16 and kernel_calls == []
+        assert torch.equal(y_ours, y_ref)
+    else:
+        with pytest.raises(type(torch_error)) as e_ours, \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            ours(x)
+        assert str(e_ours.value) == str(torch_error) and kernel_calls == []
+        with torch.no_grad():
+            y_ref = ref(x)[0].bfloat16()
     ours.bf16_autocast = True
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_ours = ours(x)[0]
