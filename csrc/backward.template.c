@@ -101,11 +101,13 @@ KERNEL void FN(bwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, const TYPE 
         BWD_TILE(2, 2)
         BWD_TILE(2, 3)
         BWD_TILE(2, 4)
-#if BR >= 6
+#if BR >= 3
         BWD_TILE(3, 1)
         BWD_TILE(3, 2)
         BWD_TILE(3, 3)
         BWD_TILE(3, 4)
+#endif
+#if BR >= 6
         BWD_TILE(4, 1)
         BWD_TILE(4, 2)
         BWD_TILE(4, 3)

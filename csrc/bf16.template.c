@@ -267,6 +267,8 @@ FN(bf_add_native)(const int mr, const int nb, int64_t p0, int64_t p1, const uint
 
 #if FR >= 6
 #define BF_CASES_FR(TILE) BF_CASE(TILE, 3, 1) BF_CASE(TILE, 4, 1) BF_CASE(TILE, 5, 1) BF_CASE(TILE, 6, 1)
+#elif FR >= 3
+#define BF_CASES_FR(TILE) BF_CASE(TILE, 3, 1)
 #else
 #define BF_CASES_FR(TILE)
 #endif

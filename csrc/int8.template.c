@@ -263,8 +263,10 @@ KERNEL void FN(i8_tile_any)(int mr, int nb, int64_t k0, int64_t k1, const float 
         I8_CASE(1, 3)
         I8_CASE(1, 4)
 #endif
-#if FR >= 6
+#if FR >= 3
         I8_CASE(3, 1)
+#endif
+#if FR >= 6
         I8_CASE(4, 1)
         I8_CASE(5, 1)
         I8_CASE(6, 1)

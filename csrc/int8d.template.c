@@ -369,6 +369,8 @@ FN(i8d_tile_emul)(const int mr, const int nb, const uint8_t *restrict a, int64_t
 #endif
 #if FR >= 6
 #define I8D_CASES_FR6(C) C(3, 1) C(4, 1) C(5, 1) C(6, 1)
+#elif FR >= 3
+#define I8D_CASES_FR6(C) C(3, 1)
 #else
 #define I8D_CASES_FR6(C)
 #endif

@@ -180,8 +180,10 @@ KERNEL void FN(fwd_tile_any)(int mr, int nb, int64_t k0, int64_t k1, int64_t XF,
         FWD_TILE(1, 4)
 #endif
         FWD_TILE(2, 1)
-#if FR >= 6
+#if FR >= 3
         FWD_TILE(3, 1)
+#endif
+#if FR >= 6
         FWD_TILE(4, 1)
         FWD_TILE(5, 1)
         FWD_TILE(6, 1)

@@ -42,11 +42,18 @@
 #define BNB 4
 #define NB1 4     /* blocks per forward tile when a tile has a single row */
 #elif ISA == 1
+/* 16 ymm registers. The step tiles take 3 rows: 12 accumulators (3 rows x 4 gates, or
+ * x BNB blocks), 3 weight vectors and the broadcast, the fourth weight an FMA memory
+ * operand. At 2 rows, 8 accumulators are exactly the FMAs in flight at 2 a cycle and a
+ * latency of 4 (AMD Zen 3; Intel's Haswell to Ice Lake alike), so any stall idles the
+ * FMA units: a forward tile over K = 144 weight rows ran at 52 GFLOP/s with 2 rows and
+ * 83 with 3 on an AMD EPYC Zen 3 (1 thread; 4 rows spill: 46; benchmarks/fwd_tile_rows_micro.c).
+ * NB1 (B = 1) stays 2 blocks: 3 measured 0.96-1.05x there, a memory-bound tile. */
 #define ATTR __attribute__((target("avx2,fma")))
 #define VBYTES 32
 #define MR 6
-#define FR 2
-#define BR 2
+#define FR 3
+#define BR 3
 #define BNB 4
 #define NB1 2
 #else
