@@ -1,0 +1,80 @@
+"""Two builds of the C extension in one process, alternated round by round: the before/after
+measurement of a kernel change on a noisy machine (separate processes differ by more than
+the change: on the AMD EPYC Zen 3 of session 21 the same forward took 29-55 ms from one
+process to the next). Each build is loaded from its own file under the extension's name
+(``importlib``; the two ``dlopen`` handles keep their own symbols), and the backend contract's
+``pack``/``forward``/``backward`` are called directly: "fwd" is the saving forward, "train"
+that plus the backward, one layer, float32. Prints each build's median and the median of the
+per-round ratios (B/A). Not part of the package or the suites:
+
+    cp build/dev/_c.abi3.so /tmp/after.so    # and the build before the change as /tmp/before.so
+    flock -x /tmp/lstm_cpu.lock python benchmarks/ab_builds.py /tmp/before.so /tmp/after.so \\
+        --threads 1 --shapes wlm_small,timeseries,large256
+
+Figures: benchmarks/README.md ("Report of 2026-12-02 (AMD EPYC family 25 model 1, Zen 3)").
+"""
+import argparse
+import importlib.util
+import time
+
+import numpy as np
+
+SHAPES = {"wlm_small": (35, 20, 200, 200), "wlm_medium": (35, 20, 650, 650),
+          "timeseries": (100, 32, 16, 128), "speech": (200, 16, 80, 320),
+          "speech2": (200, 16, 640, 320), "large256": (32, 64, 256, 256),
+          "large512": (50, 64, 512, 512), "medium": (32, 16, 64, 64), "churn": (6, 32, 3, 32),
+          "stream64": (32, 1, 64, 64), "stream128": (32, 1, 128, 128),
+          "stream256": (32, 1, 256, 256), "stream512": (32, 1, 512, 512)}
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location("lstm_fast.backends._c", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("a", help="the first build (before)")
+    ap.add_argument("b", help="the second build (after)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    ap.add_argument("--rounds", type=int, default=9)
+    args = ap.parse_args(argv)
+    builds = {"A": load(args.a), "B": load(args.b)}
+    rng = np.random.default_rng(0)
+    for name in args.shapes.split(","):
+        T, B, I, H = SHAPES[name]
+        s = 1 / np.sqrt(H)
+        u = lambda *shape: rng.uniform(-s, s, shape).astype(np.float32)
+        w = (u(4 * H, I), u(4 * H, H), u(4 * H))
+        x, h0, c0, dy = u(T, B, I), u(B, H), u(B, H), u(T, B, H)
+        runs = {}
+        for tag, mod in builds.items():
+            p = mod.pack(*w)
+
+            def fwd(mod=mod, p=p):
+                return mod.forward(p, x, h0, c0, args.threads, None)
+
+            def train(mod=mod, p=p):
+                y, hn, cn, g, c = mod.forward(p, x, h0, c0, args.threads, None)
+                return mod.backward(p, x, h0, c0, y, g, c, dy, hn * 0, cn * 0, args.threads, None)
+            runs[tag] = (fwd, train)
+        for k, label in enumerate(("fwd", "train")):
+            ts = {"A": [], "B": []}
+            for r in range(args.rounds):
+                for tag in ("A", "B") if r % 2 else ("B", "A"):
+                    f = runs[tag][k]
+                    if r == 0:
+                        f()
+                    t0 = time.perf_counter()
+                    f()
+                    ts[tag].append(time.perf_counter() - t0)
+            ratio = np.median(np.array(ts["B"]) / np.array(ts["A"]))
+            print(f"{name:11s} {label:5s} {args.threads}T  A {np.median(ts['A']) * 1e3:9.3f} ms  "
+                  f"B {np.median(ts['B']) * 1e3:9.3f} ms  B/A {ratio:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
