@@ -8,8 +8,11 @@ that plus the backward, one layer, float32. Prints each build's median and the m
 per-round ratios (B/A). Not part of the package or the suites:
 
     cp build/dev/_c.abi3.so /tmp/after.so    # and the build before the change as /tmp/before.so
-    flock -x /tmp/lstm_cpu.lock python benchmarks/ab_builds.py /tmp/before.so /tmp/after.so \\
+    flock -x /tmp/lstm_cpu.lock python -m benchmarks.ab_builds /tmp/before.so /tmp/after.so \\
         --threads 1 --shapes wlm_small,timeseries,large256
+
+Shapes (T, B, I, H): the grid's (shapes.SHAPES) and each model's first layer (shapes.MODELS),
+plus ``<model>/upper`` for its later layers where their input size differs (I = directions x H).
 
 Figures: benchmarks/README.md ("Report of 2026-12-02 (AMD EPYC family 25 model 1, Zen 3)").
 """
@@ -19,12 +22,18 @@ import time
 
 import numpy as np
 
-SHAPES = {"wlm_small": (35, 20, 200, 200), "wlm_medium": (35, 20, 650, 650),
-          "timeseries": (100, 32, 16, 128), "speech": (200, 16, 80, 320),
-          "speech2": (200, 16, 640, 320), "large256": (32, 64, 256, 256),
-          "large512": (50, 64, 512, 512), "medium": (32, 16, 64, 64), "churn": (6, 32, 3, 32),
-          "stream64": (32, 1, 64, 64), "stream128": (32, 1, 128, 128),
-          "stream256": (32, 1, 256, 256), "stream512": (32, 1, 512, 512)}
+from . import shapes
+
+
+def layer_shapes():
+    """{name: (T, B, I, H)}: the grid's shapes, the models' first layers and their upper ones."""
+    out = dict(shapes.SHAPES)
+    for name, m in shapes.MODELS.items():
+        out[name] = (m.T, m.B, m.I, m.H)
+        upper = m.layer_inputs()[1:]
+        if upper and upper[0] != m.I:
+            out[f"{name}/upper"] = (m.T, m.B, upper[0], m.H)
+    return out
 
 
 def load(path):
@@ -39,13 +48,15 @@ def main(argv=None):
     ap.add_argument("a", help="the first build (before)")
     ap.add_argument("b", help="the second build (after)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    ap.add_argument("--shapes", default=",".join(layer_shapes()),
+                    help="comma-separated names of layer_shapes()")
     ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args(argv)
     builds = {"A": load(args.a), "B": load(args.b)}
     rng = np.random.default_rng(0)
+    table = layer_shapes()
     for name in args.shapes.split(","):
-        T, B, I, H = SHAPES[name]
+        T, B, I, H = table[name]
         s = 1 / np.sqrt(H)
         u = lambda *shape: rng.uniform(-s, s, shape).astype(np.float32)
         w = (u(4 * H, I), u(4 * H, H), u(4 * H))

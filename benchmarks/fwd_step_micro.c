@@ -5,10 +5,15 @@
  * operations as cell.template.c's plain forward cell). Prints the tile's GFLOP/s, the cell's
  * ns per unit alone, and the cell's cost in situ (tile + cell minus tile), 3 rounds of 400000
  * tiles, one thread: where the forward's time goes when the products run at the tile's rate
- * (issue 14, what limits the 1-thread targets). Not part of the package or the suites:
+ * (issue 14, what limits the 1-thread targets). -DISA=1 builds it for AVX2 (16 ymm registers,
+ * 8 units a block) and -DROWS=n sets the tile's rows (default 6): why the AVX2 step tiles take
+ * 3 rows (csrc/simd.template.h, FR and BR). Not part of the package or the suites:
  *     gcc -O3 -ffp-contract=off -fno-math-errno -Icsrc -o /tmp/fwd_step_micro benchmarks/fwd_step_micro.c
  *     flock -x /tmp/lstm_cpu.lock /tmp/fwd_step_micro
- * Figures: benchmarks/README.md ("Session 20"). */
+ *     for r in 1 2 3 4; do gcc -O3 -ffp-contract=off -fno-math-errno -Icsrc -DISA=1 -DROWS=$r \
+ *         -o /tmp/fwd_step_micro_$r benchmarks/fwd_step_micro.c && flock -x /tmp/lstm_cpu.lock /tmp/fwd_step_micro_$r; done
+ * Figures: benchmarks/README.md ("Session 20"; AVX2: "Report of 2026-12-02 (AMD EPYC family 25
+ * model 1, Zen 3: AVX2 only)"). */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,23 +22,35 @@
 #include <stdlib.h>
 #define TYPE float
 #define IS_F64 0
-#define SFX f32_avx512
+#ifndef ISA
 #define ISA 2
+#endif
+#if ISA == 2
+#define SFX f32_avx512
+#else
+#define SFX f32_avx2
+#endif
+#ifndef ROWS
+#define ROWS 6
+#endif
 #include "simd.template.h"
-enum { R = 6, K = 144, NBLK = 8 };
+enum { R = ROWS, K = 144, NBLK = 8 };
 __attribute__((noinline)) ATTR void tile(const TYPE *x, const TYPE *w, TYPE *part)
 {
     vec acc[R * 4];
+    /* unrolled, as fwd_tile's: a rolled loop over acc kept 2 AVX2 rows' sums on the stack */
+#pragma GCC unroll 24
     for (int q = 0; q < R * 4; q++) acc[q] = (vec){0};
     for (int k = 0; k < K; k++) {
         const TYPE *wk = w + k * 4 * V;
-#pragma GCC unroll 6
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             vec a = vset1(x[r * K + k]);
 #pragma GCC unroll 4
             for (int g = 0; g < 4; g++) acc[r * 4 + g] = vfma(a, vload(wk + g * V), acc[r * 4 + g]);
         }
     }
+    #pragma GCC unroll 24
     for (int q = 0; q < R * 4; q++) vstore(part + q * V, acc[q]);
 }
 __attribute__((noinline)) ATTR void cell(const TYPE *acc, const TYPE *bias, TYPE *c, TYPE *h)

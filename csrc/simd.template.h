@@ -47,7 +47,7 @@
  * operand. At 2 rows, 8 accumulators are exactly the FMAs in flight at 2 a cycle and a
  * latency of 4 (AMD Zen 3; Intel's Haswell to Ice Lake alike), so any stall idles the
  * FMA units: a forward tile over K = 144 weight rows ran at 52 GFLOP/s with 2 rows and
- * 83 with 3 on an AMD EPYC Zen 3 (1 thread; 4 rows spill: 46; benchmarks/fwd_tile_rows_micro.c).
+ * 83 with 3 on an AMD EPYC Zen 3 (1 thread; 4 rows spill: 46; benchmarks/fwd_step_micro.c -DISA=1).
  * NB1 (B = 1) stays 2 blocks: 3 measured 0.96-1.05x there, a memory-bound tile. */
 #define ATTR __attribute__((target("avx2,fma")))
 #define VBYTES 32

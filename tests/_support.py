@@ -1,8 +1,10 @@
 """Helpers shared by the test modules (fixtures live in conftest.py)."""
 
+import functools
 import os
 
 import numpy as np
+import pytest
 
 import lstm_fast
 from lstm_fast import backends
@@ -352,6 +354,7 @@ def assert_state_dict_and_pickle_round_trip(m, fresh, x):
     return n
 
 
+@functools.lru_cache(maxsize=None)
 def torch_bf16_lstm_error():
     """The exception torch.nn.LSTM raises under bfloat16 autocast on this CPU, or None
     where it runs. oneDNN has no bfloat16 LSTM primitive without AVX-512 (seen on an AMD
@@ -365,3 +368,11 @@ def torch_bf16_lstm_error():
     except RuntimeError as e:
         return e
     return None
+
+
+def assert_raises_as(error, fn, *args):
+    """fn(*args) raises what ``error`` is: its type and its message (a drop-in module on
+    torch's path fails as torch does)."""
+    with pytest.raises(type(error)) as got:
+        fn(*args)
+    assert str(got.value) == str(error)
