@@ -3,8 +3,8 @@ measurement of a kernel change on a noisy machine (separate processes differ by 
 the change: on the AMD EPYC Zen 3 of session 21 the same forward took 29-55 ms from one
 process to the next). Each build is loaded from its own file under the extension's name
 (``importlib``; the two ``dlopen`` handles keep their own symbols), and the backend contract's
-``pack``/``forward``/``backward`` are called directly: "fwd" is the saving forward, "train"
-that plus the backward, one layer, float32. Prints each build's median and the median of the
+``pack``/``forward``/``backward`` are called directly: "fwd" is the saving forward, "eval"
+the forward that saves nothing (inference), "train" the saving forward plus the backward, one layer, float32. Prints each build's median and the median of the
 per-round ratios (B/A). Not part of the package or the suites:
 
     cp build/dev/_c.abi3.so /tmp/after.so    # and the build before the change as /tmp/before.so
@@ -51,6 +51,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default=",".join(layer_shapes()),
                     help="comma-separated names of layer_shapes()")
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--cases", default="fwd,eval,train", help="comma-separated: fwd, eval, train")
     args = ap.parse_args(argv)
     builds = {"A": load(args.a), "B": load(args.b)}
     rng = np.random.default_rng(0)
@@ -68,11 +69,16 @@ def main(argv=None):
             def fwd(mod=mod, p=p):
                 return mod.forward(p, x, h0, c0, args.threads, None)
 
+            def ev(mod=mod, p=p):
+                return mod.forward(p, x, h0, c0, args.threads, None, save=False)
+
             def train(mod=mod, p=p):
                 y, hn, cn, g, c = mod.forward(p, x, h0, c0, args.threads, None)
                 return mod.backward(p, x, h0, c0, y, g, c, dy, hn * 0, cn * 0, args.threads, None)
-            runs[tag] = (fwd, train)
-        for k, label in enumerate(("fwd", "train")):
+            runs[tag] = (fwd, ev, train)
+        for k, label in enumerate(("fwd", "eval", "train")):
+            if label not in args.cases.split(","):
+                continue
             ts = {"A": [], "B": []}
             for r in range(args.rounds):
                 for tag in ("A", "B") if r % 2 else ("B", "A"):

@@ -26,6 +26,7 @@ typedef struct {
     int pf_next;        /* the cells of step t prefetch step t-1's dgates and gates
                            (bwd_long_narrow) */
     int rows;           /* the threads split each step's rows (bwd_rows_split) */
+    lstm_claims *claims;   /* the steps' hidden blocks, claimed at run time (bwd_job) */
     const uint16_t *g16, *c16;   /* bfloat16 training: the saved gates and c as bf16 bits
                                     (var->bf16_gates, bf16_c; gates, c unused), or NULL */
 } FN(bwd_ctx);
@@ -284,8 +285,9 @@ KERNEL void FN(bwd_dh)(const FN(bwd_ctx) *ctx, int64_t p0, int64_t p1, const TYP
  * below nn (active at t+1) take dh = dgates[t+1] . w_hh from the register tile,
  * the others (whose last step is t) take dh_n. */
 KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t j1,
-                         const FN(step_plan) *sp, const uint32_t *bf_w, uint32_t *bf_rows,
-                         int amx, int64_t ra, int64_t rb)
+                         int64_t jnext, int pf_dg, const FN(step_plan) *sp,
+                         const uint32_t *bf_w, uint32_t *bf_rows, int amx, int64_t ra,
+                         int64_t rb)
 {
     int64_t T = ctx->T, H = ctx->H, ldg = ctx->ldg;
     const int64_t *offs = ctx->offs;
@@ -333,7 +335,7 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
     }
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     int64_t G = 4 * H, jstep = nn == 1 ? 2 * BNB : BNB;
-    if (dg_next && ctx->pf_dg)   /* the other threads' columns of dgates[t+1] */
+    if (dg_next && pf_dg)   /* the other threads' columns of dgates[t+1] */
         for (int64_t r = 0; r < nn; r++)
             for (int64_t b = 0; b < G * (int64_t)sizeof(TYPE); b += 64)
                 __builtin_prefetch((const char *)(dg_next + r * ldg) + b, 0, 2);
@@ -358,7 +360,9 @@ KERNEL void FN(bwd_step)(const FN(bwd_ctx) *ctx, int64_t t, int64_t j0, int64_t 
             g1 = bf_w && amx ? (e - g0 < STEP_ROWS_MAX ? e : g0 + STEP_ROWS_MAX)
                              : ra + FN(group_end)(sp, g0 - ra, e - ra, BR);
             int64_t ng = g1 - g0;
-            const TYPE *pf_next = g1 == nn && j + nb < j1 ? w + (j + nb) * G * V : NULL;
+            const TYPE *pf_next = g1 != nn ? NULL
+                                  : j + nb < j1 ? w + (j + nb) * G * V
+                                  : jnext >= 0 ? w + jnext * G * V : NULL;
 #if BWD_BF16
             if (bf_w && amx)
                 FN(bwda_tiles)(ng, nb, KPA, bf_rows + g0 * KPA, KPA, bf_w + j * KPA * V,
@@ -618,6 +622,16 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     }
 #endif
 
+    /* split by units (not for the projection's or bfloat16 products' steps, whose blocks
+     * are this thread's), the steps' blocks are claimed at run time as in fwd_job: in
+     * chunks of about an eighth of a thread's part, where B >= 8 and a chunk's dh
+     * products are >= CLAIM_FLOPS */
+    const int64_t part = (nblk + num_threads - 1) / num_threads;
+    const int64_t chunk = ((part + 7) / 8 + BNB - 1) / BNB * BNB;
+    const int cm = lstm_get_claims();
+    const int dyn = !ctx->rows && !P && !bf_whh && num_threads > 1 && cm &&
+                    (cm > 0 || (B >= 8 && 2 * B * G * V * (chunk < part ? chunk : part) >= CLAIM_FLOPS));
+
     /* running dc starts as dc_n, db as 0; each thread owns the columns of its
      * blocks. db sums dgates as the cells write them (steps last to first, rows
      * in order), not in a pass over dgates after the loop (3% of the backward
@@ -662,7 +676,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
     int64_t kdone = N;
     if (ilv)
         dw_two = FN(dw_args)(ctx, NULL, &g, &gi);
-    if (ctx->rows)   /* the last step's rows may be another thread's than B's split */
+    if (ctx->rows || dyn)   /* the last step's rows (or units) may be another thread's */
         lstm_barrier_wait(bar, num_threads);
     for (int64_t t = T - 1; t >= 0; t--) {
         int64_t n = offs[t + 1] - offs[t];
@@ -671,14 +685,28 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         if (!P) {
             if (ctx->rows) {
                 int64_t ra = FN(split)(n, tid, num_threads), rb = FN(split)(n, tid + 1, num_threads);
-                FN(bwd_step)(ctx, t, j0, j1, &sp, NULL, NULL, 0, ra, rb);
+                FN(bwd_step)(ctx, t, j0, j1, -1, 0, &sp, NULL, NULL, 0, ra, rb);
                 int64_t nn = t + 1 < T ? offs[t + 2] - offs[t + 1] : 0;
                 int64_t d0 = FN(split)(nn, tid, num_threads), d1 = FN(split)(nn, tid + 1, num_threads);
                 if (dx_steps && d1 > d0)   /* dx of step t+1: this thread's rows of it */
                     FN(bwd_rows)(H, I, wih_b, 0, iblk, ctx->dgates + (offs[t + 1] + d0) * ldg, ldg,
                                  d1 - d0, NULL, NULL, ctx->dx + (offs[t + 1] + d0) * I, &sp);
+            } else if (dyn) {   /* this step's blocks claimed at run time, as fwd_job's */
+                long a, b, nx;
+                int first = 1;
+                lstm_claims_next(ctx->claims, T - 1 - t, tid);
+                while (lstm_claim(ctx->claims, T - 1 - t, tid, num_threads, nblk, chunk, 0, &a,
+                                  &b, &nx)) {
+                    FN(bwd_step)(ctx, t, a, b, nx, first && ctx->pf_dg, &sp, NULL, NULL, 0, 0,
+                                 n);
+                    first = 0;
+                }
+                if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
+                    FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates + offs[t + 1] * ldg, ldg,
+                                 offs[t + 2] - offs[t + 1], NULL, NULL,
+                                 ctx->dx + offs[t + 1] * I, &sp);
             } else {
-                FN(bwd_step)(ctx, t, j0, j1, &sp, bf_whh, bf_rows, amx, 0, n);
+                FN(bwd_step)(ctx, t, j0, j1, -1, ctx->pf_dg, &sp, bf_whh, bf_rows, amx, 0, n);
 #if BWD_BF16
                 if (bf_whh && dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])
                     FN(bwdb_rows)(H, I, bf_wih, x0, x1, bf_rows, offs[t + 2] - offs[t + 1],
@@ -883,7 +911,7 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
     FN(bwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                        dx, dw_ih, dw_hh, db, dh0, dc0, dw_hr, dgates, ldg, dm, dh_all, m_all,
                        (TYPE *)wsb, var, var && var->peephole ? dpeep : NULL, NULL, 0, 0, 0,
-                       NULL, NULL};
+                       NULL, NULL, NULL};
     ctx.rows = !P && !var && FN(bwd_rows_split)(B, I, H, ctx.dx != NULL, num_threads);
     ctx.pf_dg = num_threads > 1 && !ctx.rows;   /* split by rows, dgates[t+1] is this thread's */
     ctx.pf_next = !P && FN(bwd_long_narrow)(N, H);
@@ -895,6 +923,9 @@ static int FN(backward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
         ctx.dhz = (TYPE *)(FN(align_ptr)(var->var_ws) + ALIGN64(N * (P ? P : H) * s));
     if (num_threads < 1)
         num_threads = 1;
+    lstm_claims claims;
+    lstm_claims_init(&claims, num_threads, lstm_get_claims() == 2);
+    ctx.claims = &claims;
     lstm_pool_run(FN(bwd_job), &ctx, num_threads);
     return LSTM_OK;
 }

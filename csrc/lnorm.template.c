@@ -355,10 +355,10 @@ KERNEL void FN(ln_fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *ba
         ca.raw = ctx->zh + m0 * G;
         cx.raw = gt + m0 * G;
         if (m1 > m0 && fuse)
-            FN(fwd_step)(&cx, m1 - m0, I, H, j0, j1, w, I, ctx->x + (offs[t] + m0) * I, NULL,
+            FN(fwd_step)(&cx, m1 - m0, I, H, j0, j1, -1, w, I, ctx->x + (offs[t] + m0) * I, NULL,
                          (int)(t & 1), &sp);
         if (m1 > m0)
-            FN(fwd_step)(&ca, m1 - m0, I, H, j0, j1, w, 0, ctx->x, hp + m0 * H, (int)(t & 1), &sp);
+            FN(fwd_step)(&ca, m1 - m0, I, H, j0, j1, -1, w, 0, ctx->x, hp + m0 * H, (int)(t & 1), &sp);
         if (!rows)
             lstm_barrier_wait(bar, num_threads);
         int64_t r0 = rows ? m0 : FN(split)(n, tid, num_threads);
@@ -772,7 +772,7 @@ static int FN(ln_backward)(int64_t T, int64_t B, int64_t I, int64_t H,
     memset(&lc, 0, sizeof lc);
     FN(bwd_ctx) b = {T, B, I, H, 0, hdr, offs, x, h0, c0, y, gates, c, dy, dh_n, dc_n,
                      dx, dw_ih, dw_hh, db, dh0, dc0, NULL, dzh, ldg, NULL, NULL, NULL,
-                     (TYPE *)wsb, var, var->peephole ? dpeep : NULL, NULL, 0, 0, 0, NULL, NULL};
+                     (TYPE *)wsb, var, var->peephole ? dpeep : NULL, NULL, 0, 0, 0, NULL, NULL, NULL};
     if (var->zoneout)   /* after the rows of h_{t-1} * rdrop, as the plain backward */
         b.dhz = (TYPE *)(FN(align_ptr)(var->var_ws) + ALIGN64(N * H * s));
     lc.b = b;

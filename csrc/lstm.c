@@ -68,6 +68,21 @@ int lstm_set_bwd_interleave(int mode)
 
 int lstm_get_bwd_interleave(void) { return __atomic_load_n(&bwd_interleave_mode, __ATOMIC_RELAXED); }
 
+/* The steps' hidden blocks claimed at run time (pool.h lstm_claim; fwd_job, bwd_job):
+ * -1 automatic, 0 never, 1 wherever the threads split the units, 2 as 1 with every thread
+ * claiming from the other threads' parts first. The same bits in every mode. */
+static int claims_mode = -1;
+
+int lstm_set_claims(int mode)
+{
+    if (mode < -1 || mode > 2)
+        return LSTM_ERR_ARG;
+    __atomic_store_n(&claims_mode, mode, __ATOMIC_RELAXED);
+    return LSTM_OK;
+}
+
+int lstm_get_claims(void) { return __atomic_load_n(&claims_mode, __ATOMIC_RELAXED); }
+
 #define TYPE float
 #define IS_F64 0
 #define ISA 0

@@ -365,6 +365,17 @@ int lstm_forward_bf16_ex(int64_t T, int64_t B, int64_t I, int64_t H, const void 
 int lstm_set_bwd_interleave(int mode);
 int lstm_get_bwd_interleave(void);
 
+/* Whether the steps' hidden blocks, where the threads split them, are claimed at run time
+ * (each thread its own part first, then what is left of the others', in chunks), so that a
+ * thread slowed by another process or by the hypervisor does less of each step instead of
+ * holding the others at the step's barrier. Mode: -1 automatic (the default: where a step
+ * has B >= 8 rows and a chunk's products are >= 128K FLOPs), 0 never (each thread its own
+ * part), 1 wherever the threads split the units, 2 as 1 with every thread claiming from the
+ * others' parts first (tests: every block computed away from its part). The same bits in
+ * every mode (for tests and benchmarks). LSTM_ERR_ARG for another mode. */
+int lstm_set_claims(int mode);
+int lstm_get_claims(void);
+
 /* How lstm_forward_bf16 computes its products: 1 with vdpbf16ps (AVX512_BF16), 0
  * emulated with float32 FMAs (same bits). Mode: -1 automatic (the default: native
  * where the CPU has it and a pack of the AVX-512 level, per call by B and the CPU's

@@ -79,6 +79,7 @@ typedef struct {
     TYPE *y, *h_n, *c_n;
     TYPE *gates, *c;         /* [N,4H], [N,H]; both NULL: nothing saved (inference) */
     TYPE *xw;                /* [N,4H] hoisted x.w_ih^T + b when gates is NULL, else NULL */
+    lstm_claims *claims;     /* the steps' hidden blocks, claimed at run time (fwd_job) */
     TYPE *m;                 /* [B,H] unprojected h of the step (projection only) */
     TYPE *ws;
     const lstm_variant *var; /* the variants, or NULL (plain) */
@@ -286,6 +287,13 @@ KERNEL void FN(fwd_tile_pair_any)(int mr, int64_t k0, int64_t k1, int64_t XF, co
  * L1; meanwhile the row tiles prefetch the next chunk, spread over all of them.
  * Sizes from the running CPU's caches (cpu.h). */
 #define STEP_ROWS_MAX 64
+
+/* The least products (FLOPs) of a chunk of a step's blocks claimed at run time (fwd_job,
+ * bwd_job): 128K, 0.5-2 us on the project's CPUs, several times the cache lines a claim
+ * moves between the cores. Measured on the AMD EPYC Zen 3 (2 threads, eval forward,
+ * claimed / static, benchmarks/claims_ab.py): (6,32,3,32), 72K a chunk, 1.026;
+ * (32,16,64,64), 131K, 1.000; (100,32,16,128), 295K, 0.952 overall. */
+#define CLAIM_FLOPS (128 << 10)
 typedef struct {
     int64_t rows, kc;
     int prefetch;
@@ -327,8 +335,8 @@ static FN(step_plan) FN(step_plan_for)(int64_t wbytes, int64_t line)
  * previous one used last, which are still in cache when the weights are about
  * the cache's size. */
 KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int64_t R,
-                         int64_t j0, int64_t j1, const TYPE *w, int64_t XF, const TYPE *xt,
-                         const TYPE *hp, int rev, const FN(step_plan) *sp)
+                         int64_t j0, int64_t j1, int64_t jnext, const TYPE *w, int64_t XF,
+                         const TYPE *xt, const TYPE *hp, int rev, const FN(step_plan) *sp)
 {
     TYPE part[STEP_ROWS_MAX * 4 * V] __attribute__((aligned(64)));
     /* hp NULL: x_t.w_ih^T alone (XF = I; the layer norm's input product, raw) */
@@ -360,8 +368,9 @@ KERNEL void FN(fwd_step)(const FN(fwd_cell_args) *ca, int64_t B, int64_t I, int6
                 } else if (k1 < K) {
                     pf = w0 + j * bstride + k1 * 4 * V;
                     npf = K - k1 < kc ? K - k1 : kc;
-                } else if (nb == 1 && it + 1 < ntile && g0 + sp->rows >= B) {
-                    pf = w0 + TILE_BLOCK(rev ? ntile - 2 - it : it + 1) * bstride;
+                } else if (nb == 1 && (it + 1 < ntile || jnext >= 0) && g0 + sp->rows >= B) {
+                    pf = w0 + (it + 1 < ntile ? TILE_BLOCK(rev ? ntile - 2 - it : it + 1)
+                                              : jnext) * bstride;
                     npf = K < kc ? K : kc;
                 }
                 for (int64_t t = 0; t < nt; t++) {
@@ -485,14 +494,25 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         j0 = 0;
         j1 = nblk;
     }
-    if (!save && ctx->c_n != ctx->c0) {   /* the running c starts as c0 (this thread's units) */
-        int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H;
+    /* split by units, every step's blocks are claimed at run time (lstm_claim), each
+     * thread starting on its own part j0..j1, in chunks of about an eighth of it, where
+     * a step has rows enough (B >= 8) that a block taken from the other thread's part
+     * costs more products than moving its weights, and a chunk >= CLAIM_FLOPS */
+    const int64_t jstep = B == 1 ? NB1 : 1;
+    const int64_t part = (nblk + num_threads - 1) / num_threads;
+    const int64_t chunk = ((part + 7) / 8 + jstep - 1) / jstep * jstep;   /* >= jstep */
+    const int cm = lstm_get_claims();
+    const int dyn = !rows && num_threads > 1 && cm &&
+                    (cm > 0 || (B >= 8 && 2 * B * (XF + R) * 4 * V * chunk >= CLAIM_FLOPS));
+    /* nothing saved, c_n is the running c: step 0 reads c0 and writes c_n, later steps
+     * update c_n in place; the rows of sequences of no steps (at and after offs[1]) take
+     * c0 here, this thread's part of them (no step writes them: no barrier needed) */
+    if (!save && ctx->c_n != ctx->c0) {
+        int64_t u0 = j0 * V, u1 = j1 * V < H ? j1 * V : H, n0 = T ? offs[1] : 0;
         int64_t b0 = rows ? FN(split)(B, tid, num_threads) : 0;
         int64_t b1 = rows ? FN(split)(B, tid + 1, num_threads) : B;
-        for (int64_t r = b0; r < b1 && u0 < u1; r++)
+        for (int64_t r = b0 > n0 ? b0 : n0; r < b1 && u0 < u1; r++)
             memcpy(ctx->c_n + r * H + u0, ctx->c0 + r * H + u0, (size_t)(u1 - u0) * sizeof(TYPE));
-        if (rows)   /* step 0 splits its own row count: its rows may be another thread's */
-            lstm_barrier_wait(bar, num_threads);
     }
     if (!XF) {
         FN(gemm_args) g = {0};
@@ -551,7 +571,8 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             ca.cprev = t ? ctx->c + offs[t - 1] * H : ctx->c0;
             ca.c = ctx->c + offs[t] * H;
         } else {
-            ca.cprev = ca.c = ctx->c_n;
+            ca.cprev = t ? ctx->c_n : ctx->c0;
+            ca.c = ctx->c_n;
         }
         ca.h = P ? ctx->m : yt;
         if (rows) {   /* rows r0..r1 of the step: the row pointers moved on (plain cell) */
@@ -565,10 +586,17 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             cr.c += r0 * H;
             cr.h += r0 * R;
             if (r1 > r0)
-                FN(fwd_step)(&cr, r1 - r0, I, R, j0, j1, w, XF, ctx->x + (offs[t] + r0) * I,
+                FN(fwd_step)(&cr, r1 - r0, I, R, j0, j1, -1, w, XF, ctx->x + (offs[t] + r0) * I,
                              hp + r0 * R, (int)(t & 1), &sp);
+        } else if (dyn) {
+            long a, b, nx;
+            lstm_claims_next(ctx->claims, t, tid);
+            while (lstm_claim(ctx->claims, t, tid, num_threads, nblk, chunk, (int)(t & 1), &a, &b,
+                              &nx))
+                FN(fwd_step)(&ca, n, I, R, a, b, nx, w, XF, ctx->x + offs[t] * I, hp, (int)(t & 1),
+                             &sp);
         } else
-            FN(fwd_step)(&ca, n, I, R, j0, j1, w, XF, ctx->x + offs[t] * I, hp, (int)(t & 1),
+            FN(fwd_step)(&ca, n, I, R, j0, j1, -1, w, XF, ctx->x + offs[t] * I, hp, (int)(t & 1),
                          &sp);
         /* split by rows, a thread's rows of step t + 1 are the rows it computed here
          * when the next step keeps this step's row count: nothing crosses threads, no
@@ -651,10 +679,12 @@ static int FN(forward)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
         xw = (TYPE *)wsb;
         wsb += FN(fwd_xw_bytes)(T, B, I, H, 0);
     }
-    FN(fwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, h_n, c_n, gates, c, xw, m,
-                       (TYPE *)wsb, var};
     if (num_threads < 1)
         num_threads = 1;
+    lstm_claims claims;
+    lstm_claims_init(&claims, num_threads, lstm_get_claims() == 2);
+    FN(fwd_ctx) ctx = {T, B, I, H, P, hdr, offs, x, h0, c0, y, h_n, c_n, gates, c, xw, &claims,
+                       m, (TYPE *)wsb, var};
     lstm_pool_run(FN(fwd_job), &ctx, num_threads);
     return LSTM_OK;
 }

@@ -35,6 +35,8 @@
 #ifndef LSTM_FAST_POOL_H
 #define LSTM_FAST_POOL_H
 
+#define LSTM_CLAIM_THREADS 64   /* = LSTM_MAX_THREADS (lstm.h) */
+
 typedef struct {
     int count;        /* threads arrived in the current phase */
     int phase;        /* bumped when the last one arrives (futex word) */
@@ -55,6 +57,65 @@ void lstm_pool_run(lstm_job_fn fn, void *arg, int num_threads);
 
 /* Wait until all num_threads threads of the job have arrived. */
 void lstm_barrier_wait(lstm_barrier *bar, int num_threads);
+
+/* Work claimed at run time between two barriers. A phase's n items (a step's hidden
+ * blocks) are split into num_threads parts as a static split would give them; each
+ * thread claims chunks of its own part first, then of the others' parts, so a thread
+ * slowed by another process or by the hypervisor (on a shared 2-core KVM guest, one
+ * vCPU often runs 30-100 % slower than the other for seconds at a time) does less of
+ * the phase instead of holding its partner at the barrier. Which thread computes an
+ * item never changes its bits. Counters of two parities: phase p claims from slot
+ * [p & 1]; a thread resets its own slot of the other parity during phase p (nobody
+ * touches it again before the barrier that ends phase p). */
+typedef struct {
+    long next;   /* items of this part claimed (may overshoot the part) */
+    char pad[64 - sizeof(long)];
+} __attribute__((aligned(64))) lstm_claim_slot;
+
+typedef struct {
+    lstm_claim_slot slot[2][LSTM_CLAIM_THREADS];
+    int others_first;   /* 1: claim from the next threads' parts before one's own (tests) */
+} lstm_claims;
+
+/* Zero the slots of both parities for num_threads threads (before the job starts). */
+static inline void lstm_claims_init(lstm_claims *cl, int num_threads, int others_first)
+{
+    cl->others_first = others_first;
+    for (int p = 0; p < 2; p++)
+        for (int v = 0; v < num_threads; v++)
+            cl->slot[p][v].next = 0;
+}
+
+/* Claims up to chunk items of phase p's n items for thread tid: [*a, *b); within a
+ * part the items go first to last, or last to first when rev, and *next is the item
+ * after these in that order (likely this thread's next claim: what to prefetch), or
+ * -1 at the part's end. 0 when none is left. */
+static inline int lstm_claim(lstm_claims *cl, long p, int tid, int num_threads, long n,
+                             long chunk, int rev, long *a, long *b, long *next)
+{
+    for (int d = cl->others_first; d < num_threads + cl->others_first; d++) {
+        int v = (tid + d) % num_threads;
+        long s = n * v / num_threads, e = n * (v + 1) / num_threads;
+        long *ctr = &cl->slot[p & 1][v].next;
+        if (s + __atomic_load_n(ctr, __ATOMIC_RELAXED) >= e)   /* no write to a done part */
+            continue;
+        long k = __atomic_fetch_add(ctr, chunk, __ATOMIC_RELAXED);
+        if (s + k >= e)
+            continue;
+        long m = e - s - k < chunk ? e - s - k : chunk;
+        *a = rev ? e - k - m : s + k;
+        *b = *a + m;
+        *next = rev ? (*a > s ? *a - 1 : -1) : (*b < e ? *b : -1);
+        return 1;
+    }
+    return 0;
+}
+
+/* Thread tid's slot of the parity phase p does not use, zeroed for phase p + 1. */
+static inline void lstm_claims_next(lstm_claims *cl, long p, int tid)
+{
+    cl->slot[(p + 1) & 1][tid].next = 0;
+}
 
 /* CPUs usable by this process (affinity mask, else online), capped at
  * LSTM_MAX_THREADS; determined once. */

@@ -1,5 +1,6 @@
 """Helpers shared by the test modules (fixtures live in conftest.py)."""
 
+import contextlib
 import functools
 import os
 
@@ -116,6 +117,18 @@ SIMD_ORDER = ("portable", "avx2", "avx512")
 def simd_levels(ck):
     """The C kernel's SIMD levels this CPU can run, narrowest first."""
     return SIMD_ORDER[:SIMD_ORDER.index(ck.cpu_simd_level()) + 1]
+
+
+@contextlib.contextmanager
+def c_claims(mode):
+    """The C kernel's claims mode (``lstm_fast.backends._c.set_claims``: how the steps'
+    hidden blocks are given to the threads) within the block; restored after it."""
+    from lstm_fast.backends import _c
+    prev = _c.set_claims(mode)
+    try:
+        yield
+    finally:
+        _c.set_claims(prev)
 
 
 def assert_same_bits_for_any_threads(run, impl, p):

@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 import pytest
 
-from _support import (BWD, FWD, assert_matches, contract_problem, reference64, run_contract,
-                      same_bits, simd_levels)
+from _support import (BWD, FWD, assert_matches, c_claims, contract_problem, reference64,
+                      run_contract, same_bits, simd_levels)
 
 ck = pytest.importorskip("lstm_fast.backends._c")
 
@@ -78,6 +78,33 @@ def test_threads_bitwise_identical_at_every_level(level, dtype, case):
     for n in (2, 3):
         got = run_contract(ck, p, n)
         assert same_bits(got[0], one[0]) and same_bits(got[1], one[1]), n
+
+
+# Split by units, the steps' blocks are claimed at run time (pool.h lstm_claim): in every
+# claims mode, and with every thread starting on the other threads' parts (so a block, its
+# running c or dc, db and c0's copy are computed away from the thread whose part it is), the
+# bits of 1 thread: forward saving and not, backward; lengths with rows that end early or
+# never start, dx in the steps, a projection (its steps' blocks stay static), B = 1.
+CLAIM_CASES = [(12, 24, 48, 96, 0, None), (5, 17, 33, 45, 0, None), (6, 9, 20, 40, 5, None),
+               (7, 24, 20, 40, 0, [7] * 10 + [5] * 7 + [3] * 4 + [1] * 3),
+               (9, 33, 40, 24, 0, [9] * 20 + [4] * 12 + [1]), (4, 7, 12, 9, 0, [4, 3, 1, 1, 0, 0, 0]),
+               (5, 1, 64, 40, 0, None), (3, 20, 200, 200, 0, None)]
+
+
+@pytest.mark.parametrize("mode", [None, False, True, "others-first"], ids=str)
+@pytest.mark.parametrize("case", CLAIM_CASES, ids=lambda c: "T{}B{}I{}H{}P{}{}".format(
+    *c[:5], "" if c[5] is None else "-lengths"))
+def test_claimed_blocks_give_the_bits_of_one_thread(dtype, case, mode):
+    p = contract_problem(*case, dtype=dtype, seed=sum(case[:5]))
+    packed = ck.pack(*p["w"])
+    args = (p["x"], p["h0"], p["c0"])
+    one = run_contract(ck, p, 1)
+    with c_claims(mode):
+        for n in (2, 3):
+            got = run_contract(ck, p, n)
+            assert same_bits(got[0], one[0]) and same_bits(got[1], one[1]), n
+            y, h_n, c_n, *_ = ck.forward(packed, *args, n, p["batch_sizes"], False)
+            assert same_bits((y, h_n, c_n), one[0][:3]), n
 
 
 # Split by rows, the steps wait for each other only where a step's row count changes (the

@@ -133,6 +133,8 @@ cdef extern from "lstm.h" nogil:
                              uint16_t *gates, uint16_t *c, void *workspace, int num_threads)
     int lstm_set_bwd_interleave(int mode)
     int lstm_get_bwd_interleave()
+    int lstm_set_claims(int mode)
+    int lstm_get_claims()
     int lstm_set_bf16_mode(int mode)
     int lstm_get_bf16_mode()
     int lstm_bf16_native(int64_t B, int64_t I, int64_t H)

@@ -159,6 +159,27 @@ def set_bwd_interleave(interleave):
     return prev
 
 
+_CLAIMS = {None: -1, False: 0, True: 1, "others-first": 2}
+_CLAIMS_VALUES = {v: k for k, v in _CLAIMS.items()}
+
+
+def set_claims(mode):
+    """Whether the steps' hidden blocks, where the threads split them, are claimed at run
+    time (each thread its own part first, then what is left of the others', in chunks), so
+    that a thread slowed by another process or by the hypervisor does less of each step
+    instead of holding the others at the step's barrier: True wherever the threads split
+    the units, False never (each thread its own part), None automatic (the default: where a
+    step has B >= 8 rows and a chunk's products are >= 128K FLOPs), ``"others-first"`` as
+    True with every thread claiming from the other threads' parts first (tests: blocks
+    computed away from their part). The same bits every way; for tests and benchmarks.
+    Returns the previous setting."""
+    if not (mode is None or type(mode) is bool or mode == "others-first"):
+        raise ValueError(f"mode must be True, False, None or 'others-first', got {mode!r}")
+    prev = _CLAIMS_VALUES[lstm_get_claims()]
+    lstm_set_claims(_CLAIMS[mode])
+    return prev
+
+
 def set_bf16_native(native):
     """How the bfloat16-weight forward computes its products: True with vdpbf16ps
     (RuntimeError if the CPU lacks AVX512_BF16), False always emulated with float32 FMAs,
