@@ -678,6 +678,7 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         dw_two = FN(dw_args)(ctx, NULL, &g, &gi);
     if (ctx->rows || dyn)   /* the last step's rows (or units) may be another thread's */
         lstm_barrier_wait(bar, num_threads);
+    long phase = 0;   /* claimed steps so far (dyn) */
     for (int64_t t = T - 1; t >= 0; t--) {
         int64_t n = offs[t + 1] - offs[t];
         if (n == 0)
@@ -694,13 +695,14 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
             } else if (dyn) {   /* this step's blocks claimed at run time, as fwd_job's */
                 long a, b, nx;
                 int first = 1;
-                lstm_claims_next(ctx->claims, T - 1 - t, tid);
-                while (lstm_claim(ctx->claims, T - 1 - t, tid, num_threads, nblk, chunk, 0, &a,
+                lstm_claims_next(ctx->claims, phase, tid);
+                while (lstm_claim(ctx->claims, phase, tid, num_threads, nblk, chunk, 0, &a,
                                   &b, &nx)) {
                     FN(bwd_step)(ctx, t, a, b, nx, first && ctx->pf_dg, &sp, NULL, NULL, 0, 0,
                                  n);
                     first = 0;
                 }
+                phase++;   /* the steps with rows, each ended by a barrier */
                 if (dx_steps && t + 1 < T && offs[t + 2] > offs[t + 1])   /* dx of step t+1 */
                     FN(bwd_rows)(H, I, wih_b, x0, x1, ctx->dgates + offs[t + 1] * ldg, ldg,
                                  offs[t + 2] - offs[t + 1], NULL, NULL,
