@@ -190,6 +190,17 @@ def test_backward_interleave_setting():
         ck.set_bwd_interleave(prev)
 
 
+def test_claims_setting():
+    with c_claims(True):
+        assert ck.set_claims("others-first") is True
+        assert ck.set_claims(False) == "others-first"
+        assert ck.set_claims(None) is False
+        for bad in (1, "others", 0.5):
+            with pytest.raises(ValueError, match="mode must be True, False, None or 'others-first'"):
+                ck.set_claims(bad)
+        assert ck.set_claims(None) is None
+
+
 def test_huge_preactivations_saturate(level, dtype):
     p = contract_problem(6, 3, 5, 19, dtype=dtype, seed=2)
     p["w"] = tuple(None if w is None else w * dtype(1e30) for w in p["w"])
