@@ -623,14 +623,10 @@ KERNEL void FN(bwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
 #endif
 
     /* split by units (not for the projection's or bfloat16 products' steps, whose blocks
-     * are this thread's), the steps' blocks are claimed at run time as in fwd_job: in
-     * chunks of about an eighth of a thread's part, where B >= 8 and a chunk's dh
-     * products are >= CLAIM_FLOPS */
-    const int64_t part = (nblk + num_threads - 1) / num_threads;
-    const int64_t chunk = ((part + 7) / 8 + BNB - 1) / BNB * BNB;
-    const int cm = lstm_get_claims();
-    const int dyn = !ctx->rows && !P && !bf_whh && num_threads > 1 && cm &&
-                    (cm > 0 || (B >= 8 && 2 * B * G * V * (chunk < part ? chunk : part) >= CLAIM_FLOPS));
+     * are this thread's), the steps' blocks may be claimed at run time as in fwd_job */
+    const int64_t chunk = ctx->rows || P || bf_whh
+        ? 0 : FN(claim_chunk)(nblk, num_threads, BNB, B, 2 * B * G * V);
+    const int dyn = chunk > 0;
 
     /* running dc starts as dc_n, db as 0; each thread owns the columns of its
      * blocks. db sums dgates as the cells write them (steps last to first, rows

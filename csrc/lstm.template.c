@@ -294,6 +294,25 @@ KERNEL void FN(fwd_tile_pair_any)(int mr, int64_t k0, int64_t k1, int64_t XF, co
  * claimed / static, benchmarks/claims_ab.py): (6,32,3,32), 72K a chunk, 1.026;
  * (32,16,64,64), 131K, 1.000; (100,32,16,128), 295K, 0.952 overall. */
 #define CLAIM_FLOPS (128 << 10)
+
+/* Where the threads split a step's nblk hidden blocks (by units), whether they claim them
+ * at run time (lstm_claim; mode lstm_get_claims(): automatic where a step has B >= 8 rows,
+ * so that a block taken from another thread's part costs more products than moving its
+ * weights, and a chunk's products, block_flops each, are >= CLAIM_FLOPS): the chunk to
+ * claim at a time, about an eighth of a thread's part and a multiple of step blocks
+ * (a tile's), or 0 for each thread its own part. */
+static int64_t FN(claim_chunk)(int64_t nblk, int nt, int64_t step, int64_t B,
+                               int64_t block_flops)
+{
+    const int mode = lstm_get_claims();
+    const int64_t part = (nblk + nt - 1) / nt;
+    const int64_t chunk = ((part + 7) / 8 + step - 1) / step * step;
+    if (nt < 2 || !mode)
+        return 0;
+    if (mode < 0 && (B < 8 || (chunk < part ? chunk : part) * block_flops < CLAIM_FLOPS))
+        return 0;
+    return chunk;
+}
 typedef struct {
     int64_t rows, kc;
     int prefetch;
@@ -494,16 +513,11 @@ KERNEL void FN(fwd_job)(void *arg, int tid, int num_threads, lstm_barrier *bar)
         j0 = 0;
         j1 = nblk;
     }
-    /* split by units, every step's blocks are claimed at run time (lstm_claim), each
-     * thread starting on its own part j0..j1, in chunks of about an eighth of it, where
-     * a step has rows enough (B >= 8) that a block taken from the other thread's part
-     * costs more products than moving its weights, and a chunk >= CLAIM_FLOPS */
-    const int64_t jstep = B == 1 ? NB1 : 1;
-    const int64_t part = (nblk + num_threads - 1) / num_threads;
-    const int64_t chunk = ((part + 7) / 8 + jstep - 1) / jstep * jstep;   /* >= jstep */
-    const int cm = lstm_get_claims();
-    const int dyn = !rows && num_threads > 1 && cm &&
-                    (cm > 0 || (B >= 8 && 2 * B * (XF + R) * 4 * V * chunk >= CLAIM_FLOPS));
+    /* split by units, every step's blocks may be claimed at run time, each thread
+     * starting on its own part j0..j1 (claim_chunk) */
+    const int64_t chunk = rows ? 0 : FN(claim_chunk)(nblk, num_threads, B == 1 ? NB1 : 1, B,
+                                                     2 * B * (XF + R) * 4 * V);
+    const int dyn = chunk > 0;
     /* nothing saved, c_n is the running c: step 0 reads c0 and writes c_n, later steps
      * update c_n in place; the rows of sequences of no steps (at and after offs[1]) take
      * c0 here, this thread's part of them (no step writes them: no barrier needed) */
