@@ -32,7 +32,8 @@ def level(request):
 # (T, B, I, H, P, lengths): tails in every dimension at every vector width, either side
 # of the rule for doing x_t.w_ih^T inside the step (fwd_fuse_x: I <= 16 or B >= 16, unless
 # at B >= 16 w_ih and w_hh exceed the L2 while w_hh fits in 3/4 of it: (2, 20, 200, 200)
-# where the L2 is 1 MiB, float32), the dx-in-steps rule (I > 16), projection and variable
+# where the L2 is 1 MiB, float32; or exceed it with I > H: (2, 16, 1000, 150), 2.8 MB in
+# float32, beyond every L2 of the project's CPUs), the dx-in-steps rule (I > 16), projection and variable
 # lengths; a last hidden block of at most V/2 units (AVX-512: packed in pairs of gates,
 # fwd_tile_pair) after B = 1's tiles of several blocks (72, 100) and in a step that
 # walks K in chunks (weights beyond a 2 MiB L2: (2, 13, 1000, 196))
@@ -45,6 +46,7 @@ CASES = [
     (5, 5, 8, 12, 4, [5, 5, 3, 1, 0]), (6, 18, 20, 40, 0, [6] * 10 + [4] * 6 + [2, 1]),
     (4, 3, 33, 50, 7, [4, 2, 2]), (3, 1, 9, 20, 5, None), (2, 20, 200, 200, 0, None),
     (3, 1, 30, 72, 0, None), (2, 1, 20, 100, 0, None), (2, 13, 1000, 196, 0, None),
+    (2, 16, 1000, 150, 0, None),
 ]
 
 
@@ -88,7 +90,7 @@ def test_threads_bitwise_identical_at_every_level(level, dtype, case):
 CLAIM_CASES = [(12, 24, 48, 96, 0, None), (5, 17, 33, 45, 0, None), (6, 9, 20, 40, 5, None),
                (7, 24, 20, 40, 0, [7] * 10 + [5] * 7 + [3] * 4 + [1] * 3),
                (9, 33, 40, 24, 0, [9] * 20 + [4] * 12 + [1]), (4, 7, 12, 9, 0, [4, 3, 1, 1, 0, 0, 0]),
-               (5, 1, 64, 40, 0, None), (3, 20, 200, 200, 0, None)]
+               (5, 1, 64, 40, 0, None), (3, 20, 200, 200, 0, None), (3, 16, 1000, 150, 0, None)]
 
 
 @pytest.mark.parametrize("mode", [None, False, True, "others-first"], ids=str)
