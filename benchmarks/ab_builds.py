@@ -5,7 +5,9 @@ process to the next). Each build is loaded from its own file under the extension
 (``importlib``; the two ``dlopen`` handles keep their own symbols), and the backend contract's
 ``pack``/``forward``/``backward`` are called directly: "fwd" is the saving forward, "eval"
 the forward that saves nothing (inference), "train" the saving forward plus the backward, one layer, float32. Prints each build's median and the median of the
-per-round ratios (B/A). Not part of the package or the suites:
+per-round ratios (B/A); with ``--seconds S`` it alternates for S seconds per shape and case
+and prints ``long_summary`` (total-time ratio, and the ratio in the machine's fast and slow
+rounds). Not part of the package or the suites:
 
     cp build/dev/_c.abi3.so /tmp/after.so    # and the build before the change as /tmp/before.so
     flock -x /tmp/lstm_cpu.lock python -m benchmarks.ab_builds /tmp/before.so /tmp/after.so \\
@@ -52,6 +54,9 @@ def main(argv=None):
                     help="comma-separated names of layer_shapes()")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--cases", default="fwd,eval,train", help="comma-separated: fwd, eval, train")
+    ap.add_argument("--seconds", type=float, default=0.0,
+                    help="alternate for this long per shape and case instead of --rounds, "
+                         "and summarize as long_summary does")
     args = ap.parse_args(argv)
     builds = {"A": load(args.a), "B": load(args.b)}
     rng = np.random.default_rng(0)
@@ -80,17 +85,35 @@ def main(argv=None):
             if label not in args.cases.split(","):
                 continue
             ts = {"A": [], "B": []}
-            for r in range(args.rounds):
+            for tag in ts:
+                runs[tag][k]()
+            end, r = time.time() + args.seconds, 0
+            while r < args.rounds if not args.seconds else time.time() < end:
                 for tag in ("A", "B") if r % 2 else ("B", "A"):
-                    f = runs[tag][k]
-                    if r == 0:
-                        f()
                     t0 = time.perf_counter()
-                    f()
+                    runs[tag][k]()
                     ts[tag].append(time.perf_counter() - t0)
-            ratio = np.median(np.array(ts["B"]) / np.array(ts["A"]))
-            print(f"{name:11s} {label:5s} {args.threads}T  A {np.median(ts['A']) * 1e3:9.3f} ms  "
-                  f"B {np.median(ts['B']) * 1e3:9.3f} ms  B/A {ratio:.3f}", flush=True)
+                r += 1
+            a, b = np.array(ts["A"]), np.array(ts["B"])
+            if args.seconds:
+                print(f"{name:12s} {label:5s} {args.threads}T  A/B " + long_summary(a, b),
+                      flush=True)
+                continue
+            print(f"{name:11s} {label:5s} {args.threads}T  A {np.median(a) * 1e3:9.3f} ms  "
+                  f"B {np.median(b) * 1e3:9.3f} ms  B/A {np.median(b / a):.3f}", flush=True)
+
+
+def long_summary(a, b):
+    """Alternated times a, b (s) of many rounds, as one line: each median, the ratio of
+    total times b/a, and the median per-round ratio over the rounds whose pair ran within 15 %
+    of the fastest pair ("fast": the machine at speed) and over the others ("slow")."""
+    pair = (a + b) / 2
+    fast = pair <= 1.15 * pair.min()
+    ratio = b / a
+    med = lambda v: f"{np.median(v):.3f}" if v.size else "-"
+    return (f"rounds {len(a):5d}  {np.median(a) * 1e3:8.3f} / {np.median(b) * 1e3:8.3f} ms  "
+            f"total {b.sum() / a.sum():.3f}  fast rounds {fast.sum()}: {med(ratio[fast])}  "
+            f"slow rounds {(~fast).sum()}: {med(ratio[~fast])}")
 
 
 if __name__ == "__main__":

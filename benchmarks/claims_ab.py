@@ -4,10 +4,10 @@ while per shape: the measurement of that choice on a shared machine, whose 2 vCP
 always equally fast (on the AMD EPYC Zen 3 KVM guest of session 22, one of them ran 30-100 %
 slower than the other for seconds at a time while both were busy; a single thread on either
 ran at the same speed). One layer, float32, contract calls: "eval" the forward that saves
-nothing, "train" the saving forward plus the backward. Prints, per shape and case, each
-mode's median, the ratio of total times (claimed / static) and the median per-pair ratio
-over the rounds where the pair ran near its fastest ("fast", within 15 % of the best pair)
-and over the others ("slow"). Not part of the suites:
+nothing, "train" the saving forward plus the backward. Prints, per shape and case,
+ab_builds.long_summary: each mode's median, the ratio of total times (claimed / static) and
+the median per-pair ratio over the rounds where the pair ran near its fastest ("fast",
+within 15 % of the best pair) and over the others ("slow"). Not part of the suites:
 
     flock -x /tmp/lstm_cpu.lock python -m benchmarks.claims_ab --threads 2 --seconds 40 \\
         --shapes timeseries,wlm_small,wlm_medium,speech,large256
@@ -21,7 +21,7 @@ import numpy as np
 
 from lstm_fast.backends import _c
 
-from .ab_builds import layer_shapes
+from .ab_builds import layer_shapes, long_summary
 
 
 def main(argv=None):
@@ -65,16 +65,8 @@ def main(argv=None):
                         f()
                         ts[mode].append(time.perf_counter() - t0)
                     r += 1
-                a, b = np.array(ts[False]), np.array(ts[None])
-                pair = (a + b) / 2
-                fast = pair <= 1.15 * pair.min()
-                ratio = b / a
-                med = lambda v: f"{np.median(v):.3f}" if v.size else "-"
-                print(f"{name:12s} {label:5s} {nt}T rounds {len(a):5d}  static "
-                      f"{np.median(a) * 1e3:8.3f} ms  claimed {np.median(b) * 1e3:8.3f} ms  "
-                      f"total claimed/static {b.sum() / a.sum():.3f}  fast rounds {fast.sum()}: "
-                      f"{med(ratio[fast])}  slow rounds {(~fast).sum()}: {med(ratio[~fast])}",
-                      flush=True)
+                print(f"{name:12s} {label:5s} {nt}T  static/claimed "
+                      + long_summary(np.array(ts[False]), np.array(ts[None])), flush=True)
     finally:
         _c.set_claims(prev)
 
